@@ -1,0 +1,294 @@
+//! The manifest: a file's chunk list, as an encrypted tree of nodes.
+//!
+//! A node lists up to [`FANOUT`] children: chunks (in a leaf, depth 0) or
+//! other nodes. Each node is CBOR with two sealed sections:
+//! - `locs`, sealed under the node's verify key: per child, its plaintext
+//!   length, its share ids and (for child nodes) the child's verify key.
+//!   A verify-cap holder can walk every share of the file with this alone.
+//! - `keys`, sealed under the node's read key: per child, the key that
+//!   decrypts it. Only a read-cap reaches these.
+//!
+//! A node's read key is convergent in its own contents, so the tree is built
+//! bottom-up while the file streams in, holding at most `FANOUT` entries per
+//! level in memory, and the same file always yields the same root. Inner
+//! nodes are erasure-coded like chunks; the root is one replicated share, so
+//! that a cap names a single id. The root's read key is the file's read key.
+
+use serde::{Deserialize, Serialize};
+use serde_bytes::ByteBuf;
+
+use super::share::{self, Params, Share, ShareId};
+use super::{Error, Result};
+use crate::caps::FileReadCap;
+use crate::crypto::{ChunkKey, ConvergenceSecret, ReadKey, VerifyKey, sha256};
+
+/// The manifest node format this code writes and reads.
+pub const MANIFEST_VERSION: u8 = 1;
+/// Children per node: 512 chunks of 1 MiB on average is 512 MiB per leaf,
+/// 256 GiB per two levels.
+pub const FANOUT: usize = 512;
+const NODE_DOMAIN: &[u8] = b"lode manifest v1";
+const LOCS_CONTEXT: &[u8] = b"lode manifest v1 locs";
+const KEYS_CONTEXT: &[u8] = b"lode manifest v1 keys";
+
+#[derive(Serialize, Deserialize)]
+struct Blob {
+    v: u8,
+    locs: ByteBuf,
+    keys: ByteBuf,
+}
+
+#[derive(Serialize, Deserialize)]
+struct Locs {
+    depth: u8,
+    k: u8,
+    n: u8,
+    size: u64,
+    entries: Vec<LocEntry>,
+}
+
+#[derive(Serialize, Deserialize, Clone)]
+struct LocEntry {
+    len: u64,
+    shares: Vec<ByteBuf>,
+    vkey: Option<ByteBuf>,
+}
+
+#[derive(Serialize, Deserialize)]
+struct Keys {
+    keys: Vec<ByteBuf>,
+}
+
+/// One child of a decoded node.
+#[derive(Debug, Clone)]
+pub struct NodeEntry {
+    /// Plaintext bytes this child covers.
+    pub len: u64,
+    /// The child's share ids, in index order.
+    pub shares: Vec<ShareId>,
+    /// For a child node: its verify key. `None` for a chunk.
+    pub verify_key: Option<VerifyKey>,
+    /// The key that decrypts the child (a chunk key, or a child node's read
+    /// key). `None` when the node was opened with a verify key.
+    pub key: Option<ChunkKey>,
+}
+
+/// A decoded manifest node.
+#[derive(Debug, Clone)]
+pub struct Node {
+    /// 0 for a leaf (children are chunks), else the height above the leaves.
+    pub depth: u8,
+    /// Erasure parameters of the children.
+    pub params: Params,
+    /// Plaintext bytes under this node.
+    pub size: u64,
+    pub entries: Vec<NodeEntry>,
+}
+
+fn arr32(b: &ByteBuf) -> Result<[u8; 32]> {
+    b.as_slice()
+        .try_into()
+        .map_err(|_| Error::MalformedManifest("expected a 32-byte field".into()))
+}
+
+fn cbor<T: Serialize>(v: &T) -> Vec<u8> {
+    serde_cbor::to_vec(v).expect("manifest structures always serialize")
+}
+
+fn uncbor<'a, T: Deserialize<'a>>(b: &'a [u8]) -> Result<T> {
+    serde_cbor::from_slice(b).map_err(|e| Error::MalformedManifest(e.to_string()))
+}
+
+impl Node {
+    /// Decode a node with a verify key: locations only.
+    pub fn open_verify(blob: &[u8], vk: &VerifyKey) -> Result<Node> {
+        Self::open(blob, vk, None)
+    }
+
+    /// Decode a node with its read key: locations and keys.
+    pub fn open_read(blob: &[u8], rk: &ReadKey) -> Result<Node> {
+        Self::open(blob, &rk.verify_key(), Some(rk))
+    }
+
+    fn open(blob: &[u8], vk: &VerifyKey, rk: Option<&ReadKey>) -> Result<Node> {
+        let blob: Blob = uncbor(blob)?;
+        if blob.v != MANIFEST_VERSION {
+            return Err(Error::ManifestVersion(blob.v));
+        }
+        let locs: Locs = uncbor(&vk.open(&[LOCS_CONTEXT], &blob.locs)?)?;
+        let params = Params::new(locs.k, locs.n)
+            .map_err(|_| Error::MalformedManifest("invalid k/n".into()))?;
+        let keys = match rk {
+            Some(rk) => {
+                let keys: Keys = uncbor(&rk.open(&[KEYS_CONTEXT], &blob.keys)?)?;
+                if keys.keys.len() != locs.entries.len() {
+                    return Err(Error::MalformedManifest("key count differs from entry count".into()));
+                }
+                Some(keys.keys)
+            }
+            None => None,
+        };
+        let mut total = 0u64;
+        let mut entries = Vec::with_capacity(locs.entries.len());
+        for (i, e) in locs.entries.into_iter().enumerate() {
+            if e.shares.len() != params.n() as usize {
+                return Err(Error::MalformedManifest("share count differs from n".into()));
+            }
+            if (locs.depth == 0) == e.vkey.is_some() {
+                return Err(Error::MalformedManifest("verify key on a chunk, or missing on a node".into()));
+            }
+            total = total
+                .checked_add(e.len)
+                .ok_or_else(|| Error::MalformedManifest("size overflows".into()))?;
+            entries.push(NodeEntry {
+                len: e.len,
+                shares: e.shares.iter().map(arr32).collect::<Result<_>>()?,
+                verify_key: e.vkey.as_ref().map(arr32).transpose()?.map(VerifyKey::from_bytes),
+                key: match &keys {
+                    Some(k) => Some(ChunkKey::from_bytes(arr32(&k[i])?)),
+                    None => None,
+                },
+            });
+        }
+        if total != locs.size {
+            return Err(Error::MalformedManifest("entry lengths do not add up to the size".into()));
+        }
+        Ok(Node {
+            depth: locs.depth,
+            params,
+            size: locs.size,
+            entries,
+        })
+    }
+}
+
+/// A sealed child waiting for its parent.
+struct Pending {
+    loc: LocEntry,
+    key: [u8; 32],
+}
+
+impl Drop for Pending {
+    fn drop(&mut self) {
+        zeroize::Zeroize::zeroize(&mut self.key);
+    }
+}
+
+/// Builds a file's shares and manifest from its chunks, in order.
+///
+/// Sans-IO: feed it chunk plaintexts, store the shares it hands back, and
+/// call [`FileEncoder::finish`] for the cap and the manifest's shares.
+pub struct FileEncoder {
+    conv: ConvergenceSecret,
+    params: Params,
+    size: u64,
+    /// `levels[d]` holds children waiting for a node at depth `d`.
+    levels: Vec<Vec<Pending>>,
+}
+
+impl FileEncoder {
+    pub fn new(conv: ConvergenceSecret, params: Params) -> Self {
+        Self {
+            conv,
+            params,
+            size: 0,
+            levels: vec![Vec::new()],
+        }
+    }
+
+    /// Seal one chunk. Returns the shares to store: the chunk's, and those of
+    /// any manifest node that just filled up.
+    pub fn push_chunk(&mut self, plaintext: &[u8]) -> Vec<Share> {
+        let sealed = share::seal_chunk(&self.conv, self.params, plaintext);
+        self.size += plaintext.len() as u64;
+        self.levels[0].push(Pending {
+            loc: LocEntry {
+                len: plaintext.len() as u64,
+                shares: sealed.shares.iter().map(|s| ByteBuf::from(s.id().to_vec())).collect(),
+                vkey: None,
+            },
+            key: *sealed.key.expose(),
+        });
+        let mut out = sealed.shares;
+        let mut depth = 0;
+        while self.levels[depth].len() == FANOUT {
+            let children = std::mem::take(&mut self.levels[depth]);
+            let (pending, shares) = self.seal_node(depth as u8, children, self.params);
+            out.extend(shares);
+            if self.levels.len() == depth + 1 {
+                self.levels.push(Vec::new());
+            }
+            self.levels[depth + 1].push(pending);
+            depth += 1;
+        }
+        out
+    }
+
+    /// Seal the remaining nodes. Returns the file's read-cap and the shares
+    /// of the nodes sealed now; the root's single share comes last.
+    pub fn finish(mut self) -> (FileReadCap, Vec<Share>) {
+        let mut out = Vec::new();
+        let top = self
+            .levels
+            .iter()
+            .rposition(|l| !l.is_empty())
+            .unwrap_or(0);
+        for depth in 0..=top {
+            let children = std::mem::take(&mut self.levels[depth]);
+            let is_root = depth == top;
+            if children.is_empty() && !is_root {
+                continue;
+            }
+            let params = if is_root { Params::REPLICA } else { self.params };
+            let (pending, shares) = self.seal_node(depth as u8, children, params);
+            out.extend(shares);
+            if is_root {
+                let cap = FileReadCap {
+                    read_key: ReadKey::from_bytes(pending.key),
+                    root: out.last().expect("root node has one share").id(),
+                    size: self.size,
+                };
+                return (cap, out);
+            }
+            self.levels[depth + 1].push(pending);
+        }
+        unreachable!("the loop returns at the top level")
+    }
+
+    /// Seal one node over `children` and code it with `params`.
+    fn seal_node(&self, depth: u8, children: Vec<Pending>, params: Params) -> (Pending, Vec<Share>) {
+        let size = children.iter().map(|c| c.loc.len).sum();
+        let locs = cbor(&Locs {
+            depth,
+            k: self.params.k(),
+            n: self.params.n(),
+            size,
+            entries: children.iter().map(|c| c.loc.clone()).collect(),
+        });
+        let keys = zeroize::Zeroizing::new(cbor(&Keys {
+            keys: children.iter().map(|c| ByteBuf::from(c.key.to_vec())).collect(),
+        }));
+        let mut material = sha256(&locs).to_vec();
+        material.extend_from_slice(&sha256(&keys));
+        let read_key: ReadKey = self
+            .conv
+            .convergent_key(NODE_DOMAIN, &sha256(&material), &params.key_params())
+            .into();
+        let verify_key = read_key.verify_key();
+        let blob = cbor(&Blob {
+            v: MANIFEST_VERSION,
+            locs: ByteBuf::from(verify_key.seal(&[LOCS_CONTEXT], &locs)),
+            keys: ByteBuf::from(read_key.seal(&[KEYS_CONTEXT], &keys)),
+        });
+        let shares = share::encode(params, &blob);
+        let pending = Pending {
+            loc: LocEntry {
+                len: size,
+                shares: shares.iter().map(|s| ByteBuf::from(s.id().to_vec())).collect(),
+                vkey: Some(ByteBuf::from(verify_key.expose().to_vec())),
+            },
+            key: *read_key.expose(),
+        };
+        (pending, shares)
+    }
+}

@@ -1,0 +1,272 @@
+//! Shares: the unit a mirror stores.
+//!
+//! A chunk is sealed with its convergent key, and the ciphertext is
+//! erasure-coded (Reed-Solomon, `reed-solomon-simd`) into n shares, any k of
+//! which rebuild it. A share is a fixed 16-byte header plus one shard, and is
+//! addressed by the SHA-256 of those bytes: a mirror or a repairer checks a
+//! share against its id without any key.
+//!
+//! ```text
+//! offset size
+//!      0    4  magic "LDSH"
+//!      4    1  format version (SHARE_VERSION)
+//!      5    1  k
+//!      6    1  n
+//!      7    1  index (0..k data shards, k..n parity shards)
+//!      8    8  payload length, big-endian (ciphertext bytes before padding)
+//!     16    -  shard bytes (every share of a chunk has the same length)
+//! ```
+
+use crate::crypto::{ChunkKey, ConvergenceSecret, Hash, sha256};
+
+use super::{Error, Result};
+
+/// The share header format this code writes and reads.
+pub const SHARE_VERSION: u8 = 1;
+/// The most shares a chunk may be coded into.
+pub const MAX_SHARES: u8 = 64;
+/// Bytes of header before the shard.
+pub const HEADER_LEN: usize = 16;
+const MAGIC: &[u8; 4] = b"LDSH";
+/// Domain of chunk keys and ciphertexts; a new chunk format gets a new one.
+const CHUNK_DOMAIN: &[u8] = b"lode chunk v1";
+
+/// A share's id: the SHA-256 of its bytes.
+pub type ShareId = Hash;
+
+/// Erasure parameters: any `k` of `n` shares rebuild a chunk.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Params {
+    k: u8,
+    n: u8,
+}
+
+impl Params {
+    pub fn new(k: u8, n: u8) -> Result<Self> {
+        if k == 0 || k > n || n > MAX_SHARES {
+            return Err(Error::BadParams { k, n });
+        }
+        Ok(Self { k, n })
+    }
+
+    /// One share, stored whole on every mirror: used for manifest roots, so
+    /// that a cap names a single id.
+    pub const REPLICA: Params = Params { k: 1, n: 1 };
+
+    pub fn k(&self) -> u8 {
+        self.k
+    }
+    pub fn n(&self) -> u8 {
+        self.n
+    }
+
+    /// The bytes mixed into convergent keys: everything that changes how a
+    /// chunk is stored.
+    pub(crate) fn key_params(&self) -> [u8; 3] {
+        [SHARE_VERSION, self.k, self.n]
+    }
+}
+
+/// The parsed header of a share.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ShareHeader {
+    pub params: Params,
+    pub index: u8,
+    pub payload_len: u64,
+}
+
+/// One share: header plus shard, as stored on a mirror.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Share {
+    bytes: Vec<u8>,
+    header: ShareHeader,
+}
+
+impl std::fmt::Debug for Share {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Share")
+            .field("header", &self.header)
+            .field("len", &self.bytes.len())
+            .finish()
+    }
+}
+
+impl Share {
+    /// Parse share bytes, checking the header is well formed. This does not
+    /// check the id; use [`Share::verify`] for bytes from a mirror.
+    pub fn parse(bytes: Vec<u8>) -> Result<Share> {
+        if bytes.len() < HEADER_LEN + 2 {
+            return Err(Error::MalformedShare("shorter than a header"));
+        }
+        if &bytes[..4] != MAGIC {
+            return Err(Error::MalformedShare("bad magic"));
+        }
+        if bytes[4] != SHARE_VERSION {
+            return Err(Error::ShareVersion(bytes[4]));
+        }
+        let params = Params::new(bytes[5], bytes[6])
+            .map_err(|_| Error::MalformedShare("invalid k/n"))?;
+        let index = bytes[7];
+        if index >= params.n {
+            return Err(Error::MalformedShare("index out of range"));
+        }
+        let payload_len = u64::from_be_bytes(bytes[8..16].try_into().expect("8 bytes"));
+        let shard_len = (bytes.len() - HEADER_LEN) as u64;
+        if shard_len != shard_len_for(params, payload_len) as u64 {
+            return Err(Error::MalformedShare("shard length does not match payload length"));
+        }
+        Ok(Share {
+            header: ShareHeader {
+                params,
+                index,
+                payload_len,
+            },
+            bytes,
+        })
+    }
+
+    /// Check `bytes` against the id they were asked for, then parse them.
+    /// This is the boundary where a hostile mirror's answer is judged.
+    pub fn verify(bytes: Vec<u8>, id: &ShareId) -> Result<Share> {
+        if &sha256(&bytes) != id {
+            return Err(Error::Corrupt(*id));
+        }
+        Share::parse(bytes)
+    }
+
+    pub fn id(&self) -> ShareId {
+        sha256(&self.bytes)
+    }
+    pub fn header(&self) -> &ShareHeader {
+        &self.header
+    }
+    pub fn as_bytes(&self) -> &[u8] {
+        &self.bytes
+    }
+    pub fn into_bytes(self) -> Vec<u8> {
+        self.bytes
+    }
+    fn shard(&self) -> &[u8] {
+        &self.bytes[HEADER_LEN..]
+    }
+}
+
+/// Shard length for a payload: ceil(len / k), rounded up to even (the codec
+/// works on 16-bit symbols), at least 2.
+fn shard_len_for(params: Params, payload_len: u64) -> usize {
+    let k = params.k as u64;
+    let per = payload_len.div_ceil(k).max(1);
+    (per + (per & 1)) as usize
+}
+
+fn make_share(params: Params, index: u8, payload_len: u64, shard: &[u8]) -> Share {
+    let mut bytes = Vec::with_capacity(HEADER_LEN + shard.len());
+    bytes.extend_from_slice(MAGIC);
+    bytes.extend_from_slice(&[SHARE_VERSION, params.k, params.n, index]);
+    bytes.extend_from_slice(&payload_len.to_be_bytes());
+    bytes.extend_from_slice(shard);
+    Share {
+        bytes,
+        header: ShareHeader {
+            params,
+            index,
+            payload_len,
+        },
+    }
+}
+
+/// Erasure-code `payload` into `params.n` shares, in index order.
+pub fn encode(params: Params, payload: &[u8]) -> Vec<Share> {
+    let len = payload.len() as u64;
+    let shard_len = shard_len_for(params, len);
+    let mut padded = payload.to_vec();
+    padded.resize(shard_len * params.k as usize, 0);
+    let originals: Vec<&[u8]> = padded.chunks(shard_len).collect();
+    let mut shares: Vec<Share> = originals
+        .iter()
+        .enumerate()
+        .map(|(i, s)| make_share(params, i as u8, len, s))
+        .collect();
+    let parity = (params.n - params.k) as usize;
+    if parity > 0 {
+        let recovery = reed_solomon_simd::encode(params.k as usize, parity, &originals)
+            .expect("parameters were validated by Params::new");
+        for (j, s) in recovery.iter().enumerate() {
+            shares.push(make_share(params, params.k + j as u8, len, s));
+        }
+    }
+    shares
+}
+
+/// Rebuild the payload from any `k` shares of one chunk. The shares must
+/// already be verified against their ids; this checks they agree with each
+/// other and with `params`.
+pub fn decode(params: Params, shares: &[Share]) -> Result<Vec<u8>> {
+    let k = params.k as usize;
+    let mut by_index: Vec<Option<&Share>> = vec![None; params.n as usize];
+    let mut payload_len = None;
+    for s in shares {
+        let h = s.header();
+        if h.params != params || *payload_len.get_or_insert(h.payload_len) != h.payload_len {
+            return Err(Error::Inconsistent);
+        }
+        by_index[h.index as usize] = Some(s);
+    }
+    let have = by_index.iter().flatten().count();
+    if have < k {
+        return Err(Error::TooFewShares { need: k, have });
+    }
+    let payload_len = payload_len.expect("have >= k >= 1 shares") as usize;
+    let mut out = Vec::with_capacity(shard_len_for(params, payload_len as u64) * k);
+    if by_index[..k].iter().all(Option::is_some) {
+        for s in by_index[..k].iter().flatten() {
+            out.extend_from_slice(s.shard());
+        }
+    } else {
+        let originals = by_index[..k]
+            .iter()
+            .enumerate()
+            .filter_map(|(i, s)| s.map(|s| (i, s.shard())));
+        let recovery = by_index[k..]
+            .iter()
+            .enumerate()
+            .filter_map(|(j, s)| s.map(|s| (j, s.shard())));
+        let restored = reed_solomon_simd::decode(k, params.n as usize - k, originals, recovery)
+            .map_err(|e| Error::Erasure(e.to_string()))?;
+        for i in 0..k {
+            match by_index[i] {
+                Some(s) => out.extend_from_slice(s.shard()),
+                None => out.extend_from_slice(
+                    restored
+                        .get(&i)
+                        .ok_or_else(|| Error::Erasure(format!("shard {i} not restored")))?,
+                ),
+            }
+        }
+    }
+    out.truncate(payload_len);
+    Ok(out)
+}
+
+/// A chunk after sealing: its key (for the manifest) and its shares.
+pub struct SealedChunk {
+    pub key: ChunkKey,
+    pub shares: Vec<Share>,
+}
+
+/// Seal a plaintext chunk under its convergent key and erasure-code it.
+pub fn seal_chunk(conv: &ConvergenceSecret, params: Params, plaintext: &[u8]) -> SealedChunk {
+    let key = conv.convergent_key(CHUNK_DOMAIN, &sha256(plaintext), &params.key_params());
+    let ciphertext = key.seal(&[CHUNK_DOMAIN], plaintext);
+    SealedChunk {
+        shares: encode(params, &ciphertext),
+        key,
+    }
+}
+
+/// Rebuild and decrypt a chunk from verified shares. AES-SIV authenticates
+/// the result, so a wrong key or a bad rebuild is an error, never bad data.
+pub fn open_chunk(key: &ChunkKey, params: Params, shares: &[Share]) -> Result<Vec<u8>> {
+    let ciphertext = decode(params, shares)?;
+    Ok(key.open(&[CHUNK_DOMAIN], &ciphertext)?)
+}

@@ -1,0 +1,205 @@
+//! Secret-key newtypes and their derivation from the root secret.
+
+use ed25519_dalek::{Signer, SigningKey};
+use hkdf::Hkdf;
+use hmac::{Hmac, KeyInit, Mac};
+use sha2::Sha256;
+use subtle::ConstantTimeEq;
+use zeroize::Zeroizing;
+
+/// Defines a 32-byte secret newtype: zeroized on drop, compared in constant
+/// time, and printed as `Name(****)` so that a stray `{:?}` leaks nothing.
+macro_rules! secret32 {
+    ($(#[$doc:meta])* $name:ident) => {
+        $(#[$doc])*
+        #[derive(Clone)]
+        pub struct $name(Zeroizing<[u8; 32]>);
+
+        impl $name {
+            pub fn from_bytes(bytes: [u8; 32]) -> Self {
+                Self(Zeroizing::new(bytes))
+            }
+            /// The raw key bytes. Callers must not copy them anywhere that
+            /// outlives this value.
+            pub fn expose(&self) -> &[u8; 32] {
+                &self.0
+            }
+        }
+
+        impl std::fmt::Debug for $name {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                write!(f, concat!(stringify!($name), "(****)"))
+            }
+        }
+
+        impl PartialEq for $name {
+            fn eq(&self, other: &Self) -> bool {
+                self.0.ct_eq(&*other.0).into()
+            }
+        }
+        impl Eq for $name {}
+    };
+}
+
+secret32!(
+    /// The identity: 32 random bytes from which every other secret of a user
+    /// is derived. Stored in a 0600 file by `lode init`.
+    RootSecret
+);
+secret32!(
+    /// Mixed into every convergent key, so that identical data deduplicates
+    /// within one identity but cannot be confirmed by anyone else.
+    ConvergenceSecret
+);
+secret32!(
+    /// The key that encrypts one chunk (or one manifest node).
+    ChunkKey
+);
+secret32!(
+    /// Decrypts a directory listing or a file manifest.
+    ReadKey
+);
+secret32!(
+    /// Decrypts a file manifest's share locations, not its chunk keys: what a
+    /// verifier or repairer needs and no more.
+    VerifyKey
+);
+secret32!(
+    /// The seed of a directory slot's ed25519 signing key: the write-cap.
+    SlotSeed
+);
+secret32!(
+    /// Seals child write-caps inside a listing. Only a write-cap derives it,
+    /// so a read-cap holder sees read-caps only, transitively.
+    WriteSealKey
+);
+
+/// Keys that encrypt: sealing and opening go through the key type, so raw
+/// key bytes never have to travel through the code.
+macro_rules! cipher_key {
+    ($($name:ident),*) => {$(
+        impl $name {
+            /// AES-SIV encrypt, binding `context` as associated data.
+            pub fn seal(&self, context: &[&[u8]], plaintext: &[u8]) -> Vec<u8> {
+                super::siv::seal(&self.0, context, plaintext)
+            }
+            /// AES-SIV decrypt and authenticate.
+            pub fn open(&self, context: &[&[u8]], ciphertext: &[u8]) -> super::Result<Vec<u8>> {
+                super::siv::open(&self.0, context, ciphertext)
+            }
+        }
+    )*};
+}
+cipher_key!(ChunkKey, ReadKey, VerifyKey, WriteSealKey);
+
+/// HKDF-SHA256 expand of `ikm` under `info`, with lode's fixed salt.
+pub(crate) fn derive(ikm: &[u8; 32], info: &[u8]) -> Zeroizing<[u8; 32]> {
+    let hk = Hkdf::<Sha256>::new(Some(b"lode v1 kdf"), ikm);
+    let mut out = Zeroizing::new([0u8; 32]);
+    hk.expand(info, out.as_mut())
+        .expect("32 bytes is a valid HKDF-SHA256 output length");
+    out
+}
+
+impl RootSecret {
+    /// A fresh identity from a cryptographic RNG.
+    pub fn generate<R: rand::CryptoRng + ?Sized>(rng: &mut R) -> Self {
+        let mut bytes = Zeroizing::new([0u8; 32]);
+        rng.fill_bytes(bytes.as_mut());
+        Self(bytes)
+    }
+
+    pub fn convergence(&self) -> ConvergenceSecret {
+        ConvergenceSecret(derive(&self.0, b"convergence"))
+    }
+
+    pub fn account_key(&self) -> AccountKey {
+        AccountKey::from_seed(&derive(&self.0, b"account"))
+    }
+
+    /// The seed of the root directory's slot, i.e. the root write-cap.
+    pub fn root_dir_seed(&self) -> SlotSeed {
+        SlotSeed(derive(&self.0, b"root dir"))
+    }
+
+    /// Seed for the chunker's gear table. Keyed chunking keeps chunk sizes,
+    /// which are visible to mirrors, from fingerprinting known files across
+    /// identities.
+    pub fn chunker_seed(&self) -> u64 {
+        let k = derive(&self.0, b"chunker");
+        u64::from_le_bytes(k[..8].try_into().expect("8 bytes"))
+    }
+}
+
+impl ConvergenceSecret {
+    /// `HMAC-SHA256(convergence_secret, domain ‖ SHA-256(plaintext) ‖ params)`.
+    ///
+    /// `params` names everything that changes the stored form (format version,
+    /// k, n), so that data stored under other parameters never shares a key.
+    pub fn convergent_key(&self, domain: &[u8], plaintext_hash: &[u8; 32], params: &[u8]) -> ChunkKey {
+        let mut mac = <Hmac<Sha256> as KeyInit>::new_from_slice(&*self.0)
+            .expect("HMAC takes any key length");
+        mac.update(domain);
+        mac.update(plaintext_hash);
+        mac.update(params);
+        ChunkKey::from_bytes(mac.finalize().into_bytes().into())
+    }
+}
+
+impl ReadKey {
+    /// A manifest's read key yields its verify key, never the reverse.
+    pub fn verify_key(&self) -> VerifyKey {
+        VerifyKey(derive(&self.0, b"file verify"))
+    }
+}
+
+impl From<ChunkKey> for ReadKey {
+    fn from(k: ChunkKey) -> Self {
+        ReadKey(k.0)
+    }
+}
+
+impl SlotSeed {
+    pub fn signing_key(&self) -> AccountKey {
+        AccountKey::from_seed(&self.0)
+    }
+    pub fn read_key(&self) -> ReadKey {
+        ReadKey(derive(&self.0, b"dir read"))
+    }
+    pub fn write_seal_key(&self) -> WriteSealKey {
+        WriteSealKey(derive(&self.0, b"dir child write"))
+    }
+    pub fn public_key(&self) -> [u8; 32] {
+        self.signing_key().public_key()
+    }
+    /// A slot seed for a new child directory, derived (not random) so that
+    /// the same tree built twice yields the same caps.
+    pub fn child(&self, name: &str) -> SlotSeed {
+        let mut info = b"dir child ".to_vec();
+        info.extend_from_slice(name.as_bytes());
+        SlotSeed(derive(&self.0, &info))
+    }
+}
+
+/// An ed25519 signing key: the account key, or a directory slot's key.
+/// `ed25519_dalek::SigningKey` zeroizes itself on drop.
+#[derive(Clone)]
+pub struct AccountKey(SigningKey);
+
+impl AccountKey {
+    fn from_seed(seed: &[u8; 32]) -> Self {
+        Self(SigningKey::from_bytes(seed))
+    }
+    pub fn public_key(&self) -> [u8; 32] {
+        self.0.verifying_key().to_bytes()
+    }
+    pub fn sign(&self, message: &[u8]) -> [u8; 64] {
+        self.0.sign(message).to_bytes()
+    }
+}
+
+impl std::fmt::Debug for AccountKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "AccountKey(public={})", data_encoding::HEXLOWER.encode(&self.public_key()))
+    }
+}

@@ -1,0 +1,51 @@
+//! Key types, key derivation and the ciphers. Everything secret in lode is
+//! born here.
+//!
+//! This layer owns: the 32-byte [`RootSecret`] and what HKDF-SHA256 derives
+//! from it; the secret-key newtypes (zeroized on drop, constant-time equal,
+//! `Debug` that prints `****`); deterministic AES-SIV sealing; SHA-256.
+//! It does no I/O and knows nothing of caps, chunks or mirrors.
+
+mod keys;
+mod siv;
+
+pub use keys::{
+    AccountKey, ChunkKey, ConvergenceSecret, ReadKey, RootSecret, SlotSeed, VerifyKey,
+    WriteSealKey,
+};
+
+use sha2::{Digest, Sha256};
+
+/// A SHA-256 digest.
+pub type Hash = [u8; 32];
+
+/// SHA-256 of `data`.
+pub fn sha256(data: &[u8]) -> Hash {
+    Sha256::digest(data).into()
+}
+
+/// Errors of the crypto layer.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum Error {
+    /// AES-SIV refused the ciphertext: it was altered, truncated, or sealed
+    /// under another key or context.
+    #[error("ciphertext failed authentication (tampered, truncated or wrong key)")]
+    Unauthentic,
+    /// An ed25519 signature did not verify.
+    #[error("signature is invalid")]
+    BadSignature,
+    /// Bytes that should be an ed25519 public key are not a valid point.
+    #[error("not a valid ed25519 public key")]
+    BadPublicKey,
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// Verify an ed25519 signature strictly (no malleable encodings).
+pub fn verify_signature(public_key: &[u8; 32], message: &[u8], sig: &[u8; 64]) -> Result<()> {
+    let key =
+        ed25519_dalek::VerifyingKey::from_bytes(public_key).map_err(|_| Error::BadPublicKey)?;
+    let sig = ed25519_dalek::Signature::from_bytes(sig);
+    key.verify_strict(message, &sig)
+        .map_err(|_| Error::BadSignature)
+}

@@ -1,0 +1,2 @@
+//! tmp
+#[derive(Debug, thiserror::Error)] pub enum Error {}
