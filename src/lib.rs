@@ -44,4 +44,4 @@ pub mod dir;
 pub mod error;
 pub mod store;
 
-//pub use error::{Error, Result};
+pub use error::{Error, Result};

@@ -196,9 +196,9 @@ impl FileEncoder {
         }
     }
 
-    /// Seal one chunk. Returns the shares to store: the chunk's, and those of
-    /// any manifest node that just filled up.
-    pub fn push_chunk(&mut self, plaintext: &[u8]) -> Vec<Share> {
+    /// Seal one chunk. Returns the coded objects to store, each as its group
+    /// of shares: the chunk's, then any manifest node that just filled up.
+    pub fn push_chunk(&mut self, plaintext: &[u8]) -> Vec<Vec<Share>> {
         let sealed = share::seal_chunk(&self.conv, self.params, plaintext);
         self.size += plaintext.len() as u64;
         self.levels[0].push(Pending {
@@ -209,12 +209,12 @@ impl FileEncoder {
             },
             key: *sealed.key.expose(),
         });
-        let mut out = sealed.shares;
+        let mut out = vec![sealed.shares];
         let mut depth = 0;
         while self.levels[depth].len() == FANOUT {
             let children = std::mem::take(&mut self.levels[depth]);
             let (pending, shares) = self.seal_node(depth as u8, children, self.params);
-            out.extend(shares);
+            out.push(shares);
             if self.levels.len() == depth + 1 {
                 self.levels.push(Vec::new());
             }
@@ -224,9 +224,9 @@ impl FileEncoder {
         out
     }
 
-    /// Seal the remaining nodes. Returns the file's read-cap and the shares
-    /// of the nodes sealed now; the root's single share comes last.
-    pub fn finish(mut self) -> (FileReadCap, Vec<Share>) {
+    /// Seal the remaining nodes. Returns the file's read-cap and the share
+    /// groups of the nodes sealed now; the root's single share comes last.
+    pub fn finish(mut self) -> (FileReadCap, Vec<Vec<Share>>) {
         let mut out = Vec::new();
         let top = self
             .levels
@@ -241,11 +241,12 @@ impl FileEncoder {
             }
             let params = if is_root { Params::REPLICA } else { self.params };
             let (pending, shares) = self.seal_node(depth as u8, children, params);
-            out.extend(shares);
+            let root = shares[0].id();
+            out.push(shares);
             if is_root {
                 let cap = FileReadCap {
                     read_key: ReadKey::from_bytes(pending.key),
-                    root: out.last().expect("root node has one share").id(),
+                    root,
                     size: self.size,
                 };
                 return (cap, out);

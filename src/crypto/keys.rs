@@ -160,6 +160,15 @@ impl From<ChunkKey> for ReadKey {
 }
 
 impl SlotSeed {
+    /// A fresh slot seed for a new directory. Random, not derived: a
+    /// directory keeps its identity when it is renamed, and a new directory
+    /// under the old name must not collide with it.
+    pub fn generate<R: rand::CryptoRng + ?Sized>(rng: &mut R) -> Self {
+        let mut bytes = Zeroizing::new([0u8; 32]);
+        rng.fill_bytes(bytes.as_mut());
+        Self(bytes)
+    }
+
     pub fn signing_key(&self) -> AccountKey {
         AccountKey::from_seed(&self.0)
     }
@@ -171,13 +180,6 @@ impl SlotSeed {
     }
     pub fn public_key(&self) -> [u8; 32] {
         self.signing_key().public_key()
-    }
-    /// A slot seed for a new child directory, derived (not random) so that
-    /// the same tree built twice yields the same caps.
-    pub fn child(&self, name: &str) -> SlotSeed {
-        let mut info = b"dir child ".to_vec();
-        info.extend_from_slice(name.as_bytes());
-        SlotSeed(derive(&self.0, &info))
     }
 }
 

@@ -1,2 +1,104 @@
-//! tmp
-#[derive(Debug, thiserror::Error)] pub enum Error {}
+//! The client side of storage: where shares and slots go, and how files and
+//! directory trees become them and come back.
+//!
+//! This layer owns the [`Storage`] trait (implemented by HTTP mirrors, local
+//! disk and test doubles), the [`Grid`] that places shares on distinct
+//! mirrors and fetches any k verified ones back, and the [`Vault`] that runs
+//! the put/get pipelines. Every byte that comes back from a `Storage` is
+//! treated as hostile and verified before use.
+//!
+//! It builds on `dir`, `caps`, `chunk` and `crypto`. It must not reach into
+//! the mirror's server code, the mount or the miner.
+
+mod grid;
+mod memory;
+mod vault;
+
+pub use grid::{Grid, GridConfig};
+pub use memory::MemoryStorage;
+pub use vault::Vault;
+
+use async_trait::async_trait;
+
+use crate::chunk::ShareId;
+
+/// Errors of the client storage layer.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("mirror {mirror} is unavailable: {reason}")]
+    Unavailable { mirror: String, reason: String },
+    #[error("mirror {mirror} rejected the request: {reason}")]
+    Rejected { mirror: String, reason: String },
+    #[error("mirror {mirror} is out of space or over quota")]
+    NoSpace { mirror: String },
+    #[error("upload reached {placed} distinct mirrors, but happy={happy} are required")]
+    NotHappy { placed: usize, happy: usize },
+    #[error("could not find {need} good shares of {what} on any mirror (found {found})")]
+    Unrecoverable {
+        what: String,
+        need: usize,
+        found: usize,
+    },
+    #[error("no mirror has directory slot {0}")]
+    NoSlot(String),
+    #[error("refusing to roll directory {slot} back to seq {offered}: seq {seen} was already seen")]
+    Rollback {
+        slot: String,
+        seen: u64,
+        offered: u64,
+    },
+    #[error("no such entry: {0}")]
+    NotFound(String),
+    #[error("not a directory: {0}")]
+    NotADirectory(String),
+    #[error("not a regular file: {0}")]
+    NotAFile(String),
+    #[error("read-only: {0}")]
+    ReadOnly(String),
+    #[error("already exists: {0}")]
+    Exists(String),
+    #[error("invalid name {name:?}: {reason}")]
+    BadName { name: String, reason: &'static str },
+    #[error("no mirrors are configured")]
+    NoMirrors,
+    #[error(transparent)]
+    Chunk(#[from] crate::chunk::Error),
+    #[error(transparent)]
+    Dir(#[from] crate::dir::Error),
+    #[error(transparent)]
+    Cap(#[from] crate::caps::Error),
+    #[error("i/o: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// A place that holds shares and directory slots: a mirror over HTTP, a
+/// local disk, or a test double.
+///
+/// Contract for implementations:
+/// - `put_share` is idempotent and never overwrites: storing an id that is
+///   already held succeeds without change. The data is durable (fsynced, or
+///   acknowledged by a store that promises as much) when it returns `Ok`.
+///   A store that can check the id (every honest one can) rejects bytes
+///   that do not hash to it.
+/// - `put_slot` accepts an envelope only if its signature is valid and its
+///   seq is strictly above the one held.
+///
+/// Contract for callers: nothing read back is trusted. Shares are checked
+/// against their id and slots against their signature and the reader's cap.
+#[async_trait]
+pub trait Storage: Send + Sync {
+    /// A short name for messages and reports, such as the mirror's URL.
+    fn name(&self) -> &str;
+    async fn put_share(&self, id: &ShareId, bytes: &[u8]) -> Result<()>;
+    /// The bytes stored under `id`, or `None` if this store lacks it.
+    async fn get_share(&self, id: &ShareId) -> Result<Option<Vec<u8>>>;
+    async fn has_share(&self, id: &ShareId) -> Result<bool>;
+    async fn put_slot(&self, envelope: &[u8]) -> Result<()>;
+    async fn get_slot(&self, public_key: &[u8; 32]) -> Result<Option<Vec<u8>>>;
+}
+
+pub(crate) fn hex(bytes: &[u8]) -> String {
+    data_encoding::HEXLOWER.encode(bytes)
+}

@@ -1,0 +1,326 @@
+//! The grid: the set of mirrors, where shares go, and how they come back.
+//!
+//! Placement is rendezvous hashing: for each coded object, mirrors are ranked
+//! by `SHA-256(first share id ‖ mirror name)`, and share i goes to the i-th
+//! ranked mirror (wrapping when there are fewer mirrors than shares). A
+//! reader ranks the same way, so it asks the right mirror first, and falls
+//! back to every other mirror, so a changed mirror list costs time, never
+//! data.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex};
+
+use tokio::task::JoinSet;
+
+use super::{Error, Result, Storage, hex};
+use crate::caps::DirReadCap;
+use crate::chunk::{Params, Share, ShareId};
+use crate::crypto::sha256;
+use crate::dir::{Listing, SlotEnvelope};
+
+/// Erasure and placement settings.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct GridConfig {
+    pub k: u8,
+    pub n: u8,
+    /// Distinct mirrors an upload must reach to succeed.
+    pub happy: usize,
+}
+
+impl Default for GridConfig {
+    fn default() -> Self {
+        Self { k: 2, n: 3, happy: 3 }
+    }
+}
+
+/// The mirrors a client stores to, with its placement rules.
+pub struct Grid {
+    mirrors: Vec<Arc<dyn Storage>>,
+    params: Params,
+    happy: usize,
+    /// Highest slot seq seen per directory: the client never goes below it.
+    seen: Mutex<HashMap<[u8; 32], u64>>,
+}
+
+impl Grid {
+    pub fn new(mirrors: Vec<Arc<dyn Storage>>, config: GridConfig) -> Result<Grid> {
+        if mirrors.is_empty() {
+            return Err(Error::NoMirrors);
+        }
+        Ok(Grid {
+            mirrors,
+            params: Params::new(config.k, config.n)?,
+            happy: config.happy.max(1),
+            seen: Mutex::new(HashMap::new()),
+        })
+    }
+
+    pub fn params(&self) -> Params {
+        self.params
+    }
+
+    pub fn mirrors(&self) -> &[Arc<dyn Storage>] {
+        &self.mirrors
+    }
+
+    /// Mirror indices in rendezvous order for an object.
+    fn ranked(&self, key: &ShareId) -> Vec<usize> {
+        let mut scored: Vec<([u8; 32], usize)> = self
+            .mirrors
+            .iter()
+            .enumerate()
+            .map(|(i, m)| {
+                let mut input = key.to_vec();
+                input.extend_from_slice(m.name().as_bytes());
+                (sha256(&input), i)
+            })
+            .collect();
+        scored.sort();
+        scored.into_iter().map(|(_, i)| i).collect()
+    }
+
+    /// Store one coded object (a chunk's or a node's shares, or a replicated
+    /// root). Succeeds once every share is placed and the shares span at
+    /// least `happy` distinct mirrors. A replica goes to `max(n, happy)`
+    /// mirrors.
+    pub async fn put_group(&self, shares: &[Share]) -> Result<()> {
+        let order = self.ranked(&shares[0].id());
+        let m = order.len();
+        // (share index in `shares`, copy number) → mirror position in `order`
+        let copies = if shares.len() == 1 {
+            (self.params.n() as usize).max(self.happy).min(m)
+        } else {
+            1
+        };
+        let mut wanted: Vec<(usize, usize)> = Vec::new();
+        for (i, _) in shares.iter().enumerate() {
+            for c in 0..copies {
+                wanted.push((i, (i + c) % m));
+            }
+        }
+        let mut failed: HashSet<usize> = HashSet::new();
+        let mut holders: Vec<HashSet<usize>> = vec![HashSet::new(); shares.len()];
+        let mut last_err: Option<Error> = None;
+        while !wanted.is_empty() {
+            let mut tasks = JoinSet::new();
+            for &(i, pos) in &wanted {
+                let mirror = self.mirrors[order[pos]].clone();
+                let id = shares[i].id();
+                let bytes = shares[i].as_bytes().to_vec();
+                tasks.spawn(async move { (i, pos, mirror.put_share(&id, &bytes).await) });
+            }
+            let mut retry = Vec::new();
+            while let Some(joined) = tasks.join_next().await {
+                let (i, pos, result) = joined.expect("put task does not panic");
+                match result {
+                    Ok(()) => {
+                        holders[i].insert(pos);
+                    }
+                    Err(e) => {
+                        tracing::warn!(mirror = self.mirrors[order[pos]].name(), error = %e, "share upload failed");
+                        failed.insert(pos);
+                        retry.push(i);
+                        if !matches!(last_err, Some(Error::NoSpace { .. })) {
+                            last_err = Some(e);
+                        }
+                    }
+                }
+            }
+            // Move each failed share to the live mirror holding the fewest
+            // shares of this object that does not hold this share yet.
+            wanted = Vec::new();
+            for i in retry {
+                let load = |pos: &usize| holders.iter().filter(|h| h.contains(pos)).count();
+                let next = (0..m)
+                    .filter(|p| !failed.contains(p) && !holders[i].contains(p))
+                    .filter(|p| !wanted.contains(&(i, *p)))
+                    .min_by_key(|p| (load(p), *p));
+                match next {
+                    Some(pos) => wanted.push((i, pos)),
+                    None => return Err(self.placement_error(&holders, last_err)),
+                }
+            }
+        }
+        let distinct: HashSet<usize> = holders.iter().flatten().copied().collect();
+        if distinct.len() < self.happy {
+            return Err(self.placement_error(&holders, last_err));
+        }
+        Ok(())
+    }
+
+    fn placement_error(&self, holders: &[HashSet<usize>], last: Option<Error>) -> Error {
+        match last {
+            Some(e @ Error::NoSpace { .. }) => e,
+            _ => Error::NotHappy {
+                placed: holders.iter().flatten().collect::<HashSet<_>>().len(),
+                happy: self.happy,
+            },
+        }
+    }
+
+    /// Fetch any `params.k` verified shares of the object whose shares are
+    /// `ids` (in index order). Data shares are preferred (no decoding), each
+    /// from its ranked mirror first; a missing or corrupt share is skipped
+    /// and another copy or index is tried.
+    pub async fn fetch(&self, ids: &[ShareId], params: Params, what: &str) -> Result<Vec<Share>> {
+        let need = params.k() as usize;
+        let order = self.ranked(&ids[0]);
+        let m = order.len();
+        // Attempts in preference order: round r asks index i's r-th mirror.
+        let mut attempts: Vec<(usize, usize)> = Vec::new();
+        for r in 0..m {
+            for i in 0..ids.len() {
+                attempts.push((i, order[(i + r) % m]));
+            }
+        }
+        let mut attempts = attempts.into_iter();
+        let mut got: Vec<Share> = Vec::with_capacity(need);
+        let mut have: HashSet<usize> = HashSet::new();
+        let mut in_flight: HashSet<usize> = HashSet::new();
+        let mut tasks = JoinSet::new();
+        loop {
+            while got.len() + in_flight.len() < need {
+                let Some((i, mirror)) = attempts.find(|(i, _)| !have.contains(i) && !in_flight.contains(i)) else {
+                    break;
+                };
+                in_flight.insert(i);
+                let store = self.mirrors[mirror].clone();
+                let id = ids[i];
+                tasks.spawn(async move { (i, store.name().to_string(), store.get_share(&id).await) });
+            }
+            let Some(joined) = tasks.join_next().await else {
+                break;
+            };
+            let (i, mirror, result) = joined.expect("fetch task does not panic");
+            in_flight.remove(&i);
+            match result {
+                Ok(Some(bytes)) => match Share::verify(bytes, &ids[i]) {
+                    Ok(share)
+                        if share.header().index as usize == i
+                            && (share.header().params == params || ids.len() == 1) =>
+                    {
+                        have.insert(i);
+                        got.push(share);
+                        if got.len() == need {
+                            return Ok(got);
+                        }
+                    }
+                    Ok(_) => tracing::warn!(%mirror, what, "share header does not match the manifest"),
+                    Err(e) => tracing::warn!(%mirror, what, error = %e, "discarding bad share"),
+                },
+                Ok(None) => {}
+                Err(e) => tracing::debug!(%mirror, what, error = %e, "share fetch failed"),
+            }
+        }
+        Err(Error::Unrecoverable {
+            what: what.to_string(),
+            need,
+            found: got.len(),
+        })
+    }
+
+    /// The newest valid version of a directory any mirror offers, or `None`
+    /// if no mirror has the slot. Refuses to go below a seq already seen.
+    pub async fn get_slot(&self, cap: &DirReadCap) -> Result<Option<(u64, Listing)>> {
+        let mut tasks = JoinSet::new();
+        for store in &self.mirrors {
+            let store = store.clone();
+            let pk = cap.public_key;
+            tasks.spawn(async move { (store.name().to_string(), store.get_slot(&pk).await) });
+        }
+        let mut best: Option<(u64, Listing)> = None;
+        let mut reachable = 0;
+        while let Some(joined) = tasks.join_next().await {
+            let (mirror, result) = joined.expect("slot task does not panic");
+            let bytes = match result {
+                Ok(Some(b)) => b,
+                Ok(None) => {
+                    reachable += 1;
+                    continue;
+                }
+                Err(e) => {
+                    tracing::debug!(%mirror, error = %e, "slot fetch failed");
+                    continue;
+                }
+            };
+            reachable += 1;
+            let opened = SlotEnvelope::decode(&bytes).and_then(|env| Ok((env.seq, env.open(cap)?)));
+            match opened {
+                Ok((seq, listing)) if best.as_ref().is_none_or(|(s, _)| seq > *s) => {
+                    best = Some((seq, listing))
+                }
+                Ok(_) => {}
+                Err(e) => tracing::warn!(%mirror, error = %e, "discarding invalid directory slot"),
+            }
+        }
+        let seen = self.seen.lock().expect("lock").get(&cap.public_key).copied();
+        match (&best, seen) {
+            (Some((seq, _)), Some(seen)) if *seq < seen => Err(Error::Rollback {
+                slot: hex(&cap.public_key),
+                seen,
+                offered: *seq,
+            }),
+            (None, Some(seen)) => Err(Error::Rollback {
+                slot: hex(&cap.public_key),
+                seen,
+                offered: 0,
+            }),
+            (None, None) if reachable == 0 => Err(Error::Unavailable {
+                mirror: "all mirrors".into(),
+                reason: "none answered".into(),
+            }),
+            _ => {
+                if let Some((seq, _)) = &best {
+                    self.note_seen(&cap.public_key, *seq);
+                }
+                Ok(best)
+            }
+        }
+    }
+
+    /// Publish a new version of a slot to every mirror; succeeds once
+    /// `happy` mirrors hold it.
+    pub async fn put_slot(&self, envelope: &SlotEnvelope) -> Result<()> {
+        let bytes = Arc::new(envelope.encode());
+        let mut tasks = JoinSet::new();
+        for store in &self.mirrors {
+            let store = store.clone();
+            let bytes = bytes.clone();
+            tasks.spawn(async move { (store.name().to_string(), store.put_slot(&bytes).await) });
+        }
+        let mut ok = 0;
+        let mut last_err = None;
+        while let Some(joined) = tasks.join_next().await {
+            match joined.expect("slot task does not panic") {
+                (_, Ok(())) => ok += 1,
+                (mirror, Err(e)) => {
+                    tracing::warn!(%mirror, error = %e, "slot update failed");
+                    last_err = Some(e);
+                }
+            }
+        }
+        if ok < self.happy.min(self.mirrors.len()) || ok == 0 {
+            return Err(match last_err {
+                Some(e @ (Error::NoSpace { .. } | Error::Rejected { .. })) if ok == 0 => e,
+                _ => Error::NotHappy {
+                    placed: ok,
+                    happy: self.happy,
+                },
+            });
+        }
+        self.note_seen(&envelope.public_key, envelope.seq);
+        Ok(())
+    }
+
+    /// Record that `seq` of a slot exists, so no older version is accepted.
+    pub fn note_seen(&self, public_key: &[u8; 32], seq: u64) {
+        let mut seen = self.seen.lock().expect("lock");
+        let e = seen.entry(*public_key).or_insert(seq);
+        *e = (*e).max(seq);
+    }
+
+    /// The highest seq seen of every slot (for persisting between runs).
+    pub fn seen_seqs(&self) -> HashMap<[u8; 32], u64> {
+        self.seen.lock().expect("lock").clone()
+    }
+}

@@ -1,0 +1,405 @@
+//! The vault: an identity's keys plus a grid, and the pipelines that turn
+//! files and directory trees into shares and slots, and back.
+
+use std::io::{Read, Write};
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use tokio::sync::mpsc;
+
+use super::{Error, Grid, GridConfig, Result, Storage};
+use crate::caps::{Cap, DirReadCap, DirWriteCap, FileReadCap};
+use crate::chunk::{self, ChunkerParams, FileEncoder, Node, Params, Share, share};
+use crate::crypto::{ConvergenceSecret, ReadKey, RootSecret, SlotSeed};
+use crate::dir::{Entry, EntryKind, Listing, SlotEnvelope, check_name};
+
+/// Objects uploaded concurrently by one put.
+const UPLOAD_WINDOW: usize = 4;
+
+/// One identity's view of the grid.
+pub struct Vault {
+    grid: Arc<Grid>,
+    conv: ConvergenceSecret,
+    chunker: ChunkerParams,
+    root: DirWriteCap,
+}
+
+enum Produced {
+    Groups(Vec<Vec<Share>>),
+    Done(FileReadCap, Vec<Vec<Share>>),
+}
+
+/// Seconds and nanoseconds since the Unix epoch, now.
+pub fn now() -> (i64, u32) {
+    let d = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default();
+    (d.as_secs() as i64, d.subsec_nanos())
+}
+
+impl Vault {
+    pub fn new(secret: &RootSecret, grid: Grid) -> Vault {
+        Vault {
+            grid: Arc::new(grid),
+            conv: secret.convergence(),
+            chunker: ChunkerParams::new(secret.chunker_seed()),
+            root: DirWriteCap {
+                seed: secret.root_dir_seed(),
+            },
+        }
+    }
+
+    /// A vault over one store with 1-of-1 coding: for tests and examples.
+    pub fn single(secret: &RootSecret, storage: Arc<dyn Storage>) -> Vault {
+        let grid = Grid::new(vec![storage], GridConfig { k: 1, n: 1, happy: 1 })
+            .expect("one mirror and 1-of-1 are valid");
+        Vault::new(secret, grid)
+    }
+
+    pub fn grid(&self) -> &Grid {
+        &self.grid
+    }
+
+    /// The write-cap of this identity's root directory.
+    pub fn root(&self) -> &DirWriteCap {
+        &self.root
+    }
+
+    // ---- files ----
+
+    /// Chunk, seal and upload everything `reader` yields. Memory stays
+    /// bounded: the chunker holds at most one maximum-size chunk, and at most
+    /// `UPLOAD_WINDOW` objects are in flight.
+    pub async fn put_reader<R: Read + Send + 'static>(&self, reader: R) -> Result<FileReadCap> {
+        let (tx, mut rx) = mpsc::channel::<Produced>(2);
+        let conv = self.conv.clone();
+        let params = self.grid.params();
+        let chunker = self.chunker;
+        let producer = tokio::task::spawn_blocking(move || -> Result<()> {
+            let mut encoder = FileEncoder::new(conv, params);
+            for chunk in chunker.chunks(reader) {
+                let groups = encoder.push_chunk(&chunk?);
+                if tx.blocking_send(Produced::Groups(groups)).is_err() {
+                    return Ok(()); // the uploader failed; it reports why
+                }
+            }
+            let (cap, groups) = encoder.finish();
+            let _ = tx.blocking_send(Produced::Done(cap, groups));
+            Ok(())
+        });
+        let mut uploads = tokio::task::JoinSet::new();
+        let mut cap = None;
+        let mut root_group = None;
+        while let Some(msg) = rx.recv().await {
+            let groups = match msg {
+                Produced::Groups(g) => g,
+                Produced::Done(c, mut g) => {
+                    // The root goes last, once everything it names is stored.
+                    root_group = g.pop();
+                    cap = Some(c);
+                    g
+                }
+            };
+            for group in groups {
+                while uploads.len() >= UPLOAD_WINDOW {
+                    uploads.join_next().await.expect("nonempty").expect("upload task")?;
+                }
+                let grid = self.grid.clone();
+                uploads.spawn(async move { grid.put_group(&group).await });
+            }
+        }
+        while let Some(done) = uploads.join_next().await {
+            done.expect("upload task")?;
+        }
+        producer.await.expect("chunker task")?;
+        let (Some(cap), Some(root)) = (cap, root_group) else {
+            return Err(Error::Io(std::io::Error::other("chunker stopped early")));
+        };
+        self.grid.put_group(&root).await?;
+        Ok(cap)
+    }
+
+    pub async fn put_bytes(&self, data: &[u8]) -> Result<FileReadCap> {
+        self.put_reader(std::io::Cursor::new(data.to_vec())).await
+    }
+
+    pub async fn put_path(&self, path: &Path) -> Result<FileReadCap> {
+        let file = std::fs::File::open(path)?;
+        self.put_reader(std::io::BufReader::with_capacity(1 << 20, file)).await
+    }
+
+    async fn fetch_root(&self, root: &chunk::ShareId, key: &ReadKey) -> Result<Node> {
+        let shares = self.grid.fetch(&[*root], Params::REPLICA, "manifest root").await?;
+        let blob = share::decode(Params::REPLICA, &shares)?;
+        Ok(Node::open_read(&blob, key)?)
+    }
+
+    fn key_of(entry: &chunk::NodeEntry) -> Result<&crate::crypto::ChunkKey> {
+        Ok(entry.key.as_ref().ok_or_else(|| {
+            chunk::Error::MalformedManifest("node opened without keys".into())
+        })?)
+    }
+
+    async fn fetch_chunk(&self, leaf: &Node, entry: &chunk::NodeEntry) -> Result<Vec<u8>> {
+        let shares = self.grid.fetch(&entry.shares, leaf.params, "chunk").await?;
+        let plain = share::open_chunk(Self::key_of(entry)?, leaf.params, &shares)?;
+        if plain.len() as u64 != entry.len {
+            return Err(chunk::Error::MalformedManifest("chunk length differs from the manifest".into()).into());
+        }
+        Ok(plain)
+    }
+
+    async fn fetch_node(&self, parent: &Node, entry: &chunk::NodeEntry) -> Result<Node> {
+        let shares = self.grid.fetch(&entry.shares, parent.params, "manifest node").await?;
+        let blob = share::decode(parent.params, &shares)?;
+        let child = Node::open_read(&blob, &ReadKey::from(Self::key_of(entry)?.clone()))?;
+        if child.depth + 1 != parent.depth || child.size != entry.len {
+            return Err(chunk::Error::MalformedManifest("child node does not fit its parent".into()).into());
+        }
+        Ok(child)
+    }
+
+    /// Visit the chunks overlapping `[offset, offset+len)` in order, handing
+    /// each chunk's plaintext and its file offset to `visit`.
+    async fn walk_range(
+        &self,
+        cap: &FileReadCap,
+        offset: u64,
+        len: u64,
+        visit: &mut (dyn FnMut(u64, Vec<u8>) -> Result<()> + Send),
+    ) -> Result<()> {
+        let root = self.fetch_root(&cap.root, &cap.read_key).await?;
+        if root.size != cap.size {
+            return Err(chunk::Error::MalformedManifest("manifest size differs from the cap".into()).into());
+        }
+        let end = offset.saturating_add(len).min(cap.size);
+        // Explicit stack of (node, node start offset), children pushed in
+        // reverse so chunks come out in file order.
+        let mut stack = vec![(root, 0u64)];
+        while let Some((node, start)) = stack.pop() {
+            let mut children = Vec::new();
+            let mut pos = start;
+            for entry in &node.entries {
+                let (lo, hi) = (pos, pos + entry.len);
+                pos = hi;
+                if hi <= offset || lo >= end || entry.len == 0 {
+                    continue;
+                }
+                children.push((entry.clone(), lo));
+            }
+            if node.depth == 0 {
+                for (entry, lo) in children {
+                    visit(lo, self.fetch_chunk(&node, &entry).await?)?;
+                }
+            } else {
+                for (entry, lo) in children.into_iter().rev() {
+                    stack.push((self.fetch_node(&node, &entry).await?, lo));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Read `len` bytes at `offset` (fewer at the end of the file).
+    pub async fn read_range(&self, cap: &FileReadCap, offset: u64, len: u64) -> Result<Vec<u8>> {
+        let end = offset.saturating_add(len).min(cap.size);
+        let mut out = Vec::with_capacity(end.saturating_sub(offset) as usize);
+        self.walk_range(cap, offset, len, &mut |lo, plain| {
+            let from = offset.saturating_sub(lo) as usize;
+            let to = ((end - lo) as usize).min(plain.len());
+            out.extend_from_slice(&plain[from..to]);
+            Ok(())
+        })
+        .await?;
+        Ok(out)
+    }
+
+    pub async fn get_bytes(&self, cap: &FileReadCap) -> Result<Vec<u8>> {
+        self.read_range(cap, 0, cap.size).await
+    }
+
+    /// Stream a whole file into `out`, one verified chunk at a time.
+    pub async fn get_to<W: Write + Send>(&self, cap: &FileReadCap, out: &mut W) -> Result<()> {
+        self.walk_range(cap, 0, cap.size, &mut |_, plain| Ok(out.write_all(&plain)?))
+            .await
+    }
+
+    // ---- directories ----
+
+    /// The current listing of a directory. An empty listing if no mirror has
+    /// ever stored the slot.
+    pub async fn list(&self, cap: &DirReadCap) -> Result<Listing> {
+        Ok(self.grid.get_slot(cap).await?.map(|(_, l)| l).unwrap_or_default())
+    }
+
+    /// Read-modify-write a directory: apply `change` to the newest listing
+    /// and publish it with the next seq.
+    pub async fn update_dir<F>(&self, cap: &DirWriteCap, change: F) -> Result<Listing>
+    where
+        F: FnOnce(&mut Listing) -> Result<()>,
+    {
+        let current = self.grid.get_slot(&cap.read_cap()).await?;
+        let (seq, mut listing) = current.unwrap_or_default();
+        change(&mut listing)?;
+        self.grid.put_slot(&SlotEnvelope::seal(cap, seq + 1, &listing)).await?;
+        Ok(listing)
+    }
+
+    /// Create an empty directory slot and return its write-cap.
+    pub async fn new_dir(&self) -> Result<DirWriteCap> {
+        let cap = DirWriteCap {
+            seed: SlotSeed::generate(&mut rand::rng()),
+        };
+        self.grid.put_slot(&SlotEnvelope::seal(&cap, 1, &Listing::default())).await?;
+        Ok(cap)
+    }
+
+    /// Link `entry` as `name` in `parent`, replacing any entry of that name.
+    pub async fn link(&self, parent: &DirWriteCap, name: &str, entry: Entry) -> Result<()> {
+        check_name(name).map_err(|reason| Error::BadName {
+            name: name.into(),
+            reason,
+        })?;
+        self.update_dir(parent, |l| {
+            l.entries.insert(name.to_string(), entry);
+            Ok(())
+        })
+        .await?;
+        Ok(())
+    }
+
+    /// Follow `path` (slash-separated, relative to `from`) to a write-cap
+    /// directory, creating missing directories when `create` is set.
+    pub async fn walk_dirs(&self, from: &DirWriteCap, path: &str, create: bool) -> Result<DirWriteCap> {
+        let mut cur = from.clone();
+        for name in path.split('/').filter(|s| !s.is_empty()) {
+            let listing = self.list(&cur.read_cap()).await?;
+            cur = match listing.entries.get(name) {
+                Some(e) if e.kind == EntryKind::Dir => e
+                    .write_cap(&cur, name)?
+                    .ok_or_else(|| Error::ReadOnly(path.to_string()))?,
+                Some(_) => return Err(Error::NotADirectory(path.to_string())),
+                None if create => {
+                    let child = self.new_dir().await?;
+                    self.link(&cur, name, Entry::dir(&cur, name, &child, 0o755, now())).await?;
+                    child
+                }
+                None => return Err(Error::NotFound(path.to_string())),
+            };
+        }
+        Ok(cur)
+    }
+
+    /// The cap that `path` names under `from` (a read-level cap for files
+    /// and read-only directories, the write-cap for writable directories).
+    pub async fn resolve(&self, from: &Cap, path: &str) -> Result<Cap> {
+        let mut cur = from.clone();
+        for name in path.split('/').filter(|s| !s.is_empty()) {
+            let listing = match &cur {
+                Cap::DirWrite(w) => self.list(&w.read_cap()).await?,
+                Cap::DirRead(r) => self.list(r).await?,
+                _ => return Err(Error::NotADirectory(path.to_string())),
+            };
+            let entry = listing
+                .entries
+                .get(name)
+                .ok_or_else(|| Error::NotFound(path.to_string()))?;
+            let write = match &cur {
+                Cap::DirWrite(w) => entry.write_cap(w, name)?,
+                _ => None,
+            };
+            cur = match (write, &entry.cap) {
+                (Some(w), _) => Cap::DirWrite(w),
+                (None, Some(c)) => c.clone(),
+                (None, None) => return Err(Error::NotAFile(path.to_string())),
+            };
+        }
+        Ok(cur)
+    }
+
+    /// Upload a local directory tree as a new directory; returns its
+    /// write-cap. Files, directories and symlinks are kept, with modes and
+    /// modification times.
+    pub async fn put_tree(&self, local: &Path) -> Result<DirWriteCap> {
+        let top = self.new_dir().await?;
+        let mut stack = vec![(local.to_path_buf(), top.clone())];
+        while let Some((dir, cap)) = stack.pop() {
+            let mut listing = Listing::default();
+            let mut items: Vec<_> = std::fs::read_dir(&dir)?.collect::<std::io::Result<_>>()?;
+            items.sort_by_key(|e| e.file_name());
+            for item in items {
+                let name = item.file_name().into_string().map_err(|n| Error::BadName {
+                    name: n.to_string_lossy().into_owned(),
+                    reason: "not valid UTF-8",
+                })?;
+                let meta = std::fs::symlink_metadata(item.path())?;
+                let mtime = mtime_of(&meta);
+                let mode = std::os::unix::fs::PermissionsExt::mode(&meta.permissions()) & 0o7777;
+                let entry = if meta.file_type().is_symlink() {
+                    let target = std::fs::read_link(item.path())?;
+                    Entry::symlink(&target.to_string_lossy(), mtime)
+                } else if meta.is_dir() {
+                    let child = self.new_dir().await?;
+                    stack.push((item.path(), child.clone()));
+                    Entry::dir(&cap, &name, &child, mode, mtime)
+                } else if meta.is_file() {
+                    Entry::file(self.put_path(&item.path()).await?, mode, mtime)
+                } else {
+                    tracing::warn!(path = %item.path().display(), "skipping special file");
+                    continue;
+                };
+                listing.entries.insert(name, entry);
+            }
+            self.update_dir(&cap, |l| {
+                *l = listing;
+                Ok(())
+            })
+            .await?;
+        }
+        Ok(top)
+    }
+
+    /// Download a directory tree into `dest`, which must not exist yet.
+    pub async fn get_tree(&self, cap: &DirReadCap, dest: &Path) -> Result<()> {
+        std::fs::create_dir(dest)?;
+        let mut stack = vec![(cap.clone(), dest.to_path_buf())];
+        while let Some((dir, path)) = stack.pop() {
+            for (name, entry) in self.list(&dir).await?.entries {
+                let target = path.join(&name);
+                match (&entry.kind, &entry.cap) {
+                    (EntryKind::Dir, Some(Cap::DirRead(child))) => {
+                        std::fs::create_dir(&target)?;
+                        set_mode(&target, entry.mode)?;
+                        stack.push((child.clone(), target));
+                    }
+                    (EntryKind::File, Some(Cap::FileRead(file))) => {
+                        let mut out = std::io::BufWriter::new(std::fs::File::create(&target)?);
+                        self.get_to(file, &mut out).await?;
+                        out.flush()?;
+                        out.get_ref().set_modified(system_time(entry.mtime))?;
+                        set_mode(&target, entry.mode)?;
+                    }
+                    (EntryKind::Symlink, _) => {
+                        std::os::unix::fs::symlink(entry.target.as_deref().unwrap_or(""), &target)?;
+                    }
+                    _ => return Err(Error::NotAFile(target.display().to_string())),
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+fn mtime_of(meta: &std::fs::Metadata) -> (i64, u32) {
+    use std::os::unix::fs::MetadataExt;
+    (meta.mtime(), meta.mtime_nsec() as u32)
+}
+
+fn system_time((secs, nanos): (i64, u32)) -> SystemTime {
+    let d = std::time::Duration::new(secs.unsigned_abs(), nanos);
+    if secs >= 0 { UNIX_EPOCH + d } else { UNIX_EPOCH - d }
+}
+
+fn set_mode(path: &Path, mode: u32) -> std::io::Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode & 0o7777))
+}
