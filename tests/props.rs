@@ -1,0 +1,186 @@
+//! Property tests of the object model: encryption, erasure coding, caps.
+
+mod common;
+
+use std::str::FromStr;
+
+use lode::caps::{Access, Cap, DirReadCap, DirVerifyCap, DirWriteCap, FileReadCap, FileVerifyCap};
+use lode::chunk::share::{self, seal_chunk};
+use lode::chunk::{Error as ChunkError, Params};
+use lode::crypto::{ChunkKey, ReadKey, RootSecret, SlotSeed, VerifyKey};
+use lode::dir::{Entry, SlotEnvelope};
+use proptest::prelude::*;
+
+fn params() -> impl Strategy<Value = Params> {
+    (1u8..=8).prop_flat_map(|n| (1u8..=n, Just(n))).prop_map(|(k, n)| Params::new(k, n).unwrap())
+}
+
+fn any_cap() -> impl Strategy<Value = Cap> {
+    let k32 = any::<[u8; 32]>();
+    prop_oneof![
+        k32.prop_map(|s| Cap::DirWrite(DirWriteCap { seed: SlotSeed::from_bytes(s) })),
+        (any::<[u8; 32]>(), any::<[u8; 32]>()).prop_map(|(s, r)| Cap::DirRead(DirReadCap {
+            public_key: SlotSeed::from_bytes(s).public_key(),
+            read_key: ReadKey::from_bytes(r),
+        })),
+        any::<[u8; 32]>().prop_map(|s| Cap::DirVerify(DirVerifyCap {
+            public_key: SlotSeed::from_bytes(s).public_key(),
+        })),
+        (any::<[u8; 32]>(), any::<[u8; 32]>(), any::<u64>()).prop_map(|(k, r, size)| Cap::FileRead(
+            FileReadCap { read_key: ReadKey::from_bytes(k), root: r, size }
+        )),
+        (any::<[u8; 32]>(), any::<[u8; 32]>(), any::<u64>()).prop_map(|(k, r, size)| Cap::FileVerify(
+            FileVerifyCap { verify_key: VerifyKey::from_bytes(k), root: r, size }
+        )),
+    ]
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(64))]
+
+    #[test]
+    fn siv_round_trips(key in any::<[u8; 32]>(), ctx in any::<Vec<u8>>(), pt in prop::collection::vec(any::<u8>(), 0..4096)) {
+        let key = ChunkKey::from_bytes(key);
+        let ct = key.seal(&[&ctx], &pt);
+        prop_assert_eq!(ct.len(), pt.len() + 16);
+        prop_assert_eq!(key.open(&[&ctx], &ct).unwrap(), pt);
+    }
+
+    #[test]
+    fn sealed_chunk_round_trips(secret in any::<[u8; 32]>(), p in params(), pt in prop::collection::vec(any::<u8>(), 0..20_000)) {
+        let conv = RootSecret::from_bytes(secret).convergence();
+        let sealed = seal_chunk(&conv, p, &pt);
+        prop_assert_eq!(sealed.shares.len(), p.n() as usize);
+        prop_assert_eq!(share::open_chunk(&sealed.key, p, &sealed.shares).unwrap(), pt);
+    }
+
+    /// Any k of the n shares rebuild the payload; any fewer fail clearly.
+    #[test]
+    fn any_k_of_n_rebuild(p in params(), payload in prop::collection::vec(any::<u8>(), 1..10_000), pick in any::<u64>()) {
+        let shares = share::encode(p, &payload);
+        let n = p.n() as usize;
+        let k = p.k() as usize;
+        // A pseudo-random subset of the shares, from the `pick` bits.
+        let mut order: Vec<usize> = (0..n).collect();
+        let mut bits = pick;
+        for i in (1..n).rev() {
+            order.swap(i, (bits % (i as u64 + 1)) as usize);
+            bits /= i as u64 + 1;
+        }
+        let subset: Vec<_> = order[..k].iter().map(|&i| shares[i].clone()).collect();
+        prop_assert_eq!(share::decode(p, &subset).unwrap(), payload.clone());
+        let too_few: Vec<_> = order[..k - 1].iter().map(|&i| shares[i].clone()).collect();
+        let err = share::decode(p, &too_few).unwrap_err();
+        prop_assert!(matches!(err, ChunkError::TooFewShares { need, have } if need == k && have == k - 1), "{err}");
+        let expected = format!("need {k} good shares");
+        prop_assert!(err.to_string().contains(&expected));
+    }
+
+    #[test]
+    fn cap_string_round_trips(cap in any_cap()) {
+        let s = cap.to_string();
+        let prefix = format!("lode:{}:1:", cap.kind());
+        prop_assert!(s.starts_with(&prefix));
+        prop_assert_eq!(Cap::from_str(&s).unwrap(), cap);
+    }
+
+    /// A single changed character in a cap string is caught.
+    #[test]
+    fn cap_typo_is_caught(cap in any_cap(), pos in any::<prop::sample::Index>(), c in "[a-z2-7]") {
+        let s = cap.to_string();
+        let data_start = s.rfind(':').unwrap() + 1;
+        let i = data_start + pos.index(s.len() - data_start);
+        let mut typo = s.clone().into_bytes();
+        prop_assume!(typo[i] != c.as_bytes()[0]);
+        typo[i] = c.as_bytes()[0];
+        let typo = String::from_utf8(typo).unwrap();
+        prop_assert!(Cap::from_str(&typo).is_err(), "typo accepted: {typo}");
+    }
+
+    #[test]
+    fn cap_parse_never_panics(s in "\\PC{0,200}") {
+        let _ = Cap::from_str(&s);
+        let _ = Cap::from_str(&format!("lode:dir-ro:1:{s}"));
+    }
+
+    #[test]
+    fn downgrade_is_total_and_monotone(cap in any_cap()) {
+        for access in [Access::Write, Access::Read, Access::Verify] {
+            let d = cap.downgrade(access);
+            prop_assert!(d.access() >= cap.access(), "downgrade gained power");
+            prop_assert!(d.access() >= access);
+            prop_assert_eq!(d.is_dir(), cap.is_dir());
+            // Downgrading in two steps equals downgrading in one.
+            prop_assert_eq!(d.verify_cap(), cap.verify_cap());
+        }
+        prop_assert_eq!(cap.read_cap().verify_cap(), cap.verify_cap());
+    }
+
+    #[test]
+    fn write_to_read_to_verify(seed in any::<[u8; 32]>()) {
+        let w = DirWriteCap { seed: SlotSeed::from_bytes(seed) };
+        let read = Cap::DirWrite(w.clone()).downgrade(Access::Read);
+        prop_assert_eq!(&read, &Cap::DirRead(w.read_cap()));
+        let verify = read.downgrade(Access::Verify);
+        prop_assert_eq!(&verify, &Cap::DirVerify(w.read_cap().verify_cap()));
+        prop_assert_eq!(read.access(), Access::Read);
+        prop_assert_eq!(verify.access(), Access::Verify);
+        // The read-cap opens the slot the write-cap sealed; the verify-cap
+        // checks it.
+        let listing = lode::dir::Listing::default();
+        let env = SlotEnvelope::seal(&w, 1, &listing);
+        prop_assert_eq!(env.open(&read.into_dir_read().unwrap()).unwrap(), listing);
+        prop_assert!(env.verify().is_ok());
+    }
+}
+
+/// A read-cap never reveals a write key: neither the read-cap string nor
+/// anything a read-cap holder can decrypt contains the bytes of any write
+/// key in the tree (slot seeds, or the seal key for child write-caps).
+#[test]
+fn read_cap_never_reveals_write_keys() {
+    let rt = common::runtime();
+    for byte in [1u8, 2, 3] {
+        rt.block_on(async {
+            let (vault, _) = common::single(byte);
+            let root = vault.root().clone();
+            let sub = vault.walk_dirs(&root, "a/b", true).await.unwrap();
+            let file = vault.put_bytes(b"some content").await.unwrap();
+            vault.link(&sub, "f", Entry::file(file, 0o644, (0, 0))).await.unwrap();
+
+            let a = vault.resolve(&Cap::DirWrite(root.clone()), "a").await.unwrap();
+            let Cap::DirWrite(a) = a else { panic!("a is writable via root") };
+            let secrets: Vec<Vec<u8>> = [&root, &a, &sub]
+                .iter()
+                .flat_map(|w| [w.seed.expose().to_vec(), w.seed.write_seal_key().expose().to_vec()])
+                .collect();
+
+            // Everything the read-cap holder can see, walking down.
+            let mut seen: Vec<Vec<u8>> = Vec::new();
+            let mut stack = vec![root.read_cap()];
+            while let Some(dir) = stack.pop() {
+                seen.push(Cap::DirRead(dir.clone()).to_string().into_bytes());
+                seen.push(dir.read_key.expose().to_vec());
+                let listing = vault.list(&dir).await.unwrap();
+                seen.push(listing.encode());
+                for (_, entry) in listing.entries {
+                    if let Some(Cap::DirRead(child)) = entry.cap {
+                        stack.push(child);
+                    }
+                }
+            }
+            assert!(seen.len() >= 9, "walked root, a and a/b");
+            for s in &secrets {
+                for blob in &seen {
+                    assert!(!common::contains(blob, s), "a write key leaked to a read-cap holder");
+                }
+            }
+            // The read-cap cannot unseal child write-caps at all.
+            let listing = vault.list(&root.read_cap()).await.unwrap();
+            let entry = &listing.entries["a"];
+            assert!(entry.has_write_cap());
+            let impostor = DirWriteCap { seed: SlotSeed::from_bytes(*root.read_cap().read_key.expose()) };
+            assert!(entry.write_cap(&impostor, "a").is_err());
+        });
+    }
+}
