@@ -6,7 +6,9 @@
 //!   length, its share ids and (for child nodes) the child's verify key.
 //!   A verify-cap holder can walk every share of the file with this alone.
 //! - `keys`, sealed under the node's read key: per child, the key that
-//!   decrypts it. Only a read-cap reaches these.
+//!   decrypts it. Only a read-cap reaches these. The `locs` section binds
+//!   the SHA-256 of the `keys` ciphertext as associated data, so a verifier
+//!   detects a change to either.
 //!
 //! A node's read key is convergent in its own contents, so the tree is built
 //! bottom-up while the file streams in, holding at most `FANOUT` entries per
@@ -115,7 +117,10 @@ impl Node {
         if blob.v != MANIFEST_VERSION {
             return Err(Error::ManifestVersion(blob.v));
         }
-        let locs: Locs = uncbor(&vk.open(&[LOCS_CONTEXT], &blob.locs)?)?;
+        // The locs section binds the keys ciphertext, so a verifier, who
+        // cannot open the keys, still detects any change to them.
+        let keys_digest = sha256(&blob.keys);
+        let locs: Locs = uncbor(&vk.open(&[LOCS_CONTEXT, &keys_digest], &blob.locs)?)?;
         let params = Params::new(locs.k, locs.n)
             .map_err(|_| Error::MalformedManifest("invalid k/n".into()))?;
         let keys = match rk {
@@ -276,10 +281,12 @@ impl FileEncoder {
             .convergent_key(NODE_DOMAIN, &sha256(&material), &params.key_params())
             .into();
         let verify_key = read_key.verify_key();
+        let keys = read_key.seal(&[KEYS_CONTEXT], &keys);
+        let locs = verify_key.seal(&[LOCS_CONTEXT, &sha256(&keys)], &locs);
         let blob = cbor(&Blob {
             v: MANIFEST_VERSION,
-            locs: ByteBuf::from(verify_key.seal(&[LOCS_CONTEXT], &locs)),
-            keys: ByteBuf::from(read_key.seal(&[KEYS_CONTEXT], &keys)),
+            locs: ByteBuf::from(locs),
+            keys: ByteBuf::from(keys),
         });
         let shares = share::encode(params, &blob);
         let pending = Pending {
