@@ -16,7 +16,7 @@ mod vault;
 
 pub use grid::{Grid, GridConfig};
 pub use memory::MemoryStorage;
-pub use vault::Vault;
+pub use vault::{Vault, now};
 
 use async_trait::async_trait;
 

@@ -1,0 +1,86 @@
+//! Convergent encryption deduplicates within an identity and never across.
+
+mod common;
+
+use std::collections::HashSet;
+
+use lode::chunk::share::seal_chunk;
+use lode::chunk::{ChunkerParams, Params};
+
+#[test]
+fn same_file_twice_same_cap_no_new_shares() {
+    let rt = common::runtime();
+    rt.block_on(async {
+        let data = common::seeded_bytes("dedup", 5 << 20);
+        let (vault, store) = common::single(1);
+        let first = vault.put_bytes(&data).await.unwrap();
+        let ids: HashSet<_> = store.share_ids().into_iter().collect();
+        let bytes = store.share_bytes();
+        let second = vault.put_bytes(&data).await.unwrap();
+        assert_eq!(first, second);
+        assert_eq!(store.share_ids().into_iter().collect::<HashSet<_>>(), ids);
+        assert_eq!(store.share_bytes(), bytes);
+
+        let (vault3, stores) = common::grid3(1);
+        vault3.put_bytes(&data).await.unwrap();
+        let before: Vec<usize> = stores.iter().map(|s| s.share_ids().len()).collect();
+        vault3.put_bytes(&data).await.unwrap();
+        let after: Vec<usize> = stores.iter().map(|s| s.share_ids().len()).collect();
+        assert_eq!(before, after);
+    });
+}
+
+#[test]
+fn two_identities_share_no_ids() {
+    let rt = common::runtime();
+    rt.block_on(async {
+        let data = common::seeded_bytes("two identities", 3 << 20);
+        let (a, store_a) = common::single(1);
+        let (b, store_b) = common::single(2);
+        let cap_a = a.put_bytes(&data).await.unwrap();
+        let cap_b = b.put_bytes(&data).await.unwrap();
+        assert_ne!(cap_a.root, cap_b.root);
+        let ids_a: HashSet<_> = store_a.share_ids().into_iter().collect();
+        let ids_b: HashSet<_> = store_b.share_ids().into_iter().collect();
+        assert!(ids_a.len() >= 2);
+        assert!(ids_a.is_disjoint(&ids_b), "a share id is shared across identities");
+        assert_eq!(b.get_bytes(&cap_b).await.unwrap(), data);
+    });
+}
+
+/// Chunk ids (the first share id of each chunk) of a whole input.
+fn chunk_ids(data: &[u8], byte: u8) -> Vec<[u8; 32]> {
+    let secret = common::secret(byte);
+    let conv = secret.convergence();
+    let params = Params::new(2, 3).unwrap();
+    ChunkerParams::new(secret.chunker_seed())
+        .chunks(std::io::Cursor::new(data))
+        .map(|c| seal_chunk(&conv, params, &c.unwrap()).shares[0].id())
+        .collect()
+}
+
+#[test]
+fn ten_byte_insert_in_64mib_changes_at_most_3_chunks() {
+    let data = common::seeded_bytes("edit", 64 << 20);
+    let mut edited = data[..32 << 20].to_vec();
+    edited.extend_from_slice(b"0123456789");
+    edited.extend_from_slice(&data[32 << 20..]);
+    let before: HashSet<_> = chunk_ids(&data, 3).into_iter().collect();
+    let after = chunk_ids(&edited, 3);
+    let new = after.iter().filter(|id| !before.contains(*id)).count();
+    assert!(after.len() > 30, "64 MiB is many chunks ({})", after.len());
+    assert!((1..=3).contains(&new), "{new} chunks changed");
+
+    // Through the whole pipeline: the second put stores only the changed
+    // chunks' shares and the new manifest root.
+    let rt = common::runtime();
+    rt.block_on(async {
+        let (vault, store) = common::single(3);
+        vault.put_bytes(&data).await.unwrap();
+        let n0 = store.share_ids().len();
+        let cap = vault.put_bytes(&edited).await.unwrap();
+        let added = store.share_ids().len() - n0;
+        assert!(added <= 3 + 1, "{added} new shares for a 10-byte insert");
+        assert_eq!(vault.read_range(&cap, (32 << 20) - 5, 20).await.unwrap(), edited[(32 << 20) - 5..(32 << 20) + 15]);
+    });
+}
