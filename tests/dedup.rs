@@ -43,7 +43,10 @@ fn two_identities_share_no_ids() {
         let ids_a: HashSet<_> = store_a.share_ids().into_iter().collect();
         let ids_b: HashSet<_> = store_b.share_ids().into_iter().collect();
         assert!(ids_a.len() >= 2);
-        assert!(ids_a.is_disjoint(&ids_b), "a share id is shared across identities");
+        assert!(
+            ids_a.is_disjoint(&ids_b),
+            "a share id is shared across identities"
+        );
         assert_eq!(b.get_bytes(&cap_b).await.unwrap(), data);
     });
 }
@@ -81,6 +84,9 @@ fn ten_byte_insert_in_64mib_changes_at_most_3_chunks() {
         let cap = vault.put_bytes(&edited).await.unwrap();
         let added = store.share_ids().len() - n0;
         assert!(added <= 3 + 1, "{added} new shares for a 10-byte insert");
-        assert_eq!(vault.read_range(&cap, (32 << 20) - 5, 20).await.unwrap(), edited[(32 << 20) - 5..(32 << 20) + 15]);
+        assert_eq!(
+            vault.read_range(&cap, (32 << 20) - 5, 20).await.unwrap(),
+            edited[(32 << 20) - 5..(32 << 20) + 15]
+        );
     });
 }

@@ -12,13 +12,17 @@ use lode::dir::{Entry, SlotEnvelope};
 use proptest::prelude::*;
 
 fn params() -> impl Strategy<Value = Params> {
-    (1u8..=8).prop_flat_map(|n| (1u8..=n, Just(n))).prop_map(|(k, n)| Params::new(k, n).unwrap())
+    (1u8..=8)
+        .prop_flat_map(|n| (1u8..=n, Just(n)))
+        .prop_map(|(k, n)| Params::new(k, n).unwrap())
 }
 
 fn any_cap() -> impl Strategy<Value = Cap> {
     let k32 = any::<[u8; 32]>();
     prop_oneof![
-        k32.prop_map(|s| Cap::DirWrite(DirWriteCap { seed: SlotSeed::from_bytes(s) })),
+        k32.prop_map(|s| Cap::DirWrite(DirWriteCap {
+            seed: SlotSeed::from_bytes(s)
+        })),
         (any::<[u8; 32]>(), any::<[u8; 32]>()).prop_map(|(s, r)| Cap::DirRead(DirReadCap {
             public_key: SlotSeed::from_bytes(s).public_key(),
             read_key: ReadKey::from_bytes(r),
@@ -26,12 +30,20 @@ fn any_cap() -> impl Strategy<Value = Cap> {
         any::<[u8; 32]>().prop_map(|s| Cap::DirVerify(DirVerifyCap {
             public_key: SlotSeed::from_bytes(s).public_key(),
         })),
-        (any::<[u8; 32]>(), any::<[u8; 32]>(), any::<u64>()).prop_map(|(k, r, size)| Cap::FileRead(
-            FileReadCap { read_key: ReadKey::from_bytes(k), root: r, size }
-        )),
-        (any::<[u8; 32]>(), any::<[u8; 32]>(), any::<u64>()).prop_map(|(k, r, size)| Cap::FileVerify(
-            FileVerifyCap { verify_key: VerifyKey::from_bytes(k), root: r, size }
-        )),
+        (any::<[u8; 32]>(), any::<[u8; 32]>(), any::<u64>()).prop_map(
+            |(k, r, size)| Cap::FileRead(FileReadCap {
+                read_key: ReadKey::from_bytes(k),
+                root: r,
+                size
+            })
+        ),
+        (any::<[u8; 32]>(), any::<[u8; 32]>(), any::<u64>()).prop_map(|(k, r, size)| {
+            Cap::FileVerify(FileVerifyCap {
+                verify_key: VerifyKey::from_bytes(k),
+                root: r,
+                size,
+            })
+        }),
     ]
 }
 
@@ -146,13 +158,26 @@ fn read_cap_never_reveals_write_keys() {
             let root = vault.root().clone();
             let sub = vault.walk_dirs(&root, "a/b", true).await.unwrap();
             let file = vault.put_bytes(b"some content").await.unwrap();
-            vault.link(&sub, "f", Entry::file(file, 0o644, (0, 0))).await.unwrap();
+            vault
+                .link(&sub, "f", Entry::file(file, 0o644, (0, 0)))
+                .await
+                .unwrap();
 
-            let a = vault.resolve(&Cap::DirWrite(root.clone()), "a").await.unwrap();
-            let Cap::DirWrite(a) = a else { panic!("a is writable via root") };
+            let a = vault
+                .resolve(&Cap::DirWrite(root.clone()), "a")
+                .await
+                .unwrap();
+            let Cap::DirWrite(a) = a else {
+                panic!("a is writable via root")
+            };
             let secrets: Vec<Vec<u8>> = [&root, &a, &sub]
                 .iter()
-                .flat_map(|w| [w.seed.expose().to_vec(), w.seed.write_seal_key().expose().to_vec()])
+                .flat_map(|w| {
+                    [
+                        w.seed.expose().to_vec(),
+                        w.seed.write_seal_key().expose().to_vec(),
+                    ]
+                })
                 .collect();
 
             // Everything the read-cap holder can see, walking down.
@@ -172,14 +197,19 @@ fn read_cap_never_reveals_write_keys() {
             assert!(seen.len() >= 9, "walked root, a and a/b");
             for s in &secrets {
                 for blob in &seen {
-                    assert!(!common::contains(blob, s), "a write key leaked to a read-cap holder");
+                    assert!(
+                        !common::contains(blob, s),
+                        "a write key leaked to a read-cap holder"
+                    );
                 }
             }
             // The read-cap cannot unseal child write-caps at all.
             let listing = vault.list(&root.read_cap()).await.unwrap();
             let entry = &listing.entries["a"];
             assert!(entry.has_write_cap());
-            let impostor = DirWriteCap { seed: SlotSeed::from_bytes(*root.read_cap().read_key.expose()) };
+            let impostor = DirWriteCap {
+                seed: SlotSeed::from_bytes(*root.read_cap().read_key.expose()),
+            };
             assert!(entry.write_cap(&impostor, "a").is_err());
         });
     }

@@ -24,10 +24,17 @@ fn files_of_many_sizes_round_trip() {
             // Through the cap's string form, as a user would pass it.
             let parsed: Cap = Cap::FileRead(cap).to_string().parse().unwrap();
             let cap = parsed.into_file_read().unwrap();
-            for (off, len) in [(0u64, 10u64), (size as u64 / 2, 5000), (size as u64, 1), (size as u64 / 3, u64::MAX)] {
+            for (off, len) in [
+                (0u64, 10u64),
+                (size as u64 / 2, 5000),
+                (size as u64, 1),
+                (size as u64 / 3, u64::MAX),
+            ] {
                 let got = vault.read_range(&cap, off, len).await.unwrap();
                 let lo = (off as usize).min(size);
-                let hi = lo.saturating_add(len.min(usize::MAX as u64) as usize).min(size);
+                let hi = lo
+                    .saturating_add(len.min(usize::MAX as u64) as usize)
+                    .min(size);
                 assert_eq!(got, data[lo..hi], "size {size} range {off}+{len}");
             }
         }
@@ -78,7 +85,10 @@ fn multi_level_manifest_reads_back() {
         assert_eq!(cap.size, expected.len() as u64);
         assert_eq!(vault.get_bytes(&cap).await.unwrap(), expected);
         let mid = expected.len() as u64 / 2;
-        assert_eq!(vault.read_range(&cap, mid, 1000).await.unwrap(), expected[mid as usize..mid as usize + 1000]);
+        assert_eq!(
+            vault.read_range(&cap, mid, 1000).await.unwrap(),
+            expected[mid as usize..mid as usize + 1000]
+        );
     });
 }
 
@@ -86,7 +96,11 @@ fn build_tree(root: &Path) {
     std::fs::create_dir_all(root.join("a/b/c")).unwrap();
     std::fs::create_dir_all(root.join("empty")).unwrap();
     std::fs::write(root.join("top.txt"), b"top level\n").unwrap();
-    std::fs::write(root.join("a/big.bin"), common::seeded_bytes("tree big", 2 << 20)).unwrap();
+    std::fs::write(
+        root.join("a/big.bin"),
+        common::seeded_bytes("tree big", 2 << 20),
+    )
+    .unwrap();
     std::fs::write(root.join("a/b/c/deep.txt"), b"deep\n").unwrap();
     std::fs::write(root.join("a/b/empty.txt"), b"").unwrap();
     std::fs::set_permissions(root.join("top.txt"), std::fs::Permissions::from_mode(0o600)).unwrap();
@@ -97,25 +111,47 @@ fn build_tree(root: &Path) {
 /// Compare two trees: names, kinds, contents, modes, symlink targets, and
 /// file modification times.
 fn assert_same_tree(a: &Path, b: &Path) {
-    let mut names_a: Vec<_> = std::fs::read_dir(a).unwrap().map(|e| e.unwrap().file_name()).collect();
-    let mut names_b: Vec<_> = std::fs::read_dir(b).unwrap().map(|e| e.unwrap().file_name()).collect();
+    let mut names_a: Vec<_> = std::fs::read_dir(a)
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    let mut names_b: Vec<_> = std::fs::read_dir(b)
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
     names_a.sort();
     names_b.sort();
     assert_eq!(names_a, names_b, "{}", a.display());
     for name in names_a {
         let (pa, pb) = (a.join(&name), b.join(&name));
-        let (ma, mb) = (std::fs::symlink_metadata(&pa).unwrap(), std::fs::symlink_metadata(&pb).unwrap());
+        let (ma, mb) = (
+            std::fs::symlink_metadata(&pa).unwrap(),
+            std::fs::symlink_metadata(&pb).unwrap(),
+        );
         assert_eq!(ma.file_type(), mb.file_type(), "{}", pa.display());
         if ma.file_type().is_symlink() {
-            assert_eq!(std::fs::read_link(&pa).unwrap(), std::fs::read_link(&pb).unwrap());
+            assert_eq!(
+                std::fs::read_link(&pa).unwrap(),
+                std::fs::read_link(&pb).unwrap()
+            );
             continue;
         }
         assert_eq!(ma.mode() & 0o7777, mb.mode() & 0o7777, "{}", pa.display());
         if ma.is_dir() {
             assert_same_tree(&pa, &pb);
         } else {
-            assert_eq!(std::fs::read(&pa).unwrap(), std::fs::read(&pb).unwrap(), "{}", pa.display());
-            assert_eq!((ma.mtime(), ma.mtime_nsec()), (mb.mtime(), mb.mtime_nsec()), "{}", pa.display());
+            assert_eq!(
+                std::fs::read(&pa).unwrap(),
+                std::fs::read(&pb).unwrap(),
+                "{}",
+                pa.display()
+            );
+            assert_eq!(
+                (ma.mtime(), ma.mtime_nsec()),
+                (mb.mtime(), mb.mtime_nsec()),
+                "{}",
+                pa.display()
+            );
         }
     }
 }
@@ -131,11 +167,24 @@ fn directory_tree_round_trips() {
         let tree = vault.put_tree(&src).await.unwrap();
         // Link it into the root, then reach it by path from the root.
         vault
-            .link(vault.root(), "imported", lode::dir::Entry::dir(vault.root(), "imported", &tree, 0o755, (0, 0)))
+            .link(
+                vault.root(),
+                "imported",
+                lode::dir::Entry::dir(vault.root(), "imported", &tree, 0o755, (0, 0)),
+            )
             .await
             .unwrap();
-        let found = vault.resolve(&Cap::DirWrite(vault.root().clone()), "imported/a/b/c/deep.txt").await.unwrap();
-        let deep = vault.get_bytes(&found.into_file_read().unwrap()).await.unwrap();
+        let found = vault
+            .resolve(
+                &Cap::DirWrite(vault.root().clone()),
+                "imported/a/b/c/deep.txt",
+            )
+            .await
+            .unwrap();
+        let deep = vault
+            .get_bytes(&found.into_file_read().unwrap())
+            .await
+            .unwrap();
         assert_eq!(deep, b"deep\n");
 
         // A read-cap holder gets the whole tree back.
@@ -157,8 +206,15 @@ fn slot_updates_bump_seq_and_refuse_rollback() {
         let (vault, store) = common::single(6);
         let dir = vault.new_dir().await.unwrap();
         let cap = vault.put_bytes(b"x").await.unwrap();
-        let stale = store.get_slot(&dir.read_cap().public_key).await.unwrap().unwrap();
-        vault.link(&dir, "x", lode::dir::Entry::file(cap, 0o644, (0, 0))).await.unwrap();
+        let stale = store
+            .get_slot(&dir.read_cap().public_key)
+            .await
+            .unwrap()
+            .unwrap();
+        vault
+            .link(&dir, "x", lode::dir::Entry::file(cap, 0o644, (0, 0)))
+            .await
+            .unwrap();
         // The store refuses the old version...
         assert!(store.put_slot(&stale).await.is_err());
         // ...and if a store serves it anyway, this client refuses to go back.
@@ -168,6 +224,13 @@ fn slot_updates_bump_seq_and_refuse_rollback() {
         // A fresh client (no memory of seq 2) sees seq 1: the reason the CLI
         // persists the seqs it has seen.
         let fresh = Vault::single(&common::secret(6), store.clone());
-        assert!(fresh.list(&dir.read_cap()).await.unwrap().entries.is_empty());
+        assert!(
+            fresh
+                .list(&dir.read_cap())
+                .await
+                .unwrap()
+                .entries
+                .is_empty()
+        );
     });
 }

@@ -28,7 +28,10 @@ fn any_flipped_share_byte_is_detected() {
         let id = s.id();
         flip_each_byte(s.as_bytes(), |t, i| {
             let err = Share::verify(t, &id).unwrap_err();
-            assert!(matches!(err, lode::chunk::Error::Corrupt(_)), "byte {i}: {err}");
+            assert!(
+                matches!(err, lode::chunk::Error::Corrupt(_)),
+                "byte {i}: {err}"
+            );
         });
     }
 }
@@ -44,7 +47,10 @@ fn any_flipped_ciphertext_byte_is_detected() {
         // Re-code the tampered ciphertext, as a mirror that also forged share
         // ids would have to: AES-SIV still refuses it.
         let forged = share::encode(params, &t);
-        assert!(share::open_chunk(&sealed.key, params, &forged).is_err(), "byte {i}");
+        assert!(
+            share::open_chunk(&sealed.key, params, &forged).is_err(),
+            "byte {i}"
+        );
     });
 }
 
@@ -63,7 +69,10 @@ fn any_flipped_manifest_byte_is_detected() {
     assert_eq!(node.size, 300);
     let vk = cap.read_key.verify_key();
     flip_each_byte(&blob, |t, i| {
-        assert!(Node::open_read(&t, &cap.read_key).is_err(), "byte {i} (read)");
+        assert!(
+            Node::open_read(&t, &cap.read_key).is_err(),
+            "byte {i} (read)"
+        );
         assert!(Node::open_verify(&t, &vk).is_err(), "byte {i} (verify)");
     });
     // And the wrong key opens nothing.
@@ -72,11 +81,19 @@ fn any_flipped_manifest_byte_is_detected() {
 
 #[test]
 fn any_flipped_slot_byte_is_detected() {
-    let cap = DirWriteCap { seed: SlotSeed::from_bytes([8; 32]) };
-    let child = DirWriteCap { seed: SlotSeed::from_bytes([9; 32]) };
+    let cap = DirWriteCap {
+        seed: SlotSeed::from_bytes([8; 32]),
+    };
+    let child = DirWriteCap {
+        seed: SlotSeed::from_bytes([9; 32]),
+    };
     let mut listing = Listing::default();
-    listing.entries.insert("d".into(), Entry::dir(&cap, "d", &child, 0o755, (1, 2)));
-    listing.entries.insert("s".into(), Entry::symlink("d", (3, 4)));
+    listing
+        .entries
+        .insert("d".into(), Entry::dir(&cap, "d", &child, 0o755, (1, 2)));
+    listing
+        .entries
+        .insert("s".into(), Entry::symlink("d", (3, 4)));
     let bytes = SlotEnvelope::seal(&cap, 3, &listing).encode();
     let read = cap.read_cap();
     flip_each_byte(&bytes, |t, i| {

@@ -20,7 +20,9 @@ use lode::store::{Grid, GridConfig, MemoryStorage, Storage, Vault};
 use sha2::{Digest, Sha256};
 
 fn vector_path(name: &str) -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/vectors").join(name)
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/vectors")
+        .join(name)
 }
 
 /// Compare `actual` with the stored vector, or store it when updating.
@@ -30,9 +32,16 @@ fn check_vector(name: &str, actual: &str) {
         std::fs::write(&path, actual).unwrap();
         return;
     }
-    let expected = std::fs::read_to_string(&path)
-        .unwrap_or_else(|e| panic!("{}: {e} (run with LODE_UPDATE_VECTORS=1 once)", path.display()));
-    assert_eq!(actual, expected, "golden vector {name} changed: a format change must bump its version");
+    let expected = std::fs::read_to_string(&path).unwrap_or_else(|e| {
+        panic!(
+            "{}: {e} (run with LODE_UPDATE_VECTORS=1 once)",
+            path.display()
+        )
+    });
+    assert_eq!(
+        actual, expected,
+        "golden vector {name} changed: a format change must bump its version"
+    );
 }
 
 const SECRET: [u8; 32] = [0x42; 32];
@@ -40,7 +49,9 @@ const SECRET: [u8; 32] = [0x42; 32];
 /// Independent HKDF with lode's documented salt and info strings.
 fn hkdf(ikm: &[u8], info: &[u8]) -> [u8; 32] {
     let mut out = [0u8; 32];
-    Hkdf::<Sha256>::new(Some(b"lode v1 kdf"), ikm).expand(info, &mut out).unwrap();
+    Hkdf::<Sha256>::new(Some(b"lode v1 kdf"), ikm)
+        .expand(info, &mut out)
+        .unwrap();
     out
 }
 
@@ -54,7 +65,12 @@ fn encode_cap(kind: &str, payload: &[u8]) -> String {
     let sum = h.finalize();
     let mut data = payload.to_vec();
     data.extend_from_slice(&sum[..4]);
-    format!("lode:{kind}:1:{}", data_encoding::BASE32_NOPAD.encode(&data).to_ascii_lowercase())
+    format!(
+        "lode:{kind}:1:{}",
+        data_encoding::BASE32_NOPAD
+            .encode(&data)
+            .to_ascii_lowercase()
+    )
 }
 
 #[test]
@@ -63,12 +79,19 @@ fn chunk_boundaries_of_seeded_8mib() {
     let secret = lode::crypto::RootSecret::from_bytes(SECRET);
     let seed = secret.chunker_seed();
     // The chunker seed is the first 8 bytes (LE) of HKDF(secret, "chunker").
-    assert_eq!(seed, u64::from_le_bytes(hkdf(&SECRET, b"chunker")[..8].try_into().unwrap()));
+    assert_eq!(
+        seed,
+        u64::from_le_bytes(hkdf(&SECRET, b"chunker")[..8].try_into().unwrap())
+    );
     let mut out = format!("# FastCDC 2020, 256K/1M/4M, seed {seed:#018x}; offset length sha256\n");
     let mut offset = 0usize;
     for chunk in ChunkerParams::new(seed).chunks(std::io::Cursor::new(&data)) {
         let chunk = chunk.unwrap();
-        assert_eq!(chunk, data[offset..offset + chunk.len()], "chunks are the input, in order");
+        assert_eq!(
+            chunk,
+            data[offset..offset + chunk.len()],
+            "chunks are the input, in order"
+        );
         assert!(chunk.len() <= 4 << 20);
         let digest = data_encoding::HEXLOWER.encode(&Sha256::digest(&chunk));
         out.push_str(&format!("{offset} {} {digest}\n", chunk.len()));
@@ -81,26 +104,43 @@ fn chunk_boundaries_of_seeded_8mib() {
 #[test]
 fn cap_strings_for_fixed_secret() {
     let secret = lode::crypto::RootSecret::from_bytes(SECRET);
-    let root = DirWriteCap { seed: secret.root_dir_seed() };
+    let root = DirWriteCap {
+        seed: secret.root_dir_seed(),
+    };
     // Independent derivation of the root write-cap and read-cap.
     let seed = hkdf(&SECRET, b"root dir");
-    let public = ed25519_dalek::SigningKey::from_bytes(&seed).verifying_key().to_bytes();
+    let public = ed25519_dalek::SigningKey::from_bytes(&seed)
+        .verifying_key()
+        .to_bytes();
     let read_key = hkdf(&seed, b"dir read");
     let mut ro = public.to_vec();
     ro.extend_from_slice(&read_key);
-    assert_eq!(Cap::DirWrite(root.clone()).to_string(), encode_cap("dir-rw", &seed));
-    assert_eq!(Cap::DirRead(root.read_cap()).to_string(), encode_cap("dir-ro", &ro));
-    assert_eq!(Cap::DirRead(root.read_cap()).verify_cap().to_string(), encode_cap("dir-v", &public));
+    assert_eq!(
+        Cap::DirWrite(root.clone()).to_string(),
+        encode_cap("dir-rw", &seed)
+    );
+    assert_eq!(
+        Cap::DirRead(root.read_cap()).to_string(),
+        encode_cap("dir-ro", &ro)
+    );
+    assert_eq!(
+        Cap::DirRead(root.read_cap()).verify_cap().to_string(),
+        encode_cap("dir-v", &public)
+    );
 
     // File caps run the whole pipeline: chunk sealing, shares, manifest.
     let rt = common::runtime();
     let (single, grid) = rt.block_on(async {
         let v1 = Vault::single(&secret, Arc::new(MemoryStorage::new()));
-        let stores: Vec<Arc<dyn Storage>> =
-            (0..3).map(|i| Arc::new(MemoryStorage::named(&format!("m{i}"))) as Arc<dyn Storage>).collect();
+        let stores: Vec<Arc<dyn Storage>> = (0..3)
+            .map(|i| Arc::new(MemoryStorage::named(&format!("m{i}"))) as Arc<dyn Storage>)
+            .collect();
         let v3 = Vault::new(&secret, Grid::new(stores, GridConfig::default()).unwrap());
         let data = common::seeded_bytes("lode file vector", 3 << 20);
-        (v1.put_bytes(&data).await.unwrap(), v3.put_bytes(&data).await.unwrap())
+        (
+            v1.put_bytes(&data).await.unwrap(),
+            v3.put_bytes(&data).await.unwrap(),
+        )
     });
     let file1 = Cap::FileRead(single);
     let file3 = Cap::FileRead(grid);
@@ -124,8 +164,12 @@ fn cap_strings_for_fixed_secret() {
 #[test]
 fn directory_slot_encoding() {
     let secret = lode::crypto::RootSecret::from_bytes(SECRET);
-    let root = DirWriteCap { seed: secret.root_dir_seed() };
-    let child = DirWriteCap { seed: SlotSeed::from_bytes([0x17; 32]) };
+    let root = DirWriteCap {
+        seed: secret.root_dir_seed(),
+    };
+    let child = DirWriteCap {
+        seed: SlotSeed::from_bytes([0x17; 32]),
+    };
     let file = lode::caps::FileReadCap {
         read_key: lode::crypto::ReadKey::from_bytes([0x21; 32]),
         root: [0x22; 32],
@@ -136,8 +180,14 @@ fn directory_slot_encoding() {
         "notes.txt".into(),
         Entry::file(file, 0o644, (1_700_000_000, 123_456_789)),
     );
-    listing.entries.insert("sub".into(), Entry::dir(&root, "sub", &child, 0o755, (1_700_000_001, 0)));
-    listing.entries.insert("link".into(), Entry::symlink("notes.txt", (1_700_000_002, 5)));
+    listing.entries.insert(
+        "sub".into(),
+        Entry::dir(&root, "sub", &child, 0o755, (1_700_000_001, 0)),
+    );
+    listing.entries.insert(
+        "link".into(),
+        Entry::symlink("notes.txt", (1_700_000_002, 5)),
+    );
     let env = SlotEnvelope::seal(&root, 7, &listing);
     let bytes = env.encode();
 
@@ -147,7 +197,9 @@ fn directory_slot_encoding() {
     assert_eq!(decoded.seq, 7);
     assert_eq!(decoded.open(&root.read_cap()).unwrap(), listing);
     let wire: serde_cbor::Value = serde_cbor::from_slice(&bytes).unwrap();
-    let serde_cbor::Value::Map(map) = wire else { panic!("slot is a CBOR map") };
+    let serde_cbor::Value::Map(map) = wire else {
+        panic!("slot is a CBOR map")
+    };
     let field = |k: &str| map.get(&serde_cbor::Value::Text(k.into())).unwrap().clone();
     let (serde_cbor::Value::Bytes(pk), serde_cbor::Value::Bytes(ct), serde_cbor::Value::Bytes(sig)) =
         (field("pk"), field("ct"), field("sig"))
@@ -159,7 +211,14 @@ fn directory_slot_encoding() {
     msg.extend_from_slice(&7u64.to_be_bytes());
     msg.extend_from_slice(&ct);
     let vk = ed25519_dalek::VerifyingKey::from_bytes(&pk.try_into().unwrap()).unwrap();
-    vk.verify_strict(&msg, &ed25519_dalek::Signature::from_bytes(&sig.try_into().unwrap())).unwrap();
+    vk.verify_strict(
+        &msg,
+        &ed25519_dalek::Signature::from_bytes(&sig.try_into().unwrap()),
+    )
+    .unwrap();
 
-    check_vector("slot-v1.hex", &(data_encoding::HEXLOWER.encode(&bytes) + "\n"));
+    check_vector(
+        "slot-v1.hex",
+        &(data_encoding::HEXLOWER.encode(&bytes) + "\n"),
+    );
 }

@@ -11,7 +11,9 @@ use std::str::FromStr;
 
 use data_encoding::BASE32_NOPAD;
 
-use super::{Cap, DirReadCap, DirVerifyCap, DirWriteCap, Error, FileReadCap, FileVerifyCap, Result};
+use super::{
+    Cap, DirReadCap, DirVerifyCap, DirWriteCap, Error, FileReadCap, FileVerifyCap, Result,
+};
 use crate::crypto::{ReadKey, SlotSeed, VerifyKey, sha256};
 
 /// The cap string version this code writes and reads.

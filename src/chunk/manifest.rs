@@ -127,7 +127,9 @@ impl Node {
             Some(rk) => {
                 let keys: Keys = uncbor(&rk.open(&[KEYS_CONTEXT], &blob.keys)?)?;
                 if keys.keys.len() != locs.entries.len() {
-                    return Err(Error::MalformedManifest("key count differs from entry count".into()));
+                    return Err(Error::MalformedManifest(
+                        "key count differs from entry count".into(),
+                    ));
                 }
                 Some(keys.keys)
             }
@@ -137,10 +139,14 @@ impl Node {
         let mut entries = Vec::with_capacity(locs.entries.len());
         for (i, e) in locs.entries.into_iter().enumerate() {
             if e.shares.len() != params.n() as usize {
-                return Err(Error::MalformedManifest("share count differs from n".into()));
+                return Err(Error::MalformedManifest(
+                    "share count differs from n".into(),
+                ));
             }
             if (locs.depth == 0) == e.vkey.is_some() {
-                return Err(Error::MalformedManifest("verify key on a chunk, or missing on a node".into()));
+                return Err(Error::MalformedManifest(
+                    "verify key on a chunk, or missing on a node".into(),
+                ));
             }
             total = total
                 .checked_add(e.len)
@@ -148,7 +154,12 @@ impl Node {
             entries.push(NodeEntry {
                 len: e.len,
                 shares: e.shares.iter().map(arr32).collect::<Result<_>>()?,
-                verify_key: e.vkey.as_ref().map(arr32).transpose()?.map(VerifyKey::from_bytes),
+                verify_key: e
+                    .vkey
+                    .as_ref()
+                    .map(arr32)
+                    .transpose()?
+                    .map(VerifyKey::from_bytes),
                 key: match &keys {
                     Some(k) => Some(ChunkKey::from_bytes(arr32(&k[i])?)),
                     None => None,
@@ -156,7 +167,9 @@ impl Node {
             });
         }
         if total != locs.size {
-            return Err(Error::MalformedManifest("entry lengths do not add up to the size".into()));
+            return Err(Error::MalformedManifest(
+                "entry lengths do not add up to the size".into(),
+            ));
         }
         Ok(Node {
             depth: locs.depth,
@@ -209,7 +222,11 @@ impl FileEncoder {
         self.levels[0].push(Pending {
             loc: LocEntry {
                 len: plaintext.len() as u64,
-                shares: sealed.shares.iter().map(|s| ByteBuf::from(s.id().to_vec())).collect(),
+                shares: sealed
+                    .shares
+                    .iter()
+                    .map(|s| ByteBuf::from(s.id().to_vec()))
+                    .collect(),
                 vkey: None,
             },
             key: *sealed.key.expose(),
@@ -233,18 +250,18 @@ impl FileEncoder {
     /// groups of the nodes sealed now; the root's single share comes last.
     pub fn finish(mut self) -> (FileReadCap, Vec<Vec<Share>>) {
         let mut out = Vec::new();
-        let top = self
-            .levels
-            .iter()
-            .rposition(|l| !l.is_empty())
-            .unwrap_or(0);
+        let top = self.levels.iter().rposition(|l| !l.is_empty()).unwrap_or(0);
         for depth in 0..=top {
             let children = std::mem::take(&mut self.levels[depth]);
             let is_root = depth == top;
             if children.is_empty() && !is_root {
                 continue;
             }
-            let params = if is_root { Params::REPLICA } else { self.params };
+            let params = if is_root {
+                Params::REPLICA
+            } else {
+                self.params
+            };
             let (pending, shares) = self.seal_node(depth as u8, children, params);
             let root = shares[0].id();
             out.push(shares);
@@ -262,7 +279,12 @@ impl FileEncoder {
     }
 
     /// Seal one node over `children` and code it with `params`.
-    fn seal_node(&self, depth: u8, children: Vec<Pending>, params: Params) -> (Pending, Vec<Share>) {
+    fn seal_node(
+        &self,
+        depth: u8,
+        children: Vec<Pending>,
+        params: Params,
+    ) -> (Pending, Vec<Share>) {
         let size = children.iter().map(|c| c.loc.len).sum();
         let locs = cbor(&Locs {
             depth,
@@ -272,7 +294,10 @@ impl FileEncoder {
             entries: children.iter().map(|c| c.loc.clone()).collect(),
         });
         let keys = zeroize::Zeroizing::new(cbor(&Keys {
-            keys: children.iter().map(|c| ByteBuf::from(c.key.to_vec())).collect(),
+            keys: children
+                .iter()
+                .map(|c| ByteBuf::from(c.key.to_vec()))
+                .collect(),
         }));
         let mut material = sha256(&locs).to_vec();
         material.extend_from_slice(&sha256(&keys));
@@ -292,7 +317,10 @@ impl FileEncoder {
         let pending = Pending {
             loc: LocEntry {
                 len: size,
-                shares: shares.iter().map(|s| ByteBuf::from(s.id().to_vec())).collect(),
+                shares: shares
+                    .iter()
+                    .map(|s| ByteBuf::from(s.id().to_vec()))
+                    .collect(),
                 vkey: Some(ByteBuf::from(verify_key.expose().to_vec())),
             },
             key: *read_key.expose(),

@@ -104,8 +104,8 @@ impl Share {
         if bytes[4] != SHARE_VERSION {
             return Err(Error::ShareVersion(bytes[4]));
         }
-        let params = Params::new(bytes[5], bytes[6])
-            .map_err(|_| Error::MalformedShare("invalid k/n"))?;
+        let params =
+            Params::new(bytes[5], bytes[6]).map_err(|_| Error::MalformedShare("invalid k/n"))?;
         let index = bytes[7];
         if index >= params.n {
             return Err(Error::MalformedShare("index out of range"));
@@ -113,7 +113,9 @@ impl Share {
         let payload_len = u64::from_be_bytes(bytes[8..16].try_into().expect("8 bytes"));
         let shard_len = (bytes.len() - HEADER_LEN) as u64;
         if shard_len != shard_len_for(params, payload_len) as u64 {
-            return Err(Error::MalformedShare("shard length does not match payload length"));
+            return Err(Error::MalformedShare(
+                "shard length does not match payload length",
+            ));
         }
         Ok(Share {
             header: ShareHeader {
@@ -233,8 +235,8 @@ pub fn decode(params: Params, shares: &[Share]) -> Result<Vec<u8>> {
             .filter_map(|(j, s)| s.map(|s| (j, s.shard())));
         let restored = reed_solomon_simd::decode(k, params.n as usize - k, originals, recovery)
             .map_err(|e| Error::Erasure(e.to_string()))?;
-        for i in 0..k {
-            match by_index[i] {
+        for (i, slot) in by_index[..k].iter().enumerate() {
+            match slot {
                 Some(s) => out.extend_from_slice(s.shard()),
                 None => out.extend_from_slice(
                     restored

@@ -136,9 +136,14 @@ impl ConvergenceSecret {
     ///
     /// `params` names everything that changes the stored form (format version,
     /// k, n), so that data stored under other parameters never shares a key.
-    pub fn convergent_key(&self, domain: &[u8], plaintext_hash: &[u8; 32], params: &[u8]) -> ChunkKey {
-        let mut mac = <Hmac<Sha256> as KeyInit>::new_from_slice(&*self.0)
-            .expect("HMAC takes any key length");
+    pub fn convergent_key(
+        &self,
+        domain: &[u8],
+        plaintext_hash: &[u8; 32],
+        params: &[u8],
+    ) -> ChunkKey {
+        let mut mac =
+            <Hmac<Sha256> as KeyInit>::new_from_slice(&*self.0).expect("HMAC takes any key length");
         mac.update(domain);
         mac.update(plaintext_hash);
         mac.update(params);
@@ -202,6 +207,10 @@ impl AccountKey {
 
 impl std::fmt::Debug for AccountKey {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "AccountKey(public={})", data_encoding::HEXLOWER.encode(&self.public_key()))
+        write!(
+            f,
+            "AccountKey(public={})",
+            data_encoding::HEXLOWER.encode(&self.public_key())
+        )
     }
 }

@@ -10,8 +10,7 @@ mod keys;
 mod siv;
 
 pub use keys::{
-    AccountKey, ChunkKey, ConvergenceSecret, ReadKey, RootSecret, SlotSeed, VerifyKey,
-    WriteSealKey,
+    AccountKey, ChunkKey, ConvergenceSecret, ReadKey, RootSecret, SlotSeed, VerifyKey, WriteSealKey,
 };
 
 use sha2::{Digest, Sha256};

@@ -60,7 +60,13 @@ impl Entry {
 
     /// A child directory that `parent`'s write-cap holders may change. The
     /// child's write-cap is sealed under `parent` and bound to `name`.
-    pub fn dir(parent: &DirWriteCap, name: &str, child: &DirWriteCap, mode: u32, mtime: (i64, u32)) -> Entry {
+    pub fn dir(
+        parent: &DirWriteCap,
+        name: &str,
+        child: &DirWriteCap,
+        mode: u32,
+        mtime: (i64, u32),
+    ) -> Entry {
         let sealed = parent
             .seed
             .write_seal_key()
@@ -118,7 +124,10 @@ impl Entry {
                 .open(&[WCAP_CONTEXT, name.as_bytes()], sealed)
                 .map_err(|_| bad("sealed write-cap failed authentication"))?,
         );
-        let seed: [u8; 32] = seed.as_slice().try_into().map_err(|_| bad("sealed write-cap has the wrong length"))?;
+        let seed: [u8; 32] = seed
+            .as_slice()
+            .try_into()
+            .map_err(|_| bad("sealed write-cap has the wrong length"))?;
         let child = DirWriteCap {
             seed: SlotSeed::from_bytes(seed),
         };

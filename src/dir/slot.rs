@@ -50,10 +50,10 @@ impl SlotEnvelope {
     pub fn seal(cap: &DirWriteCap, seq: u64, listing: &Listing) -> SlotEnvelope {
         let public_key = cap.seed.public_key();
         let plaintext = zeroize::Zeroizing::new(listing.encode());
-        let ciphertext =
-            cap.seed
-                .read_key()
-                .seal(&[&public_key, &seq.to_be_bytes()], &plaintext);
+        let ciphertext = cap
+            .seed
+            .read_key()
+            .seal(&[&public_key, &seq.to_be_bytes()], &plaintext);
         let signature = cap
             .seed
             .signing_key()
@@ -140,7 +140,10 @@ impl SlotEnvelope {
         self.verify()?;
         let plaintext = zeroize::Zeroizing::new(
             cap.read_key
-                .open(&[&self.public_key, &self.seq.to_be_bytes()], &self.ciphertext)
+                .open(
+                    &[&self.public_key, &self.seq.to_be_bytes()],
+                    &self.ciphertext,
+                )
                 .map_err(|_| Error::Unauthentic)?,
         );
         Listing::decode(&plaintext)

@@ -29,7 +29,11 @@ pub struct GridConfig {
 
 impl Default for GridConfig {
     fn default() -> Self {
-        Self { k: 2, n: 3, happy: 3 }
+        Self {
+            k: 2,
+            n: 3,
+            happy: 3,
+        }
     }
 }
 
@@ -180,13 +184,17 @@ impl Grid {
         let mut tasks = JoinSet::new();
         loop {
             while got.len() + in_flight.len() < need {
-                let Some((i, mirror)) = attempts.find(|(i, _)| !have.contains(i) && !in_flight.contains(i)) else {
+                let Some((i, mirror)) =
+                    attempts.find(|(i, _)| !have.contains(i) && !in_flight.contains(i))
+                else {
                     break;
                 };
                 in_flight.insert(i);
                 let store = self.mirrors[mirror].clone();
                 let id = ids[i];
-                tasks.spawn(async move { (i, store.name().to_string(), store.get_share(&id).await) });
+                tasks.spawn(
+                    async move { (i, store.name().to_string(), store.get_share(&id).await) },
+                );
             }
             let Some(joined) = tasks.join_next().await else {
                 break;
@@ -205,7 +213,9 @@ impl Grid {
                             return Ok(got);
                         }
                     }
-                    Ok(_) => tracing::warn!(%mirror, what, "share header does not match the manifest"),
+                    Ok(_) => {
+                        tracing::warn!(%mirror, what, "share header does not match the manifest")
+                    }
                     Err(e) => tracing::warn!(%mirror, what, error = %e, "discarding bad share"),
                 },
                 Ok(None) => {}
@@ -253,7 +263,12 @@ impl Grid {
                 Err(e) => tracing::warn!(%mirror, error = %e, "discarding invalid directory slot"),
             }
         }
-        let seen = self.seen.lock().expect("lock").get(&cap.public_key).copied();
+        let seen = self
+            .seen
+            .lock()
+            .expect("lock")
+            .get(&cap.public_key)
+            .copied();
         match (&best, seen) {
             (Some((seq, _)), Some(seen)) if *seq < seen => Err(Error::Rollback {
                 slot: hex(&cap.public_key),

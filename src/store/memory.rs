@@ -38,17 +38,32 @@ impl MemoryStorage {
 
     /// Total bytes of shares held.
     pub fn share_bytes(&self) -> usize {
-        self.shares.lock().expect("lock").values().map(Vec::len).sum()
+        self.shares
+            .lock()
+            .expect("lock")
+            .values()
+            .map(Vec::len)
+            .sum()
     }
 
     /// Replace a share's bytes without any check: for tampering tests.
     pub fn tamper(&self, id: &ShareId, f: impl FnOnce(&mut Vec<u8>)) -> bool {
-        self.shares.lock().expect("lock").get_mut(id).map(f).is_some()
+        self.shares
+            .lock()
+            .expect("lock")
+            .get_mut(id)
+            .map(f)
+            .is_some()
     }
 
     /// Replace a slot's bytes without any check: for tampering tests.
     pub fn tamper_slot(&self, public_key: &[u8; 32], f: impl FnOnce(&mut Vec<u8>)) -> bool {
-        self.slots.lock().expect("lock").get_mut(public_key).map(f).is_some()
+        self.slots
+            .lock()
+            .expect("lock")
+            .get_mut(public_key)
+            .map(f)
+            .is_some()
     }
 }
 

@@ -32,7 +32,9 @@ enum Produced {
 
 /// Seconds and nanoseconds since the Unix epoch, now.
 pub fn now() -> (i64, u32) {
-    let d = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default();
+    let d = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or_default();
     (d.as_secs() as i64, d.subsec_nanos())
 }
 
@@ -50,8 +52,15 @@ impl Vault {
 
     /// A vault over one store with 1-of-1 coding: for tests and examples.
     pub fn single(secret: &RootSecret, storage: Arc<dyn Storage>) -> Vault {
-        let grid = Grid::new(vec![storage], GridConfig { k: 1, n: 1, happy: 1 })
-            .expect("one mirror and 1-of-1 are valid");
+        let grid = Grid::new(
+            vec![storage],
+            GridConfig {
+                k: 1,
+                n: 1,
+                happy: 1,
+            },
+        )
+        .expect("one mirror and 1-of-1 are valid");
         Vault::new(secret, grid)
     }
 
@@ -101,7 +110,11 @@ impl Vault {
             };
             for group in groups {
                 while uploads.len() >= UPLOAD_WINDOW {
-                    uploads.join_next().await.expect("nonempty").expect("upload task")?;
+                    uploads
+                        .join_next()
+                        .await
+                        .expect("nonempty")
+                        .expect("upload task")?;
                 }
                 let grid = self.grid.clone();
                 uploads.spawn(async move { grid.put_group(&group).await });
@@ -124,36 +137,50 @@ impl Vault {
 
     pub async fn put_path(&self, path: &Path) -> Result<FileReadCap> {
         let file = std::fs::File::open(path)?;
-        self.put_reader(std::io::BufReader::with_capacity(1 << 20, file)).await
+        self.put_reader(std::io::BufReader::with_capacity(1 << 20, file))
+            .await
     }
 
     async fn fetch_root(&self, root: &chunk::ShareId, key: &ReadKey) -> Result<Node> {
-        let shares = self.grid.fetch(&[*root], Params::REPLICA, "manifest root").await?;
+        let shares = self
+            .grid
+            .fetch(&[*root], Params::REPLICA, "manifest root")
+            .await?;
         let blob = share::decode(Params::REPLICA, &shares)?;
         Ok(Node::open_read(&blob, key)?)
     }
 
     fn key_of(entry: &chunk::NodeEntry) -> Result<&crate::crypto::ChunkKey> {
-        Ok(entry.key.as_ref().ok_or_else(|| {
-            chunk::Error::MalformedManifest("node opened without keys".into())
-        })?)
+        Ok(entry
+            .key
+            .as_ref()
+            .ok_or_else(|| chunk::Error::MalformedManifest("node opened without keys".into()))?)
     }
 
     async fn fetch_chunk(&self, leaf: &Node, entry: &chunk::NodeEntry) -> Result<Vec<u8>> {
         let shares = self.grid.fetch(&entry.shares, leaf.params, "chunk").await?;
         let plain = share::open_chunk(Self::key_of(entry)?, leaf.params, &shares)?;
         if plain.len() as u64 != entry.len {
-            return Err(chunk::Error::MalformedManifest("chunk length differs from the manifest".into()).into());
+            return Err(chunk::Error::MalformedManifest(
+                "chunk length differs from the manifest".into(),
+            )
+            .into());
         }
         Ok(plain)
     }
 
     async fn fetch_node(&self, parent: &Node, entry: &chunk::NodeEntry) -> Result<Node> {
-        let shares = self.grid.fetch(&entry.shares, parent.params, "manifest node").await?;
+        let shares = self
+            .grid
+            .fetch(&entry.shares, parent.params, "manifest node")
+            .await?;
         let blob = share::decode(parent.params, &shares)?;
         let child = Node::open_read(&blob, &ReadKey::from(Self::key_of(entry)?.clone()))?;
         if child.depth + 1 != parent.depth || child.size != entry.len {
-            return Err(chunk::Error::MalformedManifest("child node does not fit its parent".into()).into());
+            return Err(chunk::Error::MalformedManifest(
+                "child node does not fit its parent".into(),
+            )
+            .into());
         }
         Ok(child)
     }
@@ -169,7 +196,10 @@ impl Vault {
     ) -> Result<()> {
         let root = self.fetch_root(&cap.root, &cap.read_key).await?;
         if root.size != cap.size {
-            return Err(chunk::Error::MalformedManifest("manifest size differs from the cap".into()).into());
+            return Err(chunk::Error::MalformedManifest(
+                "manifest size differs from the cap".into(),
+            )
+            .into());
         }
         let end = offset.saturating_add(len).min(cap.size);
         // Explicit stack of (node, node start offset), children pushed in
@@ -228,7 +258,12 @@ impl Vault {
     /// The current listing of a directory. An empty listing if no mirror has
     /// ever stored the slot.
     pub async fn list(&self, cap: &DirReadCap) -> Result<Listing> {
-        Ok(self.grid.get_slot(cap).await?.map(|(_, l)| l).unwrap_or_default())
+        Ok(self
+            .grid
+            .get_slot(cap)
+            .await?
+            .map(|(_, l)| l)
+            .unwrap_or_default())
     }
 
     /// Read-modify-write a directory: apply `change` to the newest listing
@@ -240,7 +275,9 @@ impl Vault {
         let current = self.grid.get_slot(&cap.read_cap()).await?;
         let (seq, mut listing) = current.unwrap_or_default();
         change(&mut listing)?;
-        self.grid.put_slot(&SlotEnvelope::seal(cap, seq + 1, &listing)).await?;
+        self.grid
+            .put_slot(&SlotEnvelope::seal(cap, seq + 1, &listing))
+            .await?;
         Ok(listing)
     }
 
@@ -249,7 +286,9 @@ impl Vault {
         let cap = DirWriteCap {
             seed: SlotSeed::generate(&mut rand::rng()),
         };
-        self.grid.put_slot(&SlotEnvelope::seal(&cap, 1, &Listing::default())).await?;
+        self.grid
+            .put_slot(&SlotEnvelope::seal(&cap, 1, &Listing::default()))
+            .await?;
         Ok(cap)
     }
 
@@ -269,7 +308,12 @@ impl Vault {
 
     /// Follow `path` (slash-separated, relative to `from`) to a write-cap
     /// directory, creating missing directories when `create` is set.
-    pub async fn walk_dirs(&self, from: &DirWriteCap, path: &str, create: bool) -> Result<DirWriteCap> {
+    pub async fn walk_dirs(
+        &self,
+        from: &DirWriteCap,
+        path: &str,
+        create: bool,
+    ) -> Result<DirWriteCap> {
         let mut cur = from.clone();
         for name in path.split('/').filter(|s| !s.is_empty()) {
             let listing = self.list(&cur.read_cap()).await?;
@@ -280,7 +324,8 @@ impl Vault {
                 Some(_) => return Err(Error::NotADirectory(path.to_string())),
                 None if create => {
                     let child = self.new_dir().await?;
-                    self.link(&cur, name, Entry::dir(&cur, name, &child, 0o755, now())).await?;
+                    self.link(&cur, name, Entry::dir(&cur, name, &child, 0o755, now()))
+                        .await?;
                     child
                 }
                 None => return Err(Error::NotFound(path.to_string())),
@@ -396,7 +441,11 @@ fn mtime_of(meta: &std::fs::Metadata) -> (i64, u32) {
 
 fn system_time((secs, nanos): (i64, u32)) -> SystemTime {
     let d = std::time::Duration::new(secs.unsigned_abs(), nanos);
-    if secs >= 0 { UNIX_EPOCH + d } else { UNIX_EPOCH - d }
+    if secs >= 0 {
+        UNIX_EPOCH + d
+    } else {
+        UNIX_EPOCH - d
+    }
 }
 
 fn set_mode(path: &Path, mode: u32) -> std::io::Result<()> {

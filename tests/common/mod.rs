@@ -38,7 +38,10 @@ pub fn grid3(byte: u8) -> (Vault, Vec<Arc<MemoryStorage>>) {
     let stores: Vec<Arc<MemoryStorage>> = (0..3)
         .map(|i| Arc::new(MemoryStorage::named(&format!("mem{i}"))))
         .collect();
-    let dyns: Vec<Arc<dyn Storage>> = stores.iter().map(|s| s.clone() as Arc<dyn Storage>).collect();
+    let dyns: Vec<Arc<dyn Storage>> = stores
+        .iter()
+        .map(|s| s.clone() as Arc<dyn Storage>)
+        .collect();
     let grid = Grid::new(dyns, GridConfig::default()).expect("valid grid");
     (Vault::new(&secret(byte), grid), stores)
 }
