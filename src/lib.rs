@@ -42,6 +42,8 @@ pub mod chunk;
 pub mod crypto;
 pub mod dir;
 pub mod error;
+pub mod mirror;
+pub mod protocol;
 pub mod store;
 
 pub use error::{Error, Result};

@@ -63,6 +63,10 @@ impl Grid {
         self.params
     }
 
+    pub fn happy(&self) -> usize {
+        self.happy
+    }
+
     pub fn mirrors(&self) -> &[Arc<dyn Storage>] {
         &self.mirrors
     }
@@ -121,7 +125,7 @@ impl Grid {
                         holders[i].insert(pos);
                     }
                     Err(e) => {
-                        tracing::warn!(mirror = self.mirrors[order[pos]].name(), error = %e, "share upload failed");
+                        tracing::debug!(mirror = self.mirrors[order[pos]].name(), error = %e, "share upload failed");
                         failed.insert(pos);
                         retry.push(i);
                         if !matches!(last_err, Some(Error::NoSpace { .. })) {
@@ -141,6 +145,9 @@ impl Grid {
                     .min_by_key(|p| (load(p), *p));
                 match next {
                     Some(pos) => wanted.push((i, pos)),
+                    // Every live mirror has this share (a replica's extra
+                    // copy had nowhere new to go): enough, if happy holds.
+                    None if !holders[i].is_empty() => {}
                     None => return Err(self.placement_error(&holders, last_err)),
                 }
             }
@@ -171,12 +178,20 @@ impl Grid {
         let order = self.ranked(&ids[0]);
         let m = order.len();
         // Attempts in preference order: round r asks index i's r-th mirror.
-        let mut attempts: Vec<(usize, usize)> = Vec::new();
+        // Within a round, mirrors that answered fastest lately go first
+        // (in 50 ms buckets, so noise does not reorder), then data shares
+        // before parity, which saves a decode.
+        let bucket = |j: usize| self.mirrors[j].latency().map_or(0, |d| d.as_millis() / 50);
+        let mut attempts: Vec<(usize, u128, usize, usize)> = Vec::new();
         for r in 0..m {
             for i in 0..ids.len() {
-                attempts.push((i, order[(i + r) % m]));
+                let j = order[(i + r) % m];
+                attempts.push((r, bucket(j), i, j));
             }
         }
+        attempts.sort();
+        let attempts: Vec<(usize, usize)> =
+            attempts.into_iter().map(|(_, _, i, j)| (i, j)).collect();
         let mut attempts = attempts.into_iter();
         let mut got: Vec<Share> = Vec::with_capacity(need);
         let mut have: HashSet<usize> = HashSet::new();

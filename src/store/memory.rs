@@ -88,6 +88,20 @@ impl Storage for MemoryStorage {
         Ok(())
     }
 
+    async fn repair_share(&self, id: &ShareId, bytes: &[u8]) -> Result<()> {
+        if &sha256(bytes) != id {
+            return Err(Error::Rejected {
+                mirror: self.name.clone(),
+                reason: "share bytes do not match their id".into(),
+            });
+        }
+        self.shares
+            .lock()
+            .expect("lock")
+            .insert(*id, bytes.to_vec());
+        Ok(())
+    }
+
     async fn get_share(&self, id: &ShareId) -> Result<Option<Vec<u8>>> {
         Ok(self.shares.lock().expect("lock").get(id).cloned())
     }

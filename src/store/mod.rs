@@ -10,11 +10,17 @@
 //! It builds on `dir`, `caps`, `chunk` and `crypto`. It must not reach into
 //! the mirror's server code, the mount or the miner.
 
+mod cache;
+mod check;
 mod grid;
+mod http;
 mod memory;
 mod vault;
 
+pub use cache::ChunkCache;
+pub use check::{CheckReport, MirrorTally, Object, ObjectHealth, ShareState};
 pub use grid::{Grid, GridConfig};
+pub use http::HttpMirror;
 pub use memory::MemoryStorage;
 pub use vault::{Vault, now};
 
@@ -97,6 +103,29 @@ pub trait Storage: Send + Sync {
     async fn has_share(&self, id: &ShareId) -> Result<bool>;
     async fn put_slot(&self, envelope: &[u8]) -> Result<()>;
     async fn get_slot(&self, public_key: &[u8; 32]) -> Result<Option<Vec<u8>>>;
+
+    /// Store a share, replacing the held copy if it no longer matches its
+    /// id (repair). Stores that cannot go bad may keep `put_share`'s no-op.
+    async fn repair_share(&self, id: &ShareId, bytes: &[u8]) -> Result<()> {
+        self.put_share(id, bytes).await
+    }
+
+    /// Extend the leases on `ids` (share ids or slot keys); returns the ids
+    /// this store does not hold. Stores without leases hold forever.
+    async fn renew(&self, ids: &[[u8; 32]]) -> Result<Vec<[u8; 32]>> {
+        let mut missing = Vec::new();
+        for id in ids {
+            if !self.has_share(id).await? && self.get_slot(id).await?.is_none() {
+                missing.push(*id);
+            }
+        }
+        Ok(missing)
+    }
+
+    /// Recent response time, for asking the fastest mirrors first.
+    fn latency(&self) -> Option<std::time::Duration> {
+        None
+    }
 }
 
 pub(crate) fn hex(bytes: &[u8]) -> String {

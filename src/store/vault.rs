@@ -8,7 +8,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use tokio::sync::mpsc;
 
-use super::{Error, Grid, GridConfig, Result, Storage};
+use super::{ChunkCache, Error, Grid, GridConfig, Result, Storage};
 use crate::caps::{Cap, DirReadCap, DirWriteCap, FileReadCap};
 use crate::chunk::{self, ChunkerParams, FileEncoder, Node, Params, Share, share};
 use crate::crypto::{ConvergenceSecret, ReadKey, RootSecret, SlotSeed};
@@ -23,7 +23,11 @@ pub struct Vault {
     conv: ConvergenceSecret,
     chunker: ChunkerParams,
     root: DirWriteCap,
+    cache: std::sync::Mutex<ChunkCache>,
 }
+
+/// Default bytes of verified chunks kept in memory.
+pub const DEFAULT_CACHE_BYTES: usize = 256 << 20;
 
 enum Produced {
     Groups(Vec<Vec<Share>>),
@@ -47,7 +51,14 @@ impl Vault {
             root: DirWriteCap {
                 seed: secret.root_dir_seed(),
             },
+            cache: std::sync::Mutex::new(ChunkCache::new(DEFAULT_CACHE_BYTES)),
         }
+    }
+
+    /// Bound the chunk cache to `bytes`.
+    pub fn with_cache_bytes(self, bytes: usize) -> Vault {
+        *self.cache.lock().expect("cache lock") = ChunkCache::new(bytes);
+        self
     }
 
     /// A vault over one store with 1-of-1 coding: for tests and examples.
@@ -192,7 +203,7 @@ impl Vault {
         cap: &FileReadCap,
         offset: u64,
         len: u64,
-        visit: &mut (dyn FnMut(u64, Vec<u8>) -> Result<()> + Send),
+        visit: &mut (dyn FnMut(u64, &[u8]) -> Result<()> + Send),
     ) -> Result<()> {
         let root = self.fetch_root(&cap.root, &cap.read_key).await?;
         if root.size != cap.size {
@@ -218,7 +229,7 @@ impl Vault {
             }
             if node.depth == 0 {
                 for (entry, lo) in children {
-                    visit(lo, self.fetch_chunk(&node, &entry).await?)?;
+                    visit(lo, &self.fetch_chunk(&node, &entry).await?)?;
                 }
             } else {
                 for (entry, lo) in children.into_iter().rev() {
@@ -249,7 +260,7 @@ impl Vault {
 
     /// Stream a whole file into `out`, one verified chunk at a time.
     pub async fn get_to<W: Write + Send>(&self, cap: &FileReadCap, out: &mut W) -> Result<()> {
-        self.walk_range(cap, 0, cap.size, &mut |_, plain| Ok(out.write_all(&plain)?))
+        self.walk_range(cap, 0, cap.size, &mut |_, plain| Ok(out.write_all(plain)?))
             .await
     }
 

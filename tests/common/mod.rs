@@ -58,3 +58,205 @@ pub fn runtime() -> tokio::runtime::Runtime {
 pub fn contains(haystack: &[u8], needle: &[u8]) -> bool {
     haystack.windows(needle.len()).any(|w| w == needle)
 }
+
+// ---- real mirrors and the real binary ----
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+pub const LODE: &str = env!("CARGO_BIN_EXE_lode");
+
+/// A `lode mirror serve` process on 127.0.0.1:0, killed on drop.
+pub struct MirrorProc {
+    child: Option<Child>,
+    pub url: String,
+    pub data: PathBuf,
+    args: Vec<String>,
+}
+
+impl MirrorProc {
+    pub fn start(data: &Path, extra: &[&str]) -> MirrorProc {
+        Self::start_on(
+            data,
+            "127.0.0.1:0",
+            extra.iter().map(|s| s.to_string()).collect(),
+        )
+    }
+
+    fn start_on(data: &Path, listen: &str, args: Vec<String>) -> MirrorProc {
+        let mut child = Command::new(LODE)
+            .args(["mirror", "serve", "--data"])
+            .arg(data)
+            .args(["--listen", listen])
+            .args(&args)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("spawn lode mirror serve");
+        let mut line = String::new();
+        BufReader::new(child.stdout.take().expect("stdout"))
+            .read_line(&mut line)
+            .expect("read mirror address");
+        let url = line
+            .trim()
+            .rsplit(' ')
+            .next()
+            .filter(|u| u.starts_with("http://127.0.0.1:"))
+            .unwrap_or_else(|| panic!("unexpected first line from mirror: {line:?}"))
+            .to_string();
+        MirrorProc {
+            child: Some(child),
+            url,
+            data: data.to_path_buf(),
+            args,
+        }
+    }
+
+    pub fn stop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// Start again on the same address and data.
+    pub fn restart(&mut self) {
+        self.stop();
+        let addr = self.url.trim_start_matches("http://").to_string();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            // The port may linger briefly after the kill.
+            let attempt =
+                std::panic::catch_unwind(|| Self::start_on(&self.data, &addr, self.args.clone()));
+            match attempt {
+                Ok(mut m) => {
+                    self.child = m.child.take();
+                    return;
+                }
+                Err(_) if Instant::now() < deadline => {
+                    std::thread::sleep(Duration::from_millis(200))
+                }
+                Err(e) => std::panic::resume_unwind(e),
+            }
+        }
+    }
+
+    /// Every share file on this mirror's disk.
+    pub fn share_files(&self) -> Vec<PathBuf> {
+        fn walk(dir: &Path, out: &mut Vec<PathBuf>) {
+            let Ok(rd) = std::fs::read_dir(dir) else {
+                return;
+            };
+            for e in rd.flatten() {
+                let p = e.path();
+                if p.is_dir() {
+                    walk(&p, out);
+                } else {
+                    out.push(p);
+                }
+            }
+        }
+        let mut out = Vec::new();
+        walk(&self.data.join("shares"), &mut out);
+        out
+    }
+}
+
+impl Drop for MirrorProc {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// A `lode` identity in its own LODE_HOME.
+pub struct Client {
+    pub home: PathBuf,
+}
+
+impl Client {
+    /// `lode init` in `dir`, then add `mirrors`.
+    pub fn new(dir: &Path, mirrors: &[&str]) -> Client {
+        let c = Client {
+            home: dir.to_path_buf(),
+        };
+        c.ok(&["init"]);
+        for m in mirrors {
+            c.ok(&["mirrors", "add", m]);
+        }
+        c
+    }
+
+    pub fn run(&self, args: &[&str]) -> Output {
+        let mut cmd = Command::new(LODE);
+        cmd.args(args)
+            .env("LODE_HOME", &self.home)
+            .env_remove("LODE_LOG")
+            .stdin(Stdio::null());
+        let mut child = cmd
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn lode");
+        // Bound every command in time: a hung client fails the test.
+        let deadline = Instant::now() + Duration::from_secs(300);
+        loop {
+            if child.try_wait().expect("wait").is_some() {
+                return child.wait_with_output().expect("output");
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                panic!("lode {args:?} did not finish in time");
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Run and require success; returns stdout.
+    pub fn ok(&self, args: &[&str]) -> String {
+        let out = self.run(args);
+        assert!(
+            out.status.success(),
+            "lode {args:?} failed: {}\n{}",
+            String::from_utf8_lossy(&out.stderr),
+            String::from_utf8_lossy(&out.stdout)
+        );
+        String::from_utf8(out.stdout).expect("utf-8 stdout")
+    }
+
+    /// Run and require failure; returns stdout + stderr.
+    pub fn fails(&self, args: &[&str]) -> String {
+        let out = self.run(args);
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(
+            !out.status.success(),
+            "lode {args:?} should have failed:\n{text}"
+        );
+        text
+    }
+
+    pub fn set_config(&self, key: &str, value: &str) {
+        let path = self.home.join("config/config.toml");
+        let text = std::fs::read_to_string(&path).unwrap();
+        let mut lines: Vec<String> = text
+            .lines()
+            .filter(|l| !l.starts_with(&format!("{key} =")))
+            .map(String::from)
+            .collect();
+        // Top-level keys must precede any table; the config has none.
+        lines.insert(1, format!("{key} = {value}"));
+        std::fs::write(&path, lines.join("\n") + "\n").unwrap();
+    }
+}
+
+/// Write `bytes` to a new file in `dir`.
+pub fn write_file(dir: &Path, name: &str, bytes: &[u8]) -> PathBuf {
+    let p = dir.join(name);
+    std::fs::write(&p, bytes).unwrap();
+    p
+}

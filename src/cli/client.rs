@@ -1,0 +1,412 @@
+//! The client commands: init, mirrors, put, get, ls, share, check, renew.
+
+use std::collections::BTreeMap;
+use std::io::{IsTerminal, Write};
+use std::path::Path;
+use std::sync::Arc;
+
+use anyhow::{Context, Result, anyhow, bail};
+
+use lode::caps::{Cap, DirWriteCap};
+use lode::dir::{Entry, EntryKind};
+use lode::store::{Grid, HttpMirror, Storage, Vault};
+
+use super::{Command, Config, Home, MirrorsCommand};
+
+/// An opened identity: its home, config and vault.
+struct Session {
+    home: Home,
+    vault: Vault,
+}
+
+impl Session {
+    fn open() -> Result<Session> {
+        let home = Home::locate()?;
+        let config = Config::load(&home)?;
+        let secret = home.secret()?;
+        if config.mirrors.is_empty() {
+            bail!("no mirrors configured: add one with `lode mirrors add URL`");
+        }
+        let account = secret.account_key();
+        let mirrors = config
+            .mirrors
+            .iter()
+            .map(|url| Ok(Arc::new(HttpMirror::new(url, account.clone())?) as Arc<dyn Storage>))
+            .collect::<Result<Vec<_>>>()?;
+        let grid = Grid::new(mirrors, config.grid())?;
+        for (pk, seq) in home.load_seen()? {
+            if let Ok(pk) = lode::protocol::parse_hex::<32>(&pk) {
+                grid.note_seen(&pk, seq);
+            }
+        }
+        let vault = Vault::new(&secret, grid).with_cache_bytes((config.cache_mib as usize) << 20);
+        Ok(Session { home, vault })
+    }
+
+    /// Persist the slot seqs seen, so a later run refuses rollbacks too.
+    fn close(self) -> Result<()> {
+        let seen: BTreeMap<String, u64> = self
+            .vault
+            .grid()
+            .seen_seqs()
+            .into_iter()
+            .map(|(pk, seq)| (lode::protocol::hex(&pk), seq))
+            .collect();
+        self.home.save_seen(&seen)
+    }
+
+    fn root(&self) -> Cap {
+        Cap::DirWrite(self.vault.root().clone())
+    }
+
+    /// A cap string, or a path in the root tree.
+    async fn target(&self, target: &str) -> Result<Cap> {
+        if target.starts_with("lode:") {
+            return target
+                .parse::<Cap>()
+                .with_context(|| format!("bad cap {target:?}"));
+        }
+        Ok(self.vault.resolve(&self.root(), target).await?)
+    }
+}
+
+pub fn run(command: Command) -> Result<()> {
+    if let Command::Init = command {
+        return init();
+    }
+    if let Command::Mirrors(m) = command {
+        return mirrors(m);
+    }
+    let rt = tokio::runtime::Runtime::new()?;
+    let session = Session::open()?;
+    let result = rt.block_on(async {
+        match command {
+            Command::Put { files, to } => put(&session, &files, to.as_deref()).await,
+            Command::Get { target, output } => get(&session, &target, output.as_deref()).await,
+            Command::Ls { target } => ls(&session, &target).await,
+            Command::Share { path } => share(&session, &path).await,
+            Command::Check {
+                target,
+                verify,
+                repair,
+            } => check(&session, &target, verify, repair).await,
+            Command::Renew => renew(&session).await,
+            Command::Init | Command::Mirrors(_) | Command::Mirror(_) => {
+                unreachable!("dispatched above")
+            }
+        }
+    });
+    session.close()?;
+    result
+}
+
+fn init() -> Result<()> {
+    let home = Home::locate()?;
+    let secret = home.init()?;
+    println!("created identity in {}", home.data.display());
+    println!(
+        "account {}",
+        lode::protocol::hex(&secret.account_key().public_key())
+    );
+    println!("next: lode mirrors add URL");
+    Ok(())
+}
+
+fn mirrors(command: MirrorsCommand) -> Result<()> {
+    let home = Home::locate()?;
+    let mut config = Config::load(&home)?;
+    match command {
+        MirrorsCommand::Add { url } => {
+            let parsed =
+                reqwest::Url::parse(&url).with_context(|| format!("{url:?} is not a URL"))?;
+            if !matches!(parsed.scheme(), "http" | "https") || parsed.host().is_none() {
+                bail!("{url:?}: a mirror URL looks like http://host:port");
+            }
+            let url = url.trim_end_matches('/').to_string();
+            if config.mirrors.contains(&url) {
+                bail!("{url} is already a mirror");
+            }
+            let account = home.secret()?.account_key();
+            let rt = tokio::runtime::Runtime::new()?;
+            if let Err(e) = rt.block_on(HttpMirror::new(&url, account)?.info()) {
+                eprintln!("warning: {url} does not answer yet ({e}); adding it anyway");
+            }
+            config.mirrors.push(url.clone());
+            config.save(&home)?;
+            println!("added {url} ({} mirrors)", config.mirrors.len());
+        }
+        MirrorsCommand::Remove { url } => {
+            let url = url.trim_end_matches('/');
+            let before = config.mirrors.len();
+            config.mirrors.retain(|m| m != url);
+            if config.mirrors.len() == before {
+                bail!("{url} is not a configured mirror");
+            }
+            config.save(&home)?;
+            println!("removed {url}");
+        }
+        MirrorsCommand::List => {
+            let account = home.secret()?.account_key();
+            let rt = tokio::runtime::Runtime::new()?;
+            for url in &config.mirrors {
+                let mirror = HttpMirror::new(url, account.clone())?;
+                match rt.block_on(mirror.account()) {
+                    Ok(a) => println!(
+                        "{url}  up  {} bytes leased in {} leases",
+                        a.usage_bytes, a.leases
+                    ),
+                    Err(e) => println!("{url}  down  ({e})"),
+                }
+            }
+            println!("k={} n={} happy={}", config.k, config.n, config.happy);
+        }
+    }
+    Ok(())
+}
+
+async fn put(s: &Session, files: &[std::path::PathBuf], to: Option<&str>) -> Result<()> {
+    let into_dir = match to {
+        Some(t) => {
+            t.ends_with('/')
+                || files.len() > 1
+                || matches!(s.vault.resolve(&s.root(), t).await, Ok(Cap::DirWrite(_)))
+        }
+        None => false,
+    };
+    for path in files {
+        let meta =
+            std::fs::metadata(path).with_context(|| format!("cannot read {}", path.display()))?;
+        let name = path
+            .file_name()
+            .and_then(|n| n.to_str())
+            .ok_or_else(|| anyhow!("{}: not a usable file name", path.display()))?
+            .to_string();
+        let mtime = {
+            use std::os::unix::fs::MetadataExt;
+            (meta.mtime(), meta.mtime_nsec() as u32)
+        };
+        let mode = std::os::unix::fs::PermissionsExt::mode(&meta.permissions()) & 0o7777;
+        let (cap, entry_for): (Cap, Box<dyn Fn(&DirWriteCap, &str) -> Entry>) = if meta.is_dir() {
+            let tree = s
+                .vault
+                .put_tree(path)
+                .await
+                .with_context(|| format!("uploading {}", path.display()))?;
+            let read = Cap::DirRead(tree.read_cap());
+            (
+                read,
+                Box::new(move |parent, name| Entry::dir(parent, name, &tree, mode, mtime)),
+            )
+        } else {
+            let cap = upload_file(s, path, meta.len()).await?;
+            let entry = Entry::file(cap.clone(), mode, mtime);
+            (Cap::FileRead(cap), Box::new(move |_, _| entry.clone()))
+        };
+        if let Some(to) = to {
+            let (dir_path, leaf) = if into_dir {
+                (to.to_string(), name.clone())
+            } else {
+                match to.trim_end_matches('/').rsplit_once('/') {
+                    Some((d, l)) => (d.to_string(), l.to_string()),
+                    None => (String::new(), to.to_string()),
+                }
+            };
+            let dir = s.vault.walk_dirs(s.vault.root(), &dir_path, true).await?;
+            s.vault.link(&dir, &leaf, entry_for(&dir, &leaf)).await?;
+        }
+        println!("{cap}");
+    }
+    Ok(())
+}
+
+async fn upload_file(s: &Session, path: &Path, len: u64) -> Result<lode::caps::FileReadCap> {
+    let file =
+        std::fs::File::open(path).with_context(|| format!("cannot open {}", path.display()))?;
+    let reader = std::io::BufReader::with_capacity(1 << 20, file);
+    let result = if std::io::stderr().is_terminal() {
+        let bar = indicatif::ProgressBar::new(len).with_style(
+            indicatif::ProgressStyle::with_template(
+                "{msg} {wide_bar} {bytes}/{total_bytes} {bytes_per_sec} {eta}",
+            )
+            .expect("valid template"),
+        );
+        bar.set_message(path.display().to_string());
+        let r = s.vault.put_reader(bar.wrap_read(reader)).await;
+        bar.finish_and_clear();
+        r
+    } else {
+        s.vault.put_reader(reader).await
+    };
+    result.with_context(|| format!("uploading {}", path.display()))
+}
+
+async fn get(s: &Session, target: &str, output: Option<&Path>) -> Result<()> {
+    match s.target(target).await? {
+        Cap::FileRead(file) => match output {
+            Some(out) => {
+                // Write beside the destination and rename, so a failed
+                // download never leaves a truncated file under the name.
+                let tmp = out.with_file_name(format!(
+                    ".{}.lode-part",
+                    out.file_name()
+                        .and_then(|n| n.to_str())
+                        .unwrap_or("download")
+                ));
+                let result = async {
+                    let mut w = std::io::BufWriter::new(std::fs::File::create(&tmp)?);
+                    s.vault.get_to(&file, &mut w).await?;
+                    w.flush()?;
+                    w.get_ref().sync_all()?;
+                    anyhow::Ok(())
+                }
+                .await;
+                if let Err(e) = result {
+                    let _ = std::fs::remove_file(&tmp);
+                    return Err(e.context(format!("downloading to {}", out.display())));
+                }
+                std::fs::rename(&tmp, out)?;
+            }
+            None => {
+                let mut w = std::io::BufWriter::with_capacity(1 << 20, std::io::stdout());
+                s.vault.get_to(&file, &mut w).await?;
+                w.flush()?;
+            }
+        },
+        cap @ (Cap::DirRead(_) | Cap::DirWrite(_)) => {
+            let out = output.ok_or_else(|| anyhow!("a directory needs -o DIR to download into"))?;
+            s.vault.get_tree(&cap.into_dir_read()?, out).await?;
+        }
+        other => bail!(
+            "a {} cap cannot be read; it can only be checked",
+            other.kind()
+        ),
+    }
+    Ok(())
+}
+
+async fn ls(s: &Session, target: &str) -> Result<()> {
+    let cap = s.target(target).await?;
+    let dir = match cap {
+        Cap::FileRead(f) => {
+            println!("file {} bytes", f.size);
+            return Ok(());
+        }
+        Cap::DirRead(_) | Cap::DirWrite(_) => cap.into_dir_read()?,
+        other => bail!("a {} cap cannot be listed", other.kind()),
+    };
+    for (name, e) in s.vault.list(&dir).await?.entries {
+        let kind = match e.kind {
+            EntryKind::File => '-',
+            EntryKind::Dir => 'd',
+            EntryKind::Symlink => 'l',
+        };
+        let suffix = e
+            .target
+            .as_deref()
+            .map(|t| format!(" -> {t}"))
+            .unwrap_or_default();
+        println!(
+            "{kind}{:04o} {:>12} {:>12} {name}{suffix}",
+            e.mode & 0o7777,
+            e.size,
+            e.mtime.0
+        );
+    }
+    Ok(())
+}
+
+async fn share(s: &Session, path: &str) -> Result<()> {
+    let cap = s.vault.resolve(&s.root(), path).await?;
+    println!("{}", cap.read_cap());
+    Ok(())
+}
+
+async fn check(s: &Session, target: &str, verify: bool, repair: bool) -> Result<()> {
+    let cap = s.target(target).await?;
+    let report = s.vault.grid().check(&cap, verify, repair).await?;
+    let verb = if verify { "verified" } else { "present" };
+    for (url, t) in report.mirrors.iter().zip(&report.tallies) {
+        let mut line = format!("mirror {url}: {} shares {verb}", t.good);
+        if t.corrupt > 0 {
+            line.push_str(&format!(", {} CORRUPT", t.corrupt));
+        }
+        if t.unreachable > 0 {
+            line.push_str(&format!(", {} unreachable", t.unreachable));
+        }
+        if t.stale_slots > 0 {
+            line.push_str(&format!(", {} directories missing or stale", t.stale_slots));
+        }
+        println!("{line}");
+    }
+    let unhealthy: Vec<_> = report
+        .objects
+        .iter()
+        .filter(|o| !o.healthy(report.happy))
+        .collect();
+    for o in &unhealthy {
+        let lost = o.lost();
+        println!(
+            "  {}: {} of {} shares lost, on {} mirrors{}",
+            o.object.what,
+            lost.len(),
+            o.states.len(),
+            o.spread(),
+            if o.recoverable() {
+                ""
+            } else {
+                " (UNRECOVERABLE)"
+            }
+        );
+    }
+    for e in &report.errors {
+        println!("  repair failed: {e}");
+    }
+    if repair {
+        println!(
+            "repaired {} shares and {} directory slots",
+            report.repaired_shares, report.repaired_slots
+        );
+    }
+    println!(
+        "{} objects in {} files and {} directories: {}",
+        report.objects.len(),
+        report
+            .objects
+            .iter()
+            .filter(|o| o.object.what == "manifest root")
+            .count(),
+        report.slots,
+        if report.healthy() {
+            "healthy"
+        } else {
+            "NOT healthy"
+        }
+    );
+    if !report.healthy() {
+        bail!(
+            "{} objects need repair ({} unrecoverable)",
+            unhealthy.len(),
+            report.unrecoverable()
+        );
+    }
+    Ok(())
+}
+
+async fn renew(s: &Session) -> Result<()> {
+    let ids = s.vault.grid().reachable_ids(&s.root()).await?;
+    let mut failed = 0;
+    for (mirror, result) in s.vault.grid().renew(&ids).await {
+        match result {
+            Ok(missing) => println!("{mirror}: renewed {} leases", ids.len() - missing),
+            Err(e) => {
+                failed += 1;
+                println!("{mirror}: FAILED: {e}");
+            }
+        }
+    }
+    println!("{} objects reachable from the root", ids.len());
+    if failed > 0 {
+        bail!("renewal failed on {failed} mirrors");
+    }
+    Ok(())
+}

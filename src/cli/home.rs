@@ -1,0 +1,212 @@
+//! Where a lode identity lives on disk, and its configuration.
+//!
+//! `LODE_HOME=DIR` puts everything under one directory (`DIR/config`,
+//! `DIR/data`, `DIR/cache`), for tests and multiple identities. Otherwise
+//! the XDG base directories apply: `~/.config/lode`, `~/.local/share/lode`,
+//! `~/.cache/lode`.
+
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result, bail};
+use serde::{Deserialize, Serialize};
+
+use lode::crypto::RootSecret;
+use lode::store::GridConfig;
+
+/// The directories of one identity.
+#[derive(Debug, Clone)]
+pub struct Home {
+    pub config: PathBuf,
+    pub data: PathBuf,
+    pub cache: PathBuf,
+}
+
+fn xdg(var: &str, fallback: &str) -> Result<PathBuf> {
+    if let Some(v) = std::env::var_os(var).filter(|v| !v.is_empty()) {
+        return Ok(PathBuf::from(v).join("lode"));
+    }
+    let home = std::env::var_os("HOME").context("neither LODE_HOME nor HOME is set")?;
+    Ok(PathBuf::from(home).join(fallback).join("lode"))
+}
+
+impl Home {
+    pub fn locate() -> Result<Home> {
+        if let Some(dir) = std::env::var_os("LODE_HOME").filter(|v| !v.is_empty()) {
+            let dir = PathBuf::from(dir);
+            return Ok(Home {
+                config: dir.join("config"),
+                data: dir.join("data"),
+                cache: dir.join("cache"),
+            });
+        }
+        Ok(Home {
+            config: xdg("XDG_CONFIG_HOME", ".config")?,
+            data: xdg("XDG_DATA_HOME", ".local/share")?,
+            cache: xdg("XDG_CACHE_HOME", ".cache")?,
+        })
+    }
+
+    pub fn config_file(&self) -> PathBuf {
+        self.config.join("config.toml")
+    }
+    pub fn secret_file(&self) -> PathBuf {
+        self.data.join("secret")
+    }
+    fn seen_file(&self) -> PathBuf {
+        self.data.join("seen-seqs.json")
+    }
+
+    /// Create a new identity. Refuses to overwrite one.
+    pub fn init(&self) -> Result<RootSecret> {
+        let secret_path = self.secret_file();
+        if secret_path.exists() {
+            bail!(
+                "an identity already exists at {} (remove it first to start over)",
+                secret_path.display()
+            );
+        }
+        for dir in [&self.config, &self.data, &self.cache] {
+            std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+        }
+        std::fs::set_permissions(&self.data, std::fs::Permissions::from_mode(0o700))?;
+        let secret = RootSecret::generate(&mut rand::rng());
+        let mut file = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&secret_path)
+            .with_context(|| format!("creating {}", secret_path.display()))?;
+        let text = zeroize::Zeroizing::new(data_encoding::HEXLOWER.encode(secret.expose()));
+        writeln!(file, "{}", text.as_str())?;
+        file.sync_all()?;
+        if !self.config_file().exists() {
+            Config::default().save(self)?;
+        }
+        Ok(secret)
+    }
+
+    pub fn secret(&self) -> Result<RootSecret> {
+        let path = self.secret_file();
+        let text = zeroize::Zeroizing::new(
+            std::fs::read_to_string(&path)
+                .with_context(|| format!("reading {} (run `lode init` first)", path.display()))?,
+        );
+        let mode = std::fs::metadata(&path)?.permissions().mode();
+        if mode & 0o077 != 0 {
+            tracing::warn!(path = %path.display(), "secret file is readable by others; chmod 600 it");
+        }
+        let bytes = zeroize::Zeroizing::new(
+            data_encoding::HEXLOWER_PERMISSIVE
+                .decode(text.trim().as_bytes())
+                .with_context(|| format!("{} is not a hex secret", path.display()))?,
+        );
+        let arr: [u8; 32] = bytes
+            .as_slice()
+            .try_into()
+            .with_context(|| format!("{} must hold 32 bytes of hex", path.display()))?;
+        Ok(RootSecret::from_bytes(arr))
+    }
+
+    /// The highest seq seen per directory slot (hex key → seq).
+    pub fn load_seen(&self) -> Result<BTreeMap<String, u64>> {
+        match std::fs::read(self.seen_file()) {
+            Ok(b) => serde_json::from_slice(&b)
+                .with_context(|| format!("parsing {}", self.seen_file().display())),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(BTreeMap::new()),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    pub fn save_seen(&self, seen: &BTreeMap<String, u64>) -> Result<()> {
+        write_atomic(&self.seen_file(), &serde_json::to_vec_pretty(seen)?)
+    }
+}
+
+/// Write a file so that readers see the old or the new content, never a mix.
+pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
+    let tmp = path.with_extension("tmp");
+    {
+        let mut f =
+            std::fs::File::create(&tmp).with_context(|| format!("writing {}", tmp.display()))?;
+        f.write_all(bytes)?;
+        f.sync_all()?;
+    }
+    std::fs::rename(&tmp, path).with_context(|| format!("replacing {}", path.display()))?;
+    Ok(())
+}
+
+/// The client configuration, `config.toml`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// Mirror base URLs.
+    #[serde(default)]
+    pub mirrors: Vec<String>,
+    /// Shares needed to rebuild a chunk.
+    #[serde(default = "default_k")]
+    pub k: u8,
+    /// Shares made of each chunk.
+    #[serde(default = "default_n")]
+    pub n: u8,
+    /// Distinct mirrors an upload must reach.
+    #[serde(default = "default_happy")]
+    pub happy: usize,
+    /// Bytes of verified chunks to cache in memory, in MiB.
+    #[serde(default = "default_cache")]
+    pub cache_mib: u64,
+}
+
+fn default_k() -> u8 {
+    GridConfig::default().k
+}
+fn default_n() -> u8 {
+    GridConfig::default().n
+}
+fn default_happy() -> usize {
+    GridConfig::default().happy
+}
+fn default_cache() -> u64 {
+    256
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            mirrors: Vec::new(),
+            k: default_k(),
+            n: default_n(),
+            happy: default_happy(),
+            cache_mib: default_cache(),
+        }
+    }
+}
+
+impl Config {
+    pub fn load(home: &Home) -> Result<Config> {
+        let path = home.config_file();
+        let text = std::fs::read_to_string(&path)
+            .with_context(|| format!("reading {} (run `lode init` first)", path.display()))?;
+        let config: Config =
+            toml::from_str(&text).with_context(|| format!("parsing {}", path.display()))?;
+        lode::chunk::Params::new(config.k, config.n)
+            .with_context(|| format!("{}: invalid k/n", path.display()))?;
+        Ok(config)
+    }
+
+    pub fn save(&self, home: &Home) -> Result<()> {
+        let mut text = String::from("# lode client configuration\n");
+        text.push_str(&toml::to_string_pretty(self)?);
+        write_atomic(&home.config_file(), text.as_bytes())
+    }
+
+    pub fn grid(&self) -> GridConfig {
+        GridConfig {
+            k: self.k,
+            n: self.n,
+            happy: self.happy,
+        }
+    }
+}

@@ -1,0 +1,99 @@
+//! The command line: argument parsing and one function per command.
+//!
+//! This is the edge where library errors become `anyhow` errors with
+//! context for a person to read. It builds on `store` (and, for `lode
+//! mirror serve`, on `mirror`); it holds no storage logic of its own.
+
+mod client;
+mod home;
+mod serve;
+
+use std::path::PathBuf;
+
+use anyhow::Result;
+use clap::{Parser, Subcommand};
+
+pub use home::{Config, Home};
+
+/// lode: a private, encrypted file store.
+#[derive(Debug, Parser)]
+#[command(name = "lode", version, about, propagate_version = true)]
+pub struct Cli {
+    /// More logging (-v, -vv).
+    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
+    pub verbose: u8,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Create an identity (root secret) and a config.
+    Init,
+    /// Manage the mirrors this identity stores to.
+    #[command(subcommand)]
+    Mirrors(MirrorsCommand),
+    /// Upload files or directories; prints one read-cap per argument.
+    Put {
+        #[arg(required = true)]
+        files: Vec<PathBuf>,
+        /// Also link them into your tree at PATH (a directory if it ends in
+        /// "/" or already is one, else the new name of a single file).
+        #[arg(long)]
+        to: Option<String>,
+    },
+    /// Download what a cap (or a path in your tree) names.
+    Get {
+        target: String,
+        /// Where to write (a file, or a new directory for a directory cap).
+        /// Files go to standard output without it.
+        #[arg(short, long)]
+        output: Option<PathBuf>,
+    },
+    /// List a directory (by cap, or by path in your tree).
+    Ls {
+        #[arg(default_value = "/")]
+        target: String,
+    },
+    /// Print the read-cap of a path in your tree.
+    Share { path: String },
+    /// Count (or verify) the shares of a cap on every mirror.
+    Check {
+        target: String,
+        /// Download and hash every share instead of asking whether it exists.
+        #[arg(long)]
+        verify: bool,
+        /// Rebuild missing or corrupt shares from good ones.
+        #[arg(long)]
+        repair: bool,
+    },
+    /// Renew the leases of everything reachable from your root.
+    Renew,
+    /// Run a storage server.
+    #[command(subcommand)]
+    Mirror(MirrorCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum MirrorsCommand {
+    /// Add a mirror by its base URL.
+    Add { url: String },
+    /// List the configured mirrors and whether they answer.
+    List,
+    /// Remove a mirror.
+    Remove { url: String },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum MirrorCommand {
+    /// Serve shares, slots and accounts over HTTP.
+    Serve(serve::ServeArgs),
+}
+
+/// Run a parsed command line.
+pub fn run(cli: Cli) -> Result<()> {
+    match cli.command {
+        Command::Mirror(MirrorCommand::Serve(args)) => serve::run(args),
+        other => client::run(other),
+    }
+}

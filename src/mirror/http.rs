@@ -1,0 +1,312 @@
+//! The HTTP front of a mirror (axum): routes, authentication, and the one
+//! place where mirror errors become status codes.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Router;
+use axum::body::Body;
+use axum::extract::{DefaultBodyLimit, Path, Query, State};
+use axum::http::{HeaderMap, Method, StatusCode, Uri, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post, put};
+use futures_util::TryStreamExt;
+use serde::Deserialize;
+use tokio::net::TcpListener;
+use tokio::sync::RwLock;
+
+use super::ledger::Terms;
+use super::{DiskShares, Error, Ledger, Result, ShareStore, collect_garbage, unix_now};
+use crate::crypto::{Hash, sha256};
+use crate::dir::{MAX_SLOT_BYTES, SlotEnvelope};
+use crate::protocol::{
+    self, AccountStatus, ErrorBody, Info, MAX_RENEW_IDS, MAX_SHARE_BYTES, RenewRequest,
+    RenewResponse, RequestAuth, parse_hex,
+};
+
+/// How a mirror is run.
+#[derive(Debug, Clone)]
+pub struct MirrorConfig {
+    pub data: PathBuf,
+    pub lease_secs: i64,
+    /// Bytes per account, or unlimited.
+    pub quota: Option<u64>,
+    /// Bytes for the whole mirror, or unlimited.
+    pub capacity: Option<u64>,
+    pub gc_interval: Duration,
+}
+
+struct Mirror {
+    shares: DiskShares,
+    ledger: Ledger,
+    /// Held shared by uploads while they finalize, exclusively by GC.
+    finalize: RwLock<()>,
+}
+
+impl IntoResponse for Error {
+    fn into_response(self) -> Response {
+        let status = match &self {
+            Error::Mismatch(_)
+            | Error::BadRequest(_)
+            | Error::Slot(crate::dir::Error::Malformed(_)) => StatusCode::BAD_REQUEST,
+            Error::Slot(crate::dir::Error::Stale { .. }) => StatusCode::CONFLICT,
+            Error::Slot(_) => StatusCode::FORBIDDEN,
+            Error::TooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            Error::Quota { .. } | Error::Capacity { .. } => StatusCode::INSUFFICIENT_STORAGE,
+            Error::Auth(_) => StatusCode::UNAUTHORIZED,
+            Error::NotFound => StatusCode::NOT_FOUND,
+            Error::Io(_) | Error::Ledger(_) | Error::Task(_) => {
+                tracing::error!(error = %self, "internal error");
+                StatusCode::INTERNAL_SERVER_ERROR
+            }
+        };
+        (
+            status,
+            axum::Json(ErrorBody {
+                error: self.to_string(),
+            }),
+        )
+            .into_response()
+    }
+}
+
+fn authenticate(
+    headers: &HeaderMap,
+    method: &Method,
+    uri: &Uri,
+    digest: &Hash,
+) -> Result<[u8; 32]> {
+    let value = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .ok_or(protocol::Error::BadAuthHeader)?;
+    let auth = RequestAuth::parse(value)?;
+    let path = uri
+        .path_and_query()
+        .map(|p| p.as_str())
+        .unwrap_or(uri.path());
+    auth.verify(method.as_str(), path, digest, unix_now())?;
+    Ok(auth.account)
+}
+
+fn id_of(hex: &str) -> Result<[u8; 32]> {
+    parse_hex::<32>(hex).map_err(|_| Error::BadRequest("id must be 64 hex digits".into()))
+}
+
+#[derive(Deserialize)]
+struct PutQuery {
+    #[serde(default)]
+    repair: bool,
+}
+
+async fn put_share(
+    State(m): State<Arc<Mirror>>,
+    Path(id): Path<String>,
+    Query(q): Query<PutQuery>,
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<StatusCode> {
+    let id = id_of(&id)?;
+    let account = authenticate(&headers, &method, &uri, &id)?;
+    let now = unix_now();
+    if !q.repair {
+        // Already held: lease it and skip the body. The file is checked
+        // too, so a share lost from disk behind the ledger's back is
+        // accepted again rather than acknowledged and still missing.
+        let _g = m.finalize.read().await;
+        if m.shares.contains(&id).await?
+            && m.ledger
+                .run(move |l| l.lease_existing(&account, &id, now))
+                .await?
+        {
+            return Ok(StatusCode::OK);
+        }
+    }
+    let declared = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
+    if let Some(len) = declared {
+        if len > MAX_SHARE_BYTES {
+            return Err(Error::TooLarge {
+                limit: MAX_SHARE_BYTES,
+            });
+        }
+        m.ledger
+            .run(move |l| l.precheck(&account, len, now))
+            .await?;
+    }
+    let stream = body.into_data_stream().map_err(std::io::Error::other);
+    let _g = m.finalize.read().await;
+    let size = m
+        .shares
+        .put(&id, Box::pin(stream), MAX_SHARE_BYTES, q.repair)
+        .await?;
+    m.ledger
+        .run(move |l| l.add_share(&account, &id, size, now))
+        .await?;
+    Ok(StatusCode::CREATED)
+}
+
+async fn get_share(State(m): State<Arc<Mirror>>, Path(id): Path<String>) -> Result<Response> {
+    let id = id_of(&id)?;
+    let (len, stream) = m.shares.get(&id).await?.ok_or(Error::NotFound)?;
+    Ok((
+        [
+            (header::CONTENT_LENGTH, len.to_string()),
+            (header::CONTENT_TYPE, "application/octet-stream".into()),
+        ],
+        Body::from_stream(stream),
+    )
+        .into_response())
+}
+
+async fn head_share(State(m): State<Arc<Mirror>>, Path(id): Path<String>) -> Result<StatusCode> {
+    let id = id_of(&id)?;
+    if m.shares.contains(&id).await? {
+        Ok(StatusCode::OK)
+    } else {
+        Err(Error::NotFound)
+    }
+}
+
+async fn put_slot(
+    State(m): State<Arc<Mirror>>,
+    Path(pk): Path<String>,
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+    body: axum::body::Bytes,
+) -> Result<StatusCode> {
+    let pk = id_of(&pk)?;
+    let account = authenticate(&headers, &method, &uri, &sha256(&body))?;
+    let envelope = SlotEnvelope::decode(&body)?;
+    if envelope.public_key != pk {
+        return Err(Error::BadRequest("slot key differs from the path".into()));
+    }
+    let now = unix_now();
+    m.ledger
+        .run(move |l| l.put_slot(&account, &envelope, &body, now))
+        .await?;
+    Ok(StatusCode::OK)
+}
+
+async fn get_slot(State(m): State<Arc<Mirror>>, Path(pk): Path<String>) -> Result<Response> {
+    let pk = id_of(&pk)?;
+    let bytes = m
+        .ledger
+        .run(move |l| l.get_slot(&pk))
+        .await?
+        .ok_or(Error::NotFound)?;
+    Ok(([(header::CONTENT_TYPE, "application/cbor")], bytes).into_response())
+}
+
+async fn renew(
+    State(m): State<Arc<Mirror>>,
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+    body: axum::body::Bytes,
+) -> Result<axum::Json<RenewResponse>> {
+    let account = authenticate(&headers, &method, &uri, &sha256(&body))?;
+    let req: RenewRequest =
+        serde_json::from_slice(&body).map_err(|e| Error::BadRequest(e.to_string()))?;
+    if req.ids.len() > MAX_RENEW_IDS {
+        return Err(Error::BadRequest(format!(
+            "at most {MAX_RENEW_IDS} ids per renewal"
+        )));
+    }
+    let ids = req
+        .ids
+        .iter()
+        .map(|s| id_of(s))
+        .collect::<Result<Vec<_>>>()?;
+    let now = unix_now();
+    let lease = m.ledger.terms.lease_secs;
+    let (renewed, missing) = m.ledger.run(move |l| l.renew(&account, &ids, now)).await?;
+    Ok(axum::Json(RenewResponse {
+        renewed,
+        missing: missing.iter().map(|id| protocol::hex(id)).collect(),
+        expires: now + lease,
+    }))
+}
+
+async fn account(
+    State(m): State<Arc<Mirror>>,
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+) -> Result<axum::Json<AccountStatus>> {
+    let account = authenticate(&headers, &method, &uri, &sha256(b""))?;
+    let now = unix_now();
+    let standing = m.ledger.run(move |l| l.standing(&account, now)).await?;
+    Ok(axum::Json(AccountStatus {
+        account: protocol::hex(&account),
+        usage_bytes: standing.usage,
+        quota_bytes: m.ledger.terms.quota,
+        leases: standing.leases,
+        lease_seconds: m.ledger.terms.lease_secs as u64,
+    }))
+}
+
+async fn info(State(m): State<Arc<Mirror>>) -> Result<axum::Json<Info>> {
+    let used = m.ledger.run(|l| l.used_bytes()).await?;
+    Ok(axum::Json(Info {
+        protocol: protocol::PROTOCOL_VERSION,
+        software: format!("lode {}", env!("CARGO_PKG_VERSION")),
+        lease_seconds: m.ledger.terms.lease_secs as u64,
+        capacity_bytes: m.ledger.terms.capacity,
+        used_bytes: used,
+    }))
+}
+
+/// Serve a mirror on `listener` until `shutdown` resolves. Runs GC every
+/// `gc_interval` in the background.
+pub async fn serve(
+    listener: TcpListener,
+    config: MirrorConfig,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> Result<()> {
+    std::fs::create_dir_all(&config.data)?;
+    let terms = Terms {
+        lease_secs: config.lease_secs,
+        quota: config.quota,
+        capacity: config.capacity,
+    };
+    let mirror = Arc::new(Mirror {
+        shares: DiskShares::open(&config.data)?,
+        ledger: Ledger::open(&config.data.join("ledger.sqlite"), terms)?,
+        finalize: RwLock::new(()),
+    });
+    let gc_mirror = mirror.clone();
+    let gc = tokio::spawn(async move {
+        let mut tick = tokio::time::interval(config.gc_interval);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tick.tick().await;
+            if let Err(e) =
+                collect_garbage(&gc_mirror.ledger, &gc_mirror.shares, &gc_mirror.finalize).await
+            {
+                tracing::error!(error = %e, "gc pass failed");
+            }
+        }
+    });
+    let app = Router::new()
+        .route("/v1/info", get(info))
+        .route("/v1/account", get(account))
+        .route("/v1/renew", post(renew))
+        .route(
+            "/v1/share/{id}",
+            put(put_share).get(get_share).head(head_share),
+        )
+        .route("/v1/slot/{pk}", put(put_slot).get(get_slot))
+        .layer(DefaultBodyLimit::max(MAX_SLOT_BYTES))
+        .with_state(mirror);
+    let result = axum::serve(listener, app)
+        .with_graceful_shutdown(shutdown)
+        .await;
+    gc.abort();
+    Ok(result?)
+}

@@ -1,0 +1,405 @@
+//! The mirror's ledger: accounts, objects, leases and directory slots, in
+//! SQLite (WAL, `synchronous=FULL`), so that it survives crashes.
+//!
+//! An account pays for every object it holds a live lease on, so a share
+//! that two accounts store counts for both. The SQL is plain and portable
+//! (no SQLite-only functions) so the ledger can move to PostgreSQL.
+//! The `credit` column is reserved for the proof-of-work pool.
+
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+
+use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
+
+use super::{Error, Result};
+use crate::dir::SlotEnvelope;
+
+/// The schema version this code writes.
+pub const LEDGER_VERSION: i64 = 1;
+
+const SCHEMA: &str = "
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS accounts (
+    id BLOB PRIMARY KEY,
+    created INTEGER NOT NULL,
+    credit INTEGER NOT NULL DEFAULT 0
+);
+CREATE TABLE IF NOT EXISTS objects (
+    id BLOB PRIMARY KEY,
+    kind INTEGER NOT NULL,
+    size INTEGER NOT NULL,
+    created INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS leases (
+    account BLOB NOT NULL,
+    object BLOB NOT NULL,
+    expires INTEGER NOT NULL,
+    PRIMARY KEY (account, object)
+);
+CREATE INDEX IF NOT EXISTS leases_object ON leases (object, expires);
+CREATE TABLE IF NOT EXISTS slots (
+    pk BLOB PRIMARY KEY,
+    seq INTEGER NOT NULL,
+    envelope BLOB NOT NULL
+);
+";
+
+/// What an object in the ledger is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ObjectKind {
+    Share = 0,
+    Slot = 1,
+}
+
+impl ObjectKind {
+    fn from_i64(v: i64) -> ObjectKind {
+        if v == 1 {
+            ObjectKind::Slot
+        } else {
+            ObjectKind::Share
+        }
+    }
+}
+
+/// Limits and terms of a mirror.
+#[derive(Debug, Clone, Copy)]
+pub struct Terms {
+    pub lease_secs: i64,
+    pub quota: Option<u64>,
+    pub capacity: Option<u64>,
+}
+
+/// A handle to the ledger. Cheap to clone; calls block, so async callers
+/// go through [`Ledger::run`].
+#[derive(Clone)]
+pub struct Ledger {
+    conn: Arc<Mutex<Connection>>,
+    pub terms: Terms,
+}
+
+/// An account's standing.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Standing {
+    pub usage: u64,
+    pub leases: u64,
+}
+
+impl Ledger {
+    pub fn open(path: &Path, terms: Terms) -> Result<Ledger> {
+        let conn = Connection::open(path)?;
+        conn.pragma_update(None, "journal_mode", "WAL")?;
+        conn.pragma_update(None, "synchronous", "FULL")?;
+        conn.busy_timeout(std::time::Duration::from_secs(10))?;
+        conn.execute_batch(SCHEMA)?;
+        let version: Option<i64> = conn
+            .query_row("SELECT value FROM meta WHERE key = 'schema'", [], |r| {
+                r.get(0)
+            })
+            .optional()?;
+        match version {
+            None => {
+                conn.execute(
+                    "INSERT INTO meta (key, value) VALUES ('schema', ?1)",
+                    [LEDGER_VERSION],
+                )?;
+            }
+            Some(LEDGER_VERSION) => {}
+            Some(v) => {
+                return Err(Error::BadRequest(format!(
+                    "ledger schema version {v} is not supported (this mirror reads {LEDGER_VERSION})"
+                )));
+            }
+        }
+        Ok(Ledger {
+            conn: Arc::new(Mutex::new(conn)),
+            terms,
+        })
+    }
+
+    /// Run a blocking ledger operation off the async executor.
+    pub async fn run<T, F>(&self, f: F) -> Result<T>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Ledger) -> Result<T> + Send + 'static,
+    {
+        let this = self.clone();
+        tokio::task::spawn_blocking(move || f(&this))
+            .await
+            .map_err(|e| Error::Task(e.to_string()))?
+    }
+
+    fn with_tx<T>(&self, f: impl FnOnce(&rusqlite::Transaction<'_>) -> Result<T>) -> Result<T> {
+        let mut conn = self.conn.lock().expect("ledger lock");
+        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let out = f(&tx)?;
+        tx.commit()?;
+        Ok(out)
+    }
+
+    fn usage_in(tx: &rusqlite::Transaction<'_>, account: &[u8; 32], now: i64) -> Result<u64> {
+        let used: i64 = tx.query_row(
+            "SELECT COALESCE(SUM(o.size), 0) FROM leases l JOIN objects o ON o.id = l.object
+             WHERE l.account = ?1 AND l.expires > ?2",
+            params![&account[..], now],
+            |r| r.get(0),
+        )?;
+        Ok(used as u64)
+    }
+
+    fn total_in(tx: &rusqlite::Transaction<'_>) -> Result<u64> {
+        let total: i64 = tx.query_row("SELECT COALESCE(SUM(size), 0) FROM objects", [], |r| {
+            r.get(0)
+        })?;
+        Ok(total as u64)
+    }
+
+    /// Refuse `wanted` more bytes for `account` if over quota; `new_object`
+    /// bytes also count against the mirror's capacity.
+    fn check_room(
+        &self,
+        tx: &rusqlite::Transaction<'_>,
+        account: &[u8; 32],
+        wanted: u64,
+        new_object: bool,
+        now: i64,
+    ) -> Result<()> {
+        if let Some(quota) = self.terms.quota {
+            let used = Self::usage_in(tx, account, now)?;
+            if used + wanted > quota {
+                return Err(Error::Quota {
+                    used,
+                    wanted,
+                    quota,
+                });
+            }
+        }
+        if let (Some(capacity), true) = (self.terms.capacity, new_object) {
+            let used = Self::total_in(tx)?;
+            if used + wanted > capacity {
+                return Err(Error::Capacity {
+                    used,
+                    wanted,
+                    capacity,
+                });
+            }
+        }
+        Ok(())
+    }
+
+    fn ensure_account(tx: &rusqlite::Transaction<'_>, account: &[u8; 32], now: i64) -> Result<()> {
+        tx.execute(
+            "INSERT INTO accounts (id, created) VALUES (?1, ?2) ON CONFLICT (id) DO NOTHING",
+            params![&account[..], now],
+        )?;
+        Ok(())
+    }
+
+    /// Lease an object, checking quota when the lease is new or expired.
+    /// Returns `false` if the mirror does not hold the object.
+    fn lease_in(
+        &self,
+        tx: &rusqlite::Transaction<'_>,
+        account: &[u8; 32],
+        id: &[u8; 32],
+        now: i64,
+    ) -> Result<bool> {
+        let size: Option<i64> = tx
+            .query_row("SELECT size FROM objects WHERE id = ?1", [&id[..]], |r| {
+                r.get(0)
+            })
+            .optional()?;
+        let Some(size) = size else { return Ok(false) };
+        let live: bool = tx
+            .query_row(
+                "SELECT COUNT(*) FROM leases WHERE account = ?1 AND object = ?2 AND expires > ?3",
+                params![&account[..], &id[..], now],
+                |r| r.get::<_, i64>(0),
+            )
+            .map(|c| c > 0)?;
+        if !live {
+            self.check_room(tx, account, size as u64, false, now)?;
+        }
+        Self::ensure_account(tx, account, now)?;
+        tx.execute(
+            "INSERT INTO leases (account, object, expires) VALUES (?1, ?2, ?3)
+             ON CONFLICT (account, object) DO UPDATE SET expires = MAX(expires, excluded.expires)",
+            params![&account[..], &id[..], now + self.terms.lease_secs],
+        )?;
+        Ok(true)
+    }
+
+    /// Lease an object the mirror already holds. `false` if it does not.
+    pub fn lease_existing(&self, account: &[u8; 32], id: &[u8; 32], now: i64) -> Result<bool> {
+        self.with_tx(|tx| self.lease_in(tx, account, id, now))
+    }
+
+    /// Whether `size` more bytes fit, before a share is streamed in.
+    pub fn precheck(&self, account: &[u8; 32], size: u64, now: i64) -> Result<()> {
+        self.with_tx(|tx| self.check_room(tx, account, size, true, now))
+    }
+
+    /// Record a newly stored share and its first lease, atomically.
+    pub fn add_share(&self, account: &[u8; 32], id: &[u8; 32], size: u64, now: i64) -> Result<()> {
+        self.with_tx(|tx| {
+            let known: bool = tx
+                .query_row(
+                    "SELECT COUNT(*) FROM objects WHERE id = ?1",
+                    [&id[..]],
+                    |r| r.get::<_, i64>(0),
+                )
+                .map(|c| c > 0)?;
+            if !known {
+                self.check_room(tx, account, size, true, now)?;
+                tx.execute(
+                    "INSERT INTO objects (id, kind, size, created) VALUES (?1, ?2, ?3, ?4)",
+                    params![&id[..], ObjectKind::Share as i64, size as i64, now],
+                )?;
+            }
+            self.lease_in(tx, account, id, now)?;
+            Ok(())
+        })
+    }
+
+    /// Store a new version of a slot: the mirror's checks (signature, higher
+    /// seq), quota, and a lease for the writer, in one transaction.
+    pub fn put_slot(
+        &self,
+        account: &[u8; 32],
+        envelope: &SlotEnvelope,
+        bytes: &[u8],
+        now: i64,
+    ) -> Result<()> {
+        envelope.verify()?;
+        let pk = envelope.public_key;
+        self.with_tx(|tx| {
+            let current: Option<Vec<u8>> = tx
+                .query_row("SELECT envelope FROM slots WHERE pk = ?1", [&pk[..]], |r| {
+                    r.get(0)
+                })
+                .optional()?;
+            let current = current.map(|b| SlotEnvelope::decode(&b)).transpose()?;
+            envelope.check_update(current.as_ref())?;
+            let old = current.map(|c| c.encode().len() as u64).unwrap_or(0);
+            let size = bytes.len() as u64;
+            if size > old {
+                self.check_room(tx, account, size - old, true, now)?;
+            }
+            tx.execute(
+                "INSERT INTO slots (pk, seq, envelope) VALUES (?1, ?2, ?3)
+                 ON CONFLICT (pk) DO UPDATE SET seq = excluded.seq, envelope = excluded.envelope",
+                params![&pk[..], envelope.seq as i64, bytes],
+            )?;
+            tx.execute(
+                "INSERT INTO objects (id, kind, size, created) VALUES (?1, ?2, ?3, ?4)
+                 ON CONFLICT (id) DO UPDATE SET size = excluded.size",
+                params![&pk[..], ObjectKind::Slot as i64, size as i64, now],
+            )?;
+            self.lease_in(tx, account, &pk, now)?;
+            Ok(())
+        })
+    }
+
+    pub fn get_slot(&self, pk: &[u8; 32]) -> Result<Option<Vec<u8>>> {
+        let conn = self.conn.lock().expect("ledger lock");
+        Ok(conn
+            .query_row("SELECT envelope FROM slots WHERE pk = ?1", [&pk[..]], |r| {
+                r.get(0)
+            })
+            .optional()?)
+    }
+
+    pub fn has_object(&self, id: &[u8; 32]) -> Result<bool> {
+        let conn = self.conn.lock().expect("ledger lock");
+        Ok(conn
+            .query_row(
+                "SELECT COUNT(*) FROM objects WHERE id = ?1",
+                [&id[..]],
+                |r| r.get::<_, i64>(0),
+            )
+            .map(|c| c > 0)?)
+    }
+
+    /// Extend the leases of `ids` that the mirror holds; returns the ids it
+    /// does not hold. Stops at the first quota error.
+    pub fn renew(
+        &self,
+        account: &[u8; 32],
+        ids: &[[u8; 32]],
+        now: i64,
+    ) -> Result<(u64, Vec<[u8; 32]>)> {
+        self.with_tx(|tx| {
+            let mut renewed = 0;
+            let mut missing = Vec::new();
+            for id in ids {
+                if self.lease_in(tx, account, id, now)? {
+                    renewed += 1;
+                } else {
+                    missing.push(*id);
+                }
+            }
+            Ok((renewed, missing))
+        })
+    }
+
+    pub fn standing(&self, account: &[u8; 32], now: i64) -> Result<Standing> {
+        self.with_tx(|tx| {
+            let usage = Self::usage_in(tx, account, now)?;
+            let leases: i64 = tx.query_row(
+                "SELECT COUNT(*) FROM leases WHERE account = ?1 AND expires > ?2",
+                params![&account[..], now],
+                |r| r.get(0),
+            )?;
+            Ok(Standing {
+                usage,
+                leases: leases as u64,
+            })
+        })
+    }
+
+    pub fn used_bytes(&self) -> Result<u64> {
+        self.with_tx(|tx| Self::total_in(tx))
+    }
+
+    /// Objects with no live lease, oldest first.
+    pub fn unleased(&self, now: i64, limit: usize) -> Result<Vec<([u8; 32], ObjectKind)>> {
+        let conn = self.conn.lock().expect("ledger lock");
+        let mut stmt = conn.prepare(
+            "SELECT id, kind FROM objects o
+             WHERE NOT EXISTS (SELECT 1 FROM leases l WHERE l.object = o.id AND l.expires > ?1)
+             ORDER BY created LIMIT ?2",
+        )?;
+        let rows = stmt.query_map(params![now, limit as i64], |r| {
+            Ok((r.get::<_, Vec<u8>>(0)?, r.get::<_, i64>(1)?))
+        })?;
+        let mut out = Vec::new();
+        for row in rows {
+            let (id, kind) = row?;
+            if let Ok(id) = <[u8; 32]>::try_from(id.as_slice()) {
+                out.push((id, ObjectKind::from_i64(kind)));
+            }
+        }
+        Ok(out)
+    }
+
+    /// Forget an object if, and only if, it still has no live lease (checked
+    /// in the same transaction). Returns its kind and size if forgotten.
+    pub fn forget_if_unleased(&self, id: &[u8; 32], now: i64) -> Result<Option<(ObjectKind, u64)>> {
+        self.with_tx(|tx| {
+            let row: Option<(i64, i64)> = tx
+                .query_row(
+                    "SELECT kind, size FROM objects o WHERE id = ?1 AND NOT EXISTS
+                     (SELECT 1 FROM leases l WHERE l.object = o.id AND l.expires > ?2)",
+                    params![&id[..], now],
+                    |r| Ok((r.get(0)?, r.get(1)?)),
+                )
+                .optional()?;
+            let Some((kind, size)) = row else {
+                return Ok(None);
+            };
+            tx.execute("DELETE FROM objects WHERE id = ?1", [&id[..]])?;
+            tx.execute("DELETE FROM leases WHERE object = ?1", [&id[..]])?;
+            tx.execute("DELETE FROM slots WHERE pk = ?1", [&id[..]])?;
+            Ok(Some((ObjectKind::from_i64(kind), size as u64)))
+        })
+    }
+}

@@ -1,0 +1,63 @@
+//! The mirror: a storage server that holds ciphertext for many accounts.
+//!
+//! This layer owns the HTTP API (`/v1/`, see docs/PROTOCOL.md), the share
+//! store on disk behind the [`ShareStore`] trait, the SQLite [`Ledger`] of
+//! accounts, leases and directory slots, and the garbage collector. A mirror
+//! never sees plaintext or keys: it checks shares against their ids, slots
+//! against their signatures, and requests against their account signatures.
+//!
+//! It builds on `protocol`, `chunk` and `dir`. It must never link the
+//! client store, the mount or the miner.
+
+mod disk;
+mod gc;
+mod http;
+mod ledger;
+
+pub use disk::{DiskShares, ShareStore};
+pub use gc::{GcReport, collect_garbage};
+pub use http::{MirrorConfig, serve};
+pub use ledger::{Ledger, ObjectKind};
+
+use crate::chunk::ShareId;
+
+/// Errors of the mirror.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("i/o: {0}")]
+    Io(#[from] std::io::Error),
+    #[error("ledger: {0}")]
+    Ledger(#[from] rusqlite::Error),
+    #[error("share body does not hash to its id {}", crate::protocol::hex(.0))]
+    Mismatch(ShareId),
+    #[error("body is larger than {limit} bytes")]
+    TooLarge { limit: u64 },
+    #[error("account quota exceeded: {used} + {wanted} bytes > {quota}")]
+    Quota { used: u64, wanted: u64, quota: u64 },
+    #[error("mirror capacity exceeded: {used} + {wanted} bytes > {capacity}")]
+    Capacity {
+        used: u64,
+        wanted: u64,
+        capacity: u64,
+    },
+    #[error("unauthorized: {0}")]
+    Auth(#[from] crate::protocol::Error),
+    #[error("directory slot rejected: {0}")]
+    Slot(#[from] crate::dir::Error),
+    #[error("not found")]
+    NotFound,
+    #[error("bad request: {0}")]
+    BadRequest(String),
+    #[error("ledger task failed: {0}")]
+    Task(String),
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// Seconds since the Unix epoch.
+pub(crate) fn unix_now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0)
+}

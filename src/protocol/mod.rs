@@ -1,0 +1,246 @@
+//! The mirror protocol's wire types and request signing, sans-IO.
+//!
+//! Both sides speak through this layer: the client's HTTP mirror
+//! (`store::http`) and the server (`mirror`). It holds no sockets and no
+//! tokio; it is pure data and checks, so it can be unit-tested and fuzzed.
+//! See docs/PROTOCOL.md for the HTTP routes that carry these types.
+
+use serde::{Deserialize, Serialize};
+
+use crate::crypto::{self, AccountKey, Hash, sha256};
+
+/// The protocol version, the `/v1/` in every path.
+pub const PROTOCOL_VERSION: u32 = 1;
+/// How far a signed request's timestamp may be from the mirror's clock.
+pub const REPLAY_WINDOW_SECS: i64 = 300;
+/// The authorization scheme name.
+pub const AUTH_SCHEME: &str = "Lode-Ed25519";
+/// Most ids in one renewal request.
+pub const MAX_RENEW_IDS: usize = 10_000;
+/// Largest share a mirror accepts: a maximum-size chunk (4 MiB) stored
+/// 1-of-1, plus AES-SIV tag, padding and header, with room to spare.
+pub const MAX_SHARE_BYTES: u64 = 8 * 1024 * 1024;
+
+/// Errors in signed requests and wire bodies.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum Error {
+    #[error("missing or malformed authorization header")]
+    BadAuthHeader,
+    #[error(
+        "request time is {skew} s away from the mirror's clock (allowed: {REPLAY_WINDOW_SECS} s)"
+    )]
+    Expired { skew: i64 },
+    #[error("request signature is invalid")]
+    BadSignature,
+    #[error("malformed hex id")]
+    BadId,
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// The bytes a client signs: method, path (with query), time, and the
+/// SHA-256 of the body. For a share upload the body digest is the share id.
+pub fn signed_message(method: &str, path: &str, time: i64, body_digest: &Hash) -> Vec<u8> {
+    let mut m = Vec::with_capacity(64 + path.len());
+    m.extend_from_slice(b"lode request v1\0");
+    m.extend_from_slice(method.as_bytes());
+    m.push(0);
+    m.extend_from_slice(path.as_bytes());
+    m.push(0);
+    m.extend_from_slice(time.to_string().as_bytes());
+    m.push(0);
+    m.extend_from_slice(body_digest);
+    m
+}
+
+/// A parsed `Authorization` header.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RequestAuth {
+    pub account: [u8; 32],
+    pub time: i64,
+    pub signature: [u8; 64],
+}
+
+impl RequestAuth {
+    /// Sign a request as `key`.
+    pub fn sign(key: &AccountKey, method: &str, path: &str, time: i64, body: &[u8]) -> RequestAuth {
+        Self::sign_digest(key, method, path, time, &sha256(body))
+    }
+
+    pub fn sign_digest(
+        key: &AccountKey,
+        method: &str,
+        path: &str,
+        time: i64,
+        digest: &Hash,
+    ) -> RequestAuth {
+        RequestAuth {
+            account: key.public_key(),
+            time,
+            signature: key.sign(&signed_message(method, path, time, digest)),
+        }
+    }
+
+    /// The header value: `Lode-Ed25519 account=<hex>,time=<secs>,sig=<hex>`.
+    pub fn header(&self) -> String {
+        format!(
+            "{AUTH_SCHEME} account={},time={},sig={}",
+            hex(&self.account),
+            self.time,
+            hex(&self.signature)
+        )
+    }
+
+    pub fn parse(header: &str) -> Result<RequestAuth> {
+        let rest = header
+            .strip_prefix(AUTH_SCHEME)
+            .and_then(|r| r.strip_prefix(' '))
+            .ok_or(Error::BadAuthHeader)?;
+        let (mut account, mut time, mut sig) = (None, None, None);
+        for part in rest.split(',') {
+            match part.trim().split_once('=') {
+                Some(("account", v)) => {
+                    account = Some(parse_hex::<32>(v).map_err(|_| Error::BadAuthHeader)?)
+                }
+                Some(("time", v)) => {
+                    time = Some(v.parse::<i64>().map_err(|_| Error::BadAuthHeader)?)
+                }
+                Some(("sig", v)) => {
+                    sig = Some(parse_hex::<64>(v).map_err(|_| Error::BadAuthHeader)?)
+                }
+                _ => return Err(Error::BadAuthHeader),
+            }
+        }
+        Ok(RequestAuth {
+            account: account.ok_or(Error::BadAuthHeader)?,
+            time: time.ok_or(Error::BadAuthHeader)?,
+            signature: sig.ok_or(Error::BadAuthHeader)?,
+        })
+    }
+
+    /// The mirror's check: the time is within the replay window of `now`
+    /// and the signature covers this request.
+    pub fn verify(&self, method: &str, path: &str, body_digest: &Hash, now: i64) -> Result<()> {
+        let skew = (now - self.time).abs();
+        if skew > REPLAY_WINDOW_SECS {
+            return Err(Error::Expired { skew });
+        }
+        crypto::verify_signature(
+            &self.account,
+            &signed_message(method, path, self.time, body_digest),
+            &self.signature,
+        )
+        .map_err(|_| Error::BadSignature)
+    }
+}
+
+pub fn hex(bytes: &[u8]) -> String {
+    data_encoding::HEXLOWER.encode(bytes)
+}
+
+/// Parse exactly `N` bytes of lowercase or uppercase hex.
+pub fn parse_hex<const N: usize>(s: &str) -> Result<[u8; N]> {
+    let bytes = data_encoding::HEXLOWER_PERMISSIVE
+        .decode(s.as_bytes())
+        .map_err(|_| Error::BadId)?;
+    bytes.try_into().map_err(|_| Error::BadId)
+}
+
+/// `GET /v1/info`: what a mirror offers.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Info {
+    pub protocol: u32,
+    pub software: String,
+    pub lease_seconds: u64,
+    pub capacity_bytes: Option<u64>,
+    pub used_bytes: u64,
+}
+
+/// `GET /v1/account`: the signed-in account's standing.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct AccountStatus {
+    pub account: String,
+    pub usage_bytes: u64,
+    pub quota_bytes: Option<u64>,
+    pub leases: u64,
+    pub lease_seconds: u64,
+}
+
+/// `POST /v1/renew` body: the objects (share ids or slot keys, hex) whose
+/// leases to extend.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct RenewRequest {
+    pub ids: Vec<String>,
+}
+
+/// `POST /v1/renew` reply.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct RenewResponse {
+    pub renewed: u64,
+    /// Objects this mirror does not hold: the client should repair them.
+    pub missing: Vec<String>,
+    /// Lease expiry, seconds since the epoch.
+    pub expires: i64,
+}
+
+/// Any error reply.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct ErrorBody {
+    pub error: String,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::crypto::RootSecret;
+
+    #[test]
+    fn signed_request_verifies_and_binds_every_field() {
+        let key = RootSecret::from_bytes([3; 32]).account_key();
+        let auth = RequestAuth::sign(&key, "PUT", "/v1/slot/ab", 1000, b"body");
+        let parsed = RequestAuth::parse(&auth.header()).unwrap();
+        assert_eq!(parsed, auth);
+        let d = sha256(b"body");
+        assert!(parsed.verify("PUT", "/v1/slot/ab", &d, 1000).is_ok());
+        assert!(
+            parsed
+                .verify("PUT", "/v1/slot/ab", &d, 1000 + REPLAY_WINDOW_SECS)
+                .is_ok()
+        );
+        assert_eq!(
+            parsed.verify("PUT", "/v1/slot/ab", &d, 1001 + REPLAY_WINDOW_SECS),
+            Err(Error::Expired { skew: 301 })
+        );
+        assert_eq!(
+            parsed.verify("GET", "/v1/slot/ab", &d, 1000),
+            Err(Error::BadSignature)
+        );
+        assert_eq!(
+            parsed.verify("PUT", "/v1/slot/ac", &d, 1000),
+            Err(Error::BadSignature)
+        );
+        assert_eq!(
+            parsed.verify("PUT", "/v1/slot/ab", &sha256(b"other"), 1000),
+            Err(Error::BadSignature)
+        );
+        let mut forged = parsed.clone();
+        forged.time += 1;
+        assert_eq!(
+            forged.verify("PUT", "/v1/slot/ab", &d, 1000),
+            Err(Error::BadSignature)
+        );
+    }
+
+    #[test]
+    fn malformed_headers_are_rejected() {
+        for h in [
+            "",
+            "Bearer x",
+            "Lode-Ed25519 ",
+            "Lode-Ed25519 account=zz,time=1,sig=00",
+            "Lode-Ed25519 time=1",
+        ] {
+            assert_eq!(RequestAuth::parse(h), Err(Error::BadAuthHeader), "{h:?}");
+        }
+    }
+}

@@ -1,0 +1,424 @@
+//! Checking, repairing and renewing what a cap reaches.
+//!
+//! A verify-cap is enough for all of it: the manifest's location sections
+//! name every share, shares are checked against their ids, and a missing or
+//! corrupt share is rebuilt from any k good ones by re-encoding the
+//! ciphertext (the coding is deterministic, so the rebuilt share has the
+//! id the manifest names).
+
+use std::collections::BTreeSet;
+use std::sync::Arc;
+
+use tokio::sync::Semaphore;
+use tokio::task::JoinSet;
+
+use super::{Error, Grid, Result, hex};
+use crate::caps::{Cap, DirReadCap, FileVerifyCap};
+use crate::chunk::{self, Node, Params, Share, ShareId, share};
+use crate::dir::SlotEnvelope;
+
+/// Requests in flight at once during a check.
+const PROBES: usize = 16;
+
+/// One coded object: a chunk, a manifest node, or a manifest root.
+#[derive(Debug, Clone)]
+pub struct Object {
+    pub what: String,
+    pub params: Params,
+    pub ids: Vec<ShareId>,
+}
+
+/// What a mirror said about one share.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ShareState {
+    /// Present (and, with `--verify`, matching its id).
+    Good,
+    Absent,
+    /// Served, but the bytes do not match the id.
+    Corrupt,
+    /// The mirror did not answer.
+    Unreachable,
+}
+
+/// The health of one object across the grid: `states[i][j]` is what mirror
+/// j said about share i.
+#[derive(Debug, Clone)]
+pub struct ObjectHealth {
+    pub object: Object,
+    pub states: Vec<Vec<ShareState>>,
+}
+
+impl ObjectHealth {
+    /// Share indices with no good copy anywhere.
+    pub fn lost(&self) -> Vec<usize> {
+        (0..self.states.len())
+            .filter(|&i| !self.states[i].contains(&ShareState::Good))
+            .collect()
+    }
+
+    /// Distinct mirrors holding a good share of this object.
+    pub fn spread(&self) -> usize {
+        let m = self.states.first().map_or(0, Vec::len);
+        (0..m)
+            .filter(|&j| self.states.iter().any(|s| s[j] == ShareState::Good))
+            .count()
+    }
+
+    pub fn recoverable(&self) -> bool {
+        self.states.len() - self.lost().len() >= self.object.params.k() as usize
+    }
+
+    pub fn healthy(&self, happy: usize) -> bool {
+        self.lost().is_empty()
+            && !self
+                .states
+                .iter()
+                .flatten()
+                .any(|s| *s == ShareState::Corrupt)
+            && self.spread() >= happy.min(self.states.first().map_or(0, Vec::len))
+    }
+}
+
+/// Per-mirror counts.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct MirrorTally {
+    pub good: u64,
+    pub corrupt: u64,
+    pub unreachable: u64,
+    /// Directory slots this mirror lacks or holds at an older seq.
+    pub stale_slots: u64,
+}
+
+/// The result of checking (and maybe repairing) everything under a cap.
+#[derive(Debug, Clone, Default)]
+pub struct CheckReport {
+    pub mirrors: Vec<String>,
+    pub objects: Vec<ObjectHealth>,
+    pub tallies: Vec<MirrorTally>,
+    pub slots: u64,
+    pub repaired_shares: u64,
+    pub repaired_slots: u64,
+    pub happy: usize,
+    /// Repairs that failed, with the reason.
+    pub errors: Vec<String>,
+}
+
+impl CheckReport {
+    pub fn healthy(&self) -> bool {
+        self.objects.iter().all(|o| o.healthy(self.happy))
+            && self
+                .tallies
+                .iter()
+                .all(|t| t.stale_slots == 0 && t.corrupt == 0)
+    }
+    pub fn unrecoverable(&self) -> usize {
+        self.objects.iter().filter(|o| !o.recoverable()).count()
+    }
+}
+
+impl Grid {
+    /// Every coded object of a file, found with its verify-cap alone.
+    pub async fn file_objects(&self, cap: &FileVerifyCap) -> Result<Vec<Object>> {
+        let root = Object {
+            what: "manifest root".into(),
+            params: Params::REPLICA,
+            ids: vec![cap.root],
+        };
+        let shares = self
+            .fetch(&root.ids, Params::REPLICA, "manifest root")
+            .await?;
+        let node = Node::open_verify(&share::decode(Params::REPLICA, &shares)?, &cap.verify_key)?;
+        if node.size != cap.size {
+            return Err(chunk::Error::MalformedManifest(
+                "manifest size differs from the cap".into(),
+            )
+            .into());
+        }
+        let mut out = vec![root];
+        let mut stack = vec![node];
+        let mut chunk_no = 0usize;
+        while let Some(node) = stack.pop() {
+            for entry in &node.entries {
+                if node.depth == 0 {
+                    out.push(Object {
+                        what: format!("chunk {chunk_no}"),
+                        params: node.params,
+                        ids: entry.shares.clone(),
+                    });
+                    chunk_no += 1;
+                } else {
+                    let vk = entry.verify_key.as_ref().ok_or_else(|| {
+                        chunk::Error::MalformedManifest("child node without a verify key".into())
+                    })?;
+                    let shares = self
+                        .fetch(&entry.shares, node.params, "manifest node")
+                        .await?;
+                    let child = Node::open_verify(&share::decode(node.params, &shares)?, vk)?;
+                    out.push(Object {
+                        what: format!("manifest node (depth {})", child.depth),
+                        params: node.params,
+                        ids: entry.shares.clone(),
+                    });
+                    stack.push(child);
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// Ask every mirror about every share of `object`.
+    async fn probe(&self, object: &Object, verify: bool, limit: &Arc<Semaphore>) -> ObjectHealth {
+        let m = self.mirrors().len();
+        let mut states = vec![vec![ShareState::Absent; m]; object.ids.len()];
+        let mut tasks = JoinSet::new();
+        for (i, id) in object.ids.iter().enumerate() {
+            for (j, store) in self.mirrors().iter().enumerate() {
+                let (store, id, limit) = (store.clone(), *id, limit.clone());
+                tasks.spawn(async move {
+                    let _permit = limit.acquire_owned().await;
+                    let state = if verify {
+                        match store.get_share(&id).await {
+                            Ok(Some(bytes)) => match Share::verify(bytes, &id) {
+                                Ok(_) => ShareState::Good,
+                                Err(_) => ShareState::Corrupt,
+                            },
+                            Ok(None) => ShareState::Absent,
+                            Err(_) => ShareState::Unreachable,
+                        }
+                    } else {
+                        match store.has_share(&id).await {
+                            Ok(true) => ShareState::Good,
+                            Ok(false) => ShareState::Absent,
+                            Err(_) => ShareState::Unreachable,
+                        }
+                    };
+                    (i, j, state)
+                });
+            }
+        }
+        while let Some(done) = tasks.join_next().await {
+            let (i, j, state) = done.expect("probe task does not panic");
+            states[i][j] = state;
+        }
+        ObjectHealth {
+            object: object.clone(),
+            states,
+        }
+    }
+
+    /// Rebuild and re-place the shares of an object that are lost or corrupt,
+    /// and spread it to `happy` mirrors. Returns the shares written.
+    async fn repair(&self, health: &ObjectHealth) -> Result<u64> {
+        let obj = &health.object;
+        let lost = health.lost();
+        let corrupt: Vec<(usize, usize)> = health
+            .states
+            .iter()
+            .enumerate()
+            .flat_map(|(i, s)| {
+                s.iter()
+                    .enumerate()
+                    .filter(|(_, st)| **st == ShareState::Corrupt)
+                    .map(move |(j, _)| (i, j))
+            })
+            .collect();
+        let m = self.mirrors().len();
+        // Corrupt copies are about to be replaced in place, so they count
+        // toward the spread.
+        let spread_after = (0..m)
+            .filter(|&j| {
+                health
+                    .states
+                    .iter()
+                    .any(|s| matches!(s[j], ShareState::Good | ShareState::Corrupt))
+            })
+            .count();
+        let under_spread = spread_after < self.happy().min(m);
+        if lost.is_empty() && corrupt.is_empty() && !under_spread {
+            return Ok(0);
+        }
+        let good = self.fetch(&obj.ids, obj.params, &obj.what).await?;
+        let payload = share::decode(obj.params, &good)?;
+        let all = share::encode(obj.params, &payload);
+        if all.iter().map(Share::id).collect::<Vec<_>>() != obj.ids {
+            return Err(chunk::Error::Inconsistent.into());
+        }
+        let mut written = 0;
+        // Corrupt copies are replaced where they are, which also restores
+        // those shares if no good copy was left anywhere.
+        let mut lost = lost;
+        for (i, j) in corrupt {
+            self.mirrors()[j]
+                .repair_share(&obj.ids[i], all[i].as_bytes())
+                .await?;
+            lost.retain(|&l| l != i);
+            written += 1;
+        }
+        // Lost shares (and too narrow a spread) go where placement wants them.
+        if !lost.is_empty() || under_spread {
+            // Placement ranks mirrors by the object's first share id, so the
+            // whole set goes through it: shares already held are no-ops.
+            self.put_group(&all).await?;
+            // Re-spreading copies that exist is not counted as a repair.
+            written += lost.len() as u64;
+        }
+        Ok(written)
+    }
+
+    /// The raw newest slot envelope for `pk` and which mirrors lag behind.
+    async fn probe_slot(&self, pk: &[u8; 32]) -> (Option<SlotEnvelope>, Vec<Option<u64>>) {
+        let mut seqs = vec![None; self.mirrors().len()];
+        let mut best: Option<SlotEnvelope> = None;
+        for (j, store) in self.mirrors().iter().enumerate() {
+            if let Ok(Some(bytes)) = store.get_slot(pk).await
+                && let Ok(env) = SlotEnvelope::decode(&bytes)
+                && env.public_key == *pk
+                && env.verify().is_ok()
+            {
+                seqs[j] = Some(env.seq);
+                if best.as_ref().is_none_or(|b| env.seq > b.seq) {
+                    best = Some(env);
+                }
+            }
+        }
+        (best, seqs)
+    }
+
+    /// Check (and with `repair`, fix) everything `cap` reaches: for a file,
+    /// its shares; for a directory, its slot on every mirror and, with a
+    /// read-cap, everything below it.
+    pub async fn check(&self, cap: &Cap, verify: bool, repair: bool) -> Result<CheckReport> {
+        let m = self.mirrors().len();
+        let mut report = CheckReport {
+            mirrors: self
+                .mirrors()
+                .iter()
+                .map(|s| s.name().to_string())
+                .collect(),
+            tallies: vec![MirrorTally::default(); m],
+            happy: self.happy(),
+            ..Default::default()
+        };
+        let limit = Arc::new(Semaphore::new(PROBES));
+        let mut files: Vec<FileVerifyCap> = Vec::new();
+        let mut dirs: Vec<Cap> = vec![cap.clone()];
+        let mut seen_slots = BTreeSet::new();
+        while let Some(dir) = dirs.pop() {
+            let pk = match &dir {
+                Cap::FileRead(f) => {
+                    files.push(f.verify_cap());
+                    continue;
+                }
+                Cap::FileVerify(f) => {
+                    files.push(f.clone());
+                    continue;
+                }
+                Cap::DirWrite(w) => w.read_cap().public_key,
+                Cap::DirRead(r) => r.public_key,
+                Cap::DirVerify(v) => v.public_key,
+            };
+            if !seen_slots.insert(pk) {
+                continue;
+            }
+            report.slots += 1;
+            let (best, seqs) = self.probe_slot(&pk).await;
+            let Some(best) = best else {
+                return Err(Error::NoSlot(hex(&pk)));
+            };
+            for (j, seq) in seqs.iter().enumerate() {
+                if *seq != Some(best.seq) {
+                    report.tallies[j].stale_slots += 1;
+                    if repair && self.mirrors()[j].put_slot(&best.encode()).await.is_ok() {
+                        report.tallies[j].stale_slots -= 1;
+                        report.repaired_slots += 1;
+                    }
+                }
+            }
+            let read: Option<DirReadCap> = match &dir {
+                Cap::DirWrite(w) => Some(w.read_cap()),
+                Cap::DirRead(r) => Some(r.clone()),
+                _ => None,
+            };
+            if let Some(read) = read {
+                for (_, entry) in best.open(&read)?.entries {
+                    if let Some(c) = entry.cap {
+                        dirs.push(c);
+                    }
+                }
+            }
+        }
+        for file in files {
+            for object in self.file_objects(&file).await? {
+                let mut health = self.probe(&object, verify, &limit).await;
+                if repair && health.recoverable() {
+                    match self.repair(&health).await {
+                        Ok(0) => {}
+                        Ok(written) => {
+                            report.repaired_shares += written;
+                            health = self.probe(&object, verify, &limit).await;
+                        }
+                        Err(e) => report
+                            .errors
+                            .push(format!("repairing {}: {e}", object.what)),
+                    }
+                }
+                for row in &health.states {
+                    for (j, state) in row.iter().enumerate() {
+                        match state {
+                            ShareState::Good => report.tallies[j].good += 1,
+                            ShareState::Corrupt => report.tallies[j].corrupt += 1,
+                            ShareState::Unreachable => report.tallies[j].unreachable += 1,
+                            ShareState::Absent => {}
+                        }
+                    }
+                }
+                report.objects.push(health);
+            }
+        }
+        Ok(report)
+    }
+
+    /// Every object id (share ids and slot keys) reachable from `cap`.
+    pub async fn reachable_ids(&self, cap: &Cap) -> Result<Vec<[u8; 32]>> {
+        let mut ids = BTreeSet::new();
+        let mut stack = vec![cap.clone()];
+        while let Some(c) = stack.pop() {
+            match &c {
+                Cap::FileRead(f) => {
+                    for o in self.file_objects(&f.verify_cap()).await? {
+                        ids.extend(o.ids);
+                    }
+                }
+                Cap::FileVerify(f) => {
+                    for o in self.file_objects(f).await? {
+                        ids.extend(o.ids);
+                    }
+                }
+                Cap::DirVerify(v) => {
+                    ids.insert(v.public_key);
+                }
+                Cap::DirWrite(_) | Cap::DirRead(_) => {
+                    let read = c.clone().into_dir_read()?;
+                    if !ids.insert(read.public_key) {
+                        continue;
+                    }
+                    if let Some((_, listing)) = self.get_slot(&read).await? {
+                        stack.extend(listing.entries.into_values().filter_map(|e| e.cap));
+                    }
+                }
+            }
+        }
+        Ok(ids.into_iter().collect())
+    }
+
+    /// Renew the leases of `ids` on every mirror. Returns, per mirror, the
+    /// number of ids it lacks, or the error it gave.
+    pub async fn renew(&self, ids: &[[u8; 32]]) -> Vec<(String, Result<usize>)> {
+        let mut out = Vec::new();
+        for store in self.mirrors() {
+            let result = store.renew(ids).await.map(|missing| missing.len());
+            out.push((store.name().to_string(), result));
+        }
+        out
+    }
+}

@@ -1,0 +1,242 @@
+//! The real `lode` binary against three real mirrors on 127.0.0.1.
+
+mod common;
+
+use common::{Client, MirrorProc, write_file};
+
+fn three_mirrors(dir: &std::path::Path, extra: &[&str]) -> Vec<MirrorProc> {
+    (0..3)
+        .map(|i| MirrorProc::start(&dir.join(format!("m{i}")), extra))
+        .collect()
+}
+
+fn urls(m: &[MirrorProc]) -> Vec<&str> {
+    m.iter().map(|m| m.url.as_str()).collect()
+}
+
+#[test]
+fn round_trip_64mib_two_of_three_and_check() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mirrors = three_mirrors(tmp.path(), &[]);
+    let client = Client::new(&tmp.path().join("home"), &urls(&mirrors));
+    let data = common::seeded_bytes("round trip", 64 << 20);
+    let src = write_file(tmp.path(), "big.bin", &data);
+    let cap = client
+        .ok(&["put", src.to_str().unwrap()])
+        .trim()
+        .to_string();
+    assert!(cap.starts_with("lode:file:1:"), "{cap}");
+    let out = tmp.path().join("back.bin");
+    client.ok(&["get", &cap, "-o", out.to_str().unwrap()]);
+    assert!(
+        std::fs::read(&out).unwrap() == data,
+        "downloaded bytes differ"
+    );
+
+    // Stored 2-of-3: about 1.5x the data in all, spread over all three.
+    let stored: u64 = mirrors
+        .iter()
+        .flat_map(|m| m.share_files())
+        .map(|p| std::fs::metadata(p).unwrap().len())
+        .sum();
+    assert!(
+        stored > 64 << 20 && stored < 100 << 20,
+        "stored {stored} bytes for 64 MiB at 2-of-3"
+    );
+    for m in &mirrors {
+        assert!(!m.share_files().is_empty(), "{} holds no shares", m.url);
+    }
+
+    let report = client.ok(&["check", &cap, "--verify"]);
+    assert!(report.contains(": healthy"), "{report}");
+    assert!(!report.contains("CORRUPT"), "{report}");
+    for m in &mirrors {
+        assert!(report.contains(&format!("mirror {}: ", m.url)), "{report}");
+    }
+}
+
+#[test]
+fn one_mirror_down_get_works_and_put_needs_happy() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut mirrors = three_mirrors(tmp.path(), &[]);
+    let client = Client::new(&tmp.path().join("home"), &urls(&mirrors));
+    let data = common::seeded_bytes("down", 3 << 20);
+    let src = write_file(tmp.path(), "f.bin", &data);
+    let cap = client
+        .ok(&["put", src.to_str().unwrap(), "--to", "docs/f.bin"])
+        .trim()
+        .to_string();
+
+    mirrors[1].stop();
+    let out = tmp.path().join("back.bin");
+    client.ok(&["get", &cap, "-o", out.to_str().unwrap()]);
+    assert_eq!(std::fs::read(&out).unwrap(), data);
+    // By path too: the directory slot is read from the two live mirrors.
+    let by_path = tmp.path().join("by-path.bin");
+    client.ok(&["get", "docs/f.bin", "-o", by_path.to_str().unwrap()]);
+    assert_eq!(std::fs::read(&by_path).unwrap(), data);
+
+    // Fewer than happy=3 mirrors: put fails clearly.
+    let other = write_file(
+        tmp.path(),
+        "g.bin",
+        &common::seeded_bytes("down 2", 100_000),
+    );
+    let err = client.fails(&["put", other.to_str().unwrap()]);
+    assert!(err.contains("happy=3"), "{err}");
+    // With happy lowered, it succeeds, and reads back.
+    client.set_config("happy", "2");
+    let cap2 = client
+        .ok(&["put", other.to_str().unwrap()])
+        .trim()
+        .to_string();
+    let out2 = tmp.path().join("g.back");
+    client.ok(&["get", &cap2, "-o", out2.to_str().unwrap()]);
+    assert_eq!(
+        std::fs::read(&out2).unwrap(),
+        std::fs::read(&other).unwrap()
+    );
+}
+
+#[test]
+fn corrupt_mirror_is_named_and_repaired() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mirrors = three_mirrors(tmp.path(), &[]);
+    let client = Client::new(&tmp.path().join("home"), &urls(&mirrors));
+    let data = common::seeded_bytes("corrupt", 6 << 20);
+    let src = write_file(tmp.path(), "f.bin", &data);
+    let cap = client
+        .ok(&["put", src.to_str().unwrap(), "--to", "f.bin"])
+        .trim()
+        .to_string();
+
+    let bad = &mirrors[2];
+    let files = bad.share_files();
+    assert!(!files.is_empty());
+    for f in &files {
+        let mut bytes = std::fs::read(f).unwrap();
+        for i in (0..bytes.len()).step_by(997) {
+            bytes[i] ^= 0x5a;
+        }
+        std::fs::write(f, bytes).unwrap();
+    }
+
+    let out = tmp.path().join("back.bin");
+    client.ok(&["get", &cap, "-o", out.to_str().unwrap()]);
+    assert_eq!(std::fs::read(&out).unwrap(), data);
+
+    let report = client.fails(&["check", &cap, "--verify"]);
+    let bad_line = report
+        .lines()
+        .find(|l| l.starts_with(&format!("mirror {}:", bad.url)))
+        .unwrap();
+    assert!(
+        bad_line.contains(&format!("{} CORRUPT", files.len())),
+        "{report}"
+    );
+    for good in &mirrors[..2] {
+        let line = report
+            .lines()
+            .find(|l| l.starts_with(&format!("mirror {}:", good.url)))
+            .unwrap();
+        assert!(!line.contains("CORRUPT"), "{report}");
+    }
+
+    let repaired = client.ok(&["check", &cap, "--verify", "--repair"]);
+    assert!(
+        repaired.contains(&format!("repaired {} shares", files.len())),
+        "{repaired}"
+    );
+    let again = client.ok(&["check", &cap, "--verify"]);
+    assert!(
+        again.contains(": healthy") && !again.contains("CORRUPT"),
+        "{again}"
+    );
+    // The repaired files on disk are byte-for-byte what their ids say.
+    for f in bad.share_files() {
+        let id = f.file_name().unwrap().to_str().unwrap().to_string();
+        let hash =
+            data_encoding::HEXLOWER.encode(&lode::crypto::sha256(&std::fs::read(&f).unwrap()));
+        assert_eq!(hash, id);
+    }
+}
+
+#[test]
+fn lost_shares_are_rebuilt_onto_mirrors_that_lack_them() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mirrors = three_mirrors(tmp.path(), &[]);
+    let client = Client::new(&tmp.path().join("home"), &urls(&mirrors));
+    let src = write_file(tmp.path(), "f.bin", &common::seeded_bytes("lost", 2 << 20));
+    let cap = client
+        .ok(&["put", src.to_str().unwrap()])
+        .trim()
+        .to_string();
+    let lost = mirrors[0].share_files();
+    for f in &lost {
+        std::fs::remove_file(f).unwrap();
+    }
+    let report = client.fails(&["check", &cap]);
+    assert!(report.contains("NOT healthy"), "{report}");
+    client.ok(&["check", &cap, "--repair"]);
+    client.ok(&["check", &cap, "--verify"]);
+}
+
+#[test]
+fn quota_and_capacity_are_clear_errors() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mirrors: Vec<MirrorProc> = (0..3)
+        .map(|i| MirrorProc::start(&tmp.path().join(format!("m{i}")), &["--quota", "1M"]))
+        .collect();
+    let client = Client::new(&tmp.path().join("home"), &urls(&mirrors));
+    let src = write_file(tmp.path(), "f.bin", &common::seeded_bytes("quota", 4 << 20));
+    let err = client.fails(&["put", src.to_str().unwrap()]);
+    assert!(err.contains("out of space or over quota"), "{err}");
+    let small = write_file(tmp.path(), "s.bin", b"small");
+    client.ok(&["put", small.to_str().unwrap()]);
+}
+
+#[test]
+fn gc_frees_unleased_shares_and_keeps_renewed_ones() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mirrors: Vec<MirrorProc> = (0..3)
+        .map(|i| {
+            MirrorProc::start(
+                &tmp.path().join(format!("m{i}")),
+                &["--lease-secs", "6", "--gc-interval", "1"],
+            )
+        })
+        .collect();
+    let client = Client::new(&tmp.path().join("home"), &urls(&mirrors));
+    let kept = write_file(
+        tmp.path(),
+        "kept.bin",
+        &common::seeded_bytes("kept", 300_000),
+    );
+    let dropped = write_file(
+        tmp.path(),
+        "dropped.bin",
+        &common::seeded_bytes("dropped", 300_000),
+    );
+    let start = std::time::Instant::now();
+    let kept_cap = client
+        .ok(&["put", kept.to_str().unwrap(), "--to", "kept.bin"])
+        .trim()
+        .to_string();
+    let dropped_cap = client
+        .ok(&["put", dropped.to_str().unwrap()])
+        .trim()
+        .to_string();
+    std::thread::sleep(std::time::Duration::from_millis(3000).saturating_sub(start.elapsed()));
+    // Renew reaches everything linked from the root, not the unlinked file.
+    let renewed = client.ok(&["renew"]);
+    assert!(renewed.contains("renewed"), "{renewed}");
+    std::thread::sleep(std::time::Duration::from_millis(7500).saturating_sub(start.elapsed()));
+    // Past the first lease, GC has run several times.
+    client.ok(&["check", &kept_cap, "--verify"]);
+    client.ok(&["ls", "/"]);
+    let gone = client.fails(&["check", &dropped_cap]);
+    assert!(
+        gone.contains("good shares") || gone.contains("NOT healthy"),
+        "{gone}"
+    );
+}
