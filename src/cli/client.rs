@@ -186,21 +186,15 @@ async fn put(s: &Session, files: &[std::path::PathBuf], to: Option<&str>) -> Res
             (meta.mtime(), meta.mtime_nsec() as u32)
         };
         let mode = std::os::unix::fs::PermissionsExt::mode(&meta.permissions()) & 0o7777;
-        let (cap, entry_for): (Cap, Box<dyn Fn(&DirWriteCap, &str) -> Entry>) = if meta.is_dir() {
+        let uploaded = if meta.is_dir() {
             let tree = s
                 .vault
                 .put_tree(path)
                 .await
                 .with_context(|| format!("uploading {}", path.display()))?;
-            let read = Cap::DirRead(tree.read_cap());
-            (
-                read,
-                Box::new(move |parent, name| Entry::dir(parent, name, &tree, mode, mtime)),
-            )
+            Uploaded::Dir(tree)
         } else {
-            let cap = upload_file(s, path, meta.len()).await?;
-            let entry = Entry::file(cap.clone(), mode, mtime);
-            (Cap::FileRead(cap), Box::new(move |_, _| entry.clone()))
+            Uploaded::File(upload_file(s, path, meta.len()).await?)
         };
         if let Some(to) = to {
             let (dir_path, leaf) = if into_dir {
@@ -212,11 +206,35 @@ async fn put(s: &Session, files: &[std::path::PathBuf], to: Option<&str>) -> Res
                 }
             };
             let dir = s.vault.walk_dirs(s.vault.root(), &dir_path, true).await?;
-            s.vault.link(&dir, &leaf, entry_for(&dir, &leaf)).await?;
+            s.vault
+                .link(&dir, &leaf, uploaded.entry(&dir, &leaf, mode, mtime))
+                .await?;
         }
-        println!("{cap}");
+        println!("{}", uploaded.read_cap());
     }
     Ok(())
+}
+
+/// What `put` uploaded for one argument.
+enum Uploaded {
+    File(lode::caps::FileReadCap),
+    Dir(DirWriteCap),
+}
+
+impl Uploaded {
+    fn read_cap(&self) -> Cap {
+        match self {
+            Uploaded::File(f) => Cap::FileRead(f.clone()),
+            Uploaded::Dir(d) => Cap::DirRead(d.read_cap()),
+        }
+    }
+
+    fn entry(&self, parent: &DirWriteCap, name: &str, mode: u32, mtime: (i64, u32)) -> Entry {
+        match self {
+            Uploaded::File(f) => Entry::file(f.clone(), mode, mtime),
+            Uploaded::Dir(d) => Entry::dir(parent, name, d, mode, mtime),
+        }
+    }
 }
 
 async fn upload_file(s: &Session, path: &Path, len: u64) -> Result<lode::caps::FileReadCap> {

@@ -357,7 +357,7 @@ impl Ledger {
     }
 
     pub fn used_bytes(&self) -> Result<u64> {
-        self.with_tx(|tx| Self::total_in(tx))
+        self.with_tx(Self::total_in)
     }
 
     /// Objects with no live lease, oldest first.
