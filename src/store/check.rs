@@ -207,8 +207,9 @@ impl Grid {
     }
 
     /// Rebuild and re-place the shares of an object that are lost or corrupt,
-    /// and spread it to `happy` mirrors. Returns the shares written.
-    async fn repair(&self, health: &ObjectHealth) -> Result<u64> {
+    /// and spread it to `happy` mirrors. Returns the shares restored, or
+    /// `None` if the object needed nothing.
+    async fn repair(&self, health: &ObjectHealth) -> Result<Option<u64>> {
         let obj = &health.object;
         let lost = health.lost();
         let corrupt: Vec<(usize, usize)> = health
@@ -235,7 +236,7 @@ impl Grid {
             .count();
         let under_spread = spread_after < self.happy().min(m);
         if lost.is_empty() && corrupt.is_empty() && !under_spread {
-            return Ok(0);
+            return Ok(None);
         }
         let good = self.fetch(&obj.ids, obj.params, &obj.what).await?;
         let payload = share::decode(obj.params, &good)?;
@@ -259,10 +260,13 @@ impl Grid {
             // Placement ranks mirrors by the object's first share id, so the
             // whole set goes through it: shares already held are no-ops.
             self.put_group(&all).await?;
-            // Re-spreading copies that exist is not counted as a repair.
             written += lost.len() as u64;
+            if obj.ids.len() == 1 {
+                // A replica: each new copy counts.
+                written += (self.happy().min(m) - spread_after.min(self.happy().min(m))) as u64;
+            }
         }
-        Ok(written)
+        Ok(Some(written))
     }
 
     /// The raw newest slot envelope for `pk` and which mirrors lag behind.
@@ -352,8 +356,8 @@ impl Grid {
                 let mut health = self.probe(&object, verify, &limit).await;
                 if repair && health.recoverable() {
                     match self.repair(&health).await {
-                        Ok(0) => {}
-                        Ok(written) => {
+                        Ok(None) => {}
+                        Ok(Some(written)) => {
                             report.repaired_shares += written;
                             health = self.probe(&object, verify, &limit).await;
                         }
