@@ -6,6 +6,7 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
+use futures_util::StreamExt;
 use tokio::sync::mpsc;
 
 use super::{ChunkCache, Error, Grid, GridConfig, Result, Storage};
@@ -16,6 +17,8 @@ use crate::dir::{Entry, EntryKind, Listing, SlotEnvelope, check_name};
 
 /// Objects uploaded concurrently by one put.
 const UPLOAD_WINDOW: usize = 4;
+/// Chunks fetched ahead of the reader.
+const READAHEAD: usize = 4;
 
 /// One identity's view of the grid.
 pub struct Vault {
@@ -228,8 +231,17 @@ impl Vault {
                 children.push((entry.clone(), lo));
             }
             if node.depth == 0 {
-                for (entry, lo) in children {
-                    visit(lo, &self.fetch_chunk(&node, &entry).await?)?;
+                // Readahead: up to READAHEAD chunks in flight, delivered in
+                // file order.
+                let node = &node;
+                let mut chunks = futures_util::stream::iter(children)
+                    .map(|(entry, lo)| async move {
+                        Ok::<_, Error>((lo, self.fetch_chunk(node, &entry).await?))
+                    })
+                    .buffered(READAHEAD);
+                while let Some(next) = chunks.next().await {
+                    let (lo, plain) = next?;
+                    visit(lo, &plain)?;
                 }
             } else {
                 for (entry, lo) in children.into_iter().rev() {
