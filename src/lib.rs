@@ -43,6 +43,7 @@ pub mod crypto;
 pub mod dir;
 pub mod error;
 pub mod mirror;
+pub mod pool;
 pub mod protocol;
 pub mod store;
 

@@ -1,0 +1,434 @@
+//! One miner's connection: subscription, authorization, difficulty, and the
+//! full validation of every share it submits.
+
+use std::collections::HashSet;
+use std::sync::Arc;
+
+use serde_json::{Value, json};
+
+use super::stratum::{self, Call, Request, Submit, code};
+use super::{Difficulty, Job, JobBook, Vardiff, build_header, hash_meets, sha256d};
+
+/// The BIP310 version bits a mirror lets miners roll.
+pub const VERSION_ROLLING_MASK: u32 = 0x1fff_e000;
+/// How far past a job's time (or now, if later) ntime may go. Bitcoin
+/// allows two hours; a pool that forwards shares upstream must stay well
+/// inside that.
+pub const NTIME_SLACK: u32 = 600;
+/// How long shares at the previous difficulty still count after a change.
+const GRACE_MS: i64 = 30_000;
+/// Bound on remembered shares per connection (duplicate detection).
+const MAX_SEEN: usize = 200_000;
+
+/// How a session is set up.
+#[derive(Debug, Clone)]
+pub struct SessionConfig {
+    pub extranonce1: Vec<u8>,
+    pub extranonce2_size: usize,
+    pub initial: Difficulty,
+    pub min: Difficulty,
+    pub max: Difficulty,
+    /// Seconds per share that vardiff steers toward.
+    pub target_interval: f64,
+}
+
+/// A share that passed every check. Credit it, then send `reply`.
+#[derive(Debug, Clone)]
+pub struct Accepted {
+    pub account: [u8; 32],
+    pub worker: String,
+    pub difficulty: Difficulty,
+    pub hash: [u8; 32],
+    pub job: Arc<Job>,
+    pub submit: Submit,
+    pub version: u32,
+    pub reply: String,
+}
+
+/// Why a share was refused.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Reject {
+    pub code: i64,
+    pub message: &'static str,
+}
+
+/// What to do after handling a line.
+#[derive(Debug, Clone)]
+pub enum Outcome {
+    /// Send these lines.
+    Reply(Vec<String>),
+    /// A valid share: credit it atomically, then send `reply`.
+    Accepted(Box<Accepted>),
+}
+
+type ShareKey = (String, Vec<u8>, u32, u32, u32);
+
+/// Per-connection protocol state.
+pub struct Session {
+    cfg: SessionConfig,
+    subscribed: bool,
+    authorized: Option<([u8; 32], String)>,
+    difficulty: Difficulty,
+    previous: Option<(Difficulty, i64)>,
+    version_mask: u32,
+    seen: HashSet<ShareKey>,
+    vardiff: Vardiff,
+    pub accepted: u64,
+    pub rejected: u64,
+}
+
+/// The account a worker name names: `<64 hex>` or `<64 hex>.<rig>`.
+pub fn account_of(worker: &str) -> Option<[u8; 32]> {
+    let hex = worker.split('.').next()?;
+    crate::protocol::parse_hex::<32>(hex).ok()
+}
+
+impl Session {
+    pub fn new(cfg: SessionConfig, now_ms: i64) -> Session {
+        Session {
+            vardiff: Vardiff::new(cfg.target_interval, cfg.min, cfg.max, now_ms),
+            difficulty: cfg.initial.clamp(cfg.min, cfg.max),
+            cfg,
+            subscribed: false,
+            authorized: None,
+            previous: None,
+            version_mask: 0,
+            seen: HashSet::new(),
+            accepted: 0,
+            rejected: 0,
+        }
+    }
+
+    pub fn difficulty(&self) -> Difficulty {
+        self.difficulty
+    }
+
+    pub fn account(&self) -> Option<[u8; 32]> {
+        self.authorized.as_ref().map(|(a, _)| *a)
+    }
+
+    fn set_difficulty(&mut self, d: Difficulty, now_ms: i64) -> Option<String> {
+        let d = self.vardiff.clamp(d);
+        if d == self.difficulty {
+            return None;
+        }
+        self.previous = Some((self.difficulty, now_ms + GRACE_MS));
+        self.difficulty = d;
+        Some(stratum::set_difficulty(d))
+    }
+
+    /// Lines to send for a new job: difficulty first if vardiff moved it.
+    pub fn on_job(&mut self, job: &Job, book: &JobBook, now_ms: i64) -> Vec<String> {
+        if job.clean || self.seen.len() > MAX_SEEN {
+            self.seen.retain(|k| book.get(&k.0).is_some());
+        }
+        let mut out = Vec::new();
+        if let Some(d) = self
+            .vardiff
+            .retarget(self.difficulty, now_ms)
+            .and_then(|d| self.set_difficulty(d, now_ms))
+        {
+            out.push(d);
+        }
+        out.push(stratum::notify(job));
+        out
+    }
+
+    /// Handle one request.
+    pub fn handle(&mut self, call: Call, book: &JobBook, now_ms: i64) -> Outcome {
+        let id = call.id.clone();
+        let reply = |lines: Vec<String>| Outcome::Reply(lines);
+        match call.request {
+            Request::Subscribe => {
+                self.subscribed = true;
+                let en1 = data_encoding::HEXLOWER.encode(&self.cfg.extranonce1);
+                let result = json!([
+                    [["mining.set_difficulty", en1], ["mining.notify", en1]],
+                    en1,
+                    self.cfg.extranonce2_size
+                ]);
+                let mut lines = vec![
+                    stratum::ok(&id, result),
+                    stratum::set_difficulty(self.difficulty),
+                ];
+                if let Some(job) = book.current() {
+                    lines.push(stratum::notify(&job));
+                }
+                reply(lines)
+            }
+            Request::Authorize { worker } => match account_of(&worker) {
+                Some(account) if self.subscribed => {
+                    self.authorized = Some((account, worker));
+                    reply(vec![stratum::ok(&id, json!(true))])
+                }
+                Some(_) => reply(vec![stratum::err(
+                    &id,
+                    code::NOT_SUBSCRIBED,
+                    "not subscribed",
+                )]),
+                None => reply(vec![stratum::err(
+                    &id,
+                    code::UNAUTHORIZED,
+                    "worker must be <account hex>[.rig]",
+                )]),
+            },
+            Request::Configure { version_mask } => {
+                let mut result = serde_json::Map::new();
+                if let Some(asked) = version_mask {
+                    self.version_mask = asked & VERSION_ROLLING_MASK;
+                    result.insert("version-rolling".into(), json!(self.version_mask != 0));
+                    result.insert(
+                        "version-rolling.mask".into(),
+                        json!(format!("{:08x}", self.version_mask)),
+                    );
+                }
+                reply(vec![stratum::ok(&id, Value::Object(result))])
+            }
+            Request::SuggestDifficulty(d) => {
+                let mut lines = vec![stratum::ok(&id, json!(true))];
+                if let Some(line) =
+                    Difficulty::from_f64(d).and_then(|d| self.set_difficulty(d, now_ms))
+                {
+                    lines.push(line);
+                }
+                reply(lines)
+            }
+            Request::ExtranonceSubscribe => reply(vec![stratum::ok(&id, json!(true))]),
+            Request::Unknown(_) => reply(vec![stratum::err(&id, code::OTHER, "unknown method")]),
+            Request::Submit(submit) => match self.validate(submit, book, now_ms) {
+                Ok(mut accepted) => {
+                    self.accepted += 1;
+                    self.vardiff.record_share();
+                    accepted.reply = stratum::ok(&id, json!(true));
+                    Outcome::Accepted(Box::new(accepted))
+                }
+                Err(r) => {
+                    self.rejected += 1;
+                    reply(vec![stratum::err(&id, r.code, r.message)])
+                }
+            },
+        }
+    }
+
+    fn validate(&mut self, s: Submit, book: &JobBook, now_ms: i64) -> Result<Accepted, Reject> {
+        let reject = |code, message| Err(Reject { code, message });
+        if !self.subscribed {
+            return reject(code::NOT_SUBSCRIBED, "not subscribed");
+        }
+        let Some((account, worker)) = self.authorized.clone() else {
+            return reject(code::UNAUTHORIZED, "not authorized");
+        };
+        if account_of(&s.worker) != Some(account) {
+            return reject(
+                code::UNAUTHORIZED,
+                "worker not authorized on this connection",
+            );
+        }
+        let Some(job) = book.get(&s.job_id) else {
+            return reject(code::STALE, "job not found or stale");
+        };
+        if s.extranonce2.len() != self.cfg.extranonce2_size {
+            return reject(code::OTHER, "extranonce2 has the wrong size");
+        }
+        let now = (now_ms / 1000).clamp(0, u32::MAX as i64) as u32;
+        if s.ntime < job.ntime || s.ntime > job.ntime.max(now).saturating_add(NTIME_SLACK) {
+            return reject(code::OTHER, "ntime out of range");
+        }
+        let version = match s.version_bits {
+            None => job.version,
+            Some(bits) if bits & !self.version_mask == 0 => {
+                (job.version & !self.version_mask) | bits
+            }
+            Some(_) => return reject(code::OTHER, "version bits outside the negotiated mask"),
+        };
+        let key: ShareKey = (
+            s.job_id.clone(),
+            s.extranonce2.clone(),
+            s.ntime,
+            s.nonce,
+            version,
+        );
+        if self.seen.contains(&key) {
+            return reject(code::DUPLICATE, "duplicate share");
+        }
+        let header = build_header(
+            &job,
+            &self.cfg.extranonce1,
+            &s.extranonce2,
+            s.ntime,
+            s.nonce,
+            version,
+        );
+        let hash = sha256d(&header);
+        let difficulty = if hash_meets(&hash, &self.difficulty.target()) {
+            self.difficulty
+        } else {
+            match self.previous {
+                Some((prev, until)) if now_ms <= until && hash_meets(&hash, &prev.target()) => prev,
+                _ => return reject(code::LOW_DIFFICULTY, "low difficulty share"),
+            }
+        };
+        self.seen.insert(key);
+        Ok(Accepted {
+            account,
+            worker,
+            difficulty,
+            hash,
+            job,
+            submit: s,
+            version,
+            reply: String::new(),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::pool::BuiltinJobs;
+
+    const ACCOUNT: &str = "1111111111111111111111111111111111111111111111111111111111111111";
+
+    fn setup() -> (Session, JobBook, Arc<Job>) {
+        let cfg = SessionConfig {
+            extranonce1: vec![0, 0, 0, 7],
+            extranonce2_size: 4,
+            initial: Difficulty::from_micro(1),
+            min: Difficulty::from_micro(1),
+            max: Difficulty::from_f64(1e9).unwrap(),
+            target_interval: 10.0,
+        };
+        let mut book = JobBook::default();
+        let job = book.push(BuiltinJobs::new([3; 32]).next(1_000_000, true));
+        (Session::new(cfg, 0), book, job)
+    }
+
+    fn call(line: &str) -> Call {
+        stratum::parse_request(line).unwrap()
+    }
+
+    fn login(s: &mut Session, book: &JobBook) {
+        s.handle(
+            call(r#"{"id":1,"method":"mining.subscribe","params":[]}"#),
+            book,
+            0,
+        );
+        let auth =
+            format!(r#"{{"id":2,"method":"mining.authorize","params":["{ACCOUNT}.rig","x"]}}"#);
+        s.handle(call(&auth), book, 0);
+    }
+
+    /// Grind nonces from `from` until one meets `d` (and misses `miss`).
+    fn find_nonce(job: &Job, from: u32, d: Difficulty, miss: Option<Difficulty>) -> u32 {
+        (from..)
+            .find(|&n| {
+                let h = sha256d(&build_header(
+                    job,
+                    &[0, 0, 0, 7],
+                    &[0; 4],
+                    job.ntime,
+                    n,
+                    job.version,
+                ));
+                hash_meets(&h, &d.target()) && miss.is_none_or(|m| !hash_meets(&h, &m.target()))
+            })
+            .unwrap()
+    }
+
+    fn submit(job: &str, ntime: u32, nonce: u32) -> Call {
+        call(&format!(
+            r#"{{"id":9,"method":"mining.submit","params":["{ACCOUNT}.rig","{job}","00000000","{ntime:08x}","{nonce:08x}"]}}"#
+        ))
+    }
+
+    fn code_of(o: &Outcome) -> Option<i64> {
+        match o {
+            Outcome::Accepted(_) => None,
+            Outcome::Reply(lines) => {
+                let v: Value = serde_json::from_str(&lines[0]).unwrap();
+                v["error"][0].as_i64()
+            }
+        }
+    }
+
+    #[test]
+    fn every_rule_is_enforced() {
+        let (mut s, book, job) = setup();
+        let now = job.ntime as i64 * 1000;
+        let good = find_nonce(&job, 0, Difficulty::from_micro(1), None);
+        // Before subscribing and authorizing.
+        assert_eq!(
+            code_of(&s.handle(submit(&job.id, job.ntime, good), &book, now)),
+            Some(code::NOT_SUBSCRIBED)
+        );
+        s.handle(
+            call(r#"{"id":1,"method":"mining.subscribe","params":[]}"#),
+            &book,
+            0,
+        );
+        assert_eq!(
+            code_of(&s.handle(submit(&job.id, job.ntime, good), &book, now)),
+            Some(code::UNAUTHORIZED)
+        );
+        login(&mut s, &book);
+        // Accepted once, credited at the session difficulty.
+        match s.handle(submit(&job.id, job.ntime, good), &book, now) {
+            Outcome::Accepted(a) => {
+                assert_eq!(a.difficulty, Difficulty::from_micro(1));
+                assert_eq!(hex_account(&a.account), ACCOUNT);
+            }
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(
+            code_of(&s.handle(submit(&job.id, job.ntime, good), &book, now)),
+            Some(code::DUPLICATE)
+        );
+        assert_eq!(
+            code_of(&s.handle(submit("nope", job.ntime, good), &book, now)),
+            Some(code::STALE)
+        );
+        assert_eq!(
+            code_of(&s.handle(submit(&job.id, job.ntime - 1, good), &book, now)),
+            Some(code::OTHER)
+        );
+        assert_eq!(
+            code_of(&s.handle(
+                submit(&job.id, job.ntime + NTIME_SLACK + 1, good),
+                &book,
+                now
+            )),
+            Some(code::OTHER)
+        );
+        // Low difficulty: a nonce that meets 1e-6 but not 0.01.
+        s.handle(
+            call(r#"{"id":3,"method":"mining.suggest_difficulty","params":[0.01]}"#),
+            &book,
+            now + GRACE_MS + 1,
+        );
+        let low = find_nonce(
+            &job,
+            good + 1,
+            Difficulty::from_micro(1),
+            Some(Difficulty::from_f64(0.01).unwrap()),
+        );
+        let later = now + 2 * GRACE_MS + 2;
+        assert_eq!(
+            code_of(&s.handle(submit(&job.id, job.ntime, low), &book, later)),
+            Some(code::LOW_DIFFICULTY)
+        );
+        // Version bits outside the (unnegotiated) mask.
+        let line = format!(
+            r#"{{"id":9,"method":"mining.submit","params":["{ACCOUNT}","{}","00000000","{:08x}","{low:08x}","00002000"]}}"#,
+            job.id, job.ntime
+        );
+        assert_eq!(
+            code_of(&s.handle(call(&line), &book, later)),
+            Some(code::OTHER)
+        );
+        assert_eq!(s.accepted, 1);
+    }
+
+    fn hex_account(a: &[u8; 32]) -> String {
+        data_encoding::HEXLOWER.encode(a)
+    }
+}
