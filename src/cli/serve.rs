@@ -6,7 +6,7 @@ use std::time::Duration;
 use anyhow::{Context, Result, bail};
 use clap::Args;
 
-use lode::mirror::{MirrorConfig, serve};
+use lode::mirror::{MirrorConfig, PoolConfig, serve};
 
 #[derive(Debug, Args)]
 pub struct ServeArgs {
@@ -31,6 +31,39 @@ pub struct ServeArgs {
     /// Seconds between garbage-collection passes.
     #[arg(long, default_value_t = 3600)]
     gc_interval: u64,
+    /// Address of the Stratum v1 pool endpoint, e.g. 0.0.0.0:3333.
+    #[arg(long)]
+    stratum: Option<String>,
+    /// Price of storage in difficulty-1 shares per GiB-day (0: free).
+    #[arg(long, default_value_t = 0.0)]
+    price: f64,
+    /// Days an unfunded account may still renew leases.
+    #[arg(long, default_value_t = 7.0)]
+    grace_days: f64,
+    /// Bytes per account that cost nothing, e.g. 1G.
+    #[arg(long, value_parser = parse_size, default_value = "0")]
+    free: u64,
+    /// Starting share difficulty (fractional allowed).
+    #[arg(long, default_value_t = 1.0)]
+    difficulty: f64,
+    /// Lowest difficulty vardiff may set.
+    #[arg(long, default_value_t = 0.000001)]
+    min_difficulty: f64,
+    /// Seconds per share vardiff aims for, per connection.
+    #[arg(long, default_value_t = 10.0)]
+    share_interval: f64,
+    /// Seconds between new jobs from the built-in job source.
+    #[arg(long, default_value_t = 30)]
+    job_interval: u64,
+    /// Proxy mode: relay jobs from this upstream Stratum pool (host:port).
+    #[arg(long)]
+    upstream: Option<String>,
+    /// Worker name for the upstream pool.
+    #[arg(long, requires = "upstream")]
+    upstream_user: Option<String>,
+    /// Password for the upstream pool.
+    #[arg(long, requires = "upstream", default_value = "x")]
+    upstream_password: String,
 }
 
 /// Parse `123`, `10K`, `5M`, `2G`, `1T` (binary multiples).
@@ -73,6 +106,42 @@ pub fn run(args: ServeArgs) -> Result<()> {
         quota: args.quota,
         capacity: args.capacity,
         gc_interval: Duration::from_secs(args.gc_interval),
+        price: args.price,
+        grace_secs: (args.grace_days * 86_400.0) as i64,
+        free_bytes: args.free,
+    };
+    if !(args.price.is_finite() && args.price >= 0.0) {
+        bail!("--price must be a non-negative number");
+    }
+    let diff = |d: f64, flag: &str| {
+        lode::pool::Difficulty::from_f64(d)
+            .ok_or_else(|| anyhow::anyhow!("{flag} must be a positive number"))
+    };
+    let (initial, min) = (
+        diff(args.difficulty, "--difficulty")?,
+        diff(args.min_difficulty, "--min-difficulty")?,
+    );
+    if args.share_interval <= 0.0 || args.job_interval == 0 {
+        bail!("--share-interval and --job-interval must be positive");
+    }
+    let upstream = match args.upstream {
+        Some(addr) => Some(lode::mirror::UpstreamConfig {
+            addr,
+            user: args
+                .upstream_user
+                .ok_or_else(|| anyhow::anyhow!("--upstream needs --upstream-user"))?,
+            password: args.upstream_password,
+        }),
+        None => None,
+    };
+    let pool_config = PoolConfig {
+        initial,
+        min: min.min(initial),
+        max: lode::pool::Difficulty::from_f64(1e12).expect("valid"),
+        share_interval: args.share_interval,
+        job_interval: Duration::from_secs(args.job_interval),
+        mirror_id: [0; 32],
+        upstream,
     };
     let rt = tokio::runtime::Runtime::new()?;
     rt.block_on(async move {
@@ -80,14 +149,43 @@ pub fn run(args: ServeArgs) -> Result<()> {
             .await
             .with_context(|| format!("cannot listen on {}", args.listen))?;
         let addr = listener.local_addr()?;
+        let stratum = match &args.stratum {
+            Some(s) => {
+                let l = tokio::net::TcpListener::bind(s)
+                    .await
+                    .with_context(|| format!("cannot listen on {s} for stratum"))?;
+                let mut pool_config = pool_config.clone();
+                pool_config.mirror_id = mirror_id(&args.data)?;
+                Some((l, pool_config))
+            }
+            None => None,
+        };
         // The first line on stdout is the address: scripts and tests read it.
         println!("lode mirror listening on http://{addr}");
+        if let Some((l, _)) = &stratum {
+            println!("lode pool listening on stratum+tcp://{}", l.local_addr()?);
+        }
         use std::io::Write;
         std::io::stdout().flush()?;
-        serve(listener, config, shutdown_signal())
+        serve(listener, stratum, config, shutdown_signal())
             .await
             .with_context(|| format!("mirror with data in {}", args.data.display()))
     })
+}
+
+/// The mirror's identity, committed to in its built-in jobs: random, made
+/// once and kept in the data directory.
+fn mirror_id(data: &std::path::Path) -> Result<[u8; 32]> {
+    std::fs::create_dir_all(data)?;
+    let path = data.join("mirror-id");
+    if let Ok(text) = std::fs::read_to_string(&path)
+        && let Ok(id) = lode::protocol::parse_hex::<32>(text.trim())
+    {
+        return Ok(id);
+    }
+    let id: [u8; 32] = rand::random();
+    std::fs::write(&path, lode::protocol::hex(&id))?;
+    Ok(id)
 }
 
 async fn shutdown_signal() {

@@ -17,6 +17,7 @@ use tokio::net::TcpListener;
 use tokio::sync::RwLock;
 
 use super::ledger::Terms;
+use super::stratum::{PoolConfig, run_pool};
 use super::{DiskShares, Error, Ledger, Result, ShareStore, collect_garbage, unix_now};
 use crate::crypto::{Hash, sha256};
 use crate::dir::{MAX_SLOT_BYTES, SlotEnvelope};
@@ -35,9 +36,14 @@ pub struct MirrorConfig {
     /// Bytes for the whole mirror, or unlimited.
     pub capacity: Option<u64>,
     pub gc_interval: Duration,
+    /// Difficulty-1 shares per GiB-day.
+    pub price: f64,
+    pub grace_secs: i64,
+    pub free_bytes: u64,
 }
 
 struct Mirror {
+    stratum_port: Option<u16>,
     shares: DiskShares,
     ledger: Ledger,
     /// Held shared by uploads while they finalize, exclusively by GC.
@@ -54,6 +60,7 @@ impl IntoResponse for Error {
             Error::Slot(_) => StatusCode::FORBIDDEN,
             Error::TooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             Error::Quota { .. } | Error::Capacity { .. } => StatusCode::INSUFFICIENT_STORAGE,
+            Error::Unfunded { .. } => StatusCode::PAYMENT_REQUIRED,
             Error::Auth(_) => StatusCode::UNAUTHORIZED,
             Error::NotFound => StatusCode::NOT_FOUND,
             Error::Io(_) | Error::Ledger(_) | Error::Task(_) => {
@@ -241,13 +248,21 @@ async fn account(
 ) -> Result<axum::Json<AccountStatus>> {
     let account = authenticate(&headers, &method, &uri, &sha256(b""))?;
     let now = unix_now();
-    let standing = m.ledger.run(move |l| l.standing(&account, now)).await?;
+    let (standing, balance) = m
+        .ledger
+        .run(move |l| Ok((l.standing(&account, now)?, l.balance(&account, now)?)))
+        .await?;
     Ok(axum::Json(AccountStatus {
         account: protocol::hex(&account),
         usage_bytes: standing.usage,
         quota_bytes: m.ledger.terms.quota,
         leases: standing.leases,
         lease_seconds: m.ledger.terms.lease_secs as u64,
+        credit_micro: balance.credit,
+        debit_micro: balance.debit,
+        daily_cost_micro: balance.daily_cost,
+        shares_accepted: balance.shares,
+        funded_until: balance.funded_until,
     }))
 }
 
@@ -259,25 +274,51 @@ async fn info(State(m): State<Arc<Mirror>>) -> Result<axum::Json<Info>> {
         lease_seconds: m.ledger.terms.lease_secs as u64,
         capacity_bytes: m.ledger.terms.capacity,
         used_bytes: used,
+        price: m.ledger.terms.price_micro as f64 / 1e6,
+        stratum_port: m.stratum_port,
     }))
 }
 
-/// Serve a mirror on `listener` until `shutdown` resolves. Runs GC every
+/// Serve a mirror on `listener` until `shutdown` resolves, with its
+/// Stratum pool on `stratum` if given. Runs GC (and billing) every
 /// `gc_interval` in the background.
 pub async fn serve(
     listener: TcpListener,
+    stratum: Option<(TcpListener, PoolConfig)>,
     config: MirrorConfig,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> Result<()> {
     std::fs::create_dir_all(&config.data)?;
+    if !(config.price.is_finite() && config.price >= 0.0) {
+        return Err(Error::BadRequest(
+            "price must be a non-negative number".into(),
+        ));
+    }
     let terms = Terms {
         lease_secs: config.lease_secs,
         quota: config.quota,
         capacity: config.capacity,
+        price_micro: (config.price * 1e6).round() as u64,
+        grace_secs: config.grace_secs,
+        free_bytes: config.free_bytes,
+    };
+    let ledger = Ledger::open(&config.data.join("ledger.sqlite"), terms)?;
+    let stratum_port = match &stratum {
+        Some((l, _)) => Some(l.local_addr()?.port()),
+        None => None,
+    };
+    let pool = match stratum {
+        Some((listener, pool_config)) => Some(tokio::spawn(run_pool(
+            listener,
+            pool_config,
+            ledger.clone(),
+        ))),
+        None => None,
     };
     let mirror = Arc::new(Mirror {
+        stratum_port,
         shares: DiskShares::open(&config.data)?,
-        ledger: Ledger::open(&config.data.join("ledger.sqlite"), terms)?,
+        ledger,
         finalize: RwLock::new(()),
     });
     let gc_mirror = mirror.clone();
@@ -308,5 +349,8 @@ pub async fn serve(
         .with_graceful_shutdown(shutdown)
         .await;
     gc.abort();
+    if let Some(pool) = pool {
+        pool.abort();
+    }
     Ok(result?)
 }

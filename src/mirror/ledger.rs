@@ -15,7 +15,7 @@ use super::{Error, Result};
 use crate::dir::SlotEnvelope;
 
 /// The schema version this code writes.
-pub const LEDGER_VERSION: i64 = 1;
+pub const LEDGER_VERSION: i64 = 2;
 
 const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL);
@@ -44,6 +44,23 @@ CREATE TABLE IF NOT EXISTS slots (
 );
 ";
 
+/// Version 2: proof-of-work credit, storage debits, accepted shares.
+const SCHEMA_V2: &str = "
+ALTER TABLE accounts ADD COLUMN debit INTEGER NOT NULL DEFAULT 0;
+ALTER TABLE accounts ADD COLUMN charged_at INTEGER;
+ALTER TABLE accounts ADD COLUMN unfunded_since INTEGER;
+CREATE TABLE pool_shares (
+    id INTEGER PRIMARY KEY,
+    account BLOB NOT NULL,
+    worker TEXT NOT NULL,
+    difficulty INTEGER NOT NULL,
+    hash BLOB NOT NULL UNIQUE,
+    created INTEGER NOT NULL,
+    upstream INTEGER NOT NULL DEFAULT 0
+);
+CREATE INDEX pool_shares_account ON pool_shares (account);
+";
+
 /// What an object in the ledger is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ObjectKind {
@@ -67,13 +84,20 @@ pub struct Terms {
     pub lease_secs: i64,
     pub quota: Option<u64>,
     pub capacity: Option<u64>,
+    /// Price in millionths of a difficulty-1 share per GiB-day; 0 is free.
+    pub price_micro: u64,
+    /// How long an account may stay at or below zero balance and still
+    /// renew leases.
+    pub grace_secs: i64,
+    /// Bytes per account that cost nothing.
+    pub free_bytes: u64,
 }
 
 /// A handle to the ledger. Cheap to clone; calls block, so async callers
 /// go through [`Ledger::run`].
 #[derive(Clone)]
 pub struct Ledger {
-    conn: Arc<Mutex<Connection>>,
+    pub(super) conn: Arc<Mutex<Connection>>,
     pub terms: Terms,
 }
 
@@ -98,15 +122,22 @@ impl Ledger {
             .optional()?;
         match version {
             None => {
+                conn.execute_batch(SCHEMA_V2)?;
                 conn.execute(
                     "INSERT INTO meta (key, value) VALUES ('schema', ?1)",
                     [LEDGER_VERSION],
                 )?;
             }
+            Some(1) => {
+                // Old ledgers stay readable: add what version 2 needs.
+                conn.execute_batch(&format!(
+                    "BEGIN; {SCHEMA_V2} UPDATE meta SET value = 2 WHERE key = 'schema'; COMMIT;"
+                ))?;
+            }
             Some(LEDGER_VERSION) => {}
             Some(v) => {
                 return Err(Error::BadRequest(format!(
-                    "ledger schema version {v} is not supported (this mirror reads {LEDGER_VERSION})"
+                    "ledger schema version {v} is not supported (this mirror reads up to {LEDGER_VERSION})"
                 )));
             }
         }
@@ -128,7 +159,10 @@ impl Ledger {
             .map_err(|e| Error::Task(e.to_string()))?
     }
 
-    fn with_tx<T>(&self, f: impl FnOnce(&rusqlite::Transaction<'_>) -> Result<T>) -> Result<T> {
+    pub(super) fn with_tx<T>(
+        &self,
+        f: impl FnOnce(&rusqlite::Transaction<'_>) -> Result<T>,
+    ) -> Result<T> {
         let mut conn = self.conn.lock().expect("ledger lock");
         let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
         let out = f(&tx)?;
@@ -136,7 +170,11 @@ impl Ledger {
         Ok(out)
     }
 
-    fn usage_in(tx: &rusqlite::Transaction<'_>, account: &[u8; 32], now: i64) -> Result<u64> {
+    pub(super) fn usage_in(
+        tx: &rusqlite::Transaction<'_>,
+        account: &[u8; 32],
+        now: i64,
+    ) -> Result<u64> {
         let used: i64 = tx.query_row(
             "SELECT COALESCE(SUM(o.size), 0) FROM leases l JOIN objects o ON o.id = l.object
              WHERE l.account = ?1 AND l.expires > ?2",
@@ -186,7 +224,11 @@ impl Ledger {
         Ok(())
     }
 
-    fn ensure_account(tx: &rusqlite::Transaction<'_>, account: &[u8; 32], now: i64) -> Result<()> {
+    pub(super) fn ensure_account(
+        tx: &rusqlite::Transaction<'_>,
+        account: &[u8; 32],
+        now: i64,
+    ) -> Result<()> {
         tx.execute(
             "INSERT INTO accounts (id, created) VALUES (?1, ?2) ON CONFLICT (id) DO NOTHING",
             params![&account[..], now],
@@ -220,6 +262,7 @@ impl Ledger {
             self.check_room(tx, account, size as u64, false, now)?;
         }
         Self::ensure_account(tx, account, now)?;
+        self.check_funded(tx, account, now)?;
         tx.execute(
             "INSERT INTO leases (account, object, expires) VALUES (?1, ?2, ?3)
              ON CONFLICT (account, object) DO UPDATE SET expires = MAX(expires, excluded.expires)",

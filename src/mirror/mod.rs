@@ -9,15 +9,21 @@
 //! It builds on `protocol`, `chunk` and `dir`. It must never link the
 //! client store, the mount or the miner.
 
+mod credit;
 mod disk;
 mod gc;
 mod http;
 mod ledger;
+mod stratum;
+mod upstream;
 
+pub use credit::Balance;
 pub use disk::{DiskShares, ShareStore};
 pub use gc::{GcReport, collect_garbage};
 pub use http::{MirrorConfig, serve};
-pub use ledger::{Ledger, ObjectKind};
+pub use ledger::{Ledger, ObjectKind, Terms};
+pub use stratum::{PoolConfig, run_pool};
+pub use upstream::UpstreamConfig;
 
 use crate::chunk::ShareId;
 
@@ -44,6 +50,10 @@ pub enum Error {
     Auth(#[from] crate::protocol::Error),
     #[error("directory slot rejected: {0}")]
     Slot(#[from] crate::dir::Error),
+    #[error(
+        "account unfunded since {since} (past the {grace_secs} s grace period): mine to renew leases"
+    )]
+    Unfunded { since: i64, grace_secs: i64 },
     #[error("not found")]
     NotFound,
     #[error("bad request: {0}")]

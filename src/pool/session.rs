@@ -32,9 +32,10 @@ pub struct SessionConfig {
     pub target_interval: f64,
 }
 
-/// A share that passed every check. Credit it, then send `reply`.
+/// A share that passed every check. Credit it, then answer `id`.
 #[derive(Debug, Clone)]
 pub struct Accepted {
+    pub id: Value,
     pub account: [u8; 32],
     pub worker: String,
     pub difficulty: Difficulty,
@@ -42,7 +43,8 @@ pub struct Accepted {
     pub job: Arc<Job>,
     pub submit: Submit,
     pub version: u32,
-    pub reply: String,
+    /// The session's extranonce1 (a proxy forwards the share with it).
+    pub extranonce1: Vec<u8>,
 }
 
 /// Why a share was refused.
@@ -57,7 +59,7 @@ pub struct Reject {
 pub enum Outcome {
     /// Send these lines.
     Reply(Vec<String>),
-    /// A valid share: credit it atomically, then send `reply`.
+    /// A valid share: credit it atomically, then answer it.
     Accepted(Box<Accepted>),
 }
 
@@ -195,11 +197,10 @@ impl Session {
             }
             Request::ExtranonceSubscribe => reply(vec![stratum::ok(&id, json!(true))]),
             Request::Unknown(_) => reply(vec![stratum::err(&id, code::OTHER, "unknown method")]),
-            Request::Submit(submit) => match self.validate(submit, book, now_ms) {
-                Ok(mut accepted) => {
+            Request::Submit(submit) => match self.validate(id.clone(), submit, book, now_ms) {
+                Ok(accepted) => {
                     self.accepted += 1;
                     self.vardiff.record_share();
-                    accepted.reply = stratum::ok(&id, json!(true));
                     Outcome::Accepted(Box::new(accepted))
                 }
                 Err(r) => {
@@ -210,7 +211,13 @@ impl Session {
         }
     }
 
-    fn validate(&mut self, s: Submit, book: &JobBook, now_ms: i64) -> Result<Accepted, Reject> {
+    fn validate(
+        &mut self,
+        id: Value,
+        s: Submit,
+        book: &JobBook,
+        now_ms: i64,
+    ) -> Result<Accepted, Reject> {
         let reject = |code, message| Err(Reject { code, message });
         if !self.subscribed {
             return reject(code::NOT_SUBSCRIBED, "not subscribed");
@@ -270,6 +277,7 @@ impl Session {
         };
         self.seen.insert(key);
         Ok(Accepted {
+            id,
             account,
             worker,
             difficulty,
@@ -277,7 +285,7 @@ impl Session {
             job,
             submit: s,
             version,
-            reply: String::new(),
+            extranonce1: self.cfg.extranonce1.clone(),
         })
     }
 }

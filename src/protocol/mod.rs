@@ -147,13 +147,17 @@ pub fn parse_hex<const N: usize>(s: &str) -> Result<[u8; N]> {
 }
 
 /// `GET /v1/info`: what a mirror offers.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct Info {
     pub protocol: u32,
     pub software: String,
     pub lease_seconds: u64,
     pub capacity_bytes: Option<u64>,
     pub used_bytes: u64,
+    /// Difficulty-1 shares per GiB-day; 0 is free.
+    pub price: f64,
+    /// The Stratum v1 pool's TCP port, on the mirror's host.
+    pub stratum_port: Option<u16>,
 }
 
 /// `GET /v1/account`: the signed-in account's standing.
@@ -164,6 +168,17 @@ pub struct AccountStatus {
     pub quota_bytes: Option<u64>,
     pub leases: u64,
     pub lease_seconds: u64,
+    /// Accepted proof-of-work, in millionths of a difficulty-1 share.
+    pub credit_micro: u64,
+    /// Storage charged so far, same unit.
+    pub debit_micro: u64,
+    /// Cost per day at the current usage, same unit.
+    pub daily_cost_micro: u64,
+    /// Shares this mirror's pool accepted from the account.
+    pub shares_accepted: u64,
+    /// Until when the balance pays for the current usage (unix seconds);
+    /// `None` when nothing is charged.
+    pub funded_until: Option<i64>,
 }
 
 /// `POST /v1/renew` body: the objects (share ids or slot keys, hex) whose

@@ -72,6 +72,8 @@ pub const LODE: &str = env!("CARGO_BIN_EXE_lode");
 pub struct MirrorProc {
     child: Option<Child>,
     pub url: String,
+    /// `127.0.0.1:port` of the Stratum endpoint, when started with one.
+    pub stratum: Option<String>,
     pub data: PathBuf,
     args: Vec<String>,
 }
@@ -96,9 +98,21 @@ impl MirrorProc {
             .spawn()
             .expect("spawn lode mirror serve");
         let mut line = String::new();
-        BufReader::new(child.stdout.take().expect("stdout"))
-            .read_line(&mut line)
-            .expect("read mirror address");
+        let mut out = BufReader::new(child.stdout.take().expect("stdout"));
+        out.read_line(&mut line).expect("read mirror address");
+        let stratum = if args.iter().any(|a| a == "--stratum") {
+            let mut l = String::new();
+            out.read_line(&mut l).expect("read stratum address");
+            Some(
+                l.trim()
+                    .rsplit("://")
+                    .next()
+                    .expect("stratum address")
+                    .to_string(),
+            )
+        } else {
+            None
+        };
         let url = line
             .trim()
             .rsplit(' ')
@@ -109,9 +123,14 @@ impl MirrorProc {
         MirrorProc {
             child: Some(child),
             url,
+            stratum,
             data: data.to_path_buf(),
             args,
         }
+    }
+
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
     }
 
     pub fn stop(&mut self) {
@@ -133,6 +152,7 @@ impl MirrorProc {
             match attempt {
                 Ok(mut m) => {
                     self.child = m.child.take();
+                    self.stratum = m.stratum.take();
                     return;
                 }
                 Err(_) if Instant::now() < deadline => {
@@ -260,3 +280,5 @@ pub fn write_file(dir: &Path, name: &str, bytes: &[u8]) -> PathBuf {
     std::fs::write(&p, bytes).unwrap();
     p
 }
+
+pub mod stratum_client;

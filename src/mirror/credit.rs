@@ -1,0 +1,205 @@
+//! Credit and debit: proof-of-work pays for storage.
+//!
+//! Credit is the sum of accepted share difficulty, in millionths of a
+//! difficulty-1 share. Storage costs `price` per GiB-day of leased bytes
+//! above the free allowance, accrued lazily: each time an account is
+//! touched (and on every GC pass) the time since its last charge is billed
+//! at its current usage. `funded_until = now + balance / daily cost`. An
+//! account whose balance has been at or below zero for longer than the
+//! grace period gets no new or renewed leases, and its shares age out
+//! through GC.
+
+use rusqlite::{OptionalExtension, params};
+
+use super::{Error, Ledger, Result};
+
+const GIB: u128 = 1 << 30;
+const DAY: i64 = 86_400;
+
+/// An account's money, in millionths of a difficulty-1 share.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Balance {
+    pub credit: u64,
+    pub debit: u64,
+    pub usage: u64,
+    pub daily_cost: u64,
+    pub shares: u64,
+    /// `None` when nothing is being charged (free, or nothing stored).
+    pub funded_until: Option<i64>,
+}
+
+impl Balance {
+    pub fn balance(&self) -> i64 {
+        self.credit as i64 - self.debit as i64
+    }
+}
+
+impl Ledger {
+    fn daily_cost(&self, usage: u64) -> u64 {
+        let billable = usage.saturating_sub(self.terms.free_bytes) as u128;
+        (billable * self.terms.price_micro as u128 / GIB) as u64
+    }
+
+    /// Bill `account` for storage up to `now`, and track when it went
+    /// unfunded.
+    pub(super) fn charge_in(
+        &self,
+        tx: &rusqlite::Transaction<'_>,
+        account: &[u8; 32],
+        now: i64,
+    ) -> Result<()> {
+        let row: Option<(Option<i64>, i64, i64, Option<i64>)> = tx
+            .query_row(
+                "SELECT charged_at, credit, debit, unfunded_since FROM accounts WHERE id = ?1",
+                [&account[..]],
+                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)),
+            )
+            .optional()?;
+        let Some((charged_at, credit, mut debit, unfunded)) = row else {
+            return Ok(());
+        };
+        let since = charged_at.unwrap_or(now).min(now);
+        if self.terms.price_micro > 0 && now > since {
+            let usage = Self::usage_in(tx, account, since)?;
+            debit += (self.daily_cost(usage) as i128 * (now - since) as i128 / DAY as i128) as i64;
+        }
+        let unfunded = match (self.terms.price_micro > 0 && credit - debit <= 0, unfunded) {
+            (true, Some(t)) => Some(t),
+            (true, None) => Some(now),
+            (false, _) => None,
+        };
+        tx.execute(
+            "UPDATE accounts SET debit = ?2, charged_at = ?3, unfunded_since = ?4 WHERE id = ?1",
+            params![&account[..], debit, now, unfunded],
+        )?;
+        Ok(())
+    }
+
+    /// Refuse a lease to an account past its grace period.
+    pub(super) fn check_funded(
+        &self,
+        tx: &rusqlite::Transaction<'_>,
+        account: &[u8; 32],
+        now: i64,
+    ) -> Result<()> {
+        if self.terms.price_micro == 0 {
+            return Ok(());
+        }
+        self.charge_in(tx, account, now)?;
+        let since: Option<i64> = tx.query_row(
+            "SELECT unfunded_since FROM accounts WHERE id = ?1",
+            [&account[..]],
+            |r| r.get(0),
+        )?;
+        match since {
+            Some(t) if now - t > self.terms.grace_secs => Err(Error::Unfunded {
+                since: t,
+                grace_secs: self.terms.grace_secs,
+            }),
+            _ => Ok(()),
+        }
+    }
+
+    /// Record an accepted share and credit its difficulty, atomically.
+    /// Returns `false` (and credits nothing) if this exact share (by header
+    /// hash) was credited before, on any connection, before any restart.
+    pub fn credit_share(
+        &self,
+        account: &[u8; 32],
+        worker: &str,
+        difficulty_micro: u64,
+        hash: &[u8; 32],
+        now: i64,
+    ) -> Result<bool> {
+        self.with_tx(|tx| {
+            let inserted = tx.execute(
+                "INSERT INTO pool_shares (account, worker, difficulty, hash, created) VALUES (?1, ?2, ?3, ?4, ?5)
+                 ON CONFLICT (hash) DO NOTHING",
+                params![&account[..], worker, difficulty_micro as i64, &hash[..], now],
+            )?;
+            if inserted == 0 {
+                return Ok(false);
+            }
+            Self::ensure_account(tx, account, now)?;
+            self.charge_in(tx, account, now)?;
+            tx.execute(
+                "UPDATE accounts SET credit = credit + ?2 WHERE id = ?1",
+                params![&account[..], difficulty_micro as i64],
+            )?;
+            self.charge_in(tx, account, now)?;
+            Ok(true)
+        })
+    }
+
+    /// Record what the upstream pool said about a forwarded share.
+    pub fn record_upstream(&self, hash: &[u8; 32], accepted: bool) -> Result<()> {
+        let conn = self.conn.lock().expect("ledger lock");
+        conn.execute(
+            "UPDATE pool_shares SET upstream = ?2 WHERE hash = ?1",
+            params![&hash[..], if accepted { 2 } else { 3 }],
+        )?;
+        Ok(())
+    }
+
+    /// Upstream results so far: (forwarded and accepted, rejected).
+    pub fn upstream_counts(&self) -> Result<(u64, u64)> {
+        let conn = self.conn.lock().expect("ledger lock");
+        Ok(conn.query_row(
+            "SELECT COALESCE(SUM(upstream = 2), 0), COALESCE(SUM(upstream = 3), 0) FROM pool_shares",
+            [],
+            |r| Ok((r.get::<_, i64>(0)? as u64, r.get::<_, i64>(1)? as u64)),
+        )?)
+    }
+
+    /// Bill an account up to now and report its standing.
+    pub fn balance(&self, account: &[u8; 32], now: i64) -> Result<Balance> {
+        self.with_tx(|tx| {
+            self.charge_in(tx, account, now)?;
+            let (credit, debit): (i64, i64) = tx
+                .query_row(
+                    "SELECT credit, debit FROM accounts WHERE id = ?1",
+                    [&account[..]],
+                    |r| Ok((r.get(0)?, r.get(1)?)),
+                )
+                .optional()?
+                .unwrap_or((0, 0));
+            let shares: i64 = tx.query_row(
+                "SELECT COUNT(*) FROM pool_shares WHERE account = ?1",
+                [&account[..]],
+                |r| r.get(0),
+            )?;
+            let usage = Self::usage_in(tx, account, now)?;
+            let daily_cost = self.daily_cost(usage);
+            let balance = credit - debit;
+            let funded_until = (daily_cost > 0)
+                .then(|| now + (balance.max(0) as i128 * DAY as i128 / daily_cost as i128) as i64);
+            Ok(Balance {
+                credit: credit as u64,
+                debit: debit as u64,
+                usage,
+                daily_cost,
+                shares: shares as u64,
+                funded_until,
+            })
+        })
+    }
+
+    /// Bill every account up to now (run on each GC pass).
+    pub fn charge_all(&self, now: i64) -> Result<()> {
+        if self.terms.price_micro == 0 {
+            return Ok(());
+        }
+        let accounts: Vec<Vec<u8>> = {
+            let conn = self.conn.lock().expect("ledger lock");
+            let mut stmt = conn.prepare("SELECT id FROM accounts")?;
+            stmt.query_map([], |r| r.get(0))?
+                .collect::<rusqlite::Result<_>>()?
+        };
+        for id in accounts {
+            if let Ok(id) = <[u8; 32]>::try_from(id.as_slice()) {
+                self.with_tx(|tx| self.charge_in(tx, &id, now))?;
+            }
+        }
+        Ok(())
+    }
+}

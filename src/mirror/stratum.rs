@@ -1,0 +1,231 @@
+//! The mirror's Stratum v1 endpoint: the socket loop around `pool`.
+//!
+//! One task per connection. Every share goes through `pool::Session`'s full
+//! validation; an accepted share is credited in the ledger in one
+//! transaction before the miner is told "accepted", so a crash can lose an
+//! acknowledgement but never credit that was acknowledged. The ledger keeps
+//! each share's header hash unique, so no share is ever credited twice,
+//! across connections and restarts.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::time::Duration;
+
+use futures_util::{SinkExt, StreamExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{RwLock, broadcast, mpsc};
+use tokio_util::codec::{Framed, LinesCodec};
+
+use super::upstream::{self, Forward, UpstreamConfig};
+use super::{Ledger, Result, unix_now};
+use crate::pool::stratum::{self, MAX_LINE, code};
+use crate::pool::{
+    BuiltinJobs, Difficulty, EXTRANONCE2_SIZE, Job, JobBook, Outcome, Session, SessionConfig,
+};
+
+/// How a mirror's pool runs.
+#[derive(Debug, Clone)]
+pub struct PoolConfig {
+    pub initial: Difficulty,
+    pub min: Difficulty,
+    pub max: Difficulty,
+    /// Seconds per share that vardiff steers each connection toward.
+    pub share_interval: f64,
+    /// Built-in mode: seconds between new jobs.
+    pub job_interval: Duration,
+    /// Committed to in built-in jobs' coinbase.
+    pub mirror_id: [u8; 32],
+    /// Proxy mode: relay this pool's jobs instead of making our own.
+    pub upstream: Option<UpstreamConfig>,
+}
+
+/// Jobs shared by every connection.
+pub(super) struct Jobs {
+    pub book: RwLock<JobBook>,
+    pub tx: broadcast::Sender<Arc<Job>>,
+    /// Extranonce1 prefix every session's extranonce1 starts with, and the
+    /// extranonce2 size sessions get (set by the upstream in proxy mode).
+    pub extranonce: RwLock<(Vec<u8>, usize)>,
+    /// Bumped when the upstream reconnects; sessions of an older
+    /// generation close so their miners reconnect with fresh extranonces.
+    pub generation: AtomicU64,
+}
+
+impl Jobs {
+    pub async fn publish(&self, job: Job) {
+        let job = self.book.write().await.push(job);
+        let _ = self.tx.send(job);
+    }
+}
+
+/// Run the pool on `listener` until the task is aborted.
+pub async fn run_pool(listener: TcpListener, config: PoolConfig, ledger: Ledger) -> Result<()> {
+    let (tx, _) = broadcast::channel(16);
+    let jobs = Arc::new(Jobs {
+        book: RwLock::new(JobBook::default()),
+        tx,
+        extranonce: RwLock::new((Vec::new(), EXTRANONCE2_SIZE)),
+        generation: AtomicU64::new(0),
+    });
+    let forward = match &config.upstream {
+        Some(up) => Some(upstream::start(up.clone(), jobs.clone(), ledger.clone())),
+        None => {
+            tokio::spawn(builtin_source(
+                jobs.clone(),
+                config.mirror_id,
+                config.job_interval,
+            ));
+            None
+        }
+    };
+    // Extranonce1 counters start at random so a restarted mirror hands out
+    // fresh ones; the ledger's unique hashes make reuse harmless anyway.
+    let counter = Arc::new(AtomicU32::new(rand::random()));
+    let config = Arc::new(config);
+    loop {
+        let (stream, peer) = listener.accept().await?;
+        let _ = stream.set_nodelay(true);
+        let (jobs, ledger, config, counter, forward) = (
+            jobs.clone(),
+            ledger.clone(),
+            config.clone(),
+            counter.clone(),
+            forward.clone(),
+        );
+        tokio::spawn(async move {
+            if let Err(e) = connection(stream, jobs, ledger, config, counter, forward).await {
+                tracing::debug!(%peer, error = %e, "stratum connection ended");
+            }
+        });
+    }
+}
+
+async fn builtin_source(jobs: Arc<Jobs>, mirror_id: [u8; 32], interval: Duration) {
+    let mut source = BuiltinJobs::new(mirror_id);
+    let mut n = 0u64;
+    loop {
+        // A new synthetic block every ten jobs; fresh ntime in between.
+        jobs.publish(source.next(unix_now() as u32, n % 10 == 0))
+            .await;
+        n += 1;
+        tokio::time::sleep(interval).await;
+    }
+}
+
+fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
+/// Idle connections are closed after this long without a line.
+const IDLE: Duration = Duration::from_secs(600);
+
+async fn connection(
+    stream: TcpStream,
+    jobs: Arc<Jobs>,
+    ledger: Ledger,
+    config: Arc<PoolConfig>,
+    counter: Arc<AtomicU32>,
+    forward: Option<mpsc::Sender<Forward>>,
+) -> std::io::Result<()> {
+    let mut lines = Framed::new(stream, LinesCodec::new_with_max_length(MAX_LINE));
+    let mut job_rx = jobs.tx.subscribe();
+    if config.upstream.is_some() {
+        // Wait for the upstream's extranonce before serving.
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+        while jobs.book.read().await.current().is_none() {
+            if tokio::time::Instant::now() > deadline {
+                return Ok(());
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+    let generation = jobs.generation.load(Ordering::Relaxed);
+    let (prefix, en2_size) = jobs.extranonce.read().await.clone();
+    let mut extranonce1 = prefix;
+    let own = counter.fetch_add(1, Ordering::Relaxed).to_be_bytes();
+    // In proxy mode the session's part is what the upstream extranonce2
+    // leaves over; see upstream.rs.
+    let own_len = if config.upstream.is_some() {
+        upstream::SESSION_BYTES
+    } else {
+        4
+    };
+    extranonce1.extend_from_slice(&own[4 - own_len..]);
+    let mut session = Session::new(
+        SessionConfig {
+            extranonce1,
+            extranonce2_size: en2_size,
+            initial: config.initial,
+            min: config.min,
+            max: config.max,
+            target_interval: config.share_interval,
+        },
+        now_ms(),
+    );
+    loop {
+        tokio::select! {
+            line = tokio::time::timeout(IDLE, lines.next()) => {
+                let line = match line {
+                    Err(_) => return Ok(()), // idle
+                    Ok(None) => return Ok(()),
+                    Ok(Some(Err(e))) => return Err(std::io::Error::other(e)), // too long, not UTF-8
+                    Ok(Some(Ok(l))) => l,
+                };
+                if line.trim().is_empty() {
+                    continue;
+                }
+                let call = match stratum::parse_request(&line) {
+                    Ok(call) => call,
+                    Err(crate::pool::Error::Json(e)) => return Err(std::io::Error::other(e)),
+                    Err(e) => {
+                        let id = serde_json::from_str::<serde_json::Value>(&line).ok().and_then(|v| v.get("id").cloned()).unwrap_or_default();
+                        lines.send(stratum::err(&id, code::OTHER, &e.to_string())).await.map_err(std::io::Error::other)?;
+                        continue;
+                    }
+                };
+                let book = jobs.book.read().await.clone();
+                match session.handle(call, &book, now_ms()) {
+                    Outcome::Reply(out) => {
+                        for l in out {
+                            lines.send(l).await.map_err(std::io::Error::other)?;
+                        }
+                    }
+                    Outcome::Accepted(a) => {
+                        let (account, worker, micro, hash) = (a.account, a.worker.clone(), a.difficulty.micro(), a.hash);
+                        let credited = ledger
+                            .run(move |l| l.credit_share(&account, &worker, micro, &hash, unix_now()))
+                            .await
+                            .map_err(|e| std::io::Error::other(e.to_string()))?;
+                        let reply = if credited {
+                            if let Some(fwd) = &forward {
+                                let _ = fwd.try_send(Forward { accepted: a.clone() });
+                            }
+                            stratum::ok(&a.id, serde_json::Value::Bool(true))
+                        } else {
+                            stratum::err(&a.id, code::DUPLICATE, "duplicate share")
+                        };
+                        lines.send(reply).await.map_err(std::io::Error::other)?;
+                    }
+                }
+            }
+            job = job_rx.recv() => {
+                match job {
+                    Ok(job) => {
+                        if jobs.generation.load(Ordering::Relaxed) != generation {
+                            return Ok(()); // the upstream reconnected: extranonces changed
+                        }
+                        let book = jobs.book.read().await.clone();
+                        for l in session.on_job(&job, &book, now_ms()) {
+                            lines.send(l).await.map_err(std::io::Error::other)?;
+                        }
+                    }
+                    Err(broadcast::error::RecvError::Lagged(_)) => {}
+                    Err(broadcast::error::RecvError::Closed) => return Ok(()),
+                }
+            }
+        }
+    }
+}

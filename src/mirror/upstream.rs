@@ -1,0 +1,167 @@
+//! Proxy mode: the mirror's pool relays an upstream Stratum pool's jobs.
+//!
+//! The mirror subscribes upstream with the operator's credentials and gets
+//! an extranonce1 `E` and an extranonce2 size `N`. Each downstream session
+//! gets extranonce1 `E ‖ S` (S: `SESSION_BYTES` of its own) and extranonce2
+//! size `N − SESSION_BYTES`, so downstream coinbases are exactly upstream
+//! coinbases. A downstream share is validated and credited locally; if its
+//! hash also meets the upstream difficulty it is submitted upstream as
+//! extranonce2 `S ‖ e2`, and the upstream's verdict is recorded.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use futures_util::{SinkExt, StreamExt};
+use serde_json::json;
+use tokio::net::TcpStream;
+use tokio::sync::mpsc;
+use tokio_util::codec::{Framed, LinesCodec};
+
+use super::Ledger;
+use super::stratum::Jobs;
+use crate::pool::stratum::{self, MAX_LINE, ServerMessage, Submit};
+use crate::pool::{Accepted, Difficulty, hash_meets};
+
+/// Extranonce bytes a proxy reserves per downstream session.
+pub const SESSION_BYTES: usize = 2;
+
+/// Where and as whom to mine upstream.
+#[derive(Debug, Clone)]
+pub struct UpstreamConfig {
+    /// `host:port` of the upstream Stratum endpoint.
+    pub addr: String,
+    pub user: String,
+    pub password: String,
+}
+
+/// A locally accepted share, offered upstream.
+pub struct Forward {
+    pub accepted: Box<Accepted>,
+}
+
+/// Start the upstream link; returns where to offer shares.
+pub fn start(config: UpstreamConfig, jobs: Arc<Jobs>, ledger: Ledger) -> mpsc::Sender<Forward> {
+    let (tx, rx) = mpsc::channel(1024);
+    tokio::spawn(run(config, jobs, ledger, rx));
+    tx
+}
+
+async fn run(
+    config: UpstreamConfig,
+    jobs: Arc<Jobs>,
+    ledger: Ledger,
+    mut rx: mpsc::Receiver<Forward>,
+) {
+    let mut backoff = Duration::from_millis(200);
+    loop {
+        match session(&config, &jobs, &ledger, &mut rx).await {
+            Ok(()) => return,
+            Err(e) => {
+                tracing::warn!(upstream = %config.addr, error = %e, "upstream link lost; reconnecting")
+            }
+        }
+        jobs.generation.fetch_add(1, Ordering::Relaxed);
+        tokio::time::sleep(backoff).await;
+        backoff = (backoff * 2).min(Duration::from_secs(30));
+    }
+}
+
+fn io(e: impl ToString) -> std::io::Error {
+    std::io::Error::other(e.to_string())
+}
+
+async fn session(
+    config: &UpstreamConfig,
+    jobs: &Jobs,
+    ledger: &Ledger,
+    rx: &mut mpsc::Receiver<Forward>,
+) -> std::io::Result<()> {
+    let stream = TcpStream::connect(&config.addr).await?;
+    let mut lines = Framed::new(stream, LinesCodec::new_with_max_length(MAX_LINE));
+    lines
+        .send(stratum::request(
+            1,
+            "mining.subscribe",
+            json!(["lode-proxy"]),
+        ))
+        .await
+        .map_err(io)?;
+    lines
+        .send(stratum::request(
+            2,
+            "mining.authorize",
+            json!([config.user, config.password]),
+        ))
+        .await
+        .map_err(io)?;
+    let mut next_id = 3u64;
+    let mut difficulty = Difficulty::ONE;
+    // Submissions awaiting the upstream's answer: id → share hash.
+    let mut pending: HashMap<u64, [u8; 32]> = HashMap::new();
+    let mut prefix_len = None;
+    loop {
+        tokio::select! {
+            line = lines.next() => {
+                let line = line.ok_or_else(|| io("upstream closed the connection"))?.map_err(io)?;
+                match stratum::parse_server(&line).map_err(io)? {
+                    ServerMessage::Response { id: Some(1), result, .. } => {
+                        let en1 = result.get(1).and_then(|v| v.as_str()).ok_or_else(|| io("bad subscribe reply"))?;
+                        let en1 = stratum::hex_bytes(en1, "extranonce1").map_err(io)?;
+                        let size = result.get(2).and_then(|v| v.as_u64()).ok_or_else(|| io("bad subscribe reply"))? as usize;
+                        if size <= SESSION_BYTES {
+                            return Err(io(format!("upstream extranonce2 size {size} leaves no room for sessions")));
+                        }
+                        prefix_len = Some(en1.len());
+                        *jobs.extranonce.write().await = (en1, size - SESSION_BYTES);
+                    }
+                    ServerMessage::Response { id: Some(2), result, error } => {
+                        if error.is_some() || result != json!(true) {
+                            return Err(io(format!("upstream refused authorization: {error:?}")));
+                        }
+                    }
+                    ServerMessage::Response { id: Some(id), result, error } => {
+                        if let Some(hash) = pending.remove(&id) {
+                            let ok = error.is_none() && result == json!(true);
+                            if !ok {
+                                tracing::info!(?error, "upstream rejected a forwarded share");
+                            }
+                            let ledger = ledger.clone();
+                            let _ = ledger.run(move |l| l.record_upstream(&hash, ok)).await;
+                        }
+                    }
+                    ServerMessage::Notify(job) => {
+                        if prefix_len.is_some() {
+                            jobs.publish(job).await;
+                        }
+                    }
+                    ServerMessage::SetDifficulty(d) => {
+                        difficulty = Difficulty::from_f64(d).unwrap_or(Difficulty::ONE);
+                    }
+                    _ => {}
+                }
+            }
+            fwd = rx.recv() => {
+                let Some(Forward { accepted: a }) = fwd else { return Ok(()) };
+                let Some(prefix_len) = prefix_len else { continue };
+                if !hash_meets(&a.hash, &difficulty.target()) || a.extranonce1.len() < prefix_len {
+                    continue;
+                }
+                let mut extranonce2 = a.extranonce1[prefix_len..].to_vec();
+                extranonce2.extend_from_slice(&a.submit.extranonce2);
+                let submit = Submit {
+                    worker: config.user.clone(),
+                    job_id: a.submit.job_id.clone(),
+                    extranonce2,
+                    ntime: a.submit.ntime,
+                    nonce: a.submit.nonce,
+                    version_bits: a.submit.version_bits,
+                };
+                pending.insert(next_id, a.hash);
+                lines.send(stratum::request(next_id, "mining.submit", stratum::submit_params(&submit))).await.map_err(io)?;
+                next_id += 1;
+            }
+        }
+    }
+}

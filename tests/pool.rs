@@ -1,0 +1,296 @@
+//! The mirror's Stratum pool: share validation, credit, crash safety, proxy.
+
+mod common;
+
+use common::MirrorProc;
+use common::stratum_client::{TestMiner, error_code};
+use lode::crypto::RootSecret;
+use lode::store::HttpMirror;
+use serde_json::json;
+
+const LOW: &[&str] = &[
+    "--difficulty",
+    "0.000001",
+    "--min-difficulty",
+    "0.000001",
+    "--share-interval",
+    "1000",
+];
+
+fn pool_mirror(dir: &std::path::Path, extra: &[&str]) -> MirrorProc {
+    let mut args = vec!["--stratum", "127.0.0.1:0"];
+    args.extend_from_slice(LOW);
+    args.extend_from_slice(extra);
+    MirrorProc::start(dir, &args)
+}
+
+fn account(byte: u8) -> (lode::crypto::AccountKey, String) {
+    let key = RootSecret::from_bytes([byte; 32]).account_key();
+    let hex = lode::protocol::hex(&key.public_key());
+    (key, hex)
+}
+
+fn status(url: &str, key: &lode::crypto::AccountKey) -> lode::protocol::AccountStatus {
+    common::runtime()
+        .block_on(HttpMirror::new(url, key.clone()).unwrap().account())
+        .unwrap()
+}
+
+/// Sum of the credited difficulty in the mirror's own share records.
+fn recorded_credit(mirror: &MirrorProc, account: &[u8; 32]) -> (u64, u64) {
+    let db = rusqlite::Connection::open(mirror.data.join("ledger.sqlite")).unwrap();
+    db.query_row(
+        "SELECT COALESCE(SUM(difficulty), 0), COUNT(*) FROM pool_shares WHERE account = ?1",
+        [&account[..]],
+        |r| Ok((r.get::<_, i64>(0)? as u64, r.get::<_, i64>(1)? as u64)),
+    )
+    .unwrap()
+}
+
+#[test]
+fn bad_shares_are_rejected_with_the_right_code_and_earn_nothing() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mirror = pool_mirror(&tmp.path().join("m"), &[]);
+    let addr = mirror.stratum.clone().unwrap();
+    let (key, acct) = account(0x51);
+    let worker = format!("{acct}.rig1");
+
+    // Not subscribed.
+    let mut early = TestMiner::connect(&addr);
+    let r = early.submit(&worker, "1", &[0; 4], 0, 0).unwrap();
+    assert_eq!(error_code(&r), Some(25));
+
+    // A bystander who keeps mining throughout.
+    let mut other = TestMiner::connect(&addr);
+    other.subscribe();
+    let (_, other_acct) = account(0x52);
+    assert_eq!(other.authorize(&other_acct)["result"], json!(true));
+
+    let mut m = TestMiner::connect(&addr);
+    m.subscribe();
+    // Unauthorized: submitting before authorize, and for another account.
+    let job = m.wait_job();
+    let nonce = m.grind(&job, &[0, 0, 0, 1], 0, true);
+    assert_eq!(
+        error_code(
+            &m.submit(&worker, &job.id, &[0, 0, 0, 1], job.ntime, nonce)
+                .unwrap()
+        ),
+        Some(24)
+    );
+    assert_eq!(m.authorize(&worker)["result"], json!(true));
+    assert_eq!(
+        error_code(
+            &m.submit(&other_acct, &job.id, &[0, 0, 0, 1], job.ntime, nonce)
+                .unwrap()
+        ),
+        Some(24)
+    );
+    assert_eq!(error_code(&m.authorize("not-an-account")), Some(24));
+
+    // One good share, accepted; the same again is a duplicate.
+    let r = m
+        .submit(&worker, &job.id, &[0, 0, 0, 1], job.ntime, nonce)
+        .unwrap();
+    assert_eq!(r["result"], json!(true), "{r}");
+    assert_eq!(
+        error_code(
+            &m.submit(&worker, &job.id, &[0, 0, 0, 1], job.ntime, nonce)
+                .unwrap()
+        ),
+        Some(22)
+    );
+    // Unknown job.
+    assert_eq!(
+        error_code(
+            &m.submit(&worker, "ffffffff", &[0, 0, 0, 1], job.ntime, nonce)
+                .unwrap()
+        ),
+        Some(21)
+    );
+    // Below the difficulty.
+    let low = m.grind(&job, &[0, 0, 0, 2], 0, false);
+    assert_eq!(
+        error_code(
+            &m.submit(&worker, &job.id, &[0, 0, 0, 2], job.ntime, low)
+                .unwrap()
+        ),
+        Some(23)
+    );
+    // ntime out of bounds, both ways.
+    let early_ntime = m.grind(&job, &[0, 0, 0, 3], 0, true);
+    assert_eq!(
+        error_code(
+            &m.submit(&worker, &job.id, &[0, 0, 0, 3], job.ntime - 1, early_ntime)
+                .unwrap()
+        ),
+        Some(20)
+    );
+    assert_eq!(
+        error_code(
+            &m.submit(
+                &worker,
+                &job.id,
+                &[0, 0, 0, 3],
+                job.ntime + 100_000,
+                early_ntime
+            )
+            .unwrap()
+        ),
+        Some(20)
+    );
+    // Wrong extranonce2 size.
+    assert_eq!(
+        error_code(
+            &m.submit(&worker, &job.id, &[0, 1], job.ntime, nonce)
+                .unwrap()
+        ),
+        Some(20)
+    );
+
+    // Malformed JSON, an over-long line and random bytes each end a
+    // connection; the pool keeps serving everyone else.
+    for garbage in [
+        b"{not json\n".to_vec(),
+        vec![b'a'; 17 * 1024],
+        (0..2000).map(|i| (i * 7919 % 251) as u8).collect(),
+    ] {
+        let mut bad = TestMiner::connect(&addr);
+        bad.subscribe();
+        let _ = bad.send_raw(&garbage);
+        let _ = bad.send_raw(b"\n");
+        while bad.read_line().is_some() {}
+    }
+    let job = other.wait_job();
+    let n = other.grind(&job, &[9, 9, 9, 9], 0, true);
+    let r = other
+        .submit(&other_acct, &job.id, &[9, 9, 9, 9], job.ntime, n)
+        .unwrap();
+    assert_eq!(r["result"], json!(true), "{r}");
+
+    // Exactly one share credited, at difficulty 0.000001.
+    let st = status(&mirror.url, &key);
+    assert_eq!((st.credit_micro, st.shares_accepted), (1, 1));
+    assert_eq!(recorded_credit(&mirror, &key.public_key()), (1, 1));
+}
+
+#[test]
+fn acknowledged_credit_survives_kill_9() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut mirror = pool_mirror(&tmp.path().join("m"), &[]);
+    let (key, acct) = account(0x61);
+    let mut acked = 0u64;
+    for round in 0..3 {
+        let addr = mirror.stratum.clone().unwrap();
+        let mut m = TestMiner::connect(&addr);
+        m.subscribe();
+        m.authorize(&acct);
+        let job = m.wait_job();
+        let killer = {
+            let pid = mirror_pid(&mirror);
+            std::thread::spawn(move || {
+                std::thread::sleep(std::time::Duration::from_millis(300 + 100 * round));
+                let _ = std::process::Command::new("kill")
+                    .args(["-9", &pid.to_string()])
+                    .status();
+            })
+        };
+        let mut en2 = 0u32;
+        let mut nonce = 0;
+        loop {
+            nonce = m.grind(&job, &en2.to_be_bytes(), nonce, true);
+            match m.submit(&acct, &job.id, &en2.to_be_bytes(), job.ntime, nonce) {
+                Some(r) if r["result"] == json!(true) => {
+                    acked += (m.difficulty * 1e6).round() as u64
+                }
+                Some(r) => panic!("unexpected rejection {r}"),
+                None => break, // the mirror died mid-stream
+            }
+            nonce += 1;
+            if nonce > 1 << 30 {
+                en2 += 1;
+                nonce = 0;
+            }
+        }
+        killer.join().unwrap();
+        mirror.restart();
+    }
+    assert!(acked > 10, "too few shares to mean anything: {acked}");
+    let st = status(&mirror.url, &key);
+    assert_eq!(
+        st.credit_micro, acked,
+        "ledger credit differs from acknowledged shares"
+    );
+    assert_eq!(recorded_credit(&mirror, &key.public_key()).0, acked);
+}
+
+fn mirror_pid(m: &MirrorProc) -> u32 {
+    m.pid().expect("mirror is running")
+}
+
+#[test]
+fn proxy_chain_credits_downstream_and_forwards_upstream() {
+    let tmp = tempfile::tempdir().unwrap();
+    let b = pool_mirror(&tmp.path().join("b"), &[]);
+    let (op_key, op_acct) = account(0x71);
+    let upstream = b.stratum.clone().unwrap();
+    let a = pool_mirror(
+        &tmp.path().join("a"),
+        &["--upstream", &upstream, "--upstream-user", &op_acct],
+    );
+    let (key, acct) = account(0x72);
+    let mut m = TestMiner::connect(a.stratum.as_ref().unwrap());
+    m.subscribe();
+    assert_eq!(
+        m.extranonce2_size, 2,
+        "upstream's 4 bytes less the proxy's 2"
+    );
+    m.authorize(&acct);
+    let job = m.wait_job();
+    let mut nonce = 0;
+    for i in 0..5u16 {
+        nonce = m.grind(&job, &i.to_be_bytes(), 0, true);
+        let r = m
+            .submit(&acct, &job.id, &i.to_be_bytes(), job.ntime, nonce)
+            .unwrap();
+        assert_eq!(r["result"], json!(true), "{r}");
+    }
+    let _ = nonce;
+    assert_eq!(status(&a.url, &key).shares_accepted, 5);
+    // B credits the operator for the forwarded shares (all meet B's
+    // difficulty here), once they arrive.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let st = status(&b.url, &op_key);
+        if st.shares_accepted == 5 {
+            assert_eq!(st.credit_micro, 5);
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "B saw {} forwarded shares",
+            st.shares_accepted
+        );
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    // And A recorded B's verdicts.
+    let db = rusqlite::Connection::open(a.data.join("ledger.sqlite")).unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let accepted: i64 = db
+            .query_row(
+                "SELECT COUNT(*) FROM pool_shares WHERE upstream = 2",
+                [],
+                |r| r.get(0),
+            )
+            .unwrap();
+        if accepted == 5 {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "A recorded {accepted} upstream accepts"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+}
