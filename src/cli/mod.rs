@@ -87,13 +87,13 @@ pub enum MirrorsCommand {
 #[derive(Debug, Subcommand)]
 pub enum MirrorCommand {
     /// Serve shares, slots and accounts over HTTP.
-    Serve(serve::ServeArgs),
+    Serve(Box<serve::ServeArgs>),
 }
 
 /// Run a parsed command line.
 pub fn run(cli: Cli) -> Result<()> {
     match cli.command {
-        Command::Mirror(MirrorCommand::Serve(args)) => serve::run(args),
+        Command::Mirror(MirrorCommand::Serve(args)) => serve::run(*args),
         other => client::run(other),
     }
 }

@@ -307,14 +307,9 @@ pub async fn serve(
         Some((l, _)) => Some(l.local_addr()?.port()),
         None => None,
     };
-    let pool = match stratum {
-        Some((listener, pool_config)) => Some(tokio::spawn(run_pool(
-            listener,
-            pool_config,
-            ledger.clone(),
-        ))),
-        None => None,
-    };
+    let pool = stratum.map(|(listener, pool_config)| {
+        tokio::spawn(run_pool(listener, pool_config, ledger.clone()))
+    });
     let mirror = Arc::new(Mirror {
         stratum_port,
         shares: DiskShares::open(&config.data)?,

@@ -105,7 +105,7 @@ async fn builtin_source(jobs: Arc<Jobs>, mirror_id: [u8; 32], interval: Duration
     let mut n = 0u64;
     loop {
         // A new synthetic block every ten jobs; fresh ntime in between.
-        jobs.publish(source.next(unix_now() as u32, n % 10 == 0))
+        jobs.publish(source.next(unix_now() as u32, n.is_multiple_of(10)))
             .await;
         n += 1;
         tokio::time::sleep(interval).await;

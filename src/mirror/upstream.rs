@@ -116,10 +116,8 @@ async fn session(
                         prefix_len = Some(en1.len());
                         *jobs.extranonce.write().await = (en1, size - SESSION_BYTES);
                     }
-                    ServerMessage::Response { id: Some(2), result, error } => {
-                        if error.is_some() || result != json!(true) {
-                            return Err(io(format!("upstream refused authorization: {error:?}")));
-                        }
+                    ServerMessage::Response { id: Some(2), result, error } if error.is_some() || result != json!(true) => {
+                        return Err(io(format!("upstream refused authorization: {error:?}")));
                     }
                     ServerMessage::Response { id: Some(id), result, error } => {
                         if let Some(hash) = pending.remove(&id) {
@@ -131,11 +129,7 @@ async fn session(
                             let _ = ledger.run(move |l| l.record_upstream(&hash, ok)).await;
                         }
                     }
-                    ServerMessage::Notify(job) => {
-                        if prefix_len.is_some() {
-                            jobs.publish(job).await;
-                        }
-                    }
+                    ServerMessage::Notify(job) if prefix_len.is_some() => jobs.publish(job).await,
                     ServerMessage::SetDifficulty(d) => {
                         difficulty = Difficulty::from_f64(d).unwrap_or(Difficulty::ONE);
                     }
