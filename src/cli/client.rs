@@ -91,7 +91,11 @@ pub fn run(command: Command) -> Result<()> {
                 repair,
             } => check(&session, &target, verify, repair).await,
             Command::Renew => renew(&session).await,
-            Command::Init | Command::Mirrors(_) | Command::Mirror(_) => {
+            Command::Init
+            | Command::Mirrors(_)
+            | Command::Mirror(_)
+            | Command::Mine(_)
+            | Command::Status(_) => {
                 unreachable!("dispatched above")
             }
         }

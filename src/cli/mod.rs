@@ -6,6 +6,7 @@
 
 mod client;
 mod home;
+mod mine;
 mod serve;
 
 use std::path::PathBuf;
@@ -69,6 +70,10 @@ pub enum Command {
     },
     /// Renew the leases of everything reachable from your root.
     Renew,
+    /// Mine for a mirror's pool until your account is funded.
+    Mine(mine::MineArgs),
+    /// Your standing on every mirror: reachable, balance, funded until.
+    Status(mine::StatusArgs),
     /// Run a storage server.
     #[command(subcommand)]
     Mirror(MirrorCommand),
@@ -94,6 +99,8 @@ pub enum MirrorCommand {
 pub fn run(cli: Cli) -> Result<()> {
     match cli.command {
         Command::Mirror(MirrorCommand::Serve(args)) => serve::run(*args),
+        Command::Mine(args) => mine::mine(args),
+        Command::Status(args) => mine::status(args),
         other => client::run(other),
     }
 }

@@ -1,0 +1,284 @@
+//! The miner's Stratum v1 client: turns pool jobs into work for the mining
+//! threads, and their finds into submissions.
+//!
+//! It reaches a pool only over the wire. It reconnects with backoff, drops
+//! old work on `clean_jobs`, follows difficulty changes, negotiates BIP310
+//! version rolling, and rolls extranonce2 (then version bits) when the
+//! threads exhaust a header's nonce space.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::Duration;
+
+use futures_util::{SinkExt, StreamExt};
+use serde_json::{Value, json};
+use tokio::net::TcpStream;
+use tokio::sync::{mpsc, watch};
+use tokio_util::codec::{Framed, LinesCodec};
+
+use super::{Found, Miners, Work};
+use crate::pool::stratum::{self, MAX_LINE, ServerMessage, Submit};
+use crate::pool::{Difficulty, Job, VERSION_ROLLING_MASK, build_header};
+
+/// Counters a running client keeps, for `lode mine` and `lode status`.
+#[derive(Debug, Default)]
+pub struct MinerStats {
+    pub accepted: AtomicU64,
+    pub rejected: AtomicU64,
+    /// Sum of the difficulty of accepted shares, in millionths.
+    pub accepted_micro: AtomicU64,
+    pub connected: AtomicBool,
+}
+
+/// The header a piece of work stands for, to turn a find into a submit.
+#[derive(Clone)]
+struct Issued {
+    job_id: String,
+    extranonce2: Vec<u8>,
+    ntime: u32,
+    version_bits: Option<u32>,
+    difficulty: Difficulty,
+}
+
+struct State {
+    extranonce1: Vec<u8>,
+    extranonce2_size: usize,
+    difficulty: Difficulty,
+    version_mask: u32,
+    job: Option<Job>,
+    rolls: u64,
+    next_tag: u64,
+    issued: HashMap<u64, Issued>,
+    current_tag: u64,
+}
+
+impl State {
+    /// Publish work for the current job with a fresh extranonce2 (or
+    /// version bits), under a new tag.
+    fn publish(&mut self, miners: &Miners) {
+        let Some(job) = &self.job else {
+            miners.set_work(None);
+            return;
+        };
+        self.rolls += 1;
+        let size = self.extranonce2_size.min(8);
+        let en2_full = self.rolls.to_be_bytes();
+        let mut extranonce2 = vec![0u8; self.extranonce2_size];
+        let n = extranonce2.len();
+        extranonce2[n - size..].copy_from_slice(&en2_full[8 - size..]);
+        let version_bits = (self.version_mask != 0).then(|| {
+            // Spread the roll counter's high bits over the mask too, so a
+            // tiny extranonce2 still yields fresh headers.
+            let high = (self.rolls >> (8 * size.min(7))) as u32;
+            (high << self.version_mask.trailing_zeros()) & self.version_mask
+        });
+        let version = match version_bits {
+            Some(bits) => (job.version & !self.version_mask) | bits,
+            None => job.version,
+        };
+        let header = build_header(job, &self.extranonce1, &extranonce2, job.ntime, 0, version);
+        let tag = self.next_tag;
+        self.next_tag += 1;
+        self.issued.insert(
+            tag,
+            Issued {
+                job_id: job.id.clone(),
+                extranonce2,
+                ntime: job.ntime,
+                version_bits,
+                difficulty: self.difficulty,
+            },
+        );
+        // Keep the bookkeeping for recent work only.
+        self.issued.retain(|t, _| *t + 64 > tag);
+        self.current_tag = tag;
+        miners.set_work(Some(Work {
+            header,
+            target: self.difficulty.target().to_little_endian(),
+            tag,
+        }));
+    }
+}
+
+fn io(e: impl ToString) -> std::io::Error {
+    std::io::Error::other(e.to_string())
+}
+
+/// Mine for `worker` at the pool `addr` until `stop` turns true.
+pub async fn run(
+    addr: String,
+    worker: String,
+    miners: Arc<Miners>,
+    mut found: mpsc::UnboundedReceiver<Found>,
+    stats: Arc<MinerStats>,
+    mut stop: watch::Receiver<bool>,
+) {
+    let mut backoff = Duration::from_millis(250);
+    while !*stop.borrow() {
+        let result = session(&addr, &worker, &miners, &mut found, &stats, &mut stop).await;
+        stats.connected.store(false, Ordering::Relaxed);
+        miners.set_work(None);
+        if *stop.borrow() {
+            break;
+        }
+        if let Err(e) = result {
+            tracing::warn!(pool = %addr, error = %e, "pool connection lost; reconnecting in {backoff:?}");
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(backoff) => {}
+            _ = stop.changed() => {}
+        }
+        backoff = (backoff * 2).min(Duration::from_secs(60));
+    }
+}
+
+async fn session(
+    addr: &str,
+    worker: &str,
+    miners: &Miners,
+    found: &mut mpsc::UnboundedReceiver<Found>,
+    stats: &MinerStats,
+    stop: &mut watch::Receiver<bool>,
+) -> std::io::Result<()> {
+    let stream = tokio::select! {
+        s = TcpStream::connect(addr) => s?,
+        _ = stop.changed() => return Ok(()),
+    };
+    let mut lines = Framed::new(stream, LinesCodec::new_with_max_length(MAX_LINE));
+    let mask = format!("{VERSION_ROLLING_MASK:08x}");
+    lines.send(stratum::request(1, "mining.configure", json!([["version-rolling"], {"version-rolling.mask": mask, "version-rolling.min-bit-count": 2}]))).await.map_err(io)?;
+    lines
+        .send(stratum::request(
+            2,
+            "mining.subscribe",
+            json!([concat!("lode/", env!("CARGO_PKG_VERSION"))]),
+        ))
+        .await
+        .map_err(io)?;
+    lines
+        .send(stratum::request(
+            3,
+            "mining.authorize",
+            json!([worker, "x"]),
+        ))
+        .await
+        .map_err(io)?;
+    let mut state = State {
+        extranonce1: Vec::new(),
+        extranonce2_size: 4,
+        difficulty: Difficulty::ONE,
+        version_mask: 0,
+        job: None,
+        rolls: rand::random::<u32>() as u64,
+        next_tag: 1,
+        issued: HashMap::new(),
+        current_tag: 0,
+    };
+    let mut next_id = 10u64;
+    let mut pending: HashMap<u64, Difficulty> = HashMap::new();
+    let mut subscribed = false;
+    // After a stop, answers to shares already sent are still awaited (for
+    // a few seconds), so the counts match what the pool credited.
+    let mut draining: Option<tokio::time::Instant> = None;
+    loop {
+        if let Some(until) = draining
+            && (pending.is_empty() || tokio::time::Instant::now() >= until)
+        {
+            return Ok(());
+        }
+        tokio::select! {
+            _ = stop.changed(), if draining.is_none() => {
+                miners.set_work(None);
+                draining = Some(tokio::time::Instant::now() + Duration::from_secs(3));
+            }
+            _ = tokio::time::sleep(Duration::from_millis(200)), if draining.is_some() => {}
+            line = lines.next() => {
+                let line = line.ok_or_else(|| io("pool closed the connection"))?.map_err(io)?;
+                match stratum::parse_server(&line).map_err(io)? {
+                    ServerMessage::Response { id: Some(1), result, .. }
+                        if result.get("version-rolling") == Some(&Value::Bool(true)) =>
+                    {
+                        state.version_mask = result
+                            .get("version-rolling.mask")
+                            .and_then(Value::as_str)
+                            .and_then(|m| u32::from_str_radix(m, 16).ok())
+                            .unwrap_or(0)
+                            & VERSION_ROLLING_MASK;
+                    }
+                    ServerMessage::Response { id: Some(2), result, error } => {
+                        if let Some(e) = error {
+                            return Err(io(format!("subscribe refused: {e:?}")));
+                        }
+                        let en1 = result.get(1).and_then(Value::as_str).ok_or_else(|| io("bad subscribe reply"))?;
+                        state.extranonce1 = stratum::hex_bytes(en1, "extranonce1").map_err(io)?;
+                        state.extranonce2_size = result.get(2).and_then(Value::as_u64).unwrap_or(4) as usize;
+                        subscribed = true;
+                        state.publish(miners);
+                    }
+                    ServerMessage::Response { id: Some(3), result, error } => {
+                        if error.is_some() || result != Value::Bool(true) {
+                            return Err(io(format!("pool refused worker {worker}: {error:?}")));
+                        }
+                        stats.connected.store(true, Ordering::Relaxed);
+                    }
+                    ServerMessage::Response { id: Some(id), result, error } => {
+                        if let Some(d) = pending.remove(&id) {
+                            if error.is_none() && result == Value::Bool(true) {
+                                stats.accepted.fetch_add(1, Ordering::Relaxed);
+                                stats.accepted_micro.fetch_add(d.micro(), Ordering::Relaxed);
+                            } else {
+                                stats.rejected.fetch_add(1, Ordering::Relaxed);
+                                tracing::info!(?error, "share rejected");
+                            }
+                        }
+                    }
+                    ServerMessage::Notify(job) => {
+                        if job.clean {
+                            state.issued.clear();
+                        }
+                        state.job = Some(job);
+                        if subscribed && draining.is_none() {
+                            state.publish(miners);
+                        }
+                    }
+                    ServerMessage::SetDifficulty(d) => {
+                        if let Some(d) = Difficulty::from_f64(d) {
+                            state.difficulty = d;
+                            if subscribed && draining.is_none() {
+                                state.publish(miners);
+                            }
+                        }
+                    }
+                    ServerMessage::SetExtranonce { extranonce1, extranonce2_size } => {
+                        state.extranonce1 = extranonce1;
+                        state.extranonce2_size = extranonce2_size;
+                        state.publish(miners);
+                    }
+                    _ => {}
+                }
+            }
+            f = found.recv() => {
+                match f.ok_or_else(|| io("mining threads stopped"))? {
+                    Found::Share { .. } if draining.is_some() => {}
+                    Found::Share { tag, nonce, .. } => {
+                        let Some(issued) = state.issued.get(&tag).cloned() else { continue };
+                        let submit = Submit {
+                            worker: worker.to_string(),
+                            job_id: issued.job_id,
+                            extranonce2: issued.extranonce2,
+                            ntime: issued.ntime,
+                            nonce,
+                            version_bits: issued.version_bits,
+                        };
+                        pending.insert(next_id, issued.difficulty);
+                        lines.send(stratum::request(next_id, "mining.submit", stratum::submit_params(&submit))).await.map_err(io)?;
+                        next_id += 1;
+                    }
+                    Found::Exhausted { tag } if tag == state.current_tag && draining.is_none() => state.publish(miners),
+                    Found::Exhausted { .. } => {}
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,87 @@
+//! `lode mine` against a mirror's built-in pool: the credit it earns is
+//! exactly what the mirror recorded, and it moves funded_until forward.
+
+mod common;
+
+use common::{Client, MirrorProc, write_file};
+
+#[test]
+fn mining_credits_the_account_exactly() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mirror = MirrorProc::start(
+        &tmp.path().join("m"),
+        &[
+            "--stratum",
+            "127.0.0.1:0",
+            "--difficulty",
+            "0.001",
+            "--min-difficulty",
+            "0.001",
+            "--price",
+            "1",
+        ],
+    );
+    let client = Client::new(&tmp.path().join("home"), &[&mirror.url]);
+    client.set_config("k", "1");
+    client.set_config("n", "1");
+    client.set_config("happy", "1");
+    let f = write_file(tmp.path(), "f.bin", &common::seeded_bytes("mine", 2 << 20));
+    client.ok(&["put", f.to_str().unwrap(), "--to", "f.bin"]);
+
+    let before: serde_json::Value =
+        serde_json::from_str(&client.ok(&["status", "--json"])).unwrap();
+    let funded_before = before["mirrors"][0]["funded_until"]
+        .as_i64()
+        .expect("storage is charged");
+
+    let out = client.ok(&["mine", "--duration", "10", "--threads", "1"]);
+    let line = out
+        .lines()
+        .find(|l| l.starts_with("accepted "))
+        .unwrap_or_else(|| panic!("{out}"));
+    let words: Vec<&str> = line.split_whitespace().collect();
+    let (shares, micro): (u64, u64) = (words[1].parse().unwrap(), words[4].parse().unwrap());
+    assert!(
+        shares > 0,
+        "no share found in 10 s at difficulty 0.001: {out}"
+    );
+    assert_eq!(micro, shares * 1000, "every share was difficulty 0.001");
+
+    // The mirror's own records: the share table and the account balance.
+    let db = rusqlite::Connection::open(mirror.data.join("ledger.sqlite")).unwrap();
+    let (sum, count): (i64, i64) = db
+        .query_row(
+            "SELECT COALESCE(SUM(difficulty), 0), COUNT(*) FROM pool_shares",
+            [],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )
+        .unwrap();
+    assert_eq!((sum as u64, count as u64), (micro, shares));
+    let after: serde_json::Value = serde_json::from_str(&client.ok(&["status", "--json"])).unwrap();
+    assert_eq!(
+        after["mirrors"][0]["shares_accepted"].as_u64(),
+        Some(shares)
+    );
+    let funded_after = after["mirrors"][0]["funded_until"].as_i64().unwrap();
+    assert!(
+        funded_after > funded_before + 86_400,
+        "funded_until {funded_before} -> {funded_after}"
+    );
+}
+
+#[test]
+fn mine_bench_reports_a_hashrate() {
+    let tmp = tempfile::tempdir().unwrap();
+    let client = Client {
+        home: tmp.path().to_path_buf(),
+    };
+    let out = client.ok(&["mine", "--bench", "1", "--threads", "1"]);
+    let total = out
+        .lines()
+        .find(|l| l.starts_with("total: "))
+        .unwrap_or_else(|| panic!("{out}"));
+    let mhs: f64 = total.split_whitespace().nth(1).unwrap().parse().unwrap();
+    assert!(mhs > 0.0, "{out}");
+    let err = client.fails(&["mine", "--bench", "0"]);
+    assert!(err.contains("positive"), "{err}");
+}
