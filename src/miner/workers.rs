@@ -471,6 +471,14 @@ mod tests {
             assert_eq!(hash, sha256d(&with_nonce(genesis(), nonce)));
             assert!(meets_target(&hash, &target));
         }
+        // A thread records its priority as it starts; under a loaded test
+        // run that can lag the first shares.
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while miners.priorities().iter().any(Option::is_none)
+            && std::time::Instant::now() < deadline
+        {
+            std::thread::sleep(Duration::from_millis(20));
+        }
         for priority in miners.priorities() {
             let priority = priority.expect("thread started");
             assert!(
