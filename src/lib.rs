@@ -42,6 +42,7 @@ pub mod chunk;
 pub mod crypto;
 pub mod dir;
 pub mod error;
+pub mod fuse;
 pub mod miner;
 pub mod mirror;
 pub mod pool;

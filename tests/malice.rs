@@ -86,6 +86,7 @@ async fn renew() -> axum::Json<lode::protocol::RenewResponse> {
     axum::Json(lode::protocol::RenewResponse {
         renewed: 0,
         missing: vec![],
+        refused: vec![],
         expires: 0,
     })
 }

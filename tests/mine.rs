@@ -34,7 +34,14 @@ fn mining_credits_the_account_exactly() {
         .as_i64()
         .expect("storage is charged");
 
-    let out = client.ok(&["mine", "--duration", "10", "--threads", "1"]);
+    let out = client.ok(&[
+        "mine",
+        "--duration",
+        "10",
+        "--threads",
+        "1",
+        "--normal-priority",
+    ]);
     let line = out
         .lines()
         .find(|l| l.starts_with("accepted "))

@@ -13,8 +13,8 @@
 use std::sync::LazyLock;
 
 use libfuzzer_sys::fuzz_target;
-use lode::chunk::share::{self, Share};
 use lode::chunk::Node;
+use lode::chunk::share::{self, Share};
 use lode::crypto::{ChunkKey, ReadKey, VerifyKey};
 
 /// Associated data of the two sealed sections. These mirror
@@ -143,7 +143,12 @@ fuzz_target!(|data: &[u8]| {
             let verify = verify.expect("the verify path opens what the read path opens");
             assert_eq!(
                 (read.depth, read.params, read.size, read.entries.len()),
-                (verify.depth, verify.params, verify.size, verify.entries.len())
+                (
+                    verify.depth,
+                    verify.params,
+                    verify.size,
+                    verify.entries.len()
+                )
             );
         }
     }

@@ -158,7 +158,7 @@ impl Share {
 fn shard_len_for(params: Params, payload_len: u64) -> usize {
     let k = params.k as u64;
     let per = payload_len.div_ceil(k).max(1);
-    (per + (per & 1)) as usize
+    usize::try_from(per.saturating_add(per & 1)).unwrap_or(usize::MAX)
 }
 
 fn make_share(params: Params, index: u8, payload_len: u64, shard: &[u8]) -> Share {

@@ -157,6 +157,12 @@ pub struct Config {
     /// Bytes of verified chunks to cache in memory, in MiB.
     #[serde(default = "default_cache")]
     pub cache_mib: u64,
+    /// Seconds between re-listings of friends' directories in the mount.
+    #[serde(default = "default_refresh")]
+    pub refresh_secs: u64,
+    /// Friends' shared directories: name → read-cap.
+    #[serde(default)]
+    pub friends: std::collections::BTreeMap<String, String>,
 }
 
 fn default_k() -> u8 {
@@ -171,6 +177,9 @@ fn default_happy() -> usize {
 fn default_cache() -> u64 {
     256
 }
+fn default_refresh() -> u64 {
+    30
+}
 
 impl Default for Config {
     fn default() -> Self {
@@ -180,6 +189,8 @@ impl Default for Config {
             n: default_n(),
             happy: default_happy(),
             cache_mib: default_cache(),
+            refresh_secs: default_refresh(),
+            friends: Default::default(),
         }
     }
 }

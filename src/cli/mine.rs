@@ -33,6 +33,9 @@ pub struct MineArgs {
     /// Mine for this mirror (default: the least funded configured mirror).
     #[arg(long)]
     mirror: Option<String>,
+    /// Mine at normal priority instead of idle (SCHED_IDLE / nice 19).
+    #[arg(long)]
+    normal_priority: bool,
     /// Days ahead the account should be funded for.
     #[arg(long, default_value_t = 30.0)]
     horizon_days: f64,
@@ -113,7 +116,7 @@ pub fn mine(args: MineArgs) -> Result<()> {
             MinerConfig {
                 threads: args.threads,
                 duty: args.duty,
-                idle_priority: true,
+                idle_priority: !args.normal_priority,
             },
             tx,
         )?);

@@ -212,7 +212,11 @@ async fn session(
                         }
                         let en1 = result.get(1).and_then(Value::as_str).ok_or_else(|| io("bad subscribe reply"))?;
                         state.extranonce1 = stratum::hex_bytes(en1, "extranonce1").map_err(io)?;
-                        state.extranonce2_size = result.get(2).and_then(Value::as_u64).unwrap_or(4) as usize;
+                        let size = result.get(2).and_then(Value::as_u64).unwrap_or(4) as usize;
+                        if !(1..=16).contains(&size) {
+                            return Err(io(format!("pool asks for a {size}-byte extranonce2")));
+                        }
+                        state.extranonce2_size = size;
                         subscribed = true;
                         state.publish(miners);
                     }
@@ -251,6 +255,9 @@ async fn session(
                         }
                     }
                     ServerMessage::SetExtranonce { extranonce1, extranonce2_size } => {
+                        if !(1..=16).contains(&extranonce2_size) {
+                            return Err(io(format!("pool asks for a {extranonce2_size}-byte extranonce2")));
+                        }
                         state.extranonce1 = extranonce1;
                         state.extranonce2_size = extranonce2_size;
                         state.publish(miners);

@@ -44,7 +44,7 @@ impl Ledger {
     /// unfunded.
     pub(super) fn charge_in(
         &self,
-        tx: &rusqlite::Transaction<'_>,
+        tx: &rusqlite::Connection,
         account: &[u8; 32],
         now: i64,
     ) -> Result<()> {
@@ -59,9 +59,17 @@ impl Ledger {
             return Ok(());
         };
         let since = charged_at.unwrap_or(now).min(now);
+        // Bill whole millionths only, and move `charged_at` on by exactly
+        // the time billed, so frequent charges cannot round usage to zero.
+        let mut charged_to = now;
         if self.terms.price_micro > 0 && now > since {
             let usage = Self::usage_in(tx, account, since)?;
-            debit += (self.daily_cost(usage) as i128 * (now - since) as i128 / DAY as i128) as i64;
+            let cost = self.daily_cost(usage) as i128;
+            if cost > 0 {
+                let billed = cost * (now - since) as i128 / DAY as i128;
+                debit += billed as i64;
+                charged_to = since + (billed * DAY as i128 / cost) as i64;
+            }
         }
         let unfunded = match (self.terms.price_micro > 0 && credit - debit <= 0, unfunded) {
             (true, Some(t)) => Some(t),
@@ -70,7 +78,7 @@ impl Ledger {
         };
         tx.execute(
             "UPDATE accounts SET debit = ?2, charged_at = ?3, unfunded_since = ?4 WHERE id = ?1",
-            params![&account[..], debit, now, unfunded],
+            params![&account[..], debit, charged_to, unfunded],
         )?;
         Ok(())
     }
@@ -78,7 +86,7 @@ impl Ledger {
     /// Refuse a lease to an account past its grace period.
     pub(super) fn check_funded(
         &self,
-        tx: &rusqlite::Transaction<'_>,
+        tx: &rusqlite::Connection,
         account: &[u8; 32],
         now: i64,
     ) -> Result<()> {

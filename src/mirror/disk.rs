@@ -26,28 +26,34 @@ pub type ByteStream = Pin<Box<dyn Stream<Item = std::io::Result<Bytes>> + Send>>
 /// Where a mirror keeps share bytes. Implemented by local disk; an object
 /// store (S3 via `object_store`) fits the same shape.
 ///
-/// Contract: `put` streams the body, checks it hashes to `id` (rejecting it
-/// otherwise, leaving nothing behind), and returns only once the share is
-/// durable. Putting an id that is already held is a no-op, unless
+/// Contract: `stage` streams a body somewhere private, checks it hashes to
+/// `id` (rejecting it otherwise, leaving nothing behind) and makes it
+/// durable; `commit` publishes a staged share under its id, atomically. A
+/// share already held is kept (the staged copy dropped), unless
 /// `replace_corrupt` is set and the held copy no longer matches its id.
 /// Nothing is ever overwritten with different valid content, since ids are
-/// content hashes.
+/// content hashes. Staging takes no lock, so a slow upload holds up no one.
 #[async_trait]
 pub trait ShareStore: Send + Sync {
+    async fn stage(&self, id: &ShareId, body: ByteStream, max_len: u64) -> Result<Staged>;
     /// Returns the stored length.
-    async fn put(
-        &self,
-        id: &ShareId,
-        body: ByteStream,
-        max_len: u64,
-        replace_corrupt: bool,
-    ) -> Result<u64>;
+    async fn commit(&self, staged: Staged, replace_corrupt: bool) -> Result<u64>;
     /// The share's length and a stream of its bytes, or `None`.
     async fn get(&self, id: &ShareId) -> Result<Option<(u64, ByteStream)>>;
     async fn contains(&self, id: &ShareId) -> Result<bool>;
     /// Remove a share; returns the bytes freed (0 if it was absent).
     async fn delete(&self, id: &ShareId) -> Result<u64>;
 }
+
+/// A verified, durable share body not yet visible under its id.
+pub struct Staged {
+    id: ShareId,
+    tmp: PathBuf,
+    len: u64,
+}
+
+/// How long an upload may stall between two pieces of its body.
+const BODY_IDLE: std::time::Duration = std::time::Duration::from_secs(60);
 
 /// Shares as files under a data directory.
 pub struct DiskShares {
@@ -96,19 +102,7 @@ fn fsync_dir(dir: &Path) -> std::io::Result<()> {
 
 #[async_trait]
 impl ShareStore for DiskShares {
-    async fn put(
-        &self,
-        id: &ShareId,
-        mut body: ByteStream,
-        max_len: u64,
-        replace_corrupt: bool,
-    ) -> Result<u64> {
-        let dest = self.path_of(id);
-        if let Ok(meta) = tokio::fs::metadata(&dest).await
-            && (!replace_corrupt || self.matches(id).await?)
-        {
-            return Ok(meta.len());
-        }
+    async fn stage(&self, id: &ShareId, mut body: ByteStream, max_len: u64) -> Result<Staged> {
         let tmp = self
             .root
             .join("tmp")
@@ -117,8 +111,12 @@ impl ShareStore for DiskShares {
         let mut hasher = Sha256::new();
         let mut len = 0u64;
         let result: Result<()> = async {
-            while let Some(piece) = body.next().await {
-                let piece = piece?;
+            loop {
+                let piece = match tokio::time::timeout(BODY_IDLE, body.next()).await {
+                    Err(_) => return Err(Error::BadRequest("upload stalled".into())),
+                    Ok(None) => break,
+                    Ok(Some(piece)) => piece?,
+                };
                 len += piece.len() as u64;
                 if len > max_len {
                     return Err(Error::TooLarge { limit: max_len });
@@ -134,14 +132,28 @@ impl ShareStore for DiskShares {
         }
         .await;
         drop(file);
-        if let Err(e) = result {
-            let _ = tokio::fs::remove_file(&tmp).await;
-            return Err(e);
+        match result {
+            Ok(()) => Ok(Staged { id: *id, tmp, len }),
+            Err(e) => {
+                let _ = tokio::fs::remove_file(&tmp).await;
+                Err(e)
+            }
+        }
+    }
+
+    async fn commit(&self, staged: Staged, replace_corrupt: bool) -> Result<u64> {
+        let dest = self.path_of(&staged.id);
+        if let Ok(meta) = tokio::fs::metadata(&dest).await
+            && (!replace_corrupt || self.matches(&staged.id).await?)
+        {
+            let _ = tokio::fs::remove_file(&staged.tmp).await;
+            return Ok(meta.len());
         }
         let shard = dest
             .parent()
             .expect("share paths have a parent")
             .to_path_buf();
+        let tmp = staged.tmp;
         tokio::task::spawn_blocking(move || -> std::io::Result<()> {
             std::fs::create_dir_all(&shard)?;
             std::fs::rename(&tmp, &dest)?;
@@ -149,7 +161,7 @@ impl ShareStore for DiskShares {
         })
         .await
         .map_err(|e| Error::Task(e.to_string()))??;
-        Ok(len)
+        Ok(staged.len)
     }
 
     async fn get(&self, id: &ShareId) -> Result<Option<(u64, ByteStream)>> {

@@ -16,7 +16,7 @@ use serde::Deserialize;
 use tokio::net::TcpListener;
 use tokio::sync::RwLock;
 
-use super::ledger::Terms;
+use super::ledger::{Renewal, Terms};
 use super::stratum::{PoolConfig, run_pool};
 use super::{DiskShares, Error, Ledger, Result, ShareStore, collect_garbage, unix_now};
 use crate::crypto::{Hash, sha256};
@@ -135,25 +135,41 @@ async fn put_share(
     let declared = headers
         .get(header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
-    if let Some(len) = declared {
-        if len > MAX_SHARE_BYTES {
-            return Err(Error::TooLarge {
-                limit: MAX_SHARE_BYTES,
-            });
-        }
-        m.ledger
-            .run(move |l| l.precheck(&account, len, now))
-            .await?;
+    // Room and funding are checked before a byte is stored; without a
+    // declared length, the largest share is assumed.
+    let len = declared.unwrap_or(MAX_SHARE_BYTES);
+    if len > MAX_SHARE_BYTES {
+        return Err(Error::TooLarge {
+            limit: MAX_SHARE_BYTES,
+        });
     }
-    let stream = body.into_data_stream().map_err(std::io::Error::other);
-    let _g = m.finalize.read().await;
-    let size = m
-        .shares
-        .put(&id, Box::pin(stream), MAX_SHARE_BYTES, q.repair)
-        .await?;
     m.ledger
-        .run(move |l| l.add_share(&account, &id, size, now))
+        .run(move |l| l.precheck(&account, len, now))
         .await?;
+    let stream = body.into_data_stream().map_err(std::io::Error::other);
+    let staged = m
+        .shares
+        .stage(&id, Box::pin(stream), MAX_SHARE_BYTES)
+        .await?;
+    // Only the rename and the record hold the lock GC takes.
+    let _g = m.finalize.read().await;
+    let size = m.shares.commit(staged, q.repair).await?;
+    if let Err(e) = m
+        .ledger
+        .run(move |l| l.add_share(&account, &id, size, now))
+        .await
+    {
+        // Refused (quota, capacity, funding): leave no unrecorded file.
+        if !m
+            .ledger
+            .run(move |l| l.has_object(&id))
+            .await
+            .unwrap_or(true)
+        {
+            let _ = m.shares.delete(&id).await;
+        }
+        return Err(e);
+    }
     Ok(StatusCode::CREATED)
 }
 
@@ -232,10 +248,15 @@ async fn renew(
         .collect::<Result<Vec<_>>>()?;
     let now = unix_now();
     let lease = m.ledger.terms.lease_secs;
-    let (renewed, missing) = m.ledger.run(move |l| l.renew(&account, &ids, now)).await?;
+    let Renewal {
+        renewed,
+        missing,
+        refused,
+    } = m.ledger.run(move |l| l.renew(&account, &ids, now)).await?;
     Ok(axum::Json(RenewResponse {
         renewed,
         missing: missing.iter().map(|id| protocol::hex(id)).collect(),
+        refused: refused.iter().map(|id| protocol::hex(id)).collect(),
         expires: now + lease,
     }))
 }
@@ -322,6 +343,9 @@ pub async fn serve(
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tick.tick().await;
+            if let Err(e) = gc_mirror.ledger.run(|l| l.charge_all(unix_now())).await {
+                tracing::error!(error = %e, "billing pass failed");
+            }
             if let Err(e) =
                 collect_garbage(&gc_mirror.ledger, &gc_mirror.shares, &gc_mirror.finalize).await
             {

@@ -93,6 +93,16 @@ pub struct Terms {
     pub free_bytes: u64,
 }
 
+/// What a batch renewal did.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Renewal {
+    pub renewed: u64,
+    /// Ids this mirror does not hold.
+    pub missing: Vec<[u8; 32]>,
+    /// Ids held but refused a lease (quota, funding).
+    pub refused: Vec<[u8; 32]>,
+}
+
 /// A handle to the ledger. Cheap to clone; calls block, so async callers
 /// go through [`Ledger::run`].
 #[derive(Clone)]
@@ -170,11 +180,7 @@ impl Ledger {
         Ok(out)
     }
 
-    pub(super) fn usage_in(
-        tx: &rusqlite::Transaction<'_>,
-        account: &[u8; 32],
-        now: i64,
-    ) -> Result<u64> {
+    pub(super) fn usage_in(tx: &rusqlite::Connection, account: &[u8; 32], now: i64) -> Result<u64> {
         let used: i64 = tx.query_row(
             "SELECT COALESCE(SUM(o.size), 0) FROM leases l JOIN objects o ON o.id = l.object
              WHERE l.account = ?1 AND l.expires > ?2",
@@ -184,7 +190,7 @@ impl Ledger {
         Ok(used as u64)
     }
 
-    fn total_in(tx: &rusqlite::Transaction<'_>) -> Result<u64> {
+    fn total_in(tx: &rusqlite::Connection) -> Result<u64> {
         let total: i64 = tx.query_row("SELECT COALESCE(SUM(size), 0) FROM objects", [], |r| {
             r.get(0)
         })?;
@@ -195,7 +201,7 @@ impl Ledger {
     /// bytes also count against the mirror's capacity.
     fn check_room(
         &self,
-        tx: &rusqlite::Transaction<'_>,
+        tx: &rusqlite::Connection,
         account: &[u8; 32],
         wanted: u64,
         new_object: bool,
@@ -225,7 +231,7 @@ impl Ledger {
     }
 
     pub(super) fn ensure_account(
-        tx: &rusqlite::Transaction<'_>,
+        tx: &rusqlite::Connection,
         account: &[u8; 32],
         now: i64,
     ) -> Result<()> {
@@ -240,7 +246,7 @@ impl Ledger {
     /// Returns `false` if the mirror does not hold the object.
     fn lease_in(
         &self,
-        tx: &rusqlite::Transaction<'_>,
+        tx: &rusqlite::Connection,
         account: &[u8; 32],
         id: &[u8; 32],
         now: i64,
@@ -278,7 +284,11 @@ impl Ledger {
 
     /// Whether `size` more bytes fit, before a share is streamed in.
     pub fn precheck(&self, account: &[u8; 32], size: u64, now: i64) -> Result<()> {
-        self.with_tx(|tx| self.check_room(tx, account, size, true, now))
+        self.with_tx(|tx| {
+            self.check_room(tx, account, size, true, now)?;
+            Self::ensure_account(tx, account, now)?;
+            self.check_funded(tx, account, now)
+        })
     }
 
     /// Record a newly stored share and its first lease, atomically.
@@ -362,25 +372,34 @@ impl Ledger {
             .map(|c| c > 0)?)
     }
 
-    /// Extend the leases of `ids` that the mirror holds; returns the ids it
-    /// does not hold. Stops at the first quota error.
-    pub fn renew(
-        &self,
-        account: &[u8; 32],
-        ids: &[[u8; 32]],
-        now: i64,
-    ) -> Result<(u64, Vec<[u8; 32]>)> {
-        self.with_tx(|tx| {
-            let mut renewed = 0;
-            let mut missing = Vec::new();
-            for id in ids {
-                if self.lease_in(tx, account, id, now)? {
+    /// Extend the leases of `ids` that the mirror holds. Each id stands on
+    /// its own: one refused (quota, funding) does not undo the others.
+    /// Returns how many were renewed, the ids not held, and the ids refused.
+    pub fn renew(&self, account: &[u8; 32], ids: &[[u8; 32]], now: i64) -> Result<Renewal> {
+        let mut conn = self.conn.lock().expect("ledger lock");
+        let mut tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let mut renewed = 0;
+        let mut missing = Vec::new();
+        let mut refused = Vec::new();
+        for id in ids {
+            let sp = tx.savepoint()?;
+            match self.lease_in(&sp, account, id, now) {
+                Ok(true) => {
+                    sp.commit()?;
                     renewed += 1;
-                } else {
-                    missing.push(*id);
                 }
+                Ok(false) => missing.push(*id),
+                Err(Error::Quota { .. } | Error::Capacity { .. } | Error::Unfunded { .. }) => {
+                    refused.push(*id)
+                }
+                Err(e) => return Err(e),
             }
-            Ok((renewed, missing))
+        }
+        tx.commit()?;
+        Ok(Renewal {
+            renewed,
+            missing,
+            refused,
         })
     }
 
@@ -400,7 +419,7 @@ impl Ledger {
     }
 
     pub fn used_bytes(&self) -> Result<u64> {
-        self.with_tx(Self::total_in)
+        self.with_tx(|tx| Self::total_in(tx))
     }
 
     /// Objects with no live lease, oldest first.

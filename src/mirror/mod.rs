@@ -18,7 +18,7 @@ mod stratum;
 mod upstream;
 
 pub use credit::Balance;
-pub use disk::{DiskShares, ShareStore};
+pub use disk::{DiskShares, ShareStore, Staged};
 pub use gc::{GcReport, collect_garbage};
 pub use http::{MirrorConfig, serve};
 pub use ledger::{Ledger, ObjectKind, Terms};

@@ -62,7 +62,8 @@ async fn run(
                 tracing::warn!(upstream = %config.addr, error = %e, "upstream link lost; reconnecting")
             }
         }
-        jobs.generation.fetch_add(1, Ordering::Relaxed);
+        // Old jobs cannot be forwarded on a new link.
+        *jobs.book.write().await = crate::pool::JobBook::default();
         tokio::time::sleep(backoff).await;
         backoff = (backoff * 2).min(Duration::from_secs(30));
     }
@@ -115,6 +116,9 @@ async fn session(
                         }
                         prefix_len = Some(en1.len());
                         *jobs.extranonce.write().await = (en1, size - SESSION_BYTES);
+                        // Only now: a session that sees the new generation
+                        // also sees the new extranonce.
+                        jobs.generation.fetch_add(1, Ordering::Relaxed);
                     }
                     ServerMessage::Response { id: Some(2), result, error } if error.is_some() || result != json!(true) => {
                         return Err(io(format!("upstream refused authorization: {error:?}")));

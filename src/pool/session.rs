@@ -188,9 +188,11 @@ impl Session {
             }
             Request::SuggestDifficulty(d) => {
                 let mut lines = vec![stratum::ok(&id, json!(true))];
-                if let Some(line) =
-                    Difficulty::from_f64(d).and_then(|d| self.set_difficulty(d, now_ms))
-                {
+                // A suggestion may only raise difficulty: lowering it would
+                // let one miner flood the ledger with tiny shares; vardiff
+                // lowers it when shares are really too rare.
+                let raise = Difficulty::from_f64(d).filter(|&d| d > self.difficulty);
+                if let Some(line) = raise.and_then(|d| self.set_difficulty(d, now_ms)) {
                     lines.push(line);
                 }
                 reply(lines)

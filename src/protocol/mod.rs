@@ -121,7 +121,7 @@ impl RequestAuth {
     /// The mirror's check: the time is within the replay window of `now`
     /// and the signature covers this request.
     pub fn verify(&self, method: &str, path: &str, body_digest: &Hash, now: i64) -> Result<()> {
-        let skew = (now - self.time).abs();
+        let skew = now.abs_diff(self.time).min(i64::MAX as u64) as i64;
         if skew > REPLAY_WINDOW_SECS {
             return Err(Error::Expired { skew });
         }
@@ -194,6 +194,9 @@ pub struct RenewResponse {
     pub renewed: u64,
     /// Objects this mirror does not hold: the client should repair them.
     pub missing: Vec<String>,
+    /// Objects held but not renewed: over quota, or the account unfunded.
+    #[serde(default)]
+    pub refused: Vec<String>,
     /// Lease expiry, seconds since the epoch.
     pub expires: i64,
 }

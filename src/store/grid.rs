@@ -192,18 +192,23 @@ impl Grid {
         attempts.sort();
         let attempts: Vec<(usize, usize)> =
             attempts.into_iter().map(|(_, _, i, j)| (i, j)).collect();
-        let mut attempts = attempts.into_iter();
+        let mut tried = vec![false; attempts.len()];
         let mut got: Vec<Share> = Vec::with_capacity(need);
         let mut have: HashSet<usize> = HashSet::new();
         let mut in_flight: HashSet<usize> = HashSet::new();
         let mut tasks = JoinSet::new();
         loop {
             while got.len() + in_flight.len() < need {
-                let Some((i, mirror)) =
-                    attempts.find(|(i, _)| !have.contains(i) && !in_flight.contains(i))
-                else {
-                    break;
-                };
+                // The first untried attempt for an index neither held nor in
+                // flight; attempts skipped now stay available for later.
+                let next = (0..attempts.len()).find(|&a| {
+                    !tried[a]
+                        && !have.contains(&attempts[a].0)
+                        && !in_flight.contains(&attempts[a].0)
+                });
+                let Some(a) = next else { break };
+                tried[a] = true;
+                let (i, mirror) = attempts[a];
                 in_flight.insert(i);
                 let store = self.mirrors[mirror].clone();
                 let id = ids[i];
@@ -255,6 +260,7 @@ impl Grid {
         }
         let mut best: Option<(u64, Listing)> = None;
         let mut reachable = 0;
+        let mut failed = 0;
         while let Some(joined) = tasks.join_next().await {
             let (mirror, result) = joined.expect("slot task does not panic");
             let bytes = match result {
@@ -265,6 +271,7 @@ impl Grid {
                 }
                 Err(e) => {
                     tracing::debug!(%mirror, error = %e, "slot fetch failed");
+                    failed += 1;
                     continue;
                 }
             };
@@ -295,9 +302,11 @@ impl Grid {
                 seen,
                 offered: 0,
             }),
-            (None, None) if reachable == 0 => Err(Error::Unavailable {
-                mirror: "all mirrors".into(),
-                reason: "none answered".into(),
+            // A mirror that failed may hold the slot: "empty" is only the
+            // answer when every mirror said it has none.
+            (None, None) if failed > 0 || reachable == 0 => Err(Error::Unavailable {
+                mirror: format!("{failed} of {} mirrors", self.mirrors.len()),
+                reason: "the directory could not be read from any mirror".into(),
             }),
             _ => {
                 if let Some((seq, _)) = &best {

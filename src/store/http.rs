@@ -173,8 +173,15 @@ impl HttpMirror {
             hex(id),
             if repair { "?repair=true" } else { "" }
         );
-        self.send(Method::PUT, &path, Some(bytes), Some(*id), true)
+        let resp = self
+            .send(Method::PUT, &path, Some(bytes), Some(*id), true)
             .await?;
+        if !resp.status().is_success() {
+            return Err(Error::Rejected {
+                mirror: self.base.clone(),
+                reason: format!("share upload answered {}", resp.status()),
+            });
+        }
         Ok(())
     }
 }
@@ -249,6 +256,12 @@ impl Storage for HttpMirror {
             return Err(Error::Rejected {
                 mirror: self.base.clone(),
                 reason: message,
+            });
+        }
+        if !resp.status().is_success() {
+            return Err(Error::Rejected {
+                mirror: self.base.clone(),
+                reason: format!("slot upload answered {}", resp.status()),
             });
         }
         Ok(())

@@ -1,0 +1,1105 @@
+//! The FUSE operations over the inode table and the vault.
+//!
+//! Locking: one mutex over the inode table, never held across network I/O
+//! (fetches and uploads run on the tokio runtime with the lock released).
+//! Every handler runs inside `catch_unwind`: a panic becomes EIO for that
+//! request, is logged, and the mount lives on.
+
+use std::collections::BTreeMap;
+use std::ffi::OsStr;
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use fuser::{
+    Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags, Generation, INodeNo, LockOwner,
+    OpenFlags, RenameFlags, ReplyAttr, ReplyCreate, ReplyData, ReplyDirectory, ReplyEmpty,
+    ReplyEntry, ReplyOpen, ReplyStatfs, ReplyWrite, Request, TimeOrNow, WriteFlags,
+};
+
+use super::tree::{Body, FRIENDS, FRIENDS_NAME, Node, ROOT, Tree};
+use super::{Error, Result, errno};
+use crate::caps::DirReadCap;
+use crate::dir::check_name;
+use crate::store::{Vault, now};
+
+/// How long the kernel may cache attributes and names. Our own tree changes
+/// only through this mount, so the cache stays coherent; friends' trees
+/// change remotely and are re-listed every `refresh`.
+const TTL: Duration = Duration::from_secs(1);
+
+/// How the mount is set up.
+#[derive(Debug, Clone)]
+pub struct MountConfig {
+    /// Directory for staged file contents.
+    pub staging: PathBuf,
+    /// Friends' shares, by name.
+    pub friends: Vec<(String, DirReadCap)>,
+    /// How often friends' directories are re-listed.
+    pub refresh: Duration,
+    pub uid: u32,
+    pub gid: u32,
+}
+
+/// The filesystem.
+pub struct LodeFs {
+    vault: Arc<Vault>,
+    rt: tokio::runtime::Handle,
+    tree: Arc<Mutex<Tree>>,
+    friends: BTreeMap<String, u64>,
+    config: MountConfig,
+    next_fh: AtomicU64,
+    stop: Arc<AtomicBool>,
+}
+
+fn system_time((s, ns): (i64, u32)) -> SystemTime {
+    if s >= 0 {
+        UNIX_EPOCH + Duration::new(s as u64, ns)
+    } else {
+        UNIX_EPOCH - Duration::new(s.unsigned_abs(), 0)
+    }
+}
+
+fn from_system_time(t: SystemTime) -> (i64, u32) {
+    match t.duration_since(UNIX_EPOCH) {
+        Ok(d) => (d.as_secs() as i64, d.subsec_nanos()),
+        Err(e) => (-(e.duration().as_secs() as i64), 0),
+    }
+}
+
+fn name_of(name: &OsStr) -> Result<&str> {
+    let name = name.to_str().ok_or(Error::BadName)?;
+    check_name(name).map_err(|_| Error::BadName)?;
+    Ok(name)
+}
+
+/// Run a handler, turning a panic into EIO.
+fn guarded(op: &str, f: impl FnOnce()) {
+    if std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)).is_err() {
+        tracing::error!(op, "handler panicked; answered EIO");
+    }
+}
+
+impl LodeFs {
+    pub fn new(
+        vault: Arc<Vault>,
+        rt: tokio::runtime::Handle,
+        config: MountConfig,
+    ) -> std::io::Result<LodeFs> {
+        std::fs::create_dir_all(&config.staging)?;
+        let mut tree = Tree::new(vault.root().clone());
+        let mut friends = BTreeMap::new();
+        for (name, cap) in &config.friends {
+            let ino = tree.insert(Node {
+                parent: FRIENDS,
+                name: name.clone(),
+                mode: 0o555,
+                size: 0,
+                mtime: now(),
+                body: Body::Dir {
+                    write: None,
+                    read: cap.clone(),
+                    children: None,
+                    loaded_at: None,
+                },
+            });
+            friends.insert(name.clone(), ino);
+        }
+        Ok(LodeFs {
+            vault,
+            rt,
+            tree: Arc::new(Mutex::new(tree)),
+            friends,
+            config,
+            next_fh: AtomicU64::new(1),
+            stop: Arc::new(AtomicBool::new(false)),
+        })
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Tree> {
+        self.tree.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn attr(&self, ino: u64, node: &Node) -> FileAttr {
+        let kind = match node.body {
+            Body::Dir { .. } | Body::Friends => FileType::Directory,
+            Body::File { .. } => FileType::RegularFile,
+            Body::Symlink(_) => FileType::Symlink,
+        };
+        let t = system_time(node.mtime);
+        FileAttr {
+            ino: INodeNo(ino),
+            size: node.size,
+            blocks: node.size.div_ceil(512),
+            atime: t,
+            mtime: t,
+            ctime: t,
+            crtime: t,
+            kind,
+            perm: (node.mode & 0o7777) as u16,
+            nlink: if node.is_dir() { 2 } else { 1 },
+            uid: self.config.uid,
+            gid: self.config.gid,
+            rdev: 0,
+            blksize: 1 << 20,
+            flags: 0,
+        }
+    }
+
+    fn attr_of(&self, ino: u64) -> Result<FileAttr> {
+        let tree = self.lock();
+        let node = tree.nodes.get(&ino).ok_or(Error::NotFound)?;
+        Ok(self.attr(ino, node))
+    }
+
+    /// List a directory if it has not been, or (read-only ones) if the
+    /// listing is older than the refresh interval.
+    fn load(&self, ino: u64) -> Result<()> {
+        let read = {
+            let tree = self.lock();
+            match &tree.nodes.get(&ino).ok_or(Error::NotFound)?.body {
+                Body::Dir {
+                    write,
+                    read,
+                    children,
+                    loaded_at,
+                } => {
+                    let stale = write.is_none()
+                        && loaded_at.is_none_or(|t| t.elapsed() >= self.config.refresh);
+                    if children.is_some() && !stale {
+                        return Ok(());
+                    }
+                    read.clone()
+                }
+                Body::Friends => return Ok(()),
+                _ => return Err(Error::NotADirectory),
+            }
+        };
+        let listing = self.rt.block_on(self.vault.list(&read))?;
+        self.lock().load(ino, listing);
+        Ok(())
+    }
+
+    fn child(&self, parent: u64, name: &str) -> Result<u64> {
+        if parent == FRIENDS {
+            return self.friends.get(name).copied().ok_or(Error::NotFound);
+        }
+        self.load(parent)?;
+        if parent == ROOT && name == FRIENDS_NAME {
+            return Ok(FRIENDS);
+        }
+        let tree = self.lock();
+        tree.children(parent)
+            .and_then(|c| c.get(name).copied())
+            .ok_or(Error::NotFound)
+    }
+
+    /// Check that `parent` is a directory this mount may change, loaded.
+    fn writable(&self, parent: u64) -> Result<()> {
+        if parent == FRIENDS {
+            return Err(Error::ReadOnly);
+        }
+        self.load(parent)?;
+        let tree = self.lock();
+        match &tree.nodes.get(&parent).ok_or(Error::NotFound)?.body {
+            Body::Dir { write: Some(_), .. } => Ok(()),
+            Body::Dir { write: None, .. } => Err(Error::ReadOnly),
+            _ => Err(Error::NotADirectory),
+        }
+    }
+
+    fn staging_path(&self) -> PathBuf {
+        self.config
+            .staging
+            .join(format!("{:016x}", rand::random::<u64>()))
+    }
+
+    /// Make sure a file has a local staged copy, downloading its content
+    /// unless it is about to be truncated.
+    fn stage(&self, ino: u64, truncate: bool) -> Result<PathBuf> {
+        let cap = {
+            let tree = self.lock();
+            match &tree.nodes.get(&ino).ok_or(Error::NotFound)?.body {
+                Body::File {
+                    staged: Some(p), ..
+                } => return Ok(p.clone()),
+                Body::File { cap, .. } => cap.clone(),
+                Body::Dir { .. } | Body::Friends => return Err(Error::IsADirectory),
+                Body::Symlink(_) => return Err(Error::Unsupported),
+            }
+        };
+        let path = self.staging_path();
+        let mut file = std::fs::File::create(&path)?;
+        if let (Some(cap), false) = (&cap, truncate) {
+            self.rt.block_on(self.vault.get_to(cap, &mut file))?;
+        }
+        file.sync_all()?;
+        let mut tree = self.lock();
+        match tree.nodes.get_mut(&ino).map(|n| &mut n.body) {
+            Some(Body::File {
+                staged: Some(existing),
+                ..
+            }) => {
+                let existing = existing.clone();
+                drop(tree);
+                let _ = std::fs::remove_file(&path);
+                Ok(existing)
+            }
+            Some(Body::File { staged, .. }) => {
+                *staged = Some(path.clone());
+                Ok(path)
+            }
+            _ => {
+                let _ = std::fs::remove_file(&path);
+                Err(Error::NotFound)
+            }
+        }
+    }
+
+    /// Upload a file's staged changes, then mark its directory for
+    /// publishing. A no-op for clean files.
+    fn upload(&self, ino: u64) -> Result<()> {
+        let path = {
+            let tree = self.lock();
+            match &tree.nodes.get(&ino).ok_or(Error::NotFound)?.body {
+                Body::File {
+                    staged: Some(p),
+                    dirty: true,
+                    ..
+                } => p.clone(),
+                _ => return Ok(()),
+            }
+        };
+        std::fs::File::open(&path)?.sync_all()?;
+        let cap = self.rt.block_on(self.vault.put_path(&path))?;
+        let mut tree = self.lock();
+        let Some(node) = tree.nodes.get_mut(&ino) else {
+            return Ok(()); // unlinked meanwhile
+        };
+        let parent = node.parent;
+        if let Body::File {
+            cap: c,
+            staged,
+            dirty,
+            writers,
+        } = &mut node.body
+        {
+            // Only if nothing was written since we read the staged file.
+            if std::fs::metadata(&path).map(|m| m.len()).ok() == Some(cap.size) {
+                node.size = cap.size;
+                *c = Some(cap);
+                *dirty = false;
+                if *writers == 0 {
+                    let _ = std::fs::remove_file(&path);
+                    *staged = None;
+                }
+            }
+        }
+        tree.dirty.insert(parent);
+        Ok(())
+    }
+
+    /// Publish one directory's listing.
+    fn publish(&self, dir: u64) -> Result<()> {
+        let (write, listing) = {
+            let mut tree = self.lock();
+            if !tree.dirty.remove(&dir) {
+                return Ok(());
+            }
+            let Some(listing) = tree.listing(dir) else {
+                return Ok(());
+            };
+            let Some(write) = tree.nodes.get(&dir).and_then(|n| n.writable_dir()).cloned() else {
+                return Ok(());
+            };
+            (write, listing)
+        };
+        let result = self.rt.block_on(self.vault.update_dir(&write, move |l| {
+            *l = listing;
+            Ok(())
+        }));
+        if let Err(e) = result {
+            self.lock().dirty.insert(dir);
+            return Err(e.into());
+        }
+        Ok(())
+    }
+
+    /// Upload every closed dirty file and publish every dirty directory.
+    pub fn flush_all(&self) -> Result<()> {
+        let files: Vec<u64> = {
+            let tree = self.lock();
+            tree.nodes
+                .iter()
+                .filter(|(_, n)| {
+                    matches!(
+                        n.body,
+                        Body::File {
+                            dirty: true,
+                            writers: 0,
+                            ..
+                        }
+                    )
+                })
+                .map(|(&i, _)| i)
+                .collect()
+        };
+        let mut first_err = None;
+        for ino in files {
+            if let Err(e) = self.upload(ino) {
+                first_err.get_or_insert(e);
+            }
+        }
+        let dirs: Vec<u64> = self.lock().dirty.iter().copied().collect();
+        for dir in dirs {
+            if let Err(e) = self.publish(dir) {
+                first_err.get_or_insert(e);
+            }
+        }
+        first_err.map_or(Ok(()), Err)
+    }
+
+    /// Make `ino` durable on the mirrors: its data, its entry, and the
+    /// entries of every directory above it.
+    fn sync(&self, ino: u64) -> Result<()> {
+        self.upload(ino)?;
+        let mut cur = ino;
+        loop {
+            let parent = self
+                .lock()
+                .nodes
+                .get(&cur)
+                .map(|n| n.parent)
+                .ok_or(Error::NotFound)?;
+            self.lock().dirty.insert(parent);
+            self.publish(parent)?;
+            if parent == ROOT || parent == cur {
+                return Ok(());
+            }
+            cur = parent;
+        }
+    }
+
+    /// Start the background flusher: once a second, upload closed files and
+    /// publish changed directories. Failures (mirrors down) stay staged and
+    /// are retried.
+    pub fn start_flusher(self: &Arc<Self>) -> std::thread::JoinHandle<()> {
+        let fs = self.clone();
+        std::thread::spawn(move || {
+            while !fs.stop.load(Ordering::Relaxed) {
+                std::thread::sleep(Duration::from_secs(1));
+                if let Err(e) = fs.flush_all() {
+                    tracing::warn!(error = %e, "background flush failed; will retry");
+                }
+            }
+        })
+    }
+
+    pub fn stop_flusher(&self) {
+        self.stop.store(true, Ordering::Relaxed);
+    }
+
+    fn new_child(&self, parent: u64, name: &str, node: Node) -> Result<(u64, FileAttr)> {
+        let mut tree = self.lock();
+        let children = tree.children(parent).ok_or(Error::NotADirectory)?;
+        if children.contains_key(name) || (parent == ROOT && name == FRIENDS_NAME) {
+            return Err(Error::Exists);
+        }
+        let ino = tree.insert(node);
+        tree.children_mut(parent)
+            .expect("checked above")
+            .insert(name.to_string(), ino);
+        tree.dirty.insert(parent);
+        let attr = self.attr(ino, &tree.nodes[&ino]);
+        Ok((ino, attr))
+    }
+
+    fn do_mkdir(&self, parent: u64, name: &OsStr, mode: u32) -> Result<FileAttr> {
+        let name = name_of(name)?;
+        self.writable(parent)?;
+        if self.child(parent, name).is_ok() {
+            return Err(Error::Exists);
+        }
+        let write = self.rt.block_on(self.vault.new_dir())?;
+        let read = write.read_cap();
+        let node = Node {
+            parent,
+            name: name.into(),
+            mode: mode & 0o7777,
+            size: 0,
+            mtime: now(),
+            body: Body::Dir {
+                write: Some(write),
+                read,
+                children: Some(BTreeMap::new()),
+                loaded_at: None,
+            },
+        };
+        Ok(self.new_child(parent, name, node)?.1)
+    }
+
+    fn do_remove(&self, parent: u64, name: &OsStr, dir: bool) -> Result<()> {
+        let name = name_of(name)?;
+        self.writable(parent)?;
+        let ino = self.child(parent, name)?;
+        let is_dir = self.lock().nodes.get(&ino).is_some_and(Node::is_dir);
+        match (dir, is_dir) {
+            (true, false) => return Err(Error::NotADirectory),
+            (false, true) => return Err(Error::IsADirectory),
+            (true, true) => {
+                self.load(ino)?;
+                if self.lock().children(ino).is_some_and(|c| !c.is_empty()) {
+                    return Err(Error::NotEmpty);
+                }
+            }
+            (false, false) => {}
+        }
+        let mut tree = self.lock();
+        if let Some(c) = tree.children_mut(parent) {
+            c.remove(name);
+        }
+        if let Some(Node {
+            body: Body::File {
+                staged: Some(p), ..
+            },
+            ..
+        }) = tree.nodes.remove(&ino)
+        {
+            let _ = std::fs::remove_file(p);
+        }
+        tree.dirty.insert(parent);
+        Ok(())
+    }
+
+    fn do_rename(
+        &self,
+        parent: u64,
+        name: &OsStr,
+        newparent: u64,
+        newname: &OsStr,
+        flags: RenameFlags,
+    ) -> Result<()> {
+        let (name, newname) = (name_of(name)?, name_of(newname)?);
+        self.writable(parent)?;
+        self.writable(newparent)?;
+        let ino = self.child(parent, name)?;
+        let target = self.child(newparent, newname).ok();
+        if target == Some(ino) {
+            return Ok(());
+        }
+        if let Some(t) = target {
+            if flags.contains(RenameFlags::RENAME_NOREPLACE) {
+                return Err(Error::Exists);
+            }
+            let (src_dir, dst_dir) = {
+                let tree = self.lock();
+                (
+                    tree.nodes[&ino].is_dir(),
+                    tree.nodes.get(&t).is_some_and(Node::is_dir),
+                )
+            };
+            match (src_dir, dst_dir) {
+                (true, false) => return Err(Error::NotADirectory),
+                (false, true) => return Err(Error::IsADirectory),
+                (true, true) => {
+                    self.load(t)?;
+                    if self.lock().children(t).is_some_and(|c| !c.is_empty()) {
+                        return Err(Error::NotEmpty);
+                    }
+                }
+                (false, false) => {}
+            }
+        }
+        // A directory may not move into itself.
+        {
+            let tree = self.lock();
+            let mut cur = newparent;
+            while cur != ROOT {
+                if cur == ino {
+                    return Err(Error::BadName);
+                }
+                cur = tree.nodes.get(&cur).map_or(ROOT, |n| n.parent);
+            }
+        }
+        let mut tree = self.lock();
+        if let Some(t) = target {
+            tree.nodes.remove(&t);
+        }
+        if let Some(c) = tree.children_mut(parent) {
+            c.remove(name);
+        }
+        tree.children_mut(newparent)
+            .ok_or(Error::NotADirectory)?
+            .insert(newname.to_string(), ino);
+        if let Some(node) = tree.nodes.get_mut(&ino) {
+            node.parent = newparent;
+            node.name = newname.to_string();
+        }
+        tree.dirty.insert(parent);
+        tree.dirty.insert(newparent);
+        Ok(())
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn do_setattr(
+        &self,
+        ino: u64,
+        mode: Option<u32>,
+        size: Option<u64>,
+        mtime: Option<TimeOrNow>,
+    ) -> Result<FileAttr> {
+        let parent = self
+            .lock()
+            .nodes
+            .get(&ino)
+            .map(|n| n.parent)
+            .ok_or(Error::NotFound)?;
+        if ino == ROOT || ino == FRIENDS {
+            if mode.is_some() || size.is_some() {
+                return Err(Error::Unsupported);
+            }
+            return self.attr_of(ino);
+        }
+        self.writable(parent)?;
+        if let Some(size) = size {
+            let path = self.stage(ino, size == 0)?;
+            std::fs::OpenOptions::new()
+                .write(true)
+                .open(&path)?
+                .set_len(size)?;
+            let mut tree = self.lock();
+            if let Some(node) = tree.nodes.get_mut(&ino) {
+                node.size = size;
+                node.mtime = now();
+                if let Body::File { dirty, .. } = &mut node.body {
+                    *dirty = true;
+                }
+            }
+        }
+        let mut tree = self.lock();
+        let node = tree.nodes.get_mut(&ino).ok_or(Error::NotFound)?;
+        if let Some(m) = mode {
+            node.mode = m & 0o7777;
+        }
+        if let Some(t) = mtime {
+            node.mtime = match t {
+                TimeOrNow::Now => now(),
+                TimeOrNow::SpecificTime(t) => from_system_time(t),
+            };
+        }
+        let attr = self.attr(ino, node);
+        tree.dirty.insert(parent);
+        Ok(attr)
+    }
+
+    fn do_open(&self, ino: u64, flags: OpenFlags) -> Result<()> {
+        let write = flags.0 & libc::O_ACCMODE != libc::O_RDONLY;
+        if !write {
+            return Ok(());
+        }
+        let parent = self
+            .lock()
+            .nodes
+            .get(&ino)
+            .map(|n| n.parent)
+            .ok_or(Error::NotFound)?;
+        self.writable(parent)?;
+        self.stage(ino, flags.0 & libc::O_TRUNC != 0)?;
+        let mut tree = self.lock();
+        if let Some(node) = tree.nodes.get_mut(&ino) {
+            if flags.0 & libc::O_TRUNC != 0 {
+                node.size = 0;
+            }
+            if let Body::File {
+                writers,
+                dirty,
+                staged,
+                ..
+            } = &mut node.body
+            {
+                *writers += 1;
+                if flags.0 & libc::O_TRUNC != 0 {
+                    *dirty = true;
+                    if let Some(p) = staged {
+                        std::fs::OpenOptions::new()
+                            .write(true)
+                            .open(p)?
+                            .set_len(0)?;
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn do_read(&self, ino: u64, offset: u64, size: u32) -> Result<Vec<u8>> {
+        let (staged, cap) = {
+            let tree = self.lock();
+            match &tree.nodes.get(&ino).ok_or(Error::NotFound)?.body {
+                Body::File { staged, cap, .. } => (staged.clone(), cap.clone()),
+                Body::Symlink(_) => return Err(Error::Unsupported),
+                _ => return Err(Error::IsADirectory),
+            }
+        };
+        if let Some(path) = staged {
+            let file = std::fs::File::open(path)?;
+            let mut buf = vec![0; size as usize];
+            let mut done = 0;
+            while done < buf.len() {
+                let n = file.read_at(&mut buf[done..], offset + done as u64)?;
+                if n == 0 {
+                    break;
+                }
+                done += n;
+            }
+            buf.truncate(done);
+            return Ok(buf);
+        }
+        match cap {
+            Some(cap) => Ok(self
+                .rt
+                .block_on(self.vault.read_range(&cap, offset, size as u64))?),
+            None => Ok(Vec::new()),
+        }
+    }
+
+    fn do_write(&self, ino: u64, offset: u64, data: &[u8]) -> Result<u32> {
+        let path = self.stage(ino, false)?;
+        let file = std::fs::OpenOptions::new().write(true).open(&path)?;
+        file.write_all_at(data, offset)?;
+        let mut tree = self.lock();
+        let node = tree.nodes.get_mut(&ino).ok_or(Error::NotFound)?;
+        node.size = node.size.max(offset + data.len() as u64);
+        node.mtime = now();
+        if let Body::File { dirty, .. } = &mut node.body {
+            *dirty = true;
+        }
+        Ok(data.len() as u32)
+    }
+
+    fn do_release(&self, ino: u64, flags: OpenFlags) -> Result<()> {
+        if flags.0 & libc::O_ACCMODE == libc::O_RDONLY {
+            return Ok(());
+        }
+        // The data is safe in staging already; the upload is write-back,
+        // done by the flusher once no writer is left (or now, by fsync).
+        let mut tree = self.lock();
+        if let Some(Body::File { writers, .. }) = tree.nodes.get_mut(&ino).map(|n| &mut n.body) {
+            *writers = writers.saturating_sub(1);
+        }
+        Ok(())
+    }
+
+    fn do_create(&self, parent: u64, name: &OsStr, mode: u32, flags: i32) -> Result<FileAttr> {
+        let name = name_of(name)?;
+        self.writable(parent)?;
+        if let Ok(existing) = self.child(parent, name) {
+            if flags & libc::O_EXCL != 0 {
+                return Err(Error::Exists);
+            }
+            self.do_open(existing, OpenFlags(flags))?;
+            return self.attr_of(existing);
+        }
+        let path = self.staging_path();
+        std::fs::File::create(&path)?;
+        let node = Node {
+            parent,
+            name: name.into(),
+            mode: mode & 0o7777,
+            size: 0,
+            mtime: now(),
+            body: Body::File {
+                cap: None,
+                staged: Some(path),
+                dirty: true,
+                writers: 1,
+            },
+        };
+        Ok(self.new_child(parent, name, node)?.1)
+    }
+
+    fn do_symlink(&self, parent: u64, name: &OsStr, target: &Path) -> Result<FileAttr> {
+        let name = name_of(name)?;
+        self.writable(parent)?;
+        let target = target.to_str().ok_or(Error::BadName)?.to_string();
+        let node = Node {
+            parent,
+            name: name.into(),
+            mode: 0o777,
+            size: target.len() as u64,
+            mtime: now(),
+            body: Body::Symlink(target),
+        };
+        Ok(self.new_child(parent, name, node)?.1)
+    }
+
+    fn do_readdir(&self, ino: u64) -> Result<Vec<(u64, FileType, String)>> {
+        let mut out = vec![(ino, FileType::Directory, ".".to_string())];
+        if ino == FRIENDS {
+            out.push((ROOT, FileType::Directory, "..".into()));
+            out.extend(
+                self.friends
+                    .iter()
+                    .map(|(n, &i)| (i, FileType::Directory, n.clone())),
+            );
+            return Ok(out);
+        }
+        self.load(ino)?;
+        let tree = self.lock();
+        let node = tree.nodes.get(&ino).ok_or(Error::NotFound)?;
+        out.push((node.parent, FileType::Directory, "..".into()));
+        if ino == ROOT {
+            out.push((FRIENDS, FileType::Directory, FRIENDS_NAME.into()));
+        }
+        for (name, &child) in tree.children(ino).ok_or(Error::NotADirectory)? {
+            let Some(c) = tree.nodes.get(&child) else {
+                continue;
+            };
+            let kind = match c.body {
+                Body::Dir { .. } | Body::Friends => FileType::Directory,
+                Body::File { .. } => FileType::RegularFile,
+                Body::Symlink(_) => FileType::Symlink,
+            };
+            out.push((child, kind, name.clone()));
+        }
+        Ok(out)
+    }
+}
+
+/// The handle fuser owns; it shares the filesystem with the flusher.
+pub struct Mount(pub Arc<LodeFs>);
+
+impl std::ops::Deref for Mount {
+    type Target = LodeFs;
+    fn deref(&self) -> &LodeFs {
+        &self.0
+    }
+}
+
+impl Filesystem for Mount {
+    fn destroy(&mut self) {
+        self.stop_flusher();
+        if let Err(e) = self.flush_all() {
+            tracing::error!(error = %e, "final flush failed; changes stay staged");
+        }
+    }
+
+    fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
+        guarded("lookup", || {
+            let r = name
+                .to_str()
+                .ok_or(Error::NotFound)
+                .and_then(|n| self.child(parent.0, n))
+                .and_then(|i| self.attr_of(i));
+            match r {
+                Ok(attr) => reply.entry(&TTL, &attr, Generation(0)),
+                Err(e) => reply.error(errno(&e)),
+            }
+        })
+    }
+
+    fn getattr(&self, _req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
+        guarded("getattr", || match self.attr_of(ino.0) {
+            Ok(attr) => reply.attr(&TTL, &attr),
+            Err(e) => reply.error(errno(&e)),
+        })
+    }
+
+    fn setattr(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        mode: Option<u32>,
+        _uid: Option<u32>,
+        _gid: Option<u32>,
+        size: Option<u64>,
+        _atime: Option<TimeOrNow>,
+        mtime: Option<TimeOrNow>,
+        _ctime: Option<SystemTime>,
+        _fh: Option<FileHandle>,
+        _crtime: Option<SystemTime>,
+        _chgtime: Option<SystemTime>,
+        _bkuptime: Option<SystemTime>,
+        _flags: Option<fuser::BsdFileFlags>,
+        reply: ReplyAttr,
+    ) {
+        guarded("setattr", || {
+            match self.do_setattr(ino.0, mode, size, mtime) {
+                Ok(attr) => reply.attr(&TTL, &attr),
+                Err(e) => reply.error(errno(&e)),
+            }
+        })
+    }
+
+    fn readlink(&self, _req: &Request, ino: INodeNo, reply: ReplyData) {
+        guarded("readlink", || {
+            let tree = self.lock();
+            match tree.nodes.get(&ino.0).map(|n| &n.body) {
+                Some(Body::Symlink(t)) => reply.data(t.as_bytes()),
+                Some(_) => reply.error(Errno::EINVAL),
+                None => reply.error(Errno::ENOENT),
+            }
+        })
+    }
+
+    fn mkdir(
+        &self,
+        _req: &Request,
+        parent: INodeNo,
+        name: &OsStr,
+        mode: u32,
+        umask: u32,
+        reply: ReplyEntry,
+    ) {
+        guarded("mkdir", || {
+            match self.do_mkdir(parent.0, name, mode & !umask) {
+                Ok(attr) => reply.entry(&TTL, &attr, Generation(0)),
+                Err(e) => reply.error(errno(&e)),
+            }
+        })
+    }
+
+    fn unlink(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        guarded("unlink", || match self.do_remove(parent.0, name, false) {
+            Ok(()) => reply.ok(),
+            Err(e) => reply.error(errno(&e)),
+        })
+    }
+
+    fn rmdir(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        guarded("rmdir", || match self.do_remove(parent.0, name, true) {
+            Ok(()) => reply.ok(),
+            Err(e) => reply.error(errno(&e)),
+        })
+    }
+
+    fn symlink(
+        &self,
+        _req: &Request,
+        parent: INodeNo,
+        link_name: &OsStr,
+        target: &Path,
+        reply: ReplyEntry,
+    ) {
+        guarded("symlink", || {
+            match self.do_symlink(parent.0, link_name, target) {
+                Ok(attr) => reply.entry(&TTL, &attr, Generation(0)),
+                Err(e) => reply.error(errno(&e)),
+            }
+        })
+    }
+
+    fn rename(
+        &self,
+        _req: &Request,
+        parent: INodeNo,
+        name: &OsStr,
+        newparent: INodeNo,
+        newname: &OsStr,
+        flags: RenameFlags,
+        reply: ReplyEmpty,
+    ) {
+        guarded("rename", || {
+            match self.do_rename(parent.0, name, newparent.0, newname, flags) {
+                Ok(()) => reply.ok(),
+                Err(e) => reply.error(errno(&e)),
+            }
+        })
+    }
+
+    fn open(&self, _req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
+        guarded("open", || match self.do_open(ino.0, flags) {
+            Ok(()) => reply.opened(
+                FileHandle(self.next_fh.fetch_add(1, Ordering::Relaxed)),
+                FopenFlags::empty(),
+            ),
+            Err(e) => reply.error(errno(&e)),
+        })
+    }
+
+    fn read(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        _fh: FileHandle,
+        offset: u64,
+        size: u32,
+        _flags: OpenFlags,
+        _lock_owner: Option<LockOwner>,
+        reply: ReplyData,
+    ) {
+        guarded("read", || match self.do_read(ino.0, offset, size) {
+            Ok(data) => reply.data(&data),
+            Err(e) => reply.error(errno(&e)),
+        })
+    }
+
+    fn write(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        _fh: FileHandle,
+        offset: u64,
+        data: &[u8],
+        _write_flags: WriteFlags,
+        _flags: OpenFlags,
+        _lock_owner: Option<LockOwner>,
+        reply: ReplyWrite,
+    ) {
+        guarded("write", || match self.do_write(ino.0, offset, data) {
+            Ok(n) => reply.written(n),
+            Err(e) => reply.error(errno(&e)),
+        })
+    }
+
+    fn flush(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        _fh: FileHandle,
+        _lock_owner: LockOwner,
+        reply: ReplyEmpty,
+    ) {
+        // Written data is already in the staging file.
+        reply.ok();
+    }
+
+    fn release(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        _fh: FileHandle,
+        flags: OpenFlags,
+        _lock_owner: Option<LockOwner>,
+        _flush: bool,
+        reply: ReplyEmpty,
+    ) {
+        guarded("release", || match self.do_release(ino.0, flags) {
+            Ok(()) => reply.ok(),
+            Err(e) => reply.error(errno(&e)),
+        })
+    }
+
+    fn fsync(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        _fh: FileHandle,
+        _datasync: bool,
+        reply: ReplyEmpty,
+    ) {
+        guarded("fsync", || match self.sync(ino.0) {
+            Ok(()) => reply.ok(),
+            Err(e) => reply.error(errno(&e)),
+        })
+    }
+
+    fn fsyncdir(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        _fh: FileHandle,
+        _datasync: bool,
+        reply: ReplyEmpty,
+    ) {
+        guarded("fsyncdir", || {
+            let r = self.flush_all().and_then(|_| {
+                if ino.0 == ROOT {
+                    Ok(())
+                } else {
+                    self.sync(ino.0)
+                }
+            });
+            match r {
+                Ok(()) => reply.ok(),
+                Err(e) => reply.error(errno(&e)),
+            }
+        })
+    }
+
+    fn readdir(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        _fh: FileHandle,
+        offset: u64,
+        mut reply: ReplyDirectory,
+    ) {
+        guarded("readdir", || match self.do_readdir(ino.0) {
+            Ok(entries) => {
+                for (i, (child, kind, name)) in
+                    entries.into_iter().enumerate().skip(offset as usize)
+                {
+                    if reply.add(INodeNo(child), (i + 1) as u64, kind, name) {
+                        break;
+                    }
+                }
+                reply.ok()
+            }
+            Err(e) => reply.error(errno(&e)),
+        })
+    }
+
+    fn statfs(&self, _req: &Request, _ino: INodeNo, reply: ReplyStatfs) {
+        // Capacity is what leases can fund; until that is wired to the
+        // mirrors' accounts, report a large, honest-looking free space.
+        let blocks = 1u64 << 32;
+        reply.statfs(
+            blocks,
+            blocks,
+            blocks,
+            1 << 32,
+            1 << 32,
+            1 << 20,
+            255,
+            1 << 20,
+        );
+    }
+
+    fn getxattr(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        _name: &OsStr,
+        _size: u32,
+        reply: fuser::ReplyXattr,
+    ) {
+        // No extended attributes: answering at once spares every write a
+        // round trip for security.capability.
+        reply.error(Errno::ENODATA);
+    }
+
+    fn listxattr(&self, _req: &Request, _ino: INodeNo, size: u32, reply: fuser::ReplyXattr) {
+        if size == 0 {
+            reply.size(0);
+        } else {
+            reply.data(&[]);
+        }
+    }
+
+    fn create(
+        &self,
+        _req: &Request,
+        parent: INodeNo,
+        name: &OsStr,
+        mode: u32,
+        umask: u32,
+        flags: i32,
+        reply: ReplyCreate,
+    ) {
+        guarded("create", || {
+            match self.do_create(parent.0, name, mode & !umask, flags) {
+                Ok(attr) => reply.created(
+                    &TTL,
+                    &attr,
+                    Generation(0),
+                    FileHandle(self.next_fh.fetch_add(1, Ordering::Relaxed)),
+                    FopenFlags::empty(),
+                ),
+                Err(e) => reply.error(errno(&e)),
+            }
+        })
+    }
+}
