@@ -14,13 +14,13 @@ use lode::store::{Grid, HttpMirror, Storage, Vault};
 use super::{Command, Config, Home, MirrorsCommand};
 
 /// An opened identity: its home, config and vault.
-struct Session {
-    home: Home,
-    vault: Vault,
+pub(super) struct Session {
+    pub(super) home: Home,
+    pub(super) vault: Vault,
 }
 
 impl Session {
-    fn open() -> Result<Session> {
+    pub(super) fn open() -> Result<Session> {
         let home = Home::locate()?;
         let config = Config::load(&home)?;
         let secret = home.secret()?;
@@ -44,7 +44,7 @@ impl Session {
     }
 
     /// Persist the slot seqs seen, so a later run refuses rollbacks too.
-    fn close(self) -> Result<()> {
+    pub(super) fn close(self) -> Result<()> {
         let seen: BTreeMap<String, u64> = self
             .vault
             .grid()
@@ -95,7 +95,9 @@ pub fn run(command: Command) -> Result<()> {
             | Command::Mirrors(_)
             | Command::Mirror(_)
             | Command::Mine(_)
-            | Command::Status(_) => {
+            | Command::Status(_)
+            | Command::Mount(_)
+            | Command::Friend(_) => {
                 unreachable!("dispatched above")
             }
         }

@@ -7,6 +7,7 @@
 mod client;
 mod home;
 mod mine;
+mod mount;
 mod serve;
 
 use std::path::PathBuf;
@@ -74,6 +75,11 @@ pub enum Command {
     Mine(mine::MineArgs),
     /// Your standing on every mirror: reachable, balance, funded until.
     Status(mine::StatusArgs),
+    /// Mount your tree as a filesystem.
+    Mount(mount::MountArgs),
+    /// Manage friends' shared directories shown under friends/.
+    #[command(subcommand)]
+    Friend(mount::FriendCommand),
     /// Run a storage server.
     #[command(subcommand)]
     Mirror(MirrorCommand),
@@ -101,6 +107,8 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Mirror(MirrorCommand::Serve(args)) => serve::run(*args),
         Command::Mine(args) => mine::mine(args),
         Command::Status(args) => mine::status(args),
+        Command::Mount(args) => mount::mount(args),
+        Command::Friend(c) => mount::friend(c),
         other => client::run(other),
     }
 }

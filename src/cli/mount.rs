@@ -1,0 +1,259 @@
+//! `lode mount` and `lode friend`.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, anyhow, bail};
+use clap::{Args, Subcommand};
+
+use lode::caps::Cap;
+use lode::fuse::{LodeFs, Mount, MountConfig};
+
+use super::client::Session;
+use super::{Config, Home};
+
+#[derive(Debug, Args)]
+pub struct MountArgs {
+    /// Where to mount.
+    mountpoint: PathBuf,
+    /// Stay in the foreground (for debugging and service managers).
+    #[arg(long)]
+    foreground: bool,
+    /// Mount options, comma-separated: allow_other, default_permissions.
+    #[arg(short = 'o', value_name = "OPTS")]
+    options: Option<String>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum FriendCommand {
+    /// Show a friend's shared directory at friends/NAME in the mount.
+    Add { name: String, cap: String },
+    /// List friends.
+    List,
+    /// Stop showing a friend's directory.
+    Remove { name: String },
+}
+
+pub fn friend(command: FriendCommand) -> Result<()> {
+    let home = Home::locate()?;
+    let mut config = Config::load(&home)?;
+    match command {
+        FriendCommand::Add { name, cap } => {
+            lode::dir::check_name(&name).map_err(|r| anyhow!("bad friend name {name:?}: {r}"))?;
+            let parsed: Cap = cap.parse().with_context(|| format!("bad cap for {name}"))?;
+            let read = parsed.clone().into_dir_read().map_err(|_| {
+                anyhow!(
+                    "a friend's cap must be a directory read-cap (lode:dir-ro:…), got {}",
+                    parsed.kind()
+                )
+            })?;
+            if config.friends.contains_key(&name) {
+                bail!("{name} is already a friend; remove it first");
+            }
+            config
+                .friends
+                .insert(name.clone(), Cap::DirRead(read).to_string());
+            config.save(&home)?;
+            println!("added {name}: visible at friends/{name} in the mount");
+        }
+        FriendCommand::List => {
+            for (name, cap) in &config.friends {
+                println!("{name}\t{cap}");
+            }
+        }
+        FriendCommand::Remove { name } => {
+            if config.friends.remove(&name).is_none() {
+                bail!("{name} is not a friend");
+            }
+            config.save(&home)?;
+            println!("removed {name}");
+        }
+    }
+    Ok(())
+}
+
+fn is_mounted(mountpoint: &Path) -> bool {
+    let Ok(canon) = mountpoint.canonicalize() else {
+        return false;
+    };
+    std::fs::read_to_string("/proc/self/mounts")
+        .map(|m| {
+            m.lines()
+                .any(|l| l.split(' ').nth(1) == Some(canon.to_str().unwrap_or("")))
+        })
+        .unwrap_or(false)
+}
+
+pub fn mount(args: MountArgs) -> Result<()> {
+    let meta = std::fs::metadata(&args.mountpoint)
+        .with_context(|| format!("mountpoint {} does not exist", args.mountpoint.display()))?;
+    if !meta.is_dir() {
+        bail!(
+            "mountpoint {} is not a directory",
+            args.mountpoint.display()
+        );
+    }
+    if is_mounted(&args.mountpoint) {
+        bail!("{} is already mounted", args.mountpoint.display());
+    }
+    let mut options = vec![
+        fuser::MountOption::FSName("lode".into()),
+        fuser::MountOption::Subtype("lode".into()),
+    ];
+    for opt in args
+        .options
+        .iter()
+        .flat_map(|o| o.split(','))
+        .filter(|o| !o.is_empty())
+    {
+        match opt {
+            "allow_other" => options.push(fuser::MountOption::CUSTOM("allow_other".into())),
+            "default_permissions" => options.push(fuser::MountOption::DefaultPermissions),
+            "rw" | "nominer" => {}
+            o if o.starts_with("x-")
+                || matches!(o, "noauto" | "nofail" | "_netdev" | "auto" | "user") => {}
+            other => bail!("unknown mount option {other:?}"),
+        }
+    }
+    if !args.foreground {
+        return spawn_background(&args);
+    }
+    let session = Session::open()?;
+    // One mount per identity at a time, and a remount waits until the
+    // previous mount has published everything it staged: the kernel lets
+    // `umount` return before the filesystem's final flush is done.
+    let lock = std::fs::File::create(session.home.data.join("mount.lock"))?;
+    if lock.try_lock().is_err() {
+        eprintln!("waiting for the previous mount of this identity to finish");
+        lock.lock()?;
+    }
+    let config = Config::load(&session.home)?;
+    let friends = config
+        .friends
+        .iter()
+        .map(|(name, cap)| {
+            let cap: Cap = cap
+                .parse()
+                .with_context(|| format!("friend {name}: bad cap in config"))?;
+            Ok((name.clone(), cap.into_dir_read()?))
+        })
+        .collect::<Result<Vec<_>>>()?;
+    let rt = tokio::runtime::Runtime::new()?;
+    let Session { home, vault } = session;
+    let vault = Arc::new(vault);
+    let fs = Arc::new(LodeFs::new(
+        vault.clone(),
+        rt.handle().clone(),
+        MountConfig {
+            staging: home.data.join("staging"),
+            friends,
+            refresh: Duration::from_secs(config.refresh_secs.max(1)),
+            uid: nix::unistd::getuid().as_raw(),
+            gid: nix::unistd::getgid().as_raw(),
+        },
+    )?);
+    let flusher = fs.start_flusher();
+    let mut fuse_config = fuser::Config::default();
+    fuse_config.mount_options = options;
+    fuse_config.n_threads = Some(4);
+    let background = fuser::spawn_mount(Mount(fs.clone()), &args.mountpoint, &fuse_config)
+        .with_context(|| format!("cannot mount at {}", args.mountpoint.display()))?;
+    eprintln!("lode mounted at {}", args.mountpoint.display());
+    let (done_tx, done_rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let result = background.join();
+        let _ = done_tx.send(result);
+    });
+    let mountpoint = args.mountpoint.clone();
+    rt.block_on(async {
+        use tokio::signal::unix::{SignalKind, signal};
+        let mut term = signal(SignalKind::terminate())?;
+        let mut int = signal(SignalKind::interrupt())?;
+        let ended = tokio::task::spawn_blocking(move || done_rx.recv());
+        tokio::pin!(ended);
+        tokio::select! {
+            _ = term.recv() => unmount(&mountpoint),
+            _ = int.recv() => unmount(&mountpoint),
+            _ = &mut ended => {},
+        }
+        anyhow::Ok(())
+    })?;
+    // Wait for the session to end (the filesystem's destroy publishes
+    // everything staged).
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while is_mounted(&args.mountpoint) && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    fs.stop_flusher();
+    let _ = flusher.join();
+    if let Err(e) = fs.flush_all() {
+        eprintln!("lode: some changes could not be uploaded and stay staged: {e}");
+    }
+    let seen: std::collections::BTreeMap<String, u64> = vault
+        .grid()
+        .seen_seqs()
+        .into_iter()
+        .map(|(pk, seq)| (lode::protocol::hex(&pk), seq))
+        .collect();
+    home.save_seen(&seen)?;
+    drop(lock);
+    Ok(())
+}
+
+fn unmount(mountpoint: &Path) {
+    let status = std::process::Command::new("fusermount3")
+        .arg("-u")
+        .arg(mountpoint)
+        .status();
+    if !matches!(status, Ok(s) if s.success()) {
+        let _ = std::process::Command::new("umount")
+            .arg(mountpoint)
+            .status();
+    }
+}
+
+/// Run the mount as a detached child, and return once it is live (or
+/// report why it failed).
+fn spawn_background(args: &MountArgs) -> Result<()> {
+    use std::os::unix::process::CommandExt;
+    let home = Home::locate()?;
+    std::fs::create_dir_all(&home.data)?;
+    let log_path = home.data.join("mount.log");
+    let log = std::fs::File::create(&log_path)?;
+    let exe = std::env::current_exe()?;
+    let mut cmd = std::process::Command::new(exe);
+    cmd.arg("mount").arg(&args.mountpoint).arg("--foreground");
+    if let Some(o) = &args.options {
+        cmd.arg("-o").arg(o);
+    }
+    cmd.stdin(std::process::Stdio::null())
+        .stdout(log.try_clone()?)
+        .stderr(log)
+        .process_group(0);
+    let mut child = cmd.spawn()?;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        if is_mounted(&args.mountpoint) {
+            println!(
+                "lode mounted at {} (pid {}, log {})",
+                args.mountpoint.display(),
+                child.id(),
+                log_path.display()
+            );
+            return Ok(());
+        }
+        if let Some(status) = child.try_wait()? {
+            let log = std::fs::read_to_string(&log_path).unwrap_or_default();
+            bail!("mount failed ({status}): {}", log.trim());
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            bail!(
+                "mount did not come up within 60 s; see {}",
+                log_path.display()
+            );
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}

@@ -1,0 +1,240 @@
+//! Real FUSE mounts of lode over three mirrors on 127.0.0.1.
+
+mod common;
+
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use common::{Client, MirrorProc, write_file};
+
+fn mounted(mp: &Path) -> bool {
+    let canon = mp.canonicalize().unwrap();
+    std::fs::read_to_string("/proc/self/mounts")
+        .unwrap()
+        .lines()
+        .any(|l| l.split(' ').nth(1) == canon.to_str())
+}
+
+/// A live mount, unmounted (and its process awaited) on drop.
+struct Mounted {
+    mp: PathBuf,
+    home: PathBuf,
+}
+
+impl Mounted {
+    fn new(client: &Client, mp: &Path) -> Mounted {
+        std::fs::create_dir_all(mp).unwrap();
+        client.ok(&["mount", mp.to_str().unwrap()]);
+        assert!(mounted(mp));
+        Mounted {
+            mp: mp.to_path_buf(),
+            home: client.home.clone(),
+        }
+    }
+
+    fn unmount(&self) {
+        if mounted(&self.mp) {
+            let ok = Command::new("fusermount3")
+                .arg("-u")
+                .arg(&self.mp)
+                .status()
+                .unwrap()
+                .success();
+            assert!(ok, "fusermount3 -u failed");
+        }
+        // The mount process holds its lock until its final flush is done.
+        let lock = std::fs::File::create(self.home.join("data/mount.lock")).unwrap();
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while lock.try_lock().is_err() {
+            assert!(Instant::now() < deadline, "mount process did not finish");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+impl Drop for Mounted {
+    fn drop(&mut self) {
+        self.unmount();
+    }
+}
+
+fn run(cmd: &mut Command) -> String {
+    let out = cmd.output().unwrap();
+    assert!(
+        out.status.success(),
+        "{cmd:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// Names, kinds, contents, modes, file mtimes and symlink targets agree.
+fn assert_same(a: &Path, b: &Path) {
+    run(Command::new("diff")
+        .arg("-r")
+        .arg("--no-dereference")
+        .arg(a)
+        .arg(b));
+    for entry in walk(a) {
+        let rel = entry.strip_prefix(a).unwrap();
+        let (ma, mb) = (
+            std::fs::symlink_metadata(&entry).unwrap(),
+            std::fs::symlink_metadata(b.join(rel)).unwrap(),
+        );
+        assert_eq!(ma.file_type(), mb.file_type(), "{}", rel.display());
+        if ma.file_type().is_symlink() {
+            assert_eq!(
+                std::fs::read_link(&entry).unwrap(),
+                std::fs::read_link(b.join(rel)).unwrap()
+            );
+            continue;
+        }
+        assert_eq!(
+            ma.permissions().mode() & 0o7777,
+            mb.permissions().mode() & 0o7777,
+            "{}",
+            rel.display()
+        );
+        if ma.is_file() {
+            assert_eq!(ma.mtime(), mb.mtime(), "{}", rel.display());
+        }
+    }
+}
+
+fn walk(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir(dir).unwrap() {
+        let p = e.unwrap().path();
+        if std::fs::symlink_metadata(&p).unwrap().is_dir() {
+            out.extend(walk(&p));
+        }
+        out.push(p);
+    }
+    out
+}
+
+fn generated_tree(root: &Path, files: usize) {
+    for i in 0..files {
+        let dir = root.join(format!("d{}/e{}", i % 7, i % 3));
+        std::fs::create_dir_all(&dir).unwrap();
+        let p = write_file(
+            &dir,
+            &format!("f{i}.txt"),
+            format!("file {i}\n").repeat(i % 50 + 1).as_bytes(),
+        );
+        if i % 5 == 0 {
+            std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o600)).unwrap();
+        }
+    }
+    std::os::unix::fs::symlink("d0/e0/f0.txt", root.join("link")).unwrap();
+}
+
+#[test]
+fn tools_work_and_everything_survives_a_remount() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mirrors: Vec<MirrorProc> = (0..3)
+        .map(|i| MirrorProc::start(&tmp.path().join(format!("m{i}")), &[]))
+        .collect();
+    let urls: Vec<&str> = mirrors.iter().map(|m| m.url.as_str()).collect();
+    let client = Client::new(&tmp.path().join("home"), &urls);
+    let mp = tmp.path().join("mnt");
+    let src = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("src");
+    let gen_dir = tmp.path().join("gen");
+    generated_tree(&gen_dir, 300);
+    let big = common::seeded_bytes("mount big", 5 << 20);
+    write_file(tmp.path(), "big.bin", &big);
+    {
+        let m = Mounted::new(&client, &mp);
+        // cp -a of a source tree and a generated tree, then diff.
+        run(Command::new("cp").arg("-a").arg(&src).arg(mp.join("src")));
+        run(Command::new("cp")
+            .arg("-a")
+            .arg(&gen_dir)
+            .arg(mp.join("gen")));
+        assert_same(&src, &mp.join("src"));
+        assert_same(&gen_dir, &mp.join("gen"));
+        // A tar archive with symlinks, unpacked in the mount.
+        let tarball = tmp.path().join("t.tar");
+        run(Command::new("tar")
+            .arg("cf")
+            .arg(&tarball)
+            .arg("-C")
+            .arg(&gen_dir)
+            .arg("."));
+        std::fs::create_dir(mp.join("untar")).unwrap();
+        run(Command::new("tar")
+            .arg("xf")
+            .arg(&tarball)
+            .arg("-C")
+            .arg(mp.join("untar")));
+        assert_same(&gen_dir, &mp.join("untar"));
+        // A larger file, written and read back through the mount.
+        run(Command::new("cp")
+            .arg(tmp.path().join("big.bin"))
+            .arg(mp.join("big.bin")));
+        assert!(std::fs::read(mp.join("big.bin")).unwrap() == big);
+        // mv across directories, and a rename over an existing file.
+        std::fs::rename(mp.join("gen/d1/e1/f1.txt"), mp.join("src/moved.txt")).unwrap();
+        std::fs::write(mp.join("victim.txt"), b"old").unwrap();
+        std::fs::write(mp.join("winner.txt"), b"new").unwrap();
+        std::fs::rename(mp.join("winner.txt"), mp.join("victim.txt")).unwrap();
+        assert_eq!(std::fs::read(mp.join("victim.txt")).unwrap(), b"new");
+        assert!(!mp.join("winner.txt").exists());
+        // Partial overwrite of a file in place.
+        let f = std::fs::OpenOptions::new()
+            .write(true)
+            .open(mp.join("big.bin"))
+            .unwrap();
+        std::os::unix::fs::FileExt::write_all_at(&f, b"PATCH", 1 << 20).unwrap();
+        f.sync_all().unwrap();
+        drop(f);
+        // Errors a user would expect.
+        let e = std::fs::remove_dir(mp.join("gen")).unwrap_err();
+        assert_eq!(e.raw_os_error(), Some(libc::ENOTEMPTY));
+        assert_eq!(
+            std::fs::read(mp.join("nope")).unwrap_err().kind(),
+            std::io::ErrorKind::NotFound
+        );
+        m.unmount();
+    }
+    // Remount with a fresh process and cache: everything is as it was.
+    let m = Mounted::new(&client, &mp);
+    std::fs::rename(mp.join("src/moved.txt"), mp.join("moved.txt")).unwrap();
+    assert_same(&src, &mp.join("src"));
+    let mut expected_big = big.clone();
+    expected_big[1 << 20..(1 << 20) + 5].copy_from_slice(b"PATCH");
+    assert!(std::fs::read(mp.join("big.bin")).unwrap() == expected_big);
+    assert_eq!(std::fs::read(mp.join("victim.txt")).unwrap(), b"new");
+    assert_eq!(
+        std::fs::read(mp.join("moved.txt")).unwrap(),
+        std::fs::read(gen_dir.join("d1/e1/f1.txt")).unwrap()
+    );
+    assert_eq!(
+        std::fs::read_link(mp.join("gen/link")).unwrap(),
+        PathBuf::from("d0/e0/f0.txt")
+    );
+    assert_same(&gen_dir, &mp.join("untar"));
+
+    // A second identity adds the first's share as a friend: visible
+    // read-only at friends/alice.
+    let cap = client.ok(&["share", "gen"]).trim().to_string();
+    let bob = Client::new(&tmp.path().join("bob"), &urls);
+    bob.ok(&["friend", "add", "alice", &cap]);
+    let bob_mp = tmp.path().join("bob-mnt");
+    let bm = Mounted::new(&bob, &bob_mp);
+    let shared = bob_mp.join("friends/alice");
+    assert_eq!(
+        std::fs::read(shared.join("d0/e0/f0.txt")).unwrap(),
+        std::fs::read(gen_dir.join("d0/e0/f0.txt")).unwrap()
+    );
+    let e = std::fs::write(shared.join("new.txt"), b"x").unwrap_err();
+    assert_eq!(e.raw_os_error(), Some(libc::EROFS), "{e}");
+    let e = std::fs::remove_file(shared.join("d0/e0/f0.txt")).unwrap_err();
+    assert_eq!(e.raw_os_error(), Some(libc::EROFS), "{e}");
+    let e = std::fs::create_dir(shared.join("x")).unwrap_err();
+    assert_eq!(e.raw_os_error(), Some(libc::EROFS), "{e}");
+    drop(bm);
+    drop(m);
+}
