@@ -101,6 +101,7 @@ pub fn mount(args: MountArgs) -> Result<()> {
         fuser::MountOption::FSName("lode".into()),
         fuser::MountOption::Subtype("lode".into()),
     ];
+    let mut cache_mib = None;
     for opt in args
         .options
         .iter()
@@ -110,9 +111,19 @@ pub fn mount(args: MountArgs) -> Result<()> {
         match opt {
             "allow_other" => options.push(fuser::MountOption::CUSTOM("allow_other".into())),
             "default_permissions" => options.push(fuser::MountOption::DefaultPermissions),
-            "rw" | "nominer" => {}
-            o if o.starts_with("x-")
-                || matches!(o, "noauto" | "nofail" | "_netdev" | "auto" | "user") => {}
+            "ro" => options.push(fuser::MountOption::RO),
+            o if o.starts_with("cache=") => {
+                let mib: u64 = o["cache=".len()..]
+                    .parse()
+                    .map_err(|_| anyhow!("cache= wants a size in MiB, got {o:?}"))?;
+                cache_mib = Some(mib);
+            }
+            // For mount(8), systemd and the kernel's generic flags: nothing
+            // for lode to do.
+            "rw" | "defaults" | "auto" | "noauto" | "nofail" | "_netdev" | "user" | "users"
+            | "nouser" | "dev" | "nodev" | "suid" | "nosuid" | "exec" | "noexec" | "atime"
+            | "noatime" | "relatime" => {}
+            o if o.starts_with("x-") => {}
             other => bail!("unknown mount option {other:?}"),
         }
     }
@@ -141,6 +152,10 @@ pub fn mount(args: MountArgs) -> Result<()> {
         .collect::<Result<Vec<_>>>()?;
     let rt = tokio::runtime::Runtime::new()?;
     let Session { home, vault } = session;
+    let vault = match cache_mib {
+        Some(mib) => vault.with_cache_bytes((mib as usize) << 20),
+        None => vault,
+    };
     let vault = Arc::new(vault);
     let fs = Arc::new(LodeFs::new(
         vault.clone(),
