@@ -5,60 +5,9 @@ mod common;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::time::{Duration, Instant};
 
+use common::mount::Mounted;
 use common::{Client, MirrorProc, write_file};
-
-fn mounted(mp: &Path) -> bool {
-    let canon = mp.canonicalize().unwrap();
-    std::fs::read_to_string("/proc/self/mounts")
-        .unwrap()
-        .lines()
-        .any(|l| l.split(' ').nth(1) == canon.to_str())
-}
-
-/// A live mount, unmounted (and its process awaited) on drop.
-struct Mounted {
-    mp: PathBuf,
-    home: PathBuf,
-}
-
-impl Mounted {
-    fn new(client: &Client, mp: &Path) -> Mounted {
-        std::fs::create_dir_all(mp).unwrap();
-        client.ok(&["mount", mp.to_str().unwrap()]);
-        assert!(mounted(mp));
-        Mounted {
-            mp: mp.to_path_buf(),
-            home: client.home.clone(),
-        }
-    }
-
-    fn unmount(&self) {
-        if mounted(&self.mp) {
-            let ok = Command::new("fusermount3")
-                .arg("-u")
-                .arg(&self.mp)
-                .status()
-                .unwrap()
-                .success();
-            assert!(ok, "fusermount3 -u failed");
-        }
-        // The mount process holds its lock until its final flush is done.
-        let lock = std::fs::File::create(self.home.join("data/mount.lock")).unwrap();
-        let deadline = Instant::now() + Duration::from_secs(60);
-        while lock.try_lock().is_err() {
-            assert!(Instant::now() < deadline, "mount process did not finish");
-            std::thread::sleep(Duration::from_millis(50));
-        }
-    }
-}
-
-impl Drop for Mounted {
-    fn drop(&mut self) {
-        self.unmount();
-    }
-}
 
 fn run(cmd: &mut Command) -> String {
     let out = cmd.output().unwrap();

@@ -281,4 +281,5 @@ pub fn write_file(dir: &Path, name: &str, bytes: &[u8]) -> PathBuf {
     p
 }
 
+pub mod mount;
 pub mod stratum_client;
