@@ -168,6 +168,15 @@ pub fn mount(args: MountArgs) -> Result<()> {
             gid: nix::unistd::getgid().as_raw(),
         },
     )?);
+    // Whatever an earlier mount staged but never published (it crashed,
+    // or the mirrors were down) goes up first, so it shows in this mount.
+    match fs.recover() {
+        Ok(0) => {}
+        Ok(n) => eprintln!("lode: recovered {n} staged files from an earlier mount"),
+        Err(e) => {
+            eprintln!("lode: staged files from an earlier mount stay staged (will retry): {e}")
+        }
+    }
     let flusher = fs.start_flusher();
     let mut fuse_config = fuser::Config::default();
     fuse_config.mount_options = options;

@@ -69,6 +69,11 @@ fn from_system_time(t: SystemTime) -> (i64, u32) {
     }
 }
 
+/// Where the recovery note of a staged file lives.
+fn note_path(staged: &Path) -> PathBuf {
+    staged.with_extension("note")
+}
+
 fn name_of(name: &OsStr) -> Result<&str> {
     let name = name.to_str().ok_or(Error::BadName)?;
     check_name(name).map_err(|_| Error::BadName)?;
@@ -249,6 +254,8 @@ impl LodeFs {
             }
             Some(Body::File { staged, .. }) => {
                 *staged = Some(path.clone());
+                drop(tree);
+                self.note_staged(ino);
                 Ok(path)
             }
             _ => {
@@ -291,10 +298,9 @@ impl LodeFs {
                 node.size = cap.size;
                 *c = Some(cap);
                 *dirty = false;
-                if *writers == 0 {
-                    let _ = std::fs::remove_file(&path);
-                    *staged = None;
-                }
+                // The staged copy stays until the directory entry naming
+                // this upload is published (see `publish`).
+                let _ = (staged, writers);
             }
         }
         tree.dirty.insert(parent);
@@ -324,7 +330,130 @@ impl LodeFs {
             self.lock().dirty.insert(dir);
             return Err(e.into());
         }
+        // Children whose upload this listing names are safe on the mirrors
+        // now: their staged copies (and recovery notes) can go.
+        let mut tree = self.lock();
+        let children: Vec<u64> = tree
+            .children(dir)
+            .map(|c| c.values().copied().collect())
+            .unwrap_or_default();
+        for ino in children {
+            if let Some(Node {
+                body:
+                    Body::File {
+                        staged: staged @ Some(_),
+                        dirty: false,
+                        writers: 0,
+                        cap: Some(_),
+                    },
+                ..
+            }) = tree.nodes.get_mut(&ino)
+            {
+                if let Some(p) = staged.take() {
+                    let _ = std::fs::remove_file(note_path(&p));
+                    let _ = std::fs::remove_file(p);
+                }
+            }
+        }
         Ok(())
+    }
+
+    /// The path of an inode from the root, for recovery notes.
+    fn path_in(tree: &Tree, mut ino: u64) -> Option<String> {
+        let mut parts = Vec::new();
+        while ino != ROOT {
+            let node = tree.nodes.get(&ino)?;
+            if node.parent == FRIENDS || ino == FRIENDS {
+                return None;
+            }
+            parts.push(node.name.clone());
+            ino = node.parent;
+        }
+        parts.reverse();
+        Some(parts.join("/"))
+    }
+
+    /// Write (or refresh) the recovery note of every staged file under
+    /// `top` (an inode, or a directory whose subtree moved): where the file
+    /// belongs and its mode, so a crash cannot orphan staged data.
+    fn note_staged(&self, top: u64) {
+        let tree = self.lock();
+        for (&ino, node) in &tree.nodes {
+            let Body::File {
+                staged: Some(p), ..
+            } = &node.body
+            else {
+                continue;
+            };
+            let mut cur = ino;
+            let mut under = false;
+            while cur != ROOT {
+                if cur == top {
+                    under = true;
+                    break;
+                }
+                cur = tree.nodes.get(&cur).map_or(ROOT, |n| n.parent);
+            }
+            if !(under || top == ROOT) {
+                continue;
+            }
+            if let Some(path) = Self::path_in(&tree, ino) {
+                let note = serde_json::json!({"path": path, "mode": node.mode});
+                let tmp = note_path(p).with_extension("tmp");
+                if std::fs::write(&tmp, note.to_string())
+                    .and_then(|_| std::fs::rename(&tmp, note_path(p)))
+                    .is_err()
+                {
+                    tracing::warn!(path, "could not write a staging recovery note");
+                }
+            }
+        }
+    }
+
+    /// Upload staged files a previous mount left behind (it crashed, or the
+    /// mirrors were down) and link them where they belong. Returns how many
+    /// were recovered; files that still cannot be uploaded stay staged.
+    pub fn recover(&self) -> Result<usize> {
+        let mut recovered = 0;
+        let Ok(dir) = std::fs::read_dir(&self.config.staging) else {
+            return Ok(0);
+        };
+        for entry in dir.flatten() {
+            let note = entry.path();
+            if note.extension().and_then(|e| e.to_str()) != Some("note") {
+                continue;
+            }
+            let data = note.with_extension("");
+            let parsed: Option<(String, u32)> = std::fs::read(&note)
+                .ok()
+                .and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok())
+                .and_then(|v| Some((v["path"].as_str()?.to_string(), v["mode"].as_u64()? as u32)));
+            let Some((path, mode)) = parsed else { continue };
+            if !data.exists() {
+                let _ = std::fs::remove_file(&note);
+                continue;
+            }
+            let (parent, name) = path.rsplit_once('/').unwrap_or(("", path.as_str()));
+            let mtime = std::fs::metadata(&data)
+                .and_then(|m| m.modified())
+                .map(from_system_time)
+                .unwrap_or_else(|_| now());
+            let cap = self.rt.block_on(self.vault.put_path(&data))?;
+            let root = self.vault.root().clone();
+            let dir = self
+                .rt
+                .block_on(self.vault.walk_dirs(&root, parent, true))?;
+            self.rt.block_on(self.vault.link(
+                &dir,
+                name,
+                crate::dir::Entry::file(cap, mode, mtime),
+            ))?;
+            let _ = std::fs::remove_file(&data);
+            let _ = std::fs::remove_file(&note);
+            tracing::info!(path, "recovered a staged file");
+            recovered += 1;
+        }
+        Ok(recovered)
     }
 
     /// Upload every closed dirty file and publish every dirty directory.
@@ -467,6 +596,7 @@ impl LodeFs {
             ..
         }) = tree.nodes.remove(&ino)
         {
+            let _ = std::fs::remove_file(note_path(&p));
             let _ = std::fs::remove_file(p);
         }
         tree.dirty.insert(parent);
@@ -524,8 +654,17 @@ impl LodeFs {
             }
         }
         let mut tree = self.lock();
-        if let Some(t) = target {
-            tree.nodes.remove(&t);
+        if let Some(t) = target
+            && let Some(Node {
+                body: Body::File {
+                    staged: Some(p), ..
+                },
+                ..
+            }) = tree.nodes.remove(&t)
+        {
+            // The replaced file's staged data must not come back on recovery.
+            let _ = std::fs::remove_file(note_path(&p));
+            let _ = std::fs::remove_file(p);
         }
         if let Some(c) = tree.children_mut(parent) {
             c.remove(name);
@@ -539,6 +678,8 @@ impl LodeFs {
         }
         tree.dirty.insert(parent);
         tree.dirty.insert(newparent);
+        drop(tree);
+        self.note_staged(ino);
         Ok(())
     }
 
@@ -591,6 +732,10 @@ impl LodeFs {
         }
         let attr = self.attr(ino, node);
         tree.dirty.insert(parent);
+        drop(tree);
+        if mode.is_some() {
+            self.note_staged(ino);
+        }
         Ok(attr)
     }
 
@@ -717,7 +862,9 @@ impl LodeFs {
                 writers: 1,
             },
         };
-        Ok(self.new_child(parent, name, node)?.1)
+        let (ino, attr) = self.new_child(parent, name, node)?;
+        self.note_staged(ino);
+        Ok(attr)
     }
 
     fn do_symlink(&self, parent: u64, name: &OsStr, target: &Path) -> Result<FileAttr> {
