@@ -348,11 +348,10 @@ impl LodeFs {
                     },
                 ..
             }) = tree.nodes.get_mut(&ino)
+                && let Some(p) = staged.take()
             {
-                if let Some(p) = staged.take() {
-                    let _ = std::fs::remove_file(note_path(&p));
-                    let _ = std::fs::remove_file(p);
-                }
+                let _ = std::fs::remove_file(note_path(&p));
+                let _ = std::fs::remove_file(p);
             }
         }
         Ok(())
