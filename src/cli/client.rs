@@ -97,7 +97,9 @@ pub fn run(command: Command) -> Result<()> {
             | Command::Mine(_)
             | Command::Status(_)
             | Command::Mount(_)
-            | Command::Friend(_) => {
+            | Command::Friend(_)
+            | Command::Completions { .. }
+            | Command::Man => {
                 unreachable!("dispatched above")
             }
         }

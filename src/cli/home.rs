@@ -200,8 +200,14 @@ impl Config {
         let path = home.config_file();
         let text = std::fs::read_to_string(&path)
             .with_context(|| format!("reading {} (run `lode init` first)", path.display()))?;
-        let config: Config =
-            toml::from_str(&text).with_context(|| format!("parsing {}", path.display()))?;
+        let config: Config = toml::from_str(&text).map_err(|e| {
+            // One line, whatever the parser's message looks like.
+            let at = e
+                .span()
+                .map(|s| format!(" at byte {}", s.start))
+                .unwrap_or_default();
+            anyhow::anyhow!("{}: {}{at}", path.display(), e.message().replace('\n', " "))
+        })?;
         lode::chunk::Params::new(config.k, config.n)
             .with_context(|| format!("{}: invalid k/n", path.display()))?;
         Ok(config)

@@ -80,6 +80,10 @@ pub enum Command {
     /// Manage friends' shared directories shown under friends/.
     #[command(subcommand)]
     Friend(mount::FriendCommand),
+    /// Print shell completions (bash, zsh, fish, elvish, powershell).
+    Completions { shell: clap_complete::Shell },
+    /// Print the man page (roff) to standard output.
+    Man,
     /// Run a storage server.
     #[command(subcommand)]
     Mirror(MirrorCommand),
@@ -109,6 +113,16 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Status(args) => mine::status(args),
         Command::Mount(args) => mount::mount(args),
         Command::Friend(c) => mount::friend(c),
+        Command::Completions { shell } => {
+            use clap::CommandFactory;
+            clap_complete::generate(shell, &mut Cli::command(), "lode", &mut std::io::stdout());
+            Ok(())
+        }
+        Command::Man => {
+            use clap::CommandFactory;
+            clap_mangen::Man::new(Cli::command()).render(&mut std::io::stdout())?;
+            Ok(())
+        }
         other => client::run(other),
     }
 }

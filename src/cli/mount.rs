@@ -128,6 +128,9 @@ pub fn mount(args: MountArgs) -> Result<()> {
         }
     }
     if !args.foreground {
+        // Fail here, in one line, on a bad identity or config, rather than
+        // in the detached child.
+        Session::open()?;
         return spawn_background(&args);
     }
     let session = Session::open()?;
