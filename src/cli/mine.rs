@@ -235,6 +235,7 @@ pub fn status(args: StatusArgs) -> Result<()> {
         }
         anyhow::Ok(rows)
     })?;
+    let mount = mount_status(&home.data.join("mount.sock"));
     if args.json {
         let mirrors: Vec<_> = rows
             .iter()
@@ -254,11 +255,26 @@ pub fn status(args: StatusArgs) -> Result<()> {
             serde_json::to_string_pretty(&serde_json::json!({
                 "account": lode::protocol::hex(&key.public_key()),
                 "mirrors": mirrors,
+                "mount": mount,
             }))?
         );
         return Ok(());
     }
     println!("account {}", lode::protocol::hex(&key.public_key()));
+    if let Some(m) = &mount {
+        println!(
+            "mount at {}: {} files ({} bytes) staged; miner {} at {:.2} MH/s, {} accepted, {} rejected",
+            m["mountpoint"].as_str().unwrap_or("?"),
+            m["staged_files"],
+            m["staged_bytes"],
+            m["mining_for"]
+                .as_str()
+                .map_or("idle".to_string(), |u| format!("mining for {u}")),
+            m["hashrate"].as_f64().unwrap_or(0.0) / 1e6,
+            m["accepted"],
+            m["rejected"],
+        );
+    }
     for (url, r) in rows {
         match r {
             Ok(s) => println!(
@@ -273,4 +289,14 @@ pub fn status(args: StatusArgs) -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// Ask a running mount for its state over its control socket.
+fn mount_status(socket: &std::path::Path) -> Option<serde_json::Value> {
+    use std::io::Read;
+    let mut stream = std::os::unix::net::UnixStream::connect(socket).ok()?;
+    stream.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+    let mut line = String::new();
+    stream.read_to_string(&mut line).ok()?;
+    serde_json::from_str(line.trim()).ok()
 }

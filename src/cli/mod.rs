@@ -6,6 +6,7 @@
 
 mod client;
 mod home;
+mod keeper;
 mod mine;
 mod mount;
 mod serve;

@@ -102,6 +102,7 @@ pub fn mount(args: MountArgs) -> Result<()> {
         fuser::MountOption::Subtype("lode".into()),
     ];
     let mut cache_mib = None;
+    let mut miner = Some(lode::miner::MinerConfig::default());
     for opt in args
         .options
         .iter()
@@ -112,6 +113,32 @@ pub fn mount(args: MountArgs) -> Result<()> {
             "allow_other" => options.push(fuser::MountOption::CUSTOM("allow_other".into())),
             "default_permissions" => options.push(fuser::MountOption::DefaultPermissions),
             "ro" => options.push(fuser::MountOption::RO),
+            "nominer" => miner = None,
+            o if o.starts_with("miner_threads=") => {
+                let n = o["miner_threads=".len()..]
+                    .parse()
+                    .map_err(|_| anyhow!("miner_threads= wants a number, got {o:?}"))?;
+                if let Some(m) = &mut miner {
+                    m.threads = n;
+                }
+            }
+            o if o.starts_with("miner_duty=") => {
+                let d: f64 = o["miner_duty=".len()..]
+                    .parse()
+                    .map_err(|_| anyhow!("miner_duty= wants a fraction, got {o:?}"))?;
+                if !(d > 0.0 && d <= 1.0) {
+                    bail!("miner_duty must be in (0, 1]");
+                }
+                if let Some(m) = &mut miner {
+                    m.duty = d;
+                }
+            }
+            // Normal instead of idle priority, for dedicated machines.
+            "miner_idle=0" => {
+                if let Some(m) = &mut miner {
+                    m.idle_priority = false;
+                }
+            }
             o if o.starts_with("cache=") => {
                 let mib: u64 = o["cache=".len()..]
                     .parse()
@@ -181,6 +208,26 @@ pub fn mount(args: MountArgs) -> Result<()> {
         }
     }
     let flusher = fs.start_flusher();
+    let keeper = super::keeper::Keeper::start(
+        super::keeper::KeeperConfig {
+            miner,
+            horizon: Duration::from_secs(30 * 86_400),
+            account: home.secret()?.account_key(),
+            mirrors: config.mirrors.clone(),
+        },
+        vault.clone(),
+        rt.handle(),
+    )?;
+    let keeper = Arc::new(keeper);
+    let socket = {
+        let (fs, keeper) = (fs.clone(), keeper.clone());
+        let shown = args.mountpoint.display().to_string();
+        super::keeper::serve_status(&home.data.join("mount.sock"), rt.handle(), move || {
+            let mut status = keeper.status(fs.backlog());
+            status["mountpoint"] = serde_json::json!(shown);
+            status
+        })?
+    };
     let mut fuse_config = fuser::Config::default();
     fuse_config.mount_options = options;
     fuse_config.n_threads = Some(4);
@@ -224,6 +271,7 @@ pub fn mount(args: MountArgs) -> Result<()> {
         .map(|(pk, seq)| (lode::protocol::hex(&pk), seq))
         .collect();
     home.save_seen(&seen)?;
+    let _ = std::fs::remove_file(socket);
     drop(lock);
     Ok(())
 }

@@ -307,6 +307,23 @@ impl LodeFs {
         Ok(())
     }
 
+    /// Files with changes not yet safe on the mirrors, and their bytes.
+    pub fn backlog(&self) -> (usize, u64) {
+        let tree = self.lock();
+        tree.nodes
+            .values()
+            .filter(|n| {
+                matches!(
+                    n.body,
+                    Body::File {
+                        staged: Some(_),
+                        ..
+                    }
+                )
+            })
+            .fold((0, 0), |(n, b), node| (n + 1, b + node.size))
+    }
+
     /// Publish one directory's listing.
     fn publish(&self, dir: u64) -> Result<()> {
         let (write, listing) = {

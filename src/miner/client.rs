@@ -105,7 +105,8 @@ fn io(e: impl ToString) -> std::io::Error {
     std::io::Error::other(e.to_string())
 }
 
-/// Mine for `worker` at the pool `addr` until `stop` turns true.
+/// Mine for `worker` at the pool `addr` until `stop` turns true. Returns
+/// the results channel, so the caller can mine elsewhere with it next.
 pub async fn run(
     addr: String,
     worker: String,
@@ -113,7 +114,7 @@ pub async fn run(
     mut found: mpsc::UnboundedReceiver<Found>,
     stats: Arc<MinerStats>,
     mut stop: watch::Receiver<bool>,
-) {
+) -> mpsc::UnboundedReceiver<Found> {
     let mut backoff = Duration::from_millis(250);
     while !*stop.borrow() {
         let result = session(&addr, &worker, &miners, &mut found, &stats, &mut stop).await;
@@ -131,6 +132,7 @@ pub async fn run(
         }
         backoff = (backoff * 2).min(Duration::from_secs(60));
     }
+    found
 }
 
 async fn session(

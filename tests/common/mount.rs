@@ -31,6 +31,15 @@ impl Mounted {
         }
     }
 
+    /// Take charge of a mount started some other way.
+    pub fn attach(client: &Client, mp: &Path) -> Mounted {
+        assert!(mounted(mp));
+        Mounted {
+            mp: mp.to_path_buf(),
+            home: client.home.clone(),
+        }
+    }
+
     pub fn unmount(&self) {
         if mounted(&self.mp) {
             let ok = Command::new("fusermount3")

@@ -1,0 +1,222 @@
+//! Inside `lode mount`: the lease keeper, the background miner, and the
+//! control socket `lode status` asks.
+//!
+//! Every minute the keeper asks each mirror for the account's standing and
+//! mines (at idle priority) for the least-funded mirror whose
+//! `funded_until` is short of the horizon; once a day it renews the leases
+//! of everything reachable from the root.
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use serde_json::json;
+use tokio::io::AsyncWriteExt;
+use tokio::sync::{mpsc, watch};
+
+use lode::caps::Cap;
+use lode::miner::{Found, MinerConfig, MinerStats, Miners, client};
+use lode::store::{HttpMirror, Vault};
+
+/// How the mount mines.
+#[derive(Debug, Clone)]
+pub struct KeeperConfig {
+    /// `None`: never mine (`-o nominer`).
+    pub miner: Option<MinerConfig>,
+    pub horizon: Duration,
+    pub account: lode::crypto::AccountKey,
+    pub mirrors: Vec<String>,
+}
+
+/// What the keeper reports over the control socket.
+#[derive(Default)]
+pub struct KeeperState {
+    pub mining_for: Option<String>,
+    pub funded: Vec<(String, Option<i64>)>,
+    pub last_renewal: Option<String>,
+}
+
+pub struct Keeper {
+    pub stats: Arc<MinerStats>,
+    pub miners: Option<Arc<Miners>>,
+    pub state: Arc<Mutex<KeeperState>>,
+}
+
+fn unix_now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0)
+}
+
+impl Keeper {
+    /// Start the keeper on `rt`. Mining threads exist only when mining is
+    /// allowed; they sit paused until a mirror needs funding.
+    pub fn start(
+        config: KeeperConfig,
+        vault: Arc<Vault>,
+        rt: &tokio::runtime::Handle,
+    ) -> std::io::Result<Keeper> {
+        let stats = Arc::new(MinerStats::default());
+        let state = Arc::new(Mutex::new(KeeperState::default()));
+        let miners = match &config.miner {
+            Some(mc) => {
+                let (tx, rx) = std::sync::mpsc::channel();
+                let miners =
+                    Arc::new(Miners::start(mc.clone(), tx).map_err(std::io::Error::other)?);
+                let (found_tx, found_rx) = mpsc::unbounded_channel();
+                std::thread::spawn(move || {
+                    while let Ok(f) = rx.recv() {
+                        if found_tx.send(f).is_err() {
+                            break;
+                        }
+                    }
+                });
+                rt.spawn(mine_loop(
+                    config.clone(),
+                    miners.clone(),
+                    found_rx,
+                    stats.clone(),
+                    state.clone(),
+                ));
+                Some(miners)
+            }
+            None => None,
+        };
+        rt.spawn(renew_loop(vault, state.clone()));
+        Ok(Keeper {
+            stats,
+            miners,
+            state,
+        })
+    }
+
+    /// The status line the control socket serves.
+    pub fn status(&self, backlog: (usize, u64)) -> serde_json::Value {
+        let state = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        json!({
+            "staged_files": backlog.0,
+            "staged_bytes": backlog.1,
+            "mining_for": state.mining_for,
+            "hashrate": self.miners.as_ref().map_or(0.0, |m| m.hashrate()),
+            "accepted": self.stats.accepted.load(Ordering::Relaxed),
+            "rejected": self.stats.rejected.load(Ordering::Relaxed),
+            "funded_until": state.funded.iter().map(|(u, f)| json!({"url": u, "funded_until": f})).collect::<Vec<_>>(),
+            "last_renewal": state.last_renewal,
+        })
+    }
+}
+
+/// The mirror to mine for: the least funded one short of the horizon.
+async fn pick(config: &KeeperConfig, state: &Mutex<KeeperState>) -> Option<(String, String)> {
+    let horizon = unix_now() + config.horizon.as_secs() as i64;
+    let mut best: Option<(i64, String, String)> = None;
+    let mut funded = Vec::new();
+    for url in &config.mirrors {
+        let Ok(mirror) = HttpMirror::new(url, config.account.clone()) else {
+            continue;
+        };
+        let (Ok(info), Ok(status)) = (mirror.info().await, mirror.account().await) else {
+            continue;
+        };
+        funded.push((url.clone(), status.funded_until));
+        let (Some(port), Some(until)) = (info.stratum_port, status.funded_until) else {
+            continue;
+        };
+        if until >= horizon {
+            continue;
+        }
+        let Some(host) = reqwest::Url::parse(url)
+            .ok()
+            .and_then(|u| u.host_str().map(String::from))
+        else {
+            continue;
+        };
+        if best.as_ref().is_none_or(|(b, _, _)| until < *b) {
+            best = Some((until, url.clone(), format!("{host}:{port}")));
+        }
+    }
+    state.lock().unwrap_or_else(|p| p.into_inner()).funded = funded;
+    best.map(|(_, url, addr)| (url, addr))
+}
+
+async fn mine_loop(
+    config: KeeperConfig,
+    miners: Arc<Miners>,
+    mut found: mpsc::UnboundedReceiver<Found>,
+    stats: Arc<MinerStats>,
+    state: Arc<Mutex<KeeperState>>,
+) {
+    let worker = lode::protocol::hex(&config.account.public_key());
+    loop {
+        let target = pick(&config, &state).await;
+        state.lock().unwrap_or_else(|p| p.into_inner()).mining_for =
+            target.as_ref().map(|(u, _)| u.clone());
+        match target {
+            None => tokio::time::sleep(Duration::from_secs(60)).await,
+            Some((_, addr)) => {
+                // Mine there for a minute, then look again.
+                let (stop_tx, stop_rx) = watch::channel(false);
+                let task = tokio::spawn(client::run(
+                    addr,
+                    worker.clone(),
+                    miners.clone(),
+                    found,
+                    stats.clone(),
+                    stop_rx,
+                ));
+                tokio::time::sleep(Duration::from_secs(60)).await;
+                let _ = stop_tx.send(true);
+                match task.await {
+                    Ok(rx) => found = rx,
+                    Err(_) => return,
+                }
+            }
+        }
+    }
+}
+
+async fn renew_loop(vault: Arc<Vault>, state: Arc<Mutex<KeeperState>>) {
+    loop {
+        let root = Cap::DirWrite(vault.root().clone());
+        let summary = match vault.grid().reachable_ids(&root).await {
+            Ok(ids) => {
+                let results = vault.grid().renew(&ids).await;
+                let failed = results.iter().filter(|(_, r)| r.is_err()).count();
+                format!(
+                    "{} objects on {} mirrors ({} failed) at {}",
+                    ids.len(),
+                    results.len(),
+                    failed,
+                    unix_now()
+                )
+            }
+            Err(e) => format!("failed at {}: {e}", unix_now()),
+        };
+        state.lock().unwrap_or_else(|p| p.into_inner()).last_renewal = Some(summary);
+        tokio::time::sleep(Duration::from_secs(24 * 3600)).await;
+    }
+}
+
+/// Serve one JSON status line per connection on `path`.
+pub fn serve_status(
+    path: &Path,
+    rt: &tokio::runtime::Handle,
+    status: impl Fn() -> serde_json::Value + Send + Sync + 'static,
+) -> std::io::Result<PathBuf> {
+    let _ = std::fs::remove_file(path);
+    let listener = {
+        let _guard = rt.enter();
+        tokio::net::UnixListener::bind(path)?
+    };
+    std::fs::set_permissions(path, std::os::unix::fs::PermissionsExt::from_mode(0o600))?;
+    let status = Arc::new(status);
+    rt.spawn(async move {
+        while let Ok((mut stream, _)) = listener.accept().await {
+            let line = status().to_string() + "\n";
+            let _ = stream.write_all(line.as_bytes()).await;
+        }
+    });
+    Ok(path.to_path_buf())
+}

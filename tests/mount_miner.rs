@@ -1,0 +1,72 @@
+//! The mount mines for an under-funded mirror and reports it over its
+//! control socket to `lode status`.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::mount::Mounted;
+use common::{Client, MirrorProc};
+
+fn status(client: &Client) -> serde_json::Value {
+    serde_json::from_str(&client.ok(&["status", "--json"])).unwrap()
+}
+
+#[test]
+fn the_mount_mines_until_funded_and_status_shows_it() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mirror = MirrorProc::start(
+        &tmp.path().join("m"),
+        &[
+            "--stratum",
+            "127.0.0.1:0",
+            "--difficulty",
+            "0.001",
+            "--min-difficulty",
+            "0.001",
+            "--price",
+            "1",
+        ],
+    );
+    let client = Client::new(&tmp.path().join("home"), &[&mirror.url]);
+    client.set_config("k", "1");
+    client.set_config("n", "1");
+    client.set_config("happy", "1");
+    let data = tmp.path().join("f.bin");
+    std::fs::write(&data, common::seeded_bytes("mount miner", 1 << 20)).unwrap();
+    client.ok(&["put", data.to_str().unwrap(), "--to", "f.bin"]);
+    let before = status(&client)["mirrors"][0]["funded_until"]
+        .as_i64()
+        .expect("storage is charged");
+
+    let mp = tmp.path().join("mnt");
+    std::fs::create_dir(&mp).unwrap();
+    // Normal priority and one thread: the test must not depend on idle CPU.
+    client.ok(&[
+        "mount",
+        mp.to_str().unwrap(),
+        "-o",
+        "miner_threads=1,miner_idle=0",
+    ]);
+    let m = Mounted::attach(&client, &mp);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let last = loop {
+        let s = status(&client);
+        let mount = &s["mount"];
+        assert!(mount.is_object(), "status has no mount section: {s}");
+        if mount["accepted"].as_u64().unwrap_or(0) >= 2
+            && mount["hashrate"].as_f64().unwrap_or(0.0) > 0.0
+        {
+            break s;
+        }
+        assert!(Instant::now() < deadline, "the mount did not mine: {s}");
+        std::thread::sleep(Duration::from_millis(500));
+    };
+    assert_eq!(
+        last["mount"]["mining_for"].as_str(),
+        Some(mirror.url.as_str())
+    );
+    let after = last["mirrors"][0]["funded_until"].as_i64().unwrap();
+    assert!(after > before, "funded_until {before} -> {after}");
+    drop(m);
+}
