@@ -194,11 +194,7 @@ fn tools_work_and_everything_survives_a_remount() {
 #[test]
 fn a_killed_mount_loses_nothing() {
     let tmp = tempfile::tempdir().unwrap();
-    let mirrors: Vec<MirrorProc> = (0..3)
-        .map(|i| MirrorProc::start(&tmp.path().join(format!("m{i}")), &[]))
-        .collect();
-    let urls: Vec<&str> = mirrors.iter().map(|m| m.url.as_str()).collect();
-    let client = Client::new(&tmp.path().join("home"), &urls);
+    let (_mirrors, client) = common::three_mirrors_and_client(tmp.path());
     let mp = tmp.path().join("mnt");
     let m = Mounted::new(&client, &mp);
     std::fs::create_dir(mp.join("dir")).unwrap();

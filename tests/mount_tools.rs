@@ -6,7 +6,6 @@ use std::path::Path;
 use std::process::Command;
 
 use common::mount::Mounted;
-use common::{Client, MirrorProc};
 
 fn sh(dir: &Path, script: &str) -> String {
     let out = Command::new("sh")
@@ -33,11 +32,7 @@ fn rsync_git_and_sqlite_on_the_mount() {
         );
     }
     let tmp = tempfile::tempdir().unwrap();
-    let mirrors: Vec<MirrorProc> = (0..3)
-        .map(|i| MirrorProc::start(&tmp.path().join(format!("m{i}")), &[]))
-        .collect();
-    let urls: Vec<&str> = mirrors.iter().map(|m| m.url.as_str()).collect();
-    let client = Client::new(&tmp.path().join("home"), &urls);
+    let (_mirrors, client) = common::three_mirrors_and_client(tmp.path());
     let mp = tmp.path().join("mnt");
     std::fs::create_dir(&mp).unwrap();
     let mounted = Mounted::new(&client, &mp);

@@ -159,6 +159,16 @@ impl HttpMirror {
         resp.json().await.map_err(|e| self.unavailable(e))
     }
 
+    /// GET a body, or `None` on 404.
+    async fn get_optional(&self, path: &str) -> Result<Option<Vec<u8>>> {
+        let resp = self.send(Method::GET, path, None, None, false).await?;
+        if resp.status() == StatusCode::NOT_FOUND {
+            return Ok(None);
+        }
+        let bytes = resp.bytes().await.map_err(|e| self.unavailable(e))?;
+        Ok(Some(bytes.to_vec()))
+    }
+
     fn record_latency(&self, took: Duration) {
         let mut l = self.latency.lock().expect("latency lock");
         *l = Some(match *l {
@@ -206,21 +216,11 @@ impl Storage for HttpMirror {
 
     async fn get_share(&self, id: &ShareId) -> Result<Option<Vec<u8>>> {
         let start = Instant::now();
-        let resp = self
-            .send(
-                Method::GET,
-                &format!("/v1/share/{}", hex(id)),
-                None,
-                None,
-                false,
-            )
-            .await?;
-        if resp.status() == StatusCode::NOT_FOUND {
-            return Ok(None);
+        let bytes = self.get_optional(&format!("/v1/share/{}", hex(id))).await?;
+        if bytes.is_some() {
+            self.record_latency(start.elapsed());
         }
-        let bytes = resp.bytes().await.map_err(|e| self.unavailable(e))?;
-        self.record_latency(start.elapsed());
-        Ok(Some(bytes.to_vec()))
+        Ok(bytes)
     }
 
     async fn has_share(&self, id: &ShareId) -> Result<bool> {
@@ -268,24 +268,8 @@ impl Storage for HttpMirror {
     }
 
     async fn get_slot(&self, public_key: &[u8; 32]) -> Result<Option<Vec<u8>>> {
-        let resp = self
-            .send(
-                Method::GET,
-                &format!("/v1/slot/{}", hex(public_key)),
-                None,
-                None,
-                false,
-            )
-            .await?;
-        if resp.status() == StatusCode::NOT_FOUND {
-            return Ok(None);
-        }
-        Ok(Some(
-            resp.bytes()
-                .await
-                .map_err(|e| self.unavailable(e))?
-                .to_vec(),
-        ))
+        self.get_optional(&format!("/v1/slot/{}", hex(public_key)))
+            .await
     }
 
     async fn renew(&self, ids: &[[u8; 32]]) -> Result<Vec<[u8; 32]>> {

@@ -46,6 +46,17 @@ impl MemoryStorage {
             .sum()
     }
 
+    /// What an honest mirror checks on every upload.
+    fn check_id(&self, id: &ShareId, bytes: &[u8]) -> Result<()> {
+        if &sha256(bytes) != id {
+            return Err(Error::Rejected {
+                mirror: self.name.clone(),
+                reason: "share bytes do not match their id".into(),
+            });
+        }
+        Ok(())
+    }
+
     /// Replace a share's bytes without any check: for tampering tests.
     pub fn tamper(&self, id: &ShareId, f: impl FnOnce(&mut Vec<u8>)) -> bool {
         self.shares
@@ -74,27 +85,14 @@ impl Storage for MemoryStorage {
     }
 
     async fn put_share(&self, id: &ShareId, bytes: &[u8]) -> Result<()> {
-        if &sha256(bytes) != id {
-            return Err(Error::Rejected {
-                mirror: self.name.clone(),
-                reason: "share bytes do not match their id".into(),
-            });
-        }
-        self.shares
-            .lock()
-            .expect("lock")
-            .entry(*id)
-            .or_insert_with(|| bytes.to_vec());
+        self.check_id(id, bytes)?;
+        let mut shares = self.shares.lock().expect("lock");
+        shares.entry(*id).or_insert_with(|| bytes.to_vec());
         Ok(())
     }
 
     async fn repair_share(&self, id: &ShareId, bytes: &[u8]) -> Result<()> {
-        if &sha256(bytes) != id {
-            return Err(Error::Rejected {
-                mirror: self.name.clone(),
-                reason: "share bytes do not match their id".into(),
-            });
-        }
+        self.check_id(id, bytes)?;
         self.shares
             .lock()
             .expect("lock")

@@ -274,6 +274,17 @@ impl Client {
     }
 }
 
+/// Three mirrors on loopback (data in `dir/m0..m2`) and an identity in
+/// `dir/home` that stores to them 2-of-3.
+pub fn three_mirrors_and_client(dir: &Path) -> (Vec<MirrorProc>, Client) {
+    let mirrors: Vec<MirrorProc> = (0..3)
+        .map(|i| MirrorProc::start(&dir.join(format!("m{i}")), &[]))
+        .collect();
+    let urls: Vec<&str> = mirrors.iter().map(|m| m.url.as_str()).collect();
+    let client = Client::new(&dir.join("home"), &urls);
+    (mirrors, client)
+}
+
 /// Write `bytes` to a new file in `dir`.
 pub fn write_file(dir: &Path, name: &str, bytes: &[u8]) -> PathBuf {
     let p = dir.join(name);
