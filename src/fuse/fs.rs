@@ -75,9 +75,20 @@ fn note_path(staged: &Path) -> PathBuf {
 }
 
 fn name_of(name: &OsStr) -> Result<&str> {
+    if name.len() > 255 {
+        return Err(Error::NameTooLong);
+    }
     let name = name.to_str().ok_or(Error::BadName)?;
     check_name(name).map_err(|_| Error::BadName)?;
     Ok(name)
+}
+
+/// A name to look up: too long is ENAMETOOLONG, not UTF-8 cannot exist.
+fn lookup_name(name: &OsStr) -> Result<&str> {
+    if name.len() > 255 {
+        return Err(Error::NameTooLong);
+    }
+    name.to_str().ok_or(Error::NotFound)
 }
 
 /// Run a handler, turning a panic into EIO.
@@ -951,9 +962,7 @@ impl Filesystem for Mount {
 
     fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
         guarded("lookup", || {
-            let r = name
-                .to_str()
-                .ok_or(Error::NotFound)
+            let r = lookup_name(name)
                 .and_then(|n| self.child(parent.0, n))
                 .and_then(|i| self.attr_of(i));
             match r {

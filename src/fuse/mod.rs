@@ -35,6 +35,8 @@ pub enum Error {
     Exists,
     #[error("invalid name")]
     BadName,
+    #[error("name longer than 255 bytes")]
+    NameTooLong,
     #[error("operation not supported")]
     Unsupported,
     #[error("i/o: {0}")]
@@ -56,6 +58,7 @@ pub fn errno(e: &Error) -> Errno {
         Error::NotEmpty => Errno::ENOTEMPTY,
         Error::Exists => Errno::EEXIST,
         Error::BadName => Errno::EINVAL,
+        Error::NameTooLong => Errno::ENAMETOOLONG,
         Error::Unsupported => Errno::EPERM,
         Error::Io(io) => Errno::from(io.kind()),
         Error::Store(s) => match s {
