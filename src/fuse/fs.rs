@@ -29,6 +29,8 @@ use crate::store::{Vault, now};
 /// only through this mount, so the cache stays coherent; friends' trees
 /// change remotely and are re-listed every `refresh`.
 const TTL: Duration = Duration::from_secs(1);
+/// Files uploaded side by side by one flush.
+const UPLOAD_THREADS: usize = 8;
 
 /// How the mount is set up.
 #[derive(Debug, Clone)]
@@ -502,12 +504,29 @@ impl LodeFs {
                 .map(|(&i, _)| i)
                 .collect()
         };
-        let mut first_err = None;
-        for ino in files {
-            if let Err(e) = self.upload(ino) {
-                first_err.get_or_insert(e);
+        // Uploads are latency-bound (several round trips per file), so a
+        // few run side by side.
+        let queue = Mutex::new(files);
+        let errors = Mutex::new(None);
+        std::thread::scope(|scope| {
+            for _ in 0..UPLOAD_THREADS {
+                scope.spawn(|| {
+                    loop {
+                        let Some(ino) = queue.lock().unwrap_or_else(|p| p.into_inner()).pop()
+                        else {
+                            break;
+                        };
+                        if let Err(e) = self.upload(ino) {
+                            errors
+                                .lock()
+                                .unwrap_or_else(|p| p.into_inner())
+                                .get_or_insert(e);
+                        }
+                    }
+                });
             }
-        }
+        });
+        let mut first_err = errors.into_inner().unwrap_or_else(|p| p.into_inner());
         let dirs: Vec<u64> = self.lock().dirty.iter().copied().collect();
         for dir in dirs {
             if let Err(e) = self.publish(dir) {
