@@ -119,6 +119,23 @@ impl Ledger {
         hash: &[u8; 32],
         now: i64,
     ) -> Result<bool> {
+        self.credit_share_then(account, worker, difficulty_micro, hash, now, || {})
+    }
+
+    /// As [`Self::credit_share`], running `acknowledge` after the credit is
+    /// written but before it commits. The pool answers the miner there:
+    /// the commit's own write is then the only step between answer and
+    /// durable credit, and a crash during its fsync (the long part) keeps
+    /// both, so credit and acknowledgements agree through kill -9.
+    pub fn credit_share_then(
+        &self,
+        account: &[u8; 32],
+        worker: &str,
+        difficulty_micro: u64,
+        hash: &[u8; 32],
+        now: i64,
+        acknowledge: impl FnOnce(),
+    ) -> Result<bool> {
         self.with_tx(|tx| {
             let inserted = tx.execute(
                 "INSERT INTO pool_shares (account, worker, difficulty, hash, created) VALUES (?1, ?2, ?3, ?4, ?5)
@@ -135,6 +152,7 @@ impl Ledger {
                 params![&account[..], difficulty_micro as i64],
             )?;
             self.charge_in(tx, account, now)?;
+            acknowledge();
             Ok(true)
         })
     }

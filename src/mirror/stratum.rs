@@ -195,19 +195,33 @@ async fn connection(
                     }
                     Outcome::Accepted(a) => {
                         let (account, worker, micro, hash) = (a.account, a.worker.clone(), a.difficulty.micro(), a.hash);
-                        let credited = ledger
-                            .run(move |l| l.credit_share(&account, &worker, micro, &hash, unix_now()))
-                            .await
-                            .map_err(|e| std::io::Error::other(e.to_string()))?;
-                        let reply = if credited {
+                        let accept = stratum::ok(&a.id, serde_json::Value::Bool(true)) + "\n";
+                        // Answer inside the credit's transaction, just
+                        // before it commits (see Ledger::credit_share_then).
+                        let socket = socket2::SockRef::from(lines.get_ref());
+                        let mut sent = 0;
+                        let credited = tokio::task::block_in_place(|| {
+                            ledger.credit_share_then(&account, &worker, micro, &hash, unix_now(), || {
+                                sent = socket.send(accept.as_bytes()).unwrap_or(0);
+                            })
+                        })
+                        .map_err(|e| std::io::Error::other(e.to_string()))?;
+                        if credited {
                             if let Some(fwd) = &forward {
                                 let _ = fwd.try_send(Forward { accepted: a.clone() });
                             }
-                            stratum::ok(&a.id, serde_json::Value::Bool(true))
+                            if sent < accept.len() {
+                                // The kernel took only part (or none): send the
+                                // rest the ordinary way.
+                                use tokio::io::AsyncWriteExt;
+                                lines.get_mut().write_all(&accept.as_bytes()[sent..]).await?;
+                            }
                         } else {
-                            stratum::err(&a.id, code::DUPLICATE, "duplicate share")
-                        };
-                        lines.send(reply).await.map_err(std::io::Error::other)?;
+                            lines
+                                .send(stratum::err(&a.id, code::DUPLICATE, "duplicate share"))
+                                .await
+                                .map_err(std::io::Error::other)?;
+                        }
                     }
                 }
             }
