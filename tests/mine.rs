@@ -3,30 +3,12 @@
 
 mod common;
 
-use common::{Client, MirrorProc, write_file};
+use common::Client;
 
 #[test]
 fn mining_credits_the_account_exactly() {
     let tmp = tempfile::tempdir().unwrap();
-    let mirror = MirrorProc::start(
-        &tmp.path().join("m"),
-        &[
-            "--stratum",
-            "127.0.0.1:0",
-            "--difficulty",
-            "0.001",
-            "--min-difficulty",
-            "0.001",
-            "--price",
-            "1",
-        ],
-    );
-    let client = Client::new(&tmp.path().join("home"), &[&mirror.url]);
-    client.set_config("k", "1");
-    client.set_config("n", "1");
-    client.set_config("happy", "1");
-    let f = write_file(tmp.path(), "f.bin", &common::seeded_bytes("mine", 2 << 20));
-    client.ok(&["put", f.to_str().unwrap(), "--to", "f.bin"]);
+    let (mirror, client) = common::charging_pool_mirror(tmp.path(), 2 << 20);
 
     let before: serde_json::Value =
         serde_json::from_str(&client.ok(&["status", "--json"])).unwrap();

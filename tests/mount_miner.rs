@@ -6,7 +6,7 @@ mod common;
 use std::time::{Duration, Instant};
 
 use common::mount::Mounted;
-use common::{Client, MirrorProc};
+use common::Client;
 
 fn status(client: &Client) -> serde_json::Value {
     serde_json::from_str(&client.ok(&["status", "--json"])).unwrap()
@@ -15,26 +15,7 @@ fn status(client: &Client) -> serde_json::Value {
 #[test]
 fn the_mount_mines_until_funded_and_status_shows_it() {
     let tmp = tempfile::tempdir().unwrap();
-    let mirror = MirrorProc::start(
-        &tmp.path().join("m"),
-        &[
-            "--stratum",
-            "127.0.0.1:0",
-            "--difficulty",
-            "0.001",
-            "--min-difficulty",
-            "0.001",
-            "--price",
-            "1",
-        ],
-    );
-    let client = Client::new(&tmp.path().join("home"), &[&mirror.url]);
-    client.set_config("k", "1");
-    client.set_config("n", "1");
-    client.set_config("happy", "1");
-    let data = tmp.path().join("f.bin");
-    std::fs::write(&data, common::seeded_bytes("mount miner", 1 << 20)).unwrap();
-    client.ok(&["put", data.to_str().unwrap(), "--to", "f.bin"]);
+    let (mirror, client) = common::charging_pool_mirror(tmp.path(), 1 << 20);
     let before = status(&client)["mirrors"][0]["funded_until"]
         .as_i64()
         .expect("storage is charged");

@@ -285,6 +285,32 @@ pub fn three_mirrors_and_client(dir: &Path) -> (Vec<MirrorProc>, Client) {
     (mirrors, client)
 }
 
+/// One mirror that charges (price 1) and runs its built-in pool at
+/// difficulty 0.001, and an identity in `dir/home` that stores 1-of-1 on it
+/// and has `bytes` of data stored, so its account needs funding.
+pub fn charging_pool_mirror(dir: &Path, bytes: usize) -> (MirrorProc, Client) {
+    let mirror = MirrorProc::start(
+        &dir.join("m"),
+        &[
+            "--stratum",
+            "127.0.0.1:0",
+            "--difficulty",
+            "0.001",
+            "--min-difficulty",
+            "0.001",
+            "--price",
+            "1",
+        ],
+    );
+    let client = Client::new(&dir.join("home"), &[&mirror.url]);
+    client.set_config("k", "1");
+    client.set_config("n", "1");
+    client.set_config("happy", "1");
+    let f = write_file(dir, "stored.bin", &seeded_bytes("charged data", bytes));
+    client.ok(&["put", f.to_str().unwrap(), "--to", "stored.bin"]);
+    (mirror, client)
+}
+
 /// Write `bytes` to a new file in `dir`.
 pub fn write_file(dir: &Path, name: &str, bytes: &[u8]) -> PathBuf {
     let p = dir.join(name);
