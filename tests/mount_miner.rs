@@ -5,8 +5,8 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::mount::Mounted;
 use common::Client;
+use common::mount::Mounted;
 
 fn status(client: &Client) -> serde_json::Value {
     serde_json::from_str(&client.ok(&["status", "--json"])).unwrap()
