@@ -17,6 +17,7 @@ use tokio::sync::{mpsc, watch};
 
 use lode::caps::Cap;
 use lode::miner::{Found, MinerConfig, MinerStats, Miners, client};
+use lode::protocol::unix_now;
 use lode::store::{HttpMirror, Vault};
 
 /// How the mount mines.
@@ -41,13 +42,6 @@ pub struct Keeper {
     pub stats: Arc<MinerStats>,
     pub miners: Option<Arc<Miners>>,
     pub state: Arc<Mutex<KeeperState>>,
-}
-
-fn unix_now() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs() as i64)
-        .unwrap_or(0)
 }
 
 impl Keeper {

@@ -12,6 +12,7 @@ use lode::protocol::AccountStatus;
 use lode::store::HttpMirror;
 
 use super::{Config, Home};
+use lode::protocol::unix_now;
 
 #[derive(Debug, Args)]
 pub struct MineArgs {
@@ -196,13 +197,6 @@ fn funded_rank(f: Option<i64>) -> i64 {
 
 fn balance(s: &AccountStatus) -> f64 {
     (s.credit_micro as f64 - s.debit_micro as f64) / 1e6
-}
-
-fn unix_now() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs() as i64)
-        .unwrap_or(0)
 }
 
 fn describe_funded(f: Option<i64>) -> String {

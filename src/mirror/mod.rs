@@ -25,6 +25,8 @@ pub use ledger::{Ledger, ObjectKind, Terms};
 pub use stratum::{PoolConfig, run_pool};
 pub use upstream::UpstreamConfig;
 
+pub(crate) use crate::protocol::unix_now;
+
 use crate::chunk::ShareId;
 
 /// Errors of the mirror.
@@ -63,11 +65,3 @@ pub enum Error {
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
-
-/// Seconds since the Unix epoch.
-pub(crate) fn unix_now() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs() as i64)
-        .unwrap_or(0)
-}

@@ -134,6 +134,15 @@ impl RequestAuth {
     }
 }
 
+/// Seconds since the Unix epoch (0 if the clock is before it). Request
+/// times, leases and funded-until are all in this unit.
+pub fn unix_now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0)
+}
+
 pub fn hex(bytes: &[u8]) -> String {
     data_encoding::HEXLOWER.encode(bytes)
 }

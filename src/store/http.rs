@@ -15,7 +15,7 @@ use super::{Error, Result, Storage};
 use crate::chunk::ShareId;
 use crate::crypto::{AccountKey, Hash, sha256};
 use crate::protocol::{
-    AccountStatus, ErrorBody, Info, RenewRequest, RenewResponse, RequestAuth, hex,
+    AccountStatus, ErrorBody, Info, RenewRequest, RenewResponse, RequestAuth, hex, unix_now,
 };
 
 const ATTEMPTS: u32 = 4;
@@ -28,13 +28,6 @@ pub struct HttpMirror {
     key: AccountKey,
     /// Smoothed time of successful reads, for fastest-first ordering.
     latency: Mutex<Option<Duration>>,
-}
-
-fn unix_now() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs() as i64)
-        .unwrap_or(0)
 }
 
 impl HttpMirror {
