@@ -15,7 +15,7 @@ use hkdf::Hkdf;
 use lode::caps::{Cap, DirWriteCap};
 use lode::chunk::ChunkerParams;
 use lode::crypto::SlotSeed;
-use lode::dir::{Entry, Listing, SlotEnvelope};
+use lode::dir::{Entry, EntryKind, Listing, SlotEnvelope};
 use lode::store::{Grid, GridConfig, MemoryStorage, Storage, Vault};
 use sha2::{Digest, Sha256};
 
@@ -178,7 +178,7 @@ fn directory_slot_encoding() {
     let mut listing = Listing::default();
     listing.entries.insert(
         "notes.txt".into(),
-        Entry::file(file, 0o644, (1_700_000_000, 123_456_789)),
+        Entry::file(file.clone(), 0o644, (1_700_000_000, 123_456_789)),
     );
     listing.entries.insert(
         "sub".into(),
@@ -188,6 +188,33 @@ fn directory_slot_encoding() {
         "link".into(),
         Entry::symlink("notes.txt", (1_700_000_002, 5)),
     );
+
+    // A slot written by the version 1 listing format still opens, to the
+    // same entries (v1 had no owner, atime/ctime, links or special files).
+    let v1 = std::fs::read_to_string(vector_path("slot-v1.hex")).unwrap();
+    let v1 = data_encoding::HEXLOWER.decode(v1.trim().as_bytes()).unwrap();
+    let old = SlotEnvelope::decode(&v1).unwrap();
+    assert_eq!(old.seq, 7);
+    assert_eq!(old.open(&root.read_cap()).unwrap(), listing);
+
+    // Version 2: special files, owners, times and the link table.
+    listing.entries.insert(
+        "pipe".into(),
+        Entry::special(EntryKind::Fifo, 0o600, 0, (1_700_000_003, 0)).with_meta(
+            (1_700_000_004, 1),
+            (1_700_000_005, 2),
+            Some((1000, 100)),
+            None,
+        ),
+    );
+    let linked = Entry::file(file.clone(), 0o640, (1_700_000_006, 0)).with_meta(
+        (1_700_000_006, 0),
+        (1_700_000_007, 0),
+        Some((0, 0)),
+        Some(([0x33; 16], 2)),
+    );
+    listing.entries.insert("hard".into(), linked.clone());
+    listing.links.insert([0x33; 16], linked);
     let env = SlotEnvelope::seal(&root, 7, &listing);
     let bytes = env.encode();
 
@@ -218,7 +245,7 @@ fn directory_slot_encoding() {
     .unwrap();
 
     check_vector(
-        "slot-v1.hex",
+        "slot-listing-v2.hex",
         &(data_encoding::HEXLOWER.encode(&bytes) + "\n"),
     );
 }

@@ -325,6 +325,10 @@ async fn ls(s: &Session, target: &str) -> Result<()> {
             EntryKind::File => '-',
             EntryKind::Dir => 'd',
             EntryKind::Symlink => 'l',
+            EntryKind::Fifo => 'p',
+            EntryKind::Socket => 's',
+            EntryKind::CharDev => 'c',
+            EntryKind::BlockDev => 'b',
         };
         let suffix = e
             .target

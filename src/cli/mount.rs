@@ -100,9 +100,14 @@ pub fn mount(args: MountArgs) -> Result<()> {
     let mut options = vec![
         fuser::MountOption::FSName("lode".into()),
         fuser::MountOption::Subtype("lode".into()),
+        // The kernel checks permissions against each inode's mode and owner,
+        // as on any local filesystem (and as gocryptfs and sshfs do with
+        // allow_other): without it, allow_other would let anyone do anything.
+        fuser::MountOption::DefaultPermissions,
     ];
     let mut cache_mib = None;
     let mut miner = Some(lode::miner::MinerConfig::default());
+    let mut acl = fuser::SessionACL::Owner;
     for opt in args
         .options
         .iter()
@@ -110,8 +115,10 @@ pub fn mount(args: MountArgs) -> Result<()> {
         .filter(|o| !o.is_empty())
     {
         match opt {
-            "allow_other" => options.push(fuser::MountOption::CUSTOM("allow_other".into())),
-            "default_permissions" => options.push(fuser::MountOption::DefaultPermissions),
+            // fuser filters requests by caller too: it must know.
+            "allow_other" => acl = fuser::SessionACL::All,
+            "allow_root" => acl = fuser::SessionACL::RootAndOwner,
+            "default_permissions" => {} // always on
             "ro" => options.push(fuser::MountOption::RO),
             "nominer" => miner = None,
             o if o.starts_with("miner_threads=") => {
@@ -231,6 +238,7 @@ pub fn mount(args: MountArgs) -> Result<()> {
     let mut fuse_config = fuser::Config::default();
     fuse_config.mount_options = options;
     fuse_config.n_threads = Some(4);
+    fuse_config.acl = acl;
     let background = fuser::spawn_mount(Mount(fs.clone()), &args.mountpoint, &fuse_config)
         .with_context(|| format!("cannot mount at {}", args.mountpoint.display()))?;
     eprintln!("lode mounted at {}", args.mountpoint.display());

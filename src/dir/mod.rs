@@ -15,7 +15,7 @@
 mod listing;
 mod slot;
 
-pub use listing::{Entry, EntryKind, LISTING_VERSION, Listing, check_name};
+pub use listing::{Entry, EntryKind, LISTING_VERSION, LinkId, Listing, Time, check_name};
 pub use slot::{MAX_SLOT_BYTES, SLOT_VERSION, SlotEnvelope};
 
 /// Errors of the directory layer.

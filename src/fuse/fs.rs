@@ -15,14 +15,14 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use fuser::{
     Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags, Generation, INodeNo, LockOwner,
-    OpenFlags, RenameFlags, ReplyAttr, ReplyCreate, ReplyData, ReplyDirectory, ReplyEmpty,
-    ReplyEntry, ReplyOpen, ReplyStatfs, ReplyWrite, Request, TimeOrNow, WriteFlags,
+    OpenFlags, RenameFlags, ReplyAttr, ReplyCreate, ReplyData, ReplyDirectory, ReplyDirectoryPlus,
+    ReplyEmpty, ReplyEntry, ReplyOpen, ReplyStatfs, ReplyWrite, Request, TimeOrNow, WriteFlags,
 };
 
 use super::tree::{Body, FRIENDS, FRIENDS_NAME, Node, ROOT, Tree};
 use super::{Error, Result, errno};
 use crate::caps::DirReadCap;
-use crate::dir::check_name;
+use crate::dir::{EntryKind, check_name};
 use crate::store::{Vault, now};
 
 /// How long the kernel may cache attributes and names. Our own tree changes
@@ -72,7 +72,7 @@ fn from_system_time(t: SystemTime) -> (i64, u32) {
 }
 
 /// Where the recovery note of a staged file lives.
-fn note_path(staged: &Path) -> PathBuf {
+pub(super) fn note_path(staged: &Path) -> PathBuf {
     staged.with_extension("note")
 }
 
@@ -107,22 +107,22 @@ impl LodeFs {
         config: MountConfig,
     ) -> std::io::Result<LodeFs> {
         std::fs::create_dir_all(&config.staging)?;
-        let mut tree = Tree::new(vault.root().clone());
+        let owner = (config.uid, config.gid);
+        let mut tree = Tree::new(vault.root().clone(), owner);
         let mut friends = BTreeMap::new();
         for (name, cap) in &config.friends {
-            let ino = tree.insert(Node {
-                parent: FRIENDS,
-                name: name.clone(),
-                mode: 0o555,
-                size: 0,
-                mtime: now(),
-                body: Body::Dir {
+            let ino = tree.insert(Node::new(
+                FRIENDS,
+                name,
+                0o555,
+                owner,
+                Body::Dir {
                     write: None,
                     read: cap.clone(),
                     children: None,
                     loaded_at: None,
                 },
-            });
+            ));
             friends.insert(name.clone(), ino);
         }
         Ok(LodeFs {
@@ -140,27 +140,31 @@ impl LodeFs {
         self.tree.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    fn attr(&self, ino: u64, node: &Node) -> FileAttr {
-        let kind = match node.body {
-            Body::Dir { .. } | Body::Friends => FileType::Directory,
-            Body::File { .. } => FileType::RegularFile,
-            Body::Symlink(_) => FileType::Symlink,
+    fn attr(tree: &Tree, ino: u64, node: &Node) -> FileAttr {
+        let nlink = if node.is_dir() {
+            tree.dir_nlink(ino)
+        } else if node.orphan {
+            0
+        } else {
+            node.nlink
         };
-        let t = system_time(node.mtime);
         FileAttr {
             ino: INodeNo(ino),
             size: node.size,
             blocks: node.size.div_ceil(512),
-            atime: t,
-            mtime: t,
-            ctime: t,
-            crtime: t,
-            kind,
+            atime: system_time(node.atime),
+            mtime: system_time(node.mtime),
+            ctime: system_time(node.ctime),
+            crtime: system_time(node.ctime),
+            kind: file_type(node),
             perm: (node.mode & 0o7777) as u16,
-            nlink: if node.is_dir() { 2 } else { 1 },
-            uid: self.config.uid,
-            gid: self.config.gid,
-            rdev: 0,
+            nlink,
+            uid: node.uid,
+            gid: node.gid,
+            rdev: match node.body {
+                Body::Special { rdev, .. } => rdev,
+                _ => 0,
+            },
             blksize: 1 << 20,
             flags: 0,
         }
@@ -169,7 +173,17 @@ impl LodeFs {
     fn attr_of(&self, ino: u64) -> Result<FileAttr> {
         let tree = self.lock();
         let node = tree.nodes.get(&ino).ok_or(Error::NotFound)?;
-        Ok(self.attr(ino, node))
+        Ok(Self::attr(&tree, ino, node))
+    }
+
+    /// The attributes of `ino` for an entry reply, which hands the kernel
+    /// one more lookup on it.
+    fn entry_attr(&self, ino: u64) -> Result<FileAttr> {
+        let mut tree = self.lock();
+        let node = tree.nodes.get_mut(&ino).ok_or(Error::NotFound)?;
+        node.lookups += 1;
+        let node = &tree.nodes[&ino];
+        Ok(Self::attr(&tree, ino, node))
     }
 
     /// List a directory if it has not been, or (read-only ones) if the
@@ -245,7 +259,7 @@ impl LodeFs {
                 } => return Ok(p.clone()),
                 Body::File { cap, .. } => cap.clone(),
                 Body::Dir { .. } | Body::Friends => return Err(Error::IsADirectory),
-                Body::Symlink(_) => return Err(Error::Unsupported),
+                Body::Symlink(_) | Body::Special { .. } => return Err(Error::InvalidArgument),
             }
         };
         let path = self.staging_path();
@@ -283,7 +297,10 @@ impl LodeFs {
     fn upload(&self, ino: u64) -> Result<()> {
         let path = {
             let tree = self.lock();
-            match &tree.nodes.get(&ino).ok_or(Error::NotFound)?.body {
+            let node = tree.nodes.get(&ino).ok_or(Error::NotFound)?;
+            match &node.body {
+                // An orphan's data has no name left to publish it under.
+                _ if node.orphan => return Ok(()),
                 Body::File {
                     staged: Some(p),
                     dirty: true,
@@ -298,7 +315,6 @@ impl LodeFs {
         let Some(node) = tree.nodes.get_mut(&ino) else {
             return Ok(()); // unlinked meanwhile
         };
-        let parent = node.parent;
         if let Body::File {
             cap: c,
             staged,
@@ -316,7 +332,7 @@ impl LodeFs {
                 let _ = (staged, writers);
             }
         }
-        tree.dirty.insert(parent);
+        tree.republish(ino);
         Ok(())
     }
 
@@ -363,10 +379,16 @@ impl LodeFs {
         // Children whose upload this listing names are safe on the mirrors
         // now: their staged copies (and recovery notes) can go.
         let mut tree = self.lock();
-        let children: Vec<u64> = tree
+        let mut children: Vec<u64> = tree
             .children(dir)
             .map(|c| c.values().copied().collect())
             .unwrap_or_default();
+        // A linked file is safe once the root's link table names it.
+        let linked = |tree: &Tree, ino: &u64| tree.nodes.get(ino).is_some_and(|n| n.link.is_some());
+        children.retain(|i| !linked(&tree, i));
+        if dir == ROOT {
+            children.extend(tree.links.values().copied());
+        }
         for ino in children {
             if let Some(Node {
                 body:
@@ -414,6 +436,9 @@ impl LodeFs {
             else {
                 continue;
             };
+            if node.orphan {
+                continue;
+            }
             let mut cur = ino;
             let mut under = false;
             while cur != ROOT {
@@ -540,6 +565,15 @@ impl LodeFs {
     /// entries of every directory above it.
     fn sync(&self, ino: u64) -> Result<()> {
         self.upload(ino)?;
+        if self
+            .lock()
+            .nodes
+            .get(&ino)
+            .is_some_and(|n| n.link.is_some())
+        {
+            self.lock().dirty.insert(ROOT);
+            self.publish(ROOT)?;
+        }
         let mut cur = ino;
         loop {
             let parent = self
@@ -576,43 +610,128 @@ impl LodeFs {
         self.stop.store(true, Ordering::Relaxed);
     }
 
-    fn new_child(&self, parent: u64, name: &str, node: Node) -> Result<(u64, FileAttr)> {
+    /// The owner of a new inode made by `req` in `parent`: the caller, or
+    /// the directory's group under a set-gid directory. Also whether the
+    /// directory is set-gid (new subdirectories inherit the bit).
+    fn new_owner(&self, req: &Request, parent: u64) -> ((u32, u32), bool) {
+        let tree = self.lock();
+        match tree.nodes.get(&parent) {
+            Some(p) if p.mode & libc::S_ISGID != 0 => ((req.uid(), p.gid), true),
+            _ => ((req.uid(), req.gid()), false),
+        }
+    }
+
+    /// Link a new inode under `parent`, answering with its attributes (and
+    /// one lookup handed to the kernel).
+    fn new_child(&self, parent: u64, name: &str, mut node: Node) -> Result<(u64, FileAttr)> {
         let mut tree = self.lock();
         let children = tree.children(parent).ok_or(Error::NotADirectory)?;
         if children.contains_key(name) || (parent == ROOT && name == FRIENDS_NAME) {
             return Err(Error::Exists);
         }
+        node.lookups = 1;
         let ino = tree.insert(node);
         tree.children_mut(parent)
             .expect("checked above")
             .insert(name.to_string(), ino);
-        tree.dirty.insert(parent);
-        let attr = self.attr(ino, &tree.nodes[&ino]);
+        tree.touch_dir(parent);
+        let attr = Self::attr(&tree, ino, &tree.nodes[&ino]);
         Ok((ino, attr))
     }
 
-    fn do_mkdir(&self, parent: u64, name: &OsStr, mode: u32) -> Result<FileAttr> {
+    fn do_mkdir(&self, req: &Request, parent: u64, name: &OsStr, mode: u32) -> Result<FileAttr> {
         let name = name_of(name)?;
         self.writable(parent)?;
         if self.child(parent, name).is_ok() {
             return Err(Error::Exists);
         }
+        let (owner, setgid) = self.new_owner(req, parent);
+        let mode = (mode & 0o7777) | if setgid { libc::S_ISGID } else { 0 };
         let write = self.rt.block_on(self.vault.new_dir())?;
         let read = write.read_cap();
-        let node = Node {
-            parent,
-            name: name.into(),
-            mode: mode & 0o7777,
-            size: 0,
-            mtime: now(),
-            body: Body::Dir {
-                write: Some(write),
-                read,
-                children: Some(BTreeMap::new()),
-                loaded_at: None,
-            },
+        let body = Body::Dir {
+            write: Some(write),
+            read,
+            children: Some(BTreeMap::new()),
+            loaded_at: None,
         };
+        let node = Node::new(parent, name, mode, owner, body);
         Ok(self.new_child(parent, name, node)?.1)
+    }
+
+    fn do_mknod(
+        &self,
+        req: &Request,
+        parent: u64,
+        name: &OsStr,
+        mode: u32,
+        rdev: u32,
+    ) -> Result<FileAttr> {
+        let kind = match mode & libc::S_IFMT {
+            libc::S_IFREG | 0 => None,
+            libc::S_IFIFO => Some(EntryKind::Fifo),
+            libc::S_IFSOCK => Some(EntryKind::Socket),
+            libc::S_IFCHR => Some(EntryKind::CharDev),
+            libc::S_IFBLK => Some(EntryKind::BlockDev),
+            _ => return Err(Error::InvalidArgument),
+        };
+        let Some(kind) = kind else {
+            let flags = libc::O_EXCL | libc::O_RDONLY;
+            return self.do_create(req, parent, name, mode, flags, false);
+        };
+        let name = name_of(name)?;
+        self.writable(parent)?;
+        if self.child(parent, name).is_ok() {
+            return Err(Error::Exists);
+        }
+        let (owner, _) = self.new_owner(req, parent);
+        let rdev = if matches!(kind, EntryKind::CharDev | EntryKind::BlockDev) {
+            rdev
+        } else {
+            0
+        };
+        let node = Node::new(
+            parent,
+            name,
+            mode & 0o7777,
+            owner,
+            Body::Special { kind, rdev },
+        );
+        Ok(self.new_child(parent, name, node)?.1)
+    }
+
+    fn do_link(&self, ino: u64, newparent: u64, newname: &OsStr) -> Result<FileAttr> {
+        let newname = name_of(newname)?;
+        self.writable(newparent)?;
+        let parent = self
+            .lock()
+            .nodes
+            .get(&ino)
+            .map(|n| n.parent)
+            .ok_or(Error::NotFound)?;
+        // Only files of our own tree: a friend's file has no link table.
+        self.writable(parent)?;
+        if self.child(newparent, newname).is_ok() {
+            return Err(Error::Exists);
+        }
+        let mut tree = self.lock();
+        let node = tree.nodes.get_mut(&ino).ok_or(Error::NotFound)?;
+        if node.is_dir() {
+            return Err(Error::Unsupported);
+        }
+        if node.orphan {
+            return Err(Error::NotFound);
+        }
+        let id = *node.link.get_or_insert_with(rand::random);
+        node.nlink += 1;
+        node.lookups += 1;
+        tree.links.insert(id, ino);
+        tree.children_mut(newparent)
+            .ok_or(Error::NotADirectory)?
+            .insert(newname.to_string(), ino);
+        tree.touch_dir(newparent);
+        tree.changed(ino);
+        Ok(Self::attr(&tree, ino, &tree.nodes[&ino]))
     }
 
     fn do_remove(&self, parent: u64, name: &OsStr, dir: bool) -> Result<()> {
@@ -631,21 +750,7 @@ impl LodeFs {
             }
             (false, false) => {}
         }
-        let mut tree = self.lock();
-        if let Some(c) = tree.children_mut(parent) {
-            c.remove(name);
-        }
-        if let Some(Node {
-            body: Body::File {
-                staged: Some(p), ..
-            },
-            ..
-        }) = tree.nodes.remove(&ino)
-        {
-            let _ = std::fs::remove_file(note_path(&p));
-            let _ = std::fs::remove_file(p);
-        }
-        tree.dirty.insert(parent);
+        self.lock().unlink(parent, name);
         Ok(())
     }
 
@@ -657,17 +762,23 @@ impl LodeFs {
         newname: &OsStr,
         flags: RenameFlags,
     ) -> Result<()> {
+        if flags.contains(RenameFlags::RENAME_EXCHANGE)
+            || flags.contains(RenameFlags::RENAME_WHITEOUT)
+        {
+            return Err(Error::InvalidArgument);
+        }
         let (name, newname) = (name_of(name)?, name_of(newname)?);
         self.writable(parent)?;
         self.writable(newparent)?;
         let ino = self.child(parent, name)?;
         let target = self.child(newparent, newname).ok();
-        if target == Some(ino) {
-            return Ok(());
-        }
         if let Some(t) = target {
             if flags.contains(RenameFlags::RENAME_NOREPLACE) {
                 return Err(Error::Exists);
+            }
+            if t == ino {
+                // Two names of one file: POSIX says do nothing.
+                return Ok(());
             }
             let (src_dir, dst_dir) = {
                 let tree = self.lock();
@@ -694,23 +805,14 @@ impl LodeFs {
             let mut cur = newparent;
             while cur != ROOT {
                 if cur == ino {
-                    return Err(Error::BadName);
+                    return Err(Error::InvalidArgument);
                 }
                 cur = tree.nodes.get(&cur).map_or(ROOT, |n| n.parent);
             }
         }
         let mut tree = self.lock();
-        if let Some(t) = target
-            && let Some(Node {
-                body: Body::File {
-                    staged: Some(p), ..
-                },
-                ..
-            }) = tree.nodes.remove(&t)
-        {
-            // The replaced file's staged data must not come back on recovery.
-            let _ = std::fs::remove_file(note_path(&p));
-            let _ = std::fs::remove_file(p);
+        if target.is_some() {
+            tree.unlink(newparent, newname);
         }
         if let Some(c) = tree.children_mut(parent) {
             c.remove(name);
@@ -718,12 +820,16 @@ impl LodeFs {
         tree.children_mut(newparent)
             .ok_or(Error::NotADirectory)?
             .insert(newname.to_string(), ino);
-        if let Some(node) = tree.nodes.get_mut(&ino) {
+        if let Some(node) = tree.nodes.get_mut(&ino)
+            && (node.link.is_none() || (node.parent == parent && node.name == name))
+        {
             node.parent = newparent;
             node.name = newname.to_string();
         }
-        tree.dirty.insert(parent);
-        tree.dirty.insert(newparent);
+        tree.touch_dir(parent);
+        tree.touch_dir(newparent);
+        // Like ext4 and most others, a rename changes the inode's ctime.
+        tree.changed(ino);
         drop(tree);
         self.note_staged(ino);
         Ok(())
@@ -734,8 +840,11 @@ impl LodeFs {
         &self,
         ino: u64,
         mode: Option<u32>,
+        owner: (Option<u32>, Option<u32>),
         size: Option<u64>,
+        atime: Option<TimeOrNow>,
         mtime: Option<TimeOrNow>,
+        ctime: Option<SystemTime>,
     ) -> Result<FileAttr> {
         let parent = self
             .lock()
@@ -744,12 +853,15 @@ impl LodeFs {
             .map(|n| n.parent)
             .ok_or(Error::NotFound)?;
         if ino == ROOT || ino == FRIENDS {
-            if mode.is_some() || size.is_some() {
+            if mode.is_some() || size.is_some() || owner != (None, None) {
                 return Err(Error::Unsupported);
             }
             return self.attr_of(ino);
         }
-        self.writable(parent)?;
+        let orphan = self.lock().nodes.get(&ino).is_some_and(|n| n.orphan);
+        if !orphan {
+            self.writable(parent)?;
+        }
         if let Some(size) = size {
             let path = self.stage(ino, size == 0)?;
             std::fs::OpenOptions::new()
@@ -770,14 +882,29 @@ impl LodeFs {
         if let Some(m) = mode {
             node.mode = m & 0o7777;
         }
-        if let Some(t) = mtime {
-            node.mtime = match t {
-                TimeOrNow::Now => now(),
-                TimeOrNow::SpecificTime(t) => from_system_time(t),
-            };
+        if let Some(uid) = owner.0 {
+            node.uid = uid;
         }
-        let attr = self.attr(ino, node);
-        tree.dirty.insert(parent);
+        if let Some(gid) = owner.1 {
+            node.gid = gid;
+        }
+        let when = |t: TimeOrNow| match t {
+            TimeOrNow::Now => now(),
+            TimeOrNow::SpecificTime(t) => from_system_time(t),
+        };
+        if let Some(t) = atime {
+            node.atime = when(t);
+        }
+        if let Some(t) = mtime {
+            node.mtime = when(t);
+        }
+        tree.changed(ino);
+        if let Some(t) = ctime
+            && let Some(node) = tree.nodes.get_mut(&ino)
+        {
+            node.ctime = from_system_time(t);
+        }
+        let attr = Self::attr(&tree, ino, &tree.nodes[&ino]);
         drop(tree);
         if mode.is_some() {
             self.note_staged(ino);
@@ -787,40 +914,49 @@ impl LodeFs {
 
     fn do_open(&self, ino: u64, flags: OpenFlags) -> Result<()> {
         let write = flags.0 & libc::O_ACCMODE != libc::O_RDONLY;
-        if !write {
-            return Ok(());
-        }
-        let parent = self
+        let trunc = flags.0 & libc::O_TRUNC != 0;
+        let (parent, orphan) = self
             .lock()
             .nodes
             .get(&ino)
-            .map(|n| n.parent)
+            .map(|n| (n.parent, n.orphan))
             .ok_or(Error::NotFound)?;
-        self.writable(parent)?;
-        self.stage(ino, flags.0 & libc::O_TRUNC != 0)?;
-        let mut tree = self.lock();
-        if let Some(node) = tree.nodes.get_mut(&ino) {
-            if flags.0 & libc::O_TRUNC != 0 {
-                node.size = 0;
+        if write {
+            if !orphan {
+                self.writable(parent)?;
             }
-            if let Body::File {
-                writers,
-                dirty,
-                staged,
-                ..
-            } = &mut node.body
-            {
-                *writers += 1;
-                if flags.0 & libc::O_TRUNC != 0 {
-                    *dirty = true;
-                    if let Some(p) = staged {
-                        std::fs::OpenOptions::new()
-                            .write(true)
-                            .open(p)?
-                            .set_len(0)?;
-                    }
+            self.stage(ino, trunc)?;
+        }
+        let mut tree = self.lock();
+        let node = tree.nodes.get_mut(&ino).ok_or(Error::NotFound)?;
+        node.opens += 1;
+        if !write {
+            return Ok(());
+        }
+        if trunc {
+            node.size = 0;
+            node.mtime = now();
+        }
+        if let Body::File {
+            writers,
+            dirty,
+            staged,
+            ..
+        } = &mut node.body
+        {
+            *writers += 1;
+            if trunc {
+                *dirty = true;
+                if let Some(p) = staged {
+                    std::fs::OpenOptions::new()
+                        .write(true)
+                        .open(p)?
+                        .set_len(0)?;
                 }
             }
+        }
+        if trunc {
+            tree.changed(ino);
         }
         Ok(())
     }
@@ -830,7 +966,7 @@ impl LodeFs {
             let tree = self.lock();
             match &tree.nodes.get(&ino).ok_or(Error::NotFound)?.body {
                 Body::File { staged, cap, .. } => (staged.clone(), cap.clone()),
-                Body::Symlink(_) => return Err(Error::Unsupported),
+                Body::Symlink(_) | Body::Special { .. } => return Err(Error::InvalidArgument),
                 _ => return Err(Error::IsADirectory),
             }
         };
@@ -863,7 +999,9 @@ impl LodeFs {
         let mut tree = self.lock();
         let node = tree.nodes.get_mut(&ino).ok_or(Error::NotFound)?;
         node.size = node.size.max(offset + data.len() as u64);
-        node.mtime = now();
+        let t = now();
+        node.mtime = t;
+        node.ctime = t;
         if let Body::File { dirty, .. } = &mut node.body {
             *dirty = true;
         }
@@ -871,19 +1009,30 @@ impl LodeFs {
     }
 
     fn do_release(&self, ino: u64, flags: OpenFlags) -> Result<()> {
-        if flags.0 & libc::O_ACCMODE == libc::O_RDONLY {
-            return Ok(());
-        }
         // The data is safe in staging already; the upload is write-back,
         // done by the flusher once no writer is left (or now, by fsync).
         let mut tree = self.lock();
-        if let Some(Body::File { writers, .. }) = tree.nodes.get_mut(&ino).map(|n| &mut n.body) {
-            *writers = writers.saturating_sub(1);
+        if let Some(node) = tree.nodes.get_mut(&ino) {
+            node.opens = node.opens.saturating_sub(1);
+            if flags.0 & libc::O_ACCMODE != libc::O_RDONLY
+                && let Body::File { writers, .. } = &mut node.body
+            {
+                *writers = writers.saturating_sub(1);
+            }
         }
+        tree.drop_if_unused(ino);
         Ok(())
     }
 
-    fn do_create(&self, parent: u64, name: &OsStr, mode: u32, flags: i32) -> Result<FileAttr> {
+    fn do_create(
+        &self,
+        req: &Request,
+        parent: u64,
+        name: &OsStr,
+        mode: u32,
+        flags: i32,
+        open: bool,
+    ) -> Result<FileAttr> {
         let name = name_of(name)?;
         self.writable(parent)?;
         if let Ok(existing) = self.child(parent, name) {
@@ -891,73 +1040,84 @@ impl LodeFs {
                 return Err(Error::Exists);
             }
             self.do_open(existing, OpenFlags(flags))?;
-            return self.attr_of(existing);
+            return self.entry_attr(existing);
         }
+        let (owner, _) = self.new_owner(req, parent);
         let path = self.staging_path();
         std::fs::File::create(&path)?;
-        let node = Node {
-            parent,
-            name: name.into(),
-            mode: mode & 0o7777,
-            size: 0,
-            mtime: now(),
-            body: Body::File {
-                cap: None,
-                staged: Some(path),
-                dirty: true,
-                writers: 1,
-            },
+        let write = open && flags & libc::O_ACCMODE != libc::O_RDONLY;
+        let body = Body::File {
+            cap: None,
+            staged: Some(path),
+            dirty: true,
+            writers: u32::from(write),
         };
+        let mut node = Node::new(parent, name, mode & 0o7777, owner, body);
+        // mknod makes a file without opening it.
+        node.opens = u32::from(open);
         let (ino, attr) = self.new_child(parent, name, node)?;
         self.note_staged(ino);
         Ok(attr)
     }
 
-    fn do_symlink(&self, parent: u64, name: &OsStr, target: &Path) -> Result<FileAttr> {
+    fn do_symlink(
+        &self,
+        req: &Request,
+        parent: u64,
+        name: &OsStr,
+        target: &Path,
+    ) -> Result<FileAttr> {
         let name = name_of(name)?;
         self.writable(parent)?;
         let target = target.to_str().ok_or(Error::BadName)?.to_string();
-        let node = Node {
-            parent,
-            name: name.into(),
-            mode: 0o777,
-            size: target.len() as u64,
-            mtime: now(),
-            body: Body::Symlink(target),
-        };
+        let (owner, _) = self.new_owner(req, parent);
+        let mut node = Node::new(parent, name, 0o777, owner, Body::Symlink(String::new()));
+        node.size = target.len() as u64;
+        node.body = Body::Symlink(target);
         Ok(self.new_child(parent, name, node)?.1)
     }
 
-    fn do_readdir(&self, ino: u64) -> Result<Vec<(u64, FileType, String)>> {
-        let mut out = vec![(ino, FileType::Directory, ".".to_string())];
-        if ino == FRIENDS {
-            out.push((ROOT, FileType::Directory, "..".into()));
-            out.extend(
-                self.friends
-                    .iter()
-                    .map(|(n, &i)| (i, FileType::Directory, n.clone())),
-            );
-            return Ok(out);
+    /// A directory's entries: inode, name, and attributes.
+    fn do_readdir(&self, ino: u64) -> Result<Vec<(u64, String, FileAttr)>> {
+        if ino != FRIENDS {
+            self.load(ino)?;
         }
-        self.load(ino)?;
         let tree = self.lock();
         let node = tree.nodes.get(&ino).ok_or(Error::NotFound)?;
-        out.push((node.parent, FileType::Directory, "..".into()));
-        if ino == ROOT {
-            out.push((FRIENDS, FileType::Directory, FRIENDS_NAME.into()));
+        let parent = if ino == FRIENDS { ROOT } else { node.parent };
+        let mut out = vec![(ino, ".".to_string()), (parent, "..".to_string())];
+        if ino == FRIENDS {
+            out.extend(self.friends.iter().map(|(n, &i)| (i, n.clone())));
+        } else {
+            if ino == ROOT {
+                out.push((FRIENDS, FRIENDS_NAME.into()));
+            }
+            let children = tree.children(ino).ok_or(Error::NotADirectory)?;
+            out.extend(children.iter().map(|(n, &i)| (i, n.clone())));
         }
-        for (name, &child) in tree.children(ino).ok_or(Error::NotADirectory)? {
-            let Some(c) = tree.nodes.get(&child) else {
-                continue;
-            };
-            let kind = match c.body {
-                Body::Dir { .. } | Body::Friends => FileType::Directory,
-                Body::File { .. } => FileType::RegularFile,
-                Body::Symlink(_) => FileType::Symlink,
-            };
-            out.push((child, kind, name.clone()));
-        }
-        Ok(out)
+        Ok(out
+            .into_iter()
+            .filter_map(|(i, name)| {
+                let attr = Self::attr(&tree, i, tree.nodes.get(&i)?);
+                Some((i, name, attr))
+            })
+            .collect())
+    }
+}
+
+/// The kernel's file type of an inode.
+fn file_type(node: &Node) -> FileType {
+    match node.body {
+        Body::Dir { .. } | Body::Friends => FileType::Directory,
+        Body::File { .. } => FileType::RegularFile,
+        Body::Symlink(_) => FileType::Symlink,
+        Body::Special { kind, .. } => match kind {
+            EntryKind::Fifo => FileType::NamedPipe,
+            EntryKind::Socket => FileType::Socket,
+            EntryKind::CharDev => FileType::CharDevice,
+            EntryKind::BlockDev => FileType::BlockDevice,
+            EntryKind::File | EntryKind::Dir | EntryKind::Symlink => FileType::RegularFile,
+        },
     }
 }
 
@@ -979,15 +1139,34 @@ impl Filesystem for Mount {
         }
     }
 
+    fn init(&mut self, _req: &Request, config: &mut fuser::KernelConfig) -> std::io::Result<()> {
+        // Listing a directory answers lookups of its entries in one go.
+        let plus = fuser::InitFlags::FUSE_DO_READDIRPLUS | fuser::InitFlags::FUSE_READDIRPLUS_AUTO;
+        if config.add_capabilities(plus).is_err() {
+            tracing::info!("kernel without readdirplus; plain readdir it is");
+        }
+        Ok(())
+    }
+
     fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
         guarded("lookup", || {
             let r = lookup_name(name)
                 .and_then(|n| self.child(parent.0, n))
-                .and_then(|i| self.attr_of(i));
+                .and_then(|i| self.entry_attr(i));
             match r {
                 Ok(attr) => reply.entry(&TTL, &attr, Generation(0)),
                 Err(e) => reply.error(errno(&e)),
             }
+        })
+    }
+
+    fn forget(&self, _req: &Request, ino: INodeNo, nlookup: u64) {
+        guarded("forget", || {
+            let mut tree = self.lock();
+            if let Some(node) = tree.nodes.get_mut(&ino.0) {
+                node.lookups = node.lookups.saturating_sub(nlookup);
+            }
+            tree.drop_if_unused(ino.0);
         })
     }
 
@@ -1003,12 +1182,12 @@ impl Filesystem for Mount {
         _req: &Request,
         ino: INodeNo,
         mode: Option<u32>,
-        _uid: Option<u32>,
-        _gid: Option<u32>,
+        uid: Option<u32>,
+        gid: Option<u32>,
         size: Option<u64>,
-        _atime: Option<TimeOrNow>,
+        atime: Option<TimeOrNow>,
         mtime: Option<TimeOrNow>,
-        _ctime: Option<SystemTime>,
+        ctime: Option<SystemTime>,
         _fh: Option<FileHandle>,
         _crtime: Option<SystemTime>,
         _chgtime: Option<SystemTime>,
@@ -1017,7 +1196,7 @@ impl Filesystem for Mount {
         reply: ReplyAttr,
     ) {
         guarded("setattr", || {
-            match self.do_setattr(ino.0, mode, size, mtime) {
+            match self.do_setattr(ino.0, mode, (uid, gid), size, atime, mtime, ctime) {
                 Ok(attr) => reply.attr(&TTL, &attr),
                 Err(e) => reply.error(errno(&e)),
             }
@@ -1037,7 +1216,7 @@ impl Filesystem for Mount {
 
     fn mkdir(
         &self,
-        _req: &Request,
+        req: &Request,
         parent: INodeNo,
         name: &OsStr,
         mode: u32,
@@ -1045,10 +1224,43 @@ impl Filesystem for Mount {
         reply: ReplyEntry,
     ) {
         guarded("mkdir", || {
-            match self.do_mkdir(parent.0, name, mode & !umask) {
+            match self.do_mkdir(req, parent.0, name, mode & !umask) {
                 Ok(attr) => reply.entry(&TTL, &attr, Generation(0)),
                 Err(e) => reply.error(errno(&e)),
             }
+        })
+    }
+
+    fn mknod(
+        &self,
+        req: &Request,
+        parent: INodeNo,
+        name: &OsStr,
+        mode: u32,
+        umask: u32,
+        rdev: u32,
+        reply: ReplyEntry,
+    ) {
+        guarded("mknod", || {
+            let mode = (mode & libc::S_IFMT) | (mode & 0o7777 & !umask);
+            match self.do_mknod(req, parent.0, name, mode, rdev) {
+                Ok(attr) => reply.entry(&TTL, &attr, Generation(0)),
+                Err(e) => reply.error(errno(&e)),
+            }
+        })
+    }
+
+    fn link(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        newparent: INodeNo,
+        newname: &OsStr,
+        reply: ReplyEntry,
+    ) {
+        guarded("link", || match self.do_link(ino.0, newparent.0, newname) {
+            Ok(attr) => reply.entry(&TTL, &attr, Generation(0)),
+            Err(e) => reply.error(errno(&e)),
         })
     }
 
@@ -1068,14 +1280,14 @@ impl Filesystem for Mount {
 
     fn symlink(
         &self,
-        _req: &Request,
+        req: &Request,
         parent: INodeNo,
         link_name: &OsStr,
         target: &Path,
         reply: ReplyEntry,
     ) {
         guarded("symlink", || {
-            match self.do_symlink(parent.0, link_name, target) {
+            match self.do_symlink(req, parent.0, link_name, target) {
                 Ok(attr) => reply.entry(&TTL, &attr, Generation(0)),
                 Err(e) => reply.error(errno(&e)),
             }
@@ -1220,13 +1432,55 @@ impl Filesystem for Mount {
     ) {
         guarded("readdir", || match self.do_readdir(ino.0) {
             Ok(entries) => {
-                for (i, (child, kind, name)) in
+                for (i, (child, name, attr)) in
                     entries.into_iter().enumerate().skip(offset as usize)
                 {
-                    if reply.add(INodeNo(child), (i + 1) as u64, kind, name) {
+                    if reply.add(INodeNo(child), (i + 1) as u64, attr.kind, name) {
                         break;
                     }
                 }
+                reply.ok()
+            }
+            Err(e) => reply.error(errno(&e)),
+        })
+    }
+
+    fn readdirplus(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        _fh: FileHandle,
+        offset: u64,
+        mut reply: ReplyDirectoryPlus,
+    ) {
+        guarded("readdirplus", || match self.do_readdir(ino.0) {
+            Ok(entries) => {
+                let mut handed = Vec::new();
+                for (i, (child, name, attr)) in
+                    entries.into_iter().enumerate().skip(offset as usize)
+                {
+                    if reply.add(
+                        INodeNo(child),
+                        (i + 1) as u64,
+                        &name,
+                        &TTL,
+                        &attr,
+                        Generation(0),
+                    ) {
+                        break;
+                    }
+                    // Every entry but `.` and `..` counts as a lookup.
+                    if name != "." && name != ".." {
+                        handed.push(child);
+                    }
+                }
+                let mut tree = self.lock();
+                for child in handed {
+                    if let Some(n) = tree.nodes.get_mut(&child) {
+                        n.lookups += 1;
+                    }
+                }
+                drop(tree);
                 reply.ok()
             }
             Err(e) => reply.error(errno(&e)),
@@ -1272,7 +1526,7 @@ impl Filesystem for Mount {
 
     fn create(
         &self,
-        _req: &Request,
+        req: &Request,
         parent: INodeNo,
         name: &OsStr,
         mode: u32,
@@ -1281,7 +1535,7 @@ impl Filesystem for Mount {
         reply: ReplyCreate,
     ) {
         guarded("create", || {
-            match self.do_create(parent.0, name, mode & !umask, flags) {
+            match self.do_create(req, parent.0, name, mode & !umask, flags, true) {
                 Ok(attr) => reply.created(
                     &TTL,
                     &attr,

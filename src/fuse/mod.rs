@@ -37,8 +37,10 @@ pub enum Error {
     BadName,
     #[error("name longer than 255 bytes")]
     NameTooLong,
-    #[error("operation not supported")]
+    #[error("operation not permitted")]
     Unsupported,
+    #[error("invalid argument")]
+    InvalidArgument,
     #[error("i/o: {0}")]
     Io(#[from] std::io::Error),
     #[error(transparent)]
@@ -60,6 +62,7 @@ pub fn errno(e: &Error) -> Errno {
         Error::BadName => Errno::EINVAL,
         Error::NameTooLong => Errno::ENAMETOOLONG,
         Error::Unsupported => Errno::EPERM,
+        Error::InvalidArgument => Errno::EINVAL,
         Error::Io(io) => Errno::from(io.kind()),
         Error::Store(s) => match s {
             S::NoSpace { .. } => Errno::ENOSPC,

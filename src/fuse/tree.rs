@@ -1,12 +1,22 @@
 //! The mount's inode table: what the kernel has looked up, and what each
 //! inode stands for. Pure data; the filesystem fills it from the vault.
+//!
+//! Inodes live as long as a name refers to them. An inode whose last name
+//! is removed becomes an orphan and stays while it is open or the kernel
+//! still holds lookups on it (`forget` lowers them), so an unlinked open
+//! file reads and writes on, as POSIX wants.
+//!
+//! Hard links: the names of a linked file share one inode, found through
+//! its link id. In our own tree the root listing's link table is the
+//! authoritative copy; see `dir::listing`.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::PathBuf;
 use std::time::Instant;
 
 use crate::caps::{DirReadCap, DirWriteCap, FileReadCap};
-use crate::dir::{Entry, EntryKind, Listing};
+use crate::dir::{Entry, EntryKind, LinkId, Listing, Time};
+use crate::store::now;
 
 pub const ROOT: u64 = 1;
 pub const FRIENDS: u64 = 2;
@@ -34,18 +44,59 @@ pub enum Body {
         writers: u32,
     },
     Symlink(String),
+    /// A FIFO, socket or device node: metadata only.
+    Special {
+        kind: EntryKind,
+        rdev: u32,
+    },
 }
 
 pub struct Node {
+    /// Where the inode was last seen by name (one of its names, if linked).
     pub parent: u64,
     pub name: String,
     pub mode: u32,
     pub size: u64,
-    pub mtime: (i64, u32),
+    pub atime: Time,
+    pub mtime: Time,
+    pub ctime: Time,
+    pub uid: u32,
+    pub gid: u32,
+    pub link: Option<LinkId>,
+    /// Names of a non-directory (1 unless hard-linked).
+    pub nlink: u32,
+    /// Lookups the kernel holds (raised by entry replies, lowered by forget).
+    pub lookups: u64,
+    /// Open file handles.
+    pub opens: u32,
+    /// No name refers to the inode any more.
+    pub orphan: bool,
     pub body: Body,
 }
 
 impl Node {
+    /// A new inode named `name` in `parent`, owned by `owner`, all times now.
+    pub fn new(parent: u64, name: &str, mode: u32, owner: (u32, u32), body: Body) -> Node {
+        let t = now();
+        Node {
+            parent,
+            name: name.to_string(),
+            mode,
+            size: 0,
+            atime: t,
+            mtime: t,
+            ctime: t,
+            uid: owner.0,
+            gid: owner.1,
+            link: None,
+            nlink: 1,
+            lookups: 0,
+            opens: 0,
+            orphan: false,
+            body,
+        }
+    }
+
     pub fn is_dir(&self) -> bool {
         matches!(self.body, Body::Dir { .. } | Body::Friends)
     }
@@ -55,6 +106,7 @@ impl Node {
             Body::Dir { .. } | Body::Friends => EntryKind::Dir,
             Body::File { .. } => EntryKind::File,
             Body::Symlink(_) => EntryKind::Symlink,
+            Body::Special { kind, .. } => kind,
         }
     }
 
@@ -66,6 +118,14 @@ impl Node {
             _ => None,
         }
     }
+
+    /// Whether the file has changes that a listing must not overwrite.
+    fn busy(&self) -> bool {
+        matches!(
+            self.body,
+            Body::File { dirty: true, .. } | Body::File { writers: 1.., .. }
+        )
+    }
 }
 
 /// All inodes, plus which directories have changes to publish.
@@ -73,43 +133,41 @@ pub struct Tree {
     pub nodes: HashMap<u64, Node>,
     next: u64,
     pub dirty: HashSet<u64>,
+    /// Inodes of hard-linked files in our own tree, by link id.
+    pub links: HashMap<LinkId, u64>,
+    /// Owner of entries that record none, and of friends' trees.
+    pub owner: (u32, u32),
 }
 
 impl Tree {
-    pub fn new(root: DirWriteCap) -> Tree {
+    pub fn new(root: DirWriteCap, owner: (u32, u32)) -> Tree {
         let mut nodes = HashMap::new();
         let read = root.read_cap();
         nodes.insert(
             ROOT,
-            Node {
-                parent: ROOT,
-                name: String::new(),
-                mode: 0o755,
-                size: 0,
-                mtime: crate::store::now(),
-                body: Body::Dir {
+            Node::new(
+                ROOT,
+                "",
+                0o755,
+                owner,
+                Body::Dir {
                     write: Some(root),
                     read,
                     children: None,
                     loaded_at: None,
                 },
-            },
+            ),
         );
         nodes.insert(
             FRIENDS,
-            Node {
-                parent: ROOT,
-                name: FRIENDS_NAME.into(),
-                mode: 0o555,
-                size: 0,
-                mtime: crate::store::now(),
-                body: Body::Friends,
-            },
+            Node::new(ROOT, FRIENDS_NAME, 0o555, owner, Body::Friends),
         );
         Tree {
             nodes,
             next: FRIENDS + 1,
             dirty: HashSet::new(),
+            links: HashMap::new(),
+            owner,
         }
     }
 
@@ -134,6 +192,17 @@ impl Tree {
         }
     }
 
+    /// A directory's link count: itself, its `.`, and each subdirectory's
+    /// `..` (as far as it is listed).
+    pub fn dir_nlink(&self, dir: u64) -> u32 {
+        let subdirs = self.children(dir).map_or(0, |c| {
+            c.values()
+                .filter(|i| self.nodes.get(i).is_some_and(Node::is_dir))
+                .count()
+        });
+        2 + subdirs as u32
+    }
+
     /// Fill a directory from its listing, keeping the inode numbers of
     /// names already known (and any local, not yet published, children).
     pub fn load(&mut self, dir: u64, listing: Listing) {
@@ -141,12 +210,42 @@ impl Tree {
             return;
         };
         let parent_write = node.writable_dir().cloned();
+        let ours = parent_write.is_some();
+        if dir == ROOT {
+            for (id, entry) in &listing.links {
+                let fresh = self.node_from_entry(ROOT, "", entry, parent_write.as_ref());
+                let Some(fresh) = fresh else { continue };
+                match self.links.get(id) {
+                    Some(&ino) => self.refresh(ino, fresh),
+                    None => {
+                        let ino = self.insert(fresh);
+                        self.links.insert(*id, ino);
+                    }
+                }
+            }
+        }
         let old = self.children(dir).cloned().unwrap_or_default();
         let mut children = BTreeMap::new();
-        for (name, entry) in listing.entries {
-            let node = node_from_entry(dir, &name, &entry, parent_write.as_ref());
+        let mut stale_snapshot = false;
+        for (name, entry) in &listing.entries {
+            // In our tree, a linked name is the table's inode. (Link ids in
+            // friends' trees are theirs, and never alias ours.)
+            if let (true, Some(id)) = (ours, entry.link)
+                && let Some(&ino) = self.links.get(&id)
+                && self.nodes.get(&ino).is_some_and(|n| !n.orphan)
+            {
+                let node = self.nodes.get_mut(&ino).expect("checked above");
+                if node.name.is_empty() {
+                    node.parent = dir;
+                    node.name = name.clone();
+                }
+                stale_snapshot |= self.entry_of(ino, name, None).as_ref() != Some(entry);
+                children.insert(name.clone(), ino);
+                continue;
+            }
+            let node = self.node_from_entry(dir, name, entry, parent_write.as_ref());
             let Some(node) = node else { continue };
-            let ino = match old.get(&name) {
+            let ino = match old.get(name) {
                 Some(&ino)
                     if self
                         .nodes
@@ -158,7 +257,15 @@ impl Tree {
                 }
                 _ => self.insert(node),
             };
-            children.insert(name, ino);
+            if let (true, Some(id)) = (ours, entry.link) {
+                self.links.insert(id, ino);
+            }
+            children.insert(name.clone(), ino);
+        }
+        if stale_snapshot {
+            // Another name of a linked file changed while this directory
+            // was not loaded: republish its snapshot.
+            self.dirty.insert(dir);
         }
         if let Some(Node {
             body:
@@ -181,76 +288,248 @@ impl Tree {
         let Some(node) = self.nodes.get_mut(&ino) else {
             return;
         };
-        if let Body::File { dirty: true, .. } | Body::File { writers: 1.., .. } = node.body {
+        if node.busy() {
             return;
         }
         node.mode = fresh.mode;
         node.size = fresh.size;
+        node.atime = fresh.atime;
         node.mtime = fresh.mtime;
+        node.ctime = fresh.ctime;
+        node.uid = fresh.uid;
+        node.gid = fresh.gid;
+        node.nlink = fresh.nlink;
         match (&mut node.body, fresh.body) {
             (Body::Dir { .. }, Body::Dir { .. }) => {}
             (body, fresh) => *body = fresh,
         }
     }
 
-    /// The listing to publish for a directory: every child that has a cap.
+    /// The listing entry for inode `ino` under `name`; `None` for what is
+    /// not publishable (a file not uploaded yet, the friends directory).
+    /// `parent_write` is needed to seal a child directory's write-cap.
+    pub fn entry_of(
+        &self,
+        ino: u64,
+        name: &str,
+        parent_write: Option<&DirWriteCap>,
+    ) -> Option<Entry> {
+        let child = self.nodes.get(&ino)?;
+        let entry = match &child.body {
+            Body::File { cap: Some(cap), .. } => Entry::file(cap.clone(), child.mode, child.mtime),
+            Body::File { cap: None, .. } | Body::Friends => return None,
+            Body::Dir { write: Some(w), .. } => {
+                Entry::dir(parent_write?, name, w, child.mode, child.mtime)
+            }
+            Body::Dir { read, .. } => Entry::dir_read_only(read.clone(), child.mode, child.mtime),
+            Body::Symlink(target) => Entry::symlink(target, child.mtime),
+            Body::Special { kind, rdev } => Entry::special(*kind, child.mode, *rdev, child.mtime),
+        };
+        Some(entry.with_meta(
+            child.atime,
+            child.ctime,
+            Some((child.uid, child.gid)),
+            child.link.map(|id| (id, child.nlink)),
+        ))
+    }
+
+    /// The listing to publish for a directory: every child that has a cap,
+    /// and for the root, the link table.
     pub fn listing(&self, dir: u64) -> Option<Listing> {
         let node = self.nodes.get(&dir)?;
         let write = node.writable_dir()?;
         let mut listing = Listing::default();
         for (name, &ino) in self.children(dir)? {
-            let Some(child) = self.nodes.get(&ino) else {
-                continue;
-            };
-            let entry = match &child.body {
-                Body::File { cap: Some(cap), .. } => {
-                    Entry::file(cap.clone(), child.mode, child.mtime)
+            if let Some(entry) = self.entry_of(ino, name, Some(write)) {
+                listing.entries.insert(name.clone(), entry);
+            }
+        }
+        if dir == ROOT {
+            for (id, &ino) in &self.links {
+                if let Some(entry) = self
+                    .nodes
+                    .get(&ino)
+                    .filter(|n| !n.orphan)
+                    .and_then(|n| self.entry_of(ino, &n.name, None))
+                {
+                    listing.links.insert(*id, entry);
                 }
-                Body::File { cap: None, .. } => continue, // not uploaded yet
-                Body::Dir { write: Some(w), .. } => {
-                    Entry::dir(write, name, w, child.mode, child.mtime)
-                }
-                Body::Dir { read, .. } => {
-                    Entry::dir_read_only(read.clone(), child.mode, child.mtime)
-                }
-                Body::Symlink(target) => Entry::symlink(target, child.mtime),
-                Body::Friends => continue,
-            };
-            listing.entries.insert(name.clone(), entry);
+            }
         }
         Some(listing)
     }
-}
 
-/// An inode for a listing entry.
-pub fn node_from_entry(
-    parent: u64,
-    name: &str,
-    entry: &Entry,
-    parent_write: Option<&DirWriteCap>,
-) -> Option<Node> {
-    let body = match (entry.kind, &entry.cap) {
-        (EntryKind::File, Some(crate::caps::Cap::FileRead(cap))) => Body::File {
-            cap: Some(cap.clone()),
-            staged: None,
-            dirty: false,
-            writers: 0,
-        },
-        (EntryKind::Dir, Some(crate::caps::Cap::DirRead(read))) => Body::Dir {
-            write: parent_write.and_then(|p| entry.write_cap(p, name).ok().flatten()),
-            read: read.clone(),
-            children: None,
-            loaded_at: None,
-        },
-        (EntryKind::Symlink, _) => Body::Symlink(entry.target.clone().unwrap_or_default()),
-        _ => return None,
-    };
-    Some(Node {
-        parent,
-        name: name.to_string(),
-        mode: entry.mode & 0o7777,
-        size: entry.size,
-        mtime: entry.mtime,
-        body,
-    })
+    /// The loaded directories that name `ino`.
+    pub fn dirs_naming(&self, ino: u64) -> Vec<u64> {
+        self.nodes
+            .iter()
+            .filter(|(_, n)| {
+                matches!(&n.body, Body::Dir { children: Some(c), .. } if c.values().any(|&i| i == ino))
+            })
+            .map(|(&d, _)| d)
+            .collect()
+    }
+
+    /// Record a change of `ino`'s content or metadata: its ctime moves and
+    /// every listing that carries it is republished.
+    pub fn changed(&mut self, ino: u64) {
+        let Some(node) = self.nodes.get_mut(&ino) else {
+            return;
+        };
+        node.ctime = now();
+        self.republish(ino);
+    }
+
+    /// Mark every listing that carries `ino` for publishing.
+    pub fn republish(&mut self, ino: u64) {
+        let Some(node) = self.nodes.get(&ino) else {
+            return;
+        };
+        if node.orphan {
+            return;
+        }
+        if node.link.is_some() {
+            self.dirty.insert(ROOT);
+            for d in self.dirs_naming(ino) {
+                self.dirty.insert(d);
+            }
+        } else {
+            let parent = node.parent;
+            self.dirty.insert(parent);
+        }
+    }
+
+    /// A directory's entries changed: its mtime and ctime move, and both
+    /// its own listing and its entry in its parent are republished.
+    pub fn touch_dir(&mut self, dir: u64) {
+        let Some(node) = self.nodes.get_mut(&dir) else {
+            return;
+        };
+        let t = now();
+        node.mtime = t;
+        node.ctime = t;
+        let parent = node.parent;
+        self.dirty.insert(dir);
+        if dir != ROOT {
+            self.dirty.insert(parent);
+        }
+    }
+
+    /// Remove the name `name` from `dir`. The inode loses a link; with none
+    /// left it becomes an orphan, dropped once nothing holds it.
+    pub fn unlink(&mut self, dir: u64, name: &str) {
+        let Some(ino) = self.children_mut(dir).and_then(|c| c.remove(name)) else {
+            return;
+        };
+        self.touch_dir(dir);
+        let Some(node) = self.nodes.get_mut(&ino) else {
+            return;
+        };
+        node.nlink = node.nlink.saturating_sub(1);
+        let gone = node.nlink == 0 || node.is_dir();
+        if !gone {
+            // Still named elsewhere: move its home if this was it.
+            if node.parent == dir && node.name == name {
+                let other = self.dirs_naming(ino).into_iter().find_map(|d| {
+                    let n = self.children(d)?.iter().find(|&(_, &i)| i == ino)?.0;
+                    Some((d, n.clone()))
+                });
+                let node = self.nodes.get_mut(&ino).expect("still there");
+                if let Some((d, n)) = other {
+                    node.parent = d;
+                    node.name = n;
+                }
+            }
+            self.changed(ino);
+            return;
+        }
+        node.orphan = true;
+        node.ctime = now();
+        if let Some(id) = node.link.take() {
+            self.links.remove(&id);
+            self.dirty.insert(ROOT);
+        }
+        // Its staged data must not come back on recovery.
+        if let Body::File {
+            staged: Some(p), ..
+        } = &node.body
+        {
+            let _ = std::fs::remove_file(super::fs::note_path(p));
+        }
+        self.drop_if_unused(ino);
+    }
+
+    /// Drop an orphan nobody holds any more, with its staged data.
+    pub fn drop_if_unused(&mut self, ino: u64) {
+        let unused = self
+            .nodes
+            .get(&ino)
+            .is_some_and(|n| n.orphan && n.opens == 0 && n.lookups == 0);
+        if !unused {
+            return;
+        }
+        if let Some(Node {
+            body: Body::File {
+                staged: Some(p), ..
+            },
+            ..
+        }) = self.nodes.remove(&ino)
+        {
+            let _ = std::fs::remove_file(super::fs::note_path(&p));
+            let _ = std::fs::remove_file(p);
+        }
+    }
+
+    /// An inode for a listing entry.
+    pub fn node_from_entry(
+        &self,
+        parent: u64,
+        name: &str,
+        entry: &Entry,
+        parent_write: Option<&DirWriteCap>,
+    ) -> Option<Node> {
+        let body = match (entry.kind, &entry.cap) {
+            (EntryKind::File, Some(crate::caps::Cap::FileRead(cap))) => Body::File {
+                cap: Some(cap.clone()),
+                staged: None,
+                dirty: false,
+                writers: 0,
+            },
+            (EntryKind::Dir, Some(crate::caps::Cap::DirRead(read))) => Body::Dir {
+                write: parent_write.and_then(|p| entry.write_cap(p, name).ok().flatten()),
+                read: read.clone(),
+                children: None,
+                loaded_at: None,
+            },
+            (EntryKind::Symlink, _) => Body::Symlink(entry.target.clone().unwrap_or_default()),
+            (kind, None) if kind.is_special() => Body::Special {
+                kind,
+                rdev: entry.rdev,
+            },
+            _ => return None,
+        };
+        // Friends' trees show as ours: their uids mean nothing here.
+        let (uid, gid) = match parent_write {
+            Some(_) => entry.owner.unwrap_or(self.owner),
+            None => self.owner,
+        };
+        let ours = parent_write.is_some();
+        Some(Node {
+            parent,
+            name: name.to_string(),
+            mode: entry.mode & 0o7777,
+            size: entry.size,
+            atime: entry.atime,
+            mtime: entry.mtime,
+            ctime: entry.ctime,
+            uid,
+            gid,
+            link: entry.link.filter(|_| ours),
+            nlink: if ours { entry.nlink.max(1) } else { 1 },
+            lookups: 0,
+            opens: 0,
+            orphan: false,
+            body,
+        })
+    }
 }

@@ -449,6 +449,11 @@ impl Vault {
                     (EntryKind::Symlink, _) => {
                         std::os::unix::fs::symlink(entry.target.as_deref().unwrap_or(""), &target)?;
                     }
+                    (kind, _) if kind.is_special() => {
+                        // FIFOs, sockets and device nodes are names only;
+                        // like `cp -r`, leave them out of a copy.
+                        tracing::warn!(path = %target.display(), "skipped a special file");
+                    }
                     _ => return Err(Error::NotAFile(target.display().to_string())),
                 }
             }
