@@ -2,7 +2,7 @@
 
 mod common;
 
-use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
@@ -140,6 +140,34 @@ fn tools_work_and_everything_survives_a_remount() {
         std::os::unix::fs::FileExt::write_all_at(&f, b"PATCH", 1 << 20).unwrap();
         f.sync_all().unwrap();
         drop(f);
+        // A hard link across directories: one file, two names.
+        std::fs::write(mp.join("linked-a.txt"), b"one").unwrap();
+        std::fs::hard_link(mp.join("linked-a.txt"), mp.join("gen/linked-b.txt")).unwrap();
+        std::fs::write(mp.join("gen/linked-b.txt"), b"two").unwrap();
+        assert_eq!(std::fs::read(mp.join("linked-a.txt")).unwrap(), b"two");
+        assert_eq!(
+            std::fs::metadata(mp.join("linked-a.txt")).unwrap().nlink(),
+            2
+        );
+        // A FIFO, and a file given away to another owner.
+        run(Command::new("mkfifo").arg(mp.join("gen/fifo")));
+        std::fs::write(mp.join("owned.txt"), b"x").unwrap();
+        std::os::unix::fs::chown(mp.join("owned.txt"), Some(1234), Some(5678)).unwrap();
+        // An unlinked file stays readable and writable while open.
+        std::fs::write(mp.join("doomed.txt"), b"still here").unwrap();
+        let mut doomed = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(mp.join("doomed.txt"))
+            .unwrap();
+        std::fs::remove_file(mp.join("doomed.txt")).unwrap();
+        assert!(!mp.join("doomed.txt").exists());
+        let mut back = String::new();
+        std::io::Read::read_to_string(&mut doomed, &mut back).unwrap();
+        assert_eq!(back, "still here");
+        std::io::Write::write_all(&mut doomed, b"!").unwrap();
+        assert_eq!(doomed.metadata().unwrap().nlink(), 0);
+        drop(doomed);
         // Errors a user would expect.
         let e = std::fs::remove_dir(mp.join("gen")).unwrap_err();
         assert_eq!(e.raw_os_error(), Some(libc::ENOTEMPTY));
@@ -166,6 +194,25 @@ fn tools_work_and_everything_survives_a_remount() {
         PathBuf::from("d0/e0/f0.txt")
     );
     assert_same(&gen_dir, &mp.join("untar"));
+    // Links, special files and owners came back too; the two names are
+    // still one file.
+    let a = std::fs::metadata(mp.join("linked-a.txt")).unwrap();
+    let b = std::fs::metadata(mp.join("gen/linked-b.txt")).unwrap();
+    assert_eq!((a.ino(), a.nlink()), (b.ino(), 2));
+    std::fs::write(mp.join("linked-a.txt"), b"three").unwrap();
+    assert_eq!(
+        std::fs::read(mp.join("gen/linked-b.txt")).unwrap(),
+        b"three"
+    );
+    assert!(
+        std::fs::symlink_metadata(mp.join("gen/fifo"))
+            .unwrap()
+            .file_type()
+            .is_fifo()
+    );
+    let owned = std::fs::metadata(mp.join("owned.txt")).unwrap();
+    assert_eq!((owned.uid(), owned.gid()), (1234, 5678));
+    assert!(!mp.join("doomed.txt").exists());
 
     // A second identity adds the first's share as a friend: visible
     // read-only at friends/alice.
