@@ -33,6 +33,10 @@ mkdir "$mnt/work"
 chmod 0777 "$mnt/work"
 cat >"$work/pjd.toml" <<'TOML'
 [features]
+utimensat = {}
+utime_now = {}
+rename_ctime = {}
+posix_fallocate = {}
 [settings]
 naptime = 0.001
 allow_remount = false
