@@ -314,6 +314,9 @@ fn a_mirror_outage_is_ridden_out() {
     for i in 0..5 {
         std::fs::write(mp.join(format!("offline{i}.bin")), content(i)).unwrap();
     }
+    // New directories need no mirror either.
+    std::fs::create_dir_all(mp.join("made/offline")).unwrap();
+    std::fs::write(mp.join("made/offline/deep.bin"), content(9)).unwrap();
     std::thread::sleep(Duration::from_secs(2)); // the flusher tries and fails
     for i in 0..5 {
         assert!(
@@ -345,5 +348,19 @@ fn a_mirror_outage_is_ridden_out() {
     let back = tmp.path().join("back.bin");
     client.ok(&["get", "offline3.bin", "-o", back.to_str().unwrap()]);
     assert!(std::fs::read(&back).unwrap() == content(3));
+    let deep = tmp.path().join("deep.bin");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !client
+        .run(&["get", "made/offline/deep.bin", "-o", deep.to_str().unwrap()])
+        .status
+        .success()
+    {
+        assert!(
+            Instant::now() < deadline,
+            "made/offline/deep.bin never arrived"
+        );
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    assert!(std::fs::read(&deep).unwrap() == content(9));
     drop(m);
 }

@@ -192,7 +192,9 @@ fn directory_slot_encoding() {
     // A slot written by the version 1 listing format still opens, to the
     // same entries (v1 had no owner, atime/ctime, links or special files).
     let v1 = std::fs::read_to_string(vector_path("slot-v1.hex")).unwrap();
-    let v1 = data_encoding::HEXLOWER.decode(v1.trim().as_bytes()).unwrap();
+    let v1 = data_encoding::HEXLOWER
+        .decode(v1.trim().as_bytes())
+        .unwrap();
     let old = SlotEnvelope::decode(&v1).unwrap();
     assert_eq!(old.seq, 7);
     assert_eq!(old.open(&root.read_cap()).unwrap(), listing);

@@ -647,7 +647,9 @@ impl LodeFs {
         }
         let (owner, setgid) = self.new_owner(req, parent);
         let mode = (mode & 0o7777) | if setgid { libc::S_ISGID } else { 0 };
-        let write = self.rt.block_on(self.vault.new_dir())?;
+        // Made locally and published by the flusher like any change, so
+        // mkdir needs no round trip and works while the mirrors are down.
+        let write = Vault::fresh_dir();
         let read = write.read_cap();
         let body = Body::Dir {
             write: Some(write),
@@ -656,7 +658,9 @@ impl LodeFs {
             loaded_at: None,
         };
         let node = Node::new(parent, name, mode, owner, body);
-        Ok(self.new_child(parent, name, node)?.1)
+        let (ino, attr) = self.new_child(parent, name, node)?;
+        self.lock().dirty.insert(ino);
+        Ok(attr)
     }
 
     fn do_mknod(

@@ -336,7 +336,7 @@ impl Tree {
     /// The listing to publish for a directory: every child that has a cap,
     /// and for the root, the link table.
     pub fn listing(&self, dir: u64) -> Option<Listing> {
-        let node = self.nodes.get(&dir)?;
+        let node = self.nodes.get(&dir).filter(|n| !n.orphan)?;
         let write = node.writable_dir()?;
         let mut listing = Listing::default();
         for (name, &ino) in self.children(dir)? {

@@ -304,11 +304,17 @@ impl Vault {
         Ok(listing)
     }
 
+    /// A write-cap for a new directory, not yet stored anywhere: until its
+    /// first listing is published, it reads as empty.
+    pub fn fresh_dir() -> DirWriteCap {
+        DirWriteCap {
+            seed: SlotSeed::generate(&mut rand::rng()),
+        }
+    }
+
     /// Create an empty directory slot and return its write-cap.
     pub async fn new_dir(&self) -> Result<DirWriteCap> {
-        let cap = DirWriteCap {
-            seed: SlotSeed::generate(&mut rand::rng()),
-        };
+        let cap = Self::fresh_dir();
         self.grid
             .put_slot(&SlotEnvelope::seal(&cap, 1, &Listing::default()))
             .await?;
