@@ -67,7 +67,7 @@ fn walk(dir: &Path) -> Vec<PathBuf> {
 
 fn generated_tree(root: &Path, files: usize) {
     for i in 0..files {
-        let dir = root.join(format!("d{}/e{}", i % 7, i % 3));
+        let dir = root.join(format!("d{}/e{}/g{}", i % 7, i % 3, i % 11));
         std::fs::create_dir_all(&dir).unwrap();
         let p = write_file(
             &dir,
@@ -78,7 +78,7 @@ fn generated_tree(root: &Path, files: usize) {
             std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o600)).unwrap();
         }
     }
-    std::os::unix::fs::symlink("d0/e0/f0.txt", root.join("link")).unwrap();
+    std::os::unix::fs::symlink("d0/e0/g0/f0.txt", root.join("link")).unwrap();
 }
 
 #[test]
@@ -92,7 +92,7 @@ fn tools_work_and_everything_survives_a_remount() {
     let mp = tmp.path().join("mnt");
     let src = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("src");
     let gen_dir = tmp.path().join("gen");
-    generated_tree(&gen_dir, 300);
+    generated_tree(&gen_dir, 2000);
     let big = common::seeded_bytes("mount big", 5 << 20);
     write_file(tmp.path(), "big.bin", &big);
     {
@@ -126,7 +126,7 @@ fn tools_work_and_everything_survives_a_remount() {
             .arg(mp.join("big.bin")));
         assert!(std::fs::read(mp.join("big.bin")).unwrap() == big);
         // mv across directories, and a rename over an existing file.
-        std::fs::rename(mp.join("gen/d1/e1/f1.txt"), mp.join("src/moved.txt")).unwrap();
+        std::fs::rename(mp.join("gen/d1/e1/g1/f1.txt"), mp.join("src/moved.txt")).unwrap();
         std::fs::write(mp.join("victim.txt"), b"old").unwrap();
         std::fs::write(mp.join("winner.txt"), b"new").unwrap();
         std::fs::rename(mp.join("winner.txt"), mp.join("victim.txt")).unwrap();
@@ -187,11 +187,11 @@ fn tools_work_and_everything_survives_a_remount() {
     assert_eq!(std::fs::read(mp.join("victim.txt")).unwrap(), b"new");
     assert_eq!(
         std::fs::read(mp.join("moved.txt")).unwrap(),
-        std::fs::read(gen_dir.join("d1/e1/f1.txt")).unwrap()
+        std::fs::read(gen_dir.join("d1/e1/g1/f1.txt")).unwrap()
     );
     assert_eq!(
         std::fs::read_link(mp.join("gen/link")).unwrap(),
-        PathBuf::from("d0/e0/f0.txt")
+        PathBuf::from("d0/e0/g0/f0.txt")
     );
     assert_same(&gen_dir, &mp.join("untar"));
     // Links, special files and owners came back too; the two names are
@@ -223,12 +223,12 @@ fn tools_work_and_everything_survives_a_remount() {
     let bm = Mounted::new(&bob, &bob_mp);
     let shared = bob_mp.join("friends/alice");
     assert_eq!(
-        std::fs::read(shared.join("d0/e0/f0.txt")).unwrap(),
-        std::fs::read(gen_dir.join("d0/e0/f0.txt")).unwrap()
+        std::fs::read(shared.join("d0/e0/g0/f0.txt")).unwrap(),
+        std::fs::read(gen_dir.join("d0/e0/g0/f0.txt")).unwrap()
     );
     let e = std::fs::write(shared.join("new.txt"), b"x").unwrap_err();
     assert_eq!(e.raw_os_error(), Some(libc::EROFS), "{e}");
-    let e = std::fs::remove_file(shared.join("d0/e0/f0.txt")).unwrap_err();
+    let e = std::fs::remove_file(shared.join("d0/e0/g0/f0.txt")).unwrap_err();
     assert_eq!(e.raw_os_error(), Some(libc::EROFS), "{e}");
     let e = std::fs::create_dir(shared.join("x")).unwrap_err();
     assert_eq!(e.raw_os_error(), Some(libc::EROFS), "{e}");

@@ -106,6 +106,9 @@ pub fn mount(args: MountArgs) -> Result<()> {
         fuser::MountOption::DefaultPermissions,
     ];
     let mut cache_mib = None;
+    // Local copies of files written here, kept after upload for reading
+    // (like rclone's write cache); a budget in MiB.
+    let mut keep_mib: u64 = 1024;
     let mut miner = Some(lode::miner::MinerConfig::default());
     let mut acl = fuser::SessionACL::Owner;
     for opt in args
@@ -151,6 +154,11 @@ pub fn mount(args: MountArgs) -> Result<()> {
                     .parse()
                     .map_err(|_| anyhow!("cache= wants a size in MiB, got {o:?}"))?;
                 cache_mib = Some(mib);
+            }
+            o if o.starts_with("keep=") => {
+                keep_mib = o["keep=".len()..]
+                    .parse()
+                    .map_err(|_| anyhow!("keep= wants a size in MiB, got {o:?}"))?;
             }
             // For mount(8), systemd and the kernel's generic flags: nothing
             // for lode to do.
@@ -203,6 +211,7 @@ pub fn mount(args: MountArgs) -> Result<()> {
             refresh: Duration::from_secs(config.refresh_secs.max(1)),
             uid: nix::unistd::getuid().as_raw(),
             gid: nix::unistd::getgid().as_raw(),
+            keep_bytes: keep_mib << 20,
         },
     )?);
     // Whatever an earlier mount staged but never published (it crashed,

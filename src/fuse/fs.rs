@@ -43,6 +43,8 @@ pub struct MountConfig {
     pub refresh: Duration,
     pub uid: u32,
     pub gid: u32,
+    /// Bytes of published files whose local copies are kept for reading.
+    pub keep_bytes: u64,
 }
 
 /// The filesystem.
@@ -54,6 +56,8 @@ pub struct LodeFs {
     config: MountConfig,
     next_fh: AtomicU64,
     stop: Arc<AtomicBool>,
+    /// Kept local copies of published files, oldest first, and their bytes.
+    kept: Mutex<(std::collections::VecDeque<(u64, PathBuf, u64)>, u64)>,
 }
 
 fn system_time((s, ns): (i64, u32)) -> SystemTime {
@@ -133,6 +137,7 @@ impl LodeFs {
             config,
             next_fh: AtomicU64::new(1),
             stop: Arc::new(AtomicBool::new(false)),
+            kept: Mutex::new(Default::default()),
         })
     }
 
@@ -252,11 +257,22 @@ impl LodeFs {
     /// unless it is about to be truncated.
     fn stage(&self, ino: u64, truncate: bool) -> Result<PathBuf> {
         let cap = {
-            let tree = self.lock();
-            match &tree.nodes.get(&ino).ok_or(Error::NotFound)?.body {
+            let mut tree = self.lock();
+            match &mut tree.nodes.get_mut(&ino).ok_or(Error::NotFound)?.body {
                 Body::File {
-                    staged: Some(p), ..
-                } => return Ok(p.clone()),
+                    staged: Some(p),
+                    cached,
+                    ..
+                } => {
+                    let p = p.clone();
+                    if std::mem::take(cached) {
+                        // A kept copy is about to change: it is staged
+                        // data again, and needs its recovery note.
+                        drop(tree);
+                        self.note_staged(ino);
+                    }
+                    return Ok(p);
+                }
                 Body::File { cap, .. } => cap.clone(),
                 Body::Dir { .. } | Body::Friends => return Err(Error::IsADirectory),
                 Body::Symlink(_) | Body::Special { .. } => return Err(Error::InvalidArgument),
@@ -304,11 +320,13 @@ impl LodeFs {
                 Body::File {
                     staged: Some(p),
                     dirty: true,
+                    generation,
                     ..
-                } => p.clone(),
+                } => (p.clone(), *generation),
                 _ => return Ok(()),
             }
         };
+        let (path, read_generation) = path;
         std::fs::File::open(&path)?.sync_all()?;
         let cap = self.rt.block_on(self.vault.put_path(&path))?;
         let mut tree = self.lock();
@@ -317,19 +335,19 @@ impl LodeFs {
         };
         if let Body::File {
             cap: c,
-            staged,
             dirty,
-            writers,
+            generation,
+            ..
         } = &mut node.body
         {
-            // Only if nothing was written since we read the staged file.
-            if std::fs::metadata(&path).map(|m| m.len()).ok() == Some(cap.size) {
+            // Only if nothing changed since the upload began reading: else
+            // the file stays dirty and goes up again. The staged copy stays
+            // until the directory entry naming this upload is published
+            // (see `publish`).
+            if *generation == read_generation {
                 node.size = cap.size;
                 *c = Some(cap);
                 *dirty = false;
-                // The staged copy stays until the directory entry naming
-                // this upload is published (see `publish`).
-                let _ = (staged, writers);
             }
         }
         tree.republish(ino);
@@ -346,6 +364,7 @@ impl LodeFs {
                     n.body,
                     Body::File {
                         staged: Some(_),
+                        cached: false,
                         ..
                     }
                 )
@@ -377,7 +396,8 @@ impl LodeFs {
             return Err(e.into());
         }
         // Children whose upload this listing names are safe on the mirrors
-        // now: their staged copies (and recovery notes) can go.
+        // now: their recovery notes go, and their staged copies stay as a
+        // read cache within the keep budget.
         let mut tree = self.lock();
         let mut children: Vec<u64> = tree
             .children(dir)
@@ -389,24 +409,81 @@ impl LodeFs {
         if dir == ROOT {
             children.extend(tree.links.values().copied());
         }
+        let mut kept = Vec::new();
         for ino in children {
             if let Some(Node {
+                size,
                 body:
                     Body::File {
-                        staged: staged @ Some(_),
+                        staged: Some(p),
                         dirty: false,
                         writers: 0,
                         cap: Some(_),
+                        cached: cached @ false,
+                        ..
                     },
                 ..
             }) = tree.nodes.get_mut(&ino)
+            {
+                *cached = true;
+                let _ = std::fs::remove_file(note_path(p));
+                kept.push((ino, p.clone(), *size));
+            }
+        }
+        drop(tree);
+        self.keep(kept);
+        Ok(())
+    }
+
+    /// Remember kept copies, and evict the oldest beyond the budget.
+    fn keep(&self, copies: Vec<(u64, PathBuf, u64)>) {
+        let mut kept = self.kept.lock().unwrap_or_else(|p| p.into_inner());
+        for copy in copies {
+            kept.1 += copy.2;
+            kept.0.push_back(copy);
+        }
+        while kept.1 > self.config.keep_bytes {
+            let Some((ino, path, size)) = kept.0.pop_front() else {
+                break;
+            };
+            kept.1 = kept.1.saturating_sub(size);
+            let mut tree = self.lock();
+            // Only if it is still that clean, idle copy.
+            if let Some(Node {
+                opens: 0,
+                body:
+                    Body::File {
+                        staged: staged @ Some(_),
+                        cached: true,
+                        writers: 0,
+                        ..
+                    },
+                ..
+            }) = tree.nodes.get_mut(&ino)
+                && staged.as_ref() == Some(&path)
+            {
+                *staged = None;
+                drop(tree);
+                let _ = std::fs::remove_file(&path);
+            }
+        }
+    }
+
+    /// Remove every kept copy (at unmount: they are only a cache).
+    pub fn drop_kept(&self) {
+        let mut tree = self.lock();
+        for node in tree.nodes.values_mut() {
+            if let Body::File {
+                staged: staged @ Some(_),
+                cached: cached @ true,
+                ..
+            } = &mut node.body
                 && let Some(p) = staged.take()
             {
-                let _ = std::fs::remove_file(note_path(&p));
+                *cached = false;
                 let _ = std::fs::remove_file(p);
             }
         }
-        Ok(())
     }
 
     /// The path of an inode from the root, for recovery notes.
@@ -428,38 +505,63 @@ impl LodeFs {
     /// `top` (an inode, or a directory whose subtree moved): where the file
     /// belongs and its mode, so a crash cannot orphan staged data.
     fn note_staged(&self, top: u64) {
-        let tree = self.lock();
-        for (&ino, node) in &tree.nodes {
-            let Body::File {
-                staged: Some(p), ..
-            } = &node.body
-            else {
-                continue;
+        let notes: Vec<(PathBuf, String, u32)> = {
+            let tree = self.lock();
+            let note_of = |ino: u64, node: &Node| match &node.body {
+                Body::File {
+                    staged: Some(p), ..
+                } if !node.orphan => Some((p.clone(), Self::path_in(&tree, ino)?, node.mode)),
+                _ => None,
             };
-            if node.orphan {
-                continue;
+            match tree.nodes.get(&top) {
+                // One file: just its note (the common case, on create).
+                Some(node) if !node.is_dir() => note_of(top, node).into_iter().collect(),
+                // A directory moved: every staged file below it.
+                _ => tree
+                    .nodes
+                    .iter()
+                    .filter(|&(&ino, _)| {
+                        let mut cur = ino;
+                        while cur != ROOT && cur != top {
+                            cur = tree.nodes.get(&cur).map_or(ROOT, |n| n.parent);
+                        }
+                        cur == top || top == ROOT
+                    })
+                    .filter_map(|(&ino, node)| note_of(ino, node))
+                    .collect(),
             }
-            let mut cur = ino;
-            let mut under = false;
-            while cur != ROOT {
-                if cur == top {
-                    under = true;
-                    break;
-                }
-                cur = tree.nodes.get(&cur).map_or(ROOT, |n| n.parent);
+        };
+        // Written without the lock: this is disk I/O.
+        for (staged, path, mode) in &notes {
+            let note = serde_json::json!({"path": path, "mode": mode});
+            let tmp = note_path(staged).with_extension("tmp");
+            if std::fs::write(&tmp, note.to_string())
+                .and_then(|_| std::fs::rename(&tmp, note_path(staged)))
+                .is_err()
+            {
+                tracing::warn!(path, "could not write a staging recovery note");
             }
-            if !(under || top == ROOT) {
-                continue;
-            }
-            if let Some(path) = Self::path_in(&tree, ino) {
-                let note = serde_json::json!({"path": path, "mode": node.mode});
-                let tmp = note_path(p).with_extension("tmp");
-                if std::fs::write(&tmp, note.to_string())
-                    .and_then(|_| std::fs::rename(&tmp, note_path(p)))
-                    .is_err()
-                {
-                    tracing::warn!(path, "could not write a staging recovery note");
-                }
+        }
+        // A file unlinked (or uploaded and published) meanwhile must not
+        // keep a note, or recovery would bring it back.
+        let tree = self.lock();
+        let candidates: Vec<&Node> = match tree.nodes.get(&top) {
+            Some(node) if !node.is_dir() => vec![node],
+            _ => tree.nodes.values().collect(),
+        };
+        let live: std::collections::HashSet<&PathBuf> = candidates
+            .into_iter()
+            .filter(|n| !n.orphan)
+            .filter_map(|n| match &n.body {
+                Body::File {
+                    staged: Some(p), ..
+                } => Some(p),
+                _ => None,
+            })
+            .collect();
+        for (staged, _, _) in &notes {
+            if !live.contains(staged) {
+                let _ = std::fs::remove_file(note_path(staged));
             }
         }
     }
@@ -506,6 +608,15 @@ impl LodeFs {
             let _ = std::fs::remove_file(&note);
             tracing::info!(path, "recovered a staged file");
             recovered += 1;
+        }
+        // What is left without a note is a kept copy of a published file
+        // (or a copy never written to): only a cache, and stale now.
+        for entry in std::fs::read_dir(&self.config.staging)?.flatten() {
+            let path = entry.path();
+            let has_note = path.extension().is_none() && note_path(&path).exists();
+            if path.extension().and_then(|e| e.to_str()) != Some("note") && !has_note {
+                let _ = std::fs::remove_file(&path);
+            }
         }
         Ok(recovered)
     }
@@ -876,8 +987,12 @@ impl LodeFs {
             if let Some(node) = tree.nodes.get_mut(&ino) {
                 node.size = size;
                 node.mtime = now();
-                if let Body::File { dirty, .. } = &mut node.body {
+                if let Body::File {
+                    dirty, generation, ..
+                } = &mut node.body
+                {
                     *dirty = true;
+                    *generation += 1;
                 }
             }
         }
@@ -945,12 +1060,14 @@ impl LodeFs {
             writers,
             dirty,
             staged,
+            generation,
             ..
         } = &mut node.body
         {
             *writers += 1;
             if trunc {
                 *dirty = true;
+                *generation += 1;
                 if let Some(p) = staged {
                     std::fs::OpenOptions::new()
                         .write(true)
@@ -1006,8 +1123,12 @@ impl LodeFs {
         let t = now();
         node.mtime = t;
         node.ctime = t;
-        if let Body::File { dirty, .. } = &mut node.body {
+        if let Body::File {
+            dirty, generation, ..
+        } = &mut node.body
+        {
             *dirty = true;
+            *generation += 1;
         }
         Ok(data.len() as u32)
     }
@@ -1055,6 +1176,8 @@ impl LodeFs {
             staged: Some(path),
             dirty: true,
             writers: u32::from(write),
+            cached: false,
+            generation: 0,
         };
         let mut node = Node::new(parent, name, mode & 0o7777, owner, body);
         // mknod makes a file without opening it.
@@ -1141,6 +1264,7 @@ impl Filesystem for Mount {
         if let Err(e) = self.flush_all() {
             tracing::error!(error = %e, "final flush failed; changes stay staged");
         }
+        self.drop_kept();
     }
 
     fn init(&mut self, _req: &Request, config: &mut fuser::KernelConfig) -> std::io::Result<()> {

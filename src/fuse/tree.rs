@@ -42,6 +42,12 @@ pub enum Body {
         /// Changed since the last upload.
         dirty: bool,
         writers: u32,
+        /// The staged copy is published: it is only a local cache of the
+        /// content, kept for fast reads and evicted under a byte budget.
+        cached: bool,
+        /// Bumped by every change of the content, so an upload knows
+        /// whether what it read is still the latest.
+        generation: u64,
     },
     Symlink(String),
     /// A FIFO, socket or device node: metadata only.
@@ -494,6 +500,8 @@ impl Tree {
                 staged: None,
                 dirty: false,
                 writers: 0,
+                cached: false,
+                generation: 0,
             },
             (EntryKind::Dir, Some(crate::caps::Cap::DirRead(read))) => Body::Dir {
                 write: parent_write.and_then(|p| entry.write_cap(p, name).ok().flatten()),
