@@ -57,7 +57,15 @@ pub struct LodeFs {
     next_fh: AtomicU64,
     stop: Arc<AtomicBool>,
     /// Kept local copies of published files, oldest first, and their bytes.
-    kept: Mutex<(std::collections::VecDeque<(u64, PathBuf, u64)>, u64)>,
+    kept: Mutex<Kept>,
+}
+
+/// Kept local copies of published files: (inode, path, bytes), oldest
+/// first, and their total.
+#[derive(Default)]
+struct Kept {
+    queue: std::collections::VecDeque<(u64, PathBuf, u64)>,
+    bytes: u64,
 }
 
 fn system_time((s, ns): (i64, u32)) -> SystemTime {
@@ -439,14 +447,14 @@ impl LodeFs {
     fn keep(&self, copies: Vec<(u64, PathBuf, u64)>) {
         let mut kept = self.kept.lock().unwrap_or_else(|p| p.into_inner());
         for copy in copies {
-            kept.1 += copy.2;
-            kept.0.push_back(copy);
+            kept.bytes += copy.2;
+            kept.queue.push_back(copy);
         }
-        while kept.1 > self.config.keep_bytes {
-            let Some((ino, path, size)) = kept.0.pop_front() else {
+        while kept.bytes > self.config.keep_bytes {
+            let Some((ino, path, size)) = kept.queue.pop_front() else {
                 break;
             };
-            kept.1 = kept.1.saturating_sub(size);
+            kept.bytes = kept.bytes.saturating_sub(size);
             let mut tree = self.lock();
             // Only if it is still that clean, idle copy.
             if let Some(Node {
