@@ -318,6 +318,14 @@ fn a_mirror_outage_is_ridden_out() {
     std::fs::create_dir_all(mp.join("made/offline")).unwrap();
     std::fs::write(mp.join("made/offline/deep.bin"), content(9)).unwrap();
     std::thread::sleep(Duration::from_secs(2)); // the flusher tries and fails
+    // `lode sync` (the mount's syncfs) says plainly that it could not.
+    let out = client.run(&["sync"]);
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("not synced"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     for i in 0..5 {
         assert!(
             std::fs::read(mp.join(format!("offline{i}.bin"))).unwrap() == content(i),
@@ -362,5 +370,13 @@ fn a_mirror_outage_is_ridden_out() {
         std::thread::sleep(Duration::from_millis(500));
     }
     assert!(std::fs::read(&deep).unwrap() == content(9));
+    // A file still open for writing is synced too.
+    let mut open = std::fs::File::create(mp.join("open.bin")).unwrap();
+    std::io::Write::write_all(&mut open, &content(7)).unwrap();
+    client.ok(&["sync"]);
+    let got = tmp.path().join("open.bin");
+    client.ok(&["get", "open.bin", "-o", got.to_str().unwrap()]);
+    assert!(std::fs::read(&got).unwrap() == content(7));
+    drop(open);
     drop(m);
 }

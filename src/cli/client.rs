@@ -98,6 +98,7 @@ pub fn run(command: Command) -> Result<()> {
             | Command::Status(_)
             | Command::Mount(_)
             | Command::Friend(_)
+            | Command::Sync
             | Command::Completions { .. }
             | Command::Man => {
                 unreachable!("dispatched above")

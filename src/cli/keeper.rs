@@ -193,23 +193,48 @@ async fn renew_loop(vault: Arc<Vault>, state: Arc<Mutex<KeeperState>>) {
     }
 }
 
-/// Serve one JSON status line per connection on `path`.
-pub fn serve_status(
+/// Serve the control socket at `path` (mode 0600). A client sends one
+/// request line, `status` or `sync`, and gets one JSON line back: the
+/// state, or `{"synced": true}` / `{"synced": false, "error": …}` once
+/// every change is on the mirrors (syncfs(2) cannot reach a FUSE server,
+/// so this is how to wait for the write-back to drain).
+pub fn serve_control(
     path: &Path,
     rt: &tokio::runtime::Handle,
     status: impl Fn() -> serde_json::Value + Send + Sync + 'static,
+    sync: impl Fn() -> Result<(), String> + Send + Sync + 'static,
 ) -> std::io::Result<PathBuf> {
+    use tokio::io::{AsyncBufReadExt, AsyncReadExt};
     let _ = std::fs::remove_file(path);
     let listener = {
         let _guard = rt.enter();
         tokio::net::UnixListener::bind(path)?
     };
     std::fs::set_permissions(path, std::os::unix::fs::PermissionsExt::from_mode(0o600))?;
-    let status = Arc::new(status);
+    let (status, sync) = (Arc::new(status), Arc::new(sync));
     rt.spawn(async move {
-        while let Ok((mut stream, _)) = listener.accept().await {
-            let line = status().to_string() + "\n";
-            let _ = stream.write_all(line.as_bytes()).await;
+        while let Ok((stream, _)) = listener.accept().await {
+            let (status, sync) = (status.clone(), sync.clone());
+            tokio::spawn(async move {
+                let (read, mut write) = stream.into_split();
+                let mut request = String::new();
+                let mut read = tokio::io::BufReader::new(read.take(64));
+                let got =
+                    tokio::time::timeout(Duration::from_secs(5), read.read_line(&mut request))
+                        .await;
+                let reply = match (got, request.trim()) {
+                    (Ok(Ok(_)), "status") => status(),
+                    (Ok(Ok(_)), "sync") => {
+                        match tokio::task::spawn_blocking(move || sync()).await {
+                            Ok(Ok(())) => json!({"synced": true}),
+                            Ok(Err(e)) => json!({"synced": false, "error": e}),
+                            Err(e) => json!({"synced": false, "error": e.to_string()}),
+                        }
+                    }
+                    (_, other) => json!({"error": format!("unknown request {other:?}")}),
+                };
+                let _ = write.write_all((reply.to_string() + "\n").as_bytes()).await;
+            });
         }
     });
     Ok(path.to_path_buf())

@@ -287,9 +287,10 @@ pub fn status(args: StatusArgs) -> Result<()> {
 
 /// Ask a running mount for its state over its control socket.
 fn mount_status(socket: &std::path::Path) -> Option<serde_json::Value> {
-    use std::io::Read;
+    use std::io::{Read, Write};
     let mut stream = std::os::unix::net::UnixStream::connect(socket).ok()?;
     stream.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+    stream.write_all(b"status\n").ok()?;
     let mut line = String::new();
     stream.read_to_string(&mut line).ok()?;
     serde_json::from_str(line.trim()).ok()

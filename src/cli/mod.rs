@@ -78,6 +78,8 @@ pub enum Command {
     Status(mine::StatusArgs),
     /// Mount your tree as a filesystem.
     Mount(mount::MountArgs),
+    /// Wait until everything written to the running mount is on the mirrors.
+    Sync,
     /// Manage friends' shared directories shown under friends/.
     #[command(subcommand)]
     Friend(mount::FriendCommand),
@@ -114,6 +116,7 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Status(args) => mine::status(args),
         Command::Mount(args) => mount::mount(args),
         Command::Friend(c) => mount::friend(c),
+        Command::Sync => mount::sync(),
         Command::Completions { shell } => {
             use clap::CommandFactory;
             let mut script = Vec::new();

@@ -35,6 +35,32 @@ pub enum FriendCommand {
     Remove { name: String },
 }
 
+/// `lode sync`: wait until everything written to the running mount is on
+/// the mirrors (files still open included). syncfs(2) does not reach a FUSE
+/// server, so this is the way to make sure before, say, shutting down.
+pub fn sync() -> Result<()> {
+    use std::io::{Read, Write};
+    let home = Home::locate()?;
+    let socket = home.data.join("mount.sock");
+    let mut stream = std::os::unix::net::UnixStream::connect(&socket)
+        .with_context(|| format!("no running mount ({} does not answer)", socket.display()))?;
+    stream.write_all(b"sync\n")?;
+    let mut reply = String::new();
+    stream.read_to_string(&mut reply)?;
+    let reply: serde_json::Value =
+        serde_json::from_str(reply.trim()).context("the mount's answer is not JSON")?;
+    match reply["synced"].as_bool() {
+        Some(true) => {
+            println!("synced: every change is on the mirrors");
+            Ok(())
+        }
+        _ => bail!(
+            "not synced: {} (the changes stay staged and are retried)",
+            reply["error"].as_str().unwrap_or("no answer")
+        ),
+    }
+}
+
 pub fn friend(command: FriendCommand) -> Result<()> {
     let home = Home::locate()?;
     let mut config = Config::load(&home)?;
@@ -238,11 +264,17 @@ pub fn mount(args: MountArgs) -> Result<()> {
     let socket = {
         let (fs, keeper) = (fs.clone(), keeper.clone());
         let shown = args.mountpoint.display().to_string();
-        super::keeper::serve_status(&home.data.join("mount.sock"), rt.handle(), move || {
-            let mut status = keeper.status(fs.backlog());
-            status["mountpoint"] = serde_json::json!(shown);
-            status
-        })?
+        let syncing = fs.clone();
+        super::keeper::serve_control(
+            &home.data.join("mount.sock"),
+            rt.handle(),
+            move || {
+                let mut status = keeper.status(fs.backlog());
+                status["mountpoint"] = serde_json::json!(shown);
+                status
+            },
+            move || syncing.sync_all().map_err(|e| e.to_string()),
+        )?
     };
     let mut fuse_config = fuser::Config::default();
     fuse_config.mount_options = options;

@@ -58,6 +58,8 @@ pub struct LodeFs {
     stop: Arc<AtomicBool>,
     /// Kept local copies of published files, oldest first, and their bytes.
     kept: Mutex<Kept>,
+    /// Signalled whenever a directory publish ends.
+    published: std::sync::Condvar,
 }
 
 /// Kept local copies of published files: (inode, path, bytes), oldest
@@ -146,6 +148,7 @@ impl LodeFs {
             next_fh: AtomicU64::new(1),
             stop: Arc::new(AtomicBool::new(false)),
             kept: Mutex::new(Default::default()),
+            published: std::sync::Condvar::new(),
         })
     }
 
@@ -381,9 +384,16 @@ impl LodeFs {
     }
 
     /// Publish one directory's listing.
+    ///
+    /// If another thread is publishing the same directory, wait for it
+    /// first: a caller (fsync, `lode sync`) must not return while a listing
+    /// with its change is still on the way.
     fn publish(&self, dir: u64) -> Result<()> {
         let (write, listing) = {
             let mut tree = self.lock();
+            while tree.publishing.contains(&dir) {
+                tree = self.published.wait(tree).unwrap_or_else(|p| p.into_inner());
+            }
             if !tree.dirty.remove(&dir) {
                 return Ok(());
             }
@@ -393,16 +403,22 @@ impl LodeFs {
             let Some(write) = tree.nodes.get(&dir).and_then(|n| n.writable_dir()).cloned() else {
                 return Ok(());
             };
+            tree.publishing.insert(dir);
             (write, listing)
         };
         let result = self.rt.block_on(self.vault.update_dir(&write, move |l| {
             *l = listing;
             Ok(())
         }));
-        if let Err(e) = result {
-            self.lock().dirty.insert(dir);
-            return Err(e.into());
+        {
+            let mut tree = self.lock();
+            tree.publishing.remove(&dir);
+            if result.is_err() {
+                tree.dirty.insert(dir);
+            }
         }
+        self.published.notify_all();
+        result?;
         // Children whose upload this listing names are safe on the mirrors
         // now: their recovery notes go, and their staged copies stay as a
         // read cache within the keep budget.
@@ -631,19 +647,28 @@ impl LodeFs {
 
     /// Upload every closed dirty file and publish every dirty directory.
     pub fn flush_all(&self) -> Result<()> {
+        self.flush(false)
+    }
+
+    /// Like `flush_all`, and files still open for writing too: when this
+    /// returns Ok, every change made before it was called is on the
+    /// mirrors (the mount's syncfs, asked for by `lode sync`).
+    pub fn sync_all(&self) -> Result<()> {
+        self.flush(true)
+    }
+
+    fn flush(&self, open_too: bool) -> Result<()> {
         let files: Vec<u64> = {
             let tree = self.lock();
             tree.nodes
                 .iter()
-                .filter(|(_, n)| {
-                    matches!(
-                        n.body,
-                        Body::File {
-                            dirty: true,
-                            writers: 0,
-                            ..
-                        }
-                    )
+                .filter(|(_, n)| match n.body {
+                    Body::File {
+                        dirty: true,
+                        writers,
+                        ..
+                    } => open_too || writers == 0,
+                    _ => false,
                 })
                 .map(|(&i, _)| i)
                 .collect()

@@ -139,6 +139,8 @@ pub struct Tree {
     pub nodes: HashMap<u64, Node>,
     next: u64,
     pub dirty: HashSet<u64>,
+    /// Directories whose listing is being published right now.
+    pub publishing: HashSet<u64>,
     /// Inodes of hard-linked files in our own tree, by link id.
     pub links: HashMap<LinkId, u64>,
     /// Owner of entries that record none, and of friends' trees.
@@ -172,6 +174,7 @@ impl Tree {
             nodes,
             next: FRIENDS + 1,
             dirty: HashSet::new(),
+            publishing: HashSet::new(),
             links: HashMap::new(),
             owner,
         }
