@@ -24,10 +24,16 @@ if [ -n "$stop" ]; then
         pgrep -f "lode mount $mnt --foreground" >/dev/null || break
         sleep 0.1
     done
+    pids=()
     for pidfile in "$dir"/mirror*.pid; do
         [ -e "$pidfile" ] || continue
-        kill "$(cat "$pidfile")" 2>/dev/null || true
+        pids+=("$(cat "$pidfile")")
+        kill "${pids[-1]}" 2>/dev/null || true
         rm -f "$pidfile"
+    done
+    # Return once they are gone (a mirror finishes its requests first).
+    for pid in "${pids[@]}"; do
+        for _ in $(seq 100); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
     done
     echo "stopped: $mnt unmounted, mirrors in $dir stopped"
     exit 0
