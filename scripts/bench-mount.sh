@@ -1,0 +1,321 @@
+#!/usr/bin/env bash
+# lode's FUSE mount against gocryptfs, on the same disk, in the same run:
+#
+#   1. sequential write of SIZE_MIB (default 1024) of random bytes, dd with
+#      conv=fsync (lode's fsync returns once the file is on the mirrors);
+#   2. sequential read of that file after a remount and a cache drop (lode
+#      reads from the mirrors, not from its staging copy), checked with cmp
+#      outside the timed part;
+#   3. tar xf of FILES (default 10000) small files in 110 directories, timed
+#      on its own and, into a fresh directory, together with a sync that waits
+#      until the files are durable (lode: fsync of the mount's root directory,
+#      which uploads and publishes everything staged; gocryptfs: syncfs of the
+#      disk under its cipher directory);
+#   4. peak VmRSS of each mount process, sampled every 0.5 s while writing
+#      RSS_MIB (default 4096) of random bytes with conv=fsync.
+#
+#   scripts/bench-mount.sh [BASEDIR]      (default /tmp)
+#
+# Everything (lode's mirrors and staging, gocryptfs's cipher directory, the
+# source files) lives in a fresh directory under BASEDIR, so both file
+# systems sit on the same disk. Needs root (drop_caches). Installs gocryptfs
+# and fuse3 with apt-get if missing. Uses $LODE_BIN (default
+# target/release/lode; build it with `cargo build --release`). KEEP=1 keeps
+# the work directory. STEP_TIMEOUT (default 1800 s) bounds every timed step.
+set -euo pipefail
+here=$(cd "$(dirname "$0")/.." && pwd)
+base=$(realpath -m "${1:-/tmp}")
+size_mib=${SIZE_MIB:-1024}
+rss_mib=${RSS_MIB:-4096}
+nfiles=${FILES:-10000}
+step_timeout=${STEP_TIMEOUT:-1800}
+export LODE_BIN=${LODE_BIN:-$here/target/release/lode}
+
+[ "$(id -u)" = 0 ] || { echo "needs root (drop_caches, apt-get)" >&2; exit 1; }
+[ -x "$LODE_BIN" ] || { echo "no lode binary at $LODE_BIN (cargo build --release)" >&2; exit 1; }
+need=()
+command -v gocryptfs >/dev/null || need+=(gocryptfs)
+command -v fusermount3 >/dev/null || need+=(fuse3)
+if [ ${#need[@]} -gt 0 ]; then
+    apt-get update -qq && apt-get install -y -qq "${need[@]}" >/dev/null
+fi
+for tool in openssl cmp tar timeout; do
+    command -v "$tool" >/dev/null || { echo "needs $tool" >&2; exit 1; }
+done
+
+# Space: the source, its copy in each file system (lode: staging plus 1.5x
+# in shares on the mirrors), the big RSS file likewise, and some slack.
+mkdir -p "$base"
+need_mib=$((size_mib * 5 + rss_mib * 4 + 2048))
+avail_mib=$(df -Pm "$base" | awk 'NR == 2 {print $4}')
+if [ "$avail_mib" -lt "$need_mib" ]; then
+    echo "need about $need_mib MiB free under $base, have $avail_mib" >&2
+    exit 1
+fi
+
+work=$(mktemp -d "$base/lode-bench.XXXXXX")
+lmnt=$work/lode-mnt
+gmnt=$work/gocryptfs-mnt
+gcipher=$work/gocryptfs-cipher
+export LODE_QUICKSTART=$work/lode-state
+export LODE_HOME=$work/lode-state/home
+sampler=
+
+lode_pid() { pgrep -f "[l]ode mount $lmnt --foreground" | head -1; }
+gocryptfs_pid() { pgrep -f "[g]ocryptfs .* $gmnt" | head -1; }
+
+cleanup() {
+    set +e
+    [ -n "$sampler" ] && kill "$sampler" 2>/dev/null
+    if grep -qs " $gmnt " /proc/self/mounts; then
+        fusermount3 -u "$gmnt" 2>/dev/null || umount -l "$gmnt"
+    fi
+    timeout 300 "$here/scripts/quickstart.sh" --stop "$lmnt" >/dev/null 2>&1
+    if grep -qs " $lmnt " /proc/self/mounts; then umount -l "$lmnt"; fi
+    pid=$(lode_pid)
+    [ -n "$pid" ] && kill "$pid"
+    if [ -n "${KEEP:-}" ]; then
+        echo "kept $work"
+    else
+        rm -rf "$work"
+    fi
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+# ---- helpers ----
+
+now() { date +%s.%N; }
+# elapsed START: seconds since START, 3 decimals.
+elapsed() { awk -v a="$1" -v b="$(now)" 'BEGIN {printf "%.3f", b - a}'; }
+mibps() { awk -v m="$1" -v s="$2" 'BEGIN {printf "%.1f", m / s}'; }
+ratio() { awk -v a="$1" -v b="$2" 'BEGIN {printf "%.3f", a / b}'; }
+drop_caches() { sync; echo 3 >/proc/sys/vm/drop_caches; }
+# The machine may be shared: show the load next to every result.
+load() { echo "(load $(cut -d' ' -f1 /proc/loadavg))"; }
+
+# timed CMD...: run CMD under the step timeout and print its wall time in
+# seconds (CMD's own output goes to stderr). Used as t=$(timed ...), so a
+# failure ends the script through set -e.
+timed() {
+    local t0
+    t0=$(now)
+    if ! timeout "$step_timeout" "$@" >&2; then
+        echo "step failed or timed out after ${step_timeout}s: $*" >&2
+        exit 1
+    fi
+    elapsed "$t0"
+}
+
+lode_mount() {
+    "$LODE_BIN" mount "$lmnt" -o nominer >/dev/null
+}
+
+lode_umount() {
+    fusermount3 -u "$lmnt"
+    # The process exits once its final flush has published everything.
+    for _ in $(seq 3000); do
+        [ -z "$(lode_pid)" ] && return 0
+        sleep 0.1
+    done
+    echo "lode mount did not exit within 300 s of the unmount" >&2
+    exit 1
+}
+
+gocryptfs_mount() {
+    gocryptfs -q -nosyslog -extpass 'echo lode-bench-pw' "$gcipher" "$gmnt"
+}
+
+gocryptfs_umount() {
+    fusermount3 -u "$gmnt"
+    for _ in $(seq 300); do
+        [ -z "$(gocryptfs_pid)" ] && return 0
+        sleep 0.1
+    done
+    echo "gocryptfs did not exit within 30 s of the unmount" >&2
+    exit 1
+}
+
+# Wait (bounded) until lode has nothing staged: every file uploaded and
+# every directory published. (An fsync of the root directory uploads and
+# publishes; the staged copies go once their directory is published.)
+lode_settle() {
+    for _ in $(seq 600); do
+        timeout 300 sync "$lmnt" || true
+        [ "$(find "$LODE_HOME/data/staging" -type f ! -name '*.*' | wc -l)" = 0 ] && return 0
+        sleep 0.5
+    done
+    echo "lode still has staged files after 600 tries" >&2
+    exit 1
+}
+
+# rss_sample PID OUT: VmRSS in KiB every 0.5 s until killed.
+rss_sample() {
+    while kill -0 "$1" 2>/dev/null; do
+        awk '/^VmRSS/ {print $2}' "/proc/$1/status" 2>/dev/null >>"$2" || true
+        sleep 0.5
+    done
+}
+
+# ---- set up ----
+
+echo "== machine"
+echo "cores: $(nproc); cpu: $(awk -F': ' '/model name/ {print $2; exit}' /proc/cpuinfo)"
+echo "disk under $work: $(df -Ph "$work" | awk 'NR == 2 {print $1, $2, "size,", $4, "free"}')"
+echo "lode: $LODE_BIN ($("$LODE_BIN" --version 2>/dev/null || echo '?'))"
+echo "gocryptfs: $(gocryptfs -version | head -1)"
+echo "load average before: $(cut -d' ' -f1-3 /proc/loadavg)"
+echo "date: $(date -u '+%Y-%m-%d %H:%M UTC')"
+
+mkdir -p "$lmnt" "$gmnt" "$gcipher"
+"$here/scripts/quickstart.sh" "$lmnt" >/dev/null
+# Remount without the background miner, so it does not compete for the CPU.
+lode_umount
+lode_mount
+gocryptfs -init -q -extpass 'echo lode-bench-pw' "$gcipher" >/dev/null
+gocryptfs_mount
+
+echo "== preparing sources in $work"
+head -c "$((size_mib << 20))" /dev/urandom >"$work/src.bin"
+tree_dir=$work/tree
+# 10 top directories of 10 subdirectories each; the files spread over the
+# 100 leaves, 100 B to 8 KiB of random bytes each.
+i=0
+for a in $(seq 0 9); do
+    for b in $(seq 0 9); do
+        mkdir -p "$tree_dir/d$a/e$b"
+    done
+done
+while [ "$i" -lt "$nfiles" ]; do
+    head -c $((100 + (i * 7919) % 8093)) /dev/urandom \
+        >"$tree_dir/d$((i % 10))/e$((i / 10 % 10))/f$i"
+    i=$((i + 1))
+done
+tar cf "$work/small.tar" -C "$tree_dir" .
+rm -rf "$tree_dir"
+echo "tarball: $nfiles files, $(du -m "$work/small.tar" | cut -f1) MiB"
+
+declare -A res
+
+# ---- 1. sequential write ----
+
+echo "== 1. sequential write, $size_mib MiB, dd bs=1M conv=fsync"
+for fs in gocryptfs lode; do
+    mnt=$lmnt
+    [ "$fs" = gocryptfs ] && mnt=$gmnt
+    cat "$work/src.bin" >/dev/null # the source comes from the page cache for both
+    t=$(timed dd if="$work/src.bin" of="$mnt/big" bs=1M conv=fsync status=none)
+    res[write_$fs]=$(mibps "$size_mib" "$t")
+    echo "$fs: ${t}s, ${res[write_$fs]} MiB/s $(load)"
+done
+
+# ---- 2. sequential read ----
+
+echo "== 2. sequential read, $size_mib MiB, dd bs=1M, after remount and drop_caches"
+for fs in gocryptfs lode; do
+    if [ "$fs" = gocryptfs ]; then
+        mnt=$gmnt
+        gocryptfs_umount
+        gocryptfs_mount
+    else
+        mnt=$lmnt
+        # A fresh process: nothing cached, nothing staged (the unmount's
+        # final flush removes the staging copy once it is published).
+        lode_umount
+        lode_mount
+        n=$(find "$LODE_HOME/data/staging" -type f ! -name '*.*' | wc -l)
+        [ "$n" = 0 ] || echo "warning: $n files still staged after the remount" >&2
+    fi
+    drop_caches
+    t=$(timed dd if="$mnt/big" of=/dev/null bs=1M status=none)
+    res[read_$fs]=$(mibps "$size_mib" "$t")
+    echo "$fs: ${t}s, ${res[read_$fs]} MiB/s $(load)"
+    # Not timed: the bytes read are the bytes written (mostly from the page
+    # cache the timed read just filled).
+    if timeout "$step_timeout" cmp "$work/src.bin" "$mnt/big"; then
+        echo "$fs: content verified"
+    else
+        echo "$fs: CONTENT DIFFERS (or cmp timed out)" >&2
+        res[read_$fs]="${res[read_$fs]} (content differs!)"
+    fi
+done
+rm -f "$gmnt/big" "$lmnt/big"
+
+# ---- 3. untar ----
+
+echo "== 3. tar xf of $nfiles small files"
+for fs in gocryptfs lode; do
+    if [ "$fs" = gocryptfs ]; then mnt=$gmnt; else mnt=$lmnt; fi
+    mkdir "$mnt/untar1" "$mnt/untar2"
+    drop_caches
+    t=$(timed tar xf "$work/small.tar" -C "$mnt/untar1")
+    res[tar_$fs]=$t
+    echo "$fs: tar xf ${t}s $(load)"
+    # Let the first one reach the disk / the mirrors before the second.
+    if [ "$fs" = lode ]; then lode_settle; else sync -f "$gcipher"; fi
+    drop_caches
+    # shellcheck disable=SC2016 # expanded by the inner sh
+    if [ "$fs" = gocryptfs ]; then
+        t=$(timed sh -c 'tar xf "$1" -C "$2" && sync -f "$3"' sh "$work/small.tar" "$mnt/untar2" "$gcipher")
+    else
+        # fsync of the mount's root directory uploads every closed file and
+        # publishes every directory (syncfs does not reach a FUSE server).
+        t=$(timed sh -c 'tar xf "$1" -C "$2" && sync "$3"' sh "$work/small.tar" "$mnt/untar2" "$mnt")
+    fi
+    res[tarsync_$fs]=$t
+    echo "$fs: tar xf + sync ${t}s $(load)"
+    n=$(find "$mnt/untar2" -type f | wc -l)
+    [ "$n" = "$nfiles" ] || echo "warning: $fs holds $n files after the untar, not $nfiles" >&2
+done
+
+# ---- 4. RSS while writing a big file ----
+
+echo "== 4. peak RSS of the mount process while writing $rss_mib MiB (conv=fsync)"
+for fs in gocryptfs lode; do
+    if [ "$fs" = gocryptfs ]; then
+        mnt=$gmnt
+        pid=$(gocryptfs_pid)
+    else
+        mnt=$lmnt
+        pid=$(lode_pid)
+    fi
+    [ -n "$pid" ] || { echo "no $fs mount process found" >&2; exit 1; }
+    samples=$work/rss-$fs
+    : >"$samples"
+    rss_sample "$pid" "$samples" &
+    sampler=$!
+    # shellcheck disable=SC2016 # expanded by the inner sh
+    t=$(timed sh -c 'openssl enc -aes-128-ctr -pass pass:lode-bench -nosalt -pbkdf2 </dev/zero 2>/dev/null |
+        head -c "$2" | dd of="$1" bs=1M iflag=fullblock conv=fsync status=none' \
+        sh "$mnt/huge" "$((rss_mib << 20))")
+    sleep 1
+    kill "$sampler" 2>/dev/null || true
+    wait "$sampler" 2>/dev/null || true
+    sampler=
+    peak=$(sort -n "$samples" | tail -1)
+    res[rss_$fs]=$((peak / 1024))
+    res[huge_$fs]=$(mibps "$rss_mib" "$t")
+    echo "$fs: peak VmRSS ${res[rss_$fs]} MiB over $(wc -l <"$samples") samples; wrote at ${res[huge_$fs]} MiB/s (${t}s) $(load)"
+    rm -f "$mnt/huge"
+done
+
+echo "load average after: $(cut -d' ' -f1-3 /proc/loadavg)"
+
+# ---- summary ----
+
+echo
+echo "== summary (lode vs gocryptfs, same disk, same run)"
+printf '%-34s %12s %12s %8s\n' test gocryptfs lode ratio
+printf '%-34s %12s %12s %8s\n' "seq write ${size_mib} MiB, fsync (MiB/s)" \
+    "${res[write_gocryptfs]}" "${res[write_lode]}" "$(ratio "${res[write_lode]}" "${res[write_gocryptfs]}")"
+printf '%-34s %12s %12s %8s\n' "seq read ${size_mib} MiB, cold (MiB/s)" \
+    "${res[read_gocryptfs]%% *}" "${res[read_lode]%% *}" "$(ratio "${res[read_lode]%% *}" "${res[read_gocryptfs]%% *}")"
+printf '%-34s %12s %12s %8s\n' "tar xf $nfiles files (s)" \
+    "${res[tar_gocryptfs]}" "${res[tar_lode]}" "$(ratio "${res[tar_gocryptfs]}" "${res[tar_lode]}")"
+printf '%-34s %12s %12s %8s\n' "tar xf + sync (s)" \
+    "${res[tarsync_gocryptfs]}" "${res[tarsync_lode]}" "$(ratio "${res[tarsync_gocryptfs]}" "${res[tarsync_lode]}")"
+printf '%-34s %12s %12s %8s\n' "write ${rss_mib} MiB, fsync (MiB/s)" \
+    "${res[huge_gocryptfs]}" "${res[huge_lode]}" "$(ratio "${res[huge_lode]}" "${res[huge_gocryptfs]}")"
+printf '%-34s %12s %12s\n' "peak mount VmRSS (MiB)" "${res[rss_gocryptfs]}" "${res[rss_lode]}"
+echo "ratio > 1 means lode is faster: lode/gocryptfs for MiB/s, gocryptfs/lode for times."
+echo "goals: seq write and read ratio >= 1.0; lode peak RSS <= 256 MiB while writing 4 GiB."
