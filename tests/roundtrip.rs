@@ -234,3 +234,38 @@ fn slot_updates_bump_seq_and_refuse_rollback() {
         );
     });
 }
+
+#[test]
+fn reads_are_served_from_the_cache_only_with_the_right_key() {
+    let rt = common::runtime();
+    rt.block_on(async {
+        let (vault, stores) = common::grid3(2);
+        let data = common::seeded_bytes("cached", 3 << 20);
+        let cap = vault.put_bytes(&data).await.unwrap();
+        assert_eq!(vault.get_bytes(&cap).await.unwrap(), data);
+        // Every share on every store emptied: the next read is served
+        // from the verified chunks and manifest the first one cached.
+        for store in &stores {
+            for id in store.share_ids() {
+                assert!(store.tamper(&id, |b| b.clear()));
+            }
+        }
+        let at = 1 << 20;
+        assert_eq!(
+            vault.read_range(&cap, at, 4096).await.unwrap(),
+            &data[at as usize..at as usize + 4096]
+        );
+        // The same root with another key does not reach the cached manifest.
+        let mut forged = cap.clone();
+        forged.read_key = lode::crypto::ReadKey::from_bytes([9; 32]);
+        assert!(vault.get_bytes(&forged).await.is_err());
+        // A vault without the cache sees the damage.
+        let dyns: Vec<std::sync::Arc<dyn Storage>> = stores
+            .iter()
+            .map(|s| s.clone() as std::sync::Arc<dyn Storage>)
+            .collect();
+        let grid = lode::store::Grid::new(dyns, lode::store::GridConfig::default()).unwrap();
+        let fresh = Vault::new(&common::secret(2), grid);
+        assert!(fresh.get_bytes(&cap).await.is_err());
+    });
+}

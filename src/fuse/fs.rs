@@ -21,7 +21,7 @@ use fuser::{
 
 use super::tree::{Body, FRIENDS, FRIENDS_NAME, Node, ROOT, Tree};
 use super::{Error, Result, errno};
-use crate::caps::DirReadCap;
+use crate::caps::{DirReadCap, FileReadCap};
 use crate::dir::{EntryKind, check_name};
 use crate::store::{Vault, now};
 
@@ -29,6 +29,8 @@ use crate::store::{Vault, now};
 /// only through this mount, so the cache stays coherent; friends' trees
 /// change remotely and are re-listed every `refresh`.
 const TTL: Duration = Duration::from_secs(1);
+/// How far ahead of a sequential reader chunks are fetched.
+const READAHEAD_BYTES: u64 = 16 << 20;
 /// Files uploaded side by side by one flush.
 const UPLOAD_THREADS: usize = 8;
 
@@ -60,6 +62,9 @@ pub struct LodeFs {
     kept: Mutex<Kept>,
     /// Signalled whenever a directory publish ends.
     published: std::sync::Condvar,
+    /// Per inode read from the mirrors: where the last read ended, and how
+    /// far readahead has been started.
+    readahead: Mutex<std::collections::HashMap<u64, (u64, u64)>>,
 }
 
 /// Kept local copies of published files: (inode, path, bytes), oldest
@@ -149,6 +154,7 @@ impl LodeFs {
             stop: Arc::new(AtomicBool::new(false)),
             kept: Mutex::new(Default::default()),
             published: std::sync::Condvar::new(),
+            readahead: Mutex::new(Default::default()),
         })
     }
 
@@ -438,10 +444,12 @@ impl LodeFs {
             if let Some(Node {
                 size,
                 body:
+                    // Open writers too (a file fsynced while open): their
+                    // next write makes the copy staged data again, with
+                    // a new note (see `stage`).
                     Body::File {
                         staged: Some(p),
                         dirty: false,
-                        writers: 0,
                         cap: Some(_),
                         cached: cached @ false,
                         ..
@@ -1139,11 +1147,40 @@ impl LodeFs {
             return Ok(buf);
         }
         match cap {
-            Some(cap) => Ok(self
-                .rt
-                .block_on(self.vault.read_range(&cap, offset, size as u64))?),
+            Some(cap) => {
+                let data = self
+                    .rt
+                    .block_on(self.vault.read_range(&cap, offset, size as u64))?;
+                self.read_ahead(ino, &cap, offset, data.len() as u64);
+                Ok(data)
+            }
             None => Ok(Vec::new()),
         }
+    }
+
+    /// For a sequential reader, keep the next `READAHEAD_BYTES` of the file
+    /// being fetched into the chunk cache in the background.
+    fn read_ahead(&self, ino: u64, cap: &FileReadCap, offset: u64, len: u64) {
+        let end = offset + len;
+        let (from, to) = {
+            let mut streams = self.readahead.lock().unwrap_or_else(|p| p.into_inner());
+            let (last_end, fetched_to) = streams.entry(ino).or_insert((0, 0));
+            let sequential = offset == *last_end || offset == 0;
+            *last_end = end;
+            if !sequential || end >= cap.size || *fetched_to >= end + READAHEAD_BYTES / 2 {
+                return;
+            }
+            let from = (*fetched_to).max(end);
+            let to = (end + READAHEAD_BYTES).min(cap.size);
+            *fetched_to = to;
+            (from, to)
+        };
+        let (vault, cap) = (self.vault.clone(), cap.clone());
+        self.rt.spawn(async move {
+            if let Err(e) = vault.prefetch(&cap, from, to - from).await {
+                tracing::debug!(error = %e, "readahead failed; the reader will fetch");
+            }
+        });
     }
 
     fn do_write(&self, ino: u64, offset: u64, data: &[u8]) -> Result<u32> {
@@ -1167,6 +1204,10 @@ impl LodeFs {
     }
 
     fn do_release(&self, ino: u64, flags: OpenFlags) -> Result<()> {
+        self.readahead
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&ino);
         // The data is safe in staging already; the upload is write-back,
         // done by the flusher once no writer is left (or now, by fsync).
         let mut tree = self.lock();

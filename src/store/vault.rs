@@ -26,8 +26,15 @@ pub struct Vault {
     conv: ConvergenceSecret,
     chunker: ChunkerParams,
     root: DirWriteCap,
+    /// Verified plaintext chunks, bounded in bytes.
     cache: std::sync::Mutex<ChunkCache>,
+    /// Opened manifest nodes, keyed by SHA-256(share id ‖ read key) so a
+    /// hit needs the same key the node was opened with.
+    nodes: std::sync::Mutex<lru::LruCache<[u8; 32], Arc<Node>>>,
 }
+
+/// Manifest nodes kept open (a full leaf is about 100 KiB).
+const NODE_CACHE: usize = 64;
 
 /// Default bytes of verified chunks kept in memory.
 pub const DEFAULT_CACHE_BYTES: usize = 256 << 20;
@@ -55,6 +62,9 @@ impl Vault {
                 seed: secret.root_dir_seed(),
             },
             cache: std::sync::Mutex::new(ChunkCache::new(DEFAULT_CACHE_BYTES)),
+            nodes: std::sync::Mutex::new(lru::LruCache::new(
+                std::num::NonZeroUsize::new(NODE_CACHE).expect("nonzero"),
+            )),
         }
     }
 
@@ -155,13 +165,43 @@ impl Vault {
             .await
     }
 
-    async fn fetch_root(&self, root: &chunk::ShareId, key: &ReadKey) -> Result<Node> {
+    fn node_key(id: &chunk::ShareId, key: &ReadKey) -> [u8; 32] {
+        use sha2::Digest;
+        sha2::Sha256::new()
+            .chain_update(id)
+            .chain_update(key.expose())
+            .finalize()
+            .into()
+    }
+
+    fn cached_node(&self, slot: &[u8; 32]) -> Option<Arc<Node>> {
+        self.nodes
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(slot)
+            .cloned()
+    }
+
+    fn remember_node(&self, slot: [u8; 32], node: Node) -> Arc<Node> {
+        let node = Arc::new(node);
+        self.nodes
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .put(slot, node.clone());
+        node
+    }
+
+    async fn fetch_root(&self, root: &chunk::ShareId, key: &ReadKey) -> Result<Arc<Node>> {
+        let slot = Self::node_key(root, key);
+        if let Some(node) = self.cached_node(&slot) {
+            return Ok(node);
+        }
         let shares = self
             .grid
             .fetch(&[*root], Params::REPLICA, "manifest root")
             .await?;
         let blob = share::decode(Params::REPLICA, &shares)?;
-        Ok(Node::open_read(&blob, key)?)
+        Ok(self.remember_node(slot, Node::open_read(&blob, key)?))
     }
 
     fn key_of(entry: &chunk::NodeEntry) -> Result<&crate::crypto::ChunkKey> {
@@ -171,7 +211,22 @@ impl Vault {
             .ok_or_else(|| chunk::Error::MalformedManifest("node opened without keys".into()))?)
     }
 
-    async fn fetch_chunk(&self, leaf: &Node, entry: &chunk::NodeEntry) -> Result<Vec<u8>> {
+    /// A chunk's verified plaintext, from the cache or the mirrors (and
+    /// then cached). A chunk is named by its first share id, which only
+    /// its own manifest entry (with its key) leads to.
+    async fn fetch_chunk(&self, leaf: &Node, entry: &chunk::NodeEntry) -> Result<Arc<Vec<u8>>> {
+        let first = *entry
+            .shares
+            .first()
+            .ok_or_else(|| chunk::Error::MalformedManifest("chunk without shares".into()))?;
+        if let Some(plain) = self
+            .cache
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&first)
+        {
+            return Ok(plain);
+        }
         let shares = self.grid.fetch(&entry.shares, leaf.params, "chunk").await?;
         let plain = share::open_chunk(Self::key_of(entry)?, leaf.params, &shares)?;
         if plain.len() as u64 != entry.len {
@@ -180,23 +235,37 @@ impl Vault {
             )
             .into());
         }
+        let plain = Arc::new(plain);
+        self.cache
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(first, plain.clone());
         Ok(plain)
     }
 
-    async fn fetch_node(&self, parent: &Node, entry: &chunk::NodeEntry) -> Result<Node> {
+    async fn fetch_node(&self, parent: &Node, entry: &chunk::NodeEntry) -> Result<Arc<Node>> {
+        let key = ReadKey::from(Self::key_of(entry)?.clone());
+        let first = entry
+            .shares
+            .first()
+            .ok_or_else(|| chunk::Error::MalformedManifest("node without shares".into()))?;
+        let slot = Self::node_key(first, &key);
+        if let Some(node) = self.cached_node(&slot) {
+            return Ok(node);
+        }
         let shares = self
             .grid
             .fetch(&entry.shares, parent.params, "manifest node")
             .await?;
         let blob = share::decode(parent.params, &shares)?;
-        let child = Node::open_read(&blob, &ReadKey::from(Self::key_of(entry)?.clone()))?;
+        let child = Node::open_read(&blob, &key)?;
         if child.depth + 1 != parent.depth || child.size != entry.len {
             return Err(chunk::Error::MalformedManifest(
                 "child node does not fit its parent".into(),
             )
             .into());
         }
-        Ok(child)
+        Ok(self.remember_node(slot, child))
     }
 
     /// Visit the chunks overlapping `[offset, offset+len)` in order, handing
@@ -264,6 +333,12 @@ impl Vault {
         })
         .await?;
         Ok(out)
+    }
+
+    /// Fetch the chunks of `[offset, offset+len)` into the cache, for a
+    /// reader expected to get there soon.
+    pub async fn prefetch(&self, cap: &FileReadCap, offset: u64, len: u64) -> Result<()> {
+        self.walk_range(cap, offset, len, &mut |_, _| Ok(())).await
     }
 
     pub async fn get_bytes(&self, cap: &FileReadCap) -> Result<Vec<u8>> {
