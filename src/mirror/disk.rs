@@ -4,9 +4,13 @@
 //! the id's first two bytes, so no directory grows past a few thousand
 //! entries for a mirror of a few billion shares. Writes go to `DATA/tmp/`,
 //! are hashed while they stream in, fsynced, renamed into place and the
-//! shard directory fsynced: a share is either wholly present and durable or
-//! absent, whatever the crash.
+//! shard directory fsynced (and the parent of a shard directory made for
+//! it): a share is either wholly present and durable or absent, whatever
+//! the crash. A batch of staged shares is renamed into place together and
+//! each directory it touched fsynced once (see
+//! [`ShareStore::commit_batch`]), so concurrent uploads share that wait.
 
+use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::pin::Pin;
 
@@ -14,7 +18,6 @@ use async_trait::async_trait;
 use bytes::Bytes;
 use futures_util::{Stream, StreamExt};
 use sha2::{Digest, Sha256};
-use tokio::io::AsyncWriteExt;
 
 use super::{Error, Result};
 use crate::chunk::ShareId;
@@ -38,6 +41,17 @@ pub trait ShareStore: Send + Sync {
     async fn stage(&self, id: &ShareId, body: ByteStream, max_len: u64) -> Result<Staged>;
     /// Returns the stored length.
     async fn commit(&self, staged: Staged, replace_corrupt: bool) -> Result<u64>;
+    /// `commit` for many staged shares at once, one result per share in
+    /// order. Every `Ok` share is published and durable when this returns,
+    /// as if each had been committed alone; a store may share the cost of
+    /// making them durable between them.
+    async fn commit_batch(&self, batch: Vec<(Staged, bool)>) -> Vec<Result<u64>> {
+        let mut out = Vec::with_capacity(batch.len());
+        for (staged, replace_corrupt) in batch {
+            out.push(self.commit(staged, replace_corrupt).await);
+        }
+        out
+    }
     /// The share's length and a stream of its bytes, or `None`.
     async fn get(&self, id: &ShareId) -> Result<Option<(u64, ByteStream)>>;
     async fn contains(&self, id: &ShareId) -> Result<bool>;
@@ -51,6 +65,17 @@ pub struct Staged {
     tmp: PathBuf,
     len: u64,
 }
+
+impl Staged {
+    /// The id the body hashes to.
+    pub fn id(&self) -> &ShareId {
+        &self.id
+    }
+}
+
+/// Body bytes gathered in memory between writes, so that a small share is
+/// created, written and fsynced in one blocking call, not one per piece.
+const WRITE_BUFFER: usize = 256 * 1024;
 
 /// How long an upload may stall between two pieces of its body.
 const BODY_IDLE: std::time::Duration = std::time::Duration::from_secs(60);
@@ -83,21 +108,78 @@ impl DiskShares {
             .join(&h[2..4])
             .join(h)
     }
-
-    async fn matches(&self, id: &ShareId) -> Result<bool> {
-        let path = self.path_of(id);
-        let id = *id;
-        tokio::task::spawn_blocking(move || -> Result<bool> {
-            let bytes = std::fs::read(path)?;
-            Ok(crate::crypto::sha256(&bytes) == id)
-        })
-        .await
-        .map_err(|e| Error::Task(e.to_string()))?
-    }
 }
 
 fn fsync_dir(dir: &Path) -> std::io::Result<()> {
     std::fs::File::open(dir)?.sync_all()
+}
+
+/// Append `bytes` to a staging file (created on the first call), and fsync
+/// it if `sync`: one trip to the blocking pool.
+async fn write_out(
+    file: Option<std::fs::File>,
+    tmp: &Path,
+    bytes: Vec<u8>,
+    sync: bool,
+) -> Result<std::fs::File> {
+    let tmp = tmp.to_path_buf();
+    tokio::task::spawn_blocking(move || -> std::io::Result<std::fs::File> {
+        let mut file = match file {
+            Some(f) => f,
+            None => std::fs::File::create(&tmp)?,
+        };
+        file.write_all(&bytes)?;
+        if sync {
+            file.sync_all()?;
+        }
+        Ok(file)
+    })
+    .await
+    .map_err(|e| Error::Task(e.to_string()))?
+    .map_err(Error::from)
+}
+
+/// Whether the file at `path` still hashes to `id`.
+fn matches(path: &Path, id: &ShareId) -> std::io::Result<bool> {
+    Ok(crate::crypto::sha256(&std::fs::read(path)?) == *id)
+}
+
+/// Rename a staged share into place (blocking), unless a good copy is
+/// already held. Returns the stored length and the directories that must
+/// be fsynced before the share counts as durable: none if it was held, else
+/// the shard directory, and the parent of each shard directory level this
+/// call had to create (a new directory's own entry is durable only once
+/// its parent is synced).
+fn place(
+    dest: &Path,
+    staged: Staged,
+    replace_corrupt: bool,
+) -> std::io::Result<(u64, Vec<PathBuf>)> {
+    if let Ok(meta) = std::fs::metadata(dest)
+        && (!replace_corrupt || matches(dest, &staged.id)?)
+    {
+        let _ = std::fs::remove_file(&staged.tmp);
+        return Ok((meta.len(), Vec::new()));
+    }
+    let shard = dest.parent().expect("share paths have a parent");
+    let mut to_sync = vec![shard.to_path_buf()];
+    // shares/ab/cd: create ab and cd as needed, remembering whose entries
+    // changed.
+    let mut missing = Vec::new();
+    let mut dir = shard;
+    while !dir.is_dir() && missing.len() < 2 {
+        missing.push(dir);
+        dir = dir.parent().expect("share paths have a parent");
+    }
+    for new in missing.iter().rev() {
+        match std::fs::create_dir(new) {
+            // Made by a racing commit, which may not have synced it yet.
+            Err(e) if e.kind() != std::io::ErrorKind::AlreadyExists => return Err(e),
+            _ => to_sync.push(new.parent().expect("has a parent").to_path_buf()),
+        }
+    }
+    std::fs::rename(&staged.tmp, dest)?;
+    Ok((staged.len, to_sync))
 }
 
 #[async_trait]
@@ -107,7 +189,8 @@ impl ShareStore for DiskShares {
             .root
             .join("tmp")
             .join(format!("{}.{}", hex(id), rand::random::<u64>()));
-        let mut file = tokio::fs::File::create(&tmp).await?;
+        let mut file = None;
+        let mut buffer = Vec::new();
         let mut hasher = Sha256::new();
         let mut len = 0u64;
         let result: Result<()> = async {
@@ -122,16 +205,19 @@ impl ShareStore for DiskShares {
                     return Err(Error::TooLarge { limit: max_len });
                 }
                 hasher.update(&piece);
-                file.write_all(&piece).await?;
+                buffer.extend_from_slice(&piece);
+                if buffer.len() >= WRITE_BUFFER {
+                    let out = std::mem::take(&mut buffer);
+                    file = Some(write_out(file.take(), &tmp, out, false).await?);
+                }
             }
             if <[u8; 32]>::from(hasher.finalize()) != *id {
                 return Err(Error::Mismatch(*id));
             }
-            file.sync_all().await?;
+            write_out(file.take(), &tmp, buffer, true).await?;
             Ok(())
         }
         .await;
-        drop(file);
         match result {
             Ok(()) => Ok(Staged { id: *id, tmp, len }),
             Err(e) => {
@@ -143,25 +229,52 @@ impl ShareStore for DiskShares {
 
     async fn commit(&self, staged: Staged, replace_corrupt: bool) -> Result<u64> {
         let dest = self.path_of(&staged.id);
-        if let Ok(meta) = tokio::fs::metadata(&dest).await
-            && (!replace_corrupt || self.matches(&staged.id).await?)
-        {
-            let _ = tokio::fs::remove_file(&staged.tmp).await;
-            return Ok(meta.len());
-        }
-        let shard = dest
-            .parent()
-            .expect("share paths have a parent")
-            .to_path_buf();
-        let tmp = staged.tmp;
-        tokio::task::spawn_blocking(move || -> std::io::Result<()> {
-            std::fs::create_dir_all(&shard)?;
-            std::fs::rename(&tmp, &dest)?;
-            fsync_dir(&shard)
+        tokio::task::spawn_blocking(move || -> std::io::Result<u64> {
+            let (len, dirs) = place(&dest, staged, replace_corrupt)?;
+            dirs.iter().try_for_each(|dir| fsync_dir(dir))?;
+            Ok(len)
         })
         .await
-        .map_err(|e| Error::Task(e.to_string()))??;
-        Ok(staged.len)
+        .map_err(|e| Error::Task(e.to_string()))?
+        .map_err(Error::from)
+    }
+
+    /// All renames first, then one fsync per directory touched: on a
+    /// journaling file system the first fsync commits every rename of the
+    /// batch, and the later ones have little or nothing left to write. If
+    /// an fsync fails, every share of the batch is reported failed, since
+    /// its durability (or that of a copy renamed earlier in the same batch)
+    /// is unknown.
+    async fn commit_batch(&self, batch: Vec<(Staged, bool)>) -> Vec<Result<u64>> {
+        let n = batch.len();
+        let jobs: Vec<(PathBuf, Staged, bool)> = batch
+            .into_iter()
+            .map(|(staged, replace)| (self.path_of(&staged.id), staged, replace))
+            .collect();
+        let done = tokio::task::spawn_blocking(move || {
+            let mut dirs = std::collections::BTreeSet::new();
+            let placed: Vec<std::io::Result<u64>> = jobs
+                .into_iter()
+                .map(|(dest, staged, replace)| {
+                    let (len, to_sync) = place(&dest, staged, replace)?;
+                    dirs.extend(to_sync);
+                    Ok(len)
+                })
+                .collect();
+            let synced = dirs.iter().try_for_each(|dir| fsync_dir(dir));
+            placed
+                .into_iter()
+                .map(|p| match &synced {
+                    Ok(()) => p.map_err(Error::from),
+                    Err(e) => Err(Error::Io(std::io::Error::new(e.kind(), e.to_string()))),
+                })
+                .collect::<Vec<Result<u64>>>()
+        })
+        .await;
+        match done {
+            Ok(results) => results,
+            Err(e) => (0..n).map(|_| Err(Error::Task(e.to_string()))).collect(),
+        }
     }
 
     async fn get(&self, id: &ShareId) -> Result<Option<(u64, ByteStream)>> {

@@ -16,6 +16,7 @@ use serde::Deserialize;
 use tokio::net::TcpListener;
 use tokio::sync::RwLock;
 
+use super::commit::CommitQueue;
 use super::ledger::{Renewal, Terms};
 use super::stratum::{PoolConfig, run_pool};
 use super::{DiskShares, Error, Ledger, Result, ShareStore, collect_garbage, unix_now};
@@ -44,10 +45,12 @@ pub struct MirrorConfig {
 
 struct Mirror {
     stratum_port: Option<u16>,
-    shares: DiskShares,
+    shares: Arc<DiskShares>,
     ledger: Ledger,
     /// Held shared by uploads while they finalize, exclusively by GC.
-    finalize: RwLock<()>,
+    finalize: Arc<RwLock<()>>,
+    /// Where staged uploads wait to be made durable together.
+    commits: CommitQueue,
 }
 
 impl IntoResponse for Error {
@@ -63,7 +66,7 @@ impl IntoResponse for Error {
             Error::Unfunded { .. } => StatusCode::PAYMENT_REQUIRED,
             Error::Auth(_) => StatusCode::UNAUTHORIZED,
             Error::NotFound => StatusCode::NOT_FOUND,
-            Error::Io(_) | Error::Ledger(_) | Error::Task(_) => {
+            Error::Io(_) | Error::Ledger(_) | Error::Task(_) | Error::Commit(_) => {
                 tracing::error!(error = %self, "internal error");
                 StatusCode::INTERNAL_SERVER_ERROR
             }
@@ -119,57 +122,46 @@ async fn put_share(
     let id = id_of(&id)?;
     let account = authenticate(&headers, &method, &uri, &id)?;
     let now = unix_now();
-    if !q.repair {
-        // Already held: lease it and skip the body. The file is checked
-        // too, so a share lost from disk behind the ledger's back is
-        // accepted again rather than acknowledged and still missing.
-        let _g = m.finalize.read().await;
-        if m.shares.contains(&id).await?
-            && m.ledger
-                .run(move |l| l.lease_existing(&account, &id, now))
-                .await?
-        {
-            return Ok(StatusCode::OK);
-        }
-    }
     let declared = headers
         .get(header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
     // Room and funding are checked before a byte is stored; without a
     // declared length, the largest share is assumed.
     let len = declared.unwrap_or(MAX_SHARE_BYTES);
-    if len > MAX_SHARE_BYTES {
-        return Err(Error::TooLarge {
-            limit: MAX_SHARE_BYTES,
-        });
+    let (repair, path) = (q.repair, m.shares.path_of(&id));
+    // One trip to the blocking pool for the checks before the body.
+    let held = {
+        let _g = m.finalize.read().await;
+        m.ledger
+            .run(move |l| {
+                // Already held: lease it and skip the body. The file is
+                // checked too, so a share lost from disk behind the
+                // ledger's back is accepted again rather than acknowledged
+                // and still missing.
+                if !repair && path.try_exists()? && l.lease_existing(&account, &id, now)? {
+                    return Ok(true);
+                }
+                if len > MAX_SHARE_BYTES {
+                    return Err(Error::TooLarge {
+                        limit: MAX_SHARE_BYTES,
+                    });
+                }
+                l.precheck(&account, len, now)?;
+                Ok(false)
+            })
+            .await?
+    };
+    if held {
+        return Ok(StatusCode::OK);
     }
-    m.ledger
-        .run(move |l| l.precheck(&account, len, now))
-        .await?;
     let stream = body.into_data_stream().map_err(std::io::Error::other);
     let staged = m
         .shares
         .stage(&id, Box::pin(stream), MAX_SHARE_BYTES)
         .await?;
-    // Only the rename and the record hold the lock GC takes.
-    let _g = m.finalize.read().await;
-    let size = m.shares.commit(staged, q.repair).await?;
-    if let Err(e) = m
-        .ledger
-        .run(move |l| l.add_share(&account, &id, size, now))
-        .await
-    {
-        // Refused (quota, capacity, funding): leave no unrecorded file.
-        if !m
-            .ledger
-            .run(move |l| l.has_object(&id))
-            .await
-            .unwrap_or(true)
-        {
-            let _ = m.shares.delete(&id).await;
-        }
-        return Err(e);
-    }
+    // Renamed into place and recorded together with the other uploads
+    // staged by now; only that step holds the lock GC takes.
+    m.commits.commit(staged, q.repair, account, now).await?;
     Ok(StatusCode::CREATED)
 }
 
@@ -331,11 +323,15 @@ pub async fn serve(
     let pool = stratum.map(|(listener, pool_config)| {
         tokio::spawn(run_pool(listener, pool_config, ledger.clone()))
     });
+    let shares = Arc::new(DiskShares::open(&config.data)?);
+    let finalize = Arc::new(RwLock::new(()));
+    let commits = CommitQueue::start(shares.clone(), ledger.clone(), finalize.clone());
     let mirror = Arc::new(Mirror {
         stratum_port,
-        shares: DiskShares::open(&config.data)?,
+        shares,
         ledger,
-        finalize: RwLock::new(()),
+        finalize,
+        commits,
     });
     let gc_mirror = mirror.clone();
     let gc = tokio::spawn(async move {

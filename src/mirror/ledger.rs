@@ -103,6 +103,15 @@ pub struct Renewal {
     pub refused: Vec<[u8; 32]>,
 }
 
+/// A share just stored, to be recorded with its first lease.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct NewShare {
+    pub account: [u8; 32],
+    pub id: [u8; 32],
+    pub size: u64,
+    pub now: i64,
+}
+
 /// A handle to the ledger. Cheap to clone; calls block, so async callers
 /// go through [`Ledger::run`].
 #[derive(Clone)]
@@ -294,23 +303,67 @@ impl Ledger {
     /// Record a newly stored share and its first lease, atomically.
     pub fn add_share(&self, account: &[u8; 32], id: &[u8; 32], size: u64, now: i64) -> Result<()> {
         self.with_tx(|tx| {
-            let known: bool = tx
-                .query_row(
-                    "SELECT COUNT(*) FROM objects WHERE id = ?1",
-                    [&id[..]],
-                    |r| r.get::<_, i64>(0),
-                )
-                .map(|c| c > 0)?;
-            if !known {
-                self.check_room(tx, account, size, true, now)?;
-                tx.execute(
-                    "INSERT INTO objects (id, kind, size, created) VALUES (?1, ?2, ?3, ?4)",
-                    params![&id[..], ObjectKind::Share as i64, size as i64, now],
-                )?;
-            }
-            self.lease_in(tx, account, id, now)?;
-            Ok(())
+            self.add_share_in(
+                tx,
+                &NewShare {
+                    account: *account,
+                    id: *id,
+                    size,
+                    now,
+                },
+            )
         })
+    }
+
+    /// Record many newly stored shares in one transaction: one commit, so
+    /// one WAL fsync, for all of them. Each share stands on its own, as if
+    /// added alone in this order: one refused (quota, capacity, funding)
+    /// gets its error and does not undo the others. Any other error fails
+    /// the whole batch, and nothing of it is recorded.
+    pub fn add_shares(&self, shares: &[NewShare]) -> Result<Vec<Result<()>>> {
+        let mut conn = self.conn.lock().expect("ledger lock");
+        let mut tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let mut out = Vec::with_capacity(shares.len());
+        for share in shares {
+            let sp = tx.savepoint()?;
+            match self.add_share_in(&sp, share) {
+                Ok(()) => {
+                    sp.commit()?;
+                    out.push(Ok(()));
+                }
+                Err(
+                    e @ (Error::Quota { .. } | Error::Capacity { .. } | Error::Unfunded { .. }),
+                ) => out.push(Err(e)),
+                Err(e) => return Err(e),
+            }
+        }
+        tx.commit()?;
+        Ok(out)
+    }
+
+    fn add_share_in(&self, tx: &rusqlite::Connection, share: &NewShare) -> Result<()> {
+        let NewShare {
+            account,
+            id,
+            size,
+            now,
+        } = share;
+        let known: bool = tx
+            .query_row(
+                "SELECT COUNT(*) FROM objects WHERE id = ?1",
+                [&id[..]],
+                |r| r.get::<_, i64>(0),
+            )
+            .map(|c| c > 0)?;
+        if !known {
+            self.check_room(tx, account, *size, true, *now)?;
+            tx.execute(
+                "INSERT INTO objects (id, kind, size, created) VALUES (?1, ?2, ?3, ?4)",
+                params![&id[..], ObjectKind::Share as i64, *size as i64, now],
+            )?;
+        }
+        self.lease_in(tx, account, id, *now)?;
+        Ok(())
     }
 
     /// Store a new version of a slot: the mirror's checks (signature, higher

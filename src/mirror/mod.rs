@@ -9,6 +9,7 @@
 //! It builds on `protocol`, `chunk` and `dir`. It must never link the
 //! client store, the mount or the miner.
 
+mod commit;
 mod credit;
 mod disk;
 mod gc;
@@ -21,7 +22,7 @@ pub use credit::Balance;
 pub use disk::{DiskShares, ShareStore, Staged};
 pub use gc::{GcReport, collect_garbage};
 pub use http::{MirrorConfig, serve};
-pub use ledger::{Ledger, ObjectKind, Terms};
+pub use ledger::{Ledger, NewShare, ObjectKind, Terms};
 pub use stratum::{PoolConfig, run_pool};
 pub use upstream::UpstreamConfig;
 
@@ -62,6 +63,8 @@ pub enum Error {
     BadRequest(String),
     #[error("ledger task failed: {0}")]
     Task(String),
+    #[error("group commit failed: {0}")]
+    Commit(String),
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;

@@ -465,48 +465,6 @@ impl Vault {
         Ok(cur)
     }
 
-    /// Upload a local directory tree as a new directory; returns its
-    /// write-cap. Files, directories and symlinks are kept, with modes and
-    /// modification times.
-    pub async fn put_tree(&self, local: &Path) -> Result<DirWriteCap> {
-        let top = self.new_dir().await?;
-        let mut stack = vec![(local.to_path_buf(), top.clone())];
-        while let Some((dir, cap)) = stack.pop() {
-            let mut listing = Listing::default();
-            let mut items: Vec<_> = std::fs::read_dir(&dir)?.collect::<std::io::Result<_>>()?;
-            items.sort_by_key(|e| e.file_name());
-            for item in items {
-                let name = item.file_name().into_string().map_err(|n| Error::BadName {
-                    name: n.to_string_lossy().into_owned(),
-                    reason: "not valid UTF-8",
-                })?;
-                let meta = std::fs::symlink_metadata(item.path())?;
-                let mtime = mtime_of(&meta);
-                let mode = std::os::unix::fs::PermissionsExt::mode(&meta.permissions()) & 0o7777;
-                let entry = if meta.file_type().is_symlink() {
-                    let target = std::fs::read_link(item.path())?;
-                    Entry::symlink(&target.to_string_lossy(), mtime)
-                } else if meta.is_dir() {
-                    let child = self.new_dir().await?;
-                    stack.push((item.path(), child.clone()));
-                    Entry::dir(&cap, &name, &child, mode, mtime)
-                } else if meta.is_file() {
-                    Entry::file(self.put_path(&item.path()).await?, mode, mtime)
-                } else {
-                    tracing::warn!(path = %item.path().display(), "skipping special file");
-                    continue;
-                };
-                listing.entries.insert(name, entry);
-            }
-            self.update_dir(&cap, |l| {
-                *l = listing;
-                Ok(())
-            })
-            .await?;
-        }
-        Ok(top)
-    }
-
     /// Download a directory tree into `dest`, which must not exist yet.
     pub async fn get_tree(&self, cap: &DirReadCap, dest: &Path) -> Result<()> {
         std::fs::create_dir(dest)?;
@@ -543,7 +501,7 @@ impl Vault {
     }
 }
 
-fn mtime_of(meta: &std::fs::Metadata) -> (i64, u32) {
+pub(super) fn mtime_of(meta: &std::fs::Metadata) -> (i64, u32) {
     use std::os::unix::fs::MetadataExt;
     (meta.mtime(), meta.mtime_nsec() as u32)
 }

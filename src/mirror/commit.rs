@@ -1,0 +1,182 @@
+//! Group commit of share uploads.
+//!
+//! A share upload is acknowledged only once its bytes and its ledger record
+//! are durable. Done one upload at a time, that is a rename and a shard
+//! directory fsync, then an SQLite commit (a WAL fsync) under the ledger's
+//! lock, so concurrent uploads queue behind each other's fsyncs. Instead,
+//! uploads that have finished staging (their bodies already written and
+//! fsynced, in parallel, with no lock held) wait here; one task takes every
+//! upload waiting at that moment, renames them all into place, fsyncs each
+//! shard directory once, records them all in one ledger transaction, and
+//! only then answers each. Nothing waits for a batch to fill: a lone upload
+//! goes through at once, and a batch is whatever arrived while the last one
+//! was being made durable.
+//!
+//! The batch holds the finalize lock (shared) from the first rename to the
+//! last record, exactly as a single upload did, so GC, which takes it
+//! exclusively, never sees a renamed share without its record.
+
+use std::sync::Arc;
+
+use tokio::sync::{RwLock, mpsc, oneshot};
+
+use super::ledger::NewShare;
+use super::{DiskShares, Error, Ledger, Result, ShareStore, Staged};
+
+/// Most uploads one batch takes.
+const MAX_BATCH: usize = 256;
+/// Uploads that may wait for a batch before senders wait to queue.
+const QUEUE: usize = 1024;
+
+/// A staged upload waiting to be committed.
+struct Waiting {
+    staged: Staged,
+    repair: bool,
+    account: [u8; 32],
+    now: i64,
+    answer: oneshot::Sender<Result<()>>,
+}
+
+/// The queue in front of the commit task. Dropping every handle stops it.
+pub(super) struct CommitQueue {
+    queue: mpsc::Sender<Waiting>,
+}
+
+impl CommitQueue {
+    /// Start the commit task.
+    pub(super) fn start(
+        shares: Arc<DiskShares>,
+        ledger: Ledger,
+        finalize: Arc<RwLock<()>>,
+    ) -> CommitQueue {
+        let (queue, waiting) = mpsc::channel(QUEUE);
+        tokio::spawn(run(waiting, shares, ledger, finalize));
+        CommitQueue { queue }
+    }
+
+    /// Publish a staged share and record `account`'s lease on it; returns
+    /// once both are durable (or refused: quota, capacity, funding, in
+    /// which case no unrecorded file is left behind).
+    pub(super) async fn commit(
+        &self,
+        staged: Staged,
+        repair: bool,
+        account: [u8; 32],
+        now: i64,
+    ) -> Result<()> {
+        let (answer, answered) = oneshot::channel();
+        let waiting = Waiting {
+            staged,
+            repair,
+            account,
+            now,
+            answer,
+        };
+        self.queue
+            .send(waiting)
+            .await
+            .map_err(|_| Error::Commit("the commit task has stopped".into()))?;
+        answered
+            .await
+            .map_err(|_| Error::Commit("the commit task dropped an upload".into()))?
+    }
+}
+
+async fn run(
+    mut queue: mpsc::Receiver<Waiting>,
+    shares: Arc<DiskShares>,
+    ledger: Ledger,
+    finalize: Arc<RwLock<()>>,
+) {
+    let mut batch = Vec::with_capacity(MAX_BATCH);
+    while queue.recv_many(&mut batch, MAX_BATCH).await > 0 {
+        tracing::trace!(uploads = batch.len(), "group commit");
+        let (work, answers): (Vec<_>, Vec<_>) = batch
+            .drain(..)
+            .map(|w| ((w.staged, w.repair, w.account, w.now), w.answer))
+            .unzip();
+        let results = commit_batch(&shares, &ledger, &finalize, work).await;
+        for (answer, result) in answers.into_iter().zip(results) {
+            // The uploader may have gone; its share is stored all the same.
+            let _ = answer.send(result);
+        }
+    }
+}
+
+/// Rename, fsync and record one batch; one result per upload, in order.
+async fn commit_batch(
+    shares: &DiskShares,
+    ledger: &Ledger,
+    finalize: &RwLock<()>,
+    work: Vec<(Staged, bool, [u8; 32], i64)>,
+) -> Vec<Result<()>> {
+    let _guard = finalize.read().await;
+    let mut records = Vec::with_capacity(work.len());
+    let mut staged = Vec::with_capacity(work.len());
+    for (s, repair, account, now) in work {
+        records.push(NewShare {
+            account,
+            id: *s.id(),
+            size: 0,
+            now,
+        });
+        staged.push((s, repair));
+    }
+    let placed = shares.commit_batch(staged).await;
+    // Only shares now durable on disk are recorded.
+    let mut results: Vec<Result<()>> = Vec::with_capacity(records.len());
+    let mut to_record = Vec::new();
+    for (i, p) in placed.into_iter().enumerate() {
+        match p {
+            Ok(size) => {
+                records[i].size = size;
+                to_record.push(i);
+                results.push(Ok(()));
+            }
+            Err(e) => results.push(Err(e)),
+        }
+    }
+    if to_record.is_empty() {
+        return results;
+    }
+    let batch: Vec<NewShare> = to_record.iter().map(|&i| records[i]).collect();
+    let recorded = ledger.run(move |l| l.add_shares(&batch)).await;
+    let mut unrecorded = Vec::new();
+    match recorded {
+        Ok(each) => {
+            for (&i, r) in to_record.iter().zip(each) {
+                if let Err(e) = r {
+                    unrecorded.push(records[i].id);
+                    results[i] = Err(e);
+                }
+            }
+        }
+        Err(e) => {
+            let reason = e.to_string();
+            for &i in &to_record {
+                unrecorded.push(records[i].id);
+                results[i] = Err(Error::Commit(reason.clone()));
+            }
+        }
+    }
+    // Refused: leave no unrecorded file (another upload of the same share,
+    // in this batch or before it, may have recorded it; then it stays).
+    if !unrecorded.is_empty() {
+        let orphans = ledger
+            .run(move |l| {
+                let mut out = Vec::new();
+                for id in unrecorded {
+                    if !l.has_object(&id)? {
+                        out.push(id);
+                    }
+                }
+                Ok(out)
+            })
+            .await
+            .unwrap_or_default();
+        for id in orphans {
+            let _ = shares.delete(&id).await;
+        }
+    }
+    results
+}
