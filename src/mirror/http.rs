@@ -240,11 +240,24 @@ async fn renew(
         .collect::<Result<Vec<_>>>()?;
     let now = unix_now();
     let lease = m.ledger.terms.lease_secs;
+    let asked = ids.clone();
     let Renewal {
-        renewed,
-        missing,
+        mut renewed,
+        mut missing,
         refused,
     } = m.ledger.run(move |l| l.renew(&account, &ids, now)).await?;
+    // The ledger may list a share whose file is gone (a disk fault, an
+    // operator's mistake): call it missing, so the client sends it again.
+    for id in asked {
+        if missing.contains(&id) || refused.contains(&id) || m.shares.contains(&id).await? {
+            continue;
+        }
+        let pk = id;
+        if m.ledger.run(move |l| l.get_slot(&pk)).await?.is_none() {
+            missing.push(id);
+            renewed = renewed.saturating_sub(1);
+        }
+    }
     Ok(axum::Json(RenewResponse {
         renewed,
         missing: missing.iter().map(|id| protocol::hex(id)).collect(),

@@ -38,6 +38,10 @@ impl Default for GridConfig {
 }
 
 /// The mirrors a client stores to, with its placement rules.
+/// Shares at least this large are claimed (lease extended if held) before
+/// they are sent; smaller ones cost less to send than to ask about.
+const CLAIM_MIN_BYTES: usize = 64 << 10;
+
 pub struct Grid {
     mirrors: Vec<Arc<dyn Storage>>,
     params: Params,
@@ -109,6 +113,10 @@ impl Grid {
         let mut failed: HashSet<usize> = HashSet::new();
         let mut holders: Vec<HashSet<usize>> = vec![HashSet::new(); shares.len()];
         let mut last_err: Option<Error> = None;
+        if shares[0].as_bytes().len() >= CLAIM_MIN_BYTES {
+            self.claim_held(shares, &order, &mut wanted, &mut holders)
+                .await;
+        }
         while !wanted.is_empty() {
             let mut tasks = JoinSet::new();
             for &(i, pos) in &wanted {
@@ -157,6 +165,39 @@ impl Grid {
             return Err(self.placement_error(&holders, last_err));
         }
         Ok(())
+    }
+
+    /// Before sending large shares, ask each mirror (one request each)
+    /// to extend its lease on those it already holds, and drop them from
+    /// `wanted`: re-uploading an edited file then sends only the changed
+    /// chunks. Any failure here just means uploading as usual.
+    async fn claim_held(
+        &self,
+        shares: &[Share],
+        order: &[usize],
+        wanted: &mut Vec<(usize, usize)>,
+        holders: &mut [HashSet<usize>],
+    ) {
+        let mut by_mirror: std::collections::BTreeMap<usize, Vec<usize>> = Default::default();
+        for &(i, pos) in wanted.iter() {
+            by_mirror.entry(pos).or_default().push(i);
+        }
+        let mut asks = JoinSet::new();
+        for (pos, indices) in by_mirror {
+            let mirror = self.mirrors[order[pos]].clone();
+            let ids: Vec<[u8; 32]> = indices.iter().map(|&i| shares[i].id()).collect();
+            asks.spawn(async move { (pos, indices, ids.clone(), mirror.claim(&ids).await) });
+        }
+        while let Some(joined) = asks.join_next().await {
+            let (pos, indices, ids, result) = joined.expect("claim task does not panic");
+            let Ok(unclaimed) = result else { continue };
+            for (i, id) in indices.into_iter().zip(ids) {
+                if !unclaimed.contains(&id) {
+                    holders[i].insert(pos);
+                    wanted.retain(|&w| w != (i, pos));
+                }
+            }
+        }
     }
 
     fn placement_error(&self, holders: &[HashSet<usize>], last: Option<Error>) -> Error {

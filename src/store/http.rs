@@ -265,6 +265,20 @@ impl Storage for HttpMirror {
             .await
     }
 
+    async fn claim(&self, ids: &[[u8; 32]]) -> Result<Vec<[u8; 32]>> {
+        let mut unclaimed = Vec::new();
+        for batch in ids.chunks(crate::protocol::MAX_RENEW_IDS) {
+            let reply = HttpMirror::renew(self, batch).await?;
+            for m in reply.missing.iter().chain(&reply.refused) {
+                unclaimed.push(
+                    crate::protocol::parse_hex::<32>(m)
+                        .map_err(|_| self.unavailable("bad id in renew reply"))?,
+                );
+            }
+        }
+        Ok(unclaimed)
+    }
+
     async fn renew(&self, ids: &[[u8; 32]]) -> Result<Vec<[u8; 32]>> {
         let mut missing = Vec::new();
         for batch in ids.chunks(crate::protocol::MAX_RENEW_IDS) {

@@ -123,6 +123,14 @@ pub trait Storage: Send + Sync {
         Ok(missing)
     }
 
+    /// Like `renew`, but for an upload about to skip what is held: returns
+    /// every id whose lease this store did not extend (missing, or refused
+    /// for quota or funding), so those are uploaded and any refusal is
+    /// reported by the upload itself.
+    async fn claim(&self, ids: &[[u8; 32]]) -> Result<Vec<[u8; 32]>> {
+        self.renew(ids).await
+    }
+
     /// Recent response time, for asking the fastest mirrors first.
     fn latency(&self) -> Option<std::time::Duration> {
         None
