@@ -175,7 +175,7 @@ fn default_happy() -> usize {
     GridConfig::default().happy
 }
 fn default_cache() -> u64 {
-    256
+    64
 }
 fn default_refresh() -> u64 {
     30

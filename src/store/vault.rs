@@ -37,7 +37,7 @@ pub struct Vault {
 const NODE_CACHE: usize = 64;
 
 /// Default bytes of verified chunks kept in memory.
-pub const DEFAULT_CACHE_BYTES: usize = 256 << 20;
+pub const DEFAULT_CACHE_BYTES: usize = 64 << 20;
 
 enum Produced {
     Groups(Vec<Vec<Share>>),
