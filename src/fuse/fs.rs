@@ -112,6 +112,14 @@ fn lookup_name(name: &OsStr) -> Result<&str> {
     name.to_str().ok_or(Error::NotFound)
 }
 
+/// Answer a request that hands the kernel a new entry (and a lookup).
+fn answer_entry(reply: ReplyEntry, result: Result<FileAttr>) {
+    match result {
+        Ok(attr) => reply.entry(&TTL, &attr, Generation(0)),
+        Err(e) => reply.error(errno(&e)),
+    }
+}
+
 /// Run a handler, turning a panic into EIO.
 fn guarded(op: &str, f: impl FnOnce()) {
     if std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)).is_err() {
@@ -1355,10 +1363,7 @@ impl Filesystem for Mount {
             let r = lookup_name(name)
                 .and_then(|n| self.child(parent.0, n))
                 .and_then(|i| self.entry_attr(i));
-            match r {
-                Ok(attr) => reply.entry(&TTL, &attr, Generation(0)),
-                Err(e) => reply.error(errno(&e)),
-            }
+            answer_entry(reply, r)
         })
     }
 
@@ -1426,10 +1431,7 @@ impl Filesystem for Mount {
         reply: ReplyEntry,
     ) {
         guarded("mkdir", || {
-            match self.do_mkdir(req, parent.0, name, mode & !umask) {
-                Ok(attr) => reply.entry(&TTL, &attr, Generation(0)),
-                Err(e) => reply.error(errno(&e)),
-            }
+            answer_entry(reply, self.do_mkdir(req, parent.0, name, mode & !umask))
         })
     }
 
@@ -1445,10 +1447,7 @@ impl Filesystem for Mount {
     ) {
         guarded("mknod", || {
             let mode = (mode & libc::S_IFMT) | (mode & 0o7777 & !umask);
-            match self.do_mknod(req, parent.0, name, mode, rdev) {
-                Ok(attr) => reply.entry(&TTL, &attr, Generation(0)),
-                Err(e) => reply.error(errno(&e)),
-            }
+            answer_entry(reply, self.do_mknod(req, parent.0, name, mode, rdev))
         })
     }
 
@@ -1460,9 +1459,8 @@ impl Filesystem for Mount {
         newname: &OsStr,
         reply: ReplyEntry,
     ) {
-        guarded("link", || match self.do_link(ino.0, newparent.0, newname) {
-            Ok(attr) => reply.entry(&TTL, &attr, Generation(0)),
-            Err(e) => reply.error(errno(&e)),
+        guarded("link", || {
+            answer_entry(reply, self.do_link(ino.0, newparent.0, newname))
         })
     }
 
@@ -1489,10 +1487,7 @@ impl Filesystem for Mount {
         reply: ReplyEntry,
     ) {
         guarded("symlink", || {
-            match self.do_symlink(req, parent.0, link_name, target) {
-                Ok(attr) => reply.entry(&TTL, &attr, Generation(0)),
-                Err(e) => reply.error(errno(&e)),
-            }
+            answer_entry(reply, self.do_symlink(req, parent.0, link_name, target))
         })
     }
 

@@ -186,7 +186,10 @@ impl Grid {
         for (pos, indices) in by_mirror {
             let mirror = self.mirrors[order[pos]].clone();
             let ids: Vec<[u8; 32]> = indices.iter().map(|&i| shares[i].id()).collect();
-            asks.spawn(async move { (pos, indices, ids.clone(), mirror.claim(&ids).await) });
+            asks.spawn(async move {
+                let unclaimed = mirror.claim(&ids).await;
+                (pos, indices, ids, unclaimed)
+            });
         }
         while let Some(joined) = asks.join_next().await {
             let (pos, indices, ids, result) = joined.expect("claim task does not panic");
