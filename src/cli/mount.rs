@@ -151,17 +151,13 @@ pub fn mount(args: MountArgs) -> Result<()> {
             "ro" => options.push(fuser::MountOption::RO),
             "nominer" => miner = None,
             o if o.starts_with("miner_threads=") => {
-                let n = o["miner_threads=".len()..]
-                    .parse()
-                    .map_err(|_| anyhow!("miner_threads= wants a number, got {o:?}"))?;
+                let n = option_value(o, "a number")?;
                 if let Some(m) = &mut miner {
                     m.threads = n;
                 }
             }
             o if o.starts_with("miner_duty=") => {
-                let d: f64 = o["miner_duty=".len()..]
-                    .parse()
-                    .map_err(|_| anyhow!("miner_duty= wants a fraction, got {o:?}"))?;
+                let d: f64 = option_value(o, "a fraction")?;
                 if !(d > 0.0 && d <= 1.0) {
                     bail!("miner_duty must be in (0, 1]");
                 }
@@ -176,15 +172,10 @@ pub fn mount(args: MountArgs) -> Result<()> {
                 }
             }
             o if o.starts_with("cache=") => {
-                let mib: u64 = o["cache=".len()..]
-                    .parse()
-                    .map_err(|_| anyhow!("cache= wants a size in MiB, got {o:?}"))?;
-                cache_mib = Some(mib);
+                cache_mib = Some(option_value::<u64>(o, "a size in MiB")?);
             }
             o if o.starts_with("keep=") => {
-                keep_mib = o["keep=".len()..]
-                    .parse()
-                    .map_err(|_| anyhow!("keep= wants a size in MiB, got {o:?}"))?;
+                keep_mib = option_value(o, "a size in MiB")?;
             }
             // For mount(8), systemd and the kernel's generic flags: nothing
             // for lode to do.
@@ -339,6 +330,14 @@ fn unmount(mountpoint: &Path) {
 
 /// Run the mount as a detached child, and return once it is live (or
 /// report why it failed).
+/// The value of a `name=value` mount option, parsed.
+fn option_value<T: std::str::FromStr>(option: &str, wants: &str) -> Result<T> {
+    let (name, value) = option.split_once('=').unwrap_or((option, ""));
+    value
+        .parse()
+        .map_err(|_| anyhow!("{name}= wants {wants}, got {option:?}"))
+}
+
 fn spawn_background(args: &MountArgs) -> Result<()> {
     use std::os::unix::process::CommandExt;
     let home = Home::locate()?;
