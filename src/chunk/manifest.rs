@@ -218,10 +218,24 @@ impl FileEncoder {
     /// of shares: the chunk's, then any manifest node that just filled up.
     pub fn push_chunk(&mut self, plaintext: &[u8]) -> Vec<Vec<Share>> {
         let sealed = share::seal_chunk(&self.conv, self.params, plaintext);
-        self.size += plaintext.len() as u64;
+        self.push_sealed(plaintext.len() as u64, sealed)
+    }
+
+    /// The convergence secret and parameters chunks must be sealed with
+    /// before [`FileEncoder::push_sealed`], for callers that seal chunks on
+    /// several threads and hand them over in file order.
+    pub fn sealer(&self) -> (ConvergenceSecret, Params) {
+        (self.conv.clone(), self.params)
+    }
+
+    /// Take the next chunk (of `len` plaintext bytes), already sealed with
+    /// [`FileEncoder::sealer`]'s secret and parameters. Chunks must come in
+    /// file order. Returns what [`FileEncoder::push_chunk`] returns.
+    pub fn push_sealed(&mut self, len: u64, sealed: share::SealedChunk) -> Vec<Vec<Share>> {
+        self.size += len;
         self.levels[0].push(Pending {
             loc: LocEntry {
-                len: plaintext.len() as u64,
+                len,
                 shares: sealed
                     .shares
                     .iter()

@@ -17,6 +17,8 @@
 //!     16    -  shard bytes (every share of a chunk has the same length)
 //! ```
 
+use bytes::Bytes;
+
 use crate::crypto::{ChunkKey, ConvergenceSecret, Hash, sha256};
 
 use super::{Error, Result};
@@ -75,11 +77,14 @@ pub struct ShareHeader {
     pub payload_len: u64,
 }
 
-/// One share: header plus shard, as stored on a mirror.
+/// One share: header plus shard, as stored on a mirror. Its id is
+/// computed once, when the share is made or checked; the bytes are shared,
+/// so handing a share to several uploads copies nothing.
 #[derive(Clone, PartialEq, Eq)]
 pub struct Share {
-    bytes: Vec<u8>,
+    bytes: Bytes,
     header: ShareHeader,
+    id: ShareId,
 }
 
 impl std::fmt::Debug for Share {
@@ -95,6 +100,11 @@ impl Share {
     /// Parse share bytes, checking the header is well formed. This does not
     /// check the id; use [`Share::verify`] for bytes from a mirror.
     pub fn parse(bytes: Vec<u8>) -> Result<Share> {
+        let id = sha256(&bytes);
+        Share::parse_with_id(bytes, id)
+    }
+
+    fn parse_with_id(bytes: Vec<u8>, id: ShareId) -> Result<Share> {
         if bytes.len() < HEADER_LEN + 2 {
             return Err(Error::MalformedShare("shorter than a header"));
         }
@@ -123,7 +133,8 @@ impl Share {
                 index,
                 payload_len,
             },
-            bytes,
+            bytes: bytes.into(),
+            id,
         })
     }
 
@@ -133,11 +144,11 @@ impl Share {
         if &sha256(&bytes) != id {
             return Err(Error::Corrupt(*id));
         }
-        Share::parse(bytes)
+        Share::parse_with_id(bytes, *id)
     }
 
     pub fn id(&self) -> ShareId {
-        sha256(&self.bytes)
+        self.id
     }
     pub fn header(&self) -> &ShareHeader {
         &self.header
@@ -146,7 +157,11 @@ impl Share {
         &self.bytes
     }
     pub fn into_bytes(self) -> Vec<u8> {
-        self.bytes
+        self.bytes.into()
+    }
+    /// The bytes, shared rather than copied.
+    pub fn shared_bytes(&self) -> Bytes {
+        self.bytes.clone()
     }
     fn shard(&self) -> &[u8] {
         &self.bytes[HEADER_LEN..]
@@ -168,7 +183,8 @@ fn make_share(params: Params, index: u8, payload_len: u64, shard: &[u8]) -> Shar
     bytes.extend_from_slice(&payload_len.to_be_bytes());
     bytes.extend_from_slice(shard);
     Share {
-        bytes,
+        id: sha256(&bytes),
+        bytes: bytes.into(),
         header: ShareHeader {
             params,
             index,

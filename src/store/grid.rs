@@ -121,9 +121,11 @@ impl Grid {
             let mut tasks = JoinSet::new();
             for &(i, pos) in &wanted {
                 let mirror = self.mirrors[order[pos]].clone();
-                let id = shares[i].id();
-                let bytes = shares[i].as_bytes().to_vec();
-                tasks.spawn(async move { (i, pos, mirror.put_share(&id, &bytes).await) });
+                let share = shares[i].clone();
+                tasks.spawn(async move {
+                    let result = mirror.put_share(&share.id(), share.as_bytes()).await;
+                    (i, pos, result)
+                });
             }
             let mut retry = Vec::new();
             while let Some(joined) = tasks.join_next().await {

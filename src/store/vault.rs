@@ -1,6 +1,7 @@
 //! The vault: an identity's keys plus a grid, and the pipelines that turn
 //! files and directory trees into shares and slots, and back.
 
+use std::collections::HashMap;
 use std::io::{Read, Write};
 use std::path::Path;
 use std::sync::Arc;
@@ -15,10 +16,12 @@ use crate::chunk::{self, ChunkerParams, FileEncoder, Node, Params, Share, share}
 use crate::crypto::{ConvergenceSecret, ReadKey, RootSecret, SlotSeed};
 use crate::dir::{Entry, EntryKind, Listing, SlotEnvelope, check_name};
 
-/// Objects uploaded concurrently by one put.
-const UPLOAD_WINDOW: usize = 4;
+/// Share bytes one put keeps in flight to the mirrors. Each upload waits
+/// for a mirror's fsync, so the window must cover that latency; it also
+/// bounds the put's memory.
+const UPLOAD_WINDOW_BYTES: usize = 48 << 20;
 /// Chunks fetched ahead of the reader.
-const READAHEAD: usize = 4;
+const READAHEAD: usize = 8;
 
 /// One identity's view of the grid.
 pub struct Vault {
@@ -31,18 +34,20 @@ pub struct Vault {
     /// Opened manifest nodes, keyed by SHA-256(share id ‖ read key) so a
     /// hit needs the same key the node was opened with.
     nodes: std::sync::Mutex<lru::LruCache<[u8; 32], Arc<Node>>>,
+    /// Chunks being fetched now, by first share id: a reader and the
+    /// readahead asking for the same chunk share one fetch and one
+    /// decryption.
+    fetching: std::sync::Mutex<HashMap<chunk::ShareId, Arc<Fetching>>>,
 }
+
+/// One chunk fetch that several readers may wait on.
+type Fetching = tokio::sync::OnceCell<Arc<Vec<u8>>>;
 
 /// Manifest nodes kept open (a full leaf is about 100 KiB).
 const NODE_CACHE: usize = 64;
 
 /// Default bytes of verified chunks kept in memory.
 pub const DEFAULT_CACHE_BYTES: usize = 64 << 20;
-
-enum Produced {
-    Groups(Vec<Vec<Share>>),
-    Done(FileReadCap, Vec<Vec<Share>>),
-}
 
 /// Seconds and nanoseconds since the Unix epoch, now.
 pub fn now() -> (i64, u32) {
@@ -65,6 +70,7 @@ impl Vault {
             nodes: std::sync::Mutex::new(lru::LruCache::new(
                 std::num::NonZeroUsize::new(NODE_CACHE).expect("nonzero"),
             )),
+            fetching: Default::default(),
         }
     }
 
@@ -101,56 +107,74 @@ impl Vault {
 
     /// Chunk, seal and upload everything `reader` yields. Memory stays
     /// bounded: the chunker holds at most one maximum-size chunk, and at most
-    /// `UPLOAD_WINDOW` objects are in flight.
+    /// `UPLOAD_WINDOW_BYTES` of shares are in flight.
     pub async fn put_reader<R: Read + Send + 'static>(&self, reader: R) -> Result<FileReadCap> {
-        let (tx, mut rx) = mpsc::channel::<Produced>(2);
-        let conv = self.conv.clone();
-        let params = self.grid.params();
+        // Three stages: one blocking thread cuts chunks; up to `sealers`
+        // chunks are sealed at once on the blocking pool (sealing is the
+        // costly part: hashing, AES-SIV and erasure coding), and taken back
+        // in file order by the encoder; up to `UPLOAD_WINDOW_BYTES` of shares
+        // are uploading at once.
+        let sealers = std::thread::available_parallelism().map_or(2, |n| n.get().clamp(2, 8));
+        let (tx, rx) = mpsc::channel::<Vec<u8>>(sealers);
         let chunker = self.chunker;
         let producer = tokio::task::spawn_blocking(move || -> Result<()> {
-            let mut encoder = FileEncoder::new(conv, params);
             for chunk in chunker.chunks(reader) {
-                let groups = encoder.push_chunk(&chunk?);
-                if tx.blocking_send(Produced::Groups(groups)).is_err() {
+                if tx.blocking_send(chunk?).is_err() {
                     return Ok(()); // the uploader failed; it reports why
                 }
             }
-            let (cap, groups) = encoder.finish();
-            let _ = tx.blocking_send(Produced::Done(cap, groups));
             Ok(())
         });
-        let mut uploads = tokio::task::JoinSet::new();
-        let mut cap = None;
-        let mut root_group = None;
-        while let Some(msg) = rx.recv().await {
-            let groups = match msg {
-                Produced::Groups(g) => g,
-                Produced::Done(c, mut g) => {
-                    // The root goes last, once everything it names is stored.
-                    root_group = g.pop();
-                    cap = Some(c);
-                    g
-                }
-            };
-            for group in groups {
-                while uploads.len() >= UPLOAD_WINDOW {
-                    uploads
-                        .join_next()
+        let mut encoder = FileEncoder::new(self.conv.clone(), self.grid.params());
+        let (conv, params) = encoder.sealer();
+        let chunks = futures_util::stream::unfold(rx, |mut rx| async move {
+            rx.recv().await.map(|chunk| (chunk, rx))
+        });
+        let mut sealed = std::pin::pin!(
+            chunks
+                .map(|chunk| {
+                    let conv = conv.clone();
+                    async move {
+                        let len = chunk.len() as u64;
+                        let sealed = tokio::task::spawn_blocking(move || {
+                            share::seal_chunk(&conv, params, &chunk)
+                        })
                         .await
-                        .expect("nonempty")
-                        .expect("upload task")?;
-                }
-                let grid = self.grid.clone();
-                uploads.spawn(async move { grid.put_group(&group).await });
+                        .expect("sealing does not panic");
+                        (len, sealed)
+                    }
+                })
+                .buffered(sealers)
+        );
+        let mut uploads = tokio::task::JoinSet::new();
+        let mut in_flight = 0usize;
+        // Start uploading one group; returns its bytes.
+        let upload = |group: Vec<Share>, uploads: &mut tokio::task::JoinSet<_>| {
+            let bytes: usize = group.iter().map(|s| s.as_bytes().len()).sum();
+            let grid = self.grid.clone();
+            uploads.spawn(async move { grid.put_group(&group).await.map(|()| bytes) });
+            bytes
+        };
+        while let Some((len, chunk)) = sealed.next().await {
+            for group in encoder.push_sealed(len, chunk) {
+                in_flight += upload(group, &mut uploads);
             }
+            while in_flight > UPLOAD_WINDOW_BYTES {
+                let done = uploads.join_next().await.expect("nonempty");
+                in_flight -= done.expect("upload task")?;
+            }
+        }
+        // The chunks ran out: either the reader ended or it failed.
+        producer.await.expect("chunker task")?;
+        let (cap, mut groups) = encoder.finish();
+        // The root goes last, once everything it names is stored.
+        let root = groups.pop().expect("finish yields the root's group");
+        for group in groups {
+            upload(group, &mut uploads);
         }
         while let Some(done) = uploads.join_next().await {
             done.expect("upload task")?;
         }
-        producer.await.expect("chunker task")?;
-        let (Some(cap), Some(root)) = (cap, root_group) else {
-            return Err(Error::Io(std::io::Error::other("chunker stopped early")));
-        };
         self.grid.put_group(&root).await?;
         Ok(cap)
     }
@@ -227,8 +251,46 @@ impl Vault {
         {
             return Ok(plain);
         }
+        let cell = self
+            .fetching
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .entry(first)
+            .or_default()
+            .clone();
+        let result = cell
+            .get_or_try_init(|| self.fetch_chunk_now(leaf, entry))
+            .await
+            .cloned();
+        // The first caller to get here retires the cell (a failed fetch
+        // leaves it empty, and a waiter still holding it tries again).
+        {
+            let mut fetching = self.fetching.lock().unwrap_or_else(|p| p.into_inner());
+            if fetching.get(&first).is_some_and(|c| Arc::ptr_eq(c, &cell)) {
+                fetching.remove(&first);
+            }
+        }
+        result
+    }
+
+    /// Fetch, check and decrypt a chunk, and cache it.
+    async fn fetch_chunk_now(&self, leaf: &Node, entry: &chunk::NodeEntry) -> Result<Arc<Vec<u8>>> {
+        let first = entry.shares[0];
+        if let Some(plain) = self
+            .cache
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&first)
+        {
+            return Ok(plain);
+        }
         let shares = self.grid.fetch(&entry.shares, leaf.params, "chunk").await?;
-        let plain = share::open_chunk(Self::key_of(entry)?, leaf.params, &shares)?;
+        // Decrypting is the costly part of a read; on the blocking pool,
+        // the chunks a reader has in flight open side by side.
+        let (key, params) = (Self::key_of(entry)?.clone(), leaf.params);
+        let plain = tokio::task::spawn_blocking(move || share::open_chunk(&key, params, &shares))
+            .await
+            .expect("opening does not panic")?;
         if plain.len() as u64 != entry.len {
             return Err(chunk::Error::MalformedManifest(
                 "chunk length differs from the manifest".into(),
