@@ -380,3 +380,89 @@ fn a_mirror_outage_is_ridden_out() {
     drop(open);
     drop(m);
 }
+
+/// A file written front to back starts uploading while still open, and
+/// whatever the writer does next (overwrite, truncate, fsync midway, keep
+/// appending) the mirrors end up with exactly the bytes written.
+#[test]
+fn big_files_upload_while_written_and_stay_exact() {
+    use std::io::{Seek, SeekFrom, Write};
+    use std::os::unix::fs::FileExt;
+    let tmp = tempfile::tempdir().unwrap();
+    let (mirrors, client) = common::three_mirrors_and_client(tmp.path());
+    let mp = tmp.path().join("mnt");
+    let m = Mounted::new(&client, &mp);
+    let held = || mirrors.iter().map(|m| m.share_files().len()).sum::<usize>();
+    let mib = 1 << 20;
+    let append = |f: &mut std::fs::File, seed: &str, len: usize, into: &mut Vec<u8>| {
+        let bytes = common::seeded_bytes(seed, len);
+        for piece in bytes.chunks(mib) {
+            f.write_all(piece).unwrap();
+        }
+        into.extend_from_slice(&bytes);
+    };
+
+    // Front to back, still open: its shares reach the mirrors before any
+    // close or fsync (the flusher leaves open files alone).
+    let before = held();
+    let mut big = Vec::new();
+    let mut f = std::fs::File::create(mp.join("big")).unwrap();
+    append(&mut f, "big", 40 * mib, &mut big);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while held() < before + 30 {
+        assert!(
+            Instant::now() < deadline,
+            "no shares uploaded while the file was open: {} held, {before} before",
+            held()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    append(&mut f, "big tail", 3 * mib + 17, &mut big);
+    f.sync_all().unwrap();
+    drop(f);
+
+    // An overwrite behind the upload, then more appends.
+    let mut edited = Vec::new();
+    let mut f = std::fs::File::create(mp.join("edited")).unwrap();
+    append(&mut f, "edited a", 20 * mib, &mut edited);
+    f.write_all_at(b"overwritten", 1000).unwrap();
+    edited[1000..1011].copy_from_slice(b"overwritten");
+    f.seek(SeekFrom::End(0)).unwrap();
+    append(&mut f, "edited b", 10 * mib, &mut edited);
+    drop(f);
+
+    // A truncate while the upload runs, then appends from the new end.
+    let mut cut = Vec::new();
+    let mut f = std::fs::File::create(mp.join("cut")).unwrap();
+    append(&mut f, "cut a", 20 * mib, &mut cut);
+    f.set_len(5 * mib as u64).unwrap();
+    cut.truncate(5 * mib);
+    f.seek(SeekFrom::End(0)).unwrap();
+    append(&mut f, "cut b", 12 * mib, &mut cut);
+    drop(f);
+
+    // An fsync midway, then more appends and a close.
+    let mut midway = Vec::new();
+    let mut f = std::fs::File::create(mp.join("midway")).unwrap();
+    append(&mut f, "midway a", 16 * mib, &mut midway);
+    f.sync_all().unwrap();
+    append(&mut f, "midway b", 16 * mib + 5, &mut midway);
+    drop(f);
+
+    // Remount: nothing staged or kept, every byte from the mirrors.
+    m.unmount();
+    drop(m);
+    let _m = Mounted::new(&client, &mp);
+    for (name, want) in [
+        ("big", &big),
+        ("edited", &edited),
+        ("cut", &cut),
+        ("midway", &midway),
+    ] {
+        let got = std::fs::read(mp.join(name)).unwrap();
+        assert_eq!(got.len(), want.len(), "{name}: length");
+        assert!(&got == want, "{name}: content differs");
+    }
+    let check = client.ok(&["check", "/"]);
+    assert!(check.contains(": healthy"), "{check}");
+}

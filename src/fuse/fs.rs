@@ -19,6 +19,7 @@ use fuser::{
     ReplyEmpty, ReplyEntry, ReplyOpen, ReplyStatfs, ReplyWrite, Request, TimeOrNow, WriteFlags,
 };
 
+use super::early::{Earlies, Growing};
 use super::tree::{Body, FRIENDS, FRIENDS_NAME, Node, ROOT, Tree};
 use super::{Error, Result, errno};
 use crate::caps::{DirReadCap, FileReadCap};
@@ -65,6 +66,8 @@ pub struct LodeFs {
     /// Per inode read from the mirrors: where the last read ended, and how
     /// far readahead has been started.
     readahead: Mutex<std::collections::HashMap<u64, (u64, u64)>>,
+    /// Files being uploaded while they are written (see [`super::early`]).
+    early: Earlies,
 }
 
 /// Kept local copies of published files: (inode, path, bytes), oldest
@@ -163,6 +166,7 @@ impl LodeFs {
             kept: Mutex::new(Default::default()),
             published: std::sync::Condvar::new(),
             readahead: Mutex::new(Default::default()),
+            early: Earlies::default(),
         })
     }
 
@@ -336,24 +340,54 @@ impl LodeFs {
     /// Upload a file's staged changes, then mark its directory for
     /// publishing. A no-op for clean files.
     fn upload(&self, ino: u64) -> Result<()> {
-        let path = {
+        let (path, read_generation, early) = {
             let tree = self.lock();
             let node = tree.nodes.get(&ino).ok_or(Error::NotFound)?;
+            // Taken under the lock with the generation: a sealed early
+            // upload holds every write that generation counts.
+            let early = self.early.take(ino);
             match &node.body {
                 // An orphan's data has no name left to publish it under.
-                _ if node.orphan => return Ok(()),
+                _ if node.orphan => {
+                    early.inspect(|e| e.spoil());
+                    return Ok(());
+                }
                 Body::File {
                     staged: Some(p),
                     dirty: true,
                     generation,
                     ..
-                } => (p.clone(), *generation),
-                _ => return Ok(()),
+                } => {
+                    let early = early.filter(|e| e.started());
+                    early.as_ref().inspect(|e| {
+                        e.seal();
+                    });
+                    (p.clone(), *generation, early)
+                }
+                _ => {
+                    early.inspect(|e| e.spoil());
+                    return Ok(());
+                }
             }
         };
-        let (path, read_generation) = path;
         std::fs::File::open(&path)?.sync_all()?;
-        let cap = self.rt.block_on(self.vault.put_path(&path))?;
+        let early_cap = early
+            .and_then(|e| e.take_task())
+            .and_then(|task| match self.rt.block_on(task) {
+                Ok(Ok(cap)) => Some(cap),
+                Ok(Err(e)) => {
+                    tracing::debug!(ino, error = %e, "early upload failed; uploading the whole file");
+                    None
+                }
+                Err(e) => {
+                    tracing::warn!(ino, error = %e, "early upload task failed");
+                    None
+                }
+            });
+        let cap = match early_cap {
+            Some(cap) => cap,
+            None => self.rt.block_on(self.vault.put_path(&path))?,
+        };
         let mut tree = self.lock();
         let Some(node) = tree.nodes.get_mut(&ino) else {
             return Ok(()); // unlinked meanwhile
@@ -1027,6 +1061,7 @@ impl LodeFs {
             self.writable(parent)?;
         }
         if let Some(size) = size {
+            self.early.spoil(ino);
             let path = self.stage(ino, size == 0)?;
             std::fs::OpenOptions::new()
                 .write(true)
@@ -1115,6 +1150,7 @@ impl LodeFs {
         {
             *writers += 1;
             if trunc {
+                self.early.spoil(ino);
                 *dirty = true;
                 *generation += 1;
                 if let Some(p) = staged {
@@ -1197,6 +1233,7 @@ impl LodeFs {
         file.write_all_at(data, offset)?;
         let mut tree = self.lock();
         let node = tree.nodes.get_mut(&ino).ok_or(Error::NotFound)?;
+        let old_size = node.size;
         node.size = node.size.max(offset + data.len() as u64);
         let t = now();
         node.mtime = t;
@@ -1205,6 +1242,20 @@ impl LodeFs {
             dirty, generation, ..
         } = &mut node.body
         {
+            // Before the generation moves: see `Earlies::wrote`.
+            if let Some(early) = self.early.wrote(ino, offset, data.len() as u64, old_size) {
+                match std::fs::File::open(&path) {
+                    Ok(file) => {
+                        let (vault, reader) =
+                            (self.vault.clone(), Growing::new(file, early.clone()));
+                        early.start(self.rt.spawn(async move { vault.put_reader(reader).await }));
+                    }
+                    Err(e) => {
+                        tracing::debug!(ino, error = %e, "no early upload");
+                        self.early.spoil(ino);
+                    }
+                }
+            }
             *dirty = true;
             *generation += 1;
         }
@@ -1225,6 +1276,9 @@ impl LodeFs {
                 && let Body::File { writers, .. } = &mut node.body
             {
                 *writers = writers.saturating_sub(1);
+                if *writers == 0 && node.orphan {
+                    self.early.spoil(ino);
+                }
             }
         }
         tree.drop_if_unused(ino);
@@ -1346,6 +1400,7 @@ impl Filesystem for Mount {
         if let Err(e) = self.flush_all() {
             tracing::error!(error = %e, "final flush failed; changes stay staged");
         }
+        self.early.spoil_all();
         self.drop_kept();
     }
 

@@ -6,11 +6,14 @@
 //!
 //! Model: the root is the user's root directory, read-write; `friends/NAME`
 //! are friends' read-caps, read-only (EROFS). File changes go to a local
-//! staging file and are uploaded when the last writer closes (or on fsync).
+//! staging file and are uploaded when the last writer closes (or on fsync);
+//! a file written front to back starts uploading while it is written
+//! ([`early`]).
 //! Directory changes are made in memory, marked dirty, and published by a
 //! flusher once a second, so many changes to one directory coalesce into
 //! one signed slot update; fsync and unmount publish at once.
 
+mod early;
 mod fs;
 mod tree;
 
