@@ -466,3 +466,65 @@ fn big_files_upload_while_written_and_stay_exact() {
     let check = client.ok(&["check", "/"]);
     assert!(check.contains(": healthy"), "{check}");
 }
+
+/// `df` on the mount shows the room the mirrors allow, in bytes of files:
+/// three mirrors with a 64 MiB quota each hold 128 MiB of 2-of-3 coded
+/// files, and writing a file takes its size from what is free.
+#[test]
+fn statfs_reports_the_mirrors_room() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mirrors: Vec<MirrorProc> = (0..3)
+        .map(|i| MirrorProc::start(&tmp.path().join(format!("m{i}")), &["--quota", "64M"]))
+        .collect();
+    let urls: Vec<&str> = mirrors.iter().map(|m| m.url.as_str()).collect();
+    let client = Client::new(&tmp.path().join("home"), &urls);
+    let mp = tmp.path().join("mnt");
+    let _m = Mounted::new(&client, &mp);
+    // (total, available) in bytes, from statfs(2).
+    let df = || {
+        let out = run(Command::new("stat").args(["-f", "-c", "%b %a %S"]).arg(&mp));
+        let v: Vec<u64> = out.split_whitespace().map(|x| x.parse().unwrap()).collect();
+        (v[0] * v[2], v[1] * v[2])
+    };
+    let mib = 1u64 << 20;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let (total, before) = loop {
+        let (total, free) = df();
+        if total < (1 << 40) {
+            break (total, free);
+        }
+        assert!(Instant::now() < deadline, "statfs never left its default");
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    assert!(
+        (127 * mib..=128 * mib).contains(&total),
+        "total {total}: 3 mirrors x 64 MiB of shares is 128 MiB of files"
+    );
+    assert!(
+        before <= total && before > 120 * mib,
+        "free {before} of {total}"
+    );
+
+    let data = common::seeded_bytes("statfs", 20 * mib as usize);
+    let path = mp.join("twenty");
+    std::fs::write(&path, &data).unwrap();
+    std::fs::File::open(&path).unwrap().sync_all().unwrap();
+    let deadline = Instant::now() + Duration::from_secs(40);
+    loop {
+        let (_, free) = df();
+        // 20 MiB of file puts 30 MiB of shares on the three mirrors: 10
+        // MiB on each, which is 20 MiB of files at k = 2 across 3.
+        if free + 19 * mib <= before {
+            assert!(
+                free + 22 * mib >= before,
+                "free {free} fell too far from {before}"
+            );
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "free space did not fall after writing 20 MiB: {free} (was {before})"
+        );
+        std::thread::sleep(Duration::from_millis(500));
+    }
+}

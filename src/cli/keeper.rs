@@ -1,8 +1,9 @@
 //! Inside `lode mount`: the lease keeper, the background miner, and the
 //! control socket `lode status` asks.
 //!
-//! Every minute the keeper asks each mirror for the account's standing and
-//! mines (at idle priority) for the least-funded mirror whose
+//! Every 10 s the mount asks each mirror for its room (quota, capacity),
+//! which `statfs` reports. Every minute the keeper asks each mirror for the
+//! account's standing and mines (at idle priority) for the least-funded mirror whose
 //! `funded_until` is short of the horizon; once a day it renews the leases
 //! of everything reachable from the root.
 
@@ -18,7 +19,7 @@ use tokio::sync::{mpsc, watch};
 use lode::caps::Cap;
 use lode::miner::{Found, MinerConfig, MinerStats, Miners, client};
 use lode::protocol::unix_now;
-use lode::store::{HttpMirror, Vault};
+use lode::store::{HttpMirror, Room, Space, Vault};
 
 /// How the mount mines.
 #[derive(Debug, Clone)]
@@ -168,6 +169,35 @@ async fn mine_loop(
                 }
             }
         }
+    }
+}
+
+/// How often the mount asks the mirrors for their room (`statfs`).
+const SPACE_EVERY: Duration = Duration::from_secs(10);
+
+/// Ask every mirror for its room now and then, and hand the grid's space
+/// (see `Space::of`) to `set`. Mirrors that do not answer are left out;
+/// if none answers, the last figure stands.
+pub async fn space_loop(
+    config: KeeperConfig,
+    params: lode::chunk::Params,
+    set: impl Fn(Option<Space>) + Send + 'static,
+) {
+    loop {
+        let mut asks = tokio::task::JoinSet::new();
+        for url in &config.mirrors {
+            let (url, account) = (url.clone(), config.account.clone());
+            asks.spawn(async move {
+                let mirror = HttpMirror::new(&url, account).ok()?;
+                let (info, status) = tokio::try_join!(mirror.info(), mirror.account()).ok()?;
+                Some(Room::from_reports(&info, &status))
+            });
+        }
+        let rooms: Vec<Room> = asks.join_all().await.into_iter().flatten().collect();
+        if !rooms.is_empty() {
+            set(Space::of(params, config.mirrors.len(), &rooms));
+        }
+        tokio::time::sleep(SPACE_EVERY).await;
     }
 }
 

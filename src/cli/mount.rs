@@ -241,16 +241,21 @@ pub fn mount(args: MountArgs) -> Result<()> {
         }
     }
     let flusher = fs.start_flusher();
-    let keeper = super::keeper::Keeper::start(
-        super::keeper::KeeperConfig {
-            miner,
-            horizon: Duration::from_secs(30 * 86_400),
-            account: home.secret()?.account_key(),
-            mirrors: config.mirrors.clone(),
+    let keeper_config = super::keeper::KeeperConfig {
+        miner,
+        horizon: Duration::from_secs(30 * 86_400),
+        account: home.secret()?.account_key(),
+        mirrors: config.mirrors.clone(),
+    };
+    rt.spawn(super::keeper::space_loop(
+        keeper_config.clone(),
+        vault.grid().params(),
+        {
+            let fs = fs.clone();
+            move |space| fs.set_space(space)
         },
-        vault.clone(),
-        rt.handle(),
-    )?;
+    ));
+    let keeper = super::keeper::Keeper::start(keeper_config, vault.clone(), rt.handle())?;
     let keeper = Arc::new(keeper);
     let socket = {
         let (fs, keeper) = (fs.clone(), keeper.clone());

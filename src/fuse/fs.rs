@@ -24,7 +24,7 @@ use super::tree::{Body, FRIENDS, FRIENDS_NAME, Node, ROOT, Tree};
 use super::{Error, Result, errno};
 use crate::caps::{DirReadCap, FileReadCap};
 use crate::dir::{EntryKind, check_name};
-use crate::store::{Vault, now};
+use crate::store::{Space, Vault, now};
 
 /// How long the kernel may cache attributes and names. Our own tree changes
 /// only through this mount, so the cache stays coherent; friends' trees
@@ -34,6 +34,8 @@ const TTL: Duration = Duration::from_secs(1);
 const READAHEAD_BYTES: u64 = 16 << 20;
 /// Files uploaded side by side by one flush.
 const UPLOAD_THREADS: usize = 8;
+/// Block size `statfs` counts in when the mirrors report limits.
+const STATFS_BLOCK: u64 = 4096;
 
 /// How the mount is set up.
 #[derive(Debug, Clone)]
@@ -68,6 +70,8 @@ pub struct LodeFs {
     readahead: Mutex<std::collections::HashMap<u64, (u64, u64)>>,
     /// Files being uploaded while they are written (see [`super::early`]).
     early: Earlies,
+    /// The grid's room as last reported by the mirrors (`statfs`).
+    space: Mutex<Option<Space>>,
 }
 
 /// Kept local copies of published files: (inode, path, bytes), oldest
@@ -167,7 +171,14 @@ impl LodeFs {
             published: std::sync::Condvar::new(),
             readahead: Mutex::new(Default::default()),
             early: Earlies::default(),
+            space: Mutex::new(None),
         })
+    }
+
+    /// What `statfs` reports from now on: the room the mirrors last
+    /// reported, or `None` for no known bound.
+    pub fn set_space(&self, space: Option<Space>) {
+        *self.space.lock().unwrap_or_else(|p| p.into_inner()) = space;
     }
 
     fn lock(&self) -> MutexGuard<'_, Tree> {
@@ -342,10 +353,13 @@ impl LodeFs {
     fn upload(&self, ino: u64) -> Result<()> {
         let (path, read_generation, early) = {
             let tree = self.lock();
-            let node = tree.nodes.get(&ino).ok_or(Error::NotFound)?;
             // Taken under the lock with the generation: a sealed early
             // upload holds every write that generation counts.
             let early = self.early.take(ino);
+            let Some(node) = tree.nodes.get(&ino) else {
+                early.inspect(|e| e.spoil());
+                return Err(Error::NotFound);
+            };
             match &node.body {
                 // An orphan's data has no name left to publish it under.
                 _ if node.orphan => {
@@ -1740,18 +1754,23 @@ impl Filesystem for Mount {
     }
 
     fn statfs(&self, _req: &Request, _ino: INodeNo, reply: ReplyStatfs) {
-        // Capacity is what leases can fund; until that is wired to the
-        // mirrors' accounts, report a large, honest-looking free space.
-        let blocks = 1u64 << 32;
+        // The room the mirrors report (quota and capacity, in bytes of
+        // files after coding; see `Space::of`), refreshed by the mount's
+        // keeper. With no limit known: 4 PiB, all free.
+        let space = *self.space.lock().unwrap_or_else(|p| p.into_inner());
+        let (bsize, blocks, free) = match space {
+            Some(s) => (STATFS_BLOCK, s.total / STATFS_BLOCK, s.free / STATFS_BLOCK),
+            None => (1 << 20, 1 << 32, 1 << 32),
+        };
         reply.statfs(
             blocks,
-            blocks,
-            blocks,
+            free,
+            free,
             1 << 32,
             1 << 32,
-            1 << 20,
+            bsize as u32,
             255,
-            1 << 20,
+            bsize as u32,
         );
     }
 

@@ -409,3 +409,135 @@ impl Grid {
         self.seen.lock().expect("lock").clone()
     }
 }
+
+/// Room for file data on the grid, as `df` shows it: bytes of files, not
+/// of shares.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Space {
+    pub total: u64,
+    pub free: u64,
+}
+
+/// One mirror's standing, for [`Space::of`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Room {
+    /// Bytes of shares this account holds there.
+    pub used: u64,
+    /// Bytes it may still add (`None`: no limit): the least of what the
+    /// account's quota and the mirror's capacity leave.
+    pub left: Option<u64>,
+}
+
+impl Room {
+    /// From a mirror's `GET /v1/info` and `GET /v1/account` answers.
+    pub fn from_reports(
+        info: &crate::protocol::Info,
+        account: &crate::protocol::AccountStatus,
+    ) -> Room {
+        let quota = account
+            .quota_bytes
+            .map(|q| q.saturating_sub(account.usage_bytes));
+        let capacity = info
+            .capacity_bytes
+            .map(|c| c.saturating_sub(info.used_bytes));
+        Room {
+            used: account.usage_bytes,
+            left: match (quota, capacity) {
+                (Some(a), Some(b)) => Some(a.min(b)),
+                (a, b) => a.or(b),
+            },
+        }
+    }
+}
+
+impl Space {
+    /// The space of a grid of `mirrors` mirrors coding files `params`,
+    /// from the rooms of those that answered. A file's bytes spread over
+    /// the mirrors at n/k times their size, a share of n/(k·mirrors) on
+    /// each, so the grid is full when its fullest mirror is: free is the
+    /// least room left times k·mirrors/n. `None` when no mirror set a
+    /// limit (or none answered): the space is not known to be bounded.
+    pub fn of(params: Params, mirrors: usize, rooms: &[Room]) -> Option<Space> {
+        let (k, n) = (u128::from(params.k()), u128::from(params.n()));
+        let spread = mirrors.max(rooms.len()).max(1) as u128;
+        let files = |shares: u128, per: u128| shares * k * per / n;
+        let least = rooms.iter().filter_map(|r| r.left).min()?;
+        let used: u128 = rooms.iter().map(|r| u128::from(r.used)).sum();
+        let free = files(u128::from(least), spread);
+        let used = files(used, 1);
+        let clamp = |v: u128| u64::try_from(v).unwrap_or(u64::MAX);
+        Some(Space {
+            total: clamp(used + free),
+            free: clamp(free),
+        })
+    }
+}
+
+#[cfg(test)]
+mod space_tests {
+    use super::*;
+
+    #[test]
+    fn space_is_bounded_by_the_fullest_mirror_in_file_bytes() {
+        let p = Params::new(2, 3).unwrap();
+        let room = |used, left| Room { used, left };
+        // Three mirrors, 2-of-3: a file of B bytes puts B/2 on each.
+        let s = Space::of(
+            p,
+            3,
+            &[room(300, Some(1000)), room(300, Some(400)), room(300, None)],
+        )
+        .unwrap();
+        assert_eq!(
+            s.free, 800,
+            "the fullest mirror takes 400 more, i.e. 800 of files"
+        );
+        assert_eq!(s.total, 800 + 600, "900 of shares is 600 of files");
+        // No limits anywhere, or nobody answered: unknown.
+        assert_eq!(Space::of(p, 3, &[room(5, None)]), None);
+        assert_eq!(Space::of(p, 3, &[]), None);
+    }
+
+    #[test]
+    fn room_takes_the_tighter_of_quota_and_capacity() {
+        let info = |capacity_bytes, used_bytes| crate::protocol::Info {
+            protocol: 1,
+            software: String::new(),
+            lease_seconds: 1,
+            capacity_bytes,
+            used_bytes,
+            price: 0.0,
+            stratum_port: None,
+        };
+        let account = |quota_bytes, usage_bytes| crate::protocol::AccountStatus {
+            account: String::new(),
+            usage_bytes,
+            quota_bytes,
+            leases: 0,
+            lease_seconds: 1,
+            credit_micro: 0,
+            debit_micro: 0,
+            daily_cost_micro: 0,
+            shares_accepted: 0,
+            funded_until: None,
+        };
+        let r = Room::from_reports(&info(Some(10_000), 9_000), &account(Some(5_000), 100));
+        assert_eq!(
+            r,
+            Room {
+                used: 100,
+                left: Some(1_000)
+            }
+        );
+        let r = Room::from_reports(&info(None, 9_000), &account(Some(5_000), 100));
+        assert_eq!(r.left, Some(4_900));
+        let r = Room::from_reports(&info(None, 0), &account(None, 7));
+        assert_eq!(
+            r,
+            Room {
+                used: 7,
+                left: None
+            }
+        );
+    }
+}

@@ -20,7 +20,7 @@ mod vault;
 
 pub use cache::ChunkCache;
 pub use check::{CheckReport, MirrorTally, Object, ObjectHealth, ShareState};
-pub use grid::{Grid, GridConfig};
+pub use grid::{Grid, GridConfig, Room, Space};
 pub use http::HttpMirror;
 pub use memory::MemoryStorage;
 pub use vault::{Vault, now};
