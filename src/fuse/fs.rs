@@ -604,10 +604,20 @@ impl LodeFs {
             match tree.nodes.get(&top) {
                 // One file: just its note (the common case, on create).
                 Some(node) if !node.is_dir() => note_of(top, node).into_iter().collect(),
-                // A directory moved: every staged file below it.
+                // A directory moved: every staged file below it (staged
+                // first, which is cheap, then the walk up to `top`).
                 _ => tree
                     .nodes
                     .iter()
+                    .filter(|(_, node)| {
+                        matches!(
+                            node.body,
+                            Body::File {
+                                staged: Some(_),
+                                ..
+                            }
+                        )
+                    })
                     .filter(|&(&ino, _)| {
                         let mut cur = ino;
                         while cur != ROOT && cur != top {
@@ -1122,8 +1132,10 @@ impl LodeFs {
             node.ctime = from_system_time(t);
         }
         let attr = Self::attr(&tree, ino, &tree.nodes[&ino]);
+        let is_dir = tree.nodes[&ino].is_dir();
         drop(tree);
-        if mode.is_some() {
+        // A file's note records its mode; a directory's mode is in no note.
+        if mode.is_some() && !is_dir {
             self.note_staged(ino);
         }
         Ok(attr)

@@ -115,6 +115,8 @@ fn fsync_dir(dir: &Path) -> std::io::Result<()> {
 
 /// Alignment of direct writes: the largest logical block size in use.
 const DIRECT_ALIGN: usize = 4096;
+/// Shares smaller than this are written through the page cache.
+const DIRECT_MIN: usize = 64 * 1024;
 
 /// A share body being written to its staging file.
 ///
@@ -125,8 +127,8 @@ const DIRECT_ALIGN: usize = 4096;
 /// of system time buffered and 0.6-1.2 s direct. Body bytes gather in a
 /// block-aligned buffer and go out `WRITE_BUFFER` at a time; the last
 /// write is padded to a block and the file then cut to its true length.
-/// Where `O_DIRECT` is refused (tmpfs, some FUSE file systems), writes
-/// are ordinary ones.
+/// Where `O_DIRECT` is refused (tmpfs, some FUSE file systems), and for
+/// shares under `DIRECT_MIN`, writes are ordinary ones.
 struct ShareFile {
     tmp: PathBuf,
     /// Created on the first write.
@@ -193,7 +195,14 @@ impl ShareFile {
         use std::os::unix::fs::FileExt;
         let file = match self.file.take() {
             Some(f) => f,
-            None => self.open()?,
+            None => {
+                // A small share is written in one go: its copy costs less
+                // than padding it and cutting it back.
+                if last && self.filled < DIRECT_MIN {
+                    self.direct = false;
+                }
+                self.open()?
+            }
         };
         let data = self.filled;
         let padded = if self.direct {
