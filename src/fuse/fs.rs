@@ -20,6 +20,7 @@ use fuser::{
 };
 
 use super::early::{Earlies, Growing};
+use super::notes;
 use super::tree::{Body, FRIENDS, FRIENDS_NAME, Node, ROOT, Tree};
 use super::{Error, Result, errno};
 use crate::caps::{DirReadCap, FileReadCap};
@@ -95,11 +96,6 @@ fn from_system_time(t: SystemTime) -> (i64, u32) {
         Ok(d) => (d.as_secs() as i64, d.subsec_nanos()),
         Err(e) => (-(e.duration().as_secs() as i64), 0),
     }
-}
-
-/// Where the recovery note of a staged file lives.
-pub(super) fn note_path(staged: &Path) -> PathBuf {
-    staged.with_extension("note")
 }
 
 fn name_of(name: &OsStr) -> Result<&str> {
@@ -514,7 +510,7 @@ impl LodeFs {
             }) = tree.nodes.get_mut(&ino)
             {
                 *cached = true;
-                let _ = std::fs::remove_file(note_path(p));
+                notes::remove(p);
                 kept.push((ino, p.clone(), *size));
             }
         }
@@ -631,13 +627,8 @@ impl LodeFs {
         };
         // Written without the lock: this is disk I/O.
         for (staged, path, mode) in &notes {
-            let note = serde_json::json!({"path": path, "mode": mode});
-            let tmp = note_path(staged).with_extension("tmp");
-            if std::fs::write(&tmp, note.to_string())
-                .and_then(|_| std::fs::rename(&tmp, note_path(staged)))
-                .is_err()
-            {
-                tracing::warn!(path, "could not write a staging recovery note");
+            if let Err(e) = notes::write(staged, path, *mode) {
+                tracing::warn!(path, error = %e, "could not write a staging recovery note");
             }
         }
         // A file unlinked (or uploaded and published) meanwhile must not
@@ -659,7 +650,7 @@ impl LodeFs {
             .collect();
         for (staged, _, _) in &notes {
             if !live.contains(staged) {
-                let _ = std::fs::remove_file(note_path(staged));
+                notes::remove(staged);
             }
         }
     }
@@ -673,26 +664,26 @@ impl LodeFs {
             return Ok(0);
         };
         for entry in dir.flatten() {
-            let note = entry.path();
-            if note.extension().and_then(|e| e.to_str()) != Some("note") {
+            let file = entry.path();
+            if notes::is_note_file(&file) {
+                // A note file half written, or whose data is gone.
+                if file.extension().is_some_and(|e| e == "tmp") || !notes::data_of(&file).exists() {
+                    let _ = std::fs::remove_file(&file);
+                }
                 continue;
             }
-            let data = note.with_extension("");
-            let parsed: Option<(String, u32)> = std::fs::read(&note)
-                .ok()
-                .and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok())
-                .and_then(|v| Some((v["path"].as_str()?.to_string(), v["mode"].as_u64()? as u32)));
-            let Some((path, mode)) = parsed else { continue };
-            if !data.exists() {
-                let _ = std::fs::remove_file(&note);
+            // Without a note, a staged file is a kept copy of a published
+            // file (or a copy never written to): only a cache, stale now.
+            let Some((path, mode)) = notes::read(&file) else {
+                let _ = std::fs::remove_file(&file);
                 continue;
-            }
+            };
             let (parent, name) = path.rsplit_once('/').unwrap_or(("", path.as_str()));
-            let mtime = std::fs::metadata(&data)
+            let mtime = std::fs::metadata(&file)
                 .and_then(|m| m.modified())
                 .map(from_system_time)
                 .unwrap_or_else(|_| now());
-            let cap = self.rt.block_on(self.vault.put_path(&data))?;
+            let cap = self.rt.block_on(self.vault.put_path(&file))?;
             let root = self.vault.root().clone();
             let dir = self
                 .rt
@@ -702,19 +693,10 @@ impl LodeFs {
                 name,
                 crate::dir::Entry::file(cap, mode, mtime),
             ))?;
-            let _ = std::fs::remove_file(&data);
-            let _ = std::fs::remove_file(&note);
+            notes::remove(&file);
+            let _ = std::fs::remove_file(&file);
             tracing::info!(path, "recovered a staged file");
             recovered += 1;
-        }
-        // What is left without a note is a kept copy of a published file
-        // (or a copy never written to): only a cache, and stale now.
-        for entry in std::fs::read_dir(&self.config.staging)?.flatten() {
-            let path = entry.path();
-            let has_note = path.extension().is_none() && note_path(&path).exists();
-            if path.extension().and_then(|e| e.to_str()) != Some("note") && !has_note {
-                let _ = std::fs::remove_file(&path);
-            }
         }
         Ok(recovered)
     }

@@ -15,6 +15,7 @@
 
 mod early;
 mod fs;
+mod notes;
 mod tree;
 
 pub use fs::{LodeFs, Mount, MountConfig};

@@ -463,7 +463,7 @@ impl Tree {
             staged: Some(p), ..
         } = &node.body
         {
-            let _ = std::fs::remove_file(super::fs::note_path(p));
+            super::notes::remove(p);
         }
         self.drop_if_unused(ino);
     }
@@ -484,7 +484,7 @@ impl Tree {
             ..
         }) = self.nodes.remove(&ino)
         {
-            let _ = std::fs::remove_file(super::fs::note_path(&p));
+            super::notes::remove(&p);
             let _ = std::fs::remove_file(p);
         }
     }

@@ -1,0 +1,101 @@
+//! Recovery notes: where each staged file belongs (its path under the
+//! root and its mode), so that staged data survives a crash of the mount
+//! and is uploaded and linked by the next one.
+//!
+//! A note is an extended attribute of the staged file itself
+//! (`user.lode.note`, JSON `{"path", "mode"}`): writing it replaces the
+//! old one atomically, and it goes away with the file. Where the staging
+//! file system has no user xattrs, the note is a file beside the data
+//! (`<staged>.note`), replaced by rename. The attribute saves two inode
+//! allocations per note (a temporary file, then the replaced note), which
+//! an untar of many files pays on every create and chmod.
+
+use std::path::{Path, PathBuf};
+
+const ATTR: &str = "user.lode.note";
+
+/// Where a note lives when it cannot be an attribute.
+fn note_file(staged: &Path) -> PathBuf {
+    staged.with_extension("note")
+}
+
+fn unsupported(e: &std::io::Error) -> bool {
+    matches!(e.raw_os_error(), Some(libc::ENOTSUP) | Some(libc::EPERM))
+}
+
+/// Record that `staged` holds the data of the file at `path` with `mode`.
+pub fn write(staged: &Path, path: &str, mode: u32) -> std::io::Result<()> {
+    let note = serde_json::json!({"path": path, "mode": mode}).to_string();
+    match xattr::set(staged, ATTR, note.as_bytes()) {
+        Ok(()) => Ok(()),
+        Err(e) if unsupported(&e) => {
+            let tmp = note_file(staged).with_extension("tmp");
+            std::fs::write(&tmp, &note)?;
+            std::fs::rename(&tmp, note_file(staged))
+        }
+        Err(e) => Err(e),
+    }
+}
+
+/// The path and mode `staged` belongs at, if it has a note.
+pub fn read(staged: &Path) -> Option<(String, u32)> {
+    let bytes = match xattr::get(staged, ATTR) {
+        Ok(Some(b)) => b,
+        _ => std::fs::read(note_file(staged)).ok()?,
+    };
+    let v: serde_json::Value = serde_json::from_slice(&bytes).ok()?;
+    Some((v["path"].as_str()?.to_string(), v["mode"].as_u64()? as u32))
+}
+
+/// Forget where `staged` belongs: its data is now only a cache.
+pub fn remove(staged: &Path) {
+    let _ = xattr::remove(staged, ATTR);
+    let _ = std::fs::remove_file(note_file(staged));
+}
+
+/// Whether `file` in the staging directory is a note file, not data.
+pub fn is_note_file(file: &Path) -> bool {
+    matches!(
+        file.extension().and_then(|e| e.to_str()),
+        Some("note") | Some("tmp")
+    )
+}
+
+/// The staged data file a note file belongs to.
+pub fn data_of(note: &Path) -> PathBuf {
+    note.with_extension("")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_note_is_written_replaced_read_and_removed() {
+        let dir = tempfile::tempdir().unwrap();
+        let staged = dir.path().join("0123abcd");
+        std::fs::write(&staged, b"data").unwrap();
+        assert_eq!(read(&staged), None);
+        write(&staged, "a/b", 0o644).unwrap();
+        write(&staged, "a/c", 0o600).unwrap();
+        assert_eq!(read(&staged), Some(("a/c".to_string(), 0o600)));
+        remove(&staged);
+        assert_eq!(read(&staged), None);
+        // Nothing but the data file is left, whichever way the note went.
+        let names: Vec<_> = std::fs::read_dir(dir.path()).unwrap().flatten().collect();
+        assert_eq!(names.len(), 1);
+    }
+
+    #[test]
+    fn a_note_file_from_a_file_system_without_xattrs_is_read() {
+        let dir = tempfile::tempdir().unwrap();
+        let staged = dir.path().join("feed");
+        std::fs::write(&staged, b"data").unwrap();
+        std::fs::write(note_file(&staged), br#"{"path":"x/y","mode":420}"#).unwrap();
+        assert_eq!(read(&staged), Some(("x/y".to_string(), 420)));
+        assert!(is_note_file(&note_file(&staged)));
+        assert_eq!(data_of(&note_file(&staged)), staged);
+        remove(&staged);
+        assert!(!note_file(&staged).exists());
+    }
+}
