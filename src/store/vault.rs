@@ -19,7 +19,7 @@ use crate::dir::{Entry, EntryKind, Listing, SlotEnvelope, check_name};
 /// Share bytes one put keeps in flight to the mirrors. Each upload waits
 /// for a mirror's fsync, so the window must cover that latency; it also
 /// bounds the put's memory.
-const UPLOAD_WINDOW_BYTES: usize = 48 << 20;
+const UPLOAD_WINDOW_BYTES: usize = 32 << 20;
 /// Chunks fetched ahead of the reader.
 const READAHEAD: usize = 8;
 
