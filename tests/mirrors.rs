@@ -184,10 +184,7 @@ fn lost_shares_are_rebuilt_onto_mirrors_that_lack_them() {
 #[test]
 fn quota_and_capacity_are_clear_errors() {
     let tmp = tempfile::tempdir().unwrap();
-    let mirrors: Vec<MirrorProc> = (0..3)
-        .map(|i| MirrorProc::start(&tmp.path().join(format!("m{i}")), &["--quota", "1M"]))
-        .collect();
-    let client = Client::new(&tmp.path().join("home"), &urls(&mirrors));
+    let (_mirrors, client) = common::three_mirrors_with(tmp.path(), &["--quota", "1M"]);
     let src = write_file(tmp.path(), "f.bin", &common::seeded_bytes("quota", 4 << 20));
     let err = client.fails(&["put", src.to_str().unwrap()]);
     assert!(err.contains("out of space or over quota"), "{err}");

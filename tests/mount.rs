@@ -473,11 +473,7 @@ fn big_files_upload_while_written_and_stay_exact() {
 #[test]
 fn statfs_reports_the_mirrors_room() {
     let tmp = tempfile::tempdir().unwrap();
-    let mirrors: Vec<MirrorProc> = (0..3)
-        .map(|i| MirrorProc::start(&tmp.path().join(format!("m{i}")), &["--quota", "64M"]))
-        .collect();
-    let urls: Vec<&str> = mirrors.iter().map(|m| m.url.as_str()).collect();
-    let client = Client::new(&tmp.path().join("home"), &urls);
+    let (_mirrors, client) = common::three_mirrors_with(tmp.path(), &["--quota", "64M"]);
     let mp = tmp.path().join("mnt");
     let _m = Mounted::new(&client, &mp);
     // (total, available) in bytes, from statfs(2).

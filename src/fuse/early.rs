@@ -279,12 +279,11 @@ mod tests {
         assert!(earlies.wrote(2, 10, START_BYTES, 10).is_none());
         assert!(earlies.take(2).is_none());
         // Past the limit of running uploads, a record waits.
+        let rt = tokio::runtime::Runtime::new().unwrap();
         for ino in 3..3 + MAX_RUNNING as u64 {
             let e = earlies.wrote(ino, 0, START_BYTES, 0).expect("starts");
             e.start(
-                tokio::runtime::Runtime::new()
-                    .unwrap()
-                    .spawn(async { Err(crate::store::Error::Io(std::io::Error::other("test"))) }),
+                rt.spawn(async { Err(crate::store::Error::Io(std::io::Error::other("test"))) }),
             );
         }
         assert!(earlies.wrote(99, 0, START_BYTES, 0).is_none());

@@ -43,6 +43,26 @@ pub struct Vault {
 /// One chunk fetch that several readers may wait on.
 type Fetching = tokio::sync::OnceCell<Arc<Vec<u8>>>;
 
+/// Takes a chunk's fetch cell out of `Vault::fetching` when dropped, if it
+/// is still the one there.
+struct Retire<'a> {
+    fetching: &'a std::sync::Mutex<HashMap<chunk::ShareId, Arc<Fetching>>>,
+    first: chunk::ShareId,
+    cell: Arc<Fetching>,
+}
+
+impl Drop for Retire<'_> {
+    fn drop(&mut self) {
+        let mut fetching = self.fetching.lock().unwrap_or_else(|p| p.into_inner());
+        if fetching
+            .get(&self.first)
+            .is_some_and(|c| Arc::ptr_eq(c, &self.cell))
+        {
+            fetching.remove(&self.first);
+        }
+    }
+}
+
 /// Manifest nodes kept open (a full leaf is about 100 KiB).
 const NODE_CACHE: usize = 64;
 
@@ -243,12 +263,7 @@ impl Vault {
             .shares
             .first()
             .ok_or_else(|| chunk::Error::MalformedManifest("chunk without shares".into()))?;
-        if let Some(plain) = self
-            .cache
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .get(&first)
-        {
+        if let Some(plain) = self.cached_chunk(&first) {
             return Ok(plain);
         }
         let cell = self
@@ -258,30 +273,32 @@ impl Vault {
             .entry(first)
             .or_default()
             .clone();
-        let result = cell
-            .get_or_try_init(|| self.fetch_chunk_now(leaf, entry))
+        // Whoever gets past the fetch first, or is dropped during it,
+        // retires the cell (a failed fetch leaves it empty, and a waiter
+        // still holding it tries again).
+        let _retire = Retire {
+            fetching: &self.fetching,
+            first,
+            cell: cell.clone(),
+        };
+        cell.get_or_try_init(|| self.fetch_chunk_now(leaf, entry))
             .await
-            .cloned();
-        // The first caller to get here retires the cell (a failed fetch
-        // leaves it empty, and a waiter still holding it tries again).
-        {
-            let mut fetching = self.fetching.lock().unwrap_or_else(|p| p.into_inner());
-            if fetching.get(&first).is_some_and(|c| Arc::ptr_eq(c, &cell)) {
-                fetching.remove(&first);
-            }
-        }
-        result
+            .cloned()
+    }
+
+    fn cached_chunk(&self, first: &chunk::ShareId) -> Option<Arc<Vec<u8>>> {
+        self.cache
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(first)
     }
 
     /// Fetch, check and decrypt a chunk, and cache it.
     async fn fetch_chunk_now(&self, leaf: &Node, entry: &chunk::NodeEntry) -> Result<Arc<Vec<u8>>> {
+        // Again: a fetch may have finished and retired its cell between
+        // the caller's look and its making a new one.
         let first = entry.shares[0];
-        if let Some(plain) = self
-            .cache
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .get(&first)
-        {
+        if let Some(plain) = self.cached_chunk(&first) {
             return Ok(plain);
         }
         let shares = self.grid.fetch(&entry.shares, leaf.params, "chunk").await?;

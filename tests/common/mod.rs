@@ -277,8 +277,14 @@ impl Client {
 /// Three mirrors on loopback (data in `dir/m0..m2`) and an identity in
 /// `dir/home` that stores to them 2-of-3.
 pub fn three_mirrors_and_client(dir: &Path) -> (Vec<MirrorProc>, Client) {
+    three_mirrors_with(dir, &[])
+}
+
+/// Three mirrors started with `extra` arguments each, and an identity in
+/// `dir/home` that stores across them.
+pub fn three_mirrors_with(dir: &Path, extra: &[&str]) -> (Vec<MirrorProc>, Client) {
     let mirrors: Vec<MirrorProc> = (0..3)
-        .map(|i| MirrorProc::start(&dir.join(format!("m{i}")), &[]))
+        .map(|i| MirrorProc::start(&dir.join(format!("m{i}")), extra))
         .collect();
     let urls: Vec<&str> = mirrors.iter().map(|m| m.url.as_str()).collect();
     let client = Client::new(&dir.join("home"), &urls);
