@@ -195,9 +195,14 @@ fn make_share(params: Params, index: u8, payload_len: u64, shard: &[u8]) -> Shar
 
 /// Erasure-code `payload` into `params.n` shares, in index order.
 pub fn encode(params: Params, payload: &[u8]) -> Vec<Share> {
-    let len = payload.len() as u64;
+    encode_owned(params, payload.to_vec())
+}
+
+/// [`encode`] of a payload the caller gives up: it is padded in place, so
+/// one with room reserved for the padding is not copied.
+pub fn encode_owned(params: Params, mut padded: Vec<u8>) -> Vec<Share> {
+    let len = padded.len() as u64;
     let shard_len = shard_len_for(params, len);
-    let mut padded = payload.to_vec();
     padded.resize(shard_len * params.k as usize, 0);
     let originals: Vec<&[u8]> = padded.chunks(shard_len).collect();
     let mut shares: Vec<Share> = originals
@@ -275,9 +280,12 @@ pub struct SealedChunk {
 /// Seal a plaintext chunk under its convergent key and erasure-code it.
 pub fn seal_chunk(conv: &ConvergenceSecret, params: Params, plaintext: &[u8]) -> SealedChunk {
     let key = conv.convergent_key(CHUNK_DOMAIN, &sha256(plaintext), &params.key_params());
-    let ciphertext = key.seal(&[CHUNK_DOMAIN], plaintext);
+    // Sealed straight into a buffer with room for the erasure padding.
+    let sealed_len = plaintext.len() as u64 + crate::crypto::TAG_LEN as u64;
+    let mut ciphertext = Vec::with_capacity(shard_len_for(params, sealed_len) * params.k as usize);
+    key.seal_append(&[CHUNK_DOMAIN], plaintext, &mut ciphertext);
     SealedChunk {
-        shares: encode(params, &ciphertext),
+        shares: encode_owned(params, ciphertext),
         key,
     }
 }

@@ -83,6 +83,11 @@ macro_rules! cipher_key {
             pub fn seal(&self, context: &[&[u8]], plaintext: &[u8]) -> Vec<u8> {
                 super::siv::seal(&self.0, context, plaintext)
             }
+            /// [`Self::seal`], appending to `out` (no copy for a caller
+            /// that reserved room).
+            pub fn seal_append(&self, context: &[&[u8]], plaintext: &[u8], out: &mut Vec<u8>) {
+                super::siv::seal_append(&self.0, context, plaintext, out)
+            }
             /// AES-SIV decrypt and authenticate.
             pub fn open(&self, context: &[&[u8]], ciphertext: &[u8]) -> super::Result<Vec<u8>> {
                 super::siv::open(&self.0, context, ciphertext)

@@ -9,6 +9,8 @@
 mod keys;
 mod siv;
 
+pub use siv::TAG_LEN;
+
 pub use keys::{
     AccountKey, ChunkKey, ConvergenceSecret, ReadKey, RootSecret, SlotSeed, VerifyKey, WriteSealKey,
 };

@@ -32,7 +32,9 @@ use crate::store::{Space, Vault, now};
 /// change remotely and are re-listed every `refresh`.
 const TTL: Duration = Duration::from_secs(1);
 /// How far ahead of a sequential reader chunks are fetched.
-const READAHEAD_BYTES: u64 = 16 << 20;
+const READAHEAD_BYTES: u64 = 32 << 20;
+/// How far the reader may eat into the readahead before it is topped up.
+const READAHEAD_STEP: u64 = 4 << 20;
 /// Files uploaded side by side by one flush.
 const UPLOAD_THREADS: usize = 8;
 /// Block size `statfs` counts in when the mirrors report limits.
@@ -1219,7 +1221,10 @@ impl LodeFs {
             let (last_end, fetched_to) = streams.entry(ino).or_insert((0, 0));
             let sequential = offset == *last_end || offset == 0;
             *last_end = end;
-            if !sequential || end >= cap.size || *fetched_to >= end + READAHEAD_BYTES / 2 {
+            if !sequential
+                || end >= cap.size
+                || *fetched_to >= end + READAHEAD_BYTES - READAHEAD_STEP
+            {
                 return;
             }
             let from = (*fetched_to).max(end);

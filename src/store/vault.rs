@@ -21,7 +21,7 @@ use crate::dir::{Entry, EntryKind, Listing, SlotEnvelope, check_name};
 /// bounds the put's memory.
 const UPLOAD_WINDOW_BYTES: usize = 32 << 20;
 /// Chunks fetched ahead of the reader.
-const READAHEAD: usize = 8;
+const READAHEAD: usize = 16;
 
 /// One identity's view of the grid.
 pub struct Vault {
