@@ -20,7 +20,7 @@ use crate::dir::{Entry, EntryKind, Listing, SlotEnvelope, check_name};
 /// for a mirror's fsync, so the window must cover that latency; it also
 /// bounds the put's memory.
 const UPLOAD_WINDOW_BYTES: usize = 32 << 20;
-/// Chunks fetched ahead of the reader.
+/// Chunks one walk (a read, or a readahead top-up) keeps in flight.
 const READAHEAD: usize = 16;
 
 /// One identity's view of the grid.
