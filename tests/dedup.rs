@@ -102,12 +102,12 @@ impl lode::store::Storage for Counting {
     fn name(&self) -> &str {
         self.inner.name()
     }
-    async fn put_share(&self, id: &[u8; 32], bytes: &[u8]) -> lode::store::Result<()> {
+    async fn put_share(&self, id: &[u8; 32], bytes: bytes::Bytes) -> lode::store::Result<()> {
         self.sent
             .fetch_add(bytes.len(), std::sync::atomic::Ordering::Relaxed);
         self.inner.put_share(id, bytes).await
     }
-    async fn get_share(&self, id: &[u8; 32]) -> lode::store::Result<Option<Vec<u8>>> {
+    async fn get_share(&self, id: &[u8; 32]) -> lode::store::Result<Option<bytes::Bytes>> {
         self.inner.get_share(id).await
     }
     async fn has_share(&self, id: &[u8; 32]) -> lode::store::Result<bool> {

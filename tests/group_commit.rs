@@ -20,7 +20,7 @@ async fn put_all(client: &Arc<HttpMirror>, blobs: &[Vec<u8>]) -> Vec<Result<(), 
     let mut tasks = tokio::task::JoinSet::new();
     for (i, blob) in blobs.iter().enumerate() {
         let (client, blob) = (client.clone(), blob.clone());
-        tasks.spawn(async move { (i, client.put_share(&sha256(&blob), &blob).await) });
+        tasks.spawn(async move { (i, client.put_share(&sha256(&blob), blob.into()).await) });
     }
     let mut out: Vec<Option<Result<(), Error>>> = (0..blobs.len()).map(|_| None).collect();
     while let Some(done) = tasks.join_next().await {

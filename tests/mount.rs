@@ -524,3 +524,21 @@ fn statfs_reports_the_mirrors_room() {
         std::thread::sleep(Duration::from_millis(500));
     }
 }
+
+/// A root mount raises its kernel readahead from FUSE's 128 KiB, so a
+/// sequential reader's requests come in 1 MiB pieces.
+#[test]
+fn a_root_mount_widens_its_kernel_readahead() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (_mirrors, client) = common::three_mirrors_and_client(tmp.path());
+    let mp = tmp.path().join("mnt");
+    let _m = Mounted::new(&client, &mp);
+    let dev = std::fs::metadata(&mp).unwrap().dev();
+    let knob = format!(
+        "/sys/class/bdi/{}:{}/read_ahead_kb",
+        libc::major(dev),
+        libc::minor(dev)
+    );
+    let kib = std::fs::read_to_string(&knob).unwrap();
+    assert_eq!(kib.trim(), "1024", "{knob}");
+}

@@ -79,7 +79,7 @@ fn multi_level_manifest_reads_back() {
         groups.extend(tail);
         for g in &groups {
             for s in g {
-                store.put_share(&s.id(), s.as_bytes()).await.unwrap();
+                store.put_share(&s.id(), s.shared_bytes()).await.unwrap();
             }
         }
         assert_eq!(cap.size, expected.len() as u64);

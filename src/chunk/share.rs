@@ -99,12 +99,13 @@ impl std::fmt::Debug for Share {
 impl Share {
     /// Parse share bytes, checking the header is well formed. This does not
     /// check the id; use [`Share::verify`] for bytes from a mirror.
-    pub fn parse(bytes: Vec<u8>) -> Result<Share> {
+    pub fn parse(bytes: impl Into<Bytes>) -> Result<Share> {
+        let bytes = bytes.into();
         let id = sha256(&bytes);
         Share::parse_with_id(bytes, id)
     }
 
-    fn parse_with_id(bytes: Vec<u8>, id: ShareId) -> Result<Share> {
+    fn parse_with_id(bytes: Bytes, id: ShareId) -> Result<Share> {
         if bytes.len() < HEADER_LEN + 2 {
             return Err(Error::MalformedShare("shorter than a header"));
         }
@@ -133,14 +134,15 @@ impl Share {
                 index,
                 payload_len,
             },
-            bytes: bytes.into(),
+            bytes,
             id,
         })
     }
 
     /// Check `bytes` against the id they were asked for, then parse them.
     /// This is the boundary where a hostile mirror's answer is judged.
-    pub fn verify(bytes: Vec<u8>, id: &ShareId) -> Result<Share> {
+    pub fn verify(bytes: impl Into<Bytes>, id: &ShareId) -> Result<Share> {
+        let bytes = bytes.into();
         if &sha256(&bytes) != id {
             return Err(Error::Corrupt(*id));
         }

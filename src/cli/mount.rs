@@ -278,6 +278,7 @@ pub fn mount(args: MountArgs) -> Result<()> {
     fuse_config.acl = acl;
     let background = fuser::spawn_mount(Mount(fs.clone()), &args.mountpoint, &fuse_config)
         .with_context(|| format!("cannot mount at {}", args.mountpoint.display()))?;
+    widen_readahead(&args.mountpoint);
     eprintln!("lode mounted at {}", args.mountpoint.display());
     let (done_tx, done_rx) = std::sync::mpsc::channel();
     std::thread::spawn(move || {
@@ -319,6 +320,36 @@ pub fn mount(args: MountArgs) -> Result<()> {
     let _ = std::fs::remove_file(socket);
     drop(lock);
     Ok(())
+}
+
+/// The kernel's readahead for the mount, in KiB. A FUSE mount starts with
+/// 128 KiB, so a sequential reader's requests come 128 KiB at a time, each
+/// a trip through the FUSE queue and a thread switch; at 1 MiB (the most
+/// one request carries, FUSE's 256 pages) the kernel asks for a quarter to
+/// a whole chunk at once. The mount's own readahead (`fuse::fs`) keeps the
+/// chunks themselves coming.
+const KERNEL_READAHEAD_KIB: u32 = 1024;
+
+/// Raise the mount's readahead through sysfs, as JuiceFS does; the kernel
+/// offers no mount option for it. Only root may: for anyone else, and on a
+/// kernel without the file, reads keep the default.
+fn widen_readahead(mountpoint: &Path) {
+    use std::os::unix::fs::MetadataExt;
+    let dev = match std::fs::metadata(mountpoint) {
+        Ok(meta) => meta.dev(),
+        Err(e) => {
+            tracing::debug!(error = %e, "no stat of the mount; default readahead");
+            return;
+        }
+    };
+    let knob = format!(
+        "/sys/class/bdi/{}:{}/read_ahead_kb",
+        libc::major(dev),
+        libc::minor(dev)
+    );
+    if let Err(e) = std::fs::write(&knob, KERNEL_READAHEAD_KIB.to_string()) {
+        tracing::debug!(%knob, error = %e, "default readahead");
+    }
 }
 
 fn unmount(mountpoint: &Path) {

@@ -25,7 +25,7 @@ use super::tree::{Body, FRIENDS, FRIENDS_NAME, Node, ROOT, Tree};
 use super::{Error, Result, errno};
 use crate::caps::{DirReadCap, FileReadCap};
 use crate::dir::{EntryKind, check_name};
-use crate::store::{Space, Vault, now};
+use crate::store::{Pieces, Space, Vault, now};
 
 /// How long the kernel may cache attributes and names. Our own tree changes
 /// only through this mount, so the cache stays coherent; friends' trees
@@ -1177,7 +1177,7 @@ impl LodeFs {
         Ok(())
     }
 
-    fn do_read(&self, ino: u64, offset: u64, size: u32) -> Result<Vec<u8>> {
+    fn do_read(&self, ino: u64, offset: u64, size: u32) -> Result<Pieces> {
         let (staged, cap) = {
             let tree = self.lock();
             match &tree.nodes.get(&ino).ok_or(Error::NotFound)?.body {
@@ -1198,17 +1198,17 @@ impl LodeFs {
                 done += n;
             }
             buf.truncate(done);
-            return Ok(buf);
+            return Ok(Pieces::owned(buf));
         }
         match cap {
             Some(cap) => {
                 let data = self
                     .rt
-                    .block_on(self.vault.read_range(&cap, offset, size as u64))?;
+                    .block_on(self.vault.read_pieces(&cap, offset, size as u64))?;
                 self.read_ahead(ino, &cap, offset, data.len() as u64);
                 Ok(data)
             }
-            None => Ok(Vec::new()),
+            None => Ok(Pieces::owned(Vec::new())),
         }
     }
 
@@ -1599,7 +1599,7 @@ impl Filesystem for Mount {
         reply: ReplyData,
     ) {
         guarded("read", || match self.do_read(ino.0, offset, size) {
-            Ok(data) => reply.data(&data),
+            Ok(data) => reply.data(&data.joined()),
             Err(e) => reply.error(errno(&e)),
         })
     }

@@ -250,7 +250,7 @@ impl Grid {
         let mut lost = lost;
         for (i, j) in corrupt {
             self.mirrors()[j]
-                .repair_share(&obj.ids[i], all[i].as_bytes())
+                .repair_share(&obj.ids[i], all[i].shared_bytes())
                 .await?;
             lost.retain(|&l| l != i);
             written += 1;

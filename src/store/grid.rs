@@ -123,7 +123,7 @@ impl Grid {
                 let mirror = self.mirrors[order[pos]].clone();
                 let share = shares[i].clone();
                 tasks.spawn(async move {
-                    let result = mirror.put_share(&share.id(), share.as_bytes()).await;
+                    let result = mirror.put_share(&share.id(), share.shared_bytes()).await;
                     (i, pos, result)
                 });
             }

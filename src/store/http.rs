@@ -9,6 +9,7 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
+use bytes::Bytes;
 use reqwest::{Method, StatusCode};
 
 use super::{Error, Result, Storage};
@@ -70,7 +71,7 @@ impl HttpMirror {
         &self,
         method: Method,
         path: &str,
-        body: Option<&[u8]>,
+        body: Option<Bytes>,
         digest: Option<Hash>,
         sign: bool,
     ) -> Result<reqwest::Response> {
@@ -85,13 +86,14 @@ impl HttpMirror {
                 .client
                 .request(method.clone(), format!("{}{path}", self.base));
             if sign {
-                let digest = digest.unwrap_or_else(|| sha256(body.unwrap_or_default()));
+                let digest = digest.unwrap_or_else(|| sha256(body.as_deref().unwrap_or_default()));
                 let auth =
                     RequestAuth::sign_digest(&self.key, method.as_str(), path, unix_now(), &digest);
                 req = req.header(reqwest::header::AUTHORIZATION, auth.header());
             }
-            if let Some(b) = body {
-                req = req.body(b.to_vec());
+            if let Some(b) = &body {
+                // Shared, not copied: a retry sends the same bytes.
+                req = req.body(b.clone());
             }
             match req.send().await {
                 Ok(resp) => {
@@ -133,7 +135,7 @@ impl HttpMirror {
         })
         .expect("renew request serializes");
         let resp = self
-            .send(Method::POST, "/v1/renew", Some(&body), None, true)
+            .send(Method::POST, "/v1/renew", Some(body.into()), None, true)
             .await?;
         resp.json().await.map_err(|e| self.unavailable(e))
     }
@@ -153,13 +155,12 @@ impl HttpMirror {
     }
 
     /// GET a body, or `None` on 404.
-    async fn get_optional(&self, path: &str) -> Result<Option<Vec<u8>>> {
+    async fn get_optional(&self, path: &str) -> Result<Option<Bytes>> {
         let resp = self.send(Method::GET, path, None, None, false).await?;
         if resp.status() == StatusCode::NOT_FOUND {
             return Ok(None);
         }
-        let bytes = resp.bytes().await.map_err(|e| self.unavailable(e))?;
-        Ok(Some(bytes.to_vec()))
+        Ok(Some(resp.bytes().await.map_err(|e| self.unavailable(e))?))
     }
 
     fn record_latency(&self, took: Duration) {
@@ -170,7 +171,7 @@ impl HttpMirror {
         });
     }
 
-    async fn put_share_inner(&self, id: &ShareId, bytes: &[u8], repair: bool) -> Result<()> {
+    async fn put_share_inner(&self, id: &ShareId, bytes: Bytes, repair: bool) -> Result<()> {
         let path = format!(
             "/v1/share/{}{}",
             hex(id),
@@ -199,15 +200,15 @@ impl Storage for HttpMirror {
         *self.latency.lock().expect("latency lock")
     }
 
-    async fn put_share(&self, id: &ShareId, bytes: &[u8]) -> Result<()> {
+    async fn put_share(&self, id: &ShareId, bytes: Bytes) -> Result<()> {
         self.put_share_inner(id, bytes, false).await
     }
 
-    async fn repair_share(&self, id: &ShareId, bytes: &[u8]) -> Result<()> {
+    async fn repair_share(&self, id: &ShareId, bytes: Bytes) -> Result<()> {
         self.put_share_inner(id, bytes, true).await
     }
 
-    async fn get_share(&self, id: &ShareId) -> Result<Option<Vec<u8>>> {
+    async fn get_share(&self, id: &ShareId) -> Result<Option<Bytes>> {
         let start = Instant::now();
         let bytes = self.get_optional(&format!("/v1/share/{}", hex(id))).await?;
         if bytes.is_some() {
@@ -233,7 +234,13 @@ impl Storage for HttpMirror {
         let env = crate::dir::SlotEnvelope::decode(envelope)?;
         let path = format!("/v1/slot/{}", hex(&env.public_key));
         let resp = self
-            .send(Method::PUT, &path, Some(envelope), None, true)
+            .send(
+                Method::PUT,
+                &path,
+                Some(Bytes::copy_from_slice(envelope)),
+                None,
+                true,
+            )
             .await?;
         if resp.status() == StatusCode::CONFLICT {
             // A retried upload may have landed the first time: the same
@@ -261,8 +268,10 @@ impl Storage for HttpMirror {
     }
 
     async fn get_slot(&self, public_key: &[u8; 32]) -> Result<Option<Vec<u8>>> {
-        self.get_optional(&format!("/v1/slot/{}", hex(public_key)))
-            .await
+        Ok(self
+            .get_optional(&format!("/v1/slot/{}", hex(public_key)))
+            .await?
+            .map(|b| b.to_vec()))
     }
 
     async fn claim(&self, ids: &[[u8; 32]]) -> Result<Vec<[u8; 32]>> {

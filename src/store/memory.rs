@@ -5,6 +5,7 @@ use std::collections::HashMap;
 use std::sync::Mutex;
 
 use async_trait::async_trait;
+use bytes::Bytes;
 
 use super::{Error, Result, Storage};
 use crate::chunk::ShareId;
@@ -15,7 +16,7 @@ use crate::dir::SlotEnvelope;
 #[derive(Default)]
 pub struct MemoryStorage {
     name: String,
-    shares: Mutex<HashMap<ShareId, Vec<u8>>>,
+    shares: Mutex<HashMap<ShareId, Bytes>>,
     slots: Mutex<HashMap<[u8; 32], Vec<u8>>>,
 }
 
@@ -42,7 +43,7 @@ impl MemoryStorage {
             .lock()
             .expect("lock")
             .values()
-            .map(Vec::len)
+            .map(Bytes::len)
             .sum()
     }
 
@@ -63,7 +64,11 @@ impl MemoryStorage {
             .lock()
             .expect("lock")
             .get_mut(id)
-            .map(f)
+            .map(|held| {
+                let mut bytes = held.to_vec();
+                f(&mut bytes);
+                *held = bytes.into();
+            })
             .is_some()
     }
 
@@ -84,23 +89,20 @@ impl Storage for MemoryStorage {
         &self.name
     }
 
-    async fn put_share(&self, id: &ShareId, bytes: &[u8]) -> Result<()> {
-        self.check_id(id, bytes)?;
+    async fn put_share(&self, id: &ShareId, bytes: Bytes) -> Result<()> {
+        self.check_id(id, &bytes)?;
         let mut shares = self.shares.lock().expect("lock");
-        shares.entry(*id).or_insert_with(|| bytes.to_vec());
+        shares.entry(*id).or_insert(bytes);
         Ok(())
     }
 
-    async fn repair_share(&self, id: &ShareId, bytes: &[u8]) -> Result<()> {
-        self.check_id(id, bytes)?;
-        self.shares
-            .lock()
-            .expect("lock")
-            .insert(*id, bytes.to_vec());
+    async fn repair_share(&self, id: &ShareId, bytes: Bytes) -> Result<()> {
+        self.check_id(id, &bytes)?;
+        self.shares.lock().expect("lock").insert(*id, bytes);
         Ok(())
     }
 
-    async fn get_share(&self, id: &ShareId) -> Result<Option<Vec<u8>>> {
+    async fn get_share(&self, id: &ShareId) -> Result<Option<Bytes>> {
         Ok(self.shares.lock().expect("lock").get(id).cloned())
     }
 

@@ -23,9 +23,10 @@ pub use check::{CheckReport, MirrorTally, Object, ObjectHealth, ShareState};
 pub use grid::{Grid, GridConfig, Room, Space};
 pub use http::HttpMirror;
 pub use memory::MemoryStorage;
-pub use vault::{Vault, now};
+pub use vault::{Pieces, Vault, now};
 
 use async_trait::async_trait;
+use bytes::Bytes;
 
 use crate::chunk::ShareId;
 
@@ -98,16 +99,16 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 pub trait Storage: Send + Sync {
     /// A short name for messages and reports, such as the mirror's URL.
     fn name(&self) -> &str;
-    async fn put_share(&self, id: &ShareId, bytes: &[u8]) -> Result<()>;
+    async fn put_share(&self, id: &ShareId, bytes: Bytes) -> Result<()>;
     /// The bytes stored under `id`, or `None` if this store lacks it.
-    async fn get_share(&self, id: &ShareId) -> Result<Option<Vec<u8>>>;
+    async fn get_share(&self, id: &ShareId) -> Result<Option<Bytes>>;
     async fn has_share(&self, id: &ShareId) -> Result<bool>;
     async fn put_slot(&self, envelope: &[u8]) -> Result<()>;
     async fn get_slot(&self, public_key: &[u8; 32]) -> Result<Option<Vec<u8>>>;
 
     /// Store a share, replacing the held copy if it no longer matches its
     /// id (repair). Stores that cannot go bad may keep `put_share`'s no-op.
-    async fn repair_share(&self, id: &ShareId, bytes: &[u8]) -> Result<()> {
+    async fn repair_share(&self, id: &ShareId, bytes: Bytes) -> Result<()> {
         self.put_share(id, bytes).await
     }
 

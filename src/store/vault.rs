@@ -63,6 +63,43 @@ impl Drop for Retire<'_> {
     }
 }
 
+/// A verified chunk's plaintext, shared by the cache and its readers.
+type Plain = Arc<Vec<u8>>;
+
+/// Bytes of a file, as ranges of shared buffers (verified chunks).
+pub struct Pieces(Vec<(Plain, std::ops::Range<usize>)>);
+
+impl Pieces {
+    /// Bytes already in memory, as one piece.
+    pub fn owned(bytes: Vec<u8>) -> Pieces {
+        let len = bytes.len();
+        Pieces(vec![(Arc::new(bytes), 0..len)])
+    }
+
+    pub fn len(&self) -> usize {
+        self.0.iter().map(|(_, r)| r.len()).sum()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// The bytes as one slice: borrowed if they are one piece, else joined.
+    pub fn joined(&self) -> std::borrow::Cow<'_, [u8]> {
+        match &self.0[..] {
+            [] => std::borrow::Cow::Borrowed(&[]),
+            [(buf, range)] => std::borrow::Cow::Borrowed(&buf[range.clone()]),
+            many => {
+                let mut out = Vec::with_capacity(self.len());
+                for (buf, range) in many {
+                    out.extend_from_slice(&buf[range.clone()]);
+                }
+                std::borrow::Cow::Owned(out)
+            }
+        }
+    }
+}
+
 /// Manifest nodes kept open (a full leaf is about 100 KiB).
 const NODE_CACHE: usize = 64;
 
@@ -354,7 +391,7 @@ impl Vault {
         cap: &FileReadCap,
         offset: u64,
         len: u64,
-        visit: &mut (dyn FnMut(u64, &[u8]) -> Result<()> + Send),
+        visit: &mut (dyn FnMut(u64, &Plain) -> Result<()> + Send),
     ) -> Result<()> {
         let root = self.fetch_root(&cap.root, &cap.read_key).await?;
         if root.size != cap.size {
@@ -402,16 +439,26 @@ impl Vault {
 
     /// Read `len` bytes at `offset` (fewer at the end of the file).
     pub async fn read_range(&self, cap: &FileReadCap, offset: u64, len: u64) -> Result<Vec<u8>> {
+        Ok(self
+            .read_pieces(cap, offset, len)
+            .await?
+            .joined()
+            .into_owned())
+    }
+
+    /// [`Vault::read_range`] as slices of the verified chunks themselves:
+    /// a read within one chunk (most of a FUSE reader's) copies nothing.
+    pub async fn read_pieces(&self, cap: &FileReadCap, offset: u64, len: u64) -> Result<Pieces> {
         let end = offset.saturating_add(len).min(cap.size);
-        let mut out = Vec::with_capacity(end.saturating_sub(offset) as usize);
+        let mut pieces = Vec::new();
         self.walk_range(cap, offset, len, &mut |lo, plain| {
             let from = offset.saturating_sub(lo) as usize;
             let to = ((end - lo) as usize).min(plain.len());
-            out.extend_from_slice(&plain[from..to]);
+            pieces.push((plain.clone(), from..to));
             Ok(())
         })
         .await?;
-        Ok(out)
+        Ok(Pieces(pieces))
     }
 
     /// Fetch the chunks of `[offset, offset+len)` into the cache, for a
