@@ -542,3 +542,71 @@ fn a_root_mount_widens_its_kernel_readahead() {
     let kib = std::fs::read_to_string(&knob).unwrap();
     assert_eq!(kib.trim(), "1024", "{knob}");
 }
+
+/// A friend's update reaches the mount within the refresh interval, even
+/// when only the bytes change (same size, so the kernel sees no reason of
+/// its own to drop the pages it cached; opens keep them otherwise), and a
+/// refresh that cannot reach the mirrors keeps what was listed.
+#[test]
+fn a_friends_update_shows_at_the_next_open() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (mut mirrors, alice) = common::three_mirrors_and_client(tmp.path());
+    let alice_mp = tmp.path().join("alice-mnt");
+    let am = Mounted::new(&alice, &alice_mp);
+    std::fs::create_dir(alice_mp.join("shared")).unwrap();
+    let first = common::seeded_bytes("friend v1", 300_000);
+    let second = common::seeded_bytes("friend v2", first.len());
+    let fsynced = |bytes: &[u8]| {
+        let path = alice_mp.join("shared/f.bin");
+        std::fs::write(&path, bytes).unwrap();
+        std::fs::File::open(&path).unwrap().sync_all().unwrap();
+        std::fs::File::open(alice_mp.join("shared"))
+            .unwrap()
+            .sync_all()
+            .unwrap();
+    };
+    fsynced(&first);
+    let cap = alice.ok(&["share", "shared"]).trim().to_string();
+
+    let urls: Vec<&str> = mirrors.iter().map(|m| m.url.as_str()).collect();
+    let bob = Client::new(&tmp.path().join("bob"), &urls);
+    bob.set_config("refresh_secs", "1");
+    bob.ok(&["friend", "add", "alice", &cap]);
+    let bob_mp = tmp.path().join("bob-mnt");
+    let bm = Mounted::new(&bob, &bob_mp);
+    let theirs = bob_mp.join("friends/alice/f.bin");
+    // Read twice: the second open may keep the pages of the first.
+    assert!(std::fs::read(&theirs).unwrap() == first);
+    assert!(std::fs::read(&theirs).unwrap() == first);
+
+    fsynced(&second);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let seen = std::fs::read(&theirs).unwrap();
+        if seen == second {
+            break;
+        }
+        assert!(seen == first, "a read mixed the old and new versions");
+        assert!(
+            Instant::now() < deadline,
+            "the friend's update did not show within 30 s"
+        );
+        std::thread::sleep(Duration::from_millis(250));
+    }
+    // With every mirror down, a refresh keeps the listing it had: the
+    // friend's tree still resolves, past the refresh interval.
+    for m in &mut mirrors {
+        m.stop();
+    }
+    std::thread::sleep(Duration::from_millis(1500));
+    let meta = std::fs::metadata(&theirs).unwrap();
+    assert_eq!(meta.len(), second.len() as u64);
+    assert!(
+        std::fs::read_dir(bob_mp.join("friends/alice"))
+            .unwrap()
+            .count()
+            == 1
+    );
+    drop(bm);
+    drop(am);
+}

@@ -232,7 +232,7 @@ impl LodeFs {
     /// List a directory if it has not been, or (read-only ones) if the
     /// listing is older than the refresh interval.
     fn load(&self, ino: u64) -> Result<()> {
-        let read = {
+        let (read, loaded) = {
             let tree = self.lock();
             match &tree.nodes.get(&ino).ok_or(Error::NotFound)?.body {
                 Body::Dir {
@@ -246,14 +246,19 @@ impl LodeFs {
                     if children.is_some() && !stale {
                         return Ok(());
                     }
-                    read.clone()
+                    (read.clone(), children.is_some())
                 }
                 Body::Friends => return Ok(()),
                 _ => return Err(Error::NotADirectory),
             }
         };
-        let listing = self.rt.block_on(self.vault.list(&read))?;
-        self.lock().load(ino, listing);
+        match self.rt.block_on(self.vault.list(&read)) {
+            Ok(listing) => self.lock().load(ino, listing),
+            // A refresh that cannot reach the mirrors keeps what was
+            // listed, and tries again at the next access.
+            Err(e) if loaded => tracing::debug!(ino, error = %e, "refresh failed"),
+            Err(e) => return Err(e.into()),
+        }
         Ok(())
     }
 
@@ -1125,7 +1130,9 @@ impl LodeFs {
         Ok(attr)
     }
 
-    fn do_open(&self, ino: u64, flags: OpenFlags) -> Result<()> {
+    /// Open `ino`; returns whether the kernel may keep the pages it has
+    /// cached for the file (see `Node::stale_pages`).
+    fn do_open(&self, ino: u64, flags: OpenFlags) -> Result<bool> {
         let write = flags.0 & libc::O_ACCMODE != libc::O_RDONLY;
         let trunc = flags.0 & libc::O_TRUNC != 0;
         let (parent, orphan) = self
@@ -1143,8 +1150,9 @@ impl LodeFs {
         let mut tree = self.lock();
         let node = tree.nodes.get_mut(&ino).ok_or(Error::NotFound)?;
         node.opens += 1;
+        let keep_cache = !std::mem::take(&mut node.stale_pages);
         if !write {
-            return Ok(());
+            return Ok(keep_cache);
         }
         if trunc {
             node.size = 0;
@@ -1174,7 +1182,7 @@ impl LodeFs {
         if trunc {
             tree.changed(ino);
         }
-        Ok(())
+        Ok(keep_cache)
     }
 
     fn do_read(&self, ino: u64, offset: u64, size: u32) -> Result<Pieces> {
@@ -1579,9 +1587,13 @@ impl Filesystem for Mount {
 
     fn open(&self, _req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
         guarded("open", || match self.do_open(ino.0, flags) {
-            Ok(()) => reply.opened(
+            Ok(keep_cache) => reply.opened(
                 FileHandle(self.next_fh.fetch_add(1, Ordering::Relaxed)),
-                FopenFlags::empty(),
+                if keep_cache {
+                    FopenFlags::FOPEN_KEEP_CACHE
+                } else {
+                    FopenFlags::empty()
+                },
             ),
             Err(e) => reply.error(errno(&e)),
         })

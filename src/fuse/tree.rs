@@ -77,6 +77,11 @@ pub struct Node {
     pub opens: u32,
     /// No name refers to the inode any more.
     pub orphan: bool,
+    /// A listing brought this file's content from elsewhere (a friend's
+    /// update) since the kernel last opened it, so the pages the kernel
+    /// cached then are stale. Every other change of a file's bytes goes
+    /// through the kernel, which keeps its own cache in step.
+    pub stale_pages: bool,
     pub body: Body,
 }
 
@@ -99,6 +104,7 @@ impl Node {
             lookups: 0,
             opens: 0,
             orphan: false,
+            stale_pages: false,
             body,
         }
     }
@@ -308,6 +314,12 @@ impl Tree {
         node.uid = fresh.uid;
         node.gid = fresh.gid;
         node.nlink = fresh.nlink;
+        if let (Body::File { cap: held, .. }, Body::File { cap: new, .. }) =
+            (&node.body, &fresh.body)
+            && held != new
+        {
+            node.stale_pages = true;
+        }
         match (&mut node.body, fresh.body) {
             (Body::Dir { .. }, Body::Dir { .. }) => {}
             (body, fresh) => *body = fresh,
@@ -540,6 +552,7 @@ impl Tree {
             lookups: 0,
             opens: 0,
             orphan: false,
+            stale_pages: false,
             body,
         })
     }
