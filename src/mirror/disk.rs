@@ -72,9 +72,12 @@ impl Staged {
     }
 }
 
-/// Body bytes gathered in memory between writes, so that a small share is
-/// created, written and fsynced in one blocking call, not one per piece.
-const WRITE_BUFFER: usize = 256 * 1024;
+/// Most body bytes gathered in memory between writes. A share up to this
+/// size (all but the largest: an average 1 MiB chunk makes 512 KiB shares
+/// at k = 2) is created, written and fsynced in one blocking call, not one
+/// per piece; an upload's buffer is no larger than its declared length, so
+/// a small share costs a page, not the whole buffer.
+const WRITE_BUFFER: usize = 1024 * 1024;
 
 /// How long an upload may stall between two pieces of its body.
 const BODY_IDLE: std::time::Duration = std::time::Duration::from_secs(60);
@@ -134,17 +137,23 @@ struct ShareFile {
     /// Created on the first write.
     file: Option<std::fs::File>,
     direct: bool,
-    /// `WRITE_BUFFER` bytes from `start` are block-aligned.
+    /// `capacity` bytes from `start` are block-aligned.
     raw: Vec<u8>,
     start: usize,
+    capacity: usize,
     filled: usize,
     /// Bytes already in the file.
     written: u64,
 }
 
 impl ShareFile {
-    fn new(tmp: PathBuf) -> ShareFile {
-        let raw = vec![0; WRITE_BUFFER + DIRECT_ALIGN];
+    /// A share file for a body of at most `max_len` bytes.
+    fn new(tmp: PathBuf, max_len: u64) -> ShareFile {
+        let capacity = usize::try_from(max_len)
+            .unwrap_or(usize::MAX)
+            .clamp(1, WRITE_BUFFER)
+            .next_multiple_of(DIRECT_ALIGN);
+        let raw = vec![0; capacity + DIRECT_ALIGN];
         let start = raw.as_ptr().align_offset(DIRECT_ALIGN);
         ShareFile {
             tmp,
@@ -152,6 +161,7 @@ impl ShareFile {
             direct: true,
             raw,
             start,
+            capacity,
             filled: 0,
             written: 0,
         }
@@ -159,7 +169,7 @@ impl ShareFile {
 
     /// Copy as much of `bytes` into the buffer as fits; returns how much.
     fn fill(&mut self, bytes: &[u8]) -> usize {
-        let n = bytes.len().min(WRITE_BUFFER - self.filled);
+        let n = bytes.len().min(self.capacity - self.filled);
         let at = self.start + self.filled;
         self.raw[at..at + n].copy_from_slice(&bytes[..n]);
         self.filled += n;
@@ -167,7 +177,7 @@ impl ShareFile {
     }
 
     fn is_full(&self) -> bool {
-        self.filled == WRITE_BUFFER
+        self.filled == self.capacity
     }
 
     /// Open the staging file, direct if `self.direct` and allowed.
@@ -316,7 +326,7 @@ impl ShareStore for DiskShares {
             .root
             .join("tmp")
             .join(format!("{}.{}", hex(id), rand::random::<u64>()));
-        let mut out = Some(ShareFile::new(tmp.clone()));
+        let mut out = Some(ShareFile::new(tmp.clone(), max_len));
         let mut hasher = Sha256::new();
         let mut len = 0u64;
         let result: Result<()> = async {

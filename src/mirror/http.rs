@@ -155,10 +155,9 @@ async fn put_share(
         return Ok(StatusCode::OK);
     }
     let stream = body.into_data_stream().map_err(std::io::Error::other);
-    let staged = m
-        .shares
-        .stage(&id, Box::pin(stream), MAX_SHARE_BYTES)
-        .await?;
+    // At most the declared length: hyper holds the body to it, and the
+    // store sizes its buffer by it.
+    let staged = m.shares.stage(&id, Box::pin(stream), len).await?;
     // Renamed into place and recorded together with the other uploads
     // staged by now; only that step holds the lock GC takes.
     m.commits.commit(staged, q.repair, account, now).await?;
