@@ -610,3 +610,63 @@ fn a_friends_update_shows_at_the_next_open() {
     drop(bm);
     drop(am);
 }
+
+/// After kill -9, staged files go back where they were, as changes the
+/// mount uploads itself: into directories never published, over the file
+/// they changed, and beside (never over) a directory that took the name
+/// while the mount was down.
+#[test]
+fn a_crash_recovery_keeps_what_took_the_name() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (_mirrors, client) = common::three_mirrors_and_client(tmp.path());
+    let mp = tmp.path().join("mnt");
+    let m = Mounted::new(&client, &mp);
+    let old = common::seeded_bytes("recover old", 5000);
+    std::fs::write(mp.join("edited"), &old).unwrap();
+    std::fs::File::open(mp.join("edited"))
+        .unwrap()
+        .sync_all()
+        .unwrap();
+    let edited = common::seeded_bytes("recover edited", 7000);
+    let deep = common::seeded_bytes("recover deep", 3000);
+    let clash = common::seeded_bytes("recover clash", 4000);
+    std::fs::write(mp.join("edited"), &edited).unwrap();
+    std::fs::create_dir_all(mp.join("new/er")).unwrap();
+    std::fs::write(mp.join("new/er/deep"), &deep).unwrap();
+    std::fs::write(mp.join("clash"), &clash).unwrap();
+    run(Command::new("pkill").args([
+        "-9",
+        "-f",
+        &format!("[l]ode mount {} --foreground", mp.display()),
+    ]));
+    let _ = Command::new("fusermount3").arg("-u").arg(&mp).status();
+    drop(m);
+    // While the mount is down, a directory takes the name "clash".
+    let local = tmp.path().join("local");
+    std::fs::create_dir(&local).unwrap();
+    write_file(&local, "inside", b"kept");
+    client.ok(&["put", local.to_str().unwrap(), "--to", "clash"]);
+
+    let m = Mounted::new(&client, &mp);
+    assert!(std::fs::read(mp.join("edited")).unwrap() == edited);
+    assert!(std::fs::read(mp.join("new/er/deep")).unwrap() == deep);
+    assert_eq!(std::fs::read(mp.join("clash/inside")).unwrap(), b"kept");
+    let beside: Vec<String> = std::fs::read_dir(&mp)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .filter(|n| n.starts_with("clash.recovered-"))
+        .collect();
+    assert_eq!(beside.len(), 1, "{beside:?}");
+    assert!(std::fs::read(mp.join(&beside[0])).unwrap() == clash);
+    drop(m);
+    // All of it was published: a fresh mount with nothing staged agrees.
+    let staging = client.home.join("data/staging");
+    let left = std::fs::read_dir(&staging).map_or(0, |d| d.count());
+    assert_eq!(left, 0, "left staged");
+    let m = Mounted::new(&client, &mp);
+    assert!(std::fs::read(mp.join("edited")).unwrap() == edited);
+    assert!(std::fs::read(mp.join("new/er/deep")).unwrap() == deep);
+    assert!(std::fs::read(mp.join(&beside[0])).unwrap() == clash);
+    assert_eq!(std::fs::read(mp.join("clash/inside")).unwrap(), b"kept");
+    drop(m);
+}

@@ -662,9 +662,13 @@ impl LodeFs {
         }
     }
 
-    /// Upload staged files a previous mount left behind (it crashed, or the
-    /// mirrors were down) and link them where they belong. Returns how many
-    /// were recovered; files that still cannot be uploaded stay staged.
+    /// Put staged files a previous mount left behind (it crashed, or the
+    /// mirrors were down) back where they belong, as local changes: they
+    /// show at once, read from staging, and the flusher uploads them and
+    /// publishes their directories like any other write (many files, one
+    /// publish per directory). Returns how many were adopted; a file that
+    /// cannot be placed now (the mirrors hold its directory and are down)
+    /// keeps its note and is tried again by the next mount.
     pub fn recover(&self) -> Result<usize> {
         let mut recovered = 0;
         let Ok(dir) = std::fs::read_dir(&self.config.staging) else {
@@ -685,27 +689,110 @@ impl LodeFs {
                 let _ = std::fs::remove_file(&file);
                 continue;
             };
-            let (parent, name) = path.rsplit_once('/').unwrap_or(("", path.as_str()));
-            let mtime = std::fs::metadata(&file)
-                .and_then(|m| m.modified())
-                .map(from_system_time)
-                .unwrap_or_else(|_| now());
-            let cap = self.rt.block_on(self.vault.put_path(&file))?;
-            let root = self.vault.root().clone();
-            let dir = self
-                .rt
-                .block_on(self.vault.walk_dirs(&root, parent, true))?;
-            self.rt.block_on(self.vault.link(
-                &dir,
-                name,
-                crate::dir::Entry::file(cap, mode, mtime),
-            ))?;
-            notes::remove(&file);
-            let _ = std::fs::remove_file(&file);
-            tracing::info!(path, "recovered a staged file");
-            recovered += 1;
+            match self.adopt(&file, &path, mode) {
+                Ok(()) => {
+                    tracing::info!(path, "recovered a staged file");
+                    recovered += 1;
+                }
+                Err(e) => tracing::warn!(path, error = %e, "a staged file stays staged"),
+            }
         }
         Ok(recovered)
+    }
+
+    /// Link the staged file `staged` at `path` (making missing directories)
+    /// as a file with unpublished changes. A file listed there is replaced,
+    /// as the crashed mount would have done: the staged data is the newer.
+    /// If something else (a directory, a symlink) holds the name now, both
+    /// are kept: the staged data goes beside it as `NAME.recovered-SECONDS`.
+    fn adopt(&self, staged: &Path, path: &str, mode: u32) -> Result<()> {
+        use std::os::unix::fs::MetadataExt;
+        let (dirs, name) = path.rsplit_once('/').unwrap_or(("", path));
+        check_name(name).map_err(|_| Error::BadName)?;
+        let owner = self.lock().owner;
+        let mut dir = ROOT;
+        for part in dirs.split('/').filter(|p| !p.is_empty()) {
+            check_name(part).map_err(|_| Error::BadName)?;
+            dir = match self.child(dir, part) {
+                Ok(ino) => ino,
+                Err(Error::NotFound) => self.mkdir_local(dir, part, 0o755, owner, 0)?.0,
+                Err(e) => return Err(e),
+            };
+        }
+        self.writable(dir)?;
+        let meta = std::fs::metadata(staged)?;
+        let (mtime, ctime) = (
+            (meta.mtime(), meta.mtime_nsec() as u32),
+            (meta.ctime(), meta.ctime_nsec() as u32),
+        );
+        let mut tree = self.lock();
+        let held = tree.children(dir).and_then(|c| c.get(name)).copied();
+        let name = match held.and_then(|i| tree.nodes.get(&i).map(|n| (i, n))) {
+            Some((ino, node)) if matches!(node.body, Body::File { .. }) => {
+                let node = tree.nodes.get_mut(&ino).expect("just seen");
+                if let Body::File {
+                    staged: held_copy,
+                    dirty,
+                    cached,
+                    generation,
+                    ..
+                } = &mut node.body
+                {
+                    if let Some(old) = held_copy.replace(staged.to_path_buf())
+                        && old != staged
+                    {
+                        let _ = std::fs::remove_file(old);
+                    }
+                    *dirty = true;
+                    *cached = false;
+                    *generation += 1;
+                }
+                node.size = meta.len();
+                node.mode = mode & 0o7777;
+                node.mtime = mtime;
+                node.ctime = ctime;
+                tree.changed(ino);
+                return Ok(());
+            }
+            Some(_) => format!("{name}.recovered-{}", ctime.0),
+            None => name.to_string(),
+        };
+        if tree.children(dir).is_some_and(|c| c.contains_key(&name)) {
+            return Err(Error::Exists);
+        }
+        let mut node = Node::new(
+            dir,
+            &name,
+            mode & 0o7777,
+            owner,
+            Body::File {
+                cap: None,
+                staged: Some(staged.to_path_buf()),
+                dirty: true,
+                writers: 0,
+                cached: false,
+                generation: 0,
+            },
+        );
+        node.size = meta.len();
+        node.mtime = mtime;
+        node.ctime = ctime;
+        let ino = tree.insert(node);
+        tree.children_mut(dir)
+            .ok_or(Error::NotADirectory)?
+            .insert(name.clone(), ino);
+        tree.touch_dir(dir);
+        drop(tree);
+        if name != path.rsplit('/').next().unwrap_or(path) {
+            tracing::warn!(
+                path,
+                kept_as = name,
+                "a staged file's name was changed since; both kept"
+            );
+            // Its note must name where it now lives.
+            self.note_staged(ino);
+        }
+        Ok(())
     }
 
     /// Upload every closed dirty file and publish every dirty directory.
@@ -854,8 +941,20 @@ impl LodeFs {
         }
         let (owner, setgid) = self.new_owner(req, parent);
         let mode = (mode & 0o7777) | if setgid { libc::S_ISGID } else { 0 };
-        // Made locally and published by the flusher like any change, so
-        // mkdir needs no round trip and works while the mirrors are down.
+        Ok(self.mkdir_local(parent, name, mode, owner, 1)?.1)
+    }
+
+    /// A new, empty directory under `parent`, with `lookups` handed to the
+    /// kernel. Made locally and published by the flusher like any change,
+    /// so mkdir needs no round trip and works while the mirrors are down.
+    fn mkdir_local(
+        &self,
+        parent: u64,
+        name: &str,
+        mode: u32,
+        owner: (u32, u32),
+        lookups: u64,
+    ) -> Result<(u64, FileAttr)> {
         let write = Vault::fresh_dir();
         let read = write.read_cap();
         let body = Body::Dir {
@@ -866,8 +965,12 @@ impl LodeFs {
         };
         let node = Node::new(parent, name, mode, owner, body);
         let (ino, attr) = self.new_child(parent, name, node)?;
-        self.lock().dirty.insert(ino);
-        Ok(attr)
+        let mut tree = self.lock();
+        if let Some(node) = tree.nodes.get_mut(&ino) {
+            node.lookups = lookups;
+        }
+        tree.dirty.insert(ino);
+        Ok((ino, attr))
     }
 
     fn do_mknod(
