@@ -701,10 +701,11 @@ impl LodeFs {
     }
 
     /// Link the staged file `staged` at `path` (making missing directories)
-    /// as a file with unpublished changes. A file listed there is replaced,
-    /// as the crashed mount would have done: the staged data is the newer.
-    /// If something else (a directory, a symlink) holds the name now, both
-    /// are kept: the staged data goes beside it as `NAME.recovered-SECONDS`.
+    /// as a file with unpublished changes. A published file there is
+    /// replaced, as the crashed mount would have done: the staged data is
+    /// the newer. If something else holds the name now (a directory, a
+    /// symlink, another staged file), both are kept: the staged data goes
+    /// beside it as `NAME.recovered-STAGED` (its staging file's name).
     fn adopt(&self, staged: &Path, path: &str, mode: u32) -> Result<()> {
         use std::os::unix::fs::MetadataExt;
         let (dirs, name) = path.rsplit_once('/').unwrap_or(("", path));
@@ -727,35 +728,39 @@ impl LodeFs {
         );
         let mut tree = self.lock();
         let held = tree.children(dir).and_then(|c| c.get(name)).copied();
-        let name = match held.and_then(|i| tree.nodes.get(&i).map(|n| (i, n))) {
-            Some((ino, node)) if matches!(node.body, Body::File { .. }) => {
-                let node = tree.nodes.get_mut(&ino).expect("just seen");
-                if let Body::File {
-                    staged: held_copy,
-                    dirty,
-                    cached,
-                    generation,
-                    ..
-                } = &mut node.body
-                {
-                    if let Some(old) = held_copy.replace(staged.to_path_buf())
-                        && old != staged
-                    {
-                        let _ = std::fs::remove_file(old);
-                    }
-                    *dirty = true;
-                    *cached = false;
-                    *generation += 1;
-                }
-                node.size = meta.len();
-                node.mode = mode & 0o7777;
-                node.mtime = mtime;
-                node.ctime = ctime;
-                tree.changed(ino);
-                return Ok(());
+        // A published file at the path: the staged data is its newer
+        // content. Anything else there (a directory, a symlink, or a file
+        // with unpublished changes of its own) is kept, and so is the
+        // staged data, beside it.
+        if let Some(node) = held.and_then(|i| tree.nodes.get_mut(&i))
+            && let Body::File {
+                staged: held_copy,
+                dirty: dirty @ false,
+                cached,
+                generation,
+                ..
+            } = &mut node.body
+        {
+            if let Some(old) = held_copy.replace(staged.to_path_buf()) {
+                let _ = std::fs::remove_file(old); // a kept copy: a cache
             }
-            Some(_) => format!("{name}.recovered-{}", ctime.0),
-            None => name.to_string(),
+            *dirty = true;
+            *cached = false;
+            *generation += 1;
+            node.size = meta.len();
+            node.mode = mode & 0o7777;
+            node.mtime = mtime;
+            node.ctime = ctime;
+            tree.changed(held.expect("held"));
+            return Ok(());
+        }
+        let beside = held.is_some();
+        let name = match beside {
+            true => format!(
+                "{name}.recovered-{}",
+                staged.file_name().unwrap_or_default().to_string_lossy()
+            ),
+            false => name.to_string(),
         };
         if tree.children(dir).is_some_and(|c| c.contains_key(&name)) {
             return Err(Error::Exists);
@@ -783,13 +788,13 @@ impl LodeFs {
             .insert(name.clone(), ino);
         tree.touch_dir(dir);
         drop(tree);
-        if name != path.rsplit('/').next().unwrap_or(path) {
+        if beside {
             tracing::warn!(
                 path,
                 kept_as = name,
-                "a staged file's name was changed since; both kept"
+                "the name was taken meanwhile; both kept"
             );
-            // Its note must name where it now lives.
+            // Its note must name where it lives now.
             self.note_staged(ino);
         }
         Ok(())
