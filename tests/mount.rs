@@ -236,6 +236,17 @@ fn tools_work_and_everything_survives_a_remount() {
     drop(m);
 }
 
+/// kill -9 the mount process at `mp`, then clear its dead FUSE connection
+/// so that it can be mounted again.
+fn kill_mount(mp: &Path) {
+    run(Command::new("pkill").args([
+        "-9",
+        "-f",
+        &format!("[l]ode mount {} --foreground", mp.display()),
+    ]));
+    let _ = Command::new("fusermount3").arg("-u").arg(mp).status();
+}
+
 /// kill -9 the mount while it writes: every fsynced file is exact after a
 /// remount, and the unsynced rest is recovered from staging untouched.
 #[test]
@@ -256,13 +267,7 @@ fn a_killed_mount_loses_nothing() {
     for i in 10..40 {
         std::fs::write(mp.join(format!("dir/unsynced{i}")), content(i)).unwrap();
     }
-    run(Command::new("pkill").args([
-        "-9",
-        "-f",
-        &format!("[l]ode mount {} --foreground", mp.display()),
-    ]));
-    // The dead FUSE connection must be cleared before remounting.
-    let _ = Command::new("fusermount3").arg("-u").arg(&mp).status();
+    kill_mount(&mp);
     drop(m);
     let m = Mounted::new(&client, &mp);
     for i in 0..10 {
@@ -634,12 +639,7 @@ fn a_crash_recovery_keeps_what_took_the_name() {
     std::fs::create_dir_all(mp.join("new/er")).unwrap();
     std::fs::write(mp.join("new/er/deep"), &deep).unwrap();
     std::fs::write(mp.join("clash"), &clash).unwrap();
-    run(Command::new("pkill").args([
-        "-9",
-        "-f",
-        &format!("[l]ode mount {} --foreground", mp.display()),
-    ]));
-    let _ = Command::new("fusermount3").arg("-u").arg(&mp).status();
+    kill_mount(&mp);
     drop(m);
     // While the mount is down, a directory takes the name "clash".
     let local = tmp.path().join("local");
