@@ -670,3 +670,50 @@ fn a_crash_recovery_keeps_what_took_the_name() {
     assert_eq!(std::fs::read(mp.join("clash/inside")).unwrap(), b"kept");
     drop(m);
 }
+
+/// A crashed mount restarted while every mirror is down: its staged files
+/// wait, and once the mirrors return they show and reach the mirrors with
+/// no further remount.
+#[test]
+fn a_restart_during_an_outage_recovers_once_the_mirrors_return() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (mut mirrors, client) = common::three_mirrors_and_client(tmp.path());
+    let mp = tmp.path().join("mnt");
+    let m = Mounted::new(&client, &mp);
+    std::fs::create_dir(mp.join("dir")).unwrap();
+    std::fs::File::open(&mp).unwrap().sync_all().unwrap();
+    let content = |i: usize| common::seeded_bytes(&format!("late {i}"), 3000 + i);
+    for i in 0..5 {
+        std::fs::write(mp.join(format!("dir/late{i}")), content(i)).unwrap();
+    }
+    kill_mount(&mp);
+    drop(m);
+    for mirror in &mut mirrors {
+        mirror.stop();
+    }
+    let m = Mounted::new(&client, &mp);
+    std::thread::sleep(Duration::from_secs(2));
+    for mirror in &mut mirrors {
+        mirror.restart();
+    }
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !client.run(&["sync"]).status.success() || !mp.join("dir/late4").exists() {
+        assert!(
+            Instant::now() < deadline,
+            "the staged files did not come back after the outage"
+        );
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    for i in 0..5 {
+        assert!(std::fs::read(mp.join(format!("dir/late{i}"))).unwrap() == content(i));
+    }
+    drop(m);
+    // Published: a fresh mount, with nothing staged, reads them back.
+    let staging = client.home.join("data/staging");
+    assert_eq!(std::fs::read_dir(&staging).map_or(0, |d| d.count()), 0);
+    let m = Mounted::new(&client, &mp);
+    for i in 0..5 {
+        assert!(std::fs::read(mp.join(format!("dir/late{i}"))).unwrap() == content(i));
+    }
+    drop(m);
+}

@@ -64,6 +64,10 @@ pub struct LodeFs {
     config: MountConfig,
     next_fh: AtomicU64,
     stop: Arc<AtomicBool>,
+    /// Staged files of an earlier mount that could not be put back in the
+    /// tree at the start (their directories were unreadable): the flusher
+    /// tries them again.
+    unadopted: Mutex<Vec<PathBuf>>,
     /// Kept local copies of published files, oldest first, and their bytes.
     kept: Mutex<Kept>,
     /// Signalled whenever a directory publish ends.
@@ -165,6 +169,7 @@ impl LodeFs {
             config,
             next_fh: AtomicU64::new(1),
             stop: Arc::new(AtomicBool::new(false)),
+            unadopted: Mutex::new(Vec::new()),
             kept: Mutex::new(Default::default()),
             published: std::sync::Condvar::new(),
             readahead: Mutex::new(Default::default()),
@@ -668,7 +673,9 @@ impl LodeFs {
     /// publishes their directories like any other write (many files, one
     /// publish per directory). Returns how many were adopted; a file that
     /// cannot be placed now (the mirrors hold its directory and are down)
-    /// keeps its note and is tried again by the next mount.
+    /// keeps its note, and the flusher tries it again (`retry_recovery`).
+    /// Runs before the mount is live: every staged file is an earlier
+    /// mount's.
     pub fn recover(&self) -> Result<usize> {
         let mut recovered = 0;
         let Ok(dir) = std::fs::read_dir(&self.config.staging) else {
@@ -694,10 +701,40 @@ impl LodeFs {
                     tracing::info!(path, "recovered a staged file");
                     recovered += 1;
                 }
-                Err(e) => tracing::warn!(path, error = %e, "a staged file stays staged"),
+                Err(e) => {
+                    tracing::warn!(path, error = %e, "a staged file stays staged; will retry");
+                    self.unadopted
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .push(file);
+                }
             }
         }
         Ok(recovered)
+    }
+
+    /// Try again to adopt what `recover` could not; returns how many
+    /// were adopted now.
+    fn retry_recovery(&self) -> usize {
+        let files = std::mem::take(&mut *self.unadopted.lock().unwrap_or_else(|p| p.into_inner()));
+        let mut adopted = 0;
+        for file in files {
+            let Some((path, mode)) = notes::read(&file) else {
+                continue;
+            };
+            match self.adopt(&file, &path, mode) {
+                Ok(()) => {
+                    tracing::info!(path, "recovered a staged file");
+                    adopted += 1;
+                }
+                Err(_) => self
+                    .unadopted
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .push(file),
+            }
+        }
+        adopted
     }
 
     /// Link the staged file `staged` at `path` (making missing directories)
@@ -898,6 +935,7 @@ impl LodeFs {
         std::thread::spawn(move || {
             while !fs.stop.load(Ordering::Relaxed) {
                 std::thread::sleep(Duration::from_secs(1));
+                fs.retry_recovery();
                 if let Err(e) = fs.flush_all() {
                     tracing::warn!(error = %e, "background flush failed; will retry");
                 }
