@@ -692,7 +692,11 @@ fn a_restart_during_an_outage_recovers_once_the_mirrors_return() {
         mirror.stop();
     }
     let m = Mounted::new(&client, &mp);
-    std::thread::sleep(Duration::from_secs(2));
+    // Not on the mirrors, and `lode sync` says so.
+    let out = client.run(&["sync"]);
+    assert!(!out.status.success());
+    let said = String::from_utf8_lossy(&out.stderr);
+    assert!(said.contains("not back in the tree"), "{said}");
     for mirror in &mut mirrors {
         mirror.restart();
     }

@@ -437,6 +437,14 @@ impl LodeFs {
 
     /// Files with changes not yet safe on the mirrors, and their bytes.
     pub fn backlog(&self) -> (usize, u64) {
+        let waiting = self
+            .unadopted
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+            .fold((0, 0), |(n, b), file| {
+                (n + 1, b + std::fs::metadata(file).map_or(0, |m| m.len()))
+            });
         let tree = self.lock();
         tree.nodes
             .values()
@@ -450,7 +458,7 @@ impl LodeFs {
                     }
                 )
             })
-            .fold((0, 0), |(n, b), node| (n + 1, b + node.size))
+            .fold(waiting, |(n, b), node| (n + 1, b + node.size))
     }
 
     /// Publish one directory's listing.
@@ -845,8 +853,20 @@ impl LodeFs {
     /// Like `flush_all`, and files still open for writing too: when this
     /// returns Ok, every change made before it was called is on the
     /// mirrors (the mount's syncfs, asked for by `lode sync`).
+    /// Staged files an earlier mount left that are not in the tree yet
+    /// count as not synced.
     pub fn sync_all(&self) -> Result<()> {
-        self.flush(true)
+        self.retry_recovery();
+        self.flush(true)?;
+        match self
+            .unadopted
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .len()
+        {
+            0 => Ok(()),
+            n => Err(Error::Unrecovered(n)),
+        }
     }
 
     fn flush(&self, open_too: bool) -> Result<()> {

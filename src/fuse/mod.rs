@@ -45,6 +45,10 @@ pub enum Error {
     Unsupported,
     #[error("invalid argument")]
     InvalidArgument,
+    #[error(
+        "{0} staged files of an earlier mount are not back in the tree yet (their directories cannot be read)"
+    )]
+    Unrecovered(usize),
     #[error("i/o: {0}")]
     Io(#[from] std::io::Error),
     #[error(transparent)]
@@ -67,6 +71,7 @@ pub fn errno(e: &Error) -> Errno {
         Error::NameTooLong => Errno::ENAMETOOLONG,
         Error::Unsupported => Errno::EPERM,
         Error::InvalidArgument => Errno::EINVAL,
+        Error::Unrecovered(_) => Errno::EIO,
         Error::Io(io) => Errno::from(io.kind()),
         Error::Store(s) => match s {
             S::NoSpace { .. } => Errno::ENOSPC,
