@@ -179,7 +179,7 @@ fn acknowledged_credit_survives_kill_9() {
     let tmp = tempfile::tempdir().unwrap();
     let mut mirror = pool_mirror(&tmp.path().join("m"), &[]);
     let (key, acct) = account(0x61);
-    let mut acked = 0u64;
+    let (mut acked, mut biggest) = (0u64, 0u64);
     for round in 0..3 {
         let addr = mirror.stratum.clone().unwrap();
         let mut m = TestMiner::connect(&addr);
@@ -201,7 +201,9 @@ fn acknowledged_credit_survives_kill_9() {
             nonce = m.grind(&job, &en2.to_be_bytes(), nonce, true);
             match m.submit(&acct, &job.id, &en2.to_be_bytes(), job.ntime, nonce) {
                 Some(r) if r["result"] == json!(true) => {
-                    acked += (m.difficulty * 1e6).round() as u64
+                    let credit = (m.difficulty * 1e6).round() as u64;
+                    acked += credit;
+                    biggest = biggest.max(credit);
                 }
                 Some(r) => panic!("unexpected rejection {r}"),
                 None => break, // the mirror died mid-stream
@@ -216,12 +218,20 @@ fn acknowledged_credit_survives_kill_9() {
         mirror.restart();
     }
     assert!(acked > 10, "too few shares to mean anything: {acked}");
+    // Every acknowledged share is credited. A kill between a credit's
+    // commit and its answer leaves that one share credited but never
+    // acknowledged: at most one per kill, the miner's loss, not the
+    // user's.
     let st = status(&mirror.url, &key);
-    assert_eq!(
-        st.credit_micro, acked,
-        "ledger credit differs from acknowledged shares"
+    assert!(
+        (acked..=acked + 3 * biggest).contains(&st.credit_micro),
+        "ledger credit {} against {acked} acknowledged (shares up to {biggest})",
+        st.credit_micro
     );
-    assert_eq!(recorded_credit(&mirror, &key.public_key()).0, acked);
+    assert_eq!(
+        recorded_credit(&mirror, &key.public_key()).0,
+        st.credit_micro
+    );
 }
 
 fn mirror_pid(m: &MirrorProc) -> u32 {

@@ -108,9 +108,13 @@ impl Ledger {
         }
     }
 
-    /// Record an accepted share and credit its difficulty, atomically.
-    /// Returns `false` (and credits nothing) if this exact share (by header
-    /// hash) was credited before, on any connection, before any restart.
+    /// Record an accepted share and credit its difficulty, atomically and
+    /// durably: the pool acknowledges a share only once this returns, so a
+    /// crash can leave a share credited and not acknowledged (the miner's
+    /// loss of one answer), never acknowledged and not credited (the
+    /// user's loss of credit). Returns `false` (and credits nothing) if
+    /// this exact share (by header hash) was credited before, on any
+    /// connection, before any restart.
     pub fn credit_share(
         &self,
         account: &[u8; 32],
@@ -118,23 +122,6 @@ impl Ledger {
         difficulty_micro: u64,
         hash: &[u8; 32],
         now: i64,
-    ) -> Result<bool> {
-        self.credit_share_then(account, worker, difficulty_micro, hash, now, || {})
-    }
-
-    /// As [`Self::credit_share`], running `acknowledge` after the credit is
-    /// written but before it commits. The pool answers the miner there:
-    /// the commit's own write is then the only step between answer and
-    /// durable credit, and a crash during its fsync (the long part) keeps
-    /// both, so credit and acknowledgements agree through kill -9.
-    pub fn credit_share_then(
-        &self,
-        account: &[u8; 32],
-        worker: &str,
-        difficulty_micro: u64,
-        hash: &[u8; 32],
-        now: i64,
-        acknowledge: impl FnOnce(),
     ) -> Result<bool> {
         self.with_tx(|tx| {
             let inserted = tx.execute(
@@ -152,7 +139,6 @@ impl Ledger {
                 params![&account[..], difficulty_micro as i64],
             )?;
             self.charge_in(tx, account, now)?;
-            acknowledge();
             Ok(true)
         })
     }

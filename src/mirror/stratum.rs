@@ -195,27 +195,20 @@ async fn connection(
                     }
                     Outcome::Accepted(a) => {
                         let (account, worker, micro, hash) = (a.account, a.worker.clone(), a.difficulty.micro(), a.hash);
-                        let accept = stratum::ok(&a.id, serde_json::Value::Bool(true)) + "\n";
-                        // Answer inside the credit's transaction, just
-                        // before it commits (see Ledger::credit_share_then).
-                        let socket = socket2::SockRef::from(lines.get_ref());
-                        let mut sent = 0;
+                        // Answered once the credit is committed (see
+                        // Ledger::credit_share).
                         let credited = tokio::task::block_in_place(|| {
-                            ledger.credit_share_then(&account, &worker, micro, &hash, unix_now(), || {
-                                sent = socket.send(accept.as_bytes()).unwrap_or(0);
-                            })
+                            ledger.credit_share(&account, &worker, micro, &hash, unix_now())
                         })
                         .map_err(|e| std::io::Error::other(e.to_string()))?;
                         if credited {
                             if let Some(fwd) = &forward {
                                 let _ = fwd.try_send(Forward { accepted: a.clone() });
                             }
-                            if sent < accept.len() {
-                                // The kernel took only part (or none): send the
-                                // rest the ordinary way.
-                                use tokio::io::AsyncWriteExt;
-                                lines.get_mut().write_all(&accept.as_bytes()[sent..]).await?;
-                            }
+                            lines
+                                .send(stratum::ok(&a.id, serde_json::Value::Bool(true)))
+                                .await
+                                .map_err(std::io::Error::other)?;
                         } else {
                             lines
                                 .send(stratum::err(&a.id, code::DUPLICATE, "duplicate share"))
