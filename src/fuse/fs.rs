@@ -704,45 +704,49 @@ impl LodeFs {
                 let _ = std::fs::remove_file(&file);
                 continue;
             };
-            match self.adopt(&file, &path, mode) {
-                Ok(()) => {
-                    tracing::info!(path, "recovered a staged file");
-                    recovered += 1;
-                }
-                Err(e) => {
-                    tracing::warn!(path, error = %e, "a staged file stays staged; will retry");
-                    self.unadopted
-                        .lock()
-                        .unwrap_or_else(|p| p.into_inner())
-                        .push(file);
-                }
-            }
+            recovered += usize::from(self.adopt_or_defer(file, &path, mode));
+        }
+        let left = self
+            .unadopted
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .len();
+        if left > 0 {
+            tracing::warn!(
+                left,
+                "staged files stay staged until their directories can be read"
+            );
         }
         Ok(recovered)
     }
 
-    /// Try again to adopt what `recover` could not; returns how many
-    /// were adopted now.
-    fn retry_recovery(&self) -> usize {
+    /// Try again to adopt what `recover` could not.
+    fn retry_recovery(&self) {
         let files = std::mem::take(&mut *self.unadopted.lock().unwrap_or_else(|p| p.into_inner()));
-        let mut adopted = 0;
         for file in files {
-            let Some((path, mode)) = notes::read(&file) else {
-                continue;
-            };
-            match self.adopt(&file, &path, mode) {
-                Ok(()) => {
-                    tracing::info!(path, "recovered a staged file");
-                    adopted += 1;
-                }
-                Err(_) => self
-                    .unadopted
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .push(file),
+            if let Some((path, mode)) = notes::read(&file) {
+                self.adopt_or_defer(file, &path, mode);
             }
         }
-        adopted
+    }
+
+    /// Adopt the staged `file` noted for `path`, or keep it for the
+    /// flusher to try again; returns whether it was adopted.
+    fn adopt_or_defer(&self, file: PathBuf, path: &str, mode: u32) -> bool {
+        match self.adopt(&file, path, mode) {
+            Ok(()) => {
+                tracing::info!(path, "recovered a staged file");
+                true
+            }
+            Err(e) => {
+                tracing::debug!(path, error = %e, "a staged file cannot be placed yet");
+                self.unadopted
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .push(file);
+                false
+            }
+        }
     }
 
     /// Link the staged file `staged` at `path` (making missing directories)
@@ -777,7 +781,8 @@ impl LodeFs {
         // content. Anything else there (a directory, a symlink, or a file
         // with unpublished changes of its own) is kept, and so is the
         // staged data, beside it.
-        if let Some(node) = held.and_then(|i| tree.nodes.get_mut(&i))
+        if let Some(ino) = held
+            && let Some(node) = tree.nodes.get_mut(&ino)
             && let Body::File {
                 staged: held_copy,
                 dirty: dirty @ false,
@@ -796,7 +801,7 @@ impl LodeFs {
             node.mode = mode & 0o7777;
             node.mtime = mtime;
             node.ctime = ctime;
-            tree.changed(held.expect("held"));
+            tree.changed(ino);
             return Ok(());
         }
         let beside = held.is_some();
