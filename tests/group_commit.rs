@@ -7,7 +7,7 @@ mod common;
 use std::sync::Arc;
 
 use common::MirrorProc;
-use lode::crypto::{RootSecret, sha256};
+use lode::crypto::RootSecret;
 use lode::store::{Error, HttpMirror, Storage};
 
 fn mirror_client(m: &MirrorProc, byte: u8) -> Arc<HttpMirror> {
@@ -20,7 +20,14 @@ async fn put_all(client: &Arc<HttpMirror>, blobs: &[Vec<u8>]) -> Vec<Result<(), 
     let mut tasks = tokio::task::JoinSet::new();
     for (i, blob) in blobs.iter().enumerate() {
         let (client, blob) = (client.clone(), blob.clone());
-        tasks.spawn(async move { (i, client.put_share(&sha256(&blob), blob.into()).await) });
+        tasks.spawn(async move {
+            (
+                i,
+                client
+                    .put_share(blake3::hash(&blob).as_bytes(), blob.into())
+                    .await,
+            )
+        });
     }
     let mut out: Vec<Option<Result<(), Error>>> = (0..blobs.len()).map(|_| None).collect();
     while let Some(done) = tasks.join_next().await {
@@ -46,7 +53,9 @@ fn concurrent_uploads_are_all_stored_and_recorded_once() {
         r.unwrap();
     }
     for blob in &blobs {
-        let got = rt.block_on(client.get_share(&sha256(blob))).unwrap();
+        let got = rt
+            .block_on(client.get_share(blake3::hash(blob).as_bytes()))
+            .unwrap();
         assert_eq!(got.as_deref(), Some(&blob[..]));
     }
     let status = rt.block_on(client.account()).unwrap();
@@ -69,7 +78,9 @@ fn a_burst_over_quota_is_refused_share_by_share_and_leaves_no_files() {
     let results = rt.block_on(put_all(&client, &blobs));
     let mut stored = 0;
     for (blob, r) in blobs.iter().zip(&results) {
-        let held = rt.block_on(client.has_share(&sha256(blob))).unwrap();
+        let held = rt
+            .block_on(client.has_share(blake3::hash(blob).as_bytes()))
+            .unwrap();
         match r {
             Ok(()) => {
                 stored += 1;

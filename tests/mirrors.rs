@@ -155,8 +155,9 @@ fn corrupt_mirror_is_named_and_repaired() {
     // The repaired files on disk are byte-for-byte what their ids say.
     for f in bad.share_files() {
         let id = f.file_name().unwrap().to_str().unwrap().to_string();
-        let hash =
-            data_encoding::HEXLOWER.encode(&lode::crypto::sha256(&std::fs::read(&f).unwrap()));
+        let hash = blake3::hash(&std::fs::read(&f).unwrap())
+            .to_hex()
+            .to_string();
         assert_eq!(hash, id);
     }
 }

@@ -88,6 +88,23 @@ proptest! {
         prop_assert!(err.to_string().contains(&expected));
     }
 
+    /// A mirror hashes an upload as it arrives, in whatever pieces the
+    /// network hands it; the id must not depend on where they split.
+    #[test]
+    fn id_hasher_is_split_blind(head in prop::sample::select(vec![&b"LDSH\x01"[..], b"LDSH\x02", b"LDS", b""]), body in prop::collection::vec(any::<u8>(), 0..3000), cuts in prop::collection::vec(any::<prop::sample::Index>(), 0..6)) {
+        let mut bytes = head.to_vec();
+        bytes.extend_from_slice(&body);
+        let mut at: Vec<usize> = cuts.iter().map(|c| c.index(bytes.len() + 1)).collect();
+        at.sort_unstable();
+        let mut hasher = lode::chunk::IdHasher::new();
+        let mut from = 0;
+        for to in at.into_iter().chain([bytes.len()]) {
+            hasher.update(&bytes[from..to]);
+            from = to;
+        }
+        prop_assert_eq!(hasher.finalize(), lode::chunk::share_id(&bytes));
+    }
+
     #[test]
     fn cap_string_round_trips(cap in any_cap()) {
         let s = cap.to_string();

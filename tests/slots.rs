@@ -4,7 +4,7 @@ mod common;
 
 use common::MirrorProc;
 use lode::caps::DirWriteCap;
-use lode::crypto::{RootSecret, SlotSeed, sha256};
+use lode::crypto::{RootSecret, SlotSeed};
 use lode::dir::{Listing, SlotEnvelope};
 use lode::protocol::{RequestAuth, hex};
 
@@ -101,7 +101,7 @@ fn mirror_enforces_signature_seq_and_replay_window() {
         assert_eq!(api.get_slot(&pk).await.unwrap(), v3);
 
         // Shares: a body that does not hash to its id is refused.
-        let id = sha256(b"real");
+        let id = *blake3::hash(b"real").as_bytes();
         let path = format!("/v1/share/{}", hex(&id));
         let now = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)

@@ -36,6 +36,46 @@ fn any_flipped_share_byte_is_detected() {
     }
 }
 
+/// Shares are named by BLAKE3 now and by SHA-256 in format 1; each format
+/// answers only to its own hash, and format-1 shares stay readable.
+#[test]
+fn each_share_format_answers_only_to_its_own_hash() {
+    use sha2::Digest;
+    let conv = RootSecret::from_bytes([6; 32]).convergence();
+    let sealed = seal_chunk(&conv, Params::new(2, 3).unwrap(), b"two formats");
+    let v2 = sealed.shares[0].as_bytes().to_vec();
+    assert_eq!(v2[4], share::SHARE_VERSION);
+    let blake: [u8; 32] = blake3::hash(&v2).into();
+    let sha: [u8; 32] = sha2::Sha256::digest(&v2).into();
+    assert_eq!(sealed.shares[0].id(), blake);
+    assert!(Share::verify(v2.clone(), &blake).is_ok());
+    assert!(matches!(
+        Share::verify(v2.clone(), &sha),
+        Err(lode::chunk::Error::Corrupt(_))
+    ));
+
+    // The same share as format 1 wrote it: version byte 1, named by SHA-256.
+    let mut v1 = v2;
+    v1[4] = 1;
+    let sha: [u8; 32] = sha2::Sha256::digest(&v1).into();
+    let blake: [u8; 32] = blake3::hash(&v1).into();
+    let old = Share::verify(v1.clone(), &sha).unwrap();
+    assert_eq!(old.header(), sealed.shares[0].header());
+    assert!(matches!(
+        Share::verify(v1.clone(), &blake),
+        Err(lode::chunk::Error::Corrupt(_))
+    ));
+
+    // A version this code does not know is refused by name.
+    let mut v9 = v1;
+    v9[4] = 9;
+    let id = lode::chunk::share_id(&v9);
+    assert!(matches!(
+        Share::verify(v9, &id),
+        Err(lode::chunk::Error::ShareVersion(9))
+    ));
+}
+
 #[test]
 fn any_flipped_ciphertext_byte_is_detected() {
     let conv = RootSecret::from_bytes([6; 32]).convergence();

@@ -17,7 +17,7 @@ pub mod share;
 
 pub use chunker::{ChunkerParams, Chunks};
 pub use manifest::{FileEncoder, Node, NodeEntry};
-pub use share::{Params, Share, ShareHeader, ShareId};
+pub use share::{IdHasher, Params, Share, ShareHeader, ShareId, share_id};
 
 /// Errors of the chunk layer.
 #[derive(Debug, thiserror::Error)]

@@ -3,8 +3,9 @@
 //! A chunk is sealed with its convergent key, and the ciphertext is
 //! erasure-coded (Reed-Solomon, `reed-solomon-simd`) into n shares, any k of
 //! which rebuild it. A share is a fixed 16-byte header plus one shard, and is
-//! addressed by the SHA-256 of those bytes: a mirror or a repairer checks a
-//! share against its id without any key.
+//! addressed by the hash of those bytes (BLAKE3; SHA-256 for the format-1
+//! shares of earlier releases, see [`share_id`]): a mirror or a repairer
+//! checks a share against its id without any key.
 //!
 //! ```text
 //! offset size
@@ -19,12 +20,17 @@
 
 use bytes::Bytes;
 
+use sha2::Digest;
+
 use crate::crypto::{ChunkKey, ConvergenceSecret, Hash, sha256};
 
 use super::{Error, Result};
 
-/// The share header format this code writes and reads.
-pub const SHARE_VERSION: u8 = 1;
+/// The share header format this code writes. It also reads format 1, the
+/// same layout named by SHA-256 instead of BLAKE3.
+pub const SHARE_VERSION: u8 = 2;
+/// The oldest share format this code reads.
+const OLDEST_VERSION: u8 = 1;
 /// The most shares a chunk may be coded into.
 pub const MAX_SHARES: u8 = 64;
 /// Bytes of header before the shard.
@@ -33,8 +39,85 @@ const MAGIC: &[u8; 4] = b"LDSH";
 /// Domain of chunk keys and ciphertexts; a new chunk format gets a new one.
 const CHUNK_DOMAIN: &[u8] = b"lode chunk v1";
 
-/// A share's id: the SHA-256 of its bytes.
+/// A share's id: the hash of its bytes, see [`share_id`].
 pub type ShareId = Hash;
+
+/// Bytes that settle which hash names a blob: the magic and the version.
+const ID_HEAD: usize = 5;
+
+fn named_by_sha256(head: &[u8]) -> bool {
+    head.len() >= ID_HEAD && &head[..4] == MAGIC && head[4] == 1
+}
+
+/// The id of a blob a mirror stores: SHA-256 if it starts as a format-1
+/// share does, BLAKE3 otherwise (format-2 shares, and any other bytes).
+/// Either hash is collision resistant, so a blob cannot answer for an id
+/// made by the other one.
+pub fn share_id(bytes: &[u8]) -> ShareId {
+    if named_by_sha256(bytes) {
+        sha256(bytes)
+    } else {
+        crate::crypto::blake3(bytes)
+    }
+}
+
+/// [`share_id`] of bytes that arrive in pieces.
+#[derive(Default)]
+pub struct IdHasher {
+    head: Vec<u8>,
+    state: Option<IdState>,
+}
+
+enum IdState {
+    Sha256(sha2::Sha256),
+    Blake3(Box<blake3::Hasher>),
+}
+
+impl IdState {
+    fn update(&mut self, piece: &[u8]) {
+        match self {
+            IdState::Sha256(h) => h.update(piece),
+            IdState::Blake3(h) => {
+                h.update(piece);
+            }
+        }
+    }
+}
+
+impl IdHasher {
+    pub fn new() -> IdHasher {
+        IdHasher::default()
+    }
+
+    pub fn update(&mut self, mut piece: &[u8]) {
+        if self.state.is_none() {
+            let take = (ID_HEAD - self.head.len()).min(piece.len());
+            self.head.extend_from_slice(&piece[..take]);
+            piece = &piece[take..];
+            if self.head.len() < ID_HEAD {
+                return;
+            }
+            let mut state = if named_by_sha256(&self.head) {
+                IdState::Sha256(sha2::Sha256::new())
+            } else {
+                IdState::Blake3(Box::default())
+            };
+            state.update(&self.head);
+            self.state = Some(state);
+        }
+        if let Some(state) = &mut self.state {
+            state.update(piece);
+        }
+    }
+
+    pub fn finalize(self) -> ShareId {
+        match self.state {
+            None => share_id(&self.head),
+            Some(IdState::Sha256(h)) => h.finalize().into(),
+            Some(IdState::Blake3(h)) => *h.finalize().as_bytes(),
+        }
+    }
+}
 
 /// Erasure parameters: any `k` of `n` shares rebuild a chunk.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -101,7 +184,7 @@ impl Share {
     /// check the id; use [`Share::verify`] for bytes from a mirror.
     pub fn parse(bytes: impl Into<Bytes>) -> Result<Share> {
         let bytes = bytes.into();
-        let id = sha256(&bytes);
+        let id = share_id(&bytes);
         Share::parse_with_id(bytes, id)
     }
 
@@ -112,7 +195,7 @@ impl Share {
         if &bytes[..4] != MAGIC {
             return Err(Error::MalformedShare("bad magic"));
         }
-        if bytes[4] != SHARE_VERSION {
+        if !(OLDEST_VERSION..=SHARE_VERSION).contains(&bytes[4]) {
             return Err(Error::ShareVersion(bytes[4]));
         }
         let params =
@@ -143,7 +226,7 @@ impl Share {
     /// This is the boundary where a hostile mirror's answer is judged.
     pub fn verify(bytes: impl Into<Bytes>, id: &ShareId) -> Result<Share> {
         let bytes = bytes.into();
-        if &sha256(&bytes) != id {
+        if &share_id(&bytes) != id {
             return Err(Error::Corrupt(*id));
         }
         Share::parse_with_id(bytes, *id)
@@ -185,7 +268,7 @@ fn make_share(params: Params, index: u8, payload_len: u64, shard: &[u8]) -> Shar
     bytes.extend_from_slice(&payload_len.to_be_bytes());
     bytes.extend_from_slice(shard);
     Share {
-        id: sha256(&bytes),
+        id: share_id(&bytes),
         bytes: bytes.into(),
         header: ShareHeader {
             params,

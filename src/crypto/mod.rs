@@ -3,7 +3,8 @@
 //!
 //! This layer owns: the 32-byte [`RootSecret`] and what HKDF-SHA256 derives
 //! from it; the secret-key newtypes (zeroized on drop, constant-time equal,
-//! `Debug` that prints `****`); deterministic AES-SIV sealing; SHA-256.
+//! `Debug` that prints `****`); deterministic AES-SIV sealing; SHA-256 and
+//! BLAKE3.
 //! It does no I/O and knows nothing of caps, chunks or mirrors.
 
 mod keys;
@@ -17,12 +18,19 @@ pub use keys::{
 
 use sha2::{Digest, Sha256};
 
-/// A SHA-256 digest.
+/// A 32-byte digest (SHA-256 or BLAKE3).
 pub type Hash = [u8; 32];
 
 /// SHA-256 of `data`.
 pub fn sha256(data: &[u8]) -> Hash {
     Sha256::digest(data).into()
+}
+
+/// BLAKE3 of `data`: the hash for bulk bytes (share ids), about five times
+/// SHA-256's speed here (SIMD across 1 KiB blocks, where SHA-256 is one
+/// serial chain even with SHA-NI).
+pub fn blake3(data: &[u8]) -> Hash {
+    blake3::hash(data).into()
 }
 
 /// Errors of the crypto layer.

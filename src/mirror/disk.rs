@@ -16,7 +16,6 @@ use std::pin::Pin;
 use async_trait::async_trait;
 use bytes::Bytes;
 use futures_util::{Stream, StreamExt};
-use sha2::{Digest, Sha256};
 
 use super::{Error, Result};
 use crate::chunk::ShareId;
@@ -278,7 +277,7 @@ fn read_share(path: &Path) -> std::io::Result<Opened> {
 
 /// Whether the file at `path` still hashes to `id`.
 fn matches(path: &Path, id: &ShareId) -> std::io::Result<bool> {
-    Ok(crate::crypto::sha256(&std::fs::read(path)?) == *id)
+    Ok(crate::chunk::share_id(&std::fs::read(path)?) == *id)
 }
 
 /// Rename a staged share into place (blocking), unless a good copy is
@@ -327,7 +326,7 @@ impl ShareStore for DiskShares {
             .join("tmp")
             .join(format!("{}.{}", hex(id), rand::random::<u64>()));
         let mut out = Some(ShareFile::new(tmp.clone(), max_len));
-        let mut hasher = Sha256::new();
+        let mut hasher = crate::chunk::IdHasher::new();
         let mut len = 0u64;
         let result: Result<()> = async {
             loop {
@@ -351,7 +350,7 @@ impl ShareStore for DiskShares {
                     }
                 }
             }
-            if <[u8; 32]>::from(hasher.finalize()) != *id {
+            if hasher.finalize() != *id {
                 return Err(Error::Mismatch(*id));
             }
             flush_out(out.take().expect("put back after each flush"), true).await?;
@@ -481,7 +480,7 @@ mod tests {
             (READ_WHOLE as usize + 1, false),
         ] {
             let bytes: Vec<u8> = (0..len).map(|i| (i * 7 % 253) as u8).collect();
-            let id = crate::crypto::sha256(&bytes);
+            let id = crate::chunk::share_id(&bytes);
             // Placed by hand: no client uploads a share over the limit.
             let path = store.path_of(&id);
             std::fs::create_dir_all(path.parent().unwrap()).unwrap();

@@ -9,7 +9,6 @@ use bytes::Bytes;
 
 use super::{Error, Result, Storage};
 use crate::chunk::ShareId;
-use crate::crypto::sha256;
 use crate::dir::SlotEnvelope;
 
 /// Shares and slots in a `HashMap`, with the same checks a mirror makes.
@@ -49,7 +48,7 @@ impl MemoryStorage {
 
     /// What an honest mirror checks on every upload.
     fn check_id(&self, id: &ShareId, bytes: &[u8]) -> Result<()> {
-        if &sha256(bytes) != id {
+        if &crate::chunk::share_id(bytes) != id {
             return Err(Error::Rejected {
                 mirror: self.name.clone(),
                 reason: "share bytes do not match their id".into(),
