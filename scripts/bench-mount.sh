@@ -61,7 +61,7 @@ export LODE_QUICKSTART=$work/lode-state
 export LODE_HOME=$work/lode-state/home
 sampler=
 
-lode_pid() { pgrep -f "[l]ode mount $lmnt --foreground" | head -1; }
+lode_pid() { pgrep -f "[ ]mount $lmnt --foreground" | head -1; }
 gocryptfs_pid() { pgrep -f "[g]ocryptfs .* $gmnt" | head -1; }
 
 cleanup() {

@@ -310,6 +310,13 @@ pub fn encode_owned(params: Params, mut padded: Vec<u8>) -> Vec<Share> {
 /// already be verified against their ids; this checks they agree with each
 /// other and with `params`.
 pub fn decode(params: Params, shares: &[Share]) -> Result<Vec<u8>> {
+    decode_split(params, shares, &mut [])
+}
+
+/// [`decode`], with the payload's first `head.len()` bytes put in `head`
+/// and the rest returned: a chunk's AES-SIV tag and body, each where its
+/// decryption wants it. A payload shorter than `head` is an error.
+fn decode_split(params: Params, shares: &[Share], head: &mut [u8]) -> Result<Vec<u8>> {
     let k = params.k as usize;
     let mut by_index: Vec<Option<&Share>> = vec![None; params.n as usize];
     let mut payload_len = None;
@@ -325,10 +332,17 @@ pub fn decode(params: Params, shares: &[Share]) -> Result<Vec<u8>> {
         return Err(Error::TooFewShares { need: k, have });
     }
     let payload_len = payload_len.expect("have >= k >= 1 shares") as usize;
-    let mut out = Vec::with_capacity(shard_len_for(params, payload_len as u64) * k);
+    if payload_len < head.len() {
+        return Err(Error::MalformedShare("payload shorter than its header"));
+    }
+    let mut out = Payload {
+        head,
+        filled: 0,
+        rest: Vec::with_capacity(shard_len_for(params, payload_len as u64) * k),
+    };
     if by_index[..k].iter().all(Option::is_some) {
         for s in by_index[..k].iter().flatten() {
-            out.extend_from_slice(s.shard());
+            out.push(s.shard());
         }
     } else {
         let originals = by_index[..k]
@@ -343,8 +357,8 @@ pub fn decode(params: Params, shares: &[Share]) -> Result<Vec<u8>> {
             .map_err(|e| Error::Erasure(e.to_string()))?;
         for (i, slot) in by_index[..k].iter().enumerate() {
             match slot {
-                Some(s) => out.extend_from_slice(s.shard()),
-                None => out.extend_from_slice(
+                Some(s) => out.push(s.shard()),
+                None => out.push(
                     restored
                         .get(&i)
                         .ok_or_else(|| Error::Erasure(format!("shard {i} not restored")))?,
@@ -352,8 +366,28 @@ pub fn decode(params: Params, shares: &[Share]) -> Result<Vec<u8>> {
             }
         }
     }
-    out.truncate(payload_len);
-    Ok(out)
+    let mut rest = out.rest;
+    rest.truncate(payload_len - out.head.len());
+    Ok(rest)
+}
+
+/// The decoder's output: `head` filled first, then `rest`.
+struct Payload<'a> {
+    head: &'a mut [u8],
+    filled: usize,
+    rest: Vec<u8>,
+}
+
+impl Payload<'_> {
+    fn push(&mut self, mut bytes: &[u8]) {
+        if self.filled < self.head.len() {
+            let n = (self.head.len() - self.filled).min(bytes.len());
+            self.head[self.filled..self.filled + n].copy_from_slice(&bytes[..n]);
+            self.filled += n;
+            bytes = &bytes[n..];
+        }
+        self.rest.extend_from_slice(bytes);
+    }
 }
 
 /// A chunk after sealing: its key (for the manifest) and its shares.
@@ -378,6 +412,8 @@ pub fn seal_chunk(conv: &ConvergenceSecret, params: Params, plaintext: &[u8]) ->
 /// Rebuild and decrypt a chunk from verified shares. AES-SIV authenticates
 /// the result, so a wrong key or a bad rebuild is an error, never bad data.
 pub fn open_chunk(key: &ChunkKey, params: Params, shares: &[Share]) -> Result<Vec<u8>> {
-    let ciphertext = decode(params, shares)?;
-    Ok(key.open(&[CHUNK_DOMAIN], &ciphertext)?)
+    let mut tag = [0u8; crate::crypto::TAG_LEN];
+    let mut body = decode_split(params, shares, &mut tag)?;
+    key.open_in_place(&[CHUNK_DOMAIN], &tag, &mut body)?;
+    Ok(body)
 }

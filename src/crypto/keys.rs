@@ -92,6 +92,16 @@ macro_rules! cipher_key {
             pub fn open(&self, context: &[&[u8]], ciphertext: &[u8]) -> super::Result<Vec<u8>> {
                 super::siv::open(&self.0, context, ciphertext)
             }
+            /// [`Self::open`] of a ciphertext already split into its tag
+            /// and body, decrypting the body where it lies.
+            pub fn open_in_place(
+                &self,
+                context: &[&[u8]],
+                tag: &[u8; super::TAG_LEN],
+                body: &mut [u8],
+            ) -> super::Result<()> {
+                super::siv::open_in_place(&self.0, context, tag, body)
+            }
         }
     )*};
 }
