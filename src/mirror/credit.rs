@@ -11,6 +11,7 @@
 
 use rusqlite::{OptionalExtension, params};
 
+use super::ledger::{cached_exec, cached_row};
 use super::{Error, Ledger, Result};
 
 const GIB: u128 = 1 << 30;
@@ -76,7 +77,8 @@ impl Ledger {
             (true, None) => Some(now),
             (false, _) => None,
         };
-        tx.execute(
+        cached_exec(
+            tx,
             "UPDATE accounts SET debit = ?2, charged_at = ?3, unfunded_since = ?4 WHERE id = ?1",
             params![&account[..], debit, charged_to, unfunded],
         )?;
@@ -94,7 +96,8 @@ impl Ledger {
             return Ok(());
         }
         self.charge_in(tx, account, now)?;
-        let since: Option<i64> = tx.query_row(
+        let since: Option<i64> = cached_row(
+            tx,
             "SELECT unfunded_since FROM accounts WHERE id = ?1",
             [&account[..]],
             |r| r.get(0),
@@ -124,7 +127,7 @@ impl Ledger {
         now: i64,
     ) -> Result<bool> {
         self.with_tx(|tx| {
-            let inserted = tx.execute(
+            let inserted = cached_exec(tx,
                 "INSERT INTO pool_shares (account, worker, difficulty, hash, created) VALUES (?1, ?2, ?3, ?4, ?5)
                  ON CONFLICT (hash) DO NOTHING",
                 params![&account[..], worker, difficulty_micro as i64, &hash[..], now],
@@ -134,7 +137,7 @@ impl Ledger {
             }
             Self::ensure_account(tx, account, now)?;
             self.charge_in(tx, account, now)?;
-            tx.execute(
+            cached_exec(tx,
                 "UPDATE accounts SET credit = credit + ?2 WHERE id = ?1",
                 params![&account[..], difficulty_micro as i64],
             )?;
@@ -175,7 +178,8 @@ impl Ledger {
                 )
                 .optional()?
                 .unwrap_or((0, 0));
-            let shares: i64 = tx.query_row(
+            let shares: i64 = cached_row(
+                tx,
                 "SELECT COUNT(*) FROM pool_shares WHERE account = ?1",
                 [&account[..]],
                 |r| r.get(0),
