@@ -270,9 +270,60 @@ fn read_share(path: &Path) -> std::io::Result<Opened> {
     if len > READ_WHOLE {
         return Ok(Opened::Large(file, len));
     }
+    if len >= DIRECT_READ_MIN
+        && let Some(bytes) = read_direct(path, len as usize)?
+    {
+        return Ok(Opened::Whole(bytes));
+    }
     let mut bytes = Vec::with_capacity(len as usize);
     file.read_to_end(&mut bytes)?;
     Ok(Opened::Whole(bytes.into()))
+}
+
+/// Shares at least this big are read with `O_DIRECT`.
+const DIRECT_READ_MIN: u64 = 64 * 1024;
+
+/// Read a share of `len` bytes with `O_DIRECT`, straight from the disk into
+/// a block-aligned buffer; `None` where the file system refuses it. Shares
+/// are written around the page cache (see [`ShareFile`]), so a read through
+/// it finds nothing there and only fills pages that no one reads twice: on
+/// this project's VM, taking fresh pages is a real part of a cold read's
+/// kernel time. Small shares (manifest nodes, which readers come back to)
+/// still go through the cache.
+fn read_direct(path: &Path, len: usize) -> std::io::Result<Option<Bytes>> {
+    use std::os::unix::fs::{FileExt, OpenOptionsExt};
+    let file = match std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_DIRECT)
+        .open(path)
+    {
+        Ok(f) => f,
+        Err(e) if e.raw_os_error() == Some(libc::EINVAL) => return Ok(None),
+        Err(e) => return Err(e),
+    };
+    let padded = len.next_multiple_of(DIRECT_ALIGN);
+    let mut raw = vec![0u8; padded + DIRECT_ALIGN];
+    let start = raw.as_ptr().align_offset(DIRECT_ALIGN);
+    let mut got = 0;
+    while got < len {
+        let n = match file.read_at(&mut raw[start + got..start + padded], got as u64) {
+            Ok(n) => n,
+            // A file system that takes the open but not the read.
+            Err(e) if e.raw_os_error() == Some(libc::EINVAL) => return Ok(None),
+            Err(e) => return Err(e),
+        };
+        if n == 0 {
+            break;
+        }
+        got += n;
+    }
+    if got != len {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::UnexpectedEof,
+            format!("share file is {got} bytes, not {len}"),
+        ));
+    }
+    Ok(Some(Bytes::from(raw).slice(start..start + len)))
 }
 
 /// Whether the file at `path` still hashes to `id`.
@@ -476,6 +527,10 @@ mod tests {
         let store = DiskShares::open(dir.path()).unwrap();
         for (len, whole) in [
             (1usize, true),
+            // Around the switch to direct reads, on and off a block.
+            (DIRECT_READ_MIN as usize - 1, true),
+            (DIRECT_READ_MIN as usize, true),
+            (DIRECT_READ_MIN as usize + 1, true),
             (700_000, true),
             (READ_WHOLE as usize + 1, false),
         ] {
