@@ -32,8 +32,7 @@ impl ChunkerParams {
         }
     }
 
-    /// Split `reader` into chunks. Memory use is bounded by `max`.
-    /// The chunks of everything `reader` yields, in order.
+    /// Split `reader` into chunks, in order. Memory use is bounded by `max`.
     ///
     /// An input no longer than `min` is one chunk whatever its content (the
     /// cut FastCDC would make too), so it is read into a buffer of its own
