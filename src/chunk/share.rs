@@ -29,8 +29,9 @@ use super::{Error, Result};
 /// The share header format this code writes. It also reads format 1, the
 /// same layout named by SHA-256 instead of BLAKE3.
 pub const SHARE_VERSION: u8 = 2;
-/// The oldest share format this code reads.
-const OLDEST_VERSION: u8 = 1;
+/// The share format named by SHA-256, and the oldest this code reads.
+const SHA256_VERSION: u8 = 1;
+const OLDEST_VERSION: u8 = SHA256_VERSION;
 /// The most shares a chunk may be coded into.
 pub const MAX_SHARES: u8 = 64;
 /// Bytes of header before the shard.
@@ -46,7 +47,7 @@ pub type ShareId = Hash;
 const ID_HEAD: usize = 5;
 
 fn named_by_sha256(head: &[u8]) -> bool {
-    head.len() >= ID_HEAD && &head[..4] == MAGIC && head[4] == 1
+    head.len() >= ID_HEAD && &head[..4] == MAGIC && head[4] == SHA256_VERSION
 }
 
 /// The id of a blob a mirror stores: SHA-256 if it starts as a format-1
