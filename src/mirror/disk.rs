@@ -115,8 +115,17 @@ fn fsync_dir(dir: &Path) -> std::io::Result<()> {
     std::fs::File::open(dir)?.sync_all()
 }
 
-/// Alignment of direct writes: the largest logical block size in use.
+/// Alignment of direct writes and reads: the largest logical block size
+/// in use.
 const DIRECT_ALIGN: usize = 4096;
+
+/// A zeroed buffer with at least `len` bytes from the returned offset on,
+/// and that offset block-aligned, as `O_DIRECT` needs.
+fn aligned_buffer(len: usize) -> (Vec<u8>, usize) {
+    let raw = vec![0; len + DIRECT_ALIGN];
+    let start = raw.as_ptr().align_offset(DIRECT_ALIGN);
+    (raw, start)
+}
 
 /// A share body being written to its staging file.
 ///
@@ -152,8 +161,7 @@ impl ShareFile {
             .unwrap_or(usize::MAX)
             .clamp(1, WRITE_BUFFER)
             .next_multiple_of(DIRECT_ALIGN);
-        let raw = vec![0; capacity + DIRECT_ALIGN];
-        let start = raw.as_ptr().align_offset(DIRECT_ALIGN);
+        let (raw, start) = aligned_buffer(capacity);
         ShareFile {
             tmp,
             file: None,
@@ -265,57 +273,55 @@ enum Opened {
 /// (blocking).
 fn read_share(path: &Path) -> std::io::Result<Opened> {
     use std::io::Read;
-    let mut file = std::fs::File::open(path)?;
+    let file = std::fs::File::open(path)?;
     let len = file.metadata()?.len();
     if len > READ_WHOLE {
         return Ok(Opened::Large(file, len));
     }
     if len >= DIRECT_READ_MIN
-        && let Some(bytes) = read_direct(path, len as usize)?
+        && let Some(bytes) = read_direct(&file, len as usize)?
     {
         return Ok(Opened::Whole(bytes));
     }
     let mut bytes = Vec::with_capacity(len as usize);
-    file.read_to_end(&mut bytes)?;
+    (&file).read_to_end(&mut bytes)?;
     Ok(Opened::Whole(bytes.into()))
 }
 
 /// Shares at least this big are read with `O_DIRECT`.
 const DIRECT_READ_MIN: u64 = 64 * 1024;
 
-/// Read a share of `len` bytes with `O_DIRECT`, straight from the disk into
-/// a block-aligned buffer; `None` where the file system refuses it. Shares
-/// are written around the page cache (see [`ShareFile`]), so a read through
-/// it finds nothing there and only fills pages that no one reads twice: on
-/// this project's VM, taking fresh pages is a real part of a cold read's
-/// kernel time. Small shares (manifest nodes, which readers come back to)
-/// still go through the cache.
-fn read_direct(path: &Path, len: usize) -> std::io::Result<Option<Bytes>> {
-    use std::os::unix::fs::{FileExt, OpenOptionsExt};
-    let file = match std::fs::OpenOptions::new()
-        .read(true)
-        .custom_flags(libc::O_DIRECT)
-        .open(path)
-    {
-        Ok(f) => f,
-        Err(e) if e.raw_os_error() == Some(libc::EINVAL) => return Ok(None),
-        Err(e) => return Err(e),
-    };
+/// Read all `len` bytes of `file` with `O_DIRECT`, straight from the disk
+/// into a block-aligned buffer; `None` (and `file` as it was) where the
+/// file system refuses it. Shares are written around the page cache (see
+/// [`ShareFile`]), so a read through it finds nothing there and only fills
+/// pages that no one reads twice: on this project's VM, taking fresh pages
+/// is a real part of a cold read's kernel time. Small shares (manifest
+/// nodes, which readers come back to) still go through the cache.
+fn read_direct(file: &std::fs::File, len: usize) -> std::io::Result<Option<Bytes>> {
+    use nix::fcntl::{FcntlArg, OFlag, fcntl};
+    use std::os::unix::fs::FileExt;
+    let is_einval = |e: &std::io::Error| e.raw_os_error() == Some(libc::EINVAL);
+    let flags = OFlag::from_bits_truncate(fcntl(file, FcntlArg::F_GETFL)?);
+    match fcntl(file, FcntlArg::F_SETFL(flags | OFlag::O_DIRECT)) {
+        Ok(_) => {}
+        Err(nix::errno::Errno::EINVAL) => return Ok(None),
+        Err(e) => return Err(e.into()),
+    }
     let padded = len.next_multiple_of(DIRECT_ALIGN);
-    let mut raw = vec![0u8; padded + DIRECT_ALIGN];
-    let start = raw.as_ptr().align_offset(DIRECT_ALIGN);
+    let (mut raw, start) = aligned_buffer(padded);
     let mut got = 0;
     while got < len {
-        let n = match file.read_at(&mut raw[start + got..start + padded], got as u64) {
-            Ok(n) => n,
-            // A file system that takes the open but not the read.
-            Err(e) if e.raw_os_error() == Some(libc::EINVAL) => return Ok(None),
+        match file.read_at(&mut raw[start + got..start + padded], got as u64) {
+            Ok(0) => break,
+            Ok(n) => got += n,
+            // A file system that takes the flag but not the read.
+            Err(e) if is_einval(&e) => {
+                fcntl(file, FcntlArg::F_SETFL(flags))?;
+                return Ok(None);
+            }
             Err(e) => return Err(e),
-        };
-        if n == 0 {
-            break;
         }
-        got += n;
     }
     if got != len {
         return Err(std::io::Error::new(
