@@ -188,6 +188,10 @@ impl LodeFs {
         self.tree.lock().unwrap_or_else(|p| p.into_inner())
     }
 
+    fn unadopted(&self) -> MutexGuard<'_, Vec<PathBuf>> {
+        self.unadopted.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
     fn attr(tree: &Tree, ino: u64, node: &Node) -> FileAttr {
         let nlink = if node.is_dir() {
             tree.dir_nlink(ino)
@@ -448,14 +452,9 @@ impl LodeFs {
 
     /// Files with changes not yet safe on the mirrors, and their bytes.
     pub fn backlog(&self) -> (usize, u64) {
-        let waiting = self
-            .unadopted
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .iter()
-            .fold((0, 0), |(n, b), file| {
-                (n + 1, b + std::fs::metadata(file).map_or(0, |m| m.len()))
-            });
+        let waiting = self.unadopted().iter().fold((0, 0), |(n, b), file| {
+            (n + 1, b + std::fs::metadata(file).map_or(0, |m| m.len()))
+        });
         let tree = self.lock();
         tree.nodes
             .values()
@@ -717,11 +716,7 @@ impl LodeFs {
             };
             recovered += usize::from(self.adopt_or_defer(file, &path, mode));
         }
-        let left = self
-            .unadopted
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .len();
+        let left = self.unadopted().len();
         if left > 0 {
             tracing::warn!(
                 left,
@@ -733,7 +728,7 @@ impl LodeFs {
 
     /// Try again to adopt what `recover` could not.
     fn retry_recovery(&self) {
-        let files = std::mem::take(&mut *self.unadopted.lock().unwrap_or_else(|p| p.into_inner()));
+        let files = std::mem::take(&mut *self.unadopted());
         for file in files {
             if let Some((path, mode)) = notes::read(&file) {
                 self.adopt_or_defer(file, &path, mode);
@@ -751,10 +746,7 @@ impl LodeFs {
             }
             Err(e) => {
                 tracing::debug!(path, error = %e, "a staged file cannot be placed yet");
-                self.unadopted
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .push(file);
+                self.unadopted().push(file);
                 false
             }
         }
@@ -874,12 +866,7 @@ impl LodeFs {
     pub fn sync_all(&self) -> Result<()> {
         self.retry_recovery();
         self.flush(true)?;
-        match self
-            .unadopted
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .len()
-        {
+        match self.unadopted().len() {
             0 => Ok(()),
             n => Err(Error::Unrecovered(n)),
         }
