@@ -107,6 +107,15 @@ macro_rules! cipher_key {
 }
 cipher_key!(ChunkKey, ReadKey, VerifyKey, WriteSealKey);
 
+impl ChunkKey {
+    /// Decrypt a chunk body in place without checking its tag: only for a
+    /// body rebuilt from hash-verified shares (see
+    /// `siv::decrypt_verified_in_place`).
+    pub fn decrypt_verified_in_place(&self, tag: &[u8; super::TAG_LEN], body: &mut [u8]) {
+        super::siv::decrypt_verified_in_place(&self.0, tag, body)
+    }
+}
+
 /// HKDF-SHA256 expand of `ikm` under `info`, with lode's fixed salt.
 pub(crate) fn derive(ikm: &[u8; 32], info: &[u8]) -> Zeroizing<[u8; 32]> {
     let hk = Hkdf::<Sha256>::new(Some(b"lode v1 kdf"), ikm);

@@ -338,13 +338,17 @@ impl Vault {
         if let Some(plain) = self.cached_chunk(&first) {
             return Ok(plain);
         }
+        // Each share comes back only if it hashes to its id, and the ids
+        // come from the leaf's authenticated `locs`: the chunk's bytes are
+        // settled before it is decrypted.
         let shares = self.grid.fetch(&entry.shares, leaf.params, "chunk").await?;
         // Decrypting is the costly part of a read; on the blocking pool,
         // the chunks a reader has in flight open side by side.
         let (key, params) = (Self::key_of(entry)?.clone(), leaf.params);
-        let plain = tokio::task::spawn_blocking(move || share::open_chunk(&key, params, &shares))
-            .await
-            .expect("opening does not panic")?;
+        let plain =
+            tokio::task::spawn_blocking(move || share::open_verified_chunk(&key, params, &shares))
+                .await
+                .expect("opening does not panic")?;
         if plain.len() as u64 != entry.len {
             return Err(chunk::Error::MalformedManifest(
                 "chunk length differs from the manifest".into(),
