@@ -59,7 +59,7 @@ export PATH={bin}:$PATH
 wait_gone() {{ for _ in $(seq 600); do pgrep -f "[l]ode mount {mnt} --foreground" >/dev/null || return 0; sleep 0.1; done; return 1; }}
 
 mount -t fuse.lode {home} {mnt} -o default_permissions
-grep -q " {mnt} fuse" /proc/self/mounts
+grep -q " {mnt} fuse.lode " /proc/self/mounts
 echo via-mount-t > {mnt}/a.txt
 test "$(cat {mnt}/a.txt)" = via-mount-t
 umount {mnt}
@@ -67,7 +67,7 @@ wait_gone
 echo UNMOUNTED-1
 
 mount -T {fstab} {mnt}
-grep -q " {mnt} fuse" /proc/self/mounts
+grep -q " {mnt} fuse.lode " /proc/self/mounts
 test "$(cat {mnt}/a.txt)" = via-mount-t
 umount {mnt}
 wait_gone

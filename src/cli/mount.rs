@@ -125,7 +125,12 @@ pub fn mount(args: MountArgs) -> Result<()> {
     }
     let mut options = vec![
         fuser::MountOption::FSName("lode".into()),
-        fuser::MountOption::Subtype("lode".into()),
+        // The file system type `fuse.lode`, which is what fstab lines,
+        // `mount -t` and `findmnt -t` name. fuser's own `Subtype` reaches
+        // only fusermount3; when lode mounts directly (as root) it would be
+        // dropped and the type left as plain `fuse`. As a kernel option it
+        // is honoured on both paths (fusermount3 takes `subtype=` too).
+        fuser::MountOption::CUSTOM("subtype=lode".into()),
         // The kernel checks permissions against each inode's mode and owner,
         // as on any local filesystem (and as gocryptfs and sshfs do with
         // allow_other): without it, allow_other would let anyone do anything.
