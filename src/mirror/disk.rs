@@ -9,6 +9,10 @@
 //! the crash. A batch of staged shares is renamed into place together and
 //! each directory it touched fsynced once (see
 //! [`ShareStore::commit_batch`]), so concurrent uploads share that wait.
+//!
+//! Shares of at most [`SMALL_MAX`] bytes are not files: they are gathered
+//! in memory and stored as rows of one SQLite file, a batch per
+//! transaction (`small.rs`). Readers look for a file first, then a row.
 
 use std::path::{Path, PathBuf};
 use std::pin::Pin;
@@ -17,6 +21,7 @@ use async_trait::async_trait;
 use bytes::Bytes;
 use futures_util::{Stream, StreamExt};
 
+use super::small::{NewSmall, SMALL_MAX, SmallShares};
 use super::{Error, Result};
 use crate::chunk::ShareId;
 use crate::protocol::hex;
@@ -27,9 +32,10 @@ pub type ByteStream = Pin<Box<dyn Stream<Item = std::io::Result<Bytes>> + Send>>
 /// Where a mirror keeps share bytes. Implemented by local disk; an object
 /// store (S3 via `object_store`) fits the same shape.
 ///
-/// Contract: `stage` streams a body somewhere private, checks it hashes to
-/// `id` (rejecting it otherwise, leaving nothing behind) and makes it
-/// durable; `commit` publishes a staged share under its id, atomically. A
+/// Contract: `stage` streams a body somewhere private and checks it hashes
+/// to `id` (rejecting it otherwise, leaving nothing behind); `commit`
+/// publishes a staged share under its id, atomically, and it is durable
+/// when `commit` returns. A
 /// share already held is kept (the staged copy dropped), unless
 /// `replace_corrupt` is set and the held copy no longer matches its id.
 /// Nothing is ever overwritten with different valid content, since ids are
@@ -60,8 +66,16 @@ pub trait ShareStore: Send + Sync {
 /// A verified, durable share body not yet visible under its id.
 pub struct Staged {
     id: ShareId,
-    tmp: PathBuf,
+    body: StagedBody,
     len: u64,
+}
+
+/// Where a staged body waits.
+enum StagedBody {
+    /// In a staging file, written and fsynced.
+    File(PathBuf),
+    /// In memory: a small share, stored with its batch's transaction.
+    Small(Vec<u8>),
 }
 
 impl Staged {
@@ -84,6 +98,7 @@ const BODY_IDLE: std::time::Duration = std::time::Duration::from_secs(60);
 /// Shares as files under a data directory.
 pub struct DiskShares {
     root: PathBuf,
+    small: std::sync::Arc<SmallShares>,
 }
 
 impl DiskShares {
@@ -97,7 +112,102 @@ impl DiskShares {
         std::fs::create_dir_all(&tmp)?;
         Ok(DiskShares {
             root: data.to_path_buf(),
+            small: std::sync::Arc::new(SmallShares::open(data)?),
         })
+    }
+
+    /// Whether share `id` is held, as a file or a row (blocking).
+    pub fn holds(&self, id: &ShareId) -> Result<bool> {
+        Ok(self.path_of(id).try_exists()? || self.small.contains(id)?)
+    }
+
+    /// Stage a small body: gather it in memory and check its hash.
+    async fn stage_small(
+        &self,
+        id: &ShareId,
+        mut body: ByteStream,
+        max_len: u64,
+    ) -> Result<Staged> {
+        let mut data = Vec::with_capacity(max_len as usize);
+        loop {
+            let piece = match tokio::time::timeout(BODY_IDLE, body.next()).await {
+                Err(_) => return Err(Error::BadRequest("upload stalled".into())),
+                Ok(None) => break,
+                Ok(Some(piece)) => piece?,
+            };
+            if (data.len() + piece.len()) as u64 > max_len {
+                return Err(Error::TooLarge { limit: max_len });
+            }
+            data.extend_from_slice(&piece);
+        }
+        if crate::chunk::share_id(&data) != *id {
+            return Err(Error::Mismatch(*id));
+        }
+        Ok(Staged {
+            id: *id,
+            len: data.len() as u64,
+            body: StagedBody::Small(data),
+        })
+    }
+
+    /// Store small staged shares in one transaction; one result per share.
+    /// A share already held as a file is kept as that file.
+    async fn commit_small(&self, batch: Vec<(Staged, bool)>) -> Vec<Result<u64>> {
+        let n = batch.len();
+        let files: Vec<PathBuf> = batch.iter().map(|(s, _)| self.path_of(&s.id)).collect();
+        let small = self.small.clone();
+        let done = tokio::task::spawn_blocking(move || -> Result<Vec<u64>> {
+            let mut out = vec![0u64; batch.len()];
+            let mut rows = Vec::new();
+            let mut at = Vec::new();
+            // Corrupt share files a repair replaces with a row: removed once
+            // the row is durable, since readers look at files first.
+            let mut corrupt = Vec::new();
+            for (i, ((staged, replace), file)) in batch.iter().zip(&files).enumerate() {
+                let held = match std::fs::metadata(file) {
+                    Ok(meta) if !*replace => Some(meta.len()),
+                    Ok(meta) => match matches(file, &staged.id) {
+                        Ok(true) => Some(meta.len()),
+                        Ok(false) => {
+                            corrupt.push(file.clone());
+                            None
+                        }
+                        Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+                        Err(e) => return Err(e.into()),
+                    },
+                    Err(_) => None,
+                };
+                match (held, &staged.body) {
+                    (Some(len), _) => out[i] = len,
+                    (None, StagedBody::Small(data)) => {
+                        rows.push(NewSmall {
+                            id: &staged.id,
+                            data,
+                            replace_corrupt: *replace,
+                        });
+                        at.push(i);
+                    }
+                    (None, StagedBody::File(_)) => unreachable!("only small bodies come here"),
+                }
+            }
+            for (i, len) in at.into_iter().zip(small.put_all(&rows)?) {
+                out[i] = len;
+            }
+            for file in corrupt {
+                std::fs::remove_file(&file)?;
+                fsync_dir(file.parent().expect("share paths have a parent"))?;
+            }
+            Ok(out)
+        })
+        .await;
+        match done {
+            Ok(Ok(lens)) => lens.into_iter().map(Ok).collect(),
+            Ok(Err(e)) => {
+                let reason = e.to_string();
+                (0..n).map(|_| Err(Error::Commit(reason.clone()))).collect()
+            }
+            Err(e) => (0..n).map(|_| Err(Error::Task(e.to_string()))).collect(),
+        }
     }
 
     /// The file that holds share `id`.
@@ -137,9 +247,8 @@ fn aligned_buffer(len: usize) -> (Vec<u8>, usize) {
 /// block-aligned buffer and go out `WRITE_BUFFER` at a time; the last
 /// write is padded to a block and the file then cut to its true length.
 /// Where `O_DIRECT` is refused (tmpfs, some FUSE file systems), writes
-/// are ordinary ones. Small shares are written direct too: an untar of
-/// 10,000 small files cost each mirror about 17 CPU seconds that way and
-/// about 20 with shares under 64 KiB buffered (one run each, fresh mirrors).
+/// are ordinary ones. Shares up to `SMALL_MAX` are not files at all
+/// (`small.rs`).
 struct ShareFile {
     tmp: PathBuf,
     /// Created on the first write.
@@ -348,10 +457,13 @@ fn place(
     staged: Staged,
     replace_corrupt: bool,
 ) -> std::io::Result<(u64, Vec<PathBuf>)> {
+    let StagedBody::File(tmp) = &staged.body else {
+        unreachable!("small bodies are committed by `commit_small`")
+    };
     if let Ok(meta) = std::fs::metadata(dest)
         && (!replace_corrupt || matches(dest, &staged.id)?)
     {
-        let _ = std::fs::remove_file(&staged.tmp);
+        let _ = std::fs::remove_file(tmp);
         return Ok((meta.len(), Vec::new()));
     }
     let shard = dest.parent().expect("share paths have a parent");
@@ -371,13 +483,16 @@ fn place(
             _ => to_sync.push(new.parent().expect("has a parent").to_path_buf()),
         }
     }
-    std::fs::rename(&staged.tmp, dest)?;
+    std::fs::rename(tmp, dest)?;
     Ok((staged.len, to_sync))
 }
 
 #[async_trait]
 impl ShareStore for DiskShares {
     async fn stage(&self, id: &ShareId, mut body: ByteStream, max_len: u64) -> Result<Staged> {
+        if max_len <= SMALL_MAX {
+            return self.stage_small(id, body, max_len).await;
+        }
         let tmp = self
             .root
             .join("tmp")
@@ -415,7 +530,11 @@ impl ShareStore for DiskShares {
         }
         .await;
         match result {
-            Ok(()) => Ok(Staged { id: *id, tmp, len }),
+            Ok(()) => Ok(Staged {
+                id: *id,
+                body: StagedBody::File(tmp),
+                len,
+            }),
             Err(e) => {
                 let _ = tokio::fs::remove_file(&tmp).await;
                 Err(e)
@@ -424,6 +543,10 @@ impl ShareStore for DiskShares {
     }
 
     async fn commit(&self, staged: Staged, replace_corrupt: bool) -> Result<u64> {
+        if let StagedBody::Small(_) = staged.body {
+            let mut one = self.commit_small(vec![(staged, replace_corrupt)]).await;
+            return one.pop().expect("one result per share");
+        }
         let dest = self.path_of(&staged.id);
         tokio::task::spawn_blocking(move || -> std::io::Result<u64> {
             let (len, dirs) = place(&dest, staged, replace_corrupt)?;
@@ -442,7 +565,111 @@ impl ShareStore for DiskShares {
     /// its durability (or that of a copy renamed earlier in the same batch)
     /// is unknown.
     async fn commit_batch(&self, batch: Vec<(Staged, bool)>) -> Vec<Result<u64>> {
+        // Small shares go in one transaction, beside the files' renames.
+        let (small_at, file_at): (Vec<usize>, Vec<usize>) =
+            (0..batch.len()).partition(|&i| matches!(batch[i].0.body, StagedBody::Small(_)));
+        let mut small = Vec::with_capacity(small_at.len());
+        let mut files = Vec::with_capacity(file_at.len());
+        for (i, item) in batch.into_iter().enumerate() {
+            if matches!(item.0.body, StagedBody::Small(_)) {
+                small.push(item);
+            } else {
+                files.push((i, item));
+            }
+        }
+        let file_batch: Vec<(Staged, bool)> = files.into_iter().map(|(_, item)| item).collect();
+        let (small_done, file_done) = tokio::join!(
+            async {
+                if small.is_empty() {
+                    Vec::new()
+                } else {
+                    self.commit_small(small).await
+                }
+            },
+            self.commit_files(file_batch)
+        );
+        let mut out: Vec<Option<Result<u64>>> =
+            (0..small_at.len() + file_at.len()).map(|_| None).collect();
+        for (i, r) in small_at.into_iter().zip(small_done) {
+            out[i] = Some(r);
+        }
+        for (i, r) in file_at.into_iter().zip(file_done) {
+            out[i] = Some(r);
+        }
+        out.into_iter()
+            .map(|r| r.expect("one result per share"))
+            .collect()
+    }
+
+    async fn get(&self, id: &ShareId) -> Result<Option<(u64, ByteStream)>> {
+        let path = self.path_of(id);
+        let small = self.small.clone();
+        let id = *id;
+        let opened = tokio::task::spawn_blocking(move || match read_share(&path) {
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => match small.get(&id) {
+                Ok(Some(data)) => Ok(Some(Opened::Whole(data.into()))),
+                Ok(None) => Ok(None),
+                Err(e) => Err(Error::from(e)),
+            },
+            other => other.map(Some).map_err(Error::from),
+        })
+        .await
+        .map_err(|e| Error::Task(e.to_string()))??;
+        match opened {
+            Some(Opened::Whole(bytes)) => {
+                let len = bytes.len() as u64;
+                Ok(Some((
+                    len,
+                    Box::pin(futures_util::stream::iter([Ok(bytes)])),
+                )))
+            }
+            Some(Opened::Large(file, len)) => {
+                let file = tokio::fs::File::from_std(file);
+                let stream = tokio_util::io::ReaderStream::with_capacity(file, 256 * 1024);
+                Ok(Some((len, Box::pin(stream))))
+            }
+            None => Ok(None),
+        }
+    }
+
+    async fn contains(&self, id: &ShareId) -> Result<bool> {
+        if tokio::fs::try_exists(self.path_of(id)).await? {
+            return Ok(true);
+        }
+        let (small, id) = (self.small.clone(), *id);
+        tokio::task::spawn_blocking(move || small.contains(&id))
+            .await
+            .map_err(|e| Error::Task(e.to_string()))?
+            .map_err(Error::from)
+    }
+
+    async fn delete(&self, id: &ShareId) -> Result<u64> {
+        let path = self.path_of(id);
+        match tokio::fs::metadata(&path).await {
+            Ok(meta) => {
+                tokio::fs::remove_file(&path).await?;
+                Ok(meta.len())
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                let (small, id) = (self.small.clone(), *id);
+                tokio::task::spawn_blocking(move || small.delete(&id))
+                    .await
+                    .map_err(|e| Error::Task(e.to_string()))?
+                    .map_err(Error::from)
+            }
+            Err(e) => Err(e.into()),
+        }
+    }
+}
+
+impl DiskShares {
+    /// [`ShareStore::commit_batch`] for share files: all renames first,
+    /// then one fsync per directory touched.
+    async fn commit_files(&self, batch: Vec<(Staged, bool)>) -> Vec<Result<u64>> {
         let n = batch.len();
+        if n == 0 {
+            return Vec::new();
+        }
         let jobs: Vec<(PathBuf, Staged, bool)> = batch
             .into_iter()
             .map(|(staged, replace)| (self.path_of(&staged.id), staged, replace))
@@ -472,45 +699,6 @@ impl ShareStore for DiskShares {
             Err(e) => (0..n).map(|_| Err(Error::Task(e.to_string()))).collect(),
         }
     }
-
-    async fn get(&self, id: &ShareId) -> Result<Option<(u64, ByteStream)>> {
-        let path = self.path_of(id);
-        let opened = tokio::task::spawn_blocking(move || read_share(&path))
-            .await
-            .map_err(|e| Error::Task(e.to_string()))?;
-        match opened {
-            Ok(Opened::Whole(bytes)) => {
-                let len = bytes.len() as u64;
-                Ok(Some((
-                    len,
-                    Box::pin(futures_util::stream::iter([Ok(bytes)])),
-                )))
-            }
-            Ok(Opened::Large(file, len)) => {
-                let file = tokio::fs::File::from_std(file);
-                let stream = tokio_util::io::ReaderStream::with_capacity(file, 256 * 1024);
-                Ok(Some((len, Box::pin(stream))))
-            }
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-            Err(e) => Err(e.into()),
-        }
-    }
-
-    async fn contains(&self, id: &ShareId) -> Result<bool> {
-        Ok(tokio::fs::try_exists(self.path_of(id)).await?)
-    }
-
-    async fn delete(&self, id: &ShareId) -> Result<u64> {
-        let path = self.path_of(id);
-        match tokio::fs::metadata(&path).await {
-            Ok(meta) => {
-                tokio::fs::remove_file(&path).await?;
-                Ok(meta.len())
-            }
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(0),
-            Err(e) => Err(e.into()),
-        }
-    }
 }
 
 #[cfg(test)]
@@ -525,6 +713,102 @@ mod tests {
             pieces += 1;
         }
         (all, pieces)
+    }
+
+    fn body(bytes: &[u8]) -> ByteStream {
+        Box::pin(futures_util::stream::iter([Ok(Bytes::copy_from_slice(
+            bytes,
+        ))]))
+    }
+
+    /// Shares up to `SMALL_MAX` become rows, larger ones files, in one
+    /// batch; both read back, count as held and delete.
+    #[tokio::test]
+    async fn small_shares_are_rows_and_large_ones_files() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = DiskShares::open(dir.path()).unwrap();
+        let mut batch = Vec::new();
+        let mut all = Vec::new();
+        for len in [1usize, 4096, SMALL_MAX as usize, SMALL_MAX as usize + 1] {
+            let bytes: Vec<u8> = (0..len).map(|i| (i * 13 % 251) as u8).collect();
+            let id = crate::chunk::share_id(&bytes);
+            batch.push((
+                store.stage(&id, body(&bytes), len as u64).await.unwrap(),
+                false,
+            ));
+            all.push((id, bytes));
+        }
+        let lens: Vec<u64> = store
+            .commit_batch(batch)
+            .await
+            .into_iter()
+            .map(|r| r.unwrap())
+            .collect();
+        assert_eq!(
+            lens,
+            all.iter().map(|(_, b)| b.len() as u64).collect::<Vec<_>>()
+        );
+        for (id, bytes) in &all {
+            let is_file = store.path_of(id).exists();
+            assert_eq!(
+                is_file,
+                bytes.len() as u64 > SMALL_MAX,
+                "{} bytes",
+                bytes.len()
+            );
+            assert!(store.holds(id).unwrap() && store.contains(id).await.unwrap());
+            let (len, stream) = store.get(id).await.unwrap().unwrap();
+            assert_eq!(len, bytes.len() as u64);
+            assert!(
+                drain(stream).await.0 == *bytes,
+                "{} bytes read back differ",
+                len
+            );
+        }
+        // A small body that does not hash to its id is refused at staging.
+        let err = store
+            .stage(&[7; 32], body(b"not it"), 6)
+            .await
+            .err()
+            .unwrap();
+        assert!(matches!(err, Error::Mismatch(_)), "{err}");
+        // As is one longer than declared.
+        let (id, bytes) = &all[1];
+        let err = store.stage(id, body(bytes), 100).await.err().unwrap();
+        assert!(matches!(err, Error::TooLarge { .. }), "{err}");
+        for (id, bytes) in &all {
+            assert_eq!(store.delete(id).await.unwrap(), bytes.len() as u64);
+            assert!(!store.holds(id).unwrap());
+            assert!(store.get(id).await.unwrap().is_none());
+        }
+    }
+
+    /// A corrupt share file (from before small shares were rows) is
+    /// replaced by a repair, and the row is what readers then get.
+    #[tokio::test]
+    async fn a_repair_replaces_a_corrupt_small_share_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = DiskShares::open(dir.path()).unwrap();
+        let bytes = b"a small share".to_vec();
+        let id = crate::chunk::share_id(&bytes);
+        let path = store.path_of(&id);
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        std::fs::write(&path, b"rotten bytes!").unwrap();
+        // Without the repair flag, the held copy stands.
+        let staged = store
+            .stage(&id, body(&bytes), bytes.len() as u64)
+            .await
+            .unwrap();
+        store.commit(staged, false).await.unwrap();
+        assert_eq!(std::fs::read(&path).unwrap(), b"rotten bytes!");
+        let staged = store
+            .stage(&id, body(&bytes), bytes.len() as u64)
+            .await
+            .unwrap();
+        store.commit(staged, true).await.unwrap();
+        assert!(!path.exists(), "the corrupt file is gone");
+        let (_, stream) = store.get(&id).await.unwrap().unwrap();
+        assert_eq!(drain(stream).await.0, bytes);
     }
 
     #[tokio::test]

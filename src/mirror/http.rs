@@ -128,7 +128,7 @@ async fn put_share(
     // Room and funding are checked before a byte is stored; without a
     // declared length, the largest share is assumed.
     let len = declared.unwrap_or(MAX_SHARE_BYTES);
-    let (repair, path) = (q.repair, m.shares.path_of(&id));
+    let (repair, shares) = (q.repair, m.shares.clone());
     // One trip to the blocking pool for the checks before the body.
     let held = {
         let _g = m.finalize.read().await;
@@ -138,7 +138,7 @@ async fn put_share(
                 // checked too, so a share lost from disk behind the
                 // ledger's back is accepted again rather than acknowledged
                 // and still missing.
-                if !repair && path.try_exists()? && l.lease_existing(&account, &id, now)? {
+                if !repair && shares.holds(&id)? && l.lease_existing(&account, &id, now)? {
                     return Ok(true);
                 }
                 if len > MAX_SHARE_BYTES {

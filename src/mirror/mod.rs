@@ -15,6 +15,7 @@ mod disk;
 mod gc;
 mod http;
 mod ledger;
+mod small;
 mod stratum;
 mod upstream;
 
