@@ -94,3 +94,44 @@ fn a_burst_over_quota_is_refused_share_by_share_and_leaves_no_files() {
     let status = rt.block_on(client.account()).unwrap();
     assert_eq!((status.leases, status.usage_bytes), (10, 10_000));
 }
+
+/// Uploads of shares the mirror already holds skip the body and are leased
+/// in the group commit: each uploader gets its own durable lease, and a
+/// burst past an uploader's quota is refused lease by lease, the others
+/// standing.
+#[test]
+fn a_burst_of_held_shares_is_leased_to_each_uploader() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mirror = MirrorProc::start(&tmp.path().join("m"), &["--quota", "20000"]);
+    let first = mirror_client(&mirror, 0x63);
+    let second = mirror_client(&mirror, 0x64);
+    let blobs: Vec<Vec<u8>> = (0..30)
+        .map(|i| common::seeded_bytes(&format!("held{i}"), 1000))
+        .collect();
+    let rt = common::runtime();
+    // The first account stores twenty of them.
+    for r in rt.block_on(put_all(&first, &blobs[..20])) {
+        r.unwrap();
+    }
+    // Again, all at once: all held, all fine, nothing counted twice.
+    for r in rt.block_on(put_all(&first, &blobs[..20])) {
+        r.unwrap();
+    }
+    let status = rt.block_on(first.account()).unwrap();
+    assert_eq!((status.leases, status.usage_bytes), (20, 20_000));
+    // The second account uploads all thirty at once: twenty are held and
+    // leased to it, ten are stored; its quota holds exactly twenty.
+    let results = rt.block_on(put_all(&second, &blobs));
+    let ok = results.iter().filter(|r| r.is_ok()).count();
+    for r in &results {
+        if let Err(e) = r {
+            assert!(matches!(e, Error::NoSpace { .. }), "unexpected error: {e}");
+        }
+    }
+    assert_eq!(ok, 20, "exactly the quota's worth is leased or stored");
+    let status = rt.block_on(second.account()).unwrap();
+    assert_eq!((status.leases, status.usage_bytes), (20, 20_000));
+    // The first account's leases are untouched.
+    let status = rt.block_on(first.account()).unwrap();
+    assert_eq!((status.leases, status.usage_bytes), (20, 20_000));
+}
