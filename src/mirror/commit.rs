@@ -15,12 +15,6 @@
 //! The batch holds the finalize lock (shared) from the first rename to the
 //! last record, exactly as a single upload did, so GC, which takes it
 //! exclusively, never sees a renamed share without its record.
-//!
-//! An upload of a share the mirror already holds comes here too, to have
-//! its lease recorded in the same transaction: re-uploading a tree whose
-//! shares are all held (a second copy of a directory, say) was one ledger
-//! transaction, so one WAL fsync, per share, one after another under the
-//! ledger's lock.
 
 use std::sync::Arc;
 
@@ -34,20 +28,13 @@ const MAX_BATCH: usize = 256;
 /// Uploads that may wait for a batch before senders wait to queue.
 const QUEUE: usize = 1024;
 
-/// An upload waiting to be committed.
+/// A staged upload waiting to be committed.
 struct Waiting {
-    work: Work,
+    staged: Staged,
+    repair: bool,
     account: [u8; 32],
     now: i64,
-    /// `Ok(false)`: a lease for a share that is no longer held.
-    answer: oneshot::Sender<Result<bool>>,
-}
-
-enum Work {
-    /// A staged body to publish and record.
-    Store { staged: Staged, repair: bool },
-    /// A lease on a share the mirror already holds.
-    Lease { id: [u8; 32] },
+    answer: oneshot::Sender<Result<()>>,
 }
 
 /// The queue in front of the commit task. Dropping every handle stops it.
@@ -77,21 +64,10 @@ impl CommitQueue {
         account: [u8; 32],
         now: i64,
     ) -> Result<()> {
-        self.submit(Work::Store { staged, repair }, account, now)
-            .await
-            .map(|_| ())
-    }
-
-    /// Lease a share the mirror holds for `account`, durably; `false` if
-    /// it is not held any more (GC took it since the caller looked).
-    pub(super) async fn lease(&self, id: [u8; 32], account: [u8; 32], now: i64) -> Result<bool> {
-        self.submit(Work::Lease { id }, account, now).await
-    }
-
-    async fn submit(&self, work: Work, account: [u8; 32], now: i64) -> Result<bool> {
         let (answer, answered) = oneshot::channel();
         let waiting = Waiting {
-            work,
+            staged,
+            repair,
             account,
             now,
             answer,
@@ -117,7 +93,7 @@ async fn run(
         tracing::trace!(uploads = batch.len(), "group commit");
         let (work, answers): (Vec<_>, Vec<_>) = batch
             .drain(..)
-            .map(|w| ((w.work, w.account, w.now), w.answer))
+            .map(|w| ((w.staged, w.repair, w.account, w.now), w.answer))
             .unzip();
         let results = commit_batch(&shares, &ledger, &finalize, work).await;
         for (answer, result) in answers.into_iter().zip(results) {
@@ -127,92 +103,59 @@ async fn run(
     }
 }
 
-/// Publish, fsync and record one batch; one result per upload, in order.
+/// Rename, fsync and record one batch; one result per upload, in order.
 async fn commit_batch(
     shares: &DiskShares,
     ledger: &Ledger,
     finalize: &RwLock<()>,
-    work: Vec<(Work, [u8; 32], i64)>,
-) -> Vec<Result<bool>> {
+    work: Vec<(Staged, bool, [u8; 32], i64)>,
+) -> Vec<Result<()>> {
     let _guard = finalize.read().await;
-    let n = work.len();
-    let mut results: Vec<Option<Result<bool>>> = (0..n).map(|_| None).collect();
-    // Stores: (index, record); leases: (index, lease).
-    let mut stores = Vec::new();
-    let mut staged = Vec::new();
-    let mut leases = Vec::new();
-    for (i, (w, account, now)) in work.into_iter().enumerate() {
-        match w {
-            Work::Store { staged: s, repair } => {
-                let record = NewShare {
-                    account,
-                    id: *s.id(),
-                    size: 0,
-                    now,
-                };
-                stores.push((i, record));
-                staged.push((s, repair));
-            }
-            Work::Lease { id } => leases.push((
-                i,
-                NewShare {
-                    account,
-                    id,
-                    size: 0,
-                    now,
-                },
-            )),
-        }
+    let mut records = Vec::with_capacity(work.len());
+    let mut staged = Vec::with_capacity(work.len());
+    for (s, repair, account, now) in work {
+        records.push(NewShare {
+            account,
+            id: *s.id(),
+            size: 0,
+            now,
+        });
+        staged.push((s, repair));
     }
-    let placed = if staged.is_empty() {
-        Vec::new()
-    } else {
-        shares.commit_batch(staged).await
-    };
+    let placed = shares.commit_batch(staged).await;
     // Only shares now durable on disk are recorded.
+    let mut results: Vec<Result<()>> = Vec::with_capacity(records.len());
     let mut to_record = Vec::new();
-    for ((i, mut record), p) in stores.into_iter().zip(placed) {
+    for (i, p) in placed.into_iter().enumerate() {
         match p {
             Ok(size) => {
-                record.size = size;
-                to_record.push((i, record));
+                records[i].size = size;
+                to_record.push(i);
+                results.push(Ok(()));
             }
-            Err(e) => results[i] = Some(Err(e)),
+            Err(e) => results.push(Err(e)),
         }
     }
-    let store_batch: Vec<NewShare> = to_record.iter().map(|(_, r)| *r).collect();
-    let lease_batch: Vec<NewShare> = leases.iter().map(|(_, l)| *l).collect();
-    let recorded = if store_batch.is_empty() && lease_batch.is_empty() {
-        Ok((Vec::new(), Vec::new()))
-    } else {
-        ledger
-            .run(move |l| l.record_batch(&store_batch, &lease_batch))
-            .await
-    };
+    if to_record.is_empty() {
+        return results;
+    }
+    let batch: Vec<NewShare> = to_record.iter().map(|&i| records[i]).collect();
+    let recorded = ledger.run(move |l| l.add_shares(&batch)).await;
     let mut unrecorded = Vec::new();
     match recorded {
-        Ok((stored, leased)) => {
-            for ((i, record), r) in to_record.iter().zip(stored) {
-                results[*i] = Some(match r {
-                    Ok(()) => Ok(true),
-                    Err(e) => {
-                        unrecorded.push(record.id);
-                        Err(e)
-                    }
-                });
-            }
-            for ((i, _), r) in leases.iter().zip(leased) {
-                results[*i] = Some(r);
+        Ok(each) => {
+            for (&i, r) in to_record.iter().zip(each) {
+                if let Err(e) = r {
+                    unrecorded.push(records[i].id);
+                    results[i] = Err(e);
+                }
             }
         }
         Err(e) => {
             let reason = e.to_string();
-            for (i, record) in &to_record {
-                unrecorded.push(record.id);
-                results[*i] = Some(Err(Error::Commit(reason.clone())));
-            }
-            for (i, _) in &leases {
-                results[*i] = Some(Err(Error::Commit(reason.clone())));
+            for &i in &to_record {
+                unrecorded.push(records[i].id);
+                results[i] = Err(Error::Commit(reason.clone()));
             }
         }
     }
@@ -236,7 +179,4 @@ async fn commit_batch(
         }
     }
     results
-        .into_iter()
-        .map(|r| r.expect("every upload of the batch is answered"))
-        .collect()
 }

@@ -129,39 +129,30 @@ async fn put_share(
     // declared length, the largest share is assumed.
     let len = declared.unwrap_or(MAX_SHARE_BYTES);
     let (repair, shares) = (q.repair, m.shares.clone());
-    // Room and funding are checked before a byte is stored.
-    let precheck = move |l: &Ledger| {
-        if len > MAX_SHARE_BYTES {
-            return Err(Error::TooLarge {
-                limit: MAX_SHARE_BYTES,
-            });
-        }
-        l.precheck(&account, len, now)
-    };
     // One trip to the blocking pool for the checks before the body.
     let held = {
         let _g = m.finalize.read().await;
         m.ledger
             .run(move |l| {
-                // The file or row is checked, not just the ledger, so a
-                // share lost from disk behind the ledger's back is
-                // accepted again rather than acknowledged and still missing.
-                if !repair && shares.holds(&id)? {
+                // Already held: lease it and skip the body. The file is
+                // checked too, so a share lost from disk behind the
+                // ledger's back is accepted again rather than acknowledged
+                // and still missing.
+                if !repair && shares.holds(&id)? && l.lease_existing(&account, &id, now)? {
                     return Ok(true);
                 }
-                precheck(l)?;
+                if len > MAX_SHARE_BYTES {
+                    return Err(Error::TooLarge {
+                        limit: MAX_SHARE_BYTES,
+                    });
+                }
+                l.precheck(&account, len, now)?;
                 Ok(false)
             })
             .await?
     };
     if held {
-        // Already held: lease it in the next group commit, skip the body.
-        if m.commits.lease(id, account, now).await? {
-            return Ok(StatusCode::OK);
-        }
-        // GC took it since: the body is wanted after all.
-        let _g = m.finalize.read().await;
-        m.ledger.run(precheck).await?;
+        return Ok(StatusCode::OK);
     }
     let stream = body.into_data_stream().map_err(std::io::Error::other);
     // At most the declared length: hyper holds the body to it, and the

@@ -112,10 +112,6 @@ pub struct NewShare {
     pub now: i64,
 }
 
-/// What [`Ledger::record_batch`] did with each item: per store, recorded
-/// or refused; per lease, leased, not held (`false`) or refused.
-pub type Recorded = (Vec<Result<()>>, Vec<Result<bool>>);
-
 /// A handle to the ledger. Cheap to clone; calls block, so async callers
 /// go through [`Ledger::run`].
 #[derive(Clone)]
@@ -315,6 +311,11 @@ impl Ledger {
         Ok(true)
     }
 
+    /// Lease an object the mirror already holds. `false` if it does not.
+    pub fn lease_existing(&self, account: &[u8; 32], id: &[u8; 32], now: i64) -> Result<bool> {
+        self.with_tx(|tx| self.lease_in(tx, account, id, now))
+    }
+
     /// Whether `size` more bytes fit, before a share is streamed in.
     pub fn precheck(&self, account: &[u8; 32], size: u64, now: i64) -> Result<()> {
         self.with_tx(|tx| {
@@ -339,51 +340,30 @@ impl Ledger {
         })
     }
 
-    /// Record a group commit's batch in one transaction, so one WAL fsync
-    /// for all of it: `stores`, shares just stored, each with its first
-    /// lease; and `leases`, uploads of shares the mirror already held,
-    /// each leased (`Ok(false)` if the object is no longer held). Each
-    /// item stands on its own, as if recorded alone in this order: one
-    /// refused (quota, capacity, funding) gets its error and does not undo
-    /// the others. Any other error fails the whole batch, and nothing of it
-    /// is recorded.
-    pub fn record_batch(&self, stores: &[NewShare], leases: &[NewShare]) -> Result<Recorded> {
+    /// Record many newly stored shares in one transaction: one commit, so
+    /// one WAL fsync, for all of them. Each share stands on its own, as if
+    /// added alone in this order: one refused (quota, capacity, funding)
+    /// gets its error and does not undo the others. Any other error fails
+    /// the whole batch, and nothing of it is recorded.
+    pub fn add_shares(&self, shares: &[NewShare]) -> Result<Vec<Result<()>>> {
         let mut conn = self.conn.lock().expect("ledger lock");
         let mut tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
-        let mut stored = Vec::with_capacity(stores.len());
-        for share in stores {
-            stored.push(Self::own_savepoint(&mut tx, |sp| {
-                self.add_share_in(sp, share)
-            })?);
-        }
-        let mut leased = Vec::with_capacity(leases.len());
-        for l in leases {
-            leased.push(Self::own_savepoint(&mut tx, |sp| {
-                self.lease_in(sp, &l.account, &l.id, l.now)
-            })?);
+        let mut out = Vec::with_capacity(shares.len());
+        for share in shares {
+            let sp = tx.savepoint()?;
+            match self.add_share_in(&sp, share) {
+                Ok(()) => {
+                    sp.commit()?;
+                    out.push(Ok(()));
+                }
+                Err(
+                    e @ (Error::Quota { .. } | Error::Capacity { .. } | Error::Unfunded { .. }),
+                ) => out.push(Err(e)),
+                Err(e) => return Err(e),
+            }
         }
         tx.commit()?;
-        Ok((stored, leased))
-    }
-
-    /// Run `f` in a savepoint of `tx`: kept if it succeeds, rolled back if
-    /// it is refused (the refusal returned as the item's result), and any
-    /// other error returned as the batch's.
-    fn own_savepoint<T>(
-        tx: &mut rusqlite::Transaction<'_>,
-        f: impl FnOnce(&rusqlite::Connection) -> Result<T>,
-    ) -> Result<Result<T>> {
-        let sp = tx.savepoint()?;
-        match f(&sp) {
-            Ok(v) => {
-                sp.commit()?;
-                Ok(Ok(v))
-            }
-            Err(e @ (Error::Quota { .. } | Error::Capacity { .. } | Error::Unfunded { .. })) => {
-                Ok(Err(e))
-            }
-            Err(e) => Err(e),
-        }
+        Ok(out)
     }
 
     fn add_share_in(&self, tx: &rusqlite::Connection, share: &NewShare) -> Result<()> {
