@@ -259,7 +259,9 @@ impl Grid {
         if !lost.is_empty() || under_spread {
             // Placement ranks mirrors by the object's first share id, so the
             // whole set goes through it: shares already held are no-ops.
-            self.put_group(&all).await?;
+            // Every mirror is asked: what one acknowledged lately is no
+            // proof it still holds it.
+            self.put_group_asking(&all).await?;
             written += lost.len() as u64;
             if obj.ids.len() == 1 {
                 // A replica: each new copy counts.

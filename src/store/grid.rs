@@ -6,9 +6,20 @@
 //! reader ranks the same way, so it asks the right mirror first, and falls
 //! back to every other mirror, so a changed mirror list costs time, never
 //! data.
+//!
+//! The grid remembers, for a few minutes, which mirrors acknowledged which
+//! shares (`Placed`), and does not send those again: writing content the
+//! client stored moments ago (a directory copied within the mount, the
+//! same archive unpacked twice, a file saved unchanged) then costs no
+//! requests for its shares. Each of those acknowledgements left a lease
+//! that runs for the mirror's lease period (days; the brief's default is
+//! 31), far past the few minutes this memory lasts, and the keeper renews
+//! whatever is reachable, so nothing the grid skips can lapse meanwhile.
 
 use std::collections::{HashMap, HashSet};
+use std::num::NonZeroUsize;
 use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use tokio::task::JoinSet;
 
@@ -48,6 +59,53 @@ pub struct Grid {
     happy: usize,
     /// Highest slot seq seen per directory: the client never goes below it.
     seen: Mutex<HashMap<[u8; 32], u64>>,
+    placed: Mutex<Placed>,
+}
+
+/// How long an acknowledged share counts as placed without asking again.
+/// Far inside any lease a mirror grants (its `--lease-days` is whole days).
+const PLACED_FOR: Duration = Duration::from_secs(10 * 60);
+/// Shares remembered: about 3 MiB of memory.
+const PLACED_ENTRIES: usize = 64 * 1024;
+
+/// Recently acknowledged shares: for each, when, and which mirrors (by
+/// index in the grid's list, as a bit set; a grid of more than 64 mirrors
+/// remembers the first 64).
+struct Placed(lru::LruCache<ShareId, (Instant, u64)>);
+
+impl Placed {
+    fn new() -> Placed {
+        Placed(lru::LruCache::new(
+            NonZeroUsize::new(PLACED_ENTRIES).expect("nonzero"),
+        ))
+    }
+
+    /// Whether `mirror` acknowledged `id` within `PLACED_FOR`.
+    fn holds(&mut self, id: &ShareId, mirror: usize) -> bool {
+        match self.0.get(id) {
+            Some(&(at, set)) if at.elapsed() < PLACED_FOR => {
+                mirror < 64 && set & (1 << mirror) != 0
+            }
+            _ => false,
+        }
+    }
+
+    /// Forget `id`: a mirror was seen without it.
+    fn forget(&mut self, id: &ShareId) {
+        self.0.pop(id);
+    }
+
+    /// Remember that `mirrors` acknowledged `id` just now. Only mirrors
+    /// that really answered are passed in, never ones skipped thanks to
+    /// this memory, so an entry's time is always that of a real
+    /// acknowledgement (and so of a fresh lease), however often the same
+    /// share is written again.
+    fn record(&mut self, id: ShareId, mirrors: impl Iterator<Item = usize>) {
+        let set = mirrors.filter(|&m| m < 64).fold(0u64, |s, m| s | 1 << m);
+        if set != 0 {
+            self.0.put(id, (Instant::now(), set));
+        }
+    }
 }
 
 impl Grid {
@@ -60,6 +118,7 @@ impl Grid {
             params: Params::new(config.k, config.n)?,
             happy: config.happy.max(1),
             seen: Mutex::new(HashMap::new()),
+            placed: Mutex::new(Placed::new()),
         })
     }
 
@@ -96,6 +155,23 @@ impl Grid {
     /// least `happy` distinct mirrors. A replica goes to `max(n, happy)`
     /// mirrors.
     pub async fn put_group(&self, shares: &[Share]) -> Result<()> {
+        self.place_group(shares, true).await
+    }
+
+    /// [`Self::put_group`] that asks every mirror, whatever was
+    /// acknowledged lately: for repair, which is called exactly because a
+    /// mirror may have lost what it once acknowledged.
+    pub async fn put_group_asking(&self, shares: &[Share]) -> Result<()> {
+        {
+            let mut placed = self.placed.lock().unwrap_or_else(|p| p.into_inner());
+            for share in shares {
+                placed.forget(&share.id());
+            }
+        }
+        self.place_group(shares, false).await
+    }
+
+    async fn place_group(&self, shares: &[Share], remembered_ok: bool) -> Result<()> {
         let order = self.ranked(&shares[0].id());
         let m = order.len();
         // (share index in `shares`, copy number) → mirror position in `order`
@@ -113,7 +189,20 @@ impl Grid {
         let mut failed: HashSet<usize> = HashSet::new();
         let mut holders: Vec<HashSet<usize>> = vec![HashSet::new(); shares.len()];
         let mut last_err: Option<Error> = None;
-        if shares[0].as_bytes().len() >= CLAIM_MIN_BYTES {
+        // Acknowledged moments ago: placed, leased, nothing to send.
+        let mut remembered = 0;
+        if remembered_ok {
+            let mut placed = self.placed.lock().unwrap_or_else(|p| p.into_inner());
+            wanted.retain(|&(i, pos)| {
+                let held = placed.holds(&shares[i].id(), order[pos]);
+                if held {
+                    holders[i].insert(pos);
+                    remembered += 1;
+                }
+                !held
+            });
+        }
+        if !wanted.is_empty() && shares[0].as_bytes().len() >= CLAIM_MIN_BYTES {
             self.claim_held(shares, &order, &mut wanted, &mut holders)
                 .await;
         }
@@ -165,6 +254,14 @@ impl Grid {
         let distinct: HashSet<usize> = holders.iter().flatten().copied().collect();
         if distinct.len() < self.happy {
             return Err(self.placement_error(&holders, last_err));
+        }
+        // Remember what the mirrors just acknowledged; a group that was
+        // wholly remembered leaves its entries (and their times) alone.
+        if remembered == 0 {
+            let mut placed = self.placed.lock().unwrap_or_else(|p| p.into_inner());
+            for (share, at) in shares.iter().zip(&holders) {
+                placed.record(share.id(), at.iter().map(|&pos| order[pos]));
+            }
         }
         Ok(())
     }
@@ -284,7 +381,11 @@ impl Grid {
                     }
                     Err(e) => tracing::warn!(%mirror, what, error = %e, "discarding bad share"),
                 },
-                Ok(None) => {}
+                Ok(None) => {
+                    // Whatever it acknowledged, this mirror lacks it now.
+                    let mut placed = self.placed.lock().unwrap_or_else(|p| p.into_inner());
+                    placed.forget(&ids[i]);
+                }
                 Err(e) => tracing::debug!(%mirror, what, error = %e, "share fetch failed"),
             }
         }
@@ -539,5 +640,37 @@ mod space_tests {
                 left: None
             }
         );
+    }
+}
+
+#[cfg(test)]
+mod placed_tests {
+    use super::*;
+
+    #[test]
+    fn remembers_which_mirrors_and_forgets() {
+        let mut placed = Placed::new();
+        let id = [1u8; 32];
+        assert!(!placed.holds(&id, 0));
+        placed.record(id, [0, 2, 70].into_iter());
+        assert!(placed.holds(&id, 0) && placed.holds(&id, 2));
+        assert!(!placed.holds(&id, 1), "a mirror not named");
+        assert!(!placed.holds(&id, 70), "beyond the bit set");
+        placed.forget(&id);
+        assert!(!placed.holds(&id, 0));
+        // Nothing named, nothing remembered.
+        placed.record(id, std::iter::empty());
+        assert!(!placed.holds(&id, 0));
+    }
+
+    #[test]
+    fn an_old_acknowledgement_does_not_count() {
+        let mut placed = Placed::new();
+        let id = [2u8; 32];
+        let old = Instant::now()
+            .checked_sub(PLACED_FOR + Duration::from_secs(1))
+            .expect("the clock is past the window");
+        placed.0.put(id, (old, 1));
+        assert!(!placed.holds(&id, 0));
     }
 }

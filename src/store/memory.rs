@@ -57,6 +57,11 @@ impl MemoryStorage {
         Ok(())
     }
 
+    /// Drop a share, as a mirror that lost it would: for repair tests.
+    pub fn lose(&self, id: &ShareId) -> bool {
+        self.shares.lock().expect("lock").remove(id).is_some()
+    }
+
     /// Replace a share's bytes without any check: for tampering tests.
     pub fn tamper(&self, id: &ShareId, f: impl FnOnce(&mut Vec<u8>)) -> bool {
         self.shares
