@@ -7,10 +7,12 @@
 #      reads from the mirrors, not from its staging copy), checked with cmp
 #      outside the timed part;
 #   3. tar xf of FILES (default 10000) small files in 110 directories, timed
-#      on its own and, into a fresh directory, together with a sync that waits
-#      until the files are durable (lode: `lode sync`, which uploads and
-#      publishes everything staged; gocryptfs: syncfs of the
-#      disk under its cipher directory);
+#      on its own and, into fresh directories, together with a sync that
+#      waits until the files are durable (lode: `lode sync`, which uploads
+#      and publishes everything staged; gocryptfs: syncfs of the disk under
+#      its cipher directory): once with an archive of the same shape but
+#      other bytes (new content), once with the first archive again
+#      (content the file system already stored: lode deduplicates it);
 #   4. peak VmRSS of each mount process, sampled every 0.5 s while writing
 #      RSS_MIB (default 4096) of random bytes with conv=fsync.
 #
@@ -197,6 +199,14 @@ while [ "$i" -lt "$nfiles" ]; do
     i=$((i + 1))
 done
 tar cf "$work/small.tar" -C "$tree_dir" .
+# The same tree with other bytes: new content for the timed untar + sync.
+i=0
+while [ "$i" -lt "$nfiles" ]; do
+    head -c $((100 + (i * 7919) % 8093)) /dev/urandom \
+        >"$tree_dir/d$((i % 10))/e$((i / 10 % 10))/f$i"
+    i=$((i + 1))
+done
+tar cf "$work/small2.tar" -C "$tree_dir" .
 rm -rf "$tree_dir"
 echo "tarball: $nfiles files, $(du -m "$work/small.tar" | cut -f1) MiB"
 
@@ -277,24 +287,29 @@ rm -f "$gmnt/big" "$lmnt/big"
 echo "== 3. tar xf of $nfiles small files"
 for fs in gocryptfs lode; do
     if [ "$fs" = gocryptfs ]; then mnt=$gmnt; else mnt=$lmnt; fi
-    mkdir "$mnt/untar1" "$mnt/untar2"
+    mkdir "$mnt/untar1"
     drop_caches
     t=$(timed tar xf "$work/small.tar" -C "$mnt/untar1")
     res[tar_$fs]=$t
     echo "$fs: tar xf ${t}s $(load)"
     # Let the first one reach the disk / the mirrors before the second.
     if [ "$fs" = lode ]; then lode_settle; else sync -f "$gcipher"; fi
-    drop_caches
-    # shellcheck disable=SC2016 # expanded by the inner sh
-    if [ "$fs" = gocryptfs ]; then
-        t=$(timed sh -c 'tar xf "$1" -C "$2" && sync -f "$3"' sh "$work/small.tar" "$mnt/untar2" "$gcipher")
-    else
-        # `lode sync` returns once every file is uploaded and every directory
-        # published (syncfs does not reach a FUSE server).
-        t=$(timed sh -c 'tar xf "$1" -C "$2" && "$3" sync >/dev/null' sh "$work/small.tar" "$mnt/untar2" "$LODE_BIN")
-    fi
-    res[tarsync_$fs]=$t
-    echo "$fs: tar xf + sync ${t}s $(load)"
+    for round in new again; do
+        if [ "$round" = new ]; then tarball=$work/small2.tar; dir=$mnt/untar2; else tarball=$work/small.tar; dir=$mnt/untar3; fi
+        mkdir "$dir"
+        drop_caches
+        # shellcheck disable=SC2016 # expanded by the inner sh
+        if [ "$fs" = gocryptfs ]; then
+            t=$(timed sh -c 'tar xf "$1" -C "$2" && sync -f "$3"' sh "$tarball" "$dir" "$gcipher")
+        else
+            # `lode sync` returns once every file is uploaded and every
+            # directory published (syncfs does not reach a FUSE server).
+            t=$(timed sh -c 'tar xf "$1" -C "$2" && "$3" sync >/dev/null' sh "$tarball" "$dir" "$LODE_BIN")
+        fi
+        res[tarsync_${round}_$fs]=$t
+        echo "$fs: tar xf + sync, $round content, ${t}s $(load)"
+        if [ "$fs" = lode ]; then lode_settle; else sync -f "$gcipher"; fi
+    done
     n=$(find "$mnt/untar2" -type f | wc -l)
     [ "$n" = "$nfiles" ] || echo "warning: $fs holds $n files after the untar, not $nfiles" >&2
 done
@@ -344,8 +359,10 @@ printf '%-34s %12s %12s %8s\n' "seq read ${size_mib} MiB, cold (MiB/s)" \
     "${res[read_gocryptfs]%% *}" "${res[read_lode]%% *}" "$(ratio "${res[read_lode]%% *}" "${res[read_gocryptfs]%% *}")"
 printf '%-34s %12s %12s %8s\n' "tar xf $nfiles files (s)" \
     "${res[tar_gocryptfs]}" "${res[tar_lode]}" "$(ratio "${res[tar_gocryptfs]}" "${res[tar_lode]}")"
-printf '%-34s %12s %12s %8s\n' "tar xf + sync (s)" \
-    "${res[tarsync_gocryptfs]}" "${res[tarsync_lode]}" "$(ratio "${res[tarsync_gocryptfs]}" "${res[tarsync_lode]}")"
+printf '%-34s %12s %12s %8s\n' "tar xf + sync, new content (s)" \
+    "${res[tarsync_new_gocryptfs]}" "${res[tarsync_new_lode]}" "$(ratio "${res[tarsync_new_gocryptfs]}" "${res[tarsync_new_lode]}")"
+printf '%-34s %12s %12s %8s\n' "tar xf + sync, same again (s)" \
+    "${res[tarsync_again_gocryptfs]}" "${res[tarsync_again_lode]}" "$(ratio "${res[tarsync_again_gocryptfs]}" "${res[tarsync_again_lode]}")"
 printf '%-34s %12s %12s %8s\n' "write ${rss_mib} MiB, fsync (MiB/s)" \
     "${res[huge_gocryptfs]}" "${res[huge_lode]}" "$(ratio "${res[huge_lode]}" "${res[huge_gocryptfs]}")"
 printf '%-34s %12s %12s\n' "peak mount VmRSS (MiB)" "${res[rss_gocryptfs]}" "${res[rss_lode]}"
