@@ -184,6 +184,8 @@ fn recently_placed_shares_are_not_sent_again_but_repair_asks() {
             .map(|s| s.clone() as std::sync::Arc<dyn Storage>)
             .collect();
         let grid = lode::store::Grid::new(dyns, lode::store::GridConfig::default()).unwrap();
+        // In-memory stores hold forever; a mirror's lease is days.
+        grid.set_lease_floor(std::time::Duration::from_secs(31 * 86_400));
         let vault = lode::store::Vault::new(&common::secret(6), grid);
         let sent = || -> usize {
             stores

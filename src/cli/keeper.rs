@@ -177,11 +177,14 @@ const SPACE_EVERY: Duration = Duration::from_secs(10);
 
 /// Ask every mirror for its room now and then, and hand the grid's space
 /// (see `Space::of`) to `set`. Mirrors that do not answer are left out;
-/// if none answers, the last figure stands.
+/// if none answers, the last figure stands. Once every mirror has
+/// answered, the shortest lease they grant goes to `lease_floor` (see
+/// `Grid::set_lease_floor`).
 pub async fn space_loop(
     config: KeeperConfig,
     params: lode::chunk::Params,
     set: impl Fn(Option<Space>) + Send + 'static,
+    lease_floor: impl Fn(Duration) + Send + 'static,
 ) {
     loop {
         let mut asks = tokio::task::JoinSet::new();
@@ -190,10 +193,16 @@ pub async fn space_loop(
             asks.spawn(async move {
                 let mirror = HttpMirror::new(&url, account).ok()?;
                 let (info, status) = tokio::try_join!(mirror.info(), mirror.account()).ok()?;
-                Some(Room::from_reports(&info, &status))
+                Some((Room::from_reports(&info, &status), info.lease_seconds))
             });
         }
-        let rooms: Vec<Room> = asks.join_all().await.into_iter().flatten().collect();
+        let answers: Vec<(Room, u64)> = asks.join_all().await.into_iter().flatten().collect();
+        if answers.len() == config.mirrors.len()
+            && let Some(shortest) = answers.iter().map(|a| a.1).min()
+        {
+            lease_floor(Duration::from_secs(shortest));
+        }
+        let rooms: Vec<Room> = answers.into_iter().map(|a| a.0).collect();
         if !rooms.is_empty() {
             set(Space::of(params, config.mirrors.len(), &rooms));
         }

@@ -259,6 +259,10 @@ pub fn mount(args: MountArgs) -> Result<()> {
             let fs = fs.clone();
             move |space| fs.set_space(space)
         },
+        {
+            let vault = vault.clone();
+            move |lease| vault.grid().set_lease_floor(lease)
+        },
     ));
     let keeper = super::keeper::Keeper::start(keeper_config, vault.clone(), rt.handle())?;
     let keeper = Arc::new(keeper);

@@ -578,16 +578,15 @@ impl ShareStore for DiskShares {
             }
         }
         let file_batch: Vec<(Staged, bool)> = files.into_iter().map(|(_, item)| item).collect();
-        let (small_done, file_done) = tokio::join!(
-            async {
-                if small.is_empty() {
-                    Vec::new()
-                } else {
-                    self.commit_small(small).await
-                }
-            },
-            self.commit_files(file_batch)
-        );
+        // Rows first, then files, not side by side: a small upload that
+        // finds its share held as a file must find one made durable by an
+        // earlier batch, never one this batch renamed and has yet to fsync.
+        let small_done = if small.is_empty() {
+            Vec::new()
+        } else {
+            self.commit_small(small).await
+        };
+        let file_done = self.commit_files(file_batch).await;
         let mut out: Vec<Option<Result<u64>>> =
             (0..small_at.len() + file_at.len()).map(|_| None).collect();
         for (i, r) in small_at.into_iter().zip(small_done) {
@@ -643,22 +642,24 @@ impl ShareStore for DiskShares {
             .map_err(Error::from)
     }
 
+    /// Removes the file and the row: a share can be held as both (an
+    /// upload without a declared length, or a repair, comes as a file
+    /// whatever its size).
     async fn delete(&self, id: &ShareId) -> Result<u64> {
         let path = self.path_of(id);
-        match tokio::fs::metadata(&path).await {
+        let from_file = match tokio::fs::metadata(&path).await {
             Ok(meta) => {
                 tokio::fs::remove_file(&path).await?;
-                Ok(meta.len())
+                meta.len()
             }
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                let (small, id) = (self.small.clone(), *id);
-                tokio::task::spawn_blocking(move || small.delete(&id))
-                    .await
-                    .map_err(|e| Error::Task(e.to_string()))?
-                    .map_err(Error::from)
-            }
-            Err(e) => Err(e.into()),
-        }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => 0,
+            Err(e) => return Err(e.into()),
+        };
+        let (small, id) = (self.small.clone(), *id);
+        let from_row = tokio::task::spawn_blocking(move || small.delete(&id))
+            .await
+            .map_err(|e| Error::Task(e.to_string()))??;
+        Ok(from_file + from_row)
     }
 }
 

@@ -422,7 +422,11 @@ impl Grid {
     pub async fn renew(&self, ids: &[[u8; 32]]) -> Vec<(String, Result<usize>)> {
         let mut out = Vec::new();
         for store in self.mirrors() {
-            let result = store.renew(ids).await.map(|missing| missing.len());
+            let result = store.renew(ids).await.map(|missing| {
+                // Not to be skipped as lately placed: the mirror lacks them.
+                self.forget_placed(&missing);
+                missing.len()
+            });
             out.push((store.name().to_string(), result));
         }
         out

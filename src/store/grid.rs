@@ -62,8 +62,9 @@ pub struct Grid {
     placed: Mutex<Placed>,
 }
 
-/// How long an acknowledged share counts as placed without asking again.
-/// Far inside any lease a mirror grants (its `--lease-days` is whole days).
+/// How long, at most, an acknowledged share counts as placed without
+/// asking again; never more than an eighth of the shortest lease the
+/// mirrors grant (`Grid::set_lease_floor`), and nothing until that is known.
 const PLACED_FOR: Duration = Duration::from_secs(10 * 60);
 /// Shares remembered: about 3 MiB of memory.
 const PLACED_ENTRIES: usize = 64 * 1024;
@@ -71,28 +72,33 @@ const PLACED_ENTRIES: usize = 64 * 1024;
 /// Recently acknowledged shares: for each, when, and which mirrors (by
 /// index in the grid's list, as a bit set; a grid of more than 64 mirrors
 /// remembers the first 64).
-struct Placed(lru::LruCache<ShareId, (Instant, u64)>);
+struct Placed {
+    recent: lru::LruCache<ShareId, (Instant, u64)>,
+    /// How long an acknowledgement counts; zero (nothing counts) until
+    /// the mirrors' lease is known.
+    window: Duration,
+}
 
 impl Placed {
     fn new() -> Placed {
-        Placed(lru::LruCache::new(
-            NonZeroUsize::new(PLACED_ENTRIES).expect("nonzero"),
-        ))
+        Placed {
+            recent: lru::LruCache::new(NonZeroUsize::new(PLACED_ENTRIES).expect("nonzero")),
+            window: Duration::ZERO,
+        }
     }
 
-    /// Whether `mirror` acknowledged `id` within `PLACED_FOR`.
+    /// Whether `mirror` acknowledged `id` within the window.
     fn holds(&mut self, id: &ShareId, mirror: usize) -> bool {
-        match self.0.get(id) {
-            Some(&(at, set)) if at.elapsed() < PLACED_FOR => {
-                mirror < 64 && set & (1 << mirror) != 0
-            }
+        let window = self.window;
+        match self.recent.get(id) {
+            Some(&(at, set)) if at.elapsed() < window => mirror < 64 && set & (1 << mirror) != 0,
             _ => false,
         }
     }
 
     /// Forget `id`: a mirror was seen without it.
     fn forget(&mut self, id: &ShareId) {
-        self.0.pop(id);
+        self.recent.pop(id);
     }
 
     /// Remember that `mirrors` acknowledged `id` just now. Only mirrors
@@ -103,7 +109,7 @@ impl Placed {
     fn record(&mut self, id: ShareId, mirrors: impl Iterator<Item = usize>) {
         let set = mirrors.filter(|&m| m < 64).fold(0u64, |s, m| s | 1 << m);
         if set != 0 {
-            self.0.put(id, (Instant::now(), set));
+            self.recent.put(id, (Instant::now(), set));
         }
     }
 }
@@ -156,6 +162,23 @@ impl Grid {
     /// mirrors.
     pub async fn put_group(&self, shares: &[Share]) -> Result<()> {
         self.place_group(shares, true).await
+    }
+
+    /// Drop `ids` from the memory of lately placed shares: a mirror was
+    /// seen without them.
+    pub fn forget_placed(&self, ids: &[ShareId]) {
+        let mut placed = self.placed.lock().unwrap_or_else(|p| p.into_inner());
+        for id in ids {
+            placed.forget(id);
+        }
+    }
+
+    /// Tell the grid the shortest lease its mirrors grant (their `info`).
+    /// Shares acknowledged within an eighth of it, and at most ten
+    /// minutes, are not sent again; until this is called, all are.
+    pub fn set_lease_floor(&self, lease: Duration) {
+        let mut placed = self.placed.lock().unwrap_or_else(|p| p.into_inner());
+        placed.window = PLACED_FOR.min(lease / 8);
     }
 
     /// [`Self::put_group`] that asks every mirror, whatever was
@@ -650,6 +673,7 @@ mod placed_tests {
     #[test]
     fn remembers_which_mirrors_and_forgets() {
         let mut placed = Placed::new();
+        placed.window = PLACED_FOR;
         let id = [1u8; 32];
         assert!(!placed.holds(&id, 0));
         placed.record(id, [0, 2, 70].into_iter());
@@ -666,11 +690,35 @@ mod placed_tests {
     #[test]
     fn an_old_acknowledgement_does_not_count() {
         let mut placed = Placed::new();
+        placed.window = PLACED_FOR;
         let id = [2u8; 32];
         let old = Instant::now()
             .checked_sub(PLACED_FOR + Duration::from_secs(1))
             .expect("the clock is past the window");
-        placed.0.put(id, (old, 1));
+        placed.recent.put(id, (old, 1));
         assert!(!placed.holds(&id, 0));
+    }
+
+    /// Nothing counts before the lease is known, and the window is an
+    /// eighth of a short lease.
+    #[test]
+    fn the_window_follows_the_shortest_lease() {
+        let grid = Grid::new(
+            vec![Arc::new(crate::store::MemoryStorage::new())],
+            GridConfig::default(),
+        )
+        .unwrap();
+        let id = [3u8; 32];
+        let held = |grid: &Grid| grid.placed.lock().unwrap().holds(&id, 0);
+        grid.placed.lock().unwrap().record(id, [0].into_iter());
+        assert!(!held(&grid), "before any lease is known");
+        grid.set_lease_floor(Duration::from_secs(31 * 86_400));
+        assert!(held(&grid));
+        assert_eq!(grid.placed.lock().unwrap().window, PLACED_FOR);
+        grid.set_lease_floor(Duration::from_secs(12));
+        assert_eq!(
+            grid.placed.lock().unwrap().window,
+            Duration::from_millis(1500)
+        );
     }
 }

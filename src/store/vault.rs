@@ -31,10 +31,10 @@ pub struct Vault {
     root: DirWriteCap,
     /// Verified plaintext chunks, bounded in bytes.
     cache: std::sync::Mutex<ChunkCache>,
-    /// Opened manifest nodes, keyed by SHA-256(share id ‖ read key) so a
-    /// hit needs the same key the node was opened with.
+    /// Opened manifest nodes, keyed by SHA-256(share ids ‖ read key) so a
+    /// hit needs the same shares and key the node was opened with.
     nodes: std::sync::Mutex<lru::LruCache<[u8; 32], Arc<Node>>>,
-    /// Chunks being fetched now, by first share id: a reader and the
+    /// Chunks being fetched now, by cache slot: a reader and the
     /// readahead asking for the same chunk share one fetch and one
     /// decryption.
     fetching: std::sync::Mutex<HashMap<chunk::ShareId, Arc<Fetching>>>,
@@ -246,13 +246,18 @@ impl Vault {
             .await
     }
 
-    fn node_key(id: &chunk::ShareId, key: &ReadKey) -> [u8; 32] {
+    /// Where an opened node is cached: a hash of all its share ids and
+    /// its read key (for the same reason as [`Self::chunk_slot`]: a
+    /// manifest that lists your node's first share beside others must not
+    /// name your node's slot).
+    fn node_key(ids: &[chunk::ShareId], key: &ReadKey) -> [u8; 32] {
         use sha2::Digest;
-        sha2::Sha256::new()
-            .chain_update(id)
-            .chain_update(key.expose())
-            .finalize()
-            .into()
+        let mut h = sha2::Sha256::new();
+        for id in ids {
+            h.update(id);
+        }
+        h.update(key.expose());
+        h.finalize().into()
     }
 
     fn cached_node(&self, slot: &[u8; 32]) -> Option<Arc<Node>> {
@@ -273,7 +278,7 @@ impl Vault {
     }
 
     async fn fetch_root(&self, root: &chunk::ShareId, key: &ReadKey) -> Result<Arc<Node>> {
-        let slot = Self::node_key(root, key);
+        let slot = Self::node_key(std::slice::from_ref(root), key);
         if let Some(node) = self.cached_node(&slot) {
             return Ok(node);
         }
@@ -292,14 +297,33 @@ impl Vault {
             .ok_or_else(|| chunk::Error::MalformedManifest("node opened without keys".into()))?)
     }
 
+    /// Where a chunk's plaintext is cached: a hash of every share id of
+    /// its entry, its key and its length. Not the first share id alone:
+    /// anyone who can read one of your files could then list its first
+    /// share beside shares of their own in a manifest of theirs, and what
+    /// your mount decoded from that would be cached, and served, as your
+    /// chunk. Only an entry identical in all of this names the same slot,
+    /// and it decodes to the same bytes.
+    fn chunk_slot(entry: &chunk::NodeEntry) -> Result<[u8; 32]> {
+        use sha2::Digest;
+        if entry.shares.is_empty() {
+            return Err(chunk::Error::MalformedManifest("chunk without shares".into()).into());
+        }
+        let mut h = sha2::Sha256::new();
+        h.update(b"lode chunk cache v1");
+        h.update((entry.shares.len() as u64).to_be_bytes());
+        for id in &entry.shares {
+            h.update(id);
+        }
+        h.update(Self::key_of(entry)?.expose());
+        h.update(entry.len.to_be_bytes());
+        Ok(h.finalize().into())
+    }
+
     /// A chunk's verified plaintext, from the cache or the mirrors (and
-    /// then cached). A chunk is named by its first share id, which only
-    /// its own manifest entry (with its key) leads to.
+    /// then cached), under [`Self::chunk_slot`].
     async fn fetch_chunk(&self, leaf: &Node, entry: &chunk::NodeEntry) -> Result<Arc<Vec<u8>>> {
-        let first = *entry
-            .shares
-            .first()
-            .ok_or_else(|| chunk::Error::MalformedManifest("chunk without shares".into()))?;
+        let first = Self::chunk_slot(entry)?;
         if let Some(plain) = self.cached_chunk(&first) {
             return Ok(plain);
         }
@@ -334,7 +358,7 @@ impl Vault {
     async fn fetch_chunk_now(&self, leaf: &Node, entry: &chunk::NodeEntry) -> Result<Arc<Vec<u8>>> {
         // Again: a fetch may have finished and retired its cell between
         // the caller's look and its making a new one.
-        let first = entry.shares[0];
+        let first = Self::chunk_slot(entry)?;
         if let Some(plain) = self.cached_chunk(&first) {
             return Ok(plain);
         }
@@ -365,11 +389,10 @@ impl Vault {
 
     async fn fetch_node(&self, parent: &Node, entry: &chunk::NodeEntry) -> Result<Arc<Node>> {
         let key = ReadKey::from(Self::key_of(entry)?.clone());
-        let first = entry
-            .shares
-            .first()
-            .ok_or_else(|| chunk::Error::MalformedManifest("node without shares".into()))?;
-        let slot = Self::node_key(first, &key);
+        if entry.shares.is_empty() {
+            return Err(chunk::Error::MalformedManifest("node without shares".into()).into());
+        }
+        let slot = Self::node_key(&entry.shares, &key);
         if let Some(node) = self.cached_node(&slot) {
             return Ok(node);
         }
@@ -648,4 +671,44 @@ fn system_time((secs, nanos): (i64, u32)) -> SystemTime {
 fn set_mode(path: &Path, mode: u32) -> std::io::Result<()> {
     use std::os::unix::fs::PermissionsExt;
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode & 0o7777))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::crypto::ChunkKey;
+
+    fn entry(shares: &[[u8; 32]], key: u8, len: u64) -> chunk::NodeEntry {
+        chunk::NodeEntry {
+            len,
+            shares: shares.to_vec(),
+            verify_key: None,
+            key: Some(ChunkKey::from_bytes([key; 32])),
+        }
+    }
+
+    /// Two entries share a cache slot only if every share id, the key and
+    /// the length agree: one that borrows your chunk's first share (and
+    /// key) beside shares of its own does not land on your chunk's slot.
+    #[test]
+    fn a_chunk_slot_covers_every_share_the_key_and_the_length() {
+        let (a, b, c) = ([1u8; 32], [2u8; 32], [3u8; 32]);
+        let mine = Vault::chunk_slot(&entry(&[a, b, c], 9, 100)).unwrap();
+        assert_eq!(mine, Vault::chunk_slot(&entry(&[a, b, c], 9, 100)).unwrap());
+        for other in [
+            entry(&[a, b, [4; 32]], 9, 100),
+            entry(&[a, [4; 32], c], 9, 100),
+            entry(&[a, b], 9, 100),
+            entry(&[a, b, c], 8, 100),
+            entry(&[a, b, c], 9, 101),
+        ] {
+            assert_ne!(mine, Vault::chunk_slot(&other).unwrap());
+        }
+        assert!(Vault::chunk_slot(&entry(&[], 9, 100)).is_err());
+        let key = ReadKey::from_bytes([5; 32]);
+        assert_ne!(
+            Vault::node_key(&[a, b], &key),
+            Vault::node_key(&[a, c], &key)
+        );
+    }
 }

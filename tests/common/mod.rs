@@ -163,7 +163,36 @@ impl MirrorProc {
         }
     }
 
-    /// Every share file on this mirror's disk.
+    /// Ids of the shares this mirror keeps as rows (at most 64 KiB each,
+    /// in `small-shares.sqlite`), not as files.
+    pub fn small_shares(&self) -> Vec<[u8; 32]> {
+        let conn = rusqlite::Connection::open(self.data.join("small-shares.sqlite")).unwrap();
+        let mut stmt = conn.prepare("SELECT id FROM shares").unwrap();
+        stmt.query_map([], |r| r.get::<_, Vec<u8>>(0))
+            .unwrap()
+            .map(|id| id.unwrap().try_into().unwrap())
+            .collect()
+    }
+
+    /// Replace (`Some`) or drop (`None`) a small share's row behind the
+    /// mirror's back, as a failing disk would.
+    pub fn set_small_share(&self, id: &[u8; 32], bytes: Option<&[u8]>) {
+        let conn = rusqlite::Connection::open(self.data.join("small-shares.sqlite")).unwrap();
+        match bytes {
+            Some(b) => conn
+                .execute(
+                    "UPDATE shares SET data = ?2 WHERE id = ?1",
+                    rusqlite::params![&id[..], b],
+                )
+                .unwrap(),
+            None => conn
+                .execute("DELETE FROM shares WHERE id = ?1", [&id[..]])
+                .unwrap(),
+        };
+    }
+
+    /// Every share file on this mirror's disk (small shares are rows: see
+    /// `small_shares`).
     pub fn share_files(&self) -> Vec<PathBuf> {
         fn walk(dir: &Path, out: &mut Vec<PathBuf>) {
             let Ok(rd) = std::fs::read_dir(dir) else {
