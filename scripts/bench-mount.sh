@@ -186,27 +186,22 @@ head -c "$((size_mib << 20))" /dev/urandom >"$work/src.bin"
 head -c "$((size_mib << 20))" /dev/urandom >"$work/src2.bin"
 tree_dir=$work/tree
 # 10 top directories of 10 subdirectories each; the files spread over the
-# 100 leaves, 100 B to 8 KiB of random bytes each.
-i=0
+# 100 leaves, 100 B to 8 KiB of random bytes each. Made twice, with other
+# bytes the second time: new content for the timed untar + sync.
 for a in $(seq 0 9); do
     for b in $(seq 0 9); do
         mkdir -p "$tree_dir/d$a/e$b"
     done
 done
-while [ "$i" -lt "$nfiles" ]; do
-    head -c $((100 + (i * 7919) % 8093)) /dev/urandom \
-        >"$tree_dir/d$((i % 10))/e$((i / 10 % 10))/f$i"
-    i=$((i + 1))
+for tarball in small small2; do
+    i=0
+    while [ "$i" -lt "$nfiles" ]; do
+        head -c $((100 + (i * 7919) % 8093)) /dev/urandom \
+            >"$tree_dir/d$((i % 10))/e$((i / 10 % 10))/f$i"
+        i=$((i + 1))
+    done
+    tar cf "$work/$tarball.tar" -C "$tree_dir" .
 done
-tar cf "$work/small.tar" -C "$tree_dir" .
-# The same tree with other bytes: new content for the timed untar + sync.
-i=0
-while [ "$i" -lt "$nfiles" ]; do
-    head -c $((100 + (i * 7919) % 8093)) /dev/urandom \
-        >"$tree_dir/d$((i % 10))/e$((i / 10 % 10))/f$i"
-    i=$((i + 1))
-done
-tar cf "$work/small2.tar" -C "$tree_dir" .
 rm -rf "$tree_dir"
 echo "tarball: $nfiles files, $(du -m "$work/small.tar" | cut -f1) MiB"
 
@@ -307,7 +302,8 @@ for fs in gocryptfs lode; do
             t=$(timed sh -c 'tar xf "$1" -C "$2" && "$3" sync >/dev/null' sh "$tarball" "$dir" "$LODE_BIN")
         fi
         res[tarsync_${round}_$fs]=$t
-        echo "$fs: tar xf + sync, $round content, ${t}s $(load)"
+        if [ "$round" = new ]; then what="new content"; else what="same archive again"; fi
+        echo "$fs: tar xf + sync, $what, ${t}s $(load)"
         if [ "$fs" = lode ]; then lode_settle; else sync -f "$gcipher"; fi
     done
     n=$(find "$mnt/untar2" -type f | wc -l)

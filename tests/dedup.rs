@@ -121,31 +121,44 @@ impl lode::store::Storage for Counting {
     }
 }
 
+/// Three counting in-memory stores behind a grid, and a vault on it.
+fn counting_vault(secret: u8) -> (lode::store::Vault, Vec<std::sync::Arc<Counting>>) {
+    use lode::store::Storage;
+    let stores: Vec<std::sync::Arc<Counting>> = (0..3)
+        .map(|i| {
+            std::sync::Arc::new(Counting {
+                inner: lode::store::MemoryStorage::named(&format!("m{i}")),
+                sent: Default::default(),
+            })
+        })
+        .collect();
+    let dyns: Vec<std::sync::Arc<dyn Storage>> = stores
+        .iter()
+        .map(|s| s.clone() as std::sync::Arc<dyn Storage>)
+        .collect();
+    let grid = lode::store::Grid::new(dyns, lode::store::GridConfig::default()).unwrap();
+    // In-memory stores hold forever; a mirror's lease is days.
+    grid.set_lease_floor(std::time::Duration::from_secs(31 * 86_400));
+    (
+        lode::store::Vault::new(&common::secret(secret), grid),
+        stores,
+    )
+}
+
+/// Share bytes sent to all of `stores` so far.
+fn sent(stores: &[std::sync::Arc<Counting>]) -> usize {
+    stores
+        .iter()
+        .map(|s| s.sent.load(std::sync::atomic::Ordering::Relaxed))
+        .sum()
+}
+
 #[test]
 fn editing_a_large_file_sends_only_the_changed_chunks() {
-    use lode::store::Storage;
     let rt = common::runtime();
     rt.block_on(async {
-        let stores: Vec<std::sync::Arc<Counting>> = (0..3)
-            .map(|i| {
-                std::sync::Arc::new(Counting {
-                    inner: lode::store::MemoryStorage::named(&format!("m{i}")),
-                    sent: Default::default(),
-                })
-            })
-            .collect();
-        let dyns: Vec<std::sync::Arc<dyn Storage>> = stores
-            .iter()
-            .map(|s| s.clone() as std::sync::Arc<dyn Storage>)
-            .collect();
-        let grid = lode::store::Grid::new(dyns, lode::store::GridConfig::default()).unwrap();
-        let vault = lode::store::Vault::new(&common::secret(5), grid);
-        let sent = || -> usize {
-            stores
-                .iter()
-                .map(|s| s.sent.load(std::sync::atomic::Ordering::Relaxed))
-                .sum()
-        };
+        let (vault, stores) = counting_vault(5);
+        let sent = || sent(&stores);
         let mut data = common::seeded_bytes("edit me", 24 << 20);
         vault.put_bytes(&data).await.unwrap();
         let first = sent();
@@ -168,31 +181,10 @@ fn editing_a_large_file_sends_only_the_changed_chunks() {
 /// a share a mirror lost after acknowledging it is put back.
 #[test]
 fn recently_placed_shares_are_not_sent_again_but_repair_asks() {
-    use lode::store::Storage;
     let rt = common::runtime();
     rt.block_on(async {
-        let stores: Vec<std::sync::Arc<Counting>> = (0..3)
-            .map(|i| {
-                std::sync::Arc::new(Counting {
-                    inner: lode::store::MemoryStorage::named(&format!("r{i}")),
-                    sent: Default::default(),
-                })
-            })
-            .collect();
-        let dyns: Vec<std::sync::Arc<dyn Storage>> = stores
-            .iter()
-            .map(|s| s.clone() as std::sync::Arc<dyn Storage>)
-            .collect();
-        let grid = lode::store::Grid::new(dyns, lode::store::GridConfig::default()).unwrap();
-        // In-memory stores hold forever; a mirror's lease is days.
-        grid.set_lease_floor(std::time::Duration::from_secs(31 * 86_400));
-        let vault = lode::store::Vault::new(&common::secret(6), grid);
-        let sent = || -> usize {
-            stores
-                .iter()
-                .map(|s| s.sent.load(std::sync::atomic::Ordering::Relaxed))
-                .sum()
-        };
+        let (vault, stores) = counting_vault(6);
+        let sent = || sent(&stores);
         // Small files (one chunk and a root each) and a larger one.
         let files: Vec<Vec<u8>> = (0..20)
             .map(|i| common::seeded_bytes(&format!("small {i}"), 100 + 300 * i))
