@@ -63,7 +63,8 @@ pub trait ShareStore: Send + Sync {
     async fn delete(&self, id: &ShareId) -> Result<u64>;
 }
 
-/// A verified, durable share body not yet visible under its id.
+/// A verified share body not yet visible under its id: in a staging file,
+/// already durable, or (a small one) in memory, durable once committed.
 pub struct Staged {
     id: ShareId,
     body: StagedBody,
@@ -565,7 +566,7 @@ impl ShareStore for DiskShares {
     /// its durability (or that of a copy renamed earlier in the same batch)
     /// is unknown.
     async fn commit_batch(&self, batch: Vec<(Staged, bool)>) -> Vec<Result<u64>> {
-        // Small shares go in one transaction, beside the files' renames.
+        // Small shares go in one transaction, then the files are renamed.
         let (small_at, file_at): (Vec<usize>, Vec<usize>) =
             (0..batch.len()).partition(|&i| matches!(batch[i].0.body, StagedBody::Small(_)));
         let mut small = Vec::with_capacity(small_at.len());
