@@ -20,12 +20,15 @@ use super::{Error, Result, keys::derive};
 /// Bytes the synthetic IV (the tag) adds in front of the ciphertext.
 pub const TAG_LEN: usize = 16;
 
+/// What the CTR half of the AES-SIV key is derived under.
+const CTR_INFO: &[u8] = b"aes-siv ctr";
+
 fn cipher(key: &[u8; 32]) -> Aes256Siv {
     // AES-256-SIV takes 64 bytes of key (one for S2V, one for CTR); both
     // halves are expanded from the 32-byte key.
     let mut full = Zeroizing::new([0u8; 64]);
     full[..32].copy_from_slice(&*derive(key, b"aes-siv mac"));
-    full[32..].copy_from_slice(&*derive(key, b"aes-siv ctr"));
+    full[32..].copy_from_slice(&*derive(key, CTR_INFO));
     Aes256Siv::new_from_slice(&*full).expect("64-byte key is valid for AES-256-SIV")
 }
 
@@ -99,7 +102,7 @@ pub fn decrypt_verified_in_place(key: &[u8; 32], tag: &[u8; TAG_LEN], body: &mut
     let mut iv = *tag;
     iv[8] &= 0x7f;
     iv[12] &= 0x7f;
-    let ctr_key = derive(key, b"aes-siv ctr");
+    let ctr_key = derive(key, CTR_INFO);
     ctr::Ctr128BE::<Aes256>::new((&*ctr_key).into(), (&iv).into()).apply_keystream(body);
 }
 

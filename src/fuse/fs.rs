@@ -1574,7 +1574,6 @@ impl LodeFs {
     }
 }
 
-/// The kernel's file type of an inode.
 /// Make a staged file durable on the local disk (best effort: a failure is
 /// logged, and the caller's error stands).
 fn keep_staged(path: &std::path::Path) {
@@ -1583,6 +1582,7 @@ fn keep_staged(path: &std::path::Path) {
     }
 }
 
+/// The kernel's file type of an inode.
 fn file_type(node: &Node) -> FileType {
     match node.body {
         Body::Dir { .. } | Body::Friends => FileType::Directory,

@@ -155,6 +155,9 @@ impl DiskShares {
     /// A share already held as a file is kept as that file.
     async fn commit_small(&self, batch: Vec<(Staged, bool)>) -> Vec<Result<u64>> {
         let n = batch.len();
+        if n == 0 {
+            return Vec::new();
+        }
         let files: Vec<PathBuf> = batch.iter().map(|(s, _)| self.path_of(&s.id)).collect();
         let small = self.small.clone();
         let done = tokio::task::spawn_blocking(move || -> Result<Vec<u64>> {
@@ -566,34 +569,29 @@ impl ShareStore for DiskShares {
     /// its durability (or that of a copy renamed earlier in the same batch)
     /// is unknown.
     async fn commit_batch(&self, batch: Vec<(Staged, bool)>) -> Vec<Result<u64>> {
-        // Small shares go in one transaction, then the files are renamed.
-        let (small_at, file_at): (Vec<usize>, Vec<usize>) =
-            (0..batch.len()).partition(|&i| matches!(batch[i].0.body, StagedBody::Small(_)));
-        let mut small = Vec::with_capacity(small_at.len());
-        let mut files = Vec::with_capacity(file_at.len());
+        // Small shares in one transaction, then the files renamed: rows
+        // first, not side by side, so a small upload that finds its share
+        // held as a file finds one made durable by an earlier batch, never
+        // one this batch renamed and has yet to fsync.
+        let n = batch.len();
+        let (mut small_at, mut small, mut file_at, mut files) = (vec![], vec![], vec![], vec![]);
         for (i, item) in batch.into_iter().enumerate() {
             if matches!(item.0.body, StagedBody::Small(_)) {
+                small_at.push(i);
                 small.push(item);
             } else {
-                files.push((i, item));
+                file_at.push(i);
+                files.push(item);
             }
         }
-        let file_batch: Vec<(Staged, bool)> = files.into_iter().map(|(_, item)| item).collect();
-        // Rows first, then files, not side by side: a small upload that
-        // finds its share held as a file must find one made durable by an
-        // earlier batch, never one this batch renamed and has yet to fsync.
-        let small_done = if small.is_empty() {
-            Vec::new()
-        } else {
-            self.commit_small(small).await
-        };
-        let file_done = self.commit_files(file_batch).await;
-        let mut out: Vec<Option<Result<u64>>> =
-            (0..small_at.len() + file_at.len()).map(|_| None).collect();
-        for (i, r) in small_at.into_iter().zip(small_done) {
-            out[i] = Some(r);
-        }
-        for (i, r) in file_at.into_iter().zip(file_done) {
+        let small_done = self.commit_small(small).await;
+        let file_done = self.commit_files(files).await;
+        let mut out: Vec<Option<Result<u64>>> = (0..n).map(|_| None).collect();
+        for (i, r) in small_at
+            .into_iter()
+            .chain(file_at)
+            .zip(small_done.into_iter().chain(file_done))
+        {
             out[i] = Some(r);
         }
         out.into_iter()

@@ -19,6 +19,7 @@ use std::sync::Mutex;
 
 use rusqlite::{Connection, OptionalExtension, params};
 
+use super::ledger::cached_row;
 use crate::chunk::ShareId;
 
 /// The format of `small-shares.sqlite`.
@@ -112,33 +113,39 @@ impl SmallShares {
     /// The share's bytes, if held (blocking).
     pub fn get(&self, id: &ShareId) -> rusqlite::Result<Option<Vec<u8>>> {
         let conn = self.reader.lock().unwrap_or_else(|p| p.into_inner());
-        conn.prepare_cached("SELECT data FROM shares WHERE id = ?1")?
-            .query_row(params![&id[..]], |r| r.get(0))
-            .optional()
+        cached_row(
+            &conn,
+            "SELECT data FROM shares WHERE id = ?1",
+            [&id[..]],
+            |r| r.get(0),
+        )
+        .optional()
     }
 
     /// Whether the share is held (blocking).
     pub fn contains(&self, id: &ShareId) -> rusqlite::Result<bool> {
         let conn = self.reader.lock().unwrap_or_else(|p| p.into_inner());
-        Ok(conn
-            .prepare_cached("SELECT 1 FROM shares WHERE id = ?1")?
-            .query_row(params![&id[..]], |_| Ok(()))
-            .optional()?
-            .is_some())
+        let found = cached_row(
+            &conn,
+            "SELECT 1 FROM shares WHERE id = ?1",
+            [&id[..]],
+            |_| Ok(()),
+        );
+        Ok(found.optional()?.is_some())
     }
 
     /// Remove a share; returns the bytes freed, 0 if it was not held
     /// (blocking).
     pub fn delete(&self, id: &ShareId) -> rusqlite::Result<u64> {
         let conn = self.writer.lock().unwrap_or_else(|p| p.into_inner());
-        let len: Option<i64> = conn
-            .prepare_cached("SELECT length(data) FROM shares WHERE id = ?1")?
-            .query_row(params![&id[..]], |r| r.get(0))
-            .optional()?;
-        let Some(len) = len else { return Ok(0) };
-        conn.prepare_cached("DELETE FROM shares WHERE id = ?1")?
-            .execute(params![&id[..]])?;
-        Ok(len as u64)
+        let freed: Option<i64> = cached_row(
+            &conn,
+            "DELETE FROM shares WHERE id = ?1 RETURNING length(data)",
+            [&id[..]],
+            |r| r.get(0),
+        )
+        .optional()?;
+        Ok(freed.unwrap_or(0) as u64)
     }
 }
 

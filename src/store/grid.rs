@@ -164,10 +164,14 @@ impl Grid {
         self.place_group(shares, true).await
     }
 
+    fn placed(&self) -> std::sync::MutexGuard<'_, Placed> {
+        self.placed.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
     /// Drop `ids` from the memory of lately placed shares: a mirror was
     /// seen without them.
     pub fn forget_placed(&self, ids: &[ShareId]) {
-        let mut placed = self.placed.lock().unwrap_or_else(|p| p.into_inner());
+        let mut placed = self.placed();
         for id in ids {
             placed.forget(id);
         }
@@ -177,20 +181,15 @@ impl Grid {
     /// Shares acknowledged within an eighth of it, and at most ten
     /// minutes, are not sent again; until this is called, all are.
     pub fn set_lease_floor(&self, lease: Duration) {
-        let mut placed = self.placed.lock().unwrap_or_else(|p| p.into_inner());
-        placed.window = PLACED_FOR.min(lease / 8);
+        self.placed().window = PLACED_FOR.min(lease / 8);
     }
 
     /// [`Self::put_group`] that asks every mirror, whatever was
     /// acknowledged lately: for repair, which is called exactly because a
     /// mirror may have lost what it once acknowledged.
     pub async fn put_group_asking(&self, shares: &[Share]) -> Result<()> {
-        {
-            let mut placed = self.placed.lock().unwrap_or_else(|p| p.into_inner());
-            for share in shares {
-                placed.forget(&share.id());
-            }
-        }
+        let ids: Vec<ShareId> = shares.iter().map(Share::id).collect();
+        self.forget_placed(&ids);
         self.place_group(shares, false).await
     }
 
@@ -213,14 +212,14 @@ impl Grid {
         let mut holders: Vec<HashSet<usize>> = vec![HashSet::new(); shares.len()];
         let mut last_err: Option<Error> = None;
         // Acknowledged moments ago: placed, leased, nothing to send.
-        let mut remembered = 0;
+        let mut remembered = false;
         if remembered_ok {
-            let mut placed = self.placed.lock().unwrap_or_else(|p| p.into_inner());
+            let mut placed = self.placed();
             wanted.retain(|&(i, pos)| {
                 let held = placed.holds(&shares[i].id(), order[pos]);
                 if held {
                     holders[i].insert(pos);
-                    remembered += 1;
+                    remembered = true;
                 }
                 !held
             });
@@ -280,8 +279,8 @@ impl Grid {
         }
         // Remember what the mirrors just acknowledged; a group that was
         // wholly remembered leaves its entries (and their times) alone.
-        if remembered == 0 {
-            let mut placed = self.placed.lock().unwrap_or_else(|p| p.into_inner());
+        if !remembered {
+            let mut placed = self.placed();
             for (share, at) in shares.iter().zip(&holders) {
                 placed.record(share.id(), at.iter().map(|&pos| order[pos]));
             }
@@ -404,11 +403,8 @@ impl Grid {
                     }
                     Err(e) => tracing::warn!(%mirror, what, error = %e, "discarding bad share"),
                 },
-                Ok(None) => {
-                    // Whatever it acknowledged, this mirror lacks it now.
-                    let mut placed = self.placed.lock().unwrap_or_else(|p| p.into_inner());
-                    placed.forget(&ids[i]);
-                }
+                // Whatever it acknowledged, this mirror lacks it now.
+                Ok(None) => self.forget_placed(&ids[i..=i]),
                 Err(e) => tracing::debug!(%mirror, what, error = %e, "share fetch failed"),
             }
         }

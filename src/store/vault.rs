@@ -37,7 +37,7 @@ pub struct Vault {
     /// Chunks being fetched now, by cache slot: a reader and the
     /// readahead asking for the same chunk share one fetch and one
     /// decryption.
-    fetching: std::sync::Mutex<HashMap<chunk::ShareId, Arc<Fetching>>>,
+    fetching: std::sync::Mutex<HashMap<[u8; 32], Arc<Fetching>>>,
 }
 
 /// One chunk fetch that several readers may wait on.
@@ -46,8 +46,8 @@ type Fetching = tokio::sync::OnceCell<Arc<Vec<u8>>>;
 /// Takes a chunk's fetch cell out of `Vault::fetching` when dropped, if it
 /// is still the one there.
 struct Retire<'a> {
-    fetching: &'a std::sync::Mutex<HashMap<chunk::ShareId, Arc<Fetching>>>,
-    first: chunk::ShareId,
+    fetching: &'a std::sync::Mutex<HashMap<[u8; 32], Arc<Fetching>>>,
+    slot: [u8; 32],
     cell: Arc<Fetching>,
 }
 
@@ -55,10 +55,10 @@ impl Drop for Retire<'_> {
     fn drop(&mut self) {
         let mut fetching = self.fetching.lock().unwrap_or_else(|p| p.into_inner());
         if fetching
-            .get(&self.first)
+            .get(&self.slot)
             .is_some_and(|c| Arc::ptr_eq(c, &self.cell))
         {
-            fetching.remove(&self.first);
+            fetching.remove(&self.slot);
         }
     }
 }
@@ -246,18 +246,29 @@ impl Vault {
             .await
     }
 
-    /// Where an opened node is cached: a hash of all its share ids and
-    /// its read key (for the same reason as [`Self::chunk_slot`]: a
-    /// manifest that lists your node's first share beside others must not
-    /// name your node's slot).
-    fn node_key(ids: &[chunk::ShareId], key: &ReadKey) -> [u8; 32] {
+    /// Where something decoded from shares is cached: SHA-256 of every
+    /// share id, the key that opened it and its plaintext length. Not the
+    /// first share id alone: anyone who can read one of your files could
+    /// then list its first share beside shares of their own in a manifest
+    /// of theirs, and what your mount decoded from that would be cached,
+    /// and served, as yours. Only an entry identical in all of this names
+    /// the same slot, and it decodes to the same bytes.
+    fn cache_slot(ids: &[chunk::ShareId], key: &[u8; 32], len: u64) -> [u8; 32] {
         use sha2::Digest;
         let mut h = sha2::Sha256::new();
+        h.update((ids.len() as u64).to_be_bytes());
         for id in ids {
             h.update(id);
         }
-        h.update(key.expose());
+        h.update(key);
+        h.update(len.to_be_bytes());
         h.finalize().into()
+    }
+
+    /// An opened node's slot (see [`Self::cache_slot`]; a node's length is
+    /// not known before it is opened, and its ids and key fix it).
+    fn node_key(ids: &[chunk::ShareId], key: &ReadKey) -> [u8; 32] {
+        Self::cache_slot(ids, key.expose(), 0)
     }
 
     fn cached_node(&self, slot: &[u8; 32]) -> Option<Arc<Node>> {
@@ -297,41 +308,30 @@ impl Vault {
             .ok_or_else(|| chunk::Error::MalformedManifest("node opened without keys".into()))?)
     }
 
-    /// Where a chunk's plaintext is cached: a hash of every share id of
-    /// its entry, its key and its length. Not the first share id alone:
-    /// anyone who can read one of your files could then list its first
-    /// share beside shares of their own in a manifest of theirs, and what
-    /// your mount decoded from that would be cached, and served, as your
-    /// chunk. Only an entry identical in all of this names the same slot,
-    /// and it decodes to the same bytes.
+    /// A chunk's slot in the cache (see [`Self::cache_slot`]).
     fn chunk_slot(entry: &chunk::NodeEntry) -> Result<[u8; 32]> {
-        use sha2::Digest;
         if entry.shares.is_empty() {
             return Err(chunk::Error::MalformedManifest("chunk without shares".into()).into());
         }
-        let mut h = sha2::Sha256::new();
-        h.update(b"lode chunk cache v1");
-        h.update((entry.shares.len() as u64).to_be_bytes());
-        for id in &entry.shares {
-            h.update(id);
-        }
-        h.update(Self::key_of(entry)?.expose());
-        h.update(entry.len.to_be_bytes());
-        Ok(h.finalize().into())
+        Ok(Self::cache_slot(
+            &entry.shares,
+            Self::key_of(entry)?.expose(),
+            entry.len,
+        ))
     }
 
     /// A chunk's verified plaintext, from the cache or the mirrors (and
     /// then cached), under [`Self::chunk_slot`].
     async fn fetch_chunk(&self, leaf: &Node, entry: &chunk::NodeEntry) -> Result<Arc<Vec<u8>>> {
-        let first = Self::chunk_slot(entry)?;
-        if let Some(plain) = self.cached_chunk(&first) {
+        let slot = Self::chunk_slot(entry)?;
+        if let Some(plain) = self.cached_chunk(&slot) {
             return Ok(plain);
         }
         let cell = self
             .fetching
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .entry(first)
+            .entry(slot)
             .or_default()
             .clone();
         // Whoever gets past the fetch first, or is dropped during it,
@@ -339,27 +339,31 @@ impl Vault {
         // still holding it tries again).
         let _retire = Retire {
             fetching: &self.fetching,
-            first,
+            slot,
             cell: cell.clone(),
         };
-        cell.get_or_try_init(|| self.fetch_chunk_now(leaf, entry))
+        cell.get_or_try_init(|| self.fetch_chunk_now(leaf, entry, slot))
             .await
             .cloned()
     }
 
-    fn cached_chunk(&self, first: &chunk::ShareId) -> Option<Arc<Vec<u8>>> {
+    fn cached_chunk(&self, slot: &[u8; 32]) -> Option<Arc<Vec<u8>>> {
         self.cache
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .get(first)
+            .get(slot)
     }
 
     /// Fetch, check and decrypt a chunk, and cache it.
-    async fn fetch_chunk_now(&self, leaf: &Node, entry: &chunk::NodeEntry) -> Result<Arc<Vec<u8>>> {
+    async fn fetch_chunk_now(
+        &self,
+        leaf: &Node,
+        entry: &chunk::NodeEntry,
+        slot: [u8; 32],
+    ) -> Result<Arc<Vec<u8>>> {
         // Again: a fetch may have finished and retired its cell between
         // the caller's look and its making a new one.
-        let first = Self::chunk_slot(entry)?;
-        if let Some(plain) = self.cached_chunk(&first) {
+        if let Some(plain) = self.cached_chunk(&slot) {
             return Ok(plain);
         }
         // Each share comes back only if it hashes to its id, and the ids
@@ -383,7 +387,7 @@ impl Vault {
         self.cache
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .insert(first, plain.clone());
+            .insert(slot, plain.clone());
         Ok(plain)
     }
 
