@@ -8,7 +8,7 @@ use std::path::Path;
 
 use lode::caps::Cap;
 use lode::chunk::manifest::FANOUT;
-use lode::chunk::{FileEncoder, Params};
+use lode::chunk::{FileEncoder, INLINE_MAX, Params};
 use lode::store::{Storage, Vault};
 
 #[test]
@@ -56,6 +56,31 @@ fn one_store_lost_still_reads_two_of_three() {
             stores[1].tamper(&id, |b| b.clear());
         }
         assert_eq!(vault.get_bytes(&cap).await.unwrap(), data);
+    });
+}
+
+/// A file of at most `INLINE_MAX` bytes is one share, its root; one byte
+/// more and it is a chunk plus a root. Both read back.
+#[test]
+fn small_files_live_in_their_root() {
+    let rt = common::runtime();
+    rt.block_on(async {
+        let (vault, store) = common::single(1);
+        for (size, shares) in [(1usize, 1usize), (INLINE_MAX, 1), (INLINE_MAX + 1, 2)] {
+            let before = store.share_ids().len();
+            let data = common::seeded_bytes(&format!("inline {size}"), size);
+            let cap = vault.put_bytes(&data).await.unwrap();
+            let new = store.share_ids().len() - before;
+            assert_eq!(new, shares, "size {size}");
+            assert!(store.share_ids().contains(&cap.root));
+            assert_eq!(vault.get_bytes(&cap).await.unwrap(), data, "size {size}");
+            let tail = vault.read_range(&cap, size as u64 - 1, 10).await.unwrap();
+            assert_eq!(tail, data[size - 1..], "size {size}");
+            // The same bytes again: the same cap, nothing new stored.
+            let again = vault.put_bytes(&data).await.unwrap();
+            assert_eq!(again.root, cap.root);
+            assert_eq!(store.share_ids().len() - before, shares);
+        }
     });
 }
 

@@ -120,6 +120,34 @@ fn any_flipped_manifest_byte_is_detected() {
 }
 
 #[test]
+fn any_flipped_byte_of_a_root_holding_its_file_is_detected() {
+    let conv = RootSecret::from_bytes([7; 32]).convergence();
+    let data = common::seeded_bytes("inline", 700);
+    let enc = FileEncoder::new(conv, Params::new(2, 3).unwrap());
+    let (cap, root) = enc.seal_inline(&data);
+    assert_eq!(root.len(), 1, "one replicated share");
+    let blob = share::decode(Params::REPLICA, &root).unwrap();
+    let node = Node::open_read(&blob, &cap.read_key).unwrap();
+    assert!(node.entries.is_empty());
+    assert_eq!(node.data.as_deref(), Some(&data));
+    // A verifier learns the size, never the bytes.
+    let vk = cap.read_key.verify_key();
+    let seen = Node::open_verify(&blob, &vk).unwrap();
+    assert_eq!((seen.size, seen.data.is_none()), (700, true));
+    assert!(
+        !common::contains(&blob, &data[..32]),
+        "bytes stored in the clear"
+    );
+    flip_each_byte(&blob, |t, i| {
+        assert!(
+            Node::open_read(&t, &cap.read_key).is_err(),
+            "byte {i} (read)"
+        );
+        assert!(Node::open_verify(&t, &vk).is_err(), "byte {i} (verify)");
+    });
+}
+
+#[test]
 fn any_flipped_slot_byte_is_detected() {
     let cap = DirWriteCap {
         seed: SlotSeed::from_bytes([8; 32]),

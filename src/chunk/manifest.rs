@@ -15,6 +15,11 @@
 //! level in memory, and the same file always yields the same root. Inner
 //! nodes are erasure-coded like chunks; the root is one replicated share, so
 //! that a cap names a single id. The root's read key is the file's read key.
+//!
+//! A file of at most [`INLINE_MAX`] bytes has no chunks: its root holds
+//! the bytes themselves, sealed in the `keys` section (format 2). Storing
+//! it is one replicated share instead of a coded chunk plus a root, and
+//! reading it is one fetch instead of two.
 
 use serde::{Deserialize, Serialize};
 use serde_bytes::ByteBuf;
@@ -24,8 +29,19 @@ use super::{Error, Result};
 use crate::caps::FileReadCap;
 use crate::crypto::{ChunkKey, ConvergenceSecret, ReadKey, VerifyKey, sha256};
 
-/// The manifest node format this code writes and reads.
+/// The manifest node format of a node with children (and of an empty
+/// file's root).
 pub const MANIFEST_VERSION: u8 = 1;
+/// The format of a root that holds its file's bytes. Readers take both;
+/// nodes with children keep format 1, so their bytes (and their
+/// deduplication against older uploads) do not change.
+pub const INLINE_VERSION: u8 = 2;
+/// Files up to this many bytes are kept inside their root. The root is
+/// replicated rather than erasure-coded, so such a file costs up to
+/// `max(n, happy)` times its size in storage instead of `n / k`; at this
+/// size the per-share overhead (a request, a ledger row, a lease each)
+/// matters more than the bytes.
+pub const INLINE_MAX: usize = 16 * 1024;
 /// Children per node: 512 chunks of 1 MiB on average is 512 MiB per leaf,
 /// 256 GiB per two levels.
 pub const FANOUT: usize = 512;
@@ -59,6 +75,9 @@ struct LocEntry {
 #[derive(Serialize, Deserialize)]
 struct Keys {
     keys: Vec<ByteBuf>,
+    /// Format 2 only: the file's bytes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    data: Option<ByteBuf>,
 }
 
 /// One child of a decoded node.
@@ -85,6 +104,9 @@ pub struct Node {
     /// Plaintext bytes under this node.
     pub size: u64,
     pub entries: Vec<NodeEntry>,
+    /// A root of format 2 opened with its read key: the whole file. Such a
+    /// node has no entries.
+    pub data: Option<std::sync::Arc<Vec<u8>>>,
 }
 
 fn arr32(b: &ByteBuf) -> Result<[u8; 32]> {
@@ -114,16 +136,23 @@ impl Node {
 
     fn open(blob: &[u8], vk: &VerifyKey, rk: Option<&ReadKey>) -> Result<Node> {
         let blob: Blob = uncbor(blob)?;
-        if blob.v != MANIFEST_VERSION {
-            return Err(Error::ManifestVersion(blob.v));
-        }
+        let inline = match blob.v {
+            MANIFEST_VERSION => false,
+            INLINE_VERSION => true,
+            v => return Err(Error::ManifestVersion(v)),
+        };
         // The locs section binds the keys ciphertext, so a verifier, who
         // cannot open the keys, still detects any change to them.
         let keys_digest = sha256(&blob.keys);
         let locs: Locs = uncbor(&vk.open(&[LOCS_CONTEXT, &keys_digest], &blob.locs)?)?;
         let params = Params::new(locs.k, locs.n)
             .map_err(|_| Error::MalformedManifest("invalid k/n".into()))?;
-        let keys = match rk {
+        if inline && (locs.depth != 0 || !locs.entries.is_empty()) {
+            return Err(Error::MalformedManifest(
+                "a node holding its file's bytes has children".into(),
+            ));
+        }
+        let (keys, data) = match rk {
             Some(rk) => {
                 let keys: Keys = uncbor(&rk.open(&[KEYS_CONTEXT], &blob.keys)?)?;
                 if keys.keys.len() != locs.entries.len() {
@@ -131,9 +160,25 @@ impl Node {
                         "key count differs from entry count".into(),
                     ));
                 }
-                Some(keys.keys)
+                let data = match (inline, keys.data) {
+                    (false, None) => None,
+                    (true, Some(d)) if d.len() as u64 == locs.size => {
+                        Some(std::sync::Arc::new(d.into_vec()))
+                    }
+                    (true, Some(_)) => {
+                        return Err(Error::MalformedManifest(
+                            "inline bytes differ from the size".into(),
+                        ));
+                    }
+                    (true, None) | (false, Some(_)) => {
+                        return Err(Error::MalformedManifest(
+                            "inline bytes missing, or present in format 1".into(),
+                        ));
+                    }
+                };
+                (Some(keys.keys), data)
             }
-            None => None,
+            None => (None, None),
         };
         let mut total = 0u64;
         let mut entries = Vec::with_capacity(locs.entries.len());
@@ -166,7 +211,7 @@ impl Node {
                 },
             });
         }
-        if total != locs.size {
+        if !inline && total != locs.size {
             return Err(Error::MalformedManifest(
                 "entry lengths do not add up to the size".into(),
             ));
@@ -176,6 +221,7 @@ impl Node {
             params,
             size: locs.size,
             entries,
+            data,
         })
     }
 }
@@ -249,7 +295,7 @@ impl FileEncoder {
         let mut depth = 0;
         while self.levels[depth].len() == FANOUT {
             let children = std::mem::take(&mut self.levels[depth]);
-            let (pending, shares) = self.seal_node(depth as u8, children, self.params);
+            let (pending, shares) = self.seal_node(depth as u8, children, self.params, None);
             out.push(shares);
             if self.levels.len() == depth + 1 {
                 self.levels.push(Vec::new());
@@ -276,7 +322,7 @@ impl FileEncoder {
             } else {
                 self.params
             };
-            let (pending, shares) = self.seal_node(depth as u8, children, params);
+            let (pending, shares) = self.seal_node(depth as u8, children, params, None);
             let root = shares[0].id();
             out.push(shares);
             if is_root {
@@ -292,14 +338,36 @@ impl FileEncoder {
         unreachable!("the loop returns at the top level")
     }
 
-    /// Seal one node over `children` and code it with `params`.
+    /// Seal a whole file of at most [`INLINE_MAX`] bytes as a root that
+    /// holds them, instead of pushing it as a chunk. Returns the read-cap
+    /// and the root's single share.
+    pub fn seal_inline(self, data: &[u8]) -> (FileReadCap, Vec<Share>) {
+        assert!(
+            data.len() <= INLINE_MAX && self.size == 0,
+            "inline files are small and have no chunks"
+        );
+        let (pending, shares) = self.seal_node(0, Vec::new(), Params::REPLICA, Some(data));
+        let cap = FileReadCap {
+            read_key: ReadKey::from_bytes(pending.key),
+            root: shares[0].id(),
+            size: data.len() as u64,
+        };
+        (cap, shares)
+    }
+
+    /// Seal one node over `children`, or over a file's bytes (`data`, a
+    /// format 2 root), and code it with `params`.
     fn seal_node(
         &self,
         depth: u8,
         children: Vec<Pending>,
         params: Params,
+        data: Option<&[u8]>,
     ) -> (Pending, Vec<Share>) {
-        let size = children.iter().map(|c| c.loc.len).sum();
+        let size = match data {
+            Some(d) => d.len() as u64,
+            None => children.iter().map(|c| c.loc.len).sum(),
+        };
         let locs = cbor(&Locs {
             depth,
             k: self.params.k(),
@@ -312,6 +380,7 @@ impl FileEncoder {
                 .iter()
                 .map(|c| ByteBuf::from(c.key.to_vec()))
                 .collect(),
+            data: data.map(|d| ByteBuf::from(d.to_vec())),
         }));
         let mut material = sha256(&locs).to_vec();
         material.extend_from_slice(&sha256(&keys));
@@ -323,7 +392,11 @@ impl FileEncoder {
         let keys = read_key.seal(&[KEYS_CONTEXT], &keys);
         let locs = verify_key.seal(&[LOCS_CONTEXT, &sha256(&keys)], &locs);
         let blob = cbor(&Blob {
-            v: MANIFEST_VERSION,
+            v: if data.is_some() {
+                INLINE_VERSION
+            } else {
+                MANIFEST_VERSION
+            },
             locs: ByteBuf::from(locs),
             keys: ByteBuf::from(keys),
         });
@@ -340,5 +413,57 @@ impl FileEncoder {
             key: *read_key.expose(),
         };
         (pending, shares)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::crypto::RootSecret;
+
+    fn inline_blob() -> (FileReadCap, Vec<u8>) {
+        let conv = RootSecret::from_bytes([5; 32]).convergence();
+        let enc = FileEncoder::new(conv, Params::new(2, 3).unwrap());
+        let (cap, root) = enc.seal_inline(b"a small file");
+        (cap, share::decode(Params::REPLICA, &root).unwrap())
+    }
+
+    fn with_version(blob: &[u8], v: u8) -> Vec<u8> {
+        let mut b: Blob = uncbor(blob).unwrap();
+        b.v = v;
+        cbor(&b)
+    }
+
+    #[test]
+    fn a_root_holding_bytes_opens_only_as_format_2() {
+        let (cap, blob) = inline_blob();
+        let node = Node::open_read(&blob, &cap.read_key).unwrap();
+        assert_eq!(
+            node.data.as_deref().map(Vec::as_slice),
+            Some(&b"a small file"[..])
+        );
+        // Read as format 1, its bytes would not add up to its size.
+        let v1 = with_version(&blob, MANIFEST_VERSION);
+        assert!(Node::open_read(&v1, &cap.read_key).is_err());
+        assert!(Node::open_verify(&v1, &cap.read_key.verify_key()).is_err());
+        match Node::open_read(&with_version(&blob, 3), &cap.read_key) {
+            Err(Error::ManifestVersion(3)) => {}
+            other => panic!("format 3 opened: {:?}", other.map(|n| n.size)),
+        }
+    }
+
+    #[test]
+    fn nodes_with_children_keep_format_1() {
+        let conv = RootSecret::from_bytes([5; 32]).convergence();
+        let mut enc = FileEncoder::new(conv, Params::new(2, 3).unwrap());
+        enc.push_chunk(b"one chunk");
+        let (cap, groups) = enc.finish();
+        let blob = share::decode(Params::REPLICA, groups.last().unwrap()).unwrap();
+        let raw: Blob = uncbor(&blob).unwrap();
+        assert_eq!(raw.v, MANIFEST_VERSION);
+        let node = Node::open_read(&blob, &cap.read_key).unwrap();
+        assert!(node.data.is_none());
+        // Claiming format 2 with children is refused.
+        assert!(Node::open_read(&with_version(&blob, INLINE_VERSION), &cap.read_key).is_err());
     }
 }

@@ -16,7 +16,7 @@ pub mod manifest;
 pub mod share;
 
 pub use chunker::{ChunkerParams, Chunks};
-pub use manifest::{FileEncoder, Node, NodeEntry};
+pub use manifest::{FileEncoder, INLINE_MAX, Node, NodeEntry};
 pub use share::{IdHasher, Params, Share, ShareHeader, ShareId, share_id};
 
 /// Errors of the chunk layer.

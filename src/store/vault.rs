@@ -182,11 +182,31 @@ impl Vault {
             }
             Ok(())
         });
+        let mut rx = rx;
         let mut encoder = FileEncoder::new(self.conv.clone(), self.grid.params());
+        // A first chunk of at most `INLINE_MAX` bytes is the whole input
+        // when no second one follows: the file goes up inside its root.
+        let mut head = Vec::new();
+        if let Some(first) = rx.recv().await {
+            let small = first.len() <= chunk::INLINE_MAX;
+            head.push(first);
+            if small {
+                match rx.recv().await {
+                    Some(next) => head.push(next),
+                    None => {
+                        producer.await.expect("chunker task")?;
+                        let (cap, root) = encoder.seal_inline(&head[0]);
+                        self.grid.put_group(&root).await?;
+                        return Ok(cap);
+                    }
+                }
+            }
+        }
         let (conv, params) = encoder.sealer();
-        let chunks = futures_util::stream::unfold(rx, |mut rx| async move {
+        let rest = futures_util::stream::unfold(rx, |mut rx| async move {
             rx.recv().await.map(|chunk| (chunk, rx))
         });
+        let chunks = futures_util::stream::iter(head).chain(rest);
         let mut sealed = std::pin::pin!(
             chunks
                 .map(|chunk| {
@@ -432,6 +452,12 @@ impl Vault {
             .into());
         }
         let end = offset.saturating_add(len).min(cap.size);
+        if let Some(data) = &root.data {
+            if offset < end {
+                visit(0, data)?;
+            }
+            return Ok(());
+        }
         // Explicit stack of (node, node start offset), children pushed in
         // reverse so chunks come out in file order.
         let mut stack = vec![(root, 0u64)];
