@@ -334,8 +334,13 @@ impl LodeFs {
         let mut file = std::fs::File::create(&path)?;
         if let (Some(cap), false) = (&cap, truncate) {
             self.rt.block_on(self.vault.get_to(cap, &mut file))?;
+            // The copy must be whole on disk before its note names it: a
+            // power cut must not leave recovery a short copy to publish
+            // over the good one. An empty start (a new or truncated file)
+            // has nothing to lose, and an fsync per create cost a device
+            // flush per file of an untar.
+            file.sync_all()?;
         }
-        file.sync_all()?;
         let mut tree = self.lock();
         match tree.nodes.get_mut(&ino).map(|n| &mut n.body) {
             Some(Body::File {
