@@ -6,7 +6,9 @@
 //! node blob, the target also seals the input under the fixed keys, the way
 //! a writer would, so that the fuzzer reaches the decoding of the node's
 //! plaintext sections (`locs` and `keys`). The input is split as
-//! `split (u16 BE) ‖ locs plaintext ‖ keys plaintext`.
+//! `split (u16 BE) ‖ locs plaintext ‖ keys plaintext`, and the split's top
+//! bit picks the node format: 1 (children) or 2 (a root holding its file's
+//! bytes).
 
 #![no_main]
 
@@ -58,7 +60,7 @@ static KEYS: LazyLock<Keys> = LazyLock::new(|| {
     map(&mut node_keys, 1);
     text(&mut node_keys, "keys");
     head(&mut node_keys, 4, 0);
-    match Node::open_read(&seal_blob(&keys, &locs, &node_keys), &keys.read) {
+    match Node::open_read(&seal_blob(&keys, 1, &locs, &node_keys), &keys.read) {
         Ok(node) if (node.depth, node.size, node.entries.len()) == (0, 0, 0) => {
             keys.sealing_works = true;
         }
@@ -106,8 +108,8 @@ fn bytes(out: &mut Vec<u8>, b: &[u8]) {
     out.extend_from_slice(b);
 }
 
-/// The node blob `{v: 1, locs, keys}` with both sections sealed.
-fn seal_blob(keys: &Keys, locs: &[u8], node_keys: &[u8]) -> Vec<u8> {
+/// The node blob `{v, locs, keys}` with both sections sealed.
+fn seal_blob(keys: &Keys, version: u8, locs: &[u8], node_keys: &[u8]) -> Vec<u8> {
     let node_keys = keys.read.seal(&[KEYS_CONTEXT], node_keys);
     let locs = keys
         .verify
@@ -115,7 +117,7 @@ fn seal_blob(keys: &Keys, locs: &[u8], node_keys: &[u8]) -> Vec<u8> {
     let mut blob = Vec::with_capacity(locs.len() + node_keys.len() + 64);
     map(&mut blob, 3);
     text(&mut blob, "v");
-    head(&mut blob, 0, 1);
+    head(&mut blob, 0, version.into());
     text(&mut blob, "locs");
     bytes(&mut blob, &locs);
     text(&mut blob, "keys");
@@ -132,9 +134,11 @@ fuzz_target!(|data: &[u8]| {
 
     // The input as the plaintext of a correctly sealed node.
     if let (true, [a, b, rest @ ..]) = (keys.sealing_works, data) {
-        let split = usize::from(u16::from_be_bytes([*a, *b])) % (rest.len() + 1);
+        let split = u16::from_be_bytes([*a, *b]);
+        let version = if split & 0x8000 == 0 { 1 } else { 2 };
+        let split = usize::from(split & 0x7fff) % (rest.len() + 1);
         let (locs, node_keys) = rest.split_at(split);
-        let blob = seal_blob(keys, locs, node_keys);
+        let blob = seal_blob(keys, version, locs, node_keys);
         let read = Node::open_read(&blob, &keys.read);
         let verify = Node::open_verify(&blob, &keys.verify);
         // The read path sees everything the verify path sees, and more, so
@@ -150,6 +154,12 @@ fuzz_target!(|data: &[u8]| {
                     verify.entries.len()
                 )
             );
+            // Bytes only come with the read key, and then exactly `size`.
+            assert!(verify.data.is_none());
+            if let Some(data) = &read.data {
+                assert_eq!(data.len() as u64, read.size);
+                assert!(read.entries.is_empty());
+            }
         }
     }
 

@@ -70,67 +70,74 @@ enum State<R: Read> {
 /// Buffer of a streaming input, in maximum chunk sizes.
 const WINDOW_CHUNKS: usize = 2;
 
-/// FastCDC over a stream, through one buffer of `WINDOW_CHUNKS` maximum
-/// chunks. A cut needs `max` bytes ahead of the chunk's start (or the end
-/// of the input); once fewer are left, the rest moves to the front and the
-/// buffer fills up again. fastcdc's own `StreamCDC` holds exactly `max`
-/// bytes and shifts the rest to the front after every chunk: about three
-/// bytes moved for each byte chunked, 4 % of the mount's CPU in a 1 GiB
-/// write (perf). Here at most `max` bytes move per `max` chunked, usually
-/// less. The cuts are FastCDC's own (`FastCDC::cut` over the window looks
-/// at no more than `max` bytes), so they match `StreamCDC`'s exactly.
+/// FastCDC over a stream, through one buffer with room for
+/// `WINDOW_CHUNKS` maximum chunks. A cut needs `max` bytes ahead of the
+/// chunk's start (or the end of the input), so the window reads until it
+/// has that much, and no further: an early upload trails its writer by at
+/// most one maximum chunk. Once the room left ahead is less than `max`,
+/// the unchunked bytes move to the front. fastcdc's own `StreamCDC` holds
+/// exactly `max` bytes and shifts the rest to the front after every chunk:
+/// about three bytes moved for each byte chunked, 4 % of the mount's CPU
+/// in a 1 GiB write (perf). Here fewer than `max` bytes move per `max`
+/// chunked. The buffer is reserved, not zeroed: only bytes read touch it.
+/// The cuts are FastCDC's own (`FastCDC::cut` over the window looks at no
+/// more than `max` bytes), so they match `StreamCDC`'s exactly.
 struct Window<R> {
     params: ChunkerParams,
     reader: R,
+    /// The unchunked bytes are `buf[start..]`; `buf` never grows past its
+    /// capacity.
     buf: Vec<u8>,
-    /// The unchunked bytes are `buf[start..end]`.
     start: usize,
-    end: usize,
     eof: bool,
 }
 
 impl<R: Read> Window<R> {
     /// A window over `head`, bytes already read, followed by `reader`.
     fn new(params: ChunkerParams, head: Vec<u8>, reader: R) -> Window<R> {
-        // Zeroed by the allocator (fresh pages), not by a pass of ours.
-        let mut buf = vec![0; head.len().max(params.max * WINDOW_CHUNKS)];
-        let end = head.len();
-        buf[..end].copy_from_slice(&head);
+        let mut buf = Vec::with_capacity(head.len().max(params.max * WINDOW_CHUNKS));
+        buf.extend_from_slice(&head);
         Window {
             params,
             reader,
             buf,
             start: 0,
-            end,
             eof: false,
         }
     }
 
-    /// Move the unchunked bytes to the front and read until the buffer is
-    /// full or the input ends.
+    /// Read until `max` bytes are ahead or the input ends, first moving
+    /// the unchunked bytes to the front if there is no room for them.
     fn refill(&mut self) -> Result<()> {
-        self.buf.copy_within(self.start..self.end, 0);
-        self.end -= self.start;
-        self.start = 0;
-        while !self.eof && self.end < self.buf.len() {
-            match self.reader.read(&mut self.buf[self.end..]) {
-                Ok(0) => self.eof = true,
-                Ok(n) => self.end += n,
-                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-                Err(e) => return Err(Error::Read(e)),
-            }
+        let max = self.params.max;
+        if self.start + max > self.buf.capacity() {
+            self.buf.drain(..self.start);
+            self.start = 0;
+        }
+        let want = (self.start + max).saturating_sub(self.buf.len()) as u64;
+        // `read_to_end` retries `Interrupted` and appends into the
+        // reserved room without zeroing it first.
+        let got = Read::by_ref(&mut self.reader)
+            .take(want)
+            .read_to_end(&mut self.buf)
+            .map_err(Error::Read)?;
+        if (got as u64) < want {
+            self.eof = true;
         }
         Ok(())
     }
 
     fn next_chunk(&mut self) -> Option<Result<Vec<u8>>> {
         if !self.eof
-            && self.end - self.start < self.params.max
+            && self.buf.len() - self.start < self.params.max
             && let Err(e) = self.refill()
         {
+            // The error is the last item: the input's end is unknown.
+            self.start = self.buf.len();
+            self.eof = true;
             return Some(Err(e));
         }
-        let ahead = &self.buf[self.start..self.end];
+        let ahead = &self.buf[self.start..];
         if ahead.is_empty() {
             return None;
         }
@@ -222,7 +229,8 @@ mod tests {
         let mut zeros = data.clone();
         zeros[300_000..700_000].fill(0);
         for input in [&data, &zeros] {
-            for len in [4097, 65_536, 131_073, 200_000, 1_500_000] {
+            // Around one and two windows' worth too (`2 * max`, plus `min`).
+            for len in [4097, 65_536, 131_072, 131_073, 135_168, 200_000, 1_500_000] {
                 let want = streamed(&p, &input[..len]);
                 let whole: Vec<Vec<u8>> = p.chunks(&input[..len]).map(|c| c.unwrap()).collect();
                 assert_eq!(whole, want, "len {len}");
@@ -236,6 +244,63 @@ mod tests {
             }
         }
         assert!(streamed(&p, &zeros).iter().any(|c| c.len() == p.max));
+    }
+
+    /// Fails once `ok` bytes are read, and is interrupted before every
+    /// other read, as a signal would.
+    struct Flaky<'a> {
+        data: &'a [u8],
+        ok: usize,
+        interrupt: bool,
+    }
+    impl Read for Flaky<'_> {
+        fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+            self.interrupt = !self.interrupt;
+            if self.interrupt {
+                return Err(std::io::ErrorKind::Interrupted.into());
+            }
+            if self.ok == 0 {
+                return Err(std::io::Error::other("disk gone"));
+            }
+            let n = buf.len().min(self.ok).min(self.data.len()).min(5000);
+            buf[..n].copy_from_slice(&self.data[..n]);
+            self.data = &self.data[n..];
+            self.ok -= n;
+            Ok(n)
+        }
+    }
+
+    /// Interruptions are retried; an error in the middle of a long input
+    /// ends the chunks with that error, after only whole chunks.
+    #[test]
+    fn long_inputs_retry_interruptions_and_end_at_errors() {
+        let p = ChunkerParams {
+            min: 4096,
+            avg: 16384,
+            max: 65536,
+            seed: 3,
+        };
+        let data: Vec<u8> = (0..400_000u32)
+            .map(|i| (i.wrapping_mul(2_654_435_761) >> 11) as u8)
+            .collect();
+        let all = |ok| {
+            let flaky = Flaky {
+                data: &data,
+                ok,
+                interrupt: false,
+            };
+            p.chunks(flaky).collect::<Vec<_>>()
+        };
+        let whole: Vec<Vec<u8>> = all(usize::MAX).into_iter().map(|c| c.unwrap()).collect();
+        assert_eq!(whole, streamed(&p, &data));
+        let broken = all(250_000);
+        let (last, good) = broken.split_last().unwrap();
+        assert!(matches!(last, Err(Error::Read(_))), "ends with the error");
+        let good: Vec<&Vec<u8>> = good.iter().map(|c| c.as_ref().unwrap()).collect();
+        assert!(!good.is_empty());
+        for (got, want) in good.iter().zip(&whole) {
+            assert_eq!(*got, want, "chunks before the error are whole and right");
+        }
     }
 
     /// A read error surfaces as the first item, whichever path it hits.

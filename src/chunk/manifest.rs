@@ -104,8 +104,10 @@ pub struct Node {
     /// Plaintext bytes under this node.
     pub size: u64,
     pub entries: Vec<NodeEntry>,
-    /// A root of format 2 opened with its read key: the whole file. Such a
-    /// node has no entries.
+    /// Format 2: a root holding its file's bytes, with no entries. Only a
+    /// root may be one; a reader refuses it anywhere else.
+    pub inline: bool,
+    /// The bytes of a format 2 root opened with its read key.
     pub data: Option<std::sync::Arc<Vec<u8>>>,
 }
 
@@ -221,6 +223,7 @@ impl Node {
             params,
             size: locs.size,
             entries,
+            inline,
             data,
         })
     }
@@ -417,6 +420,36 @@ impl FileEncoder {
 }
 
 #[cfg(test)]
+impl FileEncoder {
+    /// A depth-1 root over one child node, given by its single share (the
+    /// encoder's parameters must be 1-of-1) and read key: for tests of
+    /// readers that must refuse a node in the wrong place.
+    pub(crate) fn seal_root_over(
+        self,
+        child: &Share,
+        child_key: [u8; 32],
+        len: u64,
+    ) -> (FileReadCap, Vec<Share>) {
+        let vk = ReadKey::from_bytes(child_key).verify_key();
+        let pending = Pending {
+            loc: LocEntry {
+                len,
+                shares: vec![ByteBuf::from(child.id().to_vec())],
+                vkey: Some(ByteBuf::from(vk.expose().to_vec())),
+            },
+            key: child_key,
+        };
+        let (root, shares) = self.seal_node(1, vec![pending], Params::REPLICA, None);
+        let cap = FileReadCap {
+            read_key: ReadKey::from_bytes(root.key),
+            root: shares[0].id(),
+            size: len,
+        };
+        (cap, shares)
+    }
+}
+
+#[cfg(test)]
 mod tests {
     use super::*;
     use crate::crypto::RootSecret;
@@ -450,6 +483,109 @@ mod tests {
             Err(Error::ManifestVersion(3)) => {}
             other => panic!("format 3 opened: {:?}", other.map(|n| n.size)),
         }
+    }
+
+    /// A node sealed by hand under a fixed read key.
+    fn craft(v: u8, locs: Locs, keys: Keys) -> (ReadKey, Vec<u8>) {
+        let rk = ReadKey::from_bytes([9; 32]);
+        let keys = rk.seal(&[KEYS_CONTEXT], &cbor(&keys));
+        let locs = rk
+            .verify_key()
+            .seal(&[LOCS_CONTEXT, &sha256(&keys)], &cbor(&locs));
+        let blob = cbor(&Blob {
+            v,
+            locs: ByteBuf::from(locs),
+            keys: ByteBuf::from(keys),
+        });
+        (rk, blob)
+    }
+
+    fn locs(depth: u8, size: u64, entries: Vec<LocEntry>) -> Locs {
+        Locs {
+            depth,
+            k: 1,
+            n: 1,
+            size,
+            entries,
+        }
+    }
+
+    /// Each rule of format 2, broken alone in a correctly sealed node.
+    #[test]
+    fn malformed_inline_nodes_are_refused() {
+        let chunk = LocEntry {
+            len: 4,
+            shares: vec![ByteBuf::from(vec![1; 32])],
+            vkey: None,
+        };
+        let key = || vec![ByteBuf::from(vec![2; 32])];
+        let data = |n: usize| Some(ByteBuf::from(vec![7; n]));
+        let refused = |v, l, k, verify_too: bool| {
+            let (rk, blob) = craft(v, l, k);
+            assert!(Node::open_read(&blob, &rk).is_err());
+            assert_eq!(
+                Node::open_verify(&blob, &rk.verify_key()).is_err(),
+                verify_too
+            );
+        };
+        // The well-formed one opens.
+        let (rk, blob) = craft(
+            INLINE_VERSION,
+            locs(0, 4, vec![]),
+            Keys {
+                keys: vec![],
+                data: data(4),
+            },
+        );
+        assert_eq!(Node::open_read(&blob, &rk).unwrap().data.unwrap().len(), 4);
+        // Format 2 with a child, or above the leaves.
+        refused(
+            INLINE_VERSION,
+            locs(0, 8, vec![chunk.clone()]),
+            Keys {
+                keys: key(),
+                data: data(4),
+            },
+            true,
+        );
+        refused(
+            INLINE_VERSION,
+            locs(1, 4, vec![]),
+            Keys {
+                keys: vec![],
+                data: data(4),
+            },
+            true,
+        );
+        // Bytes that are not the size (a verifier sees only the size).
+        refused(
+            INLINE_VERSION,
+            locs(0, 5, vec![]),
+            Keys {
+                keys: vec![],
+                data: data(4),
+            },
+            false,
+        );
+        // Format 2 without bytes; format 1 with them.
+        refused(
+            INLINE_VERSION,
+            locs(0, 4, vec![]),
+            Keys {
+                keys: vec![],
+                data: None,
+            },
+            false,
+        );
+        refused(
+            MANIFEST_VERSION,
+            locs(0, 4, vec![chunk]),
+            Keys {
+                keys: key(),
+                data: data(4),
+            },
+            false,
+        );
     }
 
     #[test]

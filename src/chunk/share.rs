@@ -313,36 +313,40 @@ pub fn encode_owned(params: Params, mut padded: Vec<u8>) -> Vec<Share> {
     shares
 }
 
-/// Run `f` with this thread's Reed-Solomon encoder, set up for `k`
-/// originals and `parity` recovery shards of `shard_len` bytes. Keeping
-/// one per thread spares each chunk a fresh, zeroed work area and the copy
-/// of its recovery shards out of it (`reed_solomon_simd::encode` does
-/// both: 3 % of the mount's CPU in a 1 GiB write).
+/// Reed-Solomon encoders kept for reuse: about as many as chunks are
+/// sealed at once (the mount's sealers and early uploads).
+const KEPT_ENCODERS: usize = 4;
+
+/// Run `f` with a Reed-Solomon encoder set up for `k` originals and
+/// `parity` recovery shards of `shard_len` bytes. Reusing encoders spares
+/// each chunk a fresh, zeroed work area and the copy of its recovery
+/// shards out of it (`reed_solomon_simd::encode` does both: 3 % of the
+/// mount's CPU in a 1 GiB write). At most `KEPT_ENCODERS` are kept, so
+/// the work areas held (a few MiB each for the largest chunks) stay
+/// bounded however many threads seal.
 fn with_encoder<T>(
     k: usize,
     parity: usize,
     shard_len: usize,
     f: impl FnOnce(&mut reed_solomon_simd::ReedSolomonEncoder) -> T,
 ) -> T {
-    use std::cell::RefCell;
-    thread_local! {
-        static ENCODER: RefCell<Option<reed_solomon_simd::ReedSolomonEncoder>> =
-            const { RefCell::new(None) };
-    }
+    use reed_solomon_simd::ReedSolomonEncoder;
+    static KEPT: std::sync::Mutex<Vec<ReedSolomonEncoder>> = std::sync::Mutex::new(Vec::new());
     const VALID: &str = "parameters were validated by Params::new";
-    ENCODER.with(|cell| {
-        let mut slot = cell.borrow_mut();
-        let encoder = match slot.as_mut() {
-            Some(e) => {
-                e.reset(k, parity, shard_len).expect(VALID);
-                e
-            }
-            None => slot.insert(
-                reed_solomon_simd::ReedSolomonEncoder::new(k, parity, shard_len).expect(VALID),
-            ),
-        };
-        f(encoder)
-    })
+    let kept = KEPT.lock().unwrap_or_else(|p| p.into_inner()).pop();
+    let mut encoder = match kept {
+        Some(mut e) => {
+            e.reset(k, parity, shard_len).expect(VALID);
+            e
+        }
+        None => ReedSolomonEncoder::new(k, parity, shard_len).expect(VALID),
+    };
+    let out = f(&mut encoder);
+    let mut kept = KEPT.lock().unwrap_or_else(|p| p.into_inner());
+    if kept.len() < KEPT_ENCODERS {
+        kept.push(encoder);
+    }
+    out
 }
 
 /// Rebuild the payload from any `k` shares of one chunk. The shares must
@@ -474,7 +478,7 @@ pub fn open_verified_chunk(key: &ChunkKey, params: Params, shares: &[Share]) -> 
 mod tests {
     use super::*;
 
-    /// The encoder kept per thread gives the one-shot encoder's parity,
+    /// A reused encoder gives the one-shot encoder's parity,
     /// whatever sizes and parameters came through it before.
     #[test]
     fn a_reused_encoder_codes_as_a_fresh_one() {

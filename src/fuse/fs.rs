@@ -317,13 +317,57 @@ impl LodeFs {
                     ..
                 } => {
                     let p = p.clone();
-                    if std::mem::take(cached) {
-                        // A kept copy is about to change: it is staged
-                        // data again, and needs its recovery note.
-                        drop(tree);
-                        self.note_staged(ino);
+                    if !*cached {
+                        return Ok(p);
                     }
-                    return Ok(p);
+                    // A kept copy is about to change: it is staged data
+                    // again, and needs its recovery note. Its upload left
+                    // it unsynced (it was only a cache); like a fresh copy
+                    // below, it must be whole on disk before a note names
+                    // it, or a power cut could leave recovery a short copy
+                    // to publish over the good one.
+                    drop(tree);
+                    match std::fs::File::open(&p).and_then(|f| f.sync_all()) {
+                        Ok(()) => {}
+                        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                            // Evicted meanwhile, or lost: a cache only, so
+                            // drop it and stage the file afresh.
+                            let mut tree = self.lock();
+                            if let Some(Body::File {
+                                staged: staged @ Some(_),
+                                cached: cached @ true,
+                                ..
+                            }) = tree.nodes.get_mut(&ino).map(|n| &mut n.body)
+                                && staged.as_ref() == Some(&p)
+                            {
+                                *staged = None;
+                                *cached = false;
+                            }
+                            drop(tree);
+                            return self.stage(ino, truncate);
+                        }
+                        Err(e) => return Err(e.into()),
+                    }
+                    let mut tree = self.lock();
+                    match tree.nodes.get_mut(&ino).map(|n| &mut n.body) {
+                        Some(Body::File {
+                            staged: Some(q),
+                            cached,
+                            ..
+                        }) if *q == p => {
+                            let note = std::mem::take(cached);
+                            drop(tree);
+                            if note {
+                                self.note_staged(ino);
+                            }
+                            return Ok(p);
+                        }
+                        // Evicted meanwhile: stage it afresh.
+                        _ => {
+                            drop(tree);
+                            return self.stage(ino, truncate);
+                        }
+                    }
                 }
                 Body::File { cap, .. } => cap.clone(),
                 Body::Dir { .. } | Body::Friends => return Err(Error::IsADirectory),

@@ -154,6 +154,12 @@ impl Grid {
                         .fetch(&entry.shares, node.params, "manifest node")
                         .await?;
                     let child = Node::open_verify(&share::decode(node.params, &shares)?, vk)?;
+                    if child.inline {
+                        return Err(chunk::Error::MalformedManifest(
+                            "a node holding bytes below the root".into(),
+                        )
+                        .into());
+                    }
                     out.push(Object {
                         what: format!("manifest node (depth {})", child.depth),
                         params: node.params,

@@ -416,8 +416,21 @@ impl Vault {
         if entry.shares.is_empty() {
             return Err(chunk::Error::MalformedManifest("node without shares".into()).into());
         }
+        // Checked for a cached node too: the same node may have been
+        // opened elsewhere (as a root, or at another depth).
+        let fits = |child: &Node| {
+            // A node holding bytes is a root, never a child: below the
+            // root its bytes would be skipped, and the file read short.
+            if child.depth + 1 != parent.depth || child.size != entry.len || child.inline {
+                return Err(Error::from(chunk::Error::MalformedManifest(
+                    "child node does not fit its parent".into(),
+                )));
+            }
+            Ok(())
+        };
         let slot = Self::node_key(&entry.shares, &key);
         if let Some(node) = self.cached_node(&slot) {
+            fits(&node)?;
             return Ok(node);
         }
         let shares = self
@@ -426,12 +439,7 @@ impl Vault {
             .await?;
         let blob = share::decode(parent.params, &shares)?;
         let child = Node::open_read(&blob, &key)?;
-        if child.depth + 1 != parent.depth || child.size != entry.len {
-            return Err(chunk::Error::MalformedManifest(
-                "child node does not fit its parent".into(),
-            )
-            .into());
-        }
+        fits(&child)?;
         Ok(self.remember_node(slot, child))
     }
 
@@ -740,5 +748,49 @@ mod tests {
             Vault::node_key(&[a, b], &key),
             Vault::node_key(&[a, c], &key)
         );
+    }
+
+    /// A node holding bytes is only ever a root. Listed below one, its
+    /// bytes would be skipped and the file read short, so a read and a
+    /// check refuse it.
+    #[test]
+    fn a_node_holding_bytes_below_the_root_is_refused() {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
+        rt.block_on(async {
+            let secret = crate::crypto::RootSecret::from_bytes([4; 32]);
+            let store = Arc::new(crate::store::MemoryStorage::new());
+            let vault = Vault::single(&secret, store.clone());
+            let data = b"bytes a parent must not hide".to_vec();
+            let (inner, inner_shares) =
+                FileEncoder::new(secret.convergence(), Params::REPLICA).seal_inline(&data);
+            let (cap, root) = FileEncoder::new(secret.convergence(), Params::REPLICA)
+                .seal_root_over(
+                    &inner_shares[0],
+                    *inner.read_key.expose(),
+                    data.len() as u64,
+                );
+            for share in inner_shares.iter().chain(&root) {
+                store
+                    .put_share(&share.id(), share.shared_bytes())
+                    .await
+                    .unwrap();
+            }
+            // Fetched fresh, and again with the node cached from a read of
+            // it as a root (which is fine).
+            let fresh = Vault::single(&secret, store.clone());
+            let refused = |r: Result<Vec<u8>>| match r {
+                Err(Error::Chunk(chunk::Error::MalformedManifest(_))) => {}
+                other => panic!(
+                    "read through a misplaced node: {:?}",
+                    other.map(|b| b.len())
+                ),
+            };
+            refused(fresh.get_bytes(&cap).await);
+            assert_eq!(vault.get_bytes(&inner).await.unwrap(), data);
+            refused(vault.get_bytes(&cap).await);
+            assert!(vault.grid().file_objects(&cap.verify_cap()).await.is_err());
+        });
     }
 }
