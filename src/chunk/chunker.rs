@@ -167,6 +167,23 @@ mod tests {
     use super::*;
     use fastcdc::v2020::StreamCDC;
 
+    /// Bounds small enough for tests to cross many chunks quickly.
+    fn small(seed: u64) -> ChunkerParams {
+        ChunkerParams {
+            min: 4096,
+            avg: 16384,
+            max: 65536,
+            seed,
+        }
+    }
+
+    /// `len` bytes of a fixed, busy pattern.
+    fn pattern(len: u32, shift: u32) -> Vec<u8> {
+        (0..len)
+            .map(|i| (i.wrapping_mul(2_654_435_761) >> shift) as u8)
+            .collect()
+    }
+
     /// What the streaming chunker alone cuts.
     fn streamed(p: &ChunkerParams, data: &[u8]) -> Vec<Vec<u8>> {
         StreamCDC::with_level_and_seed(data, p.min, p.avg, p.max, Normalization::Level1, p.seed)
@@ -178,15 +195,7 @@ mod tests {
     /// around the switch, so caps and deduplication do not depend on it.
     #[test]
     fn short_inputs_cut_as_fastcdc_does() {
-        let p = ChunkerParams {
-            min: 4096,
-            avg: 16384,
-            max: 65536,
-            seed: 7,
-        };
-        let data: Vec<u8> = (0..200_000u32)
-            .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
-            .collect();
+        let (p, data) = (small(7), pattern(200_000, 13));
         for len in [
             0, 1, 100, 4095, 4096, 4097, 4098, 20_000, 65_536, 65_537, 200_000,
         ] {
@@ -210,12 +219,7 @@ mod tests {
     /// `StreamCDC` cuts them (what every earlier upload was cut with).
     #[test]
     fn long_inputs_cut_as_streamcdc_does() {
-        let p = ChunkerParams {
-            min: 4096,
-            avg: 16384,
-            max: 65536,
-            seed: 11,
-        };
+        let p = small(11);
         let mut state = 0x9e37_79b9_7f4a_7c15u64;
         let data: Vec<u8> = (0..1_500_000)
             .map(|_| {
@@ -274,15 +278,7 @@ mod tests {
     /// ends the chunks with that error, after only whole chunks.
     #[test]
     fn long_inputs_retry_interruptions_and_end_at_errors() {
-        let p = ChunkerParams {
-            min: 4096,
-            avg: 16384,
-            max: 65536,
-            seed: 3,
-        };
-        let data: Vec<u8> = (0..400_000u32)
-            .map(|i| (i.wrapping_mul(2_654_435_761) >> 11) as u8)
-            .collect();
+        let (p, data) = (small(3), pattern(400_000, 11));
         let all = |ok| {
             let flaky = Flaky {
                 data: &data,
