@@ -185,7 +185,7 @@ fn recently_placed_shares_are_not_sent_again_but_repair_asks() {
     rt.block_on(async {
         let (vault, stores) = counting_vault(6);
         let sent = || sent(&stores);
-        // Small files (one chunk and a root each) and a larger one.
+        // Small files (each inside its root) and a larger one.
         let files: Vec<Vec<u8>> = (0..20)
             .map(|i| common::seeded_bytes(&format!("small {i}"), 100 + 300 * i))
             .chain([common::seeded_bytes("larger", 3 << 20)])

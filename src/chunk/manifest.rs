@@ -111,6 +111,21 @@ pub struct Node {
     pub data: Option<std::sync::Arc<Vec<u8>>>,
 }
 
+impl Node {
+    /// Whether this node may be `entry`, a child of `parent`: one level
+    /// down, covering the entry's length, and not a node holding bytes,
+    /// which is only ever a root (below one, its bytes would be skipped
+    /// and the file read short).
+    pub fn fits_under(&self, parent: &Node, entry: &NodeEntry) -> Result<()> {
+        if self.depth + 1 != parent.depth || self.size != entry.len || self.inline {
+            return Err(Error::MalformedManifest(
+                "child node does not fit its parent".into(),
+            ));
+        }
+        Ok(())
+    }
+}
+
 fn arr32(b: &ByteBuf) -> Result<[u8; 32]> {
     b.as_slice()
         .try_into()
@@ -229,6 +244,16 @@ impl Node {
     }
 }
 
+/// The read-cap of a file whose root is `root`, stored as `shares` (one
+/// replicated share).
+fn root_cap(root: &Pending, shares: &[Share], size: u64) -> FileReadCap {
+    FileReadCap {
+        read_key: ReadKey::from_bytes(root.key),
+        root: shares[0].id(),
+        size,
+    }
+}
+
 /// A sealed child waiting for its parent.
 struct Pending {
     loc: LocEntry,
@@ -326,14 +351,9 @@ impl FileEncoder {
                 self.params
             };
             let (pending, shares) = self.seal_node(depth as u8, children, params, None);
-            let root = shares[0].id();
+            let cap = is_root.then(|| root_cap(&pending, &shares, self.size));
             out.push(shares);
-            if is_root {
-                let cap = FileReadCap {
-                    read_key: ReadKey::from_bytes(pending.key),
-                    root,
-                    size: self.size,
-                };
+            if let Some(cap) = cap {
                 return (cap, out);
             }
             self.levels[depth + 1].push(pending);
@@ -350,12 +370,7 @@ impl FileEncoder {
             "inline files are small and have no chunks"
         );
         let (pending, shares) = self.seal_node(0, Vec::new(), Params::REPLICA, Some(data));
-        let cap = FileReadCap {
-            read_key: ReadKey::from_bytes(pending.key),
-            root: shares[0].id(),
-            size: data.len() as u64,
-        };
-        (cap, shares)
+        (root_cap(&pending, &shares, data.len() as u64), shares)
     }
 
     /// Seal one node over `children`, or over a file's bytes (`data`, a
@@ -440,12 +455,7 @@ impl FileEncoder {
             key: child_key,
         };
         let (root, shares) = self.seal_node(1, vec![pending], Params::REPLICA, None);
-        let cap = FileReadCap {
-            read_key: ReadKey::from_bytes(root.key),
-            root: shares[0].id(),
-            size: len,
-        };
-        (cap, shares)
+        (root_cap(&root, &shares, len), shares)
     }
 }
 

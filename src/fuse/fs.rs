@@ -320,54 +320,8 @@ impl LodeFs {
                     if !*cached {
                         return Ok(p);
                     }
-                    // A kept copy is about to change: it is staged data
-                    // again, and needs its recovery note. Its upload left
-                    // it unsynced (it was only a cache); like a fresh copy
-                    // below, it must be whole on disk before a note names
-                    // it, or a power cut could leave recovery a short copy
-                    // to publish over the good one.
                     drop(tree);
-                    match std::fs::File::open(&p).and_then(|f| f.sync_all()) {
-                        Ok(()) => {}
-                        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                            // Evicted meanwhile, or lost: a cache only, so
-                            // drop it and stage the file afresh.
-                            let mut tree = self.lock();
-                            if let Some(Body::File {
-                                staged: staged @ Some(_),
-                                cached: cached @ true,
-                                ..
-                            }) = tree.nodes.get_mut(&ino).map(|n| &mut n.body)
-                                && staged.as_ref() == Some(&p)
-                            {
-                                *staged = None;
-                                *cached = false;
-                            }
-                            drop(tree);
-                            return self.stage(ino, truncate);
-                        }
-                        Err(e) => return Err(e.into()),
-                    }
-                    let mut tree = self.lock();
-                    match tree.nodes.get_mut(&ino).map(|n| &mut n.body) {
-                        Some(Body::File {
-                            staged: Some(q),
-                            cached,
-                            ..
-                        }) if *q == p => {
-                            let note = std::mem::take(cached);
-                            drop(tree);
-                            if note {
-                                self.note_staged(ino);
-                            }
-                            return Ok(p);
-                        }
-                        // Evicted meanwhile: stage it afresh.
-                        _ => {
-                            drop(tree);
-                            return self.stage(ino, truncate);
-                        }
-                    }
+                    return self.reclaim_kept(ino, p, truncate);
                 }
                 Body::File { cap, .. } => cap.clone(),
                 Body::Dir { .. } | Body::Friends => return Err(Error::IsADirectory),
@@ -407,6 +361,44 @@ impl LodeFs {
                 Err(Error::NotFound)
             }
         }
+    }
+
+    /// Make the kept copy `p` of `ino` (a cache of its published content)
+    /// staged data again, about to change: it needs its recovery note, and
+    /// first to be whole on disk. Its upload left it unsynced, and a power
+    /// cut must not leave recovery a short copy to publish over the good
+    /// one. If it was evicted or lost meanwhile, the file is staged afresh.
+    fn reclaim_kept(&self, ino: u64, p: PathBuf, truncate: bool) -> Result<PathBuf> {
+        let synced = std::fs::File::open(&p).and_then(|f| f.sync_all());
+        let lost = match synced {
+            Ok(()) => false,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => true,
+            Err(e) => return Err(e.into()),
+        };
+        let mut tree = self.lock();
+        if let Some(Body::File {
+            staged: staged @ Some(_),
+            cached,
+            ..
+        }) = tree.nodes.get_mut(&ino).map(|n| &mut n.body)
+            && staged.as_ref() == Some(&p)
+        {
+            match (lost, std::mem::take(cached)) {
+                // A lost cache: forget it.
+                (true, true) => *staged = None,
+                (false, note) => {
+                    drop(tree);
+                    if note {
+                        self.note_staged(ino);
+                    }
+                    return Ok(p);
+                }
+                // Taken as staged data by another writer meanwhile.
+                (true, false) => return Ok(p),
+            }
+        }
+        drop(tree);
+        self.stage(ino, truncate)
     }
 
     /// Upload a file's staged changes, then mark its directory for

@@ -154,12 +154,7 @@ impl Grid {
                         .fetch(&entry.shares, node.params, "manifest node")
                         .await?;
                     let child = Node::open_verify(&share::decode(node.params, &shares)?, vk)?;
-                    if child.inline {
-                        return Err(chunk::Error::MalformedManifest(
-                            "a node holding bytes below the root".into(),
-                        )
-                        .into());
-                    }
+                    child.fits_under(&node, entry)?;
                     out.push(Object {
                         what: format!("manifest node (depth {})", child.depth),
                         params: node.params,

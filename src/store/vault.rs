@@ -172,7 +172,7 @@ impl Vault {
         // in file order by the encoder; up to `UPLOAD_WINDOW_BYTES` of shares
         // are uploading at once.
         let sealers = std::thread::available_parallelism().map_or(2, |n| n.get().clamp(2, 8));
-        let (tx, rx) = mpsc::channel::<Vec<u8>>(sealers);
+        let (tx, mut rx) = mpsc::channel::<Vec<u8>>(sealers);
         let chunker = self.chunker;
         let producer = tokio::task::spawn_blocking(move || -> Result<()> {
             for chunk in chunker.chunks(reader) {
@@ -182,7 +182,6 @@ impl Vault {
             }
             Ok(())
         });
-        let mut rx = rx;
         let mut encoder = FileEncoder::new(self.conv.clone(), self.grid.params());
         // A first chunk of at most `INLINE_MAX` bytes is the whole input
         // when no second one follows: the file goes up inside its root.
@@ -418,19 +417,9 @@ impl Vault {
         }
         // Checked for a cached node too: the same node may have been
         // opened elsewhere (as a root, or at another depth).
-        let fits = |child: &Node| {
-            // A node holding bytes is a root, never a child: below the
-            // root its bytes would be skipped, and the file read short.
-            if child.depth + 1 != parent.depth || child.size != entry.len || child.inline {
-                return Err(Error::from(chunk::Error::MalformedManifest(
-                    "child node does not fit its parent".into(),
-                )));
-            }
-            Ok(())
-        };
         let slot = Self::node_key(&entry.shares, &key);
         if let Some(node) = self.cached_node(&slot) {
-            fits(&node)?;
+            node.fits_under(parent, entry)?;
             return Ok(node);
         }
         let shares = self
@@ -439,7 +428,7 @@ impl Vault {
             .await?;
         let blob = share::decode(parent.params, &shares)?;
         let child = Node::open_read(&blob, &key)?;
-        fits(&child)?;
+        child.fits_under(parent, entry)?;
         Ok(self.remember_node(slot, child))
     }
 
