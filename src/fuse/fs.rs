@@ -35,8 +35,17 @@ const TTL: Duration = Duration::from_secs(1);
 const READAHEAD_BYTES: u64 = 32 << 20;
 /// How far the reader may eat into the readahead before it is topped up.
 const READAHEAD_STEP: u64 = 4 << 20;
-/// Files uploaded side by side by one flush.
+/// Files of any size uploaded side by side by one flush. Each may hold up
+/// to the vault's upload window of shares in memory.
 const UPLOAD_THREADS: usize = 8;
+/// More uploads side by side for small files only. A small file costs a
+/// few KiB and a round trip, and its shares go to each mirror in batches
+/// with those of the others in flight: the more in flight, the larger the
+/// batches (3,000 small files and a sync: 4.2–4.5 s with 8 uploads in
+/// all, 2.7–2.9 s with 32; docs/PERFORMANCE.md, run 12).
+const SMALL_UPLOAD_THREADS: usize = 24;
+/// Largest file those extra uploads take: every share of it fits a batch.
+const SMALL_UPLOAD_BYTES: u64 = crate::protocol::MAX_BATCH_SHARE_BYTES as u64;
 /// Block size `statfs` counts in when the mirrors report limits.
 const STATFS_BLOCK: u64 = 4096;
 
@@ -914,34 +923,47 @@ impl LodeFs {
     }
 
     fn flush(&self, open_too: bool) -> Result<()> {
-        let files: Vec<u64> = {
-            let tree = self.lock();
-            tree.nodes
-                .iter()
-                .filter(|(_, n)| match n.body {
-                    Body::File {
-                        dirty: true,
-                        writers,
-                        ..
-                    } => open_too || writers == 0,
-                    _ => false,
-                })
-                .map(|(&i, _)| i)
-                .collect()
-        };
+        let (mut small, mut large) = (Vec::new(), Vec::new());
+        for (&ino, node) in self.lock().nodes.iter() {
+            if let Body::File {
+                dirty: true,
+                writers,
+                ..
+            } = node.body
+                && (open_too || writers == 0)
+            {
+                match node.size <= SMALL_UPLOAD_BYTES {
+                    true => small.push(ino),
+                    false => large.push(ino),
+                }
+            }
+        }
         // Uploads are latency-bound (several round trips per file), so a
-        // few run side by side.
-        let queue = Mutex::new(files);
+        // few run side by side, and more of them for small files. A file
+        // that grows past the small size meanwhile is still uploaded whole
+        // by whichever thread took it; only memory depends on the split.
+        let any = UPLOAD_THREADS.min(small.len() + large.len());
+        let small_only = SMALL_UPLOAD_THREADS.min(small.len().saturating_sub(any));
+        let (small, large) = (Mutex::new(small), Mutex::new(large));
         let errors = Mutex::new(None);
         std::thread::scope(|scope| {
-            for _ in 0..UPLOAD_THREADS {
-                scope.spawn(|| {
+            for thread in 0..any + small_only {
+                let queues = if thread < any {
+                    [Some(&large), Some(&small)]
+                } else {
+                    [Some(&small), None]
+                };
+                let (errors, this) = (&errors, self);
+                scope.spawn(move || {
                     loop {
-                        let Some(ino) = queue.lock().unwrap_or_else(|p| p.into_inner()).pop()
-                        else {
+                        let next = queues
+                            .iter()
+                            .flatten()
+                            .find_map(|q| q.lock().unwrap_or_else(|p| p.into_inner()).pop());
+                        let Some(ino) = next else {
                             break;
                         };
-                        if let Err(e) = self.upload(ino) {
+                        if let Err(e) = this.upload(ino) {
                             errors
                                 .lock()
                                 .unwrap_or_else(|p| p.into_inner())

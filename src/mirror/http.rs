@@ -23,8 +23,8 @@ use super::{DiskShares, Error, Ledger, Result, ShareStore, collect_garbage, unix
 use crate::crypto::{Hash, sha256};
 use crate::dir::{MAX_SLOT_BYTES, SlotEnvelope};
 use crate::protocol::{
-    self, AccountStatus, ErrorBody, Info, MAX_RENEW_IDS, MAX_SHARE_BYTES, RenewRequest,
-    RenewResponse, RequestAuth, parse_hex,
+    self, AccountStatus, BatchReply, BatchResult, ErrorBody, Info, MAX_RENEW_IDS, MAX_SHARE_BYTES,
+    RenewRequest, RenewResponse, RequestAuth, parse_hex,
 };
 
 /// How a mirror is run.
@@ -53,9 +53,10 @@ struct Mirror {
     commits: CommitQueue,
 }
 
-impl IntoResponse for Error {
-    fn into_response(self) -> Response {
-        let status = match &self {
+impl Error {
+    /// The one place a mirror error becomes a status code.
+    fn status(&self) -> StatusCode {
+        match self {
             Error::Mismatch(_)
             | Error::BadRequest(_)
             | Error::Slot(crate::dir::Error::Malformed(_)) => StatusCode::BAD_REQUEST,
@@ -70,9 +71,14 @@ impl IntoResponse for Error {
                 tracing::error!(error = %self, "internal error");
                 StatusCode::INTERNAL_SERVER_ERROR
             }
-        };
+        }
+    }
+}
+
+impl IntoResponse for Error {
+    fn into_response(self) -> Response {
         (
-            status,
+            self.status(),
             axum::Json(ErrorBody {
                 error: self.to_string(),
             }),
@@ -162,6 +168,73 @@ async fn put_share(
     // staged by now; only that step holds the lock GC takes.
     m.commits.commit(staged, q.repair, account, now).await?;
     Ok(StatusCode::CREATED)
+}
+
+/// `POST /v1/shares`: many small shares, each answered as it would have
+/// been alone (docs/PROTOCOL.md). One signature check and one ledger trip
+/// admit them all; the admitted ones are checked against their ids and
+/// committed together, in the same group commit.
+async fn put_shares(
+    State(m): State<Arc<Mirror>>,
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+    body: axum::body::Bytes,
+) -> Result<axum::Json<BatchReply>> {
+    let items = protocol::decode_batch(&body).map_err(|e| Error::BadRequest(e.to_string()))?;
+    let account = authenticate(
+        &headers,
+        &method,
+        &uri,
+        &protocol::batch_digest(items.iter().map(|i| &i.id)),
+    )?;
+    let now = unix_now();
+    let asked: Vec<([u8; 32], u64)> = items.iter().map(|i| (i.id, i.bytes.len() as u64)).collect();
+    let shares = m.shares.clone();
+    let admitted = {
+        let _g = m.finalize.read().await;
+        m.ledger
+            .run(move |l| {
+                let mut with_disk = Vec::with_capacity(asked.len());
+                for (id, len) in asked {
+                    with_disk.push((id, len, shares.holds(&id)?));
+                }
+                l.admit_batch(&account, &with_disk, now)
+            })
+            .await?
+    };
+    let stores = items.iter().zip(admitted).map(|(item, admitted)| {
+        let m = &m;
+        let piece = body.slice_ref(item.bytes);
+        async move {
+            match admitted {
+                Ok(true) => Ok(StatusCode::OK),
+                Ok(false) => {
+                    let len = piece.len() as u64;
+                    let stream = futures_util::stream::once(async move { Ok(piece) });
+                    let staged = m.shares.stage(&item.id, Box::pin(stream), len).await?;
+                    m.commits.commit(staged, false, account, now).await?;
+                    Ok(StatusCode::CREATED)
+                }
+                Err(refused) => Err(refused),
+            }
+        }
+    });
+    let results = futures_util::future::join_all(stores)
+        .await
+        .into_iter()
+        .map(|r: Result<StatusCode>| match r {
+            Ok(status) => BatchResult {
+                status: status.as_u16(),
+                error: None,
+            },
+            Err(e) => BatchResult {
+                status: e.status().as_u16(),
+                error: Some(e.to_string()),
+            },
+        })
+        .collect();
+    Ok(axum::Json(BatchReply { results }))
 }
 
 async fn get_share(State(m): State<Arc<Mirror>>, Path(id): Path<String>) -> Result<Response> {
@@ -368,6 +441,10 @@ pub async fn serve(
         .route(
             "/v1/share/{id}",
             put(put_share).get(get_share).head(head_share),
+        )
+        .route(
+            "/v1/shares",
+            post(put_shares).layer(DefaultBodyLimit::max(protocol::MAX_BATCH_BYTES)),
         )
         .route("/v1/slot/{pk}", put(put_slot).get(get_slot))
         .layer(DefaultBodyLimit::max(MAX_SLOT_BYTES))

@@ -325,6 +325,38 @@ impl Ledger {
         })
     }
 
+    /// [`Self::lease_existing`] or [`Self::precheck`] for every share of a
+    /// batch upload, in one transaction: `Ok(true)` for a share held (in
+    /// `on_disk`) and now leased, `Ok(false)` for one to store, or the
+    /// refusal (quota, capacity, funding) the share would have got alone.
+    /// Only a ledger failure fails the whole call.
+    pub fn admit_batch(
+        &self,
+        account: &[u8; 32],
+        shares: &[([u8; 32], u64, bool)],
+        now: i64,
+    ) -> Result<Vec<Result<bool>>> {
+        self.with_tx(|tx| {
+            let mut out = Vec::with_capacity(shares.len());
+            for (id, len, on_disk) in shares {
+                if *on_disk && self.lease_in(tx, account, id, now)? {
+                    out.push(Ok(true));
+                    continue;
+                }
+                let admitted = self
+                    .check_room(tx, account, *len, true, now)
+                    .and_then(|()| Self::ensure_account(tx, account, now))
+                    .and_then(|()| self.check_funded(tx, account, now));
+                match admitted {
+                    Ok(()) => out.push(Ok(false)),
+                    Err(e @ (Error::Ledger(_) | Error::Io(_))) => return Err(e),
+                    Err(refused) => out.push(Err(refused)),
+                }
+            }
+            Ok(out)
+        })
+    }
+
     /// Record a newly stored share and its first lease, atomically.
     pub fn add_share(&self, account: &[u8; 32], id: &[u8; 32], size: u64, now: i64) -> Result<()> {
         self.with_tx(|tx| {

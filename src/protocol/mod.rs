@@ -5,6 +5,13 @@
 //! tokio; it is pure data and checks, so it can be unit-tested and fuzzed.
 //! See docs/PROTOCOL.md for the HTTP routes that carry these types.
 
+mod batch;
+
+pub use batch::{
+    BATCH_VERSION, BatchItem, BatchReply, BatchResult, MAX_BATCH_BYTES, MAX_BATCH_SHARE_BYTES,
+    MAX_BATCH_SHARES, batch_digest, batch_len, decode_batch, encode_batch,
+};
+
 use serde::{Deserialize, Serialize};
 
 use crate::crypto::{self, AccountKey, Hash, sha256};
@@ -34,6 +41,8 @@ pub enum Error {
     BadSignature,
     #[error("malformed hex id")]
     BadId,
+    #[error("malformed share batch: {0}")]
+    BadBatch(&'static str),
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;

@@ -6,6 +6,7 @@
 //! verifies.
 
 use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
@@ -16,7 +17,9 @@ use super::{Error, Result, Storage};
 use crate::chunk::ShareId;
 use crate::crypto::{AccountKey, Hash, sha256};
 use crate::protocol::{
-    AccountStatus, ErrorBody, Info, RenewRequest, RenewResponse, RequestAuth, hex, unix_now,
+    AccountStatus, BatchReply, ErrorBody, Info, MAX_BATCH_BYTES, MAX_BATCH_SHARE_BYTES,
+    MAX_BATCH_SHARES, RenewRequest, RenewResponse, RequestAuth, batch_digest, batch_len,
+    encode_batch, hex, unix_now,
 };
 
 const ATTEMPTS: u32 = 4;
@@ -29,6 +32,44 @@ pub struct HttpMirror {
     key: AccountKey,
     /// Smoothed time of successful reads, for fastest-first ordering.
     latency: Mutex<Option<Duration>>,
+    /// Small share uploads waiting to go out together (see `put_batched`).
+    pending: Mutex<Pending>,
+    /// Whether the mirror takes `POST /v1/shares`; cleared at its first 404.
+    batches: AtomicBool,
+}
+
+/// Small share uploads to one mirror that wait for the batch in flight.
+#[derive(Default)]
+struct Pending {
+    /// Whether some upload is sending batches now (the leader).
+    sending: bool,
+    queue: Vec<Waiting>,
+}
+
+/// One small share waiting for a batch. Its answer is `None` when it must
+/// go alone: the mirror has no batches, the batch failed in a way a single
+/// upload may not, or the leader carrying it was cancelled.
+struct Waiting {
+    id: ShareId,
+    bytes: Bytes,
+    answer: tokio::sync::oneshot::Sender<Option<Result<()>>>,
+}
+
+/// The leader's hold on the queue: if its future is dropped mid-way, the
+/// queue is handed back, and every upload still waiting on it goes alone.
+struct Leading<'a> {
+    pending: &'a Mutex<Pending>,
+    done: bool,
+}
+
+impl Drop for Leading<'_> {
+    fn drop(&mut self) {
+        if !self.done {
+            let mut p = self.pending.lock().unwrap_or_else(|e| e.into_inner());
+            p.sending = false;
+            p.queue.clear();
+        }
+    }
 }
 
 impl HttpMirror {
@@ -54,6 +95,8 @@ impl HttpMirror {
             client,
             key,
             latency: Mutex::new(None),
+            pending: Mutex::new(Pending::default()),
+            batches: AtomicBool::new(true),
         })
     }
 
@@ -188,6 +231,107 @@ impl HttpMirror {
         }
         Ok(())
     }
+
+    /// Upload a small share together with the others that arrive while a
+    /// batch is in flight: the first upload to find no batch in flight
+    /// sends everything queued, batch after batch, until the queue is
+    /// empty; the others wait for their answers. Nothing waits for a batch
+    /// to fill, so a lone share goes at once. `None` means: upload alone.
+    async fn put_batched(&self, id: &ShareId, bytes: Bytes) -> Option<Result<()>> {
+        let (answer, answered) = tokio::sync::oneshot::channel();
+        let lead = {
+            let mut p = self.pending.lock().unwrap_or_else(|e| e.into_inner());
+            p.queue.push(Waiting {
+                id: *id,
+                bytes,
+                answer,
+            });
+            !std::mem::replace(&mut p.sending, true)
+        };
+        if lead {
+            let mut leading = Leading {
+                pending: &self.pending,
+                done: false,
+            };
+            loop {
+                let batch = {
+                    let mut p = self.pending.lock().unwrap_or_else(|e| e.into_inner());
+                    if p.queue.is_empty() {
+                        p.sending = false;
+                        leading.done = true;
+                        break;
+                    }
+                    let mut take = 0;
+                    while take < p.queue.len().min(MAX_BATCH_SHARES)
+                        && batch_len(p.queue[..=take].iter().map(|w| w.bytes.len()))
+                            <= MAX_BATCH_BYTES
+                    {
+                        take += 1;
+                    }
+                    p.queue.drain(..take).collect::<Vec<_>>()
+                };
+                self.send_batch(batch).await;
+            }
+        }
+        answered.await.ok().flatten()
+    }
+
+    /// Send one batch and answer each share in it.
+    async fn send_batch(&self, batch: Vec<Waiting>) {
+        let body = encode_batch(batch.iter().map(|w| (&w.id, &w.bytes[..])));
+        let digest = batch_digest(batch.iter().map(|w| &w.id));
+        let sent = self
+            .send(
+                Method::POST,
+                "/v1/shares",
+                Some(body.into()),
+                Some(digest),
+                true,
+            )
+            .await;
+        let reply = match sent {
+            Ok(resp) if resp.status() == StatusCode::NOT_FOUND => {
+                tracing::info!(mirror = %self.base, "mirror takes no share batches; uploading one by one");
+                self.batches.store(false, Ordering::Relaxed);
+                None
+            }
+            Ok(resp) if resp.status().is_success() => resp
+                .json::<BatchReply>()
+                .await
+                .ok()
+                .filter(|r| r.results.len() == batch.len()),
+            Ok(_) => None,
+            Err(Error::Unavailable { reason, .. }) => {
+                for w in batch {
+                    let _ = w.answer.send(Some(Err(self.unavailable(&reason))));
+                }
+                return;
+            }
+            Err(_) => None,
+        };
+        let Some(reply) = reply else {
+            for w in batch {
+                let _ = w.answer.send(None);
+            }
+            return;
+        };
+        for (w, r) in batch.into_iter().zip(reply.results) {
+            let status = StatusCode::from_u16(r.status).ok();
+            let outcome = match status {
+                Some(s) if s.is_success() => Some(Ok(())),
+                Some(StatusCode::INSUFFICIENT_STORAGE) => Some(Err(Error::NoSpace {
+                    mirror: self.base.clone(),
+                })),
+                Some(s) if s.is_client_error() => Some(Err(Error::Rejected {
+                    mirror: self.base.clone(),
+                    reason: format!("{s}: {}", r.error.unwrap_or_default()),
+                })),
+                // A server error: the upload alone retries it.
+                _ => None,
+            };
+            let _ = w.answer.send(outcome);
+        }
+    }
 }
 
 #[async_trait]
@@ -201,6 +345,12 @@ impl Storage for HttpMirror {
     }
 
     async fn put_share(&self, id: &ShareId, bytes: Bytes) -> Result<()> {
+        if bytes.len() <= MAX_BATCH_SHARE_BYTES
+            && self.batches.load(Ordering::Relaxed)
+            && let Some(result) = self.put_batched(id, bytes.clone()).await
+        {
+            return result;
+        }
         self.put_share_inner(id, bytes, false).await
     }
 
