@@ -2,7 +2,7 @@
 //! answers each share as it would have answered it alone, refuses bodies
 //! that are malformed or not signed for their ids, and the client sends
 //! concurrent small uploads together, goes alone to a mirror without
-//! batches, and never strands an upload whose batch leader was cancelled.
+//! batches, and never strands an upload behind a leader that was cancelled.
 
 mod common;
 
@@ -270,7 +270,7 @@ fn a_mirror_without_batches_gets_single_uploads() {
 }
 
 #[test]
-fn uploads_waiting_on_a_cancelled_batch_go_alone() {
+fn uploads_behind_a_cancelled_leader_still_go_out() {
     let mirror = Counter::start(true);
     mirror.seen.slow_batches.store(1, Ordering::SeqCst);
     let client = mirror.client();

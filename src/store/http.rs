@@ -5,6 +5,7 @@
 //! backoff; the mirror's answers are never trusted beyond what the caller
 //! verifies.
 
+use std::collections::VecDeque;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
@@ -12,6 +13,7 @@ use std::time::{Duration, Instant};
 use async_trait::async_trait;
 use bytes::Bytes;
 use reqwest::{Method, StatusCode};
+use tokio::sync::oneshot;
 
 use super::{Error, Result, Storage};
 use crate::chunk::ShareId;
@@ -39,24 +41,49 @@ pub struct HttpMirror {
 }
 
 /// Small share uploads to one mirror that wait for the batch in flight.
+/// While `sending` is false the queue is empty.
 #[derive(Default)]
 struct Pending {
-    /// Whether some upload is sending batches now (the leader).
+    /// Whether some upload leads: sends the next batch.
     sending: bool,
-    queue: Vec<Waiting>,
+    queue: VecDeque<Waiting>,
 }
 
-/// One small share waiting for a batch. Its answer is `None` when it must
-/// go alone: the mirror has no batches, the batch failed in a way a single
-/// upload may not, or the leader carrying it was cancelled.
+impl Pending {
+    /// Pass the lead to the oldest waiting upload still there, or, with
+    /// none left, let it lapse.
+    fn hand_on(&mut self) {
+        while let Some(next) = self.queue.pop_front() {
+            // A waiter whose caller is gone refuses it.
+            if next.answer.send(Answer::Lead).is_ok() {
+                return;
+            }
+        }
+        self.sending = false;
+    }
+}
+
+/// One small share waiting for a batch.
 struct Waiting {
     id: ShareId,
     bytes: Bytes,
-    answer: tokio::sync::oneshot::Sender<Option<Result<()>>>,
+    answer: oneshot::Sender<Answer>,
 }
 
-/// The leader's hold on the queue: if its future is dropped mid-way, the
-/// queue is handed back, and every upload still waiting on it goes alone.
+/// What a waiting upload is told.
+enum Answer {
+    /// The mirror's answer for this share.
+    Done(Result<()>),
+    /// Upload alone: the mirror has no batches, or the batch failed in a
+    /// way a single upload may retry.
+    Alone,
+    /// Lead: the upload, already out of the queue, sends the next batch.
+    Lead,
+}
+
+/// The lead, held while the leader's batch is out. If the leader's future
+/// is dropped, the lead passes on (the shares of the batch it dropped
+/// find their answer channels closed and go alone).
 struct Leading<'a> {
     pending: &'a Mutex<Pending>,
     done: bool,
@@ -65,11 +92,32 @@ struct Leading<'a> {
 impl Drop for Leading<'_> {
     fn drop(&mut self) {
         if !self.done {
-            let mut p = self.pending.lock().unwrap_or_else(|e| e.into_inner());
-            p.sending = false;
-            p.queue.clear();
+            lock_pending(self.pending).hand_on();
         }
     }
+}
+
+/// A waiting upload. If its future is dropped just as the lead reaches
+/// it, the lead passes on rather than being lost with it.
+struct Following<'a> {
+    pending: &'a Mutex<Pending>,
+    answered: Option<oneshot::Receiver<Answer>>,
+}
+
+impl Drop for Following<'_> {
+    fn drop(&mut self) {
+        if let Some(mut rx) = self.answered.take() {
+            // After `close`, no send can succeed: whatever was sent is here.
+            rx.close();
+            if let Ok(Answer::Lead) = rx.try_recv() {
+                lock_pending(self.pending).hand_on();
+            }
+        }
+    }
+}
+
+fn lock_pending(pending: &Mutex<Pending>) -> std::sync::MutexGuard<'_, Pending> {
+    pending.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 impl HttpMirror {
@@ -233,47 +281,70 @@ impl HttpMirror {
     }
 
     /// Upload a small share together with the others that arrive while a
-    /// batch is in flight: the first upload to find no batch in flight
-    /// sends everything queued, batch after batch, until the queue is
-    /// empty; the others wait for their answers. Nothing waits for a batch
-    /// to fill, so a lone share goes at once. `None` means: upload alone.
+    /// batch is in flight. The first upload to find no batch in flight
+    /// leads: it sends its own share with everything queued behind it
+    /// (up to a batch), then hands the lead to the oldest upload still
+    /// waiting, so no caller is held back sending for others. Nothing
+    /// waits for a batch to fill: a lone share goes at once. `None`
+    /// means: upload alone.
     async fn put_batched(&self, id: &ShareId, bytes: Bytes) -> Option<Result<()>> {
-        let (answer, answered) = tokio::sync::oneshot::channel();
+        let (answer, mut answered) = oneshot::channel();
+        let waiting = Waiting {
+            id: *id,
+            bytes: bytes.clone(),
+            answer,
+        };
         let lead = {
-            let mut p = self.pending.lock().unwrap_or_else(|e| e.into_inner());
-            p.queue.push(Waiting {
-                id: *id,
-                bytes,
-                answer,
-            });
+            let mut p = lock_pending(&self.pending);
+            p.queue.push_back(waiting);
             !std::mem::replace(&mut p.sending, true)
         };
-        if lead {
-            let mut leading = Leading {
+        if !lead {
+            let mut following = Following {
                 pending: &self.pending,
-                done: false,
+                answered: Some(answered),
             };
-            loop {
-                let batch = {
-                    let mut p = self.pending.lock().unwrap_or_else(|e| e.into_inner());
-                    if p.queue.is_empty() {
-                        p.sending = false;
-                        leading.done = true;
-                        break;
-                    }
-                    let mut take = 0;
-                    while take < p.queue.len().min(MAX_BATCH_SHARES)
-                        && batch_len(p.queue[..=take].iter().map(|w| w.bytes.len()))
-                            <= MAX_BATCH_BYTES
-                    {
-                        take += 1;
-                    }
-                    p.queue.drain(..take).collect::<Vec<_>>()
-                };
-                self.send_batch(batch).await;
+            let got = following.answered.as_mut().expect("just set").await;
+            following.answered = None;
+            match got {
+                Ok(Answer::Done(result)) => return Some(result),
+                Ok(Answer::Alone) | Err(_) => return None,
+                Ok(Answer::Lead) => {
+                    let (answer, again) = oneshot::channel();
+                    answered = again;
+                    let waiting = Waiting {
+                        id: *id,
+                        bytes,
+                        answer,
+                    };
+                    lock_pending(&self.pending).queue.push_front(waiting);
+                }
             }
         }
-        answered.await.ok().flatten()
+        let mut leading = Leading {
+            pending: &self.pending,
+            done: false,
+        };
+        // Our share is at the front (the queue was empty, or we were put
+        // back there), so it is in this batch.
+        let batch: Vec<Waiting> = {
+            let mut p = lock_pending(&self.pending);
+            let mut take = 1;
+            while take < p.queue.len().min(MAX_BATCH_SHARES)
+                && batch_len(p.queue.iter().take(take + 1).map(|w| w.bytes.len()))
+                    <= MAX_BATCH_BYTES
+            {
+                take += 1;
+            }
+            p.queue.drain(..take).collect()
+        };
+        self.send_batch(batch).await;
+        lock_pending(&self.pending).hand_on();
+        leading.done = true;
+        match answered.try_recv() {
+            Ok(Answer::Done(result)) => Some(result),
+            _ => None,
+        }
     }
 
     /// Send one batch and answer each share in it.
@@ -303,7 +374,7 @@ impl HttpMirror {
             Ok(_) => None,
             Err(Error::Unavailable { reason, .. }) => {
                 for w in batch {
-                    let _ = w.answer.send(Some(Err(self.unavailable(&reason))));
+                    let _ = w.answer.send(Answer::Done(Err(self.unavailable(&reason))));
                 }
                 return;
             }
@@ -311,23 +382,23 @@ impl HttpMirror {
         };
         let Some(reply) = reply else {
             for w in batch {
-                let _ = w.answer.send(None);
+                let _ = w.answer.send(Answer::Alone);
             }
             return;
         };
         for (w, r) in batch.into_iter().zip(reply.results) {
             let status = StatusCode::from_u16(r.status).ok();
             let outcome = match status {
-                Some(s) if s.is_success() => Some(Ok(())),
-                Some(StatusCode::INSUFFICIENT_STORAGE) => Some(Err(Error::NoSpace {
+                Some(s) if s.is_success() => Answer::Done(Ok(())),
+                Some(StatusCode::INSUFFICIENT_STORAGE) => Answer::Done(Err(Error::NoSpace {
                     mirror: self.base.clone(),
                 })),
-                Some(s) if s.is_client_error() => Some(Err(Error::Rejected {
+                Some(s) if s.is_client_error() => Answer::Done(Err(Error::Rejected {
                     mirror: self.base.clone(),
                     reason: format!("{s}: {}", r.error.unwrap_or_default()),
                 })),
                 // A server error: the upload alone retries it.
-                _ => None,
+                _ => Answer::Alone,
             };
             let _ = w.answer.send(outcome);
         }
