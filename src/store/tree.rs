@@ -18,8 +18,15 @@ use crate::caps::DirWriteCap;
 use crate::crypto::SlotSeed;
 use crate::dir::{Entry, Listing, SlotEnvelope};
 
-/// Files of one tree uploaded concurrently.
-const TREE_WINDOW: usize = 8;
+/// Files of one tree uploaded concurrently. Small files are a round trip
+/// each, and their shares go to each mirror in batches with the others in
+/// flight (`store::http`), so many run at once.
+const TREE_WINDOW: usize = 32;
+/// Of those, files over this size (each may hold the vault's upload
+/// window of shares in memory) ...
+const SMALL_FILE_BYTES: u64 = crate::protocol::MAX_BATCH_SHARE_BYTES as u64;
+/// ... upload at most this many at a time.
+const LARGE_FILES_AT_ONCE: usize = 8;
 
 /// A directory whose listing waits for its files.
 struct PendingDir {
@@ -34,6 +41,7 @@ enum Step {
         dir: usize,
         name: String,
         path: PathBuf,
+        size: u64,
         mode: u32,
         mtime: (i64, u32),
     },
@@ -88,6 +96,7 @@ impl Walk<'_> {
                     dir: index,
                     name,
                     path: item.path(),
+                    size: meta.len(),
                     mode,
                     mtime,
                 });
@@ -145,8 +154,9 @@ impl Vault {
             next_dir: 0,
         };
         let pending = &pending;
+        let large = &tokio::sync::Semaphore::new(LARGE_FILES_AT_ONCE);
         let mut steps = futures_util::stream::iter(walk)
-            .map(|step| async move { self.tree_step(step?, pending).await })
+            .map(|step| async move { self.tree_step(step?, pending, large).await })
             .buffer_unordered(TREE_WINDOW);
         while let Some(done) = steps.next().await {
             done?;
@@ -158,6 +168,7 @@ impl Vault {
         &self,
         step: Step,
         pending: &Mutex<HashMap<usize, PendingDir>>,
+        large: &tokio::sync::Semaphore,
     ) -> Result<()> {
         let (dir, entry) = match step {
             Step::Publish(dir) => (dir, None),
@@ -165,9 +176,14 @@ impl Vault {
                 dir,
                 name,
                 path,
+                size,
                 mode,
                 mtime,
             } => {
+                let _permit = match size > SMALL_FILE_BYTES {
+                    true => Some(large.acquire().await.expect("never closed")),
+                    false => None,
+                };
                 let cap = self.put_path(&path).await?;
                 (dir, Some((name, Entry::file(cap, mode, mtime))))
             }
