@@ -27,20 +27,40 @@ fn share(seed: &str, len: usize) -> ([u8; 32], Vec<u8>) {
     (*blake3::hash(&bytes).as_bytes(), bytes)
 }
 
-/// POST a batch body to a real mirror, signed as `signer` for `ids`.
-fn post_batch(url: &str, signer: u8, ids: &[[u8; 32]], body: Vec<u8>) -> (u16, String) {
-    let key = RootSecret::from_bytes([signer; 32]).account_key();
-    let auth = RequestAuth::sign_digest(&key, "POST", "/v1/shares", unix_now(), &batch_digest(ids));
+/// POST a batch body to a real mirror, signed as `signer` for `ids` (or
+/// not signed); the status and body, or the error sending it.
+fn try_post(
+    url: &str,
+    signer: Option<u8>,
+    ids: &[[u8; 32]],
+    body: Vec<u8>,
+) -> Result<(u16, String), reqwest::Error> {
+    let mut req = reqwest::Client::new()
+        .post(format!("{url}/v1/shares"))
+        .body(body);
+    if let Some(signer) = signer {
+        let key = RootSecret::from_bytes([signer; 32]).account_key();
+        let digest = batch_digest(ids);
+        let auth = RequestAuth::sign_digest(&key, "POST", "/v1/shares", unix_now(), &digest);
+        req = req.header("authorization", auth.header());
+    }
     common::runtime().block_on(async {
-        let resp = reqwest::Client::new()
-            .post(format!("{url}/v1/shares"))
-            .header("authorization", auth.header())
-            .body(body)
-            .send()
-            .await
-            .unwrap();
-        (resp.status().as_u16(), resp.text().await.unwrap())
+        let resp = req.send().await?;
+        Ok((resp.status().as_u16(), resp.text().await?))
     })
+}
+
+fn post_batch(url: &str, signer: u8, ids: &[[u8; 32]], body: Vec<u8>) -> (u16, String) {
+    try_post(url, Some(signer), ids, body).unwrap()
+}
+
+/// A body the mirror refuses with `status`, or stops reading (it may
+/// answer and close before the client has sent it all).
+fn refused(sent: Result<(u16, String), reqwest::Error>, status: u16) {
+    match sent {
+        Ok((got, text)) => assert_eq!(got, status, "{text}"),
+        Err(e) => assert!(e.is_request() || e.is_body(), "{e}"),
+    }
 }
 
 #[test]
@@ -82,6 +102,42 @@ fn a_batch_is_answered_share_by_share() {
     assert_eq!(status.usage_bytes, (new.len() + held.len()) as u64);
 }
 
+/// A share another account holds is leased, not stored; over the quota
+/// that lease is refused for that share alone, as it would be alone.
+#[test]
+fn a_held_share_over_quota_is_refused_on_its_own() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mirror = MirrorProc::start(&tmp.path().join("m"), &["--quota", "4000"]);
+    let rt = common::runtime();
+    let first = HttpMirror::new(
+        &mirror.url,
+        RootSecret::from_bytes([0x74; 32]).account_key(),
+    )
+    .unwrap();
+    let second = HttpMirror::new(
+        &mirror.url,
+        RootSecret::from_bytes([0x75; 32]).account_key(),
+    )
+    .unwrap();
+    let (held_id, held) = share("held-by-first", 3000);
+    rt.block_on(first.put_share(&held_id, held.into())).unwrap();
+    let (own_id, own) = share("second-own", 2000);
+    rt.block_on(second.put_share(&own_id, own.into())).unwrap();
+
+    let (new_id, new) = share("second-new", 1000);
+    let (_, held) = share("held-by-first", 3000);
+    let items = [(new_id, new), (held_id, held)];
+    let ids: Vec<[u8; 32]> = items.iter().map(|(id, _)| *id).collect();
+    let body = encode_batch(items.iter().map(|(id, b)| (id, &b[..])));
+    let (status, text) = post_batch(&mirror.url, 0x75, &ids, body);
+    assert_eq!(status, 200, "{text}");
+    let reply: BatchReply = serde_json::from_str(&text).unwrap();
+    let statuses: Vec<u16> = reply.results.iter().map(|r| r.status).collect();
+    assert_eq!(statuses, [201, 507], "{reply:?}");
+    let status = rt.block_on(second.account()).unwrap();
+    assert_eq!((status.leases, status.usage_bytes), (2, 3000));
+}
+
 #[test]
 fn malformed_or_missigned_batches_are_refused_whole() {
     let tmp = tempfile::tempdir().unwrap();
@@ -97,9 +153,14 @@ fn malformed_or_missigned_batches_are_refused_whole() {
     let (status, text) = post_batch(&mirror.url, 0x72, &[a_id, b_id], b"\x01\x00".to_vec());
     assert_eq!(status, 400);
     assert!(text.contains("batch"), "{text}");
-    // Over the body limit.
-    let (status, _) = post_batch(&mirror.url, 0x72, &[a_id], vec![1; 5 << 20]);
-    assert!(status == 413 || status == 400, "{status}");
+    // Over the body limit: refused unread.
+    refused(
+        try_post(&mirror.url, Some(0x72), &[a_id], vec![1; 5 << 20]),
+        413,
+    );
+    // Without a signature the body is not even read.
+    refused(try_post(&mirror.url, None, &[a_id], vec![1; 5 << 20]), 401);
+    refused(try_post(&mirror.url, None, &[a_id], body.clone()), 401);
     // Nothing of it was stored.
     let key = RootSecret::from_bytes([0x72; 32]).account_key();
     let client = HttpMirror::new(&mirror.url, key).unwrap();
@@ -112,6 +173,17 @@ fn malformed_or_missigned_batches_are_refused_whole() {
         rt.block_on(client.get_share(&b_id)).unwrap().as_deref(),
         Some(&b[..])
     );
+}
+
+/// How a counting mirror answers batches.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Batches {
+    /// Stores every share.
+    Taken,
+    /// Has no batch route (an older mirror): 404.
+    Missing,
+    /// Answers every batch with this status.
+    Refused(u16),
 }
 
 /// What a counting mirror saw.
@@ -142,6 +214,10 @@ async fn single(State(s): State<Arc<Seen>>, Path(id): Path<String>, body: Bytes)
     StatusCode::CREATED
 }
 
+async fn refuse(State((_, status)): State<(Arc<Seen>, u16)>) -> StatusCode {
+    StatusCode::from_u16(status).unwrap()
+}
+
 async fn batch(State(s): State<Arc<Seen>>, body: Bytes) -> axum::Json<BatchReply> {
     let slow = s
         .slow_batches
@@ -166,7 +242,7 @@ async fn batch(State(s): State<Arc<Seen>>, body: Bytes) -> axum::Json<BatchReply
 }
 
 impl Counter {
-    fn start(batches: bool) -> Counter {
+    fn start(batches: Batches) -> Counter {
         let seen = Arc::new(Seen::default());
         let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         listener.set_nonblocking(true).unwrap();
@@ -176,12 +252,28 @@ impl Counter {
         let thread = std::thread::spawn(move || {
             let rt = tokio::runtime::Runtime::new().unwrap();
             rt.block_on(async move {
-                let mut app = Router::new().route("/v1/share/{id}", put(single));
-                if batches {
-                    app = app.route("/v1/shares", post(batch));
+                let mut app = Router::new()
+                    .route("/v1/share/{id}", put(single))
+                    .with_state(state.clone());
+                match batches {
+                    Batches::Taken => {
+                        app = app.merge(
+                            Router::new()
+                                .route("/v1/shares", post(batch))
+                                .with_state(state),
+                        )
+                    }
+                    Batches::Missing => {}
+                    Batches::Refused(status) => {
+                        app = app.merge(
+                            Router::new()
+                                .route("/v1/shares", post(refuse))
+                                .with_state((state, status)),
+                        )
+                    }
                 }
                 let listener = tokio::net::TcpListener::from_std(listener).unwrap();
-                axum::serve(listener, app.with_state(state))
+                axum::serve(listener, app)
                     .with_graceful_shutdown(async {
                         let _ = rx.await;
                     })
@@ -237,7 +329,7 @@ fn sorted(mut ids: Vec<[u8; 32]>) -> Vec<[u8; 32]> {
 
 #[test]
 fn concurrent_small_uploads_go_out_together() {
-    let mirror = Counter::start(true);
+    let mirror = Counter::start(Batches::Taken);
     let client = mirror.client();
     let rt = common::runtime();
     let ids = rt.block_on(put_many(&client, 64));
@@ -259,7 +351,7 @@ fn concurrent_small_uploads_go_out_together() {
 
 #[test]
 fn a_mirror_without_batches_gets_single_uploads() {
-    let mirror = Counter::start(false);
+    let mirror = Counter::start(Batches::Missing);
     let client = mirror.client();
     let rt = common::runtime();
     let ids = rt.block_on(put_many(&client, 40));
@@ -270,8 +362,34 @@ fn a_mirror_without_batches_gets_single_uploads() {
 }
 
 #[test]
+fn a_batch_refused_whole_is_answered_as_each_share_would_be() {
+    let rt = common::runtime();
+    // Held to smaller bodies (a proxy, say): no more batches, and every
+    // share goes alone.
+    let mirror = Counter::start(Batches::Refused(413));
+    let client = mirror.client();
+    let ids = rt.block_on(put_many(&client, 24));
+    assert_eq!(
+        sorted(mirror.seen.stored.lock().unwrap().clone()),
+        sorted(ids)
+    );
+    assert_eq!(mirror.seen.singles.load(Ordering::SeqCst), 24);
+    // The signature refused: each share alone would be refused the same,
+    // so none is sent again.
+    let mirror = Counter::start(Batches::Refused(401));
+    let client = mirror.client();
+    let (id, bytes) = share("unauthorized", 700);
+    let result = rt.block_on(client.put_share(&id, bytes.into()));
+    assert!(
+        matches!(result, Err(lode::store::Error::Rejected { ref reason, .. }) if reason.contains("401")),
+        "{result:?}"
+    );
+    assert_eq!(mirror.seen.singles.load(Ordering::SeqCst), 0);
+}
+
+#[test]
 fn uploads_behind_a_cancelled_leader_still_go_out() {
-    let mirror = Counter::start(true);
+    let mirror = Counter::start(Batches::Taken);
     mirror.seen.slow_batches.store(1, Ordering::SeqCst);
     let client = mirror.client();
     let rt = common::runtime();

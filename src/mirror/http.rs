@@ -179,8 +179,22 @@ async fn put_shares(
     method: Method,
     uri: Uri,
     headers: HeaderMap,
-    body: axum::body::Bytes,
+    body: Body,
 ) -> Result<axum::Json<BatchReply>> {
+    // The signature covers the ids, which are in the body; the header and
+    // its time are checked first, so no one without a well-formed, fresh
+    // request makes the mirror hold a batch body.
+    headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .ok_or(protocol::Error::BadAuthHeader)
+        .and_then(RequestAuth::parse)?
+        .check_time(unix_now())?;
+    let body = axum::body::to_bytes(body, protocol::MAX_BATCH_BYTES)
+        .await
+        .map_err(|_| Error::TooLarge {
+            limit: protocol::MAX_BATCH_BYTES as u64,
+        })?;
     let items = protocol::decode_batch(&body).map_err(|e| Error::BadRequest(e.to_string()))?;
     let account = authenticate(
         &headers,
@@ -442,10 +456,7 @@ pub async fn serve(
             "/v1/share/{id}",
             put(put_share).get(get_share).head(head_share),
         )
-        .route(
-            "/v1/shares",
-            post(put_shares).layer(DefaultBodyLimit::max(protocol::MAX_BATCH_BYTES)),
-        )
+        .route("/v1/shares", post(put_shares))
         .route("/v1/slot/{pk}", put(put_slot).get(get_slot))
         .layer(DefaultBodyLimit::max(MAX_SLOT_BYTES))
         .with_state(mirror);

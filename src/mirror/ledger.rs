@@ -339,18 +339,21 @@ impl Ledger {
         self.with_tx(|tx| {
             let mut out = Vec::with_capacity(shares.len());
             for (id, len, on_disk) in shares {
-                if *on_disk && self.lease_in(tx, account, id, now)? {
-                    out.push(Ok(true));
-                    continue;
+                let admitted = match *on_disk {
+                    true => self.lease_in(tx, account, id, now),
+                    false => Ok(false),
                 }
-                let admitted = self
-                    .check_room(tx, account, *len, true, now)
-                    .and_then(|()| Self::ensure_account(tx, account, now))
-                    .and_then(|()| self.check_funded(tx, account, now));
+                .and_then(|held| match held {
+                    true => Ok(true),
+                    false => self
+                        .check_room(tx, account, *len, true, now)
+                        .and_then(|()| Self::ensure_account(tx, account, now))
+                        .and_then(|()| self.check_funded(tx, account, now))
+                        .map(|()| false),
+                });
                 match admitted {
-                    Ok(()) => out.push(Ok(false)),
                     Err(e @ (Error::Ledger(_) | Error::Io(_))) => return Err(e),
-                    Err(refused) => out.push(Err(refused)),
+                    other => out.push(other),
                 }
             }
             Ok(out)

@@ -25,6 +25,10 @@ use crate::protocol::{
 };
 
 const ATTEMPTS: u32 = 4;
+/// Largest batch body this client sends: a quarter of what a mirror
+/// takes, so that one batch on a slow uplink stays well inside the
+/// request timeout and holds up few uploads.
+const BATCH_BYTES: usize = MAX_BATCH_BYTES / 4;
 const FIRST_BACKOFF: Duration = Duration::from_millis(100);
 
 /// One mirror, by base URL.
@@ -166,6 +170,24 @@ impl HttpMirror {
         digest: Option<Hash>,
         sign: bool,
     ) -> Result<reqwest::Response> {
+        let handled = |s: StatusCode| {
+            s.is_success() || s == StatusCode::NOT_FOUND || s == StatusCode::CONFLICT
+        };
+        self.send_with(method, path, body, digest, sign, handled)
+            .await
+    }
+
+    /// [`Self::send`], returning the response for every status `handled`
+    /// accepts.
+    async fn send_with(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<Bytes>,
+        digest: Option<Hash>,
+        sign: bool,
+        handled: impl Fn(StatusCode) -> bool,
+    ) -> Result<reqwest::Response> {
         let mut backoff = FIRST_BACKOFF;
         let mut last = None;
         for attempt in 0..ATTEMPTS {
@@ -189,10 +211,7 @@ impl HttpMirror {
             match req.send().await {
                 Ok(resp) => {
                     let status = resp.status();
-                    if status.is_success()
-                        || status == StatusCode::NOT_FOUND
-                        || status == StatusCode::CONFLICT
-                    {
+                    if handled(status) {
                         return Ok(resp);
                     }
                     let message = resp
@@ -281,12 +300,15 @@ impl HttpMirror {
     }
 
     /// Upload a small share together with the others that arrive while a
-    /// batch is in flight. The first upload to find no batch in flight
-    /// leads: it sends its own share with everything queued behind it
-    /// (up to a batch), then hands the lead to the oldest upload still
-    /// waiting, so no caller is held back sending for others. Nothing
-    /// waits for a batch to fill: a lone share goes at once. `None`
-    /// means: upload alone.
+    /// batch is in flight. Callers must poll the returned future to the
+    /// end or drop it (as any spawned task does): a waiting upload handed
+    /// the lead sends the next batch only when polled.
+    ///
+    /// The first upload to find no batch in flight leads: it sends its
+    /// own share with everything queued behind it (up to a batch), then
+    /// hands the lead to the oldest upload still waiting, so no caller is
+    /// held back sending for others. Nothing waits for a batch to fill: a
+    /// lone share goes at once. `None` means: upload alone.
     async fn put_batched(&self, id: &ShareId, bytes: Bytes) -> Option<Result<()>> {
         let (answer, mut answered) = oneshot::channel();
         let waiting = Waiting {
@@ -325,18 +347,35 @@ impl HttpMirror {
             pending: &self.pending,
             done: false,
         };
+        if !self.batches.load(Ordering::Relaxed) {
+            // Batching was turned off meanwhile: everyone goes alone.
+            let mut p = lock_pending(&self.pending);
+            for w in p.queue.drain(..) {
+                let _ = w.answer.send(Answer::Alone);
+            }
+            p.sending = false;
+            leading.done = true;
+            return None;
+        }
         // Our share is at the front (the queue was empty, or we were put
         // back there), so it is in this batch.
         let batch: Vec<Waiting> = {
             let mut p = lock_pending(&self.pending);
-            let mut take = 1;
-            while take < p.queue.len().min(MAX_BATCH_SHARES)
-                && batch_len(p.queue.iter().take(take + 1).map(|w| w.bytes.len()))
-                    <= MAX_BATCH_BYTES
-            {
-                take += 1;
+            let mut batch = Vec::new();
+            let mut bytes = batch_len([]);
+            while let Some(next) = p.queue.front() {
+                let more = batch_len([next.bytes.len()]) - batch_len([]);
+                if batch.len() == MAX_BATCH_SHARES || bytes + more > BATCH_BYTES {
+                    break;
+                }
+                let next = p.queue.pop_front().expect("just seen");
+                // A waiter whose caller is gone needs no upload.
+                if !next.answer.is_closed() {
+                    bytes += more;
+                    batch.push(next);
+                }
             }
-            p.queue.drain(..take).collect()
+            batch
         };
         self.send_batch(batch).await;
         lock_pending(&self.pending).hand_on();
@@ -351,40 +390,84 @@ impl HttpMirror {
     async fn send_batch(&self, batch: Vec<Waiting>) {
         let body = encode_batch(batch.iter().map(|w| (&w.id, &w.bytes[..])));
         let digest = batch_digest(batch.iter().map(|w| &w.id));
+        let handled = |s: StatusCode| {
+            s.is_success()
+                || s == StatusCode::NOT_FOUND
+                || s == StatusCode::PAYLOAD_TOO_LARGE
+                || s == StatusCode::UNAUTHORIZED
+        };
         let sent = self
-            .send(
+            .send_with(
                 Method::POST,
                 "/v1/shares",
                 Some(body.into()),
                 Some(digest),
                 true,
+                handled,
             )
             .await;
-        let reply = match sent {
-            Ok(resp) if resp.status() == StatusCode::NOT_FOUND => {
-                tracing::info!(mirror = %self.base, "mirror takes no share batches; uploading one by one");
-                self.batches.store(false, Ordering::Relaxed);
-                None
-            }
-            Ok(resp) if resp.status().is_success() => resp
-                .json::<BatchReply>()
-                .await
-                .ok()
-                .filter(|r| r.results.len() == batch.len()),
-            Ok(_) => None,
-            Err(Error::Unavailable { reason, .. }) => {
-                for w in batch {
-                    let _ = w.answer.send(Answer::Done(Err(self.unavailable(&reason))));
-                }
-                return;
-            }
-            Err(_) => None,
-        };
-        let Some(reply) = reply else {
+        let all = |batch: Vec<Waiting>, answer: &dyn Fn() -> Answer| {
             for w in batch {
-                let _ = w.answer.send(Answer::Alone);
+                let _ = w.answer.send(answer());
             }
-            return;
+        };
+        let resp = match sent {
+            Ok(resp) if resp.status().is_success() => resp,
+            // An older mirror, or something in front of it that holds
+            // bodies to less: single uploads from now on.
+            Ok(resp)
+                if resp.status() == StatusCode::NOT_FOUND
+                    || resp.status() == StatusCode::PAYLOAD_TOO_LARGE =>
+            {
+                tracing::info!(
+                    mirror = %self.base,
+                    status = %resp.status(),
+                    "no share batches here; uploading one by one"
+                );
+                self.batches.store(false, Ordering::Relaxed);
+                return all(batch, &|| Answer::Alone);
+            }
+            // The signature or its time: each alone would get the same.
+            Ok(resp) => {
+                let reason = format!(
+                    "{}: {}",
+                    resp.status(),
+                    resp.json::<ErrorBody>()
+                        .await
+                        .map(|b| b.error)
+                        .unwrap_or_default()
+                );
+                let rejected = || {
+                    Answer::Done(Err(Error::Rejected {
+                        mirror: self.base.clone(),
+                        reason: reason.clone(),
+                    }))
+                };
+                return all(batch, &rejected);
+            }
+            // Unreachable after the retries: as each alone would be.
+            Err(Error::Unavailable { reason, .. }) => {
+                return all(batch, &|| Answer::Done(Err(self.unavailable(&reason))));
+            }
+            Err(Error::NoSpace { .. }) => {
+                let full = || {
+                    Answer::Done(Err(Error::NoSpace {
+                        mirror: self.base.clone(),
+                    }))
+                };
+                return all(batch, &full);
+            }
+            // Anything else (a malformed batch, say) is the batch's fault,
+            // not the shares': they go alone.
+            Err(_) => return all(batch, &|| Answer::Alone),
+        };
+        let reply = resp
+            .json::<BatchReply>()
+            .await
+            .ok()
+            .filter(|r| r.results.len() == batch.len());
+        let Some(reply) = reply else {
+            return all(batch, &|| Answer::Alone);
         };
         for (w, r) in batch.into_iter().zip(reply.results) {
             let status = StatusCode::from_u16(r.status).ok();
