@@ -11,7 +11,7 @@ use axum::body::Bytes;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::routing::{get, post, put};
-use common::{Client, MirrorProc, write_file};
+use common::{Client, MirrorProc, TestServer, write_file};
 
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Lie {
@@ -27,14 +27,6 @@ enum Lie {
 struct Held {
     shares: HashMap<String, Vec<u8>>,
     slots: HashMap<String, Vec<u8>>,
-}
-
-/// A mirror that accepts everything and lies on the way back out. Serves on
-/// 127.0.0.1:0 in its own thread; stops when dropped.
-struct Liar {
-    url: String,
-    stop: Option<tokio::sync::oneshot::Sender<()>>,
-    thread: Option<std::thread::JoinHandle<()>>,
 }
 
 type Shared = Arc<(Lie, Mutex<Held>)>;
@@ -91,56 +83,22 @@ async fn renew() -> axum::Json<lode::protocol::RenewResponse> {
     })
 }
 
-impl Liar {
-    fn start(lie: Lie) -> Liar {
-        let state: Shared = Arc::new((lie, Mutex::new(Held::default())));
-        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        listener.set_nonblocking(true).unwrap();
-        let url = format!("http://{}", listener.local_addr().unwrap());
-        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
-        let thread = std::thread::spawn(move || {
-            let rt = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .unwrap();
-            rt.block_on(async move {
-                let app = Router::new()
-                    .route(
-                        "/v1/share/{id}",
-                        put(put_share)
-                            .get(get_share)
-                            .head(|| async { StatusCode::OK }),
-                    )
-                    .route("/v1/slot/{pk}", put(put_slot).get(get_slot))
-                    .route("/v1/renew", post(renew))
-                    .route("/v1/info", get(|| async { StatusCode::OK }))
-                    .with_state(state);
-                let listener = tokio::net::TcpListener::from_std(listener).unwrap();
-                axum::serve(listener, app)
-                    .with_graceful_shutdown(async {
-                        let _ = rx.await;
-                    })
-                    .await
-                    .unwrap();
-            });
-        });
-        Liar {
-            url,
-            stop: Some(tx),
-            thread: Some(thread),
-        }
-    }
-}
-
-impl Drop for Liar {
-    fn drop(&mut self) {
-        if let Some(tx) = self.stop.take() {
-            let _ = tx.send(());
-        }
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
-        }
-    }
+/// A mirror that accepts everything and lies on the way back out, on
+/// 127.0.0.1:0 until dropped.
+fn liar(lie: Lie) -> TestServer {
+    let state: Shared = Arc::new((lie, Mutex::new(Held::default())));
+    let app = Router::new()
+        .route(
+            "/v1/share/{id}",
+            put(put_share)
+                .get(get_share)
+                .head(|| async { StatusCode::OK }),
+        )
+        .route("/v1/slot/{pk}", put(put_slot).get(get_slot))
+        .route("/v1/renew", post(renew))
+        .route("/v1/info", get(|| async { StatusCode::OK }))
+        .with_state(state);
+    TestServer::start(app)
 }
 
 #[test]
@@ -150,7 +108,7 @@ fn a_liar_among_honest_mirrors_never_changes_the_output() {
         let honest: Vec<MirrorProc> = (0..2)
             .map(|i| MirrorProc::start(&tmp.path().join(format!("m{i}")), &[]))
             .collect();
-        let liar = Liar::start(lie);
+        let liar = liar(lie);
         let client = Client::new(
             &tmp.path().join("home"),
             &[&honest[0].url, &liar.url, &honest[1].url],
@@ -185,7 +143,7 @@ fn a_liar_among_honest_mirrors_never_changes_the_output() {
 fn a_lone_liar_yields_an_error_never_wrong_data() {
     for lie in [Lie::Garbage, Lie::Swap] {
         let tmp = tempfile::tempdir().unwrap();
-        let liar = Liar::start(lie);
+        let liar = liar(lie);
         let client = Client::new(&tmp.path().join("home"), &[&liar.url]);
         client.set_config("k", "1");
         client.set_config("n", "1");
@@ -216,7 +174,7 @@ fn a_lone_liar_yields_an_error_never_wrong_data() {
 #[test]
 fn a_client_refuses_to_roll_a_directory_back() {
     let tmp = tempfile::tempdir().unwrap();
-    let liar = Liar::start(Lie::StaleSlots);
+    let liar = liar(Lie::StaleSlots);
     let client = Client::new(&tmp.path().join("home"), &[&liar.url]);
     client.set_config("k", "1");
     client.set_config("n", "1");

@@ -15,7 +15,7 @@ use axum::body::Bytes;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::routing::{post, put};
-use common::MirrorProc;
+use common::{MirrorProc, TestServer};
 use lode::crypto::RootSecret;
 use lode::protocol::{
     BatchReply, BatchResult, RequestAuth, batch_digest, decode_batch, encode_batch, unix_now,
@@ -197,13 +197,10 @@ struct Seen {
     stored: Mutex<Vec<[u8; 32]>>,
 }
 
-/// A mirror double that counts requests; with `batches` off it has no
-/// batch route (an older mirror). Serves on 127.0.0.1:0 until dropped.
+/// A mirror double that counts requests, on 127.0.0.1:0 until dropped.
 struct Counter {
-    url: String,
+    server: TestServer,
     seen: Arc<Seen>,
-    stop: Option<tokio::sync::oneshot::Sender<()>>,
-    thread: Option<std::thread::JoinHandle<()>>,
 }
 
 async fn single(State(s): State<Arc<Seen>>, Path(id): Path<String>, body: Bytes) -> StatusCode {
@@ -244,65 +241,31 @@ async fn batch(State(s): State<Arc<Seen>>, body: Bytes) -> axum::Json<BatchReply
 impl Counter {
     fn start(batches: Batches) -> Counter {
         let seen = Arc::new(Seen::default());
-        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        listener.set_nonblocking(true).unwrap();
-        let url = format!("http://{}", listener.local_addr().unwrap());
-        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
-        let state = seen.clone();
-        let thread = std::thread::spawn(move || {
-            let rt = tokio::runtime::Runtime::new().unwrap();
-            rt.block_on(async move {
-                let mut app = Router::new()
-                    .route("/v1/share/{id}", put(single))
-                    .with_state(state.clone());
-                match batches {
-                    Batches::Taken => {
-                        app = app.merge(
-                            Router::new()
-                                .route("/v1/shares", post(batch))
-                                .with_state(state),
-                        )
-                    }
-                    Batches::Missing => {}
-                    Batches::Refused(status) => {
-                        app = app.merge(
-                            Router::new()
-                                .route("/v1/shares", post(refuse))
-                                .with_state((state, status)),
-                        )
-                    }
-                }
-                let listener = tokio::net::TcpListener::from_std(listener).unwrap();
-                axum::serve(listener, app)
-                    .with_graceful_shutdown(async {
-                        let _ = rx.await;
-                    })
-                    .await
-                    .unwrap();
-            });
-        });
+        let singles = Router::new()
+            .route("/v1/share/{id}", put(single))
+            .with_state(seen.clone());
+        let app = match batches {
+            Batches::Taken => singles.merge(
+                Router::new()
+                    .route("/v1/shares", post(batch))
+                    .with_state(seen.clone()),
+            ),
+            Batches::Missing => singles,
+            Batches::Refused(status) => singles.merge(
+                Router::new()
+                    .route("/v1/shares", post(refuse))
+                    .with_state((seen.clone(), status)),
+            ),
+        };
         Counter {
-            url,
+            server: TestServer::start(app),
             seen,
-            stop: Some(tx),
-            thread: Some(thread),
         }
     }
 
     fn client(&self) -> Arc<HttpMirror> {
         let key = RootSecret::from_bytes([0x73; 32]).account_key();
-        Arc::new(HttpMirror::new(&self.url, key).unwrap())
-    }
-}
-
-impl Drop for Counter {
-    fn drop(&mut self) {
-        if let Some(tx) = self.stop.take() {
-            let _ = tx.send(());
-        }
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
-        }
+        Arc::new(HttpMirror::new(&self.server.url, key).unwrap())
     }
 }
 
