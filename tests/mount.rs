@@ -721,3 +721,42 @@ fn a_restart_during_an_outage_recovers_once_the_mirrors_return() {
     }
     drop(m);
 }
+
+/// A file recovered after a crash keeps the owner and mode it had, not
+/// the mounting user's: its recovery note records them.
+#[test]
+fn a_recovered_file_keeps_its_owner_and_mode() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (mut mirrors, client) = common::three_mirrors_and_client(tmp.path());
+    let mp = tmp.path().join("mnt");
+    let m = Mounted::new(&client, &mp);
+    std::fs::read_dir(&mp).unwrap().for_each(drop);
+    // With the mirrors down nothing uploads: the file is only staged.
+    for mirror in &mut mirrors {
+        mirror.stop();
+    }
+    let file = mp.join("owned");
+    let content = common::seeded_bytes("owned", 5000);
+    std::fs::write(&file, &content).unwrap();
+    std::os::unix::fs::chown(&file, Some(1234), Some(5678)).unwrap();
+    std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o640)).unwrap();
+    kill_mount(&mp);
+    drop(m);
+    for mirror in &mut mirrors {
+        mirror.restart();
+    }
+    let m = Mounted::new(&client, &mp);
+    let check = || {
+        let meta = std::fs::metadata(&file).unwrap();
+        assert_eq!((meta.uid(), meta.gid()), (1234, 5678));
+        assert_eq!(meta.mode() & 0o7777, 0o640);
+        assert!(std::fs::read(&file).unwrap() == content);
+    };
+    check();
+    client.ok(&["sync"]);
+    drop(m);
+    // Published with them: a fresh mount shows the same.
+    let m = Mounted::new(&client, &mp);
+    check();
+    drop(m);
+}

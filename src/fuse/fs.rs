@@ -669,12 +669,19 @@ impl LodeFs {
     /// `top` (an inode, or a directory whose subtree moved): where the file
     /// belongs and its mode, so a crash cannot orphan staged data.
     fn note_staged(&self, top: u64) {
-        let notes: Vec<(PathBuf, String, u32)> = {
+        let notes: Vec<(PathBuf, notes::Note)> = {
             let tree = self.lock();
             let note_of = |ino: u64, node: &Node| match &node.body {
                 Body::File {
                     staged: Some(p), ..
-                } if !node.orphan => Some((p.clone(), Self::path_in(&tree, ino)?, node.mode)),
+                } if !node.orphan => {
+                    let note = notes::Note {
+                        path: Self::path_in(&tree, ino)?,
+                        mode: node.mode,
+                        owner: Some((node.uid, node.gid)),
+                    };
+                    Some((p.clone(), note))
+                }
                 _ => None,
             };
             match tree.nodes.get(&top) {
@@ -706,8 +713,9 @@ impl LodeFs {
             }
         };
         // Written without the lock: this is disk I/O.
-        for (staged, path, mode) in &notes {
-            if let Err(e) = notes::write(staged, path, *mode) {
+        for (staged, note) in &notes {
+            if let Err(e) = notes::write(staged, note) {
+                let path = &note.path;
                 tracing::warn!(path, error = %e, "could not write a staging recovery note");
             }
         }
@@ -728,7 +736,7 @@ impl LodeFs {
                 _ => None,
             })
             .collect();
-        for (staged, _, _) in &notes {
+        for (staged, _) in &notes {
             if !live.contains(staged) {
                 notes::remove(staged);
             }
@@ -760,11 +768,11 @@ impl LodeFs {
             }
             // Without a note, a staged file is a kept copy of a published
             // file (or a copy never written to): only a cache, stale now.
-            let Some((path, mode)) = notes::read(&file) else {
+            let Some(note) = notes::read(&file) else {
                 let _ = std::fs::remove_file(&file);
                 continue;
             };
-            recovered += usize::from(self.adopt_or_defer(file, &path, mode));
+            recovered += usize::from(self.adopt_or_defer(file, &note));
         }
         let left = self.unadopted().len();
         if left > 0 {
@@ -780,16 +788,17 @@ impl LodeFs {
     fn retry_recovery(&self) {
         let files = std::mem::take(&mut *self.unadopted());
         for file in files {
-            if let Some((path, mode)) = notes::read(&file) {
-                self.adopt_or_defer(file, &path, mode);
+            if let Some(note) = notes::read(&file) {
+                self.adopt_or_defer(file, &note);
             }
         }
     }
 
     /// Adopt the staged `file` noted for `path`, or keep it for the
     /// flusher to try again; returns whether it was adopted.
-    fn adopt_or_defer(&self, file: PathBuf, path: &str, mode: u32) -> bool {
-        match self.adopt(&file, path, mode) {
+    fn adopt_or_defer(&self, file: PathBuf, note: &notes::Note) -> bool {
+        let path = &note.path;
+        match self.adopt(&file, note) {
             Ok(()) => {
                 tracing::info!(path, "recovered a staged file");
                 true
@@ -808,11 +817,15 @@ impl LodeFs {
     /// the newer. If something else holds the name now (a directory, a
     /// symlink, another staged file), both are kept: the staged data goes
     /// beside it as `NAME.recovered-STAGED` (its staging file's name).
-    fn adopt(&self, staged: &Path, path: &str, mode: u32) -> Result<()> {
+    fn adopt(&self, staged: &Path, note: &notes::Note) -> Result<()> {
         use std::os::unix::fs::MetadataExt;
+        let (path, mode) = (note.path.as_str(), note.mode);
         let (dirs, name) = path.rsplit_once('/').unwrap_or(("", path));
         check_name(name).map_err(|_| Error::BadName)?;
+        // Directories made on the way belong to the mounting user; the
+        // file to its owner when the note says (earlier notes do not).
         let owner = self.lock().owner;
+        let file_owner = note.owner.unwrap_or(owner);
         let mut dir = ROOT;
         for part in dirs.split('/').filter(|p| !p.is_empty()) {
             check_name(part).map_err(|_| Error::BadName)?;
@@ -852,6 +865,7 @@ impl LodeFs {
             *generation += 1;
             node.size = meta.len();
             node.mode = mode & 0o7777;
+            (node.uid, node.gid) = file_owner;
             node.mtime = mtime;
             node.ctime = ctime;
             tree.changed(ino);
@@ -872,7 +886,7 @@ impl LodeFs {
             dir,
             &name,
             mode & 0o7777,
-            owner,
+            file_owner,
             Body::File {
                 cap: None,
                 staged: Some(staged.to_path_buf()),
@@ -1371,8 +1385,9 @@ impl LodeFs {
         let attr = Self::attr(&tree, ino, &tree.nodes[&ino]);
         let is_dir = tree.nodes[&ino].is_dir();
         drop(tree);
-        // A file's note records its mode; a directory's mode is in no note.
-        if mode.is_some() && !is_dir {
+        // A file's note records its mode and owner; a directory's are in
+        // no note.
+        if (mode.is_some() || owner != (None, None)) && !is_dir {
             self.note_staged(ino);
         }
         Ok(attr)

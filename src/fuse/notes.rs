@@ -3,7 +3,9 @@
 //! and is uploaded and linked by the next one.
 //!
 //! A note is an extended attribute of the staged file itself
-//! (`user.lode.note`, JSON `{"path", "mode"}`): writing it replaces the
+//! (`user.lode.note`, JSON `{"path", "mode", "uid", "gid"}`; notes written
+//! before the owner was recorded lack `uid` and `gid`, and their files go
+//! to the mounting user as before): writing it replaces the
 //! old one atomically, and it goes away with the file. Where the staging
 //! file system has no user xattrs, the note is a file beside the data
 //! (`<staged>.note`), replaced by rename. The attribute saves two inode
@@ -23,9 +25,24 @@ fn unsupported(e: &std::io::Error) -> bool {
     matches!(e.raw_os_error(), Some(libc::ENOTSUP) | Some(libc::EPERM))
 }
 
-/// Record that `staged` holds the data of the file at `path` with `mode`.
-pub fn write(staged: &Path, path: &str, mode: u32) -> std::io::Result<()> {
-    let note = serde_json::json!({"path": path, "mode": mode}).to_string();
+/// Where a staged file belongs, and what it was.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Note {
+    /// Its path under the root.
+    pub path: String,
+    pub mode: u32,
+    /// Its owner (uid, gid), if the note records one.
+    pub owner: Option<(u32, u32)>,
+}
+
+/// Record where `staged`'s data belongs.
+pub fn write(staged: &Path, note: &Note) -> std::io::Result<()> {
+    let mut json = serde_json::json!({"path": note.path, "mode": note.mode});
+    if let Some((uid, gid)) = note.owner {
+        json["uid"] = uid.into();
+        json["gid"] = gid.into();
+    }
+    let note = json.to_string();
     match xattr::set(staged, ATTR, note.as_bytes()) {
         Ok(()) => Ok(()),
         Err(e) if unsupported(&e) => {
@@ -37,14 +54,19 @@ pub fn write(staged: &Path, path: &str, mode: u32) -> std::io::Result<()> {
     }
 }
 
-/// The path and mode `staged` belongs at, if it has a note.
-pub fn read(staged: &Path) -> Option<(String, u32)> {
+/// Where `staged` belongs, if it has a note.
+pub fn read(staged: &Path) -> Option<Note> {
     let bytes = match xattr::get(staged, ATTR) {
         Ok(Some(b)) => b,
         _ => std::fs::read(note_file(staged)).ok()?,
     };
     let v: serde_json::Value = serde_json::from_slice(&bytes).ok()?;
-    Some((v["path"].as_str()?.to_string(), v["mode"].as_u64()? as u32))
+    let id = |key: &str| v[key].as_u64().and_then(|n| u32::try_from(n).ok());
+    Some(Note {
+        path: v["path"].as_str()?.to_string(),
+        mode: u32::try_from(v["mode"].as_u64()?).ok()?,
+        owner: id("uid").zip(id("gid")),
+    })
 }
 
 /// Forget where `staged` belongs: its data is now only a cache.
@@ -76,9 +98,15 @@ mod tests {
         let staged = dir.path().join("0123abcd");
         std::fs::write(&staged, b"data").unwrap();
         assert_eq!(read(&staged), None);
-        write(&staged, "a/b", 0o644).unwrap();
-        write(&staged, "a/c", 0o600).unwrap();
-        assert_eq!(read(&staged), Some(("a/c".to_string(), 0o600)));
+        let note = |path: &str, mode, owner| Note {
+            path: path.into(),
+            mode,
+            owner,
+        };
+        write(&staged, &note("a/b", 0o644, None)).unwrap();
+        assert_eq!(read(&staged), Some(note("a/b", 0o644, None)));
+        write(&staged, &note("a/c", 0o600, Some((1234, 5678)))).unwrap();
+        assert_eq!(read(&staged), Some(note("a/c", 0o600, Some((1234, 5678)))));
         remove(&staged);
         assert_eq!(read(&staged), None);
         // Nothing but the data file is left, whichever way the note went.
@@ -91,8 +119,14 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let staged = dir.path().join("feed");
         std::fs::write(&staged, b"data").unwrap();
+        // As an earlier mount wrote it: no owner.
         std::fs::write(note_file(&staged), br#"{"path":"x/y","mode":420}"#).unwrap();
-        assert_eq!(read(&staged), Some(("x/y".to_string(), 420)));
+        let old = Note {
+            path: "x/y".into(),
+            mode: 420,
+            owner: None,
+        };
+        assert_eq!(read(&staged), Some(old));
         assert!(is_note_file(&note_file(&staged)));
         assert_eq!(data_of(&note_file(&staged)), staged);
         remove(&staged);
