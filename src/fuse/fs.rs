@@ -2064,9 +2064,12 @@ impl Filesystem for Mount {
         _size: u32,
         reply: fuser::ReplyXattr,
     ) {
-        // No extended attributes: answering at once spares every write a
-        // round trip for security.capability.
-        reply.error(Errno::ENODATA);
+        // No extended attributes. ENOSYS, not ENODATA: the kernel then
+        // remembers that this file system has none and stops asking.
+        // With ENODATA it asks again before every write(2), for
+        // security.capability (FUSE mounts clear SB_NOSEC, so every write
+        // checks for privileges to drop): a round trip per write.
+        reply.error(Errno::ENOSYS);
     }
 
     fn listxattr(&self, _req: &Request, _ino: INodeNo, size: u32, reply: fuser::ReplyXattr) {
