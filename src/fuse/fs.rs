@@ -1360,12 +1360,14 @@ impl LodeFs {
         if let Some(m) = mode {
             node.mode = m & 0o7777;
         }
+        let was = (node.uid, node.gid);
         if let Some(uid) = owner.0 {
             node.uid = uid;
         }
         if let Some(gid) = owner.1 {
             node.gid = gid;
         }
+        let owner_changed = (node.uid, node.gid) != was;
         let when = |t: TimeOrNow| match t {
             TimeOrNow::Now => now(),
             TimeOrNow::SpecificTime(t) => from_system_time(t),
@@ -1387,7 +1389,7 @@ impl LodeFs {
         drop(tree);
         // A file's note records its mode and owner; a directory's are in
         // no note.
-        if (mode.is_some() || owner != (None, None)) && !is_dir {
+        if (mode.is_some() || owner_changed) && !is_dir {
             self.note_staged(ino);
         }
         Ok(attr)
