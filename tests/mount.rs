@@ -738,8 +738,9 @@ fn a_recovered_file_keeps_its_owner_and_mode() {
     let file = mp.join("owned");
     let content = common::seeded_bytes("owned", 5000);
     std::fs::write(&file, &content).unwrap();
-    std::os::unix::fs::chown(&file, Some(1234), Some(5678)).unwrap();
+    // The chown last: it alone must refresh the note.
     std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o640)).unwrap();
+    std::os::unix::fs::chown(&file, Some(1234), Some(5678)).unwrap();
     kill_mount(&mp);
     drop(m);
     for mirror in &mut mirrors {
@@ -758,5 +759,37 @@ fn a_recovered_file_keeps_its_owner_and_mode() {
     // Published with them: a fresh mount shows the same.
     let m = Mounted::new(&client, &mp);
     check();
+    drop(m);
+}
+
+/// A chown of a file already published does not put a recovery note on
+/// its kept local copy: that copy is only a cache, and a note would have
+/// a crash recovery publish it over whatever the file became meanwhile.
+#[test]
+fn a_chown_after_publishing_leaves_no_recovery_note() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (_mirrors, client) = common::three_mirrors_and_client(tmp.path());
+    let mp = tmp.path().join("mnt");
+    let m = Mounted::new(&client, &mp);
+    let file = mp.join("published");
+    std::fs::write(&file, common::seeded_bytes("published", 4000)).unwrap();
+    client.ok(&["sync"]);
+    std::os::unix::fs::chown(&file, Some(4321), Some(8765)).unwrap();
+    let staging = client.home.join("data/staging");
+    let kept: Vec<PathBuf> = std::fs::read_dir(&staging)
+        .unwrap()
+        .flatten()
+        .map(|e| e.path())
+        .collect();
+    assert!(!kept.is_empty(), "the published file keeps a local copy");
+    for path in kept {
+        assert!(
+            xattr::get(&path, "user.lode.note").unwrap().is_none()
+                && path.extension().is_none_or(|e| e != "note"),
+            "a recovery note on the kept copy {}",
+            path.display()
+        );
+    }
+    assert_eq!(std::fs::metadata(&file).unwrap().uid(), 4321);
     drop(m);
 }

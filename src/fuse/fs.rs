@@ -88,6 +88,8 @@ pub struct LodeFs {
     early: Earlies,
     /// The grid's room as last reported by the mirrors (`statfs`).
     space: Mutex<Option<Space>>,
+    /// Held while recovery notes are written (see `note_staged`).
+    noting: Mutex<()>,
 }
 
 /// Kept local copies of published files: (inode, path, bytes), oldest
@@ -184,6 +186,7 @@ impl LodeFs {
             readahead: Mutex::new(Default::default()),
             early: Earlies::default(),
             space: Mutex::new(None),
+            noting: Mutex::new(()),
         })
     }
 
@@ -669,11 +672,20 @@ impl LodeFs {
     /// `top` (an inode, or a directory whose subtree moved): where the file
     /// belongs and its mode, so a crash cannot orphan staged data.
     fn note_staged(&self, top: u64) {
+        // One writer at a time, from snapshot to disk: two racing writers
+        // (a chown and a rename of the same file, say) could otherwise
+        // land their notes in the other order, and recovery would follow
+        // the older one.
+        let _one = self.noting.lock().unwrap_or_else(|p| p.into_inner());
         let notes: Vec<(PathBuf, notes::Note)> = {
             let tree = self.lock();
+            // A kept copy of a published file is only a cache: a note on
+            // it would have recovery publish it over newer content.
             let note_of = |ino: u64, node: &Node| match &node.body {
                 Body::File {
-                    staged: Some(p), ..
+                    staged: Some(p),
+                    cached: false,
+                    ..
                 } if !node.orphan => {
                     let note = notes::Note {
                         path: Self::path_in(&tree, ino)?,
@@ -731,7 +743,9 @@ impl LodeFs {
             .filter(|n| !n.orphan)
             .filter_map(|n| match &n.body {
                 Body::File {
-                    staged: Some(p), ..
+                    staged: Some(p),
+                    cached: false,
+                    ..
                 } => Some(p),
                 _ => None,
             })
@@ -865,7 +879,9 @@ impl LodeFs {
             *generation += 1;
             node.size = meta.len();
             node.mode = mode & 0o7777;
-            (node.uid, node.gid) = file_owner;
+            if let Some(owner) = note.owner {
+                (node.uid, node.gid) = owner;
+            }
             node.mtime = mtime;
             node.ctime = ctime;
             tree.changed(ino);

@@ -64,7 +64,9 @@ pub fn read(staged: &Path) -> Option<Note> {
     let id = |key: &str| v[key].as_u64().and_then(|n| u32::try_from(n).ok());
     Some(Note {
         path: v["path"].as_str()?.to_string(),
-        mode: u32::try_from(v["mode"].as_u64()?).ok()?,
+        // Only the low 12 bits are used; an odd value must not make the
+        // note unreadable (recovery drops a staged file without one).
+        mode: v["mode"].as_u64()? as u32,
         owner: id("uid").zip(id("gid")),
     })
 }
