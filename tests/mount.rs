@@ -793,3 +793,29 @@ fn a_chown_after_publishing_leaves_no_recovery_note() {
     assert_eq!(std::fs::metadata(&file).unwrap().uid(), 4321);
     drop(m);
 }
+
+/// A staged file whose recovery note is damaged is set aside at the next
+/// mount, not deleted: its data may be the only copy.
+#[test]
+fn a_staged_file_with_a_damaged_note_is_set_aside() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (_mirrors, client) = common::three_mirrors_and_client(tmp.path());
+    let mp = tmp.path().join("mnt");
+    // A first mount makes the home; then a staged file appears with a
+    // note that is not JSON.
+    drop(Mounted::new(&client, &mp));
+    let staging = client.home.join("data/staging");
+    std::fs::create_dir_all(&staging).unwrap();
+    let staged = staging.join("00000000deadbeef");
+    let content = common::seeded_bytes("damaged note", 3000);
+    std::fs::write(&staged, &content).unwrap();
+    xattr::set(&staged, "user.lode.note", b"{not json").unwrap();
+    let m = Mounted::new(&client, &mp);
+    assert!(!staged.exists(), "left in staging");
+    let aside = client.home.join("data/unreadable-notes/00000000deadbeef");
+    assert!(
+        std::fs::read(&aside).unwrap() == content,
+        "the data was not kept"
+    );
+    drop(m);
+}

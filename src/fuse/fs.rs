@@ -782,8 +782,15 @@ impl LodeFs {
             }
             // Without a note, a staged file is a kept copy of a published
             // file (or a copy never written to): only a cache, stale now.
+            // With a note that cannot be read (damaged on disk: this mount
+            // writes none such), the data may be someone's only copy: it
+            // is set aside, not deleted.
             let Some(note) = notes::read(&file) else {
-                let _ = std::fs::remove_file(&file);
+                if notes::exists(&file) {
+                    self.set_aside(&file);
+                } else {
+                    let _ = std::fs::remove_file(&file);
+                }
                 continue;
             };
             recovered += usize::from(self.adopt_or_defer(file, &note));
@@ -796,6 +803,33 @@ impl LodeFs {
             );
         }
         Ok(recovered)
+    }
+
+    /// Move a staged file whose note cannot be read out of staging, into
+    /// `unreadable-notes/` beside it, and say where.
+    fn set_aside(&self, file: &Path) {
+        let Some(name) = file.file_name() else { return };
+        let aside = self.config.staging.with_file_name("unreadable-notes");
+        let moved = std::fs::create_dir_all(&aside).and_then(|()| {
+            let to = aside.join(name);
+            std::fs::rename(file, &to)?;
+            if let Ok(bytes) = std::fs::read(notes::note_file(file)) {
+                std::fs::write(to.with_extension("note"), bytes)?;
+                let _ = std::fs::remove_file(notes::note_file(file));
+            }
+            Ok(to)
+        });
+        match moved {
+            Ok(to) => tracing::error!(
+                kept = %to.display(),
+                "a staged file's recovery note is unreadable; its data is set aside, not recovered"
+            ),
+            Err(e) => tracing::error!(
+                file = %file.display(),
+                error = %e,
+                "a staged file's recovery note is unreadable, and it could not be set aside; left in staging"
+            ),
+        }
     }
 
     /// Try again to adopt what `recover` could not.

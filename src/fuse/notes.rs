@@ -17,7 +17,7 @@ use std::path::{Path, PathBuf};
 const ATTR: &str = "user.lode.note";
 
 /// Where a note lives when it cannot be an attribute.
-fn note_file(staged: &Path) -> PathBuf {
+pub fn note_file(staged: &Path) -> PathBuf {
     staged.with_extension("note")
 }
 
@@ -69,6 +69,11 @@ pub fn read(staged: &Path) -> Option<Note> {
         mode: v["mode"].as_u64()? as u32,
         owner: id("uid").zip(id("gid")),
     })
+}
+
+/// Whether `staged` carries a note at all, readable or not.
+pub fn exists(staged: &Path) -> bool {
+    matches!(xattr::get(staged, ATTR), Ok(Some(_))) || note_file(staged).exists()
 }
 
 /// Forget where `staged` belongs: its data is now only a cache.
