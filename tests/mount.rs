@@ -819,3 +819,39 @@ fn a_staged_file_with_a_damaged_note_is_set_aside() {
     );
     drop(m);
 }
+
+/// A directory that crash recovery makes again on the way to a staged
+/// file gets what a mkdir would have: a set-gid parent's group and bit.
+#[test]
+fn recovery_remakes_directories_under_a_setgid_parent_as_mkdir_would() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (mut mirrors, client) = common::three_mirrors_and_client(tmp.path());
+    let mp = tmp.path().join("mnt");
+    let m = Mounted::new(&client, &mp);
+    let sg = mp.join("sg");
+    std::fs::create_dir(&sg).unwrap();
+    std::os::unix::fs::chown(&sg, None, Some(4242)).unwrap();
+    std::fs::set_permissions(&sg, std::fs::Permissions::from_mode(0o2775)).unwrap();
+    client.ok(&["sync"]);
+    // The rest never reaches the mirrors before the crash.
+    for mirror in &mut mirrors {
+        mirror.stop();
+    }
+    std::fs::create_dir(sg.join("sub")).unwrap();
+    let made = std::fs::metadata(sg.join("sub")).unwrap();
+    assert_eq!(made.gid(), 4242);
+    assert_ne!(made.mode() & 0o2000, 0);
+    let content = common::seeded_bytes("under setgid", 2000);
+    std::fs::write(sg.join("sub/file"), &content).unwrap();
+    kill_mount(&mp);
+    drop(m);
+    for mirror in &mut mirrors {
+        mirror.restart();
+    }
+    let m = Mounted::new(&client, &mp);
+    assert!(std::fs::read(sg.join("sub/file")).unwrap() == content);
+    let remade = std::fs::metadata(sg.join("sub")).unwrap();
+    assert_eq!(remade.gid(), 4242, "the set-gid parent's group");
+    assert_ne!(remade.mode() & 0o2000, 0, "the set-gid bit");
+    drop(m);
+}

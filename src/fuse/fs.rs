@@ -879,7 +879,12 @@ impl LodeFs {
             check_name(part).map_err(|_| Error::BadName)?;
             dir = match self.child(dir, part) {
                 Ok(ino) => ino,
-                Err(Error::NotFound) => self.mkdir_local(dir, part, 0o755, owner, 0)?.0,
+                Err(Error::NotFound) => {
+                    // As a mkdir by the mounting user would be: a set-gid
+                    // parent passes on its group and the bit.
+                    let (owner, mode) = self.inherited(dir, owner, 0o755);
+                    self.mkdir_local(dir, part, mode, owner, 0)?.0
+                }
                 Err(e) => return Err(e),
             };
         }
@@ -1121,6 +1126,16 @@ impl LodeFs {
         match tree.nodes.get(&parent) {
             Some(p) if p.mode & libc::S_ISGID != 0 => ((req.uid(), p.gid), true),
             _ => ((req.uid(), req.gid()), false),
+        }
+    }
+
+    /// The owner and directory mode a new directory made by `owner` under
+    /// `parent` gets: a set-gid parent passes on its group and the bit.
+    fn inherited(&self, parent: u64, owner: (u32, u32), mode: u32) -> ((u32, u32), u32) {
+        let tree = self.lock();
+        match tree.nodes.get(&parent) {
+            Some(p) if p.mode & libc::S_ISGID != 0 => ((owner.0, p.gid), mode | libc::S_ISGID),
+            _ => (owner, mode),
         }
     }
 
