@@ -855,3 +855,31 @@ fn recovery_remakes_directories_under_a_setgid_parent_as_mkdir_would() {
     assert_ne!(remade.mode() & 0o2000, 0, "the set-gid bit");
     drop(m);
 }
+
+/// Unlinking the name a hard-linked file's note points at moves the note
+/// to its other name: after a crash the data comes back there, not at the
+/// removed name.
+#[test]
+fn a_hard_linked_files_note_follows_its_remaining_name() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (mut mirrors, client) = common::three_mirrors_and_client(tmp.path());
+    let mp = tmp.path().join("mnt");
+    let m = Mounted::new(&client, &mp);
+    std::fs::read_dir(&mp).unwrap().for_each(drop);
+    for mirror in &mut mirrors {
+        mirror.stop();
+    }
+    let content = common::seeded_bytes("linked", 2500);
+    std::fs::write(mp.join("first"), &content).unwrap();
+    std::fs::hard_link(mp.join("first"), mp.join("second")).unwrap();
+    std::fs::remove_file(mp.join("first")).unwrap();
+    kill_mount(&mp);
+    drop(m);
+    for mirror in &mut mirrors {
+        mirror.restart();
+    }
+    let m = Mounted::new(&client, &mp);
+    assert!(!mp.join("first").exists(), "the removed name came back");
+    assert!(std::fs::read(mp.join("second")).unwrap() == content);
+    drop(m);
+}

@@ -1289,6 +1289,11 @@ impl LodeFs {
             (false, false) => {}
         }
         self.lock().unlink(parent, name);
+        // A hard-linked file still named elsewhere may have moved its home:
+        // its note must say where (an unlinked file keeps no note).
+        if !is_dir {
+            self.note_staged(ino);
+        }
         Ok(())
     }
 
@@ -1370,6 +1375,13 @@ impl LodeFs {
         tree.changed(ino);
         drop(tree);
         self.note_staged(ino);
+        // The file renamed over, if still named elsewhere (a hard link),
+        // may have moved its home too.
+        if let Some(t) = target
+            && self.lock().nodes.get(&t).is_some_and(|n| !n.is_dir())
+        {
+            self.note_staged(t);
+        }
         Ok(())
     }
 
