@@ -219,16 +219,8 @@ impl HttpMirror {
                         .await
                         .map(|b| b.error)
                         .unwrap_or_else(|_| status.to_string());
-                    if status == StatusCode::INSUFFICIENT_STORAGE {
-                        return Err(Error::NoSpace {
-                            mirror: self.base.clone(),
-                        });
-                    }
-                    if status.is_client_error() {
-                        return Err(Error::Rejected {
-                            mirror: self.base.clone(),
-                            reason: format!("{status}: {message}"),
-                        });
+                    if let Some(refused) = self.refusal(status, &message) {
+                        return Err(refused);
                     }
                     last = Some(self.unavailable(format!("{status}: {message}")));
                 }
@@ -236,6 +228,21 @@ impl HttpMirror {
             }
         }
         Err(last.expect("at least one attempt"))
+    }
+
+    /// The error a final answer of `status` is: out of space (507) or
+    /// refused (another 4xx). `None` for a server error, which a retry may
+    /// get past.
+    fn refusal(&self, status: StatusCode, message: &str) -> Option<Error> {
+        if status == StatusCode::INSUFFICIENT_STORAGE {
+            return Some(Error::NoSpace {
+                mirror: self.base.clone(),
+            });
+        }
+        status.is_client_error().then(|| Error::Rejected {
+            mirror: self.base.clone(),
+            reason: format!("{status}: {message}"),
+        })
     }
 
     /// Extend the leases of `ids` on this mirror.
@@ -394,7 +401,7 @@ impl HttpMirror {
             s.is_success()
                 || s == StatusCode::NOT_FOUND
                 || s == StatusCode::PAYLOAD_TOO_LARGE
-                || s == StatusCode::UNAUTHORIZED
+                || s == StatusCode::BAD_REQUEST
         };
         let sent = self
             .send_with(
@@ -415,10 +422,7 @@ impl HttpMirror {
             Ok(resp) if resp.status().is_success() => resp,
             // An older mirror, or something in front of it that holds
             // bodies to less: single uploads from now on.
-            Ok(resp)
-                if resp.status() == StatusCode::NOT_FOUND
-                    || resp.status() == StatusCode::PAYLOAD_TOO_LARGE =>
-            {
+            Ok(resp) if resp.status() != StatusCode::BAD_REQUEST => {
                 tracing::info!(
                     mirror = %self.base,
                     status = %resp.status(),
@@ -427,39 +431,28 @@ impl HttpMirror {
                 self.batches.store(false, Ordering::Relaxed);
                 return all(batch, &|| Answer::Alone);
             }
-            // The signature or its time: each alone would get the same.
-            Ok(resp) => {
-                let reason = format!(
-                    "{}: {}",
-                    resp.status(),
-                    resp.json::<ErrorBody>()
-                        .await
-                        .map(|b| b.error)
-                        .unwrap_or_default()
-                );
-                let rejected = || {
-                    Answer::Done(Err(Error::Rejected {
+            // A batch the mirror cannot read is the batch's fault, not
+            // the shares': they go alone.
+            Ok(_) => return all(batch, &|| Answer::Alone),
+            // Refused whole (the signature, its time, funding, room) or
+            // unreachable after the retries: each share alone would get
+            // the same answer.
+            Err(e) => {
+                let same = || match &e {
+                    Error::Rejected { reason, .. } => Answer::Done(Err(Error::Rejected {
                         mirror: self.base.clone(),
                         reason: reason.clone(),
-                    }))
-                };
-                return all(batch, &rejected);
-            }
-            // Unreachable after the retries: as each alone would be.
-            Err(Error::Unavailable { reason, .. }) => {
-                return all(batch, &|| Answer::Done(Err(self.unavailable(&reason))));
-            }
-            Err(Error::NoSpace { .. }) => {
-                let full = || {
-                    Answer::Done(Err(Error::NoSpace {
+                    })),
+                    Error::NoSpace { .. } => Answer::Done(Err(Error::NoSpace {
                         mirror: self.base.clone(),
-                    }))
+                    })),
+                    Error::Unavailable { reason, .. } => {
+                        Answer::Done(Err(self.unavailable(reason)))
+                    }
+                    _ => Answer::Alone,
                 };
-                return all(batch, &full);
+                return all(batch, &same);
             }
-            // Anything else (a malformed batch, say) is the batch's fault,
-            // not the shares': they go alone.
-            Err(_) => return all(batch, &|| Answer::Alone),
         };
         let reply = resp
             .json::<BatchReply>()
@@ -470,18 +463,13 @@ impl HttpMirror {
             return all(batch, &|| Answer::Alone);
         };
         for (w, r) in batch.into_iter().zip(reply.results) {
-            let status = StatusCode::from_u16(r.status).ok();
-            let outcome = match status {
-                Some(s) if s.is_success() => Answer::Done(Ok(())),
-                Some(StatusCode::INSUFFICIENT_STORAGE) => Answer::Done(Err(Error::NoSpace {
-                    mirror: self.base.clone(),
-                })),
-                Some(s) if s.is_client_error() => Answer::Done(Err(Error::Rejected {
-                    mirror: self.base.clone(),
-                    reason: format!("{s}: {}", r.error.unwrap_or_default()),
-                })),
-                // A server error: the upload alone retries it.
-                _ => Answer::Alone,
+            let outcome = match StatusCode::from_u16(r.status) {
+                Ok(s) if s.is_success() => Answer::Done(Ok(())),
+                // A server error (or nonsense): the upload alone retries it.
+                Ok(s) => self
+                    .refusal(s, &r.error.unwrap_or_default())
+                    .map_or(Answer::Alone, |e| Answer::Done(Err(e))),
+                Err(_) => Answer::Alone,
             };
             let _ = w.answer.send(outcome);
         }
