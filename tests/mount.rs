@@ -722,6 +722,28 @@ fn a_restart_during_an_outage_recovers_once_the_mirrors_return() {
     drop(m);
 }
 
+/// Stop the mirrors (so nothing uploads), run `work` on the mount, kill -9
+/// it, bring the mirrors back and mount again: what `work` staged comes
+/// back only through crash recovery.
+fn crash_with_the_mirrors_down(
+    m: Mounted,
+    client: &Client,
+    mirrors: &mut [MirrorProc],
+    work: impl FnOnce(),
+) -> Mounted {
+    for mirror in mirrors.iter_mut() {
+        mirror.stop();
+    }
+    work();
+    let mp = m.mp.clone();
+    kill_mount(&mp);
+    drop(m);
+    for mirror in mirrors.iter_mut() {
+        mirror.restart();
+    }
+    Mounted::new(client, &mp)
+}
+
 /// A file recovered after a crash keeps the owner and mode it had, not
 /// the mounting user's: its recovery note records them.
 #[test]
@@ -731,22 +753,14 @@ fn a_recovered_file_keeps_its_owner_and_mode() {
     let mp = tmp.path().join("mnt");
     let m = Mounted::new(&client, &mp);
     std::fs::read_dir(&mp).unwrap().for_each(drop);
-    // With the mirrors down nothing uploads: the file is only staged.
-    for mirror in &mut mirrors {
-        mirror.stop();
-    }
     let file = mp.join("owned");
     let content = common::seeded_bytes("owned", 5000);
-    std::fs::write(&file, &content).unwrap();
-    // The chown last: it alone must refresh the note.
-    std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o640)).unwrap();
-    std::os::unix::fs::chown(&file, Some(1234), Some(5678)).unwrap();
-    kill_mount(&mp);
-    drop(m);
-    for mirror in &mut mirrors {
-        mirror.restart();
-    }
-    let m = Mounted::new(&client, &mp);
+    let m = crash_with_the_mirrors_down(m, &client, &mut mirrors, || {
+        std::fs::write(&file, &content).unwrap();
+        // The chown last: it alone must refresh the note.
+        std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o640)).unwrap();
+        std::os::unix::fs::chown(&file, Some(1234), Some(5678)).unwrap();
+    });
     let check = || {
         let meta = std::fs::metadata(&file).unwrap();
         assert_eq!((meta.uid(), meta.gid()), (1234, 5678));
@@ -833,22 +847,15 @@ fn recovery_remakes_directories_under_a_setgid_parent_as_mkdir_would() {
     std::os::unix::fs::chown(&sg, None, Some(4242)).unwrap();
     std::fs::set_permissions(&sg, std::fs::Permissions::from_mode(0o2775)).unwrap();
     client.ok(&["sync"]);
-    // The rest never reaches the mirrors before the crash.
-    for mirror in &mut mirrors {
-        mirror.stop();
-    }
-    std::fs::create_dir(sg.join("sub")).unwrap();
-    let made = std::fs::metadata(sg.join("sub")).unwrap();
-    assert_eq!(made.gid(), 4242);
-    assert_ne!(made.mode() & 0o2000, 0);
     let content = common::seeded_bytes("under setgid", 2000);
-    std::fs::write(sg.join("sub/file"), &content).unwrap();
-    kill_mount(&mp);
-    drop(m);
-    for mirror in &mut mirrors {
-        mirror.restart();
-    }
-    let m = Mounted::new(&client, &mp);
+    // The rest never reaches the mirrors before the crash.
+    let m = crash_with_the_mirrors_down(m, &client, &mut mirrors, || {
+        std::fs::create_dir(sg.join("sub")).unwrap();
+        let made = std::fs::metadata(sg.join("sub")).unwrap();
+        assert_eq!(made.gid(), 4242);
+        assert_ne!(made.mode() & 0o2000, 0);
+        std::fs::write(sg.join("sub/file"), &content).unwrap();
+    });
     assert!(std::fs::read(sg.join("sub/file")).unwrap() == content);
     let remade = std::fs::metadata(sg.join("sub")).unwrap();
     assert_eq!(remade.gid(), 4242, "the set-gid parent's group");
@@ -866,19 +873,12 @@ fn a_hard_linked_files_note_follows_its_remaining_name() {
     let mp = tmp.path().join("mnt");
     let m = Mounted::new(&client, &mp);
     std::fs::read_dir(&mp).unwrap().for_each(drop);
-    for mirror in &mut mirrors {
-        mirror.stop();
-    }
     let content = common::seeded_bytes("linked", 2500);
-    std::fs::write(mp.join("first"), &content).unwrap();
-    std::fs::hard_link(mp.join("first"), mp.join("second")).unwrap();
-    std::fs::remove_file(mp.join("first")).unwrap();
-    kill_mount(&mp);
-    drop(m);
-    for mirror in &mut mirrors {
-        mirror.restart();
-    }
-    let m = Mounted::new(&client, &mp);
+    let m = crash_with_the_mirrors_down(m, &client, &mut mirrors, || {
+        std::fs::write(mp.join("first"), &content).unwrap();
+        std::fs::hard_link(mp.join("first"), mp.join("second")).unwrap();
+        std::fs::remove_file(mp.join("first")).unwrap();
+    });
     assert!(!mp.join("first").exists(), "the removed name came back");
     assert!(std::fs::read(mp.join("second")).unwrap() == content);
     drop(m);
