@@ -1122,11 +1122,16 @@ impl LodeFs {
     /// the directory's group under a set-gid directory. Also whether the
     /// directory is set-gid (new subdirectories inherit the bit).
     fn new_owner(&self, req: &Request, parent: u64) -> ((u32, u32), bool) {
-        let tree = self.lock();
-        match tree.nodes.get(&parent) {
-            Some(p) if p.mode & libc::S_ISGID != 0 => ((req.uid(), p.gid), true),
-            _ => ((req.uid(), req.gid()), false),
-        }
+        let (owner, mode) = self.inherited(parent, (req.uid(), req.gid()), 0);
+        (owner, mode & libc::S_ISGID != 0)
+    }
+
+    /// Whether `ino` is a file that still has a name.
+    fn still_named_file(&self, ino: u64) -> bool {
+        self.lock()
+            .nodes
+            .get(&ino)
+            .is_some_and(|n| !n.is_dir() && !n.orphan)
     }
 
     /// The owner and directory mode a new directory made by `owner` under
@@ -1290,8 +1295,9 @@ impl LodeFs {
         }
         self.lock().unlink(parent, name);
         // A hard-linked file still named elsewhere may have moved its home:
-        // its note must say where (an unlinked file keeps no note).
-        if !is_dir {
+        // its note must say where. (A file gone with its last name keeps
+        // no note, and must not send `note_staged` walking the tree.)
+        if self.still_named_file(ino) {
             self.note_staged(ino);
         }
         Ok(())
@@ -1378,7 +1384,7 @@ impl LodeFs {
         // The file renamed over, if still named elsewhere (a hard link),
         // may have moved its home too.
         if let Some(t) = target
-            && self.lock().nodes.get(&t).is_some_and(|n| !n.is_dir())
+            && self.still_named_file(t)
         {
             self.note_staged(t);
         }
