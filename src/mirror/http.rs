@@ -87,23 +87,33 @@ impl IntoResponse for Error {
     }
 }
 
-fn authenticate(
-    headers: &HeaderMap,
-    method: &Method,
-    uri: &Uri,
-    digest: &Hash,
-) -> Result<[u8; 32]> {
+/// The request's `Authorization` header, parsed (not yet verified).
+fn request_auth(headers: &HeaderMap) -> Result<RequestAuth> {
     let value = headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
         .ok_or(protocol::Error::BadAuthHeader)?;
-    let auth = RequestAuth::parse(value)?;
+    Ok(RequestAuth::parse(value)?)
+}
+
+/// The account `auth` signs this request for, once its signature over the
+/// method, path and body `digest` holds.
+fn verified(auth: &RequestAuth, method: &Method, uri: &Uri, digest: &Hash) -> Result<[u8; 32]> {
     let path = uri
         .path_and_query()
         .map(|p| p.as_str())
         .unwrap_or(uri.path());
     auth.verify(method.as_str(), path, digest, unix_now())?;
     Ok(auth.account)
+}
+
+fn authenticate(
+    headers: &HeaderMap,
+    method: &Method,
+    uri: &Uri,
+    digest: &Hash,
+) -> Result<[u8; 32]> {
+    verified(&request_auth(headers)?, method, uri, digest)
 }
 
 fn id_of(hex: &str) -> Result<[u8; 32]> {
@@ -184,24 +194,16 @@ async fn put_shares(
     // The signature covers the ids, which are in the body; the header and
     // its time are checked first, so no one without a well-formed, fresh
     // request makes the mirror hold a batch body.
-    headers
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .ok_or(protocol::Error::BadAuthHeader)
-        .and_then(RequestAuth::parse)?
-        .check_time(unix_now())?;
+    let auth = request_auth(&headers)?;
+    auth.check_time(unix_now())?;
     let body = axum::body::to_bytes(body, protocol::MAX_BATCH_BYTES)
         .await
         .map_err(|_| Error::TooLarge {
             limit: protocol::MAX_BATCH_BYTES as u64,
         })?;
     let items = protocol::decode_batch(&body).map_err(|e| Error::BadRequest(e.to_string()))?;
-    let account = authenticate(
-        &headers,
-        &method,
-        &uri,
-        &protocol::batch_digest(items.iter().map(|i| &i.id)),
-    )?;
+    let digest = protocol::batch_digest(items.iter().map(|i| &i.id));
+    let account = verified(&auth, &method, &uri, &digest)?;
     let now = unix_now();
     let asked: Vec<([u8; 32], u64)> = items.iter().map(|i| (i.id, i.bytes.len() as u64)).collect();
     let shares = m.shares.clone();
