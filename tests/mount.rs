@@ -883,3 +883,106 @@ fn a_hard_linked_files_note_follows_its_remaining_name() {
     assert!(std::fs::read(mp.join("second")).unwrap() == content);
     drop(m);
 }
+
+/// Once the inode table outgrows `-o inodes=`, the entries of directories
+/// the kernel has let go of are forgotten, and listed again when next
+/// needed: everything reads back the same afterwards, and what is held (a
+/// file open for reading, one open for writing) keeps its inode.
+#[test]
+fn idle_directories_are_forgotten_beyond_the_inode_budget() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (_mirrors, client) = common::three_mirrors_and_client(tmp.path());
+    let mp = tmp.path().join("mnt");
+    std::fs::create_dir_all(&mp).unwrap();
+    client.ok(&["mount", mp.to_str().unwrap(), "-o", "inodes=200"]);
+    let _m = Mounted::attach(&client, &mp);
+    let inodes = || -> u64 {
+        let status: serde_json::Value =
+            serde_json::from_str(&client.ok(&["status", "--json"])).unwrap();
+        status["mount"]["inodes"]
+            .as_u64()
+            .expect("inodes in status")
+    };
+
+    let src = tmp.path().join("src");
+    for d in 0..12 {
+        let dir = src.join(format!("a{d}/b{}", d % 3));
+        std::fs::create_dir_all(&dir).unwrap();
+        for f in 0..50 {
+            let p = write_file(
+                &dir,
+                &format!("f{f}"),
+                &common::seeded_bytes(&format!("{d}/{f}"), 100 + f * 37),
+            );
+            if f % 7 == 0 {
+                std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o640)).unwrap();
+            }
+        }
+        std::os::unix::fs::symlink("f0", dir.join("link")).unwrap();
+    }
+    run(Command::new("cp").arg("-a").arg(&src).arg(mp.join("tree")));
+    client.ok(&["sync"]);
+    assert_same(&src, &mp.join("tree"));
+    let loaded = inodes();
+    assert!(loaded > 600, "{loaded} inodes after walking 600 files");
+
+    // Held across the shedding: one file open for reading, one for writing.
+    let reading_path = mp.join("tree/a0/b0/f3");
+    let mut reading = std::fs::File::open(&reading_path).unwrap();
+    let reading_ino = reading.metadata().unwrap().ino();
+    let writing_path = mp.join("tree/a1/b1/f4");
+    let mut writing = std::fs::OpenOptions::new()
+        .append(true)
+        .open(&writing_path)
+        .unwrap();
+    let writing_ino = writing.metadata().unwrap().ino();
+    std::io::Write::write_all(&mut writing, b"appended while shedding").unwrap();
+
+    // The kernel forgets what it does not hold; the mount follows, down to
+    // three quarters of its budget.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let shed = loop {
+        std::fs::write("/proc/sys/vm/drop_caches", "2").unwrap();
+        std::thread::sleep(Duration::from_millis(1500));
+        let n = inodes();
+        if n <= 150 {
+            break n;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{n} inodes held 30 s after the kernel let go of them"
+        );
+    };
+    // The two held files' directories stay loaded (50 + 1 entries each).
+    assert!(shed >= 100, "{shed}: the held files' directories went too");
+
+    let mut read_back = Vec::new();
+    std::io::Read::read_to_end(&mut reading, &mut read_back).unwrap();
+    assert_eq!(read_back, std::fs::read(src.join("a0/b0/f3")).unwrap());
+    assert_eq!(std::fs::metadata(&reading_path).unwrap().ino(), reading_ino);
+    std::io::Write::write_all(&mut writing, b", and after").unwrap();
+    drop(writing);
+    assert_eq!(std::fs::metadata(&writing_path).unwrap().ino(), writing_ino);
+    let mut expected = std::fs::read(src.join("a1/b1/f4")).unwrap();
+    expected.extend_from_slice(b"appended while shedding, and after");
+    assert_eq!(std::fs::read(&writing_path).unwrap(), expected);
+    std::fs::write(src.join("a1/b1/f4"), &expected).unwrap();
+    let mtime = std::fs::metadata(&writing_path)
+        .unwrap()
+        .modified()
+        .unwrap();
+    std::fs::File::options()
+        .write(true)
+        .open(src.join("a1/b1/f4"))
+        .unwrap()
+        .set_modified(mtime)
+        .unwrap();
+
+    // Everything listed again reads the same, and survives a remount.
+    assert_same(&src, &mp.join("tree"));
+    client.ok(&["sync"]);
+    drop(reading);
+    _m.unmount();
+    client.ok(&["mount", mp.to_str().unwrap()]);
+    assert_same(&src, &mp.join("tree"));
+}

@@ -106,4 +106,9 @@ fn mount_errors_are_one_clear_line() {
     assert_eq!(mounts_of(&mp), 0);
     let err = client.fails(&["mount", mp.to_str().unwrap(), "-o", "bogus"]);
     assert!(err.contains("unknown mount option"), "{err}");
+    let err = client.fails(&["mount", mp.to_str().unwrap(), "-o", "inodes=many"]);
+    assert!(err.contains("inodes= wants a number"), "{err}");
+    let err = client.fails(&["mount", mp.to_str().unwrap(), "-o", "inodes=5"]);
+    assert!(err.contains("at least 100"), "{err}");
+    assert_eq!(mounts_of(&mp), 0);
 }

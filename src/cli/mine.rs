@@ -257,10 +257,11 @@ pub fn status(args: StatusArgs) -> Result<()> {
     println!("account {}", lode::protocol::hex(&key.public_key()));
     if let Some(m) = &mount {
         println!(
-            "mount at {}: {} files ({} bytes) staged; miner {} at {:.2} MH/s, {} accepted, {} rejected",
+            "mount at {}: {} files ({} bytes) staged, {} inodes held; miner {} at {:.2} MH/s, {} accepted, {} rejected",
             m["mountpoint"].as_str().unwrap_or("?"),
             m["staged_files"],
             m["staged_bytes"],
+            m["inodes"],
             m["mining_for"]
                 .as_str()
                 .map_or("idle".to_string(), |u| format!("mining for {u}")),

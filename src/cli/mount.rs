@@ -20,7 +20,9 @@ pub struct MountArgs {
     /// Stay in the foreground (for debugging and service managers).
     #[arg(long)]
     foreground: bool,
-    /// Mount options, comma-separated: allow_other, default_permissions.
+    /// Mount options, comma-separated: allow_other, allow_root, ro,
+    /// cache=MiB, keep=MiB, inodes=N, nominer, miner_threads=N,
+    /// miner_duty=F, miner_idle=0 (see the README).
     #[arg(short = 'o', value_name = "OPTS")]
     options: Option<String>,
 }
@@ -140,6 +142,9 @@ pub fn mount(args: MountArgs) -> Result<()> {
     // Local copies of files written here, kept after upload for reading
     // (like rclone's write cache); a budget in MiB.
     let mut keep_mib: u64 = 1024;
+    // Inodes held before idle directories' entries are forgotten: about
+    // 0.75 KiB each, so the default bounds the table near 75 MiB.
+    let mut max_inodes: usize = 100_000;
     let mut miner = Some(lode::miner::MinerConfig::default());
     let mut acl = fuser::SessionACL::Owner;
     for opt in args
@@ -181,6 +186,12 @@ pub fn mount(args: MountArgs) -> Result<()> {
             }
             o if o.starts_with("keep=") => {
                 keep_mib = option_value(o, "a size in MiB")?;
+            }
+            o if o.starts_with("inodes=") => {
+                max_inodes = option_value(o, "a number of inodes")?;
+                if max_inodes < MIN_INODES {
+                    bail!("inodes={max_inodes}: at least {MIN_INODES}");
+                }
             }
             // For mount(8), systemd and the kernel's generic flags: nothing
             // for lode to do.
@@ -234,6 +245,7 @@ pub fn mount(args: MountArgs) -> Result<()> {
             uid: nix::unistd::getuid().as_raw(),
             gid: nix::unistd::getgid().as_raw(),
             keep_bytes: keep_mib << 20,
+            max_inodes,
         },
     )?);
     // Whatever an earlier mount staged but never published (it crashed,
@@ -276,6 +288,7 @@ pub fn mount(args: MountArgs) -> Result<()> {
             move || {
                 let mut status = keeper.status(fs.backlog());
                 status["mountpoint"] = serde_json::json!(shown);
+                status["inodes"] = serde_json::json!(fs.inodes());
                 status
             },
             move || syncing.sync_all().map_err(|e| e.to_string()),
@@ -376,6 +389,9 @@ fn unmount(mountpoint: &Path) {
 /// Run the mount as a detached child, and return once it is live (or
 /// report why it failed).
 /// The value of a `name=value` mount option, parsed.
+/// Smallest `inodes=` budget: room for what the kernel holds at once.
+const MIN_INODES: usize = 100;
+
 fn option_value<T: std::str::FromStr>(option: &str, wants: &str) -> Result<T> {
     let (name, value) = option.split_once('=').unwrap_or((option, ""));
     value

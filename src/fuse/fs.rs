@@ -5,7 +5,7 @@
 //! Every handler runs inside `catch_unwind`: a panic becomes EIO for that
 //! request, is logged, and the mount lives on.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashSet};
 use std::ffi::OsStr;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
@@ -62,6 +62,9 @@ pub struct MountConfig {
     pub gid: u32,
     /// Bytes of published files whose local copies are kept for reading.
     pub keep_bytes: u64,
+    /// Inodes the table may hold before idle directories' entries are
+    /// forgotten (see [`Tree::shed`]).
+    pub max_inodes: usize,
 }
 
 /// The filesystem.
@@ -1110,8 +1113,38 @@ impl LodeFs {
                 if let Err(e) = fs.flush_all() {
                     tracing::warn!(error = %e, "background flush failed; will retry");
                 }
+                fs.shed();
             }
         })
+    }
+
+    /// Once the inode table outgrows its budget, forget idle directories'
+    /// entries down to three quarters of it (the margin keeps this from
+    /// running on every pass of a tree walk that hovers at the bound).
+    fn shed(&self) {
+        let max = self.config.max_inodes;
+        let mut tree = self.lock();
+        if tree.nodes.len() <= max {
+            return;
+        }
+        let (dropped, copies) = tree.shed(max - max / 4);
+        let left = tree.nodes.len();
+        drop(tree);
+        if !copies.is_empty() {
+            let mut kept = self.kept.lock().unwrap_or_else(|p| p.into_inner());
+            let gone: HashSet<&PathBuf> = copies.iter().collect();
+            kept.queue.retain(|(_, path, _)| !gone.contains(path));
+            kept.bytes = kept.queue.iter().map(|(_, _, size)| size).sum();
+        }
+        for path in &copies {
+            let _ = std::fs::remove_file(path);
+        }
+        tracing::debug!(dropped, left, "forgot idle directories' entries");
+    }
+
+    /// Inodes in the table (for `lode status`).
+    pub fn inodes(&self) -> usize {
+        self.lock().nodes.len()
     }
 
     pub fn stop_flusher(&self) {

@@ -1,10 +1,13 @@
 //! The mount's inode table: what the kernel has looked up, and what each
 //! inode stands for. Pure data; the filesystem fills it from the vault.
 //!
-//! Inodes live as long as a name refers to them. An inode whose last name
-//! is removed becomes an orphan and stays while it is open or the kernel
-//! still holds lookups on it (`forget` lowers them), so an unlinked open
-//! file reads and writes on, as POSIX wants.
+//! An inode whose last name is removed becomes an orphan and stays while
+//! it is open or the kernel still holds lookups on it (`forget` lowers
+//! them), so an unlinked open file reads and writes on, as POSIX wants.
+//! Named inodes stay while their directory is loaded; once the table
+//! outgrows its budget, the entries of directories nobody holds are
+//! dropped and listed again when next needed ([`Tree::shed`]), so the
+//! table follows what the kernel keeps rather than everything ever seen.
 //!
 //! Hard links: the names of a linked file share one inode, found through
 //! its link id. In our own tree the root listing's link table is the
@@ -498,6 +501,120 @@ impl Tree {
         {
             super::notes::remove(&p);
             let _ = std::fs::remove_file(p);
+        }
+    }
+
+    /// Forget the entries of idle directories, oldest listing first, until
+    /// at most `target` inodes are left (or nothing more is idle); returns
+    /// how many inodes were dropped.
+    ///
+    /// A directory's entries go together, and only when nothing needs their
+    /// inodes: the kernel holds no lookup on the directory or on any entry
+    /// (so it can send no request that names them), none is open, changed
+    /// and not yet published, or hard-linked, and an entry that is a
+    /// directory has had its own entries dropped first. The listing on the
+    /// mirrors then says all the nodes said, and the next lookup lists the
+    /// directory again, under inode numbers the kernel has never seen
+    /// (numbers are never reused). A file's kept copy (a cache of published
+    /// content) goes with it: its path is returned for the caller to
+    /// remove.
+    pub fn shed(&mut self, target: usize) -> (usize, Vec<PathBuf>) {
+        let before = self.nodes.len();
+        let mut kept = Vec::new();
+        while self.nodes.len() > target {
+            let mut idle: Vec<(Option<Instant>, u64)> = self
+                .nodes
+                .iter()
+                .filter(|&(&ino, _)| self.sheddable(ino))
+                .map(|(&ino, node)| match node.body {
+                    Body::Dir { loaded_at, .. } => (loaded_at, ino),
+                    _ => (None, ino),
+                })
+                .collect();
+            if idle.is_empty() {
+                break;
+            }
+            // A directory whose entries go may make its parent idle: the
+            // next pass sees that. Each pass unloads at least one directory.
+            idle.sort_unstable();
+            for (_, dir) in idle {
+                if self.nodes.len() <= target {
+                    break;
+                }
+                self.unload(dir, &mut kept);
+            }
+        }
+        (before - self.nodes.len(), kept)
+    }
+
+    /// Whether `dir`'s entries may be dropped (see [`Tree::shed`]).
+    fn sheddable(&self, dir: u64) -> bool {
+        let unheld = |ino: &u64, node: &Node| {
+            node.lookups == 0
+                && node.opens == 0
+                && !node.orphan
+                && !self.dirty.contains(ino)
+                && !self.publishing.contains(ino)
+        };
+        if dir == ROOT || dir == FRIENDS {
+            return false;
+        }
+        let Some(node) = self.nodes.get(&dir) else {
+            return false;
+        };
+        let Body::Dir {
+            children: Some(children),
+            ..
+        } = &node.body
+        else {
+            return false;
+        };
+        unheld(&dir, node)
+            && children.values().all(|ino| {
+                self.nodes.get(ino).is_some_and(|child| {
+                    unheld(ino, child)
+                        && child.link.is_none()
+                        && match &child.body {
+                            Body::Dir { children, .. } => children.is_none(),
+                            Body::File {
+                                staged,
+                                cached,
+                                dirty,
+                                writers,
+                                ..
+                            } => (staged.is_none() || *cached) && !dirty && *writers == 0,
+                            _ => true,
+                        }
+                })
+            })
+    }
+
+    /// Drop a directory's entries (adding their kept copies to `kept`); it
+    /// is listed again when next needed.
+    fn unload(&mut self, dir: u64, kept: &mut Vec<PathBuf>) {
+        let Some(Node {
+            body:
+                Body::Dir {
+                    children,
+                    loaded_at,
+                    ..
+                },
+            ..
+        }) = self.nodes.get_mut(&dir)
+        else {
+            return;
+        };
+        *loaded_at = None;
+        for ino in children.take().into_iter().flat_map(BTreeMap::into_values) {
+            if let Some(Node {
+                body: Body::File {
+                    staged: Some(p), ..
+                },
+                ..
+            }) = self.nodes.remove(&ino)
+            {
+                kept.push(p);
+            }
         }
     }
 
