@@ -11,7 +11,7 @@ use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use fuser::{
     Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags, Generation, INodeNo, LockOwner,
@@ -620,9 +620,26 @@ impl LodeFs {
     /// Remember kept copies, and evict the oldest beyond the budget.
     fn keep(&self, copies: Vec<(u64, PathBuf, u64)>) {
         let mut kept = self.kept.lock().unwrap_or_else(|p| p.into_inner());
-        for copy in copies {
-            kept.bytes += copy.2;
-            kept.queue.push_back(copy);
+        {
+            let tree = self.lock();
+            for copy in copies {
+                // Not one shed since it was published (`shed` removed it).
+                let still = matches!(
+                    tree.nodes.get(&copy.0),
+                    Some(Node {
+                        body: Body::File {
+                            staged: Some(p),
+                            cached: true,
+                            ..
+                        },
+                        ..
+                    }) if *p == copy.1
+                );
+                if still {
+                    kept.bytes += copy.2;
+                    kept.queue.push_back(copy);
+                }
+            }
         }
         while kept.bytes > self.config.keep_bytes {
             let Some((ino, path, size)) = kept.queue.pop_front() else {
@@ -910,7 +927,12 @@ impl LodeFs {
             (meta.ctime(), meta.ctime_nsec() as u32),
         );
         let mut tree = self.lock();
-        let held = tree.children(dir).and_then(|c| c.get(name)).copied();
+        // Shed since it was loaded above (see `Tree::shed`): try again
+        // later rather than miss what it holds.
+        let Some(children) = tree.children(dir) else {
+            return Err(Error::NotFound);
+        };
+        let held = children.get(name).copied();
         // A published file at the path: the staged data is its newer
         // content. Anything else there (a directory, a symlink, or a file
         // with unpublished changes of its own) is kept, and so is the
@@ -1238,13 +1260,15 @@ impl LodeFs {
             write: Some(write),
             read,
             children: Some(BTreeMap::new()),
-            loaded_at: None,
+            loaded_at: Some(Instant::now()),
         };
         let node = Node::new(parent, name, mode, owner, body);
         let (ino, attr) = self.new_child(parent, name, node)?;
         let mut tree = self.lock();
         if let Some(node) = tree.nodes.get_mut(&ino) {
-            node.lookups = lookups;
+            // `new_child` counted the one lookup an entry reply hands over;
+            // a kernel lookup of the new name may have added more since.
+            node.lookups = (node.lookups + lookups).saturating_sub(1);
         }
         tree.dirty.insert(ino);
         Ok((ino, attr))
