@@ -544,7 +544,19 @@ impl Tree {
                 self.unload(dir, &mut kept);
             }
         }
+        debug_assert!(self.whole(), "shedding left a name without its inode");
         (before - self.nodes.len(), kept)
+    }
+
+    /// Every name in a loaded directory has its inode (checked in debug
+    /// builds after shedding).
+    fn whole(&self) -> bool {
+        self.nodes.values().all(|node| match &node.body {
+            Body::Dir {
+                children: Some(c), ..
+            } => c.values().all(|ino| self.nodes.contains_key(ino)),
+            _ => true,
+        }) && self.links.values().all(|ino| self.nodes.contains_key(ino))
     }
 
     /// Whether `dir`'s entries may be dropped (see [`Tree::shed`]).
