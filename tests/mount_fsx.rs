@@ -4,7 +4,9 @@
 //! and reopens, `lode sync`, and remounts. The keep budget is 1 MiB, so a
 //! published file's local copy soon goes and later reads and edits go to
 //! the mirrors: partial re-uploads, reads across chunk boundaries, and
-//! reads of staged data all meet the same model.
+//! reads of staged data all meet the same model. Beside the edits, a
+//! thread runs `lode sync` every 300 ms, so uploads of the open file race
+//! the writes (with the upload's generation check broken, seeds 1-3 fail).
 //!
 //! `FSX_SEED` and `FSX_OPS` replay or lengthen a run.
 
@@ -73,6 +75,23 @@ fn random_edits_read_back_exactly() {
     let mut model: Vec<u8> = Vec::new();
     let mut log = vec![format!("seed {seed:#x}")];
     let mut remounts = 0;
+    // Beside the edits, `lode sync` every 300 ms uploads the file while it
+    // is open and being written: an upload must never mark clean what
+    // changed while it read.
+    let syncing = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true));
+    let syncer = {
+        let syncing = syncing.clone();
+        let client = common::Client {
+            home: client.home.clone(),
+        };
+        std::thread::spawn(move || {
+            while syncing.load(std::sync::atomic::Ordering::Relaxed) {
+                // Fails while a remount is under way; the next one counts.
+                client.run(&["sync"]);
+                std::thread::sleep(std::time::Duration::from_millis(300));
+            }
+        })
+    };
 
     for op in 0..ops {
         let len = model.len() as u64;
@@ -143,6 +162,8 @@ fn random_edits_read_back_exactly() {
             _ => {}
         }
     }
+    syncing.store(false, std::sync::atomic::Ordering::Relaxed);
+    syncer.join().unwrap();
     check_whole(&file, &model, &log);
     drop(file);
     client.ok(&["sync"]);
