@@ -386,12 +386,10 @@ fn unmount(mountpoint: &Path) {
     }
 }
 
-/// Run the mount as a detached child, and return once it is live (or
-/// report why it failed).
-/// The value of a `name=value` mount option, parsed.
 /// Smallest `inodes=` budget: room for what the kernel holds at once.
 const MIN_INODES: usize = 100;
 
+/// The value of a `name=value` mount option, parsed.
 fn option_value<T: std::str::FromStr>(option: &str, wants: &str) -> Result<T> {
     let (name, value) = option.split_once('=').unwrap_or((option, ""));
     value
@@ -399,6 +397,8 @@ fn option_value<T: std::str::FromStr>(option: &str, wants: &str) -> Result<T> {
         .map_err(|_| anyhow!("{name}= wants {wants}, got {option:?}"))
 }
 
+/// Run the mount as a detached child, and return once it is live (or
+/// report why it failed).
 fn spawn_background(args: &MountArgs) -> Result<()> {
     use std::os::unix::process::CommandExt;
     let home = Home::locate()?;

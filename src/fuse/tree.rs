@@ -686,3 +686,131 @@ impl Tree {
         })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::crypto::ReadKey;
+    use crate::store::Vault;
+
+    fn file_entry(n: u8) -> Entry {
+        let cap = FileReadCap {
+            read_key: ReadKey::from_bytes([n; 32]),
+            root: [n; 32],
+            size: u64::from(n),
+        };
+        Entry::file(cap, 0o644, (1, 0))
+    }
+
+    /// A listing of `files` files named f0, f1, ...
+    fn files(files: u8) -> Listing {
+        let mut listing = Listing::default();
+        for n in 0..files {
+            listing.entries.insert(format!("f{n}"), file_entry(n));
+        }
+        listing
+    }
+
+    /// The inode named `name` in `dir`.
+    fn child(tree: &Tree, dir: u64, name: &str) -> u64 {
+        tree.children(dir).expect("loaded")[name]
+    }
+
+    /// A tree with root/a/b, b holding 10 files and a 5; all loaded.
+    fn loaded() -> (Tree, u64, u64) {
+        let root = Vault::fresh_dir();
+        let (a_cap, b_cap) = (Vault::fresh_dir(), Vault::fresh_dir());
+        let mut tree = Tree::new(root.clone(), (0, 0));
+        let mut top = Listing::default();
+        top.entries
+            .insert("a".into(), Entry::dir(&root, "a", &a_cap, 0o755, (1, 0)));
+        tree.load(ROOT, top);
+        let a = child(&tree, ROOT, "a");
+        let mut in_a = files(5);
+        in_a.entries
+            .insert("b".into(), Entry::dir(&a_cap, "b", &b_cap, 0o755, (1, 0)));
+        tree.load(a, in_a);
+        let b = child(&tree, a, "b");
+        tree.load(b, files(10));
+        (tree, a, b)
+    }
+
+    #[test]
+    fn idle_directories_go_deepest_first_and_list_again_fresh() {
+        let (mut tree, a, b) = loaded();
+        // root, friends, a, its 5 files and b, b's 10 files.
+        assert_eq!(tree.nodes.len(), 19);
+        let old_f0 = child(&tree, b, "f0");
+        let (dropped, kept) = tree.shed(0);
+        assert_eq!((dropped, kept.len()), (16, 0));
+        assert!(tree.children(a).is_none());
+        assert!(!tree.nodes.contains_key(&b), "b went with a's entries");
+        assert!(tree.whole());
+        // Listed again: the same names under numbers never used before.
+        tree.load(a, files(5));
+        let f0 = child(&tree, a, "f0");
+        assert!(f0 > old_f0, "inode numbers are never reused");
+    }
+
+    #[test]
+    fn what_is_held_keeps_its_directory() {
+        // A lookup the kernel holds, on an entry or on the directory.
+        let (mut tree, _, b) = loaded();
+        let f3 = child(&tree, b, "f3");
+        tree.nodes.get_mut(&f3).unwrap().lookups = 1;
+        assert_eq!(tree.shed(0).0, 0, "nor can a go while b is loaded");
+        tree.nodes.get_mut(&f3).unwrap().lookups = 0;
+        tree.nodes.get_mut(&b).unwrap().lookups = 1;
+        assert_eq!(tree.shed(0).0, 0);
+        tree.nodes.get_mut(&b).unwrap().lookups = 0;
+
+        // An open file, an unpublished change, a hard link, a directory
+        // waiting to be published.
+        let holds: [fn(&mut Tree, u64, u64); 4] = [
+            |t, _, f| t.nodes.get_mut(&f).unwrap().opens = 1,
+            |t, _, f| {
+                if let Body::File { dirty, .. } = &mut t.nodes.get_mut(&f).unwrap().body {
+                    *dirty = true;
+                }
+            },
+            |t, _, f| t.nodes.get_mut(&f).unwrap().link = Some([7; 16]),
+            |t, b, _| {
+                t.dirty.insert(b);
+            },
+        ];
+        for hold in holds {
+            let (mut tree, _, b) = loaded();
+            let f3 = child(&tree, b, "f3");
+            hold(&mut tree, b, f3);
+            assert_eq!(tree.shed(0).0, 0);
+            assert!(tree.nodes.contains_key(&f3));
+        }
+
+        // A file's kept copy (published) does not hold it: its path comes
+        // back for removal. Unpublished staged data does.
+        let (mut tree, _, b) = loaded();
+        let f3 = child(&tree, b, "f3");
+        let copy = PathBuf::from("/staging/f3");
+        if let Body::File { staged, cached, .. } = &mut tree.nodes.get_mut(&f3).unwrap().body {
+            *staged = Some(copy.clone());
+            *cached = false;
+        }
+        assert_eq!(tree.shed(0).0, 0, "unpublished staged data holds");
+        if let Body::File { cached, .. } = &mut tree.nodes.get_mut(&f3).unwrap().body {
+            *cached = true;
+        }
+        let (dropped, kept) = tree.shed(0);
+        assert_eq!((dropped, kept), (16, vec![copy]));
+    }
+
+    #[test]
+    fn shedding_stops_at_the_target() {
+        let (mut tree, a, b) = loaded();
+        // b's 10 entries are enough to get to 10 inodes left.
+        let (dropped, _) = tree.shed(10);
+        assert_eq!(dropped, 10);
+        assert!(tree.children(b).is_none());
+        assert!(tree.children(a).is_some(), "a stays loaded");
+        assert!(tree.whole());
+    }
+}
