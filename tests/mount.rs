@@ -53,6 +53,17 @@ fn assert_same(a: &Path, b: &Path) {
     }
 }
 
+/// Give `to` the mtime of `from` (so `assert_same` compares contents).
+fn copy_mtime(from: &Path, to: &Path) {
+    let mtime = std::fs::metadata(from).unwrap().modified().unwrap();
+    std::fs::File::options()
+        .write(true)
+        .open(to)
+        .unwrap()
+        .set_modified(mtime)
+        .unwrap();
+}
+
 fn walk(dir: &Path) -> Vec<PathBuf> {
     let mut out = Vec::new();
     for e in std::fs::read_dir(dir).unwrap() {
@@ -947,16 +958,7 @@ fn idle_directories_are_forgotten_beyond_the_inode_budget() {
     let offline = common::seeded_bytes("offline", 5000);
     std::fs::write(mp.join("tree/a2/b2/offline"), &offline).unwrap();
     std::fs::copy(mp.join("tree/a2/b2/offline"), src.join("a2/b2/offline")).unwrap();
-    let mtime = std::fs::metadata(mp.join("tree/a2/b2/offline"))
-        .unwrap()
-        .modified()
-        .unwrap();
-    std::fs::File::options()
-        .write(true)
-        .open(src.join("a2/b2/offline"))
-        .unwrap()
-        .set_modified(mtime)
-        .unwrap();
+    copy_mtime(&mp.join("tree/a2/b2/offline"), &src.join("a2/b2/offline"));
 
     // The kernel forgets what it does not hold; the mount follows, down to
     // three quarters of its budget. (Without shedding the table would stay
@@ -992,16 +994,7 @@ fn idle_directories_are_forgotten_beyond_the_inode_budget() {
     expected.extend_from_slice(b"appended while shedding, and after");
     assert_eq!(std::fs::read(&writing_path).unwrap(), expected);
     std::fs::write(src.join("a1/b1/f4"), &expected).unwrap();
-    let mtime = std::fs::metadata(&writing_path)
-        .unwrap()
-        .modified()
-        .unwrap();
-    std::fs::File::options()
-        .write(true)
-        .open(src.join("a1/b1/f4"))
-        .unwrap()
-        .set_modified(mtime)
-        .unwrap();
+    copy_mtime(&writing_path, &src.join("a1/b1/f4"));
 
     // With the mirrors back, everything shed is listed again and reads the
     // same, the offline file goes up, and all of it survives a remount.
