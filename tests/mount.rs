@@ -906,9 +906,7 @@ fn idle_directories_are_forgotten_beyond_the_inode_budget() {
     let tmp = tempfile::tempdir().unwrap();
     let (mut mirrors, client) = common::three_mirrors_and_client(tmp.path());
     let mp = tmp.path().join("mnt");
-    std::fs::create_dir_all(&mp).unwrap();
-    client.ok(&["mount", mp.to_str().unwrap(), "-o", "inodes=200"]);
-    let m = Mounted::attach(&client, &mp);
+    let m = Mounted::with_options(&client, &mp, &["inodes=200"]);
     let inodes = || -> u64 {
         let status: serde_json::Value =
             serde_json::from_str(&client.ok(&["status", "--json"])).unwrap();
@@ -1010,7 +1008,7 @@ fn idle_directories_are_forgotten_beyond_the_inode_budget() {
     assert_same(&src, &mp.join("tree"));
     client.ok(&["sync"]);
     drop(reading);
-    m.unmount();
-    client.ok(&["mount", mp.to_str().unwrap()]);
+    drop(m);
+    let _m = Mounted::new(&client, &mp);
     assert_same(&src, &mp.join("tree"));
 }

@@ -62,11 +62,8 @@ fn random_edits_read_back_exactly() {
     let tmp = tempfile::tempdir().unwrap();
     let (_mirrors, client) = common::three_mirrors_and_client(tmp.path());
     let mp = tmp.path().join("mnt");
-    std::fs::create_dir_all(&mp).unwrap();
-    let mount = |client: &common::Client| {
-        client.ok(&["mount", mp.to_str().unwrap(), "-o", "keep=1,nominer"]);
-        Mounted::attach(client, &mp)
-    };
+    let mount =
+        |client: &common::Client| Mounted::with_options(client, &mp, &["keep=1", "nominer"]);
     // An `Option`, so that a remount drops (and unmounts) the old mount
     // before the new one is made: dropped after, it would unmount the new.
     let mut m = Some(mount(&client));

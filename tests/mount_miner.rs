@@ -21,15 +21,8 @@ fn the_mount_mines_until_funded_and_status_shows_it() {
         .expect("storage is charged");
 
     let mp = tmp.path().join("mnt");
-    std::fs::create_dir(&mp).unwrap();
     // Normal priority and one thread: the test must not depend on idle CPU.
-    client.ok(&[
-        "mount",
-        mp.to_str().unwrap(),
-        "-o",
-        "miner_threads=1,miner_idle=0",
-    ]);
-    let m = Mounted::attach(&client, &mp);
+    let m = Mounted::with_options(&client, &mp, &["miner_threads=1", "miner_idle=0"]);
     let deadline = Instant::now() + Duration::from_secs(60);
     let last = loop {
         let s = status(&client);

@@ -22,13 +22,19 @@ pub struct Mounted {
 
 impl Mounted {
     pub fn new(client: &Client, mp: &Path) -> Mounted {
+        Self::with_options(client, mp, &[])
+    }
+
+    /// `lode mount MP -o OPTS` (each of `options` one option).
+    pub fn with_options(client: &Client, mp: &Path, options: &[&str]) -> Mounted {
         std::fs::create_dir_all(mp).unwrap();
-        client.ok(&["mount", mp.to_str().unwrap()]);
-        assert!(mounted(mp));
-        Mounted {
-            mp: mp.to_path_buf(),
-            home: client.home.clone(),
+        let joined = options.join(",");
+        let mut args = vec!["mount", mp.to_str().unwrap()];
+        if !options.is_empty() {
+            args.extend(["-o", &joined]);
         }
+        client.ok(&args);
+        Self::attach(client, mp)
     }
 
     /// Take charge of a mount started some other way.
