@@ -54,6 +54,18 @@ fn post_batch(url: &str, signer: u8, ids: &[[u8; 32]], body: Vec<u8>) -> (u16, S
     try_post(url, Some(signer), ids, body).unwrap()
 }
 
+/// Post `items` as one well-formed batch signed by `signer`'s account;
+/// the mirror's reply (which must be 200) and each share's status.
+fn post_items(url: &str, signer: u8, items: &[([u8; 32], Vec<u8>)]) -> (BatchReply, Vec<u16>) {
+    let ids: Vec<[u8; 32]> = items.iter().map(|(id, _)| *id).collect();
+    let body = encode_batch(items.iter().map(|(id, b)| (id, &b[..])));
+    let (status, text) = post_batch(url, signer, &ids, body);
+    assert_eq!(status, 200, "{text}");
+    let reply: BatchReply = serde_json::from_str(&text).unwrap();
+    let statuses = reply.results.iter().map(|r| r.status).collect();
+    (reply, statuses)
+}
+
 /// A body the mirror refuses with `status`, or stops reading (it may
 /// answer and close before the client has sent it all).
 fn refused(sent: Result<(u16, String), reqwest::Error>, status: u16) {
@@ -83,12 +95,7 @@ fn a_batch_is_answered_share_by_share() {
         (lying_id, honest),
         (held_id, held.clone()),
     ];
-    let ids: Vec<[u8; 32]> = items.iter().map(|(id, _)| *id).collect();
-    let body = encode_batch(items.iter().map(|(id, b)| (id, &b[..])));
-    let (status, text) = post_batch(&mirror.url, 0x71, &ids, body);
-    assert_eq!(status, 200, "{text}");
-    let reply: BatchReply = serde_json::from_str(&text).unwrap();
-    let statuses: Vec<u16> = reply.results.iter().map(|r| r.status).collect();
+    let (reply, statuses) = post_items(&mirror.url, 0x71, &items);
     assert_eq!(statuses, [201, 400, 200], "{reply:?}");
     assert!(reply.results[1].error.as_deref().unwrap().contains("hash"));
 
@@ -127,12 +134,7 @@ fn a_held_share_over_quota_is_refused_on_its_own() {
     let (new_id, new) = share("second-new", 1000);
     let (_, held) = share("held-by-first", 3000);
     let items = [(new_id, new), (held_id, held)];
-    let ids: Vec<[u8; 32]> = items.iter().map(|(id, _)| *id).collect();
-    let body = encode_batch(items.iter().map(|(id, b)| (id, &b[..])));
-    let (status, text) = post_batch(&mirror.url, 0x75, &ids, body);
-    assert_eq!(status, 200, "{text}");
-    let reply: BatchReply = serde_json::from_str(&text).unwrap();
-    let statuses: Vec<u16> = reply.results.iter().map(|r| r.status).collect();
+    let (reply, statuses) = post_items(&mirror.url, 0x75, &items);
     assert_eq!(statuses, [201, 507], "{reply:?}");
     let status = rt.block_on(second.account()).unwrap();
     assert_eq!((status.leases, status.usage_bytes), (2, 3000));
