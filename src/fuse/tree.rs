@@ -525,10 +525,9 @@ impl Tree {
             let mut idle: Vec<(Option<Instant>, u64)> = self
                 .nodes
                 .iter()
-                .filter(|&(&ino, _)| self.sheddable(ino))
-                .map(|(&ino, node)| match node.body {
-                    Body::Dir { loaded_at, .. } => (loaded_at, ino),
-                    _ => (None, ino),
+                .filter_map(|(&ino, node)| match node.body {
+                    Body::Dir { loaded_at, .. } if self.sheddable(ino) => Some((loaded_at, ino)),
+                    _ => None,
                 })
                 .collect();
             if idle.is_empty() {
