@@ -49,13 +49,13 @@ impl Ledger {
         account: &[u8; 32],
         now: i64,
     ) -> Result<()> {
-        let row: Option<(Option<i64>, i64, i64, Option<i64>)> = tx
-            .query_row(
-                "SELECT charged_at, credit, debit, unfunded_since FROM accounts WHERE id = ?1",
-                [&account[..]],
-                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)),
-            )
-            .optional()?;
+        let row: Option<(Option<i64>, i64, i64, Option<i64>)> = cached_row(
+            tx,
+            "SELECT charged_at, credit, debit, unfunded_since FROM accounts WHERE id = ?1",
+            [&account[..]],
+            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)),
+        )
+        .optional()?;
         let Some((charged_at, credit, mut debit, unfunded)) = row else {
             return Ok(());
         };
