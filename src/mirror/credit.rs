@@ -59,10 +59,12 @@ impl Ledger {
         let Some((charged_at, credit, mut debit, unfunded)) = row else {
             return Ok(());
         };
-        let since = charged_at.unwrap_or(now).min(now);
+        let since = charged_at.unwrap_or(now);
         // Bill whole millionths only, and move `charged_at` on by exactly
         // the time billed, so frequent charges cannot round usage to zero.
-        let mut charged_to = now;
+        // It never moves back: an upload records its share with the time
+        // it started, which may be before the last bill.
+        let mut charged_to = since.max(now);
         if self.terms.price_micro > 0 && now > since {
             let usage = Self::usage_in(tx, account, since)?;
             let cost = self.daily_cost(usage) as i128;

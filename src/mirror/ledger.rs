@@ -2,8 +2,9 @@
 //! SQLite (WAL, `synchronous=FULL`), so that it survives crashes.
 //!
 //! An account pays for every object it holds a live lease on, so a share
-//! that two accounts store counts for both. The SQL is plain and portable
-//! (no SQLite-only functions) so the ledger can move to PostgreSQL.
+//! that two accounts store counts for both. The queries are plain SQL; the
+//! running totals of version 3 are kept by triggers, whose syntax is
+//! SQLite's (PostgreSQL would need them as trigger functions).
 //! The `credit` column is reserved for the proof-of-work pool.
 
 use std::path::Path;
@@ -76,7 +77,16 @@ CREATE INDEX pool_shares_account ON pool_shares (account);
 /// the sizes of its leases expired by `t`, read off the
 /// `(account, expires)` index; GC prunes expired leases, so those stay
 /// few.
+///
+/// Lease rows whose object is gone (which no code wrote, but a damaged or
+/// hand-edited file may hold) counted for nothing before and are dropped;
+/// an account a lease names but the table lacks is added, so its total
+/// has a row to live in.
 const SCHEMA_V3: &str = "
+DELETE FROM leases WHERE object NOT IN (SELECT id FROM objects);
+INSERT INTO accounts (id, created)
+    SELECT DISTINCT account, CAST(strftime('%s', 'now') AS INTEGER) FROM leases
+    WHERE account NOT IN (SELECT id FROM accounts);
 ALTER TABLE leases ADD COLUMN size INTEGER NOT NULL DEFAULT 0;
 UPDATE leases SET size = COALESCE((SELECT size FROM objects WHERE id = leases.object), 0);
 ALTER TABLE accounts ADD COLUMN leased INTEGER NOT NULL DEFAULT 0;
@@ -155,6 +165,11 @@ pub struct NewShare {
     pub size: u64,
     pub now: i64,
 }
+
+/// How long before an account's last bill a lease must have expired to be
+/// pruned ([`Ledger::prune_leases`]): longer than any upload takes from
+/// its checks to its record.
+const PRUNE_MARGIN_SECS: i64 = 86_400;
 
 /// A handle to the ledger. Cheap to clone; calls block, so async callers
 /// go through [`Ledger::run`].
@@ -597,30 +612,38 @@ impl Ledger {
         self.with_tx(|tx| Self::total_in(tx))
     }
 
-    /// Drop lease rows that have expired and been billed, so that an
-    /// account's usage ([`Self::usage_in`]) never reads many. A row goes once
-    /// it expired by the account's `charged_at` (by `now` on a free
-    /// mirror): no bill still to come asks about a time before that. Run
-    /// on each GC pass, after [`Self::charge_all`]. Returns the rows
-    /// dropped.
+    /// Drop lease rows that expired a day or more before the account's
+    /// last bill, so that an account's usage ([`Self::usage_in`]) never
+    /// reads many. No bill still to come asks about a time before
+    /// `charged_at` (it never moves back), and the day covers the checks
+    /// of uploads that began before the bill and are recorded after it,
+    /// with the time they began. On a free mirror, each account is first
+    /// marked billed (at zero) up to `now`, so a price set later never
+    /// bills the free time. Run on each GC pass, after
+    /// [`Self::charge_all`]. Returns the rows dropped.
     pub fn prune_leases(&self, now: i64) -> Result<u64> {
-        let accounts: Vec<(Vec<u8>, Option<i64>)> = {
+        let accounts: Vec<Vec<u8>> = {
             let conn = self.conn.lock().expect("ledger lock");
-            let mut stmt = conn.prepare("SELECT id, charged_at FROM accounts")?;
-            stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?
+            let mut stmt = conn.prepare("SELECT id FROM accounts")?;
+            stmt.query_map([], |r| r.get(0))?
                 .collect::<rusqlite::Result<_>>()?
         };
         let mut dropped = 0;
-        for (id, charged_at) in accounts {
-            let bound = match charged_at {
-                Some(t) if self.terms.price_micro > 0 => t.min(now),
-                _ => now,
-            };
+        for id in accounts {
             dropped += self.with_tx(|tx| {
+                if self.terms.price_micro == 0 {
+                    cached_exec(
+                        tx,
+                        "UPDATE accounts SET charged_at = MAX(COALESCE(charged_at, ?2), ?2)
+                         WHERE id = ?1",
+                        params![id, now],
+                    )?;
+                }
                 Ok(cached_exec(
                     tx,
-                    "DELETE FROM leases WHERE account = ?1 AND expires <= ?2",
-                    params![id, bound],
+                    "DELETE FROM leases WHERE account = ?1 AND expires <=
+                     MIN(?2, COALESCE((SELECT charged_at FROM accounts WHERE id = ?1), ?2)) - ?3",
+                    params![id, now, PRUNE_MARGIN_SECS],
                 )?)
             })? as u64;
         }
@@ -765,7 +788,7 @@ mod tests {
         assert!(l.add_shares(&second).unwrap().iter().all(|r| r.is_ok()));
         assert_totals(&l, "after adding");
 
-        // Renewing moves expiry only; renewing past expiry counts again.
+        // Renewing moves expiry only.
         let ids: Vec<_> = (0..10).map(id).collect();
         assert_eq!(l.renew(&[1; 32], &ids, T0 + 5 * DAY).unwrap().renewed, 10);
         assert_totals(&l, "after renewing");
@@ -793,23 +816,81 @@ mod tests {
         assert_eq!(forgotten, 20);
         assert_totals(&l, "after GC");
 
-        // Pruning drops expired rows and changes no answer from then on.
-        let before: Vec<_> = [1, 2].map(|a| totals(&l, a, T0 + 15 * DAY)).to_vec();
-        assert!(l.prune_leases(T0 + 15 * DAY).unwrap() > 0);
-        assert_totals(&l, "after pruning");
-        let after: Vec<_> = [1, 2].map(|a| totals(&l, a, T0 + 15 * DAY)).to_vec();
-        assert_eq!(before, after);
-        let rows: i64 = l
+        // Pruning (a free mirror: bound now less a day) drops the lapsed
+        // rows and changes no answer about any time from that bound on.
+        let at = T0 + 15 * DAY;
+        let asked = [at - DAY, at - DAY / 2, at, at + 20 * DAY];
+        let answers = |l: &Ledger| -> Vec<_> {
+            [1, 2]
+                .iter()
+                .flat_map(|&a| asked.map(|t| totals(l, a, t)))
+                .collect()
+        };
+        let before = answers(&l);
+        // Account 1's rows on 30..40 (lapsed at T0 + 10 days) and account
+        // 2's on 30..60 (T0 + 13 days); account 1's on 0..10 run to T0 + 15.
+        assert_eq!(l.prune_leases(at).unwrap(), 40);
+        assert_eq!(answers(&l), before);
+        let lapsed: i64 = l
             .conn
             .lock()
             .unwrap()
             .query_row(
                 "SELECT COUNT(*) FROM leases WHERE expires <= ?1",
-                [T0 + 15 * DAY],
+                [at - DAY],
                 |r| r.get(0),
             )
             .unwrap();
-        assert_eq!(rows, 0);
+        assert_eq!(lapsed, 0);
+
+        // Leasing a pruned row's object again counts it again.
+        let again: Vec<_> = (30..35).map(id).collect();
+        assert_eq!(l.renew(&[1; 32], &again, at + DAY).unwrap().renewed, 5);
+        assert_totals(&l, "after leasing pruned objects again");
+        assert_eq!(
+            totals(&l, 1, at + DAY).0,
+            (30..35).map(|n| 1000 + n).sum::<u64>()
+        );
+    }
+
+    fn charged_at(l: &Ledger, account: u8) -> Option<i64> {
+        l.conn
+            .lock()
+            .unwrap()
+            .query_row(
+                "SELECT charged_at FROM accounts WHERE id = ?1",
+                [&[account; 32][..]],
+                |r| r.get(0),
+            )
+            .unwrap()
+    }
+
+    #[test]
+    fn the_last_bill_never_moves_back() {
+        let dir = tempfile::tempdir().unwrap();
+        let l = Ledger::open(&dir.path().join("ledger.sqlite"), terms(1_000_000)).unwrap();
+        assert!(l.add_shares(&[share(1, 1, 1 << 30, T0)]).unwrap()[0].is_ok());
+        l.charge_all(T0 + 2 * DAY).unwrap();
+        let billed = charged_at(&l, 1).unwrap();
+        assert!(billed > T0 + DAY);
+        // An upload that began a day ago is recorded now, with its start.
+        assert!(l.add_shares(&[share(1, 2, 1 << 30, T0 + DAY)]).unwrap()[0].is_ok());
+        assert_eq!(charged_at(&l, 1), Some(billed));
+    }
+
+    #[test]
+    fn a_free_mirror_never_bills_its_free_time_later() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("ledger.sqlite");
+        {
+            let free = Ledger::open(&path, terms(0)).unwrap();
+            assert!(free.add_shares(&[share(1, 1, 1 << 30, T0)]).unwrap()[0].is_ok());
+            free.prune_leases(T0 + 5 * DAY).unwrap();
+        }
+        let priced = Ledger::open(&path, terms(1_000_000)).unwrap();
+        // One GiB from T0 + 5 days to T0 + 6 days: one share's worth.
+        let debit = priced.balance(&[1; 32], T0 + 6 * DAY).unwrap().debit;
+        assert_eq!(debit, 1_000_000);
     }
 
     #[test]
@@ -861,5 +942,43 @@ mod tests {
         // Opening again changes nothing.
         let l = Ledger::open(&path, terms(0)).unwrap();
         assert_eq!(totals(&l, 1, T0 - 1), (120, 120));
+    }
+
+    #[test]
+    fn a_version_1_ledger_is_mended_on_its_way_to_3() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("ledger.sqlite");
+        {
+            let conn = Connection::open(&path).unwrap();
+            // A lease whose object is gone, and one whose account is.
+            conn.execute_batch(&format!(
+                "{SCHEMA} INSERT INTO meta (key, value) VALUES ('schema', 1);
+                 INSERT INTO accounts (id, created) VALUES (x'{a}', 0);
+                 INSERT INTO objects (id, kind, size, created) VALUES (x'{a}', 0, 100, 0);
+                 INSERT INTO leases (account, object, expires) VALUES
+                     (x'{a}', x'{a}', {T0}), (x'{a}', x'{c}', {T0}), (x'{b}', x'{a}', {T0});",
+                a = "01".repeat(32),
+                b = "02".repeat(32),
+                c = "03".repeat(32),
+            ))
+            .unwrap();
+        }
+        let l = Ledger::open(&path, terms(0)).unwrap();
+        assert_eq!(totals(&l, 1, T0 - 1), (100, 100));
+        assert_eq!(totals(&l, 2, T0 - 1), (100, 100));
+        // Account 2's new row keeps its total: dropping its lease zeroes it.
+        l.prune_leases(T0 + 2 * DAY).unwrap();
+        assert_eq!(totals(&l, 2, T0 + 2 * DAY), (0, 100));
+        let leased: i64 = l
+            .conn
+            .lock()
+            .unwrap()
+            .query_row(
+                "SELECT leased FROM accounts WHERE id = ?1",
+                [&[2u8; 32][..]],
+                |r| r.get(0),
+            )
+            .unwrap();
+        assert_eq!(leased, 0);
     }
 }
