@@ -572,8 +572,11 @@ impl LodeFs {
         {
             let mut tree = self.lock();
             tree.publishing.remove(&dir);
-            if result.is_err() {
+            if let Err(e) = &result {
                 tree.dirty.insert(dir);
+                if matches!(e, crate::store::Error::DirectoryTooLarge { .. }) {
+                    tracing::error!(dir = %path_in_mount(&tree, dir), error = %e, "cannot publish");
+                }
             }
         }
         self.published.notify_all();
@@ -1846,6 +1849,24 @@ impl std::ops::Deref for Mount {
     }
 }
 
+/// `/a/b` for a node, from the mount's root, for messages.
+fn path_in_mount(tree: &Tree, mut ino: u64) -> String {
+    let mut names = Vec::new();
+    // Bounded, should a broken tree ever hold a loop.
+    for _ in 0..4096 {
+        if ino == ROOT {
+            break;
+        }
+        let Some(node) = tree.nodes.get(&ino) else {
+            break;
+        };
+        names.push(node.name.as_str());
+        ino = node.parent;
+    }
+    names.reverse();
+    format!("/{}", names.join("/"))
+}
+
 impl Filesystem for Mount {
     fn destroy(&mut self) {
         self.stop_flusher();
@@ -2230,6 +2251,25 @@ impl Filesystem for Mount {
         // security.capability (FUSE mounts clear SB_NOSEC, so every write
         // checks for privileges to drop): a round trip per write.
         reply.error(Errno::ENOSYS);
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn ioctl(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        _fh: fuser::FileHandle,
+        _flags: fuser::IoctlFlags,
+        _cmd: u32,
+        _in_data: &[u8],
+        _out_size: u32,
+        reply: fuser::ReplyIoctl,
+    ) {
+        // No ioctls: ENOTTY, as a local file system answers one it does
+        // not know (and a regular file answers isatty's TCGETS). fuser's
+        // default answers ENOSYS and logs a warning, one per call: Python
+        // asks isatty of every file it opens.
+        reply.error(Errno::ENOTTY);
     }
 
     fn listxattr(&self, _req: &Request, _ino: INodeNo, size: u32, reply: fuser::ReplyXattr) {

@@ -74,7 +74,9 @@ pub fn errno(e: &Error) -> Errno {
         Error::Unrecovered(_) => Errno::EIO,
         Error::Io(io) => Errno::from(io.kind()),
         Error::Store(s) => match s {
-            S::NoSpace { .. } => Errno::ENOSPC,
+            // A directory too large to publish is full, as ext4 says of
+            // one whose index has no room.
+            S::NoSpace { .. } | S::DirectoryTooLarge { .. } => Errno::ENOSPC,
             S::NotFound(_) => Errno::ENOENT,
             S::NotADirectory(_) => Errno::ENOTDIR,
             S::NotAFile(_) => Errno::EISDIR,

@@ -39,6 +39,15 @@ pub enum Error {
     Rejected { mirror: String, reason: String },
     #[error("mirror {mirror} is out of space or over quota")]
     NoSpace { mirror: String },
+    #[error(
+        "a directory of {entries} entries needs a {bytes}-byte listing, over the \
+         {limit}-byte limit of a directory slot: move some entries into subdirectories"
+    )]
+    DirectoryTooLarge {
+        entries: usize,
+        bytes: usize,
+        limit: usize,
+    },
     #[error("upload reached {placed} distinct mirrors, but happy={happy} are required")]
     NotHappy { placed: usize, happy: usize },
     #[error("could not find {need} good shares of {what} on any mirror (found {found})")]

@@ -14,7 +14,7 @@ use super::{ChunkCache, Error, Grid, GridConfig, Result, Storage};
 use crate::caps::{Cap, DirReadCap, DirWriteCap, FileReadCap};
 use crate::chunk::{self, ChunkerParams, FileEncoder, Node, Params, Share, share};
 use crate::crypto::{ConvergenceSecret, ReadKey, RootSecret, SlotSeed};
-use crate::dir::{Entry, EntryKind, Listing, SlotEnvelope, check_name};
+use crate::dir::{Entry, EntryKind, Listing, MAX_SLOT_BYTES, SlotEnvelope, check_name};
 
 /// Share bytes one put keeps in flight to the mirrors. Each upload waits
 /// for a mirror's fsync, so the window must cover that latency; it also
@@ -553,9 +553,18 @@ impl Vault {
         let current = self.grid.get_slot(&cap.read_cap()).await?;
         let (seq, mut listing) = current.unwrap_or_default();
         change(&mut listing)?;
-        self.grid
-            .put_slot(&SlotEnvelope::seal(cap, seq + 1, &listing))
-            .await?;
+        let envelope = SlotEnvelope::seal(cap, seq + 1, &listing);
+        // Mirrors refuse a slot over the limit; say why here, and send
+        // nothing, rather than collect a refusal from each of them.
+        let bytes = envelope.encode().len();
+        if bytes > MAX_SLOT_BYTES {
+            return Err(Error::DirectoryTooLarge {
+                entries: listing.entries.len(),
+                bytes,
+                limit: MAX_SLOT_BYTES,
+            });
+        }
+        self.grid.put_slot(&envelope).await?;
         Ok(listing)
     }
 
@@ -737,6 +746,42 @@ mod tests {
             Vault::node_key(&[a, b], &key),
             Vault::node_key(&[a, c], &key)
         );
+    }
+
+    /// A listing too large for a slot is refused before anything is sent,
+    /// with an error that says so; the last published listing stands.
+    #[test]
+    fn a_directory_too_large_for_a_slot_is_a_clear_error() {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
+        rt.block_on(async {
+            let secret = crate::crypto::RootSecret::from_bytes([5; 32]);
+            let store = Arc::new(crate::store::MemoryStorage::new());
+            let vault = Vault::single(&secret, store);
+            let dir = vault.new_dir().await.unwrap();
+            let target = &"t".repeat(4000);
+            let fill = |n: usize| {
+                move |l: &mut Listing| {
+                    for i in 0..n {
+                        l.entries
+                            .insert(format!("link-{i}"), Entry::symlink(target, (0, 0)));
+                    }
+                    Ok(())
+                }
+            };
+            // About 4 KiB an entry: 4,500 do not fit in 16 MiB.
+            vault.update_dir(&dir, fill(10)).await.unwrap();
+            match vault.update_dir(&dir, fill(4500)).await {
+                Err(Error::DirectoryTooLarge {
+                    entries: 4500,
+                    bytes,
+                    limit: MAX_SLOT_BYTES,
+                }) => assert!(bytes > MAX_SLOT_BYTES),
+                other => panic!("published, or failed otherwise: {:?}", other.err()),
+            }
+            assert_eq!(vault.list(&dir.read_cap()).await.unwrap().entries.len(), 10);
+        });
     }
 
     /// A node holding bytes is only ever a root. Listed below one, its
