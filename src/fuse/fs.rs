@@ -572,10 +572,23 @@ impl LodeFs {
         {
             let mut tree = self.lock();
             tree.publishing.remove(&dir);
-            if let Err(e) = &result {
-                tree.dirty.insert(dir);
-                if matches!(e, crate::store::Error::DirectoryTooLarge { .. }) {
-                    tracing::error!(dir = %path_in_mount(&tree, dir), error = %e, "cannot publish");
+            match &result {
+                Ok(_) => {
+                    tree.too_large.remove(&dir);
+                }
+                Err(e) => {
+                    tree.dirty.insert(dir);
+                    if matches!(e, crate::store::Error::DirectoryTooLarge { .. }) {
+                        // Logged once for each size it is refused at.
+                        let entries = tree.children(dir).map_or(0, |c| c.len());
+                        if tree.too_large.insert(dir, entries) != Some(entries) {
+                            tracing::error!(
+                                dir = %path_in_mount(&tree, dir),
+                                error = %e,
+                                "cannot publish"
+                            );
+                        }
+                    }
                 }
             }
         }
@@ -1086,7 +1099,19 @@ impl LodeFs {
             }
         });
         let mut first_err = errors.into_inner().unwrap_or_else(|p| p.into_inner());
-        let dirs: Vec<u64> = self.lock().dirty.iter().copied().collect();
+        let dirs: Vec<u64> = {
+            let tree = self.lock();
+            // In the background, a directory too large to publish waits
+            // until it has fewer entries than when it was refused: each
+            // try fetches and seals megabytes only to be refused again.
+            let waits = |dir: &u64| {
+                !open_too
+                    && tree.too_large.get(dir).is_some_and(|&refused| {
+                        tree.children(*dir).map_or(0, |c| c.len()) >= refused
+                    })
+            };
+            tree.dirty.iter().copied().filter(|d| !waits(d)).collect()
+        };
         for dir in dirs {
             if let Err(e) = self.publish(dir) {
                 first_err.get_or_insert(e);

@@ -150,6 +150,10 @@ pub struct Tree {
     pub dirty: HashSet<u64>,
     /// Directories whose listing is being published right now.
     pub publishing: HashSet<u64>,
+    /// Directories found too large to publish, with their entry count
+    /// then: the background flusher leaves them be until they shrink
+    /// (fsync, `lode sync` and unmount still try, and say why).
+    pub too_large: HashMap<u64, usize>,
     /// Inodes of hard-linked files in our own tree, by link id.
     pub links: HashMap<LinkId, u64>,
     /// Owner of entries that record none, and of friends' trees.
@@ -184,6 +188,7 @@ impl Tree {
             next: FRIENDS + 1,
             dirty: HashSet::new(),
             publishing: HashSet::new(),
+            too_large: HashMap::new(),
             links: HashMap::new(),
             owner,
         }
