@@ -565,6 +565,7 @@ impl LodeFs {
             tree.publishing.insert(dir);
             (write, listing)
         };
+        let started = Instant::now();
         let result = self.rt.block_on(self.vault.update_dir(&write, move |l| {
             *l = listing;
             Ok(())
@@ -575,6 +576,17 @@ impl LodeFs {
             match &result {
                 Ok(_) => {
                     tree.too_large.remove(&dir);
+                    // Nine times what this one took, before the background
+                    // publishes it again: unpacking into a directory of
+                    // 50,000 entries would otherwise spend most of a core
+                    // republishing it every second.
+                    let took = started.elapsed();
+                    if took > PUBLISH_PACING_FROM {
+                        let pause = (took * 9).min(PUBLISH_PAUSE_MAX);
+                        tree.publish_after.insert(dir, Instant::now() + pause);
+                    } else {
+                        tree.publish_after.remove(&dir);
+                    }
                 }
                 Err(e) => {
                     tree.dirty.insert(dir);
@@ -1030,7 +1042,13 @@ impl LodeFs {
 
     /// Upload every closed dirty file and publish every dirty directory.
     pub fn flush_all(&self) -> Result<()> {
-        self.flush(false)
+        self.flush(false, false)
+    }
+
+    /// `flush_all` as the background flusher does it: directories too
+    /// large to publish, or paced (`Tree::publish_after`), wait.
+    fn flush_background(&self) -> Result<()> {
+        self.flush(false, true)
     }
 
     /// Like `flush_all`, and files still open for writing too: when this
@@ -1040,14 +1058,14 @@ impl LodeFs {
     /// count as not synced.
     pub fn sync_all(&self) -> Result<()> {
         self.retry_recovery();
-        self.flush(true)?;
+        self.flush(true, false)?;
         match self.unadopted().len() {
             0 => Ok(()),
             n => Err(Error::Unrecovered(n)),
         }
     }
 
-    fn flush(&self, open_too: bool) -> Result<()> {
+    fn flush(&self, open_too: bool, background: bool) -> Result<()> {
         let (mut small, mut large) = (Vec::new(), Vec::new());
         for (&ino, node) in self.lock().nodes.iter() {
             if let Body::File {
@@ -1104,11 +1122,12 @@ impl LodeFs {
             // In the background, a directory too large to publish waits
             // until it has fewer entries than when it was refused: each
             // try fetches and seals megabytes only to be refused again.
+            let now = Instant::now();
             let waits = |dir: &u64| {
-                !open_too
-                    && tree.too_large.get(dir).is_some_and(|&refused| {
+                background
+                    && (tree.too_large.get(dir).is_some_and(|&refused| {
                         tree.children(*dir).map_or(0, |c| c.len()) >= refused
-                    })
+                    }) || tree.publish_after.get(dir).is_some_and(|&t| t > now))
             };
             tree.dirty.iter().copied().filter(|d| !waits(d)).collect()
         };
@@ -1175,7 +1194,7 @@ impl LodeFs {
             while !fs.stop.load(Ordering::Relaxed) {
                 std::thread::sleep(Duration::from_secs(1));
                 fs.retry_recovery();
-                if let Err(e) = fs.flush_all() {
+                if let Err(e) = fs.flush_background() {
                     tracing::warn!(error = %e, "background flush failed; will retry");
                 }
                 fs.shed();
@@ -1873,6 +1892,13 @@ impl std::ops::Deref for Mount {
         &self.0
     }
 }
+
+/// A directory whose publishing takes longer than this is paced in the
+/// background (`Tree::publish_after`); a small one goes every second.
+const PUBLISH_PACING_FROM: Duration = Duration::from_millis(100);
+/// The longest such a directory waits: friends see changes within their
+/// refresh interval plus this.
+const PUBLISH_PAUSE_MAX: Duration = Duration::from_secs(10);
 
 /// `/a/b` for a node, from the mount's root, for messages.
 fn path_in_mount(tree: &Tree, mut ino: u64) -> String {
