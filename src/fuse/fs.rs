@@ -548,7 +548,7 @@ impl LodeFs {
     /// first: a caller (fsync, `lode sync`) must not return while a listing
     /// with its change is still on the way.
     fn publish(&self, dir: u64) -> Result<()> {
-        let (write, listing) = {
+        let (write, listing, entries) = {
             let mut tree = self.lock();
             while tree.publishing.contains(&dir) {
                 tree = self.published.wait(tree).unwrap_or_else(|p| p.into_inner());
@@ -556,14 +556,17 @@ impl LodeFs {
             if !tree.dirty.remove(&dir) {
                 return Ok(());
             }
-            let Some(listing) = tree.listing(dir) else {
-                return Ok(());
-            };
-            let Some(write) = tree.nodes.get(&dir).and_then(|n| n.writable_dir()).cloned() else {
+            let writable = tree.nodes.get(&dir).and_then(|n| n.writable_dir()).cloned();
+            let (Some(listing), Some(write)) = (tree.listing(dir), writable) else {
+                tree.too_large.remove(&dir);
+                tree.publish_after.remove(&dir);
                 return Ok(());
             };
             tree.publishing.insert(dir);
-            (write, listing)
+            // The size this listing was taken at, for a refusal: entries
+            // may come and go while it is sealed and sent.
+            let entries = tree.children(dir).map_or(0, |c| c.len());
+            (write, listing, entries)
         };
         let started = Instant::now();
         let result = self.rt.block_on(self.vault.update_dir(&write, move |l| {
@@ -592,8 +595,8 @@ impl LodeFs {
                     tree.dirty.insert(dir);
                     if matches!(e, crate::store::Error::DirectoryTooLarge { .. }) {
                         // Logged once for each size it is refused at.
-                        let entries = tree.children(dir).map_or(0, |c| c.len());
-                        if tree.too_large.insert(dir, entries) != Some(entries) {
+                        let refused = tree.too_large.insert(dir, (entries, Instant::now()));
+                        if refused.map(|(n, _)| n) != Some(entries) {
                             tracing::error!(
                                 dir = %path_in_mount(&tree, dir),
                                 error = %e,
@@ -1123,13 +1126,24 @@ impl LodeFs {
             // until it has fewer entries than when it was refused: each
             // try fetches and seals megabytes only to be refused again.
             let now = Instant::now();
+            // Entries are only counted: a listing can also shrink at the
+            // same count (shorter names, the root's link table), so a
+            // refused directory is tried again after a while anyway.
             let waits = |dir: &u64| {
                 background
-                    && (tree.too_large.get(dir).is_some_and(|&refused| {
+                    && (tree.too_large.get(dir).is_some_and(|&(refused, at)| {
                         tree.children(*dir).map_or(0, |c| c.len()) >= refused
+                            && now.duration_since(at) < TOO_LARGE_RETRY
                     }) || tree.publish_after.get(dir).is_some_and(|&t| t > now))
             };
-            tree.dirty.iter().copied().filter(|d| !waits(d)).collect()
+            let mut dirs: Vec<u64> = tree.dirty.iter().copied().filter(|d| !waits(d)).collect();
+            if !background {
+                // Directories on their way up right now: `publish` waits
+                // for that upload and tries again if it failed, so a sync
+                // does not return before they are safe.
+                dirs.extend(tree.publishing.iter().copied());
+            }
+            dirs
         };
         for dir in dirs {
             if let Err(e) = self.publish(dir) {
@@ -1894,11 +1908,14 @@ impl std::ops::Deref for Mount {
 }
 
 /// A directory whose publishing takes longer than this is paced in the
-/// background (`Tree::publish_after`); a small one goes every second.
+/// background (`Tree::publish_after`); a quick one goes every second.
 const PUBLISH_PACING_FROM: Duration = Duration::from_millis(100);
 /// The longest such a directory waits: friends see changes within their
 /// refresh interval plus this.
 const PUBLISH_PAUSE_MAX: Duration = Duration::from_secs(10);
+/// How long the background flusher leaves a directory refused as too
+/// large, if its entry count has not fallen meanwhile.
+const TOO_LARGE_RETRY: Duration = Duration::from_secs(60);
 
 /// `/a/b` for a node, from the mount's root, for messages.
 fn path_in_mount(tree: &Tree, mut ino: u64) -> String {

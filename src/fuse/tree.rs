@@ -155,9 +155,10 @@ pub struct Tree {
     /// Directories whose listing is being published right now.
     pub publishing: HashSet<u64>,
     /// Directories found too large to publish, with their entry count
-    /// then: the background flusher leaves them be until they shrink
-    /// (fsync, `lode sync` and unmount still try, and say why).
-    pub too_large: HashMap<u64, usize>,
+    /// and when: the background flusher leaves them be until they have
+    /// fewer entries, or a minute has passed (fsync, `lode sync` and
+    /// unmount still try, and say why).
+    pub too_large: HashMap<u64, (usize, std::time::Instant)>,
     /// Directories the background flusher publishes again no sooner than
     /// this: a large listing costs time to fetch, seal and send, and is
     /// republished at most a tenth of the time (fsync, `lode sync` and
