@@ -1123,12 +1123,12 @@ impl LodeFs {
         let dirs: Vec<u64> = {
             let tree = self.lock();
             // In the background, a directory too large to publish waits
-            // until it has fewer entries than when it was refused: each
-            // try fetches and seals megabytes only to be refused again.
+            // until it has fewer entries than when it was refused (each
+            // try fetches and seals megabytes only to be refused again),
+            // or a while: a listing can also shrink at the same count
+            // (shorter names, the root's link table). A paced one waits
+            // its turn.
             let now = Instant::now();
-            // Entries are only counted: a listing can also shrink at the
-            // same count (shorter names, the root's link table), so a
-            // refused directory is tried again after a while anyway.
             let waits = |dir: &u64| {
                 background
                     && (tree.too_large.get(dir).is_some_and(|&(refused, at)| {

@@ -727,22 +727,24 @@ mod tests {
         }
     }
 
+    /// The one value `sql` selects, read straight from the tables.
+    fn value<T: rusqlite::types::FromSql>(l: &Ledger, sql: &str, p: impl rusqlite::Params) -> T {
+        l.conn
+            .lock()
+            .unwrap()
+            .query_row(sql, p, |r| r.get(0))
+            .unwrap()
+    }
+
     /// Usage and stored bytes worked out from scratch, as version 2 did.
     fn recount(l: &Ledger, account: u8, t: i64) -> (u64, u64) {
-        let conn = l.conn.lock().unwrap();
-        let usage: i64 = conn
-            .query_row(
-                "SELECT COALESCE(SUM(o.size), 0) FROM leases l JOIN objects o ON o.id = l.object
-                 WHERE l.account = ?1 AND l.expires > ?2",
-                params![&[account; 32][..], t],
-                |r| r.get(0),
-            )
-            .unwrap();
-        let stored: i64 = conn
-            .query_row("SELECT COALESCE(SUM(size), 0) FROM objects", [], |r| {
-                r.get(0)
-            })
-            .unwrap();
+        let usage: i64 = value(
+            l,
+            "SELECT COALESCE(SUM(o.size), 0) FROM leases l JOIN objects o ON o.id = l.object
+             WHERE l.account = ?1 AND l.expires > ?2",
+            params![&[account; 32][..], t],
+        );
+        let stored: i64 = value(l, "SELECT COALESCE(SUM(size), 0) FROM objects", []);
         (usage as u64, stored as u64)
     }
 
@@ -831,16 +833,11 @@ mod tests {
         // 2's on 30..60 (T0 + 13 days); account 1's on 0..10 run to T0 + 15.
         assert_eq!(l.prune_leases(at).unwrap(), 40);
         assert_eq!(answers(&l), before);
-        let lapsed: i64 = l
-            .conn
-            .lock()
-            .unwrap()
-            .query_row(
-                "SELECT COUNT(*) FROM leases WHERE expires <= ?1",
-                [at - DAY],
-                |r| r.get(0),
-            )
-            .unwrap();
+        let lapsed: i64 = value(
+            &l,
+            "SELECT COUNT(*) FROM leases WHERE expires <= ?1",
+            [at - DAY],
+        );
         assert_eq!(lapsed, 0);
 
         // Leasing a pruned row's object again counts it again.
@@ -854,15 +851,11 @@ mod tests {
     }
 
     fn charged_at(l: &Ledger, account: u8) -> Option<i64> {
-        l.conn
-            .lock()
-            .unwrap()
-            .query_row(
-                "SELECT charged_at FROM accounts WHERE id = ?1",
-                [&[account; 32][..]],
-                |r| r.get(0),
-            )
-            .unwrap()
+        value(
+            l,
+            "SELECT charged_at FROM accounts WHERE id = ?1",
+            [&[account; 32][..]],
+        )
     }
 
     #[test]
@@ -926,14 +919,7 @@ mod tests {
             .unwrap();
         }
         let l = Ledger::open(&path, terms(0)).unwrap();
-        let version: i64 = l
-            .conn
-            .lock()
-            .unwrap()
-            .query_row("SELECT value FROM meta WHERE key = 'schema'", [], |r| {
-                r.get(0)
-            })
-            .unwrap();
+        let version: i64 = value(&l, "SELECT value FROM meta WHERE key = 'schema'", []);
         assert_eq!(version, LEDGER_VERSION);
         assert_eq!(totals(&l, 1, T0 - 1), (120, 120));
         assert_eq!(totals(&l, 2, T0 - 1), (20, 120));
@@ -969,16 +955,11 @@ mod tests {
         // Account 2's new row keeps its total: dropping its lease zeroes it.
         l.prune_leases(T0 + 2 * DAY).unwrap();
         assert_eq!(totals(&l, 2, T0 + 2 * DAY), (0, 100));
-        let leased: i64 = l
-            .conn
-            .lock()
-            .unwrap()
-            .query_row(
-                "SELECT leased FROM accounts WHERE id = ?1",
-                [&[2u8; 32][..]],
-                |r| r.get(0),
-            )
-            .unwrap();
+        let leased: i64 = value(
+            &l,
+            "SELECT leased FROM accounts WHERE id = ?1",
+            [&[2u8; 32][..]],
+        );
         assert_eq!(leased, 0);
     }
 }

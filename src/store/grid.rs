@@ -486,7 +486,14 @@ impl Grid {
     /// Publish a new version of a slot to every mirror; succeeds once
     /// `happy` mirrors hold it.
     pub async fn put_slot(&self, envelope: &SlotEnvelope) -> Result<()> {
-        let bytes = Arc::new(envelope.encode());
+        self.put_encoded_slot(envelope, envelope.encode()).await
+    }
+
+    /// [`Self::put_slot`] with `envelope` already in its wire form,
+    /// `encoded` (a large listing is megabytes: encoded once, not once to
+    /// check and again to send).
+    pub async fn put_encoded_slot(&self, envelope: &SlotEnvelope, encoded: Vec<u8>) -> Result<()> {
+        let bytes = Arc::new(encoded);
         let mut tasks = JoinSet::new();
         for store in &self.mirrors {
             let store = store.clone();

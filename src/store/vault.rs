@@ -556,15 +556,15 @@ impl Vault {
         let envelope = SlotEnvelope::seal(cap, seq + 1, &listing);
         // Mirrors refuse a slot over the limit; say why here, and send
         // nothing, rather than collect a refusal from each of them.
-        let bytes = envelope.encode().len();
-        if bytes > MAX_SLOT_BYTES {
+        let encoded = envelope.encode();
+        if encoded.len() > MAX_SLOT_BYTES {
             return Err(Error::DirectoryTooLarge {
                 entries: listing.entries.len(),
-                bytes,
+                bytes: encoded.len(),
                 limit: MAX_SLOT_BYTES,
             });
         }
-        self.grid.put_slot(&envelope).await?;
+        self.grid.put_encoded_slot(&envelope, encoded).await?;
         Ok(listing)
     }
 
