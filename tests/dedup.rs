@@ -209,7 +209,7 @@ fn recently_placed_shares_are_not_sent_again_but_repair_asks() {
         }
         for cap in &caps {
             let cap = lode::caps::Cap::FileRead(cap.clone());
-            let report = vault.grid().check(&cap, false, true).await.unwrap();
+            let report = vault.check(&cap, false, true).await.unwrap();
             assert!(report.errors.is_empty(), "{:?}", report.errors);
         }
         let mut back = stores[0].inner.share_ids();

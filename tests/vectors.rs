@@ -15,7 +15,7 @@ use hkdf::Hkdf;
 use lode::caps::{Cap, DirWriteCap};
 use lode::chunk::ChunkerParams;
 use lode::crypto::SlotSeed;
-use lode::dir::{Entry, EntryKind, Listing, SlotEnvelope};
+use lode::dir::{Encoded, Entry, EntryKind, Listing, SlotEnvelope};
 use lode::store::{Grid, GridConfig, MemoryStorage, Storage, Vault};
 use sha2::{Digest, Sha256};
 
@@ -250,4 +250,58 @@ fn directory_slot_encoding() {
         "slot-listing-v2.hex",
         &(data_encoding::HEXLOWER.encode(&bytes) + "\n"),
     );
+
+    // Version 3: the same listing in pages of at most 300 bytes each (in
+    // practice 1 MiB), behind an index naming them.
+    let Encoded::Pages(pages) = listing.paginate(300).unwrap() else {
+        panic!("a listing over the page size is paged")
+    };
+    assert_eq!(pages.len(), 8, "a power of two, at least 1,700 / 300");
+    // Independently: each name (and link id, in hex) sits in the page its
+    // SHA-256 under the documented domain picks.
+    for (i, page) in pages.iter().enumerate() {
+        let serde_cbor::Value::Map(map) = serde_cbor::from_slice(page).unwrap() else {
+            panic!("a page is a CBOR map")
+        };
+        for table in ["entries", "links"] {
+            let Some(serde_cbor::Value::Map(names)) =
+                map.get(&serde_cbor::Value::Text(table.into()))
+            else {
+                continue;
+            };
+            for name in names.keys() {
+                let serde_cbor::Value::Text(name) = name else {
+                    panic!("names are text")
+                };
+                let h = Sha256::new()
+                    .chain_update(b"lode listing page v1\0")
+                    .chain_update(name.as_bytes())
+                    .finalize();
+                let n = u64::from_be_bytes(h[..8].try_into().unwrap());
+                assert_eq!(n % pages.len() as u64, i as u64, "{name} in page {i}");
+            }
+        }
+    }
+    let page_caps: Vec<_> = (0..pages.len() as u64)
+        .map(|i| lode::caps::FileReadCap {
+            size: i,
+            ..file.clone()
+        })
+        .collect();
+    let index = SlotEnvelope::seal_plaintext(&root, 8, &Listing::encode_index(&page_caps));
+    let bytes = index.encode();
+    let mut opened = SlotEnvelope::decode(&bytes)
+        .unwrap()
+        .open(&root.read_cap())
+        .unwrap();
+    assert!(opened.is_pending() && opened.entries.is_empty());
+    assert_eq!(opened.pages, page_caps);
+    opened.fill(&pages).unwrap();
+    assert_eq!(opened.entries, listing.entries);
+    assert_eq!(opened.links, listing.links);
+    let mut text = data_encoding::HEXLOWER.encode(&bytes) + "\n";
+    for page in &pages {
+        text += &(data_encoding::HEXLOWER.encode(page) + "\n");
+    }
+    check_vector("slot-listing-v3.hex", &text);
 }

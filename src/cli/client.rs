@@ -354,7 +354,7 @@ async fn share(s: &Session, path: &str) -> Result<()> {
 
 async fn check(s: &Session, target: &str, verify: bool, repair: bool) -> Result<()> {
     let cap = s.target(target).await?;
-    let report = s.vault.grid().check(&cap, verify, repair).await?;
+    let report = s.vault.check(&cap, verify, repair).await?;
     let verb = if verify { "verified" } else { "present" };
     for (url, t) in report.mirrors.iter().zip(&report.tallies) {
         let mut line = format!("mirror {url}: {} shares {verb}", t.good);
@@ -398,14 +398,19 @@ async fn check(s: &Session, target: &str, verify: bool, repair: bool) -> Result<
             report.repaired_shares, report.repaired_slots
         );
     }
+    let roots = report
+        .objects
+        .iter()
+        .filter(|o| o.object.what == "manifest root")
+        .count() as u64;
+    let pages = match report.pages {
+        0 => String::new(),
+        n => format!(" (with {n} listing pages)"),
+    };
     println!(
-        "{} objects in {} files and {} directories: {}",
+        "{} objects in {} files and {} directories{pages}: {}",
         report.objects.len(),
-        report
-            .objects
-            .iter()
-            .filter(|o| o.object.what == "manifest root")
-            .count(),
+        roots.saturating_sub(report.pages),
         report.slots,
         if report.healthy() {
             "healthy"
@@ -424,7 +429,7 @@ async fn check(s: &Session, target: &str, verify: bool, repair: bool) -> Result<
 }
 
 async fn renew(s: &Session) -> Result<()> {
-    let ids = s.vault.grid().reachable_ids(&s.root()).await?;
+    let ids = s.vault.reachable_ids(&s.root()).await?;
     let mut failed = 0;
     for (mirror, result) in s.vault.grid().renew(&ids).await {
         match result {

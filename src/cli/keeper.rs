@@ -213,7 +213,7 @@ pub async fn space_loop(
 async fn renew_loop(vault: Arc<Vault>, state: Arc<Mutex<KeeperState>>) {
     loop {
         let root = Cap::DirWrite(vault.root().clone());
-        let summary = match vault.grid().reachable_ids(&root).await {
+        let summary = match vault.reachable_ids(&root).await {
             Ok(ids) => {
                 let results = vault.grid().renew(&ids).await;
                 let failed = results.iter().filter(|(_, r)| r.is_err()).count();

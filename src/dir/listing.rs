@@ -13,6 +13,14 @@
 //! file lives in the `links` table of the tree's root listing; each name
 //! carries a snapshot so that a read-cap of any subdirectory still reads it
 //! (see docs/ARCHITECTURE.md, "Hard links"). Version 1 listings still read.
+//!
+//! Version 3 added pages: a listing too large to go whole into its slot is
+//! split by a hash of each name (and of each link id) into a power-of-two
+//! number of pages, each stored as an ordinary immutable file, and the slot
+//! holds only an index `{v: 3, pages: [file cap]}`. A listing read from an
+//! index is *pending* until its pages are fetched and [`Listing::fill`]ed;
+//! fetching is the store layer's job (this layer does no I/O). See
+//! docs/ARCHITECTURE.md, "Large directories are paged".
 
 use std::collections::BTreeMap;
 
@@ -24,10 +32,14 @@ use crate::caps::{Access, Cap, DirReadCap, DirWriteCap, FileReadCap};
 use crate::crypto::SlotSeed;
 
 /// The listing format this code writes and reads.
-pub const LISTING_VERSION: u8 = 2;
+pub const LISTING_VERSION: u8 = 3;
+/// Listings that need no pages are still written as version 2, which every
+/// earlier reader of this format opens.
+const WHOLE_LISTING_VERSION: u8 = 2;
 /// The oldest listing format this code still reads.
 const OLDEST_LISTING_VERSION: u8 = 1;
 const WCAP_CONTEXT: &[u8] = b"lode child write-cap v1";
+const PAGE_HASH_DOMAIN: &[u8] = b"lode listing page v1\0";
 
 /// What an entry names.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -242,14 +254,45 @@ pub struct Listing {
     pub entries: BTreeMap<String, Entry>,
     /// Hard-linked files, by link id: only in the root listing of a tree.
     pub links: BTreeMap<LinkId, Entry>,
+    /// The pages this listing was read from, in order (empty for a listing
+    /// stored whole). Their shares are part of the directory: checks and
+    /// lease renewals must reach them.
+    pub pages: Vec<FileReadCap>,
+    /// Read from an index and not yet filled from its pages: `entries` and
+    /// `links` are empty, and must not be written back as they are.
+    pending: bool,
+}
+
+/// How a listing goes into its slot.
+pub enum Encoded {
+    /// The listing's plaintext, whole.
+    Whole(Vec<u8>),
+    /// The plaintexts of its pages, in order: store each as a file, then
+    /// seal [`Listing::encode_index`] of their caps.
+    Pages(Vec<Vec<u8>>),
 }
 
 #[derive(Serialize, Deserialize)]
 struct WireListing {
     v: u8,
+    #[serde(default)]
     entries: BTreeMap<String, WireEntry>,
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     links: BTreeMap<String, WireEntry>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pages: Vec<String>,
+}
+
+/// Which of `count` pages holds the entry named `key` (a name, or the hex
+/// of a link id).
+fn page_of(key: &str, count: usize) -> usize {
+    use sha2::Digest;
+    let h = sha2::Sha256::new()
+        .chain_update(PAGE_HASH_DOMAIN)
+        .chain_update(key.as_bytes())
+        .finalize();
+    let n = u64::from_be_bytes(h[..8].try_into().expect("8 bytes"));
+    (n % count as u64) as usize
 }
 
 fn is_zero(n: &u32) -> bool {
@@ -383,9 +426,11 @@ fn from_wire(name: &str, w: WireEntry) -> Result<Entry> {
 }
 
 impl Listing {
+    /// The whole listing's plaintext (version 2: no pages).
     pub fn encode(&self) -> Vec<u8> {
+        debug_assert!(!self.pending, "a pending listing is never written");
         let wire = WireListing {
-            v: LISTING_VERSION,
+            v: WHOLE_LISTING_VERSION,
             entries: self
                 .entries
                 .iter()
@@ -396,42 +441,307 @@ impl Listing {
                 .iter()
                 .map(|(id, e)| (crate::protocol::hex(id), to_wire(e)))
                 .collect(),
+            pages: Vec::new(),
         };
         serde_cbor::to_vec(&wire).expect("listing always serializes")
     }
 
+    /// The listing whole if its plaintext is at most `page_bytes`, else
+    /// split into pages of about `page_bytes` or less each. Entries go to
+    /// pages by a hash of their names, and the page count is a power of
+    /// two, so a change to one entry changes one page and the rest are
+    /// stored again as the same files (convergent encryption), until the
+    /// directory doubles in size.
+    pub fn paginate(&self, page_bytes: usize) -> Result<Encoded> {
+        if self.pending {
+            return Err(Error::Pending);
+        }
+        let whole = self.encode();
+        if whole.len() <= page_bytes.max(1) {
+            return Ok(Encoded::Whole(whole));
+        }
+        let count = whole.len().div_ceil(page_bytes.max(1)).next_power_of_two();
+        let mut pages: Vec<WireListing> = (0..count)
+            .map(|_| WireListing {
+                v: LISTING_VERSION,
+                entries: BTreeMap::new(),
+                links: BTreeMap::new(),
+                pages: Vec::new(),
+            })
+            .collect();
+        for (name, e) in &self.entries {
+            pages[page_of(name, count)]
+                .entries
+                .insert(name.clone(), to_wire(e));
+        }
+        for (id, e) in &self.links {
+            let key = crate::protocol::hex(id);
+            pages[page_of(&key, count)].links.insert(key, to_wire(e));
+        }
+        Ok(Encoded::Pages(
+            pages
+                .iter()
+                .map(|p| serde_cbor::to_vec(p).expect("listing page always serializes"))
+                .collect(),
+        ))
+    }
+
+    /// The plaintext of an index naming `pages` (see [`Self::paginate`]).
+    pub fn encode_index(pages: &[FileReadCap]) -> Vec<u8> {
+        let wire = WireListing {
+            v: LISTING_VERSION,
+            entries: BTreeMap::new(),
+            links: BTreeMap::new(),
+            pages: pages
+                .iter()
+                .map(|c| Cap::FileRead(c.clone()).to_string())
+                .collect(),
+        };
+        serde_cbor::to_vec(&wire).expect("listing index always serializes")
+    }
+
+    /// Whether this listing still waits for its pages.
+    pub fn is_pending(&self) -> bool {
+        self.pending
+    }
+
     /// Decode and validate a listing. Rejects anything a well-behaved writer
-    /// would not produce, including a plaintext write-cap.
+    /// would not produce, including a plaintext write-cap. An index decodes
+    /// to a pending listing, to be [`Self::fill`]ed.
     pub fn decode(bytes: &[u8]) -> Result<Listing> {
-        let wire: WireListing =
-            serde_cbor::from_slice(bytes).map_err(|e| Error::Malformed(e.to_string()))?;
-        if !(OLDEST_LISTING_VERSION..=LISTING_VERSION).contains(&wire.v) {
-            return Err(Error::ListingVersion(wire.v));
+        let wire = decode_wire(bytes)?;
+        if wire.pages.is_empty() {
+            return from_wire_listing(wire);
         }
+        if wire.v < 3 || !wire.entries.is_empty() || !wire.links.is_empty() {
+            return Err(Error::Malformed(
+                "a listing index holds pages and nothing else".into(),
+            ));
+        }
+        let pages = wire
+            .pages
+            .iter()
+            .map(|s| match s.parse::<Cap>()? {
+                Cap::FileRead(f) => Ok(f),
+                _ => Err(Error::Malformed("a listing page is a file read-cap".into())),
+            })
+            .collect::<Result<Vec<_>>>()?;
+        Ok(Listing {
+            pages,
+            pending: true,
+            ..Listing::default()
+        })
+    }
+
+    /// Fill a pending listing from the plaintexts of its pages, in order.
+    /// Each page must hold exactly the names that hash to it.
+    pub fn fill(&mut self, pages: &[Vec<u8>]) -> Result<()> {
+        if !self.pending {
+            return Ok(());
+        }
+        if pages.len() != self.pages.len() {
+            return Err(Error::Malformed(format!(
+                "{} listing pages for an index of {}",
+                pages.len(),
+                self.pages.len()
+            )));
+        }
+        let count = pages.len();
         let mut entries = BTreeMap::new();
-        for (name, w) in wire.entries {
-            check_name(&name).map_err(|reason| Error::BadEntry {
-                name: name.clone(),
-                reason: reason.to_string(),
-            })?;
-            let entry = from_wire(&name, w)?;
-            entries.insert(name, entry);
-        }
         let mut links = BTreeMap::new();
-        for (id, w) in wire.links {
-            let entry = from_wire(&id, w)?;
-            let key = crate::protocol::parse_hex::<16>(&id).map_err(|_| Error::BadEntry {
-                name: id.clone(),
-                reason: "a link table key is 32 hex digits".into(),
-            })?;
-            if entry.link != Some(key) || entry.kind == EntryKind::Dir {
+        for (i, bytes) in pages.iter().enumerate() {
+            let wire = decode_wire(bytes)?;
+            if wire.v < 3 || !wire.pages.is_empty() {
+                return Err(Error::Malformed(format!("listing page {i} is not a page")));
+            }
+            let misplaced = wire
+                .entries
+                .keys()
+                .chain(wire.links.keys())
+                .find(|k| page_of(k, count) != i);
+            if let Some(key) = misplaced {
                 return Err(Error::BadEntry {
-                    name: id,
-                    reason: "link table entry does not match its key".into(),
+                    name: key.clone(),
+                    reason: format!("found in listing page {i}, where it does not belong"),
                 });
             }
-            links.insert(key, entry);
+            let page = from_wire_listing(wire)?;
+            entries.extend(page.entries);
+            links.extend(page.links);
         }
-        Ok(Listing { entries, links })
+        self.entries = entries;
+        self.links = links;
+        self.pending = false;
+        Ok(())
+    }
+}
+
+fn decode_wire(bytes: &[u8]) -> Result<WireListing> {
+    let wire: WireListing =
+        serde_cbor::from_slice(bytes).map_err(|e| Error::Malformed(e.to_string()))?;
+    if !(OLDEST_LISTING_VERSION..=LISTING_VERSION).contains(&wire.v) {
+        return Err(Error::ListingVersion(wire.v));
+    }
+    Ok(wire)
+}
+
+/// Check the entries and links of a whole listing or of one page.
+fn from_wire_listing(wire: WireListing) -> Result<Listing> {
+    let mut entries = BTreeMap::new();
+    for (name, w) in wire.entries {
+        check_name(&name).map_err(|reason| Error::BadEntry {
+            name: name.clone(),
+            reason: reason.to_string(),
+        })?;
+        let entry = from_wire(&name, w)?;
+        entries.insert(name, entry);
+    }
+    let mut links = BTreeMap::new();
+    for (id, w) in wire.links {
+        let entry = from_wire(&id, w)?;
+        let key = crate::protocol::parse_hex::<16>(&id).map_err(|_| Error::BadEntry {
+            name: id.clone(),
+            reason: "a link table key is 32 hex digits".into(),
+        })?;
+        if entry.link != Some(key) || entry.kind == EntryKind::Dir {
+            return Err(Error::BadEntry {
+                name: id,
+                reason: "link table entry does not match its key".into(),
+            });
+        }
+        links.insert(key, entry);
+    }
+    Ok(Listing {
+        entries,
+        links,
+        ..Listing::default()
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::crypto::ReadKey;
+
+    /// A listing of `n` symlinks with `target_len`-byte targets, and one
+    /// hard-link table entry.
+    fn listing(n: usize, target_len: usize) -> Listing {
+        let mut l = Listing::default();
+        for i in 0..n {
+            let target = format!("{i}-{}", "t".repeat(target_len));
+            l.entries
+                .insert(format!("name-{i}"), Entry::symlink(&target, (i as i64, 0)));
+        }
+        let id = [7; 16];
+        let cap = FileReadCap {
+            read_key: ReadKey::from_bytes([1; 32]),
+            root: [2; 32],
+            size: 3,
+        };
+        let mut linked = Entry::file(cap, 0o644, (0, 0));
+        linked.link = Some(id);
+        linked.nlink = 2;
+        l.links.insert(id, linked);
+        l
+    }
+
+    /// Stand-in caps for pages: the index only names them.
+    fn caps(count: usize) -> Vec<FileReadCap> {
+        (0..count)
+            .map(|i| FileReadCap {
+                read_key: ReadKey::from_bytes([i as u8; 32]),
+                root: [i as u8 ^ 0xff; 32],
+                size: i as u64,
+            })
+            .collect()
+    }
+
+    fn pages_of(l: &Listing, page_bytes: usize) -> Vec<Vec<u8>> {
+        match l.paginate(page_bytes).unwrap() {
+            Encoded::Pages(p) => p,
+            Encoded::Whole(_) => panic!("expected pages"),
+        }
+    }
+
+    #[test]
+    fn a_small_listing_stays_whole() {
+        let l = listing(3, 10);
+        match l.paginate(1 << 20).unwrap() {
+            Encoded::Whole(bytes) => assert_eq!(Listing::decode(&bytes).unwrap(), l),
+            Encoded::Pages(_) => panic!("a small listing was paged"),
+        }
+    }
+
+    #[test]
+    fn a_paged_listing_reads_back_from_its_index_and_pages() {
+        let l = listing(500, 100);
+        let whole = l.encode().len();
+        let pages = pages_of(&l, 8192);
+        assert!(pages.len().is_power_of_two());
+        assert!(pages.len() >= whole / 8192, "{} pages", pages.len());
+        // Hashing spreads names evenly: no page far over its share.
+        let largest = pages.iter().map(Vec::len).max().unwrap();
+        assert!(largest < 2 * 8192, "a page of {largest} bytes");
+        let index = Listing::encode_index(&caps(pages.len()));
+        let mut read = Listing::decode(&index).unwrap();
+        assert!(read.is_pending());
+        assert!(read.entries.is_empty());
+        assert_eq!(read.pages, caps(pages.len()));
+        assert!(matches!(read.paginate(8192), Err(Error::Pending)));
+        read.fill(&pages).unwrap();
+        assert!(!read.is_pending());
+        assert_eq!(read.entries, l.entries);
+        assert_eq!(read.links, l.links);
+    }
+
+    #[test]
+    fn one_changed_entry_changes_one_page() {
+        let mut l = listing(500, 100);
+        let before = pages_of(&l, 8192);
+        l.entries
+            .insert("name-17".into(), Entry::symlink("elsewhere", (1, 0)));
+        let after = pages_of(&l, 8192);
+        assert_eq!(before.len(), after.len());
+        let changed = before.iter().zip(&after).filter(|(a, b)| a != b).count();
+        assert_eq!(changed, 1);
+    }
+
+    #[test]
+    fn pages_out_of_place_or_missing_are_refused() {
+        let l = listing(500, 100);
+        let pages = pages_of(&l, 8192);
+        let index = Listing::encode_index(&caps(pages.len()));
+        let mut swapped = pages.clone();
+        swapped.swap(0, 1);
+        let err = Listing::decode(&index).unwrap().fill(&swapped).unwrap_err();
+        assert!(matches!(err, Error::BadEntry { .. }), "{err}");
+        let short = &pages[..pages.len() - 1];
+        let err = Listing::decode(&index).unwrap().fill(short).unwrap_err();
+        assert!(matches!(err, Error::Malformed(_)), "{err}");
+        // A page that is itself an index.
+        let mut nested = pages.clone();
+        nested[0] = Listing::encode_index(&caps(1));
+        let err = Listing::decode(&index).unwrap().fill(&nested).unwrap_err();
+        assert!(matches!(err, Error::Malformed(_)), "{err}");
+    }
+
+    #[test]
+    fn an_index_holds_pages_and_nothing_else() {
+        let wire = WireListing {
+            v: LISTING_VERSION,
+            entries: [("a".to_string(), to_wire(&Entry::symlink("b", (0, 0))))].into(),
+            links: BTreeMap::new(),
+            pages: vec![Cap::FileRead(caps(1).remove(0)).to_string()],
+        };
+        let bytes = serde_cbor::to_vec(&wire).unwrap();
+        assert!(matches!(Listing::decode(&bytes), Err(Error::Malformed(_))));
+        let wire = WireListing {
+            v: 2,
+            entries: BTreeMap::new(),
+            links: BTreeMap::new(),
+            pages: vec![Cap::FileRead(caps(1).remove(0)).to_string()],
+        };
+        let bytes = serde_cbor::to_vec(&wire).unwrap();
+        assert!(matches!(Listing::decode(&bytes), Err(Error::Malformed(_))));
     }
 }

@@ -15,7 +15,7 @@
 mod listing;
 mod slot;
 
-pub use listing::{Entry, EntryKind, LISTING_VERSION, LinkId, Listing, Time, check_name};
+pub use listing::{Encoded, Entry, EntryKind, LISTING_VERSION, LinkId, Listing, Time, check_name};
 pub use slot::{MAX_SLOT_BYTES, SLOT_VERSION, SlotEnvelope};
 
 /// Errors of the directory layer.
@@ -37,6 +37,8 @@ pub enum Error {
     Unauthentic,
     #[error("entry {name:?}: {reason}")]
     BadEntry { name: String, reason: String },
+    #[error("a listing still waiting for its pages cannot be stored")]
+    Pending,
     #[error(transparent)]
     Cap(#[from] crate::caps::Error),
 }

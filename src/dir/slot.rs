@@ -46,14 +46,19 @@ fn signed_message(pk: &[u8; 32], seq: u64, ct: &[u8]) -> Vec<u8> {
 }
 
 impl SlotEnvelope {
-    /// Seal and sign `listing` as version `seq` of the slot.
+    /// Seal and sign `listing`, whole, as version `seq` of the slot.
     pub fn seal(cap: &DirWriteCap, seq: u64, listing: &Listing) -> SlotEnvelope {
+        Self::seal_plaintext(cap, seq, &zeroize::Zeroizing::new(listing.encode()))
+    }
+
+    /// Seal and sign an encoded listing (whole, or the index of its pages)
+    /// as version `seq` of the slot.
+    pub fn seal_plaintext(cap: &DirWriteCap, seq: u64, plaintext: &[u8]) -> SlotEnvelope {
         let public_key = cap.seed.public_key();
-        let plaintext = zeroize::Zeroizing::new(listing.encode());
         let ciphertext = cap
             .seed
             .read_key()
-            .seal(&[&public_key, &seq.to_be_bytes()], &plaintext);
+            .seal(&[&public_key, &seq.to_be_bytes()], plaintext);
         let signature = cap
             .seed
             .signing_key()
@@ -132,7 +137,8 @@ impl SlotEnvelope {
     }
 
     /// The reader's path: check that this is the cap's slot and that the
-    /// signature holds, then decrypt and authenticate the listing.
+    /// signature holds, then decrypt and authenticate the listing (pending,
+    /// if the slot holds the index of a paged listing).
     pub fn open(&self, cap: &DirReadCap) -> Result<Listing> {
         if self.public_key != cap.public_key {
             return Err(Error::WrongSlot);

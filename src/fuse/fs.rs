@@ -569,10 +569,7 @@ impl LodeFs {
             (write, listing, entries)
         };
         let started = Instant::now();
-        let result = self.rt.block_on(self.vault.update_dir(&write, move |l| {
-            *l = listing;
-            Ok(())
-        }));
+        let result = self.rt.block_on(self.vault.replace_dir(&write, listing));
         {
             let mut tree = self.lock();
             tree.publishing.remove(&dir);

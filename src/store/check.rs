@@ -12,8 +12,8 @@ use std::sync::Arc;
 use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 
-use super::{Error, Grid, Result, hex};
-use crate::caps::{Cap, DirReadCap, FileVerifyCap};
+use super::{Error, Grid, Result, Vault, hex};
+use crate::caps::{Cap, DirReadCap, FileReadCap, FileVerifyCap};
 use crate::chunk::{self, Node, Params, Share, ShareId, share};
 use crate::dir::SlotEnvelope;
 
@@ -96,6 +96,9 @@ pub struct CheckReport {
     pub objects: Vec<ObjectHealth>,
     pub tallies: Vec<MirrorTally>,
     pub slots: u64,
+    /// Files holding the pages of large directories' listings (counted
+    /// among the objects' files).
+    pub pages: u64,
     pub repaired_shares: u64,
     pub repaired_slots: u64,
     pub happy: usize,
@@ -291,19 +294,37 @@ impl Grid {
         (best, seqs)
     }
 
+    /// Renew the leases of `ids` on every mirror. Returns, per mirror, the
+    /// number of ids it lacks, or the error it gave.
+    pub async fn renew(&self, ids: &[[u8; 32]]) -> Vec<(String, Result<usize>)> {
+        let mut out = Vec::new();
+        for store in self.mirrors() {
+            let result = store.renew(ids).await.map(|missing| {
+                // Not to be skipped as lately placed: the mirror lacks them.
+                self.forget_placed(&missing);
+                missing.len()
+            });
+            out.push((store.name().to_string(), result));
+        }
+        out
+    }
+}
+
+impl Vault {
     /// Check (and with `repair`, fix) everything `cap` reaches: for a file,
     /// its shares; for a directory, its slot on every mirror and, with a
     /// read-cap, everything below it.
     pub async fn check(&self, cap: &Cap, verify: bool, repair: bool) -> Result<CheckReport> {
-        let m = self.mirrors().len();
+        let grid = self.grid();
+        let m = grid.mirrors().len();
         let mut report = CheckReport {
-            mirrors: self
+            mirrors: grid
                 .mirrors()
                 .iter()
                 .map(|s| s.name().to_string())
                 .collect(),
             tallies: vec![MirrorTally::default(); m],
-            happy: self.happy(),
+            happy: grid.happy(),
             ..Default::default()
         };
         let limit = Arc::new(Semaphore::new(PROBES));
@@ -328,14 +349,14 @@ impl Grid {
                 continue;
             }
             report.slots += 1;
-            let (best, seqs) = self.probe_slot(&pk).await;
+            let (best, seqs) = grid.probe_slot(&pk).await;
             let Some(best) = best else {
                 return Err(Error::NoSlot(hex(&pk)));
             };
             for (j, seq) in seqs.iter().enumerate() {
                 if *seq != Some(best.seq) {
                     report.tallies[j].stale_slots += 1;
-                    if repair && self.mirrors()[j].put_slot(&best.encode()).await.is_ok() {
+                    if repair && grid.mirrors()[j].put_slot(&best.encode()).await.is_ok() {
                         report.tallies[j].stale_slots -= 1;
                         report.repaired_slots += 1;
                     }
@@ -347,7 +368,12 @@ impl Grid {
                 _ => None,
             };
             if let Some(read) = read {
-                for (_, entry) in best.open(&read)?.entries {
+                let mut listing = best.open(&read)?;
+                self.fill(&mut listing).await?;
+                // A paged listing's pages are files of the directory's own.
+                files.extend(listing.pages.iter().map(FileReadCap::verify_cap));
+                report.pages += listing.pages.len() as u64;
+                for (_, entry) in listing.entries {
                     if let Some(c) = entry.cap {
                         dirs.push(c);
                     }
@@ -355,14 +381,14 @@ impl Grid {
             }
         }
         for file in files {
-            for object in self.file_objects(&file).await? {
-                let mut health = self.probe(&object, verify, &limit).await;
+            for object in grid.file_objects(&file).await? {
+                let mut health = grid.probe(&object, verify, &limit).await;
                 if repair && health.recoverable() {
-                    match self.repair(&health).await {
+                    match grid.repair(&health).await {
                         Ok(None) => {}
                         Ok(Some(written)) => {
                             report.repaired_shares += written;
-                            health = self.probe(&object, verify, &limit).await;
+                            health = grid.probe(&object, verify, &limit).await;
                         }
                         Err(e) => report
                             .errors
@@ -387,17 +413,18 @@ impl Grid {
 
     /// Every object id (share ids and slot keys) reachable from `cap`.
     pub async fn reachable_ids(&self, cap: &Cap) -> Result<Vec<[u8; 32]>> {
+        let grid = self.grid();
         let mut ids = BTreeSet::new();
         let mut stack = vec![cap.clone()];
         while let Some(c) = stack.pop() {
             match &c {
                 Cap::FileRead(f) => {
-                    for o in self.file_objects(&f.verify_cap()).await? {
+                    for o in grid.file_objects(&f.verify_cap()).await? {
                         ids.extend(o.ids);
                     }
                 }
                 Cap::FileVerify(f) => {
-                    for o in self.file_objects(f).await? {
+                    for o in grid.file_objects(f).await? {
                         ids.extend(o.ids);
                     }
                 }
@@ -409,27 +436,14 @@ impl Grid {
                     if !ids.insert(read.public_key) {
                         continue;
                     }
-                    if let Some((_, listing)) = self.get_slot(&read).await? {
+                    if let Some((_, mut listing)) = grid.get_slot(&read).await? {
+                        self.fill(&mut listing).await?;
+                        stack.extend(listing.pages.into_iter().map(Cap::FileRead));
                         stack.extend(listing.entries.into_values().filter_map(|e| e.cap));
                     }
                 }
             }
         }
         Ok(ids.into_iter().collect())
-    }
-
-    /// Renew the leases of `ids` on every mirror. Returns, per mirror, the
-    /// number of ids it lacks, or the error it gave.
-    pub async fn renew(&self, ids: &[[u8; 32]]) -> Vec<(String, Result<usize>)> {
-        let mut out = Vec::new();
-        for store in self.mirrors() {
-            let result = store.renew(ids).await.map(|missing| {
-                // Not to be skipped as lately placed: the mirror lacks them.
-                self.forget_placed(&missing);
-                missing.len()
-            });
-            out.push((store.name().to_string(), result));
-        }
-        out
     }
 }

@@ -16,7 +16,7 @@ use super::vault::mtime_of;
 use super::{Error, Result, Vault};
 use crate::caps::DirWriteCap;
 use crate::crypto::SlotSeed;
-use crate::dir::{Entry, Listing, SlotEnvelope};
+use crate::dir::{Entry, Listing};
 
 /// Files of one tree uploaded concurrently. Small files are a round trip
 /// each, and their shares go to each mirror in batches with the others in
@@ -201,10 +201,8 @@ impl Vault {
                 None
             }
         };
-        if let Some(d) = complete {
-            self.grid()
-                .put_slot(&SlotEnvelope::seal(&d.cap, 1, &d.listing))
-                .await?;
+        if let Some(mut d) = complete {
+            self.publish_dir(&d.cap, 1, &mut d.listing).await?;
         }
         Ok(())
     }

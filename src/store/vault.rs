@@ -14,7 +14,7 @@ use super::{ChunkCache, Error, Grid, GridConfig, Result, Storage};
 use crate::caps::{Cap, DirReadCap, DirWriteCap, FileReadCap};
 use crate::chunk::{self, ChunkerParams, FileEncoder, Node, Params, Share, share};
 use crate::crypto::{ConvergenceSecret, ReadKey, RootSecret, SlotSeed};
-use crate::dir::{Entry, EntryKind, Listing, MAX_SLOT_BYTES, SlotEnvelope, check_name};
+use crate::dir::{Encoded, Entry, EntryKind, Listing, MAX_SLOT_BYTES, SlotEnvelope, check_name};
 
 /// Share bytes one put keeps in flight to the mirrors. Each upload waits
 /// for a mirror's fsync, so the window must cover that latency; it also
@@ -22,6 +22,13 @@ use crate::dir::{Entry, EntryKind, Listing, MAX_SLOT_BYTES, SlotEnvelope, check_
 const UPLOAD_WINDOW_BYTES: usize = 32 << 20;
 /// Chunks one walk (a read, or a readahead top-up) keeps in flight.
 const READAHEAD: usize = 16;
+/// A listing whose plaintext is larger than this is stored as pages of
+/// about this size (docs/ARCHITECTURE.md, "Large directories are paged").
+pub const PAGE_BYTES: usize = 1 << 20;
+/// Listing pages stored or fetched at once.
+const PAGES_IN_FLIGHT: usize = 4;
+/// Pages remembered as stored, by the hash of their plaintext.
+const PAGE_MEMO: usize = 4096;
 
 /// One identity's view of the grid.
 pub struct Vault {
@@ -38,6 +45,13 @@ pub struct Vault {
     /// readahead asking for the same chunk share one fetch and one
     /// decryption.
     fetching: std::sync::Mutex<HashMap<[u8; 32], Arc<Fetching>>>,
+    /// Listings larger than this go into pages of about this size.
+    page_bytes: usize,
+    /// The largest slot this vault publishes: the mirrors' limit.
+    slot_limit: usize,
+    /// Listing pages this vault stored, by SHA-256 of their plaintext: an
+    /// unchanged page of a large directory is not sealed again.
+    stored_pages: std::sync::Mutex<lru::LruCache<[u8; 32], FileReadCap>>,
 }
 
 /// One chunk fetch that several readers may wait on.
@@ -128,7 +142,20 @@ impl Vault {
                 std::num::NonZeroUsize::new(NODE_CACHE).expect("nonzero"),
             )),
             fetching: Default::default(),
+            page_bytes: PAGE_BYTES,
+            slot_limit: MAX_SLOT_BYTES,
+            stored_pages: std::sync::Mutex::new(lru::LruCache::new(
+                std::num::NonZeroUsize::new(PAGE_MEMO).expect("nonzero"),
+            )),
         }
+    }
+
+    /// Page listings over `page_bytes`, and refuse slots over `slot_limit`
+    /// (the defaults are [`PAGE_BYTES`] and the mirrors' limit): for tests.
+    pub fn with_directory_limits(mut self, page_bytes: usize, slot_limit: usize) -> Vault {
+        self.page_bytes = page_bytes;
+        self.slot_limit = slot_limit;
+        self
     }
 
     /// Bound the chunk cache to `bytes`.
@@ -533,15 +560,33 @@ impl Vault {
 
     // ---- directories ----
 
-    /// The current listing of a directory. An empty listing if no mirror has
-    /// ever stored the slot.
+    /// The current listing of a directory, its pages fetched. An empty
+    /// listing if no mirror has ever stored the slot.
     pub async fn list(&self, cap: &DirReadCap) -> Result<Listing> {
-        Ok(self
+        let mut listing = self
             .grid
             .get_slot(cap)
             .await?
             .map(|(_, l)| l)
-            .unwrap_or_default())
+            .unwrap_or_default();
+        self.fill(&mut listing).await?;
+        Ok(listing)
+    }
+
+    /// Fetch the pages of a listing read from an index.
+    pub async fn fill(&self, listing: &mut Listing) -> Result<()> {
+        if !listing.is_pending() {
+            return Ok(());
+        }
+        let pages: Vec<Vec<u8>> = futures_util::stream::iter(listing.pages.clone())
+            .map(|cap| async move { self.get_bytes(&cap).await })
+            .buffered(PAGES_IN_FLIGHT)
+            .collect::<Vec<_>>()
+            .await
+            .into_iter()
+            .collect::<Result<_>>()?;
+        listing.fill(&pages)?;
+        Ok(())
     }
 
     /// Read-modify-write a directory: apply `change` to the newest listing
@@ -552,20 +597,85 @@ impl Vault {
     {
         let current = self.grid.get_slot(&cap.read_cap()).await?;
         let (seq, mut listing) = current.unwrap_or_default();
+        self.fill(&mut listing).await?;
         change(&mut listing)?;
-        let envelope = SlotEnvelope::seal(cap, seq + 1, &listing);
+        self.publish_dir(cap, seq + 1, &mut listing).await?;
+        Ok(listing)
+    }
+
+    /// Publish `listing` as the directory's next version, whatever it held:
+    /// for a writer that keeps the whole listing itself (the mount). Only
+    /// the newest seq is read, not the pages.
+    pub async fn replace_dir(&self, cap: &DirWriteCap, mut listing: Listing) -> Result<()> {
+        let seq = self
+            .grid
+            .get_slot(&cap.read_cap())
+            .await?
+            .map_or(0, |(seq, _)| seq);
+        self.publish_dir(cap, seq + 1, &mut listing).await
+    }
+
+    /// Seal `listing` as version `seq`, storing its pages first if it needs
+    /// them, and send it. `listing.pages` becomes the pages it now uses.
+    pub(super) async fn publish_dir(
+        &self,
+        cap: &DirWriteCap,
+        seq: u64,
+        listing: &mut Listing,
+    ) -> Result<()> {
+        let plaintext = match listing.paginate(self.page_bytes)? {
+            Encoded::Whole(bytes) => {
+                listing.pages.clear();
+                zeroize::Zeroizing::new(bytes)
+            }
+            Encoded::Pages(pages) => {
+                listing.pages = self.store_pages(pages).await?;
+                zeroize::Zeroizing::new(Listing::encode_index(&listing.pages))
+            }
+        };
+        let envelope = SlotEnvelope::seal_plaintext(cap, seq, &plaintext);
         // Mirrors refuse a slot over the limit; say why here, and send
         // nothing, rather than collect a refusal from each of them.
         let encoded = envelope.encode();
-        if encoded.len() > MAX_SLOT_BYTES {
+        if encoded.len() > self.slot_limit {
             return Err(Error::DirectoryTooLarge {
                 entries: listing.entries.len(),
                 bytes: encoded.len(),
-                limit: MAX_SLOT_BYTES,
+                limit: self.slot_limit,
             });
         }
-        self.grid.put_encoded_slot(&envelope, encoded).await?;
-        Ok(listing)
+        self.grid.put_encoded_slot(&envelope, encoded).await
+    }
+
+    /// Store listing pages as files (each durable on `happy` mirrors before
+    /// the index that names it is sent). A page stored before by this vault
+    /// is not sealed again.
+    async fn store_pages(&self, pages: Vec<Vec<u8>>) -> Result<Vec<FileReadCap>> {
+        use sha2::Digest;
+        futures_util::stream::iter(pages)
+            .map(|page| async move {
+                let key: [u8; 32] = sha2::Sha256::digest(&page).into();
+                let known = self
+                    .stored_pages
+                    .lock()
+                    .expect("page memo")
+                    .get(&key)
+                    .cloned();
+                if let Some(cap) = known {
+                    return Ok(cap);
+                }
+                let cap = self.put_reader(std::io::Cursor::new(page)).await?;
+                self.stored_pages
+                    .lock()
+                    .expect("page memo")
+                    .put(key, cap.clone());
+                Ok(cap)
+            })
+            .buffered(PAGES_IN_FLIGHT)
+            .collect::<Vec<_>>()
+            .await
+            .into_iter()
+            .collect()
     }
 
     /// A write-cap for a new directory, not yet stored anywhere: until its
@@ -748,7 +858,7 @@ mod tests {
         );
     }
 
-    /// A listing too large for a slot is refused before anything is sent,
+    /// An index too large for a slot is refused before the slot is sent,
     /// with an error that says so; the last published listing stands.
     #[test]
     fn a_directory_too_large_for_a_slot_is_a_clear_error() {
@@ -758,7 +868,9 @@ mod tests {
         rt.block_on(async {
             let secret = crate::crypto::RootSecret::from_bytes([5; 32]);
             let store = Arc::new(crate::store::MemoryStorage::new());
-            let vault = Vault::single(&secret, store);
+            // Pages of 4 KiB, slots of at most 16 KiB: an index of 256
+            // pages (about 100 bytes a page cap) does not fit.
+            let vault = Vault::single(&secret, store).with_directory_limits(4096, 16 << 10);
             let dir = vault.new_dir().await.unwrap();
             let target = &"t".repeat(4000);
             let fill = |n: usize| {
@@ -770,17 +882,123 @@ mod tests {
                     Ok(())
                 }
             };
-            // About 4 KiB an entry: 4,500 do not fit in 16 MiB.
             vault.update_dir(&dir, fill(10)).await.unwrap();
-            match vault.update_dir(&dir, fill(4500)).await {
+            match vault.update_dir(&dir, fill(200)).await {
                 Err(Error::DirectoryTooLarge {
-                    entries: 4500,
+                    entries: 200,
                     bytes,
-                    limit: MAX_SLOT_BYTES,
-                }) => assert!(bytes > MAX_SLOT_BYTES),
+                    limit,
+                }) => assert!(bytes > limit && limit == 16 << 10),
                 other => panic!("published, or failed otherwise: {:?}", other.err()),
             }
             assert_eq!(vault.list(&dir.read_cap()).await.unwrap().entries.len(), 10);
+        });
+    }
+
+    /// A directory over the page size is stored as pages: it reads back
+    /// whole, a change to one entry stores one new page, and its pages are
+    /// reachable for checks and lease renewals.
+    #[test]
+    fn a_large_directory_is_paged_and_reads_back() {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
+        rt.block_on(async {
+            let secret = crate::crypto::RootSecret::from_bytes([6; 32]);
+            let store = Arc::new(crate::store::MemoryStorage::new());
+            let vault =
+                Vault::single(&secret, store.clone()).with_directory_limits(4096, MAX_SLOT_BYTES);
+            let root = vault.root().clone();
+            let sub = vault.new_dir().await.unwrap();
+            vault
+                .update_dir(&root, |l| {
+                    for i in 0..400 {
+                        let target = format!("target {i} {}", "x".repeat(50));
+                        l.entries
+                            .insert(format!("entry-{i:04}"), Entry::symlink(&target, (i, 0)));
+                    }
+                    l.entries
+                        .insert("sub".into(), Entry::dir(&root, "sub", &sub, 0o755, (0, 0)));
+                    Ok(())
+                })
+                .await
+                .unwrap();
+            let fresh = Vault::single(&secret, store.clone());
+            let listed = fresh.list(&root.read_cap()).await.unwrap();
+            assert_eq!(listed.entries.len(), 401);
+            assert!(listed.pages.len() >= 4, "{} pages", listed.pages.len());
+            assert_eq!(
+                listed.entries["entry-0123"].target.as_deref(),
+                Some(&*format!("target 123 {}", "x".repeat(50)))
+            );
+            // The child's write-cap, sealed in a page, still unseals.
+            let child = listed.entries["sub"].write_cap(&root, "sub").unwrap();
+            assert_eq!(child.map(|c| c.read_cap()), Some(sub.read_cap()));
+
+            // One entry changed: one page is new, the others are the same
+            // files.
+            let changed = vault
+                .update_dir(&root, |l| {
+                    l.entries
+                        .insert("entry-0007".into(), Entry::symlink("moved", (9, 0)));
+                    Ok(())
+                })
+                .await
+                .unwrap();
+            assert_eq!(changed.pages.len(), listed.pages.len());
+            let new_pages = changed
+                .pages
+                .iter()
+                .zip(&listed.pages)
+                .filter(|(a, b)| a != b)
+                .count();
+            assert_eq!(new_pages, 1);
+            let relisted = fresh.list(&root.read_cap()).await.unwrap();
+            assert_eq!(
+                relisted.entries["entry-0007"].target.as_deref(),
+                Some("moved")
+            );
+
+            // Every page share is reachable from the root, and a check
+            // sees the pages as objects of the tree.
+            let reachable: std::collections::BTreeSet<_> = fresh
+                .reachable_ids(&Cap::DirWrite(root.clone()))
+                .await
+                .unwrap()
+                .into_iter()
+                .collect();
+            for page in &relisted.pages {
+                for object in fresh.grid().file_objects(&page.verify_cap()).await.unwrap() {
+                    assert!(object.ids.iter().all(|id| reachable.contains(id)));
+                }
+            }
+            // A check probes the pages' shares too (so a repair rebuilds
+            // them), and a listing with a page gone cannot pass it.
+            let page_objects = fresh
+                .grid()
+                .file_objects(&relisted.pages[0].verify_cap())
+                .await
+                .unwrap();
+            let report = fresh
+                .check(&Cap::DirWrite(root.clone()), false, false)
+                .await
+                .unwrap();
+            assert!(
+                report
+                    .objects
+                    .iter()
+                    .any(|o| o.object.ids == page_objects[0].ids),
+                "the check skipped a page"
+            );
+            for id in &page_objects[0].ids {
+                assert!(store.lose(id));
+            }
+            assert!(
+                fresh
+                    .check(&Cap::DirWrite(root.clone()), false, false)
+                    .await
+                    .is_err()
+            );
         });
     }
 
