@@ -30,7 +30,11 @@ fuzz_target!(|data: &[u8]| {
             .expect("a decoded envelope re-encodes to a decodable one");
         assert_eq!(envelope, again);
     }
-    if let Ok(listing) = Listing::decode(data) {
+    // An index decodes to a listing waiting for its pages, which is never
+    // encoded as it is.
+    if let Ok(listing) = Listing::decode(data)
+        && !listing.is_pending()
+    {
         let again = Listing::decode(&listing.encode())
             .expect("a decoded listing re-encodes to a decodable one");
         assert_eq!(listing, again);

@@ -389,6 +389,9 @@ async fn check(s: &Session, target: &str, verify: bool, repair: bool) -> Result<
             }
         );
     }
+    for e in &report.unreadable {
+        println!("  UNREADABLE {e}");
+    }
     for e in &report.errors {
         println!("  repair failed: {e}");
     }
@@ -419,6 +422,14 @@ async fn check(s: &Session, target: &str, verify: bool, repair: bool) -> Result<
         }
     );
     if !report.healthy() {
+        if !report.unreadable.is_empty() {
+            bail!(
+                "{} directories could not be read, {} objects need repair ({} unrecoverable)",
+                report.unreadable.len(),
+                unhealthy.len(),
+                report.unrecoverable()
+            );
+        }
         bail!(
             "{} objects need repair ({} unrecoverable)",
             unhealthy.len(),

@@ -428,7 +428,12 @@ fn from_wire(name: &str, w: WireEntry) -> Result<Entry> {
 impl Listing {
     /// The whole listing's plaintext (version 2: no pages).
     pub fn encode(&self) -> Vec<u8> {
-        debug_assert!(!self.pending, "a pending listing is never written");
+        // Written back as it is, a pending listing would empty the
+        // directory: a bug to stop here, loudly.
+        assert!(
+            !self.pending,
+            "a listing waiting for its pages is never encoded"
+        );
         let wire = WireListing {
             v: WHOLE_LISTING_VERSION,
             entries: self

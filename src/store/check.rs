@@ -104,11 +104,15 @@ pub struct CheckReport {
     pub happy: usize,
     /// Repairs that failed, with the reason.
     pub errors: Vec<String>,
+    /// Files whose manifest, and directories whose listing pages, could not
+    /// be read: nothing below them was checked.
+    pub unreadable: Vec<String>,
 }
 
 impl CheckReport {
     pub fn healthy(&self) -> bool {
-        self.objects.iter().all(|o| o.healthy(self.happy))
+        self.unreadable.is_empty()
+            && self.objects.iter().all(|o| o.healthy(self.happy))
             && self
                 .tallies
                 .iter()
@@ -369,19 +373,36 @@ impl Vault {
             };
             if let Some(read) = read {
                 let mut listing = best.open(&read)?;
-                self.fill(&mut listing).await?;
-                // A paged listing's pages are files of the directory's own.
+                // A paged listing's pages are files of the directory's own,
+                // checked (and repaired) even if one cannot be read now.
                 files.extend(listing.pages.iter().map(FileReadCap::verify_cap));
                 report.pages += listing.pages.len() as u64;
-                for (_, entry) in listing.entries {
-                    if let Some(c) = entry.cap {
-                        dirs.push(c);
-                    }
+                if let Err(e) = self.fill(&mut listing).await {
+                    report
+                        .unreadable
+                        .push(format!("directory {}: {e}", hex(&pk)));
+                    continue;
                 }
+                // The root's link table holds the current cap of every
+                // hard-linked file; its names may hold older snapshots.
+                let caps = listing
+                    .entries
+                    .into_values()
+                    .chain(listing.links.into_values());
+                dirs.extend(caps.filter_map(|e| e.cap));
             }
         }
         for file in files {
-            for object in grid.file_objects(&file).await? {
+            let objects = match grid.file_objects(&file).await {
+                Ok(objects) => objects,
+                Err(e) => {
+                    report
+                        .unreadable
+                        .push(format!("file {}: {e}", hex(&file.root)));
+                    continue;
+                }
+            };
+            for object in objects {
                 let mut health = grid.probe(&object, verify, &limit).await;
                 if repair && health.recoverable() {
                     match grid.repair(&health).await {
@@ -418,16 +439,8 @@ impl Vault {
         let mut stack = vec![cap.clone()];
         while let Some(c) = stack.pop() {
             match &c {
-                Cap::FileRead(f) => {
-                    for o in grid.file_objects(&f.verify_cap()).await? {
-                        ids.extend(o.ids);
-                    }
-                }
-                Cap::FileVerify(f) => {
-                    for o in grid.file_objects(f).await? {
-                        ids.extend(o.ids);
-                    }
-                }
+                Cap::FileRead(f) => reach_file(grid, &f.verify_cap(), &mut ids).await,
+                Cap::FileVerify(f) => reach_file(grid, f, &mut ids).await,
                 Cap::DirVerify(v) => {
                     ids.insert(v.public_key);
                 }
@@ -437,13 +450,33 @@ impl Vault {
                         continue;
                     }
                     if let Some((_, mut listing)) = grid.get_slot(&read).await? {
-                        self.fill(&mut listing).await?;
-                        stack.extend(listing.pages.into_iter().map(Cap::FileRead));
-                        stack.extend(listing.entries.into_values().filter_map(|e| e.cap));
+                        stack.extend(listing.pages.iter().cloned().map(Cap::FileRead));
+                        // One directory that cannot be read now does not
+                        // keep the rest of the tree from its renewal.
+                        if let Err(e) = self.fill(&mut listing).await {
+                            tracing::warn!(dir = %hex(&read.public_key), error = %e,
+                                "listing pages unreadable: its entries are not reached");
+                            continue;
+                        }
+                        let caps = listing
+                            .entries
+                            .into_values()
+                            .chain(listing.links.into_values());
+                        stack.extend(caps.filter_map(|e| e.cap));
                     }
                 }
             }
         }
         Ok(ids.into_iter().collect())
+    }
+}
+
+/// Add the share ids of `file` to `ids`. One file that cannot be read now
+/// does not keep the rest of a tree from its renewal: it is logged.
+async fn reach_file(grid: &Grid, file: &FileVerifyCap, ids: &mut BTreeSet<[u8; 32]>) {
+    match grid.file_objects(file).await {
+        Ok(objects) => ids.extend(objects.into_iter().flat_map(|o| o.ids)),
+        Err(e) => tracing::warn!(file = %hex(&file.root), error = %e,
+            "manifest unreadable: its shares are not reached"),
     }
 }

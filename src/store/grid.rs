@@ -184,6 +184,12 @@ impl Grid {
         self.placed().window = PLACED_FOR.min(lease / 8);
     }
 
+    /// How long an acknowledged upload counts as placed without asking
+    /// again (zero until [`Self::set_lease_floor`] is called).
+    pub fn placed_window(&self) -> Duration {
+        self.placed().window
+    }
+
     /// [`Self::put_group`] that asks every mirror, whatever was
     /// acknowledged lately: for repair, which is called exactly because a
     /// mirror may have lost what it once acknowledged.

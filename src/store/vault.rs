@@ -25,6 +25,10 @@ const READAHEAD: usize = 16;
 /// A listing whose plaintext is larger than this is stored as pages of
 /// about this size (docs/ARCHITECTURE.md, "Large directories are paged").
 pub const PAGE_BYTES: usize = 1 << 20;
+/// The largest listing page a reader fetches: pages average `PAGE_BYTES`
+/// or less, and a reader must not be made to hold more than a whole slot's
+/// worth per page.
+const MAX_PAGE_BYTES: u64 = MAX_SLOT_BYTES as u64;
 /// Listing pages stored or fetched at once.
 const PAGES_IN_FLIGHT: usize = 4;
 /// Pages remembered as stored, by the hash of their plaintext.
@@ -49,9 +53,11 @@ pub struct Vault {
     page_bytes: usize,
     /// The largest slot this vault publishes: the mirrors' limit.
     slot_limit: usize,
-    /// Listing pages this vault stored, by SHA-256 of their plaintext: an
-    /// unchanged page of a large directory is not sealed again.
-    stored_pages: std::sync::Mutex<lru::LruCache<[u8; 32], FileReadCap>>,
+    /// Listing pages this vault stored, by SHA-256 of their plaintext, and
+    /// when: an unchanged page of a large directory is not sealed again
+    /// within the grid's placed window (after that its shares may have
+    /// lapsed, and it is stored again).
+    stored_pages: std::sync::Mutex<lru::LruCache<[u8; 32], (FileReadCap, std::time::Instant)>>,
 }
 
 /// One chunk fetch that several readers may wait on.
@@ -578,6 +584,13 @@ impl Vault {
         if !listing.is_pending() {
             return Ok(());
         }
+        if let Some(big) = listing.pages.iter().find(|c| c.size > MAX_PAGE_BYTES) {
+            return Err(crate::dir::Error::Malformed(format!(
+                "a listing page of {} bytes, over the {MAX_PAGE_BYTES} a reader accepts",
+                big.size
+            ))
+            .into());
+        }
         let pages: Vec<Vec<u8>> = futures_util::stream::iter(listing.pages.clone())
             .map(|cap| async move { self.get_bytes(&cap).await })
             .buffered(PAGES_IN_FLIGHT)
@@ -661,14 +674,17 @@ impl Vault {
                     .expect("page memo")
                     .get(&key)
                     .cloned();
-                if let Some(cap) = known {
+                if let Some((cap, at)) = known
+                    && at.elapsed() < self.grid.placed_window()
+                {
                     return Ok(cap);
                 }
+                let at = std::time::Instant::now();
                 let cap = self.put_reader(std::io::Cursor::new(page)).await?;
                 self.stored_pages
                     .lock()
                     .expect("page memo")
-                    .put(key, cap.clone());
+                    .put(key, (cap.clone(), at));
                 Ok(cap)
             })
             .buffered(PAGES_IN_FLIGHT)
@@ -993,12 +1009,70 @@ mod tests {
             for id in &page_objects[0].ids {
                 assert!(store.lose(id));
             }
-            assert!(
-                fresh
-                    .check(&Cap::DirWrite(root.clone()), false, false)
-                    .await
-                    .is_err()
-            );
+            let report = fresh
+                .check(&Cap::DirWrite(root.clone()), false, false)
+                .await
+                .unwrap();
+            assert_eq!(report.unreadable.len(), 1, "{:?}", report.unreadable);
+            assert!(!report.healthy());
+            // Renewal still reaches what it can: the other pages.
+            let reachable = fresh
+                .reachable_ids(&Cap::DirWrite(root.clone()))
+                .await
+                .unwrap();
+            let other = fresh
+                .grid()
+                .file_objects(&relisted.pages[1].verify_cap())
+                .await
+                .unwrap();
+            assert!(other[0].ids.iter().all(|id| reachable.contains(id)));
+        });
+    }
+
+    /// The root's link table holds the current cap of a hard-linked file,
+    /// which its names may not hold yet: checks and renewals reach it.
+    #[test]
+    fn the_link_table_is_reached_by_checks_and_renewals() {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
+        rt.block_on(async {
+            let secret = crate::crypto::RootSecret::from_bytes([7; 32]);
+            let store = Arc::new(crate::store::MemoryStorage::new());
+            let vault = Vault::single(&secret, store.clone());
+            let root = vault.root().clone();
+            let old = vault.put_bytes(b"first version").await.unwrap();
+            let new = vault.put_bytes(b"second version").await.unwrap();
+            let id = [9; 16];
+            let linked = |cap: &FileReadCap| {
+                let mut e = Entry::file(cap.clone(), 0o644, (0, 0));
+                e.link = Some(id);
+                e.nlink = 2;
+                e
+            };
+            vault
+                .update_dir(&root, |l| {
+                    l.entries.insert("name".into(), linked(&old));
+                    l.links.insert(id, linked(&new));
+                    Ok(())
+                })
+                .await
+                .unwrap();
+            let reachable = vault
+                .reachable_ids(&Cap::DirWrite(root.clone()))
+                .await
+                .unwrap();
+            let report = vault
+                .check(&Cap::DirWrite(root.clone()), false, false)
+                .await
+                .unwrap();
+            for cap in [&old, &new] {
+                let objects = vault.grid().file_objects(&cap.verify_cap()).await.unwrap();
+                for id in &objects[0].ids {
+                    assert!(reachable.contains(id));
+                    assert!(report.objects.iter().any(|o| o.object.ids.contains(id)));
+                }
+            }
         });
     }
 
