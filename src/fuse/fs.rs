@@ -291,8 +291,19 @@ impl LodeFs {
                 _ => return Err(Error::NotADirectory),
             }
         };
-        match self.rt.block_on(self.vault.list(&read)) {
-            Ok(listing) => self.lock().load(ino, listing),
+        // A refresh of a directory already listed fetches its pages only
+        // if its version changed.
+        let known = match loaded {
+            true => self.lock().listed_seq.get(&ino).copied(),
+            false => None,
+        };
+        match self.rt.block_on(self.vault.list_unless(&read, known)) {
+            Ok(Some((seq, listing))) => {
+                let mut tree = self.lock();
+                tree.load(ino, listing);
+                tree.listed_seq.insert(ino, seq);
+            }
+            Ok(None) => self.lock().still_current(ino),
             // A refresh that cannot reach the mirrors keeps what was
             // listed, and tries again at the next access.
             Err(e) if loaded => tracing::debug!(ino, error = %e, "refresh failed"),

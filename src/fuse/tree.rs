@@ -168,6 +168,10 @@ pub struct Tree {
     pub links: HashMap<LinkId, u64>,
     /// Owner of entries that record none, and of friends' trees.
     pub owner: (u32, u32),
+    /// The version each directory inode last loaded: a refresh of a
+    /// read-only directory that finds the same version keeps what it has
+    /// (a large friend's directory is pages to fetch and decode).
+    pub listed_seq: HashMap<u64, u64>,
 }
 
 impl Tree {
@@ -197,6 +201,7 @@ impl Tree {
             nodes,
             next: FRIENDS + 1,
             dirty: HashSet::new(),
+            listed_seq: HashMap::new(),
             publishing: HashSet::new(),
             too_large: HashMap::new(),
             publish_after: HashMap::new(),
@@ -320,6 +325,18 @@ impl Tree {
         }) = self.nodes.get_mut(&dir)
         {
             *c = Some(children);
+            *loaded_at = Some(Instant::now());
+        }
+    }
+
+    /// A refresh of `dir` found its listing unchanged: it counts as loaded
+    /// now.
+    pub fn still_current(&mut self, dir: u64) {
+        if let Some(Node {
+            body: Body::Dir { loaded_at, .. },
+            ..
+        }) = self.nodes.get_mut(&dir)
+        {
             *loaded_at = Some(Instant::now());
         }
     }
@@ -516,6 +533,7 @@ impl Tree {
         if !unused {
             return;
         }
+        self.listed_seq.remove(&ino);
         if let Some(Node {
             body: Body::File {
                 staged: Some(p), ..
@@ -641,6 +659,7 @@ impl Tree {
         };
         *loaded_at = None;
         for ino in children.take().into_iter().flat_map(BTreeMap::into_values) {
+            self.listed_seq.remove(&ino);
             if let Some(Node {
                 body: Body::File {
                     staged: Some(p), ..

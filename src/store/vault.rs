@@ -579,6 +579,22 @@ impl Vault {
         Ok(listing)
     }
 
+    /// The newest version of a directory and its listing, pages fetched,
+    /// or `None` if the newest version is `known` (nothing fetched but the
+    /// slot). Version 0 is a directory no mirror has stored, listed empty.
+    pub async fn list_unless(
+        &self,
+        cap: &DirReadCap,
+        known: Option<u64>,
+    ) -> Result<Option<(u64, Listing)>> {
+        let (seq, mut listing) = self.grid.get_slot(cap).await?.unwrap_or_default();
+        if known == Some(seq) {
+            return Ok(None);
+        }
+        self.fill(&mut listing).await?;
+        Ok(Some((seq, listing)))
+    }
+
     /// Fetch the pages of a listing read from an index.
     pub async fn fill(&self, listing: &mut Listing) -> Result<()> {
         if !listing.is_pending() {
@@ -974,6 +990,17 @@ mod tests {
                 relisted.entries["entry-0007"].target.as_deref(),
                 Some("moved")
             );
+            // A refresh that knows the newest version fetches no pages.
+            let (seq, same) = fresh
+                .list_unless(&root.read_cap(), None)
+                .await
+                .unwrap()
+                .unwrap();
+            assert_eq!(same, relisted);
+            let unchanged = fresh.list_unless(&root.read_cap(), Some(seq)).await;
+            assert!(unchanged.unwrap().is_none());
+            let older = fresh.list_unless(&root.read_cap(), Some(seq - 1)).await;
+            assert_eq!(older.unwrap().map(|(s, _)| s), Some(seq));
 
             // Every page share is reachable from the root, and a check
             // sees the pages as objects of the tree.
