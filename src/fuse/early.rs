@@ -148,9 +148,14 @@ impl Earlies {
             }
             None => return None,
         };
+        if early.started() || early.appended() < START_BYTES {
+            return None;
+        }
+        // Counted only for a file big enough to start: the map holds every
+        // file written since its last upload (thousands, in an untar), and
+        // counting on each write made small writes quadratic.
         let running = map.values().filter(|e| e.started()).count();
-        (!early.started() && early.appended() >= START_BYTES && running < MAX_RUNNING)
-            .then_some(early)
+        (running < MAX_RUNNING).then_some(early)
     }
 
     /// Take `ino`'s record out (to seal or to drop it).
