@@ -79,6 +79,18 @@ fn chunk_stages(c: &mut Criterion) {
     g.bench_function("seal_chunk_2of3", |b| {
         b.iter(|| share::seal_chunk(&conv, params, black_box(&data)))
     });
+    // The read path: both data shares, ids already checked.
+    let whole = sealed.shares[..2].to_vec();
+    g.bench_function("open_verified_chunk_2of3", |b| {
+        b.iter(|| {
+            share::open_verified_chunk(&sealed.key, params, black_box(&whole)).expect("opens")
+        })
+    });
+    g.bench_function("open_verified_chunk_2of3_rebuild", |b| {
+        b.iter(|| {
+            share::open_verified_chunk(&sealed.key, params, black_box(&degraded)).expect("opens")
+        })
+    });
     g.bench_function("open_chunk_2of3_rebuild", |b| {
         b.iter(|| share::open_chunk(&sealed.key, params, black_box(&degraded)).expect("opens"))
     });
