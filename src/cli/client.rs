@@ -424,7 +424,7 @@ async fn check(s: &Session, target: &str, verify: bool, repair: bool) -> Result<
     if !report.healthy() {
         if !report.unreadable.is_empty() {
             bail!(
-                "{} directories could not be read, {} objects need repair ({} unrecoverable)",
+                "{} files or directories could not be read, {} objects need repair ({} unrecoverable)",
                 report.unreadable.len(),
                 unhealthy.len(),
                 report.unrecoverable()
@@ -440,7 +440,8 @@ async fn check(s: &Session, target: &str, verify: bool, repair: bool) -> Result<
 }
 
 async fn renew(s: &Session) -> Result<()> {
-    let ids = s.vault.reachable_ids(&s.root()).await?;
+    let reach = s.vault.reachable_ids(&s.root()).await?;
+    let ids = reach.ids;
     let mut failed = 0;
     for (mirror, result) in s.vault.grid().renew(&ids).await {
         match result {
@@ -452,8 +453,17 @@ async fn renew(s: &Session) -> Result<()> {
         }
     }
     println!("{} objects reachable from the root", ids.len());
+    for e in &reach.unreadable {
+        println!("  UNREADABLE {e}");
+    }
     if failed > 0 {
         bail!("renewal failed on {failed} mirrors");
+    }
+    if !reach.unreadable.is_empty() {
+        bail!(
+            "{} files or directories could not be read: what they hold was not renewed",
+            reach.unreadable.len()
+        );
     }
     Ok(())
 }

@@ -214,12 +214,16 @@ async fn renew_loop(vault: Arc<Vault>, state: Arc<Mutex<KeeperState>>) {
     loop {
         let root = Cap::DirWrite(vault.root().clone());
         let summary = match vault.reachable_ids(&root).await {
-            Ok(ids) => {
-                let results = vault.grid().renew(&ids).await;
+            Ok(reach) => {
+                let results = vault.grid().renew(&reach.ids).await;
                 let failed = results.iter().filter(|(_, r)| r.is_err()).count();
+                let unreadable = match reach.unreadable.len() {
+                    0 => String::new(),
+                    n => format!(", {n} files or directories unreadable, not renewed"),
+                };
                 format!(
-                    "{} objects on {} mirrors ({} failed) at {}",
-                    ids.len(),
+                    "{} objects on {} mirrors ({} failed{unreadable}) at {}",
+                    reach.ids.len(),
                     results.len(),
                     failed,
                     unix_now()

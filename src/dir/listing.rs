@@ -40,6 +40,11 @@ const WHOLE_LISTING_VERSION: u8 = 2;
 const OLDEST_LISTING_VERSION: u8 = 1;
 const WCAP_CONTEXT: &[u8] = b"lode child write-cap v1";
 const PAGE_HASH_DOMAIN: &[u8] = b"lode listing page v1\0";
+/// The largest listing page a reader accepts, and so a writer makes.
+pub const MAX_PAGE_BYTES: usize = super::MAX_SLOT_BYTES;
+/// Pages a writer goes up to when names crowd a page: an index of this
+/// many is already over a slot's size.
+const MAX_PAGES: usize = 1 << 18;
 
 /// What an entry names.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -458,6 +463,12 @@ impl Listing {
     /// stored again as the same files (convergent encryption), until the
     /// directory doubles in size.
     pub fn paginate(&self, page_bytes: usize) -> Result<Encoded> {
+        self.paginate_within(page_bytes, MAX_PAGE_BYTES)
+    }
+
+    /// [`Self::paginate`], with pages of at most `max_page` bytes where
+    /// names crowd one page.
+    fn paginate_within(&self, page_bytes: usize, max_page: usize) -> Result<Encoded> {
         if self.pending {
             return Err(Error::Pending);
         }
@@ -465,7 +476,22 @@ impl Listing {
         if whole.len() <= page_bytes.max(1) {
             return Ok(Encoded::Whole(whole));
         }
-        let count = whole.len().div_ceil(page_bytes.max(1)).next_power_of_two();
+        let mut count = whole.len().div_ceil(page_bytes.max(1)).next_power_of_two();
+        loop {
+            let pages = self.pages_of(count);
+            // Names chosen to hash alike could crowd one page past what a
+            // reader takes; more pages split them, as long as the index
+            // can grow (past that, the index is too large to publish).
+            let crowded = pages.iter().any(|p| p.len() > max_page);
+            if !crowded || count >= MAX_PAGES {
+                return Ok(Encoded::Pages(pages));
+            }
+            count *= 2;
+        }
+    }
+
+    /// The listing's entries and links cut into `count` pages, encoded.
+    fn pages_of(&self, count: usize) -> Vec<Vec<u8>> {
         let mut pages: Vec<WireListing> = (0..count)
             .map(|_| WireListing {
                 v: LISTING_VERSION,
@@ -483,12 +509,10 @@ impl Listing {
             let key = crate::protocol::hex(id);
             pages[page_of(&key, count)].links.insert(key, to_wire(e));
         }
-        Ok(Encoded::Pages(
-            pages
-                .iter()
-                .map(|p| serde_cbor::to_vec(p).expect("listing page always serializes"))
-                .collect(),
-        ))
+        pages
+            .iter()
+            .map(|p| serde_cbor::to_vec(p).expect("listing page always serializes"))
+            .collect()
     }
 
     /// The plaintext of an index naming `pages` (see [`Self::paginate`]).
@@ -709,6 +733,32 @@ mod tests {
         assert_eq!(before.len(), after.len());
         let changed = before.iter().zip(&after).filter(|(a, b)| a != b).count();
         assert_eq!(changed, 1);
+    }
+
+    /// Names chosen to land in one page make more pages, until every page
+    /// is within what a reader takes.
+    #[test]
+    fn names_crowding_one_page_make_more_pages() {
+        let mut l = Listing::default();
+        let crowded = (0..)
+            .map(|i| format!("crowd-{i}"))
+            .filter(|n| page_of(n, 4) == 0)
+            .take(200);
+        for name in crowded {
+            l.entries
+                .insert(name, Entry::symlink(&"x".repeat(100), (0, 0)));
+        }
+        let whole = l.encode().len();
+        // Four pages by size, every name in the first: it needs splitting.
+        let page_bytes = whole / 3;
+        let Encoded::Pages(pages) = l.paginate_within(page_bytes, whole / 2).unwrap() else {
+            panic!("expected pages")
+        };
+        assert!(pages.len() > 4, "{} pages", pages.len());
+        assert!(pages.iter().all(|p| p.len() <= whole / 2));
+        let mut read = Listing::decode(&Listing::encode_index(&caps(pages.len()))).unwrap();
+        read.fill(&pages).unwrap();
+        assert_eq!(read.entries, l.entries);
     }
 
     #[test]

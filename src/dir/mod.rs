@@ -15,7 +15,9 @@
 mod listing;
 mod slot;
 
-pub use listing::{Encoded, Entry, EntryKind, LISTING_VERSION, LinkId, Listing, Time, check_name};
+pub use listing::{
+    Encoded, Entry, EntryKind, LISTING_VERSION, LinkId, Listing, MAX_PAGE_BYTES, Time, check_name,
+};
 pub use slot::{MAX_SLOT_BYTES, SLOT_VERSION, SlotEnvelope};
 
 /// Errors of the directory layer.

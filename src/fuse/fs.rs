@@ -301,7 +301,9 @@ impl LodeFs {
             Ok(Some((seq, listing))) => {
                 let mut tree = self.lock();
                 tree.load(ino, listing);
-                tree.listed_seq.insert(ino, seq);
+                if tree.nodes.contains_key(&ino) {
+                    tree.listed_seq.insert(ino, seq);
+                }
             }
             Ok(None) => self.lock().still_current(ino),
             // A refresh that cannot reach the mirrors keeps what was

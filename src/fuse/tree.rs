@@ -292,12 +292,15 @@ impl Tree {
             }
             let node = self.node_from_entry(dir, name, entry, parent_write.as_ref());
             let Some(node) = node else { continue };
+            // A name that now holds another directory (a friend removed
+            // one and made another) is a new inode: the old one's listing,
+            // children and version are the other directory's.
             let ino = match old.get(name) {
                 Some(&ino)
                     if self
                         .nodes
                         .get(&ino)
-                        .is_some_and(|n| n.kind() == node.kind()) =>
+                        .is_some_and(|n| n.kind() == node.kind() && same_slot(n, &node)) =>
                 {
                     self.refresh(ino, node);
                     ino
@@ -729,6 +732,15 @@ impl Tree {
     }
 }
 
+/// Whether two nodes name the same directory slot (true for anything but
+/// two directories).
+fn same_slot(a: &Node, b: &Node) -> bool {
+    match (&a.body, &b.body) {
+        (Body::Dir { read: x, .. }, Body::Dir { read: y, .. }) => x.public_key == y.public_key,
+        _ => true,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -775,6 +787,43 @@ mod tests {
         let b = child(&tree, a, "b");
         tree.load(b, files(10));
         (tree, a, b)
+    }
+
+    /// A reloaded listing whose name now holds another directory gives
+    /// that name a new inode, unloaded; the same directory keeps its inode
+    /// and its entries.
+    #[test]
+    fn a_name_that_holds_another_directory_is_a_new_inode() {
+        let (mut tree, a, b) = loaded();
+        let a_cap = match &tree.nodes[&a].body {
+            Body::Dir { write: Some(w), .. } => w.clone(),
+            _ => unreachable!("a is ours"),
+        };
+        let b_cap = match &tree.nodes[&b].body {
+            Body::Dir { write: Some(w), .. } => w.clone(),
+            _ => unreachable!("b is ours"),
+        };
+        let listing_of_a = |b_cap: &DirWriteCap| {
+            let mut l = files(5);
+            l.entries
+                .insert("b".into(), Entry::dir(&a_cap, "b", b_cap, 0o755, (2, 0)));
+            l
+        };
+        tree.load(a, listing_of_a(&b_cap));
+        assert_eq!(child(&tree, a, "b"), b);
+        assert_eq!(tree.children(b).map(|c| c.len()), Some(10));
+        let other = Vault::fresh_dir();
+        tree.load(a, listing_of_a(&other));
+        let now = child(&tree, a, "b");
+        assert_ne!(now, b);
+        assert!(
+            tree.children(now).is_none(),
+            "the new directory is listed afresh"
+        );
+        match &tree.nodes[&now].body {
+            Body::Dir { read, .. } => assert_eq!(read.public_key, other.read_cap().public_key),
+            _ => panic!("b is a directory"),
+        }
     }
 
     #[test]

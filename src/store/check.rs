@@ -335,7 +335,11 @@ impl Vault {
         let mut files: Vec<FileVerifyCap> = Vec::new();
         let mut dirs: Vec<Cap> = vec![cap.clone()];
         let mut seen_slots = BTreeSet::new();
+        let mut first = true;
         while let Some(dir) = dirs.pop() {
+            // Below the top, a directory that cannot be read is reported
+            // and the rest of the tree is still checked.
+            let top = std::mem::replace(&mut first, false);
             let pk = match &dir {
                 Cap::FileRead(f) => {
                     files.push(f.verify_cap());
@@ -355,7 +359,15 @@ impl Vault {
             report.slots += 1;
             let (best, seqs) = grid.probe_slot(&pk).await;
             let Some(best) = best else {
-                return Err(Error::NoSlot(hex(&pk)));
+                match top {
+                    true => return Err(Error::NoSlot(hex(&pk))),
+                    false => {
+                        report
+                            .unreadable
+                            .push(format!("directory {}: no mirror holds its slot", hex(&pk)));
+                        continue;
+                    }
+                }
             };
             for (j, seq) in seqs.iter().enumerate() {
                 if *seq != Some(best.seq) {
@@ -372,7 +384,16 @@ impl Vault {
                 _ => None,
             };
             if let Some(read) = read {
-                let mut listing = best.open(&read)?;
+                let mut listing = match best.open(&read) {
+                    Ok(listing) => listing,
+                    Err(e) if top => return Err(e.into()),
+                    Err(e) => {
+                        report
+                            .unreadable
+                            .push(format!("directory {}: {e}", hex(&pk)));
+                        continue;
+                    }
+                };
                 // A paged listing's pages are files of the directory's own,
                 // checked (and repaired) even if one cannot be read now.
                 files.extend(listing.pages.iter().map(FileReadCap::verify_cap));
@@ -432,51 +453,94 @@ impl Vault {
         Ok(report)
     }
 
-    /// Every object id (share ids and slot keys) reachable from `cap`.
-    pub async fn reachable_ids(&self, cap: &Cap) -> Result<Vec<[u8; 32]>> {
+    /// Every object id (share ids and slot keys) reachable from `cap`, and
+    /// what could not be read on the way: one file or directory that cannot
+    /// be read now does not keep the rest of a tree from its renewal.
+    /// Fails only if `cap` itself cannot be read.
+    pub async fn reachable_ids(&self, cap: &Cap) -> Result<Reach> {
         let grid = self.grid();
+        let mut reach = Reach::default();
         let mut ids = BTreeSet::new();
         let mut stack = vec![cap.clone()];
+        let mut first = true;
         while let Some(c) = stack.pop() {
-            match &c {
+            let top = std::mem::replace(&mut first, false);
+            let result = match &c {
                 Cap::FileRead(f) => reach_file(grid, &f.verify_cap(), &mut ids).await,
                 Cap::FileVerify(f) => reach_file(grid, f, &mut ids).await,
                 Cap::DirVerify(v) => {
                     ids.insert(v.public_key);
+                    Ok(())
                 }
                 Cap::DirWrite(_) | Cap::DirRead(_) => {
                     let read = c.clone().into_dir_read()?;
                     if !ids.insert(read.public_key) {
                         continue;
                     }
-                    if let Some((_, mut listing)) = grid.get_slot(&read).await? {
-                        stack.extend(listing.pages.iter().cloned().map(Cap::FileRead));
-                        // One directory that cannot be read now does not
-                        // keep the rest of the tree from its renewal.
-                        if let Err(e) = self.fill(&mut listing).await {
-                            tracing::warn!(dir = %hex(&read.public_key), error = %e,
-                                "listing pages unreadable: its entries are not reached");
-                            continue;
-                        }
-                        let caps = listing
-                            .entries
-                            .into_values()
-                            .chain(listing.links.into_values());
-                        stack.extend(caps.filter_map(|e| e.cap));
-                    }
+                    self.reach_dir(&read, &mut stack, &mut reach).await
                 }
+            };
+            match result {
+                Err(e) if top => return Err(e),
+                Err(e) => {
+                    let what = match &c {
+                        Cap::FileRead(f) => format!("file {}", hex(&f.root)),
+                        Cap::FileVerify(f) => format!("file {}", hex(&f.root)),
+                        _ => format!("directory {}", hex(&c.clone().into_dir_read()?.public_key)),
+                    };
+                    tracing::warn!(%what, error = %e, "unreadable: what it holds is not reached");
+                    reach.unreadable.push(format!("{what}: {e}"));
+                }
+                Ok(()) => {}
             }
         }
-        Ok(ids.into_iter().collect())
+        reach.ids = ids.into_iter().collect();
+        Ok(reach)
+    }
+
+    /// Push what directory `read` names (its pages first) onto `stack`.
+    /// Fails if its slot cannot be read; pages that cannot be read go into
+    /// `reach` (the pages that can are still renewed).
+    async fn reach_dir(
+        &self,
+        read: &DirReadCap,
+        stack: &mut Vec<Cap>,
+        reach: &mut Reach,
+    ) -> Result<()> {
+        let Some((_, mut listing)) = self.grid().get_slot(read).await? else {
+            return Ok(());
+        };
+        stack.extend(listing.pages.iter().cloned().map(Cap::FileRead));
+        if let Err(e) = self.fill(&mut listing).await {
+            tracing::warn!(dir = %hex(&read.public_key), error = %e,
+                "listing pages unreadable: its entries are not reached");
+            reach
+                .unreadable
+                .push(format!("directory {}: {e}", hex(&read.public_key)));
+            return Ok(());
+        }
+        // The root's link table holds the current cap of every
+        // hard-linked file; its names may hold older snapshots.
+        let caps = listing
+            .entries
+            .into_values()
+            .chain(listing.links.into_values());
+        stack.extend(caps.filter_map(|e| e.cap));
+        Ok(())
     }
 }
 
-/// Add the share ids of `file` to `ids`. One file that cannot be read now
-/// does not keep the rest of a tree from its renewal: it is logged.
-async fn reach_file(grid: &Grid, file: &FileVerifyCap, ids: &mut BTreeSet<[u8; 32]>) {
-    match grid.file_objects(file).await {
-        Ok(objects) => ids.extend(objects.into_iter().flat_map(|o| o.ids)),
-        Err(e) => tracing::warn!(file = %hex(&file.root), error = %e,
-            "manifest unreadable: its shares are not reached"),
-    }
+/// What [`Vault::reachable_ids`] found.
+#[derive(Debug, Default)]
+pub struct Reach {
+    pub ids: Vec<[u8; 32]>,
+    /// Files and directories that could not be read, with why.
+    pub unreadable: Vec<String>,
+}
+
+/// Add the share ids of `file` to `ids`.
+async fn reach_file(grid: &Grid, file: &FileVerifyCap, ids: &mut BTreeSet<[u8; 32]>) -> Result<()> {
+    let objects = grid.file_objects(file).await?;
+    ids.extend(objects.into_iter().flat_map(|o| o.ids));
+    Ok(())
 }

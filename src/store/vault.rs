@@ -14,7 +14,9 @@ use super::{ChunkCache, Error, Grid, GridConfig, Result, Storage};
 use crate::caps::{Cap, DirReadCap, DirWriteCap, FileReadCap};
 use crate::chunk::{self, ChunkerParams, FileEncoder, Node, Params, Share, share};
 use crate::crypto::{ConvergenceSecret, ReadKey, RootSecret, SlotSeed};
-use crate::dir::{Encoded, Entry, EntryKind, Listing, MAX_SLOT_BYTES, SlotEnvelope, check_name};
+use crate::dir::{
+    Encoded, Entry, EntryKind, Listing, MAX_PAGE_BYTES, MAX_SLOT_BYTES, SlotEnvelope, check_name,
+};
 
 /// Share bytes one put keeps in flight to the mirrors. Each upload waits
 /// for a mirror's fsync, so the window must cover that latency; it also
@@ -25,10 +27,6 @@ const READAHEAD: usize = 16;
 /// A listing whose plaintext is larger than this is stored as pages of
 /// about this size (docs/ARCHITECTURE.md, "Large directories are paged").
 pub const PAGE_BYTES: usize = 1 << 20;
-/// The largest listing page a reader fetches: pages average `PAGE_BYTES`
-/// or less, and a reader must not be made to hold more than a whole slot's
-/// worth per page.
-const MAX_PAGE_BYTES: u64 = MAX_SLOT_BYTES as u64;
 /// Listing pages stored or fetched at once.
 const PAGES_IN_FLIGHT: usize = 4;
 /// Pages remembered as stored, by the hash of their plaintext.
@@ -600,7 +598,13 @@ impl Vault {
         if !listing.is_pending() {
             return Ok(());
         }
-        if let Some(big) = listing.pages.iter().find(|c| c.size > MAX_PAGE_BYTES) {
+        // Pages average `PAGE_BYTES` or less; a reader is not made to hold
+        // more than a slot's worth for one.
+        if let Some(big) = listing
+            .pages
+            .iter()
+            .find(|c| c.size > MAX_PAGE_BYTES as u64)
+        {
             return Err(crate::dir::Error::Malformed(format!(
                 "a listing page of {} bytes, over the {MAX_PAGE_BYTES} a reader accepts",
                 big.size
@@ -1008,6 +1012,7 @@ mod tests {
                 .reachable_ids(&Cap::DirWrite(root.clone()))
                 .await
                 .unwrap()
+                .ids
                 .into_iter()
                 .collect();
             for page in &relisted.pages {
@@ -1036,17 +1041,23 @@ mod tests {
             for id in &page_objects[0].ids {
                 assert!(store.lose(id));
             }
-            let report = fresh
+            // A vault without the page in its cache: the page file and the
+            // directory it belongs to are both unreadable now.
+            let cold = Vault::single(&secret, store.clone());
+            let report = cold
                 .check(&Cap::DirWrite(root.clone()), false, false)
                 .await
                 .unwrap();
-            assert_eq!(report.unreadable.len(), 1, "{:?}", report.unreadable);
+            assert_eq!(report.unreadable.len(), 2, "{:?}", report.unreadable);
             assert!(!report.healthy());
-            // Renewal still reaches what it can: the other pages.
-            let reachable = fresh
+            // Renewal still reaches what it can, the other pages, and says
+            // what it could not.
+            let reach = cold
                 .reachable_ids(&Cap::DirWrite(root.clone()))
                 .await
                 .unwrap();
+            assert_eq!(reach.unreadable.len(), 2, "{:?}", reach.unreadable);
+            let reachable = reach.ids;
             let other = fresh
                 .grid()
                 .file_objects(&relisted.pages[1].verify_cap())
@@ -1088,7 +1099,8 @@ mod tests {
             let reachable = vault
                 .reachable_ids(&Cap::DirWrite(root.clone()))
                 .await
-                .unwrap();
+                .unwrap()
+                .ids;
             let report = vault
                 .check(&Cap::DirWrite(root.clone()), false, false)
                 .await
