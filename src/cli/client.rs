@@ -422,16 +422,12 @@ async fn check(s: &Session, target: &str, verify: bool, repair: bool) -> Result<
         }
     );
     if !report.healthy() {
-        if !report.unreadable.is_empty() {
-            bail!(
-                "{} files or directories could not be read, {} objects need repair ({} unrecoverable)",
-                report.unreadable.len(),
-                unhealthy.len(),
-                report.unrecoverable()
-            );
-        }
+        let unreadable = match report.unreadable.len() {
+            0 => String::new(),
+            n => format!("{n} files or directories could not be read, "),
+        };
         bail!(
-            "{} objects need repair ({} unrecoverable)",
+            "{unreadable}{} objects need repair ({} unrecoverable)",
             unhealthy.len(),
             report.unrecoverable()
         );

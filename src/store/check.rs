@@ -359,15 +359,14 @@ impl Vault {
             report.slots += 1;
             let (best, seqs) = grid.probe_slot(&pk).await;
             let Some(best) = best else {
-                match top {
-                    true => return Err(Error::NoSlot(hex(&pk))),
-                    false => {
-                        report
-                            .unreadable
-                            .push(format!("directory {}: no mirror holds its slot", hex(&pk)));
-                        continue;
-                    }
+                if top {
+                    return Err(Error::NoSlot(hex(&pk)));
                 }
+                let what = label(&dir);
+                report
+                    .unreadable
+                    .push(format!("{what}: no mirror holds its slot"));
+                continue;
             };
             for (j, seq) in seqs.iter().enumerate() {
                 if *seq != Some(best.seq) {
@@ -388,9 +387,7 @@ impl Vault {
                     Ok(listing) => listing,
                     Err(e) if top => return Err(e.into()),
                     Err(e) => {
-                        report
-                            .unreadable
-                            .push(format!("directory {}: {e}", hex(&pk)));
+                        report.unreadable.push(format!("{}: {e}", label(&dir)));
                         continue;
                     }
                 };
@@ -399,9 +396,7 @@ impl Vault {
                 files.extend(listing.pages.iter().map(FileReadCap::verify_cap));
                 report.pages += listing.pages.len() as u64;
                 if let Err(e) = self.fill(&mut listing).await {
-                    report
-                        .unreadable
-                        .push(format!("directory {}: {e}", hex(&pk)));
+                    report.unreadable.push(format!("{}: {e}", label(&dir)));
                     continue;
                 }
                 // The root's link table holds the current cap of every
@@ -417,9 +412,8 @@ impl Vault {
             let objects = match grid.file_objects(&file).await {
                 Ok(objects) => objects,
                 Err(e) => {
-                    report
-                        .unreadable
-                        .push(format!("file {}: {e}", hex(&file.root)));
+                    let what = label(&Cap::FileVerify(file.clone()));
+                    report.unreadable.push(format!("{what}: {e}"));
                     continue;
                 }
             };
@@ -483,11 +477,7 @@ impl Vault {
             match result {
                 Err(e) if top => return Err(e),
                 Err(e) => {
-                    let what = match &c {
-                        Cap::FileRead(f) => format!("file {}", hex(&f.root)),
-                        Cap::FileVerify(f) => format!("file {}", hex(&f.root)),
-                        _ => format!("directory {}", hex(&c.clone().into_dir_read()?.public_key)),
-                    };
+                    let what = label(&c);
                     tracing::warn!(%what, error = %e, "unreadable: what it holds is not reached");
                     reach.unreadable.push(format!("{what}: {e}"));
                 }
@@ -512,11 +502,9 @@ impl Vault {
         };
         stack.extend(listing.pages.iter().cloned().map(Cap::FileRead));
         if let Err(e) = self.fill(&mut listing).await {
-            tracing::warn!(dir = %hex(&read.public_key), error = %e,
-                "listing pages unreadable: its entries are not reached");
-            reach
-                .unreadable
-                .push(format!("directory {}: {e}", hex(&read.public_key)));
+            let what = label(&Cap::DirRead(read.clone()));
+            tracing::warn!(%what, error = %e, "listing pages unreadable: its entries are not reached");
+            reach.unreadable.push(format!("{what}: {e}"));
             return Ok(());
         }
         // The root's link table holds the current cap of every
@@ -543,4 +531,16 @@ async fn reach_file(grid: &Grid, file: &FileVerifyCap, ids: &mut BTreeSet<[u8; 3
     let objects = grid.file_objects(file).await?;
     ids.extend(objects.into_iter().flat_map(|o| o.ids));
     Ok(())
+}
+
+/// How a report names what `cap` points at: a file by its root share id, a
+/// directory by its slot key.
+fn label(cap: &Cap) -> String {
+    match cap {
+        Cap::FileRead(f) => format!("file {}", hex(&f.root)),
+        Cap::FileVerify(f) => format!("file {}", hex(&f.root)),
+        Cap::DirWrite(w) => format!("directory {}", hex(&w.read_cap().public_key)),
+        Cap::DirRead(r) => format!("directory {}", hex(&r.public_key)),
+        Cap::DirVerify(v) => format!("directory {}", hex(&v.public_key)),
+    }
 }

@@ -7,7 +7,7 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use futures_util::StreamExt;
+use futures_util::{StreamExt, TryStreamExt};
 use tokio::sync::mpsc;
 
 use super::{ChunkCache, Error, Grid, GridConfig, Result, Storage};
@@ -567,14 +567,8 @@ impl Vault {
     /// The current listing of a directory, its pages fetched. An empty
     /// listing if no mirror has ever stored the slot.
     pub async fn list(&self, cap: &DirReadCap) -> Result<Listing> {
-        let mut listing = self
-            .grid
-            .get_slot(cap)
-            .await?
-            .map(|(_, l)| l)
-            .unwrap_or_default();
-        self.fill(&mut listing).await?;
-        Ok(listing)
+        let listed = self.list_unless(cap, None).await?;
+        Ok(listed.map(|(_, listing)| listing).unwrap_or_default())
     }
 
     /// The newest version of a directory and its listing, pages fetched,
@@ -614,10 +608,8 @@ impl Vault {
         let pages: Vec<Vec<u8>> = futures_util::stream::iter(listing.pages.clone())
             .map(|cap| async move { self.get_bytes(&cap).await })
             .buffered(PAGES_IN_FLIGHT)
-            .collect::<Vec<_>>()
-            .await
-            .into_iter()
-            .collect::<Result<_>>()?;
+            .try_collect()
+            .await?;
         listing.fill(&pages)?;
         Ok(())
     }
@@ -708,10 +700,8 @@ impl Vault {
                 Ok(cap)
             })
             .buffered(PAGES_IN_FLIGHT)
-            .collect::<Vec<_>>()
+            .try_collect()
             .await
-            .into_iter()
-            .collect()
     }
 
     /// A write-cap for a new directory, not yet stored anywhere: until its
