@@ -607,11 +607,8 @@ impl LodeFs {
                         // Logged once for each size it is refused at.
                         let refused = tree.too_large.insert(dir, (entries, Instant::now()));
                         if refused.map(|(n, _)| n) != Some(entries) {
-                            tracing::error!(
-                                dir = %path_in_mount(&tree, dir),
-                                error = %e,
-                                "cannot publish"
-                            );
+                            let path = Self::path_in(&tree, dir).unwrap_or_default();
+                            tracing::error!(dir = %format!("/{path}"), error = %e, "cannot publish");
                         }
                     }
                 }
@@ -1926,24 +1923,6 @@ const PUBLISH_PAUSE_MAX: Duration = Duration::from_secs(10);
 /// How long the background flusher leaves a directory refused as too
 /// large, if its entry count has not fallen meanwhile.
 const TOO_LARGE_RETRY: Duration = Duration::from_secs(60);
-
-/// `/a/b` for a node, from the mount's root, for messages.
-fn path_in_mount(tree: &Tree, mut ino: u64) -> String {
-    let mut names = Vec::new();
-    // Bounded, should a broken tree ever hold a loop.
-    for _ in 0..4096 {
-        if ino == ROOT {
-            break;
-        }
-        let Some(node) = tree.nodes.get(&ino) else {
-            break;
-        };
-        names.push(node.name.as_str());
-        ino = node.parent;
-    }
-    names.reverse();
-    format!("/{}", names.join("/"))
-}
 
 impl Filesystem for Mount {
     fn destroy(&mut self) {
