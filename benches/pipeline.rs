@@ -14,9 +14,9 @@ use std::hint::black_box;
 use std::io::Cursor;
 use std::time::Duration;
 
-use criterion::{Criterion, SamplingMode, Throughput, criterion_group, criterion_main};
+use criterion::{BatchSize, Criterion, SamplingMode, Throughput, criterion_group, criterion_main};
 use lode::chunk::ChunkerParams;
-use lode::chunk::share::{self, Params};
+use lode::chunk::share::{self, Params, Share};
 use lode::crypto::{self, ChunkKey, RootSecret};
 
 const MIB: usize = 1024 * 1024;
@@ -85,6 +85,20 @@ fn chunk_stages(c: &mut Criterion) {
         b.iter(|| {
             share::open_verified_chunk(&sealed.key, params, black_box(&whole)).expect("opens")
         })
+    });
+    // The same, decrypted in the shares' own buffers (as fetched: each
+    // share's bytes unshared), with no join.
+    g.bench_function("open_verified_chunk_parts_2of3", |b| {
+        b.iter_batched(
+            || {
+                whole
+                    .iter()
+                    .map(|s| Share::parse(s.as_bytes().to_vec()).expect("parses"))
+                    .collect::<Vec<_>>()
+            },
+            |shares| share::open_verified_chunk_parts(&sealed.key, params, shares).expect("opens"),
+            BatchSize::LargeInput,
+        )
     });
     g.bench_function("open_verified_chunk_2of3_rebuild", |b| {
         b.iter(|| {

@@ -67,7 +67,17 @@ proptest! {
         // The read path's form, which leaves authentication to the share
         // ids, gives the same plaintext from any k shares.
         let last_k = &sealed.shares[(p.n() - p.k()) as usize..];
-        prop_assert_eq!(share::open_verified_chunk(&sealed.key, p, last_k).unwrap(), pt);
+        prop_assert_eq!(&share::open_verified_chunk(&sealed.key, p, last_k).unwrap(), &pt);
+        // And in parts: from the data shares (in any order, one buffer
+        // shared elsewhere so it must be copied) or from the last k.
+        let mut data: Vec<_> = sealed.shares[..p.k() as usize].to_vec();
+        data.reverse();
+        let held = data[0].shared_bytes();
+        for shares in [data, last_k.to_vec()] {
+            let parts = share::open_verified_chunk_parts(&sealed.key, p, shares).unwrap();
+            prop_assert_eq!(parts.concat(), pt.clone());
+        }
+        drop(held);
     }
 
     /// Any k of the n shares rebuild the payload; any fewer fail clearly.

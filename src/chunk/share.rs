@@ -18,7 +18,7 @@
 //!     16    -  shard bytes (every share of a chunk has the same length)
 //! ```
 
-use bytes::Bytes;
+use bytes::{Buf, Bytes, BytesMut};
 
 use sha2::Digest;
 
@@ -472,6 +472,68 @@ pub fn open_verified_chunk(key: &ChunkKey, params: Params, shares: &[Share]) -> 
     let mut body = decode_split(params, shares, &mut tag)?;
     key.decrypt_verified_in_place(&tag, &mut body);
     Ok(body)
+}
+
+/// [`open_verified_chunk`], leaving the plaintext where the shares'
+/// bytes arrived. When the `k` data shares are all there (the usual case),
+/// each one's buffer is decrypted in place and becomes one part of the
+/// result, so the chunk is never joined into a new buffer (that join was
+/// 8 % of a cold read's CPU in the mount). A buffer shared with someone
+/// else is copied first. Otherwise the shares are rebuilt and opened as
+/// [`open_verified_chunk`] does, into one part.
+pub fn open_verified_chunk_parts(
+    key: &ChunkKey,
+    params: Params,
+    shares: Vec<Share>,
+) -> Result<Vec<Bytes>> {
+    let k = params.k as usize;
+    let mut payload_len = None;
+    for s in &shares {
+        let h = s.header();
+        if h.params != params || *payload_len.get_or_insert(h.payload_len) != h.payload_len {
+            return Err(Error::Inconsistent);
+        }
+    }
+    let payload_len = payload_len.unwrap_or(0) as usize;
+    let tag_len = crate::crypto::TAG_LEN;
+    let mut indexes: Vec<usize> = shares.iter().map(|s| s.header().index as usize).collect();
+    indexes.sort_unstable();
+    if indexes != (0..k).collect::<Vec<_>>() || payload_len < tag_len {
+        return open_verified_chunk(key, params, &shares).map(|plain| vec![Bytes::from(plain)]);
+    }
+    let mut data = shares;
+    data.sort_unstable_by_key(|s| s.header().index);
+    let mut parts: Vec<BytesMut> = data
+        .into_iter()
+        .map(|s| {
+            let mut buf = s
+                .bytes
+                .try_into_mut()
+                .unwrap_or_else(|b| BytesMut::from(&b[..]));
+            buf.advance(HEADER_LEN);
+            buf
+        })
+        .collect();
+    // The tag opens the payload (in the first shard, unless shards are
+    // shorter than a tag).
+    let mut tag = [0u8; crate::crypto::TAG_LEN];
+    let mut got = 0;
+    for part in &mut parts {
+        let n = (tag_len - got).min(part.len());
+        tag[got..got + n].copy_from_slice(&part[..n]);
+        part.advance(n);
+        got += n;
+    }
+    // The last shard carries the code's padding.
+    let mut keep = payload_len - tag_len;
+    for part in &mut parts {
+        let n = part.len().min(keep);
+        part.truncate(n);
+        keep -= n;
+    }
+    parts.retain(|p| !p.is_empty());
+    key.decrypt_verified_parts(&tag, parts.iter_mut().map(|p| &mut p[..]));
+    Ok(parts.into_iter().map(BytesMut::freeze).collect())
 }
 
 #[cfg(test)]

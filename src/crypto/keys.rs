@@ -114,6 +114,16 @@ impl ChunkKey {
     pub fn decrypt_verified_in_place(&self, tag: &[u8; super::TAG_LEN], body: &mut [u8]) {
         super::siv::decrypt_verified_in_place(&self.0, tag, body)
     }
+
+    /// [`Self::decrypt_verified_in_place`] for a body in several buffers,
+    /// in order.
+    pub fn decrypt_verified_parts<'a>(
+        &self,
+        tag: &[u8; super::TAG_LEN],
+        parts: impl IntoIterator<Item = &'a mut [u8]>,
+    ) {
+        super::siv::decrypt_verified_parts(&self.0, tag, parts)
+    }
 }
 
 /// HKDF-SHA256 expand of `ikm` under `info`, with lode's fixed salt.

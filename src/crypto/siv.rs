@@ -97,13 +97,27 @@ pub fn open_in_place(
 /// is a writer who could have stored any content. Everything else goes
 /// through [`open`] or [`open_in_place`].
 pub fn decrypt_verified_in_place(key: &[u8; 32], tag: &[u8; TAG_LEN], body: &mut [u8]) {
+    decrypt_verified_parts(key, tag, [body]);
+}
+
+/// [`decrypt_verified_in_place`] for a body that lies in several buffers,
+/// in order: one keystream runs across them, so the result is the same as
+/// for the body joined, without joining it.
+pub fn decrypt_verified_parts<'a>(
+    key: &[u8; 32],
+    tag: &[u8; TAG_LEN],
+    parts: impl IntoIterator<Item = &'a mut [u8]>,
+) {
     // RFC 5297 2.6: the counter is the IV with the top bit of each of its
     // last two 32-bit words cleared.
     let mut iv = *tag;
     iv[8] &= 0x7f;
     iv[12] &= 0x7f;
     let ctr_key = derive(key, CTR_INFO);
-    ctr::Ctr128BE::<Aes256>::new((&*ctr_key).into(), (&iv).into()).apply_keystream(body);
+    let mut ctr = ctr::Ctr128BE::<Aes256>::new((&*ctr_key).into(), (&iv).into());
+    for part in parts {
+        ctr.apply_keystream(part);
+    }
 }
 
 #[cfg(test)]
@@ -125,6 +139,13 @@ mod tests {
             let mut body = theirs[TAG_LEN..].to_vec();
             open_in_place(&key, &[b"ctx"], &tag, &mut body).unwrap();
             assert_eq!(body, plain, "in place, len {len}");
+            // Cut anywhere, even inside a block, the parts decrypt as one.
+            for cut in [0, len / 3, (len / 2 + 1).min(len), len] {
+                let mut body = theirs[TAG_LEN..].to_vec();
+                let (a, b) = body.split_at_mut(cut);
+                decrypt_verified_parts(&key, &tag, [a, b]);
+                assert_eq!(body, plain, "in parts cut at {cut}, len {len}");
+            }
         }
     }
 

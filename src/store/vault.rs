@@ -7,9 +7,11 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
+use bytes::Bytes;
 use futures_util::{StreamExt, TryStreamExt};
 use tokio::sync::mpsc;
 
+use super::cache::Plain;
 use super::{ChunkCache, Error, Grid, GridConfig, Result, Storage};
 use crate::caps::{Cap, DirReadCap, DirWriteCap, FileReadCap};
 use crate::chunk::{self, ChunkerParams, FileEncoder, Node, Params, Share, share};
@@ -59,7 +61,7 @@ pub struct Vault {
 }
 
 /// One chunk fetch that several readers may wait on.
-type Fetching = tokio::sync::OnceCell<Arc<Vec<u8>>>;
+type Fetching = tokio::sync::OnceCell<Plain>;
 
 /// Takes a chunk's fetch cell out of `Vault::fetching` when dropped, if it
 /// is still the one there.
@@ -81,21 +83,17 @@ impl Drop for Retire<'_> {
     }
 }
 
-/// A verified chunk's plaintext, shared by the cache and its readers.
-type Plain = Arc<Vec<u8>>;
-
-/// Bytes of a file, as ranges of shared buffers (verified chunks).
-pub struct Pieces(Vec<(Plain, std::ops::Range<usize>)>);
+/// Bytes of a file, as slices of shared buffers (verified chunks).
+pub struct Pieces(Vec<Bytes>);
 
 impl Pieces {
     /// Bytes already in memory, as one piece.
     pub fn owned(bytes: Vec<u8>) -> Pieces {
-        let len = bytes.len();
-        Pieces(vec![(Arc::new(bytes), 0..len)])
+        Pieces(vec![Bytes::from(bytes)])
     }
 
     pub fn len(&self) -> usize {
-        self.0.iter().map(|(_, r)| r.len()).sum()
+        self.0.iter().map(Bytes::len).sum()
     }
 
     pub fn is_empty(&self) -> bool {
@@ -106,11 +104,11 @@ impl Pieces {
     pub fn joined(&self) -> std::borrow::Cow<'_, [u8]> {
         match &self.0[..] {
             [] => std::borrow::Cow::Borrowed(&[]),
-            [(buf, range)] => std::borrow::Cow::Borrowed(&buf[range.clone()]),
+            [one] => std::borrow::Cow::Borrowed(one),
             many => {
                 let mut out = Vec::with_capacity(self.len());
-                for (buf, range) in many {
-                    out.extend_from_slice(&buf[range.clone()]);
+                for piece in many {
+                    out.extend_from_slice(piece);
                 }
                 std::borrow::Cow::Owned(out)
             }
@@ -372,7 +370,7 @@ impl Vault {
 
     /// A chunk's verified plaintext, from the cache or the mirrors (and
     /// then cached), under [`Self::chunk_slot`].
-    async fn fetch_chunk(&self, leaf: &Node, entry: &chunk::NodeEntry) -> Result<Arc<Vec<u8>>> {
+    async fn fetch_chunk(&self, leaf: &Node, entry: &chunk::NodeEntry) -> Result<Plain> {
         let slot = Self::chunk_slot(entry)?;
         if let Some(plain) = self.cached_chunk(&slot) {
             return Ok(plain);
@@ -397,7 +395,7 @@ impl Vault {
             .cloned()
     }
 
-    fn cached_chunk(&self, slot: &[u8; 32]) -> Option<Arc<Vec<u8>>> {
+    fn cached_chunk(&self, slot: &[u8; 32]) -> Option<Plain> {
         self.cache
             .lock()
             .unwrap_or_else(|p| p.into_inner())
@@ -410,7 +408,7 @@ impl Vault {
         leaf: &Node,
         entry: &chunk::NodeEntry,
         slot: [u8; 32],
-    ) -> Result<Arc<Vec<u8>>> {
+    ) -> Result<Plain> {
         // Again: a fetch may have finished and retired its cell between
         // the caller's look and its making a new one.
         if let Some(plain) = self.cached_chunk(&slot) {
@@ -423,17 +421,18 @@ impl Vault {
         // Decrypting is the costly part of a read; on the blocking pool,
         // the chunks a reader has in flight open side by side.
         let (key, params) = (Self::key_of(entry)?.clone(), leaf.params);
-        let plain =
-            tokio::task::spawn_blocking(move || share::open_verified_chunk(&key, params, &shares))
-                .await
-                .expect("opening does not panic")?;
+        let plain = tokio::task::spawn_blocking(move || {
+            share::open_verified_chunk_parts(&key, params, shares)
+        })
+        .await
+        .expect("opening does not panic")?;
+        let plain = Plain::new(plain);
         if plain.len() as u64 != entry.len {
             return Err(chunk::Error::MalformedManifest(
                 "chunk length differs from the manifest".into(),
             )
             .into());
         }
-        let plain = Arc::new(plain);
         self.cache
             .lock()
             .unwrap_or_else(|p| p.into_inner())
@@ -482,7 +481,7 @@ impl Vault {
         let end = offset.saturating_add(len).min(cap.size);
         if let Some(data) = &root.data {
             if offset < end {
-                visit(0, data)?;
+                visit(0, &Plain::from(data.to_vec()))?;
             }
             return Ok(());
         }
@@ -538,8 +537,8 @@ impl Vault {
         let mut pieces = Vec::new();
         self.walk_range(cap, offset, len, &mut |lo, plain| {
             let from = offset.saturating_sub(lo) as usize;
-            let to = ((end - lo) as usize).min(plain.len());
-            pieces.push((plain.clone(), from..to));
+            let to = (end - lo) as usize;
+            pieces.extend(plain.slices(from..to));
             Ok(())
         })
         .await?;
@@ -558,8 +557,13 @@ impl Vault {
 
     /// Stream a whole file into `out`, one verified chunk at a time.
     pub async fn get_to<W: Write + Send>(&self, cap: &FileReadCap, out: &mut W) -> Result<()> {
-        self.walk_range(cap, 0, cap.size, &mut |_, plain| Ok(out.write_all(plain)?))
-            .await
+        self.walk_range(cap, 0, cap.size, &mut |_, plain| {
+            for part in plain.parts() {
+                out.write_all(part)?;
+            }
+            Ok(())
+        })
+        .await
     }
 
     // ---- directories ----
