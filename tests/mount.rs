@@ -247,6 +247,65 @@ fn tools_work_and_everything_survives_a_remount() {
     drop(m);
 }
 
+/// `lode friend add` and `remove` reach a running mount at once, and a
+/// second mount of the same identity is refused at once, naming the first,
+/// without touching its log.
+#[test]
+fn friends_change_in_a_running_mount_and_a_second_mount_is_refused() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (mirrors, alice) = common::three_mirrors_and_client(tmp.path());
+    let alice_mp = tmp.path().join("alice-mnt");
+    let am = Mounted::new(&alice, &alice_mp);
+    std::fs::create_dir(alice_mp.join("shared")).unwrap();
+    let bytes = common::seeded_bytes("friend live", 5000);
+    std::fs::write(alice_mp.join("shared/f.bin"), &bytes).unwrap();
+    alice.ok(&["sync"]);
+    let cap = alice.ok(&["share", "shared"]).trim().to_string();
+
+    let urls: Vec<&str> = mirrors.iter().map(|m| m.url.as_str()).collect();
+    let bob = Client::new(&tmp.path().join("bob"), &urls);
+    let bob_mp = tmp.path().join("bob-mnt");
+    let bm = Mounted::new(&bob, &bob_mp);
+    let friends = bob_mp.join("friends");
+    assert_eq!(std::fs::read_dir(&friends).unwrap().count(), 0);
+
+    let said = bob.ok(&["friend", "add", "alice", &cap]);
+    assert!(said.contains("shows it now"), "{said}");
+    assert!(std::fs::read(friends.join("alice/f.bin")).unwrap() == bytes);
+    let e = std::fs::write(friends.join("alice/new.txt"), b"x").unwrap_err();
+    assert_eq!(e.raw_os_error(), Some(libc::EROFS), "{e}");
+
+    bob.ok(&["friend", "remove", "alice"]);
+    let names: Vec<_> = std::fs::read_dir(&friends).unwrap().collect();
+    assert!(names.is_empty(), "still listed: {names:?}");
+    // The kernel may keep the name it looked up for the entry TTL (1 s).
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while friends.join("alice").exists() {
+        assert!(Instant::now() < deadline, "friends/alice still resolves");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+
+    // A second mount of bob's identity: refused, naming the first.
+    let log = bob.home.join("data/mount.log");
+    let before = std::fs::read(&log).unwrap();
+    let other = tmp.path().join("bob-mnt-2");
+    std::fs::create_dir(&other).unwrap();
+    let err = bob.fails(&["mount", other.to_str().unwrap()]);
+    assert!(err.contains("already mounted at"), "{err}");
+    assert!(
+        err.contains(bob_mp.canonicalize().unwrap().to_str().unwrap()),
+        "{err}"
+    );
+    assert!(!common::mount::mounted(&other));
+    let after = std::fs::read(&log).unwrap();
+    assert!(
+        after.starts_with(&before),
+        "the running mount's log was replaced"
+    );
+    drop(bm);
+    drop(am);
+}
+
 /// kill -9 the mount process at `mp`, then clear its dead FUSE connection
 /// so that it can be mounted again.
 fn kill_mount(mp: &Path) {

@@ -246,6 +246,7 @@ pub fn serve_control(
     rt: &tokio::runtime::Handle,
     status: impl Fn() -> serde_json::Value + Send + Sync + 'static,
     sync: impl Fn() -> Result<(), String> + Send + Sync + 'static,
+    friends: impl Fn() -> Result<usize, String> + Send + Sync + 'static,
 ) -> std::io::Result<PathBuf> {
     use tokio::io::{AsyncBufReadExt, AsyncReadExt};
     let _ = std::fs::remove_file(path);
@@ -254,10 +255,10 @@ pub fn serve_control(
         tokio::net::UnixListener::bind(path)?
     };
     std::fs::set_permissions(path, std::os::unix::fs::PermissionsExt::from_mode(0o600))?;
-    let (status, sync) = (Arc::new(status), Arc::new(sync));
+    let (status, sync, friends) = (Arc::new(status), Arc::new(sync), Arc::new(friends));
     rt.spawn(async move {
         while let Ok((stream, _)) = listener.accept().await {
-            let (status, sync) = (status.clone(), sync.clone());
+            let (status, sync, friends) = (status.clone(), sync.clone(), friends.clone());
             tokio::spawn(async move {
                 let (read, mut write) = stream.into_split();
                 let mut request = String::new();
@@ -272,6 +273,14 @@ pub fn serve_control(
                             Ok(Ok(())) => json!({"synced": true}),
                             Ok(Err(e)) => json!({"synced": false, "error": e}),
                             Err(e) => json!({"synced": false, "error": e.to_string()}),
+                        }
+                    }
+                    // The config's friends changed: show them.
+                    (Ok(Ok(_)), "friends") => {
+                        match tokio::task::spawn_blocking(move || friends()).await {
+                            Ok(Ok(n)) => json!({"friends": n}),
+                            Ok(Err(e)) => json!({"error": e}),
+                            Err(e) => json!({"error": e.to_string()}),
                         }
                     }
                     (_, other) => json!({"error": format!("unknown request {other:?}")}),

@@ -41,16 +41,8 @@ pub enum FriendCommand {
 /// the mirrors (files still open included). syncfs(2) does not reach a FUSE
 /// server, so this is the way to make sure before, say, shutting down.
 pub fn sync() -> Result<()> {
-    use std::io::{Read, Write};
     let home = Home::locate()?;
-    let socket = home.data.join("mount.sock");
-    let mut stream = std::os::unix::net::UnixStream::connect(&socket)
-        .with_context(|| format!("no running mount ({} does not answer)", socket.display()))?;
-    stream.write_all(b"sync\n")?;
-    let mut reply = String::new();
-    stream.read_to_string(&mut reply)?;
-    let reply: serde_json::Value =
-        serde_json::from_str(reply.trim()).context("the mount's answer is not JSON")?;
+    let reply = ask_mount(&home, "sync", None)?;
     match reply["synced"].as_bool() {
         Some(true) => {
             println!("synced: every change is on the mirrors");
@@ -60,6 +52,49 @@ pub fn sync() -> Result<()> {
             "not synced: {} (the changes stay staged and are retried)",
             reply["error"].as_str().unwrap_or("no answer")
         ),
+    }
+}
+
+/// Send `request` to the running mount's control socket and return its
+/// JSON answer (waiting at most `timeout` for it, if given). An error if
+/// no mount answers.
+fn ask_mount(home: &Home, request: &str, timeout: Option<Duration>) -> Result<serde_json::Value> {
+    use std::io::{Read, Write};
+    let socket = home.data.join("mount.sock");
+    let mut stream = std::os::unix::net::UnixStream::connect(&socket)
+        .with_context(|| format!("no running mount ({} does not answer)", socket.display()))?;
+    stream.set_read_timeout(timeout)?;
+    stream.write_all(format!("{request}\n").as_bytes())?;
+    let mut reply = String::new();
+    stream.read_to_string(&mut reply)?;
+    serde_json::from_str(reply.trim()).context("the mount's answer is not JSON")
+}
+
+/// Where this identity is mounted now, if a live mount answers on its
+/// control socket and its mountpoint is still mounted (a mount that is
+/// only finishing its final flush after `umount` is not).
+fn mounted_at(home: &Home) -> Option<String> {
+    let status = ask_mount(home, "status", Some(Duration::from_secs(5))).ok()?;
+    let at = status["mountpoint"].as_str()?.to_string();
+    is_mounted(Path::new(&at)).then_some(at)
+}
+
+/// Tell a running mount that the friends in the config changed, and say
+/// where they show.
+fn tell_mount_friends(home: &Home, done: &str) {
+    match ask_mount(home, "friends", Some(Duration::from_secs(10))) {
+        Ok(reply) if reply["friends"].is_u64() => match mounted_at(home) {
+            Some(at) => println!("{done} (the mount at {at} shows it now)"),
+            None => println!("{done}"),
+        },
+        Ok(reply) => {
+            println!("{done} (shown from the next mount)");
+            eprintln!(
+                "the running mount did not take the change: {}",
+                reply["error"].as_str().unwrap_or("no answer")
+            );
+        }
+        Err(_) => println!("{done} (shown from the next mount)"),
     }
 }
 
@@ -83,7 +118,7 @@ pub fn friend(command: FriendCommand) -> Result<()> {
                 .friends
                 .insert(name.clone(), Cap::DirRead(read).to_string());
             config.save(&home)?;
-            println!("added {name}: visible at friends/{name} in the mount");
+            tell_mount_friends(&home, &format!("added {name}: friends/{name} in the mount"));
         }
         FriendCommand::List => {
             for (name, cap) in &config.friends {
@@ -95,10 +130,24 @@ pub fn friend(command: FriendCommand) -> Result<()> {
                 bail!("{name} is not a friend");
             }
             config.save(&home)?;
-            println!("removed {name}");
+            tell_mount_friends(&home, &format!("removed {name}"));
         }
     }
     Ok(())
+}
+
+/// The friends a config names, with their caps parsed.
+fn config_friends(config: &Config) -> Result<Vec<(String, lode::caps::DirReadCap)>> {
+    config
+        .friends
+        .iter()
+        .map(|(name, cap)| {
+            let cap: Cap = cap
+                .parse()
+                .with_context(|| format!("friend {name}: bad cap in config"))?;
+            Ok((name.clone(), cap.into_dir_read()?))
+        })
+        .collect()
 }
 
 fn is_mounted(mountpoint: &Path) -> bool {
@@ -124,6 +173,13 @@ pub fn mount(args: MountArgs) -> Result<()> {
     }
     if is_mounted(&args.mountpoint) {
         bail!("{} is already mounted", args.mountpoint.display());
+    }
+    let home = Home::locate()?;
+    if let Some(at) = mounted_at(&home) {
+        bail!(
+            "this identity ({}) is already mounted at {at}; unmount it first",
+            home.data.display()
+        );
     }
     let mut options = vec![
         fuser::MountOption::FSName("lode".into()),
@@ -218,16 +274,7 @@ pub fn mount(args: MountArgs) -> Result<()> {
         lock.lock()?;
     }
     let config = Config::load(&session.home)?;
-    let friends = config
-        .friends
-        .iter()
-        .map(|(name, cap)| {
-            let cap: Cap = cap
-                .parse()
-                .with_context(|| format!("friend {name}: bad cap in config"))?;
-            Ok((name.clone(), cap.into_dir_read()?))
-        })
-        .collect::<Result<Vec<_>>>()?;
+    let friends = config_friends(&config)?;
     let rt = tokio::runtime::Runtime::new()?;
     let Session { home, vault } = session;
     let vault = match cache_mib {
@@ -280,8 +327,13 @@ pub fn mount(args: MountArgs) -> Result<()> {
     let keeper = Arc::new(keeper);
     let socket = {
         let (fs, keeper) = (fs.clone(), keeper.clone());
-        let shown = args.mountpoint.display().to_string();
+        let shown = args
+            .mountpoint
+            .canonicalize()
+            .unwrap_or_else(|_| args.mountpoint.clone());
+        let shown = shown.display().to_string();
         let syncing = fs.clone();
+        let befriending = fs.clone();
         super::keeper::serve_control(
             &home.data.join("mount.sock"),
             rt.handle(),
@@ -292,6 +344,14 @@ pub fn mount(args: MountArgs) -> Result<()> {
                 status
             },
             move || syncing.sync_all().map_err(|e| e.to_string()),
+            {
+                let home = home.clone();
+                move || {
+                    let friends = Config::load(&home).and_then(|c| config_friends(&c));
+                    let friends = friends.map_err(|e| format!("{e:#}"))?;
+                    Ok(befriending.set_friends(&friends))
+                }
+            },
         )?
     };
     let mut fuse_config = fuser::Config::default();
@@ -404,6 +464,11 @@ fn spawn_background(args: &MountArgs) -> Result<()> {
     let home = Home::locate()?;
     std::fs::create_dir_all(&home.data)?;
     let log_path = home.data.join("mount.log");
+    // The last mount's log (its final flush's report, say) stays one
+    // mount longer, as mount.log.1.
+    if log_path.exists() {
+        std::fs::rename(&log_path, home.data.join("mount.log.1"))?;
+    }
     let log = std::fs::File::create(&log_path)?;
     let exe = std::env::current_exe()?;
     let mut cmd = std::process::Command::new(exe);

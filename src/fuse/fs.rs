@@ -72,7 +72,9 @@ pub struct LodeFs {
     vault: Arc<Vault>,
     rt: tokio::runtime::Handle,
     tree: Arc<Mutex<Tree>>,
-    friends: BTreeMap<String, u64>,
+    /// Friends' directories under friends/, by name (changed by
+    /// [`LodeFs::set_friends`]; locked after the tree, never before).
+    friends: Mutex<BTreeMap<String, u64>>,
     config: MountConfig,
     next_fh: AtomicU64,
     stop: Arc<AtomicBool>,
@@ -176,25 +178,13 @@ impl LodeFs {
         let mut tree = Tree::new(vault.root().clone(), owner);
         let mut friends = BTreeMap::new();
         for (name, cap) in &config.friends {
-            let ino = tree.insert(Node::new(
-                FRIENDS,
-                name,
-                0o555,
-                owner,
-                Body::Dir {
-                    write: None,
-                    read: cap.clone(),
-                    children: None,
-                    loaded_at: None,
-                },
-            ));
-            friends.insert(name.clone(), ino);
+            friends.insert(name.clone(), Self::friend_node(&mut tree, name, cap, owner));
         }
         Ok(LodeFs {
             vault,
             rt,
             tree: Arc::new(Mutex::new(tree)),
-            friends,
+            friends: Mutex::new(friends),
             config,
             next_fh: AtomicU64::new(1),
             stop: Arc::new(AtomicBool::new(false)),
@@ -206,6 +196,64 @@ impl LodeFs {
             space: Mutex::new(None),
             noting: Mutex::new(()),
         })
+    }
+
+    fn friend_node(tree: &mut Tree, name: &str, cap: &DirReadCap, owner: (u32, u32)) -> u64 {
+        tree.insert(Node::new(
+            FRIENDS,
+            name,
+            0o555,
+            owner,
+            Body::Dir {
+                write: None,
+                read: cap.clone(),
+                children: None,
+                loaded_at: None,
+            },
+        ))
+    }
+
+    fn friends(&self) -> MutexGuard<'_, BTreeMap<String, u64>> {
+        self.friends.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Show exactly `list` under friends/ from now on (`lode friend add`
+    /// and `remove` tell a running mount through its control socket). A
+    /// friend whose cap is unchanged keeps its inode and what was listed;
+    /// a removed one (or one whose cap changed) leaves friends/ at once,
+    /// and its inode goes once the kernel and open handles let go of it.
+    /// Returns how many friends are shown.
+    pub fn set_friends(&self, list: &[(String, DirReadCap)]) -> usize {
+        let mut tree = self.lock();
+        let mut friends = self.friends();
+        let wanted: BTreeMap<&str, &DirReadCap> =
+            list.iter().map(|(n, c)| (n.as_str(), c)).collect();
+        let gone: Vec<(String, u64)> = friends
+            .iter()
+            .filter(|&(name, ino)| {
+                let shown = tree.nodes.get(ino).and_then(|n| match &n.body {
+                    Body::Dir { read, .. } => Some(read),
+                    _ => None,
+                });
+                wanted.get(name.as_str()).copied() != shown
+            })
+            .map(|(n, &i)| (n.clone(), i))
+            .collect();
+        for (name, ino) in gone {
+            friends.remove(&name);
+            if let Some(node) = tree.nodes.get_mut(&ino) {
+                node.orphan = true;
+            }
+            tree.drop_if_unused(ino);
+        }
+        let owner = (self.config.uid, self.config.gid);
+        for (name, cap) in wanted {
+            if !friends.contains_key(name) {
+                let ino = Self::friend_node(&mut tree, name, cap, owner);
+                friends.insert(name.to_string(), ino);
+            }
+        }
+        friends.len()
     }
 
     /// What `statfs` reports from now on: the room the mirrors last
@@ -316,7 +364,7 @@ impl LodeFs {
 
     fn child(&self, parent: u64, name: &str) -> Result<u64> {
         if parent == FRIENDS {
-            return self.friends.get(name).copied().ok_or(Error::NotFound);
+            return self.friends().get(name).copied().ok_or(Error::NotFound);
         }
         self.load(parent)?;
         if parent == ROOT && name == FRIENDS_NAME {
@@ -1862,7 +1910,7 @@ impl LodeFs {
         let parent = if ino == FRIENDS { ROOT } else { node.parent };
         let mut out = vec![(ino, ".".to_string()), (parent, "..".to_string())];
         if ino == FRIENDS {
-            out.extend(self.friends.iter().map(|(n, &i)| (i, n.clone())));
+            out.extend(self.friends().iter().map(|(n, &i)| (i, n.clone())));
         } else {
             if ino == ROOT {
                 out.push((FRIENDS, FRIENDS_NAME.into()));

@@ -232,22 +232,24 @@ impl Tree {
     }
 
     /// A directory's link count: itself, its `.`, and each subdirectory's
-    /// `..` (as far as it is listed). Past [`NLINK_COUNTED_UP_TO`]
-    /// entries, 1: "not counted", as btrfs answers for every directory
-    /// and ext4 for one of more than 65,000 subdirectories, and as `find`
-    /// and `fts` understand. Counting walks every entry, and the kernel
-    /// asks after each change: creating 30,000 files in one directory
-    /// spent two thirds of the mount's CPU here.
+    /// `..` (the root's `friends/` included). Where that is not counted,
+    /// 1: "not counted", as btrfs answers for every directory and ext4 for
+    /// one of more than 65,000 subdirectories, and as `find` and `fts`
+    /// understand. That is a directory not listed yet (its subdirectories
+    /// are unknown until then; 2 would tell `find` it has none), and one
+    /// of more than [`NLINK_COUNTED_UP_TO`] entries: counting walks every
+    /// entry, and the kernel asks after each change, and creating 30,000
+    /// files in one directory spent two thirds of the mount's CPU here.
     pub fn dir_nlink(&self, dir: u64) -> u32 {
         let subdirs = match self.children(dir) {
-            None => 0,
+            None => return 1,
             Some(c) if c.len() > NLINK_COUNTED_UP_TO => return 1,
             Some(c) => c
                 .values()
                 .filter(|i| self.nodes.get(i).is_some_and(Node::is_dir))
                 .count(),
         };
-        2 + subdirs as u32
+        2 + subdirs as u32 + u32::from(dir == ROOT)
     }
 
     /// Fill a directory from its listing, keeping the inode numbers of
@@ -831,6 +833,20 @@ mod tests {
         let (mut tree, a, b) = loaded();
         assert_eq!(tree.dir_nlink(a), 3, "a holds b and 5 files");
         assert_eq!(tree.dir_nlink(b), 2);
+        assert_eq!(tree.dir_nlink(ROOT), 4, "a, friends/, and the root's own");
+        let unlisted = tree.insert(Node::new(
+            b,
+            "unlisted",
+            0o755,
+            (1, 0),
+            Body::Dir {
+                write: None,
+                read: Vault::fresh_dir().read_cap(),
+                children: None,
+                loaded_at: None,
+            },
+        ));
+        assert_eq!(tree.dir_nlink(unlisted), 1, "not listed: not counted");
         let b_cap = match &tree.nodes[&b].body {
             Body::Dir { write: Some(w), .. } => w.clone(),
             _ => unreachable!("b is ours"),
