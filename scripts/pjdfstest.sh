@@ -27,7 +27,7 @@ trap cleanup EXIT
 # the suite needs (other users, no miner competing for the CPU).
 "$here/scripts/quickstart.sh" "$mnt" >/dev/null
 fusermount3 -u "$mnt"
-for _ in $(seq 300); do pgrep -f "[l]ode mount $mnt" >/dev/null || break; sleep 0.1; done
+for _ in $(seq 300); do pgrep -f "[ ]mount $mnt --foreground" >/dev/null || break; sleep 0.1; done
 "$LODE_BIN" mount "$mnt" -o allow_other,nominer
 mkdir "$mnt/work"
 chmod 0777 "$mnt/work"

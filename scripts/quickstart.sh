@@ -21,7 +21,7 @@ if [ -n "$stop" ]; then
     fi
     # The mount process exits once its final flush is done.
     for _ in $(seq 600); do
-        pgrep -f "lode mount $mnt --foreground" >/dev/null || break
+        pgrep -f "[ ]mount $mnt --foreground" >/dev/null || break
         sleep 0.1
     done
     pids=()

@@ -120,18 +120,28 @@ fn give_back_freed_memory() {
     }
 }
 
+/// A time as (seconds, nanoseconds) since the epoch, as a `timespec`
+/// holds it: the seconds rounded down, the nanoseconds added (so half a
+/// second before 1970 is (-1, 500,000,000)).
 fn system_time((s, ns): (i64, u32)) -> SystemTime {
+    let ns = Duration::from_nanos(u64::from(ns.min(999_999_999)));
     if s >= 0 {
-        UNIX_EPOCH + Duration::new(s as u64, ns)
+        UNIX_EPOCH + Duration::from_secs(s as u64) + ns
     } else {
-        UNIX_EPOCH - Duration::new(s.unsigned_abs(), 0)
+        UNIX_EPOCH - Duration::from_secs(s.unsigned_abs()) + ns
     }
 }
 
 fn from_system_time(t: SystemTime) -> (i64, u32) {
     match t.duration_since(UNIX_EPOCH) {
         Ok(d) => (d.as_secs() as i64, d.subsec_nanos()),
-        Err(e) => (-(e.duration().as_secs() as i64), 0),
+        Err(e) => {
+            let before = e.duration();
+            match before.subsec_nanos() {
+                0 => (-(before.as_secs() as i64), 0),
+                ns => (-(before.as_secs() as i64) - 1, 1_000_000_000 - ns),
+            }
+        }
     }
 }
 
@@ -139,7 +149,7 @@ fn name_of(name: &OsStr) -> Result<&str> {
     if name.len() > 255 {
         return Err(Error::NameTooLong);
     }
-    let name = name.to_str().ok_or(Error::BadName)?;
+    let name = name.to_str().ok_or(Error::NotUtf8)?;
     check_name(name).map_err(|_| Error::BadName)?;
     Ok(name)
 }
@@ -2407,5 +2417,32 @@ impl Filesystem for Mount {
                 Err(e) => reply.error(errno(&e)),
             }
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn times_before_1970_keep_their_fraction() {
+        let half_before = UNIX_EPOCH - Duration::from_millis(500);
+        assert_eq!(from_system_time(half_before), (-1, 500_000_000));
+        let a_ns_before = UNIX_EPOCH - Duration::from_nanos(1);
+        assert_eq!(from_system_time(a_ns_before), (-1, 999_999_999));
+        assert_eq!(
+            from_system_time(UNIX_EPOCH - Duration::from_secs(2)),
+            (-2, 0)
+        );
+        for t in [
+            (-1, 500_000_000),
+            (-1, 999_999_999),
+            (-2, 0),
+            (0, 0),
+            (5, 7),
+        ] {
+            assert_eq!(from_system_time(system_time(t)), t);
+        }
+        assert_eq!(system_time((-1, 500_000_000)), half_before);
     }
 }

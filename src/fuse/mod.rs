@@ -39,6 +39,8 @@ pub enum Error {
     Exists,
     #[error("invalid name")]
     BadName,
+    #[error("name is not UTF-8")]
+    NotUtf8,
     #[error("name longer than 255 bytes")]
     NameTooLong,
     #[error("operation not permitted")]
@@ -57,6 +59,27 @@ pub enum Error {
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
+/// The errno of an I/O error: the system's own where there is one (the
+/// staging disk full is ENOSPC, a staged file past ext4's 16 TiB EFBIG),
+/// else the nearest to its kind. fuser's `From<ErrorKind>` would make
+/// every one of them EIO.
+fn io_errno(io: &std::io::Error) -> Errno {
+    use std::io::ErrorKind as K;
+    if let Some(code) = io.raw_os_error() {
+        return Errno::from_i32(code);
+    }
+    Errno::from_i32(match io.kind() {
+        K::NotFound => libc::ENOENT,
+        K::PermissionDenied => libc::EACCES,
+        K::AlreadyExists => libc::EEXIST,
+        K::InvalidInput => libc::EINVAL,
+        K::StorageFull => libc::ENOSPC,
+        K::FileTooLarge => libc::EFBIG,
+        K::Unsupported => libc::EOPNOTSUPP,
+        _ => libc::EIO,
+    })
+}
+
 /// The errno for an error: the only place the mount makes that choice.
 pub fn errno(e: &Error) -> Errno {
     use crate::store::Error as S;
@@ -68,11 +91,13 @@ pub fn errno(e: &Error) -> Errno {
         Error::NotEmpty => Errno::ENOTEMPTY,
         Error::Exists => Errno::EEXIST,
         Error::BadName => Errno::EINVAL,
+        // Listings keep names as text; as ZFS with utf8only says.
+        Error::NotUtf8 => Errno::from_i32(libc::EILSEQ),
         Error::NameTooLong => Errno::ENAMETOOLONG,
         Error::Unsupported => Errno::EPERM,
         Error::InvalidArgument => Errno::EINVAL,
         Error::Unrecovered(_) => Errno::EIO,
-        Error::Io(io) => Errno::from(io.kind()),
+        Error::Io(io) => io_errno(io),
         Error::Store(s) => match s {
             // A directory too large to publish is full, as ext4 says of
             // one whose index has no room.
@@ -83,7 +108,7 @@ pub fn errno(e: &Error) -> Errno {
             S::ReadOnly(_) => Errno::EROFS,
             S::Exists(_) => Errno::EEXIST,
             S::BadName { .. } => Errno::EINVAL,
-            S::Io(io) => Errno::from(io.kind()),
+            S::Io(io) => io_errno(io),
             S::Unavailable { .. }
             | S::Rejected { .. }
             | S::NotHappy { .. }
@@ -95,5 +120,26 @@ pub fn errno(e: &Error) -> Errno {
             | S::Dir(_)
             | S::Cap(_) => Errno::EIO,
         },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn io_errors_keep_their_errno() {
+        let io = |e: std::io::Error| errno(&Error::Io(e)).code();
+        assert_eq!(
+            io(std::io::Error::from_raw_os_error(libc::EFBIG)),
+            libc::EFBIG
+        );
+        assert_eq!(
+            io(std::io::Error::from_raw_os_error(libc::ENOSPC)),
+            libc::ENOSPC
+        );
+        assert_eq!(io(std::io::ErrorKind::StorageFull.into()), libc::ENOSPC);
+        assert_eq!(io(std::io::ErrorKind::Other.into()), libc::EIO);
+        assert_eq!(errno(&Error::NotUtf8).code(), libc::EILSEQ);
     }
 }
