@@ -306,6 +306,36 @@ fn friends_change_in_a_running_mount_and_a_second_mount_is_refused() {
     drop(am);
 }
 
+/// The mount's root takes chmod, chown and utimens like any directory, and
+/// keeps them across a remount (they are in the root's own listing).
+#[test]
+fn the_roots_mode_owner_and_times_survive_a_remount() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (_mirrors, client) = common::three_mirrors_and_client(tmp.path());
+    let mp = tmp.path().join("mnt");
+    let m = Mounted::new(&client, &mp);
+    std::fs::set_permissions(&mp, std::fs::Permissions::from_mode(0o750)).unwrap();
+    std::os::unix::fs::chown(&mp, Some(1234), Some(5678)).unwrap();
+    let when = std::time::UNIX_EPOCH + Duration::new(978_307_200, 123_456_789);
+    std::fs::File::open(&mp)
+        .unwrap()
+        .set_times(std::fs::FileTimes::new().set_modified(when))
+        .unwrap();
+    let before = std::fs::metadata(&mp).unwrap();
+    assert_eq!(before.mode() & 0o7777, 0o750);
+    assert_eq!(before.modified().unwrap(), when);
+    client.ok(&["sync"]);
+    m.unmount();
+    drop(m);
+
+    let m = Mounted::new(&client, &mp);
+    let after = std::fs::metadata(&mp).unwrap();
+    assert_eq!(after.mode() & 0o7777, 0o750);
+    assert_eq!((after.uid(), after.gid()), (1234, 5678));
+    assert_eq!(after.modified().unwrap(), when);
+    drop(m);
+}
+
 /// kill -9 the mount process at `mp`, then clear its dead FUSE connection
 /// so that it can be mounted again.
 fn kill_mount(mp: &Path) {

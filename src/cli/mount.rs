@@ -297,6 +297,12 @@ pub fn mount(args: MountArgs) -> Result<()> {
     )?);
     // Whatever an earlier mount staged but never published (it crashed,
     // or the mirrors were down) goes up first, so it shows in this mount.
+    // The root's mode and times are in its listing: read it before the
+    // kernel asks, so a root made private is never shown open. With no
+    // mirror reachable it shows 0755 until it is first listed.
+    if let Err(e) = fs.load_root() {
+        eprintln!("lode: the root directory could not be listed yet: {e}");
+    }
     match fs.recover() {
         Ok(0) => {}
         Ok(n) => eprintln!("lode: recovered {n} staged files from an earlier mount"),

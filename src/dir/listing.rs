@@ -266,6 +266,64 @@ pub struct Listing {
     /// Read from an index and not yet filled from its pages: `entries` and
     /// `links` are empty, and must not be written back as they are.
     pending: bool,
+    /// The directory's own attributes: only in the root listing of a
+    /// tree, whose attributes no parent's entry holds. Every other
+    /// directory's are in its entry in its parent.
+    pub this: Option<DirAttrs>,
+}
+
+/// A directory's own mode, owner and times (see [`Listing::this`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DirAttrs {
+    pub mode: u32,
+    pub owner: (u32, u32),
+    pub atime: Time,
+    pub mtime: Time,
+    pub ctime: Time,
+}
+
+#[derive(Serialize, Deserialize)]
+struct WireAttrs {
+    mode: u32,
+    uid: u32,
+    gid: u32,
+    atime: (i64, u32),
+    mtime: (i64, u32),
+    ctime: (i64, u32),
+}
+
+fn attrs_to_wire(a: &DirAttrs) -> WireAttrs {
+    WireAttrs {
+        mode: a.mode,
+        uid: a.owner.0,
+        gid: a.owner.1,
+        atime: a.atime,
+        mtime: a.mtime,
+        ctime: a.ctime,
+    }
+}
+
+fn attrs_from_wire(w: WireAttrs) -> Result<DirAttrs> {
+    if [w.atime, w.mtime, w.ctime]
+        .iter()
+        .any(|t| t.1 >= 1_000_000_000)
+    {
+        return Err(Error::Malformed(
+            "directory attributes: nanoseconds out of range".into(),
+        ));
+    }
+    if w.mode & !0o7777 != 0 {
+        return Err(Error::Malformed(
+            "directory attributes: mode has more than permission bits".into(),
+        ));
+    }
+    Ok(DirAttrs {
+        mode: w.mode,
+        owner: (w.uid, w.gid),
+        atime: w.atime,
+        mtime: w.mtime,
+        ctime: w.ctime,
+    })
 }
 
 /// How a listing goes into its slot.
@@ -286,6 +344,9 @@ struct WireListing {
     links: BTreeMap<String, WireEntry>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pages: Vec<String>,
+    /// Added in format 3, optional: older readers ignore it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    this: Option<WireAttrs>,
 }
 
 /// Which of `count` pages holds the entry named `key` (a name, or the hex
@@ -452,6 +513,7 @@ impl Listing {
                 .map(|(id, e)| (crate::protocol::hex(id), to_wire(e)))
                 .collect(),
             pages: Vec::new(),
+            this: self.this.as_ref().map(attrs_to_wire),
         };
         serde_cbor::to_vec(&wire).expect("listing always serializes")
     }
@@ -498,6 +560,7 @@ impl Listing {
                 entries: BTreeMap::new(),
                 links: BTreeMap::new(),
                 pages: Vec::new(),
+                this: None,
             })
             .collect();
         for (name, e) in &self.entries {
@@ -515,8 +578,9 @@ impl Listing {
             .collect()
     }
 
-    /// The plaintext of an index naming `pages` (see [`Self::paginate`]).
-    pub fn encode_index(pages: &[FileReadCap]) -> Vec<u8> {
+    /// The plaintext of an index naming `pages` (see [`Self::paginate`]),
+    /// with the directory's own attributes, if it carries them.
+    pub fn encode_index(pages: &[FileReadCap], this: Option<&DirAttrs>) -> Vec<u8> {
         let wire = WireListing {
             v: LISTING_VERSION,
             entries: BTreeMap::new(),
@@ -525,6 +589,7 @@ impl Listing {
                 .iter()
                 .map(|c| Cap::FileRead(c.clone()).to_string())
                 .collect(),
+            this: this.map(attrs_to_wire),
         };
         serde_cbor::to_vec(&wire).expect("listing index always serializes")
     }
@@ -558,6 +623,7 @@ impl Listing {
         Ok(Listing {
             pages,
             pending: true,
+            this: wire.this.map(attrs_from_wire).transpose()?,
             ..Listing::default()
         })
     }
@@ -580,7 +646,7 @@ impl Listing {
         let mut links = BTreeMap::new();
         for (i, bytes) in pages.iter().enumerate() {
             let wire = decode_wire(bytes)?;
-            if wire.v < 3 || !wire.pages.is_empty() {
+            if wire.v < 3 || !wire.pages.is_empty() || wire.this.is_some() {
                 return Err(Error::Malformed(format!("listing page {i} is not a page")));
             }
             let misplaced = wire
@@ -643,6 +709,7 @@ fn from_wire_listing(wire: WireListing) -> Result<Listing> {
     Ok(Listing {
         entries,
         links,
+        this: wire.this.map(attrs_from_wire).transpose()?,
         ..Listing::default()
     })
 }
@@ -711,7 +778,7 @@ mod tests {
         // Hashing spreads names evenly: no page far over its share.
         let largest = pages.iter().map(Vec::len).max().unwrap();
         assert!(largest < 2 * 8192, "a page of {largest} bytes");
-        let index = Listing::encode_index(&caps(pages.len()));
+        let index = Listing::encode_index(&caps(pages.len()), None);
         let mut read = Listing::decode(&index).unwrap();
         assert!(read.is_pending());
         assert!(read.entries.is_empty());
@@ -721,6 +788,50 @@ mod tests {
         assert!(!read.is_pending());
         assert_eq!(read.entries, l.entries);
         assert_eq!(read.links, l.links);
+    }
+
+    /// The root's own attributes survive whole and paged listings, and a
+    /// page that carries them is refused.
+    #[test]
+    fn a_directorys_own_attributes_round_trip() {
+        let this = DirAttrs {
+            mode: 0o700,
+            owner: (1000, 100),
+            atime: (-1, 500_000_000),
+            mtime: (1_700_000_000, 5),
+            ctime: (1_700_000_001, 0),
+        };
+        let mut l = listing(3, 10);
+        l.this = Some(this);
+        let Encoded::Whole(bytes) = l.paginate(1 << 20).unwrap() else {
+            panic!("a small listing was paged")
+        };
+        assert_eq!(Listing::decode(&bytes).unwrap().this, Some(this));
+
+        let mut l = listing(500, 100);
+        l.this = Some(this);
+        let pages = pages_of(&l, 8192);
+        let index = Listing::encode_index(&caps(pages.len()), Some(&this));
+        let mut read = Listing::decode(&index).unwrap();
+        read.fill(&pages).unwrap();
+        assert_eq!(
+            read,
+            Listing {
+                pages: caps(pages.len()),
+                ..l.clone()
+            }
+        );
+
+        let mut odd = pages.clone();
+        let mut wire: WireListing = serde_cbor::from_slice(&odd[0]).unwrap();
+        wire.this = Some(attrs_to_wire(&this));
+        odd[0] = serde_cbor::to_vec(&wire).unwrap();
+        let err = Listing::decode(&index).unwrap().fill(&odd).unwrap_err();
+        assert!(matches!(err, Error::Malformed(_)), "{err}");
+
+        let mut bad = attrs_to_wire(&this);
+        bad.mtime.1 = 1_000_000_000;
+        assert!(attrs_from_wire(bad).is_err());
     }
 
     #[test]
@@ -756,7 +867,7 @@ mod tests {
         };
         assert!(pages.len() > 4, "{} pages", pages.len());
         assert!(pages.iter().all(|p| p.len() <= whole / 2));
-        let mut read = Listing::decode(&Listing::encode_index(&caps(pages.len()))).unwrap();
+        let mut read = Listing::decode(&Listing::encode_index(&caps(pages.len()), None)).unwrap();
         read.fill(&pages).unwrap();
         assert_eq!(read.entries, l.entries);
     }
@@ -765,7 +876,7 @@ mod tests {
     fn pages_out_of_place_or_missing_are_refused() {
         let l = listing(500, 100);
         let pages = pages_of(&l, 8192);
-        let index = Listing::encode_index(&caps(pages.len()));
+        let index = Listing::encode_index(&caps(pages.len()), None);
         let mut swapped = pages.clone();
         swapped.swap(0, 1);
         let err = Listing::decode(&index).unwrap().fill(&swapped).unwrap_err();
@@ -775,7 +886,7 @@ mod tests {
         assert!(matches!(err, Error::Malformed(_)), "{err}");
         // A page that is itself an index.
         let mut nested = pages.clone();
-        nested[0] = Listing::encode_index(&caps(1));
+        nested[0] = Listing::encode_index(&caps(1), None);
         let err = Listing::decode(&index).unwrap().fill(&nested).unwrap_err();
         assert!(matches!(err, Error::Malformed(_)), "{err}");
     }
@@ -787,6 +898,7 @@ mod tests {
             entries: [("a".to_string(), to_wire(&Entry::symlink("b", (0, 0))))].into(),
             links: BTreeMap::new(),
             pages: vec![Cap::FileRead(caps(1).remove(0)).to_string()],
+            this: None,
         };
         let bytes = serde_cbor::to_vec(&wire).unwrap();
         assert!(matches!(Listing::decode(&bytes), Err(Error::Malformed(_))));
@@ -795,6 +907,7 @@ mod tests {
             entries: BTreeMap::new(),
             links: BTreeMap::new(),
             pages: vec![Cap::FileRead(caps(1).remove(0)).to_string()],
+            this: None,
         };
         let bytes = serde_cbor::to_vec(&wire).unwrap();
         assert!(matches!(Listing::decode(&bytes), Err(Error::Malformed(_))));

@@ -16,7 +16,8 @@ mod listing;
 mod slot;
 
 pub use listing::{
-    Encoded, Entry, EntryKind, LISTING_VERSION, LinkId, Listing, MAX_PAGE_BYTES, Time, check_name,
+    DirAttrs, Encoded, Entry, EntryKind, LISTING_VERSION, LinkId, Listing, MAX_PAGE_BYTES, Time,
+    check_name,
 };
 pub use slot::{MAX_SLOT_BYTES, SLOT_VERSION, SlotEnvelope};
 

@@ -208,6 +208,11 @@ impl LodeFs {
         })
     }
 
+    /// List the root directory now (its own attributes come with it).
+    pub fn load_root(&self) -> Result<()> {
+        self.load(ROOT)
+    }
+
     fn friend_node(tree: &mut Tree, name: &str, cap: &DirReadCap, owner: (u32, u32)) -> u64 {
         tree.insert(Node::new(
             FRIENDS,
@@ -1609,11 +1614,15 @@ impl LodeFs {
             .get(&ino)
             .map(|n| n.parent)
             .ok_or(Error::NotFound)?;
-        if ino == ROOT || ino == FRIENDS {
+        if ino == FRIENDS {
             if mode.is_some() || size.is_some() || owner != (None, None) {
                 return Err(Error::Unsupported);
             }
             return self.attr_of(ino);
+        }
+        // The root's attributes are kept in its own listing (`this`).
+        if ino == ROOT {
+            self.load(ROOT)?;
         }
         let orphan = self.lock().nodes.get(&ino).is_some_and(|n| n.orphan);
         if !orphan {

@@ -18,7 +18,7 @@ use std::path::PathBuf;
 use std::time::Instant;
 
 use crate::caps::{DirReadCap, DirWriteCap, FileReadCap};
-use crate::dir::{Entry, EntryKind, LinkId, Listing, Time};
+use crate::dir::{DirAttrs, Entry, EntryKind, LinkId, Listing, Time};
 use crate::store::now;
 
 pub const ROOT: u64 = 1;
@@ -261,6 +261,19 @@ impl Tree {
         let parent_write = node.writable_dir().cloned();
         let ours = parent_write.is_some();
         if dir == ROOT {
+            // The root's own attributes, unless a change of them is still
+            // to be published.
+            if let Some(this) = listing.this
+                && !self.dirty.contains(&ROOT)
+                && !self.publishing.contains(&ROOT)
+                && let Some(root) = self.nodes.get_mut(&ROOT)
+            {
+                root.mode = this.mode;
+                (root.uid, root.gid) = this.owner;
+                root.atime = this.atime;
+                root.mtime = this.mtime;
+                root.ctime = this.ctime;
+            }
             for (id, entry) in &listing.links {
                 let fresh = self.node_from_entry(ROOT, "", entry, parent_write.as_ref());
                 let Some(fresh) = fresh else { continue };
@@ -415,6 +428,13 @@ impl Tree {
             }
         }
         if dir == ROOT {
+            listing.this = Some(DirAttrs {
+                mode: node.mode,
+                owner: (node.uid, node.gid),
+                atime: node.atime,
+                mtime: node.mtime,
+                ctime: node.ctime,
+            });
             for (id, &ino) in &self.links {
                 if let Some(entry) = self
                     .nodes

@@ -659,7 +659,10 @@ impl Vault {
             }
             Encoded::Pages(pages) => {
                 listing.pages = self.store_pages(pages).await?;
-                zeroize::Zeroizing::new(Listing::encode_index(&listing.pages))
+                zeroize::Zeroizing::new(Listing::encode_index(
+                    &listing.pages,
+                    listing.this.as_ref(),
+                ))
             }
         };
         let envelope = SlotEnvelope::seal_plaintext(cap, seq, &plaintext);
