@@ -288,7 +288,7 @@ fn directory_slot_encoding() {
             ..file.clone()
         })
         .collect();
-    let index = SlotEnvelope::seal_plaintext(&root, 8, &Listing::encode_index(&page_caps));
+    let index = SlotEnvelope::seal_plaintext(&root, 8, &Listing::encode_index(&page_caps, None));
     let bytes = index.encode();
     let mut opened = SlotEnvelope::decode(&bytes)
         .unwrap()
