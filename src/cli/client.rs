@@ -301,7 +301,10 @@ async fn get(s: &Session, target: &str, output: Option<&Path>) -> Result<()> {
         },
         cap @ (Cap::DirRead(_) | Cap::DirWrite(_)) => {
             let out = output.ok_or_else(|| anyhow!("a directory needs -o DIR to download into"))?;
-            s.vault.get_tree(&cap.into_dir_read()?, out).await?;
+            s.vault
+                .get_tree(&cap.into_dir_read()?, out)
+                .await
+                .with_context(|| format!("downloading into {}", out.display()))?;
         }
         other => bail!(
             "a {} cap cannot be read; it can only be checked",

@@ -174,6 +174,13 @@ pub fn mount(args: MountArgs) -> Result<()> {
     if is_mounted(&args.mountpoint) {
         bail!("{} is already mounted", args.mountpoint.display());
     }
+    // As mount(8) and fusermount3 do, mount over it anyway; but say so.
+    if std::fs::read_dir(&args.mountpoint).is_ok_and(|mut d| d.next().is_some()) {
+        eprintln!(
+            "lode: warning: {} is not empty; what it holds is hidden while lode is mounted there",
+            args.mountpoint.display()
+        );
+    }
     let home = Home::locate()?;
     if let Some(at) = mounted_at(&home) {
         bail!(

@@ -84,7 +84,7 @@ pub enum Error {
     Dir(#[from] crate::dir::Error),
     #[error(transparent)]
     Cap(#[from] crate::caps::Error),
-    #[error("i/o: {0}")]
+    #[error(transparent)]
     Io(#[from] std::io::Error),
 }
 
