@@ -6,7 +6,7 @@ use std::str::FromStr;
 
 use lode::caps::{Access, Cap, DirReadCap, DirVerifyCap, DirWriteCap, FileReadCap, FileVerifyCap};
 use lode::chunk::share::{self, seal_chunk};
-use lode::chunk::{Error as ChunkError, Params};
+use lode::chunk::{Error as ChunkError, Params, Share};
 use lode::crypto::{ChunkKey, ReadKey, RootSecret, SlotSeed, VerifyKey};
 use lode::dir::{Entry, SlotEnvelope};
 use proptest::prelude::*;
@@ -68,16 +68,36 @@ proptest! {
         // ids, gives the same plaintext from any k shares.
         let last_k = &sealed.shares[(p.n() - p.k()) as usize..];
         prop_assert_eq!(&share::open_verified_chunk(&sealed.key, p, last_k).unwrap(), &pt);
-        // And in parts: from the data shares (in any order, one buffer
-        // shared elsewhere so it must be copied) or from the last k.
-        let mut data: Vec<_> = sealed.shares[..p.k() as usize].to_vec();
+        // And in parts: from the data shares, each in a buffer of its own
+        // (decrypted where it lies) but one also held elsewhere (which
+        // must be copied, and stay as it was), in any order; or from the
+        // last k.
+        let mut data: Vec<Share> = sealed.shares[..p.k() as usize]
+            .iter()
+            .map(|s| Share::parse(s.as_bytes().to_vec()).unwrap())
+            .collect();
         data.reverse();
         let held = data[0].shared_bytes();
+        let held_before = held.to_vec();
         for shares in [data, last_k.to_vec()] {
             let parts = share::open_verified_chunk_parts(&sealed.key, p, shares).unwrap();
             prop_assert_eq!(parts.concat(), pt.clone());
         }
-        drop(held);
+        prop_assert_eq!(held.to_vec(), held_before);
+    }
+
+    /// Tiny payloads with many data shares: shards shorter than the tag.
+    #[test]
+    fn a_chunk_of_short_shards_opens_in_parts(secret in any::<[u8; 32]>(), pt in prop::collection::vec(any::<u8>(), 0..40), k in 2u8..10) {
+        let p = Params::new(k, k + 1).unwrap();
+        let conv = RootSecret::from_bytes(secret).convergence();
+        let sealed = seal_chunk(&conv, p, &pt);
+        let data: Vec<Share> = sealed.shares[..k as usize]
+            .iter()
+            .map(|s| Share::parse(s.as_bytes().to_vec()).unwrap())
+            .collect();
+        let parts = share::open_verified_chunk_parts(&sealed.key, p, data).unwrap();
+        prop_assert_eq!(parts.concat(), pt);
     }
 
     /// Any k of the n shares rebuild the payload; any fewer fail clearly.

@@ -479,7 +479,7 @@ pub fn open_verified_chunk(key: &ChunkKey, params: Params, shares: &[Share]) -> 
 /// each one's buffer is decrypted in place and becomes one part of the
 /// result, so the chunk is never joined into a new buffer (that join was
 /// 8 % of a cold read's CPU in the mount). A buffer shared with someone
-/// else is copied first. Otherwise the shares are rebuilt and opened as
+/// else, or much larger than its share, is copied first. Otherwise the shares are rebuilt and opened as
 /// [`open_verified_chunk`] does, into one part.
 pub fn open_verified_chunk_parts(
     key: &ChunkKey,
@@ -506,10 +506,15 @@ pub fn open_verified_chunk_parts(
     let mut parts: Vec<BytesMut> = data
         .into_iter()
         .map(|s| {
-            let mut buf = s
-                .bytes
-                .try_into_mut()
-                .unwrap_or_else(|b| BytesMut::from(&b[..]));
+            let mut buf = match s.bytes.try_into_mut() {
+                // A share alone in a buffer much larger than itself (a
+                // body read whole into an HTTP client's read buffer) would
+                // keep all of it alive in the chunk cache, which counts
+                // only the plaintext: copy it out instead.
+                Ok(buf) if buf.capacity() <= buf.len() + buf.len() / 8 + 4096 => buf,
+                Ok(buf) => BytesMut::from(&buf[..]),
+                Err(shared) => BytesMut::from(&shared[..]),
+            };
             buf.advance(HEADER_LEN);
             buf
         })

@@ -76,7 +76,9 @@ fn ask_mount(home: &Home, request: &str, timeout: Option<Duration>) -> Result<se
 fn mounted_at(home: &Home) -> Option<String> {
     let status = ask_mount(home, "status", Some(Duration::from_secs(5))).ok()?;
     let at = status["mountpoint"].as_str()?.to_string();
-    is_mounted(Path::new(&at)).then_some(at)
+    // Already canonical: compared as it is, since resolving it again
+    // would go through that mount, which may be hung.
+    in_mount_table(&at).then_some(at)
 }
 
 /// Tell a running mount that the friends in the config changed, and say
@@ -154,11 +156,13 @@ fn is_mounted(mountpoint: &Path) -> bool {
     let Ok(canon) = mountpoint.canonicalize() else {
         return false;
     };
+    canon.to_str().is_some_and(in_mount_table)
+}
+
+/// Whether the mount table lists a mount at this (canonical) path.
+fn in_mount_table(path: &str) -> bool {
     std::fs::read_to_string("/proc/self/mounts")
-        .map(|m| {
-            m.lines()
-                .any(|l| l.split(' ').nth(1) == Some(canon.to_str().unwrap_or("")))
-        })
+        .map(|m| m.lines().any(|l| l.split(' ').nth(1) == Some(path)))
         .unwrap_or(false)
 }
 
@@ -305,10 +309,20 @@ pub fn mount(args: MountArgs) -> Result<()> {
     // Whatever an earlier mount staged but never published (it crashed,
     // or the mirrors were down) goes up first, so it shows in this mount.
     // The root's mode and times are in its listing: read it before the
-    // kernel asks, so a root made private is never shown open. With no
-    // mirror reachable it shows 0755 until it is first listed.
-    if let Err(e) = fs.load_root() {
-        eprintln!("lode: the root directory could not be listed yet: {e}");
+    // kernel asks. A mirror that never answers must not keep the mount
+    // from coming up, so this waits 10 s at most; meanwhile the root shows
+    // 0700 (see `Tree::load`), and the listing lands when it comes.
+    let (done, listed) = std::sync::mpsc::channel();
+    std::thread::spawn({
+        let fs = fs.clone();
+        move || {
+            let _ = done.send(fs.load_root());
+        }
+    });
+    match listed.recv_timeout(Duration::from_secs(10)) {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => eprintln!("lode: the root directory could not be listed yet: {e}"),
+        Err(_) => eprintln!("lode: the root directory is slow to list; mounting meanwhile"),
     }
     match fs.recover() {
         Ok(0) => {}

@@ -363,9 +363,25 @@ impl LodeFs {
         match self.rt.block_on(self.vault.list_unless(&read, known)) {
             Ok(Some((seq, listing))) => {
                 let mut tree = self.lock();
-                tree.load(ino, listing);
-                if tree.nodes.contains_key(&ino) {
-                    tree.listed_seq.insert(ino, seq);
+                // Another thread may have listed it meanwhile: our own
+                // directory, once listed, holds every change made since,
+                // and a friend's may hold a newer version than this one.
+                let ours_listed = tree.nodes.get(&ino).is_some_and(|n| {
+                    matches!(
+                        &n.body,
+                        Body::Dir {
+                            write: Some(_),
+                            children: Some(_),
+                            ..
+                        }
+                    )
+                });
+                let newer = tree.listed_seq.get(&ino).is_some_and(|&s| s > seq);
+                if !ours_listed && !newer {
+                    tree.load(ino, listing);
+                    if tree.nodes.contains_key(&ino) {
+                        tree.listed_seq.insert(ino, seq);
+                    }
                 }
             }
             Ok(None) => self.lock().still_current(ino),

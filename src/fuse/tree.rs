@@ -25,6 +25,8 @@ pub const ROOT: u64 = 1;
 pub const FRIENDS: u64 = 2;
 /// The name of the virtual directory of friends' shares, at the root.
 pub const FRIENDS_NAME: &str = "friends";
+/// The root's mode when its listing does not say.
+pub const ROOT_MODE: u32 = 0o755;
 
 /// Directories with more entries than this report a link count of 1
 /// ([`Tree::dir_nlink`]).
@@ -183,7 +185,7 @@ impl Tree {
             Node::new(
                 ROOT,
                 "",
-                0o755,
+                0o700,
                 owner,
                 Body::Dir {
                     write: Some(root),
@@ -263,16 +265,24 @@ impl Tree {
         if dir == ROOT {
             // The root's own attributes, unless a change of them is still
             // to be published.
-            if let Some(this) = listing.this
-                && !self.dirty.contains(&ROOT)
+            // Until then the root shows 0700 (so that a root made private
+            // is never shown open); a root whose listing has no attributes
+            // of its own (never changed, or written by an older lode) is
+            // 0755.
+            if !self.dirty.contains(&ROOT)
                 && !self.publishing.contains(&ROOT)
                 && let Some(root) = self.nodes.get_mut(&ROOT)
             {
-                root.mode = this.mode;
-                (root.uid, root.gid) = this.owner;
-                root.atime = this.atime;
-                root.mtime = this.mtime;
-                root.ctime = this.ctime;
+                match listing.this {
+                    Some(this) => {
+                        root.mode = this.mode;
+                        (root.uid, root.gid) = this.owner;
+                        root.atime = this.atime;
+                        root.mtime = this.mtime;
+                        root.ctime = this.ctime;
+                    }
+                    None => root.mode = ROOT_MODE,
+                }
             }
             for (id, entry) in &listing.links {
                 let fresh = self.node_from_entry(ROOT, "", entry, parent_write.as_ref());
