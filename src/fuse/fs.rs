@@ -256,10 +256,26 @@ impl LodeFs {
             .collect();
         for (name, ino) in gone {
             friends.remove(&name);
-            if let Some(node) = tree.nodes.get_mut(&ino) {
-                node.orphan = true;
+            // The friend's whole loaded tree goes: each inode now, or when
+            // the kernel and open handles let go of it.
+            let mut under = vec![ino];
+            let mut i = 0;
+            while let Some(&dir) = under.get(i) {
+                under.extend(
+                    tree.children(dir)
+                        .into_iter()
+                        .flat_map(|c| c.values().copied()),
+                );
+                i += 1;
             }
-            tree.drop_if_unused(ino);
+            for &ino in &under {
+                if let Some(node) = tree.nodes.get_mut(&ino) {
+                    node.orphan = true;
+                }
+            }
+            for ino in under {
+                tree.drop_if_unused(ino);
+            }
         }
         let owner = (self.config.uid, self.config.gid);
         for (name, cap) in wanted {
