@@ -307,13 +307,26 @@ fn friends_change_in_a_running_mount_and_a_second_mount_is_refused() {
 }
 
 /// The mount's root takes chmod, chown and utimens like any directory, and
-/// keeps them across a remount (they are in the root's own listing).
+/// keeps them across a remount (they are in the root's own listing); a
+/// file's time before 1970 keeps its nanoseconds.
 #[test]
 fn the_roots_mode_owner_and_times_survive_a_remount() {
     let tmp = tempfile::tempdir().unwrap();
     let (_mirrors, client) = common::three_mirrors_and_client(tmp.path());
     let mp = tmp.path().join("mnt");
     let m = Mounted::new(&client, &mp);
+    // A file's time before 1970, to the nanosecond (made first: a new
+    // entry moves the root's mtime).
+    let old = std::time::UNIX_EPOCH - Duration::from_millis(500);
+    let file = mp.join("old.txt");
+    std::fs::write(&file, b"x").unwrap();
+    std::fs::File::options()
+        .write(true)
+        .open(&file)
+        .unwrap()
+        .set_times(std::fs::FileTimes::new().set_modified(old))
+        .unwrap();
+    assert_eq!(std::fs::metadata(&file).unwrap().modified().unwrap(), old);
     std::fs::set_permissions(&mp, std::fs::Permissions::from_mode(0o750)).unwrap();
     std::os::unix::fs::chown(&mp, Some(1234), Some(5678)).unwrap();
     let when = std::time::UNIX_EPOCH + Duration::new(978_307_200, 123_456_789);
@@ -333,6 +346,7 @@ fn the_roots_mode_owner_and_times_survive_a_remount() {
     assert_eq!(after.mode() & 0o7777, 0o750);
     assert_eq!((after.uid(), after.gid()), (1234, 5678));
     assert_eq!(after.modified().unwrap(), when);
+    assert_eq!(std::fs::metadata(&file).unwrap().modified().unwrap(), old);
     drop(m);
 }
 

@@ -132,15 +132,22 @@ fn system_time((s, ns): (i64, u32)) -> SystemTime {
     }
 }
 
-fn from_system_time(t: SystemTime) -> (i64, u32) {
+/// A time the kernel set (utimensat), as fuser 0.18 hands it over, back
+/// to (seconds, nanoseconds). fuser builds the `SystemTime` of a time
+/// before 1970 as the epoch less |seconds| less the nanoseconds (its
+/// `system_time_from_time`, marked TODO there), so -0.5 s, which the
+/// kernel sends as (-1, 500,000,000), arrives as 1.5 s before the epoch.
+/// Read the same way back, it gives the kernel's pair. (Its conversion the
+/// other way, for replies, is right; [`system_time`] matches it.)
+fn from_fuser_time(t: SystemTime) -> (i64, u32) {
     match t.duration_since(UNIX_EPOCH) {
         Ok(d) => (d.as_secs() as i64, d.subsec_nanos()),
         Err(e) => {
             let before = e.duration();
-            match before.subsec_nanos() {
-                0 => (-(before.as_secs() as i64), 0),
-                ns => (-(before.as_secs() as i64) - 1, 1_000_000_000 - ns),
-            }
+            (
+                (before.as_secs() as i64).saturating_neg(),
+                before.subsec_nanos(),
+            )
         }
     }
 }
@@ -1695,7 +1702,7 @@ impl LodeFs {
         let owner_changed = (node.uid, node.gid) != was;
         let when = |t: TimeOrNow| match t {
             TimeOrNow::Now => now(),
-            TimeOrNow::SpecificTime(t) => from_system_time(t),
+            TimeOrNow::SpecificTime(t) => from_fuser_time(t),
         };
         if let Some(t) = atime {
             node.atime = when(t);
@@ -1707,7 +1714,7 @@ impl LodeFs {
         if let Some(t) = ctime
             && let Some(node) = tree.nodes.get_mut(&ino)
         {
-            node.ctime = from_system_time(t);
+            node.ctime = from_fuser_time(t);
         }
         let attr = Self::attr(&tree, ino, &tree.nodes[&ino]);
         let is_dir = tree.nodes[&ino].is_dir();
@@ -2467,23 +2474,23 @@ mod tests {
 
     #[test]
     fn times_before_1970_keep_their_fraction() {
-        let half_before = UNIX_EPOCH - Duration::from_millis(500);
-        assert_eq!(from_system_time(half_before), (-1, 500_000_000));
-        let a_ns_before = UNIX_EPOCH - Duration::from_nanos(1);
-        assert_eq!(from_system_time(a_ns_before), (-1, 999_999_999));
+        // What fuser 0.18 makes of the kernel's (-1, 500,000,000).
+        let from_kernel = UNIX_EPOCH - Duration::new(1, 500_000_000);
+        assert_eq!(from_fuser_time(from_kernel), (-1, 500_000_000));
         assert_eq!(
-            from_system_time(UNIX_EPOCH - Duration::from_secs(2)),
+            from_fuser_time(UNIX_EPOCH - Duration::from_secs(2)),
             (-2, 0)
         );
-        for t in [
-            (-1, 500_000_000),
-            (-1, 999_999_999),
-            (-2, 0),
-            (0, 0),
-            (5, 7),
-        ] {
-            assert_eq!(from_system_time(system_time(t)), t);
-        }
-        assert_eq!(system_time((-1, 500_000_000)), half_before);
+        assert_eq!(from_fuser_time(UNIX_EPOCH + Duration::new(5, 7)), (5, 7));
+        // And what a reply hands fuser, which it turns back into the pair.
+        assert_eq!(
+            system_time((-1, 500_000_000)),
+            UNIX_EPOCH - Duration::from_millis(500)
+        );
+        assert_eq!(
+            system_time((-1, 999_999_999)),
+            UNIX_EPOCH - Duration::from_nanos(1)
+        );
+        assert_eq!(system_time((5, 7)), UNIX_EPOCH + Duration::new(5, 7));
     }
 }
