@@ -479,8 +479,9 @@ pub fn open_verified_chunk(key: &ChunkKey, params: Params, shares: &[Share]) -> 
 /// each one's buffer is decrypted in place and becomes one part of the
 /// result, so the chunk is never joined into a new buffer (that join was
 /// 8 % of a cold read's CPU in the mount). A buffer shared with someone
-/// else, or much larger than its share, is copied first. Otherwise the shares are rebuilt and opened as
-/// [`open_verified_chunk`] does, into one part.
+/// else, or much larger than its share, is copied first. Otherwise the
+/// shares are rebuilt and opened as [`open_verified_chunk`] does, into one
+/// part.
 pub fn open_verified_chunk_parts(
     key: &ChunkKey,
     params: Params,

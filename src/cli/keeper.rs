@@ -247,6 +247,7 @@ pub fn serve_control(
     status: impl Fn() -> serde_json::Value + Send + Sync + 'static,
     sync: impl Fn() -> Result<(), String> + Send + Sync + 'static,
     friends: impl Fn() -> Result<usize, String> + Send + Sync + 'static,
+    mountpoint: String,
 ) -> std::io::Result<PathBuf> {
     use tokio::io::{AsyncBufReadExt, AsyncReadExt};
     let _ = std::fs::remove_file(path);
@@ -256,9 +257,11 @@ pub fn serve_control(
     };
     std::fs::set_permissions(path, std::os::unix::fs::PermissionsExt::from_mode(0o600))?;
     let (status, sync, friends) = (Arc::new(status), Arc::new(sync), Arc::new(friends));
+    let mountpoint: Arc<str> = mountpoint.into();
     rt.spawn(async move {
         while let Ok((stream, _)) = listener.accept().await {
             let (status, sync, friends) = (status.clone(), sync.clone(), friends.clone());
+            let mountpoint = mountpoint.clone();
             tokio::spawn(async move {
                 let (read, mut write) = stream.into_split();
                 let mut request = String::new();
@@ -278,7 +281,7 @@ pub fn serve_control(
                     // The config's friends changed: show them.
                     (Ok(Ok(_)), "friends") => {
                         match tokio::task::spawn_blocking(move || friends()).await {
-                            Ok(Ok(n)) => json!({"friends": n}),
+                            Ok(Ok(n)) => json!({"friends": n, "mountpoint": &*mountpoint}),
                             Ok(Err(e)) => json!({"error": e}),
                             Err(e) => json!({"error": e.to_string()}),
                         }

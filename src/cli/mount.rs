@@ -85,7 +85,7 @@ fn mounted_at(home: &Home) -> Option<String> {
 /// where they show.
 fn tell_mount_friends(home: &Home, done: &str) {
     match ask_mount(home, "friends", Some(Duration::from_secs(10))) {
-        Ok(reply) if reply["friends"].is_u64() => match mounted_at(home) {
+        Ok(reply) if reply["friends"].is_u64() => match reply["mountpoint"].as_str() {
             Some(at) => println!("{done} (the mount at {at} shows it now)"),
             None => println!("{done}"),
         },
@@ -306,8 +306,6 @@ pub fn mount(args: MountArgs) -> Result<()> {
             max_inodes,
         },
     )?);
-    // Whatever an earlier mount staged but never published (it crashed,
-    // or the mirrors were down) goes up first, so it shows in this mount.
     // The root's mode and times are in its listing: read it before the
     // kernel asks. A mirror that never answers must not keep the mount
     // from coming up, so this waits 10 s at most; meanwhile the root shows
@@ -324,6 +322,8 @@ pub fn mount(args: MountArgs) -> Result<()> {
         Ok(Err(e)) => eprintln!("lode: the root directory could not be listed yet: {e}"),
         Err(_) => eprintln!("lode: the root directory is slow to list; mounting meanwhile"),
     }
+    // Whatever an earlier mount staged but never published (it crashed,
+    // or the mirrors were down) goes up first, so it shows in this mount.
     match fs.recover() {
         Ok(0) => {}
         Ok(n) => eprintln!("lode: recovered {n} staged files from an earlier mount"),
@@ -359,6 +359,7 @@ pub fn mount(args: MountArgs) -> Result<()> {
             .canonicalize()
             .unwrap_or_else(|_| args.mountpoint.clone());
         let shown = shown.display().to_string();
+        let mountpoint = shown.clone();
         let syncing = fs.clone();
         let befriending = fs.clone();
         super::keeper::serve_control(
@@ -379,6 +380,7 @@ pub fn mount(args: MountArgs) -> Result<()> {
                     Ok(befriending.set_friends(&friends))
                 }
             },
+            mountpoint,
         )?
     };
     let mut fuse_config = fuser::Config::default();

@@ -1659,10 +1659,6 @@ impl LodeFs {
             }
             return self.attr_of(ino);
         }
-        // The root's attributes are kept in its own listing (`this`).
-        if ino == ROOT {
-            self.load(ROOT)?;
-        }
         let orphan = self.lock().nodes.get(&ino).is_some_and(|n| n.orphan);
         if !orphan {
             self.writable(parent)?;

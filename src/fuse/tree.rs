@@ -264,11 +264,10 @@ impl Tree {
         let ours = parent_write.is_some();
         if dir == ROOT {
             // The root's own attributes, unless a change of them is still
-            // to be published.
-            // Until then the root shows 0700 (so that a root made private
-            // is never shown open); a root whose listing has no attributes
-            // of its own (never changed, or written by an older lode) is
-            // 0755.
+            // to be published. Until it is listed the root shows 0700, so
+            // that a root made private is never shown open; a root listing
+            // without attributes (never changed, or written by an older
+            // lode) means 0755.
             if !self.dirty.contains(&ROOT)
                 && !self.publishing.contains(&ROOT)
                 && let Some(root) = self.nodes.get_mut(&ROOT)
