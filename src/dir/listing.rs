@@ -344,7 +344,8 @@ struct WireListing {
     links: BTreeMap<String, WireEntry>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pages: Vec<String>,
-    /// Added in format 3, optional: older readers ignore it.
+    /// Optional, added without a version bump: readers of every version
+    /// ignore fields they do not know (docs/FORMATS.md).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     this: Option<WireAttrs>,
 }
