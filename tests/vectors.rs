@@ -15,7 +15,7 @@ use hkdf::Hkdf;
 use lode::caps::{Cap, DirWriteCap};
 use lode::chunk::ChunkerParams;
 use lode::crypto::SlotSeed;
-use lode::dir::{Encoded, Entry, EntryKind, Listing, SlotEnvelope};
+use lode::dir::{DirAttrs, Encoded, Entry, EntryKind, Listing, SlotEnvelope};
 use lode::store::{Grid, GridConfig, MemoryStorage, Storage, Vault};
 use sha2::{Digest, Sha256};
 
@@ -304,4 +304,70 @@ fn directory_slot_encoding() {
         text += &(data_encoding::HEXLOWER.encode(page) + "\n");
     }
     check_vector("slot-listing-v3.hex", &text);
+}
+
+/// A root listing's own attributes (`this`): the CBOR form docs/FORMATS.md
+/// gives, checked field by field with a generic CBOR reader, then pinned
+/// both in a whole listing and in a paged root's index.
+#[test]
+fn a_roots_own_attributes_encoding() {
+    let this = DirAttrs {
+        mode: 0o750,
+        owner: (1000, 100),
+        atime: (1_700_000_010, 1),
+        mtime: (-1, 500_000_000),
+        ctime: (1_700_000_012, 999_999_999),
+    };
+    let mut listing = Listing::default();
+    listing.this = Some(this);
+    let whole = listing.encode();
+    assert_eq!(Listing::decode(&whole).unwrap().this, Some(this));
+
+    let serde_cbor::Value::Map(map) = serde_cbor::from_slice(&whole).unwrap() else {
+        panic!("a listing is a CBOR map")
+    };
+    let Some(serde_cbor::Value::Map(wire)) = map.get(&serde_cbor::Value::Text("this".into()))
+    else {
+        panic!("`this` is a map")
+    };
+    let int = |k: &str| match wire.get(&serde_cbor::Value::Text(k.into())) {
+        Some(serde_cbor::Value::Integer(i)) => *i,
+        other => panic!("{k} is an integer, not {other:?}"),
+    };
+    let time = |k: &str| match wire.get(&serde_cbor::Value::Text(k.into())) {
+        Some(serde_cbor::Value::Array(a)) => match a.as_slice() {
+            [
+                serde_cbor::Value::Integer(s),
+                serde_cbor::Value::Integer(ns),
+            ] => (*s, *ns),
+            other => panic!("{k} is [seconds, nanoseconds], not {other:?}"),
+        },
+        other => panic!("{k} is an array, not {other:?}"),
+    };
+    assert_eq!(wire.len(), 6, "mode, uid, gid and three times: {wire:?}");
+    assert_eq!((int("mode"), int("uid"), int("gid")), (0o750, 1000, 100));
+    assert_eq!(time("atime"), (1_700_000_010, 1));
+    assert_eq!(
+        time("mtime"),
+        (-1, 500_000_000),
+        "half a second before 1970"
+    );
+    assert_eq!(time("ctime"), (1_700_000_012, 999_999_999));
+
+    // A paged root carries it in its index; pages never do.
+    let file = lode::caps::FileReadCap {
+        read_key: lode::crypto::ReadKey::from_bytes([0x21; 32]),
+        root: [0x22; 32],
+        size: 1,
+    };
+    let index = Listing::encode_index(std::slice::from_ref(&file), Some(&this));
+    let opened = Listing::decode(&index).unwrap();
+    assert_eq!((opened.this, opened.pages), (Some(this), vec![file]));
+
+    let text = format!(
+        "{}\n{}\n",
+        data_encoding::HEXLOWER.encode(&whole),
+        data_encoding::HEXLOWER.encode(&index)
+    );
+    check_vector("listing-this.hex", &text);
 }
