@@ -568,6 +568,26 @@ fn big_files_upload_while_written_and_stay_exact() {
     append(&mut f, "midway b", 16 * mib + 5, &mut midway);
     drop(f);
 
+    // A sparse file of 64 GiB holding 2 MiB of data: its holes are not
+    // read and sealed on upload (which would take hours here), yet read
+    // back as zeros.
+    let sparse_len = 64u64 << 30;
+    let sparse_data = [
+        (0, common::seeded_bytes("sparse head", 1000)),
+        (1 << 30, common::seeded_bytes("sparse 1 GiB", mib)),
+        (
+            sparse_len - mib as u64 - 3,
+            common::seeded_bytes("sparse tail", mib + 3),
+        ),
+    ];
+    let f = std::fs::File::create(mp.join("sparse")).unwrap();
+    f.set_len(sparse_len).unwrap();
+    for (at, bytes) in &sparse_data {
+        f.write_all_at(bytes, *at).unwrap();
+    }
+    f.sync_all().unwrap();
+    drop(f);
+
     // Remount: nothing staged or kept, every byte from the mirrors.
     m.unmount();
     drop(m);
@@ -582,6 +602,52 @@ fn big_files_upload_while_written_and_stay_exact() {
         assert_eq!(got.len(), want.len(), "{name}: length");
         assert!(&got == want, "{name}: content differs");
     }
+    let f = std::fs::File::open(mp.join("sparse")).unwrap();
+    assert_eq!(f.metadata().unwrap().len(), sparse_len);
+    for (at, bytes) in &sparse_data {
+        let mut got = vec![0xffu8; bytes.len() + 200];
+        let from = at.saturating_sub(100);
+        f.read_exact_at(
+            &mut got[..(bytes.len() + 200).min((sparse_len - from) as usize)],
+            from,
+        )
+        .unwrap();
+        let lead = (at - from) as usize;
+        assert!(got[..lead].iter().all(|&b| b == 0), "zeros before {at}");
+        assert!(got[lead..lead + bytes.len()] == bytes[..], "data at {at}");
+    }
+    let mut hole = vec![0xffu8; 3 * mib];
+    f.read_exact_at(&mut hole, 30 << 30).unwrap();
+    assert!(
+        hole.iter().all(|&b| b == 0),
+        "the hole at 30 GiB reads as zeros"
+    );
+    drop(f);
+    // A change in the middle stages a local copy: its holes stay holes on
+    // the local disk (64 GiB of zeros would not fit here), and the change
+    // goes up with the rest intact.
+    let f = std::fs::OpenOptions::new()
+        .write(true)
+        .open(mp.join("sparse"))
+        .unwrap();
+    f.write_all_at(b"changed", 2 << 30).unwrap();
+    drop(f);
+    use std::os::unix::fs::MetadataExt;
+    let on_disk: u64 = std::fs::read_dir(client.home.join("data/staging"))
+        .unwrap()
+        .map(|e| e.unwrap().metadata().unwrap().blocks() * 512)
+        .sum();
+    assert!(on_disk < 256 << 20, "{on_disk} bytes staged");
+    client.ok(&["sync"]);
+    let f = std::fs::File::open(mp.join("sparse")).unwrap();
+    let mut got = vec![0u8; 11];
+    f.read_exact_at(&mut got, (2 << 30) - 2).unwrap();
+    assert_eq!(&got, b"\0\0changed\0\0");
+    f.read_exact_at(&mut got, sparse_len - 11).unwrap();
+    assert!(
+        got[..] == sparse_data[2].1[mib + 3 - 11..],
+        "the tail after the change"
+    );
     let check = client.ok(&["check", "/"]);
     assert!(check.contains(": healthy"), "{check}");
 }

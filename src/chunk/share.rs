@@ -434,6 +434,7 @@ impl Payload<'_> {
 }
 
 /// A chunk after sealing: its key (for the manifest) and its shares.
+#[derive(Clone)]
 pub struct SealedChunk {
     pub key: ChunkKey,
     pub shares: Vec<Share>,

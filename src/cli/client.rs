@@ -280,10 +280,9 @@ async fn get(s: &Session, target: &str, output: Option<&Path>) -> Result<()> {
                         .unwrap_or("download")
                 ));
                 let result = async {
-                    let mut w = std::io::BufWriter::new(std::fs::File::create(&tmp)?);
-                    s.vault.get_to(&file, &mut w).await?;
-                    w.flush()?;
-                    w.get_ref().sync_all()?;
+                    let w = std::fs::File::create(&tmp)?;
+                    s.vault.get_to_file(&file, &w).await?;
+                    w.sync_all()?;
                     anyhow::Ok(())
                 }
                 .await;

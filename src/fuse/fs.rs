@@ -474,9 +474,10 @@ impl LodeFs {
             }
         };
         let path = self.staging_path();
-        let mut file = std::fs::File::create(&path)?;
+        let file = std::fs::File::create(&path)?;
         if let (Some(cap), false) = (&cap, truncate) {
-            self.rt.block_on(self.vault.get_to(cap, &mut file))?;
+            // Holes stay holes: a sparse file is not filled in on disk.
+            self.rt.block_on(self.vault.get_to_file(cap, &file))?;
             // The copy must be whole on disk before its note names it: a
             // power cut must not leave recovery a short copy to publish
             // over the good one. An empty start (a new or truncated file)

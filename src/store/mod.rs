@@ -15,6 +15,7 @@ mod check;
 mod grid;
 mod http;
 mod memory;
+mod sparse;
 mod tree;
 mod vault;
 

@@ -2,7 +2,7 @@
 //! files and directory trees into shares and slots, and back.
 
 use std::collections::HashMap;
-use std::io::{Read, Write};
+use std::io::{Read, Seek, Write};
 use std::path::Path;
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -12,6 +12,7 @@ use futures_util::{StreamExt, TryStreamExt};
 use tokio::sync::mpsc;
 
 use super::cache::Plain;
+use super::sparse::{self, Extent};
 use super::{ChunkCache, Error, Grid, GridConfig, Result, Storage};
 use crate::caps::{Cap, DirReadCap, DirWriteCap, FileReadCap};
 use crate::chunk::{self, ChunkerParams, FileEncoder, Node, Params, Share, share};
@@ -24,6 +25,12 @@ use crate::dir::{
 /// for a mirror's fsync, so the window must cover that latency; it also
 /// bounds the put's memory.
 const UPLOAD_WINDOW_BYTES: usize = 32 << 20;
+/// A hole of at least this many maximum chunks is not read on upload
+/// (see [`Vault::put_path`]); shorter ones are read as zeros.
+const HOLE_MIN_CHUNKS: u64 = 2;
+/// A downloaded stretch of zeros at least this long is left as a hole
+/// (see [`Vault::get_to_file`]).
+pub const HOLE_WRITE_MIN: usize = 4096;
 /// Chunks one walk (a read, or a readahead top-up) keeps in flight.
 const READAHEAD: usize = 16;
 /// A listing whose plaintext is larger than this is stored as pages of
@@ -33,6 +40,38 @@ pub const PAGE_BYTES: usize = 1 << 20;
 const PAGES_IN_FLIGHT: usize = 4;
 /// Pages remembered as stored, by the hash of their plaintext.
 const PAGE_MEMO: usize = 4096;
+
+/// Whether `bytes` are all zeros: compared with a block of zeros, a
+/// block at a time (libc's `memcmp`, fast in every build).
+fn all_zeros(bytes: &[u8]) -> bool {
+    static ZEROS: [u8; 4096] = [0; 4096];
+    bytes.chunks(ZEROS.len()).all(|b| b == &ZEROS[..b.len()])
+}
+
+/// What an upload's chunking stage hands its sealers, in file order.
+enum Piece {
+    /// A chunk's bytes.
+    Data(Vec<u8>),
+    /// A chunk of this many zeros, part of a hole: not read, and sealed
+    /// once per length.
+    Zeros(usize),
+}
+
+impl Piece {
+    fn len(&self) -> usize {
+        match self {
+            Piece::Data(d) => d.len(),
+            Piece::Zeros(n) => *n,
+        }
+    }
+
+    fn into_bytes(self) -> Vec<u8> {
+        match self {
+            Piece::Data(d) => d,
+            Piece::Zeros(n) => vec![0; n],
+        }
+    }
+}
 
 /// One identity's view of the grid.
 pub struct Vault {
@@ -195,21 +234,34 @@ impl Vault {
     /// bounded: the chunker holds at most one maximum-size chunk, and at most
     /// `UPLOAD_WINDOW_BYTES` of shares are in flight.
     pub async fn put_reader<R: Read + Send + 'static>(&self, reader: R) -> Result<FileReadCap> {
+        let chunker = self.chunker;
+        self.put_pieces(move |emit| {
+            for chunk in chunker.chunks(reader) {
+                if !emit(Piece::Data(chunk?)) {
+                    break;
+                }
+            }
+            Ok(())
+        })
+        .await
+    }
+
+    /// [`Vault::put_reader`] over what `produce` emits, in file order, on
+    /// a blocking thread: chunks, and runs of zeros for holes. `emit`
+    /// returns false once the upload has failed; `produce` should stop.
+    async fn put_pieces<P>(&self, produce: P) -> Result<FileReadCap>
+    where
+        P: FnOnce(&mut dyn FnMut(Piece) -> bool) -> Result<()> + Send + 'static,
+    {
         // Three stages: one blocking thread cuts chunks; up to `sealers`
         // chunks are sealed at once on the blocking pool (sealing is the
         // costly part: hashing, AES-SIV and erasure coding), and taken back
         // in file order by the encoder; up to `UPLOAD_WINDOW_BYTES` of shares
         // are uploading at once.
         let sealers = std::thread::available_parallelism().map_or(2, |n| n.get().clamp(2, 8));
-        let (tx, mut rx) = mpsc::channel::<Vec<u8>>(sealers);
-        let chunker = self.chunker;
+        let (tx, mut rx) = mpsc::channel::<Piece>(sealers);
         let producer = tokio::task::spawn_blocking(move || -> Result<()> {
-            for chunk in chunker.chunks(reader) {
-                if tx.blocking_send(chunk?).is_err() {
-                    return Ok(()); // the uploader failed; it reports why
-                }
-            }
-            Ok(())
+            produce(&mut |piece| tx.blocking_send(piece).is_ok())
         });
         let mut encoder = FileEncoder::new(self.conv.clone(), self.grid.params());
         // A first chunk of at most `INLINE_MAX` bytes is the whole input
@@ -223,7 +275,7 @@ impl Vault {
                     Some(next) => head.push(next),
                     None => {
                         producer.await.expect("chunker task")?;
-                        let (cap, root) = encoder.seal_inline(&head[0]);
+                        let (cap, root) = encoder.seal_inline(&head.remove(0).into_bytes());
                         self.grid.put_group(&root).await?;
                         return Ok(cap);
                     }
@@ -231,18 +283,31 @@ impl Vault {
             }
         }
         let (conv, params) = encoder.sealer();
+        // Zero runs (holes) of one length all seal to the same chunk:
+        // sealed once, by length.
+        let zeros: Arc<std::sync::Mutex<HashMap<usize, share::SealedChunk>>> = Arc::default();
         let rest = futures_util::stream::unfold(rx, |mut rx| async move {
             rx.recv().await.map(|chunk| (chunk, rx))
         });
         let chunks = futures_util::stream::iter(head).chain(rest);
         let mut sealed = std::pin::pin!(
             chunks
-                .map(|chunk| {
+                .map(|piece| {
                     let conv = conv.clone();
+                    let zeros = zeros.clone();
                     async move {
-                        let len = chunk.len() as u64;
-                        let sealed = tokio::task::spawn_blocking(move || {
-                            share::seal_chunk(&conv, params, &chunk)
+                        let len = piece.len() as u64;
+                        let sealed = tokio::task::spawn_blocking(move || match piece {
+                            Piece::Data(chunk) => share::seal_chunk(&conv, params, &chunk),
+                            Piece::Zeros(n) => {
+                                let known = zeros.lock().expect("zeros lock").get(&n).cloned();
+                                known.unwrap_or_else(|| {
+                                    let sealed = share::seal_chunk(&conv, params, &vec![0; n]);
+                                    let mut zeros = zeros.lock().expect("zeros lock");
+                                    zeros.insert(n, sealed.clone());
+                                    sealed
+                                })
+                            }
                         })
                         .await
                         .expect("sealing does not panic");
@@ -253,8 +318,15 @@ impl Vault {
         );
         let mut uploads = tokio::task::JoinSet::new();
         let mut in_flight = 0usize;
+        // Groups already sent by this put, by their first share: a chunk or
+        // a manifest node that repeats within the file (a hole's zeros, or
+        // any repeated content) goes up once.
+        let mut sent = std::collections::HashSet::new();
         // Start uploading one group; returns its bytes.
-        let upload = |group: Vec<Share>, uploads: &mut tokio::task::JoinSet<_>| {
+        let mut upload = |group: Vec<Share>, uploads: &mut tokio::task::JoinSet<_>| {
+            if group.first().is_some_and(|s| !sent.insert(s.id())) {
+                return 0;
+            }
             let bytes: usize = group.iter().map(|s| s.as_bytes().len()).sum();
             let grid = self.grid.clone();
             uploads.spawn(async move { grid.put_group(&group).await.map(|()| bytes) });
@@ -288,10 +360,52 @@ impl Vault {
         self.put_reader(std::io::Cursor::new(data.to_vec())).await
     }
 
+    /// Upload the file at `path`. Its holes (as the file system reports
+    /// them: `SEEK_HOLE`) of [`HOLE_MIN_CHUNKS`] maximum chunks or more
+    /// are not read: each becomes a run of maximum-size zero chunks,
+    /// sealed once and stored once, so `truncate -s 1T` uploads in
+    /// seconds. The bytes stored and read back are the same either way;
+    /// only where chunks are cut around a hole differs.
     pub async fn put_path(&self, path: &Path) -> Result<FileReadCap> {
-        let file = std::fs::File::open(path)?;
-        self.put_reader(std::io::BufReader::with_capacity(1 << 20, file))
-            .await
+        let mut file = std::fs::File::open(path)?;
+        let len = file.metadata()?.len();
+        let max = self.chunker.max as u64;
+        let extents = sparse::extents(&file, len, max * HOLE_MIN_CHUNKS)?;
+        if !extents.iter().any(|e| matches!(e, Extent::Hole { .. })) {
+            // Finding the holes moved the file's offset.
+            file.rewind()?;
+            return self
+                .put_reader(std::io::BufReader::with_capacity(1 << 20, file))
+                .await;
+        }
+        let chunker = self.chunker;
+        self.put_pieces(move |emit| {
+            for extent in extents {
+                match extent {
+                    Extent::Data { start, len } => {
+                        let mut at = &file;
+                        at.seek(std::io::SeekFrom::Start(start))?;
+                        let reader = std::io::BufReader::with_capacity(1 << 20, at.take(len));
+                        for chunk in chunker.chunks(reader) {
+                            if !emit(Piece::Data(chunk?)) {
+                                return Ok(());
+                            }
+                        }
+                    }
+                    Extent::Hole { mut len } => {
+                        while len > 0 {
+                            let n = len.min(max);
+                            if !emit(Piece::Zeros(n as usize)) {
+                                return Ok(());
+                            }
+                            len -= n;
+                        }
+                    }
+                }
+            }
+            Ok(())
+        })
+        .await
     }
 
     /// Where something decoded from shares is cached: SHA-256 of every
@@ -566,6 +680,29 @@ impl Vault {
         .await
     }
 
+    /// [`Vault::get_to`] into a new, empty file, leaving a hole wherever a
+    /// stretch of at least [`HOLE_WRITE_MIN`] bytes is zeros (as `cp
+    /// --sparse=always` does): a sparse file stays sparse when it is
+    /// staged for a change or downloaded, instead of filling the disk with
+    /// its zeros.
+    pub async fn get_to_file(&self, cap: &FileReadCap, file: &std::fs::File) -> Result<()> {
+        use std::os::unix::fs::FileExt;
+        let mut pos = 0u64;
+        self.walk_range(cap, 0, cap.size, &mut |_, plain| {
+            for part in plain.parts() {
+                if part.len() < HOLE_WRITE_MIN || !all_zeros(part) {
+                    file.write_all_at(part, pos)?;
+                }
+                pos += part.len() as u64;
+            }
+            Ok(())
+        })
+        .await?;
+        // Holes at the end, and the length.
+        file.set_len(cap.size)?;
+        Ok(())
+    }
+
     // ---- directories ----
 
     /// The current listing of a directory, its pages fetched. An empty
@@ -811,10 +948,9 @@ impl Vault {
                         stack.push((child.clone(), target));
                     }
                     (EntryKind::File, Some(Cap::FileRead(file))) => {
-                        let mut out = std::io::BufWriter::new(std::fs::File::create(&target)?);
-                        self.get_to(file, &mut out).await?;
-                        out.flush()?;
-                        out.get_ref().set_modified(system_time(entry.mtime))?;
+                        let out = std::fs::File::create(&target)?;
+                        self.get_to_file(file, &out).await?;
+                        out.set_modified(system_time(entry.mtime))?;
                         set_mode(&target, entry.mode)?;
                     }
                     (EntryKind::Symlink, _) => {
