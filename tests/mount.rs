@@ -1239,3 +1239,38 @@ fn a_directory_larger_than_a_slot_is_paged_and_survives_a_remount() {
     );
     drop(m);
 }
+
+/// With one mirror of three down, a file already on the mirrors moved into
+/// a directory made meanwhile survives an unmount (whose final flush
+/// cannot reach `happy`) and reads back after a remount, the mirror still
+/// down. The new directory used to be published nowhere (its first
+/// publish waited for every mirror to say it held no such slot) while its
+/// file's old directory, published to the two others, no longer named
+/// the file: the file was gone.
+#[test]
+fn a_file_moved_into_a_new_directory_survives_a_mirror_down() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut mirrors: Vec<MirrorProc> = (0..3)
+        .map(|i| MirrorProc::start(&tmp.path().join(format!("m{i}")), &[]))
+        .collect();
+    let urls: Vec<String> = mirrors.iter().map(|m| m.url.clone()).collect();
+    let client = Client::new(
+        &tmp.path().join("home"),
+        &urls.iter().map(String::as_str).collect::<Vec<_>>(),
+    );
+    let mp = tmp.path().join("mnt");
+    let m = Mounted::new(&client, &mp);
+    let data = common::seeded_bytes("moved", 1_000_000);
+    std::fs::write(mp.join("moved.bin"), &data).unwrap();
+    client.ok(&["sync"]);
+    mirrors[2].stop();
+    std::fs::create_dir(mp.join("new")).unwrap();
+    std::fs::rename(mp.join("moved.bin"), mp.join("new/moved.bin")).unwrap();
+    std::thread::sleep(Duration::from_secs(2)); // the flusher publishes what it can
+    m.unmount();
+    drop(m);
+    let _m = Mounted::new(&client, &mp);
+    let got = std::fs::read(mp.join("new/moved.bin")).unwrap();
+    assert!(got == data, "the moved file's content");
+    assert!(!mp.join("moved.bin").exists());
+}

@@ -1430,6 +1430,12 @@ impl LodeFs {
     ) -> Result<(u64, FileAttr)> {
         let write = Vault::fresh_dir();
         let read = write.read_cap();
+        // Known to exist nowhere yet: its first publish must not wait for
+        // every mirror to confirm that none holds it (with one mirror down
+        // it never could, and a file moved into it was lost at unmount
+        // while its old directory, published to the others, no longer
+        // named it).
+        self.vault.grid().note_seen(&read.public_key, 0);
         let body = Body::Dir {
             write: Some(write),
             read,

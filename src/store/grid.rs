@@ -496,6 +496,9 @@ impl Grid {
                 seen,
                 offered: *seq,
             }),
+            // Seen at version 0: a directory made here and not yet
+            // published anywhere. It is empty, whoever failed to answer.
+            (None, Some(0)) => Ok(None),
             (None, Some(seen)) => Err(Error::Rollback {
                 slot: hex(&cap.public_key),
                 seen,
