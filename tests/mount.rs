@@ -1274,3 +1274,37 @@ fn a_file_moved_into_a_new_directory_survives_a_mirror_down() {
     assert!(got == data, "the moved file's content");
     assert!(!mp.join("moved.bin").exists());
 }
+
+/// A mountpoint whose path has a space (the mount table writes it as
+/// `\040`) mounts and serves; `lode put --to` is refused while the mount
+/// runs, since the mount would drop an entry linked beside it.
+#[test]
+fn a_mountpoint_with_a_space_and_put_beside_a_mount() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (_mirrors, client) = common::three_mirrors_and_client(tmp.path());
+    let mp = tmp.path().join("my files");
+    let _m = Mounted::new(&client, &mp);
+    std::fs::create_dir(mp.join("docs")).unwrap();
+    std::fs::write(mp.join("docs/a.txt"), b"through the mount").unwrap();
+    client.ok(&["sync"]);
+    let file = tmp.path().join("report.txt");
+    std::fs::write(&file, b"beside the mount").unwrap();
+    let out = client.run(&["put", file.to_str().unwrap(), "--to", "docs/"]);
+    assert!(!out.status.success(), "put --to beside a running mount");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("mounted at") && err.contains("my files"),
+        "{err}"
+    );
+    // Without --to nothing in the tree changes: allowed.
+    client.ok(&["put", file.to_str().unwrap()]);
+    let names: Vec<_> = std::fs::read_dir(mp.join("docs"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    assert_eq!(names, ["a.txt"]);
+    assert_eq!(
+        std::fs::read(mp.join("docs/a.txt")).unwrap(),
+        b"through the mount"
+    );
+}

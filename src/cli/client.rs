@@ -174,6 +174,16 @@ fn mirrors(command: MirrorsCommand) -> Result<()> {
 }
 
 async fn put(s: &Session, files: &[std::path::PathBuf], to: Option<&str>) -> Result<()> {
+    // The running mount publishes each directory from its own listing, so
+    // an entry linked beside it would be dropped at its next change.
+    if let (Some(to), Some(at)) = (to, super::mount::mounted_at(&s.home)) {
+        bail!(
+            "this identity is mounted at {at}, which would overwrite a directory \
+             changed beside it: copy into the mount instead (cp -a FILE {at}/{}), \
+             or unmount first",
+            to.trim_start_matches('/')
+        );
+    }
     let into_dir = match to {
         Some(t) => {
             t.ends_with('/')

@@ -73,7 +73,7 @@ fn ask_mount(home: &Home, request: &str, timeout: Option<Duration>) -> Result<se
 /// Where this identity is mounted now, if a live mount answers on its
 /// control socket and its mountpoint is still mounted (a mount that is
 /// only finishing its final flush after `umount` is not).
-fn mounted_at(home: &Home) -> Option<String> {
+pub(super) fn mounted_at(home: &Home) -> Option<String> {
     let status = ask_mount(home, "status", Some(Duration::from_secs(5))).ok()?;
     let at = status["mountpoint"].as_str()?.to_string();
     // Already canonical: compared as it is, since resolving it again
@@ -162,8 +162,37 @@ fn is_mounted(mountpoint: &Path) -> bool {
 /// Whether the mount table lists a mount at this (canonical) path.
 fn in_mount_table(path: &str) -> bool {
     std::fs::read_to_string("/proc/self/mounts")
-        .map(|m| m.lines().any(|l| l.split(' ').nth(1) == Some(path)))
+        .map(|m| {
+            m.lines()
+                .any(|l| l.split(' ').nth(1).map(unescape_mount_field).as_deref() == Some(path))
+        })
         .unwrap_or(false)
+}
+
+/// A field of /proc/self/mounts as the path it names: the kernel writes a
+/// space, tab, newline and backslash in a path as `\040`, `\011`, `\012`
+/// and `\134`.
+fn unescape_mount_field(field: &str) -> String {
+    let bytes = field.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let octal = bytes
+            .get(i + 1..i + 4)
+            .filter(|d| bytes[i] == b'\\' && d.iter().all(|c| (b'0'..=b'7').contains(c)));
+        match octal {
+            Some(d) => {
+                let value = d.iter().fold(0u32, |v, c| v * 8 + u32::from(c - b'0'));
+                out.push(value as u8);
+                i += 4;
+            }
+            None => {
+                out.push(bytes[i]);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
 }
 
 pub fn mount(args: MountArgs) -> Result<()> {
@@ -540,5 +569,19 @@ fn spawn_background(args: &MountArgs) -> Result<()> {
             );
         }
         std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn mount_table_paths_are_unescaped() {
+        assert_eq!(unescape_mount_field("/tmp/plain"), "/tmp/plain");
+        assert_eq!(unescape_mount_field("/tmp/a\\040b"), "/tmp/a b");
+        assert_eq!(unescape_mount_field("/x\\011y\\012z\\134w"), "/x\ty\nz\\w");
+        // Not an escape: left as it is.
+        assert_eq!(unescape_mount_field("/a\\9b\\04"), "/a\\9b\\04");
     }
 }

@@ -8,10 +8,12 @@ use super::Client;
 
 pub fn mounted(mp: &Path) -> bool {
     let canon = mp.canonicalize().unwrap();
+    // The mount table writes a space in a path as `\040`.
+    let listed = canon.to_str().unwrap().replace(' ', "\\040");
     std::fs::read_to_string("/proc/self/mounts")
         .unwrap()
         .lines()
-        .any(|l| l.split(' ').nth(1) == canon.to_str())
+        .any(|l| l.split(' ').nth(1) == Some(listed.as_str()))
 }
 
 /// A live mount, unmounted (and its process awaited) on drop.
