@@ -6,6 +6,12 @@ use clap::Parser;
 
 fn main() -> std::process::ExitCode {
     let args = cli::Cli::parse();
+    if args.command.ends_quietly_on_a_closed_pipe() {
+        // `lode status | head -1`: end as cat and ls do when the reader
+        // goes, instead of panicking in println!. Not for the mount, the
+        // mirror or the miner, which talk over sockets.
+        default_sigpipe();
+    }
     let default = match args.verbose {
         0 => "warn",
         1 => "info,lode=debug",
@@ -23,5 +29,15 @@ fn main() -> std::process::ExitCode {
             eprintln!("lode: {e:#}");
             std::process::ExitCode::FAILURE
         }
+    }
+}
+
+/// Let SIGPIPE end the process again (Rust's runtime ignores it).
+#[allow(unsafe_code)]
+fn default_sigpipe() {
+    // SAFETY: called at the start of main, before any other thread exists;
+    // SIG_DFL is a valid disposition and no handler code is installed.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
     }
 }

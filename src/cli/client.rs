@@ -281,6 +281,28 @@ async fn get(s: &Session, target: &str, output: Option<&Path>) -> Result<()> {
     match s.target(target).await? {
         Cap::FileRead(file) => match output {
             Some(out) => {
+                // Into an existing directory, as cp does: under the name the
+                // path in the tree ends with (a cap has none).
+                let named;
+                let out = if out.is_dir() {
+                    let leaf = target
+                        .parse::<Cap>()
+                        .is_err()
+                        .then(|| target.trim_end_matches('/').rsplit('/').next())
+                        .flatten()
+                        .filter(|l| !l.is_empty());
+                    let Some(leaf) = leaf else {
+                        bail!(
+                            "{} is a directory, and a cap names no file: give -o {}/NAME",
+                            out.display(),
+                            out.display()
+                        );
+                    };
+                    named = out.join(leaf);
+                    named.as_path()
+                } else {
+                    out
+                };
                 // Write beside the destination and rename, so a failed
                 // download never leaves a truncated file under the name.
                 let tmp = out.with_file_name(format!(

@@ -28,8 +28,21 @@ fn xdg(var: &str, fallback: &str) -> Result<PathBuf> {
     if let Some(v) = std::env::var_os(var).filter(|v| !v.is_empty()) {
         return Ok(PathBuf::from(v).join("lode"));
     }
-    let home = std::env::var_os("HOME").context("neither LODE_HOME nor HOME is set")?;
-    Ok(PathBuf::from(home).join(fallback).join("lode"))
+    Ok(user_home()?.join(fallback).join("lode"))
+}
+
+/// `$HOME`, or else the user's home directory from the password database:
+/// mount helpers run from fstab (by systemd or `mount -a`) get an
+/// environment with no `HOME` in it.
+fn user_home() -> Result<PathBuf> {
+    if let Some(home) = std::env::var_os("HOME").filter(|v| !v.is_empty()) {
+        return Ok(PathBuf::from(home));
+    }
+    let uid = nix::unistd::Uid::effective();
+    match nix::unistd::User::from_uid(uid) {
+        Ok(Some(user)) if !user.dir.as_os_str().is_empty() => Ok(user.dir),
+        _ => bail!("neither LODE_HOME nor HOME is set, and user {uid} has no home directory"),
+    }
 }
 
 impl Home {

@@ -42,6 +42,7 @@ pub enum Command {
         files: Vec<PathBuf>,
         /// Also link them into your tree at PATH (a directory if it ends in
         /// "/" or already is one, else the new name of a single file).
+        /// Refused while your tree is mounted: copy into the mount instead.
         #[arg(long)]
         to: Option<String>,
     },
@@ -109,6 +110,16 @@ pub enum MirrorCommand {
 }
 
 /// Run a parsed command line.
+impl Command {
+    /// Whether the command only prints (and may be cut off by `head`).
+    pub fn ends_quietly_on_a_closed_pipe(&self) -> bool {
+        !matches!(
+            self,
+            Command::Mount(_) | Command::Mirror(_) | Command::Mine(_)
+        )
+    }
+}
+
 pub fn run(cli: Cli) -> Result<()> {
     match cli.command {
         Command::Mirror(MirrorCommand::Serve(args)) => serve::run(*args),

@@ -196,8 +196,21 @@ fn unescape_mount_field(field: &str) -> String {
 }
 
 pub fn mount(args: MountArgs) -> Result<()> {
-    let meta = std::fs::metadata(&args.mountpoint)
-        .with_context(|| format!("mountpoint {} does not exist", args.mountpoint.display()))?;
+    let meta = match std::fs::metadata(&args.mountpoint) {
+        Ok(meta) => meta,
+        // A FUSE mount whose process ended (a crash, kill -9) stays in
+        // the mount table until someone unmounts it.
+        Err(e) if e.raw_os_error() == Some(libc::ENOTCONN) => bail!(
+            "{} is a dead mount (the process behind it ended): run `umount {}` first",
+            args.mountpoint.display(),
+            args.mountpoint.display()
+        ),
+        Err(e) => {
+            return Err(e).with_context(|| {
+                format!("mountpoint {} does not exist", args.mountpoint.display())
+            });
+        }
+    };
     if !meta.is_dir() {
         bail!(
             "mountpoint {} is not a directory",

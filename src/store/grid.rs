@@ -380,16 +380,19 @@ impl Grid {
         // decode, unless a data share's mirror is clearly slower than the
         // fastest (see `slow_mirrors`).
         let slow = self.slow_mirrors();
-        let mut attempts: Vec<(usize, bool, usize, usize)> = Vec::new();
+        // A mirror that just failed to answer goes last of all, and is
+        // asked (for real) only if the others cannot do without it.
+        let down: Vec<bool> = self.mirrors.iter().map(|s| s.is_down()).collect();
+        let mut attempts: Vec<(bool, usize, bool, usize, usize)> = Vec::new();
         for r in 0..m {
             for i in 0..ids.len() {
                 let j = order[(i + r) % m];
-                attempts.push((r, slow[j], i, j));
+                attempts.push((down[j], r, slow[j], i, j));
             }
         }
         attempts.sort();
         let attempts: Vec<(usize, usize)> =
-            attempts.into_iter().map(|(_, _, i, j)| (i, j)).collect();
+            attempts.into_iter().map(|(_, _, _, i, j)| (i, j)).collect();
         let mut tried = vec![false; attempts.len()];
         let mut got: Vec<Share> = Vec::with_capacity(need);
         let mut have: HashSet<usize> = HashSet::new();
@@ -409,6 +412,9 @@ impl Grid {
                 let (i, mirror) = attempts[a];
                 in_flight.insert(i);
                 let store = self.mirrors[mirror].clone();
+                if down[mirror] {
+                    store.revive();
+                }
                 let id = ids[i];
                 tasks.spawn(
                     async move { (i, store.name().to_string(), store.get_share(&id).await) },
@@ -452,15 +458,38 @@ impl Grid {
     /// if no mirror has the slot. Refuses to go below a seq already seen.
     pub async fn get_slot(&self, cap: &DirReadCap) -> Result<Option<(u64, Listing)>> {
         let mut tasks = JoinSet::new();
-        for store in &self.mirrors {
+        // Mirrors that just failed to answer are asked only if no other
+        // one has the slot.
+        let (down, up): (Vec<_>, Vec<_>) = self.mirrors.iter().partition(|s| s.is_down());
+        let ask = |tasks: &mut JoinSet<_>, store: &Arc<dyn Storage>| {
             let store = store.clone();
             let pk = cap.public_key;
             tasks.spawn(async move { (store.name().to_string(), store.get_slot(&pk).await) });
+        };
+        for store in &up {
+            ask(&mut tasks, store);
         }
+        let mut down = Some(down);
         let mut best: Option<(u64, Listing)> = None;
         let mut reachable = 0;
         let mut failed = 0;
-        while let Some(joined) = tasks.join_next().await {
+        loop {
+            let joined = match tasks.join_next().await {
+                Some(joined) => joined,
+                None => match down.take().filter(|d| !d.is_empty() && best.is_none()) {
+                    Some(down) => {
+                        for store in &down {
+                            store.revive();
+                            ask(&mut tasks, store);
+                        }
+                        continue;
+                    }
+                    None => {
+                        failed += down.map_or(0, |d| d.len());
+                        break;
+                    }
+                },
+            };
             let (mirror, result) = joined.expect("slot task does not panic");
             let bytes = match result {
                 Ok(Some(b)) => b,
@@ -853,5 +882,135 @@ mod fetch_tests {
     fn a_clearly_slow_mirror_is_asked_last() {
         assert_eq!(fetched_indexes([500, 10, 10]), vec![1, 2]);
         assert_eq!(fetched_indexes([10, 500, 10]), vec![0, 2]);
+    }
+
+    /// An in-memory store that can be "down": reads fail at once, as an
+    /// `HttpMirror` passing a mirror over does, until revived. Counts the
+    /// reads that reached it.
+    struct Downable {
+        inner: MemoryStorage,
+        down: std::sync::atomic::AtomicBool,
+        reads: std::sync::atomic::AtomicUsize,
+    }
+
+    impl Downable {
+        fn read(&self) -> Result<()> {
+            use std::sync::atomic::Ordering::SeqCst;
+            if self.down.load(SeqCst) {
+                return Err(Error::Unavailable {
+                    mirror: self.inner.name().into(),
+                    reason: "passed over".into(),
+                });
+            }
+            self.reads.fetch_add(1, SeqCst);
+            Ok(())
+        }
+    }
+
+    #[async_trait]
+    impl Storage for Downable {
+        fn name(&self) -> &str {
+            self.inner.name()
+        }
+        async fn put_share(&self, id: &ShareId, bytes: Bytes) -> Result<()> {
+            self.inner.put_share(id, bytes).await
+        }
+        async fn get_share(&self, id: &ShareId) -> Result<Option<Bytes>> {
+            self.read()?;
+            self.inner.get_share(id).await
+        }
+        async fn has_share(&self, id: &ShareId) -> Result<bool> {
+            self.inner.has_share(id).await
+        }
+        async fn put_slot(&self, envelope: &[u8]) -> Result<()> {
+            self.inner.put_slot(envelope).await
+        }
+        async fn get_slot(&self, public_key: &[u8; 32]) -> Result<Option<Vec<u8>>> {
+            self.read()?;
+            self.inner.get_slot(public_key).await
+        }
+        fn is_down(&self) -> bool {
+            self.down.load(std::sync::atomic::Ordering::SeqCst)
+        }
+        fn revive(&self) {
+            self.down.store(false, std::sync::atomic::Ordering::SeqCst)
+        }
+    }
+
+    /// A mirror that just failed is not asked while the others suffice,
+    /// and is asked (revived) when they do not: for shares and for slots.
+    #[test]
+    fn a_down_mirror_is_asked_only_when_needed() {
+        use std::sync::atomic::Ordering::SeqCst;
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
+        let params = Params::new(2, 3).unwrap();
+        let shares = crate::chunk::share::encode(params, &[9u8; 5000]);
+        let ids: Vec<ShareId> = shares.iter().map(Share::id).collect();
+        let stores: Vec<Arc<Downable>> = ["a", "b", "c"]
+            .iter()
+            .map(|n| {
+                let inner = MemoryStorage::named(n);
+                for s in &shares {
+                    rt.block_on(inner.put_share(&s.id(), s.shared_bytes()))
+                        .unwrap();
+                }
+                Arc::new(Downable {
+                    inner,
+                    down: false.into(),
+                    reads: 0.into(),
+                })
+            })
+            .collect();
+        let grid = Grid::new(
+            stores
+                .iter()
+                .map(|s| s.clone() as Arc<dyn Storage>)
+                .collect(),
+            GridConfig::default(),
+        )
+        .unwrap();
+        // The mirror first in line for share 0 is down: the other two
+        // give shares 1 and 2, and it is never asked.
+        let first = grid.ranked(&ids[0])[0];
+        stores[first].down.store(true, SeqCst);
+        let got = rt.block_on(grid.fetch(&ids, params, "test")).unwrap();
+        assert_eq!(got.len(), 2);
+        assert_eq!(stores[first].reads.load(SeqCst), 0);
+        assert!(stores[first].is_down());
+        // Two down: one of them must be asked, and is.
+        let second = (0..3).find(|&j| j != first).unwrap();
+        stores[second].down.store(true, SeqCst);
+        let got = rt.block_on(grid.fetch(&ids, params, "test")).unwrap();
+        assert_eq!(got.len(), 2);
+        assert_eq!(
+            stores[first].reads.load(SeqCst) + stores[second].reads.load(SeqCst),
+            1
+        );
+
+        // Slots: one held only by a down mirror is still found.
+        let cap = crate::store::Vault::fresh_dir();
+        let env = crate::dir::SlotEnvelope::seal(&cap, 3, &crate::dir::Listing::default());
+        rt.block_on(stores[first].inner.put_slot(&env.encode()))
+            .unwrap();
+        for s in &stores {
+            s.down.store(false, SeqCst);
+        }
+        stores[first].down.store(true, SeqCst);
+        let before = stores[first].reads.load(SeqCst);
+        let found = rt.block_on(grid.get_slot(&cap.read_cap())).unwrap();
+        assert_eq!(found.map(|(seq, _)| seq), Some(3));
+        assert_eq!(stores[first].reads.load(SeqCst), before + 1);
+        // Held by an up mirror too: the down one is not asked.
+        for (j, s) in stores.iter().enumerate() {
+            if j != first {
+                rt.block_on(s.inner.put_slot(&env.encode())).unwrap();
+            }
+        }
+        stores[first].down.store(true, SeqCst);
+        let found = rt.block_on(grid.get_slot(&cap.read_cap())).unwrap();
+        assert_eq!(found.map(|(seq, _)| seq), Some(3));
+        assert_eq!(stores[first].reads.load(SeqCst), before + 1);
     }
 }

@@ -30,6 +30,18 @@ const ATTEMPTS: u32 = 4;
 /// request timeout and holds up few uploads.
 const BATCH_BYTES: usize = MAX_BATCH_BYTES / 4;
 const FIRST_BACKOFF: Duration = Duration::from_millis(100);
+/// How long a mirror that could not be reached is passed over by reads:
+/// they fail at once, without touching the network, so one mirror down
+/// costs a k-of-n read nothing and a directory lookup no retries. The
+/// first read after that tries it again, once. Writes always try it, with
+/// every retry: a mirror wrongly taken as down (a loaded machine) must
+/// never cost an upload or a publish.
+const DOWN_FOR: Duration = Duration::from_secs(30);
+/// Longest wait for a request without a body (reads of shares, slots and
+/// accounts: 4 MiB at most), which is not sent again once it timed out:
+/// a hung mirror holds a read this long once, not once per attempt.
+/// Uploads keep the client's longer timeout, for slow uplinks.
+const READ_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// One mirror, by base URL.
 pub struct HttpMirror {
@@ -42,6 +54,8 @@ pub struct HttpMirror {
     pending: Mutex<Pending>,
     /// Whether the mirror takes `POST /v1/shares`; cleared at its first 404.
     batches: AtomicBool,
+    /// Until when the mirror is taken as down (see [`DOWN_FOR`]).
+    down_until: Mutex<Option<Instant>>,
 }
 
 /// Small share uploads to one mirror that wait for the batch in flight.
@@ -149,6 +163,7 @@ impl HttpMirror {
             latency: Mutex::new(None),
             pending: Mutex::new(Pending::default()),
             batches: AtomicBool::new(true),
+            down_until: Mutex::new(None),
         })
     }
 
@@ -188,9 +203,31 @@ impl HttpMirror {
         sign: bool,
         handled: impl Fn(StatusCode) -> bool,
     ) -> Result<reqwest::Response> {
+        // A read from a mirror taken as down fails at once; once that
+        // lapses, it gets one try before it counts as back.
+        let read = method == Method::GET;
+        let attempts = {
+            let mut down = self.down_until.lock().expect("down lock");
+            match *down {
+                _ if !read => ATTEMPTS,
+                Some(until) if Instant::now() < until => {
+                    return Err(self.unavailable(format!(
+                        "not answering (passed over for {} s after a failed request)",
+                        DOWN_FOR.as_secs()
+                    )));
+                }
+                Some(_) => {
+                    // Half open: whoever comes next probes, the rest wait
+                    // out another period rather than pile onto a dead link.
+                    *down = Some(Instant::now() + DOWN_FOR);
+                    1
+                }
+                None => ATTEMPTS,
+            }
+        };
         let mut backoff = FIRST_BACKOFF;
         let mut last = None;
-        for attempt in 0..ATTEMPTS {
+        for attempt in 0..attempts {
             if attempt > 0 {
                 tokio::time::sleep(backoff).await;
                 backoff *= 4;
@@ -198,6 +235,9 @@ impl HttpMirror {
             let mut req = self
                 .client
                 .request(method.clone(), format!("{}{path}", self.base));
+            if body.is_none() {
+                req = req.timeout(READ_TIMEOUT);
+            }
             if sign {
                 let digest = digest.unwrap_or_else(|| sha256(body.as_deref().unwrap_or_default()));
                 let auth =
@@ -210,6 +250,7 @@ impl HttpMirror {
             }
             match req.send().await {
                 Ok(resp) => {
+                    *self.down_until.lock().expect("down lock") = None;
                     let status = resp.status();
                     if handled(status) {
                         return Ok(resp);
@@ -224,7 +265,18 @@ impl HttpMirror {
                     }
                     last = Some(self.unavailable(format!("{status}: {message}")));
                 }
-                Err(e) => last = Some(self.unavailable(e)),
+                Err(e) => {
+                    // Not reached, or no answer in time: down for a while.
+                    // A timed-out request is not sent again (a hung
+                    // mirror would hold its caller for every attempt).
+                    let timed_out = read && e.is_timeout();
+                    last = Some(self.unavailable(e));
+                    if timed_out || attempt + 1 == attempts {
+                        *self.down_until.lock().expect("down lock") =
+                            Some(Instant::now() + DOWN_FOR);
+                        break;
+                    }
+                }
             }
         }
         Err(last.expect("at least one attempt"))
@@ -486,6 +538,17 @@ impl Storage for HttpMirror {
         *self.latency.lock().expect("latency lock")
     }
 
+    fn is_down(&self) -> bool {
+        self.down_until
+            .lock()
+            .expect("down lock")
+            .is_some_and(|until| Instant::now() < until)
+    }
+
+    fn revive(&self) {
+        *self.down_until.lock().expect("down lock") = None;
+    }
+
     async fn put_share(&self, id: &ShareId, bytes: Bytes) -> Result<()> {
         if bytes.len() <= MAX_BATCH_SHARE_BYTES
             && self.batches.load(Ordering::Relaxed)
@@ -592,5 +655,75 @@ impl Storage for HttpMirror {
             }
         }
         Ok(missing)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::Arc;
+    use std::sync::atomic::AtomicUsize;
+
+    /// A "mirror" on loopback that takes each connection and closes it
+    /// unanswered; counts the connections.
+    async fn slamming_door() -> (String, Arc<AtomicUsize>) {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        let count = Arc::new(AtomicUsize::new(0));
+        let counted = count.clone();
+        tokio::spawn(async move {
+            while let Ok((conn, _)) = listener.accept().await {
+                counted.fetch_add(1, Ordering::SeqCst);
+                drop(conn);
+            }
+        });
+        (url, count)
+    }
+
+    /// A mirror that cannot be reached costs one round of retries; after
+    /// that, requests to it fail at once without touching the network,
+    /// so a lookup with one mirror of three down is not 2 s of backoff
+    /// each time.
+    #[tokio::test]
+    async fn a_mirror_that_fails_is_passed_over_for_a_while() {
+        let (url, connections) = slamming_door().await;
+        let mirror = HttpMirror::new(
+            &url,
+            crate::crypto::RootSecret::from_bytes([3; 32]).account_key(),
+        )
+        .unwrap();
+        let id = [7u8; 32];
+        assert!(matches!(
+            mirror.get_share(&id).await,
+            Err(Error::Unavailable { .. })
+        ));
+        let first = connections.load(Ordering::SeqCst);
+        assert_eq!(first, ATTEMPTS as usize, "one connection per attempt");
+        for _ in 0..5 {
+            let err = mirror.get_slot(&[1; 32]).await.unwrap_err();
+            assert!(err.to_string().contains("passed over"), "{err}");
+        }
+        assert_eq!(
+            connections.load(Ordering::SeqCst),
+            first,
+            "no new connection"
+        );
+        // Writes still try, with every retry.
+        let share = Bytes::from_static(b"not a share");
+        assert!(mirror.put_share(&id, share).await.is_err());
+        let first = first + ATTEMPTS as usize;
+        assert_eq!(connections.load(Ordering::SeqCst), first, "a write tries");
+        // Once the period lapses, one request tries again, once.
+        *mirror.down_until.lock().unwrap() = Some(Instant::now() - Duration::from_secs(1));
+        assert!(mirror.get_share(&id).await.is_err());
+        assert_eq!(connections.load(Ordering::SeqCst), first + 1);
+        assert!(
+            mirror
+                .get_share(&id)
+                .await
+                .unwrap_err()
+                .to_string()
+                .contains("passed over")
+        );
     }
 }

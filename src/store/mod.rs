@@ -146,6 +146,17 @@ pub trait Storage: Send + Sync {
     fn latency(&self) -> Option<std::time::Duration> {
         None
     }
+
+    /// Whether reads pass this store over for now, failing at once: it
+    /// just failed to answer. The grid asks it last, and only after
+    /// [`Storage::revive`].
+    fn is_down(&self) -> bool {
+        false
+    }
+
+    /// Let the next read through, down or not: the others could not do
+    /// without this store.
+    fn revive(&self) {}
 }
 
 pub(crate) fn hex(bytes: &[u8]) -> String {
