@@ -658,12 +658,68 @@ impl LodeFs {
             .fold(waiting, |(n, b), node| (n + 1, b + node.size))
     }
 
+    /// Publish one directory's listing, after the listings of directories
+    /// an entry of it moved into: each listing goes up whole, so were
+    /// this one first, a crash (or a failed publish, then an unmount)
+    /// between the two would leave the moved entry in neither.
+    fn publish(&self, dir: u64) -> Result<()> {
+        self.publish_ordered(dir, &mut Vec::new())
+    }
+
+    /// [`Self::publish`], with the directories on the way there in
+    /// `visiting` (two directories that traded entries cannot both go
+    /// first: a cycle is published in any order).
+    fn publish_ordered(&self, dir: u64, visiting: &mut Vec<u64>) -> Result<()> {
+        visiting.push(dir);
+        // Each goes up (or is tried) once here: one still dirty after that
+        // changed again meanwhile, or reached only some mirrors.
+        let mut done = HashSet::new();
+        loop {
+            let first: Vec<u64> = {
+                let mut guard = self.lock();
+                let tree = &mut *guard;
+                let Some(into) = tree.moved_into.get_mut(&dir) else {
+                    break;
+                };
+                into.retain(|d| tree.dirty.contains(d) || tree.publishing.contains(d));
+                let first = into
+                    .iter()
+                    .copied()
+                    .filter(|d| !visiting.contains(d) && !done.contains(d))
+                    .collect();
+                if into.is_empty() {
+                    tree.moved_into.remove(&dir);
+                }
+                first
+            };
+            if first.is_empty() {
+                break;
+            }
+            for d in first {
+                done.insert(d);
+                match self.publish_ordered(d, visiting) {
+                    // Short of `happy` but on some mirrors, where this one
+                    // is about to go too (both go to every mirror that
+                    // answers): readers of this listing find that one.
+                    Ok(())
+                    | Err(Error::Store(crate::store::Error::NotHappy { placed: 1.., .. })) => {}
+                    Err(e) => {
+                        visiting.pop();
+                        return Err(e);
+                    }
+                }
+            }
+        }
+        visiting.pop();
+        self.publish_one(dir)
+    }
+
     /// Publish one directory's listing.
     ///
     /// If another thread is publishing the same directory, wait for it
     /// first: a caller (fsync, `lode sync`) must not return while a listing
     /// with its change is still on the way.
-    fn publish(&self, dir: u64) -> Result<()> {
+    fn publish_one(&self, dir: u64) -> Result<()> {
         let (write, listing, entries) = {
             let mut tree = self.lock();
             while tree.publishing.contains(&dir) {
@@ -1629,6 +1685,9 @@ impl LodeFs {
         }
         tree.touch_dir(parent);
         tree.touch_dir(newparent);
+        if parent != newparent {
+            tree.moved_into.entry(parent).or_default().insert(newparent);
+        }
         // Like ext4 and most others, a rename changes the inode's ctime.
         tree.changed(ino);
         drop(tree);

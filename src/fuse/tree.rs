@@ -166,6 +166,10 @@ pub struct Tree {
     /// republished at most a tenth of the time (fsync, `lode sync` and
     /// unmount do not wait).
     pub publish_after: HashMap<u64, std::time::Instant>,
+    /// Directories that gained an entry another one lost (a rename
+    /// across directories), by the one that lost it: those go up first
+    /// (see `LodeFs::publish`).
+    pub moved_into: HashMap<u64, HashSet<u64>>,
     /// Inodes of hard-linked files in our own tree, by link id.
     pub links: HashMap<LinkId, u64>,
     /// Owner of entries that record none, and of friends' trees.
@@ -203,6 +207,7 @@ impl Tree {
             nodes,
             next: FRIENDS + 1,
             dirty: HashSet::new(),
+            moved_into: HashMap::new(),
             listed_seq: HashMap::new(),
             publishing: HashSet::new(),
             too_large: HashMap::new(),

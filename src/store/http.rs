@@ -38,9 +38,9 @@ const FIRST_BACKOFF: Duration = Duration::from_millis(100);
 /// never cost an upload or a publish.
 const DOWN_FOR: Duration = Duration::from_secs(30);
 /// Longest wait for a request without a body (reads of shares, slots and
-/// accounts: 4 MiB at most), which is not sent again once it timed out:
-/// a hung mirror holds a read this long once, not once per attempt.
-/// Uploads keep the client's longer timeout, for slow uplinks.
+/// accounts: 4 MiB at most). Uploads keep the client's longer timeout, for
+/// slow uplinks. A request that timed out is not sent again: a hung
+/// mirror holds its caller one timeout, not one per attempt.
 const READ_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// One mirror, by base URL.
@@ -266,10 +266,11 @@ impl HttpMirror {
                     last = Some(self.unavailable(format!("{status}: {message}")));
                 }
                 Err(e) => {
-                    // Not reached, or no answer in time: down for a while.
-                    // A timed-out request is not sent again (a hung
-                    // mirror would hold its caller for every attempt).
-                    let timed_out = read && e.is_timeout();
+                    // Not reached, or no answer in time: down for a while
+                    // (for reads). A timed-out request is not sent again:
+                    // a hung mirror would hold its caller for every
+                    // attempt (4 x 120 s for an upload).
+                    let timed_out = e.is_timeout();
                     last = Some(self.unavailable(e));
                     if timed_out || attempt + 1 == attempts {
                         *self.down_until.lock().expect("down lock") =
