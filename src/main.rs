@@ -6,12 +6,7 @@ use clap::Parser;
 
 fn main() -> std::process::ExitCode {
     let args = cli::Cli::parse();
-    if args.command.ends_quietly_on_a_closed_pipe() {
-        // `lode status | head -1`: end as cat and ls do when the reader
-        // goes, instead of panicking in println!. Not for the mount, the
-        // mirror or the miner, which talk over sockets.
-        default_sigpipe();
-    }
+    quiet_on_a_closed_stdout();
     let default = match args.verbose {
         0 => "warn",
         1 => "info,lode=debug",
@@ -32,12 +27,23 @@ fn main() -> std::process::ExitCode {
     }
 }
 
-/// Let SIGPIPE end the process again (Rust's runtime ignores it).
-#[allow(unsafe_code)]
-fn default_sigpipe() {
-    // SAFETY: called at the start of main, before any other thread exists;
-    // SIG_DFL is a valid disposition and no handler code is installed.
-    unsafe {
-        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
-    }
+/// `lode status | head -1`: when the reader goes, end quietly with the
+/// status a shell gives a process SIGPIPE ended (141), as cat and ls do,
+/// instead of println!'s panic. SIGPIPE itself stays ignored, as Rust
+/// sets it: a write to a mirror's closed connection (hyper's `writev`
+/// sends without MSG_NOSIGNAL) must be an error to retry, not the end.
+fn quiet_on_a_closed_stdout() {
+    let default = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        let payload = info.payload();
+        let message = payload
+            .downcast_ref::<String>()
+            .map(String::as_str)
+            .or_else(|| payload.downcast_ref::<&str>().copied())
+            .unwrap_or_default();
+        if message.starts_with("failed printing to stdout") && message.contains("Broken pipe") {
+            std::process::exit(141);
+        }
+        default(info);
+    }));
 }

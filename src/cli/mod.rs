@@ -110,16 +110,6 @@ pub enum MirrorCommand {
 }
 
 /// Run a parsed command line.
-impl Command {
-    /// Whether the command only prints (and may be cut off by `head`).
-    pub fn ends_quietly_on_a_closed_pipe(&self) -> bool {
-        !matches!(
-            self,
-            Command::Mount(_) | Command::Mirror(_) | Command::Mine(_)
-        )
-    }
-}
-
 pub fn run(cli: Cli) -> Result<()> {
     match cli.command {
         Command::Mirror(MirrorCommand::Serve(args)) => serve::run(*args),

@@ -681,12 +681,32 @@ impl LodeFs {
                 let Some(into) = tree.moved_into.get_mut(&dir) else {
                     break;
                 };
-                into.retain(|d| tree.dirty.contains(d) || tree.publishing.contains(d));
-                let first = into
-                    .iter()
-                    .copied()
-                    .filter(|d| !visiting.contains(d) && !done.contains(d))
-                    .collect();
+                // Each destination, and the directories above it not yet
+                // published since (a new one must be named before the
+                // entry leaves its old place), deepest first.
+                let mut first = Vec::new();
+                into.retain(|&d| {
+                    let mut chain = Vec::new();
+                    let mut cur = d;
+                    loop {
+                        if tree.dirty.contains(&cur) || tree.publishing.contains(&cur) {
+                            chain.push(cur);
+                        } else if cur != d {
+                            break;
+                        }
+                        match tree.nodes.get(&cur) {
+                            Some(n) if cur != ROOT => cur = n.parent,
+                            _ => break,
+                        }
+                    }
+                    let pending = !chain.is_empty();
+                    first.extend(
+                        chain
+                            .into_iter()
+                            .filter(|c| !visiting.contains(c) && !done.contains(c)),
+                    );
+                    pending
+                });
                 if into.is_empty() {
                     tree.moved_into.remove(&dir);
                 }
@@ -696,13 +716,17 @@ impl LodeFs {
                 break;
             }
             for d in first {
-                done.insert(d);
+                if !done.insert(d) {
+                    continue;
+                }
                 match self.publish_ordered(d, visiting) {
                     // Short of `happy` but on some mirrors, where this one
                     // is about to go too (both go to every mirror that
                     // answers): readers of this listing find that one.
                     Ok(())
-                    | Err(Error::Store(crate::store::Error::NotHappy { placed: 1.., .. })) => {}
+                    | Err(Error::Store(crate::store::Error::SlotNotHappy {
+                        placed: 1.., ..
+                    })) => {}
                     Err(e) => {
                         visiting.pop();
                         return Err(e);

@@ -112,6 +112,7 @@ pub fn errno(e: &Error) -> Errno {
             S::Unavailable { .. }
             | S::Rejected { .. }
             | S::NotHappy { .. }
+            | S::SlotNotHappy { .. }
             | S::Unrecoverable { .. }
             | S::NoSlot(_)
             | S::Rollback { .. }

@@ -57,6 +57,10 @@ const CLAIM_MIN_BYTES: usize = 64 << 10;
 /// before a read prefers other mirrors' parity shares to its data shares.
 const SLOW_MARGIN: Duration = Duration::from_millis(100);
 
+/// How long a slot read waits for the other mirrors once one has given
+/// the slot (or three times as long as that first answer took, if more).
+const SLOT_GRACE: Duration = Duration::from_secs(2);
+
 pub struct Grid {
     mirrors: Vec<Arc<dyn Storage>>,
     params: Params,
@@ -473,10 +477,40 @@ impl Grid {
         let mut best: Option<(u64, Listing)> = None;
         let mut reachable = 0;
         let mut failed = 0;
+        // Once some mirror has given the slot, the others get a grace
+        // period, not their full timeout: a hung mirror must not hold up
+        // every directory listing (they go on in the background, and a
+        // timeout passes the mirror over for a while).
+        let started = tokio::time::Instant::now();
+        let mut late_after: Option<tokio::time::Instant> = None;
         loop {
-            let joined = match tasks.join_next().await {
+            let next = match late_after {
+                Some(at) => match tokio::time::timeout_at(at, tasks.join_next()).await {
+                    Ok(next) => next,
+                    Err(_) => {
+                        failed += tasks.len();
+                        tasks.detach_all();
+                        break;
+                    }
+                },
+                None => tasks.join_next().await,
+            };
+            let joined = match next {
                 Some(joined) => joined,
-                None => match down.take().filter(|d| !d.is_empty() && best.is_none()) {
+                None => match down.take().filter(|d| {
+                    let seen = self
+                        .seen
+                        .lock()
+                        .expect("lock")
+                        .get(&cap.public_key)
+                        .copied();
+                    !d.is_empty()
+                        && match &best {
+                            // Stored nowhere yet, by this client's own count.
+                            None => seen != Some(0),
+                            Some((seq, _)) => seen.is_some_and(|s| *seq < s),
+                        }
+                }) {
                     Some(down) => {
                         for store in &down {
                             store.revive();
@@ -484,10 +518,7 @@ impl Grid {
                         }
                         continue;
                     }
-                    None => {
-                        failed += down.map_or(0, |d| d.len());
-                        break;
-                    }
+                    None => break,
                 },
             };
             let (mirror, result) = joined.expect("slot task does not panic");
@@ -507,7 +538,11 @@ impl Grid {
             let opened = SlotEnvelope::decode(&bytes).and_then(|env| Ok((env.seq, env.open(cap)?)));
             match opened {
                 Ok((seq, listing)) if best.as_ref().is_none_or(|(s, _)| seq > *s) => {
-                    best = Some((seq, listing))
+                    best = Some((seq, listing));
+                    late_after.get_or_insert_with(|| {
+                        let now = tokio::time::Instant::now();
+                        now + (now - started).mul_f32(3.0).max(SLOT_GRACE)
+                    });
                 }
                 Ok(_) => {}
                 Err(e) => tracing::warn!(%mirror, error = %e, "discarding invalid directory slot"),
@@ -576,10 +611,15 @@ impl Grid {
                 }
             }
         }
+        // Once any mirror holds this version it exists: no later read may
+        // go below it, and "seen at 0" keeps meaning "stored nowhere".
+        if ok > 0 {
+            self.note_seen(&envelope.public_key, envelope.seq);
+        }
         if ok < self.happy.min(self.mirrors.len()) || ok == 0 {
             return Err(match last_err {
                 Some(e @ (Error::NoSpace { .. } | Error::Rejected { .. })) if ok == 0 => e,
-                _ => Error::NotHappy {
+                _ => Error::SlotNotHappy {
                     placed: ok,
                     happy: self.happy,
                 },
@@ -851,6 +891,7 @@ mod fetch_tests {
             latency[j] = Duration::from_millis(ms[i]);
         }
         let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_time()
             .build()
             .unwrap();
         let mirrors: Vec<Arc<dyn Storage>> = names
@@ -943,6 +984,7 @@ mod fetch_tests {
     fn a_down_mirror_is_asked_only_when_needed() {
         use std::sync::atomic::Ordering::SeqCst;
         let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_time()
             .build()
             .unwrap();
         let params = Params::new(2, 3).unwrap();
@@ -1012,5 +1054,63 @@ mod fetch_tests {
         let found = rt.block_on(grid.get_slot(&cap.read_cap())).unwrap();
         assert_eq!(found.map(|(seq, _)| seq), Some(3));
         assert_eq!(stores[first].reads.load(SeqCst), before + 1);
+    }
+
+    /// A store whose slot reads never answer (a hung mirror).
+    struct Hung(MemoryStorage);
+
+    #[async_trait]
+    impl Storage for Hung {
+        fn name(&self) -> &str {
+            self.0.name()
+        }
+        async fn put_share(&self, id: &ShareId, bytes: Bytes) -> Result<()> {
+            self.0.put_share(id, bytes).await
+        }
+        async fn get_share(&self, id: &ShareId) -> Result<Option<Bytes>> {
+            self.0.get_share(id).await
+        }
+        async fn has_share(&self, id: &ShareId) -> Result<bool> {
+            self.0.has_share(id).await
+        }
+        async fn put_slot(&self, envelope: &[u8]) -> Result<()> {
+            self.0.put_slot(envelope).await
+        }
+        async fn get_slot(&self, _: &[u8; 32]) -> Result<Option<Vec<u8>>> {
+            std::future::pending().await
+        }
+    }
+
+    /// A slot read waits out a hung mirror only for the grace period once
+    /// the others have given the slot; with no other answer it waits.
+    #[test]
+    fn a_slot_read_does_not_wait_for_a_hung_mirror() {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_time()
+            .build()
+            .unwrap();
+        let cap = crate::store::Vault::fresh_dir();
+        let env = crate::dir::SlotEnvelope::seal(&cap, 5, &crate::dir::Listing::default());
+        let stores: Vec<Arc<dyn Storage>> = vec![
+            Arc::new(MemoryStorage::named("a")),
+            Arc::new(Hung(MemoryStorage::named("hung"))),
+            Arc::new(MemoryStorage::named("c")),
+        ];
+        for s in [&stores[0], &stores[2]] {
+            rt.block_on(s.put_slot(&env.encode())).unwrap();
+        }
+        let grid = Grid::new(stores, GridConfig::default()).unwrap();
+        let read = rt.block_on(async {
+            tokio::time::timeout(Duration::from_secs(30), grid.get_slot(&cap.read_cap())).await
+        });
+        let found = read.expect("the hung mirror held the read").unwrap();
+        assert_eq!(found.map(|(seq, _)| seq), Some(5));
+        // Nobody has the slot: the hung mirror might, so the read waits
+        // (here, until the test's own bound).
+        let other = crate::store::Vault::fresh_dir();
+        let read = rt.block_on(async {
+            tokio::time::timeout(Duration::from_secs(3), grid.get_slot(&other.read_cap())).await
+        });
+        assert!(read.is_err(), "an empty answer while a mirror is silent");
     }
 }

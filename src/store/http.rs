@@ -270,7 +270,9 @@ impl HttpMirror {
                     // (for reads). A timed-out request is not sent again:
                     // a hung mirror would hold its caller for every
                     // attempt (4 x 120 s for an upload).
-                    let timed_out = e.is_timeout();
+                    // (Not a connect timeout: nothing was sent, so a
+                    // write tries again as for any unreachable mirror.)
+                    let timed_out = e.is_timeout() && !e.is_connect();
                     last = Some(self.unavailable(e));
                     if timed_out || attempt + 1 == attempts {
                         *self.down_until.lock().expect("down lock") =

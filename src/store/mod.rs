@@ -51,6 +51,8 @@ pub enum Error {
     },
     #[error("upload reached {placed} distinct mirrors, but happy={happy} are required")]
     NotHappy { placed: usize, happy: usize },
+    #[error("directory update reached {placed} distinct mirrors, but happy={happy} are required")]
+    SlotNotHappy { placed: usize, happy: usize },
     #[error("could not find {need} good shares of {what} on any mirror (found {found})")]
     Unrecoverable {
         what: String,

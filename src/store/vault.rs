@@ -680,13 +680,15 @@ impl Vault {
         .await
     }
 
-    /// [`Vault::get_to`] into a new, empty file, leaving a hole wherever a
-    /// stretch of at least [`HOLE_WRITE_MIN`] bytes is zeros (as `cp
-    /// --sparse=always` does): a sparse file stays sparse when it is
+    /// [`Vault::get_to`] into `file` (emptied first), leaving a hole
+    /// wherever a piece of the chunk as it came from the mirrors (about a
+    /// chunk over k) of at least [`HOLE_WRITE_MIN`] bytes is all zeros: a sparse file stays sparse when it is
     /// staged for a change or downloaded, instead of filling the disk with
     /// its zeros.
     pub async fn get_to_file(&self, cap: &FileReadCap, file: &std::fs::File) -> Result<()> {
         use std::os::unix::fs::FileExt;
+        // Skipped stretches must read as zeros: start from nothing.
+        file.set_len(0)?;
         let mut pos = 0u64;
         self.walk_range(cap, 0, cap.size, &mut |_, plain| {
             for part in plain.parts() {
@@ -1032,6 +1034,7 @@ mod tests {
     #[test]
     fn a_directory_too_large_for_a_slot_is_a_clear_error() {
         let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_time()
             .build()
             .unwrap();
         rt.block_on(async {
@@ -1070,6 +1073,7 @@ mod tests {
     #[test]
     fn a_large_directory_is_paged_and_reads_back() {
         let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_time()
             .build()
             .unwrap();
         rt.block_on(async {
@@ -1205,6 +1209,7 @@ mod tests {
     #[test]
     fn the_link_table_is_reached_by_checks_and_renewals() {
         let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_time()
             .build()
             .unwrap();
         rt.block_on(async {
@@ -1254,6 +1259,7 @@ mod tests {
     #[test]
     fn a_node_holding_bytes_below_the_root_is_refused() {
         let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_time()
             .build()
             .unwrap();
         rt.block_on(async {
