@@ -663,13 +663,16 @@ impl LodeFs {
     /// this one first, a crash (or a failed publish, then an unmount)
     /// between the two would leave the moved entry in neither.
     fn publish(&self, dir: u64) -> Result<()> {
-        self.publish_ordered(dir, &mut Vec::new())
+        self.publish_ordered(dir, &mut Vec::new(), false)
     }
 
     /// [`Self::publish`], with the directories on the way there in
     /// `visiting` (two directories that traded entries cannot both go
     /// first: a cycle is published in any order).
-    fn publish_ordered(&self, dir: u64, visiting: &mut Vec<u64>) -> Result<()> {
+    /// In the `background`, a directory that must go first but waits its
+    /// turn (too large, or paced: [`waits_its_turn`]) holds this one back
+    /// until the next round, rather than being sent early.
+    fn publish_ordered(&self, dir: u64, visiting: &mut Vec<u64>, background: bool) -> Result<()> {
         visiting.push(dir);
         // Each goes up (or is tried) once here: one still dirty after that
         // changed again meanwhile, or reached only some mirrors.
@@ -710,6 +713,11 @@ impl LodeFs {
                 if into.is_empty() {
                     tree.moved_into.remove(&dir);
                 }
+                let now = Instant::now();
+                if background && first.iter().any(|&d| waits_its_turn(tree, d, now)) {
+                    visiting.pop();
+                    return Ok(());
+                }
                 first
             };
             if first.is_empty() {
@@ -719,7 +727,7 @@ impl LodeFs {
                 if !done.insert(d) {
                     continue;
                 }
-                match self.publish_ordered(d, visiting) {
+                match self.publish_ordered(d, visiting, background) {
                     // Short of `happy` but on some mirrors, where this one
                     // is about to go too (both go to every mirror that
                     // answers): readers of this listing find that one.
@@ -1319,13 +1327,7 @@ impl LodeFs {
             // (shorter names, the root's link table). A paced one waits
             // its turn.
             let now = Instant::now();
-            let waits = |dir: &u64| {
-                background
-                    && (tree.too_large.get(dir).is_some_and(|&(refused, at)| {
-                        tree.children(*dir).map_or(0, |c| c.len()) >= refused
-                            && now.duration_since(at) < TOO_LARGE_RETRY
-                    }) || tree.publish_after.get(dir).is_some_and(|&t| t > now))
-            };
+            let waits = |dir: &u64| background && waits_its_turn(&tree, *dir, now);
             let mut dirs: Vec<u64> = tree.dirty.iter().copied().filter(|d| !waits(d)).collect();
             if !background {
                 // Directories on their way up right now: `publish` waits
@@ -1336,7 +1338,7 @@ impl LodeFs {
             dirs
         };
         for dir in dirs {
-            if let Err(e) = self.publish(dir) {
+            if let Err(e) = self.publish_ordered(dir, &mut Vec::new(), background) {
                 first_err.get_or_insert(e);
             }
         }
@@ -2070,6 +2072,15 @@ impl LodeFs {
             })
             .collect())
     }
+}
+
+/// Whether the background flusher leaves `dir` for now: refused as too
+/// large and no smaller since (for a while), or paced after a slow publish.
+fn waits_its_turn(tree: &Tree, dir: u64, now: Instant) -> bool {
+    tree.too_large.get(&dir).is_some_and(|&(refused, at)| {
+        tree.children(dir).map_or(0, |c| c.len()) >= refused
+            && now.duration_since(at) < TOO_LARGE_RETRY
+    }) || tree.publish_after.get(&dir).is_some_and(|&t| t > now)
 }
 
 /// Make a staged file durable on the local disk (best effort: a failure is
