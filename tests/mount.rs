@@ -1250,14 +1250,7 @@ fn a_directory_larger_than_a_slot_is_paged_and_survives_a_remount() {
 #[test]
 fn a_file_moved_into_a_new_directory_survives_a_mirror_down() {
     let tmp = tempfile::tempdir().unwrap();
-    let mut mirrors: Vec<MirrorProc> = (0..3)
-        .map(|i| MirrorProc::start(&tmp.path().join(format!("m{i}")), &[]))
-        .collect();
-    let urls: Vec<String> = mirrors.iter().map(|m| m.url.clone()).collect();
-    let client = Client::new(
-        &tmp.path().join("home"),
-        &urls.iter().map(String::as_str).collect::<Vec<_>>(),
-    );
+    let (mut mirrors, client) = common::three_mirrors_and_client(tmp.path());
     let mp = tmp.path().join("mnt");
     let m = Mounted::new(&client, &mp);
     let data = common::seeded_bytes("moved", 1_000_000);

@@ -838,14 +838,44 @@ mod fetch_tests {
     use async_trait::async_trait;
     use bytes::Bytes;
 
-    /// An in-memory store that reports a fixed response time.
-    struct Timed {
+    /// An in-memory store for the grid's tests: a fixed response time, and
+    /// optionally "down" (reads fail at once, as an `HttpMirror` passing a
+    /// mirror over does, until revived) or hung (slot reads never answer).
+    /// Counts the reads that reached it.
+    struct Fake {
         inner: MemoryStorage,
-        latency: Duration,
+        latency: Option<Duration>,
+        down: std::sync::atomic::AtomicBool,
+        hung: bool,
+        reads: std::sync::atomic::AtomicUsize,
+    }
+
+    impl Fake {
+        fn new(inner: MemoryStorage) -> Fake {
+            Fake {
+                inner,
+                latency: None,
+                down: false.into(),
+                hung: false,
+                reads: 0.into(),
+            }
+        }
+
+        fn read(&self) -> Result<()> {
+            use std::sync::atomic::Ordering::SeqCst;
+            if self.down.load(SeqCst) {
+                return Err(Error::Unavailable {
+                    mirror: self.inner.name().into(),
+                    reason: "passed over".into(),
+                });
+            }
+            self.reads.fetch_add(1, SeqCst);
+            Ok(())
+        }
     }
 
     #[async_trait]
-    impl Storage for Timed {
+    impl Storage for Fake {
         fn name(&self) -> &str {
             self.inner.name()
         }
@@ -853,6 +883,7 @@ mod fetch_tests {
             self.inner.put_share(id, bytes).await
         }
         async fn get_share(&self, id: &ShareId) -> Result<Option<Bytes>> {
+            self.read()?;
             self.inner.get_share(id).await
         }
         async fn has_share(&self, id: &ShareId) -> Result<bool> {
@@ -862,10 +893,20 @@ mod fetch_tests {
             self.inner.put_slot(envelope).await
         }
         async fn get_slot(&self, public_key: &[u8; 32]) -> Result<Option<Vec<u8>>> {
+            if self.hung {
+                std::future::pending::<()>().await;
+            }
+            self.read()?;
             self.inner.get_slot(public_key).await
         }
         fn latency(&self) -> Option<Duration> {
-            Some(self.latency)
+            self.latency
+        }
+        fn is_down(&self) -> bool {
+            self.down.load(std::sync::atomic::Ordering::SeqCst)
+        }
+        fn revive(&self) {
+            self.down.store(false, std::sync::atomic::Ordering::SeqCst)
         }
     }
 
@@ -903,7 +944,10 @@ mod fetch_tests {
                     rt.block_on(inner.put_share(&s.id(), s.shared_bytes()))
                         .unwrap();
                 }
-                Arc::new(Timed { inner, latency }) as Arc<dyn Storage>
+                Arc::new(Fake {
+                    latency: Some(latency),
+                    ..Fake::new(inner)
+                }) as Arc<dyn Storage>
             })
             .collect();
         let grid = Grid::new(mirrors, GridConfig::default()).unwrap();
@@ -925,59 +969,6 @@ mod fetch_tests {
         assert_eq!(fetched_indexes([10, 500, 10]), vec![0, 2]);
     }
 
-    /// An in-memory store that can be "down": reads fail at once, as an
-    /// `HttpMirror` passing a mirror over does, until revived. Counts the
-    /// reads that reached it.
-    struct Downable {
-        inner: MemoryStorage,
-        down: std::sync::atomic::AtomicBool,
-        reads: std::sync::atomic::AtomicUsize,
-    }
-
-    impl Downable {
-        fn read(&self) -> Result<()> {
-            use std::sync::atomic::Ordering::SeqCst;
-            if self.down.load(SeqCst) {
-                return Err(Error::Unavailable {
-                    mirror: self.inner.name().into(),
-                    reason: "passed over".into(),
-                });
-            }
-            self.reads.fetch_add(1, SeqCst);
-            Ok(())
-        }
-    }
-
-    #[async_trait]
-    impl Storage for Downable {
-        fn name(&self) -> &str {
-            self.inner.name()
-        }
-        async fn put_share(&self, id: &ShareId, bytes: Bytes) -> Result<()> {
-            self.inner.put_share(id, bytes).await
-        }
-        async fn get_share(&self, id: &ShareId) -> Result<Option<Bytes>> {
-            self.read()?;
-            self.inner.get_share(id).await
-        }
-        async fn has_share(&self, id: &ShareId) -> Result<bool> {
-            self.inner.has_share(id).await
-        }
-        async fn put_slot(&self, envelope: &[u8]) -> Result<()> {
-            self.inner.put_slot(envelope).await
-        }
-        async fn get_slot(&self, public_key: &[u8; 32]) -> Result<Option<Vec<u8>>> {
-            self.read()?;
-            self.inner.get_slot(public_key).await
-        }
-        fn is_down(&self) -> bool {
-            self.down.load(std::sync::atomic::Ordering::SeqCst)
-        }
-        fn revive(&self) {
-            self.down.store(false, std::sync::atomic::Ordering::SeqCst)
-        }
-    }
-
     /// A mirror that just failed is not asked while the others suffice,
     /// and is asked (revived) when they do not: for shares and for slots.
     #[test]
@@ -990,7 +981,7 @@ mod fetch_tests {
         let params = Params::new(2, 3).unwrap();
         let shares = crate::chunk::share::encode(params, &[9u8; 5000]);
         let ids: Vec<ShareId> = shares.iter().map(Share::id).collect();
-        let stores: Vec<Arc<Downable>> = ["a", "b", "c"]
+        let stores: Vec<Arc<Fake>> = ["a", "b", "c"]
             .iter()
             .map(|n| {
                 let inner = MemoryStorage::named(n);
@@ -998,11 +989,7 @@ mod fetch_tests {
                     rt.block_on(inner.put_share(&s.id(), s.shared_bytes()))
                         .unwrap();
                 }
-                Arc::new(Downable {
-                    inner,
-                    down: false.into(),
-                    reads: 0.into(),
-                })
+                Arc::new(Fake::new(inner))
             })
             .collect();
         let grid = Grid::new(
@@ -1056,31 +1043,6 @@ mod fetch_tests {
         assert_eq!(stores[first].reads.load(SeqCst), before + 1);
     }
 
-    /// A store whose slot reads never answer (a hung mirror).
-    struct Hung(MemoryStorage);
-
-    #[async_trait]
-    impl Storage for Hung {
-        fn name(&self) -> &str {
-            self.0.name()
-        }
-        async fn put_share(&self, id: &ShareId, bytes: Bytes) -> Result<()> {
-            self.0.put_share(id, bytes).await
-        }
-        async fn get_share(&self, id: &ShareId) -> Result<Option<Bytes>> {
-            self.0.get_share(id).await
-        }
-        async fn has_share(&self, id: &ShareId) -> Result<bool> {
-            self.0.has_share(id).await
-        }
-        async fn put_slot(&self, envelope: &[u8]) -> Result<()> {
-            self.0.put_slot(envelope).await
-        }
-        async fn get_slot(&self, _: &[u8; 32]) -> Result<Option<Vec<u8>>> {
-            std::future::pending().await
-        }
-    }
-
     /// A slot read waits out a hung mirror only for the grace period once
     /// the others have given the slot; with no other answer it waits.
     #[test]
@@ -1093,7 +1055,10 @@ mod fetch_tests {
         let env = crate::dir::SlotEnvelope::seal(&cap, 5, &crate::dir::Listing::default());
         let stores: Vec<Arc<dyn Storage>> = vec![
             Arc::new(MemoryStorage::named("a")),
-            Arc::new(Hung(MemoryStorage::named("hung"))),
+            Arc::new(Fake {
+                hung: true,
+                ..Fake::new(MemoryStorage::named("hung"))
+            }),
             Arc::new(MemoryStorage::named("c")),
         ];
         for s in [&stores[0], &stores[2]] {
