@@ -61,6 +61,18 @@ const SLOW_MARGIN: Duration = Duration::from_millis(100);
 /// the slot (or three times as long as that first answer took, if more).
 const SLOT_GRACE: Duration = Duration::from_secs(2);
 
+/// A share read still unanswered after this many times its mirror's usual
+/// response time (and at least [`HEDGE_MIN`]) is hedged: another mirror
+/// is asked for a share that can stand in, and the late mirror is passed
+/// over by reads for a while ([`Storage::pass_over`]). A mirror that hangs
+/// (a stopped process, a link that drops packets) then costs a read about
+/// a second, not the request timeout.
+const HEDGE_FACTOR: u32 = 4;
+const HEDGE_MIN: Duration = Duration::from_secs(1);
+/// The hedge delay before any mirror has answered a read: long enough for
+/// a first large share over a slow uplink.
+const HEDGE_UNKNOWN: Duration = Duration::from_secs(5);
+
 pub struct Grid {
     mirrors: Vec<Arc<dyn Storage>>,
     params: Params,
@@ -371,10 +383,25 @@ impl Grid {
             .collect()
     }
 
+    /// How long a share read from `mirror` may go unanswered before it is
+    /// hedged (see [`HEDGE_FACTOR`]).
+    /// A mirror that has not answered a read yet is measured by the
+    /// fastest one that has.
+    fn hedge_after(&self, mirror: usize) -> Duration {
+        let usual = self.mirrors[mirror]
+            .latency()
+            .or_else(|| self.mirrors.iter().filter_map(|m| m.latency()).min());
+        match usual {
+            Some(usual) => (usual * HEDGE_FACTOR).max(HEDGE_MIN),
+            None => HEDGE_UNKNOWN,
+        }
+    }
+
     /// Fetch any `params.k` verified shares of the object whose shares are
     /// `ids` (in index order). Data shares are preferred (no decoding), each
     /// from its ranked mirror first; a missing or corrupt share is skipped
-    /// and another copy or index is tried.
+    /// and another copy or index is tried, as is a read gone late (a hedge,
+    /// see [`HEDGE_FACTOR`]).
     pub async fn fetch(&self, ids: &[ShareId], params: Params, what: &str) -> Result<Vec<Share>> {
         let need = params.k() as usize;
         let order = self.ranked(&ids[0]);
@@ -400,35 +427,70 @@ impl Grid {
         let mut tried = vec![false; attempts.len()];
         let mut got: Vec<Share> = Vec::with_capacity(need);
         let mut have: HashSet<usize> = HashSet::new();
-        let mut in_flight: HashSet<usize> = HashSet::new();
+        // Requests not yet late, by attempt: when they become late, and
+        // how to cancel them once the fetch is done. A late request is
+        // left to finish (or time out) on its own, so that its mirror's
+        // fate is still recorded, but no longer holds a place.
+        let mut live: HashMap<usize, (tokio::time::Instant, tokio::task::AbortHandle)> =
+            HashMap::new();
         let mut tasks = JoinSet::new();
+        let done = |live: HashMap<usize, (tokio::time::Instant, tokio::task::AbortHandle)>,
+                    mut tasks: JoinSet<_>| {
+            for (_, abort) in live.values() {
+                abort.abort();
+            }
+            tasks.detach_all();
+        };
         loop {
-            while got.len() + in_flight.len() < need {
-                // The first untried attempt for an index neither held nor in
-                // flight; attempts skipped now stay available for later.
+            let mut asking: HashSet<usize> = live.keys().map(|&a| attempts[a].0).collect();
+            while got.len() + asking.len() < need {
+                // The first untried attempt for an index neither held nor
+                // asked for; attempts skipped now stay available for later.
                 let next = (0..attempts.len()).find(|&a| {
-                    !tried[a]
-                        && !have.contains(&attempts[a].0)
-                        && !in_flight.contains(&attempts[a].0)
+                    !tried[a] && !have.contains(&attempts[a].0) && !asking.contains(&attempts[a].0)
                 });
                 let Some(a) = next else { break };
                 tried[a] = true;
                 let (i, mirror) = attempts[a];
-                in_flight.insert(i);
+                asking.insert(i);
                 let store = self.mirrors[mirror].clone();
                 if down[mirror] {
                     store.revive();
                 }
+                let late_at = tokio::time::Instant::now() + self.hedge_after(mirror);
                 let id = ids[i];
-                tasks.spawn(
-                    async move { (i, store.name().to_string(), store.get_share(&id).await) },
-                );
+                let abort = tasks.spawn(async move { (a, store.get_share(&id).await) });
+                live.insert(a, (late_at, abort));
             }
-            let Some(joined) = tasks.join_next().await else {
-                break;
+            let late_at = live.values().map(|(at, _)| *at).min();
+            let next = match late_at {
+                Some(at) => match tokio::time::timeout_at(at, tasks.join_next()).await {
+                    Ok(next) => next,
+                    Err(_) => {
+                        let now = tokio::time::Instant::now();
+                        live.retain(|&a, (at, _)| {
+                            let late = *at <= now;
+                            if late {
+                                let store = &self.mirrors[attempts[a].1];
+                                tracing::debug!(mirror = %store.name(), what, "share read is late; asking another mirror");
+                                store.pass_over();
+                            }
+                            !late
+                        });
+                        continue;
+                    }
+                },
+                None => tasks.join_next().await,
             };
-            let (i, mirror, result) = joined.expect("fetch task does not panic");
-            in_flight.remove(&i);
+            let Some(joined) = next else { break };
+            let (a, result) = joined.expect("fetch task does not panic");
+            live.remove(&a);
+            let (i, j) = attempts[a];
+            let mirror = self.mirrors[j].name();
+            if have.contains(&i) {
+                // A late request that answered after all.
+                continue;
+            }
             match result {
                 Ok(Some(bytes)) => match Share::verify(bytes, &ids[i]) {
                     Ok(share)
@@ -438,6 +500,7 @@ impl Grid {
                         have.insert(i);
                         got.push(share);
                         if got.len() == need {
+                            done(live, tasks);
                             return Ok(got);
                         }
                     }
@@ -465,13 +528,18 @@ impl Grid {
         // Mirrors that just failed to answer are asked only if no other
         // one has the slot.
         let (down, up): (Vec<_>, Vec<_>) = self.mirrors.iter().partition(|s| s.is_down());
-        let ask = |tasks: &mut JoinSet<_>, store: &Arc<dyn Storage>| {
+        // Mirrors asked and not yet answered, by name.
+        let mut waiting: HashMap<String, Arc<dyn Storage>> = HashMap::new();
+        let ask = |tasks: &mut JoinSet<_>,
+                   waiting: &mut HashMap<String, Arc<dyn Storage>>,
+                   store: &Arc<dyn Storage>| {
             let store = store.clone();
+            waiting.insert(store.name().to_string(), store.clone());
             let pk = cap.public_key;
             tasks.spawn(async move { (store.name().to_string(), store.get_slot(&pk).await) });
         };
         for store in &up {
-            ask(&mut tasks, store);
+            ask(&mut tasks, &mut waiting, store);
         }
         let mut down = Some(down);
         let mut best: Option<(u64, Listing)> = None;
@@ -488,6 +556,12 @@ impl Grid {
                 Some(at) => match tokio::time::timeout_at(at, tasks.join_next()).await {
                     Ok(next) => next,
                     Err(_) => {
+                        // Past the grace: passed over by reads, as a share
+                        // read gone late is, until it answers again.
+                        for store in waiting.values() {
+                            tracing::debug!(mirror = %store.name(), "slot read is late");
+                            store.pass_over();
+                        }
                         failed += tasks.len();
                         tasks.detach_all();
                         break;
@@ -514,7 +588,7 @@ impl Grid {
                     Some(down) => {
                         for store in &down {
                             store.revive();
-                            ask(&mut tasks, store);
+                            ask(&mut tasks, &mut waiting, store);
                         }
                         continue;
                     }
@@ -522,6 +596,7 @@ impl Grid {
                 },
             };
             let (mirror, result) = joined.expect("slot task does not panic");
+            waiting.remove(&mirror);
             let bytes = match result {
                 Ok(Some(b)) => b,
                 Ok(None) => {
@@ -840,7 +915,7 @@ mod fetch_tests {
 
     /// An in-memory store for the grid's tests: a fixed response time, and
     /// optionally "down" (reads fail at once, as an `HttpMirror` passing a
-    /// mirror over does, until revived) or hung (slot reads never answer).
+    /// mirror over does, until revived) or hung (reads never answer).
     /// Counts the reads that reached it.
     struct Fake {
         inner: MemoryStorage,
@@ -884,6 +959,9 @@ mod fetch_tests {
         }
         async fn get_share(&self, id: &ShareId) -> Result<Option<Bytes>> {
             self.read()?;
+            if self.hung {
+                std::future::pending::<()>().await;
+            }
             self.inner.get_share(id).await
         }
         async fn has_share(&self, id: &ShareId) -> Result<bool> {
@@ -907,6 +985,9 @@ mod fetch_tests {
         }
         fn revive(&self) {
             self.down.store(false, std::sync::atomic::Ordering::SeqCst)
+        }
+        fn pass_over(&self) {
+            self.down.store(true, std::sync::atomic::Ordering::SeqCst)
         }
     }
 
@@ -1077,5 +1158,73 @@ mod fetch_tests {
             tokio::time::timeout(Duration::from_secs(3), grid.get_slot(&other.read_cap())).await
         });
         assert!(read.is_err(), "an empty answer while a mirror is silent");
+    }
+
+    /// A share read from a mirror that never answers is hedged: the fetch
+    /// completes from the other two, and the hung mirror is passed over by
+    /// the next read.
+    #[test]
+    fn a_share_read_does_not_wait_for_a_hung_mirror() {
+        use std::sync::atomic::Ordering::SeqCst;
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_time()
+            .build()
+            .unwrap();
+        let params = Params::new(2, 3).unwrap();
+        let shares = crate::chunk::share::encode(params, &[3u8; 5000]);
+        let ids: Vec<ShareId> = shares.iter().map(Share::id).collect();
+        let first = {
+            let names = ["a", "b", "c"];
+            let probe = Grid::new(
+                names
+                    .iter()
+                    .map(|n| Arc::new(MemoryStorage::named(n)) as Arc<dyn Storage>)
+                    .collect(),
+                GridConfig::default(),
+            )
+            .unwrap();
+            probe.ranked(&ids[0])[0]
+        };
+        let stores: Vec<Arc<Fake>> = ["a", "b", "c"]
+            .iter()
+            .enumerate()
+            .map(|(j, n)| {
+                let inner = MemoryStorage::named(n);
+                for s in &shares {
+                    rt.block_on(inner.put_share(&s.id(), s.shared_bytes()))
+                        .unwrap();
+                }
+                Arc::new(Fake {
+                    latency: Some(Duration::from_millis(10)),
+                    hung: j == first,
+                    ..Fake::new(inner)
+                })
+            })
+            .collect();
+        let grid = Grid::new(
+            stores
+                .iter()
+                .map(|s| s.clone() as Arc<dyn Storage>)
+                .collect(),
+            GridConfig::default(),
+        )
+        .unwrap();
+        let read = rt.block_on(async {
+            tokio::time::timeout(Duration::from_secs(20), grid.fetch(&ids, params, "test")).await
+        });
+        let got = read.expect("the hung mirror held the read").unwrap();
+        assert_eq!(got.len(), 2);
+        assert!(
+            got.iter().all(|s| s.header().index != 0),
+            "share 0 came from the hung mirror"
+        );
+        assert_eq!(stores[first].reads.load(SeqCst), 1);
+        assert!(stores[first].is_down(), "the late mirror is passed over");
+        // The next read does not ask it.
+        let read = rt.block_on(async {
+            tokio::time::timeout(Duration::from_secs(20), grid.fetch(&ids, params, "test")).await
+        });
+        assert_eq!(read.expect("held again").unwrap().len(), 2);
+        assert_eq!(stores[first].reads.load(SeqCst), 1);
     }
 }

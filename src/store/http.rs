@@ -552,6 +552,11 @@ impl Storage for HttpMirror {
         *self.down_until.lock().expect("down lock") = None;
     }
 
+    fn pass_over(&self) {
+        // Lifted by the next answer from this mirror, late or not.
+        *self.down_until.lock().expect("down lock") = Some(Instant::now() + DOWN_FOR);
+    }
+
     async fn put_share(&self, id: &ShareId, bytes: Bytes) -> Result<()> {
         if bytes.len() <= MAX_BATCH_SHARE_BYTES
             && self.batches.load(Ordering::Relaxed)

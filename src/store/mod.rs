@@ -156,6 +156,11 @@ pub trait Storage: Send + Sync {
         false
     }
 
+    /// A read from this store is long overdue: pass it over for reads as
+    /// if it had failed, until it answers again. Stores that cannot hang
+    /// ignore this.
+    fn pass_over(&self) {}
+
     /// Let the next read through, down or not: the others could not do
     /// without this store.
     fn revive(&self) {}
