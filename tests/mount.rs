@@ -1262,10 +1262,21 @@ fn a_file_moved_into_a_new_directory_survives_a_mirror_down() {
     std::thread::sleep(Duration::from_secs(2)); // the flusher publishes what it can
     m.unmount();
     drop(m);
-    let _m = Mounted::new(&client, &mp);
+    let m = Mounted::new(&client, &mp);
     let got = std::fs::read(mp.join("new/moved.bin")).unwrap();
     assert!(got == data, "the moved file's content");
     assert!(!mp.join("moved.bin").exists());
+    // The mirror comes back. It holds the root as it was before the move
+    // and no `new` at all; the mount's reads bring both up to date, with
+    // no `check --repair`.
+    m.unmount();
+    drop(m);
+    mirrors[2].restart();
+    let _m = Mounted::new(&client, &mp);
+    assert!(std::fs::read(mp.join("new/moved.bin")).unwrap() == data);
+    std::thread::sleep(Duration::from_secs(1)); // the repair is in the background
+    let check = client.ok(&["check", "/"]);
+    assert!(!check.contains("stale"), "{check}");
 }
 
 /// A mountpoint whose path has a space (the mount table writes it as

@@ -61,6 +61,9 @@ const SLOW_MARGIN: Duration = Duration::from_millis(100);
 /// the slot (or three times as long as that first answer took, if more).
 const SLOT_GRACE: Duration = Duration::from_secs(2);
 
+/// Slot repairs remembered as tried before the memory starts over.
+const SLOT_REPAIRS_REMEMBERED: usize = 16 * 1024;
+
 /// A share read still unanswered after this many times its mirror's usual
 /// response time (and at least [`HEDGE_MIN`]) is hedged: another mirror
 /// is asked for a share that can stand in, and the late mirror is passed
@@ -80,6 +83,9 @@ pub struct Grid {
     /// Highest slot seq seen per directory: the client never goes below it.
     seen: Mutex<HashMap<[u8; 32], u64>>,
     placed: Mutex<Placed>,
+    /// Slot versions already sent to a mirror that lagged (slot, mirror,
+    /// seq): each is tried once.
+    slot_repairs: Mutex<HashSet<([u8; 32], usize, u64)>>,
 }
 
 /// How long, at most, an acknowledged share counts as placed without
@@ -145,6 +151,7 @@ impl Grid {
             happy: config.happy.max(1),
             seen: Mutex::new(HashMap::new()),
             placed: Mutex::new(Placed::new()),
+            slot_repairs: Mutex::new(HashSet::new()),
         })
     }
 
@@ -523,27 +530,30 @@ impl Grid {
 
     /// The newest valid version of a directory any mirror offers, or `None`
     /// if no mirror has the slot. Refuses to go below a seq already seen.
+    ///
+    /// A mirror that answered with an older version, or none, is sent the
+    /// newest one in the background (read repair, see [`Self::repair_slot`]).
     pub async fn get_slot(&self, cap: &DirReadCap) -> Result<Option<(u64, Listing)>> {
         let mut tasks = JoinSet::new();
         // Mirrors that just failed to answer are asked only if no other
         // one has the slot.
-        let (down, up): (Vec<_>, Vec<_>) = self.mirrors.iter().partition(|s| s.is_down());
-        // Mirrors asked and not yet answered, by name.
-        let mut waiting: HashMap<String, Arc<dyn Storage>> = HashMap::new();
-        let ask = |tasks: &mut JoinSet<_>,
-                   waiting: &mut HashMap<String, Arc<dyn Storage>>,
-                   store: &Arc<dyn Storage>| {
-            let store = store.clone();
-            waiting.insert(store.name().to_string(), store.clone());
+        let (down, up): (Vec<usize>, Vec<usize>) =
+            (0..self.mirrors.len()).partition(|&j| self.mirrors[j].is_down());
+        // Mirrors asked and not yet answered.
+        let mut waiting: HashSet<usize> = HashSet::new();
+        let ask = |tasks: &mut JoinSet<_>, waiting: &mut HashSet<usize>, j: usize| {
+            let store = self.mirrors[j].clone();
+            waiting.insert(j);
             let pk = cap.public_key;
-            tasks.spawn(async move { (store.name().to_string(), store.get_slot(&pk).await) });
+            tasks.spawn(async move { (j, store.get_slot(&pk).await) });
         };
-        for store in &up {
-            ask(&mut tasks, &mut waiting, store);
+        for &j in &up {
+            ask(&mut tasks, &mut waiting, j);
         }
         let mut down = Some(down);
-        let mut best: Option<(u64, Listing)> = None;
-        let mut reachable = 0;
+        let mut best: Option<(u64, Listing, Vec<u8>)> = None;
+        // What each mirror that answered holds: a seq, or nothing usable.
+        let mut held: Vec<(usize, Option<u64>)> = Vec::new();
         let mut failed = 0;
         // Once some mirror has given the slot, the others get a grace
         // period, not their full timeout: a hung mirror must not hold up
@@ -558,7 +568,8 @@ impl Grid {
                     Err(_) => {
                         // Past the grace: passed over by reads, as a share
                         // read gone late is, until it answers again.
-                        for store in waiting.values() {
+                        for &j in &waiting {
+                            let store = &self.mirrors[j];
                             tracing::debug!(mirror = %store.name(), "slot read is late");
                             store.pass_over();
                         }
@@ -582,25 +593,26 @@ impl Grid {
                         && match &best {
                             // Stored nowhere yet, by this client's own count.
                             None => seen != Some(0),
-                            Some((seq, _)) => seen.is_some_and(|s| *seq < s),
+                            Some((seq, ..)) => seen.is_some_and(|s| *seq < s),
                         }
                 }) {
                     Some(down) => {
-                        for store in &down {
-                            store.revive();
-                            ask(&mut tasks, &mut waiting, store);
+                        for j in down {
+                            self.mirrors[j].revive();
+                            ask(&mut tasks, &mut waiting, j);
                         }
                         continue;
                     }
                     None => break,
                 },
             };
-            let (mirror, result) = joined.expect("slot task does not panic");
-            waiting.remove(&mirror);
+            let (j, result) = joined.expect("slot task does not panic");
+            waiting.remove(&j);
+            let mirror = self.mirrors[j].name();
             let bytes = match result {
                 Ok(Some(b)) => b,
                 Ok(None) => {
-                    reachable += 1;
+                    held.push((j, None));
                     continue;
                 }
                 Err(e) => {
@@ -609,18 +621,22 @@ impl Grid {
                     continue;
                 }
             };
-            reachable += 1;
             let opened = SlotEnvelope::decode(&bytes).and_then(|env| Ok((env.seq, env.open(cap)?)));
             match opened {
-                Ok((seq, listing)) if best.as_ref().is_none_or(|(s, _)| seq > *s) => {
-                    best = Some((seq, listing));
-                    late_after.get_or_insert_with(|| {
-                        let now = tokio::time::Instant::now();
-                        now + (now - started).mul_f32(3.0).max(SLOT_GRACE)
-                    });
+                Ok((seq, listing)) => {
+                    held.push((j, Some(seq)));
+                    if best.as_ref().is_none_or(|(s, ..)| seq > *s) {
+                        best = Some((seq, listing, bytes));
+                        late_after.get_or_insert_with(|| {
+                            let now = tokio::time::Instant::now();
+                            now + (now - started).mul_f32(3.0).max(SLOT_GRACE)
+                        });
+                    }
                 }
-                Ok(_) => {}
-                Err(e) => tracing::warn!(%mirror, error = %e, "discarding invalid directory slot"),
+                Err(e) => {
+                    held.push((j, None));
+                    tracing::warn!(%mirror, error = %e, "discarding invalid directory slot")
+                }
             }
         }
         let seen = self
@@ -630,7 +646,7 @@ impl Grid {
             .get(&cap.public_key)
             .copied();
         match (&best, seen) {
-            (Some((seq, _)), Some(seen)) if *seq < seen => Err(Error::Rollback {
+            (Some((seq, ..)), Some(seen)) if *seq < seen => Err(Error::Rollback {
                 slot: hex(&cap.public_key),
                 seen,
                 offered: *seq,
@@ -645,16 +661,70 @@ impl Grid {
             }),
             // A mirror that failed may hold the slot: "empty" is only the
             // answer when every mirror said it has none.
-            (None, None) if failed > 0 || reachable == 0 => Err(Error::Unavailable {
+            (None, None) if failed > 0 || held.is_empty() => Err(Error::Unavailable {
                 mirror: format!("{failed} of {} mirrors", self.mirrors.len()),
                 reason: "the directory could not be read from any mirror".into(),
             }),
-            _ => {
-                if let Some((seq, _)) = &best {
-                    self.note_seen(&cap.public_key, *seq);
-                }
-                Ok(best)
+            _ => Ok(best.map(|(seq, listing, bytes)| {
+                self.note_seen(&cap.public_key, seq);
+                let behind: Vec<usize> = held
+                    .iter()
+                    .filter(|(_, h)| h.is_none_or(|h| h < seq))
+                    .map(|(j, _)| *j)
+                    .collect();
+                self.repair_slot(cap.public_key, seq, bytes, behind);
+                (seq, listing)
+            })),
+        }
+    }
+
+    /// Send the newest version of a slot (`seq`, as `envelope`) to the
+    /// mirrors that answered a read with an older one or none, in the
+    /// background. A mirror that was down while the directory changed
+    /// (and the writer unmounted or crashed before it came back) would
+    /// otherwise keep the old listing until `lode check --repair`, and a
+    /// later read that reached only that mirror would fail as a rollback.
+    /// The envelope is signed by the directory's writer, so any reader can
+    /// pass it on, as any Tahoe-LAFS client may repair a mutable file;
+    /// each mirror keeps only a seq above the one it holds. A push is
+    /// tried once per mirror and version.
+    fn repair_slot(&self, public_key: [u8; 32], seq: u64, envelope: Vec<u8>, behind: Vec<usize>) {
+        if behind.is_empty() {
+            return;
+        }
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        let behind: Vec<usize> = {
+            let mut tried = self.slot_repairs.lock().expect("lock");
+            if tried.len() > SLOT_REPAIRS_REMEMBERED {
+                tried.clear();
             }
+            behind
+                .into_iter()
+                .filter(|&j| tried.insert((public_key, j, seq)))
+                .collect()
+        };
+        let envelope = Arc::new(envelope);
+        for j in behind {
+            let store = self.mirrors[j].clone();
+            let envelope = envelope.clone();
+            runtime.spawn(async move {
+                match store.put_slot(&envelope).await {
+                    Ok(()) => tracing::info!(
+                        mirror = %store.name(),
+                        slot = %hex(&public_key),
+                        seq,
+                        "brought a mirror's stale directory slot up to date"
+                    ),
+                    Err(e) => tracing::debug!(
+                        mirror = %store.name(),
+                        slot = %hex(&public_key),
+                        error = %e,
+                        "slot repair failed"
+                    ),
+                }
+            });
         }
     }
 
@@ -1226,5 +1296,65 @@ mod fetch_tests {
         });
         assert_eq!(read.expect("held again").unwrap().len(), 2);
         assert_eq!(stores[first].reads.load(SeqCst), 1);
+    }
+
+    /// A slot read sends the newest version to the mirrors that answered
+    /// with an older one or none (read repair), once per version.
+    #[test]
+    fn a_slot_read_brings_lagging_mirrors_up_to_date() {
+        use std::sync::atomic::Ordering::SeqCst;
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_time()
+            .build()
+            .unwrap();
+        let cap = crate::store::Vault::fresh_dir();
+        let old = crate::dir::SlotEnvelope::seal(&cap, 3, &crate::dir::Listing::default());
+        let new = crate::dir::SlotEnvelope::seal(&cap, 4, &crate::dir::Listing::default());
+        let stores: Vec<Arc<Fake>> = ["a", "b", "c"]
+            .iter()
+            .map(|n| Arc::new(Fake::new(MemoryStorage::named(n))))
+            .collect();
+        // a: the new version; b: the old one; c: none.
+        rt.block_on(stores[0].put_slot(&new.encode())).unwrap();
+        rt.block_on(stores[1].put_slot(&old.encode())).unwrap();
+        let grid = Grid::new(
+            stores
+                .iter()
+                .map(|s| s.clone() as Arc<dyn Storage>)
+                .collect(),
+            GridConfig::default(),
+        )
+        .unwrap();
+        let held = |j: usize| {
+            rt.block_on(stores[j].inner.get_slot(&cap.read_cap().public_key))
+                .unwrap()
+                .map(|b| crate::dir::SlotEnvelope::decode(&b).unwrap().seq)
+        };
+        let found = rt.block_on(async {
+            let found = grid.get_slot(&cap.read_cap()).await.unwrap();
+            // The repair runs in the background.
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            found
+        });
+        assert_eq!(found.map(|(seq, _)| seq), Some(4));
+        assert_eq!((held(0), held(1), held(2)), (Some(4), Some(4), Some(4)));
+        // A down mirror is not asked, so not repaired; nor is a version
+        // sent twice to a mirror that refuses or loses it.
+        let newer = crate::dir::SlotEnvelope::seal(&cap, 5, &crate::dir::Listing::default());
+        rt.block_on(stores[0].put_slot(&newer.encode())).unwrap();
+        stores[2].down.store(true, SeqCst);
+        rt.block_on(async {
+            grid.get_slot(&cap.read_cap()).await.unwrap();
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        });
+        assert_eq!((held(0), held(1), held(2)), (Some(5), Some(5), Some(4)));
+        stores[1]
+            .inner
+            .tamper_slot(&cap.read_cap().public_key, |b| *b = old.encode());
+        rt.block_on(async {
+            grid.get_slot(&cap.read_cap()).await.unwrap();
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        });
+        assert_eq!(held(1), Some(3), "seq 5 was sent to b once already");
     }
 }
