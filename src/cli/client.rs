@@ -257,9 +257,7 @@ impl Uploaded {
 }
 
 async fn upload_file(s: &Session, path: &Path, len: u64) -> Result<lode::caps::FileReadCap> {
-    let file =
-        std::fs::File::open(path).with_context(|| format!("cannot open {}", path.display()))?;
-    let reader = std::io::BufReader::with_capacity(1 << 20, file);
+    // Through `put_path`, which skips a sparse file's holes.
     let result = if std::io::stderr().is_terminal() {
         let bar = indicatif::ProgressBar::new(len).with_style(
             indicatif::ProgressStyle::with_template(
@@ -268,11 +266,15 @@ async fn upload_file(s: &Session, path: &Path, len: u64) -> Result<lode::caps::F
             .expect("valid template"),
         );
         bar.set_message(path.display().to_string());
-        let r = s.vault.put_reader(bar.wrap_read(reader)).await;
+        let progress = bar.clone();
+        let r = s
+            .vault
+            .put_path_reporting(path, std::sync::Arc::new(move |n| progress.inc(n)))
+            .await;
         bar.finish_and_clear();
         r
     } else {
-        s.vault.put_reader(reader).await
+        s.vault.put_path(path).await
     };
     result.with_context(|| format!("uploading {}", path.display()))
 }

@@ -73,6 +73,23 @@ impl Piece {
     }
 }
 
+/// Told how many bytes of a file an upload has just covered.
+pub type Progress = Arc<dyn Fn(u64) + Send + Sync>;
+
+/// A reader that reports what it reads to a [`Progress`].
+struct Counted<R> {
+    inner: R,
+    progress: Progress,
+}
+
+impl<R: Read> Read for Counted<R> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        (self.progress)(n as u64);
+        Ok(n)
+    }
+}
+
 /// One identity's view of the grid.
 pub struct Vault {
     grid: Arc<Grid>,
@@ -367,6 +384,12 @@ impl Vault {
     /// seconds. The bytes stored and read back are the same either way;
     /// only where chunks are cut around a hole differs.
     pub async fn put_path(&self, path: &Path) -> Result<FileReadCap> {
+        self.put_path_reporting(path, Arc::new(|_| {})).await
+    }
+
+    /// [`Self::put_path`], telling `progress` how many of the file's bytes
+    /// each step covered, read or skipped as a hole (for a progress bar).
+    pub async fn put_path_reporting(&self, path: &Path, progress: Progress) -> Result<FileReadCap> {
         let mut file = std::fs::File::open(path)?;
         let len = file.metadata()?.len();
         let max = self.chunker.max as u64;
@@ -374,6 +397,10 @@ impl Vault {
         if !extents.iter().any(|e| matches!(e, Extent::Hole { .. })) {
             // Finding the holes moved the file's offset.
             file.rewind()?;
+            let file = Counted {
+                inner: file,
+                progress,
+            };
             return self
                 .put_reader(std::io::BufReader::with_capacity(1 << 20, file))
                 .await;
@@ -385,7 +412,11 @@ impl Vault {
                     Extent::Data { start, len } => {
                         let mut at = &file;
                         at.seek(std::io::SeekFrom::Start(start))?;
-                        let reader = std::io::BufReader::with_capacity(1 << 20, at.take(len));
+                        let at = Counted {
+                            inner: at.take(len),
+                            progress: progress.clone(),
+                        };
+                        let reader = std::io::BufReader::with_capacity(1 << 20, at);
                         for chunk in chunker.chunks(reader) {
                             if !emit(Piece::Data(chunk?)) {
                                 return Ok(());
@@ -398,6 +429,7 @@ impl Vault {
                             if !emit(Piece::Zeros(n as usize)) {
                                 return Ok(());
                             }
+                            progress(n);
                             len -= n;
                         }
                     }
