@@ -186,15 +186,12 @@ fn acknowledged_credit_survives_kill_9() {
         m.subscribe();
         m.authorize(&acct);
         let job = m.wait_job();
-        let killer = {
-            let pid = mirror_pid(&mirror);
-            std::thread::spawn(move || {
-                std::thread::sleep(std::time::Duration::from_millis(300 + 100 * round));
-                let _ = std::process::Command::new("kill")
-                    .args(["-9", &pid.to_string()])
-                    .status();
-            })
-        };
+        // The kill lands while shares are in flight, once this round has
+        // some acknowledged: by count, not by time, so a loaded machine
+        // still gives enough shares to mean something.
+        let pid = mirror_pid(&mirror);
+        let mut killer = None;
+        let mut round_shares = 0;
         let mut en2 = 0u32;
         let mut nonce = 0;
         loop {
@@ -204,6 +201,15 @@ fn acknowledged_credit_survives_kill_9() {
                     let credit = (m.difficulty * 1e6).round() as u64;
                     acked += credit;
                     biggest = biggest.max(credit);
+                    round_shares += 1;
+                    if round_shares == 5 + round {
+                        killer = Some(std::thread::spawn(move || {
+                            std::thread::sleep(std::time::Duration::from_millis(20 * round));
+                            let _ = std::process::Command::new("kill")
+                                .args(["-9", &pid.to_string()])
+                                .status();
+                        }));
+                    }
                 }
                 Some(r) => panic!("unexpected rejection {r}"),
                 None => break, // the mirror died mid-stream
@@ -214,7 +220,7 @@ fn acknowledged_credit_survives_kill_9() {
                 nonce = 0;
             }
         }
-        killer.join().unwrap();
+        killer.expect("killed after its shares").join().unwrap();
         mirror.restart();
     }
     assert!(acked > 10, "too few shares to mean anything: {acked}");
