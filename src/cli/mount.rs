@@ -460,7 +460,7 @@ pub fn mount(args: MountArgs) -> Result<()> {
     }
     fs.stop_flusher();
     let _ = flusher.join();
-    if let Err(e) = fs.flush_all() {
+    if let Err(e) = fs.final_flush() {
         eprintln!("lode: some changes could not be uploaded and stay staged: {e}");
     }
     let seen: std::collections::BTreeMap<String, u64> = vault

@@ -95,6 +95,9 @@ pub struct LodeFs {
     space: Mutex<Option<Space>>,
     /// Held while recovery notes are written (see `note_staged`).
     noting: Mutex<()>,
+    /// How the final flush at unmount (`destroy`) went, once it ran: its
+    /// error's text, if any.
+    final_flush: Mutex<Option<std::result::Result<(), String>>>,
 }
 
 /// Kept local copies of published files: (inode, path, bytes), oldest
@@ -212,6 +215,7 @@ impl LodeFs {
             early: Earlies::default(),
             space: Mutex::new(None),
             noting: Mutex::new(()),
+            final_flush: Mutex::new(None),
         })
     }
 
@@ -1246,6 +1250,18 @@ impl LodeFs {
         self.flush(false, false)
     }
 
+    /// The final flush: the one the unmount ran, if it did, else one now
+    /// (a session that ended without `destroy`). Not twice: with a mirror
+    /// down, each pass spends its retries again on every directory.
+    pub fn final_flush(&self) -> std::result::Result<(), String> {
+        let ran = self
+            .final_flush
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        ran.unwrap_or_else(|| self.flush_all().map_err(|e| e.to_string()))
+    }
+
     /// `flush_all` as the background flusher does it: directories too
     /// large to publish, or paced (`Tree::publish_after`), wait.
     fn flush_background(&self) -> Result<()> {
@@ -2130,9 +2146,12 @@ const TOO_LARGE_RETRY: Duration = Duration::from_secs(60);
 impl Filesystem for Mount {
     fn destroy(&mut self) {
         self.stop_flusher();
-        if let Err(e) = self.flush_all() {
+        let flushed = self.flush_all();
+        if let Err(e) = &flushed {
             tracing::error!(error = %e, "final flush failed; changes stay staged");
         }
+        *self.final_flush.lock().unwrap_or_else(|p| p.into_inner()) =
+            Some(flushed.map_err(|e| e.to_string()));
         self.early.spoil_all();
         self.drop_kept();
     }
