@@ -1409,15 +1409,33 @@ impl LodeFs {
 
     /// Start the background flusher: once a second, upload closed files and
     /// publish changed directories. Failures (mirrors down) stay staged and
-    /// are retried.
+    /// are retried, after a pause that doubles with each failure in a row
+    /// up to [`FLUSH_RETRY_MAX`]: a mirror down for hours must not cost
+    /// the others a new version of every changed directory each second.
+    /// fsync, `lode sync` and the unmount flush regardless.
     pub fn start_flusher(self: &Arc<Self>) -> std::thread::JoinHandle<()> {
         let fs = self.clone();
         std::thread::spawn(move || {
+            let mut failures = 0u32;
+            let mut next_try = Instant::now();
             while !fs.stop.load(Ordering::Relaxed) {
                 std::thread::sleep(Duration::from_secs(1));
                 fs.retry_recovery();
-                if let Err(e) = fs.flush_background() {
-                    tracing::warn!(error = %e, "background flush failed; will retry");
+                if Instant::now() >= next_try {
+                    match fs.flush_background() {
+                        Ok(()) => failures = 0,
+                        Err(e) => {
+                            failures += 1;
+                            let pause =
+                                Duration::from_secs(1 << failures.min(6)).min(FLUSH_RETRY_MAX);
+                            next_try = Instant::now() + pause;
+                            tracing::warn!(
+                                error = %e,
+                                "background flush failed; will retry in {} s",
+                                pause.as_secs()
+                            );
+                        }
+                    }
                 }
                 fs.shed();
                 // Once a second: the kernel zeroes what is faulted in
@@ -2139,6 +2157,8 @@ const PUBLISH_PACING_FROM: Duration = Duration::from_millis(100);
 /// The longest such a directory waits: friends see changes within their
 /// refresh interval plus this.
 const PUBLISH_PAUSE_MAX: Duration = Duration::from_secs(10);
+/// The longest pause of the background flusher after failures in a row.
+const FLUSH_RETRY_MAX: Duration = Duration::from_secs(30);
 /// How long the background flusher leaves a directory refused as too
 /// large, if its entry count has not fallen meanwhile.
 const TOO_LARGE_RETRY: Duration = Duration::from_secs(60);
