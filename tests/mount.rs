@@ -1312,3 +1312,54 @@ fn a_mountpoint_with_a_space_and_put_beside_a_mount() {
         b"through the mount"
     );
 }
+
+/// A directory an entry moved out of is published only after the one it
+/// moved into, and after that one's new parent: a crash between the two
+/// leaves the entry named in both, never in neither. Seen through a proxy
+/// in front of one mirror that records the order of slot updates.
+#[test]
+fn a_move_publishes_its_destination_before_its_source() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mirrors: Vec<MirrorProc> = (0..3)
+        .map(|i| MirrorProc::start(&tmp.path().join(format!("m{i}")), &[]))
+        .collect();
+    let recorder = common::SlotRecorder::start(&mirrors[0].url);
+    let client = Client::new(
+        &tmp.path().join("home"),
+        &[recorder.url(), &mirrors[1].url, &mirrors[2].url],
+    );
+    let mp = tmp.path().join("mnt");
+    let _m = Mounted::new(&client, &mp);
+    let key = |path: &str| -> String {
+        let cap: lode::caps::Cap = client.ok(&["share", path]).trim().parse().unwrap();
+        match cap {
+            lode::caps::Cap::DirRead(r) => lode::protocol::hex(&r.public_key),
+            other => panic!("{path} is not a directory: {other}"),
+        }
+    };
+    // Four rounds: the order of a set of changed directories is otherwise
+    // arbitrary, and a source first in any round is the bug.
+    for round in 0..4 {
+        let (src, top) = (format!("src{round}"), format!("top{round}"));
+        std::fs::create_dir(mp.join(&src)).unwrap();
+        std::fs::write(mp.join(&src).join("f"), b"moved").unwrap();
+        client.ok(&["sync"]);
+        let before = recorder.puts().len();
+        std::fs::create_dir_all(mp.join(&top).join("d")).unwrap();
+        std::fs::rename(mp.join(&src).join("f"), mp.join(&top).join("d/f")).unwrap();
+        client.ok(&["sync"]);
+        let puts = recorder.puts()[before..].to_vec();
+        let first = |path: &str| {
+            let k = key(path);
+            puts.iter()
+                .position(|p| *p == k)
+                .unwrap_or_else(|| panic!("{path} was not published: {puts:?}"))
+        };
+        let (s, t, d) = (first(&src), first(&top), first(&format!("{top}/d")));
+        assert!(
+            d < s && t < s,
+            "round {round}: source published at {s}, destination at {d}, its parent at {t}"
+        );
+        assert_eq!(std::fs::read(mp.join(&top).join("d/f")).unwrap(), b"moved");
+    }
+}

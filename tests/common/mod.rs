@@ -402,3 +402,63 @@ impl Drop for TestServer {
         }
     }
 }
+
+/// A pass-through proxy in front of one mirror that records, in order,
+/// the slot keys (hex) of the directory updates (`PUT /v1/slot/KEY`) it
+/// forwards. Requests are signed over their method and path, not the
+/// host, so the mirror takes them as from the client.
+pub struct SlotRecorder {
+    pub server: TestServer,
+    puts: Arc<std::sync::Mutex<Vec<String>>>,
+}
+
+impl SlotRecorder {
+    pub fn start(upstream: &str) -> SlotRecorder {
+        let puts = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let log = puts.clone();
+        let upstream = upstream.to_string();
+        let client = reqwest::Client::new();
+        let app = axum::Router::new().fallback(move |req: axum::extract::Request| {
+            let (client, upstream, log) = (client.clone(), upstream.clone(), log.clone());
+            async move {
+                let (parts, body) = req.into_parts();
+                let path = parts.uri.path_and_query().map_or("/", |p| p.as_str());
+                if parts.method == axum::http::Method::PUT
+                    && let Some(key) = path.strip_prefix("/v1/slot/")
+                {
+                    log.lock().unwrap().push(key.to_string());
+                }
+                let body = axum::body::to_bytes(body, 64 << 20).await.unwrap();
+                let mut out = client.request(
+                    reqwest::Method::from_bytes(parts.method.as_str().as_bytes()).unwrap(),
+                    format!("{upstream}{path}"),
+                );
+                for (name, value) in &parts.headers {
+                    if name != axum::http::header::HOST {
+                        out = out.header(name.as_str(), value.as_bytes());
+                    }
+                }
+                let resp = out.body(body).send().await.unwrap();
+                let mut back = axum::http::Response::builder().status(resp.status().as_u16());
+                for (name, value) in resp.headers() {
+                    back = back.header(name.as_str(), value.as_bytes());
+                }
+                back.body(axum::body::Body::from(resp.bytes().await.unwrap()))
+                    .unwrap()
+            }
+        });
+        SlotRecorder {
+            server: TestServer::start(app),
+            puts,
+        }
+    }
+
+    pub fn url(&self) -> &str {
+        &self.server.url
+    }
+
+    /// The slot keys updated so far, oldest first.
+    pub fn puts(&self) -> Vec<String> {
+        self.puts.lock().unwrap().clone()
+    }
+}
