@@ -451,6 +451,9 @@ fn a_mirror_outage_is_ridden_out() {
             "offline{i} from staging"
         );
     }
+    // `lode status` says why nothing goes up.
+    let status = client.ok(&["status"]);
+    assert!(status.contains("uploads failing"), "{status}");
     for mirror in &mut mirrors {
         mirror.restart();
     }
@@ -469,6 +472,14 @@ fn a_mirror_outage_is_ridden_out() {
         assert!(
             Instant::now() < deadline,
             "files did not reach the mirrors: {text}\n{names}"
+        );
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while client.ok(&["status"]).contains("uploads failing") {
+        assert!(
+            Instant::now() < deadline,
+            "status still reports failing uploads"
         );
         std::thread::sleep(Duration::from_millis(500));
     }

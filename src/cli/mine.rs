@@ -269,6 +269,15 @@ pub fn status(args: StatusArgs) -> Result<()> {
             m["accepted"],
             m["rejected"],
         );
+        if let Some(f) = m.get("uploads_failing").filter(|f| f.is_object()) {
+            println!(
+                "  uploads failing ({} tries in a row, for {} s): {}; next try in {} s (`lode sync` tries now)",
+                f["tries"],
+                unix_now() - f["since"].as_i64().unwrap_or(0),
+                f["error"].as_str().unwrap_or("?"),
+                f["next_try_in_s"],
+            );
+        }
     }
     for (url, r) in rows {
         match r {

@@ -411,6 +411,18 @@ pub fn mount(args: MountArgs) -> Result<()> {
                 let mut status = keeper.status(fs.backlog());
                 status["mountpoint"] = serde_json::json!(shown);
                 status["inodes"] = serde_json::json!(fs.inodes());
+                if let Some(f) = fs.flush_failing() {
+                    let since = f
+                        .since
+                        .duration_since(std::time::UNIX_EPOCH)
+                        .map_or(0, |d| d.as_secs());
+                    status["uploads_failing"] = serde_json::json!({
+                        "tries": f.tries,
+                        "error": f.error,
+                        "since": since,
+                        "next_try_in_s": f.next.saturating_duration_since(Instant::now()).as_secs(),
+                    });
+                }
                 status
             },
             move || syncing.sync_all().map_err(|e| e.to_string()),

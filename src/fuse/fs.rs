@@ -98,6 +98,22 @@ pub struct LodeFs {
     /// How the final flush at unmount (`destroy`) went, once it ran: its
     /// error's text, if any.
     final_flush: Mutex<Option<std::result::Result<(), String>>>,
+    /// The background flusher's failures in a row, if its last try failed
+    /// (for `lode status`).
+    flush_failing: Mutex<Option<FlushFailing>>,
+}
+
+/// Why the background flusher is not getting changes up, for `lode status`.
+#[derive(Clone)]
+pub struct FlushFailing {
+    /// Failed tries in a row.
+    pub tries: u32,
+    /// The last one's error.
+    pub error: String,
+    /// When the first of them failed.
+    pub since: std::time::SystemTime,
+    /// When it tries next.
+    pub next: Instant,
 }
 
 /// Kept local copies of published files: (inode, path, bytes), oldest
@@ -216,6 +232,7 @@ impl LodeFs {
             space: Mutex::new(None),
             noting: Mutex::new(()),
             final_flush: Mutex::new(None),
+            flush_failing: Mutex::new(None),
         })
     }
 
@@ -1245,6 +1262,15 @@ impl LodeFs {
         Ok(())
     }
 
+    /// Why the background flusher is not getting changes up, if its last
+    /// try failed.
+    pub fn flush_failing(&self) -> Option<FlushFailing> {
+        self.flush_failing
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
     /// Upload every closed dirty file and publish every dirty directory.
     pub fn flush_all(&self) -> Result<()> {
         self.flush(false, false)
@@ -1416,24 +1442,32 @@ impl LodeFs {
     pub fn start_flusher(self: &Arc<Self>) -> std::thread::JoinHandle<()> {
         let fs = self.clone();
         std::thread::spawn(move || {
-            let mut failures = 0u32;
             let mut next_try = Instant::now();
             while !fs.stop.load(Ordering::Relaxed) {
                 std::thread::sleep(Duration::from_secs(1));
                 fs.retry_recovery();
                 if Instant::now() >= next_try {
-                    match fs.flush_background() {
-                        Ok(()) => failures = 0,
+                    let result = fs.flush_background();
+                    let mut failing = fs.flush_failing.lock().unwrap_or_else(|p| p.into_inner());
+                    match result {
+                        Ok(()) => *failing = None,
                         Err(e) => {
-                            failures += 1;
-                            let pause =
-                                Duration::from_secs(1 << failures.min(6)).min(FLUSH_RETRY_MAX);
+                            let tries = failing.as_ref().map_or(0, |f| f.tries) + 1;
+                            let pause = Duration::from_secs(1 << tries.min(6)).min(FLUSH_RETRY_MAX);
                             next_try = Instant::now() + pause;
                             tracing::warn!(
                                 error = %e,
                                 "background flush failed; will retry in {} s",
                                 pause.as_secs()
                             );
+                            *failing = Some(FlushFailing {
+                                tries,
+                                error: e.to_string(),
+                                since: failing
+                                    .as_ref()
+                                    .map_or_else(std::time::SystemTime::now, |f| f.since),
+                                next: next_try,
+                            });
                         }
                     }
                 }
