@@ -39,6 +39,17 @@ const FIRST_BACKOFF: Duration = Duration::from_millis(100);
 /// every upload and publish a round of backoff (an unmount's final flush
 /// with one mirror of three down took 44 s that way, now under a second).
 const DOWN_FOR: Duration = Duration::from_secs(30);
+/// Longest wait for a write: this, plus its body's length at
+/// [`SLOWEST_UPLINK`] (a 4 MiB share: 158 s; a directory slot: 30 s).
+/// A hung mirror (a stopped process, a disk stuck in I/O) holds a write
+/// that long before it is taken as down.
+const WRITE_TIMEOUT: Duration = Duration::from_secs(30);
+/// The slowest uplink a write is given time for, in bytes per second.
+const SLOWEST_UPLINK: u64 = 32 << 10;
+/// Longest wait for a write to a mirror taken as down (see [`DOWN_FOR`]),
+/// which holds until the mirror answers anything: a hung mirror then costs
+/// each upload and publish this, not the full timeout.
+const DOWN_WRITE_TIMEOUT: Duration = Duration::from_secs(10);
 /// Longest wait for a request without a body (reads of shares, slots and
 /// accounts: 4 MiB at most). Uploads keep the client's longer timeout, for
 /// slow uplinks. A request that timed out is not sent again: a hung
@@ -208,14 +219,21 @@ impl HttpMirror {
         // A read from a mirror taken as down fails at once; once that
         // lapses, it gets one try before it counts as back.
         let read = method == Method::GET;
+        let mut write_to_down = false;
         let attempts = {
             let mut down = self.down_until.lock().expect("down lock");
             match *down {
                 // A write always goes out, but to a mirror that just
-                // failed only once: each retry would cost every upload and
-                // publish (and an unmount's final flush) the backoff again.
-                Some(until) if !read && Instant::now() < until => 1,
-                _ if !read => ATTEMPTS,
+                // failed only once, and with a shorter wait: each retry,
+                // or each full timeout of a hung mirror, would cost every
+                // upload and publish (and an unmount's final flush) again.
+                // Lapsed or not: for writes the mark lasts until the mirror
+                // answers something (a write, or a read's probe).
+                Some(_) if !read => {
+                    write_to_down = true;
+                    1
+                }
+                None if !read => ATTEMPTS,
                 Some(until) if Instant::now() < until => {
                     return Err(self.unavailable(format!(
                         "not answering (passed over for {} s after a failed request)",
@@ -241,9 +259,11 @@ impl HttpMirror {
             let mut req = self
                 .client
                 .request(method.clone(), format!("{}{path}", self.base));
-            if body.is_none() {
-                req = req.timeout(READ_TIMEOUT);
-            }
+            req = req.timeout(match &body {
+                None => READ_TIMEOUT,
+                Some(_) if write_to_down => DOWN_WRITE_TIMEOUT,
+                Some(b) => WRITE_TIMEOUT + Duration::from_secs(b.len() as u64 / SLOWEST_UPLINK),
+            });
             if sign {
                 let digest = digest.unwrap_or_else(|| sha256(body.as_deref().unwrap_or_default()));
                 let auth =
