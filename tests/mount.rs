@@ -1374,3 +1374,53 @@ fn a_move_publishes_its_destination_before_its_source() {
         assert_eq!(std::fs::read(mp.join(&top).join("d/f")).unwrap(), b"moved");
     }
 }
+
+/// Local copies of uploaded files are only a cache: on a staging disk
+/// smaller than the `keep` budget they must not fill it, and a write that
+/// finds it full gets room by dropping them, not ENOSPC.
+#[test]
+fn kept_copies_give_way_to_new_writes_on_a_small_staging_disk() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (_mirrors, client) = common::three_mirrors_and_client(tmp.path());
+    let staging = client.home.join("data/staging");
+    std::fs::create_dir_all(&staging).unwrap();
+    let tmpfs = SmallDisk::mount(&staging, "40m");
+    let mp = tmp.path().join("mnt");
+    let m = Mounted::new(&client, &mp);
+    let a = common::seeded_bytes("kept a", 24 << 20);
+    let b = common::seeded_bytes("kept b", 24 << 20);
+    std::fs::write(mp.join("a.bin"), &a).unwrap();
+    client.ok(&["sync"]);
+    // a's copy stays as a cache; b does not fit beside it.
+    std::fs::write(mp.join("b.bin"), &b).unwrap();
+    client.ok(&["sync"]);
+    assert!(std::fs::read(mp.join("a.bin")).unwrap() == a);
+    assert!(std::fs::read(mp.join("b.bin")).unwrap() == b);
+    m.unmount();
+    drop(m);
+    drop(tmpfs);
+    let _m = Mounted::new(&client, &mp);
+    assert!(std::fs::read(mp.join("b.bin")).unwrap() == b);
+}
+
+/// A small tmpfs mounted over a directory until dropped.
+struct SmallDisk(std::path::PathBuf);
+
+impl SmallDisk {
+    fn mount(at: &Path, size: &str) -> SmallDisk {
+        let ok = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+            .arg(at)
+            .status()
+            .unwrap()
+            .success();
+        assert!(ok, "mount tmpfs on {}", at.display());
+        SmallDisk(at.to_path_buf())
+    }
+}
+
+impl Drop for SmallDisk {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount").arg(&self.0).status();
+    }
+}

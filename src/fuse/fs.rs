@@ -122,6 +122,8 @@ pub struct FlushFailing {
 struct Kept {
     queue: std::collections::VecDeque<(u64, PathBuf, u64)>,
     bytes: u64,
+    /// When the staging disk was last found full and copies were dropped.
+    made_room: Option<Instant>,
 }
 
 /// glibc keeps freed memory in its arenas: hand it back to the system, or
@@ -194,6 +196,15 @@ fn answer_entry(reply: ReplyEntry, result: Result<FileAttr>) {
         Ok(attr) => reply.entry(&TTL, &attr, Generation(0)),
         Err(e) => reply.error(errno(&e)),
     }
+}
+
+/// Whether `e` is the staging disk being full (not a mirror's quota).
+fn staging_full(e: &Error) -> bool {
+    let io = match e {
+        Error::Io(io) | Error::Store(crate::store::Error::Io(io)) => io,
+        _ => return false,
+    };
+    io.raw_os_error() == Some(libc::ENOSPC) || io.kind() == std::io::ErrorKind::StorageFull
 }
 
 /// Run a handler, turning a panic into EIO.
@@ -495,16 +506,25 @@ impl LodeFs {
             }
         };
         let path = self.staging_path();
-        let file = std::fs::File::create(&path)?;
-        if let (Some(cap), false) = (&cap, truncate) {
-            // Holes stay holes: a sparse file is not filled in on disk.
-            self.rt.block_on(self.vault.get_to_file(cap, &file))?;
-            // The copy must be whole on disk before its note names it: a
-            // power cut must not leave recovery a short copy to publish
-            // over the good one. An empty start (a new or truncated file)
-            // has nothing to lose, and an fsync per create cost a device
-            // flush per file of an untar.
-            file.sync_all()?;
+        let fetched = self.with_room(|| {
+            let file = std::fs::File::create(&path)?;
+            if let (Some(cap), false) = (&cap, truncate) {
+                // Holes stay holes: a sparse file is not filled in on disk.
+                self.rt.block_on(self.vault.get_to_file(cap, &file))?;
+                // The copy must be whole on disk before its note names it:
+                // a power cut must not leave recovery a short copy to
+                // publish over the good one. An empty start (a new or
+                // truncated file) has nothing to lose, and an fsync per
+                // create cost a device flush per file of an untar.
+                file.sync_all()?;
+            }
+            Ok(())
+        });
+        if let Err(e) = fetched {
+            // Nothing names it yet: it would sit there until the next
+            // mount's recovery.
+            let _ = std::fs::remove_file(&path);
+            return Err(e);
         }
         let mut tree = self.lock();
         match tree.nodes.get_mut(&ino).map(|n| &mut n.body) {
@@ -894,7 +914,46 @@ impl LodeFs {
                 }
             }
         }
-        while kept.bytes > self.config.keep_bytes {
+        let budget = self.keep_budget(&kept);
+        self.evict_kept(&mut kept, budget);
+    }
+
+    /// How many bytes of kept copies the staging disk can hold: the
+    /// `keep` budget, less whatever would leave the disk with under a
+    /// tenth of its size (at most [`KEEP_FREE_MAX`]) free. The copies are
+    /// only a cache; new writes must not find the disk full of them.
+    fn keep_budget(&self, kept: &Kept) -> u64 {
+        let Ok(fs) = nix::sys::statvfs::statvfs(&self.config.staging) else {
+            return self.config.keep_bytes;
+        };
+        let unit = u64::from(fs.fragment_size());
+        let size = u64::from(fs.blocks()) * unit;
+        let free = u64::from(fs.blocks_available()) * unit;
+        let reserve = (size / 10).min(KEEP_FREE_MAX);
+        let short = reserve.saturating_sub(free);
+        self.config.keep_bytes.min(kept.bytes.saturating_sub(short))
+    }
+
+    /// The staging disk is full: drop every kept copy that is still only a
+    /// cache. Returns the bytes freed.
+    fn make_room(&self) -> u64 {
+        let mut kept = self.kept.lock().unwrap_or_else(|p| p.into_inner());
+        let freed = self.evict_kept(&mut kept, 0);
+        if freed > 0 {
+            kept.made_room = Some(Instant::now());
+            tracing::info!(
+                bytes = freed,
+                "staging disk full: dropped local copies of uploaded files"
+            );
+        }
+        freed
+    }
+
+    /// Remove kept copies, oldest first, until they take at most `budget`
+    /// bytes. Returns the bytes of the files removed.
+    fn evict_kept(&self, kept: &mut Kept, budget: u64) -> u64 {
+        let mut freed = 0;
+        while kept.bytes > budget {
             let Some((ino, path, size)) = kept.queue.pop_front() else {
                 break;
             };
@@ -916,8 +975,43 @@ impl LodeFs {
             {
                 *staged = None;
                 drop(tree);
-                let _ = std::fs::remove_file(&path);
+                if std::fs::remove_file(&path).is_ok() {
+                    freed += size;
+                }
             }
+        }
+        freed
+    }
+
+    /// Run `write`, a write into the staging area; if the staging disk is
+    /// full, make room by dropping kept copies, and try once more. (The
+    /// kernel sends a large write as several requests at once: the first
+    /// to find the disk full frees the room the others retry into.)
+    fn with_room<T>(&self, write: impl Fn() -> Result<T>) -> Result<T> {
+        match write() {
+            Err(e) if staging_full(&e) => {
+                self.make_room();
+                // A removed copy's space comes back only once nothing has
+                // it open (an upload of it may still be finishing): for a
+                // while after room was made, here or by a write running
+                // beside this one, wait for it. Otherwise, once more.
+                let made_room = self
+                    .kept
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .made_room
+                    .is_some_and(|t| t.elapsed() < ROOM_WAIT);
+                let deadline = Instant::now() + ROOM_WAIT;
+                loop {
+                    match write() {
+                        Err(e) if staging_full(&e) && made_room && Instant::now() < deadline => {
+                            std::thread::sleep(Duration::from_millis(50))
+                        }
+                        done => return done,
+                    }
+                }
+            }
+            done => done,
         }
     }
 
@@ -2003,8 +2097,10 @@ impl LodeFs {
 
     fn do_write(&self, ino: u64, offset: u64, data: &[u8]) -> Result<u32> {
         let path = self.stage(ino, false)?;
-        let file = std::fs::OpenOptions::new().write(true).open(&path)?;
-        file.write_all_at(data, offset)?;
+        self.with_room(|| {
+            let file = std::fs::OpenOptions::new().write(true).open(&path)?;
+            Ok(file.write_all_at(data, offset)?)
+        })?;
         let mut tree = self.lock();
         let node = tree.nodes.get_mut(&ino).ok_or(Error::NotFound)?;
         let old_size = node.size;
@@ -2191,6 +2287,12 @@ const PUBLISH_PACING_FROM: Duration = Duration::from_millis(100);
 /// The longest such a directory waits: friends see changes within their
 /// refresh interval plus this.
 const PUBLISH_PAUSE_MAX: Duration = Duration::from_secs(10);
+/// The most free space kept copies leave the staging disk (see
+/// `LodeFs::keep_budget`): a tenth of it, up to this.
+const KEEP_FREE_MAX: u64 = 1 << 30;
+/// How long a write that found the staging disk full waits for the room
+/// just made to come back (see `LodeFs::with_room`).
+const ROOM_WAIT: Duration = Duration::from_secs(5);
 /// The longest pause of the background flusher after failures in a row.
 const FLUSH_RETRY_MAX: Duration = Duration::from_secs(30);
 /// How long the background flusher leaves a directory refused as too
