@@ -926,9 +926,9 @@ impl LodeFs {
         let Ok(fs) = nix::sys::statvfs::statvfs(&self.config.staging) else {
             return self.config.keep_bytes;
         };
-        let unit = u64::from(fs.fragment_size());
-        let size = u64::from(fs.blocks()) * unit;
-        let free = u64::from(fs.blocks_available()) * unit;
+        let unit = fs.fragment_size();
+        let size = fs.blocks() * unit;
+        let free = fs.blocks_available() * unit;
         let reserve = (size / 10).min(KEEP_FREE_MAX);
         let short = reserve.saturating_sub(free);
         self.config.keep_bytes.min(kept.bytes.saturating_sub(short))
