@@ -216,18 +216,32 @@ pub struct StatusArgs {
     json: bool,
 }
 
+/// How long `lode status` waits for a mirror's account.
+const STATUS_WAIT: Duration = Duration::from_secs(10);
+
 pub fn status(args: StatusArgs) -> Result<()> {
     let home = Home::locate()?;
     let config = Config::load(&home)?;
     let key = home.secret()?.account_key();
     let rt = tokio::runtime::Runtime::new()?;
+    // All mirrors at once, each given at most STATUS_WAIT: a mirror that
+    // hangs must not hold the report (or one per mirror, in turn).
     let rows = rt.block_on(async {
-        let mut rows = Vec::new();
+        let mut asks = Vec::new();
         for url in &config.mirrors {
             let mirror = HttpMirror::new(url, key.clone()).context("mirror URL")?;
-            rows.push((url.clone(), mirror.account().await));
+            asks.push(async move {
+                let answer = tokio::time::timeout(STATUS_WAIT, mirror.account()).await;
+                let answer = answer.unwrap_or_else(|_| {
+                    Err(lode::store::Error::Unavailable {
+                        mirror: url.clone(),
+                        reason: format!("no answer in {} s", STATUS_WAIT.as_secs()),
+                    })
+                });
+                (url.clone(), answer)
+            });
         }
-        anyhow::Ok(rows)
+        anyhow::Ok(futures_util::future::join_all(asks).await)
     })?;
     let mount = mount_status(&home.data.join("mount.sock"));
     if args.json {
