@@ -443,6 +443,7 @@ pub fn mount(args: MountArgs) -> Result<()> {
     fuse_config.acl = acl;
     let background = fuser::spawn_mount(Mount(fs.clone()), &args.mountpoint, &fuse_config)
         .with_context(|| format!("cannot mount at {}", args.mountpoint.display()))?;
+    fs.set_notifier(background.notifier());
     widen_readahead(&args.mountpoint);
     eprintln!("lode mounted at {}", args.mountpoint.display());
     let (done_tx, done_rx) = std::sync::mpsc::channel();

@@ -101,6 +101,8 @@ pub struct LodeFs {
     /// The background flusher's failures in a row, if its last try failed
     /// (for `lode status`).
     flush_failing: Mutex<Option<FlushFailing>>,
+    /// Tells the kernel to forget names (a friend removed), once mounted.
+    notifier: std::sync::OnceLock<fuser::Notifier>,
 }
 
 /// Why the background flusher is not getting changes up, for `lode status`.
@@ -244,6 +246,7 @@ impl LodeFs {
             noting: Mutex::new(()),
             final_flush: Mutex::new(None),
             flush_failing: Mutex::new(None),
+            notifier: std::sync::OnceLock::new(),
         })
     }
 
@@ -282,7 +285,7 @@ impl LodeFs {
         let mut friends = self.friends();
         let wanted: BTreeMap<&str, &DirReadCap> =
             list.iter().map(|(n, c)| (n.as_str(), c)).collect();
-        let gone: Vec<(String, u64)> = friends
+        let mut gone: Vec<(String, u64)> = friends
             .iter()
             .filter(|&(name, ino)| {
                 let shown = tree.nodes.get(ino).and_then(|n| match &n.body {
@@ -293,7 +296,8 @@ impl LodeFs {
             })
             .map(|(n, &i)| (n.clone(), i))
             .collect();
-        for (name, ino) in gone {
+        for (name, ino) in &gone {
+            let (name, ino) = (name.clone(), *ino);
             friends.remove(&name);
             // The friend's whole loaded tree goes: each inode now, or when
             // the kernel and open handles let go of it.
@@ -323,7 +327,21 @@ impl LodeFs {
                 friends.insert(name.to_string(), ino);
             }
         }
-        friends.len()
+        let count = friends.len();
+        drop((tree, friends));
+        // The kernel would go on answering the old name from its cache
+        // for the entry TTL.
+        if let Some(notifier) = self.notifier.get() {
+            for (name, _) in gone.drain(..) {
+                let _ = notifier.inval_entry(INodeNo(FRIENDS), OsStr::new(&name));
+            }
+        }
+        count
+    }
+
+    /// Hand the mount its session's notifier, once the kernel has it.
+    pub fn set_notifier(&self, notifier: fuser::Notifier) {
+        let _ = self.notifier.set(notifier);
     }
 
     /// What `statfs` reports from now on: the room the mirrors last
