@@ -1403,6 +1403,64 @@ fn kept_copies_give_way_to_new_writes_on_a_small_staging_disk() {
     assert!(std::fs::read(mp.join("b.bin")).unwrap() == b);
 }
 
+/// An edit of an uploaded file that cannot be staged (the staging disk
+/// full) fails cleanly: the file is unchanged and the partial copy is not
+/// left behind on the disk.
+#[test]
+fn an_edit_that_cannot_be_staged_leaves_nothing_behind() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (_mirrors, client) = common::three_mirrors_and_client(tmp.path());
+    let staging = client.home.join("data/staging");
+    std::fs::create_dir_all(&staging).unwrap();
+    let _tmpfs = SmallDisk::mount(&staging, "40m");
+    let mp = tmp.path().join("mnt");
+    // No kept copies: the edit must fetch the file into staging.
+    let _m = Mounted::with_options(&client, &mp, &["keep=0"]);
+    let x = common::seeded_bytes("staged x", 24 << 20);
+    std::fs::write(mp.join("x.bin"), &x).unwrap();
+    client.ok(&["sync"]);
+    let files = || {
+        let mut names: Vec<_> = std::fs::read_dir(&staging)
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        names.sort();
+        names
+    };
+    // The upload's copy goes once nothing reads it any more.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let free = || {
+        let fs = nix::sys::statvfs::statvfs(&staging).unwrap();
+        fs.blocks_available() * fs.fragment_size()
+    };
+    while free() < 30 << 20 {
+        assert!(
+            Instant::now() < deadline,
+            "the staged copy stayed: {:?}",
+            files()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let before = files();
+    // All but 1 MiB taken.
+    let filler = staging.join("filler");
+    let made = Command::new("fallocate")
+        .args(["-l", &(free() - (1 << 20)).to_string()])
+        .arg(&filler)
+        .status()
+        .unwrap();
+    assert!(made.success());
+    let appended = std::fs::OpenOptions::new()
+        .append(true)
+        .open(mp.join("x.bin"))
+        .and_then(|mut f| std::io::Write::write_all(&mut f, b"more"));
+    let e = appended.expect_err("no room to stage a 24 MiB file");
+    assert_eq!(e.raw_os_error(), Some(libc::ENOSPC), "{e}");
+    std::fs::remove_file(&filler).unwrap();
+    assert_eq!(files(), before, "a partial staging file was left");
+    assert!(std::fs::read(mp.join("x.bin")).unwrap() == x);
+}
+
 /// A small tmpfs mounted over a directory until dropped.
 struct SmallDisk(std::path::PathBuf);
 
