@@ -57,9 +57,13 @@ const CLAIM_MIN_BYTES: usize = 64 << 10;
 /// before a read prefers other mirrors' parity shares to its data shares.
 const SLOW_MARGIN: Duration = Duration::from_millis(100);
 
-/// How long a slot read waits for the other mirrors once one has given
-/// the slot (or three times as long as that first answer took, if more).
+/// How long a slot read waits for the other mirrors once one has answered
+/// (or three times as long as that first answer took, if more).
 const SLOT_GRACE: Duration = Duration::from_secs(2);
+
+/// How long a slot read waits for mirrors it had passed over and now needs
+/// (no other answer had the slot, or only an older one than seen).
+const DOWN_SLOT_WAIT: Duration = Duration::from_secs(10);
 
 /// Slot repairs remembered as tried before the memory starts over.
 const SLOT_REPAIRS_REMEMBERED: usize = 16 * 1024;
@@ -555,11 +559,17 @@ impl Grid {
         // What each mirror that answered holds: a seq, or nothing usable.
         let mut held: Vec<(usize, Option<u64>)> = Vec::new();
         let mut failed = 0;
-        // Once some mirror has given the slot, the others get a grace
-        // period, not their full timeout: a hung mirror must not hold up
-        // every directory listing (they go on in the background, and a
-        // timeout passes the mirror over for a while).
+        // Once some mirror has answered, the others get a grace period,
+        // not their full timeout: a hung mirror must not hold up every
+        // directory listing (they go on in the background, and a timeout
+        // passes the mirror over for a while). If no answer had the slot,
+        // the read then fails as unavailable; it never takes a silent
+        // mirror's share of the answer as "none".
         let started = tokio::time::Instant::now();
+        let grace = || {
+            let now = tokio::time::Instant::now();
+            now + (now - started).mul_f32(3.0).max(SLOT_GRACE)
+        };
         let mut late_after: Option<tokio::time::Instant> = None;
         loop {
             let next = match late_after {
@@ -575,7 +585,10 @@ impl Grid {
                         }
                         failed += tasks.len();
                         tasks.detach_all();
-                        break;
+                        waiting.clear();
+                        // On to the mirrors passed over, if they are needed.
+                        late_after = None;
+                        continue;
                     }
                 },
                 None => tasks.join_next().await,
@@ -601,6 +614,7 @@ impl Grid {
                             self.mirrors[j].revive();
                             ask(&mut tasks, &mut waiting, j);
                         }
+                        late_after = Some(tokio::time::Instant::now() + DOWN_SLOT_WAIT);
                         continue;
                     }
                     None => break,
@@ -613,6 +627,7 @@ impl Grid {
                 Ok(Some(b)) => b,
                 Ok(None) => {
                     held.push((j, None));
+                    late_after.get_or_insert_with(grace);
                     continue;
                 }
                 Err(e) => {
@@ -621,16 +636,13 @@ impl Grid {
                     continue;
                 }
             };
+            late_after.get_or_insert_with(grace);
             let opened = SlotEnvelope::decode(&bytes).and_then(|env| Ok((env.seq, env.open(cap)?)));
             match opened {
                 Ok((seq, listing)) => {
                     held.push((j, Some(seq)));
                     if best.as_ref().is_none_or(|(s, ..)| seq > *s) {
                         best = Some((seq, listing, bytes));
-                        late_after.get_or_insert_with(|| {
-                            let now = tokio::time::Instant::now();
-                            now + (now - started).mul_f32(3.0).max(SLOT_GRACE)
-                        });
                     }
                 }
                 Err(e) => {
@@ -1221,13 +1233,19 @@ mod fetch_tests {
         });
         let found = read.expect("the hung mirror held the read").unwrap();
         assert_eq!(found.map(|(seq, _)| seq), Some(5));
-        // Nobody has the slot: the hung mirror might, so the read waits
-        // (here, until the test's own bound).
+        // Nobody that answers has the slot: the hung mirror might, so the
+        // read fails as unavailable after the grace; it does not answer
+        // "empty", nor wait for the hung mirror's timeout.
         let other = crate::store::Vault::fresh_dir();
         let read = rt.block_on(async {
-            tokio::time::timeout(Duration::from_secs(3), grid.get_slot(&other.read_cap())).await
+            tokio::time::timeout(Duration::from_secs(20), grid.get_slot(&other.read_cap())).await
         });
-        assert!(read.is_err(), "an empty answer while a mirror is silent");
+        let answer = read.expect("the hung mirror held the read");
+        assert!(
+            matches!(answer, Err(Error::Unavailable { .. })),
+            "an answer while a mirror is silent: {:?}",
+            answer.map(|found| found.map(|(seq, _)| seq))
+        );
     }
 
     /// A share read from a mirror that never answers is hedged: the fetch
