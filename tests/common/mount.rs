@@ -49,14 +49,22 @@ impl Mounted {
     }
 
     pub fn unmount(&self) {
-        if mounted(&self.mp) {
+        // A file of the mount can be held for a moment by a process
+        // another test just forked (its descriptors close at exec): busy
+        // is tried again, for a while.
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while mounted(&self.mp) {
             let ok = Command::new("fusermount3")
                 .arg("-u")
                 .arg(&self.mp)
                 .status()
                 .unwrap()
                 .success();
-            assert!(ok, "fusermount3 -u failed");
+            if ok {
+                break;
+            }
+            assert!(Instant::now() < deadline, "fusermount3 -u failed");
+            std::thread::sleep(Duration::from_millis(200));
         }
         // The mount process holds its lock until its final flush is done.
         let lock = std::fs::File::create(self.home.join("data/mount.lock")).unwrap();
