@@ -1073,6 +1073,54 @@ mod fetch_tests {
         }
     }
 
+    const NAMES: [&str; 3] = ["a", "b", "c"];
+
+    fn runtime() -> tokio::runtime::Runtime {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_time()
+            .build()
+            .unwrap()
+    }
+
+    /// The mirrors (indexes into `NAMES`) in the order a fetch of the
+    /// object whose first share is `id` asks them: it follows the names.
+    fn ranking(id: &ShareId) -> Vec<usize> {
+        let plain: Vec<Arc<dyn Storage>> = NAMES
+            .iter()
+            .map(|n| Arc::new(MemoryStorage::named(n)) as Arc<dyn Storage>)
+            .collect();
+        Grid::new(plain, GridConfig::default()).unwrap().ranked(id)
+    }
+
+    /// Fakes named `NAMES`, each holding every one of `shares`, the j-th
+    /// made by `shape(j, a plain fake)`.
+    fn holding(
+        rt: &tokio::runtime::Runtime,
+        shares: &[Share],
+        shape: impl Fn(usize, Fake) -> Fake,
+    ) -> Vec<Arc<Fake>> {
+        NAMES
+            .iter()
+            .enumerate()
+            .map(|(j, n)| {
+                let inner = MemoryStorage::named(n);
+                for s in shares {
+                    rt.block_on(inner.put_share(&s.id(), s.shared_bytes()))
+                        .unwrap();
+                }
+                Arc::new(shape(j, Fake::new(inner)))
+            })
+            .collect()
+    }
+
+    fn grid_of(stores: &[Arc<Fake>]) -> Grid {
+        let mirrors = stores
+            .iter()
+            .map(|s| s.clone() as Arc<dyn Storage>)
+            .collect();
+        Grid::new(mirrors, GridConfig::default()).unwrap()
+    }
+
     /// The share indexes a fetch returns when the mirror first asked for
     /// share i answers in `ms[i]` milliseconds. Every mirror holds every
     /// share, so only the order of asking decides.
@@ -1080,40 +1128,17 @@ mod fetch_tests {
         let params = Params::new(2, 3).unwrap();
         let shares = crate::chunk::share::encode(params, &[7u8; 5000]);
         let ids: Vec<ShareId> = shares.iter().map(Share::id).collect();
-        let names = ["a", "b", "c"];
-        let probe = Grid::new(
-            names
-                .iter()
-                .map(|n| Arc::new(MemoryStorage::named(n)) as Arc<dyn Storage>)
-                .collect(),
-            GridConfig::default(),
-        )
-        .unwrap();
-        let order = probe.ranked(&ids[0]);
+        let order = ranking(&ids[0]);
         let mut latency = [Duration::ZERO; 3];
         for (i, &j) in order.iter().enumerate() {
             latency[j] = Duration::from_millis(ms[i]);
         }
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_time()
-            .build()
-            .unwrap();
-        let mirrors: Vec<Arc<dyn Storage>> = names
-            .iter()
-            .zip(latency)
-            .map(|(n, latency)| {
-                let inner = MemoryStorage::named(n);
-                for s in &shares {
-                    rt.block_on(inner.put_share(&s.id(), s.shared_bytes()))
-                        .unwrap();
-                }
-                Arc::new(Fake {
-                    latency: Some(latency),
-                    ..Fake::new(inner)
-                }) as Arc<dyn Storage>
-            })
-            .collect();
-        let grid = Grid::new(mirrors, GridConfig::default()).unwrap();
+        let rt = runtime();
+        let stores = holding(&rt, &shares, |j, fake| Fake {
+            latency: Some(latency[j]),
+            ..fake
+        });
+        let grid = grid_of(&stores);
         let got = rt.block_on(grid.fetch(&ids, params, "test")).unwrap();
         let mut indexes: Vec<u8> = got.iter().map(|s| s.header().index).collect();
         indexes.sort();
@@ -1137,32 +1162,12 @@ mod fetch_tests {
     #[test]
     fn a_down_mirror_is_asked_only_when_needed() {
         use std::sync::atomic::Ordering::SeqCst;
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_time()
-            .build()
-            .unwrap();
+        let rt = runtime();
         let params = Params::new(2, 3).unwrap();
         let shares = crate::chunk::share::encode(params, &[9u8; 5000]);
         let ids: Vec<ShareId> = shares.iter().map(Share::id).collect();
-        let stores: Vec<Arc<Fake>> = ["a", "b", "c"]
-            .iter()
-            .map(|n| {
-                let inner = MemoryStorage::named(n);
-                for s in &shares {
-                    rt.block_on(inner.put_share(&s.id(), s.shared_bytes()))
-                        .unwrap();
-                }
-                Arc::new(Fake::new(inner))
-            })
-            .collect();
-        let grid = Grid::new(
-            stores
-                .iter()
-                .map(|s| s.clone() as Arc<dyn Storage>)
-                .collect(),
-            GridConfig::default(),
-        )
-        .unwrap();
+        let stores = holding(&rt, &shares, |_, fake| fake);
+        let grid = grid_of(&stores);
         // The mirror first in line for share 0 is down: the other two
         // give shares 1 and 2, and it is never asked.
         let first = grid.ranked(&ids[0])[0];
@@ -1210,10 +1215,7 @@ mod fetch_tests {
     /// the others have given the slot; with no other answer it waits.
     #[test]
     fn a_slot_read_does_not_wait_for_a_hung_mirror() {
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_time()
-            .build()
-            .unwrap();
+        let rt = runtime();
         let cap = crate::store::Vault::fresh_dir();
         let env = crate::dir::SlotEnvelope::seal(&cap, 5, &crate::dir::Listing::default());
         let stores: Vec<Arc<dyn Storage>> = vec![
@@ -1254,49 +1256,17 @@ mod fetch_tests {
     #[test]
     fn a_share_read_does_not_wait_for_a_hung_mirror() {
         use std::sync::atomic::Ordering::SeqCst;
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_time()
-            .build()
-            .unwrap();
+        let rt = runtime();
         let params = Params::new(2, 3).unwrap();
         let shares = crate::chunk::share::encode(params, &[3u8; 5000]);
         let ids: Vec<ShareId> = shares.iter().map(Share::id).collect();
-        let first = {
-            let names = ["a", "b", "c"];
-            let probe = Grid::new(
-                names
-                    .iter()
-                    .map(|n| Arc::new(MemoryStorage::named(n)) as Arc<dyn Storage>)
-                    .collect(),
-                GridConfig::default(),
-            )
-            .unwrap();
-            probe.ranked(&ids[0])[0]
-        };
-        let stores: Vec<Arc<Fake>> = ["a", "b", "c"]
-            .iter()
-            .enumerate()
-            .map(|(j, n)| {
-                let inner = MemoryStorage::named(n);
-                for s in &shares {
-                    rt.block_on(inner.put_share(&s.id(), s.shared_bytes()))
-                        .unwrap();
-                }
-                Arc::new(Fake {
-                    latency: Some(Duration::from_millis(10)),
-                    hung: j == first,
-                    ..Fake::new(inner)
-                })
-            })
-            .collect();
-        let grid = Grid::new(
-            stores
-                .iter()
-                .map(|s| s.clone() as Arc<dyn Storage>)
-                .collect(),
-            GridConfig::default(),
-        )
-        .unwrap();
+        let first = ranking(&ids[0])[0];
+        let stores = holding(&rt, &shares, |j, fake| Fake {
+            latency: Some(Duration::from_millis(10)),
+            hung: j == first,
+            ..fake
+        });
+        let grid = grid_of(&stores);
         let read = rt.block_on(async {
             tokio::time::timeout(Duration::from_secs(20), grid.fetch(&ids, params, "test")).await
         });
@@ -1321,28 +1291,15 @@ mod fetch_tests {
     #[test]
     fn a_slot_read_brings_lagging_mirrors_up_to_date() {
         use std::sync::atomic::Ordering::SeqCst;
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_time()
-            .build()
-            .unwrap();
+        let rt = runtime();
         let cap = crate::store::Vault::fresh_dir();
         let old = crate::dir::SlotEnvelope::seal(&cap, 3, &crate::dir::Listing::default());
         let new = crate::dir::SlotEnvelope::seal(&cap, 4, &crate::dir::Listing::default());
-        let stores: Vec<Arc<Fake>> = ["a", "b", "c"]
-            .iter()
-            .map(|n| Arc::new(Fake::new(MemoryStorage::named(n))))
-            .collect();
+        let stores = holding(&rt, &[], |_, fake| fake);
         // a: the new version; b: the old one; c: none.
         rt.block_on(stores[0].put_slot(&new.encode())).unwrap();
         rt.block_on(stores[1].put_slot(&old.encode())).unwrap();
-        let grid = Grid::new(
-            stores
-                .iter()
-                .map(|s| s.clone() as Arc<dyn Storage>)
-                .collect(),
-            GridConfig::default(),
-        )
-        .unwrap();
+        let grid = grid_of(&stores);
         let held = |j: usize| {
             rt.block_on(stores[j].inner.get_slot(&cap.read_cap().public_key))
                 .unwrap()
