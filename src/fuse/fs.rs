@@ -285,7 +285,7 @@ impl LodeFs {
         let mut friends = self.friends();
         let wanted: BTreeMap<&str, &DirReadCap> =
             list.iter().map(|(n, c)| (n.as_str(), c)).collect();
-        let mut gone: Vec<(String, u64)> = friends
+        let gone: Vec<(String, u64)> = friends
             .iter()
             .filter(|&(name, ino)| {
                 let shown = tree.nodes.get(ino).and_then(|n| match &n.body {
@@ -296,9 +296,8 @@ impl LodeFs {
             })
             .map(|(n, &i)| (n.clone(), i))
             .collect();
-        for (name, ino) in &gone {
-            let (name, ino) = (name.clone(), *ino);
-            friends.remove(&name);
+        for &(ref name, ino) in &gone {
+            friends.remove(name);
             // The friend's whole loaded tree goes: each inode now, or when
             // the kernel and open handles let go of it.
             let mut under = vec![ino];
@@ -332,8 +331,8 @@ impl LodeFs {
         // The kernel would go on answering the old name from its cache
         // for the entry TTL.
         if let Some(notifier) = self.notifier.get() {
-            for (name, _) in gone.drain(..) {
-                let _ = notifier.inval_entry(INodeNo(FRIENDS), OsStr::new(&name));
+            for (name, _) in &gone {
+                let _ = notifier.inval_entry(INodeNo(FRIENDS), OsStr::new(name));
             }
         }
         count
