@@ -1375,6 +1375,100 @@ fn a_move_publishes_its_destination_before_its_source() {
     }
 }
 
+/// A directory move cut short between its publishes (the mirrors refuse
+/// the rest, then kill -9) leaves the directory in one place, never named
+/// twice: with the move's commit point (the directory's own listing naming
+/// its new parent) not reached, it stays where it was; past it, it is at
+/// its new place. Either way the other name is stale: `lode check` says
+/// so, the mount drops it when it lists the directory, and removing it
+/// there removes nothing of the directory.
+#[test]
+fn a_directory_move_cut_short_leaves_the_directory_in_one_place() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mirrors: Vec<MirrorProc> = (0..3)
+        .map(|i| MirrorProc::start(&tmp.path().join(format!("m{i}")), &[]))
+        .collect();
+    let proxies: Vec<common::SlotRecorder> = mirrors
+        .iter()
+        .map(|m| common::SlotRecorder::start(&m.url))
+        .collect();
+    let urls: Vec<&str> = proxies.iter().map(|p| p.url()).collect();
+    let client = Client::new(&tmp.path().join("home"), &urls);
+    let mp = tmp.path().join("mnt");
+    let key = |path: &str| -> String {
+        let cap: lode::caps::Cap = client.ok(&["share", path]).trim().parse().unwrap();
+        match cap {
+            lode::caps::Cap::DirRead(r) => lode::protocol::hex(&r.public_key),
+            other => panic!("{path} is not a directory: {other}"),
+        }
+    };
+    // Refusing the moved directory's own update stops the move before its
+    // commit point; refusing only the source's, after it.
+    for (round, committed) in [(0, false), (1, true)] {
+        let (src, dst) = (format!("src{round}"), format!("dst{round}"));
+        let content = common::seeded_bytes(&format!("moved dir {round}"), 5000);
+        let m = Mounted::new(&client, &mp);
+        std::fs::create_dir_all(mp.join(&src).join("d/sub")).unwrap();
+        std::fs::write(mp.join(&src).join("d/sub/f"), &content).unwrap();
+        std::fs::create_dir(mp.join(&dst)).unwrap();
+        client.ok(&["sync"]);
+        let (src_key, moved_key) = (key(&src), key(&format!("{src}/d")));
+        for p in &proxies {
+            p.refuse(&src_key);
+            if !committed {
+                p.refuse(&moved_key);
+            }
+        }
+        std::fs::rename(mp.join(&src).join("d"), mp.join(&dst).join("d")).unwrap();
+        let out = client.run(&["sync"]);
+        assert!(
+            !out.status.success(),
+            "round {round}: sync passed refused updates"
+        );
+        kill_mount(&mp);
+        drop(m);
+        for p in &proxies {
+            p.refuse_none();
+        }
+        let (home, stale) = match committed {
+            true => (format!("{dst}/d"), format!("{src}/d")),
+            false => (format!("{src}/d"), format!("{dst}/d")),
+        };
+        // Seen from the mirrors alone, before any mount lists it.
+        let out = client.run(&["check", "/"]);
+        let said = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            !out.status.success() && said.contains(&format!("STALE NAME /{stale}:")),
+            "round {round}: check did not flag /{stale}: {said}"
+        );
+        let m = Mounted::new(&client, &mp);
+        // Removing the stale name (what `rm -r` does first) finds it gone
+        // and takes nothing of the directory with it.
+        let listed =
+            std::fs::read_dir(mp.join(&stale)).and_then(|d| d.collect::<std::io::Result<Vec<_>>>());
+        let err = listed.unwrap_err();
+        assert_eq!(err.kind(), std::io::ErrorKind::NotFound, "round {round}");
+        let _ = std::fs::remove_dir_all(mp.join(&stale));
+        assert!(!mp.join(&stale).exists(), "round {round}: /{stale} is back");
+        assert!(
+            std::fs::read(mp.join(&home).join("sub/f")).unwrap() == content,
+            "round {round}: /{home}/sub/f"
+        );
+        client.ok(&["sync"]);
+        drop(m);
+        // The stale name is gone from the mirrors too, and the directory
+        // is whole where it lives.
+        client.ok(&["check", "/"]);
+        let m = Mounted::new(&client, &mp);
+        assert!(
+            !mp.join(&stale).exists(),
+            "round {round}: /{stale} after a remount"
+        );
+        assert!(std::fs::read(mp.join(&home).join("sub/f")).unwrap() == content);
+        drop(m);
+    }
+}
+
 /// Local copies of uploaded files are only a cache: on a staging disk
 /// smaller than the `keep` budget they must not fill it, and a write that
 /// finds it full gets room by dropping them, not ENOSPC.

@@ -288,7 +288,8 @@ fn directory_slot_encoding() {
             ..file.clone()
         })
         .collect();
-    let index = SlotEnvelope::seal_plaintext(&root, 8, &Listing::encode_index(&page_caps, None));
+    let index =
+        SlotEnvelope::seal_plaintext(&root, 8, &Listing::encode_index(&page_caps, None, None));
     let bytes = index.encode();
     let mut opened = SlotEnvelope::decode(&bytes)
         .unwrap()
@@ -360,7 +361,7 @@ fn a_roots_own_attributes_encoding() {
         root: [0x22; 32],
         size: 1,
     };
-    let index = Listing::encode_index(std::slice::from_ref(&file), Some(&this));
+    let index = Listing::encode_index(std::slice::from_ref(&file), Some(&this), None);
     let opened = Listing::decode(&index).unwrap();
     assert_eq!((opened.this, opened.pages), (Some(this), vec![file]));
 

@@ -428,6 +428,12 @@ async fn check(s: &Session, target: &str, verify: bool, repair: bool) -> Result<
     for e in &report.unreadable {
         println!("  UNREADABLE {e}");
     }
+    for path in &report.misplaced {
+        println!(
+            "  STALE NAME {path}: names a directory that moved elsewhere (a move that did not \
+             finish); the mount drops this name when it next lists the directory"
+        );
+    }
     for e in &report.errors {
         println!("  repair failed: {e}");
     }
@@ -462,8 +468,12 @@ async fn check(s: &Session, target: &str, verify: bool, repair: bool) -> Result<
             0 => String::new(),
             n => format!("{n} files or directories could not be read, "),
         };
+        let misplaced = match report.misplaced.len() {
+            0 => String::new(),
+            n => format!("{n} stale names of moved directories, "),
+        };
         bail!(
-            "{unreadable}{} objects need repair ({} unrecoverable)",
+            "{unreadable}{misplaced}{} objects need repair ({} unrecoverable)",
             unhealthy.len(),
             report.unrecoverable()
         );

@@ -270,6 +270,55 @@ pub struct Listing {
     /// tree, whose attributes no parent's entry holds. Every other
     /// directory's are in its entry in its parent.
     pub this: Option<DirAttrs>,
+    /// The directory that names this one ([`Home::of`] its read-cap), as
+    /// of this version. A name of this directory in any other directory
+    /// is stale: left by a move that did not finish (see
+    /// docs/ARCHITECTURE.md, "A moved directory names its new parent").
+    /// `None` in listings written before the field, and in roots.
+    pub home: Option<Home>,
+}
+
+/// A tag naming a directory's parent, without revealing it: a hash of the
+/// parent's read-cap, so only a holder of that read-cap can tell which
+/// directory it is (see [`Listing::home`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Home([u8; HOME_BYTES]);
+
+/// The length of a [`Home`] tag.
+const HOME_BYTES: usize = 16;
+const HOME_DOMAIN: &[u8] = b"lode directory home v1\0";
+
+impl Home {
+    /// The tag of the directory `parent` reads.
+    pub fn of(parent: &DirReadCap) -> Home {
+        use sha2::Digest;
+        let h = sha2::Sha256::new()
+            .chain_update(HOME_DOMAIN)
+            .chain_update(parent.public_key)
+            .chain_update(parent.read_key.expose())
+            .finalize();
+        Home(h[..HOME_BYTES].try_into().expect("a prefix of the hash"))
+    }
+
+    /// Whether a listing that says `home` may be named by `parent`: one
+    /// that says nothing (written before the field) may.
+    pub fn admits(home: Option<Home>, parent: &DirReadCap) -> bool {
+        home.is_none_or(|h| h == Home::of(parent))
+    }
+}
+
+fn home_from_wire(bytes: Option<ByteBuf>) -> Result<Option<Home>> {
+    bytes
+        .map(|b| {
+            <[u8; HOME_BYTES]>::try_from(b.as_slice())
+                .map(Home)
+                .map_err(|_| Error::Malformed(format!("a home tag is {HOME_BYTES} bytes")))
+        })
+        .transpose()
+}
+
+fn home_to_wire(home: Option<&Home>) -> Option<ByteBuf> {
+    home.map(|h| ByteBuf::from(h.0.to_vec()))
 }
 
 /// A directory's own mode, owner and times (see [`Listing::this`]).
@@ -348,6 +397,9 @@ struct WireListing {
     /// ignore fields they do not know (docs/FORMATS.md).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     this: Option<WireAttrs>,
+    /// Optional, added without a version bump like `this`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    home: Option<ByteBuf>,
 }
 
 /// Which of `count` pages holds the entry named `key` (a name, or the hex
@@ -515,6 +567,7 @@ impl Listing {
                 .collect(),
             pages: Vec::new(),
             this: self.this.as_ref().map(attrs_to_wire),
+            home: home_to_wire(self.home.as_ref()),
         };
         serde_cbor::to_vec(&wire).expect("listing always serializes")
     }
@@ -562,6 +615,7 @@ impl Listing {
                 links: BTreeMap::new(),
                 pages: Vec::new(),
                 this: None,
+                home: None,
             })
             .collect();
         for (name, e) in &self.entries {
@@ -580,8 +634,12 @@ impl Listing {
     }
 
     /// The plaintext of an index naming `pages` (see [`Self::paginate`]),
-    /// with the directory's own attributes, if it carries them.
-    pub fn encode_index(pages: &[FileReadCap], this: Option<&DirAttrs>) -> Vec<u8> {
+    /// with the directory's own attributes and home, if it carries them.
+    pub fn encode_index(
+        pages: &[FileReadCap],
+        this: Option<&DirAttrs>,
+        home: Option<&Home>,
+    ) -> Vec<u8> {
         let wire = WireListing {
             v: LISTING_VERSION,
             entries: BTreeMap::new(),
@@ -591,6 +649,7 @@ impl Listing {
                 .map(|c| Cap::FileRead(c.clone()).to_string())
                 .collect(),
             this: this.map(attrs_to_wire),
+            home: home_to_wire(home),
         };
         serde_cbor::to_vec(&wire).expect("listing index always serializes")
     }
@@ -625,6 +684,7 @@ impl Listing {
             pages,
             pending: true,
             this: wire.this.map(attrs_from_wire).transpose()?,
+            home: home_from_wire(wire.home)?,
             ..Listing::default()
         })
     }
@@ -647,7 +707,7 @@ impl Listing {
         let mut links = BTreeMap::new();
         for (i, bytes) in pages.iter().enumerate() {
             let wire = decode_wire(bytes)?;
-            if wire.v < 3 || !wire.pages.is_empty() || wire.this.is_some() {
+            if wire.v < 3 || !wire.pages.is_empty() || wire.this.is_some() || wire.home.is_some() {
                 return Err(Error::Malformed(format!("listing page {i} is not a page")));
             }
             let misplaced = wire
@@ -711,6 +771,7 @@ fn from_wire_listing(wire: WireListing) -> Result<Listing> {
         entries,
         links,
         this: wire.this.map(attrs_from_wire).transpose()?,
+        home: home_from_wire(wire.home)?,
         ..Listing::default()
     })
 }
@@ -779,7 +840,7 @@ mod tests {
         // Hashing spreads names evenly: no page far over its share.
         let largest = pages.iter().map(Vec::len).max().unwrap();
         assert!(largest < 2 * 8192, "a page of {largest} bytes");
-        let index = Listing::encode_index(&caps(pages.len()), None);
+        let index = Listing::encode_index(&caps(pages.len()), None, None);
         let mut read = Listing::decode(&index).unwrap();
         assert!(read.is_pending());
         assert!(read.entries.is_empty());
@@ -812,7 +873,7 @@ mod tests {
         let mut l = listing(500, 100);
         l.this = Some(this);
         let pages = pages_of(&l, 8192);
-        let index = Listing::encode_index(&caps(pages.len()), Some(&this));
+        let index = Listing::encode_index(&caps(pages.len()), Some(&this), None);
         let mut read = Listing::decode(&index).unwrap();
         read.fill(&pages).unwrap();
         assert_eq!(
@@ -868,7 +929,8 @@ mod tests {
         };
         assert!(pages.len() > 4, "{} pages", pages.len());
         assert!(pages.iter().all(|p| p.len() <= whole / 2));
-        let mut read = Listing::decode(&Listing::encode_index(&caps(pages.len()), None)).unwrap();
+        let mut read =
+            Listing::decode(&Listing::encode_index(&caps(pages.len()), None, None)).unwrap();
         read.fill(&pages).unwrap();
         assert_eq!(read.entries, l.entries);
     }
@@ -877,7 +939,7 @@ mod tests {
     fn pages_out_of_place_or_missing_are_refused() {
         let l = listing(500, 100);
         let pages = pages_of(&l, 8192);
-        let index = Listing::encode_index(&caps(pages.len()), None);
+        let index = Listing::encode_index(&caps(pages.len()), None, None);
         let mut swapped = pages.clone();
         swapped.swap(0, 1);
         let err = Listing::decode(&index).unwrap().fill(&swapped).unwrap_err();
@@ -887,9 +949,61 @@ mod tests {
         assert!(matches!(err, Error::Malformed(_)), "{err}");
         // A page that is itself an index.
         let mut nested = pages.clone();
-        nested[0] = Listing::encode_index(&caps(1), None);
+        nested[0] = Listing::encode_index(&caps(1), None, None);
         let err = Listing::decode(&index).unwrap().fill(&nested).unwrap_err();
         assert!(matches!(err, Error::Malformed(_)), "{err}");
+    }
+
+    /// A listing's home survives whole and paged listings; it names one
+    /// parent only; a page that carries one, or one of the wrong length,
+    /// is refused; and a listing without one may sit anywhere.
+    #[test]
+    fn a_directorys_home_round_trips_and_names_one_parent() {
+        let dir = |b: u8| {
+            crate::caps::DirWriteCap {
+                seed: SlotSeed::from_bytes([b; 32]),
+            }
+            .read_cap()
+        };
+        let (a, b) = (dir(1), dir(2));
+        let home = Home::of(&a);
+        assert_eq!(home, Home::of(&dir(1)));
+        assert_ne!(home, Home::of(&b));
+        assert!(Home::admits(Some(home), &a));
+        assert!(!Home::admits(Some(home), &b));
+        assert!(Home::admits(None, &b));
+
+        let mut l = listing(3, 10);
+        l.home = Some(home);
+        let Encoded::Whole(bytes) = l.paginate(1 << 20).unwrap() else {
+            panic!("a small listing was paged")
+        };
+        assert_eq!(Listing::decode(&bytes).unwrap().home, Some(home));
+        assert_eq!(
+            Listing::decode(&listing(3, 10).encode()).unwrap().home,
+            None
+        );
+
+        let mut l = listing(500, 100);
+        l.home = Some(home);
+        let pages = pages_of(&l, 8192);
+        let index = Listing::encode_index(&caps(pages.len()), None, Some(&home));
+        let mut read = Listing::decode(&index).unwrap();
+        read.fill(&pages).unwrap();
+        assert_eq!(read.home, Some(home));
+        assert_eq!(read.entries, l.entries);
+
+        let mut odd = pages.clone();
+        let mut wire: WireListing = serde_cbor::from_slice(&odd[0]).unwrap();
+        wire.home = home_to_wire(Some(&home));
+        odd[0] = serde_cbor::to_vec(&wire).unwrap();
+        let err = Listing::decode(&index).unwrap().fill(&odd).unwrap_err();
+        assert!(matches!(err, Error::Malformed(_)), "{err}");
+
+        let mut wire: WireListing = serde_cbor::from_slice(&bytes).unwrap();
+        wire.home = Some(ByteBuf::from(vec![7; 15]));
+        let short = serde_cbor::to_vec(&wire).unwrap();
+        assert!(matches!(Listing::decode(&short), Err(Error::Malformed(_))));
     }
 
     #[test]
@@ -900,6 +1014,7 @@ mod tests {
             links: BTreeMap::new(),
             pages: vec![Cap::FileRead(caps(1).remove(0)).to_string()],
             this: None,
+            home: None,
         };
         let bytes = serde_cbor::to_vec(&wire).unwrap();
         assert!(matches!(Listing::decode(&bytes), Err(Error::Malformed(_))));
@@ -909,6 +1024,7 @@ mod tests {
             links: BTreeMap::new(),
             pages: vec![Cap::FileRead(caps(1).remove(0)).to_string()],
             this: None,
+            home: None,
         };
         let bytes = serde_cbor::to_vec(&wire).unwrap();
         assert!(matches!(Listing::decode(&bytes), Err(Error::Malformed(_))));

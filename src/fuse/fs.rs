@@ -24,7 +24,7 @@ use super::notes;
 use super::tree::{Body, FRIENDS, FRIENDS_NAME, Node, ROOT, Tree};
 use super::{Error, Result, errno};
 use crate::caps::{DirReadCap, FileReadCap};
-use crate::dir::{EntryKind, check_name};
+use crate::dir::{EntryKind, Home, Listing, check_name};
 use crate::store::{Pieces, Space, Vault, now};
 
 /// How long the kernel may cache attributes and names. Our own tree changes
@@ -435,6 +435,22 @@ impl LodeFs {
         match self.rt.block_on(self.vault.list_unless(&read, known)) {
             Ok(Some((seq, listing))) => {
                 let mut tree = self.lock();
+                if let Some((parent, name)) = Self::misplaced(&tree, ino, &listing) {
+                    // A name left by a move that did not finish (a crash
+                    // between its publishes): the directory lives where its
+                    // listing says, and this name goes, so that one
+                    // directory never has two (see docs/ARCHITECTURE.md, "A
+                    // moved directory names its new parent").
+                    let path = Self::path_in(&tree, ino).unwrap_or_default();
+                    tree.drop_stale(parent, &name, ino);
+                    drop(tree);
+                    tracing::warn!(
+                        dir = %format!("/{path}"),
+                        "dropped a stale name of a directory that moved elsewhere"
+                    );
+                    self.forget_name(parent, name);
+                    return Err(Error::NotFound);
+                }
                 // Another thread may have listed it meanwhile: our own
                 // directory, once listed, holds every change made since,
                 // and a friend's may hold a newer version than this one.
@@ -465,6 +481,32 @@ impl LodeFs {
         Ok(())
     }
 
+    /// The parent and name by which `ino` was reached, if `listing` (its
+    /// own, just read) says it lives in another directory.
+    fn misplaced(tree: &Tree, ino: u64, listing: &Listing) -> Option<(u64, String)> {
+        if ino == ROOT {
+            return None;
+        }
+        let node = tree.nodes.get(&ino)?;
+        match &tree.nodes.get(&node.parent)?.body {
+            Body::Dir { read, .. } if !Home::admits(listing.home, read) => {
+                Some((node.parent, node.name.clone()))
+            }
+            _ => None,
+        }
+    }
+
+    /// Drop the kernel's cached entry `name` in `parent`. From a thread of
+    /// its own: the kernel takes the parent's lock for it, which the
+    /// request being served may hold.
+    fn forget_name(&self, parent: u64, name: String) {
+        if let Some(notifier) = self.notifier.get().cloned() {
+            std::thread::spawn(move || {
+                let _ = notifier.inval_entry(INodeNo(parent), OsStr::new(&name));
+            });
+        }
+    }
+
     fn child(&self, parent: u64, name: &str) -> Result<u64> {
         if parent == FRIENDS {
             return self.friends().get(name).copied().ok_or(Error::NotFound);
@@ -477,6 +519,22 @@ impl LodeFs {
         tree.children(parent)
             .and_then(|c| c.get(name).copied())
             .ok_or(Error::NotFound)
+    }
+
+    /// [`Self::child`] for a lookup: a directory never listed is listed
+    /// now, so that a stale name of one (see [`Self::misplaced`]) is not
+    /// found even once. Only that is an error here: a directory that cannot
+    /// be listed now (the mirrors are away) is still found, as before.
+    fn looked_up(&self, parent: u64, name: &str) -> Result<u64> {
+        let ino = self.child(parent, name)?;
+        let unlisted = matches!(
+            self.lock().nodes.get(&ino).map(|n| &n.body),
+            Some(Body::Dir { children: None, .. })
+        );
+        if unlisted && let Err(Error::NotFound) = self.load(ino) {
+            return Err(Error::NotFound);
+        }
+        Ok(ino)
     }
 
     /// Check that `parent` is a directory this mount may change, loaded.
@@ -1861,6 +1919,14 @@ impl LodeFs {
                 (false, false) => {}
             }
         }
+        // A directory moving to another parent is republished, naming its
+        // new home; that needs its listing, and the listing's own say on
+        // where it lives (a stale name of it must not move).
+        let moving_dir =
+            parent != newparent && self.lock().nodes.get(&ino).is_some_and(Node::is_dir);
+        if moving_dir {
+            self.load(ino)?;
+        }
         // A directory may not move into itself.
         {
             let tree = self.lock();
@@ -1892,6 +1958,15 @@ impl LodeFs {
         tree.touch_dir(newparent);
         if parent != newparent {
             tree.moved_into.entry(parent).or_default().insert(newparent);
+        }
+        if moving_dir {
+            // Published between its new parent and its old one: the move
+            // takes effect when its listing names the new home (until
+            // then, a crash leaves it where it was; after, the old name is
+            // stale and goes when next listed).
+            tree.dirty.insert(ino);
+            tree.moved_into.entry(ino).or_default().insert(newparent);
+            tree.moved_into.entry(parent).or_default().insert(ino);
         }
         // Like ext4 and most others, a rename changes the inode's ctime.
         tree.changed(ino);
@@ -2341,7 +2416,7 @@ impl Filesystem for Mount {
     fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
         guarded("lookup", || {
             let r = lookup_name(name)
-                .and_then(|n| self.child(parent.0, n))
+                .and_then(|n| self.looked_up(parent.0, n))
                 .and_then(|i| self.entry_attr(i));
             answer_entry(reply, r)
         })

@@ -18,7 +18,7 @@ use std::path::PathBuf;
 use std::time::Instant;
 
 use crate::caps::{DirReadCap, DirWriteCap, FileReadCap};
-use crate::dir::{DirAttrs, Entry, EntryKind, LinkId, Listing, Time};
+use crate::dir::{DirAttrs, Entry, EntryKind, Home, LinkId, Listing, Time};
 use crate::store::now;
 
 pub const ROOT: u64 = 1;
@@ -441,6 +441,16 @@ impl Tree {
                 listing.entries.insert(name.clone(), entry);
             }
         }
+        // Every directory but the root says which directory names it, so a
+        // name left elsewhere by an unfinished move is known for stale.
+        if dir != ROOT
+            && let Some(Node {
+                body: Body::Dir { read, .. },
+                ..
+            }) = self.nodes.get(&node.parent)
+        {
+            listing.home = Some(Home::of(read));
+        }
         if dir == ROOT {
             listing.this = Some(DirAttrs {
                 mode: node.mode,
@@ -583,6 +593,33 @@ impl Tree {
             super::notes::remove(&p);
             let _ = std::fs::remove_file(p);
         }
+    }
+
+    /// Remove `name` from `dir`, if it still names `ino`, because it is
+    /// stale: a name of a directory
+    /// that lives elsewhere. Unlike [`Tree::unlink`], nothing about the
+    /// directory it named changes (it is still named where it lives), and
+    /// neither do `dir`'s times; `dir` is republished without the name if
+    /// it is ours.
+    pub fn drop_stale(&mut self, dir: u64, name: &str, ino: u64) {
+        let Some(children) = self.children_mut(dir) else {
+            return;
+        };
+        if children.get(name) != Some(&ino) {
+            return;
+        }
+        children.remove(name);
+        if self
+            .nodes
+            .get(&dir)
+            .is_some_and(|n| n.writable_dir().is_some())
+        {
+            self.dirty.insert(dir);
+        }
+        if let Some(node) = self.nodes.get_mut(&ino) {
+            node.orphan = true;
+        }
+        self.drop_if_unused(ino);
     }
 
     /// Forget the entries of idle directories, oldest listing first, until

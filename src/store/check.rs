@@ -6,7 +6,7 @@
 //! ciphertext (the coding is deterministic, so the rebuilt share has the
 //! id the manifest names).
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
 
 use tokio::sync::Semaphore;
@@ -15,7 +15,7 @@ use tokio::task::JoinSet;
 use super::{Error, Grid, Result, Vault, hex};
 use crate::caps::{Cap, DirReadCap, FileReadCap, FileVerifyCap};
 use crate::chunk::{self, Node, Params, Share, ShareId, share};
-use crate::dir::SlotEnvelope;
+use crate::dir::{Home, SlotEnvelope};
 
 /// Requests in flight at once during a check.
 const PROBES: usize = 16;
@@ -107,11 +107,17 @@ pub struct CheckReport {
     /// Files whose manifest, and directories whose listing pages, could not
     /// be read: nothing below them was checked.
     pub unreadable: Vec<String>,
+    /// Stale names: paths (below the checked directory) that name a
+    /// directory whose listing says it lives elsewhere, left by a move
+    /// that did not finish. The mount drops such a name when it next lists
+    /// the directory.
+    pub misplaced: Vec<String>,
 }
 
 impl CheckReport {
     pub fn healthy(&self) -> bool {
         self.unreadable.is_empty()
+            && self.misplaced.is_empty()
             && self.objects.iter().all(|o| o.healthy(self.happy))
             && self
                 .tallies
@@ -333,10 +339,14 @@ impl Vault {
         };
         let limit = Arc::new(Semaphore::new(PROBES));
         let mut files: Vec<FileVerifyCap> = Vec::new();
-        let mut dirs: Vec<Cap> = vec![cap.clone()];
+        // Each with the directory it was named in, and its path.
+        let mut dirs: Vec<(Cap, Option<DirReadCap>, String)> =
+            vec![(cap.clone(), None, String::new())];
         let mut seen_slots = BTreeSet::new();
+        // The home each opened listing names, by slot.
+        let mut homes: HashMap<[u8; 32], Option<Home>> = HashMap::new();
         let mut first = true;
-        while let Some(dir) = dirs.pop() {
+        while let Some((dir, named_in, path)) = dirs.pop() {
             // Below the top, a directory that cannot be read is reported
             // and the rest of the tree is still checked.
             let top = std::mem::replace(&mut first, false);
@@ -354,6 +364,12 @@ impl Vault {
                 Cap::DirVerify(v) => v.public_key,
             };
             if !seen_slots.insert(pk) {
+                // A second name of one directory: one of them is stale.
+                if let (Some(parent), Some(home)) = (&named_in, homes.get(&pk))
+                    && !Home::admits(*home, parent)
+                {
+                    report.misplaced.push(format!("/{path}"));
+                }
                 continue;
             }
             report.slots += 1;
@@ -391,6 +407,12 @@ impl Vault {
                         continue;
                     }
                 };
+                homes.insert(pk, listing.home);
+                if let Some(parent) = &named_in
+                    && !Home::admits(listing.home, parent)
+                {
+                    report.misplaced.push(format!("/{path}"));
+                }
                 // A paged listing's pages are files of the directory's own,
                 // checked (and repaired) even if one cannot be read now.
                 files.extend(listing.pages.iter().map(FileReadCap::verify_cap));
@@ -403,9 +425,15 @@ impl Vault {
                 // hard-linked file; its names may hold older snapshots.
                 let caps = listing
                     .entries
-                    .into_values()
-                    .chain(listing.links.into_values());
-                dirs.extend(caps.filter_map(|e| e.cap));
+                    .into_iter()
+                    .chain(listing.links.into_iter().map(|(id, e)| (hex(&id), e)));
+                dirs.extend(caps.filter_map(|(name, e)| {
+                    let child = match path.as_str() {
+                        "" => name,
+                        p => format!("{p}/{name}"),
+                    };
+                    Some((e.cap?, Some(read.clone()), child))
+                }));
             }
         }
         for file in files {

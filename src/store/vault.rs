@@ -833,6 +833,7 @@ impl Vault {
                 zeroize::Zeroizing::new(Listing::encode_index(
                     &listing.pages,
                     listing.this.as_ref(),
+                    listing.home.as_ref(),
                 ))
             }
         };

@@ -405,27 +405,38 @@ impl Drop for TestServer {
 
 /// A pass-through proxy in front of one mirror that records, in order,
 /// the slot keys (hex) of the directory updates (`PUT /v1/slot/KEY`) it
-/// forwards. Requests are signed over their method and path, not the
-/// host, so the mirror takes them as from the client.
+/// forwards, and answers 503 to updates of the slots it is told to refuse
+/// (as a mirror that went away would). Requests are signed over their
+/// method and path, not the host, so the mirror takes them as from the
+/// client.
 pub struct SlotRecorder {
     pub server: TestServer,
     puts: Arc<std::sync::Mutex<Vec<String>>>,
+    refused: Arc<std::sync::Mutex<std::collections::HashSet<String>>>,
 }
 
 impl SlotRecorder {
     pub fn start(upstream: &str) -> SlotRecorder {
         let puts = Arc::new(std::sync::Mutex::new(Vec::new()));
-        let log = puts.clone();
+        let refused = Arc::new(std::sync::Mutex::new(std::collections::HashSet::new()));
+        let (log, refusing) = (puts.clone(), refused.clone());
         let upstream = upstream.to_string();
         let client = reqwest::Client::new();
         let app = axum::Router::new().fallback(move |req: axum::extract::Request| {
-            let (client, upstream, log) = (client.clone(), upstream.clone(), log.clone());
+            let (client, upstream) = (client.clone(), upstream.clone());
+            let (log, refusing) = (log.clone(), refusing.clone());
             async move {
                 let (parts, body) = req.into_parts();
                 let path = parts.uri.path_and_query().map_or("/", |p| p.as_str());
                 if parts.method == axum::http::Method::PUT
                     && let Some(key) = path.strip_prefix("/v1/slot/")
                 {
+                    if refusing.lock().unwrap().contains(key) {
+                        return axum::http::Response::builder()
+                            .status(503)
+                            .body(axum::body::Body::from("refused by the test"))
+                            .unwrap();
+                    }
                     log.lock().unwrap().push(key.to_string());
                 }
                 let body = axum::body::to_bytes(body, 64 << 20).await.unwrap();
@@ -450,7 +461,18 @@ impl SlotRecorder {
         SlotRecorder {
             server: TestServer::start(app),
             puts,
+            refused,
         }
+    }
+
+    /// Answer 503 to every update of the slot `key` (hex) from now on.
+    pub fn refuse(&self, key: &str) {
+        self.refused.lock().unwrap().insert(key.to_string());
+    }
+
+    /// Forward every update again.
+    pub fn refuse_none(&self) {
+        self.refused.lock().unwrap().clear();
     }
 
     pub fn url(&self) -> &str {
