@@ -1469,6 +1469,37 @@ fn a_directory_move_cut_short_leaves_the_directory_in_one_place() {
     }
 }
 
+/// A directory removed from the tree publishes its last listing, which
+/// is empty: whoever holds its read-cap (a friend it was shared with) sees
+/// its entries gone, not the ones it had at its last publish.
+#[test]
+fn a_removed_directory_reads_empty_by_its_cap() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (_mirrors, client) = common::three_mirrors_and_client(tmp.path());
+    let mp = tmp.path().join("mnt");
+    let _m = Mounted::new(&client, &mp);
+    std::fs::create_dir_all(mp.join("shared/sub")).unwrap();
+    std::fs::write(mp.join("shared/a"), b"a").unwrap();
+    std::fs::write(mp.join("shared/sub/b"), b"b").unwrap();
+    client.ok(&["sync"]);
+    let cap = |path: &str| client.ok(&["share", path]).trim().to_string();
+    let (shared, sub) = (cap("shared"), cap("shared/sub"));
+    let names = |cap: &str| -> Vec<String> {
+        client
+            .ok(&["ls", cap])
+            .lines()
+            .filter_map(|l| l.split_whitespace().last().map(str::to_string))
+            .collect()
+    };
+    assert_eq!(names(&shared), ["a", "sub"]);
+    assert_eq!(names(&sub), ["b"]);
+    std::fs::remove_dir_all(mp.join("shared")).unwrap();
+    client.ok(&["sync"]);
+    assert_eq!(names(&shared), Vec::<String>::new());
+    assert_eq!(names(&sub), Vec::<String>::new());
+    assert!(!mp.join("shared").exists());
+}
+
 /// Local copies of uploaded files are only a cache: on a staging disk
 /// smaller than the `keep` budget they must not fill it, and a write that
 /// finds it full gets room by dropping them, not ENOSPC.

@@ -896,6 +896,7 @@ impl LodeFs {
             match &result {
                 Ok(_) => {
                     tree.too_large.remove(&dir);
+                    tree.unpublished.remove(&dir);
                     // Nine times what this one took, before the background
                     // publishes it again: unpacking into a directory of
                     // 50,000 entries would otherwise spend most of a core
@@ -923,6 +924,8 @@ impl LodeFs {
         }
         self.published.notify_all();
         result?;
+        // A removed directory stayed only for this publish.
+        self.lock().drop_if_unused(dir);
         // Children whose upload this listing names are safe on the mirrors
         // now: their recovery notes go, and their staged copies stay as a
         // read cache within the keep budget.
@@ -1770,6 +1773,7 @@ impl LodeFs {
             node.lookups = (node.lookups + lookups).saturating_sub(1);
         }
         tree.dirty.insert(ino);
+        tree.unpublished.insert(ino);
         Ok((ino, attr))
     }
 

@@ -178,6 +178,9 @@ pub struct Tree {
     /// read-only directory that finds the same version keeps what it has
     /// (a large friend's directory is pages to fetch and decode).
     pub listed_seq: HashMap<u64, u64>,
+    /// Directories made by this mount and not yet published: removed
+    /// before their first publish, they need none.
+    pub unpublished: HashSet<u64>,
 }
 
 impl Tree {
@@ -209,6 +212,7 @@ impl Tree {
             dirty: HashSet::new(),
             moved_into: HashMap::new(),
             listed_seq: HashMap::new(),
+            unpublished: HashSet::new(),
             publishing: HashSet::new(),
             too_large: HashMap::new(),
             publish_after: HashMap::new(),
@@ -433,7 +437,11 @@ impl Tree {
     /// The listing to publish for a directory: every child that has a cap,
     /// and for the root, the link table.
     pub fn listing(&self, dir: u64) -> Option<Listing> {
-        let node = self.nodes.get(&dir).filter(|n| !n.orphan)?;
+        // A removed directory is empty (or POSIX would not have let it
+        // go): its last listing goes up like any other, so that a friend
+        // holding its read-cap sees its entries gone, not the ones it had
+        // at its last publish.
+        let node = self.nodes.get(&dir)?;
         let write = node.writable_dir()?;
         let mut listing = Listing::default();
         for (name, &ino) in self.children(dir)? {
@@ -559,6 +567,15 @@ impl Tree {
         }
         node.orphan = true;
         node.ctime = now();
+        if self.unpublished.remove(&ino) {
+            // Named by no listing on the mirrors but its parent's, which
+            // is republished without it.
+            self.dirty.remove(&ino);
+            self.moved_into.remove(&ino);
+        }
+        let Some(node) = self.nodes.get_mut(&ino) else {
+            return;
+        };
         if let Some(id) = node.link.take() {
             self.links.remove(&id);
             self.dirty.insert(ROOT);
@@ -573,16 +590,22 @@ impl Tree {
         self.drop_if_unused(ino);
     }
 
-    /// Drop an orphan nobody holds any more, with its staged data.
+    /// Drop an orphan nobody holds any more, with its staged data. A
+    /// removed directory whose last change is still to be published stays
+    /// until it is (see [`Tree::listing`]).
     pub fn drop_if_unused(&mut self, ino: u64) {
-        let unused = self
-            .nodes
-            .get(&ino)
-            .is_some_and(|n| n.orphan && n.opens == 0 && n.lookups == 0);
+        let unused = self.nodes.get(&ino).is_some_and(|n| {
+            n.orphan
+                && n.opens == 0
+                && n.lookups == 0
+                && !self.dirty.contains(&ino)
+                && !self.publishing.contains(&ino)
+        });
         if !unused {
             return;
         }
         self.listed_seq.remove(&ino);
+        self.unpublished.remove(&ino);
         if let Some(Node {
             body: Body::File {
                 staged: Some(p), ..
