@@ -73,6 +73,9 @@ impl Piece {
     }
 }
 
+/// The read buffer of a file upload, at most.
+const READ_BUFFER: usize = 1 << 20;
+
 /// Told how many bytes of a file an upload has just covered.
 pub type Progress = Arc<dyn Fn(u64) + Send + Sync>;
 
@@ -384,12 +387,16 @@ impl Vault {
     /// seconds. The bytes stored and read back are the same either way;
     /// only where chunks are cut around a hole differs.
     pub async fn put_path(&self, path: &Path) -> Result<FileReadCap> {
-        self.put_path_reporting(path, Arc::new(|_| {})).await
+        self.put_path_with(path, None).await
     }
 
     /// [`Self::put_path`], telling `progress` how many of the file's bytes
     /// each step covered, read or skipped as a hole (for a progress bar).
     pub async fn put_path_reporting(&self, path: &Path, progress: Progress) -> Result<FileReadCap> {
+        self.put_path_with(path, Some(progress)).await
+    }
+
+    async fn put_path_with(&self, path: &Path, progress: Option<Progress>) -> Result<FileReadCap> {
         let mut file = std::fs::File::open(path)?;
         let len = file.metadata()?.len();
         let max = self.chunker.max as u64;
@@ -397,14 +404,28 @@ impl Vault {
         if !extents.iter().any(|e| matches!(e, Extent::Hole { .. })) {
             // Finding the holes moved the file's offset.
             file.rewind()?;
-            let file = Counted {
-                inner: file,
-                progress,
+            // No larger than the file: a reader without `read_buf` (stable
+            // Rust has no way to write one) has its buffer zeroed whole
+            // first, which for a 4 KiB file in a 1 MiB buffer was most of
+            // an untar's upload cost (docs/PERFORMANCE.md, "Untar").
+            let buffer = (len as usize).clamp(8 << 10, READ_BUFFER);
+            return match progress {
+                // `File` fills the buffer without zeroing it.
+                None => {
+                    self.put_reader(std::io::BufReader::with_capacity(buffer, file))
+                        .await
+                }
+                Some(progress) => {
+                    let file = Counted {
+                        inner: file,
+                        progress,
+                    };
+                    self.put_reader(std::io::BufReader::with_capacity(buffer, file))
+                        .await
+                }
             };
-            return self
-                .put_reader(std::io::BufReader::with_capacity(1 << 20, file))
-                .await;
         }
+        let progress = progress.unwrap_or_else(|| Arc::new(|_| {}));
         let chunker = self.chunker;
         self.put_pieces(move |emit| {
             for extent in extents {
@@ -416,7 +437,7 @@ impl Vault {
                             inner: at.take(len),
                             progress: progress.clone(),
                         };
-                        let reader = std::io::BufReader::with_capacity(1 << 20, at);
+                        let reader = std::io::BufReader::with_capacity(READ_BUFFER, at);
                         for chunk in chunker.chunks(reader) {
                             if !emit(Piece::Data(chunk?)) {
                                 return Ok(());
