@@ -1469,6 +1469,57 @@ fn a_directory_move_cut_short_leaves_the_directory_in_one_place() {
     }
 }
 
+/// Two moves that depend on each other (`mv a/x b/; mv b a/`: a must name
+/// b before the root drops it, and b must name x before a drops it), cut
+/// short with a's update refused, then kill -9: every file is still
+/// reachable after a remount. The root used to go up before a, dropping b
+/// (and everything in it) from the tree.
+#[test]
+fn moves_that_depend_on_each_other_cut_short_lose_nothing() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mirrors: Vec<MirrorProc> = (0..3)
+        .map(|i| MirrorProc::start(&tmp.path().join(format!("m{i}")), &[]))
+        .collect();
+    let proxies: Vec<common::SlotRecorder> = mirrors
+        .iter()
+        .map(|m| common::SlotRecorder::start(&m.url))
+        .collect();
+    let urls: Vec<&str> = proxies.iter().map(|p| p.url()).collect();
+    let client = Client::new(&tmp.path().join("home"), &urls);
+    let mp = tmp.path().join("mnt");
+    let (f, g) = (b"in x".to_vec(), b"in b".to_vec());
+    let m = Mounted::new(&client, &mp);
+    std::fs::create_dir_all(mp.join("a/x")).unwrap();
+    std::fs::create_dir(mp.join("b")).unwrap();
+    std::fs::write(mp.join("a/x/f"), &f).unwrap();
+    std::fs::write(mp.join("b/g"), &g).unwrap();
+    client.ok(&["sync"]);
+    let cap: lode::caps::Cap = client.ok(&["share", "a"]).trim().parse().unwrap();
+    let lode::caps::Cap::DirRead(a) = cap else {
+        panic!("a is not a directory")
+    };
+    for p in &proxies {
+        p.refuse(&lode::protocol::hex(&a.public_key));
+    }
+    std::fs::rename(mp.join("a/x"), mp.join("b/x")).unwrap();
+    std::fs::rename(mp.join("b"), mp.join("a/b")).unwrap();
+    assert!(!client.run(&["sync"]).status.success());
+    kill_mount(&mp);
+    drop(m);
+    for p in &proxies {
+        p.refuse_none();
+    }
+    let m = Mounted::new(&client, &mp);
+    let found = |paths: &[&str], want: &[u8]| {
+        paths
+            .iter()
+            .any(|p| std::fs::read(mp.join(p)).is_ok_and(|got| got == want))
+    };
+    assert!(found(&["a/x/f", "b/x/f", "a/b/x/f"], &f), "x/f was lost");
+    assert!(found(&["b/g", "a/b/g"], &g), "b/g was lost");
+    drop(m);
+}
+
 /// A directory removed from the tree publishes its last listing, which
 /// is empty: whoever holds its read-cap (a friend it was shared with) sees
 /// its entries gone, not the ones it had at its last publish.

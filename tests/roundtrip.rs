@@ -294,3 +294,62 @@ fn reads_are_served_from_the_cache_only_with_the_right_key() {
         assert!(fresh.get_bytes(&cap).await.is_err());
     });
 }
+
+/// A directory's home (where its listing says it lives) is believed only
+/// where that directory names it and is itself reachable, up its own
+/// homes, from the root: a name of it elsewhere is then stale. A home that
+/// no longer names it (an older lode moved it without updating its home,
+/// or the listing was read from a mirror that lags) is not believed, and
+/// no name is judged stale by it.
+#[test]
+fn a_home_is_believed_only_where_it_names_the_directory() {
+    use lode::dir::Home;
+    let rt = common::runtime();
+    rt.block_on(async {
+        let (vault, _store) = common::single(31);
+        let root = vault.root().clone();
+        let p = vault.walk_dirs(&root, "p", true).await.unwrap();
+        let q = vault.walk_dirs(&root, "q", true).await.unwrap();
+        let d = vault.walk_dirs(&root, "p/d", true).await.unwrap();
+        let (top, pr, qr, dr) = (root.read_cap(), p.read_cap(), q.read_cap(), d.read_cap());
+        let set_home = |dir: lode::caps::DirWriteCap, home: lode::caps::DirReadCap| {
+            let vault = &vault;
+            let root = root.clone();
+            async move {
+                vault
+                    .update_dir(&dir, |l| {
+                        l.home = Some(Home::seal(&root, &dir.read_cap(), &home));
+                        Ok(())
+                    })
+                    .await
+                    .unwrap();
+            }
+        };
+        // Without homes up to the root, nothing can be believed.
+        assert!(!vault.lives_in(&pr, &dr).await.unwrap());
+        set_home(p.clone(), top.clone()).await;
+        set_home(d.clone(), pr.clone()).await;
+        assert!(vault.lives_in(&pr, &dr).await.unwrap());
+        assert!(vault.lives_in(&top, &pr).await.unwrap());
+        // d named in q too, its home p: the name in q is stale.
+        assert!(vault.stale_name(&qr, &pr, &dr).await);
+        assert!(!vault.stale_name(&pr, &pr, &dr).await);
+        // A home that does not name it: not believed.
+        assert!(!vault.lives_in(&qr, &dr).await.unwrap());
+        assert!(!vault.stale_name(&pr, &qr, &dr).await);
+        // p's own home moves to q, which does not name p: p no longer
+        // reaches the root, so neither does d through it.
+        set_home(p.clone(), qr.clone()).await;
+        assert!(!vault.stale_name(&qr, &pr, &dr).await);
+        set_home(p.clone(), top.clone()).await;
+        // d gone from p (moved by a lode that did not update its home).
+        vault
+            .update_dir(&p, |l| {
+                l.entries.remove("d");
+                Ok(())
+            })
+            .await
+            .unwrap();
+        assert!(!vault.stale_name(&qr, &pr, &dr).await);
+    });
+}

@@ -428,6 +428,12 @@ async fn check(s: &Session, target: &str, verify: bool, repair: bool) -> Result<
     for e in &report.unreadable {
         println!("  UNREADABLE {e}");
     }
+    for path in &report.twice {
+        println!(
+            "  NAMED TWICE {path}: the same directory as another path (moves that a crash \
+             interrupted); a change under either name shows under both"
+        );
+    }
     for path in &report.misplaced {
         println!(
             "  STALE NAME {path}: names a directory that moved elsewhere (a move that did not \
@@ -468,9 +474,9 @@ async fn check(s: &Session, target: &str, verify: bool, repair: bool) -> Result<
             0 => String::new(),
             n => format!("{n} files or directories could not be read, "),
         };
-        let misplaced = match report.misplaced.len() {
+        let misplaced = match report.misplaced.len() + report.twice.len() {
             0 => String::new(),
-            n => format!("{n} stale names of moved directories, "),
+            n => format!("{n} directories named in two places, "),
         };
         bail!(
             "{unreadable}{misplaced}{} objects need repair ({} unrecoverable)",

@@ -217,6 +217,11 @@ impl SlotSeed {
     pub fn write_seal_key(&self) -> WriteSealKey {
         WriteSealKey(derive(&self.0, b"dir child write"))
     }
+    /// Seals where each directory of a tree lives, under the tree's root
+    /// (see `dir::Home`).
+    pub fn home_seal_key(&self) -> WriteSealKey {
+        WriteSealKey(derive(&self.0, b"dir home"))
+    }
     pub fn public_key(&self) -> [u8; 32] {
         self.signing_key().public_key()
     }

@@ -270,55 +270,63 @@ pub struct Listing {
     /// tree, whose attributes no parent's entry holds. Every other
     /// directory's are in its entry in its parent.
     pub this: Option<DirAttrs>,
-    /// The directory that names this one ([`Home::of`] its read-cap), as
-    /// of this version. A name of this directory in any other directory
-    /// is stale: left by a move that did not finish (see
-    /// docs/ARCHITECTURE.md, "A moved directory names its new parent").
-    /// `None` in listings written before the field, and in roots.
+    /// Where this directory lives: its parent's read-cap, sealed under the
+    /// tree's root (see [`Home`]). A name of this directory anywhere else
+    /// is stale, left by a move that did not finish (docs/ARCHITECTURE.md,
+    /// "A moved directory names its new parent"). `None` in listings
+    /// written before the field, and in roots.
     pub home: Option<Home>,
 }
 
-/// A tag naming a directory's parent, without revealing it: a hash of the
-/// parent's read-cap, so only a holder of that read-cap can tell which
-/// directory it is (see [`Listing::home`]).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Home([u8; HOME_BYTES]);
+/// A directory's parent, sealed so that only the tree's owner (a holder of
+/// the root write-cap) can open it: a friend who reads one directory
+/// learns nothing of the directories above it. The seal is bound to the
+/// directory's own key, so it cannot be moved to another listing.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Home(Vec<u8>);
 
-/// The length of a [`Home`] tag.
-const HOME_BYTES: usize = 16;
-const HOME_DOMAIN: &[u8] = b"lode directory home v1\0";
+const HOME_CONTEXT: &[u8] = b"lode directory home v1";
+/// A sealed home is a read-cap string and a tag; anything longer is refused.
+const HOME_MAX_BYTES: usize = 512;
 
 impl Home {
-    /// The tag of the directory `parent` reads.
-    pub fn of(parent: &DirReadCap) -> Home {
-        use sha2::Digest;
-        let h = sha2::Sha256::new()
-            .chain_update(HOME_DOMAIN)
-            .chain_update(parent.public_key)
-            .chain_update(parent.read_key.expose())
-            .finalize();
-        Home(h[..HOME_BYTES].try_into().expect("a prefix of the hash"))
+    /// `parent`, as the home of the directory `child`, in the tree whose
+    /// root is `root`.
+    pub fn seal(root: &DirWriteCap, child: &DirReadCap, parent: &DirReadCap) -> Home {
+        let parent = Cap::DirRead(parent.clone()).to_string();
+        Home(
+            root.seed
+                .home_seal_key()
+                .seal(&[HOME_CONTEXT, &child.public_key], parent.as_bytes()),
+        )
     }
 
-    /// Whether a listing that says `home` may be named by `parent`: one
-    /// that says nothing (written before the field) may.
-    pub fn admits(home: Option<Home>, parent: &DirReadCap) -> bool {
-        home.is_none_or(|h| h == Home::of(parent))
+    /// The parent this home names, if it was sealed for `child` under
+    /// `root` (`None` for another tree's, or a forged one).
+    pub fn open(&self, root: &DirWriteCap, child: &DirReadCap) -> Option<DirReadCap> {
+        let plain = root
+            .seed
+            .home_seal_key()
+            .open(&[HOME_CONTEXT, &child.public_key], &self.0)
+            .ok()?;
+        match std::str::from_utf8(&plain).ok()?.parse::<Cap>().ok()? {
+            Cap::DirRead(parent) => Some(parent),
+            _ => None,
+        }
     }
 }
 
 fn home_from_wire(bytes: Option<ByteBuf>) -> Result<Option<Home>> {
-    bytes
-        .map(|b| {
-            <[u8; HOME_BYTES]>::try_from(b.as_slice())
-                .map(Home)
-                .map_err(|_| Error::Malformed(format!("a home tag is {HOME_BYTES} bytes")))
-        })
-        .transpose()
+    match bytes {
+        Some(b) if b.len() > HOME_MAX_BYTES => Err(Error::Malformed(format!(
+            "a home is at most {HOME_MAX_BYTES} bytes"
+        ))),
+        b => Ok(b.map(|b| Home(b.into_vec()))),
+    }
 }
 
 fn home_to_wire(home: Option<&Home>) -> Option<ByteBuf> {
-    home.map(|h| ByteBuf::from(h.0.to_vec()))
+    home.map(|h| ByteBuf::from(h.0.clone()))
 }
 
 /// A directory's own mode, owner and times (see [`Listing::this`]).
@@ -954,43 +962,41 @@ mod tests {
         assert!(matches!(err, Error::Malformed(_)), "{err}");
     }
 
-    /// A listing's home survives whole and paged listings; it names one
-    /// parent only; a page that carries one, or one of the wrong length,
-    /// is refused; and a listing without one may sit anywhere.
+    /// A listing's home survives whole and paged listings; only the tree's
+    /// root opens it, and only for the directory it was sealed for; a page
+    /// that carries one, or an oversized one, is refused.
     #[test]
-    fn a_directorys_home_round_trips_and_names_one_parent() {
-        let dir = |b: u8| {
-            crate::caps::DirWriteCap {
-                seed: SlotSeed::from_bytes([b; 32]),
-            }
-            .read_cap()
+    fn a_directorys_home_round_trips_and_opens_only_for_its_tree() {
+        let dir = |b: u8| crate::caps::DirWriteCap {
+            seed: SlotSeed::from_bytes([b; 32]),
         };
-        let (a, b) = (dir(1), dir(2));
-        let home = Home::of(&a);
-        assert_eq!(home, Home::of(&dir(1)));
-        assert_ne!(home, Home::of(&b));
-        assert!(Home::admits(Some(home), &a));
-        assert!(!Home::admits(Some(home), &b));
-        assert!(Home::admits(None, &b));
+        let (root, other_root) = (dir(1), dir(2));
+        let (child, parent) = (dir(3).read_cap(), dir(4).read_cap());
+        let home = Home::seal(&root, &child, &parent);
+        assert_eq!(home.open(&root, &child), Some(parent.clone()));
+        assert_eq!(home.open(&other_root, &child), None);
+        assert_eq!(home.open(&root, &dir(5).read_cap()), None);
+        // Deterministic: republishing an unchanged directory changes nothing.
+        assert_eq!(home, Home::seal(&root, &child, &parent));
 
         let mut l = listing(3, 10);
-        l.home = Some(home);
+        l.home = Some(home.clone());
         let Encoded::Whole(bytes) = l.paginate(1 << 20).unwrap() else {
             panic!("a small listing was paged")
         };
-        assert_eq!(Listing::decode(&bytes).unwrap().home, Some(home));
+        assert_eq!(Listing::decode(&bytes).unwrap().home, Some(home.clone()));
         assert_eq!(
             Listing::decode(&listing(3, 10).encode()).unwrap().home,
             None
         );
 
         let mut l = listing(500, 100);
-        l.home = Some(home);
+        l.home = Some(home.clone());
         let pages = pages_of(&l, 8192);
         let index = Listing::encode_index(&caps(pages.len()), None, Some(&home));
         let mut read = Listing::decode(&index).unwrap();
         read.fill(&pages).unwrap();
-        assert_eq!(read.home, Some(home));
+        assert_eq!(read.home, Some(home.clone()));
         assert_eq!(read.entries, l.entries);
 
         let mut odd = pages.clone();
@@ -1001,9 +1007,9 @@ mod tests {
         assert!(matches!(err, Error::Malformed(_)), "{err}");
 
         let mut wire: WireListing = serde_cbor::from_slice(&bytes).unwrap();
-        wire.home = Some(ByteBuf::from(vec![7; 15]));
-        let short = serde_cbor::to_vec(&wire).unwrap();
-        assert!(matches!(Listing::decode(&short), Err(Error::Malformed(_))));
+        wire.home = Some(ByteBuf::from(vec![7; HOME_MAX_BYTES + 1]));
+        let long = serde_cbor::to_vec(&wire).unwrap();
+        assert!(matches!(Listing::decode(&long), Err(Error::Malformed(_))));
     }
 
     #[test]

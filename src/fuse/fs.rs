@@ -24,7 +24,7 @@ use super::notes;
 use super::tree::{Body, FRIENDS, FRIENDS_NAME, Node, ROOT, Tree};
 use super::{Error, Result, errno};
 use crate::caps::{DirReadCap, FileReadCap};
-use crate::dir::{EntryKind, Home, Listing, check_name};
+use crate::dir::{EntryKind, Listing, check_name};
 use crate::store::{Pieces, Space, Vault, now};
 
 /// How long the kernel may cache attributes and names. Our own tree changes
@@ -434,13 +434,18 @@ impl LodeFs {
         };
         match self.rt.block_on(self.vault.list_unless(&read, known)) {
             Ok(Some((seq, listing))) => {
-                let mut tree = self.lock();
-                if let Some((parent, name)) = Self::misplaced(&tree, ino, &listing) {
-                    // A name left by a move that did not finish (a crash
-                    // between its publishes): the directory lives where its
-                    // listing says, and this name goes, so that one
-                    // directory never has two (see docs/ARCHITECTURE.md, "A
-                    // moved directory names its new parent").
+                // A name left by a move that did not finish (a crash between
+                // its publishes): the directory lives where its listing
+                // says, and this name goes, so that one directory never has
+                // two (see docs/ARCHITECTURE.md, "A moved directory names
+                // its new parent").
+                let claimed = self.claimed_elsewhere(ino, &listing);
+                if let Some((parent, name, named_in, home)) = claimed
+                    && self
+                        .rt
+                        .block_on(self.vault.stale_name(&named_in, &home, &read))
+                {
+                    let mut tree = self.lock();
                     let path = Self::path_in(&tree, ino).unwrap_or_default();
                     tree.drop_stale(parent, &name, ino);
                     drop(tree);
@@ -451,6 +456,7 @@ impl LodeFs {
                     self.forget_name(parent, name);
                     return Err(Error::NotFound);
                 }
+                let mut tree = self.lock();
                 // Another thread may have listed it meanwhile: our own
                 // directory, once listed, holds every change made since,
                 // and a friend's may hold a newer version than this one.
@@ -481,19 +487,35 @@ impl LodeFs {
         Ok(())
     }
 
-    /// The parent and name by which `ino` was reached, if `listing` (its
-    /// own, just read) says it lives in another directory.
-    fn misplaced(tree: &Tree, ino: u64, listing: &Listing) -> Option<(u64, String)> {
+    /// If `listing` (`ino`'s own, just read, and to be loaded) says the
+    /// directory lives somewhere else than the directory it was reached
+    /// through: that parent's inode, the name, its read-cap and the home
+    /// the listing names. Only for directories of our own tree not listed
+    /// yet (a listed one holds every change since, including a move).
+    fn claimed_elsewhere(
+        &self,
+        ino: u64,
+        listing: &Listing,
+    ) -> Option<(u64, String, DirReadCap, DirReadCap)> {
         if ino == ROOT {
             return None;
         }
+        let tree = self.lock();
         let node = tree.nodes.get(&ino)?;
-        match &tree.nodes.get(&node.parent)?.body {
-            Body::Dir { read, .. } if !Home::admits(listing.home, read) => {
-                Some((node.parent, node.name.clone()))
-            }
-            _ => None,
-        }
+        let Body::Dir {
+            write: Some(_),
+            read,
+            children: None,
+            ..
+        } = &node.body
+        else {
+            return None;
+        };
+        let Body::Dir { read: named_in, .. } = &tree.nodes.get(&node.parent)?.body else {
+            return None;
+        };
+        let home = listing.home.as_ref()?.open(self.vault.root(), read)?;
+        (&home != named_in).then(|| (node.parent, node.name.clone(), named_in.clone(), home))
     }
 
     /// Drop the kernel's cached entry `name` in `parent`. From a thread of
@@ -811,6 +833,14 @@ impl LodeFs {
                         if tree.dirty.contains(&cur) || tree.publishing.contains(&cur) {
                             chain.push(cur);
                         } else if cur != d {
+                            break;
+                        }
+                        // One being published further up this call (a
+                        // cycle) ends the chain: the directories above it
+                        // go after it, not before this one. Climbing on
+                        // published the root (which a directory had moved
+                        // out of) before the directory it moved into.
+                        if visiting.contains(&cur) {
                             break;
                         }
                         match tree.nodes.get(&cur) {
@@ -1925,11 +1955,12 @@ impl LodeFs {
         }
         // A directory moving to another parent is republished, naming its
         // new home; that needs its listing, and the listing's own say on
-        // where it lives (a stale name of it must not move).
+        // where it lives (a stale name of it must not move). One that
+        // cannot be listed now (the mirrors are away) moves as before.
         let moving_dir =
             parent != newparent && self.lock().nodes.get(&ino).is_some_and(Node::is_dir);
-        if moving_dir {
-            self.load(ino)?;
+        if moving_dir && let Err(Error::NotFound) = self.load(ino) {
+            return Err(Error::NotFound);
         }
         // A directory may not move into itself.
         {
@@ -1964,13 +1995,11 @@ impl LodeFs {
             tree.moved_into.entry(parent).or_default().insert(newparent);
         }
         if moving_dir {
-            // Published between its new parent and its old one: the move
-            // takes effect when its listing names the new home (until
-            // then, a crash leaves it where it was; after, the old name is
-            // stale and goes when next listed).
+            // Its listing names its new home: after a crash that left both
+            // parents naming it, the one its listing names keeps it. In
+            // no particular order with its parents: a home that does not
+            // name it is not believed (`Vault::stale_name`).
             tree.dirty.insert(ino);
-            tree.moved_into.entry(ino).or_default().insert(newparent);
-            tree.moved_into.entry(parent).or_default().insert(ino);
         }
         // Like ext4 and most others, a rename changes the inode's ctime.
         tree.changed(ino);

@@ -453,11 +453,13 @@ impl Tree {
         // name left elsewhere by an unfinished move is known for stale.
         if dir != ROOT
             && let Some(Node {
-                body: Body::Dir { read, .. },
+                body: Body::Dir { read: parent, .. },
                 ..
             }) = self.nodes.get(&node.parent)
+            && let Some(root) = self.nodes.get(&ROOT).and_then(Node::writable_dir)
+            && let Body::Dir { read: own, .. } = &node.body
         {
-            listing.home = Some(Home::of(read));
+            listing.home = Some(Home::seal(root, own, parent));
         }
         if dir == ROOT {
             listing.this = Some(DirAttrs {

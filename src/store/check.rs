@@ -15,7 +15,7 @@ use tokio::task::JoinSet;
 use super::{Error, Grid, Result, Vault, hex};
 use crate::caps::{Cap, DirReadCap, FileReadCap, FileVerifyCap};
 use crate::chunk::{self, Node, Params, Share, ShareId, share};
-use crate::dir::{Home, SlotEnvelope};
+use crate::dir::SlotEnvelope;
 
 /// Requests in flight at once during a check.
 const PROBES: usize = 16;
@@ -112,12 +112,18 @@ pub struct CheckReport {
     /// that did not finish. The mount drops such a name when it next lists
     /// the directory.
     pub misplaced: Vec<String>,
+    /// Paths naming a directory already reached by another path, neither
+    /// name known for stale (see [`Vault::stale_name`]): moves a crash
+    /// interrupted left one directory in two places, and a change under
+    /// either name shows under both.
+    pub twice: Vec<String>,
 }
 
 impl CheckReport {
     pub fn healthy(&self) -> bool {
         self.unreadable.is_empty()
             && self.misplaced.is_empty()
+            && self.twice.is_empty()
             && self.objects.iter().all(|o| o.healthy(self.happy))
             && self
                 .tallies
@@ -343,8 +349,12 @@ impl Vault {
         let mut dirs: Vec<(Cap, Option<DirReadCap>, String)> =
             vec![(cap.clone(), None, String::new())];
         let mut seen_slots = BTreeSet::new();
-        // The home each opened listing names, by slot.
-        let mut homes: HashMap<[u8; 32], Option<Home>> = HashMap::new();
+        // The home each opened listing names (as far as this tree's root
+        // opens it), by slot.
+        let mut homes: HashMap<[u8; 32], Option<DirReadCap>> = HashMap::new();
+        // Slots a stale name of which was found (their other name is not
+        // also reported).
+        let mut stale_named = BTreeSet::new();
         let mut first = true;
         while let Some((dir, named_in, path)) = dirs.pop() {
             // Below the top, a directory that cannot be read is reported
@@ -365,10 +375,16 @@ impl Vault {
             };
             if !seen_slots.insert(pk) {
                 // A second name of one directory: one of them is stale.
-                if let (Some(parent), Some(home)) = (&named_in, homes.get(&pk))
-                    && !Home::admits(*home, parent)
+                if let (Some(parent), Some(Some(home)), Some(read)) =
+                    (&named_in, homes.get(&pk), dir.clone().into_dir_read().ok())
+                    && self.stale_name(parent, home, &read).await
                 {
                     report.misplaced.push(format!("/{path}"));
+                } else if named_in.is_some()
+                    && dir.clone().into_dir_read().is_ok()
+                    && !stale_named.contains(&pk)
+                {
+                    report.twice.push(format!("/{path}"));
                 }
                 continue;
             }
@@ -407,12 +423,17 @@ impl Vault {
                         continue;
                     }
                 };
-                homes.insert(pk, listing.home);
-                if let Some(parent) = &named_in
-                    && !Home::admits(listing.home, parent)
+                let home = listing
+                    .home
+                    .as_ref()
+                    .and_then(|h| h.open(self.root(), &read));
+                if let (Some(parent), Some(home)) = (&named_in, &home)
+                    && self.stale_name(parent, home, &read).await
                 {
                     report.misplaced.push(format!("/{path}"));
+                    stale_named.insert(pk);
                 }
+                homes.insert(pk, home);
                 // A paged listing's pages are files of the directory's own,
                 // checked (and repaired) even if one cannot be read now.
                 files.extend(listing.pages.iter().map(FileReadCap::verify_cap));

@@ -73,6 +73,9 @@ impl Piece {
     }
 }
 
+/// The longest chain of homes [`Vault::lives_in`] follows to the root.
+const HOME_DEPTH_MAX: usize = 256;
+
 /// The read buffer of a file upload, at most.
 const READ_BUFFER: usize = 1 << 20;
 
@@ -933,6 +936,53 @@ impl Vault {
         })
         .await?;
         Ok(())
+    }
+
+    /// Whether the directory `child`, found named in `named_in`, is stale
+    /// there: its listing's `home` (opened: [`Home::open`]) is another
+    /// directory, which names it and lives, by its own homes, under this
+    /// vault's root ([`Self::lives_in`]). A name is judged stale only when
+    /// the directory is known to be reachable elsewhere; anything that does
+    /// not check out (a home that no longer names it, which an older lode
+    /// that moved it without updating its home leaves; a listing read from
+    /// a lagging mirror; a mirror that does not answer) keeps the name.
+    pub async fn stale_name(
+        &self,
+        named_in: &DirReadCap,
+        home: &DirReadCap,
+        child: &DirReadCap,
+    ) -> bool {
+        home != named_in && self.lives_in(home, child).await.unwrap_or(false)
+    }
+
+    /// Whether `parent` names the directory `child` and is itself named,
+    /// up its own homes, all the way to this vault's root.
+    pub async fn lives_in(&self, parent: &DirReadCap, child: &DirReadCap) -> Result<bool> {
+        let root = self.root.read_cap();
+        let (mut parent, mut child) = (parent.clone(), child.clone());
+        for _ in 0..HOME_DEPTH_MAX {
+            let listing = self.list(&parent).await?;
+            let wanted = Cap::DirRead(child);
+            let named = listing
+                .entries
+                .values()
+                .any(|e| e.kind == EntryKind::Dir && e.cap.as_ref() == Some(&wanted));
+            if !named {
+                return Ok(false);
+            }
+            if parent == root {
+                return Ok(true);
+            }
+            let Some(up) = listing
+                .home
+                .as_ref()
+                .and_then(|h| h.open(&self.root, &parent))
+            else {
+                return Ok(false);
+            };
+            (parent, child) = (up, parent);
+        }
+        Ok(false)
     }
 
     /// Follow `path` (slash-separated, relative to `from`) to a write-cap
