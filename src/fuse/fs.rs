@@ -406,9 +406,11 @@ impl LodeFs {
     /// List a directory if it has not been, or (read-only ones) if the
     /// listing is older than the refresh interval.
     fn load(&self, ino: u64) -> Result<()> {
-        let (read, loaded) = {
+        let (read, loaded, place) = {
             let tree = self.lock();
-            match &tree.nodes.get(&ino).ok_or(Error::NotFound)?.body {
+            let node = tree.nodes.get(&ino).ok_or(Error::NotFound)?;
+            let place = (node.parent, node.name.clone());
+            match &node.body {
                 Body::Dir {
                     write,
                     read,
@@ -420,7 +422,7 @@ impl LodeFs {
                     if children.is_some() && !stale {
                         return Ok(());
                     }
-                    (read.clone(), children.is_some())
+                    (read.clone(), children.is_some(), place)
                 }
                 Body::Friends => return Ok(()),
                 _ => return Err(Error::NotADirectory),
@@ -439,14 +441,17 @@ impl LodeFs {
                 // says, and this name goes, so that one directory never has
                 // two (see docs/ARCHITECTURE.md, "A moved directory names
                 // its new parent").
-                let claimed = self.claimed_elsewhere(ino, &listing);
-                if let Some((parent, name, named_in, home)) = claimed
-                    && self
-                        .rt
+                let claimed = self.claimed_elsewhere(ino, &listing, &place);
+                let stale = claimed.is_some_and(|(named_in, home)| {
+                    self.rt
                         .block_on(self.vault.stale_name(&named_in, &home, &read))
-                {
-                    let mut tree = self.lock();
+                });
+                let mut tree = self.lock();
+                // Unless it was listed, or moved, meanwhile: the judgement
+                // was about the name it had when its listing was read.
+                if stale && Self::unlisted_at(&tree, ino, &place) {
                     let path = Self::path_in(&tree, ino).unwrap_or_default();
+                    let (parent, name) = place;
                     tree.drop_stale(parent, &name, ino);
                     drop(tree);
                     tracing::warn!(
@@ -456,7 +461,6 @@ impl LodeFs {
                     self.forget_name(parent, name);
                     return Err(Error::NotFound);
                 }
-                let mut tree = self.lock();
                 // Another thread may have listed it meanwhile: our own
                 // directory, once listed, holds every change made since,
                 // and a friend's may hold a newer version than this one.
@@ -489,33 +493,49 @@ impl LodeFs {
 
     /// If `listing` (`ino`'s own, just read, and to be loaded) says the
     /// directory lives somewhere else than the directory it was reached
-    /// through: that parent's inode, the name, its read-cap and the home
-    /// the listing names. Only for directories of our own tree not listed
-    /// yet (a listed one holds every change since, including a move).
+    /// through (`place`: that parent and the name there): the parent's
+    /// read-cap and the home the listing names. Only for directories of
+    /// our own tree not listed yet (a listed one holds every change since,
+    /// including a move), still at `place`.
     fn claimed_elsewhere(
         &self,
         ino: u64,
         listing: &Listing,
-    ) -> Option<(u64, String, DirReadCap, DirReadCap)> {
+        place: &(u64, String),
+    ) -> Option<(DirReadCap, DirReadCap)> {
         if ino == ROOT {
             return None;
         }
         let tree = self.lock();
-        let node = tree.nodes.get(&ino)?;
-        let Body::Dir {
-            write: Some(_),
-            read,
-            children: None,
-            ..
-        } = &node.body
-        else {
+        if !Self::unlisted_at(&tree, ino, place) {
+            return None;
+        }
+        let Body::Dir { read, .. } = &tree.nodes.get(&ino)?.body else {
             return None;
         };
-        let Body::Dir { read: named_in, .. } = &tree.nodes.get(&node.parent)?.body else {
+        let Body::Dir { read: named_in, .. } = &tree.nodes.get(&place.0)?.body else {
             return None;
         };
         let home = listing.home.as_ref()?.open(self.vault.root(), read)?;
-        (&home != named_in).then(|| (node.parent, node.name.clone(), named_in.clone(), home))
+        (&home != named_in).then(|| (named_in.clone(), home))
+    }
+
+    /// Whether `ino` is a directory of our own, not listed yet, still named
+    /// `place` (its parent and name).
+    fn unlisted_at(tree: &Tree, ino: u64, place: &(u64, String)) -> bool {
+        tree.nodes.get(&ino).is_some_and(|n| {
+            n.parent == place.0
+                && n.name == place.1
+                && !n.orphan
+                && matches!(
+                    n.body,
+                    Body::Dir {
+                        write: Some(_),
+                        children: None,
+                        ..
+                    }
+                )
+        })
     }
 
     /// Drop the kernel's cached entry `name` in `parent`. From a thread of
@@ -941,6 +961,10 @@ impl LodeFs {
                 }
                 Err(e) => {
                     tree.dirty.insert(dir);
+                    // On some mirrors: removed, it must now go up empty.
+                    if matches!(e, crate::store::Error::SlotNotHappy { placed: 1.., .. }) {
+                        tree.unpublished.remove(&dir);
+                    }
                     if matches!(e, crate::store::Error::DirectoryTooLarge { .. }) {
                         // Logged once for each size it is refused at.
                         let refused = tree.too_large.insert(dir, (entries, Instant::now()));

@@ -643,6 +643,12 @@ impl Tree {
         }
         if let Some(node) = self.nodes.get_mut(&ino) {
             node.orphan = true;
+            // What the kernel still holds of it reads the directory but
+            // never writes: a second writable copy of one directory's
+            // listing is what made a stale name dangerous.
+            if let Body::Dir { write, .. } = &mut node.body {
+                *write = None;
+            }
         }
         self.drop_if_unused(ino);
     }
