@@ -1517,6 +1517,56 @@ fn moves_that_depend_on_each_other_cut_short_lose_nothing() {
     };
     assert!(found(&["a/x/f", "b/x/f", "a/b/x/f"], &f), "x/f was lost");
     assert!(found(&["b/g", "a/b/g"], &g), "b/g was lost");
+    // x may be left under two names (its home, b, reaches the root only
+    // through a, which never named b): then only one of them writes, so
+    // that two copies of its listing never undo each other's changes.
+    let names: Vec<&str> = ["a/x", "b/x", "a/b/x"]
+        .into_iter()
+        .filter(|p| mp.join(p).join("f").exists())
+        .collect();
+    let writable: Vec<&&str> = names
+        .iter()
+        .filter(|p| std::fs::write(mp.join(p).join("new"), b"n").is_ok())
+        .collect();
+    assert_eq!(
+        writable.len(),
+        1,
+        "x under {names:?}, writable under {writable:?}"
+    );
+    drop(m);
+}
+
+/// A directory never listed since the mount started cannot move to
+/// another parent while the mirrors are away: its listing must go up
+/// naming its new home, or the mirrors (still showing it in its old
+/// parent) would have the new name judged stale. The move fails, and
+/// nothing changes.
+#[test]
+fn a_directory_that_cannot_be_listed_does_not_move() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (mut mirrors, client) = common::three_mirrors_and_client(tmp.path());
+    let mp = tmp.path().join("mnt");
+    let m = Mounted::new(&client, &mp);
+    std::fs::create_dir_all(mp.join("h/d")).unwrap();
+    std::fs::create_dir(mp.join("p")).unwrap();
+    std::fs::write(mp.join("h/d/f"), b"stays").unwrap();
+    client.ok(&["sync"]);
+    m.unmount();
+    drop(m);
+    let m = Mounted::new(&client, &mp);
+    // h and p listed, d only named.
+    assert!(mp.join("p").is_dir());
+    assert_eq!(std::fs::read_dir(mp.join("h")).unwrap().count(), 1);
+    for mirror in &mut mirrors {
+        mirror.stop();
+    }
+    let err = std::fs::rename(mp.join("h/d"), mp.join("p/d")).unwrap_err();
+    assert_ne!(err.kind(), std::io::ErrorKind::NotFound, "{err}");
+    for mirror in &mut mirrors {
+        mirror.restart();
+    }
+    assert_eq!(std::fs::read(mp.join("h/d/f")).unwrap(), b"stays");
+    assert!(!mp.join("p/d").exists());
     drop(m);
 }
 

@@ -445,6 +445,9 @@ impl LodeFs {
                 let stale = claimed.is_some_and(|(named_in, home)| {
                     self.rt
                         .block_on(self.vault.stale_name(&named_in, &home, &read))
+                        // The mirrors may lag this mount's own changes: a
+                        // home listed here must name it here too.
+                        && !self.lock().listed_without(&home, &read)
                 });
                 let mut tree = self.lock();
                 // Unless it was listed, or moved, meanwhile: the judgement
@@ -476,6 +479,22 @@ impl LodeFs {
                 });
                 let newer = tree.listed_seq.get(&ino).is_some_and(|&s| s > seq);
                 if !ours_listed && !newer {
+                    // Never two writable copies of one directory's listing
+                    // (each publish would undo the other's changes): a
+                    // second name of one already listed, which no home
+                    // could settle, reads it but does not write.
+                    if let Some(other) = tree.listed_elsewhere(ino, &read) {
+                        let (here, there) = (
+                            Self::path_in(&tree, ino).unwrap_or_default(),
+                            Self::path_in(&tree, other).unwrap_or_default(),
+                        );
+                        tracing::warn!(
+                            dir = %format!("/{here}"),
+                            also = %format!("/{there}"),
+                            "a directory named in two places is read-only under this name"
+                        );
+                        tree.make_read_only(ino);
+                    }
                     tree.load(ino, listing);
                     if tree.nodes.contains_key(&ino) {
                         tree.listed_seq.insert(ino, seq);
@@ -564,7 +583,7 @@ impl LodeFs {
     }
 
     /// [`Self::child`] for a lookup: a directory never listed is listed
-    /// now, so that a stale name of one (see [`Self::misplaced`]) is not
+    /// now, so that a stale name of one (see [`Self::claimed_elsewhere`]) is not
     /// found even once. Only that is an error here: a directory that cannot
     /// be listed now (the mirrors are away) is still found, as before.
     fn looked_up(&self, parent: u64, name: &str) -> Result<u64> {
@@ -1980,11 +1999,14 @@ impl LodeFs {
         // A directory moving to another parent is republished, naming its
         // new home; that needs its listing, and the listing's own say on
         // where it lives (a stale name of it must not move). One that
-        // cannot be listed now (the mirrors are away) moves as before.
+        // cannot be listed now (the mirrors are away) does not move: its
+        // home on the mirrors would still name the old parent, which they
+        // may show naming it until that parent's change is up, and the
+        // new name would be judged stale and dropped.
         let moving_dir =
             parent != newparent && self.lock().nodes.get(&ino).is_some_and(Node::is_dir);
-        if moving_dir && let Err(Error::NotFound) = self.load(ino) {
-            return Err(Error::NotFound);
+        if moving_dir {
+            self.load(ino)?;
         }
         // A directory may not move into itself.
         {

@@ -181,6 +181,9 @@ pub struct Tree {
     /// Directories made by this mount and not yet published: removed
     /// before their first publish, they need none.
     pub unpublished: HashSet<u64>,
+    /// The inode that lists each of our directories writably, by slot key
+    /// (checked against `nodes` when read, so never cleaned).
+    listed: HashMap<[u8; 32], u64>,
 }
 
 impl Tree {
@@ -213,6 +216,7 @@ impl Tree {
             moved_into: HashMap::new(),
             listed_seq: HashMap::new(),
             unpublished: HashSet::new(),
+            listed: HashMap::new(),
             publishing: HashSet::new(),
             too_large: HashMap::new(),
             publish_after: HashMap::new(),
@@ -363,6 +367,61 @@ impl Tree {
             *c = Some(children);
             *loaded_at = Some(Instant::now());
         }
+        if let Some(Node {
+            body:
+                Body::Dir {
+                    write: Some(_),
+                    read,
+                    ..
+                },
+            ..
+        }) = self.nodes.get(&dir)
+        {
+            self.listed.insert(read.public_key, dir);
+        }
+    }
+
+    /// Another inode listing the directory `read` writably, if one does
+    /// (see `LodeFs::load`).
+    pub fn listed_elsewhere(&self, ino: u64, read: &DirReadCap) -> Option<u64> {
+        let &other = self.listed.get(&read.public_key)?;
+        let node = self.nodes.get(&other)?;
+        let same = matches!(
+            &node.body,
+            Body::Dir { write: Some(_), read: r, children: Some(_), .. } if r == read
+        );
+        (other != ino && same && !node.orphan).then_some(other)
+    }
+
+    /// Take away `ino`'s write-cap: it and what is listed under it from now
+    /// on read, but never write.
+    pub fn make_read_only(&mut self, ino: u64) {
+        if let Some(Node {
+            body: Body::Dir { write, .. },
+            ..
+        }) = self.nodes.get_mut(&ino)
+        {
+            *write = None;
+        }
+    }
+
+    /// Whether a directory with read-cap `home` is listed here without
+    /// naming the directory `child`: this mount's own view, which may be
+    /// ahead of what the mirrors hold.
+    pub fn listed_without(&self, home: &DirReadCap, child: &DirReadCap) -> bool {
+        self.nodes.values().any(|n| match &n.body {
+            Body::Dir {
+                read,
+                children: Some(c),
+                ..
+            } if read == home && !n.orphan => !c.values().any(|i| {
+                matches!(
+                    self.nodes.get(i).map(|n| &n.body),
+                    Some(Body::Dir { read: r, .. }) if r == child
+                )
+            }),
+            _ => false,
+        })
     }
 
     /// A refresh of `dir` found its listing unchanged: it counts as loaded

@@ -960,7 +960,12 @@ impl Vault {
     pub async fn lives_in(&self, parent: &DirReadCap, child: &DirReadCap) -> Result<bool> {
         let root = self.root.read_cap();
         let (mut parent, mut child) = (parent.clone(), child.clone());
+        let mut seen = std::collections::HashSet::new();
         for _ in 0..HOME_DEPTH_MAX {
+            // Homes that go round in a circle reach no root.
+            if !seen.insert(parent.public_key) {
+                return Ok(false);
+            }
             let listing = self.list(&parent).await?;
             let wanted = Cap::DirRead(child);
             let named = listing
