@@ -412,12 +412,14 @@ impl LodeFs {
             let place = (node.parent, node.name.clone());
             match &node.body {
                 Body::Dir {
-                    write,
                     read,
                     children,
                     loaded_at,
+                    ..
                 } => {
-                    let stale = write.is_none()
+                    // Read-only ones (friends', aliases) follow changes
+                    // made elsewhere.
+                    let stale = node.writable_dir().is_none()
                         && loaded_at.is_none_or(|t| t.elapsed() >= self.config.refresh);
                     if children.is_some() && !stale {
                         return Ok(());
@@ -468,14 +470,14 @@ impl LodeFs {
                 // directory, once listed, holds every change made since,
                 // and a friend's may hold a newer version than this one.
                 let ours_listed = tree.nodes.get(&ino).is_some_and(|n| {
-                    matches!(
-                        &n.body,
-                        Body::Dir {
-                            write: Some(_),
-                            children: Some(_),
-                            ..
-                        }
-                    )
+                    n.writable_dir().is_some()
+                        && matches!(
+                            &n.body,
+                            Body::Dir {
+                                children: Some(_),
+                                ..
+                            }
+                        )
                 });
                 let newer = tree.listed_seq.get(&ino).is_some_and(|&s| s > seq);
                 if !ours_listed && !newer {
@@ -605,9 +607,10 @@ impl LodeFs {
         }
         self.load(parent)?;
         let tree = self.lock();
-        match &tree.nodes.get(&parent).ok_or(Error::NotFound)?.body {
-            Body::Dir { write: Some(_), .. } => Ok(()),
-            Body::Dir { write: None, .. } => Err(Error::ReadOnly),
+        let node = tree.nodes.get(&parent).ok_or(Error::NotFound)?;
+        match (&node.body, node.writable_dir()) {
+            (Body::Dir { .. }, Some(_)) => Ok(()),
+            (Body::Dir { .. }, None) => Err(Error::ReadOnly),
             _ => Err(Error::NotADirectory),
         }
     }

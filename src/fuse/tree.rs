@@ -91,6 +91,11 @@ pub struct Node {
     /// cached then are stale. Every other change of a file's bytes goes
     /// through the kernel, which keeps its own cache in step.
     pub stale_pages: bool,
+    /// A second name of a directory another inode lists writably (see
+    /// `Tree::listed_elsewhere`): it reads, but neither changes nor
+    /// publishes the listing. Its write-cap stays, so the name keeps it
+    /// wherever its parent publishes it.
+    pub alias: bool,
     pub body: Body,
 }
 
@@ -114,6 +119,7 @@ impl Node {
             opens: 0,
             orphan: false,
             stale_pages: false,
+            alias: false,
             body,
         }
     }
@@ -134,6 +140,9 @@ impl Node {
     /// Whether this directory (or the directory holding this inode) may be
     /// changed.
     pub fn writable_dir(&self) -> Option<&DirWriteCap> {
+        if self.alias {
+            return None;
+        }
         match &self.body {
             Body::Dir { write, .. } => write.as_ref(),
             _ => None,
@@ -367,15 +376,13 @@ impl Tree {
             *c = Some(children);
             *loaded_at = Some(Instant::now());
         }
-        if let Some(Node {
-            body:
-                Body::Dir {
-                    write: Some(_),
-                    read,
-                    ..
-                },
-            ..
-        }) = self.nodes.get(&dir)
+        if let Some(
+            node @ Node {
+                body: Body::Dir { read, .. },
+                ..
+            },
+        ) = self.nodes.get(&dir)
+            && node.writable_dir().is_some()
         {
             self.listed.insert(read.public_key, dir);
         }
@@ -388,20 +395,17 @@ impl Tree {
         let node = self.nodes.get(&other)?;
         let same = matches!(
             &node.body,
-            Body::Dir { write: Some(_), read: r, children: Some(_), .. } if r == read
+            Body::Dir { read: r, children: Some(_), .. } if r == read
         );
-        (other != ino && same && !node.orphan).then_some(other)
+        let writes = node.writable_dir().is_some();
+        (other != ino && same && writes && !node.orphan).then_some(other)
     }
 
-    /// Take away `ino`'s write-cap: it and what is listed under it from now
-    /// on read, but never write.
+    /// Make `ino` an alias ([`Node::alias`]): it and what is listed under
+    /// it from now on read, but never write.
     pub fn make_read_only(&mut self, ino: u64) {
-        if let Some(Node {
-            body: Body::Dir { write, .. },
-            ..
-        }) = self.nodes.get_mut(&ino)
-        {
-            *write = None;
+        if let Some(node) = self.nodes.get_mut(&ino) {
+            node.alias = true;
         }
     }
 
@@ -890,6 +894,7 @@ impl Tree {
             opens: 0,
             orphan: false,
             stale_pages: false,
+            alias: false,
             body,
         })
     }
