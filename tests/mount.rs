@@ -1533,6 +1533,16 @@ fn moves_that_depend_on_each_other_cut_short_lose_nothing() {
         1,
         "x under {names:?}, writable under {writable:?}"
     );
+    // Nor can one name of it move inside the other.
+    if let [one, two] = names[..] {
+        let (w, alias) = if *writable[0] == one {
+            (one, two)
+        } else {
+            (two, one)
+        };
+        let err = std::fs::rename(mp.join(alias), mp.join(w).join("x")).unwrap_err();
+        assert_eq!(err.raw_os_error(), Some(libc::EINVAL), "{err}");
+    }
     drop(m);
 }
 

@@ -485,7 +485,8 @@ impl LodeFs {
                     // (each publish would undo the other's changes): a
                     // second name of one already listed, which no home
                     // could settle, reads it but does not write.
-                    if let Some(other) = tree.listed_elsewhere(ino, &read) {
+                    let writes = tree.nodes.get(&ino).and_then(Node::writable_dir).is_some();
+                    if let Some(other) = tree.listed_elsewhere(ino, &read).filter(|_| writes) {
                         let (here, there) = (
                             Self::path_in(&tree, ino).unwrap_or_default(),
                             Self::path_in(&tree, other).unwrap_or_default(),
@@ -598,6 +599,22 @@ impl LodeFs {
             return Err(Error::NotFound);
         }
         Ok(ino)
+    }
+
+    /// The directory `ino`, listed, or if it is an alias ([`Node::alias`])
+    /// the inode that lists the same directory writably: where recovery
+    /// puts what was staged under either name.
+    fn unaliased(&self, ino: u64) -> Result<u64> {
+        self.load(ino)?;
+        let tree = self.lock();
+        Ok(match tree.nodes.get(&ino) {
+            Some(Node {
+                alias: true,
+                body: Body::Dir { read, .. },
+                ..
+            }) => tree.listed_elsewhere(ino, read).unwrap_or(ino),
+            _ => ino,
+        })
     }
 
     /// Check that `parent` is a directory this mount may change, loaded.
@@ -1411,8 +1428,11 @@ impl LodeFs {
         for part in dirs.split('/').filter(|p| !p.is_empty()) {
             check_name(part).map_err(|_| Error::BadName)?;
             dir = match self.child(dir, part) {
-                Ok(ino) => ino,
+                Ok(ino) => self.unaliased(ino)?,
                 Err(Error::NotFound) => {
+                    // Never under a directory that does not publish (an
+                    // alias, a friend's): the file would be named nowhere.
+                    self.writable(dir)?;
                     // As a mkdir by the mounting user would be: a set-gid
                     // parent passes on its group and the bit.
                     let (owner, mode) = self.inherited(dir, owner, 0o755);
@@ -2011,12 +2031,18 @@ impl LodeFs {
         if moving_dir {
             self.load(ino)?;
         }
-        // A directory may not move into itself.
+        // A directory may not move into itself, under this name or another
+        // of the same directory (an alias: one slot, two inodes).
         {
             let tree = self.lock();
+            let slot = |i: u64| match tree.nodes.get(&i).map(|n| &n.body) {
+                Some(Body::Dir { read, .. }) => Some(read.public_key),
+                _ => None,
+            };
+            let moving = slot(ino);
             let mut cur = newparent;
             while cur != ROOT {
-                if cur == ino {
+                if cur == ino || (moving.is_some() && slot(cur) == moving) {
                     return Err(Error::InvalidArgument);
                 }
                 cur = tree.nodes.get(&cur).map_or(ROOT, |n| n.parent);
