@@ -1341,13 +1341,7 @@ fn a_move_publishes_its_destination_before_its_source() {
     );
     let mp = tmp.path().join("mnt");
     let _m = Mounted::new(&client, &mp);
-    let key = |path: &str| -> String {
-        let cap: lode::caps::Cap = client.ok(&["share", path]).trim().parse().unwrap();
-        match cap {
-            lode::caps::Cap::DirRead(r) => lode::protocol::hex(&r.public_key),
-            other => panic!("{path} is not a directory: {other}"),
-        }
-    };
+    let key = |path: &str| client.slot_key(path);
     // Four rounds: the order of a set of changed directories is otherwise
     // arbitrary, and a source first in any round is the bug.
     for round in 0..4 {
@@ -1385,23 +1379,9 @@ fn a_move_publishes_its_destination_before_its_source() {
 #[test]
 fn a_directory_move_cut_short_leaves_the_directory_in_one_place() {
     let tmp = tempfile::tempdir().unwrap();
-    let mirrors: Vec<MirrorProc> = (0..3)
-        .map(|i| MirrorProc::start(&tmp.path().join(format!("m{i}")), &[]))
-        .collect();
-    let proxies: Vec<common::SlotRecorder> = mirrors
-        .iter()
-        .map(|m| common::SlotRecorder::start(&m.url))
-        .collect();
-    let urls: Vec<&str> = proxies.iter().map(|p| p.url()).collect();
-    let client = Client::new(&tmp.path().join("home"), &urls);
+    let (_mirrors, proxies, client) = common::three_recorded_mirrors(tmp.path());
     let mp = tmp.path().join("mnt");
-    let key = |path: &str| -> String {
-        let cap: lode::caps::Cap = client.ok(&["share", path]).trim().parse().unwrap();
-        match cap {
-            lode::caps::Cap::DirRead(r) => lode::protocol::hex(&r.public_key),
-            other => panic!("{path} is not a directory: {other}"),
-        }
-    };
+    let key = |path: &str| client.slot_key(path);
     // Refusing the moved directory's own update stops the move before its
     // commit point; refusing only the source's, after it.
     for (round, committed) in [(0, false), (1, true)] {
@@ -1477,15 +1457,7 @@ fn a_directory_move_cut_short_leaves_the_directory_in_one_place() {
 #[test]
 fn moves_that_depend_on_each_other_cut_short_lose_nothing() {
     let tmp = tempfile::tempdir().unwrap();
-    let mirrors: Vec<MirrorProc> = (0..3)
-        .map(|i| MirrorProc::start(&tmp.path().join(format!("m{i}")), &[]))
-        .collect();
-    let proxies: Vec<common::SlotRecorder> = mirrors
-        .iter()
-        .map(|m| common::SlotRecorder::start(&m.url))
-        .collect();
-    let urls: Vec<&str> = proxies.iter().map(|p| p.url()).collect();
-    let client = Client::new(&tmp.path().join("home"), &urls);
+    let (_mirrors, proxies, client) = common::three_recorded_mirrors(tmp.path());
     let mp = tmp.path().join("mnt");
     let (f, g) = (b"in x".to_vec(), b"in b".to_vec());
     let m = Mounted::new(&client, &mp);
@@ -1494,12 +1466,9 @@ fn moves_that_depend_on_each_other_cut_short_lose_nothing() {
     std::fs::write(mp.join("a/x/f"), &f).unwrap();
     std::fs::write(mp.join("b/g"), &g).unwrap();
     client.ok(&["sync"]);
-    let cap: lode::caps::Cap = client.ok(&["share", "a"]).trim().parse().unwrap();
-    let lode::caps::Cap::DirRead(a) = cap else {
-        panic!("a is not a directory")
-    };
+    let a = client.slot_key("a");
     for p in &proxies {
-        p.refuse(&lode::protocol::hex(&a.public_key));
+        p.refuse(&a);
     }
     std::fs::rename(mp.join("a/x"), mp.join("b/x")).unwrap();
     std::fs::rename(mp.join("b"), mp.join("a/b")).unwrap();

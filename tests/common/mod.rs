@@ -289,6 +289,16 @@ impl Client {
         text
     }
 
+    /// The slot key (hex) of the directory at `path` in this identity's
+    /// tree, as a [`SlotRecorder`] sees it.
+    pub fn slot_key(&self, path: &str) -> String {
+        let cap: lode::caps::Cap = self.ok(&["share", path]).trim().parse().unwrap();
+        match cap {
+            lode::caps::Cap::DirRead(r) => lode::protocol::hex(&r.public_key),
+            other => panic!("{path} is not a directory: {other}"),
+        }
+    }
+
     pub fn set_config(&self, key: &str, value: &str) {
         let path = self.home.join("config/config.toml");
         let text = std::fs::read_to_string(&path).unwrap();
@@ -401,6 +411,21 @@ impl Drop for TestServer {
             let _ = t.join();
         }
     }
+}
+
+/// Three mirrors, each behind a [`SlotRecorder`], and a client of the
+/// three recorders.
+pub fn three_recorded_mirrors(dir: &Path) -> (Vec<MirrorProc>, Vec<SlotRecorder>, Client) {
+    let mirrors: Vec<MirrorProc> = (0..3)
+        .map(|i| MirrorProc::start(&dir.join(format!("m{i}")), &[]))
+        .collect();
+    let proxies: Vec<SlotRecorder> = mirrors
+        .iter()
+        .map(|m| SlotRecorder::start(&m.url))
+        .collect();
+    let urls: Vec<&str> = proxies.iter().map(|p| p.url()).collect();
+    let client = Client::new(&dir.join("home"), &urls);
+    (mirrors, proxies, client)
 }
 
 /// A pass-through proxy in front of one mirror that records, in order,
