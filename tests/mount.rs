@@ -721,6 +721,42 @@ fn statfs_reports_the_mirrors_room() {
     }
 }
 
+/// Without a quota anywhere, `df` shows plenty free and, as used, the
+/// files the mirrors hold for this account: 20 MiB written shows as about
+/// 20 MiB used.
+#[test]
+fn statfs_shows_what_is_stored_without_a_quota() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (_mirrors, client) = common::three_mirrors_and_client(tmp.path());
+    let mp = tmp.path().join("mnt");
+    let _m = Mounted::new(&client, &mp);
+    // (total, available) in bytes, from statfs(2).
+    let df = || {
+        let out = run(Command::new("stat").args(["-f", "-c", "%b %a %S"]).arg(&mp));
+        let v: Vec<u64> = out.split_whitespace().map(|x| x.parse().unwrap()).collect();
+        (v[0] * v[2], v[1] * v[2])
+    };
+    let mib = 1u64 << 20;
+    let data = common::seeded_bytes("statfs unbounded", 20 * mib as usize);
+    std::fs::write(mp.join("twenty"), &data).unwrap();
+    client.ok(&["sync"]);
+    let deadline = Instant::now() + Duration::from_secs(40);
+    loop {
+        let (total, free) = df();
+        assert!(free >= 1 << 50, "free {free}: no quota, no capacity set");
+        let used = total - free;
+        if used >= 19 * mib {
+            assert!(used <= 22 * mib, "used {used} for 20 MiB of files");
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "df shows {used} bytes used after writing 20 MiB"
+        );
+        std::thread::sleep(Duration::from_millis(500));
+    }
+}
+
 /// A root mount raises its kernel readahead from FUSE's 128 KiB, so a
 /// sequential reader's requests come in 1 MiB pieces.
 #[test]

@@ -2854,7 +2854,7 @@ impl Filesystem for Mount {
     fn statfs(&self, _req: &Request, _ino: INodeNo, reply: ReplyStatfs) {
         // The room the mirrors report (quota and capacity, in bytes of
         // files after coding; see `Space::of`), refreshed by the mount's
-        // keeper. With no limit known: 4 PiB, all free.
+        // keeper. Before any mirror answered: 4 PiB, all free.
         let space = *self.space.lock().unwrap_or_else(|p| p.into_inner());
         let (bsize, blocks, free) = match space {
             Some(s) => (STATFS_BLOCK, s.total / STATFS_BLOCK, s.free / STATFS_BLOCK),

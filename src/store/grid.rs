@@ -839,20 +839,29 @@ impl Room {
     }
 }
 
+/// What `df` shows free when no mirror sets a limit: 4 PiB.
+pub const UNBOUNDED_FREE: u64 = 1 << 52;
+
 impl Space {
     /// The space of a grid of `mirrors` mirrors coding files `params`,
     /// from the rooms of those that answered. A file's bytes spread over
     /// the mirrors at n/k times their size, a share of n/(k·mirrors) on
     /// each, so the grid is full when its fullest mirror is: free is the
-    /// least room left times k·mirrors/n. `None` when no mirror set a
-    /// limit (or none answered): the space is not known to be bounded.
+    /// least room left times k·mirrors/n. With no limit set anywhere,
+    /// [`UNBOUNDED_FREE`] is free, beside what is used. `None` when no
+    /// mirror answered.
     pub fn of(params: Params, mirrors: usize, rooms: &[Room]) -> Option<Space> {
+        if rooms.is_empty() {
+            return None;
+        }
         let (k, n) = (u128::from(params.k()), u128::from(params.n()));
         let spread = mirrors.max(rooms.len()).max(1) as u128;
         let files = |shares: u128, per: u128| shares * k * per / n;
-        let least = rooms.iter().filter_map(|r| r.left).min()?;
         let used: u128 = rooms.iter().map(|r| u128::from(r.used)).sum();
-        let free = files(u128::from(least), spread);
+        let free = match rooms.iter().filter_map(|r| r.left).min() {
+            Some(least) => files(u128::from(least), spread),
+            None => u128::from(UNBOUNDED_FREE),
+        };
         let used = files(used, 1);
         let clamp = |v: u128| u64::try_from(v).unwrap_or(u64::MAX);
         Some(Space {
@@ -882,8 +891,11 @@ mod space_tests {
             "the fullest mirror takes 400 more, i.e. 800 of files"
         );
         assert_eq!(s.total, 800 + 600, "900 of shares is 600 of files");
-        // No limits anywhere, or nobody answered: unknown.
-        assert_eq!(Space::of(p, 3, &[room(5, None)]), None);
+        // No limits anywhere: unbounded, beside what is used (300 of
+        // shares on each of three mirrors is 600 of files).
+        let s = Space::of(p, 3, &[room(300, None), room(300, None), room(300, None)]).unwrap();
+        assert_eq!((s.free, s.total), (UNBOUNDED_FREE, UNBOUNDED_FREE + 600));
+        // Nobody answered: unknown.
         assert_eq!(Space::of(p, 3, &[]), None);
     }
 
