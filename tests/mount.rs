@@ -1585,6 +1585,51 @@ fn a_directory_that_cannot_be_listed_does_not_move() {
     drop(m);
 }
 
+/// `SEEK_HOLE` and `SEEK_DATA` on the mount: a file with a local copy
+/// has that copy's holes; once only the mirrors hold it (after a remount)
+/// it is all data, as the stored format records no holes. Past the end
+/// both answer ENXIO.
+#[test]
+fn seek_hole_finds_the_holes_of_a_local_copy() {
+    use nix::unistd::{Whence, lseek};
+    use std::os::unix::fs::FileExt;
+    let tmp = tempfile::tempdir().unwrap();
+    let (_mirrors, client) = common::three_mirrors_and_client(tmp.path());
+    let mp = tmp.path().join("mnt");
+    let far: u64 = 64 << 20;
+    let size = (far + 4) as i64;
+    let path = mp.join("sparse");
+    let m = Mounted::new(&client, &mp);
+    let f = std::fs::File::create(&path).unwrap();
+    f.write_all_at(b"head", 0).unwrap();
+    f.write_all_at(b"tail", far).unwrap();
+    drop(f);
+    let f = std::fs::File::open(&path).unwrap();
+    let hole = lseek(&f, 0, Whence::SeekHole).unwrap();
+    assert!((4..far as i64).contains(&hole), "first hole at {hole}");
+    assert_eq!(lseek(&f, hole, Whence::SeekData).unwrap(), far as i64);
+    assert_eq!(lseek(&f, far as i64, Whence::SeekHole).unwrap(), size);
+    assert_eq!(
+        lseek(&f, size, Whence::SeekData),
+        Err(nix::errno::Errno::ENXIO)
+    );
+    drop(f);
+    client.ok(&["sync"]);
+    m.unmount();
+    drop(m);
+    let _m = Mounted::new(&client, &mp);
+    let f = std::fs::File::open(&path).unwrap();
+    assert_eq!(lseek(&f, 0, Whence::SeekHole).unwrap(), size);
+    assert_eq!(lseek(&f, 5, Whence::SeekData).unwrap(), 5);
+    assert_eq!(
+        lseek(&f, size, Whence::SeekData),
+        Err(nix::errno::Errno::ENXIO)
+    );
+    let mut tail = [0u8; 4];
+    f.read_exact_at(&mut tail, far).unwrap();
+    assert_eq!(&tail, b"tail");
+}
+
 /// A directory removed from the tree publishes its last listing, which
 /// is empty: whoever holds its read-cap (a friend it was shared with) sees
 /// its entries gone, not the ones it had at its last publish.

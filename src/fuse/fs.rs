@@ -2411,6 +2411,53 @@ impl LodeFs {
     }
 
     /// A directory's entries: inode, name, and attributes.
+    /// `SEEK_DATA` and `SEEK_HOLE` (the kernel handles the other kinds).
+    /// A file with a local copy (staged, or kept after its upload) has the
+    /// holes of that copy, which the staging file system keeps; one read
+    /// from the mirrors is all data, as the stored format records no holes.
+    fn do_lseek(&self, ino: u64, offset: i64, whence: i32) -> Result<i64> {
+        let (staged, size) = {
+            let tree = self.lock();
+            match tree.nodes.get(&ino).ok_or(Error::NotFound)? {
+                Node {
+                    body: Body::File { staged, .. },
+                    size,
+                    ..
+                } => (staged.clone(), *size),
+                Node {
+                    body: Body::Dir { .. } | Body::Friends,
+                    ..
+                } => return Err(Error::IsADirectory),
+                _ => return Err(Error::InvalidArgument),
+            }
+        };
+        let past_end = || Error::Io(std::io::Error::from_raw_os_error(libc::ENXIO));
+        let Ok(at) = u64::try_from(offset) else {
+            return Err(past_end());
+        };
+        let how = match whence {
+            libc::SEEK_DATA => nix::unistd::Whence::SeekData,
+            libc::SEEK_HOLE => nix::unistd::Whence::SeekHole,
+            _ => return Err(Error::InvalidArgument),
+        };
+        // The copy may be dropped (evicted, or replaced by a new upload)
+        // between the lock and the open: then the file is all data.
+        if let Some(copy) = staged
+            && let Ok(file) = std::fs::File::open(&copy)
+        {
+            return nix::unistd::lseek(&file, offset, how)
+                .map_err(|e| Error::Io(std::io::Error::from_raw_os_error(e as i32)));
+        }
+        if at >= size {
+            return Err(past_end());
+        }
+        Ok(if whence == libc::SEEK_DATA {
+            offset
+        } else {
+            size as i64
+        })
+    }
+
     fn do_readdir(&self, ino: u64) -> Result<Vec<(u64, String, FileAttr)>> {
         if ino != FRIENDS {
             self.load(ino)?;
@@ -2952,13 +2999,16 @@ impl Filesystem for Mount {
     fn lseek(
         &self,
         _req: &Request,
-        _ino: INodeNo,
+        ino: INodeNo,
         _fh: FileHandle,
-        _offset: i64,
-        _whence: i32,
+        offset: i64,
+        whence: i32,
         reply: fuser::ReplyLseek,
     ) {
-        reply.error(Errno::ENOSYS);
+        guarded("lseek", || match self.do_lseek(ino.0, offset, whence) {
+            Ok(at) => reply.offset(at),
+            Err(e) => reply.error(errno(&e)),
+        })
     }
 
     fn listxattr(&self, _req: &Request, _ino: INodeNo, size: u32, reply: fuser::ReplyXattr) {
