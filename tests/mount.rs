@@ -361,6 +361,35 @@ fn kill_mount(mp: &Path) {
     let _ = Command::new("fusermount3").arg("-u").arg(mp).status();
 }
 
+/// The directory versions a mount has seen reach the disk while it runs
+/// (they are the floor below which a mirror's answer is a rollback), so
+/// after kill -9 the next run still refuses older ones, where it used to
+/// fall back to the last clean unmount's.
+#[test]
+fn seen_versions_survive_a_killed_mount() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (_mirrors, client) = common::three_mirrors_and_client(tmp.path());
+    let mp = tmp.path().join("mnt");
+    let m = Mounted::new(&client, &mp);
+    for i in 0..3 {
+        std::fs::create_dir(mp.join(format!("d{i}"))).unwrap();
+        client.ok(&["sync"]);
+    }
+    // Past the mount's saving interval (5 s).
+    std::thread::sleep(Duration::from_secs(7));
+    kill_mount(&mp);
+    drop(m);
+    let saved = std::fs::read(client.home.join("data/seen-seqs.json"))
+        .expect("no versions saved by the killed mount");
+    let saved: std::collections::BTreeMap<String, u64> = serde_json::from_slice(&saved).unwrap();
+    let root = client.slot_key("/");
+    let seq = saved.get(&root).copied().unwrap_or(0);
+    assert!(
+        seq >= 3,
+        "the root saved at version {seq} after three changes"
+    );
+}
+
 /// kill -9 the mount while it writes: every fsynced file is exact after a
 /// remount, and the unsynced rest is recovered from staging untouched.
 #[test]

@@ -9,6 +9,7 @@ use clap::{Args, Subcommand};
 
 use lode::caps::Cap;
 use lode::fuse::{LodeFs, Mount, MountConfig};
+use lode::store::Vault;
 
 use super::client::Session;
 use super::{Config, Home};
@@ -374,6 +375,7 @@ pub fn mount(args: MountArgs) -> Result<()> {
         }
     }
     let flusher = fs.start_flusher();
+    let seen_keeper = keep_seen(vault.clone(), home.clone());
     let keeper_config = super::keeper::KeeperConfig {
         miner,
         horizon: Duration::from_secs(30 * 86_400),
@@ -476,16 +478,66 @@ pub fn mount(args: MountArgs) -> Result<()> {
     if let Err(e) = fs.final_flush() {
         eprintln!("lode: some changes could not be uploaded and stay staged: {e}");
     }
+    seen_keeper.stop();
+    save_seen(&vault, &home)?;
+    let _ = std::fs::remove_file(socket);
+    drop(lock);
+    Ok(())
+}
+
+/// How often a mount saves the directory versions it has seen, when they
+/// changed.
+const SEEN_SAVE_EVERY: Duration = Duration::from_secs(5);
+
+fn save_seen(vault: &Vault, home: &Home) -> Result<()> {
     let seen: std::collections::BTreeMap<String, u64> = vault
         .grid()
         .seen_seqs()
         .into_iter()
         .map(|(pk, seq)| (lode::protocol::hex(&pk), seq))
         .collect();
-    home.save_seen(&seen)?;
-    let _ = std::fs::remove_file(socket);
-    drop(lock);
-    Ok(())
+    home.save_seen(&seen)
+}
+
+/// The thread that keeps a mount's floor of directory versions on disk
+/// while it runs ([`keep_seen`]).
+struct SeenKeeper {
+    stop: Arc<std::sync::atomic::AtomicBool>,
+    thread: std::thread::JoinHandle<()>,
+}
+
+impl SeenKeeper {
+    /// Stop, after any save under way: the final save must not race it.
+    fn stop(self) {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        let _ = self.thread.join();
+    }
+}
+
+/// Save the directory versions seen (the floor below which a mirror's
+/// answer is a rollback) every [`SEEN_SAVE_EVERY`] while they change, not
+/// only at unmount: after a crash the next mount still refuses versions
+/// older than this one saw, where it used to go back to the last clean
+/// unmount's.
+fn keep_seen(vault: Arc<Vault>, home: Home) -> SeenKeeper {
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let stopping = stop.clone();
+    let thread = std::thread::spawn(move || {
+        let mut saved = vault.grid().seen_changes();
+        let mut last = Instant::now();
+        while !stopping.load(std::sync::atomic::Ordering::Relaxed) {
+            std::thread::sleep(Duration::from_millis(200));
+            let changes = vault.grid().seen_changes();
+            if changes == saved || last.elapsed() < SEEN_SAVE_EVERY {
+                continue;
+            }
+            if let Err(e) = save_seen(&vault, &home) {
+                tracing::warn!(error = %e, "cannot save the directory versions seen");
+            }
+            (saved, last) = (changes, Instant::now());
+        }
+    });
+    SeenKeeper { stop, thread }
 }
 
 /// The kernel's readahead for the mount, in KiB. A FUSE mount starts with

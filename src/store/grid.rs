@@ -86,6 +86,8 @@ pub struct Grid {
     happy: usize,
     /// Highest slot seq seen per directory: the client never goes below it.
     seen: Mutex<HashMap<[u8; 32], u64>>,
+    /// Bumped whenever `seen` changes.
+    seen_changes: std::sync::atomic::AtomicU64,
     placed: Mutex<Placed>,
     /// Slot versions already sent to a mirror that lagged (slot, mirror,
     /// seq): each is tried once.
@@ -154,6 +156,7 @@ impl Grid {
             params: Params::new(config.k, config.n)?,
             happy: config.happy.max(1),
             seen: Mutex::new(HashMap::new()),
+            seen_changes: std::sync::atomic::AtomicU64::new(0),
             placed: Mutex::new(Placed::new()),
             slot_repairs: Mutex::new(HashSet::new()),
         })
@@ -789,8 +792,27 @@ impl Grid {
     /// Record that `seq` of a slot exists, so no older version is accepted.
     pub fn note_seen(&self, public_key: &[u8; 32], seq: u64) {
         let mut seen = self.seen.lock().expect("lock");
-        let e = seen.entry(*public_key).or_insert(seq);
-        *e = (*e).max(seq);
+        let raised = match seen.entry(*public_key) {
+            std::collections::hash_map::Entry::Vacant(v) => {
+                v.insert(seq);
+                true
+            }
+            std::collections::hash_map::Entry::Occupied(mut o) if *o.get() < seq => {
+                o.insert(seq);
+                true
+            }
+            std::collections::hash_map::Entry::Occupied(_) => false,
+        };
+        if raised {
+            self.seen_changes
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        }
+    }
+
+    /// How many times [`Self::seen_seqs`] has changed: a caller that keeps
+    /// them on disk saves again when this moves.
+    pub fn seen_changes(&self) -> u64 {
+        self.seen_changes.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// The highest seq seen of every slot (for persisting between runs).
