@@ -1576,6 +1576,13 @@ fn moves_that_depend_on_each_other_cut_short_lose_nothing() {
         };
         let err = std::fs::rename(mp.join(alias), mp.join(w).join("x")).unwrap_err();
         assert_eq!(err.raw_os_error(), Some(libc::EINVAL), "{err}");
+        // And `lode check` says so.
+        let out = client.run(&["check", "/"]);
+        let said = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            !out.status.success() && said.contains("NAMED TWICE"),
+            "check did not report x under two names: {said}"
+        );
     }
     drop(m);
 }
