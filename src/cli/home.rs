@@ -133,22 +133,68 @@ impl Home {
         }
     }
 
+    /// Save `seen`, merged with what the file holds: a mount saves while
+    /// CLI commands run beside it, and the floor must never go back to the
+    /// older of two maps.
     pub fn save_seen(&self, seen: &BTreeMap<String, u64>) -> Result<()> {
-        write_atomic(&self.seen_file(), &serde_json::to_vec_pretty(seen)?)
+        let mut merged = self.load_seen().unwrap_or_default();
+        for (key, &seq) in seen {
+            let at = merged.entry(key.clone()).or_insert(seq);
+            *at = (*at).max(seq);
+        }
+        write_atomic(&self.seen_file(), &serde_json::to_vec_pretty(&merged)?)
     }
 }
 
 /// Write a file so that readers see the old or the new content, never a mix.
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
-    let tmp = path.with_extension("tmp");
-    {
+    // A name of its own: two processes saving the same file at once must
+    // not write into one temporary file.
+    let tmp = path.with_extension(format!(
+        "tmp.{}.{:08x}",
+        std::process::id(),
+        rand::random::<u32>()
+    ));
+    let written = (|| {
         let mut f =
             std::fs::File::create(&tmp).with_context(|| format!("writing {}", tmp.display()))?;
         f.write_all(bytes)?;
         f.sync_all()?;
+        std::fs::rename(&tmp, path).with_context(|| format!("replacing {}", path.display()))
+    })();
+    if written.is_err() {
+        let _ = std::fs::remove_file(&tmp);
     }
-    std::fs::rename(&tmp, path).with_context(|| format!("replacing {}", path.display()))?;
-    Ok(())
+    written
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Saving the seen versions never lowers one already saved: a mount
+    /// and a CLI command save the same file.
+    #[test]
+    fn saved_versions_only_go_up() {
+        let dir = tempfile::tempdir().unwrap();
+        let home = Home {
+            config: dir.path().join("config"),
+            data: dir.path().to_path_buf(),
+            cache: dir.path().join("cache"),
+        };
+        let map = |pairs: &[(&str, u64)]| -> BTreeMap<String, u64> {
+            pairs.iter().map(|&(k, v)| (k.to_string(), v)).collect()
+        };
+        home.save_seen(&map(&[("a", 5), ("b", 1)])).unwrap();
+        home.save_seen(&map(&[("a", 3), ("c", 2)])).unwrap();
+        assert_eq!(
+            home.load_seen().unwrap(),
+            map(&[("a", 5), ("b", 1), ("c", 2)])
+        );
+        // No temporary file left beside it.
+        let names: Vec<_> = std::fs::read_dir(dir.path()).unwrap().collect();
+        assert_eq!(names.len(), 1, "{names:?}");
+    }
 }
 
 /// The client configuration, `config.toml`.
