@@ -1639,9 +1639,22 @@ fn seek_hole_finds_the_holes_of_a_local_copy() {
     let f = std::fs::File::create(&path).unwrap();
     f.write_all_at(b"head", 0).unwrap();
     f.write_all_at(b"tail", far).unwrap();
+    // While open for writing, no holes.
+    let r = std::fs::File::open(&path).unwrap();
+    assert_eq!(lseek(&r, 0, Whence::SeekHole).unwrap(), size);
+    drop(r);
     drop(f);
+    // A file open for writing is all data; the kernel tells the mount the
+    // writer closed a moment after `close` returns.
     let f = std::fs::File::open(&path).unwrap();
-    let hole = lseek(&f, 0, Whence::SeekHole).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let hole = loop {
+        let hole = lseek(&f, 0, Whence::SeekHole).unwrap();
+        if hole < far as i64 || Instant::now() > deadline {
+            break hole;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
     assert!((4..far as i64).contains(&hole), "first hole at {hole}");
     assert_eq!(lseek(&f, hole, Whence::SeekData).unwrap(), far as i64);
     assert_eq!(lseek(&f, far as i64, Whence::SeekHole).unwrap(), size);

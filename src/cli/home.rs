@@ -137,6 +137,10 @@ impl Home {
     /// CLI commands run beside it, and the floor must never go back to the
     /// older of two maps.
     pub fn save_seen(&self, seen: &BTreeMap<String, u64>) -> Result<()> {
+        // One reader-writer at a time, or the later of two would drop the
+        // other's raises. Released when the file closes.
+        let lock = std::fs::File::create(self.data.join("seen-seqs.lock"))?;
+        lock.lock()?;
         let mut merged = self.load_seen().unwrap_or_default();
         for (key, &seq) in seen {
             let at = merged.entry(key.clone()).or_insert(seq);
@@ -191,9 +195,9 @@ mod tests {
             home.load_seen().unwrap(),
             map(&[("a", 5), ("b", 1), ("c", 2)])
         );
-        // No temporary file left beside it.
+        // No temporary file left beside it (the lock file stays).
         let names: Vec<_> = std::fs::read_dir(dir.path()).unwrap().collect();
-        assert_eq!(names.len(), 1, "{names:?}");
+        assert_eq!(names.len(), 2, "{names:?}");
     }
 }
 

@@ -326,6 +326,13 @@ pub fn mount(args: MountArgs) -> Result<()> {
     if lock.try_lock().is_err() {
         eprintln!("waiting for the previous mount of this identity to finish");
         lock.lock()?;
+        // Its final flush raised versions and saved them: the floor read
+        // before waiting is behind.
+        for (pk, seq) in session.home.load_seen()? {
+            if let Ok(pk) = lode::protocol::parse_hex::<32>(&pk) {
+                session.vault.grid().note_seen(&pk, seq);
+            }
+        }
     }
     let config = Config::load(&session.home)?;
     let friends = config_friends(&config)?;
@@ -531,10 +538,12 @@ fn keep_seen(vault: Arc<Vault>, home: Home) -> SeenKeeper {
             if changes == saved || last.elapsed() < SEEN_SAVE_EVERY {
                 continue;
             }
-            if let Err(e) = save_seen(&vault, &home) {
-                tracing::warn!(error = %e, "cannot save the directory versions seen");
+            match save_seen(&vault, &home) {
+                Ok(()) => saved = changes,
+                // Tried again at the next interval.
+                Err(e) => tracing::warn!(error = %e, "cannot save the directory versions seen"),
             }
-            (saved, last) = (changes, Instant::now());
+            last = Instant::now();
         }
     });
     SeenKeeper { stop, thread }

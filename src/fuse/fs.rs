@@ -2410,20 +2410,25 @@ impl LodeFs {
         Ok(self.new_child(parent, name, node)?.1)
     }
 
-    /// A directory's entries: inode, name, and attributes.
     /// `SEEK_DATA` and `SEEK_HOLE` (the kernel handles the other kinds).
     /// A file with a local copy (staged, or kept after its upload) has the
     /// holes of that copy, which the staging file system keeps; one read
     /// from the mirrors is all data, as the stored format records no holes.
+    /// So is a file open for writing: the kernel does not write back what
+    /// a shared mapping changed before it asks, and a hole reported there
+    /// would have `cp --sparse` copy zeros over data.
     fn do_lseek(&self, ino: u64, offset: i64, whence: i32) -> Result<i64> {
         let (staged, size) = {
             let tree = self.lock();
             match tree.nodes.get(&ino).ok_or(Error::NotFound)? {
                 Node {
-                    body: Body::File { staged, .. },
+                    body:
+                        Body::File {
+                            staged, writers, ..
+                        },
                     size,
                     ..
-                } => (staged.clone(), *size),
+                } => (staged.clone().filter(|_| *writers == 0), *size),
                 Node {
                     body: Body::Dir { .. } | Body::Friends,
                     ..
@@ -2458,6 +2463,7 @@ impl LodeFs {
         })
     }
 
+    /// A directory's entries: inode, name, and attributes.
     fn do_readdir(&self, ino: u64) -> Result<Vec<(u64, String, FileAttr)>> {
         if ino != FRIENDS {
             self.load(ino)?;
