@@ -692,6 +692,13 @@ fn big_files_upload_while_written_and_stay_exact() {
     assert!(check.contains(": healthy"), "{check}");
 }
 
+/// (total, available) bytes of the file system at `mp`, from statfs(2).
+fn df(mp: &Path) -> (u64, u64) {
+    let out = run(Command::new("stat").args(["-f", "-c", "%b %a %S"]).arg(mp));
+    let v: Vec<u64> = out.split_whitespace().map(|x| x.parse().unwrap()).collect();
+    (v[0] * v[2], v[1] * v[2])
+}
+
 /// `df` on the mount shows the room the mirrors allow, in bytes of files:
 /// three mirrors with a 64 MiB quota each hold 128 MiB of 2-of-3 coded
 /// files, and writing a file takes its size from what is free.
@@ -701,12 +708,7 @@ fn statfs_reports_the_mirrors_room() {
     let (_mirrors, client) = common::three_mirrors_with(tmp.path(), &["--quota", "64M"]);
     let mp = tmp.path().join("mnt");
     let _m = Mounted::new(&client, &mp);
-    // (total, available) in bytes, from statfs(2).
-    let df = || {
-        let out = run(Command::new("stat").args(["-f", "-c", "%b %a %S"]).arg(&mp));
-        let v: Vec<u64> = out.split_whitespace().map(|x| x.parse().unwrap()).collect();
-        (v[0] * v[2], v[1] * v[2])
-    };
+    let df = || df(&mp);
     let mib = 1u64 << 20;
     let deadline = Instant::now() + Duration::from_secs(30);
     let (total, before) = loop {
@@ -759,12 +761,7 @@ fn statfs_shows_what_is_stored_without_a_quota() {
     let (_mirrors, client) = common::three_mirrors_and_client(tmp.path());
     let mp = tmp.path().join("mnt");
     let _m = Mounted::new(&client, &mp);
-    // (total, available) in bytes, from statfs(2).
-    let df = || {
-        let out = run(Command::new("stat").args(["-f", "-c", "%b %a %S"]).arg(&mp));
-        let v: Vec<u64> = out.split_whitespace().map(|x| x.parse().unwrap()).collect();
-        (v[0] * v[2], v[1] * v[2])
-    };
+    let df = || df(&mp);
     let mib = 1u64 << 20;
     let data = common::seeded_bytes("statfs unbounded", 20 * mib as usize);
     std::fs::write(mp.join("twenty"), &data).unwrap();

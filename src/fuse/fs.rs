@@ -496,7 +496,7 @@ impl LodeFs {
                             also = %format!("/{there}"),
                             "a directory named in two places is read-only under this name"
                         );
-                        tree.make_read_only(ino);
+                        tree.make_alias(ino);
                     }
                     tree.load(ino, listing);
                     if tree.nodes.contains_key(&ino) {

@@ -403,7 +403,7 @@ impl Tree {
 
     /// Make `ino` an alias ([`Node::alias`]): it and what is listed under
     /// it from now on read, but never write.
-    pub fn make_read_only(&mut self, ino: u64) {
+    pub fn make_alias(&mut self, ino: u64) {
         if let Some(node) = self.nodes.get_mut(&ino) {
             node.alias = true;
         }
