@@ -1000,8 +1000,11 @@ impl LodeFs {
                 }
                 Err(e) => {
                     tree.dirty.insert(dir);
-                    // On some mirrors: removed, it must now go up empty.
-                    if matches!(e, crate::store::Error::SlotNotHappy { placed: 1.., .. }) {
+                    // Perhaps on some mirrors (a request that timed out may
+                    // still have landed): removed, it must now go up empty.
+                    // Only a listing refused before it was sent stayed
+                    // nowhere.
+                    if !matches!(e, crate::store::Error::DirectoryTooLarge { .. }) {
                         tree.unpublished.remove(&dir);
                     }
                     if matches!(e, crate::store::Error::DirectoryTooLarge { .. }) {
