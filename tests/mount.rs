@@ -1814,3 +1814,205 @@ impl Drop for SmallDisk {
         let _ = std::process::Command::new("umount").arg(&self.0).status();
     }
 }
+
+/// Replacing a file's content needs none of the old content: `> file`
+/// (and any open with `O_TRUNC`) of a file only the mirrors hold works
+/// with every mirror away, and the new content is what goes up.
+#[test]
+fn a_truncating_open_fetches_nothing() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (mut mirrors, client) = common::three_mirrors_and_client(tmp.path());
+    let mp = tmp.path().join("mnt");
+    let m = Mounted::new(&client, &mp);
+    let old = common::seeded_bytes("truncated old", 3_000_000);
+    std::fs::write(mp.join("replaced"), &old).unwrap();
+    std::fs::write(mp.join("emptied"), &old).unwrap();
+    client.ok(&["sync"]);
+    drop(m);
+    // A fresh mount keeps no copy: the old content is on the mirrors only.
+    let m = Mounted::new(&client, &mp);
+    assert_eq!(
+        std::fs::metadata(mp.join("replaced")).unwrap().len(),
+        3_000_000
+    );
+    for mirror in &mut mirrors {
+        mirror.stop();
+    }
+    std::fs::write(mp.join("replaced"), b"new content").unwrap();
+    assert_eq!(std::fs::read(mp.join("replaced")).unwrap(), b"new content");
+    // Truncating is the file system's job even for a read-only open.
+    let fd = nix::fcntl::open(
+        &mp.join("emptied"),
+        nix::fcntl::OFlag::O_RDONLY | nix::fcntl::OFlag::O_TRUNC,
+        nix::sys::stat::Mode::empty(),
+    )
+    .unwrap();
+    drop(fd);
+    assert_eq!(std::fs::metadata(mp.join("emptied")).unwrap().len(), 0);
+    assert_eq!(std::fs::read(mp.join("emptied")).unwrap(), b"");
+    for mirror in &mut mirrors {
+        mirror.restart();
+    }
+    client.ok(&["sync"]);
+    drop(m);
+    let m = Mounted::new(&client, &mp);
+    assert_eq!(std::fs::read(mp.join("replaced")).unwrap(), b"new content");
+    assert_eq!(std::fs::metadata(mp.join("emptied")).unwrap().len(), 0);
+    drop(m);
+}
+
+/// With one mirror of three away (so `happy` = 3 cannot be met), an fsync
+/// of a file or directory with nothing new to store still succeeds at
+/// once; one with changes fails (EIO) and keeps them, and succeeds once
+/// the mirror is back.
+#[test]
+fn fsync_with_nothing_to_store_needs_no_mirror() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (mut mirrors, client) = common::three_mirrors_and_client(tmp.path());
+    let mp = tmp.path().join("mnt");
+    let m = Mounted::new(&client, &mp);
+    std::fs::create_dir_all(mp.join("a/b")).unwrap();
+    std::fs::write(mp.join("a/b/clean"), b"stored").unwrap();
+    client.ok(&["sync"]);
+    mirrors[2].stop();
+    let fsync = |p: &Path| std::fs::File::open(p).and_then(|f| f.sync_all());
+    fsync(&mp.join("a/b/clean")).unwrap();
+    fsync(&mp.join("a/b")).unwrap();
+    fsync(&mp).unwrap();
+    std::fs::write(mp.join("a/b/changed"), b"not stored yet").unwrap();
+    let err = fsync(&mp.join("a/b/changed")).unwrap_err();
+    assert_eq!(err.raw_os_error(), Some(libc::EIO), "{err}");
+    let err = fsync(&mp.join("a/b")).unwrap_err();
+    assert_eq!(err.raw_os_error(), Some(libc::EIO), "{err}");
+    assert_eq!(
+        std::fs::read(mp.join("a/b/changed")).unwrap(),
+        b"not stored yet"
+    );
+    mirrors[2].restart();
+    fsync(&mp.join("a/b/changed")).unwrap();
+    fsync(&mp.join("a/b")).unwrap();
+    drop(m);
+    let m = Mounted::new(&client, &mp);
+    assert_eq!(
+        std::fs::read(mp.join("a/b/changed")).unwrap(),
+        b"not stored yet"
+    );
+    drop(m);
+}
+
+/// Files made and removed elsewhere while a sync runs do not fail it: an
+/// upload whose file was unlinked meanwhile has nothing left to store.
+#[test]
+fn syncs_are_not_failed_by_files_removed_meanwhile() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (_mirrors, client) = common::three_mirrors_and_client(tmp.path());
+    let mp = tmp.path().join("mnt");
+    let m = Mounted::new(&client, &mp);
+    std::fs::create_dir(mp.join("churn")).unwrap();
+    std::fs::create_dir(mp.join("quiet")).unwrap();
+    std::fs::write(mp.join("quiet/f"), b"quiet").unwrap();
+    let stop = std::sync::atomic::AtomicBool::new(false);
+    let data = common::seeded_bytes("churn", 50_000);
+    let failed = std::thread::scope(|s| {
+        for t in 0..2 {
+            let (mp, stop, data) = (&mp, &stop, &data);
+            s.spawn(move || {
+                let mut i = 0;
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    let p = mp.join(format!("churn/{t}-{i}"));
+                    std::fs::write(&p, data).unwrap();
+                    std::fs::remove_file(&p).unwrap();
+                    i += 1;
+                }
+            });
+        }
+        let mut failed = Vec::new();
+        for round in 0..100 {
+            let out = client.run(&["sync"]);
+            if !out.status.success() {
+                failed.push(format!(
+                    "sync {round}: {}",
+                    String::from_utf8_lossy(&out.stderr)
+                ));
+            }
+            let dir = std::fs::File::open(mp.join("churn")).unwrap();
+            if let Err(e) = dir.sync_all() {
+                failed.push(format!("fsync of the directory {round}: {e}"));
+            }
+        }
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        failed
+    });
+    assert!(failed.is_empty(), "{failed:#?}");
+    drop(m);
+}
+
+/// `fallocate`: plain allocation grows a file (reading zeros), `KEEP_SIZE`
+/// does not, a punched hole and a zeroed range read as zeros with the
+/// bytes around them intact, and all of it is what a fresh mount reads.
+#[test]
+fn fallocate_grows_punches_and_zeroes() {
+    use nix::fcntl::{FallocateFlags as F, fallocate};
+    let tmp = tempfile::tempdir().unwrap();
+    let (_mirrors, client) = common::three_mirrors_and_client(tmp.path());
+    let mp = tmp.path().join("mnt");
+    let m = Mounted::new(&client, &mp);
+    let data = common::seeded_bytes("fallocate", 1 << 20);
+    std::fs::write(mp.join("data"), &data).unwrap();
+    let open = |name: &str| {
+        std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(mp.join(name))
+            .unwrap()
+    };
+    drop(open("grown"));
+    // Both stored: what follows must go up as a change of its own.
+    client.ok(&["sync"]);
+    let grown = open("grown");
+    fallocate(&grown, F::empty(), 0, 4 << 20).unwrap();
+    fallocate(&grown, F::FALLOC_FL_KEEP_SIZE, 0, 8 << 20).unwrap();
+    drop(grown);
+    let file = open("data");
+    fallocate(
+        &file,
+        F::FALLOC_FL_PUNCH_HOLE | F::FALLOC_FL_KEEP_SIZE,
+        65_536,
+        131_072,
+    )
+    .unwrap();
+    fallocate(&file, F::FALLOC_FL_ZERO_RANGE, 900_000, 300_000).unwrap();
+    let err = fallocate(&file, F::FALLOC_FL_COLLAPSE_RANGE, 0, 65_536).unwrap_err();
+    assert_eq!(err, nix::errno::Errno::EOPNOTSUPP);
+    drop(file);
+    let mut want = data.clone();
+    want[65_536..196_608].fill(0);
+    want.truncate(900_000);
+    want.resize(1_200_000, 0);
+    let check = || {
+        assert_eq!(std::fs::metadata(mp.join("grown")).unwrap().len(), 4 << 20);
+        assert!(
+            std::fs::read(mp.join("grown"))
+                .unwrap()
+                .iter()
+                .all(|&b| b == 0)
+        );
+        let got = std::fs::read(mp.join("data")).unwrap();
+        assert_eq!(got.len(), want.len());
+        assert!(got == want, "punched or zeroed file differs");
+    };
+    check();
+    // On the mirrors, not only in a staged copy a remount would recover.
+    client.ok(&["sync"]);
+    let got = tmp.path().join("got");
+    client.ok(&["get", "data", "-o", got.to_str().unwrap()]);
+    assert!(std::fs::read(&got).unwrap() == want, "stored file differs");
+    client.ok(&["get", "grown", "-o", got.to_str().unwrap()]);
+    assert_eq!(std::fs::read(&got).unwrap(), vec![0; 4 << 20]);
+    drop(m);
+    let m = Mounted::new(&client, &mp);
+    check();
+    drop(m);
+}

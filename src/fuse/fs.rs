@@ -752,9 +752,11 @@ impl LodeFs {
             // Taken under the lock with the generation: a sealed early
             // upload holds every write that generation counts.
             let early = self.early.take(ino);
+            // Unlinked and forgotten since the caller chose it: nothing
+            // is left to upload.
             let Some(node) = tree.nodes.get(&ino) else {
                 early.inspect(|e| e.spoil());
-                return Err(Error::NotFound);
+                return Ok(());
             };
             match &node.body {
                 // An orphan's data has no name left to publish it under.
@@ -803,6 +805,10 @@ impl LodeFs {
             Some(cap) => cap,
             None => match self.rt.block_on(self.vault.put_path(&path)) {
                 Ok(cap) => cap,
+                // Unlinked while it was read (its staged copy may be gone
+                // with it): no name is left to publish it under, so no
+                // caller's sync waits for it.
+                Err(_) if self.lock().nodes.get(&ino).is_none_or(|n| n.orphan) => return Ok(()),
                 Err(e) => {
                     keep_staged(&path);
                     return Err(e.into());
@@ -1684,9 +1690,18 @@ impl LodeFs {
             .get(&ino)
             .is_some_and(|n| n.link.is_some())
         {
-            self.lock().dirty.insert(ROOT);
             self.publish(ROOT)?;
         }
+        self.publish_above(ino)
+    }
+
+    /// Publish the directories above `ino` that have changes, from its
+    /// parent up. One without changes is already on `happy` mirrors (its
+    /// last publish succeeded, or it was read from them and not changed
+    /// since), and is not sent again: fsync of a file nothing changed
+    /// returns at once, even with a mirror down; `publish` still waits
+    /// for a listing on its way up.
+    fn publish_above(&self, ino: u64) -> Result<()> {
         let mut cur = ino;
         loop {
             let parent = self
@@ -1695,13 +1710,53 @@ impl LodeFs {
                 .get(&cur)
                 .map(|n| n.parent)
                 .ok_or(Error::NotFound)?;
-            self.lock().dirty.insert(parent);
             self.publish(parent)?;
             if parent == ROOT || parent == cur {
                 return Ok(());
             }
             cur = parent;
         }
+    }
+
+    /// fsync of a directory: its entries durable on the mirrors. The files
+    /// it names that have changes and are not open for writing are
+    /// uploaded (an entry names a file's upload), then its listing and
+    /// those above it go up. Changes elsewhere in the tree are not waited
+    /// for, as on a local file system.
+    fn sync_dir(&self, dir: u64) -> Result<()> {
+        let files: Vec<u64> = {
+            let tree = self.lock();
+            let children = tree
+                .children(dir)
+                .map(|c| c.values().copied().collect::<Vec<_>>());
+            children
+                .unwrap_or_default()
+                .into_iter()
+                .filter(|c| {
+                    matches!(
+                        tree.nodes.get(c).map(|n| &n.body),
+                        Some(Body::File {
+                            dirty: true,
+                            writers: 0,
+                            ..
+                        })
+                    )
+                })
+                .collect()
+        };
+        let mut first_err = None;
+        for ino in files {
+            // A failed upload keeps the file's staged copy durable here.
+            if let Err(e) = self.upload(ino) {
+                first_err.get_or_insert(e);
+            }
+        }
+        first_err.map_or(Ok(()), Err)?;
+        self.publish(dir)?;
+        if dir == ROOT {
+            return Ok(());
+        }
+        self.publish_above(dir)
     }
 
     /// Start the background flusher: once a second, upload closed files and
@@ -2184,6 +2239,9 @@ impl LodeFs {
     /// cached for the file (see `Node::stale_pages`).
     fn do_open(&self, ino: u64, flags: OpenFlags) -> Result<bool> {
         let write = flags.0 & libc::O_ACCMODE != libc::O_RDONLY;
+        // Truncating is this file system's to do, even for a read-only
+        // open (`FUSE_ATOMIC_O_TRUNC`, see `init`); the kernel checked the
+        // caller may write.
         let trunc = flags.0 & libc::O_TRUNC != 0;
         let (parent, orphan) = self
             .lock()
@@ -2191,7 +2249,7 @@ impl LodeFs {
             .get(&ino)
             .map(|n| (n.parent, n.orphan))
             .ok_or(Error::NotFound)?;
-        if write {
+        if write || trunc {
             if !orphan {
                 self.writable(parent)?;
             }
@@ -2201,7 +2259,7 @@ impl LodeFs {
         let node = tree.nodes.get_mut(&ino).ok_or(Error::NotFound)?;
         node.opens += 1;
         let keep_cache = !std::mem::take(&mut node.stale_pages);
-        if !write {
+        if !write && !trunc {
             return Ok(keep_cache);
         }
         if trunc {
@@ -2216,7 +2274,9 @@ impl LodeFs {
             ..
         } = &mut node.body
         {
-            *writers += 1;
+            if write {
+                *writers += 1;
+            }
             if trunc {
                 self.early.spoil(ino);
                 *dirty = true;
@@ -2333,6 +2393,60 @@ impl LodeFs {
             *generation += 1;
         }
         Ok(data.len() as u32)
+    }
+
+    /// `fallocate`, on the staged copy, where writes land. Plain allocation
+    /// and `KEEP_SIZE` reserve room on the staging disk, so that writes
+    /// there later do not fail for want of it (the mirrors' room is theirs
+    /// to count), and without `KEEP_SIZE` the file grows to the range's
+    /// end. `PUNCH_HOLE` and `ZERO_RANGE` zero the range, which stays a
+    /// hole where the staging file system makes one. The kernel passes no
+    /// other mode.
+    fn do_fallocate(&self, ino: u64, offset: u64, len: u64, mode: i32) -> Result<()> {
+        use nix::fcntl::FallocateFlags as F;
+        let unsupported = || Error::Io(std::io::Error::from_raw_os_error(libc::EOPNOTSUPP));
+        let flags = F::from_bits(mode).ok_or_else(unsupported)?;
+        if !(F::FALLOC_FL_KEEP_SIZE | F::FALLOC_FL_PUNCH_HOLE | F::FALLOC_FL_ZERO_RANGE)
+            .contains(flags)
+        {
+            return Err(unsupported());
+        }
+        let too_large = || Error::Io(std::io::Error::from_raw_os_error(libc::EFBIG));
+        let end = offset.checked_add(len).ok_or_else(too_large)?;
+        let (start, length) = (
+            libc::off_t::try_from(offset).map_err(|_| too_large())?,
+            libc::off_t::try_from(len).map_err(|_| too_large())?,
+        );
+        let path = self.stage(ino, false)?;
+        self.with_room(|| {
+            let file = std::fs::OpenOptions::new().write(true).open(&path)?;
+            nix::fcntl::fallocate(&file, flags, start, length).map_err(std::io::Error::from)?;
+            Ok(())
+        })?;
+        let mut tree = self.lock();
+        let node = tree.nodes.get_mut(&ino).ok_or(Error::NotFound)?;
+        let grows = !flags.contains(F::FALLOC_FL_KEEP_SIZE) && end > node.size;
+        let zeroes = flags.intersects(F::FALLOC_FL_PUNCH_HOLE | F::FALLOC_FL_ZERO_RANGE);
+        if !grows && !zeroes {
+            // Room reserved, nothing to read changed.
+            return Ok(());
+        }
+        if grows {
+            node.size = end;
+        }
+        let t = now();
+        node.mtime = t;
+        node.ctime = t;
+        if let Body::File {
+            dirty, generation, ..
+        } = &mut node.body
+        {
+            // An early upload streams appends only.
+            self.early.spoil(ino);
+            *dirty = true;
+            *generation += 1;
+        }
+        Ok(())
     }
 
     fn do_release(&self, ino: u64, flags: OpenFlags) -> Result<()> {
@@ -2574,6 +2688,17 @@ impl Filesystem for Mount {
         if config.add_capabilities(plus).is_err() {
             tracing::info!("kernel without readdirplus; plain readdir it is");
         }
+        // `O_TRUNC` comes with the open, so that `> file` and `cp new old`
+        // stage an empty file at once. Without it the kernel opens first and
+        // truncates after, and the open must fetch the whole old content
+        // (from the mirrors, needing room, and failing while they are away)
+        // only to throw it away.
+        if config
+            .add_capabilities(fuser::InitFlags::FUSE_ATOMIC_O_TRUNC)
+            .is_err()
+        {
+            tracing::info!("kernel without atomic O_TRUNC; an open that truncates fetches first");
+        }
         Ok(())
     }
 
@@ -2805,6 +2930,24 @@ impl Filesystem for Mount {
         })
     }
 
+    fn fallocate(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        _fh: FileHandle,
+        offset: u64,
+        length: u64,
+        mode: i32,
+        reply: ReplyEmpty,
+    ) {
+        guarded("fallocate", || {
+            match self.do_fallocate(ino.0, offset, length, mode) {
+                Ok(()) => reply.ok(),
+                Err(e) => reply.error(errno(&e)),
+            }
+        })
+    }
+
     fn fsync(
         &self,
         _req: &Request,
@@ -2827,18 +2970,9 @@ impl Filesystem for Mount {
         _datasync: bool,
         reply: ReplyEmpty,
     ) {
-        guarded("fsyncdir", || {
-            let r = self.flush_all().and_then(|_| {
-                if ino.0 == ROOT {
-                    Ok(())
-                } else {
-                    self.sync(ino.0)
-                }
-            });
-            match r {
-                Ok(()) => reply.ok(),
-                Err(e) => reply.error(errno(&e)),
-            }
+        guarded("fsyncdir", || match self.sync_dir(ino.0) {
+            Ok(()) => reply.ok(),
+            Err(e) => reply.error(errno(&e)),
         })
     }
 
