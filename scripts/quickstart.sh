@@ -12,7 +12,7 @@ stop=
 if [ "${1:-}" = "--stop" ]; then stop=1; shift; fi
 mnt=$(realpath -m "${1:-./lode-mnt}")
 dir=$(realpath -m "${LODE_QUICKSTART:-./lode-quickstart}")
-lode=${LODE_BIN:-$(command -v lode || echo "$(dirname "$0")/../target/debug/lode")}
+lode=$(realpath -m "${LODE_BIN:-$(command -v lode || echo "$(dirname "$0")/../target/debug/lode")}")
 export LODE_HOME="$dir/home"
 
 if [ -n "$stop" ]; then
@@ -47,8 +47,10 @@ for i in 1 2 3; do
     # A mirror keeps its first address, so the identity's config stays valid.
     listen=$(cat "$dir/mirror$i.addr" 2>/dev/null || echo 127.0.0.1:0)
     stratum=$(cat "$dir/mirror$i.stratum" 2>/dev/null || echo 127.0.0.1:0)
-    "$lode" mirror serve --data "$dir/mirror$i" --listen "$listen" --stratum "$stratum" \
-        >"$dir/mirror$i.log" 2>&1 &
+    # From /, as a daemon runs: not holding busy the directory this was
+    # run from (perhaps inside the mount itself).
+    (cd / && exec "$lode" mirror serve --data "$dir/mirror$i" --listen "$listen" \
+        --stratum "$stratum") >"$dir/mirror$i.log" 2>&1 &
     echo $! >"$pidfile"
 done
 for i in 1 2 3; do

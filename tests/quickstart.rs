@@ -54,6 +54,13 @@ fn quickstart_twice_then_stop() {
         4,
         "three mirrors and the mount: {pids_before:?}"
     );
+    // Each runs in `/`, as a daemon does, so none keeps the directory it
+    // was started from busy.
+    for line in &pids_before {
+        let pid = line.split_whitespace().next().unwrap();
+        let cwd = std::fs::read_link(format!("/proc/{pid}/cwd")).unwrap();
+        assert_eq!(cwd, Path::new("/"), "{line}");
+    }
 
     // Again: nothing new starts, the mount stays, the data is there.
     let second = quickstart(tmp.path(), &[mp.to_str().unwrap()]);

@@ -617,7 +617,16 @@ fn spawn_background(args: &MountArgs) -> Result<()> {
     let log = std::fs::File::create(&log_path)?;
     let exe = std::env::current_exe()?;
     let mut cmd = std::process::Command::new(exe);
-    cmd.arg("mount").arg(&args.mountpoint).arg("--foreground");
+    // The child runs in `/`, as a daemon does: in the caller's directory
+    // it would keep that file system busy (a USB disk could not be
+    // unmounted, nor a lode mount the command was run from) for as long
+    // as the mount lasts. So paths it is given must not be relative.
+    let mountpoint = std::path::absolute(&args.mountpoint)?;
+    if let Some(dir) = std::env::var_os("LODE_HOME").filter(|v| !v.is_empty()) {
+        cmd.env("LODE_HOME", std::path::absolute(dir)?);
+    }
+    cmd.current_dir("/");
+    cmd.arg("mount").arg(&mountpoint).arg("--foreground");
     if let Some(o) = &args.options {
         cmd.arg("-o").arg(o);
     }
