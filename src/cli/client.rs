@@ -373,13 +373,27 @@ async fn ls(s: &Session, target: &str) -> Result<()> {
             .map(|t| format!(" -> {t}"))
             .unwrap_or_default();
         println!(
-            "{kind}{:04o} {:>12} {:>12} {name}{suffix}",
+            "{kind}{:04o} {:>12} {:>20} {name}{suffix}",
             e.mode & 0o7777,
             e.size,
-            e.mtime.0
+            listed_time(e.mtime.0)
         );
     }
     Ok(())
+}
+
+/// A listed mtime as `ls` users read one: UTC, to the second
+/// (`2026-12-03T17:20:05Z`). One RFC 3339 cannot write (before 1970,
+/// after 9999) shows as seconds since the epoch.
+fn listed_time(secs: i64) -> String {
+    const YEAR_10000: i64 = 253_402_300_800;
+    match u64::try_from(secs) {
+        Ok(s) if secs < YEAR_10000 => humantime::format_rfc3339_seconds(
+            std::time::UNIX_EPOCH + std::time::Duration::from_secs(s),
+        )
+        .to_string(),
+        _ => secs.to_string(),
+    }
 }
 
 async fn share(s: &Session, path: &str) -> Result<()> {
@@ -514,4 +528,20 @@ async fn renew(s: &Session) -> Result<()> {
         );
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Known instants, and the ones RFC 3339 cannot write.
+    #[test]
+    fn listed_times_read_as_dates() {
+        assert_eq!(listed_time(0), "1970-01-01T00:00:00Z");
+        // The billennium: 10^9 seconds after the epoch.
+        assert_eq!(listed_time(1_000_000_000), "2001-09-09T01:46:40Z");
+        assert_eq!(listed_time(-1), "-1");
+        assert_eq!(listed_time(i64::MAX), i64::MAX.to_string());
+        assert_eq!(listed_time(253_402_300_799), "9999-12-31T23:59:59Z");
+    }
 }
