@@ -2016,3 +2016,24 @@ fn fallocate_grows_punches_and_zeroes() {
     check();
     drop(m);
 }
+
+/// `lode share`, `ls` and `get` of a path the mount has not published yet
+/// (made a moment ago) see it: the command has the mount publish it first.
+#[test]
+fn commands_by_path_see_what_the_mount_just_made() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (_mirrors, client) = common::three_mirrors_and_client(tmp.path());
+    let mp = tmp.path().join("mnt");
+    let m = Mounted::new(&client, &mp);
+    std::fs::create_dir(mp.join("fresh")).unwrap();
+    std::fs::write(mp.join("fresh/f"), b"just written").unwrap();
+    let cap = client.ok(&["share", "fresh"]).trim().to_string();
+    assert!(client.ok(&["ls", &cap]).contains(" f\n"));
+    std::fs::write(mp.join("fresh/g"), b"written next").unwrap();
+    let got = tmp.path().join("got");
+    client.ok(&["get", "fresh/g", "-o", got.to_str().unwrap()]);
+    assert_eq!(std::fs::read(&got).unwrap(), b"written next");
+    std::fs::create_dir(mp.join("fresh/sub")).unwrap();
+    assert!(client.ok(&["ls", "fresh"]).contains(" sub\n"));
+    drop(m);
+}

@@ -66,7 +66,43 @@ impl Session {
                 .parse::<Cap>()
                 .with_context(|| format!("bad cap {target:?}"));
         }
-        Ok(self.vault.resolve(&self.root(), target).await?)
+        self.resolve(target).await
+    }
+
+    /// A path in the root tree, as the running mount of this identity has
+    /// it, if there is one: what it has not published yet (a directory
+    /// made a moment ago, a file just written) goes up first, as an fsync
+    /// of the path through the mount makes it. Best effort: with no mount,
+    /// or the mirrors away, the path resolves as the mirrors have it.
+    async fn resolve(&self, path: &str) -> Result<Cap> {
+        self.settle(path);
+        Ok(self.vault.resolve(&self.root(), path).await?)
+    }
+
+    fn settle(&self, path: &str) {
+        use std::os::unix::fs::OpenOptionsExt;
+        use std::path::{Component, Path};
+        let rel = Path::new(path.trim_start_matches('/'));
+        if !rel
+            .components()
+            .all(|c| matches!(c, Component::Normal(_) | Component::CurDir))
+        {
+            return;
+        }
+        let Some(at) = super::mount::mounted_at(&self.home) else {
+            return;
+        };
+        let full = Path::new(&at).join(rel);
+        // A file or a directory only: opening a FIFO would wait for a
+        // writer. Not through a symlink at the end.
+        let plain = std::fs::symlink_metadata(&full).is_ok_and(|m| m.is_file() || m.is_dir());
+        if plain {
+            let _ = std::fs::OpenOptions::new()
+                .read(true)
+                .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
+                .open(&full)
+                .and_then(|f| f.sync_all());
+        }
     }
 }
 
@@ -397,7 +433,7 @@ fn listed_time(secs: i64) -> String {
 }
 
 async fn share(s: &Session, path: &str) -> Result<()> {
-    let cap = s.vault.resolve(&s.root(), path).await?;
+    let cap = s.resolve(path).await?;
     println!("{}", cap.read_cap());
     Ok(())
 }
