@@ -2037,3 +2037,70 @@ fn commands_by_path_see_what_the_mount_just_made() {
     assert!(client.ok(&["ls", "fresh"]).contains(" sub\n"));
     drop(m);
 }
+
+/// A directory left on fewer than `happy` mirrors by a session that ended
+/// (its last publish reached only some) is published again by an fsync
+/// beneath it: the fsync fails while a mirror still refuses it, rather
+/// than returning with the new file's entry named only by a listing that
+/// one lost mirror could take back.
+#[test]
+fn fsync_republishes_a_directory_read_from_too_few_mirrors() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (_mirrors, proxies, client) = common::three_recorded_mirrors(tmp.path());
+    let mp = tmp.path().join("mnt");
+    let m = Mounted::new(&client, &mp);
+    std::fs::create_dir_all(mp.join("a/b")).unwrap();
+    std::fs::write(mp.join("a/b/f"), b"first").unwrap();
+    client.ok(&["sync"]);
+    let a = client.slot_key("a");
+    proxies[2].refuse(&a);
+    std::fs::create_dir(mp.join("a/c")).unwrap();
+    assert!(
+        !client.run(&["sync"]).status.success(),
+        "sync passed a refusal"
+    );
+    kill_mount(&mp);
+    drop(m);
+    // `a`'s newest listing is on two mirrors of three; the third still
+    // refuses it, so reading it cannot bring that one up to date either.
+    // Changing a file in `b` changes `b`'s listing, not `a`'s.
+    let m = Mounted::new(&client, &mp);
+    std::fs::write(mp.join("a/b/f"), b"beneath").unwrap();
+    let fsync = |p: &Path| std::fs::File::open(p).and_then(|f| f.sync_all());
+    let err = fsync(&mp.join("a/b/f")).unwrap_err();
+    assert_eq!(err.raw_os_error(), Some(libc::EIO), "{err}");
+    proxies[2].refuse_none();
+    fsync(&mp.join("a/b/f")).unwrap();
+    // Confirmed now: with that mirror refusing again, nothing needs it.
+    proxies[2].refuse(&a);
+    fsync(&mp.join("a/b/f")).unwrap();
+    drop(m);
+}
+
+/// fsync of the directory a directory moved into makes the move durable:
+/// after a crash right after it, the directory is where it was moved.
+#[test]
+fn fsync_of_the_destination_keeps_a_directory_move() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (_mirrors, client) = common::three_mirrors_and_client(tmp.path());
+    let mp = tmp.path().join("mnt");
+    let m = Mounted::new(&client, &mp);
+    std::fs::create_dir_all(mp.join("x/sub")).unwrap();
+    std::fs::create_dir(mp.join("dir")).unwrap();
+    std::fs::write(mp.join("x/sub/f"), b"moved with it").unwrap();
+    client.ok(&["sync"]);
+    std::fs::rename(mp.join("x/sub"), mp.join("dir/sub")).unwrap();
+    std::fs::File::open(mp.join("dir"))
+        .unwrap()
+        .sync_all()
+        .unwrap();
+    kill_mount(&mp);
+    drop(m);
+    let m = Mounted::new(&client, &mp);
+    assert_eq!(
+        std::fs::read(mp.join("dir/sub/f")).unwrap(),
+        b"moved with it"
+    );
+    assert!(!mp.join("x/sub").exists(), "the move was undone");
+    drop(m);
+}

@@ -80,8 +80,10 @@ impl Session {
     }
 
     fn settle(&self, path: &str) {
-        use std::os::unix::fs::OpenOptionsExt;
         use std::path::{Component, Path};
+        /// How long a command waits for the mount to publish the path; a
+        /// mount that takes longer (or hangs) is not waited for.
+        const SETTLE_WAIT: std::time::Duration = std::time::Duration::from_secs(30);
         let rel = Path::new(path.trim_start_matches('/'));
         if !rel
             .components()
@@ -93,16 +95,25 @@ impl Session {
             return;
         };
         let full = Path::new(&at).join(rel);
-        // A file or a directory only: opening a FIFO would wait for a
-        // writer. Not through a symlink at the end.
-        let plain = std::fs::symlink_metadata(&full).is_ok_and(|m| m.is_file() || m.is_dir());
-        if plain {
-            let _ = std::fs::OpenOptions::new()
-                .read(true)
-                .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
-                .open(&full)
-                .and_then(|f| f.sync_all());
-        }
+        let (done, finished) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
+            // A file or a directory on the mount itself: not one a symlink
+            // on the way leads out to, and not a FIFO (opening one waits
+            // for a writer).
+            let dev = std::fs::metadata(&at).map(|m| m.dev()).ok();
+            let inside = std::fs::symlink_metadata(&full)
+                .is_ok_and(|m| (m.is_file() || m.is_dir()) && Some(m.dev()) == dev);
+            if inside {
+                let _ = std::fs::OpenOptions::new()
+                    .read(true)
+                    .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
+                    .open(&full)
+                    .and_then(|f| f.sync_all());
+            }
+            let _ = done.send(());
+        });
+        let _ = finished.recv_timeout(SETTLE_WAIT);
     }
 }
 

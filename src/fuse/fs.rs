@@ -829,7 +829,8 @@ impl LodeFs {
             // Only if nothing changed since the upload began reading: else
             // the file stays dirty and goes up again. The staged copy stays
             // until the directory entry naming this upload is published
-            // (see `publish`).
+            // (see `publish`). (No write lands during an fsync's upload:
+            // the kernel holds the inode's lock for both.)
             if *generation == read_generation {
                 node.size = cap.size;
                 *c = Some(cap);
@@ -1146,6 +1147,7 @@ impl LodeFs {
                     Body::File {
                         staged: staged @ Some(_),
                         cached: true,
+                        dirty: false,
                         writers: 0,
                         ..
                     },
@@ -1586,18 +1588,54 @@ impl LodeFs {
     }
 
     fn flush(&self, open_too: bool, background: bool) -> Result<()> {
+        let files: Vec<u64> = self
+            .lock()
+            .nodes
+            .iter()
+            .filter(|(_, node)| {
+                matches!(node.body, Body::File { dirty: true, writers, .. }
+                    if open_too || writers == 0)
+            })
+            .map(|(&ino, _)| ino)
+            .collect();
+        let mut first_err = self.upload_all(files);
+        let dirs: Vec<u64> = {
+            let tree = self.lock();
+            // In the background, a directory too large to publish waits
+            // until it has fewer entries than when it was refused (each
+            // try fetches and seals megabytes only to be refused again),
+            // or a while: a listing can also shrink at the same count
+            // (shorter names, the root's link table). A paced one waits
+            // its turn.
+            let now = Instant::now();
+            let waits = |dir: &u64| background && waits_its_turn(&tree, *dir, now);
+            let mut dirs: Vec<u64> = tree.dirty.iter().copied().filter(|d| !waits(d)).collect();
+            if !background {
+                // Directories on their way up right now: `publish` waits
+                // for that upload and tries again if it failed, so a sync
+                // does not return before they are safe.
+                dirs.extend(tree.publishing.iter().copied());
+            }
+            dirs
+        };
+        for dir in dirs {
+            if let Err(e) = self.publish_ordered(dir, &mut Vec::new(), background) {
+                first_err.get_or_insert(e);
+            }
+        }
+        first_err.map_or(Ok(()), Err)
+    }
+
+    /// Upload `files`, a few side by side; the first error, if any.
+    fn upload_all(&self, files: Vec<u64>) -> Option<Error> {
         let (mut small, mut large) = (Vec::new(), Vec::new());
-        for (&ino, node) in self.lock().nodes.iter() {
-            if let Body::File {
-                dirty: true,
-                writers,
-                ..
-            } = node.body
-                && (open_too || writers == 0)
-            {
-                match node.size <= SMALL_UPLOAD_BYTES {
-                    true => small.push(ino),
-                    false => large.push(ino),
+        {
+            let tree = self.lock();
+            for ino in files {
+                match tree.nodes.get(&ino).map(|n| n.size) {
+                    Some(size) if size <= SMALL_UPLOAD_BYTES => small.push(ino),
+                    Some(_) => large.push(ino),
+                    None => {}
                 }
             }
         }
@@ -1636,32 +1674,7 @@ impl LodeFs {
                 });
             }
         });
-        let mut first_err = errors.into_inner().unwrap_or_else(|p| p.into_inner());
-        let dirs: Vec<u64> = {
-            let tree = self.lock();
-            // In the background, a directory too large to publish waits
-            // until it has fewer entries than when it was refused (each
-            // try fetches and seals megabytes only to be refused again),
-            // or a while: a listing can also shrink at the same count
-            // (shorter names, the root's link table). A paced one waits
-            // its turn.
-            let now = Instant::now();
-            let waits = |dir: &u64| background && waits_its_turn(&tree, *dir, now);
-            let mut dirs: Vec<u64> = tree.dirty.iter().copied().filter(|d| !waits(d)).collect();
-            if !background {
-                // Directories on their way up right now: `publish` waits
-                // for that upload and tries again if it failed, so a sync
-                // does not return before they are safe.
-                dirs.extend(tree.publishing.iter().copied());
-            }
-            dirs
-        };
-        for dir in dirs {
-            if let Err(e) = self.publish_ordered(dir, &mut Vec::new(), background) {
-                first_err.get_or_insert(e);
-            }
-        }
-        first_err.map_or(Ok(()), Err)
+        errors.into_inner().unwrap_or_else(|p| p.into_inner())
     }
 
     /// Make `ino` durable on the mirrors: its data, its entry, and the
@@ -1695,12 +1708,12 @@ impl LodeFs {
         self.publish_above(ino)
     }
 
-    /// Publish the directories above `ino` that have changes, from its
-    /// parent up. One without changes is already on `happy` mirrors (its
-    /// last publish succeeded, or it was read from them and not changed
-    /// since), and is not sent again: fsync of a file nothing changed
-    /// returns at once, even with a mirror down; `publish` still waits
-    /// for a listing on its way up.
+    /// Publish the directories above `ino` that are not known to be on
+    /// `happy` mirrors as they are, from its parent up. One whose last
+    /// publish here succeeded, or which that many mirrors answered with,
+    /// and which has not changed since, is not sent again: fsync of a file
+    /// nothing changed returns at once, even with a mirror down; `publish`
+    /// still waits for a listing on its way up.
     fn publish_above(&self, ino: u64) -> Result<()> {
         let mut cur = ino;
         loop {
@@ -1710,7 +1723,7 @@ impl LodeFs {
                 .get(&cur)
                 .map(|n| n.parent)
                 .ok_or(Error::NotFound)?;
-            self.publish(parent)?;
+            self.publish_unconfirmed(parent)?;
             if parent == ROOT || parent == cur {
                 return Ok(());
             }
@@ -1718,41 +1731,74 @@ impl LodeFs {
         }
     }
 
+    /// [`Self::publish`] of `dir` if it has changes, or if its listing is
+    /// not known to be on `happy` mirrors ([`crate::store::Grid::confirmed`]:
+    /// one read from fewer, left so by a session that ended before its
+    /// publish reached them all).
+    fn publish_unconfirmed(&self, dir: u64) -> Result<()> {
+        {
+            let mut tree = self.lock();
+            // Not one of ours to publish (a friend's, an alias): as it is.
+            let ours = match tree.nodes.get(&dir) {
+                Some(
+                    node @ Node {
+                        body: Body::Dir { read, .. },
+                        ..
+                    },
+                ) if node.writable_dir().is_some() => Some(read.public_key),
+                _ => None,
+            };
+            let settled = tree.dirty.contains(&dir) || tree.publishing.contains(&dir);
+            if let Some(slot) = ours
+                && !settled
+                && !self.vault.grid().confirmed(&slot)
+            {
+                tree.dirty.insert(dir);
+            }
+        }
+        self.publish(dir)
+    }
+
     /// fsync of a directory: its entries durable on the mirrors. The files
-    /// it names that have changes and are not open for writing are
-    /// uploaded (an entry names a file's upload), then its listing and
-    /// those above it go up. Changes elsewhere in the tree are not waited
-    /// for, as on a local file system.
+    /// it names that have changes are uploaded (an entry names a file's
+    /// upload; of those still open for writing, the ones never uploaded,
+    /// which have no entry yet), and the directories in it with changes
+    /// are published (one moved in must name its new home before a crash
+    /// can find its old one), then its listing and those above it go up.
+    /// Changes elsewhere in the tree are not waited for, as on a local
+    /// file system.
     fn sync_dir(&self, dir: u64) -> Result<()> {
-        let files: Vec<u64> = {
+        let (files, dirs): (Vec<u64>, Vec<u64>) = {
             let tree = self.lock();
-            let children = tree
+            let children: Vec<u64> = tree
                 .children(dir)
-                .map(|c| c.values().copied().collect::<Vec<_>>());
-            children
-                .unwrap_or_default()
-                .into_iter()
+                .map(|c| c.values().copied().collect())
+                .unwrap_or_default();
+            let files = children
+                .iter()
+                .copied()
                 .filter(|c| {
                     matches!(
                         tree.nodes.get(c).map(|n| &n.body),
-                        Some(Body::File {
-                            dirty: true,
-                            writers: 0,
-                            ..
-                        })
+                        Some(Body::File { dirty: true, writers, cap, .. })
+                            if *writers == 0 || cap.is_none()
                     )
                 })
-                .collect()
+                .collect();
+            let dirs = children
+                .into_iter()
+                .filter(|c| tree.dirty.contains(c) || tree.publishing.contains(c))
+                .collect();
+            (files, dirs)
         };
-        let mut first_err = None;
-        for ino in files {
-            // A failed upload keeps the file's staged copy durable here.
-            if let Err(e) = self.upload(ino) {
-                first_err.get_or_insert(e);
-            }
+        // A failed upload keeps the file's staged copy durable here.
+        if let Some(e) = self.upload_all(files) {
+            return Err(e);
         }
-        first_err.map_or(Ok(()), Err)?;
-        self.publish(dir)?;
+        for child in dirs {
+            self.publish(child)?;
+        }
+        self.publish_unconfirmed(dir)?;
         if dir == ROOT {
             return Ok(());
         }
@@ -2183,16 +2229,25 @@ impl LodeFs {
                 .open(&path)?
                 .set_len(size)?;
             let mut tree = self.lock();
+            let mut renote = false;
             if let Some(node) = tree.nodes.get_mut(&ino) {
                 node.size = size;
                 node.mtime = now();
                 if let Body::File {
-                    dirty, generation, ..
+                    dirty,
+                    generation,
+                    cached,
+                    ..
                 } = &mut node.body
                 {
                     *dirty = true;
                     *generation += 1;
+                    renote = std::mem::take(cached);
                 }
+            }
+            drop(tree);
+            if renote {
+                self.note_staged(ino);
             }
         }
         let mut tree = self.lock();
@@ -2266,11 +2321,13 @@ impl LodeFs {
             node.size = 0;
             node.mtime = now();
         }
+        let mut renote = false;
         if let Body::File {
             writers,
             dirty,
             staged,
             generation,
+            cached,
             ..
         } = &mut node.body
         {
@@ -2281,6 +2338,7 @@ impl LodeFs {
                 self.early.spoil(ino);
                 *dirty = true;
                 *generation += 1;
+                renote = std::mem::take(cached);
                 if let Some(p) = staged {
                     std::fs::OpenOptions::new()
                         .write(true)
@@ -2291,6 +2349,10 @@ impl LodeFs {
         }
         if trunc {
             tree.changed(ino);
+        }
+        drop(tree);
+        if renote {
+            self.note_staged(ino);
         }
         Ok(keep_cache)
     }
@@ -2371,10 +2433,15 @@ impl LodeFs {
         let t = now();
         node.mtime = t;
         node.ctime = t;
+        let mut renote = false;
         if let Body::File {
-            dirty, generation, ..
+            dirty,
+            generation,
+            cached,
+            ..
         } = &mut node.body
         {
+            renote = std::mem::take(cached);
             // Before the generation moves: see `Earlies::wrote`.
             if let Some(early) = self.early.wrote(ino, offset, data.len() as u64, old_size) {
                 match std::fs::File::open(&path) {
@@ -2391,6 +2458,10 @@ impl LodeFs {
             }
             *dirty = true;
             *generation += 1;
+        }
+        drop(tree);
+        if renote {
+            self.note_staged(ino);
         }
         Ok(data.len() as u32)
     }
@@ -2418,11 +2489,24 @@ impl LodeFs {
             libc::off_t::try_from(len).map_err(|_| too_large())?,
         );
         let path = self.stage(ino, false)?;
-        self.with_room(|| {
+        let done = self.with_room(|| {
             let file = std::fs::OpenOptions::new().write(true).open(&path)?;
-            nix::fcntl::fallocate(&file, flags, start, length).map_err(std::io::Error::from)?;
-            Ok(())
-        })?;
+            match nix::fcntl::fallocate(&file, flags, start, length) {
+                // A staging file system without ZERO_RANGE (tmpfs): a
+                // punched hole reads the same, then the length.
+                Err(nix::errno::Errno::EOPNOTSUPP) if flags.contains(F::FALLOC_FL_ZERO_RANGE) => {
+                    let punch = F::FALLOC_FL_PUNCH_HOLE | F::FALLOC_FL_KEEP_SIZE;
+                    nix::fcntl::fallocate(&file, punch, start, length)
+                        .map_err(std::io::Error::from)?;
+                    if !flags.contains(F::FALLOC_FL_KEEP_SIZE) && file.metadata()?.len() < end {
+                        file.set_len(end)?;
+                    }
+                    Ok(())
+                }
+                other => Ok(other.map_err(std::io::Error::from)?),
+            }
+        });
+        done?;
         let mut tree = self.lock();
         let node = tree.nodes.get_mut(&ino).ok_or(Error::NotFound)?;
         let grows = !flags.contains(F::FALLOC_FL_KEEP_SIZE) && end > node.size;
@@ -2437,14 +2521,23 @@ impl LodeFs {
         let t = now();
         node.mtime = t;
         node.ctime = t;
+        let mut renote = false;
         if let Body::File {
-            dirty, generation, ..
+            dirty,
+            generation,
+            cached,
+            ..
         } = &mut node.body
         {
             // An early upload streams appends only.
             self.early.spoil(ino);
             *dirty = true;
             *generation += 1;
+            renote = std::mem::take(cached);
+        }
+        drop(tree);
+        if renote {
+            self.note_staged(ino);
         }
         Ok(())
     }

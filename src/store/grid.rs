@@ -88,6 +88,9 @@ pub struct Grid {
     seen: Mutex<HashMap<[u8; 32], u64>>,
     /// Bumped whenever `seen` changes.
     seen_changes: std::sync::atomic::AtomicU64,
+    /// Per directory, the highest seq known to be on `happy` mirrors: this
+    /// client published it there, or that many answered a read with it.
+    confirmed: Mutex<HashMap<[u8; 32], u64>>,
     placed: Mutex<Placed>,
     /// Slot versions already sent to a mirror that lagged (slot, mirror,
     /// seq): each is tried once.
@@ -156,6 +159,7 @@ impl Grid {
             params: Params::new(config.k, config.n)?,
             happy: config.happy.max(1),
             seen: Mutex::new(HashMap::new()),
+            confirmed: Mutex::new(HashMap::new()),
             seen_changes: std::sync::atomic::AtomicU64::new(0),
             placed: Mutex::new(Placed::new()),
             slot_repairs: Mutex::new(HashSet::new()),
@@ -682,6 +686,10 @@ impl Grid {
             }),
             _ => Ok(best.map(|(seq, listing, bytes)| {
                 self.note_seen(&cap.public_key, seq);
+                let holding = held.iter().filter(|(_, h)| *h == Some(seq)).count();
+                if holding >= self.happy.min(self.mirrors.len()) {
+                    self.note_confirmed(&cap.public_key, seq);
+                }
                 let behind: Vec<usize> = held
                     .iter()
                     .filter(|(_, h)| h.is_none_or(|h| h < seq))
@@ -786,7 +794,29 @@ impl Grid {
             });
         }
         self.note_seen(&envelope.public_key, envelope.seq);
+        self.note_confirmed(&envelope.public_key, envelope.seq);
         Ok(())
+    }
+
+    fn note_confirmed(&self, public_key: &[u8; 32], seq: u64) {
+        let mut confirmed = self.confirmed.lock().expect("lock");
+        let at = confirmed.entry(*public_key).or_insert(seq);
+        *at = (*at).max(seq);
+    }
+
+    /// Whether the newest version of a directory this client knows of is
+    /// known to be on `happy` mirrors. Not so for one read from fewer (a
+    /// publish that reached only some, by a session that then ended): an
+    /// fsync beneath it must publish it again.
+    pub fn confirmed(&self, public_key: &[u8; 32]) -> bool {
+        let seen = self.seen.lock().expect("lock").get(public_key).copied();
+        let confirmed = self
+            .confirmed
+            .lock()
+            .expect("lock")
+            .get(public_key)
+            .copied();
+        matches!((seen, confirmed), (Some(s), Some(c)) if c >= s)
     }
 
     /// Record that `seq` of a slot exists, so no older version is accepted.
