@@ -302,3 +302,62 @@ fn gc_frees_unleased_shares_and_keeps_renewed_ones() {
     client.ok(&["check", &kept_cap, "--verify"]);
     client.ok(&["ls", "/"]);
 }
+
+/// `get -o` writes as `cp` does: through a device (its errors are the
+/// command's), through a symlink to its target (the link stays), over a
+/// regular file keeping its mode; never replacing the node itself.
+#[test]
+fn get_writes_through_what_the_destination_is() {
+    use std::os::unix::fs::{FileTypeExt, PermissionsExt};
+    let tmp = tempfile::tempdir().unwrap();
+    let mirrors = three_mirrors(tmp.path(), &[]);
+    let client = Client::new(&tmp.path().join("home"), &urls(&mirrors));
+    let data = common::seeded_bytes("get through", 300_000);
+    let src = write_file(tmp.path(), "src.bin", &data);
+    let cap = client
+        .ok(&["put", src.to_str().unwrap()])
+        .trim()
+        .to_string();
+    let get = |out: &std::path::Path| client.run(&["get", &cap, "-o", out.to_str().unwrap()]);
+
+    // A device that is always full: the write fails, and so does the command.
+    let full = tmp.path().join("full");
+    let made = std::process::Command::new("mknod")
+        .args([full.to_str().unwrap(), "c", "1", "7"])
+        .status()
+        .unwrap();
+    assert!(made.success());
+    let out = get(&full);
+    assert!(!out.status.success(), "a write to a full device succeeded");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("No space left"), "{err}");
+    assert!(
+        std::fs::metadata(&full)
+            .unwrap()
+            .file_type()
+            .is_char_device()
+    );
+
+    // A symlink: its target gets the content, the link stays a link.
+    let target = write_file(tmp.path(), "target", b"old");
+    let link = tmp.path().join("link");
+    std::os::unix::fs::symlink(&target, &link).unwrap();
+    assert!(get(&link).status.success());
+    assert!(
+        std::fs::symlink_metadata(&link)
+            .unwrap()
+            .file_type()
+            .is_symlink()
+    );
+    assert!(std::fs::read(&target).unwrap() == data);
+
+    // A regular file keeps its mode.
+    let private = write_file(tmp.path(), "private", b"old");
+    std::fs::set_permissions(&private, std::fs::Permissions::from_mode(0o600)).unwrap();
+    assert!(get(&private).status.success());
+    assert_eq!(
+        std::fs::metadata(&private).unwrap().permissions().mode() & 0o777,
+        0o600
+    );
+    assert!(std::fs::read(&private).unwrap() == data);
+}

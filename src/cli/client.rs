@@ -326,6 +326,64 @@ async fn upload_file(s: &Session, path: &Path, len: u64) -> Result<lode::caps::F
     result.with_context(|| format!("uploading {}", path.display()))
 }
 
+/// Write a file's content to `out` as `cp` would. A regular file (or the
+/// one a symlink names) is written beside itself and renamed over, so a
+/// failed download never leaves it cut short, and keeps its mode; a device
+/// or FIFO (`/dev/stdout`, `/dev/full`) is written through, and its errors
+/// are the command's; a dangling symlink's target is created.
+async fn download_to(s: &Session, file: &lode::caps::FileReadCap, out: &Path) -> Result<()> {
+    let target = std::fs::metadata(out).ok();
+    let is_link = std::fs::symlink_metadata(out).is_ok_and(|m| m.file_type().is_symlink());
+    match &target {
+        Some(m) if !m.is_file() => {
+            let mut w = std::io::BufWriter::with_capacity(
+                1 << 20,
+                std::fs::OpenOptions::new().write(true).open(out)?,
+            );
+            s.vault.get_to(file, &mut w).await?;
+            w.flush()?;
+            return Ok(());
+        }
+        None if is_link => {
+            let w = std::fs::OpenOptions::new()
+                .write(true)
+                .create(true)
+                .truncate(true)
+                .open(out)?;
+            s.vault.get_to_file(file, &w).await?;
+            w.sync_all()?;
+            return Ok(());
+        }
+        _ => {}
+    }
+    let real = match is_link {
+        true => std::fs::canonicalize(out)?,
+        false => out.to_path_buf(),
+    };
+    let tmp = real.with_file_name(format!(
+        ".{}.lode-part",
+        real.file_name()
+            .and_then(|n| n.to_str())
+            .unwrap_or("download")
+    ));
+    let result = async {
+        let w = std::fs::File::create(&tmp)?;
+        if let Some(m) = &target {
+            w.set_permissions(m.permissions())?;
+        }
+        s.vault.get_to_file(file, &w).await?;
+        w.sync_all()?;
+        anyhow::Ok(())
+    }
+    .await;
+    if let Err(e) = result {
+        let _ = std::fs::remove_file(&tmp);
+        return Err(e);
+    }
+    std::fs::rename(&tmp, &real)?;
+    Ok(())
+}
+
 async fn get(s: &Session, target: &str, output: Option<&Path>) -> Result<()> {
     match s.target(target).await? {
         Cap::FileRead(file) => match output {
@@ -352,26 +410,9 @@ async fn get(s: &Session, target: &str, output: Option<&Path>) -> Result<()> {
                 } else {
                     out
                 };
-                // Write beside the destination and rename, so a failed
-                // download never leaves a truncated file under the name.
-                let tmp = out.with_file_name(format!(
-                    ".{}.lode-part",
-                    out.file_name()
-                        .and_then(|n| n.to_str())
-                        .unwrap_or("download")
-                ));
-                let result = async {
-                    let w = std::fs::File::create(&tmp)?;
-                    s.vault.get_to_file(&file, &w).await?;
-                    w.sync_all()?;
-                    anyhow::Ok(())
-                }
-                .await;
-                if let Err(e) = result {
-                    let _ = std::fs::remove_file(&tmp);
-                    return Err(e.context(format!("downloading to {}", out.display())));
-                }
-                std::fs::rename(&tmp, out)?;
+                download_to(s, &file, out)
+                    .await
+                    .with_context(|| format!("downloading to {}", out.display()))?;
             }
             None => {
                 let mut w = std::io::BufWriter::with_capacity(1 << 20, std::io::stdout());
