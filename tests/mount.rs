@@ -2104,3 +2104,48 @@ fn fsync_of_the_destination_keeps_a_directory_move() {
     assert!(!mp.join("x/sub").exists(), "the move was undone");
     drop(m);
 }
+
+/// SIGTERM to a mount in use: it leaves the namespace at once (a lazy
+/// unmount), goes on serving the file still open on it, and ends once
+/// that closes, with what was written after the signal on the mirrors.
+#[test]
+fn sigterm_while_in_use_detaches_and_ends_when_let_go() {
+    use std::io::Write;
+    let tmp = tempfile::tempdir().unwrap();
+    let (_mirrors, client) = common::three_mirrors_and_client(tmp.path());
+    let mp = tmp.path().join("mnt");
+    let m = Mounted::new(&client, &mp);
+    let mut held = std::fs::File::create(mp.join("held")).unwrap();
+    held.write_all(b"written before,").unwrap();
+    let pattern = format!("[l]ode mount {} --foreground", mp.display());
+    run(Command::new("pkill").args(["-TERM", "-f", &pattern]));
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while common::mount::mounted(&mp) {
+        assert!(Instant::now() < deadline, "still mounted after SIGTERM");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    held.write_all(b" and after the signal").unwrap();
+    drop(held);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let alive = || {
+        Command::new("pgrep")
+            .args(["-f", &pattern])
+            .status()
+            .unwrap()
+            .success()
+    };
+    while alive() {
+        assert!(
+            Instant::now() < deadline,
+            "the mount did not end once let go"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let out = tmp.path().join("out");
+    client.ok(&["get", "held", "-o", out.to_str().unwrap()]);
+    assert_eq!(
+        std::fs::read(&out).unwrap(),
+        b"written before, and after the signal"
+    );
+    drop(m);
+}

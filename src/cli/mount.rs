@@ -470,8 +470,12 @@ pub fn mount(args: MountArgs) -> Result<()> {
         tokio::select! {
             _ = term.recv() => unmount(&mountpoint),
             _ = int.recv() => unmount(&mountpoint),
-            _ = &mut ended => {},
+            _ = &mut ended => return anyhow::Ok(()),
         }
+        // Unmounted, perhaps lazily: the session ends once the kernel lets
+        // go of it, when the last file open on it closes. Until then this
+        // process serves those files, and keeps its lock.
+        let _ = (&mut ended).await;
         anyhow::Ok(())
     })?;
     // Wait for the session to end (the filesystem's destroy publishes
@@ -579,15 +583,33 @@ fn widen_readahead(mountpoint: &Path) {
     }
 }
 
+/// Unmount on SIGTERM or SIGINT. A mount in use (a shell's working
+/// directory, an open file) cannot go at once: it is detached lazily, as
+/// gocryptfs does, so that it leaves the namespace now and ends when its
+/// last user lets go. Failing outright left a process whose final flush
+/// had run beside a mount still in use.
 fn unmount(mountpoint: &Path) {
-    let status = std::process::Command::new("fusermount3")
-        .arg("-u")
-        .arg(mountpoint)
-        .status();
-    if !matches!(status, Ok(s) if s.success()) {
-        let _ = std::process::Command::new("umount")
-            .arg(mountpoint)
-            .status();
+    let ok = |cmd: &mut std::process::Command| {
+        cmd.stderr(std::process::Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success())
+    };
+    let fusermount = || std::process::Command::new("fusermount3");
+    if ok(fusermount().arg("-u").arg(mountpoint))
+        || ok(std::process::Command::new("umount").arg(mountpoint))
+    {
+        return;
+    }
+    eprintln!(
+        "lode: {} is in use: detached, and ends when its last user lets go",
+        mountpoint.display()
+    );
+    if !ok(fusermount().args(["-u", "-z"]).arg(mountpoint))
+        && !ok(std::process::Command::new("umount")
+            .arg("-l")
+            .arg(mountpoint))
+    {
+        eprintln!("lode: could not unmount {}", mountpoint.display());
     }
 }
 

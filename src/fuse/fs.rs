@@ -1555,6 +1555,14 @@ impl LodeFs {
         self.flush(false, false)
     }
 
+    /// The flush as the session ends: files still counted open too. None
+    /// can be written to any more, but the kernel may end the session
+    /// without their release (a lazy unmount while one was open); skipping
+    /// them left them staged with no word until the next mount.
+    fn flush_last(&self) -> Result<()> {
+        self.flush(true, false)
+    }
+
     /// The final flush: the one the unmount ran, if it did, else one now
     /// (a session that ended without `destroy`). Not twice: with a mirror
     /// down, each pass spends its retries again on every directory.
@@ -1564,7 +1572,7 @@ impl LodeFs {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .clone();
-        ran.unwrap_or_else(|| self.flush_all().map_err(|e| e.to_string()))
+        ran.unwrap_or_else(|| self.flush_last().map_err(|e| e.to_string()))
     }
 
     /// `flush_all` as the background flusher does it: directories too
@@ -2765,7 +2773,7 @@ const TOO_LARGE_RETRY: Duration = Duration::from_secs(60);
 impl Filesystem for Mount {
     fn destroy(&mut self) {
         self.stop_flusher();
-        let flushed = self.flush_all();
+        let flushed = self.flush_last();
         if let Err(e) = &flushed {
             tracing::error!(error = %e, "final flush failed; changes stay staged");
         }
