@@ -361,3 +361,38 @@ fn get_writes_through_what_the_destination_is() {
     );
     assert!(std::fs::read(&private).unwrap() == data);
 }
+
+/// One mirror per data directory: a second on the same one is refused
+/// before it listens, and so is a data path that is a file.
+#[test]
+fn a_data_directory_serves_one_mirror() {
+    let tmp = tempfile::tempdir().unwrap();
+    let first = MirrorProc::start(&tmp.path().join("m"), &[]);
+    let second = |data: &std::path::Path| {
+        let mut child = std::process::Command::new(common::LODE)
+            .args(["mirror", "serve", "--listen", "127.0.0.1:0", "--data"])
+            .arg(data)
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while child.try_wait().unwrap().is_none() {
+            if std::time::Instant::now() > deadline {
+                let _ = child.kill();
+                panic!("a second mirror on {} kept running", data.display());
+            }
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+        child.wait_with_output().unwrap()
+    };
+    let out = second(&tmp.path().join("m"));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && err.contains("in use by another mirror"), "{err}");
+    assert!(out.stdout.is_empty(), "it said it listens");
+    let file = write_file(tmp.path(), "plain", b"x");
+    let out = second(&file);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && err.contains("not a directory"), "{err}");
+    drop(first);
+}

@@ -143,7 +143,28 @@ pub fn run(args: ServeArgs) -> Result<()> {
         mirror_id: [0; 32],
         upstream,
     };
+    // One mirror per data directory, checked before anything listens: a
+    // second would share the first's ledger and clear its uploads in flight.
+    let data = &args.data;
+    if data.exists() && !data.is_dir() {
+        bail!("--data {} is not a directory", data.display());
+    }
+    std::fs::create_dir_all(data)
+        .with_context(|| format!("cannot make the data directory {}", data.display()))?;
+    let lock = std::fs::File::create(data.join("mirror.lock"))
+        .with_context(|| format!("cannot use the data directory {}", data.display()))?;
+    match lock.try_lock() {
+        Ok(()) => {}
+        Err(std::fs::TryLockError::WouldBlock) => bail!(
+            "{} is in use by another mirror (one mirror per data directory)",
+            data.display()
+        ),
+        Err(std::fs::TryLockError::Error(e)) => {
+            return Err(e).with_context(|| format!("cannot lock {}", data.display()));
+        }
+    }
     let rt = tokio::runtime::Runtime::new()?;
+    let _held = lock;
     rt.block_on(async move {
         let listener = tokio::net::TcpListener::bind(&args.listen)
             .await
