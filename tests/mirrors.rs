@@ -388,11 +388,17 @@ fn a_data_directory_serves_one_mirror() {
     };
     let out = second(&tmp.path().join("m"));
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(!out.status.success() && err.contains("in use by another mirror"), "{err}");
+    assert!(
+        !out.status.success() && err.contains("in use by another mirror"),
+        "{err}"
+    );
     assert!(out.stdout.is_empty(), "it said it listens");
     let file = write_file(tmp.path(), "plain", b"x");
     let out = second(&file);
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(!out.status.success() && err.contains("not a directory"), "{err}");
+    assert!(
+        !out.status.success() && err.contains("not a directory"),
+        "{err}"
+    );
     drop(first);
 }

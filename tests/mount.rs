@@ -2149,3 +2149,48 @@ fn sigterm_while_in_use_detaches_and_ends_when_let_go() {
     );
     drop(m);
 }
+
+/// The kernel's generic flags reach the mount, the last of a pair winning
+/// as mount(8) has it: `noexec` stops a script from running, and `ro,rw`
+/// is read-write.
+#[test]
+fn generic_mount_flags_reach_the_kernel() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (_mirrors, client) = common::three_mirrors_and_client(tmp.path());
+    let mp = tmp.path().join("mnt");
+    let flags = || {
+        let mounts = std::fs::read_to_string("/proc/self/mounts").unwrap();
+        let line = mounts
+            .lines()
+            .find(|l| l.split(' ').nth(1) == mp.to_str())
+            .unwrap()
+            .to_string();
+        line.split(' ')
+            .nth(3)
+            .unwrap()
+            .split(',')
+            .map(String::from)
+            .collect::<Vec<_>>()
+    };
+    let m = Mounted::with_options(&client, &mp, &["noexec,nosuid,nodev", "ro,rw"]);
+    let got = flags();
+    for want in ["rw", "noexec", "nosuid", "nodev"] {
+        assert!(got.iter().any(|f| f == want), "{want} missing: {got:?}");
+    }
+    let script = mp.join("s.sh");
+    std::fs::write(&script, "#!/bin/sh\necho ran\n").unwrap();
+    std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let err = Command::new(&script).output().unwrap_err();
+    assert_eq!(err.raw_os_error(), Some(libc::EACCES), "{err}");
+    drop(m);
+    let out = client.run(&[
+        "mount",
+        mp.to_str().unwrap(),
+        "-o",
+        "allow_other,allow_root",
+    ]);
+    assert!(
+        !out.status.success(),
+        "allow_other with allow_root was taken"
+    );
+}

@@ -257,6 +257,11 @@ pub fn mount(args: MountArgs) -> Result<()> {
     let mut max_inodes: usize = 100_000;
     let mut miner = Some(lode::miner::MinerConfig::default());
     let mut acl = fuser::SessionACL::Owner;
+    // (allow_other, allow_root) given: as libfuse, not both.
+    let mut allowed = (false, false);
+    // The kernel's generic flags, as mount(8) reads them: the last of a
+    // pair wins (`ro,rw` is read-write).
+    let mut flags: std::collections::BTreeMap<&str, fuser::MountOption> = Default::default();
     for opt in args
         .options
         .iter()
@@ -265,10 +270,35 @@ pub fn mount(args: MountArgs) -> Result<()> {
     {
         match opt {
             // fuser filters requests by caller too: it must know.
-            "allow_other" => acl = fuser::SessionACL::All,
-            "allow_root" => acl = fuser::SessionACL::RootAndOwner,
+            "allow_other" => {
+                acl = fuser::SessionACL::All;
+                allowed.0 = true;
+            }
+            "allow_root" => {
+                acl = fuser::SessionACL::RootAndOwner;
+                allowed.1 = true;
+            }
             "default_permissions" => {} // always on
-            "ro" => options.push(fuser::MountOption::RO),
+            "ro" | "rw" | "exec" | "noexec" | "suid" | "nosuid" | "dev" | "nodev" | "atime"
+            | "noatime" | "sync" | "async" | "dirsync" => {
+                use fuser::MountOption as M;
+                let (pair, flag) = match opt {
+                    "ro" => ("rw", M::RO),
+                    "rw" => ("rw", M::RW),
+                    "exec" => ("exec", M::Exec),
+                    "noexec" => ("exec", M::NoExec),
+                    "suid" => ("suid", M::Suid),
+                    "nosuid" => ("suid", M::NoSuid),
+                    "dev" => ("dev", M::Dev),
+                    "nodev" => ("dev", M::NoDev),
+                    "atime" => ("atime", M::Atime),
+                    "noatime" => ("atime", M::NoAtime),
+                    "sync" => ("sync", M::Sync),
+                    "async" => ("sync", M::Async),
+                    _ => ("dirsync", M::DirSync),
+                };
+                flags.insert(pair, flag);
+            }
             "nominer" => miner = None,
             o if o.starts_with("miner_threads=") => {
                 let n = option_value(o, "a number")?;
@@ -303,15 +333,19 @@ pub fn mount(args: MountArgs) -> Result<()> {
                     bail!("inodes={max_inodes}: at least {MIN_INODES}");
                 }
             }
-            // For mount(8), systemd and the kernel's generic flags: nothing
-            // for lode to do.
-            "rw" | "defaults" | "auto" | "noauto" | "nofail" | "_netdev" | "user" | "users"
-            | "nouser" | "dev" | "nodev" | "suid" | "nosuid" | "exec" | "noexec" | "atime"
-            | "noatime" | "relatime" => {}
+            // For mount(8) and systemd (`owner`, `user` and `users` say who
+            // may mount, which fstab has settled by now), and the kernel's
+            // default atime handling: nothing for lode to do.
+            "defaults" | "auto" | "noauto" | "nofail" | "_netdev" | "user" | "users" | "nouser"
+            | "owner" | "relatime" => {}
             o if o.starts_with("x-") => {}
             other => bail!("unknown mount option {other:?}"),
         }
     }
+    if allowed.0 && allowed.1 {
+        bail!("allow_other and allow_root cannot be given together");
+    }
+    options.extend(flags.into_values());
     if !args.foreground {
         // Fail here, in one line, on a bad identity or config, rather than
         // in the detached child.
