@@ -74,3 +74,16 @@ fn mine_bench_reports_a_hashrate() {
     let err = client.fails(&["mine", "--bench", "0"]);
     assert!(err.contains("positive"), "{err}");
 }
+
+/// A duration that is no number of seconds is a clear error, not a panic.
+#[test]
+fn mine_refuses_a_duration_that_is_no_time() {
+    let tmp = tempfile::tempdir().unwrap();
+    let client = Client::new(&tmp.path().join("home"), &["http://127.0.0.1:9"]);
+    for bad in ["-1", "0", "nan", "inf", "99999999999999999999"] {
+        let out = client.run(&["mine", &format!("--duration={bad}")]);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{bad}: {err}");
+        assert!(err.contains("--duration"), "{bad}: {err}");
+    }
+}

@@ -402,3 +402,25 @@ fn a_data_directory_serves_one_mirror() {
     );
     drop(first);
 }
+
+/// `lode share --verify` hands out a verify-cap: it checks a directory's
+/// shares, but does not list it.
+#[test]
+fn a_verify_cap_checks_but_does_not_read() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mirrors = three_mirrors(tmp.path(), &[]);
+    let client = Client::new(&tmp.path().join("home"), &urls(&mirrors));
+    let local = tmp.path().join("docs");
+    std::fs::create_dir(&local).unwrap();
+    write_file(
+        &local,
+        "f.bin",
+        &common::seeded_bytes("verify cap", 200_000),
+    );
+    client.ok(&["put", local.to_str().unwrap(), "--to", "docs"]);
+    let cap = client.ok(&["share", "--verify", "docs"]).trim().to_string();
+    assert!(cap.starts_with("lode:dir-v:"), "{cap}");
+    let report = client.ok(&["check", &cap]);
+    assert!(report.contains("healthy"), "{report}");
+    client.fails(&["ls", &cap]);
+}

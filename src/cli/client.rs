@@ -131,7 +131,7 @@ pub fn run(command: Command) -> Result<()> {
             Command::Put { files, to } => put(&session, &files, to.as_deref()).await,
             Command::Get { target, output } => get(&session, &target, output.as_deref()).await,
             Command::Ls { target } => ls(&session, &target).await,
-            Command::Share { path } => share(&session, &path).await,
+            Command::Share { path, verify } => share(&session, &path, verify).await,
             Command::Check {
                 target,
                 verify,
@@ -484,9 +484,12 @@ fn listed_time(secs: i64) -> String {
     }
 }
 
-async fn share(s: &Session, path: &str) -> Result<()> {
+async fn share(s: &Session, path: &str, verify: bool) -> Result<()> {
     let cap = s.resolve(path).await?;
-    println!("{}", cap.read_cap());
+    match verify {
+        true => println!("{}", cap.verify_cap()),
+        false => println!("{}", cap.read_cap()),
+    }
     Ok(())
 }
 

@@ -46,6 +46,12 @@ pub fn mine(args: MineArgs) -> Result<()> {
     if !(args.duty > 0.0 && args.duty <= 1.0) {
         bail!("--duty must be in (0, 1]");
     }
+    // A year at most: beyond that the deadline is no deadline.
+    if let Some(s) = args.duration
+        && !(s > 0.0 && s <= 366.0 * 86_400.0)
+    {
+        bail!("--duration wants a positive number of seconds, at most a year; got {s}");
+    }
     if let Some(secs) = args.bench {
         if !(secs > 0.0 && secs.is_finite()) {
             bail!("--bench needs a positive number of seconds");

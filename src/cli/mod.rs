@@ -59,8 +59,13 @@ pub enum Command {
         #[arg(default_value = "/")]
         target: String,
     },
-    /// Print the read-cap of a path in your tree.
-    Share { path: String },
+    /// Print the read-cap of a path in your tree (or, with --verify, the
+    /// verify-cap: it lets a repairer check and repair without reading).
+    Share {
+        path: String,
+        #[arg(long)]
+        verify: bool,
+    },
     /// Count (or verify) the shares of a cap on every mirror.
     Check {
         target: String,

@@ -1590,7 +1590,12 @@ impl LodeFs {
         self.retry_recovery();
         self.flush(true, false)?;
         match self.unadopted().len() {
-            0 => Ok(()),
+            0 => {
+                // Everything went up: the background's last failure is
+                // history (`lode status` showed it until its next try).
+                *self.flush_failing.lock().unwrap_or_else(|p| p.into_inner()) = None;
+                Ok(())
+            }
             n => Err(Error::Unrecovered(n)),
         }
     }
