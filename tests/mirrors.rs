@@ -424,3 +424,18 @@ fn a_verify_cap_checks_but_does_not_read() {
     assert!(report.contains("healthy"), "{report}");
     client.fails(&["ls", &cap]);
 }
+
+/// One mirror under a second address is refused: it would count twice
+/// toward `happy`.
+#[test]
+fn a_mirror_is_added_once_whatever_its_address() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mirror = MirrorProc::start(&tmp.path().join("m"), &[]);
+    let other = MirrorProc::start(&tmp.path().join("o"), &[]);
+    let client = Client::new(&tmp.path().join("home"), &[&mirror.url]);
+    let alias = mirror.url.replace("127.0.0.1", "localhost");
+    assert_ne!(alias, mirror.url);
+    let err = client.fails(&["mirrors", "add", &alias]);
+    assert!(err.contains("already configured"), "{err}");
+    client.ok(&["mirrors", "add", &other.url]);
+}

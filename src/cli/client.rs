@@ -184,8 +184,24 @@ fn mirrors(command: MirrorsCommand) -> Result<()> {
             }
             let account = home.secret()?.account_key();
             let rt = tokio::runtime::Runtime::new()?;
-            if let Err(e) = rt.block_on(HttpMirror::new(&url, account)?.info()) {
-                eprintln!("warning: {url} does not answer yet ({e}); adding it anyway");
+            match rt.block_on(HttpMirror::new(&url, account.clone())?.info()) {
+                Err(e) => eprintln!("warning: {url} does not answer yet ({e}); adding it anyway"),
+                // Shares count toward `happy` once per mirror: the same
+                // mirror under a second address would be counted twice.
+                Ok(info) => {
+                    if let Some(id) = info.mirror_id {
+                        for other in &config.mirrors {
+                            let theirs =
+                                rt.block_on(HttpMirror::new(other, account.clone())?.info());
+                            if theirs.is_ok_and(|o| o.mirror_id.as_ref() == Some(&id)) {
+                                bail!(
+                                    "{url} is the mirror already configured as {other}: \
+                                     one mirror under two addresses would count twice toward happy"
+                                );
+                            }
+                        }
+                    }
+                }
             }
             config.mirrors.push(url.clone());
             config.save(&home)?;

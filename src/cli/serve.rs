@@ -176,7 +176,7 @@ pub fn run(args: ServeArgs) -> Result<()> {
                     .await
                     .with_context(|| format!("cannot listen on {s} for stratum"))?;
                 let mut pool_config = pool_config.clone();
-                pool_config.mirror_id = mirror_id(&args.data)?;
+                pool_config.mirror_id = lode::mirror::mirror_id(&args.data)?;
                 Some((l, pool_config))
             }
             None => None,
@@ -192,21 +192,6 @@ pub fn run(args: ServeArgs) -> Result<()> {
             .await
             .with_context(|| format!("mirror with data in {}", args.data.display()))
     })
-}
-
-/// The mirror's identity, committed to in its built-in jobs: random, made
-/// once and kept in the data directory.
-fn mirror_id(data: &std::path::Path) -> Result<[u8; 32]> {
-    std::fs::create_dir_all(data)?;
-    let path = data.join("mirror-id");
-    if let Ok(text) = std::fs::read_to_string(&path)
-        && let Ok(id) = lode::protocol::parse_hex::<32>(text.trim())
-    {
-        return Ok(id);
-    }
-    let id: [u8; 32] = rand::random();
-    std::fs::write(&path, lode::protocol::hex(&id))?;
-    Ok(id)
 }
 
 async fn shutdown_signal() {

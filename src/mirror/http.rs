@@ -44,6 +44,7 @@ pub struct MirrorConfig {
 }
 
 struct Mirror {
+    id: [u8; 32],
     stratum_port: Option<u16>,
     shares: Arc<DiskShares>,
     ledger: Ledger,
@@ -390,6 +391,7 @@ async fn info(State(m): State<Arc<Mirror>>) -> Result<axum::Json<Info>> {
         used_bytes: used,
         price: m.ledger.terms.price_micro as f64 / 1e6,
         stratum_port: m.stratum_port,
+        mirror_id: Some(protocol::hex(&m.id)),
     }))
 }
 
@@ -428,6 +430,7 @@ pub async fn serve(
     let finalize = Arc::new(RwLock::new(()));
     let commits = CommitQueue::start(shares.clone(), ledger.clone(), finalize.clone());
     let mirror = Arc::new(Mirror {
+        id: super::mirror_id(&config.data)?,
         stratum_port,
         shares,
         ledger,

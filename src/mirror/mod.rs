@@ -29,6 +29,22 @@ pub use upstream::UpstreamConfig;
 
 pub(crate) use crate::protocol::unix_now;
 
+/// A mirror's identity, committed to in its built-in pool's jobs and
+/// told to clients (`/v1/info`): random, made once and kept in the data
+/// directory.
+pub fn mirror_id(data: &std::path::Path) -> std::io::Result<[u8; 32]> {
+    std::fs::create_dir_all(data)?;
+    let path = data.join("mirror-id");
+    if let Ok(text) = std::fs::read_to_string(&path)
+        && let Ok(id) = crate::protocol::parse_hex::<32>(text.trim())
+    {
+        return Ok(id);
+    }
+    let id: [u8; 32] = rand::random();
+    std::fs::write(&path, crate::protocol::hex(&id))?;
+    Ok(id)
+}
+
 use crate::chunk::ShareId;
 
 /// Errors of the mirror.

@@ -183,6 +183,11 @@ pub struct Info {
     pub price: f64,
     /// The Stratum v1 pool's TCP port, on the mirror's host.
     pub stratum_port: Option<u16>,
+    /// The mirror's identity (hex of 32 random bytes, kept in its data
+    /// directory): a client tells two URLs of one mirror apart by it. Not
+    /// sent by mirrors before 2026-12-03.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mirror_id: Option<String>,
 }
 
 /// `GET /v1/account`: the signed-in account's standing.

@@ -961,6 +961,7 @@ mod space_tests {
             used_bytes,
             price: 0.0,
             stratum_port: None,
+            mirror_id: None,
         };
         let account = |quota_bytes, usage_bytes| crate::protocol::AccountStatus {
             account: String::new(),
