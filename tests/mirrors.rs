@@ -439,3 +439,33 @@ fn a_mirror_is_added_once_whatever_its_address() {
     assert!(err.contains("already configured"), "{err}");
     client.ok(&["mirrors", "add", &other.url]);
 }
+
+/// `lode renew` says when shares are on no mirror at all (nothing renews
+/// them), and fails, where it used to count them out and report success.
+#[test]
+fn renew_names_shares_no_mirror_holds() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mirrors = three_mirrors(tmp.path(), &[]);
+    let client = Client::new(&tmp.path().join("home"), &urls(&mirrors));
+    let local = tmp.path().join("docs");
+    std::fs::create_dir(&local).unwrap();
+    write_file(
+        &local,
+        "f.bin",
+        &common::seeded_bytes("renew lost", 3_000_000),
+    );
+    client.ok(&["put", local.to_str().unwrap(), "--to", "docs"]);
+    client.ok(&["renew"]);
+    let files = mirrors[0].share_files();
+    assert!(!files.is_empty());
+    for f in files {
+        std::fs::remove_file(f).unwrap();
+    }
+    let out = client.run(&["renew"]);
+    let said = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        !out.status.success(),
+        "renew passed over lost shares: {said}"
+    );
+    assert!(said.contains("LOST"), "{said}");
+}

@@ -612,7 +612,8 @@ async fn renew(s: &Session) -> Result<()> {
     let reach = s.vault.reachable_ids(&s.root()).await?;
     let ids = reach.ids;
     let mut failed = 0;
-    for (mirror, result) in s.vault.grid().renew(&ids).await {
+    let renewal = s.vault.grid().renew(&ids).await;
+    for (mirror, result) in renewal.per_mirror {
         match result {
             Ok(missing) => println!("{mirror}: renewed {} leases", ids.len() - missing),
             Err(e) => {
@@ -625,8 +626,21 @@ async fn renew(s: &Session) -> Result<()> {
     for e in &reach.unreadable {
         println!("  UNREADABLE {e}");
     }
+    if renewal.nowhere > 0 {
+        println!(
+            "  LOST {} of them are on no mirror that answered",
+            renewal.nowhere
+        );
+    }
     if failed > 0 {
         bail!("renewal failed on {failed} mirrors");
+    }
+    if renewal.nowhere > 0 {
+        bail!(
+            "{} shares or directories are on no mirror: `lode check / --repair` rebuilds \
+             what can be, and names what cannot",
+            renewal.nowhere
+        );
     }
     if !reach.unreadable.is_empty() {
         bail!(

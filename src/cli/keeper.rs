@@ -215,14 +215,19 @@ async fn renew_loop(vault: Arc<Vault>, state: Arc<Mutex<KeeperState>>) {
         let root = Cap::DirWrite(vault.root().clone());
         let summary = match vault.reachable_ids(&root).await {
             Ok(reach) => {
-                let results = vault.grid().renew(&reach.ids).await;
+                let renewal = vault.grid().renew(&reach.ids).await;
+                let results = renewal.per_mirror;
                 let failed = results.iter().filter(|(_, r)| r.is_err()).count();
+                let lost = match renewal.nowhere {
+                    0 => String::new(),
+                    n => format!(", {n} on no mirror"),
+                };
                 let unreadable = match reach.unreadable.len() {
                     0 => String::new(),
                     n => format!(", {n} files or directories unreadable, not renewed"),
                 };
                 format!(
-                    "{} objects on {} mirrors ({} failed{unreadable}) at {}",
+                    "{} objects on {} mirrors ({} failed{unreadable}{lost}) at {}",
                     reach.ids.len(),
                     results.len(),
                     failed,

@@ -6,7 +6,7 @@
 //! ciphertext (the coding is deterministic, so the rebuilt share has the
 //! id the manifest names).
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeSet, HashMap, HashSet};
 use std::sync::Arc;
 
 use tokio::sync::Semaphore;
@@ -311,19 +311,39 @@ impl Grid {
     }
 
     /// Renew the leases of `ids` on every mirror. Returns, per mirror, the
-    /// number of ids it lacks, or the error it gave.
-    pub async fn renew(&self, ids: &[[u8; 32]]) -> Vec<(String, Result<usize>)> {
-        let mut out = Vec::new();
+    /// number of ids it lacks, or the error it gave; and the ids no mirror
+    /// that answered holds (lost shares or slots: nothing renews them, and
+    /// `check --repair` is what may bring them back).
+    pub async fn renew(&self, ids: &[[u8; 32]]) -> Renewal {
+        let mut per_mirror = Vec::new();
+        let mut nowhere: Option<HashSet<[u8; 32]>> = None;
         for store in self.mirrors() {
             let result = store.renew(ids).await.map(|missing| {
                 // Not to be skipped as lately placed: the mirror lacks them.
                 self.forget_placed(&missing);
-                missing.len()
+                let n = missing.len();
+                let missing: HashSet<[u8; 32]> = missing.into_iter().collect();
+                nowhere = Some(match nowhere.take() {
+                    None => missing,
+                    Some(before) => before.intersection(&missing).copied().collect(),
+                });
+                n
             });
-            out.push((store.name().to_string(), result));
+            per_mirror.push((store.name().to_string(), result));
         }
-        out
+        Renewal {
+            per_mirror,
+            nowhere: nowhere.map_or(0, |n| n.len()),
+        }
     }
+}
+
+/// What [`Grid::renew`] did.
+pub struct Renewal {
+    /// Per mirror: how many of the ids it lacks, or its error.
+    pub per_mirror: Vec<(String, Result<usize>)>,
+    /// How many ids no mirror that answered holds.
+    pub nowhere: usize,
 }
 
 impl Vault {

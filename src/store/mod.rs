@@ -20,7 +20,7 @@ mod tree;
 mod vault;
 
 pub use cache::ChunkCache;
-pub use check::{CheckReport, MirrorTally, Object, ObjectHealth, Reach, ShareState};
+pub use check::{CheckReport, MirrorTally, Object, ObjectHealth, Reach, Renewal, ShareState};
 pub use grid::{Grid, GridConfig, Room, Space};
 pub use http::HttpMirror;
 pub use memory::MemoryStorage;
