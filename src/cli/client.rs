@@ -489,7 +489,7 @@ async fn ls(s: &Session, target: &str) -> Result<()> {
 /// A listed mtime as `ls` users read one: UTC, to the second
 /// (`2026-12-03T17:20:05Z`). One RFC 3339 cannot write (before 1970,
 /// after 9999) shows as seconds since the epoch.
-fn listed_time(secs: i64) -> String {
+pub(super) fn listed_time(secs: i64) -> String {
     const YEAR_10000: i64 = 253_402_300_800;
     match u64::try_from(secs) {
         Ok(s) if secs < YEAR_10000 => humantime::format_rfc3339_seconds(

@@ -210,7 +210,10 @@ fn describe_funded(f: Option<i64>) -> String {
         None => "indefinitely (nothing is charged)".into(),
         Some(t) => {
             let days = (t - unix_now()) as f64 / 86_400.0;
-            format!("until {t} ({days:.1} days from now)")
+            format!(
+                "until {} ({days:.1} days from now)",
+                super::client::listed_time(t)
+            )
         }
     }
 }

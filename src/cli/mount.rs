@@ -107,6 +107,10 @@ pub fn friend(command: FriendCommand) -> Result<()> {
     match command {
         FriendCommand::Add { name, cap } => {
             lode::dir::check_name(&name).map_err(|r| anyhow!("bad friend name {name:?}: {r}"))?;
+            // A line of `friend list` each, and a name a shell can show.
+            if name.chars().any(char::is_control) {
+                bail!("bad friend name {name:?}: it contains a control character");
+            }
             let parsed: Cap = cap.parse().with_context(|| format!("bad cap for {name}"))?;
             let read = parsed.clone().into_dir_read().map_err(|_| {
                 anyhow!(
