@@ -351,6 +351,33 @@ fn get_writes_through_what_the_destination_is() {
     );
     assert!(std::fs::read(&target).unwrap() == data);
 
+    // To a reader that stops early, as `cat` does: quietly.
+    let piped = std::process::Command::new("bash")
+        .args([
+            "-c",
+            "set -o pipefail; \"$0\" get \"$1\" | head -c 100 >/dev/null",
+        ])
+        .args([common::LODE, &cap])
+        .env("LODE_HOME", &client.home)
+        .output()
+        .unwrap();
+    assert!(
+        piped.status.success() && piped.stderr.is_empty(),
+        "{}",
+        String::from_utf8_lossy(&piped.stderr)
+    );
+    // Neither a FIFO nor a device is put: one waits for a writer.
+    let fifo = tmp.path().join("fifo");
+    assert!(
+        std::process::Command::new("mkfifo")
+            .arg(&fifo)
+            .status()
+            .unwrap()
+            .success()
+    );
+    let err = client.fails(&["put", fifo.to_str().unwrap()]);
+    assert!(err.contains("not a regular file"), "{err}");
+
     // A regular file keeps its mode.
     let private = write_file(tmp.path(), "private", b"old");
     std::fs::set_permissions(&private, std::fs::Permissions::from_mode(0o600)).unwrap();

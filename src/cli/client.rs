@@ -275,8 +275,15 @@ async fn put(s: &Session, files: &[std::path::PathBuf], to: Option<&str>) -> Res
                 .await
                 .with_context(|| format!("uploading {}", path.display()))?;
             Uploaded::Dir(tree)
-        } else {
+        } else if meta.is_file() {
             Uploaded::File(upload_file(s, path, meta.len()).await?)
+        } else {
+            // A FIFO would wait for a writer, a device never end; inside a
+            // directory they are skipped with a warning.
+            bail!(
+                "{}: not a regular file or a directory (a FIFO, socket or device)",
+                path.display()
+            );
         };
         if let Some(to) = to {
             let (dir_path, leaf) = if into_dir {
@@ -432,8 +439,23 @@ async fn get(s: &Session, target: &str, output: Option<&Path>) -> Result<()> {
             }
             None => {
                 let mut w = std::io::BufWriter::with_capacity(1 << 20, std::io::stdout());
-                s.vault.get_to(&file, &mut w).await?;
-                w.flush()?;
+                let written = s
+                    .vault
+                    .get_to(&file, &mut w)
+                    .await
+                    .map_err(anyhow::Error::from);
+                // A reader that stopped early (`| head`) is not an error,
+                // as for cat.
+                let broken = |e: &anyhow::Error| {
+                    e.chain().any(|c| {
+                        c.downcast_ref::<std::io::Error>()
+                            .is_some_and(|io| io.kind() == std::io::ErrorKind::BrokenPipe)
+                    })
+                };
+                match written.and_then(|()| Ok(w.flush()?)) {
+                    Err(e) if broken(&e) => return Ok(()),
+                    other => other?,
+                }
             }
         },
         cap @ (Cap::DirRead(_) | Cap::DirWrite(_)) => {
