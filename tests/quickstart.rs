@@ -36,10 +36,23 @@ fn processes_of(dir: &Path) -> Vec<String> {
         .collect()
 }
 
+/// Stops what a quickstart started, should the test end early (a failed
+/// assertion): mirrors left running outlive the test's directory.
+struct Stop<'a>(&'a Path, &'a Path);
+
+impl Drop for Stop<'_> {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            let _ = quickstart(self.0, &["--stop", self.1.to_str().unwrap()]);
+        }
+    }
+}
+
 #[test]
 fn quickstart_twice_then_stop() {
     let tmp = tempfile::tempdir().unwrap();
     let mp = tmp.path().join("mnt");
+    let _stop = Stop(tmp.path(), &mp);
     let first = quickstart(tmp.path(), &[mp.to_str().unwrap()]);
     assert!(
         first.status.success(),
