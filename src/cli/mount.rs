@@ -682,7 +682,13 @@ fn spawn_background(args: &MountArgs) -> Result<()> {
     // unmounted, nor a lode mount the command was run from) for as long
     // as the mount lasts. So paths it is given must not be relative.
     let mountpoint = std::path::absolute(&args.mountpoint)?;
-    for var in ["LODE_HOME", "XDG_CONFIG_HOME", "XDG_DATA_HOME", "XDG_CACHE_HOME", "HOME"] {
+    for var in [
+        "LODE_HOME",
+        "XDG_CONFIG_HOME",
+        "XDG_DATA_HOME",
+        "XDG_CACHE_HOME",
+        "HOME",
+    ] {
         if let Some(dir) = std::env::var_os(var).filter(|v| !v.is_empty()) {
             cmd.env(var, std::path::absolute(dir)?);
         }
