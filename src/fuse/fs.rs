@@ -2241,24 +2241,11 @@ impl LodeFs {
                 .write(true)
                 .open(&path)?
                 .set_len(size)?;
-            let mut tree = self.lock();
-            let mut renote = false;
-            if let Some(node) = tree.nodes.get_mut(&ino) {
+            let renote = self.lock().nodes.get_mut(&ino).is_some_and(|node| {
                 node.size = size;
                 node.mtime = now();
-                if let Body::File {
-                    dirty,
-                    generation,
-                    cached,
-                    ..
-                } = &mut node.body
-                {
-                    *dirty = true;
-                    *generation += 1;
-                    renote = std::mem::take(cached);
-                }
-            }
-            drop(tree);
+                node.data_changed()
+            });
             if renote {
                 self.note_staged(ino);
             }
@@ -2334,32 +2321,24 @@ impl LodeFs {
             node.size = 0;
             node.mtime = now();
         }
-        let mut renote = false;
+        if trunc {
+            self.early.spoil(ino);
+        }
         if let Body::File {
-            writers,
-            dirty,
-            staged,
-            generation,
-            cached,
-            ..
+            writers, staged, ..
         } = &mut node.body
         {
             if write {
                 *writers += 1;
             }
-            if trunc {
-                self.early.spoil(ino);
-                *dirty = true;
-                *generation += 1;
-                renote = std::mem::take(cached);
-                if let Some(p) = staged {
-                    std::fs::OpenOptions::new()
-                        .write(true)
-                        .open(p)?
-                        .set_len(0)?;
-                }
+            if trunc && let Some(p) = staged {
+                std::fs::OpenOptions::new()
+                    .write(true)
+                    .open(p)?
+                    .set_len(0)?;
             }
         }
+        let renote = trunc && node.data_changed();
         if trunc {
             tree.changed(ino);
         }
@@ -2446,15 +2425,7 @@ impl LodeFs {
         let t = now();
         node.mtime = t;
         node.ctime = t;
-        let mut renote = false;
-        if let Body::File {
-            dirty,
-            generation,
-            cached,
-            ..
-        } = &mut node.body
-        {
-            renote = std::mem::take(cached);
+        if let Body::File { .. } = &node.body {
             // Before the generation moves: see `Earlies::wrote`.
             if let Some(early) = self.early.wrote(ino, offset, data.len() as u64, old_size) {
                 match std::fs::File::open(&path) {
@@ -2469,9 +2440,8 @@ impl LodeFs {
                     }
                 }
             }
-            *dirty = true;
-            *generation += 1;
         }
+        let renote = node.data_changed();
         drop(tree);
         if renote {
             self.note_staged(ino);
@@ -2534,20 +2504,9 @@ impl LodeFs {
         let t = now();
         node.mtime = t;
         node.ctime = t;
-        let mut renote = false;
-        if let Body::File {
-            dirty,
-            generation,
-            cached,
-            ..
-        } = &mut node.body
-        {
-            // An early upload streams appends only.
-            self.early.spoil(ino);
-            *dirty = true;
-            *generation += 1;
-            renote = std::mem::take(cached);
-        }
+        // An early upload streams appends only.
+        self.early.spoil(ino);
+        let renote = node.data_changed();
         drop(tree);
         if renote {
             self.note_staged(ino);

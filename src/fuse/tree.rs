@@ -100,6 +100,27 @@ pub struct Node {
 }
 
 impl Node {
+    /// This file's staged bytes changed: it is dirty, at a new write
+    /// generation, and its staged copy is its data again, not a cache of
+    /// its upload (a publish may have taken a fresh copy for one between
+    /// `stage` and the change, and dropped its recovery note). Returns
+    /// whether it had been taken so: the note must then be written again.
+    pub fn data_changed(&mut self) -> bool {
+        match &mut self.body {
+            Body::File {
+                dirty,
+                generation,
+                cached,
+                ..
+            } => {
+                *dirty = true;
+                *generation += 1;
+                std::mem::take(cached)
+            }
+            _ => false,
+        }
+    }
+
     /// A new inode named `name` in `parent`, owned by `owner`, all times now.
     pub fn new(parent: u64, name: &str, mode: u32, owner: (u32, u32), body: Body) -> Node {
         let t = now();
