@@ -14,6 +14,18 @@ fn urls(m: &[MirrorProc]) -> Vec<&str> {
     m.iter().map(|m| m.url.as_str()).collect()
 }
 
+/// Three mirrors and a client that stored a directory `docs` holding one
+/// file `f.bin` of `len` bytes seeded by `seed`.
+fn docs_stored(dir: &std::path::Path, seed: &str, len: usize) -> (Vec<MirrorProc>, Client) {
+    let mirrors = three_mirrors(dir, &[]);
+    let client = Client::new(&dir.join("home"), &urls(&mirrors));
+    let local = dir.join("docs");
+    std::fs::create_dir(&local).unwrap();
+    write_file(&local, "f.bin", &common::seeded_bytes(seed, len));
+    client.ok(&["put", local.to_str().unwrap(), "--to", "docs"]);
+    (mirrors, client)
+}
+
 #[test]
 fn round_trip_64mib_two_of_three_and_check() {
     let tmp = tempfile::tempdir().unwrap();
@@ -435,16 +447,7 @@ fn a_data_directory_serves_one_mirror() {
 #[test]
 fn a_verify_cap_checks_but_does_not_read() {
     let tmp = tempfile::tempdir().unwrap();
-    let mirrors = three_mirrors(tmp.path(), &[]);
-    let client = Client::new(&tmp.path().join("home"), &urls(&mirrors));
-    let local = tmp.path().join("docs");
-    std::fs::create_dir(&local).unwrap();
-    write_file(
-        &local,
-        "f.bin",
-        &common::seeded_bytes("verify cap", 200_000),
-    );
-    client.ok(&["put", local.to_str().unwrap(), "--to", "docs"]);
+    let (_mirrors, client) = docs_stored(tmp.path(), "verify cap", 200_000);
     let cap = client.ok(&["share", "--verify", "docs"]).trim().to_string();
     assert!(cap.starts_with("lode:dir-v:"), "{cap}");
     let report = client.ok(&["check", &cap]);
@@ -472,16 +475,7 @@ fn a_mirror_is_added_once_whatever_its_address() {
 #[test]
 fn renew_names_shares_no_mirror_holds() {
     let tmp = tempfile::tempdir().unwrap();
-    let mirrors = three_mirrors(tmp.path(), &[]);
-    let client = Client::new(&tmp.path().join("home"), &urls(&mirrors));
-    let local = tmp.path().join("docs");
-    std::fs::create_dir(&local).unwrap();
-    write_file(
-        &local,
-        "f.bin",
-        &common::seeded_bytes("renew lost", 3_000_000),
-    );
-    client.ok(&["put", local.to_str().unwrap(), "--to", "docs"]);
+    let (mirrors, client) = docs_stored(tmp.path(), "renew lost", 3_000_000);
     client.ok(&["renew"]);
     let files = mirrors[0].share_files();
     assert!(!files.is_empty());
