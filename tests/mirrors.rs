@@ -194,6 +194,19 @@ fn lost_shares_are_rebuilt_onto_mirrors_that_lack_them() {
     client.ok(&["check", &cap, "--verify"]);
 }
 
+/// A check of a tree names the damaged file by its path, not only by
+/// chunk number.
+#[test]
+fn check_of_a_tree_names_the_damaged_file() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (mirrors, client) = docs_stored(tmp.path(), "named", 2 << 20);
+    for f in mirrors[0].share_files() {
+        std::fs::remove_file(f).unwrap();
+    }
+    let report = client.fails(&["check", "/"]);
+    assert!(report.contains("/docs/f.bin: chunk 0:"), "{report}");
+}
+
 /// Small shares (rows, not files) are checked and repaired like the rest:
 /// a row lost or rotted behind the mirror's back is reported and put back.
 #[test]
@@ -489,4 +502,30 @@ fn renew_names_shares_no_mirror_holds() {
         "renew passed over lost shares: {said}"
     );
     assert!(said.contains("LOST"), "{said}");
+}
+
+/// `lode get DIR -o OUT` as `cp -r`: a new OUT is the copy; an existing
+/// directory OUT gets the copy inside, under the directory's name; a copy
+/// already there is refused, not merged into, and a cap (no name) into an
+/// existing directory asks for one.
+#[test]
+fn get_of_a_directory_goes_where_cp_would_put_it() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (_mirrors, client) = docs_stored(tmp.path(), "get dir", 200_000);
+    let want = common::seeded_bytes("get dir", 200_000);
+    let fresh = tmp.path().join("fresh");
+    client.ok(&["get", "docs", "-o", fresh.to_str().unwrap()]);
+    assert_eq!(std::fs::read(fresh.join("f.bin")).unwrap(), want);
+
+    let into = tmp.path().join("into");
+    std::fs::create_dir(&into).unwrap();
+    client.ok(&["get", "docs/", "-o", into.to_str().unwrap()]);
+    assert_eq!(std::fs::read(into.join("docs/f.bin")).unwrap(), want);
+
+    let err = client.fails(&["get", "docs", "-o", into.to_str().unwrap()]);
+    assert!(err.contains("already exists"), "{err}");
+    let cap = client.ok(&["share", "docs"]).trim().to_string();
+    let err = client.fails(&["get", &cap, "-o", into.to_str().unwrap()]);
+    assert!(err.contains("NAME"), "{err}");
+    assert_eq!(std::fs::read_dir(&into).unwrap().count(), 1);
 }

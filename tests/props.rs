@@ -160,6 +160,22 @@ proptest! {
         prop_assert!(Cap::from_str(&typo).is_err(), "typo accepted: {typo}");
     }
 
+    /// A cap cut short anywhere in its data is reported as cut short, and
+    /// a character outside base32 as mistyped, naming its place.
+    #[test]
+    fn cap_damage_is_named(cap in any_cap(), pos in any::<prop::sample::Index>(), bad in "[018!@.,;]") {
+        let s = cap.to_string();
+        let data_start = s.rfind(':').unwrap() + 1;
+        let cut = data_start + 1 + pos.index(s.len() - data_start - 1);
+        let err = Cap::from_str(&s[..cut]).unwrap_err().to_string();
+        prop_assert!(err.contains("truncated"), "cut at {}: {}", cut, err);
+        let mut typo = s.clone();
+        typo.replace_range(cut..cut + 1, &bad);
+        let err = Cap::from_str(&typo).unwrap_err().to_string();
+        let at = format!("at character {}", cut - data_start + 1);
+        prop_assert!(err.contains("mistyped") && err.contains(&at), "{}: {}", typo, err);
+    }
+
     #[test]
     fn cap_parse_never_panics(s in "\\PC{0,200}") {
         let _ = Cap::from_str(&s);

@@ -83,9 +83,24 @@ fn chunk_boundaries_of_seeded_8mib() {
         seed,
         u64::from_le_bytes(hkdf(&SECRET, b"chunker")[..8].try_into().unwrap())
     );
+    // The sizes the vector was made with (the default until 2026-12-04):
+    // it pins FastCDC and the keyed gear table. The sizes are not part of
+    // any format (a reader never needs them), but a change of them moves
+    // every file's chunks, and so its cap: the default is pinned here too.
+    let defaults = ChunkerParams::new(seed);
+    assert_eq!(
+        (defaults.min, defaults.avg, defaults.max),
+        (1 << 20, 4 << 20, 12 << 20)
+    );
+    let params = ChunkerParams {
+        min: 256 << 10,
+        avg: 1 << 20,
+        max: 4 << 20,
+        seed,
+    };
     let mut out = format!("# FastCDC 2020, 256K/1M/4M, seed {seed:#018x}; offset length sha256\n");
     let mut offset = 0usize;
-    for chunk in ChunkerParams::new(seed).chunks(std::io::Cursor::new(&data)) {
+    for chunk in params.chunks(std::io::Cursor::new(&data)) {
         let chunk = chunk.unwrap();
         assert_eq!(
             chunk,
@@ -128,7 +143,9 @@ fn cap_strings_for_fixed_secret() {
         encode_cap("dir-v", &public)
     );
 
-    // File caps run the whole pipeline: chunk sealing, shares, manifest.
+    // File caps run the whole pipeline: chunking, sealing, shares,
+    // manifest. They changed on 2026-12-04 with the chunker's default
+    // sizes alone, which readers do not depend on: no format version moved.
     let rt = common::runtime();
     let (single, grid) = rt.block_on(async {
         let v1 = Vault::single(&secret, Arc::new(MemoryStorage::new()));

@@ -33,8 +33,14 @@ pub enum Error {
     UnknownKind(String),
     #[error("unsupported cap version {found:?} (this lode reads version {supported})")]
     UnsupportedVersion { found: String, supported: u8 },
-    #[error("cap data is not valid base32")]
-    BadEncoding,
+    #[error(
+        "cap data has {found:?} at character {at}, which base32 does not use: the cap was mistyped"
+    )]
+    BadCharacter { found: char, at: usize },
+    #[error(
+        "cap data is {len} characters, a length base32 never has: the cap was truncated or run into other text"
+    )]
+    BadEncodedLength { len: usize },
     #[error("{kind} cap data has {got} bytes, expected {expected}")]
     BadLength {
         kind: &'static str,

@@ -153,12 +153,21 @@ impl FromStr for Cap {
                 supported: CAP_VERSION,
             });
         }
+        // Say which of the two ways it went wrong: a character outside
+        // the alphabet (mistyped), or a length no encoding has (cut short).
+        if let Some((at, found)) = data
+            .chars()
+            .enumerate()
+            .find(|(_, c)| !matches!(c.to_ascii_lowercase(), 'a'..='z' | '2'..='7'))
+        {
+            return Err(Error::BadCharacter { found, at: at + 1 });
+        }
         let upper = zeroize::Zeroizing::new(data.to_ascii_uppercase());
-        let raw = zeroize::Zeroizing::new(
-            BASE32_NOPAD
-                .decode(upper.as_bytes())
-                .map_err(|_| Error::BadEncoding)?,
-        );
+        let raw = zeroize::Zeroizing::new(BASE32_NOPAD.decode(upper.as_bytes()).map_err(|_| {
+            Error::BadEncodedLength {
+                len: data.chars().count(),
+            }
+        })?);
         if raw.len() < CHECKSUM_LEN {
             return Err(Error::Checksum);
         }

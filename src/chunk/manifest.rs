@@ -42,8 +42,8 @@ pub const INLINE_VERSION: u8 = 2;
 /// size the per-share overhead (a request, a ledger row, a lease each)
 /// matters more than the bytes.
 pub const INLINE_MAX: usize = 16 * 1024;
-/// Children per node: 512 chunks of 1 MiB on average is 512 MiB per leaf,
-/// 256 GiB per two levels.
+/// Children per node: 512 chunks of 4 MiB on average is 2 GiB per leaf,
+/// 1 TiB per two levels.
 pub const FANOUT: usize = 512;
 const NODE_DOMAIN: &[u8] = b"lode manifest v1";
 const LOCS_CONTEXT: &[u8] = b"lode manifest v1 locs";

@@ -2,7 +2,7 @@
 
 use std::collections::BTreeMap;
 use std::io::{IsTerminal, Write};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use anyhow::{Context, Result, anyhow, bail};
@@ -39,7 +39,8 @@ impl Session {
                 grid.note_seen(&pk, seq);
             }
         }
-        let vault = Vault::new(&secret, grid).with_cache_bytes((config.cache_mib as usize) << 20);
+        let vault =
+            Vault::new(&secret, grid).with_cache_bytes(super::home::cache_bytes(config.cache_mib)?);
         Ok(Session { home, vault })
     }
 
@@ -407,6 +408,31 @@ async fn download_to(s: &Session, file: &lode::caps::FileReadCap, out: &Path) ->
     Ok(())
 }
 
+/// Where `lode get TARGET -o DIR` puts what it downloads when DIR is an
+/// existing directory: under the name TARGET's path ends with, as cp does.
+/// A cap names nothing (nor does the root), so for one that is an error.
+fn into_dir(target: &str, dir: &Path) -> Result<PathBuf> {
+    let leaf = target
+        .parse::<Cap>()
+        .is_err()
+        .then(|| target.trim_end_matches('/').rsplit('/').next())
+        .flatten()
+        .filter(|l| !l.is_empty() && *l != "." && *l != "..");
+    match leaf {
+        Some(leaf) => Ok(dir.join(leaf)),
+        None => bail!(
+            "{} is a directory, and {} has no name to give what is downloaded into it: give -o {}/NAME",
+            dir.display(),
+            if target.parse::<Cap>().is_ok() {
+                "a cap"
+            } else {
+                "the root"
+            },
+            dir.display()
+        ),
+    }
+}
+
 async fn get(s: &Session, target: &str, output: Option<&Path>) -> Result<()> {
     match s.target(target).await? {
         Cap::FileRead(file) => match output {
@@ -415,20 +441,7 @@ async fn get(s: &Session, target: &str, output: Option<&Path>) -> Result<()> {
                 // path in the tree ends with (a cap has none).
                 let named;
                 let out = if out.is_dir() {
-                    let leaf = target
-                        .parse::<Cap>()
-                        .is_err()
-                        .then(|| target.trim_end_matches('/').rsplit('/').next())
-                        .flatten()
-                        .filter(|l| !l.is_empty());
-                    let Some(leaf) = leaf else {
-                        bail!(
-                            "{} is a directory, and a cap names no file: give -o {}/NAME",
-                            out.display(),
-                            out.display()
-                        );
-                    };
-                    named = out.join(leaf);
+                    named = into_dir(target, out)?;
                     named.as_path()
                 } else {
                     out
@@ -460,6 +473,20 @@ async fn get(s: &Session, target: &str, output: Option<&Path>) -> Result<()> {
         },
         cap @ (Cap::DirRead(_) | Cap::DirWrite(_)) => {
             let out = output.ok_or_else(|| anyhow!("a directory needs -o DIR to download into"))?;
+            // As `cp -r`: into an existing directory under its own name.
+            let named;
+            let out = if out.is_dir() {
+                named = into_dir(target, out)?;
+                named.as_path()
+            } else {
+                out
+            };
+            if out.symlink_metadata().is_ok() {
+                bail!(
+                    "{} already exists: lode get makes a new directory, it does not merge into one",
+                    out.display()
+                );
+            }
             s.vault
                 .get_tree(&cap.into_dir_read()?, out)
                 .await
@@ -555,8 +582,14 @@ async fn check(s: &Session, target: &str, verify: bool, repair: bool) -> Result<
         .collect();
     for o in &unhealthy {
         let lost = o.lost();
+        let within = o
+            .object
+            .file
+            .as_ref()
+            .map(|f| format!("{f}: "))
+            .unwrap_or_default();
         println!(
-            "  {}: {} of {} shares lost, on {} mirrors{}",
+            "  {within}{}: {} of {} shares lost, on {} mirrors{}",
             o.object.what,
             lost.len(),
             o.states.len(),

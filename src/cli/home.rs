@@ -258,6 +258,23 @@ impl Default for Config {
     }
 }
 
+/// The chunk cache's budget for `mib` MiB: no more than this machine's
+/// memory, since the cache lives in it (a larger figure is surely a typo,
+/// and would have wrapped around to a tiny one).
+pub fn cache_bytes(mib: u64) -> Result<usize> {
+    let total_mib = std::fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|m| {
+            let kib = m.lines().find_map(|l| l.strip_prefix("MemTotal:"))?;
+            kib.trim().trim_end_matches("kB").trim().parse::<u64>().ok()
+        })
+        .map_or(u64::MAX >> 20, |kib| kib >> 10);
+    if mib > total_mib {
+        bail!("{mib} MiB of cache is more than this machine's memory ({total_mib} MiB)");
+    }
+    usize::try_from(mib << 20).context("cache size does not fit in memory")
+}
+
 impl Config {
     pub fn load(home: &Home) -> Result<Config> {
         let path = home.config_file();
@@ -273,6 +290,7 @@ impl Config {
         })?;
         lode::chunk::Params::new(config.k, config.n)
             .with_context(|| format!("{}: invalid k/n", path.display()))?;
+        cache_bytes(config.cache_mib).with_context(|| format!("{}: cache_mib", path.display()))?;
         Ok(config)
     }
 

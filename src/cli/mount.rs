@@ -252,7 +252,7 @@ pub fn mount(args: MountArgs) -> Result<()> {
         // allow_other): without it, allow_other would let anyone do anything.
         fuser::MountOption::DefaultPermissions,
     ];
-    let mut cache_mib = None;
+    let mut cache_bytes = None;
     // Local copies of files written here, kept after upload for reading
     // (like rclone's write cache); a budget in MiB.
     let mut keep_mib: u64 = 1024;
@@ -335,10 +335,14 @@ pub fn mount(args: MountArgs) -> Result<()> {
                 }
             }
             o if o.starts_with("cache=") => {
-                cache_mib = Some(option_value::<u64>(o, "a size in MiB")?);
+                let mib = option_value::<u64>(o, "a size in MiB")?;
+                cache_bytes = Some(super::home::cache_bytes(mib).with_context(|| o.to_string())?);
             }
             o if o.starts_with("keep=") => {
                 keep_mib = option_value(o, "a size in MiB")?;
+                if keep_mib.checked_mul(1 << 20).is_none() {
+                    bail!("{o}: too large");
+                }
             }
             o if o.starts_with("inodes=") => {
                 max_inodes = option_value(o, "a number of inodes")?;
@@ -385,8 +389,8 @@ pub fn mount(args: MountArgs) -> Result<()> {
     let friends = config_friends(&config)?;
     let rt = tokio::runtime::Runtime::new()?;
     let Session { home, vault } = session;
-    let vault = match cache_mib {
-        Some(mib) => vault.with_cache_bytes((mib as usize) << 20),
+    let vault = match cache_bytes {
+        Some(bytes) => vault.with_cache_bytes(bytes),
         None => vault,
     };
     let vault = Arc::new(vault);

@@ -80,8 +80,12 @@ pub struct LodeFs {
     stop: Arc<AtomicBool>,
     /// Staged files of an earlier mount that could not be put back in the
     /// tree at the start (their directories were unreadable): the flusher
-    /// tries them again.
+    /// tries them again. A file leaves the list only once it is in the
+    /// tree, so that `lode sync` and the backlog never miss one that a
+    /// retry is placing.
     unadopted: Mutex<Vec<PathBuf>>,
+    /// Held by the one retry of `unadopted` running at a time.
+    retrying: Mutex<()>,
     /// Kept local copies of published files, oldest first, and their bytes.
     kept: Mutex<Kept>,
     /// Signalled whenever a directory publish ends.
@@ -238,6 +242,7 @@ impl LodeFs {
             next_fh: AtomicU64::new(1),
             stop: Arc::new(AtomicBool::new(false)),
             unadopted: Mutex::new(Vec::new()),
+            retrying: Mutex::new(()),
             kept: Mutex::new(Default::default()),
             published: std::sync::Condvar::new(),
             readahead: Mutex::new(Default::default()),
@@ -1354,7 +1359,11 @@ impl LodeFs {
                 }
                 continue;
             };
-            recovered += usize::from(self.adopt_or_defer(file, &note));
+            if self.adopted(&file, &note) {
+                recovered += 1;
+            } else {
+                self.unadopted().push(file);
+            }
         }
         let left = self.unadopted().len();
         if left > 0 {
@@ -1394,27 +1403,34 @@ impl LodeFs {
     }
 
     /// Try again to adopt what `recover` could not.
+    /// One at a time: the flusher and `lode sync` both call this, and a
+    /// second caller waits for the first to finish placing what it can.
     fn retry_recovery(&self) {
-        let files = std::mem::take(&mut *self.unadopted());
+        let _one = self.retrying.lock().unwrap_or_else(|p| p.into_inner());
+        let files = self.unadopted().clone();
         for file in files {
-            if let Some(note) = notes::read(&file) {
-                self.adopt_or_defer(file, &note);
+            let placed = match notes::read(&file) {
+                Some(note) => self.adopted(&file, &note),
+                // Its note went (the file was placed, or dropped).
+                None => true,
+            };
+            if placed {
+                self.unadopted().retain(|f| *f != file);
             }
         }
     }
 
-    /// Adopt the staged `file` noted for `path`, or keep it for the
-    /// flusher to try again; returns whether it was adopted.
-    fn adopt_or_defer(&self, file: PathBuf, note: &notes::Note) -> bool {
+    /// Adopt the staged `file` noted for `note.path`; false if it cannot
+    /// be placed yet (for the flusher to try again).
+    fn adopted(&self, file: &Path, note: &notes::Note) -> bool {
         let path = &note.path;
-        match self.adopt(&file, note) {
+        match self.adopt(file, note) {
             Ok(()) => {
                 tracing::info!(path, "recovered a staged file");
                 true
             }
             Err(e) => {
                 tracing::debug!(path, error = %e, "a staged file cannot be placed yet");
-                self.unadopted().push(file);
                 false
             }
         }

@@ -24,9 +24,9 @@ pub const REPLAY_WINDOW_SECS: i64 = 300;
 pub const AUTH_SCHEME: &str = "Lode-Ed25519";
 /// Most ids in one renewal request.
 pub const MAX_RENEW_IDS: usize = 10_000;
-/// Largest share a mirror accepts: a maximum-size chunk (4 MiB) stored
+/// Largest share a mirror accepts: a maximum-size chunk (12 MiB) stored
 /// 1-of-1, plus AES-SIV tag, padding and header, with room to spare.
-pub const MAX_SHARE_BYTES: u64 = 8 * 1024 * 1024;
+pub const MAX_SHARE_BYTES: u64 = 16 * 1024 * 1024;
 
 /// Errors in signed requests and wire bodies.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]

@@ -13,7 +13,7 @@ use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 
 use super::{Error, Grid, Result, Vault, hex};
-use crate::caps::{Cap, DirReadCap, FileReadCap, FileVerifyCap};
+use crate::caps::{Cap, DirReadCap, FileVerifyCap};
 use crate::chunk::{self, Node, Params, Share, ShareId, share};
 use crate::dir::SlotEnvelope;
 
@@ -24,6 +24,9 @@ const PROBES: usize = 16;
 #[derive(Debug, Clone)]
 pub struct Object {
     pub what: String,
+    /// The file it belongs to, by path, when a check came to it through
+    /// a directory.
+    pub file: Option<String>,
     pub params: Params,
     pub ids: Vec<ShareId>,
 }
@@ -140,6 +143,7 @@ impl Grid {
     pub async fn file_objects(&self, cap: &FileVerifyCap) -> Result<Vec<Object>> {
         let root = Object {
             what: "manifest root".into(),
+            file: None,
             params: Params::REPLICA,
             ids: vec![cap.root],
         };
@@ -161,6 +165,7 @@ impl Grid {
                 if node.depth == 0 {
                     out.push(Object {
                         what: format!("chunk {chunk_no}"),
+                        file: None,
                         params: node.params,
                         ids: entry.shares.clone(),
                     });
@@ -176,6 +181,7 @@ impl Grid {
                     child.fits_under(&node, entry)?;
                     out.push(Object {
                         what: format!("manifest node (depth {})", child.depth),
+                        file: None,
                         params: node.params,
                         ids: entry.shares.clone(),
                     });
@@ -364,7 +370,9 @@ impl Vault {
             ..Default::default()
         };
         let limit = Arc::new(Semaphore::new(PROBES));
-        let mut files: Vec<FileVerifyCap> = Vec::new();
+        // Each with what to call it in the report: its path, when the
+        // walk came to it through one.
+        let mut files: Vec<(FileVerifyCap, Option<String>)> = Vec::new();
         // Each with the directory it was named in, and its path.
         let mut dirs: Vec<(Cap, Option<DirReadCap>, String)> =
             vec![(cap.clone(), None, String::new())];
@@ -382,11 +390,11 @@ impl Vault {
             let top = std::mem::replace(&mut first, false);
             let pk = match &dir {
                 Cap::FileRead(f) => {
-                    files.push(f.verify_cap());
+                    files.push((f.verify_cap(), (!top).then(|| format!("/{path}"))));
                     continue;
                 }
                 Cap::FileVerify(f) => {
-                    files.push(f.clone());
+                    files.push((f.clone(), (!top).then(|| format!("/{path}"))));
                     continue;
                 }
                 Cap::DirWrite(w) => w.read_cap().public_key,
@@ -456,7 +464,13 @@ impl Vault {
                 homes.insert(pk, home);
                 // A paged listing's pages are files of the directory's own,
                 // checked (and repaired) even if one cannot be read now.
-                files.extend(listing.pages.iter().map(FileReadCap::verify_cap));
+                let pages_of = format!("listing page of /{path}");
+                files.extend(
+                    listing
+                        .pages
+                        .iter()
+                        .map(|p| (p.verify_cap(), Some(pages_of.clone()))),
+                );
                 report.pages += listing.pages.len() as u64;
                 if let Err(e) = self.fill(&mut listing).await {
                     report.unreadable.push(format!("{}: {e}", label(&dir)));
@@ -477,16 +491,17 @@ impl Vault {
                 }));
             }
         }
-        for file in files {
+        for (file, named) in files {
             let objects = match grid.file_objects(&file).await {
                 Ok(objects) => objects,
                 Err(e) => {
-                    let what = label(&Cap::FileVerify(file.clone()));
+                    let what = named.unwrap_or_else(|| label(&Cap::FileVerify(file.clone())));
                     report.unreadable.push(format!("{what}: {e}"));
                     continue;
                 }
             };
-            for object in objects {
+            for mut object in objects {
+                object.file.clone_from(&named);
                 let mut health = grid.probe(&object, verify, &limit).await;
                 if repair && health.recoverable() {
                     match grid.repair(&health).await {
@@ -495,9 +510,10 @@ impl Vault {
                             report.repaired_shares += written;
                             health = grid.probe(&object, verify, &limit).await;
                         }
-                        Err(e) => report
-                            .errors
-                            .push(format!("repairing {}: {e}", object.what)),
+                        Err(e) => report.errors.push(match &object.file {
+                            Some(f) => format!("repairing {f}: {}: {e}", object.what),
+                            None => format!("repairing {}: {e}", object.what),
+                        }),
                     }
                 }
                 for row in &health.states {

@@ -40,7 +40,7 @@ const FIRST_BACKOFF: Duration = Duration::from_millis(100);
 /// with one mirror of three down took 44 s that way, now under a second).
 const DOWN_FOR: Duration = Duration::from_secs(30);
 /// Longest wait for a write: this, plus its body's length at
-/// [`SLOWEST_UPLINK`] (a 4 MiB share: 158 s; a directory slot: 30 s).
+/// [`SLOWEST_UPLINK`] (a 2 MiB share: 94 s; a directory slot: 30 s).
 /// A hung mirror (a stopped process, a disk stuck in I/O) holds a write
 /// that long before it is taken as down.
 const WRITE_TIMEOUT: Duration = Duration::from_secs(30);
@@ -51,7 +51,7 @@ const SLOWEST_UPLINK: u64 = 32 << 10;
 /// each upload and publish this, not the full timeout.
 const DOWN_WRITE_TIMEOUT: Duration = Duration::from_secs(10);
 /// Longest wait for a request without a body (reads of shares, slots and
-/// accounts: 4 MiB at most). Uploads keep the client's longer timeout, for
+/// accounts: 6 MiB at most at k = 2). Uploads keep the client's longer timeout, for
 /// slow uplinks. A request that timed out is not sent again: a hung
 /// mirror holds its caller one timeout, not one per attempt.
 const READ_TIMEOUT: Duration = Duration::from_secs(60);
