@@ -13,7 +13,7 @@ use std::sync::Arc;
 
 use hkdf::Hkdf;
 use lode::caps::{Cap, DirWriteCap};
-use lode::chunk::ChunkerParams;
+use lode::chunk::{ChunkerParams, Normalization};
 use lode::crypto::SlotSeed;
 use lode::dir::{DirAttrs, Encoded, Entry, EntryKind, Listing, SlotEnvelope};
 use lode::store::{Grid, GridConfig, MemoryStorage, Storage, Vault};
@@ -89,13 +89,19 @@ fn chunk_boundaries_of_seeded_8mib() {
     // every file's chunks, and so its cap: the default is pinned here too.
     let defaults = ChunkerParams::new(seed);
     assert_eq!(
-        (defaults.min, defaults.avg, defaults.max),
-        (1 << 20, 4 << 20, 12 << 20)
+        (
+            defaults.min,
+            defaults.avg,
+            defaults.max,
+            defaults.normalization
+        ),
+        (1 << 20, 4 << 20, 8 << 20, Normalization::Level2)
     );
     let params = ChunkerParams {
         min: 256 << 10,
         avg: 1 << 20,
         max: 4 << 20,
+        normalization: Normalization::Level1,
         seed,
     };
     let mut out = format!("# FastCDC 2020, 256K/1M/4M, seed {seed:#018x}; offset length sha256\n");

@@ -15,7 +15,7 @@ pub mod chunker;
 pub mod manifest;
 pub mod share;
 
-pub use chunker::{ChunkerParams, Chunks};
+pub use chunker::{ChunkerParams, Chunks, Normalization};
 pub use manifest::{FileEncoder, INLINE_MAX, Node, NodeEntry};
 pub use share::{IdHasher, Params, Share, ShareHeader, ShareId, share_id};
 

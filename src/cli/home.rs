@@ -238,7 +238,7 @@ fn default_happy() -> usize {
     GridConfig::default().happy
 }
 fn default_cache() -> u64 {
-    64
+    (lode::store::DEFAULT_CACHE_BYTES >> 20) as u64
 }
 fn default_refresh() -> u64 {
     30

@@ -712,11 +712,15 @@ fn spawn_background(args: &MountArgs) -> Result<()> {
         cmd.arg("-o").arg(o);
     }
     // glibc gives every thread that allocates its own arena, and the
-    // mount has many (FUSE, uploads, tokio): two arenas keep freed memory
-    // from piling up per thread (tens of MiB after a big untar). A value
-    // the user set wins.
+    // mount has many (FUSE, uploads, tokio): one arena keeps freed memory
+    // from piling up per thread (tens of MiB after a big untar), and lets
+    // the flusher's trim hand it all back. Its allocations are few and
+    // large, so threads do not queue for it: writing 4 GiB after a cold
+    // read peaked at 209 MiB with one arena against 234 MiB with two, at
+    // the same speed (docs/PERFORMANCE.md, "Larger chunks"). A value the
+    // user set wins.
     if std::env::var_os("MALLOC_ARENA_MAX").is_none() {
-        cmd.env("MALLOC_ARENA_MAX", "2");
+        cmd.env("MALLOC_ARENA_MAX", "1");
     }
     cmd.stdin(std::process::Stdio::null())
         .stdout(log.try_clone()?)

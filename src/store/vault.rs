@@ -181,8 +181,12 @@ impl Pieces {
 /// Manifest nodes kept open (a full leaf is about 100 KiB).
 const NODE_CACHE: usize = 64;
 
-/// Default bytes of verified chunks kept in memory.
-pub const DEFAULT_CACHE_BYTES: usize = 64 << 20;
+/// Default bytes of verified chunks kept in memory: ten or so 4 MiB
+/// chunks, room for the mount's 32 MiB of readahead and the chunk being
+/// read. It was 64 MiB; with chunks four times larger that took the
+/// mount to the edge of its 256 MiB budget while writing
+/// (docs/PERFORMANCE.md, "Larger chunks").
+pub const DEFAULT_CACHE_BYTES: usize = 48 << 20;
 
 /// Seconds and nanoseconds since the Unix epoch, now.
 pub fn now() -> (i64, u32) {
@@ -282,7 +286,10 @@ impl Vault {
         // in file order by the encoder; up to `UPLOAD_WINDOW_BYTES` of shares
         // are uploading at once.
         let sealers = std::thread::available_parallelism().map_or(2, |n| n.get().clamp(2, 8));
-        let (tx, mut rx) = mpsc::channel::<Piece>(sealers);
+        // One chunk waits for a sealer: the chunker keeps ahead of sealing
+        // without a deeper queue, and each chunk queued is memory (a
+        // writing mount's peak fell by about 10 MiB of 4 MiB chunks).
+        let (tx, mut rx) = mpsc::channel::<Piece>(1);
         let producer = tokio::task::spawn_blocking(move || -> Result<()> {
             produce(&mut |piece| tx.blocking_send(piece).is_ok())
         });
