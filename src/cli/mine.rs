@@ -207,7 +207,9 @@ fn balance(s: &AccountStatus) -> f64 {
 
 fn describe_funded(f: Option<i64>) -> String {
     match f {
-        None => "indefinitely (nothing is charged)".into(),
+        // No charge at the current usage: a free mirror, or nothing held
+        // on a priced one yet. Either way, not a promise about later.
+        None => "indefinitely at the current usage (nothing held there costs credit)".into(),
         Some(t) => {
             let days = (t - unix_now()) as f64 / 86_400.0;
             format!(
