@@ -2214,3 +2214,44 @@ fn sizes_past_what_fits_are_refused() {
     let mounts = std::fs::read_to_string("/proc/self/mounts").unwrap();
     assert!(!mounts.contains(mp.to_str().unwrap()), "something mounted");
 }
+
+/// A program running from the mount is not emptied under its feet by a
+/// read-only open with `O_TRUNC`: the kernel refuses that open with
+/// ETXTBSY, but checks only after the file system's open, which (with
+/// atomic `O_TRUNC`) had already truncated the file and killed the
+/// program with SIGBUS.
+#[test]
+fn a_running_program_is_not_truncated() {
+    use std::os::unix::fs::OpenOptionsExt;
+    let tmp = tempfile::tempdir().unwrap();
+    let (_mirrors, client) = common::three_mirrors_and_client(tmp.path());
+    let mp = tmp.path().join("mnt");
+    let m = Mounted::new(&client, &mp);
+    let prog = mp.join("sleeper");
+    let original = std::fs::read("/bin/sleep").unwrap();
+    std::fs::write(&prog, &original).unwrap();
+    std::fs::set_permissions(&prog, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let mut child = Command::new(&prog).arg("30").spawn().unwrap();
+    for (how, custom) in [("write", 0), ("read, truncating", libc::O_TRUNC)] {
+        let err = std::fs::OpenOptions::new()
+            .read(custom != 0)
+            .write(custom == 0)
+            .custom_flags(custom)
+            .open(&prog)
+            .unwrap_err();
+        assert_eq!(err.raw_os_error(), Some(libc::ETXTBSY), "open for {how}");
+    }
+    std::thread::sleep(Duration::from_millis(200));
+    assert!(child.try_wait().unwrap().is_none(), "the program died");
+    assert_eq!(std::fs::read(&prog).unwrap(), original);
+    child.kill().unwrap();
+    child.wait().unwrap();
+    // Once it has ended, the file can be truncated as any other.
+    std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_TRUNC)
+        .open(&prog)
+        .unwrap();
+    assert_eq!(std::fs::metadata(&prog).unwrap().len(), 0);
+    drop(m);
+}

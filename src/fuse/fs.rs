@@ -48,6 +48,10 @@ const SMALL_UPLOAD_THREADS: usize = 24;
 const SMALL_UPLOAD_BYTES: u64 = crate::protocol::MAX_BATCH_SHARE_BYTES as u64;
 /// Block size `statfs` counts in when the mirrors report limits.
 const STATFS_BLOCK: u64 = 4096;
+/// The kernel's `__FMODE_EXEC`, which it leaves in the flags of a file
+/// opened to run a program (`open_exec`); FUSE passes them on in open and
+/// release.
+const FMODE_EXEC: i32 = 0x20;
 
 /// How the mount is set up.
 #[derive(Debug, Clone)]
@@ -1148,6 +1152,7 @@ impl LodeFs {
             // Only if it is still that clean, idle copy.
             if let Some(Node {
                 opens: 0,
+                execs: 0,
                 body:
                     Body::File {
                         staged: staged @ Some(_),
@@ -2314,12 +2319,21 @@ impl LodeFs {
         // open (`FUSE_ATOMIC_O_TRUNC`, see `init`); the kernel checked the
         // caller may write.
         let trunc = flags.0 & libc::O_TRUNC != 0;
-        let (parent, orphan) = self
+        let exec = flags.0 & FMODE_EXEC != 0;
+        let (parent, orphan, execs) = self
             .lock()
             .nodes
             .get(&ino)
-            .map(|n| (n.parent, n.orphan))
+            .map(|n| (n.parent, n.orphan, n.execs))
             .ok_or(Error::NotFound)?;
+        // A program running from the file: the kernel refuses to write it
+        // (ETXTBSY), but for a read-only open with `O_TRUNC` it checks
+        // only after this open has truncated, which emptied the program
+        // under its feet (it died of SIGBUS; pjdfstest's open::etxtbsy).
+        // Refuse first, as the kernel would.
+        if trunc && execs > 0 {
+            return Err(Error::TextBusy);
+        }
         if write || trunc {
             if !orphan {
                 self.writable(parent)?;
@@ -2329,6 +2343,9 @@ impl LodeFs {
         let mut tree = self.lock();
         let node = tree.nodes.get_mut(&ino).ok_or(Error::NotFound)?;
         node.opens += 1;
+        if exec {
+            node.execs += 1;
+        }
         let keep_cache = !std::mem::take(&mut node.stale_pages);
         if !write && !trunc {
             return Ok(keep_cache);
@@ -2540,6 +2557,9 @@ impl LodeFs {
         let mut tree = self.lock();
         if let Some(node) = tree.nodes.get_mut(&ino) {
             node.opens = node.opens.saturating_sub(1);
+            if flags.0 & FMODE_EXEC != 0 {
+                node.execs = node.execs.saturating_sub(1);
+            }
             if flags.0 & libc::O_ACCMODE != libc::O_RDONLY
                 && let Body::File { writers, .. } = &mut node.body
             {

@@ -47,6 +47,8 @@ pub enum Error {
     Unsupported,
     #[error("invalid argument")]
     InvalidArgument,
+    #[error("text file busy: a program running from this file")]
+    TextBusy,
     #[error(
         "{0} staged files of an earlier mount are not back in the tree yet (their directories cannot be read)"
     )]
@@ -96,6 +98,7 @@ pub fn errno(e: &Error) -> Errno {
         Error::NameTooLong => Errno::ENAMETOOLONG,
         Error::Unsupported => Errno::EPERM,
         Error::InvalidArgument => Errno::EINVAL,
+        Error::TextBusy => Errno::from_i32(libc::ETXTBSY),
         Error::Unrecovered(_) => Errno::EIO,
         Error::Io(io) => io_errno(io),
         Error::Store(s) => match s {

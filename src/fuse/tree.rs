@@ -84,6 +84,9 @@ pub struct Node {
     pub lookups: u64,
     /// Open file handles.
     pub opens: u32,
+    /// Of those, the ones programs run from (exec opens): see
+    /// `LodeFs::do_open` for why the mount counts them.
+    pub execs: u32,
     /// No name refers to the inode any more.
     pub orphan: bool,
     /// A listing brought this file's content from elsewhere (a friend's
@@ -138,6 +141,7 @@ impl Node {
             nlink: 1,
             lookups: 0,
             opens: 0,
+            execs: 0,
             orphan: false,
             stale_pages: false,
             alias: false,
@@ -913,6 +917,7 @@ impl Tree {
             nlink: if ours { entry.nlink.max(1) } else { 1 },
             lookups: 0,
             opens: 0,
+            execs: 0,
             orphan: false,
             stale_pages: false,
             alias: false,
