@@ -1413,16 +1413,20 @@ impl LodeFs {
     fn retry_recovery(&self) {
         let _one = self.retrying.lock().unwrap_or_else(|p| p.into_inner());
         let files = self.unadopted().clone();
+        let mut placed = std::collections::HashSet::new();
         for file in files {
-            let placed = match notes::read(&file) {
+            let done = match notes::read(&file) {
                 Some(note) => self.adopted(&file, &note),
                 // Its note went (the file was placed, or dropped).
                 None => true,
             };
-            if placed {
-                self.unadopted().retain(|f| *f != file);
+            if done {
+                placed.insert(file);
             }
         }
+        // Only now, once each is in the tree (after a crash there can be
+        // thousands: one pass, not one per file).
+        self.unadopted().retain(|f| !placed.contains(f));
     }
 
     /// Adopt the staged `file` noted for `note.path`; false if it cannot
