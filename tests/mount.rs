@@ -2032,6 +2032,16 @@ fn commands_by_path_see_what_the_mount_just_made() {
     assert_eq!(std::fs::read(&got).unwrap(), b"written next");
     std::fs::create_dir(mp.join("fresh/sub")).unwrap();
     assert!(client.ok(&["ls", "fresh"]).contains(" sub\n"));
+    // A directory's whole subtree, not only what is directly in it.
+    std::fs::create_dir_all(mp.join("tree/sub/deep")).unwrap();
+    std::fs::write(mp.join("tree/top"), b"A").unwrap();
+    std::fs::write(mp.join("tree/sub/b"), b"B").unwrap();
+    std::fs::write(mp.join("tree/sub/deep/c"), b"C").unwrap();
+    let out = tmp.path().join("tree-copy");
+    client.ok(&["get", "tree", "-o", out.to_str().unwrap()]);
+    for (name, want) in [("top", b"A"), ("sub/b", b"B"), ("sub/deep/c", b"C")] {
+        assert_eq!(std::fs::read(out.join(name)).unwrap(), want, "{name}");
+    }
     drop(m);
 }
 

@@ -96,6 +96,7 @@ impl Session {
             return;
         };
         let full = Path::new(&at).join(rel);
+        let home = self.home.clone();
         let (done, finished) = std::sync::mpsc::channel();
         std::thread::spawn(move || {
             use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
@@ -103,14 +104,22 @@ impl Session {
             // on the way leads out to, and not a FIFO (opening one waits
             // for a writer).
             let dev = std::fs::metadata(&at).map(|m| m.dev()).ok();
-            let inside = std::fs::symlink_metadata(&full)
-                .is_ok_and(|m| (m.is_file() || m.is_dir()) && Some(m.dev()) == dev);
-            if inside {
-                let _ = std::fs::OpenOptions::new()
-                    .read(true)
-                    .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
-                    .open(&full)
-                    .and_then(|f| f.sync_all());
+            match std::fs::symlink_metadata(&full) {
+                // A directory's whole subtree: its fsync stores only the
+                // directory, and the files in its subdirectories were left
+                // out of `get`, `share` and `check` made right after they
+                // were written. The mount's sync stores everything.
+                Ok(m) if m.is_dir() && Some(m.dev()) == dev => {
+                    let _ = super::mount::ask_mount(&home, "sync", Some(SETTLE_WAIT));
+                }
+                Ok(m) if m.is_file() && Some(m.dev()) == dev => {
+                    let _ = std::fs::OpenOptions::new()
+                        .read(true)
+                        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
+                        .open(&full)
+                        .and_then(|f| f.sync_all());
+                }
+                _ => {}
             }
             let _ = done.send(());
         });

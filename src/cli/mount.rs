@@ -59,7 +59,11 @@ pub fn sync() -> Result<()> {
 /// Send `request` to the running mount's control socket and return its
 /// JSON answer (waiting at most `timeout` for it, if given). An error if
 /// no mount answers.
-fn ask_mount(home: &Home, request: &str, timeout: Option<Duration>) -> Result<serde_json::Value> {
+pub(super) fn ask_mount(
+    home: &Home,
+    request: &str,
+    timeout: Option<Duration>,
+) -> Result<serde_json::Value> {
     use std::io::{Read, Write};
     let socket = home.data.join("mount.sock");
     let mut stream = std::os::unix::net::UnixStream::connect(&socket)
