@@ -375,6 +375,20 @@ fn get_writes_through_what_the_destination_is() {
             .is_symlink()
     );
     assert!(std::fs::read(&target).unwrap() == data);
+    // A dangling one is refused, as cp refuses it: nothing is created
+    // where it points.
+    let nowhere = tmp.path().join("nowhere");
+    let dangling = tmp.path().join("dangling");
+    std::os::unix::fs::symlink(&nowhere, &dangling).unwrap();
+    let out = get(&dangling);
+    assert!(!out.status.success(), "wrote through a dangling symlink");
+    assert!(!nowhere.exists());
+    // A directory that is not there: an error, and no part file left.
+    let before = std::fs::read_dir(tmp.path()).unwrap().count();
+    let out = get(&tmp.path().join("nodir/"));
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("no such directory"));
+    assert_eq!(std::fs::read_dir(tmp.path()).unwrap().count(), before);
 
     // To a reader that stops early, as `cat` does: quietly.
     let piped = std::process::Command::new("bash")

@@ -363,10 +363,14 @@ async fn upload_file(s: &Session, path: &Path, len: u64) -> Result<lode::caps::F
 /// one a symlink names) is written beside itself and renamed over, so a
 /// failed download never leaves it cut short, and keeps its mode; a device
 /// or FIFO (`/dev/stdout`, `/dev/full`) is written through, and its errors
-/// are the command's; a dangling symlink's target is created.
+/// are the command's; a dangling symlink is refused, as cp refuses it (it
+/// would create a file wherever the link points).
 async fn download_to(s: &Session, file: &lode::caps::FileReadCap, out: &Path) -> Result<()> {
     let target = std::fs::metadata(out).ok();
     let is_link = std::fs::symlink_metadata(out).is_ok_and(|m| m.file_type().is_symlink());
+    if target.is_none() && out.as_os_str().to_string_lossy().ends_with('/') {
+        bail!("{}: no such directory", out.display());
+    }
     match &target {
         Some(m) if !m.is_file() => {
             let mut w = std::io::BufWriter::with_capacity(
@@ -377,16 +381,7 @@ async fn download_to(s: &Session, file: &lode::caps::FileReadCap, out: &Path) ->
             w.flush()?;
             return Ok(());
         }
-        None if is_link => {
-            let w = std::fs::OpenOptions::new()
-                .write(true)
-                .create(true)
-                .truncate(true)
-                .open(out)?;
-            s.vault.get_to_file(file, &w).await?;
-            w.sync_all()?;
-            return Ok(());
-        }
+        None if is_link => bail!("not writing through dangling symlink {}", out.display()),
         _ => {}
     }
     let real = match is_link {
@@ -413,7 +408,10 @@ async fn download_to(s: &Session, file: &lode::caps::FileReadCap, out: &Path) ->
         let _ = std::fs::remove_file(&tmp);
         return Err(e);
     }
-    std::fs::rename(&tmp, &real)?;
+    if let Err(e) = std::fs::rename(&tmp, &real) {
+        let _ = std::fs::remove_file(&tmp);
+        return Err(e.into());
+    }
     Ok(())
 }
 
