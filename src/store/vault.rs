@@ -21,10 +21,16 @@ use crate::dir::{
     Encoded, Entry, EntryKind, Listing, MAX_PAGE_BYTES, MAX_SLOT_BYTES, SlotEnvelope, check_name,
 };
 
-/// Share bytes one put keeps in flight to the mirrors. Each upload waits
-/// for a mirror's fsync, so the window must cover that latency; it also
-/// bounds the put's memory.
+/// Share bytes a vault's puts keep in flight to the mirrors, all of them
+/// together. Each upload waits for a mirror's fsync, so the window must
+/// cover that latency; it also bounds the memory of uploads. It was per
+/// put: four files written at once through the mount held four windows,
+/// and with 4 MiB chunks the mount went past 400 MiB (a sweep, 4 × `dd`
+/// of 500 MiB each).
 const UPLOAD_WINDOW_BYTES: usize = 32 << 20;
+/// The unit the window is counted in.
+const WINDOW_PERMIT_BYTES: usize = 64 << 10;
+const WINDOW_PERMITS: usize = UPLOAD_WINDOW_BYTES / WINDOW_PERMIT_BYTES;
 /// A hole of at least this many maximum chunks is not read on upload
 /// (see [`Vault::put_path`]); shorter ones are read as zeros.
 const HOLE_MIN_CHUNKS: u64 = 2;
@@ -120,6 +126,16 @@ pub struct Vault {
     /// within the grid's placed window (after that its shares may have
     /// lapsed, and it is stored again).
     stored_pages: std::sync::Mutex<lru::LruCache<[u8; 32], (FileReadCap, std::time::Instant)>>,
+    /// The upload window shared by every put, in `WINDOW_PERMIT_BYTES`.
+    window: Arc<tokio::sync::Semaphore>,
+    /// Chunks being sealed at once by every put together: one per core.
+    /// Each chunk in sealing holds its plaintext, ciphertext and shares.
+    sealing: Arc<tokio::sync::Semaphore>,
+}
+
+/// Chunks sealed at once: one per core (at least 2, at most 8).
+fn sealers() -> usize {
+    std::thread::available_parallelism().map_or(2, |n| n.get().clamp(2, 8))
 }
 
 /// One chunk fetch that several readers may wait on.
@@ -215,6 +231,8 @@ impl Vault {
             stored_pages: std::sync::Mutex::new(lru::LruCache::new(
                 std::num::NonZeroUsize::new(PAGE_MEMO).expect("nonzero"),
             )),
+            window: Arc::new(tokio::sync::Semaphore::new(WINDOW_PERMITS)),
+            sealing: Arc::new(tokio::sync::Semaphore::new(sealers())),
         }
     }
 
@@ -285,7 +303,7 @@ impl Vault {
         // costly part: hashing, AES-SIV and erasure coding), and taken back
         // in file order by the encoder; up to `UPLOAD_WINDOW_BYTES` of shares
         // are uploading at once.
-        let sealers = std::thread::available_parallelism().map_or(2, |n| n.get().clamp(2, 8));
+        let sealers = sealers();
         // One chunk waits for a sealer: the chunker keeps ahead of sealing
         // without a deeper queue, and each chunk queued is memory (a
         // writing mount's peak fell by about 10 MiB of 4 MiB chunks).
@@ -325,8 +343,10 @@ impl Vault {
                 .map(|piece| {
                     let conv = conv.clone();
                     let zeros = zeros.clone();
+                    let sealing = self.sealing.clone();
                     async move {
                         let len = piece.len() as u64;
+                        let _slot = sealing.acquire_owned().await.expect("never closed");
                         let sealed = tokio::task::spawn_blocking(move || match piece {
                             Piece::Data(chunk) => share::seal_chunk(&conv, params, &chunk),
                             Piece::Zeros(n) => {
@@ -347,28 +367,39 @@ impl Vault {
                 .buffered(sealers)
         );
         let mut uploads = tokio::task::JoinSet::new();
-        let mut in_flight = 0usize;
         // Groups already sent by this put, by their first share: a chunk or
         // a manifest node that repeats within the file (a hole's zeros, or
         // any repeated content) goes up once.
         let mut sent = std::collections::HashSet::new();
-        // Start uploading one group; returns its bytes.
-        let mut upload = |group: Vec<Share>, uploads: &mut tokio::task::JoinSet<_>| {
-            if group.first().is_some_and(|s| !sent.insert(s.id())) {
-                return 0;
-            }
-            let bytes: usize = group.iter().map(|s| s.as_bytes().len()).sum();
-            let grid = self.grid.clone();
-            uploads.spawn(async move { grid.put_group(&group).await.map(|()| bytes) });
-            bytes
-        };
+        // Start uploading one group once the window has room for it.
+        let upload =
+            async |group: Vec<Share>,
+                   uploads: &mut tokio::task::JoinSet<Result<()>>,
+                   sent: &mut std::collections::HashSet<chunk::ShareId>| {
+                if group.first().is_some_and(|s| !sent.insert(s.id())) {
+                    return;
+                }
+                let bytes: usize = group.iter().map(|s| s.as_bytes().len()).sum();
+                let permits = bytes.div_ceil(WINDOW_PERMIT_BYTES).clamp(1, WINDOW_PERMITS);
+                let room = self
+                    .window
+                    .clone()
+                    .acquire_many_owned(permits as u32)
+                    .await
+                    .expect("never closed");
+                let grid = self.grid.clone();
+                uploads.spawn(async move {
+                    let _room = room;
+                    grid.put_group(&group).await
+                });
+            };
         while let Some((len, chunk)) = sealed.next().await {
             for group in encoder.push_sealed(len, chunk) {
-                in_flight += upload(group, &mut uploads);
+                upload(group, &mut uploads, &mut sent).await;
             }
-            while in_flight > UPLOAD_WINDOW_BYTES {
-                let done = uploads.join_next().await.expect("nonempty");
-                in_flight -= done.expect("upload task")?;
+            // A failed upload ends the put now, not at the end.
+            while let Some(done) = uploads.try_join_next() {
+                done.expect("upload task")?;
             }
         }
         // The chunks ran out: either the reader ended or it failed.
@@ -377,7 +408,7 @@ impl Vault {
         // The root goes last, once everything it names is stored.
         let root = groups.pop().expect("finish yields the root's group");
         for group in groups {
-            upload(group, &mut uploads);
+            upload(group, &mut uploads, &mut sent).await;
         }
         while let Some(done) = uploads.join_next().await {
             done.expect("upload task")?;
