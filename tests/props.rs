@@ -144,7 +144,8 @@ proptest! {
         let s = cap.to_string();
         let prefix = format!("lode:{}:1:", cap.kind());
         prop_assert!(s.starts_with(&prefix));
-        prop_assert_eq!(Cap::from_str(&s).unwrap(), cap);
+        prop_assert_eq!(Cap::from_str(&s).unwrap(), cap.clone());
+        prop_assert_eq!(Cap::from_str(&s.to_ascii_uppercase()).unwrap(), cap);
     }
 
     /// A single changed character in a cap string is caught.

@@ -136,14 +136,22 @@ impl fmt::Display for Cap {
 impl FromStr for Cap {
     type Err = Error;
 
-    /// Parse a cap string. Never panics; surrounding whitespace is ignored.
+    /// Parse a cap string. Never panics; surrounding whitespace is ignored,
+    /// and so is case (a cap read aloud or typed in capitals still works).
     fn from_str(s: &str) -> Result<Cap> {
-        let rest = s.trim().strip_prefix("lode:").ok_or(Error::MissingPrefix)?;
+        let s = s.trim();
+        let rest = s
+            .get(..5)
+            .filter(|p| p.eq_ignore_ascii_case("lode:"))
+            .map(|_| &s[5..])
+            .ok_or(Error::MissingPrefix)?;
         let mut parts = rest.splitn(3, ':');
         let (kind, version, data) = match (parts.next(), parts.next(), parts.next()) {
             (Some(k), Some(v), Some(d)) if !k.is_empty() && !d.is_empty() => (k, v, d),
             _ => return Err(Error::Malformed),
         };
+        let kind = kind.to_ascii_lowercase();
+        let kind = kind.as_str();
         if !matches!(kind, "dir-rw" | "dir-ro" | "dir-v" | "file" | "file-v") {
             return Err(Error::UnknownKind(kind.chars().take(32).collect()));
         }

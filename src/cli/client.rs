@@ -62,7 +62,10 @@ impl Session {
 
     /// A cap string, or a path in the root tree.
     async fn target(&self, target: &str) -> Result<Cap> {
-        if target.starts_with("lode:") {
+        if target
+            .get(..5)
+            .is_some_and(|p| p.eq_ignore_ascii_case("lode:"))
+        {
             return target
                 .parse::<Cap>()
                 .with_context(|| format!("bad cap {target:?}"));
