@@ -1107,7 +1107,7 @@ impl Vault {
                     }
                     (kind, _) if kind.is_special() => {
                         // FIFOs, sockets and device nodes are names only;
-                        // like `cp -r`, leave them out of a copy.
+                        // like rsync without `--specials`, leave them out.
                         tracing::warn!(path = %target.display(), "skipped a special file");
                     }
                     _ => return Err(Error::NotAFile(target.display().to_string())),
