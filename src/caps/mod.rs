@@ -20,7 +20,7 @@ mod string;
 
 use crate::crypto::{Hash, ReadKey, SlotSeed, VerifyKey};
 
-pub use string::CAP_VERSION;
+pub use string::{CAP_VERSION, is_cap_text};
 
 /// Errors from parsing a cap string. Each says what is wrong.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]

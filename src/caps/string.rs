@@ -133,6 +133,12 @@ impl fmt::Display for Cap {
     }
 }
 
+/// Whether `s` begins as a cap does (`lode:`, in any case): for telling a
+/// cap from a path.
+pub fn is_cap_text(s: &str) -> bool {
+    s.get(..5).is_some_and(|p| p.eq_ignore_ascii_case("lode:"))
+}
+
 impl FromStr for Cap {
     type Err = Error;
 
@@ -140,11 +146,10 @@ impl FromStr for Cap {
     /// and so is case (a cap read aloud or typed in capitals still works).
     fn from_str(s: &str) -> Result<Cap> {
         let s = s.trim();
-        let rest = s
-            .get(..5)
-            .filter(|p| p.eq_ignore_ascii_case("lode:"))
-            .map(|_| &s[5..])
-            .ok_or(Error::MissingPrefix)?;
+        if !is_cap_text(s) {
+            return Err(Error::MissingPrefix);
+        }
+        let rest = &s["lode:".len()..];
         let mut parts = rest.splitn(3, ':');
         let (kind, version, data) = match (parts.next(), parts.next(), parts.next()) {
             (Some(k), Some(v), Some(d)) if !k.is_empty() && !d.is_empty() => (k, v, d),

@@ -62,10 +62,7 @@ impl Session {
 
     /// A cap string, or a path in the root tree.
     async fn target(&self, target: &str) -> Result<Cap> {
-        if target
-            .get(..5)
-            .is_some_and(|p| p.eq_ignore_ascii_case("lode:"))
-        {
+        if lode::caps::is_cap_text(target) {
             return target
                 .parse::<Cap>()
                 .with_context(|| format!("bad cap {target:?}"));
@@ -418,10 +415,15 @@ async fn download_to(s: &Session, file: &lode::caps::FileReadCap, out: &Path) ->
     Ok(())
 }
 
-/// Where `lode get TARGET -o DIR` puts what it downloads when DIR is an
-/// existing directory: under the name TARGET's path ends with, as cp does.
-/// A cap names nothing (nor does the root), so for one that is an error.
-fn into_dir(target: &str, dir: &Path) -> Result<PathBuf> {
+/// Where `lode get TARGET -o OUT` puts what it downloads: OUT itself, or,
+/// when OUT is an existing directory, the name TARGET's path ends with
+/// inside it, as cp does. A cap names nothing (nor does the root), so into
+/// a directory that is an error.
+fn destination(target: &str, out: &Path) -> Result<PathBuf> {
+    if !out.is_dir() {
+        return Ok(out.to_path_buf());
+    }
+    let dir = out;
     let leaf = target
         .parse::<Cap>()
         .is_err()
@@ -447,15 +449,7 @@ async fn get(s: &Session, target: &str, output: Option<&Path>) -> Result<()> {
     match s.target(target).await? {
         Cap::FileRead(file) => match output {
             Some(out) => {
-                // Into an existing directory, as cp does: under the name the
-                // path in the tree ends with (a cap has none).
-                let named;
-                let out = if out.is_dir() {
-                    named = into_dir(target, out)?;
-                    named.as_path()
-                } else {
-                    out
-                };
+                let out = &destination(target, out)?;
                 download_to(s, &file, out)
                     .await
                     .with_context(|| format!("downloading to {}", out.display()))?;
@@ -483,17 +477,11 @@ async fn get(s: &Session, target: &str, output: Option<&Path>) -> Result<()> {
         },
         cap @ (Cap::DirRead(_) | Cap::DirWrite(_)) => {
             let out = output.ok_or_else(|| anyhow!("a directory needs -o DIR to download into"))?;
-            // As `cp -r`: into an existing directory under its own name.
-            let named;
-            let out = if out.is_dir() {
-                named = into_dir(target, out)?;
-                named.as_path()
-            } else {
-                out
-            };
+            let out = &destination(target, out)?;
             if out.symlink_metadata().is_ok() {
                 bail!(
-                    "{} already exists: lode get makes a new directory, it does not merge into one",
+                    "{} already exists: lode get of a directory makes a new one, it does not \
+                     overwrite or merge",
                     out.display()
                 );
             }
