@@ -41,7 +41,6 @@ pub mod caps;
 pub mod chunk;
 pub mod crypto;
 pub mod dir;
-pub mod direct;
 pub mod error;
 pub mod fuse;
 pub mod miner;

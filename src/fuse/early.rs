@@ -13,21 +13,13 @@
 //! wasted: the ordinary upload finds them held (the claim in `Grid`), since
 //! convergent encryption gives the same chunks the same shares.
 //!
-//! Once its upload runs, a record also keeps a copy of the latest bytes
-//! written, up to [`FEED_BYTES`], and the reader takes them from there
-//! rather than from the staged file. Those writes go to the staged file
-//! around the page cache (`crate::direct`): on a VM, filling fresh cache
-//! pages was a third of what a mount spent writing a large file, only for
-//! the upload to read each byte once. A reader that falls further behind
-//! reads the staged file, from the disk.
-//!
 //! When the file is to be uploaded (the flusher after the last close, or
 //! fsync), the record is sealed at the bytes appended so far; the reader
 //! then ends there and the upload's cap is used, provided no write came in
 //! since (the generation check of `LodeFs::upload`). The staged file is
 //! the truth throughout: an early upload only ever saves work.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::HashMap;
 use std::io::Read;
 use std::os::unix::fs::FileExt;
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
@@ -41,10 +33,6 @@ pub const START_BYTES: u64 = 8 << 20;
 /// Early uploads running at once; others wait for a free place (and start
 /// from the beginning of their file when they get one).
 pub const MAX_RUNNING: usize = 2;
-/// Bytes written but not yet read that a running upload keeps in memory.
-/// A writer that gets this far ahead starts the copy afresh from its
-/// latest write, and the reader takes the bytes between from the file.
-pub const FEED_BYTES: usize = 8 << 20;
 /// A writer that adds nothing for this long loses its early upload.
 pub const IDLE: Duration = Duration::from_secs(30);
 
@@ -58,43 +46,6 @@ struct State {
     /// Set when the upload should end at this size.
     end: Option<u64>,
     spoiled: bool,
-    /// Copies of the latest writes, ending at `appended` and starting at
-    /// `fed_from`, at most `FEED_BYTES` of them; kept only while the upload
-    /// runs.
-    fed: VecDeque<bytes::Bytes>,
-    fed_from: u64,
-    fed_len: usize,
-}
-
-impl State {
-    /// Forget the copies the reader, now at `pos`, has passed.
-    fn pass(&mut self, pos: u64) {
-        while let Some(front) = self.fed.front() {
-            let end = self.fed_from + front.len() as u64;
-            if end > pos {
-                break;
-            }
-            self.fed_from = end;
-            self.fed_len -= front.len();
-            self.fed.pop_front();
-        }
-    }
-
-    /// Keep a copy of `data`, just appended at `offset`.
-    fn feed(&mut self, offset: u64, data: &[u8]) {
-        if self.fed_len + data.len() > FEED_BYTES {
-            self.fed.clear();
-            self.fed_len = 0;
-        }
-        if data.len() > FEED_BYTES {
-            return;
-        }
-        if self.fed.is_empty() {
-            self.fed_from = offset;
-        }
-        self.fed_len += data.len();
-        self.fed.push_back(bytes::Bytes::copy_from_slice(data));
-    }
 }
 
 /// One file's early upload.
@@ -111,21 +62,15 @@ impl Early {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Note a write of `data` at `offset`. Returns false (and spoils the
-    /// record) unless it continues the file exactly where it ended.
-    pub fn wrote(&self, offset: u64, data: &[u8]) -> bool {
-        let running = self.started();
+    /// Note a write of `len` bytes at `offset`. Returns false (and spoils
+    /// the record) unless it continues the file exactly where it ended.
+    pub fn wrote(&self, offset: u64, len: u64) -> bool {
         let mut s = self.lock();
         let ok = !s.spoiled && s.end.is_none() && offset == s.appended;
         if ok {
-            s.appended += data.len() as u64;
-            if running {
-                s.feed(offset, data);
-            }
+            s.appended += len;
         } else {
             s.spoiled = true;
-            s.fed.clear();
-            s.fed_len = 0;
         }
         drop(s);
         self.moved.notify_all();
@@ -138,11 +83,7 @@ impl Early {
 
     /// Give up: the reader fails and the upload stops.
     pub fn spoil(&self) {
-        let mut s = self.lock();
-        s.spoiled = true;
-        s.fed.clear();
-        s.fed_len = 0;
-        drop(s);
+        self.lock().spoiled = true;
         self.moved.notify_all();
     }
 
@@ -184,28 +125,16 @@ impl Earlies {
         self.by_ino.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Whether a write to `ino` at `offset` would continue a running early
-    /// upload, which then takes the bytes from memory: such a write can go
-    /// to the staged file around the page cache.
-    pub fn feeding(&self, ino: u64, offset: u64) -> bool {
-        self.lock().get(&ino).is_some_and(|e| {
-            e.started() && {
-                let s = e.lock();
-                !s.spoiled && s.end.is_none() && s.appended == offset
-            }
-        })
-    }
-
-    /// Note a write to `ino` of `data` at `offset`, the file having been
-    /// `old_size` bytes before it. Returns the record if its upload
+    /// Note a write to `ino` at `offset` of `len` bytes, the file having
+    /// been `old_size` bytes before it. Returns the record if its upload
     /// should start now. Call with the tree locked, before the write's
     /// generation is counted, so that a sealed record never lacks a write
     /// its generation includes.
-    pub fn wrote(&self, ino: u64, offset: u64, data: &[u8], old_size: u64) -> Option<Arc<Early>> {
+    pub fn wrote(&self, ino: u64, offset: u64, len: u64, old_size: u64) -> Option<Arc<Early>> {
         let mut map = self.lock();
         let early = match map.get(&ino) {
             Some(e) => {
-                if !e.wrote(offset, data) {
+                if !e.wrote(offset, len) {
                     map.remove(&ino);
                     return None;
                 }
@@ -213,7 +142,7 @@ impl Earlies {
             }
             None if offset == 0 && old_size == 0 => {
                 let e = Arc::new(Early::default());
-                e.wrote(0, data);
+                e.wrote(0, len);
                 map.insert(ino, e.clone());
                 e
             }
@@ -268,9 +197,9 @@ impl Growing {
 
 impl Read for Growing {
     fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
-        let (want, fed) = {
+        let want = {
             let mut s = self.early.lock();
-            let want = loop {
+            loop {
                 if s.spoiled {
                     return Err(std::io::Error::other(
                         "early upload abandoned: the file changed other than by appending",
@@ -292,28 +221,9 @@ impl Read for Growing {
                 if waited.timed_out() && s.appended <= self.pos && s.end.is_none() {
                     s.spoiled = true;
                 }
-            };
-            s.pass(self.pos);
-            match s.fed.front() {
-                // The copy is taken out of the lock (a `Bytes` clone is a
-                // count), so that the writer never waits for it.
-                Some(front) if s.fed_from <= self.pos => {
-                    let at = (self.pos - s.fed_from) as usize;
-                    let n = want.min(front.len() - at);
-                    (n, Some(front.slice(at..at + n)))
-                }
-                // Up to the copies, from the file.
-                Some(_) => (want.min((s.fed_from - self.pos) as usize), None),
-                None => (want, None),
             }
         };
-        let n = match fed {
-            Some(bytes) => {
-                buf[..want].copy_from_slice(&bytes);
-                want
-            }
-            None => self.file.read_at(&mut buf[..want], self.pos)?,
-        };
+        let n = self.file.read_at(&mut buf[..want], self.pos)?;
         if n == 0 {
             return Err(std::io::Error::other(
                 "early upload: the staged file is shorter than what was written",
@@ -340,14 +250,14 @@ mod tests {
         let data: Vec<u8> = (0..100u8).collect();
         let (_tmp, file) = staged(&data);
         let early = Arc::new(Early::default());
-        assert!(early.wrote(0, &data[..40]));
+        assert!(early.wrote(0, 40));
         let mut reader = Growing::new(file, early.clone());
         let handle = std::thread::spawn(move || {
             let mut out = Vec::new();
             reader.read_to_end(&mut out).map(|_| out)
         });
         std::thread::sleep(Duration::from_millis(50));
-        assert!(early.wrote(40, &data[40..]));
+        assert!(early.wrote(40, 60));
         assert_eq!(early.seal(), 100);
         assert_eq!(handle.join().unwrap().unwrap(), data);
     }
@@ -356,68 +266,31 @@ mod tests {
     fn a_write_that_is_not_an_append_fails_the_reader() {
         let (_tmp, file) = staged(&[7; 64]);
         let early = Arc::new(Early::default());
-        assert!(early.wrote(0, &[7; 32]));
+        assert!(early.wrote(0, 32));
         let mut reader = Growing::new(file, early.clone());
         let mut buf = [0; 64];
         assert_eq!(reader.read(&mut buf).unwrap(), 32);
-        assert!(!early.wrote(8, &[7; 8]), "an overwrite is not an append");
+        assert!(!early.wrote(8, 8), "an overwrite is not an append");
         assert!(reader.read(&mut buf).is_err());
-        assert!(!early.wrote(32, &[7; 8]), "a spoiled record stays spoiled");
+        assert!(!early.wrote(32, 8), "a spoiled record stays spoiled");
     }
 
     #[test]
     fn uploads_start_past_the_threshold_and_only_for_fresh_files() {
         let earlies = Earlies::default();
-        let start = vec![0; START_BYTES as usize];
-        assert!(earlies.wrote(1, 0, &[0; 4096], 0).is_none());
-        assert!(earlies.wrote(1, 4096, &start, 4096).is_some());
+        assert!(earlies.wrote(1, 0, 4096, 0).is_none());
+        assert!(earlies.wrote(1, 4096, START_BYTES, 4096).is_some());
         // A file that had content before is not uploaded early.
-        assert!(earlies.wrote(2, 10, &start, 10).is_none());
+        assert!(earlies.wrote(2, 10, START_BYTES, 10).is_none());
         assert!(earlies.take(2).is_none());
         // Past the limit of running uploads, a record waits.
         let rt = tokio::runtime::Runtime::new().unwrap();
         for ino in 3..3 + MAX_RUNNING as u64 {
-            let e = earlies.wrote(ino, 0, &start, 0).expect("starts");
+            let e = earlies.wrote(ino, 0, START_BYTES, 0).expect("starts");
             e.start(
                 rt.spawn(async { Err(crate::store::Error::Io(std::io::Error::other("test"))) }),
             );
         }
-        assert!(earlies.wrote(99, 0, &start, 0).is_none());
-    }
-
-    /// A staged file whose bytes differ from what was written: whatever
-    /// the reader takes from the file instead of from memory shows.
-    #[test]
-    fn a_running_upload_reads_recent_writes_from_memory_and_the_rest_from_the_file() {
-        let rt = tokio::runtime::Runtime::new().unwrap();
-        let pattern = |n: usize, seed: u8| -> Vec<u8> {
-            (0..n).map(|i| (i as u8).wrapping_mul(7) ^ seed).collect()
-        };
-        let head = pattern(4096, 1);
-        let early = Arc::new(Early::default());
-        assert!(early.wrote(0, &head));
-        early
-            .start(rt.spawn(async { Err(crate::store::Error::Io(std::io::Error::other("test"))) }));
-        // Written while the upload runs: kept in memory. The first block
-        // goes past `FEED_BYTES` and is dropped again by the second.
-        let first = pattern(FEED_BYTES - 100, 2);
-        let second = pattern(200, 3);
-        assert!(early.wrote(4096, &first));
-        assert!(early.wrote(4096 + first.len() as u64, &second));
-        // The file has the head and, where `first` is, other bytes.
-        let mut file = head.clone();
-        file.extend(pattern(first.len(), 9));
-        file.extend(pattern(second.len(), 9));
-        let (_tmp, staged) = staged(&file);
-        assert_eq!(early.seal(), file.len() as u64);
-        let mut out = Vec::new();
-        Growing::new(staged, early).read_to_end(&mut out).unwrap();
-        let mut want = head;
-        want.extend(pattern(first.len(), 9));
-        want.extend(&second);
-        assert!(
-            out == want,
-            "head and first from the file, second from memory"
-        );
+        assert!(earlies.wrote(99, 0, START_BYTES, 0).is_none());
     }
 }

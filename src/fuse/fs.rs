@@ -99,10 +99,6 @@ pub struct LodeFs {
     readahead: Mutex<std::collections::HashMap<u64, (u64, u64)>>,
     /// Files being uploaded while they are written (see [`super::early`]).
     early: Earlies,
-    /// Whether writes that an early upload takes from memory go to the
-    /// staged file around the page cache (cleared if the staging file
-    /// system refuses; see `crate::direct`).
-    direct: AtomicBool,
     /// The grid's room as last reported by the mirrors (`statfs`).
     space: Mutex<Option<Space>>,
     /// Held while recovery notes are written (see `note_staged`).
@@ -255,7 +251,6 @@ impl LodeFs {
             published: std::sync::Condvar::new(),
             readahead: Mutex::new(Default::default()),
             early: Earlies::default(),
-            direct: AtomicBool::new(true),
             space: Mutex::new(None),
             noting: Mutex::new(()),
             final_flush: Mutex::new(None),
@@ -2456,10 +2451,10 @@ impl LodeFs {
 
     fn do_write(&self, ino: u64, offset: u64, data: &[u8]) -> Result<u32> {
         let path = self.stage(ino, false)?;
-        // A write that its file's early upload takes from memory goes to
-        // the staged copy around the page cache (see `super::early`).
-        let direct = self.early.feeding(ino, offset).then_some(&self.direct);
-        self.with_room(|| Ok(crate::direct::write_at(&path, data, offset, direct)?))?;
+        self.with_room(|| {
+            let file = std::fs::OpenOptions::new().write(true).open(&path)?;
+            Ok(file.write_all_at(data, offset)?)
+        })?;
         let mut tree = self.lock();
         let node = tree.nodes.get_mut(&ino).ok_or(Error::NotFound)?;
         let old_size = node.size;
@@ -2469,7 +2464,7 @@ impl LodeFs {
         node.ctime = t;
         if let Body::File { .. } = &node.body {
             // Before the generation moves: see `Earlies::wrote`.
-            if let Some(early) = self.early.wrote(ino, offset, data, old_size) {
+            if let Some(early) = self.early.wrote(ino, offset, data.len() as u64, old_size) {
                 match std::fs::File::open(&path) {
                     Ok(file) => {
                         let (vault, reader) =

@@ -24,7 +24,6 @@ use futures_util::{Stream, StreamExt};
 use super::small::{NewSmall, SMALL_MAX, SmallShares};
 use super::{Error, Result};
 use crate::chunk::ShareId;
-use crate::direct::{self, ALIGN};
 use crate::protocol::hex;
 
 /// A stream of body bytes.
@@ -231,6 +230,55 @@ fn fsync_dir(dir: &Path) -> std::io::Result<()> {
     std::fs::File::open(dir)?.sync_all()
 }
 
+/// Alignment of direct writes and reads: the largest logical block size
+/// in use.
+const DIRECT_ALIGN: usize = 4096;
+
+/// An empty buffer for `O_DIRECT`: its length is a few bytes of padding
+/// that bring it to a block boundary, and it has room for `len` bytes more
+/// after them, so it never moves while they are appended. Nothing in the
+/// room is zeroed: a share is at most a few MiB and arrives once per
+/// upload or read, and zeroing it first cost 4 % of a mirror's CPU while
+/// storing, 10 % while serving a cold read (docs/PERFORMANCE.md).
+fn aligned_buffer(len: usize) -> Vec<u8> {
+    let mut raw: Vec<u8> = Vec::with_capacity(len + DIRECT_ALIGN);
+    let start = raw.as_ptr().align_offset(DIRECT_ALIGN);
+    raw.resize(start, 0);
+    raw
+}
+
+/// Read at most `max` bytes of `file` from `offset` onto the end of `buf`,
+/// into its spare room, which must hold them, without zeroing that room
+/// first; returns how many came (0 at the end of the file).
+#[allow(unsafe_code)]
+fn read_appending(
+    file: &std::fs::File,
+    buf: &mut Vec<u8>,
+    max: usize,
+    offset: u64,
+) -> std::io::Result<usize> {
+    use std::os::fd::AsRawFd;
+    let spare = buf.spare_capacity_mut();
+    assert!(spare.len() >= max, "read past the buffer's room");
+    let offset = libc::off_t::try_from(offset).map_err(std::io::Error::other)?;
+    loop {
+        // SAFETY: the kernel writes at most `max` bytes from the pointer,
+        // all inside `spare`, the buffer's allocated but unused room.
+        let n = unsafe { libc::pread(file.as_raw_fd(), spare.as_mut_ptr().cast(), max, offset) };
+        if n >= 0 {
+            let n = n as usize;
+            // SAFETY: the `n` bytes after the old length were just written
+            // by the kernel, and are within the capacity (`n <= max`).
+            unsafe { buf.set_len(buf.len() + n) };
+            return Ok(n);
+        }
+        let e = std::io::Error::last_os_error();
+        if e.kind() != std::io::ErrorKind::Interrupted {
+            return Err(e);
+        }
+    }
+}
+
 /// A share body being written to its staging file.
 ///
 /// The file is opened with `O_DIRECT` where the file system allows it: a
@@ -263,8 +311,8 @@ impl ShareFile {
         let capacity = usize::try_from(max_len)
             .unwrap_or(usize::MAX)
             .clamp(1, WRITE_BUFFER)
-            .next_multiple_of(ALIGN);
-        let raw = direct::aligned_buffer(capacity);
+            .next_multiple_of(DIRECT_ALIGN);
+        let raw = aligned_buffer(capacity);
         ShareFile {
             tmp,
             file: None,
@@ -294,15 +342,21 @@ impl ShareFile {
 
     /// Open the staging file, direct if `self.direct` and allowed.
     fn open(&mut self) -> std::io::Result<std::fs::File> {
+        use std::os::unix::fs::OpenOptionsExt;
         let mut options = std::fs::OpenOptions::new();
         options.write(true).create(true).truncate(false);
         if self.direct {
-            match direct::open(&options, &self.tmp)? {
-                Some(file) => return Ok(file),
-                None => self.direct = false,
+            match options.clone().custom_flags(libc::O_DIRECT).open(&self.tmp) {
+                Ok(file) => return Ok(file),
+                Err(e) if e.raw_os_error() == Some(libc::EINVAL) => self.direct = false,
+                Err(e) => return Err(e),
             }
         }
         options.open(&self.tmp)
+    }
+
+    fn is_einval(e: &std::io::Error) -> bool {
+        e.raw_os_error() == Some(libc::EINVAL)
     }
 
     /// Write the buffer out (blocking); if `last`, the body is complete:
@@ -315,7 +369,7 @@ impl ShareFile {
         };
         let data = self.filled();
         let padded = if self.direct {
-            data.next_multiple_of(ALIGN)
+            data.next_multiple_of(DIRECT_ALIGN)
         } else {
             data
         };
@@ -324,7 +378,7 @@ impl ShareFile {
         self.raw.resize(from + padded, 0);
         let file = match file.write_all_at(&self.raw[from..from + padded], at) {
             Ok(()) => file,
-            Err(e) if self.direct && direct::is_refusal(&e) => {
+            Err(e) if self.direct && Self::is_einval(&e) => {
                 // Opened direct, but this write was refused: go on without.
                 self.direct = false;
                 drop(file);
@@ -400,22 +454,23 @@ const DIRECT_READ_MIN: u64 = 64 * 1024;
 /// nodes, which readers come back to) still go through the cache.
 fn read_direct(file: &std::fs::File, len: usize) -> std::io::Result<Option<Bytes>> {
     use nix::fcntl::{FcntlArg, OFlag, fcntl};
+    let is_einval = |e: &std::io::Error| e.raw_os_error() == Some(libc::EINVAL);
     let flags = OFlag::from_bits_truncate(fcntl(file, FcntlArg::F_GETFL)?);
     match fcntl(file, FcntlArg::F_SETFL(flags | OFlag::O_DIRECT)) {
         Ok(_) => {}
         Err(nix::errno::Errno::EINVAL) => return Ok(None),
         Err(e) => return Err(e.into()),
     }
-    let padded = len.next_multiple_of(ALIGN);
-    let mut raw = direct::aligned_buffer(padded);
+    let padded = len.next_multiple_of(DIRECT_ALIGN);
+    let mut raw = aligned_buffer(padded);
     let start = raw.len();
     let mut got = 0;
     while got < len {
-        match direct::read_appending(file, &mut raw, padded - got, got as u64) {
+        match read_appending(file, &mut raw, padded - got, got as u64) {
             Ok(0) => break,
             Ok(n) => got += n,
             // A file system that takes the flag but not the read.
-            Err(e) if direct::is_refusal(&e) => {
+            Err(e) if is_einval(&e) => {
                 fcntl(file, FcntlArg::F_SETFL(flags))?;
                 return Ok(None);
             }
