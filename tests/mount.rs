@@ -2045,6 +2045,22 @@ fn commands_by_path_see_what_the_mount_just_made() {
     for (name, want) in [("top", b"A"), ("sub/b", b"B"), ("sub/deep/c", b"C")] {
         assert_eq!(std::fs::read(out.join(name)).unwrap(), want, "{name}");
     }
+    // The same entries named by their paths on this machine, through the
+    // mount: as the tree has them.
+    let local = |rel: &str| mp.join(rel).to_str().unwrap().to_string();
+    assert_eq!(client.ok(&["share", &local("fresh")]).trim(), cap);
+    std::fs::write(mp.join("tree/sub/e"), b"E").unwrap();
+    let e = tmp.path().join("e");
+    client.ok(&["get", &local("tree/sub/e"), "-o", e.to_str().unwrap()]);
+    assert_eq!(std::fs::read(&e).unwrap(), b"E");
+    // A path on this machine outside the mount is not in the tree, and
+    // the error says so.
+    let outside = client.run(&["share", e.to_str().unwrap()]);
+    let said = String::from_utf8_lossy(&outside.stderr);
+    assert!(
+        !outside.status.success() && said.contains("a path on this machine"),
+        "{said}"
+    );
     drop(m);
 }
 

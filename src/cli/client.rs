@@ -76,8 +76,53 @@ impl Session {
     /// of the path through the mount makes it. Best effort: with no mount,
     /// or the mirrors away, the path resolves as the mirrors have it.
     async fn resolve(&self, path: &str) -> Result<Cap> {
+        let in_tree = self.tree_path(path);
+        let path = in_tree.as_deref().unwrap_or(path);
         self.settle(path);
-        Ok(self.vault.resolve(&self.root(), path).await?)
+        match self.vault.resolve(&self.root(), path).await {
+            Ok(cap) => Ok(cap),
+            // A path on this machine, outside any mount of this identity:
+            // say how paths are meant.
+            Err(e @ lode::store::Error::NotFound(_))
+                if in_tree.is_none() && looks_local(path) && Path::new(path).exists() =>
+            {
+                Err(anyhow!(
+                    "{e} in your tree ({path} is a path on this machine, and not in \
+                     the running mount of this identity; name the entry as the mount \
+                     shows it, from its top: `docs/report.pdf`)"
+                ))
+            }
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// A path on this machine into the running mount of this identity
+    /// (`~/lode/docs`, `./report.pdf` from inside it) as the path in the
+    /// tree it shows (`docs`, `docs/report.pdf`); `None` for anything else,
+    /// which is a path in the tree already. Only a path that is absolute or
+    /// starts with `.` is taken as a local one: `docs` means the tree's
+    /// `docs` from any directory, as the README has it.
+    fn tree_path(&self, path: &str) -> Option<String> {
+        if !looks_local(path) {
+            return None;
+        }
+        let at = super::mount::mounted_at(&self.home)?;
+        // The entry itself is not followed if it is a symlink: its parent
+        // is resolved, and the name kept.
+        let local = Path::new(path);
+        let full = match (local.parent(), local.file_name()) {
+            (Some(parent), Some(name)) => {
+                let parent = if parent.as_os_str().is_empty() {
+                    Path::new(".")
+                } else {
+                    parent
+                };
+                std::fs::canonicalize(parent).ok()?.join(name)
+            }
+            _ => std::fs::canonicalize(local).ok()?,
+        };
+        let rel = full.strip_prefix(&at).ok()?;
+        Some(rel.to_str()?.to_string())
     }
 
     fn settle(&self, path: &str) {
@@ -125,6 +170,17 @@ impl Session {
         });
         let _ = finished.recv_timeout(SETTLE_WAIT);
     }
+}
+
+/// Whether a path argument reads as one on this machine rather than in
+/// the tree: absolute, or relative to the working directory by a leading
+/// `.` (`./x`, `../x`, `.`).
+fn looks_local(path: &str) -> bool {
+    path.starts_with('/')
+        || path == "."
+        || path == ".."
+        || path.starts_with("./")
+        || path.starts_with("../")
 }
 
 pub fn run(command: Command) -> Result<()> {
