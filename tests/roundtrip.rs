@@ -353,3 +353,45 @@ fn a_home_is_believed_only_where_it_names_the_directory() {
         assert!(!vault.stale_name(&qr, &pr, &dr).await);
     });
 }
+
+/// A directory cap whose read key is not the directory's (put together
+/// from two caps, with a valid checksum) is refused with that said: not
+/// read as an empty directory by someone who never saw it, not called a
+/// rollback by its owner, and `get_tree` makes nothing.
+#[test]
+fn a_directory_cap_with_another_read_key_is_refused() {
+    let rt = common::runtime();
+    let tmp = tempfile::tempdir().unwrap();
+    rt.block_on(async {
+        let (owner, stores) = common::grid3(7);
+        let dir = owner.new_dir().await.unwrap();
+        let file = owner.put_bytes(b"kept").await.unwrap();
+        owner
+            .link(&dir, "f", lode::dir::Entry::file(file, 0o644, (0, 0)))
+            .await
+            .unwrap();
+        let right = dir.read_cap();
+        let forged = lode::caps::DirReadCap {
+            public_key: right.public_key,
+            read_key: lode::crypto::ReadKey::from_bytes([9; 32]),
+        };
+        let dyns: Vec<std::sync::Arc<dyn Storage>> = stores
+            .iter()
+            .map(|s| s.clone() as std::sync::Arc<dyn Storage>)
+            .collect();
+        let grid = lode::store::Grid::new(dyns, Default::default()).unwrap();
+        let stranger = Vault::new(&lode::crypto::RootSecret::from_bytes([8; 32]), grid);
+        for (who, vault) in [("the owner", &owner), ("a stranger", &stranger)] {
+            let err = vault.list(&forged).await.map(|l| l.entries.len());
+            assert!(
+                matches!(err, Err(lode::store::Error::WrongReadKey { .. })),
+                "{who}: {err:?}"
+            );
+            let dst = tmp.path().join(who);
+            assert!(vault.get_tree(&forged, &dst).await.is_err(), "{who}");
+            assert!(!dst.exists(), "{who}: get_tree left {}", dst.display());
+            // The right cap still reads.
+            assert_eq!(vault.list(&right).await.unwrap().entries.len(), 1, "{who}");
+        }
+    });
+}

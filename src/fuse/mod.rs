@@ -119,6 +119,7 @@ pub fn errno(e: &Error) -> Errno {
             | S::Unrecoverable { .. }
             | S::NoSlot(_)
             | S::Rollback { .. }
+            | S::WrongReadKey { .. }
             | S::NoMirrors
             | S::Chunk(_)
             | S::Dir(_)

@@ -566,6 +566,8 @@ impl Grid {
         // What each mirror that answered holds: a seq, or nothing usable.
         let mut held: Vec<(usize, Option<u64>)> = Vec::new();
         let mut failed = 0;
+        // Copies that are the writer's but do not open with the cap's key.
+        let mut wrong_key = 0;
         // Once some mirror has answered, the others get a grace period,
         // not their full timeout: a hung mirror must not hold up every
         // directory listing (they go on in the background, and a timeout
@@ -652,11 +654,22 @@ impl Grid {
                         best = Some((seq, listing, bytes));
                     }
                 }
+                // Signed by the writer, so as the writer made it: the
+                // reader's key is what is wrong, not this mirror.
+                Err(crate::dir::Error::Unauthentic) => {
+                    held.push((j, None));
+                    wrong_key += 1;
+                }
                 Err(e) => {
                     held.push((j, None));
                     tracing::warn!(%mirror, error = %e, "discarding invalid directory slot")
                 }
             }
+        }
+        if best.is_none() && wrong_key > 0 {
+            return Err(Error::WrongReadKey {
+                slot: hex(&cap.public_key),
+            });
         }
         let seen = self
             .seen

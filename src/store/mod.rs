@@ -67,6 +67,14 @@ pub enum Error {
         seen: u64,
         offered: u64,
     },
+    /// Every copy of the slot is signed by its writer, and none opens with
+    /// the cap's read key: the key is wrong (never a mirror's doing, since
+    /// a mirror cannot sign).
+    #[error(
+        "directory {slot} does not open with this cap's read key: its listing is signed by \
+         its writer, but the key is another (a cap put together from two others?)"
+    )]
+    WrongReadKey { slot: String },
     #[error("no such entry: {0}")]
     NotFound(String),
     #[error("not a directory: {0}")]

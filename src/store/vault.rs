@@ -1085,10 +1085,17 @@ impl Vault {
 
     /// Download a directory tree into `dest`, which must not exist yet.
     pub async fn get_tree(&self, cap: &DirReadCap, dest: &Path) -> Result<()> {
+        // Read before anything is made: a cap that cannot be read leaves
+        // no empty directory behind.
+        let mut top = Some(self.list(cap).await?);
         std::fs::create_dir(dest)?;
         let mut stack = vec![(cap.clone(), dest.to_path_buf())];
         while let Some((dir, path)) = stack.pop() {
-            for (name, entry) in self.list(&dir).await?.entries {
+            let listing = match top.take() {
+                Some(listing) => listing,
+                None => self.list(&dir).await?,
+            };
+            for (name, entry) in listing.entries {
                 let target = path.join(&name);
                 match (&entry.kind, &entry.cap) {
                     (EntryKind::Dir, Some(Cap::DirRead(child))) => {
