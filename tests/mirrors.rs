@@ -190,6 +190,11 @@ fn lost_shares_are_rebuilt_onto_mirrors_that_lack_them() {
     }
     let report = client.fails(&["check", &cap]);
     assert!(report.contains("NOT healthy"), "{report}");
+    assert!(
+        report.contains("chunk 0: 1 of 3 shares without a good copy (1 missing)")
+            && !report.contains("corrupt"),
+        "{report}"
+    );
     client.ok(&["check", &cap, "--repair"]);
     client.ok(&["check", &cap, "--verify"]);
 }
@@ -205,6 +210,28 @@ fn check_of_a_tree_names_the_damaged_file() {
     }
     let report = client.fails(&["check", "/"]);
     assert!(report.contains("/docs/f.bin: chunk 0:"), "{report}");
+}
+
+/// A directory that changed while a mirror was away is named, with what
+/// that mirror holds, until a repair brings it up to date.
+#[test]
+fn check_names_a_directory_a_mirror_holds_at_an_older_version() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (mut mirrors, client) = docs_stored(tmp.path(), "stale", 1000);
+    client.set_config("happy", "2");
+    mirrors[2].stop();
+    let more = write_file(tmp.path(), "g.txt", b"written while a mirror was away");
+    client.ok(&["put", more.to_str().unwrap(), "--to", "docs/g.txt"]);
+    mirrors[2].restart();
+    let report = client.fails(&["check", "/"]);
+    let line = report
+        .lines()
+        .find(|l| l.contains("STALE DIRECTORY /docs:"))
+        .unwrap_or_else(|| panic!("{report}"));
+    assert!(line.contains(&mirrors[2].url), "{report}");
+    client.ok(&["check", "/", "--repair"]);
+    let again = client.ok(&["check", "/"]);
+    assert!(!again.contains("STALE"), "{again}");
 }
 
 /// Small shares (rows, not files) are checked and repaired like the rest:
@@ -237,6 +264,12 @@ fn small_shares_lost_or_corrupt_are_found_and_repaired() {
     }
     let report = client.fails(&["check", &cap, "--verify"]);
     assert!(report.contains("CORRUPT"), "{report}");
+    // Said for what it is: the rotten copy beside the good ones, and a
+    // mirror short.
+    assert!(
+        report.contains("manifest root: 1 corrupt copy beside good ones; good shares on 2 of 3 mirrors, 3 wanted"),
+        "{report}"
+    );
     client.ok(&["check", &cap, "--verify", "--repair"]);
     client.ok(&["check", &cap, "--verify"]);
 
@@ -246,6 +279,10 @@ fn small_shares_lost_or_corrupt_are_found_and_repaired() {
     }
     let report = client.fails(&["check", &cap]);
     assert!(report.contains("NOT healthy"), "{report}");
+    assert!(
+        report.contains("manifest root: good shares on 2 of 3 mirrors, 3 wanted"),
+        "{report}"
+    );
     client.ok(&["check", &cap, "--repair"]);
     client.ok(&["check", &cap, "--verify"]);
     let mut back = bad.small_shares();

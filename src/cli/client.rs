@@ -635,25 +635,16 @@ async fn check(s: &Session, target: &str, verify: bool, repair: bool) -> Result<
         .filter(|o| !o.healthy(report.happy))
         .collect();
     for o in &unhealthy {
-        let lost = o.lost();
         let within = o
             .object
             .file
             .as_ref()
             .map(|f| format!("{f}: "))
             .unwrap_or_default();
-        println!(
-            "  {within}{}: {} of {} shares lost, on {} mirrors{}",
-            o.object.what,
-            lost.len(),
-            o.states.len(),
-            o.spread(),
-            if o.recoverable() {
-                ""
-            } else {
-                " (UNRECOVERABLE)"
-            }
-        );
+        println!("  {within}{}: {}", o.object.what, o.describe(report.happy));
+    }
+    for line in &report.stale {
+        println!("  STALE DIRECTORY {line}");
     }
     for e in &report.unreadable {
         println!("  UNREADABLE {e}");

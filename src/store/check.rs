@@ -67,6 +67,71 @@ impl ObjectHealth {
             .count()
     }
 
+    /// What is wrong with it, for a report: each share counted once, by
+    /// its best copy (good, corrupt, unreachable or absent), then where
+    /// the good ones are against `happy`.
+    pub fn describe(&self, happy: usize) -> String {
+        let best = |copies: &Vec<ShareState>| {
+            [
+                ShareState::Good,
+                ShareState::Corrupt,
+                ShareState::Unreachable,
+            ]
+            .into_iter()
+            .find(|s| copies.contains(s))
+            .unwrap_or(ShareState::Absent)
+        };
+        let count = |state| self.states.iter().filter(|c| best(c) == state).count();
+        let n = self.states.len();
+        let mut parts = Vec::new();
+        let (corrupt, unreachable, absent) = (
+            count(ShareState::Corrupt),
+            count(ShareState::Unreachable),
+            count(ShareState::Absent),
+        );
+        if corrupt + unreachable + absent > 0 {
+            let mut why = Vec::new();
+            for (k, what) in [
+                (corrupt, "corrupt"),
+                (unreachable, "on mirrors that did not answer"),
+                (absent, "missing"),
+            ] {
+                if k > 0 {
+                    why.push(format!("{k} {what}"));
+                }
+            }
+            parts.push(format!(
+                "{} of {n} shares without a good copy ({})",
+                corrupt + unreachable + absent,
+                why.join(", ")
+            ));
+        }
+        let bad_copies = self
+            .states
+            .iter()
+            .filter(|c| c.contains(&ShareState::Good))
+            .flatten()
+            .filter(|s| **s == ShareState::Corrupt)
+            .count();
+        match bad_copies {
+            0 => {}
+            1 => parts.push("1 corrupt copy beside good ones".into()),
+            n => parts.push(format!("{n} corrupt copies beside good ones")),
+        }
+        let mirrors = self.states.first().map_or(0, Vec::len);
+        let want = happy.min(mirrors);
+        let spread = self.spread();
+        if spread < want {
+            parts.push(format!(
+                "good shares on {spread} of {mirrors} mirrors, {want} wanted"
+            ));
+        }
+        if !self.recoverable() {
+            parts.push("UNRECOVERABLE".into());
+        }
+        parts.join("; ")
+    }
+
     pub fn recoverable(&self) -> bool {
         self.states.len() - self.lost().len() >= self.object.params.k() as usize
     }
@@ -120,6 +185,9 @@ pub struct CheckReport {
     /// interrupted left one directory in two places, and a change under
     /// either name shows under both.
     pub twice: Vec<String>,
+    /// Directories a mirror lacks or holds at an older version, one line
+    /// each, not repaired.
+    pub stale: Vec<String>,
 }
 
 impl CheckReport {
@@ -434,6 +502,16 @@ impl Vault {
                     if repair && grid.mirrors()[j].put_slot(&best.encode()).await.is_ok() {
                         report.tallies[j].stale_slots -= 1;
                         report.repaired_slots += 1;
+                    } else {
+                        let held = match seq {
+                            Some(seq) => format!("version {seq}"),
+                            None => "no copy".into(),
+                        };
+                        report.stale.push(format!(
+                            "/{path}: {} holds {held} of its listing, the newest is version {}",
+                            grid.mirrors()[j].name(),
+                            best.seq
+                        ));
                     }
                 }
             }
