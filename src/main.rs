@@ -24,10 +24,29 @@ fn main() -> std::process::ExitCode {
     match cli::run(args) {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("lode: {e:#}");
+            eprintln!("lode: {}", chain_text(&e));
             std::process::ExitCode::FAILURE
         }
     }
+}
+
+/// An error and its causes on one line, as `{:#}` has them, less any
+/// cause whose text its error already ends with: the library's errors
+/// name their source in their own message ("chunk failed authentication:
+/// {0}"), and printing the chain said it twice.
+fn chain_text(e: &anyhow::Error) -> String {
+    let mut text = String::new();
+    for cause in e.chain() {
+        let cause = cause.to_string();
+        if text.ends_with(&cause) {
+            continue;
+        }
+        if !text.is_empty() {
+            text.push_str(": ");
+        }
+        text.push_str(&cause);
+    }
+    text
 }
 
 /// `lode status | head -1`: when the reader goes, end quietly with the

@@ -234,6 +234,28 @@ fn check_names_a_directory_a_mirror_holds_at_an_older_version() {
     assert!(!again.contains("STALE"), "{again}");
 }
 
+/// A file cap with another read key (a valid cap string, put together by
+/// hand) fails to download, saying why once, and leaves no file behind.
+#[test]
+fn a_file_cap_with_another_read_key_fails_once_and_clearly() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mirrors = three_mirrors(tmp.path(), &[]);
+    let client = Client::new(&tmp.path().join("home"), &urls(&mirrors));
+    let src = write_file(tmp.path(), "f.bin", &common::seeded_bytes("key", 3 << 20));
+    let cap: lode::caps::Cap = client
+        .ok(&["put", src.to_str().unwrap()])
+        .trim()
+        .parse()
+        .unwrap();
+    let mut file = cap.into_file_read().unwrap();
+    file.read_key = lode::crypto::ReadKey::from_bytes([3; 32]);
+    let forged = lode::caps::Cap::FileRead(file).to_string();
+    let out = tmp.path().join("out.bin");
+    let said = client.fails(&["get", &forged, "-o", out.to_str().unwrap()]);
+    assert_eq!(said.matches("wrong key").count(), 1, "{said}");
+    assert!(!out.exists());
+}
+
 /// Small shares (rows, not files) are checked and repaired like the rest:
 /// a row lost or rotted behind the mirror's back is reported and put back.
 #[test]
