@@ -1793,7 +1793,39 @@ fn an_edit_that_cannot_be_staged_leaves_nothing_behind() {
     assert!(std::fs::read(mp.join("x.bin")).unwrap() == x);
 }
 
-/// A small tmpfs mounted over a directory until dropped.
+/// A plain `fallocate` that runs out of room fails with ENOSPC and leaves
+/// the file's length as it was, through a remount: ext4 (unlike tmpfs)
+/// keeps what it allocated before running out, and grows the file by it.
+#[test]
+fn a_fallocate_that_runs_out_of_room_changes_nothing() {
+    use nix::fcntl::{FallocateFlags as F, fallocate};
+    let tmp = tempfile::tempdir().unwrap();
+    let (_mirrors, client) = common::three_mirrors_and_client(tmp.path());
+    let staging = client.home.join("data/staging");
+    std::fs::create_dir_all(&staging).unwrap();
+    let Some(_ext4) = SmallDisk::ext4(&tmp.path().join("staging.img"), &staging, 40) else {
+        eprintln!("skipped: this machine cannot mount a loop device");
+        return;
+    };
+    let mp = tmp.path().join("mnt");
+    let m = Mounted::with_options(&client, &mp, &["keep=0"]);
+    let data = common::seeded_bytes("fallocate room", 100_000);
+    std::fs::write(mp.join("f"), &data).unwrap();
+    let file = std::fs::OpenOptions::new()
+        .write(true)
+        .open(mp.join("f"))
+        .unwrap();
+    let err = fallocate(&file, F::empty(), 0, 100 << 20).unwrap_err();
+    assert_eq!(err, nix::errno::Errno::ENOSPC);
+    drop(file);
+    assert_eq!(std::fs::metadata(mp.join("f")).unwrap().len(), 100_000);
+    client.ok(&["sync"]);
+    drop(m);
+    let _m = Mounted::new(&client, &mp);
+    assert!(std::fs::read(mp.join("f")).unwrap() == data);
+}
+
+/// A small tmpfs (or ext4 image) mounted over a directory until dropped.
 struct SmallDisk(std::path::PathBuf);
 
 impl SmallDisk {
@@ -1806,6 +1838,27 @@ impl SmallDisk {
             .success();
         assert!(ok, "mount tmpfs on {}", at.display());
         SmallDisk(at.to_path_buf())
+    }
+
+    /// An ext4 file system of `mib` MiB in the file `image`, mounted on
+    /// `at` through a loop device; `None` where loop devices are not to
+    /// be had.
+    fn ext4(image: &Path, at: &Path, mib: u64) -> Option<SmallDisk> {
+        std::fs::File::create(image)
+            .unwrap()
+            .set_len(mib << 20)
+            .unwrap();
+        let run = |cmd: &mut Command| cmd.status().is_ok_and(|s| s.success());
+        assert!(
+            run(Command::new("mkfs.ext4").args(["-q", "-F"]).arg(image)),
+            "mkfs.ext4 {}",
+            image.display()
+        );
+        run(Command::new("mount")
+            .args(["-o", "loop"])
+            .arg(image)
+            .arg(at))
+        .then(|| SmallDisk(at.to_path_buf()))
     }
 }
 

@@ -2509,6 +2509,7 @@ impl LodeFs {
             libc::off_t::try_from(len).map_err(|_| too_large())?,
         );
         let path = self.stage(ino, false)?;
+        let before = std::fs::metadata(&path)?.len();
         let done = self.with_room(|| {
             let file = std::fs::OpenOptions::new().write(true).open(&path)?;
             match nix::fcntl::fallocate(&file, flags, start, length) {
@@ -2526,7 +2527,19 @@ impl LodeFs {
                 other => Ok(other.map_err(std::io::Error::from)?),
             }
         });
-        done?;
+        if let Err(e) = done {
+            // ext4 grows the file by what it could allocate before the
+            // room ran out, and the upload would take that as the file's
+            // new length: a failed call leaves the length as it was.
+            if !flags.contains(F::FALLOC_FL_KEEP_SIZE)
+                && let Ok(file) = std::fs::OpenOptions::new().write(true).open(&path)
+                && file.metadata().is_ok_and(|m| m.len() > before)
+                && let Err(undo) = file.set_len(before)
+            {
+                tracing::error!(ino, error = %undo, "a failed fallocate's growth stays staged");
+            }
+            return Err(e);
+        }
         let mut tree = self.lock();
         let node = tree.nodes.get_mut(&ino).ok_or(Error::NotFound)?;
         let grows = !flags.contains(F::FALLOC_FL_KEEP_SIZE) && end > node.size;
