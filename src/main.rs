@@ -8,7 +8,10 @@ fn main() -> std::process::ExitCode {
     let args = cli::Cli::parse();
     quiet_on_a_closed_stdout();
     let default = match args.verbose {
-        0 => "warn",
+        // fuser unmounts again when its session ends, after `umount` or
+        // lode's own unmount (which reports its failures) already did,
+        // and warned "Unmount failed: Invalid argument" every time.
+        0 => "warn,fuser::mnt=error",
         1 => "info,lode=debug",
         _ => "debug",
     };
