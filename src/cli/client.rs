@@ -76,16 +76,17 @@ impl Session {
     /// of the path through the mount makes it. Best effort: with no mount,
     /// or the mirrors away, the path resolves as the mirrors have it.
     async fn resolve(&self, path: &str) -> Result<Cap> {
-        let in_tree = self.tree_path(path);
-        let path = in_tree.as_deref().unwrap_or(path);
+        let named = self.named(path);
+        let path = match &named {
+            Named::Mount(rel) => rel.as_str(),
+            _ => path,
+        };
         self.settle(path);
         match self.vault.resolve(&self.root(), path).await {
             Ok(cap) => Ok(cap),
             // A path on this machine, outside any mount of this identity:
             // say how paths are meant.
-            Err(e @ lode::store::Error::NotFound(_))
-                if in_tree.is_none() && looks_local(path) && Path::new(path).exists() =>
-            {
+            Err(e @ lode::store::Error::NotFound(_)) if matches!(named, Named::Machine) => {
                 Err(anyhow!(
                     "{e} in your tree ({path} is a path on this machine, and not in \
                      the running mount of this identity; name the entry as the mount \
@@ -96,33 +97,26 @@ impl Session {
         }
     }
 
-    /// A path on this machine into the running mount of this identity
-    /// (`~/lode/docs`, `./report.pdf` from inside it) as the path in the
-    /// tree it shows (`docs`, `docs/report.pdf`); `None` for anything else,
-    /// which is a path in the tree already. Only a path that is absolute or
-    /// starts with `.` is taken as a local one: `docs` means the tree's
-    /// `docs` from any directory, as the README has it.
-    fn tree_path(&self, path: &str) -> Option<String> {
+    /// What a path argument names. Only a path that is absolute or starts
+    /// with `.` can be one on this machine: `docs` means the tree's `docs`
+    /// from any directory, as the README has it. A path on this machine
+    /// into the running mount of this identity (`~/lode/docs`, `./f` from
+    /// inside it) names the entry the mount shows there. The look at the
+    /// local path is bounded in time, as `settle` is, for a mount that
+    /// hangs.
+    fn named(&self, path: &str) -> Named {
+        /// How long a command waits for the local path to be looked up.
+        const LOOKUP_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
         if !looks_local(path) {
-            return None;
+            return Named::Tree;
         }
-        let at = super::mount::mounted_at(&self.home)?;
-        // The entry itself is not followed if it is a symlink: its parent
-        // is resolved, and the name kept.
-        let local = Path::new(path);
-        let full = match (local.parent(), local.file_name()) {
-            (Some(parent), Some(name)) => {
-                let parent = if parent.as_os_str().is_empty() {
-                    Path::new(".")
-                } else {
-                    parent
-                };
-                std::fs::canonicalize(parent).ok()?.join(name)
-            }
-            _ => std::fs::canonicalize(local).ok()?,
-        };
-        let rel = full.strip_prefix(&at).ok()?;
-        Some(rel.to_str()?.to_string())
+        let at = super::mount::mounted_at(&self.home);
+        let local = PathBuf::from(path);
+        let (done, finished) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let _ = done.send(look_up(&local, at.as_deref()));
+        });
+        finished.recv_timeout(LOOKUP_WAIT).unwrap_or(Named::Tree)
     }
 
     fn settle(&self, path: &str) {
@@ -169,6 +163,44 @@ impl Session {
             let _ = done.send(());
         });
         let _ = finished.recv_timeout(SETTLE_WAIT);
+    }
+}
+
+/// What a path argument names (see `Session::named`).
+enum Named {
+    /// A path in the tree.
+    Tree,
+    /// The entry at this path in the tree, named by its path on this
+    /// machine through the running mount.
+    Mount(String),
+    /// Something on this machine outside the mount.
+    Machine,
+}
+
+/// [`Named`] for `local`, a path on this machine, with the running mount
+/// at `mount`, if any.
+fn look_up(local: &Path, mount: Option<&str>) -> Named {
+    // The entry itself is not followed if it is a symlink: its parent is
+    // resolved, and the name kept.
+    let full = match (local.parent(), local.file_name()) {
+        (Some(parent), Some(name)) => {
+            let parent = if parent.as_os_str().is_empty() {
+                Path::new(".")
+            } else {
+                parent
+            };
+            std::fs::canonicalize(parent).map(|p| p.join(name))
+        }
+        _ => std::fs::canonicalize(local),
+    };
+    let in_mount = |full: &Path| Some(full.strip_prefix(mount?).ok()?.to_str()?.to_string());
+    match full {
+        Ok(full) => match in_mount(&full) {
+            Some(rel) => Named::Mount(rel),
+            None if full.symlink_metadata().is_ok() => Named::Machine,
+            None => Named::Tree,
+        },
+        Err(_) => Named::Tree,
     }
 }
 
