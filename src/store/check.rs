@@ -147,6 +147,16 @@ impl ObjectHealth {
     }
 }
 
+/// What one mirror holds of a directory's slot, for a check.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum SlotHeld {
+    Version(u64),
+    Nothing,
+    /// Something that is not a slot its writer signed.
+    Invalid,
+    NoAnswer,
+}
+
 /// Per-mirror counts.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct MirrorTally {
@@ -366,22 +376,26 @@ impl Grid {
     }
 
     /// The raw newest slot envelope for `pk` and which mirrors lag behind.
-    async fn probe_slot(&self, pk: &[u8; 32]) -> (Option<SlotEnvelope>, Vec<Option<u64>>) {
-        let mut seqs = vec![None; self.mirrors().len()];
+    async fn probe_slot(&self, pk: &[u8; 32]) -> (Option<SlotEnvelope>, Vec<SlotHeld>) {
+        let mut held = vec![SlotHeld::NoAnswer; self.mirrors().len()];
         let mut best: Option<SlotEnvelope> = None;
         for (j, store) in self.mirrors().iter().enumerate() {
-            if let Ok(Some(bytes)) = store.get_slot(pk).await
-                && let Ok(env) = SlotEnvelope::decode(&bytes)
-                && env.public_key == *pk
-                && env.verify().is_ok()
-            {
-                seqs[j] = Some(env.seq);
-                if best.as_ref().is_none_or(|b| env.seq > b.seq) {
-                    best = Some(env);
-                }
-            }
+            held[j] = match store.get_slot(pk).await {
+                Err(_) => SlotHeld::NoAnswer,
+                Ok(None) => SlotHeld::Nothing,
+                Ok(Some(bytes)) => match SlotEnvelope::decode(&bytes) {
+                    Ok(env) if env.public_key == *pk && env.verify().is_ok() => {
+                        let seq = env.seq;
+                        if best.as_ref().is_none_or(|b| seq > b.seq) {
+                            best = Some(env);
+                        }
+                        SlotHeld::Version(seq)
+                    }
+                    _ => SlotHeld::Invalid,
+                },
+            };
         }
-        (best, seqs)
+        (best, held)
     }
 
     /// Renew the leases of `ids` on every mirror. Returns, per mirror, the
@@ -496,22 +510,33 @@ impl Vault {
                     .push(format!("{what}: no mirror holds its slot"));
                 continue;
             };
-            for (j, seq) in seqs.iter().enumerate() {
-                if *seq != Some(best.seq) {
+            for (j, held) in seqs.iter().enumerate() {
+                if *held != SlotHeld::Version(best.seq) {
                     report.tallies[j].stale_slots += 1;
                     if repair && grid.mirrors()[j].put_slot(&best.encode()).await.is_ok() {
                         report.tallies[j].stale_slots -= 1;
                         report.repaired_slots += 1;
                     } else {
-                        let held = match seq {
-                            Some(seq) => format!("version {seq}"),
-                            None => "no copy".into(),
-                        };
-                        report.stale.push(format!(
-                            "/{path}: {} holds {held} of its listing, the newest is version {}",
-                            grid.mirrors()[j].name(),
-                            best.seq
-                        ));
+                        let mirror = grid.mirrors()[j].name();
+                        let newest = best.seq;
+                        report.stale.push(match held {
+                            SlotHeld::Version(seq) => format!(
+                                "/{path}: {mirror} holds version {seq} of its listing, \
+                                 the newest is version {newest}"
+                            ),
+                            SlotHeld::Nothing => format!(
+                                "/{path}: {mirror} holds no copy of its listing, \
+                                 the newest is version {newest}"
+                            ),
+                            SlotHeld::Invalid => format!(
+                                "/{path}: {mirror} holds a copy of its listing its writer \
+                                 did not sign, the newest is version {newest}"
+                            ),
+                            SlotHeld::NoAnswer => format!(
+                                "/{path}: {mirror} did not answer for its listing, \
+                                 the newest is version {newest}"
+                            ),
+                        });
                     }
                 }
             }
