@@ -256,6 +256,28 @@ fn a_file_cap_with_another_read_key_fails_once_and_clearly() {
     assert!(!out.exists());
 }
 
+/// `friend add` looks at the directory: a cap whose read key does not
+/// open it is refused, saying so; the true cap is added.
+#[test]
+fn friend_add_refuses_a_cap_whose_key_does_not_open_the_directory() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (mirrors, owner) = docs_stored(tmp.path(), "friend", 1000);
+    let cap: lode::caps::Cap = owner.ok(&["share", "docs"]).trim().parse().unwrap();
+    let mut read = cap.into_dir_read().unwrap();
+    let right = lode::caps::Cap::DirRead(read.clone()).to_string();
+    read.read_key = lode::crypto::ReadKey::from_bytes([5; 32]);
+    let forged = lode::caps::Cap::DirRead(read).to_string();
+    let friend = Client::new(&tmp.path().join("friend"), &urls(&mirrors));
+    let said = friend.fails(&["friend", "add", "alice", &forged]);
+    assert!(
+        said.contains("does not open with this cap's read key"),
+        "{said}"
+    );
+    assert!(!friend.ok(&["friend", "list"]).contains("alice"));
+    friend.ok(&["friend", "add", "alice", &right]);
+    assert!(friend.ok(&["friend", "list"]).contains("alice"));
+}
+
 /// Small shares (rows, not files) are checked and repaired like the rest:
 /// a row lost or rotted behind the mirror's back is reported and put back.
 #[test]

@@ -105,6 +105,17 @@ fn tell_mount_friends(home: &Home, done: &str) {
     }
 }
 
+/// Read a friend's directory once, within [`LOOK_WAIT`].
+fn look_at(read: &lode::caps::DirReadCap) -> Result<()> {
+    /// How long `friend add` waits for the mirrors.
+    const LOOK_WAIT: Duration = Duration::from_secs(20);
+    let session = super::client::Session::open()?;
+    let rt = tokio::runtime::Runtime::new()?;
+    rt.block_on(async { tokio::time::timeout(LOOK_WAIT, session.vault.list(read)).await })
+        .map_err(|_| anyhow!("no answer in {} s", LOOK_WAIT.as_secs()))??;
+    Ok(())
+}
+
 pub fn friend(command: FriendCommand) -> Result<()> {
     let home = Home::locate()?;
     let mut config = Config::load(&home)?;
@@ -124,6 +135,25 @@ pub fn friend(command: FriendCommand) -> Result<()> {
             })?;
             if config.friends.contains_key(&name) {
                 bail!("{name} is already a friend; remove it first");
+            }
+            // A look at it on the mirrors: a cap whose key does not open
+            // the directory is refused; one that cannot be read now (the
+            // mirrors away, or not the friend's) is added with a warning.
+            match look_at(&read) {
+                Ok(()) => {}
+                Err(e)
+                    if matches!(
+                        e.downcast_ref::<lode::store::Error>(),
+                        Some(lode::store::Error::WrongReadKey { .. })
+                    ) =>
+                {
+                    return Err(e.context(format!("not adding {name}")));
+                }
+                Err(e) => eprintln!(
+                    "warning: {name}'s directory cannot be read now ({}); added anyway, \
+                     it shows once the mirrors hold it",
+                    format!("{e:#}").trim_end()
+                ),
             }
             config
                 .friends
