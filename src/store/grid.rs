@@ -65,6 +65,23 @@ const SLOT_GRACE: Duration = Duration::from_secs(2);
 /// (no other answer had the slot, or only an older one than seen).
 const DOWN_SLOT_WAIT: Duration = Duration::from_secs(10);
 
+/// When a write that reached `happy` mirrors at the moment this is
+/// called, having started at `started`, stops waiting for the rest:
+/// three times as long as it took so far, and at least [`SLOT_GRACE`].
+/// Without it, one mirror that hangs (a stopped process, a link that drops
+/// packets) held every upload and every directory update for its request
+/// timeout, 10-30 s, though `happy` mirrors had answered in milliseconds.
+fn write_grace(started: tokio::time::Instant) -> tokio::time::Instant {
+    let now = tokio::time::Instant::now();
+    now + (now - started).mul_f32(3.0).max(SLOT_GRACE)
+}
+
+/// Whether the shares placed so far (mirror positions per share) are on
+/// `happy` distinct mirrors.
+fn reaches_happy(holders: &[HashSet<usize>], happy: usize) -> bool {
+    holders.iter().flatten().collect::<HashSet<_>>().len() >= happy
+}
+
 /// Slot repairs remembered as tried before the memory starts over.
 const SLOT_REPAIRS_REMEMBERED: usize = 16 * 1024;
 
@@ -282,9 +299,37 @@ impl Grid {
                     (i, pos, result)
                 });
             }
+            let mut pending: HashSet<(usize, usize)> = wanted.iter().copied().collect();
             let mut retry = Vec::new();
-            while let Some(joined) = tasks.join_next().await {
+            let started = tokio::time::Instant::now();
+            let mut late_after: Option<tokio::time::Instant> = None;
+            loop {
+                let joined = match late_after {
+                    None => tasks.join_next().await,
+                    Some(at) => match tokio::time::timeout_at(at, tasks.join_next()).await {
+                        Ok(joined) => joined,
+                        Err(_) => {
+                            // Durable already, on `happy` mirrors: one that
+                            // has not answered within the grace is passed
+                            // over, as a late read is, and its shares go to
+                            // the mirrors that answer. Its requests go on in
+                            // the background; a share they still deliver is
+                            // only a spare copy.
+                            for &(i, pos) in &pending {
+                                let mirror = &self.mirrors[order[pos]];
+                                tracing::debug!(mirror = mirror.name(), "share upload is late");
+                                mirror.pass_over();
+                                failed.insert(pos);
+                                retry.push(i);
+                            }
+                            tasks.detach_all();
+                            break;
+                        }
+                    },
+                };
+                let Some(joined) = joined else { break };
                 let (i, pos, result) = joined.expect("put task does not panic");
+                pending.remove(&(i, pos));
                 match result {
                     Ok(()) => {
                         holders[i].insert(pos);
@@ -297,6 +342,9 @@ impl Grid {
                             last_err = Some(e);
                         }
                     }
+                }
+                if late_after.is_none() && reaches_happy(&holders, self.happy) {
+                    late_after = Some(write_grace(started));
                 }
             }
             // Move each failed share to the live mirror holding the fewest
@@ -350,13 +398,34 @@ impl Grid {
         let mut asks = JoinSet::new();
         for (pos, indices) in by_mirror {
             let mirror = self.mirrors[order[pos]].clone();
+            // A mirror passed over is sent its shares (within the write's
+            // grace) rather than asked first.
+            if mirror.is_down() {
+                continue;
+            }
             let ids: Vec<[u8; 32]> = indices.iter().map(|&i| shares[i].id()).collect();
             asks.spawn(async move {
                 let unclaimed = mirror.claim(&ids).await;
                 (pos, indices, ids, unclaimed)
             });
         }
-        while let Some(joined) = asks.join_next().await {
+        // Once one mirror has answered, the others get the grace a write
+        // gets; a late one's shares are sent as usual.
+        let started = tokio::time::Instant::now();
+        let mut late_after: Option<tokio::time::Instant> = None;
+        loop {
+            let joined = match late_after {
+                None => asks.join_next().await,
+                Some(at) => match tokio::time::timeout_at(at, asks.join_next()).await {
+                    Ok(joined) => joined,
+                    Err(_) => {
+                        asks.detach_all();
+                        break;
+                    }
+                },
+            };
+            let Some(joined) = joined else { break };
+            late_after.get_or_insert_with(|| write_grace(started));
             let (pos, indices, ids, result) = joined.expect("claim task does not panic");
             let Ok(unclaimed) = result else { continue };
             for (i, id) in indices.into_iter().zip(ids) {
@@ -783,13 +852,33 @@ impl Grid {
         }
         let mut ok = 0;
         let mut last_err = None;
-        while let Some(joined) = tasks.join_next().await {
+        let started = tokio::time::Instant::now();
+        let mut late_after: Option<tokio::time::Instant> = None;
+        loop {
+            let joined = match late_after {
+                None => tasks.join_next().await,
+                // On `happy` mirrors already: the others get the grace,
+                // then go on in the background (a mirror takes only a seq
+                // above the one it holds, so a late one is harmless).
+                Some(at) => match tokio::time::timeout_at(at, tasks.join_next()).await {
+                    Ok(joined) => joined,
+                    Err(_) => {
+                        tracing::debug!(late = tasks.len(), "slot update is late on some mirrors");
+                        tasks.detach_all();
+                        break;
+                    }
+                },
+            };
+            let Some(joined) = joined else { break };
             match joined.expect("slot task does not panic") {
                 (_, Ok(())) => ok += 1,
                 (mirror, Err(e)) => {
                     tracing::warn!(%mirror, error = %e, "slot update failed");
                     last_err = Some(e);
                 }
+            }
+            if late_after.is_none() && ok >= self.happy.min(self.mirrors.len()) {
+                late_after = Some(write_grace(started));
             }
         }
         // Once any mirror holds this version it exists: no later read may
@@ -1082,6 +1171,8 @@ mod fetch_tests {
         latency: Option<Duration>,
         down: std::sync::atomic::AtomicBool,
         hung: bool,
+        /// Uploads (shares and slots) never answered.
+        hung_writes: bool,
         reads: std::sync::atomic::AtomicUsize,
     }
 
@@ -1092,6 +1183,7 @@ mod fetch_tests {
                 latency: None,
                 down: false.into(),
                 hung: false,
+                hung_writes: false,
                 reads: 0.into(),
             }
         }
@@ -1115,6 +1207,9 @@ mod fetch_tests {
             self.inner.name()
         }
         async fn put_share(&self, id: &ShareId, bytes: Bytes) -> Result<()> {
+            if self.hung_writes {
+                std::future::pending::<()>().await;
+            }
             self.inner.put_share(id, bytes).await
         }
         async fn get_share(&self, id: &ShareId) -> Result<Option<Bytes>> {
@@ -1128,6 +1223,9 @@ mod fetch_tests {
             self.inner.has_share(id).await
         }
         async fn put_slot(&self, envelope: &[u8]) -> Result<()> {
+            if self.hung_writes {
+                std::future::pending::<()>().await;
+            }
             self.inner.put_slot(envelope).await
         }
         async fn get_slot(&self, public_key: &[u8; 32]) -> Result<Option<Vec<u8>>> {
@@ -1326,6 +1424,53 @@ mod fetch_tests {
             "an answer while a mirror is silent: {:?}",
             answer.map(|found| found.map(|(seq, _)| seq))
         );
+    }
+
+    /// With `happy` mirrors holding an upload, one that never answers is
+    /// waited for only the grace: the shares and the slot update complete
+    /// on the others (each share still somewhere), and the hung mirror is
+    /// passed over. With `happy` needing it, the upload waits for it.
+    #[test]
+    fn an_upload_on_happy_mirrors_does_not_wait_for_a_hung_one() {
+        let rt = runtime();
+        let params = Params::new(2, 3).unwrap();
+        let shares = crate::chunk::share::encode(params, &[9u8; 5000]);
+        let live = [
+            Arc::new(MemoryStorage::named("a")),
+            Arc::new(MemoryStorage::named("c")),
+        ];
+        let hung = Arc::new(Fake {
+            hung_writes: true,
+            ..Fake::new(MemoryStorage::named("hung"))
+        });
+        let stores: Vec<Arc<dyn Storage>> = vec![live[0].clone(), hung.clone(), live[1].clone()];
+        let config = |happy| GridConfig { k: 2, n: 3, happy };
+        let grid = Grid::new(stores.clone(), config(2)).unwrap();
+        let put = rt.block_on(async {
+            tokio::time::timeout(Duration::from_secs(20), grid.put_group(&shares)).await
+        });
+        put.expect("the hung mirror held the upload").unwrap();
+        assert!(hung.is_down(), "the hung mirror is passed over");
+        for (i, share) in shares.iter().enumerate() {
+            let held = live
+                .iter()
+                .filter(|m| rt.block_on(m.has_share(&share.id())).unwrap())
+                .count();
+            assert!(held > 0, "share {i} is on no live mirror");
+        }
+        let cap = crate::store::Vault::fresh_dir();
+        let env = crate::dir::SlotEnvelope::seal(&cap, 1, &crate::dir::Listing::default());
+        let put = rt.block_on(async {
+            tokio::time::timeout(Duration::from_secs(20), grid.put_slot(&env)).await
+        });
+        put.expect("the hung mirror held the slot update").unwrap();
+        // Happy at 3 needs the hung mirror: no grace starts.
+        hung.revive();
+        let strict = Grid::new(stores, config(3)).unwrap();
+        let put = rt.block_on(async {
+            tokio::time::timeout(Duration::from_secs(5), strict.put_group(&shares)).await
+        });
+        assert!(put.is_err(), "an upload short of happy returned");
     }
 
     /// A share read from a mirror that never answers is hedged: the fetch
