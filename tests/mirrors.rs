@@ -315,6 +315,22 @@ fn a_new_identity_stores_with_one_mirror_hung() {
     assert!(std::fs::read(&back).unwrap() == data);
 }
 
+/// With every mirror away, reading a directory already seen says the
+/// mirrors did not answer, not that it refuses a rollback.
+#[test]
+fn with_every_mirror_away_a_listing_is_unavailable_not_a_rollback() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (mut mirrors, client) = docs_stored(tmp.path(), "away", 1000);
+    for m in &mut mirrors {
+        m.stop();
+    }
+    let said = client.fails(&["ls", "docs"]);
+    assert!(
+        said.contains("3 of 3 mirrors did not answer") && !said.contains("roll"),
+        "{said}"
+    );
+}
+
 /// Small shares (rows, not files) are checked and repaired like the rest:
 /// a row lost or rotted behind the mirror's back is reported and put back.
 #[test]

@@ -113,6 +113,7 @@ pub fn errno(e: &Error) -> Errno {
             S::BadName { .. } => Errno::EINVAL,
             S::Io(io) => io_errno(io),
             S::Unavailable { .. }
+            | S::ListingUnavailable { .. }
             | S::Rejected { .. }
             | S::NotHappy { .. }
             | S::SlotNotHappy { .. }

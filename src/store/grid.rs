@@ -755,6 +755,13 @@ impl Grid {
             // Seen at version 0: a directory made here and not yet
             // published anywhere. It is empty, whoever failed to answer.
             (None, Some(0)) => Ok(None),
+            // Some mirror did not answer, and it may hold the version seen:
+            // unavailable, not a rollback (every mirror away said "refusing
+            // to roll back").
+            (None, Some(_)) if failed > 0 => Err(Error::ListingUnavailable {
+                failed,
+                mirrors: self.mirrors.len(),
+            }),
             (None, Some(seen)) => Err(Error::Rollback {
                 slot: hex(&cap.public_key),
                 seen,
@@ -762,9 +769,9 @@ impl Grid {
             }),
             // A mirror that failed may hold the slot: "empty" is only the
             // answer when every mirror said it has none.
-            (None, None) if failed > 0 || held.is_empty() => Err(Error::Unavailable {
-                mirror: format!("{failed} of {} mirrors", self.mirrors.len()),
-                reason: "the directory could not be read from any mirror".into(),
+            (None, None) if failed > 0 || held.is_empty() => Err(Error::ListingUnavailable {
+                failed,
+                mirrors: self.mirrors.len(),
             }),
             _ => Ok(best.map(|(seq, listing, bytes)| {
                 self.note_seen(&cap.public_key, seq);
@@ -1420,7 +1427,7 @@ mod fetch_tests {
         });
         let answer = read.expect("the hung mirror held the read");
         assert!(
-            matches!(answer, Err(Error::Unavailable { .. })),
+            matches!(answer, Err(Error::ListingUnavailable { .. })),
             "an answer while a mirror is silent: {:?}",
             answer.map(|found| found.map(|(seq, _)| seq))
         );

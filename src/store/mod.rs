@@ -36,6 +36,11 @@ use crate::chunk::ShareId;
 pub enum Error {
     #[error("mirror {mirror} is unavailable: {reason}")]
     Unavailable { mirror: String, reason: String },
+    #[error(
+        "the directory's listing could not be read: {failed} of {mirrors} mirrors did not \
+         answer, and none that did holds it"
+    )]
+    ListingUnavailable { failed: usize, mirrors: usize },
     #[error("mirror {mirror} rejected the request: {reason}")]
     Rejected { mirror: String, reason: String },
     #[error("mirror {mirror} is out of space or over quota")]
