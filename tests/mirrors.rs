@@ -331,6 +331,44 @@ fn with_every_mirror_away_a_listing_is_unavailable_not_a_rollback() {
     );
 }
 
+/// A check of a tree with one mirror hung (a stopped process) leaves that
+/// mirror out after it first fails to answer, and reports it: each of the
+/// eight directories used to wait a read's timeout (60 s) for it, past the
+/// harness's bound on a command.
+#[test]
+fn check_of_a_tree_with_a_hung_mirror_reports_it_and_ends() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mirrors = three_mirrors(tmp.path(), &[]);
+    let client = Client::new(&tmp.path().join("home"), &urls(&mirrors));
+    let local = tmp.path().join("tree");
+    let mut dir = local.clone();
+    for depth in 0..8 {
+        dir = dir.join(format!("d{depth}"));
+        std::fs::create_dir_all(&dir).unwrap();
+        write_file(&dir, "f", format!("file at depth {depth}").as_bytes());
+    }
+    client.ok(&["put", local.to_str().unwrap(), "--to", "tree"]);
+    let hung = mirrors[2].pid().unwrap().to_string();
+    let signal = |sig: &str| {
+        let sent = std::process::Command::new("kill")
+            .args([sig, &hung])
+            .status()
+            .unwrap();
+        assert!(sent.success(), "kill {sig} {hung}");
+    };
+    signal("-STOP");
+    let out = client.run(&["check", "tree"]);
+    signal("-CONT");
+    let said = String::from_utf8_lossy(&out.stdout);
+    assert!(!out.status.success(), "{said}");
+    let line = said
+        .lines()
+        .find(|l| l.starts_with(&format!("mirror {}:", mirrors[2].url)))
+        .unwrap_or_else(|| panic!("{said}"));
+    assert!(line.contains("unreachable"), "{said}");
+    assert!(said.contains("did not answer for its listing"), "{said}");
+}
+
 /// Small shares (rows, not files) are checked and repaired like the rest:
 /// a row lost or rotted behind the mirror's back is reported and put back.
 #[test]

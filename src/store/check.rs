@@ -8,6 +8,7 @@
 
 use std::collections::{BTreeSet, HashMap, HashSet};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
@@ -147,6 +148,16 @@ impl ObjectHealth {
     }
 }
 
+/// What a check's probes share: the bound on requests in flight, and the
+/// mirrors that failed to answer one, which are not asked again during
+/// that check. A mirror that hangs would otherwise cost a timeout per
+/// directory and per share (a check of a small tree ran past two minutes
+/// with one mirror stopped).
+struct Probes {
+    limit: Arc<Semaphore>,
+    gone: Arc<Vec<AtomicBool>>,
+}
+
 /// What one mirror holds of a directory's slot, for a check.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum SlotHeld {
@@ -271,15 +282,19 @@ impl Grid {
     }
 
     /// Ask every mirror about every share of `object`.
-    async fn probe(&self, object: &Object, verify: bool, limit: &Arc<Semaphore>) -> ObjectHealth {
+    async fn probe(&self, object: &Object, verify: bool, probes: &Probes) -> ObjectHealth {
         let m = self.mirrors().len();
         let mut states = vec![vec![ShareState::Absent; m]; object.ids.len()];
         let mut tasks = JoinSet::new();
         for (i, id) in object.ids.iter().enumerate() {
             for (j, store) in self.mirrors().iter().enumerate() {
-                let (store, id, limit) = (store.clone(), *id, limit.clone());
+                let (store, id, limit) = (store.clone(), *id, probes.limit.clone());
+                let gone = probes.gone.clone();
                 tasks.spawn(async move {
                     let _permit = limit.acquire_owned().await;
+                    if gone[j].load(Ordering::Relaxed) {
+                        return (i, j, ShareState::Unreachable);
+                    }
                     let state = if verify {
                         match store.get_share(&id).await {
                             Ok(Some(bytes)) => match Share::verify(bytes, &id) {
@@ -302,6 +317,9 @@ impl Grid {
         }
         while let Some(done) = tasks.join_next().await {
             let (i, j, state) = done.expect("probe task does not panic");
+            if state == ShareState::Unreachable {
+                probes.gone[j].store(true, Ordering::Relaxed);
+            }
             states[i][j] = state;
         }
         ObjectHealth {
@@ -376,12 +394,22 @@ impl Grid {
     }
 
     /// The raw newest slot envelope for `pk` and which mirrors lag behind.
-    async fn probe_slot(&self, pk: &[u8; 32]) -> (Option<SlotEnvelope>, Vec<SlotHeld>) {
+    async fn probe_slot(
+        &self,
+        pk: &[u8; 32],
+        probes: &Probes,
+    ) -> (Option<SlotEnvelope>, Vec<SlotHeld>) {
         let mut held = vec![SlotHeld::NoAnswer; self.mirrors().len()];
         let mut best: Option<SlotEnvelope> = None;
         for (j, store) in self.mirrors().iter().enumerate() {
+            if probes.gone[j].load(Ordering::Relaxed) {
+                continue;
+            }
             held[j] = match store.get_slot(pk).await {
-                Err(_) => SlotHeld::NoAnswer,
+                Err(_) => {
+                    probes.gone[j].store(true, Ordering::Relaxed);
+                    SlotHeld::NoAnswer
+                }
                 Ok(None) => SlotHeld::Nothing,
                 Ok(Some(bytes)) => match SlotEnvelope::decode(&bytes) {
                     Ok(env) if env.public_key == *pk && env.verify().is_ok() => {
@@ -451,7 +479,26 @@ impl Vault {
             happy: grid.happy(),
             ..Default::default()
         };
-        let limit = Arc::new(Semaphore::new(PROBES));
+        let probes = Probes {
+            limit: Arc::new(Semaphore::new(PROBES)),
+            gone: Arc::new(
+                (0..grid.mirrors().len())
+                    .map(|_| AtomicBool::new(false))
+                    .collect(),
+            ),
+        };
+        // A first question to every mirror at once, with a short wait: one
+        // that does not answer is left out from the start, rather than
+        // holding the first directory's probe for a read's timeout.
+        let mut asks = JoinSet::new();
+        for (j, store) in grid.mirrors().iter().enumerate() {
+            let store = store.clone();
+            asks.spawn(async move { (j, store.has_share(&[0; 32]).await.is_err()) });
+        }
+        while let Some(asked) = asks.join_next().await {
+            let (j, silent) = asked.expect("probe task does not panic");
+            probes.gone[j].store(silent, Ordering::Relaxed);
+        }
         // Each with what to call it in the report: its path, when the
         // walk came to it through one.
         let mut files: Vec<(FileVerifyCap, Option<String>)> = Vec::new();
@@ -499,7 +546,7 @@ impl Vault {
                 continue;
             }
             report.slots += 1;
-            let (best, seqs) = grid.probe_slot(&pk).await;
+            let (best, seqs) = grid.probe_slot(&pk, &probes).await;
             let Some(best) = best else {
                 if top {
                     return Err(Error::NoSlot(hex(&pk)));
@@ -605,13 +652,13 @@ impl Vault {
             };
             for mut object in objects {
                 object.file.clone_from(&named);
-                let mut health = grid.probe(&object, verify, &limit).await;
+                let mut health = grid.probe(&object, verify, &probes).await;
                 if repair && health.recoverable() {
                     match grid.repair(&health).await {
                         Ok(None) => {}
                         Ok(Some(written)) => {
                             report.repaired_shares += written;
-                            health = grid.probe(&object, verify, &limit).await;
+                            health = grid.probe(&object, verify, &probes).await;
                         }
                         Err(e) => report.errors.push(match &object.file {
                             Some(f) => format!("repairing {f}: {}: {e}", object.what),

@@ -55,6 +55,34 @@ const DOWN_WRITE_TIMEOUT: Duration = Duration::from_secs(10);
 /// slow uplinks. A request that timed out is not sent again: a hung
 /// mirror holds its caller one timeout, not one per attempt.
 const READ_TIMEOUT: Duration = Duration::from_secs(60);
+/// Longest wait for a request whose answer is small (see `small_answer`):
+/// no slow link needs more. `lode check` asks whether a share is held once
+/// per share and mirror.
+const PROBE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// An error and its sources, joined: reqwest's top-level text says only
+/// "error sending request", the cause (refused, reset) is below it.
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(cause) = source {
+        let cause_text = cause.to_string();
+        if !text.ends_with(&cause_text) {
+            text.push_str(": ");
+            text.push_str(&cause_text);
+        }
+        source = cause.source();
+    }
+    text
+}
+
+/// Whether a request without a body gets a small answer, a few hundred
+/// bytes at most (`PROBE_TIMEOUT` then): whether a share is held, the
+/// account, the mirror's info. `lode mirrors list` with one mirror stopped
+/// waited the full read timeout for its account.
+fn small_answer(method: &Method, path: &str) -> bool {
+    *method == Method::HEAD || path == "/v1/account" || path == "/v1/info"
+}
 
 /// One mirror, by base URL.
 pub struct HttpMirror {
@@ -218,7 +246,7 @@ impl HttpMirror {
     ) -> Result<reqwest::Response> {
         // A read from a mirror taken as down fails at once; once that
         // lapses, it gets one try before it counts as back.
-        let read = method == Method::GET;
+        let read = method == Method::GET || method == Method::HEAD;
         let mut write_to_down = false;
         let attempts = {
             let mut down = self.down_until.lock().expect("down lock");
@@ -260,6 +288,7 @@ impl HttpMirror {
                 .client
                 .request(method.clone(), format!("{}{path}", self.base));
             req = req.timeout(match &body {
+                None if small_answer(&method, path) => PROBE_TIMEOUT,
                 None => READ_TIMEOUT,
                 Some(_) if write_to_down => DOWN_WRITE_TIMEOUT,
                 Some(b) => WRITE_TIMEOUT + Duration::from_secs(b.len() as u64 / SLOWEST_UPLINK),
@@ -299,7 +328,17 @@ impl HttpMirror {
                     // (Not a connect timeout: nothing was sent, so a
                     // write tries again as for any unreachable mirror.)
                     let timed_out = e.is_timeout() && !e.is_connect();
-                    last = Some(self.unavailable(e));
+                    // reqwest's own text names neither: "error sending
+                    // request for url (...)".
+                    last = Some(self.unavailable(if timed_out {
+                        "no answer in time (a stopped or stuck mirror, or a link that drops \
+                         packets)"
+                            .to_string()
+                    } else if e.is_connect() {
+                        format!("cannot connect ({})", error_chain(&e))
+                    } else {
+                        error_chain(&e)
+                    }));
                     if timed_out || attempt + 1 == attempts {
                         *self.down_until.lock().expect("down lock") =
                             Some(Instant::now() + DOWN_FOR);
