@@ -176,9 +176,15 @@ impl FromStr for Cap {
             return Err(Error::BadCharacter { found, at: at + 1 });
         }
         let upper = zeroize::Zeroizing::new(data.to_ascii_uppercase());
-        let raw = zeroize::Zeroizing::new(BASE32_NOPAD.decode(upper.as_bytes()).map_err(|_| {
-            Error::BadEncodedLength {
-                len: data.chars().count(),
+        let raw = zeroize::Zeroizing::new(BASE32_NOPAD.decode(upper.as_bytes()).map_err(|e| {
+            match e.kind {
+                // The last character carries bits past the end of the data,
+                // which an encoder leaves zero: a typo there, as any other
+                // typo a checksum catches.
+                data_encoding::DecodeKind::Trailing => Error::Checksum,
+                _ => Error::BadEncodedLength {
+                    len: data.chars().count(),
+                },
             }
         })?);
         if raw.len() < CHECKSUM_LEN {
