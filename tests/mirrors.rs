@@ -210,6 +210,9 @@ fn check_of_a_tree_names_the_damaged_file() {
     }
     let report = client.fails(&["check", "/"]);
     assert!(report.contains("/docs/f.bin: chunk 0:"), "{report}");
+    // Checked by the directory's own path: named from the top all the same.
+    let report = client.fails(&["check", "docs"]);
+    assert!(report.contains("  docs/f.bin: chunk 0:"), "{report}");
 }
 
 /// A directory that changed while a mirror was away is named, with what
@@ -229,6 +232,10 @@ fn check_names_a_directory_a_mirror_holds_at_an_older_version() {
         .find(|l| l.contains("STALE DIRECTORY /docs:"))
         .unwrap_or_else(|| panic!("{report}"));
     assert!(line.contains(&mirrors[2].url), "{report}");
+    assert!(
+        report.contains("1 directory listing missing or old on a mirror"),
+        "{report}"
+    );
     client.ok(&["check", "/", "--repair"]);
     let again = client.ok(&["check", "/"]);
     assert!(!again.contains("STALE"), "{again}");

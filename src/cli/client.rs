@@ -657,6 +657,16 @@ async fn share(s: &Session, path: &str, verify: bool) -> Result<()> {
 async fn check(s: &Session, target: &str, verify: bool, repair: bool) -> Result<()> {
     let cap = s.target(target).await?;
     let report = s.vault.check(&cap, verify, repair).await?;
+    // The report's paths are from the checked directory down; shown from
+    // the top of the tree when a path was checked (`big/f2`, not `/f2`).
+    let base = match lode::caps::is_cap_text(target) {
+        true => String::new(),
+        false => target.trim_matches('/').to_string(),
+    };
+    let shown = |text: &str| match (base.is_empty(), text.strip_prefix('/')) {
+        (false, Some(rest)) => format!("{base}/{rest}"),
+        _ => text.to_string(),
+    };
     let verb = if verify { "verified" } else { "present" };
     for (url, t) in report.mirrors.iter().zip(&report.tallies) {
         let mut line = format!("mirror {url}: {} shares {verb}", t.good);
@@ -681,26 +691,28 @@ async fn check(s: &Session, target: &str, verify: bool, repair: bool) -> Result<
             .object
             .file
             .as_ref()
-            .map(|f| format!("{f}: "))
+            .map(|f| format!("{}: ", shown(f)))
             .unwrap_or_default();
         println!("  {within}{}: {}", o.object.what, o.describe(report.happy));
     }
     for line in &report.stale {
-        println!("  STALE DIRECTORY {line}");
+        println!("  STALE DIRECTORY {}", shown(line));
     }
     for e in &report.unreadable {
         println!("  UNREADABLE {e}");
     }
     for path in &report.twice {
         println!(
-            "  NAMED TWICE {path}: the same directory as another path (moves that a crash \
-             interrupted); a change under either name shows under both"
+            "  NAMED TWICE {}: the same directory as another path (moves that a crash \
+             interrupted); a change under either name shows under both",
+            shown(path)
         );
     }
     for path in &report.misplaced {
         println!(
-            "  STALE NAME {path}: names a directory that moved elsewhere (a move that did not \
-             finish); the mount drops this name when it next lists the directory"
+            "  STALE NAME {}: names a directory that moved elsewhere (a move that did not \
+             finish); the mount drops this name when it next lists the directory",
+            shown(path)
         );
     }
     for e in &report.errors {
@@ -741,8 +753,13 @@ async fn check(s: &Session, target: &str, verify: bool, repair: bool) -> Result<
             0 => String::new(),
             n => format!("{n} directories named in two places, "),
         };
+        let stale = match report.stale.len() {
+            0 => String::new(),
+            1 => "1 directory listing missing or old on a mirror, ".to_string(),
+            n => format!("{n} directory listings missing or old on a mirror, "),
+        };
         bail!(
-            "{unreadable}{misplaced}{} objects need repair ({} unrecoverable)",
+            "{unreadable}{misplaced}{stale}{} objects need repair ({} unrecoverable)",
             unhealthy.len(),
             report.unrecoverable()
         );
