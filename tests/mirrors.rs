@@ -283,6 +283,12 @@ fn friend_add_refuses_a_cap_whose_key_does_not_open_the_directory() {
     assert!(!friend.ok(&["friend", "list"]).contains("alice"));
     friend.ok(&["friend", "add", "alice", &right]);
     assert!(friend.ok(&["friend", "list"]).contains("alice"));
+    // Named as the mount shows it, under friends/.
+    assert!(friend.ok(&["ls", "friends/alice"]).contains(" f.bin\n"));
+    let out = tmp.path().join("from-alice.bin");
+    friend.ok(&["get", "friends/alice/f.bin", "-o", out.to_str().unwrap()]);
+    assert!(std::fs::read(&out).unwrap() == common::seeded_bytes("friend", 1000));
+    assert_eq!(friend.ok(&["share", "friends/alice"]).trim(), right);
 }
 
 /// A new identity stores its first file with one mirror of three hung

@@ -81,6 +81,9 @@ impl Session {
             Named::Mount(rel) => rel.as_str(),
             _ => path,
         };
+        if let Some(cap) = self.friend_entry(path).await? {
+            return Ok(cap);
+        }
         self.settle(path);
         match self.vault.resolve(&self.root(), path).await {
             Ok(cap) => Ok(cap),
@@ -95,6 +98,27 @@ impl Session {
             }
             Err(e) => Err(e.into()),
         }
+    }
+
+    /// `friends/NAME/...`, as the mount shows it, for a friend in the
+    /// config: the entry in that friend's shared directory. `None` for any
+    /// other path (and for a name that is no friend, which may be a
+    /// directory of the tree itself).
+    async fn friend_entry(&self, path: &str) -> Result<Option<Cap>> {
+        let path = path.trim_start_matches('/');
+        let mut parts = path.splitn(3, '/');
+        let (Some("friends"), Some(name)) = (parts.next(), parts.next()) else {
+            return Ok(None);
+        };
+        let rest = parts.next().unwrap_or("");
+        let config = Config::load(&self.home)?;
+        let Some(cap) = config.friends.get(name) else {
+            return Ok(None);
+        };
+        let cap: Cap = cap
+            .parse()
+            .with_context(|| format!("friend {name}'s cap in the config"))?;
+        Ok(Some(self.vault.resolve(&cap, rest).await?))
     }
 
     /// What a path argument names. Only a path that is absolute or starts
