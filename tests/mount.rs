@@ -2106,6 +2106,25 @@ fn commands_by_path_see_what_the_mount_just_made() {
     let e = tmp.path().join("e");
     client.ok(&["get", &local("tree/sub/e"), "-o", e.to_str().unwrap()]);
     assert_eq!(std::fs::read(&e).unwrap(), b"E");
+    // A symlink out here that leads into the mount is followed; one in
+    // the tree is said to be one.
+    let outside = tmp.path().join("into-mount");
+    std::os::unix::fs::symlink(mp.join("fresh"), &outside).unwrap();
+    assert_eq!(client.ok(&["share", outside.to_str().unwrap()]).trim(), cap);
+    std::os::unix::fs::symlink("fresh", mp.join("link")).unwrap();
+    let said = client.fails(&["share", "link"]);
+    assert!(
+        said.contains("link is a symbolic link (to fresh)"),
+        "{said}"
+    );
+    // `.` and `..` in a path in the tree, as on disk; a file is no directory.
+    assert_eq!(client.ok(&["share", "fresh/sub/.."]).trim(), cap);
+    assert_eq!(
+        client.ok(&["share", "./fresh/./f"]).trim(),
+        client.ok(&["share", "fresh/f"]).trim()
+    );
+    let said = client.fails(&["share", "fresh/f/"]);
+    assert!(said.contains("not a directory"), "{said}");
     // A path on this machine outside the mount is not in the tree, and
     // the error says so.
     let outside = client.run(&["share", e.to_str().unwrap()]);

@@ -182,6 +182,13 @@ impl Session {
                         .open(&full)
                         .and_then(|f| f.sync_all());
                 }
+                // A symlink or a special file is a name only: its
+                // directory's fsync stores it.
+                Ok(m) if Some(m.dev()) == dev => {
+                    if let Some(parent) = full.parent() {
+                        let _ = std::fs::File::open(parent).and_then(|d| d.sync_all());
+                    }
+                }
                 _ => {}
             }
             let _ = done.send(());
@@ -221,8 +228,12 @@ fn look_up(local: &Path, mount: Option<&str>) -> Named {
     match full {
         Ok(full) => match in_mount(&full) {
             Some(rel) => Named::Mount(rel),
-            None if full.symlink_metadata().is_ok() => Named::Machine,
-            None => Named::Tree,
+            // A symlink out here that leads into the mount is followed.
+            None => match std::fs::canonicalize(&full).ok().and_then(|f| in_mount(&f)) {
+                Some(rel) => Named::Mount(rel),
+                None if full.symlink_metadata().is_ok() => Named::Machine,
+                None => Named::Tree,
+            },
         },
         Err(_) => Named::Tree,
     }

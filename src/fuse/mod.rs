@@ -106,6 +106,7 @@ pub fn errno(e: &Error) -> Errno {
             // one whose index has no room.
             S::NoSpace { .. } | S::DirectoryTooLarge { .. } => Errno::ENOSPC,
             S::NotFound(_) => Errno::ENOENT,
+            S::Symlink { .. } => Errno::ELOOP,
             S::NotADirectory(_) => Errno::ENOTDIR,
             S::NotAFile(_) => Errno::EISDIR,
             S::ReadOnly(_) => Errno::EROFS,

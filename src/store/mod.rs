@@ -80,6 +80,8 @@ pub enum Error {
          its writer, but the key is another (a cap put together from two others?)"
     )]
     WrongReadKey { slot: String },
+    #[error("{path} is a symbolic link (to {target}): name what it points to")]
+    Symlink { path: String, target: String },
     #[error("no such entry: {0}")]
     NotFound(String),
     #[error("not a directory: {0}")]

@@ -1059,8 +1059,16 @@ impl Vault {
     /// The cap that `path` names under `from` (a read-level cap for files
     /// and read-only directories, the write-cap for writable directories).
     pub async fn resolve(&self, from: &Cap, path: &str) -> Result<Cap> {
+        // The directories walked through, for `..` (which stops at `from`).
+        let mut above: Vec<Cap> = Vec::new();
         let mut cur = from.clone();
-        for name in path.split('/').filter(|s| !s.is_empty()) {
+        for name in path.split('/').filter(|s| !s.is_empty() && *s != ".") {
+            if name == ".." {
+                if let Some(parent) = above.pop() {
+                    cur = parent;
+                }
+                continue;
+            }
             let listing = match &cur {
                 Cap::DirWrite(w) => self.list(&w.read_cap()).await?,
                 Cap::DirRead(r) => self.list(r).await?,
@@ -1074,11 +1082,22 @@ impl Vault {
                 Cap::DirWrite(w) => entry.write_cap(w, name)?,
                 _ => None,
             };
-            cur = match (write, &entry.cap) {
+            let next = match (write, &entry.cap) {
                 (Some(w), _) => Cap::DirWrite(w),
                 (None, Some(c)) => c.clone(),
+                (None, None) if entry.kind == EntryKind::Symlink => {
+                    return Err(Error::Symlink {
+                        path: path.to_string(),
+                        target: entry.target.clone().unwrap_or_default(),
+                    });
+                }
                 (None, None) => return Err(Error::NotAFile(path.to_string())),
             };
+            above.push(std::mem::replace(&mut cur, next));
+        }
+        // `a.txt/` names a directory, as a path on disk does.
+        if path.ends_with('/') && !cur.is_dir() {
+            return Err(Error::NotADirectory(path.to_string()));
         }
         Ok(cur)
     }
