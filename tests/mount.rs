@@ -2136,6 +2136,25 @@ fn commands_by_path_see_what_the_mount_just_made() {
     drop(m);
 }
 
+/// A file in the mount that cannot go up yet (a mirror away, `happy` 3)
+/// is not "no such entry" to `lode share`: the error says the mount could
+/// not upload it.
+#[test]
+fn a_path_the_mount_cannot_upload_yet_says_so() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (mut mirrors, client) = common::three_mirrors_and_client(tmp.path());
+    let mp = tmp.path().join("mnt");
+    let m = Mounted::new(&client, &mp);
+    mirrors[2].stop();
+    std::fs::write(mp.join("pending.txt"), b"waiting for a mirror").unwrap();
+    let said = client.fails(&["share", "pending.txt"]);
+    assert!(said.contains("the mount could not upload it yet"), "{said}");
+    mirrors[2].restart();
+    client.ok(&["sync"]);
+    client.ok(&["share", "pending.txt"]);
+    drop(m);
+}
+
 /// A directory left on fewer than `happy` mirrors by a session that ended
 /// (its last publish reached only some) is published again by an fsync
 /// beneath it: the fsync fails while a mirror still refuses it, rather

@@ -84,9 +84,15 @@ impl Session {
         if let Some(cap) = self.friend_entry(path).await? {
             return Ok(cap);
         }
-        self.settle(path);
+        let unpublished = self.settle(path);
         match self.vault.resolve(&self.root(), path).await {
             Ok(cap) => Ok(cap),
+            // In the mount, but not on the mirrors yet.
+            Err(e @ lode::store::Error::NotFound(_)) if unpublished.is_some() => Err(anyhow!(
+                "{e} on the mirrors: the mount could not upload it yet ({}); `lode status` \
+                 says why",
+                unpublished.unwrap_or_default()
+            )),
             // A path on this machine, outside any mount of this identity:
             // say how paths are meant.
             Err(e @ lode::store::Error::NotFound(_)) if matches!(named, Named::Machine) => {
@@ -143,7 +149,7 @@ impl Session {
         finished.recv_timeout(LOOKUP_WAIT).unwrap_or(Named::Tree)
     }
 
-    fn settle(&self, path: &str) {
+    fn settle(&self, path: &str) -> Option<String> {
         use std::path::{Component, Path};
         /// How long a command waits for the mount to publish the path; a
         /// mount that takes longer (or hangs) is not waited for.
@@ -153,11 +159,9 @@ impl Session {
             .components()
             .all(|c| matches!(c, Component::Normal(_) | Component::CurDir))
         {
-            return;
+            return None;
         }
-        let Some(at) = super::mount::mounted_at(&self.home) else {
-            return;
-        };
+        let at = super::mount::mounted_at(&self.home)?;
         let full = Path::new(&at).join(rel);
         let home = self.home.clone();
         let (done, finished) = std::sync::mpsc::channel();
@@ -167,33 +171,40 @@ impl Session {
             // on the way leads out to, and not a FIFO (opening one waits
             // for a writer).
             let dev = std::fs::metadata(&at).map(|m| m.dev()).ok();
-            match std::fs::symlink_metadata(&full) {
+            let failed = match std::fs::symlink_metadata(&full) {
                 // A directory's whole subtree: its fsync stores only the
                 // directory, and the files in its subdirectories were left
                 // out of `get`, `share` and `check` made right after they
                 // were written. The mount's sync stores everything.
                 Ok(m) if m.is_dir() && Some(m.dev()) == dev => {
-                    let _ = super::mount::ask_mount(&home, "sync", Some(SETTLE_WAIT));
-                }
-                Ok(m) if m.is_file() && Some(m.dev()) == dev => {
-                    let _ = std::fs::OpenOptions::new()
-                        .read(true)
-                        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
-                        .open(&full)
-                        .and_then(|f| f.sync_all());
-                }
-                // A symlink or a special file is a name only: its
-                // directory's fsync stores it.
-                Ok(m) if Some(m.dev()) == dev => {
-                    if let Some(parent) = full.parent() {
-                        let _ = std::fs::File::open(parent).and_then(|d| d.sync_all());
+                    match super::mount::ask_mount(&home, "sync", Some(SETTLE_WAIT)) {
+                        Ok(reply) if reply["synced"].as_bool() == Some(true) => None,
+                        Ok(reply) => Some(reply["error"].as_str().unwrap_or("no answer").into()),
+                        Err(e) => Some(format!("{e:#}")),
                     }
                 }
-                _ => {}
-            }
-            let _ = done.send(());
+                Ok(m) if m.is_file() && Some(m.dev()) == dev => std::fs::OpenOptions::new()
+                    .read(true)
+                    .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
+                    .open(&full)
+                    .and_then(|f| f.sync_all())
+                    .err()
+                    .map(|e| format!("fsync: {e}")),
+                // A symlink or a special file is a name only: its
+                // directory's fsync stores it.
+                Ok(m) if Some(m.dev()) == dev => full.parent().and_then(|parent| {
+                    std::fs::File::open(parent)
+                        .and_then(|d| d.sync_all())
+                        .err()
+                        .map(|e| format!("fsync of its directory: {e}"))
+                }),
+                _ => None,
+            };
+            let _ = done.send(failed);
         });
-        let _ = finished.recv_timeout(SETTLE_WAIT);
+        finished
+            .recv_timeout(SETTLE_WAIT)
+            .unwrap_or_else(|_| Some(format!("no answer in {} s", SETTLE_WAIT.as_secs())))
     }
 }
 
