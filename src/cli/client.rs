@@ -332,7 +332,8 @@ fn mirrors(command: MirrorsCommand) -> Result<()> {
             if !matches!(parsed.scheme(), "http" | "https") || parsed.host().is_none() {
                 bail!("{url:?}: a mirror URL looks like http://host:port");
             }
-            let url = url.trim_end_matches('/').to_string();
+            // As the URL parser writes it: `HTTP://Host` is `http://host`.
+            let url = parsed.as_str().trim_end_matches('/').to_string();
             if config.mirrors.contains(&url) {
                 bail!("{url} is already a mirror");
             }
