@@ -154,6 +154,14 @@ fn assert_same_tree(a: &Path, b: &Path) {
             std::fs::symlink_metadata(&pb).unwrap(),
         );
         assert_eq!(ma.file_type(), mb.file_type(), "{}", pa.display());
+        // Every kind keeps its mtime: files, directories (once filled) and
+        // symlinks (their own).
+        assert_eq!(
+            (ma.mtime(), ma.mtime_nsec()),
+            (mb.mtime(), mb.mtime_nsec()),
+            "mtime of {}",
+            pa.display()
+        );
         if ma.file_type().is_symlink() {
             assert_eq!(
                 std::fs::read_link(&pa).unwrap(),

@@ -1109,6 +1109,8 @@ impl Vault {
         let mut top = Some(self.list(cap).await?);
         std::fs::create_dir(dest)?;
         let mut stack = vec![(cap.clone(), dest.to_path_buf())];
+        // Directories get their mtimes once nothing more is made in them.
+        let mut dir_times = Vec::new();
         while let Some((dir, path)) = stack.pop() {
             let listing = match top.take() {
                 Some(listing) => listing,
@@ -1119,7 +1121,7 @@ impl Vault {
                 match (&entry.kind, &entry.cap) {
                     (EntryKind::Dir, Some(Cap::DirRead(child))) => {
                         std::fs::create_dir(&target)?;
-                        set_mode(&target, entry.mode)?;
+                        dir_times.push((target.clone(), entry.mtime, entry.mode));
                         stack.push((child.clone(), target));
                     }
                     (EntryKind::File, Some(Cap::FileRead(file))) => {
@@ -1130,6 +1132,7 @@ impl Vault {
                     }
                     (EntryKind::Symlink, _) => {
                         std::os::unix::fs::symlink(entry.target.as_deref().unwrap_or(""), &target)?;
+                        set_mtime(&target, entry.mtime)?;
                     }
                     (kind, _) if kind.is_special() => {
                         // FIFOs, sockets and device nodes are names only;
@@ -1140,8 +1143,30 @@ impl Vault {
                 }
             }
         }
+        // Modes last too: a directory without write permission (0555)
+        // could not have been filled.
+        for (path, mtime, mode) in dir_times.into_iter().rev() {
+            set_mtime(&path, mtime)?;
+            set_mode(&path, mode)?;
+        }
         Ok(())
     }
+}
+
+/// Set the mtime of `path` itself (a symlink's own, not its target's),
+/// leaving its atime.
+fn set_mtime(path: &Path, (secs, nanos): (i64, u32)) -> std::io::Result<()> {
+    use nix::sys::stat::{UtimensatFlags, utimensat};
+    use nix::sys::time::TimeSpec;
+    let mtime = TimeSpec::new(secs, i64::from(nanos));
+    utimensat(
+        nix::fcntl::AT_FDCWD,
+        path,
+        &TimeSpec::UTIME_OMIT,
+        &mtime,
+        UtimensatFlags::NoFollowSymlink,
+    )
+    .map_err(std::io::Error::from)
 }
 
 pub(super) fn mtime_of(meta: &std::fs::Metadata) -> (i64, u32) {
