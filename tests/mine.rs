@@ -15,6 +15,7 @@ fn mining_credits_the_account_exactly() {
     let funded_before = before["mirrors"][0]["funded_until"]
         .as_i64()
         .expect("storage is charged");
+    assert_eq!(before["mirrors"][0]["funded_indefinitely"], false);
 
     let out = client.ok(&[
         "mine",

@@ -97,7 +97,7 @@ impl Keeper {
             "hashrate": self.miners.as_ref().map_or(0.0, |m| m.hashrate()),
             "accepted": self.stats.accepted.load(Ordering::Relaxed),
             "rejected": self.stats.rejected.load(Ordering::Relaxed),
-            "funded_until": state.funded.iter().map(|(u, f)| json!({"url": u, "funded_until": f})).collect::<Vec<_>>(),
+            "funded_until": state.funded.iter().map(|(u, f)| json!({"url": u, "funded_until": f, "funded_indefinitely": f.is_none()})).collect::<Vec<_>>(),
             "last_renewal": state.last_renewal,
         })
     }

@@ -262,6 +262,8 @@ pub fn status(args: StatusArgs) -> Result<()> {
                 Ok(s) => serde_json::json!({
                     "url": url, "reachable": true, "balance": balance(s),
                     "daily_cost": s.daily_cost_micro as f64 / 1e6, "funded_until": s.funded_until,
+                    // `funded_until` null: nothing held there costs credit.
+                    "funded_indefinitely": s.funded_until.is_none(),
                     "usage_bytes": s.usage_bytes, "shares_accepted": s.shares_accepted,
                 }),
                 Err(e) => {
