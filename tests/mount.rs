@@ -2125,6 +2125,21 @@ fn commands_by_path_see_what_the_mount_just_made() {
     );
     let said = client.fails(&["share", "fresh/f/"]);
     assert!(said.contains("not a directory"), "{said}");
+    // From inside the mount a relative path is taken from there.
+    let from = |dir: &Path, arg: &str| {
+        let out = client.run_in(dir, &["share", arg]);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap().trim().to_string()
+    };
+    assert_eq!(
+        from(&mp.join("fresh"), "f"),
+        client.ok(&["share", "fresh/f"]).trim()
+    );
+    assert_eq!(from(&mp, "fresh"), cap);
     // A path on this machine outside the mount is not in the tree, and
     // the error says so.
     let outside = client.run(&["share", e.to_str().unwrap()]);

@@ -127,20 +127,28 @@ impl Session {
         Ok(Some(self.vault.resolve(&cap, rest).await?))
     }
 
-    /// What a path argument names. Only a path that is absolute or starts
-    /// with `.` can be one on this machine: `docs` means the tree's `docs`
-    /// from any directory, as the README has it. A path on this machine
-    /// into the running mount of this identity (`~/lode/docs`, `./f` from
+    /// What a path argument names. Outside the mount, only a path that is
+    /// absolute or starts with `.` can be one on this machine: `docs` means
+    /// the tree's `docs`, as the README has it. From a directory inside the
+    /// mount, any relative path is one. A path on this machine into the
+    /// running mount of this identity (`~/lode/docs`, `./f` or `f` from
     /// inside it) names the entry the mount shows there. The look at the
     /// local path is bounded in time, as `settle` is, for a mount that
     /// hangs.
     fn named(&self, path: &str) -> Named {
         /// How long a command waits for the local path to be looked up.
         const LOOKUP_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
-        if !looks_local(path) {
+        let at = super::mount::mounted_at(&self.home);
+        // From a directory inside the mount, a relative path is taken from
+        // there, as every other tool takes it: `cd ~/lode/docs; lode share
+        // a.txt` is docs/a.txt, not the top's a.txt.
+        let inside = at.as_deref().is_some_and(|at| {
+            std::env::current_dir().is_ok_and(|cwd| cwd.starts_with(at) && cwd != Path::new(at))
+        });
+        let from_here = inside && !path.is_empty();
+        if !(looks_local(path) || from_here) {
             return Named::Tree;
         }
-        let at = super::mount::mounted_at(&self.home);
         let local = PathBuf::from(path);
         let (done, finished) = std::sync::mpsc::channel();
         std::thread::spawn(move || {

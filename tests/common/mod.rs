@@ -238,8 +238,14 @@ impl Client {
     }
 
     pub fn run(&self, args: &[&str]) -> Output {
+        self.run_in(Path::new("."), args)
+    }
+
+    /// [`Client::run`] from the working directory `dir`.
+    pub fn run_in(&self, dir: &Path, args: &[&str]) -> Output {
         let mut cmd = Command::new(LODE);
-        cmd.args(args)
+        cmd.current_dir(dir)
+            .args(args)
             .env("LODE_HOME", &self.home)
             .env_remove("LODE_LOG")
             .stdin(Stdio::null());
