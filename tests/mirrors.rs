@@ -291,43 +291,6 @@ fn friend_add_refuses_a_cap_whose_key_does_not_open_the_directory() {
     assert_eq!(friend.ok(&["share", "friends/alice"]).trim(), right);
 }
 
-/// A new identity stores its first file with one mirror of three hung
-/// (a stopped process) and `happy` at 2: its root, never published, is
-/// known to be empty, and the uploads do not wait for the hung mirror.
-#[test]
-fn a_new_identity_stores_with_one_mirror_hung() {
-    let tmp = tempfile::tempdir().unwrap();
-    let mirrors = three_mirrors(tmp.path(), &[]);
-    let client = Client::new(&tmp.path().join("home"), &urls(&mirrors));
-    client.set_config("happy", "2");
-    let hung = mirrors[2].pid().unwrap().to_string();
-    let signal = |sig: &str| {
-        let sent = std::process::Command::new("kill")
-            .args([sig, &hung])
-            .status()
-            .unwrap();
-        assert!(sent.success(), "kill {sig} {hung}");
-    };
-    signal("-STOP");
-    let data = common::seeded_bytes("first", 300_000);
-    let src = write_file(tmp.path(), "first.bin", &data);
-    let put = client.run(&["put", src.to_str().unwrap(), "--to", "first.bin"]);
-    let back = tmp.path().join("back.bin");
-    let got = client.run(&["get", "first.bin", "-o", back.to_str().unwrap()]);
-    signal("-CONT");
-    assert!(
-        put.status.success(),
-        "{}",
-        String::from_utf8_lossy(&put.stderr)
-    );
-    assert!(
-        got.status.success(),
-        "{}",
-        String::from_utf8_lossy(&got.stderr)
-    );
-    assert!(std::fs::read(&back).unwrap() == data);
-}
-
 /// With every mirror away, reading a directory already seen says the
 /// mirrors did not answer, not that it refuses a rollback.
 #[test]

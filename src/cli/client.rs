@@ -311,16 +311,6 @@ pub fn run(command: Command) -> Result<()> {
 fn init() -> Result<()> {
     let home = Home::locate()?;
     let secret = home.init()?;
-    // The root is made here and stored nowhere yet: seen at version 0, so
-    // that its first listing may be published while a mirror is away
-    // (otherwise no answer from that mirror might be hiding one).
-    let root = lode::caps::DirWriteCap {
-        seed: secret.root_dir_seed(),
-    };
-    home.save_seen(&BTreeMap::from([(
-        lode::protocol::hex(&root.read_cap().public_key),
-        0,
-    )]))?;
     println!("created identity in {}", home.data.display());
     println!(
         "account {}",
