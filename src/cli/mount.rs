@@ -586,10 +586,15 @@ pub fn mount(args: MountArgs) -> Result<()> {
 const SEEN_SAVE_EVERY: Duration = Duration::from_secs(5);
 
 fn save_seen(vault: &Vault, home: &Home) -> Result<()> {
+    // Not "seen at 0" (made here, stored nowhere): the floor is saved every
+    // few seconds, so after a crash a saved 0 may belong to a directory
+    // already published, and a read with the mirrors away would take it
+    // for empty. Without it, such a read is unavailable until they answer.
     let seen: std::collections::BTreeMap<String, u64> = vault
         .grid()
         .seen_seqs()
         .into_iter()
+        .filter(|&(_, seq)| seq > 0)
         .map(|(pk, seq)| (lode::protocol::hex(&pk), seq))
         .collect();
     home.save_seen(&seen)
