@@ -2160,6 +2160,10 @@ fn a_path_the_mount_cannot_upload_yet_says_so() {
     let (mut mirrors, client) = common::three_mirrors_and_client(tmp.path());
     let mp = tmp.path().join("mnt");
     let m = Mounted::new(&client, &mp);
+    // The root on every mirror first: with one away, a root never stored
+    // cannot be told from one that mirror alone holds.
+    std::fs::write(mp.join("first.txt"), b"stored").unwrap();
+    client.ok(&["sync"]);
     mirrors[2].stop();
     std::fs::write(mp.join("pending.txt"), b"waiting for a mirror").unwrap();
     let said = client.fails(&["share", "pending.txt"]);
