@@ -2140,6 +2140,9 @@ fn commands_by_path_see_what_the_mount_just_made() {
         client.ok(&["share", "fresh/f"]).trim()
     );
     assert_eq!(from(&mp, "fresh"), cap);
+    // `..` out of the mount, or above the top of the tree, is not the top.
+    assert!(!client.run_in(&mp, &["share", ".."]).status.success());
+    client.fails(&["ls", "fresh/../.."]);
     // A path on this machine outside the mount is not in the tree, and
     // the error says so.
     let outside = client.run(&["share", e.to_str().unwrap()]);
@@ -2168,6 +2171,17 @@ fn a_path_the_mount_cannot_upload_yet_says_so() {
     std::fs::write(mp.join("pending.txt"), b"waiting for a mirror").unwrap();
     let said = client.fails(&["share", "pending.txt"]);
     assert!(said.contains("the mount could not upload it yet"), "{said}");
+    // A directory whose file cannot go up: its listing may be on the
+    // mirrors that answer, but it is not what the mount shows.
+    std::fs::create_dir(mp.join("newdir")).unwrap();
+    std::fs::write(mp.join("newdir/z"), b"z").unwrap();
+    for cmd in ["share", "ls"] {
+        let said = client.fails(&[cmd, "newdir"]);
+        assert!(
+            said.contains("the mount could not upload it yet"),
+            "{cmd}: {said}"
+        );
+    }
     mirrors[2].restart();
     client.ok(&["sync"]);
     client.ok(&["share", "pending.txt"]);

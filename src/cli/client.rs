@@ -84,15 +84,17 @@ impl Session {
         if let Some(cap) = self.friend_entry(path).await? {
             return Ok(cap);
         }
-        let unpublished = self.settle(path);
+        // In the mount, but not all on the mirrors yet: what they hold is
+        // older or partial (a directory whose files did not go up reads as
+        // empty), and reading it would pass that off as the content.
+        if let Some(why) = self.settle(path) {
+            bail!(
+                "{path}: the mount could not upload it yet, so the mirrors do not hold it as \
+                 the mount shows it ({why}); `lode status` says why"
+            );
+        }
         match self.vault.resolve(&self.root(), path).await {
             Ok(cap) => Ok(cap),
-            // In the mount, but not on the mirrors yet.
-            Err(e @ lode::store::Error::NotFound(_)) if unpublished.is_some() => Err(anyhow!(
-                "{e} on the mirrors: the mount could not upload it yet ({}); `lode status` \
-                 says why",
-                unpublished.unwrap_or_default()
-            )),
             // A path on this machine, outside any mount of this identity:
             // say how paths are meant.
             Err(e @ lode::store::Error::NotFound(_)) if matches!(named, Named::Machine) => {
@@ -185,10 +187,13 @@ impl Session {
                 // out of `get`, `share` and `check` made right after they
                 // were written. The mount's sync stores everything.
                 Ok(m) if m.is_dir() && Some(m.dev()) == dev => {
+                    // Only a sync that reports failing counts; one not
+                    // done within the wait is a mount still at work.
                     match super::mount::ask_mount(&home, "sync", Some(SETTLE_WAIT)) {
-                        Ok(reply) if reply["synced"].as_bool() == Some(true) => None,
-                        Ok(reply) => Some(reply["error"].as_str().unwrap_or("no answer").into()),
-                        Err(e) => Some(format!("{e:#}")),
+                        Ok(reply) if reply["synced"].as_bool() == Some(false) => {
+                            Some(reply["error"].as_str().unwrap_or("no reason given").into())
+                        }
+                        _ => None,
                     }
                 }
                 Ok(m) if m.is_file() && Some(m.dev()) == dev => std::fs::OpenOptions::new()
@@ -210,9 +215,9 @@ impl Session {
             };
             let _ = done.send(failed);
         });
-        finished
-            .recv_timeout(SETTLE_WAIT)
-            .unwrap_or_else(|_| Some(format!("no answer in {} s", SETTLE_WAIT.as_secs())))
+        // A mount still busy after the wait (a large upload) is not taken
+        // as failing: the command goes on with what the mirrors hold.
+        finished.recv_timeout(SETTLE_WAIT).unwrap_or(None)
     }
 }
 
@@ -706,7 +711,23 @@ async fn check(s: &Session, target: &str, verify: bool, repair: bool) -> Result<
     // the top of the tree when a path was checked (`big/f2`, not `/f2`).
     let base = match lode::caps::is_cap_text(target) {
         true => String::new(),
-        false => target.trim_matches('/').to_string(),
+        false => {
+            let path = match s.named(target) {
+                Named::Mount(rel) => rel,
+                _ => target.to_string(),
+            };
+            // As the tree has it: no `.`, and `..` taken back.
+            let mut parts: Vec<&str> = Vec::new();
+            for part in path.split('/').filter(|p| !p.is_empty() && *p != ".") {
+                match part {
+                    ".." => {
+                        parts.pop();
+                    }
+                    part => parts.push(part),
+                }
+            }
+            parts.join("/")
+        }
     };
     let shown = |text: &str| match (base.is_empty(), text.strip_prefix('/')) {
         (false, Some(rest)) => format!("{base}/{rest}"),

@@ -1059,14 +1059,19 @@ impl Vault {
     /// The cap that `path` names under `from` (a read-level cap for files
     /// and read-only directories, the write-cap for writable directories).
     pub async fn resolve(&self, from: &Cap, path: &str) -> Result<Cap> {
-        // The directories walked through, for `..` (which stops at `from`).
+        // The directories walked through, for `..`; one above `from` is
+        // nothing this cap reaches.
         let mut above: Vec<Cap> = Vec::new();
         let mut cur = from.clone();
+        // The path up to the name being looked at, for errors.
+        let mut walked = String::new();
         for name in path.split('/').filter(|s| !s.is_empty() && *s != ".") {
+            if !walked.is_empty() {
+                walked.push('/');
+            }
+            walked.push_str(name);
             if name == ".." {
-                if let Some(parent) = above.pop() {
-                    cur = parent;
-                }
+                cur = above.pop().ok_or_else(|| Error::NotFound(walked.clone()))?;
                 continue;
             }
             let listing = match &cur {
@@ -1087,7 +1092,7 @@ impl Vault {
                 (None, Some(c)) => c.clone(),
                 (None, None) if entry.kind == EntryKind::Symlink => {
                     return Err(Error::Symlink {
-                        path: path.to_string(),
+                        path: walked,
                         target: entry.target.clone().unwrap_or_default(),
                     });
                 }
