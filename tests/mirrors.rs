@@ -296,6 +296,34 @@ fn friend_add_refuses_a_cap_whose_key_does_not_open_the_directory() {
     assert_eq!(friend.ok(&["share", "friends/alice"]).trim(), right);
 }
 
+/// `lode get` of one file by its path keeps its mode and mtime, as a get
+/// of its directory does (a cap carries neither).
+#[test]
+fn get_of_a_file_by_path_keeps_its_mode_and_mtime() {
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    let tmp = tempfile::tempdir().unwrap();
+    let mirrors = three_mirrors(tmp.path(), &[]);
+    let client = Client::new(&tmp.path().join("home"), &urls(&mirrors));
+    let src = write_file(tmp.path(), "private.txt", b"for my eyes");
+    std::fs::set_permissions(&src, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let then = std::time::UNIX_EPOCH + std::time::Duration::new(1_577_934_245, 123_000_000);
+    std::fs::File::options()
+        .write(true)
+        .open(&src)
+        .unwrap()
+        .set_modified(then)
+        .unwrap();
+    client.ok(&["put", src.to_str().unwrap(), "--to", "docs/"]);
+    let out = tmp.path().join("out.txt");
+    client.ok(&["get", "docs/private.txt", "-o", out.to_str().unwrap()]);
+    let (a, b) = (
+        std::fs::metadata(&src).unwrap(),
+        std::fs::metadata(&out).unwrap(),
+    );
+    assert_eq!(b.mode() & 0o7777, 0o600);
+    assert_eq!((a.mtime(), a.mtime_nsec()), (b.mtime(), b.mtime_nsec()));
+}
+
 /// With every mirror away, reading a directory already seen says the
 /// mirrors did not answer, not that it refuses a rollback.
 #[test]

@@ -129,6 +129,26 @@ impl Session {
         Ok(Some(self.vault.resolve(&cap, rest).await?))
     }
 
+    /// The entry a path in the tree (not a cap, not under `friends/`)
+    /// names, from its directory's listing; `None` where there is none.
+    async fn entry_of(&self, target: &str) -> Option<Entry> {
+        if lode::caps::is_cap_text(target) {
+            return None;
+        }
+        let path = match self.named(target) {
+            Named::Mount(rel) => rel,
+            _ => target.to_string(),
+        };
+        let path = path.trim_matches('/');
+        let (parent, name) = path.rsplit_once('/').unwrap_or(("", path));
+        if matches!(name, "" | "." | "..") || path.starts_with("friends/") {
+            return None;
+        }
+        let dir = self.vault.resolve(&self.root(), parent).await.ok()?;
+        let listing = self.vault.list(&dir.into_dir_read().ok()?).await.ok()?;
+        listing.entries.get(name).cloned()
+    }
+
     /// What a path argument names. Outside the mount, only a path that is
     /// absolute or starts with `.` can be one on this machine: `docs` means
     /// the tree's `docs`, as the README has it. From a directory inside the
@@ -601,6 +621,27 @@ async fn get(s: &Session, target: &str, output: Option<&Path>) -> Result<()> {
                 download_to(s, &file, out)
                     .await
                     .with_context(|| format!("downloading to {}", out.display()))?;
+                // Named by path, the file's entry gives its mode and mtime,
+                // kept as `lode get` of a directory keeps them (a cap
+                // carries neither).
+                if let Some(entry) = s.entry_of(target).await {
+                    use std::os::unix::fs::PermissionsExt;
+                    let (secs, nanos) = entry.mtime;
+                    let when = std::time::UNIX_EPOCH
+                        .checked_add(std::time::Duration::new(secs.max(0) as u64, nanos));
+                    if let Some(when) = when.filter(|_| secs >= 0) {
+                        std::fs::File::options()
+                            .write(true)
+                            .open(out)
+                            .and_then(|f| f.set_modified(when))
+                            .with_context(|| format!("setting the mtime of {}", out.display()))?;
+                    }
+                    std::fs::set_permissions(
+                        out,
+                        std::fs::Permissions::from_mode(entry.mode & 0o7777),
+                    )
+                    .with_context(|| format!("setting the mode of {}", out.display()))?;
+                }
             }
             None => {
                 let mut w = std::io::BufWriter::with_capacity(1 << 20, std::io::stdout());
