@@ -290,6 +290,25 @@ fn friend_add_refuses_a_cap_whose_key_does_not_open_the_directory() {
     assert!(friend.ok(&["friend", "list"]).contains("alice"));
     // Named as the mount shows it, under friends/.
     assert!(friend.ok(&["ls", "friends/alice"]).contains(" f.bin\n"));
+    let listed = friend.ok(&["ls", "./friends/"]);
+    assert!(
+        listed.starts_with("d0555") && listed.ends_with(" alice\n"),
+        "{listed}"
+    );
+    // Nothing can be put where the mount shows friends.
+    let src = write_file(tmp.path(), "friends", b"hidden if linked");
+    for to in ["friends/x", "/friends", "./friends/"] {
+        let said = friend.fails(&["put", src.to_str().unwrap(), "--to", to]);
+        assert!(
+            said.contains("where the mount shows your friends"),
+            "{said}"
+        );
+    }
+    let said = friend.fails(&["put", src.to_str().unwrap(), "--to", "/"]);
+    assert!(
+        said.contains("where the mount shows your friends"),
+        "{said}"
+    );
     let out = tmp.path().join("from-alice.bin");
     friend.ok(&["get", "friends/alice/f.bin", "-o", out.to_str().unwrap()]);
     assert!(std::fs::read(&out).unwrap() == common::seeded_bytes("friend", 1000));
@@ -322,6 +341,56 @@ fn get_of_a_file_by_path_keeps_its_mode_and_mtime() {
     );
     assert_eq!(b.mode() & 0o7777, 0o600);
     assert_eq!((a.mtime(), a.mtime_nsec()), (b.mtime(), b.mtime_nsec()));
+}
+
+/// `lode get` of a directory by its path gives the new top directory its
+/// own mode and mtime, as every directory under it gets them; a file
+/// written through a symlink gets them on the file, not the link; and
+/// `ls` shows a time before 1970 as a date.
+#[test]
+fn get_of_a_directory_by_path_keeps_the_top_directorys_mode_and_mtime() {
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    let tmp = tempfile::tempdir().unwrap();
+    let mirrors = three_mirrors(tmp.path(), &[]);
+    let client = Client::new(&tmp.path().join("home"), &urls(&mirrors));
+    let local = tmp.path().join("tree");
+    let sub = local.join("sub");
+    std::fs::create_dir_all(&sub).unwrap();
+    let old = write_file(&sub, "old.txt", b"from before the epoch");
+    let set_mtime = |path: &std::path::Path, secs: i64| {
+        let at = nix::sys::time::TimeSpec::new(secs, 5_000);
+        nix::sys::stat::utimensat(
+            nix::fcntl::AT_FDCWD,
+            path,
+            &at,
+            &at,
+            nix::sys::stat::UtimensatFlags::NoFollowSymlink,
+        )
+        .unwrap();
+    };
+    set_mtime(&old, -86_400);
+    set_mtime(&sub, 946_684_800);
+    std::fs::set_permissions(&sub, std::fs::Permissions::from_mode(0o750)).unwrap();
+    client.ok(&["put", local.to_str().unwrap(), "--to", "tree"]);
+    let listed = client.ok(&["ls", "tree/sub"]);
+    assert!(listed.contains("1969-12-31T00:00:00Z old.txt"), "{listed}");
+
+    let out = tmp.path().join("out");
+    client.ok(&["get", "tree/sub", "-o", out.to_str().unwrap()]);
+    let got = std::fs::metadata(&out).unwrap();
+    assert_eq!(got.mode() & 0o7777, 0o750);
+    assert_eq!((got.mtime(), got.mtime_nsec()), (946_684_800, 5_000));
+    let file = std::fs::metadata(out.join("old.txt")).unwrap();
+    assert_eq!((file.mtime(), file.mtime_nsec()), (-86_400, 5_000));
+
+    // Through a symlink to an existing file: the file takes them.
+    let real = write_file(tmp.path(), "real.txt", b"to be replaced");
+    let link = tmp.path().join("link.txt");
+    std::os::unix::fs::symlink(&real, &link).unwrap();
+    client.ok(&["get", "tree/sub/old.txt", "-o", link.to_str().unwrap()]);
+    assert!(link.symlink_metadata().unwrap().file_type().is_symlink());
+    assert_eq!(std::fs::read(&real).unwrap(), b"from before the epoch");
+    assert_eq!(std::fs::metadata(&real).unwrap().mtime(), -86_400);
 }
 
 /// With every mirror away, reading a directory already seen says the

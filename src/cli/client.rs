@@ -129,6 +129,22 @@ impl Session {
         Ok(Some(self.vault.resolve(&cap, rest).await?))
     }
 
+    /// Whether `target` names the top's `friends`, where the mount shows
+    /// the friends added (an entry of that name in the tree is hidden
+    /// there, and cannot be made).
+    fn is_friends_dir(&self, target: &str) -> bool {
+        if lode::caps::is_cap_text(target) {
+            return false;
+        }
+        let path = match self.named(target) {
+            Named::Mount(rel) => rel,
+            _ => target.to_string(),
+        };
+        path.split('/')
+            .filter(|p| !p.is_empty() && *p != ".")
+            .eq([FRIENDS])
+    }
+
     /// The entry a path in the tree (not a cap, not under `friends/`)
     /// names, from its directory's listing; `None` where there is none.
     async fn entry_of(&self, target: &str) -> Option<Entry> {
@@ -425,6 +441,22 @@ async fn put(s: &Session, files: &[std::path::PathBuf], to: Option<&str>) -> Res
             to.trim_start_matches('/')
         );
     }
+    // The mount shows friends' shares at the top's `friends`, over any
+    // entry of that name: one linked there would be out of sight.
+    if let Some(to) = to {
+        let named_friends = match top_name(to) {
+            Some(top) => top == FRIENDS,
+            None => files
+                .iter()
+                .any(|f| f.file_name().is_some_and(|n| n == FRIENDS)),
+        };
+        if named_friends {
+            bail!(
+                "{FRIENDS} at the top of your tree is where the mount shows your friends' \
+                 shares: put it under another name"
+            );
+        }
+    }
     let into_dir = match to {
         Some(t) => {
             t.ends_with('/')
@@ -480,6 +512,15 @@ async fn put(s: &Session, files: &[std::path::PathBuf], to: Option<&str>) -> Res
         println!("{}", uploaded.read_cap());
     }
     Ok(())
+}
+
+/// The name a mount shows friends' shares under, at the top of the tree.
+const FRIENDS: &str = "friends";
+
+/// The first name of a path in the tree (`./` and empty parts skipped);
+/// `None` for the top itself.
+fn top_name(path: &str) -> Option<&str> {
+    path.split('/').find(|p| !p.is_empty() && *p != ".")
 }
 
 /// What `put` uploaded for one argument.
@@ -624,23 +665,15 @@ async fn get(s: &Session, target: &str, output: Option<&Path>) -> Result<()> {
                 // Named by path, the file's entry gives its mode and mtime,
                 // kept as `lode get` of a directory keeps them (a cap
                 // carries neither).
-                if let Some(entry) = s.entry_of(target).await {
-                    use std::os::unix::fs::PermissionsExt;
-                    let (secs, nanos) = entry.mtime;
-                    let when = std::time::UNIX_EPOCH
-                        .checked_add(std::time::Duration::new(secs.max(0) as u64, nanos));
-                    if let Some(when) = when.filter(|_| secs >= 0) {
-                        std::fs::File::options()
-                            .write(true)
-                            .open(out)
-                            .and_then(|f| f.set_modified(when))
-                            .with_context(|| format!("setting the mtime of {}", out.display()))?;
-                    }
-                    std::fs::set_permissions(
-                        out,
-                        std::fs::Permissions::from_mode(entry.mode & 0o7777),
-                    )
-                    .with_context(|| format!("setting the mode of {}", out.display()))?;
+                // Only on a regular file (through a symlink to one): `-o
+                // /dev/null` or a FIFO keeps its own.
+                let real = std::fs::canonicalize(out)?;
+                if let Some(entry) = s.entry_of(target).await
+                    && real.metadata()?.is_file()
+                {
+                    lode::store::restore_meta(&real, entry.mtime, entry.mode).with_context(
+                        || format!("setting the mode and mtime of {}", out.display()),
+                    )?;
                 }
             }
             None => {
@@ -678,6 +711,12 @@ async fn get(s: &Session, target: &str, output: Option<&Path>) -> Result<()> {
                 .get_tree(&cap.into_dir_read()?, out)
                 .await
                 .with_context(|| format!("downloading into {}", out.display()))?;
+            // Named by path, the top directory's own entry gives its mode
+            // and mtime, as every directory under it gets them.
+            if let Some(entry) = s.entry_of(target).await {
+                lode::store::restore_meta(out, entry.mtime, entry.mode)
+                    .with_context(|| format!("setting the mode and mtime of {}", out.display()))?;
+            }
         }
         other => bail!(
             "a {} cap cannot be read; it can only be checked",
@@ -688,6 +727,13 @@ async fn get(s: &Session, target: &str, output: Option<&Path>) -> Result<()> {
 }
 
 async fn ls(s: &Session, target: &str) -> Result<()> {
+    // `friends` at the top is the mount's list of friends, not an entry.
+    if s.is_friends_dir(target) {
+        for name in Config::load(&s.home)?.friends.keys() {
+            println!("d0555 {:>12} {:>20} {name}", "-", "-");
+        }
+        return Ok(());
+    }
     let cap = s.target(target).await?;
     let dir = match cap {
         Cap::FileRead(f) => {
@@ -723,17 +769,33 @@ async fn ls(s: &Session, target: &str) -> Result<()> {
 }
 
 /// A listed mtime as `ls` users read one: UTC, to the second
-/// (`2026-12-03T17:20:05Z`). One RFC 3339 cannot write (before 1970,
-/// after 9999) shows as seconds since the epoch.
+/// (`2026-12-03T17:20:05Z`). One outside the years 0 to 9999 shows as
+/// seconds since the epoch.
+#[allow(unsafe_code)]
 pub(super) fn listed_time(secs: i64) -> String {
+    // The C library's calendar, as ls has it: it also takes times before
+    // 1970, which humantime does not. Years outside 0..=9999 stay seconds.
+    const YEAR_0: i64 = -62_167_219_200;
     const YEAR_10000: i64 = 253_402_300_800;
-    match u64::try_from(secs) {
-        Ok(s) if secs < YEAR_10000 => humantime::format_rfc3339_seconds(
-            std::time::UNIX_EPOCH + std::time::Duration::from_secs(s),
-        )
-        .to_string(),
-        _ => secs.to_string(),
+    if !(YEAR_0..YEAR_10000).contains(&secs) {
+        return secs.to_string();
     }
+    let t: libc::time_t = secs;
+    // SAFETY: gmtime_r reads `t` and writes only into `tm`, which outlives
+    // the call; a null return (out of range) leaves `tm` unused.
+    let mut tm: libc::tm = unsafe { std::mem::zeroed() };
+    if unsafe { libc::gmtime_r(&t, &mut tm) }.is_null() {
+        return secs.to_string();
+    }
+    format!(
+        "{:04}-{:02}-{:02}T{:02}:{:02}:{:02}Z",
+        i64::from(tm.tm_year) + 1900,
+        tm.tm_mon + 1,
+        tm.tm_mday,
+        tm.tm_hour,
+        tm.tm_min,
+        tm.tm_sec
+    )
 }
 
 async fn share(s: &Session, path: &str, verify: bool) -> Result<()> {
@@ -927,7 +989,11 @@ mod tests {
         assert_eq!(listed_time(0), "1970-01-01T00:00:00Z");
         // The billennium: 10^9 seconds after the epoch.
         assert_eq!(listed_time(1_000_000_000), "2001-09-09T01:46:40Z");
-        assert_eq!(listed_time(-1), "-1");
+        // Before 1970, as ls shows it.
+        assert_eq!(listed_time(-1), "1969-12-31T23:59:59Z");
+        assert_eq!(listed_time(-86_400 * 365), "1969-01-01T00:00:00Z");
+        assert_eq!(listed_time(-62_167_219_200), "0000-01-01T00:00:00Z");
+        assert_eq!(listed_time(-62_167_219_201), "-62167219201");
         assert_eq!(listed_time(i64::MAX), i64::MAX.to_string());
         assert_eq!(listed_time(253_402_300_799), "9999-12-31T23:59:59Z");
     }

@@ -24,7 +24,7 @@ pub use check::{CheckReport, MirrorTally, Object, ObjectHealth, Reach, Renewal, 
 pub use grid::{Grid, GridConfig, Room, Space};
 pub use http::HttpMirror;
 pub use memory::MemoryStorage;
-pub use vault::{DEFAULT_CACHE_BYTES, Pieces, Vault, now};
+pub use vault::{DEFAULT_CACHE_BYTES, Pieces, Vault, now, restore_meta};
 
 use async_trait::async_trait;
 use bytes::Bytes;

@@ -1158,6 +1158,14 @@ impl Vault {
     }
 }
 
+/// Give `path` a listing entry's mtime and mode, as `get_tree` gives
+/// every file and directory under its top: for what a command downloads
+/// by its path, whose own entry is in its parent's listing.
+pub fn restore_meta(path: &Path, mtime: (i64, u32), mode: u32) -> std::io::Result<()> {
+    set_mtime(path, mtime)?;
+    set_mode(path, mode)
+}
+
 /// Set the mtime of `path` itself (a symlink's own, not its target's),
 /// leaving its atime.
 fn set_mtime(path: &Path, (secs, nanos): (i64, u32)) -> std::io::Result<()> {
@@ -1179,13 +1187,16 @@ pub(super) fn mtime_of(meta: &std::fs::Metadata) -> (i64, u32) {
     (meta.mtime(), meta.mtime_nsec() as u32)
 }
 
+/// `(secs, nanos)` as stat has it: `secs` whole seconds from the epoch
+/// (negative before it), then `nanos` on top, forward.
 fn system_time((secs, nanos): (i64, u32)) -> SystemTime {
-    let d = std::time::Duration::new(secs.unsigned_abs(), nanos);
-    if secs >= 0 {
-        UNIX_EPOCH + d
+    let whole = std::time::Duration::from_secs(secs.unsigned_abs());
+    let base = if secs >= 0 {
+        UNIX_EPOCH + whole
     } else {
-        UNIX_EPOCH - d
-    }
+        UNIX_EPOCH - whole
+    };
+    base + std::time::Duration::from_nanos(u64::from(nanos))
 }
 
 fn set_mode(path: &Path, mode: u32) -> std::io::Result<()> {
