@@ -393,6 +393,46 @@ fn get_of_a_directory_by_path_keeps_the_top_directorys_mode_and_mtime() {
     assert_eq!(std::fs::metadata(&real).unwrap().mtime(), -86_400);
 }
 
+/// A file written with one mirror of three away and `happy` 2 has two of
+/// its shares on one mirror: losing that one would lose the file. A check
+/// says so, and a repair spreads the shares again once the mirror is
+/// back, after which the file reads with either of the first two away.
+#[test]
+fn a_repair_spreads_shares_doubled_up_during_an_outage() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut mirrors = three_mirrors(tmp.path(), &[]);
+    let client = Client::new(&tmp.path().join("home"), &urls(&mirrors));
+    client.set_config("happy", "2");
+    let data = common::seeded_bytes("doubled", 3 << 20);
+    let src = write_file(tmp.path(), "f.bin", &data);
+    mirrors[2].stop();
+    let cap = client
+        .ok(&["put", src.to_str().unwrap()])
+        .trim()
+        .to_string();
+    mirrors[2].restart();
+    assert!(mirrors[2].share_files().is_empty());
+    let report = client.fails(&["check", &cap]);
+    // The chunk's shares, and the manifest root's copies.
+    for what in [
+        "chunk 0: good shares on 2",
+        "manifest root: good shares on 2",
+    ] {
+        assert!(report.contains(what), "{report}");
+    }
+    client.ok(&["check", &cap, "--repair"]);
+    assert!(!mirrors[2].share_files().is_empty());
+    let again = client.ok(&["check", &cap]);
+    assert!(again.contains("healthy"), "{again}");
+    for (away, mirror) in mirrors.iter_mut().enumerate().take(2) {
+        mirror.stop();
+        let out = tmp.path().join(format!("back{away}.bin"));
+        client.ok(&["get", &cap, "-o", out.to_str().unwrap()]);
+        assert!(std::fs::read(&out).unwrap() == data, "mirror {away} away");
+        mirror.restart();
+    }
+}
+
 /// With every mirror away, reading a directory already seen says the
 /// mirrors did not answer, not that it refuses a rollback.
 #[test]

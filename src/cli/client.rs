@@ -850,11 +850,7 @@ async fn check(s: &Session, target: &str, verify: bool, repair: bool) -> Result<
         }
         println!("{line}");
     }
-    let unhealthy: Vec<_> = report
-        .objects
-        .iter()
-        .filter(|o| !o.healthy(report.happy))
-        .collect();
+    let unhealthy: Vec<_> = report.objects.iter().filter(|o| !o.healthy()).collect();
     for o in &unhealthy {
         let within = o
             .object
@@ -862,7 +858,7 @@ async fn check(s: &Session, target: &str, verify: bool, repair: bool) -> Result<
             .as_ref()
             .map(|f| format!("{}: ", shown(f)))
             .unwrap_or_default();
-        println!("  {within}{}: {}", o.object.what, o.describe(report.happy));
+        println!("  {within}{}: {}", o.object.what, o.describe());
     }
     for line in &report.stale {
         println!("  STALE DIRECTORY {}", shown(line));

@@ -50,6 +50,12 @@ pub enum ShareState {
 pub struct ObjectHealth {
     pub object: Object,
     pub states: Vec<Vec<ShareState>>,
+    /// The distinct mirrors its good shares should span: one share per
+    /// mirror as far as there are mirrors (a replica on as many as it is
+    /// copied to). An upload that reached only `happy` of them, with a
+    /// mirror away, put two shares on one; losing that mirror would then
+    /// lose the object, so until a repair spreads them it is not healthy.
+    pub want: usize,
 }
 
 impl ObjectHealth {
@@ -70,8 +76,8 @@ impl ObjectHealth {
 
     /// What is wrong with it, for a report: each share counted once, by
     /// its best copy (good, corrupt, unreachable or absent), then where
-    /// the good ones are against `happy`.
-    pub fn describe(&self, happy: usize) -> String {
+    /// the good ones are against the spread wanted.
+    pub fn describe(&self) -> String {
         let best = |copies: &Vec<ShareState>| {
             [
                 ShareState::Good,
@@ -120,11 +126,11 @@ impl ObjectHealth {
             n => parts.push(format!("{n} corrupt copies beside good ones")),
         }
         let mirrors = self.states.first().map_or(0, Vec::len);
-        let want = happy.min(mirrors);
         let spread = self.spread();
-        if spread < want {
+        if spread < self.want {
             parts.push(format!(
-                "good shares on {spread} of {mirrors} mirrors, {want} wanted"
+                "good shares on {spread} of {mirrors} mirrors, {} wanted",
+                self.want
             ));
         }
         if !self.recoverable() {
@@ -137,14 +143,14 @@ impl ObjectHealth {
         self.states.len() - self.lost().len() >= self.object.params.k() as usize
     }
 
-    pub fn healthy(&self, happy: usize) -> bool {
+    pub fn healthy(&self) -> bool {
         self.lost().is_empty()
             && !self
                 .states
                 .iter()
                 .flatten()
                 .any(|s| *s == ShareState::Corrupt)
-            && self.spread() >= happy.min(self.states.first().map_or(0, Vec::len))
+            && self.spread() >= self.want
     }
 }
 
@@ -216,7 +222,7 @@ impl CheckReport {
         self.unreadable.is_empty()
             && self.misplaced.is_empty()
             && self.twice.is_empty()
-            && self.objects.iter().all(|o| o.healthy(self.happy))
+            && self.objects.iter().all(ObjectHealth::healthy)
             && self
                 .tallies
                 .iter()
@@ -322,9 +328,16 @@ impl Grid {
             }
             states[i][j] = state;
         }
+        let want = match object.ids.len() {
+            // A replica is copied to as many mirrors as a put sends it to.
+            1 => (self.params().n() as usize).max(self.happy()),
+            n => n,
+        }
+        .min(m);
         ObjectHealth {
             object: object.clone(),
             states,
+            want,
         }
     }
 
@@ -356,7 +369,7 @@ impl Grid {
                     .any(|s| matches!(s[j], ShareState::Good | ShareState::Corrupt))
             })
             .count();
-        let under_spread = spread_after < self.happy().min(m);
+        let under_spread = spread_after < health.want;
         if lost.is_empty() && corrupt.is_empty() && !under_spread {
             return Ok(None);
         }
@@ -384,11 +397,11 @@ impl Grid {
             // Every mirror is asked: what one acknowledged lately is no
             // proof it still holds it.
             self.put_group_asking(&all).await?;
-            written += lost.len() as u64;
-            if obj.ids.len() == 1 {
-                // A replica: each new copy counts.
-                written += (self.happy().min(m) - spread_after.min(self.happy().min(m))) as u64;
-            }
+            // Each lost share is restored once; each mirror the object
+            // spreads to gets at least one (a replica's new copy, or a
+            // share that was doubled up on another mirror).
+            let widened = health.want.saturating_sub(spread_after) as u64;
+            written += (lost.len() as u64).max(widened);
         }
         Ok(Some(written))
     }
