@@ -295,6 +295,8 @@ fn friend_add_refuses_a_cap_whose_key_does_not_open_the_directory() {
         listed.starts_with("d0555") && listed.ends_with(" alice\n"),
         "{listed}"
     );
+    let said = friend.fails(&["share", "friends"]);
+    assert!(said.contains("friends/NAME"), "{said}");
     // Nothing can be put where the mount shows friends.
     let src = write_file(tmp.path(), "friends", b"hidden if linked");
     for to in ["friends/x", "/friends", "./friends/"] {
@@ -431,6 +433,28 @@ fn a_repair_spreads_shares_doubled_up_during_an_outage() {
         assert!(std::fs::read(&out).unwrap() == data, "mirror {away} away");
         mirror.restart();
     }
+}
+
+/// `lode put` of a tree with a symlink whose target is not UTF-8 fails,
+/// naming the link, where it stored the target with U+FFFD in place of
+/// the bad bytes (a link pointing somewhere else, silently).
+#[test]
+fn put_of_a_tree_refuses_a_symlink_target_that_is_not_text() {
+    use std::os::unix::ffi::OsStrExt;
+    let tmp = tempfile::tempdir().unwrap();
+    let mirrors = three_mirrors(tmp.path(), &[]);
+    let client = Client::new(&tmp.path().join("home"), &urls(&mirrors));
+    let local = tmp.path().join("old");
+    std::fs::create_dir(&local).unwrap();
+    write_file(&local, "a.txt", b"text");
+    let link = local.join("latin1");
+    std::os::unix::fs::symlink(std::ffi::OsStr::from_bytes(b"caf\xe9"), &link).unwrap();
+    let said = client.fails(&["put", local.to_str().unwrap(), "--to", "old"]);
+    assert!(
+        said.contains(&link.display().to_string()) && said.contains("not valid UTF-8"),
+        "{said}"
+    );
+    client.fails(&["ls", "old"]);
 }
 
 /// With every mirror away, reading a directory already seen says the

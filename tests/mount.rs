@@ -182,6 +182,14 @@ fn tools_work_and_everything_survives_a_remount() {
         // Errors a user would expect.
         let e = std::fs::remove_dir(mp.join("gen")).unwrap_err();
         assert_eq!(e.raw_os_error(), Some(libc::ENOTEMPTY));
+        // Names and symlink targets are kept as text: other bytes are
+        // EILSEQ, both alike.
+        use std::os::unix::ffi::OsStrExt;
+        let latin1 = std::ffi::OsStr::from_bytes(b"caf\xe9");
+        let e = std::fs::write(mp.join(latin1), b"x").unwrap_err();
+        assert_eq!(e.raw_os_error(), Some(libc::EILSEQ));
+        let e = std::os::unix::fs::symlink(latin1, mp.join("latin1-link")).unwrap_err();
+        assert_eq!(e.raw_os_error(), Some(libc::EILSEQ));
         assert_eq!(
             std::fs::read(mp.join("nope")).unwrap_err().kind(),
             std::io::ErrorKind::NotFound
@@ -1659,6 +1667,9 @@ fn seek_hole_finds_the_holes_of_a_local_copy() {
         lseek(&f, size, Whence::SeekData),
         Err(nix::errno::Errno::ENXIO)
     );
+    // And `du` sees the blocks its copy takes, not its length.
+    let blocks = f.metadata().unwrap().blocks();
+    assert!(blocks < 1024, "{blocks} blocks for two written words");
     drop(f);
     client.ok(&["sync"]);
     m.unmount();

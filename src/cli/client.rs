@@ -76,6 +76,12 @@ impl Session {
     /// of the path through the mount makes it. Best effort: with no mount,
     /// or the mirrors away, the path resolves as the mirrors have it.
     async fn resolve(&self, path: &str) -> Result<Cap> {
+        if self.is_friends_dir(path) {
+            bail!(
+                "{path} is where the mount shows the friends you added, not a directory with \
+                 a cap: name one of them (friends/NAME), or see `lode friend list`"
+            );
+        }
         let named = self.named(path);
         let path = match &named {
             Named::Mount(rel) => rel.as_str(),

@@ -397,19 +397,25 @@ impl LodeFs {
     }
 
     fn attr_of(&self, ino: u64) -> Result<FileAttr> {
-        let tree = self.lock();
-        let node = tree.nodes.get(&ino).ok_or(Error::NotFound)?;
-        Ok(Self::attr(&tree, ino, node))
+        let (attr, local) = {
+            let tree = self.lock();
+            let node = tree.nodes.get(&ino).ok_or(Error::NotFound)?;
+            (Self::attr(&tree, ino, node), local_copy(node))
+        };
+        Ok(with_local_blocks(attr, local))
     }
 
     /// The attributes of `ino` for an entry reply, which hands the kernel
     /// one more lookup on it.
     fn entry_attr(&self, ino: u64) -> Result<FileAttr> {
-        let mut tree = self.lock();
-        let node = tree.nodes.get_mut(&ino).ok_or(Error::NotFound)?;
-        node.lookups += 1;
-        let node = &tree.nodes[&ino];
-        Ok(Self::attr(&tree, ino, node))
+        let (attr, local) = {
+            let mut tree = self.lock();
+            let node = tree.nodes.get_mut(&ino).ok_or(Error::NotFound)?;
+            node.lookups += 1;
+            let node = &tree.nodes[&ino];
+            (Self::attr(&tree, ino, node), local_copy(node))
+        };
+        Ok(with_local_blocks(attr, local))
     }
 
     /// List a directory if it has not been, or (read-only ones) if the
@@ -2637,7 +2643,8 @@ impl LodeFs {
     ) -> Result<FileAttr> {
         let name = name_of(name)?;
         self.writable(parent)?;
-        let target = target.to_str().ok_or(Error::BadName)?.to_string();
+        // Kept as text, as names are: not UTF-8 is EILSEQ, as for a name.
+        let target = target.to_str().ok_or(Error::NotUtf8)?.to_string();
         let (owner, _) = self.new_owner(req, parent);
         let mut node = Node::new(parent, name, 0o777, owner, Body::Symlink(String::new()));
         node.size = target.len() as u64;
@@ -2716,14 +2723,43 @@ impl LodeFs {
             let children = tree.children(ino).ok_or(Error::NotADirectory)?;
             out.extend(children.iter().map(|(n, &i)| (i, n.clone())));
         }
-        Ok(out
+        let listed: Vec<_> = out
             .into_iter()
             .filter_map(|(i, name)| {
-                let attr = Self::attr(&tree, i, tree.nodes.get(&i)?);
-                Some((i, name, attr))
+                let node = tree.nodes.get(&i)?;
+                Some((i, name, Self::attr(&tree, i, node), local_copy(node)))
             })
+            .collect();
+        drop(tree);
+        Ok(listed
+            .into_iter()
+            .map(|(i, name, attr, local)| (i, name, with_local_blocks(attr, local)))
             .collect())
     }
+}
+
+/// A file's local copy (staged, or kept after its upload), whose blocks
+/// are the file's: see [`with_local_blocks`].
+fn local_copy(node: &Node) -> Option<PathBuf> {
+    match &node.body {
+        Body::File {
+            staged: Some(path), ..
+        } => Some(path.clone()),
+        _ => None,
+    }
+}
+
+/// `attr` with the blocks its local copy takes on the staging disk, where
+/// it has one and that is fewer: a sparse file just written is as small
+/// to `du` as on a local file system. One read only from the mirrors
+/// counts its whole length (the stored format records no holes). The copy
+/// is looked at outside the tree's lock.
+fn with_local_blocks(mut attr: FileAttr, local: Option<PathBuf>) -> FileAttr {
+    use std::os::unix::fs::MetadataExt;
+    if let Some(meta) = local.and_then(|p| std::fs::metadata(p).ok()) {
+        attr.blocks = attr.blocks.min(meta.blocks());
+    }
+    attr
 }
 
 /// Whether the background flusher leaves `dir` for now: refused as too

@@ -112,6 +112,7 @@ pub fn errno(e: &Error) -> Errno {
             S::ReadOnly(_) => Errno::EROFS,
             S::Exists(_) => Errno::EEXIST,
             S::BadName { .. } => Errno::EINVAL,
+            S::BadTarget(_) => Errno::from_i32(libc::EILSEQ),
             S::Io(io) => io_errno(io),
             S::Unavailable { .. }
             | S::ListingUnavailable { .. }

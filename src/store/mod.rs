@@ -94,6 +94,8 @@ pub enum Error {
     Exists(String),
     #[error("invalid name {name:?}: {reason}")]
     BadName { name: String, reason: &'static str },
+    #[error("symlink {0}: its target is not valid UTF-8 (listings keep targets as text)")]
+    BadTarget(String),
     #[error("no mirrors are configured")]
     NoMirrors,
     #[error(transparent)]

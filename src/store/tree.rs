@@ -74,16 +74,21 @@ impl Walk<'_> {
         let mut items: Vec<_> = std::fs::read_dir(dir)?.collect::<std::io::Result<_>>()?;
         items.sort_by_key(|e| e.file_name());
         for item in items {
-            let name = item.file_name().into_string().map_err(|n| Error::BadName {
-                name: n.to_string_lossy().into_owned(),
+            let name = item.file_name().into_string().map_err(|_| Error::BadName {
+                name: item.path().to_string_lossy().into_owned(),
                 reason: "not valid UTF-8",
             })?;
             let meta = std::fs::symlink_metadata(item.path())?;
             let mtime = mtime_of(&meta);
             let mode = std::os::unix::fs::PermissionsExt::mode(&meta.permissions()) & 0o7777;
             if meta.file_type().is_symlink() {
+                // Not made lossy: a link that changed its target on the
+                // way up would point somewhere else, silently.
                 let target = std::fs::read_link(item.path())?;
-                let entry = Entry::symlink(&target.to_string_lossy(), mtime);
+                let target = target
+                    .to_str()
+                    .ok_or_else(|| Error::BadTarget(item.path().display().to_string()))?;
+                let entry = Entry::symlink(target, mtime);
                 listing.entries.insert(name, entry);
             } else if meta.is_dir() {
                 let child = new_cap();
