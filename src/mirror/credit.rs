@@ -60,10 +60,17 @@ impl Ledger {
             return Ok(());
         };
         let since = charged_at.unwrap_or(now);
-        // Bill whole millionths only, and move `charged_at` on by exactly
-        // the time billed, so frequent charges cannot round usage to zero.
-        // It never moves back: an upload records its share with the time
-        // it started, which may be before the last bill.
+        // Bill whole millionths only, and move `charged_at` on by the
+        // whole seconds those millionths pay for, rounded up: a second is
+        // billed once, and frequent charges cannot round usage to zero
+        // (what cost under a millionth waits for the next bill). Rounding
+        // the seconds down instead left the last second unpaid-for on the
+        // books while billing it, so every charge within it billed it
+        // again: 50 balance reads in one second cost 50 seconds of
+        // storage. What rounding up forgives is under a millionth per
+        // charge. `charged_at` never moves back: an upload records its
+        // share with the time it started, which may be before the last
+        // bill.
         let mut charged_to = since.max(now);
         if self.terms.price_micro > 0 && now > since {
             let usage = Self::usage_in(tx, account, since)?;
@@ -71,7 +78,8 @@ impl Ledger {
             if cost > 0 {
                 let billed = cost * (now - since) as i128 / DAY as i128;
                 debit += billed as i64;
-                charged_to = since + (billed * DAY as i128 / cost) as i64;
+                let paid_for = (billed * DAY as i128 + cost - 1) / cost;
+                charged_to = since + paid_for as i64;
             }
         }
         let unfunded = match (self.terms.price_micro > 0 && credit - debit <= 0, unfunded) {

@@ -871,6 +871,34 @@ mod tests {
         assert_eq!(charged_at(&l, 1), Some(billed));
     }
 
+    /// Every charge within one second bills that second once, and an hour
+    /// of charges every second bills the hour, to within a millionth per
+    /// charge (the daily cost here is no whole number per second: 1 GiB
+    /// and 1000 bytes at 10^6 per GiB-day is 11.57... per second).
+    #[test]
+    fn a_second_is_billed_once_however_often_it_is_charged() {
+        let dir = tempfile::tempdir().unwrap();
+        let l = Ledger::open(&dir.path().join("ledger.sqlite"), terms(1_000_000)).unwrap();
+        let size = (1u64 << 30) + 1000;
+        assert!(l.add_shares(&[share(1, 1, size, T0)]).unwrap()[0].is_ok());
+        let per_day = (u128::from(size) * 1_000_000 / (1u128 << 30)) as i64;
+        let once = l.balance(&[1; 32], T0 + 1).unwrap().debit;
+        for _ in 0..50 {
+            l.balance(&[1; 32], T0 + 1).unwrap();
+        }
+        assert_eq!(l.balance(&[1; 32], T0 + 1).unwrap().debit, once);
+        assert_eq!(once as i64, per_day / DAY);
+        for t in 2..=3600 {
+            l.balance(&[1; 32], T0 + t).unwrap();
+        }
+        let hour = l.balance(&[1; 32], T0 + 3600).unwrap().debit as i64;
+        let exact = per_day * 3600 / DAY;
+        assert!(
+            (exact - 3600..=exact).contains(&hour),
+            "billed {hour} for an hour that costs {exact}"
+        );
+    }
+
     #[test]
     fn a_free_mirror_never_bills_its_free_time_later() {
         let dir = tempfile::tempdir().unwrap();
