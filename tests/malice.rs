@@ -79,6 +79,7 @@ async fn renew() -> axum::Json<lode::protocol::RenewResponse> {
         renewed: 0,
         missing: vec![],
         refused: vec![],
+        reason: None,
         expires: 0,
     })
 }

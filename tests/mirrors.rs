@@ -457,6 +457,41 @@ fn put_of_a_tree_refuses_a_symlink_target_that_is_not_text() {
     client.fails(&["ls", "old"]);
 }
 
+/// A mirror that holds the shares but will not renew their leases (an
+/// account unfunded past its grace) is reported, with its reason, and
+/// `renew` fails: it said "renewed" for every lease the mirror refused,
+/// and exited 0, while they ran out.
+#[test]
+fn renew_reports_leases_a_mirror_refuses() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mirror = MirrorProc::start(
+        &tmp.path().join("m"),
+        &["--price", "1000", "--grace-days", "0"],
+    );
+    let client = Client::new(&tmp.path().join("home"), &[&mirror.url]);
+    client.set_config("k", "1");
+    client.set_config("n", "1");
+    client.set_config("happy", "1");
+    let f = write_file(
+        tmp.path(),
+        "f.bin",
+        &common::seeded_bytes("unpaid", 3 << 20),
+    );
+    client.ok(&["put", f.to_str().unwrap(), "--to", "f.bin"]);
+    // Unfunded from its first bill, and past a grace of 0 s a second on.
+    std::thread::sleep(std::time::Duration::from_millis(2100));
+    let out = client.run(&["renew"]);
+    let said = String::from_utf8_lossy(&out.stdout);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{said}");
+    assert!(said.contains(": renewed 0 leases"), "{said}");
+    assert!(
+        said.contains("REFUSED") && said.contains("unfunded"),
+        "{said}"
+    );
+    assert!(err.contains("lode mine"), "{err}");
+}
+
 /// With every mirror away, reading a directory already seen says the
 /// mirrors did not answer, not that it refuses a rollback.
 #[test]

@@ -941,11 +941,22 @@ async fn check(s: &Session, target: &str, verify: bool, repair: bool) -> Result<
 async fn renew(s: &Session) -> Result<()> {
     let reach = s.vault.reachable_ids(&s.root()).await?;
     let ids = reach.ids;
-    let mut failed = 0;
+    let (mut failed, mut refusing) = (0, 0);
     let renewal = s.vault.grid().renew(&ids).await;
     for (mirror, result) in renewal.per_mirror {
         match result {
-            Ok(missing) => println!("{mirror}: renewed {} leases", ids.len() - missing),
+            Ok(r) => {
+                let renewed = ids.len().saturating_sub(r.missing + r.refused);
+                println!("{mirror}: renewed {renewed} leases");
+                if r.refused > 0 {
+                    refusing += 1;
+                    println!(
+                        "  REFUSED {} leases, which run out as they are: {}",
+                        r.refused,
+                        r.reason.as_deref().unwrap_or("no reason given")
+                    );
+                }
+            }
             Err(e) => {
                 failed += 1;
                 println!("{mirror}: FAILED: {e}");
@@ -964,6 +975,12 @@ async fn renew(s: &Session) -> Result<()> {
     }
     if failed > 0 {
         bail!("renewal failed on {failed} mirrors");
+    }
+    if refusing > 0 {
+        bail!(
+            "{refusing} mirrors refused leases: `lode status` shows each account's balance, \
+             and `lode mine` earns credit"
+        );
     }
     if renewal.nowhere > 0 {
         bail!(

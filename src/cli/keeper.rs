@@ -218,6 +218,15 @@ async fn renew_loop(vault: Arc<Vault>, state: Arc<Mutex<KeeperState>>) {
                 let renewal = vault.grid().renew(&reach.ids).await;
                 let results = renewal.per_mirror;
                 let failed = results.iter().filter(|(_, r)| r.is_err()).count();
+                let refused: usize = results
+                    .iter()
+                    .filter_map(|(_, r)| r.as_ref().ok())
+                    .map(|r| r.refused)
+                    .sum();
+                let refused = match refused {
+                    0 => String::new(),
+                    n => format!(", {n} leases refused (unfunded or over quota)"),
+                };
                 let lost = match renewal.nowhere {
                     0 => String::new(),
                     n => format!(", {n} on no mirror"),
@@ -227,7 +236,7 @@ async fn renew_loop(vault: Arc<Vault>, state: Arc<Mutex<KeeperState>>) {
                     n => format!(", {n} files or directories unreadable, not renewed"),
                 };
                 format!(
-                    "{} objects on {} mirrors ({} failed{unreadable}{lost}) at {}",
+                    "{} objects on {} mirrors ({} failed{refused}{unreadable}{lost}) at {}",
                     reach.ids.len(),
                     results.len(),
                     failed,

@@ -334,6 +334,7 @@ async fn renew(
         mut renewed,
         mut missing,
         refused,
+        reason,
     } = m.ledger.run(move |l| l.renew(&account, &ids, now)).await?;
     // The ledger may list a share whose file is gone (a disk fault, an
     // operator's mistake): call it missing, so the client sends it again.
@@ -351,6 +352,7 @@ async fn renew(
         renewed,
         missing: missing.iter().map(|id| protocol::hex(id)).collect(),
         refused: refused.iter().map(|id| protocol::hex(id)).collect(),
+        reason,
         expires: now + lease,
     }))
 }

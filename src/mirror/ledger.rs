@@ -155,6 +155,8 @@ pub struct Renewal {
     pub missing: Vec<[u8; 32]>,
     /// Ids held but refused a lease (quota, funding).
     pub refused: Vec<[u8; 32]>,
+    /// Why the first of them was refused.
+    pub reason: Option<String>,
 }
 
 /// A share just stored, to be recorded with its first lease.
@@ -570,6 +572,7 @@ impl Ledger {
         let mut renewed = 0;
         let mut missing = Vec::new();
         let mut refused = Vec::new();
+        let mut reason = None;
         for id in ids {
             let sp = tx.savepoint()?;
             match self.lease_in(&sp, account, id, now) {
@@ -578,7 +581,10 @@ impl Ledger {
                     renewed += 1;
                 }
                 Ok(false) => missing.push(*id),
-                Err(Error::Quota { .. } | Error::Capacity { .. } | Error::Unfunded { .. }) => {
+                Err(
+                    e @ (Error::Quota { .. } | Error::Capacity { .. } | Error::Unfunded { .. }),
+                ) => {
+                    reason.get_or_insert_with(|| e.to_string());
                     refused.push(*id)
                 }
                 Err(e) => return Err(e),
@@ -589,6 +595,7 @@ impl Ledger {
             renewed,
             missing,
             refused,
+            reason,
         })
     }
 

@@ -227,6 +227,10 @@ pub struct RenewResponse {
     /// Objects held but not renewed: over quota, or the account unfunded.
     #[serde(default)]
     pub refused: Vec<String>,
+    /// Why the first of `refused` was refused, for the user (added after
+    /// version 1 shipped: older mirrors leave it out).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
     /// Lease expiry, seconds since the epoch.
     pub expires: i64,
 }

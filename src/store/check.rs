@@ -439,24 +439,30 @@ impl Grid {
         (best, held)
     }
 
-    /// Renew the leases of `ids` on every mirror. Returns, per mirror, the
-    /// number of ids it lacks, or the error it gave; and the ids no mirror
-    /// that answered holds (lost shares or slots: nothing renews them, and
-    /// `check --repair` is what may bring them back).
+    /// Renew the leases of `ids` on every mirror. Returns, per mirror,
+    /// what it lacks and what it refused, or the error it gave; and the ids
+    /// no mirror that answered holds (lost shares or slots: nothing renews
+    /// them, and `check --repair` is what may bring them back).
     pub async fn renew(&self, ids: &[[u8; 32]]) -> Renewal {
         let mut per_mirror = Vec::new();
         let mut nowhere: Option<HashSet<[u8; 32]>> = None;
         for store in self.mirrors() {
-            let result = store.renew(ids).await.map(|missing| {
-                // Not to be skipped as lately placed: the mirror lacks them.
-                self.forget_placed(&missing);
-                let n = missing.len();
-                let missing: HashSet<[u8; 32]> = missing.into_iter().collect();
+            let result = store.renew(ids).await.map(|renewed| {
+                // Not to be skipped as lately placed: the mirror lacks
+                // them, or their leases are running out there.
+                self.forget_placed(&renewed.missing);
+                self.forget_placed(&renewed.refused);
+                let tally = MirrorRenewal {
+                    missing: renewed.missing.len(),
+                    refused: renewed.refused.len(),
+                    reason: renewed.reason,
+                };
+                let missing: HashSet<[u8; 32]> = renewed.missing.into_iter().collect();
                 nowhere = Some(match nowhere.take() {
                     None => missing,
                     Some(before) => before.intersection(&missing).copied().collect(),
                 });
-                n
+                tally
             });
             per_mirror.push((store.name().to_string(), result));
         }
@@ -467,10 +473,21 @@ impl Grid {
     }
 }
 
+/// What one mirror did with a renewal.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MirrorRenewal {
+    /// Ids it does not hold.
+    pub missing: usize,
+    /// Ids it holds and would not renew: their leases run out.
+    pub refused: usize,
+    /// Why, as the mirror put it.
+    pub reason: Option<String>,
+}
+
 /// What [`Grid::renew`] did.
 pub struct Renewal {
-    /// Per mirror: how many of the ids it lacks, or its error.
-    pub per_mirror: Vec<(String, Result<usize>)>,
+    /// Per mirror: what it lacked and refused, or its error.
+    pub per_mirror: Vec<(String, Result<MirrorRenewal>)>,
     /// How many ids no mirror that answered holds.
     pub nowhere: usize,
 }

@@ -15,7 +15,7 @@ use bytes::Bytes;
 use reqwest::{Method, StatusCode};
 use tokio::sync::oneshot;
 
-use super::{Error, Result, Storage};
+use super::{Error, Renewed, Result, Storage};
 use crate::chunk::ShareId;
 use crate::crypto::{AccountKey, Hash, sha256};
 use crate::protocol::{
@@ -716,18 +716,29 @@ impl Storage for HttpMirror {
         Ok(unclaimed)
     }
 
-    async fn renew(&self, ids: &[[u8; 32]]) -> Result<Vec<[u8; 32]>> {
-        let mut missing = Vec::new();
+    async fn renew(&self, ids: &[[u8; 32]]) -> Result<Renewed> {
+        let mut out = Renewed::default();
+        let parse = |m: &String| {
+            crate::protocol::parse_hex::<32>(m)
+                .map_err(|_| self.unavailable("bad id in renew reply"))
+        };
         for batch in ids.chunks(crate::protocol::MAX_RENEW_IDS) {
             let reply = HttpMirror::renew(self, batch).await?;
-            for m in reply.missing {
-                missing.push(
-                    crate::protocol::parse_hex::<32>(&m)
-                        .map_err(|_| self.unavailable("bad id in renew reply"))?,
+            for m in &reply.missing {
+                out.missing.push(parse(m)?);
+            }
+            for m in &reply.refused {
+                out.refused.push(parse(m)?);
+            }
+            if out.reason.is_none() && !reply.refused.is_empty() {
+                out.reason = Some(
+                    reply
+                        .reason
+                        .unwrap_or_else(|| "no reason given (quota, capacity or funding)".into()),
                 );
             }
         }
-        Ok(missing)
+        Ok(out)
     }
 }
 

@@ -20,7 +20,9 @@ mod tree;
 mod vault;
 
 pub use cache::ChunkCache;
-pub use check::{CheckReport, MirrorTally, Object, ObjectHealth, Reach, Renewal, ShareState};
+pub use check::{
+    CheckReport, MirrorRenewal, MirrorTally, Object, ObjectHealth, Reach, Renewal, ShareState,
+};
 pub use grid::{Grid, GridConfig, Room, Space};
 pub use http::HttpMirror;
 pub use memory::MemoryStorage;
@@ -124,6 +126,18 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 ///
 /// Contract for callers: nothing read back is trusted. Shares are checked
 /// against their id and slots against their signature and the reader's cap.
+/// What one store said to a renewal.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Renewed {
+    /// Ids it does not hold.
+    pub missing: Vec<[u8; 32]>,
+    /// Ids it holds but did not renew (quota, capacity, an unfunded
+    /// account): their leases run out as they are.
+    pub refused: Vec<[u8; 32]>,
+    /// Why, as the store put it.
+    pub reason: Option<String>,
+}
+
 #[async_trait]
 pub trait Storage: Send + Sync {
     /// A short name for messages and reports, such as the mirror's URL.
@@ -141,16 +155,20 @@ pub trait Storage: Send + Sync {
         self.put_share(id, bytes).await
     }
 
-    /// Extend the leases on `ids` (share ids or slot keys); returns the ids
-    /// this store does not hold. Stores without leases hold forever.
-    async fn renew(&self, ids: &[[u8; 32]]) -> Result<Vec<[u8; 32]>> {
+    /// Extend the leases on `ids` (share ids or slot keys); says which
+    /// ids this store does not hold, and which it holds but would not
+    /// renew. Stores without leases hold forever.
+    async fn renew(&self, ids: &[[u8; 32]]) -> Result<Renewed> {
         let mut missing = Vec::new();
         for id in ids {
             if !self.has_share(id).await? && self.get_slot(id).await?.is_none() {
                 missing.push(*id);
             }
         }
-        Ok(missing)
+        Ok(Renewed {
+            missing,
+            ..Renewed::default()
+        })
     }
 
     /// Like `renew`, but for an upload about to skip what is held: returns
@@ -158,7 +176,8 @@ pub trait Storage: Send + Sync {
     /// for quota or funding), so those are uploaded and any refusal is
     /// reported by the upload itself.
     async fn claim(&self, ids: &[[u8; 32]]) -> Result<Vec<[u8; 32]>> {
-        self.renew(ids).await
+        let renewed = self.renew(ids).await?;
+        Ok(renewed.missing.into_iter().chain(renewed.refused).collect())
     }
 
     /// Recent response time, for asking the fastest mirrors first.
