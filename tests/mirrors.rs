@@ -492,6 +492,37 @@ fn renew_reports_leases_a_mirror_refuses() {
     assert!(err.contains("lode mine"), "{err}");
 }
 
+/// A lost config.toml beside an identity: commands say that `lode init`
+/// restores a default one, and it does, keeping the secret; a second
+/// `init` still refuses. It used to say "run `lode init` first", and
+/// `init` then said to remove the secret: the way to lose the identity.
+#[test]
+fn init_writes_a_lost_config_around_the_identity() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mirrors = three_mirrors(tmp.path(), &[]);
+    let client = Client::new(&tmp.path().join("home"), &urls(&mirrors));
+    let secret = tmp.path().join("home/data/secret");
+    let before = std::fs::read(&secret).unwrap();
+    let account = |c: &Client| -> serde_json::Value {
+        serde_json::from_str::<serde_json::Value>(&c.ok(&["status", "--json"])).unwrap()["account"]
+            .clone()
+    };
+    let was = account(&client);
+    assert!(was.is_string());
+    std::fs::remove_file(tmp.path().join("home/config/config.toml")).unwrap();
+    let said = client.fails(&["mirrors", "list"]);
+    assert!(said.contains("writes a default config around it"), "{said}");
+    let said = client.ok(&["init"]);
+    assert!(said.contains("kept the identity"), "{said}");
+    assert_eq!(std::fs::read(&secret).unwrap(), before);
+    for m in urls(&mirrors) {
+        client.ok(&["mirrors", "add", m]);
+    }
+    assert_eq!(account(&client), was);
+    let said = client.fails(&["init"]);
+    assert!(said.contains("already exists"), "{said}");
+}
+
 /// With every mirror away, reading a directory already seen says the
 /// mirrors did not answer, not that it refuses a rollback.
 #[test]

@@ -357,8 +357,21 @@ pub fn run(command: Command) -> Result<()> {
 
 fn init() -> Result<()> {
     let home = Home::locate()?;
-    let secret = home.init()?;
-    println!("created identity in {}", home.data.display());
+    let secret = match home.init()? {
+        super::home::Initialized::Created(secret) => {
+            println!("created identity in {}", home.data.display());
+            secret
+        }
+        super::home::Initialized::ConfigRestored(secret) => {
+            println!(
+                "kept the identity in {}; its config was missing, so {} now has the defaults \
+                 (no mirrors, k, n and happy as lode ships them)",
+                home.data.display(),
+                home.config_file().display()
+            );
+            secret
+        }
+    };
     println!(
         "account {}",
         lode::protocol::hex(&secret.account_key().public_key())

@@ -72,10 +72,21 @@ impl Home {
         self.data.join("seen-seqs.json")
     }
 
-    /// Create a new identity. Refuses to overwrite one.
-    pub fn init(&self) -> Result<RootSecret> {
+    /// Create a new identity, or, where one exists without its config (a
+    /// config.toml deleted or lost), write a default config around it.
+    /// Never touches an existing secret.
+    pub fn init(&self) -> Result<Initialized> {
         let secret_path = self.secret_file();
         if secret_path.exists() {
+            if !self.config_file().exists() {
+                // Read first: a secret that does not parse is not given a
+                // config as if it were an identity.
+                let secret = self.secret()?;
+                std::fs::create_dir_all(&self.config)
+                    .with_context(|| format!("creating {}", self.config.display()))?;
+                Config::default().save(self)?;
+                return Ok(Initialized::ConfigRestored(secret));
+            }
             bail!(
                 "an identity already exists at {} (remove it first to start over)",
                 secret_path.display()
@@ -98,7 +109,7 @@ impl Home {
         if !self.config_file().exists() {
             Config::default().save(self)?;
         }
-        Ok(secret)
+        Ok(Initialized::Created(secret))
     }
 
     pub fn secret(&self) -> Result<RootSecret> {
@@ -275,11 +286,26 @@ pub fn cache_bytes(mib: u64) -> Result<usize> {
     usize::try_from(mib << 20).context("cache size does not fit in memory")
 }
 
+/// What `lode init` did.
+pub enum Initialized {
+    /// A new identity, with a default config.
+    Created(RootSecret),
+    /// The identity was there, its config was not: a default one now is.
+    ConfigRestored(RootSecret),
+}
+
 impl Config {
     pub fn load(home: &Home) -> Result<Config> {
         let path = home.config_file();
+        let hint = match home.secret_file().exists() {
+            true => {
+                "your identity is there: `lode init` writes a default config around it, \
+                     then add the mirrors again with `lode mirrors add`"
+            }
+            false => "run `lode init` first",
+        };
         let text = std::fs::read_to_string(&path)
-            .with_context(|| format!("reading {} (run `lode init` first)", path.display()))?;
+            .with_context(|| format!("reading {} ({hint})", path.display()))?;
         let config: Config = toml::from_str(&text).map_err(|e| {
             // One line, whatever the parser's message looks like.
             let at = e
