@@ -88,3 +88,15 @@ fn mine_refuses_a_duration_that_is_no_time() {
         assert!(err.contains("--duration"), "{bad}: {err}");
     }
 }
+
+/// More threads than the machine can use is refused before any starts:
+/// 99,999 of them aborted the process (no memory for their stacks).
+#[test]
+fn mine_refuses_more_threads_than_the_machine_can_use() {
+    let tmp = tempfile::tempdir().unwrap();
+    let client = Client::new(&tmp.path().join("home"), &["http://127.0.0.1:9"]);
+    let out = client.run(&["mine", "--threads", "99999"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.contains("--threads 99999: at most"), "{err}");
+}

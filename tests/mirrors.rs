@@ -490,6 +490,17 @@ fn renew_reports_leases_a_mirror_refuses() {
         "{said}"
     );
     assert!(err.contains("lode mine"), "{err}");
+    // A new upload says why the mirror would not take it.
+    let g = write_file(
+        tmp.path(),
+        "g.bin",
+        &common::seeded_bytes("refused", 3 << 20),
+    );
+    let said = client.fails(&["put", g.to_str().unwrap(), "--to", "g.bin"]);
+    assert!(
+        said.contains("happy=1") && said.contains("unfunded"),
+        "{said}"
+    );
 }
 
 /// A lost config.toml beside an identity: commands say that `lode init`

@@ -42,9 +42,23 @@ pub struct MineArgs {
     horizon_days: f64,
 }
 
+/// The most miner threads this machine is given: one per core is all
+/// hashing can use, and a few times that is surely a typo (99,999 threads
+/// ran the process out of memory for their stacks and aborted it).
+pub fn max_miner_threads() -> usize {
+    4 * std::thread::available_parallelism().map_or(1, |c| c.get())
+}
+
 pub fn mine(args: MineArgs) -> Result<()> {
     if !(args.duty > 0.0 && args.duty <= 1.0) {
         bail!("--duty must be in (0, 1]");
+    }
+    if args.threads > max_miner_threads() {
+        bail!(
+            "--threads {}: at most {} on this machine (0: one per core)",
+            args.threads,
+            max_miner_threads()
+        );
     }
     // A year at most: beyond that the deadline is no deadline.
     if let Some(s) = args.duration

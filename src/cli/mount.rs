@@ -340,14 +340,9 @@ pub fn mount(args: MountArgs) -> Result<()> {
             "nominer" => miner = None,
             o if o.starts_with("miner_threads=") => {
                 let n: usize = option_value(o, "a number")?;
-                // One per core is all hashing can use; a few times that
-                // is surely a typo.
-                let cores = std::thread::available_parallelism().map_or(1, |c| c.get());
-                if n > 4 * cores {
-                    bail!(
-                        "miner_threads={n}: at most {} on this machine (0: one per core)",
-                        4 * cores
-                    );
+                let most = super::mine::max_miner_threads();
+                if n > most {
+                    bail!("miner_threads={n}: at most {most} on this machine (0: one per core)");
                 }
                 if let Some(m) = &mut miner {
                     m.threads = n;

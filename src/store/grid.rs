@@ -440,9 +440,10 @@ impl Grid {
     fn placement_error(&self, holders: &[HashSet<usize>], last: Option<Error>) -> Error {
         match last {
             Some(e @ Error::NoSpace { .. }) => e,
-            _ => Error::NotHappy {
+            last => Error::NotHappy {
                 placed: holders.iter().flatten().collect::<HashSet<_>>().len(),
                 happy: self.happy,
+                why: last.map(|e| format!(" (last: {e})")).unwrap_or_default(),
             },
         }
     }

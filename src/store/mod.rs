@@ -56,8 +56,14 @@ pub enum Error {
         bytes: usize,
         limit: usize,
     },
-    #[error("upload reached {placed} distinct mirrors, but happy={happy} are required")]
-    NotHappy { placed: usize, happy: usize },
+    #[error("upload reached {placed} distinct mirrors, but happy={happy} are required{why}")]
+    NotHappy {
+        placed: usize,
+        happy: usize,
+        /// The last refusal or failure, as ` (last: …)`, or empty: why the others
+        /// did not take it (an unfunded account, a full mirror).
+        why: String,
+    },
     #[error("directory update reached {placed} distinct mirrors, but happy={happy} are required")]
     SlotNotHappy { placed: usize, happy: usize },
     #[error("could not find {need} good shares of {what} on any mirror (found {found})")]
