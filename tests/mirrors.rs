@@ -534,6 +534,50 @@ fn init_writes_a_lost_config_around_the_identity() {
     assert!(said.contains("already exists"), "{said}");
 }
 
+/// A renewal that names one id many times renews it once, and says so.
+#[test]
+fn a_renewal_counts_an_id_once() {
+    use lode::store::Storage;
+    let tmp = tempfile::tempdir().unwrap();
+    let mirror = MirrorProc::start(&tmp.path().join("m"), &[]);
+    let key = lode::crypto::RootSecret::from_bytes([0x42; 32]).account_key();
+    let client = lode::store::HttpMirror::new(&mirror.url, key).unwrap();
+    let bytes = common::seeded_bytes("renewed once", 4000);
+    let id = *blake3::hash(&bytes).as_bytes();
+    let rt = common::runtime();
+    rt.block_on(client.put_share(&id, bytes.into())).unwrap();
+    let reply = rt.block_on(client.renew(&[id; 100])).unwrap();
+    assert_eq!(reply.renewed, 1);
+    assert!(reply.missing.is_empty() && reply.refused.is_empty());
+}
+
+/// A minimum share difficulty above the starting one is refused, not
+/// quietly lowered to it.
+#[test]
+fn serve_refuses_a_minimum_difficulty_above_the_start() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut child = std::process::Command::new(common::LODE)
+        .args(["mirror", "serve", "--listen", "127.0.0.1:0", "--data"])
+        .arg(tmp.path().join("m"))
+        .args(["--difficulty", "0.001", "--min-difficulty", "10"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while child.try_wait().unwrap().is_none() {
+        if std::time::Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("the mirror started");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    let out = child.wait_with_output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{err}");
+    assert!(err.contains("--min-difficulty 10 is above"), "{err}");
+}
+
 /// With every mirror away, reading a directory already seen says the
 /// mirrors did not answer, not that it refuses a rollback.
 #[test]

@@ -46,9 +46,10 @@ pub struct ServeArgs {
     /// Starting share difficulty (fractional allowed).
     #[arg(long, default_value_t = 1.0)]
     difficulty: f64,
-    /// Lowest difficulty vardiff may set.
-    #[arg(long, default_value_t = 0.000001)]
-    min_difficulty: f64,
+    /// Lowest difficulty vardiff may set [default: 0.000001, or the
+    /// starting difficulty if that is lower].
+    #[arg(long)]
+    min_difficulty: Option<f64>,
     /// Seconds per share vardiff aims for, per connection.
     #[arg(long, default_value_t = 10.0)]
     share_interval: f64,
@@ -119,8 +120,19 @@ pub fn run(args: ServeArgs) -> Result<()> {
     };
     let (initial, min) = (
         diff(args.difficulty, "--difficulty")?,
-        diff(args.min_difficulty, "--min-difficulty")?,
+        diff(
+            args.min_difficulty.unwrap_or(args.difficulty.min(0.000001)),
+            "--min-difficulty",
+        )?,
     );
+    // Said, not quietly lowered to the starting difficulty.
+    if min > initial {
+        bail!(
+            "--min-difficulty {} is above the starting --difficulty {}",
+            args.min_difficulty.unwrap_or_default(),
+            args.difficulty
+        );
+    }
     if args.share_interval <= 0.0 || args.job_interval == 0 {
         bail!("--share-interval and --job-interval must be positive");
     }
@@ -136,7 +148,7 @@ pub fn run(args: ServeArgs) -> Result<()> {
     };
     let pool_config = PoolConfig {
         initial,
-        min: min.min(initial),
+        min,
         max: lode::pool::Difficulty::from_f64(1e12).expect("valid"),
         share_interval: args.share_interval,
         job_interval: Duration::from_secs(args.job_interval),

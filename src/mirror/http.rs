@@ -322,11 +322,14 @@ async fn renew(
             "at most {MAX_RENEW_IDS} ids per renewal"
         )));
     }
-    let ids = req
+    let mut ids = req
         .ids
         .iter()
         .map(|s| id_of(s))
         .collect::<Result<Vec<_>>>()?;
+    // An id named twice is one lease: counted once, renewed once.
+    let mut named = std::collections::HashSet::new();
+    ids.retain(|id| named.insert(*id));
     let now = unix_now();
     let lease = m.ledger.terms.lease_secs;
     let asked = ids.clone();
