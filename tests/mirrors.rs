@@ -578,6 +578,24 @@ fn serve_refuses_a_minimum_difficulty_above_the_start() {
     assert!(err.contains("--min-difficulty 10 is above"), "{err}");
 }
 
+/// Fewer mirrors than `happy`: adding one says how many uploads need, and
+/// a put fails before it sends anything (it uploaded every share first).
+#[test]
+fn a_put_with_fewer_mirrors_than_happy_fails_at_once() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mirror = MirrorProc::start(&tmp.path().join("m"), &[]);
+    let client = Client::new(&tmp.path().join("home"), &[]);
+    let said = client.ok(&["mirrors", "add", &mirror.url]);
+    assert!(said.contains("uploads need 3 for happy=3"), "{said}");
+    let f = write_file(tmp.path(), "f.bin", &common::seeded_bytes("few", 3 << 20));
+    let said = client.fails(&["put", f.to_str().unwrap()]);
+    assert!(
+        said.contains("happy=3 needs 3 mirrors and 1 are configured"),
+        "{said}"
+    );
+    assert!(mirror.share_files().is_empty());
+}
+
 /// With every mirror away, reading a directory already seen says the
 /// mirrors did not answer, not that it refuses a rollback.
 #[test]

@@ -418,7 +418,14 @@ fn mirrors(command: MirrorsCommand) -> Result<()> {
             }
             config.mirrors.push(url.clone());
             config.save(&home)?;
-            println!("added {url} ({} mirrors)", config.mirrors.len());
+            let have = config.mirrors.len();
+            match have < config.happy {
+                true => println!(
+                    "added {url} ({have} mirrors; uploads need {} for happy={})",
+                    config.happy, config.happy
+                ),
+                false => println!("added {url} ({have} mirrors)"),
+            }
         }
         MirrorsCommand::Remove { url } => {
             let url = url.trim_end_matches('/');
@@ -450,6 +457,16 @@ fn mirrors(command: MirrorsCommand) -> Result<()> {
 }
 
 async fn put(s: &Session, files: &[std::path::PathBuf], to: Option<&str>) -> Result<()> {
+    // Known before a byte is sent: fewer mirrors than `happy` can never
+    // hold an upload (it used to upload everything, then fail).
+    let (have, happy) = (s.vault.grid().mirrors().len(), s.vault.grid().happy());
+    if have < happy {
+        bail!(
+            "happy={happy} needs {happy} mirrors and {have} are configured: add mirrors with \
+             `lode mirrors add URL`, or lower happy in {}",
+            s.home.config_file().display()
+        );
+    }
     // The running mount publishes each directory from its own listing, so
     // an entry linked beside it would be dropped at its next change.
     if let (Some(to), Some(at)) = (to, super::mount::mounted_at(&s.home)) {
