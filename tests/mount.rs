@@ -2419,3 +2419,25 @@ fn a_running_program_is_not_truncated() {
     assert_eq!(std::fs::metadata(&prog).unwrap().len(), 0);
     drop(m);
 }
+
+/// A mount with fewer mirrors than `happy` says at once that what is
+/// written stays staged, and still reads what it stages.
+#[test]
+fn a_mount_with_fewer_mirrors_than_happy_says_so() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mirror = MirrorProc::start(&tmp.path().join("m"), &[]);
+    let client = Client::new(&tmp.path().join("home"), &[&mirror.url]);
+    let mp = tmp.path().join("mnt");
+    std::fs::create_dir_all(&mp).unwrap();
+    let out = client.run(&["mount", mp.to_str().unwrap(), "-o", "nominer"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{err}");
+    let m = Mounted::attach(&client, &mp);
+    assert!(
+        err.contains("happy=3 needs 3 mirrors and 1 are configured"),
+        "{err}"
+    );
+    std::fs::write(mp.join("f.txt"), b"staged").unwrap();
+    assert_eq!(std::fs::read(mp.join("f.txt")).unwrap(), b"staged");
+    m.unmount();
+}

@@ -392,6 +392,18 @@ pub fn mount(args: MountArgs) -> Result<()> {
         bail!("allow_other and allow_root cannot be given together");
     }
     options.extend(flags.into_values());
+    // Reads work, and writes stage, but nothing can reach the mirrors:
+    // said once, to whoever mounts, rather than only as failing fsyncs.
+    let config = Config::load(&Home::locate()?)?;
+    if config.mirrors.len() < config.happy {
+        eprintln!(
+            "lode: warning: happy={} needs {} mirrors and {} are configured: what is written \
+             here stays staged until there are enough (`lode mirrors add URL`)",
+            config.happy,
+            config.happy,
+            config.mirrors.len()
+        );
+    }
     if !args.foreground {
         // Fail here, in one line, on a bad identity or config, rather than
         // in the detached child.
