@@ -556,23 +556,10 @@ fn a_renewal_counts_an_id_once() {
 #[test]
 fn serve_refuses_a_minimum_difficulty_above_the_start() {
     let tmp = tempfile::tempdir().unwrap();
-    let mut child = std::process::Command::new(common::LODE)
-        .args(["mirror", "serve", "--listen", "127.0.0.1:0", "--data"])
-        .arg(tmp.path().join("m"))
-        .args(["--difficulty", "0.001", "--min-difficulty", "10"])
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-    while child.try_wait().unwrap().is_none() {
-        if std::time::Instant::now() > deadline {
-            let _ = child.kill();
-            panic!("the mirror started");
-        }
-        std::thread::sleep(std::time::Duration::from_millis(50));
-    }
-    let out = child.wait_with_output().unwrap();
+    let out = common::serve_refused(
+        &tmp.path().join("m"),
+        &["--difficulty", "0.001", "--min-difficulty", "10"],
+    );
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success(), "{err}");
     assert!(err.contains("--min-difficulty 10 is above"), "{err}");
@@ -887,24 +874,7 @@ fn get_writes_through_what_the_destination_is() {
 fn a_data_directory_serves_one_mirror() {
     let tmp = tempfile::tempdir().unwrap();
     let first = MirrorProc::start(&tmp.path().join("m"), &[]);
-    let second = |data: &std::path::Path| {
-        let mut child = std::process::Command::new(common::LODE)
-            .args(["mirror", "serve", "--listen", "127.0.0.1:0", "--data"])
-            .arg(data)
-            .stdout(std::process::Stdio::piped())
-            .stderr(std::process::Stdio::piped())
-            .spawn()
-            .unwrap();
-        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-        while child.try_wait().unwrap().is_none() {
-            if std::time::Instant::now() > deadline {
-                let _ = child.kill();
-                panic!("a second mirror on {} kept running", data.display());
-            }
-            std::thread::sleep(std::time::Duration::from_millis(50));
-        }
-        child.wait_with_output().unwrap()
-    };
+    let second = |data: &std::path::Path| common::serve_refused(data, &[]);
     let out = second(&tmp.path().join("m"));
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(

@@ -76,17 +76,17 @@ impl Session {
     /// of the path through the mount makes it. Best effort: with no mount,
     /// or the mirrors away, the path resolves as the mirrors have it.
     async fn resolve(&self, path: &str) -> Result<Cap> {
-        if self.is_friends_dir(path) {
-            bail!(
-                "{path} is where the mount shows the friends you added, not a directory with \
-                 a cap: name one of them (friends/NAME), or see `lode friend list`"
-            );
-        }
         let named = self.named(path);
         let path = match &named {
             Named::Mount(rel) => rel.as_str(),
             _ => path,
         };
+        if names_friends(path) {
+            bail!(
+                "{path} is where the mount shows the friends you added, not a directory with \
+                 a cap: name one of them (friends/NAME), or see `lode friend list`"
+            );
+        }
         if let Some(cap) = self.friend_entry(path).await? {
             return Ok(cap);
         }
@@ -142,13 +142,10 @@ impl Session {
         if lode::caps::is_cap_text(target) {
             return false;
         }
-        let path = match self.named(target) {
-            Named::Mount(rel) => rel,
-            _ => target.to_string(),
-        };
-        path.split('/')
-            .filter(|p| !p.is_empty() && *p != ".")
-            .eq([FRIENDS])
+        match self.named(target) {
+            Named::Mount(rel) => names_friends(&rel),
+            _ => names_friends(target),
+        }
     }
 
     /// The entry a path in the tree (not a cap, not under `friends/`)
@@ -552,6 +549,13 @@ async fn put(s: &Session, files: &[std::path::PathBuf], to: Option<&str>) -> Res
 
 /// The name a mount shows friends' shares under, at the top of the tree.
 const FRIENDS: &str = "friends";
+
+/// Whether a path in the tree is the top's `friends` itself.
+fn names_friends(path: &str) -> bool {
+    path.split('/')
+        .filter(|p| !p.is_empty() && *p != ".")
+        .eq([FRIENDS])
+}
 
 /// The first name of a path in the tree (`./` and empty parts skipped);
 /// `None` for the top itself.

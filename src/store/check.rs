@@ -330,10 +330,9 @@ impl Grid {
         }
         let want = match object.ids.len() {
             // A replica is copied to as many mirrors as a put sends it to.
-            1 => (self.params().n() as usize).max(self.happy()),
-            n => n,
-        }
-        .min(m);
+            1 => self.replica_copies(),
+            n => n.min(m),
+        };
         ObjectHealth {
             object: object.clone(),
             states,

@@ -65,15 +65,28 @@ const SLOT_GRACE: Duration = Duration::from_secs(2);
 /// (no other answer had the slot, or only an older one than seen).
 const DOWN_SLOT_WAIT: Duration = Duration::from_secs(10);
 
-/// When a write that reached `happy` mirrors at the moment this is
-/// called, having started at `started`, stops waiting for the rest:
+/// When a request to several mirrors that has what it needs at the moment
+/// this is called (a write on `happy` of them, a slot read's first
+/// answer), having started at `started`, stops waiting for the rest:
 /// three times as long as it took so far, and at least [`SLOT_GRACE`].
 /// Without it, one mirror that hangs (a stopped process, a link that drops
 /// packets) held every upload and every directory update for its request
 /// timeout, 10-30 s, though `happy` mirrors had answered in milliseconds.
-fn write_grace(started: tokio::time::Instant) -> tokio::time::Instant {
+fn grace_after(started: tokio::time::Instant) -> tokio::time::Instant {
     let now = tokio::time::Instant::now();
     now + (now - started).mul_f32(3.0).max(SLOT_GRACE)
+}
+
+/// The next of `tasks` to finish (`Some(None)` once none is left), or
+/// `None` if `deadline`, when there is one, passes first.
+async fn join_by<T: 'static>(
+    tasks: &mut JoinSet<T>,
+    deadline: Option<tokio::time::Instant>,
+) -> Option<Option<std::result::Result<T, tokio::task::JoinError>>> {
+    match deadline {
+        None => Some(tasks.join_next().await),
+        Some(at) => tokio::time::timeout_at(at, tasks.join_next()).await.ok(),
+    }
 }
 
 /// Whether the shares placed so far (mirror positions per share) are on
@@ -195,6 +208,14 @@ impl Grid {
         &self.mirrors
     }
 
+    /// The mirrors a replicated object (a manifest root) is copied to:
+    /// `max(n, happy)`, as far as there are mirrors.
+    pub fn replica_copies(&self) -> usize {
+        (self.params.n() as usize)
+            .max(self.happy)
+            .min(self.mirrors.len())
+    }
+
     /// Mirror indices in rendezvous order for an object.
     fn ranked(&self, key: &ShareId) -> Vec<usize> {
         let mut scored: Vec<([u8; 32], usize)> = self
@@ -259,7 +280,7 @@ impl Grid {
         let m = order.len();
         // (share index in `shares`, copy number) → mirror position in `order`
         let copies = if shares.len() == 1 {
-            (self.params.n() as usize).max(self.happy).min(m)
+            self.replica_copies()
         } else {
             1
         };
@@ -304,28 +325,21 @@ impl Grid {
             let started = tokio::time::Instant::now();
             let mut late_after: Option<tokio::time::Instant> = None;
             loop {
-                let joined = match late_after {
-                    None => tasks.join_next().await,
-                    Some(at) => match tokio::time::timeout_at(at, tasks.join_next()).await {
-                        Ok(joined) => joined,
-                        Err(_) => {
-                            // Durable already, on `happy` mirrors: one that
-                            // has not answered within the grace is passed
-                            // over, as a late read is, and its shares go to
-                            // the mirrors that answer. Its requests go on in
-                            // the background; a share they still deliver is
-                            // only a spare copy.
-                            for &(i, pos) in &pending {
-                                let mirror = &self.mirrors[order[pos]];
-                                tracing::debug!(mirror = mirror.name(), "share upload is late");
-                                mirror.pass_over();
-                                failed.insert(pos);
-                                retry.push(i);
-                            }
-                            tasks.detach_all();
-                            break;
-                        }
-                    },
+                let Some(joined) = join_by(&mut tasks, late_after).await else {
+                    // Durable already, on `happy` mirrors: one that has not
+                    // answered within the grace is passed over, as a late
+                    // read is, and its shares go to the mirrors that
+                    // answer. Its requests go on in the background; a share
+                    // they still deliver is only a spare copy.
+                    for &(i, pos) in &pending {
+                        let mirror = &self.mirrors[order[pos]];
+                        tracing::debug!(mirror = mirror.name(), "share upload is late");
+                        mirror.pass_over();
+                        failed.insert(pos);
+                        retry.push(i);
+                    }
+                    tasks.detach_all();
+                    break;
                 };
                 let Some(joined) = joined else { break };
                 let (i, pos, result) = joined.expect("put task does not panic");
@@ -344,7 +358,7 @@ impl Grid {
                     }
                 }
                 if late_after.is_none() && reaches_happy(&holders, self.happy) {
-                    late_after = Some(write_grace(started));
+                    late_after = Some(grace_after(started));
                 }
             }
             // Move each failed share to the live mirror holding the fewest
@@ -414,18 +428,12 @@ impl Grid {
         let started = tokio::time::Instant::now();
         let mut late_after: Option<tokio::time::Instant> = None;
         loop {
-            let joined = match late_after {
-                None => asks.join_next().await,
-                Some(at) => match tokio::time::timeout_at(at, asks.join_next()).await {
-                    Ok(joined) => joined,
-                    Err(_) => {
-                        asks.detach_all();
-                        break;
-                    }
-                },
+            let Some(joined) = join_by(&mut asks, late_after).await else {
+                asks.detach_all();
+                break;
             };
             let Some(joined) = joined else { break };
-            late_after.get_or_insert_with(|| write_grace(started));
+            late_after.get_or_insert_with(|| grace_after(started));
             let (pos, indices, ids, result) = joined.expect("claim task does not panic");
             let Ok(unclaimed) = result else { continue };
             for (i, id) in indices.into_iter().zip(ids) {
@@ -551,24 +559,18 @@ impl Grid {
                 live.insert(a, (late_at, abort));
             }
             let late_at = live.values().map(|(at, _)| *at).min();
-            let next = match late_at {
-                Some(at) => match tokio::time::timeout_at(at, tasks.join_next()).await {
-                    Ok(next) => next,
-                    Err(_) => {
-                        let now = tokio::time::Instant::now();
-                        live.retain(|&a, (at, _)| {
-                            let late = *at <= now;
-                            if late {
-                                let store = &self.mirrors[attempts[a].1];
-                                tracing::debug!(mirror = %store.name(), what, "share read is late; asking another mirror");
-                                store.pass_over();
-                            }
-                            !late
-                        });
-                        continue;
+            let Some(next) = join_by(&mut tasks, late_at).await else {
+                let now = tokio::time::Instant::now();
+                live.retain(|&a, (at, _)| {
+                    let late = *at <= now;
+                    if late {
+                        let store = &self.mirrors[attempts[a].1];
+                        tracing::debug!(mirror = %store.name(), what, "share read is late; asking another mirror");
+                        store.pass_over();
                     }
-                },
-                None => tasks.join_next().await,
+                    !late
+                });
+                continue;
             };
             let Some(joined) = next else { break };
             let (a, result) = joined.expect("fetch task does not panic");
@@ -645,32 +647,23 @@ impl Grid {
         // the read then fails as unavailable; it never takes a silent
         // mirror's share of the answer as "none".
         let started = tokio::time::Instant::now();
-        let grace = || {
-            let now = tokio::time::Instant::now();
-            now + (now - started).mul_f32(3.0).max(SLOT_GRACE)
-        };
+        let grace = || grace_after(started);
         let mut late_after: Option<tokio::time::Instant> = None;
         loop {
-            let next = match late_after {
-                Some(at) => match tokio::time::timeout_at(at, tasks.join_next()).await {
-                    Ok(next) => next,
-                    Err(_) => {
-                        // Past the grace: passed over by reads, as a share
-                        // read gone late is, until it answers again.
-                        for &j in &waiting {
-                            let store = &self.mirrors[j];
-                            tracing::debug!(mirror = %store.name(), "slot read is late");
-                            store.pass_over();
-                        }
-                        failed += tasks.len();
-                        tasks.detach_all();
-                        waiting.clear();
-                        // On to the mirrors passed over, if they are needed.
-                        late_after = None;
-                        continue;
-                    }
-                },
-                None => tasks.join_next().await,
+            let Some(next) = join_by(&mut tasks, late_after).await else {
+                // Past the grace: passed over by reads, as a share read
+                // gone late is, until it answers again.
+                for &j in &waiting {
+                    let store = &self.mirrors[j];
+                    tracing::debug!(mirror = %store.name(), "slot read is late");
+                    store.pass_over();
+                }
+                failed += tasks.len();
+                tasks.detach_all();
+                waiting.clear();
+                // On to the mirrors passed over, if they are needed.
+                late_after = None;
+                continue;
             };
             let joined = match next {
                 Some(joined) => joined,
@@ -863,19 +856,13 @@ impl Grid {
         let started = tokio::time::Instant::now();
         let mut late_after: Option<tokio::time::Instant> = None;
         loop {
-            let joined = match late_after {
-                None => tasks.join_next().await,
-                // On `happy` mirrors already: the others get the grace,
-                // then go on in the background (a mirror takes only a seq
-                // above the one it holds, so a late one is harmless).
-                Some(at) => match tokio::time::timeout_at(at, tasks.join_next()).await {
-                    Ok(joined) => joined,
-                    Err(_) => {
-                        tracing::debug!(late = tasks.len(), "slot update is late on some mirrors");
-                        tasks.detach_all();
-                        break;
-                    }
-                },
+            // On `happy` mirrors already: the others get the grace, then
+            // go on in the background (a mirror takes only a seq above the
+            // one it holds, so a late one is harmless).
+            let Some(joined) = join_by(&mut tasks, late_after).await else {
+                tracing::debug!(late = tasks.len(), "slot update is late on some mirrors");
+                tasks.detach_all();
+                break;
             };
             let Some(joined) = joined else { break };
             match joined.expect("slot task does not panic") {
@@ -886,7 +873,7 @@ impl Grid {
                 }
             }
             if late_after.is_none() && ok >= self.happy.min(self.mirrors.len()) {
-                late_after = Some(write_grace(started));
+                late_after = Some(grace_after(started));
             }
         }
         // Once any mirror holds this version it exists: no later read may

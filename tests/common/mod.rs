@@ -362,6 +362,29 @@ pub fn charging_pool_mirror(dir: &Path, bytes: usize) -> (MirrorProc, Client) {
     (mirror, client)
 }
 
+/// `lode mirror serve --data DATA EXTRA…` expected to refuse to start:
+/// its output once it exits. Fails the test if it is still running after
+/// 10 s (then it started), and kills it.
+pub fn serve_refused(data: &Path, extra: &[&str]) -> Output {
+    let mut child = Command::new(LODE)
+        .args(["mirror", "serve", "--listen", "127.0.0.1:0", "--data"])
+        .arg(data)
+        .args(extra)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while child.try_wait().unwrap().is_none() {
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("a mirror on {} started", data.display());
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    child.wait_with_output().unwrap()
+}
+
 /// Write `bytes` to a new file in `dir`.
 pub fn write_file(dir: &Path, name: &str, bytes: &[u8]) -> PathBuf {
     let p = dir.join(name);
