@@ -2441,3 +2441,51 @@ fn a_mount_with_fewer_mirrors_than_happy_says_so() {
     assert_eq!(std::fs::read(mp.join("f.txt")).unwrap(), b"staged");
     m.unmount();
 }
+
+/// A new identity with `happy` at 2 writes, and its fsyncs return, while
+/// one mirror of three hangs (a stopped process) from the start. Its root
+/// had never been stored: two mirrors saying they hold none prove that no
+/// publish anyone relied on is on the silent one (an fsync used to fail
+/// with EIO until every mirror answered). What went up reads back after a
+/// repair with another mirror away.
+#[test]
+fn a_new_identity_writes_with_a_mirror_hung_from_the_start() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (mut mirrors, client) = common::three_mirrors_and_client(tmp.path());
+    client.set_config("happy", "2");
+    let hung = mirrors[2].pid().unwrap().to_string();
+    let signal = |sig: &str| {
+        let sent = Command::new("kill").args([sig, &hung]).status().unwrap();
+        assert!(sent.success(), "kill {sig} {hung}");
+    };
+    signal("-STOP");
+    let mp = tmp.path().join("mnt");
+    let m = Mounted::new(&client, &mp);
+    let mut written = Vec::new();
+    for i in 0..4 {
+        let data = common::seeded_bytes(&format!("hung {i}"), 300_000 * (i + 1));
+        let path = mp.join(format!("f{i}"));
+        let mut f = std::fs::File::create(&path).unwrap();
+        std::io::Write::write_all(&mut f, &data).unwrap();
+        f.sync_all().expect("fsync with one mirror of three hung");
+        written.push((path, data));
+    }
+    std::fs::create_dir(mp.join("d")).unwrap();
+    write_file(&mp, "d/inner", b"in a new directory");
+    client.ok(&["sync"]);
+    m.unmount();
+    drop(m);
+    signal("-CONT");
+    // Everything went to the two that answered; a repair spreads it, and
+    // then any two mirrors serve it.
+    client.ok(&["check", "/", "--repair"]);
+    mirrors[0].stop();
+    let _m = Mounted::new(&client, &mp);
+    for (path, data) in &written {
+        assert!(&std::fs::read(path).unwrap() == data, "{}", path.display());
+    }
+    assert_eq!(
+        std::fs::read(mp.join("d/inner")).unwrap(),
+        b"in a new directory"
+    );
+}

@@ -637,6 +637,8 @@ impl Grid {
         let mut best: Option<(u64, Listing, Vec<u8>)> = None;
         // What each mirror that answered holds: a seq, or nothing usable.
         let mut held: Vec<(usize, Option<u64>)> = Vec::new();
+        // Mirrors that answered that they hold no copy at all.
+        let mut absent = 0;
         let mut failed = 0;
         // Copies that are the writer's but do not open with the cap's key.
         let mut wrong_key = 0;
@@ -699,6 +701,7 @@ impl Grid {
                 Ok(Some(b)) => b,
                 Ok(None) => {
                     held.push((j, None));
+                    absent += 1;
                     late_after.get_or_insert_with(grace);
                     continue;
                 }
@@ -761,12 +764,20 @@ impl Grid {
                 seen,
                 offered: 0,
             }),
-            // A mirror that failed may hold the slot: "empty" is only the
-            // answer when every mirror said it has none.
-            (None, None) if failed > 0 || held.is_empty() => Err(Error::ListingUnavailable {
-                failed,
-                mirrors: self.mirrors.len(),
-            }),
+            // A mirror that failed may hold the slot, unless too many said
+            // they have none for any publish to have reached `happy`
+            // mirrors without them: then nothing was ever stored that a
+            // write returned for, and the directory is new. (Without this,
+            // a new identity could not publish its root while any mirror
+            // was away. A publish that reached only the silent mirrors
+            // lost its writer's fsync; the next publish's seq outruns it,
+            // see `Vault::next_seq`.)
+            (None, None) if held.is_empty() || (failed > 0 && !self.new_if_none(absent)) => {
+                Err(Error::ListingUnavailable {
+                    failed,
+                    mirrors: self.mirrors.len(),
+                })
+            }
             _ => Ok(best.map(|(seq, listing, bytes)| {
                 self.note_seen(&cap.public_key, seq);
                 let holding = held.iter().filter(|(_, h)| *h == Some(seq)).count();
@@ -868,7 +879,13 @@ impl Grid {
             match joined.expect("slot task does not panic") {
                 (_, Ok(())) => ok += 1,
                 (mirror, Err(e)) => {
-                    tracing::warn!(%mirror, error = %e, "slot update failed");
+                    // A mirror away shows in `lode status`; the log does
+                    // not repeat it on every publish.
+                    if matches!(e, Error::Unavailable { .. }) {
+                        tracing::debug!(%mirror, error = %e, "slot update failed");
+                    } else {
+                        tracing::warn!(%mirror, error = %e, "slot update failed");
+                    }
                     last_err = Some(e);
                 }
             }
@@ -893,6 +910,13 @@ impl Grid {
         self.note_seen(&envelope.public_key, envelope.seq);
         self.note_confirmed(&envelope.public_key, envelope.seq);
         Ok(())
+    }
+
+    /// Whether `absent` mirrors saying they hold no copy of a slot, and
+    /// none holding one, make it new: too many for any publish to have
+    /// reached `happy` mirrors without them.
+    fn new_if_none(&self, absent: usize) -> bool {
+        absent > self.mirrors.len() - self.happy.min(self.mirrors.len())
     }
 
     fn note_confirmed(&self, public_key: &[u8; 32], seq: u64) {
@@ -1406,18 +1430,56 @@ mod fetch_tests {
         });
         let found = read.expect("the hung mirror held the read").unwrap();
         assert_eq!(found.map(|(seq, _)| seq), Some(5));
-        // Nobody that answers has the slot: the hung mirror might, so the
-        // read fails as unavailable after the grace; it does not answer
-        // "empty", nor wait for the hung mirror's timeout.
+        // Nobody that answers has the slot. A publish that returned is on
+        // `happy` mirrors, so with two of three saying they have none, the
+        // silent one cannot hold a version anyone relied on: the directory
+        // is new (a new identity's root can be made with a mirror away).
         let other = crate::store::Vault::fresh_dir();
-        let read = rt.block_on(async {
-            tokio::time::timeout(Duration::from_secs(20), grid.get_slot(&other.read_cap())).await
-        });
-        let answer = read.expect("the hung mirror held the read");
+        let hung = |name| -> Arc<dyn Storage> {
+            Arc::new(Fake {
+                hung: true,
+                ..Fake::new(MemoryStorage::named(name))
+            })
+        };
+        let answer = |grid: &Grid| {
+            let read = rt.block_on(async {
+                tokio::time::timeout(Duration::from_secs(20), grid.get_slot(&other.read_cap()))
+                    .await
+            });
+            read.expect("a hung mirror held the read")
+                .map(|found| found.map(|(seq, _)| seq))
+        };
+        for happy in [2, 3] {
+            let stores = vec![
+                Arc::new(MemoryStorage::named("a")) as Arc<dyn Storage>,
+                hung("hung"),
+                Arc::new(MemoryStorage::named("c")),
+            ];
+            let grid = Grid::new(stores, GridConfig { k: 2, n: 3, happy }).unwrap();
+            let got = answer(&grid);
+            assert!(matches!(got, Ok(None)), "happy {happy}: {got:?}");
+        }
+        // With two silent, the one answer "none" proves nothing: a publish
+        // may be on the two others. The read fails as unavailable after
+        // the grace; it does not answer "empty", nor wait for a timeout.
+        let stores = vec![
+            Arc::new(MemoryStorage::named("a")) as Arc<dyn Storage>,
+            hung("hung"),
+            hung("hung 2"),
+        ];
+        let grid = Grid::new(
+            stores,
+            GridConfig {
+                k: 2,
+                n: 3,
+                happy: 2,
+            },
+        )
+        .unwrap();
+        let got = answer(&grid);
         assert!(
-            matches!(answer, Err(Error::ListingUnavailable { .. })),
-            "an answer while a mirror is silent: {:?}",
-            answer.map(|found| found.map(|(seq, _)| seq))
+            matches!(got, Err(Error::ListingUnavailable { .. })),
+            "an answer while two mirrors are silent: {got:?}"
         );
     }
 

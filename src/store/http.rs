@@ -97,6 +97,19 @@ pub struct HttpMirror {
     batches: AtomicBool,
     /// Until when the mirror is taken as down (see [`DOWN_FOR`]).
     down_until: Mutex<Option<Instant>>,
+    /// A write to the mirror, taken as down, is out and unanswered: other
+    /// writes fail at once rather than each wait on it (see `request`).
+    probing: AtomicBool,
+}
+
+/// Clears [`HttpMirror::probing`] when the write that set it is done or
+/// dropped.
+struct Probe<'a>(&'a AtomicBool);
+
+impl Drop for Probe<'_> {
+    fn drop(&mut self) {
+        self.0.store(false, Ordering::Release);
+    }
 }
 
 /// Small share uploads to one mirror that wait for the batch in flight.
@@ -205,7 +218,20 @@ impl HttpMirror {
             pending: Mutex::new(Pending::default()),
             batches: AtomicBool::new(true),
             down_until: Mutex::new(None),
+            probing: AtomicBool::new(false),
         })
+    }
+
+    /// The error for a write while another is out to this mirror, taken
+    /// as down, unanswered (see `request`).
+    fn still_probing(&self) -> Error {
+        self.unavailable("not answering (taken as down, and a write to it is still waiting)")
+    }
+
+    /// [`Self::still_probing`], if a write now would be refused so.
+    fn probe_out(&self) -> Option<Error> {
+        let down = self.down_until.lock().expect("down lock").is_some();
+        (down && self.probing.load(Ordering::Acquire)).then(|| self.still_probing())
     }
 
     fn unavailable(&self, reason: impl ToString) -> Error {
@@ -248,16 +274,26 @@ impl HttpMirror {
         // lapses, it gets one try before it counts as back.
         let read = method == Method::GET || method == Method::HEAD;
         let mut write_to_down = false;
+        let mut _probe = None;
         let attempts = {
             let mut down = self.down_until.lock().expect("down lock");
             match *down {
-                // A write always goes out, but to a mirror that just
-                // failed only once, and with a shorter wait: each retry,
-                // or each full timeout of a hung mirror, would cost every
-                // upload and publish (and an unmount's final flush) again.
-                // Lapsed or not: for writes the mark lasts until the mirror
-                // answers something (a write, or a read's probe).
+                // A write goes out to a mirror that just failed only once,
+                // and with a shorter wait: each retry, or each full timeout
+                // of a hung mirror, would cost every upload and publish
+                // (and an unmount's final flush) again. Only one such write
+                // is out at a time; the others fail at once, and the grid
+                // places their shares elsewhere instead of giving this
+                // mirror a grace on every upload and publish (with one
+                // mirror of three stopped, each fsync waited 2 s for its
+                // shares and 2 s for each slot). Lapsed or not: for writes
+                // the mark lasts until the mirror answers something (a
+                // write, or a read's probe).
                 Some(_) if !read => {
+                    if self.probing.swap(true, Ordering::AcqRel) {
+                        return Err(self.still_probing());
+                    }
+                    _probe = Some(Probe(&self.probing));
                     write_to_down = true;
                     1
                 }
@@ -623,6 +659,11 @@ impl Storage for HttpMirror {
     }
 
     async fn put_share(&self, id: &ShareId, bytes: Bytes) -> Result<()> {
+        // Not queued behind a batch whose lead is the one write out to a
+        // mirror taken as down: that queue would wait with it.
+        if let Some(refused) = self.probe_out() {
+            return Err(refused);
+        }
         if bytes.len() <= MAX_BATCH_SHARE_BYTES
             && self.batches.load(Ordering::Relaxed)
             && let Some(result) = self.put_batched(id, bytes.clone()).await
@@ -762,6 +803,66 @@ mod tests {
             }
         });
         (url, count)
+    }
+
+    /// A "mirror" on loopback that takes each connection and never
+    /// answers (a stopped process); counts the connections.
+    async fn black_hole() -> (String, Arc<AtomicUsize>) {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        let count = Arc::new(AtomicUsize::new(0));
+        let counted = count.clone();
+        tokio::spawn(async move {
+            let mut held = Vec::new();
+            while let Ok((conn, _)) = listener.accept().await {
+                counted.fetch_add(1, Ordering::SeqCst);
+                held.push(conn);
+            }
+        });
+        (url, count)
+    }
+
+    /// To a mirror taken as down, one write at a time goes out: the others
+    /// fail at once (and go to other mirrors) rather than each wait for
+    /// an answer that is not coming.
+    #[tokio::test]
+    async fn a_mirror_taken_as_down_gets_one_write_at_a_time() {
+        let (url, connections) = black_hole().await;
+        let mirror = Arc::new(
+            HttpMirror::new(
+                &url,
+                crate::crypto::RootSecret::from_bytes([3; 32]).account_key(),
+            )
+            .unwrap(),
+        );
+        mirror.pass_over();
+        let share = Bytes::from(vec![5u8; 200 << 10]);
+        let first = {
+            let (mirror, share) = (mirror.clone(), share.clone());
+            tokio::spawn(async move { mirror.put_share(&[1; 32], share).await })
+        };
+        while connections.load(Ordering::SeqCst) == 0 {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        let err = mirror.put_share(&[2; 32], share.clone()).await.unwrap_err();
+        assert!(err.to_string().contains("still waiting"), "{err}");
+        let cap = crate::store::Vault::fresh_dir();
+        let slot = crate::dir::SlotEnvelope::seal(&cap, 1, &crate::dir::Listing::default());
+        let err = mirror.put_slot(&slot.encode()).await.unwrap_err();
+        assert!(err.to_string().contains("still waiting"), "{err}");
+        assert!(!first.is_finished(), "the first write still waits");
+        assert_eq!(connections.load(Ordering::SeqCst), 1, "one write went out");
+        // Once that write is given up, the next one goes out.
+        first.abort();
+        let _ = first.await;
+        let next = {
+            let mirror = mirror.clone();
+            tokio::spawn(async move { mirror.put_share(&[3; 32], share).await })
+        };
+        while connections.load(Ordering::SeqCst) == 1 {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        next.abort();
     }
 
     /// A mirror that cannot be reached costs one round of retries; after

@@ -212,6 +212,26 @@ pub fn now() -> (i64, u32) {
     (d.as_secs() as i64, d.subsec_nanos())
 }
 
+/// The seq to publish a directory at after `current` (`None`: no mirror
+/// that answered holds it). A first publish starts at the microseconds
+/// since the epoch rather than at 1: a directory taken as new while some
+/// mirrors were away (`Grid::get_slot`) may have versions on them from a
+/// publish that never reached `happy` mirrors (a session that crashed, or
+/// another machine), and counting from 1 those could outnumber this
+/// writer's once the mirrors are back, and hide its changes.
+fn next_seq(current: Option<u64>) -> u64 {
+    match current {
+        Some(seq) => seq + 1,
+        None => {
+            let micros = SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .unwrap_or_default()
+                .as_micros();
+            u64::try_from(micros).unwrap_or(u64::MAX / 2).max(1)
+        }
+    }
+}
+
 impl Vault {
     pub fn new(secret: &RootSecret, grid: Grid) -> Vault {
         Vault {
@@ -858,10 +878,11 @@ impl Vault {
         F: FnOnce(&mut Listing) -> Result<()>,
     {
         let current = self.grid.get_slot(&cap.read_cap()).await?;
-        let (seq, mut listing) = current.unwrap_or_default();
+        let seq = next_seq(current.as_ref().map(|(seq, _)| *seq));
+        let mut listing = current.map(|(_, l)| l).unwrap_or_default();
         self.fill(&mut listing).await?;
         change(&mut listing)?;
-        self.publish_dir(cap, seq + 1, &mut listing).await?;
+        self.publish_dir(cap, seq, &mut listing).await?;
         Ok(listing)
     }
 
@@ -869,12 +890,9 @@ impl Vault {
     /// for a writer that keeps the whole listing itself (the mount). Only
     /// the newest seq is read, not the pages.
     pub async fn replace_dir(&self, cap: &DirWriteCap, mut listing: Listing) -> Result<()> {
-        let seq = self
-            .grid
-            .get_slot(&cap.read_cap())
-            .await?
-            .map_or(0, |(seq, _)| seq);
-        self.publish_dir(cap, seq + 1, &mut listing).await
+        let current = self.grid.get_slot(&cap.read_cap()).await?;
+        let seq = next_seq(current.map(|(seq, _)| seq));
+        self.publish_dir(cap, seq, &mut listing).await
     }
 
     /// Seal `listing` as version `seq`, storing its pages first if it needs
