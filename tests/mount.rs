@@ -282,6 +282,32 @@ fn friends_change_in_a_running_mount_and_a_second_mount_is_refused() {
     assert!(std::fs::read(friends.join("alice/f.bin")).unwrap() == bytes);
     let e = std::fs::write(friends.join("alice/new.txt"), b"x").unwrap_err();
     assert_eq!(e.raw_os_error(), Some(libc::EROFS), "{e}");
+    // friends/ itself stays where it is: not moved (`mv * archive/`), not
+    // replaced by a directory of bob's (which would be published and
+    // hidden), not removed, its times not set.
+    std::fs::create_dir(bob_mp.join("archive")).unwrap();
+    std::fs::create_dir(bob_mp.join("mine")).unwrap();
+    write_file(&bob_mp, "mine/kept", b"bob's");
+    std::fs::create_dir(bob_mp.join("empty")).unwrap();
+    for (from, to) in [
+        ("friends", "archive/friends"),
+        ("friends", "renamed"),
+        ("mine", "friends"),
+        ("empty", "friends"),
+    ] {
+        let e = std::fs::rename(bob_mp.join(from), bob_mp.join(to)).unwrap_err();
+        assert_eq!(e.raw_os_error(), Some(libc::EBUSY), "mv {from} {to}: {e}");
+    }
+    let e = std::fs::remove_dir(&friends).unwrap_err();
+    assert_eq!(e.raw_os_error(), Some(libc::EBUSY), "rmdir: {e}");
+    let touched = Command::new("touch").arg(&friends).output().unwrap();
+    assert!(!touched.status.success(), "touch friends/ succeeded");
+    assert!(friends.join("alice/f.bin").exists());
+    assert_eq!(std::fs::read(bob_mp.join("mine/kept")).unwrap(), b"bob's");
+    assert!(bob_mp.join("empty").is_dir());
+    bob.ok(&["sync"]);
+    let top = bob.ok(&["ls", "/"]);
+    assert!(!top.contains("friends"), "published: {top}");
 
     bob.ok(&["friend", "remove", "alice"]);
     let names: Vec<_> = std::fs::read_dir(&friends).unwrap().collect();
@@ -2427,6 +2453,13 @@ fn a_mount_with_fewer_mirrors_than_happy_says_so() {
     let tmp = tempfile::tempdir().unwrap();
     let mirror = MirrorProc::start(&tmp.path().join("m"), &[]);
     let client = Client::new(&tmp.path().join("home"), &[&mirror.url]);
+    // And a friend whose cap was spoiled by hand: left out, said, and the
+    // mount goes on (it used to refuse to start).
+    let config = client.home.join("config/config.toml");
+    let text = std::fs::read_to_string(&config).unwrap();
+    let text = text.replace("[friends]", "[friends]\nbroken = \"lode:dir-ro:1:spoiled\"");
+    assert!(text.contains("spoiled"), "no [friends] table: {text}");
+    std::fs::write(&config, text).unwrap();
     let mp = tmp.path().join("mnt");
     std::fs::create_dir_all(&mp).unwrap();
     let out = client.run(&["mount", mp.to_str().unwrap(), "-o", "nominer"]);
@@ -2437,6 +2470,8 @@ fn a_mount_with_fewer_mirrors_than_happy_says_so() {
         err.contains("happy=3 needs 3 mirrors and 1 are configured"),
         "{err}"
     );
+    assert!(err.contains("friend broken is not shown"), "{err}");
+    assert_eq!(std::fs::read_dir(mp.join("friends")).unwrap().count(), 0);
     std::fs::write(mp.join("f.txt"), b"staged").unwrap();
     assert_eq!(std::fs::read(mp.join("f.txt")).unwrap(), b"staged");
     m.unmount();

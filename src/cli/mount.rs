@@ -177,18 +177,26 @@ pub fn friend(command: FriendCommand) -> Result<()> {
     Ok(())
 }
 
-/// The friends a config names, with their caps parsed.
-fn config_friends(config: &Config) -> Result<Vec<(String, lode::caps::DirReadCap)>> {
-    config
-        .friends
-        .iter()
-        .map(|(name, cap)| {
-            let cap: Cap = cap
-                .parse()
-                .with_context(|| format!("friend {name}: bad cap in config"))?;
-            Ok((name.clone(), cap.into_dir_read()?))
-        })
-        .collect()
+/// The friends a config names, with their caps parsed, and a line for
+/// each one left out because its cap (edited by hand) does not parse: one
+/// bad entry must not keep the user from their own tree.
+fn config_friends(config: &Config) -> (Vec<(String, lode::caps::DirReadCap)>, Vec<String>) {
+    let mut friends = Vec::new();
+    let mut skipped = Vec::new();
+    for (name, cap) in &config.friends {
+        match cap
+            .parse::<Cap>()
+            .map_err(anyhow::Error::from)
+            .and_then(|cap| Ok(cap.into_dir_read()?))
+        {
+            Ok(cap) => friends.push((name.clone(), cap)),
+            Err(e) => skipped.push(format!(
+                "friend {name} is not shown: its cap in config.toml is bad ({e:#}); \
+                 `lode friend remove {name}` and add it again"
+            )),
+        }
+    }
+    (friends, skipped)
 }
 
 fn is_mounted(mountpoint: &Path) -> bool {
@@ -395,6 +403,12 @@ pub fn mount(args: MountArgs) -> Result<()> {
     // Reads work, and writes stage, but nothing can reach the mirrors:
     // said once, to whoever mounts, rather than only as failing fsyncs.
     let config = Config::load(&Home::locate()?)?;
+    // (In the foreground the mount's log says it, on the same terminal.)
+    if !args.foreground {
+        for line in config_friends(&config).1 {
+            eprintln!("lode: warning: {line}");
+        }
+    }
     if config.mirrors.len() < config.happy {
         eprintln!(
             "lode: warning: happy={} needs {} mirrors and {} are configured: what is written \
@@ -427,7 +441,10 @@ pub fn mount(args: MountArgs) -> Result<()> {
         }
     }
     let config = Config::load(&session.home)?;
-    let friends = config_friends(&config)?;
+    let (friends, skipped) = config_friends(&config);
+    for line in skipped {
+        tracing::warn!("{line}");
+    }
     let rt = tokio::runtime::Runtime::new()?;
     let Session { home, vault } = session;
     let vault = match cache_bytes {
@@ -530,8 +547,11 @@ pub fn mount(args: MountArgs) -> Result<()> {
             {
                 let home = home.clone();
                 move || {
-                    let friends = Config::load(&home).and_then(|c| config_friends(&c));
-                    let friends = friends.map_err(|e| format!("{e:#}"))?;
+                    let config = Config::load(&home).map_err(|e| format!("{e:#}"))?;
+                    let (friends, skipped) = config_friends(&config);
+                    for line in skipped {
+                        tracing::warn!("{line}");
+                    }
                     Ok(befriending.set_friends(&friends))
                 }
             },

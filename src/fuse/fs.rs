@@ -2100,6 +2100,9 @@ impl LodeFs {
         let name = name_of(name)?;
         self.writable(parent)?;
         let ino = self.child(parent, name)?;
+        if ino == FRIENDS {
+            return Err(Error::FriendsBusy);
+        }
         let is_dir = self.lock().nodes.get(&ino).is_some_and(Node::is_dir);
         match (dir, is_dir) {
             (true, false) => return Err(Error::NotADirectory),
@@ -2140,6 +2143,12 @@ impl LodeFs {
         self.writable(newparent)?;
         let ino = self.child(parent, name)?;
         let target = self.child(newparent, newname).ok();
+        // Neither moved (it would leave the root, or take a name the mount
+        // does not publish) nor replaced (the directory put in its place
+        // would be published and hidden).
+        if ino == FRIENDS || target == Some(FRIENDS) {
+            return Err(Error::FriendsBusy);
+        }
         if let Some(t) = target {
             if flags.contains(RenameFlags::RENAME_NOREPLACE) {
                 return Err(Error::Exists);
@@ -2256,7 +2265,12 @@ impl LodeFs {
             .map(|n| n.parent)
             .ok_or(Error::NotFound)?;
         if ino == FRIENDS {
-            if mode.is_some() || size.is_some() || owner != (None, None) {
+            if mode.is_some()
+                || size.is_some()
+                || owner != (None, None)
+                || atime.is_some()
+                || mtime.is_some()
+            {
                 return Err(Error::Unsupported);
             }
             return self.attr_of(ino);

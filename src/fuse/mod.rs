@@ -50,6 +50,10 @@ pub enum Error {
     #[error("text file busy: a program running from this file")]
     TextBusy,
     #[error(
+        "friends/ is where the mount shows friends' shares: it cannot be moved, replaced or removed"
+    )]
+    FriendsBusy,
+    #[error(
         "{0} staged files of an earlier mount are not back in the tree yet (their directories cannot be read)"
     )]
     Unrecovered(usize),
@@ -99,6 +103,8 @@ pub fn errno(e: &Error) -> Errno {
         Error::Unsupported => Errno::EPERM,
         Error::InvalidArgument => Errno::EINVAL,
         Error::TextBusy => Errno::from_i32(libc::ETXTBSY),
+        // As for a mountpoint, which it is much like.
+        Error::FriendsBusy => Errno::EBUSY,
         Error::Unrecovered(_) => Errno::EIO,
         Error::Io(io) => io_errno(io),
         Error::Store(s) => match s {
