@@ -95,6 +95,35 @@ fn reaches_happy(holders: &[HashSet<usize>], happy: usize) -> bool {
     holders.iter().flatten().collect::<HashSet<_>>().len() >= happy
 }
 
+/// Add to `wanted` a new place for each share in `retry` (indexes into
+/// `holders`): the mirror not in `failed` holding the fewest shares of the
+/// object, among those without this share. False if a share has no place
+/// and no holder.
+fn move_failed(
+    m: usize,
+    holders: &[HashSet<usize>],
+    failed: &HashSet<usize>,
+    wanted: &mut Vec<(usize, usize)>,
+    retry: Vec<usize>,
+) -> bool {
+    for i in retry {
+        let load = |pos: &usize| holders.iter().filter(|h| h.contains(pos)).count();
+        let next = (0..m)
+            .filter(|p| !failed.contains(p) && !holders[i].contains(p))
+            .filter(|p| !wanted.contains(&(i, *p)))
+            .min_by_key(|p| (load(p), *p));
+        match next {
+            Some(pos) => wanted.push((i, pos)),
+            // Every live mirror has this share, or is about to be sent it
+            // (a replica's extra copy had nowhere new to go): enough, if
+            // happy holds.
+            None if !holders[i].is_empty() || wanted.iter().any(|&(j, _)| j == i) => {}
+            None => return false,
+        }
+    }
+    true
+}
+
 /// Slot repairs remembered as tried before the memory starts over.
 const SLOT_REPAIRS_REMEMBERED: usize = 16 * 1024;
 
@@ -310,6 +339,29 @@ impl Grid {
             self.claim_held(shares, &order, &mut wanted, &mut holders)
                 .await;
         }
+        // A mirror taken as down, with a write to it still unanswered, is
+        // left out while the others can reach `happy`: its part goes to
+        // them at once, rather than after a grace on every upload (with
+        // one mirror of three stopped and happy at 2, each fsync waited
+        // 2 s for its shares and 2 s for its slot).
+        let waiting: Vec<usize> = (0..m)
+            .filter(|&pos| {
+                let mirror = &self.mirrors[order[pos]];
+                mirror.is_down() && mirror.write_waiting()
+            })
+            .collect();
+        if !waiting.is_empty() && m - waiting.len() >= self.happy {
+            failed.extend(waiting);
+            let retry = wanted
+                .iter()
+                .filter(|(_, pos)| failed.contains(pos))
+                .map(|&(i, _)| i)
+                .collect();
+            wanted.retain(|(_, pos)| !failed.contains(pos));
+            if !move_failed(m, &holders, &failed, &mut wanted, retry) {
+                return Err(self.placement_error(&holders, last_err));
+            }
+        }
         while !wanted.is_empty() {
             let mut tasks = JoinSet::new();
             for &(i, pos) in &wanted {
@@ -361,22 +413,9 @@ impl Grid {
                     late_after = Some(grace_after(started));
                 }
             }
-            // Move each failed share to the live mirror holding the fewest
-            // shares of this object that does not hold this share yet.
             wanted = Vec::new();
-            for i in retry {
-                let load = |pos: &usize| holders.iter().filter(|h| h.contains(pos)).count();
-                let next = (0..m)
-                    .filter(|p| !failed.contains(p) && !holders[i].contains(p))
-                    .filter(|p| !wanted.contains(&(i, *p)))
-                    .min_by_key(|p| (load(p), *p));
-                match next {
-                    Some(pos) => wanted.push((i, pos)),
-                    // Every live mirror has this share (a replica's extra
-                    // copy had nowhere new to go): enough, if happy holds.
-                    None if !holders[i].is_empty() => {}
-                    None => return Err(self.placement_error(&holders, last_err)),
-                }
+            if !move_failed(m, &holders, &failed, &mut wanted, retry) {
+                return Err(self.placement_error(&holders, last_err));
             }
         }
         let distinct: HashSet<usize> = holders.iter().flatten().copied().collect();
@@ -857,7 +896,17 @@ impl Grid {
     pub async fn put_encoded_slot(&self, envelope: &SlotEnvelope, encoded: Vec<u8>) -> Result<()> {
         let bytes = Arc::new(encoded);
         let mut tasks = JoinSet::new();
+        // As for shares: a mirror taken as down with a write to it still
+        // unanswered is left out while the others can reach `happy` (a
+        // mirror takes only a seq above the one it holds, and reads repair
+        // one left behind).
+        let waiting = |store: &Arc<dyn Storage>| store.is_down() && store.write_waiting();
+        let skip =
+            self.mirrors.len() - self.mirrors.iter().filter(|s| waiting(s)).count() >= self.happy;
         for store in &self.mirrors {
+            if skip && waiting(store) {
+                continue;
+            }
             let store = store.clone();
             let bytes = bytes.clone();
             tasks.spawn(async move { (store.name().to_string(), store.put_slot(&bytes).await) });
@@ -1193,6 +1242,8 @@ mod fetch_tests {
         /// Uploads (shares and slots) never answered.
         hung_writes: bool,
         reads: std::sync::atomic::AtomicUsize,
+        /// Uploads asked of it.
+        writes: std::sync::atomic::AtomicUsize,
     }
 
     impl Fake {
@@ -1204,7 +1255,12 @@ mod fetch_tests {
                 hung: false,
                 hung_writes: false,
                 reads: 0.into(),
+                writes: 0.into(),
             }
+        }
+
+        fn writes(&self) -> usize {
+            self.writes.load(std::sync::atomic::Ordering::SeqCst)
         }
 
         fn read(&self) -> Result<()> {
@@ -1226,6 +1282,8 @@ mod fetch_tests {
             self.inner.name()
         }
         async fn put_share(&self, id: &ShareId, bytes: Bytes) -> Result<()> {
+            self.writes
+                .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
             if self.hung_writes {
                 std::future::pending::<()>().await;
             }
@@ -1242,6 +1300,8 @@ mod fetch_tests {
             self.inner.has_share(id).await
         }
         async fn put_slot(&self, envelope: &[u8]) -> Result<()> {
+            self.writes
+                .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
             if self.hung_writes {
                 std::future::pending::<()>().await;
             }
@@ -1265,6 +1325,10 @@ mod fetch_tests {
         }
         fn pass_over(&self) {
             self.down.store(true, std::sync::atomic::Ordering::SeqCst)
+        }
+        fn write_waiting(&self) -> bool {
+            // A hung upload, once asked, is out for good.
+            self.is_down() && self.hung_writes && self.writes() > 0
         }
     }
 
@@ -1521,6 +1585,23 @@ mod fetch_tests {
             tokio::time::timeout(Duration::from_secs(20), grid.put_slot(&env)).await
         });
         put.expect("the hung mirror held the slot update").unwrap();
+        // Passed over, with writes out unanswered: the next upload and
+        // slot update leave it out (no grace waited), and the shares still
+        // span happy mirrors.
+        let asked = hung.writes();
+        let more = crate::chunk::share::encode(params, &[8u8; 5000]);
+        rt.block_on(grid.put_group(&more)).unwrap();
+        let env = crate::dir::SlotEnvelope::seal(&cap, 2, &crate::dir::Listing::default());
+        rt.block_on(grid.put_slot(&env)).unwrap();
+        assert_eq!(hung.writes(), asked, "the hung mirror was asked again");
+        let spanned = live
+            .iter()
+            .filter(|m| {
+                more.iter()
+                    .any(|s| rt.block_on(m.has_share(&s.id())).unwrap())
+            })
+            .count();
+        assert_eq!(spanned, 2);
         // Happy at 3 needs the hung mirror: no grace starts.
         hung.revive();
         let strict = Grid::new(stores, config(3)).unwrap();

@@ -7,7 +7,7 @@
 
 use std::collections::VecDeque;
 use std::sync::Mutex;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
@@ -97,18 +97,24 @@ pub struct HttpMirror {
     batches: AtomicBool,
     /// Until when the mirror is taken as down (see [`DOWN_FOR`]).
     down_until: Mutex<Option<Instant>>,
-    /// A write to the mirror, taken as down, is out and unanswered: other
-    /// writes fail at once rather than each wait on it (see `request`).
-    probing: AtomicBool,
+    /// Writes out to the mirror while it is taken as down, unanswered
+    /// ([`Storage::write_waiting`]).
+    probing: AtomicUsize,
 }
 
-/// Clears [`HttpMirror::probing`] when the write that set it is done or
-/// dropped.
-struct Probe<'a>(&'a AtomicBool);
+/// Counts a write in [`HttpMirror::probing`] until it is done or dropped.
+struct Probe<'a>(&'a AtomicUsize);
+
+impl<'a> Probe<'a> {
+    fn new(count: &'a AtomicUsize) -> Probe<'a> {
+        count.fetch_add(1, Ordering::AcqRel);
+        Probe(count)
+    }
+}
 
 impl Drop for Probe<'_> {
     fn drop(&mut self) {
-        self.0.store(false, Ordering::Release);
+        self.0.fetch_sub(1, Ordering::AcqRel);
     }
 }
 
@@ -218,20 +224,8 @@ impl HttpMirror {
             pending: Mutex::new(Pending::default()),
             batches: AtomicBool::new(true),
             down_until: Mutex::new(None),
-            probing: AtomicBool::new(false),
+            probing: AtomicUsize::new(0),
         })
-    }
-
-    /// The error for a write while another is out to this mirror, taken
-    /// as down, unanswered (see `request`).
-    fn still_probing(&self) -> Error {
-        self.unavailable("not answering (taken as down, and a write to it is still waiting)")
-    }
-
-    /// [`Self::still_probing`], if a write now would be refused so.
-    fn probe_out(&self) -> Option<Error> {
-        let down = self.down_until.lock().expect("down lock").is_some();
-        (down && self.probing.load(Ordering::Acquire)).then(|| self.still_probing())
     }
 
     fn unavailable(&self, reason: impl ToString) -> Error {
@@ -281,19 +275,13 @@ impl HttpMirror {
                 // A write goes out to a mirror that just failed only once,
                 // and with a shorter wait: each retry, or each full timeout
                 // of a hung mirror, would cost every upload and publish
-                // (and an unmount's final flush) again. Only one such write
-                // is out at a time; the others fail at once, and the grid
-                // places their shares elsewhere instead of giving this
-                // mirror a grace on every upload and publish (with one
-                // mirror of three stopped, each fsync waited 2 s for its
-                // shares and 2 s for each slot). Lapsed or not: for writes
-                // the mark lasts until the mirror answers something (a
-                // write, or a read's probe).
+                // (and an unmount's final flush) again. While one is out
+                // unanswered, writes that can do without this mirror skip
+                // it (`write_waiting`). Lapsed or not: for writes the mark
+                // lasts until the mirror answers something (a write, or a
+                // read's probe).
                 Some(_) if !read => {
-                    if self.probing.swap(true, Ordering::AcqRel) {
-                        return Err(self.still_probing());
-                    }
-                    _probe = Some(Probe(&self.probing));
+                    _probe = Some(Probe::new(&self.probing));
                     write_to_down = true;
                     1
                 }
@@ -658,12 +646,12 @@ impl Storage for HttpMirror {
         *self.down_until.lock().expect("down lock") = Some(Instant::now() + DOWN_FOR);
     }
 
+    fn write_waiting(&self) -> bool {
+        self.down_until.lock().expect("down lock").is_some()
+            && self.probing.load(Ordering::Acquire) > 0
+    }
+
     async fn put_share(&self, id: &ShareId, bytes: Bytes) -> Result<()> {
-        // Not queued behind a batch whose lead is the one write out to a
-        // mirror taken as down: that queue would wait with it.
-        if let Some(refused) = self.probe_out() {
-            return Err(refused);
-        }
         if bytes.len() <= MAX_BATCH_SHARE_BYTES
             && self.batches.load(Ordering::Relaxed)
             && let Some(result) = self.put_batched(id, bytes.clone()).await
@@ -822,11 +810,11 @@ mod tests {
         (url, count)
     }
 
-    /// To a mirror taken as down, one write at a time goes out: the others
-    /// fail at once (and go to other mirrors) rather than each wait for
-    /// an answer that is not coming.
+    /// While a write to a mirror taken as down is out unanswered, the
+    /// mirror says so ([`Storage::write_waiting`]), for writes that can do
+    /// without it to skip it; once that write is given up, it does not.
     #[tokio::test]
-    async fn a_mirror_taken_as_down_gets_one_write_at_a_time() {
+    async fn a_write_waiting_on_a_mirror_taken_as_down_is_known() {
         let (url, connections) = black_hole().await;
         let mirror = Arc::new(
             HttpMirror::new(
@@ -835,34 +823,29 @@ mod tests {
             )
             .unwrap(),
         );
-        mirror.pass_over();
         let share = Bytes::from(vec![5u8; 200 << 10]);
-        let first = {
+        let write = |id: u8| {
             let (mirror, share) = (mirror.clone(), share.clone());
-            tokio::spawn(async move { mirror.put_share(&[1; 32], share).await })
+            tokio::spawn(async move { mirror.put_share(&[id; 32], share).await })
         };
+        // Not taken as down: a write out is no sign of anything.
+        let first = write(1);
         while connections.load(Ordering::SeqCst) == 0 {
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
-        let err = mirror.put_share(&[2; 32], share.clone()).await.unwrap_err();
-        assert!(err.to_string().contains("still waiting"), "{err}");
-        let cap = crate::store::Vault::fresh_dir();
-        let slot = crate::dir::SlotEnvelope::seal(&cap, 1, &crate::dir::Listing::default());
-        let err = mirror.put_slot(&slot.encode()).await.unwrap_err();
-        assert!(err.to_string().contains("still waiting"), "{err}");
-        assert!(!first.is_finished(), "the first write still waits");
-        assert_eq!(connections.load(Ordering::SeqCst), 1, "one write went out");
-        // Once that write is given up, the next one goes out.
+        assert!(!mirror.write_waiting());
         first.abort();
         let _ = first.await;
-        let next = {
-            let mirror = mirror.clone();
-            tokio::spawn(async move { mirror.put_share(&[3; 32], share).await })
-        };
-        while connections.load(Ordering::SeqCst) == 1 {
+        mirror.pass_over();
+        assert!(!mirror.write_waiting(), "down, but nothing out");
+        let second = write(2);
+        while connections.load(Ordering::SeqCst) < 2 {
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
-        next.abort();
+        assert!(mirror.write_waiting());
+        second.abort();
+        let _ = second.await;
+        assert!(!mirror.write_waiting(), "the write was given up");
     }
 
     /// A mirror that cannot be reached costs one round of retries; after

@@ -206,6 +206,13 @@ pub trait Storage: Send + Sync {
     /// Let the next read through, down or not: the others could not do
     /// without this store.
     fn revive(&self) {}
+
+    /// Whether a write to this store, taken as down, is out and has not
+    /// been answered: a write that can reach `happy` without this store
+    /// places its part elsewhere rather than wait on it too.
+    fn write_waiting(&self) -> bool {
+        false
+    }
 }
 
 pub(crate) fn hex(bytes: &[u8]) -> String {
