@@ -286,8 +286,26 @@ fn friend_add_refuses_a_cap_whose_key_does_not_open_the_directory() {
         "{said}"
     );
     assert!(!friend.ok(&["friend", "list"]).contains("alice"));
-    friend.ok(&["friend", "add", "alice", &right]);
+    let out = friend.run(&["friend", "add", "alice", &right]);
+    let said = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{said}");
+    assert!(!said.contains("warning"), "{said}");
     assert!(friend.ok(&["friend", "list"]).contains("alice"));
+    // A directory no mirror holds (a cap mistyped into another valid one,
+    // or never published), pasted as a write-cap: added read-only, and
+    // both said.
+    let nowhere = lode::caps::Cap::DirWrite(lode::store::Vault::fresh_dir()).to_string();
+    let out = friend.run(&["friend", "add", "nobody", &nowhere]);
+    let said = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{said}");
+    assert!(said.contains("no mirror of yours holds"), "{said}");
+    assert!(said.contains("that is a write-cap"), "{said}");
+    assert!(
+        friend
+            .ok(&["friend", "list"])
+            .contains("nobody\tlode:dir-ro:")
+    );
+    friend.ok(&["friend", "remove", "nobody"]);
     // Named as the mount shows it, under friends/.
     assert!(friend.ok(&["ls", "friends/alice"]).contains(" f.bin\n"));
     let listed = friend.ok(&["ls", "./friends/"]);

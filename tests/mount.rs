@@ -308,6 +308,14 @@ fn friends_change_in_a_running_mount_and_a_second_mount_is_refused() {
     bob.ok(&["sync"]);
     let top = bob.ok(&["ls", "/"]);
     assert!(!top.contains("friends"), "published: {top}");
+    // `put` beside the mount names why friends/ is out, not a copy into
+    // the mount that would fail with EROFS.
+    let local = write_file(tmp.path(), "local.txt", b"x");
+    let said = bob.fails(&["put", local.to_str().unwrap(), "--to", "friends/alice/"]);
+    assert!(
+        said.contains("where the mount shows your friends"),
+        "{said}"
+    );
 
     bob.ok(&["friend", "remove", "alice"]);
     let names: Vec<_> = std::fs::read_dir(&friends).unwrap().collect();

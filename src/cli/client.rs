@@ -464,16 +464,6 @@ async fn put(s: &Session, files: &[std::path::PathBuf], to: Option<&str>) -> Res
             s.home.config_file().display()
         );
     }
-    // The running mount publishes each directory from its own listing, so
-    // an entry linked beside it would be dropped at its next change.
-    if let (Some(to), Some(at)) = (to, super::mount::mounted_at(&s.home)) {
-        bail!(
-            "this identity is mounted at {at}, which would overwrite a directory \
-             changed beside it: copy into the mount instead (cp -a FILE {at}/{}), \
-             or unmount first",
-            to.trim_start_matches('/')
-        );
-    }
     // The mount shows friends' shares at the top's `friends`, over any
     // entry of that name: one linked there would be out of sight.
     if let Some(to) = to {
@@ -489,6 +479,16 @@ async fn put(s: &Session, files: &[std::path::PathBuf], to: Option<&str>) -> Res
                  shares: put it under another name"
             );
         }
+    }
+    // The running mount publishes each directory from its own listing, so
+    // an entry linked beside it would be dropped at its next change.
+    if let (Some(to), Some(at)) = (to, super::mount::mounted_at(&s.home)) {
+        bail!(
+            "this identity is mounted at {at}, which would overwrite a directory \
+             changed beside it: copy into the mount instead (cp -a FILE {at}/{}), \
+             or unmount first",
+            to.trim_start_matches('/')
+        );
     }
     let into_dir = match to {
         Some(t) => {

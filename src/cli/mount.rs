@@ -106,14 +106,18 @@ fn tell_mount_friends(home: &Home, done: &str) {
 }
 
 /// Read a friend's directory once, within [`LOOK_WAIT`].
-fn look_at(read: &lode::caps::DirReadCap) -> Result<()> {
+fn look_at(read: &lode::caps::DirReadCap) -> Result<bool> {
     /// How long `friend add` waits for the mirrors.
     const LOOK_WAIT: Duration = Duration::from_secs(20);
     let session = super::client::Session::open()?;
     let rt = tokio::runtime::Runtime::new()?;
-    rt.block_on(async { tokio::time::timeout(LOOK_WAIT, session.vault.list(read)).await })
+    let listed = rt
+        .block_on(async {
+            tokio::time::timeout(LOOK_WAIT, session.vault.list_unless(read, None)).await
+        })
         .map_err(|_| anyhow!("no answer in {} s", LOOK_WAIT.as_secs()))??;
-    Ok(())
+    // Version 0: no mirror holds it.
+    Ok(listed.is_some_and(|(seq, _)| seq > 0))
 }
 
 pub fn friend(command: FriendCommand) -> Result<()> {
@@ -139,8 +143,18 @@ pub fn friend(command: FriendCommand) -> Result<()> {
             // A look at it on the mirrors: a cap whose key does not open
             // the directory is refused; one that cannot be read now (the
             // mirrors away, or not the friend's) is added with a warning.
+            if matches!(parsed, Cap::DirWrite(_)) {
+                eprintln!(
+                    "note: that is a write-cap; {name} is added read-only (friends/ is \
+                     read-only; `lode share` prints the read-cap to give)"
+                );
+            }
             match look_at(&read) {
-                Ok(()) => {}
+                Ok(true) => {}
+                Ok(false) => eprintln!(
+                    "warning: no mirror of yours holds {name}'s directory; added anyway, it \
+                     shows once they do (is the cap complete, and are you on the same mirrors?)"
+                ),
                 Err(e)
                     if matches!(
                         e.downcast_ref::<lode::store::Error>(),

@@ -30,6 +30,12 @@ use crate::store::{Pieces, Space, Vault, now};
 /// How long the kernel may cache attributes and names. Our own tree changes
 /// only through this mount, so the cache stays coherent; friends' trees
 /// change remotely and are re-listed every `refresh`.
+/// How long a refresh of a listed read-only directory (a friend's) waits
+/// for a version before keeping the listing it has, until the next
+/// interval. Slot reads answer in milliseconds, and with one mirror of
+/// three hung, within the 2 s grace after the first answer.
+const REFRESH_WAIT: Duration = Duration::from_secs(5);
+
 const TTL: Duration = Duration::from_secs(1);
 /// How far ahead of a sequential reader chunks are fetched.
 const READAHEAD_BYTES: u64 = 32 << 20;
@@ -451,7 +457,14 @@ impl LodeFs {
             true => self.lock().listed_seq.get(&ino).copied(),
             false => None,
         };
-        match self.rt.block_on(self.vault.list_unless(&read, known)) {
+        // A refresh has a listing to fall back on: it does not wait for
+        // mirrors that do not answer (all hung: the first `ls` after the
+        // interval took 60-70 s, each level of a path 10 s more).
+        let wait = loaded.then_some(REFRESH_WAIT);
+        match self
+            .rt
+            .block_on(self.vault.list_unless_within(&read, known, wait))
+        {
             Ok(Some((seq, listing))) => {
                 // A name left by a move that did not finish (a crash between
                 // its publishes): the directory lives where its listing
@@ -521,8 +534,14 @@ impl LodeFs {
             }
             Ok(None) => self.lock().still_current(ino),
             // A refresh that cannot reach the mirrors keeps what was
-            // listed, and tries again at the next access.
-            Err(e) if loaded => tracing::debug!(ino, error = %e, "refresh failed"),
+            // listed, and tries again a refresh interval later: each access
+            // trying at once cost every `ls` of a friend's directory, and
+            // every level of a path, the slot read's wait (10-30 s with
+            // the mirrors hung).
+            Err(e) if loaded => {
+                tracing::debug!(ino, error = %e, "refresh failed");
+                self.lock().still_current(ino);
+            }
             Err(e) => return Err(e.into()),
         }
         Ok(())

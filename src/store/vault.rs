@@ -5,7 +5,7 @@ use std::collections::HashMap;
 use std::io::{Read, Seek, Write};
 use std::path::Path;
 use std::sync::Arc;
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
 use futures_util::{StreamExt, TryStreamExt};
@@ -836,7 +836,28 @@ impl Vault {
         cap: &DirReadCap,
         known: Option<u64>,
     ) -> Result<Option<(u64, Listing)>> {
-        let (seq, mut listing) = self.grid.get_slot(cap).await?.unwrap_or_default();
+        self.list_unless_within(cap, known, None).await
+    }
+
+    /// [`Self::list_unless`], giving up as unavailable if no version is
+    /// known within `slot_wait`: for a refresh, which has a listing to
+    /// fall back on, where a first listing waits for the mirrors.
+    pub async fn list_unless_within(
+        &self,
+        cap: &DirReadCap,
+        known: Option<u64>,
+        slot_wait: Option<Duration>,
+    ) -> Result<Option<(u64, Listing)>> {
+        let slot = match slot_wait {
+            None => self.grid.get_slot(cap).await?,
+            Some(wait) => tokio::time::timeout(wait, self.grid.get_slot(cap))
+                .await
+                .map_err(|_| Error::ListingUnavailable {
+                    failed: self.grid.mirrors().len(),
+                    mirrors: self.grid.mirrors().len(),
+                })??,
+        };
+        let (seq, mut listing) = slot.unwrap_or_default();
         if known == Some(seq) {
             return Ok(None);
         }
@@ -1208,7 +1229,7 @@ pub(super) fn mtime_of(meta: &std::fs::Metadata) -> (i64, u32) {
 /// `(secs, nanos)` as stat has it: `secs` whole seconds from the epoch
 /// (negative before it), then `nanos` on top, forward.
 fn system_time((secs, nanos): (i64, u32)) -> SystemTime {
-    let whole = std::time::Duration::from_secs(secs.unsigned_abs());
+    let whole = Duration::from_secs(secs.unsigned_abs());
     let base = if secs >= 0 {
         UNIX_EPOCH + whole
     } else {
