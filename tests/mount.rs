@@ -2532,3 +2532,46 @@ fn a_new_identity_writes_with_a_mirror_hung_from_the_start() {
         b"in a new directory"
     );
 }
+
+/// One identity mounted from two homes at once (two machines): the second
+/// to publish a directory the first changed since it was loaded does not
+/// overwrite it (the last publish used to win, and the other mount's files
+/// were gone with "synced" said to both). Its sync fails saying why, its
+/// changes stay staged, and its next mount puts its files back onto the
+/// newest version.
+#[test]
+fn a_second_machine_does_not_overwrite_what_the_first_published() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (mirrors, a) = common::three_mirrors_and_client(tmp.path());
+    let urls: Vec<&str> = mirrors.iter().map(|m| m.url.as_str()).collect();
+    let b = Client::new(&tmp.path().join("b"), &urls);
+    std::fs::copy(a.home.join("data/secret"), b.home.join("data/secret")).unwrap();
+    let (mpa, mpb) = (tmp.path().join("mnt-a"), tmp.path().join("mnt-b"));
+    let ma = Mounted::new(&a, &mpa);
+    write_file(&mpa, "a.txt", b"first, from a");
+    a.ok(&["sync"]);
+    let mb = Mounted::new(&b, &mpb);
+    assert_eq!(std::fs::read(mpb.join("a.txt")).unwrap(), b"first, from a");
+    write_file(&mpa, "a2.txt", b"second, from a");
+    a.ok(&["sync"]);
+    write_file(&mpb, "b.txt", b"from b");
+    let said = b.fails(&["sync"]);
+    assert!(said.contains("changed elsewhere"), "{said}");
+    let top = a.ok(&["ls", "/"]);
+    assert!(top.contains("a2.txt") && !top.contains("b.txt"), "{top}");
+    mb.unmount();
+    drop(mb);
+    ma.unmount();
+    drop(ma);
+    let _mb = Mounted::new(&b, &mpb);
+    b.ok(&["sync"]);
+    let top = a.ok(&["ls", "/"]);
+    for name in ["a.txt", "a2.txt", "b.txt"] {
+        assert!(top.contains(name), "{name} missing: {top}");
+    }
+    assert_eq!(std::fs::read(mpb.join("b.txt")).unwrap(), b"from b");
+    assert_eq!(
+        std::fs::read(mpb.join("a2.txt")).unwrap(),
+        b"second, from a"
+    );
+}

@@ -998,7 +998,7 @@ impl LodeFs {
     /// first: a caller (fsync, `lode sync`) must not return while a listing
     /// with its change is still on the way.
     fn publish_one(&self, dir: u64) -> Result<()> {
-        let (write, listing, entries) = {
+        let (write, listing, entries, known) = {
             let mut tree = self.lock();
             while tree.publishing.contains(&dir) {
                 tree = self.published.wait(tree).unwrap_or_else(|p| p.into_inner());
@@ -1016,13 +1016,25 @@ impl LodeFs {
             // The size this listing was taken at, for a refusal: entries
             // may come and go while it is sealed and sent.
             let entries = tree.children(dir).map_or(0, |c| c.len());
-            (write, listing, entries)
+            let known = tree.listed_seq.get(&dir).copied();
+            (write, listing, entries, known)
         };
         let started = Instant::now();
-        let result = self.rt.block_on(self.vault.replace_dir(&write, listing));
+        let mut attempt = None;
+        let result = self
+            .rt
+            .block_on(self.vault.replace_dir(&write, listing, known, &mut attempt));
         {
             let mut tree = self.lock();
             tree.publishing.remove(&dir);
+            // The version this listing now is (or may be, on some mirrors):
+            // the next publish builds on it.
+            if let Some(seq) = attempt
+                && tree.nodes.contains_key(&dir)
+            {
+                let at = tree.listed_seq.entry(dir).or_insert(seq);
+                *at = (*at).max(seq);
+            }
             match &result {
                 Ok(_) => {
                     tree.too_large.remove(&dir);

@@ -128,6 +128,7 @@ pub fn errno(e: &Error) -> Errno {
             | S::Unrecoverable { .. }
             | S::NoSlot(_)
             | S::Rollback { .. }
+            | S::ChangedElsewhere { .. }
             | S::WrongReadKey { .. }
             | S::NoMirrors
             | S::Chunk(_)

@@ -74,6 +74,22 @@ pub enum Error {
     },
     #[error("no mirror has directory slot {0}")]
     NoSlot(String),
+    /// The mount's listing of a directory is of an older version than the
+    /// mirrors hold: someone else (another mount of the identity, on
+    /// another machine) changed it since. Publishing would undo their
+    /// change unseen.
+    #[error(
+        "directory {slot} was changed elsewhere (another mount of this identity?): the mirrors \
+         hold version {theirs}, this mount's listing is of version {ours}, so it is not \
+         overwritten; the changes made here stay staged: unmount and mount again, and staged \
+         files are put back onto the newest version (other changes made here, such as \
+         removals and renames, are not)"
+    )]
+    ChangedElsewhere {
+        slot: String,
+        theirs: u64,
+        ours: u64,
+    },
     #[error("refusing to roll directory {slot} back to seq {offered}: seq {seen} was already seen")]
     Rollback {
         slot: String,

@@ -907,12 +907,34 @@ impl Vault {
         Ok(listing)
     }
 
-    /// Publish `listing` as the directory's next version, whatever it held:
-    /// for a writer that keeps the whole listing itself (the mount). Only
-    /// the newest seq is read, not the pages.
-    pub async fn replace_dir(&self, cap: &DirWriteCap, mut listing: Listing) -> Result<()> {
-        let current = self.grid.get_slot(&cap.read_cap()).await?;
-        let seq = next_seq(current.map(|(seq, _)| seq));
+    /// Publish `listing` as the directory's next version: for a writer that
+    /// keeps the whole listing itself (the mount). `known` is the version
+    /// that listing was built on (loaded, or last published; `None` for a
+    /// directory it made): a newer one on the mirrors is someone else's,
+    /// and is not overwritten ([`Error::ChangedElsewhere`]). Only the
+    /// newest seq is read, not the pages. `attempt` is set to the seq sent,
+    /// whether or not it reached `happy` mirrors: a failed publish may
+    /// still have landed on some, and the next one must start above it.
+    pub async fn replace_dir(
+        &self,
+        cap: &DirWriteCap,
+        mut listing: Listing,
+        known: Option<u64>,
+        attempt: &mut Option<u64>,
+    ) -> Result<()> {
+        let read = cap.read_cap();
+        let newest = self.grid.get_slot(&read).await?.map(|(seq, _)| seq);
+        if let (Some(theirs), Some(ours)) = (newest, known)
+            && theirs > ours
+        {
+            return Err(Error::ChangedElsewhere {
+                slot: crate::store::hex(&read.public_key),
+                theirs,
+                ours,
+            });
+        }
+        let seq = next_seq(newest.max(known));
+        *attempt = Some(seq);
         self.publish_dir(cap, seq, &mut listing).await
     }
 
