@@ -2345,6 +2345,35 @@ fn sigterm_while_in_use_detaches_and_ends_when_let_go() {
     drop(m);
 }
 
+/// SIGHUP (the terminal of a mount in the foreground closing) unmounts
+/// cleanly with what was written stored, as SIGTERM does; it used to kill
+/// the process and leave a dead mount (ENOTCONN).
+#[test]
+fn sighup_unmounts_cleanly() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (_mirrors, client) = common::three_mirrors_and_client(tmp.path());
+    let mp = tmp.path().join("mnt");
+    let m = Mounted::new(&client, &mp);
+    write_file(&mp, "before-hup", b"kept");
+    let pattern = format!("[l]ode mount {} --foreground", mp.display());
+    run(Command::new("pkill").args(["-HUP", "-f", &pattern]));
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while Command::new("pgrep")
+        .args(["-f", &pattern])
+        .status()
+        .unwrap()
+        .success()
+    {
+        assert!(Instant::now() < deadline, "the mount did not end");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(!common::mount::mounted(&mp), "left mounted (dead)");
+    let out = tmp.path().join("out");
+    client.ok(&["get", "before-hup", "-o", out.to_str().unwrap()]);
+    assert_eq!(std::fs::read(&out).unwrap(), b"kept");
+    drop(m);
+}
+
 /// The kernel's generic flags reach the mount, the last of a pair winning
 /// as mount(8) has it: `noexec` stops a script from running, and `ro,rw`
 /// is read-write.
@@ -2468,12 +2497,43 @@ fn a_mount_with_fewer_mirrors_than_happy_says_so() {
     let text = text.replace("[friends]", "[friends]\nbroken = \"lode:dir-ro:1:spoiled\"");
     assert!(text.contains("spoiled"), "no [friends] table: {text}");
     std::fs::write(&config, text).unwrap();
+    // Not over the identity's own files (the mount would wait on itself).
+    for own in [client.home.clone(), client.home.join("data/staging")] {
+        std::fs::create_dir_all(&own).unwrap();
+        let said = client.fails(&["mount", own.to_str().unwrap(), "-o", "nominer"]);
+        assert!(said.contains("holds this identity's own files"), "{said}");
+        assert!(!common::mount::mounted(&own));
+    }
     let mp = tmp.path().join("mnt");
     std::fs::create_dir_all(&mp).unwrap();
+    // A file the caller holds open, inheritable: the daemon must not keep
+    // it open.
+    let held = write_file(tmp.path(), "held-by-caller", b"x");
+    let held_fd = std::fs::File::open(&held).unwrap();
+    nix::fcntl::fcntl(
+        &held_fd,
+        nix::fcntl::FcntlArg::F_SETFD(nix::fcntl::FdFlag::empty()),
+    )
+    .unwrap();
     let out = client.run(&["mount", mp.to_str().unwrap(), "-o", "nominer"]);
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "{err}");
     let m = Mounted::attach(&client, &mp);
+    let said = String::from_utf8_lossy(&out.stdout);
+    let pid = said
+        .split("(pid ")
+        .nth(1)
+        .and_then(|r| r.split([',', ')']).next())
+        .expect("the mount names its pid");
+    let open: Vec<_> = std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .unwrap()
+        .filter_map(|e| std::fs::read_link(e.ok()?.path()).ok())
+        .collect();
+    assert!(
+        !open.contains(&held),
+        "the daemon holds the caller's file: {open:?}"
+    );
+    drop(held_fd);
     assert!(
         err.contains("happy=3 needs 3 mirrors and 1 are configured"),
         "{err}"

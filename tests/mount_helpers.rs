@@ -44,6 +44,17 @@ fn mount_t_fuse_lode_and_fstab_in_a_namespace() {
         ),
     )
     .unwrap();
+    // A line `mount -a` mounts (no noauto).
+    let auto = tmp.path().join("fstab-auto");
+    std::fs::write(
+        &auto,
+        format!(
+            "{} {} fuse.lode nominer 0 0\n",
+            client.home.display(),
+            mnt.display()
+        ),
+    )
+    .unwrap();
     // Inside the namespace: the helpers are installed where mount(8) looks
     // (/sbin, bind-mounted over with a private copy), then mounted by
     // type, by fstab, and with a bad source.
@@ -73,6 +84,24 @@ umount {mnt}
 wait_gone
 echo UNMOUNTED-2
 
+# mount -a: the source shows as fstab's, so a second run sees the line
+# mounted and leaves it be. And over another file system at the path (as
+# systemd's automount puts autofs there first), lode mounts on top.
+mount -t tmpfs tmpfs {mnt}
+touch {mnt}/under
+mount -a -T {auto}
+mount -a -T {auto}
+test "$(grep -c " {mnt} fuse.lode " /proc/self/mounts)" = 1
+grep -q "^{home} {mnt} fuse.lode " /proc/self/mounts
+test "$(cat {mnt}/a.txt)" = via-mount-t
+umount {mnt}
+wait_gone
+# The file system under it is still there: the mount's end did not
+# unmount the path a second time.
+test -e {mnt}/under
+umount {mnt}
+echo MOUNT-A-OK
+
 if mount -t fuse.lode /nonexistent/identity {mnt} 2>{tmp}/err1; then exit 11; fi
 if mount -t fuse.lode {home} {tmp}/no-such-dir 2>{tmp}/err2; then exit 12; fi
 if grep -q " {mnt} " /proc/self/mounts; then exit 13; fi
@@ -84,6 +113,7 @@ echo ERRORS-OK
         home = client.home.display(),
         mnt = mnt.display(),
         fstab = fstab.display(),
+        auto = auto.display(),
         tmp = tmp.path().display(),
     );
     let out = Command::new("unshare")
@@ -97,7 +127,7 @@ echo ERRORS-OK
         "namespace script failed ({}):\n{stdout}\n{stderr}",
         out.status
     );
-    for marker in ["UNMOUNTED-1", "UNMOUNTED-2", "ERRORS-OK"] {
+    for marker in ["UNMOUNTED-1", "UNMOUNTED-2", "MOUNT-A-OK", "ERRORS-OK"] {
         assert!(
             stdout.contains(marker),
             "{marker} missing:\n{stdout}\n{stderr}"

@@ -213,6 +213,9 @@ fn config_friends(config: &Config) -> (Vec<(String, lode::caps::DirReadCap)>, Ve
     (friends, skipped)
 }
 
+/// Whether a lode mount is at `mountpoint`. Another file system there is
+/// mounted over, as mount(8) does: systemd's automount puts autofs at the
+/// path first, and mounts the real one on top.
 fn is_mounted(mountpoint: &Path) -> bool {
     let Ok(canon) = mountpoint.canonicalize() else {
         return false;
@@ -220,12 +223,15 @@ fn is_mounted(mountpoint: &Path) -> bool {
     canon.to_str().is_some_and(in_mount_table)
 }
 
-/// Whether the mount table lists a mount at this (canonical) path.
+/// Whether the mount table lists a lode mount at this (canonical) path.
 fn in_mount_table(path: &str) -> bool {
     std::fs::read_to_string("/proc/self/mounts")
         .map(|m| {
-            m.lines()
-                .any(|l| l.split(' ').nth(1).map(unescape_mount_field).as_deref() == Some(path))
+            m.lines().any(|l| {
+                let mut fields = l.split(' ');
+                let at = fields.nth(1).map(unescape_mount_field);
+                at.as_deref() == Some(path) && fields.next() == Some("fuse.lode")
+            })
         })
         .unwrap_or(false)
 }
@@ -289,6 +295,25 @@ pub fn mount(args: MountArgs) -> Result<()> {
         );
     }
     let home = Home::locate()?;
+    // Over the identity's own files (its staging, secret or cache), the
+    // mount would wait on itself: the first write hung unkillably.
+    if let Ok(mp) = args.mountpoint.canonicalize() {
+        let own = [
+            home.config.clone(),
+            home.data.clone(),
+            home.data.join("staging"),
+            home.cache.clone(),
+        ];
+        for dir in own {
+            if dir.canonicalize().unwrap_or(dir).starts_with(&mp) {
+                bail!(
+                    "{} holds this identity's own files ({}): mount somewhere else",
+                    args.mountpoint.display(),
+                    home.data.display()
+                );
+            }
+        }
+    }
     if let Some(at) = mounted_at(&home) {
         bail!(
             "this identity ({}) is already mounted at {at}; unmount it first",
@@ -296,7 +321,6 @@ pub fn mount(args: MountArgs) -> Result<()> {
         );
     }
     let mut options = vec![
-        fuser::MountOption::FSName("lode".into()),
         // The file system type `fuse.lode`, which is what fstab lines,
         // `mount -t` and `findmnt -t` name. fuser's own `Subtype` reaches
         // only fusermount3; when lode mounts directly (as root) it would be
@@ -309,6 +333,7 @@ pub fn mount(args: MountArgs) -> Result<()> {
         fuser::MountOption::DefaultPermissions,
     ];
     let mut cache_bytes = None;
+    let mut fsname = "lode".to_string();
     // Local copies of files written here, kept after upload for reading
     // (like rclone's write cache); a budget in MiB.
     let mut keep_mib: u64 = 1024;
@@ -358,6 +383,16 @@ pub fn mount(args: MountArgs) -> Result<()> {
                     _ => ("dirsync", M::DirSync),
                 };
                 flags.insert(pair, flag);
+            }
+            // The mount's source in the mount table, as sshfs takes it:
+            // the helper passes fstab's, so mount(8) sees the line mounted
+            // (`mount -a` again mounted it a second time).
+            o if o.starts_with("fsname=") => {
+                let name = &o["fsname=".len()..];
+                if name.is_empty() || name.chars().any(char::is_whitespace) {
+                    bail!("{o}: a source name without spaces is needed");
+                }
+                fsname = name.to_string();
             }
             "nominer" => miner = None,
             o if o.starts_with("miner_threads=") => {
@@ -414,6 +449,7 @@ pub fn mount(args: MountArgs) -> Result<()> {
         bail!("allow_other and allow_root cannot be given together");
     }
     options.extend(flags.into_values());
+    options.push(fuser::MountOption::FSName(fsname));
     // Reads work, and writes stage, but nothing can reach the mirrors:
     // said once, to whoever mounts, rather than only as failing fsyncs.
     let config = Config::load(&Home::locate()?)?;
@@ -576,14 +612,23 @@ pub fn mount(args: MountArgs) -> Result<()> {
     fuse_config.mount_options = options;
     fuse_config.n_threads = Some(4);
     fuse_config.acl = acl;
-    let background = fuser::spawn_mount(Mount(fs.clone()), &args.mountpoint, &fuse_config)
+    let mut background = fuser::spawn_mount(Mount(fs.clone()), &args.mountpoint, &fuse_config)
         .with_context(|| format!("cannot mount at {}", args.mountpoint.display()))?;
     fs.set_notifier(background.notifier());
     widen_readahead(&args.mountpoint);
     eprintln!("lode mounted at {}", args.mountpoint.display());
     let (done_tx, done_rx) = std::sync::mpsc::channel();
     std::thread::spawn(move || {
-        let result = background.join();
+        // The session ends once the kernel has let go of the mount. fuser
+        // would then unmount the path again as its session is dropped,
+        // taking down whatever is mounted there now: the autofs of a
+        // systemd automount, or the file system lode was mounted over.
+        // So the session is waited for, and not dropped.
+        let serving = std::mem::replace(&mut background.guard, std::thread::spawn(|| Ok(())));
+        let result = serving
+            .join()
+            .unwrap_or_else(|_| Err(std::io::Error::other("the FUSE session panicked")));
+        std::mem::forget(background);
         let _ = done_tx.send(result);
     });
     let mountpoint = args.mountpoint.clone();
@@ -591,11 +636,15 @@ pub fn mount(args: MountArgs) -> Result<()> {
         use tokio::signal::unix::{SignalKind, signal};
         let mut term = signal(SignalKind::terminate())?;
         let mut int = signal(SignalKind::interrupt())?;
+        // The terminal of a mount in the foreground closing: unmount, as
+        // sshfs and other libfuse tools do (it left a dead mount).
+        let mut hup = signal(SignalKind::hangup())?;
         let ended = tokio::task::spawn_blocking(move || done_rx.recv());
         tokio::pin!(ended);
         tokio::select! {
             _ = term.recv() => unmount(&mountpoint),
             _ = int.recv() => unmount(&mountpoint),
+            _ = hup.recv() => unmount(&mountpoint),
             _ = &mut ended => return anyhow::Ok(()),
         }
         // Unmounted, perhaps lazily: the session ends once the kernel lets
@@ -757,6 +806,31 @@ fn option_value<T: std::str::FromStr>(option: &str, wants: &str) -> Result<T> {
 
 /// Run the mount as a detached child, and return once it is live (or
 /// report why it failed).
+/// Have the daemon about to be started close, at its exec, every
+/// descriptor above stderr that its caller left open: it must not keep
+/// the caller's files open for as long as the mount lasts (one held on an
+/// older lode mount kept that mount alive, and the new mount then waited
+/// on it forever).
+#[allow(unsafe_code)]
+fn close_inherited_fds(cmd: &mut std::process::Command) {
+    use std::os::unix::process::CommandExt;
+    // SAFETY: runs between fork and exec, where only async-signal-safe
+    // calls are allowed: close_range is a raw system call that touches no
+    // memory of this process. On a kernel without it (before 5.11) it
+    // fails and nothing changes.
+    unsafe {
+        cmd.pre_exec(|| {
+            libc::syscall(
+                libc::SYS_close_range,
+                3u32,
+                u32::MAX,
+                libc::CLOSE_RANGE_CLOEXEC,
+            );
+            Ok(())
+        });
+    }
+}
+
 fn spawn_background(args: &MountArgs) -> Result<()> {
     use std::os::unix::process::CommandExt;
     let home = Home::locate()?;
@@ -802,6 +876,7 @@ fn spawn_background(args: &MountArgs) -> Result<()> {
     if std::env::var_os("MALLOC_ARENA_MAX").is_none() {
         cmd.env("MALLOC_ARENA_MAX", "1");
     }
+    close_inherited_fds(&mut cmd);
     cmd.stdin(std::process::Stdio::null())
         .stdout(log.try_clone()?)
         .stderr(log)
