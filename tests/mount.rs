@@ -2556,6 +2556,10 @@ fn a_new_identity_writes_with_a_mirror_hung_from_the_start() {
     let tmp = tempfile::tempdir().unwrap();
     let (mut mirrors, client) = common::three_mirrors_and_client(tmp.path());
     client.set_config("happy", "2");
+    // `init` marks the root as never published; only such a directory is
+    // taken as new with a mirror silent.
+    let marker = client.home.join("data/root-unpublished");
+    assert!(marker.exists());
     let hung = mirrors[2].pid().unwrap().to_string();
     let signal = |sig: &str| {
         let sent = Command::new("kill").args([sig, &hung]).status().unwrap();
@@ -2591,6 +2595,8 @@ fn a_new_identity_writes_with_a_mirror_hung_from_the_start() {
         std::fs::read(mp.join("d/inner")).unwrap(),
         b"in a new directory"
     );
+    // Gone once this home has seen the root published.
+    assert!(!marker.exists());
 }
 
 /// One identity mounted from two homes at once (two machines): the second

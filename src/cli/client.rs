@@ -34,13 +34,24 @@ impl Session {
             .map(|url| Ok(Arc::new(HttpMirror::new(url, account.clone())?) as Arc<dyn Storage>))
             .collect::<Result<Vec<_>>>()?;
         let grid = Grid::new(mirrors, config.grid())?;
-        for (pk, seq) in home.load_seen()? {
-            if let Ok(pk) = lode::protocol::parse_hex::<32>(&pk) {
+        let seen = home.load_seen()?;
+        for (pk, &seq) in &seen {
+            if let Ok(pk) = lode::protocol::parse_hex::<32>(pk) {
                 grid.note_seen(&pk, seq);
             }
         }
         let vault =
             Vault::new(&secret, grid).with_cache_bytes(super::home::cache_bytes(config.cache_mib)?);
+        // A new identity's root, until this home has seen it published.
+        let root = vault.root().read_cap().public_key;
+        let marker = home.root_unpublished();
+        if marker.exists() {
+            if seen.contains_key(&lode::protocol::hex(&root)) {
+                let _ = std::fs::remove_file(&marker);
+            } else {
+                vault.grid().note_fresh(&root);
+            }
+        }
         Ok(Session { home, vault })
     }
 

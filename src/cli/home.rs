@@ -109,6 +109,9 @@ impl Home {
         if !self.config_file().exists() {
             Config::default().save(self)?;
         }
+        // A new identity: its root has never been published (see
+        // `Grid::note_fresh`). Not for a secret restored from elsewhere.
+        std::fs::write(self.root_unpublished(), b"")?;
         Ok(Initialized::Created(secret))
     }
 
@@ -132,6 +135,12 @@ impl Home {
             .try_into()
             .with_context(|| format!("{} must hold 32 bytes of hex", path.display()))?;
         Ok(RootSecret::from_bytes(arr))
+    }
+
+    /// Present from `lode init` making a new secret until this home has
+    /// seen its root published.
+    pub fn root_unpublished(&self) -> PathBuf {
+        self.data.join("root-unpublished")
     }
 
     /// The highest seq seen per directory slot (hex key → seq).

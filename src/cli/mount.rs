@@ -152,7 +152,7 @@ pub fn friend(command: FriendCommand) -> Result<()> {
             match look_at(&read) {
                 Ok(true) => {}
                 Ok(false) => eprintln!(
-                    "warning: no mirror of yours holds {name}'s directory; added anyway, it \
+                    "warning: no mirror of yours that answered holds {name}'s directory; added anyway, it \
                      shows once they do (is the cap complete, and are you on the same mirrors?)"
                 ),
                 Err(e)

@@ -27,15 +27,15 @@ use crate::caps::{DirReadCap, FileReadCap};
 use crate::dir::{EntryKind, Listing, check_name};
 use crate::store::{Pieces, Space, Vault, now};
 
-/// How long the kernel may cache attributes and names. Our own tree changes
-/// only through this mount, so the cache stays coherent; friends' trees
-/// change remotely and are re-listed every `refresh`.
 /// How long a refresh of a listed read-only directory (a friend's) waits
 /// for a version before keeping the listing it has, until the next
 /// interval. Slot reads answer in milliseconds, and with one mirror of
 /// three hung, within the 2 s grace after the first answer.
 const REFRESH_WAIT: Duration = Duration::from_secs(5);
 
+/// How long the kernel may cache attributes and names. Our own tree changes
+/// only through this mount, so the cache stays coherent; friends' trees
+/// change remotely and are re-listed every `refresh`.
 const TTL: Duration = Duration::from_secs(1);
 /// How far ahead of a sequential reader chunks are fetched.
 const READAHEAD_BYTES: u64 = 32 << 20;

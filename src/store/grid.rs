@@ -107,7 +107,12 @@ fn move_failed(
     retry: Vec<usize>,
 ) -> bool {
     for i in retry {
-        let load = |pos: &usize| holders.iter().filter(|h| h.contains(pos)).count();
+        // Shares held there, and shares on their way there: shares moved
+        // before any is placed would otherwise all go to one mirror.
+        let load = |pos: &usize| {
+            holders.iter().filter(|h| h.contains(pos)).count()
+                + wanted.iter().filter(|(_, q)| q == pos).count()
+        };
         let next = (0..m)
             .filter(|p| !failed.contains(p) && !holders[i].contains(p))
             .filter(|p| !wanted.contains(&(i, *p)))
@@ -154,6 +159,9 @@ pub struct Grid {
     /// Slot versions already sent to a mirror that lagged (slot, mirror,
     /// seq): each is tried once.
     slot_repairs: Mutex<HashSet<([u8; 32], usize, u64)>>,
+    /// Directories this client made and, by its own record, never saw
+    /// published (a new identity's root): see [`Self::note_fresh`].
+    fresh: Mutex<HashSet<[u8; 32]>>,
 }
 
 /// How long, at most, an acknowledged share counts as placed without
@@ -222,7 +230,20 @@ impl Grid {
             seen_changes: std::sync::atomic::AtomicU64::new(0),
             placed: Mutex::new(Placed::new()),
             slot_repairs: Mutex::new(HashSet::new()),
+            fresh: Mutex::new(HashSet::new()),
         })
+    }
+
+    /// Record that the directory `public_key` was made by this client and,
+    /// as far as it has recorded, never published: a read that no mirror
+    /// answering gives it, with enough of them saying they hold none for
+    /// no publish to have reached `happy` without them, takes it as new
+    /// though a mirror is silent (see `new_if_none`). Without this record,
+    /// which only a new identity's root has, such a read is unavailable:
+    /// the directory may have been published when the mirrors or `happy`
+    /// were other than now, or lost by mirrors that dropped it.
+    pub fn note_fresh(&self, public_key: &[u8; 32]) {
+        self.fresh.lock().expect("lock").insert(*public_key);
     }
 
     pub fn params(&self) -> Params {
@@ -350,7 +371,12 @@ impl Grid {
                 mirror.is_down() && mirror.write_waiting()
             })
             .collect();
-        if !waiting.is_empty() && m - waiting.len() >= self.happy {
+        // Only while the mirrors not taken as down can reach `happy`: with
+        // another one down too, the waiting one may be needed after all.
+        let live = (0..m)
+            .filter(|&pos| !self.mirrors[order[pos]].is_down())
+            .count();
+        if !waiting.is_empty() && live >= self.happy {
             failed.extend(waiting);
             let retry = wanted
                 .iter()
@@ -803,15 +829,21 @@ impl Grid {
                 seen,
                 offered: 0,
             }),
-            // A mirror that failed may hold the slot, unless too many said
-            // they have none for any publish to have reached `happy`
-            // mirrors without them: then nothing was ever stored that a
-            // write returned for, and the directory is new. (Without this,
-            // a new identity could not publish its root while any mirror
-            // was away. A publish that reached only the silent mirrors
-            // lost its writer's fsync; the next publish's seq outruns it,
-            // see `Vault::next_seq`.)
-            (None, None) if held.is_empty() || (failed > 0 && !self.new_if_none(absent)) => {
+            // A mirror that failed may hold the slot. Unless this client
+            // made the directory and never saw it published (`fresh`), and
+            // too many mirrors said they have none for any publish to have
+            // reached `happy` without them: then nothing was ever stored
+            // that a write returned for, and the directory is new. (Without
+            // this, a new identity could not publish its root while any
+            // mirror was away. A publish that reached only the silent
+            // mirrors lost its writer's fsync; the next publish's seq
+            // outruns it, see `Vault::next_seq`.)
+            (None, None)
+                if held.is_empty()
+                    || (failed > 0
+                        && !(self.fresh.lock().expect("lock").contains(&cap.public_key)
+                            && self.new_if_none(absent))) =>
+            {
                 Err(Error::ListingUnavailable {
                     failed,
                     mirrors: self.mirrors.len(),
@@ -900,11 +932,16 @@ impl Grid {
         // unanswered is left out while the others can reach `happy` (a
         // mirror takes only a seq above the one it holds, and reads repair
         // one left behind).
-        let waiting = |store: &Arc<dyn Storage>| store.is_down() && store.write_waiting();
-        let skip =
-            self.mirrors.len() - self.mirrors.iter().filter(|s| waiting(s)).count() >= self.happy;
-        for store in &self.mirrors {
-            if skip && waiting(store) {
+        let down: Vec<bool> = self.mirrors.iter().map(|s| s.is_down()).collect();
+        let waiting: Vec<bool> = self
+            .mirrors
+            .iter()
+            .zip(&down)
+            .map(|(s, &down)| down && s.write_waiting())
+            .collect();
+        let skip = down.iter().filter(|&&d| !d).count() >= self.happy;
+        for (store, &waiting) in self.mirrors.iter().zip(&waiting) {
+            if skip && waiting {
                 continue;
             }
             let store = store.clone();
@@ -1520,6 +1557,15 @@ mod fetch_tests {
                 Arc::new(MemoryStorage::named("c")),
             ];
             let grid = Grid::new(stores, GridConfig { k: 2, n: 3, happy }).unwrap();
+            // Only for a directory this client made and never saw
+            // published: any other may have been published when the
+            // mirrors or `happy` were other than now.
+            let got = answer(&grid);
+            assert!(
+                matches!(got, Err(Error::ListingUnavailable { .. })),
+                "happy {happy}, not fresh: {got:?}"
+            );
+            grid.note_fresh(&other.read_cap().public_key);
             let got = answer(&grid);
             assert!(matches!(got, Ok(None)), "happy {happy}: {got:?}");
         }
@@ -1540,11 +1586,59 @@ mod fetch_tests {
             },
         )
         .unwrap();
+        grid.note_fresh(&other.read_cap().public_key);
         let got = answer(&grid);
         assert!(
             matches!(got, Err(Error::ListingUnavailable { .. })),
             "an answer while two mirrors are silent: {got:?}"
         );
+    }
+
+    /// A directory taken as new while a mirror was silent is published at
+    /// a seq that outruns what that mirror may hold from an earlier
+    /// publish that never reached `happy` (seq 5 here): once it answers
+    /// again, the new version is the one read.
+    #[test]
+    fn a_first_publish_outruns_a_version_a_silent_mirror_held() {
+        let rt = runtime();
+        let cap = crate::store::Vault::fresh_dir();
+        let stale = crate::dir::SlotEnvelope::seal(&cap, 5, &crate::dir::Listing::default());
+        let (a, c) = (
+            Arc::new(MemoryStorage::named("a")),
+            Arc::new(MemoryStorage::named("c")),
+        );
+        let silent = Arc::new(Fake {
+            hung: true,
+            hung_writes: true,
+            ..Fake::new(MemoryStorage::named("silent"))
+        });
+        let config = GridConfig {
+            k: 2,
+            n: 3,
+            happy: 2,
+        };
+        let stores: Vec<Arc<dyn Storage>> = vec![a.clone(), silent, c.clone()];
+        let grid = Grid::new(stores, config).unwrap();
+        grid.note_fresh(&cap.read_cap().public_key);
+        let read = rt.block_on(grid.get_slot(&cap.read_cap())).unwrap();
+        assert!(read.is_none(), "taken as new");
+        let mut listing = crate::dir::Listing::default();
+        let entry = crate::dir::Entry::symlink("there", (0, 0));
+        listing.entries.insert("new".into(), entry);
+        let seq = crate::store::vault::next_seq(None);
+        let env = crate::dir::SlotEnvelope::seal(&cap, seq, &listing);
+        rt.block_on(grid.put_slot(&env)).unwrap();
+        // The silent mirror answers again, holding seq 5 of an earlier
+        // publish that reached only it.
+        let back = Arc::new(MemoryStorage::named("silent"));
+        rt.block_on(back.put_slot(&stale.encode())).unwrap();
+        let later = Grid::new(vec![a, back, c], config).unwrap();
+        let (got, read) = rt
+            .block_on(later.get_slot(&cap.read_cap()))
+            .unwrap()
+            .expect("found");
+        assert_eq!(got, seq);
+        assert!(read.entries.contains_key("new"), "the new listing is read");
     }
 
     /// With `happy` mirrors holding an upload, one that never answers is

@@ -17,7 +17,7 @@ mod http;
 mod memory;
 mod sparse;
 mod tree;
-mod vault;
+pub(crate) mod vault;
 
 pub use cache::ChunkCache;
 pub use check::{

@@ -219,7 +219,7 @@ pub fn now() -> (i64, u32) {
 /// publish that never reached `happy` mirrors (a session that crashed, or
 /// another machine), and counting from 1 those could outnumber this
 /// writer's once the mirrors are back, and hide its changes.
-fn next_seq(current: Option<u64>) -> u64 {
+pub(crate) fn next_seq(current: Option<u64>) -> u64 {
     match current {
         Some(seq) => seq + 1,
         None => {
