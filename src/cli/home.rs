@@ -117,10 +117,12 @@ impl Home {
 
     pub fn secret(&self) -> Result<RootSecret> {
         let path = self.secret_file();
-        let text = zeroize::Zeroizing::new(
-            std::fs::read_to_string(&path)
-                .with_context(|| format!("reading {} (run `lode init` first)", path.display()))?,
-        );
+        let text = zeroize::Zeroizing::new(std::fs::read_to_string(&path).with_context(|| {
+            match path.exists() {
+                true => format!("reading {}", path.display()),
+                false => format!("reading {} (run `lode init` first)", path.display()),
+            }
+        })?);
         let mode = std::fs::metadata(&path)?.permissions().mode();
         if mode & 0o077 != 0 {
             tracing::warn!(path = %path.display(), "secret file is readable by others; chmod 600 it");

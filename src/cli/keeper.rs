@@ -94,6 +94,7 @@ impl Keeper {
             "staged_files": backlog.0,
             "staged_bytes": backlog.1,
             "mining_for": state.mining_for,
+            "miner": self.miners.is_some(),
             "hashrate": self.miners.as_ref().map_or(0.0, |m| m.hashrate()),
             "accepted": self.stats.accepted.load(Ordering::Relaxed),
             "rejected": self.stats.rejected.load(Ordering::Relaxed),
@@ -235,9 +236,12 @@ async fn renew_loop(vault: Arc<Vault>, state: Arc<Mutex<KeeperState>>) {
                     0 => String::new(),
                     n => format!(", {n} files or directories unreadable, not renewed"),
                 };
+                let objects = match reach.ids.len() {
+                    1 => "1 object".to_string(),
+                    n => format!("{n} objects"),
+                };
                 format!(
-                    "{} objects on {} mirrors ({} failed{refused}{unreadable}{lost}) at {}",
-                    reach.ids.len(),
+                    "{objects} on {} mirrors ({} failed{refused}{unreadable}{lost}) at {}",
                     results.len(),
                     failed,
                     unix_now()

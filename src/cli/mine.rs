@@ -297,18 +297,26 @@ pub fn status(args: StatusArgs) -> Result<()> {
     }
     println!("account {}", lode::protocol::hex(&key.public_key()));
     if let Some(m) = &mount {
+        // `miner` is absent from an older mount's answer: it had one.
+        let miner = if m["miner"].as_bool() == Some(false) {
+            "miner off (-o nominer)".to_string()
+        } else {
+            format!(
+                "miner {} at {:.2} MH/s, {} accepted, {} rejected",
+                m["mining_for"]
+                    .as_str()
+                    .map_or("idle".to_string(), |u| format!("mining for {u}")),
+                m["hashrate"].as_f64().unwrap_or(0.0) / 1e6,
+                m["accepted"],
+                m["rejected"],
+            )
+        };
         println!(
-            "mount at {}: {} files ({} bytes) staged, {} inodes held; miner {} at {:.2} MH/s, {} accepted, {} rejected",
+            "mount at {}: {} files ({} bytes) staged, {} inodes held; {miner}",
             m["mountpoint"].as_str().unwrap_or("?"),
             m["staged_files"],
             m["staged_bytes"],
             m["inodes"],
-            m["mining_for"]
-                .as_str()
-                .map_or("idle".to_string(), |u| format!("mining for {u}")),
-            m["hashrate"].as_f64().unwrap_or(0.0) / 1e6,
-            m["accepted"],
-            m["rejected"],
         );
         if let Some(f) = m.get("uploads_failing").filter(|f| f.is_object()) {
             println!(

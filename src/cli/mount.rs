@@ -459,7 +459,8 @@ pub fn mount(args: MountArgs) -> Result<()> {
             eprintln!("lode: warning: {line}");
         }
     }
-    if config.mirrors.len() < config.happy {
+    // (With none, the mount is refused below, saying so.)
+    if !config.mirrors.is_empty() && config.mirrors.len() < config.happy {
         eprintln!(
             "lode: warning: happy={} needs {} mirrors and {} are configured: what is written \
              here stays staged until there are enough (`lode mirrors add URL`)",
