@@ -2534,6 +2534,9 @@ fn a_mount_with_fewer_mirrors_than_happy_says_so() {
         "the daemon holds the caller's file: {open:?}"
     );
     drop(held_fd);
+    let status = client.run(&["status"]);
+    let status = String::from_utf8_lossy(&status.stdout);
+    assert!(status.contains("miner off"), "{status}");
     assert!(
         err.contains("happy=3 needs 3 mirrors and 1 are configured"),
         "{err}"
