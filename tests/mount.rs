@@ -2644,3 +2644,54 @@ fn a_second_machine_does_not_overwrite_what_the_first_published() {
         b"second, from a"
     );
 }
+
+/// A mount with files staged by one that crashed comes up while every
+/// mirror hangs (stopped processes, as a network that drops packets): it
+/// used to spend minutes placing them, and `lode mount` gave up after 60 s.
+/// The files show once the mirrors answer, with no remount.
+#[test]
+fn a_restart_with_every_mirror_hung_mounts_and_recovers_later() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (mirrors, client) = common::three_mirrors_and_client(tmp.path());
+    let mp = tmp.path().join("mnt");
+    let m = Mounted::new(&client, &mp);
+    std::fs::create_dir_all(mp.join("a/b")).unwrap();
+    client.ok(&["sync"]);
+    for name in ["a/b/one", "a/two", "three"] {
+        write_file(&mp, name, name.as_bytes());
+    }
+    kill_mount(&mp);
+    drop(m);
+    let pids: Vec<String> = mirrors
+        .iter()
+        .map(|m| m.pid().unwrap().to_string())
+        .collect();
+    let signal = |sig: &str| {
+        for pid in &pids {
+            assert!(
+                Command::new("kill")
+                    .args([sig, pid])
+                    .status()
+                    .unwrap()
+                    .success()
+            );
+        }
+    };
+    signal("-STOP");
+    let out = client.run(&["mount", mp.to_str().unwrap(), "-o", "nominer"]);
+    signal("-CONT");
+    let said = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "the mount did not come up: {said}");
+    let _m = Mounted::attach(&client, &mp);
+    let deadline = Instant::now() + Duration::from_secs(90);
+    while !client.run(&["sync"]).status.success() || !mp.join("a/b/one").exists() {
+        assert!(
+            Instant::now() < deadline,
+            "the staged files did not come back"
+        );
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    for name in ["a/b/one", "a/two", "three"] {
+        assert_eq!(std::fs::read(mp.join(name)).unwrap(), name.as_bytes());
+    }
+}

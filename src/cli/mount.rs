@@ -527,19 +527,43 @@ pub fn mount(args: MountArgs) -> Result<()> {
             let _ = done.send(fs.load_root());
         }
     });
-    match listed.recv_timeout(Duration::from_secs(10)) {
-        Ok(Ok(())) => {}
-        Ok(Err(e)) => eprintln!("lode: the root directory could not be listed yet: {e}"),
-        Err(_) => eprintln!("lode: the root directory is slow to list; mounting meanwhile"),
-    }
+    let root_slow = match listed.recv_timeout(Duration::from_secs(10)) {
+        Ok(Ok(())) => false,
+        Ok(Err(e)) => {
+            eprintln!("lode: the root directory could not be listed yet: {e}");
+            false
+        }
+        Err(_) => {
+            eprintln!("lode: the root directory is slow to list; mounting meanwhile");
+            true
+        }
+    };
     // Whatever an earlier mount staged but never published (it crashed,
     // or the mirrors were down) goes up first, so it shows in this mount.
-    match fs.recover() {
-        Ok(0) => {}
-        Ok(n) => eprintln!("lode: recovered {n} staged files from an earlier mount"),
-        Err(e) => {
+    // Placing it needs its directories listed: with the mirrors not
+    // answering that can take minutes, so the mount goes live meanwhile
+    // (with every mirror stopped and files staged, it did not come up in
+    // the minute `lode mount` waits).
+    let (done, recovered) = std::sync::mpsc::channel();
+    {
+        let fs = fs.clone();
+        std::thread::spawn(move || {
+            let _ = done.send(fs.recover());
+        });
+    }
+    // (Not waited for at all if the root was slow to list: every file is
+    // placed beneath it.)
+    let wait = if root_slow { 0 } else { 10 };
+    match recovered.recv_timeout(Duration::from_secs(wait)) {
+        Ok(Ok(0)) => {}
+        Ok(Ok(n)) => eprintln!("lode: recovered {n} staged files from an earlier mount"),
+        Ok(Err(e)) => {
             eprintln!("lode: staged files from an earlier mount stay staged (will retry): {e}")
         }
+        Err(_) => eprintln!(
+            "lode: staged files from an earlier mount are still being put back (the mirrors \
+             are slow to answer); each shows once its directory can be read"
+        ),
     }
     let flusher = fs.start_flusher();
     let seen_keeper = keep_seen(vault.clone(), home.clone());

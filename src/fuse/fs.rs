@@ -1375,7 +1375,10 @@ impl LodeFs {
     /// Runs before the mount is live: every staged file is an earlier
     /// mount's.
     pub fn recover(&self) -> Result<usize> {
+        // The flusher's retries wait for this first pass.
+        let _one = self.retrying.lock().unwrap_or_else(|p| p.into_inner());
         let mut recovered = 0;
+        let mut away = false;
         let Ok(dir) = std::fs::read_dir(&self.config.staging) else {
             return Ok(0);
         };
@@ -1401,7 +1404,11 @@ impl LodeFs {
                 }
                 continue;
             };
-            if self.adopted(&file, &note) {
+            // Once the mirrors are found away, the rest wait for the
+            // flusher's next try: each would wait for them again (a mount
+            // with two files staged and every mirror stopped took 70 s to
+            // come up, past what `lode mount` waits for).
+            if !away && self.adopted(&file, &note, &mut away) {
                 recovered += 1;
             } else {
                 self.unadopted().push(file);
@@ -1451,9 +1458,11 @@ impl LodeFs {
         let _one = self.retrying.lock().unwrap_or_else(|p| p.into_inner());
         let files = self.unadopted().clone();
         let mut placed = std::collections::HashSet::new();
+        let mut away = false;
         for file in files {
             let done = match notes::read(&file) {
-                Some(note) => self.adopted(&file, &note),
+                Some(_) if away => false,
+                Some(note) => self.adopted(&file, &note, &mut away),
                 // Its note went (the file was placed, or dropped).
                 None => true,
             };
@@ -1468,7 +1477,9 @@ impl LodeFs {
 
     /// Adopt the staged `file` noted for `note.path`; false if it cannot
     /// be placed yet (for the flusher to try again).
-    fn adopted(&self, file: &Path, note: &notes::Note) -> bool {
+    /// (`away` is set if it failed because the mirrors did not answer.)
+    fn adopted(&self, file: &Path, note: &notes::Note, away: &mut bool) -> bool {
+        use crate::store::Error as S;
         let path = &note.path;
         match self.adopt(file, note) {
             Ok(()) => {
@@ -1477,6 +1488,10 @@ impl LodeFs {
             }
             Err(e) => {
                 tracing::debug!(path, error = %e, "a staged file cannot be placed yet");
+                *away |= matches!(
+                    e,
+                    Error::Store(S::Unavailable { .. } | S::ListingUnavailable { .. })
+                );
                 false
             }
         }
