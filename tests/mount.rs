@@ -2624,6 +2624,8 @@ fn a_second_machine_does_not_overwrite_what_the_first_published() {
     write_file(&mpa, "a2.txt", b"second, from a");
     a.ok(&["sync"]);
     write_file(&mpb, "b.txt", b"from b");
+    std::fs::create_dir_all(mpb.join("newdir/deeper")).unwrap();
+    write_file(&mpb, "newdir/deeper/nested.txt", b"nested, from b");
     let said = b.fails(&["sync"]);
     assert!(said.contains("changed elsewhere"), "{said}");
     let top = a.ok(&["ls", "/"]);
@@ -2642,6 +2644,11 @@ fn a_second_machine_does_not_overwrite_what_the_first_published() {
     assert_eq!(
         std::fs::read(mpb.join("a2.txt")).unwrap(),
         b"second, from a"
+    );
+    // A file in a directory made there comes back too.
+    assert_eq!(
+        std::fs::read(mpb.join("newdir/deeper/nested.txt")).unwrap(),
+        b"nested, from b"
     );
 }
 

@@ -1076,17 +1076,38 @@ impl LodeFs {
         // A removed directory stayed only for this publish.
         self.lock().drop_if_unused(dir);
         // Children whose upload this listing names are safe on the mirrors
-        // now: their recovery notes go, and their staged copies stay as a
-        // read cache within the keep budget.
+        // now, if the directories above name this one (`Tree::anchored`);
+        // and so are those of directories published earlier that waited
+        // for this one. Their recovery notes go, and their staged copies
+        // stay as a read cache within the keep budget.
         let mut tree = self.lock();
-        let mut children: Vec<u64> = tree
-            .children(dir)
-            .map(|c| c.values().copied().collect())
-            .unwrap_or_default();
+        let mut released = Vec::new();
+        if tree.anchored(dir) {
+            released.push(dir);
+            let waited: Vec<u64> = tree.unanchored.iter().copied().collect();
+            for d in waited {
+                if !tree.nodes.contains_key(&d) {
+                    tree.unanchored.remove(&d);
+                } else if tree.anchored(d) {
+                    tree.unanchored.remove(&d);
+                    released.push(d);
+                }
+            }
+        } else if tree.nodes.contains_key(&dir) {
+            tree.unanchored.insert(dir);
+        }
+        let mut children: Vec<u64> = released
+            .iter()
+            .flat_map(|&d| {
+                tree.children(d)
+                    .map(|c| c.values().copied().collect::<Vec<_>>())
+                    .unwrap_or_default()
+            })
+            .collect();
         // A linked file is safe once the root's link table names it.
         let linked = |tree: &Tree, ino: &u64| tree.nodes.get(ino).is_some_and(|n| n.link.is_some());
         children.retain(|i| !linked(&tree, i));
-        if dir == ROOT {
+        if released.contains(&ROOT) {
             children.extend(tree.links.values().copied());
         }
         let mut kept = Vec::new();

@@ -215,12 +215,35 @@ pub struct Tree {
     /// Directories made by this mount and not yet published: removed
     /// before their first publish, they need none.
     pub unpublished: HashSet<u64>,
+    /// Directories published while a directory above them was not (see
+    /// [`Tree::anchored`]): their files' recovery notes stay until it is.
+    pub unanchored: HashSet<u64>,
     /// The inode that lists each of our directories writably, by slot key
     /// (checked against `nodes` when read, so never cleaned).
     listed: HashMap<[u8; 32], u64>,
 }
 
 impl Tree {
+    /// Whether every directory above `dir` is published as it stands, so
+    /// that a listing of `dir` just published is reached from the root:
+    /// only then are its files safe on the mirrors. (A new directory's
+    /// listing goes up before its parent's names it; if the parent's then
+    /// fails, as when another machine changed it, the files are reached
+    /// only through their recovery notes.)
+    pub fn anchored(&self, dir: u64) -> bool {
+        let mut cur = dir;
+        while cur != ROOT {
+            let Some(node) = self.nodes.get(&cur) else {
+                return false;
+            };
+            cur = node.parent;
+            if self.dirty.contains(&cur) || self.publishing.contains(&cur) {
+                return false;
+            }
+        }
+        true
+    }
+
     pub fn new(root: DirWriteCap, owner: (u32, u32)) -> Tree {
         let mut nodes = HashMap::new();
         let read = root.read_cap();
@@ -250,6 +273,7 @@ impl Tree {
             moved_into: HashMap::new(),
             listed_seq: HashMap::new(),
             unpublished: HashSet::new(),
+            unanchored: HashSet::new(),
             listed: HashMap::new(),
             publishing: HashSet::new(),
             too_large: HashMap::new(),
