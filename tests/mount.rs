@@ -2627,7 +2627,7 @@ fn a_second_machine_does_not_overwrite_what_the_first_published() {
     std::fs::create_dir_all(mpb.join("newdir/deeper")).unwrap();
     write_file(&mpb, "newdir/deeper/nested.txt", b"nested, from b");
     let said = b.fails(&["sync"]);
-    assert!(said.contains("changed elsewhere"), "{said}");
+    assert!(said.contains("directory / was changed elsewhere"), "{said}");
     let top = a.ok(&["ls", "/"]);
     assert!(top.contains("a2.txt") && !top.contains("b.txt"), "{top}");
     mb.unmount();

@@ -1072,6 +1072,18 @@ impl LodeFs {
             }
         }
         self.published.notify_all();
+        // Named by its path, which the user knows, not its slot key.
+        let result = result.map_err(|e| match e {
+            crate::store::Error::ChangedElsewhere { slot, theirs, ours } => {
+                let path = Self::path_in(&self.lock(), dir);
+                crate::store::Error::ChangedElsewhere {
+                    slot: path.map_or(slot, |p| format!("/{p}")),
+                    theirs,
+                    ours,
+                }
+            }
+            e => e,
+        });
         result?;
         // A removed directory stayed only for this publish.
         self.lock().drop_if_unused(dir);
