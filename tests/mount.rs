@@ -989,6 +989,7 @@ fn a_restart_during_an_outage_recovers_once_the_mirrors_return() {
     assert!(!out.status.success());
     let said = String::from_utf8_lossy(&out.stderr);
     assert!(said.contains("not back in the tree"), "{said}");
+    assert!(said.contains("such as /dir/late"), "names one: {said}");
     for mirror in &mut mirrors {
         mirror.restart();
     }

@@ -1699,14 +1699,20 @@ impl LodeFs {
     pub fn sync_all(&self) -> Result<()> {
         self.retry_recovery();
         self.flush(true, false)?;
-        match self.unadopted().len() {
+        let left = self.unadopted().clone();
+        match left.len() {
             0 => {
                 // Everything went up: the background's last failure is
                 // history (`lode status` showed it until its next try).
                 *self.flush_failing.lock().unwrap_or_else(|p| p.into_inner()) = None;
                 Ok(())
             }
-            n => Err(Error::Unrecovered(n)),
+            n => Err(Error::Unrecovered(
+                n,
+                left.iter()
+                    .find_map(|f| notes::read(f))
+                    .map_or_else(|| "?".into(), |note| note.path),
+            )),
         }
     }
 

@@ -54,9 +54,10 @@ pub enum Error {
     )]
     FriendsBusy,
     #[error(
-        "{0} staged files of an earlier mount are not back in the tree yet (their directories cannot be read)"
+        "{0} staged files of an earlier mount are not back in the tree yet, such as /{1} (its \
+         directory cannot be read, or something not a directory now holds a name on its path)"
     )]
-    Unrecovered(usize),
+    Unrecovered(usize, String),
     #[error("i/o: {0}")]
     Io(#[from] std::io::Error),
     #[error(transparent)]
@@ -105,7 +106,7 @@ pub fn errno(e: &Error) -> Errno {
         Error::TextBusy => Errno::from_i32(libc::ETXTBSY),
         // As for a mountpoint, which it is much like.
         Error::FriendsBusy => Errno::EBUSY,
-        Error::Unrecovered(_) => Errno::EIO,
+        Error::Unrecovered(..) => Errno::EIO,
         Error::Io(io) => io_errno(io),
         Error::Store(s) => match s {
             // A directory too large to publish is full, as ext4 says of
