@@ -861,12 +861,25 @@ fn spawn_background(args: &MountArgs) -> Result<()> {
     let home = Home::locate()?;
     std::fs::create_dir_all(&home.data)?;
     let log_path = home.data.join("mount.log");
-    // The last mount's log (its final flush's report, say) stays one
-    // mount longer, as mount.log.1.
-    if log_path.exists() {
-        std::fs::rename(&log_path, home.data.join("mount.log.1"))?;
-    }
-    let log = std::fs::File::create(&log_path)?;
+    // Another mount process of this identity holds the lock: one starting
+    // up at this moment, or one finishing its final upload after its
+    // unmount. The new one waits for it, and its log goes on after that
+    // one's rather than replacing it.
+    let busy = std::fs::File::open(home.data.join("mount.lock"))
+        .is_ok_and(|f| matches!(f.try_lock(), Err(std::fs::TryLockError::WouldBlock)));
+    let log = if busy {
+        std::fs::OpenOptions::new()
+            .append(true)
+            .create(true)
+            .open(&log_path)?
+    } else {
+        // The last mount's log (its final flush's report, say) stays one
+        // mount longer, as mount.log.1.
+        if log_path.exists() {
+            std::fs::rename(&log_path, home.data.join("mount.log.1"))?;
+        }
+        std::fs::File::create(&log_path)?
+    };
     let exe = std::env::current_exe()?;
     let mut cmd = std::process::Command::new(exe);
     // The child runs in `/`, as a daemon does: in the caller's directory
@@ -908,6 +921,7 @@ fn spawn_background(args: &MountArgs) -> Result<()> {
         .process_group(0);
     let mut child = cmd.spawn()?;
     let deadline = Instant::now() + Duration::from_secs(60);
+    let mut checked = Instant::now();
     loop {
         if is_mounted(&args.mountpoint) {
             println!(
@@ -922,8 +936,30 @@ fn spawn_background(args: &MountArgs) -> Result<()> {
             let log = std::fs::read_to_string(&log_path).unwrap_or_default();
             bail!("mount failed ({status}): {}", log.trim());
         }
+        // Another mount of this identity is up elsewhere (two `lode mount`
+        // at once): this one would wait for as long as that one lasts,
+        // then mount.
+        if checked.elapsed() > Duration::from_secs(1)
+            && let Some(at) = {
+                checked = Instant::now();
+                mounted_at(&home)
+            }
+        {
+            let _ = child.kill();
+            bail!(
+                "this identity ({}) is already mounted at {at}",
+                home.data.display()
+            );
+        }
         if Instant::now() > deadline {
             let _ = child.kill();
+            if busy {
+                bail!(
+                    "mount did not come up within 60 s: another mount of this identity is still \
+                     running (starting, or finishing its final upload); see {}",
+                    log_path.display()
+                );
+            }
             bail!(
                 "mount did not come up within 60 s; see {}",
                 log_path.display()
