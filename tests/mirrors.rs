@@ -637,17 +637,9 @@ fn check_of_a_tree_with_a_hung_mirror_reports_it_and_ends() {
         write_file(&dir, "f", format!("file at depth {depth}").as_bytes());
     }
     client.ok(&["put", local.to_str().unwrap(), "--to", "tree"]);
-    let hung = mirrors[2].pid().unwrap().to_string();
-    let signal = |sig: &str| {
-        let sent = std::process::Command::new("kill")
-            .args([sig, &hung])
-            .status()
-            .unwrap();
-        assert!(sent.success(), "kill {sig} {hung}");
-    };
-    signal("-STOP");
+    mirrors[2].signal("-STOP");
     let out = client.run(&["check", "tree"]);
-    signal("-CONT");
+    mirrors[2].signal("-CONT");
     let said = String::from_utf8_lossy(&out.stdout);
     assert!(!out.status.success(), "{said}");
     let line = said

@@ -2322,21 +2322,7 @@ fn sigterm_while_in_use_detaches_and_ends_when_let_go() {
     }
     held.write_all(b" and after the signal").unwrap();
     drop(held);
-    let deadline = Instant::now() + Duration::from_secs(60);
-    let alive = || {
-        Command::new("pgrep")
-            .args(["-f", &pattern])
-            .status()
-            .unwrap()
-            .success()
-    };
-    while alive() {
-        assert!(
-            Instant::now() < deadline,
-            "the mount did not end once let go"
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    wait_mount_process_gone(&mp);
     let out = tmp.path().join("out");
     client.ok(&["get", "held", "-o", out.to_str().unwrap()]);
     assert_eq!(
@@ -2344,6 +2330,21 @@ fn sigterm_while_in_use_detaches_and_ends_when_let_go() {
         b"written before, and after the signal"
     );
     drop(m);
+}
+
+/// Wait (at most 60 s) for the process of the mount at `mp` to end.
+fn wait_mount_process_gone(mp: &Path) {
+    let pattern = format!("[l]ode mount {} --foreground", mp.display());
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while Command::new("pgrep")
+        .args(["-f", &pattern])
+        .status()
+        .unwrap()
+        .success()
+    {
+        assert!(Instant::now() < deadline, "the mount process did not end");
+        std::thread::sleep(Duration::from_millis(100));
+    }
 }
 
 /// SIGHUP (the terminal of a mount in the foreground closing) unmounts
@@ -2358,16 +2359,7 @@ fn sighup_unmounts_cleanly() {
     write_file(&mp, "before-hup", b"kept");
     let pattern = format!("[l]ode mount {} --foreground", mp.display());
     run(Command::new("pkill").args(["-HUP", "-f", &pattern]));
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while Command::new("pgrep")
-        .args(["-f", &pattern])
-        .status()
-        .unwrap()
-        .success()
-    {
-        assert!(Instant::now() < deadline, "the mount did not end");
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    wait_mount_process_gone(&mp);
     assert!(!common::mount::mounted(&mp), "left mounted (dead)");
     let out = tmp.path().join("out");
     client.ok(&["get", "before-hup", "-o", out.to_str().unwrap()]);
@@ -2564,12 +2556,7 @@ fn a_new_identity_writes_with_a_mirror_hung_from_the_start() {
     // taken as new with a mirror silent.
     let marker = client.home.join("data/root-unpublished");
     assert!(marker.exists());
-    let hung = mirrors[2].pid().unwrap().to_string();
-    let signal = |sig: &str| {
-        let sent = Command::new("kill").args([sig, &hung]).status().unwrap();
-        assert!(sent.success(), "kill {sig} {hung}");
-    };
-    signal("-STOP");
+    mirrors[2].signal("-STOP");
     let mp = tmp.path().join("mnt");
     let m = Mounted::new(&client, &mp);
     let mut written = Vec::new();
@@ -2586,7 +2573,7 @@ fn a_new_identity_writes_with_a_mirror_hung_from_the_start() {
     client.ok(&["sync"]);
     m.unmount();
     drop(m);
-    signal("-CONT");
+    mirrors[2].signal("-CONT");
     // Everything went to the two that answered; a repair spreads it, and
     // then any two mirrors serve it.
     client.ok(&["check", "/", "--repair"]);
@@ -2670,24 +2657,9 @@ fn a_restart_with_every_mirror_hung_mounts_and_recovers_later() {
     }
     kill_mount(&mp);
     drop(m);
-    let pids: Vec<String> = mirrors
-        .iter()
-        .map(|m| m.pid().unwrap().to_string())
-        .collect();
-    let signal = |sig: &str| {
-        for pid in &pids {
-            assert!(
-                Command::new("kill")
-                    .args([sig, pid])
-                    .status()
-                    .unwrap()
-                    .success()
-            );
-        }
-    };
-    signal("-STOP");
+    mirrors.iter().for_each(|m| m.signal("-STOP"));
     let out = client.run(&["mount", mp.to_str().unwrap(), "-o", "nominer"]);
-    signal("-CONT");
+    mirrors.iter().for_each(|m| m.signal("-CONT"));
     let said = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "the mount did not come up: {said}");
     let _m = Mounted::attach(&client, &mp);

@@ -939,17 +939,15 @@ fn spawn_background(args: &MountArgs) -> Result<()> {
         // Another mount of this identity is up elsewhere (two `lode mount`
         // at once): this one would wait for as long as that one lasts,
         // then mount.
-        if checked.elapsed() > Duration::from_secs(1)
-            && let Some(at) = {
-                checked = Instant::now();
-                mounted_at(&home)
+        if checked.elapsed() > Duration::from_secs(1) {
+            checked = Instant::now();
+            if let Some(at) = mounted_at(&home) {
+                let _ = child.kill();
+                bail!(
+                    "this identity ({}) is already mounted at {at}",
+                    home.data.display()
+                );
             }
-        {
-            let _ = child.kill();
-            bail!(
-                "this identity ({}) is already mounted at {at}",
-                home.data.display()
-            );
         }
         if Instant::now() > deadline {
             let _ = child.kill();

@@ -360,24 +360,14 @@ impl Grid {
             self.claim_held(shares, &order, &mut wanted, &mut holders)
                 .await;
         }
-        // A mirror taken as down, with a write to it still unanswered, is
-        // left out while the others can reach `happy`: its part goes to
-        // them at once, rather than after a grace on every upload (with
+        // Mirrors left out for now (`left_out`): their part goes to the
+        // others at once, rather than after a grace on every upload (with
         // one mirror of three stopped and happy at 2, each fsync waited
         // 2 s for its shares and 2 s for its slot).
-        let waiting: Vec<usize> = (0..m)
-            .filter(|&pos| {
-                let mirror = &self.mirrors[order[pos]];
-                mirror.is_down() && mirror.write_waiting()
-            })
-            .collect();
-        // Only while the mirrors not taken as down can reach `happy`: with
-        // another one down too, the waiting one may be needed after all.
-        let live = (0..m)
-            .filter(|&pos| !self.mirrors[order[pos]].is_down())
-            .count();
-        if !waiting.is_empty() && live >= self.happy {
-            failed.extend(waiting);
+        let left_out = self.left_out();
+        let skipped: Vec<usize> = (0..m).filter(|&pos| left_out[order[pos]]).collect();
+        if !skipped.is_empty() {
+            failed.extend(skipped);
             let retry = wanted
                 .iter()
                 .filter(|(_, pos)| failed.contains(pos))
@@ -508,6 +498,20 @@ impl Grid {
                 }
             }
         }
+    }
+
+    /// Per mirror, whether writes leave it out for now: it is taken as
+    /// down with a write to it still unanswered, and the mirrors not taken
+    /// as down can reach `happy` without it (with another one down too, it
+    /// may be needed after all). Read once per upload or slot update.
+    fn left_out(&self) -> Vec<bool> {
+        let down: Vec<bool> = self.mirrors.iter().map(|s| s.is_down()).collect();
+        let live = down.iter().filter(|&&d| !d).count();
+        self.mirrors
+            .iter()
+            .zip(down)
+            .map(|(s, down)| down && live >= self.happy && s.write_waiting())
+            .collect()
     }
 
     fn placement_error(&self, holders: &[HashSet<usize>], last: Option<Error>) -> Error {
@@ -840,9 +844,7 @@ impl Grid {
             // outruns it, see `Vault::next_seq`.)
             (None, None)
                 if held.is_empty()
-                    || (failed > 0
-                        && !(self.fresh.lock().expect("lock").contains(&cap.public_key)
-                            && self.new_if_none(absent))) =>
+                    || (failed > 0 && !self.new_if_none(&cap.public_key, absent)) =>
             {
                 Err(Error::ListingUnavailable {
                     failed,
@@ -928,20 +930,10 @@ impl Grid {
     pub async fn put_encoded_slot(&self, envelope: &SlotEnvelope, encoded: Vec<u8>) -> Result<()> {
         let bytes = Arc::new(encoded);
         let mut tasks = JoinSet::new();
-        // As for shares: a mirror taken as down with a write to it still
-        // unanswered is left out while the others can reach `happy` (a
-        // mirror takes only a seq above the one it holds, and reads repair
-        // one left behind).
-        let down: Vec<bool> = self.mirrors.iter().map(|s| s.is_down()).collect();
-        let waiting: Vec<bool> = self
-            .mirrors
-            .iter()
-            .zip(&down)
-            .map(|(s, &down)| down && s.write_waiting())
-            .collect();
-        let skip = down.iter().filter(|&&d| !d).count() >= self.happy;
-        for (store, &waiting) in self.mirrors.iter().zip(&waiting) {
-            if skip && waiting {
+        // As for shares (`left_out`; a mirror takes only a seq above the
+        // one it holds, and reads repair one left behind).
+        for (store, left_out) in self.mirrors.iter().zip(self.left_out()) {
+            if left_out {
                 continue;
             }
             let store = store.clone();
@@ -998,11 +990,13 @@ impl Grid {
         Ok(())
     }
 
-    /// Whether `absent` mirrors saying they hold no copy of a slot, and
-    /// none holding one, make it new: too many for any publish to have
+    /// Whether `absent` mirrors saying they hold no copy of the slot
+    /// `public_key`, and none holding one, make it new: it is `fresh` (see
+    /// [`Self::note_fresh`]), and they are too many for any publish to have
     /// reached `happy` mirrors without them.
-    fn new_if_none(&self, absent: usize) -> bool {
-        absent > self.mirrors.len() - self.happy.min(self.mirrors.len())
+    fn new_if_none(&self, public_key: &[u8; 32], absent: usize) -> bool {
+        self.fresh.lock().expect("lock").contains(public_key)
+            && absent > self.mirrors.len() - self.happy.min(self.mirrors.len())
     }
 
     fn note_confirmed(&self, public_key: &[u8; 32], seq: u64) {

@@ -777,25 +777,10 @@ mod tests {
     use std::sync::Arc;
     use std::sync::atomic::AtomicUsize;
 
-    /// A "mirror" on loopback that takes each connection and closes it
-    /// unanswered; counts the connections.
-    async fn slamming_door() -> (String, Arc<AtomicUsize>) {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let url = format!("http://{}", listener.local_addr().unwrap());
-        let count = Arc::new(AtomicUsize::new(0));
-        let counted = count.clone();
-        tokio::spawn(async move {
-            while let Ok((conn, _)) = listener.accept().await {
-                counted.fetch_add(1, Ordering::SeqCst);
-                drop(conn);
-            }
-        });
-        (url, count)
-    }
-
     /// A "mirror" on loopback that takes each connection and never
-    /// answers (a stopped process); counts the connections.
-    async fn black_hole() -> (String, Arc<AtomicUsize>) {
+    /// answers: it closes each at once (`hold` false), or keeps each open
+    /// (a stopped process). Counts the connections.
+    async fn silent_mirror(hold: bool) -> (String, Arc<AtomicUsize>) {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let url = format!("http://{}", listener.local_addr().unwrap());
         let count = Arc::new(AtomicUsize::new(0));
@@ -804,7 +789,9 @@ mod tests {
             let mut held = Vec::new();
             while let Ok((conn, _)) = listener.accept().await {
                 counted.fetch_add(1, Ordering::SeqCst);
-                held.push(conn);
+                if hold {
+                    held.push(conn);
+                }
             }
         });
         (url, count)
@@ -815,7 +802,7 @@ mod tests {
     /// without it to skip it; once that write is given up, it does not.
     #[tokio::test]
     async fn a_write_waiting_on_a_mirror_taken_as_down_is_known() {
-        let (url, connections) = black_hole().await;
+        let (url, connections) = silent_mirror(true).await;
         let mirror = Arc::new(
             HttpMirror::new(
                 &url,
@@ -854,7 +841,7 @@ mod tests {
     /// each time.
     #[tokio::test]
     async fn a_mirror_that_fails_is_passed_over_for_a_while() {
-        let (url, connections) = slamming_door().await;
+        let (url, connections) = silent_mirror(false).await;
         let mirror = HttpMirror::new(
             &url,
             crate::crypto::RootSecret::from_bytes([3; 32]).account_key(),

@@ -133,6 +133,14 @@ impl MirrorProc {
         self.child.as_ref().map(Child::id)
     }
 
+    /// Send `sig` (`-STOP`, `-CONT`) to the running mirror: stopped, it
+    /// hangs as a mirror behind a link that drops packets does.
+    pub fn signal(&self, sig: &str) {
+        let pid = self.pid().expect("the mirror runs").to_string();
+        let sent = Command::new("kill").args([sig, &pid]).status().unwrap();
+        assert!(sent.success(), "kill {sig} {pid}");
+    }
+
     pub fn stop(&mut self) {
         if let Some(mut c) = self.child.take() {
             let _ = c.kill();
