@@ -547,8 +547,9 @@ pub fn mount(args: MountArgs) -> Result<()> {
     let (done, recovered) = std::sync::mpsc::channel();
     {
         let fs = fs.clone();
+        let left = fs.staged_before();
         std::thread::spawn(move || {
-            let _ = done.send(fs.recover());
+            let _ = done.send(fs.recover(left));
         });
     }
     // (Not waited for at all if the root was slow to list: every file is

@@ -1398,6 +1398,14 @@ impl LodeFs {
         }
     }
 
+    /// What the staging directory holds now: call before the mount goes
+    /// live, for [`Self::recover`].
+    pub fn staged_before(&self) -> Vec<PathBuf> {
+        std::fs::read_dir(&self.config.staging)
+            .map(|dir| dir.flatten().map(|e| e.path()).collect())
+            .unwrap_or_default()
+    }
+
     /// Put staged files a previous mount left behind (it crashed, or the
     /// mirrors were down) back where they belong, as local changes: they
     /// show at once, read from staging, and the flusher uploads them and
@@ -1405,18 +1413,16 @@ impl LodeFs {
     /// publish per directory). Returns how many were adopted; a file that
     /// cannot be placed now (the mirrors hold its directory and are down)
     /// keeps its note, and the flusher tries it again (`retry_recovery`).
-    /// Runs before the mount is live: every staged file is an earlier
-    /// mount's.
-    pub fn recover(&self) -> Result<usize> {
+    /// `left` is what [`Self::staged_before`] found before the mount went
+    /// live: this may run beside it, and a file it stages meanwhile is not
+    /// an earlier mount's (taken for one, it would be put back beside
+    /// itself as a copy).
+    pub fn recover(&self, left: Vec<PathBuf>) -> Result<usize> {
         // The flusher's retries wait for this first pass.
         let _one = self.retrying.lock().unwrap_or_else(|p| p.into_inner());
         let mut recovered = 0;
         let mut away = false;
-        let Ok(dir) = std::fs::read_dir(&self.config.staging) else {
-            return Ok(0);
-        };
-        for entry in dir.flatten() {
-            let file = entry.path();
+        for file in left {
             if notes::is_note_file(&file) {
                 // A note file half written, or whose data is gone.
                 if file.extension().is_some_and(|e| e == "tmp") || !notes::data_of(&file).exists() {
