@@ -2595,7 +2595,7 @@ fn a_new_identity_writes_with_a_mirror_hung_from_the_start() {
 /// overwrite it (the last publish used to win, and the other mount's files
 /// were gone with "synced" said to both). Its sync fails saying why, its
 /// changes stay staged, and its next mount puts its files back onto the
-/// newest version.
+/// newest version: beside a file the first changed too, over one it did not.
 #[test]
 fn a_second_machine_does_not_overwrite_what_the_first_published() {
     let tmp = tempfile::tempdir().unwrap();
@@ -2606,12 +2606,18 @@ fn a_second_machine_does_not_overwrite_what_the_first_published() {
     let (mpa, mpb) = (tmp.path().join("mnt-a"), tmp.path().join("mnt-b"));
     let ma = Mounted::new(&a, &mpa);
     write_file(&mpa, "a.txt", b"first, from a");
+    write_file(&mpa, "both.txt", b"both: as both first saw it");
     a.ok(&["sync"]);
     let mb = Mounted::new(&b, &mpb);
     assert_eq!(std::fs::read(mpb.join("a.txt")).unwrap(), b"first, from a");
     write_file(&mpa, "a2.txt", b"second, from a");
+    write_file(&mpa, "both.txt", b"both: changed by a");
     a.ok(&["sync"]);
     write_file(&mpb, "b.txt", b"from b");
+    // b changes a file a changed meanwhile (b's copy begins from the
+    // version b listed), and one a left alone.
+    write_file(&mpb, "both.txt", b"both: changed by b");
+    write_file(&mpb, "a.txt", b"first, from a, changed by b");
     std::fs::create_dir_all(mpb.join("newdir/deeper")).unwrap();
     write_file(&mpb, "newdir/deeper/nested.txt", b"nested, from b");
     let said = b.fails(&["sync"]);
@@ -2633,6 +2639,28 @@ fn a_second_machine_does_not_overwrite_what_the_first_published() {
         std::fs::read(mpb.join("a2.txt")).unwrap(),
         b"second, from a"
     );
+    // a's change of a file b changed too is kept at its name, b's beside
+    // it (b's used to replace it); a file only b changed is b's version.
+    assert_eq!(
+        std::fs::read(mpb.join("both.txt")).unwrap(),
+        b"both: changed by a"
+    );
+    let beside: Vec<String> = std::fs::read_dir(&mpb)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with("both.txt.recovered-"))
+        .collect();
+    assert_eq!(beside.len(), 1, "{beside:?}");
+    assert_eq!(
+        std::fs::read(mpb.join(&beside[0])).unwrap(),
+        b"both: changed by b"
+    );
+    assert_eq!(
+        std::fs::read(mpb.join("a.txt")).unwrap(),
+        b"first, from a, changed by b"
+    );
+    let top = b.ok(&["ls", "/"]);
+    assert!(!top.contains("a.txt.recovered-"), "{top}");
     // A file in a directory made there comes back too.
     assert_eq!(
         std::fs::read(mpb.join("newdir/deeper/nested.txt")).unwrap(),

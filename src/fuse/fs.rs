@@ -1145,7 +1145,34 @@ impl LodeFs {
                 kept.push((ino, p.clone(), *size));
             }
         }
+        // Files changed again since the upload this listing names: their
+        // notes now name it as the version their copies build on, so that
+        // recovery after a crash takes the listing's entry for their own
+        // (see `adopt`).
+        let rebased: Vec<u64> = tree
+            .children(dir)
+            .map(|c| c.values().copied().collect::<Vec<_>>())
+            .unwrap_or_default()
+            .into_iter()
+            .filter(|ino| {
+                tree.nodes.get(ino).is_some_and(|n| {
+                    matches!(
+                        n.body,
+                        Body::File {
+                            staged: Some(_),
+                            dirty: true,
+                            cap: Some(_),
+                            cached: false,
+                            ..
+                        }
+                    )
+                })
+            })
+            .collect();
         drop(tree);
+        for ino in rebased {
+            self.note_staged(ino);
+        }
         self.keep(kept);
         Ok(())
     }
@@ -1326,12 +1353,16 @@ impl LodeFs {
                 Body::File {
                     staged: Some(p),
                     cached: false,
+                    cap,
                     ..
                 } if !node.orphan => {
                     let note = notes::Note {
                         path: Self::path_in(&tree, ino)?,
                         mode: node.mode,
                         owner: Some((node.uid, node.gid)),
+                        base: cap
+                            .as_ref()
+                            .map_or(notes::Base::New, |c| notes::Base::Version(c.root)),
                     };
                     Some((p.clone(), note))
                 }
@@ -1537,11 +1568,13 @@ impl LodeFs {
     }
 
     /// Link the staged file `staged` at `path` (making missing directories)
-    /// as a file with unpublished changes. A published file there is
-    /// replaced, as the crashed mount would have done: the staged data is
-    /// the newer. If something else holds the name now (a directory, a
-    /// symlink, another staged file), both are kept: the staged data goes
-    /// beside it as `NAME.recovered-STAGED` (its staging file's name).
+    /// as a file with unpublished changes. The published version the
+    /// staged copy began from (`note.base`) is replaced there, as the
+    /// crashed mount would have done: the staged data is the newer. If
+    /// something else holds the name now (a directory, a symlink, another
+    /// staged file, or another version of the file, published from
+    /// another machine since), both are kept: the staged data goes beside
+    /// it as `NAME.recovered-STAGED` (its staging file's name).
     fn adopt(&self, staged: &Path, note: &notes::Note) -> Result<()> {
         use std::os::unix::fs::MetadataExt;
         let (path, mode) = (note.path.as_str(), note.mode);
@@ -1581,11 +1614,27 @@ impl LodeFs {
             return Err(Error::NotFound);
         };
         let held = children.get(name).copied();
-        // A published file at the path: the staged data is its newer
-        // content. Anything else there (a directory, a symlink, or a file
-        // with unpublished changes of its own) is kept, and so is the
-        // staged data, beside it.
+        // The published version the staged copy began from, at the path:
+        // the staged data is its newer content. Anything else there (a
+        // directory, a symlink, a file with unpublished changes of its
+        // own, or another version: changed elsewhere since) is kept, and
+        // so is the staged data, beside it.
+        let changed_elsewhere =
+            held.and_then(|ino| tree.nodes.get(&ino))
+                .is_some_and(|n| match (&n.body, note.base) {
+                    (_, notes::Base::Unknown) => false,
+                    (Body::File { cap: Some(c), .. }, notes::Base::Version(root)) => c.root != root,
+                    (Body::File { cap: Some(_), .. }, notes::Base::New) => true,
+                    _ => false,
+                });
+        if changed_elsewhere {
+            tracing::warn!(
+                path,
+                "changed elsewhere since this copy was staged (the identity is mounted on another machine?): both are kept"
+            );
+        }
         if let Some(ino) = held
+            && !changed_elsewhere
             && let Some(node) = tree.nodes.get_mut(&ino)
             && let Body::File {
                 staged: held_copy,

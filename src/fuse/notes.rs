@@ -3,9 +3,10 @@
 //! and is uploaded and linked by the next one.
 //!
 //! A note is an extended attribute of the staged file itself
-//! (`user.lode.note`, JSON `{"path", "mode", "uid", "gid"}`; notes written
-//! before the owner was recorded lack `uid` and `gid`, and their files go
-//! to the mounting user as before): writing it replaces the
+//! (`user.lode.note`, JSON `{"path", "mode", "uid", "gid", "base"}`; notes
+//! written before the owner was recorded lack `uid` and `gid`, and their
+//! files go to the mounting user as before; `base` is in [`Base`]): writing
+//! it replaces the
 //! old one atomically, and it goes away with the file. Where the staging
 //! file system has no user xattrs, the note is a file beside the data
 //! (`<staged>.note`), replaced by rename. The attribute saves two inode
@@ -33,6 +34,23 @@ pub struct Note {
     pub mode: u32,
     /// Its owner (uid, gid), if the note records one.
     pub owner: Option<(u32, u32)>,
+    pub base: Base,
+}
+
+/// Which published version of the file the staged copy began from: what
+/// recovery may replace with it. A file at the path that is another
+/// version was changed elsewhere (the same identity mounted on another
+/// machine) since, and recovery keeps both rather than lose that change.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Base {
+    /// A note written before bases were recorded: it replaces what it
+    /// finds, as it always did.
+    Unknown,
+    /// No published version: a file made here.
+    New,
+    /// The published version with this manifest root (JSON: its hex).
+    /// The root share id names one content, and is no key.
+    Version(crate::crypto::Hash),
 }
 
 /// Record where `staged`'s data belongs.
@@ -41,6 +59,11 @@ pub fn write(staged: &Path, note: &Note) -> std::io::Result<()> {
     if let Some((uid, gid)) = note.owner {
         json["uid"] = uid.into();
         json["gid"] = gid.into();
+    }
+    match note.base {
+        Base::Unknown => {}
+        Base::New => json["base"] = "new".into(),
+        Base::Version(root) => json["base"] = crate::protocol::hex(&root).into(),
     }
     let note = json.to_string();
     match xattr::set(staged, ATTR, note.as_bytes()) {
@@ -68,6 +91,15 @@ pub fn read(staged: &Path) -> Option<Note> {
         // note unreadable (recovery drops a staged file without one).
         mode: v["mode"].as_u64()? as u32,
         owner: id("uid").zip(id("gid")),
+        // One that cannot be read replaces nothing: both are kept.
+        base: match v.get("base") {
+            None => Base::Unknown,
+            Some(b) if b == "new" => Base::New,
+            Some(b) => b
+                .as_str()
+                .and_then(|h| crate::protocol::parse_hex::<32>(h).ok())
+                .map_or(Base::New, Base::Version),
+        },
     })
 }
 
@@ -105,15 +137,17 @@ mod tests {
         let staged = dir.path().join("0123abcd");
         std::fs::write(&staged, b"data").unwrap();
         assert_eq!(read(&staged), None);
-        let note = |path: &str, mode, owner| Note {
+        let note = |path: &str, mode, owner, base| Note {
             path: path.into(),
             mode,
             owner,
+            base,
         };
-        write(&staged, &note("a/b", 0o644, None)).unwrap();
-        assert_eq!(read(&staged), Some(note("a/b", 0o644, None)));
-        write(&staged, &note("a/c", 0o600, Some((1234, 5678)))).unwrap();
-        assert_eq!(read(&staged), Some(note("a/c", 0o600, Some((1234, 5678)))));
+        write(&staged, &note("a/b", 0o644, None, Base::New)).unwrap();
+        assert_eq!(read(&staged), Some(note("a/b", 0o644, None, Base::New)));
+        let changed = note("a/c", 0o600, Some((1234, 5678)), Base::Version([7; 32]));
+        write(&staged, &changed).unwrap();
+        assert_eq!(read(&staged), Some(changed));
         remove(&staged);
         assert_eq!(read(&staged), None);
         // Nothing but the data file is left, whichever way the note went.
@@ -132,6 +166,7 @@ mod tests {
             path: "x/y".into(),
             mode: 420,
             owner: None,
+            base: Base::Unknown,
         };
         assert_eq!(read(&staged), Some(old));
         assert!(is_note_file(&note_file(&staged)));
