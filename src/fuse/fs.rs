@@ -1619,14 +1619,22 @@ impl LodeFs {
         // directory, a symlink, a file with unpublished changes of its
         // own, or another version: changed elsewhere since) is kept, and
         // so is the staged data, beside it.
-        let changed_elsewhere =
-            held.and_then(|ino| tree.nodes.get(&ino))
-                .is_some_and(|n| match (&n.body, note.base) {
-                    (_, notes::Base::Unknown) => false,
-                    (Body::File { cap: Some(c), .. }, notes::Base::Version(root)) => c.root != root,
-                    (Body::File { cap: Some(_), .. }, notes::Base::New) => true,
-                    _ => false,
-                });
+        let changed_elsewhere = held.and_then(|ino| tree.nodes.get(&ino)).is_some_and(|n| {
+            // A published file, unchanged here: which version is it?
+            let Body::File {
+                cap: Some(c),
+                dirty: false,
+                ..
+            } = &n.body
+            else {
+                return false;
+            };
+            match note.base {
+                notes::Base::Unknown => false,
+                notes::Base::New => true,
+                notes::Base::Version(root) => c.root != root,
+            }
+        });
         if changed_elsewhere {
             tracing::warn!(
                 path,
