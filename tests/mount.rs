@@ -864,13 +864,27 @@ fn a_friends_update_shows_at_the_next_open() {
     };
     fsynced(&first);
     let cap = alice.ok(&["share", "shared"]).trim().to_string();
+    // Her whole tree too, whose root carries its own mode and times.
+    std::fs::set_permissions(&alice_mp, std::fs::Permissions::from_mode(0o750)).unwrap();
+    let when = std::time::UNIX_EPOCH + Duration::new(1_500_000_000, 123_456_789);
+    std::fs::File::open(&alice_mp)
+        .unwrap()
+        .set_modified(when)
+        .unwrap();
+    alice.ok(&["sync"]);
+    let root_cap = alice.ok(&["share", "/"]).trim().to_string();
 
     let urls: Vec<&str> = mirrors.iter().map(|m| m.url.as_str()).collect();
     let bob = Client::new(&tmp.path().join("bob"), &urls);
     bob.set_config("refresh_secs", "1");
     bob.ok(&["friend", "add", "alice", &cap]);
+    bob.ok(&["friend", "add", "alice-all", &root_cap]);
     let bob_mp = tmp.path().join("bob-mnt");
     let bm = Mounted::new(&bob, &bob_mp);
+    let top = std::fs::metadata(bob_mp.join("friends/alice-all")).unwrap();
+    assert_eq!(top.mode() & 0o7777, 0o750);
+    assert_eq!(top.modified().unwrap(), when);
+    assert!(bob_mp.join("friends/alice-all/shared/f.bin").exists());
     let theirs = bob_mp.join("friends/alice/f.bin");
     // Read twice: the second open may keep the pages of the first.
     assert!(std::fs::read(&theirs).unwrap() == first);

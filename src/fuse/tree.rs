@@ -333,6 +333,7 @@ impl Tree {
         };
         let parent_write = node.writable_dir().cloned();
         let ours = parent_write.is_some();
+        let node_parent = node.parent;
         if dir == ROOT {
             // The root's own attributes, unless a change of them is still
             // to be published. Until it is listed the root shows 0700, so
@@ -354,6 +355,22 @@ impl Tree {
                     None => root.mode = ROOT_MODE,
                 }
             }
+        }
+        // A friend's top directory: the root of their tree carries its own
+        // attributes (a directory deeper in it does not; it keeps 0555 and
+        // the time it was added). Its mode as theirs, like every entry
+        // under friends/ (writes get EROFS whatever the bits say), and
+        // owned by the mounting user as the rest of friends/ is.
+        if node_parent == FRIENDS
+            && let Some(this) = &listing.this
+            && let Some(top) = self.nodes.get_mut(&dir)
+        {
+            top.mode = this.mode & 0o7777;
+            top.atime = this.atime;
+            top.mtime = this.mtime;
+            top.ctime = this.ctime;
+        }
+        if dir == ROOT {
             for (id, entry) in &listing.links {
                 let fresh = self.node_from_entry(ROOT, "", entry, parent_write.as_ref());
                 let Some(fresh) = fresh else { continue };
