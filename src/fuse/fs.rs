@@ -117,6 +117,8 @@ pub struct LodeFs {
     flush_failing: Mutex<Option<FlushFailing>>,
     /// Tells the kernel to forget names (a friend removed), once mounted.
     notifier: std::sync::OnceLock<fuser::Notifier>,
+    /// Each open directory's names as its scan began (see [`Self::scan`]).
+    scans: Mutex<std::collections::HashMap<u64, Scan>>,
 }
 
 /// Why the background flusher is not getting changes up, for `lode status`.
@@ -262,6 +264,7 @@ impl LodeFs {
             final_flush: Mutex::new(None),
             flush_failing: Mutex::new(None),
             notifier: std::sync::OnceLock::new(),
+            scans: Mutex::new(Default::default()),
         })
     }
 
@@ -2868,7 +2871,32 @@ impl LodeFs {
     }
 
     /// A directory's entries: inode, name, and attributes.
-    fn do_readdir(&self, ino: u64) -> Result<Vec<(u64, String, FileAttr)>> {
+    /// The names a scan of the directory `ino` through the handle `fh`
+    /// walks, from `offset` on. Taken when the scan starts (offset 0: the
+    /// first read after opendir, or a rewinddir) and kept with the handle
+    /// until releasedir, so the offsets handed out name the same entries
+    /// however the directory changes meanwhile. (They were positions in
+    /// the live listing: a loop of readdir and unlink, as `find -delete`
+    /// or a Perl cleanup runs, skipped every other name and left files
+    /// behind.) POSIX leaves open whether a name added or removed during
+    /// the scan shows; every other name shows exactly once, as on ext4.
+    fn scan(&self, ino: u64, fh: u64, offset: u64) -> Result<Scan> {
+        if offset > 0
+            && let Some(names) = self.scans().get(&fh)
+        {
+            return Ok(names.clone());
+        }
+        let names = Arc::new(self.dir_names(ino)?);
+        self.scans().insert(fh, names.clone());
+        Ok(names)
+    }
+
+    fn scans(&self) -> MutexGuard<'_, std::collections::HashMap<u64, Scan>> {
+        self.scans.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Every name in the directory `ino` now, `.` and `..` first.
+    fn dir_names(&self, ino: u64) -> Result<Vec<(u64, String)>> {
         if ino != FRIENDS {
             self.load(ino)?;
         }
@@ -2885,20 +2913,63 @@ impl LodeFs {
             let children = tree.children(ino).ok_or(Error::NotADirectory)?;
             out.extend(children.iter().map(|(n, &i)| (i, n.clone())));
         }
-        let listed: Vec<_> = out
-            .into_iter()
-            .filter_map(|(i, name)| {
-                let node = tree.nodes.get(&i)?;
-                Some((i, name, Self::attr(&tree, i, node), local_copy(node)))
+        Ok(out)
+    }
+
+    /// The entries of `names` (part of a scan of `ino`) still in the
+    /// directory, with their attributes, each with its place in `names`.
+    /// A name removed (or taken by another inode) since the scan began is
+    /// left out. `blocks`: count the local copy's blocks (a stat each, for
+    /// readdirplus; readdir needs only the kind).
+    fn dir_entries(
+        &self,
+        ino: u64,
+        names: &[(u64, String)],
+        blocks: bool,
+    ) -> Vec<(usize, u64, String, FileAttr)> {
+        let tree = self.lock();
+        let friends = (ino == FRIENDS).then(|| self.friends());
+        let children = tree.children(ino);
+        let still_here = |child: u64, name: &str| match (&friends, children) {
+            _ if name == "." || name == ".." => true,
+            (Some(friends), _) => friends.get(name) == Some(&child),
+            _ if ino == ROOT && child == FRIENDS => true,
+            (None, Some(children)) => children.get(name) == Some(&child),
+            // Shed from memory meanwhile: nothing to tell by.
+            (None, None) => true,
+        };
+        let listed: Vec<_> = names
+            .iter()
+            .enumerate()
+            .filter(|(_, (child, name))| still_here(*child, name))
+            .filter_map(|(at, (child, name))| {
+                let node = tree.nodes.get(child)?;
+                let local = blocks.then(|| local_copy(node)).flatten();
+                Some((
+                    at,
+                    *child,
+                    name.clone(),
+                    Self::attr(&tree, *child, node),
+                    local,
+                ))
             })
             .collect();
+        drop(friends);
         drop(tree);
-        Ok(listed
+        listed
             .into_iter()
-            .map(|(i, name, attr, local)| (i, name, with_local_blocks(attr, local)))
-            .collect())
+            .map(|(at, child, name, attr, local)| (at, child, name, with_local_blocks(attr, local)))
+            .collect()
     }
 }
+
+/// A directory's names (and inodes) as a scan of it began.
+type Scan = Arc<Vec<(u64, String)>>;
+
+/// Entries of a directory looked up per batch of a readdir reply: the
+/// reply holds a few dozen to a few hundred, and each batch takes the
+/// tree's lock once.
+const READDIR_BATCH: usize = 128;
 
 /// A file's local copy (staged, or kept after its upload), whose blocks
 /// are the file's: see [`with_local_blocks`].
@@ -3292,22 +3363,44 @@ impl Filesystem for Mount {
         })
     }
 
+    fn opendir(&self, _req: &Request, _ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
+        let fh = self.next_fh.fetch_add(1, Ordering::Relaxed);
+        reply.opened(FileHandle(fh), FopenFlags::empty());
+    }
+
+    fn releasedir(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        _flags: OpenFlags,
+        reply: ReplyEmpty,
+    ) {
+        self.scans().remove(&fh.0);
+        reply.ok();
+    }
+
     fn readdir(
         &self,
         _req: &Request,
         ino: INodeNo,
-        _fh: FileHandle,
+        fh: FileHandle,
         offset: u64,
         mut reply: ReplyDirectory,
     ) {
-        guarded("readdir", || match self.do_readdir(ino.0) {
-            Ok(entries) => {
-                for (i, (child, name, attr)) in
-                    entries.into_iter().enumerate().skip(offset as usize)
-                {
-                    if reply.add(INodeNo(child), (i + 1) as u64, attr.kind, name) {
-                        break;
+        guarded("readdir", || match self.scan(ino.0, fh.0, offset) {
+            Ok(names) => {
+                let mut from = (offset as usize).min(names.len());
+                'full: while from < names.len() {
+                    let to = (from + READDIR_BATCH).min(names.len());
+                    for (at, child, name, attr) in self.dir_entries(ino.0, &names[from..to], false)
+                    {
+                        // The offset of the entry after this one.
+                        if reply.add(INodeNo(child), (from + at + 1) as u64, attr.kind, name) {
+                            break 'full;
+                        }
                     }
+                    from = to;
                 }
                 reply.ok()
             }
@@ -3319,30 +3412,33 @@ impl Filesystem for Mount {
         &self,
         _req: &Request,
         ino: INodeNo,
-        _fh: FileHandle,
+        fh: FileHandle,
         offset: u64,
         mut reply: ReplyDirectoryPlus,
     ) {
-        guarded("readdirplus", || match self.do_readdir(ino.0) {
-            Ok(entries) => {
+        guarded("readdirplus", || match self.scan(ino.0, fh.0, offset) {
+            Ok(names) => {
                 let mut handed = Vec::new();
-                for (i, (child, name, attr)) in
-                    entries.into_iter().enumerate().skip(offset as usize)
-                {
-                    if reply.add(
-                        INodeNo(child),
-                        (i + 1) as u64,
-                        &name,
-                        &TTL,
-                        &attr,
-                        Generation(0),
-                    ) {
-                        break;
+                let mut from = (offset as usize).min(names.len());
+                'full: while from < names.len() {
+                    let to = (from + READDIR_BATCH).min(names.len());
+                    for (at, child, name, attr) in self.dir_entries(ino.0, &names[from..to], true) {
+                        if reply.add(
+                            INodeNo(child),
+                            (from + at + 1) as u64,
+                            &name,
+                            &TTL,
+                            &attr,
+                            Generation(0),
+                        ) {
+                            break 'full;
+                        }
+                        // Every entry but `.` and `..` counts as a lookup.
+                        if name != "." && name != ".." {
+                            handed.push(child);
+                        }
                     }
-                    // Every entry but `.` and `..` counts as a lookup.
-                    if name != "." && name != ".." {
-                        handed.push(child);
-                    }
+                    from = to;
                 }
                 let mut tree = self.lock();
                 for child in handed {
