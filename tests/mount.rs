@@ -1763,6 +1763,13 @@ fn seek_hole_finds_the_holes_of_a_local_copy() {
     // And `du` sees the blocks its copy takes, not its length.
     let blocks = f.metadata().unwrap().blocks();
     assert!(blocks < 1024, "{blocks} blocks for two written words");
+    // So does the answer to a truncate, which the kernel keeps as the
+    // file's attributes for a while (it counted the whole length).
+    let grown = std::fs::File::create(mp.join("grown")).unwrap();
+    grown.set_len(1 << 30).unwrap();
+    let blocks = grown.metadata().unwrap().blocks();
+    assert!(blocks < 1024, "{blocks} blocks right after a truncate up");
+    drop(grown);
     drop(f);
     client.ok(&["sync"]);
     m.unmount();

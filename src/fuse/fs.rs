@@ -2476,6 +2476,7 @@ impl LodeFs {
             node.ctime = from_fuser_time(t);
         }
         let attr = Self::attr(&tree, ino, &tree.nodes[&ino]);
+        let local = local_copy(&tree.nodes[&ino]);
         let is_dir = tree.nodes[&ino].is_dir();
         drop(tree);
         // A file's note records its mode and owner; a directory's are in
@@ -2483,7 +2484,9 @@ impl LodeFs {
         if (mode.is_some() || owner_changed) && !is_dir {
             self.note_staged(ino);
         }
-        Ok(attr)
+        // As getattr answers (a truncate to 1 GiB showed 1 GiB of blocks
+        // until the attributes expired).
+        Ok(with_local_blocks(attr, local))
     }
 
     /// Open `ino`; returns whether the kernel may keep the pages it has
