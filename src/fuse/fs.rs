@@ -184,7 +184,9 @@ fn from_fuser_time(t: SystemTime) -> (i64, u32) {
         Err(e) => {
             let before = e.duration();
             (
-                (before.as_secs() as i64).saturating_neg(),
+                // 2^63 s before is i64::MIN; cast first, it wrapped, and
+                // negated it saturated to the latest time there is.
+                0i64.saturating_sub_unsigned(before.as_secs()),
                 before.subsec_nanos(),
             )
         }
@@ -3616,6 +3618,9 @@ mod tests {
             (-2, 0)
         );
         assert_eq!(from_fuser_time(UNIX_EPOCH + Duration::new(5, 7)), (5, 7));
+        // The earliest time there is stays the earliest.
+        let earliest = system_time((i64::MIN, 0));
+        assert_eq!(from_fuser_time(earliest), (i64::MIN, 0));
         // And what a reply hands fuser, which it turns back into the pair.
         assert_eq!(
             system_time((-1, 500_000_000)),
