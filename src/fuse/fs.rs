@@ -378,10 +378,12 @@ impl LodeFs {
     }
 
     fn attr(tree: &Tree, ino: u64, node: &Node) -> FileAttr {
-        let nlink = if node.is_dir() {
-            tree.dir_nlink(ino)
-        } else if node.orphan {
+        // A removed one, still held open or as a cwd: no name, no links
+        // (a directory said 2).
+        let nlink = if node.orphan {
             0
+        } else if node.is_dir() {
+            tree.dir_nlink(ino)
         } else {
             node.nlink
         };
