@@ -1158,9 +1158,8 @@ impl LodeFs {
         // (see `adopt`).
         let rebased: Vec<u64> = tree
             .children(dir)
-            .map(|c| c.values().copied().collect::<Vec<_>>())
-            .unwrap_or_default()
             .into_iter()
+            .flat_map(|c| c.values().copied())
             .filter(|ino| {
                 tree.nodes.get(ino).is_some_and(|n| {
                     matches!(
@@ -2877,7 +2876,6 @@ impl LodeFs {
         })
     }
 
-    /// A directory's entries: inode, name, and attributes.
     /// The names a scan of the directory `ino` through the handle `fh`
     /// walks, from `offset` on. Taken when the scan starts (offset 0: the
     /// first read after opendir, or a rewinddir) and kept with the handle
@@ -2900,6 +2898,31 @@ impl LodeFs {
 
     fn scans(&self) -> MutexGuard<'_, std::collections::HashMap<u64, Scan>> {
         self.scans.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Hand the entries of the scan through `fh` of `ino`, from `offset`
+    /// on, to `add` (the offset after the entry, its inode, name and
+    /// attributes) until it says the reply is full.
+    fn each_entry(
+        &self,
+        ino: u64,
+        fh: u64,
+        offset: u64,
+        blocks: bool,
+        mut add: impl FnMut(u64, u64, &str, &FileAttr) -> bool,
+    ) -> Result<()> {
+        let names = self.scan(ino, fh, offset)?;
+        let mut from = (offset as usize).min(names.len());
+        while from < names.len() {
+            let to = (from + READDIR_BATCH).min(names.len());
+            for (at, child, name, attr) in self.dir_entries(ino, &names[from..to], blocks) {
+                if add((from + at + 1) as u64, child, &name, &attr) {
+                    return Ok(());
+                }
+            }
+            from = to;
+        }
+        Ok(())
     }
 
     /// Every name in the directory `ino` now, `.` and `..` first.
@@ -3395,23 +3418,14 @@ impl Filesystem for Mount {
         offset: u64,
         mut reply: ReplyDirectory,
     ) {
-        guarded("readdir", || match self.scan(ino.0, fh.0, offset) {
-            Ok(names) => {
-                let mut from = (offset as usize).min(names.len());
-                'full: while from < names.len() {
-                    let to = (from + READDIR_BATCH).min(names.len());
-                    for (at, child, name, attr) in self.dir_entries(ino.0, &names[from..to], false)
-                    {
-                        // The offset of the entry after this one.
-                        if reply.add(INodeNo(child), (from + at + 1) as u64, attr.kind, name) {
-                            break 'full;
-                        }
-                    }
-                    from = to;
-                }
-                reply.ok()
+        guarded("readdir", || {
+            let added = self.each_entry(ino.0, fh.0, offset, false, |next, child, name, attr| {
+                reply.add(INodeNo(child), next, attr.kind, name)
+            });
+            match added {
+                Ok(()) => reply.ok(),
+                Err(e) => reply.error(errno(&e)),
             }
-            Err(e) => reply.error(errno(&e)),
         })
     }
 
@@ -3423,40 +3437,31 @@ impl Filesystem for Mount {
         offset: u64,
         mut reply: ReplyDirectoryPlus,
     ) {
-        guarded("readdirplus", || match self.scan(ino.0, fh.0, offset) {
-            Ok(names) => {
-                let mut handed = Vec::new();
-                let mut from = (offset as usize).min(names.len());
-                'full: while from < names.len() {
-                    let to = (from + READDIR_BATCH).min(names.len());
-                    for (at, child, name, attr) in self.dir_entries(ino.0, &names[from..to], true) {
-                        if reply.add(
-                            INodeNo(child),
-                            (from + at + 1) as u64,
-                            &name,
-                            &TTL,
-                            &attr,
-                            Generation(0),
-                        ) {
-                            break 'full;
-                        }
-                        // Every entry but `.` and `..` counts as a lookup.
-                        if name != "." && name != ".." {
-                            handed.push(child);
+        guarded("readdirplus", || {
+            let mut handed = Vec::new();
+            let added = self.each_entry(ino.0, fh.0, offset, true, |next, child, name, attr| {
+                if reply.add(INodeNo(child), next, name, &TTL, attr, Generation(0)) {
+                    return true;
+                }
+                // Every entry but `.` and `..` counts as a lookup.
+                if name != "." && name != ".." {
+                    handed.push(child);
+                }
+                false
+            });
+            match added {
+                Ok(()) => {
+                    let mut tree = self.lock();
+                    for child in handed {
+                        if let Some(n) = tree.nodes.get_mut(&child) {
+                            n.lookups += 1;
                         }
                     }
-                    from = to;
+                    drop(tree);
+                    reply.ok()
                 }
-                let mut tree = self.lock();
-                for child in handed {
-                    if let Some(n) = tree.nodes.get_mut(&child) {
-                        n.lookups += 1;
-                    }
-                }
-                drop(tree);
-                reply.ok()
+                Err(e) => reply.error(errno(&e)),
             }
-            Err(e) => reply.error(errno(&e)),
         })
     }
 
