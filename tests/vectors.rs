@@ -122,6 +122,48 @@ fn chunk_boundaries_of_seeded_8mib() {
     check_vector("chunks-8mib.txt", &out);
 }
 
+/// A chunk is sealed as docs/FORMATS.md says, checked with none of
+/// lode's own crypto: the key is `HMAC-SHA256(convergence secret,
+/// "lode chunk v2" ‖ BLAKE3(plaintext) ‖ [share version, k, n])`, and the
+/// data shares, joined, are its AES-256-SIV tag and ciphertext under
+/// context `["lode chunk v1"]`, zero-padded.
+#[test]
+fn a_chunk_is_sealed_under_its_documented_key() {
+    use aes_siv::{KeyInit, siv::Aes256Siv};
+    use hmac::{Hmac, Mac};
+    let secret = lode::crypto::RootSecret::from_bytes(SECRET);
+    let conv = hkdf(&SECRET, b"convergence");
+    for (k, n, len) in [(1u8, 1u8, 1000usize), (2, 3, 70_001), (3, 5, 5)] {
+        let params = lode::chunk::Params::new(k, n).unwrap();
+        let plain = common::seeded_bytes("chunk key vector", len);
+        let sealed = lode::chunk::share::seal_chunk(&secret.convergence(), params, &plain);
+        assert_eq!(sealed.shares.len(), n as usize);
+
+        let mut mac = <Hmac<Sha256> as hmac::KeyInit>::new_from_slice(&conv).unwrap();
+        mac.update(b"lode chunk v2");
+        mac.update(blake3::hash(&plain).as_bytes());
+        mac.update(&[2, k, n]);
+        let key: [u8; 32] = mac.finalize().into_bytes().into();
+        let mut siv_key = hkdf(&key, b"aes-siv mac").to_vec();
+        siv_key.extend_from_slice(&hkdf(&key, b"aes-siv ctr"));
+        let expected = Aes256Siv::new_from_slice(&siv_key)
+            .unwrap()
+            .encrypt([b"lode chunk v1"], &plain)
+            .unwrap();
+
+        let mut joined = Vec::new();
+        for (i, share) in sealed.shares.iter().take(k as usize).enumerate() {
+            let bytes = share.as_bytes();
+            assert_eq!(&bytes[..4], b"LDSH");
+            assert_eq!(bytes[4..8], [2, k, n, i as u8]);
+            assert_eq!(bytes[8..16], (expected.len() as u64).to_be_bytes());
+            joined.extend_from_slice(&bytes[16..]);
+        }
+        assert_eq!(joined[..expected.len()], expected[..], "{k}-of-{n}");
+        assert!(joined[expected.len()..].iter().all(|&b| b == 0), "padding");
+    }
+}
+
 #[test]
 fn cap_strings_for_fixed_secret() {
     let secret = lode::crypto::RootSecret::from_bytes(SECRET);
@@ -151,7 +193,9 @@ fn cap_strings_for_fixed_secret() {
 
     // File caps run the whole pipeline: chunking, sealing, shares,
     // manifest. They changed on 2026-12-04 with the chunker's default
-    // sizes alone, which readers do not depend on: no format version moved.
+    // sizes alone, and on 2026-12-05 with the chunk key's hash (SHA-256 to
+    // BLAKE3, a new key domain), neither of which readers depend on: no
+    // format version moved.
     let rt = common::runtime();
     let (single, grid) = rt.block_on(async {
         let v1 = Vault::single(&secret, Arc::new(MemoryStorage::new()));

@@ -37,8 +37,13 @@ pub const MAX_SHARES: u8 = 64;
 /// Bytes of header before the shard.
 pub const HEADER_LEN: usize = 16;
 const MAGIC: &[u8; 4] = b"LDSH";
-/// Domain of chunk keys and ciphertexts; a new chunk format gets a new one.
+/// The context every chunk is sealed under (AES-SIV's associated data).
 const CHUNK_DOMAIN: &[u8] = b"lode chunk v1";
+/// Domain of chunk keys. Version 2 hashes the plaintext with BLAKE3,
+/// where version 1 (same context, same format) used SHA-256: a reader
+/// never derives a key, so both read alike, and the new domain keeps the
+/// two hashes' keys apart.
+const CHUNK_KEY_DOMAIN: &[u8] = b"lode chunk v2";
 
 /// A share's id: the hash of its bytes, see [`share_id`].
 pub type ShareId = Hash;
@@ -262,12 +267,23 @@ fn shard_len_for(params: Params, payload_len: u64) -> usize {
     usize::try_from(per.saturating_add(per & 1)).unwrap_or(usize::MAX)
 }
 
+fn header_bytes(params: Params, index: u8, payload_len: u64) -> [u8; HEADER_LEN] {
+    let mut header = [0u8; HEADER_LEN];
+    header[..4].copy_from_slice(MAGIC);
+    header[4..8].copy_from_slice(&[SHARE_VERSION, params.k, params.n, index]);
+    header[8..].copy_from_slice(&payload_len.to_be_bytes());
+    header
+}
+
 fn make_share(params: Params, index: u8, payload_len: u64, shard: &[u8]) -> Share {
     let mut bytes = Vec::with_capacity(HEADER_LEN + shard.len());
-    bytes.extend_from_slice(MAGIC);
-    bytes.extend_from_slice(&[SHARE_VERSION, params.k, params.n, index]);
-    bytes.extend_from_slice(&payload_len.to_be_bytes());
+    bytes.extend_from_slice(&header_bytes(params, index, payload_len));
     bytes.extend_from_slice(shard);
+    share_from_bytes(params, index, payload_len, bytes)
+}
+
+/// A share of bytes that begin with the header of `index`.
+fn share_from_bytes(params: Params, index: u8, payload_len: u64, bytes: Vec<u8>) -> Share {
     Share {
         id: share_id(&bytes),
         bytes: bytes.into(),
@@ -281,36 +297,58 @@ fn make_share(params: Params, index: u8, payload_len: u64, shard: &[u8]) -> Shar
 
 /// Erasure-code `payload` into `params.n` shares, in index order.
 pub fn encode(params: Params, payload: &[u8]) -> Vec<Share> {
-    encode_owned(params, payload.to_vec())
+    encode_parts(params, &[payload])
 }
 
-/// [`encode`] of a payload the caller gives up: it is padded in place, so
-/// one with room reserved for the padding is not copied.
-pub fn encode_owned(params: Params, mut padded: Vec<u8>) -> Vec<Share> {
-    let len = padded.len() as u64;
-    let shard_len = shard_len_for(params, len);
-    padded.resize(shard_len * params.k as usize, 0);
-    let originals: Vec<&[u8]> = padded.chunks(shard_len).collect();
-    let mut shares: Vec<Share> = originals
-        .iter()
-        .enumerate()
-        .map(|(i, s)| make_share(params, i as u8, len, s))
-        .collect();
+/// [`encode`] of a payload that lies in several buffers, in order (a
+/// chunk's tag and its body): each data share is cut straight from them
+/// into its own buffer, which the Reed-Solomon coder then reads, so the
+/// payload is never joined or padded in a buffer of its own.
+pub fn encode_parts(params: Params, parts: &[&[u8]]) -> Vec<Share> {
+    let len: usize = parts.iter().map(|p| p.len()).sum();
+    let shard_len = shard_len_for(params, len as u64);
+    let k = params.k as usize;
+    let mut rest = parts.iter().copied().filter(|p| !p.is_empty());
+    let mut part: &[u8] = rest.next().unwrap_or_default();
+    let mut data: Vec<Vec<u8>> = Vec::with_capacity(k);
+    for index in 0..k {
+        let mut bytes = Vec::with_capacity(HEADER_LEN + shard_len);
+        bytes.extend_from_slice(&header_bytes(params, index as u8, len as u64));
+        while bytes.len() < HEADER_LEN + shard_len && !part.is_empty() {
+            let take = part.len().min(HEADER_LEN + shard_len - bytes.len());
+            bytes.extend_from_slice(&part[..take]);
+            part = &part[take..];
+            if part.is_empty() {
+                part = rest.next().unwrap_or_default();
+            }
+        }
+        // Zero padding, in the last shards only.
+        bytes.resize(HEADER_LEN + shard_len, 0);
+        data.push(bytes);
+    }
     let parity = (params.n - params.k) as usize;
-    if parity > 0 {
-        with_encoder(params.k as usize, parity, shard_len, |encoder| {
-            for s in &originals {
+    let recovery: Vec<Share> = if parity == 0 {
+        Vec::new()
+    } else {
+        with_encoder(k, parity, shard_len, |encoder| {
+            for bytes in &data {
                 encoder
-                    .add_original_shard(s)
+                    .add_original_shard(&bytes[HEADER_LEN..])
                     .expect("k shards of the size set");
             }
             let result = encoder.encode().expect("all k shards were added");
-            for (j, s) in result.recovery_iter().enumerate() {
-                shares.push(make_share(params, params.k + j as u8, len, s));
-            }
-        });
-    }
-    shares
+            result
+                .recovery_iter()
+                .enumerate()
+                .map(|(j, s)| make_share(params, params.k + j as u8, len as u64, s))
+                .collect()
+        })
+    };
+    data.into_iter()
+        .enumerate()
+        .map(|(index, bytes)| share_from_bytes(params, index as u8, len as u64, bytes))
+        .chain(recovery)
+        .collect()
 }
 
 /// Reed-Solomon encoders kept for reuse: about as many as chunks are
@@ -442,15 +480,32 @@ pub struct SealedChunk {
 
 /// Seal a plaintext chunk under its convergent key and erasure-code it.
 pub fn seal_chunk(conv: &ConvergenceSecret, params: Params, plaintext: &[u8]) -> SealedChunk {
-    let key = conv.convergent_key(CHUNK_DOMAIN, &sha256(plaintext), &params.key_params());
-    // Sealed straight into a buffer with room for the erasure padding.
-    let sealed_len = plaintext.len() as u64 + crate::crypto::TAG_LEN as u64;
-    let mut ciphertext = Vec::with_capacity(shard_len_for(params, sealed_len) * params.k as usize);
-    key.seal_append(&[CHUNK_DOMAIN], plaintext, &mut ciphertext);
+    seal_chunk_owned(conv, params, plaintext.to_vec())
+}
+
+/// [`seal_chunk`] of a chunk the caller gives up: it is encrypted where it
+/// lies, and the shares are cut from its tag and its body.
+pub fn seal_chunk_owned(
+    conv: &ConvergenceSecret,
+    params: Params,
+    mut body: Vec<u8>,
+) -> SealedChunk {
+    let key = chunk_key(conv, params, &body);
+    let tag = key.seal_in_place(&[CHUNK_DOMAIN], &mut body);
     SealedChunk {
-        shares: encode_owned(params, ciphertext),
+        shares: encode_parts(params, &[&tag, &body]),
         key,
     }
+}
+
+/// A chunk's convergent key (docs/FORMATS.md): keyed by the identity's
+/// convergence secret, over the BLAKE3 hash of the plaintext.
+fn chunk_key(conv: &ConvergenceSecret, params: Params, plaintext: &[u8]) -> ChunkKey {
+    conv.convergent_key(
+        CHUNK_KEY_DOMAIN,
+        &crate::crypto::blake3(plaintext),
+        &params.key_params(),
+    )
 }
 
 /// Rebuild and decrypt a chunk from verified shares. AES-SIV authenticates

@@ -83,10 +83,10 @@ macro_rules! cipher_key {
             pub fn seal(&self, context: &[&[u8]], plaintext: &[u8]) -> Vec<u8> {
                 super::siv::seal(&self.0, context, plaintext)
             }
-            /// [`Self::seal`], appending to `out` (no copy for a caller
-            /// that reserved room).
-            pub fn seal_append(&self, context: &[&[u8]], plaintext: &[u8], out: &mut Vec<u8>) {
-                super::siv::seal_append(&self.0, context, plaintext, out)
+            /// AES-SIV encrypt `buf` in place, returning the tag that goes
+            /// in front of it.
+            pub fn seal_in_place(&self, context: &[&[u8]], buf: &mut [u8]) -> [u8; super::TAG_LEN] {
+                super::siv::seal_in_place(&self.0, context, buf)
             }
             /// AES-SIV decrypt and authenticate.
             pub fn open(&self, context: &[&[u8]], ciphertext: &[u8]) -> super::Result<Vec<u8>> {
@@ -166,7 +166,8 @@ impl RootSecret {
 }
 
 impl ConvergenceSecret {
-    /// `HMAC-SHA256(convergence_secret, domain ‖ SHA-256(plaintext) ‖ params)`.
+    /// `HMAC-SHA256(convergence_secret, domain ‖ hash(plaintext) ‖ params)`
+    /// (the hash is the domain's: docs/FORMATS.md).
     ///
     /// `params` names everything that changes the stored form (format version,
     /// k, n), so that data stored under other parameters never shares a key.

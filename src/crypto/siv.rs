@@ -35,22 +35,25 @@ fn cipher(key: &[u8; 32]) -> Aes256Siv {
 /// Encrypt `plaintext` under `key`, binding `context` as associated data.
 /// The output is [`TAG_LEN`] bytes longer than the input.
 pub fn seal(key: &[u8; 32], context: &[&[u8]], plaintext: &[u8]) -> Vec<u8> {
-    let mut out = Vec::with_capacity(TAG_LEN + plaintext.len());
-    seal_append(key, context, plaintext, &mut out);
-    out
-}
-
-/// [`seal`], appending the sealed bytes to `out`: a caller that reserved
-/// room (for padding, say) gets them without a reallocation.
-pub fn seal_append(key: &[u8; 32], context: &[&[u8]], plaintext: &[u8], out: &mut Vec<u8>) {
-    let start = out.len();
-    out.resize(start + TAG_LEN + plaintext.len(), 0);
-    let (tag_out, body) = out[start..].split_at_mut(TAG_LEN);
+    let mut out = vec![0; TAG_LEN + plaintext.len()];
+    let (tag_out, body) = out.split_at_mut(TAG_LEN);
     let buf = InOutBuf::new(plaintext, body).expect("output sized to the input");
     let tag = cipher(key)
         .encrypt_inout_detached(context, buf)
         .expect("AES-SIV encryption fails only for more headers than lode ever passes");
     tag_out.copy_from_slice(&tag);
+    out
+}
+
+/// Encrypt `buf` where it lies and return the tag (the synthetic IV) to
+/// go in front of it: the same bytes [`seal`] gives, with no second buffer
+/// to clear or fill. A chunk's sealer owns its plaintext, so it is sealed
+/// in place and handed on as ciphertext.
+pub fn seal_in_place(key: &[u8; 32], context: &[&[u8]], buf: &mut [u8]) -> [u8; TAG_LEN] {
+    cipher(key)
+        .encrypt_inout_detached(context, InOutBuf::from(buf))
+        .expect("AES-SIV encryption fails only for more headers than lode ever passes")
+        .into()
 }
 
 /// Decrypt and authenticate. Any change to the ciphertext, the key or the
@@ -135,6 +138,10 @@ mod tests {
             let theirs = cipher(&key).encrypt([b"ctx"], &plain).unwrap();
             assert_eq!(ours, theirs, "len {len}");
             assert_eq!(open(&key, &[b"ctx"], &ours).unwrap(), plain);
+            let mut in_place = plain.clone();
+            let tag = seal_in_place(&key, &[b"ctx"], &mut in_place);
+            assert_eq!(tag[..], theirs[..TAG_LEN], "in place, tag, len {len}");
+            assert_eq!(in_place[..], theirs[TAG_LEN..], "in place, body, len {len}");
             let tag: [u8; TAG_LEN] = theirs[..TAG_LEN].try_into().unwrap();
             let mut body = theirs[TAG_LEN..].to_vec();
             open_in_place(&key, &[b"ctx"], &tag, &mut body).unwrap();
@@ -201,15 +208,6 @@ mod tests {
     }
 
     const CTX: &[u8] = b"ctx";
-
-    #[test]
-    fn appends_after_what_is_there() {
-        let key = [3u8; 32];
-        let mut out = b"head".to_vec();
-        seal_append(&key, &[], b"payload", &mut out);
-        assert_eq!(&out[..4], b"head");
-        assert_eq!(open(&key, &[], &out[4..]).unwrap(), b"payload");
-    }
 
     #[test]
     fn refuses_short_and_altered_input() {

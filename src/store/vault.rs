@@ -368,11 +368,11 @@ impl Vault {
                         let len = piece.len() as u64;
                         let _slot = sealing.acquire_owned().await.expect("never closed");
                         let sealed = tokio::task::spawn_blocking(move || match piece {
-                            Piece::Data(chunk) => share::seal_chunk(&conv, params, &chunk),
+                            Piece::Data(chunk) => share::seal_chunk_owned(&conv, params, chunk),
                             Piece::Zeros(n) => {
                                 let known = zeros.lock().expect("zeros lock").get(&n).cloned();
                                 known.unwrap_or_else(|| {
-                                    let sealed = share::seal_chunk(&conv, params, &vec![0; n]);
+                                    let sealed = share::seal_chunk_owned(&conv, params, vec![0; n]);
                                     let mut zeros = zeros.lock().expect("zeros lock");
                                     zeros.insert(n, sealed.clone());
                                     sealed
