@@ -2149,7 +2149,14 @@ fn fallocate_grows_punches_and_zeroes() {
     client.ok(&["sync"]);
     let grown = open("grown");
     fallocate(&grown, F::empty(), 0, 4 << 20).unwrap();
+    // KEEP_SIZE changes no byte, but moves mtime and ctime as ext4 does.
+    let old = std::time::SystemTime::UNIX_EPOCH + std::time::Duration::from_secs(1_000_000);
+    grown
+        .set_times(std::fs::FileTimes::new().set_modified(old))
+        .unwrap();
     fallocate(&grown, F::FALLOC_FL_KEEP_SIZE, 0, 8 << 20).unwrap();
+    let meta = grown.metadata().unwrap();
+    assert!(meta.modified().unwrap() > old, "KEEP_SIZE left mtime");
     drop(grown);
     let file = open("data");
     fallocate(

@@ -2722,7 +2722,10 @@ impl LodeFs {
         let grows = !flags.contains(F::FALLOC_FL_KEEP_SIZE) && end > node.size;
         let zeroes = flags.intersects(F::FALLOC_FL_PUNCH_HOLE | F::FALLOC_FL_ZERO_RANGE);
         if !grows && !zeroes {
-            // Room reserved, nothing to read changed.
+            // Room reserved, nothing to read changed; the times move all
+            // the same, as ext4's do.
+            node.mtime = now();
+            tree.changed(ino);
             return Ok(());
         }
         if grows {
