@@ -117,8 +117,14 @@ fn authenticate(
     verified(&request_auth(headers)?, method, uri, digest)
 }
 
+/// A share id or slot key in a path: 64 lowercase hex digits, the one
+/// spelling lode writes, so that each id has a single URL.
 fn id_of(hex: &str) -> Result<[u8; 32]> {
-    parse_hex::<32>(hex).map_err(|_| Error::BadRequest("id must be 64 hex digits".into()))
+    let bad = || Error::BadRequest("id must be 64 lowercase hex digits".into());
+    if hex.bytes().any(|b| b.is_ascii_uppercase()) {
+        return Err(bad());
+    }
+    parse_hex::<32>(hex).map_err(|_| bad())
 }
 
 #[derive(Deserialize)]
@@ -481,4 +487,26 @@ pub async fn serve(
         pool.abort();
     }
     Ok(result?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_id_has_one_spelling() {
+        let id = [0xab; 32];
+        assert_eq!(id_of(&crate::protocol::hex(&id)).ok(), Some(id));
+        for bad in [
+            "AB".repeat(32),
+            "ab".repeat(31),
+            "xy".repeat(32),
+            String::new(),
+        ] {
+            assert!(
+                matches!(id_of(&bad), Err(Error::BadRequest(_))),
+                "{bad:?} was taken"
+            );
+        }
+    }
 }
