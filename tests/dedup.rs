@@ -96,10 +96,12 @@ fn ten_byte_insert_in_64mib_changes_at_most_3_chunks() {
     });
 }
 
-/// Counts the share bytes sent to an in-memory store.
+/// Counts the share bytes sent to an in-memory store, and the shares
+/// offered to it (sent, or claimed as held).
 struct Counting {
     inner: lode::store::MemoryStorage,
     sent: std::sync::atomic::AtomicUsize,
+    offered: std::sync::atomic::AtomicUsize,
 }
 
 #[async_trait::async_trait]
@@ -110,7 +112,14 @@ impl lode::store::Storage for Counting {
     async fn put_share(&self, id: &[u8; 32], bytes: bytes::Bytes) -> lode::store::Result<()> {
         self.sent
             .fetch_add(bytes.len(), std::sync::atomic::Ordering::Relaxed);
+        self.offered
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         self.inner.put_share(id, bytes).await
+    }
+    async fn claim(&self, ids: &[[u8; 32]]) -> lode::store::Result<Vec<[u8; 32]>> {
+        self.offered
+            .fetch_add(ids.len(), std::sync::atomic::Ordering::Relaxed);
+        self.inner.claim(ids).await
     }
     async fn get_share(&self, id: &[u8; 32]) -> lode::store::Result<Option<bytes::Bytes>> {
         self.inner.get_share(id).await
@@ -128,12 +137,22 @@ impl lode::store::Storage for Counting {
 
 /// Three counting in-memory stores behind a grid, and a vault on it.
 fn counting_vault(secret: u8) -> (lode::store::Vault, Vec<std::sync::Arc<Counting>>) {
+    counting_vault_holding(secret, Some(std::time::Duration::from_secs(31 * 86_400)))
+}
+
+/// [`counting_vault`] whose grid remembers shares placed for `lease / 8`
+/// (with `None`, not at all: every share a put makes is sent).
+fn counting_vault_holding(
+    secret: u8,
+    lease: Option<std::time::Duration>,
+) -> (lode::store::Vault, Vec<std::sync::Arc<Counting>>) {
     use lode::store::Storage;
     let stores: Vec<std::sync::Arc<Counting>> = (0..3)
         .map(|i| {
             std::sync::Arc::new(Counting {
                 inner: lode::store::MemoryStorage::named(&format!("m{i}")),
                 sent: Default::default(),
+                offered: Default::default(),
             })
         })
         .collect();
@@ -143,11 +162,21 @@ fn counting_vault(secret: u8) -> (lode::store::Vault, Vec<std::sync::Arc<Countin
         .collect();
     let grid = lode::store::Grid::new(dyns, lode::store::GridConfig::default()).unwrap();
     // In-memory stores hold forever; a mirror's lease is days.
-    grid.set_lease_floor(std::time::Duration::from_secs(31 * 86_400));
+    if let Some(lease) = lease {
+        grid.set_lease_floor(lease);
+    }
     (
         lode::store::Vault::new(&common::secret(secret), grid),
         stores,
     )
+}
+
+/// Shares offered to all of `stores` so far, sent or claimed.
+fn offered(stores: &[std::sync::Arc<Counting>]) -> usize {
+    stores
+        .iter()
+        .map(|s| s.offered.load(std::sync::atomic::Ordering::Relaxed))
+        .sum()
 }
 
 /// Share bytes sent to all of `stores` so far.
@@ -223,5 +252,73 @@ fn recently_placed_shares_are_not_sent_again_but_repair_asks() {
         lost.sort();
         assert_eq!(back, lost, "the repair restored what the mirror lost");
         assert!(sent() > first);
+    });
+}
+
+/// A new version of a file put over its last one reseals only the chunks
+/// whose bytes changed: an edit in place, an insertion (the later chunks
+/// are found where they moved to), an append and a truncation. Every
+/// share sealed is offered to the mirrors (sent, or claimed as held), so
+/// the shares offered count the chunks sealed.
+#[test]
+fn a_new_version_reseals_only_what_changed() {
+    use std::os::unix::fs::FileExt;
+    let rt = common::runtime();
+    rt.block_on(async {
+        let (vault, stores) = counting_vault_holding(7, None);
+        let offered = || offered(&stores);
+        let tmp = tempfile::tempdir().unwrap();
+        let path = tmp.path().join("file");
+        let mut data = common::seeded_bytes("new version", 40 << 20);
+        std::fs::write(&path, &data).unwrap();
+        let mut cap = vault.put_path(&path).await.unwrap();
+        // Sealed again without a base, every chunk is offered again (as
+        // held, this time): 40 MiB is about ten chunks of three shares.
+        let before = offered();
+        assert_eq!(vault.put_path(&path).await.unwrap(), cap);
+        let whole = offered() - before;
+        assert!(whole >= 20, "{whole} shares offered for the whole file");
+
+        type Edit = Box<dyn Fn(&mut Vec<u8>)>;
+        let edits: [(&str, Edit); 4] = [
+            (
+                "in place",
+                Box::new(|d| d[20 << 20..(20 << 20) + 100].fill(b'x')),
+            ),
+            (
+                "an insertion",
+                Box::new(|d| {
+                    let tail = d.split_off(30 << 20);
+                    d.extend_from_slice(b"ten bytes!");
+                    d.extend_from_slice(&tail);
+                }),
+            ),
+            (
+                "an append",
+                Box::new(|d| d.extend_from_slice(&[7u8; 1 << 20])),
+            ),
+            ("a truncation", Box::new(|d| d.truncate(10 << 20))),
+        ];
+        for (what, edit) in edits {
+            edit(&mut data);
+            let file = std::fs::File::create(&path).unwrap();
+            file.write_all_at(&data, 0).unwrap();
+            drop(file);
+            let before = offered();
+            let next = vault.put_path_over(&path, Some(&cap)).await.unwrap();
+            let resealed = offered() - before;
+            assert_eq!(vault.get_bytes(&next).await.unwrap(), data, "{what}");
+            // The same bytes as a fresh seal of the file reads.
+            let fresh = vault.put_path(&path).await.unwrap();
+            assert_eq!(vault.get_bytes(&fresh).await.unwrap(), data, "{what}");
+            // Two chunks around the change (three shares each) and the
+            // manifest (a node and the root), where a fresh seal offers
+            // all of them.
+            assert!(
+                resealed <= 2 * 3 + 4,
+                "{what}: {resealed} shares offered, of {whole} for the whole file"
+            );
+            cap = next;
+        }
     });
 }

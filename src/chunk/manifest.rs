@@ -306,20 +306,31 @@ impl FileEncoder {
     /// [`FileEncoder::sealer`]'s secret and parameters. Chunks must come in
     /// file order. Returns what [`FileEncoder::push_chunk`] returns.
     pub fn push_sealed(&mut self, len: u64, sealed: share::SealedChunk) -> Vec<Vec<Share>> {
+        let ids = sealed.shares.iter().map(Share::id).collect();
+        let mut out = vec![sealed.shares];
+        out.extend(self.push_leaf(len, ids, *sealed.key.expose()));
+        out
+    }
+
+    /// Take the next chunk as one already stored: a leaf `entry` of an
+    /// earlier version of the file, whose plaintext the caller has found
+    /// unchanged (its convergent key is `key` again). Nothing of the chunk
+    /// is sealed or sent; returns the groups of any node that filled up.
+    pub fn push_stored(&mut self, entry: &NodeEntry, key: &ChunkKey) -> Vec<Vec<Share>> {
+        self.push_leaf(entry.len, entry.shares.clone(), *key.expose())
+    }
+
+    fn push_leaf(&mut self, len: u64, ids: Vec<ShareId>, key: [u8; 32]) -> Vec<Vec<Share>> {
         self.size += len;
         self.levels[0].push(Pending {
             loc: LocEntry {
                 len,
-                shares: sealed
-                    .shares
-                    .iter()
-                    .map(|s| ByteBuf::from(s.id().to_vec()))
-                    .collect(),
+                shares: ids.iter().map(|id| ByteBuf::from(id.to_vec())).collect(),
                 vkey: None,
             },
-            key: *sealed.key.expose(),
+            key,
         });
-        let mut out = vec![sealed.shares];
+        let mut out = Vec::new();
         let mut depth = 0;
         while self.levels[depth].len() == FANOUT {
             let children = std::mem::take(&mut self.levels[depth]);

@@ -500,7 +500,7 @@ pub fn seal_chunk_owned(
 
 /// A chunk's convergent key (docs/FORMATS.md): keyed by the identity's
 /// convergence secret, over the BLAKE3 hash of the plaintext.
-fn chunk_key(conv: &ConvergenceSecret, params: Params, plaintext: &[u8]) -> ChunkKey {
+pub fn chunk_key(conv: &ConvergenceSecret, params: Params, plaintext: &[u8]) -> ChunkKey {
     conv.convergent_key(
         CHUNK_KEY_DOMAIN,
         &crate::crypto::blake3(plaintext),

@@ -788,7 +788,7 @@ impl LodeFs {
     /// Upload a file's staged changes, then mark its directory for
     /// publishing. A no-op for clean files.
     fn upload(&self, ino: u64) -> Result<()> {
-        let (path, read_generation, early) = {
+        let (path, read_generation, early, base) = {
             let tree = self.lock();
             // Taken under the lock with the generation: a sealed early
             // upload holds every write that generation counts.
@@ -809,13 +809,14 @@ impl LodeFs {
                     staged: Some(p),
                     dirty: true,
                     generation,
+                    cap,
                     ..
                 } => {
                     let early = early.filter(|e| e.started());
                     early.as_ref().inspect(|e| {
                         e.seal();
                     });
-                    (p.clone(), *generation, early)
+                    (p.clone(), *generation, early, cap.clone())
                 }
                 _ => {
                     early.inspect(|e| e.spoil());
@@ -844,7 +845,12 @@ impl LodeFs {
             });
         let cap = match early_cap {
             Some(cap) => cap,
-            None => match self.rt.block_on(self.vault.put_path(&path)) {
+            // The last upload's chunks that are still there go up as
+            // they are: an edit reseals only what it touched.
+            None => match self
+                .rt
+                .block_on(self.vault.put_path_over(&path, base.as_ref()))
+            {
                 Ok(cap) => cap,
                 // Unlinked while it was read (its staged copy may be gone
                 // with it): no name is left to publish it under, so no

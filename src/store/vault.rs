@@ -61,6 +61,9 @@ enum Piece {
     /// A chunk of this many zeros, part of a hole: not read, and sealed
     /// once per length.
     Zeros(usize),
+    /// A chunk of an earlier version of the file, found unchanged: its key
+    /// and shares are taken as they are.
+    Stored(chunk::NodeEntry, crate::crypto::ChunkKey),
 }
 
 impl Piece {
@@ -68,15 +71,15 @@ impl Piece {
         match self {
             Piece::Data(d) => d.len(),
             Piece::Zeros(n) => *n,
+            Piece::Stored(entry, _) => entry.len as usize,
         }
     }
+}
 
-    fn into_bytes(self) -> Vec<u8> {
-        match self {
-            Piece::Data(d) => d,
-            Piece::Zeros(n) => vec![0; n],
-        }
-    }
+/// A piece out of the sealing stage, in file order.
+enum Sealed {
+    New(u64, share::SealedChunk),
+    Stored(chunk::NodeEntry, crate::crypto::ChunkKey),
 }
 
 /// The longest chain of homes [`Vault::lives_in`] follows to the root.
@@ -336,14 +339,19 @@ impl Vault {
         // when no second one follows: the file goes up inside its root.
         let mut head = Vec::new();
         if let Some(first) = rx.recv().await {
-            let small = first.len() <= chunk::INLINE_MAX;
+            let small = first.len() <= chunk::INLINE_MAX && !matches!(first, Piece::Stored(..));
             head.push(first);
             if small {
                 match rx.recv().await {
                     Some(next) => head.push(next),
                     None => {
                         producer.await.expect("chunker task")?;
-                        let (cap, root) = encoder.seal_inline(&head.remove(0).into_bytes());
+                        let bytes = match head.remove(0) {
+                            Piece::Data(d) => d,
+                            Piece::Zeros(n) => vec![0; n],
+                            Piece::Stored(..) => unreachable!("a stored chunk is never inline"),
+                        };
+                        let (cap, root) = encoder.seal_inline(&bytes);
                         self.grid.put_group(&root).await?;
                         return Ok(cap);
                     }
@@ -366,6 +374,9 @@ impl Vault {
                     let sealing = self.sealing.clone();
                     async move {
                         let len = piece.len() as u64;
+                        if let Piece::Stored(entry, key) = piece {
+                            return Sealed::Stored(entry, key);
+                        }
                         let _slot = sealing.acquire_owned().await.expect("never closed");
                         let sealed = tokio::task::spawn_blocking(move || match piece {
                             Piece::Data(chunk) => share::seal_chunk_owned(&conv, params, chunk),
@@ -378,10 +389,11 @@ impl Vault {
                                     sealed
                                 })
                             }
+                            Piece::Stored(..) => unreachable!("passed on above"),
                         })
                         .await
                         .expect("sealing does not panic");
-                        (len, sealed)
+                        Sealed::New(len, sealed)
                     }
                 })
                 .buffered(sealers)
@@ -413,8 +425,12 @@ impl Vault {
                     grid.put_group(&group).await
                 });
             };
-        while let Some((len, chunk)) = sealed.next().await {
-            for group in encoder.push_sealed(len, chunk) {
+        while let Some(next) = sealed.next().await {
+            let groups = match next {
+                Sealed::New(len, chunk) => encoder.push_sealed(len, chunk),
+                Sealed::Stored(entry, key) => encoder.push_stored(&entry, &key),
+            };
+            for group in groups {
                 upload(group, &mut uploads, &mut sent).await;
             }
             // A failed upload ends the put now, not at the end.
@@ -449,6 +465,155 @@ impl Vault {
     /// only where chunks are cut around a hole differs.
     pub async fn put_path(&self, path: &Path) -> Result<FileReadCap> {
         self.put_path_with(path, None).await
+    }
+
+    /// [`Self::put_path`] of a new version of the file `base` names (its
+    /// last upload): each chunk of `base` whose bytes are still there,
+    /// unchanged and where it was (or moved by what was inserted or
+    /// removed), is taken as it is stored, not
+    /// sealed and sent again. An edit of a few bytes in a large file costs
+    /// one read and hash of the file and the chunks around the edit, not a
+    /// reseal of every byte (docs/ARCHITECTURE.md, "An edited file reuses
+    /// its stored chunks").
+    ///
+    /// A chunk counts as unchanged only when the bytes at its place hash to
+    /// its own convergent key again, so nothing but the content decides:
+    /// whatever changed the file, and however (a write, a truncate, a
+    /// crash and a recovery), a chunk is reused only for the bytes it
+    /// holds. From a changed chunk the file is cut afresh, until a cut
+    /// falls where a chunk of `base` begins. A file with holes, or a
+    /// `base` that is inline or cannot be read now, goes up as
+    /// [`Self::put_path`] sends it.
+    pub async fn put_path_over(
+        &self,
+        path: &Path,
+        base: Option<&FileReadCap>,
+    ) -> Result<FileReadCap> {
+        let Some(base) = base else {
+            return self.put_path(path).await;
+        };
+        let file = std::fs::File::open(path)?;
+        let len = file.metadata()?.len();
+        let max = self.chunker.max as u64;
+        if len <= chunk::INLINE_MAX as u64
+            || sparse::extents(&file, len, max * HOLE_MIN_CHUNKS)?
+                .iter()
+                .any(|e| matches!(e, Extent::Hole { .. }))
+        {
+            return self.put_path(path).await;
+        }
+        let leaves = match self.leaves(base).await {
+            Ok(leaves) if !leaves.is_empty() => leaves,
+            Ok(_) => return self.put_path(path).await,
+            Err(e) => {
+                tracing::debug!(error = %e, "the last version's chunks are not at hand; sealing the whole file");
+                return self.put_path(path).await;
+            }
+        };
+        // Where each chunk of `base` begins, in order.
+        let mut starts = Vec::with_capacity(leaves.len());
+        let mut at = 0u64;
+        for leaf in &leaves {
+            starts.push(at);
+            at += leaf.0.len;
+        }
+        // Bytes inserted (or, below zero, removed) in all: after a single
+        // insertion, `base`'s later chunks lie this far from where they
+        // were, and are found there.
+        let delta = i128::from(len) - i128::from(at);
+        let (conv, params, chunker) = (self.conv.clone(), self.grid.params(), self.chunker);
+        self.put_pieces(move |emit| {
+            use std::os::unix::fs::FileExt;
+            // The chunk of `base` expected at `pos`, were the bytes there
+            // moved by `shift` since.
+            let base_at = |pos: u64, shift: i128| {
+                u64::try_from(i128::from(pos) - shift)
+                    .ok()
+                    .and_then(|old| starts.binary_search(&old).ok())
+            };
+            let mut shift = 0i128;
+            let mut pos = 0u64;
+            let mut buf = Vec::new();
+            while pos < len {
+                if let Some(i) = base_at(pos, shift) {
+                    let (entry, key) = &leaves[i];
+                    if pos + entry.len <= len {
+                        let n = entry.len as usize;
+                        if buf.len() < n {
+                            buf.resize(n, 0);
+                        }
+                        file.read_exact_at(&mut buf[..n], pos)?;
+                        if share::chunk_key(&conv, params, &buf[..n]).expose() == key.expose() {
+                            if !emit(Piece::Stored(entry.clone(), key.clone())) {
+                                return Ok(());
+                            }
+                            pos += entry.len;
+                            continue;
+                        }
+                    }
+                }
+                // Changed, or no chunk began here: cut afresh until a cut
+                // lands where one of `base`'s begins (or begins moved by
+                // `delta`).
+                let mut from = &file;
+                from.seek(std::io::SeekFrom::Start(pos))?;
+                let reader = std::io::BufReader::with_capacity(READ_BUFFER, from.take(len - pos));
+                let before = pos;
+                for chunk in chunker.chunks(reader) {
+                    let chunk = chunk?;
+                    pos += chunk.len() as u64;
+                    if !emit(Piece::Data(chunk)) {
+                        return Ok(());
+                    }
+                    if base_at(pos, shift).is_some() {
+                        break;
+                    }
+                    if delta != shift && base_at(pos, delta).is_some() {
+                        shift = delta;
+                        break;
+                    }
+                }
+                if pos == before {
+                    // Shorter than it was a moment ago: truncated meanwhile.
+                    return Err(std::io::Error::from(std::io::ErrorKind::UnexpectedEof).into());
+                }
+            }
+            Ok(())
+        })
+        .await
+    }
+
+    /// The chunks of a file, in order, each with the key that opens it.
+    /// An inline file has none.
+    async fn leaves(
+        &self,
+        cap: &FileReadCap,
+    ) -> Result<Vec<(chunk::NodeEntry, crate::crypto::ChunkKey)>> {
+        let root = self.fetch_root(&cap.root, &cap.read_key).await?;
+        if root.size != cap.size {
+            return Err(chunk::Error::MalformedManifest(
+                "manifest size differs from the cap".into(),
+            )
+            .into());
+        }
+        let mut leaves = Vec::new();
+        if root.data.is_some() {
+            return Ok(leaves);
+        }
+        // Depth first, children pushed in reverse: chunks in file order.
+        let mut stack = vec![root];
+        while let Some(node) = stack.pop() {
+            if node.depth == 0 {
+                for entry in node.entries.iter().filter(|e| e.len > 0) {
+                    leaves.push((entry.clone(), Self::key_of(entry)?.clone()));
+                }
+            } else {
+                for entry in node.entries.iter().rev() {
+                    stack.push(self.fetch_node(&node, entry).await?);
+                }
+            }
+        }
+        Ok(leaves)
     }
 
     /// [`Self::put_path`], telling `progress` how many of the file's bytes
