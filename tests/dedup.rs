@@ -96,12 +96,10 @@ fn ten_byte_insert_in_64mib_changes_at_most_3_chunks() {
     });
 }
 
-/// Counts the share bytes sent to an in-memory store, and the shares
-/// offered to it (sent, or claimed as held).
+/// Counts the share bytes sent to an in-memory store.
 struct Counting {
     inner: lode::store::MemoryStorage,
     sent: std::sync::atomic::AtomicUsize,
-    offered: std::sync::atomic::AtomicUsize,
 }
 
 #[async_trait::async_trait]
@@ -112,14 +110,7 @@ impl lode::store::Storage for Counting {
     async fn put_share(&self, id: &[u8; 32], bytes: bytes::Bytes) -> lode::store::Result<()> {
         self.sent
             .fetch_add(bytes.len(), std::sync::atomic::Ordering::Relaxed);
-        self.offered
-            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         self.inner.put_share(id, bytes).await
-    }
-    async fn claim(&self, ids: &[[u8; 32]]) -> lode::store::Result<Vec<[u8; 32]>> {
-        self.offered
-            .fetch_add(ids.len(), std::sync::atomic::Ordering::Relaxed);
-        self.inner.claim(ids).await
     }
     async fn get_share(&self, id: &[u8; 32]) -> lode::store::Result<Option<bytes::Bytes>> {
         self.inner.get_share(id).await
@@ -152,7 +143,6 @@ fn counting_vault_holding(
             std::sync::Arc::new(Counting {
                 inner: lode::store::MemoryStorage::named(&format!("m{i}")),
                 sent: Default::default(),
-                offered: Default::default(),
             })
         })
         .collect();
@@ -169,14 +159,6 @@ fn counting_vault_holding(
         lode::store::Vault::new(&common::secret(secret), grid),
         stores,
     )
-}
-
-/// Shares offered to all of `stores` so far, sent or claimed.
-fn offered(stores: &[std::sync::Arc<Counting>]) -> usize {
-    stores
-        .iter()
-        .map(|s| s.offered.load(std::sync::atomic::Ordering::Relaxed))
-        .sum()
 }
 
 /// Share bytes sent to all of `stores` so far.
@@ -257,34 +239,33 @@ fn recently_placed_shares_are_not_sent_again_but_repair_asks() {
 
 /// A new version of a file put over its last one reseals only the chunks
 /// whose bytes changed: an edit in place, an insertion (the later chunks
-/// are found where they moved to), an append and a truncation. Every
-/// share sealed is offered to the mirrors (sent, or claimed as held), so
-/// the shares offered count the chunks sealed.
+/// are found where they moved to), a deletion, an append and a
+/// truncation; it is cut as a fresh seal would cut it; and the chunks it
+/// reuses are confirmed on the mirrors, so a share a mirror lost is put
+/// back as a full upload would.
 #[test]
 fn a_new_version_reseals_only_what_changed() {
     use std::os::unix::fs::FileExt;
     let rt = common::runtime();
     rt.block_on(async {
         let (vault, stores) = counting_vault_holding(7, None);
-        let offered = || offered(&stores);
+        let sealed = || vault.chunks_sealed();
         let tmp = tempfile::tempdir().unwrap();
         let path = tmp.path().join("file");
         let mut data = common::seeded_bytes("new version", 40 << 20);
         std::fs::write(&path, &data).unwrap();
         let mut cap = vault.put_path(&path).await.unwrap();
-        // Sealed again without a base, every chunk is offered again (as
-        // held, this time): 40 MiB is about ten chunks of three shares.
-        let before = offered();
-        assert_eq!(vault.put_path(&path).await.unwrap(), cap);
-        let whole = offered() - before;
-        assert!(whole >= 20, "{whole} shares offered for the whole file");
+        // 40 MiB is about ten chunks.
+        let whole = sealed();
+        assert!(whole >= 6, "{whole} chunks sealed for the whole file");
 
         type Edit = Box<dyn Fn(&mut Vec<u8>)>;
-        let edits: [(&str, Edit); 4] = [
+        let edits: [(&str, Edit); 6] = [
             (
                 "in place",
                 Box::new(|d| d[20 << 20..(20 << 20) + 100].fill(b'x')),
             ),
+            ("the first byte", Box::new(|d| d[0] ^= 1)),
             (
                 "an insertion",
                 Box::new(|d| {
@@ -294,31 +275,66 @@ fn a_new_version_reseals_only_what_changed() {
                 }),
             ),
             (
+                "a deletion",
+                Box::new(|d| {
+                    d.drain(15 << 20..16 << 20);
+                }),
+            ),
+            (
                 "an append",
                 Box::new(|d| d.extend_from_slice(&[7u8; 1 << 20])),
             ),
             ("a truncation", Box::new(|d| d.truncate(10 << 20))),
         ];
-        for (what, edit) in edits {
-            edit(&mut data);
+        let write = |data: &[u8]| {
             let file = std::fs::File::create(&path).unwrap();
-            file.write_all_at(&data, 0).unwrap();
-            drop(file);
-            let before = offered();
+            file.write_all_at(data, 0).unwrap();
+        };
+        for (what, edit) in edits {
+            let old: HashSet<_> = chunk_ids(&data, 7).into_iter().collect();
+            edit(&mut data);
+            write(&data);
+            // Chunks a fresh cut of the new bytes has that the old had not.
+            let new = chunk_ids(&data, 7)
+                .iter()
+                .filter(|id| !old.contains(*id))
+                .count();
+            let before = sealed();
             let next = vault.put_path_over(&path, Some(&cap)).await.unwrap();
-            let resealed = offered() - before;
+            let resealed = sealed() - before;
             assert_eq!(vault.get_bytes(&next).await.unwrap(), data, "{what}");
-            // The same bytes as a fresh seal of the file reads.
-            let fresh = vault.put_path(&path).await.unwrap();
-            assert_eq!(vault.get_bytes(&fresh).await.unwrap(), data, "{what}");
-            // Two chunks around the change (three shares each) and the
-            // manifest (a node and the root), where a fresh seal offers
-            // all of them.
+            // Cut as a fresh seal of the same bytes cuts them.
+            assert_eq!(next, vault.put_path(&path).await.unwrap(), "{what}");
+            // Those, and no others.
             assert!(
-                resealed <= 2 * 3 + 4,
-                "{what}: {resealed} shares offered, of {whole} for the whole file"
+                resealed as usize == new && new < whole as usize,
+                "{what}: {resealed} chunks sealed, {new} new, {whole} in the whole file"
             );
             cap = next;
         }
+
+        // Small appends, each put over the last: no short chunk is left
+        // behind each time, the result is what a fresh seal cuts.
+        for _ in 0..5 {
+            data.extend_from_slice(b"a log line\n");
+            write(&data);
+            cap = vault.put_path_over(&path, Some(&cap)).await.unwrap();
+        }
+        assert_eq!(cap, vault.put_path(&path).await.unwrap(), "appends");
+
+        // A mirror that lost its shares gets back those of the chunks
+        // reused, as a full upload would send them.
+        for id in stores[0].inner.share_ids() {
+            stores[0].inner.lose(&id);
+        }
+        data[100] ^= 1;
+        write(&data);
+        cap = vault.put_path_over(&path, Some(&cap)).await.unwrap();
+        let report = vault
+            .check(&lode::caps::Cap::FileRead(cap.clone()), false, true)
+            .await
+            .unwrap();
+        assert!(report.errors.is_empty(), "{:?}", report.errors);
+        assert_eq!(report.repaired_shares, 0, "reused chunks left shares lost");
     });
 }

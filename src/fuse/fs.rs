@@ -2729,9 +2729,11 @@ impl LodeFs {
         let zeroes = flags.intersects(F::FALLOC_FL_PUNCH_HOLE | F::FALLOC_FL_ZERO_RANGE);
         if !grows && !zeroes {
             // Room reserved, nothing to read changed; the times move all
-            // the same, as ext4's do.
-            node.mtime = now();
+            // the same (both to one instant), as ext4's do.
             tree.changed(ino);
+            if let Some(node) = tree.nodes.get_mut(&ino) {
+                node.mtime = node.ctime;
+            }
             return Ok(());
         }
         if grows {

@@ -316,6 +316,59 @@ impl Grid {
         self.placed().window
     }
 
+    /// Whether every share of a stored object (`ids`, in index order) is
+    /// held where [`Self::put_group`] places it. Each mirror is asked to
+    /// claim its part, which extends those leases, unless it acknowledged
+    /// them moments ago. A chunk reused from a file's last version is
+    /// confirmed so instead of being sent again: false (a share missing,
+    /// or a mirror that did not answer) means it is to be placed afresh,
+    /// which also repairs what a mirror lost.
+    pub async fn holds_group(&self, ids: &[ShareId]) -> bool {
+        let Some(first) = ids.first() else {
+            return false;
+        };
+        let order = self.ranked(first);
+        let m = order.len();
+        let copies = if ids.len() == 1 {
+            self.replica_copies()
+        } else {
+            1
+        };
+        let mut asks: std::collections::BTreeMap<usize, Vec<ShareId>> = Default::default();
+        {
+            let mut placed = self.placed();
+            for (i, id) in ids.iter().enumerate() {
+                for c in 0..copies {
+                    let mirror = order[(i + c) % m];
+                    if !placed.holds(id, mirror) {
+                        asks.entry(mirror).or_default().push(*id);
+                    }
+                }
+            }
+        }
+        let answers = futures_util::future::join_all(asks.into_iter().map(|(mirror, ids)| {
+            let store = self.mirrors[mirror].clone();
+            async move { (mirror, store.claim(&ids).await, ids) }
+        }))
+        .await;
+        let mut held: HashMap<ShareId, Vec<usize>> = HashMap::new();
+        for (mirror, answer, ids) in answers {
+            match answer {
+                Ok(unclaimed) if unclaimed.is_empty() => {
+                    for id in ids {
+                        held.entry(id).or_default().push(mirror);
+                    }
+                }
+                _ => return false,
+            }
+        }
+        let mut placed = self.placed();
+        for (id, mirrors) in held {
+            placed.record(id, mirrors.into_iter());
+        }
+        true
+    }
+
     /// [`Self::put_group`] that asks every mirror, whatever was
     /// acknowledged lately: for repair, which is called exactly because a
     /// mirror may have lost what it once acknowledged.

@@ -62,8 +62,9 @@ enum Piece {
     /// once per length.
     Zeros(usize),
     /// A chunk of an earlier version of the file, found unchanged: its key
-    /// and shares are taken as they are.
-    Stored(chunk::NodeEntry, crate::crypto::ChunkKey),
+    /// and shares are taken as they are once the mirrors confirm they hold
+    /// them, else its bytes (here too) are sealed and placed afresh.
+    Stored(chunk::NodeEntry, crate::crypto::ChunkKey, Vec<u8>),
 }
 
 impl Piece {
@@ -71,7 +72,7 @@ impl Piece {
         match self {
             Piece::Data(d) => d.len(),
             Piece::Zeros(n) => *n,
-            Piece::Stored(entry, _) => entry.len as usize,
+            Piece::Stored(entry, ..) => entry.len as usize,
         }
     }
 }
@@ -134,6 +135,8 @@ pub struct Vault {
     /// Chunks being sealed at once by every put together: one per core.
     /// Each chunk in sealing holds its plaintext, ciphertext and shares.
     sealing: Arc<tokio::sync::Semaphore>,
+    /// Chunks sealed by every put so far (a hole's zeros once per length).
+    chunks_sealed: Arc<std::sync::atomic::AtomicU64>,
 }
 
 /// Chunks sealed at once: one per core (at least 2, at most 8).
@@ -256,11 +259,19 @@ impl Vault {
             )),
             window: Arc::new(tokio::sync::Semaphore::new(WINDOW_PERMITS)),
             sealing: Arc::new(tokio::sync::Semaphore::new(sealers())),
+            chunks_sealed: Arc::default(),
         }
     }
 
     /// Page listings over `page_bytes`, and refuse slots over `slot_limit`
     /// (the defaults are [`PAGE_BYTES`] and the mirrors' limit): for tests.
+    /// How many chunks this vault's puts have sealed so far (a chunk
+    /// reused from a file's last version is not sealed).
+    pub fn chunks_sealed(&self) -> u64 {
+        self.chunks_sealed
+            .load(std::sync::atomic::Ordering::Relaxed)
+    }
+
     pub fn with_directory_limits(mut self, page_bytes: usize, slot_limit: usize) -> Vault {
         self.page_bytes = page_bytes;
         self.slot_limit = slot_limit;
@@ -372,17 +383,30 @@ impl Vault {
                     let conv = conv.clone();
                     let zeros = zeros.clone();
                     let sealing = self.sealing.clone();
+                    let grid = self.grid.clone();
+                    let chunks_sealed = self.chunks_sealed.clone();
                     async move {
                         let len = piece.len() as u64;
-                        if let Piece::Stored(entry, key) = piece {
-                            return Sealed::Stored(entry, key);
-                        }
+                        let piece = match piece {
+                            Piece::Stored(entry, key, bytes) => {
+                                if grid.holds_group(&entry.shares).await {
+                                    return Sealed::Stored(entry, key);
+                                }
+                                Piece::Data(bytes)
+                            }
+                            other => other,
+                        };
                         let _slot = sealing.acquire_owned().await.expect("never closed");
                         let sealed = tokio::task::spawn_blocking(move || match piece {
-                            Piece::Data(chunk) => share::seal_chunk_owned(&conv, params, chunk),
+                            Piece::Data(chunk) => {
+                                chunks_sealed.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                                share::seal_chunk_owned(&conv, params, chunk)
+                            }
                             Piece::Zeros(n) => {
                                 let known = zeros.lock().expect("zeros lock").get(&n).cloned();
                                 known.unwrap_or_else(|| {
+                                    chunks_sealed
+                                        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                                     let sealed = share::seal_chunk_owned(&conv, params, vec![0; n]);
                                     let mut zeros = zeros.lock().expect("zeros lock");
                                     zeros.insert(n, sealed.clone());
@@ -480,8 +504,13 @@ impl Vault {
     /// its own convergent key again, so nothing but the content decides:
     /// whatever changed the file, and however (a write, a truncate, a
     /// crash and a recovery), a chunk is reused only for the bytes it
-    /// holds. From a changed chunk the file is cut afresh, until a cut
-    /// falls where a chunk of `base` begins. A file with holes, or a
+    /// holds. A reused chunk is first confirmed on the mirrors
+    /// ([`Grid::holds_group`], which extends its leases); one they lack
+    /// is sealed again from the bytes just read. Short chunks (the old
+    /// last one, or any under the chunker's least) are reused only where
+    /// the file ends again, so appends do not leave them behind. From a
+    /// changed chunk the file is cut afresh, until a cut falls where a
+    /// chunk of `base` begins. A file with holes, or a
     /// `base` that is inline or cannot be read now, goes up as
     /// [`Self::put_path`] sends it.
     pub async fn put_path_over(
@@ -533,21 +562,26 @@ impl Vault {
             };
             let mut shift = 0i128;
             let mut pos = 0u64;
-            let mut buf = Vec::new();
             while pos < len {
                 if let Some(i) = base_at(pos, shift) {
                     let (entry, key) = &leaves[i];
-                    if pos + entry.len <= len {
-                        let n = entry.len as usize;
-                        if buf.len() < n {
-                            buf.resize(n, 0);
-                        }
-                        file.read_exact_at(&mut buf[..n], pos)?;
-                        if share::chunk_key(&conv, params, &buf[..n]).expose() == key.expose() {
-                            if !emit(Piece::Stored(entry.clone(), key.clone())) {
+                    let end = pos + entry.len;
+                    // A chunk shorter than the chunker's least, or the
+                    // last one (cut where the file ended, not by its
+                    // content), is taken only where the file ends again:
+                    // else every append would leave a short chunk behind.
+                    let fits = end == len
+                        || (end < len && i + 1 < leaves.len() && entry.len >= chunker.min as u64);
+                    let well_formed = entry.len <= chunker.max as u64
+                        && entry.shares.len() == usize::from(params.n());
+                    if fits && well_formed {
+                        let mut bytes = vec![0; entry.len as usize];
+                        file.read_exact_at(&mut bytes, pos)?;
+                        if share::chunk_key(&conv, params, &bytes).expose() == key.expose() {
+                            if !emit(Piece::Stored(entry.clone(), key.clone(), bytes)) {
                                 return Ok(());
                             }
-                            pos += entry.len;
+                            pos = end;
                             continue;
                         }
                     }
