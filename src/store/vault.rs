@@ -576,8 +576,17 @@ impl Vault {
                         && entry.shares.len() == usize::from(params.n());
                     if fits && well_formed {
                         let mut bytes = vec![0; entry.len as usize];
-                        file.read_exact_at(&mut bytes, pos)?;
-                        if share::chunk_key(&conv, params, &bytes).expose() == key.expose() {
+                        // Cut short, the file shrank meanwhile: what is
+                        // there is cut afresh below, as `put_path` reads a
+                        // file being changed, and the caller's change
+                        // count decides whether the result stands.
+                        let whole = match file.read_exact_at(&mut bytes, pos) {
+                            Ok(()) => true,
+                            Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => false,
+                            Err(e) => return Err(e.into()),
+                        };
+                        if whole && share::chunk_key(&conv, params, &bytes).expose() == key.expose()
+                        {
                             if !emit(Piece::Stored(entry.clone(), key.clone(), bytes)) {
                                 return Ok(());
                             }
@@ -608,8 +617,8 @@ impl Vault {
                     }
                 }
                 if pos == before {
-                    // Shorter than it was a moment ago: truncated meanwhile.
-                    return Err(std::io::Error::from(std::io::ErrorKind::UnexpectedEof).into());
+                    // The file ends here now: truncated meanwhile.
+                    return Ok(());
                 }
             }
             Ok(())
