@@ -327,22 +327,14 @@ impl Grid {
         let Some(first) = ids.first() else {
             return false;
         };
-        let order = self.ranked(first);
-        let m = order.len();
-        let copies = if ids.len() == 1 {
-            self.replica_copies()
-        } else {
-            1
-        };
+        let (order, wanted) = self.placement(first, ids.len());
         let mut asks: std::collections::BTreeMap<usize, Vec<ShareId>> = Default::default();
         {
             let mut placed = self.placed();
-            for (i, id) in ids.iter().enumerate() {
-                for c in 0..copies {
-                    let mirror = order[(i + c) % m];
-                    if !placed.holds(id, mirror) {
-                        asks.entry(mirror).or_default().push(*id);
-                    }
+            for (i, pos) in wanted {
+                let mirror = order[pos];
+                if !placed.holds(&ids[i], mirror) {
+                    asks.entry(mirror).or_default().push(ids[i]);
                 }
             }
         }
@@ -378,21 +370,23 @@ impl Grid {
         self.place_group(shares, false).await
     }
 
-    async fn place_group(&self, shares: &[Share], remembered_ok: bool) -> Result<()> {
-        let order = self.ranked(&shares[0].id());
+    /// Where an object of `count` shares whose first share is `first`
+    /// goes: the mirrors in rendezvous order, and each (share index,
+    /// position in that order) to place. A lone share (a replicated root)
+    /// goes to [`Self::replica_copies`] mirrors, every other share to one.
+    fn placement(&self, first: &ShareId, count: usize) -> (Vec<usize>, Vec<(usize, usize)>) {
+        let order = self.ranked(first);
         let m = order.len();
-        // (share index in `shares`, copy number) → mirror position in `order`
-        let copies = if shares.len() == 1 {
-            self.replica_copies()
-        } else {
-            1
-        };
-        let mut wanted: Vec<(usize, usize)> = Vec::new();
-        for (i, _) in shares.iter().enumerate() {
-            for c in 0..copies {
-                wanted.push((i, (i + c) % m));
-            }
-        }
+        let copies = if count == 1 { self.replica_copies() } else { 1 };
+        let wanted = (0..count)
+            .flat_map(|i| (0..copies).map(move |c| (i, (i + c) % m)))
+            .collect();
+        (order, wanted)
+    }
+
+    async fn place_group(&self, shares: &[Share], remembered_ok: bool) -> Result<()> {
+        let (order, mut wanted) = self.placement(&shares[0].id(), shares.len());
+        let m = order.len();
         let mut failed: HashSet<usize> = HashSet::new();
         let mut holders: Vec<HashSet<usize>> = vec![HashSet::new(); shares.len()];
         let mut last_err: Option<Error> = None;

@@ -263,8 +263,6 @@ impl Vault {
         }
     }
 
-    /// Page listings over `page_bytes`, and refuse slots over `slot_limit`
-    /// (the defaults are [`PAGE_BYTES`] and the mirrors' limit): for tests.
     /// How many chunks this vault's puts have sealed so far (a chunk
     /// reused from a file's last version is not sealed).
     pub fn chunks_sealed(&self) -> u64 {
@@ -272,6 +270,8 @@ impl Vault {
             .load(std::sync::atomic::Ordering::Relaxed)
     }
 
+    /// Page listings over `page_bytes`, and refuse slots over `slot_limit`
+    /// (the defaults are [`PAGE_BYTES`] and the mirrors' limit): for tests.
     pub fn with_directory_limits(mut self, page_bytes: usize, slot_limit: usize) -> Vault {
         self.page_bytes = page_bytes;
         self.slot_limit = slot_limit;
@@ -632,13 +632,7 @@ impl Vault {
         &self,
         cap: &FileReadCap,
     ) -> Result<Vec<(chunk::NodeEntry, crate::crypto::ChunkKey)>> {
-        let root = self.fetch_root(&cap.root, &cap.read_key).await?;
-        if root.size != cap.size {
-            return Err(chunk::Error::MalformedManifest(
-                "manifest size differs from the cap".into(),
-            )
-            .into());
-        }
+        let root = self.fetch_file_root(cap).await?;
         let mut leaves = Vec::new();
         if root.data.is_some() {
             return Ok(leaves);
@@ -770,6 +764,18 @@ impl Vault {
             .unwrap_or_else(|p| p.into_inner())
             .put(slot, node.clone());
         node
+    }
+
+    /// A file's root node, checked to describe as many bytes as its cap.
+    async fn fetch_file_root(&self, cap: &FileReadCap) -> Result<Arc<Node>> {
+        let root = self.fetch_root(&cap.root, &cap.read_key).await?;
+        if root.size != cap.size {
+            return Err(chunk::Error::MalformedManifest(
+                "manifest size differs from the cap".into(),
+            )
+            .into());
+        }
+        Ok(root)
     }
 
     async fn fetch_root(&self, root: &chunk::ShareId, key: &ReadKey) -> Result<Arc<Node>> {
@@ -907,13 +913,7 @@ impl Vault {
         len: u64,
         visit: &mut (dyn FnMut(u64, &Plain) -> Result<()> + Send),
     ) -> Result<()> {
-        let root = self.fetch_root(&cap.root, &cap.read_key).await?;
-        if root.size != cap.size {
-            return Err(chunk::Error::MalformedManifest(
-                "manifest size differs from the cap".into(),
-            )
-            .into());
-        }
+        let root = self.fetch_file_root(cap).await?;
         let end = offset.saturating_add(len).min(cap.size);
         if let Some(data) = &root.data {
             if offset < end {
