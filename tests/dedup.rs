@@ -96,10 +96,12 @@ fn ten_byte_insert_in_64mib_changes_at_most_3_chunks() {
     });
 }
 
-/// Counts the share bytes sent to an in-memory store.
+/// Counts the share bytes sent to an in-memory store, and keeps the ids
+/// of each claim it is asked.
 struct Counting {
     inner: lode::store::MemoryStorage,
     sent: std::sync::atomic::AtomicUsize,
+    claims: std::sync::Mutex<Vec<Vec<[u8; 32]>>>,
 }
 
 #[async_trait::async_trait]
@@ -124,6 +126,10 @@ impl lode::store::Storage for Counting {
     async fn get_slot(&self, key: &[u8; 32]) -> lode::store::Result<Option<Vec<u8>>> {
         self.inner.get_slot(key).await
     }
+    async fn claim(&self, ids: &[[u8; 32]]) -> lode::store::Result<Vec<[u8; 32]>> {
+        self.claims.lock().unwrap().push(ids.to_vec());
+        self.inner.claim(ids).await
+    }
 }
 
 /// Three counting in-memory stores behind a grid, and a vault on it.
@@ -143,6 +149,7 @@ fn counting_vault_holding(
             std::sync::Arc::new(Counting {
                 inner: lode::store::MemoryStorage::named(&format!("m{i}")),
                 sent: Default::default(),
+                claims: Default::default(),
             })
         })
         .collect();
@@ -300,8 +307,23 @@ fn a_new_version_reseals_only_what_changed() {
                 .filter(|id| !old.contains(*id))
                 .count();
             let before = sealed();
+            stores.iter().for_each(|s| s.claims.lock().unwrap().clear());
             let next = vault.put_path_over(&path, Some(&cap)).await.unwrap();
             let resealed = sealed() - before;
+            // The chunks kept were confirmed on the mirrors in one claim
+            // per mirror, not one per chunk.
+            let fresh: HashSet<_> = chunk_ids(&data, 7).into_iter().collect();
+            let kept: HashSet<_> = old.intersection(&fresh).collect();
+            let asked = stores
+                .iter()
+                .flat_map(|s| s.claims.lock().unwrap().clone())
+                .filter(|ids| ids.iter().any(|id| kept.contains(id)))
+                .count();
+            assert!(
+                asked <= stores.len(),
+                "{what}: {} chunks kept, confirmed in {asked} claims",
+                kept.len()
+            );
             assert_eq!(vault.get_bytes(&next).await.unwrap(), data, "{what}");
             // Cut as a fresh seal of the same bytes cuts them.
             assert_eq!(next, vault.put_path(&path).await.unwrap(), "{what}");

@@ -316,49 +316,73 @@ impl Grid {
         self.placed().window
     }
 
-    /// Whether every share of a stored object (`ids`, in index order) is
-    /// held where [`Self::put_group`] places it. Each mirror is asked to
-    /// claim its part, which extends those leases, unless it acknowledged
-    /// them moments ago. A chunk reused from a file's last version is
-    /// confirmed so instead of being sent again: false (a share missing,
-    /// or a mirror that did not answer) means it is to be placed afresh,
-    /// which also repairs what a mirror lost.
-    pub async fn holds_group(&self, ids: &[ShareId]) -> bool {
-        let Some(first) = ids.first() else {
-            return false;
-        };
-        let (order, wanted) = self.placement(first, ids.len());
-        let mut asks: std::collections::BTreeMap<usize, Vec<ShareId>> = Default::default();
+    /// For each stored object (each given by its share ids, in index
+    /// order), whether every share is held where [`Self::put_group`]
+    /// places it. Each mirror is asked once, for all its part of every
+    /// object (a claim, which extends those leases), unless it
+    /// acknowledged a share moments ago; the mirrors are asked at once. A
+    /// file's chunks reused from its last version are confirmed so
+    /// instead of being sent again: false (a share missing, a mirror that
+    /// did not answer or is passed over) means the chunk is to be placed
+    /// afresh, which also repairs what a mirror lost. One request per
+    /// mirror for a whole file, not one per chunk: over a WAN a chunk
+    /// confirmed at a time cost a round trip each.
+    pub async fn holding(&self, objects: &[&[ShareId]]) -> Vec<bool> {
+        let mut held = vec![true; objects.len()];
+        // Per mirror: the ids to ask it for, each with its object.
+        let mut asks: std::collections::BTreeMap<usize, Vec<(ShareId, usize)>> = Default::default();
         {
             let mut placed = self.placed();
-            for (i, pos) in wanted {
-                let mirror = order[pos];
-                if !placed.holds(&ids[i], mirror) {
-                    asks.entry(mirror).or_default().push(ids[i]);
+            for (object, ids) in objects.iter().enumerate() {
+                let Some(first) = ids.first() else {
+                    held[object] = false;
+                    continue;
+                };
+                let (order, wanted) = self.placement(first, ids.len());
+                for (i, pos) in wanted {
+                    let mirror = order[pos];
+                    if !placed.holds(&ids[i], mirror) {
+                        asks.entry(mirror).or_default().push((ids[i], object));
+                    }
                 }
             }
         }
-        let answers = futures_util::future::join_all(asks.into_iter().map(|(mirror, ids)| {
+        let answers = futures_util::future::join_all(asks.into_iter().map(|(mirror, asked)| {
             let store = self.mirrors[mirror].clone();
-            async move { (mirror, store.claim(&ids).await, ids) }
+            async move {
+                let ids: Vec<ShareId> = asked.iter().map(|(id, _)| *id).collect();
+                // A mirror passed over for now is not waited for: its
+                // chunks go up afresh, within the write's grace.
+                let answer = match store.is_down() {
+                    true => None,
+                    false => store.claim(&ids).await.ok(),
+                };
+                (mirror, answer, asked)
+            }
         }))
         .await;
-        let mut held: HashMap<ShareId, Vec<usize>> = HashMap::new();
-        for (mirror, answer, ids) in answers {
-            match answer {
-                Ok(unclaimed) if unclaimed.is_empty() => {
-                    for id in ids {
-                        held.entry(id).or_default().push(mirror);
-                    }
+        let mut acknowledged: HashMap<ShareId, Vec<usize>> = HashMap::new();
+        for (mirror, answer, asked) in answers {
+            let unclaimed: HashSet<ShareId> = match answer {
+                Some(unclaimed) => unclaimed.into_iter().collect(),
+                None => {
+                    asked.iter().for_each(|&(_, object)| held[object] = false);
+                    continue;
                 }
-                _ => return false,
+            };
+            for (id, object) in asked {
+                if unclaimed.contains(&id) {
+                    held[object] = false;
+                } else {
+                    acknowledged.entry(id).or_default().push(mirror);
+                }
             }
         }
         let mut placed = self.placed();
-        for (id, mirrors) in held {
+        for (id, mirrors) in acknowledged {
             placed.record(id, mirrors.into_iter());
         }
-        true
+        held
     }
 
     /// [`Self::put_group`] that asks every mirror, whatever was

@@ -61,10 +61,9 @@ enum Piece {
     /// A chunk of this many zeros, part of a hole: not read, and sealed
     /// once per length.
     Zeros(usize),
-    /// A chunk of an earlier version of the file, found unchanged: its key
-    /// and shares are taken as they are once the mirrors confirm they hold
-    /// them, else its bytes (here too) are sealed and placed afresh.
-    Stored(chunk::NodeEntry, crate::crypto::ChunkKey, Vec<u8>),
+    /// A chunk of an earlier version of the file, found unchanged and
+    /// confirmed on the mirrors: its key and shares are taken as they are.
+    Stored(chunk::NodeEntry, crate::crypto::ChunkKey),
 }
 
 impl Piece {
@@ -383,19 +382,12 @@ impl Vault {
                     let conv = conv.clone();
                     let zeros = zeros.clone();
                     let sealing = self.sealing.clone();
-                    let grid = self.grid.clone();
                     let chunks_sealed = self.chunks_sealed.clone();
                     async move {
                         let len = piece.len() as u64;
-                        let piece = match piece {
-                            Piece::Stored(entry, key, bytes) => {
-                                if grid.holds_group(&entry.shares).await {
-                                    return Sealed::Stored(entry, key);
-                                }
-                                Piece::Data(bytes)
-                            }
-                            other => other,
-                        };
+                        if let Piece::Stored(entry, key) = piece {
+                            return Sealed::Stored(entry, key);
+                        }
                         let _slot = sealing.acquire_owned().await.expect("never closed");
                         let sealed = tokio::task::spawn_blocking(move || match piece {
                             Piece::Data(chunk) => {
@@ -504,9 +496,10 @@ impl Vault {
     /// its own convergent key again, so nothing but the content decides:
     /// whatever changed the file, and however (a write, a truncate, a
     /// crash and a recovery), a chunk is reused only for the bytes it
-    /// holds. A reused chunk is first confirmed on the mirrors
-    /// ([`Grid::holds_group`], which extends its leases); one they lack
-    /// is sealed again from the bytes just read. Short chunks (the old
+    /// holds. Every chunk of `base` is first confirmed on the mirrors, in
+    /// one request per mirror ([`Grid::holding`], which extends their
+    /// leases); one they lack is not reused but sealed again, which
+    /// places it afresh. Short chunks (the old
     /// last one, or any under the chunker's least) are reused only where
     /// the file ends again, so appends do not leave them behind. From a
     /// changed chunk the file is cut afresh, until a cut falls where a
@@ -539,6 +532,8 @@ impl Vault {
                 return self.put_path(path).await;
             }
         };
+        let shares: Vec<&[chunk::ShareId]> = leaves.iter().map(|l| &l.0.shares[..]).collect();
+        let held = self.grid.holding(&shares).await;
         // Where each chunk of `base` begins, in order.
         let mut starts = Vec::with_capacity(leaves.len());
         let mut at = 0u64;
@@ -574,7 +569,7 @@ impl Vault {
                         || (end < len && i + 1 < leaves.len() && entry.len >= chunker.min as u64);
                     let well_formed = entry.len <= chunker.max as u64
                         && entry.shares.len() == usize::from(params.n());
-                    if fits && well_formed {
+                    if fits && well_formed && held[i] {
                         let mut bytes = vec![0; entry.len as usize];
                         // Cut short, the file shrank meanwhile: what is
                         // there is cut afresh below, as `put_path` reads a
@@ -587,7 +582,7 @@ impl Vault {
                         };
                         if whole && share::chunk_key(&conv, params, &bytes).expose() == key.expose()
                         {
-                            if !emit(Piece::Stored(entry.clone(), key.clone(), bytes)) {
+                            if !emit(Piece::Stored(entry.clone(), key.clone())) {
                                 return Ok(());
                             }
                             pos = end;
@@ -633,21 +628,28 @@ impl Vault {
         cap: &FileReadCap,
     ) -> Result<Vec<(chunk::NodeEntry, crate::crypto::ChunkKey)>> {
         let root = self.fetch_file_root(cap).await?;
-        let mut leaves = Vec::new();
         if root.data.is_some() {
-            return Ok(leaves);
+            return Ok(Vec::new());
         }
-        // Depth first, children pushed in reverse: chunks in file order.
-        let mut stack = vec![root];
-        while let Some(node) = stack.pop() {
-            if node.depth == 0 {
-                for entry in node.entries.iter().filter(|e| e.len > 0) {
-                    leaves.push((entry.clone(), Self::key_of(entry)?.clone()));
-                }
-            } else {
-                for entry in node.entries.iter().rev() {
-                    stack.push(self.fetch_node(&node, entry).await?);
-                }
+        // A level at a time, in file order (every node sits one level
+        // above its children: `Node::fits_under`), a few nodes fetched at
+        // once: one round trip per level rather than one per node.
+        let mut level = vec![root];
+        while level.first().is_some_and(|node| node.depth > 0) {
+            let children: Vec<(Arc<Node>, chunk::NodeEntry)> = level
+                .iter()
+                .flat_map(|node| node.entries.iter().map(|e| (node.clone(), e.clone())))
+                .collect();
+            level = futures_util::stream::iter(children)
+                .map(|(parent, entry)| async move { self.fetch_node(&parent, &entry).await })
+                .buffered(READAHEAD)
+                .try_collect()
+                .await?;
+        }
+        let mut leaves = Vec::new();
+        for entry in level.iter().flat_map(|node| &node.entries) {
+            if entry.len > 0 {
+                leaves.push((entry.clone(), Self::key_of(entry)?.clone()));
             }
         }
         Ok(leaves)
