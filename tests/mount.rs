@@ -477,6 +477,134 @@ fn a_killed_mount_loses_nothing() {
     assert!(left.is_empty(), "left staged: {left:?}");
 }
 
+/// Bytes the staging directory takes on disk.
+fn staged_on_disk(client: &Client) -> u64 {
+    std::fs::read_dir(client.home.join("data/staging"))
+        .map(|d| {
+            d.flatten()
+                .map(|e| e.metadata().unwrap().blocks() * 512)
+                .sum()
+        })
+        .unwrap_or(0)
+}
+
+/// Changes to a stored file of 40 MiB, each made to `expect` too: writes
+/// across a block's edge and in the middle, an append, a hole punched, a
+/// truncate and a growth. Each, but the last, fsynced if `sync`.
+fn change_partly(path: &Path, expect: &mut Vec<u8>, sync: bool) {
+    use std::os::unix::fs::FileExt;
+    let mib = 1 << 20;
+    let f = std::fs::OpenOptions::new().write(true).open(path).unwrap();
+    let write = |expect: &mut Vec<u8>, at: usize, bytes: &[u8]| {
+        f.write_all_at(bytes, at as u64).unwrap();
+        if expect.len() < at + bytes.len() {
+            expect.resize(at + bytes.len(), 0);
+        }
+        expect[at..at + bytes.len()].copy_from_slice(bytes);
+        if sync {
+            f.sync_all().unwrap();
+        }
+    };
+    write(expect, mib - 1, b"edge");
+    write(expect, 20 * mib + 5, b"in the middle");
+    let end = expect.len();
+    write(expect, end, b"appended");
+    nix::fcntl::fallocate(
+        &f,
+        nix::fcntl::FallocateFlags::FALLOC_FL_PUNCH_HOLE
+            | nix::fcntl::FallocateFlags::FALLOC_FL_KEEP_SIZE,
+        (2 * mib + 100) as i64,
+        mib as i64,
+    )
+    .unwrap();
+    expect[2 * mib + 100..3 * mib + 100].fill(0);
+    f.set_len((30 * mib + 7) as u64).unwrap();
+    expect.truncate(30 * mib + 7);
+    f.set_len((32 * mib) as u64).unwrap();
+    expect.resize(32 * mib, 0);
+    // Into the part grown back: zeros, not what was there before.
+    f.write_all_at(b"after", (31 * mib) as u64).unwrap();
+    expect[31 * mib..31 * mib + 5].copy_from_slice(b"after");
+}
+
+/// A large stored file opened for a small change is not fetched whole
+/// first: the staged copy takes only the blocks the changes cover, reads
+/// of the rest come from the mirrors, and what goes up is exact, read
+/// back after a remount.
+#[test]
+fn a_large_file_changed_in_place_is_staged_partly() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (_mirrors, client) = common::three_mirrors_and_client(tmp.path());
+    let mp = tmp.path().join("mnt");
+    let m = Mounted::new(&client, &mp);
+    let mut expect = common::seeded_bytes("partly", 40 << 20);
+    let path = mp.join("big");
+    std::fs::write(&path, &expect).unwrap();
+    std::fs::File::open(&path).unwrap().sync_all().unwrap();
+    drop(m);
+    let m = Mounted::new(&client, &mp);
+    assert!(
+        staged_on_disk(&client) < 1 << 20,
+        "nothing staged after a remount"
+    );
+    change_partly(&path, &mut expect, true);
+    // Three blocks fetched (two edges and the punched range's), the rest
+    // left on the mirrors: a whole copy would be 32 MiB.
+    let staged = staged_on_disk(&client);
+    assert!(
+        staged <= 6 << 20,
+        "{staged} bytes staged for changes of a few bytes"
+    );
+    assert!(
+        std::fs::read(&path).unwrap() == expect,
+        "read back while staged"
+    );
+    client.ok(&["sync"]);
+    drop(m);
+    let m = Mounted::new(&client, &mp);
+    assert!(
+        std::fs::read(&path).unwrap() == expect,
+        "read back after a remount"
+    );
+    let check = client.ok(&["check", "/"]);
+    assert!(check.contains(": healthy"), "{check}");
+    drop(m);
+}
+
+/// kill -9 the mount with a partly staged file changed, synced or not:
+/// the next mount fills in what the copy lacked from the mirrors and
+/// uploads it, exact, with nothing left staged.
+#[test]
+fn a_killed_mount_completes_a_partly_staged_file() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (_mirrors, client) = common::three_mirrors_and_client(tmp.path());
+    let mp = tmp.path().join("mnt");
+    let m = Mounted::new(&client, &mp);
+    let mut expect = common::seeded_bytes("partly killed", 40 << 20);
+    let path = mp.join("big");
+    std::fs::write(&path, &expect).unwrap();
+    std::fs::File::open(&path).unwrap().sync_all().unwrap();
+    drop(m);
+    let m = Mounted::new(&client, &mp);
+    change_partly(&path, &mut expect, false);
+    kill_mount(&mp);
+    drop(m);
+    let m = Mounted::new(&client, &mp);
+    assert!(
+        std::fs::read(&path).unwrap() == expect,
+        "recovered after kill -9"
+    );
+    client.ok(&["sync"]);
+    drop(m);
+    let m = Mounted::new(&client, &mp);
+    assert!(
+        std::fs::read(&path).unwrap() == expect,
+        "uploaded after the recovery"
+    );
+    drop(m);
+    assert_eq!(staged_on_disk(&client), 0, "left staged");
+}
+
 /// With every mirror down, writes land in staging and read back from it;
 /// once the mirrors return, the files reach them without a remount.
 #[test]

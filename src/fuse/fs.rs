@@ -21,6 +21,7 @@ use fuser::{
 
 use super::early::{Earlies, Growing};
 use super::notes;
+use super::partial::{self, Partial};
 use super::tree::{Body, FRIENDS, FRIENDS_NAME, Node, ROOT, Tree};
 use super::{Error, Result, errno};
 use crate::caps::{DirReadCap, FileReadCap};
@@ -119,6 +120,8 @@ pub struct LodeFs {
     notifier: std::sync::OnceLock<fuser::Notifier>,
     /// Each open directory's names as its scan began (see [`Self::scan`]).
     scans: Mutex<std::collections::HashMap<u64, Scan>>,
+    /// The partly staged copies (see [`super::partial`]), by path.
+    partials: Mutex<std::collections::HashMap<PathBuf, Arc<Partial>>>,
 }
 
 /// Why the background flusher is not getting changes up, for `lode status`.
@@ -267,6 +270,7 @@ impl LodeFs {
             flush_failing: Mutex::new(None),
             notifier: std::sync::OnceLock::new(),
             scans: Mutex::new(Default::default()),
+            partials: Mutex::new(Default::default()),
         })
     }
 
@@ -415,7 +419,7 @@ impl LodeFs {
             let node = tree.nodes.get(&ino).ok_or(Error::NotFound)?;
             (Self::attr(&tree, ino, node), local_copy(node))
         };
-        Ok(with_local_blocks(attr, local))
+        Ok(self.local_blocks(attr, local))
     }
 
     /// The attributes of `ino` for an entry reply, which hands the kernel
@@ -428,7 +432,7 @@ impl LodeFs {
             let node = &tree.nodes[&ino];
             (Self::attr(&tree, ino, node), local_copy(node))
         };
-        Ok(with_local_blocks(attr, local))
+        Ok(self.local_blocks(attr, local))
     }
 
     /// List a directory if it has not been, or (read-only ones) if the
@@ -703,6 +707,29 @@ impl LodeFs {
             }
         };
         let path = self.staging_path();
+        // A large file is staged partly: nothing is fetched now.
+        if let (Some(cap), false) = (&cap, truncate)
+            && cap.size >= partial::PARTLY_FROM
+        {
+            let started = (|| -> Result<Partial> {
+                let file = std::fs::File::create(&path)?;
+                file.set_len(cap.size)?;
+                let partial = Partial::create(&path, cap.clone())?;
+                // The length and the log's start must be on disk before
+                // a note names the copy: recovery fills in what the log
+                // says is missing, up to the copy's length.
+                file.sync_all()?;
+                partial.sync()?;
+                Ok(partial)
+            })();
+            return match started {
+                Ok(started) => self.staged_as(ino, path, Some(started)),
+                Err(e) => {
+                    partial::remove_staged(&path);
+                    Err(e)
+                }
+            };
+        }
         let fetched = self.with_room(|| {
             let file = std::fs::File::create(&path)?;
             if let (Some(cap), false) = (&cap, truncate) {
@@ -723,6 +750,12 @@ impl LodeFs {
             let _ = std::fs::remove_file(&path);
             return Err(e);
         }
+        self.staged_as(ino, path, None)
+    }
+
+    /// Make the new copy `path` (partly staged if `partial`) the staged
+    /// copy of `ino`, unless another writer staged one meanwhile.
+    fn staged_as(&self, ino: u64, path: PathBuf, partial: Option<Partial>) -> Result<PathBuf> {
         let mut tree = self.lock();
         match tree.nodes.get_mut(&ino).map(|n| &mut n.body) {
             Some(Body::File {
@@ -731,20 +764,106 @@ impl LodeFs {
             }) => {
                 let existing = existing.clone();
                 drop(tree);
-                let _ = std::fs::remove_file(&path);
+                partial::remove_staged(&path);
                 Ok(existing)
             }
             Some(Body::File { staged, .. }) => {
                 *staged = Some(path.clone());
+                if let Some(partial) = partial {
+                    self.partials().insert(path.clone(), Arc::new(partial));
+                }
                 drop(tree);
                 self.note_staged(ino);
                 Ok(path)
             }
             _ => {
-                let _ = std::fs::remove_file(&path);
+                partial::remove_staged(&path);
                 Err(Error::NotFound)
             }
         }
+    }
+
+    /// [`with_local_blocks`], but not for a partly staged copy: what it
+    /// lacks is no hole.
+    fn local_blocks(&self, attr: FileAttr, local: Option<PathBuf>) -> FileAttr {
+        with_local_blocks(attr, local.filter(|p| self.partial(p).is_none()))
+    }
+
+    fn partials(&self) -> MutexGuard<'_, std::collections::HashMap<PathBuf, Arc<Partial>>> {
+        self.partials.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The staged copy `path`, if it is partly staged.
+    fn partial(&self, path: &Path) -> Option<Arc<Partial>> {
+        self.partials().get(path).cloned()
+    }
+
+    /// Remove a staged copy (a cache dropped, or data no longer wanted).
+    fn remove_staged(&self, path: &Path) {
+        self.partials().remove(path);
+        partial::remove_staged(path);
+    }
+
+    /// `base`'s bytes in `[from, from + buf.len())`, into `buf`.
+    fn fetch_base(&self, base: &FileReadCap, from: u64, buf: &mut [u8]) -> Result<()> {
+        let bytes = self
+            .rt
+            .block_on(self.vault.read_range(base, from, buf.len() as u64))?;
+        if bytes.len() != buf.len() {
+            return Err(Error::Io(std::io::Error::from(
+                std::io::ErrorKind::UnexpectedEof,
+            )));
+        }
+        buf.copy_from_slice(&bytes);
+        Ok(())
+    }
+
+    /// Before a change of `[from, to)` to the partly staged copy `path`
+    /// (under `partial.changing()`): fetch the blocks it covers only
+    /// partly, and make them durable and held.
+    fn fetch_for_change(&self, path: &Path, partial: &Partial, from: u64, to: u64) -> Result<()> {
+        let wanted = partial.to_fetch(from, to);
+        if wanted.is_empty() {
+            return Ok(());
+        }
+        let base = partial.base();
+        let file = std::fs::OpenOptions::new().write(true).open(path)?;
+        for &(lo, hi) in &wanted {
+            let mut buf = vec![0; (hi - lo) as usize];
+            self.fetch_base(&base, lo, &mut buf)?;
+            self.with_room(|| Ok(file.write_all_at(&buf, lo)?))?;
+        }
+        file.sync_data()?;
+        for (lo, hi) in wanted {
+            partial.hold(lo, hi)?;
+        }
+        Ok(())
+    }
+
+    /// After a change of `[from, to)` to the partly staged copy `path`:
+    /// the blocks it covered wholly are the copy's now.
+    fn changed_partly(&self, path: &Path, partial: &Partial, from: u64, to: u64) -> Result<()> {
+        if partial.covers_absent(from, to) {
+            std::fs::File::open(path)?.sync_data()?;
+            partial.hold(from, to)?;
+        }
+        Ok(())
+    }
+
+    /// Set the staged copy `path`'s length (a truncate).
+    fn set_staged_len(&self, path: &Path, len: u64) -> Result<()> {
+        let file = std::fs::OpenOptions::new().write(true).open(path)?;
+        let Some(partial) = self.partial(path).filter(|p| len < p.base_len()) else {
+            file.set_len(len)?;
+            return Ok(());
+        };
+        let _changing = partial.changing();
+        // The block the new end falls in keeps the base's bytes below it.
+        self.fetch_for_change(path, &partial, len, len.next_multiple_of(partial::BLOCK))?;
+        file.set_len(len)?;
+        file.sync_all()?;
+        partial.truncated(len)?;
+        Ok(())
     }
 
     /// Make the kept copy `p` of `ino` (a cache of its published content)
@@ -847,10 +966,7 @@ impl LodeFs {
             Some(cap) => cap,
             // The last upload's chunks that are still there go up as
             // they are: an edit reseals only what it touched.
-            None => match self
-                .rt
-                .block_on(self.vault.put_path_over(&path, base.as_ref()))
-            {
+            None => match self.put_staged(&path, base.as_ref()) {
                 Ok(cap) => cap,
                 // Unlinked while it was read (its staged copy may be gone
                 // with it): no name is left to publish it under, so no
@@ -879,6 +995,11 @@ impl LodeFs {
             // (see `publish`). (No write lands during an fsync's upload:
             // the kernel holds the inode's lock for both.)
             if *generation == read_generation {
+                // What a partly staged copy lacks is the new version's
+                // too, at the same places.
+                if let Some(partial) = self.partial(&path) {
+                    partial.rebase(cap.clone());
+                }
                 node.size = cap.size;
                 *c = Some(cap);
                 *dirty = false;
@@ -886,6 +1007,36 @@ impl LodeFs {
         }
         tree.republish(ino);
         Ok(())
+    }
+
+    /// Upload the staged copy `path` of a file last uploaded as `base`:
+    /// what a partly staged copy lacks is read from its own base.
+    fn put_staged(
+        &self,
+        path: &Path,
+        base: Option<&FileReadCap>,
+    ) -> std::result::Result<FileReadCap, crate::store::Error> {
+        let lacking = self
+            .partial(path)
+            .map(|p| (p.base(), p.absent(0, u64::MAX)))
+            .filter(|(_, ranges)| !ranges.is_empty());
+        let Some((from, ranges)) = lacking else {
+            return self.rt.block_on(self.vault.put_path_over(path, base));
+        };
+        let (vault, rt, cap) = (self.vault.clone(), self.rt.clone(), from.clone());
+        let read = Arc::new(move |at: u64, buf: &mut [u8]| -> std::io::Result<()> {
+            let bytes = rt
+                .block_on(vault.read_range(&cap, at, buf.len() as u64))
+                .map_err(std::io::Error::other)?;
+            if bytes.len() != buf.len() {
+                return Err(std::io::ErrorKind::UnexpectedEof.into());
+            }
+            buf.copy_from_slice(&bytes);
+            Ok(())
+        });
+        let absent = crate::store::Absent { ranges, read };
+        self.rt
+            .block_on(self.vault.put_partial(path, &from, absent))
     }
 
     /// Files with changes not yet safe on the mirrors, and their bytes.
@@ -1276,9 +1427,11 @@ impl LodeFs {
             {
                 *staged = None;
                 drop(tree);
+                self.partials().remove(&path);
                 if std::fs::remove_file(&path).is_ok() {
                     freed += size;
                 }
+                let _ = std::fs::remove_file(partial::log_path(&path));
             }
         }
         freed
@@ -1328,7 +1481,7 @@ impl LodeFs {
                 && let Some(p) = staged.take()
             {
                 *cached = false;
-                let _ = std::fs::remove_file(p);
+                self.remove_staged(&p);
             }
         }
     }
@@ -1375,6 +1528,7 @@ impl LodeFs {
                         base: cap
                             .as_ref()
                             .map_or(notes::Base::New, |c| notes::Base::Version(c.root)),
+                        partial: self.partial(p).map(|partial| partial.base()),
                     };
                     Some((p.clone(), note))
                 }
@@ -1466,6 +1620,15 @@ impl LodeFs {
         let mut recovered = 0;
         let mut away = false;
         for file in left {
+            // A partly staged copy's log goes with its data: adopted
+            // with it, or dropped with a copy that was only a cache.
+            if partial::is_log(&file) {
+                let data = file.with_extension("");
+                if !data.exists() || !notes::exists(&data) {
+                    let _ = std::fs::remove_file(&file);
+                }
+                continue;
+            }
             if notes::is_note_file(&file) {
                 // A note file half written, or whose data is gone.
                 if file.extension().is_some_and(|e| e == "tmp") || !notes::data_of(&file).exists() {
@@ -1563,7 +1726,18 @@ impl LodeFs {
     fn adopted(&self, file: &Path, note: &notes::Note, away: &mut bool) -> bool {
         use crate::store::Error as S;
         let path = &note.path;
-        match self.adopt(file, note) {
+        let completed = match &note.partial {
+            Some(base) => self.complete_partial(file, base),
+            None => Ok(()),
+        };
+        if let Err(Error::Io(e)) = &completed
+            && e.kind() == std::io::ErrorKind::InvalidData
+        {
+            tracing::error!(path, error = %e, "a partly staged file's log is damaged");
+            self.set_aside(file);
+            return true;
+        }
+        match completed.and_then(|()| self.adopt(file, note)) {
             Ok(()) => {
                 tracing::info!(path, "recovered a staged file");
                 true
@@ -1577,6 +1751,31 @@ impl LodeFs {
                 false
             }
         }
+    }
+
+    /// Make the partly staged copy `staged` of `base`, left by a crashed
+    /// mount, whole: fetch what its log says it lacks, make it durable,
+    /// and drop the log. Without a log it was made whole already.
+    fn complete_partial(&self, staged: &Path, base: &FileReadCap) -> Result<()> {
+        let log = partial::log_path(staged);
+        if !log.exists() {
+            return Ok(());
+        }
+        let lacking = Partial::open(staged, base.clone())?;
+        let file = std::fs::OpenOptions::new().write(true).open(staged)?;
+        let len = file.metadata()?.len();
+        for (lo, hi) in lacking.absent(0, len) {
+            let mut at = lo;
+            while at < hi {
+                let mut buf = vec![0; (hi - at).min(partial::BLOCK) as usize];
+                self.fetch_base(base, at, &mut buf)?;
+                self.with_room(|| Ok(file.write_all_at(&buf, at)?))?;
+                at += buf.len() as u64;
+            }
+        }
+        file.sync_all()?;
+        std::fs::remove_file(log)?;
+        Ok(())
     }
 
     /// Link the staged file `staged` at `path` (making missing directories)
@@ -1665,7 +1864,7 @@ impl LodeFs {
             } = &mut node.body
         {
             if let Some(old) = held_copy.replace(staged.to_path_buf()) {
-                let _ = std::fs::remove_file(old); // a kept copy: a cache
+                self.remove_staged(&old); // a kept copy: a cache
             }
             *dirty = true;
             *cached = false;
@@ -2048,6 +2247,9 @@ impl LodeFs {
                     }
                 }
                 fs.shed();
+                // A partly staged copy dropped with its orphan (in the
+                // tree, which does not see this table) leaves its entry.
+                fs.partials().retain(|path, _| path.exists());
                 // Once a second: the kernel zeroes what is faulted in
                 // again, so not after every free.
                 give_back_freed_memory();
@@ -2074,7 +2276,7 @@ impl LodeFs {
             kept.bytes = kept.queue.iter().map(|(_, _, size)| size).sum();
         }
         for path in &copies {
-            let _ = std::fs::remove_file(path);
+            self.remove_staged(path);
         }
         tracing::debug!(dropped, left, "forgot idle directories' entries");
     }
@@ -2442,10 +2644,7 @@ impl LodeFs {
         if let Some(size) = size {
             self.early.spoil(ino);
             let path = self.stage(ino, size == 0)?;
-            std::fs::OpenOptions::new()
-                .write(true)
-                .open(&path)?
-                .set_len(size)?;
+            self.set_staged_len(&path, size)?;
             let renote = self.lock().nodes.get_mut(&ino).is_some_and(|node| {
                 node.size = size;
                 node.mtime = now();
@@ -2495,7 +2694,7 @@ impl LodeFs {
         }
         // As getattr answers (a truncate to 1 GiB showed 1 GiB of blocks
         // until the attributes expired).
-        Ok(with_local_blocks(attr, local))
+        Ok(self.local_blocks(attr, local))
     }
 
     /// Open `ino`; returns whether the kernel may keep the pages it has
@@ -2525,7 +2724,13 @@ impl LodeFs {
             if !orphan {
                 self.writable(parent)?;
             }
-            self.stage(ino, trunc)?;
+            let path = self.stage(ino, trunc)?;
+            // Before the change is counted under the lock, as a write's
+            // bytes land before it: not under the lock, as a partly
+            // staged copy's truncation waits for a change of it running.
+            if trunc {
+                self.set_staged_len(&path, 0)?;
+            }
         }
         let mut tree = self.lock();
         let node = tree.nodes.get_mut(&ino).ok_or(Error::NotFound)?;
@@ -2544,19 +2749,10 @@ impl LodeFs {
         if trunc {
             self.early.spoil(ino);
         }
-        if let Body::File {
-            writers, staged, ..
-        } = &mut node.body
+        if let Body::File { writers, .. } = &mut node.body
+            && write
         {
-            if write {
-                *writers += 1;
-            }
-            if trunc && let Some(p) = staged {
-                std::fs::OpenOptions::new()
-                    .write(true)
-                    .open(p)?
-                    .set_len(0)?;
-            }
+            *writers += 1;
         }
         let renote = trunc && node.data_changed();
         if trunc {
@@ -2579,7 +2775,7 @@ impl LodeFs {
             }
         };
         if let Some(path) = staged {
-            let file = std::fs::File::open(path)?;
+            let file = std::fs::File::open(&path)?;
             let mut buf = vec![0; size as usize];
             let mut done = 0;
             while done < buf.len() {
@@ -2590,6 +2786,19 @@ impl LodeFs {
                 done += n;
             }
             buf.truncate(done);
+            // What a partly staged copy lacks is its base's.
+            if let Some(partial) = self.partial(&path) {
+                let end = offset + done as u64;
+                let absent = partial.absent(offset, end);
+                if !absent.is_empty() {
+                    let base = partial.base();
+                    for (lo, hi) in absent {
+                        let at = (lo - offset) as usize..(hi - offset) as usize;
+                        self.fetch_base(&base, lo, &mut buf[at])?;
+                    }
+                    self.read_ahead(ino, &base, offset, done as u64);
+                }
+            }
             return Ok(Pieces::owned(buf));
         }
         match cap {
@@ -2634,10 +2843,22 @@ impl LodeFs {
 
     fn do_write(&self, ino: u64, offset: u64, data: &[u8]) -> Result<u32> {
         let path = self.stage(ino, false)?;
-        self.with_room(|| {
-            let file = std::fs::OpenOptions::new().write(true).open(&path)?;
-            Ok(file.write_all_at(data, offset)?)
-        })?;
+        let end = offset + data.len() as u64;
+        let partial = self.partial(&path);
+        {
+            // Held across the fetch, never under the tree's lock.
+            let _changing = partial.as_ref().map(|p| p.changing());
+            if let Some(partial) = &partial {
+                self.fetch_for_change(&path, partial, offset, end)?;
+            }
+            self.with_room(|| {
+                let file = std::fs::OpenOptions::new().write(true).open(&path)?;
+                Ok(file.write_all_at(data, offset)?)
+            })?;
+            if let Some(partial) = &partial {
+                self.changed_partly(&path, partial, offset, end)?;
+            }
+        }
         let mut tree = self.lock();
         let node = tree.nodes.get_mut(&ino).ok_or(Error::NotFound)?;
         let old_size = node.size;
@@ -2692,6 +2913,14 @@ impl LodeFs {
             libc::off_t::try_from(len).map_err(|_| too_large())?,
         );
         let path = self.stage(ino, false)?;
+        // Zeroing part of a partly staged copy: as a write of zeros.
+        let partial = self
+            .partial(&path)
+            .filter(|_| flags.intersects(F::FALLOC_FL_PUNCH_HOLE | F::FALLOC_FL_ZERO_RANGE));
+        let _changing = partial.as_ref().map(|p| p.changing());
+        if let Some(partial) = &partial {
+            self.fetch_for_change(&path, partial, offset, end)?;
+        }
         let before = std::fs::metadata(&path)?.len();
         let done = self.with_room(|| {
             let file = std::fs::OpenOptions::new().write(true).open(&path)?;
@@ -2722,6 +2951,9 @@ impl LodeFs {
                 tracing::error!(ino, error = %undo, "a failed fallocate's growth stays staged");
             }
             return Err(e);
+        }
+        if let Some(partial) = &partial {
+            self.changed_partly(&path, partial, offset, end)?;
         }
         let mut tree = self.lock();
         let node = tree.nodes.get_mut(&ino).ok_or(Error::NotFound)?;
@@ -2871,7 +3103,9 @@ impl LodeFs {
         };
         // The copy may be dropped (evicted, or replaced by a new upload)
         // between the lock and the open: then the file is all data.
-        if let Some(copy) = staged
+        // A partly staged copy's holes are mostly what it lacks: it too
+        // is all data.
+        if let Some(copy) = staged.filter(|p| self.partial(p).is_none())
             && let Ok(file) = std::fs::File::open(&copy)
         {
             return nix::unistd::lseek(&file, offset, how)
@@ -2999,7 +3233,7 @@ impl LodeFs {
         drop(tree);
         listed
             .into_iter()
-            .map(|(at, child, name, attr, local)| (at, child, name, with_local_blocks(attr, local)))
+            .map(|(at, child, name, attr, local)| (at, child, name, self.local_blocks(attr, local)))
             .collect()
     }
 }

@@ -16,6 +16,7 @@
 mod early;
 mod fs;
 mod notes;
+mod partial;
 mod tree;
 
 pub use fs::{LodeFs, Mount, MountConfig};

@@ -3,9 +3,11 @@
 //! and is uploaded and linked by the next one.
 //!
 //! A note is an extended attribute of the staged file itself
-//! (`user.lode.note`, JSON `{"path", "mode", "uid", "gid", "base"}`; notes
-//! written before the owner was recorded lack `uid` and `gid`, and their
-//! files go to the mounting user as before; `base` is in [`Base`]): writing
+//! (`user.lode.note`, JSON `{"path", "mode", "uid", "gid", "base",
+//! "partial"}`; notes written before the owner was recorded lack `uid` and
+//! `gid`, and their files go to the mounting user as before; `base` is in
+//! [`Base`]; `partial`, the read-cap of the version a partly staged copy
+//! lacks the bytes of, is in [`super::partial`]): writing
 //! it replaces the
 //! old one atomically, and it goes away with the file. Where the staging
 //! file system has no user xattrs, the note is a file beside the data
@@ -35,6 +37,8 @@ pub struct Note {
     /// Its owner (uid, gid), if the note records one.
     pub owner: Option<(u32, u32)>,
     pub base: Base,
+    /// For a partly staged copy: the version whose bytes it lacks.
+    pub partial: Option<crate::caps::FileReadCap>,
 }
 
 /// Which published version of the file the staged copy began from: what
@@ -64,6 +68,9 @@ pub fn write(staged: &Path, note: &Note) -> std::io::Result<()> {
         Base::Unknown => {}
         Base::New => json["base"] = "new".into(),
         Base::Version(root) => json["base"] = crate::protocol::hex(&root).into(),
+    }
+    if let Some(cap) = &note.partial {
+        json["partial"] = crate::caps::Cap::FileRead(cap.clone()).to_string().into();
     }
     let note = json.to_string();
     match xattr::set(staged, ATTR, note.as_bytes()) {
@@ -99,6 +106,18 @@ pub fn read(staged: &Path) -> Option<Note> {
                 .as_str()
                 .and_then(|h| crate::protocol::parse_hex::<32>(h).ok())
                 .map_or(Base::New, Base::Version),
+        },
+        // A partly staged copy whose base cannot be read is not to be
+        // taken as whole: the note is unreadable.
+        partial: match v.get("partial") {
+            None => None,
+            Some(cap) => Some(
+                cap.as_str()?
+                    .parse::<crate::caps::Cap>()
+                    .ok()?
+                    .into_file_read()
+                    .ok()?,
+            ),
         },
     })
 }
@@ -142,12 +161,23 @@ mod tests {
             mode,
             owner,
             base,
+            partial: None,
         };
         write(&staged, &note("a/b", 0o644, None, Base::New)).unwrap();
         assert_eq!(read(&staged), Some(note("a/b", 0o644, None, Base::New)));
         let changed = note("a/c", 0o600, Some((1234, 5678)), Base::Version([7; 32]));
         write(&staged, &changed).unwrap();
-        assert_eq!(read(&staged), Some(changed));
+        assert_eq!(read(&staged), Some(changed.clone()));
+        let partly = Note {
+            partial: Some(crate::caps::FileReadCap {
+                read_key: crate::crypto::ReadKey::from_bytes([9; 32]),
+                root: [8; 32],
+                size: 12 << 20,
+            }),
+            ..changed
+        };
+        write(&staged, &partly).unwrap();
+        assert_eq!(read(&staged), Some(partly));
         remove(&staged);
         assert_eq!(read(&staged), None);
         // Nothing but the data file is left, whichever way the note went.
@@ -167,6 +197,7 @@ mod tests {
             mode: 420,
             owner: None,
             base: Base::Unknown,
+            partial: None,
         };
         assert_eq!(read(&staged), Some(old));
         assert!(is_note_file(&note_file(&staged)));

@@ -745,7 +745,7 @@ impl Tree {
         }) = self.nodes.remove(&ino)
         {
             super::notes::remove(&p);
-            let _ = std::fs::remove_file(p);
+            super::partial::remove_staged(&p);
         }
     }
 

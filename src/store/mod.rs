@@ -26,7 +26,7 @@ pub use check::{
 pub use grid::{Grid, GridConfig, Room, Space};
 pub use http::HttpMirror;
 pub use memory::MemoryStorage;
-pub use vault::{DEFAULT_CACHE_BYTES, Pieces, Vault, now, restore_meta};
+pub use vault::{Absent, DEFAULT_CACHE_BYTES, Pieces, Vault, now, restore_meta};
 
 use async_trait::async_trait;
 use bytes::Bytes;

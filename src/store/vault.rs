@@ -76,6 +76,75 @@ impl Piece {
     }
 }
 
+/// The bytes a partly staged file's local copy lacks
+/// ([`Vault::put_partial`]): its last version's own, at the same places.
+pub struct Absent {
+    /// Ranges `[from, to)`, in order, apart.
+    pub ranges: Vec<(u64, u64)>,
+    /// Fill a buffer with the last version's bytes at an offset. Called on
+    /// a blocking thread.
+    pub read: ReadAt,
+}
+
+/// Fills a buffer with bytes from an offset.
+pub type ReadAt = Arc<dyn Fn(u64, &mut [u8]) -> std::io::Result<()> + Send + Sync>;
+
+/// A local file, with [`Absent`]'s ranges read from elsewhere.
+struct Patched {
+    file: std::fs::File,
+    absent: Option<Absent>,
+}
+
+impl Patched {
+    /// The absent ranges meeting `[from, to)`, clipped to it.
+    fn absent_in(&self, from: u64, to: u64) -> impl Iterator<Item = (u64, u64)> + '_ {
+        let ranges = self.absent.as_ref().map_or(&[][..], |a| &a.ranges[..]);
+        let first = ranges.partition_point(|&(_, hi)| hi <= from);
+        ranges[first..]
+            .iter()
+            .take_while(move |&&(lo, _)| lo < to)
+            .map(move |&(lo, hi)| (lo.max(from), hi.min(to)))
+    }
+
+    /// Whether the local copy lacks all of `[from, to)`.
+    fn lacks(&self, from: u64, to: u64) -> bool {
+        self.absent_in(from, to).next() == Some((from, to))
+    }
+
+    /// Fill `buf` from `at`, all of it or an `UnexpectedEof` error.
+    fn read_exact_at(&self, buf: &mut [u8], at: u64) -> std::io::Result<()> {
+        use std::os::unix::fs::FileExt;
+        self.file.read_exact_at(buf, at)?;
+        self.patch(buf, at)
+    }
+
+    /// Put the absent bytes into `buf`, read from the file at `at`.
+    fn patch(&self, buf: &mut [u8], at: u64) -> std::io::Result<()> {
+        if let Some(absent) = &self.absent {
+            for (lo, hi) in self.absent_in(at, at + buf.len() as u64) {
+                (absent.read)(lo, &mut buf[(lo - at) as usize..(hi - at) as usize])?;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// [`Patched`] read in order from `pos`.
+struct PatchedReader {
+    source: Arc<Patched>,
+    pos: u64,
+}
+
+impl Read for PatchedReader {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        use std::os::unix::fs::FileExt;
+        let n = self.source.file.read_at(buf, self.pos)?;
+        self.source.patch(&mut buf[..n], self.pos)?;
+        self.pos += n as u64;
+        Ok(n)
+    }
+}
+
 /// A piece out of the sealing stage, in file order.
 enum Sealed {
     New(u64, share::SealedChunk),
@@ -532,6 +601,51 @@ impl Vault {
                 return self.put_path(path).await;
             }
         };
+        self.put_over(Arc::new(Patched { file, absent: None }), len, leaves)
+            .await
+    }
+
+    /// [`Self::put_path_over`] of a partly staged file: the local copy at
+    /// `path` lacks `absent`'s ranges, which hold `base`'s own bytes at
+    /// the same places. The chunks of `base` that lie wholly in them (and
+    /// where they were) are taken as they are without reading a byte;
+    /// every other byte the walk needs there is read through
+    /// `absent.read`. Unlike `put_path_over`, a `base` that cannot be read
+    /// now is an error: its bytes are part of the file.
+    pub async fn put_partial(
+        &self,
+        path: &Path,
+        base: &FileReadCap,
+        absent: Absent,
+    ) -> Result<FileReadCap> {
+        let file = std::fs::File::open(path)?;
+        let len = file.metadata()?.len();
+        let source = Arc::new(Patched {
+            file,
+            absent: Some(absent),
+        });
+        if len <= chunk::INLINE_MAX as u64 {
+            let mut bytes = vec![0; len as usize];
+            source.read_exact_at(&mut bytes, 0)?;
+            return self.put_bytes(&bytes).await;
+        }
+        let leaves = self.leaves(base).await?;
+        if leaves.is_empty() {
+            return self
+                .put_reader(PatchedReader { source, pos: 0 }.take(len))
+                .await;
+        }
+        self.put_over(source, len, leaves).await
+    }
+
+    /// The walk of [`Self::put_path_over`] over `source`, `len` bytes, and
+    /// the chunks of its last version.
+    async fn put_over(
+        &self,
+        source: Arc<Patched>,
+        len: u64,
+        leaves: Vec<(chunk::NodeEntry, crate::crypto::ChunkKey)>,
+    ) -> Result<FileReadCap> {
         let shares: Vec<&[chunk::ShareId]> = leaves.iter().map(|l| &l.0.shares[..]).collect();
         let held = self.grid.holding(&shares).await;
         // Where each chunk of `base` begins, in order.
@@ -547,7 +661,6 @@ impl Vault {
         let delta = i128::from(len) - i128::from(at);
         let (conv, params, chunker) = (self.conv.clone(), self.grid.params(), self.chunker);
         self.put_pieces(move |emit| {
-            use std::os::unix::fs::FileExt;
             // The chunk of `base` expected at `pos`, were the bytes there
             // moved by `shift` since.
             let base_at = |pos: u64, shift: i128| {
@@ -570,12 +683,21 @@ impl Vault {
                     let well_formed = entry.len <= chunker.max as u64
                         && entry.shares.len() == usize::from(params.n());
                     if fits && well_formed && held[i] {
+                        // Where the copy lacks the chunk's bytes, they are
+                        // its own: taken unread.
+                        if shift == 0 && source.lacks(pos, end) {
+                            if !emit(Piece::Stored(entry.clone(), key.clone())) {
+                                return Ok(());
+                            }
+                            pos = end;
+                            continue;
+                        }
                         let mut bytes = vec![0; entry.len as usize];
                         // Cut short, the file shrank meanwhile: what is
                         // there is cut afresh below, as `put_path` reads a
                         // file being changed, and the caller's change
                         // count decides whether the result stands.
-                        let whole = match file.read_exact_at(&mut bytes, pos) {
+                        let whole = match source.read_exact_at(&mut bytes, pos) {
                             Ok(()) => true,
                             Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => false,
                             Err(e) => return Err(e.into()),
@@ -593,8 +715,10 @@ impl Vault {
                 // Changed, or no chunk began here: cut afresh until a cut
                 // lands where one of `base`'s begins (or begins moved by
                 // `delta`).
-                let mut from = &file;
-                from.seek(std::io::SeekFrom::Start(pos))?;
+                let from = PatchedReader {
+                    source: source.clone(),
+                    pos,
+                };
                 let reader = std::io::BufReader::with_capacity(READ_BUFFER, from.take(len - pos));
                 let before = pos;
                 for chunk in chunker.chunks(reader) {

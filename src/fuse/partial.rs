@@ -1,0 +1,376 @@
+//! Partly staged files. A large stored file opened for writing is staged
+//! without its content: the staged copy starts as a hole of the file's
+//! length, and a block ([`BLOCK`] bytes) is fetched from the stored
+//! version the copy began from (its base) only when a change covers part
+//! of it. Reads of the blocks not fetched go to the mirrors, and the upload
+//! takes the base's chunks that lie in them as they are, without reading
+//! them (`Vault::put_path_over`). Opening a 1 GiB file to append a line no
+//! longer downloads the gigabyte first.
+//!
+//! Which blocks the copy holds is recorded beside it, in `STAGED.fill`,
+//! so that after a crash the next mount knows which bytes are the base's.
+//! The log (docs/FORMATS.md, "Partly staged files") is a version record,
+//! then records appended in order, each a kind byte and a little-endian
+//! u64: a block the copy holds from then on, or a length the file was
+//! truncated to (the base's bytes end there). A torn last record is
+//! ignored. Two orderings keep a power cut from ever making a block taken
+//! as the copy's hold zeros where the base had data:
+//! - a block is recorded only once its bytes are on disk (`fdatasync`);
+//! - a truncation is recorded once the copy's new length is on disk, and
+//!   the record is synced before the truncate returns, so no growth of
+//!   the file (which reads as zeros) can reach the disk before it.
+//!
+//! Recovery does not resume a partly staged file: it fetches every block
+//! the log does not name and removes the log, and the file is then staged
+//! as any other (`LodeFs::complete_partial`).
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::{Mutex, MutexGuard};
+
+use crate::caps::FileReadCap;
+
+/// The unit the copy is filled in.
+pub const BLOCK: u64 = 1 << 20;
+/// Stored files at least this large are staged partly; smaller ones are
+/// fetched whole when opened for writing, as before.
+pub const PARTLY_FROM: u64 = 8 << 20;
+
+const VERSION: u8 = 0;
+const HELD: u8 = 1;
+const TRUNCATED: u8 = 2;
+const LOG_VERSION: u64 = 1;
+const RECORD: usize = 9;
+
+/// Where the log of the staged copy `staged` is.
+pub fn log_path(staged: &Path) -> PathBuf {
+    staged.with_extension("fill")
+}
+
+/// Whether `file` in the staging directory is a fill log, not data.
+pub fn is_log(file: &Path) -> bool {
+    file.extension().is_some_and(|e| e == "fill")
+}
+
+/// Remove a staged copy and its log, if it has one.
+pub fn remove_staged(staged: &Path) {
+    let _ = std::fs::remove_file(staged);
+    let _ = std::fs::remove_file(log_path(staged));
+}
+
+/// Which blocks of a copy are held: a bit per block.
+#[derive(Default, Clone)]
+struct Blocks(Vec<u64>);
+
+impl Blocks {
+    fn get(&self, b: u64) -> bool {
+        let (word, bit) = ((b / 64) as usize, b % 64);
+        self.0.get(word).is_some_and(|w| w & (1 << bit) != 0)
+    }
+
+    fn set(&mut self, b: u64) {
+        let (word, bit) = ((b / 64) as usize, b % 64);
+        if self.0.len() <= word {
+            self.0.resize(word + 1, 0);
+        }
+        self.0[word] |= 1 << bit;
+    }
+}
+
+/// What a log says, replayed.
+#[derive(Clone)]
+struct State {
+    /// Below this, a block not held is the base's; from here on the copy
+    /// holds every byte (the file was truncated to it, then maybe grown).
+    base_len: u64,
+    held: Blocks,
+}
+
+impl State {
+    /// Replay a log's bytes over a base of `base_len` bytes.
+    fn replay(bytes: &[u8], base_len: u64) -> std::io::Result<State> {
+        let bad = |why: &str| std::io::Error::new(std::io::ErrorKind::InvalidData, why.to_string());
+        let mut records = bytes.chunks_exact(RECORD);
+        match records.next() {
+            Some(r) if r[0] == VERSION && r[1..] == LOG_VERSION.to_le_bytes() => {}
+            _ => return Err(bad("not a fill log of a known version")),
+        }
+        let mut state = State {
+            base_len,
+            held: Blocks::default(),
+        };
+        // A torn last record (a crash mid-append) is not in `records`.
+        for r in records {
+            let value = u64::from_le_bytes(r[1..].try_into().expect("8 bytes"));
+            match r[0] {
+                HELD => state.held.set(value),
+                TRUNCATED => state.base_len = state.base_len.min(value),
+                _ => return Err(bad("unknown fill log record")),
+            }
+        }
+        Ok(state)
+    }
+
+    /// The ranges in `[from, to)` that are the base's, in order.
+    fn absent(&self, from: u64, to: u64) -> Vec<(u64, u64)> {
+        let to = to.min(self.base_len);
+        let mut out: Vec<(u64, u64)> = Vec::new();
+        let mut at = from;
+        while at < to {
+            let b = at / BLOCK;
+            let end = ((b + 1) * BLOCK).min(to);
+            if !self.held.get(b) {
+                match out.last_mut() {
+                    Some(last) if last.1 == at => last.1 = end,
+                    _ => out.push((at, end)),
+                }
+            }
+            at = end;
+        }
+        out
+    }
+}
+
+/// A partly staged copy: its base, and which blocks it holds.
+pub struct Partial {
+    inner: Mutex<Inner>,
+    /// Held across a change of the copy (fetching what it needs first,
+    /// then writing): two changes must not both fetch a block, the later
+    /// one writing the base's bytes over the earlier one's. Taken before
+    /// the mount's tree lock, never while holding it (it is held across
+    /// network fetches).
+    changing: Mutex<()>,
+}
+
+struct Inner {
+    base: FileReadCap,
+    state: State,
+    log: std::fs::File,
+}
+
+impl Partial {
+    /// Start the log of `staged`, a copy of `base` holding nothing yet.
+    pub fn create(staged: &Path, base: FileReadCap) -> std::io::Result<Partial> {
+        let mut log = std::fs::File::create(log_path(staged))?;
+        log.write_all(&record(VERSION, LOG_VERSION))?;
+        let state = State {
+            base_len: base.size,
+            held: Blocks::default(),
+        };
+        Ok(Partial::with(base, state, log))
+    }
+
+    /// The log of `staged`, a copy of `base`, as a crashed mount left it.
+    pub fn open(staged: &Path, base: FileReadCap) -> std::io::Result<Partial> {
+        let bytes = std::fs::read(log_path(staged))?;
+        let state = State::replay(&bytes, base.size)?;
+        let log = std::fs::OpenOptions::new()
+            .append(true)
+            .open(log_path(staged))?;
+        Ok(Partial::with(base, state, log))
+    }
+
+    fn with(base: FileReadCap, state: State, log: std::fs::File) -> Partial {
+        Partial {
+            inner: Mutex::new(Inner { base, state, log }),
+            changing: Mutex::new(()),
+        }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Inner> {
+        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Hold while changing the copy.
+    pub fn changing(&self) -> MutexGuard<'_, ()> {
+        self.changing.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The stored version whose bytes the blocks not held are.
+    pub fn base(&self) -> FileReadCap {
+        self.lock().base.clone()
+    }
+
+    /// The file was uploaded as `cap` with nothing changed meanwhile: the
+    /// blocks not held are `cap`'s bytes too, at the same places (the old
+    /// base's shares may lapse now).
+    pub fn rebase(&self, cap: FileReadCap) {
+        self.lock().base = cap;
+    }
+
+    /// The ranges in `[from, to)` that the copy does not hold, in order.
+    pub fn absent(&self, from: u64, to: u64) -> Vec<(u64, u64)> {
+        self.lock().state.absent(from, to)
+    }
+
+    /// What a change of `[from, to)` must fetch first: the blocks it
+    /// covers only partly that the copy does not hold, as byte ranges.
+    pub fn to_fetch(&self, from: u64, to: u64) -> Vec<(u64, u64)> {
+        if from >= to {
+            return Vec::new();
+        }
+        let inner = self.lock();
+        let mut out = Vec::new();
+        for b in [from / BLOCK, to.saturating_sub(1) / BLOCK] {
+            let (lo, hi) = (b * BLOCK, ((b + 1) * BLOCK).min(inner.state.base_len));
+            let whole = from <= lo && hi <= to;
+            if lo < hi && !whole && !inner.state.held.get(b) && out.last() != Some(&(lo, hi)) {
+                out.push((lo, hi));
+            }
+        }
+        out
+    }
+
+    /// Record that the copy now holds every block of the base's part that
+    /// lies wholly in `[from, to)` (or ends there with the base). The
+    /// caller has made those bytes durable (`fdatasync`) first.
+    pub fn hold(&self, from: u64, to: u64) -> std::io::Result<()> {
+        let mut inner = self.lock();
+        let base_len = inner.state.base_len;
+        let mut records = Vec::new();
+        let mut b = from.div_ceil(BLOCK);
+        while b * BLOCK < base_len && ((b + 1) * BLOCK).min(base_len) <= to {
+            if !inner.state.held.get(b) {
+                inner.state.held.set(b);
+                records.extend_from_slice(&record(HELD, b));
+            }
+            b += 1;
+        }
+        if !records.is_empty() {
+            inner.log.write_all(&records)?;
+        }
+        Ok(())
+    }
+
+    /// Whether a change of `[from, to)` leaves blocks to [`Self::hold`].
+    pub fn covers_absent(&self, from: u64, to: u64) -> bool {
+        let inner = self.lock();
+        let base_len = inner.state.base_len;
+        let mut b = from.div_ceil(BLOCK);
+        while b * BLOCK < base_len && ((b + 1) * BLOCK).min(base_len) <= to {
+            if !inner.state.held.get(b) {
+                return true;
+            }
+            b += 1;
+        }
+        false
+    }
+
+    /// Make the log durable.
+    pub fn sync(&self) -> std::io::Result<()> {
+        self.lock().log.sync_data()
+    }
+
+    /// Where the base's bytes end now.
+    pub fn base_len(&self) -> u64 {
+        self.lock().state.base_len
+    }
+
+    /// Record that the file was truncated to `len` (the copy's new length
+    /// is on disk), synced before returning.
+    pub fn truncated(&self, len: u64) -> std::io::Result<()> {
+        let mut inner = self.lock();
+        if len >= inner.state.base_len {
+            return Ok(());
+        }
+        inner.state.base_len = len;
+        inner.log.write_all(&record(TRUNCATED, len))?;
+        inner.log.sync_data()
+    }
+}
+
+fn record(kind: u8, value: u64) -> [u8; RECORD] {
+    let mut r = [0; RECORD];
+    r[0] = kind;
+    r[1..].copy_from_slice(&value.to_le_bytes());
+    r
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn log(records: &[(u8, u64)]) -> Vec<u8> {
+        let mut bytes = record(VERSION, LOG_VERSION).to_vec();
+        for &(k, v) in records {
+            bytes.extend_from_slice(&record(k, v));
+        }
+        bytes
+    }
+
+    #[test]
+    fn a_log_replays_held_blocks_and_the_shortest_truncation() {
+        let mut bytes = log(&[
+            (HELD, 1),
+            (TRUNCATED, 5 * BLOCK + 7),
+            (HELD, 3),
+            (TRUNCATED, 9 * BLOCK),
+        ]);
+        // A torn last record is ignored.
+        bytes.extend_from_slice(&[HELD, 2, 0]);
+        let s = State::replay(&bytes, 10 * BLOCK).unwrap();
+        assert_eq!(s.base_len, 5 * BLOCK + 7);
+        assert_eq!(
+            s.absent(0, 20 * BLOCK),
+            vec![
+                (0, BLOCK),
+                (2 * BLOCK, 3 * BLOCK),
+                (4 * BLOCK, 5 * BLOCK + 7)
+            ]
+        );
+        assert_eq!(s.absent(BLOCK / 2, BLOCK + 1), vec![(BLOCK / 2, BLOCK)]);
+        assert!(
+            State::replay(&log(&[(9, 0)]), BLOCK).is_err(),
+            "unknown record"
+        );
+        assert!(
+            State::replay(&[1, 2, 3], BLOCK).is_err(),
+            "no version record"
+        );
+    }
+
+    #[test]
+    fn a_change_fetches_only_the_blocks_it_covers_partly() {
+        let dir = tempfile::tempdir().unwrap();
+        let staged = dir.path().join("copy");
+        let cap = FileReadCap {
+            read_key: crate::crypto::ReadKey::from_bytes([2; 32]),
+            root: [1; 32],
+            size: 4 * BLOCK + 100,
+        };
+        let p = Partial::create(&staged, cap.clone()).unwrap();
+        // Within one block: that block.
+        assert_eq!(p.to_fetch(10, 20), vec![(0, BLOCK)]);
+        // Across two: both ends; a block covered wholly is not fetched.
+        assert_eq!(
+            p.to_fetch(BLOCK / 2, 3 * BLOCK + 1),
+            vec![(0, BLOCK), (3 * BLOCK, 4 * BLOCK)]
+        );
+        assert_eq!(p.to_fetch(BLOCK, 3 * BLOCK), Vec::<(u64, u64)>::new());
+        // The base's short last block, covered to its end: whole.
+        assert_eq!(p.to_fetch(4 * BLOCK, 5 * BLOCK), Vec::<(u64, u64)>::new());
+        assert_eq!(
+            p.to_fetch(4 * BLOCK + 1, 5 * BLOCK),
+            vec![(4 * BLOCK, 4 * BLOCK + 100)]
+        );
+        // Past the base: nothing.
+        assert_eq!(
+            p.to_fetch(6 * BLOCK, 6 * BLOCK + 5),
+            Vec::<(u64, u64)>::new()
+        );
+
+        assert!(p.covers_absent(BLOCK / 2, 3 * BLOCK));
+        p.hold(BLOCK / 2, 3 * BLOCK).unwrap();
+        assert!(!p.covers_absent(BLOCK / 2, 3 * BLOCK));
+        p.hold(0, BLOCK).unwrap();
+        assert_eq!(p.absent(0, 5 * BLOCK), vec![(3 * BLOCK, 4 * BLOCK + 100)]);
+        p.truncated(3 * BLOCK + 5).unwrap();
+        assert_eq!(p.absent(0, 5 * BLOCK), vec![(3 * BLOCK, 3 * BLOCK + 5)]);
+
+        // What the log says after a crash is what was recorded.
+        drop(p);
+        let again = Partial::open(&staged, cap).unwrap();
+        assert_eq!(again.absent(0, 5 * BLOCK), vec![(3 * BLOCK, 3 * BLOCK + 5)]);
+        assert_eq!(again.base_len(), 3 * BLOCK + 5);
+    }
+}
