@@ -1988,7 +1988,8 @@ fn kept_copies_give_way_to_new_writes_on_a_small_staging_disk() {
 
 /// An edit of an uploaded file that cannot be staged (the staging disk
 /// full) fails cleanly: the file is unchanged and the partial copy is not
-/// left behind on the disk.
+/// left behind on the disk. A large file, staged partly, needs no room
+/// but for what changes.
 #[test]
 fn an_edit_that_cannot_be_staged_leaves_nothing_behind() {
     let tmp = tempfile::tempdir().unwrap();
@@ -1999,8 +2000,10 @@ fn an_edit_that_cannot_be_staged_leaves_nothing_behind() {
     let mp = tmp.path().join("mnt");
     // No kept copies: the edit must fetch the file into staging.
     let _m = Mounted::with_options(&client, &mp, &["keep=0"]);
-    let x = common::seeded_bytes("staged x", 24 << 20);
+    let x = common::seeded_bytes("staged x", 6 << 20);
     std::fs::write(mp.join("x.bin"), &x).unwrap();
+    let mut y = common::seeded_bytes("staged y", 24 << 20);
+    std::fs::write(mp.join("y.bin"), &y).unwrap();
     client.ok(&["sync"]);
     let files = || {
         let mut names: Vec<_> = std::fs::read_dir(&staging)
@@ -2037,11 +2040,20 @@ fn an_edit_that_cannot_be_staged_leaves_nothing_behind() {
         .append(true)
         .open(mp.join("x.bin"))
         .and_then(|mut f| std::io::Write::write_all(&mut f, b"more"));
-    let e = appended.expect_err("no room to stage a 24 MiB file");
+    let e = appended.expect_err("no room to stage a 6 MiB file");
     assert_eq!(e.raw_os_error(), Some(libc::ENOSPC), "{e}");
+    let left: Vec<_> = files().into_iter().filter(|f| f != "filler").collect();
+    assert_eq!(left, before, "a partial staging file was left");
+    std::fs::OpenOptions::new()
+        .append(true)
+        .open(mp.join("y.bin"))
+        .and_then(|mut f| std::io::Write::write_all(&mut f, b"more"))
+        .expect("an append to a partly staged file");
+    y.extend_from_slice(b"more");
     std::fs::remove_file(&filler).unwrap();
-    assert_eq!(files(), before, "a partial staging file was left");
+    client.ok(&["sync"]);
     assert!(std::fs::read(mp.join("x.bin")).unwrap() == x);
+    assert!(std::fs::read(mp.join("y.bin")).unwrap() == y);
 }
 
 /// A plain `fallocate` that runs out of room fails with ENOSPC and leaves
