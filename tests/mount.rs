@@ -586,14 +586,25 @@ fn a_killed_mount_completes_a_partly_staged_file() {
     std::fs::File::open(&path).unwrap().sync_all().unwrap();
     drop(m);
     let m = Mounted::new(&client, &mp);
+    // Held open, so that the flusher leaves the file for its writer.
+    let open = std::fs::OpenOptions::new().write(true).open(&path).unwrap();
     change_partly(&path, &mut expect, false);
+    let changed = std::fs::metadata(&path).unwrap().modified().unwrap();
+    // Time enough for the recovery's own fill to show in the times.
+    std::thread::sleep(Duration::from_secs(3));
     kill_mount(&mp);
+    drop(open);
     drop(m);
     let m = Mounted::new(&client, &mp);
     assert!(
         std::fs::read(&path).unwrap() == expect,
         "recovered after kill -9"
     );
+    let recovered = std::fs::metadata(&path).unwrap().modified().unwrap();
+    let apart = recovered
+        .duration_since(changed)
+        .unwrap_or_else(|e| e.duration());
+    assert!(apart < Duration::from_secs(2), "mtime moved by {apart:?}");
     client.ok(&["sync"]);
     drop(m);
     let m = Mounted::new(&client, &mp);

@@ -1757,13 +1757,15 @@ impl LodeFs {
     /// mount, whole: fetch what its log says it lacks, make it durable,
     /// and drop the log. Without a log it was made whole already.
     fn complete_partial(&self, staged: &Path, base: &FileReadCap) -> Result<()> {
+        use std::os::unix::fs::MetadataExt;
         let log = partial::log_path(staged);
         if !log.exists() {
             return Ok(());
         }
         let lacking = Partial::open(staged, base.clone())?;
         let file = std::fs::OpenOptions::new().write(true).open(staged)?;
-        let len = file.metadata()?.len();
+        let meta = file.metadata()?;
+        let len = meta.len();
         for (lo, hi) in lacking.absent(0, len) {
             let mut at = lo;
             while at < hi {
@@ -1773,6 +1775,15 @@ impl LodeFs {
                 at += buf.len() as u64;
             }
         }
+        // Recovery takes the file's time from the copy's: the last
+        // change's, not this fill's.
+        let time = |s: i64, ns: i64| nix::sys::time::TimeSpec::new(s, ns);
+        nix::sys::stat::futimens(
+            &file,
+            &time(meta.atime(), meta.atime_nsec()),
+            &time(meta.mtime(), meta.mtime_nsec()),
+        )
+        .map_err(std::io::Error::from)?;
         file.sync_all()?;
         std::fs::remove_file(log)?;
         Ok(())
@@ -2775,6 +2786,13 @@ impl LodeFs {
             }
         };
         if let Some(path) = staged {
+            // What a partly staged copy lacks, taken before its bytes are
+            // read: a block it comes to hold meanwhile is read from the
+            // mirrors (as it was), never as the hole it was in the copy.
+            let partial = self.partial(&path);
+            let absent = partial
+                .as_ref()
+                .map(|p| p.absent(offset, offset + u64::from(size)));
             let file = std::fs::File::open(&path)?;
             let mut buf = vec![0; size as usize];
             let mut done = 0;
@@ -2787,9 +2805,13 @@ impl LodeFs {
             }
             buf.truncate(done);
             // What a partly staged copy lacks is its base's.
-            if let Some(partial) = self.partial(&path) {
+            if let (Some(partial), Some(absent)) = (partial, absent) {
                 let end = offset + done as u64;
-                let absent = partial.absent(offset, end);
+                let absent: Vec<(u64, u64)> = absent
+                    .into_iter()
+                    .filter(|&(lo, _)| lo < end)
+                    .map(|(lo, hi)| (lo, hi.min(end)))
+                    .collect();
                 if !absent.is_empty() {
                     let base = partial.base();
                     for (lo, hi) in absent {
