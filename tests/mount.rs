@@ -616,6 +616,46 @@ fn a_killed_mount_completes_a_partly_staged_file() {
     assert_eq!(staged_on_disk(&client), 0, "left staged");
 }
 
+/// A partly staged file whose fill log is lost after a crash is set
+/// aside with its data, not uploaded with its holes as zeros: the stored
+/// version stays.
+#[test]
+fn a_partly_staged_file_without_its_log_is_set_aside() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (_mirrors, client) = common::three_mirrors_and_client(tmp.path());
+    let mp = tmp.path().join("mnt");
+    let m = Mounted::new(&client, &mp);
+    let stored = common::seeded_bytes("no log", 12 << 20);
+    let path = mp.join("big");
+    std::fs::write(&path, &stored).unwrap();
+    std::fs::File::open(&path).unwrap().sync_all().unwrap();
+    drop(m);
+    let m = Mounted::new(&client, &mp);
+    let open = std::fs::OpenOptions::new().write(true).open(&path).unwrap();
+    std::os::unix::fs::FileExt::write_all_at(&open, b"changed", 5 << 20).unwrap();
+    kill_mount(&mp);
+    drop(open);
+    drop(m);
+    let staging = client.home.join("data/staging");
+    let logs: Vec<PathBuf> = std::fs::read_dir(&staging)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "fill"))
+        .collect();
+    assert_eq!(logs.len(), 1, "one fill log beside the copy");
+    std::fs::remove_file(&logs[0]).unwrap();
+    let m = Mounted::new(&client, &mp);
+    client.ok(&["sync"]);
+    assert!(
+        std::fs::read(&path).unwrap() == stored,
+        "the stored version"
+    );
+    let aside = client.home.join("data/unreadable-notes");
+    let kept: Vec<_> = std::fs::read_dir(&aside).unwrap().flatten().collect();
+    assert_eq!(kept.len(), 1, "the copy set aside: {kept:?}");
+    drop(m);
+}
+
 /// With every mirror down, writes land in staging and read back from it;
 /// once the mirrors return, the files reach them without a remount.
 #[test]

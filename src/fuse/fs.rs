@@ -1624,7 +1624,8 @@ impl LodeFs {
             // with it, or dropped with a copy that was only a cache.
             if partial::is_log(&file) {
                 let data = file.with_extension("");
-                if !data.exists() || !notes::exists(&data) {
+                let whole = notes::read(&data).is_some_and(|n| n.partial.is_none());
+                if !data.exists() || !notes::exists(&data) || whole {
                     let _ = std::fs::remove_file(&file);
                 }
                 continue;
@@ -1727,7 +1728,7 @@ impl LodeFs {
         use crate::store::Error as S;
         let path = &note.path;
         let completed = match &note.partial {
-            Some(base) => self.complete_partial(file, base),
+            Some(base) => self.complete_partial(file, note, base),
             None => Ok(()),
         };
         if let Err(Error::Io(e)) = &completed
@@ -1755,14 +1756,25 @@ impl LodeFs {
 
     /// Make the partly staged copy `staged` of `base`, left by a crashed
     /// mount, whole: fetch what its log says it lacks, make it durable,
-    /// and drop the log. Without a log it was made whole already.
-    fn complete_partial(&self, staged: &Path, base: &FileReadCap) -> Result<()> {
+    /// note it as whole, and only then drop the log. A note that says
+    /// partly staged with no log beside it is damaged (the copy's holes
+    /// would go up as zeros): an `InvalidData` error, for `adopted` to
+    /// set the copy aside.
+    fn complete_partial(
+        &self,
+        staged: &Path,
+        note: &notes::Note,
+        base: &FileReadCap,
+    ) -> Result<()> {
         use std::os::unix::fs::MetadataExt;
         let log = partial::log_path(staged);
-        if !log.exists() {
-            return Ok(());
-        }
-        let lacking = Partial::open(staged, base.clone())?;
+        let lacking = Partial::open(staged, base.clone()).map_err(|e| match e.kind() {
+            std::io::ErrorKind::NotFound => std::io::Error::new(
+                std::io::ErrorKind::InvalidData,
+                "partly staged, and its fill log is gone",
+            ),
+            _ => e,
+        })?;
         let file = std::fs::OpenOptions::new().write(true).open(staged)?;
         let meta = file.metadata()?;
         let len = meta.len();
@@ -1785,6 +1797,11 @@ impl LodeFs {
         )
         .map_err(std::io::Error::from)?;
         file.sync_all()?;
+        let whole = notes::Note {
+            partial: None,
+            ..note.clone()
+        };
+        notes::write(staged, &whole)?;
         std::fs::remove_file(log)?;
         Ok(())
     }
