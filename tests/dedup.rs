@@ -250,6 +250,44 @@ fn recently_placed_shares_are_not_sent_again_but_repair_asks() {
 /// truncation; it is cut as a fresh seal would cut it; and the chunks it
 /// reuses are confirmed on the mirrors, so a share a mirror lost is put
 /// back as a full upload would.
+/// A file written anew from its start over its stored version (`cp`
+/// over it) seals only the chunks that version lacks.
+#[test]
+fn a_file_written_anew_reseals_only_what_changed() {
+    let rt = common::runtime();
+    rt.block_on(async {
+        let (vault, _stores) = counting_vault_holding(8, None);
+        let mut data = common::seeded_bytes("written anew", 40 << 20);
+        let cap = vault.put_bytes(&data).await.unwrap();
+        let old: HashSet<_> = chunk_ids(&data, 8).into_iter().collect();
+        data[20 << 20..(20 << 20) + 10].fill(b'x');
+        let tail = data.split_off(33 << 20);
+        data.extend_from_slice(b"inserted");
+        data.extend_from_slice(&tail);
+        let new = chunk_ids(&data, 8)
+            .iter()
+            .filter(|id| !old.contains(*id))
+            .count();
+        let before = vault.chunks_sealed();
+        let next = vault
+            .put_reader_over(std::io::Cursor::new(data.clone()), &cap)
+            .await
+            .unwrap();
+        let sealed = vault.chunks_sealed() - before;
+        assert_eq!(vault.get_bytes(&next).await.unwrap(), data);
+        assert_eq!(
+            next,
+            vault.put_bytes(&data).await.unwrap(),
+            "as a fresh seal"
+        );
+        assert!(
+            sealed as usize == new && new < old.len(),
+            "{sealed} chunks sealed, {new} new, {} before",
+            old.len()
+        );
+    });
+}
+
 #[test]
 fn a_new_version_reseals_only_what_changed() {
     use std::os::unix::fs::FileExt;
@@ -267,7 +305,7 @@ fn a_new_version_reseals_only_what_changed() {
         assert!(whole >= 6, "{whole} chunks sealed for the whole file");
 
         type Edit = Box<dyn Fn(&mut Vec<u8>)>;
-        let edits: [(&str, Edit); 6] = [
+        let edits: [(&str, Edit); 7] = [
             (
                 "in place",
                 Box::new(|d| d[20 << 20..(20 << 20) + 100].fill(b'x')),
@@ -290,6 +328,17 @@ fn a_new_version_reseals_only_what_changed() {
             (
                 "an append",
                 Box::new(|d| d.extend_from_slice(&[7u8; 1 << 20])),
+            ),
+            (
+                "two insertions apart",
+                Box::new(|d| {
+                    let tail = d.split_off(30 << 20);
+                    d.extend_from_slice(b"second");
+                    d.extend_from_slice(&tail);
+                    let tail = d.split_off(8 << 20);
+                    d.extend_from_slice(b"first insertion");
+                    d.extend_from_slice(&tail);
+                }),
             ),
             ("a truncation", Box::new(|d| d.truncate(10 << 20))),
         ];

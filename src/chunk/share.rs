@@ -485,12 +485,13 @@ pub fn seal_chunk(conv: &ConvergenceSecret, params: Params, plaintext: &[u8]) ->
 
 /// [`seal_chunk`] of a chunk the caller gives up: it is encrypted where it
 /// lies, and the shares are cut from its tag and its body.
-pub fn seal_chunk_owned(
-    conv: &ConvergenceSecret,
-    params: Params,
-    mut body: Vec<u8>,
-) -> SealedChunk {
+pub fn seal_chunk_owned(conv: &ConvergenceSecret, params: Params, body: Vec<u8>) -> SealedChunk {
     let key = chunk_key(conv, params, &body);
+    seal_chunk_keyed(key, params, body)
+}
+
+/// [`seal_chunk_owned`] with the chunk's key, [`chunk_key`], at hand.
+pub fn seal_chunk_keyed(key: ChunkKey, params: Params, mut body: Vec<u8>) -> SealedChunk {
     let tag = key.seal_in_place(&[CHUNK_DOMAIN], &mut body);
     SealedChunk {
         shares: encode_parts(params, &[&tag, &body]),

@@ -2905,14 +2905,23 @@ impl LodeFs {
         let t = now();
         node.mtime = t;
         node.ctime = t;
-        if let Body::File { .. } = &node.body {
+        if let Body::File { cap, .. } = &node.body {
             // Before the generation moves: see `Earlies::wrote`.
             if let Some(early) = self.early.wrote(ino, offset, data.len() as u64, old_size) {
                 match std::fs::File::open(&path) {
                     Ok(file) => {
                         let (vault, reader) =
                             (self.vault.clone(), Growing::new(file, early.clone()));
-                        early.start(self.rt.spawn(async move { vault.put_reader(reader).await }));
+                        // A file written anew over its stored version
+                        // (truncated, then written from the start) takes
+                        // that version's chunks it repeats as they are.
+                        let base = cap.clone();
+                        early.start(self.rt.spawn(async move {
+                            match base {
+                                Some(base) => vault.put_reader_over(reader, &base).await,
+                                None => vault.put_reader(reader).await,
+                            }
+                        }));
                     }
                     Err(e) => {
                         tracing::debug!(ino, error = %e, "no early upload");

@@ -145,6 +145,10 @@ impl Read for PatchedReader {
     }
 }
 
+/// Chunks of a file's last version a new version may take as they are,
+/// by key ([`Vault::known`]).
+type Known = Arc<HashMap<[u8; 32], chunk::NodeEntry>>;
+
 /// A piece out of the sealing stage, in file order.
 enum Sealed {
     New(u64, share::SealedChunk),
@@ -381,22 +385,81 @@ impl Vault {
     /// bounded: the chunker holds at most one maximum-size chunk, and at most
     /// `UPLOAD_WINDOW_BYTES` of shares are in flight.
     pub async fn put_reader<R: Read + Send + 'static>(&self, reader: R) -> Result<FileReadCap> {
-        let chunker = self.chunker;
-        self.put_pieces(move |emit| {
-            for chunk in chunker.chunks(reader) {
-                if !emit(Piece::Data(chunk?)) {
-                    break;
-                }
+        self.put_reader_known(reader, None).await
+    }
+
+    /// [`Self::put_reader`] of a new version of the file `base` names: a
+    /// chunk whose key is one of `base`'s (the same bytes, cut the same
+    /// way), held where the mirrors should hold it, is taken as it is
+    /// stored, not sealed again. A file rewritten from its start (`cp`
+    /// over it, a shell's `>`) costs a hash of each unchanged chunk, not
+    /// its sealing. A `base` that cannot be read now only means sealing
+    /// every chunk.
+    pub async fn put_reader_over<R: Read + Send + 'static>(
+        &self,
+        reader: R,
+        base: &FileReadCap,
+    ) -> Result<FileReadCap> {
+        let known = match self.leaves(base).await {
+            Ok(leaves) => {
+                let shares: Vec<&[chunk::ShareId]> =
+                    leaves.iter().map(|l| &l.0.shares[..]).collect();
+                let held = self.grid.holding(&shares).await;
+                Some(self.known(&leaves, &held))
             }
-            Ok(())
-        })
+            Err(e) => {
+                tracing::debug!(error = %e, "the last version's chunks are not at hand; sealing every chunk");
+                None
+            }
+        };
+        self.put_reader_known(reader, known).await
+    }
+
+    async fn put_reader_known<R: Read + Send + 'static>(
+        &self,
+        reader: R,
+        known: Option<Known>,
+    ) -> Result<FileReadCap> {
+        let chunker = self.chunker;
+        self.put_pieces(
+            move |emit| {
+                for chunk in chunker.chunks(reader) {
+                    if !emit(Piece::Data(chunk?)) {
+                        break;
+                    }
+                }
+                Ok(())
+            },
+            known,
+        )
         .await
+    }
+
+    /// The chunks of a file's last version that a new version's upload
+    /// may take by their key: well formed (no longer than the chunker's
+    /// largest, exactly n shares) and `held` on the mirrors.
+    fn known(
+        &self,
+        leaves: &[(chunk::NodeEntry, crate::crypto::ChunkKey)],
+        held: &[bool],
+    ) -> Known {
+        let n = usize::from(self.grid.params().n());
+        let known = leaves
+            .iter()
+            .zip(held)
+            .filter(|((entry, _), held)| {
+                **held && entry.len <= self.chunker.max as u64 && entry.shares.len() == n
+            })
+            .map(|((entry, key), _)| (*key.expose(), entry.clone()))
+            .collect();
+        Arc::new(known)
     }
 
     /// [`Vault::put_reader`] over what `produce` emits, in file order, on
     /// a blocking thread: chunks, and runs of zeros for holes. `emit`
     /// returns false once the upload has failed; `produce` should stop.
-    async fn put_pieces<P>(&self, produce: P) -> Result<FileReadCap>
+    /// A chunk whose key is `known` is taken as stored there.
+    async fn put_pieces<P>(&self, produce: P, known: Option<Known>) -> Result<FileReadCap>
     where
         P: FnOnce(&mut dyn FnMut(Piece) -> bool) -> Result<()> + Send + 'static,
     {
@@ -452,33 +515,42 @@ impl Vault {
                     let zeros = zeros.clone();
                     let sealing = self.sealing.clone();
                     let chunks_sealed = self.chunks_sealed.clone();
+                    let known = known.clone();
                     async move {
                         let len = piece.len() as u64;
                         if let Piece::Stored(entry, key) = piece {
                             return Sealed::Stored(entry, key);
                         }
                         let _slot = sealing.acquire_owned().await.expect("never closed");
-                        let sealed = tokio::task::spawn_blocking(move || match piece {
+                        tokio::task::spawn_blocking(move || match piece {
                             Piece::Data(chunk) => {
+                                let key = share::chunk_key(&conv, params, &chunk);
+                                let stored = known.as_ref().and_then(|k| k.get(key.expose()));
+                                if let Some(entry) = stored.filter(|e| e.len == len) {
+                                    return Sealed::Stored(entry.clone(), key);
+                                }
                                 chunks_sealed.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                                share::seal_chunk_owned(&conv, params, chunk)
+                                Sealed::New(len, share::seal_chunk_keyed(key, params, chunk))
                             }
                             Piece::Zeros(n) => {
-                                let known = zeros.lock().expect("zeros lock").get(&n).cloned();
-                                known.unwrap_or_else(|| {
-                                    chunks_sealed
-                                        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                                    let sealed = share::seal_chunk_owned(&conv, params, vec![0; n]);
-                                    let mut zeros = zeros.lock().expect("zeros lock");
-                                    zeros.insert(n, sealed.clone());
-                                    sealed
-                                })
+                                let sealed = zeros.lock().expect("zeros lock").get(&n).cloned();
+                                Sealed::New(
+                                    len,
+                                    sealed.unwrap_or_else(|| {
+                                        chunks_sealed
+                                            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                                        let sealed =
+                                            share::seal_chunk_owned(&conv, params, vec![0; n]);
+                                        let mut zeros = zeros.lock().expect("zeros lock");
+                                        zeros.insert(n, sealed.clone());
+                                        sealed
+                                    }),
+                                )
                             }
                             Piece::Stored(..) => unreachable!("passed on above"),
                         })
                         .await
-                        .expect("sealing does not panic");
-                        Sealed::New(len, sealed)
+                        .expect("sealing does not panic")
                     }
                 })
                 .buffered(sealers)
@@ -660,88 +732,98 @@ impl Vault {
         // were, and are found there.
         let delta = i128::from(len) - i128::from(at);
         let (conv, params, chunker) = (self.conv.clone(), self.grid.params(), self.chunker);
-        self.put_pieces(move |emit| {
-            // The chunk of `base` expected at `pos`, were the bytes there
-            // moved by `shift` since.
-            let base_at = |pos: u64, shift: i128| {
-                u64::try_from(i128::from(pos) - shift)
-                    .ok()
-                    .and_then(|old| starts.binary_search(&old).ok())
-            };
-            let mut shift = 0i128;
-            let mut pos = 0u64;
-            while pos < len {
-                if let Some(i) = base_at(pos, shift) {
-                    let (entry, key) = &leaves[i];
-                    let end = pos + entry.len;
-                    // A chunk shorter than the chunker's least, or the
-                    // last one (cut where the file ended, not by its
-                    // content), is taken only where the file ends again:
-                    // else every append would leave a short chunk behind.
-                    let fits = end == len
-                        || (end < len && i + 1 < leaves.len() && entry.len >= chunker.min as u64);
-                    let well_formed = entry.len <= chunker.max as u64
-                        && entry.shares.len() == usize::from(params.n());
-                    if fits && well_formed && held[i] {
-                        // Where the copy lacks the chunk's bytes, they are
-                        // its own: taken unread.
-                        if shift == 0 && source.lacks(pos, end) {
-                            if !emit(Piece::Stored(entry.clone(), key.clone())) {
-                                return Ok(());
+        // Fresh cuts that come out as one of `base`'s chunks (after
+        // several insertions, say) are taken as stored too.
+        let known = self.known(&leaves, &held);
+        self.put_pieces(
+            move |emit| {
+                // The chunk of `base` expected at `pos`, were the bytes there
+                // moved by `shift` since.
+                let base_at = |pos: u64, shift: i128| {
+                    u64::try_from(i128::from(pos) - shift)
+                        .ok()
+                        .and_then(|old| starts.binary_search(&old).ok())
+                };
+                let mut shift = 0i128;
+                let mut pos = 0u64;
+                while pos < len {
+                    if let Some(i) = base_at(pos, shift) {
+                        let (entry, key) = &leaves[i];
+                        let end = pos + entry.len;
+                        // A chunk shorter than the chunker's least, or the
+                        // last one (cut where the file ended, not by its
+                        // content), is taken only where the file ends again:
+                        // else every append would leave a short chunk behind.
+                        let fits = end == len
+                            || (end < len
+                                && i + 1 < leaves.len()
+                                && entry.len >= chunker.min as u64);
+                        let well_formed = entry.len <= chunker.max as u64
+                            && entry.shares.len() == usize::from(params.n());
+                        if fits && well_formed && held[i] {
+                            // Where the copy lacks the chunk's bytes, they are
+                            // its own: taken unread.
+                            if shift == 0 && source.lacks(pos, end) {
+                                if !emit(Piece::Stored(entry.clone(), key.clone())) {
+                                    return Ok(());
+                                }
+                                pos = end;
+                                continue;
                             }
-                            pos = end;
-                            continue;
-                        }
-                        let mut bytes = vec![0; entry.len as usize];
-                        // Cut short, the file shrank meanwhile: what is
-                        // there is cut afresh below, as `put_path` reads a
-                        // file being changed, and the caller's change
-                        // count decides whether the result stands.
-                        let whole = match source.read_exact_at(&mut bytes, pos) {
-                            Ok(()) => true,
-                            Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => false,
-                            Err(e) => return Err(e.into()),
-                        };
-                        if whole && share::chunk_key(&conv, params, &bytes).expose() == key.expose()
-                        {
-                            if !emit(Piece::Stored(entry.clone(), key.clone())) {
-                                return Ok(());
+                            let mut bytes = vec![0; entry.len as usize];
+                            // Cut short, the file shrank meanwhile: what is
+                            // there is cut afresh below, as `put_path` reads a
+                            // file being changed, and the caller's change
+                            // count decides whether the result stands.
+                            let whole = match source.read_exact_at(&mut bytes, pos) {
+                                Ok(()) => true,
+                                Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => false,
+                                Err(e) => return Err(e.into()),
+                            };
+                            if whole
+                                && share::chunk_key(&conv, params, &bytes).expose() == key.expose()
+                            {
+                                if !emit(Piece::Stored(entry.clone(), key.clone())) {
+                                    return Ok(());
+                                }
+                                pos = end;
+                                continue;
                             }
-                            pos = end;
-                            continue;
                         }
                     }
-                }
-                // Changed, or no chunk began here: cut afresh until a cut
-                // lands where one of `base`'s begins (or begins moved by
-                // `delta`).
-                let from = PatchedReader {
-                    source: source.clone(),
-                    pos,
-                };
-                let reader = std::io::BufReader::with_capacity(READ_BUFFER, from.take(len - pos));
-                let before = pos;
-                for chunk in chunker.chunks(reader) {
-                    let chunk = chunk?;
-                    pos += chunk.len() as u64;
-                    if !emit(Piece::Data(chunk)) {
+                    // Changed, or no chunk began here: cut afresh until a cut
+                    // lands where one of `base`'s begins (or begins moved by
+                    // `delta`).
+                    let from = PatchedReader {
+                        source: source.clone(),
+                        pos,
+                    };
+                    let reader =
+                        std::io::BufReader::with_capacity(READ_BUFFER, from.take(len - pos));
+                    let before = pos;
+                    for chunk in chunker.chunks(reader) {
+                        let chunk = chunk?;
+                        pos += chunk.len() as u64;
+                        if !emit(Piece::Data(chunk)) {
+                            return Ok(());
+                        }
+                        if base_at(pos, shift).is_some() {
+                            break;
+                        }
+                        if delta != shift && base_at(pos, delta).is_some() {
+                            shift = delta;
+                            break;
+                        }
+                    }
+                    if pos == before {
+                        // The file ends here now: truncated meanwhile.
                         return Ok(());
                     }
-                    if base_at(pos, shift).is_some() {
-                        break;
-                    }
-                    if delta != shift && base_at(pos, delta).is_some() {
-                        shift = delta;
-                        break;
-                    }
                 }
-                if pos == before {
-                    // The file ends here now: truncated meanwhile.
-                    return Ok(());
-                }
-            }
-            Ok(())
-        })
+                Ok(())
+            },
+            Some(known),
+        )
         .await
     }
 
@@ -816,37 +898,40 @@ impl Vault {
         }
         let progress = progress.unwrap_or_else(|| Arc::new(|_| {}));
         let chunker = self.chunker;
-        self.put_pieces(move |emit| {
-            for extent in extents {
-                match extent {
-                    Extent::Data { start, len } => {
-                        let mut at = &file;
-                        at.seek(std::io::SeekFrom::Start(start))?;
-                        let at = Counted {
-                            inner: at.take(len),
-                            progress: progress.clone(),
-                        };
-                        let reader = std::io::BufReader::with_capacity(READ_BUFFER, at);
-                        for chunk in chunker.chunks(reader) {
-                            if !emit(Piece::Data(chunk?)) {
-                                return Ok(());
+        self.put_pieces(
+            move |emit| {
+                for extent in extents {
+                    match extent {
+                        Extent::Data { start, len } => {
+                            let mut at = &file;
+                            at.seek(std::io::SeekFrom::Start(start))?;
+                            let at = Counted {
+                                inner: at.take(len),
+                                progress: progress.clone(),
+                            };
+                            let reader = std::io::BufReader::with_capacity(READ_BUFFER, at);
+                            for chunk in chunker.chunks(reader) {
+                                if !emit(Piece::Data(chunk?)) {
+                                    return Ok(());
+                                }
                             }
                         }
-                    }
-                    Extent::Hole { mut len } => {
-                        while len > 0 {
-                            let n = len.min(max);
-                            if !emit(Piece::Zeros(n as usize)) {
-                                return Ok(());
+                        Extent::Hole { mut len } => {
+                            while len > 0 {
+                                let n = len.min(max);
+                                if !emit(Piece::Zeros(n as usize)) {
+                                    return Ok(());
+                                }
+                                progress(n);
+                                len -= n;
                             }
-                            progress(n);
-                            len -= n;
                         }
                     }
                 }
-            }
-            Ok(())
-        })
+                Ok(())
+            },
+            None,
+        )
         .await
     }
 
