@@ -102,6 +102,8 @@ struct Counting {
     inner: lode::store::MemoryStorage,
     sent: std::sync::atomic::AtomicUsize,
     claims: std::sync::Mutex<Vec<Vec<[u8; 32]>>>,
+    /// Claims fail, as from a mirror that does not answer them.
+    silent: std::sync::atomic::AtomicBool,
 }
 
 #[async_trait::async_trait]
@@ -128,6 +130,12 @@ impl lode::store::Storage for Counting {
     }
     async fn claim(&self, ids: &[[u8; 32]]) -> lode::store::Result<Vec<[u8; 32]>> {
         self.claims.lock().unwrap().push(ids.to_vec());
+        if self.silent.load(std::sync::atomic::Ordering::Relaxed) {
+            return Err(lode::store::Error::Unavailable {
+                mirror: "silent".into(),
+                reason: "does not answer".into(),
+            });
+        }
         self.inner.claim(ids).await
     }
 }
@@ -143,6 +151,15 @@ fn counting_vault_holding(
     secret: u8,
     lease: Option<std::time::Duration>,
 ) -> (lode::store::Vault, Vec<std::sync::Arc<Counting>>) {
+    counting_vault_with(secret, lease, lode::store::GridConfig::default())
+}
+
+/// [`counting_vault_holding`] on a grid set up as `config`.
+fn counting_vault_with(
+    secret: u8,
+    lease: Option<std::time::Duration>,
+    config: lode::store::GridConfig,
+) -> (lode::store::Vault, Vec<std::sync::Arc<Counting>>) {
     use lode::store::Storage;
     let stores: Vec<std::sync::Arc<Counting>> = (0..3)
         .map(|i| {
@@ -150,6 +167,7 @@ fn counting_vault_holding(
                 inner: lode::store::MemoryStorage::named(&format!("m{i}")),
                 sent: Default::default(),
                 claims: Default::default(),
+                silent: Default::default(),
             })
         })
         .collect();
@@ -157,7 +175,7 @@ fn counting_vault_holding(
         .iter()
         .map(|s| s.clone() as std::sync::Arc<dyn Storage>)
         .collect();
-    let grid = lode::store::Grid::new(dyns, lode::store::GridConfig::default()).unwrap();
+    let grid = lode::store::Grid::new(dyns, config).unwrap();
     // In-memory stores hold forever; a mirror's lease is days.
     if let Some(lease) = lease {
         grid.set_lease_floor(lease);
@@ -285,6 +303,47 @@ fn a_file_written_anew_reseals_only_what_changed() {
             "{sealed} chunks sealed, {new} new, {} before",
             old.len()
         );
+    });
+}
+
+/// A mirror that does not answer the confirmation leaves a kept chunk
+/// on too few mirrors known to hold it when `happy` wants all three (it
+/// is sealed again), not when `happy` is two (it is kept).
+#[test]
+fn an_unanswered_confirmation_keeps_chunks_only_if_happy_allows() {
+    use std::os::unix::fs::FileExt;
+    let rt = common::runtime();
+    rt.block_on(async {
+        for (happy, kept) in [(3, false), (2, true)] {
+            let config = lode::store::GridConfig {
+                happy,
+                ..Default::default()
+            };
+            let (vault, stores) = counting_vault_with(9, None, config);
+            let tmp = tempfile::tempdir().unwrap();
+            let path = tmp.path().join("file");
+            let mut data = common::seeded_bytes("unanswered", 24 << 20);
+            std::fs::write(&path, &data).unwrap();
+            let cap = vault.put_path(&path).await.unwrap();
+            let chunks = chunk_ids(&data, 9).len();
+            data[5] ^= 1;
+            std::fs::File::create(&path)
+                .unwrap()
+                .write_all_at(&data, 0)
+                .unwrap();
+            stores[1]
+                .silent
+                .store(true, std::sync::atomic::Ordering::Relaxed);
+            let before = vault.chunks_sealed();
+            let next = vault.put_path_over(&path, Some(&cap)).await.unwrap();
+            let sealed = (vault.chunks_sealed() - before) as usize;
+            assert_eq!(vault.get_bytes(&next).await.unwrap(), data);
+            let want = if kept { 1 } else { chunks };
+            assert_eq!(
+                sealed, want,
+                "happy {happy}: {sealed} of {chunks} chunks sealed"
+            );
+        }
     });
 }
 

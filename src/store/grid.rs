@@ -317,31 +317,41 @@ impl Grid {
     }
 
     /// For each stored object (each given by its share ids, in index
-    /// order), whether every share is held where [`Self::put_group`]
-    /// places it. Each mirror is asked once, for all its part of every
-    /// object (a claim, which extends those leases), unless it
-    /// acknowledged a share moments ago; the mirrors are asked at once. A
-    /// file's chunks reused from its last version are confirmed so
-    /// instead of being sent again: false (a share missing, a mirror that
-    /// did not answer or is passed over) means the chunk is to be placed
-    /// afresh, which also repairs what a mirror lost. One request per
-    /// mirror for a whole file, not one per chunk: over a WAN a chunk
-    /// confirmed at a time cost a round trip each.
+    /// order), whether it is held where [`Self::put_group`] places it.
+    /// Each mirror is asked once, for all its part of every object (a
+    /// claim, which extends those leases), unless it acknowledged a share
+    /// moments ago; the mirrors are asked at once, those passed over as
+    /// down too (an answer revives them; a truly down one answers at once
+    /// or within the shorter timeout of a write to it). A file's chunks
+    /// reused from its last version are confirmed so instead of being sent
+    /// again. An object is not held if a mirror says it lacks one of its
+    /// shares (the object is then placed afresh, which repairs it), nor if
+    /// a mirror that did not answer leaves it on fewer than `happy`
+    /// mirrors known to hold it: the durability an upload of it would have
+    /// needed. One request per mirror for a whole file, not one per
+    /// chunk: over a WAN a chunk confirmed at a time cost a round trip
+    /// each.
     pub async fn holding(&self, objects: &[&[ShareId]]) -> Vec<bool> {
-        let mut held = vec![true; objects.len()];
+        // Per object: a share known missing, a mirror that did not
+        // answer, and the mirrors known to hold its shares.
+        let mut missing = vec![false; objects.len()];
+        let mut unanswered = vec![false; objects.len()];
+        let mut holders: Vec<HashSet<usize>> = vec![HashSet::new(); objects.len()];
         // Per mirror: the ids to ask it for, each with its object.
         let mut asks: std::collections::BTreeMap<usize, Vec<(ShareId, usize)>> = Default::default();
         {
             let mut placed = self.placed();
             for (object, ids) in objects.iter().enumerate() {
                 let Some(first) = ids.first() else {
-                    held[object] = false;
+                    missing[object] = true;
                     continue;
                 };
                 let (order, wanted) = self.placement(first, ids.len());
                 for (i, pos) in wanted {
                     let mirror = order[pos];
-                    if !placed.holds(&ids[i], mirror) {
+                    if placed.holds(&ids[i], mirror) {
+                        holders[object].insert(mirror);
+                    } else {
                         asks.entry(mirror).or_default().push((ids[i], object));
                     }
                 }
@@ -351,13 +361,7 @@ impl Grid {
             let store = self.mirrors[mirror].clone();
             async move {
                 let ids: Vec<ShareId> = asked.iter().map(|(id, _)| *id).collect();
-                // A mirror passed over for now is not waited for: its
-                // chunks go up afresh, within the write's grace.
-                let answer = match store.is_down() {
-                    true => None,
-                    false => store.claim(&ids).await.ok(),
-                };
-                (mirror, answer, asked)
+                (mirror, store.claim(&ids).await.ok(), asked)
             }
         }))
         .await;
@@ -366,14 +370,17 @@ impl Grid {
             let unclaimed: HashSet<ShareId> = match answer {
                 Some(unclaimed) => unclaimed.into_iter().collect(),
                 None => {
-                    asked.iter().for_each(|&(_, object)| held[object] = false);
+                    asked
+                        .iter()
+                        .for_each(|&(_, object)| unanswered[object] = true);
                     continue;
                 }
             };
             for (id, object) in asked {
                 if unclaimed.contains(&id) {
-                    held[object] = false;
+                    missing[object] = true;
                 } else {
+                    holders[object].insert(mirror);
                     acknowledged.entry(id).or_default().push(mirror);
                 }
             }
@@ -382,7 +389,9 @@ impl Grid {
         for (id, mirrors) in acknowledged {
             placed.record(id, mirrors.into_iter());
         }
-        held
+        (0..objects.len())
+            .map(|o| !missing[o] && (!unanswered[o] || holders[o].len() >= self.happy))
+            .collect()
     }
 
     /// [`Self::put_group`] that asks every mirror, whatever was
