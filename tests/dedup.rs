@@ -274,7 +274,7 @@ fn recently_placed_shares_are_not_sent_again_but_repair_asks() {
 fn a_file_written_anew_reseals_only_what_changed() {
     let rt = common::runtime();
     rt.block_on(async {
-        let (vault, _stores) = counting_vault_holding(8, None);
+        let (vault, stores) = counting_vault_holding(8, None);
         let mut data = common::seeded_bytes("written anew", 40 << 20);
         let cap = vault.put_bytes(&data).await.unwrap();
         let old: HashSet<_> = chunk_ids(&data, 8).into_iter().collect();
@@ -287,11 +287,23 @@ fn a_file_written_anew_reseals_only_what_changed() {
             .filter(|id| !old.contains(*id))
             .count();
         let before = vault.chunks_sealed();
+        stores.iter().for_each(|s| s.claims.lock().unwrap().clear());
         let next = vault
             .put_reader_over(std::io::Cursor::new(data.clone()), &cap)
             .await
             .unwrap();
         let sealed = vault.chunks_sealed() - before;
+        // The old chunks that do not come up again are not claimed: their
+        // leases are left to lapse.
+        let fresh: HashSet<_> = chunk_ids(&data, 8).into_iter().collect();
+        let dropped: HashSet<_> = old.difference(&fresh).collect();
+        let claimed = stores
+            .iter()
+            .flat_map(|s| s.claims.lock().unwrap().clone())
+            .flatten()
+            .filter(|id| dropped.contains(id))
+            .count();
+        assert_eq!(claimed, 0, "{} replaced chunks claimed", claimed);
         assert_eq!(vault.get_bytes(&next).await.unwrap(), data);
         assert_eq!(
             next,

@@ -146,8 +146,15 @@ impl Read for PatchedReader {
 }
 
 /// Chunks of a file's last version a new version may take as they are,
-/// by key ([`Vault::known`]).
-type Known = Arc<HashMap<[u8; 32], chunk::NodeEntry>>;
+/// by key, each with whether the mirrors confirmed it ([`Vault::known`]).
+type Known = Arc<HashMap<[u8; 32], (chunk::NodeEntry, bool)>>;
+
+/// A piece after its key is known: sealed or taken, or one of the last
+/// version's chunks still to be confirmed on the mirrors.
+enum Checked {
+    Done(Sealed),
+    Confirm(chunk::NodeEntry, crate::crypto::ChunkKey, Vec<u8>),
+}
 
 /// A piece out of the sealing stage, in file order.
 enum Sealed {
@@ -390,23 +397,20 @@ impl Vault {
 
     /// [`Self::put_reader`] of a new version of the file `base` names: a
     /// chunk whose key is one of `base`'s (the same bytes, cut the same
-    /// way), held where the mirrors should hold it, is taken as it is
+    /// way), once the mirrors confirm they hold it, is taken as it is
     /// stored, not sealed again. A file rewritten from its start (`cp`
     /// over it, a shell's `>`) costs a hash of each unchanged chunk, not
-    /// its sealing. A `base` that cannot be read now only means sealing
-    /// every chunk.
+    /// its sealing. Only chunks that come up are confirmed (and so have
+    /// their leases extended): a file overwritten with other content
+    /// leaves the old chunks' leases to lapse. A `base` that cannot be
+    /// read now only means sealing every chunk.
     pub async fn put_reader_over<R: Read + Send + 'static>(
         &self,
         reader: R,
         base: &FileReadCap,
     ) -> Result<FileReadCap> {
         let known = match self.leaves(base).await {
-            Ok(leaves) => {
-                let shares: Vec<&[chunk::ShareId]> =
-                    leaves.iter().map(|l| &l.0.shares[..]).collect();
-                let held = self.grid.holding(&shares).await;
-                Some(self.known(&leaves, &held))
-            }
+            Ok(leaves) => Some(self.known(&leaves, None)),
             Err(e) => {
                 tracing::debug!(error = %e, "the last version's chunks are not at hand; sealing every chunk");
                 None
@@ -437,20 +441,23 @@ impl Vault {
 
     /// The chunks of a file's last version that a new version's upload
     /// may take by their key: well formed (no longer than the chunker's
-    /// largest, exactly n shares) and `held` on the mirrors.
+    /// largest, exactly n shares) and, if `held` says (the mirrors were
+    /// asked), held; each marked whether the mirrors confirmed it already.
     fn known(
         &self,
         leaves: &[(chunk::NodeEntry, crate::crypto::ChunkKey)],
-        held: &[bool],
+        held: Option<&[bool]>,
     ) -> Known {
         let n = usize::from(self.grid.params().n());
         let known = leaves
             .iter()
-            .zip(held)
-            .filter(|((entry, _), held)| {
-                **held && entry.len <= self.chunker.max as u64 && entry.shares.len() == n
+            .enumerate()
+            .filter(|(i, (entry, _))| {
+                held.is_none_or(|h| h[*i])
+                    && entry.len <= self.chunker.max as u64
+                    && entry.shares.len() == n
             })
-            .map(|((entry, key), _)| (*key.expose(), entry.clone()))
+            .map(|(_, (entry, key))| (*key.expose(), (entry.clone(), held.is_some())))
             .collect();
         Arc::new(known)
     }
@@ -516,25 +523,38 @@ impl Vault {
                     let sealing = self.sealing.clone();
                     let chunks_sealed = self.chunks_sealed.clone();
                     let known = known.clone();
+                    let grid = self.grid.clone();
                     async move {
                         let len = piece.len() as u64;
                         if let Piece::Stored(entry, key) = piece {
                             return Sealed::Stored(entry, key);
                         }
                         let _slot = sealing.acquire_owned().await.expect("never closed");
-                        tokio::task::spawn_blocking(move || match piece {
-                            Piece::Data(chunk) => {
-                                let key = share::chunk_key(&conv, params, &chunk);
-                                let stored = known.as_ref().and_then(|k| k.get(key.expose()));
-                                if let Some(entry) = stored.filter(|e| e.len == len) {
-                                    return Sealed::Stored(entry.clone(), key);
-                                }
+                        let seal = {
+                            let chunks_sealed = chunks_sealed.clone();
+                            move |key, chunk| {
                                 chunks_sealed.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                                 Sealed::New(len, share::seal_chunk_keyed(key, params, chunk))
                             }
+                        };
+                        let seal_later = seal.clone();
+                        let sealed = tokio::task::spawn_blocking(move || match piece {
+                            Piece::Data(chunk) => {
+                                let key = share::chunk_key(&conv, params, &chunk);
+                                let stored = known.as_ref().and_then(|k| k.get(key.expose()));
+                                match stored.filter(|(e, _)| e.len == len) {
+                                    Some((entry, true)) => {
+                                        Checked::Done(Sealed::Stored(entry.clone(), key))
+                                    }
+                                    Some((entry, false)) => {
+                                        Checked::Confirm(entry.clone(), key, chunk)
+                                    }
+                                    None => Checked::Done(seal(key, chunk)),
+                                }
+                            }
                             Piece::Zeros(n) => {
                                 let sealed = zeros.lock().expect("zeros lock").get(&n).cloned();
-                                Sealed::New(
+                                Checked::Done(Sealed::New(
                                     len,
                                     sealed.unwrap_or_else(|| {
                                         chunks_sealed
@@ -545,12 +565,27 @@ impl Vault {
                                         zeros.insert(n, sealed.clone());
                                         sealed
                                     }),
-                                )
+                                ))
                             }
                             Piece::Stored(..) => unreachable!("passed on above"),
                         })
                         .await
-                        .expect("sealing does not panic")
+                        .expect("sealing does not panic");
+                        match sealed {
+                            Checked::Done(sealed) => sealed,
+                            // One of the last version's chunks, not yet
+                            // confirmed: taken once the mirrors say they
+                            // hold it, else sealed and placed afresh.
+                            Checked::Confirm(entry, key, chunk) => {
+                                if grid.holding(&[&entry.shares]).await[0] {
+                                    Sealed::Stored(entry, key)
+                                } else {
+                                    tokio::task::spawn_blocking(move || seal_later(key, chunk))
+                                        .await
+                                        .expect("sealing does not panic")
+                                }
+                            }
+                        }
                     }
                 })
                 .buffered(sealers)
@@ -734,7 +769,7 @@ impl Vault {
         let (conv, params, chunker) = (self.conv.clone(), self.grid.params(), self.chunker);
         // Fresh cuts that come out as one of `base`'s chunks (after
         // several insertions, say) are taken as stored too.
-        let known = self.known(&leaves, &held);
+        let known = self.known(&leaves, Some(&held));
         self.put_pieces(
             move |emit| {
                 // The chunk of `base` expected at `pos`, were the bytes there
