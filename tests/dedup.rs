@@ -480,3 +480,53 @@ fn a_new_version_reseals_only_what_changed() {
         assert_eq!(report.repaired_shares, 0, "reused chunks left shares lost");
     });
 }
+
+/// A partly staged file whose last version was coded under other erasure
+/// parameters (`k` changed in the config since) is coded afresh: its old
+/// chunks are not taken unread into a manifest that would give them this
+/// grid's `k` (the file then read back as EIO, for good).
+#[test]
+fn a_partial_upload_after_k_changed_reads_back() {
+    use std::os::unix::fs::FileExt;
+    use std::sync::Arc;
+    let rt = common::runtime();
+    rt.block_on(async {
+        let stores: Vec<Arc<dyn lode::store::Storage>> = (0..3)
+            .map(|i| {
+                Arc::new(lode::store::MemoryStorage::named(&format!("m{i}")))
+                    as Arc<dyn lode::store::Storage>
+            })
+            .collect();
+        let vault = |k| {
+            let config = lode::store::GridConfig { k, n: 3, happy: 3 };
+            let grid = lode::store::Grid::new(stores.clone(), config).unwrap();
+            lode::store::Vault::new(&common::secret(10), grid)
+        };
+        let (two, three) = (vault(2), vault(3));
+        let mut data = common::seeded_bytes("k changed", 20 << 20);
+        let cap = two.put_bytes(&data).await.unwrap();
+        // The staged copy holds only the block an edit touched; the rest
+        // is read from the last version (the same bytes there).
+        data[(4 << 20) + 5] ^= 1;
+        let tmp = tempfile::tempdir().unwrap();
+        let path = tmp.path().join("copy");
+        let file = std::fs::File::create(&path).unwrap();
+        file.set_len(data.len() as u64).unwrap();
+        file.write_all_at(&data[4 << 20..5 << 20], 4 << 20).unwrap();
+        let bytes = Arc::new(data.clone());
+        let absent = lode::store::Absent {
+            ranges: vec![(0, 4 << 20), (5 << 20, 20 << 20)],
+            read: Arc::new(move |at, buf: &mut [u8]| {
+                buf.copy_from_slice(&bytes[at as usize..at as usize + buf.len()]);
+                Ok(())
+            }),
+        };
+        let next = three.put_partial(&path, &cap, absent).await.unwrap();
+        assert!(three.get_bytes(&next).await.unwrap() == data, "read back");
+        assert_eq!(
+            next,
+            three.put_bytes(&data).await.unwrap(),
+            "as a fresh seal"
+        );
+    });
+}

@@ -863,7 +863,8 @@ impl Vault {
     }
 
     /// The chunks of a file, in order, each with the key that opens it.
-    /// An inline file has none.
+    /// An inline file has none, and neither has one coded under other
+    /// erasure parameters than this grid's.
     async fn leaves(
         &self,
         cap: &FileReadCap,
@@ -886,6 +887,12 @@ impl Vault {
                 .buffered(READAHEAD)
                 .try_collect()
                 .await?;
+        }
+        // Chunks coded under other erasure parameters (`k` or `n` changed
+        // in the config since) are none a new version may take: its
+        // manifest records this grid's parameters for every chunk.
+        if level.iter().any(|node| node.params != self.grid.params()) {
+            return Ok(Vec::new());
         }
         let mut leaves = Vec::new();
         for entry in level.iter().flat_map(|node| &node.entries) {
