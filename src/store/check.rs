@@ -292,6 +292,10 @@ impl Grid {
         let m = self.mirrors().len();
         let mut states = vec![vec![ShareState::Absent; m]; object.ids.len()];
         let mut tasks = JoinSet::new();
+        // What a share must say of itself to serve this object, as a read
+        // wants it (`Grid::fetch`): a valid share at another index or
+        // under other erasure parameters cannot rebuild it.
+        let (params, count) = (object.params, object.ids.len());
         for (i, id) in object.ids.iter().enumerate() {
             for (j, store) in self.mirrors().iter().enumerate() {
                 let (store, id, limit) = (store.clone(), *id, probes.limit.clone());
@@ -304,8 +308,13 @@ impl Grid {
                     let state = if verify {
                         match store.get_share(&id).await {
                             Ok(Some(bytes)) => match Share::verify(bytes, &id) {
-                                Ok(_) => ShareState::Good,
-                                Err(_) => ShareState::Corrupt,
+                                Ok(share)
+                                    if share.header().index as usize == i
+                                        && (share.header().params == params || count == 1) =>
+                                {
+                                    ShareState::Good
+                                }
+                                _ => ShareState::Corrupt,
                             },
                             Ok(None) => ShareState::Absent,
                             Err(_) => ShareState::Unreachable,
