@@ -488,6 +488,18 @@ fn staged_on_disk(client: &Client) -> u64 {
         .unwrap_or(0)
 }
 
+/// `bytes` written to `big` in a fresh mount at `mp` and fsynced, then a
+/// remount, so that the file is held only by the mirrors: the new mount
+/// and the file's path.
+fn stored_then_remounted(client: &Client, mp: &Path, bytes: &[u8]) -> (Mounted, PathBuf) {
+    let m = Mounted::new(client, mp);
+    let path = mp.join("big");
+    std::fs::write(&path, bytes).unwrap();
+    std::fs::File::open(&path).unwrap().sync_all().unwrap();
+    drop(m);
+    (Mounted::new(client, mp), path)
+}
+
 /// Changes to a stored file of 40 MiB, each made to `expect` too: writes
 /// across a block's edge and in the middle, an append, a hole punched, a
 /// truncate and a growth. Each, but the last, fsynced if `sync`.
@@ -536,13 +548,8 @@ fn a_large_file_changed_in_place_is_staged_partly() {
     let tmp = tempfile::tempdir().unwrap();
     let (_mirrors, client) = common::three_mirrors_and_client(tmp.path());
     let mp = tmp.path().join("mnt");
-    let m = Mounted::new(&client, &mp);
     let mut expect = common::seeded_bytes("partly", 40 << 20);
-    let path = mp.join("big");
-    std::fs::write(&path, &expect).unwrap();
-    std::fs::File::open(&path).unwrap().sync_all().unwrap();
-    drop(m);
-    let m = Mounted::new(&client, &mp);
+    let (m, path) = stored_then_remounted(&client, &mp, &expect);
     assert!(
         staged_on_disk(&client) < 1 << 20,
         "nothing staged after a remount"
@@ -579,13 +586,8 @@ fn a_killed_mount_completes_a_partly_staged_file() {
     let tmp = tempfile::tempdir().unwrap();
     let (_mirrors, client) = common::three_mirrors_and_client(tmp.path());
     let mp = tmp.path().join("mnt");
-    let m = Mounted::new(&client, &mp);
     let mut expect = common::seeded_bytes("partly killed", 40 << 20);
-    let path = mp.join("big");
-    std::fs::write(&path, &expect).unwrap();
-    std::fs::File::open(&path).unwrap().sync_all().unwrap();
-    drop(m);
-    let m = Mounted::new(&client, &mp);
+    let (m, path) = stored_then_remounted(&client, &mp, &expect);
     // Held open, so that the flusher leaves the file for its writer.
     let open = std::fs::OpenOptions::new().write(true).open(&path).unwrap();
     change_partly(&path, &mut expect, false);
@@ -624,13 +626,8 @@ fn a_partly_staged_file_without_its_log_is_set_aside() {
     let tmp = tempfile::tempdir().unwrap();
     let (_mirrors, client) = common::three_mirrors_and_client(tmp.path());
     let mp = tmp.path().join("mnt");
-    let m = Mounted::new(&client, &mp);
     let stored = common::seeded_bytes("no log", 12 << 20);
-    let path = mp.join("big");
-    std::fs::write(&path, &stored).unwrap();
-    std::fs::File::open(&path).unwrap().sync_all().unwrap();
-    drop(m);
-    let m = Mounted::new(&client, &mp);
+    let (m, path) = stored_then_remounted(&client, &mp, &stored);
     let open = std::fs::OpenOptions::new().write(true).open(&path).unwrap();
     std::os::unix::fs::FileExt::write_all_at(&open, b"changed", 5 << 20).unwrap();
     kill_mount(&mp);

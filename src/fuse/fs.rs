@@ -806,16 +806,7 @@ impl LodeFs {
 
     /// `base`'s bytes in `[from, from + buf.len())`, into `buf`.
     fn fetch_base(&self, base: &FileReadCap, from: u64, buf: &mut [u8]) -> Result<()> {
-        let bytes = self
-            .rt
-            .block_on(self.vault.read_range(base, from, buf.len() as u64))?;
-        if bytes.len() != buf.len() {
-            return Err(Error::Io(std::io::Error::from(
-                std::io::ErrorKind::UnexpectedEof,
-            )));
-        }
-        buf.copy_from_slice(&bytes);
-        Ok(())
+        Ok(self.rt.block_on(self.vault.read_exact(base, from, buf))?)
     }
 
     /// Before a change of `[from, to)` to the partly staged copy `path`
@@ -1025,14 +1016,8 @@ impl LodeFs {
         };
         let (vault, rt, cap) = (self.vault.clone(), self.rt.clone(), from.clone());
         let read = Arc::new(move |at: u64, buf: &mut [u8]| -> std::io::Result<()> {
-            let bytes = rt
-                .block_on(vault.read_range(&cap, at, buf.len() as u64))
-                .map_err(std::io::Error::other)?;
-            if bytes.len() != buf.len() {
-                return Err(std::io::ErrorKind::UnexpectedEof.into());
-            }
-            buf.copy_from_slice(&bytes);
-            Ok(())
+            rt.block_on(vault.read_exact(&cap, at, buf))
+                .map_err(std::io::Error::other)
         });
         let absent = crate::store::Absent { ranges, read };
         self.rt

@@ -111,6 +111,20 @@ impl State {
         Ok(state)
     }
 
+    /// The blocks not held that lie wholly in `[from, to)` (a block the
+    /// base ends in counts to where the base ends).
+    fn absent_within(&self, from: u64, to: u64) -> Vec<u64> {
+        let mut out = Vec::new();
+        let mut b = from.div_ceil(BLOCK);
+        while b * BLOCK < self.base_len && ((b + 1) * BLOCK).min(self.base_len) <= to {
+            if !self.held.get(b) {
+                out.push(b);
+            }
+            b += 1;
+        }
+        out
+    }
+
     /// The ranges in `[from, to)` that are the base's, in order.
     fn absent(&self, from: u64, to: u64) -> Vec<(u64, u64)> {
         let to = to.min(self.base_len);
@@ -226,15 +240,11 @@ impl Partial {
     /// caller has made those bytes durable (`fdatasync`) first.
     pub fn hold(&self, from: u64, to: u64) -> std::io::Result<()> {
         let mut inner = self.lock();
-        let base_len = inner.state.base_len;
-        let mut records = Vec::new();
-        let mut b = from.div_ceil(BLOCK);
-        while b * BLOCK < base_len && ((b + 1) * BLOCK).min(base_len) <= to {
-            if !inner.state.held.get(b) {
-                inner.state.held.set(b);
-                records.extend_from_slice(&record(HELD, b));
-            }
-            b += 1;
+        let blocks = inner.state.absent_within(from, to);
+        let mut records = Vec::with_capacity(blocks.len() * RECORD);
+        for b in blocks {
+            inner.state.held.set(b);
+            records.extend_from_slice(&record(HELD, b));
         }
         if !records.is_empty() {
             inner.log.write_all(&records)?;
@@ -244,16 +254,7 @@ impl Partial {
 
     /// Whether a change of `[from, to)` leaves blocks to [`Self::hold`].
     pub fn covers_absent(&self, from: u64, to: u64) -> bool {
-        let inner = self.lock();
-        let base_len = inner.state.base_len;
-        let mut b = from.div_ceil(BLOCK);
-        while b * BLOCK < base_len && ((b + 1) * BLOCK).min(base_len) <= to {
-            if !inner.state.held.get(b) {
-                return true;
-            }
-            b += 1;
-        }
-        false
+        !self.lock().state.absent_within(from, to).is_empty()
     }
 
     /// Make the log durable.

@@ -410,7 +410,10 @@ impl Vault {
         base: &FileReadCap,
     ) -> Result<FileReadCap> {
         let known = match self.leaves(base).await {
-            Ok(leaves) => Some(self.known(&leaves, None)),
+            Ok(leaves) => {
+                let usable: Vec<bool> = leaves.iter().map(|l| self.well_formed(&l.0)).collect();
+                Some(self.known(&leaves, &usable, false))
+            }
             Err(e) => {
                 tracing::debug!(error = %e, "the last version's chunks are not at hand; sealing every chunk");
                 None
@@ -439,25 +442,28 @@ impl Vault {
         .await
     }
 
-    /// The chunks of a file's last version that a new version's upload
-    /// may take by their key: well formed (no longer than the chunker's
-    /// largest, exactly n shares) and, if `held` says (the mirrors were
-    /// asked), held; each marked whether the mirrors confirmed it already.
+    /// Whether a chunk of a file's last version may stand in a new one,
+    /// as far as its manifest entry goes: no longer than the chunker's
+    /// largest chunk, and exactly n shares.
+    fn well_formed(&self, entry: &chunk::NodeEntry) -> bool {
+        entry.len <= self.chunker.max as u64
+            && entry.shares.len() == usize::from(self.grid.params().n())
+    }
+
+    /// The chunks of a file's last version that are `usable`, by key, for
+    /// a new version's upload to take; `confirmed` if the mirrors said
+    /// they hold them.
     fn known(
         &self,
         leaves: &[(chunk::NodeEntry, crate::crypto::ChunkKey)],
-        held: Option<&[bool]>,
+        usable: &[bool],
+        confirmed: bool,
     ) -> Known {
-        let n = usize::from(self.grid.params().n());
         let known = leaves
             .iter()
-            .enumerate()
-            .filter(|(i, (entry, _))| {
-                held.is_none_or(|h| h[*i])
-                    && entry.len <= self.chunker.max as u64
-                    && entry.shares.len() == n
-            })
-            .map(|(_, (entry, key))| (*key.expose(), (entry.clone(), held.is_some())))
+            .zip(usable)
+            .filter(|(_, usable)| **usable)
+            .map(|((entry, key), _)| (*key.expose(), (entry.clone(), confirmed)))
             .collect();
         Arc::new(known)
     }
@@ -755,6 +761,10 @@ impl Vault {
     ) -> Result<FileReadCap> {
         let shares: Vec<&[chunk::ShareId]> = leaves.iter().map(|l| &l.0.shares[..]).collect();
         let held = self.grid.holding(&shares).await;
+        // Chunks that may stand in the new version: held, and well formed.
+        let usable: Vec<bool> = (leaves.iter().zip(held))
+            .map(|(leaf, held)| held && self.well_formed(&leaf.0))
+            .collect();
         // Where each chunk of `base` begins, in order.
         let mut starts = Vec::with_capacity(leaves.len());
         let mut at = 0u64;
@@ -769,7 +779,7 @@ impl Vault {
         let (conv, params, chunker) = (self.conv.clone(), self.grid.params(), self.chunker);
         // Fresh cuts that come out as one of `base`'s chunks (after
         // several insertions, say) are taken as stored too.
-        let known = self.known(&leaves, Some(&held));
+        let known = self.known(&leaves, &usable, true);
         self.put_pieces(
             move |emit| {
                 // The chunk of `base` expected at `pos`, were the bytes there
@@ -793,9 +803,7 @@ impl Vault {
                             || (end < len
                                 && i + 1 < leaves.len()
                                 && entry.len >= chunker.min as u64);
-                        let well_formed = entry.len <= chunker.max as u64
-                            && entry.shares.len() == usize::from(params.n());
-                        if fits && well_formed && held[i] {
+                        if fits && usable[i] {
                             // Where the copy lacks the chunk's bytes, they are
                             // its own: taken unread.
                             if shift == 0 && source.lacks(pos, end) {
@@ -1217,6 +1225,17 @@ impl Vault {
             .await?
             .joined()
             .into_owned())
+    }
+
+    /// Fill `buf` with the file's bytes from `offset`: all of them, or an
+    /// `UnexpectedEof` error where the file ends first.
+    pub async fn read_exact(&self, cap: &FileReadCap, offset: u64, buf: &mut [u8]) -> Result<()> {
+        let bytes = self.read_range(cap, offset, buf.len() as u64).await?;
+        if bytes.len() != buf.len() {
+            return Err(std::io::Error::from(std::io::ErrorKind::UnexpectedEof).into());
+        }
+        buf.copy_from_slice(&bytes);
+        Ok(())
     }
 
     /// [`Vault::read_range`] as slices of the verified chunks themselves:
