@@ -986,3 +986,63 @@ fn get_of_a_directory_goes_where_cp_would_put_it() {
     assert!(err.contains("NAME"), "{err}");
     assert_eq!(std::fs::read_dir(&into).unwrap().count(), 1);
 }
+
+/// A mirror that moves to another address keeps its shares' placement:
+/// once `lode mirrors move` gives the new address, storing the same content
+/// again sends no share (each is found where the placement looks for it),
+/// and the content reads back with the old address gone. Removing the
+/// mirror and adding its new address instead ranks it anew, and most
+/// chunks would be sent again. A move to a different mirror is refused.
+#[test]
+fn a_moved_mirror_keeps_its_placement() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut mirrors = three_mirrors(tmp.path(), &[]);
+    let client = Client::new(&tmp.path().join("home"), &urls(&mirrors));
+    // About six chunks: a new rank keeps a chunk's placement only one time
+    // in three, so all six keep theirs by chance once in 729 runs.
+    let bytes = common::seeded_bytes("moved mirror", 24 << 20);
+    let file = write_file(tmp.path(), "big.bin", &bytes);
+    let file = file.to_str().unwrap();
+    let cap = client.ok(&["put", file]).trim().to_string();
+
+    let old = mirrors[2].url.clone();
+    let stranger = MirrorProc::start(&tmp.path().join("stranger"), &[]);
+    let err = client.fails(&["mirrors", "move", &old, &stranger.url]);
+    assert!(err.contains("another mirror"), "{err}");
+    let err = client.fails(&["mirrors", "move", "http://127.0.0.1:1", &stranger.url]);
+    assert!(err.contains("not a configured mirror"), "{err}");
+
+    mirrors[2].stop();
+    let moved = MirrorProc::start(&mirrors[2].data, &[]);
+    assert_ne!(moved.url, old);
+    client.ok(&["mirrors", "move", &old, &moved.url]);
+    let list = client.ok(&["mirrors", "list"]);
+    assert!(
+        list.contains(&format!("{}  up", moved.url)) && list.contains(&format!("placed as {old}")),
+        "{list}"
+    );
+    assert!(!list.contains(&format!("{old}  ")), "{list}");
+
+    let counts = || {
+        [&mirrors[0], &mirrors[1], &moved]
+            .map(|m| m.share_files().len())
+            .to_vec()
+    };
+    let before = counts();
+    client.ok(&["put", file]);
+    assert_eq!(counts(), before, "shares sent again after the move");
+
+    let out = tmp.path().join("back.bin");
+    client.ok(&["get", &cap, "-o", out.to_str().unwrap()]);
+    assert!(std::fs::read(&out).unwrap() == bytes, "content differs");
+    let report = client.ok(&["check", &cap, "--verify"]);
+    assert!(report.contains("healthy"), "{report}");
+
+    // A mirror added later at the old address is another mirror, placed
+    // under a name of its own.
+    client.ok(&["mirrors", "add", &old]);
+    let list = client.ok(&["mirrors", "list"]);
+    assert!(list.contains(&format!("placed as {old}#2")), "{list}");
+    client.ok(&["mirrors", "remove", &old]);
+    assert!(!client.ok(&["mirrors", "list"]).contains("#2"));
+}

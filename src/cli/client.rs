@@ -31,7 +31,11 @@ impl Session {
         let mirrors = config
             .mirrors
             .iter()
-            .map(|url| Ok(Arc::new(HttpMirror::new(url, account.clone())?) as Arc<dyn Storage>))
+            .map(|url| {
+                let mirror = HttpMirror::new(url, account.clone())?
+                    .placed_as(config.placed_as.get(url).map(String::as_str));
+                Ok(Arc::new(mirror) as Arc<dyn Storage>)
+            })
             .collect::<Result<Vec<_>>>()?;
         let grid = Grid::new(mirrors, config.grid())?;
         let seen = home.load_seen()?;
@@ -393,13 +397,7 @@ fn mirrors(command: MirrorsCommand) -> Result<()> {
     let mut config = Config::load(&home)?;
     match command {
         MirrorsCommand::Add { url } => {
-            let parsed =
-                reqwest::Url::parse(&url).with_context(|| format!("{url:?} is not a URL"))?;
-            if !matches!(parsed.scheme(), "http" | "https") || parsed.host().is_none() {
-                bail!("{url:?}: a mirror URL looks like http://host:port");
-            }
-            // As the URL parser writes it: `HTTP://Host` is `http://host`.
-            let url = parsed.as_str().trim_end_matches('/').to_string();
+            let url = mirror_url(&url)?;
             if config.mirrors.contains(&url) {
                 bail!("{url} is already a mirror");
             }
@@ -417,12 +415,31 @@ fn mirrors(command: MirrorsCommand) -> Result<()> {
                             if theirs.is_ok_and(|o| o.mirror_id.as_ref() == Some(&id)) {
                                 bail!(
                                     "{url} is the mirror already configured as {other}: \
-                                     one mirror under two addresses would count twice toward happy"
+                                     one mirror under two addresses would count twice toward \
+                                     happy (if it moved: `lode mirrors move {other} {url}`)"
                                 );
                             }
                         }
                     }
                 }
+            }
+            // Its address may be the name a moved mirror is still placed
+            // as: then it is placed under a name of its own.
+            if config
+                .mirrors
+                .iter()
+                .any(|m| config.placement_name(m) == url)
+            {
+                let name = (2..)
+                    .map(|n| format!("{url}#{n}"))
+                    .find(|name| {
+                        config
+                            .mirrors
+                            .iter()
+                            .all(|m| config.placement_name(m) != name)
+                    })
+                    .expect("an unused name");
+                config.placed_as.insert(url.clone(), name);
             }
             config.mirrors.push(url.clone());
             config.save(&home)?;
@@ -442,25 +459,109 @@ fn mirrors(command: MirrorsCommand) -> Result<()> {
             if config.mirrors.len() == before {
                 bail!("{url} is not a configured mirror");
             }
+            config.placed_as.remove(url);
             config.save(&home)?;
             println!("removed {url}");
         }
+        MirrorsCommand::Move { from, to } => move_mirror(&home, &mut config, &from, &to)?,
         MirrorsCommand::List => {
             let account = home.secret()?.account_key();
             let rt = tokio::runtime::Runtime::new()?;
             for url in &config.mirrors {
                 let mirror = HttpMirror::new(url, account.clone())?;
+                let placed = config
+                    .placed_as
+                    .get(url)
+                    .map(|name| format!("  (placed as {name})"))
+                    .unwrap_or_default();
                 match rt.block_on(mirror.account()) {
                     Ok(a) => println!(
-                        "{url}  up  {} bytes leased in {} leases",
+                        "{url}  up  {} bytes leased in {} leases{placed}",
                         a.usage_bytes, a.leases
                     ),
-                    Err(e) => println!("{url}  down  ({e})"),
+                    Err(e) => println!("{url}  down  ({e}){placed}"),
                 }
             }
             println!("k={} n={} happy={}", config.k, config.n, config.happy);
         }
     }
+    Ok(())
+}
+
+/// A mirror URL as the config keeps it: checked, and written as the URL
+/// parser writes it (`HTTP://Host/` is `http://host`).
+fn mirror_url(url: &str) -> Result<String> {
+    let parsed = reqwest::Url::parse(url).with_context(|| format!("{url:?} is not a URL"))?;
+    if !matches!(parsed.scheme(), "http" | "https") || parsed.host().is_none() {
+        bail!("{url:?}: a mirror URL looks like http://host:port");
+    }
+    Ok(parsed.as_str().trim_end_matches('/').to_string())
+}
+
+/// `lode mirrors move FROM TO`: the mirror configured as `from` answers at
+/// `to` now. It takes `from`'s place in the list and keeps the name the
+/// placement ranks it under, so every share stays where it is looked for.
+fn move_mirror(home: &Home, config: &mut Config, from: &str, to: &str) -> Result<()> {
+    let from = from.trim_end_matches('/');
+    let Some(at) = config.mirrors.iter().position(|m| m == from) else {
+        bail!("{from} is not a configured mirror (`lode mirrors list` shows them)");
+    };
+    let to = mirror_url(to)?;
+    if config.mirrors.contains(&to) {
+        bail!("{to} is already a mirror");
+    }
+    let account = home.secret()?.account_key();
+    let rt = tokio::runtime::Runtime::new()?;
+    let info = |url: &str| -> Result<lode::protocol::Info> {
+        Ok(rt.block_on(HttpMirror::new(url, account.clone())?.info())?)
+    };
+    // Only an answering mirror that says which it is: a move to a typo, or
+    // to some other mirror, would send every read and edit looking for
+    // shares where there are none.
+    let id = info(&to)
+        .with_context(|| format!("{to} does not answer; a mirror is moved to where it answers"))?
+        .mirror_id
+        .with_context(|| {
+            format!("{to} does not say which mirror it is (it runs a lode from before 2026-12-03)")
+        })?;
+    match info(from) {
+        Ok(old) if old.mirror_id.as_ref() != Some(&id) => bail!(
+            "{from} still answers, and is another mirror than {to}: \
+             `lode mirrors add {to}` adds that one as a mirror of its own"
+        ),
+        Ok(_) => {}
+        // The usual case: the old address is gone. What holds the shares
+        // is what tells: a mirror that moved keeps this account's leases.
+        Err(_) => {
+            let leases = rt
+                .block_on(HttpMirror::new(&to, account.clone())?.account())
+                .map(|a| a.leases)
+                .unwrap_or(0);
+            if leases == 0 {
+                eprintln!(
+                    "warning: {to} holds no leases of this account; if it is not {from} moved, \
+                     the shares placed there are missing (`lode check --repair` puts them back)"
+                );
+            }
+        }
+    }
+    for other in config.mirrors.iter().filter(|m| *m != from) {
+        if info(other).is_ok_and(|o| o.mirror_id.as_ref() == Some(&id)) {
+            bail!("{to} is the mirror already configured as {other}");
+        }
+    }
+    let name = config
+        .placed_as
+        .remove(from)
+        .unwrap_or_else(|| from.to_string());
+    if name != to {
+        config.placed_as.insert(to.clone(), name);
+    }
+    config.mirrors[at] = to.clone();
+    config.save(home)?;
+    println!(
+        "moved {from} to {to}; its shares stay placed as they were (a running mount uses the new address once mounted again)"
+    );
     Ok(())
 }
 

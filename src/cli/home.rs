@@ -248,6 +248,10 @@ pub struct Config {
     /// Friends' shared directories: name → read-cap.
     #[serde(default)]
     pub friends: std::collections::BTreeMap<String, String>,
+    /// Mirrors that moved (`lode mirrors move`): URL → the name the
+    /// placement ranks them under, the URL they were first added with.
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub placed_as: std::collections::BTreeMap<String, String>,
 }
 
 fn default_k() -> u8 {
@@ -276,6 +280,7 @@ impl Default for Config {
             cache_mib: default_cache(),
             refresh_secs: default_refresh(),
             friends: Default::default(),
+            placed_as: Default::default(),
         }
     }
 }
@@ -328,7 +333,22 @@ impl Config {
         lode::chunk::Params::new(config.k, config.n)
             .with_context(|| format!("{}: invalid k/n", path.display()))?;
         cache_bytes(config.cache_mib).with_context(|| format!("{}: cache_mib", path.display()))?;
+        let mut names = std::collections::HashSet::new();
+        for url in &config.mirrors {
+            let name = config.placement_name(url);
+            if !names.insert(name) {
+                bail!(
+                    "{}: two mirrors are placed as {name} (placed_as)",
+                    path.display()
+                );
+            }
+        }
         Ok(config)
+    }
+
+    /// The name the placement ranks the mirror `url` under.
+    pub fn placement_name<'a>(&'a self, url: &'a str) -> &'a str {
+        self.placed_as.get(url).map_or(url, String::as_str)
     }
 
     pub fn save(&self, home: &Home) -> Result<()> {

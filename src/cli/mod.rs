@@ -106,6 +106,11 @@ pub enum MirrorsCommand {
     List,
     /// Remove a mirror.
     Remove { url: String },
+    /// Give a mirror that moved its new address. Its shares stay where the
+    /// placement looks for them: the mirror keeps the name it is ranked
+    /// under (removing it and adding the new address would rank it anew,
+    /// and the next edit of every file would send its chunks again).
+    Move { from: String, to: String },
 }
 
 #[derive(Debug, Subcommand)]

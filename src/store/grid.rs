@@ -5,7 +5,9 @@
 //! ranked mirror (wrapping when there are fewer mirrors than shares). A
 //! reader ranks the same way, so it asks the right mirror first, and falls
 //! back to every other mirror, so a changed mirror list costs time, never
-//! data.
+//! data. The name is [`Storage::placement_name`]: a mirror's URL when it
+//! was added, kept when it moves to another address (`lode mirrors move`),
+//! so that a move changes no object's placement.
 //!
 //! The grid remembers, for a few minutes, which mirrors acknowledged which
 //! shares (`Placed`), and does not send those again: writing content the
@@ -274,7 +276,7 @@ impl Grid {
             .enumerate()
             .map(|(i, m)| {
                 let mut input = key.to_vec();
-                input.extend_from_slice(m.name().as_bytes());
+                input.extend_from_slice(m.placement_name().as_bytes());
                 (sha256(&input), i)
             })
             .collect();

@@ -87,6 +87,8 @@ fn small_answer(method: &Method, path: &str) -> bool {
 /// One mirror, by base URL.
 pub struct HttpMirror {
     base: String,
+    /// The name the placement ranks it under, if not `base` (it moved).
+    placed_as: Option<String>,
     client: reqwest::Client,
     key: AccountKey,
     /// Smoothed time of successful reads, for fastest-first ordering.
@@ -218,6 +220,7 @@ impl HttpMirror {
             })?;
         Ok(HttpMirror {
             base,
+            placed_as: None,
             client,
             key,
             latency: Mutex::new(None),
@@ -226,6 +229,13 @@ impl HttpMirror {
             down_until: Mutex::new(None),
             probing: AtomicUsize::new(0),
         })
+    }
+
+    /// Rank this mirror in the placement under `name`, the address it
+    /// was added under before it moved to this one.
+    pub fn placed_as(mut self, name: Option<&str>) -> HttpMirror {
+        self.placed_as = name.map(str::to_string);
+        self
     }
 
     fn unavailable(&self, reason: impl ToString) -> Error {
@@ -624,6 +634,10 @@ impl HttpMirror {
 impl Storage for HttpMirror {
     fn name(&self) -> &str {
         &self.base
+    }
+
+    fn placement_name(&self) -> &str {
+        self.placed_as.as_deref().unwrap_or(&self.base)
     }
 
     fn latency(&self) -> Option<Duration> {

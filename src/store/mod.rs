@@ -164,6 +164,12 @@ pub struct Renewed {
 pub trait Storage: Send + Sync {
     /// A short name for messages and reports, such as the mirror's URL.
     fn name(&self) -> &str;
+    /// What the placement ranks this store under (see `grid`): by default
+    /// its name. A mirror that moved keeps the name it was added under, so
+    /// its shares stay where the placement looks for them.
+    fn placement_name(&self) -> &str {
+        self.name()
+    }
     async fn put_share(&self, id: &ShareId, bytes: Bytes) -> Result<()>;
     /// The bytes stored under `id`, or `None` if this store lacks it.
     async fn get_share(&self, id: &ShareId) -> Result<Option<Bytes>>;
