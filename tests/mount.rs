@@ -1315,6 +1315,53 @@ fn a_recovered_file_keeps_its_owner_and_mode() {
     drop(m);
 }
 
+/// A program that saves by writing a new file and renaming it over the old
+/// one (editors, `sed -i`, rsync), then a crash before the rename is
+/// published: recovery puts the new content in the old one's place, as
+/// the crashed mount would have published it. It kept both and blamed
+/// another machine, since the version at the name was not the one the
+/// new file began from. The same for a file edited in place and then
+/// renamed over another; its old name comes back with its published
+/// content (the removal of a name is not in the recovery note).
+#[test]
+fn a_save_renamed_over_a_file_is_recovered_in_its_place() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (mut mirrors, client) = common::three_mirrors_and_client(tmp.path());
+    let mp = tmp.path().join("mnt");
+    let m = Mounted::new(&client, &mp);
+    let old = |name: &str| common::seeded_bytes(&format!("{name} published"), 6000);
+    for name in ["doc", "target", "edited"] {
+        std::fs::write(mp.join(name), old(name)).unwrap();
+    }
+    client.ok(&["sync"]);
+    let saved = common::seeded_bytes("doc saved", 7000);
+    let edited = common::seeded_bytes("edited then moved", 8000);
+    let m = crash_with_the_mirrors_down(m, &client, &mut mirrors, || {
+        std::fs::write(mp.join("doc.tmp"), &saved).unwrap();
+        std::fs::rename(mp.join("doc.tmp"), mp.join("doc")).unwrap();
+        std::fs::write(mp.join("edited"), &edited).unwrap();
+        std::fs::rename(mp.join("edited"), mp.join("target")).unwrap();
+    });
+    let check = || {
+        assert!(std::fs::read(mp.join("doc")).unwrap() == saved, "doc");
+        assert!(
+            std::fs::read(mp.join("target")).unwrap() == edited,
+            "target"
+        );
+        for name in ["doc", "target"] {
+            let beside = recovered_beside(&mp, name);
+            assert!(beside.is_empty(), "kept beside {name}: {beside:?}");
+        }
+        assert!(!mp.join("doc.tmp").exists());
+    };
+    check();
+    client.ok(&["sync"]);
+    drop(m);
+    let m = Mounted::new(&client, &mp);
+    check();
+    drop(m);
+}
+
 /// A chown of a file already published does not put a recovery note on
 /// its kept local copy: that copy is only a cache, and a note would have
 /// a crash recovery publish it over whatever the file became meanwhile.

@@ -1513,6 +1513,7 @@ impl LodeFs {
                         base: cap
                             .as_ref()
                             .map_or(notes::Base::New, |c| notes::Base::Version(c.root)),
+                        replaces: node.replaces.clone(),
                         partial: self.partial(p).map(|partial| partial.base()),
                     };
                     Some((p.clone(), note))
@@ -1853,10 +1854,11 @@ impl LodeFs {
             else {
                 return false;
             };
+            // Nor is a version a rename put this file in place of.
             match note.base {
                 notes::Base::Unknown => false,
-                notes::Base::New => true,
-                notes::Base::Version(root) => c.root != root,
+                notes::Base::New => !note.replaces.contains(&c.root),
+                notes::Base::Version(root) => c.root != root && !note.replaces.contains(&c.root),
             }
         });
         if changed_elsewhere {
@@ -2581,6 +2583,26 @@ impl LodeFs {
             }
         }
         let mut tree = self.lock();
+        // What the mirrors may hold at the new name until this is
+        // published: the replaced file's versions (nothing, as far as this
+        // mount knows, if there was none).
+        let replaced: Vec<crate::crypto::Hash> = target
+            .and_then(|t| tree.nodes.get(&t))
+            .map(|t| match &t.body {
+                Body::File { cap, .. } => {
+                    let published = cap.as_ref().map(|c| c.root);
+                    published.into_iter().chain(t.replaces.clone()).collect()
+                }
+                _ => Vec::new(),
+            })
+            .unwrap_or_default();
+        if let Some(node) = tree.nodes.get_mut(&ino)
+            && matches!(node.body, Body::File { .. })
+        {
+            node.replaces = replaced;
+            node.replaces.dedup();
+            node.replaces.truncate(MAX_REPLACES);
+        }
         if target.is_some() {
             tree.unlink(newparent, newname);
         }
@@ -3278,6 +3300,10 @@ type Scan = Arc<Vec<(u64, String)>>;
 /// reply holds a few dozen to a few hundred, and each batch takes the
 /// tree's lock once.
 const READDIR_BATCH: usize = 128;
+
+/// Versions a file renamed over others remembers replacing (see
+/// `Node::replaces`): a chain of saves renamed over one name, unpublished.
+const MAX_REPLACES: usize = 8;
 
 /// A file's local copy (staged, or kept after its upload), whose blocks
 /// are the file's: see [`with_local_blocks`].

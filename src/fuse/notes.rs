@@ -4,12 +4,12 @@
 //!
 //! A note is an extended attribute of the staged file itself
 //! (`user.lode.note`, JSON `{"path", "mode", "uid", "gid", "base",
-//! "partial"}`; notes written before the owner was recorded lack `uid` and
-//! `gid`, and their files go to the mounting user as before; `base` is in
-//! [`Base`]; `partial`, the read-cap of the version a partly staged copy
-//! lacks the bytes of, is in [`super::partial`]): writing
-//! it replaces the
-//! old one atomically, and it goes away with the file. Where the staging
+//! "replaces", "partial"}`; notes written before the owner was recorded
+//! lack `uid` and `gid`, and their files go to the mounting user as
+//! before; `base` and `replaces` are in [`Base`] and [`Note::replaces`];
+//! `partial`, the read-cap of the version a partly staged copy lacks the
+//! bytes of, is in [`super::partial`]): writing it replaces the old one
+//! atomically, and it goes away with the file. Where the staging
 //! file system has no user xattrs, the note is a file beside the data
 //! (`<staged>.note`), replaced by rename. The attribute saves two inode
 //! allocations per note (a temporary file, then the replaced note), which
@@ -37,6 +37,14 @@ pub struct Note {
     /// Its owner (uid, gid), if the note records one.
     pub owner: Option<(u32, u32)>,
     pub base: Base,
+    /// Published versions of other files that a rename put this one in
+    /// place of, at `path` (JSON: a list of manifest roots in hex, absent
+    /// when empty). Until the rename is published, one of them is what the
+    /// mirrors hold at `path`, and it is no sign of a change made
+    /// elsewhere: recovery replaces it as it replaces `base`. A program
+    /// that saves by writing a new file and renaming it over the old one
+    /// depends on this.
+    pub replaces: Vec<crate::crypto::Hash>,
     /// For a partly staged copy: the version whose bytes it lacks.
     pub partial: Option<crate::caps::FileReadCap>,
 }
@@ -68,6 +76,14 @@ pub fn write(staged: &Path, note: &Note) -> std::io::Result<()> {
         Base::Unknown => {}
         Base::New => json["base"] = "new".into(),
         Base::Version(root) => json["base"] = crate::protocol::hex(&root).into(),
+    }
+    if !note.replaces.is_empty() {
+        json["replaces"] = note
+            .replaces
+            .iter()
+            .map(|root| crate::protocol::hex(root))
+            .collect::<Vec<_>>()
+            .into();
     }
     if let Some(cap) = &note.partial {
         json["partial"] = crate::caps::Cap::FileRead(cap.clone()).to_string().into();
@@ -107,6 +123,13 @@ pub fn read(staged: &Path) -> Option<Note> {
                 .and_then(|h| crate::protocol::parse_hex::<32>(h).ok())
                 .map_or(Base::New, Base::Version),
         },
+        // One that cannot be read is left out: it is kept beside.
+        replaces: v["replaces"].as_array().map_or_else(Vec::new, |roots| {
+            roots
+                .iter()
+                .filter_map(|h| crate::protocol::parse_hex::<32>(h.as_str()?).ok())
+                .collect()
+        }),
         // A partly staged copy whose base cannot be read is not to be
         // taken as whole: the note is unreadable.
         partial: match v.get("partial") {
@@ -161,11 +184,15 @@ mod tests {
             mode,
             owner,
             base,
+            replaces: Vec::new(),
             partial: None,
         };
         write(&staged, &note("a/b", 0o644, None, Base::New)).unwrap();
         assert_eq!(read(&staged), Some(note("a/b", 0o644, None, Base::New)));
-        let changed = note("a/c", 0o600, Some((1234, 5678)), Base::Version([7; 32]));
+        let changed = Note {
+            replaces: vec![[5; 32], [6; 32]],
+            ..note("a/c", 0o600, Some((1234, 5678)), Base::Version([7; 32]))
+        };
         write(&staged, &changed).unwrap();
         assert_eq!(read(&staged), Some(changed.clone()));
         let partly = Note {
@@ -197,6 +224,7 @@ mod tests {
             mode: 420,
             owner: None,
             base: Base::Unknown,
+            replaces: Vec::new(),
             partial: None,
         };
         assert_eq!(read(&staged), Some(old));

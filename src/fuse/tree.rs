@@ -99,6 +99,10 @@ pub struct Node {
     /// publishes the listing. Its write-cap stays, so the name keeps it
     /// wherever its parent publishes it.
     pub alias: bool,
+    /// A file renamed over others: their versions, which the mirrors may
+    /// still hold at its name until the rename is published (see
+    /// `notes::Note::replaces`).
+    pub replaces: Vec<crate::crypto::Hash>,
     pub body: Body,
 }
 
@@ -145,6 +149,7 @@ impl Node {
             orphan: false,
             stale_pages: false,
             alias: false,
+            replaces: Vec::new(),
             body,
         }
     }
@@ -962,6 +967,7 @@ impl Tree {
             orphan: false,
             stale_pages: false,
             alias: false,
+            replaces: Vec::new(),
             body,
         })
     }
