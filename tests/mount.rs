@@ -369,6 +369,20 @@ fn the_roots_mode_owner_and_times_survive_a_remount() {
         .set_times(std::fs::FileTimes::new().set_modified(old))
         .unwrap();
     assert_eq!(std::fs::metadata(&file).unwrap().modified().unwrap(), old);
+    // `touch` sets both times to now, and the change time with them: one
+    // instant, as on a local file system.
+    run(Command::new("touch").arg(mp.join("touched")));
+    run(Command::new("touch").arg(mp.join("touched")));
+    let touched = std::fs::metadata(mp.join("touched")).unwrap();
+    let times = |m: &std::fs::Metadata| {
+        [
+            (m.atime(), m.atime_nsec()),
+            (m.mtime(), m.mtime_nsec()),
+            (m.ctime(), m.ctime_nsec()),
+        ]
+    };
+    let [a, m_, c] = times(&touched);
+    assert!(a == m_ && m_ == c, "touch gave {:?}", times(&touched));
     std::fs::set_permissions(&mp, std::fs::Permissions::from_mode(0o750)).unwrap();
     std::os::unix::fs::chown(&mp, Some(1234), Some(5678)).unwrap();
     let when = std::time::UNIX_EPOCH + Duration::new(978_307_200, 123_456_789);
@@ -2710,7 +2724,8 @@ fn generic_mount_flags_reach_the_kernel() {
     };
     let m = Mounted::with_options(&client, &mp, &["noexec,nosuid,nodev", "ro,rw"]);
     let got = flags();
-    for want in ["rw", "noexec", "nosuid", "nodev"] {
+    // noatime unasked: reads update no atime here, and the table says so.
+    for want in ["rw", "noexec", "nosuid", "nodev", "noatime"] {
         assert!(got.iter().any(|f| f == want), "{want} missing: {got:?}");
     }
     let script = mp.join("s.sh");

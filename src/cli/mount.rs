@@ -448,6 +448,9 @@ pub fn mount(args: MountArgs) -> Result<()> {
     if allowed.0 && allowed.1 {
         bail!("allow_other and allow_root cannot be given together");
     }
+    // Reads never update atime here (docs/COMPAT.md): say so in the mount
+    // table, which showed the kernel's default, `relatime`.
+    flags.entry("atime").or_insert(fuser::MountOption::NoAtime);
     options.extend(flags.into_values());
     options.push(fuser::MountOption::FSName(fsname));
     // Reads work, and writes stage, but nothing can reach the mirrors:

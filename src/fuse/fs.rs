@@ -78,6 +78,32 @@ pub struct MountConfig {
     pub max_inodes: usize,
 }
 
+/// An inode counted as open while a change without an open handle is
+/// made (see `LodeFs::pin`). Dropped, the count goes (not under the tree's
+/// lock: dropping takes it).
+struct Pinned<'a> {
+    fs: &'a LodeFs,
+    ino: u64,
+}
+
+impl Pinned<'_> {
+    /// Keep the count: the open it was taken for succeeded and owns it now
+    /// (its release takes it back).
+    fn into_open(self) {
+        std::mem::forget(self);
+    }
+}
+
+impl Drop for Pinned<'_> {
+    fn drop(&mut self) {
+        let mut tree = self.fs.lock();
+        if let Some(node) = tree.nodes.get_mut(&self.ino) {
+            node.opens = node.opens.saturating_sub(1);
+        }
+        tree.drop_if_unused(self.ino);
+    }
+}
+
 /// The filesystem.
 pub struct LodeFs {
     vault: Arc<Vault>,
@@ -681,6 +707,24 @@ impl LodeFs {
         self.config
             .staging
             .join(format!("{:016x}", rand::random::<u64>()))
+    }
+
+    /// Count `ino` as open until the returned pin is dropped.
+    ///
+    /// A change made with no open handle (a truncate by path, or the
+    /// truncate of an opening `O_TRUNC`) stages the file, changes the copy,
+    /// and only then counts the change under the tree's lock. A clean copy
+    /// whose directory's publish completed in between became a kept cache,
+    /// which the keep budget could evict (`evict_kept` passes over open
+    /// files only): the change went to a removed file, the node was left
+    /// with no copy, and the next change staged the old version again. The
+    /// truncate was undone, silently, and stored (found by a black-box
+    /// sweep with `-o keep=0` and `lode sync` in a loop).
+    fn pin(&self, ino: u64) -> Result<Pinned<'_>> {
+        let mut tree = self.lock();
+        let node = tree.nodes.get_mut(&ino).ok_or(Error::NotFound)?;
+        node.opens += 1;
+        Ok(Pinned { fs: self, ino })
     }
 
     /// Make sure a file has a local staged copy, downloading its content
@@ -2676,15 +2720,22 @@ impl LodeFs {
         if !orphan {
             self.writable(parent)?;
         }
+        // One clock reading for every time this call sets, as a local file
+        // system gives `touch` (it gave atime < mtime < ctime, nanoseconds
+        // apart).
+        let t = now();
         if let Some(size) = size {
             self.early.spoil(ino);
+            // A truncate by path holds no open handle: see `pin`.
+            let pinned = self.pin(ino)?;
             let path = self.stage(ino, size == 0)?;
             self.set_staged_len(&path, size)?;
             let renote = self.lock().nodes.get_mut(&ino).is_some_and(|node| {
                 node.size = size;
-                node.mtime = now();
+                node.mtime = t;
                 node.data_changed()
             });
+            drop(pinned);
             if renote {
                 self.note_staged(ino);
             }
@@ -2702,21 +2753,19 @@ impl LodeFs {
             node.gid = gid;
         }
         let owner_changed = (node.uid, node.gid) != was;
-        let when = |t: TimeOrNow| match t {
-            TimeOrNow::Now => now(),
-            TimeOrNow::SpecificTime(t) => from_fuser_time(t),
+        let when = |given: TimeOrNow| match given {
+            TimeOrNow::Now => t,
+            TimeOrNow::SpecificTime(given) => from_fuser_time(given),
         };
-        if let Some(t) = atime {
-            node.atime = when(t);
+        if let Some(given) = atime {
+            node.atime = when(given);
         }
-        if let Some(t) = mtime {
-            node.mtime = when(t);
+        if let Some(given) = mtime {
+            node.mtime = when(given);
         }
         tree.changed(ino);
-        if let Some(t) = ctime
-            && let Some(node) = tree.nodes.get_mut(&ino)
-        {
-            node.ctime = from_fuser_time(t);
+        if let Some(node) = tree.nodes.get_mut(&ino) {
+            node.ctime = ctime.map_or(t, from_fuser_time);
         }
         let attr = Self::attr(&tree, ino, &tree.nodes[&ino]);
         let local = local_copy(&tree.nodes[&ino]);
@@ -2755,21 +2804,31 @@ impl LodeFs {
         if trunc && execs > 0 {
             return Err(Error::TextBusy);
         }
-        if write || trunc {
-            if !orphan {
-                self.writable(parent)?;
+        let pinned = match write || trunc {
+            true => {
+                if !orphan {
+                    self.writable(parent)?;
+                }
+                // Open from before its copy is staged: see `pin`.
+                let pinned = self.pin(ino)?;
+                let path = self.stage(ino, trunc)?;
+                // Before the change is counted under the lock, as a write's
+                // bytes land before it: not under the lock, as a partly
+                // staged copy's truncation waits for a change of it running.
+                if trunc {
+                    self.set_staged_len(&path, 0)?;
+                }
+                Some(pinned)
             }
-            let path = self.stage(ino, trunc)?;
-            // Before the change is counted under the lock, as a write's
-            // bytes land before it: not under the lock, as a partly
-            // staged copy's truncation waits for a change of it running.
-            if trunc {
-                self.set_staged_len(&path, 0)?;
-            }
-        }
+            false => None,
+        };
         let mut tree = self.lock();
         let node = tree.nodes.get_mut(&ino).ok_or(Error::NotFound)?;
-        node.opens += 1;
+        match pinned {
+            // The pin's count is this open's from here on.
+            Some(pinned) => pinned.into_open(),
+            None => node.opens += 1,
+        }
         if exec {
             node.execs += 1;
         }
@@ -3918,6 +3977,89 @@ impl Filesystem for Mount {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A mount over one in-memory store that keeps no published copies
+    /// (`-o keep=0`), with its root listed empty.
+    fn memory_mount(staging: &Path, rt: &tokio::runtime::Runtime) -> LodeFs {
+        let secret = crate::crypto::RootSecret::from_bytes([7; 32]);
+        let store = Arc::new(crate::store::MemoryStorage::new());
+        let vault = Arc::new(Vault::single(&secret, store));
+        let config = MountConfig {
+            staging: staging.to_path_buf(),
+            friends: Vec::new(),
+            refresh: Duration::from_secs(30),
+            uid: 0,
+            gid: 0,
+            keep_bytes: 0,
+            max_inodes: 1 << 20,
+        };
+        let fs = LodeFs::new(vault, rt.handle().clone(), config).unwrap();
+        if let Some(Node {
+            body: Body::Dir { children, .. },
+            ..
+        }) = fs.lock().nodes.get_mut(&ROOT)
+        {
+            *children = Some(BTreeMap::new());
+        }
+        fs
+    }
+
+    /// A truncate or an opening `O_TRUNC` stages the file and changes its
+    /// copy before it counts the change. A publish completing in between
+    /// made a clean copy a kept cache, which the keep budget evicted under
+    /// the change (the truncate was then undone and stored). Pinned, the
+    /// copy stays the file's.
+    #[test]
+    fn a_pinned_copy_is_not_evicted_by_a_publish() {
+        let dir = tempfile::tempdir().unwrap();
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .unwrap();
+        let fs = memory_mount(dir.path(), &rt);
+        for pin in [true, false] {
+            let name = format!("f{pin}");
+            let copy = fs.staging_path();
+            std::fs::write(&copy, vec![5u8; 100_000]).unwrap();
+            let ino = {
+                let mut tree = fs.lock();
+                let body = Body::File {
+                    cap: None,
+                    staged: Some(copy.clone()),
+                    dirty: true,
+                    writers: 0,
+                    cached: false,
+                    generation: 1,
+                };
+                let mut node = Node::new(ROOT, &name, 0o644, (0, 0), body);
+                node.size = 100_000;
+                let ino = tree.insert(node);
+                tree.children_mut(ROOT).unwrap().insert(name.clone(), ino);
+                tree.changed(ino);
+                ino
+            };
+            // Uploaded: clean, its copy waiting for the listing to name it.
+            fs.upload(ino).unwrap();
+            let pinned = pin.then(|| fs.pin(ino).unwrap());
+            assert_eq!(fs.stage(ino, false).unwrap(), copy);
+            fs.publish(ROOT).unwrap();
+            let staged = match &fs.lock().nodes[&ino].body {
+                Body::File { staged, .. } => staged.clone(),
+                _ => unreachable!(),
+            };
+            match pin {
+                true => {
+                    assert_eq!(staged.as_ref(), Some(&copy), "the pinned copy was evicted");
+                    assert!(copy.exists());
+                }
+                // What the pin prevents.
+                false => assert!(staged.is_none() && !copy.exists(), "not evicted unpinned"),
+            }
+            drop(pinned);
+            assert_eq!(fs.lock().nodes[&ino].opens, 0);
+        }
+    }
 
     #[test]
     fn times_before_1970_keep_their_fraction() {
