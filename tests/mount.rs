@@ -632,6 +632,58 @@ fn a_killed_mount_completes_a_partly_staged_file() {
     assert_eq!(staged_on_disk(&client), 0, "left staged");
 }
 
+/// A partly staged file that grew, was uploaded (fsync), and was written
+/// again in what it grew by, then kill -9: the next mount keeps those
+/// writes. Its copy took the upload for its base, whose bytes the log
+/// was replayed as running to its end, so recovery filled the grown
+/// blocks from the upload, over the writes made since (found by a
+/// helper's fuzzer).
+#[test]
+fn a_killed_mount_keeps_writes_past_a_partly_staged_files_old_end() {
+    use std::os::unix::fs::FileExt;
+    let tmp = tempfile::tempdir().unwrap();
+    let (_mirrors, client) = common::three_mirrors_and_client(tmp.path());
+    let mp = tmp.path().join("mnt");
+    let mib = 1 << 20;
+    let mut expect = common::seeded_bytes("grown then killed", 10 * mib);
+    let (m, path) = stored_then_remounted(&client, &mp, &expect);
+    let f = std::fs::OpenOptions::new().write(true).open(&path).unwrap();
+    let grown = common::seeded_bytes("grown by", 2 * mib);
+    f.write_all_at(&grown, 10 * mib as u64).unwrap();
+    expect.extend_from_slice(&grown);
+    f.sync_all().unwrap();
+    for (at, bytes) in [
+        (11 * mib + 5, &b"past the old end"[..]),
+        (3 * mib + 7, &b"before the old end"[..]),
+    ] {
+        f.write_all_at(bytes, at as u64).unwrap();
+        expect[at..at + bytes.len()].copy_from_slice(bytes);
+    }
+    kill_mount(&mp);
+    drop(f);
+    drop(m);
+    let m = Mounted::new(&client, &mp);
+    let got = std::fs::read(&path).unwrap();
+    assert_eq!(got.len(), expect.len());
+    let wrong: Vec<usize> = (0..got.len())
+        .step_by(mib)
+        .filter(|&b| got[b..(b + mib).min(got.len())] != expect[b..(b + mib).min(expect.len())])
+        .map(|b| b / mib)
+        .collect();
+    assert!(
+        wrong.is_empty(),
+        "MiB blocks wrong after kill -9: {wrong:?}"
+    );
+    client.ok(&["sync"]);
+    drop(m);
+    let m = Mounted::new(&client, &mp);
+    assert!(
+        std::fs::read(&path).unwrap() == expect,
+        "uploaded after the recovery"
+    );
+    drop(m);
+}
+
 /// A partly staged file whose fill log is lost after a crash is set
 /// aside with its data, not uploaded with its holes as zeros: the stored
 /// version stays.

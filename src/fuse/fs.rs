@@ -1013,6 +1013,19 @@ impl LodeFs {
                 }
             },
         };
+        // A partly staged copy may take the upload for its base (below):
+        // its log first says where the old base's bytes end, on disk, not
+        // under the tree's lock.
+        let partial = self.partial(&path);
+        let rebasable = partial
+            .as_ref()
+            .is_some_and(|p| match p.bound_for(cap.size) {
+                Ok(()) => true,
+                Err(e) => {
+                    tracing::warn!(ino, error = %e, "a partly staged copy keeps its base");
+                    false
+                }
+            });
         let mut tree = self.lock();
         let Some(node) = tree.nodes.get_mut(&ino) else {
             return Ok(()); // unlinked meanwhile
@@ -1032,7 +1045,7 @@ impl LodeFs {
             if *generation == read_generation {
                 // What a partly staged copy lacks is the new version's
                 // too, at the same places.
-                if let Some(partial) = self.partial(&path) {
+                if let Some(partial) = partial.filter(|_| rebasable) {
                     partial.rebase(cap.clone());
                 }
                 node.size = cap.size;

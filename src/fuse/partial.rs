@@ -205,9 +205,29 @@ impl Partial {
         self.lock().base.clone()
     }
 
+    /// Before [`Self::rebase`] onto a version of `size` bytes: make the log
+    /// say where the base's bytes end now, synced. A log is replayed over
+    /// its note's base, taking the base's bytes to run to that version's
+    /// end; over a version longer than the copy's base (the file grew
+    /// before that upload), the grown blocks, which are the copy's and
+    /// never logged, would be taken as the base's, and recovery after a
+    /// crash filled them from the upload, over the writes made since
+    /// (found by a helper's fuzzer). The record states what holds already
+    /// (`base_len` never grows), so it is safe to write whether or not the
+    /// rebase follows. An error leaves the copy on its old base.
+    pub fn bound_for(&self, size: u64) -> std::io::Result<()> {
+        let mut inner = self.lock();
+        if size <= inner.state.base_len {
+            return Ok(());
+        }
+        let len = inner.state.base_len;
+        inner.log.write_all(&record(TRUNCATED, len))?;
+        inner.log.sync_data()
+    }
+
     /// The file was uploaded as `cap` with nothing changed meanwhile: the
     /// blocks not held are `cap`'s bytes too, at the same places (the old
-    /// base's shares may lapse now).
+    /// base's shares may lapse now). [`Self::bound_for`] `cap.size` first.
     pub fn rebase(&self, cap: FileReadCap) {
         self.lock().base = cap;
     }
@@ -328,6 +348,33 @@ mod tests {
             State::replay(&[1, 2, 3], BLOCK).is_err(),
             "no version record"
         );
+    }
+
+    #[test]
+    fn a_rebase_onto_a_longer_version_keeps_the_old_end() {
+        let dir = tempfile::tempdir().unwrap();
+        let staged = dir.path().join("copy");
+        let cap = |size: u64| FileReadCap {
+            read_key: crate::crypto::ReadKey::from_bytes([3; 32]),
+            root: [size as u8; 32],
+            size,
+        };
+        let partial = Partial::create(&staged, cap(10 * BLOCK)).unwrap();
+        partial.hold(3 * BLOCK, 4 * BLOCK).unwrap();
+        // Grown to 12 blocks, uploaded: the copy takes that for its base.
+        partial.bound_for(12 * BLOCK).unwrap();
+        partial.rebase(cap(12 * BLOCK));
+        // As recovery replays it, over the note's (new) base.
+        let replayed = Partial::open(&staged, cap(12 * BLOCK)).unwrap();
+        assert_eq!(replayed.base_len(), 10 * BLOCK);
+        assert_eq!(
+            replayed.absent(0, 12 * BLOCK),
+            vec![(0, 3 * BLOCK), (4 * BLOCK, 10 * BLOCK)]
+        );
+        // A shorter or equal version needs no record.
+        let before = std::fs::metadata(log_path(&staged)).unwrap().len();
+        replayed.bound_for(10 * BLOCK).unwrap();
+        assert_eq!(std::fs::metadata(log_path(&staged)).unwrap().len(), before);
     }
 
     #[test]
