@@ -684,6 +684,57 @@ fn a_killed_mount_keeps_writes_past_a_partly_staged_files_old_end() {
     drop(m);
 }
 
+/// `lode sync` while a program keeps appending to an open file: when it
+/// says synced, what the file held before is on the mirrors (read here
+/// with the mount killed, from the mirrors alone); when the file never
+/// rests long enough for an upload, it says so. It said synced with the
+/// file's changes nowhere but in staging: each upload was overtaken by a
+/// write, and thrown away.
+#[test]
+fn a_sync_during_appends_names_what_was_written_before() {
+    use std::io::Write;
+    use std::sync::atomic::{AtomicBool, Ordering};
+    let tmp = tempfile::tempdir().unwrap();
+    let (_mirrors, client) = common::three_mirrors_and_client(tmp.path());
+    let mp = tmp.path().join("mnt");
+    let m = Mounted::new(&client, &mp);
+    let before = common::seeded_bytes("written before the sync", 6 << 20);
+    let mut log = std::fs::File::create(mp.join("log")).unwrap();
+    log.write_all(&before).unwrap();
+    let stop = AtomicBool::new(false);
+    let said = std::thread::scope(|s| {
+        s.spawn(|| {
+            while !stop.load(Ordering::Relaxed) {
+                log.write_all(&[b'x'; 4096]).unwrap();
+                std::thread::sleep(Duration::from_millis(2));
+            }
+        });
+        let said = client.run(&["sync"]);
+        stop.store(true, Ordering::Relaxed);
+        said
+    });
+    kill_mount(&mp);
+    drop(log);
+    drop(m);
+    let out = tmp.path().join("got");
+    let got = client.run(&["get", "log", "-o", out.to_str().unwrap()]);
+    if said.status.success() {
+        assert!(
+            got.status.success(),
+            "synced, yet not on the mirrors: {got:?}"
+        );
+        let got = std::fs::read(&out).unwrap();
+        assert!(
+            got.len() >= before.len() && got[..before.len()] == before[..],
+            "synced, yet {} bytes on the mirrors",
+            got.len()
+        );
+    } else {
+        let err = String::from_utf8_lossy(&said.stderr);
+        assert!(err.contains("changed while"), "{err}");
+    }
+}
+
 /// A partly staged file whose fill log is lost after a crash is set
 /// aside with its data, not uploaded with its holes as zeros: the stored
 /// version stays.

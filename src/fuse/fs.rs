@@ -53,6 +53,9 @@ const UPLOAD_THREADS: usize = 8;
 const SMALL_UPLOAD_THREADS: usize = 24;
 /// Largest file those extra uploads take: every share of it fits a batch.
 const SMALL_UPLOAD_BYTES: u64 = crate::protocol::MAX_BATCH_SHARE_BYTES as u64;
+/// Uploads of one file a sync makes before it gives up on a file that
+/// keeps changing under them (see `LodeFs::upload`).
+const UPLOAD_TRIES: usize = 3;
 /// Block size `statfs` counts in when the mirrors report limits.
 const STATFS_BLOCK: u64 = 4096;
 /// The kernel's `__FMODE_EXEC`, which it leaves in the flags of a file
@@ -940,8 +943,47 @@ impl LodeFs {
     }
 
     /// Upload a file's staged changes, then mark its directory for
-    /// publishing. A no-op for clean files.
+    /// publishing. A no-op for clean files. When this returns Ok, the
+    /// content the file had when it was called is on the mirrors, or a
+    /// later one: an upload that a change overtook (a write while it read,
+    /// by another handle, or a truncate by path) is made again, up to
+    /// [`UPLOAD_TRIES`] times. It returned Ok with the file still dirty and
+    /// nothing of it uploaded, so `lode sync` said synced while a file
+    /// being appended to had none of its changes on the mirrors.
     fn upload(&self, ino: u64) -> Result<()> {
+        for _ in 0..UPLOAD_TRIES {
+            if self.upload_once(ino)? {
+                return Ok(());
+            }
+        }
+        let path = {
+            let tree = self.lock();
+            match tree.nodes.get(&ino) {
+                Some(Node {
+                    body:
+                        Body::File {
+                            staged: Some(p), ..
+                        },
+                    ..
+                }) => {
+                    let path = Self::path_in(&tree, ino).unwrap_or_default();
+                    Some((path, p.clone()))
+                }
+                _ => None,
+            }
+        };
+        match path {
+            Some((path, staged)) => {
+                keep_staged(&staged);
+                Err(Error::KeptChanging(path, UPLOAD_TRIES))
+            }
+            None => Ok(()), // gone meanwhile
+        }
+    }
+
+    /// One upload of `ino`'s staged copy: false if a change overtook it
+    /// (the file is still dirty, and this upload named nothing).
+    fn upload_once(&self, ino: u64) -> Result<bool> {
         let (path, read_generation, early, base) = {
             let tree = self.lock();
             // Taken under the lock with the generation: a sealed early
@@ -951,13 +993,13 @@ impl LodeFs {
             // is left to upload.
             let Some(node) = tree.nodes.get(&ino) else {
                 early.inspect(|e| e.spoil());
-                return Ok(());
+                return Ok(true);
             };
             match &node.body {
                 // An orphan's data has no name left to publish it under.
                 _ if node.orphan => {
                     early.inspect(|e| e.spoil());
-                    return Ok(());
+                    return Ok(true);
                 }
                 Body::File {
                     staged: Some(p),
@@ -974,7 +1016,7 @@ impl LodeFs {
                 }
                 _ => {
                     early.inspect(|e| e.spoil());
-                    return Ok(());
+                    return Ok(true);
                 }
             }
         };
@@ -1006,7 +1048,11 @@ impl LodeFs {
                 // Unlinked while it was read (its staged copy may be gone
                 // with it): no name is left to publish it under, so no
                 // caller's sync waits for it.
-                Err(_) if self.lock().nodes.get(&ino).is_none_or(|n| n.orphan) => return Ok(()),
+                Err(_) if self.lock().nodes.get(&ino).is_none_or(|n| n.orphan) => return Ok(true),
+                // Changed while it was read (a truncate moves the holes a
+                // read of a sparse copy was taking): again, with what it
+                // holds now.
+                Err(_) if self.generation(ino) != Some(read_generation) => return Ok(false),
                 Err(e) => {
                     keep_staged(&path);
                     return Err(e.into());
@@ -1028,7 +1074,7 @@ impl LodeFs {
             });
         let mut tree = self.lock();
         let Some(node) = tree.nodes.get_mut(&ino) else {
-            return Ok(()); // unlinked meanwhile
+            return Ok(true); // unlinked meanwhile
         };
         if let Body::File {
             cap: c,
@@ -1038,23 +1084,34 @@ impl LodeFs {
         } = &mut node.body
         {
             // Only if nothing changed since the upload began reading: else
-            // the file stays dirty and goes up again. The staged copy stays
-            // until the directory entry naming this upload is published
-            // (see `publish`). (No write lands during an fsync's upload:
-            // the kernel holds the inode's lock for both.)
-            if *generation == read_generation {
-                // What a partly staged copy lacks is the new version's
-                // too, at the same places.
-                if let Some(partial) = partial.filter(|_| rebasable) {
-                    partial.rebase(cap.clone());
-                }
-                node.size = cap.size;
-                *c = Some(cap);
-                *dirty = false;
+            // the file stays dirty, and `upload` makes it again. The
+            // staged copy stays until the directory entry naming this
+            // upload is published (see `publish`). (No write lands during
+            // an fsync's upload: the kernel holds the inode's lock for
+            // both.)
+            if *generation != read_generation {
+                tree.republish(ino);
+                return Ok(false);
             }
+            // What a partly staged copy lacks is the new version's too, at
+            // the same places.
+            if let Some(partial) = partial.filter(|_| rebasable) {
+                partial.rebase(cap.clone());
+            }
+            node.size = cap.size;
+            *c = Some(cap);
+            *dirty = false;
         }
         tree.republish(ino);
-        Ok(())
+        Ok(true)
+    }
+
+    /// The write generation of the file `ino`, if it is one.
+    fn generation(&self, ino: u64) -> Option<u64> {
+        match self.lock().nodes.get(&ino).map(|n| &n.body) {
+            Some(Body::File { generation, .. }) => Some(*generation),
+            _ => None,
+        }
     }
 
     /// Upload the staged copy `path` of a file last uploaded as `base`:

@@ -59,6 +59,11 @@ pub enum Error {
          directory cannot be read, or something not a directory now holds a name on its path)"
     )]
     Unrecovered(usize, String),
+    #[error(
+        "/{0} changed while each of {1} uploads read it; it stays staged, and goes up once it \
+         rests"
+    )]
+    KeptChanging(String, usize),
     #[error("i/o: {0}")]
     Io(#[from] std::io::Error),
     #[error(transparent)]
@@ -108,6 +113,8 @@ pub fn errno(e: &Error) -> Errno {
         // As for a mountpoint, which it is much like.
         Error::FriendsBusy => Errno::EBUSY,
         Error::Unrecovered(..) => Errno::EIO,
+        // A sync that could not take a still copy: try again.
+        Error::KeptChanging(..) => Errno::EAGAIN,
         Error::Io(io) => io_errno(io),
         Error::Store(s) => match s {
             // A directory too large to publish is full, as ext4 says of
