@@ -524,6 +524,36 @@ fn renew_reports_leases_a_mirror_refuses() {
     );
 }
 
+/// An account within a priced mirror's free allowance owes nothing, so it
+/// is never unfunded: past the grace period it still stores and renews.
+/// It was taken as unfunded from its first bill (no credit, price above
+/// zero), and a user who stayed within `--free` and never mined was
+/// refused every lease once the grace ran out.
+#[test]
+fn an_account_within_the_free_allowance_is_never_unfunded() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mirror = MirrorProc::start(
+        &tmp.path().join("m"),
+        &["--price", "1000", "--free", "1G", "--grace-days", "0"],
+    );
+    let client = Client::new(&tmp.path().join("home"), &[&mirror.url]);
+    client.set_config("k", "1");
+    client.set_config("n", "1");
+    client.set_config("happy", "1");
+    let f = write_file(tmp.path(), "f.bin", &common::seeded_bytes("free", 3 << 20));
+    client.ok(&["put", f.to_str().unwrap(), "--to", "f.bin"]);
+    // Past a grace of 0 s.
+    std::thread::sleep(std::time::Duration::from_millis(2100));
+    let g = write_file(
+        tmp.path(),
+        "g.bin",
+        &common::seeded_bytes("free too", 3 << 20),
+    );
+    client.ok(&["put", g.to_str().unwrap(), "--to", "g.bin"]);
+    let said = client.ok(&["renew"]);
+    assert!(!said.contains("REFUSED"), "{said}");
+}
+
 /// A lost config.toml beside an identity: commands say that `lode init`
 /// restores a default one, and it does, keeping the secret; a second
 /// `init` still refuses. It used to say "run `lode init` first", and

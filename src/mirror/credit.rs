@@ -72,17 +72,23 @@ impl Ledger {
         // share with the time it started, which may be before the last
         // bill.
         let mut charged_to = since.max(now);
-        if self.terms.price_micro > 0 && now > since {
+        let mut cost = 0i128;
+        if self.terms.price_micro > 0 {
             let usage = Self::usage_in(tx, account, since)?;
-            let cost = self.daily_cost(usage) as i128;
-            if cost > 0 {
+            cost = self.daily_cost(usage) as i128;
+            if cost > 0 && now > since {
                 let billed = cost * (now - since) as i128 / DAY as i128;
                 debit += billed as i64;
                 let paid_for = (billed * DAY as i128 + cost - 1) / cost;
                 charged_to = since + paid_for as i64;
             }
         }
-        let unfunded = match (self.terms.price_micro > 0 && credit - debit <= 0, unfunded) {
+        // Unfunded: paying for storage with nothing left to pay. An
+        // account within the free allowance (or storing nothing) pays
+        // nothing, whatever its balance; it was taken as unfunded from its
+        // first bill, so past the grace period a user who stayed within
+        // `--free` and never mined was refused every lease.
+        let unfunded = match (cost > 0 && credit - debit <= 0, unfunded) {
             (true, Some(t)) => Some(t),
             (true, None) => Some(now),
             (false, _) => None,
