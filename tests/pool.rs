@@ -310,3 +310,38 @@ fn proxy_chain_credits_downstream_and_forwards_upstream() {
         std::thread::sleep(std::time::Duration::from_millis(100));
     }
 }
+
+/// The pool outlives running out of file descriptors: with the mirror's
+/// limit lowered and more connections held than it can take, accepts
+/// fail; once they close, a new miner is served again. The first failed
+/// accept ended the pool for good, with no word, while the mirror went on
+/// advertising its Stratum port.
+#[test]
+fn the_pool_outlives_running_out_of_descriptors() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mirror = pool_mirror(&tmp.path().join("m"), &[]);
+    let addr = mirror.stratum.clone().unwrap();
+    let (key, acct) = account(0x61);
+    // Wholly up (its stores open) before its descriptors run short.
+    status(&mirror.url, &key);
+    let pid = mirror_pid(&mirror).to_string();
+    let limited = std::process::Command::new("prlimit")
+        .args(["--pid", &pid, "--nofile=64:64"])
+        .status()
+        .unwrap();
+    assert!(limited.success(), "prlimit");
+    // Held open: the first few take the descriptors left, the rest wait
+    // in the listen queue while accept fails.
+    let held: Vec<std::net::TcpStream> = (0..100)
+        .map(|_| std::net::TcpStream::connect(&addr).unwrap())
+        .collect();
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    drop(held);
+    // Served again, within the retries.
+    std::thread::sleep(std::time::Duration::from_secs(1));
+    let mut miner = TestMiner::connect(&addr);
+    miner.subscribe();
+    let r = miner.authorize(&format!("{acct}.after"));
+    assert_eq!(r["result"], json!(true), "{r}");
+    assert!(status(&mirror.url, &key).account == acct);
+}

@@ -58,6 +58,9 @@ impl Jobs {
     }
 }
 
+/// How long the pool waits after a failed accept before the next.
+const ACCEPT_RETRY: Duration = Duration::from_millis(100);
+
 /// Run the pool on `listener` until the task is aborted.
 pub async fn run_pool(listener: TcpListener, config: PoolConfig, ledger: Ledger) -> Result<()> {
     let (tx, _) = broadcast::channel(16);
@@ -83,7 +86,19 @@ pub async fn run_pool(listener: TcpListener, config: PoolConfig, ledger: Ledger)
     let counter = Arc::new(AtomicU32::new(rand::random()));
     let config = Arc::new(config);
     loop {
-        let (stream, peer) = listener.accept().await?;
+        let (stream, peer) = match listener.accept().await {
+            Ok(accepted) => accepted,
+            // Out of file descriptors (EMFILE, ENFILE: many connections at
+            // once), or a connection gone before it was taken. The pool
+            // outlives it: this returned the error, ending the pool for
+            // good and with no word, while the mirror went on serving and
+            // advertising its Stratum port (found by a helper's sweep).
+            Err(e) => {
+                tracing::warn!(error = %e, "stratum accept failed; trying again shortly");
+                tokio::time::sleep(ACCEPT_RETRY).await;
+                continue;
+            }
+        };
         let _ = stream.set_nodelay(true);
         let (jobs, ledger, config, counter, forward) = (
             jobs.clone(),
