@@ -79,6 +79,13 @@ pub struct Session {
     pub rejected: u64,
 }
 
+/// The longest worker name a session takes: the account's 64 hex digits,
+/// a dot and a rig name of up to 95 bytes (lode's own miner sends the
+/// account alone). Every accepted share records its worker in the ledger,
+/// which had no other bound on it: a name of 16,000 bytes made each
+/// share's row 16 KB (found by a helper's sweep).
+pub const MAX_WORKER_BYTES: usize = 160;
+
 /// The account a worker name names: `<64 hex>` or `<64 hex>.<rig>`.
 pub fn account_of(worker: &str) -> Option<[u8; 32]> {
     let hex = worker.split('.').next()?;
@@ -157,6 +164,13 @@ impl Session {
                     lines.push(stratum::notify(&job));
                 }
                 reply(lines)
+            }
+            Request::Authorize { worker } if worker.len() > MAX_WORKER_BYTES => {
+                reply(vec![stratum::err(
+                    &id,
+                    code::UNAUTHORIZED,
+                    &format!("worker name longer than {MAX_WORKER_BYTES} bytes"),
+                )])
             }
             Request::Authorize { worker } => match account_of(&worker) {
                 Some(account) if self.subscribed => {
@@ -349,6 +363,30 @@ mod tests {
         call(&format!(
             r#"{{"id":9,"method":"mining.submit","params":["{ACCOUNT}.rig","{job}","00000000","{ntime:08x}","{nonce:08x}"]}}"#
         ))
+    }
+
+    /// A worker name past the bound is refused, so no share carries it
+    /// into the ledger; one at the bound is taken.
+    #[test]
+    fn a_worker_name_past_the_bound_is_refused() {
+        let (mut s, book, _) = setup();
+        s.handle(
+            call(r#"{"id":1,"method":"mining.subscribe","params":[]}"#),
+            &book,
+            0,
+        );
+        let named = |rig: usize| {
+            let worker = format!("{ACCOUNT}.{}", "r".repeat(rig));
+            call(&format!(
+                r#"{{"id":2,"method":"mining.authorize","params":["{worker}","x"]}}"#
+            ))
+        };
+        let too_long = s.handle(named(MAX_WORKER_BYTES - 64), &book, 0);
+        assert_eq!(code_of(&too_long), Some(code::UNAUTHORIZED));
+        assert!(s.account().is_none());
+        let at_bound = s.handle(named(MAX_WORKER_BYTES - 65), &book, 0);
+        assert_eq!(code_of(&at_bound), None);
+        assert!(s.account().is_some());
     }
 
     fn code_of(o: &Outcome) -> Option<i64> {
