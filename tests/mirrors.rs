@@ -1076,3 +1076,25 @@ fn a_moved_mirror_keeps_its_placement() {
     client.ok(&["mirrors", "remove", &old]);
     assert!(!client.ok(&["mirrors", "list"]).contains("#2"));
 }
+
+/// A new identity that stored nothing yet: `renew` and `check /` say so
+/// and succeed. They reported the never-published root as lost ("LOST 1",
+/// "no mirror has directory slot") and failed.
+#[test]
+fn a_new_identity_has_nothing_to_renew_or_check() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mirrors = three_mirrors(tmp.path(), &[]);
+    let client = Client::new(&tmp.path().join("home"), &urls(&mirrors));
+    let said = client.ok(&["renew"]);
+    assert!(said.contains("nothing stored yet"), "{said}");
+    let said = client.ok(&["check", "/"]);
+    assert!(said.contains("healthy"), "{said}");
+    // Once something is stored, the root is renewed and checked as any.
+    let f = write_file(tmp.path(), "f.bin", b"stored");
+    client.ok(&["put", f.to_str().unwrap(), "--to", "f.bin"]);
+    let said = client.ok(&["renew"]);
+    assert!(
+        !said.contains("nothing stored") && !said.contains("LOST"),
+        "{said}"
+    );
+}

@@ -1087,6 +1087,13 @@ async fn check(s: &Session, target: &str, verify: bool, repair: bool) -> Result<
 async fn renew(s: &Session) -> Result<()> {
     let reach = s.vault.reachable_ids(&s.root()).await?;
     let ids = reach.ids;
+    // A new identity's root, never published: nothing is stored to renew
+    // (it said the root was lost, and failed).
+    let root = s.vault.root().read_cap().public_key;
+    if ids == [root] && s.vault.grid().is_fresh(&root) {
+        println!("nothing stored yet: the tree's root was never published");
+        return Ok(());
+    }
     let (mut failed, mut refusing) = (0, 0);
     let renewal = s.vault.grid().renew(&ids).await;
     for (mirror, result) in renewal.per_mirror {

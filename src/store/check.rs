@@ -586,6 +586,12 @@ impl Vault {
             report.slots += 1;
             let (best, seqs) = grid.probe_slot(&pk, &probes).await;
             let Some(best) = best else {
+                // A new identity's root, never published: an empty tree,
+                // with nothing to check (it said no mirror had its slot).
+                if top && grid.is_fresh(&pk) {
+                    report.slots -= 1;
+                    continue;
+                }
                 if top {
                     return Err(Error::NoSlot(hex(&pk)));
                 }

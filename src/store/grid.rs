@@ -1072,6 +1072,13 @@ impl Grid {
         Ok(())
     }
 
+    /// Whether the slot `public_key` is one this client made and has not
+    /// seen published (see [`Self::note_fresh`]): none on the mirrors is
+    /// no loss.
+    pub fn is_fresh(&self, public_key: &[u8; 32]) -> bool {
+        self.fresh.lock().expect("lock").contains(public_key)
+    }
+
     /// Whether `absent` mirrors saying they hold no copy of the slot
     /// `public_key`, and none holding one, make it new: it is `fresh` (see
     /// [`Self::note_fresh`]), and they are too many for any publish to have
