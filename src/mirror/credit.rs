@@ -5,9 +5,11 @@
 //! above the free allowance, accrued lazily: each time an account is
 //! touched (and on every GC pass) the time since its last charge is billed
 //! at its current usage. `funded_until = now + balance / daily cost`. An
-//! account whose balance has been at or below zero for longer than the
-//! grace period gets no new or renewed leases, and its shares age out
-//! through GC.
+//! account that pays for storage (usage above the free allowance) and
+//! whose balance has been at or below zero for longer than the grace
+//! period gets no new or renewed leases, and its shares age out through
+//! GC. Within the free allowance an account pays nothing and is never
+//! unfunded.
 
 use rusqlite::{OptionalExtension, params};
 
