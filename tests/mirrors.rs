@@ -616,6 +616,26 @@ fn serve_refuses_a_minimum_difficulty_above_the_start() {
     assert!(err.contains("--min-difficulty 10 is above"), "{err}");
 }
 
+/// Numbers a mirror cannot work with are refused, each with the flag it
+/// is about: NaN slipped past `x <= 0` checks (vardiff then aimed at 1 ms
+/// per share), and a price of 1e30 saturated the ledger's arithmetic.
+#[test]
+fn serve_refuses_numbers_it_cannot_work_with() {
+    let tmp = tempfile::tempdir().unwrap();
+    for (flag, value) in [
+        ("--share-interval", "nan"),
+        ("--price", "1e30"),
+        ("--price", "nan"),
+        ("--grace-days", "nan"),
+        ("--grace-days", "1e30"),
+    ] {
+        let out = common::serve_refused(&tmp.path().join("m"), &[flag, value]);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{flag} {value} taken");
+        assert!(err.contains(flag), "{flag} {value}: {err}");
+    }
+}
+
 /// Fewer mirrors than `happy`: adding one says how many uploads need, and
 /// a put fails before it sends anything (it uploaded every share first).
 #[test]

@@ -94,6 +94,9 @@ pub fn mine(args: MineArgs) -> Result<()> {
         if urls.is_empty() {
             bail!("no mirrors configured: add one with `lode mirrors add URL`");
         }
+        if !(args.horizon_days.is_finite() && (0.0..=36_500.0).contains(&args.horizon_days)) {
+            bail!("--horizon-days must be a number from 0 to 36500");
+        }
         let horizon = (args.horizon_days * 86_400.0) as i64;
         let deadline = args
             .duration

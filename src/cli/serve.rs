@@ -8,6 +8,11 @@ use clap::Args;
 
 use lode::mirror::{MirrorConfig, PoolConfig, serve};
 
+/// The highest `--price`: difficulty-1 shares per GiB-day.
+const MAX_PRICE: f64 = 1e9;
+/// The longest `--grace-days`: a century.
+const MAX_GRACE_DAYS: f64 = 36_500.0;
+
 #[derive(Debug, Args)]
 pub struct ServeArgs {
     /// Directory for shares and the ledger.
@@ -111,8 +116,13 @@ pub fn run(args: ServeArgs) -> Result<()> {
         grace_secs: (args.grace_days * 86_400.0) as i64,
         free_bytes: args.free,
     };
-    if !(args.price.is_finite() && args.price >= 0.0) {
-        bail!("--price must be a non-negative number");
+    // Bounded, so that what the ledger computes from them stays in range
+    // (a price of 1e30 saturated, and its daily cost would have wrapped).
+    if !(args.price.is_finite() && (0.0..=MAX_PRICE).contains(&args.price)) {
+        bail!("--price must be a number from 0 to {MAX_PRICE:e}");
+    }
+    if !(args.grace_days.is_finite() && (0.0..=MAX_GRACE_DAYS).contains(&args.grace_days)) {
+        bail!("--grace-days must be a number from 0 to {MAX_GRACE_DAYS}");
     }
     let diff = |d: f64, flag: &str| {
         lode::pool::Difficulty::from_f64(d)
@@ -133,7 +143,8 @@ pub fn run(args: ServeArgs) -> Result<()> {
             args.difficulty
         );
     }
-    if args.share_interval <= 0.0 || args.job_interval == 0 {
+    // `!(x > 0)`, not `x <= 0`: NaN is neither, and was taken.
+    if !(args.share_interval.is_finite() && args.share_interval > 0.0) || args.job_interval == 0 {
         bail!("--share-interval and --job-interval must be positive");
     }
     let upstream = match args.upstream {

@@ -40,7 +40,8 @@ impl Balance {
 impl Ledger {
     fn daily_cost(&self, usage: u64) -> u64 {
         let billable = usage.saturating_sub(self.terms.free_bytes) as u128;
-        (billable * self.terms.price_micro as u128 / GIB) as u64
+        // Saturating: a cost past u64 is past any balance anyway.
+        u64::try_from(billable * self.terms.price_micro as u128 / GIB).unwrap_or(u64::MAX)
     }
 
     /// Bill `account` for storage up to `now`, and track when it went
@@ -80,7 +81,7 @@ impl Ledger {
             cost = self.daily_cost(usage) as i128;
             if cost > 0 && now > since {
                 let billed = cost * (now - since) as i128 / DAY as i128;
-                debit += billed as i64;
+                debit = debit.saturating_add(i64::try_from(billed).unwrap_or(i64::MAX));
                 let paid_for = (billed * DAY as i128 + cost - 1) / cost;
                 charged_to = since + paid_for as i64;
             }
