@@ -958,19 +958,8 @@ impl LodeFs {
         }
         let path = {
             let tree = self.lock();
-            match tree.nodes.get(&ino) {
-                Some(Node {
-                    body:
-                        Body::File {
-                            staged: Some(p), ..
-                        },
-                    ..
-                }) => {
-                    let path = Self::path_in(&tree, ino).unwrap_or_default();
-                    Some((path, p.clone()))
-                }
-                _ => None,
-            }
+            let staged = tree.nodes.get(&ino).and_then(local_copy);
+            staged.map(|p| (Self::path_in(&tree, ino).unwrap_or_default(), p))
         };
         match path {
             Some((path, staged)) => {

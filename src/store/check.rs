@@ -583,15 +583,14 @@ impl Vault {
                 }
                 continue;
             }
-            report.slots += 1;
             let (best, seqs) = grid.probe_slot(&pk, &probes).await;
+            // A new identity's root, never published: an empty tree, with
+            // nothing to check (it said no mirror had its slot).
+            if best.is_none() && top && grid.is_fresh(&pk) {
+                continue;
+            }
+            report.slots += 1;
             let Some(best) = best else {
-                // A new identity's root, never published: an empty tree,
-                // with nothing to check (it said no mirror had its slot).
-                if top && grid.is_fresh(&pk) {
-                    report.slots -= 1;
-                    continue;
-                }
                 if top {
                     return Err(Error::NoSlot(hex(&pk)));
                 }
