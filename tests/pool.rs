@@ -311,6 +311,86 @@ fn proxy_chain_credits_downstream_and_forwards_upstream() {
     }
 }
 
+/// `lode mine` through a proxy: the proxy asks the upstream which version
+/// bits it takes before offering them, so every share lode's miner rolls
+/// is one the upstream accepts. The proxy offered lode's whole mask without
+/// asking, and the upstream rejected each forwarded share that rolled a bit
+/// (a miner behind a proxy gets a 2-byte extranonce2 and rolls version bits
+/// on nearly every job).
+#[test]
+fn shares_mined_through_a_proxy_roll_only_bits_the_upstream_granted() {
+    let tmp = tempfile::tempdir().unwrap();
+    let b = pool_mirror(&tmp.path().join("b"), &[]);
+    let (op_key, op_acct) = account(0x73);
+    let a = MirrorProc::start(
+        &tmp.path().join("a"),
+        &[
+            "--stratum",
+            "127.0.0.1:0",
+            "--difficulty",
+            "0.001",
+            "--min-difficulty",
+            "0.001",
+            "--upstream",
+            b.stratum.as_ref().unwrap(),
+            "--upstream-user",
+            &op_acct,
+        ],
+    );
+    // What the proxy now offers a miner that asks for every bit.
+    let mut m = TestMiner::connect(a.stratum.as_ref().unwrap());
+    let granted = m
+        .call(
+            "mining.configure",
+            json!([["version-rolling"], {"version-rolling.mask": "ffffffff"}]),
+        )
+        .expect("configure reply");
+    assert_eq!(
+        granted["result"]["version-rolling"],
+        json!(true),
+        "{granted}"
+    );
+    drop(m);
+
+    let client = common::Client::new(&tmp.path().join("home"), &[&a.url]);
+    let out = client.ok(&[
+        "mine",
+        "--duration",
+        "6",
+        "--threads",
+        "1",
+        "--normal-priority",
+    ]);
+    assert!(out.contains("accepted "), "{out}");
+    // The proxy forwards the shares that meet B's difficulty (which B's
+    // vardiff raises) and records B's verdicts; wait until they settle.
+    let db = rusqlite::Connection::open(a.data.join("ledger.sqlite")).unwrap();
+    let verdicts = || -> (i64, i64, i64) {
+        db.query_row(
+            "SELECT COUNT(*), COALESCE(SUM(upstream = 2), 0), COALESCE(SUM(upstream = 3), 0) FROM pool_shares",
+            [],
+            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+        )
+        .unwrap()
+    };
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(15);
+    let mut last = verdicts();
+    let (credited, accepted, rejected) = loop {
+        std::thread::sleep(std::time::Duration::from_secs(1));
+        let now = verdicts();
+        if now == last && now.1 + now.2 > 0 || std::time::Instant::now() > deadline {
+            break now;
+        }
+        last = now;
+    };
+    assert!(credited > 0, "the proxy credited no share: {out}");
+    assert!(
+        accepted > 0 && rejected == 0,
+        "of {credited} shares credited, the upstream accepted {accepted} and rejected {rejected}"
+    );
+    assert_eq!(status(&b.url, &op_key).shares_accepted as i64, accepted);
+}
+
 /// The pool outlives running out of file descriptors: with the mirror's
 /// limit lowered and more connections held than it can take, accepts
 /// fail; once they close, a new miner is served again. The first failed

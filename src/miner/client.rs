@@ -148,8 +148,14 @@ async fn session(
         _ = stop.changed() => return Ok(()),
     };
     let mut lines = Framed::new(stream, LinesCodec::new_with_max_length(MAX_LINE));
-    let mask = format!("{VERSION_ROLLING_MASK:08x}");
-    lines.send(stratum::request(1, "mining.configure", json!([["version-rolling"], {"version-rolling.mask": mask, "version-rolling.min-bit-count": 2}]))).await.map_err(io)?;
+    lines
+        .send(stratum::request(
+            1,
+            "mining.configure",
+            stratum::configure_params(VERSION_ROLLING_MASK),
+        ))
+        .await
+        .map_err(io)?;
     lines
         .send(stratum::request(
             2,
@@ -180,6 +186,7 @@ async fn session(
     let mut next_id = 10u64;
     let mut pending: HashMap<u64, Difficulty> = HashMap::new();
     let mut subscribed = false;
+    let mut rolling = false;
     // After a stop, answers to shares already sent are still awaited (for
     // a few seconds), so the counts match what the pool credited.
     let mut draining: Option<tokio::time::Instant> = None;
@@ -198,15 +205,10 @@ async fn session(
             line = lines.next() => {
                 let line = line.ok_or_else(|| io("pool closed the connection"))?.map_err(io)?;
                 match stratum::parse_server(&line).map_err(io)? {
-                    ServerMessage::Response { id: Some(1), result, .. }
-                        if result.get("version-rolling") == Some(&Value::Bool(true)) =>
-                    {
-                        state.version_mask = result
-                            .get("version-rolling.mask")
-                            .and_then(Value::as_str)
-                            .and_then(|m| u32::from_str_radix(m, 16).ok())
-                            .unwrap_or(0)
-                            & VERSION_ROLLING_MASK;
+                    ServerMessage::Response { id: Some(1), result, error } => {
+                        state.version_mask =
+                            stratum::granted_version_mask(&result, error.as_ref(), VERSION_ROLLING_MASK);
+                        rolling = state.version_mask != 0;
                     }
                     ServerMessage::Response { id: Some(2), result, error } => {
                         if let Some(e) = error {
@@ -254,6 +256,13 @@ async fn session(
                             if subscribed && draining.is_none() {
                                 state.publish(miners);
                             }
+                        }
+                    }
+                    // The pool's mask moved; only if it agreed to rolling.
+                    ServerMessage::SetVersionMask(mask) if rolling => {
+                        state.version_mask = mask & VERSION_ROLLING_MASK;
+                        if subscribed && draining.is_none() {
+                            state.publish(miners);
                         }
                     }
                     ServerMessage::SetExtranonce { extranonce1, extranonce2_size } => {

@@ -21,6 +21,7 @@ use super::{Ledger, Result, unix_now};
 use crate::pool::stratum::{self, MAX_LINE, code};
 use crate::pool::{
     BuiltinJobs, Difficulty, EXTRANONCE2_SIZE, Job, JobBook, Outcome, Session, SessionConfig,
+    VERSION_ROLLING_MASK,
 };
 
 /// How a mirror's pool runs.
@@ -49,6 +50,10 @@ pub(super) struct Jobs {
     /// Bumped when the upstream reconnects; sessions of an older
     /// generation close so their miners reconnect with fresh extranonces.
     pub generation: AtomicU64,
+    /// The version bits sessions may let miners roll: all lode knows in
+    /// built-in mode; in proxy mode what the upstream granted, none until
+    /// it has answered.
+    pub version_mask: AtomicU32,
 }
 
 impl Jobs {
@@ -69,6 +74,10 @@ pub async fn run_pool(listener: TcpListener, config: PoolConfig, ledger: Ledger)
         tx,
         extranonce: RwLock::new((Vec::new(), EXTRANONCE2_SIZE)),
         generation: AtomicU64::new(0),
+        version_mask: AtomicU32::new(match config.upstream {
+            Some(_) => 0,
+            None => VERSION_ROLLING_MASK,
+        }),
     });
     let forward = match &config.upstream {
         Some(up) => Some(upstream::start(up.clone(), jobs.clone(), ledger.clone())),
@@ -177,6 +186,7 @@ async fn connection(
             min: config.min,
             max: config.max,
             target_interval: config.share_interval,
+            version_mask: jobs.version_mask.load(Ordering::Relaxed),
         },
         now_ms(),
     );

@@ -7,6 +7,12 @@
 //! coinbases. A downstream share is validated and credited locally; if its
 //! hash also meets the upstream difficulty it is submitted upstream as
 //! extranonce2 `S ‖ e2`, and the upstream's verdict is recorded.
+//!
+//! Version rolling (BIP310) is negotiated upstream first: the link asks for
+//! lode's mask with `mining.configure`, and downstream sessions are offered
+//! only the bits the upstream granted (none if it refused or does not know
+//! the method). A share rolling other bits would be credited here but
+//! rejected upstream.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -22,7 +28,7 @@ use tokio_util::codec::{Framed, LinesCodec};
 use super::Ledger;
 use super::stratum::Jobs;
 use crate::pool::stratum::{self, MAX_LINE, ServerMessage, Submit};
-use crate::pool::{Accepted, Difficulty, hash_meets};
+use crate::pool::{Accepted, Difficulty, VERSION_ROLLING_MASK, hash_meets};
 
 /// Extranonce bytes a proxy reserves per downstream session.
 pub const SESSION_BYTES: usize = 2;
@@ -81,9 +87,20 @@ async fn session(
 ) -> std::io::Result<()> {
     let stream = TcpStream::connect(&config.addr).await?;
     let mut lines = Framed::new(stream, LinesCodec::new_with_max_length(MAX_LINE));
+    // No session of this link may roll version bits until the upstream
+    // says which it takes.
+    jobs.version_mask.store(0, Ordering::Relaxed);
     lines
         .send(stratum::request(
             1,
+            "mining.configure",
+            stratum::configure_params(VERSION_ROLLING_MASK),
+        ))
+        .await
+        .map_err(io)?;
+    lines
+        .send(stratum::request(
+            2,
             "mining.subscribe",
             json!(["lode-proxy"]),
         ))
@@ -91,13 +108,14 @@ async fn session(
         .map_err(io)?;
     lines
         .send(stratum::request(
-            2,
+            3,
             "mining.authorize",
             json!([config.user, config.password]),
         ))
         .await
         .map_err(io)?;
-    let mut next_id = 3u64;
+    let mut next_id = 4u64;
+    let mut version_mask = 0u32;
     let mut difficulty = Difficulty::ONE;
     // Submissions awaiting the upstream's answer: id → share hash.
     let mut pending: HashMap<u64, [u8; 32]> = HashMap::new();
@@ -107,7 +125,15 @@ async fn session(
             line = lines.next() => {
                 let line = line.ok_or_else(|| io("upstream closed the connection"))?.map_err(io)?;
                 match stratum::parse_server(&line).map_err(io)? {
-                    ServerMessage::Response { id: Some(1), result, .. } => {
+                    ServerMessage::Response { id: Some(1), result, error } => {
+                        // Sessions read this before the extranonce below
+                        // (the upstream answers in order), so a session of
+                        // the new generation rolls only granted bits.
+                        version_mask = stratum::granted_version_mask(&result, error.as_ref(), VERSION_ROLLING_MASK);
+                        jobs.version_mask.store(version_mask, Ordering::Relaxed);
+                        tracing::info!(upstream = %config.addr, mask = format_args!("{version_mask:08x}"), "upstream version rolling");
+                    }
+                    ServerMessage::Response { id: Some(2), result, .. } => {
                         let en1 = result.get(1).and_then(|v| v.as_str()).ok_or_else(|| io("bad subscribe reply"))?;
                         let en1 = stratum::hex_bytes(en1, "extranonce1").map_err(io)?;
                         let size = result.get(2).and_then(|v| v.as_u64()).ok_or_else(|| io("bad subscribe reply"))? as usize;
@@ -120,7 +146,7 @@ async fn session(
                         // also sees the new extranonce.
                         jobs.generation.fetch_add(1, Ordering::Relaxed);
                     }
-                    ServerMessage::Response { id: Some(2), result, error } if error.is_some() || result != json!(true) => {
+                    ServerMessage::Response { id: Some(3), result, error } if error.is_some() || result != json!(true) => {
                         return Err(io(format!("upstream refused authorization: {error:?}")));
                     }
                     ServerMessage::Response { id: Some(id), result, error } => {
@@ -137,13 +163,25 @@ async fn session(
                     ServerMessage::SetDifficulty(d) => {
                         difficulty = Difficulty::from_f64(d).unwrap_or(Difficulty::ONE);
                     }
+                    ServerMessage::SetVersionMask(mask) if version_mask != 0 => {
+                        let narrowed = version_mask & !mask != 0;
+                        version_mask = mask & VERSION_ROLLING_MASK;
+                        jobs.version_mask.store(version_mask, Ordering::Relaxed);
+                        if narrowed {
+                            // Sessions may be rolling bits the upstream no
+                            // longer takes: they close at the next job, and
+                            // their miners negotiate again.
+                            jobs.generation.fetch_add(1, Ordering::Relaxed);
+                        }
+                    }
                     _ => {}
                 }
             }
             fwd = rx.recv() => {
                 let Some(Forward { accepted: a }) = fwd else { return Ok(()) };
                 let Some(prefix_len) = prefix_len else { continue };
-                if !hash_meets(&a.hash, &difficulty.target()) || a.extranonce1.len() < prefix_len {
+                let rolled_outside = a.submit.version_bits.is_some_and(|bits| bits & !version_mask != 0);
+                if !hash_meets(&a.hash, &difficulty.target()) || a.extranonce1.len() < prefix_len || rolled_outside {
                     continue;
                 }
                 let mut extranonce2 = a.extranonce1[prefix_len..].to_vec();

@@ -30,6 +30,10 @@ pub struct SessionConfig {
     pub max: Difficulty,
     /// Seconds per share that vardiff steers toward.
     pub target_interval: f64,
+    /// The version bits this session may let its miner roll: normally
+    /// `VERSION_ROLLING_MASK`; behind a proxy, only what the upstream pool
+    /// granted (a share with bits it did not grant is worthless there).
+    pub version_mask: u32,
 }
 
 /// A share that passed every check. Credit it, then answer `id`.
@@ -191,7 +195,7 @@ impl Session {
             Request::Configure { version_mask } => {
                 let mut result = serde_json::Map::new();
                 if let Some(asked) = version_mask {
-                    self.version_mask = asked & VERSION_ROLLING_MASK;
+                    self.version_mask = asked & self.cfg.version_mask & VERSION_ROLLING_MASK;
                     result.insert("version-rolling".into(), json!(self.version_mask != 0));
                     result.insert(
                         "version-rolling.mask".into(),
@@ -321,6 +325,7 @@ mod tests {
             min: Difficulty::from_micro(1),
             max: Difficulty::from_f64(1e9).unwrap(),
             target_interval: 10.0,
+            version_mask: VERSION_ROLLING_MASK,
         };
         let mut book = JobBook::default();
         let job = book.push(BuiltinJobs::new([3; 32]).next(1_000_000, true));
@@ -387,6 +392,65 @@ mod tests {
         let at_bound = s.handle(named(MAX_WORKER_BYTES - 65), &book, 0);
         assert_eq!(code_of(&at_bound), None);
         assert!(s.account().is_some());
+    }
+
+    /// A session grants only the version bits its pool allows (behind a
+    /// proxy: what the upstream granted), and refuses shares that roll
+    /// others. A proxy granted every bit it knew, and the upstream then
+    /// rejected each share of a miner that rolled them.
+    #[test]
+    fn version_rolling_is_granted_within_the_pools_mask() {
+        let configure = call(
+            r#"{"id":1,"method":"mining.configure","params":[["version-rolling"],{"version-rolling.mask":"ffffffff"}]}"#,
+        );
+        let answer = |o: Outcome| match o {
+            Outcome::Reply(lines) => {
+                serde_json::from_str::<Value>(&lines[0]).unwrap()["result"].clone()
+            }
+            Outcome::Accepted(_) => panic!("configure is answered"),
+        };
+        for (allowed, granted) in [
+            (VERSION_ROLLING_MASK, VERSION_ROLLING_MASK),
+            (0x00ff_e000, 0x00ff_e000),
+            (0, 0),
+        ] {
+            let (mut s, book, job) = setup();
+            s.cfg.version_mask = allowed;
+            let result = answer(s.handle(configure.clone(), &book, 0));
+            assert_eq!(result["version-rolling"], json!(granted != 0), "{result}");
+            assert_eq!(
+                result["version-rolling.mask"],
+                json!(format!("{granted:08x}"))
+            );
+            login(&mut s, &book);
+            // A share rolling bit 28, which only the full mask grants.
+            let bits = 0x1000_0000;
+            let version = (job.version & !VERSION_ROLLING_MASK) | bits;
+            let nonce = (0..)
+                .find(|&n| {
+                    let h = sha256d(&build_header(
+                        &job,
+                        &[0, 0, 0, 7],
+                        &[0; 4],
+                        job.ntime,
+                        n,
+                        version,
+                    ));
+                    hash_meets(&h, &Difficulty::from_micro(1).target())
+                })
+                .unwrap();
+            let rolled = call(&format!(
+                r#"{{"id":9,"method":"mining.submit","params":["{ACCOUNT}.rig","{}","00000000","{:08x}","{nonce:08x}","{bits:08x}"]}}"#,
+                job.id, job.ntime
+            ));
+            let outcome = s.handle(rolled, &book, job.ntime as i64 * 1000);
+            let expected = if granted & bits != 0 {
+                None
+            } else {
+                Some(code::OTHER)
+            };
+            assert_eq!(code_of(&outcome), expected, "pool mask {allowed:08x}");
+        }
     }
 
     fn code_of(o: &Outcome) -> Option<i64> {

@@ -72,7 +72,14 @@ fn hex_u32(v: Option<&Value>, what: &'static str) -> Result<u32> {
     if s.len() != 8 {
         return Err(Error::Hex(what));
     }
-    u32::from_str_radix(s, 16).map_err(|_| Error::Hex(what))
+    mask_hex(s).ok_or(Error::Hex(what))
+}
+
+/// Up to 8 hex digits and nothing else (`from_str_radix` alone also takes
+/// a leading `+`).
+fn mask_hex(s: &str) -> Option<u32> {
+    let digits = (1..=8).contains(&s.len()) && s.bytes().all(|b| b.is_ascii_hexdigit());
+    digits.then(|| u32::from_str_radix(s, 16).ok()).flatten()
 }
 
 fn hex32(v: Option<&Value>, what: &'static str) -> Result<[u8; 32]> {
@@ -155,7 +162,7 @@ pub fn parse_request(line: &str) -> Result<Call> {
                 .get(1)
                 .and_then(|p| p.get("version-rolling.mask"))
                 .and_then(Value::as_str)
-                .map(|m| u32::from_str_radix(m, 16).map_err(|_| Error::Hex("version-rolling.mask")))
+                .map(|m| mask_hex(m).ok_or(Error::Hex("version-rolling.mask")))
                 .transpose()?;
             Request::Configure {
                 version_mask: wants.then_some(mask.unwrap_or(u32::MAX)),
@@ -221,7 +228,34 @@ pub enum ServerMessage {
         extranonce1: Vec<u8>,
         extranonce2_size: usize,
     },
+    /// `mining.set_version_mask`: the version bits the pool now lets the
+    /// miner roll (BIP310).
+    SetVersionMask(u32),
     Other(String),
+}
+
+/// The parameters of a `mining.configure` that asks to roll the bits of
+/// `mask` (BIP310).
+pub fn configure_params(mask: u32) -> Value {
+    json!([["version-rolling"], {
+        "version-rolling.mask": format!("{mask:08x}"),
+        "version-rolling.min-bit-count": 2,
+    }])
+}
+
+/// The version bits a pool's answer to `mining.configure` lets us roll,
+/// within the `asked` mask: none if it refused the request, does not know
+/// the method, or turned version rolling down.
+pub fn granted_version_mask(result: &Value, error: Option<&(i64, String)>, asked: u32) -> u32 {
+    if error.is_some() || result.get("version-rolling") != Some(&Value::Bool(true)) {
+        return 0;
+    }
+    result
+        .get("version-rolling.mask")
+        .and_then(Value::as_str)
+        .and_then(mask_hex)
+        .unwrap_or(0)
+        & asked
 }
 
 pub fn parse_server(line: &str) -> Result<ServerMessage> {
@@ -285,6 +319,13 @@ pub fn parse_server(line: &str) -> Result<ServerMessage> {
             )?,
             extranonce2_size: params.get(1).and_then(Value::as_u64).unwrap_or(4) as usize,
         },
+        "mining.set_version_mask" => ServerMessage::SetVersionMask(
+            params
+                .first()
+                .and_then(Value::as_str)
+                .and_then(mask_hex)
+                .ok_or_else(|| bad(method, "mask is not up to 8 hex digits"))?,
+        ),
         other => ServerMessage::Other(other.to_string()),
     })
 }
@@ -354,5 +395,34 @@ mod tests {
                 version_mask: Some(0x1fffe000)
             }
         );
+    }
+
+    #[test]
+    fn a_pools_configure_answer_grants_what_it_says_within_what_was_asked() {
+        let asked = 0x1fff_e000;
+        let yes = json!({"version-rolling": true, "version-rolling.mask": "00ffe000"});
+        assert_eq!(granted_version_mask(&yes, None, asked), 0x00ff_e000);
+        let wider = json!({"version-rolling": true, "version-rolling.mask": "ffffffff"});
+        assert_eq!(granted_version_mask(&wider, None, asked), asked);
+        let off = json!({"version-rolling": false, "version-rolling.mask": "1fffe000"});
+        assert_eq!(granted_version_mask(&off, None, asked), 0);
+        // A pool that does not know the method answers with an error.
+        let unknown = (20, "unknown method".to_string());
+        assert_eq!(granted_version_mask(&Value::Null, Some(&unknown), asked), 0);
+        let signed = json!({"version-rolling": true, "version-rolling.mask": "+fffe000"});
+        assert_eq!(granted_version_mask(&signed, None, asked), 0);
+    }
+
+    #[test]
+    fn set_version_mask_is_read_and_hex_fields_take_digits_only() {
+        let line = r#"{"id":null,"method":"mining.set_version_mask","params":["00ffe000"]}"#;
+        assert_eq!(
+            parse_server(line).unwrap(),
+            ServerMessage::SetVersionMask(0x00ff_e000)
+        );
+        let bad = r#"{"id":null,"method":"mining.set_version_mask","params":["+0ffe000"]}"#;
+        assert!(parse_server(bad).is_err());
+        let submit = r#"{"id":4,"method":"mining.submit","params":["w","j","00000001","+d1b2237","10572b0f"]}"#;
+        assert!(parse_request(submit).is_err(), "a signed ntime is refused");
     }
 }
