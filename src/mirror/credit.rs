@@ -18,6 +18,10 @@ use super::{Error, Ledger, Result};
 
 const GIB: u128 = 1 << 30;
 const DAY: i64 = 86_400;
+/// How long each accepted share's record (its header hash) is kept before
+/// [`Ledger::fold_old_shares`] sums it into its day: far longer than any
+/// job a share fits stays current.
+pub const SHARE_RECORD_SECS: i64 = 7 * DAY;
 
 /// An account's money, in millionths of a difficulty-1 share.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -179,10 +183,51 @@ impl Ledger {
     pub fn upstream_counts(&self) -> Result<(u64, u64)> {
         let conn = self.conn.lock().expect("ledger lock");
         Ok(conn.query_row(
-            "SELECT COALESCE(SUM(upstream = 2), 0), COALESCE(SUM(upstream = 3), 0) FROM pool_shares",
+            "SELECT (SELECT COALESCE(SUM(upstream = 2), 0) FROM pool_shares)
+                  + (SELECT COALESCE(SUM(upstream_accepted), 0) FROM pool_share_days),
+                    (SELECT COALESCE(SUM(upstream = 3), 0) FROM pool_shares)
+                  + (SELECT COALESCE(SUM(upstream_rejected), 0) FROM pool_share_days)",
             [],
             |r| Ok((r.get::<_, i64>(0)? as u64, r.get::<_, i64>(1)? as u64)),
         )?)
+    }
+
+    /// Fold the records of shares accepted before `now - SHARE_RECORD_SECS`
+    /// into per-account daily sums (see `SCHEMA_V4`), one day per
+    /// transaction, so a pass never holds the ledger long. Run on each GC
+    /// pass. Returns the share records folded.
+    pub fn fold_old_shares(&self, now: i64) -> Result<u64> {
+        let cutoff = now - SHARE_RECORD_SECS;
+        let mut folded = 0;
+        loop {
+            let n = self.with_tx(|tx| {
+                let oldest: Option<i64> =
+                    tx.query_row("SELECT MIN(created) FROM pool_shares", [], |r| r.get(0))?;
+                let Some(oldest) = oldest.filter(|&t| t < cutoff) else {
+                    return Ok(0);
+                };
+                // The end of the oldest record's day, or the cutoff.
+                let until = (oldest.div_euclid(DAY) + 1).saturating_mul(DAY).min(cutoff);
+                tx.execute(
+                    "INSERT INTO pool_share_days
+                         (account, day, shares, difficulty, upstream_accepted, upstream_rejected)
+                     SELECT account, created / 86400, COUNT(*), SUM(difficulty),
+                            SUM(upstream = 2), SUM(upstream = 3)
+                     FROM pool_shares WHERE created < ?1 GROUP BY account, created / 86400
+                     ON CONFLICT (account, day) DO UPDATE SET
+                         shares = shares + excluded.shares,
+                         difficulty = difficulty + excluded.difficulty,
+                         upstream_accepted = upstream_accepted + excluded.upstream_accepted,
+                         upstream_rejected = upstream_rejected + excluded.upstream_rejected",
+                    [until],
+                )?;
+                Ok(tx.execute("DELETE FROM pool_shares WHERE created < ?1", [until])? as u64)
+            })?;
+            if n == 0 {
+                return Ok(folded);
+            }
+            folded += n;
+        }
     }
 
     /// Bill an account up to now and report its standing.
@@ -199,7 +244,8 @@ impl Ledger {
                 .unwrap_or((0, 0));
             let shares: i64 = cached_row(
                 tx,
-                "SELECT COUNT(*) FROM pool_shares WHERE account = ?1",
+                "SELECT (SELECT COUNT(*) FROM pool_shares WHERE account = ?1)
+                      + (SELECT COALESCE(SUM(shares), 0) FROM pool_share_days WHERE account = ?1)",
                 [&account[..]],
                 |r| r.get(0),
             )?;

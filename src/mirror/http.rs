@@ -460,6 +460,13 @@ pub async fn serve(
             if let Err(e) = gc_mirror.ledger.run(|l| l.prune_leases(unix_now())).await {
                 tracing::error!(error = %e, "lease pruning failed");
             }
+            if let Err(e) = gc_mirror
+                .ledger
+                .run(|l| l.fold_old_shares(unix_now()))
+                .await
+            {
+                tracing::error!(error = %e, "folding old share records failed");
+            }
             if let Err(e) =
                 collect_garbage(&gc_mirror.ledger, &gc_mirror.shares, &gc_mirror.finalize).await
             {
