@@ -149,17 +149,26 @@ fn bad_shares_are_rejected_with_the_right_code_and_earn_nothing() {
     );
 
     // Malformed JSON, an over-long line and random bytes each end a
-    // connection; the pool keeps serving everyone else.
-    for garbage in [
-        b"{not json\n".to_vec(),
-        vec![b'a'; 17 * 1024],
-        (0..2000).map(|i| (i * 7919 % 251) as u8).collect(),
+    // connection, with an error saying why (it closed without a word);
+    // the pool keeps serving everyone else.
+    for (garbage, why) in [
+        (b"{not json\n".to_vec(), "malformed JSON-RPC line"),
+        (vec![b'a'; 17 * 1024], "line length"),
+        ((0..2000).map(|i| (i * 7919 % 251) as u8).collect(), ""),
     ] {
         let mut bad = TestMiner::connect(&addr);
         bad.subscribe();
         let _ = bad.send_raw(&garbage);
         let _ = bad.send_raw(b"\n");
-        while bad.read_line().is_some() {}
+        let mut said = Vec::new();
+        while let Some(line) = bad.read_line() {
+            said.push(line);
+        }
+        let last = said
+            .last()
+            .unwrap_or_else(|| panic!("no answer to {why:?}"));
+        assert_eq!(error_code(last), Some(20), "{last}");
+        assert!(last["error"][1].as_str().unwrap().contains(why), "{last}");
     }
     let job = other.wait_job();
     let n = other.grind(&job, &[9, 9, 9, 9], 0, true);

@@ -146,6 +146,14 @@ fn now_ms() -> i64 {
 /// Idle connections are closed after this long without a line.
 const IDLE: Duration = Duration::from_secs(600);
 
+/// Answer a line that is not a request, with no id to answer to, and end
+/// the connection: the error says why it closed.
+async fn refuse(lines: &mut Framed<TcpStream, LinesCodec>, why: &str) -> std::io::Result<()> {
+    let reply = stratum::err(&serde_json::Value::Null, code::OTHER, why);
+    lines.send(reply).await.map_err(std::io::Error::other)?;
+    Err(std::io::Error::other(why.to_string()))
+}
+
 async fn connection(
     stream: TcpStream,
     jobs: Arc<Jobs>,
@@ -196,7 +204,9 @@ async fn connection(
                 let line = match line {
                     Err(_) => return Ok(()), // idle
                     Ok(None) => return Ok(()),
-                    Ok(Some(Err(e))) => return Err(std::io::Error::other(e)), // too long, not UTF-8
+                    // Too long or not UTF-8: the stream cannot be trusted
+                    // to resume at a line, so say why and close.
+                    Ok(Some(Err(e))) => return refuse(&mut lines, &e.to_string()).await,
                     Ok(Some(Ok(l))) => l,
                 };
                 if line.trim().is_empty() {
@@ -204,7 +214,9 @@ async fn connection(
                 }
                 let call = match stratum::parse_request(&line) {
                     Ok(call) => call,
-                    Err(crate::pool::Error::Json(e)) => return Err(std::io::Error::other(e)),
+                    // Not JSON-RPC at all (another protocol on the port, a
+                    // broken client): say so, then close.
+                    Err(e @ crate::pool::Error::Json(_)) => return refuse(&mut lines, &e.to_string()).await,
                     Err(e) => {
                         let id = serde_json::from_str::<serde_json::Value>(&line).ok().and_then(|v| v.get("id").cloned()).unwrap_or_default();
                         lines.send(stratum::err(&id, code::OTHER, &e.to_string())).await.map_err(std::io::Error::other)?;
