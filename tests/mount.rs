@@ -1438,8 +1438,12 @@ fn a_recovered_file_keeps_its_owner_and_mode() {
 /// the crashed mount would have published it. It kept both and blamed
 /// another machine, since the version at the name was not the one the
 /// new file began from. The same for a file edited in place and then
-/// renamed over another; its old name comes back with its published
-/// content (the removal of a name is not in the recovery note).
+/// renamed over another, or to a new name: its old name is gone too, as
+/// the crashed mount would have published (the note names the names it
+/// left; they came back with the published content). A file removed and
+/// made again takes its old one's place; a published file renamed away
+/// unchanged is on the mirrors only under its old name, and a new file
+/// made there is kept beside it, never over it.
 #[test]
 fn a_save_renamed_over_a_file_is_recovered_in_its_place() {
     let tmp = tempfile::tempdir().unwrap();
@@ -1447,17 +1451,27 @@ fn a_save_renamed_over_a_file_is_recovered_in_its_place() {
     let mp = tmp.path().join("mnt");
     let m = Mounted::new(&client, &mp);
     let old = |name: &str| common::seeded_bytes(&format!("{name} published"), 6000);
-    for name in ["doc", "target", "edited"] {
+    std::fs::create_dir(mp.join("sub")).unwrap();
+    for name in ["doc", "target", "edited", "moved", "remade", "backed"] {
         std::fs::write(mp.join(name), old(name)).unwrap();
     }
     client.ok(&["sync"]);
     let saved = common::seeded_bytes("doc saved", 7000);
     let edited = common::seeded_bytes("edited then moved", 8000);
+    let moved = common::seeded_bytes("moved then edited", 9000);
+    let remade = common::seeded_bytes("removed and made again", 5000);
+    let backed = common::seeded_bytes("saved after a backup by rename", 4000);
     let m = crash_with_the_mirrors_down(m, &client, &mut mirrors, || {
         std::fs::write(mp.join("doc.tmp"), &saved).unwrap();
         std::fs::rename(mp.join("doc.tmp"), mp.join("doc")).unwrap();
         std::fs::write(mp.join("edited"), &edited).unwrap();
         std::fs::rename(mp.join("edited"), mp.join("target")).unwrap();
+        std::fs::rename(mp.join("moved"), mp.join("sub/moved2")).unwrap();
+        std::fs::write(mp.join("sub/moved2"), &moved).unwrap();
+        std::fs::remove_file(mp.join("remade")).unwrap();
+        std::fs::write(mp.join("remade"), &remade).unwrap();
+        std::fs::rename(mp.join("backed"), mp.join("backed~")).unwrap();
+        std::fs::write(mp.join("backed"), &backed).unwrap();
     });
     let check = || {
         assert!(std::fs::read(mp.join("doc")).unwrap() == saved, "doc");
@@ -1465,17 +1479,64 @@ fn a_save_renamed_over_a_file_is_recovered_in_its_place() {
             std::fs::read(mp.join("target")).unwrap() == edited,
             "target"
         );
-        for name in ["doc", "target"] {
+        assert!(
+            std::fs::read(mp.join("sub/moved2")).unwrap() == moved,
+            "sub/moved2"
+        );
+        assert!(
+            std::fs::read(mp.join("remade")).unwrap() == remade,
+            "remade"
+        );
+        for name in ["doc", "target", "remade"] {
             let beside = recovered_beside(&mp, name);
             assert!(beside.is_empty(), "kept beside {name}: {beside:?}");
         }
-        assert!(!mp.join("doc.tmp").exists());
+        for gone in ["doc.tmp", "edited", "moved"] {
+            assert!(!mp.join(gone).exists(), "{gone} came back");
+        }
+        // The backup's rename was not published, and nothing recorded
+        // it: the published version stays at the name, the new file
+        // beside it. Neither is lost.
+        assert!(
+            std::fs::read(mp.join("backed")).unwrap() == old("backed"),
+            "backed"
+        );
+        let beside = recovered_beside(&mp, "backed");
+        assert_eq!(beside.len(), 1, "{beside:?}");
+        assert!(std::fs::read(mp.join(&beside[0])).unwrap() == backed);
     };
     check();
     client.ok(&["sync"]);
     drop(m);
     let m = Mounted::new(&client, &mp);
     check();
+    drop(m);
+}
+
+/// Once a rename is published, the old name is no longer the moved
+/// file's to remove: a file made there later with the same content (the
+/// same version, as content decides it) survives the moved file's
+/// recovery after a crash.
+#[test]
+fn a_published_rename_leaves_no_name_behind_to_remove() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (mut mirrors, client) = common::three_mirrors_and_client(tmp.path());
+    let mp = tmp.path().join("mnt");
+    let m = Mounted::new(&client, &mp);
+    let first = common::seeded_bytes("first content", 6000);
+    std::fs::write(mp.join("a"), &first).unwrap();
+    client.ok(&["sync"]);
+    std::fs::write(mp.join("a"), common::seeded_bytes("edited", 6500)).unwrap();
+    std::fs::rename(mp.join("a"), mp.join("b")).unwrap();
+    client.ok(&["sync"]);
+    std::fs::write(mp.join("a"), &first).unwrap();
+    client.ok(&["sync"]);
+    let last = common::seeded_bytes("edited again", 7000);
+    let m = crash_with_the_mirrors_down(m, &client, &mut mirrors, || {
+        std::fs::write(mp.join("b"), &last).unwrap();
+    });
+    assert!(std::fs::read(mp.join("b")).unwrap() == last, "b");
+    assert!(std::fs::read(mp.join("a")).unwrap() == first, "a");
     drop(m);
 }
 

@@ -1250,7 +1250,7 @@ impl LodeFs {
     /// first: a caller (fsync, `lode sync`) must not return while a listing
     /// with its change is still on the way.
     fn publish_one(&self, dir: u64) -> Result<()> {
-        let (write, listing, entries, known) = {
+        let (write, listing, entries, known, vacates) = {
             let mut tree = self.lock();
             while tree.publishing.contains(&dir) {
                 tree = self.published.wait(tree).unwrap_or_else(|p| p.into_inner());
@@ -1269,7 +1269,7 @@ impl LodeFs {
             // may come and go while it is sealed and sent.
             let entries = tree.children(dir).map_or(0, |c| c.len());
             let known = tree.listed_seq.get(&dir).copied();
-            (write, listing, entries, known)
+            (write, listing, entries, known, tree.vacates())
         };
         let started = Instant::now();
         let mut attempt = None;
@@ -1337,6 +1337,15 @@ impl LodeFs {
             e => e,
         });
         result?;
+        // Names given up before the listing was taken are gone from the
+        // mirrors: the notes of files renamed away from them no longer
+        // name them.
+        let mut renamed = self.lock().published_vacated(dir, vacates);
+        renamed.sort_unstable();
+        renamed.dedup();
+        for ino in renamed {
+            self.note_staged(ino);
+        }
         // A removed directory stayed only for this publish.
         self.lock().drop_if_unused(dir);
         // Children whose upload this listing names are safe on the mirrors
@@ -1617,7 +1626,24 @@ impl LodeFs {
                             .as_ref()
                             .map_or(notes::Base::New, |c| notes::Base::Version(c.root)),
                         replaces: node.replaces.clone(),
+                        left: Vec::new(),
                         partial: self.partial(p).map(|partial| partial.base()),
+                    };
+                    let left = tree
+                        .left_by(ino)
+                        .into_iter()
+                        .filter_map(|(dir, name, root)| {
+                            let dir = Self::path_in(&tree, dir)?;
+                            let path = if dir.is_empty() {
+                                name
+                            } else {
+                                format!("{dir}/{name}")
+                            };
+                            (path != note.path).then_some((path, root))
+                        });
+                    let note = notes::Note {
+                        left: left.collect(),
+                        ..note
                     };
                     Some((p.clone(), note))
                 }
@@ -1828,8 +1854,11 @@ impl LodeFs {
             return true;
         }
         match completed.and_then(|()| self.adopt(file, note)) {
-            Ok(()) => {
+            Ok(ino) => {
                 tracing::info!(path, "recovered a staged file");
+                if !note.left.is_empty() {
+                    self.drop_left_names(ino, note);
+                }
                 true
             }
             Err(e) => {
@@ -1903,7 +1932,7 @@ impl LodeFs {
     /// staged file, or another version of the file, published from
     /// another machine since), both are kept: the staged data goes beside
     /// it as `NAME.recovered-STAGED` (its staging file's name).
-    fn adopt(&self, staged: &Path, note: &notes::Note) -> Result<()> {
+    fn adopt(&self, staged: &Path, note: &notes::Note) -> Result<u64> {
         use std::os::unix::fs::MetadataExt;
         let (path, mode) = (note.path.as_str(), note.mode);
         let (dirs, name) = path.rsplit_once('/').unwrap_or(("", path));
@@ -1995,7 +2024,7 @@ impl LodeFs {
             node.mtime = mtime;
             node.ctime = ctime;
             tree.changed(ino);
-            return Ok(());
+            return Ok(ino);
         }
         let beside = held.is_some();
         let name = match beside {
@@ -2040,7 +2069,50 @@ impl LodeFs {
             // Its note must name where it lives now.
             self.note_staged(ino);
         }
-        Ok(())
+        Ok(ino)
+    }
+
+    /// After recovering a file renamed away from the names in `note.left`,
+    /// remove each that still holds the version the file had there: the
+    /// crashed mount had not published the rename. A name that holds
+    /// anything else now (changed elsewhere, or since) stays.
+    fn drop_left_names(&self, ino: u64, note: &notes::Note) {
+        for (path, root) in &note.left {
+            let (dirs, name) = path.rsplit_once('/').unwrap_or(("", path));
+            let mut dir = ROOT;
+            let mut found = true;
+            for part in dirs.split('/').filter(|p| !p.is_empty()) {
+                match self.child(dir, part).and_then(|d| self.unaliased(d)) {
+                    Ok(d) => dir = d,
+                    Err(_) => {
+                        found = false;
+                        break;
+                    }
+                }
+            }
+            if !found || self.writable(dir).is_err() || self.child(dir, name).is_err() {
+                continue;
+            }
+            let mut tree = self.lock();
+            let held = tree.children(dir).and_then(|c| c.get(name)).copied();
+            let same = held.and_then(|h| tree.nodes.get(&h)).is_some_and(|n| {
+                n.link.is_none()
+                    && n.opens == 0
+                    && matches!(&n.body, Body::File { cap: Some(c), dirty: false, .. } if c.root == *root)
+            });
+            if same && held != Some(ino) {
+                tree.unlink(dir, name);
+                // Still the recovered file's to remove, should this mount
+                // crash too before the directory is published.
+                tree.vacated_for(dir, name, ino);
+                drop(tree);
+                tracing::info!(
+                    path,
+                    "removed the name a recovered file was renamed away from"
+                );
+            }
+        }
+        self.note_staged(ino);
     }
 
     /// Why the background flusher is not getting changes up, if its last
@@ -2443,6 +2515,11 @@ impl LodeFs {
             return Err(Error::Exists);
         }
         node.lookups = 1;
+        if matches!(node.body, Body::File { .. }) {
+            // A name a published file gave up, not yet published: the
+            // mirrors still list it here, which recovery may replace.
+            node.replaces = tree.vacated_roots(parent, name);
+        }
         let ino = tree.insert(node);
         tree.children_mut(parent)
             .expect("checked above")
@@ -2689,7 +2766,7 @@ impl LodeFs {
         // What the mirrors may hold at the new name until this is
         // published: the replaced file's versions (nothing, as far as this
         // mount knows, if there was none).
-        let replaced: Vec<crate::crypto::Hash> = target
+        let mut replaced: Vec<crate::crypto::Hash> = target
             .and_then(|t| tree.nodes.get(&t))
             .map(|t| match &t.body {
                 Body::File { cap, .. } => {
@@ -2699,6 +2776,8 @@ impl LodeFs {
                 _ => Vec::new(),
             })
             .unwrap_or_default();
+        // And what files that gave the name up may have left there.
+        replaced.extend(tree.vacated_roots(newparent, newname));
         if let Some(node) = tree.nodes.get_mut(&ino)
             && matches!(node.body, Body::File { .. })
         {
@@ -2712,6 +2791,7 @@ impl LodeFs {
         if let Some(c) = tree.children_mut(parent) {
             c.remove(name);
         }
+        tree.vacate(parent, name, ino, true);
         tree.children_mut(newparent)
             .ok_or(Error::NotADirectory)?
             .insert(newname.to_string(), ino);

@@ -4,9 +4,10 @@
 //!
 //! A note is an extended attribute of the staged file itself
 //! (`user.lode.note`, JSON `{"path", "mode", "uid", "gid", "base",
-//! "replaces", "partial"}`; notes written before the owner was recorded
-//! lack `uid` and `gid`, and their files go to the mounting user as
-//! before; `base` and `replaces` are in [`Base`] and [`Note::replaces`];
+//! "replaces", "left", "partial"}`; notes written before the owner was
+//! recorded lack `uid` and `gid`, and their files go to the mounting user
+//! as before; `base`, `replaces` and `left` are in [`Base`],
+//! [`Note::replaces`] and [`Note::left`];
 //! `partial`, the read-cap of the version a partly staged copy lacks the
 //! bytes of, is in [`super::partial`]): writing it replaces the old one
 //! atomically, and it goes away with the file. Where the staging
@@ -45,6 +46,13 @@ pub struct Note {
     /// that saves by writing a new file and renaming it over the old one
     /// depends on this.
     pub replaces: Vec<crate::crypto::Hash>,
+    /// Names this file was renamed away from, with the version the mirrors
+    /// still list there until those directories are published (JSON: a
+    /// list of `{"path", "root"}`, absent when empty). Recovery removes
+    /// such a name if it still holds that version, as the crashed mount's
+    /// publish would have: the rename is the user's, and without it the
+    /// old name came back beside the new one.
+    pub left: Vec<(String, crate::crypto::Hash)>,
     /// For a partly staged copy: the version whose bytes it lacks.
     pub partial: Option<crate::caps::FileReadCap>,
 }
@@ -82,6 +90,14 @@ pub fn write(staged: &Path, note: &Note) -> std::io::Result<()> {
             .replaces
             .iter()
             .map(|root| crate::protocol::hex(root))
+            .collect::<Vec<_>>()
+            .into();
+    }
+    if !note.left.is_empty() {
+        json["left"] = note
+            .left
+            .iter()
+            .map(|(path, root)| serde_json::json!({"path": path, "root": crate::protocol::hex(root)}))
             .collect::<Vec<_>>()
             .into();
     }
@@ -128,6 +144,15 @@ pub fn read(staged: &Path) -> Option<Note> {
             roots
                 .iter()
                 .filter_map(|h| crate::protocol::parse_hex::<32>(h.as_str()?).ok())
+                .collect()
+        }),
+        // One that cannot be read is left out: that name stays.
+        left: v["left"].as_array().map_or_else(Vec::new, |left| {
+            left.iter()
+                .filter_map(|l| {
+                    let root = crate::protocol::parse_hex::<32>(l["root"].as_str()?).ok()?;
+                    Some((l["path"].as_str()?.to_string(), root))
+                })
                 .collect()
         }),
         // A partly staged copy whose base cannot be read is not to be
@@ -185,12 +210,14 @@ mod tests {
             owner,
             base,
             replaces: Vec::new(),
+            left: Vec::new(),
             partial: None,
         };
         write(&staged, &note("a/b", 0o644, None, Base::New)).unwrap();
         assert_eq!(read(&staged), Some(note("a/b", 0o644, None, Base::New)));
         let changed = Note {
             replaces: vec![[5; 32], [6; 32]],
+            left: vec![("a/b".into(), [4; 32]), ("d/e f".into(), [3; 32])],
             ..note("a/c", 0o600, Some((1234, 5678)), Base::Version([7; 32]))
         };
         write(&staged, &changed).unwrap();
@@ -225,6 +252,7 @@ mod tests {
             owner: None,
             base: Base::Unknown,
             replaces: Vec::new(),
+            left: Vec::new(),
             partial: None,
         };
         assert_eq!(read(&staged), Some(old));

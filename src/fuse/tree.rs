@@ -226,6 +226,26 @@ pub struct Tree {
     /// The inode that lists each of our directories writably, by slot key
     /// (checked against `nodes` when read, so never cleaned).
     listed: HashMap<[u8; 32], u64>,
+    /// Names of published files given up (unlinked, or renamed away) in
+    /// each directory since it was last published: the mirrors still list
+    /// those versions there. See [`Tree::vacate`].
+    vacated: HashMap<u64, Vec<Vacated>>,
+    /// Counts the names given up, so a publish knows which of them the
+    /// listing it sent no longer holds.
+    vacates: u64,
+}
+
+/// A published file's name given up in a directory not published since.
+struct Vacated {
+    name: String,
+    /// The version the file had when it gave the name up.
+    root: crate::crypto::Hash,
+    /// The inode that gave it up (a file renamed away names it in its
+    /// recovery note, `notes::Note::left`).
+    ino: u64,
+    /// Renamed away, not unlinked.
+    renamed: bool,
+    at: u64,
 }
 
 impl Tree {
@@ -285,7 +305,116 @@ impl Tree {
             publish_after: HashMap::new(),
             links: HashMap::new(),
             owner,
+            vacated: HashMap::new(),
+            vacates: 0,
         }
+    }
+
+    /// `ino` gives up its name `name` in `dir` (an unlink, a rename away).
+    /// Until `dir` is published again, the mirrors still list the file's
+    /// version there: a file that takes the name replaces it on recovery
+    /// ([`Tree::vacated_roots`]), and a file renamed away removes it
+    /// ([`Tree::left_by`]). Only published files leave anything behind.
+    pub fn vacate(&mut self, dir: u64, name: &str, ino: u64, renamed: bool) {
+        let Some(Node {
+            body: Body::File { cap: Some(c), .. },
+            link: None,
+            ..
+        }) = self.nodes.get(&ino)
+        else {
+            return;
+        };
+        let root = c.root;
+        self.vacates += 1;
+        let list = self.vacated.entry(dir).or_default();
+        list.retain(|v| v.name != name || v.root != root);
+        list.push(Vacated {
+            name: name.to_string(),
+            root,
+            ino,
+            renamed,
+            at: self.vacates,
+        });
+    }
+
+    /// The versions the mirrors may still list at `name` in `dir`, given
+    /// up there since its last publish, that recovery may replace: those
+    /// of files removed, and of files renamed away that a recovery note
+    /// brings back at their new names. A published file renamed away with
+    /// no change staged is on the mirrors only under this name until the
+    /// rename is published (the mount keeps no journal of renames): its
+    /// version stays, and a file recovered here goes beside it.
+    pub fn vacated_roots(&self, dir: u64, name: &str) -> Vec<crate::crypto::Hash> {
+        let noted = |ino: u64| {
+            self.nodes.get(&ino).is_some_and(|n| {
+                !n.orphan
+                    && matches!(
+                        n.body,
+                        Body::File {
+                            staged: Some(_),
+                            cached: false,
+                            ..
+                        }
+                    )
+            })
+        };
+        self.vacated.get(&dir).map_or_else(Vec::new, |list| {
+            list.iter()
+                .filter(|v| v.name == name && (!v.renamed || noted(v.ino)))
+                .map(|v| v.root)
+                .collect()
+        })
+    }
+
+    /// The names `ino` gave up that the mirrors may still list, as
+    /// (directory, name, version).
+    pub fn left_by(&self, ino: u64) -> Vec<(u64, String, crate::crypto::Hash)> {
+        self.vacated
+            .iter()
+            .flat_map(|(&dir, list)| {
+                list.iter()
+                    .filter(move |v| v.ino == ino)
+                    .map(move |v| (dir, v.name.clone(), v.root))
+            })
+            .collect()
+    }
+
+    /// Hand a name given up to another inode: recovery removes an old name
+    /// for the file that was renamed away from it.
+    pub fn vacated_for(&mut self, dir: u64, name: &str, ino: u64) {
+        if let Some(v) = self
+            .vacated
+            .get_mut(&dir)
+            .and_then(|list| list.iter_mut().rev().find(|v| v.name == name))
+        {
+            v.ino = ino;
+        }
+    }
+
+    /// Where the count of names given up stands: taken with a listing.
+    pub fn vacates(&self) -> u64 {
+        self.vacates
+    }
+
+    /// `dir` was published from a listing taken when the count stood at
+    /// `taken`: the names given up before are gone from the mirrors.
+    /// Returns the inodes whose recovery notes named them.
+    pub fn published_vacated(&mut self, dir: u64, taken: u64) -> Vec<u64> {
+        let Some(list) = self.vacated.get_mut(&dir) else {
+            return Vec::new();
+        };
+        let mut gone = Vec::new();
+        list.retain(|v| {
+            let published = v.at <= taken;
+            if published {
+                gone.push(v.ino);
+            }
+            !published
+        });
+        if list.is_empty() {
+            self.vacated.remove(&dir);
+        }
+        gone
     }
 
     pub fn insert(&mut self, node: Node) -> u64 {
@@ -679,6 +808,7 @@ impl Tree {
         let Some(ino) = self.children_mut(dir).and_then(|c| c.remove(name)) else {
             return;
         };
+        self.vacate(dir, name, ino, false);
         self.touch_dir(dir);
         let Some(node) = self.nodes.get_mut(&ino) else {
             return;
@@ -742,6 +872,7 @@ impl Tree {
         }
         self.listed_seq.remove(&ino);
         self.unpublished.remove(&ino);
+        self.vacated.remove(&ino);
         if let Some(Node {
             body: Body::File {
                 staged: Some(p), ..
