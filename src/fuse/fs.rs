@@ -1996,7 +1996,7 @@ impl LodeFs {
         if changed_elsewhere {
             tracing::warn!(
                 path,
-                "changed elsewhere since this copy was staged (the identity is mounted on another machine?): both are kept"
+                "the name holds a version this staged copy did not begin from (changed on another machine, or a file renamed away unpublished before the crash): both are kept"
             );
         }
         if let Some(ino) = held
