@@ -116,6 +116,8 @@ async fn session(
         .map_err(io)?;
     let mut next_id = 4u64;
     let mut version_mask = 0u32;
+    // Whether the upstream agreed to version rolling at all.
+    let mut rolling = false;
     let mut difficulty = Difficulty::ONE;
     // Submissions awaiting the upstream's answer: id → share hash.
     let mut pending: HashMap<u64, [u8; 32]> = HashMap::new();
@@ -131,6 +133,7 @@ async fn session(
                         // the new generation rolls only granted bits.
                         version_mask = stratum::granted_version_mask(&result, error.as_ref(), VERSION_ROLLING_MASK);
                         jobs.version_mask.store(version_mask, Ordering::Relaxed);
+                        rolling = version_mask != 0;
                         tracing::info!(upstream = %config.addr, mask = format_args!("{version_mask:08x}"), "upstream version rolling");
                     }
                     ServerMessage::Response { id: Some(2), result, .. } => {
@@ -163,7 +166,7 @@ async fn session(
                     ServerMessage::SetDifficulty(d) => {
                         difficulty = Difficulty::from_f64(d).unwrap_or(Difficulty::ONE);
                     }
-                    ServerMessage::SetVersionMask(mask) if version_mask != 0 => {
+                    ServerMessage::SetVersionMask(mask) if rolling => {
                         let narrowed = version_mask & !mask != 0;
                         version_mask = mask & VERSION_ROLLING_MASK;
                         jobs.version_mask.store(version_mask, Ordering::Relaxed);
