@@ -227,9 +227,12 @@ pub struct Tree {
     /// (checked against `nodes` when read, so never cleaned).
     listed: HashMap<[u8; 32], u64>,
     /// Names of published files given up (unlinked, or renamed away) in
-    /// each directory since it was last published: the mirrors still list
-    /// those versions there. See [`Tree::vacate`].
-    vacated: HashMap<u64, Vec<Vacated>>,
+    /// each directory since it was last published, by directory and name:
+    /// the mirrors still list those versions there. See [`Tree::vacate`].
+    vacated: HashMap<u64, HashMap<String, Vec<Vacated>>>,
+    /// How many of those each inode gave up: a file's recovery note looks
+    /// for its own only if it has any.
+    vacated_by: HashMap<u64, usize>,
     /// Counts the names given up, so a publish knows which of them the
     /// listing it sent no longer holds.
     vacates: u64,
@@ -237,7 +240,6 @@ pub struct Tree {
 
 /// A published file's name given up in a directory not published since.
 struct Vacated {
-    name: String,
     /// The version the file had when it gave the name up.
     root: crate::crypto::Hash,
     /// The inode that gave it up (a file renamed away names it in its
@@ -306,6 +308,7 @@ impl Tree {
             links: HashMap::new(),
             owner,
             vacated: HashMap::new(),
+            vacated_by: HashMap::new(),
             vacates: 0,
         }
     }
@@ -326,15 +329,40 @@ impl Tree {
         };
         let root = c.root;
         self.vacates += 1;
-        let list = self.vacated.entry(dir).or_default();
-        list.retain(|v| v.name != name || v.root != root);
+        let at = self.vacates;
+        let list = self
+            .vacated
+            .entry(dir)
+            .or_default()
+            .entry(name.to_string())
+            .or_default();
+        let mut gone = Vec::new();
+        list.retain(|v| {
+            let same = v.root == root;
+            if same {
+                gone.push(v.ino);
+            }
+            !same
+        });
         list.push(Vacated {
-            name: name.to_string(),
             root,
             ino,
             renamed,
-            at: self.vacates,
+            at,
         });
+        for by in gone {
+            self.forget_vacated_by(by);
+        }
+        *self.vacated_by.entry(ino).or_default() += 1;
+    }
+
+    fn forget_vacated_by(&mut self, ino: u64) {
+        if let Some(n) = self.vacated_by.get_mut(&ino) {
+            *n -= 1;
+            if *n == 0 {
+                self.vacated_by.remove(&ino);
+            }
+        }
     }
 
     /// The versions the mirrors may still list at `name` in `dir`, given
@@ -358,37 +386,46 @@ impl Tree {
                     )
             })
         };
-        self.vacated.get(&dir).map_or_else(Vec::new, |list| {
-            list.iter()
-                .filter(|v| v.name == name && (!v.renamed || noted(v.ino)))
-                .map(|v| v.root)
-                .collect()
-        })
+        let Some(list) = self.vacated.get(&dir).and_then(|names| names.get(name)) else {
+            return Vec::new();
+        };
+        list.iter()
+            .filter(|v| !v.renamed || noted(v.ino))
+            .map(|v| v.root)
+            .collect()
     }
 
     /// The names `ino` gave up that the mirrors may still list, as
     /// (directory, name, version).
     pub fn left_by(&self, ino: u64) -> Vec<(u64, String, crate::crypto::Hash)> {
-        self.vacated
-            .iter()
-            .flat_map(|(&dir, list)| {
-                list.iter()
-                    .filter(move |v| v.ino == ino)
-                    .map(move |v| (dir, v.name.clone(), v.root))
-            })
-            .collect()
+        if !self.vacated_by.contains_key(&ino) {
+            return Vec::new();
+        }
+        let mut left = Vec::new();
+        for (&dir, names) in &self.vacated {
+            for (name, list) in names {
+                for v in list.iter().filter(|v| v.ino == ino) {
+                    left.push((dir, name.clone(), v.root));
+                }
+            }
+        }
+        left
     }
 
     /// Hand a name given up to another inode: recovery removes an old name
     /// for the file that was renamed away from it.
     pub fn vacated_for(&mut self, dir: u64, name: &str, ino: u64) {
-        if let Some(v) = self
+        let Some(v) = self
             .vacated
             .get_mut(&dir)
-            .and_then(|list| list.iter_mut().rev().find(|v| v.name == name))
-        {
-            v.ino = ino;
-        }
+            .and_then(|names| names.get_mut(name))
+            .and_then(|list| list.last_mut())
+        else {
+            return;
+        };
+        let by = std::mem::replace(&mut v.ino, ino);
+        self.forget_vacated_by(by);
+        *self.vacated_by.entry(ino).or_default() += 1;
     }
 
     /// Where the count of names given up stands: taken with a listing.
@@ -400,21 +437,41 @@ impl Tree {
     /// `taken`: the names given up before are gone from the mirrors.
     /// Returns the inodes whose recovery notes named them.
     pub fn published_vacated(&mut self, dir: u64, taken: u64) -> Vec<u64> {
-        let Some(list) = self.vacated.get_mut(&dir) else {
+        let Some(names) = self.vacated.get_mut(&dir) else {
             return Vec::new();
         };
         let mut gone = Vec::new();
-        list.retain(|v| {
-            let published = v.at <= taken;
-            if published {
-                gone.push(v.ino);
-            }
-            !published
+        names.retain(|_, list| {
+            list.retain(|v| {
+                let published = v.at <= taken;
+                if published {
+                    gone.push(v.ino);
+                }
+                !published
+            });
+            !list.is_empty()
         });
-        if list.is_empty() {
+        if names.is_empty() {
             self.vacated.remove(&dir);
         }
+        for &ino in &gone {
+            self.forget_vacated_by(ino);
+        }
         gone
+    }
+
+    /// A directory is gone: so are the names it gave up.
+    fn forget_vacated(&mut self, dir: u64) {
+        for list in self
+            .vacated
+            .remove(&dir)
+            .into_iter()
+            .flat_map(HashMap::into_values)
+        {
+            for v in list {
+                self.forget_vacated_by(v.ino);
+            }
+        }
     }
 
     pub fn insert(&mut self, node: Node) -> u64 {
@@ -872,7 +929,7 @@ impl Tree {
         }
         self.listed_seq.remove(&ino);
         self.unpublished.remove(&ino);
-        self.vacated.remove(&ino);
+        self.forget_vacated(ino);
         if let Some(Node {
             body: Body::File {
                 staged: Some(p), ..
@@ -1159,6 +1216,46 @@ mod tests {
         let b = child(&tree, a, "b");
         tree.load(b, files(10));
         (tree, a, b)
+    }
+
+    /// Names given up are kept by directory and name until a listing
+    /// taken after them is published; a file renamed away unchanged
+    /// leaves nothing a new file may replace, one with a staged change
+    /// does.
+    #[test]
+    fn names_given_up_last_until_their_directory_is_published() {
+        let (mut tree, a, b) = loaded();
+        let (f0, f1, f2) = (
+            child(&tree, a, "f0"),
+            child(&tree, a, "f1"),
+            child(&tree, a, "f2"),
+        );
+        tree.unlink(a, "f0");
+        tree.children_mut(a).unwrap().remove("f1");
+        tree.vacate(a, "f1", f1, true);
+        let taken = tree.vacates();
+        tree.children_mut(a).unwrap().remove("f2");
+        tree.vacate(a, "f2", f2, true);
+        assert_eq!(tree.vacated_roots(a, "f0"), vec![[0; 32]], "removed");
+        assert!(tree.vacated_roots(a, "f1").is_empty(), "renamed unchanged");
+        if let Body::File { staged, .. } = &mut tree.nodes.get_mut(&f1).unwrap().body {
+            *staged = Some(PathBuf::from("/nonexistent/staged"));
+        }
+        assert_eq!(tree.vacated_roots(a, "f1"), vec![[1; 32]], "renamed, noted");
+        assert_eq!(tree.left_by(f1), vec![(a, "f1".to_string(), [1; 32])]);
+        assert!(tree.left_by(child(&tree, b, "f3")).is_empty());
+        tree.vacated_for(a, "f0", f1);
+        assert_eq!(tree.left_by(f1).len(), 2);
+        assert!(tree.left_by(f0).is_empty());
+        // Published from a listing taken before f2 left: f0 and f1 go.
+        let mut gone = tree.published_vacated(a, taken);
+        gone.sort_unstable();
+        assert_eq!(gone, vec![f1, f1]);
+        assert!(tree.vacated_roots(a, "f0").is_empty());
+        assert!(tree.left_by(f1).is_empty());
+        assert_eq!(tree.left_by(f2), vec![(a, "f2".to_string(), [2; 32])]);
+        assert_eq!(tree.published_vacated(a, tree.vacates()), vec![f2]);
+        assert!(tree.vacated.is_empty() && tree.vacated_by.is_empty());
     }
 
     /// A reloaded listing whose name now holds another directory gives
