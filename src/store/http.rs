@@ -59,6 +59,16 @@ const READ_TIMEOUT: Duration = Duration::from_secs(60);
 /// no slow link needs more. `lode check` asks whether a share is held once
 /// per share and mirror.
 const PROBE_TIMEOUT: Duration = Duration::from_secs(10);
+/// The most a mirror's answer may carry: a share or a directory slot
+/// (16 MiB each at most) with room to spare. A mirror is not trusted, and
+/// one that streamed without end (or claimed a terabyte) had the client
+/// buffer all of it: gigabytes, in a helper's sweep.
+const MAX_ANSWER_BYTES: usize = (16 << 20) + (64 << 10);
+/// The most a JSON answer may carry: a renewal's reply names at most
+/// `MAX_RENEW_IDS` ids twice (about 1.3 MB).
+const MAX_JSON_BYTES: usize = 4 << 20;
+/// The most an error's body may carry.
+const MAX_ERROR_BYTES: usize = 64 << 10;
 
 /// An error and its sources, joined: reqwest's top-level text says only
 /// "error sending request", the cause (refused, reset) is below it.
@@ -245,6 +255,38 @@ impl HttpMirror {
         }
     }
 
+    /// The body of `resp`, refused past `limit` bytes: by its declared
+    /// length before any of it is read, else as it streams in.
+    async fn body(&self, mut resp: reqwest::Response, limit: usize) -> Result<Bytes> {
+        let over = |n: u64| {
+            self.unavailable(format!(
+                "answered with {n} bytes or more, over the {limit}-byte bound"
+            ))
+        };
+        let declared = resp.content_length();
+        if let Some(n) = declared.filter(|&n| n > limit as u64) {
+            return Err(over(n));
+        }
+        let mut buf = bytes::BytesMut::with_capacity(declared.unwrap_or(0) as usize);
+        while let Some(chunk) = resp.chunk().await.map_err(|e| self.unavailable(e))? {
+            if buf.len() + chunk.len() > limit {
+                return Err(over((buf.len() + chunk.len()) as u64));
+            }
+            buf.extend_from_slice(&chunk);
+        }
+        Ok(buf.freeze())
+    }
+
+    /// The JSON body of `resp`, bounded as [`Self::body`] is.
+    async fn json<T: serde::de::DeserializeOwned>(
+        &self,
+        resp: reqwest::Response,
+        limit: usize,
+    ) -> Result<T> {
+        let body = self.body(resp, limit).await?;
+        serde_json::from_slice(&body).map_err(|e| self.unavailable(e))
+    }
+
     /// Send a request, signed when `sign` is set, retrying transient
     /// failures. Returns the response for any status the caller handles
     /// (2xx, 404, 409); turns the rest into errors.
@@ -344,8 +386,8 @@ impl HttpMirror {
                     if handled(status) {
                         return Ok(resp);
                     }
-                    let message = resp
-                        .json::<ErrorBody>()
+                    let message = self
+                        .json::<ErrorBody>(resp, MAX_ERROR_BYTES)
                         .await
                         .map(|b| b.error)
                         .unwrap_or_else(|_| status.to_string());
@@ -408,21 +450,21 @@ impl HttpMirror {
         let resp = self
             .send(Method::POST, "/v1/renew", Some(body.into()), None, true)
             .await?;
-        resp.json().await.map_err(|e| self.unavailable(e))
+        self.json(resp, MAX_JSON_BYTES).await
     }
 
     pub async fn account(&self) -> Result<AccountStatus> {
         let resp = self
             .send(Method::GET, "/v1/account", None, None, true)
             .await?;
-        resp.json().await.map_err(|e| self.unavailable(e))
+        self.json(resp, MAX_JSON_BYTES).await
     }
 
     pub async fn info(&self) -> Result<Info> {
         let resp = self
             .send(Method::GET, "/v1/info", None, None, false)
             .await?;
-        resp.json().await.map_err(|e| self.unavailable(e))
+        self.json(resp, MAX_JSON_BYTES).await
     }
 
     /// GET a body, or `None` on 404.
@@ -431,7 +473,7 @@ impl HttpMirror {
         if resp.status() == StatusCode::NOT_FOUND {
             return Ok(None);
         }
-        Ok(Some(resp.bytes().await.map_err(|e| self.unavailable(e))?))
+        Ok(Some(self.body(resp, MAX_ANSWER_BYTES).await?))
     }
 
     fn record_latency(&self, took: Duration) {
@@ -608,8 +650,8 @@ impl HttpMirror {
                 return all(batch, &same);
             }
         };
-        let reply = resp
-            .json::<BatchReply>()
+        let reply = self
+            .json::<BatchReply>(resp, MAX_JSON_BYTES)
             .await
             .ok()
             .filter(|r| r.results.len() == batch.len());
@@ -719,8 +761,8 @@ impl Storage for HttpMirror {
             if self.get_slot(&env.public_key).await?.as_deref() == Some(envelope) {
                 return Ok(());
             }
-            let message = resp
-                .json::<ErrorBody>()
+            let message = self
+                .json::<ErrorBody>(resp, MAX_ERROR_BYTES)
                 .await
                 .map(|b| b.error)
                 .unwrap_or_default();
@@ -809,6 +851,81 @@ mod tests {
             }
         });
         (url, count)
+    }
+
+    /// A "mirror" on loopback that answers every request with 200 and a
+    /// body of `declared` bytes (chunked, if `None`) that it streams
+    /// without end. Returns its URL and how many bytes it got out.
+    async fn endless_mirror(declared: Option<u64>) -> (String, Arc<AtomicUsize>) {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        let sent = Arc::new(AtomicUsize::new(0));
+        let counted = sent.clone();
+        tokio::spawn(async move {
+            while let Ok((mut conn, _)) = listener.accept().await {
+                let counted = counted.clone();
+                tokio::spawn(async move {
+                    let mut req = [0u8; 4096];
+                    let _ = conn.read(&mut req).await;
+                    let head = match declared {
+                        Some(n) => format!("HTTP/1.1 200 OK\r\ncontent-length: {n}\r\n\r\n"),
+                        None => "HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n".into(),
+                    };
+                    if conn.write_all(head.as_bytes()).await.is_err() {
+                        return;
+                    }
+                    let block = vec![7u8; 64 << 10];
+                    let chunk = match declared {
+                        Some(_) => block,
+                        None => [
+                            format!("{:x}\r\n", block.len()).into_bytes(),
+                            block,
+                            b"\r\n".to_vec(),
+                        ]
+                        .concat(),
+                    };
+                    // Until the client hangs up.
+                    while conn.write_all(&chunk).await.is_ok() {
+                        counted.fetch_add(chunk.len(), Ordering::SeqCst);
+                    }
+                });
+            }
+        });
+        (url, sent)
+    }
+
+    /// A mirror that answers a read with more than any share or slot can
+    /// be, or says it will, is cut off at the bound: the client buffered
+    /// whatever it streamed (gigabytes, in a helper's sweep).
+    #[tokio::test]
+    async fn an_answer_past_the_bound_is_refused_not_buffered() {
+        let key = crate::crypto::RootSecret::from_bytes([4; 32]).account_key();
+        for declared in [None, Some(1u64 << 40)] {
+            let (url, sent) = endless_mirror(declared).await;
+            let mirror = HttpMirror::new(&url, key.clone()).unwrap();
+            let got = tokio::time::timeout(Duration::from_secs(30), mirror.get_share(&[1; 32]))
+                .await
+                .expect("refused, not waited out");
+            match got {
+                Err(Error::Unavailable { reason, .. }) => {
+                    assert!(reason.contains("bound"), "{declared:?}: {reason}")
+                }
+                other => panic!("{declared:?}: {:?}", other.map(|b| b.map(|b| b.len()))),
+            }
+            // What the mirror got out (into socket buffers, too) stays near
+            // the bound, not the minutes of streaming a timeout allows.
+            let out = sent.load(Ordering::SeqCst);
+            assert!(
+                out < MAX_ANSWER_BYTES + (32 << 20),
+                "{declared:?}: {out} bytes sent"
+            );
+            let account = tokio::time::timeout(Duration::from_secs(30), mirror.account()).await;
+            assert!(
+                matches!(account, Ok(Err(Error::Unavailable { .. }))),
+                "{declared:?}"
+            );
+        }
     }
 
     /// While a write to a mirror taken as down is out unanswered, the
