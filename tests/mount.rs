@@ -1265,6 +1265,65 @@ fn a_friends_update_shows_at_the_next_open() {
     drop(am);
 }
 
+/// A friend's file held open while the owner saves a new version keeps
+/// reading the version it opened, whole, as a file renamed over does;
+/// a new open reads the new one. The refresh changed the open inode's
+/// version in place, and the reader got the first half of one version
+/// and the rest of the other (found by a helper's sweep).
+#[test]
+fn a_friends_file_held_open_reads_the_version_it_opened() {
+    use std::os::unix::fs::FileExt;
+    let tmp = tempfile::tempdir().unwrap();
+    let (mirrors, alice) = common::three_mirrors_and_client(tmp.path());
+    let alice_mp = tmp.path().join("alice-mnt");
+    let am = Mounted::new(&alice, &alice_mp);
+    std::fs::create_dir(alice_mp.join("shared")).unwrap();
+    // Larger than the chunk cache and the readahead, so the rest is read
+    // from the mirrors after the update.
+    let len = 24 << 20;
+    let first = common::seeded_bytes("held v1", len);
+    let second = common::seeded_bytes("held v2", len);
+    std::fs::write(alice_mp.join("shared/f.bin"), &first).unwrap();
+    alice.ok(&["sync"]);
+    let cap = alice.ok(&["share", "shared"]).trim().to_string();
+
+    let urls: Vec<&str> = mirrors.iter().map(|m| m.url.as_str()).collect();
+    let bob = Client::new(&tmp.path().join("bob"), &urls);
+    bob.set_config("refresh_secs", "1");
+    bob.ok(&["friend", "add", "alice", &cap]);
+    let bob_mp = tmp.path().join("bob-mnt");
+    let bm = Mounted::new(&bob, &bob_mp);
+    let theirs = bob_mp.join("friends/alice/f.bin");
+    let held = std::fs::File::open(&theirs).unwrap();
+    let mut head = vec![0; 1 << 20];
+    held.read_exact_at(&mut head, 0).unwrap();
+    assert!(head[..] == first[..1 << 20]);
+
+    std::fs::write(alice_mp.join("shared/f.bin"), &second).unwrap();
+    alice.ok(&["sync"]);
+    // A new open sees the new version once the refresh has run.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while std::fs::read(&theirs).unwrap() != second {
+        assert!(Instant::now() < deadline, "the update did not show in 30 s");
+        std::thread::sleep(Duration::from_millis(250));
+    }
+    // The held one still reads the first, all of it.
+    let mut rest = vec![0; len];
+    held.read_exact_at(&mut rest, 0).unwrap();
+    let mixed = (0..len / (1 << 20))
+        .filter(|&i| rest[i << 20..(i + 1) << 20] != first[i << 20..(i + 1) << 20])
+        .count();
+    assert_eq!(
+        mixed, 0,
+        "MiB blocks of the held file not from the version it opened"
+    );
+    assert_eq!(held.metadata().unwrap().len(), len as u64);
+    drop(held);
+    assert!(std::fs::read(&theirs).unwrap() == second);
+    drop(bm);
+    drop(am);
+}
+
 /// The names in `dir` of staged copies recovery put beside `name`.
 fn recovered_beside(dir: &Path, name: &str) -> Vec<String> {
     let prefix = format!("{name}.recovered-");

@@ -566,9 +566,15 @@ impl LodeFs {
                         );
                         tree.make_alias(ino);
                     }
-                    tree.load(ino, listing);
+                    let replaced = tree.load(ino, listing);
                     if tree.nodes.contains_key(&ino) {
                         tree.listed_seq.insert(ino, seq);
+                    }
+                    drop(tree);
+                    // New inodes for files open here in another version:
+                    // the next lookup of those names must see them.
+                    for name in replaced {
+                        self.forget_name(ino, name);
                     }
                 }
             }

@@ -518,9 +518,12 @@ impl Tree {
 
     /// Fill a directory from its listing, keeping the inode numbers of
     /// names already known (and any local, not yet published, children).
-    pub fn load(&mut self, dir: u64, listing: Listing) {
+    /// Returns the names whose inode was replaced (see below): the kernel's
+    /// cached entries for them must go.
+    pub fn load(&mut self, dir: u64, listing: Listing) -> Vec<String> {
+        let mut replaced = Vec::new();
         let Some(node) = self.nodes.get(&dir) else {
-            return;
+            return replaced;
         };
         let parent_write = node.writable_dir().cloned();
         let ours = parent_write.is_some();
@@ -599,6 +602,19 @@ impl Tree {
             // one and made another) is a new inode: the old one's listing,
             // children and version are the other directory's.
             let ino = match old.get(name) {
+                // A file open here that is another version now (a friend
+                // saved it anew) is a new inode, as if renamed over: those
+                // who hold it open keep reading the version they opened,
+                // with pages of their own in the kernel, and never a mix
+                // of the two. The old inode goes once they close it.
+                Some(&ino) if self.replaced_while_open(ino, &node) => {
+                    if let Some(held) = self.nodes.get_mut(&ino) {
+                        held.orphan = true;
+                        held.nlink = 0;
+                    }
+                    replaced.push(name.clone());
+                    self.insert(node)
+                }
                 Some(&ino)
                     if self
                         .nodes
@@ -642,6 +658,21 @@ impl Tree {
             && node.writable_dir().is_some()
         {
             self.listed.insert(read.public_key, dir);
+        }
+        replaced
+    }
+
+    /// Whether `ino`, a file open here with no change of ours, is another
+    /// version in `fresh`.
+    fn replaced_while_open(&self, ino: u64, fresh: &Node) -> bool {
+        let Some(held) = self.nodes.get(&ino) else {
+            return false;
+        };
+        match (&held.body, &fresh.body) {
+            (Body::File { cap: Some(a), .. }, Body::File { cap: Some(b), .. }) => {
+                held.opens > 0 && !held.busy() && held.link.is_none() && a.root != b.root
+            }
+            _ => false,
         }
     }
 
