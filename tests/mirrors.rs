@@ -246,6 +246,44 @@ fn check_names_a_directory_a_mirror_holds_at_an_older_version() {
     assert!(!again.contains("STALE"), "{again}");
 }
 
+/// A directory put back to an older version on every mirror (by their
+/// operators, or a restored backup) is named as rolled back, and the check
+/// fails: it said "healthy", having checked the old listing alone, while
+/// reads refused it.
+#[test]
+fn check_names_a_directory_rolled_back_on_every_mirror() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (mirrors, client) = docs_stored(tmp.path(), "rolled", 1000);
+    let slots = |m: &MirrorProc| -> Vec<(Vec<u8>, i64, Vec<u8>)> {
+        let db = rusqlite::Connection::open(m.data.join("ledger.sqlite")).unwrap();
+        let mut stmt = db.prepare("SELECT pk, seq, envelope FROM slots").unwrap();
+        stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
+            .unwrap()
+            .map(Result::unwrap)
+            .collect()
+    };
+    let before: Vec<_> = mirrors.iter().map(slots).collect();
+    let more = write_file(tmp.path(), "g.txt", b"the change a rollback takes away");
+    client.ok(&["put", more.to_str().unwrap(), "--to", "docs/g.txt"]);
+    client.ok(&["check", "/"]);
+    for (m, old) in mirrors.iter().zip(&before) {
+        let db = rusqlite::Connection::open(m.data.join("ledger.sqlite")).unwrap();
+        for (pk, seq, envelope) in old {
+            db.execute(
+                "UPDATE slots SET seq = ?2, envelope = ?3 WHERE pk = ?1",
+                rusqlite::params![pk, seq, envelope],
+            )
+            .unwrap();
+        }
+    }
+    let report = client.fails(&["check", "/"]);
+    assert!(report.contains("ROLLED BACK /docs:"), "{report}");
+    assert!(report.contains("rolled back on every mirror"), "{report}");
+    // A repair cannot bring back what it lost, and says so still.
+    let repaired = client.fails(&["check", "/", "--repair"]);
+    assert!(repaired.contains("ROLLED BACK /docs:"), "{repaired}");
+}
+
 /// A file cap with another read key (a valid cap string, put together by
 /// hand) fails to download, saying why once, and leaves no file behind.
 #[test]

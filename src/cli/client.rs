@@ -1015,6 +1015,9 @@ async fn check(s: &Session, target: &str, verify: bool, repair: bool) -> Result<
     for line in &report.stale {
         println!("  STALE DIRECTORY {}", shown(line));
     }
+    for line in &report.rolled_back {
+        println!("  ROLLED BACK {}", shown(line));
+    }
     for e in &report.unreadable {
         println!("  UNREADABLE {e}");
     }
@@ -1075,8 +1078,15 @@ async fn check(s: &Session, target: &str, verify: bool, repair: bool) -> Result<
             1 => "1 directory listing missing or old on a mirror, ".to_string(),
             n => format!("{n} directory listings missing or old on a mirror, "),
         };
+        let rolled_back = match report.rolled_back.len() {
+            0 => String::new(),
+            n => format!(
+                "{n} directories rolled back on every mirror (no repair can bring back \
+                 what they lost), "
+            ),
+        };
         bail!(
-            "{unreadable}{misplaced}{stale}{} objects need repair ({} unrecoverable)",
+            "{rolled_back}{unreadable}{misplaced}{stale}{} objects need repair ({} unrecoverable)",
             unhealthy.len(),
             report.unrecoverable()
         );

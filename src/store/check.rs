@@ -215,11 +215,16 @@ pub struct CheckReport {
     /// Directories a mirror lacks or holds at an older version, one line
     /// each, not repaired.
     pub stale: Vec<String>,
+    /// Directories whose newest listing on any mirror is older than one
+    /// this client has seen: rolled back (by a mirror operator, or a
+    /// restored backup), one line each. Nothing here can repair them.
+    pub rolled_back: Vec<String>,
 }
 
 impl CheckReport {
     pub fn healthy(&self) -> bool {
         self.unreadable.is_empty()
+            && self.rolled_back.is_empty()
             && self.misplaced.is_empty()
             && self.twice.is_empty()
             && self.objects.iter().all(ObjectHealth::healthy)
@@ -583,6 +588,9 @@ impl Vault {
                 }
                 continue;
             }
+            // What this client saw before (the mount's, kept on disk):
+            // taken before the probe, which notes what it finds.
+            let seen = grid.seen_seq(&pk);
             let (best, seqs) = grid.probe_slot(&pk, &probes).await;
             // A new identity's root, never published: an empty tree, with
             // nothing to check (it said no mirror had its slot).
@@ -600,6 +608,13 @@ impl Vault {
                     .push(format!("{what}: no mirror holds its slot"));
                 continue;
             };
+            if let Some(seen) = seen.filter(|&seen| seen > best.seq) {
+                report.rolled_back.push(format!(
+                    "/{path}: the newest listing any mirror holds is version {}, \
+                     older than version {seen}, which this client has seen",
+                    best.seq
+                ));
+            }
             for (j, held) in seqs.iter().enumerate() {
                 if *held != SlotHeld::Version(best.seq) {
                     report.tallies[j].stale_slots += 1;

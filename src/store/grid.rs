@@ -1135,6 +1135,11 @@ impl Grid {
         self.seen_changes.load(std::sync::atomic::Ordering::Relaxed)
     }
 
+    /// The highest seq seen of the slot `public_key`, if any.
+    pub fn seen_seq(&self, public_key: &[u8; 32]) -> Option<u64> {
+        self.seen.lock().expect("lock").get(public_key).copied()
+    }
+
     /// The highest seq seen of every slot (for persisting between runs).
     pub fn seen_seqs(&self) -> HashMap<[u8; 32], u64> {
         self.seen.lock().expect("lock").clone()
