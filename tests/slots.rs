@@ -100,6 +100,26 @@ fn mirror_enforces_signature_seq_and_replay_window() {
         assert_eq!(api.put_slot(&v3, &pk, 0).await, 200);
         assert_eq!(api.get_slot(&pk).await.unwrap(), v3);
 
+        // A held copy damaged on the mirror's disk protects nothing: the
+        // same version, validly signed, replaces it (a repair's put). The
+        // mirror refused it as not newer, and no repair could mend it.
+        {
+            let db = rusqlite::Connection::open(mirror.data.join("ledger.sqlite")).unwrap();
+            let mut damaged = v3.clone();
+            let n = damaged.len();
+            damaged[n - 80] ^= 1;
+            db.execute(
+                "UPDATE slots SET envelope = ?2 WHERE pk = ?1",
+                rusqlite::params![&pk[..], damaged],
+            )
+            .unwrap();
+        }
+        assert_ne!(api.get_slot(&pk).await.unwrap(), v3);
+        assert_eq!(api.put_slot(&v3, &pk, 0).await, 200);
+        assert_eq!(api.get_slot(&pk).await.unwrap(), v3);
+        // And a valid held copy still refuses it.
+        assert_eq!(api.put_slot(&v3, &pk, 0).await, 409);
+
         // Shares: a body that does not hash to its id is refused.
         let id = *blake3::hash(b"real").as_bytes();
         let path = format!("/v1/share/{}", hex(&id));

@@ -542,14 +542,29 @@ impl Ledger {
         envelope.verify()?;
         let pk = envelope.public_key;
         self.with_tx(|tx| {
-            let current: Option<Vec<u8>> = tx
+            let held: Option<Vec<u8>> = tx
                 .query_row("SELECT envelope FROM slots WHERE pk = ?1", [&pk[..]], |r| {
                     r.get(0)
                 })
                 .optional()?;
-            let current = current.map(|b| SlotEnvelope::decode(&b)).transpose()?;
+            // A held copy that is not a valid envelope of this slot (a bad
+            // disk, a hand edit) protects nothing: any version its writer
+            // signed replaces it. It made the slot refuse every repair at
+            // the version it claimed (found by a helper's sweep).
+            let current = held.as_deref().and_then(|b| {
+                let valid = SlotEnvelope::decode(b)
+                    .ok()
+                    .filter(|c| c.public_key == pk && c.verify().is_ok());
+                if valid.is_none() {
+                    tracing::warn!(
+                        slot = %crate::protocol::hex(&pk),
+                        "the held copy of a slot is damaged; a valid one replaces it"
+                    );
+                }
+                valid
+            });
             envelope.check_update(current.as_ref())?;
-            let old = current.map(|c| c.encode().len() as u64).unwrap_or(0);
+            let old = held.map_or(0, |b| b.len() as u64);
             let size = bytes.len() as u64;
             if size > old {
                 self.check_room(tx, account, size - old, true, now)?;
