@@ -130,5 +130,32 @@ fn mount_errors_are_one_clear_line() {
     assert!(err.contains("inodes= wants a number"), "{err}");
     let err = client.fails(&["mount", mp.to_str().unwrap(), "-o", "inodes=5"]);
     assert!(err.contains("at least 100"), "{err}");
+    let err = client.fails(&["mount", mp.to_str().unwrap(), "-o", "remount"]);
+    assert!(err.contains("unmount it and mount it again"), "{err}");
+    // What fstab lines carry for other tools passes; the config's error
+    // is next.
+    let err = client.fails(&[
+        "mount",
+        mp.to_str().unwrap(),
+        "-o",
+        "comment=systemd.automount,lazytime",
+    ]);
+    assert!(err.contains("config.toml"), "{err}");
+    // A happy of 0 counted a file stored on no mirror as stored.
+    std::fs::write(client.home.join("config/config.toml"), "happy = 0\n").unwrap();
+    let err = client.fails(&["mount", mp.to_str().unwrap()]);
+    assert!(err.contains("happy = 0 must be from 1 to n = 3"), "{err}");
+    std::fs::write(client.home.join("config/config.toml"), "happy = 4\n").unwrap();
+    let err = client.fails(&["status"]);
+    assert!(err.contains("happy = 4 must be from 1 to n = 3"), "{err}");
+    std::fs::write(client.home.join("config/config.toml"), "").unwrap();
+    for url in [
+        "http://127.0.0.1:9/?x=1",
+        "http://127.0.0.1:9/#f",
+        "http://u:p@127.0.0.1:9",
+    ] {
+        let err = client.fails(&["mirrors", "add", url]);
+        assert!(err.contains("a mirror URL"), "{url}: {err}");
+    }
     assert_eq!(mounts_of(&mp), 0);
 }

@@ -495,6 +495,15 @@ fn mirror_url(url: &str) -> Result<String> {
     if !matches!(parsed.scheme(), "http" | "https") || parsed.host().is_none() {
         bail!("{url:?}: a mirror URL looks like http://host:port");
     }
+    // Requests are made by appending `/v1/...`: a query or a fragment
+    // would end up in the middle of every one (or be dropped), and
+    // credentials there would be sent in the clear and kept in the config.
+    if parsed.query().is_some() || parsed.fragment().is_some() {
+        bail!("{url:?}: a mirror URL has no query (?...) or fragment (#...)");
+    }
+    if !parsed.username().is_empty() || parsed.password().is_some() {
+        bail!("{url:?}: a mirror URL carries no user name or password");
+    }
     Ok(parsed.as_str().trim_end_matches('/').to_string())
 }
 

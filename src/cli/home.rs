@@ -332,6 +332,16 @@ impl Config {
         })?;
         lode::chunk::Params::new(config.k, config.n)
             .with_context(|| format!("{}: invalid k/n", path.display()))?;
+        // Stored on no mirror at all would count as stored (it behaved as
+        // 1, silently); on more than n, never.
+        if !(1..=usize::from(config.n)).contains(&config.happy) {
+            bail!(
+                "{}: happy = {} must be from 1 to n = {}",
+                path.display(),
+                config.happy,
+                config.n
+            );
+        }
         cache_bytes(config.cache_mib).with_context(|| format!("{}: cache_mib", path.display()))?;
         let mut names = std::collections::HashSet::new();
         for url in &config.mirrors {

@@ -441,7 +441,13 @@ pub fn mount(args: MountArgs) -> Result<()> {
             // default atime handling: nothing for lode to do.
             "defaults" | "auto" | "noauto" | "nofail" | "_netdev" | "user" | "users" | "nouser"
             | "owner" | "relatime" => {}
-            o if o.starts_with("x-") => {}
+            // Times are never written lazily or otherwise by reads here;
+            // fstab lines carry these, and `comment=` for other tools.
+            "lazytime" | "nolazytime" => {}
+            o if o.starts_with("x-") || o.starts_with("comment=") => {}
+            "remount" => bail!(
+                "remount: a lode mount's options cannot change while it runs; unmount it and mount it again"
+            ),
             other => bail!("unknown mount option {other:?}"),
         }
     }
