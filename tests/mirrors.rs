@@ -110,6 +110,51 @@ fn one_mirror_down_get_works_and_put_needs_happy() {
     );
 }
 
+/// A mirror reads back what it holds on each GC pass (`--scrub`) and
+/// removes shares whose bytes no longer match their ids; uploading the
+/// same file again then stores them anew. The mirror kept answering
+/// "held" for its damaged copies, so a second upload changed nothing and
+/// `lode sync` said all was stored while the copies were lost one by one
+/// (found by a helper's sweep).
+#[test]
+fn a_mirror_scrub_removes_damaged_shares_for_a_new_upload_to_heal() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mirrors = three_mirrors(tmp.path(), &["--gc-interval", "1"]);
+    let client = Client::new(&tmp.path().join("home"), &urls(&mirrors));
+    let data = common::seeded_bytes("scrubbed", 3 << 20);
+    let src = write_file(tmp.path(), "f.bin", &data);
+    let cap = client
+        .ok(&["put", src.to_str().unwrap(), "--to", "f.bin"])
+        .trim()
+        .to_string();
+    let bad = &mirrors[1];
+    let files = bad.share_files();
+    assert!(!files.is_empty());
+    let originals: Vec<Vec<u8>> = files.iter().map(|f| std::fs::read(f).unwrap()).collect();
+    for (f, bytes) in files.iter().zip(&originals) {
+        let mut damaged = bytes.clone();
+        let mid = damaged.len() / 2;
+        damaged[mid] ^= 1;
+        std::fs::write(f, damaged).unwrap();
+    }
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while files.iter().any(|f| f.exists()) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the scrub did not remove the damaged shares in 20 s"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+    // Missing now, not corrupt: the same file put again stores them.
+    let report = client.fails(&["check", &cap]);
+    assert!(!report.contains("CORRUPT"), "{report}");
+    client.ok(&["put", src.to_str().unwrap(), "--to", "g.bin"]);
+    for (f, bytes) in files.iter().zip(&originals) {
+        assert!(std::fs::read(f).unwrap() == *bytes, "{}", f.display());
+    }
+    client.ok(&["check", &cap, "--verify"]);
+}
+
 #[test]
 fn corrupt_mirror_is_named_and_repaired() {
     let tmp = tempfile::tempdir().unwrap();

@@ -36,6 +36,11 @@ pub struct ServeArgs {
     /// Seconds between garbage-collection passes.
     #[arg(long, default_value_t = 3600)]
     gc_interval: u64,
+    /// Bytes of stored shares read back and checked against their ids on
+    /// each GC pass, e.g. 1G (0: never); a damaged share is removed, for
+    /// the next upload or repair to store it again.
+    #[arg(long, value_parser = parse_size, default_value = "1G")]
+    scrub: u64,
     /// Address of the Stratum v1 pool endpoint, e.g. 0.0.0.0:3333.
     #[arg(long)]
     stratum: Option<String>,
@@ -112,6 +117,7 @@ pub fn run(args: ServeArgs) -> Result<()> {
         quota: args.quota,
         capacity: args.capacity,
         gc_interval: Duration::from_secs(args.gc_interval),
+        scrub_bytes: args.scrub,
         price: args.price,
         grace_secs: (args.grace_days * 86_400.0) as i64,
         free_bytes: args.free,

@@ -37,6 +37,9 @@ pub struct MirrorConfig {
     /// Bytes for the whole mirror, or unlimited.
     pub capacity: Option<u64>,
     pub gc_interval: Duration,
+    /// Bytes of shares read back and checked against their ids on each
+    /// GC pass (see `scrub`); 0 turns the scrubber off.
+    pub scrub_bytes: u64,
     /// Difficulty-1 shares per GiB-day.
     pub price: f64,
     pub grace_secs: i64,
@@ -471,6 +474,25 @@ pub async fn serve(
                 collect_garbage(&gc_mirror.ledger, &gc_mirror.shares, &gc_mirror.finalize).await
             {
                 tracing::error!(error = %e, "gc pass failed");
+            }
+            if config.scrub_bytes > 0 {
+                let scrubbed = super::scrub(
+                    &gc_mirror.ledger,
+                    &*gc_mirror.shares,
+                    &gc_mirror.finalize,
+                    config.data.join("scrub-cursor"),
+                    config.scrub_bytes,
+                )
+                .await;
+                match scrubbed {
+                    Ok(r) if r.damaged > 0 => tracing::error!(
+                        checked = r.checked,
+                        damaged = r.damaged,
+                        "scrub removed damaged shares"
+                    ),
+                    Ok(r) => tracing::debug!(checked = r.checked, bytes = r.bytes, "scrub pass"),
+                    Err(e) => tracing::error!(error = %e, "scrub pass failed"),
+                }
             }
         }
     });

@@ -700,6 +700,31 @@ impl Ledger {
         Ok(dropped)
     }
 
+    /// Up to `limit` shares with ids after `after` (from the first, if
+    /// `None`), in id order, with their recorded sizes: the scrubber's walk.
+    pub fn shares_after(
+        &self,
+        after: Option<[u8; 32]>,
+        limit: usize,
+    ) -> Result<Vec<([u8; 32], u64)>> {
+        let conn = self.conn.lock().expect("ledger lock");
+        let mut stmt = conn.prepare_cached(
+            "SELECT id, size FROM objects WHERE kind = ?1 AND id > ?2 ORDER BY id LIMIT ?3",
+        )?;
+        let from = after.map_or_else(Vec::new, |a| a.to_vec());
+        let rows = stmt.query_map(params![ObjectKind::Share as i64, from, limit as i64], |r| {
+            Ok((r.get::<_, Vec<u8>>(0)?, r.get::<_, i64>(1)?))
+        })?;
+        let mut out = Vec::new();
+        for row in rows {
+            let (id, size) = row?;
+            if let Ok(id) = <[u8; 32]>::try_from(id.as_slice()) {
+                out.push((id, size as u64));
+            }
+        }
+        Ok(out)
+    }
+
     /// Objects with no live lease, oldest first.
     pub fn unleased(&self, now: i64, limit: usize) -> Result<Vec<([u8; 32], ObjectKind)>> {
         let conn = self.conn.lock().expect("ledger lock");

@@ -15,6 +15,7 @@ mod disk;
 mod gc;
 mod http;
 mod ledger;
+mod scrub;
 mod small;
 mod stratum;
 mod upstream;
@@ -24,6 +25,7 @@ pub use disk::{DiskShares, ShareStore, Staged};
 pub use gc::{GcReport, collect_garbage};
 pub use http::{MirrorConfig, serve};
 pub use ledger::{Ledger, NewShare, ObjectKind, Terms};
+pub use scrub::{ScrubReport, scrub};
 pub use stratum::{PoolConfig, run_pool};
 pub use upstream::UpstreamConfig;
 
