@@ -1048,6 +1048,8 @@ fn a_verify_cap_checks_but_does_not_read() {
     assert!(cap.starts_with("lode:dir-v:"), "{cap}");
     let report = client.ok(&["check", &cap]);
     assert!(report.contains("healthy"), "{report}");
+    // And says how far it reached: "healthy" read as the whole tree.
+    assert!(report.contains("reaches its own listing only"), "{report}");
     client.fails(&["ls", &cap]);
 }
 

@@ -971,6 +971,13 @@ async fn share(s: &Session, path: &str, verify: bool) -> Result<()> {
 async fn check(s: &Session, target: &str, verify: bool, repair: bool) -> Result<()> {
     let cap = s.target(target).await?;
     let report = s.vault.check(&cap, verify, repair).await?;
+    // "healthy" would otherwise read as if the whole tree were checked.
+    if matches!(cap, Cap::DirVerify(_)) {
+        println!(
+            "a directory's verify-cap reaches its own listing only: what it lists is checked \
+             with its read-cap or write-cap"
+        );
+    }
     // The report's paths are from the checked directory down; shown from
     // the top of the tree when a path was checked (`big/f2`, not `/f2`).
     let base = match lode::caps::is_cap_text(target) {
@@ -1045,7 +1052,7 @@ async fn check(s: &Session, target: &str, verify: bool, repair: bool) -> Result<
         );
     }
     for e in &report.errors {
-        println!("  repair failed: {e}");
+        println!("  repair failed: {}", shown(e));
     }
     if repair {
         println!(

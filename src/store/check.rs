@@ -719,8 +719,8 @@ impl Vault {
                             health = grid.probe(&object, verify, &probes).await;
                         }
                         Err(e) => report.errors.push(match &object.file {
-                            Some(f) => format!("repairing {f}: {}: {e}", object.what),
-                            None => format!("repairing {}: {e}", object.what),
+                            Some(f) => format!("{f}: {}: {e}", object.what),
+                            None => format!("{}: {e}", object.what),
                         }),
                     }
                 }

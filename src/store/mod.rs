@@ -39,8 +39,8 @@ pub enum Error {
     #[error("mirror {mirror} is unavailable: {reason}")]
     Unavailable { mirror: String, reason: String },
     #[error(
-        "the directory's listing could not be read: {failed} of {mirrors} mirrors did not \
-         answer, and none that did holds it"
+        "the directory's listing could not be read: {}",
+        unanswered(*failed, *mirrors)
     )]
     ListingUnavailable { failed: usize, mirrors: usize },
     #[error("mirror {mirror} rejected the request: {reason}")]
@@ -130,6 +130,17 @@ pub enum Error {
     Cap(#[from] crate::caps::Error),
     #[error(transparent)]
     Io(#[from] std::io::Error),
+}
+
+/// Why no mirror gave a listing: none answered, or those that did hold
+/// none.
+fn unanswered(failed: usize, mirrors: usize) -> String {
+    match failed >= mirrors {
+        true => format!("none of the {mirrors} mirrors answered"),
+        false => {
+            format!("{failed} of {mirrors} mirrors did not answer, and none that did holds it")
+        }
+    }
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
