@@ -347,7 +347,15 @@ pub fn run(command: Command) -> Result<()> {
                 target,
                 verify,
                 repair,
-            } => check(&session, &target, verify, repair).await,
+                accept_rollback,
+            } => {
+                let options = lode::store::CheckOptions {
+                    verify,
+                    repair,
+                    accept_rollback,
+                };
+                check(&session, &target, options).await
+            }
             Command::Renew => renew(&session).await,
             Command::Init
             | Command::Mirrors(_)
@@ -968,9 +976,10 @@ async fn share(s: &Session, path: &str, verify: bool) -> Result<()> {
     Ok(())
 }
 
-async fn check(s: &Session, target: &str, verify: bool, repair: bool) -> Result<()> {
+async fn check(s: &Session, target: &str, options: lode::store::CheckOptions) -> Result<()> {
+    let (verify, repair) = (options.verify, options.repair);
     let cap = s.target(target).await?;
-    let report = s.vault.check(&cap, verify, repair).await?;
+    let report = s.vault.check_with(&cap, options).await?;
     // "healthy" would otherwise read as if the whole tree were checked.
     if matches!(cap, Cap::DirVerify(_)) {
         println!(
@@ -1033,6 +1042,9 @@ async fn check(s: &Session, target: &str, verify: bool, repair: bool) -> Result<
     }
     for line in &report.rolled_back {
         println!("  ROLLED BACK {}", shown(line));
+    }
+    for line in &report.accepted {
+        println!("  ROLLBACK ACCEPTED {}", shown(line));
     }
     for e in &report.unreadable {
         println!("  UNREADABLE {e}");
@@ -1098,7 +1110,7 @@ async fn check(s: &Session, target: &str, verify: bool, repair: bool) -> Result<
             0 => String::new(),
             n => format!(
                 "{n} directories rolled back on every mirror (no repair can bring back \
-                 what they lost), "
+                 what they lost; `--repair --accept-rollback` takes them as they are), "
             ),
         };
         bail!(

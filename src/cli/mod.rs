@@ -75,6 +75,11 @@ pub enum Command {
         /// Rebuild missing or corrupt shares from good ones.
         #[arg(long)]
         repair: bool,
+        /// With --repair: take directories rolled back on every mirror as
+        /// they now are (what the rollback lost stays lost), so they can be
+        /// read and changed again.
+        #[arg(long, requires = "repair")]
+        accept_rollback: bool,
     },
     /// Renew the leases of everything reachable from your root.
     Renew,

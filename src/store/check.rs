@@ -219,6 +219,9 @@ pub struct CheckReport {
     /// this client has seen: rolled back (by a mirror operator, or a
     /// restored backup), one line each. Nothing here can repair them.
     pub rolled_back: Vec<String>,
+    /// Directories rolled back that `accept_rollback` published again as
+    /// they now are, one line each.
+    pub accepted: Vec<String>,
 }
 
 impl CheckReport {
@@ -505,11 +508,39 @@ pub struct Renewal {
     pub nowhere: usize,
 }
 
+/// How far a check goes.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct CheckOptions {
+    /// Download and hash every share instead of asking for it.
+    pub verify: bool,
+    /// Rebuild missing or corrupt shares and stale slots.
+    pub repair: bool,
+    /// With `repair`: take a directory rolled back on every mirror as it
+    /// now is, publishing its listing again above the version seen, so it
+    /// can be read and changed again. What the rollback lost stays lost.
+    pub accept_rollback: bool,
+}
+
 impl Vault {
     /// Check (and with `repair`, fix) everything `cap` reaches: for a file,
     /// its shares; for a directory, its slot on every mirror and, with a
     /// read-cap, everything below it.
     pub async fn check(&self, cap: &Cap, verify: bool, repair: bool) -> Result<CheckReport> {
+        let options = CheckOptions {
+            verify,
+            repair,
+            accept_rollback: false,
+        };
+        self.check_with(cap, options).await
+    }
+
+    /// [`Self::check`], with every option.
+    pub async fn check_with(&self, cap: &Cap, options: CheckOptions) -> Result<CheckReport> {
+        let CheckOptions {
+            verify,
+            repair,
+            accept_rollback,
+        } = options;
         let grid = self.grid();
         let m = grid.mirrors().len();
         let mut report = CheckReport {
@@ -608,13 +639,24 @@ impl Vault {
                     .push(format!("{what}: no mirror holds its slot"));
                 continue;
             };
-            if let Some(seen) = seen.filter(|&seen| seen > best.seq) {
-                report.rolled_back.push(format!(
+            let rolled_back = seen.filter(|&seen| seen > best.seq).map(|seen| {
+                format!(
                     "/{path}: the newest listing any mirror holds is version {}, \
                      older than version {seen}, which this client has seen",
                     best.seq
-                ));
-            }
+                )
+            });
+            // Taken as it is (below, once its listing is whole), or named.
+            let accepting = match (&dir, rolled_back) {
+                (Cap::DirWrite(w), Some(line)) if repair && accept_rollback => {
+                    Some((w.clone(), seen.unwrap_or_default(), line))
+                }
+                (_, Some(line)) => {
+                    report.rolled_back.push(line);
+                    None
+                }
+                (_, None) => None,
+            };
             for (j, held) in seqs.iter().enumerate() {
                 if *held != SlotHeld::Version(best.seq) {
                     report.tallies[j].stale_slots += 1;
@@ -655,6 +697,9 @@ impl Vault {
                     Ok(listing) => listing,
                     Err(e) if top => return Err(e.into()),
                     Err(e) => {
+                        if let Some((_, _, line)) = accepting {
+                            report.rolled_back.push(line);
+                        }
                         report.unreadable.push(format!("{}: {e}", label(&dir)));
                         continue;
                     }
@@ -681,8 +726,26 @@ impl Vault {
                 );
                 report.pages += listing.pages.len() as u64;
                 if let Err(e) = self.fill(&mut listing).await {
+                    if let Some((_, _, line)) = accepting {
+                        report.rolled_back.push(line);
+                    }
                     report.unreadable.push(format!("{}: {e}", label(&dir)));
                     continue;
+                }
+                if let Some((write, seen, line)) = accepting {
+                    let seq = super::vault::next_seq(Some(seen));
+                    match self.publish_dir(&write, seq, &mut listing.clone()).await {
+                        Ok(()) => {
+                            report.repaired_slots += 1;
+                            report.accepted.push(format!("/{path}: now version {seq}"));
+                        }
+                        Err(e) => {
+                            report.rolled_back.push(line);
+                            report
+                                .errors
+                                .push(format!("/{path}: taking it as it is: {e}"));
+                        }
+                    }
                 }
                 // The root's link table holds the current cap of every
                 // hard-linked file; its names may hold older snapshots.
@@ -690,12 +753,22 @@ impl Vault {
                     .entries
                     .into_iter()
                     .chain(listing.links.into_iter().map(|(id, e)| (hex(&id), e)));
+                // Below a write-cap, write-caps (opened from their parent's),
+                // so a repair may publish a directory again.
+                let write = match &dir {
+                    Cap::DirWrite(w) => Some(w.clone()),
+                    _ => None,
+                };
                 dirs.extend(caps.filter_map(|(name, e)| {
+                    let own = write
+                        .as_ref()
+                        .and_then(|w| e.write_cap(w, &name).ok().flatten())
+                        .map(Cap::DirWrite);
                     let child = match path.as_str() {
                         "" => name,
                         p => format!("{p}/{name}"),
                     };
-                    Some((e.cap?, Some(read.clone()), child))
+                    Some((own.or(e.cap)?, Some(read.clone()), child))
                 }));
             }
         }

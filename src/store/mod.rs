@@ -21,7 +21,8 @@ pub(crate) mod vault;
 
 pub use cache::ChunkCache;
 pub use check::{
-    CheckReport, MirrorRenewal, MirrorTally, Object, ObjectHealth, Reach, Renewal, ShareState,
+    CheckOptions, CheckReport, MirrorRenewal, MirrorTally, Object, ObjectHealth, Reach, Renewal,
+    ShareState,
 };
 pub use grid::{Grid, GridConfig, Room, Space};
 pub use http::HttpMirror;
