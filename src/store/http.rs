@@ -55,6 +55,13 @@ const DOWN_WRITE_TIMEOUT: Duration = Duration::from_secs(10);
 /// slow uplinks. A request that timed out is not sent again: a hung
 /// mirror holds its caller one timeout, not one per attempt.
 const READ_TIMEOUT: Duration = Duration::from_secs(60);
+/// Longest a read waits for the next bytes of an answer (its head, then
+/// each part of its body). A mirror that has stopped (a frozen process, a
+/// network that drops packets) is given up on after this, not after all
+/// of [`READ_TIMEOUT`], while a slow link that keeps sending gets its
+/// time. With all three mirrors stopped, a read took two read timeouts,
+/// about two minutes, to fail (a helper's sweep).
+const READ_IDLE: Duration = Duration::from_secs(20);
 /// Longest wait for a request whose answer is small (see `small_answer`):
 /// no slow link needs more. `lode check` asks whether a share is held once
 /// per share and mirror.
@@ -100,6 +107,10 @@ pub struct HttpMirror {
     /// The name the placement ranks it under, if not `base` (it moved).
     placed_as: Option<String>,
     client: reqwest::Client,
+    /// For requests without a body: `client`, plus [`READ_IDLE`]. (Not
+    /// for writes: a mirror may rightly be silent while it makes an
+    /// upload durable.)
+    reader: reqwest::Client,
     key: AccountKey,
     /// Smoothed time of successful reads, for fastest-first ordering.
     latency: Mutex<Option<Duration>>,
@@ -219,19 +230,25 @@ impl HttpMirror {
                 reason: "mirror URL must start with http:// or https://".into(),
             });
         }
-        let client = reqwest::Client::builder()
-            .connect_timeout(Duration::from_secs(5))
-            .timeout(Duration::from_secs(120))
-            .user_agent(concat!("lode/", env!("CARGO_PKG_VERSION")))
-            .build()
-            .map_err(|e| Error::Unavailable {
+        let builder = || {
+            reqwest::Client::builder()
+                .connect_timeout(Duration::from_secs(5))
+                .timeout(Duration::from_secs(120))
+                .user_agent(concat!("lode/", env!("CARGO_PKG_VERSION")))
+        };
+        let built = |b: reqwest::ClientBuilder| {
+            b.build().map_err(|e| Error::Unavailable {
                 mirror: base.clone(),
                 reason: e.to_string(),
-            })?;
+            })
+        };
+        let client = built(builder())?;
+        let reader = built(builder().read_timeout(READ_IDLE))?;
         Ok(HttpMirror {
             base,
             placed_as: None,
             client,
+            reader,
             key,
             latency: Mutex::new(None),
             pending: Mutex::new(Pending::default()),
@@ -360,9 +377,11 @@ impl HttpMirror {
                 tokio::time::sleep(backoff).await;
                 backoff *= 4;
             }
-            let mut req = self
-                .client
-                .request(method.clone(), format!("{}{path}", self.base));
+            let client = match body {
+                None => &self.reader,
+                Some(_) => &self.client,
+            };
+            let mut req = client.request(method.clone(), format!("{}{path}", self.base));
             req = req.timeout(match &body {
                 None if small_answer(&method, path) => PROBE_TIMEOUT,
                 None => READ_TIMEOUT,
@@ -851,6 +870,27 @@ mod tests {
             }
         });
         (url, count)
+    }
+
+    /// A read from a mirror that takes the connection and then says
+    /// nothing (a stopped process) gives up after `READ_IDLE`, not the
+    /// whole read timeout.
+    #[tokio::test]
+    async fn a_silent_mirror_is_given_up_on_after_the_idle_wait() {
+        let (url, _) = silent_mirror(true).await;
+        let mirror = HttpMirror::new(
+            &url,
+            crate::crypto::RootSecret::from_bytes([5; 32]).account_key(),
+        )
+        .unwrap();
+        let started = Instant::now();
+        let got = tokio::time::timeout(READ_TIMEOUT / 2, mirror.get_share(&[2; 32])).await;
+        assert!(
+            matches!(got, Ok(Err(Error::Unavailable { .. }))),
+            "still waiting after {:?}",
+            started.elapsed()
+        );
+        assert!(started.elapsed() >= READ_IDLE / 2);
     }
 
     /// A "mirror" on loopback that answers every request with 200 and a
