@@ -1624,32 +1624,30 @@ impl LodeFs {
                     cap,
                     ..
                 } if !node.orphan => {
+                    let path = Self::path_in(&tree, ino)?;
+                    // Names it left that the mirrors may still list.
+                    let left = tree
+                        .left_by(ino)
+                        .into_iter()
+                        .filter_map(|(dir, name, root)| {
+                            let dir = Self::path_in(&tree, dir)?;
+                            let left = match dir.is_empty() {
+                                true => name,
+                                false => format!("{dir}/{name}"),
+                            };
+                            (left != path).then_some((left, root))
+                        })
+                        .collect();
                     let note = notes::Note {
-                        path: Self::path_in(&tree, ino)?,
+                        path,
                         mode: node.mode,
                         owner: Some((node.uid, node.gid)),
                         base: cap
                             .as_ref()
                             .map_or(notes::Base::New, |c| notes::Base::Version(c.root)),
                         replaces: node.replaces.clone(),
-                        left: Vec::new(),
+                        left,
                         partial: self.partial(p).map(|partial| partial.base()),
-                    };
-                    let left = tree
-                        .left_by(ino)
-                        .into_iter()
-                        .filter_map(|(dir, name, root)| {
-                            let dir = Self::path_in(&tree, dir)?;
-                            let path = if dir.is_empty() {
-                                name
-                            } else {
-                                format!("{dir}/{name}")
-                            };
-                            (path != note.path).then_some((path, root))
-                        });
-                    let note = notes::Note {
-                        left: left.collect(),
-                        ..note
                     };
                     Some((p.clone(), note))
                 }

@@ -12,13 +12,13 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
 use futures_util::{SinkExt, StreamExt};
-use serde_json::{Value, json};
+use serde_json::Value;
 use tokio::net::TcpStream;
 use tokio::sync::{mpsc, watch};
 use tokio_util::codec::{Framed, LinesCodec};
 
 use super::{Found, Miners, Work};
-use crate::pool::stratum::{self, MAX_LINE, ServerMessage, Submit};
+use crate::pool::stratum::{self, MAX_LINE, ServerMessage, Submit, opening_id};
 use crate::pool::{Difficulty, Job, VERSION_ROLLING_MASK, build_header};
 
 /// Counters a running client keeps, for `lode mine` and `lode status`.
@@ -148,30 +148,10 @@ async fn session(
         _ = stop.changed() => return Ok(()),
     };
     let mut lines = Framed::new(stream, LinesCodec::new_with_max_length(MAX_LINE));
-    lines
-        .send(stratum::request(
-            1,
-            "mining.configure",
-            stratum::configure_params(VERSION_ROLLING_MASK),
-        ))
-        .await
-        .map_err(io)?;
-    lines
-        .send(stratum::request(
-            2,
-            "mining.subscribe",
-            json!([concat!("lode/", env!("CARGO_PKG_VERSION"))]),
-        ))
-        .await
-        .map_err(io)?;
-    lines
-        .send(stratum::request(
-            3,
-            "mining.authorize",
-            json!([worker, "x"]),
-        ))
-        .await
-        .map_err(io)?;
+    let agent = concat!("lode/", env!("CARGO_PKG_VERSION"));
+    for line in stratum::opening(VERSION_ROLLING_MASK, agent, worker, "x") {
+        lines.send(line).await.map_err(io)?;
+    }
     let mut state = State {
         extranonce1: Vec::new(),
         extranonce2_size: 4,
@@ -183,7 +163,7 @@ async fn session(
         issued: HashMap::new(),
         current_tag: 0,
     };
-    let mut next_id = 10u64;
+    let mut next_id = stratum::FIRST_FREE_ID;
     let mut pending: HashMap<u64, Difficulty> = HashMap::new();
     let mut subscribed = false;
     let mut rolling = false;
@@ -205,12 +185,12 @@ async fn session(
             line = lines.next() => {
                 let line = line.ok_or_else(|| io("pool closed the connection"))?.map_err(io)?;
                 match stratum::parse_server(&line).map_err(io)? {
-                    ServerMessage::Response { id: Some(1), result, error } => {
+                    ServerMessage::Response { id: Some(opening_id::CONFIGURE), result, error } => {
                         state.version_mask =
                             stratum::granted_version_mask(&result, error.as_ref(), VERSION_ROLLING_MASK);
                         rolling = state.version_mask != 0;
                     }
-                    ServerMessage::Response { id: Some(2), result, error } => {
+                    ServerMessage::Response { id: Some(opening_id::SUBSCRIBE), result, error } => {
                         if let Some(e) = error {
                             return Err(io(format!("subscribe refused: {e:?}")));
                         }
@@ -224,7 +204,7 @@ async fn session(
                         subscribed = true;
                         state.publish(miners);
                     }
-                    ServerMessage::Response { id: Some(3), result, error } => {
+                    ServerMessage::Response { id: Some(opening_id::AUTHORIZE), result, error } => {
                         if error.is_some() || result != Value::Bool(true) {
                             return Err(io(format!("pool refused worker {worker}: {error:?}")));
                         }

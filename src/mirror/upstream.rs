@@ -27,7 +27,7 @@ use tokio_util::codec::{Framed, LinesCodec};
 
 use super::Ledger;
 use super::stratum::Jobs;
-use crate::pool::stratum::{self, MAX_LINE, ServerMessage, Submit};
+use crate::pool::stratum::{self, MAX_LINE, ServerMessage, Submit, opening_id};
 use crate::pool::{Accepted, Difficulty, VERSION_ROLLING_MASK, hash_meets};
 
 /// Extranonce bytes a proxy reserves per downstream session.
@@ -90,31 +90,15 @@ async fn session(
     // No session of this link may roll version bits until the upstream
     // says which it takes.
     jobs.version_mask.store(0, Ordering::Relaxed);
-    lines
-        .send(stratum::request(
-            1,
-            "mining.configure",
-            stratum::configure_params(VERSION_ROLLING_MASK),
-        ))
-        .await
-        .map_err(io)?;
-    lines
-        .send(stratum::request(
-            2,
-            "mining.subscribe",
-            json!(["lode-proxy"]),
-        ))
-        .await
-        .map_err(io)?;
-    lines
-        .send(stratum::request(
-            3,
-            "mining.authorize",
-            json!([config.user, config.password]),
-        ))
-        .await
-        .map_err(io)?;
-    let mut next_id = 4u64;
+    for line in stratum::opening(
+        VERSION_ROLLING_MASK,
+        "lode-proxy",
+        &config.user,
+        &config.password,
+    ) {
+        lines.send(line).await.map_err(io)?;
+    }
+    let mut next_id = stratum::FIRST_FREE_ID;
     let mut version_mask = 0u32;
     // Whether the upstream agreed to version rolling at all.
     let mut rolling = false;
@@ -127,7 +111,7 @@ async fn session(
             line = lines.next() => {
                 let line = line.ok_or_else(|| io("upstream closed the connection"))?.map_err(io)?;
                 match stratum::parse_server(&line).map_err(io)? {
-                    ServerMessage::Response { id: Some(1), result, error } => {
+                    ServerMessage::Response { id: Some(opening_id::CONFIGURE), result, error } => {
                         // Sessions read this before the extranonce below
                         // (the upstream answers in order), so a session of
                         // the new generation rolls only granted bits.
@@ -136,7 +120,7 @@ async fn session(
                         rolling = version_mask != 0;
                         tracing::info!(upstream = %config.addr, mask = format_args!("{version_mask:08x}"), "upstream version rolling");
                     }
-                    ServerMessage::Response { id: Some(2), result, .. } => {
+                    ServerMessage::Response { id: Some(opening_id::SUBSCRIBE), result, .. } => {
                         let en1 = result.get(1).and_then(|v| v.as_str()).ok_or_else(|| io("bad subscribe reply"))?;
                         let en1 = stratum::hex_bytes(en1, "extranonce1").map_err(io)?;
                         let size = result.get(2).and_then(|v| v.as_u64()).ok_or_else(|| io("bad subscribe reply"))? as usize;
@@ -149,7 +133,7 @@ async fn session(
                         // also sees the new extranonce.
                         jobs.generation.fetch_add(1, Ordering::Relaxed);
                     }
-                    ServerMessage::Response { id: Some(3), result, error } if error.is_some() || result != json!(true) => {
+                    ServerMessage::Response { id: Some(opening_id::AUTHORIZE), result, error } if error.is_some() || result != json!(true) => {
                         return Err(io(format!("upstream refused authorization: {error:?}")));
                     }
                     ServerMessage::Response { id: Some(id), result, error } => {

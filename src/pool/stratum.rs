@@ -243,6 +243,35 @@ pub fn configure_params(mask: u32) -> Value {
     }])
 }
 
+/// The ids of a miner's (or a proxy's) opening requests, whose answers it
+/// tells apart by them; its own requests start at [`FIRST_FREE_ID`].
+pub mod opening_id {
+    pub const CONFIGURE: u64 = 1;
+    pub const SUBSCRIBE: u64 = 2;
+    pub const AUTHORIZE: u64 = 3;
+}
+/// The first id after the opening requests.
+pub const FIRST_FREE_ID: u64 = 4;
+
+/// The lines a miner opens a connection with: `mining.configure` for the
+/// version bits of `mask`, `mining.subscribe` as `agent`, and
+/// `mining.authorize` as `worker`, with the ids of [`opening_id`].
+pub fn opening(mask: u32, agent: &str, worker: &str, password: &str) -> [String; 3] {
+    [
+        request(
+            opening_id::CONFIGURE,
+            "mining.configure",
+            configure_params(mask),
+        ),
+        request(opening_id::SUBSCRIBE, "mining.subscribe", json!([agent])),
+        request(
+            opening_id::AUTHORIZE,
+            "mining.authorize",
+            json!([worker, password]),
+        ),
+    ]
+}
+
 /// The version bits a pool's answer to `mining.configure` lets us roll,
 /// within the `asked` mask: none if it refused the request, does not know
 /// the method, or turned version rolling down.
