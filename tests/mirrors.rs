@@ -1223,3 +1223,37 @@ fn a_new_identity_has_nothing_to_renew_or_check() {
         "{said}"
     );
 }
+
+/// The soft limit on open descriptors, from `/proc/PID/limits`.
+fn soft_descriptor_limit(pid: u32) -> u64 {
+    let limits = std::fs::read_to_string(format!("/proc/{pid}/limits")).unwrap();
+    let line = limits
+        .lines()
+        .find(|l| l.starts_with("Max open files"))
+        .expect("a descriptor limit");
+    line.split_whitespace().nth(3).unwrap().parse().unwrap()
+}
+
+#[test]
+fn a_mirror_raises_its_descriptor_limit_to_the_hard_one() {
+    use std::io::BufRead;
+    let dir = tempfile::tempdir().unwrap();
+    // prlimit sets the limits and execs the mirror in the same process.
+    let mut child = std::process::Command::new("prlimit")
+        .arg("--nofile=64:4096")
+        .arg(common::LODE)
+        .args(["mirror", "serve", "--listen", "127.0.0.1:0", "--data"])
+        .arg(dir.path().join("m"))
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("prlimit (util-linux) runs");
+    let mut line = String::new();
+    std::io::BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    let soft = soft_descriptor_limit(child.id());
+    child.kill().unwrap();
+    child.wait().unwrap();
+    assert!(line.contains("listening on http://127.0.0.1:"), "{line:?}");
+    assert_eq!(soft, 4096, "the mirror kept a soft limit of {soft}");
+}

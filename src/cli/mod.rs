@@ -124,13 +124,35 @@ pub enum MirrorCommand {
     Serve(Box<serve::ServeArgs>),
 }
 
+/// Raise the soft limit on open descriptors to the hard one, for the two
+/// long-running servers. A mirror holds a descriptor per connection and
+/// per share being written, a mount one per open file and per upload; the
+/// usual soft limit of 1,024 is a leftover of `select`, which neither
+/// uses, and a mirror that met it while starting exited. Go's runtime and
+/// systemd's advice do the same. A failure leaves the limit as it was.
+fn raise_descriptor_limit() {
+    use nix::sys::resource::{Resource, getrlimit, setrlimit};
+    if let Ok((soft, hard)) = getrlimit(Resource::RLIMIT_NOFILE)
+        && soft < hard
+        && let Err(e) = setrlimit(Resource::RLIMIT_NOFILE, hard, hard)
+    {
+        tracing::debug!(soft, hard, error = %e, "could not raise the descriptor limit");
+    }
+}
+
 /// Run a parsed command line.
 pub fn run(cli: Cli) -> Result<()> {
     match cli.command {
-        Command::Mirror(MirrorCommand::Serve(args)) => serve::run(*args),
+        Command::Mirror(MirrorCommand::Serve(args)) => {
+            raise_descriptor_limit();
+            serve::run(*args)
+        }
         Command::Mine(args) => mine::mine(args),
         Command::Status(args) => mine::status(args),
-        Command::Mount(args) => mount::mount(args),
+        Command::Mount(args) => {
+            raise_descriptor_limit();
+            mount::mount(args)
+        }
         Command::Friend(c) => mount::friend(c),
         Command::Sync => mount::sync(),
         Command::Completions { shell } => {
