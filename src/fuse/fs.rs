@@ -1963,6 +1963,7 @@ impl LodeFs {
             };
         }
         self.writable(dir)?;
+        let own_upload = self.own_upload_at(dir, name, note, staged)?;
         let meta = std::fs::metadata(staged)?;
         let (mtime, ctime) = (
             (meta.mtime(), meta.mtime_nsec() as u32),
@@ -1990,12 +1991,7 @@ impl LodeFs {
             else {
                 return false;
             };
-            // Nor is a version a rename put this file in place of.
-            match note.base {
-                notes::Base::Unknown => false,
-                notes::Base::New => !note.replaces.contains(&c.root),
-                notes::Base::Version(root) => c.root != root && !note.replaces.contains(&c.root),
-            }
+            !replaceable(note, &c.root) && own_upload != Some(c.root)
         });
         if changed_elsewhere {
             tracing::warn!(
@@ -2074,6 +2070,60 @@ impl LodeFs {
             self.note_staged(ino);
         }
         Ok(ino)
+    }
+
+    /// The version at `dir`/`name`, if it is a published file that the
+    /// staged copy `staged` may not replace (see [`replaceable`]) and yet
+    /// holds exactly its bytes: the crashed mount's own upload of it. A
+    /// crash between the publish of a directory naming that upload and
+    /// the removal of the copy's note leaves the note to recovery, still
+    /// naming the version before; the copy is then no conflict, and must
+    /// not come back beside itself as `NAME.recovered-…`.
+    ///
+    /// The test is an upload of the copy over that version: a chunk is
+    /// reused only where the copy's bytes hash to its key again, so the
+    /// same bytes give the same root, and anything else a root of its
+    /// own. Where they are the same, nothing is sent but the confirmation
+    /// that the mirrors hold its chunks; where they differ, the copy is
+    /// on the mirrors sooner. An upload that cannot reach enough mirrors
+    /// is an error: recovery tries again later. Any other failure keeps
+    /// both, as before.
+    fn own_upload_at(
+        &self,
+        dir: u64,
+        name: &str,
+        note: &notes::Note,
+        staged: &Path,
+    ) -> Result<Option<[u8; 32]>> {
+        use crate::store::Error as S;
+        let held = {
+            let tree = self.lock();
+            let ino = tree.children(dir).and_then(|c| c.get(name)).copied();
+            match ino.and_then(|i| tree.nodes.get(&i)).map(|n| &n.body) {
+                Some(Body::File {
+                    cap: Some(c),
+                    dirty: false,
+                    ..
+                }) if !replaceable(note, &c.root) => c.clone(),
+                _ => return Ok(None),
+            }
+        };
+        if std::fs::metadata(staged)?.len() != held.size {
+            return Ok(None);
+        }
+        match self
+            .rt
+            .block_on(self.vault.put_path_over(staged, Some(&held)))
+        {
+            Ok(mine) => Ok((mine.root == held.root).then_some(held.root)),
+            Err(
+                e @ (S::Unavailable { .. } | S::ListingUnavailable { .. } | S::NotHappy { .. }),
+            ) => Err(e.into()),
+            Err(e) => {
+                tracing::debug!(path = note.path, error = %e, "cannot compare a staged copy with the version at its name");
+                Ok(None)
+            }
+        }
     }
 
     /// After recovering a file renamed away from the names in `note.left`,
@@ -3538,6 +3588,18 @@ fn waits_its_turn(tree: &Tree, dir: u64, now: Instant) -> bool {
         tree.children(dir).map_or(0, |c| c.len()) >= refused
             && now.duration_since(at) < TOO_LARGE_RETRY
     }) || tree.publish_after.get(&dir).is_some_and(|&t| t > now)
+}
+
+/// Whether recovery may put the staged copy `note` describes in place of
+/// the published version `root` at its name: the version the copy began
+/// from, or one a rename put it in place of (a note from before bases
+/// were recorded may replace any).
+fn replaceable(note: &notes::Note, root: &[u8; 32]) -> bool {
+    match note.base {
+        notes::Base::Unknown => true,
+        notes::Base::New => note.replaces.contains(root),
+        notes::Base::Version(base) => base == *root || note.replaces.contains(root),
+    }
 }
 
 /// Make a staged file durable on the local disk (best effort: a failure is
