@@ -15,6 +15,14 @@ dir=$(realpath -m "${LODE_QUICKSTART:-./lode-quickstart}")
 lode=$(realpath -m "${LODE_BIN:-$(command -v lode || echo "$(dirname "$0")/../target/debug/lode")}")
 export LODE_HOME="$dir/home"
 
+# Whether PID is a lode mirror still running: not a number reused by
+# another process, nor one that ended and waits to be reaped (a zombie,
+# where the container's first process does not reap).
+mirror_running() {
+    [ -n "$1" ] && tr '\0' ' ' <"/proc/$1/cmdline" 2>/dev/null | grep -q ' mirror serve ' &&
+        ! grep -q '^State:[[:space:]]*Z' "/proc/$1/status" 2>/dev/null
+}
+
 if [ -n "$stop" ]; then
     if grep -q " $mnt " /proc/self/mounts 2>/dev/null; then
         fusermount3 -u "$mnt" 2>/dev/null || umount "$mnt"
@@ -33,7 +41,7 @@ if [ -n "$stop" ]; then
     done
     # Return once they are gone (a mirror finishes its requests first).
     for pid in "${pids[@]}"; do
-        for _ in $(seq 100); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
+        for _ in $(seq 100); do mirror_running "$pid" || break; sleep 0.1; done
     done
     echo "stopped: $mnt unmounted, mirrors in $dir stopped"
     exit 0
@@ -43,7 +51,7 @@ command -v fusermount3 >/dev/null || { apt-get update -qq && apt-get install -y 
 mkdir -p "$dir" "$mnt"
 for i in 1 2 3; do
     pidfile="$dir/mirror$i.pid"
-    if [ -e "$pidfile" ] && kill -0 "$(cat "$pidfile")" 2>/dev/null; then continue; fi
+    if [ -e "$pidfile" ] && mirror_running "$(cat "$pidfile")"; then continue; fi
     # A mirror keeps its first address, so the identity's config stays valid.
     listen=$(cat "$dir/mirror$i.addr" 2>/dev/null || echo 127.0.0.1:0)
     stratum=$(cat "$dir/mirror$i.stratum" 2>/dev/null || echo 127.0.0.1:0)
