@@ -1615,6 +1615,11 @@ impl LodeFs {
         let _one = self.noting.lock().unwrap_or_else(|p| p.into_inner());
         let notes: Vec<(PathBuf, notes::Note)> = {
             let tree = self.lock();
+            // Gone meanwhile (removed, or forgotten): no note to write.
+            // It used to fall to the walk below, over every node.
+            if !tree.nodes.contains_key(&top) {
+                return;
+            }
             // A kept copy of a published file is only a cache: a note on
             // it would have recovery publish it over newer content.
             let note_of = |ino: u64, node: &Node| match &node.body {
@@ -2080,14 +2085,11 @@ impl LodeFs {
     /// naming the version before; the copy is then no conflict, and must
     /// not come back beside itself as `NAME.recovered-…`.
     ///
-    /// The test is an upload of the copy over that version: a chunk is
-    /// reused only where the copy's bytes hash to its key again, so the
-    /// same bytes give the same root, and anything else a root of its
-    /// own. Where they are the same, nothing is sent but the confirmation
-    /// that the mirrors hold its chunks; where they differ, the copy is
-    /// on the mirrors sooner. An upload that cannot reach enough mirrors
-    /// is an error: recovery tries again later. Any other failure keeps
-    /// both, as before.
+    /// The comparison ([`Vault::holds_same_bytes`]) reads the version's
+    /// manifest and hashes the copy; it sends nothing, so mirrors that
+    /// refuse writes do not stop it. Mirrors out of reach are an error,
+    /// for recovery to try again later (as when the directory cannot be
+    /// read); any other failure keeps both, as before.
     fn own_upload_at(
         &self,
         dir: u64,
@@ -2108,17 +2110,12 @@ impl LodeFs {
                 _ => return Ok(None),
             }
         };
-        if std::fs::metadata(staged)?.len() != held.size {
-            return Ok(None);
-        }
         match self
             .rt
-            .block_on(self.vault.put_path_over(staged, Some(&held)))
+            .block_on(self.vault.holds_same_bytes(staged, &held))
         {
-            Ok(mine) => Ok((mine.root == held.root).then_some(held.root)),
-            Err(
-                e @ (S::Unavailable { .. } | S::ListingUnavailable { .. } | S::NotHappy { .. }),
-            ) => Err(e.into()),
+            Ok(same) => Ok(same.then_some(held.root)),
+            Err(e @ (S::Unavailable { .. } | S::ListingUnavailable { .. })) => Err(e.into()),
             Err(e) => {
                 tracing::debug!(path = note.path, error = %e, "cannot compare a staged copy with the version at its name");
                 Ok(None)

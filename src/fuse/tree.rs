@@ -230,9 +230,11 @@ pub struct Tree {
     /// each directory since it was last published, by directory and name:
     /// the mirrors still list those versions there. See [`Tree::vacate`].
     vacated: HashMap<u64, HashMap<String, Vec<Vacated>>>,
-    /// How many of those each inode gave up: a file's recovery note looks
-    /// for its own only if it has any.
-    vacated_by: HashMap<u64, usize>,
+    /// Where each inode gave those up, with how many records it holds at
+    /// each (directory, name): a file's recovery note finds its own
+    /// without a walk of every record (a rename of many files before
+    /// their directory published was quadratic).
+    vacated_by: HashMap<u64, HashMap<(u64, String), u32>>,
     /// Counts the names given up, so a publish knows which of them the
     /// listing it sent no longer holds.
     vacates: u64,
@@ -351,18 +353,51 @@ impl Tree {
             at,
         });
         for by in gone {
-            self.forget_vacated_by(by);
+            self.forget_vacated_by(by, dir, name);
         }
-        *self.vacated_by.entry(ino).or_default() += 1;
+        self.vacated_by_add(ino, dir, name);
     }
 
-    fn forget_vacated_by(&mut self, ino: u64) {
-        if let Some(n) = self.vacated_by.get_mut(&ino) {
+    fn vacated_by_add(&mut self, ino: u64, dir: u64, name: &str) {
+        *self
+            .vacated_by
+            .entry(ino)
+            .or_default()
+            .entry((dir, name.to_string()))
+            .or_default() += 1;
+    }
+
+    /// `ino` holds one record fewer at `name` in `dir`.
+    fn forget_vacated_by(&mut self, ino: u64, dir: u64, name: &str) {
+        let Some(at) = self.vacated_by.get_mut(&ino) else {
+            return;
+        };
+        let key = (dir, name.to_string());
+        if let Some(n) = at.get_mut(&key) {
             *n -= 1;
             if *n == 0 {
-                self.vacated_by.remove(&ino);
+                at.remove(&key);
             }
         }
+        if at.is_empty() {
+            self.vacated_by.remove(&ino);
+        }
+    }
+
+    /// Whether `ino` is a file whose staged copy carries a recovery note
+    /// (staged changes, not a cache, and still named).
+    fn noted(&self, ino: u64) -> bool {
+        self.nodes.get(&ino).is_some_and(|n| {
+            !n.orphan
+                && matches!(
+                    n.body,
+                    Body::File {
+                        staged: Some(_),
+                        cached: false,
+                        ..
+                    }
+                )
+        })
     }
 
     /// The versions the mirrors may still list at `name` in `dir`, given
@@ -373,24 +408,11 @@ impl Tree {
     /// rename is published (the mount keeps no journal of renames): its
     /// version stays, and a file recovered here goes beside it.
     pub fn vacated_roots(&self, dir: u64, name: &str) -> Vec<crate::crypto::Hash> {
-        let noted = |ino: u64| {
-            self.nodes.get(&ino).is_some_and(|n| {
-                !n.orphan
-                    && matches!(
-                        n.body,
-                        Body::File {
-                            staged: Some(_),
-                            cached: false,
-                            ..
-                        }
-                    )
-            })
-        };
         let Some(list) = self.vacated.get(&dir).and_then(|names| names.get(name)) else {
             return Vec::new();
         };
         list.iter()
-            .filter(|v| !v.renamed || noted(v.ino))
+            .filter(|v| !v.renamed || self.noted(v.ino))
             .map(|v| v.root)
             .collect()
     }
@@ -398,15 +420,14 @@ impl Tree {
     /// The names `ino` gave up that the mirrors may still list, as
     /// (directory, name, version).
     pub fn left_by(&self, ino: u64) -> Vec<(u64, String, crate::crypto::Hash)> {
-        if !self.vacated_by.contains_key(&ino) {
+        let Some(at) = self.vacated_by.get(&ino) else {
             return Vec::new();
-        }
+        };
         let mut left = Vec::new();
-        for (&dir, names) in &self.vacated {
-            for (name, list) in names {
-                for v in list.iter().filter(|v| v.ino == ino) {
-                    left.push((dir, name.clone(), v.root));
-                }
+        for (dir, name) in at.keys() {
+            let list = self.vacated.get(dir).and_then(|names| names.get(name));
+            for v in list.into_iter().flatten().filter(|v| v.ino == ino) {
+                left.push((*dir, name.clone(), v.root));
             }
         }
         left
@@ -424,8 +445,8 @@ impl Tree {
             return;
         };
         let by = std::mem::replace(&mut v.ino, ino);
-        self.forget_vacated_by(by);
-        *self.vacated_by.entry(ino).or_default() += 1;
+        self.forget_vacated_by(by, dir, name);
+        self.vacated_by_add(ino, dir, name);
     }
 
     /// Where the count of names given up stands: taken with a listing.
@@ -435,17 +456,20 @@ impl Tree {
 
     /// `dir` was published from a listing taken when the count stood at
     /// `taken`: the names given up before are gone from the mirrors.
-    /// Returns the inodes whose recovery notes named them.
+    /// Returns the inodes whose recovery notes named them: those that
+    /// still have a note (files renamed away, or handed a name by
+    /// [`Tree::vacated_for`]). Every inode, removed files' too, made a
+    /// mass `rm` rewrite a note, or walk the whole tree, per file.
     pub fn published_vacated(&mut self, dir: u64, taken: u64) -> Vec<u64> {
         let Some(names) = self.vacated.get_mut(&dir) else {
             return Vec::new();
         };
         let mut gone = Vec::new();
-        names.retain(|_, list| {
+        names.retain(|name, list| {
             list.retain(|v| {
                 let published = v.at <= taken;
                 if published {
-                    gone.push(v.ino);
+                    gone.push((v.ino, name.clone()));
                 }
                 !published
             });
@@ -454,22 +478,21 @@ impl Tree {
         if names.is_empty() {
             self.vacated.remove(&dir);
         }
-        for &ino in &gone {
-            self.forget_vacated_by(ino);
+        let mut noted = Vec::new();
+        for (ino, name) in gone {
+            self.forget_vacated_by(ino, dir, &name);
+            if self.noted(ino) {
+                noted.push(ino);
+            }
         }
-        gone
+        noted
     }
 
     /// A directory is gone: so are the names it gave up.
     fn forget_vacated(&mut self, dir: u64) {
-        for list in self
-            .vacated
-            .remove(&dir)
-            .into_iter()
-            .flat_map(HashMap::into_values)
-        {
+        for (name, list) in self.vacated.remove(&dir).into_iter().flatten() {
             for v in list {
-                self.forget_vacated_by(v.ino);
+                self.forget_vacated_by(v.ino, dir, &name);
             }
         }
     }
@@ -1285,7 +1308,8 @@ mod tests {
         assert!(tree.vacated_roots(a, "f0").is_empty());
         assert!(tree.left_by(f1).is_empty());
         assert_eq!(tree.left_by(f2), vec![(a, "f2".to_string(), [2; 32])]);
-        assert_eq!(tree.published_vacated(a, tree.vacates()), vec![f2]);
+        // f2 has no note to rewrite (nothing staged).
+        assert!(tree.published_vacated(a, tree.vacates()).is_empty());
         assert!(tree.vacated.is_empty() && tree.vacated_by.is_empty());
     }
 

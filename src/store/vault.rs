@@ -911,6 +911,46 @@ impl Vault {
         Ok(leaves)
     }
 
+    /// Whether the file at `path` holds exactly the bytes of the stored
+    /// version `cap`, judged with nothing sent and no chunk fetched: each
+    /// chunk of `cap` must hash to its own convergent key at its place,
+    /// which is how [`Self::put_path_over`] finds a chunk unchanged, and
+    /// an inline version is compared whole. Only its manifest is read. A
+    /// version whose chunks were coded under other parameters, or keyed
+    /// by an older chunk key, counts as different.
+    pub async fn holds_same_bytes(&self, path: &Path, cap: &FileReadCap) -> Result<bool> {
+        use std::os::unix::fs::FileExt;
+        let file = std::fs::File::open(path)?;
+        let len = file.metadata()?.len();
+        if len != cap.size {
+            return Ok(false);
+        }
+        if let Some(data) = self.fetch_file_root(cap).await?.data.clone() {
+            let mut bytes = vec![0; data.len()];
+            file.read_exact_at(&mut bytes, 0)?;
+            return Ok(bytes == *data);
+        }
+        let leaves = self.leaves(cap).await?;
+        if leaves.is_empty() {
+            return Ok(len == 0);
+        }
+        let (conv, params) = (self.conv.clone(), self.grid.params());
+        tokio::task::spawn_blocking(move || -> Result<bool> {
+            let mut at = 0u64;
+            for (entry, key) in &leaves {
+                let mut bytes = vec![0; entry.len as usize];
+                file.read_exact_at(&mut bytes, at)?;
+                if share::chunk_key(&conv, params, &bytes).expose() != key.expose() {
+                    return Ok(false);
+                }
+                at += entry.len;
+            }
+            Ok(at == len)
+        })
+        .await
+        .expect("comparing chunk keys does not panic")
+    }
+
     /// [`Self::put_path`], telling `progress` how many of the file's bytes
     /// each step covered, read or skipped as a hole (for a progress bar).
     pub async fn put_path_reporting(&self, path: &Path, progress: Progress) -> Result<FileReadCap> {
