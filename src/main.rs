@@ -2,6 +2,8 @@
 
 mod cli;
 
+use std::io::Write as _;
+
 use clap::Parser;
 
 fn main() -> std::process::ExitCode {
@@ -27,7 +29,9 @@ fn main() -> std::process::ExitCode {
     match cli::run(args) {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("lode: {}", chain_text(&e));
+            // Not eprintln!, which panics if standard error cannot be
+            // written (a background mount's log, on a full disk).
+            let _ = writeln!(std::io::stderr(), "lode: {}", chain_text(&e));
             std::process::ExitCode::FAILURE
         }
     }

@@ -2420,6 +2420,93 @@ fn a_fallocate_that_runs_out_of_room_changes_nothing() {
     assert!(std::fs::read(mp.join("f")).unwrap() == data);
 }
 
+/// A write the full staging disk cuts short is a short write: the file
+/// is as long as what its writer was told was written, with nothing of
+/// the failed rest past its end. That rest stayed in the staged copy, so
+/// a truncate up showed it instead of zeros, and a remount (recovery
+/// takes the copy's length) made the file longer (found by a helper's
+/// sweep, 3 of 3).
+#[test]
+fn a_write_the_full_staging_disk_cuts_short_leaves_nothing_past_the_end() {
+    use std::io::Write;
+    let tmp = tempfile::tempdir().unwrap();
+    let (_mirrors, client) = common::three_mirrors_and_client(tmp.path());
+    let staging = client.home.join("data/staging");
+    std::fs::create_dir_all(&staging).unwrap();
+    // Not a whole number of the writes below: the last is cut short.
+    let _tmpfs = SmallDisk::mount(&staging, "16900k");
+    let mp = tmp.path().join("mnt");
+    let m = Mounted::new(&client, &mp);
+    let block = common::seeded_bytes("filling", 1 << 20);
+    let mut file = std::fs::File::create(mp.join("f")).unwrap();
+    let mut written = 0u64;
+    let err = loop {
+        match file.write(&block) {
+            Ok(n) => written += n as u64,
+            Err(e) => break e,
+        }
+        assert!(written < 64 << 20, "no ENOSPC from a 16.5 MiB staging disk");
+    };
+    assert_eq!(err.raw_os_error(), Some(libc::ENOSPC), "{err}");
+    drop(file);
+    let len = std::fs::metadata(mp.join("f")).unwrap().len();
+    assert_eq!(len, written, "the length against what the writer was told");
+    let grown = written + (3 << 20);
+    // Room for the truncate's zeros, on tmpfs a hole.
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(mp.join("f"))
+        .unwrap()
+        .set_len(grown)
+        .unwrap();
+    let read = std::fs::read(mp.join("f")).unwrap();
+    assert_eq!(read.len() as u64, grown);
+    let stray = read[written as usize..].iter().filter(|&&b| b != 0).count();
+    assert_eq!(stray, 0, "bytes of the failed write past the old end");
+    for (i, chunk) in read[..written as usize].chunks(1 << 20).enumerate() {
+        assert!(chunk == &block[..chunk.len()], "block {i}");
+    }
+    drop(m);
+    let _m = Mounted::new(&client, &mp);
+    assert!(
+        std::fs::read(mp.join("f")).unwrap() == read,
+        "after a remount"
+    );
+}
+
+/// A background mount whose home is on a full disk still mounts, and
+/// reads what is stored: its log is that disk, and a line it could not
+/// write there ended it with status 101 and an empty log (a helper's
+/// sweep, 5 of 5).
+#[test]
+fn a_background_mount_comes_up_on_a_full_disk() {
+    let tmp = tempfile::tempdir().unwrap();
+    let small = tmp.path().join("small");
+    std::fs::create_dir(&small).unwrap();
+    let _tmpfs = SmallDisk::mount(&small, "16m");
+    let mirrors: Vec<MirrorProc> = (0..3)
+        .map(|i| MirrorProc::start(&tmp.path().join(format!("m{i}")), &[]))
+        .collect();
+    let urls: Vec<&str> = mirrors.iter().map(|m| m.url.as_str()).collect();
+    let client = Client::new(&small.join("home"), &urls);
+    let mp = tmp.path().join("mnt");
+    let m = Mounted::with_options(&client, &mp, &["nominer"]);
+    std::fs::write(mp.join("a.txt"), b"stored before the disk filled").unwrap();
+    client.ok(&["sync"]);
+    drop(m);
+    // Fill the disk to the last byte.
+    let mut filler = std::fs::File::create(small.join("filler")).unwrap();
+    let block = vec![0u8; 1 << 16];
+    while std::io::Write::write_all(&mut filler, &block).is_ok() {}
+    drop(filler);
+    let m = Mounted::with_options(&client, &mp, &["nominer"]);
+    assert_eq!(
+        std::fs::read(mp.join("a.txt")).unwrap(),
+        b"stored before the disk filled"
+    );
+    drop(m);
+}
+
 /// A small tmpfs (or ext4 image) mounted over a directory until dropped.
 struct SmallDisk(std::path::PathBuf);
 

@@ -4,6 +4,17 @@
 //! context for a person to read. It builds on `store` (and, for `lode
 //! mirror serve`, on `mirror`); it holds no storage logic of its own.
 
+/// `eprintln!` that shrugs off a failure to write. A background mount's
+/// standard error is its log file: on a full disk `eprintln!` panicked,
+/// and the mount ended with status 101 and an empty log before it had
+/// mounted (found by a helper's sweep).
+macro_rules! say {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stderr(), $($arg)*);
+    }};
+}
+
 mod client;
 mod home;
 mod keeper;

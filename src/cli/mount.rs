@@ -96,7 +96,7 @@ fn tell_mount_friends(home: &Home, done: &str) {
         },
         Ok(reply) => {
             println!("{done} (shown from the next mount)");
-            eprintln!(
+            say!(
                 "the running mount did not take the change: {}",
                 reply["error"].as_str().unwrap_or("no answer")
             );
@@ -144,14 +144,14 @@ pub fn friend(command: FriendCommand) -> Result<()> {
             // the directory is refused; one that cannot be read now (the
             // mirrors away, or not the friend's) is added with a warning.
             if matches!(parsed, Cap::DirWrite(_)) {
-                eprintln!(
+                say!(
                     "note: that is a write-cap; {name} is added read-only (friends/ is \
                      read-only; `lode share` prints the read-cap to give)"
                 );
             }
             match look_at(&read) {
                 Ok(true) => {}
-                Ok(false) => eprintln!(
+                Ok(false) => say!(
                     "warning: no mirror of yours that answered holds {name}'s directory; added anyway, it \
                      shows once they do (is the cap complete, and are you on the same mirrors?)"
                 ),
@@ -163,7 +163,7 @@ pub fn friend(command: FriendCommand) -> Result<()> {
                 {
                     return Err(e.context(format!("not adding {name}")));
                 }
-                Err(e) => eprintln!(
+                Err(e) => say!(
                     "warning: {name}'s directory cannot be read now ({}); added anyway, \
                      it shows once the mirrors hold it",
                     format!("{e:#}").trim_end()
@@ -289,7 +289,7 @@ pub fn mount(args: MountArgs) -> Result<()> {
     }
     // As mount(8) and fusermount3 do, mount over it anyway; but say so.
     if std::fs::read_dir(&args.mountpoint).is_ok_and(|mut d| d.next().is_some()) {
-        eprintln!(
+        say!(
             "lode: warning: {} is not empty; what it holds is hidden while lode is mounted there",
             args.mountpoint.display()
         );
@@ -465,12 +465,12 @@ pub fn mount(args: MountArgs) -> Result<()> {
     // (In the foreground the mount's log says it, on the same terminal.)
     if !args.foreground {
         for line in config_friends(&config).1 {
-            eprintln!("lode: warning: {line}");
+            say!("lode: warning: {line}");
         }
     }
     // (With none, the mount is refused below, saying so.)
     if !config.mirrors.is_empty() && config.mirrors.len() < config.happy {
-        eprintln!(
+        say!(
             "lode: warning: happy={} needs {} mirrors and {} are configured: what is written \
              here stays staged until there are enough (`lode mirrors add URL`)",
             config.happy,
@@ -490,7 +490,7 @@ pub fn mount(args: MountArgs) -> Result<()> {
     // `umount` return before the filesystem's final flush is done.
     let lock = std::fs::File::create(session.home.data.join("mount.lock"))?;
     if lock.try_lock().is_err() {
-        eprintln!("waiting for the previous mount of this identity to finish");
+        say!("waiting for the previous mount of this identity to finish");
         lock.lock()?;
         // Its final flush raised versions and saved them: the floor read
         // before waiting is behind.
@@ -539,11 +539,11 @@ pub fn mount(args: MountArgs) -> Result<()> {
     let root_slow = match listed.recv_timeout(Duration::from_secs(10)) {
         Ok(Ok(())) => false,
         Ok(Err(e)) => {
-            eprintln!("lode: the root directory could not be listed yet: {e}");
+            say!("lode: the root directory could not be listed yet: {e}");
             false
         }
         Err(_) => {
-            eprintln!("lode: the root directory is slow to list; mounting meanwhile");
+            say!("lode: the root directory is slow to list; mounting meanwhile");
             true
         }
     };
@@ -566,11 +566,11 @@ pub fn mount(args: MountArgs) -> Result<()> {
     let wait = if root_slow { 0 } else { 10 };
     match recovered.recv_timeout(Duration::from_secs(wait)) {
         Ok(Ok(0)) => {}
-        Ok(Ok(n)) => eprintln!("lode: recovered {n} staged files from an earlier mount"),
+        Ok(Ok(n)) => say!("lode: recovered {n} staged files from an earlier mount"),
         Ok(Err(e)) => {
-            eprintln!("lode: staged files from an earlier mount stay staged (will retry): {e}")
+            say!("lode: staged files from an earlier mount stay staged (will retry): {e}")
         }
-        Err(_) => eprintln!(
+        Err(_) => say!(
             "lode: staged files from an earlier mount are still being put back (the mirrors \
              are slow to answer); each shows once its directory can be read"
         ),
@@ -651,7 +651,7 @@ pub fn mount(args: MountArgs) -> Result<()> {
         .with_context(|| format!("cannot mount at {}", args.mountpoint.display()))?;
     fs.set_notifier(background.notifier());
     widen_readahead(&args.mountpoint);
-    eprintln!("lode mounted at {}", args.mountpoint.display());
+    say!("lode mounted at {}", args.mountpoint.display());
     let (done_tx, done_rx) = std::sync::mpsc::channel();
     std::thread::spawn(move || {
         // The session ends once the kernel has let go of the mount. fuser
@@ -697,7 +697,7 @@ pub fn mount(args: MountArgs) -> Result<()> {
     fs.stop_flusher();
     let _ = flusher.join();
     if let Err(e) = fs.final_flush() {
-        eprintln!("lode: some changes could not be uploaded and stay staged: {e}");
+        say!("lode: some changes could not be uploaded and stay staged: {e}");
     }
     seen_keeper.stop();
     save_seen(&vault, &home)?;
@@ -815,7 +815,7 @@ fn unmount(mountpoint: &Path) {
     {
         return;
     }
-    eprintln!(
+    say!(
         "lode: {} is in use: detached, and ends when its last user lets go",
         mountpoint.display()
     );
@@ -824,7 +824,7 @@ fn unmount(mountpoint: &Path) {
             .arg("-l")
             .arg(mountpoint))
     {
-        eprintln!("lode: could not unmount {}", mountpoint.display());
+        say!("lode: could not unmount {}", mountpoint.display());
     }
 }
 

@@ -2110,10 +2110,7 @@ impl LodeFs {
                 _ => return Ok(None),
             }
         };
-        match self
-            .rt
-            .block_on(self.vault.holds_same_bytes(staged, &held))
-        {
+        match self.rt.block_on(self.vault.holds_same_bytes(staged, &held)) {
             Ok(same) => Ok(same.then_some(held.root)),
             Err(e @ (S::Unavailable { .. } | S::ListingUnavailable { .. })) => Err(e.into()),
             Err(e) => {
@@ -3140,20 +3137,48 @@ impl LodeFs {
         let path = self.stage(ino, false)?;
         let end = offset + data.len() as u64;
         let partial = self.partial(&path);
-        {
+        let data = {
             // Held across the fetch, never under the tree's lock.
             let _changing = partial.as_ref().map(|p| p.changing());
             if let Some(partial) = &partial {
                 self.fetch_for_change(&path, partial, offset, end)?;
             }
-            self.with_room(|| {
+            // What reached the staged copy, counted across the retries
+            // after room is made: a write the staging disk cuts short (it
+            // filled) is a short write, as on a local file system, and
+            // the file is as long as what it took. A write that failed
+            // after taking part used to leave that part in the copy past
+            // the file's end, where a later truncate up, or a recovery
+            // (which takes the copy's length), brought it back.
+            let done = std::cell::Cell::new(0usize);
+            let wrote = self.with_room(|| {
                 let file = std::fs::OpenOptions::new().write(true).open(&path)?;
-                Ok(file.write_all_at(data, offset)?)
-            })?;
-            if let Some(partial) = &partial {
-                self.changed_partly(&path, partial, offset, end)?;
+                while done.get() < data.len() {
+                    let at = offset + done.get() as u64;
+                    match file.write_at(&data[done.get()..], at) {
+                        Ok(0) => {
+                            return Err(std::io::Error::from(std::io::ErrorKind::WriteZero).into());
+                        }
+                        Ok(n) => done.set(done.get() + n),
+                        Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                        Err(e) => return Err(e.into()),
+                    }
+                }
+                Ok(())
+            });
+            let data = &data[..done.get()];
+            match wrote {
+                Err(e) if data.is_empty() => return Err(e),
+                Err(e) => {
+                    tracing::debug!(ino, offset, wrote = data.len(), error = %e, "a short write")
+                }
+                Ok(()) => {}
             }
-        }
+            if let Some(partial) = &partial {
+                self.changed_partly(&path, partial, offset, offset + data.len() as u64)?;
+            }
+            data
+        };
         let mut tree = self.lock();
         let node = tree.nodes.get_mut(&ino).ok_or(Error::NotFound)?;
         let old_size = node.size;
