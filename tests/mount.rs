@@ -1572,6 +1572,134 @@ fn a_save_renamed_over_a_file_is_recovered_in_its_place() {
     drop(m);
 }
 
+/// A published file renamed away unchanged, a new file made at its old
+/// name, and then the moved file changed; a crash before any of it is
+/// published. Recovery brings the moved file back at its new name, its
+/// old name gone, and the new file at the old name. Recovered in the
+/// other order, the new file found the name still taken (by the
+/// published version), went beside it, and then lost the name to the
+/// moved file's removal of its old one. Six such pairs, so that the
+/// staging directory's order cannot pass by luck.
+#[test]
+fn a_new_file_at_a_name_its_file_moved_from_is_recovered_at_it() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (mut mirrors, client) = common::three_mirrors_and_client(tmp.path());
+    let mp = tmp.path().join("mnt");
+    let m = Mounted::new(&client, &mp);
+    let old = |i: usize| common::seeded_bytes(&format!("old {i}"), 3000 + i);
+    let new = |i: usize| common::seeded_bytes(&format!("new {i}"), 4000 + i);
+    let moved = |i: usize| common::seeded_bytes(&format!("moved {i}"), 5000 + i);
+    for i in 0..6 {
+        std::fs::write(mp.join(format!("a{i}")), old(i)).unwrap();
+    }
+    client.ok(&["sync"]);
+    let m = crash_with_the_mirrors_down(m, &client, &mut mirrors, || {
+        for i in 0..6 {
+            std::fs::rename(mp.join(format!("a{i}")), mp.join(format!("b{i}"))).unwrap();
+            std::fs::write(mp.join(format!("a{i}")), new(i)).unwrap();
+            std::fs::write(mp.join(format!("b{i}")), moved(i)).unwrap();
+        }
+    });
+    let mut names: Vec<String> = std::fs::read_dir(&mp)
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| n != "friends")
+        .collect();
+    names.sort();
+    let want: Vec<String> = (0..6)
+        .map(|i| format!("a{i}"))
+        .chain((0..6).map(|i| format!("b{i}")))
+        .collect();
+    assert_eq!(names, want, "the names after recovery");
+    for i in 0..6 {
+        assert!(
+            std::fs::read(mp.join(format!("a{i}"))).unwrap() == new(i),
+            "a{i}"
+        );
+        assert!(
+            std::fs::read(mp.join(format!("b{i}"))).unwrap() == moved(i),
+            "b{i}"
+        );
+    }
+    drop(m);
+}
+
+/// A published file changed, its upload done but its directory's publish
+/// refused, then changed again and its mode set (which writes the note
+/// again, naming the new upload as its base), and a crash: the mirrors
+/// still list the version before the upload. Recovery puts the latest content in its place, as
+/// the crashed mount would have published it, rather than keeping both
+/// and blaming another machine.
+#[test]
+fn a_note_rewritten_before_its_directory_published_still_replaces_the_listed_version() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (_mirrors, proxies, client) = common::three_recorded_mirrors(tmp.path());
+    let mp = tmp.path().join("mnt");
+    let m = Mounted::new(&client, &mp);
+    let file = mp.join("d/a");
+    std::fs::create_dir(mp.join("d")).unwrap();
+    std::fs::write(&file, common::seeded_bytes("listed", 5000)).unwrap();
+    client.ok(&["sync"]);
+    let d = client.slot_key("d");
+    for p in &proxies {
+        p.refuse(&d);
+    }
+    std::fs::write(&file, common::seeded_bytes("uploaded", 6000)).unwrap();
+    // The upload goes; the listing naming it does not.
+    assert!(!client.run(&["sync"]).status.success());
+    let last = common::seeded_bytes("changed again", 7000);
+    std::fs::write(&file, &last).unwrap();
+    // A chmod writes the note again, base and all.
+    std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o600)).unwrap();
+    kill_mount(&mp);
+    drop(m);
+    for p in &proxies {
+        p.refuse_none();
+    }
+    let m = Mounted::new(&client, &mp);
+    let names: Vec<String> = std::fs::read_dir(mp.join("d"))
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect();
+    assert_eq!(names, ["a"], "the names after recovery");
+    assert!(std::fs::read(&file).unwrap() == last, "d/a");
+    let mode = std::fs::metadata(&file).unwrap().mode() & 0o777;
+    assert_eq!(mode, 0o600, "the mode");
+    client.ok(&["sync"]);
+    drop(m);
+}
+
+/// A published file removed and a directory made at its name, with a
+/// file in it, then a crash before it is published: the mirrors still
+/// list the file there. Recovery puts the new file under a directory
+/// beside it, `NAME.recovered`, and syncs. It was retried for good:
+/// the file stayed unseen and every `lode sync` failed.
+#[test]
+fn a_file_under_a_directory_made_over_a_file_is_recovered_beside_it() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (mut mirrors, client) = common::three_mirrors_and_client(tmp.path());
+    let mp = tmp.path().join("mnt");
+    let m = Mounted::new(&client, &mp);
+    let file = common::seeded_bytes("the file", 3000);
+    let inner = common::seeded_bytes("inner", 2000);
+    std::fs::write(mp.join("f"), &file).unwrap();
+    client.ok(&["sync"]);
+    let m = crash_with_the_mirrors_down(m, &client, &mut mirrors, || {
+        std::fs::remove_file(mp.join("f")).unwrap();
+        std::fs::create_dir(mp.join("f")).unwrap();
+        std::fs::write(mp.join("f/y"), &inner).unwrap();
+    });
+    assert!(std::fs::read(mp.join("f")).unwrap() == file, "f");
+    assert!(
+        std::fs::read(mp.join("f.recovered/y")).unwrap() == inner,
+        "f.recovered/y"
+    );
+    client.ok(&["sync"]);
+    drop(m);
+}
+
 /// Once a rename is published, the old name is no longer the moved
 /// file's to remove: a file made there later with the same content (the
 /// same version, as content decides it) survives the moved file's

@@ -1613,7 +1613,7 @@ impl LodeFs {
         // land their notes in the other order, and recovery would follow
         // the older one.
         let _one = self.noting.lock().unwrap_or_else(|p| p.into_inner());
-        let notes: Vec<(PathBuf, notes::Note)> = {
+        let mut notes: Vec<(PathBuf, notes::Note)> = {
             let tree = self.lock();
             // Gone meanwhile (removed, or forgotten): no note to write.
             // It used to fall to the walk below, over every node.
@@ -1687,7 +1687,8 @@ impl LodeFs {
             }
         };
         // Written without the lock: this is disk I/O.
-        for (staged, note) in &notes {
+        for (staged, note) in &mut notes {
+            carry_earlier_bases(staged, note);
             if let Err(e) = notes::write(staged, note) {
                 let path = &note.path;
                 tracing::warn!(path, error = %e, "could not write a staging recovery note");
@@ -1738,9 +1739,10 @@ impl LodeFs {
     /// live: this may run beside it, and a file it stages meanwhile is not
     /// an earlier mount's (taken for one, it would be put back beside
     /// itself as a copy).
-    pub fn recover(&self, left: Vec<PathBuf>) -> Result<usize> {
+    pub fn recover(&self, mut left: Vec<PathBuf>) -> Result<usize> {
         // The flusher's retries wait for this first pass.
         let _one = self.retrying.lock().unwrap_or_else(|p| p.into_inner());
+        left_names_first(&mut left);
         let mut recovered = 0;
         let mut away = false;
         for file in left {
@@ -1826,7 +1828,8 @@ impl LodeFs {
     /// second caller waits for the first to finish placing what it can.
     fn retry_recovery(&self) {
         let _one = self.retrying.lock().unwrap_or_else(|p| p.into_inner());
-        let files = self.unadopted().clone();
+        let mut files = self.unadopted().clone();
+        left_names_first(&mut files);
         let mut placed = std::collections::HashSet::new();
         let mut away = false;
         for file in files {
@@ -1953,7 +1956,37 @@ impl LodeFs {
         let mut dir = ROOT;
         for part in dirs.split('/').filter(|p| !p.is_empty()) {
             check_name(part).map_err(|_| Error::BadName)?;
-            dir = match self.child(dir, part) {
+            let held = match self.child(dir, part) {
+                Ok(ino) => self.unaliased(ino).map(Some),
+                Err(Error::NotFound) => Ok(None),
+                Err(e) => Err(e),
+            };
+            // A directory's name that holds a file or a symlink: the
+            // crashed mount had removed it and made the directory there,
+            // unpublished (the mirrors list only the old one). The file
+            // goes under a directory beside it, `NAME.recovered`, one for
+            // all the files recovered there (a file taken goes beside
+            // itself as `NAME.recovered-STAGED`). Retried as it was, it
+            // stayed staged and unseen for good, and every `lode sync`
+            // failed.
+            let part = match held {
+                Err(Error::NotADirectory) => {
+                    let aside = format!("{part}.recovered");
+                    tracing::warn!(
+                        path,
+                        kept_under = aside,
+                        "a directory on the way is a file now; the staged file goes beside it"
+                    );
+                    std::borrow::Cow::Owned(aside)
+                }
+                Ok(Some(ino)) => {
+                    dir = ino;
+                    continue;
+                }
+                Ok(None) => std::borrow::Cow::Borrowed(part),
+                Err(e) => return Err(e),
+            };
+            dir = match self.child(dir, &part) {
                 Ok(ino) => self.unaliased(ino)?,
                 Err(Error::NotFound) => {
                     // Never under a directory that does not publish (an
@@ -1962,7 +1995,7 @@ impl LodeFs {
                     // As a mkdir by the mounting user would be: a set-gid
                     // parent passes on its group and the bit.
                     let (owner, mode) = self.inherited(dir, owner, 0o755);
-                    self.mkdir_local(dir, part, mode, owner, 0)?.0
+                    self.mkdir_local(dir, &part, mode, owner, 0)?.0
                 }
                 Err(e) => return Err(e),
             };
@@ -2012,8 +2045,13 @@ impl LodeFs {
                 dirty: dirty @ false,
                 cached,
                 generation,
+                writers: 0,
                 ..
             } = &mut node.body
+            // Its local copy only a cache, if any: one staged afresh for
+            // a writer about to change it (opened since, by a retry's
+            // time) is the writer's, and goes nowhere; both are kept.
+            && (held_copy.is_none() || *cached)
         {
             if let Some(old) = held_copy.replace(staged.to_path_buf()) {
                 self.remove_staged(&old); // a kept copy: a cache
@@ -2567,6 +2605,7 @@ impl LodeFs {
             // A name a published file gave up, not yet published: the
             // mirrors still list it here, which recovery may replace.
             node.replaces = tree.vacated_roots(parent, name);
+            node.replaces.truncate(MAX_REPLACES);
         }
         let ino = tree.insert(node);
         tree.children_mut(parent)
@@ -3611,6 +3650,46 @@ fn waits_its_turn(tree: &Tree, dir: u64, now: Instant) -> bool {
             && now.duration_since(at) < TOO_LARGE_RETRY
     }) || tree.publish_after.get(&dir).is_some_and(|&t| t > now)
 }
+
+/// Order staged files for recovery: those whose notes name names they
+/// left first. Each removes its old name if that still holds what it
+/// left there ([`LodeFs::drop_left_names`]); a file made at such a name
+/// since, recovered before, found it taken and went beside it, and then
+/// the name was removed: the new file survived only as
+/// `NAME.recovered-…` (a review found it; the order was the staging
+/// directory's).
+fn left_names_first(files: &mut [PathBuf]) {
+    files.sort_by_cached_key(|f| notes::read(f).is_none_or(|n| n.left.is_empty()));
+}
+
+/// Keep in `note` the versions the staged copy's last note named as its
+/// base or as replaceable. A note's base is the file's last upload,
+/// which its directory may not have published yet: rewritten in that
+/// window (by a write after the upload, a chmod, a rename), it named
+/// only the new upload, and a crash before the publish left recovery a
+/// name holding the version before, which it took for another
+/// machine's and kept both (a review found it). The versions carried
+/// are this file's own, so recovery may replace them; they go once the
+/// note does, when the file is published and clean.
+fn carry_earlier_bases(staged: &Path, note: &mut notes::Note) {
+    let Some(earlier) = notes::read(staged) else {
+        return;
+    };
+    let base = match earlier.base {
+        notes::Base::Version(root) => Some(root),
+        notes::Base::New | notes::Base::Unknown => None,
+    };
+    for root in base.into_iter().chain(earlier.replaces) {
+        if !replaceable(note, &root) {
+            note.replaces.push(root);
+        }
+    }
+    note.replaces.truncate(MAX_NOTED_VERSIONS);
+}
+
+/// Most versions a recovery note names as replaceable: a rename chain's
+/// (`MAX_REPLACES`) and the earlier bases carried over a few rewrites.
+const MAX_NOTED_VERSIONS: usize = 2 * MAX_REPLACES;
 
 /// Whether recovery may put the staged copy `note` describes in place of
 /// the published version `root` at its name: the version the copy began
