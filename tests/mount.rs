@@ -1671,6 +1671,47 @@ fn a_note_rewritten_before_its_directory_published_still_replaces_the_listed_ver
     drop(m);
 }
 
+/// The same window as above, closed by a rename instead of a chmod: the
+/// file's upload done, its directory's publish refused, then the file
+/// renamed, and a crash. The mirrors list the old name with the version
+/// before the upload; recovery removes that name, as the crashed mount
+/// would have published, rather than leave the old content there beside
+/// the moved file.
+#[test]
+fn a_file_renamed_before_its_upload_was_published_leaves_no_old_name() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (_mirrors, proxies, client) = common::three_recorded_mirrors(tmp.path());
+    let mp = tmp.path().join("mnt");
+    let m = Mounted::new(&client, &mp);
+    std::fs::create_dir(mp.join("d")).unwrap();
+    std::fs::write(mp.join("d/a"), common::seeded_bytes("listed", 5000)).unwrap();
+    client.ok(&["sync"]);
+    let d = client.slot_key("d");
+    for p in &proxies {
+        p.refuse(&d);
+    }
+    let last = common::seeded_bytes("uploaded", 6000);
+    std::fs::write(mp.join("d/a"), &last).unwrap();
+    // The upload goes; the listing naming it does not.
+    assert!(!client.run(&["sync"]).status.success());
+    std::fs::rename(mp.join("d/a"), mp.join("d/b")).unwrap();
+    kill_mount(&mp);
+    drop(m);
+    for p in &proxies {
+        p.refuse_none();
+    }
+    let m = Mounted::new(&client, &mp);
+    let names: Vec<String> = std::fs::read_dir(mp.join("d"))
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect();
+    assert_eq!(names, ["b"], "the names after recovery");
+    assert!(std::fs::read(mp.join("d/b")).unwrap() == last, "d/b");
+    client.ok(&["sync"]);
+    drop(m);
+}
+
 /// A published file removed and a directory made at its name, with a
 /// file in it, then a crash before it is published: the mirrors still
 /// list the file there. Recovery puts the new file under a directory

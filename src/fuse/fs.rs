@@ -2159,10 +2159,17 @@ impl LodeFs {
     }
 
     /// After recovering a file renamed away from the names in `note.left`,
-    /// remove each that still holds the version the file had there: the
+    /// remove each that still holds the version the file had there, or
+    /// another of its own that the note names (its base, or a version it
+    /// replaced: the upload a name recorded may be one the directory had
+    /// not published yet, and the mirrors list the one before): the
     /// crashed mount had not published the rename. A name that holds
     /// anything else now (changed elsewhere, or since) stays.
     fn drop_left_names(&self, ino: u64, note: &notes::Note) {
+        let its_own = |root: &[u8; 32]| {
+            matches!(note.base, notes::Base::Version(b) if b == *root)
+                || note.replaces.contains(root)
+        };
         for (path, root) in &note.left {
             let (dirs, name) = path.rsplit_once('/').unwrap_or(("", path));
             let mut dir = ROOT;
@@ -2184,7 +2191,8 @@ impl LodeFs {
             let same = held.and_then(|h| tree.nodes.get(&h)).is_some_and(|n| {
                 n.link.is_none()
                     && n.opens == 0
-                    && matches!(&n.body, Body::File { cap: Some(c), dirty: false, .. } if c.root == *root)
+                    && matches!(&n.body, Body::File { cap: Some(c), dirty: false, .. }
+                        if c.root == *root || its_own(&c.root))
             });
             if same && held != Some(ino) {
                 tree.unlink(dir, name);
