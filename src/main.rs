@@ -22,6 +22,11 @@ fn main() -> std::process::ExitCode {
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
+        // A line that cannot be written is dropped. By default the
+        // subscriber reports that with `eprintln!`, which panics when
+        // standard error is what failed: a background mount's log on a
+        // full disk, so any warning there ended a FUSE handler.
+        .log_internal_errors(false)
         // Colour codes only for a person at a terminal, not in a log file
         // or a script's captured output.
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))

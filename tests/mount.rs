@@ -1726,16 +1726,37 @@ fn a_file_under_a_directory_made_over_a_file_is_recovered_beside_it() {
     let file = common::seeded_bytes("the file", 3000);
     let inner = common::seeded_bytes("inner", 2000);
     std::fs::write(mp.join("f"), &file).unwrap();
+    // And where `NAME.recovered` is a file too.
+    std::fs::write(mp.join("g"), &file).unwrap();
+    std::fs::write(mp.join("g.recovered"), &file).unwrap();
     client.ok(&["sync"]);
     let m = crash_with_the_mirrors_down(m, &client, &mut mirrors, || {
-        std::fs::remove_file(mp.join("f")).unwrap();
-        std::fs::create_dir(mp.join("f")).unwrap();
-        std::fs::write(mp.join("f/y"), &inner).unwrap();
+        for name in ["f", "g"] {
+            std::fs::remove_file(mp.join(name)).unwrap();
+            std::fs::create_dir(mp.join(name)).unwrap();
+            std::fs::write(mp.join(name).join("y"), &inner).unwrap();
+        }
     });
     assert!(std::fs::read(mp.join("f")).unwrap() == file, "f");
     assert!(
         std::fs::read(mp.join("f.recovered/y")).unwrap() == inner,
         "f.recovered/y"
+    );
+    assert!(std::fs::read(mp.join("g")).unwrap() == file, "g");
+    assert!(
+        std::fs::read(mp.join("g.recovered")).unwrap() == file,
+        "g.recovered"
+    );
+    let beside: Vec<PathBuf> = std::fs::read_dir(&mp)
+        .unwrap()
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| p.to_string_lossy().contains("g.recovered-"))
+        .collect();
+    assert_eq!(beside.len(), 1, "one directory beside g: {beside:?}");
+    assert!(
+        std::fs::read(beside[0].join("y")).unwrap() == inner,
+        "{beside:?}/y"
     );
     client.ok(&["sync"]);
     drop(m);
@@ -2672,6 +2693,18 @@ fn a_background_mount_comes_up_on_a_full_disk() {
     assert_eq!(
         std::fs::read(mp.join("a.txt")).unwrap(),
         b"stored before the disk filled"
+    );
+    // A write finds no room: refused, and the warnings it logs (to the
+    // same full disk) end nothing.
+    for i in 0..4 {
+        let wrote = std::fs::write(mp.join(format!("b{i}.txt")), vec![7u8; 1 << 20]);
+        let e = wrote.expect_err("no room to stage on a full disk");
+        assert_eq!(e.raw_os_error(), Some(libc::ENOSPC), "{e}");
+    }
+    assert_eq!(
+        std::fs::read(mp.join("a.txt")).unwrap(),
+        b"stored before the disk filled",
+        "after the refused writes"
     );
     drop(m);
 }

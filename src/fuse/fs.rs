@@ -1971,7 +1971,20 @@ impl LodeFs {
             // failed.
             let part = match held {
                 Err(Error::NotADirectory) => {
-                    let aside = format!("{part}.recovered");
+                    // Or, if that name is not a directory either, one of
+                    // the file's own.
+                    let shared = format!("{part}.recovered");
+                    let taken = self
+                        .child(dir, &shared)
+                        .and_then(|ino| self.unaliased(ino))
+                        .is_err_and(|e| matches!(e, Error::NotADirectory));
+                    let aside = match taken {
+                        false => shared,
+                        true => format!(
+                            "{shared}-{}",
+                            staged.file_name().unwrap_or_default().to_string_lossy()
+                        ),
+                    };
                     tracing::warn!(
                         path,
                         kept_under = aside,
@@ -2151,6 +2164,13 @@ impl LodeFs {
         match self.rt.block_on(self.vault.holds_same_bytes(staged, &held)) {
             Ok(same) => Ok(same.then_some(held.root)),
             Err(e @ (S::Unavailable { .. } | S::ListingUnavailable { .. })) => Err(e.into()),
+            // A manifest no mirror could serve because none answered (a
+            // fetch says so as unrecoverable): as out of reach.
+            Err(e @ S::Unrecoverable { .. })
+                if self.vault.grid().mirrors().iter().all(|m| m.is_down()) =>
+            {
+                Err(e.into())
+            }
             Err(e) => {
                 tracing::debug!(path = note.path, error = %e, "cannot compare a staged copy with the version at its name");
                 Ok(None)
@@ -3180,7 +3200,11 @@ impl LodeFs {
         });
     }
 
-    fn do_write(&self, ino: u64, offset: u64, data: &[u8]) -> Result<u32> {
+    /// `from_page_cache`: the kernel writes back pages of a shared
+    /// mapping (`FUSE_WRITE_CACHE`). It takes no short count from such a
+    /// write: a write cut short is an error, or the rest would be lost
+    /// with `msync` told it was written.
+    fn do_write(&self, ino: u64, offset: u64, data: &[u8], from_page_cache: bool) -> Result<u32> {
         let path = self.stage(ino, false)?;
         let end = offset + data.len() as u64;
         let partial = self.partial(&path);
@@ -3214,18 +3238,20 @@ impl LodeFs {
                 Ok(())
             });
             let data = &data[..done.get()];
-            match wrote {
+            let cut_short = match wrote {
                 Err(e) if data.is_empty() => return Err(e),
                 Err(e) => {
-                    tracing::debug!(ino, offset, wrote = data.len(), error = %e, "a short write")
+                    tracing::debug!(ino, offset, wrote = data.len(), error = %e, "a short write");
+                    Some(e)
                 }
-                Ok(()) => {}
-            }
+                Ok(()) => None,
+            };
             if let Some(partial) = &partial {
                 self.changed_partly(&path, partial, offset, offset + data.len() as u64)?;
             }
-            data
+            (data, cut_short)
         };
+        let (data, cut_short) = data;
         let mut tree = self.lock();
         let node = tree.nodes.get_mut(&ino).ok_or(Error::NotFound)?;
         let old_size = node.size;
@@ -3263,7 +3289,11 @@ impl LodeFs {
         if renote {
             self.note_staged(ino);
         }
-        Ok(data.len() as u32)
+        match cut_short {
+            // What did land is the file's (marked changed above).
+            Some(e) if from_page_cache => Err(e),
+            _ => Ok(data.len() as u32),
+        }
     }
 
     /// `fallocate`, on the staged copy, where writes land. Plain allocation
@@ -3985,14 +4015,17 @@ impl Filesystem for Mount {
         _fh: FileHandle,
         offset: u64,
         data: &[u8],
-        _write_flags: WriteFlags,
+        write_flags: WriteFlags,
         _flags: OpenFlags,
         _lock_owner: Option<LockOwner>,
         reply: ReplyWrite,
     ) {
-        guarded("write", || match self.do_write(ino.0, offset, data) {
-            Ok(n) => reply.written(n),
-            Err(e) => reply.error(errno(&e)),
+        let from_page_cache = write_flags.contains(WriteFlags::FUSE_WRITE_CACHE);
+        guarded("write", || {
+            match self.do_write(ino.0, offset, data, from_page_cache) {
+                Ok(n) => reply.written(n),
+                Err(e) => reply.error(errno(&e)),
+            }
         })
     }
 
