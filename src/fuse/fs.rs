@@ -1170,9 +1170,15 @@ impl LodeFs {
     /// until the next round, rather than being sent early.
     fn publish_ordered(&self, dir: u64, visiting: &mut Vec<u64>, background: bool) -> Result<()> {
         visiting.push(dir);
-        // Each goes up (or is tried) once here: one still dirty after that
-        // changed again meanwhile, or reached only some mirrors.
-        let mut done = HashSet::new();
+        // How often each went up (or was tried) here. One still dirty after
+        // that changed again meanwhile (an entry moved in while its listing
+        // was on the way), or reached only some mirrors: it goes again, a
+        // few times. Once only, this listing then went up without an
+        // entry that the destination's published listing did not name
+        // yet, and a crash before its next publish lost the entry (a
+        // helper's kill -9 sweep of moves between four directories).
+        let mut done: std::collections::HashMap<u64, usize> = std::collections::HashMap::new();
+        let mut held_back = false;
         loop {
             let first: Vec<u64> = {
                 let mut guard = self.lock();
@@ -1207,11 +1213,16 @@ impl LodeFs {
                         }
                     }
                     let pending = !chain.is_empty();
-                    first.extend(
-                        chain
-                            .into_iter()
-                            .filter(|c| !visiting.contains(c) && !done.contains(c)),
-                    );
+                    for c in chain {
+                        if visiting.contains(&c) {
+                            continue;
+                        }
+                        if done.get(&c).is_some_and(|&n| n >= PUBLISH_ROUNDS) {
+                            held_back = true;
+                        } else {
+                            first.push(c);
+                        }
+                    }
                     pending
                 });
                 if into.is_empty() {
@@ -1227,10 +1238,13 @@ impl LodeFs {
             if first.is_empty() {
                 break;
             }
+            held_back = false;
+            let mut seen = HashSet::new();
             for d in first {
-                if !done.insert(d) {
+                if !seen.insert(d) {
                     continue;
                 }
+                *done.entry(d).or_default() += 1;
                 match self.publish_ordered(d, visiting, background) {
                     // Short of `happy` but on some mirrors, where this one
                     // is about to go too (both go to every mirror that
@@ -1247,6 +1261,12 @@ impl LodeFs {
             }
         }
         visiting.pop();
+        // A destination that kept changing: in the background this one
+        // waits for the next round rather than go up without what moved
+        // there; a sync publishes it, as the caller asked.
+        if held_back && background {
+            return Ok(());
+        }
         self.publish_one(dir)
     }
 
@@ -3724,6 +3744,10 @@ fn carry_earlier_bases(staged: &Path, note: &mut notes::Note) {
     }
     note.replaces.truncate(MAX_NOTED_VERSIONS);
 }
+
+/// How often one publish sends each directory an entry moved into
+/// before it (see `LodeFs::publish_ordered`).
+const PUBLISH_ROUNDS: usize = 4;
 
 /// Most versions a recovery note names as replaceable: a rename chain's
 /// (`MAX_REPLACES`) and the earlier bases carried over a few rewrites.
