@@ -1293,7 +1293,7 @@ impl LodeFs {
     /// first: a caller (fsync, `lode sync`) must not return while a listing
     /// with its change is still on the way.
     fn publish_one(&self, dir: u64) -> Result<()> {
-        let (write, listing, entries, known, vacates) = {
+        let (write, listing, entries, known, vacates, named) = {
             let mut tree = self.lock();
             while tree.publishing.contains(&dir) {
                 tree = self.published.wait(tree).unwrap_or_else(|p| p.into_inner());
@@ -1312,7 +1312,17 @@ impl LodeFs {
             // may come and go while it is sealed and sent.
             let entries = tree.children(dir).map_or(0, |c| c.len());
             let known = tree.listed_seq.get(&dir).copied();
-            (write, listing, entries, known, tree.vacates())
+            // The versions of its files this listing names.
+            let named: Vec<(u64, crate::crypto::Hash)> = tree
+                .children(dir)
+                .into_iter()
+                .flat_map(|c| c.values().copied())
+                .filter_map(|ino| match &tree.nodes.get(&ino)?.body {
+                    Body::File { cap: Some(c), .. } => Some((ino, c.root)),
+                    _ => None,
+                })
+                .collect();
+            (write, listing, entries, known, tree.vacates(), named)
         };
         let started = Instant::now();
         let mut attempt = None;
@@ -1332,6 +1342,11 @@ impl LodeFs {
             }
             match &result {
                 Ok(_) => {
+                    for (ino, root) in &named {
+                        if let Some(node) = tree.nodes.get_mut(ino) {
+                            node.listed = Some((dir, *root));
+                        }
+                    }
                     tree.too_large.remove(&dir);
                     tree.unpublished.remove(&dir);
                     // Nine times what this one took, before the background
@@ -1412,11 +1427,32 @@ impl LodeFs {
         } else if tree.nodes.contains_key(&dir) {
             tree.unanchored.insert(dir);
         }
+        // Only files whose current upload the directory's published
+        // listing names: one uploaded since (while the listing was on its
+        // way, or after an earlier publish of a directory that waited to
+        // be anchored) is named by no listing yet. Its note went all the
+        // same, and a kill -9 then lost the file (a helper's crash sweep:
+        // tens of closed files in a round).
+        let listed_here = |tree: &Tree, d: u64, ino: u64| {
+            tree.nodes
+                .get(&ino)
+                .is_some_and(|n| match (&n.body, n.listed) {
+                    (Body::File { cap: Some(c), .. }, Some((at, root))) => {
+                        at == d && root == c.root
+                    }
+                    _ => false,
+                })
+        };
         let mut children: Vec<u64> = released
             .iter()
             .flat_map(|&d| {
                 tree.children(d)
-                    .map(|c| c.values().copied().collect::<Vec<_>>())
+                    .map(|c| {
+                        c.values()
+                            .copied()
+                            .filter(|&ino| listed_here(&tree, d, ino))
+                            .collect::<Vec<_>>()
+                    })
                     .unwrap_or_default()
             })
             .collect();

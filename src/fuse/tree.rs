@@ -103,6 +103,10 @@ pub struct Node {
     /// still hold at its name until the rename is published (see
     /// `notes::Note::replaces`).
     pub replaces: Vec<crate::crypto::Hash>,
+    /// The directory whose published (or loaded) listing last named this
+    /// file, and the version it named: a recovery note may go only once
+    /// a listing names the upload it stands for (see `publish_one`).
+    pub listed: Option<(u64, crate::crypto::Hash)>,
     pub body: Body,
 }
 
@@ -150,6 +154,7 @@ impl Node {
             stale_pages: false,
             alias: false,
             replaces: Vec::new(),
+            listed: None,
             body,
         }
     }
@@ -1210,6 +1215,12 @@ impl Tree {
             stale_pages: false,
             alias: false,
             replaces: Vec::new(),
+            listed: match (entry.kind, &entry.cap) {
+                (EntryKind::File, Some(crate::caps::Cap::FileRead(cap))) => {
+                    Some((parent, cap.root))
+                }
+                _ => None,
+            },
             body,
         })
     }
