@@ -1324,6 +1324,17 @@ fn a_friends_file_held_open_reads_the_version_it_opened() {
     drop(am);
 }
 
+/// The names in `dir`, sorted (the root's `friends/` left out).
+fn names_in(dir: &Path) -> Vec<String> {
+    let mut names: Vec<String> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n != "friends")
+        .collect();
+    names.sort();
+    names
+}
+
 /// The names in `dir` of staged copies recovery put beside `name`.
 fn recovered_beside(dir: &Path, name: &str) -> Vec<String> {
     let prefix = format!("{name}.recovered-");
@@ -1600,13 +1611,7 @@ fn a_new_file_at_a_name_its_file_moved_from_is_recovered_at_it() {
             std::fs::write(mp.join(format!("b{i}")), moved(i)).unwrap();
         }
     });
-    let mut names: Vec<String> = std::fs::read_dir(&mp)
-        .unwrap()
-        .flatten()
-        .map(|e| e.file_name().to_string_lossy().into_owned())
-        .filter(|n| n != "friends")
-        .collect();
-    names.sort();
+    let names = names_in(&mp);
     let want: Vec<String> = (0..6)
         .map(|i| format!("a{i}"))
         .chain((0..6).map(|i| format!("b{i}")))
@@ -1658,11 +1663,7 @@ fn a_note_rewritten_before_its_directory_published_still_replaces_the_listed_ver
         p.refuse_none();
     }
     let m = Mounted::new(&client, &mp);
-    let names: Vec<String> = std::fs::read_dir(mp.join("d"))
-        .unwrap()
-        .flatten()
-        .map(|e| e.file_name().to_string_lossy().into_owned())
-        .collect();
+    let names = names_in(&mp.join("d"));
     assert_eq!(names, ["a"], "the names after recovery");
     assert!(std::fs::read(&file).unwrap() == last, "d/a");
     let mode = std::fs::metadata(&file).unwrap().mode() & 0o777;
@@ -1701,11 +1702,7 @@ fn a_file_renamed_before_its_upload_was_published_leaves_no_old_name() {
         p.refuse_none();
     }
     let m = Mounted::new(&client, &mp);
-    let names: Vec<String> = std::fs::read_dir(mp.join("d"))
-        .unwrap()
-        .flatten()
-        .map(|e| e.file_name().to_string_lossy().into_owned())
-        .collect();
+    let names = names_in(&mp.join("d"));
     assert_eq!(names, ["b"], "the names after recovery");
     assert!(std::fs::read(mp.join("d/b")).unwrap() == last, "d/b");
     client.ok(&["sync"]);
@@ -3608,13 +3605,7 @@ fn a_crash_after_the_publish_does_not_bring_a_file_back_twice() {
     }
     assert_eq!(noted, files.len() + 1, "a kept copy of each file");
     let m = Mounted::new(&client, &mp);
-    let mut names: Vec<String> = std::fs::read_dir(&mp)
-        .unwrap()
-        .flatten()
-        .map(|e| e.file_name().to_string_lossy().into_owned())
-        .filter(|n| n != "friends")
-        .collect();
-    names.sort();
+    let mut names = names_in(&mp);
     let beside = names
         .iter()
         .find(|n| n.starts_with("other.recovered-"))

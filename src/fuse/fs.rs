@@ -3283,7 +3283,7 @@ impl LodeFs {
         let path = self.stage(ino, false)?;
         let end = offset + data.len() as u64;
         let partial = self.partial(&path);
-        let data = {
+        let (data, cut_short) = {
             // Held across the fetch, never under the tree's lock.
             let _changing = partial.as_ref().map(|p| p.changing());
             if let Some(partial) = &partial {
@@ -3326,7 +3326,6 @@ impl LodeFs {
             }
             (data, cut_short)
         };
-        let (data, cut_short) = data;
         let mut tree = self.lock();
         let node = tree.nodes.get_mut(&ino).ok_or(Error::NotFound)?;
         let old_size = node.size;
