@@ -2344,6 +2344,80 @@ fn moves_that_depend_on_each_other_cut_short_lose_nothing() {
     drop(m);
 }
 
+/// Two directories that trade files (a cycle of renames: each must be
+/// published after the other) with one of them refused, then kill -9:
+/// both files are still on the mirrors, each at its old name, its new one,
+/// or both. The other directory's listing used to go up without the file
+/// that had left it for the refused one, and the crash lost that file (a
+/// crash sweep of swaps between four directories lost files in 14 rounds
+/// of 15). With the refusal lifted instead, the next sync publishes both,
+/// and a remount finds each file at its new name only.
+#[test]
+fn files_traded_between_directories_survive_a_publish_cut_short() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (_mirrors, proxies, client) = common::three_recorded_mirrors(tmp.path());
+    let mp = tmp.path().join("mnt");
+    for crash in [true, false] {
+        let (a, b) = (format!("a{crash}"), format!("b{crash}"));
+        let (f, g) = (
+            common::seeded_bytes(&format!("f {crash}"), 3000),
+            common::seeded_bytes(&format!("g {crash}"), 4000),
+        );
+        let m = Mounted::new(&client, &mp);
+        std::fs::create_dir(mp.join(&a)).unwrap();
+        std::fs::create_dir(mp.join(&b)).unwrap();
+        std::fs::write(mp.join(&a).join("f"), &f).unwrap();
+        std::fs::write(mp.join(&b).join("g"), &g).unwrap();
+        client.ok(&["sync"]);
+        let refused = client.slot_key(&b);
+        for p in &proxies {
+            p.refuse(&refused);
+        }
+        // a/f and b/g trade places.
+        std::fs::rename(mp.join(&a).join("f"), mp.join(&a).join("t")).unwrap();
+        std::fs::rename(mp.join(&b).join("g"), mp.join(&a).join("g")).unwrap();
+        std::fs::rename(mp.join(&a).join("t"), mp.join(&b).join("f")).unwrap();
+        // f's fsync publishes a (where g now is) before b, then fails.
+        let synced = std::fs::File::open(mp.join(&b).join("f")).and_then(|h| h.sync_all());
+        assert!(
+            synced.is_err(),
+            "crash {crash}: fsync passed a refused update"
+        );
+        if crash {
+            kill_mount(&mp);
+        }
+        for p in &proxies {
+            p.refuse_none();
+        }
+        if !crash {
+            client.ok(&["sync"]);
+            m.unmount();
+        }
+        drop(m);
+        let m = Mounted::new(&client, &mp);
+        let at = |want: &[u8]| -> Vec<String> {
+            [&a, &b]
+                .into_iter()
+                .flat_map(|d| {
+                    names_in(&mp.join(d))
+                        .into_iter()
+                        .map(move |n| format!("{d}/{n}"))
+                })
+                .filter(|p| std::fs::read(mp.join(p)).is_ok_and(|got| got == want))
+                .collect()
+        };
+        let (f_at, g_at) = (at(&f), at(&g));
+        if crash {
+            assert!(!f_at.is_empty(), "f was lost (g at {g_at:?})");
+            assert!(!g_at.is_empty(), "g was lost (f at {f_at:?})");
+        } else {
+            assert_eq!(f_at, vec![format!("{b}/f")], "after a clean sync");
+            assert_eq!(g_at, vec![format!("{a}/g")], "after a clean sync");
+        }
+        drop(m);
+    }
+}
+
 /// A directory never listed since the mount started cannot move to
 /// another parent while the mirrors are away: its listing must go up
 /// naming its new home, or the mirrors (still showing it in its old

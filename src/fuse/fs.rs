@@ -1293,7 +1293,7 @@ impl LodeFs {
     /// first: a caller (fsync, `lode sync`) must not return while a listing
     /// with its change is still on the way.
     fn publish_one(&self, dir: u64) -> Result<()> {
-        let (write, listing, entries, known, vacates, named) = {
+        let (write, listing, entries, known, vacates, named, ghosts) = {
             let mut tree = self.lock();
             while tree.publishing.contains(&dir) {
                 tree = self.published.wait(tree).unwrap_or_else(|p| p.into_inner());
@@ -1302,7 +1302,7 @@ impl LodeFs {
                 return Ok(());
             }
             let writable = tree.nodes.get(&dir).and_then(|n| n.writable_dir()).cloned();
-            let (Some(listing), Some(write)) = (tree.listing(dir), writable) else {
+            let (Some(mut listing), Some(write)) = (tree.listing(dir), writable) else {
                 tree.too_large.remove(&dir);
                 tree.publish_after.remove(&dir);
                 return Ok(());
@@ -1322,7 +1322,16 @@ impl LodeFs {
                     _ => None,
                 })
                 .collect();
-            (write, listing, entries, known, tree.vacates(), named)
+            let ghosts = tree.ghosts(dir, &mut listing);
+            (
+                write,
+                listing,
+                entries,
+                known,
+                tree.vacates(),
+                named,
+                ghosts,
+            )
         };
         let started = Instant::now();
         let mut attempt = None;
@@ -1349,6 +1358,15 @@ impl LodeFs {
                     }
                     tree.too_large.remove(&dir);
                     tree.unpublished.remove(&dir);
+                    // Files kept at names they left (`Tree::ghosts`): the
+                    // listing goes up again without them, once they are
+                    // named where they are.
+                    if ghosts.is_empty() {
+                        tree.ghosted.remove(&dir);
+                    } else {
+                        tree.ghosted.insert(dir);
+                        tree.dirty.insert(dir);
+                    }
                     // Nine times what this one took, before the background
                     // publishes it again: unpacking into a directory of
                     // 50,000 entries would otherwise spend most of a core
@@ -1398,7 +1416,7 @@ impl LodeFs {
         // Names given up before the listing was taken are gone from the
         // mirrors: the notes of files renamed away from them no longer
         // name them.
-        let mut renamed = self.lock().published_vacated(dir, vacates);
+        let mut renamed = self.lock().published_vacated(dir, vacates, &ghosts);
         renamed.sort_unstable();
         renamed.dedup();
         for ino in renamed {
@@ -2399,6 +2417,22 @@ impl LodeFs {
             dirs
         };
         for dir in dirs {
+            if let Err(e) =
+                self.publish_ordered(dir, &mut Vec::new(), &mut HashSet::new(), background)
+            {
+                first_err.get_or_insert(e);
+            }
+        }
+        // Directories that kept files renamed away at their old names
+        // (`Tree::ghosts`), whose new places this pass published: again,
+        // without them, rather than leave both names on the mirrors until
+        // the next round.
+        let again: Vec<u64> = {
+            let tree = self.lock();
+            let ready = |d: &&u64| tree.dirty.contains(*d) && !tree.ghosting(**d);
+            tree.ghosted.iter().filter(ready).copied().collect()
+        };
+        for dir in again {
             if let Err(e) =
                 self.publish_ordered(dir, &mut Vec::new(), &mut HashSet::new(), background)
             {
