@@ -1159,7 +1159,9 @@ impl LodeFs {
     /// this one first, a crash (or a failed publish, then an unmount)
     /// between the two would leave the moved entry in neither.
     fn publish(&self, dir: u64) -> Result<()> {
-        self.publish_ordered(dir, &mut Vec::new(), &mut HashSet::new(), false)
+        self.publish_ordered(dir, &mut Vec::new(), &mut HashSet::new(), false)?;
+        self.drop_ghosts();
+        Ok(())
     }
 
     /// [`Self::publish`], with the directories on the way there in
@@ -1285,6 +1287,25 @@ impl LodeFs {
             return Ok(());
         }
         self.publish_one(dir)
+    }
+
+    /// Publish again the directories that kept files renamed away at their
+    /// old names (`Tree::ghosts`) whose new places are now published, so
+    /// that the mirrors list those files under both names only briefly.
+    /// The directories still waiting for that stay dirty for the flusher.
+    fn drop_ghosts(&self) {
+        let ready: Vec<u64> = {
+            let tree = self.lock();
+            let ready = |d: &&u64| tree.dirty.contains(*d) && !tree.ghosting(**d);
+            tree.ghosted.iter().filter(ready).copied().collect()
+        };
+        for dir in ready {
+            // A failure leaves it dirty, for the next round.
+            let walk = self.publish_ordered(dir, &mut Vec::new(), &mut HashSet::new(), false);
+            if let Err(e) = walk {
+                tracing::debug!(dir, error = %e, "a directory keeps files renamed away");
+            }
+        }
     }
 
     /// Publish one directory's listing.
@@ -2423,22 +2444,8 @@ impl LodeFs {
                 first_err.get_or_insert(e);
             }
         }
-        // Directories that kept files renamed away at their old names
-        // (`Tree::ghosts`), whose new places this pass published: again,
-        // without them, rather than leave both names on the mirrors until
-        // the next round.
-        let again: Vec<u64> = {
-            let tree = self.lock();
-            let ready = |d: &&u64| tree.dirty.contains(*d) && !tree.ghosting(**d);
-            tree.ghosted.iter().filter(ready).copied().collect()
-        };
-        for dir in again {
-            if let Err(e) =
-                self.publish_ordered(dir, &mut Vec::new(), &mut HashSet::new(), background)
-            {
-                first_err.get_or_insert(e);
-            }
-        }
+        // Those whose files renamed away went up after them.
+        self.drop_ghosts();
         first_err.map_or(Ok(()), Err)
     }
 
