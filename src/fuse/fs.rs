@@ -1375,6 +1375,7 @@ impl LodeFs {
                     for (ino, root) in &named {
                         if let Some(node) = tree.nodes.get_mut(ino) {
                             node.listed = Some((dir, *root));
+                            node.named_in = Some(dir);
                         }
                     }
                     tree.too_large.remove(&dir);
@@ -1402,6 +1403,20 @@ impl LodeFs {
                 }
                 Err(e) => {
                     tree.dirty.insert(dir);
+                    // On some mirrors but short of `happy`: where the
+                    // listings an entry moved out of go too (to every
+                    // mirror that answers), so those need not keep it
+                    // (`Tree::ghosts`), as `publish_ordered` lets them
+                    // follow. A listing kept a file moved into a new
+                    // directory with a mirror down, and an unmount then
+                    // left the file under both names.
+                    if matches!(e, crate::store::Error::SlotNotHappy { placed: 1.., .. }) {
+                        for (ino, _) in &named {
+                            if let Some(node) = tree.nodes.get_mut(ino) {
+                                node.named_in = Some(dir);
+                            }
+                        }
+                    }
                     // Perhaps on some mirrors (a request that timed out may
                     // still have landed): removed, it must now go up empty.
                     // Only a listing refused before it was sent stayed

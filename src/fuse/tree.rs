@@ -107,6 +107,11 @@ pub struct Node {
     /// file, and the version it named: a recovery note may go only once
     /// a listing names the upload it stands for (see `publish_one`).
     pub listed: Option<(u64, crate::crypto::Hash)>,
+    /// The directory whose listing last went up naming this file, on
+    /// every mirror or only some (short of `happy`), or was loaded naming
+    /// it: once that is where the file is, the directory it was renamed
+    /// away from need not keep it ([`Tree::ghosts`]).
+    pub named_in: Option<u64>,
     pub body: Body,
 }
 
@@ -155,6 +160,7 @@ impl Node {
             alias: false,
             replaces: Vec::new(),
             listed: None,
+            named_in: None,
             body,
         }
     }
@@ -467,7 +473,7 @@ impl Tree {
         let Some(node) = self.nodes.get(&ino) else {
             return false;
         };
-        if node.listed.is_none_or(|(dir, _)| dir != node.parent) {
+        if node.named_in != Some(node.parent) {
             return false;
         }
         let mut cur = node.parent;
@@ -533,8 +539,8 @@ impl Tree {
                     && node.link.is_none()
                     && node.parent != dir
                     && node
-                        .listed
-                        .is_some_and(|(at, _)| at == dir || at == node.parent)
+                        .named_in
+                        .is_some_and(|at| at == dir || at == node.parent)
                     && !self.named_where_it_is(v.ino)
             })
     }
@@ -1319,6 +1325,7 @@ impl Tree {
                 }
                 _ => None,
             },
+            named_in: Some(parent).filter(|_| entry.kind == EntryKind::File),
             body,
         })
     }
@@ -1455,8 +1462,7 @@ mod tests {
         tree.published_vacated(a, taken, &kept);
         assert_eq!(listing(&tree).1, ["f1"]);
         // b's listing named f1 at x: a lets it go.
-        let root = tree.nodes[&f1].listed.unwrap().1;
-        tree.nodes.get_mut(&f1).unwrap().listed = Some((b, root));
+        tree.nodes.get_mut(&f1).unwrap().named_in = Some(b);
         assert!(listing(&tree).1.is_empty());
         assert!(!tree.ghosting(a));
         // Renamed away, then removed: nothing to keep.
@@ -1467,7 +1473,7 @@ mod tests {
         assert!(!tree.nodes.contains_key(&f4));
         // Never named by a published listing: its recovery note keeps it.
         let f0 = moved(&mut tree, "f0", "w");
-        tree.nodes.get_mut(&f0).unwrap().listed = None;
+        tree.nodes.get_mut(&f0).unwrap().named_in = None;
         assert!(listing(&tree).1.is_empty(), "f0 never listed");
         assert_eq!(tree.children(a).unwrap()["f2"], f3);
         assert!(tree.children(b).unwrap().contains_key("y") && f2 != f3);
