@@ -1314,7 +1314,7 @@ impl LodeFs {
     /// first: a caller (fsync, `lode sync`) must not return while a listing
     /// with its change is still on the way.
     fn publish_one(&self, dir: u64) -> Result<()> {
-        let (write, listing, entries, known, vacates, named, ghosts) = {
+        let (write, listing, entries, known, vacates, named, ghosts, dirs_named) = {
             let mut tree = self.lock();
             while tree.publishing.contains(&dir) {
                 tree = self.published.wait(tree).unwrap_or_else(|p| p.into_inner());
@@ -1343,6 +1343,13 @@ impl LodeFs {
                     _ => None,
                 })
                 .collect();
+            // And the directories it names, for those they left.
+            let dirs_named: Vec<u64> = tree
+                .children(dir)
+                .into_iter()
+                .flat_map(|c| c.values().copied())
+                .filter(|ino| tree.nodes.get(ino).is_some_and(Node::is_dir))
+                .collect();
             let ghosts = tree.ghosts(dir, &mut listing);
             (
                 write,
@@ -1352,6 +1359,7 @@ impl LodeFs {
                 tree.vacates(),
                 named,
                 ghosts,
+                dirs_named,
             )
         };
         let started = Instant::now();
@@ -1375,6 +1383,11 @@ impl LodeFs {
                     for (ino, root) in &named {
                         if let Some(node) = tree.nodes.get_mut(ino) {
                             node.listed = Some((dir, *root));
+                            node.named_in = Some(dir);
+                        }
+                    }
+                    for ino in &dirs_named {
+                        if let Some(node) = tree.nodes.get_mut(ino) {
                             node.named_in = Some(dir);
                         }
                     }
@@ -1411,7 +1424,8 @@ impl LodeFs {
                     // directory with a mirror down, and an unmount then
                     // left the file under both names.
                     if matches!(e, crate::store::Error::SlotNotHappy { placed: 1.., .. }) {
-                        for (ino, _) in &named {
+                        let all = named.iter().map(|(ino, _)| ino).chain(&dirs_named);
+                        for ino in all {
                             if let Some(node) = tree.nodes.get_mut(ino) {
                                 node.named_in = Some(dir);
                             }
@@ -3038,6 +3052,9 @@ impl LodeFs {
             c.remove(name);
         }
         tree.vacate(parent, name, ino, true);
+        if moving_dir {
+            tree.dir_left(parent, name, ino);
+        }
         tree.children_mut(newparent)
             .ok_or(Error::NotADirectory)?
             .insert(newname.to_string(), ino);

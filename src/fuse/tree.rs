@@ -254,6 +254,9 @@ pub struct Tree {
     /// published again, without those, once the files are named where
     /// they are now.
     pub ghosted: HashSet<u64>,
+    /// Our directories renamed away from each directory since it was last
+    /// published, by name: the inode and when (counted with `vacates`).
+    dirs_left: HashMap<u64, HashMap<String, (u64, u64)>>,
 }
 
 /// A published file's name given up in a directory not published since.
@@ -329,6 +332,7 @@ impl Tree {
             vacated_by: HashMap::new(),
             vacates: 0,
             ghosted: HashSet::new(),
+            dirs_left: HashMap::new(),
         }
     }
 
@@ -373,6 +377,21 @@ impl Tree {
             self.forget_vacated_by(by, dir, name);
         }
         self.vacated_by_add(ino, dir, name);
+    }
+
+    /// The directory `ino` is renamed away from its name `name` in `dir`:
+    /// `dir`'s listing keeps it there until its new parent's names it
+    /// ([`Tree::ghosts`]).
+    pub fn dir_left(&mut self, dir: u64, name: &str, ino: u64) {
+        if self.nodes.get(&ino).and_then(Node::writable_dir).is_none() {
+            return;
+        }
+        self.vacates += 1;
+        let at = self.vacates;
+        self.dirs_left
+            .entry(dir)
+            .or_default()
+            .insert(name.to_string(), (ino, at));
     }
 
     fn vacated_by_add(&mut self, ino: u64, dir: u64, name: &str) {
@@ -504,10 +523,7 @@ impl Tree {
     /// but never loses the file.
     pub fn ghosts(&self, dir: u64, listing: &mut Listing) -> Vec<String> {
         let mut kept = Vec::new();
-        let Some(names) = self.vacated.get(&dir) else {
-            return kept;
-        };
-        for (name, list) in names {
+        for (name, list) in self.vacated.get(&dir).into_iter().flatten() {
             if listing.entries.contains_key(name) {
                 continue;
             }
@@ -521,6 +537,16 @@ impl Tree {
                 kept.push(name.clone());
             }
         }
+        let write = self.nodes.get(&dir).and_then(Node::writable_dir);
+        for (name, &(ino, _)) in self.dirs_left.get(&dir).into_iter().flatten() {
+            if listing.entries.contains_key(name) || !self.keeps_ino(dir, ino) {
+                continue;
+            }
+            if let Some(entry) = self.entry_of(ino, name, write) {
+                listing.entries.insert(name.clone(), entry);
+                kept.push(name.clone());
+            }
+        }
         kept
     }
 
@@ -530,27 +556,35 @@ impl Tree {
     /// is kept by its recovery note; one last named in a third directory,
     /// by that directory's listing.)
     fn keeps(&self, dir: u64, v: &Vacated) -> bool {
+        v.renamed && self.keeps_ino(dir, v.ino)
+    }
+
+    /// Whether `dir`'s listing keeps `ino` (a file or a directory of ours)
+    /// renamed away from it: see [`Tree::keeps`].
+    fn keeps_ino(&self, dir: u64, ino: u64) -> bool {
         // A removed directory's listing is reached from nowhere.
         let removed = self.nodes.get(&dir).is_none_or(|d| d.orphan);
         !removed
-            && v.renamed
-            && self.nodes.get(&v.ino).is_some_and(|node| {
+            && self.nodes.get(&ino).is_some_and(|node| {
                 !node.orphan
                     && node.link.is_none()
                     && node.parent != dir
                     && node
                         .named_in
                         .is_some_and(|at| at == dir || at == node.parent)
-                    && !self.named_where_it_is(v.ino)
+                    && !self.named_where_it_is(ino)
             })
     }
 
     /// Whether a listing of `dir` published now would still keep files
     /// renamed away from it ([`Tree::ghosts`]).
     pub fn ghosting(&self, dir: u64) -> bool {
-        self.vacated
-            .get(&dir)
-            .is_some_and(|names| names.values().flatten().any(|v| self.keeps(dir, v)))
+        let files = self.vacated.get(&dir).into_iter().flatten();
+        let dirs = self.dirs_left.get(&dir).into_iter().flatten();
+        files.flat_map(|(_, list)| list).any(|v| self.keeps(dir, v))
+            || dirs
+                .map(|(_, &(ino, _))| ino)
+                .any(|ino| self.keeps_ino(dir, ino))
     }
 
     /// Where the count of names given up stands: taken with a listing.
@@ -566,6 +600,12 @@ impl Tree {
     /// [`Tree::vacated_for`]). Every inode, removed files' too, made a
     /// mass `rm` rewrite a note, or walk the whole tree, per file.
     pub fn published_vacated(&mut self, dir: u64, taken: u64, kept: &[String]) -> Vec<u64> {
+        if let Some(left) = self.dirs_left.get_mut(&dir) {
+            left.retain(|name, &mut (_, at)| at > taken || kept.contains(name));
+            if left.is_empty() {
+                self.dirs_left.remove(&dir);
+            }
+        }
         let Some(names) = self.vacated.get_mut(&dir) else {
             return Vec::new();
         };
@@ -598,6 +638,7 @@ impl Tree {
 
     /// A directory is gone: so are the names it gave up.
     fn forget_vacated(&mut self, dir: u64) {
+        self.dirs_left.remove(&dir);
         for (name, list) in self.vacated.remove(&dir).into_iter().flatten() {
             for v in list {
                 self.forget_vacated_by(v.ino, dir, &name);
@@ -1325,7 +1366,8 @@ impl Tree {
                 }
                 _ => None,
             },
-            named_in: Some(parent).filter(|_| entry.kind == EntryKind::File),
+            named_in: Some(parent)
+                .filter(|_| matches!(entry.kind, EntryKind::File | EntryKind::Dir)),
             body,
         })
     }
