@@ -1,0 +1,117 @@
+#!/usr/bin/env python3
+"""The workload and the check of scripts/crash-sweep.sh.
+
+  crash-sweep.py work MOUNT LOG SEED   run until killed
+  crash-sweep.py check MOUNT LOG       exit 1 if a closed file is gone
+
+`work` writes files into four directories and four subdirectories of
+them, and at random overwrites a file, swaps two files between
+directories (a cycle of renames), moves a subdirectory to another parent,
+or removes a file. After each close it appends the file's id and the
+SHA-256 of what it holds to LOG (line-buffered), so LOG names only what
+was closed before the kill. The choice of operations follows SEED; the
+weights come from P_OVER, P_SWAP, P_DIR (the rest: new files, and
+removals past those).
+
+`check` walks MOUNT and looks for the last closed content of every file
+not removed, at any path: a crash may undo a rename that was not yet
+durable, or leave a file under two names, but must not lose it.
+"""
+import hashlib
+import os
+import random
+import sys
+
+
+def work(mnt, log, seed):
+    rnd = random.Random(seed)
+    p_over = float(os.environ.get("P_OVER", 0.15))
+    p_swap = float(os.environ.get("P_SWAP", 0.2))
+    p_dir = float(os.environ.get("P_DIR", 0.07))
+    tops = [os.path.join(mnt, f"d{i}") for i in range(4)]
+    for d in tops:
+        os.makedirs(d, exist_ok=True)
+    subs = {}
+    for j in range(4):
+        subs[j] = os.path.join(rnd.choice(tops), f"s{j}")
+        os.makedirs(subs[j], exist_ok=True)
+    out = open(log, "a", buffering=1)
+    where, version = {}, {}
+
+    def write(idx, path):
+        version[idx] = version.get(idx, 0) + 1
+        line = f"id={idx} v={version[idx]} seed={seed}\n"
+        body = (line * rnd.randint(1, 3000)).encode()
+        with open(path, "wb") as f:
+            f.write(body)
+        out.write(f"closed {idx} {hashlib.sha256(body).hexdigest()}\n")
+
+    i = 0
+    while True:
+        i += 1
+        r = rnd.random()
+        if r < 0.5 or len(where) < 4:
+            path = os.path.join(rnd.choice(tops + list(subs.values())), f"f{i}")
+            write(i, path)
+            where[i] = path
+        elif r < 0.5 + p_over:
+            a = rnd.choice(sorted(where))
+            write(a, where[a])
+        elif r < 0.5 + p_over + p_swap:
+            a, b = rnd.sample(sorted(where), 2)
+            da, db = os.path.dirname(where[a]), os.path.dirname(where[b])
+            if da == db:
+                continue
+            aside = where[a] + ".swap"
+            os.rename(where[a], aside)
+            os.rename(where[b], os.path.join(da, os.path.basename(where[b])))
+            os.rename(aside, os.path.join(db, os.path.basename(where[a])))
+            where[a] = os.path.join(db, os.path.basename(where[a]))
+            where[b] = os.path.join(da, os.path.basename(where[b]))
+        elif r < 0.5 + p_over + p_swap + p_dir:
+            j = rnd.choice(sorted(subs))
+            src, dst = subs[j], os.path.join(rnd.choice(tops), f"s{j}")
+            if src == dst:
+                continue
+            os.rename(src, dst)
+            subs[j] = dst
+            for k, p in list(where.items()):
+                if p.startswith(src + "/"):
+                    where[k] = dst + p[len(src):]
+        else:
+            a = rnd.choice(sorted(where))
+            os.unlink(where[a])
+            del where[a]
+            out.write(f"removed {a}\n")
+
+
+def check(mnt, log):
+    latest, removed = {}, set()
+    for line in open(log):
+        parts = line.split()
+        if len(parts) == 3 and parts[0] == "closed":
+            latest[int(parts[1])] = parts[2]
+        elif len(parts) == 2 and parts[0] == "removed":
+            removed.add(int(parts[1]))
+    held = {}
+    for root, dirs, files in os.walk(mnt):
+        if root == mnt and "friends" in dirs:
+            dirs.remove("friends")
+        for name in files:
+            path = os.path.join(root, name)
+            with open(path, "rb") as f:
+                held.setdefault(hashlib.sha256(f.read()).hexdigest(), []).append(path)
+    missing = sorted(k for k, h in latest.items() if k not in removed and h not in held)
+    twice = sum(1 for paths in held.values() if len(paths) > 1)
+    kept = len(set(latest) - removed)
+    print(f"files {kept}, lost {len(missing)} {missing[:20]}, under two names {twice}")
+    return 1 if missing else 0
+
+
+if __name__ == "__main__":
+    if len(sys.argv) == 5 and sys.argv[1] == "work":
+        work(sys.argv[2], sys.argv[3], int(sys.argv[4]))
+    elif len(sys.argv) == 4 and sys.argv[1] == "check":
+        sys.exit(check(sys.argv[2], sys.argv[3]))
+    else:
+        sys.exit(__doc__)
