@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use common::mount::Mounted;
+use common::mount::{Mounted, kill_mount};
 use common::{Client, MirrorProc, write_file};
 
 fn run(cmd: &mut Command) -> String {
@@ -404,17 +404,6 @@ fn the_roots_mode_owner_and_times_survive_a_remount() {
     assert_eq!(after.modified().unwrap(), when);
     assert_eq!(std::fs::metadata(&file).unwrap().modified().unwrap(), old);
     drop(m);
-}
-
-/// kill -9 the mount process at `mp`, then clear its dead FUSE connection
-/// so that it can be mounted again.
-fn kill_mount(mp: &Path) {
-    run(Command::new("pkill").args([
-        "-9",
-        "-f",
-        &format!("[l]ode mount {} --foreground", mp.display()),
-    ]));
-    let _ = Command::new("fusermount3").arg("-u").arg(mp).status();
 }
 
 /// The directory versions a mount has seen reach the disk while it runs

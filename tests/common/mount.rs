@@ -81,3 +81,16 @@ impl Drop for Mounted {
         self.unmount();
     }
 }
+
+/// kill -9 the mount process at `mp`, then clear its dead FUSE connection
+/// so that it can be mounted again.
+pub fn kill_mount(mp: &Path) {
+    let pattern = format!("[l]ode mount {} --foreground", mp.display());
+    let status = Command::new("pkill").args(["-9", "-f", &pattern]).status();
+    assert!(
+        status.is_ok_and(|s| s.success()),
+        "no mount process at {}",
+        mp.display()
+    );
+    let _ = Command::new("fusermount3").arg("-u").arg(mp).status();
+}

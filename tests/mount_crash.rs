@@ -1,0 +1,198 @@
+//! kill -9 the mount in the middle of a mix of writes, overwrites, swaps of
+//! files between directories, subdirectory moves and removals (what
+//! `scripts/crash-sweep.sh` does at length): after recovery, every file's
+//! last closed content is somewhere in the tree. Before a directory kept
+//! what was renamed away from it until its new place was published, this
+//! lost closed files in nearly every round.
+
+mod common;
+
+use std::collections::{HashMap, HashSet};
+use std::io::Write;
+use std::os::fd::IntoRawFd;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use common::mount::{Mounted, kill_mount};
+use rand::rngs::StdRng;
+use rand::{RngExt, SeedableRng};
+use sha2::{Digest, Sha256};
+
+/// What the workload closed: each file's last content (by hash), and the
+/// files it removed.
+#[derive(Default)]
+struct Closed {
+    latest: HashMap<u64, [u8; 32]>,
+    removed: HashSet<u64>,
+}
+
+/// Write `body` to `path` and close it, reporting a failed close (a kill
+/// may land between the write and the close).
+fn write_closed(path: &Path, body: &[u8]) -> std::io::Result<()> {
+    let mut file = std::fs::File::create(path)?;
+    file.write_all(body)?;
+    nix::unistd::close(file.into_raw_fd()).map_err(std::io::Error::from)
+}
+
+/// Run the mix on `mp` until an operation fails (the mount is killed) or
+/// `stop` is set, recording in `closed` what it closed.
+fn work(mp: &Path, seed: u64, closed: &Mutex<Closed>, stop: &AtomicBool) -> std::io::Result<()> {
+    let mut rng = StdRng::seed_from_u64(seed);
+    let tops: Vec<PathBuf> = (0..4).map(|i| mp.join(format!("d{i}"))).collect();
+    for d in &tops {
+        std::fs::create_dir_all(d)?;
+    }
+    let mut subs: Vec<PathBuf> = Vec::new();
+    for j in 0..4 {
+        let sub = tops[rng.random_range(0..4)].join(format!("s{j}"));
+        std::fs::create_dir_all(&sub)?;
+        subs.push(sub);
+    }
+    let mut at: HashMap<u64, PathBuf> = HashMap::new();
+    let mut version: HashMap<u64, u64> = HashMap::new();
+    let mut write = |id: u64, path: &Path, rng: &mut StdRng| -> std::io::Result<()> {
+        let v = version.entry(id).or_default();
+        *v += 1;
+        let body = common::seeded_bytes(&format!("{seed} {id} {v}"), rng.random_range(1..40_000));
+        write_closed(path, &body)?;
+        closed
+            .lock()
+            .unwrap()
+            .latest
+            .insert(id, Sha256::digest(&body).into());
+        Ok(())
+    };
+    for id in 1.. {
+        if stop.load(Ordering::Relaxed) {
+            break;
+        }
+        let ids: Vec<u64> = {
+            let mut ids: Vec<u64> = at.keys().copied().collect();
+            ids.sort_unstable();
+            ids
+        };
+        let pick = |rng: &mut StdRng| ids[rng.random_range(0..ids.len())];
+        match rng.random_range(0..100) {
+            _ if ids.len() < 4 => {}
+            0..50 => {}
+            50..65 => {
+                let id = pick(&mut rng);
+                write(id, &at[&id].clone(), &mut rng)?;
+                continue;
+            }
+            65..85 => {
+                // Two files trade directories: a cycle of renames.
+                let (a, b) = (pick(&mut rng), pick(&mut rng));
+                let (pa, pb) = (at[&a].clone(), at[&b].clone());
+                let (da, db) = (pa.parent().unwrap(), pb.parent().unwrap());
+                if da != db {
+                    let aside = pa.with_extension("swap");
+                    let (na, nb) = (
+                        db.join(pa.file_name().unwrap()),
+                        da.join(pb.file_name().unwrap()),
+                    );
+                    std::fs::rename(&pa, &aside)?;
+                    std::fs::rename(&pb, &nb)?;
+                    std::fs::rename(&aside, &na)?;
+                    at.insert(a, na);
+                    at.insert(b, nb);
+                }
+                continue;
+            }
+            85..93 => {
+                let j = rng.random_range(0..subs.len());
+                let to = tops[rng.random_range(0..4)].join(format!("s{j}"));
+                if to != subs[j] {
+                    std::fs::rename(&subs[j], &to)?;
+                    for path in at.values_mut() {
+                        if let Ok(rest) = path.strip_prefix(&subs[j]) {
+                            *path = to.join(rest);
+                        }
+                    }
+                    subs[j] = to;
+                }
+                continue;
+            }
+            _ => {
+                let id = pick(&mut rng);
+                std::fs::remove_file(&at[&id])?;
+                at.remove(&id);
+                closed.lock().unwrap().removed.insert(id);
+                continue;
+            }
+        }
+        let dirs: Vec<&PathBuf> = tops.iter().chain(&subs).collect();
+        let path = dirs[rng.random_range(0..dirs.len())].join(format!("f{id}"));
+        write(id, &path, &mut rng)?;
+        at.insert(id, path);
+    }
+    Ok(())
+}
+
+/// The hash of every file under `dir`, with its paths.
+fn contents(dir: &Path, found: &mut HashMap<[u8; 32], Vec<PathBuf>>) {
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.file_name().is_some_and(|n| n == "friends") && path.parent() == Some(dir) {
+            continue;
+        }
+        if path.is_dir() {
+            contents(&path, found);
+        } else {
+            let body = std::fs::read(&path).unwrap();
+            found
+                .entry(Sha256::digest(&body).into())
+                .or_default()
+                .push(path);
+        }
+    }
+}
+
+#[test]
+fn a_mount_killed_among_renames_loses_no_closed_file() {
+    for round in 0..3u64 {
+        let tmp = tempfile::tempdir().unwrap();
+        let (_mirrors, client) = common::three_mirrors_and_client(tmp.path());
+        let mp = tmp.path().join("mnt");
+        let m = Mounted::with_options(&client, &mp, &["nominer"]);
+        let closed = Arc::new(Mutex::new(Closed::default()));
+        let stop = Arc::new(AtomicBool::new(false));
+        let worker = {
+            let (mp, closed, stop) = (mp.clone(), closed.clone(), stop.clone());
+            std::thread::spawn(move || work(&mp, round, &closed, &stop))
+        };
+        std::thread::sleep(Duration::from_millis(2500 + 1000 * round));
+        kill_mount(&mp);
+        stop.store(true, Ordering::Relaxed);
+        // It ends at its first operation on the dead mount.
+        let _ = worker.join().unwrap();
+        drop(m);
+        let m = Mounted::with_options(&client, &mp, &["nominer"]);
+        client.ok(&["sync"]);
+        m.unmount();
+        drop(m);
+        let m = Mounted::with_options(&client, &mp, &["nominer"]);
+        let mut found = HashMap::new();
+        contents(&mp, &mut found);
+        let closed = closed.lock().unwrap();
+        let lost: Vec<u64> = closed
+            .latest
+            .iter()
+            .filter(|(id, hash)| !closed.removed.contains(id) && !found.contains_key(*hash))
+            .map(|(id, _)| *id)
+            .collect();
+        let kept = closed.latest.len() - closed.removed.len();
+        assert!(
+            kept > 50,
+            "round {round}: only {kept} files closed before the kill"
+        );
+        assert!(
+            lost.is_empty(),
+            "round {round}: {} of {kept} closed files lost: {lost:?}",
+            lost.len()
+        );
+        drop(m);
+    }
+}
