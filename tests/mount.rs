@@ -1883,6 +1883,51 @@ fn a_hard_linked_files_note_follows_its_remaining_name() {
     drop(m);
 }
 
+/// A hard-linked file whose directory cannot be published (its slot
+/// refused) while the root's link table can: after a kill -9 it comes
+/// back, under its names. Its recovery note went once the root's table
+/// named it, though no directory did: the file was in the table under no
+/// name, and lost (a crash sweep of links and renames: several in every
+/// round).
+#[test]
+fn a_hard_linked_file_whose_directory_never_went_up_survives_a_crash() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (_mirrors, proxies, client) = common::three_recorded_mirrors(tmp.path());
+    let mp = tmp.path().join("mnt");
+    let m = Mounted::new(&client, &mp);
+    std::fs::create_dir(mp.join("d")).unwrap();
+    client.ok(&["sync"]);
+    let refused = client.slot_key("d");
+    for p in &proxies {
+        p.refuse(&refused);
+    }
+    let content = common::seeded_bytes("linked, unlisted", 3500);
+    std::fs::write(mp.join("d/f"), &content).unwrap();
+    std::fs::hard_link(mp.join("d/f"), mp.join("d/h")).unwrap();
+    // The root's link table goes up; d does not.
+    assert!(
+        !client.run(&["sync"]).status.success(),
+        "sync passed a refused update"
+    );
+    kill_mount(&mp);
+    drop(m);
+    for p in &proxies {
+        p.refuse_none();
+    }
+    let m = Mounted::new(&client, &mp);
+    let names = names_in(&mp.join("d"));
+    let holding: Vec<&String> = names
+        .iter()
+        .filter(|n| std::fs::read(mp.join("d").join(n)).is_ok_and(|got| got == content))
+        .collect();
+    assert!(
+        !holding.is_empty(),
+        "the linked file was lost: d holds {names:?}"
+    );
+    client.ok(&["sync"]);
+    drop(m);
+}
+
 /// Once the inode table outgrows `-o inodes=`, the entries of directories
 /// the kernel has let go of are forgotten (kept copies too), and listed
 /// again when next needed: everything reads back the same afterwards. What

@@ -1391,6 +1391,7 @@ impl LodeFs {
                             node.named_in = Some(dir);
                         }
                     }
+                    tree.published_at.insert(dir, vacates);
                     tree.too_large.remove(&dir);
                     tree.unpublished.remove(&dir);
                     // Files kept at names they left (`Tree::ghosts`): the
@@ -1430,6 +1431,7 @@ impl LodeFs {
                                 node.named_in = Some(dir);
                             }
                         }
+                        tree.published_at.insert(dir, vacates);
                     }
                     // Perhaps on some mirrors (a request that timed out may
                     // still have landed): removed, it must now go up empty.
@@ -1524,11 +1526,27 @@ impl LodeFs {
                     .unwrap_or_default()
             })
             .collect();
-        // A linked file is safe once the root's link table names it.
+        // A linked file is safe once both the root's link table (its
+        // version) and a directory's listing (a name for it) are published:
+        // whichever goes second releases it. It went with the root's table
+        // alone, and a kill -9 before its directory went up left the file
+        // in the table but under no name (a crash sweep of hard links and
+        // renames lost several such files in every round).
         let linked = |tree: &Tree, ino: &u64| tree.nodes.get(ino).is_some_and(|n| n.link.is_some());
-        children.retain(|i| !linked(&tree, i));
+        let table_up = !tree.dirty.contains(&ROOT) && !tree.publishing.contains(&ROOT);
+        children.retain(|i| !linked(&tree, i) || table_up);
         if released.contains(&ROOT) {
-            children.extend(tree.links.values().copied());
+            let named = |ino: &u64| {
+                tree.nodes
+                    .get(ino)
+                    .is_some_and(|n| match (&n.body, n.listed) {
+                        (Body::File { cap: Some(c), .. }, Some((d, root))) => {
+                            root == c.root && tree.anchored(d) && !tree.dirty.contains(&d)
+                        }
+                        _ => false,
+                    })
+            };
+            children.extend(tree.links.values().copied().filter(named));
         }
         let mut kept = Vec::new();
         for ino in children {
@@ -3052,8 +3070,8 @@ impl LodeFs {
             c.remove(name);
         }
         tree.vacate(parent, name, ino, true);
-        if moving_dir {
-            tree.dir_left(parent, name, ino);
+        if parent != newparent {
+            tree.dir_left(parent, name, ino, newparent);
         }
         tree.children_mut(newparent)
             .ok_or(Error::NotADirectory)?

@@ -254,9 +254,21 @@ pub struct Tree {
     /// published again, without those, once the files are named where
     /// they are now.
     pub ghosted: HashSet<u64>,
-    /// Our directories renamed away from each directory since it was last
-    /// published, by name: the inode and when (counted with `vacates`).
-    dirs_left: HashMap<u64, HashMap<String, (u64, u64)>>,
+    /// Our directories and hard-linked files renamed away from each
+    /// directory since it was last published, by name: the inode, when
+    /// (counted with `vacates`), and the directory it went to.
+    dirs_left: HashMap<u64, HashMap<String, Left>>,
+    /// Where the count of names given up stood when each directory's
+    /// listing that last went up (to `happy` mirrors or some) was taken.
+    pub published_at: HashMap<u64, u64>,
+}
+
+/// An entry renamed away from a directory (see `Tree::dirs_left`).
+#[derive(Clone, Copy)]
+struct Left {
+    ino: u64,
+    at: u64,
+    to: u64,
 }
 
 /// A published file's name given up in a directory not published since.
@@ -333,6 +345,7 @@ impl Tree {
             vacates: 0,
             ghosted: HashSet::new(),
             dirs_left: HashMap::new(),
+            published_at: HashMap::new(),
         }
     }
 
@@ -379,11 +392,15 @@ impl Tree {
         self.vacated_by_add(ino, dir, name);
     }
 
-    /// The directory `ino` is renamed away from its name `name` in `dir`:
-    /// `dir`'s listing keeps it there until its new parent's names it
-    /// ([`Tree::ghosts`]).
-    pub fn dir_left(&mut self, dir: u64, name: &str, ino: u64) {
-        if self.nodes.get(&ino).and_then(Node::writable_dir).is_none() {
+    /// The directory or hard-linked file `ino` is renamed away from its
+    /// name `name` in `dir` to directory `to`: `dir`'s listing keeps it
+    /// there until its new place is published ([`Tree::ghosts`]).
+    pub fn dir_left(&mut self, dir: u64, name: &str, ino: u64, to: u64) {
+        let Some(node) = self.nodes.get(&ino) else {
+            return;
+        };
+        let linked = node.link.is_some() && matches!(node.body, Body::File { cap: Some(_), .. });
+        if node.writable_dir().is_none() && !linked {
             return;
         }
         self.vacates += 1;
@@ -391,7 +408,25 @@ impl Tree {
         self.dirs_left
             .entry(dir)
             .or_default()
-            .insert(name.to_string(), (ino, at));
+            .insert(name.to_string(), Left { ino, at, to });
+    }
+
+    /// Whether `dir`'s listing keeps `left`: a directory as
+    /// [`Tree::keeps_ino`] says; a hard-linked file (whose names are not
+    /// one place) until its new directory is published from a listing
+    /// taken after it moved there.
+    fn keeps_left(&self, dir: u64, left: &Left) -> bool {
+        match self.nodes.get(&left.ino) {
+            Some(node) if node.link.is_some() => {
+                let removed = self.nodes.get(&dir).is_none_or(|d| d.orphan);
+                !removed
+                    && !node.orphan
+                    && left.to != dir
+                    && self.published_at.get(&left.to).is_none_or(|&p| p < left.at)
+            }
+            Some(_) => self.keeps_ino(dir, left.ino),
+            None => false,
+        }
     }
 
     fn vacated_by_add(&mut self, ino: u64, dir: u64, name: &str) {
@@ -538,11 +573,15 @@ impl Tree {
             }
         }
         let write = self.nodes.get(&dir).and_then(Node::writable_dir);
-        for (name, &(ino, _)) in self.dirs_left.get(&dir).into_iter().flatten() {
-            if listing.entries.contains_key(name) || !self.keeps_ino(dir, ino) {
+        for (name, left) in self.dirs_left.get(&dir).into_iter().flatten() {
+            if listing.entries.contains_key(name) || !self.keeps_left(dir, left) {
                 continue;
             }
-            if let Some(entry) = self.entry_of(ino, name, write) {
+            if let Some(mut entry) = self.entry_of(left.ino, name, write) {
+                // A linked file's name kept goes as a plain copy of it: an
+                // extra name of the link would outnumber its link count.
+                entry.link = None;
+                entry.nlink = 1;
                 listing.entries.insert(name.clone(), entry);
                 kept.push(name.clone());
             }
@@ -580,11 +619,9 @@ impl Tree {
     /// renamed away from it ([`Tree::ghosts`]).
     pub fn ghosting(&self, dir: u64) -> bool {
         let files = self.vacated.get(&dir).into_iter().flatten();
-        let dirs = self.dirs_left.get(&dir).into_iter().flatten();
+        let mut left = self.dirs_left.get(&dir).into_iter().flatten();
         files.flat_map(|(_, list)| list).any(|v| self.keeps(dir, v))
-            || dirs
-                .map(|(_, &(ino, _))| ino)
-                .any(|ino| self.keeps_ino(dir, ino))
+            || left.any(|(_, l)| self.keeps_left(dir, l))
     }
 
     /// Where the count of names given up stands: taken with a listing.
@@ -601,7 +638,7 @@ impl Tree {
     /// mass `rm` rewrite a note, or walk the whole tree, per file.
     pub fn published_vacated(&mut self, dir: u64, taken: u64, kept: &[String]) -> Vec<u64> {
         if let Some(left) = self.dirs_left.get_mut(&dir) {
-            left.retain(|name, &mut (_, at)| at > taken || kept.contains(name));
+            left.retain(|name, l| l.at > taken || kept.contains(name));
             if left.is_empty() {
                 self.dirs_left.remove(&dir);
             }
@@ -1131,6 +1168,7 @@ impl Tree {
             return;
         }
         self.listed_seq.remove(&ino);
+        self.published_at.remove(&ino);
         self.unpublished.remove(&ino);
         self.ghosted.remove(&ino);
         self.forget_vacated(ino);
