@@ -7,11 +7,14 @@
 `work` writes files into four directories and four subdirectories of
 them, and at random overwrites a file, swaps two files between
 directories (a cycle of renames), moves a subdirectory to another parent,
-or removes a file. After each close it appends the file's id and the
-SHA-256 of what it holds to LOG (line-buffered), so LOG names only what
-was closed before the kill. The choice of operations follows SEED; the
-weights come from P_OVER, P_SWAP, P_DIR (the rest: new files, and
-removals past those).
+renames a file over one in another directory, gives a file another name
+(a hard link), or removes a name. After each close it appends the file's
+id and the SHA-256 of what it holds to LOG (line-buffered), so LOG names
+only what was closed before the kill; a file whose last name went is
+logged as removed. Each rename, link and unlink is logged (`op ...`) as
+it starts, for tracing a lost file. The choice of operations follows SEED; the weights
+come from P_OVER, P_SWAP, P_DIR, P_OVERWRITE_NAME, P_LINK (the rest: new
+files, and removals past those).
 
 `check` walks MOUNT and looks for the last closed content of every file
 not removed, at any path: a crash may undo a rename that was not yet
@@ -25,9 +28,11 @@ import sys
 
 def work(mnt, log, seed):
     rnd = random.Random(seed)
-    p_over = float(os.environ.get("P_OVER", 0.15))
+    p_over = float(os.environ.get("P_OVER", 0.1))
     p_swap = float(os.environ.get("P_SWAP", 0.2))
     p_dir = float(os.environ.get("P_DIR", 0.07))
+    p_over_name = float(os.environ.get("P_OVERWRITE_NAME", 0.05))
+    p_link = float(os.environ.get("P_LINK", 0.03))
     tops = [os.path.join(mnt, f"d{i}") for i in range(4)]
     for d in tops:
         os.makedirs(d, exist_ok=True)
@@ -36,7 +41,8 @@ def work(mnt, log, seed):
         subs[j] = os.path.join(rnd.choice(tops), f"s{j}")
         os.makedirs(subs[j], exist_ok=True)
     out = open(log, "a", buffering=1)
-    where, version = {}, {}
+    # Each file's names; `where` holds one of them (the one written to).
+    where, version, names = {}, {}, {}
 
     def write(idx, path):
         version[idx] = version.get(idx, 0) + 1
@@ -46,6 +52,14 @@ def work(mnt, log, seed):
             f.write(body)
         out.write(f"closed {idx} {hashlib.sha256(body).hexdigest()}\n")
 
+    def drop_name(k, path):
+        names[k].discard(path)
+        if not names[k]:
+            del names[k], where[k]
+            out.write(f"removed {k}\n")
+        elif where[k] == path:
+            where[k] = sorted(names[k])[0]
+
     i = 0
     while True:
         i += 1
@@ -54,6 +68,8 @@ def work(mnt, log, seed):
             path = os.path.join(rnd.choice(tops + list(subs.values())), f"f{i}")
             write(i, path)
             where[i] = path
+            names[i] = {path}
+            out.write(f"op new {i} {path}\n")
         elif r < 0.5 + p_over:
             a = rnd.choice(sorted(where))
             write(a, where[a])
@@ -63,26 +79,50 @@ def work(mnt, log, seed):
             if da == db:
                 continue
             aside = where[a] + ".swap"
+            out.write(f"op swap {a} {where[a]} {b} {where[b]}\n")
             os.rename(where[a], aside)
             os.rename(where[b], os.path.join(da, os.path.basename(where[b])))
             os.rename(aside, os.path.join(db, os.path.basename(where[a])))
-            where[a] = os.path.join(db, os.path.basename(where[a]))
-            where[b] = os.path.join(da, os.path.basename(where[b]))
+            for k, d in ((a, db), (b, da)):
+                names[k].discard(where[k])
+                where[k] = os.path.join(d, os.path.basename(where[k]))
+                names[k].add(where[k])
         elif r < 0.5 + p_over + p_swap + p_dir:
             j = rnd.choice(sorted(subs))
             src, dst = subs[j], os.path.join(rnd.choice(tops), f"s{j}")
             if src == dst:
                 continue
+            out.write(f"op move-dir {src} {dst}\n")
             os.rename(src, dst)
             subs[j] = dst
-            for k, p in list(where.items()):
-                if p.startswith(src + "/"):
-                    where[k] = dst + p[len(src):]
+            moved = lambda p: dst + p[len(src):] if p.startswith(src + "/") else p
+            for k in where:
+                where[k] = moved(where[k])
+                names[k] = {moved(p) for p in names[k]}
+        elif r < 0.5 + p_over + p_swap + p_dir + p_over_name:
+            # a's name goes over one of b's in another directory.
+            a, b = rnd.sample(sorted(where), 2)
+            pb = rnd.choice(sorted(names[b]))
+            if os.path.dirname(where[a]) == os.path.dirname(pb):
+                continue
+            out.write(f"op over {a} {where[a]} {b} {pb}\n")
+            os.rename(where[a], pb)
+            names[a].discard(where[a])
+            names[a].add(pb)
+            where[a] = pb
+            drop_name(b, pb)
+        elif r < 0.5 + p_over + p_swap + p_dir + p_over_name + p_link:
+            a = rnd.choice(sorted(where))
+            path = os.path.join(rnd.choice(tops + list(subs.values())), f"h{i}")
+            out.write(f"op link {a} {where[a]} {path}\n")
+            os.link(where[a], path)
+            names[a].add(path)
         else:
             a = rnd.choice(sorted(where))
-            os.unlink(where[a])
-            del where[a]
-            out.write(f"removed {a}\n")
+            path = rnd.choice(sorted(names[a]))
+            out.write(f"op unlink {a} {path}\n")
+            os.unlink(path)
+            drop_name(a, path)
 
 
 def check(mnt, log):

@@ -6,7 +6,8 @@
 #      mounted with -o nominer;
 #   2. scripts/crash-sweep.py work on the mount, killed with the mount
 #      (kill -9) after 2-9 s (from the seed);
-#   3. mount again (recovery), `lode sync`, unmount, mount again;
+#   3. the published tree as the mirrors hold it, into published.txt;
+#      mount again (recovery), `lode sync`, unmount, mount again;
 #   4. scripts/crash-sweep.py check: every file's last closed content
 #      must be somewhere in the tree.
 #
@@ -24,6 +25,16 @@ base=${SWEEP_DIR:-/tmp/lode-crash-sweep}
 [ -x "$lode" ] || { echo "no lode binary at $lode (cargo build --release)" >&2; exit 2; }
 command -v python3 >/dev/null || { echo "needs python3" >&2; exit 2; }
 mkdir -p "$base"
+# Print the published tree under PATH (from the mirrors), one entry a line.
+published() {
+    local entry
+    "$lode" ls "$1" | while IFS= read -r entry; do
+        echo "$1 $entry"
+        case $entry in
+        d*) published "${1%/}/${entry##* }" ;;
+        esac
+    done
+}
 failed=0
 for seed in "$@"; do
     w=$base/round-$seed
@@ -47,6 +58,8 @@ for seed in "$@"; do
     kill -9 "$worker" 2>/dev/null
     wait "$worker" 2>/dev/null
     fusermount3 -u -z "$mnt" 2>/dev/null
+    # What the mirrors hold at the crash, before recovery changes it.
+    published "/" >"$w/published.txt" 2>&1
     "$lode" mount "$mnt" -o nominer >/dev/null
     timeout 300 "$lode" sync >/dev/null || echo "seed $seed: lode sync failed"
     fusermount3 -u "$mnt"
