@@ -1928,6 +1928,50 @@ fn a_hard_linked_file_whose_directory_never_went_up_survives_a_crash() {
     drop(m);
 }
 
+/// A hard-linked file loses its published name while its other name's
+/// directory cannot be published (refused), then kill -9: the file is
+/// still in the tree. The removed name's directory used to go up without
+/// it, leaving the file under no published name.
+#[test]
+fn a_linked_files_published_name_removed_before_its_other_goes_up_survives_a_crash() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (_mirrors, proxies, client) = common::three_recorded_mirrors(tmp.path());
+    let mp = tmp.path().join("mnt");
+    let m = Mounted::new(&client, &mp);
+    std::fs::create_dir(mp.join("d")).unwrap();
+    std::fs::create_dir(mp.join("e")).unwrap();
+    let content = common::seeded_bytes("linked, renamed", 2700);
+    std::fs::write(mp.join("d/f"), &content).unwrap();
+    client.ok(&["sync"]);
+    let refused = client.slot_key("e");
+    for p in &proxies {
+        p.refuse(&refused);
+    }
+    std::fs::hard_link(mp.join("d/f"), mp.join("e/h")).unwrap();
+    std::fs::remove_file(mp.join("d/f")).unwrap();
+    assert!(
+        !client.run(&["sync"]).status.success(),
+        "sync passed a refused update"
+    );
+    kill_mount(&mp);
+    drop(m);
+    for p in &proxies {
+        p.refuse_none();
+    }
+    let m = Mounted::new(&client, &mp);
+    let held: Vec<String> = ["d", "e"]
+        .into_iter()
+        .flat_map(|d| {
+            names_in(&mp.join(d))
+                .into_iter()
+                .map(move |n| format!("{d}/{n}"))
+        })
+        .filter(|p| std::fs::read(mp.join(p)).is_ok_and(|got| got == content))
+        .collect();
+    assert!(!held.is_empty(), "the linked file was lost");
+    drop(m);
+}
+
 /// Once the inode table outgrows `-o inodes=`, the entries of directories
 /// the kernel has let go of are forgotten (kept copies too), and listed
 /// again when next needed: everything reads back the same afterwards. What

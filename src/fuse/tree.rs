@@ -1125,6 +1125,17 @@ impl Tree {
                     node.name = n;
                 }
             }
+            // Its other names may be in listings not published yet: this
+            // one stays in `dir`'s (as a plain copy) until its home's is.
+            // A crash sweep lost linked files whose published name was
+            // removed while the other was still unpublished.
+            // Where a rename over it takes the name at once, its home's
+            // listing goes up first instead (`LodeFs::publish_ordered`).
+            let home = self.nodes.get(&ino).map_or(dir, |n| n.parent);
+            if home != dir {
+                self.dir_left(dir, name, ino, home);
+                self.moved_into.entry(dir).or_default().insert(home);
+            }
             self.changed(ino);
             return;
         }
