@@ -33,7 +33,7 @@ published() {
         case $entry in
         d*) published "${1%/}/${entry##* }" ;;
         esac
-    done
+    done || echo "$1 NOT LISTED (lode ls failed)"
 }
 failed=0
 for seed in "$@"; do
