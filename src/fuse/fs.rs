@@ -1160,7 +1160,7 @@ impl LodeFs {
     /// between the two would leave the moved entry in neither.
     fn publish(&self, dir: u64) -> Result<()> {
         self.publish_ordered(dir, &mut Vec::new(), &mut HashSet::new(), false)?;
-        self.drop_ghosts();
+        self.drop_ghosts(false);
         Ok(())
     }
 
@@ -1293,7 +1293,9 @@ impl LodeFs {
     /// old names (`Tree::ghosts`) whose new places are now published, so
     /// that the mirrors list those files under both names only briefly.
     /// The directories still waiting for that stay dirty for the flusher.
-    fn drop_ghosts(&self) {
+    /// In the `background`, as [`Self::publish_ordered`] there: a
+    /// directory whose destinations wait their turn waits too.
+    fn drop_ghosts(&self, background: bool) {
         let ready: Vec<u64> = {
             let tree = self.lock();
             let ready = |d: &&u64| tree.dirty.contains(*d) && !tree.ghosting(**d);
@@ -1301,7 +1303,7 @@ impl LodeFs {
         };
         for dir in ready {
             // A failure leaves it dirty, for the next round.
-            let walk = self.publish_ordered(dir, &mut Vec::new(), &mut HashSet::new(), false);
+            let walk = self.publish_ordered(dir, &mut Vec::new(), &mut HashSet::new(), background);
             if let Err(e) = walk {
                 tracing::debug!(dir, error = %e, "a directory keeps files renamed away");
             }
@@ -2492,7 +2494,7 @@ impl LodeFs {
             }
         }
         // Those whose files renamed away went up after them.
-        self.drop_ghosts();
+        self.drop_ghosts(background);
         first_err.map_or(Ok(()), Err)
     }
 
@@ -2853,6 +2855,11 @@ impl LodeFs {
         }
         tree.dirty.insert(ino);
         tree.unpublished.insert(ino);
+        // Its listing goes up before its parent's names it: named first, a
+        // crash in between left a name for a slot no mirror held, which
+        // lists empty (a crash sweep lost files that had gone into a new
+        // directory this way).
+        tree.moved_into.entry(parent).or_default().insert(ino);
         Ok((ino, attr))
     }
 
