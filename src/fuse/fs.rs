@@ -1209,7 +1209,15 @@ impl LodeFs {
                     let mut chain = Vec::new();
                     let mut cur = d;
                     loop {
-                        if tree.dirty.contains(&cur) || tree.publishing.contains(&cur) {
+                        // One dirty only to drop entries it kept
+                        // (`Tree::ghosted`) holds nothing back: what left it
+                        // stays listed there until named elsewhere. Counted
+                        // as pending, every publish of it made it pending
+                        // again, and a sync after a storm of renames spun
+                        // for many minutes republishing directories.
+                        let pending = (tree.dirty.contains(&cur) && !tree.ghosted.contains(&cur))
+                            || tree.publishing.contains(&cur);
+                        if pending {
                             chain.push(cur);
                         } else if cur != d {
                             break;
