@@ -1324,6 +1324,19 @@ fn names_in(dir: &Path) -> Vec<String> {
     names
 }
 
+/// The paths (`DIR/NAME`, under `mp`) of the files directly in `dirs`
+/// that hold `want`.
+fn holding(mp: &Path, dirs: &[&str], want: &[u8]) -> Vec<String> {
+    dirs.iter()
+        .flat_map(|d| {
+            names_in(&mp.join(d))
+                .into_iter()
+                .map(move |n| format!("{d}/{n}"))
+        })
+        .filter(|p| std::fs::read(mp.join(p)).is_ok_and(|got| got == want))
+        .collect()
+}
+
 /// The names in `dir` of staged copies recovery put beside `name`.
 fn recovered_beside(dir: &Path, name: &str) -> Vec<String> {
     let prefix = format!("{name}.recovered-");
@@ -1959,15 +1972,7 @@ fn a_linked_files_published_name_removed_before_its_other_goes_up_survives_a_cra
         p.refuse_none();
     }
     let m = Mounted::new(&client, &mp);
-    let held: Vec<String> = ["d", "e"]
-        .into_iter()
-        .flat_map(|d| {
-            names_in(&mp.join(d))
-                .into_iter()
-                .map(move |n| format!("{d}/{n}"))
-        })
-        .filter(|p| std::fs::read(mp.join(p)).is_ok_and(|got| got == content))
-        .collect();
+    let held = holding(&mp, &["d", "e"], &content);
     assert!(!held.is_empty(), "the linked file was lost");
     drop(m);
 }
@@ -2473,18 +2478,8 @@ fn files_traded_between_directories_survive_a_publish_cut_short() {
         }
         drop(m);
         let m = Mounted::new(&client, &mp);
-        let at = |want: &[u8]| -> Vec<String> {
-            [&a, &b]
-                .into_iter()
-                .flat_map(|d| {
-                    names_in(&mp.join(d))
-                        .into_iter()
-                        .map(move |n| format!("{d}/{n}"))
-                })
-                .filter(|p| std::fs::read(mp.join(p)).is_ok_and(|got| got == want))
-                .collect()
-        };
-        let (f_at, g_at) = (at(&f), at(&g));
+        let dirs = [a.as_str(), b.as_str()];
+        let (f_at, g_at) = (holding(&mp, &dirs, &f), holding(&mp, &dirs, &g));
         if crash {
             assert!(!f_at.is_empty(), "f was lost (g at {g_at:?})");
             assert!(!g_at.is_empty(), "g was lost (f at {f_at:?})");
