@@ -3086,7 +3086,7 @@ impl LodeFs {
         }
         tree.vacate(parent, name, ino, true);
         if parent != newparent {
-            tree.dir_left(parent, name, ino, newparent);
+            tree.entry_left(parent, name, ino, newparent);
         }
         tree.children_mut(newparent)
             .ok_or(Error::NotADirectory)?

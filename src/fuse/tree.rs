@@ -257,13 +257,13 @@ pub struct Tree {
     /// Our directories and hard-linked files renamed away from each
     /// directory since it was last published, by name: the inode, when
     /// (counted with `vacates`), and the directory it went to.
-    dirs_left: HashMap<u64, HashMap<String, Left>>,
+    entries_left: HashMap<u64, HashMap<String, Left>>,
     /// Where the count of names given up stood when each directory's
     /// listing that last went up (to `happy` mirrors or some) was taken.
     pub published_at: HashMap<u64, u64>,
 }
 
-/// An entry renamed away from a directory (see `Tree::dirs_left`).
+/// An entry renamed away from a directory (see `Tree::entries_left`).
 #[derive(Clone, Copy)]
 struct Left {
     ino: u64,
@@ -344,7 +344,7 @@ impl Tree {
             vacated_by: HashMap::new(),
             vacates: 0,
             ghosted: HashSet::new(),
-            dirs_left: HashMap::new(),
+            entries_left: HashMap::new(),
             published_at: HashMap::new(),
         }
     }
@@ -395,7 +395,7 @@ impl Tree {
     /// The directory or hard-linked file `ino` is renamed away from its
     /// name `name` in `dir` to directory `to`: `dir`'s listing keeps it
     /// there until its new place is published ([`Tree::ghosts`]).
-    pub fn dir_left(&mut self, dir: u64, name: &str, ino: u64, to: u64) {
+    pub fn entry_left(&mut self, dir: u64, name: &str, ino: u64, to: u64) {
         let Some(node) = self.nodes.get(&ino) else {
             return;
         };
@@ -405,7 +405,7 @@ impl Tree {
         }
         self.vacates += 1;
         let at = self.vacates;
-        self.dirs_left
+        self.entries_left
             .entry(dir)
             .or_default()
             .insert(name.to_string(), Left { ino, at, to });
@@ -573,7 +573,7 @@ impl Tree {
             }
         }
         let write = self.nodes.get(&dir).and_then(Node::writable_dir);
-        for (name, left) in self.dirs_left.get(&dir).into_iter().flatten() {
+        for (name, left) in self.entries_left.get(&dir).into_iter().flatten() {
             if listing.entries.contains_key(name) || !self.keeps_left(dir, left) {
                 continue;
             }
@@ -619,7 +619,7 @@ impl Tree {
     /// renamed away from it ([`Tree::ghosts`]).
     pub fn ghosting(&self, dir: u64) -> bool {
         let files = self.vacated.get(&dir).into_iter().flatten();
-        let mut left = self.dirs_left.get(&dir).into_iter().flatten();
+        let mut left = self.entries_left.get(&dir).into_iter().flatten();
         files.flat_map(|(_, list)| list).any(|v| self.keeps(dir, v))
             || left.any(|(_, l)| self.keeps_left(dir, l))
     }
@@ -637,10 +637,10 @@ impl Tree {
     /// [`Tree::vacated_for`]). Every inode, removed files' too, made a
     /// mass `rm` rewrite a note, or walk the whole tree, per file.
     pub fn published_vacated(&mut self, dir: u64, taken: u64, kept: &[String]) -> Vec<u64> {
-        if let Some(left) = self.dirs_left.get_mut(&dir) {
+        if let Some(left) = self.entries_left.get_mut(&dir) {
             left.retain(|name, l| l.at > taken || kept.contains(name));
             if left.is_empty() {
-                self.dirs_left.remove(&dir);
+                self.entries_left.remove(&dir);
             }
         }
         let Some(names) = self.vacated.get_mut(&dir) else {
@@ -675,7 +675,7 @@ impl Tree {
 
     /// A directory is gone: so are the names it gave up.
     fn forget_vacated(&mut self, dir: u64) {
-        self.dirs_left.remove(&dir);
+        self.entries_left.remove(&dir);
         for (name, list) in self.vacated.remove(&dir).into_iter().flatten() {
             for v in list {
                 self.forget_vacated_by(v.ino, dir, &name);
@@ -1133,7 +1133,7 @@ impl Tree {
             // listing goes up first instead (`LodeFs::publish_ordered`).
             let home = self.nodes.get(&ino).map_or(dir, |n| n.parent);
             if home != dir {
-                self.dir_left(dir, name, ino, home);
+                self.entry_left(dir, name, ino, home);
                 self.moved_into.entry(dir).or_default().insert(home);
             }
             self.changed(ino);
