@@ -1977,6 +1977,60 @@ fn a_linked_files_published_name_removed_before_its_other_goes_up_survives_a_cra
     drop(m);
 }
 
+/// A file saved over one name of a hard-linked file (written aside, renamed
+/// over it) while that directory cannot be published (refused), then
+/// kill -9: recovery puts the saved file at the name, and the linked file
+/// keeps its other name with its own content. Recovery used to write the
+/// saved file into the linked inode, so both names held it and the linked
+/// file's content was gone.
+#[test]
+fn a_file_saved_over_a_linked_name_before_a_crash_leaves_the_other_name_alone() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (_mirrors, proxies, client) = common::three_recorded_mirrors(tmp.path());
+    let mp = tmp.path().join("mnt");
+    let m = Mounted::new(&client, &mp);
+    std::fs::create_dir(mp.join("a")).unwrap();
+    std::fs::create_dir(mp.join("b")).unwrap();
+    let linked = common::seeded_bytes("linked", 3100);
+    std::fs::write(mp.join("a/x"), &linked).unwrap();
+    std::fs::hard_link(mp.join("a/x"), mp.join("b/y")).unwrap();
+    client.ok(&["sync"]);
+    let refused = client.slot_key("a");
+    for p in &proxies {
+        p.refuse(&refused);
+    }
+    let saved = common::seeded_bytes("saved over", 2900);
+    std::fs::write(mp.join("a/x.tmp"), &saved).unwrap();
+    std::fs::rename(mp.join("a/x.tmp"), mp.join("a/x")).unwrap();
+    assert!(
+        !client.run(&["sync"]).status.success(),
+        "sync passed a refused update"
+    );
+    kill_mount(&mp);
+    drop(m);
+    for p in &proxies {
+        p.refuse_none();
+    }
+    let m = Mounted::new(&client, &mp);
+    client.ok(&["sync"]);
+    assert_eq!(
+        holding(&mp, &["a", "b"], &linked),
+        ["b/y"],
+        "where the linked file's content is"
+    );
+    assert_eq!(
+        holding(&mp, &["a", "b"], &saved),
+        ["a/x"],
+        "where the saved file is"
+    );
+    drop(m);
+    // And so it stays, from the mirrors.
+    let m = Mounted::new(&client, &mp);
+    assert_eq!(std::fs::read(mp.join("b/y")).unwrap(), linked);
+    assert_eq!(std::fs::read(mp.join("a/x")).unwrap(), saved);
+    drop(m);
+}
+
 /// Once the inode table outgrows `-o inodes=`, the entries of directories
 /// the kernel has let go of are forgotten (kept copies too), and listed
 /// again when next needed: everything reads back the same afterwards. What

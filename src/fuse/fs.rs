@@ -2219,6 +2219,25 @@ impl LodeFs {
                 "the name holds a version this staged copy did not begin from (changed on another machine, or a file renamed away unpublished before the crash): both are kept"
             );
         }
+        // A hard-linked file that this one was renamed over (the note
+        // replaces its version, and did not begin from it): the name is
+        // this file's, and the linked one keeps its other names, as the
+        // rename did. Written into, its content was lost under every name
+        // (a crash sweep lost linked files this way).
+        let renamed_over = held.and_then(|ino| tree.nodes.get(&ino)).is_some_and(|n| {
+            n.link.is_some()
+                && matches!(&n.body, Body::File { cap: Some(c), dirty: false, .. }
+                    if note.replaces.contains(&c.root)
+                        && note.base != notes::Base::Version(c.root)
+                        && own_upload != Some(c.root))
+        });
+        let held = match (renamed_over, held) {
+            (true, Some(ino)) => {
+                tree.release_linked_name(dir, name, ino);
+                None
+            }
+            _ => held,
+        };
         if let Some(ino) = held
             && !changed_elsewhere
             && let Some(node) = tree.nodes.get_mut(&ino)
