@@ -2545,6 +2545,53 @@ fn files_traded_between_directories_survive_a_publish_cut_short() {
     }
 }
 
+/// As above, crashing, with the file that moved into the refused directory
+/// hard-linked there after the move: both its names are in the listing
+/// that never went up, so the directory it left must keep it. That
+/// directory's listing used to go up without it once it was linked, and
+/// the crash lost it (the crash sweep's last losses were all so).
+#[test]
+fn a_file_linked_after_it_moved_survives_a_publish_cut_short() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (_mirrors, proxies, client) = common::three_recorded_mirrors(tmp.path());
+    let mp = tmp.path().join("mnt");
+    let (f, g) = (
+        common::seeded_bytes("f, linked", 3000),
+        common::seeded_bytes("g", 4000),
+    );
+    let m = Mounted::new(&client, &mp);
+    std::fs::create_dir(mp.join("a")).unwrap();
+    std::fs::create_dir(mp.join("b")).unwrap();
+    std::fs::write(mp.join("a/f"), &f).unwrap();
+    std::fs::write(mp.join("b/g"), &g).unwrap();
+    client.ok(&["sync"]);
+    let refused = client.slot_key("b");
+    for p in &proxies {
+        p.refuse(&refused);
+    }
+    std::fs::rename(mp.join("a/f"), mp.join("a/t")).unwrap();
+    std::fs::rename(mp.join("b/g"), mp.join("a/g")).unwrap();
+    std::fs::rename(mp.join("a/t"), mp.join("b/f")).unwrap();
+    std::fs::hard_link(mp.join("b/f"), mp.join("b/h")).unwrap();
+    // The sync publishes a (where g is now) before b, then fails.
+    assert!(
+        !client.run(&["sync"]).status.success(),
+        "sync passed a refused update"
+    );
+    kill_mount(&mp);
+    drop(m);
+    for p in &proxies {
+        p.refuse_none();
+    }
+    let m = Mounted::new(&client, &mp);
+    let f_at = holding(&mp, &["a", "b"], &f);
+    let g_at = holding(&mp, &["a", "b"], &g);
+    assert!(!f_at.is_empty(), "f was lost (g at {g_at:?})");
+    assert!(!g_at.is_empty(), "g was lost (f at {f_at:?})");
+    assert!(g_at.contains(&"a/g".to_string()), "a was not published");
+    drop(m);
+}
+
 /// As above, with two directories that trade subdirectories, each
 /// holding a file: after the kill -9, both subdirectories are still
 /// reached, each under its old parent or its new one, with its file.

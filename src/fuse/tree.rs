@@ -567,7 +567,10 @@ impl Tree {
                 .rev()
                 .filter(|v| self.keeps(dir, v))
                 .find_map(|v| self.entry_of(v.ino, name, None));
-            if let Some(entry) = ghost {
+            if let Some(mut entry) = ghost {
+                // Linked since it left: kept as a plain copy, as below.
+                entry.link = None;
+                entry.nlink = 1;
                 listing.entries.insert(name.clone(), entry);
                 kept.push(name.clone());
             }
@@ -605,8 +608,10 @@ impl Tree {
         let removed = self.nodes.get(&dir).is_none_or(|d| d.orphan);
         !removed
             && self.nodes.get(&ino).is_some_and(|node| {
+                // A file hard-linked since it left is kept the same way:
+                // its names may all be in listings not published yet (a
+                // crash sweep lost files linked after a rename this way).
                 !node.orphan
-                    && node.link.is_none()
                     && node.parent != dir
                     && node
                         .named_in
