@@ -251,6 +251,16 @@ impl Client {
 
     /// [`Client::run`] from the working directory `dir`.
     pub fn run_in(&self, dir: &Path, args: &[&str]) -> Output {
+        self.run_bounded(dir, args, Duration::from_secs(300))
+    }
+
+    /// [`Client::run`], failing the test if it takes longer than `limit`:
+    /// for a command that must not hang (a sync that spins).
+    pub fn run_within(&self, args: &[&str], limit: Duration) -> Output {
+        self.run_bounded(Path::new("."), args, limit)
+    }
+
+    fn run_bounded(&self, dir: &Path, args: &[&str], limit: Duration) -> Output {
         let mut cmd = Command::new(LODE);
         cmd.current_dir(dir)
             .args(args)
@@ -263,7 +273,7 @@ impl Client {
             .spawn()
             .expect("spawn lode");
         // Bound every command in time: a hung client fails the test.
-        let deadline = Instant::now() + Duration::from_secs(300);
+        let deadline = Instant::now() + limit;
         loop {
             if child.try_wait().expect("wait").is_some() {
                 return child.wait_with_output().expect("output");
