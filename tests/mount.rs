@@ -2031,6 +2031,66 @@ fn a_file_saved_over_a_linked_name_before_a_crash_leaves_the_other_name_alone() 
     drop(m);
 }
 
+/// A hard-linked file whose other name is in a directory that cannot be
+/// published (refused) has a new file saved over its published name, and a
+/// sync publishes that directory anyway (a cycle: a file moved the other
+/// way too), then kill -9. The published name must still hold the linked
+/// file until its other name goes up; recovery keeps the saved file beside
+/// it. The directory used to go up with the saved file at the name, so the
+/// linked file was named nowhere on the mirrors and the crash lost it.
+#[test]
+fn a_linked_file_whose_name_was_taken_survives_a_publish_cut_short() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (_mirrors, proxies, client) = common::three_recorded_mirrors(tmp.path());
+    let mp = tmp.path().join("mnt");
+    let m = Mounted::new(&client, &mp);
+    std::fs::create_dir(mp.join("a")).unwrap();
+    std::fs::create_dir(mp.join("b")).unwrap();
+    let linked = common::seeded_bytes("linked, taken", 3300);
+    let g = common::seeded_bytes("g, moved", 1700);
+    std::fs::write(mp.join("a/x"), &linked).unwrap();
+    std::fs::write(mp.join("b/g"), &g).unwrap();
+    client.ok(&["sync"]);
+    let refused = client.slot_key("b");
+    for p in &proxies {
+        p.refuse(&refused);
+    }
+    // The other name, only in b's listing, which never goes up.
+    std::fs::hard_link(mp.join("a/x"), mp.join("b/y")).unwrap();
+    let saved = common::seeded_bytes("saved over x", 2600);
+    std::fs::write(mp.join("a/x.tmp"), &saved).unwrap();
+    std::fs::rename(mp.join("a/x.tmp"), mp.join("a/x")).unwrap();
+    // b must go up before a (x's other name), and a before b (g): the
+    // sync publishes a, then fails on b.
+    std::fs::rename(mp.join("b/g"), mp.join("a/g")).unwrap();
+    assert!(
+        !client.run(&["sync"]).status.success(),
+        "sync passed a refused update"
+    );
+    kill_mount(&mp);
+    drop(m);
+    for p in &proxies {
+        p.refuse_none();
+    }
+    let m = Mounted::new(&client, &mp);
+    let g_at = holding(&mp, &["a", "b"], &g);
+    assert!(
+        g_at.contains(&"a/g".to_string()),
+        "a was not published: g at {g_at:?}"
+    );
+    let linked_at = holding(&mp, &["a", "b"], &linked);
+    let saved_at = holding(&mp, &["a", "b"], &saved);
+    assert!(
+        !linked_at.is_empty(),
+        "the linked file was lost (saved at {saved_at:?})"
+    );
+    assert!(
+        !saved_at.is_empty(),
+        "the saved file was lost (linked at {linked_at:?})"
+    );
+    drop(m);
+}
+
 /// Once the inode table outgrows `-o inodes=`, the entries of directories
 /// the kernel has let go of are forgotten (kept copies too), and listed
 /// again when next needed: everything reads back the same afterwards. What

@@ -144,7 +144,15 @@ fn contents(dir: &Path, found: &mut HashMap<[u8; 32], Vec<PathBuf>>) {
         if path.file_name().is_some_and(|n| n == "friends") && path.parent() == Some(dir) {
             continue;
         }
-        if path.is_dir() {
+        // A name listed and gone at its lookup: after a crash, a parent's
+        // listing may still hold a subdirectory that moved elsewhere, and
+        // the mount drops such a stale name when it is looked up. (A file
+        // gone so would be missed by the check of what was closed.)
+        let meta = match std::fs::symlink_metadata(&path) {
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+            meta => meta.unwrap(),
+        };
+        if meta.is_dir() {
             contents(&path, found);
         } else {
             let body = std::fs::read(&path).unwrap();

@@ -1361,6 +1361,16 @@ impl LodeFs {
                 .filter(|ino| tree.nodes.get(ino).is_some_and(Node::is_dir))
                 .collect();
             let ghosts = tree.ghosts(dir, &mut listing);
+            // A child a kept name stands in for is not in this listing:
+            // it is not named by it, and its recovery note stays.
+            let displaced: Vec<u64> = ghosts
+                .iter()
+                .filter_map(|name| tree.stands_in_for(dir, name))
+                .collect();
+            let named: Vec<(u64, crate::crypto::Hash)> = named
+                .into_iter()
+                .filter(|(ino, _)| !displaced.contains(ino))
+                .collect();
             (
                 write,
                 listing,
@@ -2211,7 +2221,11 @@ impl LodeFs {
             else {
                 return false;
             };
-            !replaceable(note, &c.root) && own_upload != Some(c.root)
+            // A plain copy of a hard-linked file: the crashed mount kept it
+            // here for the linked file, whose other names may be nowhere
+            // on the mirrors (`Tree::gives_way`). Both are kept.
+            let stands_in = n.link.is_none() && tree.holds_linked(&c.root);
+            (!replaceable(note, &c.root) || stands_in) && own_upload != Some(c.root)
         });
         if changed_elsewhere {
             tracing::warn!(

@@ -577,7 +577,10 @@ impl Tree {
         }
         let write = self.nodes.get(&dir).and_then(Node::writable_dir);
         for (name, left) in self.entries_left.get(&dir).into_iter().flatten() {
-            if listing.entries.contains_key(name) || !self.keeps_left(dir, left) {
+            if !self.keeps_left(dir, left) {
+                continue;
+            }
+            if listing.entries.contains_key(name) && !self.gives_way(dir, name, left.ino) {
                 continue;
             }
             if let Some(mut entry) = self.entry_of(left.ino, name, write) {
@@ -590,6 +593,30 @@ impl Tree {
             }
         }
         kept
+    }
+
+    /// Whether the entry at `name` in `dir` gives way, in the listing about
+    /// to be published, to the kept name of `kept`, a hard-linked file
+    /// renamed over there whose other names are all in listings not
+    /// published yet: were `dir` published with its new entry, the linked
+    /// file would be named nowhere on the mirrors, and a crash lost it (a
+    /// crash sweep: a linked name renamed over, the other name moved, then
+    /// the kill). Only a file that carries a recovery note gives way:
+    /// recovery brings it back at its name, finds there a plain copy of a
+    /// file the link table holds ([`Tree::holds_linked`]), and keeps both.
+    fn gives_way(&self, dir: u64, name: &str, kept: u64) -> bool {
+        self.children(dir)
+            .and_then(|c| c.get(name))
+            .is_some_and(|&ino| ino != kept && self.noted(ino))
+    }
+
+    /// The child at `name` in `dir` if a kept name stands in its place in
+    /// the listing that [`Tree::ghosts`] just added to (see
+    /// [`Tree::gives_way`]): that listing does not name it.
+    pub fn stands_in_for(&self, dir: u64, name: &str) -> Option<u64> {
+        let left = self.entries_left.get(&dir)?.get(name)?;
+        let ino = *self.children(dir)?.get(name)?;
+        (self.keeps_left(dir, left) && self.gives_way(dir, name, left.ino)).then_some(ino)
     }
 
     /// Whether `dir`'s listing keeps the file that gave up the name `v`
@@ -1167,6 +1194,15 @@ impl Tree {
             super::notes::remove(p);
         }
         self.drop_if_unused(ino);
+    }
+
+    /// Whether a hard-linked file of the link table holds the version
+    /// `root`.
+    pub fn holds_linked(&self, root: &crate::crypto::Hash) -> bool {
+        self.links.values().any(|ino| {
+            matches!(self.nodes.get(ino).map(|n| &n.body),
+                Some(Body::File { cap: Some(c), .. }) if c.root == *root)
+        })
     }
 
     /// Recovery puts another file at `dir`/`name`, a name the mirrors
