@@ -99,6 +99,12 @@ pub struct Entry {
     pub link: Option<LinkId>,
     /// How many names the file has (1 unless `link` is set).
     pub nlink: u32,
+    /// A name the file was renamed away from (or, for a hard-linked file,
+    /// a name another file took), listed only until a listing naming the
+    /// file where it is now is published: not the file's own place. After
+    /// a crash, recovery puts nothing over such an entry; a file it brings
+    /// back to the name goes beside it.
+    pub kept: bool,
 }
 
 impl Entry {
@@ -118,6 +124,7 @@ impl Entry {
             rdev: 0,
             link: None,
             nlink: 1,
+            kept: false,
         }
     }
 
@@ -431,6 +438,9 @@ fn is_one(n: &u32) -> bool {
 fn one() -> u32 {
     1
 }
+fn is_false(b: &bool) -> bool {
+    !*b
+}
 
 #[derive(Serialize, Deserialize)]
 struct WireEntry {
@@ -457,6 +467,9 @@ struct WireEntry {
     link: Option<ByteBuf>,
     #[serde(default = "one", skip_serializing_if = "is_one")]
     nlink: u32,
+    /// Optional, added without a version bump (see `WireListing::this`).
+    #[serde(default, skip_serializing_if = "is_false")]
+    kept: bool,
 }
 
 /// A name is one path component: not empty, not `.` or `..`, no `/` or NUL,
@@ -490,6 +503,7 @@ fn to_wire(e: &Entry) -> WireEntry {
         rdev: e.rdev,
         link: e.link.map(|l| ByteBuf::from(l.to_vec())),
         nlink: e.nlink,
+        kept: e.kept,
     }
 }
 
@@ -549,6 +563,7 @@ fn from_wire(name: &str, w: WireEntry) -> Result<Entry> {
         rdev: w.rdev,
         link,
         nlink: w.nlink,
+        kept: w.kept,
     })
 }
 
@@ -858,6 +873,26 @@ mod tests {
         assert!(!read.is_pending());
         assert_eq!(read.entries, l.entries);
         assert_eq!(read.links, l.links);
+    }
+
+    /// An entry marked kept reads back kept; one without the mark (every
+    /// listing written before it) reads back not kept, and its bytes do
+    /// not carry the field.
+    #[test]
+    fn a_kept_entry_round_trips_and_the_mark_is_optional() {
+        let mut l = listing(3, 10);
+        let plain = l.encode();
+        let name = l.entries.keys().next().unwrap().clone();
+        l.entries.get_mut(&name).unwrap().kept = true;
+        let marked = l.encode();
+        let has = |bytes: &[u8]| bytes.windows(4).any(|w| w == b"kept");
+        assert!(!has(&plain));
+        assert!(has(&marked));
+        let read = Listing::decode(&marked).unwrap();
+        assert!(read.entries[&name].kept);
+        assert_eq!(read.entries.values().filter(|e| e.kept).count(), 1);
+        let read = Listing::decode(&plain).unwrap();
+        assert!(read.entries.values().all(|e| !e.kept));
     }
 
     /// The root's own attributes survive whole and paged listings, and a

@@ -2221,11 +2221,10 @@ impl LodeFs {
             else {
                 return false;
             };
-            // A plain copy of a hard-linked file: the crashed mount kept it
-            // here for the linked file, whose other names may be nowhere
-            // on the mirrors (`Tree::gives_way`). Both are kept.
-            let stands_in = n.link.is_none() && tree.holds_linked(&c.root);
-            (!replaceable(note, &c.root) || stands_in) && own_upload != Some(c.root)
+            // Kept there for a file that had left the name (`Entry::kept`),
+            // perhaps the only name of it the mirrors hold (a hard-linked
+            // file's, see `Tree::gives_way`): both are kept.
+            (!replaceable(note, &c.root) || n.kept) && own_upload != Some(c.root)
         });
         if changed_elsewhere {
             tracing::warn!(

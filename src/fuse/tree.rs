@@ -112,6 +112,9 @@ pub struct Node {
     /// it: once that is where the file is, the directory it was renamed
     /// away from need not keep it ([`Tree::ghosts`]).
     pub named_in: Option<u64>,
+    /// Loaded from an entry kept for a file that had left the name
+    /// (`Entry::kept`): recovery puts nothing over it.
+    pub kept: bool,
     pub body: Body,
 }
 
@@ -161,6 +164,7 @@ impl Node {
             replaces: Vec::new(),
             listed: None,
             named_in: None,
+            kept: false,
             body,
         }
     }
@@ -571,6 +575,7 @@ impl Tree {
                 // Linked since it left: kept as a plain copy, as below.
                 entry.link = None;
                 entry.nlink = 1;
+                entry.kept = true;
                 listing.entries.insert(name.clone(), entry);
                 kept.push(name.clone());
             }
@@ -588,6 +593,7 @@ impl Tree {
                 // extra name of the link would outnumber its link count.
                 entry.link = None;
                 entry.nlink = 1;
+                entry.kept = true;
                 listing.entries.insert(name.clone(), entry);
                 kept.push(name.clone());
             }
@@ -602,8 +608,8 @@ impl Tree {
     /// file would be named nowhere on the mirrors, and a crash lost it (a
     /// crash sweep: a linked name renamed over, the other name moved, then
     /// the kill). Only a file that carries a recovery note gives way:
-    /// recovery brings it back at its name, finds there a plain copy of a
-    /// file the link table holds ([`Tree::holds_linked`]), and keeps both.
+    /// recovery brings it back at its name, finds there an entry marked
+    /// kept (`Entry::kept`), and keeps both.
     fn gives_way(&self, dir: u64, name: &str, kept: u64) -> bool {
         self.children(dir)
             .and_then(|c| c.get(name))
@@ -986,6 +992,7 @@ impl Tree {
         node.uid = fresh.uid;
         node.gid = fresh.gid;
         node.nlink = fresh.nlink;
+        node.kept = fresh.kept;
         if let (Body::File { cap: held, .. }, Body::File { cap: new, .. }) =
             (&node.body, &fresh.body)
             && held != new
@@ -1194,15 +1201,6 @@ impl Tree {
             super::notes::remove(p);
         }
         self.drop_if_unused(ino);
-    }
-
-    /// Whether a hard-linked file of the link table holds the version
-    /// `root`.
-    pub fn holds_linked(&self, root: &crate::crypto::Hash) -> bool {
-        self.links.values().any(|ino| {
-            matches!(self.nodes.get(ino).map(|n| &n.body),
-                Some(Body::File { cap: Some(c), .. }) if c.root == *root)
-        })
     }
 
     /// Recovery puts another file at `dir`/`name`, a name the mirrors
@@ -1492,6 +1490,7 @@ impl Tree {
             },
             named_in: Some(parent)
                 .filter(|_| matches!(entry.kind, EntryKind::File | EntryKind::Dir)),
+            kept: entry.kept && ours,
             body,
         })
     }
