@@ -106,11 +106,13 @@ def work(mnt, log, seed):
             if os.path.dirname(where[a]) == os.path.dirname(pb):
                 continue
             out.write(f"op over {a} {where[a]} {b} {pb}\n")
+            # b's removal is logged first: a rename in flight at the kill
+            # may have been done with its answer lost.
+            drop_name(b, pb)
             os.rename(where[a], pb)
             names[a].discard(where[a])
             names[a].add(pb)
             where[a] = pb
-            drop_name(b, pb)
         elif r < 0.5 + p_over + p_swap + p_dir + p_over_name + p_link:
             a = rnd.choice(sorted(where))
             path = os.path.join(rnd.choice(tops + list(subs.values())), f"h{i}")
@@ -121,8 +123,8 @@ def work(mnt, log, seed):
             a = rnd.choice(sorted(where))
             path = rnd.choice(sorted(names[a]))
             out.write(f"op unlink {a} {path}\n")
-            os.unlink(path)
             drop_name(a, path)
+            os.unlink(path)
 
 
 def check(mnt, log):

@@ -123,9 +123,12 @@ fn work(
             }
             _ => {
                 let id = pick(&mut rng);
+                // Counted as removed before the unlink: one in flight at
+                // the kill may have been done (even published) with its
+                // answer lost, and the file is then rightly gone.
+                closed.lock().unwrap().removed.insert(id);
                 std::fs::remove_file(&at[&id])?;
                 at.remove(&id);
-                closed.lock().unwrap().removed.insert(id);
                 continue;
             }
         }
