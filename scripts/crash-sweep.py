@@ -11,7 +11,8 @@ renames a file over one in another directory, gives a file another name
 (a hard link), or removes a name. After each close it appends the file's
 id and the SHA-256 of what it holds to LOG (line-buffered), so LOG names
 only what was closed before the kill; a file whose last name went is
-logged as removed. Each rename, link and unlink is logged (`op ...`) as
+logged as removed (before the operation), and a rewrite as it starts
+(`writing`): one in flight at the kill is not looked for. Each rename, link and unlink is logged (`op ...`) as
 it starts, for tracing a lost file. The choice of operations follows SEED; the weights
 come from P_OVER, P_SWAP, P_DIR, P_OVERWRITE_NAME, P_LINK (the rest: new
 files, and removals past those).
@@ -48,6 +49,9 @@ def work(mnt, log, seed):
         version[idx] = version.get(idx, 0) + 1
         line = f"id={idx} v={version[idx]} seed={seed}\n"
         body = (line * rnd.randint(1, 3000)).encode()
+        # A rewrite in flight at the kill may have emptied the file (its
+        # O_TRUNC took effect): `check` does not look for it.
+        out.write(f"writing {idx}\n")
         with open(path, "wb") as f:
             f.write(body)
         out.write(f"closed {idx} {hashlib.sha256(body).hexdigest()}\n")
@@ -128,13 +132,17 @@ def work(mnt, log, seed):
 
 
 def check(mnt, log):
-    latest, removed = {}, set()
+    latest, removed, writing = {}, set(), set()
     for line in open(log):
         parts = line.split()
         if len(parts) == 3 and parts[0] == "closed":
             latest[int(parts[1])] = parts[2]
+            writing.discard(int(parts[1]))
         elif len(parts) == 2 and parts[0] == "removed":
             removed.add(int(parts[1]))
+        elif len(parts) == 2 and parts[0] == "writing":
+            writing.add(int(parts[1]))
+    removed |= writing
     held = {}
     for root, dirs, files in os.walk(mnt):
         if root == mnt and "friends" in dirs:

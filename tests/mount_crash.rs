@@ -84,8 +84,13 @@ fn work(
             _ if ids.len() < 4 => {}
             0..50 => {}
             50..65 => {
+                // Not checked while the rewrite is in flight: its O_TRUNC
+                // may have emptied the file before the kill, and an empty
+                // file is then what was there.
                 let id = pick(&mut rng);
+                closed.lock().unwrap().removed.insert(id);
                 write(id, &at[&id].clone(), &mut rng)?;
+                closed.lock().unwrap().removed.remove(&id);
                 continue;
             }
             65..85 => {
