@@ -1979,56 +1979,80 @@ fn a_linked_files_published_name_removed_before_its_other_goes_up_survives_a_cra
 
 /// A file saved over one name of a hard-linked file (written aside, renamed
 /// over it) while that directory cannot be published (refused), then
-/// kill -9: recovery puts the saved file at the name, and the linked file
-/// keeps its other name with its own content. Recovery used to write the
-/// saved file into the linked inode, so both names held it and the linked
-/// file's content was gone.
+/// kill -9: the linked file keeps its content at both names, and the saved
+/// file comes back beside it. Recovery first wrote the saved file into the
+/// linked inode, so both names held it and the linked file's content was
+/// gone; then it gave the name to the saved file and left the linked file
+/// its other name, which a crash sweep found never published (the second
+/// round here: the other name is made while its directory is refused too).
 #[test]
-fn a_file_saved_over_a_linked_name_before_a_crash_leaves_the_other_name_alone() {
+fn a_file_saved_over_a_linked_name_before_a_crash_leaves_the_linked_file_whole() {
     let tmp = tempfile::tempdir().unwrap();
     let (_mirrors, proxies, client) = common::three_recorded_mirrors(tmp.path());
     let mp = tmp.path().join("mnt");
-    let m = Mounted::new(&client, &mp);
-    std::fs::create_dir(mp.join("a")).unwrap();
-    std::fs::create_dir(mp.join("b")).unwrap();
-    let linked = common::seeded_bytes("linked", 3100);
-    std::fs::write(mp.join("a/x"), &linked).unwrap();
-    std::fs::hard_link(mp.join("a/x"), mp.join("b/y")).unwrap();
-    client.ok(&["sync"]);
-    let refused = client.slot_key("a");
-    for p in &proxies {
-        p.refuse(&refused);
+    for other_published in [true, false] {
+        let (a, b) = (format!("a{other_published}"), format!("b{other_published}"));
+        let m = Mounted::new(&client, &mp);
+        std::fs::create_dir(mp.join(&a)).unwrap();
+        std::fs::create_dir(mp.join(&b)).unwrap();
+        let linked = common::seeded_bytes(&format!("linked {other_published}"), 3100);
+        let (x, y) = (format!("{a}/x"), format!("{b}/y"));
+        std::fs::write(mp.join(&x), &linked).unwrap();
+        if other_published {
+            std::fs::hard_link(mp.join(&x), mp.join(&y)).unwrap();
+        }
+        client.ok(&["sync"]);
+        let mut refused = vec![client.slot_key(&a)];
+        if !other_published {
+            refused.push(client.slot_key(&b));
+        }
+        for p in &proxies {
+            for key in &refused {
+                p.refuse(key);
+            }
+        }
+        if !other_published {
+            std::fs::hard_link(mp.join(&x), mp.join(&y)).unwrap();
+        }
+        let saved = common::seeded_bytes(&format!("saved over {other_published}"), 2900);
+        std::fs::write(mp.join(format!("{x}.tmp")), &saved).unwrap();
+        std::fs::rename(mp.join(format!("{x}.tmp")), mp.join(&x)).unwrap();
+        assert!(
+            !client.run(&["sync"]).status.success(),
+            "sync passed a refused update"
+        );
+        kill_mount(&mp);
+        drop(m);
+        for p in &proxies {
+            p.refuse_none();
+        }
+        let m = Mounted::new(&client, &mp);
+        client.ok(&["sync"]);
+        let dirs = [a.as_str(), b.as_str()];
+        let linked_at = holding(&mp, &dirs, &linked);
+        let saved_at = holding(&mp, &dirs, &saved);
+        assert!(
+            linked_at.contains(&x),
+            "{other_published}: the linked file is at {linked_at:?}"
+        );
+        if other_published {
+            assert!(
+                linked_at.contains(&y),
+                "the linked file is at {linked_at:?}"
+            );
+        }
+        assert_eq!(saved_at.len(), 1, "the saved file is at {saved_at:?}");
+        assert!(
+            saved_at[0].starts_with(&format!("{x}.recovered-")),
+            "{saved_at:?}"
+        );
+        drop(m);
+        // And so it stays, from the mirrors.
+        let m = Mounted::new(&client, &mp);
+        assert_eq!(holding(&mp, &dirs, &linked), linked_at);
+        assert_eq!(holding(&mp, &dirs, &saved), saved_at);
+        drop(m);
     }
-    let saved = common::seeded_bytes("saved over", 2900);
-    std::fs::write(mp.join("a/x.tmp"), &saved).unwrap();
-    std::fs::rename(mp.join("a/x.tmp"), mp.join("a/x")).unwrap();
-    assert!(
-        !client.run(&["sync"]).status.success(),
-        "sync passed a refused update"
-    );
-    kill_mount(&mp);
-    drop(m);
-    for p in &proxies {
-        p.refuse_none();
-    }
-    let m = Mounted::new(&client, &mp);
-    client.ok(&["sync"]);
-    assert_eq!(
-        holding(&mp, &["a", "b"], &linked),
-        ["b/y"],
-        "where the linked file's content is"
-    );
-    assert_eq!(
-        holding(&mp, &["a", "b"], &saved),
-        ["a/x"],
-        "where the saved file is"
-    );
-    drop(m);
-    // And so it stays, from the mirrors.
-    let m = Mounted::new(&client, &mp);
-    assert_eq!(std::fs::read(mp.join("b/y")).unwrap(), linked);
-    assert_eq!(std::fs::read(mp.join("a/x")).unwrap(), saved);
-    drop(m);
 }
 
 /// A hard-linked file whose other name is in a directory that cannot be

@@ -2223,8 +2223,14 @@ impl LodeFs {
             };
             // Kept there for a file that had left the name (`Entry::kept`),
             // perhaps the only name of it the mirrors hold (a hard-linked
-            // file's, see `Tree::gives_way`): both are kept.
-            (!replaceable(note, &c.root) || n.kept) && own_upload != Some(c.root)
+            // file's, see `Tree::gives_way`): both are kept. So is a
+            // hard-linked file this one did not begin from (saved over
+            // one of its names): its other names may be in listings that
+            // never went up. Written into, its content was lost under every
+            // name; its name handed to the staged file, it was lost when
+            // no other name of it had gone up (crash sweeps, both ways).
+            let linked_other = n.link.is_some() && note.base != notes::Base::Version(c.root);
+            (!replaceable(note, &c.root) || n.kept || linked_other) && own_upload != Some(c.root)
         });
         if changed_elsewhere {
             tracing::warn!(
@@ -2232,25 +2238,6 @@ impl LodeFs {
                 "the name holds a version this staged copy did not begin from (changed on another machine, or a file renamed away unpublished before the crash): both are kept"
             );
         }
-        // A hard-linked file that this one was renamed over (the note
-        // replaces its version, and did not begin from it): the name is
-        // this file's, and the linked one keeps its other names, as the
-        // rename did. Written into, its content was lost under every name
-        // (a crash sweep lost linked files this way).
-        let renamed_over = held.and_then(|ino| tree.nodes.get(&ino)).is_some_and(|n| {
-            n.link.is_some()
-                && matches!(&n.body, Body::File { cap: Some(c), dirty: false, .. }
-                    if note.replaces.contains(&c.root)
-                        && note.base != notes::Base::Version(c.root)
-                        && own_upload != Some(c.root))
-        });
-        let held = match (renamed_over, held) {
-            (true, Some(ino)) => {
-                tree.release_linked_name(dir, name, ino);
-                None
-            }
-            _ => held,
-        };
         if let Some(ino) = held
             && !changed_elsewhere
             && let Some(node) = tree.nodes.get_mut(&ino)
@@ -3091,11 +3078,16 @@ impl LodeFs {
         // What the mirrors may hold at the new name until this is
         // published: the replaced file's versions (nothing, as far as this
         // mount knows, if there was none).
+        // Not a hard-linked file's own version: it lives on under its other
+        // names, which may be in listings that never go up (made while
+        // their directory could not be published), and the mirrors may
+        // hold it at this name as a plain entry (listed before the link):
+        // recovery keeps both rather than write over the only copy.
         let mut replaced: Vec<crate::crypto::Hash> = target
             .and_then(|t| tree.nodes.get(&t))
             .map(|t| match &t.body {
                 Body::File { cap, .. } => {
-                    let published = cap.as_ref().map(|c| c.root);
+                    let published = cap.as_ref().map(|c| c.root).filter(|_| t.link.is_none());
                     published.into_iter().chain(t.replaces.clone()).collect()
                 }
                 _ => Vec::new(),

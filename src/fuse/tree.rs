@@ -1203,40 +1203,6 @@ impl Tree {
         self.drop_if_unused(ino);
     }
 
-    /// Recovery puts another file at `dir`/`name`, a name the mirrors
-    /// still list for the hard-linked file `ino`: the crashed mount had
-    /// renamed that file over it. The name goes, and the linked file keeps
-    /// its others. Their count is not known here (the listings naming it
-    /// may not be loaded, and the link table's count may be newer than
-    /// this listing), so the file keeps at least one: it stays in the link
-    /// table rather than vanish from a name it still has. Its home moves
-    /// to another loaded name, or waits for the next listing that names it.
-    pub fn release_linked_name(&mut self, dir: u64, name: &str, ino: u64) {
-        let Some(children) = self.children_mut(dir) else {
-            return;
-        };
-        if children.get(name) != Some(&ino) {
-            return;
-        }
-        children.remove(name);
-        let other = self.dirs_naming(ino).into_iter().find_map(|d| {
-            let n = self.children(d)?.iter().find(|&(_, &i)| i == ino)?.0;
-            Some((d, n.clone()))
-        });
-        let Some(node) = self.nodes.get_mut(&ino) else {
-            return;
-        };
-        node.nlink = node.nlink.saturating_sub(1).max(1);
-        if node.parent == dir && node.name == name {
-            match other {
-                Some((d, n)) => (node.parent, node.name) = (d, n),
-                None => node.name.clear(),
-            }
-        }
-        self.touch_dir(dir);
-        self.changed(ino);
-    }
-
     /// Drop an orphan nobody holds any more, with its staged data. A
     /// removed directory whose last change is still to be published stays
     /// until it is (see [`Tree::listing`]).
