@@ -1337,6 +1337,30 @@ fn holding(mp: &Path, dirs: &[&str], want: &[u8]) -> Vec<String> {
         .collect()
 }
 
+/// Make every proxy refuse updates of the slot `key` (a directory's, see
+/// `Client::slot_key`).
+fn refuse(proxies: &[common::SlotRecorder], key: &str) {
+    for p in proxies {
+        p.refuse(key);
+    }
+}
+
+/// kill -9 the mount at `mp`, lift every refusal, and mount again: the tree
+/// as recovery makes it.
+fn crash_and_lift(
+    client: &common::Client,
+    mp: &Path,
+    m: Mounted,
+    proxies: &[common::SlotRecorder],
+) -> Mounted {
+    kill_mount(mp);
+    drop(m);
+    for p in proxies {
+        p.refuse_none();
+    }
+    Mounted::new(client, mp)
+}
+
 /// The names in `dir` of staged copies recovery put beside `name`.
 fn recovered_beside(dir: &Path, name: &str) -> Vec<String> {
     let prefix = format!("{name}.recovered-");
@@ -1649,9 +1673,7 @@ fn a_note_rewritten_before_its_directory_published_still_replaces_the_listed_ver
     std::fs::write(&file, common::seeded_bytes("listed", 5000)).unwrap();
     client.ok(&["sync"]);
     let d = client.slot_key("d");
-    for p in &proxies {
-        p.refuse(&d);
-    }
+    refuse(&proxies, &d);
     std::fs::write(&file, common::seeded_bytes("uploaded", 6000)).unwrap();
     // The upload goes; the listing naming it does not.
     assert!(!client.run(&["sync"]).status.success());
@@ -1659,12 +1681,7 @@ fn a_note_rewritten_before_its_directory_published_still_replaces_the_listed_ver
     std::fs::write(&file, &last).unwrap();
     // A chmod writes the note again, base and all.
     std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o600)).unwrap();
-    kill_mount(&mp);
-    drop(m);
-    for p in &proxies {
-        p.refuse_none();
-    }
-    let m = Mounted::new(&client, &mp);
+    let m = crash_and_lift(&client, &mp, m, &proxies);
     let names = names_in(&mp.join("d"));
     assert_eq!(names, ["a"], "the names after recovery");
     assert!(std::fs::read(&file).unwrap() == last, "d/a");
@@ -1690,20 +1707,13 @@ fn a_file_renamed_before_its_upload_was_published_leaves_no_old_name() {
     std::fs::write(mp.join("d/a"), common::seeded_bytes("listed", 5000)).unwrap();
     client.ok(&["sync"]);
     let d = client.slot_key("d");
-    for p in &proxies {
-        p.refuse(&d);
-    }
+    refuse(&proxies, &d);
     let last = common::seeded_bytes("uploaded", 6000);
     std::fs::write(mp.join("d/a"), &last).unwrap();
     // The upload goes; the listing naming it does not.
     assert!(!client.run(&["sync"]).status.success());
     std::fs::rename(mp.join("d/a"), mp.join("d/b")).unwrap();
-    kill_mount(&mp);
-    drop(m);
-    for p in &proxies {
-        p.refuse_none();
-    }
-    let m = Mounted::new(&client, &mp);
+    let m = crash_and_lift(&client, &mp, m, &proxies);
     let names = names_in(&mp.join("d"));
     assert_eq!(names, ["b"], "the names after recovery");
     assert!(std::fs::read(mp.join("d/b")).unwrap() == last, "d/b");
@@ -1911,9 +1921,7 @@ fn a_hard_linked_file_whose_directory_never_went_up_survives_a_crash() {
     std::fs::create_dir(mp.join("d")).unwrap();
     client.ok(&["sync"]);
     let refused = client.slot_key("d");
-    for p in &proxies {
-        p.refuse(&refused);
-    }
+    refuse(&proxies, &refused);
     let content = common::seeded_bytes("linked, unlisted", 3500);
     std::fs::write(mp.join("d/f"), &content).unwrap();
     std::fs::hard_link(mp.join("d/f"), mp.join("d/h")).unwrap();
@@ -1922,12 +1930,7 @@ fn a_hard_linked_file_whose_directory_never_went_up_survives_a_crash() {
         !client.run(&["sync"]).status.success(),
         "sync passed a refused update"
     );
-    kill_mount(&mp);
-    drop(m);
-    for p in &proxies {
-        p.refuse_none();
-    }
-    let m = Mounted::new(&client, &mp);
+    let m = crash_and_lift(&client, &mp, m, &proxies);
     let names = names_in(&mp.join("d"));
     let holding: Vec<&String> = names
         .iter()
@@ -1957,21 +1960,14 @@ fn a_linked_files_published_name_removed_before_its_other_goes_up_survives_a_cra
     std::fs::write(mp.join("d/f"), &content).unwrap();
     client.ok(&["sync"]);
     let refused = client.slot_key("e");
-    for p in &proxies {
-        p.refuse(&refused);
-    }
+    refuse(&proxies, &refused);
     std::fs::hard_link(mp.join("d/f"), mp.join("e/h")).unwrap();
     std::fs::remove_file(mp.join("d/f")).unwrap();
     assert!(
         !client.run(&["sync"]).status.success(),
         "sync passed a refused update"
     );
-    kill_mount(&mp);
-    drop(m);
-    for p in &proxies {
-        p.refuse_none();
-    }
-    let m = Mounted::new(&client, &mp);
+    let m = crash_and_lift(&client, &mp, m, &proxies);
     let held = holding(&mp, &["d", "e"], &content);
     assert!(!held.is_empty(), "the linked file was lost");
     drop(m);
@@ -2006,10 +2002,8 @@ fn a_file_saved_over_a_linked_name_before_a_crash_leaves_the_linked_file_whole()
         if !other_published {
             refused.push(client.slot_key(&b));
         }
-        for p in &proxies {
-            for key in &refused {
-                p.refuse(key);
-            }
+        for key in &refused {
+            refuse(&proxies, key);
         }
         if !other_published {
             std::fs::hard_link(mp.join(&x), mp.join(&y)).unwrap();
@@ -2021,12 +2015,7 @@ fn a_file_saved_over_a_linked_name_before_a_crash_leaves_the_linked_file_whole()
             !client.run(&["sync"]).status.success(),
             "sync passed a refused update"
         );
-        kill_mount(&mp);
-        drop(m);
-        for p in &proxies {
-            p.refuse_none();
-        }
-        let m = Mounted::new(&client, &mp);
+        let m = crash_and_lift(&client, &mp, m, &proxies);
         client.ok(&["sync"]);
         let dirs = [a.as_str(), b.as_str()];
         let linked_at = holding(&mp, &dirs, &linked);
@@ -2076,9 +2065,7 @@ fn a_linked_file_whose_name_was_taken_survives_a_publish_cut_short() {
     std::fs::write(mp.join("b/g"), &g).unwrap();
     client.ok(&["sync"]);
     let refused = client.slot_key("b");
-    for p in &proxies {
-        p.refuse(&refused);
-    }
+    refuse(&proxies, &refused);
     // The other name, only in b's listing, which never goes up.
     std::fs::hard_link(mp.join("a/x"), mp.join("b/y")).unwrap();
     let saved = common::seeded_bytes("saved over x", 2600);
@@ -2091,12 +2078,7 @@ fn a_linked_file_whose_name_was_taken_survives_a_publish_cut_short() {
         !client.run(&["sync"]).status.success(),
         "sync passed a refused update"
     );
-    kill_mount(&mp);
-    drop(m);
-    for p in &proxies {
-        p.refuse_none();
-    }
-    let m = Mounted::new(&client, &mp);
+    let m = crash_and_lift(&client, &mp, m, &proxies);
     let g_at = holding(&mp, &["a", "b"], &g);
     assert!(
         g_at.contains(&"a/g".to_string()),
@@ -2507,18 +2489,11 @@ fn moves_that_depend_on_each_other_cut_short_lose_nothing() {
     std::fs::write(mp.join("b/g"), &g).unwrap();
     client.ok(&["sync"]);
     let a = client.slot_key("a");
-    for p in &proxies {
-        p.refuse(&a);
-    }
+    refuse(&proxies, &a);
     std::fs::rename(mp.join("a/x"), mp.join("b/x")).unwrap();
     std::fs::rename(mp.join("b"), mp.join("a/b")).unwrap();
     assert!(!client.run(&["sync"]).status.success());
-    kill_mount(&mp);
-    drop(m);
-    for p in &proxies {
-        p.refuse_none();
-    }
-    let m = Mounted::new(&client, &mp);
+    let m = crash_and_lift(&client, &mp, m, &proxies);
     let found = |paths: &[&str], want: &[u8]| {
         paths
             .iter()
@@ -2591,9 +2566,7 @@ fn files_traded_between_directories_survive_a_publish_cut_short() {
         std::fs::write(mp.join(&b).join("g"), &g).unwrap();
         client.ok(&["sync"]);
         let refused = client.slot_key(&b);
-        for p in &proxies {
-            p.refuse(&refused);
-        }
+        refuse(&proxies, &refused);
         // a/f and b/g trade places.
         std::fs::rename(mp.join(&a).join("f"), mp.join(&a).join("t")).unwrap();
         std::fs::rename(mp.join(&b).join("g"), mp.join(&a).join("g")).unwrap();
@@ -2650,9 +2623,7 @@ fn a_file_linked_after_it_moved_survives_a_publish_cut_short() {
     std::fs::write(mp.join("b/g"), &g).unwrap();
     client.ok(&["sync"]);
     let refused = client.slot_key("b");
-    for p in &proxies {
-        p.refuse(&refused);
-    }
+    refuse(&proxies, &refused);
     std::fs::rename(mp.join("a/f"), mp.join("a/t")).unwrap();
     std::fs::rename(mp.join("b/g"), mp.join("a/g")).unwrap();
     std::fs::rename(mp.join("a/t"), mp.join("b/f")).unwrap();
@@ -2662,12 +2633,7 @@ fn a_file_linked_after_it_moved_survives_a_publish_cut_short() {
         !client.run(&["sync"]).status.success(),
         "sync passed a refused update"
     );
-    kill_mount(&mp);
-    drop(m);
-    for p in &proxies {
-        p.refuse_none();
-    }
-    let m = Mounted::new(&client, &mp);
+    let m = crash_and_lift(&client, &mp, m, &proxies);
     let f_at = holding(&mp, &["a", "b"], &f);
     let g_at = holding(&mp, &["a", "b"], &g);
     assert!(!f_at.is_empty(), "f was lost (g at {g_at:?})");
@@ -2697,9 +2663,7 @@ fn directories_traded_between_parents_survive_a_publish_cut_short() {
     std::fs::write(mp.join("b/y/g"), &g).unwrap();
     client.ok(&["sync"]);
     let refused = client.slot_key("b");
-    for p in &proxies {
-        p.refuse(&refused);
-    }
+    refuse(&proxies, &refused);
     // a/x and b/y trade parents.
     std::fs::rename(mp.join("a/x"), mp.join("a/t")).unwrap();
     std::fs::rename(mp.join("b/y"), mp.join("a/y")).unwrap();
@@ -2709,12 +2673,7 @@ fn directories_traded_between_parents_survive_a_publish_cut_short() {
         !client.run(&["sync"]).status.success(),
         "sync passed a refused update"
     );
-    kill_mount(&mp);
-    drop(m);
-    for p in &proxies {
-        p.refuse_none();
-    }
-    let m = Mounted::new(&client, &mp);
+    let m = crash_and_lift(&client, &mp, m, &proxies);
     // Under any name in either parent: a crash may leave a rename not yet
     // published undone (x kept at t, the name it left a by).
     let holding = |file: &str, want: &[u8]| -> Vec<String> {

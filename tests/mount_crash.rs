@@ -145,6 +145,21 @@ fn work(
     Ok(at)
 }
 
+/// What the workload started by [`start_work`] reports.
+type Worker = std::thread::JoinHandle<std::io::Result<HashMap<u64, PathBuf>>>;
+
+/// Run [`work`] on `mp` in a thread of its own until the returned flag is
+/// set (or the mount dies).
+fn start_work(mp: &Path, seed: u64) -> (Arc<Mutex<Closed>>, Arc<AtomicBool>, Worker) {
+    let closed = Arc::new(Mutex::new(Closed::default()));
+    let stop = Arc::new(AtomicBool::new(false));
+    let worker = {
+        let (mp, closed, stop) = (mp.to_path_buf(), closed.clone(), stop.clone());
+        std::thread::spawn(move || work(&mp, seed, &closed, &stop))
+    };
+    (closed, stop, worker)
+}
+
 /// The hash of every file under `dir`, with its paths.
 fn contents(dir: &Path, found: &mut HashMap<[u8; 32], Vec<PathBuf>>) {
     for entry in std::fs::read_dir(dir).unwrap() {
@@ -179,12 +194,7 @@ fn a_mount_killed_among_renames_loses_no_closed_file() {
         let (_mirrors, client) = common::three_mirrors_and_client(tmp.path());
         let mp = tmp.path().join("mnt");
         let m = Mounted::with_options(&client, &mp, &["nominer"]);
-        let closed = Arc::new(Mutex::new(Closed::default()));
-        let stop = Arc::new(AtomicBool::new(false));
-        let worker = {
-            let (mp, closed, stop) = (mp.clone(), closed.clone(), stop.clone());
-            std::thread::spawn(move || work(&mp, round, &closed, &stop))
-        };
+        let (closed, stop, worker) = start_work(&mp, round);
         std::thread::sleep(Duration::from_millis(2500 + 1000 * round));
         kill_mount(&mp);
         stop.store(true, Ordering::Relaxed);
@@ -232,12 +242,7 @@ fn a_sync_after_a_storm_of_renames_ends_with_the_mounts_tree() {
     let (_mirrors, client) = common::three_mirrors_and_client(tmp.path());
     let mp = tmp.path().join("mnt");
     let m = Mounted::with_options(&client, &mp, &["nominer"]);
-    let closed = Arc::new(Mutex::new(Closed::default()));
-    let stop = Arc::new(AtomicBool::new(false));
-    let worker = {
-        let (mp, closed, stop) = (mp.clone(), closed.clone(), stop.clone());
-        std::thread::spawn(move || work(&mp, 7, &closed, &stop))
-    };
+    let (closed, stop, worker) = start_work(&mp, 7);
     std::thread::sleep(Duration::from_secs(8));
     stop.store(true, Ordering::Relaxed);
     let at = worker.join().unwrap().expect("the workload ran");

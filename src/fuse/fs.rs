@@ -22,7 +22,7 @@ use fuser::{
 use super::early::{Earlies, Growing};
 use super::notes;
 use super::partial::{self, Partial};
-use super::tree::{Body, FRIENDS, FRIENDS_NAME, Node, ROOT, Tree};
+use super::tree::{Body, FRIENDS, FRIENDS_NAME, Ghosts, Node, ROOT, Tree};
 use super::{Error, Result, errno};
 use crate::caps::{DirReadCap, FileReadCap};
 use crate::dir::{EntryKind, Listing, check_name};
@@ -1360,13 +1360,12 @@ impl LodeFs {
                 .flat_map(|c| c.values().copied())
                 .filter(|ino| tree.nodes.get(ino).is_some_and(Node::is_dir))
                 .collect();
-            let ghosts = tree.ghosts(dir, &mut listing);
+            let Ghosts {
+                kept: ghosts,
+                displaced,
+            } = tree.ghosts(dir, &mut listing);
             // A child a kept name stands in for is not in this listing:
             // it is not named by it, and its recovery note stays.
-            let displaced: Vec<u64> = ghosts
-                .iter()
-                .filter_map(|name| tree.stands_in_for(dir, name))
-                .collect();
             let named: Vec<(u64, crate::crypto::Hash)> = named
                 .into_iter()
                 .filter(|(ino, _)| !displaced.contains(ino))
@@ -2223,14 +2222,10 @@ impl LodeFs {
             };
             // Kept there for a file that had left the name (`Entry::kept`),
             // perhaps the only name of it the mirrors hold (a hard-linked
-            // file's, see `Tree::gives_way`): both are kept. So is a
-            // hard-linked file this one did not begin from (saved over
-            // one of its names): its other names may be in listings that
-            // never went up. Written into, its content was lost under every
-            // name; its name handed to the staged file, it was lost when
-            // no other name of it had gone up (crash sweeps, both ways).
-            let linked_other = n.link.is_some() && note.base != notes::Base::Version(c.root);
-            (!replaceable(note, &c.root) || n.kept || linked_other) && own_upload != Some(c.root)
+            // file's, see `Tree::giving_way`): both are kept. (A linked
+            // file renamed over is never among the versions a note
+            // replaces either: see `do_rename`.)
+            (!replaceable(note, &c.root) || n.kept) && own_upload != Some(c.root)
         });
         if changed_elsewhere {
             tracing::warn!(

@@ -267,6 +267,15 @@ pub struct Tree {
     pub published_at: HashMap<u64, u64>,
 }
 
+/// What [`Tree::ghosts`] added to a listing: the names it kept for entries
+/// that left them, and the children whose own entries those kept names
+/// stand in place of (see `Tree::giving_way`): that listing does not name
+/// them.
+pub struct Ghosts {
+    pub kept: Vec<String>,
+    pub displaced: Vec<u64>,
+}
+
 /// An entry renamed away from a directory (see `Tree::entries_left`).
 #[derive(Clone, Copy)]
 struct Left {
@@ -560,8 +569,9 @@ impl Tree {
     /// or both, until `dir` is published again without it (see
     /// `ghosted`): a rename not yet made durable may be undone by a crash,
     /// but never loses the file.
-    pub fn ghosts(&self, dir: u64, listing: &mut Listing) -> Vec<String> {
+    pub fn ghosts(&self, dir: u64, listing: &mut Listing) -> Ghosts {
         let mut kept = Vec::new();
+        let mut displaced = Vec::new();
         for (name, list) in self.vacated.get(&dir).into_iter().flatten() {
             if listing.entries.contains_key(name) {
                 continue;
@@ -585,9 +595,13 @@ impl Tree {
             if !self.keeps_left(dir, left) {
                 continue;
             }
-            if listing.entries.contains_key(name) && !self.gives_way(dir, name, left.ino) {
-                continue;
-            }
+            let occupant = match listing.entries.contains_key(name) {
+                true => match self.giving_way(dir, name, left.ino) {
+                    Some(ino) => Some(ino),
+                    None => continue,
+                },
+                false => None,
+            };
             if let Some(mut entry) = self.entry_of(left.ino, name, write) {
                 // A linked file's name kept goes as a plain copy of it: an
                 // extra name of the link would outnumber its link count.
@@ -596,12 +610,13 @@ impl Tree {
                 entry.kept = true;
                 listing.entries.insert(name.clone(), entry);
                 kept.push(name.clone());
+                displaced.extend(occupant);
             }
         }
-        kept
+        Ghosts { kept, displaced }
     }
 
-    /// Whether the entry at `name` in `dir` gives way, in the listing about
+    /// The child at `name` in `dir`, if it gives way, in the listing about
     /// to be published, to the kept name of `kept`, a hard-linked file
     /// renamed over there whose other names are all in listings not
     /// published yet: were `dir` published with its new entry, the linked
@@ -610,19 +625,9 @@ impl Tree {
     /// the kill). Only a file that carries a recovery note gives way:
     /// recovery brings it back at its name, finds there an entry marked
     /// kept (`Entry::kept`), and keeps both.
-    fn gives_way(&self, dir: u64, name: &str, kept: u64) -> bool {
-        self.children(dir)
-            .and_then(|c| c.get(name))
-            .is_some_and(|&ino| ino != kept && self.noted(ino))
-    }
-
-    /// The child at `name` in `dir` if a kept name stands in its place in
-    /// the listing that [`Tree::ghosts`] just added to (see
-    /// [`Tree::gives_way`]): that listing does not name it.
-    pub fn stands_in_for(&self, dir: u64, name: &str) -> Option<u64> {
-        let left = self.entries_left.get(&dir)?.get(name)?;
+    fn giving_way(&self, dir: u64, name: &str, kept: u64) -> Option<u64> {
         let ino = *self.children(dir)?.get(name)?;
-        (self.keeps_left(dir, left) && self.gives_way(dir, name, left.ino)).then_some(ino)
+        (ino != kept && self.noted(ino)).then_some(ino)
     }
 
     /// Whether `dir`'s listing keeps the file that gave up the name `v`
@@ -1575,7 +1580,7 @@ mod tests {
         };
         let listing = |tree: &Tree| {
             let mut listing = tree.listing(a).unwrap();
-            let kept = tree.ghosts(a, &mut listing);
+            let kept = tree.ghosts(a, &mut listing).kept;
             (listing.entries.keys().cloned().collect::<Vec<_>>(), kept)
         };
         let f1 = moved(&mut tree, "f1", "x");
