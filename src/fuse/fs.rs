@@ -22,7 +22,7 @@ use fuser::{
 use super::early::{Earlies, Growing};
 use super::notes;
 use super::partial::{self, Partial};
-use super::tree::{Body, FRIENDS, FRIENDS_NAME, Ghosts, Node, ROOT, Tree};
+use super::tree::{Body, FRIENDS, FRIENDS_NAME, MAX_REPLACES, Node, ROOT, Sent, Tree};
 use super::{Error, Result, errno};
 use crate::caps::{DirReadCap, FileReadCap};
 use crate::dir::{EntryKind, Listing, check_name};
@@ -1324,104 +1324,35 @@ impl LodeFs {
     /// first: a caller (fsync, `lode sync`) must not return while a listing
     /// with its change is still on the way.
     fn publish_one(&self, dir: u64) -> Result<()> {
-        let (write, listing, entries, known, vacates, named, ghosts, dirs_named) = {
+        let (outgoing, listing) = {
             let mut tree = self.lock();
             while tree.publishing.contains(&dir) {
                 tree = self.published.wait(tree).unwrap_or_else(|p| p.into_inner());
             }
-            if !tree.dirty.remove(&dir) {
-                return Ok(());
+            match tree.take_listing(dir) {
+                Some(taken) => taken,
+                None => return Ok(()),
             }
-            let writable = tree.nodes.get(&dir).and_then(|n| n.writable_dir()).cloned();
-            let (Some(mut listing), Some(write)) = (tree.listing(dir), writable) else {
-                tree.too_large.remove(&dir);
-                tree.publish_after.remove(&dir);
-                return Ok(());
-            };
-            tree.publishing.insert(dir);
-            // The size this listing was taken at, for a refusal: entries
-            // may come and go while it is sealed and sent.
-            let entries = tree.children(dir).map_or(0, |c| c.len());
-            let known = tree.listed_seq.get(&dir).copied();
-            // The versions of its files this listing names.
-            let named: Vec<(u64, crate::crypto::Hash)> = tree
-                .children(dir)
-                .into_iter()
-                .flat_map(|c| c.values().copied())
-                .filter_map(|ino| match &tree.nodes.get(&ino)?.body {
-                    Body::File { cap: Some(c), .. } => Some((ino, c.root)),
-                    _ => None,
-                })
-                .collect();
-            // And the directories it names, for those they left.
-            let dirs_named: Vec<u64> = tree
-                .children(dir)
-                .into_iter()
-                .flat_map(|c| c.values().copied())
-                .filter(|ino| tree.nodes.get(ino).is_some_and(Node::is_dir))
-                .collect();
-            let Ghosts {
-                kept: ghosts,
-                displaced,
-            } = tree.ghosts(dir, &mut listing);
-            // A child a kept name stands in for is not in this listing:
-            // it is not named by it, and its recovery note stays.
-            let named: Vec<(u64, crate::crypto::Hash)> = named
-                .into_iter()
-                .filter(|(ino, _)| !displaced.contains(ino))
-                .collect();
-            (
-                write,
-                listing,
-                entries,
-                known,
-                tree.vacates(),
-                named,
-                ghosts,
-                dirs_named,
-            )
         };
         let started = Instant::now();
         let mut attempt = None;
-        let result = self
-            .rt
-            .block_on(self.vault.replace_dir(&write, listing, known, &mut attempt));
+        let result = self.rt.block_on(self.vault.replace_dir(
+            &outgoing.write,
+            listing,
+            outgoing.known,
+            &mut attempt,
+        ));
         {
             let mut tree = self.lock();
-            tree.publishing.remove(&dir);
-            // The version this listing now is (or may be, on some mirrors):
-            // the next publish builds on it.
-            if let Some(seq) = attempt
-                && tree.nodes.contains_key(&dir)
-            {
-                let at = tree.listed_seq.entry(dir).or_insert(seq);
-                *at = (*at).max(seq);
-            }
+            let sent = match &result {
+                Ok(_) => Sent::Published,
+                Err(crate::store::Error::SlotNotHappy { placed: 1.., .. }) => Sent::Partly,
+                Err(crate::store::Error::DirectoryTooLarge { .. }) => Sent::Refused,
+                Err(_) => Sent::Failed,
+            };
+            tree.listing_sent(&outgoing, attempt, sent);
             match &result {
                 Ok(_) => {
-                    for (ino, root) in &named {
-                        if let Some(node) = tree.nodes.get_mut(ino) {
-                            node.listed = Some((dir, *root));
-                            node.named_in = Some(dir);
-                        }
-                    }
-                    for ino in &dirs_named {
-                        if let Some(node) = tree.nodes.get_mut(ino) {
-                            node.named_in = Some(dir);
-                        }
-                    }
-                    tree.published_at.insert(dir, vacates);
-                    tree.too_large.remove(&dir);
-                    tree.unpublished.remove(&dir);
-                    // Files kept at names they left (`Tree::ghosts`): the
-                    // listing goes up again without them, once they are
-                    // named where they are.
-                    if ghosts.is_empty() {
-                        tree.ghosted.remove(&dir);
-                    } else {
-                        tree.ghosted.insert(dir);
-                        tree.dirty.insert(dir);
-                    }
                     // Nine times what this one took, before the background
                     // publishes it again: unpacking into a directory of
                     // 50,000 entries would otherwise spend most of a core
@@ -1434,40 +1365,16 @@ impl LodeFs {
                         tree.publish_after.remove(&dir);
                     }
                 }
-                Err(e) => {
-                    tree.dirty.insert(dir);
-                    // On some mirrors but short of `happy`: where the
-                    // listings an entry moved out of go too (to every
-                    // mirror that answers), so those need not keep it
-                    // (`Tree::ghosts`), as `publish_ordered` lets them
-                    // follow. A listing kept a file moved into a new
-                    // directory with a mirror down, and an unmount then
-                    // left the file under both names.
-                    if matches!(e, crate::store::Error::SlotNotHappy { placed: 1.., .. }) {
-                        let all = named.iter().map(|(ino, _)| ino).chain(&dirs_named);
-                        for ino in all {
-                            if let Some(node) = tree.nodes.get_mut(ino) {
-                                node.named_in = Some(dir);
-                            }
-                        }
-                        tree.published_at.insert(dir, vacates);
-                    }
-                    // Perhaps on some mirrors (a request that timed out may
-                    // still have landed): removed, it must now go up empty.
-                    // Only a listing refused before it was sent stayed
-                    // nowhere.
-                    if !matches!(e, crate::store::Error::DirectoryTooLarge { .. }) {
-                        tree.unpublished.remove(&dir);
-                    }
-                    if matches!(e, crate::store::Error::DirectoryTooLarge { .. }) {
-                        // Logged once for each size it is refused at.
-                        let refused = tree.too_large.insert(dir, (entries, Instant::now()));
-                        if refused.map(|(n, _)| n) != Some(entries) {
-                            let path = Self::path_in(&tree, dir).unwrap_or_default();
-                            tracing::error!(dir = %format!("/{path}"), error = %e, "cannot publish");
-                        }
+                Err(e @ crate::store::Error::DirectoryTooLarge { .. }) => {
+                    // Logged once for each size it is refused at.
+                    let entries = outgoing.entries;
+                    let refused = tree.too_large.insert(dir, (entries, Instant::now()));
+                    if refused.map(|(n, _)| n) != Some(entries) {
+                        let path = Self::path_in(&tree, dir).unwrap_or_default();
+                        tracing::error!(dir = %format!("/{path}"), error = %e, "cannot publish");
                     }
                 }
+                Err(_) => {}
             }
         }
         self.published.notify_all();
@@ -1487,7 +1394,9 @@ impl LodeFs {
         // Names given up before the listing was taken are gone from the
         // mirrors: the notes of files renamed away from them no longer
         // name them.
-        let mut renamed = self.lock().published_vacated(dir, vacates, &ghosts);
+        let mut renamed = self
+            .lock()
+            .published_vacated(dir, outgoing.vacates, &outgoing.ghosts);
         renamed.sort_unstable();
         renamed.dedup();
         for ino in renamed {
@@ -3070,66 +2979,9 @@ impl LodeFs {
             }
         }
         let mut tree = self.lock();
-        // What the mirrors may hold at the new name until this is
-        // published: the replaced file's versions (nothing, as far as this
-        // mount knows, if there was none).
-        // Not a hard-linked file's own version: it lives on under its other
-        // names, which may be in listings that never go up (made while
-        // their directory could not be published), and the mirrors may
-        // hold it at this name as a plain entry (listed before the link):
-        // recovery keeps both rather than write over the only copy.
-        let mut replaced: Vec<crate::crypto::Hash> = target
-            .and_then(|t| tree.nodes.get(&t))
-            .map(|t| match &t.body {
-                Body::File { cap, .. } => {
-                    let published = cap.as_ref().map(|c| c.root).filter(|_| t.link.is_none());
-                    published.into_iter().chain(t.replaces.clone()).collect()
-                }
-                _ => Vec::new(),
-            })
-            .unwrap_or_default();
-        // And what files that gave the name up may have left there.
-        replaced.extend(tree.vacated_roots(newparent, newname));
-        if let Some(node) = tree.nodes.get_mut(&ino)
-            && matches!(node.body, Body::File { .. })
-        {
-            node.replaces = replaced;
-            node.replaces.dedup();
-            node.replaces.truncate(MAX_REPLACES);
+        if !tree.rename_entry((parent, name), (newparent, newname), ino, target) {
+            return Err(Error::NotADirectory);
         }
-        if target.is_some() {
-            tree.unlink(newparent, newname);
-        }
-        if let Some(c) = tree.children_mut(parent) {
-            c.remove(name);
-        }
-        tree.vacate(parent, name, ino, true);
-        if parent != newparent {
-            tree.entry_left(parent, name, ino, newparent);
-        }
-        tree.children_mut(newparent)
-            .ok_or(Error::NotADirectory)?
-            .insert(newname.to_string(), ino);
-        if let Some(node) = tree.nodes.get_mut(&ino)
-            && (node.link.is_none() || (node.parent == parent && node.name == name))
-        {
-            node.parent = newparent;
-            node.name = newname.to_string();
-        }
-        tree.touch_dir(parent);
-        tree.touch_dir(newparent);
-        if parent != newparent {
-            tree.moved_into.entry(parent).or_default().insert(newparent);
-        }
-        if moving_dir {
-            // Its listing names its new home: after a crash that left both
-            // parents naming it, the one its listing names keeps it. In
-            // no particular order with its parents: a home that does not
-            // name it is not believed (`Vault::stale_name`).
-            tree.dirty.insert(ino);
-        }
-        // Like ext4 and most others, a rename changes the inode's ctime.
-        tree.changed(ino);
         drop(tree);
         self.note_staged(ino);
         // The file renamed over, if still named elsewhere (a hard link),
@@ -3850,10 +3702,6 @@ type Scan = Arc<Vec<(u64, String)>>;
 /// reply holds a few dozen to a few hundred, and each batch takes the
 /// tree's lock once.
 const READDIR_BATCH: usize = 128;
-
-/// Versions a file renamed over others remembers replacing (see
-/// `Node::replaces`): a chain of saves renamed over one name, unpublished.
-const MAX_REPLACES: usize = 8;
 
 /// A file's local copy (staged, or kept after its upload), whose blocks
 /// are the file's: see [`with_local_blocks`].

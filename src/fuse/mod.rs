@@ -15,6 +15,8 @@
 
 mod early;
 mod fs;
+#[cfg(test)]
+mod moves_model;
 mod notes;
 mod partial;
 mod tree;

@@ -267,6 +267,45 @@ pub struct Tree {
     pub published_at: HashMap<u64, u64>,
 }
 
+/// Versions a file renamed over others remembers replacing (see
+/// `Node::replaces`): a chain of saves renamed over one name, unpublished.
+pub const MAX_REPLACES: usize = 8;
+
+/// A directory's listing taken to be published ([`Tree::take_listing`]),
+/// with what its outcome settles ([`Tree::listing_sent`]).
+pub struct Outgoing {
+    pub dir: u64,
+    pub write: DirWriteCap,
+    /// Its entries when taken, for a refusal: entries may come and go
+    /// while it is sealed and sent.
+    pub entries: usize,
+    /// The version of it this mount last saw.
+    pub known: Option<u64>,
+    /// Where the count of names given up stood when it was taken.
+    pub vacates: u64,
+    /// The versions of its files it names (not those a kept name stands
+    /// in for: see [`Ghosts::displaced`]).
+    named: Vec<(u64, crate::crypto::Hash)>,
+    /// The directories it names, for those they left.
+    dirs_named: Vec<u64>,
+    /// The names it kept for entries that left them ([`Tree::ghosts`]).
+    pub ghosts: Vec<String>,
+}
+
+/// How a listing's publish ended, as [`Tree::listing_sent`] needs it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Sent {
+    /// On `happy` mirrors.
+    Published,
+    /// On some mirrors, short of `happy`: readers may find it.
+    Partly,
+    /// Refused before it was sent (too large): on no mirror.
+    Refused,
+    /// Failed; it may still have landed on some mirror (a request that
+    /// timed out).
+    Failed,
+}
+
 /// What [`Tree::ghosts`] added to a listing: the names it kept for entries
 /// that left them, and the children whose own entries those kept names
 /// stand in place of (see `Tree::giving_way`): that listing does not name
@@ -424,6 +463,204 @@ impl Tree {
             .insert(name.to_string(), Left { ino, at, to });
     }
 
+    /// Take `dir`'s listing to publish, if it is dirty: its entries, and
+    /// those it keeps for entries that left it ([`Tree::ghosts`]). It is
+    /// `publishing` until [`Tree::listing_sent`]. None if there is nothing
+    /// to send (clean, removed, or not ours).
+    pub fn take_listing(&mut self, dir: u64) -> Option<(Outgoing, Listing)> {
+        if !self.dirty.remove(&dir) {
+            return None;
+        }
+        let writable = self.nodes.get(&dir).and_then(|n| n.writable_dir()).cloned();
+        let (Some(mut listing), Some(write)) = (self.listing(dir), writable) else {
+            self.too_large.remove(&dir);
+            self.publish_after.remove(&dir);
+            return None;
+        };
+        self.publishing.insert(dir);
+        let entries = self.children(dir).map_or(0, |c| c.len());
+        let known = self.listed_seq.get(&dir).copied();
+        let children: Vec<u64> = self
+            .children(dir)
+            .into_iter()
+            .flat_map(|c| c.values().copied())
+            .collect();
+        let named: Vec<(u64, crate::crypto::Hash)> = children
+            .iter()
+            .filter_map(|&ino| match &self.nodes.get(&ino)?.body {
+                Body::File { cap: Some(c), .. } => Some((ino, c.root)),
+                _ => None,
+            })
+            .collect();
+        let dirs_named: Vec<u64> = children
+            .into_iter()
+            .filter(|ino| self.nodes.get(ino).is_some_and(Node::is_dir))
+            .collect();
+        let Ghosts { kept, displaced } = self.ghosts(dir, &mut listing);
+        // A child a kept name stands in for is not in this listing: it is
+        // not named by it, and its recovery note stays.
+        let named = named
+            .into_iter()
+            .filter(|(ino, _)| !displaced.contains(ino))
+            .collect();
+        let outgoing = Outgoing {
+            dir,
+            write,
+            entries,
+            known,
+            vacates: self.vacates,
+            named,
+            dirs_named,
+            ghosts: kept,
+        };
+        Some((outgoing, listing))
+    }
+
+    /// The publish of `out` ended as `sent`, having tried version
+    /// `attempt` (if it got as far as choosing one).
+    pub fn listing_sent(&mut self, out: &Outgoing, attempt: Option<u64>, sent: Sent) {
+        let dir = out.dir;
+        self.publishing.remove(&dir);
+        // The version this listing now is (or may be, on some mirrors):
+        // the next publish builds on it.
+        if let Some(seq) = attempt
+            && self.nodes.contains_key(&dir)
+        {
+            let at = self.listed_seq.entry(dir).or_insert(seq);
+            *at = (*at).max(seq);
+        }
+        match sent {
+            Sent::Published => {
+                for (ino, root) in &out.named {
+                    if let Some(node) = self.nodes.get_mut(ino) {
+                        node.listed = Some((dir, *root));
+                        node.named_in = Some(dir);
+                    }
+                }
+                for ino in &out.dirs_named {
+                    if let Some(node) = self.nodes.get_mut(ino) {
+                        node.named_in = Some(dir);
+                    }
+                }
+                self.published_at.insert(dir, out.vacates);
+                self.too_large.remove(&dir);
+                self.unpublished.remove(&dir);
+                // Entries kept at names they left (`Tree::ghosts`): the
+                // listing goes up again without them, once they are named
+                // where they are.
+                if out.ghosts.is_empty() {
+                    self.ghosted.remove(&dir);
+                } else {
+                    self.ghosted.insert(dir);
+                    self.dirty.insert(dir);
+                }
+            }
+            Sent::Partly | Sent::Refused | Sent::Failed => {
+                self.dirty.insert(dir);
+                // On some mirrors but short of `happy`: where the listings
+                // an entry moved out of go too (to every mirror that
+                // answers), so those need not keep it (`Tree::ghosts`), as
+                // `LodeFs::publish_ordered` lets them follow. A listing
+                // kept a file moved into a new directory with a mirror
+                // down, and an unmount then left the file under both names.
+                if sent == Sent::Partly {
+                    let all = out.named.iter().map(|(ino, _)| ino).chain(&out.dirs_named);
+                    for ino in all {
+                        if let Some(node) = self.nodes.get_mut(ino) {
+                            node.named_in = Some(dir);
+                        }
+                    }
+                    self.published_at.insert(dir, out.vacates);
+                }
+                // Perhaps on some mirrors (a request that timed out may
+                // still have landed): removed, it must now go up empty.
+                // Only a listing refused before it was sent stayed nowhere.
+                if sent != Sent::Refused {
+                    self.unpublished.remove(&dir);
+                }
+            }
+        }
+    }
+
+    /// Rename `ino` from `name` in `parent` to `newname` in `newparent`,
+    /// over `target` (the child there, if any, which the caller checked
+    /// may be replaced), recording what the mirrors still hold at both
+    /// names until the two listings are published. Returns false, having
+    /// changed nothing, if `newparent` is not a listed directory.
+    pub fn rename_entry(
+        &mut self,
+        (parent, name): (u64, &str),
+        (newparent, newname): (u64, &str),
+        ino: u64,
+        target: Option<u64>,
+    ) -> bool {
+        if self.children(newparent).is_none() {
+            return false;
+        }
+        let moving_dir = parent != newparent && self.nodes.get(&ino).is_some_and(Node::is_dir);
+        // What the mirrors may hold at the new name until this is
+        // published: the replaced file's versions (nothing, as far as this
+        // mount knows, if there was none).
+        // Not a hard-linked file's own version: it lives on under its other
+        // names, which may be in listings that never go up (made while
+        // their directory could not be published), and the mirrors may
+        // hold it at this name as a plain entry (listed before the link):
+        // recovery keeps both rather than write over the only copy.
+        let mut replaced: Vec<crate::crypto::Hash> = target
+            .and_then(|t| self.nodes.get(&t))
+            .map(|t| match &t.body {
+                Body::File { cap, .. } => {
+                    let published = cap.as_ref().map(|c| c.root).filter(|_| t.link.is_none());
+                    published.into_iter().chain(t.replaces.clone()).collect()
+                }
+                _ => Vec::new(),
+            })
+            .unwrap_or_default();
+        // And what files that gave the name up may have left there.
+        replaced.extend(self.vacated_roots(newparent, newname));
+        if let Some(node) = self.nodes.get_mut(&ino)
+            && matches!(node.body, Body::File { .. })
+        {
+            node.replaces = replaced;
+            node.replaces.dedup();
+            node.replaces.truncate(MAX_REPLACES);
+        }
+        if target.is_some() {
+            self.unlink(newparent, newname);
+        }
+        if let Some(c) = self.children_mut(parent) {
+            c.remove(name);
+        }
+        self.vacate(parent, name, ino, true);
+        if parent != newparent {
+            self.entry_left(parent, name, ino, newparent);
+        }
+        if let Some(c) = self.children_mut(newparent) {
+            c.insert(newname.to_string(), ino);
+        }
+        if let Some(node) = self.nodes.get_mut(&ino)
+            && (node.link.is_none() || (node.parent == parent && node.name == name))
+        {
+            node.parent = newparent;
+            node.name = newname.to_string();
+        }
+        self.touch_dir(parent);
+        self.touch_dir(newparent);
+        if parent != newparent {
+            self.moved_into.entry(parent).or_default().insert(newparent);
+        }
+        if moving_dir {
+            // Its listing names its new home: after a crash that left both
+            // parents naming it, the one its listing names keeps it. In
+            // no particular order with its parents: a home that does not
+            // name it is not believed (`Vault::stale_name`).
+            self.dirty.insert(ino);
+        }
+        // Like ext4 and most others, a rename changes the inode's ctime.
+        self.changed(ino);
+        true
+    }
+
     /// Whether `dir`'s listing keeps `left`: a directory as
     /// [`Tree::keeps_ino`] says; a hard-linked file (whose names are not
     /// one place) until its new directory is published from a listing
@@ -533,24 +770,29 @@ impl Tree {
         self.vacated_by_add(ino, dir, name);
     }
 
-    /// Whether a published listing names the file `ino` where it is now:
-    /// the listing of its directory, itself reached from the root (a new
-    /// directory's listing is named only once its parent's is published).
+    /// Whether a published listing names `ino` where it is now, and so
+    /// on up: each directory above it named by its parent's published
+    /// listing, up to the root. A directory's own publish is not enough:
+    /// new, or moved, it is reached only once its parent's listing names
+    /// it there (a model check, `moves_model`, lost a directory moved into
+    /// a new one whose parent's publish had failed: its old parent let it
+    /// go as soon as the new directory went up).
     fn named_where_it_is(&self, ino: u64) -> bool {
-        let Some(node) = self.nodes.get(&ino) else {
-            return false;
-        };
-        if node.named_in != Some(node.parent) {
-            return false;
-        }
-        let mut cur = node.parent;
+        let mut cur = ino;
         while cur != ROOT {
             match self.nodes.get(&cur) {
-                Some(dir) if !self.unpublished.contains(&cur) => cur = dir.parent,
+                Some(node) if node.named_in == Some(node.parent) => cur = node.parent,
                 _ => return false,
             }
         }
         true
+    }
+
+    /// Whether the mirrors reach `dir` from the root: the root, or a
+    /// directory of ours named where it is ([`Tree::named_where_it_is`]).
+    fn reached(&self, dir: u64) -> bool {
+        dir == ROOT
+            || self.nodes.get(&dir).is_some_and(|d| !d.orphan) && self.named_where_it_is(dir)
     }
 
     /// Add to `listing`, the one about to be published for `dir`, the
@@ -634,7 +876,8 @@ impl Tree {
     /// there: renamed away, to a place no published listing names it at,
     /// from here, the last place one did. (A file no listing has named yet
     /// is kept by its recovery note; one last named in a third directory,
-    /// by that directory's listing.)
+    /// by that directory's listing, if the mirrors reach it: see
+    /// [`Tree::reached`].)
     fn keeps(&self, dir: u64, v: &Vacated) -> bool {
         v.renamed && self.keeps_ino(dir, v.ino)
     }
@@ -653,7 +896,7 @@ impl Tree {
                     && node.parent != dir
                     && node
                         .named_in
-                        .is_some_and(|at| at == dir || at == node.parent)
+                        .is_some_and(|at| at == dir || at == node.parent || !self.reached(at))
                     && !self.named_where_it_is(ino)
             })
     }
@@ -665,11 +908,6 @@ impl Tree {
         let mut left = self.entries_left.get(&dir).into_iter().flatten();
         files.flat_map(|(_, list)| list).any(|v| self.keeps(dir, v))
             || left.any(|(_, l)| self.keeps_left(dir, l))
-    }
-
-    /// Where the count of names given up stands: taken with a listing.
-    pub fn vacates(&self) -> u64 {
-        self.vacates
     }
 
     /// `dir` was published from a listing taken when the count stood at
@@ -1539,7 +1777,7 @@ mod tests {
         tree.unlink(a, "f0");
         tree.children_mut(a).unwrap().remove("f1");
         tree.vacate(a, "f1", f1, true);
-        let taken = tree.vacates();
+        let taken = tree.vacates;
         tree.children_mut(a).unwrap().remove("f2");
         tree.vacate(a, "f2", f2, true);
         assert_eq!(tree.vacated_roots(a, "f0"), vec![[0; 32]], "removed");
@@ -1561,7 +1799,7 @@ mod tests {
         assert!(tree.left_by(f1).is_empty());
         assert_eq!(tree.left_by(f2), vec![(a, "f2".to_string(), [2; 32])]);
         // f2 has no note to rewrite (nothing staged).
-        assert!(tree.published_vacated(a, tree.vacates(), &[]).is_empty());
+        assert!(tree.published_vacated(a, tree.vacates, &[]).is_empty());
         assert!(tree.vacated.is_empty() && tree.vacated_by.is_empty());
     }
 
@@ -1594,7 +1832,7 @@ mod tests {
         assert_eq!(kept, ["f1"]);
         assert!(tree.ghosting(a));
         // Published kept: the record stays, and so does the ghost.
-        let taken = tree.vacates();
+        let taken = tree.vacates;
         tree.published_vacated(a, taken, &kept);
         assert_eq!(listing(&tree).1, ["f1"]);
         // b's listing named f1 at x: a lets it go.
