@@ -63,6 +63,11 @@ const SLOW_MARGIN: Duration = Duration::from_millis(100);
 /// (or three times as long as that first answer took, if more).
 const SLOT_GRACE: Duration = Duration::from_secs(2);
 
+/// How long a slot read that has an answer waits for more, short of a
+/// quorum (see `Grid::get_slot`): mirrors that hang are passed over after
+/// it, and the next reads do not wait for them.
+const SLOT_QUORUM_WAIT: Duration = Duration::from_secs(10);
+
 /// How long a slot read waits for mirrors it had passed over and now needs
 /// (no other answer had the slot, or only an older one than seen).
 const DOWN_SLOT_WAIT: Duration = Duration::from_secs(10);
@@ -799,9 +804,33 @@ impl Grid {
         // passes the mirror over for a while). If no answer had the slot,
         // the read then fails as unavailable; it never takes a silent
         // mirror's share of the answer as "none".
+        //
+        // Not before a quorum has answered, though: enough mirrors to
+        // include one of every `happy` set a publish that returned reached
+        // (with three mirrors and `happy` two, two of them). The first
+        // answer alone, with the grace after it, read an older version
+        // whenever the mirrors holding the newest were busy for longer
+        // than the grace: a slow mirror answered first. Short of a quorum
+        // (the rest hung, or passed over), the read waits for them up to
+        // `SLOT_QUORUM_WAIT`, then takes what it has.
+        let quorum = (self.mirrors.len() + 1)
+            .saturating_sub(self.happy.min(self.mirrors.len()))
+            .max(1);
         let started = tokio::time::Instant::now();
         let grace = || grace_after(started);
         let mut late_after: Option<tokio::time::Instant> = None;
+        // After an answer (or a failure once some mirror answered): when
+        // to stop waiting for the rest.
+        let wait_for_rest = |late_after: &mut Option<tokio::time::Instant>,
+                             answered: usize,
+                             waiting: usize| {
+            if answered >= quorum || answered + waiting < quorum {
+                let at = grace();
+                *late_after = Some(late_after.map_or(at, |t| t.min(at)));
+            } else {
+                late_after.get_or_insert_with(|| tokio::time::Instant::now() + SLOT_QUORUM_WAIT);
+            }
+        };
         loop {
             let Some(next) = join_by(&mut tasks, late_after).await else {
                 // Past the grace: passed over by reads, as a share read
@@ -853,16 +882,19 @@ impl Grid {
                 Ok(None) => {
                     held.push((j, None));
                     absent += 1;
-                    late_after.get_or_insert_with(grace);
+                    wait_for_rest(&mut late_after, held.len(), waiting.len());
                     continue;
                 }
                 Err(e) => {
                     tracing::debug!(%mirror, error = %e, "slot fetch failed");
                     failed += 1;
+                    if !held.is_empty() {
+                        wait_for_rest(&mut late_after, held.len(), waiting.len());
+                    }
                     continue;
                 }
             };
-            late_after.get_or_insert_with(grace);
+            wait_for_rest(&mut late_after, held.len() + 1, waiting.len());
             let opened = SlotEnvelope::decode(&bytes).and_then(|env| Ok((env.seq, env.open(cap)?)));
             match opened {
                 Ok((seq, listing)) => {
@@ -1364,6 +1396,8 @@ mod fetch_tests {
         latency: Option<Duration>,
         down: std::sync::atomic::AtomicBool,
         hung: bool,
+        /// Slot reads answered only after this long.
+        slow_slot: Option<Duration>,
         /// Uploads (shares and slots) never answered.
         hung_writes: bool,
         reads: std::sync::atomic::AtomicUsize,
@@ -1378,6 +1412,7 @@ mod fetch_tests {
                 latency: None,
                 down: false.into(),
                 hung: false,
+                slow_slot: None,
                 hung_writes: false,
                 reads: 0.into(),
                 writes: 0.into(),
@@ -1435,6 +1470,9 @@ mod fetch_tests {
         async fn get_slot(&self, public_key: &[u8; 32]) -> Result<Option<Vec<u8>>> {
             if self.hung {
                 std::future::pending::<()>().await;
+            }
+            if let Some(wait) = self.slow_slot {
+                tokio::time::sleep(wait).await;
             }
             self.read()?;
             self.inner.get_slot(public_key).await
@@ -1593,6 +1631,42 @@ mod fetch_tests {
         let found = rt.block_on(grid.get_slot(&cap.read_cap())).unwrap();
         assert_eq!(found.map(|(seq, _)| seq), Some(3));
         assert_eq!(stores[first].reads.load(SeqCst), before + 1);
+    }
+
+    /// A publish that returned is on `happy` mirrors; a read that hears
+    /// first from the one left behind waits for a second answer, though
+    /// the two holding the newest version are slower than the grace (the
+    /// read took the old version, and a directory's last change was
+    /// missing from it).
+    #[test]
+    fn a_slot_read_waits_for_a_quorum_before_it_takes_the_newest() {
+        let rt = runtime();
+        let cap = crate::store::Vault::fresh_dir();
+        let old = crate::dir::SlotEnvelope::seal(&cap, 5, &crate::dir::Listing::default());
+        let new = crate::dir::SlotEnvelope::seal(&cap, 6, &crate::dir::Listing::default());
+        let slow = |name| Fake {
+            slow_slot: Some(SLOT_GRACE + Duration::from_secs(1)),
+            ..Fake::new(MemoryStorage::named(name))
+        };
+        let (b, c) = (slow("b"), slow("c"));
+        let a = MemoryStorage::named("a");
+        rt.block_on(async {
+            a.put_slot(&old.encode()).await.unwrap();
+            b.put_slot(&new.encode()).await.unwrap();
+            c.put_slot(&new.encode()).await.unwrap();
+        });
+        let stores: Vec<Arc<dyn Storage>> = vec![Arc::new(a), Arc::new(b), Arc::new(c)];
+        let grid = Grid::new(
+            stores,
+            GridConfig {
+                k: 2,
+                n: 3,
+                happy: 2,
+            },
+        )
+        .unwrap();
+        let found = rt.block_on(grid.get_slot(&cap.read_cap())).unwrap();
+        assert_eq!(found.map(|(seq, _)| seq), Some(6));
     }
 
     /// A slot read waits out a hung mirror only for the grace period once
