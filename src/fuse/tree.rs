@@ -790,7 +790,7 @@ impl Tree {
 
     /// Whether the mirrors reach `dir` from the root: the root, or a
     /// directory of ours named where it is ([`Tree::named_where_it_is`]).
-    fn reached(&self, dir: u64) -> bool {
+    pub(super) fn reached(&self, dir: u64) -> bool {
         dir == ROOT
             || self.nodes.get(&dir).is_some_and(|d| !d.orphan) && self.named_where_it_is(dir)
     }
