@@ -17,6 +17,12 @@
 # keeps its directory (under $SWEEP_DIR, default /tmp/lode-crash-sweep);
 # the others are removed. P_OVER, P_SWAP, P_DIR set the workload's weights
 # (see crash-sweep.py). Exits 1 if any round lost a file.
+#
+# To trace a lost directory: LODE_LOG=warn,lode::fuse::tree=trace logs each
+# directory move and each listing taken and sent (the subdirectories it
+# names, kept ones marked) to the crashed mount's log, which survives the
+# kill (it is written unbuffered) and is kept as crashed-mount.log in the
+# round's directory; compare it with the round's published.txt.
 set -uo pipefail
 here=$(cd "$(dirname "$0")/.." && pwd)
 lode=$(realpath -m "${LODE_BIN:-$here/target/release/lode}")
@@ -58,7 +64,9 @@ for seed in "$@"; do
     kill -9 "$worker" 2>/dev/null
     wait "$worker" 2>/dev/null
     fusermount3 -u -z "$mnt" 2>/dev/null
-    # What the mirrors hold at the crash, before recovery changes it.
+    # The crashed mount's log (the next mounts rotate it away), and what
+    # the mirrors hold at the crash, before recovery changes it.
+    cp "$LODE_HOME/data/mount.log" "$w/crashed-mount.log" 2>/dev/null
     published "/" >"$w/published.txt" 2>&1
     "$lode" mount "$mnt" -o nominer >/dev/null
     timeout 300 "$lode" sync >/dev/null || echo "seed $seed: lode sync failed"

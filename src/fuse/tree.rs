@@ -503,6 +503,23 @@ impl Tree {
             .into_iter()
             .filter(|(ino, _)| !displaced.contains(ino))
             .collect();
+        if tracing::enabled!(tracing::Level::TRACE) {
+            let dirs: Vec<String> = listing
+                .entries
+                .iter()
+                .filter(|(_, e)| e.kind == EntryKind::Dir)
+                .map(|(n, e)| format!("{n}{}", if e.kept { " (kept)" } else { "" }))
+                .collect();
+            let name = self.nodes.get(&dir).map_or("", |n| n.name.as_str());
+            tracing::trace!(
+                dir,
+                name,
+                ?known,
+                vacates = self.vacates,
+                ?dirs,
+                "listing taken"
+            );
+        }
         let outgoing = Outgoing {
             dir,
             write,
@@ -520,6 +537,7 @@ impl Tree {
     /// `attempt` (if it got as far as choosing one).
     pub fn listing_sent(&mut self, out: &Outgoing, attempt: Option<u64>, sent: Sent) {
         let dir = out.dir;
+        tracing::trace!(dir, ?sent, ?attempt, dirs_named = ?out.dirs_named, "listing sent");
         self.publishing.remove(&dir);
         // The version this listing now is (or may be, on some mirrors):
         // the next publish builds on it.
@@ -598,6 +616,10 @@ impl Tree {
             return false;
         }
         let moving_dir = parent != newparent && self.nodes.get(&ino).is_some_and(Node::is_dir);
+        if moving_dir {
+            let named_in = self.nodes.get(&ino).and_then(|n| n.named_in);
+            tracing::trace!(ino, name, parent, newparent, ?named_in, "directory moved");
+        }
         // What the mirrors may hold at the new name until this is
         // published: the replaced file's versions (nothing, as far as this
         // mount knows, if there was none).
@@ -918,6 +940,7 @@ impl Tree {
     /// [`Tree::vacated_for`]). Every inode, removed files' too, made a
     /// mass `rm` rewrite a note, or walk the whole tree, per file.
     pub fn published_vacated(&mut self, dir: u64, taken: u64, kept: &[String]) -> Vec<u64> {
+        tracing::trace!(dir, taken, ?kept, "names given up settled");
         if let Some(left) = self.entries_left.get_mut(&dir) {
             left.retain(|name, l| l.at > taken || kept.contains(name));
             if left.is_empty() {
