@@ -187,13 +187,28 @@ fn contents(dir: &Path, found: &mut HashMap<[u8; 32], Vec<PathBuf>>) {
     }
 }
 
+/// The mount's log filter that traces directory moves and publishes.
+const TREE_TRACE: &str = "warn,lode::fuse::tree=trace";
+
+/// The last `n` lines of `log` about directory moves and publishes.
+fn tree_trace_tail(log: &str, n: usize) -> String {
+    let lines: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains("lode::fuse::tree"))
+        .collect();
+    lines[lines.len().saturating_sub(n)..].join("\n")
+}
+
 #[test]
 fn a_mount_killed_among_renames_loses_no_closed_file() {
     for round in 0..3u64 {
         let tmp = tempfile::tempdir().unwrap();
         let (_mirrors, client) = common::three_mirrors_and_client(tmp.path());
         let mp = tmp.path().join("mnt");
-        let m = Mounted::with_options(&client, &mp, &["nominer"]);
+        // Traced: a subdirectory named by no listing after the kill (seen
+        // rarely, not yet explained; docs/ARCHITECTURE.md, "What the sweep
+        // still finds") shows in the failure with its moves and publishes.
+        let m = Mounted::logging(&client, &mp, &["nominer"], TREE_TRACE);
         let (closed, stop, worker) = start_work(&mp, round);
         std::thread::sleep(Duration::from_millis(2500 + 1000 * round));
         kill_mount(&mp);
@@ -201,6 +216,9 @@ fn a_mount_killed_among_renames_loses_no_closed_file() {
         // It ends at its first operation on the dead mount.
         let _ = worker.join().unwrap();
         drop(m);
+        // Before the next mount rotates it away.
+        let crashed_log =
+            std::fs::read_to_string(client.home.join("data/mount.log")).unwrap_or_default();
         let m = Mounted::with_options(&client, &mp, &["nominer"]);
         client.ok(&["sync"]);
         m.unmount();
@@ -222,8 +240,10 @@ fn a_mount_killed_among_renames_loses_no_closed_file() {
         );
         assert!(
             lost.is_empty(),
-            "round {round}: {} of {kept} closed files lost: {lost:?}",
-            lost.len()
+            "round {round}: {} of {kept} closed files lost: {lost:?}\n\
+             the crashed mount's last directory moves and publishes:\n{}",
+            lost.len(),
+            tree_trace_tail(&crashed_log, 300)
         );
         drop(m);
     }

@@ -261,12 +261,31 @@ impl Client {
     }
 
     fn run_bounded(&self, dir: &Path, args: &[&str], limit: Duration) -> Output {
+        self.run_logging(dir, args, limit, None)
+    }
+
+    /// [`Client::ok`] with the log filter `LODE_LOG=filter`, which a mount
+    /// started so keeps (its log is `data/mount.log` in LODE_HOME).
+    pub fn ok_logging(&self, args: &[&str], filter: &str) -> String {
+        let out = self.run_logging(Path::new("."), args, Duration::from_secs(300), Some(filter));
+        assert!(
+            out.status.success(),
+            "lode {args:?} failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).expect("utf-8 stdout")
+    }
+
+    fn run_logging(&self, dir: &Path, args: &[&str], limit: Duration, log: Option<&str>) -> Output {
         let mut cmd = Command::new(LODE);
         cmd.current_dir(dir)
             .args(args)
             .env("LODE_HOME", &self.home)
             .env_remove("LODE_LOG")
             .stdin(Stdio::null());
+        if let Some(filter) = log {
+            cmd.env("LODE_LOG", filter);
+        }
         let mut child = cmd
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())

@@ -39,6 +39,19 @@ impl Mounted {
         Self::attach(client, mp)
     }
 
+    /// [`Mounted::with_options`], logging with the filter `filter` (see
+    /// [`Client::ok_logging`]).
+    pub fn logging(client: &Client, mp: &Path, options: &[&str], filter: &str) -> Mounted {
+        std::fs::create_dir_all(mp).unwrap();
+        let joined = options.join(",");
+        let mut args = vec!["mount", mp.to_str().unwrap()];
+        if !options.is_empty() {
+            args.extend(["-o", &joined]);
+        }
+        client.ok_logging(&args, filter);
+        Self::attach(client, mp)
+    }
+
     /// Take charge of a mount started some other way.
     pub fn attach(client: &Client, mp: &Path) -> Mounted {
         assert!(mounted(mp));
