@@ -1,13 +1,15 @@
-//! A model check of how directories moved among parents stay named on
-//! the mirrors: random moves, with each parent's publishes taken, landed
+//! A model check of how directories moved among parents, and published
+//! files renamed among them (hard-linked ones also linked and unlinked),
+//! stay named on the mirrors: random changes, with each directory's publishes taken, landed
 //! and settled in random order, some failing, some landing unconfirmed.
 //! The mirrors are modelled as each directory's newest listing that
 //! landed (what a reader takes); after every step, every moved directory
-//! must be named by one of them, as a kill -9 at that moment would find
-//! it. The tree code under test is the mount's own ([`Tree::take_listing`],
-//! [`Tree::listing_sent`], [`Tree::rename_entry`],
-//! [`Tree::published_vacated`]); only the network between them is
-//! replaced by the model's choices.
+//! the mount took for durable, and every published file, must be named by
+//! one of them that the root's reaches, as a kill -9 at that moment would
+//! find it. The tree code under test is the mount's own
+//! ([`Tree::take_listing`], [`Tree::listing_sent`], [`Tree::rename_entry`],
+//! [`Tree::unlink`], [`Tree::published_vacated`]); only the network between
+//! them, and the few steps of `mkdir` and `link`, are the model's.
 
 use std::collections::{BTreeSet, HashMap};
 
@@ -37,6 +39,8 @@ impl Dice {
 struct InFlight {
     out: Outgoing,
     names: BTreeSet<String>,
+    /// The versions its file entries name.
+    roots: BTreeSet<[u8; 32]>,
     landed: bool,
 }
 
@@ -46,6 +50,17 @@ struct World {
     subs: Vec<u64>,
     /// Each top's subdirectory names in its newest listing on the mirrors.
     mirrors: HashMap<u64, BTreeSet<String>>,
+    /// The versions each directory's newest listing on the mirrors names
+    /// in its file entries.
+    files_on: HashMap<u64, BTreeSet<[u8; 32]>>,
+    /// Hard-linked files, with their versions: published, so they must
+    /// always be named by some listing the root reaches.
+    linked: Vec<(u64, [u8; 32])>,
+    /// Plain published files (no link, no staged change: no recovery
+    /// note), with their versions: the same.
+    plain: Vec<(u64, [u8; 32])>,
+    /// Names made so far (each new name is fresh).
+    made: usize,
     flying: Vec<InFlight>,
     /// Published listings whose names given up are yet to be settled
     /// (`published_vacated`, which the mount runs after the publish's
@@ -55,6 +70,17 @@ struct World {
     /// Subdirectories the mount has taken for named where they are (a
     /// fresh world's are named nowhere at first).
     ever_named: std::collections::HashSet<u64>,
+}
+
+fn file_roots(listing: &Listing) -> BTreeSet<[u8; 32]> {
+    listing
+        .entries
+        .values()
+        .filter_map(|e| match &e.cap {
+            Some(crate::caps::Cap::FileRead(c)) => Some(c.root),
+            _ => None,
+        })
+        .collect()
 }
 
 fn dir_names(listing: &Listing) -> BTreeSet<String> {
@@ -69,7 +95,7 @@ fn dir_names(listing: &Listing) -> BTreeSet<String> {
 impl World {
     /// The root with `tops` directories, and `subs` subdirectories spread
     /// over them, all published and loaded.
-    fn new(tops: usize, subs: usize) -> World {
+    fn new(tops: usize, subs: usize, links: usize) -> World {
         let root = Vault::fresh_dir();
         let mut tree = Tree::new(root.clone(), (0, 0));
         let top_caps: Vec<_> = (0..tops).map(|_| Vault::fresh_dir()).collect();
@@ -79,11 +105,37 @@ impl World {
             let entry = Entry::dir(&root, &name, cap, 0o755, (1, 0));
             listing.entries.insert(name, entry);
         }
+        // Each linked file has two names, in tops i and i + 1.
+        let linked_entry = |i: usize| {
+            let n = u8::try_from(i + 1).expect("few");
+            let cap = crate::caps::FileReadCap {
+                read_key: crate::crypto::ReadKey::from_bytes([n; 32]),
+                root: [n; 32],
+                size: 1,
+            };
+            Entry::file(cap, 0o644, (1, 0)).with_meta((1, 0), (1, 0), None, Some(([n; 16], 2)))
+        };
+        // And as many plain files, one in each top in turn.
+        let plain_entry = |i: usize| {
+            let n = u8::try_from(100 + i).expect("few");
+            let cap = crate::caps::FileReadCap {
+                read_key: crate::crypto::ReadKey::from_bytes([n; 32]),
+                root: [n; 32],
+                size: 1,
+            };
+            Entry::file(cap, 0o644, (1, 0))
+        };
+        for i in 0..links {
+            listing
+                .links
+                .insert([u8::try_from(i + 1).expect("few"); 16], linked_entry(i));
+        }
         tree.load(ROOT, listing);
         let top_inos: Vec<u64> = (0..tops)
             .map(|i| tree.children(ROOT).expect("loaded")[&format!("d{i}")])
             .collect();
         let mut mirrors = HashMap::new();
+        let mut files_on = HashMap::new();
         let mut subs_at = Vec::new();
         for (i, cap) in top_caps.iter().enumerate() {
             let mut listing = Listing::default();
@@ -92,7 +144,19 @@ impl World {
                 let entry = Entry::dir(cap, &name, &Vault::fresh_dir(), 0o755, (1, 0));
                 listing.entries.insert(name, entry);
             }
+            for f in (0..links).filter(|f| f % tops == i) {
+                listing.entries.insert(format!("f{f}"), plain_entry(f));
+            }
+            for l in 0..links {
+                if l % tops == i || (l + 1) % tops == i {
+                    let side = if l % tops == i { "a" } else { "b" };
+                    listing
+                        .entries
+                        .insert(format!("h{l}{side}"), linked_entry(l));
+                }
+            }
             mirrors.insert(top_inos[i], dir_names(&listing));
+            files_on.insert(top_inos[i], file_roots(&listing));
             mirrors.insert(ROOT, (0..tops).map(|i| format!("d{i}")).collect());
             tree.load(top_inos[i], listing);
             for j in (0..subs).filter(|j| j % tops == i) {
@@ -106,11 +170,31 @@ impl World {
         for &(_, ino) in &subs_at {
             tree.load(ino, Listing::default());
         }
+        let linked = (0..links)
+            .map(|l| {
+                let n = u8::try_from(l + 1).expect("few");
+                (tree.links[&[n; 16]], [n; 32])
+            })
+            .collect();
+        let plain = (0..links)
+            .map(|f| {
+                let n = u8::try_from(100 + f).expect("few");
+                let top = top_inos[f % tops];
+                (
+                    tree.children(top).expect("loaded")[&format!("f{f}")],
+                    [n; 32],
+                )
+            })
+            .collect();
         World {
             tree,
             tops: top_inos,
             subs: subs_at.into_iter().map(|(_, ino)| ino).collect(),
             mirrors,
+            files_on,
+            linked,
+            plain,
+            made: 0,
             flying: Vec::new(),
             unsettled: Vec::new(),
             log: Vec::new(),
@@ -146,6 +230,99 @@ impl World {
             self.tree
                 .rename_entry((parent, &name), (to, &name), sub, None)
         );
+    }
+
+    /// The names of the linked file `ino` in the tops: (top, name).
+    fn names_of(&self, ino: u64) -> Vec<(u64, String)> {
+        self.tops
+            .iter()
+            .flat_map(|&t| {
+                self.tree
+                    .children(t)
+                    .into_iter()
+                    .flatten()
+                    .filter(move |&(_, &i)| i == ino)
+                    .map(move |(n, _)| (t, n.clone()))
+            })
+            .collect()
+    }
+
+    /// Another name for a linked file, as `link` makes one.
+    fn link_one(&mut self, dice: &mut Dice) {
+        if self.linked.is_empty() {
+            return;
+        }
+        let (ino, _) = self.linked[dice.below(self.linked.len())];
+        let top = self.tops[dice.below(self.tops.len())];
+        self.made += 1;
+        let name = format!("n{}", self.made);
+        self.log.push(format!(
+            "link {} as {}/{name}",
+            self.name_of(ino),
+            self.tree.nodes[&top].name
+        ));
+        let node = self.tree.nodes.get_mut(&ino).expect("linked");
+        node.nlink += 1;
+        self.tree
+            .children_mut(top)
+            .expect("loaded")
+            .insert(name, ino);
+        self.tree.touch_dir(top);
+        self.tree.changed(ino);
+    }
+
+    /// One name of a linked file goes, if it has another.
+    fn unlink_one(&mut self, dice: &mut Dice) {
+        if self.linked.is_empty() {
+            return;
+        }
+        let (ino, _) = self.linked[dice.below(self.linked.len())];
+        let names = self.names_of(ino);
+        if names.len() < 2 {
+            return;
+        }
+        let (top, name) = &names[dice.below(names.len())];
+        self.log
+            .push(format!("unlink {}/{name}", self.tree.nodes[top].name));
+        self.tree.unlink(*top, name);
+    }
+
+    /// One name of a linked file moves to another top, under a new name.
+    fn rename_linked(&mut self, dice: &mut Dice) {
+        if self.linked.is_empty() {
+            return;
+        }
+        let (ino, _) = self.linked[dice.below(self.linked.len())];
+        let names = self.names_of(ino);
+        let (top, name) = names[dice.below(names.len())].clone();
+        let to = self.tops[dice.below(self.tops.len())];
+        self.made += 1;
+        let new = format!("n{}", self.made);
+        self.log.push(format!(
+            "rename {}/{name} -> {}/{new}",
+            self.tree.nodes[&top].name, self.tree.nodes[&to].name
+        ));
+        assert!(self.tree.rename_entry((top, &name), (to, &new), ino, None));
+    }
+
+    /// A plain file moves to another top, under a new name.
+    fn rename_plain(&mut self, dice: &mut Dice) {
+        if self.plain.is_empty() {
+            return;
+        }
+        let (ino, _) = self.plain[dice.below(self.plain.len())];
+        let (top, name) = {
+            let n = &self.tree.nodes[&ino];
+            (n.parent, n.name.clone())
+        };
+        let to = self.tops[dice.below(self.tops.len())];
+        self.made += 1;
+        let new = format!("n{}", self.made);
+        self.log.push(format!(
+            "rename {}/{name} -> {}/{new}",
+            self.tree.nodes[&top].name, self.tree.nodes[&to].name
+        ));
+        assert!(self.tree.rename_entry((top, &name), (to, &new), ino, None));
     }
 
     /// A new top directory, as `mkdir` makes one: unpublished, named by
@@ -192,6 +369,10 @@ impl World {
             tops: Vec::new(),
             subs: Vec::new(),
             mirrors: HashMap::from([(ROOT, BTreeSet::new())]),
+            files_on: HashMap::new(),
+            linked: Vec::new(),
+            plain: Vec::new(),
+            made: 0,
             flying: Vec::new(),
             unsettled: Vec::new(),
             log: Vec::new(),
@@ -221,6 +402,7 @@ impl World {
         let dir = ready[dice.below(ready.len())];
         let (out, listing) = self.tree.take_listing(dir).expect("dirty");
         let names = dir_names(&listing);
+        let roots = file_roots(&listing);
         self.log.push(format!(
             "take {} {:?} (kept {:?})",
             self.tree.nodes[&dir].name, names, out.ghosts
@@ -228,6 +410,7 @@ impl World {
         self.flying.push(InFlight {
             out,
             names,
+            roots,
             landed: false,
         });
     }
@@ -243,6 +426,7 @@ impl World {
         let f = &mut self.flying[waiting[dice.below(waiting.len())]];
         f.landed = true;
         self.mirrors.insert(f.out.dir, f.names.clone());
+        self.files_on.insert(f.out.dir, f.roots.clone());
         let dir = f.out.dir;
         self.log
             .push(format!("land {}", self.tree.nodes[&dir].name));
@@ -282,8 +466,22 @@ impl World {
     }
 
     /// Every subdirectory is named by some top's listing on the mirrors,
-    /// one the root's names, once one has been.
+    /// one the root's names, once one has been; every linked file always.
     fn check(&mut self, seed: u64) {
+        for &(ino, root) in self.linked.iter().chain(&self.plain) {
+            let named = self
+                .tops
+                .iter()
+                .filter(|t| self.mirrors[&ROOT].contains(&self.tree.nodes[t].name))
+                .filter_map(|t| self.files_on.get(t))
+                .any(|roots| roots.contains(&root));
+            assert!(
+                named,
+                "seed {seed}: the file {} is named by no listing on the mirrors\n{}",
+                self.name_of(ino),
+                self.log.join("\n")
+            );
+        }
         let reached: Vec<&BTreeSet<String>> = self
             .tops
             .iter()
@@ -322,20 +520,27 @@ impl World {
     }
 }
 
-/// Moves among four parents, publishes in any order and overlapping,
-/// some failing or landing unconfirmed: no moved directory is ever named
-/// by no listing on the mirrors.
+/// Moves among four parents (and new ones), renames of files, links and
+/// unlinks of linked ones, publishes in any order and overlapping, some
+/// failing or landing unconfirmed: no durable directory and no published
+/// file is ever named by no listing on the mirrors.
 #[test]
-fn a_moved_directory_is_always_named_on_the_mirrors() {
+fn moved_directories_and_files_stay_named_on_the_mirrors() {
     for seed in 0..2000 {
         let mut dice = Dice(seed);
         let mut world = match seed % 2 {
-            0 => World::new(4, 4),
+            0 => World::new(4, 4, 3),
             _ => World::fresh(4, 4),
         };
         for _ in 0..150 {
             match dice.below(10) {
                 0 if dice.below(10) == 0 && world.tops.len() < 8 => world.mkdir(),
+                0 | 1 if dice.below(3) == 0 => match dice.below(4) {
+                    0 => world.link_one(&mut dice),
+                    1 => world.unlink_one(&mut dice),
+                    2 => world.rename_linked(&mut dice),
+                    _ => world.rename_plain(&mut dice),
+                },
                 0 | 1 => world.move_one(&mut dice),
                 2 | 3 => world.take(&mut dice),
                 4 | 5 => world.land(&mut dice),
