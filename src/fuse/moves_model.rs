@@ -217,7 +217,19 @@ impl World {
             let n = &self.tree.nodes[&sub];
             (n.parent, n.name.clone())
         };
-        let to = self.tops[dice.below(self.tops.len())];
+        // Into a top, or (one time in four) into another subdirectory: not
+        // into itself or below it.
+        let to = match dice.below(4) {
+            0 => self.subs[dice.below(self.subs.len())],
+            _ => self.tops[dice.below(self.tops.len())],
+        };
+        let mut up = to;
+        while up != ROOT {
+            if up == sub {
+                return;
+            }
+            up = self.tree.nodes[&up].parent;
+        }
         if to == parent {
             return;
         }
@@ -394,6 +406,7 @@ impl World {
     fn take(&mut self, dice: &mut Dice) {
         let ready: Vec<u64> = std::iter::once(ROOT)
             .chain(self.tops.iter().copied())
+            .chain(self.subs.iter().copied())
             .filter(|d| self.tree.dirty.contains(d) && !self.tree.publishing.contains(d))
             .collect();
         if ready.is_empty() {
@@ -465,15 +478,38 @@ impl World {
         self.tree.published_vacated(dir, vacates, &kept);
     }
 
+    /// The directories the mirrors reach from the root, following the
+    /// names in each one's newest listing there (every directory's name
+    /// is its own in this model).
+    fn reached_on_mirrors(&self) -> std::collections::HashSet<u64> {
+        let by_name: HashMap<&str, u64> = self
+            .tops
+            .iter()
+            .chain(&self.subs)
+            .map(|&d| (self.tree.nodes[&d].name.as_str(), d))
+            .collect();
+        let mut reached = std::collections::HashSet::from([ROOT]);
+        let mut next = vec![ROOT];
+        while let Some(d) = next.pop() {
+            for name in self.mirrors.get(&d).into_iter().flatten() {
+                if let Some(&child) = by_name.get(name.as_str())
+                    && reached.insert(child)
+                {
+                    next.push(child);
+                }
+            }
+        }
+        reached
+    }
+
     /// Every subdirectory is named by some top's listing on the mirrors,
     /// one the root's names, once one has been; every linked file always.
     fn check(&mut self, seed: u64) {
+        let reached = self.reached_on_mirrors();
         for &(ino, root) in self.linked.iter().chain(&self.plain) {
-            let named = self
-                .tops
+            let named = reached
                 .iter()
-                .filter(|t| self.mirrors[&ROOT].contains(&self.tree.nodes[t].name))
-                .filter_map(|t| self.files_on.get(t))
+                .filter_map(|d| self.files_on.get(d))
                 .any(|roots| roots.contains(&root));
             assert!(
                 named,
@@ -482,20 +518,7 @@ impl World {
                 self.log.join("\n")
             );
         }
-        let reached: Vec<&BTreeSet<String>> = self
-            .tops
-            .iter()
-            .filter(|t| self.mirrors[&ROOT].contains(&self.tree.nodes[t].name))
-            .filter_map(|t| self.mirrors.get(t))
-            .collect();
-        let named_now: Vec<bool> = self
-            .subs
-            .iter()
-            .map(|sub| {
-                let name = &self.tree.nodes[sub].name;
-                reached.iter().any(|names| names.contains(name))
-            })
-            .collect();
+        let named_now: Vec<bool> = self.subs.iter().map(|sub| reached.contains(sub)).collect();
         for (i, &sub) in self.subs.iter().enumerate() {
             // Until the mount takes it for named where it is (every
             // listing from the root down to it published, `Tree::reached`),
@@ -520,7 +543,8 @@ impl World {
     }
 }
 
-/// Moves among four parents (and new ones), renames of files, links and
+/// Moves among four parents (and new ones, and into one another), renames
+/// of files, links and
 /// unlinks of linked ones, publishes in any order and overlapping, some
 /// failing or landing unconfirmed: no durable directory and no published
 /// file is ever named by no listing on the mirrors.
