@@ -72,6 +72,16 @@ struct World {
     ever_named: std::collections::HashSet<u64>,
 }
 
+/// A published file's entry whose version is `[n; 32]`.
+fn file_entry(n: u8) -> Entry {
+    let cap = crate::caps::FileReadCap {
+        read_key: crate::crypto::ReadKey::from_bytes([n; 32]),
+        root: [n; 32],
+        size: 1,
+    };
+    Entry::file(cap, 0o644, (1, 0))
+}
+
 fn file_roots(listing: &Listing) -> BTreeSet<[u8; 32]> {
     listing
         .entries
@@ -108,23 +118,10 @@ impl World {
         // Each linked file has two names, in tops i and i + 1.
         let linked_entry = |i: usize| {
             let n = u8::try_from(i + 1).expect("few");
-            let cap = crate::caps::FileReadCap {
-                read_key: crate::crypto::ReadKey::from_bytes([n; 32]),
-                root: [n; 32],
-                size: 1,
-            };
-            Entry::file(cap, 0o644, (1, 0)).with_meta((1, 0), (1, 0), None, Some(([n; 16], 2)))
+            file_entry(n).with_meta((1, 0), (1, 0), None, Some(([n; 16], 2)))
         };
         // And as many plain files, one in each top in turn.
-        let plain_entry = |i: usize| {
-            let n = u8::try_from(100 + i).expect("few");
-            let cap = crate::caps::FileReadCap {
-                read_key: crate::crypto::ReadKey::from_bytes([n; 32]),
-                root: [n; 32],
-                size: 1,
-            };
-            Entry::file(cap, 0o644, (1, 0))
-        };
+        let plain_entry = |i: usize| file_entry(u8::try_from(100 + i).expect("few"));
         for i in 0..links {
             listing
                 .links
@@ -307,6 +304,12 @@ impl World {
         let (ino, _) = self.linked[dice.below(self.linked.len())];
         let names = self.names_of(ino);
         let (top, name) = names[dice.below(names.len())].clone();
+        self.rename_file(ino, top, &name, dice);
+    }
+
+    /// The name `name` of file `ino` in `top` moves to a random top,
+    /// under a new name.
+    fn rename_file(&mut self, ino: u64, top: u64, name: &str, dice: &mut Dice) {
         let to = self.tops[dice.below(self.tops.len())];
         self.made += 1;
         let new = format!("n{}", self.made);
@@ -314,7 +317,7 @@ impl World {
             "rename {}/{name} -> {}/{new}",
             self.tree.nodes[&top].name, self.tree.nodes[&to].name
         ));
-        assert!(self.tree.rename_entry((top, &name), (to, &new), ino, None));
+        assert!(self.tree.rename_entry((top, name), (to, &new), ino, None));
     }
 
     /// A plain file moves to another top, under a new name.
@@ -327,14 +330,7 @@ impl World {
             let n = &self.tree.nodes[&ino];
             (n.parent, n.name.clone())
         };
-        let to = self.tops[dice.below(self.tops.len())];
-        self.made += 1;
-        let new = format!("n{}", self.made);
-        self.log.push(format!(
-            "rename {}/{name} -> {}/{new}",
-            self.tree.nodes[&top].name, self.tree.nodes[&to].name
-        ));
-        assert!(self.tree.rename_entry((top, &name), (to, &new), ino, None));
+        self.rename_file(ino, top, &name, dice);
     }
 
     /// A new top directory, as `mkdir` makes one: unpublished, named by

@@ -1656,15 +1656,11 @@ mod fetch_tests {
             c.put_slot(&new.encode()).await.unwrap();
         });
         let stores: Vec<Arc<dyn Storage>> = vec![Arc::new(a), Arc::new(b), Arc::new(c)];
-        let grid = Grid::new(
-            stores,
-            GridConfig {
-                k: 2,
-                n: 3,
-                happy: 2,
-            },
-        )
-        .unwrap();
+        let config = GridConfig {
+            happy: 2,
+            ..GridConfig::default()
+        };
+        let grid = Grid::new(stores, config).unwrap();
         let found = rt.block_on(grid.get_slot(&cap.read_cap())).unwrap();
         assert_eq!(found.map(|(seq, _)| seq), Some(6));
     }
