@@ -1273,9 +1273,9 @@ impl LodeFs {
                 }
                 *done.entry(d).or_default() += 1;
                 match self.publish_ordered(d, visiting, owed, background) {
-                    // Short of `happy` but on some mirrors, where this one
-                    // is about to go too (both go to every mirror that
-                    // answers): readers of this listing find that one.
+                    // Short of `happy` but on some mirrors: this one may go
+                    // up too, as it keeps what moved there until that
+                    // reaches `happy` (`Tree::listing_sent`).
                     Ok(())
                     | Err(Error::Store(crate::store::Error::SlotNotHappy {
                         placed: 1.., ..

@@ -107,10 +107,10 @@ pub struct Node {
     /// file, and the version it named: a recovery note may go only once
     /// a listing names the upload it stands for (see `publish_one`).
     pub listed: Option<(u64, crate::crypto::Hash)>,
-    /// The directory whose listing last went up naming this file, on
-    /// every mirror or only some (short of `happy`), or was loaded naming
-    /// it: once that is where the file is, the directory it was renamed
-    /// away from need not keep it ([`Tree::ghosts`]).
+    /// The directory whose listing last went up naming this entry, on
+    /// `happy` mirrors, or was loaded naming it: once that is where the
+    /// entry is, the directory it was renamed away from need not keep it
+    /// ([`Tree::ghosts`]).
     pub named_in: Option<u64>,
     /// Loaded from an entry kept for a file that had left the name
     /// (`Entry::kept`): recovery puts nothing over it.
@@ -263,7 +263,7 @@ pub struct Tree {
     /// (counted with `vacates`), and the directory it went to.
     entries_left: HashMap<u64, HashMap<String, Left>>,
     /// Where the count of names given up stood when each directory's
-    /// listing that last went up (to `happy` mirrors or some) was taken.
+    /// listing that last went up (to `happy` mirrors) was taken.
     pub published_at: HashMap<u64, u64>,
 }
 
@@ -575,21 +575,20 @@ impl Tree {
             }
             Sent::Partly | Sent::Refused | Sent::Failed => {
                 self.dirty.insert(dir);
-                // On some mirrors but short of `happy`: where the listings
-                // an entry moved out of go too (to every mirror that
-                // answers), so those need not keep it (`Tree::ghosts`), as
-                // `LodeFs::publish_ordered` lets them follow. A listing
-                // kept a file moved into a new directory with a mirror
-                // down, and an unmount then left the file under both names.
-                if sent == Sent::Partly {
-                    let all = out.named.iter().map(|(ino, _)| ino).chain(&out.dirs_named);
-                    for ino in all {
-                        if let Some(node) = self.nodes.get_mut(ino) {
-                            node.named_in = Some(dir);
-                        }
-                    }
-                    self.published_at.insert(dir, out.vacates);
-                }
+                // On some mirrors but short of `happy`, it names nothing
+                // for the listings entries left: a reader hears from
+                // `mirrors - happy + 1` of them (one, with `happy` all of
+                // them), perhaps only from those without it, so the old
+                // places keep their entries (`Tree::ghosts`) until a
+                // publish reaches `happy`. Taken for named here, an
+                // entry's old parent let it go once this went up partly;
+                // a reader that took this directory from a mirror without
+                // it and the old parent from one with its new listing
+                // found the entry nowhere (the model check, with each
+                // mirror apart; once in 518 rounds of the crash sweep
+                // beside disk load, a subdirectory and the files only it
+                // named were lost). With a mirror down the cost is an
+                // entry under both names after an unmount, not a loss.
                 // Perhaps on some mirrors (a request that timed out may
                 // still have landed): removed, it must now go up empty.
                 // Only a listing refused before it was sent stayed nowhere.
