@@ -75,7 +75,9 @@ for seed in "$@"; do
     "$lode" mount "$mnt" -o nominer >/dev/null
     said=$(python3 "$here/scripts/crash-sweep.py" check "$mnt" "$w/log")
     rc=$?
-    echo "seed $seed: $said"
+    # With the trace on: how many listings went up short of `happy`.
+    partly=$(grep -c 'sent=Partly' "$w/crashed-mount.log" 2>/dev/null)
+    echo "seed $seed: $said${partly:+ (listings sent partly: $partly)}"
     "$here/scripts/quickstart.sh" --stop "$mnt" >/dev/null 2>&1
     if [ $rc = 0 ]; then rm -rf "$w"; else failed=1; fi
 done

@@ -2313,7 +2313,21 @@ fn a_file_moved_into_a_new_directory_survives_a_mirror_down() {
     mirrors[2].restart();
     let _m = Mounted::new(&client, &mp);
     assert!(std::fs::read(mp.join("new/moved.bin")).unwrap() == data);
-    std::thread::sleep(Duration::from_secs(1)); // the repair is in the background
+    // With every mirror back, the mount republishes the two listings
+    // (each read from two mirrors), and the old name, whose file is now
+    // named where it went on all three, goes.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while mp.join("moved.bin").exists() {
+        assert!(
+            Instant::now() < deadline,
+            "the kept name stayed with every mirror back"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    client.ok(&["sync"]);
+    let listed = client.ok(&["ls", "/"]);
+    assert!(!listed.contains("moved.bin"), "{listed}");
+    assert!(std::fs::read(mp.join("new/moved.bin")).unwrap() == data);
     let check = client.ok(&["check", "/"]);
     assert!(!check.contains("stale"), "{check}");
 }

@@ -105,6 +105,62 @@ pub struct Entry {
     /// a crash, recovery puts nothing over such an entry; a file it brings
     /// back to the name goes beside it.
     pub kept: bool,
+    /// For a kept entry, where the file went ([`Place`]): once a listing
+    /// naming the same version there is on `happy` mirrors, the kept name
+    /// can go, even after a crash ended the mount that kept it.
+    pub moved_to: Option<Place>,
+}
+
+/// Where a file renamed away went, as a kept entry records it: the
+/// destination directory, and the name in it, each as a hash (the kept
+/// entry's readers need not learn either), 16 bytes apiece.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct Place {
+    /// The destination directory's tag ([`Place::dir_tag`]).
+    pub dir: [u8; 16],
+    /// The destination's tag: the directory and the name together.
+    pub name: [u8; 16],
+}
+
+impl Place {
+    /// The place `name` in the directory whose slot key is `dir`.
+    pub fn of(dir: &[u8; 32], name: &str) -> Place {
+        Place {
+            dir: Self::dir_tag(dir),
+            name: tag(&[PLACE_NAME_DOMAIN, dir, name.as_bytes()]),
+        }
+    }
+
+    /// The tag of the directory whose slot key is `dir`.
+    pub fn dir_tag(dir: &[u8; 32]) -> [u8; 16] {
+        tag(&[PLACE_DIR_DOMAIN, dir])
+    }
+
+    fn to_bytes(self) -> Vec<u8> {
+        [self.dir, self.name].concat()
+    }
+
+    fn from_bytes(b: &[u8]) -> Option<Place> {
+        let (dir, name) = b.split_at_checked(16)?;
+        Some(Place {
+            dir: dir.try_into().ok()?,
+            name: name.try_into().ok()?,
+        })
+    }
+}
+
+const PLACE_DIR_DOMAIN: &[u8] = b"lode moved-to dir v1\0";
+const PLACE_NAME_DOMAIN: &[u8] = b"lode moved-to name v1\0";
+
+/// The first 16 bytes of SHA-256 over `parts`, each length-prefixed.
+fn tag(parts: &[&[u8]]) -> [u8; 16] {
+    use sha2::Digest;
+    let mut h = sha2::Sha256::new();
+    for part in parts {
+        h.update((part.len() as u64).to_be_bytes());
+        h.update(part);
+    }
+    h.finalize()[..16].try_into().expect("16 bytes")
 }
 
 impl Entry {
@@ -125,6 +181,7 @@ impl Entry {
             link: None,
             nlink: 1,
             kept: false,
+            moved_to: None,
         }
     }
 
@@ -470,6 +527,9 @@ struct WireEntry {
     /// Optional, added without a version bump (see `WireListing::this`).
     #[serde(default, skip_serializing_if = "is_false")]
     kept: bool,
+    /// Optional, as `kept`: a kept entry's `Place`, 32 bytes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    moved_to: Option<ByteBuf>,
 }
 
 /// A name is one path component: not empty, not `.` or `..`, no `/` or NUL,
@@ -504,6 +564,7 @@ fn to_wire(e: &Entry) -> WireEntry {
         link: e.link.map(|l| ByteBuf::from(l.to_vec())),
         nlink: e.nlink,
         kept: e.kept,
+        moved_to: e.moved_to.map(|p| ByteBuf::from(p.to_bytes())),
     }
 }
 
@@ -549,6 +610,13 @@ fn from_wire(name: &str, w: WireEntry) -> Result<Entry> {
     if link.is_none() && w.nlink != 1 {
         return Err(bad("only linked files have a link count"));
     }
+    let moved_to = match w.moved_to {
+        None => None,
+        Some(_) if !w.kept || w.kind != EntryKind::File => {
+            return Err(bad("only a kept file records where it went"));
+        }
+        Some(b) => Some(Place::from_bytes(&b).ok_or_else(|| bad("moved_to is 32 bytes"))?),
+    };
     Ok(Entry {
         kind: w.kind,
         cap,
@@ -564,6 +632,7 @@ fn from_wire(name: &str, w: WireEntry) -> Result<Entry> {
         link,
         nlink: w.nlink,
         kept: w.kept,
+        moved_to,
     })
 }
 
@@ -893,6 +962,40 @@ mod tests {
         assert_eq!(read.entries.values().filter(|e| e.kept).count(), 1);
         let read = Listing::decode(&plain).unwrap();
         assert!(read.entries.values().all(|e| !e.kept));
+    }
+
+    /// Where a kept file went reads back as written; the place is a
+    /// different one for another name or another directory; and only a
+    /// kept file may carry one, of 32 bytes.
+    #[test]
+    fn a_kept_entry_carries_where_the_file_went() {
+        let mut l = listing(3, 10);
+        let name = "kept".to_string();
+        let cap = FileReadCap {
+            read_key: ReadKey::from_bytes([4; 32]),
+            root: [5; 32],
+            size: 6,
+        };
+        l.entries
+            .insert(name.clone(), Entry::file(cap, 0o644, (0, 0)));
+        let place = Place::of(&[7; 32], "new name");
+        assert_ne!(place, Place::of(&[7; 32], "new name2"));
+        assert_ne!(place, Place::of(&[8; 32], "new name"));
+        assert_eq!(place.dir, Place::of(&[7; 32], "other").dir);
+        let entry = l.entries.get_mut(&name).unwrap();
+        entry.kept = true;
+        entry.moved_to = Some(place);
+        let read = Listing::decode(&l.encode()).unwrap();
+        assert_eq!(read.entries[&name].moved_to, Some(place));
+        l.entries.get_mut(&name).unwrap().kept = false;
+        let err = Listing::decode(&l.encode()).unwrap_err();
+        assert!(err.to_string().contains("only a kept file"), "{err}");
+        let symlink = l.entries.get_mut("name-0").unwrap();
+        symlink.kept = true;
+        symlink.moved_to = Some(place);
+        l.entries.get_mut(&name).unwrap().moved_to = None;
+        let err = Listing::decode(&l.encode()).unwrap_err();
+        assert!(err.to_string().contains("only a kept file"), "{err}");
     }
 
     /// The root's own attributes survive whole and paged listings, and a

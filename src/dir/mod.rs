@@ -17,7 +17,7 @@ mod slot;
 
 pub use listing::{
     DirAttrs, Encoded, Entry, EntryKind, Home, LISTING_VERSION, LinkId, Listing, MAX_PAGE_BYTES,
-    Time, check_name,
+    Place, Time, check_name,
 };
 pub use slot::{MAX_SLOT_BYTES, SLOT_VERSION, SlotEnvelope};
 

@@ -126,6 +126,10 @@ pub struct LodeFs {
     unadopted: Mutex<Vec<PathBuf>>,
     /// Held by the one retry of `unadopted` running at a time.
     retrying: Mutex<()>,
+    /// Set once the first pass of recovery is over: kept names go
+    /// (`Self::settle_kept`) only after, and only with nothing left to
+    /// adopt, since recovery places staged files by the names it finds.
+    recovered: AtomicBool,
     /// Kept local copies of published files, oldest first, and their bytes.
     kept: Mutex<Kept>,
     /// Signalled whenever a directory publish ends.
@@ -289,6 +293,7 @@ impl LodeFs {
             stop: Arc::new(AtomicBool::new(false)),
             unadopted: Mutex::new(Vec::new()),
             retrying: Mutex::new(()),
+            recovered: AtomicBool::new(false),
             kept: Mutex::new(Default::default()),
             published: std::sync::Condvar::new(),
             readahead: Mutex::new(Default::default()),
@@ -576,6 +581,7 @@ impl LodeFs {
                     for name in replaced {
                         self.forget_name(ino, name);
                     }
+                    self.settle_kept();
                 }
             }
             Ok(None) => self.lock().still_current(ino),
@@ -638,6 +644,64 @@ impl LodeFs {
                     }
                 )
         })
+    }
+
+    /// Let go of names kept for files that went elsewhere (entries marked
+    /// kept, left on the mirrors by a mount that crashed or unmounted
+    /// before it republished their directories), once the file is named
+    /// where it went, in the same version, by a listing on `happy` mirrors
+    /// in a directory the root reaches through listings on `happy` mirrors
+    /// too ([`Tree::kept_found`]). Of those, directories not known to be
+    /// on `happy` mirrors (read from fewer: a mirror was away) are
+    /// published again, which, once it reaches them all, lets the name go.
+    /// Without this, a crash among renames left hundreds of files under
+    /// two names for good (a crash sweep round: 40 to 150).
+    fn settle_kept(&self) {
+        if !self.recovered.load(Ordering::Acquire) || !self.unadopted().is_empty() {
+            return;
+        }
+        let grid = self.vault.grid();
+        let mut dropped = Vec::new();
+        {
+            let mut tree = self.lock();
+            let found = tree.kept_found();
+            if found.is_empty() {
+                return;
+            }
+            let mut again = HashSet::new();
+            for (dir, name, ino, there) in found {
+                let mut settled = tree.reached(there);
+                for d in tree.up_from(there) {
+                    let Some(Body::Dir { read, .. }) = tree.nodes.get(&d).map(|n| &n.body) else {
+                        settled = false;
+                        continue;
+                    };
+                    if tree.dirty.contains(&d) || tree.publishing.contains(&d) {
+                        settled = false;
+                    } else if !grid.confirmed(&read.public_key) {
+                        settled = false;
+                        again.insert(d);
+                    }
+                }
+                if settled {
+                    dropped.push((dir, name, ino));
+                }
+            }
+            for d in again {
+                tree.dirty.insert(d);
+            }
+            for (dir, name, ino) in &dropped {
+                tree.drop_kept(*dir, name, *ino);
+            }
+        }
+        for (dir, name, _) in dropped {
+            tracing::info!(
+                dir,
+                name,
+                "dropped a name kept for a file now named where it went"
+            );
+            self.forget_name(dir, name);
+        }
     }
 
     /// Drop the kernel's cached entry `name` in `parent`. From a thread of
@@ -1527,6 +1591,9 @@ impl LodeFs {
             self.note_staged(ino);
         }
         self.keep(kept);
+        // Published on `happy` mirrors: a kept name that waited for this
+        // one may go now.
+        self.settle_kept();
         Ok(())
     }
 
@@ -1880,6 +1947,8 @@ impl LodeFs {
                 "staged files stay staged until their directories can be read"
             );
         }
+        self.recovered.store(true, Ordering::Release);
+        self.settle_kept();
         Ok(recovered)
     }
 
@@ -1933,6 +2002,10 @@ impl LodeFs {
         // Only now, once each is in the tree (after a crash there can be
         // thousands: one pass, not one per file).
         self.unadopted().retain(|f| !placed.contains(f));
+        if !placed.is_empty() {
+            drop(_one);
+            self.settle_kept();
+        }
     }
 
     /// Adopt the staged `file` noted for `note.path`; false if it cannot

@@ -18,7 +18,7 @@ use std::path::PathBuf;
 use std::time::Instant;
 
 use crate::caps::{DirReadCap, DirWriteCap, FileReadCap};
-use crate::dir::{DirAttrs, Entry, EntryKind, Home, LinkId, Listing, Time};
+use crate::dir::{DirAttrs, Entry, EntryKind, Home, LinkId, Listing, Place, Time};
 use crate::store::now;
 
 pub const ROOT: u64 = 1;
@@ -115,6 +115,11 @@ pub struct Node {
     /// Loaded from an entry kept for a file that had left the name
     /// (`Entry::kept`): recovery puts nothing over it.
     pub kept: bool,
+    /// Where that file went (`Entry::moved_to`): once it is named there
+    /// on `happy` mirrors, this name goes ([`Tree::kept_found`]). Until
+    /// then, or until the file here changes, its directory's listings
+    /// keep the entry marked so.
+    pub moved_to: Option<Place>,
     pub body: Body,
 }
 
@@ -134,6 +139,9 @@ impl Node {
             } => {
                 *dirty = true;
                 *generation += 1;
+                // Written to: the user's file now, not a name kept.
+                self.kept = false;
+                self.moved_to = None;
                 std::mem::take(cached)
             }
             _ => false,
@@ -165,6 +173,7 @@ impl Node {
             listed: None,
             named_in: None,
             kept: false,
+            moved_to: None,
             body,
         }
     }
@@ -265,6 +274,12 @@ pub struct Tree {
     /// Where the count of names given up stood when each directory's
     /// listing that last went up (to `happy` mirrors) was taken.
     pub published_at: HashMap<u64, u64>,
+    /// Nodes loaded from kept entries that record where their file went
+    /// (`Node::moved_to`), some perhaps gone since.
+    kept_moved: HashSet<u64>,
+    /// Directories by their tag (`Place::dir_tag`), for the places kept
+    /// entries record; some perhaps gone since.
+    dir_tags: HashMap<[u8; 16], u64>,
 }
 
 /// Versions a file renamed over others remembers replacing (see
@@ -398,6 +413,8 @@ impl Tree {
             ghosted: HashSet::new(),
             entries_left: HashMap::new(),
             published_at: HashMap::new(),
+            kept_moved: HashSet::new(),
+            dir_tags: HashMap::new(),
         }
     }
 
@@ -848,12 +865,13 @@ impl Tree {
                 .iter()
                 .rev()
                 .filter(|v| self.keeps(dir, v))
-                .find_map(|v| self.entry_of(v.ino, name, None));
-            if let Some(mut entry) = ghost {
+                .find_map(|v| Some((v.ino, self.entry_of(v.ino, name, None)?)));
+            if let Some((ino, mut entry)) = ghost {
                 // Linked since it left: kept as a plain copy, as below.
                 entry.link = None;
                 entry.nlink = 1;
                 entry.kept = true;
+                entry.moved_to = self.place_of(ino);
                 listing.entries.insert(name.clone(), entry);
                 kept.push(name.clone());
             }
@@ -876,6 +894,7 @@ impl Tree {
                 entry.link = None;
                 entry.nlink = 1;
                 entry.kept = true;
+                entry.moved_to = self.place_of(left.ino);
                 listing.entries.insert(name.clone(), entry);
                 kept.push(name.clone());
                 displaced.extend(occupant);
@@ -994,6 +1013,12 @@ impl Tree {
     pub fn insert(&mut self, node: Node) -> u64 {
         let ino = self.next;
         self.next += 1;
+        if node.moved_to.is_some() {
+            self.kept_moved.insert(ino);
+        }
+        if let Body::Dir { read, .. } = &node.body {
+            self.dir_tags.insert(Place::dir_tag(&read.public_key), ino);
+        }
         self.nodes.insert(ino, node);
         ino
     }
@@ -1263,6 +1288,10 @@ impl Tree {
         node.gid = fresh.gid;
         node.nlink = fresh.nlink;
         node.kept = fresh.kept;
+        node.moved_to = fresh.moved_to;
+        if node.moved_to.is_some() {
+            self.kept_moved.insert(ino);
+        }
         if let (Body::File { cap: held, .. }, Body::File { cap: new, .. }) =
             (&node.body, &fresh.body)
             && held != new
@@ -1314,7 +1343,13 @@ impl Tree {
         let write = node.writable_dir()?;
         let mut listing = Listing::default();
         for (name, &ino) in self.children(dir)? {
-            if let Some(entry) = self.entry_of(ino, name, Some(write)) {
+            if let Some(mut entry) = self.entry_of(ino, name, Some(write)) {
+                // A name kept for a file that went elsewhere stays marked
+                // so until it goes (`Tree::kept_found`).
+                if let Some(place) = self.nodes[&ino].moved_to {
+                    entry.kept = true;
+                    entry.moved_to = Some(place);
+                }
                 listing.entries.insert(name.clone(), entry);
             }
         }
@@ -1370,6 +1405,9 @@ impl Tree {
             return;
         };
         node.ctime = now();
+        // Renamed, or its metadata changed: the user's file now.
+        node.kept = false;
+        node.moved_to = None;
         self.republish(ino);
     }
 
@@ -1535,6 +1573,129 @@ impl Tree {
             }
         }
         self.drop_if_unused(ino);
+    }
+
+    /// Where the file `ino` is now, for a name it left (`Entry::moved_to`):
+    /// its directory's slot and its name there. None for a hard-linked
+    /// file (its names are several) or one named nowhere.
+    fn place_of(&self, ino: u64) -> Option<Place> {
+        let node = self
+            .nodes
+            .get(&ino)
+            .filter(|n| n.link.is_none() && !n.orphan)?;
+        match &self.nodes.get(&node.parent)?.body {
+            Body::Dir { read, .. } => Some(Place::of(&read.public_key, &node.name)),
+            _ => None,
+        }
+    }
+
+    /// The names kept for files that went elsewhere (loaded from entries
+    /// marked kept, `Node::moved_to`) whose file is named, in the same
+    /// version, at the place the entry records, in a directory of ours
+    /// listed here whose published listing names that version
+    /// (`Node::listed`). Each as (its directory, its name, its inode, the
+    /// directory where the file is): the caller lets it go once that
+    /// directory, and each one above it, is on `happy` mirrors.
+    ///
+    /// Only a kept name nothing uses: not open, not written to since it
+    /// was loaded (a write makes it the user's file).
+    pub fn kept_found(&mut self) -> Vec<(u64, String, u64, u64)> {
+        let nodes = &self.nodes;
+        let still = |ino: &u64| {
+            nodes.get(ino).is_some_and(|n| {
+                n.moved_to.is_some()
+                    && !n.orphan
+                    && n.opens == 0
+                    && matches!(
+                        n.body,
+                        Body::File {
+                            dirty: false,
+                            writers: 0,
+                            ..
+                        }
+                    )
+            })
+        };
+        self.kept_moved.retain(still);
+        if self.kept_moved.is_empty() {
+            return Vec::new();
+        }
+        // The listed directories of ours those places are in, each with
+        // its files by the tag of their place.
+        let mut dirs: HashMap<[u8; 16], HashMap<[u8; 16], u64>> = HashMap::new();
+        for &ino in &self.kept_moved {
+            let Some(place) = self.nodes[&ino].moved_to else {
+                continue;
+            };
+            if dirs.contains_key(&place.dir) {
+                continue;
+            }
+            let listed =
+                self.dir_tags
+                    .get(&place.dir)
+                    .and_then(|d| match &self.nodes.get(d)?.body {
+                        Body::Dir {
+                            read,
+                            children: Some(children),
+                            write: Some(_),
+                            ..
+                        } if !self.nodes[d].orphan => Some((read, children)),
+                        _ => None,
+                    });
+            let files = listed.map_or_else(HashMap::new, |(read, children)| {
+                children
+                    .iter()
+                    .filter(|&(_, i)| self.nodes.get(i).is_some_and(|n| n.moved_to.is_none()))
+                    .map(|(name, &i)| (Place::of(&read.public_key, name).name, i))
+                    .collect()
+            });
+            dirs.insert(place.dir, files);
+        }
+        let mut found = Vec::new();
+        for &ino in &self.kept_moved {
+            let kept = &self.nodes[&ino];
+            let (Some(place), Body::File { cap: Some(cap), .. }) = (kept.moved_to, &kept.body)
+            else {
+                continue;
+            };
+            let Some(&there) = dirs
+                .get(&place.dir)
+                .and_then(|files| files.get(&place.name))
+            else {
+                continue;
+            };
+            let Some(file) = self.nodes.get(&there) else {
+                continue;
+            };
+            let same = matches!(&file.body, Body::File { cap: Some(c), .. } if c.root == cap.root);
+            if same && file.link.is_none() && file.listed == Some((file.parent, cap.root)) {
+                found.push((kept.parent, kept.name.clone(), ino, file.parent));
+            }
+        }
+        found
+    }
+
+    /// Let go of the kept name `name` in `dir` (of `ino`, found by
+    /// [`Tree::kept_found`]): `dir` is republished without it.
+    pub fn drop_kept(&mut self, dir: u64, name: &str, ino: u64) {
+        self.kept_moved.remove(&ino);
+        self.drop_stale(dir, name, ino);
+    }
+
+    /// `dir` and every directory above it, up to the root.
+    pub fn up_from(&self, dir: u64) -> Vec<u64> {
+        let mut chain = vec![dir];
+        let mut cur = dir;
+        while cur != ROOT {
+            match self.nodes.get(&cur) {
+                Some(n) if !chain.contains(&n.parent) => {
+                    cur = n.parent;
+                    chain.push(cur);
+                }
+                _ => break,
+            }
+        }
+        chain
     }
 
     /// Forget the entries of idle directories, oldest listing first, until
@@ -1727,6 +1888,7 @@ impl Tree {
             named_in: Some(parent)
                 .filter(|_| matches!(entry.kind, EntryKind::File | EntryKind::Dir)),
             kept: entry.kept && ours,
+            moved_to: entry.moved_to.filter(|_| entry.kept && ours),
             body,
         })
     }
