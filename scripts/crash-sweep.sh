@@ -15,7 +15,7 @@
 #
 # Uses $LODE_BIN (default target/release/lode). A round that loses a file
 # keeps its directory (under $SWEEP_DIR, default /tmp/lode-crash-sweep);
-# the others are removed. P_OVER, P_SWAP, P_DIR set the workload's weights
+# the others are removed (kept too with SWEEP_KEEP=1). P_OVER, P_SWAP, P_DIR set the workload's weights
 # (see crash-sweep.py). Exits 1 if any round lost a file.
 #
 # To trace a lost directory: LODE_LOG=warn,lode::fuse::tree=trace logs each
@@ -79,6 +79,6 @@ for seed in "$@"; do
     partly=$(grep -c 'sent=Partly' "$w/crashed-mount.log" 2>/dev/null)
     echo "seed $seed: $said${partly:+ (listings sent partly: $partly)}"
     "$here/scripts/quickstart.sh" --stop "$mnt" >/dev/null 2>&1
-    if [ $rc = 0 ]; then rm -rf "$w"; else failed=1; fi
+    if [ $rc != 0 ]; then failed=1; elif [ -z "${SWEEP_KEEP:-}" ]; then rm -rf "$w"; fi
 done
 exit $failed

@@ -610,13 +610,13 @@ fn from_wire(name: &str, w: WireEntry) -> Result<Entry> {
     if link.is_none() && w.nlink != 1 {
         return Err(bad("only linked files have a link count"));
     }
-    let moved_to = match w.moved_to {
-        None => None,
-        Some(_) if !w.kept || w.kind != EntryKind::File => {
-            return Err(bad("only a kept file records where it went"));
-        }
-        Some(b) => Some(Place::from_bytes(&b).ok_or_else(|| bad("moved_to is 32 bytes"))?),
-    };
+    // Only a kept file's counts; on anything else it is left out, not
+    // refused: an entry refused makes its whole directory unreadable,
+    // while a place lost only keeps a name longer.
+    let moved_to = w
+        .moved_to
+        .filter(|_| w.kept && w.kind == EntryKind::File)
+        .and_then(|b| Place::from_bytes(&b));
     Ok(Entry {
         kind: w.kind,
         cap,
@@ -965,8 +965,8 @@ mod tests {
     }
 
     /// Where a kept file went reads back as written; the place is a
-    /// different one for another name or another directory; and only a
-    /// kept file may carry one, of 32 bytes.
+    /// different one for another name or another directory; on anything
+    /// but a kept file it is dropped, not refused.
     #[test]
     fn a_kept_entry_carries_where_the_file_went() {
         let mut l = listing(3, 10);
@@ -987,15 +987,17 @@ mod tests {
         entry.moved_to = Some(place);
         let read = Listing::decode(&l.encode()).unwrap();
         assert_eq!(read.entries[&name].moved_to, Some(place));
+        // On anything but a kept file it is left out, and the rest of the
+        // listing reads as ever.
         l.entries.get_mut(&name).unwrap().kept = false;
-        let err = Listing::decode(&l.encode()).unwrap_err();
-        assert!(err.to_string().contains("only a kept file"), "{err}");
         let symlink = l.entries.get_mut("name-0").unwrap();
         symlink.kept = true;
         symlink.moved_to = Some(place);
-        l.entries.get_mut(&name).unwrap().moved_to = None;
-        let err = Listing::decode(&l.encode()).unwrap_err();
-        assert!(err.to_string().contains("only a kept file"), "{err}");
+        let read = Listing::decode(&l.encode()).unwrap();
+        assert_eq!(read.entries[&name].moved_to, None);
+        assert_eq!(read.entries["name-0"].moved_to, None);
+        assert!(read.entries["name-0"].kept);
+        assert_eq!(read.entries.len(), l.entries.len());
     }
 
     /// The root's own attributes survive whole and paged listings, and a

@@ -1577,12 +1577,13 @@ impl Tree {
 
     /// Where the file `ino` is now, for a name it left (`Entry::moved_to`):
     /// its directory's slot and its name there. None for a hard-linked
-    /// file (its names are several) or one named nowhere.
+    /// file (its names are several), one named nowhere, and a directory
+    /// (whose own listing names its home: `Listing::home`).
     fn place_of(&self, ino: u64) -> Option<Place> {
         let node = self
             .nodes
             .get(&ino)
-            .filter(|n| n.link.is_none() && !n.orphan)?;
+            .filter(|n| n.link.is_none() && !n.orphan && matches!(n.body, Body::File { .. }))?;
         match &self.nodes.get(&node.parent)?.body {
             Body::Dir { read, .. } => Some(Place::of(&read.public_key, &node.name)),
             _ => None,
@@ -1645,7 +1646,6 @@ impl Tree {
             let files = listed.map_or_else(HashMap::new, |(read, children)| {
                 children
                     .iter()
-                    .filter(|&(_, i)| self.nodes.get(i).is_some_and(|n| n.moved_to.is_none()))
                     .map(|(name, &i)| (Place::of(&read.public_key, name).name, i))
                     .collect()
             });
@@ -1654,22 +1654,38 @@ impl Tree {
         let mut found = Vec::new();
         for &ino in &self.kept_moved {
             let kept = &self.nodes[&ino];
-            let (Some(place), Body::File { cap: Some(cap), .. }) = (kept.moved_to, &kept.body)
+            let (Some(mut place), Body::File { cap: Some(cap), .. }) = (kept.moved_to, &kept.body)
             else {
                 continue;
             };
-            let Some(&there) = dirs
-                .get(&place.dir)
-                .and_then(|files| files.get(&place.name))
-            else {
-                continue;
-            };
-            let Some(file) = self.nodes.get(&there) else {
-                continue;
-            };
-            let same = matches!(&file.body, Body::File { cap: Some(c), .. } if c.root == cap.root);
-            if same && file.link.is_none() && file.listed == Some((file.parent, cap.root)) {
-                found.push((kept.parent, kept.name.clone(), ino, file.parent));
+            // Where it went may be a name kept too (it moved on before
+            // that directory went up again): followed a few steps, to the
+            // file's own name.
+            for _ in 0..MAX_KEPT_HOPS {
+                let Some(&there) = dirs
+                    .get(&place.dir)
+                    .and_then(|files| files.get(&place.name))
+                else {
+                    break;
+                };
+                let Some(file) = self.nodes.get(&there) else {
+                    break;
+                };
+                if !matches!(&file.body, Body::File { cap: Some(c), .. } if c.root == cap.root) {
+                    break;
+                }
+                match file.moved_to {
+                    Some(next) if self.kept_moved.contains(&there) => {
+                        place = next;
+                    }
+                    Some(_) => break,
+                    None => {
+                        if file.link.is_none() && file.listed == Some((file.parent, cap.root)) {
+                            found.push((kept.parent, kept.name.clone(), ino, file.parent));
+                        }
+                        break;
+                    }
+                }
             }
         }
         found
@@ -1893,6 +1909,9 @@ impl Tree {
         })
     }
 }
+
+/// How many kept names in a row [`Tree::kept_found`] follows to a file.
+const MAX_KEPT_HOPS: usize = 8;
 
 /// Whether two nodes name the same directory slot (true for anything but
 /// two directories).
@@ -2190,5 +2209,68 @@ mod tests {
         assert!(tree.children(b).is_none());
         assert!(tree.children(a).is_some(), "a stays loaded");
         assert!(tree.whole());
+    }
+
+    /// A name kept for a file that went elsewhere is found once its
+    /// directory and the one it went to are listed, and the file is named
+    /// at the place the entry records in the same version, also through a
+    /// kept name in between; not for another version, nor while the
+    /// place is not listed.
+    #[test]
+    fn a_kept_name_is_found_where_its_file_went() {
+        let root = Vault::fresh_dir();
+        let (a_cap, b_cap) = (Vault::fresh_dir(), Vault::fresh_dir());
+        let (pa, pb) = (a_cap.read_cap().public_key, b_cap.read_cap().public_key);
+        let mut tree = Tree::new(root.clone(), (0, 0));
+        let mut top = Listing::default();
+        top.entries
+            .insert("a".into(), Entry::dir(&root, "a", &a_cap, 0o755, (1, 0)));
+        top.entries
+            .insert("b".into(), Entry::dir(&root, "b", &b_cap, 0o755, (1, 0)));
+        tree.load(ROOT, top);
+        let kept = |n: u8, place: Place| {
+            let mut e = file_entry(n);
+            e.kept = true;
+            e.moved_to = Some(place);
+            e
+        };
+        let mut in_a = Listing::default();
+        for (name, entry) in [
+            ("k1", kept(1, Place::of(&pb, "n1"))),
+            ("k2", kept(2, Place::of(&pb, "n2"))),
+            ("k3", kept(3, Place::of(&pa, "k4"))),
+            ("k4", kept(3, Place::of(&pb, "n3"))),
+            ("k5", kept(5, Place::of(&pb, "none"))),
+        ] {
+            in_a.entries.insert(name.into(), entry);
+        }
+        let mut in_b = Listing::default();
+        in_b.entries.insert("n1".into(), file_entry(1));
+        in_b.entries.insert("n2".into(), file_entry(7));
+        in_b.entries.insert("n3".into(), file_entry(3));
+        let (a, b) = (child(&tree, ROOT, "a"), child(&tree, ROOT, "b"));
+        tree.load(a, in_a);
+        assert!(tree.kept_found().is_empty(), "b is not listed yet");
+        tree.load(b, in_b);
+        let mut found: Vec<(String, u64)> = tree
+            .kept_found()
+            .into_iter()
+            .map(|(dir, name, ino, there)| {
+                assert_eq!((dir, ino), (a, child(&tree, a, &name)));
+                (name, there)
+            })
+            .collect();
+        found.sort();
+        let want: Vec<(String, u64)> = ["k1", "k3", "k4"].map(|n| (n.to_string(), b)).into();
+        assert_eq!(found, want);
+        // Dropped, it is found no more; written to, a kept name is the
+        // user's file and stays (and the name kept for it goes).
+        tree.drop_kept(a, "k1", child(&tree, a, "k1"));
+        let k4 = child(&tree, a, "k4");
+        tree.nodes.get_mut(&k4).unwrap().data_changed();
+        let names: Vec<String> = tree.kept_found().into_iter().map(|f| f.1).collect();
+        assert_eq!(names, ["k3"]);
+        assert!(tree.children(a).unwrap().contains_key("k4"));
+        assert!(!tree.children(a).unwrap().contains_key("k1"));
     }
 }
