@@ -2662,6 +2662,51 @@ fn a_file_linked_after_it_moved_survives_a_publish_cut_short() {
     drop(m);
 }
 
+/// A file moved to another directory whose old directory's publish never
+/// went up (refused, then kill -9) is at first named in both; the next
+/// mount drops the old name once it has read both directories, since the
+/// new entry says where the file came from (`Entry::moved_from`) and the
+/// old directory's listing is from before the move.
+#[test]
+fn a_name_a_move_left_goes_once_the_move_is_on_the_mirrors() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (_mirrors, proxies, client) = common::three_recorded_mirrors(tmp.path());
+    let mp = tmp.path().join("mnt");
+    let f = common::seeded_bytes("moved out of a", 5000);
+    let m = Mounted::new(&client, &mp);
+    std::fs::create_dir_all(mp.join("a")).unwrap();
+    std::fs::create_dir_all(mp.join("b")).unwrap();
+    std::fs::write(mp.join("a/f"), &f).unwrap();
+    std::fs::write(mp.join("a/stays"), b"stays").unwrap();
+    client.ok(&["sync"]);
+    refuse(&proxies, &client.slot_key("a"));
+    std::fs::rename(mp.join("a/f"), mp.join("b/f")).unwrap();
+    assert!(
+        !client.run(&["sync"]).status.success(),
+        "sync passed a refused update"
+    );
+    let m = crash_and_lift(&client, &mp, m, &proxies);
+    assert!(std::fs::read(mp.join("b/f")).unwrap() == f);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while names_in(&mp.join("a")).contains(&"f".to_string()) {
+        assert!(
+            Instant::now() < deadline,
+            "the name the move left stayed: {:?}",
+            names_in(&mp.join("a"))
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    client.ok(&["sync"]);
+    let listed = client.ok(&["ls", "/a"]);
+    assert!(
+        !listed.contains(" f\n") && listed.contains("stays"),
+        "{listed}"
+    );
+    assert!(std::fs::read(mp.join("b/f")).unwrap() == f);
+    assert_eq!(std::fs::read(mp.join("a/stays")).unwrap(), b"stays");
+    drop(m);
+}
+
 /// As above, with two directories that trade subdirectories, each
 /// holding a file: after the kill -9, both subdirectories are still
 /// reached, each under its old parent or its new one, with its file.

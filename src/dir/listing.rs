@@ -109,6 +109,11 @@ pub struct Entry {
     /// naming the same version there is on `happy` mirrors, the kept name
     /// can go, even after a crash ended the mount that kept it.
     pub moved_to: Option<Place>,
+    /// For a file renamed here from another directory, that place and the
+    /// newest version of that directory's listing from before the move: a
+    /// listing of it no newer still names the file there, a name the move
+    /// left that the mount may drop once this entry is on `happy` mirrors.
+    pub moved_from: Option<(Place, u64)>,
 }
 
 /// Where a file renamed away went, as a kept entry records it: the
@@ -182,6 +187,7 @@ impl Entry {
             nlink: 1,
             kept: false,
             moved_to: None,
+            moved_from: None,
         }
     }
 
@@ -530,6 +536,9 @@ struct WireEntry {
     /// Optional, as `kept`: a kept entry's `Place`, 32 bytes.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     moved_to: Option<ByteBuf>,
+    /// Optional, as `kept`: `Place` then the version, big-endian: 40 bytes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    moved_from: Option<ByteBuf>,
 }
 
 /// A name is one path component: not empty, not `.` or `..`, no `/` or NUL,
@@ -565,6 +574,11 @@ fn to_wire(e: &Entry) -> WireEntry {
         nlink: e.nlink,
         kept: e.kept,
         moved_to: e.moved_to.map(|p| ByteBuf::from(p.to_bytes())),
+        moved_from: e.moved_from.map(|(p, seq)| {
+            let mut b = p.to_bytes();
+            b.extend_from_slice(&seq.to_be_bytes());
+            ByteBuf::from(b)
+        }),
     }
 }
 
@@ -617,6 +631,16 @@ fn from_wire(name: &str, w: WireEntry) -> Result<Entry> {
         .moved_to
         .filter(|_| w.kept && w.kind == EntryKind::File)
         .and_then(|b| Place::from_bytes(&b));
+    let moved_from = w
+        .moved_from
+        .filter(|_| !w.kept && w.kind == EntryKind::File)
+        .and_then(|b| {
+            let (place, seq) = b.split_at_checked(32)?;
+            Some((
+                Place::from_bytes(place)?,
+                u64::from_be_bytes(seq.try_into().ok()?),
+            ))
+        });
     Ok(Entry {
         kind: w.kind,
         cap,
@@ -633,6 +657,7 @@ fn from_wire(name: &str, w: WireEntry) -> Result<Entry> {
         nlink: w.nlink,
         kept: w.kept,
         moved_to,
+        moved_from,
     })
 }
 
@@ -987,6 +1012,17 @@ mod tests {
         entry.moved_to = Some(place);
         let read = Listing::decode(&l.encode()).unwrap();
         assert_eq!(read.entries[&name].moved_to, Some(place));
+        // And where a file renamed here came from, on a plain entry.
+        let entry = l.entries.get_mut(&name).unwrap();
+        entry.kept = false;
+        entry.moved_to = None;
+        entry.moved_from = Some((place, 1 << 40 | 7));
+        let read = Listing::decode(&l.encode()).unwrap();
+        assert_eq!(read.entries[&name].moved_from, Some((place, 1 << 40 | 7)));
+        let entry = l.entries.get_mut(&name).unwrap();
+        entry.kept = true;
+        entry.moved_to = Some(place);
+        entry.moved_from = None;
         // On anything but a kept file it is left out, and the rest of the
         // listing reads as ever.
         l.entries.get_mut(&name).unwrap().kept = false;

@@ -664,7 +664,8 @@ impl LodeFs {
         let mut dropped = Vec::new();
         {
             let mut tree = self.lock();
-            let found = tree.kept_found();
+            let mut found = tree.kept_found();
+            found.extend(tree.stale_found());
             if found.is_empty() {
                 return;
             }

@@ -120,7 +120,27 @@ pub struct Node {
     /// then, or until the file here changes, its directory's listings
     /// keep the entry marked so.
     pub moved_to: Option<Place>,
+    /// Where this file was renamed from, in another directory
+    /// (`Entry::moved_from`): the name it left there stays on the mirrors
+    /// until that directory goes up again, and after a crash before that
+    /// it is let go once this entry is on `happy` mirrors
+    /// ([`Tree::stale_found`]).
+    pub moved_from: Option<MovedFrom>,
     pub body: Body,
+}
+
+/// Where a file was renamed from ([`Node::moved_from`]).
+#[derive(Clone, Copy)]
+pub struct MovedFrom {
+    pub place: Place,
+    /// The newest version of that directory's listing from before the
+    /// move: a listing of it no newer names the file there.
+    pub seq: u64,
+    /// In this mount: the directory it left, and the count of names given
+    /// up at the move (`Tree::vacates`). Once a listing of that directory
+    /// taken after the move is published, the old name is gone and the
+    /// entry need not say where it came from.
+    pub left: Option<(u64, u64)>,
 }
 
 impl Node {
@@ -139,9 +159,11 @@ impl Node {
             } => {
                 *dirty = true;
                 *generation += 1;
-                // Written to: the user's file now, not a name kept.
+                // Written to: the user's file now, not a name kept, and
+                // a version no name it left holds.
                 self.kept = false;
                 self.moved_to = None;
+                self.moved_from = None;
                 std::mem::take(cached)
             }
             _ => false,
@@ -174,6 +196,7 @@ impl Node {
             named_in: None,
             kept: false,
             moved_to: None,
+            moved_from: None,
             body,
         }
     }
@@ -277,6 +300,9 @@ pub struct Tree {
     /// Nodes loaded from kept entries that record where their file went
     /// (`Node::moved_to`), some perhaps gone since.
     kept_moved: HashSet<u64>,
+    /// Nodes loaded from entries that say where their file was renamed
+    /// from (`Node::moved_from`), some perhaps gone or changed since.
+    moved_in: HashSet<u64>,
     /// Directories by their tag (`Place::dir_tag`), for the places kept
     /// entries record; some perhaps gone since.
     dir_tags: HashMap<[u8; 16], u64>,
@@ -414,6 +440,7 @@ impl Tree {
             entries_left: HashMap::new(),
             published_at: HashMap::new(),
             kept_moved: HashSet::new(),
+            moved_in: HashSet::new(),
             dir_tags: HashMap::new(),
         }
     }
@@ -696,6 +723,30 @@ impl Tree {
         }
         // Like ext4 and most others, a rename changes the inode's ctime.
         self.changed(ino);
+        // A published file from a directory with a listing on the mirrors
+        // records the name it left there; from one never published, the
+        // place it came from before that, if any, stands.
+        if parent != newparent {
+            let from = match &self.nodes.get(&parent).map(|n| &n.body) {
+                Some(Body::Dir { read, .. }) => self
+                    .listed_seq
+                    .get(&parent)
+                    .map(|&seq| (Place::of(&read.public_key, name), seq)),
+                _ => None,
+            };
+            let at = self.vacates;
+            if let Some(node) = self.nodes.get_mut(&ino)
+                && node.link.is_none()
+                && matches!(node.body, Body::File { cap: Some(_), .. })
+                && let Some((place, seq)) = from
+            {
+                node.moved_from = Some(MovedFrom {
+                    place,
+                    seq,
+                    left: Some((parent, at)),
+                });
+            }
+        }
         true
     }
 
@@ -1016,6 +1067,9 @@ impl Tree {
         if node.moved_to.is_some() {
             self.kept_moved.insert(ino);
         }
+        if node.moved_from.is_some() {
+            self.moved_in.insert(ino);
+        }
         if let Body::Dir { read, .. } = &node.body {
             self.dir_tags.insert(Place::dir_tag(&read.public_key), ino);
         }
@@ -1289,8 +1343,12 @@ impl Tree {
         node.nlink = fresh.nlink;
         node.kept = fresh.kept;
         node.moved_to = fresh.moved_to;
+        node.moved_from = fresh.moved_from;
         if node.moved_to.is_some() {
             self.kept_moved.insert(ino);
+        }
+        if node.moved_from.is_some() {
+            self.moved_in.insert(ino);
         }
         if let (Body::File { cap: held, .. }, Body::File { cap: new, .. }) =
             (&node.body, &fresh.body)
@@ -1346,9 +1404,19 @@ impl Tree {
             if let Some(mut entry) = self.entry_of(ino, name, Some(write)) {
                 // A name kept for a file that went elsewhere stays marked
                 // so until it goes (`Tree::kept_found`).
-                if let Some(place) = self.nodes[&ino].moved_to {
+                let node = &self.nodes[&ino];
+                if let Some(place) = node.moved_to {
                     entry.kept = true;
                     entry.moved_to = Some(place);
+                }
+                // Where it was renamed from, while a listing there may
+                // still name it.
+                if let Some(from) = node.moved_from
+                    && from.left.is_none_or(|(left, at)| {
+                        self.published_at.get(&left).is_none_or(|&p| p < at)
+                    })
+                {
+                    entry.moved_from = Some((from.place, from.seq));
                 }
                 listing.entries.insert(name.clone(), entry);
             }
@@ -1691,6 +1759,90 @@ impl Tree {
         found
     }
 
+    /// Names a move left (`Node::moved_from`, loaded from the mirrors):
+    /// for each file renamed here whose entry says where from, the name
+    /// there, if that directory is ours, listed here from a version no
+    /// newer than the one before the move, and names the same version of
+    /// the file at that place (an ordinary entry it loaded, not a kept
+    /// one, nothing open or written). Each as [`Tree::kept_found`] gives
+    /// them: (its directory, its name, its inode, the directory where the
+    /// file is).
+    pub fn stale_found(&mut self) -> Vec<(u64, String, u64, u64)> {
+        let nodes = &self.nodes;
+        self.moved_in.retain(|ino| {
+            nodes.get(ino).is_some_and(|n| {
+                n.moved_from.is_some()
+                    && !n.orphan
+                    && matches!(n.body, Body::File { cap: Some(_), .. })
+            })
+        });
+        let mut found = Vec::new();
+        // Settled either way once the directory it left is listed here:
+        // its name there is stale now, or never will be.
+        let mut settled = Vec::new();
+        let mut tags: HashMap<u64, HashMap<[u8; 16], (&String, u64)>> = HashMap::new();
+        for &ino in &self.moved_in {
+            let file = &self.nodes[&ino];
+            let (Some(from), Body::File { cap: Some(cap), .. }) = (file.moved_from, &file.body)
+            else {
+                continue;
+            };
+            if file.listed != Some((file.parent, cap.root)) {
+                continue;
+            }
+            let Some(&dir) = self.dir_tags.get(&from.place.dir) else {
+                continue;
+            };
+            let (Some(node), Some(&seq)) = (self.nodes.get(&dir), self.listed_seq.get(&dir)) else {
+                continue;
+            };
+            let Body::Dir {
+                read,
+                children: Some(children),
+                write: Some(_),
+                ..
+            } = &node.body
+            else {
+                continue;
+            };
+            settled.push(ino);
+            if node.orphan || seq > from.seq || dir == file.parent {
+                continue;
+            }
+            let names = tags.entry(dir).or_insert_with(|| {
+                children
+                    .iter()
+                    .map(|(name, &i)| (Place::of(&read.public_key, name).name, (name, i)))
+                    .collect()
+            });
+            let Some(&(name, old)) = names.get(&from.place.name) else {
+                continue;
+            };
+            let stale = self.nodes.get(&old).is_some_and(|n| {
+                old != ino
+                    && !n.orphan
+                    && n.link.is_none()
+                    && n.opens == 0
+                    && n.moved_to.is_none()
+                    && n.listed == Some((dir, cap.root))
+                    && matches!(
+                        &n.body,
+                        Body::File { cap: Some(c), dirty: false, writers: 0, .. } if c.root == cap.root
+                    )
+            });
+            if stale {
+                found.push((dir, name.clone(), old, file.parent));
+                settled.pop();
+            }
+        }
+        // Those found stay until their name goes (the caller may wait for
+        // the mirrors); the rest are done with.
+        for ino in settled {
+            self.moved_in.remove(&ino);
+        }
+        found
+    }
+
     /// Let go of the kept name `name` in `dir` (of `ino`, found by
     /// [`Tree::kept_found`]): `dir` is republished without it.
     pub fn drop_kept(&mut self, dir: u64, name: &str, ino: u64) {
@@ -1905,6 +2057,14 @@ impl Tree {
                 .filter(|_| matches!(entry.kind, EntryKind::File | EntryKind::Dir)),
             kept: entry.kept && ours,
             moved_to: entry.moved_to.filter(|_| entry.kept && ours),
+            moved_from: entry
+                .moved_from
+                .filter(|_| ours)
+                .map(|(place, seq)| MovedFrom {
+                    place,
+                    seq,
+                    left: None,
+                }),
             body,
         })
     }
@@ -2272,5 +2432,44 @@ mod tests {
         assert_eq!(names, ["k3"]);
         assert!(tree.children(a).unwrap().contains_key("k4"));
         assert!(!tree.children(a).unwrap().contains_key("k1"));
+    }
+
+    /// The name a move left in a listing from before the move is found
+    /// for the file's entry that says so, in the same version; not once
+    /// that directory's listing is newer than the move, nor for another
+    /// version.
+    #[test]
+    fn a_name_a_move_left_is_found_from_where_the_file_went() {
+        let setup = |a_seq: u64, version: u8| {
+            let root = Vault::fresh_dir();
+            let (a_cap, b_cap) = (Vault::fresh_dir(), Vault::fresh_dir());
+            let pa = a_cap.read_cap().public_key;
+            let mut tree = Tree::new(root.clone(), (0, 0));
+            let mut top = Listing::default();
+            top.entries
+                .insert("a".into(), Entry::dir(&root, "a", &a_cap, 0o755, (1, 0)));
+            top.entries
+                .insert("b".into(), Entry::dir(&root, "b", &b_cap, 0o755, (1, 0)));
+            tree.load(ROOT, top);
+            let (a, b) = (child(&tree, ROOT, "a"), child(&tree, ROOT, "b"));
+            tree.load(a, files(3));
+            tree.listed_seq.insert(a, a_seq);
+            let mut moved = file_entry(version);
+            moved.moved_from = Some((Place::of(&pa, "f1"), 5));
+            let mut in_b = Listing::default();
+            in_b.entries.insert("g".into(), moved);
+            tree.load(b, in_b);
+            (tree, a, b)
+        };
+        let (mut tree, a, b) = setup(5, 1);
+        let f1 = child(&tree, a, "f1");
+        assert_eq!(tree.stale_found(), [(a, "f1".to_string(), f1, b)]);
+        tree.drop_kept(a, "f1", f1);
+        assert!(tree.stale_found().is_empty());
+        assert!(tree.children(a).unwrap().contains_key("f0"));
+        let (mut tree, ..) = setup(6, 1);
+        assert!(tree.stale_found().is_empty(), "a went up after the move");
+        let (mut tree, ..) = setup(5, 2);
+        assert!(tree.stale_found().is_empty(), "another version");
     }
 }
