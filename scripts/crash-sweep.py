@@ -149,8 +149,14 @@ def check(mnt, log):
             dirs.remove("friends")
         for name in files:
             path = os.path.join(root, name)
-            with open(path, "rb") as f:
-                held.setdefault(hashlib.sha256(f.read()).hexdigest(), []).append(path)
+            # The mount lets go of a second name of a file once it is named
+            # where it went on every mirror, perhaps while this walks.
+            try:
+                with open(path, "rb") as f:
+                    body = f.read()
+            except FileNotFoundError:
+                continue
+            held.setdefault(hashlib.sha256(body).hexdigest(), []).append(path)
     missing = sorted(k for k, h in latest.items() if k not in removed and h not in held)
     twice = sum(1 for paths in held.values() if len(paths) > 1)
     kept = len(set(latest) - removed)
