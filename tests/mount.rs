@@ -2680,7 +2680,10 @@ fn a_name_a_move_left_goes_once_the_move_is_on_the_mirrors() {
     std::fs::write(mp.join("a/stays"), b"stays").unwrap();
     client.ok(&["sync"]);
     refuse(&proxies, &client.slot_key("a"));
-    std::fs::rename(mp.join("a/f"), mp.join("b/f")).unwrap();
+    // Through a name in a first, as a save through a temporary name does:
+    // the name on the mirrors is still `f`.
+    std::fs::rename(mp.join("a/f"), mp.join("a/f.tmp")).unwrap();
+    std::fs::rename(mp.join("a/f.tmp"), mp.join("b/f")).unwrap();
     assert!(
         !client.run(&["sync"]).status.success(),
         "sync passed a refused update"

@@ -488,6 +488,27 @@ impl Tree {
         self.vacated_by_add(ino, dir, name);
     }
 
+    /// Of the names in `dir` that `ino` gave up on a rename since `dir`'s
+    /// last publish, the first.
+    fn first_left_in(&self, ino: u64, dir: u64) -> Option<String> {
+        let names = self.vacated.get(&dir)?;
+        self.vacated_by
+            .get(&ino)?
+            .keys()
+            .filter(|(d, _)| *d == dir)
+            .filter_map(|(_, name)| {
+                let at = names
+                    .get(name)?
+                    .iter()
+                    .filter(|v| v.ino == ino && v.renamed)
+                    .map(|v| v.at)
+                    .min()?;
+                Some((at, name))
+            })
+            .min()
+            .map(|(_, name)| name.clone())
+    }
+
     /// The directory or hard-linked file `ino` is renamed away from its
     /// name `name` in `dir` to directory `to`: `dir`'s listing keeps it
     /// there until its new place is published ([`Tree::ghosts`]).
@@ -727,6 +748,11 @@ impl Tree {
         // records the name it left there; from one never published, the
         // place it came from before that, if any, stands.
         if parent != newparent {
+            // The name it had there first since that directory's last
+            // publish: a rename through a name in the same directory
+            // (`mv a/f a/t; mv a/t b/f`) left `f` on the mirrors, not `t`.
+            let first = self.first_left_in(ino, parent);
+            let name = first.as_deref().unwrap_or(name);
             let from = match &self.nodes.get(&parent).map(|n| &n.body) {
                 Some(Body::Dir { read, .. }) => self
                     .listed_seq
