@@ -126,6 +126,27 @@ impl ChunkKey {
     }
 }
 
+/// Keys `dir::Place` tags (see [`SlotSeed::place_key`]).
+#[derive(Clone)]
+pub struct PlaceKey(Zeroizing<[u8; 32]>);
+
+impl PlaceKey {
+    /// The first 16 bytes of HMAC-SHA256 over `parts`, each
+    /// length-prefixed (8 bytes, big-endian).
+    pub fn tag(&self, parts: &[&[u8]]) -> [u8; 16] {
+        use hmac::Mac;
+        let mut mac = hmac::Hmac::<Sha256>::new_from_slice(self.0.as_ref())
+            .expect("HMAC takes a key of any length");
+        for part in parts {
+            mac.update(&(part.len() as u64).to_be_bytes());
+            mac.update(part);
+        }
+        mac.finalize().into_bytes()[..16]
+            .try_into()
+            .expect("16 bytes")
+    }
+}
+
 /// HKDF-SHA256 expand of `ikm` under `info`, with lode's fixed salt.
 pub(crate) fn derive(ikm: &[u8; 32], info: &[u8]) -> Zeroizing<[u8; 32]> {
     let hk = Hkdf::<Sha256>::new(Some(b"lode v1 kdf"), ikm);
@@ -222,6 +243,12 @@ impl SlotSeed {
     /// (see `dir::Home`).
     pub fn home_seal_key(&self) -> WriteSealKey {
         WriteSealKey(derive(&self.0, b"dir home"))
+    }
+    /// Keys the tags by which a tree's listings say where a file moved
+    /// (see `dir::Place`), under the tree's root: only its writer can
+    /// tell which directory and name a tag stands for.
+    pub fn place_key(&self) -> PlaceKey {
+        PlaceKey(derive(&self.0, b"dir moved place"))
     }
     pub fn public_key(&self) -> [u8; 32] {
         self.signing_key().public_key()

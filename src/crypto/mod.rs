@@ -13,7 +13,8 @@ mod siv;
 pub use siv::TAG_LEN;
 
 pub use keys::{
-    AccountKey, ChunkKey, ConvergenceSecret, ReadKey, RootSecret, SlotSeed, VerifyKey, WriteSealKey,
+    AccountKey, ChunkKey, ConvergenceSecret, PlaceKey, ReadKey, RootSecret, SlotSeed, VerifyKey,
+    WriteSealKey,
 };
 
 use sha2::{Digest, Sha256};

@@ -29,7 +29,7 @@ use serde_bytes::ByteBuf;
 
 use super::{Error, Result};
 use crate::caps::{Access, Cap, DirReadCap, DirWriteCap, FileReadCap};
-use crate::crypto::SlotSeed;
+use crate::crypto::{PlaceKey, SlotSeed};
 
 /// The listing format this code writes and reads.
 pub const LISTING_VERSION: u8 = 3;
@@ -116,9 +116,10 @@ pub struct Entry {
     pub moved_from: Option<(Place, u64)>,
 }
 
-/// Where a file renamed away went, as a kept entry records it: the
-/// destination directory, and the name in it, each as a hash (the kept
-/// entry's readers need not learn either), 16 bytes apiece.
+/// Where a file renamed away went, as a kept entry records it (or where
+/// one came from): the directory, and the name in it, each as a tag keyed
+/// under the tree's root ([`crate::crypto::PlaceKey`]: the entry's
+/// readers learn neither), 16 bytes apiece.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct Place {
     /// The destination directory's tag ([`Place::dir_tag`]).
@@ -129,16 +130,21 @@ pub struct Place {
 
 impl Place {
     /// The place `name` in the directory whose slot key is `dir`.
-    pub fn of(dir: &[u8; 32], name: &str) -> Place {
+    pub fn of(key: &PlaceKey, dir: &[u8; 32], name: &str) -> Place {
         Place {
-            dir: Self::dir_tag(dir),
-            name: tag(&[PLACE_NAME_DOMAIN, dir, name.as_bytes()]),
+            dir: Self::dir_tag(key, dir),
+            name: Self::name_tag(key, dir, name),
         }
     }
 
     /// The tag of the directory whose slot key is `dir`.
-    pub fn dir_tag(dir: &[u8; 32]) -> [u8; 16] {
-        tag(&[PLACE_DIR_DOMAIN, dir])
+    pub fn dir_tag(key: &PlaceKey, dir: &[u8; 32]) -> [u8; 16] {
+        key.tag(&[PLACE_DIR_DOMAIN, dir])
+    }
+
+    /// The tag of `name` in the directory whose slot key is `dir`.
+    pub fn name_tag(key: &PlaceKey, dir: &[u8; 32], name: &str) -> [u8; 16] {
+        key.tag(&[PLACE_NAME_DOMAIN, dir, name.as_bytes()])
     }
 
     fn to_bytes(self) -> Vec<u8> {
@@ -156,17 +162,6 @@ impl Place {
 
 const PLACE_DIR_DOMAIN: &[u8] = b"lode moved-to dir v1\0";
 const PLACE_NAME_DOMAIN: &[u8] = b"lode moved-to name v1\0";
-
-/// The first 16 bytes of SHA-256 over `parts`, each length-prefixed.
-fn tag(parts: &[&[u8]]) -> [u8; 16] {
-    use sha2::Digest;
-    let mut h = sha2::Sha256::new();
-    for part in parts {
-        h.update((part.len() as u64).to_be_bytes());
-        h.update(part);
-    }
-    h.finalize()[..16].try_into().expect("16 bytes")
-}
 
 impl Entry {
     /// The fields every kind shares, at their defaults.
@@ -994,6 +989,7 @@ mod tests {
     /// but a kept file it is dropped, not refused.
     #[test]
     fn a_kept_entry_carries_where_the_file_went() {
+        let key = crate::store::Vault::fresh_dir().seed.place_key();
         let mut l = listing(3, 10);
         let name = "kept".to_string();
         let cap = FileReadCap {
@@ -1003,10 +999,12 @@ mod tests {
         };
         l.entries
             .insert(name.clone(), Entry::file(cap, 0o644, (0, 0)));
-        let place = Place::of(&[7; 32], "new name");
-        assert_ne!(place, Place::of(&[7; 32], "new name2"));
-        assert_ne!(place, Place::of(&[8; 32], "new name"));
-        assert_eq!(place.dir, Place::of(&[7; 32], "other").dir);
+        let place = Place::of(&key, &[7; 32], "new name");
+        assert_ne!(place, Place::of(&key, &[7; 32], "new name2"));
+        assert_ne!(place, Place::of(&key, &[8; 32], "new name"));
+        assert_eq!(place.dir, Place::of(&key, &[7; 32], "other").dir);
+        let other = crate::store::Vault::fresh_dir().seed.place_key();
+        assert_ne!(place, Place::of(&other, &[7; 32], "new name"), "keyed");
         let entry = l.entries.get_mut(&name).unwrap();
         entry.kept = true;
         entry.moved_to = Some(place);

@@ -664,8 +664,8 @@ impl LodeFs {
         let mut dropped = Vec::new();
         {
             let mut tree = self.lock();
-            let mut found = tree.kept_found();
-            found.extend(tree.stale_found());
+            tree.stale_found();
+            let found = tree.kept_found();
             if found.is_empty() {
                 return;
             }

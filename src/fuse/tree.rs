@@ -306,6 +306,8 @@ pub struct Tree {
     /// Directories by their tag (`Place::dir_tag`), for the places kept
     /// entries record; some perhaps gone since.
     dir_tags: HashMap<[u8; 16], u64>,
+    /// Keys those tags (`Place`), from the root's write-cap.
+    place_key: crate::crypto::PlaceKey,
 }
 
 /// Versions a file renamed over others remembers replacing (see
@@ -398,6 +400,7 @@ impl Tree {
     }
 
     pub fn new(root: DirWriteCap, owner: (u32, u32)) -> Tree {
+        let place_key = root.seed.place_key();
         let mut nodes = HashMap::new();
         let read = root.read_cap();
         nodes.insert(
@@ -442,6 +445,7 @@ impl Tree {
             kept_moved: HashSet::new(),
             moved_in: HashSet::new(),
             dir_tags: HashMap::new(),
+            place_key,
         }
     }
 
@@ -757,7 +761,7 @@ impl Tree {
                 Some(Body::Dir { read, .. }) => self
                     .listed_seq
                     .get(&parent)
-                    .map(|&seq| (Place::of(&read.public_key, name), seq)),
+                    .map(|&seq| (Place::of(&self.place_key, &read.public_key, name), seq)),
                 _ => None,
             };
             let at = self.vacates;
@@ -1097,7 +1101,17 @@ impl Tree {
             self.moved_in.insert(ino);
         }
         if let Body::Dir { read, .. } = &node.body {
-            self.dir_tags.insert(Place::dir_tag(&read.public_key), ino);
+            // The first name it is known by stays indexed while it lives
+            // (a second is read-only, `Node::alias`, or stale).
+            let tag = Place::dir_tag(&self.place_key, &read.public_key);
+            let live = self
+                .dir_tags
+                .get(&tag)
+                .and_then(|d| self.nodes.get(d))
+                .is_some_and(|n| !n.orphan);
+            if !live {
+                self.dir_tags.insert(tag, ino);
+            }
         }
         self.nodes.insert(ino, node);
         ino
@@ -1678,29 +1692,95 @@ impl Tree {
             .nodes
             .get(&ino)
             .filter(|n| n.link.is_none() && !n.orphan && matches!(n.body, Body::File { .. }))?;
-        match &self.nodes.get(&node.parent)?.body {
-            Body::Dir { read, .. } => Some(Place::of(&read.public_key, &node.name)),
+        self.place_in(node.parent, &node.name)
+    }
+
+    /// The place `name` in directory `dir` (`Place`), if `dir` is one.
+    pub fn place_in(&self, dir: u64, name: &str) -> Option<Place> {
+        match &self.nodes.get(&dir)?.body {
+            Body::Dir { read, .. } => Some(Place::of(&self.place_key, &read.public_key, name)),
             _ => None,
         }
     }
 
+    /// The listed directory of ours whose tag is `tag`: not removed, not a
+    /// read-only second name of one listed elsewhere (`Node::alias`, whose
+    /// entries are a copy that may be stale).
+    fn listed_dir_by_tag(&self, tag: &[u8; 16]) -> Option<u64> {
+        let ours = |dir: &u64| match self.nodes.get(dir) {
+            Some(Node {
+                orphan: false,
+                alias: false,
+                body:
+                    Body::Dir {
+                        read,
+                        write: Some(_),
+                        children: Some(_),
+                        ..
+                    },
+                ..
+            }) => Place::dir_tag(&self.place_key, &read.public_key) == *tag,
+            _ => false,
+        };
+        match self.dir_tags.get(tag) {
+            Some(dir) if ours(dir) => Some(*dir),
+            _ => None,
+        }
+    }
+
+    /// The files of the listed directory `dir` by the tag of their name.
+    fn files_by_tag(&self, dir: u64) -> HashMap<[u8; 16], u64> {
+        let Some(Body::Dir {
+            read,
+            children: Some(children),
+            ..
+        }) = self.nodes.get(&dir).map(|n| &n.body)
+        else {
+            return HashMap::new();
+        };
+        children
+            .iter()
+            .map(|(name, &i)| (Place::name_tag(&self.place_key, &read.public_key, name), i))
+            .collect()
+    }
+
+    /// Whether `ino` is a file nobody is changing: not written to since
+    /// its last upload, no writer.
+    fn settled_file(&self, ino: u64) -> bool {
+        self.nodes.get(&ino).is_some_and(|n| {
+            !n.orphan
+                && matches!(
+                    n.body,
+                    Body::File {
+                        cap: Some(_),
+                        dirty: false,
+                        writers: 0,
+                        ..
+                    }
+                )
+        })
+    }
+
     /// The names kept for files that went elsewhere (loaded from entries
-    /// marked kept, `Node::moved_to`) whose file is named, in the same
-    /// version, at the place the entry records, in a directory of ours
-    /// listed here whose published listing names that version
-    /// (`Node::listed`). Each as (its directory, its name, its inode, the
-    /// directory where the file is): the caller lets it go once that
-    /// directory, and each one above it, is on `happy` mirrors.
+    /// marked kept, `Node::moved_to`, or marked by [`Tree::stale_found`])
+    /// whose file is named, in the same version, at the place the entry
+    /// records, in a listed directory of ours whose published listing
+    /// names that version (`Node::listed`), the file there not being
+    /// changed. Each as (its directory, its name, its inode, the directory
+    /// where the file is): the caller lets it go once that directory, and
+    /// each one above it, is on `happy` mirrors.
     ///
     /// Only a kept name nothing uses: not open, not written to since it
-    /// was loaded (a write makes it the user's file).
+    /// was loaded (a write makes it the user's file). One whose place is
+    /// listed and names something else is not looked at again in this
+    /// mount; its mark stays.
     pub fn kept_found(&mut self) -> Vec<(u64, String, u64, u64)> {
         let nodes = &self.nodes;
-        let still = |ino: &u64| {
+        self.kept_moved.retain(|ino| {
             nodes.get(ino).is_some_and(|n| {
                 n.moved_to.is_some()
-                    && !n.orphan
                     && n.opens == 0
+                    && !n.orphan
                     && matches!(
                         n.body,
                         Body::File {
@@ -1710,42 +1790,13 @@ impl Tree {
                         }
                     )
             })
-        };
-        self.kept_moved.retain(still);
+        });
         if self.kept_moved.is_empty() {
             return Vec::new();
         }
-        // The listed directories of ours those places are in, each with
-        // its files by the tag of their place.
-        let mut dirs: HashMap<[u8; 16], HashMap<[u8; 16], u64>> = HashMap::new();
-        for &ino in &self.kept_moved {
-            let Some(place) = self.nodes[&ino].moved_to else {
-                continue;
-            };
-            if dirs.contains_key(&place.dir) {
-                continue;
-            }
-            let listed =
-                self.dir_tags
-                    .get(&place.dir)
-                    .and_then(|d| match &self.nodes.get(d)?.body {
-                        Body::Dir {
-                            read,
-                            children: Some(children),
-                            write: Some(_),
-                            ..
-                        } if !self.nodes[d].orphan => Some((read, children)),
-                        _ => None,
-                    });
-            let files = listed.map_or_else(HashMap::new, |(read, children)| {
-                children
-                    .iter()
-                    .map(|(name, &i)| (Place::of(&read.public_key, name).name, i))
-                    .collect()
-            });
-            dirs.insert(place.dir, files);
-        }
+        let mut files: HashMap<u64, HashMap<[u8; 16], u64>> = HashMap::new();
         let mut found = Vec::new();
+        let mut done = Vec::new();
         for &ino in &self.kept_moved {
             let kept = &self.nodes[&ino];
             let (Some(mut place), Body::File { cap: Some(cap), .. }) = (kept.moved_to, &kept.body)
@@ -1756,44 +1807,54 @@ impl Tree {
             // that directory went up again): followed a few steps, to the
             // file's own name.
             for _ in 0..MAX_KEPT_HOPS {
-                let Some(&there) = dirs
-                    .get(&place.dir)
-                    .and_then(|files| files.get(&place.name))
-                else {
+                let Some(dir) = self.listed_dir_by_tag(&place.dir) else {
                     break;
                 };
-                let Some(file) = self.nodes.get(&there) else {
+                let there = files
+                    .entry(dir)
+                    .or_insert_with(|| self.files_by_tag(dir))
+                    .get(&place.name)
+                    .copied();
+                let file = there.and_then(|t| Some((t, self.nodes.get(&t)?)));
+                let Some((there, file)) = file.filter(|(t, f)| {
+                    self.settled_file(*t)
+                        && matches!(&f.body, Body::File { cap: Some(c), .. } if c.root == cap.root)
+                }) else {
+                    done.push(ino);
                     break;
                 };
-                if !matches!(&file.body, Body::File { cap: Some(c), .. } if c.root == cap.root) {
-                    break;
-                }
                 match file.moved_to {
-                    Some(next) if self.kept_moved.contains(&there) => {
-                        place = next;
-                    }
+                    Some(next) if self.kept_moved.contains(&there) => place = next,
                     Some(_) => break,
                     None => {
                         if file.link.is_none() && file.listed == Some((file.parent, cap.root)) {
                             found.push((kept.parent, kept.name.clone(), ino, file.parent));
+                        } else {
+                            done.push(ino);
                         }
                         break;
                     }
                 }
             }
         }
+        for ino in done {
+            self.kept_moved.remove(&ino);
+        }
         found
     }
 
     /// Names a move left (`Node::moved_from`, loaded from the mirrors):
-    /// for each file renamed here whose entry says where from, the name
-    /// there, if that directory is ours, listed here from a version no
-    /// newer than the one before the move, and names the same version of
-    /// the file at that place (an ordinary entry it loaded, not a kept
-    /// one, nothing open or written). Each as [`Tree::kept_found`] gives
-    /// them: (its directory, its name, its inode, the directory where the
-    /// file is).
-    pub fn stale_found(&mut self) -> Vec<(u64, String, u64, u64)> {
+    /// for each file renamed here whose entry says where from, once that
+    /// directory is listed here, the name there if the directory is ours,
+    /// unchanged since it was listed (not dirty: any change of the user's
+    /// there would make it so), from a version no newer than the one
+    /// before the move, and names the same version of the file, nothing
+    /// changing either. Such a name is marked kept, as if the crashed
+    /// mount's listing had kept it (`Node::moved_to`, which a change of
+    /// it clears, and which its directory's listings carry from then on),
+    /// for [`Tree::kept_found`] to find. Each file's `moved_from` is
+    /// settled once its old directory is listed.
+    pub fn stale_found(&mut self) {
         let nodes = &self.nodes;
         self.moved_in.retain(|ino| {
             nodes.get(ino).is_some_and(|n| {
@@ -1802,71 +1863,59 @@ impl Tree {
                     && matches!(n.body, Body::File { cap: Some(_), .. })
             })
         });
-        let mut found = Vec::new();
-        // Settled either way once the directory it left is listed here:
-        // its name there is stale now, or never will be.
+        let mut marks = Vec::new();
         let mut settled = Vec::new();
-        let mut tags: HashMap<u64, HashMap<[u8; 16], (&String, u64)>> = HashMap::new();
+        let mut files: HashMap<u64, HashMap<[u8; 16], u64>> = HashMap::new();
         for &ino in &self.moved_in {
             let file = &self.nodes[&ino];
             let (Some(from), Body::File { cap: Some(cap), .. }) = (file.moved_from, &file.body)
             else {
                 continue;
             };
-            if file.listed != Some((file.parent, cap.root)) {
-                continue;
-            }
-            let Some(&dir) = self.dir_tags.get(&from.place.dir) else {
-                continue;
-            };
-            let (Some(node), Some(&seq)) = (self.nodes.get(&dir), self.listed_seq.get(&dir)) else {
-                continue;
-            };
-            let Body::Dir {
-                read,
-                children: Some(children),
-                write: Some(_),
-                ..
-            } = &node.body
-            else {
+            let Some(dir) = self.listed_dir_by_tag(&from.place.dir) else {
                 continue;
             };
             settled.push(ino);
-            if node.orphan || seq > from.seq || dir == file.parent {
+            let unchanged = !self.dirty.contains(&dir) && !self.publishing.contains(&dir);
+            let old_enough = self.listed_seq.get(&dir).is_some_and(|&s| s <= from.seq);
+            if !unchanged || !old_enough || dir == file.parent {
                 continue;
             }
-            let names = tags.entry(dir).or_insert_with(|| {
-                children
-                    .iter()
-                    .map(|(name, &i)| (Place::of(&read.public_key, name).name, (name, i)))
-                    .collect()
-            });
-            let Some(&(name, old)) = names.get(&from.place.name) else {
+            if file.listed != Some((file.parent, cap.root)) || !self.settled_file(ino) {
                 continue;
-            };
-            let stale = self.nodes.get(&old).is_some_and(|n| {
-                old != ino
-                    && !n.orphan
-                    && n.link.is_none()
-                    && n.opens == 0
-                    && n.moved_to.is_none()
-                    && n.listed == Some((dir, cap.root))
-                    && matches!(
-                        &n.body,
-                        Body::File { cap: Some(c), dirty: false, writers: 0, .. } if c.root == cap.root
-                    )
+            }
+            let old = files
+                .entry(dir)
+                .or_insert_with(|| self.files_by_tag(dir))
+                .get(&from.place.name)
+                .copied();
+            let stale = old.filter(|&old| {
+                self.settled_file(old) && self.nodes.get(&old).is_some_and(|n| {
+                    old != ino
+                        && n.link.is_none()
+                        && n.opens == 0
+                        && n.moved_to.is_none()
+                        && n.listed == Some((dir, cap.root))
+                        && matches!(&n.body, Body::File { cap: Some(c), .. } if c.root == cap.root)
+                })
             });
-            if stale {
-                found.push((dir, name.clone(), old, file.parent));
-                settled.pop();
+            if let (Some(old), Some(place)) = (stale, self.place_in(file.parent, &file.name)) {
+                marks.push((old, place));
             }
         }
-        // Those found stay until their name goes (the caller may wait for
-        // the mirrors); the rest are done with.
+        for (old, place) in marks {
+            if let Some(node) = self.nodes.get_mut(&old) {
+                node.kept = true;
+                node.moved_to = Some(place);
+                self.kept_moved.insert(old);
+            }
+        }
         for ino in settled {
             self.moved_in.remove(&ino);
+            if let Some(node) = self.nodes.get_mut(&ino) {
+                node.moved_from = None;
+            }
         }
-        found
     }
 
     /// Let go of the kept name `name` in `dir` (of `ino`, found by
@@ -2408,6 +2457,7 @@ mod tests {
         let (a_cap, b_cap) = (Vault::fresh_dir(), Vault::fresh_dir());
         let (pa, pb) = (a_cap.read_cap().public_key, b_cap.read_cap().public_key);
         let mut tree = Tree::new(root.clone(), (0, 0));
+        let key = root.seed.place_key();
         let mut top = Listing::default();
         top.entries
             .insert("a".into(), Entry::dir(&root, "a", &a_cap, 0o755, (1, 0)));
@@ -2422,11 +2472,11 @@ mod tests {
         };
         let mut in_a = Listing::default();
         for (name, entry) in [
-            ("k1", kept(1, Place::of(&pb, "n1"))),
-            ("k2", kept(2, Place::of(&pb, "n2"))),
-            ("k3", kept(3, Place::of(&pa, "k4"))),
-            ("k4", kept(3, Place::of(&pb, "n3"))),
-            ("k5", kept(5, Place::of(&pb, "none"))),
+            ("k1", kept(1, Place::of(&key, &pb, "n1"))),
+            ("k2", kept(2, Place::of(&key, &pb, "n2"))),
+            ("k3", kept(3, Place::of(&key, &pa, "k4"))),
+            ("k4", kept(3, Place::of(&key, &pb, "n3"))),
+            ("k5", kept(5, Place::of(&key, &pb, "none"))),
         ] {
             in_a.entries.insert(name.into(), entry);
         }
@@ -2450,12 +2500,13 @@ mod tests {
         let want: Vec<(String, u64)> = ["k1", "k3", "k4"].map(|n| (n.to_string(), b)).into();
         assert_eq!(found, want);
         // Dropped, it is found no more; written to, a kept name is the
-        // user's file and stays (and the name kept for it goes).
+        // user's file and stays, and so does the name kept for it while
+        // it changes.
         tree.drop_kept(a, "k1", child(&tree, a, "k1"));
         let k4 = child(&tree, a, "k4");
         tree.nodes.get_mut(&k4).unwrap().data_changed();
         let names: Vec<String> = tree.kept_found().into_iter().map(|f| f.1).collect();
-        assert_eq!(names, ["k3"]);
+        assert!(names.is_empty(), "{names:?}");
         assert!(tree.children(a).unwrap().contains_key("k4"));
         assert!(!tree.children(a).unwrap().contains_key("k1"));
     }
@@ -2481,21 +2532,35 @@ mod tests {
             tree.load(a, files(3));
             tree.listed_seq.insert(a, a_seq);
             let mut moved = file_entry(version);
-            moved.moved_from = Some((Place::of(&pa, "f1"), 5));
+            moved.moved_from = Some((Place::of(&root.seed.place_key(), &pa, "f1"), 5));
             let mut in_b = Listing::default();
             in_b.entries.insert("g".into(), moved);
             tree.load(b, in_b);
             (tree, a, b)
         };
+        let found = |tree: &mut Tree| {
+            tree.stale_found();
+            tree.kept_found()
+        };
         let (mut tree, a, b) = setup(5, 1);
         let f1 = child(&tree, a, "f1");
-        assert_eq!(tree.stale_found(), [(a, "f1".to_string(), f1, b)]);
+        assert_eq!(found(&mut tree), [(a, "f1".to_string(), f1, b)]);
         tree.drop_kept(a, "f1", f1);
-        assert!(tree.stale_found().is_empty());
+        assert!(found(&mut tree).is_empty());
         assert!(tree.children(a).unwrap().contains_key("f0"));
         let (mut tree, ..) = setup(6, 1);
-        assert!(tree.stale_found().is_empty(), "a went up after the move");
+        assert!(found(&mut tree).is_empty(), "a went up after the move");
         let (mut tree, ..) = setup(5, 2);
-        assert!(tree.stale_found().is_empty(), "another version");
+        assert!(found(&mut tree).is_empty(), "another version");
+        // A change of the user's in a (here a rename of an identical copy
+        // over the name) makes it dirty: nothing there is stale.
+        let (mut tree, a, _) = setup(5, 1);
+        tree.dirty.insert(a);
+        assert!(found(&mut tree).is_empty(), "a changed");
+        // Once marked, a change of the name itself clears the mark.
+        let (mut tree, a, _) = setup(5, 1);
+        tree.stale_found();
+        tree.changed(child(&tree, a, "f1"));
+        assert!(tree.kept_found().is_empty(), "f1 changed");
     }
 }
