@@ -304,8 +304,10 @@ pub struct Tree {
     /// from (`Node::moved_from`), some perhaps gone or changed since.
     moved_in: HashSet<u64>,
     /// Directories by their tag (`Place::dir_tag`), for the places kept
-    /// entries record; some perhaps gone since.
-    dir_tags: HashMap<[u8; 16], u64>,
+    /// entries record: each inode a directory is known by (a second name
+    /// is read-only, `Node::alias`, or stale), those gone dropped as
+    /// another comes.
+    dir_tags: HashMap<[u8; 16], Vec<u64>>,
     /// Keys those tags (`Place`), from the root's write-cap.
     place_key: crate::crypto::PlaceKey,
 }
@@ -1101,17 +1103,11 @@ impl Tree {
             self.moved_in.insert(ino);
         }
         if let Body::Dir { read, .. } = &node.body {
-            // The first name it is known by stays indexed while it lives
-            // (a second is read-only, `Node::alias`, or stale).
             let tag = Place::dir_tag(&self.place_key, &read.public_key);
-            let live = self
-                .dir_tags
-                .get(&tag)
-                .and_then(|d| self.nodes.get(d))
-                .is_some_and(|n| !n.orphan);
-            if !live {
-                self.dir_tags.insert(tag, ino);
-            }
+            let nodes = &self.nodes;
+            let known = self.dir_tags.entry(tag).or_default();
+            known.retain(|d| nodes.get(d).is_some_and(|n| !n.orphan));
+            known.push(ino);
         }
         self.nodes.insert(ino, node);
         ino
@@ -1722,10 +1718,7 @@ impl Tree {
             }) => Place::dir_tag(&self.place_key, &read.public_key) == *tag,
             _ => false,
         };
-        match self.dir_tags.get(tag) {
-            Some(dir) if ours(dir) => Some(*dir),
-            _ => None,
-        }
+        self.dir_tags.get(tag)?.iter().copied().find(|d| ours(d))
     }
 
     /// The files of the listed directory `dir` by the tag of their name.
@@ -2499,6 +2492,12 @@ mod tests {
         found.sort();
         let want: Vec<(String, u64)> = ["k1", "k3", "k4"].map(|n| (n.to_string(), b)).into();
         assert_eq!(found, want);
+        // Never through a read-only second name of the directory (its
+        // entries are a copy that may be stale).
+        tree.nodes.get_mut(&b).unwrap().alias = true;
+        assert!(tree.kept_found().is_empty(), "through an alias");
+        tree.nodes.get_mut(&b).unwrap().alias = false;
+        assert_eq!(tree.kept_found().len(), 3);
         // Dropped, it is found no more; written to, a kept name is the
         // user's file and stays, and so does the name kept for it while
         // it changes.
