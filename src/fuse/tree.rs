@@ -201,6 +201,20 @@ impl Node {
         }
     }
 
+    /// The version of this file, if nobody is changing it: not written to
+    /// since its last upload, no writer, still named.
+    fn unchanging_root(&self) -> Option<crate::crypto::Hash> {
+        match &self.body {
+            Body::File {
+                cap: Some(c),
+                dirty: false,
+                writers: 0,
+                ..
+            } if !self.orphan => Some(c.root),
+            _ => None,
+        }
+    }
+
     pub fn is_dir(&self) -> bool {
         matches!(self.body, Body::Dir { .. } | Body::Friends)
     }
@@ -1737,23 +1751,6 @@ impl Tree {
             .collect()
     }
 
-    /// Whether `ino` is a file nobody is changing: not written to since
-    /// its last upload, no writer.
-    fn settled_file(&self, ino: u64) -> bool {
-        self.nodes.get(&ino).is_some_and(|n| {
-            !n.orphan
-                && matches!(
-                    n.body,
-                    Body::File {
-                        cap: Some(_),
-                        dirty: false,
-                        writers: 0,
-                        ..
-                    }
-                )
-        })
-    }
-
     /// The names kept for files that went elsewhere (loaded from entries
     /// marked kept, `Node::moved_to`, or marked by [`Tree::stale_found`])
     /// whose file is named, in the same version, at the place the entry
@@ -1771,17 +1768,7 @@ impl Tree {
         let nodes = &self.nodes;
         self.kept_moved.retain(|ino| {
             nodes.get(ino).is_some_and(|n| {
-                n.moved_to.is_some()
-                    && n.opens == 0
-                    && !n.orphan
-                    && matches!(
-                        n.body,
-                        Body::File {
-                            dirty: false,
-                            writers: 0,
-                            ..
-                        }
-                    )
+                n.moved_to.is_some() && n.opens == 0 && n.unchanging_root().is_some()
             })
         });
         if self.kept_moved.is_empty() {
@@ -1809,10 +1796,9 @@ impl Tree {
                     .get(&place.name)
                     .copied();
                 let file = there.and_then(|t| Some((t, self.nodes.get(&t)?)));
-                let Some((there, file)) = file.filter(|(t, f)| {
-                    self.settled_file(*t)
-                        && matches!(&f.body, Body::File { cap: Some(c), .. } if c.root == cap.root)
-                }) else {
+                let Some((there, file)) =
+                    file.filter(|(_, f)| f.unchanging_root() == Some(cap.root))
+                else {
                     done.push(ino);
                     break;
                 };
@@ -1874,7 +1860,7 @@ impl Tree {
             if !unchanged || !old_enough || dir == file.parent {
                 continue;
             }
-            if file.listed != Some((file.parent, cap.root)) || !self.settled_file(ino) {
+            if file.listed != Some((file.parent, cap.root)) || file.unchanging_root().is_none() {
                 continue;
             }
             let old = files
@@ -1883,13 +1869,13 @@ impl Tree {
                 .get(&from.place.name)
                 .copied();
             let stale = old.filter(|&old| {
-                self.settled_file(old) && self.nodes.get(&old).is_some_and(|n| {
+                self.nodes.get(&old).is_some_and(|n| {
                     old != ino
                         && n.link.is_none()
                         && n.opens == 0
                         && n.moved_to.is_none()
                         && n.listed == Some((dir, cap.root))
-                        && matches!(&n.body, Body::File { cap: Some(c), .. } if c.root == cap.root)
+                        && n.unchanging_root() == Some(cap.root)
                 })
             });
             if let (Some(old), Some(place)) = (stale, self.place_in(file.parent, &file.name)) {
