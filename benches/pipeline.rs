@@ -79,6 +79,46 @@ fn chunk_stages(c: &mut Criterion) {
     g.bench_function("seal_chunk_2of3", |b| {
         b.iter(|| share::seal_chunk(&conv, params, black_box(&data)))
     });
+    // Four chunks of a file, as the upload hands them to sealing: one at
+    // a time, and together (their AES-SIV interleaved).
+    let four: Vec<Vec<u8>> = (0..4).map(|i| random_bytes(CHUNK_BYTES, 10 + i)).collect();
+    let four_keys: Vec<ChunkKey> = four
+        .iter()
+        .map(|c| share::chunk_key(&conv, params, c))
+        .collect();
+    g.throughput(Throughput::Bytes(4 * CHUNK_BYTES as u64));
+    g.bench_function("seal_4_chunks_one_by_one", |b| {
+        b.iter_batched(
+            || {
+                four_keys
+                    .iter()
+                    .cloned()
+                    .zip(four.iter().cloned())
+                    .collect::<Vec<_>>()
+            },
+            |chunks| {
+                chunks
+                    .into_iter()
+                    .map(|(key, body)| share::seal_chunk_keyed(key, params, body))
+                    .collect::<Vec<_>>()
+            },
+            BatchSize::LargeInput,
+        )
+    });
+    g.bench_function("seal_4_chunks_together", |b| {
+        b.iter_batched(
+            || {
+                four_keys
+                    .iter()
+                    .cloned()
+                    .zip(four.iter().cloned())
+                    .collect::<Vec<_>>()
+            },
+            |chunks| share::seal_chunks_keyed(params, chunks),
+            BatchSize::LargeInput,
+        )
+    });
+    g.throughput(Throughput::Bytes(CHUNK_BYTES as u64));
     // The read path: both data shares, ids already checked.
     let whole = sealed.shares[..2].to_vec();
     g.bench_function("open_verified_chunk_2of3", |b| {

@@ -491,12 +491,29 @@ pub fn seal_chunk_owned(conv: &ConvergenceSecret, params: Params, body: Vec<u8>)
 }
 
 /// [`seal_chunk_owned`] with the chunk's key, [`chunk_key`], at hand.
-pub fn seal_chunk_keyed(key: ChunkKey, params: Params, mut body: Vec<u8>) -> SealedChunk {
-    let tag = key.seal_in_place(&[CHUNK_DOMAIN], &mut body);
-    SealedChunk {
-        shares: encode_parts(params, &[&tag, &body]),
-        key,
-    }
+pub fn seal_chunk_keyed(key: ChunkKey, params: Params, body: Vec<u8>) -> SealedChunk {
+    let mut sealed = seal_chunks_keyed(params, vec![(key, body)]);
+    sealed.pop().expect("one chunk in, one out")
+}
+
+/// [`seal_chunk_keyed`] of several chunks, in order. Their AES-SIV runs
+/// interleaved ([`ChunkKey::seal_all_in_place`]): a writer that hands
+/// over four chunks at once seals them for about the CPU of two.
+pub fn seal_chunks_keyed(params: Params, chunks: Vec<(ChunkKey, Vec<u8>)>) -> Vec<SealedChunk> {
+    let (keys, mut bodies): (Vec<ChunkKey>, Vec<Vec<u8>>) = chunks.into_iter().unzip();
+    let tags = {
+        let key_refs: Vec<&ChunkKey> = keys.iter().collect();
+        let mut views: Vec<&mut [u8]> = bodies.iter_mut().map(|b| &mut b[..]).collect();
+        ChunkKey::seal_all_in_place(&key_refs, &[CHUNK_DOMAIN], &mut views)
+    };
+    keys.into_iter()
+        .zip(bodies)
+        .zip(tags)
+        .map(|((key, body), tag)| SealedChunk {
+            shares: encode_parts(params, &[&tag, &body]),
+            key,
+        })
+        .collect()
 }
 
 /// A chunk's convergent key (docs/FORMATS.md): keyed by the identity's

@@ -8,6 +8,7 @@
 //! It does no I/O and knows nothing of caps, chunks or mirrors.
 
 mod keys;
+mod lanes;
 mod siv;
 
 pub use siv::TAG_LEN;

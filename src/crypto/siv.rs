@@ -20,14 +20,16 @@ use super::{Error, Result, keys::derive};
 /// Bytes the synthetic IV (the tag) adds in front of the ciphertext.
 pub const TAG_LEN: usize = 16;
 
+/// What the S2V half of the AES-SIV key is derived under.
+pub(super) const MAC_INFO: &[u8] = b"aes-siv mac";
 /// What the CTR half of the AES-SIV key is derived under.
-const CTR_INFO: &[u8] = b"aes-siv ctr";
+pub(super) const CTR_INFO: &[u8] = b"aes-siv ctr";
 
 fn cipher(key: &[u8; 32]) -> Aes256Siv {
     // AES-256-SIV takes 64 bytes of key (one for S2V, one for CTR); both
     // halves are expanded from the 32-byte key.
     let mut full = Zeroizing::new([0u8; 64]);
-    full[..32].copy_from_slice(&*derive(key, b"aes-siv mac"));
+    full[..32].copy_from_slice(&*derive(key, MAC_INFO));
     full[32..].copy_from_slice(&*derive(key, CTR_INFO));
     Aes256Siv::new_from_slice(&*full).expect("64-byte key is valid for AES-256-SIV")
 }
