@@ -97,6 +97,43 @@ elapsed() { awk -v a="$1" -v b="$(now)" 'BEGIN {printf "%.3f", b - a}'; }
 mibps() { awk -v m="$1" -v s="$2" 'BEGIN {printf "%.1f", m / s}'; }
 ratio() { awk -v a="$1" -v b="$2" 'BEGIN {printf "%.3f", a / b}'; }
 drop_caches() { sync; echo 3 >/proc/sys/vm/drop_caches; }
+# ticks PID...: CPU ticks (user, system) the processes have used so far.
+ticks() {
+    local u=0 s=0 pid f
+    for pid in "$@"; do
+        [ -r "/proc/$pid/stat" ] || continue
+        # Fields 14 and 15 of stat, counted after the command's parentheses.
+        f=$(sed 's/.*) //' "/proc/$pid/stat")
+        u=$((u + $(echo "$f" | cut -d' ' -f12)))
+        s=$((s + $(echo "$f" | cut -d' ' -f13)))
+    done
+    echo "$u $s"
+}
+# cpu_since "U S" PID...: "X CPU s (Y system)" used since ticks gave U S.
+cpu_since() {
+    local before=$1
+    shift
+    awk -v b="$before" -v a="$(ticks "$@")" -v hz="$(getconf CLK_TCK)" 'BEGIN {
+        split(b, x, " "); split(a, y, " ")
+        printf "%.2f CPU s (%.2f system)", (y[1] + y[2] - x[1] - x[2]) / hz, (y[2] - x[2]) / hz
+    }'
+}
+# What each file system's processes used in a step: for lode the mount and
+# its mirrors apart, for gocryptfs its one process.
+fs_pids() {
+    if [ "$1" = lode ]; then lode_pid; else gocryptfs_pid; fi
+}
+mirror_pids() { cat "$LODE_QUICKSTART"/mirror*.pid 2>/dev/null; }
+cpu_report() {
+    local fs=$1 before_fs=$2 before_mirrors=$3
+    if [ "$fs" = lode ]; then
+        # shellcheck disable=SC2046
+        echo "mount $(cpu_since "$before_fs" $(fs_pids lode)), mirrors $(cpu_since "$before_mirrors" $(mirror_pids))"
+    else
+        echo "$(cpu_since "$before_fs" $(fs_pids gocryptfs))"
+    fi
+}
+
 # The machine may be shared: show the load next to every result.
 load() { echo "(load $(cut -d' ' -f1 /proc/loadavg))"; }
 
@@ -226,9 +263,11 @@ for r in 1 2; do
         [ "$r" = 2 ] && src=$work/src2.bin name=big2
         drop_caches
         cat "$src" >/dev/null # the source comes from the page cache for both
+        # shellcheck disable=SC2046
+        c0=$(ticks $(fs_pids "$fs")) m0=$(ticks $(mirror_pids))
         t=$(timed dd if="$src" of="$mnt/$name" bs=1M conv=fsync status=none)
         wsum[$fs]=$(awk -v a="${wsum[$fs]}" -v b="$t" 'BEGIN {print a + b}')
-        echo "$fs, round $r: ${t}s, $(mibps "$size_mib" "$t") MiB/s $(load)"
+        echo "$fs, round $r: ${t}s, $(mibps "$size_mib" "$t") MiB/s $(load); $(cpu_report "$fs" "$c0" "$m0")"
     done
 done
 for fs in gocryptfs lode; do
