@@ -318,6 +318,50 @@ fn a_file_written_anew_reseals_only_what_changed() {
     });
 }
 
+/// A file written anew over a version whose shares a mirror has lost:
+/// none of the old chunks is taken as stored (each lacks its share
+/// there), so each is sealed again (together, in the batch that found
+/// it) and placed afresh, and the new version is whole on every mirror.
+#[test]
+fn a_file_written_anew_over_lost_shares_places_them_again() {
+    let rt = common::runtime();
+    rt.block_on(async {
+        let (vault, stores) = counting_vault_holding(9, None);
+        let mut data = common::seeded_bytes("over lost shares", 40 << 20);
+        let cap = vault.put_bytes(&data).await.unwrap();
+        for id in stores[0].inner.share_ids() {
+            stores[0].inner.lose(&id);
+        }
+        data[5 << 20] ^= 1;
+        let chunks = chunk_ids(&data, 9).len() as u64;
+        let before = vault.chunks_sealed();
+        let next = vault
+            .put_reader_over(std::io::Cursor::new(data.clone()), &cap)
+            .await
+            .unwrap();
+        assert_eq!(
+            vault.chunks_sealed() - before,
+            chunks,
+            "every chunk sealed again, none taken as stored"
+        );
+        assert_eq!(vault.get_bytes(&next).await.unwrap(), data);
+        assert_eq!(
+            next,
+            vault.put_bytes(&data).await.unwrap(),
+            "as a fresh seal"
+        );
+        let report = vault
+            .check(&lode::caps::Cap::FileRead(next), false, false)
+            .await
+            .unwrap();
+        assert!(report.errors.is_empty(), "{:?}", report.errors);
+        assert!(
+            report.healthy(),
+            "the new version is not whole on every mirror"
+        );
+    });
+}
+
 /// A mirror that does not answer the confirmation leaves a kept chunk
 /// on too few mirrors known to hold it when `happy` wants all three (it
 /// is sealed again), not when `happy` is two (it is kept).

@@ -603,33 +603,64 @@ impl Vault {
                             .await
                             .expect("sealing does not panic")
                         };
+                        // Chunks of the last version not yet confirmed:
+                        // taken once the mirrors say they hold them (one
+                        // request per mirror for the batch), else sealed
+                        // and placed afresh, together.
+                        let asks: Vec<&[chunk::ShareId]> = checked
+                            .iter()
+                            .filter_map(|c| match c {
+                                Checked::Confirm(entry, ..) => Some(&entry.shares[..]),
+                                Checked::Done(_) => None,
+                            })
+                            .collect();
+                        let mut held = if asks.is_empty() {
+                            Vec::new()
+                        } else {
+                            grid.holding(&asks).await
+                        }
+                        .into_iter();
                         let mut out = Vec::with_capacity(checked.len());
+                        let mut reseal = Vec::new();
                         for checked in checked {
                             out.push(match checked {
-                                Checked::Done(sealed) => sealed,
-                                // One of the last version's chunks, not yet
-                                // confirmed: taken once the mirrors say they
-                                // hold it, else sealed and placed afresh.
+                                Checked::Done(sealed) => Some(sealed),
                                 Checked::Confirm(entry, key, chunk) => {
-                                    if grid.holding(&[&entry.shares]).await[0] {
-                                        Sealed::Stored(entry, key)
+                                    if held.next().expect("one answer per ask") {
+                                        Some(Sealed::Stored(entry, key))
                                     } else {
-                                        let chunks_sealed = chunks_sealed.clone();
-                                        tokio::task::spawn_blocking(move || {
-                                            chunks_sealed
-                                                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                                            let len = chunk.len() as u64;
-                                            Sealed::New(
-                                                len,
-                                                share::seal_chunk_keyed(key, params, chunk),
-                                            )
-                                        })
-                                        .await
-                                        .expect("sealing does not panic")
+                                        reseal.push((out.len(), key, chunk));
+                                        None
                                     }
                                 }
                             });
                         }
+                        if !reseal.is_empty() {
+                            let chunks_sealed = chunks_sealed.clone();
+                            let resealed = tokio::task::spawn_blocking(move || {
+                                chunks_sealed.fetch_add(
+                                    reseal.len() as u64,
+                                    std::sync::atomic::Ordering::Relaxed,
+                                );
+                                let at: Vec<(usize, u64)> = reseal
+                                    .iter()
+                                    .map(|(i, _, c)| (*i, c.len() as u64))
+                                    .collect();
+                                let chunks = reseal.into_iter().map(|(_, k, c)| (k, c)).collect();
+                                at.into_iter()
+                                    .zip(share::seal_chunks_keyed(params, chunks))
+                                    .collect::<Vec<_>>()
+                            })
+                            .await
+                            .expect("sealing does not panic");
+                            for ((i, len), sealed) in resealed {
+                                out[i] = Some(Sealed::New(len, sealed));
+                            }
+                        }
+                        let out: Vec<Sealed> = out
+                            .into_iter()
+                            .map(|s| s.expect("every piece sealed or taken"))
+                            .collect();
                         futures_util::stream::iter(out)
                     }
                 })
