@@ -109,8 +109,8 @@ cipher_key!(ChunkKey, ReadKey, VerifyKey, WriteSealKey);
 
 impl ChunkKey {
     /// [`Self::seal_in_place`] of several buffers, each under its own key:
-    /// the same tags and bytes, in about the time of one buffer for up to
-    /// four of them (`lanes`).
+    /// the same tags and bytes, with the S2V passes of up to four run in
+    /// about the time of one (`lanes`).
     pub fn seal_all_in_place(
         keys: &[&ChunkKey],
         context: &[&[u8]],

@@ -179,7 +179,6 @@ fn seal_pieces(
 ) -> Vec<Checked> {
     let mut out: Vec<Option<Checked>> = Vec::with_capacity(pieces.len());
     let mut to_seal = Vec::new();
-    let mut to_seal_at = Vec::new();
     for piece in pieces {
         let len = piece.len() as u64;
         out.push(match piece {
@@ -191,8 +190,7 @@ fn seal_pieces(
                     Some((entry, true)) => Some(Checked::Done(Sealed::Stored(entry.clone(), key))),
                     Some((entry, false)) => Some(Checked::Confirm(entry.clone(), key, chunk)),
                     None => {
-                        to_seal_at.push(out.len());
-                        to_seal.push((key, chunk));
+                        to_seal.push((out.len(), key, chunk));
                         None
                     }
                 }
@@ -207,14 +205,30 @@ fn seal_pieces(
             }
         });
     }
-    chunks_sealed.fetch_add(to_seal.len() as u64, std::sync::atomic::Ordering::Relaxed);
-    let lens: Vec<u64> = to_seal.iter().map(|(_, c)| c.len() as u64).collect();
-    let sealed = share::seal_chunks_keyed(params, to_seal);
-    for ((at, len), sealed) in to_seal_at.into_iter().zip(lens).zip(sealed) {
-        out[at] = Some(Checked::Done(Sealed::New(len, sealed)));
+    for (at, sealed) in seal_new(params, chunks_sealed, to_seal) {
+        out[at] = Some(Checked::Done(sealed));
     }
     out.into_iter()
         .map(|c| c.expect("every piece checked or sealed"))
+        .collect()
+}
+
+/// Seal chunks together and count them, each handed back beside the
+/// place it came with.
+fn seal_new(
+    params: Params,
+    chunks_sealed: &std::sync::atomic::AtomicU64,
+    chunks: Vec<(usize, crate::crypto::ChunkKey, Vec<u8>)>,
+) -> Vec<(usize, Sealed)> {
+    chunks_sealed.fetch_add(chunks.len() as u64, std::sync::atomic::Ordering::Relaxed);
+    let at: Vec<(usize, u64)> = chunks
+        .iter()
+        .map(|(i, _, c)| (*i, c.len() as u64))
+        .collect();
+    let chunks = chunks.into_iter().map(|(_, k, c)| (k, c)).collect();
+    at.into_iter()
+        .zip(share::seal_chunks_keyed(params, chunks))
+        .map(|((i, len), sealed)| (i, Sealed::New(len, sealed)))
         .collect()
 }
 
@@ -636,25 +650,13 @@ impl Vault {
                             });
                         }
                         if !reseal.is_empty() {
-                            let chunks_sealed = chunks_sealed.clone();
                             let resealed = tokio::task::spawn_blocking(move || {
-                                chunks_sealed.fetch_add(
-                                    reseal.len() as u64,
-                                    std::sync::atomic::Ordering::Relaxed,
-                                );
-                                let at: Vec<(usize, u64)> = reseal
-                                    .iter()
-                                    .map(|(i, _, c)| (*i, c.len() as u64))
-                                    .collect();
-                                let chunks = reseal.into_iter().map(|(_, k, c)| (k, c)).collect();
-                                at.into_iter()
-                                    .zip(share::seal_chunks_keyed(params, chunks))
-                                    .collect::<Vec<_>>()
+                                seal_new(params, &chunks_sealed, reseal)
                             })
                             .await
                             .expect("sealing does not panic");
-                            for ((i, len), sealed) in resealed {
-                                out[i] = Some(Sealed::New(len, sealed));
+                            for (i, sealed) in resealed {
+                                out[i] = Some(sealed);
                             }
                         }
                         let out: Vec<Sealed> = out
