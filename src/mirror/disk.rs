@@ -279,6 +279,23 @@ fn read_appending(
     }
 }
 
+/// Write buffers of finished uploads, ready for the next ones: each is
+/// block-aligned after its padding and has room for `WRITE_BUFFER` bytes.
+/// A fresh buffer for each share cost a page fault per 4 KiB of it, and
+/// the unmap after: about an eighth of a mirror's CPU while a 1 GiB file
+/// was stored (docs/PERFORMANCE.md, "Reused write buffers"). At most
+/// `SPARE_MAX` are kept, so an idle mirror holds no more than 16 MiB.
+static SPARE: std::sync::Mutex<Vec<Vec<u8>>> = std::sync::Mutex::new(Vec::new());
+
+/// Spare write buffers kept at most.
+const SPARE_MAX: usize = 4;
+
+/// Bodies of at least this many bytes are gathered in a spare buffer;
+/// smaller ones, in one of their own size. Every share of a chunk cut
+/// from a large file (at least 1 MiB, so at least 512 KiB at k = 2) is
+/// above it.
+const SPARE_MIN: usize = 256 * 1024;
+
 /// A share body being written to its staging file.
 ///
 /// The file is opened with `O_DIRECT` where the file system allows it: a
@@ -312,7 +329,14 @@ impl ShareFile {
             .unwrap_or(usize::MAX)
             .clamp(1, WRITE_BUFFER)
             .next_multiple_of(DIRECT_ALIGN);
-        let raw = aligned_buffer(capacity);
+        // A large body takes a spare full-size buffer, or makes one that
+        // can be kept once this upload is done.
+        let raw = if capacity >= SPARE_MIN {
+            let spare = SPARE.lock().unwrap_or_else(|p| p.into_inner()).pop();
+            spare.unwrap_or_else(|| aligned_buffer(WRITE_BUFFER))
+        } else {
+            aligned_buffer(capacity)
+        };
         ShareFile {
             tmp,
             file: None,
@@ -398,6 +422,21 @@ impl ShareFile {
         }
         self.file = Some(file);
         Ok(())
+    }
+}
+
+impl Drop for ShareFile {
+    /// A full-size buffer goes back to the spares, if there is room.
+    fn drop(&mut self) {
+        if self.raw.capacity() - self.start < WRITE_BUFFER {
+            return;
+        }
+        let mut raw = std::mem::take(&mut self.raw);
+        raw.truncate(self.start);
+        let mut spare = SPARE.lock().unwrap_or_else(|p| p.into_inner());
+        if spare.len() < SPARE_MAX {
+            spare.push(raw);
+        }
     }
 }
 
@@ -760,6 +799,42 @@ mod tests {
         Box::pin(futures_util::stream::iter([Ok(Bytes::copy_from_slice(
             bytes,
         ))]))
+    }
+
+    /// Large shares one after another go through the same spare buffers,
+    /// longest first, so each later body lands on bytes an earlier one
+    /// left: every one still reads back as sent, with its own length. A
+    /// body refused halfway (it does not hash to its id) leaves its buffer
+    /// as dirty as any.
+    #[tokio::test]
+    async fn reused_write_buffers_leave_nothing_behind() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = DiskShares::open(dir.path()).unwrap();
+        let bad = vec![0xa5u8; WRITE_BUFFER - 7];
+        let refused = store.stage(&[9; 32], body(&bad), bad.len() as u64).await;
+        assert!(matches!(refused, Err(Error::Mismatch(_))));
+        let lens = [
+            WRITE_BUFFER + 5000,
+            WRITE_BUFFER,
+            3 * 1024 * 1024 + 1,
+            SPARE_MIN,
+            SPARE_MIN + 4095,
+        ];
+        for (round, len) in lens.into_iter().enumerate() {
+            let bytes: Vec<u8> = (0..len).map(|i| (i * 7 + round) as u8).collect();
+            let id = crate::chunk::share_id(&bytes);
+            let staged = store.stage(&id, body(&bytes), len as u64).await.unwrap();
+            assert_eq!(store.commit(staged, false).await.unwrap(), len as u64);
+            let (got_len, stream) = store.get(&id).await.unwrap().unwrap();
+            assert_eq!(got_len, len as u64);
+            assert!(drain(stream).await.0 == bytes, "{len} bytes read back differ");
+        }
+        let spare = SPARE.lock().unwrap();
+        assert!(spare.len() <= SPARE_MAX);
+        for raw in spare.iter() {
+            assert_eq!(raw.as_ptr().wrapping_add(raw.len()) as usize % DIRECT_ALIGN, 0);
+            assert!(raw.capacity() - raw.len() >= WRITE_BUFFER);
+        }
     }
 
     /// Shares up to `SMALL_MAX` become rows, larger ones files, in one

@@ -56,8 +56,11 @@ fn all_zeros(bytes: &[u8]) -> bool {
 
 /// What an upload's chunking stage hands its sealers, in file order.
 enum Piece {
-    /// A chunk's bytes.
+    /// A chunk's bytes, as the chunker cut them.
     Data(Vec<u8>),
+    /// A chunk's bytes and their convergent key, hashed on the chunking
+    /// thread (see [`Vault::put_pieces`]).
+    Keyed(crate::crypto::ChunkKey, Vec<u8>),
     /// A chunk of this many zeros, part of a hole: not read, and sealed
     /// once per length.
     Zeros(usize),
@@ -69,7 +72,7 @@ enum Piece {
 impl Piece {
     fn len(&self) -> usize {
         match self {
-            Piece::Data(d) => d.len(),
+            Piece::Data(d) | Piece::Keyed(_, d) => d.len(),
             Piece::Zeros(n) => *n,
             Piece::Stored(entry, ..) => entry.len as usize,
         }
@@ -183,8 +186,12 @@ fn seal_pieces(
         let len = piece.len() as u64;
         out.push(match piece {
             Piece::Stored(entry, key) => Some(Checked::Done(Sealed::Stored(entry, key))),
-            Piece::Data(chunk) => {
-                let key = share::chunk_key(conv, params, &chunk);
+            Piece::Data(_) | Piece::Keyed(..) => {
+                let (key, chunk) = match piece {
+                    Piece::Keyed(key, chunk) => (key, chunk),
+                    Piece::Data(chunk) => (share::chunk_key(conv, params, &chunk), chunk),
+                    _ => unreachable!("matched above"),
+                };
                 let stored = known.as_ref().and_then(|k| k.get(key.expose()));
                 match stored.filter(|(e, _)| e.len == len) {
                     Some((entry, true)) => Some(Checked::Done(Sealed::Stored(entry.clone(), key))),
@@ -559,8 +566,18 @@ impl Vault {
         // without a deeper queue, and each chunk queued is memory (a
         // writing mount's peak fell by about 10 MiB of 4 MiB chunks).
         let (tx, mut rx) = mpsc::channel::<Piece>(1);
+        // Each chunk's convergent key is hashed here, as it is cut, while
+        // its bytes are fresh in cache: a hash of every plaintext byte
+        // taken off the sealing thread, which is the upload's bottleneck.
+        let (conv, params) = (self.conv.clone(), self.grid.params());
         let producer = tokio::task::spawn_blocking(move || -> Result<()> {
-            produce(&mut |piece| tx.blocking_send(piece).is_ok())
+            produce(&mut |piece| {
+                let piece = match piece {
+                    Piece::Data(chunk) => Piece::Keyed(share::chunk_key(&conv, params, &chunk), chunk),
+                    other => other,
+                };
+                tx.blocking_send(piece).is_ok()
+            })
         });
         let mut encoder = FileEncoder::new(self.conv.clone(), self.grid.params());
         // A first chunk of at most `INLINE_MAX` bytes is the whole input
@@ -575,7 +592,7 @@ impl Vault {
                     None => {
                         producer.await.expect("chunker task")?;
                         let bytes = match head.remove(0) {
-                            Piece::Data(d) => d,
+                            Piece::Data(d) | Piece::Keyed(_, d) => d,
                             Piece::Zeros(n) => vec![0; n],
                             Piece::Stored(..) => unreachable!("a stored chunk is never inline"),
                         };
