@@ -827,12 +827,18 @@ mod tests {
             assert_eq!(store.commit(staged, false).await.unwrap(), len as u64);
             let (got_len, stream) = store.get(&id).await.unwrap().unwrap();
             assert_eq!(got_len, len as u64);
-            assert!(drain(stream).await.0 == bytes, "{len} bytes read back differ");
+            assert!(
+                drain(stream).await.0 == bytes,
+                "{len} bytes read back differ"
+            );
         }
         let spare = SPARE.lock().unwrap();
         assert!(spare.len() <= SPARE_MAX);
         for raw in spare.iter() {
-            assert_eq!(raw.as_ptr().wrapping_add(raw.len()) as usize % DIRECT_ALIGN, 0);
+            assert_eq!(
+                raw.as_ptr().wrapping_add(raw.len()) as usize % DIRECT_ALIGN,
+                0
+            );
             assert!(raw.capacity() - raw.len() >= WRITE_BUFFER);
         }
     }

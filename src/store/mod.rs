@@ -10,6 +10,7 @@
 //! It builds on `dir`, `caps`, `chunk` and `crypto`. It must not reach into
 //! the mirror's server code, the mount or the miner.
 
+mod adaptive;
 mod cache;
 mod check;
 mod grid;

@@ -168,6 +168,17 @@ enum Sealed {
 /// Chunks sealed together by one put ([`share::seal_chunks_keyed`]).
 const SEAL_BATCH: usize = 4;
 
+/// Batches one put seals at once, each on its own blocking thread (within
+/// the vault's `sealing` limit of one per core). With one, a single file's
+/// upload sealed on one core: sealing was its slowest stage, and the other
+/// core idled whenever the mirrors and the chunker left it free
+/// (docs/PERFORMANCE.md, "Two batches sealing at once").
+const SEALING_PER_PUT: usize = 2;
+
+/// Window permits free for a put to start sealing a batch beside the one
+/// it is sealing: half the window.
+const SECOND_SEALER_ROOM: usize = WINDOW_PERMITS / 2;
+
 /// The blocking half of sealing a batch of pieces, in order: each chunk's
 /// convergent key, then every chunk not already stored sealed together.
 /// A chunk `known` from the file's last version is taken as stored there
@@ -554,14 +565,14 @@ impl Vault {
     where
         P: FnOnce(&mut dyn FnMut(Piece) -> bool) -> Result<()> + Send + 'static,
     {
-        // Three stages: one blocking thread cuts chunks; they are sealed in
-        // batches of `SEAL_BATCH`, one batch at a time, on the blocking
-        // pool (sealing is the costly part: hashing, AES-SIV and erasure
-        // coding), and taken back in file order by the encoder; up to
+        // Three stages: one blocking thread cuts chunks and hashes their
+        // keys; they are sealed in batches of `SEAL_BATCH`, up to
+        // `SEALING_PER_PUT` batches at a time, on the blocking pool
+        // (sealing is the costly part: AES-SIV, erasure coding and share
+        // ids), and taken back in file order by the encoder; up to
         // `UPLOAD_WINDOW_BYTES` of shares are uploading at once. Four
         // chunks sealed together cost about 0.63x the CPU of four sealed
-        // one by one (docs/PERFORMANCE.md, "Sealing four chunks at once");
-        // a batch holds two chunks more than the two sealers before it.
+        // one by one (docs/PERFORMANCE.md, "Sealing four chunks at once").
         // One chunk waits for a sealer: the chunker keeps ahead of sealing
         // without a deeper queue, and each chunk queued is memory (a
         // writing mount's peak fell by about 10 MiB of 4 MiB chunks).
@@ -573,7 +584,9 @@ impl Vault {
         let producer = tokio::task::spawn_blocking(move || -> Result<()> {
             produce(&mut |piece| {
                 let piece = match piece {
-                    Piece::Data(chunk) => Piece::Keyed(share::chunk_key(&conv, params, &chunk), chunk),
+                    Piece::Data(chunk) => {
+                        Piece::Keyed(share::chunk_key(&conv, params, &chunk), chunk)
+                    }
                     other => other,
                 };
                 tx.blocking_send(piece).is_ok()
@@ -611,80 +624,81 @@ impl Vault {
             rx.recv().await.map(|chunk| (chunk, rx))
         });
         let chunks = futures_util::stream::iter(head).chain(rest);
-        // Chunks go to sealing in batches of up to `SEAL_BATCH`, one batch
-        // at a time per put: the batch's AES-SIV runs interleaved on one
-        // core (`share::seal_chunks_keyed`).
-        let mut sealed = std::pin::pin!(
-            chunks
-                .chunks(SEAL_BATCH)
-                .map(|pieces| {
-                    let conv = conv.clone();
-                    let zeros = zeros.clone();
-                    let sealing = self.sealing.clone();
-                    let chunks_sealed = self.chunks_sealed.clone();
-                    let known = known.clone();
-                    let grid = self.grid.clone();
-                    async move {
-                        let _slot = sealing.acquire_owned().await.expect("never closed");
-                        let checked = {
-                            let chunks_sealed = chunks_sealed.clone();
-                            tokio::task::spawn_blocking(move || {
-                                seal_pieces(pieces, &conv, params, known, &zeros, &chunks_sealed)
-                            })
-                            .await
-                            .expect("sealing does not panic")
-                        };
-                        // Chunks of the last version not yet confirmed:
-                        // taken once the mirrors say they hold them (one
-                        // request per mirror for the batch), else sealed
-                        // and placed afresh, together.
-                        let asks: Vec<&[chunk::ShareId]> = checked
-                            .iter()
-                            .filter_map(|c| match c {
-                                Checked::Confirm(entry, ..) => Some(&entry.shares[..]),
-                                Checked::Done(_) => None,
-                            })
-                            .collect();
-                        let mut held = if asks.is_empty() {
-                            Vec::new()
-                        } else {
-                            grid.holding(&asks).await
-                        }
-                        .into_iter();
-                        let mut out = Vec::with_capacity(checked.len());
-                        let mut reseal = Vec::new();
-                        for checked in checked {
-                            out.push(match checked {
-                                Checked::Done(sealed) => Some(sealed),
-                                Checked::Confirm(entry, key, chunk) => {
-                                    if held.next().expect("one answer per ask") {
-                                        Some(Sealed::Stored(entry, key))
-                                    } else {
-                                        reseal.push((out.len(), key, chunk));
-                                        None
-                                    }
-                                }
-                            });
-                        }
-                        if !reseal.is_empty() {
-                            let resealed = tokio::task::spawn_blocking(move || {
-                                seal_new(params, &chunks_sealed, reseal)
-                            })
-                            .await
-                            .expect("sealing does not panic");
-                            for (i, sealed) in resealed {
-                                out[i] = Some(sealed);
+        // Chunks go to sealing in batches of up to `SEAL_BATCH`, up to
+        // `SEALING_PER_PUT` batches at a time: each batch's AES-SIV runs
+        // interleaved on one core (`share::seal_chunks_keyed`).
+        let window = self.window.clone();
+        let batches = chunks.chunks(SEAL_BATCH).map(|pieces| {
+            let conv = conv.clone();
+            let zeros = zeros.clone();
+            let sealing = self.sealing.clone();
+            let chunks_sealed = self.chunks_sealed.clone();
+            let known = known.clone();
+            let grid = self.grid.clone();
+            async move {
+                let _slot = sealing.acquire_owned().await.expect("never closed");
+                let checked = {
+                    let chunks_sealed = chunks_sealed.clone();
+                    tokio::task::spawn_blocking(move || {
+                        seal_pieces(pieces, &conv, params, known, &zeros, &chunks_sealed)
+                    })
+                    .await
+                    .expect("sealing does not panic")
+                };
+                // Chunks of the last version not yet confirmed:
+                // taken once the mirrors say they hold them (one
+                // request per mirror for the batch), else sealed
+                // and placed afresh, together.
+                let asks: Vec<&[chunk::ShareId]> = checked
+                    .iter()
+                    .filter_map(|c| match c {
+                        Checked::Confirm(entry, ..) => Some(&entry.shares[..]),
+                        Checked::Done(_) => None,
+                    })
+                    .collect();
+                let mut held = if asks.is_empty() {
+                    Vec::new()
+                } else {
+                    grid.holding(&asks).await
+                }
+                .into_iter();
+                let mut out = Vec::with_capacity(checked.len());
+                let mut reseal = Vec::new();
+                for checked in checked {
+                    out.push(match checked {
+                        Checked::Done(sealed) => Some(sealed),
+                        Checked::Confirm(entry, key, chunk) => {
+                            if held.next().expect("one answer per ask") {
+                                Some(Sealed::Stored(entry, key))
+                            } else {
+                                reseal.push((out.len(), key, chunk));
+                                None
                             }
                         }
-                        let out: Vec<Sealed> = out
-                            .into_iter()
-                            .map(|s| s.expect("every piece sealed or taken"))
-                            .collect();
-                        futures_util::stream::iter(out)
+                    });
+                }
+                if !reseal.is_empty() {
+                    let resealed = tokio::task::spawn_blocking(move || {
+                        seal_new(params, &chunks_sealed, reseal)
+                    })
+                    .await
+                    .expect("sealing does not panic");
+                    for (i, sealed) in resealed {
+                        out[i] = Some(sealed);
                     }
-                })
-                .buffered(1)
-                .flatten()
+                }
+                let out: Vec<Sealed> = out
+                    .into_iter()
+                    .map(|s| s.expect("every piece sealed or taken"))
+                    .collect();
+                futures_util::stream::iter(out)
+            }
+        });
+        let mut sealed = std::pin::pin!(
+            super::adaptive::Adaptive::new(batches, SEALING_PER_PUT, move || {
+                window.available_permits() >= SECOND_SEALER_ROOM
+            })
+            .flatten()
         );
         let mut uploads = tokio::task::JoinSet::new();
         // Groups already sent by this put, by their first share: a chunk or
