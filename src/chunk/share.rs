@@ -358,8 +358,8 @@ pub fn encode_parts(params: Params, parts: &[&[u8]]) -> Vec<Share> {
 /// single recovery shard (the tests check it against the coder for every
 /// k). Made here straight into its share, it skips the coder's copy of
 /// every original into its work area and the copy of the result out:
-/// with 2-of-3, a tenth of a chunk's sealing time
-/// (docs/PERFORMANCE.md, "One recovery share by xor").
+/// with 2-of-3, 4-8 % of a chunk's sealing time (docs/PERFORMANCE.md,
+/// "Where a written GiB's CPU goes, by process").
 fn xor_share(params: Params, payload_len: u64, data: &[Vec<u8>]) -> Share {
     let (first, rest) = data.split_first().expect("at least one original");
     let mut bytes = Vec::with_capacity(first.len());

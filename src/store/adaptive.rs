@@ -5,8 +5,8 @@
 //! the first lets a lone file use both cores, but each batch sealed ahead
 //! is memory, and when the mirrors are the slower side it only waits for
 //! room in the upload window. So the second slot is used while the window
-//! has room, and not while it is full (docs/PERFORMANCE.md, "Two batches
-//! sealing at once").
+//! has room, and not while it is full (docs/PERFORMANCE.md, "Where a
+//! written GiB's CPU goes, by process").
 
 use std::future::Future;
 use std::pin::Pin;

@@ -173,10 +173,12 @@ enum Sealed {
 const SEAL_BATCH: usize = 4;
 
 /// Batches one put seals at once, each on its own blocking thread (within
-/// the vault's `sealing` limit of one per core). With one, a single file's
-/// upload sealed on one core: sealing was its slowest stage, and the other
-/// core idled whenever the mirrors and the chunker left it free
-/// (docs/PERFORMANCE.md, "Two batches sealing at once").
+/// the vault's `sealing` limit of one per core), the second only while
+/// `SECOND_SEALER_ROOM` of the window is free (`store::adaptive`). With
+/// one, a single file's upload sealed on one core: sealing was its
+/// slowest stage, and the other core idled whenever the mirrors and the
+/// chunker left it free (docs/PERFORMANCE.md, "Where a written GiB's CPU
+/// goes, by process").
 const SEALING_PER_PUT: usize = 2;
 
 /// Window permits free for a put to start sealing a batch beside the one
@@ -199,23 +201,10 @@ fn seal_pieces(
     let mut to_seal = Vec::new();
     for piece in pieces {
         let len = piece.len() as u64;
-        out.push(match piece {
-            Piece::Stored(entry, key) => Some(Checked::Done(Sealed::Stored(entry, key))),
-            Piece::Data(_) | Piece::Keyed(..) => {
-                let (key, chunk) = match piece {
-                    Piece::Keyed(key, chunk) => (key, chunk),
-                    Piece::Data(chunk) => (share::chunk_key(conv, params, &chunk), chunk),
-                    _ => unreachable!("matched above"),
-                };
-                let stored = known.as_ref().and_then(|k| k.get(key.expose()));
-                match stored.filter(|(e, _)| e.len == len) {
-                    Some((entry, true)) => Some(Checked::Done(Sealed::Stored(entry.clone(), key))),
-                    Some((entry, false)) => Some(Checked::Confirm(entry.clone(), key, chunk)),
-                    None => {
-                        to_seal.push((out.len(), key, chunk));
-                        None
-                    }
-                }
+        let (key, chunk) = match piece {
+            Piece::Stored(entry, key) => {
+                out.push(Some(Checked::Done(Sealed::Stored(entry, key))));
+                continue;
             }
             Piece::Zeros(n) => {
                 let mut zeros = zeros.lock().expect("zeros lock");
@@ -223,7 +212,19 @@ fn seal_pieces(
                     chunks_sealed.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                     share::seal_chunk_owned(conv, params, vec![0; n])
                 });
-                Some(Checked::Done(Sealed::New(len, sealed.clone())))
+                out.push(Some(Checked::Done(Sealed::New(len, sealed.clone()))));
+                continue;
+            }
+            Piece::Keyed(key, chunk) => (key, chunk),
+            Piece::Data(chunk) => (share::chunk_key(conv, params, &chunk), chunk),
+        };
+        let stored = known.as_ref().and_then(|k| k.get(key.expose()));
+        out.push(match stored.filter(|(e, _)| e.len == len) {
+            Some((entry, true)) => Some(Checked::Done(Sealed::Stored(entry.clone(), key))),
+            Some((entry, false)) => Some(Checked::Confirm(entry.clone(), key, chunk)),
+            None => {
+                to_seal.push((out.len(), key, chunk));
+                None
             }
         });
     }
