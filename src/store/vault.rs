@@ -60,7 +60,7 @@ fn all_zeros(bytes: &[u8]) -> bool {
 
 /// What an upload's chunking stage hands its sealers, in file order.
 enum Piece {
-    /// A chunk's bytes, as the chunker cut them.
+    /// A chunk's bytes, as the chunker cut them (keyed by its sealer).
     Data(Vec<u8>),
     /// A chunk's bytes and their convergent key, hashed on the chunking
     /// thread (see [`Vault::put_pieces`]).
@@ -585,11 +585,14 @@ impl Vault {
         // Each chunk's convergent key is hashed here, as it is cut, while
         // its bytes are fresh in cache: a hash of every plaintext byte
         // taken off the sealing thread, which is the upload's bottleneck.
+        // A piece of at most `INLINE_MAX` bytes may be a whole small file,
+        // which goes up inline and needs no key: its sealer keys it if it
+        // turns out to be a chunk.
         let (conv, params) = (self.conv.clone(), self.grid.params());
         let producer = tokio::task::spawn_blocking(move || -> Result<()> {
             produce(&mut |piece| {
                 let piece = match piece {
-                    Piece::Data(chunk) => {
+                    Piece::Data(chunk) if chunk.len() > chunk::INLINE_MAX => {
                         Piece::Keyed(share::chunk_key(&conv, params, &chunk), chunk)
                     }
                     other => other,
