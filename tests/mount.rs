@@ -4048,3 +4048,77 @@ fn a_crash_after_the_publish_does_not_bring_a_file_back_twice() {
     client.ok(&["sync"]);
     drop(m);
 }
+
+/// Bytes of `path` in the kernel's page cache, by `fincore`.
+fn cached_bytes(path: &Path) -> u64 {
+    let out = run(Command::new("fincore")
+        .args(["--bytes", "--noheadings", "--output", "RES"])
+        .arg(path));
+    out.trim().parse().unwrap()
+}
+
+/// Whether the running kernel is at least `major.minor`.
+fn kernel_at_least(major: u32, minor: u32) -> bool {
+    let release = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap();
+    let mut parts = release.split(|c: char| !c.is_ascii_digit());
+    let have: (u32, u32) = (
+        parts.next().unwrap().parse().unwrap(),
+        parts.next().unwrap().parse().unwrap(),
+    );
+    have >= (major, minor)
+}
+
+/// A write-only open writes around the kernel's page cache (on kernels
+/// that keep other opens' cached pages in step with such writes), while a
+/// read-write open goes through it; either way a reader that cached the
+/// file earlier sees every byte written since.
+#[test]
+fn write_only_opens_skip_the_page_cache_and_readers_stay_in_step() {
+    use std::os::unix::fs::FileExt;
+    let tmp = tempfile::tempdir().unwrap();
+    let (_mirrors, client) = common::three_mirrors_and_client(tmp.path());
+    let mp = tmp.path().join("mnt");
+    let _m = Mounted::new(&client, &mp);
+    let first = common::seeded_bytes("cache v1", 1 << 20);
+    let (direct, cached) = (mp.join("direct.bin"), mp.join("cached.bin"));
+    std::fs::write(&direct, &first).unwrap();
+    let rw = std::fs::File::options()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .open(&cached)
+        .unwrap();
+    rw.write_all_at(&first, 0).unwrap();
+    drop(rw);
+    // The read-write copy shows the measure works on this mount.
+    assert_eq!(cached_bytes(&cached), first.len() as u64);
+    let expect_direct = if kernel_at_least(6, 6) {
+        0
+    } else {
+        first.len() as u64
+    };
+    assert_eq!(cached_bytes(&direct), expect_direct);
+    assert_eq!(std::fs::read(&direct).unwrap(), first);
+
+    for path in [&direct, &cached] {
+        let reader = std::fs::File::open(path).unwrap();
+        let mut seen = vec![0; first.len()];
+        reader.read_exact_at(&mut seen, 0).unwrap();
+        assert_eq!(seen, first);
+        let writer = std::fs::File::options().write(true).open(path).unwrap();
+        writer.write_all_at(b"new head", 0).unwrap();
+        writer.write_all_at(b"new middle", 300_000).unwrap();
+        let mut want = first.clone();
+        want[..8].copy_from_slice(b"new head");
+        want[300_000..300_010].copy_from_slice(b"new middle");
+        reader.read_exact_at(&mut seen, 0).unwrap();
+        assert!(
+            seen == want,
+            "{}: the reader kept stale pages",
+            path.display()
+        );
+        drop(writer);
+        assert_eq!(std::fs::read(path).unwrap(), want);
+    }
+}
