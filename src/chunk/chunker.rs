@@ -8,9 +8,9 @@
 
 use std::io::Read;
 
-use fastcdc::v2020::FastCDC;
 pub use fastcdc::v2020::Normalization;
 
+use super::gear::Gear;
 use super::{Error, Result};
 
 /// Chunk size bounds and the gear seed.
@@ -97,10 +97,11 @@ const WINDOW_CHUNKS: usize = 2;
 /// about three bytes moved for each byte chunked, 4 % of the mount's CPU
 /// in a 1 GiB write (perf). Here fewer than `max` bytes move per `max`
 /// chunked. The buffer is reserved, not zeroed: only bytes read touch it.
-/// The cuts are FastCDC's own (`FastCDC::cut` over the window looks at no
-/// more than `max` bytes), so they match `StreamCDC`'s exactly.
+/// The cuts are FastCDC's own ([`Gear::cut`] is `FastCDC::cut`, which looks
+/// at no more than `max` bytes), so they match `StreamCDC`'s exactly.
 struct Window<R> {
     params: ChunkerParams,
+    gear: Gear,
     reader: R,
     /// The unchunked bytes are `buf[start..]`; `buf` never grows past its
     /// capacity.
@@ -116,6 +117,7 @@ impl<R: Read> Window<R> {
         buf.extend_from_slice(&head);
         Window {
             params,
+            gear: Gear::new(&params),
             reader,
             buf,
             start: 0,
@@ -158,9 +160,7 @@ impl<R: Read> Window<R> {
         if ahead.is_empty() {
             return None;
         }
-        let p = &self.params;
-        let cdc = FastCDC::with_level_and_seed(ahead, p.min, p.avg, p.max, p.normalization, p.seed);
-        let (_, cut) = cdc.cut(0, ahead.len());
+        let cut = self.gear.cut(ahead);
         let chunk = ahead[..cut].to_vec();
         self.start += cut;
         Some(Ok(chunk))

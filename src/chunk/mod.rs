@@ -12,6 +12,7 @@
 //! caller's `Read`. Fetching and placing shares is the `store` layer's job.
 
 pub mod chunker;
+mod gear;
 pub mod manifest;
 pub mod share;
 
