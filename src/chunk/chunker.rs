@@ -84,56 +84,50 @@ enum State<R: Read> {
     Stream(Window<R>),
 }
 
-/// Buffer of a streaming input, in maximum chunk sizes.
-const WINDOW_CHUNKS: usize = 2;
+/// Bytes a streaming chunker reads at a time, at most.
+const READ_STEP: usize = 1 << 20;
 
-/// FastCDC over a stream, through one buffer with room for
-/// `WINDOW_CHUNKS` maximum chunks. A cut needs `max` bytes ahead of the
-/// chunk's start (or the end of the input), so the window reads until it
-/// has that much, and no further: an early upload trails its writer by at
-/// most one maximum chunk. Once the room left ahead is less than `max`,
-/// the unchunked bytes move to the front. fastcdc's own `StreamCDC` holds
-/// exactly `max` bytes and shifts the rest to the front after every chunk:
-/// about three bytes moved for each byte chunked, 4 % of the mount's CPU
-/// in a 1 GiB write (perf). Here fewer than `max` bytes move per `max`
-/// chunked. The buffer is reserved, not zeroed: only bytes read touch it.
-/// The cuts are FastCDC's own ([`Gear::cut`] is `FastCDC::cut`, which looks
-/// at no more than `max` bytes), so they match `StreamCDC`'s exactly.
+/// FastCDC over a stream, straight into each chunk's own buffer. The
+/// chunk's bytes are read `READ_STEP` at a time and searched for a cut as
+/// they come ([`Gear::search`] goes on where it stopped); at a cut, only
+/// the bytes read past it (under `READ_STEP`) move to the next chunk's
+/// buffer, and the chunk leaves as it is. An early upload trails its
+/// writer by at most `READ_STEP` plus a pair of bytes. The window this
+/// replaces read `max` bytes ahead and copied every chunk out of it (a
+/// second copy of every byte, most of it into fresh pages: half the
+/// mount's page faults while writing, docs/PERFORMANCE.md, "What the
+/// write's CPU is now"). The cuts are FastCDC's own, so they match
+/// `StreamCDC`'s exactly: a step's masks depend only on whether it lies
+/// before `avg` (FastCDC moves that edge to a shorter input's end, but
+/// every step of such an input lies before it anyway).
 struct Window<R> {
     params: ChunkerParams,
     gear: Gear,
     reader: R,
-    /// The unchunked bytes are `buf[start..]`; `buf` never grows past its
-    /// capacity.
+    /// The next chunk's bytes read so far, with room for `max`.
     buf: Vec<u8>,
-    start: usize,
+    /// Two-byte steps of `buf` searched without a cut.
+    searched: usize,
     eof: bool,
 }
 
 impl<R: Read> Window<R> {
     /// A window over `head`, bytes already read, followed by `reader`.
-    fn new(params: ChunkerParams, head: Vec<u8>, reader: R) -> Window<R> {
-        let mut buf = Vec::with_capacity(head.len().max(params.max * WINDOW_CHUNKS));
-        buf.extend_from_slice(&head);
+    fn new(params: ChunkerParams, mut head: Vec<u8>, reader: R) -> Window<R> {
+        head.reserve_exact(params.max.saturating_sub(head.len()));
         Window {
             params,
             gear: Gear::new(&params),
             reader,
-            buf,
-            start: 0,
+            buf: head,
+            searched: 0,
             eof: false,
         }
     }
 
-    /// Read until `max` bytes are ahead or the input ends, first moving
-    /// the unchunked bytes to the front if there is no room for them.
-    fn refill(&mut self) -> Result<()> {
-        let max = self.params.max;
-        if self.start + max > self.buf.capacity() {
-            self.buf.drain(..self.start);
-            self.start = 0;
-        }
-        let want = (self.start + max).saturating_sub(self.buf.len()) as u64;
+    /// Read up to `READ_STEP` more bytes of the chunk, never past `max`.
+    fn read_step(&mut self) -> Result<()> {
+        let want = READ_STEP.min(self.params.max - self.buf.len()) as u64;
         // `read_to_end` retries `Interrupted` and appends into the
         // reserved room without zeroing it first.
         let got = Read::by_ref(&mut self.reader)
@@ -146,24 +140,39 @@ impl<R: Read> Window<R> {
         Ok(())
     }
 
+    /// The chunk is `buf[..cut]`; what follows starts the next.
+    fn split(&mut self, cut: usize) -> Vec<u8> {
+        let mut next = Vec::with_capacity(self.params.max);
+        next.extend_from_slice(&self.buf[cut..]);
+        self.buf.truncate(cut);
+        self.searched = 0;
+        std::mem::replace(&mut self.buf, next)
+    }
+
     fn next_chunk(&mut self) -> Option<Result<Vec<u8>>> {
-        if !self.eof
-            && self.buf.len() - self.start < self.params.max
-            && let Err(e) = self.refill()
-        {
-            // The error is the last item: the input's end is unknown.
-            self.start = self.buf.len();
-            self.eof = true;
-            return Some(Err(e));
+        let (min, max) = (self.params.min, self.params.max);
+        loop {
+            let len = self.buf.len();
+            if len > min {
+                let to = len.min(max) / 2;
+                if let Some(cut) = self.gear.search(&self.buf, self.searched, to) {
+                    return Some(Ok(self.split(cut)));
+                }
+                self.searched = self.searched.max(to);
+            }
+            if len >= max {
+                return Some(Ok(self.split(max)));
+            }
+            if self.eof {
+                return (len > 0).then(|| Ok(self.split(len)));
+            }
+            if let Err(e) = self.read_step() {
+                // The error is the last item: the input's end is unknown.
+                self.buf = Vec::new();
+                self.eof = true;
+                return Some(Err(e));
+            }
         }
-        let ahead = &self.buf[self.start..];
-        if ahead.is_empty() {
-            return None;
-        }
-        let cut = self.gear.cut(ahead);
-        let chunk = ahead[..cut].to_vec();
-        self.start += cut;
-        Some(Ok(chunk))
     }
 }
 
@@ -265,6 +274,35 @@ mod tests {
             }
         }
         assert!(streamed(&p, &zeros).iter().any(|c| c.len() == p.max));
+    }
+
+    /// At the mount's sizes a chunk takes several read steps, and its cut
+    /// is searched step by step: still StreamCDC's cuts, for cuts early
+    /// in a chunk, late, and at the max (a run of zeros), read whole or a
+    /// few bytes at a time.
+    #[test]
+    fn chunks_searched_step_by_step_cut_as_streamcdc_does() {
+        let p = ChunkerParams::new(0x1234);
+        let mut state = 0x2545_f491_4f6c_dd1du64;
+        let mut data: Vec<u8> = (0..40 << 20)
+            .map(|_| {
+                state ^= state << 13;
+                state ^= state >> 7;
+                state ^= state << 17;
+                state as u8
+            })
+            .collect();
+        data[10 << 20..30 << 20].fill(0);
+        let want = streamed(&p, &data);
+        assert!(want.iter().any(|c| c.len() == p.max));
+        assert!(want.iter().any(|c| c.len() < p.avg && c.len() > p.min));
+        let whole: Vec<Vec<u8>> = p.chunks(&data[..]).map(|c| c.unwrap()).collect();
+        assert!(whole == want, "whole input");
+        let trickled: Vec<Vec<u8>> = p
+            .chunks(Trickle(&data, 300_007))
+            .map(|c| c.unwrap())
+            .collect();
+        assert!(trickled == want, "300,007 bytes per read");
     }
 
     /// Fails once `ok` bytes are read, and is interrupted before every

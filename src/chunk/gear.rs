@@ -69,33 +69,48 @@ impl Gear {
         }
     }
 
-    /// The length of the chunk that starts `source`: where FastCDC cuts it.
+    /// The length of the chunk that starts `source`: where FastCDC cuts it
+    /// (`FastCDC::cut`), in one search. The chunker searches step by step
+    /// instead; the tests hold both to the crate.
+    #[cfg(test)]
     pub fn cut(&self, source: &[u8]) -> usize {
-        let mut remaining = source.len();
+        let remaining = source.len().min(self.max);
         if remaining <= self.min {
             return remaining;
         }
-        let mut center = self.avg;
-        if remaining > self.max {
-            remaining = self.max;
-        } else if remaining < center {
-            center = remaining;
-        }
-        let src = &source[..remaining];
-        let first = self.min / 2;
-        let (small, large) = (
-            Masks {
-                first: self.mask_s << 1,
-                second: self.mask_s,
-            },
-            Masks {
-                first: self.mask_l << 1,
-                second: self.mask_l,
-            },
-        );
-        self.scan(src, first, first, center / 2, small)
-            .or_else(|| self.scan(src, first, center / 2, remaining / 2, large))
+        self.search(source, self.min / 2, remaining / 2)
             .unwrap_or(remaining)
+    }
+
+    /// The first cut among the two-byte steps `from..to` of a chunk that
+    /// starts `source`, which may hold only the chunk's first bytes: a
+    /// step's masks depend only on whether it lies before `avg` (for an
+    /// input shorter than `avg`, FastCDC moves that edge to the input's
+    /// end, which no step passes). A search can go on where an earlier one
+    /// stopped: each step's hash depends on the 64 bytes before it only.
+    /// The steps run from `min / 2` to `max / 2`.
+    pub fn search(&self, source: &[u8], from: usize, to: usize) -> Option<usize> {
+        let (origin, center) = (self.min / 2, self.avg / 2);
+        let from = from.max(origin);
+        let to = to.min(self.max / 2).min(source.len() / 2);
+        let small = Masks {
+            first: self.mask_s << 1,
+            second: self.mask_s,
+        };
+        let large = Masks {
+            first: self.mask_l << 1,
+            second: self.mask_l,
+        };
+        let mid = center.clamp(from, to.max(from));
+        if from < mid
+            && let Some(cut) = self.scan(source, origin, from, mid, small)
+        {
+            return Some(cut);
+        }
+        let start = mid.max(from);
+        (start < to)
+            .then(|| self.scan(source, origin, start, to, large))
+            .flatten()
     }
 
     /// The first cut among steps `from..to`, the hash starting from zero at
@@ -215,6 +230,33 @@ mod tests {
         let p = ChunkerParams::new(0x5eed);
         let data = xorshift(48 << 20, 1);
         assert!(same_cuts(&p, &data) > 8);
+    }
+
+    /// A search stopped anywhere and taken up again finds the same cut,
+    /// also when it stops a step or a few before the cut (where the hash
+    /// must come from the bytes before the stop) and inside a lane's round.
+    #[test]
+    fn a_search_taken_up_again_finds_the_same_cut() {
+        let p = ChunkerParams::new(0xface);
+        let gear = Gear::new(&p);
+        let data = xorshift(40 << 20, 3);
+        let (mut at, mut checked) = (0, 0);
+        while at + p.max < data.len() {
+            let src = &data[at..];
+            let cut = gear.cut(src);
+            let step = cut / 2;
+            let (first, last) = (p.min / 2, p.max / 2);
+            if cut < p.max {
+                for stop in [step - 40, step - 1, step, first + 1, first + 33, step / 2] {
+                    let stop = stop.clamp(first, step);
+                    assert_eq!(gear.search(src, first, stop), None, "stop {stop}");
+                    assert_eq!(gear.search(src, stop, last), Some(cut), "stop {stop}");
+                }
+                checked += 1;
+            }
+            at += cut;
+        }
+        assert!(checked > 4);
     }
 
     /// Small bounds cross many rounds, stretches and mask switches; odd
