@@ -308,44 +308,31 @@ pub fn encode_parts(params: Params, parts: &[&[u8]]) -> Vec<Share> {
     let len: usize = parts.iter().map(|p| p.len()).sum();
     let shard_len = shard_len_for(params, len as u64);
     let k = params.k as usize;
-    let mut rest = parts.iter().copied().filter(|p| !p.is_empty());
-    let mut part: &[u8] = rest.next().unwrap_or_default();
-    let mut data: Vec<Vec<u8>> = Vec::with_capacity(k);
-    for index in 0..k {
-        let mut bytes = Vec::with_capacity(HEADER_LEN + shard_len);
-        bytes.extend_from_slice(&header_bytes(params, index as u8, len as u64));
-        while bytes.len() < HEADER_LEN + shard_len && !part.is_empty() {
-            let take = part.len().min(HEADER_LEN + shard_len - bytes.len());
-            bytes.extend_from_slice(&part[..take]);
-            part = &part[take..];
-            if part.is_empty() {
-                part = rest.next().unwrap_or_default();
-            }
-        }
-        // Zero padding, in the last shards only.
-        bytes.resize(HEADER_LEN + shard_len, 0);
-        data.push(bytes);
+    if params.n - params.k <= 1 {
+        return encode_fused(params, parts, len, shard_len);
     }
-    let parity = (params.n - params.k) as usize;
-    let recovery: Vec<Share> = if parity == 0 {
-        Vec::new()
-    } else if parity == 1 {
-        vec![xor_share(params, len as u64, &data)]
-    } else {
-        with_encoder(k, parity, shard_len, |encoder| {
-            for bytes in &data {
-                encoder
-                    .add_original_shard(&bytes[HEADER_LEN..])
-                    .expect("k shards of the size set");
-            }
-            let result = encoder.encode().expect("all k shards were added");
-            result
-                .recovery_iter()
-                .enumerate()
-                .map(|(j, s)| make_share(params, params.k + j as u8, len as u64, s))
-                .collect()
+    let data: Vec<Vec<u8>> = (0..k)
+        .map(|index| {
+            let mut bytes = Vec::with_capacity(HEADER_LEN + shard_len);
+            bytes.extend_from_slice(&header_bytes(params, index as u8, len as u64));
+            append_payload(parts, index * shard_len, shard_len, &mut bytes);
+            bytes
         })
-    };
+        .collect();
+    let parity = (params.n - params.k) as usize;
+    let recovery: Vec<Share> = with_encoder(k, parity, shard_len, |encoder| {
+        for bytes in &data {
+            encoder
+                .add_original_shard(&bytes[HEADER_LEN..])
+                .expect("k shards of the size set");
+        }
+        let result = encoder.encode().expect("all k shards were added");
+        result
+            .recovery_iter()
+            .enumerate()
+            .map(|(j, s)| make_share(params, params.k + j as u8, len as u64, s))
+            .collect()
+    });
     data.into_iter()
         .enumerate()
         .map(|(index, bytes)| share_from_bytes(params, index as u8, len as u64, bytes))
@@ -353,24 +340,85 @@ pub fn encode_parts(params: Params, parts: &[&[u8]]) -> Vec<Share> {
         .collect()
 }
 
-/// The one recovery share of a k-of-(k+1) code: its shard is the xor of
-/// the original shards, which is what the Reed-Solomon coder computes for a
-/// single recovery shard (the tests check it against the coder for every
-/// k). Made here straight into its share, it skips the coder's copy of
-/// every original into its work area and the copy of the result out:
-/// with 2-of-3, 4-8 % of a chunk's sealing time (docs/PERFORMANCE.md,
-/// "Where a written GiB's CPU goes, by process").
-fn xor_share(params: Params, payload_len: u64, data: &[Vec<u8>]) -> Share {
-    let (first, rest) = data.split_first().expect("at least one original");
-    let mut bytes = Vec::with_capacity(first.len());
-    bytes.extend_from_slice(&header_bytes(params, params.k, payload_len));
-    bytes.extend_from_slice(&first[HEADER_LEN..]);
-    for other in rest {
-        for (out, b) in bytes[HEADER_LEN..].iter_mut().zip(&other[HEADER_LEN..]) {
-            *out ^= b;
+/// Bytes of each share a fused encode builds and hashes at a time.
+const FUSED_BLOCK: usize = 64 << 10;
+
+/// [`encode_parts`] for codes with at most one recovery share, which is
+/// then the xor of the originals (what Reed-Solomon gives for one parity
+/// shard, tested against `reed_solomon_simd` below), made straight into
+/// its share. The shares are built and hashed `FUSED_BLOCK` at a time, so
+/// that the bytes just copied in are still in cache when the parity xors
+/// them and when each share's id hashes them: one pass over the chunk
+/// where copying, the parity and the ids took three (docs/PERFORMANCE.md,
+/// "Shares built and hashed a block at a time"). Blocks start at multiples
+/// of `FUSED_BLOCK` in the share's bytes, header included, so each hash
+/// update covers whole BLAKE3 chunks. The ids are BLAKE3's, as
+/// [`share_id`] gives for this format.
+fn encode_fused(params: Params, parts: &[&[u8]], len: usize, shard_len: usize) -> Vec<Share> {
+    let (k, n) = (params.k as usize, params.n as usize);
+    let total = HEADER_LEN + shard_len;
+    let mut bufs: Vec<Vec<u8>> = (0..n)
+        .map(|index| {
+            let mut bytes = Vec::with_capacity(total);
+            bytes.extend_from_slice(&header_bytes(params, index as u8, len as u64));
+            bytes
+        })
+        .collect();
+    let mut hashers: Vec<blake3::Hasher> = (0..n).map(|_| blake3::Hasher::new()).collect();
+    let mut start = 0;
+    while start < total {
+        let end = (start + FUSED_BLOCK).min(total);
+        // The block's range in each shard (past the header).
+        let (from, to) = (start.max(HEADER_LEN) - HEADER_LEN, end - HEADER_LEN);
+        for (index, bytes) in bufs[..k].iter_mut().enumerate() {
+            append_payload(parts, index * shard_len + from, to - from, bytes);
         }
+        if let Some((parity, data)) = bufs.split_last_mut().filter(|_| n > k) {
+            let at = parity.len();
+            let range = HEADER_LEN + from..HEADER_LEN + to;
+            parity.extend_from_slice(&data[0][range.clone()]);
+            for other in &data[1..] {
+                for (out, b) in parity[at..].iter_mut().zip(&other[range.clone()]) {
+                    *out ^= b;
+                }
+            }
+        }
+        for (hasher, bytes) in hashers.iter_mut().zip(&bufs) {
+            hasher.update(&bytes[start..end]);
+        }
+        start = end;
     }
-    share_from_bytes(params, params.k, payload_len, bytes)
+    bufs.into_iter()
+        .zip(hashers)
+        .enumerate()
+        .map(|(index, (bytes, hasher))| Share {
+            id: (*hasher.finalize().as_bytes()),
+            bytes: bytes.into(),
+            header: ShareHeader {
+                params,
+                index: index as u8,
+                payload_len: len as u64,
+            },
+        })
+        .collect()
+}
+
+/// Append `n` bytes of the payload that `parts` hold in order, from
+/// `pos`, zeros past its end.
+fn append_payload(parts: &[&[u8]], mut pos: usize, mut n: usize, out: &mut Vec<u8>) {
+    for part in parts {
+        if n == 0 {
+            return;
+        }
+        if pos >= part.len() {
+            pos -= part.len();
+            continue;
+        }
+        let take = (part.len() - pos).min(n);
+        out.extend_from_slice(&part[pos..pos + take]);
+        (pos, n) = (0, n - take);
+    }
+    out.resize(out.len() + n, 0);
 }
 
 /// Reed-Solomon encoders kept for reuse: about as many as chunks are
@@ -653,8 +701,13 @@ mod tests {
             (3, 5, 64),
             (2, 3, 1000),
             (4, 6, 300_000),
-            // One recovery share, made by xor without the coder.
+            // One recovery share, made by xor without the coder, and
+            // shares built a block at a time: shards around the block's
+            // size, and past several blocks.
             (1, 2, 777),
+            (2, 3, 2 * 65_536 - 2 * HEADER_LEN),
+            (2, 3, 2 * 65_536 - 2 * HEADER_LEN + 2),
+            (1, 2, 65_536 * 3 + 5),
             (2, 3, 1),
             (2, 3, 4_194_319),
             (3, 4, 100_003),
@@ -675,8 +728,51 @@ mod tests {
                 let got = &shares[k as usize + j].as_bytes()[HEADER_LEN..];
                 assert_eq!(got, &want[..], "k {k} n {n} len {len} parity {j}");
             }
+            for (i, share) in shares.iter().enumerate() {
+                let bytes = share.as_bytes();
+                assert_eq!(
+                    share.id(),
+                    share_id(bytes),
+                    "k {k} n {n} len {len} share {i}"
+                );
+                assert_eq!(
+                    bytes[..HEADER_LEN],
+                    header_bytes(params, i as u8, len as u64)
+                );
+                if i < k as usize {
+                    assert_eq!(&bytes[HEADER_LEN..], originals[i], "k {k} n {n} len {len}");
+                }
+            }
             assert_eq!(
                 decode(params, &shares[n as usize - k as usize..]).unwrap(),
+                payload
+            );
+        }
+    }
+
+    /// A payload in parts (a chunk's tag and body) is coded as the same
+    /// payload in one buffer, however it is split, with and without a
+    /// recovery share, by xor and by the coder.
+    #[test]
+    fn a_payload_in_parts_codes_as_one_buffer() {
+        let payload: Vec<u8> = (0..300_007u32)
+            .map(|i| ((i * 13) ^ (i >> 9)) as u8)
+            .collect();
+        for (k, n) in [(2, 3), (1, 1), (3, 3), (3, 4), (4, 6)] {
+            let params = Params::new(k, n).unwrap();
+            let whole = encode(params, &payload);
+            for at in [0, 16, 65_530, 150_000, payload.len()] {
+                let (a, b) = payload.split_at(at);
+                let split = encode_parts(params, &[a, &[], b]);
+                assert_eq!(split.len(), n as usize);
+                for (x, y) in whole.iter().zip(&split) {
+                    assert_eq!(x.as_bytes(), y.as_bytes(), "k {k} n {n} split at {at}");
+                    assert_eq!(x.id(), y.id());
+                    assert_eq!(y.id(), share_id(y.as_bytes()));
+                }
+            }
+            assert_eq!(
+                decode(params, &whole[n as usize - k as usize..]).unwrap(),
                 payload
             );
         }
