@@ -262,12 +262,6 @@ fn recently_placed_shares_are_not_sent_again_but_repair_asks() {
     });
 }
 
-/// A new version of a file put over its last one reseals only the chunks
-/// whose bytes changed: an edit in place, an insertion (the later chunks
-/// are found where they moved to), a deletion, an append and a
-/// truncation; it is cut as a fresh seal would cut it; and the chunks it
-/// reuses are confirmed on the mirrors, so a share a mirror lost is put
-/// back as a full upload would.
 /// A file written anew from its start over its stored version (`cp`
 /// over it) seals only the chunks that version lacks.
 #[test]
@@ -403,6 +397,12 @@ fn an_unanswered_confirmation_keeps_chunks_only_if_happy_allows() {
     });
 }
 
+/// A new version of a file put over its last one reseals only the chunks
+/// whose bytes changed: an edit in place, an insertion (the later chunks
+/// are found where they moved to), a deletion, an append and a
+/// truncation; it is cut as a fresh seal would cut it; and the chunks it
+/// reuses are confirmed on the mirrors, so a share a mirror lost is put
+/// back as a full upload would.
 #[test]
 fn a_new_version_reseals_only_what_changed() {
     use std::os::unix::fs::FileExt;
