@@ -142,7 +142,9 @@ impl<R: Read> Window<R> {
 
     /// The chunk is `buf[..cut]`; what follows starts the next.
     fn split(&mut self, cut: usize) -> Vec<u8> {
-        let mut next = Vec::with_capacity(self.params.max);
+        // The input's last chunk leaves no next one to read into.
+        let last = self.eof && cut == self.buf.len();
+        let mut next = Vec::with_capacity(if last { 0 } else { self.params.max });
         next.extend_from_slice(&self.buf[cut..]);
         self.buf.truncate(cut);
         self.searched = 0;
