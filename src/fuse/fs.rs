@@ -161,10 +161,6 @@ pub struct LodeFs {
     flush_failing: Mutex<Option<FlushFailing>>,
     /// Tells the kernel to forget names (a friend removed), once mounted.
     notifier: std::sync::OnceLock<fuser::Notifier>,
-    /// Whether a write-only open bypasses the kernel's page cache
-    /// (`FOPEN_DIRECT_IO`): set at `init` where the kernel drops the
-    /// cached pages a direct write covers (see [`Self::open_flags`]).
-    direct_writes: AtomicBool,
     /// Each open directory's names as its scan began (see [`Self::scan`]).
     scans: Mutex<std::collections::HashMap<u64, Scan>>,
     /// The partly staged copies (see [`super::partial`]), by path.
@@ -317,7 +313,6 @@ impl LodeFs {
             final_flush: Mutex::new(None),
             flush_failing: Mutex::new(None),
             notifier: std::sync::OnceLock::new(),
-            direct_writes: AtomicBool::new(false),
             scans: Mutex::new(Default::default()),
             partials: Mutex::new(Default::default()),
         })
@@ -3176,25 +3171,6 @@ impl LodeFs {
         Ok(self.local_blocks(attr, local))
     }
 
-    /// The open flags for an open with `flags`. A write-only open writes
-    /// straight to the mount (`FOPEN_DIRECT_IO`), not through the kernel's
-    /// page cache: nothing can read or map through it, and the pages the
-    /// cache would keep are a copy of what the staged file already holds.
-    /// Writing 1 GiB that way spares the writer's copy into fresh
-    /// page-cache pages: `dd`'s system time fell from 0.29 to 0.07 s on
-    /// the VM of docs/PERFORMANCE.md, "Write-only opens skip the page
-    /// cache". Any other open keeps its earlier pages unless they went
-    /// stale (`keep_cache`).
-    fn open_flags(&self, flags: i32, keep_cache: bool) -> FopenFlags {
-        if flags & libc::O_ACCMODE == libc::O_WRONLY && self.direct_writes.load(Ordering::Relaxed) {
-            FopenFlags::FOPEN_DIRECT_IO
-        } else if keep_cache {
-            FopenFlags::FOPEN_KEEP_CACHE
-        } else {
-            FopenFlags::empty()
-        }
-    }
-
     /// Open `ino`; returns whether the kernel may keep the pages it has
     /// cached for the file (see `Node::stale_pages`).
     fn do_open(&self, ino: u64, flags: OpenFlags) -> Result<bool> {
@@ -3983,18 +3959,6 @@ impl Filesystem for Mount {
         {
             tracing::info!("kernel without atomic O_TRUNC; an open that truncates fetches first");
         }
-        // Kernels that offer `FUSE_DIRECT_IO_ALLOW_MMAP` (6.6 and later)
-        // also drop the page-cache pages a direct write covers, so another
-        // open's cached pages stay in step with it: only there do
-        // write-only opens go direct. The flag itself is not taken (a
-        // write-only open cannot be mapped).
-        let direct = config
-            .capabilities()
-            .contains(fuser::InitFlags::FUSE_DIRECT_IO_ALLOW_MMAP);
-        self.direct_writes.store(direct, Ordering::Relaxed);
-        if !direct {
-            tracing::info!("kernel before 6.6; writes go through the page cache");
-        }
         Ok(())
     }
 
@@ -4153,7 +4117,11 @@ impl Filesystem for Mount {
         guarded("open", || match self.do_open(ino.0, flags) {
             Ok(keep_cache) => reply.opened(
                 FileHandle(self.next_fh.fetch_add(1, Ordering::Relaxed)),
-                self.open_flags(flags.0, keep_cache),
+                if keep_cache {
+                    FopenFlags::FOPEN_KEEP_CACHE
+                } else {
+                    FopenFlags::empty()
+                },
             ),
             Err(e) => reply.error(errno(&e)),
         })
@@ -4481,7 +4449,7 @@ impl Filesystem for Mount {
                     &attr,
                     Generation(0),
                     FileHandle(self.next_fh.fetch_add(1, Ordering::Relaxed)),
-                    self.open_flags(flags, false),
+                    FopenFlags::empty(),
                 ),
                 Err(e) => reply.error(errno(&e)),
             }
