@@ -53,10 +53,11 @@ impl ChunkerParams {
     ///
     /// An input no longer than `min` is one chunk whatever its content (the
     /// cut FastCDC would make too), so it is read into a buffer of its own
-    /// size and never reaches the streaming chunker, which zeroes a `max`
-    /// (4 MiB) buffer for every input: for a small file that zeroing cost
-    /// more than sealing and uploading it (perf: 7 % of the mount's CPU,
-    /// most of it `memset`, while 3,000 small files went up).
+    /// size and never reaches the streaming chunker, which sets up a gear
+    /// table and a `max`-sized buffer per input (an earlier chunker zeroed
+    /// that buffer: for a small file it cost more than sealing and
+    /// uploading it, 7 % of the mount's CPU while 3,000 small files went
+    /// up).
     ///
     /// A longer input streams through a [`Window`].
     pub fn chunks<R: Read>(&self, mut reader: R) -> Chunks<R> {
@@ -128,8 +129,10 @@ impl<R: Read> Window<R> {
     /// Read up to `READ_STEP` more bytes of the chunk, never past `max`.
     fn read_step(&mut self) -> Result<()> {
         let want = READ_STEP.min(self.params.max - self.buf.len()) as u64;
-        // `read_to_end` retries `Interrupted` and appends into the
-        // reserved room without zeroing it first.
+        // `read_to_end` retries `Interrupted`. It zeroes the reserved room
+        // before the reader fills it (std reads only into initialized
+        // memory through a plain `Read`): the first touch of a new chunk's
+        // pages is that zeroing.
         let got = Read::by_ref(&mut self.reader)
             .take(want)
             .read_to_end(&mut self.buf)
@@ -248,15 +251,7 @@ mod tests {
     #[test]
     fn long_inputs_cut_as_streamcdc_does() {
         let p = small(11);
-        let mut state = 0x9e37_79b9_7f4a_7c15u64;
-        let data: Vec<u8> = (0..1_500_000)
-            .map(|_| {
-                state ^= state << 13;
-                state ^= state >> 7;
-                state ^= state << 17;
-                state as u8
-            })
-            .collect();
+        let data = crate::chunk::xorshift_bytes(1_500_000, 0x9e37_79b9_7f4a_7c15);
         // Runs of zeros force cuts at `max`.
         let mut zeros = data.clone();
         zeros[300_000..700_000].fill(0);
@@ -285,15 +280,7 @@ mod tests {
     #[test]
     fn chunks_searched_step_by_step_cut_as_streamcdc_does() {
         let p = ChunkerParams::new(0x1234);
-        let mut state = 0x2545_f491_4f6c_dd1du64;
-        let mut data: Vec<u8> = (0..40 << 20)
-            .map(|_| {
-                state ^= state << 13;
-                state ^= state >> 7;
-                state ^= state << 17;
-                state as u8
-            })
-            .collect();
+        let mut data = crate::chunk::xorshift_bytes(40 << 20, 0x2545_f491_4f6c_dd1d);
         data[10 << 20..30 << 20].fill(0);
         let want = streamed(&p, &data);
         assert!(want.iter().any(|c| c.len() == p.max));

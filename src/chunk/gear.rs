@@ -198,17 +198,6 @@ mod tests {
     use crate::chunk::Normalization;
     use fastcdc::v2020::FastCDC;
 
-    fn xorshift(len: usize, mut state: u64) -> Vec<u8> {
-        (0..len)
-            .map(|_| {
-                state ^= state << 13;
-                state ^= state >> 7;
-                state ^= state << 17;
-                state as u8
-            })
-            .collect()
-    }
-
     /// Every cut, chunk after chunk, is the crate's.
     fn same_cuts(p: &ChunkerParams, data: &[u8]) -> usize {
         let gear = Gear::new(p);
@@ -228,7 +217,7 @@ mod tests {
     #[test]
     fn cuts_as_fastcdc_does_with_the_mounts_sizes() {
         let p = ChunkerParams::new(0x5eed);
-        let data = xorshift(48 << 20, 1);
+        let data = crate::chunk::xorshift_bytes(48 << 20, 1);
         assert!(same_cuts(&p, &data) > 8);
     }
 
@@ -239,7 +228,7 @@ mod tests {
     fn a_search_taken_up_again_finds_the_same_cut() {
         let p = ChunkerParams::new(0xface);
         let gear = Gear::new(&p);
-        let data = xorshift(40 << 20, 3);
+        let data = crate::chunk::xorshift_bytes(40 << 20, 3);
         let (mut at, mut checked) = (0, 0);
         while at + p.max < data.len() {
             let src = &data[at..];
@@ -264,7 +253,7 @@ mod tests {
     /// found in any lane, or none) and every normalization level.
     #[test]
     fn cuts_as_fastcdc_does_at_every_edge() {
-        let mut data = xorshift(3 << 20, 2);
+        let mut data = crate::chunk::xorshift_bytes(3 << 20, 2);
         data[500_000..900_000].fill(0);
         for (i, b) in data[1_200_000..1_600_000].iter_mut().enumerate() {
             *b = (i % 7) as u8;

@@ -52,3 +52,17 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 pub(crate) fn hex(bytes: &[u8]) -> String {
     data_encoding::HEXLOWER.encode(bytes)
 }
+
+/// `len` bytes of a xorshift sequence from `state`: busy input for the
+/// chunker's tests, the same on every run.
+#[cfg(test)]
+fn xorshift_bytes(len: usize, mut state: u64) -> Vec<u8> {
+    (0..len)
+        .map(|_| {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            state as u8
+        })
+        .collect()
+}
