@@ -1,12 +1,11 @@
 //! Shares on local disk.
 //!
-//! Layout: `DATA/shares/ab/cd/<64 hex>`, two levels of 256-way sharding by
-//! the id's first two bytes, so no directory grows past a few thousand
-//! entries for a mirror of a few billion shares. Writes go to `DATA/tmp/`,
-//! are hashed while they stream in, fsynced, renamed into place and the
-//! shard directory fsynced (and the parent of a shard directory made for
-//! it): a share is either wholly present and durable or absent, whatever
-//! the crash. A batch of staged shares is renamed into place together and
+//! Layout: `DATA/shares/ab/<64 hex>`, one level of 256 shard directories
+//! made when the store is first opened (`layout.rs`, which also moves the
+//! older two-level layout forward). Writes go to `DATA/tmp/`, are hashed
+//! while they stream in, fsynced, renamed into place and the shard
+//! directory fsynced: a share is either wholly present and durable or
+//! absent, whatever the crash. A batch of staged shares is renamed into place together and
 //! each directory it touched fsynced once (see
 //! [`ShareStore::commit_batch`]), so concurrent uploads share that wait.
 //!
@@ -105,7 +104,7 @@ pub struct DiskShares {
 
 impl DiskShares {
     pub fn open(data: &Path) -> Result<DiskShares> {
-        std::fs::create_dir_all(data.join("shares"))?;
+        super::layout::prepare(&data.join("shares"))?;
         let tmp = data.join("tmp");
         // Leftovers of writes cut short by a crash are never valid shares.
         if tmp.exists() {
@@ -217,12 +216,7 @@ impl DiskShares {
 
     /// The file that holds share `id`.
     pub fn path_of(&self, id: &ShareId) -> PathBuf {
-        let h = hex(id);
-        self.root
-            .join("shares")
-            .join(&h[..2])
-            .join(&h[2..4])
-            .join(h)
+        super::layout::share_path(&self.root.join("shares"), id)
     }
 }
 
@@ -534,9 +528,8 @@ fn matches(path: &Path, id: &ShareId) -> std::io::Result<bool> {
 /// Rename a staged share into place (blocking), unless a good copy is
 /// already held. Returns the stored length and the directories that must
 /// be fsynced before the share counts as durable: none if it was held, else
-/// the shard directory, and the parent of each shard directory level this
-/// call had to create (a new directory's own entry is durable only once
-/// its parent is synced).
+/// the shard directory (and its parent, if the shard directory had gone
+/// missing and was made again).
 fn place(
     dest: &Path,
     staged: Staged,
@@ -553,22 +546,18 @@ fn place(
     }
     let shard = dest.parent().expect("share paths have a parent");
     let mut to_sync = vec![shard.to_path_buf()];
-    // shares/ab/cd: create ab and cd as needed, remembering whose entries
-    // changed.
-    let mut missing = Vec::new();
-    let mut dir = shard;
-    while !dir.is_dir() && missing.len() < 2 {
-        missing.push(dir);
-        dir = dir.parent().expect("share paths have a parent");
-    }
-    for new in missing.iter().rev() {
-        match std::fs::create_dir(new) {
-            // Made by a racing commit, which may not have synced it yet.
-            Err(e) if e.kind() != std::io::ErrorKind::AlreadyExists => return Err(e),
-            _ => to_sync.push(new.parent().expect("has a parent").to_path_buf()),
+    match std::fs::rename(tmp, dest) {
+        // Every shard directory is made when the store opens; one removed
+        // by hand since is made again.
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound && !shard.is_dir() => {
+            match std::fs::create_dir(shard) {
+                Err(e) if e.kind() != std::io::ErrorKind::AlreadyExists => return Err(e),
+                _ => to_sync.push(shard.parent().expect("has a parent").to_path_buf()),
+            }
+            std::fs::rename(tmp, dest)?;
         }
+        other => other?,
     }
-    std::fs::rename(tmp, dest)?;
     Ok((staged.len, to_sync))
 }
 
@@ -904,6 +893,44 @@ mod tests {
             assert!(!store.holds(id).unwrap());
             assert!(store.get(id).await.unwrap().is_none());
         }
+    }
+
+    /// Storing shares makes no directory: every shard directory exists
+    /// from the start. One removed by hand is made again by the next
+    /// share that needs it.
+    #[tokio::test]
+    async fn storing_a_share_makes_no_directory_unless_its_shard_was_removed() {
+        fn dirs(path: &Path) -> usize {
+            std::fs::read_dir(path)
+                .unwrap()
+                .map(|e| e.unwrap())
+                .filter(|e| e.file_type().unwrap().is_dir())
+                .map(|e| 1 + dirs(&e.path()))
+                .sum()
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let store = DiskShares::open(dir.path()).unwrap();
+        let shares = dir.path().join("shares");
+        assert_eq!(dirs(&shares), 256);
+        let mut held = Vec::new();
+        for i in 0..20u32 {
+            let bytes = vec![i as u8; SMALL_MAX as usize + 1 + i as usize];
+            let id = crate::chunk::share_id(&bytes);
+            let staged = store.stage(&id, body(&bytes), bytes.len() as u64).await;
+            store.commit(staged.unwrap(), false).await.unwrap();
+            assert!(store.path_of(&id).is_file());
+            held.push((id, bytes));
+        }
+        assert_eq!(dirs(&shares), 256);
+        // A shard emptied and removed by hand.
+        let (id, bytes) = held.pop().unwrap();
+        let shard = store.path_of(&id).parent().unwrap().to_path_buf();
+        std::fs::remove_dir_all(&shard).unwrap();
+        let staged = store.stage(&id, body(&bytes), bytes.len() as u64).await;
+        store.commit(staged.unwrap(), false).await.unwrap();
+        let (_, stream) = store.get(&id).await.unwrap().unwrap();
+        assert!(drain(stream).await.0 == bytes);
+        assert!(shard.is_dir());
     }
 
     /// A corrupt share file (from before small shares were rows) is

@@ -71,7 +71,11 @@ impl Error {
             Error::Unfunded { .. } => StatusCode::PAYMENT_REQUIRED,
             Error::Auth(_) => StatusCode::UNAUTHORIZED,
             Error::NotFound => StatusCode::NOT_FOUND,
-            Error::Io(_) | Error::Ledger(_) | Error::Task(_) | Error::Commit(_) => {
+            Error::Io(_)
+            | Error::Ledger(_)
+            | Error::Task(_)
+            | Error::Commit(_)
+            | Error::Layout(_) => {
                 tracing::error!(error = %self, "internal error");
                 StatusCode::INTERNAL_SERVER_ERROR
             }

@@ -14,6 +14,7 @@ mod credit;
 mod disk;
 mod gc;
 mod http;
+mod layout;
 mod ledger;
 mod scrub;
 mod small;
@@ -84,6 +85,8 @@ pub enum Error {
     Task(String),
     #[error("group commit failed: {0}")]
     Commit(String),
+    #[error("share layout: {0}")]
+    Layout(String),
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;

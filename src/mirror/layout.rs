@@ -1,0 +1,224 @@
+//! Where share files live under a mirror's `shares/` directory, and the
+//! move of an older layout to the current one.
+//!
+//! Version 2 (now): `shares/ab/<64 hex>`, one level of 256 shard
+//! directories by the id's first byte, all made when the store is first
+//! opened, so storing a share never makes a directory. The version is the
+//! text of `shares/LAYOUT`.
+//!
+//! Version 1 (no `LAYOUT` file): `shares/ab/cd/<64 hex>`, two levels made
+//! as shares arrived. On a young mirror nearly every share made one or two
+//! directories, and each new directory's parent had to be fsynced too: on
+//! the benchmark's disk the three mirrors spent about a sixth of their CPU
+//! allocating those inodes (docs/PERFORMANCE.md, "Shard directories made
+//! once"). One level holds enough: ext4 indexes a directory of millions of
+//! entries (about 10 million without `large_dir`, so 2.5 billion shares over
+//! 256 directories), and XFS and btrfs have no such bound.
+//!
+//! Opening a version-1 store moves every share up a level and then writes
+//! `LAYOUT`; a move cut short by a crash is finished by the next open, since
+//! each rename is atomic and the version is written last.
+
+use std::path::{Path, PathBuf};
+
+use super::{Error, Result};
+use crate::chunk::ShareId;
+use crate::protocol::hex;
+
+/// The layout this code writes.
+pub const LAYOUT_VERSION: u32 = 2;
+
+/// The file under `shares/` that names the layout's version.
+const LAYOUT_FILE: &str = "LAYOUT";
+
+/// The file that holds share `id` under `shares`.
+pub fn share_path(shares: &Path, id: &ShareId) -> PathBuf {
+    let h = hex(id);
+    shares.join(&h[..2]).join(h)
+}
+
+/// Make `shares` ready for the current layout: create it and its shard
+/// directories, moving a version-1 store forward. Refuses a newer layout.
+pub fn prepare(shares: &Path) -> Result<()> {
+    std::fs::create_dir_all(shares)?;
+    match read_version(shares)? {
+        Some(LAYOUT_VERSION) => Ok(()),
+        Some(v) => Err(Error::Layout(format!(
+            "{}: version {v} is not supported (this mirror reads up to {LAYOUT_VERSION})",
+            shares.display()
+        ))),
+        None => {
+            let moved = upgrade(shares)?;
+            if moved > 0 {
+                tracing::info!(
+                    shares = moved,
+                    "share files moved to layout {LAYOUT_VERSION}"
+                );
+            }
+            Ok(())
+        }
+    }
+}
+
+fn read_version(shares: &Path) -> Result<Option<u32>> {
+    let path = shares.join(LAYOUT_FILE);
+    match std::fs::read_to_string(&path) {
+        Ok(text) => text.trim().parse().map(Some).map_err(|_| {
+            Error::Layout(format!(
+                "{}: not a version number: {text:?}",
+                path.display()
+            ))
+        }),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// Whether `name` is `len` lowercase hex digits.
+fn is_hex(name: &str, len: usize) -> bool {
+    name.len() == len && name.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
+}
+
+/// Make the 256 shard directories, move version-1 shares into them, make
+/// it all durable, then write the version. Returns how many shares moved.
+fn upgrade(shares: &Path) -> Result<usize> {
+    let mut moved = 0;
+    for byte in 0..=255u8 {
+        let shard = shares.join(format!("{byte:02x}"));
+        match std::fs::create_dir(&shard) {
+            Err(e) if e.kind() != std::io::ErrorKind::AlreadyExists => return Err(e.into()),
+            _ => {}
+        }
+        // Version 1's second level: `ab/cd/`, two hex digits. Version 2
+        // holds only files named by 64 hex digits here.
+        let mut old = Vec::new();
+        for entry in std::fs::read_dir(&shard)? {
+            let entry = entry?;
+            let name = entry.file_name();
+            if entry.file_type()?.is_dir() && name.to_str().is_some_and(|n| is_hex(n, 2)) {
+                old.push(entry.path());
+            }
+        }
+        for dir in &old {
+            for entry in std::fs::read_dir(dir)? {
+                let entry = entry?;
+                let name = entry.file_name();
+                if name.to_str().is_some_and(|n| is_hex(n, 64)) {
+                    std::fs::rename(entry.path(), shard.join(&name))?;
+                    moved += 1;
+                }
+            }
+        }
+        // The shares' new entries are durable before their old
+        // directories go.
+        std::fs::File::open(&shard)?.sync_all()?;
+        for dir in &old {
+            if let Err(e) = std::fs::remove_dir(dir) {
+                tracing::warn!(dir = %dir.display(), error = %e, "old shard directory kept");
+            }
+        }
+    }
+    let tmp = shares.join(format!("{LAYOUT_FILE}.tmp"));
+    {
+        use std::io::Write;
+        let mut file = std::fs::File::create(&tmp)?;
+        writeln!(file, "{LAYOUT_VERSION}")?;
+        file.sync_all()?;
+    }
+    std::fs::rename(&tmp, shares.join(LAYOUT_FILE))?;
+    std::fs::File::open(shares)?.sync_all()?;
+    Ok(moved)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A share file at its version-1 place, named by the id of `bytes`.
+    fn old_share(shares: &Path, bytes: &[u8]) -> (ShareId, PathBuf) {
+        let id = crate::chunk::share_id(bytes);
+        let h = hex(&id);
+        let dir = shares.join(&h[..2]).join(&h[2..4]);
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join(&h);
+        std::fs::write(&path, bytes).unwrap();
+        (id, path)
+    }
+
+    fn dirs_under(shares: &Path) -> usize {
+        let mut n = 0;
+        for entry in std::fs::read_dir(shares).unwrap() {
+            let entry = entry.unwrap();
+            if entry.file_type().unwrap().is_dir() {
+                n += 1 + dirs_under(&entry.path());
+            }
+        }
+        n
+    }
+
+    #[test]
+    fn a_new_store_has_every_shard_directory_and_its_version() {
+        let dir = tempfile::tempdir().unwrap();
+        let shares = dir.path().join("shares");
+        prepare(&shares).unwrap();
+        assert_eq!(dirs_under(&shares), 256);
+        let text = std::fs::read_to_string(shares.join(LAYOUT_FILE)).unwrap();
+        assert_eq!(text.trim(), LAYOUT_VERSION.to_string());
+        let id = crate::chunk::share_id(b"x");
+        let path = share_path(&shares, &id);
+        assert!(path.parent().unwrap().is_dir());
+        assert_eq!(path.parent().unwrap().parent().unwrap(), shares);
+        // Opening again changes nothing.
+        prepare(&shares).unwrap();
+        assert_eq!(dirs_under(&shares), 256);
+    }
+
+    #[test]
+    fn a_version_1_store_is_moved_up_a_level() {
+        let dir = tempfile::tempdir().unwrap();
+        let shares = dir.path().join("shares");
+        let olds: Vec<_> = (0..40u32)
+            .map(|i| old_share(&shares, format!("share {i}").as_bytes()))
+            .collect();
+        prepare(&shares).unwrap();
+        for (i, (id, old)) in olds.iter().enumerate() {
+            assert!(!old.exists());
+            let bytes = std::fs::read(share_path(&shares, id)).unwrap();
+            assert_eq!(bytes, format!("share {i}").as_bytes());
+        }
+        // Only the 256 shard directories are left.
+        assert_eq!(dirs_under(&shares), 256);
+        assert_eq!(read_version(&shares).unwrap(), Some(LAYOUT_VERSION));
+    }
+
+    #[test]
+    fn a_move_cut_short_is_finished_by_the_next_open() {
+        let dir = tempfile::tempdir().unwrap();
+        let shares = dir.path().join("shares");
+        let (a, a_old) = old_share(&shares, b"moved before the crash");
+        let (b, b_old) = old_share(&shares, b"still at its old place");
+        // The crash came after `a` moved, before the version was written.
+        let a_new = share_path(&shares, &a);
+        std::fs::create_dir_all(a_new.parent().unwrap()).unwrap();
+        std::fs::rename(&a_old, &a_new).unwrap();
+        prepare(&shares).unwrap();
+        assert_eq!(std::fs::read(&a_new).unwrap(), b"moved before the crash");
+        assert!(!b_old.exists());
+        let b_new = share_path(&shares, &b);
+        assert_eq!(std::fs::read(b_new).unwrap(), b"still at its old place");
+        assert_eq!(dirs_under(&shares), 256);
+    }
+
+    #[test]
+    fn a_newer_or_unreadable_layout_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let shares = dir.path().join("shares");
+        std::fs::create_dir_all(&shares).unwrap();
+        std::fs::write(shares.join(LAYOUT_FILE), "3\n").unwrap();
+        let err = prepare(&shares).unwrap_err().to_string();
+        assert!(err.contains("version 3 is not supported"), "{err}");
+        std::fs::write(shares.join(LAYOUT_FILE), "two\n").unwrap();
+        let err = prepare(&shares).unwrap_err().to_string();
+        assert!(err.contains("not a version number"), "{err}");
+    }
+}
