@@ -9,9 +9,8 @@
 //! Version 1 (no `LAYOUT` file): `shares/ab/cd/<64 hex>`, two levels made
 //! as shares arrived. On a young mirror nearly every share made one or two
 //! directories, and each new directory's parent had to be fsynced too: on
-//! the benchmark's disk the three mirrors spent about a sixth of their CPU
-//! allocating those inodes (docs/PERFORMANCE.md, "Shard directories made
-//! once"). One level holds enough: ext4 indexes a directory of millions of
+//! the benchmark's disk, making them took about a ninth of the three
+//! mirrors' CPU (docs/PERFORMANCE.md, "Shard directories made once"). One level holds enough: ext4 indexes a directory of millions of
 //! entries (about 10 million without `large_dir`, so 2.5 billion shares over
 //! 256 directories), and XFS and btrfs have no such bound.
 //!
