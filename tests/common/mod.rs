@@ -199,8 +199,9 @@ impl MirrorProc {
         };
     }
 
-    /// Every share file on this mirror's disk (small shares are rows: see
-    /// `small_shares`).
+    /// Every share file on this mirror's disk: the files under `shares/`
+    /// named by an id (64 hex digits; not the layout's version file).
+    /// Small shares are rows: see `small_shares`.
     pub fn share_files(&self) -> Vec<PathBuf> {
         fn walk(dir: &Path, out: &mut Vec<PathBuf>) {
             let Ok(rd) = std::fs::read_dir(dir) else {
@@ -210,7 +211,11 @@ impl MirrorProc {
                 let p = e.path();
                 if p.is_dir() {
                     walk(&p, out);
-                } else {
+                } else if e
+                    .file_name()
+                    .to_str()
+                    .is_some_and(|n| n.len() == 64 && n.bytes().all(|b| b.is_ascii_hexdigit()))
+                {
                     out.push(p);
                 }
             }
