@@ -1257,3 +1257,62 @@ fn a_mirror_raises_its_descriptor_limit_to_the_hard_one() {
     assert!(line.contains("listening on http://127.0.0.1:"), "{line:?}");
     assert_eq!(soft, 4096, "the mirror kept a soft limit of {soft}");
 }
+
+/// A mirror whose data directory has the first share layout (two levels,
+/// `shares/ab/cd/<id>`, no `shares/LAYOUT`) serves every share after a
+/// restart: it moves them up a level as it opens. A layout newer than the
+/// binary knows is refused at start, with the reason.
+#[test]
+fn a_mirror_moves_a_two_level_store_forward_and_refuses_a_newer_one() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut mirrors = three_mirrors(tmp.path(), &[]);
+    let client = Client::new(&tmp.path().join("home"), &urls(&mirrors));
+    let data = common::seeded_bytes("two levels", 12 << 20);
+    let src = write_file(tmp.path(), "f.bin", &data);
+    let cap = client
+        .ok(&["put", src.to_str().unwrap()])
+        .trim()
+        .to_string();
+    let shares = |m: &MirrorProc| m.data.join("shares");
+    for m in &mut mirrors {
+        m.stop();
+        let files = m.share_files();
+        assert!(!files.is_empty(), "{} holds no share files", m.url);
+        // Back to the first layout, as an older mirror left it.
+        for file in files {
+            let name = file.file_name().unwrap().to_str().unwrap().to_string();
+            let old = file.parent().unwrap().join(&name[2..4]);
+            std::fs::create_dir_all(&old).unwrap();
+            std::fs::rename(&file, old.join(&name)).unwrap();
+        }
+        std::fs::remove_file(shares(m).join("LAYOUT")).unwrap();
+        m.restart();
+    }
+    // A mirror answers only once its store is open (the move done),
+    // though it prints its address before.
+    let report = client.ok(&["check", &cap, "--verify"]);
+    assert!(report.contains(": healthy"), "{report}");
+    let out = tmp.path().join("back.bin");
+    client.ok(&["get", &cap, "-o", out.to_str().unwrap()]);
+    assert!(
+        std::fs::read(&out).unwrap() == data,
+        "bytes read back differ"
+    );
+    for m in &mirrors {
+        let files = m.share_files();
+        assert!(!files.is_empty());
+        for file in &files {
+            let shard = file.parent().unwrap();
+            assert_eq!(shard.parent().unwrap(), shares(m), "{}", file.display());
+        }
+        let layout = std::fs::read_to_string(shares(m).join("LAYOUT")).unwrap();
+        assert_eq!(layout.trim(), "2");
+    }
+
+    mirrors[0].stop();
+    std::fs::write(shares(&mirrors[0]).join("LAYOUT"), "3\n").unwrap();
+    let refused = common::serve_refused(&mirrors[0].data, &[]);
+    assert!(!refused.status.success());
+    let said = String::from_utf8_lossy(&refused.stderr);
+    assert!(said.contains("version 3 is not supported"), "{said}");
+}
