@@ -1286,19 +1286,9 @@ fn a_mirror_moves_a_two_level_store_forward_and_refuses_a_newer_one() {
             std::fs::rename(&file, old.join(&name)).unwrap();
         }
         std::fs::remove_file(shares(m).join("LAYOUT")).unwrap();
+        // A mirror prints its address (which `restart` waits for) once its
+        // store is open: the move is done by then.
         m.restart();
-    }
-    // A mirror answers only once its store is open (the move done),
-    // though it prints its address before.
-    let report = client.ok(&["check", &cap, "--verify"]);
-    assert!(report.contains(": healthy"), "{report}");
-    let out = tmp.path().join("back.bin");
-    client.ok(&["get", &cap, "-o", out.to_str().unwrap()]);
-    assert!(
-        std::fs::read(&out).unwrap() == data,
-        "bytes read back differ"
-    );
-    for m in &mirrors {
         let files = m.share_files();
         assert!(!files.is_empty());
         for file in &files {
@@ -1308,6 +1298,14 @@ fn a_mirror_moves_a_two_level_store_forward_and_refuses_a_newer_one() {
         let layout = std::fs::read_to_string(shares(m).join("LAYOUT")).unwrap();
         assert_eq!(layout.trim(), "2");
     }
+    let report = client.ok(&["check", &cap, "--verify"]);
+    assert!(report.contains(": healthy"), "{report}");
+    let out = tmp.path().join("back.bin");
+    client.ok(&["get", &cap, "-o", out.to_str().unwrap()]);
+    assert!(
+        std::fs::read(&out).unwrap() == data,
+        "bytes read back differ"
+    );
 
     mirrors[0].stop();
     std::fs::write(shares(&mirrors[0]).join("LAYOUT"), "3\n").unwrap();

@@ -210,14 +210,21 @@ pub fn run(args: ServeArgs) -> Result<()> {
             }
             None => None,
         };
-        // The first line on stdout is the address: scripts and tests read it.
-        println!("lode mirror listening on http://{addr}");
-        if let Some((l, _)) = &stratum {
-            println!("lode pool listening on stratum+tcp://{}", l.local_addr()?);
-        }
-        use std::io::Write;
-        std::io::stdout().flush()?;
-        serve(listener, stratum, config, shutdown_signal())
+        let pool_addr = match &stratum {
+            Some((l, _)) => Some(l.local_addr()?),
+            None => None,
+        };
+        // The first line on stdout is the address: scripts and tests read
+        // it. It comes once the mirror answers, its store open.
+        let announce = move || {
+            use std::io::Write;
+            println!("lode mirror listening on http://{addr}");
+            if let Some(pool) = pool_addr {
+                println!("lode pool listening on stratum+tcp://{pool}");
+            }
+            std::io::stdout().flush()
+        };
+        serve(listener, stratum, config, announce, shutdown_signal())
             .await
             .with_context(|| format!("mirror with data in {}", args.data.display()))
     })

@@ -416,10 +416,15 @@ async fn info(State(m): State<Arc<Mirror>>) -> Result<axum::Json<Info>> {
 /// Serve a mirror on `listener` until `shutdown` resolves, with its
 /// Stratum pool on `stratum` if given. Runs GC (and billing) every
 /// `gc_interval` in the background.
+/// Run a mirror on `listener` until `shutdown`. `ready` is called once
+/// the ledger and the share store are open (an older share layout moved
+/// forward), just before requests are answered: callers announce the
+/// address there, so that "listening" means ready.
 pub async fn serve(
     listener: TcpListener,
     stratum: Option<(TcpListener, PoolConfig)>,
     config: MirrorConfig,
+    ready: impl FnOnce() -> std::io::Result<()>,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> Result<()> {
     std::fs::create_dir_all(&config.data)?;
@@ -512,6 +517,7 @@ pub async fn serve(
         .route("/v1/slot/{pk}", put(put_slot).get(get_slot))
         .layer(DefaultBodyLimit::max(MAX_SLOT_BYTES))
         .with_state(mirror);
+    ready()?;
     let result = axum::serve(listener, app)
         .with_graceful_shutdown(shutdown)
         .await;
