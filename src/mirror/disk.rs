@@ -5,8 +5,8 @@
 //! older two-level layout forward). Writes go to `DATA/tmp/`, are hashed
 //! while they stream in, fsynced, renamed into place and the shard
 //! directory fsynced: a share is either wholly present and durable or
-//! absent, whatever the crash. A batch of staged shares is renamed into place together and
-//! each directory it touched fsynced once (see
+//! absent, whatever the crash. A batch of staged shares is renamed into
+//! place together and each directory it touched fsynced once (see
 //! [`ShareStore::commit_batch`]), so concurrent uploads share that wait.
 //!
 //! Shares of at most [`SMALL_MAX`] bytes are not files: they are gathered
