@@ -59,7 +59,7 @@ for i in 1 2 3; do
 done
 "$lode" init >/dev/null
 for i in 1 2 3; do
-    "$lode" mirrors add "$(head -1 "$work/mirror$i.log" | awk '{print $NF}')" >/dev/null
+    "$lode" mirrors add "$(grep -m1 "mirror listening on" "$work/mirror$i.log" | awk '{print $NF}')" >/dev/null
 done
 
 if [ -n "${STRACE:-}" ]; then

@@ -62,14 +62,16 @@ for i in 1 2 3; do
     echo $! >"$pidfile"
 done
 for i in 1 2 3; do
-    for _ in $(seq 100); do grep -q "pool listening" "$dir/mirror$i.log" && break; sleep 0.1; done
+    # A mirror announces itself once its store is open (an older share
+    # layout moved forward first, which may take a while on a big one).
+    for _ in $(seq 600); do grep -q "pool listening" "$dir/mirror$i.log" && break; sleep 0.1; done
     grep -q "pool listening" "$dir/mirror$i.log" || { cat "$dir/mirror$i.log" >&2; exit 1; }
-    head -1 "$dir/mirror$i.log" | sed 's|.*http://||' >"$dir/mirror$i.addr"
-    sed -n 2p "$dir/mirror$i.log" | sed 's|.*tcp://||' >"$dir/mirror$i.stratum"
+    grep -m1 "mirror listening on" "$dir/mirror$i.log" | sed 's|.*http://||' >"$dir/mirror$i.addr"
+    grep -m1 "pool listening on" "$dir/mirror$i.log" | sed 's|.*tcp://||' >"$dir/mirror$i.stratum"
 done
 [ -e "$LODE_HOME/data/secret" ] || "$lode" init
 for i in 1 2 3; do
-    url=$(head -1 "$dir/mirror$i.log" | awk '{print $NF}')
+    url=$(grep -m1 "mirror listening on" "$dir/mirror$i.log" | awk '{print $NF}')
     grep -qF "\"$url\"" "$LODE_HOME/config/config.toml" || "$lode" mirrors add "$url"
 done
 grep -qs " $mnt " /proc/self/mounts || "$lode" mount "$mnt"

@@ -416,10 +416,10 @@ async fn info(State(m): State<Arc<Mirror>>) -> Result<axum::Json<Info>> {
 /// Serve a mirror on `listener` until `shutdown` resolves, with its
 /// Stratum pool on `stratum` if given. Runs GC (and billing) every
 /// `gc_interval` in the background.
-/// Run a mirror on `listener` until `shutdown`. `ready` is called once
-/// the ledger and the share store are open (an older share layout moved
-/// forward), just before requests are answered: callers announce the
-/// address there, so that "listening" means ready.
+///
+/// `ready` is called once the ledger and the share store are open (an
+/// older share layout moved forward), just before requests are answered:
+/// callers announce the address there, so that "listening" means ready.
 pub async fn serve(
     listener: TcpListener,
     stratum: Option<(TcpListener, PoolConfig)>,

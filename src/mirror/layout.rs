@@ -10,13 +10,16 @@
 //! as shares arrived. On a young mirror nearly every share made one or two
 //! directories, and each new directory's parent had to be fsynced too: on
 //! the benchmark's disk, making them took about a ninth of the three
-//! mirrors' CPU (docs/PERFORMANCE.md, "Shard directories made once"). One level holds enough: ext4 indexes a directory of millions of
-//! entries (about 10 million without `large_dir`, so 2.5 billion shares over
-//! 256 directories), and XFS and btrfs have no such bound.
+//! mirrors' CPU (docs/PERFORMANCE.md, "Shard directories made once").
+//! One level holds enough: ext4 indexes a directory of millions of entries
+//! (about 10 million without `large_dir`, so 2.5 billion shares over 256
+//! directories), and XFS and btrfs have no such bound.
 //!
 //! Opening a version-1 store moves every share up a level and then writes
 //! `LAYOUT`; a move cut short by a crash is finished by the next open, since
-//! each rename is atomic and the version is written last.
+//! each rename is atomic and the version is written last. A version-2 store
+//! that an older lode wrote to since (into `ab/cd/`, which it made) is moved
+//! again: a shard directory holding directories has a link count above 2.
 
 use std::path::{Path, PathBuf};
 
@@ -39,24 +42,56 @@ pub fn share_path(shares: &Path, id: &ShareId) -> PathBuf {
 /// Make `shares` ready for the current layout: create it and its shard
 /// directories, moving a version-1 store forward. Refuses a newer layout.
 pub fn prepare(shares: &Path) -> Result<()> {
-    std::fs::create_dir_all(shares)?;
-    match read_version(shares)? {
-        Some(LAYOUT_VERSION) => Ok(()),
-        Some(v) => Err(Error::Layout(format!(
-            "{}: version {v} is not supported (this mirror reads up to {LAYOUT_VERSION})",
-            shares.display()
-        ))),
-        None => {
-            let moved = upgrade(shares)?;
-            if moved > 0 {
-                tracing::info!(
-                    shares = moved,
-                    "share files moved to layout {LAYOUT_VERSION}"
-                );
-            }
-            Ok(())
+    std::fs::create_dir_all(shares).map_err(at(shares))?;
+    let move_up = match read_version(shares)? {
+        Some(LAYOUT_VERSION) => older_writes(shares)?,
+        Some(v) if v > LAYOUT_VERSION => {
+            return Err(Error::Layout(format!(
+                "{}: version {v} is not supported (this mirror reads up to {LAYOUT_VERSION})",
+                shares.display()
+            )));
+        }
+        Some(v) => {
+            return Err(Error::Layout(format!(
+                "{}: unknown version {v} (version 1 has no LAYOUT file)",
+                shares.display()
+            )));
+        }
+        None => true,
+    };
+    if move_up {
+        let moved = upgrade(shares)?;
+        if moved > 0 {
+            tracing::info!(
+                shares = moved,
+                "share files moved to layout {LAYOUT_VERSION}"
+            );
         }
     }
+    Ok(())
+}
+
+/// An I/O error with the path it concerns.
+fn at(path: &Path) -> impl FnOnce(std::io::Error) -> Error + '_ {
+    move |e| Error::Layout(format!("{}: {e}", path.display()))
+}
+
+/// Whether a lode of layout 1 wrote to this version-2 store: some shard
+/// directory holds a directory (its link count is above 2). Where link
+/// counts do not count subdirectories (btrfs), this finds nothing.
+fn older_writes(shares: &Path) -> Result<bool> {
+    use std::os::unix::fs::MetadataExt;
+    for byte in 0..=255u8 {
+        let shard = shares.join(format!("{byte:02x}"));
+        match std::fs::metadata(&shard) {
+            Ok(meta) if meta.nlink() > 2 => return Ok(true),
+            Ok(_) => {}
+            // Made again by the next share that needs it.
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(at(&shard)(e)),
+        }
+    }
+    Ok(false)
 }
 
 fn read_version(shares: &Path) -> Result<Option<u32>> {
@@ -69,7 +104,7 @@ fn read_version(shares: &Path) -> Result<Option<u32>> {
             ))
         }),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-        Err(e) => Err(e.into()),
+        Err(e) => Err(at(&path)(e)),
     }
 }
 
@@ -85,48 +120,62 @@ fn upgrade(shares: &Path) -> Result<usize> {
     for byte in 0..=255u8 {
         let shard = shares.join(format!("{byte:02x}"));
         match std::fs::create_dir(&shard) {
-            Err(e) if e.kind() != std::io::ErrorKind::AlreadyExists => return Err(e.into()),
+            Err(e) if e.kind() != std::io::ErrorKind::AlreadyExists => return Err(at(&shard)(e)),
             _ => {}
         }
         // Version 1's second level: `ab/cd/`, two hex digits. Version 2
         // holds only files named by 64 hex digits here.
         let mut old = Vec::new();
-        for entry in std::fs::read_dir(&shard)? {
-            let entry = entry?;
-            let name = entry.file_name();
-            if entry.file_type()?.is_dir() && name.to_str().is_some_and(|n| is_hex(n, 2)) {
+        for entry in std::fs::read_dir(&shard).map_err(at(&shard))? {
+            let entry = entry.map_err(at(&shard))?;
+            let is_dir = entry.file_type().map_err(at(&entry.path()))?.is_dir();
+            if is_dir && entry.file_name().to_str().is_some_and(|n| is_hex(n, 2)) {
                 old.push(entry.path());
             }
         }
+        if old.is_empty() {
+            continue;
+        }
         for dir in &old {
-            for entry in std::fs::read_dir(dir)? {
-                let entry = entry?;
+            for entry in std::fs::read_dir(dir).map_err(at(dir))? {
+                let entry = entry.map_err(at(dir))?;
                 let name = entry.file_name();
                 if name.to_str().is_some_and(|n| is_hex(n, 64)) {
-                    std::fs::rename(entry.path(), shard.join(&name))?;
+                    let from = entry.path();
+                    std::fs::rename(&from, shard.join(&name)).map_err(at(&from))?;
                     moved += 1;
                 }
             }
+            // Its entries gone on disk too: a crash must not bring back a
+            // second name for a share, which GC would later leave behind.
+            sync_dir(dir)?;
         }
-        // The shares' new entries are durable before their old
-        // directories go.
-        std::fs::File::open(&shard)?.sync_all()?;
+        // The shares' new names are durable before their old directories
+        // go, and the directories' removal before the version is written.
+        sync_dir(&shard)?;
         for dir in &old {
             if let Err(e) = std::fs::remove_dir(dir) {
                 tracing::warn!(dir = %dir.display(), error = %e, "old shard directory kept");
             }
         }
+        sync_dir(&shard)?;
     }
     let tmp = shares.join(format!("{LAYOUT_FILE}.tmp"));
     {
         use std::io::Write;
-        let mut file = std::fs::File::create(&tmp)?;
-        writeln!(file, "{LAYOUT_VERSION}")?;
-        file.sync_all()?;
+        let mut file = std::fs::File::create(&tmp).map_err(at(&tmp))?;
+        writeln!(file, "{LAYOUT_VERSION}").map_err(at(&tmp))?;
+        file.sync_all().map_err(at(&tmp))?;
     }
-    std::fs::rename(&tmp, shares.join(LAYOUT_FILE))?;
-    std::fs::File::open(shares)?.sync_all()?;
+    std::fs::rename(&tmp, shares.join(LAYOUT_FILE)).map_err(at(&tmp))?;
+    sync_dir(shares)?;
     Ok(moved)
+}
+
+fn sync_dir(dir: &Path) -> Result<()> {
+    std::fs::File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(at(dir))
 }
 
 #[cfg(test)]
@@ -219,5 +268,30 @@ mod tests {
         std::fs::write(shares.join(LAYOUT_FILE), "two\n").unwrap();
         let err = prepare(&shares).unwrap_err().to_string();
         assert!(err.contains("not a version number"), "{err}");
+        std::fs::write(shares.join(LAYOUT_FILE), "1\n").unwrap();
+        let err = prepare(&shares).unwrap_err().to_string();
+        assert!(err.contains("unknown version 1"), "{err}");
+    }
+
+    /// An older lode run on a moved store writes shares two levels down
+    /// again: the next open moves them up too.
+    #[test]
+    fn shares_an_older_lode_wrote_since_are_moved_up_as_well() {
+        let dir = tempfile::tempdir().unwrap();
+        let shares = dir.path().join("shares");
+        prepare(&shares).unwrap();
+        let (id, old) = old_share(&shares, b"written by an older lode");
+        use std::os::unix::fs::MetadataExt;
+        let shard = old.parent().unwrap().parent().unwrap();
+        if std::fs::metadata(shard).unwrap().nlink() <= 2 {
+            eprintln!("this file system's link counts do not count subdirectories");
+            return;
+        }
+        // Opening again finds the shard holding a directory.
+        prepare(&shares).unwrap();
+        assert!(!old.exists());
+        let bytes = std::fs::read(share_path(&shares, &id)).unwrap();
+        assert_eq!(bytes, b"written by an older lode");
+        assert_eq!(dirs_under(&shares), 256);
     }
 }
