@@ -20,7 +20,12 @@ command -v pjdfstest >/dev/null || cargo install --locked pjdfstest
 getent group tests >/dev/null || groupadd tests
 id tests >/dev/null 2>&1 || useradd -M -g tests tests
 
-cleanup() { "$here/scripts/quickstart.sh" --stop "$mnt" >/dev/null 2>&1 || true; }
+# Stop everything, then remove the work directory (not while anything is
+# still mounted in it: that would delete through the mount).
+cleanup() {
+    "$here/scripts/quickstart.sh" --stop "$mnt" >/dev/null 2>&1 || true
+    grep -qs " $mnt " /proc/self/mounts || rm -rf "$work"
+}
 trap cleanup EXIT
 
 # Mirrors and identity from the quickstart, then remount with the options
