@@ -532,6 +532,49 @@ pub async fn serve(
 mod tests {
     use super::*;
 
+    /// `ready` comes once the share store is open, an older layout moved
+    /// forward by then: an address announced there is one that answers
+    /// with every share in place.
+    #[tokio::test]
+    async fn ready_comes_once_the_store_is_open() {
+        let dir = tempfile::tempdir().unwrap();
+        let bytes = b"a share an older mirror kept two levels down".to_vec();
+        let h = crate::protocol::hex(&crate::chunk::share_id(&bytes));
+        let shares = dir.path().join("shares");
+        let old = shares.join(&h[..2]).join(&h[2..4]);
+        std::fs::create_dir_all(&old).unwrap();
+        std::fs::write(old.join(&h), &bytes).unwrap();
+        let moved = shares.join(&h[..2]).join(&h);
+        let config = MirrorConfig {
+            data: dir.path().to_path_buf(),
+            lease_secs: 3600,
+            quota: None,
+            capacity: None,
+            gc_interval: Duration::from_secs(3600),
+            scrub_bytes: 0,
+            price: 0.0,
+            grace_secs: 0,
+            free_bytes: 0,
+        };
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let seen = Arc::new(std::sync::Mutex::new(None));
+        let saw = seen.clone();
+        let ready = move || {
+            *saw.lock().unwrap() = Some(moved.is_file() && shares.join("LAYOUT").is_file());
+            Ok(())
+        };
+        // Ends the mirror once it serves (it is first polled then).
+        let shutdown = tokio::time::sleep(Duration::from_millis(50));
+        tokio::time::timeout(
+            Duration::from_secs(30),
+            serve(listener, None, config, ready, shutdown),
+        )
+        .await
+        .expect("the mirror stops at its shutdown")
+        .unwrap();
+        assert_eq!(*seen.lock().unwrap(), Some(true));
+    }
+
     #[test]
     fn an_id_has_one_spelling() {
         let id = [0xab; 32];
