@@ -900,18 +900,10 @@ mod tests {
     /// share that needs it.
     #[tokio::test]
     async fn storing_a_share_makes_no_directory_unless_its_shard_was_removed() {
-        fn dirs(path: &Path) -> usize {
-            std::fs::read_dir(path)
-                .unwrap()
-                .map(|e| e.unwrap())
-                .filter(|e| e.file_type().unwrap().is_dir())
-                .map(|e| 1 + dirs(&e.path()))
-                .sum()
-        }
         let dir = tempfile::tempdir().unwrap();
         let store = DiskShares::open(dir.path()).unwrap();
         let shares = dir.path().join("shares");
-        assert_eq!(dirs(&shares), 256);
+        assert_eq!(crate::mirror::layout::dirs_under(&shares), 256);
         let mut held = Vec::new();
         for i in 0..20u32 {
             let bytes = vec![i as u8; SMALL_MAX as usize + 1 + i as usize];
@@ -921,7 +913,7 @@ mod tests {
             assert!(store.path_of(&id).is_file());
             held.push((id, bytes));
         }
-        assert_eq!(dirs(&shares), 256);
+        assert_eq!(crate::mirror::layout::dirs_under(&shares), 256);
         // A shard emptied and removed by hand.
         let (id, bytes) = held.pop().unwrap();
         let shard = store.path_of(&id).parent().unwrap().to_path_buf();

@@ -108,9 +108,22 @@ fn read_version(shares: &Path) -> Result<Option<u32>> {
     }
 }
 
-/// Whether `name` is `len` lowercase hex digits.
-fn is_hex(name: &str, len: usize) -> bool {
-    name.len() == len && name.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
+/// Whether `name` spells `N` bytes in hex, as a shard directory (1) or a
+/// share file (32) is named.
+fn is_hex<const N: usize>(name: &std::ffi::OsStr) -> bool {
+    name.to_str()
+        .is_some_and(|n| crate::protocol::parse_hex::<N>(n).is_ok())
+}
+
+/// How many directories are under `dir`, at any depth.
+#[cfg(test)]
+pub(super) fn dirs_under(dir: &Path) -> usize {
+    std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap())
+        .filter(|e| e.file_type().unwrap().is_dir())
+        .map(|e| 1 + dirs_under(&e.path()))
+        .sum()
 }
 
 /// Make the 256 shard directories, move version-1 shares into them, make
@@ -129,7 +142,7 @@ fn upgrade(shares: &Path) -> Result<usize> {
         for entry in std::fs::read_dir(&shard).map_err(at(&shard))? {
             let entry = entry.map_err(at(&shard))?;
             let is_dir = entry.file_type().map_err(at(&entry.path()))?.is_dir();
-            if is_dir && entry.file_name().to_str().is_some_and(|n| is_hex(n, 2)) {
+            if is_dir && is_hex::<1>(&entry.file_name()) {
                 old.push(entry.path());
             }
         }
@@ -140,7 +153,7 @@ fn upgrade(shares: &Path) -> Result<usize> {
             for entry in std::fs::read_dir(dir).map_err(at(dir))? {
                 let entry = entry.map_err(at(dir))?;
                 let name = entry.file_name();
-                if name.to_str().is_some_and(|n| is_hex(n, 64)) {
+                if is_hex::<32>(&name) {
                     let from = entry.path();
                     std::fs::rename(&from, shard.join(&name)).map_err(at(&from))?;
                     moved += 1;
@@ -191,17 +204,6 @@ mod tests {
         let path = dir.join(&h);
         std::fs::write(&path, bytes).unwrap();
         (id, path)
-    }
-
-    fn dirs_under(shares: &Path) -> usize {
-        let mut n = 0;
-        for entry in std::fs::read_dir(shares).unwrap() {
-            let entry = entry.unwrap();
-            if entry.file_type().unwrap().is_dir() {
-                n += 1 + dirs_under(&entry.path());
-            }
-        }
-        n
     }
 
     #[test]
