@@ -6,7 +6,7 @@ use std::time::Duration;
 use anyhow::{Context, Result, bail};
 use clap::Args;
 
-use lode::mirror::{MirrorConfig, PoolConfig, serve};
+use lode::mirror::{MirrorConfig, PoolConfig, bind, serve};
 
 /// The highest `--price`: difficulty-1 shares per GiB-day.
 const MAX_PRICE: f64 = 1e9;
@@ -195,10 +195,12 @@ pub fn run(args: ServeArgs) -> Result<()> {
     let rt = tokio::runtime::Runtime::new()?;
     let _held = lock;
     rt.block_on(async move {
-        let listener = tokio::net::TcpListener::bind(&args.listen)
+        // Bound now, so the address is known and held; it listens once
+        // the store is open (see `serve`).
+        let socket = bind_first(&args.listen)
             .await
             .with_context(|| format!("cannot listen on {}", args.listen))?;
-        let addr = listener.local_addr()?;
+        let addr = socket.local_addr()?;
         let stratum = match &args.stratum {
             Some(s) => {
                 let l = tokio::net::TcpListener::bind(s)
@@ -224,10 +226,24 @@ pub fn run(args: ServeArgs) -> Result<()> {
             }
             std::io::stdout().flush()
         };
-        serve(listener, stratum, config, announce, shutdown_signal())
+        serve(socket, stratum, config, announce, shutdown_signal())
             .await
             .with_context(|| format!("mirror with data in {}", args.data.display()))
     })
+}
+
+/// A socket bound to the first address `listen` names that can be bound.
+async fn bind_first(listen: &str) -> std::io::Result<tokio::net::TcpSocket> {
+    let mut last = None;
+    for addr in tokio::net::lookup_host(listen).await? {
+        match bind(addr) {
+            Ok(socket) => return Ok(socket),
+            Err(e) => last = Some(e),
+        }
+    }
+    Err(last.unwrap_or_else(|| {
+        std::io::Error::new(std::io::ErrorKind::InvalidInput, "names no address")
+    }))
 }
 
 async fn shutdown_signal() {

@@ -13,7 +13,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post, put};
 use futures_util::TryStreamExt;
 use serde::Deserialize;
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpSocket};
 use tokio::sync::RwLock;
 
 use super::commit::CommitQueue;
@@ -413,15 +413,37 @@ async fn info(State(m): State<Arc<Mirror>>) -> Result<axum::Json<Info>> {
     }))
 }
 
-/// Serve a mirror on `listener` until `shutdown` resolves, with its
-/// Stratum pool on `stratum` if given. Runs GC (and billing) every
-/// `gc_interval` in the background.
+/// Backlog of the mirror's listening socket: connections the kernel
+/// accepts before the server takes them.
+const BACKLOG: u32 = 1024;
+
+/// Bind `addr` for [`serve`] without listening yet: the port is the
+/// mirror's from now on (its address can be told), but a connection is
+/// refused until the mirror is ready, rather than held unanswered while
+/// it opens its store. `SO_REUSEADDR`, as a listener has, so that a mirror
+/// started again takes its old port at once.
+pub fn bind(addr: std::net::SocketAddr) -> std::io::Result<TcpSocket> {
+    let socket = if addr.is_ipv4() {
+        TcpSocket::new_v4()?
+    } else {
+        TcpSocket::new_v6()?
+    };
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    Ok(socket)
+}
+
+/// Serve a mirror on `socket` (from [`bind`]) until `shutdown` resolves,
+/// with its Stratum pool on `stratum` if given. Runs GC (and billing)
+/// every `gc_interval` in the background.
 ///
-/// `ready` is called once the ledger and the share store are open (an
-/// older share layout moved forward), just before requests are answered:
+/// The socket listens only once the ledger and the share store are open
+/// (an older share layout moved forward, which may take a while): until
+/// then a client's connection is refused, and it tries another mirror or
+/// again later. `ready` is called then, just before requests are answered:
 /// callers announce the address there, so that "listening" means ready.
 pub async fn serve(
-    listener: TcpListener,
+    socket: TcpSocket,
     stratum: Option<(TcpListener, PoolConfig)>,
     config: MirrorConfig,
     ready: impl FnOnce() -> std::io::Result<()>,
@@ -517,6 +539,7 @@ pub async fn serve(
         .route("/v1/slot/{pk}", put(put_slot).get(get_slot))
         .layer(DefaultBodyLimit::max(MAX_SLOT_BYTES))
         .with_state(mirror);
+    let listener = socket.listen(BACKLOG)?;
     ready()?;
     let result = axum::serve(listener, app)
         .with_graceful_shutdown(shutdown)
@@ -556,23 +579,100 @@ mod tests {
             grace_secs: 0,
             free_bytes: 0,
         };
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let socket = bind("127.0.0.1:0".parse().unwrap()).unwrap();
+        let addr = socket.local_addr().unwrap();
+        let refused = std::net::TcpStream::connect(addr).map_err(|e| e.kind());
+        assert_eq!(
+            refused.err(),
+            Some(std::io::ErrorKind::ConnectionRefused),
+            "a mirror not yet serving refuses connections"
+        );
         let seen = Arc::new(std::sync::Mutex::new(None));
         let saw = seen.clone();
         let ready = move || {
-            *saw.lock().unwrap() = Some(moved.is_file() && shares.join("LAYOUT").is_file());
+            let store_open = moved.is_file() && shares.join("LAYOUT").is_file();
+            let answered = std::net::TcpStream::connect(addr).is_ok();
+            *saw.lock().unwrap() = Some((store_open, answered));
             Ok(())
         };
         // Ends the mirror once it serves (it is first polled then).
         let shutdown = tokio::time::sleep(Duration::from_millis(50));
         tokio::time::timeout(
             Duration::from_secs(30),
-            serve(listener, None, config, ready, shutdown),
+            serve(socket, None, config, ready, shutdown),
         )
         .await
         .expect("the mirror stops at its shutdown")
         .unwrap();
-        assert_eq!(*seen.lock().unwrap(), Some(true));
+        assert_eq!(
+            *seen.lock().unwrap(),
+            Some((true, true)),
+            "ready comes with the store open and the socket listening"
+        );
+    }
+
+    /// While a mirror moves a large old store forward, a connection to its
+    /// address is refused, not held: the first one taken finds the move
+    /// done.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn connections_are_refused_until_the_store_is_open() {
+        let dir = tempfile::tempdir().unwrap();
+        let shares = dir.path().join("shares");
+        // Enough two-level shares that the move takes a while.
+        for i in 0..4000u32 {
+            let bytes = i.to_le_bytes();
+            let h = crate::protocol::hex(&crate::chunk::share_id(&bytes));
+            let old = shares.join(&h[..2]).join(&h[2..4]);
+            std::fs::create_dir_all(&old).unwrap();
+            std::fs::write(old.join(&h), bytes).unwrap();
+        }
+        let config = MirrorConfig {
+            data: dir.path().to_path_buf(),
+            lease_secs: 3600,
+            quota: None,
+            capacity: None,
+            gc_interval: Duration::from_secs(3600),
+            scrub_bytes: 0,
+            price: 0.0,
+            grace_secs: 0,
+            free_bytes: 0,
+        };
+        let socket = bind("127.0.0.1:0".parse().unwrap()).unwrap();
+        let addr = socket.local_addr().unwrap();
+        // `LAYOUT` is written last in the move: there once the store is open.
+        let layout = shares.join("LAYOUT");
+        let ready = || Ok(());
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let server = tokio::spawn(serve(socket, None, config, ready, async {
+            let _ = stopped.await;
+        }));
+        // Try to connect until one succeeds; none may before `ready`.
+        let prober = tokio::task::spawn_blocking(move || {
+            let (mut refused, deadline) = (0, std::time::Instant::now() + Duration::from_secs(60));
+            loop {
+                match std::net::TcpStream::connect(addr) {
+                    Ok(_) => return (refused, layout.is_file()),
+                    Err(e) => {
+                        assert_eq!(e.kind(), std::io::ErrorKind::ConnectionRefused);
+                        refused += 1;
+                    }
+                }
+                assert!(std::time::Instant::now() < deadline, "never answered");
+                std::thread::sleep(Duration::from_millis(1));
+            }
+        });
+        let (refused, open) = prober.await.unwrap();
+        stop.send(()).unwrap();
+        tokio::time::timeout(Duration::from_secs(30), server)
+            .await
+            .expect("the mirror stops")
+            .unwrap()
+            .unwrap();
+        assert!(refused > 0, "the move was over before the first try");
+        assert!(
+            open,
+            "a connection was taken before the store was open ({refused} refused first)"
+        );
     }
 
     #[test]

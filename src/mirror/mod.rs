@@ -24,7 +24,7 @@ mod upstream;
 pub use credit::Balance;
 pub use disk::{DiskShares, ShareStore, Staged};
 pub use gc::{GcReport, collect_garbage};
-pub use http::{MirrorConfig, serve};
+pub use http::{MirrorConfig, bind, serve};
 pub use ledger::{Ledger, NewShare, ObjectKind, Terms};
 pub use scrub::{ScrubReport, scrub};
 pub use stratum::{PoolConfig, run_pool};
