@@ -170,6 +170,32 @@ impl Earlies {
         }
     }
 
+    /// Drop (and stop) the records of inodes `keep` says no: files gone
+    /// from the tree, or orphans no writer holds open. Nothing else takes
+    /// those out, and each one started holds one of the `MAX_RUNNING`
+    /// places for good.
+    pub fn retain(&self, mut keep: impl FnMut(u64) -> bool) {
+        self.lock().retain(|&ino, e| {
+            let kept = keep(ino);
+            if !kept {
+                e.spoil();
+            }
+            kept
+        });
+    }
+
+    /// Records held (started or not).
+    #[cfg(test)]
+    pub fn held(&self) -> usize {
+        self.lock().len()
+    }
+
+    /// Whether `ino` has a record whose upload started.
+    #[cfg(test)]
+    pub fn started(&self, ino: u64) -> bool {
+        self.lock().get(&ino).is_some_and(|e| e.started())
+    }
+
     /// Stop every early upload (unmount).
     pub fn spoil_all(&self) {
         for (_, e) in self.lock().drain() {

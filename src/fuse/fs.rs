@@ -2439,6 +2439,21 @@ impl LodeFs {
         ran.unwrap_or_else(|| self.flush_last().map_err(|e| e.to_string()))
     }
 
+    /// Drop the early-upload records of files that will never be
+    /// uploaded: removed from the tree (unlinked or renamed over once
+    /// closed, before the flusher got to them) or orphans with no writer
+    /// left. Without this, two such files took both early-upload places
+    /// for the rest of the mount, and every large file after them went up
+    /// only once closed.
+    fn drop_stale_earlies(&self) {
+        let tree = self.lock();
+        self.early.retain(|ino| {
+            tree.nodes.get(&ino).is_some_and(|n| {
+                !n.orphan || matches!(n.body, Body::File { writers, .. } if writers > 0)
+            })
+        });
+    }
+
     /// `flush_all` as the background flusher does it: directories too
     /// large to publish, or paced (`Tree::publish_after`), wait.
     fn flush_background(&self) -> Result<()> {
@@ -2471,6 +2486,7 @@ impl LodeFs {
     }
 
     fn flush(&self, open_too: bool, background: bool) -> Result<()> {
+        self.drop_stale_earlies();
         let files: Vec<u64> = self
             .lock()
             .nodes
@@ -3205,7 +3221,15 @@ impl LodeFs {
                 // Before the change is counted under the lock, as a write's
                 // bytes land before it: not under the lock, as a partly
                 // staged copy's truncation waits for a change of it running.
+                // The kernel holds no inode lock over an `O_TRUNC` open here
+                // (no writeback cache), so a write on another descriptor
+                // may land meanwhile: an early upload that read the old
+                // bytes is stopped first, or it could take that write as
+                // an append and be sealed (by an fsync) with the old bytes
+                // in front of it. A write after this at the old end starts
+                // no new one: only a write at 0 to an empty file does.
                 if trunc {
+                    self.early.spoil(ino);
                     self.set_staged_len(&path, 0)?;
                 }
                 Some(pinned)
@@ -4485,6 +4509,59 @@ mod tests {
             *children = Some(BTreeMap::new());
         }
         fs
+    }
+
+    /// A file written front to back starts its early upload; closed and
+    /// removed before the flusher uploads it, nothing seals its record.
+    /// The next flush drops it: before, two such files held both early
+    /// places for the rest of the mount, and no later file started one.
+    #[test]
+    fn an_early_upload_of_a_removed_file_gives_its_place_back() {
+        let dir = tempfile::tempdir().unwrap();
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .unwrap();
+        let fs = memory_mount(dir.path(), &rt);
+        let big = vec![3u8; (crate::fuse::early::START_BYTES + (1 << 20)) as usize];
+        let written = |name: &str| -> u64 {
+            let copy = fs.staging_path();
+            std::fs::write(&copy, b"").unwrap();
+            let ino = {
+                let mut tree = fs.lock();
+                let body = Body::File {
+                    cap: None,
+                    staged: Some(copy),
+                    dirty: true,
+                    writers: 1,
+                    cached: false,
+                    generation: 0,
+                };
+                let mut node = Node::new(ROOT, name, 0o644, (0, 0), body);
+                node.opens = 1;
+                let ino = tree.insert(node);
+                tree.children_mut(ROOT).unwrap().insert(name.into(), ino);
+                ino
+            };
+            fs.do_write(ino, 0, &big, false).unwrap();
+            ino
+        };
+        for name in ["a", "b"] {
+            let ino = written(name);
+            assert!(fs.early.started(ino), "{name}: its early upload started");
+            fs.do_release(ino, OpenFlags(libc::O_WRONLY)).unwrap();
+            fs.lock().unlink(ROOT, name);
+            assert!(!fs.lock().nodes.contains_key(&ino), "{name} is gone");
+        }
+        fs.flush_background().unwrap();
+        assert_eq!(fs.early.held(), 0, "records of removed files dropped");
+        let ino = written("c");
+        assert!(
+            fs.early.started(ino),
+            "a third file starts its early upload"
+        );
+        fs.early.spoil_all();
     }
 
     /// A truncate or an opening `O_TRUNC` stages the file and changes its
