@@ -38,6 +38,9 @@ const REFRESH_WAIT: Duration = Duration::from_secs(5);
 /// only through this mount, so the cache stays coherent; friends' trees
 /// change remotely and are re-listed every `refresh`.
 const TTL: Duration = Duration::from_secs(1);
+/// Locks of [`LodeFs::staged_data`]: a write waits only for an `O_TRUNC`
+/// open of a file in its shard.
+const STAGED_DATA_SHARDS: usize = 64;
 /// How far ahead of a sequential reader chunks are fetched.
 const READAHEAD_BYTES: u64 = 32 << 20;
 /// How far the reader may eat into the readahead before it is topped up.
@@ -149,6 +152,10 @@ pub struct LodeFs {
     readahead: Mutex<std::collections::HashMap<u64, (u64, u64)>>,
     /// Files being uploaded while they are written (see [`super::early`]).
     early: Earlies,
+    /// Held by a write from its bytes landing in the staged copy to its
+    /// size counted, and by an `O_TRUNC` open over its truncation and its
+    /// size set: by inode, in shards (see [`LodeFs::staged_data`]).
+    staged_data: [Mutex<()>; STAGED_DATA_SHARDS],
     /// The grid's room as last reported by the mirrors (`statfs`).
     space: Mutex<Option<Space>>,
     /// Held while recovery notes are written (see `note_staged`).
@@ -308,6 +315,7 @@ impl LodeFs {
             published: std::sync::Condvar::new(),
             readahead: Mutex::new(Default::default()),
             early: Earlies::default(),
+            staged_data: std::array::from_fn(|_| Mutex::new(())),
             space: Mutex::new(None),
             noting: Mutex::new(()),
             final_flush: Mutex::new(None),
@@ -3196,6 +3204,8 @@ impl LodeFs {
         // caller may write.
         let trunc = flags.0 & libc::O_TRUNC != 0;
         let exec = flags.0 & FMODE_EXEC != 0;
+        // Held from the staged copy's truncation to its size counted.
+        let mut truncating = None;
         let (parent, orphan, execs) = self
             .lock()
             .nodes
@@ -3230,6 +3240,7 @@ impl LodeFs {
                 // no new one: only a write at 0 to an empty file does.
                 if trunc {
                     self.early.spoil(ino);
+                    truncating = Some(self.staged_data(ino));
                     self.set_staged_len(&path, 0)?;
                 }
                 Some(pinned)
@@ -3267,6 +3278,7 @@ impl LodeFs {
             tree.changed(ino);
         }
         drop(tree);
+        drop(truncating);
         if renote {
             self.note_staged(ino);
         }
@@ -3360,12 +3372,27 @@ impl LodeFs {
         });
     }
 
+    /// Serializes a change of `ino`'s staged bytes with the size it gives
+    /// the node. The kernel runs writes to one file one at a time, and a
+    /// truncate by `setattr` apart from them, under the inode's lock; but
+    /// not an `O_TRUNC` open here (no writeback cache), which empties the
+    /// staged copy and then counts size 0. A write landing in between
+    /// (`: > log` while a program appends to it) left the node at size 0
+    /// over a copy holding the write. Taken before the tree's lock, never
+    /// under it.
+    fn staged_data(&self, ino: u64) -> MutexGuard<'_, ()> {
+        self.staged_data[(ino % STAGED_DATA_SHARDS as u64) as usize]
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+    }
+
     /// `from_page_cache`: the kernel writes back pages of a shared
     /// mapping (`FUSE_WRITE_CACHE`). It takes no short count from such a
     /// write: a write cut short is an error, or the rest would be lost
     /// with `msync` told it was written.
     fn do_write(&self, ino: u64, offset: u64, data: &[u8], from_page_cache: bool) -> Result<u32> {
         let path = self.stage(ino, false)?;
+        let _data = self.staged_data(ino);
         let end = offset + data.len() as u64;
         let partial = self.partial(&path);
         let (data, cut_short) = {
@@ -4561,6 +4588,67 @@ mod tests {
             fs.early.started(ino),
             "a third file starts its early upload"
         );
+        fs.early.spoil_all();
+    }
+
+    /// `: > log` while a program appends to it: an `O_TRUNC` open runs
+    /// beside writes to the file (the kernel holds no inode lock over it
+    /// here). Whatever the interleaving, the size the node has at the end
+    /// is the staged copy's.
+    #[test]
+    fn a_truncating_open_beside_writes_keeps_size_and_copy_together() {
+        let dir = tempfile::tempdir().unwrap();
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .unwrap();
+        let fs = memory_mount(dir.path(), &rt);
+        let copy = fs.staging_path();
+        std::fs::write(&copy, b"").unwrap();
+        let ino = {
+            let mut tree = fs.lock();
+            let body = Body::File {
+                cap: None,
+                staged: Some(copy.clone()),
+                dirty: true,
+                writers: 1,
+                cached: false,
+                generation: 0,
+            };
+            let mut node = Node::new(ROOT, "log", 0o644, (0, 0), body);
+            node.opens = 1;
+            let ino = tree.insert(node);
+            tree.children_mut(ROOT).unwrap().insert("log".into(), ino);
+            ino
+        };
+        // Rounds of a few appends beside one truncating open, each round's
+        // end checked with nothing running.
+        let (line, mut pos, mut apart) = ([b'x'; 512], 0u64, 0);
+        for _ in 0..2000 {
+            let start = std::sync::Barrier::new(2);
+            std::thread::scope(|scope| {
+                let (fs, start) = (&fs, &start);
+                let writer = scope.spawn(move || {
+                    start.wait();
+                    for _ in 0..4 {
+                        fs.do_write(ino, pos, &line, false).unwrap();
+                        pos += line.len() as u64;
+                    }
+                    pos
+                });
+                start.wait();
+                fs.do_open(ino, OpenFlags(libc::O_WRONLY | libc::O_TRUNC))
+                    .unwrap();
+                fs.do_release(ino, OpenFlags(libc::O_WRONLY)).unwrap();
+                pos = writer.join().unwrap();
+            });
+            let size = fs.lock().nodes[&ino].size;
+            if size != std::fs::metadata(&copy).unwrap().len() {
+                apart += 1;
+            }
+        }
+        assert_eq!(apart, 0, "rounds that left size and staged copy apart");
         fs.early.spoil_all();
     }
 
