@@ -1,7 +1,7 @@
 //! One miner's connection: subscription, authorization, difficulty, and the
 //! full validation of every share it submits.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
 use serde_json::{Value, json};
@@ -15,8 +15,6 @@ pub const VERSION_ROLLING_MASK: u32 = 0x1fff_e000;
 /// allows two hours; a pool that forwards shares upstream must stay well
 /// inside that.
 pub const NTIME_SLACK: u32 = 600;
-/// How long shares at the previous difficulty still count after a change.
-const GRACE_MS: i64 = 30_000;
 /// Bound on remembered shares per connection (duplicate detection).
 const MAX_SEEN: usize = 200_000;
 
@@ -74,8 +72,12 @@ pub struct Session {
     cfg: SessionConfig,
     subscribed: bool,
     authorized: Option<([u8; 32], String)>,
+    /// The difficulty the next job is sent at.
     difficulty: Difficulty,
-    previous: Option<(Difficulty, i64)>,
+    /// The difficulty each job still in the book was sent at on this
+    /// connection: a share is checked and credited at its job's, never at
+    /// one set after the job (see [`Session::validate`]).
+    sent: HashMap<String, Difficulty>,
     version_mask: u32,
     seen: HashSet<ShareKey>,
     vardiff: Vardiff,
@@ -104,7 +106,7 @@ impl Session {
             cfg,
             subscribed: false,
             authorized: None,
-            previous: None,
+            sent: HashMap::new(),
             version_mask: 0,
             seen: HashSet::new(),
             accepted: 0,
@@ -120,14 +122,22 @@ impl Session {
         self.authorized.as_ref().map(|(a, _)| *a)
     }
 
-    fn set_difficulty(&mut self, d: Difficulty, now_ms: i64) -> Option<String> {
+    /// Set the difficulty of the jobs sent from now on; jobs sent before
+    /// keep theirs.
+    fn set_difficulty(&mut self, d: Difficulty) -> Option<String> {
         let d = self.vardiff.clamp(d);
         if d == self.difficulty {
             return None;
         }
-        self.previous = Some((self.difficulty, now_ms + GRACE_MS));
         self.difficulty = d;
         Some(stratum::set_difficulty(d))
+    }
+
+    /// `job`'s notification, remembering the difficulty it goes out at.
+    fn send_job(&mut self, job: &Job, book: &JobBook) -> String {
+        self.sent.retain(|id, _| book.get(id).is_some());
+        self.sent.insert(job.id.clone(), self.difficulty);
+        stratum::notify(job)
     }
 
     /// Lines to send for a new job: difficulty first if vardiff moved it.
@@ -139,11 +149,11 @@ impl Session {
         if let Some(d) = self
             .vardiff
             .retarget(self.difficulty, now_ms)
-            .and_then(|d| self.set_difficulty(d, now_ms))
+            .and_then(|d| self.set_difficulty(d))
         {
             out.push(d);
         }
-        out.push(stratum::notify(job));
+        out.push(self.send_job(job, book));
         out
     }
 
@@ -165,7 +175,7 @@ impl Session {
                     stratum::set_difficulty(self.difficulty),
                 ];
                 if let Some(job) = book.current() {
-                    lines.push(stratum::notify(&job));
+                    lines.push(self.send_job(&job, book));
                 }
                 reply(lines)
             }
@@ -208,9 +218,11 @@ impl Session {
                 let mut lines = vec![stratum::ok(&id, json!(true))];
                 // A suggestion may only raise difficulty: lowering it would
                 // let one miner flood the ledger with tiny shares; vardiff
-                // lowers it when shares are really too rare.
+                // lowers it when shares are really too rare. It holds from
+                // the next job on, like any change: a share already found
+                // does not become worth more by asking after.
                 let raise = Difficulty::from_f64(d).filter(|&d| d > self.difficulty);
-                if let Some(line) = raise.and_then(|d| self.set_difficulty(d, now_ms)) {
+                if let Some(line) = raise.and_then(|d| self.set_difficulty(d)) {
                     lines.push(line);
                 }
                 reply(lines)
@@ -254,6 +266,14 @@ impl Session {
         let Some(job) = book.get(&s.job_id) else {
             return reject(code::STALE, "job not found or stale");
         };
+        // Checked and credited at the difficulty the job was sent at. The
+        // current one let a miner with a hash far above it raise the
+        // difficulty (`mining.suggest_difficulty`) before submitting, and
+        // be paid the share's whole worth; and work done at a difficulty
+        // vardiff then lowered was paid at the lower one.
+        let Some(&difficulty) = self.sent.get(&s.job_id) else {
+            return reject(code::STALE, "job not sent on this connection");
+        };
         if s.extranonce2.len() != self.cfg.extranonce2_size {
             return reject(code::OTHER, "extranonce2 has the wrong size");
         }
@@ -287,14 +307,9 @@ impl Session {
             version,
         );
         let hash = sha256d(&header);
-        let difficulty = if hash_meets(&hash, &self.difficulty.target()) {
-            self.difficulty
-        } else {
-            match self.previous {
-                Some((prev, until)) if now_ms <= until && hash_meets(&hash, &prev.target()) => prev,
-                _ => return reject(code::LOW_DIFFICULTY, "low difficulty share"),
-            }
-        };
+        if !hash_meets(&hash, &difficulty.target()) {
+            return reject(code::LOW_DIFFICULTY, "low difficulty share");
+        }
         self.seen.insert(key);
         Ok(Accepted {
             id,
@@ -511,19 +526,25 @@ mod tests {
             )),
             Some(code::OTHER)
         );
-        // Low difficulty: a nonce that meets 1e-6 but not 0.01.
+        // Low difficulty: a nonce that meets 1e-6 but not 0.01, for a job
+        // sent at 0.01.
+        let mut book = book;
         s.handle(
             call(r#"{"id":3,"method":"mining.suggest_difficulty","params":[0.01]}"#),
             &book,
-            now + GRACE_MS + 1,
+            now,
         );
+        let mut jobs = BuiltinJobs::new([3; 32]);
+        jobs.next(1_000_000, true);
+        let job = book.push(jobs.next(1_000_000, false));
+        s.on_job(&job, &book, now);
         let low = find_nonce(
             &job,
-            good + 1,
+            0,
             Difficulty::from_micro(1),
             Some(Difficulty::from_f64(0.01).unwrap()),
         );
-        let later = now + 2 * GRACE_MS + 2;
+        let later = now + 1000;
         assert_eq!(
             code_of(&s.handle(submit(&job.id, job.ntime, low), &book, later)),
             Some(code::LOW_DIFFICULTY)
@@ -538,6 +559,65 @@ mod tests {
             Some(code::OTHER)
         );
         assert_eq!(s.accepted, 1);
+    }
+
+    /// A share is checked and credited at the difficulty its job was
+    /// sent at. Before, it was the difficulty at submission: a miner
+    /// holding a hash far above it asked for a higher difficulty
+    /// (`mining.suggest_difficulty`) and was credited the share's whole
+    /// worth, and work done before vardiff lowered the difficulty was
+    /// credited at the lower one.
+    #[test]
+    fn a_share_is_credited_at_its_jobs_difficulty() {
+        let (low, high) = (Difficulty::from_micro(1), Difficulty::from_micro(20));
+        let (mut s, mut book, first) = setup();
+        login(&mut s, &book);
+        let now = first.ntime as i64 * 1000;
+        // A hash worth 20x the first job's difficulty, then a raise to it.
+        let rich = find_nonce(&first, 0, high, None);
+        let raised = s.handle(
+            call(r#"{"id":3,"method":"mining.suggest_difficulty","params":[0.00002]}"#),
+            &book,
+            now,
+        );
+        assert!(
+            matches!(raised, Outcome::Reply(ref l) if l.len() == 2),
+            "raise sent"
+        );
+        match s.handle(submit(&first.id, first.ntime, rich), &book, now) {
+            Outcome::Accepted(a) => assert_eq!(a.difficulty, low, "paid at its job's"),
+            other => panic!("{other:?}"),
+        }
+        // The next job goes out at the raised difficulty; work on the
+        // first still counts at the first's.
+        let mut jobs = BuiltinJobs::new([3; 32]);
+        jobs.next(1_000_000, true);
+        let second = book.push(jobs.next(1_000_000, false));
+        // At the session's start, so that vardiff has no reason to move.
+        s.on_job(&second, &book, 0);
+        assert_eq!(s.difficulty(), high);
+        let cheap = find_nonce(&first, rich + 1, low, Some(high));
+        match s.handle(submit(&first.id, first.ntime, cheap), &book, now) {
+            Outcome::Accepted(a) => assert_eq!(a.difficulty, low),
+            other => panic!("{other:?}"),
+        }
+        let cheap2 = find_nonce(&second, 0, low, Some(high));
+        assert_eq!(
+            code_of(&s.handle(submit(&second.id, second.ntime, cheap2), &book, now)),
+            Some(code::LOW_DIFFICULTY)
+        );
+        let good2 = find_nonce(&second, 0, high, None);
+        match s.handle(submit(&second.id, second.ntime, good2), &book, now) {
+            Outcome::Accepted(a) => assert_eq!(a.difficulty, high),
+            other => panic!("{other:?}"),
+        }
+        // A job in the book that this connection was never sent.
+        let third = book.push(jobs.next(1_000_000, false));
+        let any = find_nonce(&third, 0, high, None);
+        assert_eq!(
+            code_of(&s.handle(submit(&third.id, third.ntime, any), &book, now)),
+            Some(code::STALE)
+        );
     }
 
     fn hex_account(a: &[u8; 32]) -> String {
