@@ -24,6 +24,10 @@ use crate::pool::{
     VERSION_ROLLING_MASK,
 };
 
+/// Accepted shares not handed to the upstream forwarder because its queue
+/// was full, over the process's life (logged at each power of two).
+static FORWARDS_DROPPED: AtomicU64 = AtomicU64::new(0);
+
 /// How a mirror's pool runs.
 #[derive(Debug, Clone)]
 pub struct PoolConfig {
@@ -239,8 +243,17 @@ async fn connection(
                         })
                         .map_err(|e| std::io::Error::other(e.to_string()))?;
                         if credited {
-                            if let Some(fwd) = &forward {
-                                let _ = fwd.try_send(Forward { accepted: a.clone() });
+                            if let Some(fwd) = &forward
+                                && let Err(tokio::sync::mpsc::error::TrySendError::Full(_)) =
+                                    fwd.try_send(Forward { accepted: a.clone() })
+                            {
+                                // The miner keeps its credit; the upstream
+                                // pool misses a share, which its operator
+                                // should hear of.
+                                let n = FORWARDS_DROPPED.fetch_add(1, Ordering::Relaxed) + 1;
+                                if n.is_power_of_two() {
+                                    tracing::warn!(dropped = n, "upstream queue full: shares not forwarded");
+                                }
                             }
                             lines
                                 .send(stratum::ok(&a.id, serde_json::Value::Bool(true)))
