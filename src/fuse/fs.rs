@@ -156,6 +156,10 @@ pub struct LodeFs {
     /// size counted, and by an `O_TRUNC` open over its truncation and its
     /// size set: by inode, in shards (see [`LodeFs::staged_data`]).
     staged_data: [Mutex<()>; STAGED_DATA_SHARDS],
+    /// Inodes (or directories above them) whose recovery notes could not
+    /// be written: the flusher writes them again. A staged file with no
+    /// note is taken by recovery for a cache, and removed.
+    unnoted: Mutex<HashSet<u64>>,
     /// The grid's room as last reported by the mirrors (`statfs`).
     space: Mutex<Option<Space>>,
     /// Held while recovery notes are written (see `note_staged`).
@@ -316,6 +320,7 @@ impl LodeFs {
             readahead: Mutex::new(Default::default()),
             early: Earlies::default(),
             staged_data: std::array::from_fn(|_| Mutex::new(())),
+            unnoted: Mutex::new(HashSet::new()),
             space: Mutex::new(None),
             noting: Mutex::new(()),
             final_flush: Mutex::new(None),
@@ -1052,7 +1057,7 @@ impl LodeFs {
         };
         match path {
             Some((path, staged)) => {
-                keep_staged(&staged);
+                self.keep_staged(&staged);
                 Err(Error::KeptChanging(path, UPLOAD_TRIES))
             }
             None => Ok(()), // gone meanwhile
@@ -1132,7 +1137,7 @@ impl LodeFs {
                 // holds now.
                 Err(_) if self.generation(ino) != Some(read_generation) => return Ok(false),
                 Err(e) => {
-                    keep_staged(&path);
+                    self.keep_staged(&path);
                     return Err(e.into());
                 }
             },
@@ -1860,11 +1865,21 @@ impl LodeFs {
             }
         };
         // Written without the lock: this is disk I/O.
+        let mut failed = false;
         for (staged, note) in &mut notes {
             carry_earlier_bases(staged, note);
             if let Err(e) = notes::write(staged, note) {
                 let path = &note.path;
-                tracing::warn!(path, error = %e, "could not write a staging recovery note");
+                tracing::warn!(path, error = %e, "could not write a staging recovery note; will try again");
+                failed = true;
+            }
+        }
+        {
+            let mut unnoted = self.unnoted.lock().unwrap_or_else(|p| p.into_inner());
+            if failed {
+                unnoted.insert(top);
+            } else {
+                unnoted.remove(&top);
             }
         }
         // A file unlinked (or uploaded and published) meanwhile must not
@@ -2447,6 +2462,15 @@ impl LodeFs {
         ran.unwrap_or_else(|| self.flush_last().map_err(|e| e.to_string()))
     }
 
+    /// Write again the recovery notes that could not be written (the
+    /// staging disk full, say): until then a crash loses those files.
+    fn renote_failed(&self) {
+        let unnoted = std::mem::take(&mut *self.unnoted.lock().unwrap_or_else(|p| p.into_inner()));
+        for ino in unnoted {
+            self.note_staged(ino);
+        }
+    }
+
     /// Drop the early-upload records of files that will never be
     /// uploaded: removed from the tree (unlinked or renamed over once
     /// closed, before the flusher got to them) or orphans with no writer
@@ -2495,6 +2519,7 @@ impl LodeFs {
 
     fn flush(&self, open_too: bool, background: bool) -> Result<()> {
         self.drop_stale_earlies();
+        self.renote_failed();
         let files: Vec<u64> = self
             .lock()
             .nodes
@@ -2601,7 +2626,7 @@ impl LodeFs {
                 _ => None,
             };
             if let Some(path) = staged {
-                keep_staged(&path);
+                self.keep_staged(&path);
             }
         })
     }
@@ -3380,6 +3405,22 @@ impl LodeFs {
     /// (`: > log` while a program appends to it) left the node at size 0
     /// over a copy holding the write. Taken before the tree's lock, never
     /// under it.
+    /// Make a staged copy durable here, for want of the mirrors (best
+    /// effort: a failure is logged, and the caller's error stands): its
+    /// bytes and, for a partly staged copy, the log of which blocks it
+    /// holds. Without the log, recovery after a power cut took the blocks
+    /// written since for the base's and fetched the base over them.
+    fn keep_staged(&self, path: &std::path::Path) {
+        if let Err(e) = std::fs::File::open(path).and_then(|f| f.sync_all()) {
+            tracing::warn!(path = %path.display(), error = %e, "could not fsync a staged file");
+        }
+        if let Some(partial) = self.partial(path)
+            && let Err(e) = partial.sync()
+        {
+            tracing::warn!(path = %path.display(), error = %e, "could not fsync a fill log");
+        }
+    }
+
     fn staged_data(&self, ino: u64) -> MutexGuard<'_, ()> {
         self.staged_data[(ino % STAGED_DATA_SHARDS as u64) as usize]
             .lock()
@@ -3925,14 +3966,6 @@ fn replaceable(note: &notes::Note, root: &[u8; 32]) -> bool {
         notes::Base::Unknown => true,
         notes::Base::New => note.replaces.contains(root),
         notes::Base::Version(base) => base == *root || note.replaces.contains(root),
-    }
-}
-
-/// Make a staged file durable on the local disk (best effort: a failure is
-/// logged, and the caller's error stands).
-fn keep_staged(path: &std::path::Path) {
-    if let Err(e) = std::fs::File::open(path).and_then(|f| f.sync_all()) {
-        tracing::warn!(path = %path.display(), error = %e, "could not fsync a staged file");
     }
 }
 
@@ -4589,6 +4622,43 @@ mod tests {
             "a third file starts its early upload"
         );
         fs.early.spoil_all();
+    }
+
+    /// A recovery note that could not be written is written again by the
+    /// flusher: before, the warning was all, and recovery after a crash
+    /// took the staged file for a cache and removed it.
+    #[test]
+    fn a_note_that_could_not_be_written_is_written_again() {
+        let dir = tempfile::tempdir().unwrap();
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()
+            .unwrap();
+        let fs = memory_mount(dir.path(), &rt);
+        // The copy is not there when its note is written: the write fails.
+        let copy = fs.staging_path();
+        let ino = {
+            let mut tree = fs.lock();
+            let body = Body::File {
+                cap: None,
+                staged: Some(copy.clone()),
+                dirty: true,
+                writers: 1,
+                cached: false,
+                generation: 0,
+            };
+            let ino = tree.insert(Node::new(ROOT, "f", 0o644, (0, 0), body));
+            tree.children_mut(ROOT).unwrap().insert("f".into(), ino);
+            ino
+        };
+        fs.note_staged(ino);
+        assert_eq!(notes::read(&copy), None);
+        std::fs::write(&copy, b"data").unwrap();
+        fs.renote_failed();
+        assert_eq!(notes::read(&copy).map(|n| n.path), Some("f".to_string()));
+        // Written: not tried again.
+        assert!(fs.unnoted.lock().unwrap().is_empty());
     }
 
     /// `: > log` while a program appends to it: an `O_TRUNC` open runs

@@ -107,12 +107,38 @@ pub fn write(staged: &Path, note: &Note) -> std::io::Result<()> {
     let note = json.to_string();
     match xattr::set(staged, ATTR, note.as_bytes()) {
         Ok(()) => Ok(()),
-        Err(e) if unsupported(&e) => {
-            let tmp = note_file(staged).with_extension("tmp");
-            std::fs::write(&tmp, &note)?;
-            std::fs::rename(&tmp, note_file(staged))
+        // No user attributes here, or a note too large for one (ext4
+        // keeps an attribute within one block and answers ENOSPC, or
+        // E2BIG past 64 KiB: a deep path with names it left): a file.
+        Err(e) if unsupported(&e) || too_large(&e) => {
+            write_file(staged, &note)?;
+            // An older note in the attribute would be read first.
+            match xattr::remove(staged, ATTR) {
+                Err(e) if e.raw_os_error() != Some(libc::ENODATA) && !unsupported(&e) => Err(e),
+                _ => Ok(()),
+            }
         }
         Err(e) => Err(e),
+    }
+}
+
+fn too_large(e: &std::io::Error) -> bool {
+    matches!(e.raw_os_error(), Some(libc::ENOSPC) | Some(libc::E2BIG))
+}
+
+/// The note as a file beside `staged`, replaced atomically and durably:
+/// the new one synced before the rename, the directory after, so that a
+/// power cut leaves the old note or the new one, never an empty one.
+fn write_file(staged: &Path, note: &str) -> std::io::Result<()> {
+    use std::io::Write;
+    let tmp = note_file(staged).with_extension("tmp");
+    let mut file = std::fs::File::create(&tmp)?;
+    file.write_all(note.as_bytes())?;
+    file.sync_all()?;
+    std::fs::rename(&tmp, note_file(staged))?;
+    match staged.parent() {
+        Some(dir) => std::fs::File::open(dir)?.sync_all(),
+        None => Ok(()),
     }
 }
 
@@ -237,6 +263,42 @@ mod tests {
         // Nothing but the data file is left, whichever way the note went.
         let names: Vec<_> = std::fs::read_dir(dir.path()).unwrap().flatten().collect();
         assert_eq!(names.len(), 1);
+    }
+
+    /// A note too large for an attribute (ext4 keeps one within a block)
+    /// goes to a file, and the smaller note before it in the attribute no
+    /// longer answers. Its write failed, and recovery then took the file
+    /// for a cache and removed it.
+    #[test]
+    fn a_note_too_large_for_an_attribute_is_written_to_a_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let staged = dir.path().join("beef");
+        std::fs::write(&staged, b"data").unwrap();
+        let small = Note {
+            path: "a".into(),
+            mode: 0o644,
+            owner: None,
+            base: Base::New,
+            replaces: Vec::new(),
+            left: Vec::new(),
+            partial: None,
+        };
+        // Names it left, deep down: about 8 KiB of note (over ext4's
+        // block) and 80 KiB (over any attribute's 64 KiB).
+        let deep = "some directory/".repeat(60);
+        for names in [8, 80] {
+            write(&staged, &small).unwrap();
+            let large = Note {
+                left: (0..names)
+                    .map(|i| (format!("{deep}{i}"), [i as u8; 32]))
+                    .collect(),
+                ..small.clone()
+            };
+            write(&staged, &large).unwrap();
+            assert_eq!(read(&staged), Some(large), "{names} names");
+            remove(&staged);
+            assert_eq!(read(&staged), None);
+        }
     }
 
     #[test]
