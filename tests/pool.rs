@@ -207,7 +207,8 @@ fn acknowledged_credit_survives_kill_9() {
             nonce = m.grind(&job, &en2.to_be_bytes(), nonce, true);
             match m.submit(&acct, &job.id, &en2.to_be_bytes(), job.ntime, nonce) {
                 Some(r) if r["result"] == json!(true) => {
-                    let credit = (m.difficulty * 1e6).round() as u64;
+                    // Credited at the difficulty the job came at.
+                    let credit = (m.difficulty_of(&job) * 1e6).round() as u64;
                     acked += credit;
                     biggest = biggest.max(credit);
                     round_shares += 1;

@@ -3168,12 +3168,14 @@ impl LodeFs {
             // A truncate by path holds no open handle: see `pin`.
             let pinned = self.pin(ino)?;
             let path = self.stage(ino, size == 0)?;
+            let data = self.staged_data(ino);
             self.set_staged_len(&path, size)?;
             let renote = self.lock().nodes.get_mut(&ino).is_some_and(|node| {
                 node.size = size;
                 node.mtime = t;
                 node.data_changed()
             });
+            drop(data);
             drop(pinned);
             if renote {
                 self.note_staged(ino);
@@ -3397,14 +3399,6 @@ impl LodeFs {
         });
     }
 
-    /// Serializes a change of `ino`'s staged bytes with the size it gives
-    /// the node. The kernel runs writes to one file one at a time, and a
-    /// truncate by `setattr` apart from them, under the inode's lock; but
-    /// not an `O_TRUNC` open here (no writeback cache), which empties the
-    /// staged copy and then counts size 0. A write landing in between
-    /// (`: > log` while a program appends to it) left the node at size 0
-    /// over a copy holding the write. Taken before the tree's lock, never
-    /// under it.
     /// Make a staged copy durable here, for want of the mirrors (best
     /// effort: a failure is logged, and the caller's error stands): its
     /// bytes and, for a partly staged copy, the log of which blocks it
@@ -3421,6 +3415,15 @@ impl LodeFs {
         }
     }
 
+    /// Serializes a change of `ino`'s staged bytes with the size it gives
+    /// the node. The kernel runs writes, truncates by `setattr` and
+    /// `fallocate` on one file one at a time, under the inode's lock; but
+    /// not an `O_TRUNC` open here (no writeback cache), which empties the
+    /// staged copy and then counts size 0. A write landing in between
+    /// (`: > log` while a program appends to it) left the node at size 0
+    /// over a copy holding the write; a truncate or an allocation, at its
+    /// own size. Each takes this, and the open too. Taken before the
+    /// tree's lock, never under it.
     fn staged_data(&self, ino: u64) -> MutexGuard<'_, ()> {
         self.staged_data[(ino % STAGED_DATA_SHARDS as u64) as usize]
             .lock()
@@ -3547,6 +3550,7 @@ impl LodeFs {
             libc::off_t::try_from(len).map_err(|_| too_large())?,
         );
         let path = self.stage(ino, false)?;
+        let _data = self.staged_data(ino);
         // Zeroing part of a partly staged copy: as a write of zeros.
         let partial = self
             .partial(&path)

@@ -11,10 +11,11 @@
 //! `partial`, the read-cap of the version a partly staged copy lacks the
 //! bytes of, is in [`super::partial`]): writing it replaces the old one
 //! atomically, and it goes away with the file. Where the staging
-//! file system has no user xattrs, the note is a file beside the data
-//! (`<staged>.note`), replaced by rename. The attribute saves two inode
-//! allocations per note (a temporary file, then the replaced note), which
-//! an untar of many files pays on every create and chmod.
+//! file system has no user xattrs, or the note is too large for one, the
+//! note is a file beside the data (`<staged>.note`), replaced by rename.
+//! The attribute saves two inode allocations per note (a temporary file,
+//! then the replaced note), which an untar of many files pays on every
+//! create and chmod.
 
 use std::path::{Path, PathBuf};
 

@@ -413,15 +413,23 @@ async fn info(State(m): State<Arc<Mirror>>) -> Result<axum::Json<Info>> {
     }))
 }
 
+fn socket_addr_text(socket: &TcpSocket) -> String {
+    socket
+        .local_addr()
+        .map_or_else(|_| "its address".into(), |a| a.to_string())
+}
+
 /// Backlog of the mirror's listening socket: connections the kernel
 /// accepts before the server takes them.
 const BACKLOG: u32 = 1024;
 
-/// Bind `addr` for [`serve`] without listening yet: the port is the
-/// mirror's from now on (its address can be told), but a connection is
-/// refused until the mirror is ready, rather than held unanswered while
-/// it opens its store. `SO_REUSEADDR`, as a listener has, so that a mirror
-/// started again takes its old port at once.
+/// Bind `addr` for [`serve`] without listening yet: the address is known
+/// (a port of 0 is chosen now), and a connection is refused until the
+/// mirror is ready, rather than held unanswered while it opens its store.
+/// `SO_REUSEADDR`, as a listener has, so that a mirror started again takes
+/// its old port at once; the other side of it is that until `serve`
+/// listens, another socket with it may bind the same port, and `serve`
+/// then fails at `listen` (a bind of port 0 never picks such a port).
 pub fn bind(addr: std::net::SocketAddr) -> std::io::Result<TcpSocket> {
     let socket = if addr.is_ipv4() {
         TcpSocket::new_v4()?
@@ -472,6 +480,19 @@ pub async fn serve(
         tokio::spawn(run_pool(listener, pool_config, ledger.clone()))
     });
     let shares = Arc::new(DiskShares::open(&config.data)?);
+    // The port may have been taken meanwhile: a socket bound but not yet
+    // listening does not keep another with `SO_REUSEADDR` from binding it.
+    let addr = socket_addr_text(&socket);
+    let listener = match socket.listen(BACKLOG) {
+        Ok(l) => l,
+        Err(e) => {
+            if let Some(pool) = pool {
+                pool.abort();
+            }
+            let why = format!("cannot listen on {addr}: {e}");
+            return Err(std::io::Error::new(e.kind(), why).into());
+        }
+    };
     let finalize = Arc::new(RwLock::new(()));
     let commits = CommitQueue::start(shares.clone(), ledger.clone(), finalize.clone());
     let mirror = Arc::new(Mirror {
@@ -539,7 +560,6 @@ pub async fn serve(
         .route("/v1/slot/{pk}", put(put_slot).get(get_slot))
         .layer(DefaultBodyLimit::max(MAX_SLOT_BYTES))
         .with_state(mirror);
-    let listener = socket.listen(BACKLOG)?;
     ready()?;
     let result = axum::serve(listener, app)
         .with_graceful_shutdown(shutdown)

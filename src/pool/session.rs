@@ -537,7 +537,9 @@ mod tests {
         let mut jobs = BuiltinJobs::new([3; 32]);
         jobs.next(1_000_000, true);
         let job = book.push(jobs.next(1_000_000, false));
-        s.on_job(&job, &book, now);
+        // At the session's start, so that vardiff has no reason to move.
+        s.on_job(&job, &book, 0);
+        assert_eq!(s.difficulty(), Difficulty::from_f64(0.01).unwrap());
         let low = find_nonce(
             &job,
             0,

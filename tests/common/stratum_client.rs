@@ -15,7 +15,11 @@ pub struct TestMiner {
     next_id: u64,
     pub extranonce1: Vec<u8>,
     pub extranonce2_size: usize,
+    /// The difficulty of jobs sent from now on.
     pub difficulty: f64,
+    /// The difficulty each job came at: its shares are checked and
+    /// credited at that one.
+    job_difficulty: std::collections::HashMap<String, f64>,
     pub job: Option<Job>,
 }
 
@@ -32,6 +36,7 @@ impl TestMiner {
             extranonce1: vec![],
             extranonce2_size: 0,
             difficulty: 1.0,
+            job_difficulty: Default::default(),
             job: None,
         }
     }
@@ -55,6 +60,7 @@ impl TestMiner {
                 if let Ok(lode::pool::stratum::ServerMessage::Notify(job)) =
                     lode::pool::stratum::parse_server(&msg.to_string())
                 {
+                    self.job_difficulty.insert(job.id.clone(), self.difficulty);
                     self.job = Some(job);
                 }
             }
@@ -102,10 +108,20 @@ impl TestMiner {
         self.job.clone().unwrap()
     }
 
+    /// The difficulty `job` came at (the current one for a job not seen).
+    pub fn difficulty_of(&self, job: &Job) -> f64 {
+        self.job_difficulty
+            .get(&job.id)
+            .copied()
+            .unwrap_or(self.difficulty)
+    }
+
     /// A nonce from `start` on whose header meets (or, with `meet` false,
-    /// misses) the current difficulty.
+    /// misses) the difficulty `job` came at.
     pub fn grind(&self, job: &Job, extranonce2: &[u8], start: u32, meet: bool) -> u32 {
-        let target = Difficulty::from_f64(self.difficulty).unwrap().target();
+        let target = Difficulty::from_f64(self.difficulty_of(job))
+            .unwrap()
+            .target();
         (start..)
             .find(|&n| {
                 let h = sha256d(&build_header(
