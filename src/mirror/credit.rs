@@ -3,8 +3,9 @@
 //! Credit is the sum of accepted share difficulty, in millionths of a
 //! difficulty-1 share. Storage costs `price` per GiB-day of leased bytes
 //! above the free allowance, accrued lazily: each time an account is
-//! touched (and on every GC pass) the time since its last charge is billed
-//! at its current usage. `funded_until = now + balance / daily cost`. An
+//! touched (and on every GC pass) the time since its last charge is billed,
+//! each stretch between the expiries of its leases at the usage of that
+//! stretch. `funded_until = now + balance / daily cost`. An
 //! account that pays for storage (usage above the free allowance) and
 //! whose balance has been at or below zero for longer than the grace
 //! period gets no new or renewed leases, and its shares age out through
@@ -78,16 +79,34 @@ impl Ledger {
         // charge. `charged_at` never moves back: an upload records its
         // share with the time it started, which may be before the last
         // bill.
+        //
+        // Usage drops as leases lapse, so the time is billed in stretches
+        // between the expiries that fall in it, each at its own usage. It
+        // was billed at the usage of `since` throughout: a lease that lapsed
+        // just after a bill was paid for until the next one (up to a GC
+        // interval per lapse, and all the time since the last bill for an
+        // account no one touched). Only the last stretch carries its
+        // unbilled fraction to the next bill; an earlier one forgives it
+        // (under a millionth each).
         let mut charged_to = since.max(now);
         let mut cost = 0i128;
         if self.terms.price_micro > 0 {
-            let usage = Self::usage_in(tx, account, since)?;
-            cost = self.daily_cost(usage) as i128;
-            if cost > 0 && now > since {
-                let billed = cost * (now - since) as i128 / DAY as i128;
-                debit = debit.saturating_add(i64::try_from(billed).unwrap_or(i64::MAX));
-                let paid_for = (billed * DAY as i128 + cost - 1) / cost;
-                charged_to = since + paid_for as i64;
+            let mut usage = Self::usage_in(tx, account, since)?;
+            let mut stretches = Self::lapses_in(tx, account, since, now)?;
+            stretches.push((now, 0));
+            let mut at = since;
+            for (end, lapsing) in stretches {
+                cost = self.daily_cost(usage) as i128;
+                if cost > 0 && end > at {
+                    let billed = cost * (end - at) as i128 / DAY as i128;
+                    debit = debit.saturating_add(i64::try_from(billed).unwrap_or(i64::MAX));
+                    let paid_for = (billed * DAY as i128 + cost - 1) / cost;
+                    if end == now {
+                        charged_to = at + paid_for as i64;
+                    }
+                }
+                usage = usage.saturating_sub(lapsing);
+                at = at.max(end);
             }
         }
         // Unfunded: paying for storage with nothing left to pay. An
@@ -106,6 +125,28 @@ impl Ledger {
             params![&account[..], debit, charged_to, unfunded],
         )?;
         Ok(())
+    }
+
+    /// The times in `(from, to)` at which leases of `account` lapse, in
+    /// order, each with the bytes that lapse then.
+    fn lapses_in(
+        tx: &rusqlite::Connection,
+        account: &[u8; 32],
+        from: i64,
+        to: i64,
+    ) -> Result<Vec<(i64, u64)>> {
+        if to <= from {
+            return Ok(Vec::new());
+        }
+        let mut stmt = tx.prepare_cached(
+            "SELECT expires, SUM(size) FROM leases \
+             WHERE account = ?1 AND expires > ?2 AND expires < ?3 \
+             GROUP BY expires ORDER BY expires",
+        )?;
+        let rows = stmt.query_map(params![&account[..], from, to], |r| {
+            Ok((r.get::<_, i64>(0)?, r.get::<_, i64>(1)?.max(0) as u64))
+        })?;
+        Ok(rows.collect::<rusqlite::Result<_>>()?)
     }
 
     /// Refuse a lease to an account past its grace period.
