@@ -509,11 +509,9 @@ pub async fn serve(
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tick.tick().await;
-            if let Err(e) = gc_mirror.ledger.run(|l| l.charge_all(unix_now())).await {
-                // GC forgets lapsed leases, which accounts not billed yet
-                // still owe for: it waits for a billing pass that works.
+            let billed = gc_mirror.ledger.run(|l| l.charge_all(unix_now())).await;
+            if let Err(e) = &billed {
                 tracing::error!(error = %e, "billing pass failed; GC waits for the next one");
-                continue;
             }
             if let Err(e) = gc_mirror.ledger.run(|l| l.prune_leases(unix_now())).await {
                 tracing::error!(error = %e, "lease pruning failed");
@@ -525,8 +523,13 @@ pub async fn serve(
             {
                 tracing::error!(error = %e, "folding old share records failed");
             }
-            if let Err(e) =
-                collect_garbage(&gc_mirror.ledger, &gc_mirror.shares, &gc_mirror.finalize).await
+            // GC forgets the lease rows of what it removes, which accounts
+            // not billed yet still owe for: it runs after a billing pass
+            // that worked. (Pruning keeps what a bill still covers, and
+            // folding and scrubbing bill nothing.)
+            if billed.is_ok()
+                && let Err(e) =
+                    collect_garbage(&gc_mirror.ledger, &gc_mirror.shares, &gc_mirror.finalize).await
             {
                 tracing::error!(error = %e, "gc pass failed");
             }
