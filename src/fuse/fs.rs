@@ -4549,6 +4549,33 @@ impl Filesystem for Mount {
 mod tests {
     use super::*;
 
+    fn runtime() -> tokio::runtime::Runtime {
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .unwrap()
+    }
+
+    /// A new file `name` in the root, staged at `copy` (which need not
+    /// exist yet), open once for writing and not uploaded.
+    fn open_for_writing(fs: &LodeFs, name: &str, copy: PathBuf) -> u64 {
+        let mut tree = fs.lock();
+        let body = Body::File {
+            cap: None,
+            staged: Some(copy),
+            dirty: true,
+            writers: 1,
+            cached: false,
+            generation: 0,
+        };
+        let mut node = Node::new(ROOT, name, 0o644, (0, 0), body);
+        node.opens = 1;
+        let ino = tree.insert(node);
+        tree.children_mut(ROOT).unwrap().insert(name.into(), ino);
+        ino
+    }
+
     /// A mount over one in-memory store that keeps no published copies
     /// (`-o keep=0`), with its root listed empty.
     fn memory_mount(staging: &Path, rt: &tokio::runtime::Runtime) -> LodeFs {
@@ -4582,32 +4609,13 @@ mod tests {
     #[test]
     fn an_early_upload_of_a_removed_file_gives_its_place_back() {
         let dir = tempfile::tempdir().unwrap();
-        let rt = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(2)
-            .enable_all()
-            .build()
-            .unwrap();
+        let rt = runtime();
         let fs = memory_mount(dir.path(), &rt);
         let big = vec![3u8; (crate::fuse::early::START_BYTES + (1 << 20)) as usize];
         let written = |name: &str| -> u64 {
             let copy = fs.staging_path();
             std::fs::write(&copy, b"").unwrap();
-            let ino = {
-                let mut tree = fs.lock();
-                let body = Body::File {
-                    cap: None,
-                    staged: Some(copy),
-                    dirty: true,
-                    writers: 1,
-                    cached: false,
-                    generation: 0,
-                };
-                let mut node = Node::new(ROOT, name, 0o644, (0, 0), body);
-                node.opens = 1;
-                let ino = tree.insert(node);
-                tree.children_mut(ROOT).unwrap().insert(name.into(), ino);
-                ino
-            };
+            let ino = open_for_writing(&fs, name, copy);
             fs.do_write(ino, 0, &big, false).unwrap();
             ino
         };
@@ -4634,28 +4642,11 @@ mod tests {
     #[test]
     fn a_note_that_could_not_be_written_is_written_again() {
         let dir = tempfile::tempdir().unwrap();
-        let rt = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(1)
-            .enable_all()
-            .build()
-            .unwrap();
+        let rt = runtime();
         let fs = memory_mount(dir.path(), &rt);
         // The copy is not there when its note is written: the write fails.
         let copy = fs.staging_path();
-        let ino = {
-            let mut tree = fs.lock();
-            let body = Body::File {
-                cap: None,
-                staged: Some(copy.clone()),
-                dirty: true,
-                writers: 1,
-                cached: false,
-                generation: 0,
-            };
-            let ino = tree.insert(Node::new(ROOT, "f", 0o644, (0, 0), body));
-            tree.children_mut(ROOT).unwrap().insert("f".into(), ino);
-            ino
-        };
+        let ino = open_for_writing(&fs, "f", copy.clone());
         fs.note_staged(ino);
         assert_eq!(notes::read(&copy), None);
         std::fs::write(&copy, b"data").unwrap();
@@ -4672,30 +4663,11 @@ mod tests {
     #[test]
     fn a_truncating_open_beside_writes_keeps_size_and_copy_together() {
         let dir = tempfile::tempdir().unwrap();
-        let rt = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(2)
-            .enable_all()
-            .build()
-            .unwrap();
+        let rt = runtime();
         let fs = memory_mount(dir.path(), &rt);
         let copy = fs.staging_path();
         std::fs::write(&copy, b"").unwrap();
-        let ino = {
-            let mut tree = fs.lock();
-            let body = Body::File {
-                cap: None,
-                staged: Some(copy.clone()),
-                dirty: true,
-                writers: 1,
-                cached: false,
-                generation: 0,
-            };
-            let mut node = Node::new(ROOT, "log", 0o644, (0, 0), body);
-            node.opens = 1;
-            let ino = tree.insert(node);
-            tree.children_mut(ROOT).unwrap().insert("log".into(), ino);
-            ino
-        };
+        let ino = open_for_writing(&fs, "log", copy.clone());
         // Rounds of a few appends beside one truncating open, each round's
         // end checked with nothing running.
         let (line, mut pos, mut apart) = ([b'x'; 512], 0u64, 0);
@@ -4734,11 +4706,7 @@ mod tests {
     #[test]
     fn a_pinned_copy_is_not_evicted_by_a_publish() {
         let dir = tempfile::tempdir().unwrap();
-        let rt = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(2)
-            .enable_all()
-            .build()
-            .unwrap();
+        let rt = runtime();
         let fs = memory_mount(dir.path(), &rt);
         for pin in [true, false] {
             let name = format!("f{pin}");

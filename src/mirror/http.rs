@@ -581,6 +581,21 @@ pub async fn serve(
 mod tests {
     use super::*;
 
+    /// A free mirror's settings over `data`, its GC idle for the test.
+    fn free_config(data: &std::path::Path) -> MirrorConfig {
+        MirrorConfig {
+            data: data.to_path_buf(),
+            lease_secs: 3600,
+            quota: None,
+            capacity: None,
+            gc_interval: Duration::from_secs(3600),
+            scrub_bytes: 0,
+            price: 0.0,
+            grace_secs: 0,
+            free_bytes: 0,
+        }
+    }
+
     /// `ready` comes once the share store is open, an older layout moved
     /// forward by then: an address announced there is one that answers
     /// with every share in place.
@@ -594,17 +609,7 @@ mod tests {
         std::fs::create_dir_all(&old).unwrap();
         std::fs::write(old.join(&h), &bytes).unwrap();
         let moved = shares.join(&h[..2]).join(&h);
-        let config = MirrorConfig {
-            data: dir.path().to_path_buf(),
-            lease_secs: 3600,
-            quota: None,
-            capacity: None,
-            gc_interval: Duration::from_secs(3600),
-            scrub_bytes: 0,
-            price: 0.0,
-            grace_secs: 0,
-            free_bytes: 0,
-        };
+        let config = free_config(dir.path());
         let socket = bind("127.0.0.1:0".parse().unwrap()).unwrap();
         let addr = socket.local_addr().unwrap();
         let refused = std::net::TcpStream::connect(addr).map_err(|e| e.kind());
@@ -652,17 +657,7 @@ mod tests {
             std::fs::create_dir_all(&old).unwrap();
             std::fs::write(old.join(&h), bytes).unwrap();
         }
-        let config = MirrorConfig {
-            data: dir.path().to_path_buf(),
-            lease_secs: 3600,
-            quota: None,
-            capacity: None,
-            gc_interval: Duration::from_secs(3600),
-            scrub_bytes: 0,
-            price: 0.0,
-            grace_secs: 0,
-            free_bytes: 0,
-        };
+        let config = free_config(dir.path());
         let socket = bind("127.0.0.1:0".parse().unwrap()).unwrap();
         let addr = socket.local_addr().unwrap();
         // `LAYOUT` is written last in the move: there once the store is open.
