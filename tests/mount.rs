@@ -1307,6 +1307,27 @@ fn a_friends_file_held_open_reads_the_version_it_opened() {
         "MiB blocks of the held file not from the version it opened"
     );
     assert_eq!(held.metadata().unwrap().len(), len as u64);
+    // Still the friend's, though no name shows it any more: nothing
+    // changes it. (Its writes went nowhere: an orphan is never uploaded.)
+    use std::os::unix::io::AsRawFd;
+    let refused = held
+        .set_permissions(std::fs::Permissions::from_mode(0o600))
+        .unwrap_err();
+    assert_eq!(
+        refused.raw_os_error(),
+        Some(libc::EROFS),
+        "fchmod: {refused}"
+    );
+    let by_fd = format!("/proc/self/fd/{}", held.as_raw_fd());
+    let refused = std::fs::OpenOptions::new()
+        .write(true)
+        .open(&by_fd)
+        .unwrap_err();
+    assert_eq!(
+        refused.raw_os_error(),
+        Some(libc::EROFS),
+        "reopen: {refused}"
+    );
     drop(held);
     assert!(std::fs::read(&theirs).unwrap() == second);
     drop(bm);
@@ -3759,7 +3780,12 @@ fn a_mount_with_fewer_mirrors_than_happy_says_so() {
     // mount goes on (it used to refuse to start).
     let config = client.home.join("config/config.toml");
     let text = std::fs::read_to_string(&config).unwrap();
-    let text = text.replace("[friends]", "[friends]\nbroken = \"lode:dir-ro:1:spoiled\"");
+    // And one whose name, edited by hand, is no directory entry.
+    let good = client.ok(&["share", "/"]).trim().to_string();
+    let text = text.replace(
+        "[friends]",
+        &format!("[friends]\nbroken = \"lode:dir-ro:1:spoiled\"\n\"a/b\" = \"{good}\""),
+    );
     assert!(text.contains("spoiled"), "no [friends] table: {text}");
     std::fs::write(&config, text).unwrap();
     // Not over the identity's own files (the mount would wait on itself).
@@ -3807,6 +3833,7 @@ fn a_mount_with_fewer_mirrors_than_happy_says_so() {
         "{err}"
     );
     assert!(err.contains("friend broken is not shown"), "{err}");
+    assert!(err.contains(r#"friend "a/b" is not shown"#), "{err}");
     assert_eq!(std::fs::read_dir(mp.join("friends")).unwrap().count(), 0);
     std::fs::write(mp.join("f.txt"), b"staged").unwrap();
     assert_eq!(std::fs::read(mp.join("f.txt")).unwrap(), b"staged");

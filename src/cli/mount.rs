@@ -125,11 +125,7 @@ pub fn friend(command: FriendCommand) -> Result<()> {
     let mut config = Config::load(&home)?;
     match command {
         FriendCommand::Add { name, cap } => {
-            lode::dir::check_name(&name).map_err(|r| anyhow!("bad friend name {name:?}: {r}"))?;
-            // A line of `friend list` each, and a name a shell can show.
-            if name.chars().any(char::is_control) {
-                bail!("bad friend name {name:?}: it contains a control character");
-            }
+            check_friend_name(&name).map_err(|r| anyhow!("bad friend name {name:?}: {r}"))?;
             let parsed: Cap = cap.parse().with_context(|| format!("bad cap for {name}"))?;
             let read = parsed.clone().into_dir_read().map_err(|_| {
                 anyhow!(
@@ -191,13 +187,32 @@ pub fn friend(command: FriendCommand) -> Result<()> {
     Ok(())
 }
 
+/// A friend's name is an entry of friends/, a line of `friend list`
+/// each, and a name a shell can show.
+fn check_friend_name(name: &str) -> std::result::Result<(), &'static str> {
+    lode::dir::check_name(name)?;
+    match name.chars().any(char::is_control) {
+        true => Err("it contains a control character"),
+        false => Ok(()),
+    }
+}
+
 /// The friends a config names, with their caps parsed, and a line for
-/// each one left out because its cap (edited by hand) does not parse: one
-/// bad entry must not keep the user from their own tree.
+/// each one left out because its name or cap (edited by hand) is bad: one
+/// bad entry must not keep the user from their own tree. A name is held
+/// to what `lode friend add` allows: it becomes a directory entry under
+/// friends/, where "..", "a/b" or "" would be no name at all.
 fn config_friends(config: &Config) -> (Vec<(String, lode::caps::DirReadCap)>, Vec<String>) {
     let mut friends = Vec::new();
     let mut skipped = Vec::new();
     for (name, cap) in &config.friends {
+        if let Err(reason) = check_friend_name(name) {
+            skipped.push(format!(
+                "friend {name:?} is not shown: its name in config.toml is bad ({reason}); \
+                 `lode friend remove {name:?}` and add it again under another"
+            ));
+            continue;
+        }
         match cap
             .parse::<Cap>()
             .map_err(anyhow::Error::from)

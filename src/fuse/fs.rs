@@ -337,7 +337,7 @@ impl LodeFs {
     }
 
     fn friend_node(tree: &mut Tree, name: &str, cap: &DirReadCap, owner: (u32, u32)) -> u64 {
-        tree.insert(Node::new(
+        let mut node = Node::new(
             FRIENDS,
             name,
             0o555,
@@ -348,7 +348,9 @@ impl LodeFs {
                 children: None,
                 loaded_at: None,
             },
-        ))
+        );
+        node.foreign = true;
+        tree.insert(node)
     }
 
     fn friends(&self) -> MutexGuard<'_, BTreeMap<String, u64>> {
@@ -783,6 +785,22 @@ impl LodeFs {
             }) => tree.listed_elsewhere(ino, read).unwrap_or(ino),
             _ => ino,
         })
+    }
+
+    /// Check that `ino`, at `parent`, is a node this mount may change: an
+    /// orphan by itself (no parent names it), anything else by its parent.
+    fn changeable(&self, ino: u64, parent: u64) -> Result<()> {
+        let (orphan, foreign) = self
+            .lock()
+            .nodes
+            .get(&ino)
+            .map(|n| (n.orphan, n.foreign))
+            .ok_or(Error::NotFound)?;
+        match (orphan, foreign) {
+            (_, true) => Err(Error::ReadOnly),
+            (true, false) => Ok(()),
+            (false, false) => self.writable(parent),
+        }
     }
 
     /// Check that `parent` is a directory this mount may change, loaded.
@@ -3151,14 +3169,11 @@ impl LodeFs {
                 || atime.is_some()
                 || mtime.is_some()
             {
-                return Err(Error::Unsupported);
+                return Err(Error::ReadOnly);
             }
             return self.attr_of(ino);
         }
-        let orphan = self.lock().nodes.get(&ino).is_some_and(|n| n.orphan);
-        if !orphan {
-            self.writable(parent)?;
-        }
+        self.changeable(ino, parent)?;
         // One clock reading for every time this call sets, as a local file
         // system gives `touch` (it gave atime < mtime < ctime, nanoseconds
         // apart).
@@ -3233,11 +3248,11 @@ impl LodeFs {
         let exec = flags.0 & FMODE_EXEC != 0;
         // Held from the staged copy's truncation to its size counted.
         let mut truncating = None;
-        let (parent, orphan, execs) = self
+        let (parent, execs) = self
             .lock()
             .nodes
             .get(&ino)
-            .map(|n| (n.parent, n.orphan, n.execs))
+            .map(|n| (n.parent, n.execs))
             .ok_or(Error::NotFound)?;
         // A program running from the file: the kernel refuses to write it
         // (ETXTBSY), but for a read-only open with `O_TRUNC` it checks
@@ -3249,9 +3264,7 @@ impl LodeFs {
         }
         let pinned = match write || trunc {
             true => {
-                if !orphan {
-                    self.writable(parent)?;
-                }
+                self.changeable(ino, parent)?;
                 // Open from before its copy is staged: see `pin`.
                 let pinned = self.pin(ino)?;
                 let path = self.stage(ino, trunc)?;

@@ -89,6 +89,10 @@ pub struct Node {
     pub execs: u32,
     /// No name refers to the inode any more.
     pub orphan: bool,
+    /// A friend's: read-only for good. An orphan has no parent left to
+    /// say so (a friend's file held open across the friend's update, or
+    /// every inode of a friend removed), so the node carries it.
+    pub foreign: bool,
     /// A listing brought this file's content from elsewhere (a friend's
     /// update) since the kernel last opened it, so the pages the kernel
     /// cached then are stale. Every other change of a file's bytes goes
@@ -189,6 +193,7 @@ impl Node {
             opens: 0,
             execs: 0,
             orphan: false,
+            foreign: false,
             stale_pages: false,
             alias: false,
             replaces: Vec::new(),
@@ -2082,10 +2087,23 @@ impl Tree {
             None => self.owner,
         };
         let ours = parent_write.is_some();
+        // A friend's set-id bits and device numbers would act here with
+        // the mount owner's authority (their owner is shown as ours), for
+        // every local user where the mount allows others: a friend could
+        // publish a set-uid shell, or a node for /dev/mem. Both are
+        // dropped; a friend's device node shows as one with no device.
+        let mode = match ours {
+            true => entry.mode & 0o7777,
+            false => entry.mode & 0o1777,
+        };
+        let body = match body {
+            Body::Special { kind, .. } if !ours => Body::Special { kind, rdev: 0 },
+            body => body,
+        };
         Some(Node {
             parent,
             name: name.to_string(),
-            mode: entry.mode & 0o7777,
+            mode,
             size: entry.size,
             atime: entry.atime,
             mtime: entry.mtime,
@@ -2098,6 +2116,7 @@ impl Tree {
             opens: 0,
             execs: 0,
             orphan: false,
+            foreign: !ours,
             stale_pages: false,
             alias: false,
             replaces: Vec::new(),
@@ -2182,6 +2201,57 @@ mod tests {
         let b = child(&tree, a, "b");
         tree.load(b, files(10));
         (tree, a, b)
+    }
+
+    /// A friend's listing cannot make set-id programs or device nodes
+    /// act with the mount owner's authority (their owner shows as the
+    /// mount's); our own listing keeps both as stored. The nodes it
+    /// loads stay read-only once orphaned.
+    #[test]
+    fn a_friends_set_id_bits_and_device_numbers_are_dropped() {
+        let root = Vault::fresh_dir();
+        let mut tree = Tree::new(root.clone(), (0, 0));
+        tree.load(ROOT, Listing::default());
+        let theirs = Vault::fresh_dir().read_cap();
+        let friend = tree.insert(Node::new(
+            FRIENDS,
+            "alice",
+            0o555,
+            (0, 0),
+            Body::Dir {
+                write: None,
+                read: theirs,
+                children: None,
+                loaded_at: None,
+            },
+        ));
+        let mem = 1 << 8 | 1; // makedev(1, 1), /dev/mem
+        let listing = || {
+            let mut listing = Listing::default();
+            let mut sh = file_entry(1);
+            sh.mode = 0o6755;
+            listing.entries.insert("sh".into(), sh);
+            let dev = Entry::special(EntryKind::CharDev, 0o666, mem, (1, 0));
+            listing.entries.insert("mem".into(), dev);
+            let sticky = Entry::special(EntryKind::Fifo, 0o1644, 0, (1, 0));
+            listing.entries.insert("fifo".into(), sticky);
+            listing
+        };
+        tree.load(friend, listing());
+        tree.load(ROOT, listing());
+        let shown = |dir: u64, name: &str| {
+            let node = &tree.nodes[&child(&tree, dir, name)];
+            let rdev = match node.body {
+                Body::Special { rdev, .. } => rdev,
+                _ => 0,
+            };
+            (node.mode, rdev, node.foreign)
+        };
+        assert_eq!(shown(friend, "sh"), (0o755, 0, true));
+        assert_eq!(shown(friend, "mem"), (0o666, 0, true));
+        assert_eq!(shown(friend, "fifo"), (0o1644, 0, true));
+        assert_eq!(shown(ROOT, "sh"), (0o6755, 0, false));
+        assert_eq!(shown(ROOT, "mem"), (0o666, mem, false));
     }
 
     /// Names given up are kept by directory and name until a listing
