@@ -3693,8 +3693,8 @@ fn generic_mount_flags_reach_the_kernel() {
     );
 }
 
-/// A cache bigger than the machine's memory, or a keep budget that does
-/// not fit in bytes, is refused before anything mounts (both used to wrap
+/// A cache bigger than the machine's memory or smaller than two chunks,
+/// or a keep budget that does not fit in bytes, is refused before anything mounts (both used to wrap
 /// around to a small figure without a word).
 #[test]
 fn sizes_past_what_fits_are_refused() {
@@ -3705,6 +3705,7 @@ fn sizes_past_what_fits_are_refused() {
     for (opt, says) in [
         ("cache=17592186044416", "memory"),
         ("cache=999999999", "memory"),
+        ("cache=4", "too little"),
         ("keep=18446744073709551615", "too large"),
     ] {
         let out = client.run(&["mount", mp.to_str().unwrap(), "-o", opt]);

@@ -285,10 +285,23 @@ impl Default for Config {
     }
 }
 
-/// The chunk cache's budget for `mib` MiB: no more than this machine's
-/// memory, since the cache lives in it (a larger figure is surely a typo,
-/// and would have wrapped around to a tiny one).
+/// The least chunk cache: two of the largest chunks the chunker cuts
+/// (8 MiB). A chunk larger than the whole cache is never kept, so with
+/// less every 128 KiB read of the kernel's would fetch and decrypt its
+/// whole chunk again, and readahead would be thrown away as it came.
+pub const MIN_CACHE_MIB: u64 = 16;
+
+/// The chunk cache's budget for `mib` MiB: at least [`MIN_CACHE_MIB`],
+/// and no more than this machine's memory, since the cache lives in it (a
+/// larger figure is surely a typo, and would have wrapped around to a
+/// tiny one).
 pub fn cache_bytes(mib: u64) -> Result<usize> {
+    if mib < MIN_CACHE_MIB {
+        bail!(
+            "{mib} MiB of cache is too little: a read needs at least {MIN_CACHE_MIB} \
+             (two of the largest chunks)"
+        );
+    }
     let total_mib = std::fs::read_to_string("/proc/meminfo")
         .ok()
         .and_then(|m| {

@@ -41,10 +41,17 @@ const TTL: Duration = Duration::from_secs(1);
 /// Locks of [`LodeFs::staged_data`]: a write waits only for an `O_TRUNC`
 /// open of a file in its shard.
 const STAGED_DATA_SHARDS: usize = 64;
-/// How far ahead of a sequential reader chunks are fetched.
+/// How far ahead of a sequential reader chunks are fetched, at most.
 const READAHEAD_BYTES: u64 = 32 << 20;
+/// The first window, doubled at each top-up up to `READAHEAD_BYTES`: a
+/// reader that stops after a few reads costs little.
+const READAHEAD_FIRST: u64 = 8 << 20;
 /// How far the reader may eat into the readahead before it is topped up.
 const READAHEAD_STEP: u64 = 4 << 20;
+/// Readahead fetches running at once, over all files: past it a reader
+/// fetches what it reads, and tries again at its next read. A thumbnailer
+/// reading the head of 200 large files must not start 200 fetches.
+const READAHEAD_TASKS: usize = 4;
 /// Files of any size uploaded side by side by one flush. Each may hold up
 /// to the vault's upload window of shares in memory.
 const UPLOAD_THREADS: usize = 8;
@@ -120,6 +127,56 @@ impl Drop for Pinned<'_> {
     }
 }
 
+/// One file's readahead: where its last read ended, how far fetches have
+/// been started, the window of the next, and the fetches running.
+#[derive(Default)]
+struct Stream {
+    last_end: u64,
+    fetched_to: u64,
+    window: u64,
+    fetches: Vec<tokio::task::AbortHandle>,
+}
+
+impl Stream {
+    /// The range to fetch after a read of `len` at `offset` in a file of
+    /// `size`, if any, counted as started. A read at 0 starts the stream
+    /// afresh and fetches nothing: one read alone (`file`, a thumbnailer)
+    /// is no stream. Each read where the last ended is sequential; the
+    /// first of those fetches `READAHEAD_FIRST` ahead, and each top-up
+    /// (once the reader is within the window less `READAHEAD_STEP` of its
+    /// end) doubles it.
+    fn plan(&mut self, size: u64, offset: u64, len: u64) -> Option<(u64, u64)> {
+        let end = offset.saturating_add(len);
+        let sequential = offset == self.last_end && offset > 0;
+        self.pass(offset, len);
+        if !sequential || end >= size {
+            return None;
+        }
+        self.window = self.window.clamp(READAHEAD_FIRST, READAHEAD_BYTES);
+        if self.fetched_to >= end + self.window - READAHEAD_STEP {
+            return None;
+        }
+        let from = self.fetched_to.max(end);
+        // The file may have shrunk since the last fetch.
+        let to = (end + self.window).min(size);
+        if from >= to {
+            return None;
+        }
+        self.fetched_to = to;
+        self.window = (self.window * 2).min(READAHEAD_BYTES);
+        Some((from, to))
+    }
+
+    /// Count a read of `len` at `offset` and plan nothing.
+    fn pass(&mut self, offset: u64, len: u64) {
+        if offset == 0 {
+            self.fetched_to = 0;
+            self.window = READAHEAD_FIRST;
+        }
+        self.last_end = offset.saturating_add(len);
+    }
+}
+
 /// The filesystem.
 pub struct LodeFs {
     vault: Arc<Vault>,
@@ -147,9 +204,10 @@ pub struct LodeFs {
     kept: Mutex<Kept>,
     /// Signalled whenever a directory publish ends.
     published: std::sync::Condvar,
-    /// Per inode read from the mirrors: where the last read ended, and how
-    /// far readahead has been started.
-    readahead: Mutex<std::collections::HashMap<u64, (u64, u64)>>,
+    /// Per inode read from the mirrors: its readahead.
+    readahead: Mutex<std::collections::HashMap<u64, Stream>>,
+    /// Room for [`READAHEAD_TASKS`] fetches.
+    readahead_room: Arc<tokio::sync::Semaphore>,
     /// Files being uploaded while they are written (see [`super::early`]).
     early: Earlies,
     /// Held by a write from its bytes landing in the staged copy to its
@@ -318,6 +376,7 @@ impl LodeFs {
             kept: Mutex::new(Default::default()),
             published: std::sync::Condvar::new(),
             readahead: Mutex::new(Default::default()),
+            readahead_room: Arc::new(tokio::sync::Semaphore::new(READAHEAD_TASKS)),
             early: Earlies::default(),
             staged_data: std::array::from_fn(|_| Mutex::new(())),
             unnoted: Mutex::new(HashSet::new()),
@@ -3384,32 +3443,29 @@ impl LodeFs {
         }
     }
 
-    /// For a sequential reader, keep the next `READAHEAD_BYTES` of the file
-    /// being fetched into the chunk cache in the background.
+    /// For a sequential reader, keep the next chunks of the file (up to
+    /// `READAHEAD_BYTES`) being fetched into the chunk cache in the
+    /// background. The fetches stop when the file's last handle closes.
     fn read_ahead(&self, ino: u64, cap: &FileReadCap, offset: u64, len: u64) {
-        let end = offset + len;
-        let (from, to) = {
-            let mut streams = self.readahead.lock().unwrap_or_else(|p| p.into_inner());
-            let (last_end, fetched_to) = streams.entry(ino).or_insert((0, 0));
-            let sequential = offset == *last_end || offset == 0;
-            *last_end = end;
-            if !sequential
-                || end >= cap.size
-                || *fetched_to >= end + READAHEAD_BYTES - READAHEAD_STEP
-            {
-                return;
-            }
-            let from = (*fetched_to).max(end);
-            let to = (end + READAHEAD_BYTES).min(cap.size);
-            *fetched_to = to;
-            (from, to)
+        let mut streams = self.readahead.lock().unwrap_or_else(|p| p.into_inner());
+        let stream = streams.entry(ino).or_default();
+        stream.fetches.retain(|f| !f.is_finished());
+        let Ok(room) = self.readahead_room.clone().try_acquire_owned() else {
+            // Only counted, so the next read plans from here.
+            stream.pass(offset, len);
+            return;
+        };
+        let Some((from, to)) = stream.plan(cap.size, offset, len) else {
+            return;
         };
         let (vault, cap) = (self.vault.clone(), cap.clone());
-        self.rt.spawn(async move {
+        let fetch = self.rt.spawn(async move {
             if let Err(e) = vault.prefetch(&cap, from, to - from).await {
                 tracing::debug!(error = %e, "readahead failed; the reader will fetch");
             }
+            drop(room);
         });
+        stream.fetches.push(fetch.abort_handle());
     }
 
     /// Make a staged copy durable here, for want of the mirrors (best
@@ -3636,10 +3692,15 @@ impl LodeFs {
     }
 
     fn do_release(&self, ino: u64, flags: OpenFlags) -> Result<()> {
-        self.readahead
+        let stream = self
+            .readahead
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .remove(&ino);
+        // Nobody left to read what they fetch.
+        for fetch in stream.iter().flat_map(|s| &s.fetches) {
+            fetch.abort();
+        }
         // The data is safe in staging already; the upload is write-back,
         // done by the flusher once no writer is left (or now, by fsync).
         let mut tree = self.lock();
@@ -4587,6 +4648,51 @@ mod tests {
         let ino = tree.insert(node);
         tree.children_mut(ROOT).unwrap().insert(name.into(), ino);
         ino
+    }
+
+    /// Readahead starts with a file's second read in sequence, not its
+    /// first (one read of each of 200 files fetched 32 MiB of each), grows
+    /// to `READAHEAD_BYTES`, starts over at a reread from 0, and plans
+    /// nothing past a file that shrank under a stream (it planned a range
+    /// ending before it began, which overflowed).
+    #[test]
+    fn readahead_waits_for_a_stream_and_grows_with_it() {
+        const K: u64 = 128 << 10;
+        const M: u64 = 1 << 20;
+        let size = 1 << 30;
+        let mut s = Stream::default();
+        assert_eq!(s.plan(size, 0, K), None, "one read is no stream");
+        assert_eq!(s.plan(size, 5 * K, K), None, "not in sequence");
+        assert_eq!(s.plan(size, 0, K), None);
+        assert_eq!(s.plan(size, K, K), Some((2 * K, 2 * K + 8 * M)));
+        let mut ahead = vec![];
+        let mut at = 2 * K;
+        while at < 64 * M {
+            if let Some((from, to)) = s.plan(size, at, K) {
+                assert_eq!(from, ahead.last().map_or(2 * K + 8 * M, |&(_, to)| to));
+                assert!(to - at - K <= READAHEAD_BYTES, "{to} ahead of {at}");
+                ahead.push((from, to));
+            }
+            at += K;
+        }
+        let widths: Vec<u64> = ahead.iter().map(|(from, to)| to - from).collect();
+        assert!(widths.len() >= 3, "{widths:?}");
+        assert!(s.fetched_to >= at + READAHEAD_BYTES - READAHEAD_STEP - K);
+        assert_eq!(s.window, READAHEAD_BYTES);
+        // Read again from the start: planned afresh.
+        assert_eq!(s.plan(size, 0, K), None);
+        assert_eq!(s.plan(size, K, K), Some((2 * K, 2 * K + 8 * M)));
+        // Truncated to 6 MiB under the stream, then read on.
+        let mut s = Stream::default();
+        s.plan(size, 0, K);
+        s.plan(size, K, K);
+        assert_eq!(s.plan(6 * M, 2 * K, K), None);
+        assert_eq!(s.plan(6 * M, 3 * K, K), None);
+        // Nothing to plan past the end.
+        let mut s = Stream::default();
+        s.plan(3 * K, 0, K);
+        assert_eq!(s.plan(3 * K, K, K), Some((2 * K, 3 * K)));
+        assert_eq!(s.plan(3 * K, 2 * K, K), None);
     }
 
     /// A mount over one in-memory store that keeps no published copies
