@@ -164,6 +164,14 @@ impl Node {
         let locs: Locs = uncbor(&vk.open(&[LOCS_CONTEXT, &keys_digest], &blob.locs)?)?;
         let params = Params::new(locs.k, locs.n)
             .map_err(|_| Error::MalformedManifest("invalid k/n".into()))?;
+        // No writer makes a wider node, and a reader caches nodes by count:
+        // one a friend made wider would hold that much more memory.
+        if locs.entries.len() > FANOUT {
+            return Err(Error::MalformedManifest(format!(
+                "{} entries in a node, more than {FANOUT}",
+                locs.entries.len()
+            )));
+        }
         if inline && (locs.depth != 0 || !locs.entries.is_empty()) {
             return Err(Error::MalformedManifest(
                 "a node holding its file's bytes has children".into(),
@@ -600,13 +608,26 @@ mod tests {
         );
         refused(
             MANIFEST_VERSION,
-            locs(0, 4, vec![chunk]),
+            locs(0, 4, vec![chunk.clone()]),
             Keys {
                 keys: key(),
                 data: data(4),
             },
             false,
         );
+        // Wider than any writer makes a node; as wide opens.
+        for (width, opens) in [(FANOUT, true), (FANOUT + 1, false)] {
+            let (rk, blob) = craft(
+                MANIFEST_VERSION,
+                locs(0, 4 * width as u64, vec![chunk.clone(); width]),
+                Keys {
+                    keys: vec![ByteBuf::from(vec![2; 32]); width],
+                    data: None,
+                },
+            );
+            assert_eq!(Node::open_read(&blob, &rk).is_ok(), opens, "{width}");
+            assert_eq!(Node::open_verify(&blob, &rk.verify_key()).is_ok(), opens);
+        }
     }
 
     #[test]
