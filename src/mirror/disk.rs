@@ -73,9 +73,36 @@ pub struct Staged {
 /// Where a staged body waits.
 enum StagedBody {
     /// In a staging file, written and fsynced.
-    File(PathBuf),
+    File(TmpFile),
     /// In memory: a small share, stored with its batch's transaction.
     Small(Vec<u8>),
+}
+
+/// A file under tmp/, removed when this is dropped unless it was renamed
+/// into place. An upload given up at any step (its client gone, so hyper
+/// dropped the request's future; a commit never reached) leaves nothing
+/// behind: before, its file stayed until the mirror restarted, uncounted
+/// by any quota, so a client could fill the disk by hanging up.
+struct TmpFile {
+    path: PathBuf,
+    placed: bool,
+}
+
+impl TmpFile {
+    fn new(path: PathBuf) -> TmpFile {
+        TmpFile {
+            path,
+            placed: false,
+        }
+    }
+}
+
+impl Drop for TmpFile {
+    fn drop(&mut self) {
+        if !self.placed {
+            let _ = std::fs::remove_file(&self.path);
+        }
+    }
 }
 
 impl Staged {
@@ -304,7 +331,9 @@ const SPARE_MIN: usize = 256 * 1024;
 /// are ordinary ones. Shares up to `SMALL_MAX` are not files at all
 /// (`small.rs`).
 struct ShareFile {
-    tmp: PathBuf,
+    /// Also dropped with it when a writing ends halfway, once the blocking
+    /// write it may be in is over (so no write makes the file again).
+    tmp: TmpFile,
     /// Created on the first write.
     file: Option<std::fs::File>,
     direct: bool,
@@ -319,7 +348,7 @@ struct ShareFile {
 
 impl ShareFile {
     /// A share file for a body of at most `max_len` bytes.
-    fn new(tmp: PathBuf, max_len: u64) -> ShareFile {
+    fn new(tmp: TmpFile, max_len: u64) -> ShareFile {
         let capacity = usize::try_from(max_len)
             .unwrap_or(usize::MAX)
             .clamp(1, WRITE_BUFFER)
@@ -365,13 +394,27 @@ impl ShareFile {
         let mut options = std::fs::OpenOptions::new();
         options.write(true).create(true).truncate(false);
         if self.direct {
-            match options.clone().custom_flags(libc::O_DIRECT).open(&self.tmp) {
+            match options
+                .clone()
+                .custom_flags(libc::O_DIRECT)
+                .open(&self.tmp.path)
+            {
                 Ok(file) => return Ok(file),
                 Err(e) if e.raw_os_error() == Some(libc::EINVAL) => self.direct = false,
                 Err(e) => return Err(e),
             }
         }
-        options.open(&self.tmp)
+        options.open(&self.tmp.path)
+    }
+
+    /// The written file, to be placed: the share file is done with it.
+    fn into_tmp(mut self) -> TmpFile {
+        self.file = None;
+        let none = TmpFile {
+            path: PathBuf::new(),
+            placed: true,
+        };
+        std::mem::replace(&mut self.tmp, none)
     }
 
     fn is_einval(e: &std::io::Error) -> bool {
@@ -532,16 +575,17 @@ fn matches(path: &Path, id: &ShareId) -> std::io::Result<bool> {
 /// missing and was made again).
 fn place(
     dest: &Path,
-    staged: Staged,
+    mut staged: Staged,
     replace_corrupt: bool,
 ) -> std::io::Result<(u64, Vec<PathBuf>)> {
-    let StagedBody::File(tmp) = &staged.body else {
+    let StagedBody::File(staged_file) = &mut staged.body else {
         unreachable!("small bodies are committed by `commit_small`")
     };
+    let tmp = &staged_file.path;
+    // The staged file goes however this ends, unless renamed into place.
     if let Ok(meta) = std::fs::metadata(dest)
         && (!replace_corrupt || matches(dest, &staged.id)?)
     {
-        let _ = std::fs::remove_file(tmp);
         return Ok((meta.len(), Vec::new()));
     }
     let shard = dest.parent().expect("share paths have a parent");
@@ -558,6 +602,7 @@ fn place(
         }
         other => other?,
     }
+    staged_file.placed = true;
     Ok((staged.len, to_sync))
 }
 
@@ -571,10 +616,10 @@ impl ShareStore for DiskShares {
             .root
             .join("tmp")
             .join(format!("{}.{}", hex(id), rand::random::<u64>()));
-        let mut out = Some(ShareFile::new(tmp.clone(), max_len));
+        let mut out = Some(ShareFile::new(TmpFile::new(tmp), max_len));
         let mut hasher = crate::chunk::IdHasher::new();
         let mut len = 0u64;
-        let result: Result<()> = async {
+        let result: Result<TmpFile> = async {
             loop {
                 let piece = match tokio::time::timeout(BODY_IDLE, body.next()).await {
                     Err(_) => return Err(Error::BadRequest("upload stalled".into())),
@@ -599,21 +644,16 @@ impl ShareStore for DiskShares {
             if hasher.finalize() != *id {
                 return Err(Error::Mismatch(*id));
             }
-            flush_out(out.take().expect("put back after each flush"), true).await?;
-            Ok(())
+            let done = flush_out(out.take().expect("put back after each flush"), true).await?;
+            Ok(done.into_tmp())
         }
         .await;
-        match result {
-            Ok(()) => Ok(Staged {
-                id: *id,
-                body: StagedBody::File(tmp),
-                len,
-            }),
-            Err(e) => {
-                let _ = tokio::fs::remove_file(&tmp).await;
-                Err(e)
-            }
-        }
+        // On an error, the file went with the share file.
+        Ok(Staged {
+            id: *id,
+            body: StagedBody::File(result?),
+            len,
+        })
     }
 
     async fn commit(&self, staged: Staged, replace_corrupt: bool) -> Result<u64> {
@@ -831,6 +871,50 @@ mod tests {
             );
             assert!(raw.capacity() - raw.len() >= WRITE_BUFFER);
         }
+    }
+
+    /// An upload given up halfway (its future dropped, as hyper drops a
+    /// request's when the client hangs up), or staged and never
+    /// committed, leaves no file in tmp/; a committed one is in place.
+    #[tokio::test]
+    async fn an_upload_given_up_leaves_no_staging_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = DiskShares::open(dir.path()).unwrap();
+        let tmp_files = || std::fs::read_dir(dir.path().join("tmp")).unwrap().count();
+        // A first buffer's worth is written out, then the body stalls.
+        let first = Bytes::from(vec![3u8; WRITE_BUFFER + 1]);
+        let stalled: ByteStream = Box::pin(
+            futures_util::stream::iter([Ok(first)]).chain(futures_util::stream::pending()),
+        );
+        let len = 2 * WRITE_BUFFER as u64;
+        let cut = tokio::time::timeout(
+            std::time::Duration::from_millis(300),
+            store.stage(&[1; 32], stalled, len),
+        );
+        assert!(cut.await.is_err(), "the stalled upload ended");
+        // Gone once the write it was in is over.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while tmp_files() > 0 {
+            assert!(std::time::Instant::now() < deadline, "the file stayed");
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+        // Staged whole, then dropped before its commit.
+        let bytes = vec![4u8; WRITE_BUFFER + 9];
+        let id = crate::chunk::share_id(&bytes);
+        let staged = store.stage(&id, body(&bytes), bytes.len() as u64);
+        let staged = staged.await.unwrap();
+        assert_eq!(tmp_files(), 1);
+        drop(staged);
+        assert_eq!(tmp_files(), 0);
+        // Staged and committed: placed, nothing left.
+        let staged = store.stage(&id, body(&bytes), bytes.len() as u64);
+        let staged = staged.await.unwrap();
+        assert_eq!(
+            store.commit(staged, false).await.unwrap(),
+            bytes.len() as u64
+        );
+        assert_eq!(tmp_files(), 0);
+        assert!(store.contains(&id).await.unwrap());
     }
 
     /// Shares up to `SMALL_MAX` become rows, larger ones files, in one

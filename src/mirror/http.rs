@@ -176,7 +176,7 @@ async fn put_share(
                         limit: MAX_SHARE_BYTES,
                     });
                 }
-                l.precheck(&account, len, now)?;
+                l.precheck(&account, &id, len, now)?;
                 Ok(false)
             })
             .await?
@@ -320,6 +320,10 @@ async fn get_slot(State(m): State<Arc<Mirror>>, Path(pk): Path<String>) -> Resul
     Ok(([(header::CONTENT_TYPE, "application/cbor")], bytes).into_response())
 }
 
+/// The largest renewal body: [`MAX_RENEW_IDS`] ids of 64 hex digits,
+/// quoted and comma-separated, with room to spare.
+const RENEW_BODY_MAX: usize = MAX_RENEW_IDS * 80 + 4096;
+
 async fn renew(
     State(m): State<Arc<Mirror>>,
     method: Method,
@@ -354,8 +358,12 @@ async fn renew(
     } = m.ledger.run(move |l| l.renew(&account, &ids, now)).await?;
     // The ledger may list a share whose file is gone (a disk fault, an
     // operator's mistake): call it missing, so the client sends it again.
+    // (A set: scanning the lists for each of 10,000 ids held a worker
+    // thread for a good part of a second.)
+    let settled: std::collections::HashSet<[u8; 32]> =
+        missing.iter().chain(&refused).copied().collect();
     for id in asked {
-        if missing.contains(&id) || refused.contains(&id) || m.shares.contains(&id).await? {
+        if settled.contains(&id) || m.shares.contains(&id).await? {
             continue;
         }
         let pk = id;
@@ -557,7 +565,13 @@ pub async fn serve(
     let app = Router::new()
         .route("/v1/info", get(info))
         .route("/v1/account", get(account))
-        .route("/v1/renew", post(renew))
+        // A renewal's body is at most its ids in hex, quoted: read as a
+        // slot's (16 MiB), it took a few hundred MB parsed into strings
+        // before the id count was checked.
+        .route(
+            "/v1/renew",
+            post(renew).layer(DefaultBodyLimit::max(RENEW_BODY_MAX)),
+        )
         .route(
             "/v1/share/{id}",
             put(put_share).get(get_share).head(head_share),
@@ -694,6 +708,43 @@ mod tests {
             open,
             "a connection was taken before the store was open ({refused} refused first)"
         );
+    }
+
+    /// A renewal's body is bounded by what the most ids a renewal may
+    /// name take: one past it is refused unread (it was read whole, up to
+    /// a slot's 16 MiB, and parsed before the count was checked), and a
+    /// renewal of the most ids goes through.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_renewal_body_is_bounded_by_the_most_ids() {
+        let dir = tempfile::tempdir().unwrap();
+        let socket = bind("127.0.0.1:0".parse().unwrap()).unwrap();
+        let url = format!("http://{}", socket.local_addr().unwrap());
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let config = free_config(dir.path());
+        let server = tokio::spawn(serve(socket, None, config, || Ok(()), async {
+            let _ = stopped.await;
+        }));
+        let key = crate::crypto::RootSecret::from_bytes([5; 32]).account_key();
+        let mirror = crate::store::HttpMirror::new(&url, key).unwrap();
+        let ids: Vec<[u8; 32]> = (0..MAX_RENEW_IDS as u32)
+            .map(|i| crate::crypto::sha256(&i.to_le_bytes()))
+            .collect();
+        let answer = tokio::time::timeout(Duration::from_secs(60), mirror.renew(&ids)).await;
+        let answer = answer.expect("the renewal is answered").unwrap();
+        assert_eq!((answer.renewed, answer.missing.len()), (0, MAX_RENEW_IDS));
+        let big = reqwest::Client::new()
+            .post(format!("{url}/v1/renew"))
+            .body(vec![b' '; RENEW_BODY_MAX + 1])
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(big.status(), StatusCode::PAYLOAD_TOO_LARGE);
+        stop.send(()).unwrap();
+        tokio::time::timeout(Duration::from_secs(30), server)
+            .await
+            .expect("the mirror stops")
+            .unwrap()
+            .unwrap();
     }
 
     #[test]

@@ -419,13 +419,44 @@ impl Ledger {
         self.with_tx(|tx| self.lease_in(tx, account, id, now))
     }
 
-    /// Whether `size` more bytes fit, before a share is streamed in.
-    pub fn precheck(&self, account: &[u8; 32], size: u64, now: i64) -> Result<()> {
-        self.with_tx(|tx| {
-            self.check_room(tx, account, size, true, now)?;
-            Self::ensure_account(tx, account, now)?;
-            self.check_funded(tx, account, now)
-        })
+    /// Whether share `id`, `size` bytes, fits, before it is streamed in.
+    pub fn precheck(&self, account: &[u8; 32], id: &[u8; 32], size: u64, now: i64) -> Result<()> {
+        self.with_tx(|tx| self.precheck_in(tx, account, id, size, now))
+    }
+
+    /// [`Self::precheck`] in `tx`. A share the ledger knows is counted in
+    /// the mirror's stored bytes already, and one the account holds a
+    /// live lease on in its usage: a re-upload of such a share (its file
+    /// was lost, or a repair replaces a corrupt one) adds to neither,
+    /// and is checked for neither. They were counted again, so a full
+    /// mirror refused every repair (507), and an account near its quota
+    /// could not send back a share it was paying for.
+    fn precheck_in(
+        &self,
+        tx: &rusqlite::Connection,
+        account: &[u8; 32],
+        id: &[u8; 32],
+        size: u64,
+        now: i64,
+    ) -> Result<()> {
+        let known = cached_row(
+            tx,
+            "SELECT COUNT(*) FROM objects WHERE id = ?1",
+            [&id[..]],
+            |r| r.get::<_, i64>(0),
+        )? > 0;
+        let leased = known
+            && cached_row(
+                tx,
+                "SELECT COUNT(*) FROM leases WHERE account = ?1 AND object = ?2 AND expires > ?3",
+                params![&account[..], &id[..], now],
+                |r| r.get::<_, i64>(0),
+            )? > 0;
+        if !leased {
+            self.check_room(tx, account, size, !known, now)?;
+        }
+        Self::ensure_account(tx, account, now)?;
+        self.check_funded(tx, account, now)
     }
 
     /// [`Self::lease_existing`] or [`Self::precheck`] for every share of a
@@ -448,11 +479,7 @@ impl Ledger {
                 }
                 .and_then(|held| match held {
                     true => Ok(true),
-                    false => self
-                        .check_room(tx, account, *len, true, now)
-                        .and_then(|()| Self::ensure_account(tx, account, now))
-                        .and_then(|()| self.check_funded(tx, account, now))
-                        .map(|()| false),
+                    false => self.precheck_in(tx, account, id, *len, now).map(|()| false),
                 });
                 match admitted {
                     Err(e @ (Error::Ledger(_) | Error::Io(_))) => return Err(e),
@@ -800,6 +827,56 @@ mod tests {
             size,
             now,
         }
+    }
+
+    /// A share the account already holds is not counted again when it is
+    /// sent once more (its file lost, or a repair): not against a full
+    /// quota, not against a full mirror. A new share, or a held one the
+    /// account has no lease on, still is.
+    #[test]
+    fn a_share_sent_again_is_not_counted_twice() {
+        let dir = tempfile::tempdir().unwrap();
+        let full = Terms {
+            quota: Some(1000),
+            capacity: Some(1000),
+            ..terms(0)
+        };
+        let l = Ledger::open(&dir.path().join("ledger.sqlite"), full).unwrap();
+        let (a, b) = ([1u8; 32], [2u8; 32]);
+        l.precheck(&a, &id(1), 1000, T0).unwrap();
+        l.add_share(&a, &id(1), 1000, T0).unwrap();
+        // Both the account's quota and the mirror are full now.
+        l.precheck(&a, &id(1), 1000, T0 + 1).unwrap();
+        assert!(matches!(
+            l.precheck(&a, &id(2), 1, T0 + 1),
+            Err(Error::Quota { .. })
+        ));
+        // Another account: its quota counts the share, the mirror does not.
+        l.precheck(&b, &id(1), 1000, T0 + 1).unwrap();
+        assert!(matches!(
+            l.precheck(&b, &id(2), 1, T0 + 1),
+            Err(Error::Capacity { .. })
+        ));
+        // The batch path answers the same.
+        let admitted = l
+            .admit_batch(&a, &[(id(1), 1000, false), (id(2), 1, false)], T0 + 1)
+            .unwrap();
+        assert!(matches!(admitted[0], Ok(false)), "{:?}", admitted[0]);
+        assert!(matches!(admitted[1], Err(Error::Quota { .. })));
+        // Once its lease lapsed, the account's quota counts it again.
+        let later = T0 + 11 * DAY;
+        l.precheck(&a, &id(1), 1000, later).unwrap();
+        let small = Terms {
+            quota: Some(999),
+            ..terms(0)
+        };
+        drop(l);
+        let l = Ledger::open(&dir.path().join("ledger.sqlite"), small).unwrap();
+        assert!(matches!(
+            l.precheck(&a, &id(1), 1000, later),
+            Err(Error::Quota { .. })
+        ));
+        l.precheck(&a, &id(1), 1000, T0 + 2).unwrap();
     }
 
     /// The one value `sql` selects, read straight from the tables.
