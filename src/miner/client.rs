@@ -44,7 +44,15 @@ struct Issued {
 struct State {
     extranonce1: Vec<u8>,
     extranonce2_size: usize,
-    difficulty: Difficulty,
+    /// The pool's last `mining.set_difficulty`: it holds for the jobs
+    /// notified after it. The pool credits each share at the difficulty
+    /// its job went out at (docs/PROTOCOL.md, "Difficulty is per job"),
+    /// so the job being mined keeps `job_difficulty`. The running job was
+    /// published again at the new figure: lowered, the shares found until
+    /// the next job fell short of their job's and were refused; raised,
+    /// work was thrown away.
+    next_difficulty: Difficulty,
+    job_difficulty: Difficulty,
     version_mask: u32,
     job: Option<Job>,
     rolls: u64,
@@ -54,6 +62,15 @@ struct State {
 }
 
 impl State {
+    /// A new job from the pool: at the difficulty announced before it.
+    fn notified(&mut self, job: Job) {
+        if job.clean {
+            self.issued.clear();
+        }
+        self.job = Some(job);
+        self.job_difficulty = self.next_difficulty;
+    }
+
     /// Publish work for the current job with a fresh extranonce2 (or
     /// version bits), under a new tag.
     fn publish(&mut self, miners: &Miners) {
@@ -87,7 +104,7 @@ impl State {
                 extranonce2,
                 ntime: job.ntime,
                 version_bits,
-                difficulty: self.difficulty,
+                difficulty: self.job_difficulty,
             },
         );
         // Keep the bookkeeping for recent work only.
@@ -95,7 +112,7 @@ impl State {
         self.current_tag = tag;
         miners.set_work(Some(Work {
             header,
-            target: self.difficulty.target().to_little_endian(),
+            target: self.job_difficulty.target().to_little_endian(),
             tag,
         }));
     }
@@ -118,7 +135,12 @@ pub async fn run(
     let mut backoff = Duration::from_millis(250);
     while !*stop.borrow() {
         let result = session(&addr, &worker, &miners, &mut found, &stats, &mut stop).await;
-        stats.connected.store(false, Ordering::Relaxed);
+        // A session that got as far as mining starts the backoff over: it
+        // doubled across every session, so after eight ended connections
+        // of a long run each reconnect waited a minute.
+        if stats.connected.swap(false, Ordering::Relaxed) {
+            backoff = Duration::from_millis(250);
+        }
         miners.set_work(None);
         if *stop.borrow() {
             break;
@@ -155,11 +177,14 @@ async fn session(
     let mut state = State {
         extranonce1: Vec::new(),
         extranonce2_size: 4,
-        difficulty: Difficulty::ONE,
+        next_difficulty: Difficulty::ONE,
+        job_difficulty: Difficulty::ONE,
         version_mask: 0,
         job: None,
         rolls: rand::random::<u32>() as u64,
-        next_tag: 1,
+        // Not from 1 each session: a find from a past session's work, late
+        // on the channel, must not match a tag of this one's.
+        next_tag: rand::random::<u64>() >> 1,
         issued: HashMap::new(),
         current_tag: 0,
     };
@@ -222,20 +247,15 @@ async fn session(
                         }
                     }
                     ServerMessage::Notify(job) => {
-                        if job.clean {
-                            state.issued.clear();
-                        }
-                        state.job = Some(job);
+                        state.notified(job);
                         if subscribed && draining.is_none() {
                             state.publish(miners);
                         }
                     }
+                    // For the next job; the one being mined keeps its own.
                     ServerMessage::SetDifficulty(d) => {
                         if let Some(d) = Difficulty::from_f64(d) {
-                            state.difficulty = d;
-                            if subscribed && draining.is_none() {
-                                state.publish(miners);
-                            }
+                            state.next_difficulty = d;
                         }
                     }
                     // The pool's mask moved; only if it agreed to rolling.
@@ -278,5 +298,70 @@ async fn session(
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn job(id: &str) -> Job {
+        Job {
+            id: id.into(),
+            prevhash: [0; 32],
+            coinb1: vec![1; 8],
+            coinb2: vec![2; 8],
+            branch: Vec::new(),
+            version: 0x2000_0000,
+            nbits: 0x1d00_ffff,
+            ntime: 1_700_000_000,
+            clean: true,
+        }
+    }
+
+    /// A difficulty the pool announces holds from its next job on: the
+    /// job being mined keeps the one it was sent at, as the pool credits
+    /// it (the client published the running job again at the new one).
+    #[test]
+    fn a_new_difficulty_waits_for_the_next_job() {
+        let (tx, _rx) = std::sync::mpsc::channel();
+        let config = crate::miner::MinerConfig {
+            threads: 1,
+            duty: 1.0,
+            idle_priority: false,
+        };
+        let miners = Miners::start(config, tx).unwrap();
+        let mut state = State {
+            extranonce1: vec![0; 4],
+            extranonce2_size: 4,
+            next_difficulty: Difficulty::ONE,
+            job_difficulty: Difficulty::ONE,
+            version_mask: 0,
+            job: None,
+            rolls: 0,
+            next_tag: 1,
+            issued: HashMap::new(),
+            current_tag: 0,
+        };
+        let (high, low) = (
+            Difficulty::from_f64(2.0).unwrap(),
+            Difficulty::from_f64(0.5).unwrap(),
+        );
+        let published = |state: &State| {
+            let issued = &state.issued[&state.current_tag];
+            (issued.job_id.clone(), issued.difficulty)
+        };
+        state.next_difficulty = high;
+        state.notified(job("j1"));
+        state.publish(&miners);
+        assert_eq!(published(&state), ("j1".to_string(), high));
+        // Lowered: j1, mined on (a fresh extranonce2), keeps its own.
+        state.next_difficulty = low;
+        state.publish(&miners);
+        assert_eq!(published(&state), ("j1".to_string(), high));
+        state.notified(job("j2"));
+        state.publish(&miners);
+        assert_eq!(published(&state), ("j2".to_string(), low));
+        miners.stop();
     }
 }

@@ -114,13 +114,51 @@ struct Shared {
     duty: f64,
     idle_priority: bool,
     nonce_space: u64,
+    /// (time, total hashes) at least a fiftieth of `RATE_WINDOW` apart,
+    /// over the last window: taken by each thread as it ends a batch, and
+    /// by each reading of the rate.
+    samples: Mutex<VecDeque<(Instant, u64)>>,
+}
+
+impl Shared {
+    /// Take a sample now; returns the hashes per second since the oldest
+    /// one kept, about the last `RATE_WINDOW`.
+    fn sample(&self) -> f64 {
+        let (now, total) = (Instant::now(), self.total.load(Relaxed));
+        let mut samples = self.samples.lock().unwrap_or_else(PoisonError::into_inner);
+        // Samples at least a fiftieth of the window apart keep the queue
+        // short. The newest keeps up with the count, moved up to now while
+        // it is nearer than that to the one before, so no hashes are left
+        // out of it (a miner paused just after a skipped sample went on
+        // showing the hashes it missed); with no hashes since, it keeps
+        // its time, when the count last moved, and a new one goes on.
+        let spacing = RATE_WINDOW / 50;
+        let n = samples.len();
+        let (last_at, last_total) = samples[n - 1];
+        let settled = n < 2 || last_at - samples[n - 2].0 >= spacing;
+        let moved = total != last_total;
+        if moved && !settled {
+            samples[n - 1] = (now, total);
+        } else if moved || now - last_at >= spacing {
+            samples.push_back((now, total));
+        }
+        while samples.len() > 2 && now - samples[1].0 >= RATE_WINDOW {
+            samples.pop_front();
+        }
+        let (since, base) = samples[0];
+        let secs = (now - since).as_secs_f64();
+        if secs > 0.0 {
+            total.saturating_sub(base) as f64 / secs
+        } else {
+            0.0
+        }
+    }
 }
 
 /// A running pool of mining threads. Dropping it stops and joins them.
 pub struct Miners {
     shared: Arc<Shared>,
     handles: Vec<JoinHandle<()>>,
-    samples: Mutex<VecDeque<(Instant, u64)>>,
 }
 
 impl Miners {
@@ -148,11 +186,11 @@ impl Miners {
             duty: config.duty,
             idle_priority: config.idle_priority,
             nonce_space: space,
+            samples: Mutex::new(VecDeque::from([(Instant::now(), 0)])),
         });
         let mut miners = Miners {
             shared,
             handles: Vec::with_capacity(threads),
-            samples: Mutex::new(VecDeque::from([(Instant::now(), 0)])),
         };
         for index in 0..threads {
             let (shared, results) = (Arc::clone(&miners.shared), results.clone());
@@ -219,28 +257,14 @@ impl Miners {
             .collect()
     }
 
-    /// Hashes per second over about the last ten seconds, sampled at
-    /// each call (so a first call averages since start).
+    /// Hashes per second over about the last ten seconds. The threads
+    /// sample as they hash, so this holds however seldom it is asked: it
+    /// was sampled only here, and `lode status` (the one caller in a
+    /// mount) then showed the average since the last time anyone asked,
+    /// or since the mount started, and a miner paused for an hour went on
+    /// showing its old rate.
     pub fn hashrate(&self) -> f64 {
-        let (now, total) = (Instant::now(), self.total_hashes());
-        let mut samples = self.samples.lock().unwrap_or_else(PoisonError::into_inner);
-        // Samples at least a fiftieth of the window apart keep the queue short.
-        if samples
-            .back()
-            .is_none_or(|&(at, _)| now - at >= RATE_WINDOW / 50)
-        {
-            samples.push_back((now, total));
-        }
-        while samples.len() > 2 && now - samples[1].0 >= RATE_WINDOW {
-            samples.pop_front();
-        }
-        let (since, base) = samples[0];
-        let secs = (now - since).as_secs_f64();
-        if secs > 0.0 {
-            (total - base) as f64 / secs
-        } else {
-            0.0
-        }
+        self.shared.sample()
     }
 
     /// Stops and joins every thread.
@@ -331,6 +355,7 @@ fn run(shared: &Shared, index: usize, results: &Sender<Found>) {
             stats.hashes.fetch_add(done, Relaxed);
             stats.busy_nanos.fetch_add(busy.as_nanos() as u64, Relaxed);
             shared.total.fetch_add(done, Relaxed);
+            shared.sample();
             // AcqRel: whoever completes the count has seen every other
             // thread's shares sent, so `Exhausted` follows them on the channel.
             if job.scanned.fetch_add(done, AcqRel) + done == shared.nonce_space {
@@ -562,6 +587,30 @@ mod tests {
         miners.set_work(Some(work));
         wait_until("resume", || miners.total_hashes() > paused);
         assert!(miners.hashrate() > 0.0);
+    }
+
+    /// The rate is of the last window, however long since anyone asked:
+    /// a miner paused for longer than the window shows none (it showed
+    /// its hashes averaged since it started).
+    #[test]
+    fn the_hashrate_is_of_the_last_window_however_seldom_asked() {
+        let (tx, _rx) = mpsc::channel();
+        let miners = Miners::start(config(1, 1.0), tx).unwrap();
+        miners.set_work(Some(Work {
+            header: genesis(),
+            target: [0; 32],
+            tag: 1,
+        }));
+        wait_until("hashing", || miners.total_hashes() > 0);
+        miners.set_work(None);
+        let mut paused = miners.total_hashes();
+        wait_until("batches in flight", || {
+            thread::sleep(Duration::from_millis(100));
+            let now = miners.total_hashes();
+            std::mem::replace(&mut paused, now) == now
+        });
+        thread::sleep(RATE_WINDOW + Duration::from_secs(1));
+        assert_eq!(miners.hashrate(), 0.0);
     }
 
     #[test]
