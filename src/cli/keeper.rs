@@ -4,8 +4,10 @@
 //! Every 10 s the mount asks each mirror for its room (quota, capacity),
 //! which `statfs` reports. Every minute the keeper asks each mirror for the
 //! account's standing and mines (at idle priority) for the least-funded mirror whose
-//! `funded_until` is short of the horizon; once a day it renews the leases
-//! of everything reachable from the root.
+//! `funded_until` is short of the horizon; it renews the leases of
+//! everything reachable from the root four times per shortest lease the
+//! mirrors grant (once a day at most, once a minute at least), and within
+//! ten minutes after a pass that failed.
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering;
@@ -79,7 +81,7 @@ impl Keeper {
             }
             None => None,
         };
-        rt.spawn(renew_loop(vault, state.clone()));
+        rt.spawn(renew_loop(config.clone(), vault, state.clone()));
         Ok(Keeper {
             stats,
             miners,
@@ -94,6 +96,9 @@ impl Keeper {
             "staged_files": backlog.0,
             "staged_bytes": backlog.1,
             "mining_for": state.mining_for,
+            // Whether the pool took the miner's login: a mirror whose
+            // Stratum port does not answer showed as mined for, at 0.
+            "pool_connected": self.stats.connected.load(Ordering::Relaxed),
             "miner": self.miners.is_some(),
             "hashrate": self.miners.as_ref().map_or(0.0, |m| m.hashrate()),
             "accepted": self.stats.accepted.load(Ordering::Relaxed),
@@ -211,14 +216,50 @@ pub async fn space_loop(
     }
 }
 
-async fn renew_loop(vault: Arc<Vault>, state: Arc<Mutex<KeeperState>>) {
+/// How long the keeper waits between renewal passes: a quarter of the
+/// shortest lease any mirror grants, between a minute and a day (a day
+/// when no mirror answers). A pass that failed in any part is tried again
+/// within `RENEW_RETRY`. The wait is counted in wall-clock time, which
+/// goes on through a suspend where tokio's timers stop. It was a day,
+/// whatever the leases: on a mirror granting half-day leases, a file
+/// written once lost its shares to GC before the next pass.
+fn renew_wait(shortest_lease: Option<u64>, failed: bool) -> Duration {
+    let wait = shortest_lease.map_or(RENEW_MOST, |lease| {
+        (Duration::from_secs(lease) / 4).clamp(RENEW_LEAST, RENEW_MOST)
+    });
+    match failed {
+        true => wait.min(RENEW_RETRY),
+        false => wait,
+    }
+}
+
+const RENEW_LEAST: Duration = Duration::from_secs(60);
+const RENEW_RETRY: Duration = Duration::from_secs(600);
+const RENEW_MOST: Duration = Duration::from_secs(24 * 3600);
+
+/// The shortest lease the mirrors that answer grant, if any answers.
+async fn shortest_lease(config: &KeeperConfig) -> Option<u64> {
+    let mut asks = tokio::task::JoinSet::new();
+    for url in &config.mirrors {
+        let (url, account) = (url.clone(), config.account.clone());
+        asks.spawn(async move {
+            let mirror = HttpMirror::new(&url, account).ok()?;
+            Some(mirror.info().await.ok()?.lease_seconds)
+        });
+    }
+    asks.join_all().await.into_iter().flatten().min()
+}
+
+async fn renew_loop(config: KeeperConfig, vault: Arc<Vault>, state: Arc<Mutex<KeeperState>>) {
     loop {
         let root = Cap::DirWrite(vault.root().clone());
+        let mut failed = true;
         let summary = match vault.reachable_ids(&root).await {
             Ok(reach) => {
                 let renewal = vault.grid().renew(&reach.ids).await;
                 let results = renewal.per_mirror;
-                let failed = results.iter().filter(|(_, r)| r.is_err()).count();
+                let failed_on = results.iter().filter(|(_, r)| r.is_err()).count();
+                failed = failed_on > 0 || !reach.unreadable.is_empty();
                 let refused: usize = results
                     .iter()
                     .filter_map(|(_, r)| r.as_ref().ok())
@@ -243,14 +284,19 @@ async fn renew_loop(vault: Arc<Vault>, state: Arc<Mutex<KeeperState>>) {
                 format!(
                     "{objects} on {} mirrors ({} failed{refused}{unreadable}{lost}) at {}",
                     results.len(),
-                    failed,
+                    failed_on,
                     unix_now()
                 )
             }
             Err(e) => format!("failed at {}: {e}", unix_now()),
         };
         state.lock().unwrap_or_else(|p| p.into_inner()).last_renewal = Some(summary);
-        tokio::time::sleep(Duration::from_secs(24 * 3600)).await;
+        let wait = renew_wait(shortest_lease(&config).await, failed);
+        let due = std::time::SystemTime::now() + wait;
+        // Checked each minute against the wall clock.
+        while std::time::SystemTime::now() < due {
+            tokio::time::sleep(Duration::from_secs(60).min(wait)).await;
+        }
     }
 }
 
@@ -277,7 +323,18 @@ pub fn serve_control(
     let (status, sync, friends) = (Arc::new(status), Arc::new(sync), Arc::new(friends));
     let mountpoint: Arc<str> = mountpoint.into();
     rt.spawn(async move {
-        while let Ok((stream, _)) = listener.accept().await {
+        loop {
+            let stream = match listener.accept().await {
+                Ok((stream, _)) => stream,
+                // Out of file descriptors, most likely. The socket stays:
+                // ending here left the mount with no `status` or `sync`,
+                // and `lode put` then took it for no mount at all.
+                Err(e) => {
+                    tracing::warn!(error = %e, "control socket accept failed; trying again shortly");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                }
+            };
             let (status, sync, friends) = (status.clone(), sync.clone(), friends.clone());
             let mountpoint = mountpoint.clone();
             tokio::spawn(async move {
@@ -311,4 +368,23 @@ pub fn serve_control(
         }
     });
     Ok(path.to_path_buf())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Leases are renewed four times per shortest lease, within bounds,
+    /// and a failed pass comes back within ten minutes.
+    #[test]
+    fn renewals_come_four_times_a_lease() {
+        let hours = |h: u64| Duration::from_secs(h * 3600);
+        assert_eq!(renew_wait(Some(31 * 86_400), false), hours(24));
+        assert_eq!(renew_wait(Some(12 * 3600), false), hours(3));
+        assert_eq!(renew_wait(Some(12 * 3600), true), RENEW_RETRY);
+        assert_eq!(renew_wait(Some(20), false), RENEW_LEAST);
+        assert_eq!(renew_wait(Some(20), true), RENEW_LEAST);
+        assert_eq!(renew_wait(None, false), hours(24));
+        assert_eq!(renew_wait(None, true), RENEW_RETRY);
+    }
 }

@@ -306,9 +306,11 @@ pub fn status(args: StatusArgs) -> Result<()> {
         } else {
             format!(
                 "miner {} at {:.2} MH/s, {} accepted, {} rejected",
-                m["mining_for"]
-                    .as_str()
-                    .map_or("idle".to_string(), |u| format!("mining for {u}")),
+                match (m["mining_for"].as_str(), m["pool_connected"].as_bool()) {
+                    (None, _) => "idle".to_string(),
+                    (Some(u), Some(false)) => format!("connecting to the pool of {u}"),
+                    (Some(u), _) => format!("mining for {u}"),
+                },
                 m["hashrate"].as_f64().unwrap_or(0.0) / 1e6,
                 m["accepted"],
                 m["rejected"],
