@@ -45,6 +45,8 @@ pub struct Keeper {
     pub stats: Arc<MinerStats>,
     pub miners: Option<Arc<Miners>>,
     pub state: Arc<Mutex<KeeperState>>,
+    /// Turns true when the mount ends: mining stops.
+    ending: watch::Sender<bool>,
 }
 
 impl Keeper {
@@ -57,6 +59,7 @@ impl Keeper {
     ) -> std::io::Result<Keeper> {
         let stats = Arc::new(MinerStats::default());
         let state = Arc::new(Mutex::new(KeeperState::default()));
+        let (ending, ended) = watch::channel(false);
         let miners = match &config.miner {
             Some(mc) => {
                 let (tx, rx) = std::sync::mpsc::channel();
@@ -76,6 +79,7 @@ impl Keeper {
                     found_rx,
                     stats.clone(),
                     state.clone(),
+                    ended,
                 ));
                 Some(miners)
             }
@@ -86,7 +90,18 @@ impl Keeper {
             stats,
             miners,
             state,
+            ending,
         })
+    }
+
+    /// The mount is ending: stop mining now, not once the process exits
+    /// (the final uploads may take minutes). Shares already sent are
+    /// still answered, for a few seconds.
+    pub fn stop_mining(&self) {
+        let _ = self.ending.send(true);
+        if let Some(miners) = &self.miners {
+            miners.set_work(None);
+        }
     }
 
     /// The status line the control socket serves.
@@ -148,14 +163,23 @@ async fn mine_loop(
     mut found: mpsc::UnboundedReceiver<Found>,
     stats: Arc<MinerStats>,
     state: Arc<Mutex<KeeperState>>,
+    mut ending: watch::Receiver<bool>,
 ) {
     let worker = lode::protocol::hex(&config.account.public_key());
-    loop {
+    // Ended, or no one left to end it.
+    let over = |e: &watch::Receiver<bool>| *e.borrow() || e.has_changed().is_err();
+    while !over(&ending) {
         let target = pick(&config, &state).await;
         state.lock().unwrap_or_else(|p| p.into_inner()).mining_for =
             target.as_ref().map(|(u, _)| u.clone());
         match target {
-            None => tokio::time::sleep(Duration::from_secs(60)).await,
+            None => {
+                tokio::select! {
+                    _ = tokio::time::sleep(Duration::from_secs(60)) => {}
+                    _ = ending.changed() => {}
+                }
+            }
+            Some(_) if over(&ending) => {}
             Some((_, addr)) => {
                 // Mine there for a minute, then look again.
                 let (stop_tx, stop_rx) = watch::channel(false);
@@ -167,7 +191,10 @@ async fn mine_loop(
                     stats.clone(),
                     stop_rx,
                 ));
-                tokio::time::sleep(Duration::from_secs(60)).await;
+                tokio::select! {
+                    _ = tokio::time::sleep(Duration::from_secs(60)) => {}
+                    _ = ending.changed() => {}
+                }
                 let _ = stop_tx.send(true);
                 match task.await {
                     Ok(rx) => found = rx,

@@ -703,6 +703,7 @@ pub fn mount(args: MountArgs) -> Result<()> {
         let _ = (&mut ended).await;
         anyhow::Ok(())
     })?;
+    keeper.stop_mining();
     // Wait for the session to end (the filesystem's destroy publishes
     // everything staged).
     let deadline = Instant::now() + Duration::from_secs(120);
