@@ -100,3 +100,66 @@ fn mine_refuses_more_threads_than_the_machine_can_use() {
     assert_eq!(out.status.code(), Some(1), "{err}");
     assert!(err.contains("--threads 99999: at most"), "{err}");
 }
+
+/// Figures past any sensible bound are refused with a word, before
+/// anything starts: a benchmark longer than a Duration holds (it
+/// panicked), a lease long enough to wrap the ledger's clock (leases were
+/// born expired, and GC deleted each share as it came).
+#[test]
+fn out_of_range_durations_are_refused() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("mirror");
+    for (args, says) in [
+        (
+            vec!["mine", "--bench", "1e20", "--threads", "1"],
+            "at most a day",
+        ),
+        (
+            vec![
+                "mirror",
+                "serve",
+                "--listen",
+                "127.0.0.1:0",
+                "--lease-days",
+                "1e300",
+            ],
+            "at most ten years",
+        ),
+        (
+            vec![
+                "mirror",
+                "serve",
+                "--listen",
+                "127.0.0.1:0",
+                "--lease-secs",
+                "9223372036854775807",
+            ],
+            "at most ten years",
+        ),
+    ] {
+        let mut cmd = std::process::Command::new(common::LODE);
+        cmd.args(&args).env("LODE_HOME", tmp.path().join("home"));
+        if args[0] == "mirror" {
+            cmd.arg("--data").arg(&data);
+        }
+        // Bounded: a mirror that took the figure would serve for good.
+        let mut child = cmd
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+        while child.try_wait().unwrap().is_none() {
+            if std::time::Instant::now() > deadline {
+                child.kill().unwrap();
+                panic!("{args:?} was taken");
+            }
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+        let out = child.wait_with_output().unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{args:?}: {err}");
+        assert!(err.contains(says), "{args:?}: {err}");
+    }
+    assert!(!data.join("ledger.sqlite").exists(), "a mirror started");
+}

@@ -244,6 +244,20 @@ fn lost_shares_are_rebuilt_onto_mirrors_that_lack_them() {
     client.ok(&["check", &cap, "--verify"]);
 }
 
+/// `put --to` a name no directory may hold is refused before anything
+/// is sent (it failed after the upload, and the cap was never shown).
+#[test]
+fn put_to_a_bad_name_sends_nothing() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (mirrors, client) = docs_stored(tmp.path(), "bad name", 1000);
+    let held: usize = mirrors.iter().map(|m| m.share_files().len()).sum();
+    let src = write_file(tmp.path(), "new.bin", &common::seeded_bytes("new", 3 << 20));
+    let err = client.fails(&["put", src.to_str().unwrap(), "--to", "docs/.."]);
+    assert!(err.contains("cannot name it \"..\""), "{err}");
+    let now: usize = mirrors.iter().map(|m| m.share_files().len()).sum();
+    assert_eq!(now, held, "shares were sent");
+}
+
 /// A check of a tree names the damaged file by its path, not only by
 /// chunk number.
 #[test]

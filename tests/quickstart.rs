@@ -148,6 +148,28 @@ fn mount_errors_are_one_clear_line() {
     std::fs::write(client.home.join("config/config.toml"), "happy = 4\n").unwrap();
     let err = client.fails(&["status"]);
     assert!(err.contains("happy = 4 must be from 1 to n = 3"), "{err}");
+    // One mirror twice would count twice towards happy; a URL edited in
+    // by hand is checked as `mirrors add` checks it.
+    for (mirrors, says) in [
+        (
+            r#"["http://127.0.0.1:9", "http://127.0.0.1:9/"]"#,
+            "listed twice",
+        ),
+        (r#"["not a url"]"#, "is not a URL"),
+    ] {
+        let text = format!("mirrors = {mirrors}\n");
+        std::fs::write(client.home.join("config/config.toml"), text).unwrap();
+        let err = client.fails(&["status"]);
+        assert!(err.contains("config.toml") && err.contains(says), "{err}");
+    }
+    // Flags of mount(8) and fstab that ask nothing of lode pass.
+    let err = client.fails(&[
+        "mount",
+        mp.to_str().unwrap(),
+        "-o",
+        "nodiratime,diratime,strictatime,silent",
+    ]);
+    assert!(err.contains("config.toml"), "{err}");
     std::fs::write(client.home.join("config/config.toml"), "").unwrap();
     for url in [
         "http://127.0.0.1:9/?x=1",

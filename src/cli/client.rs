@@ -405,7 +405,7 @@ fn mirrors(command: MirrorsCommand) -> Result<()> {
     let mut config = Config::load(&home)?;
     match command {
         MirrorsCommand::Add { url } => {
-            let url = mirror_url(&url)?;
+            let url = super::home::mirror_url(&url)?;
             if config.mirrors.contains(&url) {
                 bail!("{url} is already a mirror");
             }
@@ -496,25 +496,6 @@ fn mirrors(command: MirrorsCommand) -> Result<()> {
     Ok(())
 }
 
-/// A mirror URL as the config keeps it: checked, and written as the URL
-/// parser writes it (`HTTP://Host/` is `http://host`).
-fn mirror_url(url: &str) -> Result<String> {
-    let parsed = reqwest::Url::parse(url).with_context(|| format!("{url:?} is not a URL"))?;
-    if !matches!(parsed.scheme(), "http" | "https") || parsed.host().is_none() {
-        bail!("{url:?}: a mirror URL looks like http://host:port");
-    }
-    // Requests are made by appending `/v1/...`: a query or a fragment
-    // would end up in the middle of every one (or be dropped), and
-    // credentials there would be sent in the clear and kept in the config.
-    if parsed.query().is_some() || parsed.fragment().is_some() {
-        bail!("{url:?}: a mirror URL has no query (?...) or fragment (#...)");
-    }
-    if !parsed.username().is_empty() || parsed.password().is_some() {
-        bail!("{url:?}: a mirror URL carries no user name or password");
-    }
-    Ok(parsed.as_str().trim_end_matches('/').to_string())
-}
-
 /// `lode mirrors move FROM TO`: the mirror configured as `from` answers at
 /// `to` now. It takes `from`'s place in the list and keeps the name the
 /// placement ranks it under, so every share stays where it is looked for.
@@ -523,7 +504,7 @@ fn move_mirror(home: &Home, config: &mut Config, from: &str, to: &str) -> Result
     let Some(at) = config.mirrors.iter().position(|m| m == from) else {
         bail!("{from} is not a configured mirror (`lode mirrors list` shows them)");
     };
-    let to = mirror_url(to)?;
+    let to = super::home::mirror_url(to)?;
     if config.mirrors.contains(&to) {
         bail!("{to} is already a mirror");
     }
@@ -640,6 +621,25 @@ async fn put(s: &Session, files: &[std::path::PathBuf], to: Option<&str>) -> Res
             (meta.mtime(), meta.mtime_nsec() as u32)
         };
         let mode = std::os::unix::fs::PermissionsExt::mode(&meta.permissions()) & 0o7777;
+        // Where it goes, and that the name can be one, before a byte is
+        // sent (a bad name failed after the upload, its cap unshown).
+        let place = to.map(|to| {
+            if into_dir {
+                (to.to_string(), name.clone())
+            } else {
+                match to.trim_end_matches('/').rsplit_once('/') {
+                    Some((d, l)) => (d.to_string(), l.to_string()),
+                    None => (String::new(), to.to_string()),
+                }
+            }
+        });
+        if let Some((dir_path, leaf)) = &place {
+            let names = dir_path.split('/').filter(|p| !p.is_empty() && *p != ".");
+            for part in names.chain([leaf.as_str()]) {
+                lode::dir::check_name(part)
+                    .map_err(|reason| anyhow!("cannot name it {part:?} in your tree: {reason}"))?;
+            }
+        }
         let uploaded = if meta.is_dir() {
             let tree = s
                 .vault
@@ -657,19 +657,21 @@ async fn put(s: &Session, files: &[std::path::PathBuf], to: Option<&str>) -> Res
                 path.display()
             );
         };
-        if let Some(to) = to {
-            let (dir_path, leaf) = if into_dir {
-                (to.to_string(), name.clone())
-            } else {
-                match to.trim_end_matches('/').rsplit_once('/') {
-                    Some((d, l)) => (d.to_string(), l.to_string()),
-                    None => (String::new(), to.to_string()),
-                }
+        if let Some((dir_path, leaf)) = place {
+            let linked = async {
+                let dir = s.vault.walk_dirs(s.vault.root(), &dir_path, true).await?;
+                s.vault
+                    .link(&dir, &leaf, uploaded.entry(&dir, &leaf, mode, mtime))
+                    .await
             };
-            let dir = s.vault.walk_dirs(s.vault.root(), &dir_path, true).await?;
-            s.vault
-                .link(&dir, &leaf, uploaded.entry(&dir, &leaf, mode, mtime))
-                .await?;
+            // Stored all the same: its cap is what reaches it now.
+            linked.await.with_context(|| {
+                format!(
+                    "{} was uploaded ({}) but not linked into your tree",
+                    path.display(),
+                    uploaded.read_cap()
+                )
+            })?;
         }
         println!("{}", uploaded.read_cap());
     }

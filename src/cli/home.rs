@@ -285,6 +285,25 @@ impl Default for Config {
     }
 }
 
+/// A mirror URL as the config keeps it: checked, and written as the URL
+/// parser writes it (`HTTP://Host/` is `http://host`).
+pub fn mirror_url(url: &str) -> Result<String> {
+    let parsed = reqwest::Url::parse(url).with_context(|| format!("{url:?} is not a URL"))?;
+    if !matches!(parsed.scheme(), "http" | "https") || parsed.host().is_none() {
+        bail!("{url:?}: a mirror URL looks like http://host:port");
+    }
+    // Requests are made by appending `/v1/...`: a query or a fragment
+    // would end up in the middle of every one (or be dropped), and
+    // credentials there would be sent in the clear and kept in the config.
+    if parsed.query().is_some() || parsed.fragment().is_some() {
+        bail!("{url:?}: a mirror URL has no query (?...) or fragment (#...)");
+    }
+    if !parsed.username().is_empty() || parsed.password().is_some() {
+        bail!("{url:?}: a mirror URL carries no user name or password");
+    }
+    Ok(parsed.as_str().trim_end_matches('/').to_string())
+}
+
 /// The least chunk cache: two of the largest chunks the chunker cuts
 /// (8 MiB). A chunk larger than the whole cache is never kept, so with
 /// less every 128 KiB read of the kernel's would fetch and decrypt its
@@ -356,6 +375,15 @@ impl Config {
             );
         }
         cache_bytes(config.cache_mib).with_context(|| format!("{}: cache_mib", path.display()))?;
+        // One mirror listed twice (`http://h:1` and `http://h:1/`, which
+        // requests treat as one) would count twice towards `happy`.
+        let mut urls = std::collections::HashSet::new();
+        for url in &config.mirrors {
+            let plain = mirror_url(url).with_context(|| format!("{}: mirrors", path.display()))?;
+            if !urls.insert(plain) {
+                bail!("{}: mirror {url} is listed twice", path.display());
+            }
+        }
         let mut names = std::collections::HashSet::new();
         for url in &config.mirrors {
             let name = config.placement_name(url);

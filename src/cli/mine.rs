@@ -67,8 +67,10 @@ pub fn mine(args: MineArgs) -> Result<()> {
         bail!("--duration wants a positive number of seconds, at most a year; got {s}");
     }
     if let Some(secs) = args.bench {
-        if !(secs > 0.0 && secs.is_finite()) {
-            bail!("--bench needs a positive number of seconds");
+        // A day at most: a benchmark longer than that is a typo (and
+        // past what a Duration holds, it panicked).
+        if !(secs > 0.0 && secs <= 86_400.0) {
+            bail!("--bench needs a positive number of seconds, at most a day; got {secs}");
         }
         let report = bench(args.threads, secs)?;
         for (i, hps) in report.per_thread_hps.iter().enumerate() {

@@ -79,11 +79,18 @@ pub(super) fn ask_mount(
 /// control socket and its mountpoint is still mounted (a mount that is
 /// only finishing its final flush after `umount` is not).
 pub(super) fn mounted_at(home: &Home) -> Option<String> {
+    running_mount(home).map(|(at, _)| at)
+}
+
+/// Where this identity's running mount is, and its process (`None` from
+/// a mount older than the field).
+fn running_mount(home: &Home) -> Option<(String, Option<u32>)> {
     let status = ask_mount(home, "status", Some(Duration::from_secs(5))).ok()?;
     let at = status["mountpoint"].as_str()?.to_string();
+    let pid = status["pid"].as_u64().and_then(|p| u32::try_from(p).ok());
     // Already canonical: compared as it is, since resolving it again
     // would go through that mount, which may be hung.
-    in_mount_table(&at).then_some(at)
+    in_mount_table(Path::new(&at)).then_some((at, pid))
 }
 
 /// Tell a running mount that the friends in the config changed, and say
@@ -235,27 +242,34 @@ fn is_mounted(mountpoint: &Path) -> bool {
     let Ok(canon) = mountpoint.canonicalize() else {
         return false;
     };
-    canon.to_str().is_some_and(in_mount_table)
+    in_mount_table(&canon)
 }
 
 /// Whether the mount table lists a lode mount at this (canonical) path.
-fn in_mount_table(path: &str) -> bool {
-    std::fs::read_to_string("/proc/self/mounts")
-        .map(|m| {
-            m.lines().any(|l| {
-                let mut fields = l.split(' ');
-                let at = fields.nth(1).map(unescape_mount_field);
-                at.as_deref() == Some(path) && fields.next() == Some("fuse.lode")
-            })
-        })
-        .unwrap_or(false)
+fn in_mount_table(path: &Path) -> bool {
+    std::fs::read("/proc/self/mounts").is_ok_and(|table| table_lists(&table, path))
+}
+
+/// Whether the mount table `table` lists a lode mount at `path`. Bytes,
+/// not text: the kernel writes a path's bytes as they are, so one mount
+/// anywhere with a name that is not UTF-8 (a Latin-1 label) made the
+/// whole table unreadable as text, and every lode mount looked absent; a
+/// background `lode mount` then took its own live mount for one that
+/// never came up, and killed it.
+fn table_lists(table: &[u8], path: &Path) -> bool {
+    use std::os::unix::ffi::OsStrExt;
+    let path = path.as_os_str().as_bytes();
+    table.split(|&b| b == b'\n').any(|line| {
+        let mut fields = line.split(|&b| b == b' ');
+        let at = fields.nth(1).map(unescape_mount_field);
+        at.as_deref() == Some(path) && fields.next() == Some(&b"fuse.lode"[..])
+    })
 }
 
 /// A field of /proc/self/mounts as the path it names: the kernel writes a
 /// space, tab, newline and backslash in a path as `\040`, `\011`, `\012`
 /// and `\134`.
-fn unescape_mount_field(field: &str) -> String {
-    let bytes = field.as_bytes();
+fn unescape_mount_field(bytes: &[u8]) -> Vec<u8> {
     let mut out = Vec::with_capacity(bytes.len());
     let mut i = 0;
     while i < bytes.len() {
@@ -274,7 +288,7 @@ fn unescape_mount_field(field: &str) -> String {
             }
         }
     }
-    String::from_utf8_lossy(&out).into_owned()
+    out
 }
 
 pub fn mount(args: MountArgs) -> Result<()> {
@@ -287,10 +301,12 @@ pub fn mount(args: MountArgs) -> Result<()> {
             args.mountpoint.display(),
             args.mountpoint.display()
         ),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            bail!("mountpoint {} does not exist", args.mountpoint.display())
+        }
         Err(e) => {
-            return Err(e).with_context(|| {
-                format!("mountpoint {} does not exist", args.mountpoint.display())
-            });
+            return Err(e)
+                .with_context(|| format!("cannot reach mountpoint {}", args.mountpoint.display()));
         }
     };
     if !meta.is_dir() {
@@ -459,6 +475,10 @@ pub fn mount(args: MountArgs) -> Result<()> {
             // Times are never written lazily or otherwise by reads here;
             // fstab lines carry these, and `comment=` for other tools.
             "lazytime" | "nolazytime" => {}
+            // Reads never update access times here (of files or of
+            // directories), whatever is asked; `silent` and `loud` are
+            // about the kernel's log.
+            "diratime" | "nodiratime" | "strictatime" | "nostrictatime" | "silent" | "loud" => {}
             o if o.starts_with("x-") || o.starts_with("comment=") => {}
             "remount" => bail!(
                 "remount: a lode mount's options cannot change while it runs; unmount it and mount it again"
@@ -628,6 +648,7 @@ pub fn mount(args: MountArgs) -> Result<()> {
             move || {
                 let mut status = keeper.status(fs.backlog());
                 status["mountpoint"] = serde_json::json!(shown);
+                status["pid"] = serde_json::json!(std::process::id());
                 status["inodes"] = serde_json::json!(fs.inodes());
                 if let Some(f) = fs.flush_failing() {
                     let since = f
@@ -965,9 +986,14 @@ fn spawn_background(args: &MountArgs) -> Result<()> {
         // Another mount of this identity is up elsewhere (two `lode mount`
         // at once): this one would wait for as long as that one lasts,
         // then mount.
+        // Not this one's own child: it answers on the socket before its
+        // mount is live, and may go live between the two checks (it was
+        // taken for another mount and killed).
         if checked.elapsed() > Duration::from_secs(1) {
             checked = Instant::now();
-            if let Some(at) = mounted_at(&home) {
+            if let Some((at, pid)) = running_mount(&home)
+                && pid != Some(child.id())
+            {
                 let _ = child.kill();
                 bail!(
                     "this identity ({}) is already mounted at {at}",
@@ -999,10 +1025,26 @@ mod tests {
 
     #[test]
     fn mount_table_paths_are_unescaped() {
-        assert_eq!(unescape_mount_field("/tmp/plain"), "/tmp/plain");
-        assert_eq!(unescape_mount_field("/tmp/a\\040b"), "/tmp/a b");
-        assert_eq!(unescape_mount_field("/x\\011y\\012z\\134w"), "/x\ty\nz\\w");
+        let un = |f: &str| String::from_utf8(unescape_mount_field(f.as_bytes())).unwrap();
+        assert_eq!(un("/tmp/plain"), "/tmp/plain");
+        assert_eq!(un("/tmp/a\\040b"), "/tmp/a b");
+        assert_eq!(un("/x\\011y\\012z\\134w"), "/x\ty\nz\\w");
         // Not an escape: left as it is.
-        assert_eq!(unescape_mount_field("/a\\9b\\04"), "/a\\9b\\04");
+        assert_eq!(un("/a\\9b\\04"), "/a\\9b\\04");
+    }
+
+    /// A mount named in bytes that are not UTF-8, ours or another's,
+    /// leaves the table readable (it read as no mounts at all).
+    #[test]
+    fn a_mount_table_with_bytes_not_utf8_is_read() {
+        use std::os::unix::ffi::OsStrExt;
+        let mut table = b"/dev/sdb1 /media/caf\xe9 vfat rw 0 0\n".to_vec();
+        table.extend_from_slice(b"lode /tmp/m\xe9 fuse.lode rw 0 0\n");
+        table.extend_from_slice(b"lode /tmp/a\\040b fuse.lode rw 0 0\n");
+        let ours = Path::new(std::ffi::OsStr::from_bytes(b"/tmp/m\xe9"));
+        assert!(table_lists(&table, ours));
+        assert!(table_lists(&table, Path::new("/tmp/a b")));
+        assert!(!table_lists(&table, Path::new("/media/caf")));
+        assert!(!table_lists(&table, Path::new("/tmp/m")));
     }
 }

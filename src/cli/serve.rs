@@ -105,8 +105,14 @@ pub fn run(args: ServeArgs) -> Result<()> {
         Some(s) => s,
         None => (args.lease_days * 86_400.0) as i64,
     };
-    if lease_secs <= 0 {
-        bail!("the lease duration must be positive");
+    // Ten years at most: the ledger adds the lease to the time, and past
+    // i64 a lease wrapped around to one born expired (GC then deleted
+    // each share as it came).
+    const LONGEST_LEASE: i64 = 3653 * 86_400;
+    if !(1..=LONGEST_LEASE).contains(&lease_secs)
+        || args.lease_secs.is_none() && !(args.lease_days.is_finite() && args.lease_days > 0.0)
+    {
+        bail!("the lease duration must be positive and at most ten years (3653 days)");
     }
     if args.gc_interval == 0 {
         bail!("--gc-interval must be at least 1 second");
