@@ -1228,6 +1228,16 @@ fn a_new_identity_has_nothing_to_renew_or_check() {
     assert!(said.contains("nothing stored yet"), "{said}");
     let said = client.ok(&["check", "/"]);
     assert!(said.contains("healthy"), "{said}");
+    // Not with no mirror answering: nothing says the root is not stored
+    // (it was taken as empty, and healthy).
+    let ports = [
+        "http://127.0.0.1:9",
+        "http://127.0.0.1:11",
+        "http://127.0.0.1:13",
+    ];
+    let away = Client::new(&tmp.path().join("away"), &ports);
+    let said = away.fails(&["check", "/"]);
+    assert!(!said.contains("healthy"), "{said}");
     // Once something is stored, the root is renewed and checked as any.
     let f = write_file(tmp.path(), "f.bin", b"stored");
     client.ok(&["put", f.to_str().unwrap(), "--to", "f.bin"]);

@@ -8,6 +8,8 @@ use lode::chunk::share::{self, Share, seal_chunk};
 use lode::chunk::{FileEncoder, Node, Params};
 use lode::crypto::{ReadKey, RootSecret, SlotSeed};
 use lode::dir::{Entry, Listing, SlotEnvelope};
+use lode::store::{Grid, GridConfig, MemoryStorage, Storage, Vault};
+use std::sync::Arc;
 
 fn flip_each_byte(bytes: &[u8], mut check: impl FnMut(Vec<u8>, usize)) {
     for i in 0..bytes.len() {
@@ -199,5 +201,57 @@ fn corrupted_store_yields_error_or_right_data() {
             stores[0].tamper(&id, |b| b[20] ^= 1);
         }
         assert_eq!(vault.get_bytes(&cap).await.unwrap(), data);
+    });
+}
+
+/// A mirror that refuses to have its corrupt copy rewritten (full, or
+/// hostile) does not stop the rest of the repair: the share another
+/// mirror lost is sent back all the same, and the check still fails,
+/// naming what it could not fix.
+#[test]
+fn a_refused_repair_does_not_stop_the_others() {
+    let rt = common::runtime();
+    rt.block_on(async {
+        // 2-of-4, so that the object stays recoverable with one share
+        // corrupt and one lost.
+        let stores: Vec<Arc<MemoryStorage>> = (0..4)
+            .map(|i| Arc::new(MemoryStorage::named(&format!("mem{i}"))))
+            .collect();
+        let dyns: Vec<Arc<dyn Storage>> = stores.iter().map(|s| s.clone() as _).collect();
+        let config = GridConfig {
+            k: 2,
+            n: 4,
+            happy: 4,
+        };
+        let vault = Vault::new(&common::secret(41), Grid::new(dyns, config).unwrap());
+        let data = common::seeded_bytes("refused repair", 300_000);
+        let cap = vault.put_bytes(&data).await.unwrap();
+        let held: Vec<Vec<[u8; 32]>> = stores.iter().map(|s| s.share_ids()).collect();
+        // Mirror 0 serves a corrupt copy and will not take a good one;
+        // mirror 1 lost its share.
+        let bad = held[0].iter().find(|id| !held[1].contains(id)).unwrap();
+        assert!(stores[0].tamper(bad, |b| b[100] ^= 1));
+        stores[0].refuse_repairs();
+        let lost = held[1].iter().find(|id| !held[0].contains(id)).unwrap();
+        assert!(stores[1].lose(lost));
+        let options = lode::store::CheckOptions {
+            verify: true,
+            repair: true,
+            accept_rollback: false,
+        };
+        let file = cap.clone();
+        let cap = lode::caps::Cap::FileRead(cap);
+        let report = vault.check_with(&cap, options).await.unwrap();
+        let said: Vec<String> = report.objects.iter().map(|o| o.describe()).collect();
+        assert!(
+            !report.errors.is_empty(),
+            "the refusal went unsaid: {said:?} {}",
+            report.repaired_shares
+        );
+        assert!(
+            stores.iter().any(|s| s.share_ids().contains(lost)),
+            "the lost share was not sent back"
+        );
+        assert_eq!(vault.get_bytes(&file).await.unwrap(), data);
     });
 }

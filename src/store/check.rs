@@ -66,12 +66,14 @@ impl ObjectHealth {
             .collect()
     }
 
-    /// Distinct mirrors holding a good share of this object.
+    /// How many mirrors the good shares span, each mirror counted for a
+    /// share of its own: the most shares that can be paired with
+    /// distinct mirrors holding them (Tahoe-LAFS's servers of
+    /// happiness). Counting every mirror with any good share took A{0,2},
+    /// B{1}, D{1} as three mirrors, though losing A leaves one share; it
+    /// is two. A single share (a replica) spans every mirror holding it.
     pub fn spread(&self) -> usize {
-        let m = self.states.first().map_or(0, Vec::len);
-        (0..m)
-            .filter(|&j| self.states.iter().any(|s| s[j] == ShareState::Good))
-            .count()
+        spread_of(&self.states, |s| s == ShareState::Good)
     }
 
     /// What is wrong with it, for a report: each share counted once, by
@@ -152,6 +154,37 @@ impl ObjectHealth {
                 .any(|s| *s == ShareState::Corrupt)
             && self.spread() >= self.want
     }
+}
+
+/// [`ObjectHealth::spread`] of the copies `counts` takes.
+fn spread_of(states: &[Vec<ShareState>], counts: impl Fn(ShareState) -> bool) -> usize {
+    let m = states.first().map_or(0, Vec::len);
+    if states.len() == 1 {
+        return (0..m).filter(|&j| counts(states[0][j])).count();
+    }
+    // Kuhn's augmenting paths: `owner[j]` is the share mirror j stands for.
+    fn place(
+        i: usize,
+        holds: &dyn Fn(usize, usize) -> bool,
+        seen: &mut [bool],
+        owner: &mut [Option<usize>],
+    ) -> bool {
+        for j in 0..owner.len() {
+            if holds(i, j) && !seen[j] {
+                seen[j] = true;
+                if owner[j].is_none_or(|other| place(other, holds, seen, owner)) {
+                    owner[j] = Some(i);
+                    return true;
+                }
+            }
+        }
+        false
+    }
+    let holds = |i: usize, j: usize| counts(states[i][j]);
+    let mut owner = vec![None; m];
+    (0..states.len())
+        .filter(|&i| place(i, &holds, &mut vec![false; m], &mut owner))
+        .count()
 }
 
 /// What a check's probes share: the bound on requests in flight, and the
@@ -374,17 +407,11 @@ impl Grid {
                     .map(move |(j, _)| (i, j))
             })
             .collect();
-        let m = self.mirrors().len();
         // Corrupt copies are about to be replaced in place, so they count
         // toward the spread.
-        let spread_after = (0..m)
-            .filter(|&j| {
-                health
-                    .states
-                    .iter()
-                    .any(|s| matches!(s[j], ShareState::Good | ShareState::Corrupt))
-            })
-            .count();
+        let spread_after = spread_of(&health.states, |s| {
+            matches!(s, ShareState::Good | ShareState::Corrupt)
+        });
         let under_spread = spread_after < health.want;
         if lost.is_empty() && corrupt.is_empty() && !under_spread {
             return Ok(None);
@@ -397,14 +424,26 @@ impl Grid {
         }
         let mut written = 0;
         // Corrupt copies are replaced where they are, which also restores
-        // those shares if no good copy was left anywhere.
+        // those shares if no good copy was left anywhere. One mirror that
+        // refuses (full, or hostile) does not stop the rest: it stopped
+        // the whole repair, and the object's lost shares were never sent
+        // to the mirrors that would take them. Its share, if no good copy
+        // is left, goes where placement puts it, with the lost ones.
         let mut lost = lost;
+        let mut refused = None;
         for (i, j) in corrupt {
-            self.mirrors()[j]
+            match self.mirrors()[j]
                 .repair_share(&obj.ids[i], all[i].shared_bytes())
-                .await?;
-            lost.retain(|&l| l != i);
-            written += 1;
+                .await
+            {
+                Ok(()) => {
+                    lost.retain(|&l| l != i);
+                    written += 1;
+                }
+                Err(e) => {
+                    refused.get_or_insert(e);
+                }
+            }
         }
         // Lost shares (and too narrow a spread) go where placement wants them.
         if !lost.is_empty() || under_spread {
@@ -419,7 +458,10 @@ impl Grid {
             let widened = health.want.saturating_sub(spread_after) as u64;
             written += (lost.len() as u64).max(widened);
         }
-        Ok(Some(written))
+        match refused {
+            Some(e) => Err(e),
+            None => Ok(Some(written)),
+        }
     }
 
     /// The raw newest slot envelope for `pk` and which mirrors lag behind.
@@ -624,8 +666,12 @@ impl Vault {
             let seen = grid.seen_seq(&pk);
             let (best, seqs) = grid.probe_slot(&pk, &probes).await;
             // A new identity's root, never published: an empty tree, with
-            // nothing to check (it said no mirror had its slot).
-            if best.is_none() && top && grid.is_fresh(&pk) {
+            // nothing to check, once enough mirrors say they hold none that
+            // none of the happy ones it would be on is silent (as a read
+            // takes it, `Grid::new_if_none`). With every mirror away it
+            // was taken as empty, and the check said healthy.
+            let absent = seqs.iter().filter(|h| **h == SlotHeld::Nothing).count();
+            if best.is_none() && top && grid.new_if_none(&pk, absent) {
                 continue;
             }
             report.slots += 1;
@@ -908,5 +954,31 @@ fn label(cap: &Cap) -> String {
         Cap::DirWrite(w) => format!("directory {}", hex(&w.read_cap().public_key)),
         Cap::DirRead(r) => format!("directory {}", hex(&r.public_key)),
         Cap::DirVerify(v) => format!("directory {}", hex(&v.public_key)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use ShareState::{Absent as O, Corrupt as X, Good as G};
+
+    /// The spread pairs each mirror with a share of its own.
+    #[test]
+    fn the_spread_counts_each_mirror_for_a_share_of_its_own() {
+        let spread = |states: &[[ShareState; 4]]| {
+            let states: Vec<Vec<ShareState>> = states.iter().map(|s| s.to_vec()).collect();
+            spread_of(&states, |s| s == G)
+        };
+        // Mirrors A B C D; shares 0, 1, 2 by row. A{0,2} B{1} D{1}: losing
+        // A leaves share 1 alone, so two, not the three mirrors holding any.
+        assert_eq!(spread(&[[G, O, O, O], [O, G, O, G], [G, O, O, O]]), 2);
+        // Share 2 back on C: three.
+        assert_eq!(spread(&[[G, O, O, O], [O, G, O, G], [G, O, G, O]]), 3);
+        // A{0,1}, B{0}: an augmenting path gives each its own.
+        assert_eq!(spread(&[[G, G, O, O], [G, O, O, O], [O, O, O, O]]), 2);
+        // Corrupt copies count for nothing.
+        assert_eq!(spread(&[[X, O, O, O], [O, X, O, O], [O, O, G, O]]), 1);
+        // One share (a replica) spans every mirror that holds it.
+        assert_eq!(spread_of(&[vec![G, O, G, G]], |s| s == G), 3);
     }
 }

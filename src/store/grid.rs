@@ -1115,7 +1115,7 @@ impl Grid {
     /// `public_key`, and none holding one, make it new: it is `fresh` (see
     /// [`Self::note_fresh`]), and they are too many for any publish to have
     /// reached `happy` mirrors without them.
-    fn new_if_none(&self, public_key: &[u8; 32], absent: usize) -> bool {
+    pub(super) fn new_if_none(&self, public_key: &[u8; 32], absent: usize) -> bool {
         self.fresh.lock().expect("lock").contains(public_key)
             && absent > self.mirrors.len() - self.happy.min(self.mirrors.len())
     }

@@ -17,6 +17,7 @@ pub struct MemoryStorage {
     name: String,
     shares: Mutex<HashMap<ShareId, Bytes>>,
     slots: Mutex<HashMap<[u8; 32], Vec<u8>>>,
+    refuse_repairs: std::sync::atomic::AtomicBool,
 }
 
 impl MemoryStorage {
@@ -76,6 +77,13 @@ impl MemoryStorage {
             .is_some()
     }
 
+    /// Refuse every repair from now on, as a full or hostile mirror
+    /// would: for repair tests.
+    pub fn refuse_repairs(&self) {
+        self.refuse_repairs
+            .store(true, std::sync::atomic::Ordering::Relaxed);
+    }
+
     /// Replace a slot's bytes without any check: for tampering tests.
     pub fn tamper_slot(&self, public_key: &[u8; 32], f: impl FnOnce(&mut Vec<u8>)) -> bool {
         self.slots
@@ -101,6 +109,15 @@ impl Storage for MemoryStorage {
     }
 
     async fn repair_share(&self, id: &ShareId, bytes: Bytes) -> Result<()> {
+        if self
+            .refuse_repairs
+            .load(std::sync::atomic::Ordering::Relaxed)
+        {
+            return Err(Error::Rejected {
+                mirror: self.name.clone(),
+                reason: "repairs refused".into(),
+            });
+        }
         self.check_id(id, &bytes)?;
         self.shares.lock().expect("lock").insert(*id, bytes);
         Ok(())
