@@ -97,7 +97,7 @@ fn liar(lie: Lie) -> TestServer {
         )
         .route("/v1/slot/{pk}", put(put_slot).get(get_slot))
         .route("/v1/renew", post(renew))
-        .route("/v1/info", get(|| async { StatusCode::OK }))
+        .route("/v1/info", get(common::stand_in_info))
         .with_state(state);
     TestServer::start(app)
 }

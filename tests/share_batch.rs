@@ -38,13 +38,15 @@ fn try_post(
     let mut req = reqwest::Client::new()
         .post(format!("{url}/v1/shares"))
         .body(body);
-    if let Some(signer) = signer {
-        let key = RootSecret::from_bytes([signer; 32]).account_key();
-        let digest = batch_digest(ids);
-        let auth = RequestAuth::sign_digest(&key, "POST", "/v1/shares", unix_now(), &digest);
-        req = req.header("authorization", auth.header());
-    }
     common::runtime().block_on(async {
+        if let Some(signer) = signer {
+            let key = RootSecret::from_bytes([signer; 32]).account_key();
+            let digest = batch_digest(ids);
+            let to = common::mirror_id(url).await;
+            let path = "/v1/shares";
+            let auth = RequestAuth::sign_digest(&key, &to, "POST", path, unix_now(), &digest);
+            req = req.header("authorization", auth.header());
+        }
         let resp = req.send().await?;
         Ok((resp.status().as_u16(), resp.text().await?))
     })
@@ -245,6 +247,7 @@ impl Counter {
         let seen = Arc::new(Seen::default());
         let singles = Router::new()
             .route("/v1/share/{id}", put(single))
+            .route("/v1/info", axum::routing::get(common::stand_in_info))
             .with_state(seen.clone());
         let app = match batches {
             Batches::Taken => singles.merge(

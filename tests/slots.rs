@@ -10,6 +10,8 @@ use lode::protocol::{RequestAuth, hex};
 
 struct Api {
     base: String,
+    /// The mirror's id, which signed requests name.
+    to: [u8; 32],
     http: reqwest::Client,
     account: lode::crypto::AccountKey,
 }
@@ -21,7 +23,8 @@ impl Api {
             .duration_since(std::time::UNIX_EPOCH)
             .unwrap()
             .as_secs() as i64;
-        let auth = RequestAuth::sign(&self.account, "PUT", &path, now + time_offset, env);
+        let time = now + time_offset;
+        let auth = RequestAuth::sign(&self.account, &self.to, "PUT", &path, time, env);
         self.http
             .put(format!("{}{path}", self.base))
             .header("authorization", auth.header())
@@ -54,6 +57,7 @@ fn mirror_enforces_signature_seq_and_replay_window() {
     rt.block_on(async {
         let api = Api {
             base: mirror.url.clone(),
+            to: common::mirror_id(&mirror.url).await,
             http: reqwest::Client::new(),
             account: RootSecret::from_bytes([9; 32]).account_key(),
         };
@@ -94,6 +98,15 @@ fn mirror_enforces_signature_seq_and_replay_window() {
         // A request signed outside the replay window.
         let v3 = SlotEnvelope::seal(&dir, 3, &Listing::default()).encode();
         assert_eq!(api.put_slot(&v3, &pk, -1000).await, 401);
+        // One signed for another mirror (sent on by it, say), in time.
+        let elsewhere = Api {
+            to: [0x42; 32],
+            base: api.base.clone(),
+            http: api.http.clone(),
+            account: RootSecret::from_bytes([9; 32]).account_key(),
+        };
+        assert_eq!(elsewhere.put_slot(&v3, &pk, 0).await, 401);
+        assert_eq!(api.get_slot(&pk).await.unwrap(), v2);
         assert_eq!(api.put_slot(&v3, &pk, 1000).await, 401);
         // An envelope for another slot than the path names.
         assert_eq!(api.put_slot(&v3, &other.seed.public_key(), 0).await, 400);
@@ -127,7 +140,7 @@ fn mirror_enforces_signature_seq_and_replay_window() {
             .duration_since(std::time::UNIX_EPOCH)
             .unwrap()
             .as_secs() as i64;
-        let auth = RequestAuth::sign_digest(&api.account, "PUT", &path, now, &id);
+        let auth = RequestAuth::sign_digest(&api.account, &api.to, "PUT", &path, now, &id);
         let r = api
             .http
             .put(format!("{}{path}", api.base))

@@ -106,22 +106,29 @@ fn request_auth(headers: &HeaderMap) -> Result<RequestAuth> {
 
 /// The account `auth` signs this request for, once its signature over the
 /// method, path and body `digest` holds.
-fn verified(auth: &RequestAuth, method: &Method, uri: &Uri, digest: &Hash) -> Result<[u8; 32]> {
+fn verified(
+    m: &Mirror,
+    auth: &RequestAuth,
+    method: &Method,
+    uri: &Uri,
+    digest: &Hash,
+) -> Result<[u8; 32]> {
     let path = uri
         .path_and_query()
         .map(|p| p.as_str())
         .unwrap_or(uri.path());
-    auth.verify(method.as_str(), path, digest, unix_now())?;
+    auth.verify(&m.id, method.as_str(), path, digest, unix_now())?;
     Ok(auth.account)
 }
 
 fn authenticate(
+    m: &Mirror,
     headers: &HeaderMap,
     method: &Method,
     uri: &Uri,
     digest: &Hash,
 ) -> Result<[u8; 32]> {
-    verified(&request_auth(headers)?, method, uri, digest)
+    verified(m, &request_auth(headers)?, method, uri, digest)
 }
 
 /// A share id or slot key in a path: 64 lowercase hex digits, the one
@@ -150,7 +157,7 @@ async fn put_share(
     body: Body,
 ) -> Result<StatusCode> {
     let id = id_of(&id)?;
-    let account = authenticate(&headers, &method, &uri, &id)?;
+    let account = authenticate(&m, &headers, &method, &uri, &id)?;
     let now = unix_now();
     let declared = headers
         .get(header::CONTENT_LENGTH)
@@ -217,7 +224,7 @@ async fn put_shares(
         })?;
     let items = protocol::decode_batch(&body).map_err(|e| Error::BadRequest(e.to_string()))?;
     let digest = protocol::batch_digest(items.iter().map(|i| &i.id));
-    let account = verified(&auth, &method, &uri, &digest)?;
+    let account = verified(&m, &auth, &method, &uri, &digest)?;
     let now = unix_now();
     let asked: Vec<([u8; 32], u64)> = items.iter().map(|i| (i.id, i.bytes.len() as u64)).collect();
     let shares = m.shares.clone();
@@ -298,7 +305,7 @@ async fn put_slot(
     body: axum::body::Bytes,
 ) -> Result<StatusCode> {
     let pk = id_of(&pk)?;
-    let account = authenticate(&headers, &method, &uri, &sha256(&body))?;
+    let account = authenticate(&m, &headers, &method, &uri, &sha256(&body))?;
     let envelope = SlotEnvelope::decode(&body)?;
     if envelope.public_key != pk {
         return Err(Error::BadRequest("slot key differs from the path".into()));
@@ -331,7 +338,7 @@ async fn renew(
     headers: HeaderMap,
     body: axum::body::Bytes,
 ) -> Result<axum::Json<RenewResponse>> {
-    let account = authenticate(&headers, &method, &uri, &sha256(&body))?;
+    let account = authenticate(&m, &headers, &method, &uri, &sha256(&body))?;
     let req: RenewRequest =
         serde_json::from_slice(&body).map_err(|e| Error::BadRequest(e.to_string()))?;
     if req.ids.len() > MAX_RENEW_IDS {
@@ -387,7 +394,7 @@ async fn account(
     uri: Uri,
     headers: HeaderMap,
 ) -> Result<axum::Json<AccountStatus>> {
-    let account = authenticate(&headers, &method, &uri, &sha256(b""))?;
+    let account = authenticate(&m, &headers, &method, &uri, &sha256(b""))?;
     let now = unix_now();
     let (standing, balance) = m
         .ledger

@@ -39,6 +39,10 @@ pub enum Error {
     Expired { skew: i64 },
     #[error("request signature is invalid")]
     BadSignature,
+    #[error(
+        "request was signed for another mirror (a replay, or a client that took this mirror for another)"
+    )]
+    OtherMirror,
     #[error("malformed hex id")]
     BadId,
     #[error("malformed share batch: {0}")]
@@ -47,11 +51,22 @@ pub enum Error {
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
-/// The bytes a client signs: method, path (with query), time, and the
-/// SHA-256 of the body. For a share upload the body digest is the share id.
-pub fn signed_message(method: &str, path: &str, time: i64, body_digest: &Hash) -> Vec<u8> {
-    let mut m = Vec::with_capacity(64 + path.len());
-    m.extend_from_slice(b"lode request v1\0");
+/// The bytes a client signs: the mirror it is for (its `mirror_id`),
+/// method, path (with query), time, and the SHA-256 of the body. For a
+/// share upload the body digest is the share id. Version 2: version 1
+/// named no mirror, so any mirror that received a request could send it
+/// on to another within the replay window, and have it store (and lease,
+/// at the signer's cost) there.
+pub fn signed_message(
+    to: &[u8; 32],
+    method: &str,
+    path: &str,
+    time: i64,
+    body_digest: &Hash,
+) -> Vec<u8> {
+    let mut m = Vec::with_capacity(96 + path.len());
+    m.extend_from_slice(b"lode request v2\0");
+    m.extend_from_slice(to);
     m.extend_from_slice(method.as_bytes());
     m.push(0);
     m.extend_from_slice(path.as_bytes());
@@ -66,18 +81,28 @@ pub fn signed_message(method: &str, path: &str, time: i64, body_digest: &Hash) -
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RequestAuth {
     pub account: [u8; 32],
+    /// The mirror the request is for.
+    pub to: [u8; 32],
     pub time: i64,
     pub signature: [u8; 64],
 }
 
 impl RequestAuth {
-    /// Sign a request as `key`.
-    pub fn sign(key: &AccountKey, method: &str, path: &str, time: i64, body: &[u8]) -> RequestAuth {
-        Self::sign_digest(key, method, path, time, &sha256(body))
+    /// Sign a request for mirror `to` as `key`.
+    pub fn sign(
+        key: &AccountKey,
+        to: &[u8; 32],
+        method: &str,
+        path: &str,
+        time: i64,
+        body: &[u8],
+    ) -> RequestAuth {
+        Self::sign_digest(key, to, method, path, time, &sha256(body))
     }
 
     pub fn sign_digest(
         key: &AccountKey,
+        to: &[u8; 32],
         method: &str,
         path: &str,
         time: i64,
@@ -85,16 +110,19 @@ impl RequestAuth {
     ) -> RequestAuth {
         RequestAuth {
             account: key.public_key(),
+            to: *to,
             time,
-            signature: key.sign(&signed_message(method, path, time, digest)),
+            signature: key.sign(&signed_message(to, method, path, time, digest)),
         }
     }
 
-    /// The header value: `Lode-Ed25519 account=<hex>,time=<secs>,sig=<hex>`.
+    /// The header value:
+    /// `Lode-Ed25519 account=<hex>,to=<hex>,time=<secs>,sig=<hex>`.
     pub fn header(&self) -> String {
         format!(
-            "{AUTH_SCHEME} account={},time={},sig={}",
+            "{AUTH_SCHEME} account={},to={},time={},sig={}",
             hex(&self.account),
+            hex(&self.to),
             self.time,
             hex(&self.signature)
         )
@@ -105,12 +133,13 @@ impl RequestAuth {
             .strip_prefix(AUTH_SCHEME)
             .and_then(|r| r.strip_prefix(' '))
             .ok_or(Error::BadAuthHeader)?;
-        let (mut account, mut time, mut sig) = (None, None, None);
+        let (mut account, mut to, mut time, mut sig) = (None, None, None, None);
         for part in rest.split(',') {
             match part.trim().split_once('=') {
                 Some(("account", v)) => {
                     account = Some(parse_hex::<32>(v).map_err(|_| Error::BadAuthHeader)?)
                 }
+                Some(("to", v)) => to = Some(parse_hex::<32>(v).map_err(|_| Error::BadAuthHeader)?),
                 Some(("time", v)) => {
                     time = Some(v.parse::<i64>().map_err(|_| Error::BadAuthHeader)?)
                 }
@@ -122,6 +151,7 @@ impl RequestAuth {
         }
         Ok(RequestAuth {
             account: account.ok_or(Error::BadAuthHeader)?,
+            to: to.ok_or(Error::BadAuthHeader)?,
             time: time.ok_or(Error::BadAuthHeader)?,
             signature: sig.ok_or(Error::BadAuthHeader)?,
         })
@@ -137,16 +167,28 @@ impl RequestAuth {
         Ok(())
     }
 
-    /// The mirror's check: the time is within the replay window of `now`
-    /// and the signature covers this request.
-    pub fn verify(&self, method: &str, path: &str, body_digest: &Hash, now: i64) -> Result<()> {
+    /// The check of mirror `me`: the request is for it, the time is
+    /// within the replay window of `now`, and the signature covers this
+    /// request.
+    pub fn verify(
+        &self,
+        me: &[u8; 32],
+        method: &str,
+        path: &str,
+        body_digest: &Hash,
+        now: i64,
+    ) -> Result<()> {
         self.check_time(now)?;
         crypto::verify_signature(
             &self.account,
-            &signed_message(method, path, self.time, body_digest),
+            &signed_message(&self.to, method, path, self.time, body_digest),
             &self.signature,
         )
-        .map_err(|_| Error::BadSignature)
+        .map_err(|_| Error::BadSignature)?;
+        match self.to == *me {
+            true => Ok(()),
+            false => Err(Error::OtherMirror),
+        }
     }
 }
 
@@ -249,48 +291,66 @@ mod tests {
     #[test]
     fn signed_request_verifies_and_binds_every_field() {
         let key = RootSecret::from_bytes([3; 32]).account_key();
-        let auth = RequestAuth::sign(&key, "PUT", "/v1/slot/ab", 1000, b"body");
+        let (me, other) = ([7; 32], [8; 32]);
+        let auth = RequestAuth::sign(&key, &me, "PUT", "/v1/slot/ab", 1000, b"body");
         let parsed = RequestAuth::parse(&auth.header()).unwrap();
         assert_eq!(parsed, auth);
         let d = sha256(b"body");
-        assert!(parsed.verify("PUT", "/v1/slot/ab", &d, 1000).is_ok());
-        assert!(
-            parsed
-                .verify("PUT", "/v1/slot/ab", &d, 1000 + REPLAY_WINDOW_SECS)
-                .is_ok()
-        );
+        fn check(a: &RequestAuth, me: &[u8; 32], m: &str, p: &str, d: &Hash, t: i64) -> Result<()> {
+            a.verify(me, m, p, d, t)
+        }
+        assert!(check(&parsed, &me, "PUT", "/v1/slot/ab", &d, 1000).is_ok());
+        let last = 1000 + REPLAY_WINDOW_SECS;
+        assert!(check(&parsed, &me, "PUT", "/v1/slot/ab", &d, last).is_ok());
         assert_eq!(
-            parsed.verify("PUT", "/v1/slot/ab", &d, 1001 + REPLAY_WINDOW_SECS),
+            check(&parsed, &me, "PUT", "/v1/slot/ab", &d, last + 1),
             Err(Error::Expired { skew: 301 })
         );
-        assert_eq!(
-            parsed.verify("GET", "/v1/slot/ab", &d, 1000),
-            Err(Error::BadSignature)
-        );
-        assert_eq!(
-            parsed.verify("PUT", "/v1/slot/ac", &d, 1000),
-            Err(Error::BadSignature)
-        );
-        assert_eq!(
-            parsed.verify("PUT", "/v1/slot/ab", &sha256(b"other"), 1000),
-            Err(Error::BadSignature)
-        );
+        for (method, path, digest) in [
+            ("GET", "/v1/slot/ab", d),
+            ("PUT", "/v1/slot/ac", d),
+            ("PUT", "/v1/slot/ab", sha256(b"other")),
+        ] {
+            assert_eq!(
+                check(&parsed, &me, method, path, &digest, 1000),
+                Err(Error::BadSignature)
+            );
+        }
         let mut forged = parsed.clone();
         forged.time += 1;
         assert_eq!(
-            forged.verify("PUT", "/v1/slot/ab", &d, 1000),
+            check(&forged, &me, "PUT", "/v1/slot/ab", &d, 1000),
+            Err(Error::BadSignature)
+        );
+        // Sent on to another mirror: refused there, and no edit of the
+        // mirror it names gets it past.
+        assert_eq!(
+            check(&parsed, &other, "PUT", "/v1/slot/ab", &d, 1000),
+            Err(Error::OtherMirror)
+        );
+        let mut redirected = parsed.clone();
+        redirected.to = other;
+        assert_eq!(
+            check(&redirected, &other, "PUT", "/v1/slot/ab", &d, 1000),
             Err(Error::BadSignature)
         );
     }
 
     #[test]
     fn malformed_headers_are_rejected() {
+        // Version 1's header, naming no mirror.
+        let v1 = format!(
+            "Lode-Ed25519 account={},time=1,sig={}",
+            "ab".repeat(32),
+            "cd".repeat(64)
+        );
         for h in [
             "",
             "Bearer x",
             "Lode-Ed25519 ",
             "Lode-Ed25519 account=zz,time=1,sig=00",
             "Lode-Ed25519 time=1",
+            v1.as_str(),
         ] {
             assert_eq!(RequestAuth::parse(h), Err(Error::BadAuthHeader), "{h:?}");
         }

@@ -123,6 +123,9 @@ pub struct HttpMirror {
     /// Writes out to the mirror while it is taken as down, unanswered
     /// ([`Storage::write_waiting`]).
     probing: AtomicUsize,
+    /// The mirror's `mirror_id`, which every signed request names (see
+    /// `protocol::signed_message`): asked once, before the first.
+    id: tokio::sync::OnceCell<[u8; 32]>,
 }
 
 /// Counts a write in [`HttpMirror::probing`] until it is done or dropped.
@@ -255,7 +258,39 @@ impl HttpMirror {
             batches: AtomicBool::new(true),
             down_until: Mutex::new(None),
             probing: AtomicUsize::new(0),
+            id: tokio::sync::OnceCell::new(),
         })
+    }
+
+    /// The mirror's id, from its `info` the first time. A mirror that
+    /// names none (older than 2026-12-03) cannot check a request is for
+    /// it, and is refused: a request it could send on to another mirror
+    /// is not signed for it.
+    async fn mirror_id(&self) -> Result<[u8; 32]> {
+        let ask = || async {
+            let resp = self
+                .reader
+                .get(format!("{}/v1/info", self.base))
+                .timeout(PROBE_TIMEOUT)
+                .send()
+                .await
+                .map_err(|e| self.unavailable(e))?;
+            if !resp.status().is_success() {
+                return Err(self.unavailable(format!("info: {}", resp.status())));
+            }
+            let info: Info = self.json(resp, MAX_JSON_BYTES).await?;
+            let id = info.mirror_id.ok_or_else(|| Error::Rejected {
+                mirror: self.base.clone(),
+                reason: "the mirror names no mirror_id (a version before 2026-12-03): \
+                         update it to store here"
+                    .into(),
+            })?;
+            crate::protocol::parse_hex::<32>(&id).map_err(|_| Error::Rejected {
+                mirror: self.base.clone(),
+                reason: format!("the mirror's id {id:?} is not 64 hex digits"),
+            })
+        };
+        self.id.get_or_try_init(ask).await.copied()
     }
 
     /// Rank this mirror in the placement under `name`, the address it
@@ -370,6 +405,10 @@ impl HttpMirror {
                 None => ATTEMPTS,
             }
         };
+        let to = match sign {
+            true => Some(self.mirror_id().await?),
+            false => None,
+        };
         let mut backoff = FIRST_BACKOFF;
         let mut last = None;
         for attempt in 0..attempts {
@@ -388,10 +427,11 @@ impl HttpMirror {
                 Some(_) if write_to_down => DOWN_WRITE_TIMEOUT,
                 Some(b) => WRITE_TIMEOUT + Duration::from_secs(b.len() as u64 / SLOWEST_UPLINK),
             });
-            if sign {
+            if let Some(to) = &to {
                 let digest = digest.unwrap_or_else(|| sha256(body.as_deref().unwrap_or_default()));
+                let time = unix_now();
                 let auth =
-                    RequestAuth::sign_digest(&self.key, method.as_str(), path, unix_now(), &digest);
+                    RequestAuth::sign_digest(&self.key, to, method.as_str(), path, time, &digest);
                 req = req.header(reqwest::header::AUTHORIZATION, auth.header());
             }
             if let Some(b) = &body {

@@ -46,6 +46,32 @@ pub fn grid3(byte: u8) -> (Vault, Vec<Arc<MemoryStorage>>) {
     (Vault::new(&secret(byte), grid), stores)
 }
 
+/// The `mirror_id` of the mirror at `url`, which requests signed for it
+/// name.
+pub async fn mirror_id(url: &str) -> [u8; 32] {
+    let info: lode::protocol::Info = reqwest::get(format!("{url}/v1/info"))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    lode::protocol::parse_hex(&info.mirror_id.expect("the mirror names its id")).unwrap()
+}
+
+/// `GET /v1/info` for a stand-in mirror: free, named by `[0x11; 32]`.
+pub async fn stand_in_info() -> axum::Json<lode::protocol::Info> {
+    axum::Json(lode::protocol::Info {
+        protocol: 1,
+        software: "stand-in".into(),
+        lease_seconds: 86_400,
+        capacity_bytes: None,
+        used_bytes: 0,
+        price: 0.0,
+        stratum_port: None,
+        mirror_id: Some(lode::protocol::hex(&[0x11; 32])),
+    })
+}
+
 pub fn runtime() -> tokio::runtime::Runtime {
     tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
