@@ -3099,6 +3099,74 @@ fn a_write_the_full_staging_disk_cuts_short_leaves_nothing_past_the_end() {
     );
 }
 
+/// A write into a partly staged file that the full staging disk cuts
+/// short inside a block it was to cover whole (so never fetched) does
+/// not claim that block's bytes: they would read back, upload and
+/// recover as the stored version's (a helper's review). What the writer
+/// is told was written reads back as written, before and after a
+/// remount; the rest reads as it was.
+#[test]
+fn a_write_cut_short_in_a_partly_staged_file_reads_back_as_told() {
+    use std::os::unix::fs::FileExt;
+    let tmp = tempfile::tempdir().unwrap();
+    let (_mirrors, client) = common::three_mirrors_and_client(tmp.path());
+    let old = common::seeded_bytes("stored", 24 << 20);
+    let src = write_file(tmp.path(), "big", &old);
+    client.ok(&["put", src.to_str().unwrap(), "--to", "big"]);
+    let staging = client.home.join("data/staging");
+    std::fs::create_dir_all(&staging).unwrap();
+    let _tmpfs = SmallDisk::mount(&staging, "8m");
+    let mp = tmp.path().join("mnt");
+    let m = Mounted::new(&client, &mp);
+    let file = std::fs::OpenOptions::new()
+        .write(true)
+        .read(true)
+        .open(mp.join("big"))
+        .unwrap();
+    // Leave about 300 KiB free on the staging disk.
+    let free = nix::sys::statvfs::statvfs(&staging).unwrap();
+    let free = free.blocks_available() * free.fragment_size();
+    let filler = staging.join("filler");
+    let fill = std::fs::File::create(&filler).unwrap();
+    nix::fcntl::fallocate(
+        &fill,
+        nix::fcntl::FallocateFlags::empty(),
+        0,
+        (free - (300 << 10)) as i64,
+    )
+    .unwrap();
+    let new = common::seeded_bytes("new", 1 << 20);
+    let at = 2u64 << 20;
+    let told = match file.write_at(&new, at) {
+        Ok(n) => n,
+        Err(e) => {
+            assert_eq!(e.raw_os_error(), Some(libc::ENOSPC), "{e}");
+            0
+        }
+    };
+    assert!(told < new.len(), "the write was not cut short");
+    let expect = |got: &[u8]| {
+        let (head, tail) = got.split_at(told);
+        assert!(
+            head == &new[..told],
+            "bytes the writer was told were written"
+        );
+        let old_tail = &old[at as usize + told..(at as usize) + (1 << 20)];
+        assert!(tail == old_tail, "bytes past them");
+    };
+    let mut got = vec![0; 1 << 20];
+    file.read_exact_at(&mut got, at).unwrap();
+    expect(&got);
+    drop(file);
+    std::fs::remove_file(&filler).unwrap();
+    client.ok(&["sync"]);
+    drop(m);
+    let _m = Mounted::new(&client, &mp);
+    let back = std::fs::read(mp.join("big")).unwrap();
+    assert_eq!(back.len(), old.len());
+    expect(&back[at as usize..(at as usize) + (1 << 20)]);
+}
+
 /// A background mount whose home is on a full disk still mounts, and
 /// reads what is stored: its log is that disk, and a line it could not
 /// write there ended it with status 101 and an empty log (a helper's

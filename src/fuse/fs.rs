@@ -3538,7 +3538,11 @@ impl LodeFs {
                 }
                 Ok(())
             });
-            let data = &data[..done.get()];
+            let mut done = done.get();
+            if let (Some(partial), Err(_)) = (&partial, &wrote) {
+                done = (partial.cut_short_at(offset, offset + done as u64) - offset) as usize;
+            }
+            let data = &data[..done];
             let cut_short = match wrote {
                 Err(e) if data.is_empty() => return Err(e),
                 Err(e) => {

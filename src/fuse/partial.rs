@@ -272,6 +272,25 @@ impl Partial {
         Ok(())
     }
 
+    /// Where a write from `from` that was cut short at `end` counts as
+    /// ending: at `end`, unless `end` falls inside a block of the base the
+    /// copy does not hold, which the write, asked to cover it whole, was
+    /// to make the copy's without fetching it. Part of such a block is
+    /// neither the copy's nor the base's, so the write counts as ending
+    /// where the block begins (or at `from`: nothing of it stands), and
+    /// the block stays the base's. Taken at `end`, the bytes the writer
+    /// was told were written read back as the base's, and were uploaded
+    /// and recovered as the base's.
+    pub fn cut_short_at(&self, from: u64, end: u64) -> u64 {
+        let inner = self.lock();
+        let b = end / BLOCK;
+        let (lo, hi) = (b * BLOCK, ((b + 1) * BLOCK).min(inner.state.base_len));
+        match lo < end && end < hi && !inner.state.held.get(b) {
+            true => lo.max(from),
+            false => end,
+        }
+    }
+
     /// Whether a change of `[from, to)` leaves blocks to [`Self::hold`].
     pub fn covers_absent(&self, from: u64, to: u64) -> bool {
         !self.lock().state.absent_within(from, to).is_empty()
@@ -375,6 +394,43 @@ mod tests {
         let before = std::fs::metadata(log_path(&staged)).unwrap().len();
         replayed.bound_for(10 * BLOCK).unwrap();
         assert_eq!(std::fs::metadata(log_path(&staged)).unwrap().len(), before);
+    }
+
+    /// A write cut short inside a block it was to cover whole, never
+    /// fetched, counts only up to that block; inside a block the copy
+    /// holds, or past the base, where it stopped.
+    #[test]
+    fn a_write_cut_short_counts_only_whole_blocks_it_was_not_fetched_for() {
+        let dir = tempfile::tempdir().unwrap();
+        let cap = FileReadCap {
+            read_key: crate::crypto::ReadKey::from_bytes([3; 32]),
+            root: [1; 32],
+            size: 10 * BLOCK + 5,
+        };
+        let partial = Partial::create(&dir.path().join("copy"), cap).unwrap();
+        partial.hold(4 * BLOCK, 5 * BLOCK).unwrap();
+        let k = 1 << 10;
+        // Asked for [2, 4) MiB: stopped in block 2, then in block 3.
+        assert_eq!(
+            partial.cut_short_at(2 * BLOCK, 2 * BLOCK + 300 * k),
+            2 * BLOCK
+        );
+        assert_eq!(partial.cut_short_at(2 * BLOCK, 3 * BLOCK + k), 3 * BLOCK);
+        // At a block's end, or inside a held one: as it stopped.
+        assert_eq!(partial.cut_short_at(2 * BLOCK, 3 * BLOCK), 3 * BLOCK);
+        assert_eq!(
+            partial.cut_short_at(4 * BLOCK, 4 * BLOCK + k),
+            4 * BLOCK + k
+        );
+        // Begun inside a block not held: nothing of it stands.
+        let from = 6 * BLOCK + 10;
+        assert_eq!(partial.cut_short_at(from, 6 * BLOCK + 20), from);
+        // The base's short last block, and past the base.
+        assert_eq!(partial.cut_short_at(10 * BLOCK, 10 * BLOCK + 2), 10 * BLOCK);
+        assert_eq!(
+            partial.cut_short_at(11 * BLOCK, 11 * BLOCK + 7),
+            11 * BLOCK + 7
+        );
     }
 
     #[test]
