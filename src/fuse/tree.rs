@@ -639,13 +639,22 @@ impl Tree {
         }
         match sent {
             Sent::Published => {
-                for (ino, root) in &out.named {
+                // Only entries still here: one renamed away since the
+                // listing was taken may be named where it is now by a
+                // publish that ended first, and this older listing took
+                // that back (its old directory then kept it, and went up
+                // again every second).
+                let here: HashSet<u64> = self
+                    .children(dir)
+                    .map(|c| c.values().copied().collect())
+                    .unwrap_or_default();
+                for (ino, root) in out.named.iter().filter(|(i, _)| here.contains(i)) {
                     if let Some(node) = self.nodes.get_mut(ino) {
                         node.listed = Some((dir, *root));
                         node.named_in = Some(dir);
                     }
                 }
-                for ino in &out.dirs_named {
+                for ino in out.dirs_named.iter().filter(|i| here.contains(i)) {
                     if let Some(node) = self.nodes.get_mut(ino) {
                         node.named_in = Some(dir);
                     }
@@ -1611,6 +1620,17 @@ impl Tree {
         }
         node.orphan = true;
         node.ctime = now();
+        // A directory entries moved out of, removed: its parent's listing
+        // now drops it, and with it the names it kept for them until
+        // their new homes are published. So the parent waits for those
+        // homes as the directory did. It published at once, and an entry
+        // moved out then (`mv p/d/f q/; rmdir p/d`) was in no listing
+        // reachable on the mirrors until `q` went up: a crash, or a `q`
+        // that could not be published, lost it (a helper's review).
+        if let Some(into) = self.moved_into.get(&ino).cloned() {
+            let into = into.into_iter().filter(|&d| d != dir);
+            self.moved_into.entry(dir).or_default().extend(into);
+        }
         if self.unpublished.remove(&ino) {
             // Named by no listing on the mirrors but its parent's, which
             // is republished without it.
@@ -2252,6 +2272,50 @@ mod tests {
         assert_eq!(shown(friend, "fifo"), (0o1644, 0, true));
         assert_eq!(shown(ROOT, "sh"), (0o6755, 0, false));
         assert_eq!(shown(ROOT, "mem"), (0o666, mem, false));
+    }
+
+    /// A listing taken before an entry was renamed away, published after
+    /// the entry's new home was, does not take the entry back.
+    #[test]
+    fn an_older_listing_does_not_take_back_an_entry_named_elsewhere() {
+        let (mut tree, a, b) = loaded();
+        let f0 = child(&tree, a, "f0");
+        tree.dirty.insert(a);
+        let (old, _) = tree.take_listing(a).unwrap();
+        assert!(tree.rename_entry((a, "f0"), (b, "x"), f0, None));
+        let (new, _) = tree.take_listing(b).unwrap();
+        tree.listing_sent(&new, Some(2), Sent::Published);
+        assert_eq!(tree.nodes[&f0].named_in, Some(b));
+        tree.listing_sent(&old, Some(2), Sent::Published);
+        assert_eq!(tree.nodes[&f0].named_in, Some(b), "taken back");
+        // Still listed at its old name in `a` until `a` goes up again.
+        assert!(tree.dirty.contains(&a));
+    }
+
+    /// A directory an entry moved out of, then removed: its parent waits
+    /// for the entry's new home as the directory did, since dropping the
+    /// directory drops the name it kept for the entry.
+    #[test]
+    fn a_removed_directory_hands_its_parent_the_homes_it_waited_for() {
+        let (mut tree, a, b) = loaded();
+        let f0 = child(&tree, b, "f0");
+        assert!(tree.rename_entry((b, "f0"), (ROOT, "x"), f0, None));
+        assert!(tree.moved_into[&b].contains(&ROOT));
+        for n in 1..10 {
+            tree.unlink(b, &format!("f{n}"));
+        }
+        tree.unlink(a, "b");
+        let waits = tree.moved_into.get(&a).cloned().unwrap_or_default();
+        assert!(waits.contains(&ROOT), "{waits:?}");
+        // Not itself, where the entry moved into the parent.
+        let (mut tree, a, b) = loaded();
+        let f0 = child(&tree, b, "f0");
+        assert!(tree.rename_entry((b, "f0"), (a, "x"), f0, None));
+        for n in 1..10 {
+            tree.unlink(b, &format!("f{n}"));
+        }
+        tree.unlink(a, "b");
+        assert!(!tree.moved_into.get(&a).is_some_and(|w| w.contains(&a)));
     }
 
     /// Names given up are kept by directory and name until a listing
