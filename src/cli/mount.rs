@@ -703,7 +703,10 @@ pub fn mount(args: MountArgs) -> Result<()> {
         let _ = done_tx.send(result);
     });
     let mountpoint = args.mountpoint.clone();
-    rt.block_on(async {
+    // How the FUSE session ended, if with an error: said, and the exit
+    // status, once the staged data is seen to (it was dropped, and a
+    // mount that failed exited 0).
+    let session = rt.block_on(async {
         use tokio::signal::unix::{SignalKind, signal};
         let mut term = signal(SignalKind::terminate())?;
         let mut int = signal(SignalKind::interrupt())?;
@@ -712,17 +715,20 @@ pub fn mount(args: MountArgs) -> Result<()> {
         let mut hup = signal(SignalKind::hangup())?;
         let ended = tokio::task::spawn_blocking(move || done_rx.recv());
         tokio::pin!(ended);
+        let error = |r: std::result::Result<_, tokio::task::JoinError>| match r {
+            Ok(Ok(Err(e))) => Some(e),
+            _ => None,
+        };
         tokio::select! {
             _ = term.recv() => unmount(&mountpoint),
             _ = int.recv() => unmount(&mountpoint),
             _ = hup.recv() => unmount(&mountpoint),
-            _ = &mut ended => return anyhow::Ok(()),
+            r = &mut ended => return anyhow::Ok(error(r)),
         }
         // Unmounted, perhaps lazily: the session ends once the kernel lets
         // go of it, when the last file open on it closes. Until then this
         // process serves those files, and keeps its lock.
-        let _ = (&mut ended).await;
-        anyhow::Ok(())
+        anyhow::Ok(error((&mut ended).await))
     })?;
     keeper.stop_mining();
     // Wait for the session to end (the filesystem's destroy publishes
@@ -740,7 +746,10 @@ pub fn mount(args: MountArgs) -> Result<()> {
     save_seen(&vault, &home)?;
     let _ = std::fs::remove_file(socket);
     drop(lock);
-    Ok(())
+    match session {
+        Some(e) => bail!("the FUSE session ended with an error: {e}"),
+        None => Ok(()),
+    }
 }
 
 /// How often a mount saves the directory versions it has seen, when they
