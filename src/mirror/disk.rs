@@ -123,6 +123,32 @@ const WRITE_BUFFER: usize = 4 * 1024 * 1024;
 /// How long an upload may stall between two pieces of its body.
 const BODY_IDLE: std::time::Duration = std::time::Duration::from_secs(60);
 
+/// The slowest upload a mirror waits for, in bytes per second, beyond
+/// [`BODY_IDLE`]: 256 kbit/s. Bounding only the wait between pieces let a
+/// client trickle one byte a minute and hold a write buffer and a
+/// staging file for good.
+const SLOWEST_BODY: u64 = 32 * 1024;
+
+/// When an upload of at most `max_len` bytes begun now must be in.
+fn body_deadline(max_len: u64) -> tokio::time::Instant {
+    let allowed = BODY_IDLE + std::time::Duration::from_secs(max_len / SLOWEST_BODY);
+    tokio::time::Instant::now() + allowed
+}
+
+/// The next piece of `body`, within [`BODY_IDLE`] and before `deadline`.
+async fn next_piece(
+    body: &mut ByteStream,
+    deadline: tokio::time::Instant,
+) -> Result<Option<Bytes>> {
+    let by = deadline.min(tokio::time::Instant::now() + BODY_IDLE);
+    match tokio::time::timeout_at(by, body.next()).await {
+        Err(_) if by == deadline => Err(Error::BadRequest("upload too slow".into())),
+        Err(_) => Err(Error::BadRequest("upload stalled".into())),
+        Ok(None) => Ok(None),
+        Ok(Some(piece)) => Ok(Some(piece?)),
+    }
+}
+
 /// Shares as files under a data directory.
 pub struct DiskShares {
     root: PathBuf,
@@ -157,11 +183,10 @@ impl DiskShares {
         max_len: u64,
     ) -> Result<Staged> {
         let mut data = Vec::with_capacity(max_len as usize);
+        let deadline = body_deadline(max_len);
         loop {
-            let piece = match tokio::time::timeout(BODY_IDLE, body.next()).await {
-                Err(_) => return Err(Error::BadRequest("upload stalled".into())),
-                Ok(None) => break,
-                Ok(Some(piece)) => piece?,
+            let Some(piece) = next_piece(&mut body, deadline).await? else {
+                break;
             };
             if (data.len() + piece.len()) as u64 > max_len {
                 return Err(Error::TooLarge { limit: max_len });
@@ -619,12 +644,11 @@ impl ShareStore for DiskShares {
         let mut out = Some(ShareFile::new(TmpFile::new(tmp), max_len));
         let mut hasher = crate::chunk::IdHasher::new();
         let mut len = 0u64;
+        let deadline = body_deadline(max_len);
         let result: Result<TmpFile> = async {
             loop {
-                let piece = match tokio::time::timeout(BODY_IDLE, body.next()).await {
-                    Err(_) => return Err(Error::BadRequest("upload stalled".into())),
-                    Ok(None) => break,
-                    Ok(Some(piece)) => piece?,
+                let Some(piece) = next_piece(&mut body, deadline).await? else {
+                    break;
                 };
                 len += piece.len() as u64;
                 if len > max_len {
@@ -915,6 +939,41 @@ mod tests {
         );
         assert_eq!(tmp_files(), 0);
         assert!(store.contains(&id).await.unwrap());
+    }
+
+    /// A body that keeps coming, but slower than the slowest upload
+    /// waited for, is refused once its time is up, small or large; one
+    /// at that pace in time is taken. (Virtual time: no test waits.)
+    #[tokio::test(start_paused = true)]
+    async fn a_trickled_upload_is_refused_when_its_time_is_up() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = DiskShares::open(dir.path()).unwrap();
+        // Pieces every 50 s: never idle for BODY_IDLE (60 s).
+        let trickle = |bytes: Vec<u8>, piece: usize| -> ByteStream {
+            let pieces: Vec<Bytes> = bytes.chunks(piece).map(Bytes::copy_from_slice).collect();
+            Box::pin(futures_util::stream::iter(pieces).then(|p| async move {
+                tokio::time::sleep(std::time::Duration::from_secs(50)).await;
+                Ok(p)
+            }))
+        };
+        for len in [1000usize, SMALL_MAX as usize + 1] {
+            let bytes = vec![5u8; len];
+            let id = crate::chunk::share_id(&bytes);
+            let slow = store
+                .stage(&id, trickle(bytes.clone(), len / 4), len as u64)
+                .await;
+            match slow {
+                Err(Error::BadRequest(m)) => assert!(m.contains("too slow"), "{len}: {m}"),
+                Err(e) => panic!("{len}: {e}"),
+                Ok(_) => panic!("{len}: a body trickled over 200 s was taken"),
+            }
+        }
+        // Two pieces, 100 s: within what a 2 MiB body gets (60 s plus 64).
+        let len = 2 << 20;
+        let bytes = vec![6u8; len];
+        let id = crate::chunk::share_id(&bytes);
+        let staged = store.stage(&id, trickle(bytes, len / 2), len as u64).await;
+        assert!(staged.is_ok(), "a 2 MiB body in 100 s was refused");
     }
 
     /// Shares up to `SMALL_MAX` become rows, larger ones files, in one
