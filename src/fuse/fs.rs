@@ -3556,7 +3556,9 @@ impl LodeFs {
                 Ok(()) => None,
             };
             if let Some(partial) = &partial {
-                self.changed_partly(&path, partial, offset, offset + data.len() as u64)?;
+                // Its log grows too: on a full staging disk, room is made.
+                let end = offset + data.len() as u64;
+                self.with_room(|| self.changed_partly(&path, partial, offset, end))?;
             }
             (data, cut_short)
         };

@@ -261,13 +261,15 @@ impl Partial {
     pub fn hold(&self, from: u64, to: u64) -> std::io::Result<()> {
         let mut inner = self.lock();
         let blocks = inner.state.absent_within(from, to);
-        let mut records = Vec::with_capacity(blocks.len() * RECORD);
-        for b in blocks {
-            inner.state.held.set(b);
-            records.extend_from_slice(&record(HELD, b));
-        }
+        let records: Vec<u8> = blocks.iter().flat_map(|&b| record(HELD, b)).collect();
+        // Logged first: a log that could not take them (a full disk) left
+        // the blocks held here and not in the log, so the copy was read
+        // as theirs now and a recovery took the base's back.
         if !records.is_empty() {
             inner.log.write_all(&records)?;
+        }
+        for b in blocks {
+            inner.state.held.set(b);
         }
         Ok(())
     }
