@@ -683,6 +683,20 @@ pub fn mount(args: MountArgs) -> Result<()> {
     fuse_config.mount_options = options;
     fuse_config.n_threads = Some(4);
     fuse_config.acl = acl;
+    // Taken before the mount is live: from then on a signal unmounts.
+    // Set after, one in between killed the process and left a dead mount
+    // (the background parent may have said it was mounted by then).
+    let signals = {
+        use tokio::signal::unix::{SignalKind, signal};
+        let _guard = rt.enter();
+        (
+            signal(SignalKind::terminate())?,
+            signal(SignalKind::interrupt())?,
+            // The terminal of a mount in the foreground closing: unmount,
+            // as sshfs and other libfuse tools do (it left a dead mount).
+            signal(SignalKind::hangup())?,
+        )
+    };
     let mut background = fuser::spawn_mount(Mount(fs.clone()), &args.mountpoint, &fuse_config)
         .with_context(|| format!("cannot mount at {}", args.mountpoint.display()))?;
     fs.set_notifier(background.notifier());
@@ -707,12 +721,7 @@ pub fn mount(args: MountArgs) -> Result<()> {
     // status, once the staged data is seen to (it was dropped, and a
     // mount that failed exited 0).
     let session = rt.block_on(async {
-        use tokio::signal::unix::{SignalKind, signal};
-        let mut term = signal(SignalKind::terminate())?;
-        let mut int = signal(SignalKind::interrupt())?;
-        // The terminal of a mount in the foreground closing: unmount, as
-        // sshfs and other libfuse tools do (it left a dead mount).
-        let mut hup = signal(SignalKind::hangup())?;
+        let (mut term, mut int, mut hup) = signals;
         let ended = tokio::task::spawn_blocking(move || done_rx.recv());
         tokio::pin!(ended);
         let error = |r: std::result::Result<_, tokio::task::JoinError>| match r {
