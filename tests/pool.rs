@@ -435,3 +435,45 @@ fn the_pool_outlives_running_out_of_descriptors() {
     assert_eq!(r["result"], json!(true), "{r}");
     assert!(status(&mirror.url, &key).account == acct);
 }
+
+/// An upstream that stops talking is taken for dead after
+/// `--upstream-silence` and dialled again: with no read deadline, a
+/// stalled link kept its last jobs live, credited, for good.
+#[test]
+fn a_silent_upstream_is_dialled_again() {
+    use std::io::Read;
+    let tmp = tempfile::tempdir().unwrap();
+    // Takes connections, reads what comes, answers nothing.
+    let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = silent.local_addr().unwrap().to_string();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for conn in silent.incoming() {
+            let Ok(mut conn) = conn else { return };
+            if tx.send(()).is_err() {
+                return;
+            }
+            std::thread::spawn(move || {
+                let mut sink = [0u8; 4096];
+                while conn.read(&mut sink).is_ok_and(|n| n > 0) {}
+            });
+        }
+    });
+    let (_, op_acct) = account(0x73);
+    let _a = pool_mirror(
+        &tmp.path().join("a"),
+        &[
+            "--upstream",
+            &addr,
+            "--upstream-user",
+            &op_acct,
+            "--upstream-silence",
+            "2",
+        ],
+    );
+    let wait = std::time::Duration::from_secs(30);
+    rx.recv_timeout(wait)
+        .expect("the proxy dialled its upstream");
+    rx.recv_timeout(wait)
+        .expect("the proxy dialled again after the upstream's silence");
+}

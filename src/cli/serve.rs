@@ -75,6 +75,10 @@ pub struct ServeArgs {
     /// Password for the upstream pool.
     #[arg(long, requires = "upstream", default_value = "x")]
     upstream_password: String,
+    /// Seconds the upstream may stay silent before the link is taken for
+    /// dead and made again (its jobs stop counting meanwhile).
+    #[arg(long, requires = "upstream", default_value_t = 900)]
+    upstream_silence: u64,
 }
 
 /// Parse `123`, `10K`, `5M`, `2G`, `1T` (binary multiples).
@@ -166,6 +170,7 @@ pub fn run(args: ServeArgs) -> Result<()> {
                 .upstream_user
                 .ok_or_else(|| anyhow::anyhow!("--upstream needs --upstream-user"))?,
             password: args.upstream_password,
+            silence: Duration::from_secs(args.upstream_silence.clamp(1, 86_400)),
         }),
         None => None,
     };

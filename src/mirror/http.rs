@@ -731,6 +731,17 @@ mod tests {
         let server = tokio::spawn(serve(socket, None, config, || Ok(()), async {
             let _ = stopped.await;
         }));
+        // Listening once the store is open: the client's first request
+        // (for the mirror's id) is not retried.
+        let addr = url.trim_start_matches("http://").to_string();
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        while tokio::net::TcpStream::connect(&addr).await.is_err() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the mirror never listened"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
         let key = crate::crypto::RootSecret::from_bytes([5; 32]).account_key();
         let mirror = crate::store::HttpMirror::new(&url, key).unwrap();
         let ids: Vec<[u8; 32]> = (0..MAX_RENEW_IDS as u32)

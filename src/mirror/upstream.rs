@@ -40,6 +40,11 @@ pub struct UpstreamConfig {
     pub addr: String,
     pub user: String,
     pub password: String,
+    /// How long the upstream may say nothing before the link is taken for
+    /// dead: with no read deadline, a stalled or half-open link kept its
+    /// last jobs live, and miners were credited for work the upstream had
+    /// retired, for as long as the mirror ran (a helper's review).
+    pub silence: Duration,
 }
 
 /// A locally accepted share, offered upstream.
@@ -85,7 +90,9 @@ async fn session(
     ledger: &Ledger,
     rx: &mut mpsc::Receiver<Forward>,
 ) -> std::io::Result<()> {
-    let stream = TcpStream::connect(&config.addr).await?;
+    let stream = tokio::time::timeout(Duration::from_secs(10), TcpStream::connect(&config.addr))
+        .await
+        .map_err(|_| io("no answer to the connection within 10 s"))??;
     let mut lines = Framed::new(stream, LinesCodec::new_with_max_length(MAX_LINE));
     // No session of this link may roll version bits until the upstream
     // says which it takes.
@@ -106,10 +113,15 @@ async fn session(
     // Submissions awaiting the upstream's answer: id → share hash.
     let mut pending: HashMap<u64, [u8; 32]> = HashMap::new();
     let mut prefix_len = None;
+    let mut heard = tokio::time::Instant::now();
     loop {
         tokio::select! {
+            _ = tokio::time::sleep_until(heard + config.silence) => {
+                return Err(io(format!("upstream silent for {} s", config.silence.as_secs())));
+            }
             line = lines.next() => {
                 let line = line.ok_or_else(|| io("upstream closed the connection"))?.map_err(io)?;
+                heard = tokio::time::Instant::now();
                 match stratum::parse_server(&line).map_err(io)? {
                     ServerMessage::Response { id: Some(opening_id::CONFIGURE), result, error } => {
                         // Sessions read this before the extranonce below
