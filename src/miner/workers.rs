@@ -563,6 +563,20 @@ mod tests {
         );
     }
 
+    /// Wait for the work set to hash, pause, and wait out the batches in
+    /// flight (slow in a loaded debug build); the hashes then.
+    fn hash_then_pause(miners: &Miners) -> u64 {
+        wait_until("hashing", || miners.total_hashes() > 0);
+        miners.set_work(None);
+        let mut paused = miners.total_hashes();
+        wait_until("batches in flight", || {
+            thread::sleep(Duration::from_millis(100));
+            let now = miners.total_hashes();
+            std::mem::replace(&mut paused, now) == now
+        });
+        paused
+    }
+
     #[test]
     fn pause_stops_hashing_and_new_work_resumes() {
         let (tx, _rx) = mpsc::channel();
@@ -573,15 +587,7 @@ mod tests {
             tag: 1,
         };
         miners.set_work(Some(work.clone()));
-        wait_until("hashing", || miners.total_hashes() > 0);
-        miners.set_work(None);
-        // Batches in flight finish first, slowly in a loaded debug build.
-        let mut paused = miners.total_hashes();
-        wait_until("batches in flight", || {
-            thread::sleep(Duration::from_millis(100));
-            let now = miners.total_hashes();
-            std::mem::replace(&mut paused, now) == now
-        });
+        let paused = hash_then_pause(&miners);
         thread::sleep(Duration::from_millis(300));
         assert_eq!(miners.total_hashes(), paused);
         miners.set_work(Some(work));
@@ -601,14 +607,7 @@ mod tests {
             target: [0; 32],
             tag: 1,
         }));
-        wait_until("hashing", || miners.total_hashes() > 0);
-        miners.set_work(None);
-        let mut paused = miners.total_hashes();
-        wait_until("batches in flight", || {
-            thread::sleep(Duration::from_millis(100));
-            let now = miners.total_hashes();
-            std::mem::replace(&mut paused, now) == now
-        });
+        hash_then_pause(&miners);
         thread::sleep(RATE_WINDOW + Duration::from_secs(1));
         assert_eq!(miners.hashrate(), 0.0);
     }

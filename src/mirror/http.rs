@@ -617,6 +617,19 @@ mod tests {
         }
     }
 
+    /// Stop a mirror `serve` runs in `server` and wait for it to end.
+    async fn stop_mirror(
+        stop: tokio::sync::oneshot::Sender<()>,
+        server: tokio::task::JoinHandle<Result<()>>,
+    ) {
+        stop.send(()).unwrap();
+        tokio::time::timeout(Duration::from_secs(30), server)
+            .await
+            .expect("the mirror stops")
+            .unwrap()
+            .unwrap();
+    }
+
     /// `ready` comes once the share store is open, an older layout moved
     /// forward by then: an address announced there is one that answers
     /// with every share in place.
@@ -704,12 +717,7 @@ mod tests {
             }
         });
         let (refused, open) = prober.await.unwrap();
-        stop.send(()).unwrap();
-        tokio::time::timeout(Duration::from_secs(30), server)
-            .await
-            .expect("the mirror stops")
-            .unwrap()
-            .unwrap();
+        stop_mirror(stop, server).await;
         assert!(refused > 0, "the move was over before the first try");
         assert!(
             open,
@@ -757,12 +765,7 @@ mod tests {
             .await
             .unwrap();
         assert_eq!(big.status(), StatusCode::PAYLOAD_TOO_LARGE);
-        stop.send(()).unwrap();
-        tokio::time::timeout(Duration::from_secs(30), server)
-            .await
-            .expect("the mirror stops")
-            .unwrap()
-            .unwrap();
+        stop_mirror(stop, server).await;
     }
 
     #[test]

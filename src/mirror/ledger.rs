@@ -375,6 +375,26 @@ impl Ledger {
         Ok(())
     }
 
+    /// Whether the ledger records object `id`.
+    fn known_in(tx: &rusqlite::Connection, id: &[u8; 32]) -> Result<bool> {
+        let sql = "SELECT COUNT(*) FROM objects WHERE id = ?1";
+        Ok(cached_row(tx, sql, [&id[..]], |r| r.get::<_, i64>(0))? > 0)
+    }
+
+    /// Whether `account` holds a lease on `id` live at `now`.
+    fn leased_in(
+        tx: &rusqlite::Connection,
+        account: &[u8; 32],
+        id: &[u8; 32],
+        now: i64,
+    ) -> Result<bool> {
+        let sql = "SELECT COUNT(*) FROM leases WHERE account = ?1 AND object = ?2 AND expires > ?3";
+        let count = cached_row(tx, sql, params![&account[..], &id[..], now], |r| {
+            r.get::<_, i64>(0)
+        })?;
+        Ok(count > 0)
+    }
+
     /// Lease an object, checking quota when the lease is new or expired.
     /// Returns `false` if the mirror does not hold the object.
     fn lease_in(
@@ -392,14 +412,7 @@ impl Ledger {
         )
         .optional()?;
         let Some(size) = size else { return Ok(false) };
-        let live: bool = cached_row(
-            tx,
-            "SELECT COUNT(*) FROM leases WHERE account = ?1 AND object = ?2 AND expires > ?3",
-            params![&account[..], &id[..], now],
-            |r| r.get::<_, i64>(0),
-        )
-        .map(|c| c > 0)?;
-        if !live {
+        if !Self::leased_in(tx, account, id, now)? {
             self.check_room(tx, account, size as u64, false, now)?;
         }
         Self::ensure_account(tx, account, now)?;
@@ -439,20 +452,8 @@ impl Ledger {
         size: u64,
         now: i64,
     ) -> Result<()> {
-        let known = cached_row(
-            tx,
-            "SELECT COUNT(*) FROM objects WHERE id = ?1",
-            [&id[..]],
-            |r| r.get::<_, i64>(0),
-        )? > 0;
-        let leased = known
-            && cached_row(
-                tx,
-                "SELECT COUNT(*) FROM leases WHERE account = ?1 AND object = ?2 AND expires > ?3",
-                params![&account[..], &id[..], now],
-                |r| r.get::<_, i64>(0),
-            )? > 0;
-        if !leased {
+        let known = Self::known_in(tx, id)?;
+        if !(known && Self::leased_in(tx, account, id, now)?) {
             self.check_room(tx, account, size, !known, now)?;
         }
         Self::ensure_account(tx, account, now)?;
@@ -538,14 +539,7 @@ impl Ledger {
             size,
             now,
         } = share;
-        let known: bool = cached_row(
-            tx,
-            "SELECT COUNT(*) FROM objects WHERE id = ?1",
-            [&id[..]],
-            |r| r.get::<_, i64>(0),
-        )
-        .map(|c| c > 0)?;
-        if !known {
+        if !Self::known_in(tx, id)? {
             self.check_room(tx, account, *size, true, *now)?;
             cached_exec(
                 tx,
