@@ -739,8 +739,8 @@ mod tests {
         let server = tokio::spawn(serve(socket, None, config, || Ok(()), async {
             let _ = stopped.await;
         }));
-        // Listening once the store is open: the client's first request
-        // (for the mirror's id) is not retried.
+        // Listening once the store is open; waited for here so that the
+        // timeout below covers the renewal alone.
         let addr = url.trim_start_matches("http://").to_string();
         let deadline = std::time::Instant::now() + Duration::from_secs(30);
         while tokio::net::TcpStream::connect(&addr).await.is_err() {
@@ -765,6 +765,36 @@ mod tests {
             .await
             .unwrap();
         assert_eq!(big.status(), StatusCode::PAYLOAD_TOO_LARGE);
+        stop_mirror(stop, server).await;
+    }
+
+    /// A client's first signed request asks the mirror's id first. Sent
+    /// while the mirror is still starting (its socket bound, refusing
+    /// connections), that ask is retried like the request itself, and the
+    /// request goes through once the mirror listens.
+    #[tokio::test]
+    async fn a_first_signed_request_waits_out_a_mirror_still_starting() {
+        let dir = tempfile::tempdir().unwrap();
+        let socket = bind("127.0.0.1:0".parse().unwrap()).unwrap();
+        let url = format!("http://{}", socket.local_addr().unwrap());
+        let key = crate::crypto::RootSecret::from_bytes([6; 32]).account_key();
+        let mirror = crate::store::HttpMirror::new(&url, key).unwrap();
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let config = free_config(dir.path());
+        let server = tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            serve(socket, None, config, || Ok(()), async {
+                let _ = stopped.await;
+            })
+            .await
+        });
+        let answer = tokio::time::timeout(Duration::from_secs(30), mirror.account()).await;
+        let account = answer.expect("answered in time");
+        assert!(
+            account.is_ok(),
+            "{:?}",
+            account.err().map(|e| e.to_string())
+        );
         stop_mirror(stop, server).await;
     }
 

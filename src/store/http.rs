@@ -128,6 +128,16 @@ pub struct HttpMirror {
     id: tokio::sync::OnceCell<[u8; 32]>,
 }
 
+/// How one try at a request failed, where that matters to the next.
+enum Attempt {
+    /// No answer: not reached, or not in time.
+    Transport(reqwest::Error),
+    /// An answer that a retry may get past (a server error, a garbled body).
+    Answer(Error),
+    /// An answer that settles it: the request is not tried again.
+    Final(Error),
+}
+
 /// Counts a write in [`HttpMirror::probing`] until it is done or dropped.
 struct Probe<'a>(&'a AtomicUsize);
 
@@ -262,35 +272,51 @@ impl HttpMirror {
         })
     }
 
-    /// The mirror's id, from its `info` the first time. A mirror that
-    /// names none (older than 2026-12-03) cannot check a request is for
-    /// it, and is refused: a request it could send on to another mirror
-    /// is not signed for it.
-    async fn mirror_id(&self) -> Result<[u8; 32]> {
-        let ask = || async {
-            let resp = self
-                .reader
-                .get(format!("{}/v1/info", self.base))
-                .timeout(PROBE_TIMEOUT)
-                .send()
-                .await
-                .map_err(|e| self.unavailable(e))?;
-            if !resp.status().is_success() {
-                return Err(self.unavailable(format!("info: {}", resp.status())));
-            }
-            let info: Info = self.json(resp, MAX_JSON_BYTES).await?;
-            let id = info.mirror_id.ok_or_else(|| Error::Rejected {
+    /// The mirror's id, asked with one `info` request unless already
+    /// known. A mirror that names none (older than 2026-12-03) cannot
+    /// check a request is for it, and is refused: a request it could send
+    /// on to another mirror is not signed for it.
+    ///
+    /// Part of an attempt in [`Self::send_with`], so that a mirror that
+    /// cannot be reached when first asked is retried and taken as down
+    /// like any other failed request, and asked again once it is back.
+    async fn ask_id(&self) -> std::result::Result<[u8; 32], Attempt> {
+        if let Some(id) = self.id.get() {
+            return Ok(*id);
+        }
+        let resp = self
+            .reader
+            .get(format!("{}/v1/info", self.base))
+            .timeout(PROBE_TIMEOUT)
+            .send()
+            .await
+            .map_err(Attempt::Transport)?;
+        if !resp.status().is_success() {
+            return Err(Attempt::Answer(
+                self.unavailable(format!("info: {}", resp.status())),
+            ));
+        }
+        let info: Info = self
+            .json(resp, MAX_JSON_BYTES)
+            .await
+            .map_err(Attempt::Answer)?;
+        let id = info.mirror_id.ok_or_else(|| {
+            Attempt::Final(Error::Rejected {
                 mirror: self.base.clone(),
                 reason: "the mirror names no mirror_id (a version before 2026-12-03): \
                          update it to store here"
                     .into(),
-            })?;
-            crate::protocol::parse_hex::<32>(&id).map_err(|_| Error::Rejected {
+            })
+        })?;
+        let id = crate::protocol::parse_hex::<32>(&id).map_err(|_| {
+            Attempt::Final(Error::Rejected {
                 mirror: self.base.clone(),
                 reason: format!("the mirror's id {id:?} is not 64 hex digits"),
             })
-        };
-        self.id.get_or_try_init(ask).await.copied()
+        })?;
+        // Two asking at once get the same answer from the same mirror; the
+        // first one kept stands.
+        Ok(*self.id.get_or_init(|| async { id }).await)
     }
 
     /// Rank this mirror in the placement under `name`, the address it
@@ -405,10 +431,6 @@ impl HttpMirror {
                 None => ATTEMPTS,
             }
         };
-        let to = match sign {
-            true => Some(self.mirror_id().await?),
-            false => None,
-        };
         let mut backoff = FIRST_BACKOFF;
         let mut last = None;
         for attempt in 0..attempts {
@@ -416,6 +438,26 @@ impl HttpMirror {
                 tokio::time::sleep(backoff).await;
                 backoff *= 4;
             }
+            let to = match sign {
+                false => None,
+                true => match self.ask_id().await {
+                    Ok(id) => Some(id),
+                    Err(Attempt::Final(e)) => return Err(e),
+                    Err(Attempt::Answer(e)) => {
+                        *self.down_until.lock().expect("down lock") = None;
+                        last = Some(e);
+                        continue;
+                    }
+                    Err(Attempt::Transport(e)) => {
+                        let (error, stop) = self.not_answered(&e, attempt + 1 == attempts);
+                        last = Some(error);
+                        match stop {
+                            true => break,
+                            false => continue,
+                        }
+                    }
+                },
+            };
             let client = match body {
                 None => &self.reader,
                 Some(_) => &self.client,
@@ -456,33 +498,42 @@ impl HttpMirror {
                     last = Some(self.unavailable(format!("{status}: {message}")));
                 }
                 Err(e) => {
-                    // Not reached, or no answer in time: down for a while
-                    // (for reads). A timed-out request is not sent again:
-                    // a hung mirror would hold its caller for every
-                    // attempt (4 x 120 s for an upload).
-                    // (Not a connect timeout: nothing was sent, so a
-                    // write tries again as for any unreachable mirror.)
-                    let timed_out = e.is_timeout() && !e.is_connect();
-                    // reqwest's own text names neither: "error sending
-                    // request for url (...)".
-                    last = Some(self.unavailable(if timed_out {
-                        "no answer in time (a stopped or stuck mirror, or a link that drops \
-                         packets)"
-                            .to_string()
-                    } else if e.is_connect() {
-                        format!("cannot connect ({})", error_chain(&e))
-                    } else {
-                        error_chain(&e)
-                    }));
-                    if timed_out || attempt + 1 == attempts {
-                        *self.down_until.lock().expect("down lock") =
-                            Some(Instant::now() + DOWN_FOR);
+                    let (error, stop) = self.not_answered(&e, attempt + 1 == attempts);
+                    last = Some(error);
+                    if stop {
                         break;
                     }
                 }
             }
         }
         Err(last.expect("at least one attempt"))
+    }
+
+    /// A request that got no answer: the error it is, and whether to stop
+    /// trying, in which case the mirror is taken as down.
+    ///
+    /// Not reached, or no answer in time: down for a while (for reads). A
+    /// timed-out request is not sent again: a hung mirror would hold its
+    /// caller for every attempt (4 x 120 s for an upload). A connect
+    /// timeout is not such a case: nothing was sent, so a write tries again
+    /// as for any unreachable mirror.
+    fn not_answered(&self, e: &reqwest::Error, last_attempt: bool) -> (Error, bool) {
+        let timed_out = e.is_timeout() && !e.is_connect();
+        // reqwest's own text names neither: "error sending request for
+        // url (...)".
+        let error = self.unavailable(if timed_out {
+            "no answer in time (a stopped or stuck mirror, or a link that drops packets)"
+                .to_string()
+        } else if e.is_connect() {
+            format!("cannot connect ({})", error_chain(e))
+        } else {
+            error_chain(e)
+        });
+        let stop = timed_out || last_attempt;
+        if stop {
+            *self.down_until.lock().expect("down lock") = Some(Instant::now() + DOWN_FOR);
+        }
+        (error, stop)
     }
 
     /// The error a final answer of `status` is: out of space (507) or
