@@ -477,3 +477,96 @@ fn a_silent_upstream_is_dialled_again() {
     rx.recv_timeout(wait)
         .expect("the proxy dialled again after the upstream's silence");
 }
+
+/// A scripted upstream pool on loopback for one proxy link: it grants no
+/// version bits, gives extranonce1 `aabbccdd` with 4 bytes of extranonce2,
+/// sends job `a` at difficulty 0.000001 and then raises the difficulty for
+/// jobs after it, and answers the authorization only after `authorize_after`.
+/// Sends on the channel the time it answered the authorization, then the
+/// job id of each share submitted to it.
+fn scripted_upstream(
+    authorize_after: std::time::Duration,
+) -> (
+    String,
+    std::sync::mpsc::Receiver<(std::time::Instant, String)>,
+) {
+    use std::io::{BufRead, Write};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap().to_string();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let Ok((conn, _)) = listener.accept() else {
+            return;
+        };
+        conn.set_read_timeout(Some(std::time::Duration::from_secs(60)))
+            .unwrap();
+        let mut out = conn.try_clone().unwrap();
+        let mut send = |v: serde_json::Value| out.write_all(format!("{v}\n").as_bytes());
+        for line in std::io::BufReader::new(conn).lines() {
+            let Ok(line) = line else { return };
+            let msg: serde_json::Value = serde_json::from_str(&line).unwrap();
+            let id = msg["id"].clone();
+            let sent = match msg["method"].as_str().unwrap_or_default() {
+                "mining.configure" => send(json!({"id": id, "result": {"version-rolling": false}, "error": null})),
+                "mining.subscribe" => send(json!({"id": id, "result": [[], "aabbccdd", 4], "error": null}))
+                    .and_then(|_| send(json!({"id": null, "method": "mining.set_difficulty", "params": [0.000001]})))
+                    .and_then(|_| send(json!({"id": null, "method": "mining.notify", "params": [
+                        "a", "00".repeat(32), "01000000", "ffffffff", [], "20000000", "1d00ffff", "5f5e1000", true
+                    ]})))
+                    .and_then(|_| send(json!({"id": null, "method": "mining.set_difficulty", "params": [1e9]}))),
+                "mining.authorize" => {
+                    std::thread::sleep(authorize_after);
+                    let _ = tx.send((std::time::Instant::now(), String::new()));
+                    send(json!({"id": id, "result": true, "error": null}))
+                }
+                "mining.submit" => {
+                    let _ = tx.send((std::time::Instant::now(), msg["params"][1].as_str().unwrap_or_default().to_string()));
+                    send(json!({"id": id, "result": true, "error": null}))
+                }
+                _ => Ok(()),
+            };
+            if sent.is_err() {
+                return;
+            }
+        }
+    });
+    (addr, rx)
+}
+
+/// A proxy serves the upstream's jobs only once the upstream took its
+/// credentials (before, shares were credited for jobs the upstream never
+/// meant for the link), and forwards a share at the difficulty of the job
+/// it was found on: Stratum's set_difficulty applies from the next job, and
+/// the proxy checked every share against the latest, so a raise dropped
+/// shares the upstream would have taken for the jobs before it.
+#[test]
+fn a_proxy_serves_jobs_once_authorized_and_forwards_at_each_jobs_difficulty() {
+    let tmp = tempfile::tempdir().unwrap();
+    let wait = std::time::Duration::from_secs(30);
+    let (upstream, heard) = scripted_upstream(std::time::Duration::from_millis(1500));
+    let (_, op_acct) = account(0x74);
+    let a = pool_mirror(
+        &tmp.path().join("a"),
+        &["--upstream", &upstream, "--upstream-user", &op_acct],
+    );
+    let (key, acct) = account(0x75);
+    let mut m = TestMiner::connect(a.stratum.as_ref().unwrap());
+    m.subscribe();
+    let served = std::time::Instant::now();
+    let (authorized, _) = heard.recv_timeout(wait).expect("the proxy authorized");
+    assert!(
+        served > authorized,
+        "the proxy served a miner before the upstream took its credentials"
+    );
+    m.authorize(&acct);
+    let job = m.wait_job();
+    assert_eq!(job.id, "a");
+    let nonce = m.grind(&job, &[0, 1], 0, true);
+    let r = m.submit(&acct, &job.id, &[0, 1], job.ntime, nonce).unwrap();
+    assert_eq!(r["result"], json!(true), "{r}");
+    assert_eq!(status(&a.url, &key).shares_accepted, 1);
+    let (_, forwarded) = heard
+        .recv_timeout(wait)
+        .expect("the share was forwarded at its job's difficulty");
+    assert_eq!(forwarded, "a");
+}

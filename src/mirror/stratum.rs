@@ -67,6 +67,66 @@ impl Jobs {
     }
 }
 
+/// The session parts of extranonce1 that live connections hold, so that no
+/// two share one. Two that did would build the same coinbases: their miners
+/// would scan the same headers, and one's shares would be refused as the
+/// other's duplicates. In proxy mode a part is two bytes, so a plain counter
+/// came round to a live connection's part after 65,536 others.
+pub(super) struct SessionParts {
+    /// The next part to try, and the parts held.
+    state: std::sync::Mutex<(u32, std::collections::HashSet<u32>)>,
+}
+
+/// One connection's part, given back when dropped.
+pub(super) struct SessionPart {
+    parts: Arc<SessionParts>,
+    value: u32,
+}
+
+impl SessionParts {
+    /// Parts handed out from `start` on (random, so that a restarted
+    /// mirror hands out fresh ones; the ledger's unique hashes make reuse
+    /// harmless anyway).
+    pub fn new(start: u32) -> SessionParts {
+        SessionParts {
+            state: std::sync::Mutex::new((start, Default::default())),
+        }
+    }
+
+    /// A part of `bytes` (at most 4) that no live connection holds, or
+    /// `None` if every one is held.
+    pub fn take(self: &Arc<Self>, bytes: usize) -> Option<SessionPart> {
+        let space = 1u64 << (8 * bytes.min(4));
+        let mut state = self.state.lock().expect("session parts lock");
+        if state.1.len() as u64 >= space {
+            return None;
+        }
+        loop {
+            let value = (u64::from(state.0) % space) as u32;
+            state.0 = state.0.wrapping_add(1);
+            if state.1.insert(value) {
+                return Some(SessionPart {
+                    parts: self.clone(),
+                    value,
+                });
+            }
+        }
+    }
+}
+
+impl SessionPart {
+    pub fn value(&self) -> u32 {
+        self.value
+    }
+}
+
+impl Drop for SessionPart {
+    fn drop(&mut self) {
+        let mut state = self.parts.state.lock().expect("session parts lock");
+        state.1.remove(&self.value);
+    }
+}
+
 /// How long the pool waits after a failed accept before the next.
 const ACCEPT_RETRY: Duration = Duration::from_millis(100);
 
@@ -94,9 +154,7 @@ pub async fn run_pool(listener: TcpListener, config: PoolConfig, ledger: Ledger)
             None
         }
     };
-    // Extranonce1 counters start at random so a restarted mirror hands out
-    // fresh ones; the ledger's unique hashes make reuse harmless anyway.
-    let counter = Arc::new(AtomicU32::new(rand::random()));
+    let counter = Arc::new(SessionParts::new(rand::random()));
     let config = Arc::new(config);
     loop {
         let (stream, peer) = match listener.accept().await {
@@ -163,7 +221,7 @@ async fn connection(
     jobs: Arc<Jobs>,
     ledger: Ledger,
     config: Arc<PoolConfig>,
-    counter: Arc<AtomicU32>,
+    counter: Arc<SessionParts>,
     forward: Option<mpsc::Sender<Forward>>,
 ) -> std::io::Result<()> {
     let mut lines = Framed::new(stream, LinesCodec::new_with_max_length(MAX_LINE));
@@ -181,7 +239,6 @@ async fn connection(
     let generation = jobs.generation.load(Ordering::Relaxed);
     let (prefix, en2_size) = jobs.extranonce.read().await.clone();
     let mut extranonce1 = prefix;
-    let own = counter.fetch_add(1, Ordering::Relaxed).to_be_bytes();
     // In proxy mode the session's part is what the upstream extranonce2
     // leaves over; see upstream.rs.
     let own_len = if config.upstream.is_some() {
@@ -189,7 +246,14 @@ async fn connection(
     } else {
         4
     };
-    extranonce1.extend_from_slice(&own[4 - own_len..]);
+    let Some(own) = counter.take(own_len) else {
+        return refuse(
+            &mut lines,
+            "the pool has no extranonce left for another connection",
+        )
+        .await;
+    };
+    extranonce1.extend_from_slice(&own.value().to_be_bytes()[4 - own_len..]);
     let mut session = Session::new(
         SessionConfig {
             extranonce1,
@@ -284,5 +348,31 @@ async fn connection(
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Two-byte parts (proxy mode): a counter that wrapped gave a live
+    /// connection's part to the 65,537th; held parts are skipped, every
+    /// part in use means no more, and a part given back is free again.
+    #[test]
+    fn no_two_live_connections_share_an_extranonce_part() {
+        let parts = Arc::new(SessionParts::new(u32::MAX - 5));
+        let first = parts.take(2).unwrap();
+        let mut held: Vec<SessionPart> = (1..1 << 16).map(|_| parts.take(2).unwrap()).collect();
+        let mut values: Vec<u32> = held.iter().map(SessionPart::value).collect();
+        values.push(first.value());
+        values.sort_unstable();
+        values.dedup();
+        assert_eq!(values.len(), 1 << 16, "all distinct");
+        assert!(values.iter().all(|&v| v < 1 << 16));
+        assert!(parts.take(2).is_none(), "every part is held");
+        let freed = held.swap_remove(1234).value();
+        assert_eq!(parts.take(2).map(|p| p.value()), Some(freed));
+        drop(first);
+        assert!(parts.take(2).is_some());
     }
 }

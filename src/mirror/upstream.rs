@@ -14,7 +14,7 @@
 //! the method). A share rolling other bits would be credited here but
 //! rejected upstream.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, VecDeque};
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
@@ -65,8 +65,9 @@ async fn run(
     ledger: Ledger,
     mut rx: mpsc::Receiver<Forward>,
 ) {
-    let mut backoff = Duration::from_millis(200);
+    let mut backoff = FIRST_BACKOFF;
     loop {
+        let started = tokio::time::Instant::now();
         match session(&config, &jobs, &ledger, &mut rx).await {
             Ok(()) => return,
             Err(e) => {
@@ -75,10 +76,32 @@ async fn run(
         }
         // Old jobs cannot be forwarded on a new link.
         *jobs.book.write().await = crate::pool::JobBook::default();
+        // A link that held a while was a working one: its loss is not one
+        // more in a run of failures, and is dialled again soon.
+        if started.elapsed() >= LINK_HELD {
+            backoff = FIRST_BACKOFF;
+        }
         tokio::time::sleep(backoff).await;
-        backoff = (backoff * 2).min(Duration::from_secs(30));
+        backoff = (backoff * 2).min(LAST_BACKOFF);
+        // Shares found on the old link's jobs: the new link knows none of
+        // them, and the upstream would count each as a rejection.
+        while rx.try_recv().is_ok() {}
     }
 }
+
+/// The wait before dialling the upstream again after a first failure; it
+/// doubles with each failure after, up to [`LAST_BACKOFF`].
+const FIRST_BACKOFF: Duration = Duration::from_millis(200);
+const LAST_BACKOFF: Duration = Duration::from_secs(30);
+/// A link that lasted this long resets the wait to [`FIRST_BACKOFF`].
+const LINK_HELD: Duration = Duration::from_secs(60);
+/// Forwarded shares awaiting the upstream's verdict, at most; past that
+/// the oldest is taken as unanswered (an upstream that never answers
+/// submissions would otherwise grow the map for as long as the link
+/// lasts).
+const MAX_PENDING: usize = 4096;
+/// Jobs whose difficulty is remembered, for shares found on them.
+const JOBS_KEPT: usize = 64;
 
 fn io(e: impl ToString) -> std::io::Error {
     std::io::Error::other(e.to_string())
@@ -109,10 +132,19 @@ async fn session(
     let mut version_mask = 0u32;
     // Whether the upstream agreed to version rolling at all.
     let mut rolling = false;
+    // The difficulty of jobs notified from now on (Stratum's
+    // set_difficulty applies from the next job), and each recent job's.
     let mut difficulty = Difficulty::ONE;
-    // Submissions awaiting the upstream's answer: id → share hash.
-    let mut pending: HashMap<u64, [u8; 32]> = HashMap::new();
+    let mut job_difficulty: VecDeque<(String, Difficulty)> = VecDeque::new();
+    // Submissions awaiting the upstream's answer: id → share hash. Ids
+    // only grow, so the first is the oldest.
+    let mut pending: BTreeMap<u64, [u8; 32]> = BTreeMap::new();
     let mut prefix_len = None;
+    // Jobs are served downstream only once the upstream took the
+    // credentials: before that, shares would be credited here for jobs the
+    // upstream never meant for this link. The latest job meanwhile is held.
+    let mut authorized = false;
+    let mut held_job = None;
     let mut heard = tokio::time::Instant::now();
     loop {
         tokio::select! {
@@ -145,8 +177,14 @@ async fn session(
                         // also sees the new extranonce.
                         jobs.generation.fetch_add(1, Ordering::Relaxed);
                     }
-                    ServerMessage::Response { id: Some(opening_id::AUTHORIZE), result, error } if error.is_some() || result != json!(true) => {
-                        return Err(io(format!("upstream refused authorization: {error:?}")));
+                    ServerMessage::Response { id: Some(opening_id::AUTHORIZE), result, error } => {
+                        if error.is_some() || result != json!(true) {
+                            return Err(io(format!("upstream refused authorization: {error:?}")));
+                        }
+                        authorized = true;
+                        if let Some(job) = held_job.take() {
+                            jobs.publish(job).await;
+                        }
                     }
                     ServerMessage::Response { id: Some(id), result, error } => {
                         if let Some(hash) = pending.remove(&id) {
@@ -158,7 +196,19 @@ async fn session(
                             let _ = ledger.run(move |l| l.record_upstream(&hash, ok)).await;
                         }
                     }
-                    ServerMessage::Notify(job) if prefix_len.is_some() => jobs.publish(job).await,
+                    ServerMessage::Notify(job) if prefix_len.is_some() => {
+                        if job.clean {
+                            job_difficulty.clear();
+                        }
+                        if job_difficulty.len() == JOBS_KEPT {
+                            job_difficulty.pop_front();
+                        }
+                        job_difficulty.push_back((job.id.clone(), difficulty));
+                        match authorized {
+                            true => jobs.publish(job).await,
+                            false => held_job = Some(job),
+                        }
+                    }
                     ServerMessage::SetDifficulty(d) => {
                         difficulty = Difficulty::from_f64(d).unwrap_or(Difficulty::ONE);
                     }
@@ -180,7 +230,12 @@ async fn session(
                 let Some(Forward { accepted: a }) = fwd else { return Ok(()) };
                 let Some(prefix_len) = prefix_len else { continue };
                 let rolled_outside = a.submit.version_bits.is_some_and(|bits| bits & !version_mask != 0);
-                if !hash_meets(&a.hash, &difficulty.target()) || a.extranonce1.len() < prefix_len || rolled_outside {
+                let wanted = job_difficulty
+                    .iter()
+                    .rev()
+                    .find(|(id, _)| *id == a.submit.job_id)
+                    .map_or(difficulty, |(_, d)| *d);
+                if !hash_meets(&a.hash, &wanted.target()) || a.extranonce1.len() < prefix_len || rolled_outside {
                     continue;
                 }
                 let mut extranonce2 = a.extranonce1[prefix_len..].to_vec();
@@ -193,6 +248,9 @@ async fn session(
                     nonce: a.submit.nonce,
                     version_bits: a.submit.version_bits,
                 };
+                if pending.len() == MAX_PENDING {
+                    pending.pop_first();
+                }
                 pending.insert(next_id, a.hash);
                 lines.send(stratum::request(next_id, "mining.submit", stratum::submit_params(&submit))).await.map_err(io)?;
                 next_id += 1;
