@@ -3680,6 +3680,109 @@ fn sigterm_while_in_use_detaches_and_ends_when_let_go() {
     drop(m);
 }
 
+/// A second SIGTERM ends a mount that, detached at the first, waits for a
+/// file still open on it: as at a second Ctrl-C to sshfs, the user means
+/// now. What was made durable stays so. The second signal was ignored, and
+/// the process went on for as long as the file stayed open.
+#[test]
+fn a_second_sigterm_ends_a_mount_waiting_for_its_last_user() {
+    use std::io::Write;
+    let tmp = tempfile::tempdir().unwrap();
+    let (_mirrors, client) = common::three_mirrors_and_client(tmp.path());
+    let mp = tmp.path().join("mnt");
+    let m = Mounted::new(&client, &mp);
+    let mut held = std::fs::File::create(mp.join("held")).unwrap();
+    held.write_all(b"made durable").unwrap();
+    held.sync_all().unwrap();
+    let pattern = format!("[l]ode mount {} --foreground", mp.display());
+    let running = || {
+        Command::new("pgrep")
+            .args(["-f", &pattern])
+            .status()
+            .unwrap()
+            .success()
+    };
+    run(Command::new("pkill").args(["-TERM", "-f", &pattern]));
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while common::mount::mounted(&mp) {
+        assert!(Instant::now() < deadline, "still mounted after SIGTERM");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    std::thread::sleep(Duration::from_millis(500));
+    assert!(running(), "the first signal waits for the file still open");
+    run(Command::new("pkill").args(["-TERM", "-f", &pattern]));
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while running() {
+        assert!(
+            Instant::now() < deadline,
+            "the second signal did not end the mount process"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    drop(held);
+    drop(m);
+    let m = Mounted::new(&client, &mp);
+    assert_eq!(std::fs::read(mp.join("held")).unwrap(), b"made durable");
+    drop(m);
+}
+
+/// Ctrl-C at a background `lode mount` still waiting for its mount to come
+/// up stops the mount process too. The process runs in its own process
+/// group, so the terminal's SIGINT reached only the waiting parent: it
+/// died, and the mount came up anyway once it could.
+#[test]
+fn ctrl_c_while_a_background_mount_starts_stops_it() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (_mirrors, client) = common::three_mirrors_and_client(tmp.path());
+    let mp = tmp.path().join("mnt");
+    std::fs::create_dir_all(&mp).unwrap();
+    // Held here, the lock of the identity's mount keeps the new mount
+    // process waiting, as after another mount's unmount.
+    std::fs::create_dir_all(client.home.join("data")).unwrap();
+    let lock = std::fs::File::create(client.home.join("data/mount.lock")).unwrap();
+    lock.lock().unwrap();
+    let mut parent = Command::new(common::LODE)
+        .args(["mount", mp.to_str().unwrap()])
+        .env("LODE_HOME", &client.home)
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let pattern = format!("[l]ode mount {} --foreground", mp.display());
+    let running = || {
+        Command::new("pgrep")
+            .args(["-f", &pattern])
+            .status()
+            .unwrap()
+            .success()
+    };
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !running() {
+        assert!(Instant::now() < deadline, "no mount process started");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    std::thread::sleep(Duration::from_millis(300));
+    run(Command::new("kill").args(["-INT", &parent.id().to_string()]));
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let status = loop {
+        if let Some(status) = parent.try_wait().unwrap() {
+            break status;
+        }
+        assert!(Instant::now() < deadline, "lode mount did not end");
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let out = parent.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("interrupted"), "{stderr}");
+    assert!(!running(), "the mount process goes on");
+    drop(lock);
+    std::thread::sleep(Duration::from_secs(2));
+    assert!(!common::mount::mounted(&mp), "the mount came up after all");
+    assert!(!running());
+}
+
 /// Wait (at most 60 s) for the process of the mount at `mp` to end.
 fn wait_mount_process_gone(mp: &Path) {
     let pattern = format!("[l]ode mount {} --foreground", mp.display());

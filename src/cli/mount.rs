@@ -732,11 +732,18 @@ pub fn mount(args: MountArgs) -> Result<()> {
             _ = term.recv() => unmount(&mountpoint),
             _ = int.recv() => unmount(&mountpoint),
             _ = hup.recv() => unmount(&mountpoint),
-            r = &mut ended => return anyhow::Ok(error(r)),
+            r = &mut ended => {
+                // Unmounted from outside: a signal now comes during the
+                // final upload, and cuts it short.
+                tokio::spawn(cut_short_at_signal(term, int, hup));
+                return anyhow::Ok(error(r));
+            }
         }
         // Unmounted, perhaps lazily: the session ends once the kernel lets
         // go of it, when the last file open on it closes. Until then this
-        // process serves those files, and keeps its lock.
+        // process serves those files, and keeps its lock, unless another
+        // signal says to stop now.
+        tokio::spawn(cut_short_at_signal(term, int, hup));
         anyhow::Ok(error((&mut ended).await))
     })?;
     keeper.stop_mining();
@@ -759,6 +766,30 @@ pub fn mount(args: MountArgs) -> Result<()> {
         Some(e) => bail!("the FUSE session ended with an error: {e}"),
         None => Ok(()),
     }
+}
+
+/// After the unmount began: end the process at the next SIGTERM, SIGINT
+/// or SIGHUP, as sshfs and gocryptfs end at a second Ctrl-C. A mount
+/// detached lazily waits for its last user, and the final upload for the
+/// mirrors; a user or service manager that asks again means now. Nothing
+/// is lost: what is staged is on disk, as after a crash, and the next
+/// mount uploads it. Files still open on a detached mount then fail
+/// (ENOTCONN), as they would at `umount -f`.
+async fn cut_short_at_signal(
+    mut term: tokio::signal::unix::Signal,
+    mut int: tokio::signal::unix::Signal,
+    mut hup: tokio::signal::unix::Signal,
+) {
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = int.recv() => {}
+        _ = hup.recv() => {}
+    }
+    say!(
+        "lode: stopping now, at a second signal; changes not yet uploaded stay staged, \
+         and the next mount uploads them"
+    );
+    std::process::exit(1);
 }
 
 /// How often a mount saves the directory versions it has seen, when they
@@ -985,9 +1016,18 @@ fn spawn_background(args: &MountArgs) -> Result<()> {
         .stderr(log)
         .process_group(0);
     let mut child = cmd.spawn()?;
+    note_interrupts();
     let deadline = Instant::now() + Duration::from_secs(60);
     let mut checked = Instant::now();
     loop {
+        if let Some(signal) = interrupted() {
+            // The child is in its own process group, so a Ctrl-C at the
+            // terminal reached only this process: left alone, the child
+            // would go on and mount after all. It is asked to stop as a
+            // mount is (a live one unmounts), and waited for.
+            stop_child(&mut child);
+            bail!("interrupted ({signal}) before the mount came up; it was stopped");
+        }
         if is_mounted(&args.mountpoint) {
             println!(
                 "lode mounted at {} (pid {}, log {})",
@@ -1035,6 +1075,58 @@ fn spawn_background(args: &MountArgs) -> Result<()> {
         }
         std::thread::sleep(Duration::from_millis(100));
     }
+}
+
+/// The signal that interrupted a background `lode mount` waiting for its
+/// mount to come up, 0 for none.
+static INTERRUPTED: std::sync::atomic::AtomicI32 = std::sync::atomic::AtomicI32::new(0);
+
+extern "C" fn note_interrupt(signal: libc::c_int) {
+    INTERRUPTED.store(signal, std::sync::atomic::Ordering::Relaxed);
+}
+
+/// Note SIGINT, SIGTERM and SIGHUP in [`INTERRUPTED`] instead of dying at
+/// them, for [`interrupted`] to find.
+#[allow(unsafe_code)]
+fn note_interrupts() {
+    use nix::sys::signal::{SaFlags, SigAction, SigHandler, SigSet, Signal, sigaction};
+    let action = SigAction::new(
+        SigHandler::Handler(note_interrupt),
+        SaFlags::SA_RESTART,
+        SigSet::empty(),
+    );
+    for signal in [Signal::SIGINT, Signal::SIGTERM, Signal::SIGHUP] {
+        // SAFETY: the handler only stores to an atomic, which is
+        // async-signal-safe, and no other handler is replaced: this
+        // process set none.
+        if let Err(e) = unsafe { sigaction(signal, &action) } {
+            tracing::debug!(%signal, error = %e, "signal not noted");
+        }
+    }
+}
+
+/// The signal noted by [`note_interrupts`], if one came.
+fn interrupted() -> Option<nix::sys::signal::Signal> {
+    match INTERRUPTED.load(std::sync::atomic::Ordering::Relaxed) {
+        0 => None,
+        n => nix::sys::signal::Signal::try_from(n).ok(),
+    }
+}
+
+/// Ask a mount process still starting to stop (SIGTERM: a live mount
+/// unmounts, one not yet live ends), and wait for it; at last, kill it.
+fn stop_child(child: &mut std::process::Child) {
+    let pid = nix::unistd::Pid::from_raw(child.id() as i32);
+    let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while Instant::now() < deadline {
+        if !matches!(child.try_wait(), Ok(None)) {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let _ = child.kill();
+    let _ = child.wait();
 }
 
 #[cfg(test)]
