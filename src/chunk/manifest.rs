@@ -56,24 +56,32 @@ struct Blob {
     keys: ByteBuf,
 }
 
+// The sequences below are refused as they run past what a writer makes,
+// not counted once decoded: an empty byte string is one byte of CBOR and
+// 24 in memory, so a node its author padded with them (a friend's file)
+// held about 24 times its size before any check. No writer makes a node
+// wider than FANOUT, and a reader caches nodes by count.
 #[derive(Serialize, Deserialize)]
 struct Locs {
     depth: u8,
     k: u8,
     n: u8,
     size: u64,
+    #[serde(deserialize_with = "at_most::<FANOUT, _, _>")]
     entries: Vec<LocEntry>,
 }
 
 #[derive(Serialize, Deserialize, Clone)]
 struct LocEntry {
     len: u64,
+    #[serde(deserialize_with = "at_most::<{ u8::MAX as usize }, _, _>")]
     shares: Vec<ByteBuf>,
     vkey: Option<ByteBuf>,
 }
 
 #[derive(Serialize, Deserialize)]
 struct Keys {
+    #[serde(deserialize_with = "at_most::<FANOUT, _, _>")]
     keys: Vec<ByteBuf>,
     /// Format 2 only: the file's bytes.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -117,7 +125,10 @@ impl Node {
     /// which is only ever a root (below one, its bytes would be skipped
     /// and the file read short).
     pub fn fits_under(&self, parent: &Node, entry: &NodeEntry) -> Result<()> {
-        if self.depth + 1 != parent.depth || self.size != entry.len || self.inline {
+        // Not `self.depth + 1`: a hostile author's depth of 255 overflowed
+        // (a panic in builds with overflow checks, the fuzzers' among them).
+        if parent.depth.checked_sub(1) != Some(self.depth) || self.size != entry.len || self.inline
+        {
             return Err(Error::MalformedManifest(
                 "child node does not fit its parent".into(),
             ));
@@ -134,6 +145,38 @@ fn arr32(b: &ByteBuf) -> Result<[u8; 32]> {
 
 fn cbor<T: Serialize>(v: &T) -> Vec<u8> {
     serde_cbor::to_vec(v).expect("manifest structures always serialize")
+}
+
+/// Deserialize a sequence of at most `MAX` items, refused at the first
+/// item past that.
+fn at_most<'de, const MAX: usize, D, T>(d: D) -> std::result::Result<Vec<T>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: Deserialize<'de>,
+{
+    struct Bounded<const MAX: usize, T>(std::marker::PhantomData<T>);
+    impl<'de, const MAX: usize, T: Deserialize<'de>> serde::de::Visitor<'de> for Bounded<MAX, T> {
+        type Value = Vec<T>;
+
+        fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+            write!(f, "a sequence of at most {MAX} items")
+        }
+
+        fn visit_seq<A: serde::de::SeqAccess<'de>>(
+            self,
+            mut seq: A,
+        ) -> std::result::Result<Vec<T>, A::Error> {
+            let mut out = Vec::with_capacity(seq.size_hint().unwrap_or(0).min(MAX));
+            while let Some(item) = seq.next_element()? {
+                if out.len() == MAX {
+                    return Err(serde::de::Error::invalid_length(MAX + 1, &self));
+                }
+                out.push(item);
+            }
+            Ok(out)
+        }
+    }
+    d.deserialize_seq(Bounded::<MAX, T>(std::marker::PhantomData))
 }
 
 fn uncbor<'a, T: Deserialize<'a>>(b: &'a [u8]) -> Result<T> {
@@ -164,14 +207,6 @@ impl Node {
         let locs: Locs = uncbor(&vk.open(&[LOCS_CONTEXT, &keys_digest], &blob.locs)?)?;
         let params = Params::new(locs.k, locs.n)
             .map_err(|_| Error::MalformedManifest("invalid k/n".into()))?;
-        // No writer makes a wider node, and a reader caches nodes by count:
-        // one a friend made wider would hold that much more memory.
-        if locs.entries.len() > FANOUT {
-            return Err(Error::MalformedManifest(format!(
-                "{} entries in a node, more than {FANOUT}",
-                locs.entries.len()
-            )));
-        }
         if inline && (locs.depth != 0 || !locs.entries.is_empty()) {
             return Err(Error::MalformedManifest(
                 "a node holding its file's bytes has children".into(),
@@ -643,5 +678,39 @@ mod tests {
         assert!(node.data.is_none());
         // Claiming format 2 with children is refused.
         assert!(Node::open_read(&with_version(&blob, INLINE_VERSION), &cap.read_key).is_err());
+    }
+}
+
+#[cfg(test)]
+mod depth_tests {
+    use super::*;
+
+    fn node(depth: u8) -> Node {
+        Node {
+            depth,
+            params: Params::new(2, 3).unwrap(),
+            size: 10,
+            entries: Vec::new(),
+            inline: false,
+            data: None,
+        }
+    }
+
+    /// A child exactly one level down fits; a hostile depth of 255 under a
+    /// leaf is refused, not an overflow (which panicked with overflow
+    /// checks on).
+    #[test]
+    fn a_child_fits_one_level_down_and_no_depth_overflows() {
+        let entry = NodeEntry {
+            len: 10,
+            shares: Vec::new(),
+            verify_key: None,
+            key: None,
+        };
+        assert!(node(0).fits_under(&node(1), &entry).is_ok());
+        assert!(node(1).fits_under(&node(1), &entry).is_err());
+        assert!(node(255).fits_under(&node(0), &entry).is_err());
+        assert!(node(255).fits_under(&node(255), &entry).is_err());
+        assert!(node(0).fits_under(&node(0), &entry).is_err());
     }
 }

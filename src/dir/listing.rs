@@ -46,6 +46,58 @@ pub const MAX_PAGE_BYTES: usize = super::MAX_SLOT_BYTES;
 /// many is already over a slot's size.
 const MAX_PAGES: usize = 1 << 18;
 
+/// The most plaintext a paged listing's pages may hold together: about
+/// four million entries. A reader holds all of them at once.
+pub const MAX_LISTING_BYTES: u64 = 1 << 30;
+/// The largest page an index may name more than once. Only empty pages
+/// repeat (their plaintext, and so their convergent cap, is the same);
+/// one is a few dozen bytes.
+const REPEATED_PAGE_BYTES: u64 = 64;
+
+/// Refuse an index's pages that no writer makes and that would have a
+/// reader fetch or hold far more than the listing could be: a count not
+/// a power of two up to `MAX_PAGES`, a page over `MAX_PAGE_BYTES`, more
+/// than `MAX_LISTING_BYTES` in all, or a page with entries named twice.
+/// A friend's index naming one 16 MiB page 120,000 times (it fits in a
+/// slot) had a reader fetch and hold each copy: about 1.9 TiB.
+fn check_pages(pages: &[FileReadCap]) -> Result<()> {
+    if !pages.len().is_power_of_two() || pages.len() > MAX_PAGES {
+        return Err(Error::Malformed(format!(
+            "a listing index of {} pages (a power of two up to {MAX_PAGES})",
+            pages.len()
+        )));
+    }
+    let mut seen = std::collections::HashMap::with_capacity(pages.len());
+    let mut total = 0u64;
+    for cap in pages {
+        if cap.size > MAX_PAGE_BYTES as u64 {
+            return Err(Error::Malformed(format!(
+                "a listing page of {} bytes, over the {MAX_PAGE_BYTES} a reader accepts",
+                cap.size
+            )));
+        }
+        match seen.entry(cap.root) {
+            std::collections::hash_map::Entry::Vacant(v) => {
+                v.insert(cap);
+                total += cap.size;
+            }
+            std::collections::hash_map::Entry::Occupied(o) => {
+                if *o.get() != cap || cap.size > REPEATED_PAGE_BYTES {
+                    return Err(Error::Malformed(
+                        "a listing index names a page with entries twice".into(),
+                    ));
+                }
+            }
+        }
+    }
+    if total > MAX_LISTING_BYTES {
+        return Err(Error::Malformed(format!(
+            "listing pages of {total} bytes in all, over the {MAX_LISTING_BYTES} a reader holds"
+        )));
+    }
+    Ok(())
+}
+
 /// What an entry names.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -792,6 +844,7 @@ impl Listing {
                 _ => Err(Error::Malformed("a listing page is a file read-cap".into())),
             })
             .collect::<Result<Vec<_>>>()?;
+        check_pages(&pages)?;
         Ok(Listing {
             pages,
             pending: true,
@@ -803,7 +856,7 @@ impl Listing {
 
     /// Fill a pending listing from the plaintexts of its pages, in order.
     /// Each page must hold exactly the names that hash to it.
-    pub fn fill(&mut self, pages: &[Vec<u8>]) -> Result<()> {
+    pub fn fill<P: AsRef<[u8]>>(&mut self, pages: &[P]) -> Result<()> {
         if !self.pending {
             return Ok(());
         }
@@ -818,7 +871,7 @@ impl Listing {
         let mut entries = BTreeMap::new();
         let mut links = BTreeMap::new();
         for (i, bytes) in pages.iter().enumerate() {
-            let wire = decode_wire(bytes)?;
+            let wire = decode_wire(bytes.as_ref())?;
             if wire.v < 3 || !wire.pages.is_empty() || wire.this.is_some() || wire.home.is_some() {
                 return Err(Error::Malformed(format!("listing page {i} is not a page")));
             }
@@ -962,6 +1015,62 @@ mod tests {
         assert!(!read.is_pending());
         assert_eq!(read.entries, l.entries);
         assert_eq!(read.links, l.links);
+    }
+
+    /// An index naming what no writer makes, which would have a reader
+    /// fetch or hold far more than a listing can be, is refused; one with
+    /// empty pages named many times (a small listing in many pages) reads.
+    #[test]
+    fn an_index_naming_more_than_a_listing_can_hold_is_refused() {
+        let decode =
+            |caps: &[FileReadCap]| Listing::decode(&Listing::encode_index(caps, None, None));
+        let page = |i: u32, size: u64| FileReadCap {
+            read_key: ReadKey::from_bytes([1; 32]),
+            root: crate::crypto::sha256(&i.to_le_bytes()),
+            size,
+        };
+        let full = MAX_PAGE_BYTES as u64;
+        assert!(
+            decode(&[page(0, 1), page(1, 1), page(2, 1)]).is_err(),
+            "3 pages"
+        );
+        assert!(
+            decode(&[page(0, full + 1), page(1, 1)]).is_err(),
+            "a page too big"
+        );
+        assert!(
+            decode(&vec![page(0, full); 1024]).is_err(),
+            "one page 1024 times"
+        );
+        assert!(
+            decode(&vec![page(0, 100); 2]).is_err(),
+            "a page with entries twice"
+        );
+        let mut other_key = page(0, 10);
+        other_key.read_key = ReadKey::from_bytes([2; 32]);
+        assert!(
+            decode(&[page(0, 10), other_key]).is_err(),
+            "one root, two keys"
+        );
+        let many: Vec<FileReadCap> = (0..128).map(|i| page(i, full)).collect();
+        assert!(decode(&many).is_err(), "2 GiB of pages");
+        let fits: Vec<FileReadCap> = (0..64).map(|i| page(i, full)).collect();
+        assert!(decode(&fits).is_ok(), "1 GiB of pages");
+
+        let l = listing(2, 10);
+        let pages = pages_of(&l, 16);
+        assert!(pages.len() >= 16, "{} pages", pages.len());
+        let caps: Vec<FileReadCap> = pages
+            .iter()
+            .map(|p| FileReadCap {
+                read_key: ReadKey::from_bytes(crate::crypto::sha256(p)),
+                root: crate::crypto::sha256(p),
+                size: p.len() as u64,
+            })
+            .collect();
+        let mut read = Listing::decode(&Listing::encode_index(&caps, None, None)).unwrap();
+        read.fill(&pages).unwrap();
+        assert_eq!(read.entries, l.entries);
     }
 
     /// An entry marked kept reads back kept; one without the mark (every

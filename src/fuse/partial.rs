@@ -99,10 +99,15 @@ impl State {
             base_len,
             held: Blocks::default(),
         };
+        // Blocks from here on are never the base's, so never consulted: a
+        // damaged record naming one (2^40, say) would otherwise grow the
+        // bitmap to fit it, and abort every recovery on the allocation.
+        let base_blocks = base_len.div_ceil(BLOCK);
         // A torn last record (a crash mid-append) is not in `records`.
         for r in records {
             let value = u64::from_le_bytes(r[1..].try_into().expect("8 bytes"));
             match r[0] {
+                HELD if value >= base_blocks => {}
                 HELD => state.held.set(value),
                 TRUNCATED => state.base_len = state.base_len.min(value),
                 _ => return Err(bad("unknown fill log record")),
@@ -368,6 +373,20 @@ mod tests {
         assert!(
             State::replay(&[1, 2, 3], BLOCK).is_err(),
             "no version record"
+        );
+    }
+
+    /// A damaged record naming a block far past the base (a flipped high
+    /// bit) is ignored: such blocks are never the base's, and fitting the
+    /// bitmap to it asked for up to 2^61 bytes, aborting every recovery.
+    #[test]
+    fn a_held_block_past_the_base_takes_no_room() {
+        let bytes = log(&[(HELD, 1), (HELD, 1 << 40), (HELD, u64::MAX)]);
+        let s = State::replay(&bytes, 4 * BLOCK).unwrap();
+        assert!(s.held.0.len() <= 1, "{} words", s.held.0.len());
+        assert_eq!(
+            s.absent(0, 4 * BLOCK),
+            vec![(0, BLOCK), (2 * BLOCK, 4 * BLOCK)]
         );
     }
 

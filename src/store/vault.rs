@@ -17,9 +17,7 @@ use super::{ChunkCache, Error, Grid, GridConfig, Result, Storage};
 use crate::caps::{Cap, DirReadCap, DirWriteCap, FileReadCap};
 use crate::chunk::{self, ChunkerParams, FileEncoder, Node, Params, Share, share};
 use crate::crypto::{ConvergenceSecret, ReadKey, RootSecret, SlotSeed};
-use crate::dir::{
-    Encoded, Entry, EntryKind, Listing, MAX_PAGE_BYTES, MAX_SLOT_BYTES, SlotEnvelope, check_name,
-};
+use crate::dir::{Encoded, Entry, EntryKind, Listing, MAX_SLOT_BYTES, SlotEnvelope, check_name};
 
 /// Share bytes a vault's puts keep in flight to the mirrors, all of them
 /// together. Each upload waits for a mirror's fsync, so the window must
@@ -1502,24 +1500,25 @@ impl Vault {
         if !listing.is_pending() {
             return Ok(());
         }
-        // Pages average `PAGE_BYTES` or less; a reader is not made to hold
-        // more than a slot's worth for one.
-        if let Some(big) = listing
-            .pages
-            .iter()
-            .find(|c| c.size > MAX_PAGE_BYTES as u64)
-        {
-            return Err(crate::dir::Error::Malformed(format!(
-                "a listing page of {} bytes, over the {MAX_PAGE_BYTES} a reader accepts",
-                big.size
-            ))
-            .into());
+        // Each page once: only empty pages repeat (`Listing::decode`
+        // refuses the rest), and the pages' sizes were bounded there.
+        let mut distinct: Vec<FileReadCap> = Vec::new();
+        let mut at: Vec<usize> = Vec::with_capacity(listing.pages.len());
+        let mut index = std::collections::HashMap::new();
+        for cap in &listing.pages {
+            at.push(*index.entry(cap.root).or_insert_with(|| {
+                distinct.push(cap.clone());
+                distinct.len() - 1
+            }));
         }
-        let pages: Vec<Vec<u8>> = futures_util::stream::iter(listing.pages.clone())
+        // Owned, not borrowed: a borrowed cap made the future not `Send`
+        // for every lifetime (the keeper spawns it).
+        let fetched: Vec<Vec<u8>> = futures_util::stream::iter(distinct)
             .map(|cap| async move { self.get_bytes(&cap).await })
             .buffered(PAGES_IN_FLIGHT)
             .try_collect()
             .await?;
+        let pages: Vec<&[u8]> = at.iter().map(|&i| &fetched[i][..]).collect();
         listing.fill(&pages)?;
         Ok(())
     }
