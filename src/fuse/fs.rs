@@ -1329,7 +1329,8 @@ impl LodeFs {
     /// between the two would leave the moved entry in neither.
     fn publish(&self, dir: u64) -> Result<()> {
         self.publish_ordered(dir, &mut Vec::new(), &mut HashSet::new(), false)?;
-        self.drop_ghosts(false);
+        // Only the old names' cleanup: this directory is safe either way.
+        let _ = self.drop_ghosts(false);
         Ok(())
     }
 
@@ -1363,6 +1364,9 @@ impl LodeFs {
         // helper's kill -9 sweep of moves between four directories).
         let mut done: std::collections::HashMap<u64, usize> = std::collections::HashMap::new();
         let mut held_back = false;
+        // Held back for `HOLD_BACK_MAX` already: it goes up now, keeping
+        // at their old names what moved out (`Tree::ghosts`).
+        let mut overdue = false;
         loop {
             let first: Vec<u64> = {
                 let mut guard = self.lock();
@@ -1426,10 +1430,16 @@ impl LodeFs {
                     && !owed.contains(&dir)
                     && first.iter().any(|&d| waits_its_turn(tree, d, now))
                 {
-                    visiting.pop();
-                    return Ok(());
+                    if !tree.hold_back(dir, now) {
+                        overdue = true;
+                        Vec::new()
+                    } else {
+                        visiting.pop();
+                        return Ok(());
+                    }
+                } else {
+                    first
                 }
-                first
             };
             if first.is_empty() {
                 break;
@@ -1460,9 +1470,18 @@ impl LodeFs {
         // A destination that kept changing: in the background this one
         // waits for the next round rather than go up without what moved
         // there; a sync publishes it, as the caller asked.
-        if held_back && background && !owed.contains(&dir) {
+        // A destination busy for good (an untar into it) would hold this
+        // one back as long, with its other changes: not past
+        // `HOLD_BACK_MAX`.
+        if held_back
+            && background
+            && !owed.contains(&dir)
+            && !overdue
+            && self.lock().hold_back(dir, Instant::now())
+        {
             return Ok(());
         }
+        self.lock().held_back.remove(&dir);
         self.publish_one(dir)
     }
 
@@ -1472,19 +1491,24 @@ impl LodeFs {
     /// The directories still waiting for that stay dirty for the flusher.
     /// In the `background`, as [`Self::publish_ordered`] there: a
     /// directory whose destinations wait their turn waits too.
-    fn drop_ghosts(&self, background: bool) {
+    /// The first failure, if any: a sync reports it, as the mirrors still
+    /// list a renamed file at its old name too.
+    fn drop_ghosts(&self, background: bool) -> Option<Error> {
         let ready: Vec<u64> = {
             let tree = self.lock();
             let ready = |d: &&u64| tree.dirty.contains(*d) && !tree.ghosting(**d);
             tree.ghosted.iter().filter(ready).copied().collect()
         };
+        let mut first = None;
         for dir in ready {
             // A failure leaves it dirty, for the next round.
             let walk = self.publish_ordered(dir, &mut Vec::new(), &mut HashSet::new(), background);
             if let Err(e) = walk {
                 tracing::debug!(dir, error = %e, "a directory keeps files renamed away");
+                first.get_or_insert(e);
             }
         }
+        first
     }
 
     /// Publish one directory's listing.
@@ -1505,12 +1529,22 @@ impl LodeFs {
         };
         let started = Instant::now();
         let mut attempt = None;
-        let result = self.rt.block_on(self.vault.replace_dir(
-            &outgoing.write,
-            listing,
-            outgoing.known,
-            &mut attempt,
-        ));
+        // A panic on the way must still reach `listing_sent` below: the
+        // directory stayed marked as publishing, and every later sync,
+        // fsync and final flush of it waited for good.
+        let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            self.rt.block_on(self.vault.replace_dir(
+                &outgoing.write,
+                listing,
+                outgoing.known,
+                &mut attempt,
+            ))
+        }))
+        .unwrap_or_else(|_| {
+            Err(crate::store::Error::Io(std::io::Error::other(
+                "publishing the listing panicked (a bug: see the log)",
+            )))
+        });
         {
             let mut tree = self.lock();
             let sent = match &result {
@@ -2183,13 +2217,34 @@ impl LodeFs {
         let file = std::fs::OpenOptions::new().write(true).open(staged)?;
         let meta = file.metadata()?;
         let len = meta.len();
+        // What is fetched is made durable and held in the log every
+        // `RECOVERY_CHECKPOINT`, and when a fetch fails: a copy of many
+        // GiB whose recovery failed partway (a mirror away) started again
+        // from its first byte at every try.
+        let checkpoint = |from: u64, to: u64| -> Result<()> {
+            file.sync_data()?;
+            Ok(lacking.hold(from, to)?)
+        };
         for (lo, hi) in lacking.absent(0, len) {
-            let mut at = lo;
+            let (mut at, mut held) = (lo, lo);
             while at < hi {
                 let mut buf = vec![0; (hi - at).min(partial::BLOCK) as usize];
-                self.fetch_base(base, at, &mut buf)?;
-                self.with_room(|| Ok(file.write_all_at(&buf, at)?))?;
+                let fetched = self
+                    .fetch_base(base, at, &mut buf)
+                    .and_then(|()| self.with_room(|| Ok(file.write_all_at(&buf, at)?)));
+                if let Err(e) = fetched {
+                    if at > held
+                        && let Err(c) = checkpoint(held, at)
+                    {
+                        tracing::warn!(error = %c, "cannot keep the part of a recovery fetched");
+                    }
+                    return Err(e);
+                }
                 at += buf.len() as u64;
+                if at - held >= RECOVERY_CHECKPOINT {
+                    checkpoint(held, at)?;
+                    held = at;
+                }
             }
         }
         // Recovery takes the file's time from the copy's: the last
@@ -2611,7 +2666,7 @@ impl LodeFs {
             })
             .map(|(&ino, _)| ino)
             .collect();
-        let mut first_err = self.upload_all(files);
+        let mut first_err = self.upload_all(files, background);
         let dirs: Vec<u64> = {
             let tree = self.lock();
             // In the background, a directory too large to publish waits
@@ -2639,12 +2694,20 @@ impl LodeFs {
             }
         }
         // Those whose files renamed away went up after them.
-        self.drop_ghosts(background);
+        let ghosts = self.drop_ghosts(background);
+        if !background && let Some(e) = ghosts {
+            first_err.get_or_insert(e);
+        }
         first_err.map_or(Ok(()), Err)
     }
 
     /// Upload `files`, a few side by side; the first error, if any.
-    fn upload_all(&self, files: Vec<u64>) -> Option<Error> {
+    ///
+    /// In the `background`, a file that kept changing (opened for writing
+    /// again meanwhile) is no failure: it stays dirty, and goes up once
+    /// closed. It failed the pass, and the flusher paused up to half a
+    /// minute with an error in `lode status`.
+    fn upload_all(&self, files: Vec<u64>, background: bool) -> Option<Error> {
         let (mut small, mut large) = (Vec::new(), Vec::new());
         {
             let tree = self.lock();
@@ -2681,11 +2744,15 @@ impl LodeFs {
                         let Some(ino) = next else {
                             break;
                         };
-                        if let Err(e) = this.upload(ino) {
-                            errors
-                                .lock()
-                                .unwrap_or_else(|p| p.into_inner())
-                                .get_or_insert(e);
+                        match this.upload(ino) {
+                            Ok(()) => {}
+                            Err(Error::KeptChanging(..)) if background => {}
+                            Err(e) => {
+                                errors
+                                    .lock()
+                                    .unwrap_or_else(|p| p.into_inner())
+                                    .get_or_insert(e);
+                            }
                         }
                     }
                 });
@@ -2809,7 +2876,7 @@ impl LodeFs {
             (files, dirs)
         };
         // A failed upload keeps the file's staged copy durable here.
-        if let Some(e) = self.upload_all(files) {
+        if let Some(e) = self.upload_all(files, false) {
             return Err(e);
         }
         for child in dirs {
@@ -2831,12 +2898,69 @@ impl LodeFs {
     pub fn start_flusher(self: &Arc<Self>) -> std::thread::JoinHandle<()> {
         let fs = self.clone();
         std::thread::spawn(move || {
+            std::thread::scope(|scope| {
+                // Staged files an earlier mount left, placed on their own
+                // thread: one that takes long (a large partly staged copy
+                // to fill from the mirrors) held up every upload and
+                // publish of new changes meanwhile.
+                scope.spawn(|| {
+                    while !fs.stop.load(Ordering::Relaxed) {
+                        std::thread::sleep(Duration::from_secs(1));
+                        if fs.stop.load(Ordering::Relaxed) {
+                            break;
+                        }
+                        let pass = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                            fs.retry_recovery()
+                        }));
+                        if pass.is_err() {
+                            tracing::error!("a recovery pass panicked");
+                        }
+                    }
+                });
+                fs.flush_in_background();
+            })
+        })
+    }
+
+    /// The flusher's loop (see [`Self::start_flusher`]), until stopped.
+    fn flush_in_background(&self) {
+        let fs = self;
+        {
             let mut next_try = Instant::now();
             while !fs.stop.load(Ordering::Relaxed) {
                 std::thread::sleep(Duration::from_secs(1));
-                fs.retry_recovery();
-                if Instant::now() >= next_try {
-                    let result = fs.flush_background();
+                // Stopped meanwhile: the final flush runs beside no pass.
+                if fs.stop.load(Ordering::Relaxed) {
+                    break;
+                }
+                // A sync that got everything up since the last failure
+                // ends its pause.
+                if fs
+                    .flush_failing
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .is_none()
+                {
+                    next_try = next_try.min(Instant::now());
+                }
+                // A panic in a pass is that pass's failure, not the end of
+                // background flushing for the rest of the mount (unseen,
+                // but for a log line: the join ignores it).
+                let pass = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                    (Instant::now() >= next_try).then(|| fs.flush_background())
+                }));
+                let result = match pass {
+                    Ok(result) => result,
+                    Err(_) => {
+                        tracing::error!("a background flush pass panicked");
+                        Some(Err(Error::Store(crate::store::Error::Io(
+                            std::io::Error::other(
+                                "a background flush pass panicked (a bug: see the log)",
+                            ),
+                        ))))
+                    }
+                };
+                if let Some(result) = result {
                     let mut failing = fs.flush_failing.lock().unwrap_or_else(|p| p.into_inner());
                     match result {
                         Ok(()) => *failing = None,
@@ -2868,7 +2992,7 @@ impl LodeFs {
                 // again, so not after every free.
                 give_back_freed_memory();
             }
-        })
+        }
     }
 
     /// Once the inode table outgrows its budget, forget idle directories'
@@ -4037,9 +4161,18 @@ fn carry_earlier_bases(staged: &Path, note: &mut notes::Note) {
     note.replaces.truncate(MAX_NOTED_VERSIONS);
 }
 
+/// How much of a partly staged copy's base a recovery fetches between
+/// making it durable and recording it in the copy's fill log.
+const RECOVERY_CHECKPOINT: u64 = 64 << 20;
+
 /// How often one publish sends each directory an entry moved into
 /// before it (see `LodeFs::publish_ordered`).
 const PUBLISH_ROUNDS: usize = 4;
+
+/// The longest the flusher holds a directory back for a destination of
+/// its moves that keeps changing or waits its turn: then it goes up with
+/// what moved out kept at the old names, until the destination names it.
+pub(super) const HOLD_BACK_MAX: Duration = Duration::from_secs(10);
 
 /// Most versions a recovery note names as replaceable: a rename chain's
 /// (`MAX_REPLACES`) and the earlier bases carried over a few rewrites.
@@ -4708,8 +4841,16 @@ mod tests {
     /// A mount over one in-memory store that keeps no published copies
     /// (`-o keep=0`), with its root listed empty.
     fn memory_mount(staging: &Path, rt: &tokio::runtime::Runtime) -> LodeFs {
+        memory_mount_on(staging, rt, Arc::new(crate::store::MemoryStorage::new()))
+    }
+
+    /// [`memory_mount`] over `store`.
+    fn memory_mount_on(
+        staging: &Path,
+        rt: &tokio::runtime::Runtime,
+        store: Arc<crate::store::MemoryStorage>,
+    ) -> LodeFs {
         let secret = crate::crypto::RootSecret::from_bytes([7; 32]);
-        let store = Arc::new(crate::store::MemoryStorage::new());
         let vault = Arc::new(Vault::single(&secret, store));
         let config = MountConfig {
             staging: staging.to_path_buf(),
@@ -4763,6 +4904,115 @@ mod tests {
             "a third file starts its early upload"
         );
         fs.early.spoil_all();
+    }
+
+    /// A directory whose moves' destination keeps waiting its turn (paced,
+    /// as one an untar keeps changing is) is held back by the flusher, but
+    /// not past `HOLD_BACK_MAX`: then it goes up with its other changes.
+    /// It was held back for as long as the destination stayed busy.
+    #[test]
+    fn a_directory_held_back_by_a_busy_destination_goes_up_in_the_end() {
+        let dir = tempfile::tempdir().unwrap();
+        let rt = runtime();
+        let fs = memory_mount(dir.path(), &rt);
+        let mkdir =
+            |parent: u64, name: &str| fs.mkdir_local(parent, name, 0o755, (0, 0), 0).unwrap().0;
+        let (s, d) = (mkdir(ROOT, "s"), mkdir(ROOT, "d"));
+        mkdir(s, "f");
+        mkdir(s, "h");
+        fs.sync_all().unwrap();
+        let rename = |from: u64, name: &str, to: u64, new: &str| {
+            fs.do_rename(
+                from,
+                OsStr::new(name),
+                to,
+                OsStr::new(new),
+                RenameFlags::empty(),
+            )
+            .unwrap()
+        };
+        rename(s, "f", d, "f");
+        // A change of its own, that waits with it.
+        rename(s, "h", s, "h2");
+        fs.lock()
+            .publish_after
+            .insert(d, Instant::now() + Duration::from_secs(600));
+        let background = || fs.publish_ordered(s, &mut Vec::new(), &mut HashSet::new(), true);
+        background().unwrap();
+        assert!(
+            fs.lock().dirty.contains(&s),
+            "held back for its destination"
+        );
+        background().unwrap();
+        assert!(fs.lock().dirty.contains(&s), "still, within HOLD_BACK_MAX");
+        *fs.lock().held_back.get_mut(&s).unwrap() -= HOLD_BACK_MAX;
+        background().unwrap();
+        let read = match &fs.lock().nodes[&s].body {
+            Body::Dir { read, .. } => read.clone(),
+            _ => unreachable!("a directory"),
+        };
+        let listed = rt.block_on(fs.vault.list(&read)).unwrap();
+        assert!(
+            listed.entries.contains_key("h2"),
+            "published once held back too long"
+        );
+        // What moved out stays at its old name until the destination,
+        // which keeps its turn, names it.
+        assert!(listed.entries.contains_key("f"));
+        let tree = fs.lock();
+        assert!(tree.dirty.contains(&d), "its destination keeps its turn");
+        assert!(!tree.held_back.contains_key(&s));
+    }
+
+    /// A recovery that fails partway through filling a partly staged copy
+    /// (its base's later chunks unreachable) keeps what it fetched, held
+    /// in the fill log: the next try goes on from there. It started again
+    /// from the first byte at every try.
+    #[test]
+    fn a_recovery_that_fails_partway_keeps_what_it_fetched() {
+        use rand::Rng;
+        let dir = tempfile::tempdir().unwrap();
+        let rt = runtime();
+        let store = Arc::new(crate::store::MemoryStorage::new());
+        let fs = memory_mount_on(dir.path(), &rt, store.clone());
+        let mut bytes = vec![0u8; 40 << 20];
+        rand::rng().fill_bytes(&mut bytes);
+        // The first 24 MiB alone, then the whole: the chunks wholly in the
+        // first part are the same (content-defined cuts, convergent keys).
+        rt.block_on(fs.vault.put_bytes(&bytes[..24 << 20])).unwrap();
+        let before: HashSet<_> = store.share_ids().into_iter().collect();
+        let base = rt.block_on(fs.vault.put_bytes(&bytes)).unwrap();
+        for id in store.share_ids() {
+            if !before.contains(&id) && id != base.root {
+                store.lose(&id);
+            }
+        }
+        let copy = fs.staging_path();
+        std::fs::File::create(&copy)
+            .unwrap()
+            .set_len(bytes.len() as u64)
+            .unwrap();
+        drop(Partial::create(&copy, base.clone()).unwrap());
+        let note = notes::Note {
+            path: "f".into(),
+            mode: 0o644,
+            owner: None,
+            base: notes::Base::Version(base.root),
+            replaces: Vec::new(),
+            left: Vec::new(),
+            partial: Some(base.clone()),
+        };
+        assert!(fs.complete_partial(&copy, &note, &base).is_err());
+        let absent = Partial::open(&copy, base.clone())
+            .unwrap()
+            .absent(0, bytes.len() as u64);
+        let first = absent.first().map_or(u64::MAX, |r| r.0);
+        assert!(
+            first >= 8 << 20,
+            "the next try starts at {first}: what was fetched was not kept"
+        );
+        let copied = std::fs::read(&copy).unwrap();
+        assert_eq!(copied[..first as usize], bytes[..first as usize]);
     }
 
     /// A recovery note that could not be written is written again by the

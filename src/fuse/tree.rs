@@ -275,6 +275,9 @@ pub struct Tree {
     /// across directories), by the one that lost it: those go up first
     /// (see `LodeFs::publish`).
     pub moved_into: HashMap<u64, HashSet<u64>>,
+    /// Since when the flusher has held each directory back for a
+    /// destination of its moves (see `LodeFs::publish_ordered`).
+    pub held_back: HashMap<u64, std::time::Instant>,
     /// Inodes of hard-linked files in our own tree, by link id.
     pub links: HashMap<LinkId, u64>,
     /// Owner of entries that record none, and of friends' trees.
@@ -448,6 +451,7 @@ impl Tree {
             next: FRIENDS + 1,
             dirty: HashSet::new(),
             moved_into: HashMap::new(),
+            held_back: HashMap::new(),
             listed_seq: HashMap::new(),
             unpublished: HashSet::new(),
             unanchored: HashSet::new(),
@@ -922,6 +926,14 @@ impl Tree {
         let by = std::mem::replace(&mut v.ino, ino);
         self.forget_vacated_by(by, dir, name);
         self.vacated_by_add(ino, dir, name);
+    }
+
+    /// Hold `dir` back from publishing for a destination of its moves:
+    /// true while it has been held for less than `HOLD_BACK_MAX`, counted
+    /// from the first time (cleared when it is published).
+    pub fn hold_back(&mut self, dir: u64, now: std::time::Instant) -> bool {
+        let since = *self.held_back.entry(dir).or_insert(now);
+        now.duration_since(since) < super::fs::HOLD_BACK_MAX
     }
 
     /// Whether a published listing names `ino` where it is now, and so
@@ -1631,6 +1643,7 @@ impl Tree {
             let into = into.into_iter().filter(|&d| d != dir);
             self.moved_into.entry(dir).or_default().extend(into);
         }
+        self.held_back.remove(&ino);
         if self.unpublished.remove(&ino) {
             // Named by no listing on the mirrors but its parent's, which
             // is republished without it.
