@@ -130,7 +130,7 @@ const BODY_IDLE: std::time::Duration = std::time::Duration::from_secs(60);
 const SLOWEST_BODY: u64 = 32 * 1024;
 
 /// When an upload of at most `max_len` bytes begun now must be in.
-fn body_deadline(max_len: u64) -> tokio::time::Instant {
+pub(super) fn body_deadline(max_len: u64) -> tokio::time::Instant {
     let allowed = BODY_IDLE + std::time::Duration::from_secs(max_len / SLOWEST_BODY);
     tokio::time::Instant::now() + allowed
 }

@@ -217,11 +217,7 @@ async fn put_shares(
     // request makes the mirror hold a batch body.
     let auth = request_auth(&headers)?;
     auth.check_time(unix_now())?;
-    let body = axum::body::to_bytes(body, protocol::MAX_BATCH_BYTES)
-        .await
-        .map_err(|_| Error::TooLarge {
-            limit: protocol::MAX_BATCH_BYTES as u64,
-        })?;
+    let body = read_body(&headers, body, protocol::MAX_BATCH_BYTES).await?;
     let items = protocol::decode_batch(&body).map_err(|e| Error::BadRequest(e.to_string()))?;
     let digest = protocol::batch_digest(items.iter().map(|i| &i.id));
     let account = verified(&m, &auth, &method, &uri, &digest)?;
@@ -302,9 +298,10 @@ async fn put_slot(
     method: Method,
     uri: Uri,
     headers: HeaderMap,
-    body: axum::body::Bytes,
+    body: Body,
 ) -> Result<StatusCode> {
     let pk = id_of(&pk)?;
+    let body = read_body(&headers, body, MAX_SLOT_BYTES).await?;
     let account = authenticate(&m, &headers, &method, &uri, &sha256(&body))?;
     let envelope = SlotEnvelope::decode(&body)?;
     if envelope.public_key != pk {
@@ -327,6 +324,28 @@ async fn get_slot(State(m): State<Arc<Mirror>>, Path(pk): Path<String>) -> Resul
     Ok(([(header::CONTENT_TYPE, "application/cbor")], bytes).into_response())
 }
 
+/// A request body of at most `limit` bytes, whole, in the time an upload
+/// of its declared length (or of `limit`) gets: as for shares, a client
+/// trickling a byte a minute held a connection and its buffer for good.
+async fn read_body(headers: &HeaderMap, body: Body, limit: usize) -> Result<axum::body::Bytes> {
+    let too_large = || Error::TooLarge {
+        limit: limit as u64,
+    };
+    let declared = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|len| len > limit as u64) {
+        return Err(too_large());
+    }
+    let deadline = super::disk::body_deadline(declared.unwrap_or(limit as u64));
+    match tokio::time::timeout_at(deadline, axum::body::to_bytes(body, limit)).await {
+        Err(_) => Err(Error::BadRequest("request body too slow".into())),
+        Ok(Err(_)) => Err(too_large()),
+        Ok(Ok(bytes)) => Ok(bytes),
+    }
+}
+
 /// The largest renewal body: [`MAX_RENEW_IDS`] ids of 64 hex digits,
 /// quoted and comma-separated, with room to spare.
 const RENEW_BODY_MAX: usize = MAX_RENEW_IDS * 80 + 4096;
@@ -336,8 +355,12 @@ async fn renew(
     method: Method,
     uri: Uri,
     headers: HeaderMap,
-    body: axum::body::Bytes,
+    body: Body,
 ) -> Result<axum::Json<RenewResponse>> {
+    // A renewal's body is at most its ids in hex, quoted: read as a
+    // slot's (16 MiB), it took a few hundred MB parsed into strings
+    // before the id count was checked.
+    let body = read_body(&headers, body, RENEW_BODY_MAX).await?;
     let account = authenticate(&m, &headers, &method, &uri, &sha256(&body))?;
     let req: RenewRequest =
         serde_json::from_slice(&body).map_err(|e| Error::BadRequest(e.to_string()))?;
@@ -572,13 +595,7 @@ pub async fn serve(
     let app = Router::new()
         .route("/v1/info", get(info))
         .route("/v1/account", get(account))
-        // A renewal's body is at most its ids in hex, quoted: read as a
-        // slot's (16 MiB), it took a few hundred MB parsed into strings
-        // before the id count was checked.
-        .route(
-            "/v1/renew",
-            post(renew).layer(DefaultBodyLimit::max(RENEW_BODY_MAX)),
-        )
+        .route("/v1/renew", post(renew))
         .route(
             "/v1/share/{id}",
             put(put_share).get(get_share).head(head_share),
@@ -796,6 +813,47 @@ mod tests {
             account.err().map(|e| e.to_string())
         );
         stop_mirror(stop, server).await;
+    }
+
+    /// A slot, batch or renewal body that keeps coming, but slower than
+    /// the slowest upload waited for, is refused once its time is up; one
+    /// at that pace in time is read; one declared over the limit is
+    /// refused before any of it is read. (Virtual time: no test waits.)
+    #[tokio::test(start_paused = true)]
+    async fn a_trickled_request_body_is_refused_when_its_time_is_up() {
+        use futures_util::StreamExt;
+        let trickle = |len: usize, pieces: usize| {
+            let piece = axum::body::Bytes::from(vec![b' '; len / pieces]);
+            Body::from_stream(futures_util::stream::iter(0..pieces).then(move |_| {
+                let piece = piece.clone();
+                async move {
+                    tokio::time::sleep(Duration::from_secs(50)).await;
+                    Ok::<_, std::io::Error>(piece)
+                }
+            }))
+        };
+        let declaring = |len: usize| {
+            let mut headers = HeaderMap::new();
+            headers.insert(header::CONTENT_LENGTH, len.into());
+            headers
+        };
+        // 4 KiB over 200 s: past the 60 s a small body gets.
+        let slow = read_body(&declaring(4096), trickle(4096, 4), RENEW_BODY_MAX).await;
+        assert!(
+            matches!(&slow, Err(Error::BadRequest(m)) if m.contains("too slow")),
+            "{:?}",
+            slow.map(|b| b.len())
+        );
+        // 2 MiB in two pieces over 100 s: within 60 s plus 64.
+        let fine = read_body(&declaring(2 << 20), trickle(2 << 20, 2), MAX_SLOT_BYTES).await;
+        assert_eq!(fine.unwrap().len(), 2 << 20);
+        let big = read_body(
+            &declaring(RENEW_BODY_MAX + 1),
+            trickle(4096, 1),
+            RENEW_BODY_MAX,
+        )
+        .await;
+        assert!(matches!(big, Err(Error::TooLarge { .. })));
     }
 
     #[test]
