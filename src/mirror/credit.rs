@@ -109,15 +109,22 @@ impl Ledger {
                 at = at.max(end);
             }
         }
-        // Unfunded: paying for storage with nothing left to pay. An
-        // account within the free allowance (or storing nothing) pays
-        // nothing, whatever its balance; it was taken as unfunded from its
-        // first bill, so past the grace period a user who stayed within
-        // `--free` and never mined was refused every lease.
-        let unfunded = match (cost > 0 && credit - debit <= 0, unfunded) {
-            (true, Some(t)) => Some(t),
-            (true, None) => Some(now),
-            (false, _) => None,
+        // Unfunded: paying for storage with nothing left to pay, from the
+        // first bill that found it so until its balance is above zero
+        // again. An account within the free allowance (or storing
+        // nothing) pays nothing, whatever its balance, so it does not
+        // become unfunded (it did from its first bill, and past the grace
+        // period a user who stayed within `--free` and never mined was
+        // refused every lease); one that already was stays so while in
+        // debt, and `check_funded` lets it lease within the allowance.
+        // Cleared at any bill that found nothing stored, an account in
+        // debt whose leases had all lapsed renewed them before GC took
+        // the shares, with a fresh grace period each time: storage for
+        // free, for good (a helper's review).
+        let unfunded = match (credit - debit > 0, cost > 0, unfunded) {
+            (true, _, _) => None,
+            (false, true, None) => Some(now),
+            (false, _, since) => since,
         };
         cached_exec(
             tx,
@@ -149,11 +156,14 @@ impl Ledger {
         Ok(rows.collect::<rusqlite::Result<_>>()?)
     }
 
-    /// Refuse a lease to an account past its grace period.
+    /// Refuse a lease to an account past its grace period, unless with
+    /// the `adding` bytes it brings its usage stays within the free
+    /// allowance (which costs nothing).
     pub(super) fn check_funded(
         &self,
         tx: &rusqlite::Connection,
         account: &[u8; 32],
+        adding: u64,
         now: i64,
     ) -> Result<()> {
         if self.terms.price_micro == 0 {
@@ -166,8 +176,12 @@ impl Ledger {
             [&account[..]],
             |r| r.get(0),
         )?;
+        let free = || -> Result<bool> {
+            let usage = Self::usage_in(tx, account, now)?;
+            Ok(self.daily_cost(usage.saturating_add(adding)) == 0)
+        };
         match since {
-            Some(t) if now - t > self.terms.grace_secs => Err(Error::Unfunded {
+            Some(t) if now - t > self.terms.grace_secs && !free()? => Err(Error::Unfunded {
                 since: t,
                 grace_secs: self.terms.grace_secs,
             }),

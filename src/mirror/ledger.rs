@@ -412,11 +412,15 @@ impl Ledger {
         )
         .optional()?;
         let Some(size) = size else { return Ok(false) };
-        if !Self::leased_in(tx, account, id, now)? {
-            self.check_room(tx, account, size as u64, false, now)?;
-        }
+        let adding = match Self::leased_in(tx, account, id, now)? {
+            true => 0,
+            false => {
+                self.check_room(tx, account, size as u64, false, now)?;
+                size as u64
+            }
+        };
         Self::ensure_account(tx, account, now)?;
-        self.check_funded(tx, account, now)?;
+        self.check_funded(tx, account, adding, now)?;
         cached_exec(
             tx,
             "INSERT INTO leases (account, object, expires, size) VALUES (?1, ?2, ?3, ?4)
@@ -453,11 +457,15 @@ impl Ledger {
         now: i64,
     ) -> Result<()> {
         let known = Self::known_in(tx, id)?;
-        if !(known && Self::leased_in(tx, account, id, now)?) {
-            self.check_room(tx, account, size, !known, now)?;
-        }
+        let adding = match known && Self::leased_in(tx, account, id, now)? {
+            true => 0,
+            false => {
+                self.check_room(tx, account, size, !known, now)?;
+                size
+            }
+        };
         Self::ensure_account(tx, account, now)?;
-        self.check_funded(tx, account, now)
+        self.check_funded(tx, account, adding, now)
     }
 
     /// [`Self::lease_existing`] or [`Self::precheck`] for every share of a
@@ -1002,6 +1010,37 @@ mod tests {
             "SELECT charged_at FROM accounts WHERE id = ?1",
             [&[account; 32][..]],
         )
+    }
+
+    /// An account in debt past its grace gets no fresh grace once its
+    /// leases lapse: renewing them before GC takes the shares is refused.
+    /// A bill that found nothing stored cleared the mark, and the grace
+    /// started again at the next bill: storage for free, one lease period
+    /// after another. Within the free allowance it may still lease.
+    #[test]
+    fn debt_is_not_forgiven_when_the_leases_lapse() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut priced = terms(1_000_000);
+        priced.free_bytes = 1 << 20;
+        let l = Ledger::open(&dir.path().join("ledger.sqlite"), priced).unwrap();
+        assert!(l.add_shares(&[share(1, 1, 1 << 30, T0)]).unwrap()[0].is_ok());
+        assert!(l.add_shares(&[share(1, 2, 1000, T0)]).unwrap()[0].is_ok());
+        // GC's bill: in debt from here.
+        l.charge_all(T0 + 60).unwrap();
+        // Past the lease (10 days) and the grace (7), before GC runs.
+        let later = T0 + 10 * DAY + 10;
+        let r = l.renew(&[1; 32], &[id(1)], later).unwrap();
+        assert_eq!(
+            (r.renewed, r.refused.clone()),
+            (0, vec![id(1)]),
+            "{:?}",
+            r.reason
+        );
+        let r = l.renew(&[1; 32], &[id(1)], later + 1).unwrap();
+        assert_eq!(r.renewed, 0, "no fresh grace");
+        // 1000 bytes, within the free MiB: that costs nothing.
+        let r = l.renew(&[1; 32], &[id(2)], later + 2).unwrap();
+        assert_eq!(r.renewed, 1, "{:?}", r.reason);
     }
 
     #[test]

@@ -27,8 +27,20 @@ const BATCH: usize = 256;
 pub struct ScrubReport {
     pub checked: u64,
     pub bytes: u64,
-    /// Shares whose bytes did not hash to their id, now removed.
+    /// Shares whose bytes did not hash to their id, or could not be read
+    /// for a media error (EIO), now removed.
     pub damaged: u64,
+    /// Shares passed over: not readable for another reason (out of
+    /// descriptors, say), or damaged and not removable.
+    pub unreadable: u64,
+}
+
+/// Whether reading a share failed because its bytes are lost (the disk
+/// said EIO), not for a passing reason: such a share is as good as
+/// damaged. Still held, the mirror answered "held" to every upload of it
+/// while a read of it failed.
+fn lost(e: &super::Error) -> bool {
+    matches!(e, super::Error::Io(io) if io.raw_os_error() == Some(libc::EIO))
 }
 
 /// Read back about `budget` bytes of shares, from where the last pass
@@ -59,20 +71,50 @@ pub async fn scrub<S: ShareStore + ?Sized>(
         }
         for (id, _) in batch {
             after = Some(id);
-            let Some(read) = hashes_to_id(shares, &id).await? else {
-                continue; // not on disk: nothing to check
+            let share = crate::protocol::hex(&id);
+            // A share that cannot be read is passed over, not the end of
+            // the pass: the error ended every pass at the same share, and
+            // none after it was ever checked again.
+            let read = match hashes_to_id(shares, &id).await {
+                Ok(None) => continue, // not on disk: nothing to check
+                Ok(Some(read)) => Ok(read),
+                Err(e) => Err(e),
             };
-            report.checked += 1;
-            report.bytes += read.1;
-            if !read.0 {
+            if let Ok((_, len)) = &read {
+                report.checked += 1;
+                report.bytes += len;
+            }
+            let suspect = match &read {
+                Ok((ok, _)) => !ok,
+                Err(e) => lost(e),
+            };
+            if let Err(e) = &read
+                && !suspect
+            {
+                report.unreadable += 1;
+                tracing::warn!(%share, error = %e, "a stored share could not be read; checked at the next walk");
+            }
+            if suspect {
                 let _guard = finalize.write().await;
-                if hashes_to_id(shares, &id).await?.is_some_and(|(ok, _)| !ok) {
-                    shares.delete(&id).await?;
-                    report.damaged += 1;
-                    tracing::error!(
-                        share = %crate::protocol::hex(&id),
-                        "a stored share no longer matches its id; removed, for the next upload or repair to store it again"
-                    );
+                let again = hashes_to_id(shares, &id).await;
+                let damaged = match &again {
+                    Ok(read) => read.is_some_and(|(ok, _)| !ok),
+                    Err(e) => lost(e),
+                };
+                if damaged {
+                    match shares.delete(&id).await {
+                        Ok(_) => {
+                            report.damaged += 1;
+                            tracing::error!(
+                                %share,
+                                "a stored share no longer matches its id, or its bytes are lost; removed, for the next upload or repair to store it again"
+                            );
+                        }
+                        Err(e) => {
+                            report.unreadable += 1;
+                            tracing::error!(%share, error = %e, "a damaged share could not be removed");
+                        }
+                    }
                 }
             }
             if report.bytes >= budget {
@@ -113,4 +155,88 @@ fn read_cursor(path: &PathBuf) -> Option<[u8; 32]> {
 fn write_cursor(path: &PathBuf, at: Option<[u8; 32]>) {
     let text = at.map(|id| crate::protocol::hex(&id)).unwrap_or_default();
     let _ = std::fs::write(path, text);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::mirror::disk::ByteStream;
+    use crate::mirror::{DiskShares, Staged, Terms};
+    use async_trait::async_trait;
+
+    /// A disk store whose reads of one share fail with `errno`.
+    struct FailingRead {
+        disk: DiskShares,
+        bad: [u8; 32],
+        errno: i32,
+    }
+
+    #[async_trait]
+    impl ShareStore for FailingRead {
+        async fn stage(&self, id: &[u8; 32], body: ByteStream, max_len: u64) -> Result<Staged> {
+            self.disk.stage(id, body, max_len).await
+        }
+        async fn commit(&self, staged: Staged, replace_corrupt: bool) -> Result<u64> {
+            self.disk.commit(staged, replace_corrupt).await
+        }
+        async fn get(&self, id: &[u8; 32]) -> Result<Option<(u64, ByteStream)>> {
+            if *id == self.bad && self.disk.contains(id).await? {
+                return Err(std::io::Error::from_raw_os_error(self.errno).into());
+            }
+            self.disk.get(id).await
+        }
+        async fn contains(&self, id: &[u8; 32]) -> Result<bool> {
+            self.disk.contains(id).await
+        }
+        async fn delete(&self, id: &[u8; 32]) -> Result<u64> {
+            self.disk.delete(id).await
+        }
+    }
+
+    /// A share that cannot be read does not end the pass: those after it
+    /// are checked. One the disk lost (EIO) is removed, so the mirror no
+    /// longer says it holds it; one unreadable for a passing reason
+    /// (EMFILE) is kept. The first error ended every pass at that share.
+    #[tokio::test]
+    async fn an_unreadable_share_does_not_stop_the_scrubber() {
+        for (errno, removed) in [(libc::EIO, true), (libc::EMFILE, false)] {
+            let dir = tempfile::tempdir().unwrap();
+            let terms = Terms {
+                lease_secs: 3600,
+                quota: None,
+                capacity: None,
+                price_micro: 0,
+                grace_secs: 0,
+                free_bytes: 0,
+            };
+            let ledger = Ledger::open(&dir.path().join("ledger.sqlite"), terms).unwrap();
+            let disk = DiskShares::open(dir.path()).unwrap();
+            let mut ids = Vec::new();
+            for n in 0..3u8 {
+                let bytes = vec![n; 100_000];
+                let id = crate::chunk::share_id(&bytes);
+                let body: ByteStream =
+                    Box::pin(futures_util::stream::iter([Ok(bytes::Bytes::from(bytes))]));
+                let staged = disk.stage(&id, body, 100_000).await.unwrap();
+                disk.commit(staged, false).await.unwrap();
+                ledger.add_share(&[1; 32], &id, 100_000, 1000).unwrap();
+                ids.push(id);
+            }
+            ids.sort_unstable();
+            let store = FailingRead {
+                disk,
+                bad: ids[0],
+                errno,
+            };
+            let finalize = RwLock::new(());
+            let cursor = dir.path().join("scrub-cursor");
+            let report = scrub(&ledger, &store, &finalize, cursor, 200_000)
+                .await
+                .unwrap();
+            assert_eq!(report.checked, 2, "errno {errno}: {report:?}");
+            assert_eq!(report.damaged, u64::from(removed), "errno {errno}");
+            assert_eq!(report.unreadable, u64::from(!removed), "errno {errno}");
+            assert_eq!(store.contains(&ids[0]).await.unwrap(), !removed);
+        }
+    }
 }
