@@ -16,7 +16,7 @@ use super::{Error, Result};
 use crate::dir::SlotEnvelope;
 
 /// The schema version this code writes.
-pub const LEDGER_VERSION: i64 = 4;
+pub const LEDGER_VERSION: i64 = 5;
 
 const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL);
@@ -140,6 +140,15 @@ CREATE TABLE pool_share_days (
 CREATE INDEX pool_shares_created ON pool_shares (created);
 ";
 
+/// Version 5: shares GC has forgotten whose files may still be on disk.
+/// GC records one in the transaction that forgets it, removes the file,
+/// then the record; a pass cut short in between (a crash, a failed unlink)
+/// left a file no ledger row counted, on disk for good. Each pass first
+/// removes what is recorded here.
+const SCHEMA_V5: &str = "
+CREATE TABLE doomed (id BLOB PRIMARY KEY);
+";
+
 /// What an object in the ledger is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ObjectKind {
@@ -251,16 +260,19 @@ impl Ledger {
         // needs, all of them in one transaction.
         let steps = match version {
             None => format!(
-                "{SCHEMA_V2} {SCHEMA_V3} {SCHEMA_V4} INSERT INTO meta (key, value) VALUES ('schema', {LEDGER_VERSION});"
+                "{SCHEMA_V2} {SCHEMA_V3} {SCHEMA_V4} {SCHEMA_V5} INSERT INTO meta (key, value) VALUES ('schema', {LEDGER_VERSION});"
             ),
             Some(1) => format!(
-                "{SCHEMA_V2} {SCHEMA_V3} {SCHEMA_V4} UPDATE meta SET value = {LEDGER_VERSION} WHERE key = 'schema';"
+                "{SCHEMA_V2} {SCHEMA_V3} {SCHEMA_V4} {SCHEMA_V5} UPDATE meta SET value = {LEDGER_VERSION} WHERE key = 'schema';"
             ),
             Some(2) => format!(
-                "{SCHEMA_V3} {SCHEMA_V4} UPDATE meta SET value = {LEDGER_VERSION} WHERE key = 'schema';"
+                "{SCHEMA_V3} {SCHEMA_V4} {SCHEMA_V5} UPDATE meta SET value = {LEDGER_VERSION} WHERE key = 'schema';"
             ),
             Some(3) => format!(
-                "{SCHEMA_V4} UPDATE meta SET value = {LEDGER_VERSION} WHERE key = 'schema';"
+                "{SCHEMA_V4} {SCHEMA_V5} UPDATE meta SET value = {LEDGER_VERSION} WHERE key = 'schema';"
+            ),
+            Some(4) => format!(
+                "{SCHEMA_V5} UPDATE meta SET value = {LEDGER_VERSION} WHERE key = 'schema';"
             ),
             Some(LEDGER_VERSION) => String::new(),
             Some(v) => {
@@ -793,8 +805,45 @@ impl Ledger {
             cached_exec(tx, "DELETE FROM objects WHERE id = ?1", [&id[..]])?;
             cached_exec(tx, "DELETE FROM leases WHERE object = ?1", [&id[..]])?;
             cached_exec(tx, "DELETE FROM slots WHERE pk = ?1", [&id[..]])?;
-            Ok(Some((ObjectKind::from_i64(kind), size as u64)))
+            let kind = ObjectKind::from_i64(kind);
+            if kind == ObjectKind::Share {
+                cached_exec(
+                    tx,
+                    "INSERT OR IGNORE INTO doomed (id) VALUES (?1)",
+                    [&id[..]],
+                )?;
+            }
+            Ok(Some((kind, size as u64)))
         })
+    }
+
+    /// Shares forgotten by GC whose files may still be on disk, with
+    /// whether the ledger knows each again (stored anew since: its file
+    /// is that upload's, and stays).
+    pub fn doomed(&self) -> Result<Vec<([u8; 32], bool)>> {
+        let conn = self.conn.lock().expect("ledger lock");
+        let mut stmt = conn.prepare_cached(
+            "SELECT d.id, EXISTS (SELECT 1 FROM objects o WHERE o.id = d.id) FROM doomed d",
+        )?;
+        let rows = stmt.query_map([], |r| {
+            let id: Vec<u8> = r.get(0)?;
+            Ok((id, r.get::<_, bool>(1)?))
+        })?;
+        let mut out = Vec::new();
+        for row in rows {
+            let (id, known) = row?;
+            if let Ok(id) = <[u8; 32]>::try_from(id.as_slice()) {
+                out.push((id, known));
+            }
+        }
+        Ok(out)
+    }
+
+    /// The file of a doomed share is gone (or was kept): forget the record.
+    pub fn spare(&self, id: &[u8; 32]) -> Result<()> {
+        let conn = self.conn.lock().expect("ledger lock");
+        cached_exec(&conn, "DELETE FROM doomed WHERE id = ?1", [&id[..]])?;
+        Ok(())
     }
 }
 
