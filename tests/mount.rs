@@ -1994,6 +1994,54 @@ fn a_linked_files_published_name_removed_before_its_other_goes_up_survives_a_cra
     drop(m);
 }
 
+/// A hard-linked file whose first name is removed, with its directory, in
+/// a mount that has not listed the directory of its other name: that name
+/// still takes writes, chmod and another link, as on ext4 (an rsnapshot
+/// rotation: `rm -rf daily.6` then `cp -al daily.0 daily.1`). The file kept
+/// the removed name as its home, and each of those failed with ENOENT
+/// once the removed directory was gone.
+#[test]
+fn a_linked_file_stays_writable_after_its_first_name_goes() {
+    use std::io::Write;
+    let tmp = tempfile::tempdir().unwrap();
+    let (_mirrors, client) = common::three_mirrors_and_client(tmp.path());
+    let mp = tmp.path().join("mnt");
+    let m = Mounted::new(&client, &mp);
+    std::fs::create_dir(mp.join("a")).unwrap();
+    std::fs::create_dir(mp.join("b")).unwrap();
+    std::fs::write(mp.join("a/f"), b"linked").unwrap();
+    std::fs::hard_link(mp.join("a/f"), mp.join("b/g")).unwrap();
+    client.ok(&["sync"]);
+    drop(m);
+    // A fresh mount: only what is looked at is listed.
+    let m = Mounted::new(&client, &mp);
+    std::fs::remove_file(mp.join("a/f")).unwrap();
+    std::fs::remove_dir(mp.join("a")).unwrap();
+    client.ok(&["sync"]);
+    std::thread::sleep(Duration::from_millis(1500));
+    let mut g = std::fs::OpenOptions::new()
+        .append(true)
+        .open(mp.join("b/g"))
+        .expect("the other name opens for writing");
+    g.write_all(b", and written").unwrap();
+    g.sync_all().unwrap();
+    drop(g);
+    std::fs::set_permissions(mp.join("b/g"), std::fs::Permissions::from_mode(0o600)).unwrap();
+    std::fs::hard_link(mp.join("b/g"), mp.join("b/h")).unwrap();
+    drop(m);
+    let m = Mounted::new(&client, &mp);
+    assert_eq!(
+        std::fs::read(mp.join("b/h")).unwrap(),
+        b"linked, and written"
+    );
+    let mode = std::fs::metadata(mp.join("b/g"))
+        .unwrap()
+        .permissions()
+        .mode();
+    assert_eq!(mode & 0o777, 0o600);
+    drop(m);
+}
+
 /// A file saved over one name of a hard-linked file (written aside, renamed
 /// over it) while that directory cannot be published (refused), then
 /// kill -9: the linked file keeps its content at both names, and the saved

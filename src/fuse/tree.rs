@@ -1259,8 +1259,9 @@ impl Tree {
                 && let Some(&ino) = self.links.get(&id)
                 && self.nodes.get(&ino).is_some_and(|n| !n.orphan)
             {
+                let homeless = self.home_is_gone(ino);
                 let node = self.nodes.get_mut(&ino).expect("checked above");
-                if node.name.is_empty() {
+                if homeless {
                     node.parent = dir;
                     node.name = name.clone();
                 }
@@ -1532,6 +1533,25 @@ impl Tree {
     }
 
     /// The loaded directories that name `ino`.
+    /// Whether the linked file `ino` has no home a loaded listing vouches
+    /// for: none yet, or one whose directory is gone, or listed without
+    /// it there. (A home in a directory not loaded is taken as good.)
+    fn home_is_gone(&self, ino: u64) -> bool {
+        let Some(node) = self.nodes.get(&ino) else {
+            return false;
+        };
+        if node.name.is_empty() {
+            return true;
+        }
+        match self.nodes.get(&node.parent) {
+            None => true,
+            Some(dir) if dir.orphan => true,
+            Some(_) => self
+                .children(node.parent)
+                .is_some_and(|c| c.get(&node.name) != Some(&ino)),
+        }
+    }
+
     pub fn dirs_naming(&self, ino: u64) -> Vec<u64> {
         self.nodes
             .iter()
@@ -1611,10 +1631,11 @@ impl Tree {
                     Some((d, n.clone()))
                 });
                 let node = self.nodes.get_mut(&ino).expect("still there");
-                if let Some((d, n)) = other {
-                    node.parent = d;
-                    node.name = n;
-                }
+                // None listed here: no home until a listing naming it is
+                // loaded (`Tree::load` adopts it then). Kept at the removed
+                // name, every write, chmod or link through another name
+                // failed with ENOENT once this directory was gone.
+                (node.parent, node.name) = other.unwrap_or((ROOT, String::new()));
             }
             // Its other names may be in listings not published yet: this
             // one stays in `dir`'s (as a plain copy) until its home's is.
