@@ -1382,6 +1382,15 @@ impl LodeFs {
                     let mut chain = Vec::new();
                     let mut cur = d;
                     loop {
+                        // This directory itself, reached from a
+                        // destination below it (a new subdirectory): it
+                        // goes after that one anyway. Taken for a cycle, it
+                        // was owed its publish, so it was never held back,
+                        // and the subdirectory stayed in `moved_into` for
+                        // good, as a chain that never emptied.
+                        if cur == dir && cur != d {
+                            break;
+                        }
                         // One dirty only to drop entries it kept
                         // (`Tree::ghosted`) holds nothing back: what left it
                         // stays listed there until named elsewhere. Counted
