@@ -2416,6 +2416,10 @@ impl LodeFs {
             *dirty = true;
             *cached = false;
             *generation += 1;
+            // Bytes that came from elsewhere than the kernel: pages it
+            // cached of the version read before (with the mirrors partly
+            // away, say) are stale, at the same size and all.
+            node.stale_pages = true;
             node.size = meta.len();
             node.mode = mode & 0o7777;
             if let Some(owner) = note.owner {

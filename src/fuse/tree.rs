@@ -2154,11 +2154,20 @@ impl Tree {
             Body::Special { kind, .. } if !ours => Body::Special { kind, rdev: 0 },
             body => body,
         };
+        // The size the content has, not the one the entry claims: a
+        // friend's entry that said more than its file holds read short
+        // (and the kernel shrank the file under an mmap, a SIGBUS), less
+        // and it looked cut off.
+        let size = match &body {
+            Body::File { cap: Some(cap), .. } => cap.size,
+            Body::Symlink(target) => target.len() as u64,
+            _ => entry.size,
+        };
         Some(Node {
             parent,
             name: name.to_string(),
             mode,
-            size: entry.size,
+            size,
             atime: entry.atime,
             mtime: entry.mtime,
             ctime: entry.ctime,
@@ -2214,6 +2223,37 @@ mod tests {
     use super::*;
     use crate::crypto::ReadKey;
     use crate::store::Vault;
+
+    /// A friend's entry is shown at the size its content has: the file's
+    /// cap's, a symlink's target's, whatever the entry claims.
+    #[test]
+    fn a_friends_entry_shows_the_size_its_content_has() {
+        let root = Vault::fresh_dir();
+        let mut tree = Tree::new(root.clone(), (0, 0));
+        tree.load(ROOT, Listing::default());
+        let friend = tree.insert(Node::new(
+            FRIENDS,
+            "alice",
+            0o555,
+            (0, 0),
+            Body::Dir {
+                write: None,
+                read: Vault::fresh_dir().read_cap(),
+                children: None,
+                loaded_at: None,
+            },
+        ));
+        let mut listing = Listing::default();
+        let mut big = file_entry(7);
+        big.size = 1 << 40;
+        listing.entries.insert("big".into(), big);
+        let mut link = Entry::symlink("target".into(), (1, 0));
+        link.size = 3;
+        listing.entries.insert("link".into(), link);
+        tree.load(friend, listing);
+        let size = |name: &str| tree.nodes[&child(&tree, friend, name)].size;
+        assert_eq!((size("big"), size("link")), (7, 6));
+    }
 
     fn file_entry(n: u8) -> Entry {
         let cap = FileReadCap {
