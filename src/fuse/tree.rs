@@ -2247,7 +2247,7 @@ mod tests {
         let mut big = file_entry(7);
         big.size = 1 << 40;
         listing.entries.insert("big".into(), big);
-        let mut link = Entry::symlink("target".into(), (1, 0));
+        let mut link = Entry::symlink("target", (1, 0));
         link.size = 3;
         listing.entries.insert("link".into(), link);
         tree.load(friend, listing);
