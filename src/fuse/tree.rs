@@ -1309,6 +1309,36 @@ impl Tree {
             // was not loaded: republish its snapshot.
             self.dirty.insert(dir);
         }
+        // A friend's names this listing no longer has (removed, or another
+        // inode now): those inodes, and what is loaded under them, are
+        // gone there, now or once the kernel and open handles let go. They
+        // stayed in the table for the life of the mount, and a file held
+        // open showed one link after its removal.
+        if !ours {
+            let mut under: Vec<u64> = old
+                .iter()
+                .filter(|&(name, ino)| children.get(name) != Some(ino))
+                .map(|(_, &ino)| ino)
+                .collect();
+            let mut i = 0;
+            while let Some(&d) = under.get(i) {
+                under.extend(
+                    self.children(d)
+                        .into_iter()
+                        .flat_map(|c| c.values().copied()),
+                );
+                i += 1;
+            }
+            for &ino in &under {
+                if let Some(node) = self.nodes.get_mut(&ino) {
+                    node.orphan = true;
+                    node.nlink = 0;
+                }
+            }
+            for ino in under {
+                self.drop_if_unused(ino);
+            }
+        }
         if let Some(Node {
             body:
                 Body::Dir {
@@ -2253,6 +2283,43 @@ mod tests {
         tree.load(friend, listing);
         let size = |name: &str| tree.nodes[&child(&tree, friend, name)].size;
         assert_eq!((size("big"), size("link")), (7, 6));
+    }
+
+    /// A friend's names gone from a refreshed listing take their inodes
+    /// with them: dropped at once if nothing holds them, else orphaned
+    /// with no link left. They stayed in the table for good, and a file
+    /// held open showed one link.
+    #[test]
+    fn a_friends_removed_entries_leave_the_table() {
+        let root = Vault::fresh_dir();
+        let mut tree = Tree::new(root.clone(), (0, 0));
+        tree.load(ROOT, Listing::default());
+        let friend = tree.insert(Node::new(
+            FRIENDS,
+            "alice",
+            0o555,
+            (0, 0),
+            Body::Dir {
+                write: None,
+                read: Vault::fresh_dir().read_cap(),
+                children: None,
+                loaded_at: None,
+            },
+        ));
+        tree.load(friend, files(3));
+        let (held, idle) = (child(&tree, friend, "f0"), child(&tree, friend, "f1"));
+        tree.nodes.get_mut(&held).unwrap().opens = 1;
+        let mut fewer = files(3);
+        fewer.entries.remove("f0");
+        fewer.entries.remove("f1");
+        tree.load(friend, fewer);
+        let node = &tree.nodes[&held];
+        assert!(
+            node.orphan && node.nlink == 0,
+            "held open: orphaned, unlinked"
+        );
+        assert!(!tree.nodes.contains_key(&idle), "nothing holds it: gone");
+        assert!(tree.nodes.contains_key(&child(&tree, friend, "f2")));
     }
 
     fn file_entry(n: u8) -> Entry {
