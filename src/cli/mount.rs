@@ -768,22 +768,25 @@ pub fn mount(args: MountArgs) -> Result<()> {
     }
 }
 
-/// After the unmount began: end the process at the next SIGTERM, SIGINT
-/// or SIGHUP, as sshfs and gocryptfs end at a second Ctrl-C. A mount
+/// After the unmount began: end the process at the next SIGTERM or
+/// SIGINT, as sshfs and gocryptfs end at a second Ctrl-C. A mount
 /// detached lazily waits for its last user, and the final upload for the
 /// mirrors; a user or service manager that asks again means now. Nothing
 /// is lost: what is staged is on disk, as after a crash, and the next
 /// mount uploads it. Files still open on a detached mount then fail
 /// (ENOTCONN), as they would at `umount -f`.
+///
+/// Not at a SIGHUP: a closing terminal may send two (the kernel's and the
+/// shell's), and the second would cut short the final upload that the
+/// first began. The stream is kept so that further ones are ignored.
 async fn cut_short_at_signal(
     mut term: tokio::signal::unix::Signal,
     mut int: tokio::signal::unix::Signal,
-    mut hup: tokio::signal::unix::Signal,
+    _hup: tokio::signal::unix::Signal,
 ) {
     tokio::select! {
         _ = term.recv() => {}
         _ = int.recv() => {}
-        _ = hup.recv() => {}
     }
     say!(
         "lode: stopping now, at a second signal; changes not yet uploaded stay staged, \

@@ -76,7 +76,7 @@ fn check_pages(pages: &[FileReadCap]) -> Result<()> {
                 cap.size
             )));
         }
-        match seen.entry(cap.root) {
+        match seen.entry((cap.root, cap.size)) {
             std::collections::hash_map::Entry::Vacant(v) => {
                 v.insert(cap);
                 total += cap.size;

@@ -16,8 +16,8 @@ mod listing;
 mod slot;
 
 pub use listing::{
-    DirAttrs, Encoded, Entry, EntryKind, Home, LISTING_VERSION, LinkId, Listing, MAX_PAGE_BYTES,
-    Place, Time, check_name,
+    DirAttrs, Encoded, Entry, EntryKind, Home, LISTING_VERSION, LinkId, Listing, MAX_LISTING_BYTES,
+    MAX_PAGE_BYTES, Place, Time, check_name,
 };
 pub use slot::{MAX_SLOT_BYTES, SLOT_VERSION, SlotEnvelope};
 

@@ -222,6 +222,10 @@ pub struct LodeFs {
     /// be written: the flusher writes them again. A staged file with no
     /// note is taken by recovery for a cache, and removed.
     unnoted: Mutex<HashSet<u64>>,
+    /// Files the background gave up uploading because they kept changing
+    /// (opened for writing again meanwhile), with until when it leaves
+    /// them be: each pass uploaded them whole again, to no end.
+    kept_changing: Mutex<std::collections::HashMap<u64, Instant>>,
     /// The grid's room as last reported by the mirrors (`statfs`).
     space: Mutex<Option<Space>>,
     /// Held while recovery notes are written (see `note_staged`).
@@ -384,6 +388,7 @@ impl LodeFs {
             early: Earlies::default(),
             staged_data: std::array::from_fn(|_| Mutex::new(())),
             unnoted: Mutex::new(HashSet::new()),
+            kept_changing: Mutex::new(std::collections::HashMap::new()),
             space: Mutex::new(None),
             noting: Mutex::new(()),
             final_flush: Mutex::new(None),
@@ -1930,7 +1935,10 @@ impl LodeFs {
                     cached: false,
                     cap,
                     ..
-                } if !node.orphan => {
+                // A linked file with no home here (its name removed, the
+                // others not listed: `Tree::unlink`) keeps the note it has:
+                // a note with no path is one recovery cannot place.
+                } if !node.orphan && !node.name.is_empty() => {
                     let path = Self::path_in(&tree, ino)?;
                     // Names it left that the mirrors may still list.
                     let left = tree
@@ -2669,13 +2677,23 @@ impl LodeFs {
     fn flush(&self, open_too: bool, background: bool) -> Result<()> {
         self.drop_stale_earlies();
         self.renote_failed();
+        let now = Instant::now();
+        let pausing = {
+            let mut pausing = self.kept_changing.lock().unwrap_or_else(|p| p.into_inner());
+            pausing.retain(|_, until| *until > now);
+            match background {
+                true => pausing.keys().copied().collect(),
+                false => HashSet::new(),
+            }
+        };
         let files: Vec<u64> = self
             .lock()
             .nodes
             .iter()
-            .filter(|(_, node)| {
+            .filter(|(ino, node)| {
                 matches!(node.body, Body::File { dirty: true, writers, .. }
                     if open_too || writers == 0)
+                    && !pausing.contains(ino)
             })
             .map(|(&ino, _)| ino)
             .collect();
@@ -2717,9 +2735,10 @@ impl LodeFs {
     /// Upload `files`, a few side by side; the first error, if any.
     ///
     /// In the `background`, a file that kept changing (opened for writing
-    /// again meanwhile) is no failure: it stays dirty, and goes up once
-    /// closed. It failed the pass, and the flusher paused up to half a
-    /// minute with an error in `lode status`.
+    /// again meanwhile) is no failure: it stays dirty, and the background
+    /// leaves it be for `FLUSH_RETRY_MAX`. It failed the pass, and the
+    /// whole flusher paused up to half a minute with an error in `lode
+    /// status`.
     fn upload_all(&self, files: Vec<u64>, background: bool) -> Option<Error> {
         let (mut small, mut large) = (Vec::new(), Vec::new());
         {
@@ -2759,7 +2778,12 @@ impl LodeFs {
                         };
                         match this.upload(ino) {
                             Ok(()) => {}
-                            Err(Error::KeptChanging(..)) if background => {}
+                            Err(Error::KeptChanging(..)) if background => {
+                                this.kept_changing
+                                    .lock()
+                                    .unwrap_or_else(|p| p.into_inner())
+                                    .insert(ino, Instant::now() + FLUSH_RETRY_MAX);
+                            }
                             Err(e) => {
                                 errors
                                     .lock()

@@ -331,10 +331,15 @@ impl Ledger {
             stmt.query_map([], |r| r.get(0))?
                 .collect::<rusqlite::Result<_>>()?
         };
-        for id in accounts {
-            if let Ok(id) = <[u8; 32]>::try_from(id.as_slice()) {
-                self.with_tx(|tx| self.charge_in(tx, &id, now))?;
-            }
+        for chunk in accounts.chunks(super::ledger::ACCOUNTS_PER_TX) {
+            self.with_tx(|tx| {
+                for id in chunk {
+                    if let Ok(id) = <[u8; 32]>::try_from(id.as_slice()) {
+                        self.charge_in(tx, &id, now)?;
+                    }
+                }
+                Ok(())
+            })?;
         }
         Ok(())
     }

@@ -22,13 +22,18 @@ pub async fn collect_garbage(
 ) -> Result<GcReport> {
     let mut report = GcReport::default();
     // What a pass cut short (a crash, a failed unlink) forgot but left on
-    // disk: removed first, unless stored anew since.
-    let doomed = ledger.run(|l| l.doomed()).await?;
-    if !doomed.is_empty() {
+    // disk: removed first, unless stored anew since. Asked under the lock
+    // uploads hold while they record a share: asked before it, a share
+    // recorded anew while GC waited for the lock lost its file. One that
+    // cannot be removed stays recorded for a later pass, and stops no
+    // pass: every pass would have ended there, and nothing was freed
+    // again.
+    {
         let _guard = finalize.write().await;
-        for (id, known) in doomed {
-            if !known {
-                shares.delete(&id).await?;
+        for (id, known) in ledger.run(|l| l.doomed()).await? {
+            if !known && let Err(e) = shares.delete(&id).await {
+                tracing::warn!(share = %crate::protocol::hex(&id), error = %e, "a share GC forgot cannot be removed; trying again at the next pass");
+                continue;
             }
             ledger.run(move |l| l.spare(&id)).await?;
         }

@@ -18,6 +18,10 @@ use crate::dir::SlotEnvelope;
 /// The schema version this code writes.
 pub const LEDGER_VERSION: i64 = 5;
 
+/// Accounts billed or pruned in one transaction by a GC pass: few enough
+/// that uploads and renewals wait little for the ledger between them.
+pub(super) const ACCOUNTS_PER_TX: usize = 256;
+
 const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL);
 CREATE TABLE IF NOT EXISTS accounts (
@@ -720,23 +724,30 @@ impl Ledger {
                 .collect::<rusqlite::Result<_>>()?
         };
         let mut dropped = 0;
-        for id in accounts {
+        // Many accounts to a transaction: one each cost a commit (an
+        // fsync) per account per GC pass, hours of them for a million
+        // accounts, which anyone can make by signing with fresh keys.
+        for chunk in accounts.chunks(ACCOUNTS_PER_TX) {
             dropped += self.with_tx(|tx| {
-                if self.terms.price_micro == 0 {
-                    cached_exec(
+                let mut dropped = 0;
+                for id in chunk {
+                    if self.terms.price_micro == 0 {
+                        cached_exec(
+                            tx,
+                            "UPDATE accounts SET charged_at = MAX(COALESCE(charged_at, ?2), ?2)
+                             WHERE id = ?1",
+                            params![id, now],
+                        )?;
+                    }
+                    dropped += cached_exec(
                         tx,
-                        "UPDATE accounts SET charged_at = MAX(COALESCE(charged_at, ?2), ?2)
-                         WHERE id = ?1",
-                        params![id, now],
-                    )?;
+                        "DELETE FROM leases WHERE account = ?1 AND expires <=
+                         MIN(?2, COALESCE((SELECT charged_at FROM accounts WHERE id = ?1), ?2)) - ?3",
+                        params![id, now, PRUNE_MARGIN_SECS],
+                    )? as u64;
                 }
-                Ok(cached_exec(
-                    tx,
-                    "DELETE FROM leases WHERE account = ?1 AND expires <=
-                     MIN(?2, COALESCE((SELECT charged_at FROM accounts WHERE id = ?1), ?2)) - ?3",
-                    params![id, now, PRUNE_MARGIN_SECS],
-                )?)
-            })? as u64;
+                Ok(dropped)
+            })?;
         }
         Ok(dropped)
     }

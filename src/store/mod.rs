@@ -51,7 +51,7 @@ pub enum Error {
     NoSpace { mirror: String },
     #[error(
         "a directory of {entries} entries needs a {bytes}-byte listing, over the \
-         {limit}-byte limit of a directory slot: move some entries into subdirectories"
+         {limit} bytes a directory's listing may take: move some entries into subdirectories"
     )]
     DirectoryTooLarge {
         entries: usize,

@@ -1500,13 +1500,14 @@ impl Vault {
         if !listing.is_pending() {
             return Ok(());
         }
-        // Each page once: only empty pages repeat (`Listing::decode`
-        // refuses the rest), and the pages' sizes were bounded there.
+        // Each page once (by root and size; `Listing::decode` refused two
+        // caps that share both but not their key): only empty pages
+        // repeat, and the pages' sizes were bounded there.
         let mut distinct: Vec<FileReadCap> = Vec::new();
         let mut at: Vec<usize> = Vec::with_capacity(listing.pages.len());
         let mut index = std::collections::HashMap::new();
         for cap in &listing.pages {
-            at.push(*index.entry(cap.root).or_insert_with(|| {
+            at.push(*index.entry((cap.root, cap.size)).or_insert_with(|| {
                 distinct.push(cap.clone());
                 distinct.len() - 1
             }));
@@ -1583,6 +1584,16 @@ impl Vault {
                 zeroize::Zeroizing::new(bytes)
             }
             Encoded::Pages(pages) => {
+                // Past what a reader holds (`Listing::decode`), refused
+                // here: published, it could not be read back, by anyone.
+                let total: usize = pages.iter().map(Vec::len).sum();
+                if total as u64 > crate::dir::MAX_LISTING_BYTES {
+                    return Err(Error::DirectoryTooLarge {
+                        entries: listing.entries.len(),
+                        bytes: total,
+                        limit: crate::dir::MAX_LISTING_BYTES as usize,
+                    });
+                }
                 listing.pages = self.store_pages(pages).await?;
                 zeroize::Zeroizing::new(Listing::encode_index(
                     &listing.pages,
