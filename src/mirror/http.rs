@@ -324,6 +324,19 @@ async fn get_slot(State(m): State<Arc<Mirror>>, Path(pk): Path<String>) -> Resul
     Ok(([(header::CONTENT_TYPE, "application/cbor")], bytes).into_response())
 }
 
+/// The largest gap between the wall clock's advance and the monotonic
+/// clock's, between two GC passes, taken as drift rather than a step.
+const CLOCK_STEP_MIN: i64 = 600;
+
+/// The step of the wall clock between two readings of (monotonic, wall)
+/// time, in seconds, if it moved more than `CLOCK_STEP_MIN` away from the
+/// monotonic time elapsed (forward or back).
+fn clock_step(prev: (std::time::Instant, i64), now: (std::time::Instant, i64)) -> Option<i64> {
+    let elapsed = i64::try_from(now.0.duration_since(prev.0).as_secs()).unwrap_or(i64::MAX);
+    let step = (now.1 - prev.1).saturating_sub(elapsed);
+    (step.abs() > CLOCK_STEP_MIN).then_some(step)
+}
+
 /// A request body of at most `limit` bytes, whole, in the time an upload
 /// of its declared length (or of `limit`) gets: as for shares, a client
 /// trickling a byte a minute held a connection and its buffer for good.
@@ -545,8 +558,21 @@ pub async fn serve(
     let gc = tokio::spawn(async move {
         let mut tick = tokio::time::interval(config.gc_interval);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut last: Option<(std::time::Instant, i64)> = None;
         loop {
             tick.tick().await;
+            let now = (std::time::Instant::now(), unix_now());
+            if let Some(step) = last.and_then(|prev| clock_step(prev, now)) {
+                tracing::error!(
+                    seconds = step,
+                    "the wall clock was stepped since the last GC pass; leases and billing move with it"
+                );
+                if let Err(e) = gc_mirror.ledger.run(move |l| l.shift_clock(step)).await {
+                    tracing::error!(error = %e, "cannot move leases with the clock; billing and GC wait");
+                    continue;
+                }
+            }
+            last = Some(now);
             let billed = gc_mirror.ledger.run(|l| l.charge_all(unix_now())).await;
             if let Err(e) = &billed {
                 tracing::error!(error = %e, "billing pass failed; GC waits for the next one");
@@ -854,6 +880,29 @@ mod tests {
         )
         .await;
         assert!(matches!(big, Err(Error::TooLarge { .. })));
+    }
+
+    /// A step of the wall clock is told from drift by the monotonic time
+    /// between two GC passes, forward or back.
+    #[test]
+    fn a_clock_step_is_told_from_drift() {
+        let t0 = std::time::Instant::now();
+        let t1 = t0 + Duration::from_secs(3600);
+        let wall = 1_700_000_000;
+        assert_eq!(clock_step((t0, wall), (t1, wall + 3600)), None);
+        assert_eq!(
+            clock_step((t0, wall), (t1, wall + 3600 + 500)),
+            None,
+            "drift"
+        );
+        assert_eq!(
+            clock_step((t0, wall), (t1, wall + 3600 + 40 * 86_400)),
+            Some(40 * 86_400)
+        );
+        assert_eq!(
+            clock_step((t0, wall), (t1, wall - 86_400)),
+            Some(-86_400 - 3600)
+        );
     }
 
     #[test]

@@ -828,6 +828,24 @@ impl Ledger {
         })
     }
 
+    /// The wall clock was stepped by `by` seconds (an NTP correction, a
+    /// bad RTC): move every lease's expiry and every account's billing
+    /// marks by as much, so that leases keep the time they had left and
+    /// no one is billed for (or excused) the step. A step forward past the
+    /// lease length otherwise took every share at the next GC.
+    pub fn shift_clock(&self, by: i64) -> Result<()> {
+        self.with_tx(|tx| {
+            cached_exec(tx, "UPDATE leases SET expires = expires + ?1", [by])?;
+            cached_exec(
+                tx,
+                "UPDATE accounts SET charged_at = charged_at + ?1, \
+                 unfunded_since = unfunded_since + ?1",
+                [by],
+            )?;
+            Ok(())
+        })
+    }
+
     /// Shares forgotten by GC whose files may still be on disk, with
     /// whether the ledger knows each again (stored anew since: its file
     /// is that upload's, and stays).
@@ -1101,6 +1119,27 @@ mod tests {
         // 1000 bytes, within the free MiB: that costs nothing.
         let r = l.renew(&[1; 32], &[id(2)], later + 2).unwrap();
         assert_eq!(r.renewed, 1, "{:?}", r.reason);
+    }
+
+    /// After a step of the wall clock, leases keep the time they had
+    /// left: a step forward past the lease no longer lets GC take them,
+    /// and the step is not billed.
+    #[test]
+    fn leases_move_with_a_clock_step() {
+        let dir = tempfile::tempdir().unwrap();
+        let l = Ledger::open(&dir.path().join("ledger.sqlite"), terms(1_000_000)).unwrap();
+        assert!(l.add_shares(&[share(1, 1, 1 << 30, T0)]).unwrap()[0].is_ok());
+        l.charge_all(T0 + DAY).unwrap();
+        let debit = l.balance(&[1; 32], T0 + DAY).unwrap().debit;
+        let step = 40 * DAY;
+        l.shift_clock(step).unwrap();
+        assert!(
+            l.unleased(T0 + DAY + step, 10).unwrap().is_empty(),
+            "still leased"
+        );
+        let after = l.balance(&[1; 32], T0 + DAY + step).unwrap().debit;
+        assert_eq!(after, debit, "the step is not billed");
+        assert_eq!(l.unleased(T0 + 10 * DAY + step + 1, 10).unwrap().len(), 1);
     }
 
     #[test]
