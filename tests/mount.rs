@@ -3743,13 +3743,7 @@ fn a_second_sigterm_ends_a_mount_waiting_for_its_last_user() {
     held.write_all(b"made durable").unwrap();
     held.sync_all().unwrap();
     let pattern = format!("[l]ode mount {} --foreground", mp.display());
-    let running = || {
-        Command::new("pgrep")
-            .args(["-f", &pattern])
-            .status()
-            .unwrap()
-            .success()
-    };
+    let running = || mount_process_runs(&mp);
     run(Command::new("pkill").args(["-TERM", "-f", &pattern]));
     let deadline = Instant::now() + Duration::from_secs(10);
     while common::mount::mounted(&mp) {
@@ -3797,14 +3791,7 @@ fn ctrl_c_while_a_background_mount_starts_stops_it() {
         .stderr(std::process::Stdio::piped())
         .spawn()
         .unwrap();
-    let pattern = format!("[l]ode mount {} --foreground", mp.display());
-    let running = || {
-        Command::new("pgrep")
-            .args(["-f", &pattern])
-            .status()
-            .unwrap()
-            .success()
-    };
+    let running = || mount_process_runs(&mp);
     let deadline = Instant::now() + Duration::from_secs(10);
     while !running() {
         assert!(Instant::now() < deadline, "no mount process started");
@@ -3831,16 +3818,20 @@ fn ctrl_c_while_a_background_mount_starts_stops_it() {
     assert!(!running());
 }
 
-/// Wait (at most 60 s) for the process of the mount at `mp` to end.
-fn wait_mount_process_gone(mp: &Path) {
+/// Whether the process of the mount at `mp` runs.
+fn mount_process_runs(mp: &Path) -> bool {
     let pattern = format!("[l]ode mount {} --foreground", mp.display());
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while Command::new("pgrep")
+    Command::new("pgrep")
         .args(["-f", &pattern])
         .status()
         .unwrap()
         .success()
-    {
+}
+
+/// Wait (at most 60 s) for the process of the mount at `mp` to end.
+fn wait_mount_process_gone(mp: &Path) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while mount_process_runs(mp) {
         assert!(Instant::now() < deadline, "the mount process did not end");
         std::thread::sleep(Duration::from_millis(100));
     }

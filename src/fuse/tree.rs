@@ -2258,21 +2258,7 @@ mod tests {
     /// cap's, a symlink's target's, whatever the entry claims.
     #[test]
     fn a_friends_entry_shows_the_size_its_content_has() {
-        let root = Vault::fresh_dir();
-        let mut tree = Tree::new(root.clone(), (0, 0));
-        tree.load(ROOT, Listing::default());
-        let friend = tree.insert(Node::new(
-            FRIENDS,
-            "alice",
-            0o555,
-            (0, 0),
-            Body::Dir {
-                write: None,
-                read: Vault::fresh_dir().read_cap(),
-                children: None,
-                loaded_at: None,
-            },
-        ));
+        let (mut tree, friend) = with_friend();
         let mut listing = Listing::default();
         let mut big = file_entry(7);
         big.size = 1 << 40;
@@ -2291,21 +2277,7 @@ mod tests {
     /// held open showed one link.
     #[test]
     fn a_friends_removed_entries_leave_the_table() {
-        let root = Vault::fresh_dir();
-        let mut tree = Tree::new(root.clone(), (0, 0));
-        tree.load(ROOT, Listing::default());
-        let friend = tree.insert(Node::new(
-            FRIENDS,
-            "alice",
-            0o555,
-            (0, 0),
-            Body::Dir {
-                write: None,
-                read: Vault::fresh_dir().read_cap(),
-                children: None,
-                loaded_at: None,
-            },
-        ));
+        let (mut tree, friend) = with_friend();
         tree.load(friend, files(3));
         let (held, idle) = (child(&tree, friend, "f0"), child(&tree, friend, "f1"));
         tree.nodes.get_mut(&held).unwrap().opens = 1;
@@ -2320,6 +2292,26 @@ mod tests {
         );
         assert!(!tree.nodes.contains_key(&idle), "nothing holds it: gone");
         assert!(tree.nodes.contains_key(&child(&tree, friend, "f2")));
+    }
+
+    /// A tree with its root listed empty and a friend, alice, not yet
+    /// listed.
+    fn with_friend() -> (Tree, u64) {
+        let mut tree = Tree::new(Vault::fresh_dir(), (0, 0));
+        tree.load(ROOT, Listing::default());
+        let friend = tree.insert(Node::new(
+            FRIENDS,
+            "alice",
+            0o555,
+            (0, 0),
+            Body::Dir {
+                write: None,
+                read: Vault::fresh_dir().read_cap(),
+                children: None,
+                loaded_at: None,
+            },
+        ));
+        (tree, friend)
     }
 
     fn file_entry(n: u8) -> Entry {
@@ -2370,22 +2362,7 @@ mod tests {
     /// loads stay read-only once orphaned.
     #[test]
     fn a_friends_set_id_bits_and_device_numbers_are_dropped() {
-        let root = Vault::fresh_dir();
-        let mut tree = Tree::new(root.clone(), (0, 0));
-        tree.load(ROOT, Listing::default());
-        let theirs = Vault::fresh_dir().read_cap();
-        let friend = tree.insert(Node::new(
-            FRIENDS,
-            "alice",
-            0o555,
-            (0, 0),
-            Body::Dir {
-                write: None,
-                read: theirs,
-                children: None,
-                loaded_at: None,
-            },
-        ));
+        let (mut tree, friend) = with_friend();
         let mem = 1 << 8 | 1; // makedev(1, 1), /dev/mem
         let listing = || {
             let mut listing = Listing::default();

@@ -76,8 +76,7 @@ pub async fn collect_garbage(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::mirror::Terms;
-    use crate::mirror::disk::ByteStream;
+    use crate::mirror::testing::{free_terms, stored_shares};
 
     /// A share GC forgot but did not get to remove (the pass cut short
     /// between the two) is removed by the next pass; one forgotten and
@@ -86,27 +85,9 @@ mod tests {
     #[tokio::test]
     async fn a_pass_cut_short_leaves_no_file_behind() {
         let dir = tempfile::tempdir().unwrap();
-        let terms = Terms {
-            lease_secs: 1,
-            quota: None,
-            capacity: None,
-            price_micro: 0,
-            grace_secs: 0,
-            free_bytes: 0,
-        };
-        let ledger = Ledger::open(&dir.path().join("ledger.sqlite"), terms).unwrap();
+        let ledger = Ledger::open(&dir.path().join("ledger.sqlite"), free_terms(1)).unwrap();
         let shares = DiskShares::open(dir.path()).unwrap();
-        let mut ids = Vec::new();
-        for n in 0..2u8 {
-            let bytes = vec![n; 70_000];
-            let id = crate::chunk::share_id(&bytes);
-            let body: ByteStream =
-                Box::pin(futures_util::stream::iter([Ok(bytes::Bytes::from(bytes))]));
-            let staged = shares.stage(&id, body, 70_000).await.unwrap();
-            shares.commit(staged, false).await.unwrap();
-            ledger.add_share(&[1; 32], &id, 70_000, 1000).unwrap();
-            ids.push(id);
-        }
+        let ids = stored_shares(&ledger, &shares, 2, 70_000).await;
         // Both forgotten, as a pass that then stopped would have.
         for id in &ids {
             assert!(ledger.forget_if_unleased(id, 2000).unwrap().is_some());

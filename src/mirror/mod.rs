@@ -90,3 +90,44 @@ pub enum Error {
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// Set-up shared by the mirror's tests.
+#[cfg(test)]
+pub(crate) mod testing {
+    use super::{DiskShares, Ledger, ShareStore, Terms};
+
+    /// Free terms: no quota, no capacity, no price, leases of `lease_secs`.
+    pub fn free_terms(lease_secs: i64) -> Terms {
+        Terms {
+            lease_secs,
+            quota: None,
+            capacity: None,
+            price_micro: 0,
+            grace_secs: 0,
+            free_bytes: 0,
+        }
+    }
+
+    /// Store `count` shares of `len` bytes each (byte `n` repeated, for
+    /// the n-th) on `disk`, recorded for account `[1; 32]` at time 1000;
+    /// their ids, in the order stored.
+    pub async fn stored_shares(
+        ledger: &Ledger,
+        disk: &DiskShares,
+        count: u8,
+        len: usize,
+    ) -> Vec<[u8; 32]> {
+        let mut ids = Vec::new();
+        for n in 0..count {
+            let bytes = vec![n; len];
+            let id = crate::chunk::share_id(&bytes);
+            let body: super::disk::ByteStream =
+                Box::pin(futures_util::stream::iter([Ok(bytes::Bytes::from(bytes))]));
+            let staged = disk.stage(&id, body, len as u64).await.unwrap();
+            disk.commit(staged, false).await.unwrap();
+            ledger.add_share(&[1; 32], &id, len as u64, 1000).unwrap();
+            ids.push(id);
+        }
+        ids
+    }
+}

@@ -164,7 +164,8 @@ fn write_cursor(path: &PathBuf, at: Option<[u8; 32]>) {
 mod tests {
     use super::*;
     use crate::mirror::disk::ByteStream;
-    use crate::mirror::{DiskShares, Staged, Terms};
+    use crate::mirror::testing::{free_terms, stored_shares};
+    use crate::mirror::{DiskShares, Staged};
     use async_trait::async_trait;
 
     /// A disk store whose reads of one share fail with `errno`.
@@ -204,27 +205,9 @@ mod tests {
     async fn an_unreadable_share_does_not_stop_the_scrubber() {
         for (errno, removed) in [(libc::EIO, true), (libc::EMFILE, false)] {
             let dir = tempfile::tempdir().unwrap();
-            let terms = Terms {
-                lease_secs: 3600,
-                quota: None,
-                capacity: None,
-                price_micro: 0,
-                grace_secs: 0,
-                free_bytes: 0,
-            };
-            let ledger = Ledger::open(&dir.path().join("ledger.sqlite"), terms).unwrap();
+            let ledger = Ledger::open(&dir.path().join("ledger.sqlite"), free_terms(3600)).unwrap();
             let disk = DiskShares::open(dir.path()).unwrap();
-            let mut ids = Vec::new();
-            for n in 0..3u8 {
-                let bytes = vec![n; 100_000];
-                let id = crate::chunk::share_id(&bytes);
-                let body: ByteStream =
-                    Box::pin(futures_util::stream::iter([Ok(bytes::Bytes::from(bytes))]));
-                let staged = disk.stage(&id, body, 100_000).await.unwrap();
-                disk.commit(staged, false).await.unwrap();
-                ledger.add_share(&[1; 32], &id, 100_000, 1000).unwrap();
-                ids.push(id);
-            }
+            let mut ids = stored_shares(&ledger, &disk, 3, 100_000).await;
             ids.sort_unstable();
             let store = FailingRead {
                 disk,
