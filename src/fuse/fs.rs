@@ -2961,74 +2961,71 @@ impl LodeFs {
 
     /// The flusher's loop (see [`Self::start_flusher`]), until stopped.
     fn flush_in_background(&self) {
-        let fs = self;
-        {
-            let mut next_try = Instant::now();
-            while !fs.stop.load(Ordering::Relaxed) {
-                std::thread::sleep(Duration::from_secs(1));
-                // Stopped meanwhile: the final flush runs beside no pass.
-                if fs.stop.load(Ordering::Relaxed) {
-                    break;
-                }
-                // A sync that got everything up since the last failure
-                // ends its pause.
-                if fs
-                    .flush_failing
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .is_none()
-                {
-                    next_try = next_try.min(Instant::now());
-                }
-                // A panic in a pass is that pass's failure, not the end of
-                // background flushing for the rest of the mount (unseen,
-                // but for a log line: the join ignores it).
-                let pass = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                    (Instant::now() >= next_try).then(|| fs.flush_background())
-                }));
-                let result = match pass {
-                    Ok(result) => result,
-                    Err(_) => {
-                        tracing::error!("a background flush pass panicked");
-                        Some(Err(Error::Store(crate::store::Error::Io(
-                            std::io::Error::other(
-                                "a background flush pass panicked (a bug: see the log)",
-                            ),
-                        ))))
-                    }
-                };
-                if let Some(result) = result {
-                    let mut failing = fs.flush_failing.lock().unwrap_or_else(|p| p.into_inner());
-                    match result {
-                        Ok(()) => *failing = None,
-                        Err(e) => {
-                            let tries = failing.as_ref().map_or(0, |f| f.tries) + 1;
-                            let pause = Duration::from_secs(1 << tries.min(6)).min(FLUSH_RETRY_MAX);
-                            next_try = Instant::now() + pause;
-                            tracing::warn!(
-                                error = %e,
-                                "background flush failed; will retry in {} s",
-                                pause.as_secs()
-                            );
-                            *failing = Some(FlushFailing {
-                                tries,
-                                error: e.to_string(),
-                                since: failing
-                                    .as_ref()
-                                    .map_or_else(std::time::SystemTime::now, |f| f.since),
-                                next: next_try,
-                            });
-                        }
-                    }
-                }
-                fs.shed();
-                // A partly staged copy dropped with its orphan (in the
-                // tree, which does not see this table) leaves its entry.
-                fs.partials().retain(|path, _| path.exists());
-                // Once a second: the kernel zeroes what is faulted in
-                // again, so not after every free.
-                give_back_freed_memory();
+        let mut next_try = Instant::now();
+        while !self.stop.load(Ordering::Relaxed) {
+            std::thread::sleep(Duration::from_secs(1));
+            // Stopped meanwhile: the final flush runs beside no pass.
+            if self.stop.load(Ordering::Relaxed) {
+                break;
             }
+            // A sync that got everything up since the last failure
+            // ends its pause.
+            if self
+                .flush_failing
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .is_none()
+            {
+                next_try = next_try.min(Instant::now());
+            }
+            // A panic in a pass is that pass's failure, not the end of
+            // background flushing for the rest of the mount (unseen,
+            // but for a log line: the join ignores it).
+            let pass = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                (Instant::now() >= next_try).then(|| self.flush_background())
+            }));
+            let result = match pass {
+                Ok(result) => result,
+                Err(_) => {
+                    tracing::error!("a background flush pass panicked");
+                    Some(Err(Error::Store(crate::store::Error::Io(
+                        std::io::Error::other(
+                            "a background flush pass panicked (a bug: see the log)",
+                        ),
+                    ))))
+                }
+            };
+            if let Some(result) = result {
+                let mut failing = self.flush_failing.lock().unwrap_or_else(|p| p.into_inner());
+                match result {
+                    Ok(()) => *failing = None,
+                    Err(e) => {
+                        let tries = failing.as_ref().map_or(0, |f| f.tries) + 1;
+                        let pause = Duration::from_secs(1 << tries.min(6)).min(FLUSH_RETRY_MAX);
+                        next_try = Instant::now() + pause;
+                        tracing::warn!(
+                            error = %e,
+                            "background flush failed; will retry in {} s",
+                            pause.as_secs()
+                        );
+                        *failing = Some(FlushFailing {
+                            tries,
+                            error: e.to_string(),
+                            since: failing
+                                .as_ref()
+                                .map_or_else(std::time::SystemTime::now, |f| f.since),
+                            next: next_try,
+                        });
+                    }
+                }
+            }
+            self.shed();
+            // A partly staged copy dropped with its orphan (in the
+            // tree, which does not see this table) leaves its entry.
+            self.partials().retain(|path, _| path.exists());
+            // Once a second: the kernel zeroes what is faulted in
+            // again, so not after every free.
+            give_back_freed_memory();
         }
     }
 
