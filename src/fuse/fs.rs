@@ -3023,6 +3023,7 @@ impl LodeFs {
             // A partly staged copy dropped with its orphan (in the
             // tree, which does not see this table) leaves its entry.
             self.partials().retain(|path, _| path.exists());
+            self.vault.expire_idle_chunks();
             // Once a second: the kernel zeroes what is faulted in
             // again, so not after every free.
             give_back_freed_memory();

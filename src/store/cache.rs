@@ -1,8 +1,10 @@
-//! An LRU cache of verified plaintext chunks, bounded in bytes, and the
-//! form such a chunk takes ([`Plain`]).
+//! An LRU cache of verified plaintext chunks, bounded in bytes, whose
+//! entries also leave once idle, and the form such a chunk takes
+//! ([`Plain`]).
 
 use std::ops::Range;
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use lru::LruCache;
@@ -63,8 +65,11 @@ impl From<Vec<u8>> for Plain {
 
 /// Chunks keyed by their first share id (unique per chunk and identity).
 /// Only verified, decrypted chunks go in, so a hit needs no re-check.
+/// Each entry keeps when it was last put or got: the least recently used
+/// is also the longest idle, so [`ChunkCache::expire_idle`] takes from
+/// the same end as eviction.
 pub struct ChunkCache {
-    entries: LruCache<ShareId, Plain>,
+    entries: LruCache<ShareId, (Plain, Instant)>,
     bytes: usize,
     budget: usize,
 }
@@ -79,23 +84,56 @@ impl ChunkCache {
     }
 
     pub fn get(&mut self, key: &ShareId) -> Option<Plain> {
-        self.entries.get(key).cloned()
+        self.get_at(key, Instant::now())
+    }
+
+    fn get_at(&mut self, key: &ShareId, now: Instant) -> Option<Plain> {
+        let (plain, touched) = self.entries.get_mut(key)?;
+        *touched = now;
+        Some(plain.clone())
     }
 
     pub fn insert(&mut self, key: ShareId, chunk: Plain) {
+        self.insert_at(key, chunk, Instant::now());
+    }
+
+    fn insert_at(&mut self, key: ShareId, chunk: Plain, now: Instant) {
         if chunk.len() > self.budget {
             return;
         }
         self.bytes += chunk.len();
-        if let Some(old) = self.entries.put(key, chunk) {
+        if let Some((old, _)) = self.entries.put(key, (chunk, now)) {
             self.bytes -= old.len();
         }
         while self.bytes > self.budget {
             match self.entries.pop_lru() {
-                Some((_, evicted)) => self.bytes -= evicted.len(),
+                Some((_, (evicted, _))) => self.bytes -= evicted.len(),
                 None => break,
             }
         }
+    }
+
+    /// Drop the chunks no one has put or got for `idle` or longer: a
+    /// mount that read a large file keeps its chunks only while they are
+    /// in use, not for the rest of its life beside whatever it does next
+    /// (the kernel's page cache holds what is read again soon). Returns
+    /// the bytes dropped.
+    pub fn expire_idle(&mut self, idle: Duration) -> usize {
+        self.expire_idle_at(idle, Instant::now())
+    }
+
+    fn expire_idle_at(&mut self, idle: Duration, now: Instant) -> usize {
+        let mut dropped = 0;
+        while let Some((_, (_, touched))) = self.entries.peek_lru() {
+            if now.saturating_duration_since(*touched) < idle {
+                break;
+            }
+            if let Some((_, (plain, _))) = self.entries.pop_lru() {
+                dropped += plain.len();
+            }
+        }
+        self.bytes -= dropped;
+        dropped
     }
 
     /// Bytes held.
@@ -125,6 +163,38 @@ mod tests {
         );
         c.insert([3; 32], Plain::from(vec![0; 10]));
         assert_eq!(c.bytes(), 50);
+    }
+
+    #[test]
+    fn idle_chunks_leave_and_used_ones_stay() {
+        let t0 = Instant::now();
+        let secs = |s| t0 + Duration::from_secs(s);
+        let idle = Duration::from_secs(60);
+        let mut c = ChunkCache::new(1000);
+        c.insert_at([1; 32], Plain::from(vec![1; 40]), t0);
+        c.insert_at([2; 32], Plain::from(vec![2; 30]), secs(10));
+        c.insert_at([3; 32], Plain::from(vec![3; 20]), secs(20));
+        // Read at 50 s: chunk 1 is in use again.
+        assert!(c.get_at(&[1; 32], secs(50)).is_some());
+        assert_eq!(
+            c.expire_idle_at(idle, secs(59)),
+            0,
+            "none idle a minute yet"
+        );
+        assert_eq!(c.bytes(), 90);
+        // At 75 s, 2 (put at 10) has been idle 65 s; 3 (put at 20) 55 s.
+        assert_eq!(c.expire_idle_at(idle, secs(75)), 30);
+        assert!(c.get_at(&[2; 32], secs(75)).is_none());
+        assert_eq!(c.bytes(), 60);
+        // 3 was not got by that look at 2: at 81 s it has been idle 61 s,
+        // 1 (got at 50) 31 s.
+        assert_eq!(c.expire_idle_at(idle, secs(81)), 20);
+        assert_eq!(c.get_at(&[1; 32], secs(81)).map(|p| p.len()), Some(40));
+        assert_eq!(c.expire_idle_at(idle, secs(1000)), 40);
+        assert_eq!(c.bytes(), 0);
+        // Empty, it stays usable.
+        c.insert_at([4; 32], Plain::from(vec![4; 10]), secs(1000));
+        assert_eq!(c.bytes(), 10);
     }
 
     #[test]
