@@ -170,12 +170,16 @@ impl Ledger {
             return Ok(());
         }
         self.charge_in(tx, account, now)?;
+        // An account with no row yet (its first upload) has never been
+        // billed, so never unfunded.
         let since: Option<i64> = cached_row(
             tx,
             "SELECT unfunded_since FROM accounts WHERE id = ?1",
             [&account[..]],
             |r| r.get(0),
-        )?;
+        )
+        .optional()?
+        .flatten();
         let free = || -> Result<bool> {
             let usage = Self::usage_in(tx, account, now)?;
             Ok(self.daily_cost(usage.saturating_add(adding)) == 0)

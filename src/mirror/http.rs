@@ -354,9 +354,25 @@ async fn read_body(headers: &HeaderMap, body: Body, limit: usize) -> Result<axum
     let deadline = super::disk::body_deadline(declared.unwrap_or(limit as u64));
     match tokio::time::timeout_at(deadline, axum::body::to_bytes(body, limit)).await {
         Err(_) => Err(Error::BadRequest("request body too slow".into())),
-        Ok(Err(_)) => Err(too_large()),
+        // Past the limit, or the client gone (or sending past its own
+        // declared length): only the first is 413.
+        Ok(Err(e)) if over_limit(&e) => Err(too_large()),
+        Ok(Err(_)) => Err(Error::BadRequest("request body cut short".into())),
         Ok(Ok(bytes)) => Ok(bytes),
     }
+}
+
+/// Whether reading a body failed for its length limit (`to_bytes` wraps
+/// that and a broken connection alike).
+fn over_limit(e: &axum::Error) -> bool {
+    let mut cause: Option<&(dyn std::error::Error + 'static)> = Some(e);
+    while let Some(c) = cause {
+        if c.is::<http_body_util::LengthLimitError>() {
+            return true;
+        }
+        cause = c.source();
+    }
+    false
 }
 
 /// The largest renewal body: [`MAX_RENEW_IDS`] ids of 64 hex digits,
@@ -880,6 +896,28 @@ mod tests {
         )
         .await;
         assert!(matches!(big, Err(Error::TooLarge { .. })));
+        // Undeclared, it is 413 once it runs past the limit...
+        let long = read_body(
+            &HeaderMap::new(),
+            trickle(2 * RENEW_BODY_MAX, 1),
+            RENEW_BODY_MAX,
+        )
+        .await;
+        assert!(matches!(long, Err(Error::TooLarge { .. })));
+        // ...and a body whose client went away is not "too large".
+        let cut = Body::from_stream(futures_util::stream::iter([
+            Ok(axum::body::Bytes::from_static(b"[\"ab")),
+            Err(std::io::Error::new(
+                std::io::ErrorKind::ConnectionReset,
+                "gone",
+            )),
+        ]));
+        let cut = read_body(&declaring(4096), cut, RENEW_BODY_MAX).await;
+        assert!(
+            matches!(&cut, Err(Error::BadRequest(m)) if m.contains("cut short")),
+            "{:?}",
+            cut.map(|b| b.len())
+        );
     }
 
     /// A step of the wall clock is told from drift by the monotonic time

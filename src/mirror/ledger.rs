@@ -480,7 +480,10 @@ impl Ledger {
                 size
             }
         };
-        Self::ensure_account(tx, account, now)?;
+        // No account row: one is made when something is stored or leased
+        // (`lease_in`) or a mining share credited. A precheck made one for
+        // any signed request with a fresh key, a row per key for good,
+        // and every GC pass bills and prunes each row.
         self.check_funded(tx, account, adding, now)
     }
 
@@ -957,6 +960,31 @@ mod tests {
             Err(Error::Quota { .. })
         ));
         l.precheck(&a, &id(1), 1000, T0 + 2).unwrap();
+    }
+
+    /// A signed request that stores nothing leaves no account behind: a
+    /// precheck (alone or in a batch) by a fresh key makes no row, on a
+    /// free mirror and on a priced one; storing does.
+    #[test]
+    fn a_precheck_makes_no_account() {
+        for price in [0, 1_000_000] {
+            let dir = tempfile::tempdir().unwrap();
+            let l = Ledger::open(&dir.path().join("ledger.sqlite"), terms(price)).unwrap();
+            let accounts = |l: &Ledger| -> i64 { value(l, "SELECT COUNT(*) FROM accounts", []) };
+            for key in 1..=50u8 {
+                l.precheck(&[key; 32], &id(u32::from(key)), 1000, T0)
+                    .unwrap();
+            }
+            let admitted = l
+                .admit_batch(&[99; 32], &[(id(1), 10, false), (id(2), 10, false)], T0)
+                .unwrap();
+            assert!(admitted.iter().all(|a| matches!(a, Ok(false))));
+            assert_eq!(accounts(&l), 0, "price {price}");
+            l.add_share(&[7; 32], &id(7), 1000, T0).unwrap();
+            assert_eq!(accounts(&l), 1, "price {price}");
+            l.precheck(&[7; 32], &id(8), 1000, T0 + 1).unwrap();
+            assert_eq!(accounts(&l), 1, "price {price}");
+        }
     }
 
     /// The one value `sql` selects, read straight from the tables.
