@@ -402,6 +402,10 @@ fn init() -> Result<()> {
 
 fn mirrors(command: MirrorsCommand) -> Result<()> {
     let home = Home::locate()?;
+    let _held = match command {
+        MirrorsCommand::List => None,
+        _ => Some(home.lock_config()?),
+    };
     let mut config = Config::load(&home)?;
     match command {
         MirrorsCommand::Add { url } => {
@@ -461,6 +465,8 @@ fn mirrors(command: MirrorsCommand) -> Result<()> {
             }
         }
         MirrorsCommand::Remove { url } => {
+            // Spelled as `add` stored it (scheme and host in lower case).
+            let url = super::home::mirror_url(&url).unwrap_or_else(|_| url.clone());
             let url = url.trim_end_matches('/');
             let before = config.mirrors.len();
             config.mirrors.retain(|m| m != url);
@@ -500,6 +506,7 @@ fn mirrors(command: MirrorsCommand) -> Result<()> {
 /// `to` now. It takes `from`'s place in the list and keeps the name the
 /// placement ranks it under, so every share stays where it is looked for.
 fn move_mirror(home: &Home, config: &mut Config, from: &str, to: &str) -> Result<()> {
+    let from = super::home::mirror_url(from).unwrap_or_else(|_| from.to_string());
     let from = from.trim_end_matches('/');
     let Some(at) = config.mirrors.iter().position(|m| m == from) else {
         bail!("{from} is not a configured mirror (`lode mirrors list` shows them)");
@@ -768,14 +775,21 @@ async fn download_to(s: &Session, file: &lode::caps::FileReadCap, out: &Path) ->
         true => std::fs::canonicalize(out)?,
         false => out.to_path_buf(),
     };
+    // A name no one can have made ready (a symlink planted in a shared
+    // directory would have had the download truncate its target), and one
+    // two downloads to the same place do not share.
     let tmp = real.with_file_name(format!(
-        ".{}.lode-part",
+        ".{}.{:016x}.lode-part",
         real.file_name()
             .and_then(|n| n.to_str())
-            .unwrap_or("download")
+            .unwrap_or("download"),
+        rand::random::<u64>()
     ));
     let result = async {
-        let w = std::fs::File::create(&tmp)?;
+        let w = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(&tmp)?;
         if let Some(m) = &target {
             w.set_permissions(m.permissions())?;
         }
@@ -914,7 +928,9 @@ async fn ls(s: &Session, target: &str) -> Result<()> {
         Cap::DirRead(_) | Cap::DirWrite(_) => cap.into_dir_read()?,
         other => bail!("a {} cap cannot be listed", other.kind()),
     };
+    let to_terminal = std::io::stdout().is_terminal();
     for (name, e) in s.vault.list(&dir).await?.entries {
+        let name = printable(&name, to_terminal);
         let kind = match e.kind {
             EntryKind::File => '-',
             EntryKind::Dir => 'd',
@@ -927,7 +943,7 @@ async fn ls(s: &Session, target: &str) -> Result<()> {
         let suffix = e
             .target
             .as_deref()
-            .map(|t| format!(" -> {t}"))
+            .map(|t| format!(" -> {}", printable(t, to_terminal)))
             .unwrap_or_default();
         println!(
             "{kind}{:04o} {:>12} {:>20} {name}{suffix}",
@@ -937,6 +953,28 @@ async fn ls(s: &Session, target: &str) -> Result<()> {
         );
     }
     Ok(())
+}
+
+/// A name (or symlink target) as shown on a terminal: control characters
+/// and backslashes escaped, as `ls -b` does. Names in a friend's listing
+/// are the friend's to choose: raw, `\e]52;...` writes the clipboard on
+/// some terminals, and `\n` forges lines. Piped, names go out as they are.
+pub(super) fn printable(name: &str, to_terminal: bool) -> std::borrow::Cow<'_, str> {
+    if !to_terminal || !name.chars().any(|c| c.is_control() || c == '\\') {
+        return std::borrow::Cow::Borrowed(name);
+    }
+    let mut out = String::with_capacity(name.len() + 8);
+    for c in name.chars() {
+        match c {
+            '\\' => out.push_str("\\\\"),
+            '\n' => out.push_str("\\n"),
+            '\t' => out.push_str("\\t"),
+            '\r' => out.push_str("\\r"),
+            c if c.is_control() => out.push_str(&format!("\\u{{{:x}}}", c as u32)),
+            c => out.push(c),
+        }
+    }
+    std::borrow::Cow::Owned(out)
 }
 
 /// A listed mtime as `ls` users read one: UTC, to the second
@@ -1011,9 +1049,13 @@ async fn check(s: &Session, target: &str, options: lode::store::CheckOptions) ->
             parts.join("/")
         }
     };
-    let shown = |text: &str| match (base.is_empty(), text.strip_prefix('/')) {
-        (false, Some(rest)) => format!("{base}/{rest}"),
-        _ => text.to_string(),
+    let to_terminal = std::io::stdout().is_terminal();
+    let shown = |text: &str| {
+        let text = match (base.is_empty(), text.strip_prefix('/')) {
+            (false, Some(rest)) => format!("{base}/{rest}"),
+            _ => text.to_string(),
+        };
+        printable(&text, to_terminal).into_owned()
     };
     let verb = if verify { "verified" } else { "present" };
     for (url, t) in report.mirrors.iter().zip(&report.tallies) {
@@ -1194,6 +1236,20 @@ async fn renew(s: &Session) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// On a terminal, a name cannot move the cursor, start an escape
+    /// sequence or forge a line; piped, it goes out as it is.
+    #[test]
+    fn names_shown_on_a_terminal_are_escaped() {
+        assert_eq!(printable("plain name.txt", true), "plain name.txt");
+        assert_eq!(
+            printable("x\u{1b}]52;c;aGk=\u{7}", true),
+            "x\\u{1b}]52;c;aGk=\\u{7}"
+        );
+        assert_eq!(printable("a\nb\tc\\d", true), "a\\nb\\tc\\\\d");
+        assert_eq!(printable("\u{9b}31m", true), "\\u{9b}31m");
+        assert_eq!(printable("a\nb", false), "a\nb");
+    }
 
     /// Known instants, and the ones RFC 3339 cannot write.
     #[test]

@@ -97,15 +97,8 @@ impl Home {
         }
         std::fs::set_permissions(&self.data, std::fs::Permissions::from_mode(0o700))?;
         let secret = RootSecret::generate(&mut rand::rng());
-        let mut file = std::fs::OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(0o600)
-            .open(&secret_path)
-            .with_context(|| format!("creating {}", secret_path.display()))?;
         let text = zeroize::Zeroizing::new(data_encoding::HEXLOWER.encode(secret.expose()));
-        writeln!(file, "{}", text.as_str())?;
-        file.sync_all()?;
+        write_new(&secret_path, format!("{}\n", text.as_str()).as_bytes())?;
         if !self.config_file().exists() {
             Config::default().save(self)?;
         }
@@ -145,6 +138,21 @@ impl Home {
         self.data.join("root-unpublished")
     }
 
+    /// Hold this home's config for a change: commands that load, change
+    /// and save it (`friend add`, `mirrors add`, ...) take this first, so
+    /// two at once cannot each save the copy they loaded and drop the
+    /// other's change. Released when the file closes.
+    pub fn lock_config(&self) -> Result<std::fs::File> {
+        std::fs::create_dir_all(&self.config)
+            .with_context(|| format!("creating {}", self.config.display()))?;
+        let path = self.config.join("config.lock");
+        let lock =
+            std::fs::File::create(&path).with_context(|| format!("opening {}", path.display()))?;
+        lock.lock()
+            .with_context(|| format!("locking {}", path.display()))?;
+        Ok(lock)
+    }
+
     /// The highest seq seen per directory slot (hex key → seq).
     pub fn load_seen(&self) -> Result<BTreeMap<String, u64>> {
         match std::fs::read(self.seen_file()) {
@@ -172,8 +180,33 @@ impl Home {
     }
 }
 
-/// Write a file so that readers see the old or the new content, never a mix.
+/// Write a file so that readers see the old or the new content, never a
+/// mix, and a crash leaves one of the two. The file is the user's alone
+/// (0600): the config holds friends' read-caps, each of which reads a
+/// friend's whole shared tree.
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
+    put_in_place(path, bytes, |tmp, path| std::fs::rename(tmp, path))
+}
+
+/// Write a file that must not exist yet (the secret), whole or not at all:
+/// written and fsynced under a temporary name, then linked to its own,
+/// which fails if something is there. Written in place, a crash between
+/// its creation and its write left an empty secret that every later
+/// `lode init` refused, until removed by hand.
+fn write_new(path: &Path, bytes: &[u8]) -> Result<()> {
+    put_in_place(path, bytes, |tmp, path| {
+        std::fs::hard_link(tmp, path)?;
+        std::fs::remove_file(tmp)
+    })
+}
+
+/// `bytes` into a temporary file beside `path` (mode 0600, fsynced), then
+/// `place` it at `path`, then fsync the directory so the name lasts.
+fn put_in_place(
+    path: &Path,
+    bytes: &[u8],
+    place: impl FnOnce(&Path, &Path) -> std::io::Result<()>,
+) -> Result<()> {
     // A name of its own: two processes saving the same file at once must
     // not write into one temporary file.
     let tmp = path.with_extension(format!(
@@ -182,11 +215,19 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
         rand::random::<u32>()
     ));
     let written = (|| {
-        let mut f =
-            std::fs::File::create(&tmp).with_context(|| format!("writing {}", tmp.display()))?;
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&tmp)
+            .with_context(|| format!("writing {}", tmp.display()))?;
         f.write_all(bytes)?;
         f.sync_all()?;
-        std::fs::rename(&tmp, path).with_context(|| format!("replacing {}", path.display()))
+        place(&tmp, path).with_context(|| format!("writing {}", path.display()))?;
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            std::fs::File::open(dir)?.sync_all()?;
+        }
+        Ok(())
     })();
     if written.is_err() {
         let _ = std::fs::remove_file(&tmp);
@@ -220,6 +261,44 @@ mod tests {
         // No temporary file left beside it (the lock file stays).
         let names: Vec<_> = std::fs::read_dir(dir.path()).unwrap().collect();
         assert_eq!(names.len(), 2, "{names:?}");
+    }
+
+    /// The config (friends' read-caps) and the secret are the user's
+    /// alone, whatever the umask; the secret is never written over.
+    #[test]
+    fn private_files_are_made_private() {
+        let dir = tempfile::tempdir().unwrap();
+        let home = Home {
+            config: dir.path().join("config"),
+            data: dir.path().join("data"),
+            cache: dir.path().join("cache"),
+        };
+        let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+        let secret = match home.init().unwrap() {
+            Initialized::Created(secret) => secret,
+            Initialized::ConfigRestored(_) => panic!("a new home"),
+        };
+        assert_eq!(mode(&home.config_file()), 0o600);
+        assert_eq!(mode(&home.secret_file()), 0o600);
+        assert_eq!(home.secret().unwrap().expose(), secret.expose());
+        let mut config = Config::load(&home).unwrap();
+        config.friends.insert("bob".into(), "lode:dir-ro:x".into());
+        std::fs::set_permissions(home.config_file(), std::fs::Permissions::from_mode(0o644))
+            .unwrap();
+        config.save(&home).unwrap();
+        assert_eq!(mode(&home.config_file()), 0o600);
+        let before = std::fs::read(home.secret_file()).unwrap();
+        assert!(write_new(&home.secret_file(), b"other\n").is_err());
+        assert_eq!(std::fs::read(home.secret_file()).unwrap(), before);
+        // Nothing left beside them but the files themselves.
+        for d in [&home.config, &home.data] {
+            let names: Vec<_> = std::fs::read_dir(d)
+                .unwrap()
+                .map(|e| e.unwrap().file_name().into_string().unwrap())
+                .filter(|n| n.contains(".tmp."))
+                .collect();
+            assert!(names.is_empty(), "{names:?}");
+        }
     }
 }
 

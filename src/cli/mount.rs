@@ -129,6 +129,12 @@ fn look_at(read: &lode::caps::DirReadCap) -> Result<bool> {
 
 pub fn friend(command: FriendCommand) -> Result<()> {
     let home = Home::locate()?;
+    // Held over the look at the mirrors too: a second `friend add` waits
+    // for this one rather than saving over it.
+    let _held = match command {
+        FriendCommand::List => None,
+        _ => Some(home.lock_config()?),
+    };
     let mut config = Config::load(&home)?;
     match command {
         FriendCommand::Add { name, cap } => {
