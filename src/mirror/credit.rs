@@ -293,14 +293,14 @@ impl Ledger {
     pub fn balance(&self, account: &[u8; 32], now: i64) -> Result<Balance> {
         self.with_tx(|tx| {
             self.charge_in(tx, account, now)?;
-            let (credit, debit): (i64, i64) = tx
+            let (credit, debit, unfunded): (i64, i64, Option<i64>) = tx
                 .query_row(
-                    "SELECT credit, debit FROM accounts WHERE id = ?1",
+                    "SELECT credit, debit, unfunded_since FROM accounts WHERE id = ?1",
                     [&account[..]],
-                    |r| Ok((r.get(0)?, r.get(1)?)),
+                    |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
                 )
                 .optional()?
-                .unwrap_or((0, 0));
+                .unwrap_or((0, 0, None));
             let shares: i64 = cached_row(
                 tx,
                 "SELECT (SELECT COUNT(*) FROM pool_shares WHERE account = ?1)
@@ -311,8 +311,16 @@ impl Ledger {
             let usage = Self::usage_in(tx, account, now)?;
             let daily_cost = self.daily_cost(usage);
             let balance = credit - debit;
-            let funded_until = (daily_cost > 0)
-                .then(|| now + (balance.max(0) as i128 * DAY as i128 / daily_cost as i128) as i64);
+            // Storing nothing billable, an account in debt is still not
+            // funded: `check_funded` refuses it any lease past `--free`
+            // until its balance is above zero. Reported as "none" (funded
+            // indefinitely), its mount never mined for it, and it stayed
+            // refused for good (a helper's review). Now: funded until now.
+            let in_debt = self.terms.price_micro > 0 && (balance < 0 || unfunded.is_some());
+            let funded_until = match daily_cost {
+                0 => in_debt.then_some(now),
+                cost => Some(now + (balance.max(0) as i128 * DAY as i128 / cost as i128) as i64),
+            };
             Ok(Balance {
                 credit: credit as u64,
                 debit: debit as u64,

@@ -1144,6 +1144,10 @@ mod tests {
         );
         let r = l.renew(&[1; 32], &[id(1)], later + 1).unwrap();
         assert_eq!(r.renewed, 0, "no fresh grace");
+        // Storing nothing billable now, it is still not funded: its mount
+        // is told to mine (it was "funded indefinitely", so never did).
+        let b = l.balance(&[1; 32], later + 1).unwrap();
+        assert_eq!((b.daily_cost, b.funded_until), (0, Some(later + 1)));
         // 1000 bytes, within the free MiB: that costs nothing.
         let r = l.renew(&[1; 32], &[id(2)], later + 2).unwrap();
         assert_eq!(r.renewed, 1, "{:?}", r.reason);
