@@ -124,18 +124,30 @@ impl Keeper {
     }
 }
 
-/// The mirror to mine for: the least funded one short of the horizon.
-async fn pick(config: &KeeperConfig, state: &Mutex<KeeperState>) -> Option<(String, String)> {
+/// The mirror to mine for: the least funded one short of the horizon,
+/// passing over those in `shunned` (their pool did not take the miner)
+/// while another needs mining. The mirrors are asked side by side: one
+/// that does not answer costs its timeout once, not once per mirror.
+async fn pick(
+    config: &KeeperConfig,
+    state: &Mutex<KeeperState>,
+    shunned: &std::collections::HashMap<String, tokio::time::Instant>,
+) -> Option<(String, String)> {
     let horizon = unix_now() + config.horizon.as_secs() as i64;
-    let mut best: Option<(i64, String, String)> = None;
+    let mut asks = tokio::task::JoinSet::new();
+    for (at, url) in config.mirrors.iter().enumerate() {
+        let (url, account) = (url.clone(), config.account.clone());
+        asks.spawn(async move {
+            let mirror = HttpMirror::new(&url, account).ok()?;
+            let (info, status) = tokio::join!(mirror.info(), mirror.account());
+            Some((at, url, info.ok()?, status.ok()?))
+        });
+    }
+    let mut answers: Vec<_> = asks.join_all().await.into_iter().flatten().collect();
+    answers.sort_by_key(|(at, ..)| *at);
+    let mut best: Option<((bool, i64), String, String)> = None;
     let mut funded = Vec::new();
-    for url in &config.mirrors {
-        let Ok(mirror) = HttpMirror::new(url, config.account.clone()) else {
-            continue;
-        };
-        let (Ok(info), Ok(status)) = (mirror.info().await, mirror.account().await) else {
-            continue;
-        };
+    for (_, url, info, status) in answers {
         funded.push((url.clone(), status.funded_until));
         let (Some(port), Some(until)) = (info.stratum_port, status.funded_until) else {
             continue;
@@ -143,24 +155,51 @@ async fn pick(config: &KeeperConfig, state: &Mutex<KeeperState>) -> Option<(Stri
         if until >= horizon {
             continue;
         }
-        let Some(host) = reqwest::Url::parse(url)
+        let Some(host) = reqwest::Url::parse(&url)
             .ok()
             .and_then(|u| u.host_str().map(String::from))
         else {
             continue;
         };
-        if best.as_ref().is_none_or(|(b, _, _)| until < *b) {
-            best = Some((until, url.clone(), format!("{host}:{port}")));
+        let rank = (shunned.contains_key(&url), until);
+        if best.as_ref().is_none_or(|(b, _, _)| rank < *b) {
+            best = Some((rank, url, format!("{host}:{port}")));
         }
     }
     state.lock().unwrap_or_else(|p| p.into_inner()).funded = funded;
     best.map(|(_, url, addr)| (url, addr))
 }
 
+/// How long the keeper mines for one mirror before it looks again.
+const ROUND: Duration = Duration::from_secs(60);
+
+/// How long a mirror whose pool has not taken the miner's login for a
+/// round (its Stratum port blocked by a firewall, its pool down) is passed
+/// over while another mirror needs mining.
+const POOL_SHUN: Duration = Duration::from_secs(600);
+
+/// A pool session running for one mirror.
+struct Round {
+    url: String,
+    addr: String,
+    stop: watch::Sender<bool>,
+    task: tokio::task::JoinHandle<mpsc::UnboundedReceiver<Found>>,
+    began: tokio::time::Instant,
+}
+
+impl Round {
+    /// End the session (shares sent are answered for a few seconds) and
+    /// take back the channel of finds; `None` if the task died.
+    async fn end(self) -> Option<mpsc::UnboundedReceiver<Found>> {
+        let _ = self.stop.send(true);
+        self.task.await.ok()
+    }
+}
+
 async fn mine_loop(
     config: KeeperConfig,
     miners: Arc<Miners>,
-    mut found: mpsc::UnboundedReceiver<Found>,
+    found: mpsc::UnboundedReceiver<Found>,
     stats: Arc<MinerStats>,
     state: Arc<Mutex<KeeperState>>,
     mut ending: watch::Receiver<bool>,
@@ -168,41 +207,65 @@ async fn mine_loop(
     let worker = lode::protocol::hex(&config.account.public_key());
     // Ended, or no one left to end it.
     let over = |e: &watch::Receiver<bool>| *e.borrow() || e.has_changed().is_err();
+    let mut found = Some(found);
+    let mut round: Option<Round> = None;
+    let mut shunned = std::collections::HashMap::new();
     while !over(&ending) {
-        let target = pick(&config, &state).await;
-        state.lock().unwrap_or_else(|p| p.into_inner()).mining_for =
-            target.as_ref().map(|(u, _)| u.clone());
-        match target {
-            None => {
-                tokio::select! {
-                    _ = tokio::time::sleep(Duration::from_secs(60)) => {}
-                    _ = ending.changed() => {}
+        // A session that has not had its login taken after a whole round
+        // is mining nowhere: its mirror is passed over for a while. The
+        // keeper stuck to it, a minute at a time, for as long as it was
+        // the least funded.
+        if let Some(r) = &round
+            && r.began.elapsed() >= ROUND
+            && !stats.connected.load(Ordering::Relaxed)
+        {
+            tracing::warn!(pool = %r.addr, mirror = %r.url, "the pool has not taken the miner in a minute; mining for another mirror a while");
+            shunned.insert(r.url.clone(), tokio::time::Instant::now() + POOL_SHUN);
+        }
+        shunned.retain(|_, until| *until > tokio::time::Instant::now());
+        // The session mines on while the mirrors are asked; it is ended
+        // only for another target (each new session starts the pool's
+        // difficulty over).
+        let target = pick(&config, &state, &shunned).await;
+        let keep = matches!((&round, &target), (Some(r), Some((url, addr)))
+            if r.url == *url && r.addr == *addr && !shunned.contains_key(url));
+        if !keep {
+            if let Some(r) = round.take() {
+                found = r.end().await;
+                if found.is_none() {
+                    return;
                 }
             }
-            Some(_) if over(&ending) => {}
-            Some((_, addr)) => {
-                // Mine there for a minute, then look again.
-                let (stop_tx, stop_rx) = watch::channel(false);
+            if let (Some((url, addr)), Some(rx)) = (target, found.take_if(|_| !over(&ending))) {
+                let (stop, stop_rx) = watch::channel(false);
                 let task = tokio::spawn(client::run(
-                    addr,
+                    addr.clone(),
                     worker.clone(),
                     miners.clone(),
-                    found,
+                    rx,
                     stats.clone(),
                     stop_rx,
                 ));
-                tokio::select! {
-                    _ = tokio::time::sleep(Duration::from_secs(60)) => {}
-                    _ = ending.changed() => {}
-                }
-                let _ = stop_tx.send(true);
-                match task.await {
-                    Ok(rx) => found = rx,
-                    Err(_) => return,
-                }
+                round = Some(Round {
+                    url,
+                    addr,
+                    stop,
+                    task,
+                    began: tokio::time::Instant::now(),
+                });
             }
         }
+        state.lock().unwrap_or_else(|p| p.into_inner()).mining_for =
+            round.as_ref().map(|r| r.url.clone());
+        tokio::select! {
+            _ = tokio::time::sleep(ROUND) => {}
+            _ = ending.changed() => {}
+        }
     }
+    if let Some(r) = round.take() {
+        r.end().await;
+    }
+    state.lock().unwrap_or_else(|p| p.into_inner()).mining_for = None;
 }
 
 /// How often the mount asks the mirrors for their room (`statfs`).
