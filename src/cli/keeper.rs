@@ -355,6 +355,10 @@ async fn renew_loop(config: KeeperConfig, vault: Arc<Vault>, state: Arc<Mutex<Ke
                     .filter_map(|(_, r)| r.as_ref().ok())
                     .map(|r| r.refused)
                     .sum();
+                // Refused (unfunded, most likely): tried again within ten
+                // minutes, once mining may have paid, not after a quarter
+                // lease, by which time leases near their end had lapsed.
+                failed |= refused > 0;
                 let refused = match refused {
                     0 => String::new(),
                     n => format!(", {n} leases refused (unfunded or over quota)"),

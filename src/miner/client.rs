@@ -122,6 +122,38 @@ fn io(e: impl ToString) -> std::io::Error {
     std::io::Error::other(e.to_string())
 }
 
+/// How long a connection to the pool may take.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// How long one line to the pool may wait to be sent. A pool that stops
+/// reading (hung, or hostile) wedged the session for good: the keeper
+/// waited on it forever, and `lode mine` did not stop at Ctrl-C.
+const SEND_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// How long the pool may say nothing before the connection is taken for
+/// dead and made again. Pools send a job every 30 to 60 s (lode's own
+/// every 30); with no keepalive, a connection lost to a network change
+/// went unnoticed and the threads mined a dead job indefinitely.
+const POOL_SILENCE: Duration = Duration::from_secs(300);
+
+/// Shares sent and not yet answered, at most. Past it, finds are dropped:
+/// a pool that never answers (or asks for a tiny difficulty, thousands of
+/// finds a second) grew the map without bound.
+const MAX_PENDING: usize = 1024;
+
+/// How long a session must have held for the reconnect backoff to start
+/// over: a pool that takes the login and then closes at once was asked
+/// again every 250 ms, for good.
+const HELD: Duration = Duration::from_secs(60);
+
+/// Send one line within [`SEND_TIMEOUT`].
+async fn send(lines: &mut Framed<TcpStream, LinesCodec>, line: String) -> std::io::Result<()> {
+    match tokio::time::timeout(SEND_TIMEOUT, lines.send(line)).await {
+        Err(_) => Err(io("the pool took no line for 30 s")),
+        Ok(sent) => sent.map_err(io),
+    }
+}
+
 /// Mine for `worker` at the pool `addr` until `stop` turns true. Returns
 /// the results channel, so the caller can mine elsewhere with it next.
 pub async fn run(
@@ -134,11 +166,12 @@ pub async fn run(
 ) -> mpsc::UnboundedReceiver<Found> {
     let mut backoff = Duration::from_millis(250);
     while !*stop.borrow() {
+        let began = tokio::time::Instant::now();
         let result = session(&addr, &worker, &miners, &mut found, &stats, &mut stop).await;
-        // A session that got as far as mining starts the backoff over: it
-        // doubled across every session, so after eight ended connections
-        // of a long run each reconnect waited a minute.
-        if stats.connected.swap(false, Ordering::Relaxed) {
+        // A session that got as far as mining, and held, starts the
+        // backoff over: it doubled across every session, so after eight
+        // ended connections of a long run each reconnect waited a minute.
+        if stats.connected.swap(false, Ordering::Relaxed) && began.elapsed() >= HELD {
             backoff = Duration::from_millis(250);
         }
         miners.set_work(None);
@@ -166,14 +199,17 @@ async fn session(
     stop: &mut watch::Receiver<bool>,
 ) -> std::io::Result<()> {
     let stream = tokio::select! {
-        s = TcpStream::connect(addr) => s?,
+        s = tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(addr)) => {
+            s.map_err(|_| io("no connection in 10 s"))??
+        }
         _ = stop.changed() => return Ok(()),
     };
     let mut lines = Framed::new(stream, LinesCodec::new_with_max_length(MAX_LINE));
     let agent = concat!("lode/", env!("CARGO_PKG_VERSION"));
     for line in stratum::opening(VERSION_ROLLING_MASK, agent, worker, "x") {
-        lines.send(line).await.map_err(io)?;
+        send(&mut lines, line).await?;
     }
+    let mut heard = tokio::time::Instant::now();
     let mut state = State {
         extranonce1: Vec::new(),
         extranonce2_size: 4,
@@ -207,8 +243,12 @@ async fn session(
                 draining = Some(tokio::time::Instant::now() + Duration::from_secs(3));
             }
             _ = tokio::time::sleep(Duration::from_millis(200)), if draining.is_some() => {}
+            _ = tokio::time::sleep_until(heard + POOL_SILENCE) => {
+                return Err(io("the pool has been silent for 5 minutes"));
+            }
             line = lines.next() => {
                 let line = line.ok_or_else(|| io("pool closed the connection"))?.map_err(io)?;
+                heard = tokio::time::Instant::now();
                 match stratum::parse_server(&line).map_err(io)? {
                     ServerMessage::Response { id: Some(opening_id::CONFIGURE), result, error } => {
                         state.version_mask =
@@ -259,8 +299,12 @@ async fn session(
                         }
                     }
                     // The pool's mask moved; only if it agreed to rolling.
+                    // Work issued before either change makes shares the
+                    // pool refuses: it is forgotten, and what the threads
+                    // find on it is dropped.
                     ServerMessage::SetVersionMask(mask) if rolling => {
                         state.version_mask = mask & VERSION_ROLLING_MASK;
+                        state.issued.clear();
                         if subscribed && draining.is_none() {
                             state.publish(miners);
                         }
@@ -271,7 +315,10 @@ async fn session(
                         }
                         state.extranonce1 = extranonce1;
                         state.extranonce2_size = extranonce2_size;
-                        state.publish(miners);
+                        state.issued.clear();
+                        if subscribed && draining.is_none() {
+                            state.publish(miners);
+                        }
                     }
                     _ => {}
                 }
@@ -279,6 +326,9 @@ async fn session(
             f = found.recv() => {
                 match f.ok_or_else(|| io("mining threads stopped"))? {
                     Found::Share { .. } if draining.is_some() => {}
+                    Found::Share { .. } if pending.len() >= MAX_PENDING => {
+                        tracing::debug!("{MAX_PENDING} shares unanswered; a find dropped");
+                    }
                     Found::Share { tag, nonce, .. } => {
                         let Some(issued) = state.issued.get(&tag).cloned() else { continue };
                         let submit = Submit {
@@ -290,7 +340,7 @@ async fn session(
                             version_bits: issued.version_bits,
                         };
                         pending.insert(next_id, issued.difficulty);
-                        lines.send(stratum::request(next_id, "mining.submit", stratum::submit_params(&submit))).await.map_err(io)?;
+                        send(&mut lines, stratum::request(next_id, "mining.submit", stratum::submit_params(&submit))).await?;
                         next_id += 1;
                     }
                     Found::Exhausted { tag } if tag == state.current_tag && draining.is_none() => state.publish(miners),
@@ -362,6 +412,37 @@ mod tests {
         state.notified(job("j2"));
         state.publish(&miners);
         assert_eq!(published(&state), ("j2".to_string(), low));
+        miners.stop();
+    }
+
+    /// A pool that takes the connection and then says nothing is left
+    /// after `POOL_SILENCE`, and one that stops reading after its send
+    /// timeout, rather than held for good. (Virtual time.)
+    #[tokio::test(start_paused = true)]
+    async fn a_silent_pool_is_left() {
+        let (tx, _rx) = std::sync::mpsc::channel();
+        let config = crate::miner::MinerConfig {
+            threads: 1,
+            duty: 1.0,
+            idle_priority: false,
+        };
+        let miners = Miners::start(config, tx).unwrap();
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap().to_string();
+        let pool = tokio::spawn(async move {
+            let (conn, _) = listener.accept().await.unwrap();
+            tokio::time::sleep(Duration::from_secs(3600)).await;
+            drop(conn);
+        });
+        let (_found_tx, mut found) = mpsc::unbounded_channel();
+        let stats = MinerStats::default();
+        let (_stop_tx, mut stop) = watch::channel(false);
+        let began = tokio::time::Instant::now();
+        let ended = session(&addr, "w", &miners, &mut found, &stats, &mut stop).await;
+        let err = ended.expect_err("a silent pool ends the session");
+        assert!(err.to_string().contains("silent"), "{err}");
+        assert!(began.elapsed() >= POOL_SILENCE && began.elapsed() < POOL_SILENCE * 2);
+        pool.abort();
         miners.stop();
     }
 }
