@@ -346,6 +346,13 @@ impl Grid {
                     if gone[j].load(Ordering::Relaxed) {
                         return (i, j, ShareState::Unreachable);
                     }
+                    // A check asks: a mirror only marked down (a read
+                    // passed it over as late) failed at once without a
+                    // request, and was then taken as gone for the rest of
+                    // the check. Only a request that fails makes it so.
+                    if store.is_down() {
+                        store.revive();
+                    }
                     let state = if verify {
                         match store.get_share(&id).await {
                             Ok(Some(bytes)) => match Share::verify(bytes, &id) {

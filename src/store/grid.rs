@@ -694,7 +694,14 @@ impl Grid {
             tasks.detach_all();
         };
         loop {
-            let mut asking: HashSet<usize> = live.keys().map(|&a| attempts[a].0).collect();
+            // An index already held is not "asked for" by a request for it
+            // still running (a hedge whose late twin answered first): it
+            // kept a place, and no request went out for a missing index.
+            let mut asking: HashSet<usize> = live
+                .keys()
+                .map(|&a| attempts[a].0)
+                .filter(|i| !have.contains(i))
+                .collect();
             while got.len() + asking.len() < need {
                 // The first untried attempt for an index neither held nor
                 // asked for; attempts skipped now stay available for later.
@@ -711,7 +718,18 @@ impl Grid {
                 }
                 let late_at = tokio::time::Instant::now() + self.hedge_after(mirror);
                 let id = ids[i];
-                let abort = tasks.spawn(async move { (a, store.get_share(&id).await) });
+                let abort = tasks.spawn(async move {
+                    let result = store.get_share(&id).await;
+                    // It answered: a mirror passed over for being late is
+                    // up, even when the fetch it was late for is over
+                    // (this request left to finish on its own). Only the
+                    // headers of a later answer lifted the mark before,
+                    // and `lode check` took such a mirror for gone.
+                    if result.is_ok() && store.is_down() {
+                        store.revive();
+                    }
+                    (a, result)
+                });
                 live.insert(a, (late_at, abort));
             }
             let late_at = live.values().map(|(at, _)| *at).min();
@@ -733,6 +751,10 @@ impl Grid {
             live.remove(&a);
             let (i, j) = attempts[a];
             let mirror = self.mirrors[j].name();
+            // Passed over after its task had answered (and lifted it).
+            if result.is_ok() && self.mirrors[j].is_down() {
+                self.mirrors[j].revive();
+            }
             if have.contains(&i) {
                 // A late request that answered after all.
                 continue;
@@ -1398,6 +1420,8 @@ mod fetch_tests {
         hung: bool,
         /// Slot reads answered only after this long.
         slow_slot: Option<Duration>,
+        /// Share reads answered only after this long.
+        slow_share: Option<Duration>,
         /// Uploads (shares and slots) never answered.
         hung_writes: bool,
         reads: std::sync::atomic::AtomicUsize,
@@ -1413,6 +1437,7 @@ mod fetch_tests {
                 down: false.into(),
                 hung: false,
                 slow_slot: None,
+                slow_share: None,
                 hung_writes: false,
                 reads: 0.into(),
                 writes: 0.into(),
@@ -1453,6 +1478,9 @@ mod fetch_tests {
             self.read()?;
             if self.hung {
                 std::future::pending::<()>().await;
+            }
+            if let Some(wait) = self.slow_share {
+                tokio::time::sleep(wait).await;
             }
             self.inner.get_share(id).await
         }
@@ -1571,6 +1599,33 @@ mod fetch_tests {
     fn data_shares_are_preferred_over_a_slightly_faster_parity_mirror() {
         assert_eq!(fetched_indexes([60, 80, 1]), vec![0, 1]);
         assert_eq!(fetched_indexes([10, 10, 10]), vec![0, 1]);
+    }
+
+    /// A mirror passed over while a read of it was late is up again once
+    /// that read answers, even after the fetch it was late for finished
+    /// without it. (Virtual time.)
+    #[test]
+    fn a_late_answer_lifts_the_pass_over() {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_time()
+            .start_paused(true)
+            .build()
+            .unwrap();
+        let params = Params::new(2, 3).unwrap();
+        let shares = crate::chunk::share::encode(params, &[5u8; 5000]);
+        let ids: Vec<ShareId> = shares.iter().map(Share::id).collect();
+        let first = ranking(&ids[0])[0];
+        let stores = holding(&rt, &shares, |j, fake| Fake {
+            latency: Some(Duration::from_millis(10)),
+            slow_share: (j == first).then_some(Duration::from_secs(3)),
+            ..fake
+        });
+        let grid = grid_of(&stores);
+        let got = rt.block_on(grid.fetch(&ids, params, "test")).unwrap();
+        assert_eq!(got.len(), 2);
+        assert!(stores[first].is_down(), "passed over while late");
+        rt.block_on(async { tokio::time::sleep(Duration::from_secs(5)).await });
+        assert!(!stores[first].is_down(), "its late answer lifts the mark");
     }
 
     #[test]
