@@ -297,6 +297,10 @@ impl Grid {
         let mut stack = vec![node];
         let mut chunk_no = 0usize;
         while let Some(node) = stack.pop() {
+            // Children go on the stack last first, so that leaves are met
+            // (and chunks numbered) in file order: a damaged chunk near
+            // the end of a file of several leaves was reported as chunk 0.
+            let mut children = Vec::new();
             for entry in &node.entries {
                 if node.depth == 0 {
                     out.push(Object {
@@ -321,9 +325,10 @@ impl Grid {
                         params: node.params,
                         ids: entry.shares.clone(),
                     });
-                    stack.push(child);
+                    children.push(child);
                 }
             }
+            stack.extend(children.into_iter().rev());
         }
         Ok(out)
     }
