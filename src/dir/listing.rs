@@ -349,12 +349,14 @@ impl Entry {
                 .open(&[WCAP_CONTEXT, name.as_bytes()], sealed)
                 .map_err(|_| bad("sealed write-cap failed authentication"))?,
         );
-        let seed: [u8; 32] = seed
-            .as_slice()
-            .try_into()
-            .map_err(|_| bad("sealed write-cap has the wrong length"))?;
+        if seed.len() != 32 {
+            return Err(bad("sealed write-cap has the wrong length"));
+        }
+        // Wiped like the buffer it came from, not left in a plain array.
+        let mut bytes = zeroize::Zeroizing::new([0u8; 32]);
+        bytes.copy_from_slice(&seed);
         let child = DirWriteCap {
-            seed: SlotSeed::from_bytes(seed),
+            seed: SlotSeed::from_bytes(*bytes),
         };
         // The unsealed write-cap must match the read-cap beside it, or a
         // forged entry could pair one directory's name with another's key.
