@@ -371,7 +371,16 @@ pub fn run(command: Command) -> Result<()> {
             }
         }
     });
-    session.close()?;
+    // The command's own outcome decides the exit: an upload done and its
+    // cap printed is not reported as failed because the floor of versions
+    // seen could not be saved after it, and a failed command's error is
+    // not hidden behind that one.
+    if let Err(e) = session.close() {
+        eprintln!(
+            "warning: the directory versions seen were not saved ({e:#}); \
+             a rollback to versions older than this command saw goes unnoticed"
+        );
+    }
     result
 }
 
