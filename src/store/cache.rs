@@ -65,14 +65,27 @@ impl From<Vec<u8>> for Plain {
 
 /// Chunks keyed by their first share id (unique per chunk and identity).
 /// Only verified, decrypted chunks go in, so a hit needs no re-check.
-/// Each entry keeps when it was last put or got: the least recently used
-/// is also the longest idle, so [`ChunkCache::expire_idle`] takes from
-/// the same end as eviction.
+/// Each entry keeps when it was last put or got, and whether it was ever
+/// got: see [`ChunkCache::expire_idle`].
 pub struct ChunkCache {
-    entries: LruCache<ShareId, (Plain, Instant)>,
+    entries: LruCache<ShareId, Entry>,
     bytes: usize,
     budget: usize,
 }
+
+struct Entry {
+    plain: Plain,
+    touched: Instant,
+    /// Got since it was put. A chunk fetched ahead of its reader is not,
+    /// until the reader reaches it.
+    read: bool,
+}
+
+/// How many times [`ChunkCache::expire_idle`]'s idle time a chunk no one
+/// has read yet stays: readahead runs up to 32 MiB ahead, and a reader of
+/// audio or video reaches it minutes later. Expired after the idle time
+/// alone, every chunk such a reader read was fetched twice.
+const UNREAD_SPAN: u32 = 10;
 
 impl ChunkCache {
     pub fn new(budget: usize) -> ChunkCache {
@@ -88,9 +101,10 @@ impl ChunkCache {
     }
 
     fn get_at(&mut self, key: &ShareId, now: Instant) -> Option<Plain> {
-        let (plain, touched) = self.entries.get_mut(key)?;
-        *touched = now;
-        Some(plain.clone())
+        let entry = self.entries.get_mut(key)?;
+        entry.touched = now;
+        entry.read = true;
+        Some(entry.plain.clone())
     }
 
     pub fn insert(&mut self, key: ShareId, chunk: Plain) {
@@ -102,34 +116,47 @@ impl ChunkCache {
             return;
         }
         self.bytes += chunk.len();
-        if let Some((old, _)) = self.entries.put(key, (chunk, now)) {
-            self.bytes -= old.len();
+        let entry = Entry {
+            plain: chunk,
+            touched: now,
+            read: false,
+        };
+        if let Some(old) = self.entries.put(key, entry) {
+            self.bytes -= old.plain.len();
         }
         while self.bytes > self.budget {
             match self.entries.pop_lru() {
-                Some((_, (evicted, _))) => self.bytes -= evicted.len(),
+                Some((_, evicted)) => self.bytes -= evicted.plain.len(),
                 None => break,
             }
         }
     }
 
-    /// Drop the chunks no one has put or got for `idle` or longer: a
-    /// mount that read a large file keeps its chunks only while they are
-    /// in use, not for the rest of its life beside whatever it does next
-    /// (the kernel's page cache holds what is read again soon). Returns
-    /// the bytes dropped.
+    /// Drop the chunks read and then left for `idle` or longer, and
+    /// those never read for [`UNREAD_SPAN`] times that: a mount that read
+    /// a large file keeps its chunks only while they are in use, not for
+    /// the rest of its life beside whatever it does next (the kernel's
+    /// page cache holds what is read again soon). Returns the bytes
+    /// dropped.
     pub fn expire_idle(&mut self, idle: Duration) -> usize {
         self.expire_idle_at(idle, Instant::now())
     }
 
     fn expire_idle_at(&mut self, idle: Duration, now: Instant) -> usize {
+        // A few entries (the budget over a chunk's size): all looked at.
+        let gone: Vec<ShareId> = self
+            .entries
+            .iter()
+            .filter(|(_, e)| {
+                let allowed = if e.read { idle } else { idle * UNREAD_SPAN };
+                now.saturating_duration_since(e.touched) >= allowed
+            })
+            .map(|(key, _)| *key)
+            .collect();
         let mut dropped = 0;
-        while let Some((_, (_, touched))) = self.entries.peek_lru() {
-            if now.saturating_duration_since(*touched) < idle {
-                break;
-            }
-            if let Some((_, (plain, _))) = self.entries.pop_lru() {
-                dropped += plain.len();
+        for key in gone {
+            if let Some(e) = self.entries.pop(&key) {
+                dropped += e.plain.len();
             }
         }
         self.bytes -= dropped;
@@ -174,6 +201,10 @@ mod tests {
         c.insert_at([1; 32], Plain::from(vec![1; 40]), t0);
         c.insert_at([2; 32], Plain::from(vec![2; 30]), secs(10));
         c.insert_at([3; 32], Plain::from(vec![3; 20]), secs(20));
+        // Each read once when put (the idle time counts from the read).
+        for (key, at) in [([1; 32], 0), ([2; 32], 10), ([3; 32], 20)] {
+            assert!(c.get_at(&key, secs(at)).is_some());
+        }
         // Read at 50 s: chunk 1 is in use again.
         assert!(c.get_at(&[1; 32], secs(50)).is_some());
         assert_eq!(
@@ -195,6 +226,30 @@ mod tests {
         // Empty, it stays usable.
         c.insert_at([4; 32], Plain::from(vec![4; 10]), secs(1000));
         assert_eq!(c.bytes(), 10);
+    }
+
+    /// A chunk fetched ahead of a slow reader waits for it far longer
+    /// than one already read; once read, it is idle from then.
+    #[test]
+    fn a_chunk_read_ahead_waits_for_its_reader() {
+        let t0 = Instant::now();
+        let secs = |s| t0 + Duration::from_secs(s);
+        let idle = Duration::from_secs(60);
+        let mut c = ChunkCache::new(1000);
+        c.insert_at([1; 32], Plain::from(vec![1; 40]), t0);
+        c.insert_at([2; 32], Plain::from(vec![2; 30]), t0);
+        assert!(c.get_at(&[1; 32], secs(1)).is_some());
+        // At 100 s the read one has gone, the unread one (behind it in
+        // LRU order) stays.
+        assert_eq!(c.expire_idle_at(idle, secs(100)), 40);
+        assert_eq!(c.bytes(), 30);
+        assert!(c.get_at(&[2; 32], secs(500)).is_some(), "still there");
+        assert_eq!(c.expire_idle_at(idle, secs(559)), 0);
+        assert_eq!(c.expire_idle_at(idle, secs(560)), 30);
+        // Never read: gone after ten times the idle time.
+        c.insert_at([3; 32], Plain::from(vec![3; 20]), secs(1000));
+        assert_eq!(c.expire_idle_at(idle, secs(1599)), 0);
+        assert_eq!(c.expire_idle_at(idle, secs(1600)), 20);
     }
 
     #[test]
