@@ -145,7 +145,7 @@ async fn pick(
     }
     let mut answers: Vec<_> = asks.join_all().await.into_iter().flatten().collect();
     answers.sort_by_key(|(at, ..)| *at);
-    let mut best: Option<((bool, i64), String, String)> = None;
+    let mut best: Option<((bool, bool, i64), String, String)> = None;
     let mut funded = Vec::new();
     for (_, url, info, status) in answers {
         funded.push((url.clone(), status.funded_until));
@@ -161,7 +161,14 @@ async fn pick(
         else {
             continue;
         };
-        let rank = (shunned.contains_key(&url), until);
+        // Storage at risk first: a mirror in debt that stores nothing
+        // billable ("funded until now") loses nothing while it waits, and
+        // mining only for it let another's leases run out.
+        let rank = (
+            shunned.contains_key(&url),
+            status.daily_cost_micro == 0,
+            until,
+        );
         if best.as_ref().is_none_or(|(b, _, _)| rank < *b) {
             best = Some((rank, url, format!("{host}:{port}")));
         }
@@ -214,21 +221,26 @@ async fn mine_loop(
         // A session that has not had its login taken after a whole round
         // is mining nowhere: its mirror is passed over for a while. The
         // keeper stuck to it, a minute at a time, for as long as it was
-        // the least funded.
-        if let Some(r) = &round
-            && r.began.elapsed() >= ROUND
-            && !stats.connected.load(Ordering::Relaxed)
-        {
-            tracing::warn!(pool = %r.addr, mirror = %r.url, "the pool has not taken the miner in a minute; mining for another mirror a while");
-            shunned.insert(r.url.clone(), tokio::time::Instant::now() + POOL_SHUN);
+        // the least funded. One the pool took is forgiven.
+        if let Some(r) = &round {
+            if stats.connected.load(Ordering::Relaxed) {
+                shunned.remove(&r.url);
+            } else if r.began.elapsed() >= ROUND && !shunned.contains_key(&r.url) {
+                tracing::warn!(pool = %r.addr, mirror = %r.url, "the pool has not taken the miner in a minute; mining for another mirror a while");
+                shunned.insert(r.url.clone(), tokio::time::Instant::now() + POOL_SHUN);
+            }
         }
         shunned.retain(|_, until| *until > tokio::time::Instant::now());
         // The session mines on while the mirrors are asked; it is ended
         // only for another target (each new session starts the pool's
-        // difficulty over).
-        let target = pick(&config, &state, &shunned).await;
+        // difficulty over), or when the mount ends meanwhile (a hung
+        // mirror can hold the asking for a while).
+        let target = tokio::select! {
+            target = pick(&config, &state, &shunned) => target,
+            _ = ending.changed() => break,
+        };
         let keep = matches!((&round, &target), (Some(r), Some((url, addr)))
-            if r.url == *url && r.addr == *addr && !shunned.contains_key(url));
+            if r.url == *url && r.addr == *addr);
         if !keep {
             if let Some(r) = round.take() {
                 found = r.end().await;
@@ -340,7 +352,12 @@ async fn shortest_lease(config: &KeeperConfig) -> Option<u64> {
     asks.join_all().await.into_iter().flatten().min()
 }
 
+/// Renewal passes in a row with leases refused that are tried again
+/// within [`RENEW_RETRY`].
+const REFUSED_RETRIES: u32 = 6;
+
 async fn renew_loop(config: KeeperConfig, vault: Arc<Vault>, state: Arc<Mutex<KeeperState>>) {
+    let mut refused_passes = 0u32;
     loop {
         let root = Cap::DirWrite(vault.root().clone());
         let mut failed = true;
@@ -358,7 +375,10 @@ async fn renew_loop(config: KeeperConfig, vault: Arc<Vault>, state: Arc<Mutex<Ke
                 // Refused (unfunded, most likely): tried again within ten
                 // minutes, once mining may have paid, not after a quarter
                 // lease, by which time leases near their end had lapsed.
-                failed |= refused > 0;
+                // For an hour: a refusal that stays (over quota, or no
+                // miner) is not worth a walk of the tree every ten minutes.
+                refused_passes = if refused > 0 { refused_passes + 1 } else { 0 };
+                failed |= refused > 0 && refused_passes <= REFUSED_RETRIES;
                 let refused = match refused {
                     0 => String::new(),
                     n => format!(", {n} leases refused (unfunded or over quota)"),
