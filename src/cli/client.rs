@@ -474,15 +474,11 @@ fn mirrors(command: MirrorsCommand) -> Result<()> {
             }
         }
         MirrorsCommand::Remove { url } => {
-            // Spelled as `add` stored it (scheme and host in lower case).
-            let url = super::home::mirror_url(&url).unwrap_or_else(|_| url.clone());
-            let url = url.trim_end_matches('/');
-            let before = config.mirrors.len();
-            config.mirrors.retain(|m| m != url);
-            if config.mirrors.len() == before {
+            let Some(at) = configured(&config, &url) else {
                 bail!("{url} is not a configured mirror");
-            }
-            config.placed_as.remove(url);
+            };
+            let url = config.mirrors.remove(at);
+            config.placed_as.remove(&url);
             config.save(&home)?;
             println!("removed {url}");
         }
@@ -514,12 +510,25 @@ fn mirrors(command: MirrorsCommand) -> Result<()> {
 /// `lode mirrors move FROM TO`: the mirror configured as `from` answers at
 /// `to` now. It takes `from`'s place in the list and keeps the name the
 /// placement ranks it under, so every share stays where it is looked for.
+/// Where `url` is in the config's mirrors: spelled as there, or as the
+/// same URL once both are normalised (`HTTP://Host:8080/` is
+/// `http://host:8080`, as `add` stores it).
+fn configured(config: &Config, url: &str) -> Option<usize> {
+    let plain = |u: &str| super::home::mirror_url(u).unwrap_or_else(|_| u.to_string());
+    let wanted = plain(url.trim_end_matches('/'));
+    config
+        .mirrors
+        .iter()
+        .position(|m| m == url.trim_end_matches('/'))
+        .or_else(|| config.mirrors.iter().position(|m| plain(m) == wanted))
+}
+
 fn move_mirror(home: &Home, config: &mut Config, from: &str, to: &str) -> Result<()> {
-    let from = super::home::mirror_url(from).unwrap_or_else(|_| from.to_string());
-    let from = from.trim_end_matches('/');
-    let Some(at) = config.mirrors.iter().position(|m| m == from) else {
+    let Some(at) = configured(config, from) else {
         bail!("{from} is not a configured mirror (`lode mirrors list` shows them)");
     };
+    let from = config.mirrors[at].clone();
+    let from = from.as_str();
     let to = super::home::mirror_url(to)?;
     if config.mirrors.contains(&to) {
         bail!("{to} is already a mirror");
@@ -788,11 +797,11 @@ async fn download_to(s: &Session, file: &lode::caps::FileReadCap, out: &Path) ->
     // directory would have had the download truncate its target), and one
     // two downloads to the same place do not share.
     let tmp = real.with_file_name(format!(
-        ".{}.{:016x}.lode-part",
+        ".{}.{:08x}.part",
         real.file_name()
             .and_then(|n| n.to_str())
             .unwrap_or("download"),
-        rand::random::<u64>()
+        rand::random::<u32>()
     ));
     let result = async {
         let w = std::fs::OpenOptions::new()

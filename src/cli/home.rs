@@ -195,8 +195,20 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
 /// `lode init` refused, until removed by hand.
 fn write_new(path: &Path, bytes: &[u8]) -> Result<()> {
     put_in_place(path, bytes, |tmp, path| {
-        std::fs::hard_link(tmp, path)?;
-        std::fs::remove_file(tmp)
+        match std::fs::hard_link(tmp, path) {
+            // A file system without hard links (vfat, some network
+            // ones): a rename, after a look that nothing is there.
+            Err(e) if matches!(e.raw_os_error(), Some(libc::EPERM | libc::EOPNOTSUPP)) => {
+                if path.exists() {
+                    return Err(std::io::Error::from(std::io::ErrorKind::AlreadyExists));
+                }
+                std::fs::rename(tmp, path)
+            }
+            linked => {
+                linked?;
+                std::fs::remove_file(tmp)
+            }
+        }
     })
 }
 
@@ -225,7 +237,12 @@ fn put_in_place(
         f.sync_all()?;
         place(&tmp, path).with_context(|| format!("writing {}", path.display()))?;
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-            std::fs::File::open(dir)?.sync_all()?;
+            // Some file systems refuse an fsync of a directory: the
+            // rename is as lasting as they make it.
+            match std::fs::File::open(dir)?.sync_all() {
+                Err(e) if e.raw_os_error() == Some(libc::EINVAL) => {}
+                synced => synced?,
+            }
         }
         Ok(())
     })();
