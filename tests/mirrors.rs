@@ -602,9 +602,11 @@ fn put_of_a_tree_refuses_a_symlink_target_that_is_not_text() {
 #[test]
 fn renew_reports_leases_a_mirror_refuses() {
     let tmp = tempfile::tempdir().unwrap();
+    // A grace of 5 s (not 0): the first upload's own requests, a second or
+    // more apart on a loaded machine, must all fall within it.
     let mirror = MirrorProc::start(
         &tmp.path().join("m"),
-        &["--price", "1000", "--grace-days", "0"],
+        &["--price", "1000", "--grace-days", "0.00006"],
     );
     let client = Client::new(&tmp.path().join("home"), &[&mirror.url]);
     client.set_config("k", "1");
@@ -616,8 +618,8 @@ fn renew_reports_leases_a_mirror_refuses() {
         &common::seeded_bytes("unpaid", 3 << 20),
     );
     client.ok(&["put", f.to_str().unwrap(), "--to", "f.bin"]);
-    // Unfunded from its first bill, and past a grace of 0 s a second on.
-    std::thread::sleep(std::time::Duration::from_millis(2100));
+    // Unfunded from its first bill, and past its grace 6 s on.
+    std::thread::sleep(std::time::Duration::from_millis(6100));
     let out = client.run(&["renew"]);
     let said = String::from_utf8_lossy(&out.stdout);
     let err = String::from_utf8_lossy(&out.stderr);

@@ -718,7 +718,12 @@ impl Vault {
             for (j, held) in seqs.iter().enumerate() {
                 if *held != SlotHeld::Version(best.seq) {
                     report.tallies[j].stale_slots += 1;
-                    if repair && grid.mirrors()[j].put_slot(&best.encode()).await.is_ok() {
+                    // Not sent to a mirror that did not answer the read:
+                    // a hung one cost each directory its write timeout.
+                    if repair
+                        && *held != SlotHeld::NoAnswer
+                        && grid.mirrors()[j].put_slot(&best.encode()).await.is_ok()
+                    {
                         report.tallies[j].stale_slots -= 1;
                         report.repaired_slots += 1;
                     } else {
