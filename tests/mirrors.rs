@@ -1340,3 +1340,17 @@ fn a_mirror_moves_a_two_level_store_forward_and_refuses_a_newer_one() {
     let said = String::from_utf8_lossy(&refused.stderr);
     assert!(said.contains("version 3 is not supported"), "{said}");
 }
+
+/// `mirrors remove` finds a mirror however its URL is spelled: given as
+/// `add` would not store it (capitals, a trailing slash), or written by
+/// hand in the config in a spelling of its own.
+#[test]
+fn a_mirror_is_removed_however_its_url_is_spelled() {
+    let tmp = tempfile::tempdir().unwrap();
+    let client = Client::new(&tmp.path().join("home"), &["http://127.0.0.1:9"]);
+    client.ok(&["mirrors", "remove", "HTTP://127.0.0.1:9/"]);
+    client.set_config("mirrors", "[\"http://LOCALHOST:9\"]");
+    client.ok(&["mirrors", "remove", "http://localhost:9"]);
+    let err = client.fails(&["mirrors", "remove", "http://localhost:9"]);
+    assert!(err.contains("not a configured mirror"), "{err}");
+}
