@@ -26,7 +26,8 @@
 # source files) lives in a fresh directory under BASEDIR, so both file
 # systems sit on the same disk. Needs root (drop_caches). Installs gocryptfs
 # and fuse3 with apt-get if missing. Uses $LODE_BIN (default
-# target/release/lode; build it with `cargo build --release`). KEEP=1 keeps
+# target/release/lode; build it with `cargo build --release`); LODE_OPTS
+# adds mount options (`LODE_OPTS=keep=0`). KEEP=1 keeps
 # the work directory. STEP_TIMEOUT (default 1800 s) bounds every timed step.
 set -euo pipefail
 here=$(cd "$(dirname "$0")/.." && pwd)
@@ -151,7 +152,7 @@ timed() {
 }
 
 lode_mount() {
-    "$LODE_BIN" mount "$lmnt" -o nominer >/dev/null
+    "$LODE_BIN" mount "$lmnt" -o "nominer${LODE_OPTS:+,$LODE_OPTS}" >/dev/null
 }
 
 lode_umount() {
