@@ -2991,6 +2991,59 @@ fn kept_copies_give_way_to_new_writes_on_a_small_staging_disk() {
     assert!(std::fs::read(mp.join("b.bin")).unwrap() == b);
 }
 
+/// A kept copy that is open when the budget evicts it stays (it is being
+/// read) and goes at the next eviction once closed. It left the queue for
+/// good: its file stayed in staging until unmount, uncounted, and out of
+/// reach of a write that found the disk full.
+#[test]
+fn a_kept_copy_open_at_eviction_goes_once_closed() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (_mirrors, client) = common::three_mirrors_and_client(tmp.path());
+    let staging = client.home.join("data/staging");
+    let mp = tmp.path().join("mnt");
+    let _m = Mounted::with_options(&client, &mp, &["keep=20"]);
+    let staged_bytes = || -> u64 {
+        fn walk(dir: &Path) -> u64 {
+            std::fs::read_dir(dir)
+                .map(|d| {
+                    d.flatten()
+                        .map(|e| match e.metadata() {
+                            Ok(m) if m.is_dir() => walk(&e.path()),
+                            Ok(m) => m.len(),
+                            Err(_) => 0,
+                        })
+                        .sum()
+                })
+                .unwrap_or(0)
+        }
+        walk(&staging)
+    };
+    let file = |name: &str| {
+        let bytes = common::seeded_bytes(name, 12 << 20);
+        std::fs::write(mp.join(name), &bytes).unwrap();
+        client.ok(&["sync"]);
+        bytes
+    };
+    let a = file("a.bin");
+    // a is read from (and held open) while b's copy pushes it out.
+    let mut reader = std::fs::File::open(mp.join("a.bin")).unwrap();
+    let _b = file("b.bin");
+    let mut back = Vec::new();
+    std::io::Read::read_to_end(&mut reader, &mut back).unwrap();
+    assert!(back == a, "a reads back whole while its copy is kept open");
+    drop(reader);
+    // c's copy pushes out what is over the 20 MiB budget: a (closed now)
+    // and b, oldest first. Only c's copy is left.
+    let c = file("c.bin");
+    let held = staged_bytes();
+    assert!(
+        held <= 13 << 20,
+        "{held} bytes in staging, past c's 12 MiB copy"
+    );
+    assert!(std::fs::read(mp.join("a.bin")).unwrap() == a);
+    assert!(std::fs::read(mp.join("c.bin")).unwrap() == c);
+}
+
 /// An edit of an uploaded file that cannot be staged (the staging disk
 /// full) fails cleanly: the file is unchanged and the partial copy is not
 /// left behind on the disk. A large file, staged partly, needs no room

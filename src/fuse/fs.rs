@@ -1813,36 +1813,49 @@ impl LodeFs {
     /// bytes. Returns the bytes of the files removed.
     fn evict_kept(&self, kept: &mut Kept, budget: u64) -> u64 {
         let mut freed = 0;
+        // Copies still a cache but open now: kept, and first in line once
+        // closed. They left the queue for good, their files staying in
+        // staging until unmount, uncounted by the budget and out of reach
+        // of a write that found the disk full.
+        let mut busy = Vec::new();
         while kept.bytes > budget {
             let Some((ino, path, size)) = kept.queue.pop_front() else {
                 break;
             };
             kept.bytes = kept.bytes.saturating_sub(size);
             let mut tree = self.lock();
-            // Only if it is still that clean, idle copy.
-            if let Some(Node {
-                opens: 0,
-                execs: 0,
-                body:
-                    Body::File {
-                        staged: staged @ Some(_),
-                        cached: true,
-                        dirty: false,
-                        writers: 0,
-                        ..
-                    },
-                ..
-            }) = tree.nodes.get_mut(&ino)
-                && staged.as_ref() == Some(&path)
-            {
-                *staged = None;
-                drop(tree);
-                self.partials().remove(&path);
-                if std::fs::remove_file(&path).is_ok() {
-                    freed += size;
+            let Some(node) = tree.nodes.get_mut(&ino) else {
+                continue;
+            };
+            let idle = node.opens == 0 && node.execs == 0;
+            match &mut node.body {
+                Body::File {
+                    staged: staged @ Some(_),
+                    cached: true,
+                    dirty: false,
+                    writers,
+                    ..
+                } if staged.as_ref() == Some(&path) => {
+                    if !idle || *writers > 0 {
+                        busy.push((ino, path, size));
+                        continue;
+                    }
+                    *staged = None;
+                    drop(tree);
+                    self.partials().remove(&path);
+                    if std::fs::remove_file(&path).is_ok() {
+                        freed += size;
+                    }
+                    let _ = std::fs::remove_file(partial::log_path(&path));
                 }
-                let _ = std::fs::remove_file(partial::log_path(&path));
+                // Staged data again (changed since), or gone: no longer
+                // this queue's.
+                _ => {}
             }
+        }
+        for copy in busy.into_iter().rev() {
+            kept.bytes += copy.2;
+            kept.queue.push_front(copy);
         }
         freed
     }
