@@ -408,6 +408,27 @@ fn friend_add_refuses_a_cap_whose_key_does_not_open_the_directory() {
     assert!(out.status.success(), "{said}");
     assert!(!said.contains("warning"), "{said}");
     assert!(friend.ok(&["friend", "list"]).contains("alice"));
+    // `-` reads the cap from standard input (kept out of the process
+    // list); nothing there is an error, and nothing is added.
+    let out = friend.run_with_input(
+        &["friend", "add", "carol", "-"],
+        format!("{right}\n").as_bytes(),
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        friend
+            .ok(&["friend", "list"])
+            .contains(&format!("carol\t{right}"))
+    );
+    let out = friend.run_with_input(&["friend", "add", "dave", "-"], b"");
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("no cap on standard input"));
+    assert!(!friend.ok(&["friend", "list"]).contains("dave"));
+    friend.ok(&["friend", "remove", "carol"]);
     // A directory no mirror holds (a cap mistyped into another valid one,
     // or never published), pasted as a write-cap: added read-only, and
     // both said.

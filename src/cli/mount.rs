@@ -31,7 +31,12 @@ pub struct MountArgs {
 #[derive(Debug, Subcommand)]
 pub enum FriendCommand {
     /// Show a friend's shared directory at friends/NAME in the mount.
-    Add { name: String, cap: String },
+    Add {
+        name: String,
+        /// The friend's read-cap, or `-` to read it from standard input
+        /// (an argument shows to every local user in the process list).
+        cap: String,
+    },
     /// List friends.
     List,
     /// Stop showing a friend's directory.
@@ -139,6 +144,20 @@ pub fn friend(command: FriendCommand) -> Result<()> {
     match command {
         FriendCommand::Add { name, cap } => {
             check_friend_name(&name).map_err(|r| anyhow!("bad friend name {name:?}: {r}"))?;
+            let cap = match cap.as_str() {
+                "-" => {
+                    let mut line = String::new();
+                    std::io::stdin()
+                        .read_line(&mut line)
+                        .context("reading the cap from standard input")?;
+                    let line = line.trim().to_string();
+                    if line.is_empty() {
+                        bail!("no cap on standard input (`-` reads one line)");
+                    }
+                    line
+                }
+                _ => cap,
+            };
             let parsed: Cap = cap.parse().with_context(|| format!("bad cap for {name}"))?;
             let read = parsed.clone().into_dir_read().map_err(|_| {
                 anyhow!(

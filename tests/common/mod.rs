@@ -308,12 +308,37 @@ impl Client {
     }
 
     fn run_logging(&self, dir: &Path, args: &[&str], limit: Duration, log: Option<&str>) -> Output {
+        self.run_fed(dir, args, limit, log, None)
+    }
+
+    /// [`Client::run`] with `input` on its standard input.
+    pub fn run_with_input(&self, args: &[&str], input: &[u8]) -> Output {
+        self.run_fed(
+            Path::new("."),
+            args,
+            Duration::from_secs(300),
+            None,
+            Some(input),
+        )
+    }
+
+    fn run_fed(
+        &self,
+        dir: &Path,
+        args: &[&str],
+        limit: Duration,
+        log: Option<&str>,
+        input: Option<&[u8]>,
+    ) -> Output {
         let mut cmd = Command::new(LODE);
         cmd.current_dir(dir)
             .args(args)
             .env("LODE_HOME", &self.home)
             .env_remove("LODE_LOG")
-            .stdin(Stdio::null());
+            .stdin(match input {
+                Some(_) => Stdio::piped(),
+                None => Stdio::null(),
+            });
         if let Some(filter) = log {
             cmd.env("LODE_LOG", filter);
         }
@@ -322,6 +347,10 @@ impl Client {
             .stderr(Stdio::piped())
             .spawn()
             .expect("spawn lode");
+        if let (Some(bytes), Some(mut stdin)) = (input, child.stdin.take()) {
+            use std::io::Write as _;
+            stdin.write_all(bytes).expect("feed lode's stdin");
+        }
         // Bound every command in time: a hung client fails the test.
         let deadline = Instant::now() + limit;
         loop {
