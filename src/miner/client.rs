@@ -369,18 +369,23 @@ mod tests {
         }
     }
 
-    /// A difficulty the pool announces holds from its next job on: the
-    /// job being mined keeps the one it was sent at, as the pool credits
-    /// it (the client published the running job again at the new one).
-    #[test]
-    fn a_new_difficulty_waits_for_the_next_job() {
+    /// Mining threads (one, at normal priority) whose finds go nowhere.
+    fn one_thread() -> Miners {
         let (tx, _rx) = std::sync::mpsc::channel();
         let config = crate::miner::MinerConfig {
             threads: 1,
             duty: 1.0,
             idle_priority: false,
         };
-        let miners = Miners::start(config, tx).unwrap();
+        Miners::start(config, tx).unwrap()
+    }
+
+    /// A difficulty the pool announces holds from its next job on: the
+    /// job being mined keeps the one it was sent at, as the pool credits
+    /// it (the client published the running job again at the new one).
+    #[test]
+    fn a_new_difficulty_waits_for_the_next_job() {
+        let miners = one_thread();
         let mut state = State {
             extranonce1: vec![0; 4],
             extranonce2_size: 4,
@@ -416,17 +421,10 @@ mod tests {
     }
 
     /// A pool that takes the connection and then says nothing is left
-    /// after `POOL_SILENCE`, and one that stops reading after its send
-    /// timeout, rather than held for good. (Virtual time.)
+    /// after `POOL_SILENCE`, rather than held for good. (Virtual time.)
     #[tokio::test(start_paused = true)]
     async fn a_silent_pool_is_left() {
-        let (tx, _rx) = std::sync::mpsc::channel();
-        let config = crate::miner::MinerConfig {
-            threads: 1,
-            duty: 1.0,
-            idle_priority: false,
-        };
-        let miners = Miners::start(config, tx).unwrap();
+        let miners = one_thread();
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap().to_string();
         let pool = tokio::spawn(async move {
