@@ -206,6 +206,8 @@ pub struct LodeFs {
     recovered: AtomicBool,
     /// Kept local copies of published files, oldest first, and their bytes.
     kept: Mutex<Kept>,
+    /// Unlinks the kept copies the budget evicts, off the evicting path.
+    remover: super::remover::Remover,
     /// Signalled whenever a directory publish ends.
     published: std::sync::Condvar,
     /// Per inode read from the mirrors: its readahead.
@@ -382,6 +384,7 @@ impl LodeFs {
             retrying: Mutex::new(()),
             recovered: AtomicBool::new(false),
             kept: Mutex::new(Default::default()),
+            remover: Default::default(),
             published: std::sync::Condvar::new(),
             readahead: Mutex::new(Default::default()),
             readahead_room: Arc::new(tokio::sync::Semaphore::new(READAHEAD_TASKS)),
@@ -1775,7 +1778,9 @@ impl LodeFs {
             }
         }
         let budget = self.keep_budget(&kept);
-        self.evict_kept(&mut kept, budget);
+        // Unlinked later: this is the end of an upload, which an fsync
+        // may be waiting for (see `remover.rs`).
+        self.evict_kept(&mut kept, budget, false);
     }
 
     /// How many bytes of kept copies the staging disk can hold: the
@@ -1798,7 +1803,8 @@ impl LodeFs {
     /// cache. Returns the bytes freed.
     fn make_room(&self) -> u64 {
         let mut kept = self.kept.lock().unwrap_or_else(|p| p.into_inner());
-        let freed = self.evict_kept(&mut kept, 0);
+        // Unlinked now: the write waiting for the room retries at once.
+        let freed = self.evict_kept(&mut kept, 0, true);
         if freed > 0 {
             kept.made_room = Some(Instant::now());
             tracing::info!(
@@ -1810,8 +1816,9 @@ impl LodeFs {
     }
 
     /// Remove kept copies, oldest first, until they take at most `budget`
-    /// bytes. Returns the bytes of the files removed.
-    fn evict_kept(&self, kept: &mut Kept, budget: u64) -> u64 {
+    /// bytes: `now`, or else by the remover. Returns the bytes of the files
+    /// removed (or handed to the remover).
+    fn evict_kept(&self, kept: &mut Kept, budget: u64, now: bool) -> u64 {
         let mut freed = 0;
         // Copies still a cache but open now: kept, and first in line once
         // closed. They left the queue for good, their files staying in
@@ -1843,10 +1850,15 @@ impl LodeFs {
                     *staged = None;
                     drop(tree);
                     self.partials().remove(&path);
-                    if std::fs::remove_file(&path).is_ok() {
+                    if !now {
+                        self.remover.remove(path);
                         freed += size;
+                    } else {
+                        if std::fs::remove_file(&path).is_ok() {
+                            freed += size;
+                        }
+                        let _ = std::fs::remove_file(partial::log_path(&path));
                     }
-                    let _ = std::fs::remove_file(partial::log_path(&path));
                 }
                 // Staged data again (changed since), or gone: no longer
                 // this queue's.
@@ -1894,6 +1906,8 @@ impl LodeFs {
 
     /// Remove every kept copy (at unmount: they are only a cache).
     pub fn drop_kept(&self) {
+        // Evicted copies go first, and any evicted from here on go at once.
+        self.remover.finish();
         let mut tree = self.lock();
         for node in tree.nodes.values_mut() {
             if let Body::File {
@@ -5161,6 +5175,7 @@ mod tests {
             let pinned = pin.then(|| fs.pin(ino).unwrap());
             assert_eq!(fs.stage(ino, false).unwrap(), copy);
             fs.publish(ROOT).unwrap();
+            fs.remover.wait();
             let staged = match &fs.lock().nodes[&ino].body {
                 Body::File { staged, .. } => staged.clone(),
                 _ => unreachable!(),

@@ -19,6 +19,7 @@ mod fs;
 mod moves_model;
 mod notes;
 mod partial;
+mod remover;
 mod tree;
 
 pub use fs::{LodeFs, Mount, MountConfig};
