@@ -385,6 +385,51 @@ fn a_file_cap_with_another_read_key_fails_once_and_clearly() {
     assert!(!out.exists());
 }
 
+/// `get`, `ls` and `check` take `-` for a cap on standard input, kept out
+/// of the process list: the same bytes, listing and report as with the
+/// cap in the arguments. A line that is no cap is refused, and is not
+/// taken for a path in the tree (the tree has a `docs`).
+#[test]
+fn get_ls_and_check_read_a_cap_from_standard_input() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = common::seeded_bytes("stdin cap", 200_000);
+    let (_mirrors, client) = docs_stored(tmp.path(), "stdin cap", 200_000);
+    let dir_cap = client.ok(&["share", "docs"]).trim().to_string();
+    let file_cap = client.ok(&["share", "docs/f.bin"]).trim().to_string();
+    let fed = |args: &[&str], cap: &str| {
+        let out = client.run_with_input(args, format!("{cap}\n").as_bytes());
+        let said = String::from_utf8_lossy(&out.stderr).into_owned();
+        assert!(out.status.success(), "{args:?}: {said}");
+        out.stdout
+    };
+    let text = |bytes: Vec<u8>| String::from_utf8(bytes).unwrap();
+    let out = tmp.path().join("back.bin");
+    fed(&["get", "-", "-o", out.to_str().unwrap()], &file_cap);
+    assert!(
+        std::fs::read(&out).unwrap() == data,
+        "get - read other bytes"
+    );
+    assert!(
+        fed(&["get", "-"], &file_cap) == data,
+        "get - printed other bytes"
+    );
+    let listed = text(fed(&["ls", "-"], &dir_cap));
+    assert!(listed.contains("f.bin"), "{listed}");
+    assert_eq!(listed, client.ok(&["ls", &dir_cap]));
+    let checked = text(fed(&["check", "-"], &file_cap));
+    assert_eq!(checked, client.ok(&["check", &file_cap]));
+    for (input, why) in [
+        (&b""[..], "no cap on standard input"),
+        (b"docs\n", "holds no cap"),
+    ] {
+        let out = client.run_with_input(&["ls", "-"], input);
+        let said = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "ls - with {input:?} succeeded");
+        assert!(said.contains(why), "{said}");
+        assert!(out.stdout.is_empty());
+    }
+}
+
 /// `friend add` looks at the directory: a cap whose read key does not
 /// open it is refused, saying so; the true cap is added.
 #[test]

@@ -335,6 +335,39 @@ pub fn run(command: Command) -> Result<()> {
     if let Command::Mirrors(m) = command {
         return mirrors(m);
     }
+    // `-` for a target: the cap, from standard input, before anything
+    // else; from here on it is a cap given as any other.
+    let from_stdin = |target: String| -> Result<String> {
+        if target != "-" {
+            return Ok(target);
+        }
+        let cap = super::cap_or_stdin(&target)?;
+        if !lode::caps::is_cap_text(&cap) {
+            bail!("standard input holds no cap (a line starting lode:)");
+        }
+        Ok(cap)
+    };
+    let command = match command {
+        Command::Get { target, output } => Command::Get {
+            target: from_stdin(target)?,
+            output,
+        },
+        Command::Ls { target } => Command::Ls {
+            target: from_stdin(target)?,
+        },
+        Command::Check {
+            target,
+            verify,
+            repair,
+            accept_rollback,
+        } => Command::Check {
+            target: from_stdin(target)?,
+            verify,
+            repair,
+            accept_rollback,
+        },
+        other => other,
+    };
     let rt = tokio::runtime::Runtime::new()?;
     let session = Session::open()?;
     let result = rt.block_on(async {

@@ -29,6 +29,25 @@ use clap::{Parser, Subcommand};
 
 pub use home::{Config, Home};
 
+/// `-` in place of a cap: one line of standard input, so that the cap
+/// stays out of the process list (and the shell's history), where any
+/// user of the machine can read it.
+fn cap_or_stdin(arg: &str) -> anyhow::Result<String> {
+    use anyhow::Context as _;
+    if arg != "-" {
+        return Ok(arg.to_string());
+    }
+    let mut line = String::new();
+    std::io::stdin()
+        .read_line(&mut line)
+        .context("reading the cap from standard input")?;
+    let line = line.trim();
+    if line.is_empty() {
+        anyhow::bail!("no cap on standard input (`-` reads one line)");
+    }
+    Ok(line.to_string())
+}
+
 /// lode: a private, encrypted file store.
 #[derive(Debug, Parser)]
 #[command(name = "lode", version, about, propagate_version = true)]
@@ -59,6 +78,7 @@ pub enum Command {
     },
     /// Download what a cap (or a path in your tree) names.
     Get {
+        /// A cap, a path in your tree, or `-` for a cap on standard input.
         target: String,
         /// Where to write (a file, or a new directory for a directory cap).
         /// Files go to standard output without it.
@@ -67,6 +87,7 @@ pub enum Command {
     },
     /// List a directory (by cap, or by path in your tree).
     Ls {
+        /// A cap, a path in your tree, or `-` for a cap on standard input.
         #[arg(default_value = "/")]
         target: String,
     },
@@ -79,6 +100,7 @@ pub enum Command {
     },
     /// Count (or verify) the shares of a cap on every mirror.
     Check {
+        /// A cap, a path in your tree, or `-` for a cap on standard input.
         target: String,
         /// Download and hash every share instead of asking whether it exists.
         #[arg(long)]

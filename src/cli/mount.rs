@@ -144,20 +144,7 @@ pub fn friend(command: FriendCommand) -> Result<()> {
     match command {
         FriendCommand::Add { name, cap } => {
             check_friend_name(&name).map_err(|r| anyhow!("bad friend name {name:?}: {r}"))?;
-            let cap = match cap.as_str() {
-                "-" => {
-                    let mut line = String::new();
-                    std::io::stdin()
-                        .read_line(&mut line)
-                        .context("reading the cap from standard input")?;
-                    let line = line.trim().to_string();
-                    if line.is_empty() {
-                        bail!("no cap on standard input (`-` reads one line)");
-                    }
-                    line
-                }
-                _ => cap,
-            };
+            let cap = super::cap_or_stdin(&cap)?;
             let parsed: Cap = cap.parse().with_context(|| format!("bad cap for {name}"))?;
             let read = parsed.clone().into_dir_read().map_err(|_| {
                 anyhow!(

@@ -351,11 +351,28 @@ impl Client {
             use std::io::Write as _;
             stdin.write_all(bytes).expect("feed lode's stdin");
         }
+        // Drained as they come: a command that prints more than a pipe
+        // holds (64 KiB) would otherwise wait for this one forever.
+        let drain = |pipe: Option<Box<dyn std::io::Read + Send>>| {
+            std::thread::spawn(move || {
+                let mut bytes = Vec::new();
+                if let Some(mut pipe) = pipe {
+                    let _ = pipe.read_to_end(&mut bytes);
+                }
+                bytes
+            })
+        };
+        let stdout = drain(child.stdout.take().map(|p| Box::new(p) as _));
+        let stderr = drain(child.stderr.take().map(|p| Box::new(p) as _));
         // Bound every command in time: a hung client fails the test.
         let deadline = Instant::now() + limit;
         loop {
-            if child.try_wait().expect("wait").is_some() {
-                return child.wait_with_output().expect("output");
+            if let Some(status) = child.try_wait().expect("wait") {
+                return Output {
+                    status,
+                    stdout: stdout.join().expect("stdout reader"),
+                    stderr: stderr.join().expect("stderr reader"),
+                };
             }
             if Instant::now() > deadline {
                 let _ = child.kill();
