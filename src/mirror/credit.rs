@@ -134,6 +134,53 @@ impl Ledger {
         Ok(())
     }
 
+    /// Before `adding` bytes are leased at `now`, just billed
+    /// (`check_funded`): carry what the account's last bill left unbilled
+    /// over to the new usage. A bill leaves `charged_at` behind by the
+    /// time its usage cost under a millionth in, and the next bill charges
+    /// that time at the usage it finds; billed at the usage with the new
+    /// lease, the new bytes paid for time before they were leased (for a
+    /// small account, up to a day of them). The lag is shrunk instead by
+    /// the old cost over the new, rounded down: the same fraction of a
+    /// millionth, at the new rate, less under a second of it.
+    pub(super) fn carry_to(
+        &self,
+        tx: &rusqlite::Connection,
+        account: &[u8; 32],
+        adding: u64,
+        now: i64,
+    ) -> Result<()> {
+        if self.terms.price_micro == 0 {
+            return Ok(());
+        }
+        let charged_at: Option<i64> = cached_row(
+            tx,
+            "SELECT charged_at FROM accounts WHERE id = ?1",
+            [&account[..]],
+            |r| r.get(0),
+        )
+        .optional()?
+        .flatten();
+        let Some(charged_at) = charged_at.filter(|t| *t < now) else {
+            return Ok(());
+        };
+        let usage = Self::usage_in(tx, account, now)?;
+        let (old, new) = (
+            self.daily_cost(usage) as i128,
+            self.daily_cost(usage.saturating_add(adding)) as i128,
+        );
+        if new <= old {
+            return Ok(());
+        }
+        let lag = i64::try_from((now - charged_at) as i128 * old / new).unwrap_or(0);
+        cached_exec(
+            tx,
+            "UPDATE accounts SET charged_at = ?2 WHERE id = ?1",
+            params![&account[..], now - lag],
+        )?;
+        Ok(())
+    }
+
     /// The times in `(from, to)` at which leases of `account` lapse, in
     /// order, each with the bytes that lapse then.
     fn lapses_in(

@@ -437,6 +437,9 @@ impl Ledger {
         };
         Self::ensure_account(tx, account, now)?;
         self.check_funded(tx, account, adding, now)?;
+        if adding > 0 {
+            self.carry_to(tx, account, adding, now)?;
+        }
         cached_exec(
             tx,
             "INSERT INTO leases (account, object, expires, size) VALUES (?1, ?2, ?3, ?4)
@@ -1185,6 +1188,40 @@ mod tests {
         // An upload that began a day ago is recorded now, with its start.
         assert!(l.add_shares(&[share(1, 2, 1 << 30, T0 + DAY)]).unwrap()[0].is_ok());
         assert_eq!(charged_at(&l, 1), Some(billed));
+    }
+
+    /// A new lease is billed from when it was taken, not from the last
+    /// bill. A small account's bills carry what its time cost under a
+    /// millionth by leaving `charged_at` behind (here 2 KB at 10^6 per
+    /// GiB-day, one millionth a day: a whole day behind); a GiB leased
+    /// then was billed from there, at its own size: a day of the GiB
+    /// for a second of it.
+    #[test]
+    fn a_new_lease_is_not_billed_for_the_time_before_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let l = Ledger::open(&dir.path().join("ledger.sqlite"), terms(1_000_000)).unwrap();
+        assert!(l.add_shares(&[share(1, 1, 2000, T0)]).unwrap()[0].is_ok());
+        let small = l.balance(&[1; 32], T0 + DAY / 2).unwrap();
+        assert_eq!((small.daily_cost, small.debit), (1, 0));
+        let at = T0 + DAY / 2;
+        assert!(l.add_shares(&[share(1, 2, 1 << 30, at)]).unwrap()[0].is_ok());
+        let b = l.balance(&[1; 32], at + 100).unwrap();
+        // 100 s of the GiB and the 2 KB (1,157.4 millionths), and no more
+        // than the millionth the small one owed for its half day.
+        let hundred = (1_000_001i64 * 100 / DAY) as u64;
+        assert!(
+            (hundred..=hundred + 1).contains(&b.debit),
+            "billed {} for 100 s of {} a day",
+            b.debit,
+            b.daily_cost
+        );
+        // And nothing of it lost: a day on, the day is billed.
+        let day = l.balance(&[1; 32], at + 100 + DAY).unwrap();
+        assert!(
+            (day.debit - b.debit).abs_diff(1_000_001) <= 1,
+            "a day billed {}",
+            day.debit - b.debit
+        );
     }
 
     /// Every charge within one second bills that second once, and an hour
