@@ -145,36 +145,56 @@ async fn pick(
     }
     let mut answers: Vec<_> = asks.join_all().await.into_iter().flatten().collect();
     answers.sort_by_key(|(at, ..)| *at);
-    let mut best: Option<((bool, bool, i64), String, String)> = None;
     let mut funded = Vec::new();
+    let mut standings = Vec::new();
     for (_, url, info, status) in answers {
         funded.push((url.clone(), status.funded_until));
-        let (Some(port), Some(until)) = (info.stratum_port, status.funded_until) else {
-            continue;
-        };
-        if until >= horizon {
-            continue;
-        }
-        let Some(host) = reqwest::Url::parse(&url)
-            .ok()
-            .and_then(|u| u.host_str().map(String::from))
-        else {
-            continue;
-        };
-        // Storage at risk first: a mirror in debt that stores nothing
-        // billable ("funded until now") loses nothing while it waits, and
-        // mining only for it let another's leases run out.
-        let rank = (
-            shunned.contains_key(&url),
-            status.daily_cost_micro == 0,
-            until,
-        );
-        if best.as_ref().is_none_or(|(b, _, _)| rank < *b) {
-            best = Some((rank, url, format!("{host}:{port}")));
-        }
+        let pool = info.stratum_port.and_then(|port| {
+            let url = reqwest::Url::parse(&url).ok()?;
+            Some(format!("{}:{port}", url.host_str()?))
+        });
+        standings.push(Standing {
+            url,
+            pool,
+            funded_until: status.funded_until,
+            daily_cost: status.daily_cost_micro,
+        });
     }
     state.lock().unwrap_or_else(|p| p.into_inner()).funded = funded;
-    best.map(|(_, url, addr)| (url, addr))
+    choose(&standings, horizon, shunned)
+}
+
+/// A mirror's answer, as [`choose`] weighs it.
+struct Standing {
+    url: String,
+    /// Its pool's `host:port`, if it runs one.
+    pool: Option<String>,
+    /// `None`: nothing is charged.
+    funded_until: Option<i64>,
+    daily_cost: u64,
+}
+
+/// The mirror to mine for, and its pool: of those with a pool and funded
+/// short of `horizon`, the one whose storage is most at risk. A mirror in
+/// `shunned` goes last, and so does one in debt that stores nothing
+/// billable ("funded until now"), which loses nothing while it waits:
+/// mining only for it let another's leases run out. Then the least
+/// funded; ties go to the first.
+fn choose(
+    standings: &[Standing],
+    horizon: i64,
+    shunned: &std::collections::HashMap<String, tokio::time::Instant>,
+) -> Option<(String, String)> {
+    standings
+        .iter()
+        .filter_map(|s| {
+            let until = s.funded_until.filter(|u| *u < horizon)?;
+            let pool = s.pool.as_ref()?;
+            let rank = (shunned.contains_key(&s.url), s.daily_cost == 0, until);
+            Some((rank, s.url.clone(), pool.clone()))
+        })
+        .min_by_key(|(rank, ..)| *rank)
+        .map(|(_, url, pool)| (url, pool))
 }
 
 /// How long the keeper mines for one mirror before it looks again.
@@ -184,6 +204,28 @@ const ROUND: Duration = Duration::from_secs(60);
 /// round (its Stratum port blocked by a firewall, its pool down) is passed
 /// over while another mirror needs mining.
 const POOL_SHUN: Duration = Duration::from_secs(600);
+
+/// After a round for the mirror `url` that began at `began`: a pool that
+/// took the login (`connected`) clears its mirror from `shunned`; one that
+/// has not in a whole round shuns it for [`POOL_SHUN`]. Returns whether it
+/// was shunned now.
+fn review(
+    shunned: &mut std::collections::HashMap<String, tokio::time::Instant>,
+    url: &str,
+    began: tokio::time::Instant,
+    connected: bool,
+    now: tokio::time::Instant,
+) -> bool {
+    if connected {
+        shunned.remove(url);
+        return false;
+    }
+    if now.duration_since(began) < ROUND || shunned.contains_key(url) {
+        return false;
+    }
+    shunned.insert(url.to_string(), now + POOL_SHUN);
+    true
+}
 
 /// A pool session running for one mirror.
 struct Round {
@@ -222,15 +264,14 @@ async fn mine_loop(
         // is mining nowhere: its mirror is passed over for a while. The
         // keeper stuck to it, a minute at a time, for as long as it was
         // the least funded. One the pool took is forgiven.
-        if let Some(r) = &round {
-            if stats.connected.load(Ordering::Relaxed) {
-                shunned.remove(&r.url);
-            } else if r.began.elapsed() >= ROUND && !shunned.contains_key(&r.url) {
-                tracing::warn!(pool = %r.addr, mirror = %r.url, "the pool has not taken the miner in a minute; mining for another mirror a while");
-                shunned.insert(r.url.clone(), tokio::time::Instant::now() + POOL_SHUN);
-            }
+        let connected = stats.connected.load(Ordering::Relaxed);
+        let now = tokio::time::Instant::now();
+        if let Some(r) = &round
+            && review(&mut shunned, &r.url, r.began, connected, now)
+        {
+            tracing::warn!(pool = %r.addr, mirror = %r.url, "the pool has not taken the miner in a minute; mining for another mirror a while");
         }
-        shunned.retain(|_, until| *until > tokio::time::Instant::now());
+        shunned.retain(|_, until| *until > now);
         // The session mines on while the mirrors are asked; it is ended
         // only for another target (each new session starts the pool's
         // difficulty over), or when the mount ends meanwhile (a hung
@@ -356,6 +397,20 @@ async fn shortest_lease(config: &KeeperConfig) -> Option<u64> {
 /// within [`RENEW_RETRY`].
 const REFUSED_RETRIES: u32 = 6;
 
+/// After a renewal pass with `refused` leases refused, following
+/// `passes` in a row with refusals: how many in a row there are now, and
+/// whether this one is tried again within [`RENEW_RETRY`] (for the first
+/// [`REFUSED_RETRIES`] of a run).
+fn after_refusals(refused: usize, passes: u32) -> (u32, bool) {
+    match refused {
+        0 => (0, false),
+        _ => {
+            let passes = passes.saturating_add(1);
+            (passes, passes <= REFUSED_RETRIES)
+        }
+    }
+}
+
 async fn renew_loop(config: KeeperConfig, vault: Arc<Vault>, state: Arc<Mutex<KeeperState>>) {
     let mut refused_passes = 0u32;
     loop {
@@ -377,8 +432,9 @@ async fn renew_loop(config: KeeperConfig, vault: Arc<Vault>, state: Arc<Mutex<Ke
                 // lease, by which time leases near their end had lapsed.
                 // For an hour: a refusal that stays (over quota, or no
                 // miner) is not worth a walk of the tree every ten minutes.
-                refused_passes = if refused > 0 { refused_passes + 1 } else { 0 };
-                failed |= refused > 0 && refused_passes <= REFUSED_RETRIES;
+                let retry;
+                (refused_passes, retry) = after_refusals(refused, refused_passes);
+                failed |= retry;
                 let refused = match refused {
                     0 => String::new(),
                     n => format!(", {n} leases refused (unfunded or over quota)"),
@@ -500,5 +556,96 @@ mod tests {
         assert_eq!(renew_wait(Some(20), true), RENEW_LEAST);
         assert_eq!(renew_wait(None, false), hours(24));
         assert_eq!(renew_wait(None, true), RENEW_RETRY);
+    }
+
+    /// A pass with leases refused is tried again soon for six passes in a
+    /// row, then at the ordinary wait; one with none refused starts the
+    /// count over.
+    #[test]
+    fn refused_renewals_are_retried_for_six_passes() {
+        let mut passes = 0;
+        let mut retried = Vec::new();
+        for _ in 0..8 {
+            let retry;
+            (passes, retry) = after_refusals(3, passes);
+            retried.push(retry);
+        }
+        assert_eq!(retried, [true, true, true, true, true, true, false, false]);
+        assert_eq!(after_refusals(0, passes), (0, false));
+        assert_eq!(after_refusals(1, 0), (1, true));
+        assert_eq!(after_refusals(1, u32::MAX), (u32::MAX, false));
+    }
+
+    fn standing(url: &str, until: Option<i64>, cost: u64) -> Standing {
+        Standing {
+            url: url.into(),
+            pool: Some(format!("{url}:3333")),
+            funded_until: until,
+            daily_cost: cost,
+        }
+    }
+
+    /// The least funded mirror short of the horizon is mined for; one whose
+    /// pool is shunned, or that stores nothing billable, only when no other
+    /// needs it; one with no pool, funded past the horizon, or charging
+    /// nothing, never.
+    #[test]
+    fn the_mirror_most_at_risk_is_mined_for() {
+        let horizon = 1_000;
+        let none = std::collections::HashMap::new();
+        let mut all = vec![
+            standing("far", Some(5_000), 10),
+            standing("free", None, 0),
+            standing("late", Some(900), 10),
+            standing("soon", Some(100), 10),
+        ];
+        all.push(Standing {
+            pool: None,
+            ..standing("poolless", Some(1), 10)
+        });
+        let pick = |s: &[Standing], shunned| choose(s, horizon, shunned).map(|(url, _)| url);
+        assert_eq!(pick(&all, &none).as_deref(), Some("soon"));
+        assert_eq!(
+            choose(&all, horizon, &none).unwrap().1,
+            "soon:3333",
+            "the pool's address"
+        );
+        let mut shunned = std::collections::HashMap::new();
+        shunned.insert("soon".to_string(), tokio::time::Instant::now());
+        assert_eq!(pick(&all, &shunned).as_deref(), Some("late"));
+        // In debt, storing nothing billable: after every mirror at risk.
+        all.push(standing("idle", Some(50), 0));
+        assert_eq!(pick(&all, &none).as_deref(), Some("soon"));
+        // Shunned, but the only one short of the horizon: mined for.
+        let only = [
+            standing("far", Some(5_000), 10),
+            standing("soon", Some(100), 10),
+        ];
+        assert_eq!(pick(&only, &shunned).as_deref(), Some("soon"));
+        let funded = [standing("far", Some(5_000), 10), standing("free", None, 0)];
+        assert_eq!(pick(&funded, &none), None);
+        // Equal standing: the first.
+        let tie = [standing("a", Some(100), 10), standing("b", Some(100), 10)];
+        assert_eq!(pick(&tie, &none).as_deref(), Some("a"));
+    }
+
+    /// A round whose pool never took the login shuns its mirror once a
+    /// round has passed, and not again while shunned; a login taken
+    /// clears it.
+    #[test]
+    fn a_pool_that_never_takes_the_login_is_shunned_for_a_while() {
+        let began = tokio::time::Instant::now();
+        let mut shunned = std::collections::HashMap::new();
+        let early = began + ROUND / 2;
+        assert!(!review(&mut shunned, "m", began, false, early));
+        assert!(shunned.is_empty(), "shunned before a round passed");
+        let late = began + ROUND;
+        assert!(review(&mut shunned, "m", began, false, late));
+        assert_eq!(shunned.get("m"), Some(&(late + POOL_SHUN)));
+        // Already shunned: the time is not pushed out.
+        assert!(!review(&mut shunned, "m", began, false, late + ROUND));
+        assert_eq!(shunned.get("m"), Some(&(late + POOL_SHUN)));
+        assert!(!review(&mut shunned, "m", began, true, late + ROUND));
+        assert!(shunned.is_empty(), "a login taken did not clear it");
     }
 }
