@@ -385,6 +385,61 @@ fn a_file_cap_with_another_read_key_fails_once_and_clearly() {
     assert!(!out.exists());
 }
 
+/// The mirror keeps at most `--max-connections` open, and closes one that
+/// moves nothing for `--idle-timeout`: two silent peers at a bound of two
+/// hold a request off only until they are closed, and then it is served.
+#[test]
+fn silent_connections_are_closed_and_their_places_given_to_others() {
+    use std::io::{Read, Write};
+    let tmp = tempfile::tempdir().unwrap();
+    let mirror = common::MirrorProc::start(
+        &tmp.path().join("m"),
+        &["--max-connections", "2", "--idle-timeout", "2"],
+    );
+    let addr = mirror
+        .url
+        .trim_start_matches("http://")
+        .trim_end_matches('/');
+    let connect = || {
+        let c = std::net::TcpStream::connect(addr).unwrap();
+        c.set_read_timeout(Some(std::time::Duration::from_secs(30)))
+            .unwrap();
+        c
+    };
+    let mut silent = [connect(), connect()];
+    let mut asking = connect();
+    asking
+        .write_all(b"GET /v1/info HTTP/1.1\r\nHost: mirror\r\nConnection: close\r\n\r\n")
+        .unwrap();
+    let mut answer = String::new();
+    asking
+        .read_to_string(&mut answer)
+        .expect("the request was not answered");
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    // The silent ones were closed, not kept: their reads end.
+    for c in &mut silent {
+        let mut byte = [0u8; 1];
+        match c.read(&mut byte) {
+            Ok(0) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => {}
+            other => panic!("a silent connection was kept: {other:?}"),
+        }
+    }
+    // Bad settings are refused.
+    let client = Client::new(&tmp.path().join("home"), &[&mirror.url]);
+    let said = client.fails(&[
+        "mirror",
+        "serve",
+        "--data",
+        tmp.path().join("m2").to_str().unwrap(),
+        "--listen",
+        "127.0.0.1:0",
+        "--max-connections",
+        "0",
+    ]);
+    assert!(said.contains("--max-connections"), "{said}");
+}
+
 /// `get`, `ls` and `check` take `-` for a cap on standard input, kept out
 /// of the process list: the same bytes, listing and report as with the
 /// cap in the arguments. A line that is no cap is refused, and is not

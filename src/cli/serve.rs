@@ -79,6 +79,14 @@ pub struct ServeArgs {
     /// dead and made again (its jobs stop counting meanwhile).
     #[arg(long, requires = "upstream", default_value_t = 900)]
     upstream_silence: u64,
+    /// HTTP connections open at once; past it, new ones wait for one to
+    /// close.
+    #[arg(long, default_value_t = lode::mirror::listen::MAX_CONNECTIONS)]
+    max_connections: usize,
+    /// Seconds an HTTP connection may send and receive nothing before it
+    /// is closed.
+    #[arg(long, default_value_t = lode::mirror::listen::IDLE.as_secs())]
+    idle_timeout: u64,
 }
 
 /// Parse `123`, `10K`, `5M`, `2G`, `1T` (binary multiples).
@@ -121,6 +129,12 @@ pub fn run(args: ServeArgs) -> Result<()> {
     if args.gc_interval == 0 {
         bail!("--gc-interval must be at least 1 second");
     }
+    if args.max_connections == 0 {
+        bail!("--max-connections must be at least 1");
+    }
+    if !(1..=86_400).contains(&args.idle_timeout) {
+        bail!("--idle-timeout must be from 1 to 86400 seconds");
+    }
     let config = MirrorConfig {
         data: args.data.clone(),
         lease_secs,
@@ -131,6 +145,8 @@ pub fn run(args: ServeArgs) -> Result<()> {
         price: args.price,
         grace_secs: (args.grace_days * 86_400.0) as i64,
         free_bytes: args.free,
+        max_connections: args.max_connections,
+        idle: Duration::from_secs(args.idle_timeout),
     };
     // Bounded, so that what the ledger computes from them stays in range
     // (a price of 1e30 saturated, and its daily cost would have wrapped).

@@ -44,6 +44,10 @@ pub struct MirrorConfig {
     pub price: f64,
     pub grace_secs: i64,
     pub free_bytes: u64,
+    /// HTTP connections open at once (see `listen.rs`).
+    pub max_connections: usize,
+    /// How long an HTTP connection may move no byte before it is closed.
+    pub idle: Duration,
 }
 
 struct Mirror {
@@ -647,6 +651,7 @@ pub async fn serve(
         .layer(DefaultBodyLimit::max(MAX_SLOT_BYTES))
         .with_state(mirror);
     ready()?;
+    let listener = super::listen::Admission::new(listener, config.max_connections, config.idle);
     let result = axum::serve(listener, app)
         .with_graceful_shutdown(shutdown)
         .await;
@@ -673,6 +678,8 @@ mod tests {
             price: 0.0,
             grace_secs: 0,
             free_bytes: 0,
+            max_connections: crate::mirror::listen::MAX_CONNECTIONS,
+            idle: crate::mirror::listen::IDLE,
         }
     }
 

@@ -16,6 +16,7 @@ mod gc;
 mod http;
 mod layout;
 mod ledger;
+pub mod listen;
 mod scrub;
 mod small;
 mod stratum;

@@ -1,0 +1,292 @@
+//! Who gets a connection to the mirror's HTTP server, and for how long.
+//!
+//! A mirror faces clients it cannot trust. Left to itself, the server took
+//! every connection offered and kept each for as long as its peer liked:
+//! one that sent nothing (not even a request line) was held for good, and
+//! each such costs a descriptor and hyper's buffers. [`Admission`] is the
+//! server's listener instead of the bare socket:
+//!
+//! - at most `max` connections are open at once; past that the mirror
+//!   stops accepting, so newcomers wait in the kernel's backlog (and, once
+//!   that is full, are refused) while the ones it has are served;
+//! - a connection that moves no byte either way for `idle` is closed
+//!   ([`Admitted`]). A request being answered moves bytes; a client's
+//!   pooled connection is idle, and reqwest drops its own after 90 s.
+
+use std::future::Future;
+use std::io;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio::time::{Instant, Sleep};
+
+/// Connections open at once, by default.
+pub const MAX_CONNECTIONS: usize = 1024;
+
+/// How long a connection may move nothing, by default: past the 90 s
+/// after which reqwest, the mount's client, drops an idle pooled one, so
+/// that the client, not the mirror, is the one to close it.
+pub const IDLE: Duration = Duration::from_secs(120);
+
+/// How long to wait after an accept failed for want of descriptors.
+const ACCEPT_RETRY: Duration = Duration::from_secs(1);
+
+/// The mirror's listener: a bound on open connections, and on idleness.
+pub struct Admission {
+    listener: TcpListener,
+    permits: Arc<Semaphore>,
+    idle: Duration,
+    /// Whether the bound was met since it was last said.
+    full: bool,
+}
+
+impl Admission {
+    pub fn new(listener: TcpListener, max: usize, idle: Duration) -> Admission {
+        Admission {
+            listener,
+            permits: Arc::new(Semaphore::new(max.max(1))),
+            idle,
+            full: false,
+        }
+    }
+}
+
+impl axum::serve::Listener for Admission {
+    type Io = Admitted;
+    type Addr = SocketAddr;
+
+    async fn accept(&mut self) -> (Admitted, SocketAddr) {
+        let permit = match self.permits.clone().try_acquire_owned() {
+            Ok(permit) => permit,
+            Err(_) => {
+                if !self.full {
+                    self.full = true;
+                    tracing::warn!(
+                        "every connection the mirror allows is open; new ones wait until one closes"
+                    );
+                }
+                self.permits
+                    .clone()
+                    .acquire_owned()
+                    .await
+                    .expect("the semaphore is never closed")
+            }
+        };
+        if self.permits.available_permits() > 0 {
+            self.full = false;
+        }
+        loop {
+            match self.listener.accept().await {
+                Ok((stream, addr)) => {
+                    let _ = stream.set_nodelay(true);
+                    return (Admitted::new(stream, permit, self.idle), addr);
+                }
+                // Gone before it was taken: the next one.
+                Err(e) if is_per_connection(&e) => {}
+                // Out of descriptors, most likely: some close meanwhile.
+                Err(e) => {
+                    tracing::warn!(error = %e, "accept failed; trying again shortly");
+                    tokio::time::sleep(ACCEPT_RETRY).await;
+                }
+            }
+        }
+    }
+
+    fn local_addr(&self) -> io::Result<SocketAddr> {
+        self.listener.local_addr()
+    }
+}
+
+fn is_per_connection(e: &io::Error) -> bool {
+    matches!(
+        e.kind(),
+        io::ErrorKind::ConnectionRefused
+            | io::ErrorKind::ConnectionAborted
+            | io::ErrorKind::ConnectionReset
+    )
+}
+
+/// An accepted connection: it holds its place among the open ones until
+/// dropped, and fails its reads and writes once it has been idle too long.
+pub struct Admitted {
+    stream: TcpStream,
+    _place: OwnedSemaphorePermit,
+    idle: Duration,
+    deadline: Pin<Box<Sleep>>,
+}
+
+impl Admitted {
+    fn new(stream: TcpStream, place: OwnedSemaphorePermit, idle: Duration) -> Admitted {
+        Admitted {
+            stream,
+            _place: place,
+            idle,
+            deadline: Box::pin(tokio::time::sleep(idle)),
+        }
+    }
+
+    /// Bytes moved: the idle time starts over.
+    fn moved(&mut self) {
+        let next = Instant::now() + self.idle;
+        self.deadline.as_mut().reset(next);
+    }
+
+    /// Nothing to do now: an error if the idle time is up (else the timer
+    /// wakes this task when it is).
+    fn waiting<T>(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<T>> {
+        match self.deadline.as_mut().poll(cx) {
+            Poll::Ready(()) => Poll::Ready(Err(io::Error::new(
+                io::ErrorKind::TimedOut,
+                "connection idle too long",
+            ))),
+            Poll::Pending => Poll::Pending,
+        }
+    }
+}
+
+impl AsyncRead for Admitted {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let me = self.get_mut();
+        let before = buf.filled().len();
+        match Pin::new(&mut me.stream).poll_read(cx, buf) {
+            Poll::Ready(Ok(())) => {
+                if buf.filled().len() > before {
+                    me.moved();
+                }
+                Poll::Ready(Ok(()))
+            }
+            Poll::Ready(Err(e)) => Poll::Ready(Err(e)),
+            Poll::Pending => me.waiting(cx),
+        }
+    }
+}
+
+impl AsyncWrite for Admitted {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        let me = self.get_mut();
+        match Pin::new(&mut me.stream).poll_write(cx, buf) {
+            Poll::Ready(Ok(n)) => {
+                if n > 0 {
+                    me.moved();
+                }
+                Poll::Ready(Ok(n))
+            }
+            Poll::Ready(Err(e)) => Poll::Ready(Err(e)),
+            Poll::Pending => me.waiting(cx),
+        }
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        let me = self.get_mut();
+        match Pin::new(&mut me.stream).poll_write_vectored(cx, bufs) {
+            Poll::Ready(Ok(n)) => {
+                if n > 0 {
+                    me.moved();
+                }
+                Poll::Ready(Ok(n))
+            }
+            Poll::Ready(Err(e)) => Poll::Ready(Err(e)),
+            Poll::Pending => me.waiting(cx),
+        }
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.stream.is_write_vectored()
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().stream).poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().stream).poll_shutdown(cx)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use axum::serve::Listener as _;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    async fn admission(max: usize, idle: Duration) -> (Admission, SocketAddr) {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        (Admission::new(listener, max, idle), addr)
+    }
+
+    /// Past the bound, the next connection is not taken until one of
+    /// those open closes.
+    #[tokio::test]
+    async fn past_the_bound_a_connection_waits_for_one_to_close() {
+        let (mut admission, addr) = admission(2, IDLE).await;
+        let _a = TcpStream::connect(addr).await.unwrap();
+        let _b = TcpStream::connect(addr).await.unwrap();
+        let first = admission.accept().await.0;
+        let _second = admission.accept().await.0;
+        let _c = TcpStream::connect(addr).await.unwrap();
+        let third = tokio::time::timeout(Duration::from_millis(300), admission.accept()).await;
+        assert!(
+            third.is_err(),
+            "a third connection was taken past the bound of 2"
+        );
+        drop(first);
+        let third = tokio::time::timeout(Duration::from_secs(10), admission.accept()).await;
+        assert!(third.is_ok(), "the third was not taken once one closed");
+    }
+
+    /// A connection that moves nothing is closed once idle for the time
+    /// allowed; one that keeps moving bytes is not.
+    #[tokio::test]
+    async fn an_idle_connection_fails_and_a_busy_one_does_not() {
+        let idle = Duration::from_millis(400);
+        let (mut admission, addr) = admission(4, idle).await;
+        let mut client = TcpStream::connect(addr).await.unwrap();
+        let mut served = admission.accept().await.0;
+        // Busy: a byte each 100 ms, for five times the idle time.
+        let talk = tokio::spawn(async move {
+            for _ in 0..20 {
+                client.write_all(b"x").await.unwrap();
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            client
+        });
+        let mut got = 0;
+        let mut byte = [0u8; 1];
+        while got < 20 {
+            served
+                .read_exact(&mut byte)
+                .await
+                .expect("a busy connection failed");
+            got += 1;
+        }
+        // The last byte came now; the client stays, silent from here on:
+        // the next read fails once the idle time is up.
+        let started = Instant::now();
+        let _client = talk.await.unwrap();
+        let err = tokio::time::timeout(Duration::from_secs(10), served.read(&mut byte))
+            .await
+            .expect("an idle connection was kept")
+            .unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::TimedOut);
+        assert!(started.elapsed() >= idle - Duration::from_millis(50));
+    }
+}
