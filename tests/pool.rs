@@ -47,6 +47,33 @@ fn recorded_credit(mirror: &MirrorProc, account: &[u8; 32]) -> (u64, u64) {
     .unwrap()
 }
 
+/// Past `--max-connections`, the pool takes no new miner until one of
+/// those it has leaves; then the waiting one is served.
+#[test]
+fn past_the_connection_bound_a_miner_waits_for_a_place() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mirror = pool_mirror(&tmp.path().join("m"), &["--max-connections", "1"]);
+    let addr = mirror.stratum.clone().unwrap();
+    let mut first = TestMiner::connect(&addr);
+    first.subscribe();
+    let mut second = TestMiner::connect(&addr);
+    second
+        .send_raw(b"{\"id\": 1, \"method\": \"mining.subscribe\", \"params\": []}\n")
+        .unwrap();
+    second.set_read_timeout(std::time::Duration::from_secs(1));
+    assert!(
+        second.read_line().is_none(),
+        "a second miner was served past a bound of one"
+    );
+    drop(first);
+    second.set_read_timeout(std::time::Duration::from_secs(20));
+    let reply = second
+        .read_line()
+        .expect("the waiting miner was not served");
+    assert_eq!(reply["id"], json!(1), "{reply}");
+    assert!(reply["result"].is_array(), "{reply}");
+}
+
 #[test]
 fn bad_shares_are_rejected_with_the_right_code_and_earn_nothing() {
     let tmp = tempfile::tempdir().unwrap();

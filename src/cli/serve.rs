@@ -79,8 +79,8 @@ pub struct ServeArgs {
     /// dead and made again (its jobs stop counting meanwhile).
     #[arg(long, requires = "upstream", default_value_t = 900)]
     upstream_silence: u64,
-    /// HTTP connections open at once; past it, new ones wait for one to
-    /// close.
+    /// Connections open at once, to the HTTP server and to the Stratum
+    /// pool each; past it, new ones wait for one to close.
     #[arg(long, default_value_t = lode::mirror::listen::MAX_CONNECTIONS)]
     max_connections: usize,
     /// Seconds an HTTP connection may send and receive nothing before it
@@ -198,6 +198,7 @@ pub fn run(args: ServeArgs) -> Result<()> {
         job_interval: Duration::from_secs(args.job_interval),
         mirror_id: [0; 32],
         upstream,
+        max_connections: args.max_connections,
     };
     // One mirror per data directory, checked before anything listens: a
     // second would share the first's ledger and clear its uploads in flight.

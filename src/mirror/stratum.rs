@@ -42,6 +42,10 @@ pub struct PoolConfig {
     pub mirror_id: [u8; 32],
     /// Proxy mode: relay this pool's jobs instead of making our own.
     pub upstream: Option<UpstreamConfig>,
+    /// Connections open at once; past it the pool stops accepting until
+    /// one closes (a connection costs a task, a job stream and buffers,
+    /// and anyone may open one).
+    pub max_connections: usize,
 }
 
 /// Jobs shared by every connection.
@@ -156,7 +160,26 @@ pub async fn run_pool(listener: TcpListener, config: PoolConfig, ledger: Ledger)
     };
     let counter = Arc::new(SessionParts::new(rand::random()));
     let config = Arc::new(config);
+    let places = Arc::new(tokio::sync::Semaphore::new(config.max_connections.max(1)));
+    // When the bound was last said to be met: once a minute at most.
+    let mut said_full: Option<tokio::time::Instant> = None;
     loop {
+        let place = match places.clone().try_acquire_owned() {
+            Ok(place) => place,
+            Err(_) => {
+                if said_full.is_none_or(|t| t.elapsed() >= Duration::from_secs(60)) {
+                    said_full = Some(tokio::time::Instant::now());
+                    tracing::warn!(
+                        "every Stratum connection the pool allows is open; new ones wait until one closes"
+                    );
+                }
+                places
+                    .clone()
+                    .acquire_owned()
+                    .await
+                    .expect("the semaphore is never closed")
+            }
+        };
         let (stream, peer) = match listener.accept().await {
             Ok(accepted) => accepted,
             // Out of file descriptors (EMFILE, ENFILE: many connections at
@@ -179,6 +202,7 @@ pub async fn run_pool(listener: TcpListener, config: PoolConfig, ledger: Ledger)
             forward.clone(),
         );
         tokio::spawn(async move {
+            let _place = place;
             if let Err(e) = connection(stream, jobs, ledger, config, counter, forward).await {
                 tracing::debug!(%peer, error = %e, "stratum connection ended");
             }

@@ -41,6 +41,11 @@ impl TestMiner {
         }
     }
 
+    /// How long a read waits before it gives up (20 s from `connect`).
+    pub fn set_read_timeout(&self, limit: Duration) {
+        self.writer.set_read_timeout(Some(limit)).unwrap();
+    }
+
     pub fn send_raw(&mut self, bytes: &[u8]) -> std::io::Result<()> {
         self.writer.write_all(bytes)
     }
