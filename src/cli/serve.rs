@@ -129,8 +129,8 @@ pub fn run(args: ServeArgs) -> Result<()> {
     if args.gc_interval == 0 {
         bail!("--gc-interval must be at least 1 second");
     }
-    if args.max_connections == 0 {
-        bail!("--max-connections must be at least 1");
+    if !(1..=1 << 20).contains(&args.max_connections) {
+        bail!("--max-connections must be from 1 to 1048576");
     }
     if !(1..=86_400).contains(&args.idle_timeout) {
         bail!("--idle-timeout must be from 1 to 86400 seconds");

@@ -1793,7 +1793,9 @@ impl LodeFs {
         };
         let unit = fs.fragment_size();
         let size = fs.blocks() * unit;
-        let free = fs.blocks_available() * unit;
+        // Copies queued for removal free their room soon: counted free,
+        // or a run of uploads each evicted again for the same shortfall.
+        let free = (fs.blocks_available() * unit).saturating_add(self.remover.queued_bytes());
         let reserve = (size / 10).min(KEEP_FREE_MAX);
         let short = reserve.saturating_sub(free);
         self.config.keep_bytes.min(kept.bytes.saturating_sub(short))
@@ -1802,11 +1804,17 @@ impl LodeFs {
     /// The staging disk is full: drop every kept copy that is still only a
     /// cache. Returns the bytes freed.
     fn make_room(&self) -> u64 {
+        // Copies the budget evicted are being removed: their room comes
+        // first (the write that found the disk full while they were still
+        // queued found nothing left to evict, and failed).
+        let removed = self.remover.wait();
         let mut kept = self.kept.lock().unwrap_or_else(|p| p.into_inner());
         // Unlinked now: the write waiting for the room retries at once.
         let freed = self.evict_kept(&mut kept, 0, true);
-        if freed > 0 {
+        if freed > 0 || removed {
             kept.made_room = Some(Instant::now());
+        }
+        if freed > 0 {
             tracing::info!(
                 bytes = freed,
                 "staging disk full: dropped local copies of uploaded files"
@@ -1851,7 +1859,7 @@ impl LodeFs {
                     drop(tree);
                     self.partials().remove(&path);
                     if !now {
-                        self.remover.remove(path);
+                        self.remover.remove(path, size);
                         freed += size;
                     } else {
                         if std::fs::remove_file(&path).is_ok() {

@@ -25,7 +25,7 @@ pub struct Remover {
 #[derive(Default)]
 struct State {
     /// To the thread; `None` before the first removal and once finished.
-    tx: Option<mpsc::Sender<PathBuf>>,
+    tx: Option<mpsc::Sender<(PathBuf, u64)>>,
     thread: Option<std::thread::JoinHandle<()>>,
     finished: bool,
 }
@@ -33,19 +33,27 @@ struct State {
 /// Removals queued and not yet done, shared with the thread.
 #[derive(Default)]
 struct Pending {
-    count: Mutex<usize>,
+    /// How many, and their bytes.
+    queued: Mutex<(usize, u64)>,
     done: Condvar,
 }
 
 impl Pending {
-    fn count(&self) -> MutexGuard<'_, usize> {
-        self.count.lock().unwrap_or_else(|p| p.into_inner())
+    fn queued(&self) -> MutexGuard<'_, (usize, u64)> {
+        self.queued.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    fn add(&self, n: isize) {
-        let mut count = self.count();
-        *count = count.saturating_add_signed(n);
-        if *count == 0 {
+    fn add(&self, bytes: u64) {
+        let mut queued = self.queued();
+        queued.0 += 1;
+        queued.1 = queued.1.saturating_add(bytes);
+    }
+
+    fn done(&self, bytes: u64) {
+        let mut queued = self.queued();
+        queued.0 = queued.0.saturating_sub(1);
+        queued.1 = queued.1.saturating_sub(bytes);
+        if queued.0 == 0 {
             self.done.notify_all();
         }
     }
@@ -56,20 +64,20 @@ impl Remover {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Remove the staged copy `path` (and its fill log, if it has one)
-    /// soon, on the remover's thread; at once if the remover is finished
-    /// or cannot start its thread.
-    pub fn remove(&self, path: PathBuf) {
+    /// Remove the staged copy `path`, of `bytes` (and its fill log, if it
+    /// has one), soon, on the remover's thread; at once if the remover is
+    /// finished or cannot start its thread.
+    pub fn remove(&self, path: PathBuf, bytes: u64) {
         let mut state = self.lock();
         if !state.finished && state.tx.is_none() {
-            let (tx, rx) = mpsc::channel::<PathBuf>();
+            let (tx, rx) = mpsc::channel::<(PathBuf, u64)>();
             let pending = Arc::clone(&self.pending);
             let spawned = std::thread::Builder::new()
                 .name("lode-remove".into())
                 .spawn(move || {
-                    for path in rx {
+                    for (path, bytes) in rx {
                         super::partial::remove_staged(&path);
-                        pending.add(-1);
+                        pending.done(bytes);
                     }
                 });
             match spawned {
@@ -85,12 +93,12 @@ impl Remover {
         }
         let path = match &state.tx {
             Some(tx) => {
-                self.pending.add(1);
-                match tx.send(path) {
+                self.pending.add(bytes);
+                match tx.send((path, bytes)) {
                     Ok(()) => return,
                     // The thread is gone (it does not panic, but if it did).
-                    Err(mpsc::SendError(back)) => {
-                        self.pending.add(-1);
+                    Err(mpsc::SendError((back, _))) => {
+                        self.pending.done(bytes);
                         state.tx = None;
                         state.finished = true;
                         back
@@ -103,17 +111,25 @@ impl Remover {
         super::partial::remove_staged(&path);
     }
 
-    /// Wait until every removal queued so far is done.
-    #[cfg(test)]
-    pub fn wait(&self) {
-        let mut count = self.pending.count();
-        while *count > 0 {
-            count = self
+    /// Bytes of the copies queued and not yet removed: disk space that is
+    /// about to come back.
+    pub fn queued_bytes(&self) -> u64 {
+        self.pending.queued().1
+    }
+
+    /// Wait until every removal queued so far is done; returns whether
+    /// there was any.
+    pub fn wait(&self) -> bool {
+        let mut queued = self.pending.queued();
+        let any = queued.0 > 0;
+        while queued.0 > 0 {
+            queued = self
                 .pending
                 .done
-                .wait(count)
+                .wait(queued)
                 .unwrap_or_else(|p| p.into_inner());
         }
+        any
     }
 
     /// Do every queued removal and stop the thread: later removals are
@@ -154,20 +170,21 @@ mod tests {
         };
         let first: Vec<PathBuf> = (0..20).map(|i| make(&format!("a{i}"))).collect();
         for p in &first {
-            remover.remove(p.clone());
+            remover.remove(p.clone(), 4);
         }
         remover.wait();
+        assert_eq!(remover.queued_bytes(), 0);
         for p in &first {
             assert!(!p.exists(), "{} not removed", p.display());
             assert!(!super::super::partial::log_path(p).exists());
         }
         let second = make("b");
-        remover.remove(second.clone());
+        remover.remove(second.clone(), 4);
         remover.finish();
         assert!(!second.exists(), "finish left a queued removal undone");
         // Finished: a removal is done before `remove` returns.
         let third = make("c");
-        remover.remove(third.clone());
+        remover.remove(third.clone(), 4);
         assert!(!third.exists(), "a removal after finish was left for later");
         let leftover: Vec<_> = std::fs::read_dir(dir.path()).unwrap().collect();
         assert!(leftover.is_empty(), "{leftover:?}");

@@ -652,6 +652,9 @@ pub async fn serve(
         .with_state(mirror);
     ready()?;
     let listener = super::listen::Admission::new(listener, config.max_connections, config.idle);
+    let app = app
+        .layer(axum::middleware::from_fn(super::listen::track))
+        .into_make_service_with_connect_info::<super::listen::Flight>();
     let result = axum::serve(listener, app)
         .with_graceful_shutdown(shutdown)
         .await;

@@ -9,15 +9,25 @@
 //! - at most `max` connections are open at once; past that the mirror
 //!   stops accepting, so newcomers wait in the kernel's backlog (and, once
 //!   that is full, are refused) while the ones it has are served;
-//! - a connection that moves no byte either way for `idle` is closed
-//!   ([`Admitted`]). A request being answered moves bytes; a client's
-//!   pooled connection is idle, and reqwest drops its own after 90 s.
+//! - a connection that moves no byte either way for `idle`, with no
+//!   request in hand, is closed ([`Admitted`]). A client's pooled
+//!   connection is idle so, and reqwest drops its own after 90 s. A
+//!   request being answered is not idle even when no byte moves (a
+//!   handler waiting for GC's lock): the [`track`] layer counts the
+//!   requests each connection has in hand, and [`Flight`] hands the count
+//!   from the connection to the layer.
+//!
+//! Not bounded here: connections per peer address (one host may take
+//! every place), and a peer that trickles a byte at a time (upload bodies
+//! have deadlines of their own, `disk::body_deadline`; request heads do
+//! not).
 
 use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -113,12 +123,19 @@ fn is_per_connection(e: &io::Error) -> bool {
 }
 
 /// An accepted connection: it holds its place among the open ones until
-/// dropped, and fails its reads and writes once it has been idle too long.
+/// dropped, and fails its reads and writes once it has been idle too long
+/// with no request in hand.
 pub struct Admitted {
     stream: TcpStream,
     _place: OwnedSemaphorePermit,
     idle: Duration,
+    /// When a byte last moved.
+    last: Instant,
+    /// Fires at `last + idle` or later; moved on only when it fires, not
+    /// at every read and write.
     deadline: Pin<Box<Sleep>>,
+    /// Requests on this connection being answered.
+    busy: Arc<AtomicUsize>,
 }
 
 impl Admitted {
@@ -127,27 +144,75 @@ impl Admitted {
             stream,
             _place: place,
             idle,
+            last: Instant::now(),
             deadline: Box::pin(tokio::time::sleep(idle)),
+            busy: Arc::default(),
         }
     }
 
     /// Bytes moved: the idle time starts over.
     fn moved(&mut self) {
-        let next = Instant::now() + self.idle;
-        self.deadline.as_mut().reset(next);
+        self.last = Instant::now();
     }
 
-    /// Nothing to do now: an error if the idle time is up (else the timer
-    /// wakes this task when it is).
+    /// Nothing to do now: an error if the idle time is up with no request
+    /// in hand; else pending, the timer set to wake this task when it may
+    /// be.
     fn waiting<T>(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<T>> {
-        match self.deadline.as_mut().poll(cx) {
-            Poll::Ready(()) => Poll::Ready(Err(io::Error::new(
-                io::ErrorKind::TimedOut,
-                "connection idle too long",
-            ))),
-            Poll::Pending => Poll::Pending,
+        while self.deadline.as_mut().poll(cx).is_ready() {
+            let now = Instant::now();
+            let due = self.last + self.idle;
+            if due > now {
+                self.deadline.as_mut().reset(due);
+            } else if self.busy.load(Ordering::Acquire) > 0 {
+                self.last = now;
+                self.deadline.as_mut().reset(now + self.idle);
+            } else {
+                return Poll::Ready(Err(io::Error::new(
+                    io::ErrorKind::TimedOut,
+                    "connection idle too long",
+                )));
+            }
         }
+        Poll::Pending
     }
+}
+
+/// The count of requests in hand on one connection, as the [`track`]
+/// layer finds it among a request's extensions (axum's connect info).
+#[derive(Clone)]
+pub struct Flight(Arc<AtomicUsize>);
+
+impl axum::extract::connect_info::Connected<axum::serve::IncomingStream<'_, Admission>> for Flight {
+    fn connect_info(stream: axum::serve::IncomingStream<'_, Admission>) -> Flight {
+        Flight(stream.io().busy.clone())
+    }
+}
+
+/// Counted in hand while dropped.
+struct InHand(Arc<AtomicUsize>);
+
+impl Drop for InHand {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// Middleware: count the request as in hand on its connection until its
+/// answer is made (its body, if streamed, moves bytes from then on).
+pub async fn track(
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    let flight = request
+        .extensions()
+        .get::<axum::extract::ConnectInfo<Flight>>()
+        .map(|info| info.0.0.clone());
+    let _in_hand = flight.map(|busy| {
+        busy.fetch_add(1, Ordering::AcqRel);
+        InHand(busy)
+    });
+    next.run(request).await
 }
 
 impl AsyncRead for Admitted {
@@ -288,5 +353,27 @@ mod tests {
             .unwrap_err();
         assert_eq!(err.kind(), io::ErrorKind::TimedOut);
         assert!(started.elapsed() >= idle - Duration::from_millis(50));
+    }
+
+    /// A connection with a request in hand is not idle, though no byte
+    /// moves (a handler waiting on a lock); once the answer is made, the
+    /// idle time runs again.
+    #[tokio::test]
+    async fn a_request_in_hand_keeps_a_silent_connection() {
+        let idle = Duration::from_millis(300);
+        let (mut admission, addr) = admission(4, idle).await;
+        let _client = TcpStream::connect(addr).await.unwrap();
+        let mut served = admission.accept().await.0;
+        let in_hand = InHand(served.busy.clone());
+        served.busy.fetch_add(1, Ordering::AcqRel);
+        let mut byte = [0u8; 1];
+        let kept = tokio::time::timeout(idle * 4, served.read(&mut byte)).await;
+        assert!(kept.is_err(), "closed with a request in hand: {kept:?}");
+        drop(in_hand);
+        let err = tokio::time::timeout(Duration::from_secs(10), served.read(&mut byte))
+            .await
+            .expect("idle once answered, and kept")
+            .unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::TimedOut);
     }
 }
