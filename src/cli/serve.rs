@@ -80,7 +80,8 @@ pub struct ServeArgs {
     #[arg(long, requires = "upstream", default_value_t = 900)]
     upstream_silence: u64,
     /// Connections open at once, to the HTTP server and to the Stratum
-    /// pool each; past it, new ones wait for one to close.
+    /// pool each; past it, new ones wait for one to close. One peer
+    /// address may hold a quarter of the HTTP ones.
     #[arg(long, default_value_t = lode::mirror::listen::MAX_CONNECTIONS)]
     max_connections: usize,
     /// Seconds an HTTP connection may send and receive nothing before it

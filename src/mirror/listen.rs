@@ -9,6 +9,10 @@
 //! - at most `max` connections are open at once; past that the mirror
 //!   stops accepting, so newcomers wait in the kernel's backlog (and, once
 //!   that is full, are refused) while the ones it has are served;
+//! - one peer address holds at most a quarter of those places
+//!   ([`PER_PEER`]); a connection past that is closed as soon as it is
+//!   taken, so that one host cannot lock every other out (a mount keeps
+//!   a few dozen connections to a mirror);
 //! - a connection that moves no byte either way for `idle`, with no
 //!   request in hand, is closed ([`Admitted`]). A client's pooled
 //!   connection is idle so, and reqwest drops its own after 90 s. A
@@ -17,17 +21,17 @@
 //!   requests each connection has in hand, and [`Flight`] hands the count
 //!   from the connection to the layer.
 //!
-//! Not bounded here: connections per peer address (one host may take
-//! every place), and a peer that trickles a byte at a time (upload bodies
-//! have deadlines of their own, `disk::body_deadline`; request heads do
-//! not).
+//! Not bounded here: a peer that trickles a byte at a time (upload
+//! bodies have deadlines of their own, `disk::body_deadline`; request
+//! heads do not), and many peer addresses at once.
 
+use std::collections::HashMap;
 use std::future::Future;
 use std::io;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::pin::Pin;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -44,6 +48,10 @@ pub const MAX_CONNECTIONS: usize = 1024;
 /// that the client, not the mirror, is the one to close it.
 pub const IDLE: Duration = Duration::from_secs(120);
 
+/// The share of the places one peer address may hold: `max / PER_PEER`
+/// (at least one).
+pub const PER_PEER: usize = 4;
+
 /// How long to wait after an accept failed for want of descriptors.
 const ACCEPT_RETRY: Duration = Duration::from_secs(1);
 
@@ -54,6 +62,11 @@ pub struct Admission {
     idle: Duration,
     /// Whether the bound was met since it was last said.
     full: bool,
+    /// Connections open per peer address, and the most one may have.
+    peers: Arc<Mutex<HashMap<IpAddr, usize>>>,
+    per_peer: usize,
+    /// When a peer past its share was last said to be.
+    said_peer: Option<Instant>,
 }
 
 impl Admission {
@@ -63,6 +76,49 @@ impl Admission {
             permits: Arc::new(Semaphore::new(max.max(1))),
             idle,
             full: false,
+            peers: Arc::default(),
+            per_peer: (max / PER_PEER).max(1),
+            said_peer: None,
+        }
+    }
+
+    /// A place for a connection from `ip`, unless it has its share.
+    fn peer_place(&mut self, ip: IpAddr) -> Option<PeerPlace> {
+        let mut peers = self.peers.lock().unwrap_or_else(|p| p.into_inner());
+        let open = peers.entry(ip).or_default();
+        if *open >= self.per_peer {
+            drop(peers);
+            if self
+                .said_peer
+                .is_none_or(|t| t.elapsed() >= Duration::from_secs(60))
+            {
+                self.said_peer = Some(Instant::now());
+                tracing::warn!(%ip, most = self.per_peer, "a peer has every connection it may; closing its new ones");
+            }
+            return None;
+        }
+        *open += 1;
+        Some(PeerPlace {
+            peers: self.peers.clone(),
+            ip,
+        })
+    }
+}
+
+/// One connection counted against its peer address until dropped.
+struct PeerPlace {
+    peers: Arc<Mutex<HashMap<IpAddr, usize>>>,
+    ip: IpAddr,
+}
+
+impl Drop for PeerPlace {
+    fn drop(&mut self) {
+        let mut peers = self.peers.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(open) = peers.get_mut(&self.ip) {
+            *open = open.saturating_sub(1);
+            if *open == 0 {
+                peers.remove(&self.ip);
+            }
         }
     }
 }
@@ -94,8 +150,12 @@ impl axum::serve::Listener for Admission {
         loop {
             match self.listener.accept().await {
                 Ok((stream, addr)) => {
+                    // Past its share: closed now, the place kept.
+                    let Some(peer) = self.peer_place(addr.ip()) else {
+                        continue;
+                    };
                     let _ = stream.set_nodelay(true);
-                    return (Admitted::new(stream, permit, self.idle), addr);
+                    return (Admitted::new(stream, permit, peer, self.idle), addr);
                 }
                 // Gone before it was taken: the next one.
                 Err(e) if is_per_connection(&e) => {}
@@ -128,6 +188,7 @@ fn is_per_connection(e: &io::Error) -> bool {
 pub struct Admitted {
     stream: TcpStream,
     _place: OwnedSemaphorePermit,
+    _peer: PeerPlace,
     idle: Duration,
     /// When a byte last moved.
     last: Instant,
@@ -139,10 +200,16 @@ pub struct Admitted {
 }
 
 impl Admitted {
-    fn new(stream: TcpStream, place: OwnedSemaphorePermit, idle: Duration) -> Admitted {
+    fn new(
+        stream: TcpStream,
+        place: OwnedSemaphorePermit,
+        peer: PeerPlace,
+        idle: Duration,
+    ) -> Admitted {
         Admitted {
             stream,
             _place: place,
+            _peer: peer,
             idle,
             last: Instant::now(),
             deadline: Box::pin(tokio::time::sleep(idle)),
@@ -303,6 +370,7 @@ mod tests {
     #[tokio::test]
     async fn past_the_bound_a_connection_waits_for_one_to_close() {
         let (mut admission, addr) = admission(2, IDLE).await;
+        admission.per_peer = 2;
         let _a = TcpStream::connect(addr).await.unwrap();
         let _b = TcpStream::connect(addr).await.unwrap();
         let first = admission.accept().await.0;
@@ -353,6 +421,37 @@ mod tests {
             .unwrap_err();
         assert_eq!(err.kind(), io::ErrorKind::TimedOut);
         assert!(started.elapsed() >= idle - Duration::from_millis(50));
+    }
+
+    /// A peer past its share of the places has its new connections
+    /// closed at once; the others' stay, and once one of its own closes it
+    /// may open another.
+    #[tokio::test]
+    async fn a_peer_past_its_share_is_closed() {
+        let (mut admission, addr) = admission(8, IDLE).await;
+        assert_eq!(admission.per_peer, 2);
+        let _a = TcpStream::connect(addr).await.unwrap();
+        let _b = TcpStream::connect(addr).await.unwrap();
+        let mut c = TcpStream::connect(addr).await.unwrap();
+        let first = admission.accept().await.0;
+        let _second = admission.accept().await.0;
+        // The third is taken and closed within the next accept, which then
+        // waits for a fourth.
+        let fourth = tokio::time::timeout(Duration::from_millis(300), admission.accept()).await;
+        assert!(
+            fourth.is_err(),
+            "a third connection from one peer was let in"
+        );
+        let mut byte = [0u8; 1];
+        let closed = tokio::time::timeout(Duration::from_secs(10), c.read(&mut byte))
+            .await
+            .expect("the third connection was left open");
+        assert!(matches!(closed, Ok(0) | Err(_)), "{closed:?}");
+        assert_eq!(admission.peers.lock().unwrap().values().sum::<usize>(), 2);
+        drop(first);
+        let _d = TcpStream::connect(addr).await.unwrap();
+        let again = tokio::time::timeout(Duration::from_secs(10), admission.accept()).await;
+        assert!(again.is_ok(), "no place once one of its own closed");
     }
 
     /// A connection with a request in hand is not idle, though no byte
