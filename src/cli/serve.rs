@@ -81,7 +81,7 @@ pub struct ServeArgs {
     upstream_silence: u64,
     /// Connections open at once, to the HTTP server and to the Stratum
     /// pool each; past it, new ones wait for one to close. One peer
-    /// address may hold a quarter of the HTTP ones.
+    /// address may hold a quarter of the HTTP ones (at least 128).
     #[arg(long, default_value_t = lode::mirror::listen::MAX_CONNECTIONS)]
     max_connections: usize,
     /// Seconds an HTTP connection may send and receive nothing before it

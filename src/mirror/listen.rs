@@ -9,10 +9,10 @@
 //! - at most `max` connections are open at once; past that the mirror
 //!   stops accepting, so newcomers wait in the kernel's backlog (and, once
 //!   that is full, are refused) while the ones it has are served;
-//! - one peer address holds at most a quarter of those places
-//!   ([`PER_PEER`]); a connection past that is closed as soon as it is
-//!   taken, so that one host cannot lock every other out (a mount keeps
-//!   a few dozen connections to a mirror);
+//! - one peer address holds at most a quarter of those places, or
+//!   [`PEER_FLOOR`] if that is more ([`per_peer`]); a connection past that
+//!   is closed as soon as it is taken, so that one host cannot lock every
+//!   other out;
 //! - a connection that moves no byte either way for `idle`, with no
 //!   request in hand, is closed ([`Admitted`]). A client's pooled
 //!   connection is idle so, and reqwest drops its own after 90 s. A
@@ -48,9 +48,18 @@ pub const MAX_CONNECTIONS: usize = 1024;
 /// that the client, not the mirror, is the one to close it.
 pub const IDLE: Duration = Duration::from_secs(120);
 
-/// The share of the places one peer address may hold: `max / PER_PEER`
-/// (at least one).
-pub const PER_PEER: usize = 4;
+/// Places one peer address may hold, at least (or all, if fewer): a
+/// mount keeps up to about a hundred connections to a mirror while it
+/// uploads a tree (32 files at once), reads ahead (16 fetches) and checks
+/// (16 probes), and one cut off mid-upload would take the mirror for
+/// down.
+pub const PEER_FLOOR: usize = 128;
+
+/// The places one peer address may hold of `max`: a quarter, or
+/// [`PEER_FLOOR`] if that is more, and never more than `max`.
+pub fn per_peer(max: usize) -> usize {
+    (max / 4).max(PEER_FLOOR.min(max)).max(1)
+}
 
 /// How long to wait after an accept failed for want of descriptors.
 const ACCEPT_RETRY: Duration = Duration::from_secs(1);
@@ -77,7 +86,7 @@ impl Admission {
             idle,
             full: false,
             peers: Arc::default(),
-            per_peer: (max / PER_PEER).max(1),
+            per_peer: per_peer(max),
             said_peer: None,
         }
     }
@@ -370,7 +379,6 @@ mod tests {
     #[tokio::test]
     async fn past_the_bound_a_connection_waits_for_one_to_close() {
         let (mut admission, addr) = admission(2, IDLE).await;
-        admission.per_peer = 2;
         let _a = TcpStream::connect(addr).await.unwrap();
         let _b = TcpStream::connect(addr).await.unwrap();
         let first = admission.accept().await.0;
@@ -428,8 +436,18 @@ mod tests {
     /// may open another.
     #[tokio::test]
     async fn a_peer_past_its_share_is_closed() {
+        assert_eq!(
+            [
+                per_peer(1),
+                per_peer(8),
+                per_peer(200),
+                per_peer(1024),
+                per_peer(4096)
+            ],
+            [1, 8, 128, 256, 1024]
+        );
         let (mut admission, addr) = admission(8, IDLE).await;
-        assert_eq!(admission.per_peer, 2);
+        admission.per_peer = 2;
         let _a = TcpStream::connect(addr).await.unwrap();
         let _b = TcpStream::connect(addr).await.unwrap();
         let mut c = TcpStream::connect(addr).await.unwrap();
