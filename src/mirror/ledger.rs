@@ -620,6 +620,23 @@ impl Ledger {
             if size > old {
                 self.check_room(tx, account, size - old, true, now)?;
             }
+            // A new size counts from now: whoever leases the slot is billed
+            // up to now at the old one first. Resized (a trigger resizes
+            // its leases), it was billed at the new size back to each
+            // account's last bill.
+            if size != old && self.terms.price_micro > 0 {
+                let holders: Vec<Vec<u8>> = {
+                    let mut stmt =
+                        tx.prepare_cached("SELECT account FROM leases WHERE object = ?1")?;
+                    stmt.query_map([&pk[..]], |r| r.get(0))?
+                        .collect::<rusqlite::Result<_>>()?
+                };
+                for holder in holders {
+                    if let Ok(holder) = <[u8; 32]>::try_from(holder.as_slice()) {
+                        self.charge_in(tx, &holder, now)?;
+                    }
+                }
+            }
             cached_exec(
                 tx,
                 "INSERT INTO slots (pk, seq, envelope) VALUES (?1, ?2, ?3)
@@ -1222,6 +1239,28 @@ mod tests {
             "a day billed {}",
             day.debit - b.debit
         );
+    }
+
+    /// A slot that grows is billed at its new size from when it grew, not
+    /// back to the last bill (a day here: 8 MiB for a day, where 100 bytes
+    /// were stored).
+    #[test]
+    fn a_grown_slot_is_billed_at_its_new_size_from_then() {
+        use crate::dir::SlotEnvelope;
+        let dir = tempfile::tempdir().unwrap();
+        let l = Ledger::open(&dir.path().join("ledger.sqlite"), terms(1_000_000)).unwrap();
+        let cap = crate::store::Vault::fresh_dir();
+        let small = SlotEnvelope::seal_plaintext(&cap, 1, &[7; 100]);
+        l.put_slot(&[1; 32], &small, &small.encode(), T0).unwrap();
+        assert_eq!(l.balance(&[1; 32], T0).unwrap().debit, 0);
+        let big = SlotEnvelope::seal_plaintext(&cap, 2, &vec![7; 8 << 20]);
+        l.put_slot(&[1; 32], &big, &big.encode(), T0 + DAY).unwrap();
+        let b = l.balance(&[1; 32], T0 + DAY).unwrap();
+        assert!(b.daily_cost >= 7_812, "{}", b.daily_cost);
+        assert!(b.debit <= 1, "a day billed at the grown size: {}", b.debit);
+        // From then on, at the new size.
+        let later = l.balance(&[1; 32], T0 + 2 * DAY).unwrap();
+        assert!(later.debit.abs_diff(b.daily_cost) <= 1, "{}", later.debit);
     }
 
     /// Every charge within one second bills that second once, and an hour
