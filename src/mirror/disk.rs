@@ -170,6 +170,37 @@ impl DiskShares {
         })
     }
 
+    /// [`ShareStore::delete`] for GC, which holds the lock uploads
+    /// finalize under while it deletes: a share file is moved into `tmp/`
+    /// instead of unlinked, and returned for the caller to unlink once it
+    /// has let go of the lock. On ext4 mounted with `discard` and no
+    /// journal, the unlink waits for the device to trim the file's blocks
+    /// (a GiB took 250-290 ms, docs/PERFORMANCE.md), and every upload
+    /// waited for each of a thousand at a time. A crash before the unlink
+    /// leaves the file in `tmp/`, which the next start empties.
+    pub async fn retire(&self, id: &ShareId) -> Result<(u64, Option<PathBuf>)> {
+        let path = self.path_of(id);
+        let trash = self.root.join("tmp").join(format!(
+            "gc-{}-{:016x}",
+            crate::protocol::hex(id),
+            rand::random::<u64>()
+        ));
+        let (from_file, moved) = match tokio::fs::metadata(&path).await {
+            Ok(meta) => match tokio::fs::rename(&path, &trash).await {
+                Ok(()) => (meta.len(), Some(trash)),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => (0, None),
+                Err(e) => return Err(e.into()),
+            },
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => (0, None),
+            Err(e) => return Err(e.into()),
+        };
+        let (small, id) = (self.small.clone(), *id);
+        let from_row = tokio::task::spawn_blocking(move || small.delete(&id))
+            .await
+            .map_err(|e| Error::Task(e.to_string()))??;
+        Ok((from_file + from_row, moved))
+    }
+
     /// Whether share `id` is held, as a file or a row (blocking).
     pub fn holds(&self, id: &ShareId) -> Result<bool> {
         Ok(self.path_of(id).try_exists()? || self.small.contains(id)?)

@@ -2,7 +2,7 @@
 
 use tokio::sync::RwLock;
 
-use super::{DiskShares, Ledger, ObjectKind, Result, ShareStore, unix_now};
+use super::{DiskShares, Ledger, ObjectKind, Result, unix_now};
 
 /// What one GC pass freed.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -28,39 +28,54 @@ pub async fn collect_garbage(
     // cannot be removed stays recorded for a later pass, and stops no
     // pass: every pass would have ended there, and nothing was freed
     // again.
+    // Share files are moved aside under the lock and unlinked after it
+    // (`DiskShares::retire`): uploads do not wait for the disk's trims.
+    let mut retired = Vec::new();
     {
         let _guard = finalize.write().await;
         for (id, known) in ledger.run(|l| l.doomed()).await? {
-            if !known && let Err(e) = shares.delete(&id).await {
-                tracing::warn!(share = %crate::protocol::hex(&id), error = %e, "a share GC forgot cannot be removed; trying again at the next pass");
-                continue;
+            if !known {
+                match shares.retire(&id).await {
+                    Ok((_, moved)) => retired.extend(moved),
+                    Err(e) => {
+                        tracing::warn!(share = %crate::protocol::hex(&id), error = %e, "a share GC forgot cannot be removed; trying again at the next pass");
+                        continue;
+                    }
+                }
             }
             ledger.run(move |l| l.spare(&id)).await?;
         }
     }
+    unlink(&mut retired).await;
     loop {
         let now = unix_now();
         let batch = ledger.run(move |l| l.unleased(now, 1000)).await?;
         if batch.is_empty() {
             break;
         }
-        let _guard = finalize.write().await;
-        for (id, _) in batch {
-            let forgotten = ledger.run(move |l| l.forget_if_unleased(&id, now)).await?;
-            match forgotten {
-                Some((ObjectKind::Share, size)) => {
-                    shares.delete(&id).await?;
-                    ledger.run(move |l| l.spare(&id)).await?;
-                    report.shares += 1;
-                    report.bytes += size;
+        let pass = async {
+            let _guard = finalize.write().await;
+            for (id, _) in batch {
+                let forgotten = ledger.run(move |l| l.forget_if_unleased(&id, now)).await?;
+                match forgotten {
+                    Some((ObjectKind::Share, size)) => {
+                        retired.extend(shares.retire(&id).await?.1);
+                        ledger.run(move |l| l.spare(&id)).await?;
+                        report.shares += 1;
+                        report.bytes += size;
+                    }
+                    Some((ObjectKind::Slot, size)) => {
+                        report.slots += 1;
+                        report.bytes += size;
+                    }
+                    None => {}
                 }
-                Some((ObjectKind::Slot, size)) => {
-                    report.slots += 1;
-                    report.bytes += size;
-                }
-                None => {}
             }
+            Ok::<(), super::Error>(())
         }
+        .await;
+        unlink(&mut retired).await;
+        pass?;
     }
     if report.shares + report.slots > 0 {
         tracing::info!(
@@ -73,9 +88,20 @@ pub async fn collect_garbage(
     Ok(report)
 }
 
+/// Unlink share files GC moved aside, now that it holds no lock. One that
+/// cannot be unlinked stays in `tmp/` until the mirror starts again.
+async fn unlink(retired: &mut Vec<std::path::PathBuf>) {
+    for path in retired.drain(..) {
+        if let Err(e) = tokio::fs::remove_file(&path).await {
+            tracing::warn!(file = %path.display(), error = %e, "a share GC removed is left in tmp/ until the mirror starts again");
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::mirror::ShareStore;
     use crate::mirror::testing::{free_terms, stored_shares};
 
     /// A share GC forgot but did not get to remove (the pass cut short
@@ -101,5 +127,8 @@ mod tests {
         assert!(!shares.contains(&ids[0]).await.unwrap(), "left behind");
         assert!(shares.contains(&ids[1]).await.unwrap(), "stored anew");
         assert!(ledger.doomed().unwrap().is_empty());
+        // Moved aside under the lock, unlinked after it: nothing is left.
+        let left: Vec<_> = std::fs::read_dir(dir.path().join("tmp")).unwrap().collect();
+        assert!(left.is_empty(), "{left:?}");
     }
 }
