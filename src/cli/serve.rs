@@ -84,8 +84,9 @@ pub struct ServeArgs {
     /// address may hold a quarter of the HTTP ones (at least 128).
     #[arg(long, default_value_t = lode::mirror::listen::MAX_CONNECTIONS)]
     max_connections: usize,
-    /// Seconds an HTTP connection may send and receive nothing before it
-    /// is closed.
+    /// Seconds an HTTP connection may send and receive nothing, with no
+    /// request being answered, before it is closed (below 90, lode's
+    /// client may send on a pooled connection just as it closes).
     #[arg(long, default_value_t = lode::mirror::listen::IDLE.as_secs())]
     idle_timeout: u64,
 }

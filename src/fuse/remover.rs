@@ -30,32 +30,48 @@ struct State {
     finished: bool,
 }
 
-/// Removals queued and not yet done, shared with the thread.
+/// Removals queued and done, shared with the thread.
 #[derive(Default)]
 struct Pending {
-    /// How many, and their bytes.
-    queued: Mutex<(usize, u64)>,
+    counts: Mutex<Counts>,
     done: Condvar,
 }
 
+#[derive(Default)]
+struct Counts {
+    /// Removals ever queued, and ever done (in queue order).
+    queued: u64,
+    done: u64,
+    /// Bytes of those queued and not yet done.
+    bytes: u64,
+}
+
 impl Pending {
-    fn queued(&self) -> MutexGuard<'_, (usize, u64)> {
-        self.queued.lock().unwrap_or_else(|p| p.into_inner())
+    fn counts(&self) -> MutexGuard<'_, Counts> {
+        self.counts.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     fn add(&self, bytes: u64) {
-        let mut queued = self.queued();
-        queued.0 += 1;
-        queued.1 = queued.1.saturating_add(bytes);
+        let mut counts = self.counts();
+        counts.queued += 1;
+        counts.bytes = counts.bytes.saturating_add(bytes);
     }
 
     fn done(&self, bytes: u64) {
-        let mut queued = self.queued();
-        queued.0 = queued.0.saturating_sub(1);
-        queued.1 = queued.1.saturating_sub(bytes);
-        if queued.0 == 0 {
-            self.done.notify_all();
-        }
+        let mut counts = self.counts();
+        counts.done += 1;
+        counts.bytes = counts.bytes.saturating_sub(bytes);
+        self.done.notify_all();
+    }
+}
+
+/// Counts a removal done when dropped, also if the removal panicked: a
+/// count left behind would hold every later `wait` for good.
+struct Done<'a>(&'a Pending, u64);
+
+impl Drop for Done<'_> {
+    fn drop(&mut self) {
+        self.0.done(self.1);
     }
 }
 
@@ -76,8 +92,8 @@ impl Remover {
                 .name("lode-remove".into())
                 .spawn(move || {
                     for (path, bytes) in rx {
+                        let _done = Done(&pending, bytes);
                         super::partial::remove_staged(&path);
-                        pending.done(bytes);
                     }
                 });
             match spawned {
@@ -114,19 +130,21 @@ impl Remover {
     /// Bytes of the copies queued and not yet removed: disk space that is
     /// about to come back.
     pub fn queued_bytes(&self) -> u64 {
-        self.pending.queued().1
+        self.pending.counts().bytes
     }
 
-    /// Wait until every removal queued so far is done; returns whether
-    /// there was any.
+    /// Wait until every removal queued before this call is done (not for
+    /// those queued meanwhile, which could go on without end); returns
+    /// whether there was any.
     pub fn wait(&self) -> bool {
-        let mut queued = self.pending.queued();
-        let any = queued.0 > 0;
-        while queued.0 > 0 {
-            queued = self
+        let mut counts = self.pending.counts();
+        let target = counts.queued;
+        let any = counts.done < target;
+        while counts.done < target {
+            counts = self
                 .pending
                 .done
-                .wait(queued)
+                .wait(counts)
                 .unwrap_or_else(|p| p.into_inner());
         }
         any

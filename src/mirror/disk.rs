@@ -121,7 +121,7 @@ impl Staged {
 const WRITE_BUFFER: usize = 4 * 1024 * 1024;
 
 /// How long an upload may stall between two pieces of its body.
-const BODY_IDLE: std::time::Duration = std::time::Duration::from_secs(60);
+pub(super) const BODY_IDLE: std::time::Duration = std::time::Duration::from_secs(60);
 
 /// The slowest upload a mirror waits for, in bytes per second, beyond
 /// [`BODY_IDLE`]: 256 kbit/s. Bounding only the wait between pieces let a

@@ -356,19 +356,33 @@ async fn read_body(headers: &HeaderMap, body: Body, limit: usize) -> Result<axum
         return Err(too_large());
     }
     let deadline = super::disk::body_deadline(declared.unwrap_or(limit as u64));
-    match tokio::time::timeout_at(deadline, axum::body::to_bytes(body, limit)).await {
-        Err(_) => Err(Error::BadRequest("request body too slow".into())),
-        // Past the limit, or the client gone (or sending past its own
-        // declared length): only the first is 413.
-        Ok(Err(e)) if over_limit(&e) => Err(too_large()),
-        Ok(Err(_)) => Err(Error::BadRequest("request body cut short".into())),
-        Ok(Ok(bytes)) => Ok(bytes),
+    // Piece by piece, each within `BODY_IDLE` as a share's body is: a
+    // request in hand keeps its connection past the idle timeout
+    // (`listen.rs`), so a client that sent a head and then nothing held
+    // its place for the whole deadline (up to 572 s for a slot).
+    let mut body = http_body_util::Limited::new(body, limit);
+    let mut bytes = Vec::with_capacity(declared.map_or(0, |len| len as usize));
+    loop {
+        let by = deadline.min(tokio::time::Instant::now() + super::disk::BODY_IDLE);
+        match tokio::time::timeout_at(by, http_body_util::BodyExt::frame(&mut body)).await {
+            Err(_) => return Err(Error::BadRequest("request body too slow".into())),
+            Ok(None) => return Ok(bytes.into()),
+            // Past the limit, or the client gone (or sending past its own
+            // declared length): only the first is 413.
+            Ok(Some(Err(e))) if over_limit(&*e) => return Err(too_large()),
+            Ok(Some(Err(_))) => return Err(Error::BadRequest("request body cut short".into())),
+            Ok(Some(Ok(frame))) => {
+                if let Ok(data) = frame.into_data() {
+                    bytes.extend_from_slice(&data);
+                }
+            }
+        }
     }
 }
 
-/// Whether reading a body failed for its length limit (`to_bytes` wraps
-/// that and a broken connection alike).
-fn over_limit(e: &axum::Error) -> bool {
+/// Whether reading a body failed for its length limit (the limit's error
+/// comes wrapped, as a broken connection's does).
+fn over_limit(e: &(dyn std::error::Error + 'static)) -> bool {
     let mut cause: Option<&(dyn std::error::Error + 'static)> = Some(e);
     while let Some(c) = cause {
         if c.is::<http_body_util::LengthLimitError>() {
@@ -899,6 +913,18 @@ mod tests {
         // 2 MiB in two pieces over 100 s: within 60 s plus 64.
         let fine = read_body(&declaring(2 << 20), trickle(2 << 20, 2), MAX_SLOT_BYTES).await;
         assert_eq!(fine.unwrap().len(), 2 << 20);
+        // The same 2 MiB in one piece after 70 s of silence: within the
+        // whole body's time, but past the 60 s a piece may take.
+        let silent = Body::from_stream(futures_util::stream::once(async {
+            tokio::time::sleep(Duration::from_secs(70)).await;
+            Ok::<_, std::io::Error>(axum::body::Bytes::from(vec![b' '; 2 << 20]))
+        }));
+        let silent = read_body(&declaring(2 << 20), silent, MAX_SLOT_BYTES).await;
+        assert!(
+            matches!(&silent, Err(Error::BadRequest(m)) if m.contains("too slow")),
+            "{:?}",
+            silent.map(|b| b.len())
+        );
         let big = read_body(
             &declaring(RENEW_BODY_MAX + 1),
             trickle(4096, 1),

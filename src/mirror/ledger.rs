@@ -634,6 +634,11 @@ impl Ledger {
                 for holder in holders {
                     if let Ok(holder) = <[u8; 32]>::try_from(holder.as_slice()) {
                         self.charge_in(tx, &holder, now)?;
+                        // What that bill left under a millionth is carried
+                        // over at the grown cost, as for a new lease.
+                        if size > old && Self::leased_in(tx, &holder, &pk, now)? {
+                            self.carry_to(tx, &holder, size - old, now)?;
+                        }
                     }
                 }
             }
@@ -1242,25 +1247,38 @@ mod tests {
     }
 
     /// A slot that grows is billed at its new size from when it grew, not
-    /// back to the last bill (a day here: 8 MiB for a day, where 100 bytes
-    /// were stored).
+    /// back to the last bill, nor for what that bill left under a
+    /// millionth: 2 KB and a 100-byte slot cost 2 millionths a day, so
+    /// three quarters of a day bill 1 and leave a quarter behind, which
+    /// at the grown size (8 MiB) is 1,953.
     #[test]
     fn a_grown_slot_is_billed_at_its_new_size_from_then() {
         use crate::dir::SlotEnvelope;
         let dir = tempfile::tempdir().unwrap();
         let l = Ledger::open(&dir.path().join("ledger.sqlite"), terms(1_000_000)).unwrap();
+        assert!(l.add_shares(&[share(1, 1, 2000, T0)]).unwrap()[0].is_ok());
         let cap = crate::store::Vault::fresh_dir();
         let small = SlotEnvelope::seal_plaintext(&cap, 1, &[7; 100]);
         l.put_slot(&[1; 32], &small, &small.encode(), T0).unwrap();
-        assert_eq!(l.balance(&[1; 32], T0).unwrap().debit, 0);
+        let before = l.balance(&[1; 32], T0).unwrap();
+        assert_eq!((before.debit, before.daily_cost), (0, 2));
+        let at = T0 + 3 * DAY / 4;
         let big = SlotEnvelope::seal_plaintext(&cap, 2, &vec![7; 8 << 20]);
-        l.put_slot(&[1; 32], &big, &big.encode(), T0 + DAY).unwrap();
-        let b = l.balance(&[1; 32], T0 + DAY).unwrap();
+        l.put_slot(&[1; 32], &big, &big.encode(), at).unwrap();
+        let b = l.balance(&[1; 32], at).unwrap();
         assert!(b.daily_cost >= 7_812, "{}", b.daily_cost);
-        assert!(b.debit <= 1, "a day billed at the grown size: {}", b.debit);
+        assert!(
+            b.debit <= 2,
+            "billed {} for three quarters of a day at 2",
+            b.debit
+        );
         // From then on, at the new size.
-        let later = l.balance(&[1; 32], T0 + 2 * DAY).unwrap();
-        assert!(later.debit.abs_diff(b.daily_cost) <= 1, "{}", later.debit);
+        let later = l.balance(&[1; 32], at + DAY).unwrap();
+        assert!(
+            (later.debit - b.debit).abs_diff(b.daily_cost) <= 1,
+            "a day billed {}",
+            later.debit - b.debit
+        );
     }
 
     /// Every charge within one second bills that second once, and an hour

@@ -21,6 +21,11 @@
 //!   requests each connection has in hand, and [`Flight`] hands the count
 //!   from the connection to the layer.
 //!
+//! - HTTP/2 is refused: a connection whose first bytes are its preface is
+//!   closed. The server would speak it (reqwest's `http2` feature turns on
+//!   hyper-util's), with 200 requests at once on one connection and pings
+//!   that keep it from ever being idle; lode's client speaks HTTP/1.1.
+//!
 //! Not bounded here: a peer that trickles a byte at a time (upload
 //! bodies have deadlines of their own, `disk::body_deadline`; request
 //! heads do not), and many peer addresses at once.
@@ -207,7 +212,13 @@ pub struct Admitted {
     deadline: Pin<Box<Sleep>>,
     /// Requests on this connection being answered.
     busy: Arc<AtomicUsize>,
+    /// The connection's first bytes, while fewer than `PREFACE` have come.
+    head: Vec<u8>,
 }
+
+/// How an HTTP/2 connection begins (RFC 9113, 3.4); no HTTP/1 request
+/// does.
+const PREFACE: &[u8] = b"PRI * HTTP/2.0";
 
 impl Admitted {
     fn new(
@@ -224,7 +235,30 @@ impl Admitted {
             last: Instant::now(),
             deadline: Box::pin(tokio::time::sleep(idle)),
             busy: Arc::default(),
+            head: Vec::new(),
         }
+    }
+
+    /// Look at `new`, bytes just read: an error if the connection begins
+    /// as HTTP/2 does.
+    fn look_at(&mut self, new: &[u8]) -> io::Result<()> {
+        if self.head.len() >= PREFACE.len() {
+            return Ok(());
+        }
+        let take = new.len().min(PREFACE.len() - self.head.len());
+        self.head.extend_from_slice(&new[..take]);
+        let n = self.head.len();
+        if self.head[..] == PREFACE[..n] && n == PREFACE.len() {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                "HTTP/2 is not served",
+            ));
+        }
+        if self.head[..] != PREFACE[..n] {
+            // Not HTTP/2: looked at enough.
+            self.head = vec![0; PREFACE.len()];
+        }
+        Ok(())
     }
 
     /// Bytes moved: the idle time starts over.
@@ -304,6 +338,7 @@ impl AsyncRead for Admitted {
             Poll::Ready(Ok(())) => {
                 if buf.filled().len() > before {
                     me.moved();
+                    me.look_at(&buf.filled()[before..])?;
                 }
                 Poll::Ready(Ok(()))
             }
@@ -471,6 +506,37 @@ mod tests {
         let _d = TcpStream::connect(addr).await.unwrap();
         let again = tokio::time::timeout(Duration::from_secs(10), admission.accept()).await;
         assert!(again.is_ok(), "no place once one of its own closed");
+    }
+
+    /// A connection that opens as HTTP/2 does (even a byte at a time) is
+    /// refused; one that opens as HTTP/1 does is read as it comes.
+    #[tokio::test]
+    async fn http2_is_refused() {
+        let (mut admission, addr) = admission(4, IDLE).await;
+        let mut h2 = TcpStream::connect(addr).await.unwrap();
+        let mut served = admission.accept().await.0;
+        for b in b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" {
+            h2.write_all(&[*b]).await.unwrap();
+        }
+        let mut got = Vec::new();
+        let mut byte = [0u8; 1];
+        let err = loop {
+            match served.read(&mut byte).await {
+                Ok(n) => got.extend_from_slice(&byte[..n]),
+                Err(e) => break e,
+            }
+        };
+        assert_eq!(err.kind(), io::ErrorKind::InvalidData);
+        assert!(got.len() < PREFACE.len(), "read past the preface: {got:?}");
+        let mut h1 = TcpStream::connect(addr).await.unwrap();
+        let mut served = admission.accept().await.0;
+        h1.write_all(b"PRI-ish\r\nGET / HTTP/1.1\r\n")
+            .await
+            .unwrap();
+        drop(h1);
+        let mut all = Vec::new();
+        served.read_to_end(&mut all).await.unwrap();
+        assert_eq!(all, b"PRI-ish\r\nGET / HTTP/1.1\r\n");
     }
 
     /// A connection with a request in hand is not idle, though no byte
