@@ -28,7 +28,8 @@
 //!
 //! Not bounded here: a peer that trickles a byte at a time (upload
 //! bodies have deadlines of their own, `disk::body_deadline`; request
-//! heads do not), and many peer addresses at once.
+//! heads do not), and many peers at once. A peer is an IPv4 address, or
+//! an IPv6 /64.
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -97,8 +98,9 @@ impl Admission {
         }
     }
 
-    /// A place for a connection from `ip`, unless it has its share.
+    /// A place for a connection from `ip`, unless its peer has its share.
     fn peer_place(&mut self, ip: IpAddr) -> Option<PeerPlace> {
+        let ip = peer_of(ip);
         let mut peers = self.peers.lock().unwrap_or_else(|p| p.into_inner());
         let open = peers.entry(ip).or_default();
         if *open >= self.per_peer {
@@ -117,6 +119,23 @@ impl Admission {
             peers: self.peers.clone(),
             ip,
         })
+    }
+}
+
+/// The peer an address belongs to: an IPv4 address (also written as an
+/// IPv4-mapped IPv6 one) on its own; an IPv6 address by its /64, the
+/// block one host is usually given whole, so that it cannot take a place
+/// per address.
+fn peer_of(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V4(_) => ip,
+        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => IpAddr::V4(v4),
+            None => {
+                let prefix = u128::from(v6) & !((1u128 << 64) - 1);
+                IpAddr::V6(std::net::Ipv6Addr::from(prefix))
+            }
+        },
     }
 }
 
@@ -537,6 +556,25 @@ mod tests {
         let mut all = Vec::new();
         served.read_to_end(&mut all).await.unwrap();
         assert_eq!(all, b"PRI-ish\r\nGET / HTTP/1.1\r\n");
+    }
+
+    /// Peers: IPv4 addresses each their own, also IPv4-mapped; IPv6 ones
+    /// by their /64.
+    #[test]
+    fn an_ipv6_peer_is_its_64() {
+        let ip = |s: &str| s.parse::<IpAddr>().unwrap();
+        assert_eq!(peer_of(ip("192.0.2.7")), ip("192.0.2.7"));
+        assert_eq!(peer_of(ip("::ffff:192.0.2.7")), ip("192.0.2.7"));
+        assert_eq!(peer_of(ip("2001:db8:1:2:aaaa::1")), ip("2001:db8:1:2::"));
+        assert_eq!(
+            peer_of(ip("2001:db8:1:2:ffff:ffff:ffff:ffff")),
+            peer_of(ip("2001:db8:1:2::9"))
+        );
+        assert_ne!(
+            peer_of(ip("2001:db8:1:3::1")),
+            peer_of(ip("2001:db8:1:2::1"))
+        );
+        assert_eq!(peer_of(ip("::1")), ip("::"));
     }
 
     /// A connection with a request in hand is not idle, though no byte
