@@ -338,11 +338,8 @@ pub fn run(command: Command) -> Result<()> {
     // `-` for a target: the cap, from standard input, before anything
     // else; from here on it is a cap given as any other.
     let from_stdin = |target: String| -> Result<String> {
-        if target != "-" {
-            return Ok(target);
-        }
         let cap = super::cap_or_stdin(&target)?;
-        if !lode::caps::is_cap_text(&cap) {
+        if target == "-" && !lode::caps::is_cap_text(&cap) {
             bail!("standard input holds no cap (a line starting lode:)");
         }
         Ok(cap)

@@ -170,10 +170,10 @@ impl DiskShares {
         })
     }
 
-    /// [`ShareStore::delete`] for GC, which holds the lock uploads
-    /// finalize under while it deletes: a share file is moved into `tmp/`
-    /// instead of unlinked, and returned for the caller to unlink once it
-    /// has let go of the lock. On ext4 mounted with `discard` and no
+    /// [`ShareStore::delete`] but for the unlink, for GC, which holds the
+    /// lock uploads finalize under while it deletes: a share file is moved
+    /// into `tmp/`, and returned for the caller to unlink once it has let
+    /// go of the lock (`delete` unlinks it at once). On ext4 mounted with `discard` and no
     /// journal, the unlink waits for the device to trim the file's blocks
     /// (a GiB took 250-290 ms, docs/PERFORMANCE.md), and every upload
     /// waited for each of a thousand at a time. A crash before the unlink
@@ -810,20 +810,11 @@ impl ShareStore for DiskShares {
     /// upload without a declared length, or a repair, comes as a file
     /// whatever its size).
     async fn delete(&self, id: &ShareId) -> Result<u64> {
-        let path = self.path_of(id);
-        let from_file = match tokio::fs::metadata(&path).await {
-            Ok(meta) => {
-                tokio::fs::remove_file(&path).await?;
-                meta.len()
-            }
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => 0,
-            Err(e) => return Err(e.into()),
-        };
-        let (small, id) = (self.small.clone(), *id);
-        let from_row = tokio::task::spawn_blocking(move || small.delete(&id))
-            .await
-            .map_err(|e| Error::Task(e.to_string()))??;
-        Ok(from_file + from_row)
+        let (freed, moved) = self.retire(id).await?;
+        if let Some(path) = moved {
+            tokio::fs::remove_file(&path).await?;
+        }
+        Ok(freed)
     }
 }
 

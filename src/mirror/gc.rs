@@ -21,6 +21,9 @@ pub async fn collect_garbage(
     finalize: &RwLock<()>,
 ) -> Result<GcReport> {
     let mut report = GcReport::default();
+    // Share files are moved aside under the lock and unlinked after it
+    // (`DiskShares::retire`): uploads do not wait for the disk's trims.
+    let mut retired = Vec::new();
     // What a pass cut short (a crash, a failed unlink) forgot but left on
     // disk: removed first, unless stored anew since. Asked under the lock
     // uploads hold while they record a share: asked before it, a share
@@ -28,9 +31,6 @@ pub async fn collect_garbage(
     // cannot be removed stays recorded for a later pass, and stops no
     // pass: every pass would have ended there, and nothing was freed
     // again.
-    // Share files are moved aside under the lock and unlinked after it
-    // (`DiskShares::retire`): uploads do not wait for the disk's trims.
-    let mut retired = Vec::new();
     {
         let _guard = finalize.write().await;
         for (id, known) in ledger.run(|l| l.doomed()).await? {

@@ -285,6 +285,25 @@ impl Admitted {
         self.last = Instant::now();
     }
 
+    /// What a write of the stream came to: bytes moved, or nothing to do
+    /// now (see [`Self::waiting`]).
+    fn wrote(
+        &mut self,
+        cx: &mut Context<'_>,
+        r: Poll<io::Result<usize>>,
+    ) -> Poll<io::Result<usize>> {
+        match r {
+            Poll::Ready(Ok(n)) => {
+                if n > 0 {
+                    self.moved();
+                }
+                Poll::Ready(Ok(n))
+            }
+            Poll::Ready(Err(e)) => Poll::Ready(Err(e)),
+            Poll::Pending => self.waiting(cx),
+        }
+    }
+
     /// Nothing to do now: an error if the idle time is up with no request
     /// in hand; else pending, the timer set to wake this task when it may
     /// be.
@@ -374,16 +393,8 @@ impl AsyncWrite for Admitted {
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
         let me = self.get_mut();
-        match Pin::new(&mut me.stream).poll_write(cx, buf) {
-            Poll::Ready(Ok(n)) => {
-                if n > 0 {
-                    me.moved();
-                }
-                Poll::Ready(Ok(n))
-            }
-            Poll::Ready(Err(e)) => Poll::Ready(Err(e)),
-            Poll::Pending => me.waiting(cx),
-        }
+        let r = Pin::new(&mut me.stream).poll_write(cx, buf);
+        me.wrote(cx, r)
     }
 
     fn poll_write_vectored(
@@ -392,16 +403,8 @@ impl AsyncWrite for Admitted {
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
         let me = self.get_mut();
-        match Pin::new(&mut me.stream).poll_write_vectored(cx, bufs) {
-            Poll::Ready(Ok(n)) => {
-                if n > 0 {
-                    me.moved();
-                }
-                Poll::Ready(Ok(n))
-            }
-            Poll::Ready(Err(e)) => Poll::Ready(Err(e)),
-            Poll::Pending => me.waiting(cx),
-        }
+        let r = Pin::new(&mut me.stream).poll_write_vectored(cx, bufs);
+        me.wrote(cx, r)
     }
 
     fn is_write_vectored(&self) -> bool {
