@@ -400,14 +400,16 @@ fn silent_connections_are_closed_and_their_places_given_to_others() {
         .url
         .trim_start_matches("http://")
         .trim_end_matches('/');
-    let connect = || {
-        let c = std::net::TcpStream::connect(addr).unwrap();
+    // One peer may hold half the places: three peers, each a loopback
+    // address of its own.
+    let connect = |from: &str| {
+        let c = common::connect_from(from, addr);
         c.set_read_timeout(Some(std::time::Duration::from_secs(30)))
             .unwrap();
         c
     };
-    let mut silent = [connect(), connect()];
-    let mut asking = connect();
+    let mut silent = [connect("127.0.0.2"), connect("127.0.0.3")];
+    let mut asking = connect("127.0.0.4");
     asking
         .write_all(b"GET /v1/info HTTP/1.1\r\nHost: mirror\r\nConnection: close\r\n\r\n")
         .unwrap();
@@ -438,6 +440,75 @@ fn silent_connections_are_closed_and_their_places_given_to_others() {
         "0",
     ]);
     assert!(said.contains("--max-connections"), "{said}");
+}
+
+/// A request head sent a byte at a time is cut off at `--head-timeout`,
+/// though its bytes keep coming (the idle timeout alone let a byte every
+/// two minutes hold a connection for good); a whole head in time is
+/// answered. A head timeout of 0 is refused.
+#[test]
+fn a_trickled_request_head_is_cut_off() {
+    use std::io::{Read, Write};
+    use std::time::{Duration, Instant};
+    let tmp = tempfile::tempdir().unwrap();
+    let mirror = common::MirrorProc::start(&tmp.path().join("m"), &["--head-timeout", "1"]);
+    let addr = mirror
+        .url
+        .trim_start_matches("http://")
+        .trim_end_matches('/');
+    let mut slow = std::net::TcpStream::connect(addr).unwrap();
+    slow.set_read_timeout(Some(Duration::from_millis(50)))
+        .unwrap();
+    let head = b"GET /v1/info HTTP/1.1\r\nHost: mirror\r\nX-Slow: aaaaaaaaaaaaaaaaaaaa\r\n\r\n";
+    let started = Instant::now();
+    let mut closed = None;
+    for b in head {
+        // A byte each 200 ms: the whole head would take 13 s.
+        let mut byte = [0u8; 1];
+        match slow.read(&mut byte) {
+            Ok(0) => {}
+            Ok(_) => panic!("the mirror answered a head not yet whole"),
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => {}
+            Err(_) => {
+                // Still open: the next byte.
+                if slow.write_all(&[*b]).is_ok() {
+                    std::thread::sleep(Duration::from_millis(150));
+                    continue;
+                }
+            }
+        }
+        closed = Some(started.elapsed());
+        break;
+    }
+    let took = closed.expect("a head trickled for 13 s was let through");
+    assert!(
+        took >= Duration::from_millis(900) && took < Duration::from_secs(6),
+        "closed after {took:?}"
+    );
+    let mut asking = std::net::TcpStream::connect(addr).unwrap();
+    asking
+        .set_read_timeout(Some(Duration::from_secs(30)))
+        .unwrap();
+    asking
+        .write_all(b"GET /v1/info HTTP/1.1\r\nHost: mirror\r\nConnection: close\r\n\r\n")
+        .unwrap();
+    let mut answer = String::new();
+    asking
+        .read_to_string(&mut answer)
+        .expect("the request was not answered");
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    let client = Client::new(&tmp.path().join("home"), &[&mirror.url]);
+    let said = client.fails(&[
+        "mirror",
+        "serve",
+        "--data",
+        tmp.path().join("m2").to_str().unwrap(),
+        "--listen",
+        "127.0.0.1:0",
+        "--head-timeout",
+        "0",
+    ]);
+    assert!(said.contains("--head-timeout"), "{said}");
 }
 
 /// `get`, `ls` and `check` take `-` for a cap on standard input, kept out

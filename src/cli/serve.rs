@@ -81,7 +81,8 @@ pub struct ServeArgs {
     upstream_silence: u64,
     /// Connections open at once, to the HTTP server and to the Stratum
     /// pool each; past it, new ones wait for one to close. One peer
-    /// address may hold a quarter of the HTTP ones (at least 128).
+    /// address may hold a quarter of the HTTP ones (at least 128, or half if
+    /// that is fewer).
     #[arg(long, default_value_t = lode::mirror::listen::MAX_CONNECTIONS)]
     max_connections: usize,
     /// Seconds an HTTP connection may send and receive nothing, with no
@@ -89,6 +90,10 @@ pub struct ServeArgs {
     /// client may send on a pooled connection just as it closes).
     #[arg(long, default_value_t = lode::mirror::listen::IDLE.as_secs())]
     idle_timeout: u64,
+    /// Seconds a request's head (its request line and header fields) may
+    /// take from its first byte; a slower one has its connection closed.
+    #[arg(long, default_value_t = lode::mirror::listen::HEAD.as_secs())]
+    head_timeout: u64,
 }
 
 /// Parse `123`, `10K`, `5M`, `2G`, `1T` (binary multiples).
@@ -137,6 +142,9 @@ pub fn run(args: ServeArgs) -> Result<()> {
     if !(1..=86_400).contains(&args.idle_timeout) {
         bail!("--idle-timeout must be from 1 to 86400 seconds");
     }
+    if !(1..=3600).contains(&args.head_timeout) {
+        bail!("--head-timeout must be from 1 to 3600 seconds");
+    }
     let config = MirrorConfig {
         data: args.data.clone(),
         lease_secs,
@@ -148,7 +156,10 @@ pub fn run(args: ServeArgs) -> Result<()> {
         grace_secs: (args.grace_days * 86_400.0) as i64,
         free_bytes: args.free,
         max_connections: args.max_connections,
-        idle: Duration::from_secs(args.idle_timeout),
+        limits: lode::mirror::listen::Limits {
+            idle: Duration::from_secs(args.idle_timeout),
+            head: Duration::from_secs(args.head_timeout),
+        },
     };
     // Bounded, so that what the ledger computes from them stays in range
     // (a price of 1e30 saturated, and its daily cost would have wrapped).

@@ -46,8 +46,9 @@ pub struct MirrorConfig {
     pub free_bytes: u64,
     /// HTTP connections open at once (see `listen.rs`).
     pub max_connections: usize,
-    /// How long an HTTP connection may move no byte before it is closed.
-    pub idle: Duration,
+    /// How long an HTTP connection may move no byte before it is closed,
+    /// and a request's head may take.
+    pub limits: super::listen::Limits,
 }
 
 struct Mirror {
@@ -665,7 +666,7 @@ pub async fn serve(
         .layer(DefaultBodyLimit::max(MAX_SLOT_BYTES))
         .with_state(mirror);
     ready()?;
-    let listener = super::listen::Admission::new(listener, config.max_connections, config.idle);
+    let listener = super::listen::Admission::new(listener, config.max_connections, config.limits);
     let app = app
         .layer(axum::middleware::from_fn(super::listen::track))
         .into_make_service_with_connect_info::<super::listen::Flight>();
@@ -696,7 +697,10 @@ mod tests {
             grace_secs: 0,
             free_bytes: 0,
             max_connections: crate::mirror::listen::MAX_CONNECTIONS,
-            idle: crate::mirror::listen::IDLE,
+            limits: crate::mirror::listen::Limits {
+                idle: crate::mirror::listen::IDLE,
+                head: crate::mirror::listen::HEAD,
+            },
         }
     }
 

@@ -10,7 +10,8 @@
 //!   stops accepting, so newcomers wait in the kernel's backlog (and, once
 //!   that is full, are refused) while the ones it has are served;
 //! - one peer address holds at most a quarter of those places, or
-//!   [`PEER_FLOOR`] if that is more ([`per_peer`]); a connection past that
+//!   [`PEER_FLOOR`] if that is more, but never over half ([`per_peer`]);
+//!   a connection past that
 //!   is closed as soon as it is taken, so that one host cannot lock every
 //!   other out;
 //! - a connection that moves no byte either way for `idle`, with no
@@ -21,22 +22,26 @@
 //!   requests each connection has in hand, and [`Flight`] hands the count
 //!   from the connection to the layer.
 //!
+//! - a request's head (its request line and header fields) must come
+//!   whole within `head` of its first byte, however steadily its bytes
+//!   trickle in ([`HEAD`]); hyper has this deadline too, but `axum::serve`
+//!   gives it no timer, so there it never runs. Bodies have deadlines of
+//!   their own (`disk::body_deadline`, `http::read_body`).
+//!
 //! - HTTP/2 is refused: a connection whose first bytes are its preface is
 //!   closed. The server would speak it (reqwest's `http2` feature turns on
 //!   hyper-util's), with 200 requests at once on one connection and pings
 //!   that keep it from ever being idle; lode's client speaks HTTP/1.1.
 //!
-//! Not bounded here: a peer that trickles a byte at a time (upload
-//! bodies have deadlines of their own, `disk::body_deadline`; request
-//! heads do not), and many peers at once. A peer is an IPv4 address, or
-//! an IPv6 /64.
+//! Not bounded here: many peers at once. A peer is an IPv4 address, or an
+//! IPv6 /64.
 
 use std::collections::HashMap;
 use std::future::Future;
 use std::io;
 use std::net::{IpAddr, SocketAddr};
 use std::pin::Pin;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -54,6 +59,11 @@ pub const MAX_CONNECTIONS: usize = 1024;
 /// that the client, not the mirror, is the one to close it.
 pub const IDLE: Duration = Duration::from_secs(120);
 
+/// How long a request's head may take from its first byte, by default:
+/// hyper's own default. lode's client sends a head of a few hundred bytes
+/// in one write.
+pub const HEAD: Duration = Duration::from_secs(30);
+
 /// Places one peer address may hold, at least (or all, if fewer). A
 /// mount untarring 10,000 files and then writing 1 GiB kept at most 6
 /// connections to one mirror (`ss`, every 0.25 s); readahead (16 fetches)
@@ -63,9 +73,11 @@ pub const IDLE: Duration = Duration::from_secs(120);
 pub const PEER_FLOOR: usize = 128;
 
 /// The places one peer address may hold of `max`: a quarter, or
-/// [`PEER_FLOOR`] if that is more, and never more than `max`.
+/// [`PEER_FLOOR`] if that is more, but never more than half (so that with
+/// a small `max` one peer still cannot take every place), and at least
+/// one.
 pub fn per_peer(max: usize) -> usize {
-    (max / 4).max(PEER_FLOOR.min(max)).max(1)
+    (max / 4).max(PEER_FLOOR.min(max / 2)).max(1)
 }
 
 /// How long to wait after an accept failed for want of descriptors.
@@ -75,7 +87,7 @@ const ACCEPT_RETRY: Duration = Duration::from_secs(1);
 pub struct Admission {
     listener: TcpListener,
     permits: Arc<Semaphore>,
-    idle: Duration,
+    limits: Limits,
     /// Whether the bound was met since it was last said.
     full: bool,
     /// Connections open per peer address, and the most one may have.
@@ -85,12 +97,19 @@ pub struct Admission {
     said_peer: Option<Instant>,
 }
 
+/// How long a connection may stay silent, and a request's head take.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    pub idle: Duration,
+    pub head: Duration,
+}
+
 impl Admission {
-    pub fn new(listener: TcpListener, max: usize, idle: Duration) -> Admission {
+    pub fn new(listener: TcpListener, max: usize, limits: Limits) -> Admission {
         Admission {
             listener,
             permits: Arc::new(Semaphore::new(max.max(1))),
-            idle,
+            limits,
             full: false,
             peers: Arc::default(),
             per_peer: per_peer(max),
@@ -189,7 +208,7 @@ impl axum::serve::Listener for Admission {
                         continue;
                     };
                     let _ = stream.set_nodelay(true);
-                    return (Admitted::new(stream, permit, peer, self.idle), addr);
+                    return (Admitted::new(stream, permit, peer, self.limits), addr);
                 }
                 // Gone before it was taken: the next one.
                 Err(e) if is_per_connection(&e) => {}
@@ -218,21 +237,33 @@ fn is_per_connection(e: &io::Error) -> bool {
 
 /// An accepted connection: it holds its place among the open ones until
 /// dropped, and fails its reads and writes once it has been idle too long
-/// with no request in hand.
+/// with no request in hand, or a request's head took too long.
 pub struct Admitted {
     stream: TcpStream,
     _place: OwnedSemaphorePermit,
     _peer: PeerPlace,
-    idle: Duration,
+    limits: Limits,
     /// When a byte last moved.
     last: Instant,
-    /// Fires at `last + idle` or later; moved on only when it fires, not
-    /// at every read and write.
+    /// Fires at `last + idle`, or at the head's deadline, or later; moved
+    /// on only when it fires or a head begins, not at every read and write.
     deadline: Pin<Box<Sleep>>,
-    /// Requests on this connection being answered.
-    busy: Arc<AtomicUsize>,
+    /// Requests on this connection being answered, and begun.
+    flight: Arc<Counts>,
+    /// A request head being read: when its first byte came, and how many
+    /// requests had begun then (once one more has, the head is whole).
+    head_since: Option<(Instant, u64)>,
     /// The connection's first bytes, while fewer than `PREFACE` have come.
-    head: Vec<u8>,
+    preface: Vec<u8>,
+}
+
+/// What the [`track`] layer counts on one connection.
+#[derive(Default)]
+pub struct Counts {
+    /// Requests in hand.
+    busy: AtomicUsize,
+    /// Requests begun, ever.
+    begun: AtomicU64,
 }
 
 /// How an HTTP/2 connection begins (RFC 9113, 3.4); no HTTP/1 request
@@ -244,38 +275,39 @@ impl Admitted {
         stream: TcpStream,
         place: OwnedSemaphorePermit,
         peer: PeerPlace,
-        idle: Duration,
+        limits: Limits,
     ) -> Admitted {
         Admitted {
             stream,
             _place: place,
             _peer: peer,
-            idle,
+            limits,
             last: Instant::now(),
-            deadline: Box::pin(tokio::time::sleep(idle)),
-            busy: Arc::default(),
-            head: Vec::new(),
+            deadline: Box::pin(tokio::time::sleep(limits.idle)),
+            flight: Arc::default(),
+            head_since: None,
+            preface: Vec::new(),
         }
     }
 
     /// Look at `new`, bytes just read: an error if the connection begins
     /// as HTTP/2 does.
     fn look_at(&mut self, new: &[u8]) -> io::Result<()> {
-        if self.head.len() >= PREFACE.len() {
+        if self.preface.len() >= PREFACE.len() {
             return Ok(());
         }
-        let take = new.len().min(PREFACE.len() - self.head.len());
-        self.head.extend_from_slice(&new[..take]);
-        let n = self.head.len();
-        if self.head[..] == PREFACE[..n] && n == PREFACE.len() {
+        let take = new.len().min(PREFACE.len() - self.preface.len());
+        self.preface.extend_from_slice(&new[..take]);
+        let n = self.preface.len();
+        if self.preface[..] == PREFACE[..n] && n == PREFACE.len() {
             return Err(io::Error::new(
                 io::ErrorKind::InvalidData,
                 "HTTP/2 is not served",
             ));
         }
-        if self.head[..] != PREFACE[..n] {
+        if self.preface[..] != PREFACE[..n] {
             // Not HTTP/2: looked at enough.
-            self.head = vec![0; PREFACE.len()];
+            self.preface = vec![0; PREFACE.len()];
         }
         Ok(())
     }
@@ -283,6 +315,36 @@ impl Admitted {
     /// Bytes moved: the idle time starts over.
     fn moved(&mut self) {
         self.last = Instant::now();
+    }
+
+    /// Bytes came in. With no request in hand they are a request's head
+    /// (or the start of one), whose deadline runs from its first byte.
+    fn received(&mut self) {
+        self.moved();
+        if self.flight.busy.load(Ordering::Acquire) > 0 {
+            self.head_since = None;
+            return;
+        }
+        let begun = self.flight.begun.load(Ordering::Acquire);
+        if self.head_since.is_none_or(|(_, at)| at != begun) {
+            self.head_since = Some((self.last, begun));
+            let due = self.last + self.limits.head;
+            if due < self.deadline.deadline() {
+                self.deadline.as_mut().reset(due);
+            }
+        }
+    }
+
+    /// When the head being read must be whole, if one is.
+    fn head_due(&mut self) -> Option<Instant> {
+        let (since, at) = self.head_since?;
+        if self.flight.busy.load(Ordering::Acquire) > 0
+            || self.flight.begun.load(Ordering::Acquire) != at
+        {
+            self.head_since = None;
+            return None;
+        }
+        Some(since + self.limits.head)
     }
 
     /// What a write of the stream came to: bytes moved, or nothing to do
@@ -305,45 +367,62 @@ impl Admitted {
     }
 
     /// Nothing to do now: an error if the idle time is up with no request
-    /// in hand; else pending, the timer set to wake this task when it may
-    /// be.
+    /// in hand, or a request's head is late; else pending, the timer set to
+    /// wake this task when it may be.
     fn waiting<T>(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<T>> {
         while self.deadline.as_mut().poll(cx).is_ready() {
             let now = Instant::now();
-            let due = self.last + self.idle;
-            if due > now {
-                self.deadline.as_mut().reset(due);
-            } else if self.busy.load(Ordering::Acquire) > 0 {
-                self.last = now;
-                self.deadline.as_mut().reset(now + self.idle);
-            } else {
+            let head = self.head_due();
+            if head.is_some_and(|due| due <= now) {
                 return Poll::Ready(Err(io::Error::new(
                     io::ErrorKind::TimedOut,
-                    "connection idle too long",
+                    "request head too slow",
                 )));
             }
+            let mut due = self.last + self.limits.idle;
+            if due <= now {
+                if self.flight.busy.load(Ordering::Acquire) == 0 {
+                    return Poll::Ready(Err(io::Error::new(
+                        io::ErrorKind::TimedOut,
+                        "connection idle too long",
+                    )));
+                }
+                self.last = now;
+                due = now + self.limits.idle;
+            }
+            self.deadline
+                .as_mut()
+                .reset(head.map_or(due, |h| h.min(due)));
         }
         Poll::Pending
     }
 }
 
-/// The count of requests in hand on one connection, as the [`track`]
-/// layer finds it among a request's extensions (axum's connect info).
+/// The counts of requests on one connection, as the [`track`] layer
+/// finds them among a request's extensions (axum's connect info).
 #[derive(Clone)]
-pub struct Flight(Arc<AtomicUsize>);
+pub struct Flight(Arc<Counts>);
 
 impl axum::extract::connect_info::Connected<axum::serve::IncomingStream<'_, Admission>> for Flight {
     fn connect_info(stream: axum::serve::IncomingStream<'_, Admission>) -> Flight {
-        Flight(stream.io().busy.clone())
+        Flight(stream.io().flight.clone())
     }
 }
 
-/// Counted in hand while dropped.
-struct InHand(Arc<AtomicUsize>);
+/// A request begun, counted in hand until dropped.
+struct InHand(Arc<Counts>);
+
+impl InHand {
+    fn begin(counts: Arc<Counts>) -> InHand {
+        counts.begun.fetch_add(1, Ordering::AcqRel);
+        counts.busy.fetch_add(1, Ordering::AcqRel);
+        InHand(counts)
+    }
+}
 
 impl Drop for InHand {
     fn drop(&mut self) {
-        self.0.fetch_sub(1, Ordering::AcqRel);
+        self.0.busy.fetch_sub(1, Ordering::AcqRel);
     }
 }
 
@@ -357,10 +436,7 @@ pub async fn track(
         .extensions()
         .get::<axum::extract::ConnectInfo<Flight>>()
         .map(|info| info.0.0.clone());
-    let _in_hand = flight.map(|busy| {
-        busy.fetch_add(1, Ordering::AcqRel);
-        InHand(busy)
-    });
+    let _in_hand = flight.map(InHand::begin);
     next.run(request).await
 }
 
@@ -375,7 +451,7 @@ impl AsyncRead for Admitted {
         match Pin::new(&mut me.stream).poll_read(cx, buf) {
             Poll::Ready(Ok(())) => {
                 if buf.filled().len() > before {
-                    me.moved();
+                    me.received();
                     me.look_at(&buf.filled()[before..])?;
                 }
                 Poll::Ready(Ok(()))
@@ -429,7 +505,10 @@ mod tests {
     async fn admission(max: usize, idle: Duration) -> (Admission, SocketAddr) {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
-        (Admission::new(listener, max, idle), addr)
+        (
+            Admission::new(listener, max, Limits { idle, head: HEAD }),
+            addr,
+        )
     }
 
     /// Past the bound, the next connection is not taken until one of
@@ -437,6 +516,8 @@ mod tests {
     #[tokio::test]
     async fn past_the_bound_a_connection_waits_for_one_to_close() {
         let (mut admission, addr) = admission(2, IDLE).await;
+        // All from one address here: let it have every place.
+        admission.per_peer = 2;
         let _a = TcpStream::connect(addr).await.unwrap();
         let _b = TcpStream::connect(addr).await.unwrap();
         let first = admission.accept().await.0;
@@ -460,6 +541,7 @@ mod tests {
         let (mut admission, addr) = admission(4, idle).await;
         let mut client = TcpStream::connect(addr).await.unwrap();
         let mut served = admission.accept().await.0;
+        served.limits.head = Duration::from_secs(3600);
         // Busy: a byte each 100 ms, for five times the idle time.
         let talk = tokio::spawn(async move {
             for _ in 0..20 {
@@ -499,10 +581,11 @@ mod tests {
                 per_peer(1),
                 per_peer(8),
                 per_peer(200),
+                per_peer(256),
                 per_peer(1024),
                 per_peer(4096)
             ],
-            [1, 8, 128, 256, 1024]
+            [1, 4, 100, 128, 256, 1024]
         );
         let (mut admission, addr) = admission(8, IDLE).await;
         admission.per_peer = 2;
@@ -589,8 +672,7 @@ mod tests {
         let (mut admission, addr) = admission(4, idle).await;
         let _client = TcpStream::connect(addr).await.unwrap();
         let mut served = admission.accept().await.0;
-        let in_hand = InHand(served.busy.clone());
-        served.busy.fetch_add(1, Ordering::AcqRel);
+        let in_hand = InHand::begin(served.flight.clone());
         let mut byte = [0u8; 1];
         let kept = tokio::time::timeout(idle * 4, served.read(&mut byte)).await;
         assert!(kept.is_err(), "closed with a request in hand: {kept:?}");
@@ -600,5 +682,80 @@ mod tests {
             .expect("idle once answered, and kept")
             .unwrap_err();
         assert_eq!(err.kind(), io::ErrorKind::TimedOut);
+    }
+
+    /// A request head trickled in is cut off at its deadline, though its
+    /// bytes keep the connection from being idle; once a request is in
+    /// hand its body's bytes are not held to it, and the next request's
+    /// head gets a deadline of its own.
+    #[tokio::test]
+    async fn a_trickled_head_is_cut_off() {
+        let head = Duration::from_millis(500);
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let limits = Limits {
+            idle: Duration::from_secs(60),
+            head,
+        };
+        let mut admission = Admission::new(listener, 4, limits);
+        let mut client = TcpStream::connect(addr).await.unwrap();
+        let mut served = admission.accept().await.0;
+        // A head whose bytes come at 100 ms apiece, for ten times its time.
+        let talk = tokio::spawn(async move {
+            for b in b"GET /a-long-path-for-a-slow-head HTTP/1.1\r\n" {
+                if client.write_all(&[*b]).await.is_err() {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            client
+        });
+        let started = Instant::now();
+        let mut byte = [0u8; 1];
+        let err = loop {
+            match tokio::time::timeout(Duration::from_secs(10), served.read(&mut byte))
+                .await
+                .expect("a trickled head was kept")
+            {
+                Ok(n) => assert!(n > 0, "the client closed first"),
+                Err(e) => break e,
+            }
+        };
+        assert_eq!(err.kind(), io::ErrorKind::TimedOut);
+        let took = started.elapsed();
+        assert!(
+            took >= head - Duration::from_millis(50) && took < head * 3,
+            "cut off after {took:?}"
+        );
+        talk.abort();
+
+        // A request in hand: its body may trickle past the head's time.
+        let mut client = TcpStream::connect(addr).await.unwrap();
+        let mut served = admission.accept().await.0;
+        client.write_all(b"PUT / HTTP/1.1\r\n\r\n").await.unwrap();
+        let mut got = [0u8; 18];
+        served.read_exact(&mut got).await.unwrap();
+        let request = InHand::begin(served.flight.clone());
+        for _ in 0..10 {
+            client.write_all(b"x").await.unwrap();
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            served
+                .read_exact(&mut byte)
+                .await
+                .expect("a body was held to the head's deadline");
+        }
+        drop(request);
+        // The next head starts its own clock at its first byte: silent
+        // for longer than the head's time first, then cut off in time.
+        tokio::time::sleep(head * 2).await;
+        client.write_all(b"G").await.unwrap();
+        served.read_exact(&mut byte).await.unwrap();
+        let started = Instant::now();
+        let err = tokio::time::timeout(Duration::from_secs(10), served.read(&mut byte))
+            .await
+            .expect("the second head was kept")
+            .unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::TimedOut);
+        assert!(started.elapsed() < head * 3);
     }
 }

@@ -85,6 +85,28 @@ pub fn contains(haystack: &[u8], needle: &[u8]) -> bool {
     haystack.windows(needle.len()).any(|w| w == needle)
 }
 
+/// A blocking TCP connection to `to` (a 127.0.0.1 address) from the
+/// loopback address `from`, such as 127.0.0.2: a peer of its own to a
+/// mirror that bounds the connections per peer address. The traffic stays
+/// on the loopback interface.
+pub fn connect_from(from: &str, to: &str) -> std::net::TcpStream {
+    let from: std::net::IpAddr = from.parse().expect("a source address");
+    assert!(from.is_loopback(), "{from} is not a loopback address");
+    let to: std::net::SocketAddr = to.parse().expect("a socket address");
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_io()
+        .build()
+        .expect("tokio runtime");
+    let stream = rt.block_on(async {
+        let socket = tokio::net::TcpSocket::new_v4()?;
+        socket.bind(std::net::SocketAddr::new(from, 0))?;
+        socket.connect(to).await?.into_std()
+    });
+    let stream = stream.unwrap_or_else(|e| panic!("connecting to {to} from {from}: {e}"));
+    stream.set_nonblocking(false).expect("a blocking socket");
+    stream
+}
+
 // ---- real mirrors and the real binary ----
 
 use std::io::{BufRead, BufReader};
