@@ -81,8 +81,8 @@ pub struct ServeArgs {
     upstream_silence: u64,
     /// Connections open at once, to the HTTP server and to the Stratum
     /// pool each; past it, new ones wait for one to close. One peer
-    /// address may hold a quarter of the HTTP ones (at least 128, or half if
-    /// that is fewer).
+    /// address may hold a quarter of the HTTP ones (at least 128, but never
+    /// the last eighth).
     #[arg(long, default_value_t = lode::mirror::listen::MAX_CONNECTIONS)]
     max_connections: usize,
     /// Seconds an HTTP connection may send and receive nothing, with no

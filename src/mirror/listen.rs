@@ -10,7 +10,8 @@
 //!   stops accepting, so newcomers wait in the kernel's backlog (and, once
 //!   that is full, are refused) while the ones it has are served;
 //! - one peer address holds at most a quarter of those places, or
-//!   [`PEER_FLOOR`] if that is more, but never over half ([`per_peer`]);
+//!   [`PEER_FLOOR`] if that is more, but an eighth is always left to the
+//!   others ([`per_peer`]; with a bound of one, that one place is all);
 //!   a connection past that
 //!   is closed as soon as it is taken, so that one host cannot lock every
 //!   other out;
@@ -33,8 +34,10 @@
 //!   hyper-util's), with 200 requests at once on one connection and pings
 //!   that keep it from ever being idle; lode's client speaks HTTP/1.1.
 //!
-//! Not bounded here: many peers at once. A peer is an IPv4 address, or an
-//! IPv6 /64.
+//! Not bounded here: many peers at once; a peer that reads an answer a
+//! little at a time, each piece within `idle`; a chain of slow uploads,
+//! each body within its deadline. A peer is an IPv4 address, or an IPv6
+//! /64.
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -64,7 +67,8 @@ pub const IDLE: Duration = Duration::from_secs(120);
 /// in one write.
 pub const HEAD: Duration = Duration::from_secs(30);
 
-/// Places one peer address may hold, at least (or all, if fewer). A
+/// Places one peer address may hold, at least (or all but an eighth, if
+/// fewer). A
 /// mount untarring 10,000 files and then writing 1 GiB kept at most 6
 /// connections to one mirror (`ss`, every 0.25 s); readahead (16 fetches)
 /// and `lode check` (16 probes) add bursts. Several mounts behind one
@@ -73,11 +77,16 @@ pub const HEAD: Duration = Duration::from_secs(30);
 pub const PEER_FLOOR: usize = 128;
 
 /// The places one peer address may hold of `max`: a quarter, or
-/// [`PEER_FLOOR`] if that is more, but never more than half (so that with
-/// a small `max` one peer still cannot take every place), and at least
-/// one.
+/// [`PEER_FLOOR`] if that is more, but never the last eighth (at least
+/// one place), so that with a small `max` one peer still cannot take
+/// every place; and at least one. A lone mount on a small private mirror
+/// keeps nearly all of it: past its share a connection is closed, not
+/// kept waiting, and the mount would take the mirror for down.
 pub fn per_peer(max: usize) -> usize {
-    (max / 4).max(PEER_FLOOR.min(max / 2)).max(1)
+    let others = (max / 8).max(1);
+    (max / 4)
+        .max(PEER_FLOOR.min(max.saturating_sub(others)))
+        .max(1)
 }
 
 /// How long to wait after an accept failed for want of descriptors.
@@ -262,6 +271,8 @@ pub struct Admitted {
 pub struct Counts {
     /// Requests in hand.
     busy: AtomicUsize,
+    /// Answers whose bodies are being written.
+    sending: AtomicUsize,
     /// Requests begun, ever.
     begun: AtomicU64,
 }
@@ -317,11 +328,14 @@ impl Admitted {
         self.last = Instant::now();
     }
 
-    /// Bytes came in. With no request in hand they are a request's head
-    /// (or the start of one), whose deadline runs from its first byte.
+    /// Bytes came in. With no request in hand and no answer being sent
+    /// they are a request's head (or the start of one), whose deadline
+    /// runs from its first byte.
     fn received(&mut self) {
         self.moved();
-        if self.flight.busy.load(Ordering::Acquire) > 0 {
+        if self.flight.busy.load(Ordering::Acquire) > 0
+            || self.flight.sending.load(Ordering::Acquire) > 0
+        {
             self.head_since = None;
             return;
         }
@@ -426,18 +440,61 @@ impl Drop for InHand {
     }
 }
 
+/// A response's body being written, counted until dropped: hyper reads
+/// the socket meanwhile, and bytes it gets then are the next request
+/// sent early (pipelined), not a head held to [`HEAD`] while the answer
+/// before it goes out at the peer's pace.
+struct Sending {
+    body: axum::body::Body,
+    counts: Arc<Counts>,
+}
+
+impl Drop for Sending {
+    fn drop(&mut self) {
+        self.counts.sending.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+impl http_body::Body for Sending {
+    type Data = bytes::Bytes;
+    type Error = axum::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<http_body::Frame<bytes::Bytes>, axum::Error>>> {
+        Pin::new(&mut self.get_mut().body).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.body.size_hint()
+    }
+}
+
 /// Middleware: count the request as in hand on its connection until its
-/// answer is made (its body, if streamed, moves bytes from then on).
+/// answer is made, and its answer as being sent until its body is written
+/// (a streamed body moves bytes from then on, so it is not in hand: a
+/// peer that reads nothing is closed once idle).
 pub async fn track(
     request: axum::extract::Request,
     next: axum::middleware::Next,
 ) -> axum::response::Response {
-    let flight = request
+    let counts = request
         .extensions()
         .get::<axum::extract::ConnectInfo<Flight>>()
         .map(|info| info.0.0.clone());
-    let _in_hand = flight.map(InHand::begin);
-    next.run(request).await
+    let in_hand = counts.clone().map(InHand::begin);
+    let response = next.run(request).await;
+    let Some(counts) = counts else {
+        return response;
+    };
+    counts.sending.fetch_add(1, Ordering::AcqRel);
+    drop(in_hand);
+    response.map(|body| axum::body::Body::new(Sending { body, counts }))
 }
 
 impl AsyncRead for Admitted {
@@ -579,13 +636,15 @@ mod tests {
         assert_eq!(
             [
                 per_peer(1),
+                per_peer(2),
                 per_peer(8),
+                per_peer(64),
                 per_peer(200),
                 per_peer(256),
                 per_peer(1024),
                 per_peer(4096)
             ],
-            [1, 4, 100, 128, 256, 1024]
+            [1, 1, 7, 56, 128, 128, 256, 1024]
         );
         let (mut admission, addr) = admission(8, IDLE).await;
         admission.per_peer = 2;
@@ -730,21 +789,49 @@ mod tests {
         talk.abort();
 
         // A request in hand: its body may trickle past the head's time.
+        // Each read waits for its byte, so the deadline is looked at.
         let mut client = TcpStream::connect(addr).await.unwrap();
         let mut served = admission.accept().await.0;
         client.write_all(b"PUT / HTTP/1.1\r\n\r\n").await.unwrap();
         let mut got = [0u8; 18];
         served.read_exact(&mut got).await.unwrap();
         let request = InHand::begin(served.flight.clone());
+        let trickle = |mut client: TcpStream| {
+            tokio::spawn(async move {
+                for _ in 0..10 {
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    client.write_all(b"x").await.unwrap();
+                }
+                client
+            })
+        };
+        let talk = trickle(client);
         for _ in 0..10 {
-            client.write_all(b"x").await.unwrap();
-            tokio::time::sleep(Duration::from_millis(100)).await;
             served
                 .read_exact(&mut byte)
                 .await
                 .expect("a body was held to the head's deadline");
         }
+        let client = talk.await.unwrap();
         drop(request);
+
+        // An answer being sent: the next request's head, sent early, is
+        // not held to the deadline while the answer goes out.
+        let sending = Sending {
+            body: axum::body::Body::empty(),
+            counts: served.flight.clone(),
+        };
+        served.flight.sending.fetch_add(1, Ordering::AcqRel);
+        let talk = trickle(client);
+        for _ in 0..10 {
+            served
+                .read_exact(&mut byte)
+                .await
+                .expect("a head sent during an answer was held to the deadline");
+        }
+        let mut client = talk.await.unwrap();
+        drop(sending);
+
         // The next head starts its own clock at its first byte: silent
         // for longer than the head's time first, then cut off in time.
         tokio::time::sleep(head * 2).await;
@@ -756,6 +843,10 @@ mod tests {
             .expect("the second head was kept")
             .unwrap_err();
         assert_eq!(err.kind(), io::ErrorKind::TimedOut);
-        assert!(started.elapsed() < head * 3);
+        let took = started.elapsed();
+        assert!(
+            took >= head - Duration::from_millis(50) && took < head * 3,
+            "cut off after {took:?}"
+        );
     }
 }
