@@ -998,4 +998,58 @@ mod tests {
         // One share (a replica) spans every mirror that holds it.
         assert_eq!(spread_of(&[vec![G, O, G, G]], |s| s == G), 3);
     }
+
+    /// A file of more than one leaf: its chunks are numbered in file
+    /// order, each name beside the shares of that very chunk (a damaged
+    /// chunk near the end of a file of several leaves was reported as
+    /// chunk 0, since the leaves were visited last first).
+    #[test]
+    fn chunks_are_numbered_in_file_order_across_leaves() {
+        use crate::chunk::manifest::{FANOUT, FileEncoder};
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_time()
+            .build()
+            .unwrap();
+        rt.block_on(async {
+            let secret = crate::crypto::RootSecret::from_bytes([7; 32]);
+            let store = Arc::new(crate::store::MemoryStorage::new());
+            let mirrors = vec![store as Arc<dyn crate::store::Storage>];
+            let config = crate::store::GridConfig {
+                k: 1,
+                n: 1,
+                happy: 1,
+            };
+            let grid = Grid::new(mirrors, config).unwrap();
+            let mut encoder = FileEncoder::new(secret.convergence(), Params::REPLICA);
+            // Two leaves and a bit: chunk n is the bytes of n.
+            let count = FANOUT * 2 + 3;
+            let mut chunk_ids = Vec::new();
+            for n in 0..count {
+                let groups = encoder.push_chunk(format!("chunk {n}").as_bytes());
+                chunk_ids.push(groups[0].iter().map(Share::id).collect::<Vec<_>>());
+                for group in &groups {
+                    grid.put_group(group).await.unwrap();
+                }
+            }
+            let (cap, groups) = encoder.finish();
+            for group in &groups {
+                grid.put_group(group).await.unwrap();
+            }
+            let objects = grid.file_objects(&cap.verify_cap()).await.unwrap();
+            let chunks: Vec<&Object> = objects
+                .iter()
+                .filter(|o| o.what.starts_with("chunk "))
+                .collect();
+            assert_eq!(chunks.len(), count);
+            for (n, object) in chunks.iter().enumerate() {
+                let at: usize = object.what["chunk ".len()..].parse().unwrap();
+                assert_eq!(
+                    object.ids, chunk_ids[at],
+                    "{} lists the shares of another chunk",
+                    object.what
+                );
+                assert_eq!(at, n, "chunks listed out of file order");
+            }
+        });
+    }
 }
