@@ -112,8 +112,14 @@ impl ChunkCache {
     }
 
     fn insert_at(&mut self, key: ShareId, chunk: Plain, now: Instant) {
+        // A chunk larger than the whole budget (a friend's, written by
+        // another client with larger chunks or a larger k) is kept alone,
+        // the rest dropped: left out, each 128 KiB read of it fetched and
+        // decrypted the whole chunk again. Its bytes are in memory for
+        // its reader anyway, and it goes at the next insert or once idle.
         if chunk.len() > self.budget {
-            return;
+            self.entries.clear();
+            self.bytes = 0;
         }
         self.bytes += chunk.len();
         let entry = Entry {
@@ -124,7 +130,7 @@ impl ChunkCache {
         if let Some(old) = self.entries.put(key, entry) {
             self.bytes -= old.plain.len();
         }
-        while self.bytes > self.budget {
+        while self.bytes > self.budget && self.entries.len() > 1 {
             match self.entries.pop_lru() {
                 Some((_, evicted)) => self.bytes -= evicted.plain.len(),
                 None => break,
@@ -183,12 +189,17 @@ mod tests {
         assert!(c.bytes() <= 100);
         assert!(c.get(&[2; 32]).is_none(), "least recently used is evicted");
         assert!(c.get(&[1; 32]).is_some() && c.get(&[3; 32]).is_some());
+        // Larger than the whole budget: kept, alone, until the next.
         c.insert([4; 32], Plain::from(vec![0; 101]));
+        assert_eq!(c.get(&[4; 32]).map(|p| p.len()), Some(101));
+        assert!(c.get(&[1; 32]).is_none() && c.get(&[3; 32]).is_none());
+        assert_eq!(c.bytes(), 101);
+        c.insert([3; 32], Plain::from(vec![0; 10]));
         assert!(
             c.get(&[4; 32]).is_none(),
-            "larger than the budget is not cached"
+            "the large one stayed past the next"
         );
-        c.insert([3; 32], Plain::from(vec![0; 10]));
+        c.insert([1; 32], Plain::from(vec![0; 40]));
         assert_eq!(c.bytes(), 50);
     }
 
