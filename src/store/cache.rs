@@ -11,6 +11,10 @@ use lru::LruCache;
 
 use crate::chunk::ShareId;
 
+/// Entries kept however far past the budget they go (see
+/// `ChunkCache::insert_at`).
+const KEPT_WHATEVER_SIZE: usize = 2;
+
 /// A verified chunk's plaintext, shared by the cache and its readers: its
 /// bytes in order, in one or more buffers (a chunk opened from its data
 /// shares keeps each share's buffer, see
@@ -112,15 +116,6 @@ impl ChunkCache {
     }
 
     fn insert_at(&mut self, key: ShareId, chunk: Plain, now: Instant) {
-        // A chunk larger than the whole budget (a friend's, written by
-        // another client with larger chunks or a larger k) is kept alone,
-        // the rest dropped: left out, each 128 KiB read of it fetched and
-        // decrypted the whole chunk again. Its bytes are in memory for
-        // its reader anyway, and it goes at the next insert or once idle.
-        if chunk.len() > self.budget {
-            self.entries.clear();
-            self.bytes = 0;
-        }
         self.bytes += chunk.len();
         let entry = Entry {
             plain: chunk,
@@ -130,7 +125,14 @@ impl ChunkCache {
         if let Some(old) = self.entries.put(key, entry) {
             self.bytes -= old.plain.len();
         }
-        while self.bytes > self.budget && self.entries.len() > 1 {
+        // The two newest stay whatever their size: the chunk being read
+        // and the one read ahead of it. With our own chunks (8 MiB at
+        // most, the budget 16 MiB or more) that changes nothing; a
+        // friend's written by another client with larger chunks or a
+        // larger k (up to k × 16 MiB) was not cached at all when larger
+        // than the budget, and each 128 KiB read of it fetched and
+        // decrypted the whole chunk again.
+        while self.bytes > self.budget && self.entries.len() > KEPT_WHATEVER_SIZE {
             match self.entries.pop_lru() {
                 Some((_, evicted)) => self.bytes -= evicted.plain.len(),
                 None => break,
@@ -189,18 +191,28 @@ mod tests {
         assert!(c.bytes() <= 100);
         assert!(c.get(&[2; 32]).is_none(), "least recently used is evicted");
         assert!(c.get(&[1; 32]).is_some() && c.get(&[3; 32]).is_some());
-        // Larger than the whole budget: kept, alone, until the next.
-        c.insert([4; 32], Plain::from(vec![0; 101]));
-        assert_eq!(c.get(&[4; 32]).map(|p| p.len()), Some(101));
-        assert!(c.get(&[1; 32]).is_none() && c.get(&[3; 32]).is_none());
-        assert_eq!(c.bytes(), 101);
         c.insert([3; 32], Plain::from(vec![0; 10]));
-        assert!(
-            c.get(&[4; 32]).is_none(),
-            "the large one stayed past the next"
-        );
-        c.insert([1; 32], Plain::from(vec![0; 40]));
         assert_eq!(c.bytes(), 50);
+    }
+
+    /// Chunks larger than the whole budget are kept, the two newest, so
+    /// that a read of one and the read ahead of the next both hit; the
+    /// others go, and the budget holds again once small ones come.
+    #[test]
+    fn the_two_newest_stay_whatever_their_size() {
+        let mut c = ChunkCache::new(100);
+        c.insert([1; 32], Plain::from(vec![0; 40]));
+        c.insert([2; 32], Plain::from(vec![0; 150]));
+        assert_eq!(c.bytes(), 190, "the newest two are kept");
+        c.insert([3; 32], Plain::from(vec![0; 150]));
+        assert!(c.get(&[2; 32]).is_some() && c.get(&[3; 32]).is_some());
+        assert!(c.get(&[1; 32]).is_none());
+        assert_eq!(c.bytes(), 300);
+        for k in 4..8u8 {
+            c.insert([k; 32], Plain::from(vec![0; 30]));
+        }
+        assert!(c.get(&[2; 32]).is_none() && c.get(&[3; 32]).is_none());
+        assert_eq!(c.bytes(), 90);
     }
 
     #[test]
