@@ -4920,6 +4920,15 @@ mod tests {
         rt: &tokio::runtime::Runtime,
         store: Arc<crate::store::MemoryStorage>,
     ) -> LodeFs {
+        mount_on(staging, rt, store)
+    }
+
+    /// [`memory_mount`] over any store.
+    fn mount_on(
+        staging: &Path,
+        rt: &tokio::runtime::Runtime,
+        store: Arc<dyn crate::store::Storage>,
+    ) -> LodeFs {
         let secret = crate::crypto::RootSecret::from_bytes([7; 32]);
         let vault = Arc::new(Vault::single(&secret, store));
         let config = MountConfig {
@@ -5224,5 +5233,130 @@ mod tests {
             UNIX_EPOCH - Duration::from_nanos(1)
         );
         assert_eq!(system_time((5, 7)), UNIX_EPOCH + Duration::new(5, 7));
+    }
+
+    /// An in-memory store whose writes panic while armed, as a bug in the
+    /// store's client would: each write path's panic, counted.
+    #[derive(Default)]
+    struct Panicky {
+        inner: crate::store::MemoryStorage,
+        shares_panic: AtomicBool,
+        slots_panic: AtomicBool,
+        panics: std::sync::atomic::AtomicUsize,
+        slots_put: std::sync::atomic::AtomicUsize,
+    }
+
+    impl Panicky {
+        fn maybe_panic(&self, armed: &AtomicBool, what: &str) {
+            if armed.load(Ordering::SeqCst) {
+                self.panics.fetch_add(1, Ordering::SeqCst);
+                panic!("the test's store panics on {what}");
+            }
+        }
+    }
+
+    #[async_trait::async_trait]
+    impl crate::store::Storage for Panicky {
+        fn name(&self) -> &str {
+            "panicky"
+        }
+        async fn put_share(
+            &self,
+            id: &crate::chunk::ShareId,
+            bytes: bytes::Bytes,
+        ) -> crate::store::Result<()> {
+            self.maybe_panic(&self.shares_panic, "a share");
+            self.inner.put_share(id, bytes).await
+        }
+        async fn get_share(
+            &self,
+            id: &crate::chunk::ShareId,
+        ) -> crate::store::Result<Option<bytes::Bytes>> {
+            self.inner.get_share(id).await
+        }
+        async fn has_share(&self, id: &crate::chunk::ShareId) -> crate::store::Result<bool> {
+            self.inner.has_share(id).await
+        }
+        async fn put_slot(&self, envelope: &[u8]) -> crate::store::Result<()> {
+            self.maybe_panic(&self.slots_panic, "a slot");
+            self.inner.put_slot(envelope).await?;
+            self.slots_put.fetch_add(1, Ordering::SeqCst);
+            Ok(())
+        }
+        async fn get_slot(&self, public_key: &[u8; 32]) -> crate::store::Result<Option<Vec<u8>>> {
+            self.inner.get_slot(public_key).await
+        }
+    }
+
+    /// A publish that panics is that publish's failure: the sync says so,
+    /// and the directory is not left marked as publishing (every later
+    /// sync of it waited for good), so the next sync sends it.
+    #[test]
+    fn a_publish_that_panics_fails_and_the_next_sync_sends_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let rt = runtime();
+        let store = Arc::new(Panicky::default());
+        let fs = mount_on(dir.path(), &rt, store.clone());
+        fs.mkdir_local(ROOT, "d", 0o755, (0, 0), 0).unwrap();
+        store.slots_panic.store(true, Ordering::SeqCst);
+        let (tx, rx) = std::sync::mpsc::channel();
+        let fs = Arc::new(fs);
+        let syncing = fs.clone();
+        std::thread::spawn(move || tx.send(syncing.sync_all().is_ok()).unwrap());
+        let ok = rx
+            .recv_timeout(Duration::from_secs(60))
+            .expect("a sync whose publish panicked did not return");
+        assert!(!ok, "a sync whose publish panicked said all was sent");
+        assert!(store.panics.load(Ordering::SeqCst) >= 1);
+        assert_eq!(store.slots_put.load(Ordering::SeqCst), 0);
+        store.slots_panic.store(false, Ordering::SeqCst);
+        let (tx, rx) = std::sync::mpsc::channel();
+        let syncing = fs.clone();
+        std::thread::spawn(move || {
+            tx.send(syncing.sync_all().map_err(|e| e.to_string()))
+                .unwrap()
+        });
+        rx.recv_timeout(Duration::from_secs(60))
+            .expect("the sync after a panicked publish did not return")
+            .expect("the sync after a panicked publish failed");
+        assert!(
+            store.slots_put.load(Ordering::SeqCst) >= 1,
+            "nothing published"
+        );
+    }
+
+    /// A background flush pass that panics (an upload's task, here) is
+    /// that pass's failure: the flusher goes on, and once the store works
+    /// the file goes up with no sync asked for.
+    #[test]
+    fn the_flusher_outlives_a_pass_that_panics() {
+        let dir = tempfile::tempdir().unwrap();
+        let rt = runtime();
+        let store = Arc::new(Panicky::default());
+        let fs = Arc::new(mount_on(dir.path(), &rt, store.clone()));
+        let copy = fs.staging_path();
+        std::fs::write(&copy, b"").unwrap();
+        let ino = open_for_writing(&fs, "f", copy);
+        fs.do_write(ino, 0, b"written before the store broke", false)
+            .unwrap();
+        fs.do_release(ino, OpenFlags(libc::O_WRONLY)).unwrap();
+        store.shares_panic.store(true, Ordering::SeqCst);
+        let flusher = fs.start_flusher();
+        let by = Instant::now() + Duration::from_secs(30);
+        while store.panics.load(Ordering::SeqCst) == 0 {
+            assert!(Instant::now() < by, "the flusher never tried");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        store.shares_panic.store(false, Ordering::SeqCst);
+        let by = Instant::now() + Duration::from_secs(60);
+        while fs.backlog().0 > 0 || store.slots_put.load(Ordering::SeqCst) == 0 {
+            assert!(
+                !flusher.is_finished() && Instant::now() < by,
+                "the flusher stopped after a pass panicked"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        fs.stop.store(true, Ordering::SeqCst);
+        flusher.join().unwrap();
     }
 }
