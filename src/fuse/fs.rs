@@ -5305,7 +5305,7 @@ mod tests {
         std::thread::spawn(move || tx.send(syncing.sync_all().is_ok()).unwrap());
         let ok = rx
             .recv_timeout(Duration::from_secs(60))
-            .expect("a sync whose publish panicked did not return");
+            .expect("a sync whose publish panicked did not return (or panicked)");
         assert!(!ok, "a sync whose publish panicked said all was sent");
         assert!(store.panics.load(Ordering::SeqCst) >= 1);
         assert_eq!(store.slots_put.load(Ordering::SeqCst), 0);
@@ -5341,22 +5341,39 @@ mod tests {
             .unwrap();
         fs.do_release(ino, OpenFlags(libc::O_WRONLY)).unwrap();
         store.shares_panic.store(true, Ordering::SeqCst);
-        let flusher = fs.start_flusher();
+        // Stopped and joined however the test ends.
+        struct Flusher(Arc<LodeFs>, Option<std::thread::JoinHandle<()>>);
+        impl Drop for Flusher {
+            fn drop(&mut self) {
+                self.0.stop.store(true, Ordering::SeqCst);
+                if let Some(thread) = self.1.take() {
+                    let _ = thread.join();
+                }
+            }
+        }
+        let _flusher = Flusher(fs.clone(), Some(fs.start_flusher()));
+        // The pass's panic is taken for its failure, as `lode status`
+        // shows a failing flush.
         let by = Instant::now() + Duration::from_secs(30);
-        while store.panics.load(Ordering::SeqCst) == 0 {
-            assert!(Instant::now() < by, "the flusher never tried");
+        loop {
+            let failing = fs.flush_failing().map(|f| f.error);
+            if failing.as_deref().is_some_and(|e| e.contains("panicked")) {
+                break;
+            }
+            assert!(Instant::now() < by, "no failed pass recorded: {failing:?}");
             std::thread::sleep(Duration::from_millis(50));
         }
+        assert!(store.panics.load(Ordering::SeqCst) >= 1);
         store.shares_panic.store(false, Ordering::SeqCst);
+        // The next pass (after its pause) sends the file, and then the
+        // root's listing naming it.
         let by = Instant::now() + Duration::from_secs(60);
         while fs.backlog().0 > 0 || store.slots_put.load(Ordering::SeqCst) == 0 {
             assert!(
-                !flusher.is_finished() && Instant::now() < by,
-                "the flusher stopped after a pass panicked"
+                Instant::now() < by,
+                "nothing sent after a pass panicked: the flusher stopped"
             );
             std::thread::sleep(Duration::from_millis(50));
         }
-        fs.stop.store(true, Ordering::SeqCst);
-        flusher.join().unwrap();
     }
 }

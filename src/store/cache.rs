@@ -1,6 +1,6 @@
-//! An LRU cache of verified plaintext chunks, bounded in bytes, whose
-//! entries also leave once idle, and the form such a chunk takes
-//! ([`Plain`]).
+//! An LRU cache of verified plaintext chunks, bounded in bytes (or by its
+//! two newest chunks, if they are larger), whose entries also leave once
+//! idle, and the form such a chunk takes ([`Plain`]).
 
 use std::ops::Range;
 use std::sync::Arc;
@@ -152,11 +152,18 @@ impl ChunkCache {
 
     fn expire_idle_at(&mut self, idle: Duration, now: Instant) -> usize {
         // A few entries (the budget over a chunk's size): all looked at.
+        let over = self.bytes > self.budget;
         let gone: Vec<ShareId> = self
             .entries
             .iter()
             .filter(|(_, e)| {
-                let allowed = if e.read { idle } else { idle * UNREAD_SPAN };
+                // Past the budget (chunks larger than it, kept anyway), an
+                // unread one is given no longer than a read one.
+                let allowed = if e.read || over {
+                    idle
+                } else {
+                    idle * UNREAD_SPAN
+                };
                 now.saturating_duration_since(e.touched) >= allowed
             })
             .map(|(key, _)| *key)
@@ -213,6 +220,18 @@ mod tests {
         }
         assert!(c.get(&[2; 32]).is_none() && c.get(&[3; 32]).is_none());
         assert_eq!(c.bytes(), 90);
+        // Past the budget, chunks never read leave once idle as read ones
+        // do (not ten times later): a friend's chunk may be 1 GiB.
+        let t0 = Instant::now();
+        let idle = Duration::from_secs(60);
+        let mut c = ChunkCache::new(100);
+        c.insert_at([1; 32], Plain::from(vec![0; 150]), t0);
+        c.insert_at([2; 32], Plain::from(vec![0; 150]), t0);
+        assert_eq!(c.expire_idle_at(idle, t0 + idle / 2), 0);
+        assert_eq!(c.expire_idle_at(idle, t0 + idle), 300);
+        // Within it, they keep their longer time.
+        c.insert_at([3; 32], Plain::from(vec![0; 50]), t0);
+        assert_eq!(c.expire_idle_at(idle, t0 + idle * 2), 0);
     }
 
     #[test]

@@ -1042,13 +1042,11 @@ mod tests {
                 .collect();
             assert_eq!(chunks.len(), count);
             for (n, object) in chunks.iter().enumerate() {
-                let at: usize = object.what["chunk ".len()..].parse().unwrap();
+                assert_eq!(object.what, format!("chunk {n}"));
                 assert_eq!(
-                    object.ids, chunk_ids[at],
-                    "{} lists the shares of another chunk",
-                    object.what
+                    object.ids, chunk_ids[n],
+                    "chunk {n} lists the shares of another chunk"
                 );
-                assert_eq!(at, n, "chunks listed out of file order");
             }
         });
     }

@@ -282,7 +282,7 @@ pub struct Vault {
     conv: ConvergenceSecret,
     chunker: ChunkerParams,
     root: DirWriteCap,
-    /// Verified plaintext chunks, bounded in bytes.
+    /// Verified plaintext chunks, bounded in bytes (or by the two newest).
     cache: std::sync::Mutex<ChunkCache>,
     /// Opened manifest nodes, keyed by SHA-256(share ids ‖ read key) so a
     /// hit needs the same shares and key the node was opened with.
