@@ -255,3 +255,121 @@ fn a_refused_repair_does_not_stop_the_others() {
         assert_eq!(vault.get_bytes(&file).await.unwrap(), data);
     });
 }
+
+/// An in-memory store that can fall silent: then every request fails
+/// as one to a mirror that does not answer, and slot updates sent to it
+/// are counted.
+struct Silent {
+    inner: MemoryStorage,
+    silent: std::sync::atomic::AtomicBool,
+    slots_sent_while_silent: std::sync::atomic::AtomicUsize,
+}
+
+impl Silent {
+    fn new(name: &str) -> Silent {
+        Silent {
+            inner: MemoryStorage::named(name),
+            silent: Default::default(),
+            slots_sent_while_silent: Default::default(),
+        }
+    }
+
+    fn answer(&self) -> lode::store::Result<()> {
+        match self.silent.load(std::sync::atomic::Ordering::SeqCst) {
+            false => Ok(()),
+            true => Err(lode::store::Error::Unavailable {
+                mirror: self.inner.name().into(),
+                reason: "does not answer".into(),
+            }),
+        }
+    }
+}
+
+#[async_trait::async_trait]
+impl Storage for Silent {
+    fn name(&self) -> &str {
+        self.inner.name()
+    }
+    async fn put_share(&self, id: &[u8; 32], bytes: bytes::Bytes) -> lode::store::Result<()> {
+        self.answer()?;
+        self.inner.put_share(id, bytes).await
+    }
+    async fn get_share(&self, id: &[u8; 32]) -> lode::store::Result<Option<bytes::Bytes>> {
+        self.answer()?;
+        self.inner.get_share(id).await
+    }
+    async fn has_share(&self, id: &[u8; 32]) -> lode::store::Result<bool> {
+        self.answer()?;
+        self.inner.has_share(id).await
+    }
+    async fn put_slot(&self, envelope: &[u8]) -> lode::store::Result<()> {
+        if self.silent.load(std::sync::atomic::Ordering::SeqCst) {
+            self.slots_sent_while_silent
+                .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        }
+        self.answer()?;
+        self.inner.put_slot(envelope).await
+    }
+    async fn get_slot(&self, key: &[u8; 32]) -> lode::store::Result<Option<Vec<u8>>> {
+        self.answer()?;
+        self.inner.get_slot(key).await
+    }
+    async fn claim(&self, ids: &[[u8; 32]]) -> lode::store::Result<Vec<[u8; 32]>> {
+        self.answer()?;
+        self.inner.claim(ids).await
+    }
+}
+
+/// `check --repair` sends a directory's slot to the mirrors that answered
+/// its read and lack it, and none to one that did not answer: over HTTP a
+/// hung mirror cost each directory a write timeout. The slot stays
+/// reported as not repaired there, and once the mirror answers again a
+/// repair sends it.
+#[test]
+fn a_repair_sends_no_slot_to_a_mirror_that_did_not_answer() {
+    let rt = common::runtime();
+    rt.block_on(async {
+        let stores: Vec<Arc<Silent>> = (0..3)
+            .map(|i| Arc::new(Silent::new(&format!("mem{i}"))))
+            .collect();
+        let dyns: Vec<Arc<dyn Storage>> = stores.iter().map(|s| s.clone() as _).collect();
+        let config = GridConfig {
+            k: 2,
+            n: 3,
+            happy: 2,
+        };
+        let vault = Vault::new(&common::secret(43), Grid::new(dyns, config).unwrap());
+        // Published while mirror 2 is silent: mirrors 0 and 1 hold it.
+        let quiet = &stores[2];
+        quiet
+            .silent
+            .store(true, std::sync::atomic::Ordering::SeqCst);
+        let dir = vault.new_dir().await.unwrap();
+        let cap = lode::caps::Cap::DirWrite(dir);
+        let sent_before = quiet
+            .slots_sent_while_silent
+            .load(std::sync::atomic::Ordering::SeqCst);
+        let options = lode::store::CheckOptions {
+            verify: false,
+            repair: true,
+            accept_rollback: false,
+        };
+        let report = vault.check_with(&cap, options).await.unwrap();
+        assert_eq!(
+            quiet
+                .slots_sent_while_silent
+                .load(std::sync::atomic::Ordering::SeqCst),
+            sent_before,
+            "a repair sent a slot to a mirror that did not answer its read"
+        );
+        assert_eq!(report.tallies[2].stale_slots, 1, "{:?}", report.tallies);
+        assert_eq!(report.repaired_slots, 0);
+        // Back: the next repair sends it there.
+        quiet
+            .silent
+            .store(false, std::sync::atomic::Ordering::SeqCst);
+        let report = vault.check_with(&cap, options).await.unwrap();
+        assert_eq!(report.repaired_slots, 1, "{:?}", report.tallies);
+        assert_eq!(report.tallies[2].stale_slots, 0);
+    });
+}
