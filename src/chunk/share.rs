@@ -244,6 +244,10 @@ impl Share {
     pub fn header(&self) -> &ShareHeader {
         &self.header
     }
+    /// The share format its header names (1 or [`SHARE_VERSION`]).
+    pub fn version(&self) -> u8 {
+        self.bytes[4]
+    }
     pub fn as_bytes(&self) -> &[u8] {
         &self.bytes
     }
@@ -298,6 +302,27 @@ fn share_from_bytes(params: Params, index: u8, payload_len: u64, bytes: Vec<u8>)
 /// Erasure-code `payload` into `params.n` shares, in index order.
 pub fn encode(params: Params, payload: &[u8]) -> Vec<Share> {
     encode_parts(params, &[payload])
+}
+
+/// [`encode`] in the share format `version`: a repair rebuilds an
+/// object's lost shares in the format its others have, or their ids
+/// would not be the ones its parent lists (objects stored before BLAKE3,
+/// format 1, were refused as inconsistent and never repaired).
+pub fn encode_as(version: u8, params: Params, payload: &[u8]) -> Result<Vec<Share>> {
+    let shares = encode(params, payload);
+    match version {
+        SHARE_VERSION => Ok(shares),
+        SHA256_VERSION => shares
+            .into_iter()
+            .map(|share| {
+                let mut bytes = share.into_bytes();
+                bytes[4] = SHA256_VERSION;
+                let id = share_id(&bytes);
+                Share::parse_with_id(bytes.into(), id)
+            })
+            .collect(),
+        other => Err(Error::ShareVersion(other)),
+    }
 }
 
 /// [`encode`] of a payload that lies in several buffers, in order (a

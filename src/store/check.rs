@@ -430,7 +430,8 @@ impl Grid {
         }
         let good = self.fetch(&obj.ids, obj.params, &obj.what).await?;
         let payload = share::decode(obj.params, &good)?;
-        let all = share::encode(obj.params, &payload);
+        let version = good.first().map_or(share::SHARE_VERSION, Share::version);
+        let all = share::encode_as(version, obj.params, &payload)?;
         if all.iter().map(Share::id).collect::<Vec<_>>() != obj.ids {
             return Err(chunk::Error::Inconsistent.into());
         }
@@ -1048,6 +1049,60 @@ mod tests {
                     "chunk {n} lists the shares of another chunk"
                 );
             }
+        });
+    }
+
+    /// An object stored in share format 1 (named by SHA-256, before
+    /// BLAKE3) is repaired in format 1: its lost share comes back under
+    /// the id its parent lists. Rebuilt in format 2 it was refused as
+    /// inconsistent.
+    #[test]
+    fn a_format_1_object_is_repaired_in_format_1() {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_time()
+            .build()
+            .unwrap();
+        rt.block_on(async {
+            let stores: Vec<Arc<crate::store::MemoryStorage>> = (0..3)
+                .map(|i| Arc::new(crate::store::MemoryStorage::named(&format!("m{i}"))))
+                .collect();
+            let mirrors = stores
+                .iter()
+                .map(|s| s.clone() as Arc<dyn crate::store::Storage>)
+                .collect();
+            let config = crate::store::GridConfig {
+                k: 2,
+                n: 3,
+                happy: 3,
+            };
+            let grid = Grid::new(mirrors, config).unwrap();
+            let params = Params::new(2, 3).unwrap();
+            let payload: Vec<u8> = (0..10_000u32).map(|i| (i * 7) as u8).collect();
+            let shares = share::encode_as(1, params, &payload).unwrap();
+            assert!(shares.iter().all(|s| s.version() == 1));
+            assert_eq!(share::decode(params, &shares).unwrap(), payload);
+            grid.put_group(&shares).await.unwrap();
+            let ids: Vec<ShareId> = shares.iter().map(Share::id).collect();
+            let lost = ids[1];
+            assert!(stores.iter().any(|s| s.lose(&lost)), "share 1 was stored");
+            let object = Object {
+                what: "an old chunk".into(),
+                file: None,
+                params,
+                ids: ids.clone(),
+            };
+            let probes = Probes {
+                limit: Arc::new(Semaphore::new(16)),
+                gone: Arc::new((0..3).map(|_| AtomicBool::new(false)).collect()),
+            };
+            let health = grid.probe(&object, false, &probes).await;
+            assert_eq!(health.lost(), vec![1]);
+            let restored = grid.repair(&health).await.unwrap();
+            assert_eq!(restored, Some(1));
+            assert!(
+                stores.iter().any(|s| s.share_ids().contains(&lost)),
+                "the lost share did not come back under its id"
+            );
         });
     }
 }
