@@ -439,3 +439,35 @@ fn a_roots_own_attributes_encoding() {
     );
     check_vector("listing-this.hex", &text);
 }
+
+/// Share format 1 as the last build that wrote it (`f0caf78`, before
+/// `0c440b2` moved to BLAKE3) wrote it, for a fixed payload at 2-of-3 and
+/// 3-of-5: `shares-format1.txt` came from that build's own `encode`, not
+/// from this code. A repair rebuilds a format-1 object's lost shares with
+/// `share::encode_as(1, ..)`; they must come out byte for byte, under the
+/// same SHA-256 ids, or the repair is refused as inconsistent.
+#[test]
+fn format_1_shares_are_rebuilt_as_format_1_wrote_them() {
+    let payload: Vec<u8> = (0..3000u32)
+        .map(|i| (i.wrapping_mul(2654435761) >> 13) as u8)
+        .collect();
+    let text = std::fs::read_to_string(vector_path("shares-format1.txt")).unwrap();
+    let mut seen = 0;
+    for line in text.lines() {
+        let f: Vec<&str> = line.split(' ').collect();
+        let (k, n, i): (u8, u8, usize) = (
+            f[0].parse().unwrap(),
+            f[1].parse().unwrap(),
+            f[2].parse().unwrap(),
+        );
+        let (id, bytes) = (hex::decode(f[3]).unwrap(), hex::decode(f[4]).unwrap());
+        let params = lode::chunk::Params::new(k, n).unwrap();
+        let rebuilt = lode::chunk::share::encode_as(1, params, &payload).unwrap();
+        assert_eq!(rebuilt[i].as_bytes(), &bytes[..], "{k}-of-{n} share {i}");
+        assert_eq!(rebuilt[i].id().to_vec(), id, "{k}-of-{n} share {i}");
+        // Named by SHA-256, independently of lode's hashing.
+        assert_eq!(Sha256::digest(&bytes).to_vec(), id);
+        seen += 1;
+    }
+    assert_eq!(seen, 8, "two sets of shares: 3 and 5");
+}
