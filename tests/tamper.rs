@@ -262,6 +262,8 @@ fn a_refused_repair_does_not_stop_the_others() {
 struct Silent {
     inner: MemoryStorage,
     silent: std::sync::atomic::AtomicBool,
+    /// Only slot reads fail (the shares answer).
+    slot_reads_fail: std::sync::atomic::AtomicBool,
     slots_sent_while_silent: std::sync::atomic::AtomicUsize,
 }
 
@@ -270,6 +272,7 @@ impl Silent {
         Silent {
             inner: MemoryStorage::named(name),
             silent: Default::default(),
+            slot_reads_fail: Default::default(),
             slots_sent_while_silent: Default::default(),
         }
     }
@@ -303,7 +306,11 @@ impl Storage for Silent {
         self.inner.has_share(id).await
     }
     async fn put_slot(&self, envelope: &[u8]) -> lode::store::Result<()> {
-        if self.silent.load(std::sync::atomic::Ordering::SeqCst) {
+        if self.silent.load(std::sync::atomic::Ordering::SeqCst)
+            || self
+                .slot_reads_fail
+                .load(std::sync::atomic::Ordering::SeqCst)
+        {
             self.slots_sent_while_silent
                 .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
         }
@@ -312,6 +319,15 @@ impl Storage for Silent {
     }
     async fn get_slot(&self, key: &[u8; 32]) -> lode::store::Result<Option<Vec<u8>>> {
         self.answer()?;
+        if self
+            .slot_reads_fail
+            .load(std::sync::atomic::Ordering::SeqCst)
+        {
+            return Err(lode::store::Error::Unavailable {
+                mirror: self.inner.name().into(),
+                reason: "slot read timed out".into(),
+            });
+        }
         self.inner.get_slot(key).await
     }
     async fn claim(&self, ids: &[[u8; 32]]) -> lode::store::Result<Vec<[u8; 32]>> {
@@ -364,9 +380,25 @@ fn a_repair_sends_no_slot_to_a_mirror_that_did_not_answer() {
         );
         assert_eq!(report.tallies[2].stale_slots, 1, "{:?}", report.tallies);
         assert_eq!(report.repaired_slots, 0);
-        // Back: the next repair sends it there.
+        // Answering share probes but not the slot's read: no slot either.
         quiet
             .silent
+            .store(false, std::sync::atomic::Ordering::SeqCst);
+        quiet
+            .slot_reads_fail
+            .store(true, std::sync::atomic::Ordering::SeqCst);
+        let report = vault.check_with(&cap, options).await.unwrap();
+        assert_eq!(
+            quiet
+                .slots_sent_while_silent
+                .load(std::sync::atomic::Ordering::SeqCst),
+            sent_before,
+            "a repair sent a slot to a mirror whose slot read failed"
+        );
+        assert_eq!(report.repaired_slots, 0);
+        // Back: the next repair sends it there.
+        quiet
+            .slot_reads_fail
             .store(false, std::sync::atomic::Ordering::SeqCst);
         let report = vault.check_with(&cap, options).await.unwrap();
         assert_eq!(report.repaired_slots, 1, "{:?}", report.tallies);
