@@ -204,6 +204,18 @@ fn corrupted_store_yields_error_or_right_data() {
     });
 }
 
+/// A vault of identity `secret` over `stores`, coding k-of-(all of them),
+/// an upload needing `happy` of them.
+fn vault_over<S: Storage + 'static>(stores: &[Arc<S>], secret: u8, k: u8, happy: usize) -> Vault {
+    let dyns: Vec<Arc<dyn Storage>> = stores.iter().map(|s| s.clone() as _).collect();
+    let config = GridConfig {
+        k,
+        n: stores.len() as u8,
+        happy,
+    };
+    Vault::new(&common::secret(secret), Grid::new(dyns, config).unwrap())
+}
+
 /// A mirror that refuses to have its corrupt copy rewritten (full, or
 /// hostile) does not stop the rest of the repair: the share another
 /// mirror lost is sent back all the same, and the check still fails,
@@ -217,13 +229,7 @@ fn a_refused_repair_does_not_stop_the_others() {
         let stores: Vec<Arc<MemoryStorage>> = (0..4)
             .map(|i| Arc::new(MemoryStorage::named(&format!("mem{i}"))))
             .collect();
-        let dyns: Vec<Arc<dyn Storage>> = stores.iter().map(|s| s.clone() as _).collect();
-        let config = GridConfig {
-            k: 2,
-            n: 4,
-            happy: 4,
-        };
-        let vault = Vault::new(&common::secret(41), Grid::new(dyns, config).unwrap());
+        let vault = vault_over(&stores, 41, 2, 4);
         let data = common::seeded_bytes("refused repair", 300_000);
         let cap = vault.put_bytes(&data).await.unwrap();
         let held: Vec<Vec<[u8; 32]>> = stores.iter().map(|s| s.share_ids()).collect();
@@ -348,13 +354,7 @@ fn a_repair_sends_no_slot_to_a_mirror_that_did_not_answer() {
         let stores: Vec<Arc<Silent>> = (0..3)
             .map(|i| Arc::new(Silent::new(&format!("mem{i}"))))
             .collect();
-        let dyns: Vec<Arc<dyn Storage>> = stores.iter().map(|s| s.clone() as _).collect();
-        let config = GridConfig {
-            k: 2,
-            n: 3,
-            happy: 2,
-        };
-        let vault = Vault::new(&common::secret(43), Grid::new(dyns, config).unwrap());
+        let vault = vault_over(&stores, 43, 2, 2);
         // Published while mirror 2 is silent: mirrors 0 and 1 hold it.
         let quiet = &stores[2];
         quiet

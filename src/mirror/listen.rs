@@ -449,6 +449,13 @@ struct Sending {
     counts: Arc<Counts>,
 }
 
+impl Sending {
+    fn new(body: axum::body::Body, counts: Arc<Counts>) -> Sending {
+        counts.sending.fetch_add(1, Ordering::AcqRel);
+        Sending { body, counts }
+    }
+}
+
 impl Drop for Sending {
     fn drop(&mut self) {
         self.counts.sending.fetch_sub(1, Ordering::AcqRel);
@@ -492,9 +499,9 @@ pub async fn track(
     let Some(counts) = counts else {
         return response;
     };
-    counts.sending.fetch_add(1, Ordering::AcqRel);
+    let response = response.map(|body| axum::body::Body::new(Sending::new(body, counts)));
     drop(in_hand);
-    response.map(|body| axum::body::Body::new(Sending { body, counts }))
+    response
 }
 
 impl AsyncRead for Admitted {
@@ -795,41 +802,36 @@ mod tests {
         client.write_all(b"PUT / HTTP/1.1\r\n\r\n").await.unwrap();
         let mut got = [0u8; 18];
         served.read_exact(&mut got).await.unwrap();
-        let request = InHand::begin(served.flight.clone());
-        let trickle = |mut client: TcpStream| {
-            tokio::spawn(async move {
+        // Ten bytes from `client` at 100 ms apiece, each read waiting for
+        // its byte; the client back once they all came.
+        async fn trickled(served: &mut Admitted, mut client: TcpStream, what: &str) -> TcpStream {
+            let talk = tokio::spawn(async move {
                 for _ in 0..10 {
                     tokio::time::sleep(Duration::from_millis(100)).await;
                     client.write_all(b"x").await.unwrap();
                 }
                 client
-            })
-        };
-        let talk = trickle(client);
-        for _ in 0..10 {
-            served
-                .read_exact(&mut byte)
-                .await
-                .expect("a body was held to the head's deadline");
+            });
+            let mut byte = [0u8; 1];
+            for _ in 0..10 {
+                served.read_exact(&mut byte).await.expect(what);
+            }
+            talk.await.unwrap()
         }
-        let client = talk.await.unwrap();
+        let request = InHand::begin(served.flight.clone());
+        let client = trickled(
+            &mut served,
+            client,
+            "a body was held to the head's deadline",
+        )
+        .await;
         drop(request);
 
         // An answer being sent: the next request's head, sent early, is
         // not held to the deadline while the answer goes out.
-        let sending = Sending {
-            body: axum::body::Body::empty(),
-            counts: served.flight.clone(),
-        };
-        served.flight.sending.fetch_add(1, Ordering::AcqRel);
-        let talk = trickle(client);
-        for _ in 0..10 {
-            served
-                .read_exact(&mut byte)
-                .await
-                .expect("a head sent during an answer was held to the deadline");
-        }
-        let mut client = talk.await.unwrap();
+        let sending = Sending::new(axum::body::Body::empty(), served.flight.clone());
+        let what = "a head sent during an answer was held to the deadline";
+        let mut client = trickled(&mut served, client, what).await;
         drop(sending);
 
         // The next head starts its own clock at its first byte: silent

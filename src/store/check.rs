@@ -980,6 +980,31 @@ mod tests {
     use super::*;
     use ShareState::{Absent as O, Corrupt as X, Good as G};
 
+    fn block_on<F: std::future::Future>(f: F) -> F::Output {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_time()
+            .build()
+            .unwrap()
+            .block_on(f)
+    }
+
+    /// A grid of `n` in-memory stores coding k-of-n, every upload to all.
+    fn memory_grid(k: u8, n: u8) -> (Grid, Vec<Arc<crate::store::MemoryStorage>>) {
+        let stores: Vec<Arc<crate::store::MemoryStorage>> = (0..n)
+            .map(|i| Arc::new(crate::store::MemoryStorage::named(&format!("m{i}"))))
+            .collect();
+        let mirrors = stores
+            .iter()
+            .map(|s| s.clone() as Arc<dyn crate::store::Storage>)
+            .collect();
+        let config = crate::store::GridConfig {
+            k,
+            n,
+            happy: n as usize,
+        };
+        (Grid::new(mirrors, config).unwrap(), stores)
+    }
+
     /// The spread pairs each mirror with a share of its own.
     #[test]
     fn the_spread_counts_each_mirror_for_a_share_of_its_own() {
@@ -1007,20 +1032,9 @@ mod tests {
     #[test]
     fn chunks_are_numbered_in_file_order_across_leaves() {
         use crate::chunk::manifest::{FANOUT, FileEncoder};
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_time()
-            .build()
-            .unwrap();
-        rt.block_on(async {
+        block_on(async {
             let secret = crate::crypto::RootSecret::from_bytes([7; 32]);
-            let store = Arc::new(crate::store::MemoryStorage::new());
-            let mirrors = vec![store as Arc<dyn crate::store::Storage>];
-            let config = crate::store::GridConfig {
-                k: 1,
-                n: 1,
-                happy: 1,
-            };
-            let grid = Grid::new(mirrors, config).unwrap();
+            let (grid, _) = memory_grid(1, 1);
             let mut encoder = FileEncoder::new(secret.convergence(), Params::REPLICA);
             // Two leaves and a bit: chunk n is the bytes of n.
             let count = FANOUT * 2 + 3;
@@ -1058,24 +1072,8 @@ mod tests {
     /// inconsistent.
     #[test]
     fn a_format_1_object_is_repaired_in_format_1() {
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_time()
-            .build()
-            .unwrap();
-        rt.block_on(async {
-            let stores: Vec<Arc<crate::store::MemoryStorage>> = (0..3)
-                .map(|i| Arc::new(crate::store::MemoryStorage::named(&format!("m{i}"))))
-                .collect();
-            let mirrors = stores
-                .iter()
-                .map(|s| s.clone() as Arc<dyn crate::store::Storage>)
-                .collect();
-            let config = crate::store::GridConfig {
-                k: 2,
-                n: 3,
-                happy: 3,
-            };
-            let grid = Grid::new(mirrors, config).unwrap();
+        block_on(async {
+            let (grid, stores) = memory_grid(2, 3);
             let params = Params::new(2, 3).unwrap();
             let payload: Vec<u8> = (0..10_000u32).map(|i| (i * 7) as u8).collect();
             let shares = share::encode_as(1, params, &payload).unwrap();
