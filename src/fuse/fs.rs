@@ -4911,16 +4911,7 @@ mod tests {
     /// A mount over one in-memory store that keeps no published copies
     /// (`-o keep=0`), with its root listed empty.
     fn memory_mount(staging: &Path, rt: &tokio::runtime::Runtime) -> LodeFs {
-        memory_mount_on(staging, rt, Arc::new(crate::store::MemoryStorage::new()))
-    }
-
-    /// [`memory_mount`] over `store`.
-    fn memory_mount_on(
-        staging: &Path,
-        rt: &tokio::runtime::Runtime,
-        store: Arc<crate::store::MemoryStorage>,
-    ) -> LodeFs {
-        mount_on(staging, rt, store)
+        mount_on(staging, rt, Arc::new(crate::store::MemoryStorage::new()))
     }
 
     /// [`memory_mount`] over any store.
@@ -5053,7 +5044,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let rt = runtime();
         let store = Arc::new(crate::store::MemoryStorage::new());
-        let fs = memory_mount_on(dir.path(), &rt, store.clone());
+        let fs = mount_on(dir.path(), &rt, store.clone());
         let mut bytes = vec![0u8; 40 << 20];
         rand::rng().fill_bytes(&mut bytes);
         // The first 24 MiB alone, then the whole: the chunks wholly in the
