@@ -63,8 +63,13 @@ const UPLOAD_THREADS: usize = 8;
 /// few KiB and a round trip, and its shares go to each mirror in batches
 /// with those of the others in flight: the more in flight, the larger the
 /// batches (3,000 small files and a sync: 4.2–4.5 s with 8 uploads in
-/// all, 2.7–2.9 s with 32; docs/PERFORMANCE.md, run 12).
-const SMALL_UPLOAD_THREADS: usize = 24;
+/// all, 2.7–2.9 s with 32; docs/PERFORMANCE.md, run 12). 10,000 files
+/// untarred and synced: 7.2–8.1 s with 96 in all against 8.1–9.2 s with
+/// 32, and a quarter less CPU in the mirrors, which commit fewer, larger
+/// batches (docs/PERFORMANCE.md, "More small uploads side by side").
+/// A mirror's batches go one at a time, so this adds no connections to
+/// it (one that takes no batches gets a request per file, up to 96).
+const SMALL_UPLOAD_THREADS: usize = 88;
 /// Largest file those extra uploads take: every share of it fits a batch.
 const SMALL_UPLOAD_BYTES: u64 = crate::protocol::MAX_BATCH_SHARE_BYTES as u64;
 /// Uploads of one file a sync makes before it gives up on a file that
