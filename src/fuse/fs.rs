@@ -59,17 +59,24 @@ const READAHEAD_TASKS: usize = 16;
 /// Files of any size uploaded side by side by one flush. Each may hold up
 /// to the vault's upload window of shares in memory.
 const UPLOAD_THREADS: usize = 8;
-/// More uploads side by side for small files only. A small file costs a
-/// few KiB and a round trip, and its shares go to each mirror in batches
-/// with those of the others in flight: the more in flight, the larger the
-/// batches (3,000 small files and a sync: 4.2–4.5 s with 8 uploads in
-/// all, 2.7–2.9 s with 32; docs/PERFORMANCE.md, run 12). 10,000 files
-/// untarred and synced: 7.2–8.1 s with 96 in all against 8.1–9.2 s with
-/// 32, and a quarter less CPU in the mirrors, which commit fewer, larger
-/// batches (docs/PERFORMANCE.md, "More small uploads side by side").
-/// A mirror's batches go one at a time, so this adds no connections to
-/// it (one that takes no batches gets a request per file, up to 96).
-const SMALL_UPLOAD_THREADS: usize = 88;
+/// More uploads side by side for small files only, in a background
+/// pass. A small file costs a few KiB and a round trip, and its shares go
+/// to each mirror in batches with those of the others in flight: the more
+/// in flight, the larger the batches (3,000 small files and a sync:
+/// 4.2–4.5 s with 8 uploads in all, 2.7–2.9 s with 32; docs/PERFORMANCE.md,
+/// run 12). The background keeps to these: it runs beside the writes
+/// themselves and takes the CPU from them (with 96 in the background too,
+/// the untar alone ran 5-8 % longer in two alternated bench runs, about
+/// this host's noise).
+const SMALL_UPLOAD_THREADS: usize = 24;
+/// The same for a flush someone waits on (`lode sync`, fsync of a
+/// directory, the unmount): 10,000 files untarred and synced took
+/// 7.2–8.1 s with 96 uploads in all against 8.1–9.2 s with 32, and the
+/// mirrors a fifth less CPU, committing fewer, larger batches
+/// (docs/PERFORMANCE.md, "More small uploads side by side"). A mirror's
+/// batches go one at a time, so this adds no connections to it (one that
+/// takes no batches gets a request per file, up to 96).
+const SYNC_SMALL_UPLOAD_THREADS: usize = 88;
 /// Largest file those extra uploads take: every share of it fits a batch.
 const SMALL_UPLOAD_BYTES: u64 = crate::protocol::MAX_BATCH_SHARE_BYTES as u64;
 /// Uploads of one file a sync makes before it gives up on a file that
@@ -2796,7 +2803,11 @@ impl LodeFs {
         // that grows past the small size meanwhile is still uploaded whole
         // by whichever thread took it; only memory depends on the split.
         let any = UPLOAD_THREADS.min(small.len() + large.len());
-        let small_only = SMALL_UPLOAD_THREADS.min(small.len().saturating_sub(any));
+        let small_threads = match background {
+            true => SMALL_UPLOAD_THREADS,
+            false => SYNC_SMALL_UPLOAD_THREADS,
+        };
+        let small_only = small_threads.min(small.len().saturating_sub(any));
         let (small, large) = (Mutex::new(small), Mutex::new(large));
         let errors = Mutex::new(None);
         std::thread::scope(|scope| {
