@@ -66,16 +66,20 @@ const UPLOAD_THREADS: usize = 8;
 /// 4.2–4.5 s with 8 uploads in all, 2.7–2.9 s with 32; docs/PERFORMANCE.md,
 /// run 12). The background keeps to these: it runs beside the writes
 /// themselves and takes the CPU from them (with 96 in the background too,
-/// the untar alone ran 5-8 % longer in two alternated bench runs, about
+/// the untar alone ran 8-9 % longer in two alternated bench runs, about
 /// this host's noise).
 const SMALL_UPLOAD_THREADS: usize = 24;
 /// The same for a flush someone waits on (`lode sync`, fsync of a
-/// directory, the unmount): 10,000 files untarred and synced took
-/// 7.2–8.1 s with 96 uploads in all against 8.1–9.2 s with 32, and the
-/// mirrors a fifth less CPU, committing fewer, larger batches
-/// (docs/PERFORMANCE.md, "More small uploads side by side"). A mirror's
-/// batches go one at a time, so this adds no connections to it (one that
-/// takes no batches gets a request per file, up to 96).
+/// directory, the unmount): 10,000 files of up to 8 KiB untarred and
+/// synced took 6.8–7.3 s against 7.4–8.5 s with 32 uploads in all, and
+/// the mirrors 15-18 % less CPU, committing fewer, larger batches
+/// (docs/PERFORMANCE.md, "More small uploads side by side"). Batched
+/// shares go to a mirror one batch at a time, but the requests that are
+/// not batched (a failed batch's shares, resent alone; the placement
+/// checks of a file over the inline size; every share, to a mirror that
+/// takes no batches) can reach one per upload thread at once, and more
+/// if a background pass runs beside: a mirror must take that many
+/// connections from one address (its default takes 256).
 const SYNC_SMALL_UPLOAD_THREADS: usize = 88;
 /// Largest file those extra uploads take: every share of it fits a batch.
 const SMALL_UPLOAD_BYTES: u64 = crate::protocol::MAX_BATCH_SHARE_BYTES as u64;
@@ -2810,6 +2814,30 @@ impl LodeFs {
         let small_only = small_threads.min(small.len().saturating_sub(any));
         let (small, large) = (Mutex::new(small), Mutex::new(large));
         let errors = Mutex::new(None);
+        let work = |queues: [Option<&Mutex<Vec<u64>>>; 2]| loop {
+            let next = queues
+                .iter()
+                .flatten()
+                .find_map(|q| q.lock().unwrap_or_else(|p| p.into_inner()).pop());
+            let Some(ino) = next else {
+                break;
+            };
+            match self.upload(ino) {
+                Ok(()) => {}
+                Err(Error::KeptChanging(..)) if background => {
+                    self.kept_changing
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .insert(ino, Instant::now() + FLUSH_RETRY_MAX);
+                }
+                Err(e) => {
+                    errors
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .get_or_insert(e);
+                }
+            }
+        };
         std::thread::scope(|scope| {
             for thread in 0..any + small_only {
                 let queues = if thread < any {
@@ -2817,33 +2845,19 @@ impl LodeFs {
                 } else {
                     [Some(&small), None]
                 };
-                let (errors, this) = (&errors, self);
-                scope.spawn(move || {
-                    loop {
-                        let next = queues
-                            .iter()
-                            .flatten()
-                            .find_map(|q| q.lock().unwrap_or_else(|p| p.into_inner()).pop());
-                        let Some(ino) = next else {
-                            break;
-                        };
-                        match this.upload(ino) {
-                            Ok(()) => {}
-                            Err(Error::KeptChanging(..)) if background => {
-                                this.kept_changing
-                                    .lock()
-                                    .unwrap_or_else(|p| p.into_inner())
-                                    .insert(ino, Instant::now() + FLUSH_RETRY_MAX);
-                            }
-                            Err(e) => {
-                                errors
-                                    .lock()
-                                    .unwrap_or_else(|p| p.into_inner())
-                                    .get_or_insert(e);
-                            }
-                        }
+                let spawned = std::thread::Builder::new()
+                    .name("lode-upload".into())
+                    .spawn_scoped(scope, move || work(queues));
+                if let Err(e) = spawned {
+                    // Out of threads (a tight pids limit): the ones running
+                    // take the rest, or this one does, rather than the
+                    // flush (the unmount's, too) panicking.
+                    tracing::warn!(error = %e, threads = thread, "could not start another upload thread");
+                    if thread == 0 {
+                        work([Some(&large), Some(&small)]);
                     }
-                });
+                    break;
+                }
             }
         });
         errors.into_inner().unwrap_or_else(|p| p.into_inner())

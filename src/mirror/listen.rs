@@ -71,7 +71,9 @@ pub const HEAD: Duration = Duration::from_secs(30);
 /// fewer). A
 /// mount untarring 10,000 files and then writing 1 GiB kept at most 6
 /// connections to one mirror (`ss`, every 0.25 s); readahead (16 fetches)
-/// and `lode check` (16 probes) add bursts. Several mounts behind one
+/// and `lode check` (16 probes) add bursts, and a `lode sync` of many
+/// small files up to 96, when their shares are not batched (see
+/// `SYNC_SMALL_UPLOAD_THREADS` in `fuse/fs.rs`). Several mounts behind one
 /// address, with a wide margin: one cut off mid-upload would take the
 /// mirror for down.
 pub const PEER_FLOOR: usize = 128;
