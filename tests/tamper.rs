@@ -226,9 +226,7 @@ fn a_refused_repair_does_not_stop_the_others() {
     rt.block_on(async {
         // 2-of-4, so that the object stays recoverable with one share
         // corrupt and one lost.
-        let stores: Vec<Arc<MemoryStorage>> = (0..4)
-            .map(|i| Arc::new(MemoryStorage::named(&format!("mem{i}"))))
-            .collect();
+        let stores = common::named_stores(4, MemoryStorage::named);
         let vault = vault_over(&stores, 41, 2, 4);
         let data = common::seeded_bytes("refused repair", 300_000);
         let cap = vault.put_bytes(&data).await.unwrap();
@@ -351,9 +349,7 @@ impl Storage for Silent {
 fn a_repair_sends_no_slot_to_a_mirror_that_did_not_answer() {
     let rt = common::runtime();
     rt.block_on(async {
-        let stores: Vec<Arc<Silent>> = (0..3)
-            .map(|i| Arc::new(Silent::new(&format!("mem{i}"))))
-            .collect();
+        let stores = common::named_stores(3, Silent::new);
         let vault = vault_over(&stores, 43, 2, 2);
         // Published while mirror 2 is silent: mirrors 0 and 1 hold it.
         let quiet = &stores[2];

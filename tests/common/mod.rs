@@ -33,11 +33,14 @@ pub fn single(byte: u8) -> (Vault, Arc<MemoryStorage>) {
     (Vault::single(&secret(byte), store.clone()), store)
 }
 
+/// `n` stores made by `make`, named mem0, mem1, ...
+pub fn named_stores<S>(n: usize, make: impl Fn(&str) -> S) -> Vec<Arc<S>> {
+    (0..n).map(|i| Arc::new(make(&format!("mem{i}")))).collect()
+}
+
 /// A vault over three in-memory mirrors, 2-of-3, happy 3.
 pub fn grid3(byte: u8) -> (Vault, Vec<Arc<MemoryStorage>>) {
-    let stores: Vec<Arc<MemoryStorage>> = (0..3)
-        .map(|i| Arc::new(MemoryStorage::named(&format!("mem{i}"))))
-        .collect();
+    let stores = named_stores(3, MemoryStorage::named);
     let dyns: Vec<Arc<dyn Storage>> = stores
         .iter()
         .map(|s| s.clone() as Arc<dyn Storage>)
