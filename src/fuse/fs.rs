@@ -2853,8 +2853,9 @@ impl LodeFs {
                     // take the rest, or this one does, rather than the
                     // flush (the unmount's, too) panicking.
                     tracing::warn!(error = %e, threads = thread, "could not start another upload thread");
+                    // Thread 0 takes both queues (`any` is at least 1).
                     if thread == 0 {
-                        work([Some(&large), Some(&small)]);
+                        work(queues);
                     }
                     break;
                 }
