@@ -303,6 +303,60 @@ fn reads_are_served_from_the_cache_only_with_the_right_key() {
     });
 }
 
+/// A reader going through a file the way the mount's reads and readahead
+/// do, with the smallest cache a mount allows (16 MiB, under the mount's
+/// 32 MiB of readahead) and with the default: readahead fetches only what
+/// the cache holds beside the chunk being read, and the cache evicts
+/// chunks already read before those fetched ahead. Every chunk comes from
+/// the store once, as many times as one plain read of the file asks, and
+/// the chunks ahead of the reader are there when it arrives.
+#[test]
+fn readahead_keeps_the_chunk_being_read() {
+    let rt = common::runtime();
+    rt.block_on(async {
+        const READ: u64 = 128 << 10;
+        const AHEAD: u64 = 32 << 20;
+        let data = common::seeded_bytes("readahead", 80 << 20);
+        let size = data.len() as u64;
+        let store = std::sync::Arc::new(lode::store::MemoryStorage::new());
+        for cache in [16 << 20, lode::store::DEFAULT_CACHE_BYTES] {
+            let fresh = || Vault::single(&common::secret(4), store.clone()).with_cache_bytes(cache);
+            let cap = fresh().put_bytes(&data).await.unwrap();
+            let before = store.gets();
+            assert_eq!(fresh().get_bytes(&cap).await.unwrap(), data);
+            let once = store.gets() - before;
+            assert!(once >= 12, "80 MiB is many chunks ({once} gets)");
+
+            let vault = fresh();
+            let before = store.gets();
+            let mut at = 0;
+            let mut waits = 0;
+            while at < size {
+                let asked = store.gets();
+                let got = vault.read_range(&cap, at, READ).await.unwrap();
+                assert_eq!(got, &data[at as usize..(at + READ).min(size) as usize]);
+                if at > 0 && store.gets() > asked {
+                    waits += 1;
+                }
+                at += got.len() as u64;
+                vault
+                    .prefetch(&cap, at, (at + AHEAD).min(size))
+                    .await
+                    .unwrap();
+            }
+            assert_eq!(
+                store.gets() - before,
+                once,
+                "cache {cache}: each share fetched once, as by one plain read"
+            );
+            assert_eq!(
+                waits, 0,
+                "cache {cache}: a read after the first waited for a fetch"
+            );
+        }
+    });
+}
+
 /// A directory's home (where its listing says it lives) is believed only
 /// where that directory names it and is itself reachable, up its own
 /// homes, from the root: a name of it elsewhere is then stale. A home that

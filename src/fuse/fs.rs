@@ -3684,12 +3684,16 @@ impl LodeFs {
             stream.pass(offset, len);
             return;
         };
-        let Some((from, to)) = stream.plan(cap.size, offset, len) else {
+        let Some((_, to)) = stream.plan(cap.size, offset, len) else {
             return;
         };
+        // Walked from the reader, not from where the last fetch ended: the
+        // vault fetches only what the cache holds beside the reader's
+        // chunk, and what it left out then is fetched by a later top-up.
+        let reader_at = offset + len;
         let (vault, cap) = (self.vault.clone(), cap.clone());
         let fetch = self.rt.spawn(async move {
-            if let Err(e) = vault.prefetch(&cap, from, to - from).await {
+            if let Err(e) = vault.prefetch(&cap, reader_at, to).await {
                 tracing::debug!(error = %e, "readahead failed; the reader will fetch");
             }
             drop(room);

@@ -132,9 +132,30 @@ impl ChunkCache {
         // larger k (up to k × 16 MiB) was not cached at all when larger
         // than the budget, and each 128 KiB read of it fetched and
         // decrypted the whole chunk again.
+        //
+        // Chunks already read go before those fetched ahead and not read
+        // yet, each kind least recently used first. By recency alone, a
+        // chunk the reader finished (got by each of its reads until then)
+        // outranked the chunks fetched for it while it was still there,
+        // and the next chunk was evicted for it: the reader then waited
+        // for that chunk's fetch again. Readahead asks only for what fits
+        // beside the chunk being read (`Vault::prefetch`), so the unread
+        // ones alone do not pass the budget.
         while self.bytes > self.budget && self.entries.len() > KEPT_WHATEVER_SIZE {
-            match self.entries.pop_lru() {
-                Some((_, evicted)) => self.bytes -= evicted.plain.len(),
+            let evictable = self.entries.len() - KEPT_WHATEVER_SIZE;
+            let read = self
+                .entries
+                .iter()
+                .rev()
+                .take(evictable)
+                .find(|(_, e)| e.read)
+                .map(|(key, _)| *key);
+            let evicted = match read {
+                Some(key) => self.entries.pop(&key),
+                None => self.entries.pop_lru().map(|(_, e)| e),
+            };
+            match evicted {
+                Some(evicted) => self.bytes -= evicted.plain.len(),
                 None => break,
             }
         }
@@ -178,6 +199,18 @@ impl ChunkCache {
         dropped
     }
 
+    /// Whether `key` is held; unlike [`ChunkCache::get`], this neither
+    /// moves it in the LRU order nor counts it read.
+    pub fn contains(&self, key: &ShareId) -> bool {
+        self.entries.contains(key)
+    }
+
+    /// The bytes it keeps within (see [`ChunkCache::insert`] for the two
+    /// newest chunks, kept past it).
+    pub fn budget(&self) -> usize {
+        self.budget
+    }
+
     /// Bytes held.
     pub fn bytes(&self) -> usize {
         self.bytes
@@ -200,6 +233,36 @@ mod tests {
         assert!(c.get(&[1; 32]).is_some() && c.get(&[3; 32]).is_some());
         c.insert([3; 32], Plain::from(vec![0; 10]));
         assert_eq!(c.bytes(), 50);
+    }
+
+    /// A chunk fetched ahead and not read yet outlasts one read since it
+    /// came (the chunk the reader just finished), and the two newest stay.
+    #[test]
+    fn chunks_read_ahead_outlast_chunks_read() {
+        let mut c = ChunkCache::new(100);
+        // The reader finishes chunk 1 after chunk 2 was fetched ahead.
+        c.insert([1; 32], Plain::from(vec![0; 30]));
+        c.insert([2; 32], Plain::from(vec![0; 30]));
+        assert!(c.get(&[1; 32]).is_some());
+        // It reads 3, and 4 comes ahead of it: 120 bytes.
+        c.insert([3; 32], Plain::from(vec![0; 30]));
+        assert!(c.get(&[3; 32]).is_some());
+        c.insert([4; 32], Plain::from(vec![0; 30]));
+        assert_eq!(c.bytes(), 90);
+        assert!(!c.contains(&[1; 32]), "the finished chunk went");
+        assert!(c.contains(&[2; 32]) && c.contains(&[3; 32]) && c.contains(&[4; 32]));
+        // The reader moves on to 4; 3 goes before 2, still unread.
+        assert!(c.get(&[4; 32]).is_some());
+        c.insert([5; 32], Plain::from(vec![0; 30]));
+        assert!(!c.contains(&[3; 32]) && c.contains(&[2; 32]));
+        // With only unread chunks besides the two newest, the least
+        // recently used goes.
+        let mut c = ChunkCache::new(100);
+        for k in 1..=4u8 {
+            c.insert([k; 32], Plain::from(vec![0; 30]));
+        }
+        assert!(!c.contains(&[1; 32]) && c.contains(&[2; 32]));
+        assert_eq!(c.bytes(), 90);
     }
 
     /// Chunks larger than the whole budget are kept, the two newest, so

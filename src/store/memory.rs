@@ -18,6 +18,8 @@ pub struct MemoryStorage {
     shares: Mutex<HashMap<ShareId, Bytes>>,
     slots: Mutex<HashMap<[u8; 32], Vec<u8>>>,
     refuse_repairs: std::sync::atomic::AtomicBool,
+    /// Shares handed out by `get_share`, found or not.
+    gets: std::sync::atomic::AtomicUsize,
 }
 
 impl MemoryStorage {
@@ -45,6 +47,11 @@ impl MemoryStorage {
             .values()
             .map(Bytes::len)
             .sum()
+    }
+
+    /// How many shares were asked for (`get_share`), found or not.
+    pub fn gets(&self) -> usize {
+        self.gets.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// What an honest mirror checks on every upload.
@@ -124,6 +131,7 @@ impl Storage for MemoryStorage {
     }
 
     async fn get_share(&self, id: &ShareId) -> Result<Option<Bytes>> {
+        self.gets.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         Ok(self.shares.lock().expect("lock").get(id).cloned())
     }
 

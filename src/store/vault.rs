@@ -371,6 +371,16 @@ impl Pieces {
     }
 }
 
+/// What [`Vault::walk_picked`] does with a chunk in its range.
+enum Pick {
+    /// Fetch it and hand it on.
+    Take,
+    /// Pass over it.
+    Skip,
+    /// Neither it nor any after it.
+    Stop,
+}
+
 /// Manifest nodes kept open (a full leaf is about 100 KiB).
 const NODE_CACHE: usize = 64;
 
@@ -1340,6 +1350,21 @@ impl Vault {
         len: u64,
         visit: &mut (dyn FnMut(u64, &Plain) -> Result<()> + Send),
     ) -> Result<()> {
+        self.walk_picked(cap, offset, len, &mut |_, _| Ok(Pick::Take), visit)
+            .await
+    }
+
+    /// [`Self::walk_range`], fetching only the chunks `pick` takes (given
+    /// each chunk's manifest entry and file offset, in order, before any
+    /// is fetched) and none after the first it stops at.
+    async fn walk_picked(
+        &self,
+        cap: &FileReadCap,
+        offset: u64,
+        len: u64,
+        pick: &mut (dyn FnMut(&chunk::NodeEntry, u64) -> Result<Pick> + Send),
+        visit: &mut (dyn FnMut(u64, &Plain) -> Result<()> + Send),
+    ) -> Result<()> {
         let root = self.fetch_file_root(cap).await?;
         let end = offset.saturating_add(len).min(cap.size);
         if let Some(data) = &root.data {
@@ -1363,10 +1388,22 @@ impl Vault {
                 children.push((entry.clone(), lo));
             }
             if node.depth == 0 {
+                let mut stopped = false;
+                let mut taken = Vec::with_capacity(children.len());
+                for (entry, lo) in children {
+                    match pick(&entry, lo)? {
+                        Pick::Take => taken.push((entry, lo)),
+                        Pick::Skip => {}
+                        Pick::Stop => {
+                            stopped = true;
+                            break;
+                        }
+                    }
+                }
                 // Readahead: up to READAHEAD chunks in flight, delivered in
                 // file order.
                 let node = &node;
-                let mut chunks = futures_util::stream::iter(children)
+                let mut chunks = futures_util::stream::iter(taken)
                     .map(|(entry, lo)| async move {
                         Ok::<_, Error>((lo, self.fetch_chunk(node, &entry).await?))
                     })
@@ -1374,6 +1411,9 @@ impl Vault {
                 while let Some(next) = chunks.next().await {
                     let (lo, plain) = next?;
                     visit(lo, &plain)?;
+                }
+                if stopped {
+                    break;
                 }
             } else {
                 for (entry, lo) in children.into_iter().rev() {
@@ -1419,10 +1459,53 @@ impl Vault {
         Ok(Pieces(pieces))
     }
 
-    /// Fetch the chunks of `[offset, offset+len)` into the cache, for a
-    /// reader expected to get there soon.
-    pub async fn prefetch(&self, cap: &FileReadCap, offset: u64, len: u64) -> Result<()> {
-        self.walk_range(cap, offset, len, &mut |_, _| Ok(())).await
+    /// Fetch into the cache the chunks after a reader's, up to `to`, for
+    /// it to reach soon: the reader's last read ended at `reader_at`.
+    ///
+    /// Only as many as the cache holds beside the chunk the reader is in:
+    /// asked for more, the cache made room by evicting that chunk, and
+    /// each of the reader's next reads fetched and decrypted it again (a
+    /// friend's tree written with larger chunks, or a small `cache`). The
+    /// first chunk after the reader's is always fetched, as the cache keeps
+    /// its two newest whatever their size. Chunks already cached count
+    /// towards the room and are not touched, so an unread one keeps its
+    /// longer stay (`ChunkCache::expire_idle`).
+    pub async fn prefetch(&self, cap: &FileReadCap, reader_at: u64, to: u64) -> Result<()> {
+        let Some(last_read) = reader_at.checked_sub(1) else {
+            return Ok(());
+        };
+        let mut room = self.cache_budget() as u64;
+        let mut ahead = 0usize;
+        let mut pick = |entry: &chunk::NodeEntry, lo: u64| -> Result<Pick> {
+            let fits = entry.len <= room;
+            room = room.saturating_sub(entry.len);
+            if lo <= last_read {
+                // The reader's own chunk.
+                return Ok(Pick::Skip);
+            }
+            ahead += 1;
+            if ahead > 1 && !fits {
+                return Ok(Pick::Stop);
+            }
+            let slot = Self::chunk_slot(entry)?;
+            let cached = self
+                .cache
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .contains(&slot);
+            Ok(if cached { Pick::Skip } else { Pick::Take })
+        };
+        let len = to.saturating_sub(last_read);
+        self.walk_picked(cap, last_read, len, &mut pick, &mut |_, _| Ok(()))
+            .await
+    }
+
+    /// The bytes of verified chunks the cache keeps.
+    pub fn cache_budget(&self) -> usize {
+        self.cache
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .budget()
     }
 
     pub async fn get_bytes(&self, cap: &FileReadCap) -> Result<Vec<u8>> {
