@@ -38,9 +38,6 @@ const REFRESH_WAIT: Duration = Duration::from_secs(5);
 /// only through this mount, so the cache stays coherent; friends' trees
 /// change remotely and are re-listed every `refresh`.
 const TTL: Duration = Duration::from_secs(1);
-/// Locks of [`LodeFs::staged_data`]: a write waits only for an `O_TRUNC`
-/// open of a file in its shard.
-const STAGED_DATA_SHARDS: usize = 64;
 /// How far ahead of a sequential reader chunks are fetched, at most.
 const READAHEAD_BYTES: u64 = 32 << 20;
 /// The first window, doubled at each top-up up to `READAHEAD_BYTES`: a
@@ -234,8 +231,8 @@ pub struct LodeFs {
     early: Earlies,
     /// Held by a write from its bytes landing in the staged copy to its
     /// size counted, and by an `O_TRUNC` open over its truncation and its
-    /// size set: by inode, in shards (see [`LodeFs::staged_data`]).
-    staged_data: [Mutex<()>; STAGED_DATA_SHARDS],
+    /// size set: by inode (see [`LodeFs::staged_data`]).
+    staged_data: super::locks::InodeLocks,
     /// Inodes (or directories above them) whose recovery notes could not
     /// be written: the flusher writes them again. A staged file with no
     /// note is taken by recovery for a cache, and removed.
@@ -405,7 +402,7 @@ impl LodeFs {
             readahead: Mutex::new(Default::default()),
             readahead_room: Arc::new(tokio::sync::Semaphore::new(READAHEAD_TASKS)),
             early: Earlies::default(),
-            staged_data: std::array::from_fn(|_| Mutex::new(())),
+            staged_data: Default::default(),
             unnoted: Mutex::new(HashSet::new()),
             kept_changing: Mutex::new(std::collections::HashMap::new()),
             space: Mutex::new(None),
@@ -3726,10 +3723,8 @@ impl LodeFs {
     /// over a copy holding the write; a truncate or an allocation, at its
     /// own size. Each takes this, and the open too. Taken before the
     /// tree's lock, never under it.
-    fn staged_data(&self, ino: u64) -> MutexGuard<'_, ()> {
-        self.staged_data[(ino % STAGED_DATA_SHARDS as u64) as usize]
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
+    fn staged_data(&self, ino: u64) -> super::locks::InodeGuard<'_> {
+        self.staged_data.lock(ino)
     }
 
     /// `from_page_cache`: the kernel writes back pages of a shared

@@ -15,6 +15,7 @@
 
 mod early;
 mod fs;
+mod locks;
 #[cfg(test)]
 mod moves_model;
 mod notes;
