@@ -1120,6 +1120,58 @@ fn gc_frees_unleased_shares_and_keeps_renewed_ones() {
     client.ok(&["ls", "/"]);
 }
 
+/// A mirror stopped for longer than its leases (or whose clock stepped
+/// forward while it was stopped) keeps the shares whose leases lapsed
+/// meanwhile: clients could not renew them, and the first GC pass after
+/// the start (which runs at once) took them all. Made here by moving the
+/// ledger's record of the mirror last up, the leases and the billing
+/// marks two days back while each mirror is stopped, as a clock two days
+/// behind would have written them.
+#[test]
+fn a_stop_longer_than_the_leases_takes_no_shares() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut mirrors = three_mirrors(tmp.path(), &["--lease-secs", "3600", "--gc-interval", "1"]);
+    let client = Client::new(&tmp.path().join("home"), &urls(&mirrors));
+    let src = write_file(
+        tmp.path(),
+        "f.bin",
+        &common::seeded_bytes("stopped", 300_000),
+    );
+    let cap = client
+        .ok(&["put", src.to_str().unwrap(), "--to", "f.bin"])
+        .trim()
+        .to_string();
+    const BACK: i64 = 2 * 86_400;
+    for m in &mut mirrors {
+        m.stop();
+        let db = rusqlite::Connection::open(m.data.join("ledger.sqlite")).unwrap();
+        let alive = db
+            .execute(
+                "UPDATE meta SET value = value - ?1 WHERE key = 'alive_at'",
+                [BACK],
+            )
+            .unwrap();
+        assert_eq!(alive, 1, "the mirror records when it was up");
+        let leases = db
+            .execute("UPDATE leases SET expires = expires - ?1", [BACK])
+            .unwrap();
+        assert!(leases > 0);
+        db.execute(
+            "UPDATE accounts SET charged_at = charged_at - ?1, unfunded_since = unfunded_since - ?1",
+            [BACK],
+        )
+        .unwrap();
+        drop(db);
+        m.restart();
+    }
+    // Past a few GC passes of every mirror.
+    std::thread::sleep(std::time::Duration::from_secs(3));
+    client.ok(&["check", &cap, "--verify"]);
+    for m in &mirrors {
+        assert!(!m.share_files().is_empty() || !m.small_shares().is_empty());
+    }
+}
+
 /// `get -o` writes as `cp` does: through a device (its errors are the
 /// command's), through a symlink to its target (the link stays), over a
 /// regular file keeping its mode; never replacing the node itself.

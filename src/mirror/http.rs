@@ -330,7 +330,8 @@ async fn get_slot(State(m): State<Arc<Mirror>>, Path(pk): Path<String>) -> Resul
 }
 
 /// The largest gap between the wall clock's advance and the monotonic
-/// clock's, between two GC passes, taken as drift rather than a step.
+/// clock's, between two looks (`keep_time`), taken as drift rather than a
+/// step; and the longest stop a start does not move leases past.
 const CLOCK_STEP_MIN: i64 = 600;
 
 /// The step of the wall clock between two readings of (monotonic, wall)
@@ -340,6 +341,33 @@ fn clock_step(prev: (std::time::Instant, i64), now: (std::time::Instant, i64)) -
     let elapsed = i64::try_from(now.0.duration_since(prev.0).as_secs()).unwrap_or(i64::MAX);
     let step = (now.1 - prev.1).saturating_sub(elapsed);
     (step.abs() > CLOCK_STEP_MIN).then_some(step)
+}
+
+/// How often a running mirror records in its ledger that it is up, and
+/// looks for a step of its wall clock.
+const ALIVE_EVERY: Duration = Duration::from_secs(60);
+
+/// Move leases and billing with a step of the wall clock since `clock`
+/// (the monotonic and wall time last seen), then record the mirror up
+/// now. False if a step could not be moved: billing and GC then wait.
+async fn keep_time(ledger: &Ledger, clock: &tokio::sync::Mutex<(std::time::Instant, i64)>) -> bool {
+    let mut last = clock.lock().await;
+    let now = (std::time::Instant::now(), unix_now());
+    if let Some(step) = clock_step(*last, now) {
+        tracing::error!(
+            seconds = step,
+            "the wall clock was stepped; leases and billing move with it"
+        );
+        if let Err(e) = ledger.run(move |l| l.shift_clock(step)).await {
+            tracing::error!(error = %e, "cannot move leases with the clock; billing and GC wait");
+            return false;
+        }
+    }
+    *last = now;
+    if let Err(e) = ledger.run(move |l| l.mark_alive(now.1)).await {
+        tracing::warn!(error = %e, "cannot record the mirror up; a restart may excuse more downtime");
+    }
+    true
 }
 
 /// A request body of at most `limit` bytes, whole, in the time an upload
@@ -558,6 +586,20 @@ pub async fn serve(
         free_bytes: config.free_bytes,
     };
     let ledger = Ledger::open(&config.data.join("ledger.sqlite"), terms)?;
+    // Before any billing or GC (the first pass runs at once).
+    let start = unix_now();
+    match ledger.excuse_downtime(start, CLOCK_STEP_MIN)? {
+        Some(gap) if gap > 0 => tracing::info!(
+            seconds = gap,
+            "the mirror was stopped (or its clock stepped forward while it was); \
+             leases and billing move past that time"
+        ),
+        Some(gap) => tracing::error!(
+            seconds = gap,
+            "the wall clock is behind the last time this mirror was up; leases and billing move back with it"
+        ),
+        None => {}
+    }
     let stratum_port = match &stratum {
         Some((l, _)) => Some(l.local_addr()?.port()),
         None => None,
@@ -589,25 +631,27 @@ pub async fn serve(
         finalize,
         commits,
     });
+    let clock = Arc::new(tokio::sync::Mutex::new((std::time::Instant::now(), start)));
+    let beat = tokio::spawn({
+        let (ledger, clock) = (mirror.ledger.clone(), clock.clone());
+        async move {
+            let mut tick = tokio::time::interval(ALIVE_EVERY);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tick.tick().await;
+                keep_time(&ledger, &clock).await;
+            }
+        }
+    });
     let gc_mirror = mirror.clone();
     let gc = tokio::spawn(async move {
         let mut tick = tokio::time::interval(config.gc_interval);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        let mut last: Option<(std::time::Instant, i64)> = None;
         loop {
             tick.tick().await;
-            let now = (std::time::Instant::now(), unix_now());
-            if let Some(step) = last.and_then(|prev| clock_step(prev, now)) {
-                tracing::error!(
-                    seconds = step,
-                    "the wall clock was stepped since the last GC pass; leases and billing move with it"
-                );
-                if let Err(e) = gc_mirror.ledger.run(move |l| l.shift_clock(step)).await {
-                    tracing::error!(error = %e, "cannot move leases with the clock; billing and GC wait");
-                    continue;
-                }
+            if !keep_time(&gc_mirror.ledger, &clock).await {
+                continue;
             }
-            last = Some(now);
             let billed = gc_mirror.ledger.run(|l| l.charge_all(unix_now())).await;
             if let Err(e) = &billed {
                 tracing::error!(error = %e, "billing pass failed; GC waits for the next one");
@@ -674,6 +718,7 @@ pub async fn serve(
         .with_graceful_shutdown(shutdown)
         .await;
     gc.abort();
+    beat.abort();
     if let Some(pool) = pool {
         pool.abort();
     }
@@ -961,7 +1006,7 @@ mod tests {
     }
 
     /// A step of the wall clock is told from drift by the monotonic time
-    /// between two GC passes, forward or back.
+    /// between two looks, forward or back.
     #[test]
     fn a_clock_step_is_told_from_drift() {
         let t0 = std::time::Instant::now();

@@ -862,15 +862,68 @@ impl Ledger {
     /// no one is billed for (or excused) the step. A step forward past the
     /// lease length otherwise took every share at the next GC.
     pub fn shift_clock(&self, by: i64) -> Result<()> {
+        self.with_tx(|tx| Self::shift_in(tx, by))
+    }
+
+    fn shift_in(tx: &rusqlite::Connection, by: i64) -> Result<()> {
+        cached_exec(tx, "UPDATE leases SET expires = expires + ?1", [by])?;
+        cached_exec(
+            tx,
+            "UPDATE accounts SET charged_at = charged_at + ?1, \
+             unfunded_since = unfunded_since + ?1",
+            [by],
+        )?;
+        Ok(())
+    }
+
+    /// Record that the mirror is up at `now` (a `meta` row, `alive_at`):
+    /// the next start takes the time since as downtime
+    /// ([`Ledger::excuse_downtime`]).
+    pub fn mark_alive(&self, now: i64) -> Result<()> {
+        let conn = self.conn.lock().expect("ledger lock");
+        Self::alive_in(&conn, now)
+    }
+
+    fn alive_in(conn: &rusqlite::Connection, now: i64) -> Result<()> {
+        cached_exec(
+            conn,
+            "INSERT INTO meta (key, value) VALUES ('alive_at', ?1) \
+             ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+            [now],
+        )?;
+        Ok(())
+    }
+
+    /// At a start, before any billing or GC: if the mirror was last
+    /// recorded up ([`Ledger::mark_alive`]) more than `min` seconds from
+    /// `now`, either way, move every lease and billing mark by that gap
+    /// ([`Ledger::shift_clock`]), and record `now`. Returns the gap moved.
+    ///
+    /// Clients cannot renew leases at a mirror that is down, and a mirror
+    /// cannot tell its downtime from a step of its wall clock while it
+    /// was stopped (a dead RTC battery, a VM restored with a wrong
+    /// clock). Counted as time passed, a long stop, or a step forward
+    /// past the lease length, let the first GC pass take every share
+    /// whose lease lapsed meanwhile; and a step back extended them all.
+    /// Now leases keep the time they had left when the mirror stopped,
+    /// and the stop is neither billed nor counted against them.
+    pub fn excuse_downtime(&self, now: i64, min: i64) -> Result<Option<i64>> {
         self.with_tx(|tx| {
-            cached_exec(tx, "UPDATE leases SET expires = expires + ?1", [by])?;
-            cached_exec(
+            let at: Option<i64> = cached_row(
                 tx,
-                "UPDATE accounts SET charged_at = charged_at + ?1, \
-                 unfunded_since = unfunded_since + ?1",
-                [by],
-            )?;
-            Ok(())
+                "SELECT value FROM meta WHERE key = 'alive_at'",
+                [],
+                |r| r.get(0),
+            )
+            .optional()?;
+            let gap = at
+                .map(|at| now.saturating_sub(at))
+                .filter(|gap| gap.abs() > min);
+            if let Some(gap) = gap {
+                Self::shift_in(tx, gap)?;
+            }
+            Self::alive_in(tx, now)?;
+            Ok(gap)
         })
     }
 
@@ -1197,6 +1250,51 @@ mod tests {
         let after = l.balance(&[1; 32], T0 + DAY + step).unwrap().debit;
         assert_eq!(after, debit, "the step is not billed");
         assert_eq!(l.unleased(T0 + 10 * DAY + step + 1, 10).unwrap().len(), 1);
+    }
+
+    /// The time a mirror was stopped (or its clock stepped while it was)
+    /// is moved past at its next start: leases keep the time they had
+    /// left, and nothing is billed for the stop. A short stop changes
+    /// nothing.
+    #[test]
+    fn downtime_is_moved_past_at_a_start() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("ledger.sqlite");
+        let l = Ledger::open(&path, terms(1_000_000)).unwrap();
+        assert_eq!(l.excuse_downtime(T0, 600).unwrap(), None, "a first start");
+        assert!(l.add_shares(&[share(1, 1, 1 << 30, T0)]).unwrap()[0].is_ok());
+        l.charge_all(T0 + DAY).unwrap();
+        l.mark_alive(T0 + DAY).unwrap();
+        let debit = l.balance(&[1; 32], T0 + DAY).unwrap().debit;
+        drop(l);
+        // Started again 40 days later: past the 10-day lease.
+        let l = Ledger::open(&path, terms(1_000_000)).unwrap();
+        let start = T0 + 41 * DAY;
+        assert_eq!(l.excuse_downtime(start, 600).unwrap(), Some(40 * DAY));
+        assert!(l.unleased(start, 10).unwrap().is_empty(), "still leased");
+        l.charge_all(start).unwrap();
+        assert_eq!(
+            l.balance(&[1; 32], start).unwrap().debit,
+            debit,
+            "the stop is not billed"
+        );
+        // The lease lapses 9 days of running later, as it would have.
+        assert!(l.unleased(start + 9 * DAY - 1, 10).unwrap().is_empty());
+        assert_eq!(l.unleased(start + 9 * DAY + 1, 10).unwrap().len(), 1);
+        // A restart within ten minutes moves nothing; a clock stepped
+        // back while stopped moves the leases back by as much.
+        l.mark_alive(start).unwrap();
+        assert_eq!(l.excuse_downtime(start + 300, 600).unwrap(), None);
+        assert_eq!(
+            l.excuse_downtime(start - DAY, 600).unwrap(),
+            Some(-DAY - 300)
+        );
+        assert!(
+            l.unleased(start + 8 * DAY - 300 - 1, 10)
+                .unwrap()
+                .is_empty()
+        );
+        assert_eq!(l.unleased(start + 8 * DAY, 10).unwrap().len(), 1);
     }
 
     #[test]
