@@ -5231,6 +5231,54 @@ mod tests {
         }
     }
 
+    /// A crashed mount's staged copy adopted over the published version
+    /// it began from once the mount is live (a retry of recovery, its
+    /// directory unreadable at the start): the kernel may hold pages of
+    /// the version read meanwhile, at the same size, so the next open
+    /// tells it to drop them; the one after lets it keep its cache again.
+    #[test]
+    fn a_copy_adopted_over_a_file_read_meanwhile_drops_its_pages() {
+        let dir = tempfile::tempdir().unwrap();
+        let rt = runtime();
+        let fs = memory_mount(dir.path(), &rt);
+        let copy = fs.staging_path();
+        std::fs::write(&copy, b"old!").unwrap();
+        let ino = open_for_writing(&fs, "f", copy);
+        fs.lock().nodes.get_mut(&ino).unwrap().size = 4;
+        fs.do_release(ino, OpenFlags(libc::O_WRONLY)).unwrap();
+        fs.sync_all().unwrap();
+        let root = match &fs.lock().nodes[&ino].body {
+            Body::File {
+                cap: Some(cap),
+                dirty: false,
+                ..
+            } => cap.root,
+            _ => panic!("f is published"),
+        };
+        let read = |fs: &LodeFs| {
+            let keep = fs.do_open(ino, OpenFlags(libc::O_RDONLY)).unwrap();
+            let bytes = fs.do_read(ino, 0, 100).unwrap().joined().into_owned();
+            fs.do_release(ino, OpenFlags(libc::O_RDONLY)).unwrap();
+            (keep, bytes)
+        };
+        assert_eq!(read(&fs), (true, b"old!".to_vec()));
+        let staged = fs.staging_path();
+        std::fs::write(&staged, b"new!").unwrap();
+        let note = notes::Note {
+            path: "f".into(),
+            mode: 0o644,
+            owner: None,
+            base: notes::Base::Version(root),
+            replaces: Vec::new(),
+            left: Vec::new(),
+            partial: None,
+        };
+        notes::write(&staged, &note).unwrap();
+        assert_eq!(fs.adopt(&staged, &note).unwrap(), ino, "adopted in place");
+        assert_eq!(read(&fs), (false, b"new!".to_vec()), "its pages dropped");
+        assert_eq!(read(&fs), (true, b"new!".to_vec()));
+    }
+
     #[test]
     fn times_before_1970_keep_their_fraction() {
         // What fuser 0.18 makes of the kernel's (-1, 500,000,000).
