@@ -3685,17 +3685,26 @@ impl LodeFs {
             return;
         };
         // Walked from the reader, not from where the last fetch ended: the
-        // vault fetches only what the cache holds beside the reader's
-        // chunk, and what it left out then is fetched by a later top-up.
+        // vault fetches only what this reader's part of the cache holds
+        // beside its chunk, and what it left out then is fetched by a
+        // later top-up. The cache is shared evenly by the files being
+        // read in sequence: each reader asking for the whole, two side by
+        // side evicted each other's chunks ahead, and each top-up fetched
+        // them again (four times the chunks, two readers in a 16 MiB
+        // cache).
+        let readers = streams.values().filter(|s| s.fetched_to > 0).count().max(1);
+        let share = (self.vault.cache_budget() / readers) as u64;
         let reader_at = offset + len;
         let (vault, cap) = (self.vault.clone(), cap.clone());
         let fetch = self.rt.spawn(async move {
-            if let Err(e) = vault.prefetch(&cap, reader_at, to).await {
+            if let Err(e) = vault.prefetch(&cap, reader_at, to, share).await {
                 tracing::debug!(error = %e, "readahead failed; the reader will fetch");
             }
             drop(room);
         });
-        stream.fetches.push(fetch.abort_handle());
+        if let Some(stream) = streams.get_mut(&ino) {
+            stream.fetches.push(fetch.abort_handle());
+        }
     }
 
     /// Make a staged copy durable here, for want of the mirrors (best

@@ -358,15 +358,16 @@ async fn keep_time(ledger: &Ledger, clock: &tokio::sync::Mutex<(std::time::Insta
             seconds = step,
             "the wall clock was stepped; leases and billing move with it"
         );
-        if let Err(e) = ledger.run(move |l| l.shift_clock(step)).await {
+        // With the time up recorded in the same transaction: a restart
+        // between the two took the step for downtime and moved it again.
+        if let Err(e) = ledger.run(move |l| l.shift_clock(step, now.1)).await {
             tracing::error!(error = %e, "cannot move leases with the clock; billing and GC wait");
             return false;
         }
-    }
-    *last = now;
-    if let Err(e) = ledger.run(move |l| l.mark_alive(now.1)).await {
+    } else if let Err(e) = ledger.run(move |l| l.mark_alive(now.1)).await {
         tracing::warn!(error = %e, "cannot record the mirror up; a restart may excuse more downtime");
     }
+    *last = now;
     true
 }
 
@@ -586,8 +587,26 @@ pub async fn serve(
         free_bytes: config.free_bytes,
     };
     let ledger = Ledger::open(&config.data.join("ledger.sqlite"), terms)?;
-    // Before any billing or GC (the first pass runs at once).
-    let start = unix_now();
+    let stratum_port = match &stratum {
+        Some((l, _)) => Some(l.local_addr()?.port()),
+        None => None,
+    };
+    let shares = Arc::new(DiskShares::open(&config.data)?);
+    // The port may have been taken meanwhile: a socket bound but not yet
+    // listening does not keep another with `SO_REUSEADDR` from binding it.
+    let addr = socket_addr_text(&socket);
+    let listener = match socket.listen(BACKLOG) {
+        Ok(l) => l,
+        Err(e) => {
+            let why = format!("cannot listen on {addr}: {e}");
+            return Err(std::io::Error::new(e.kind(), why).into());
+        }
+    };
+    let id = super::mirror_id(&config.data)?;
+    // Once the mirror can serve (a start that fails, over and over, is
+    // not time up), and before any billing or GC (the first pass runs at
+    // once).
+    let (started, start) = (std::time::Instant::now(), unix_now());
     match ledger.excuse_downtime(start, CLOCK_STEP_MIN)? {
         Some(gap) if gap > 0 => tracing::info!(
             seconds = gap,
@@ -600,40 +619,23 @@ pub async fn serve(
         ),
         None => {}
     }
-    let stratum_port = match &stratum {
-        Some((l, _)) => Some(l.local_addr()?.port()),
-        None => None,
-    };
+    let clock = Arc::new(tokio::sync::Mutex::new((started, start)));
     let pool = stratum.map(|(listener, pool_config)| {
         tokio::spawn(run_pool(listener, pool_config, ledger.clone()))
     });
-    let shares = Arc::new(DiskShares::open(&config.data)?);
-    // The port may have been taken meanwhile: a socket bound but not yet
-    // listening does not keep another with `SO_REUSEADDR` from binding it.
-    let addr = socket_addr_text(&socket);
-    let listener = match socket.listen(BACKLOG) {
-        Ok(l) => l,
-        Err(e) => {
-            if let Some(pool) = pool {
-                pool.abort();
-            }
-            let why = format!("cannot listen on {addr}: {e}");
-            return Err(std::io::Error::new(e.kind(), why).into());
-        }
-    };
     let finalize = Arc::new(RwLock::new(()));
     let commits = CommitQueue::start(shares.clone(), ledger.clone(), finalize.clone());
     let mirror = Arc::new(Mirror {
-        id: super::mirror_id(&config.data)?,
+        id,
         stratum_port,
         shares,
         ledger,
         finalize,
         commits,
     });
-    let clock = Arc::new(tokio::sync::Mutex::new((std::time::Instant::now(), start)));
+    let ledger = mirror.ledger.clone();
     let beat = tokio::spawn({
-        let (ledger, clock) = (mirror.ledger.clone(), clock.clone());
+        let (ledger, clock) = (ledger.clone(), clock.clone());
         async move {
             let mut tick = tokio::time::interval(ALIVE_EVERY);
             tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -644,12 +646,13 @@ pub async fn serve(
         }
     });
     let gc_mirror = mirror.clone();
+    let gc_clock = clock.clone();
     let gc = tokio::spawn(async move {
         let mut tick = tokio::time::interval(config.gc_interval);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tick.tick().await;
-            if !keep_time(&gc_mirror.ledger, &clock).await {
+            if !keep_time(&gc_mirror.ledger, &gc_clock).await {
                 continue;
             }
             let billed = gc_mirror.ledger.run(|l| l.charge_all(unix_now())).await;
@@ -709,19 +712,26 @@ pub async fn serve(
         .route("/v1/slot/{pk}", put(put_slot).get(get_slot))
         .layer(DefaultBodyLimit::max(MAX_SLOT_BYTES))
         .with_state(mirror);
-    ready()?;
-    let listener = super::listen::Admission::new(listener, config.max_connections, config.limits);
-    let app = app
-        .layer(axum::middleware::from_fn(super::listen::track))
-        .into_make_service_with_connect_info::<super::listen::Flight>();
-    let result = axum::serve(listener, app)
-        .with_graceful_shutdown(shutdown)
-        .await;
+    let result = match ready() {
+        Ok(()) => {
+            let listener =
+                super::listen::Admission::new(listener, config.max_connections, config.limits);
+            let app = app
+                .layer(axum::middleware::from_fn(super::listen::track))
+                .into_make_service_with_connect_info::<super::listen::Flight>();
+            axum::serve(listener, app)
+                .with_graceful_shutdown(shutdown)
+                .await
+        }
+        Err(e) => Err(e),
+    };
     gc.abort();
     beat.abort();
     if let Some(pool) = pool {
         pool.abort();
     }
+    // Up until now: a clean stop's last minute is not taken for downtime.
+    keep_time(&ledger, &clock).await;
     Ok(result?)
 }
 

@@ -861,8 +861,13 @@ impl Ledger {
     /// marks by as much, so that leases keep the time they had left and
     /// no one is billed for (or excused) the step. A step forward past the
     /// lease length otherwise took every share at the next GC.
-    pub fn shift_clock(&self, by: i64) -> Result<()> {
-        self.with_tx(|tx| Self::shift_in(tx, by))
+    /// `now` is recorded as the time the mirror is up
+    /// ([`Ledger::mark_alive`]) in the same transaction.
+    pub fn shift_clock(&self, by: i64, now: i64) -> Result<()> {
+        self.with_tx(|tx| {
+            Self::shift_in(tx, by)?;
+            Self::alive_in(tx, now)
+        })
     }
 
     fn shift_in(tx: &rusqlite::Connection, by: i64) -> Result<()> {
@@ -1241,8 +1246,12 @@ mod tests {
         assert!(l.add_shares(&[share(1, 1, 1 << 30, T0)]).unwrap()[0].is_ok());
         l.charge_all(T0 + DAY).unwrap();
         let debit = l.balance(&[1; 32], T0 + DAY).unwrap().debit;
+        l.mark_alive(T0 + DAY).unwrap();
         let step = 40 * DAY;
-        l.shift_clock(step).unwrap();
+        l.shift_clock(step, T0 + DAY + step).unwrap();
+        // The time up is recorded with the step: a restart a minute
+        // later does not take the step for downtime and move it again.
+        assert_eq!(l.excuse_downtime(T0 + DAY + step + 60, 600).unwrap(), None);
         assert!(
             l.unleased(T0 + DAY + step, 10).unwrap().is_empty(),
             "still leased"

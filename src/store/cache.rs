@@ -80,8 +80,9 @@ pub struct ChunkCache {
 struct Entry {
     plain: Plain,
     touched: Instant,
-    /// Got since it was put. A chunk fetched ahead of its reader is not,
-    /// until the reader reaches it.
+    /// Got since it was put, or put for a reader that had it then. A
+    /// chunk fetched ahead of its reader is not, until the reader reaches
+    /// it.
     read: bool,
 }
 
@@ -111,16 +112,54 @@ impl ChunkCache {
         Some(entry.plain.clone())
     }
 
+    /// Put a chunk fetched ahead of its reader: not read yet.
     pub fn insert(&mut self, key: ShareId, chunk: Plain) {
-        self.insert_at(key, chunk, Instant::now());
+        self.put(key, chunk, false, Instant::now());
     }
 
+    /// Put a chunk fetched for a reader that has it now: read.
+    pub fn insert_got(&mut self, key: ShareId, chunk: Plain) {
+        self.put(key, chunk, true, Instant::now());
+    }
+
+    /// Move `key`, if held, to the front of the LRU order and count it
+    /// used now, without counting it read; returns whether it is held.
+    /// Readahead does this to the chunks ahead of a reader that it finds
+    /// already held: by recency alone, the chunk the reader just finished
+    /// (got by each of its reads until then) outranked the chunks fetched
+    /// for it while it was still there, and the next one was evicted for
+    /// it, to be fetched again when the reader got there.
+    pub fn touch(&mut self, key: &ShareId) -> bool {
+        self.touch_at(key, Instant::now())
+    }
+
+    fn touch_at(&mut self, key: &ShareId, now: Instant) -> bool {
+        match self.entries.get_mut(key) {
+            Some(entry) => {
+                entry.touched = now;
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Move `key`, if held, to the back of the LRU order: the first to
+    /// go when room is needed (a chunk its reader finished).
+    pub fn demote(&mut self, key: &ShareId) {
+        self.entries.demote(key);
+    }
+
+    #[cfg(test)]
     fn insert_at(&mut self, key: ShareId, chunk: Plain, now: Instant) {
+        self.put(key, chunk, false, now);
+    }
+
+    fn put(&mut self, key: ShareId, chunk: Plain, read: bool, now: Instant) {
         self.bytes += chunk.len();
         let entry = Entry {
             plain: chunk,
             touched: now,
-            read: false,
+            read,
         };
         if let Some(old) = self.entries.put(key, entry) {
             self.bytes -= old.plain.len();
@@ -132,30 +171,9 @@ impl ChunkCache {
         // larger k (up to k × 16 MiB) was not cached at all when larger
         // than the budget, and each 128 KiB read of it fetched and
         // decrypted the whole chunk again.
-        //
-        // Chunks already read go before those fetched ahead and not read
-        // yet, each kind least recently used first. By recency alone, a
-        // chunk the reader finished (got by each of its reads until then)
-        // outranked the chunks fetched for it while it was still there,
-        // and the next chunk was evicted for it: the reader then waited
-        // for that chunk's fetch again. Readahead asks only for what fits
-        // beside the chunk being read (`Vault::prefetch`), so the unread
-        // ones alone do not pass the budget.
         while self.bytes > self.budget && self.entries.len() > KEPT_WHATEVER_SIZE {
-            let evictable = self.entries.len() - KEPT_WHATEVER_SIZE;
-            let read = self
-                .entries
-                .iter()
-                .rev()
-                .take(evictable)
-                .find(|(_, e)| e.read)
-                .map(|(key, _)| *key);
-            let evicted = match read {
-                Some(key) => self.entries.pop(&key),
-                None => self.entries.pop_lru().map(|(_, e)| e),
-            };
-            match evicted {
-                Some(evicted) => self.bytes -= evicted.plain.len(),
+            match self.entries.pop_lru() {
+                Some((_, evicted)) => self.bytes -= evicted.plain.len(),
                 None => break,
             }
         }
@@ -199,12 +217,6 @@ impl ChunkCache {
         dropped
     }
 
-    /// Whether `key` is held; unlike [`ChunkCache::get`], this neither
-    /// moves it in the LRU order nor counts it read.
-    pub fn contains(&self, key: &ShareId) -> bool {
-        self.entries.contains(key)
-    }
-
     /// The bytes it keeps within (see [`ChunkCache::insert`] for the two
     /// newest chunks, kept past it).
     pub fn budget(&self) -> usize {
@@ -235,34 +247,38 @@ mod tests {
         assert_eq!(c.bytes(), 50);
     }
 
-    /// A chunk fetched ahead and not read yet outlasts one read since it
-    /// came (the chunk the reader just finished), and the two newest stay.
+    /// A reader finishes chunk 1 (got by each of its reads) after chunk
+    /// 2 was fetched ahead of it; readahead then touches 2 as it fetches
+    /// 4, so 1 goes, not 2. Touched, 2 is not counted read: it keeps an
+    /// unread chunk's stay. A chunk fetched for its reader is read.
     #[test]
-    fn chunks_read_ahead_outlast_chunks_read() {
+    fn chunks_touched_ahead_outlast_chunks_read() {
+        let t0 = Instant::now();
+        let secs = |s| t0 + Duration::from_secs(s);
         let mut c = ChunkCache::new(100);
-        // The reader finishes chunk 1 after chunk 2 was fetched ahead.
-        c.insert([1; 32], Plain::from(vec![0; 30]));
-        c.insert([2; 32], Plain::from(vec![0; 30]));
-        assert!(c.get(&[1; 32]).is_some());
-        // It reads 3, and 4 comes ahead of it: 120 bytes.
-        c.insert([3; 32], Plain::from(vec![0; 30]));
-        assert!(c.get(&[3; 32]).is_some());
-        c.insert([4; 32], Plain::from(vec![0; 30]));
+        c.put([1; 32], Plain::from(vec![0; 30]), true, t0);
+        c.insert_at([2; 32], Plain::from(vec![0; 30]), secs(1));
+        assert!(c.get_at(&[1; 32], secs(2)).is_some());
+        c.insert_at([3; 32], Plain::from(vec![0; 30]), secs(3));
+        assert!(c.get_at(&[3; 32], secs(4)).is_some());
+        assert!(c.touch_at(&[2; 32], secs(5)));
+        assert!(!c.touch_at(&[9; 32], secs(5)), "not held");
+        c.insert_at([4; 32], Plain::from(vec![0; 30]), secs(5));
         assert_eq!(c.bytes(), 90);
-        assert!(!c.contains(&[1; 32]), "the finished chunk went");
-        assert!(c.contains(&[2; 32]) && c.contains(&[3; 32]) && c.contains(&[4; 32]));
-        // The reader moves on to 4; 3 goes before 2, still unread.
-        assert!(c.get(&[4; 32]).is_some());
-        c.insert([5; 32], Plain::from(vec![0; 30]));
-        assert!(!c.contains(&[3; 32]) && c.contains(&[2; 32]));
-        // With only unread chunks besides the two newest, the least
-        // recently used goes.
-        let mut c = ChunkCache::new(100);
-        for k in 1..=4u8 {
-            c.insert([k; 32], Plain::from(vec![0; 30]));
-        }
-        assert!(!c.contains(&[1; 32]) && c.contains(&[2; 32]));
-        assert_eq!(c.bytes(), 90);
+        assert!(!c.entries.contains(&[1; 32]), "the finished chunk went");
+        // 3 read at 4 s, 2 touched at 5 s and never read: at 4 s + 60 s
+        // only 3 is idle long enough.
+        let idle = Duration::from_secs(60);
+        assert_eq!(c.expire_idle_at(idle, secs(64)), 30);
+        assert!(c.entries.contains(&[2; 32]) && !c.entries.contains(&[3; 32]));
+        assert_eq!(c.expire_idle_at(idle, secs(5) + idle * UNREAD_SPAN), 60);
+        c.insert_got([5; 32], Plain::from(vec![0; 10]));
+        assert!(c.entries.peek(&[5; 32]).is_some_and(|e| e.read));
+        // Demoted (finished by its reader), the newest goes first.
+        c.insert_at([6; 32], Plain::from(vec![0; 40]), secs(2000));
+        c.demote(&[6; 32]);
+        c.insert_at([7; 32], Plain::from(vec![0; 60]), secs(2000));
+        assert!(!c.entries.contains(&[6; 32]) && c.entries.contains(&[5; 32]));
     }
 
     /// Chunks larger than the whole budget are kept, the two newest, so
