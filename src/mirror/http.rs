@@ -347,28 +347,48 @@ fn clock_step(prev: (std::time::Instant, i64), now: (std::time::Instant, i64)) -
 /// looks for a step of its wall clock.
 const ALIVE_EVERY: Duration = Duration::from_secs(60);
 
+/// The monotonic and wall time a mirror last looked at (`keep_time`).
+type Clock = Arc<std::sync::Mutex<(std::time::Instant, i64)>>;
+
 /// Move leases and billing with a step of the wall clock since `clock`
-/// (the monotonic and wall time last seen), then record the mirror up
-/// now. False if a step could not be moved: billing and GC then wait.
-async fn keep_time(ledger: &Ledger, clock: &tokio::sync::Mutex<(std::time::Instant, i64)>) -> bool {
-    let mut last = clock.lock().await;
-    let now = (std::time::Instant::now(), unix_now());
-    if let Some(step) = clock_step(*last, now) {
-        tracing::error!(
-            seconds = step,
-            "the wall clock was stepped; leases and billing move with it"
-        );
-        // With the time up recorded in the same transaction: a restart
-        // between the two took the step for downtime and moved it again.
-        if let Err(e) = ledger.run(move |l| l.shift_clock(step, now.1)).await {
-            tracing::error!(error = %e, "cannot move leases with the clock; billing and GC wait");
-            return false;
-        }
-    } else if let Err(e) = ledger.run(move |l| l.mark_alive(now.1)).await {
-        tracing::warn!(error = %e, "cannot record the mirror up; a restart may excuse more downtime");
+/// was last looked at, then record the mirror up now. False if a step
+/// could not be moved: billing and GC then wait.
+///
+/// All on the ledger's blocking thread, under `clock`'s lock: the ledger
+/// write and the new reading land together even when the task awaiting
+/// them is aborted (a stop), or the next look would see the same step
+/// and move the leases again.
+async fn keep_time(ledger: &Ledger, clock: &Clock) -> bool {
+    let clock = clock.clone();
+    let kept = ledger
+        .run(move |l| {
+            let mut last = clock.lock().unwrap_or_else(|p| p.into_inner());
+            let now = (std::time::Instant::now(), unix_now());
+            match clock_step(*last, now) {
+                Some(step) => {
+                    tracing::error!(
+                        seconds = step,
+                        "the wall clock was stepped; leases and billing move with it"
+                    );
+                    // With the time up recorded in the same transaction:
+                    // a restart between the two took the step for
+                    // downtime and moved it again.
+                    l.shift_clock(step, now.1)?;
+                }
+                None => {
+                    if let Err(e) = l.mark_alive(now.1) {
+                        tracing::warn!(error = %e, "cannot record the mirror up; a restart may excuse more downtime");
+                    }
+                }
+            }
+            *last = now;
+            Ok(())
+        })
+        .await;
+    if let Err(e) = &kept {
+        tracing::error!(error = %e, "cannot move leases with the clock; billing and GC wait");
     }
-    *last = now;
-    true
+    kept.is_ok()
 }
 
 /// A request body of at most `limit` bytes, whole, in the time an upload
@@ -619,7 +639,7 @@ pub async fn serve(
         ),
         None => {}
     }
-    let clock = Arc::new(tokio::sync::Mutex::new((started, start)));
+    let clock: Clock = Arc::new(std::sync::Mutex::new((started, start)));
     let pool = stratum.map(|(listener, pool_config)| {
         tokio::spawn(run_pool(listener, pool_config, ledger.clone()))
     });

@@ -371,9 +371,9 @@ impl Pieces {
     }
 }
 
-/// How far behind a reader [`Vault::prefetch`] looks for the chunks it
-/// finished: past what it reads between two top-ups (`READAHEAD_STEP` in
-/// the mount) and a chunk.
+/// How far behind a reader [`Vault::prefetch`] looks, at most, for the
+/// chunks it finished since its last top-up: past what it reads between
+/// two top-ups (`READAHEAD_STEP` in the mount) and a chunk.
 const FINISHED_SPAN: u64 = 16 << 20;
 
 /// What [`Vault::walk_picked`] does with a chunk in its range.
@@ -1478,7 +1478,8 @@ impl Vault {
     }
 
     /// Fetch into the cache the chunks after a reader's, up to `to`, for
-    /// it to reach soon: the reader's last read ended at `reader_at`.
+    /// it to reach soon: the reader's last read ended at `reader_at`, and
+    /// at the last top-up it was at `finished_from`.
     ///
     /// Only as many as `room` bytes of cache (this reader's part of
     /// [`Vault::cache_budget`]) hold beside the chunk the reader is in:
@@ -1489,22 +1490,20 @@ impl Vault {
     /// own is always fetched, as the cache keeps its two newest whatever
     /// their size; readers side by side, each with its part, would take
     /// more than the cache holds that way, and evict each other's next
-    /// chunk before it is read. Chunks already held count
-    /// towards the room, and are moved to the front of the cache's LRU
-    /// order (`ChunkCache::touch`: not counted read, so an unread one
-    /// keeps its longer stay): ahead of the chunks the reader finished,
-    /// which the cache then evicts first.
+    /// chunk before it is read.
     ///
-    ///
-    /// The chunks the reader finished (within `FINISHED_SPAN` behind it)
-    /// go to the back of the LRU order. Got by each of the reader's reads
-    /// until it moved on, they outranked the chunks fetched ahead of
-    /// another reader at its last top-up, which were evicted for them and
-    /// fetched again (two readers side by side in a 16 MiB cache fetched
-    /// 2.5 times the chunks).
+    /// Chunks ahead already held count towards the room, and move to the
+    /// front of the cache's LRU order (`ChunkCache::touch`: not counted
+    /// read, so an unread one keeps its longer stay). The chunks the
+    /// reader finished since `finished_from` (at most `FINISHED_SPAN`
+    /// back) move to the back. Got by each of the reader's reads until it
+    /// moved on, they outranked the chunks fetched ahead (of this reader
+    /// or another) at an earlier top-up, which were evicted for them and
+    /// fetched again.
     pub async fn prefetch(
         &self,
         cap: &FileReadCap,
+        finished_from: u64,
         reader_at: u64,
         to: u64,
         mut room: u64,
@@ -1512,6 +1511,7 @@ impl Vault {
         let Some(last_read) = reader_at.checked_sub(1) else {
             return Ok(());
         };
+        let finished_from = finished_from.clamp(reader_at.saturating_sub(FINISHED_SPAN), reader_at);
         let mut ahead = 0usize;
         // The cache's two newest chunks stay whatever their size, which
         // keeps the reader's beside one fetched ahead: for a reader alone.
@@ -1519,14 +1519,14 @@ impl Vault {
         let cache = || self.cache.lock().unwrap_or_else(|p| p.into_inner());
         let mut pick = |entry: &chunk::NodeEntry, lo: u64| -> Result<Pick> {
             let slot = Self::chunk_slot(entry)?;
-            if lo + entry.len <= last_read {
+            if lo + entry.len <= reader_at {
                 // Read to its end: the first to go.
                 cache().demote(&slot);
                 return Ok(Pick::Skip);
             }
             let fits = entry.len <= room;
             room = room.saturating_sub(entry.len);
-            if lo <= last_read {
+            if lo < reader_at {
                 // The reader's own chunk.
                 return Ok(Pick::Skip);
             }
@@ -1540,7 +1540,7 @@ impl Vault {
                 Pick::Take
             })
         };
-        let from = last_read.saturating_sub(FINISHED_SPAN);
+        let from = finished_from.min(last_read);
         let len = to.saturating_sub(from);
         self.walk_picked(cap, from, len, true, &mut pick, &mut |_, _| Ok(()))
             .await
