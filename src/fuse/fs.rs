@@ -1987,6 +1987,18 @@ impl LodeFs {
     /// `top` (an inode, or a directory whose subtree moved): where the file
     /// belongs and its mode, so a crash cannot orphan staged data.
     fn note_staged(&self, top: u64) {
+        self.note_staged_as(top, true);
+    }
+
+    /// [`Self::note_staged`] of a file just created, whose staged copy
+    /// is new: it has no earlier note whose versions to carry
+    /// (`carry_earlier_bases`), and looking cost every file of an untar
+    /// a `getxattr` and an `open` that both failed.
+    fn note_created(&self, ino: u64) {
+        self.note_staged_as(ino, false);
+    }
+
+    fn note_staged_as(&self, top: u64, carry: bool) {
         // One writer at a time, from snapshot to disk: two racing writers
         // (a chown and a rename of the same file, say) could otherwise
         // land their notes in the other order, and recovery would follow
@@ -2071,7 +2083,9 @@ impl LodeFs {
         // Written without the lock: this is disk I/O.
         let mut failed = false;
         for (staged, note) in &mut notes {
-            carry_earlier_bases(staged, note);
+            if carry {
+                carry_earlier_bases(staged, note);
+            }
             if let Err(e) = notes::write(staged, note) {
                 let path = &note.path;
                 tracing::warn!(path, error = %e, "could not write a staging recovery note; will try again");
@@ -4027,7 +4041,7 @@ impl LodeFs {
         // mknod makes a file without opening it.
         node.opens = u32::from(open);
         let (ino, attr) = self.new_child(parent, name, node)?;
-        self.note_staged(ino);
+        self.note_created(ino);
         Ok(attr)
     }
 
