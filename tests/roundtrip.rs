@@ -325,26 +325,34 @@ async fn read_side_by_side(
         .zip(files)
         .any(|(&at, (_, data))| at < data.len() as u64)
     {
-        for ((at, topped), (cap, data)) in at.iter_mut().zip(&mut topped).zip(files) {
+        for (i, &(cap, data)) in files.iter().enumerate() {
             let size = data.len() as u64;
-            if *at >= size {
+            if at[i] >= size {
                 continue;
             }
             let asked = store.gets();
-            let got = vault.read_range(cap, *at, READ).await.unwrap();
-            assert_eq!(got, &data[*at as usize..(*at + READ).min(size) as usize]);
-            if *at > 0 && store.gets() > asked {
+            let got = vault.read_range(cap, at[i], READ).await.unwrap();
+            assert_eq!(
+                got,
+                &data[at[i] as usize..(at[i] + READ).min(size) as usize]
+            );
+            if at[i] > 0 && store.gets() > asked {
                 waits += 1;
             }
-            let before = *at;
-            *at += got.len() as u64;
-            if before == 0 || before / STEP != *at / STEP {
-                let share = (vault.cache_budget() / files.len()) as u64;
+            let before = at[i];
+            at[i] += got.len() as u64;
+            if before == 0 || before / STEP != at[i] / STEP {
+                // Shared by the readers not at their end, as the mount does.
+                let reading = (at.iter().zip(files))
+                    .filter(|(at, (_, data))| **at < data.len() as u64)
+                    .count();
+                let share = (vault.cache_budget() / reading.max(1)) as u64;
+                let to = (at[i] + AHEAD).min(size);
                 vault
-                    .prefetch(cap, *topped, *at, (*at + AHEAD).min(size), share)
+                    .prefetch(cap, topped[i], at[i], to, share)
                     .await
                     .unwrap();
-                *topped = *at;
+                topped[i] = at[i];
             }
         }
     }
@@ -398,8 +406,11 @@ fn readahead_keeps_the_chunk_being_read() {
             let before = store.gets();
             let waits = read_side_by_side(&vault, &store, &[(&cap_a, &a), (&cap_b, &b)]).await;
             let fetched = store.gets() - before;
+            // 43 for 36 at 16 MiB: the two readers' chunks, 4-8 MiB each,
+            // do not all fit beside each other; a cache that evicted the
+            // chunks being read fetched 89-145.
             assert!(
-                fetched <= once + once / 2,
+                fetched <= once + once / 4,
                 "cache {cache}: two readers side by side fetched {fetched} shares for {once}"
             );
             if cache == lode::store::DEFAULT_CACHE_BYTES {

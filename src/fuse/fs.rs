@@ -3714,7 +3714,14 @@ impl LodeFs {
         let mut streams = self.readahead.lock().unwrap_or_else(|p| p.into_inner());
         let now = Instant::now();
         let stream = streams.entry(ino).or_default();
-        stream.read_at = Some(now);
+        // Only a read in sequence keeps a stream counted as reading: a
+        // file read at random after one sequential stretch (the kernel
+        // cuts a large read into pieces that come in order) took part of
+        // the cache from the readers for as long as it was read at all.
+        if offset == stream.last_end && offset > 0 {
+            stream.read_at = Some(now);
+        }
+        stream.at_end = offset.saturating_add(len) >= cap.size;
         stream.fetches.retain(|f| !f.is_finished());
         let Ok(room) = self.readahead_room.clone().try_acquire_owned() else {
             // Only counted, so the next read plans from here.
@@ -4987,6 +4994,23 @@ mod tests {
         s.plan(3 * K, 0, K);
         assert_eq!(s.plan(3 * K, K, K), Some((2 * K, 3 * K)));
         assert_eq!(s.plan(3 * K, 2 * K, K), None);
+    }
+
+    /// A stream counts as reading (for its part of the chunk cache) once
+    /// topped up, while read within `READING_SPAN`, and until its end.
+    #[test]
+    fn a_stream_reads_while_topped_up_recent_and_short_of_its_end() {
+        const K: u64 = 128 << 10;
+        let now = Instant::now();
+        let mut s = Stream::default();
+        s.read_at = Some(now);
+        assert!(!s.reading(now), "never topped up");
+        s.plan(1 << 30, 0, K);
+        assert!(s.plan(1 << 30, K, K).is_some());
+        assert!(s.reading(now));
+        assert!(!s.reading(now + READING_SPAN), "not read lately");
+        s.plan(2 * K + 1, 2 * K, K);
+        assert!(!s.reading(now), "at its end");
     }
 
     /// A mount over one in-memory store that keeps no published copies
