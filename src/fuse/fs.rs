@@ -5002,8 +5002,10 @@ mod tests {
     fn a_stream_reads_while_topped_up_recent_and_short_of_its_end() {
         const K: u64 = 128 << 10;
         let now = Instant::now();
-        let mut s = Stream::default();
-        s.read_at = Some(now);
+        let mut s = Stream {
+            read_at: Some(now),
+            ..Stream::default()
+        };
         assert!(!s.reading(now), "never topped up");
         s.plan(1 << 30, 0, K);
         assert!(s.plan(1 << 30, K, K).is_some());
