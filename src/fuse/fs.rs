@@ -4038,7 +4038,7 @@ impl LodeFs {
         let write = open && flags & libc::O_ACCMODE != libc::O_RDONLY;
         let body = Body::File {
             cap: None,
-            staged: Some(path),
+            staged: Some(path.clone()),
             dirty: true,
             writers: u32::from(write),
             cached: false,
@@ -4047,7 +4047,24 @@ impl LodeFs {
         let mut node = Node::new(parent, name, mode & 0o7777, owner, body);
         // mknod makes a file without opening it.
         node.opens = u32::from(open);
-        let (ino, attr) = self.new_child(parent, name, node)?;
+        let (ino, attr) = match self.new_child(parent, name, node) {
+            Ok(made) => made,
+            Err(e) => {
+                // Nothing names the new copy: it sat in staging until the
+                // next mount's recovery took it for a cache.
+                let _ = std::fs::remove_file(&path);
+                // Another create of the name got there between the look
+                // above and here: without `O_EXCL`, this one opens it, as
+                // it would have a moment earlier.
+                if let (Error::Exists, false) = (&e, flags & libc::O_EXCL != 0)
+                    && let Ok(existing) = self.child(parent, name)
+                {
+                    self.do_open(existing, OpenFlags(flags))?;
+                    return self.entry_attr(existing);
+                }
+                return Err(e);
+            }
+        };
         self.note_created(ino);
         Ok(attr)
     }
