@@ -171,8 +171,7 @@ impl Stream {
     fn plan(&mut self, size: u64, offset: u64, len: u64) -> Option<(u64, u64)> {
         let end = offset.saturating_add(len);
         let sequential = offset == self.last_end && offset > 0;
-        self.pass(offset, len);
-        self.at_end = end >= size;
+        self.pass(offset, len, size);
         if !sequential || self.at_end {
             return None;
         }
@@ -191,8 +190,10 @@ impl Stream {
         Some((from, to))
     }
 
-    /// Count a read of `len` at `offset` and plan nothing.
-    fn pass(&mut self, offset: u64, len: u64) {
+    /// Count a read of `len` at `offset` in a file of `size` and plan
+    /// nothing.
+    fn pass(&mut self, offset: u64, len: u64, size: u64) {
+        self.at_end = offset.saturating_add(len) >= size;
         if offset == 0 {
             self.fetched_to = 0;
             self.topped_at = 0;
@@ -3721,11 +3722,10 @@ impl LodeFs {
         if offset == stream.last_end && offset > 0 {
             stream.read_at = Some(now);
         }
-        stream.at_end = offset.saturating_add(len) >= cap.size;
         stream.fetches.retain(|f| !f.is_finished());
         let Ok(room) = self.readahead_room.clone().try_acquire_owned() else {
             // Only counted, so the next read plans from here.
-            stream.pass(offset, len);
+            stream.pass(offset, len, cap.size);
             return;
         };
         let Some((_, to)) = stream.plan(cap.size, offset, len) else {
