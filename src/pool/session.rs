@@ -134,9 +134,20 @@ impl Session {
     }
 
     /// `job`'s notification, remembering the difficulty it goes out at.
+    ///
+    /// A job sent again (a second `mining.subscribe`, an upstream that
+    /// notifies the same job id twice) keeps the lowest difficulty it was
+    /// ever sent at: the miner may have found its hashes at that one. Were
+    /// the later, higher difficulty to replace it, a miner could hold back
+    /// its best hashes of a job, raise its difficulty (`suggest_difficulty`),
+    /// have the job sent again and be paid each hash at the raised price.
     fn send_job(&mut self, job: &Job, book: &JobBook) -> String {
         self.sent.retain(|id, _| book.get(id).is_some());
-        self.sent.insert(job.id.clone(), self.difficulty);
+        let now = self.difficulty;
+        self.sent
+            .entry(job.id.clone())
+            .and_modify(|d| *d = (*d).min(now))
+            .or_insert(now);
         stratum::notify(job)
     }
 
@@ -620,6 +631,39 @@ mod tests {
             code_of(&s.handle(submit(&third.id, third.ntime, any), &book, now)),
             Some(code::STALE)
         );
+    }
+
+    #[test]
+    fn a_job_sent_again_keeps_its_first_difficulty() {
+        let (low, high) = (Difficulty::from_micro(1), Difficulty::from_micro(20));
+        let (mut s, book, first) = setup();
+        login(&mut s, &book);
+        let now = first.ntime as i64 * 1000;
+        // A hash worth the raised difficulty, found at the job's first one
+        // and held back while the miner raises its difficulty and has the
+        // same job sent again by subscribing a second time.
+        let rich = find_nonce(&first, 0, high, None);
+        s.handle(
+            call(r#"{"id":3,"method":"mining.suggest_difficulty","params":[0.00002]}"#),
+            &book,
+            now,
+        );
+        assert_eq!(s.difficulty(), high);
+        let again = s.handle(
+            call(r#"{"id":4,"method":"mining.subscribe","params":[]}"#),
+            &book,
+            now,
+        );
+        assert!(
+            matches!(again, Outcome::Reply(ref l) if l.iter().any(|l| l.contains("mining.notify") && l.contains(&first.id))),
+            "the job went out again: {again:?}"
+        );
+        match s.handle(submit(&first.id, first.ntime, rich), &book, now) {
+            Outcome::Accepted(a) => {
+                assert_eq!(a.difficulty, low, "paid at the job's first difficulty")
+            }
+            other => panic!("{other:?}"),
+        }
     }
 
     fn hex_account(a: &[u8; 32]) -> String {
