@@ -1062,6 +1062,83 @@ fn a_directory_scan_is_not_thrown_by_changes_beside_it() {
         assert_eq!(counts.get(name), Some(&1), "{name}");
     }
     assert!(counts.values().all(|&n| n == 1));
+
+    // Names saved over as the scan goes (a temporary file renamed over
+    // each, as editors and rsync save): each is listed once still, with
+    // the file it names now. The scan used to leave out a name whose
+    // inode had changed since it began.
+    let saved = mp.join("saved");
+    std::fs::create_dir(&saved).unwrap();
+    // Enough names for several getdents calls: the kernel asks for more
+    // between them, after the saves.
+    let few = &names[..];
+    for name in few {
+        std::fs::write(saved.join(name), b"old").unwrap();
+    }
+    let mut unseen: std::collections::BTreeSet<&String> = few.iter().collect();
+    let mut listed: HashMap<String, usize> = HashMap::new();
+    let mut i = 0;
+    // In small pieces: `read_dir` asks for a buffer of the directory's
+    // st_blksize (1 MiB here), and would get the whole listing at once.
+    each_dirent_in_pieces(&saved, |name| {
+        i += 1;
+        unseen.remove(&name);
+        *listed.entry(name).or_default() += 1;
+        if let Some(&last) = unseen.iter().next_back() {
+            let tmp = saved.join(format!(".save{i:05}"));
+            std::fs::write(&tmp, b"new").unwrap();
+            std::fs::rename(&tmp, saved.join(last)).unwrap();
+        }
+    });
+    for name in few {
+        assert_eq!(
+            listed.get(name),
+            Some(&1),
+            "{name} after saves beside the scan"
+        );
+    }
+    assert_eq!(
+        listed.len(),
+        few.len(),
+        "only the names there as the scan began"
+    );
+}
+
+/// Each name in the directory `dir` but `.` and `..`, read with
+/// getdents64(2) 4 KiB at a time, so that the file system is asked for
+/// more between the calls to `each`. (A libc call: std has no getdents.)
+#[allow(unsafe_code)]
+fn each_dirent_in_pieces(dir: &Path, mut each: impl FnMut(String)) {
+    use std::os::fd::AsRawFd;
+    let handle = std::fs::File::open(dir).unwrap();
+    let mut buf = vec![0u8; 4096];
+    loop {
+        // SAFETY: the buffer is valid for its length, the descriptor open.
+        let n = unsafe {
+            libc::syscall(
+                libc::SYS_getdents64,
+                handle.as_raw_fd(),
+                buf.as_mut_ptr(),
+                buf.len(),
+            )
+        };
+        assert!(n >= 0, "getdents64: {}", std::io::Error::last_os_error());
+        if n == 0 {
+            return;
+        }
+        let mut at = 0;
+        while at < n as usize {
+            // struct linux_dirent64: ino (8), off (8), reclen (2), type (1), name.
+            let reclen = u16::from_ne_bytes([buf[at + 16], buf[at + 17]]) as usize;
+            let name = &buf[at + 19..at + reclen];
+            let name = &name[..name.iter().position(|&b| b == 0).unwrap()];
+            let name = String::from_utf8(name.to_vec()).unwrap();
+            if name != "." && name != ".." {
+                each(name);
+            }
+            at += reclen;
+        }
+    }
 }
 
 fn df(mp: &Path) -> (u64, u64) {

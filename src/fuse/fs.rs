@@ -4214,9 +4214,11 @@ impl LodeFs {
 
     /// The entries of `names` (part of a scan of `ino`) still in the
     /// directory, with their attributes, each with its place in `names`.
-    /// A name removed (or taken by another inode) since the scan began is
-    /// left out. `blocks`: count the local copy's blocks (a stat each, for
-    /// readdirplus; readdir needs only the kind).
+    /// A name removed since the scan began is left out; one that another
+    /// inode took meanwhile (an editor's or rsync's save: a temporary file
+    /// renamed over the name) is listed with the inode it names now, as a
+    /// local file system lists it. `blocks`: count the local copy's blocks
+    /// (a stat each, for readdirplus; readdir needs only the kind).
     fn dir_entries(
         &self,
         ino: u64,
@@ -4226,26 +4228,27 @@ impl LodeFs {
         let tree = self.lock();
         let friends = (ino == FRIENDS).then(|| self.friends());
         let children = tree.children(ino);
-        let still_here = |child: u64, name: &str| match (&friends, children) {
-            _ if name == "." || name == ".." => true,
-            (Some(friends), _) => friends.get(name) == Some(&child),
-            _ if ino == ROOT && child == FRIENDS => true,
-            (None, Some(children)) => children.get(name) == Some(&child),
+        // The inode `name` holds now, if it is still there.
+        let now_at = |child: u64, name: &str| match (&friends, children) {
+            _ if name == "." || name == ".." => Some(child),
+            (Some(friends), _) => friends.get(name).copied(),
+            _ if ino == ROOT && child == FRIENDS => Some(FRIENDS),
+            (None, Some(children)) => children.get(name).copied(),
             // Shed from memory meanwhile: nothing to tell by.
-            (None, None) => true,
+            (None, None) => Some(child),
         };
         let listed: Vec<_> = names
             .iter()
             .enumerate()
-            .filter(|(_, (child, name))| still_here(*child, name))
             .filter_map(|(at, (child, name))| {
-                let node = tree.nodes.get(child)?;
+                let child = now_at(*child, name)?;
+                let node = tree.nodes.get(&child)?;
                 let local = blocks.then(|| local_copy(node)).flatten();
                 Some((
                     at,
-                    *child,
+                    child,
                     name.clone(),
-                    Self::attr(&tree, *child, node),
+                    Self::attr(&tree, child, node),
                     local,
                 ))
             })

@@ -626,9 +626,12 @@ fn matches(path: &Path, id: &ShareId) -> std::io::Result<bool> {
 
 /// Rename a staged share into place (blocking), unless a good copy is
 /// already held. Returns the stored length and the directories that must
-/// be fsynced before the share counts as durable: none if it was held, else
-/// the shard directory (and its parent, if the shard directory had gone
-/// missing and was made again).
+/// be fsynced before the share counts as durable: the shard directory (and
+/// its parent, if the shard directory had gone missing and was made
+/// again). A copy already held counts only after that fsync too: it may be
+/// one an earlier batch renamed into place and then failed to make durable
+/// (its directory's fsync failed, or the mirror stopped before it), which
+/// no ledger row records.
 fn place(
     dest: &Path,
     mut staged: Staged,
@@ -639,12 +642,12 @@ fn place(
     };
     let tmp = &staged_file.path;
     // The staged file goes however this ends, unless renamed into place.
+    let shard = dest.parent().expect("share paths have a parent");
     if let Ok(meta) = std::fs::metadata(dest)
         && (!replace_corrupt || matches(dest, &staged.id)?)
     {
-        return Ok((meta.len(), Vec::new()));
+        return Ok((meta.len(), vec![shard.to_path_buf()]));
     }
-    let shard = dest.parent().expect("share paths have a parent");
     let mut to_sync = vec![shard.to_path_buf()];
     match std::fs::rename(tmp, dest) {
         // Every shard directory is made when the store opens; one removed
