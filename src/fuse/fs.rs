@@ -446,10 +446,12 @@ impl LodeFs {
     }
 
     fn friend_node(tree: &mut Tree, name: &str, cap: &DirReadCap, owner: (u32, u32)) -> u64 {
+        // Writable by its mode, as `friends/` (see `Tree::new`): writes
+        // reach lode and get EROFS.
         let mut node = Node::new(
             FRIENDS,
             name,
-            0o555,
+            0o755,
             owner,
             Body::Dir {
                 write: None,
@@ -3193,8 +3195,17 @@ impl LodeFs {
 
     /// Link a new inode under `parent`, answering with its attributes (and
     /// one lookup handed to the kernel).
-    fn new_child(&self, parent: u64, name: &str, mut node: Node) -> Result<(u64, FileAttr)> {
-        let mut tree = self.lock();
+    fn new_child(&self, parent: u64, name: &str, node: Node) -> Result<(u64, FileAttr)> {
+        Self::new_child_in(&mut self.lock(), parent, name, node)
+    }
+
+    /// [`Self::new_child`], under the tree's lock held by the caller.
+    fn new_child_in(
+        tree: &mut Tree,
+        parent: u64,
+        name: &str,
+        mut node: Node,
+    ) -> Result<(u64, FileAttr)> {
         let children = tree.children(parent).ok_or(Error::NotADirectory)?;
         if children.contains_key(name) || (parent == ROOT && name == FRIENDS_NAME) {
             return Err(Error::Exists);
@@ -3252,12 +3263,16 @@ impl LodeFs {
             loaded_at: Some(Instant::now()),
         };
         let node = Node::new(parent, name, mode, owner, body);
-        let (ino, attr) = self.new_child(parent, name, node)?;
+        // All under one hold of the lock: the flusher must not see the new
+        // name in its parent before the records below say its listing goes
+        // up first (it could publish the parent naming a slot no mirror
+        // holds, and a crash then leaves a directory that lists nothing).
         let mut tree = self.lock();
+        let (ino, attr) = Self::new_child_in(&mut tree, parent, name, node)?;
         if let Some(node) = tree.nodes.get_mut(&ino) {
-            // `new_child` counted the one lookup an entry reply hands over;
-            // a kernel lookup of the new name may have added more since.
-            node.lookups = (node.lookups + lookups).saturating_sub(1);
+            // `new_child_in` counted the one lookup an entry reply hands
+            // over.
+            node.lookups = lookups;
         }
         tree.dirty.insert(ino);
         tree.unpublished.insert(ino);
@@ -4943,6 +4958,20 @@ impl Filesystem for Mount {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// `friends/` and a friend's root show the owner's write bit, so that
+    /// the kernel's permission check passes the owner's writes on to lode,
+    /// which refuses them with EROFS (at 0o555 they got EACCES).
+    #[test]
+    fn friends_let_the_owners_writes_through_to_erofs() {
+        let mut tree = Tree::new(Vault::fresh_dir(), (1000, 1000));
+        let cap = Vault::fresh_dir().read_cap();
+        let friend = LodeFs::friend_node(&mut tree, "alice", &cap, (1000, 1000));
+        for ino in [FRIENDS, friend] {
+            let mode = tree.nodes[&ino].mode;
+            assert_eq!(mode & 0o200, 0o200, "inode {ino}: mode {mode:o}");
+        }
+    }
 
     fn runtime() -> tokio::runtime::Runtime {
         tokio::runtime::Builder::new_multi_thread()

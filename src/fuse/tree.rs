@@ -444,7 +444,12 @@ impl Tree {
         );
         nodes.insert(
             FRIENDS,
-            Node::new(ROOT, FRIENDS_NAME, 0o555, owner, Body::Friends),
+            // Writable by its mode, as every directory of a read-only
+            // mount shows: the kernel's permission check (the mount runs
+            // with default_permissions) then lets the owner's writes
+            // through to lode, which refuses them with EROFS. At 0o555 the
+            // owner got EACCES instead, for anything but root.
+            Node::new(ROOT, FRIENDS_NAME, 0o755, owner, Body::Friends),
         );
         Tree {
             nodes,
@@ -1223,7 +1228,7 @@ impl Tree {
             }
         }
         // A friend's top directory: the root of their tree carries its own
-        // attributes (a directory deeper in it does not; it keeps 0555 and
+        // attributes (a directory deeper in it does not; it keeps 0755 and
         // the time it was added). Its mode as theirs, like every entry
         // under friends/ (writes get EROFS whatever the bits say), and
         // owned by the mounting user as the rest of friends/ is.
