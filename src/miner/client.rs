@@ -18,7 +18,7 @@ use tokio::sync::{mpsc, watch};
 use tokio_util::codec::{Framed, LinesCodec};
 
 use super::{Found, Miners, Work};
-use crate::pool::stratum::{self, MAX_LINE, ServerMessage, Submit, opening_id};
+use crate::pool::stratum::{self, MAX_SERVER_LINE, ServerMessage, Submit, opening_id};
 use crate::pool::{Difficulty, Job, VERSION_ROLLING_MASK, build_header};
 
 /// Counters a running client keeps, for `lode mine` and `lode status`.
@@ -204,7 +204,7 @@ async fn session(
         }
         _ = stop.changed() => return Ok(()),
     };
-    let mut lines = Framed::new(stream, LinesCodec::new_with_max_length(MAX_LINE));
+    let mut lines = Framed::new(stream, LinesCodec::new_with_max_length(MAX_SERVER_LINE));
     let agent = concat!("lode/", env!("CARGO_PKG_VERSION"));
     for line in stratum::opening(VERSION_ROLLING_MASK, agent, worker, "x") {
         send(&mut lines, line).await?;

@@ -27,7 +27,7 @@ use tokio_util::codec::{Framed, LinesCodec};
 
 use super::Ledger;
 use super::stratum::Jobs;
-use crate::pool::stratum::{self, MAX_LINE, ServerMessage, Submit, opening_id};
+use crate::pool::stratum::{self, MAX_SERVER_LINE, ServerMessage, Submit, opening_id};
 use crate::pool::{Accepted, Difficulty, VERSION_ROLLING_MASK, hash_meets};
 
 /// Extranonce bytes a proxy reserves per downstream session.
@@ -116,7 +116,7 @@ async fn session(
     let stream = tokio::time::timeout(Duration::from_secs(10), TcpStream::connect(&config.addr))
         .await
         .map_err(|_| io("no answer to the connection within 10 s"))??;
-    let mut lines = Framed::new(stream, LinesCodec::new_with_max_length(MAX_LINE));
+    let mut lines = Framed::new(stream, LinesCodec::new_with_max_length(MAX_SERVER_LINE));
     // No session of this link may roll version bits until the upstream
     // says which it takes.
     jobs.version_mask.store(0, Ordering::Relaxed);
@@ -209,9 +209,17 @@ async fn session(
                             false => held_job = Some(job),
                         }
                     }
-                    ServerMessage::SetDifficulty(d) => {
-                        difficulty = Difficulty::from_f64(d).unwrap_or(Difficulty::ONE);
-                    }
+                    // Rounded to the stricter target: a looser one forwards
+                    // shares the upstream rejects. One that is no
+                    // difficulty (zero, negative) is ignored: taken as 1 it
+                    // forwarded every share of difficulty 1 to be rejected.
+                    ServerMessage::SetDifficulty(d) => match Difficulty::from_f64_up(d) {
+                        Some(d) => difficulty = d,
+                        None => tracing::warn!(
+                            difficulty = d,
+                            "the upstream set a difficulty that is none; keeping the last"
+                        ),
+                    },
                     ServerMessage::SetVersionMask(mask) if rolling => {
                         let narrowed = version_mask & !mask != 0;
                         version_mask = mask & VERSION_ROLLING_MASK;

@@ -33,6 +33,23 @@ impl Difficulty {
         (micro < u64::MAX as f64).then(|| Difficulty::from_micro(micro as u64))
     }
 
+    /// `d` rounded up to millionths, for a difficulty someone else sets
+    /// (an upstream pool's): the target made from it is never looser than
+    /// theirs, so no share that misses theirs passes ours. `None` unless
+    /// `d` is positive and finite; past the largest count of millionths,
+    /// that largest.
+    pub fn from_f64_up(d: f64) -> Option<Difficulty> {
+        if !(d.is_finite() && d > 0.0) {
+            return None;
+        }
+        let micro = (d * MICRO as f64).ceil();
+        Some(Difficulty::from_micro(if micro < u64::MAX as f64 {
+            micro as u64
+        } else {
+            u64::MAX
+        }))
+    }
+
     pub fn micro(self) -> u64 {
         self.0
     }
@@ -65,6 +82,19 @@ mod tests {
 
     fn hex_target(d: Difficulty) -> String {
         data_encoding::HEXLOWER.encode(&d.target().to_big_endian())
+    }
+
+    #[test]
+    fn a_difficulty_set_upstream_rounds_to_the_stricter_target() {
+        let up = |d: f64| Difficulty::from_f64_up(d).map(Difficulty::micro);
+        // 1.4 millionths: to 2 (a target stricter than theirs), not 1.
+        assert_eq!(up(1.4e-6), Some(2));
+        assert_eq!(Difficulty::from_f64(1.4e-6).map(Difficulty::micro), Some(1));
+        assert_eq!(up(1024.0), Some(1_024_000_000));
+        for bad in [0.0, -1.0, f64::NAN, f64::INFINITY] {
+            assert_eq!(up(bad), None, "{bad}");
+        }
+        assert_eq!(up(1e300), Some(u64::MAX));
     }
 
     /// Vectors from shared/vectors/bitcoin.json ("share_targets").

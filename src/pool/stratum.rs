@@ -5,8 +5,13 @@ use serde_json::{Value, json};
 use super::difficulty::Difficulty;
 use super::{Error, Job, Result};
 
-/// Longest line either side accepts; longer input is a protocol error.
+/// Longest line a pool accepts from a miner; longer input is a protocol
+/// error.
 pub const MAX_LINE: usize = 16 * 1024;
+/// Longest line a miner or a proxy accepts from a pool: a `mining.notify`
+/// carries the coinbase, which a pool paying many outputs makes far longer
+/// than any request a miner sends.
+pub const MAX_SERVER_LINE: usize = 256 * 1024;
 
 /// Standard Stratum error codes.
 pub mod code {
@@ -91,9 +96,9 @@ fn enc(bytes: &[u8]) -> String {
     data_encoding::HEXLOWER.encode(bytes)
 }
 
-fn parse_object(line: &str) -> Result<serde_json::Map<String, Value>> {
-    if line.len() > MAX_LINE {
-        return Err(Error::TooLong(MAX_LINE));
+fn parse_object(line: &str, max: usize) -> Result<serde_json::Map<String, Value>> {
+    if line.len() > max {
+        return Err(Error::TooLong(max));
     }
     match serde_json::from_str::<Value>(line) {
         Ok(Value::Object(m)) => Ok(m),
@@ -104,7 +109,7 @@ fn parse_object(line: &str) -> Result<serde_json::Map<String, Value>> {
 
 /// Parse one line from a miner.
 pub fn parse_request(line: &str) -> Result<Call> {
-    let obj = parse_object(line)?;
+    let obj = parse_object(line, MAX_LINE)?;
     let id = obj.get("id").cloned().unwrap_or(Value::Null);
     let method = obj
         .get("method")
@@ -288,7 +293,7 @@ pub fn granted_version_mask(result: &Value, error: Option<&(i64, String)>, asked
 }
 
 pub fn parse_server(line: &str) -> Result<ServerMessage> {
-    let obj = parse_object(line)?;
+    let obj = parse_object(line, MAX_SERVER_LINE)?;
     let Some(method) = obj.get("method").and_then(Value::as_str) else {
         let error = match obj.get("error") {
             Some(Value::Array(e)) => Some((
@@ -392,7 +397,22 @@ mod tests {
         };
         assert_eq!(
             parse_server(&notify(&job)).unwrap(),
-            ServerMessage::Notify(job)
+            ServerMessage::Notify(job.clone())
+        );
+        // A coinbase paying many outputs: longer than any miner's request
+        // may be, still a job.
+        let long = Job {
+            coinb2: vec![7; 3 * MAX_LINE],
+            ..job
+        };
+        let line = notify(&long);
+        assert!(line.len() > MAX_LINE);
+        assert_eq!(parse_server(&line).unwrap(), ServerMessage::Notify(long));
+        assert_eq!(parse_request(&line), Err(Error::TooLong(MAX_LINE)));
+        let too_long = " ".repeat(MAX_SERVER_LINE + 1);
+        assert_eq!(
+            parse_server(&too_long),
+            Err(Error::TooLong(MAX_SERVER_LINE))
         );
     }
 
