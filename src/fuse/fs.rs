@@ -3222,7 +3222,7 @@ impl LodeFs {
             .expect("checked above")
             .insert(name.to_string(), ino);
         tree.touch_dir(parent);
-        let attr = Self::attr(&tree, ino, &tree.nodes[&ino]);
+        let attr = Self::attr(tree, ino, &tree.nodes[&ino]);
         Ok((ino, attr))
     }
 
