@@ -20,6 +20,7 @@ use std::sync::Arc;
 
 use tokio::sync::{RwLock, mpsc, oneshot};
 
+use super::clock::LedgerClock;
 use super::ledger::NewShare;
 use super::{DiskShares, Error, Ledger, Result, ShareStore, Staged};
 
@@ -33,7 +34,6 @@ struct Waiting {
     staged: Staged,
     repair: bool,
     account: [u8; 32],
-    now: i64,
     answer: oneshot::Sender<Result<()>>,
 }
 
@@ -48,9 +48,10 @@ impl CommitQueue {
         shares: Arc<DiskShares>,
         ledger: Ledger,
         finalize: Arc<RwLock<()>>,
+        clock: LedgerClock,
     ) -> CommitQueue {
         let (queue, waiting) = mpsc::channel(QUEUE);
-        tokio::spawn(run(waiting, shares, ledger, finalize));
+        tokio::spawn(run(waiting, shares, ledger, finalize, clock));
         CommitQueue { queue }
     }
 
@@ -62,14 +63,12 @@ impl CommitQueue {
         staged: Staged,
         repair: bool,
         account: [u8; 32],
-        now: i64,
     ) -> Result<()> {
         let (answer, answered) = oneshot::channel();
         let waiting = Waiting {
             staged,
             repair,
             account,
-            now,
             answer,
         };
         self.queue
@@ -87,15 +86,16 @@ async fn run(
     shares: Arc<DiskShares>,
     ledger: Ledger,
     finalize: Arc<RwLock<()>>,
+    clock: LedgerClock,
 ) {
     let mut batch = Vec::with_capacity(MAX_BATCH);
     while queue.recv_many(&mut batch, MAX_BATCH).await > 0 {
         tracing::trace!(uploads = batch.len(), "group commit");
         let (work, answers): (Vec<_>, Vec<_>) = batch
             .drain(..)
-            .map(|w| ((w.staged, w.repair, w.account, w.now), w.answer))
+            .map(|w| ((w.staged, w.repair, w.account), w.answer))
             .unzip();
-        let results = commit_batch(&shares, &ledger, &finalize, work).await;
+        let results = commit_batch(&shares, &ledger, &finalize, &clock, work).await;
         for (answer, result) in answers.into_iter().zip(results) {
             // The uploader may have gone; its share is stored all the same.
             let _ = answer.send(result);
@@ -108,17 +108,19 @@ async fn commit_batch(
     shares: &DiskShares,
     ledger: &Ledger,
     finalize: &RwLock<()>,
-    work: Vec<(Staged, bool, [u8; 32], i64)>,
+    clock: &LedgerClock,
+    work: Vec<(Staged, bool, [u8; 32])>,
 ) -> Vec<Result<()>> {
     let _guard = finalize.read().await;
     let mut records = Vec::with_capacity(work.len());
     let mut staged = Vec::with_capacity(work.len());
-    for (s, repair, account, now) in work {
+    for (s, repair, account) in work {
         records.push(NewShare {
             account,
             id: *s.id(),
             size: 0,
-            now,
+            // Stamped as they are recorded, below.
+            now: 0,
         });
         staged.push((s, repair));
     }
@@ -139,8 +141,21 @@ async fn commit_batch(
     if to_record.is_empty() {
         return results;
     }
-    let batch: Vec<NewShare> = to_record.iter().map(|&i| records[i]).collect();
-    let recorded = ledger.run(move |l| l.add_shares(&batch)).await;
+    let mut batch: Vec<NewShare> = to_record.iter().map(|&i| records[i]).collect();
+    // Leases run from the time they are recorded, read inside the
+    // transaction: a step of the wall clock moves the ledger's rows and
+    // its clock together (`keep_time`), and a time read before that, while
+    // the body came in, would be in the old frame.
+    let clock = clock.clone();
+    let recorded = ledger
+        .run(move |l| {
+            let now = clock.now();
+            for record in &mut batch {
+                record.now = now;
+            }
+            l.add_shares(&batch)
+        })
+        .await;
     let mut unrecorded = Vec::new();
     match recorded {
         Ok(each) => {

@@ -2,7 +2,7 @@
 
 use tokio::sync::RwLock;
 
-use super::{DiskShares, Ledger, ObjectKind, Result, unix_now};
+use super::{DiskShares, Ledger, ObjectKind, Result};
 
 /// What one GC pass freed.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -15,10 +15,12 @@ pub struct GcReport {
 /// One GC pass. `finalize` is the lock that share uploads hold while they
 /// rename a share into place and record it: GC holds it exclusively while it
 /// forgets and deletes, so an upload racing with GC never loses its file.
+/// `now` is the ledger's time (`clock.rs`), read afresh for each batch.
 pub async fn collect_garbage(
     ledger: &Ledger,
     shares: &DiskShares,
     finalize: &RwLock<()>,
+    now: impl Fn() -> i64,
 ) -> Result<GcReport> {
     let mut report = GcReport::default();
     // Share files are moved aside under the lock and unlinked after it
@@ -48,7 +50,7 @@ pub async fn collect_garbage(
     }
     unlink(&mut retired).await;
     loop {
-        let now = unix_now();
+        let now = now();
         let batch = ledger.run(move |l| l.unleased(now, 1000)).await?;
         if batch.is_empty() {
             break;
@@ -101,8 +103,8 @@ async fn unlink(retired: &mut Vec<std::path::PathBuf>) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::mirror::ShareStore;
     use crate::mirror::testing::{free_terms, stored_shares};
+    use crate::mirror::{ShareStore, unix_now};
 
     /// A share GC forgot but did not get to remove (the pass cut short
     /// between the two) is removed by the next pass; one forgotten and
@@ -123,7 +125,9 @@ mod tests {
             .add_share(&[1; 32], &ids[1], 70_000, unix_now())
             .unwrap();
         let finalize = RwLock::new(());
-        collect_garbage(&ledger, &shares, &finalize).await.unwrap();
+        collect_garbage(&ledger, &shares, &finalize, unix_now)
+            .await
+            .unwrap();
         assert!(!shares.contains(&ids[0]).await.unwrap(), "left behind");
         assert!(shares.contains(&ids[1]).await.unwrap(), "stored anew");
         assert!(ledger.doomed().unwrap().is_empty());

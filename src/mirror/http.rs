@@ -16,6 +16,7 @@ use serde::Deserialize;
 use tokio::net::{TcpListener, TcpSocket};
 use tokio::sync::RwLock;
 
+use super::clock::LedgerClock;
 use super::commit::CommitQueue;
 use super::ledger::{Renewal, Terms};
 use super::stratum::{PoolConfig, run_pool};
@@ -60,6 +61,8 @@ struct Mirror {
     finalize: Arc<RwLock<()>>,
     /// Where staged uploads wait to be made durable together.
     commits: CommitQueue,
+    /// The time leases, bills and credits are stamped with.
+    clock: LedgerClock,
 }
 
 impl Error {
@@ -163,7 +166,7 @@ async fn put_share(
 ) -> Result<StatusCode> {
     let id = id_of(&id)?;
     let account = authenticate(&m, &headers, &method, &uri, &id)?;
-    let now = unix_now();
+    let now = m.clock.now();
     let declared = headers
         .get(header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
@@ -202,7 +205,7 @@ async fn put_share(
     let staged = m.shares.stage(&id, Box::pin(stream), len).await?;
     // Renamed into place and recorded together with the other uploads
     // staged by now; only that step holds the lock GC takes.
-    m.commits.commit(staged, q.repair, account, now).await?;
+    m.commits.commit(staged, q.repair, account).await?;
     Ok(StatusCode::CREATED)
 }
 
@@ -226,7 +229,7 @@ async fn put_shares(
     let items = protocol::decode_batch(&body).map_err(|e| Error::BadRequest(e.to_string()))?;
     let digest = protocol::batch_digest(items.iter().map(|i| &i.id));
     let account = verified(&m, &auth, &method, &uri, &digest)?;
-    let now = unix_now();
+    let now = m.clock.now();
     let asked: Vec<([u8; 32], u64)> = items.iter().map(|i| (i.id, i.bytes.len() as u64)).collect();
     let shares = m.shares.clone();
     let admitted = {
@@ -251,7 +254,7 @@ async fn put_shares(
                     let len = piece.len() as u64;
                     let stream = futures_util::stream::once(async move { Ok(piece) });
                     let staged = m.shares.stage(&item.id, Box::pin(stream), len).await?;
-                    m.commits.commit(staged, false, account, now).await?;
+                    m.commits.commit(staged, false, account).await?;
                     Ok(StatusCode::CREATED)
                 }
                 Err(refused) => Err(refused),
@@ -312,7 +315,7 @@ async fn put_slot(
     if envelope.public_key != pk {
         return Err(Error::BadRequest("slot key differs from the path".into()));
     }
-    let now = unix_now();
+    let now = m.clock.now();
     m.ledger
         .run(move |l| l.put_slot(&account, &envelope, &body, now))
         .await?;
@@ -347,9 +350,6 @@ fn clock_step(prev: (std::time::Instant, i64), now: (std::time::Instant, i64)) -
 /// looks for a step of its wall clock.
 const ALIVE_EVERY: Duration = Duration::from_secs(60);
 
-/// The monotonic and wall time a mirror last looked at (`keep_time`).
-type Clock = Arc<std::sync::Mutex<(std::time::Instant, i64)>>;
-
 /// Move leases and billing with a step of the wall clock since `clock`
 /// was last looked at, then record the mirror up now. False if a step
 /// could not be moved: billing and GC then wait.
@@ -358,11 +358,11 @@ type Clock = Arc<std::sync::Mutex<(std::time::Instant, i64)>>;
 /// write and the new reading land together even when the task awaiting
 /// them is aborted (a stop), or the next look would see the same step
 /// and move the leases again.
-async fn keep_time(ledger: &Ledger, clock: &Clock) -> bool {
+async fn keep_time(ledger: &Ledger, clock: &LedgerClock) -> bool {
     let clock = clock.clone();
     let kept = ledger
         .run(move |l| {
-            let mut last = clock.lock().unwrap_or_else(|p| p.into_inner());
+            let mut last = clock.reading();
             let now = (std::time::Instant::now(), unix_now());
             match clock_step(*last, now) {
                 Some(step) => {
@@ -474,7 +474,7 @@ async fn renew(
     // An id named twice is one lease: counted once, renewed once.
     let mut named = std::collections::HashSet::new();
     ids.retain(|id| named.insert(*id));
-    let now = unix_now();
+    let now = m.clock.now();
     let lease = m.ledger.terms.lease_secs;
     let asked = ids.clone();
     let Renewal {
@@ -515,7 +515,7 @@ async fn account(
     headers: HeaderMap,
 ) -> Result<axum::Json<AccountStatus>> {
     let account = authenticate(&m, &headers, &method, &uri, &sha256(b""))?;
-    let now = unix_now();
+    let now = m.clock.now();
     let (standing, balance) = m
         .ledger
         .run(move |l| Ok((l.standing(&account, now)?, l.balance(&account, now)?)))
@@ -639,12 +639,22 @@ pub async fn serve(
         ),
         None => {}
     }
-    let clock: Clock = Arc::new(std::sync::Mutex::new((started, start)));
+    let clock = LedgerClock::new(started, start);
     let pool = stratum.map(|(listener, pool_config)| {
-        tokio::spawn(run_pool(listener, pool_config, ledger.clone()))
+        tokio::spawn(run_pool(
+            listener,
+            pool_config,
+            ledger.clone(),
+            clock.clone(),
+        ))
     });
     let finalize = Arc::new(RwLock::new(()));
-    let commits = CommitQueue::start(shares.clone(), ledger.clone(), finalize.clone());
+    let commits = CommitQueue::start(
+        shares.clone(),
+        ledger.clone(),
+        finalize.clone(),
+        clock.clone(),
+    );
     let mirror = Arc::new(Mirror {
         id,
         stratum_port,
@@ -652,6 +662,7 @@ pub async fn serve(
         ledger,
         finalize,
         commits,
+        clock: clock.clone(),
     });
     let ledger = mirror.ledger.clone();
     let beat = tokio::spawn({
@@ -675,16 +686,23 @@ pub async fn serve(
             if !keep_time(&gc_mirror.ledger, &gc_clock).await {
                 continue;
             }
-            let billed = gc_mirror.ledger.run(|l| l.charge_all(unix_now())).await;
+            // The pass's times come from the ledger's clock, which a step
+            // of the wall clock meanwhile does not move (see `clock.rs`).
+            let now = gc_clock.now();
+            let billed = gc_mirror.ledger.run(move |l| l.charge_all(now)).await;
             if let Err(e) = &billed {
                 tracing::error!(error = %e, "billing pass failed; GC waits for the next one");
             }
-            if let Err(e) = gc_mirror.ledger.run(|l| l.prune_leases(unix_now())).await {
+            let now = gc_clock.now();
+            if let Err(e) = gc_mirror.ledger.run(move |l| l.prune_leases(now)).await {
                 tracing::error!(error = %e, "lease pruning failed");
             }
             if let Err(e) = gc_mirror
                 .ledger
-                .run(|l| l.fold_old_shares(unix_now()))
+                .run({
+                    let now = gc_clock.now();
+                    move |l| l.fold_old_shares(now)
+                })
                 .await
             {
                 tracing::error!(error = %e, "folding old share records failed");
@@ -694,8 +712,13 @@ pub async fn serve(
             // that worked. (Pruning keeps what a bill still covers, and
             // folding and scrubbing bill nothing.)
             if billed.is_ok()
-                && let Err(e) =
-                    collect_garbage(&gc_mirror.ledger, &gc_mirror.shares, &gc_mirror.finalize).await
+                && let Err(e) = collect_garbage(
+                    &gc_mirror.ledger,
+                    &gc_mirror.shares,
+                    &gc_mirror.finalize,
+                    || gc_clock.now(),
+                )
+                .await
             {
                 tracing::error!(error = %e, "gc pass failed");
             }
@@ -1033,6 +1056,49 @@ mod tests {
             "{:?}",
             cut.map(|b| b.len())
         );
+    }
+
+    /// The ledger's time moves with a step of the wall clock only at a
+    /// look (`keep_time`), together with every lease: until then rows are
+    /// stamped and GC compares in the frame they were written in.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_step_of_the_wall_clock_reaches_the_ledger_at_a_look() {
+        const DAY: i64 = 86_400;
+        let dir = tempfile::tempdir().unwrap();
+        let terms = Terms {
+            lease_secs: 10 * DAY,
+            quota: None,
+            capacity: None,
+            price_micro: 0,
+            grace_secs: 0,
+            free_bytes: 0,
+        };
+        let ledger = Ledger::open(&dir.path().join("ledger.sqlite"), terms).unwrap();
+        // Last looked at 40 days behind the wall: the wall was stepped
+        // forward by as much since (an NTP correction after boot).
+        let wall = unix_now();
+        let clock = LedgerClock::new(std::time::Instant::now(), wall - 40 * DAY);
+        ledger
+            .add_share(&[1; 32], &[2; 32], 1000, clock.now())
+            .unwrap();
+        // Read from the wall, this lease had lapsed 30 days ago, and a GC
+        // pass now would take the share.
+        assert_eq!(ledger.unleased(wall, 10).unwrap().len(), 1);
+        assert!(ledger.unleased(clock.now(), 10).unwrap().is_empty());
+        assert!(keep_time(&ledger, &clock).await);
+        let now = clock.now();
+        assert!(
+            (wall..wall + 5).contains(&now),
+            "the clock is the wall's again"
+        );
+        assert!(
+            ledger.unleased(now, 10).unwrap().is_empty(),
+            "the lease moved with the step"
+        );
+        assert_eq!(ledger.unleased(now + 10 * DAY + 10, 10).unwrap().len(), 1);
+        // A second look finds no step: nothing moves again.
+        assert!(keep_time(&ledger, &clock).await);
+        assert_eq!(ledger.unleased(now + 10 * DAY + 10, 10).unwrap().len(), 1);
     }
 
     /// A step of the wall clock is told from drift by the monotonic time

@@ -9,6 +9,7 @@
 //! It builds on `protocol`, `chunk` and `dir`. It must never link the
 //! client store, the mount or the miner.
 
+mod clock;
 mod commit;
 mod credit;
 mod disk;
@@ -28,7 +29,7 @@ pub use gc::{GcReport, collect_garbage};
 pub use http::{MirrorConfig, bind, serve};
 pub use ledger::{Ledger, NewShare, ObjectKind, Terms};
 pub use scrub::{ScrubReport, scrub};
-pub use stratum::{PoolConfig, run_pool};
+pub use stratum::PoolConfig;
 pub use upstream::UpstreamConfig;
 
 pub(crate) use crate::protocol::unix_now;

@@ -16,6 +16,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{RwLock, broadcast, mpsc};
 use tokio_util::codec::{Framed, LinesCodec};
 
+use super::clock::LedgerClock;
 use super::upstream::{self, Forward, UpstreamConfig};
 use super::{Ledger, Result, unix_now};
 use crate::pool::stratum::{self, MAX_LINE, code};
@@ -135,7 +136,13 @@ impl Drop for SessionPart {
 const ACCEPT_RETRY: Duration = Duration::from_millis(100);
 
 /// Run the pool on `listener` until the task is aborted.
-pub async fn run_pool(listener: TcpListener, config: PoolConfig, ledger: Ledger) -> Result<()> {
+/// Shares are credited at `clock`'s time (`clock.rs`).
+pub(super) async fn run_pool(
+    listener: TcpListener,
+    config: PoolConfig,
+    ledger: Ledger,
+    clock: LedgerClock,
+) -> Result<()> {
     let (tx, _) = broadcast::channel(16);
     let jobs = Arc::new(Jobs {
         book: RwLock::new(JobBook::default()),
@@ -194,16 +201,18 @@ pub async fn run_pool(listener: TcpListener, config: PoolConfig, ledger: Ledger)
             }
         };
         let _ = stream.set_nodelay(true);
-        let (jobs, ledger, config, counter, forward) = (
+        let (jobs, ledger, clock, config, counter, forward) = (
             jobs.clone(),
             ledger.clone(),
+            clock.clone(),
             config.clone(),
             counter.clone(),
             forward.clone(),
         );
         tokio::spawn(async move {
             let _place = place;
-            if let Err(e) = connection(stream, jobs, ledger, config, counter, forward).await {
+            let credit = Credit { ledger, clock };
+            if let Err(e) = connection(stream, jobs, credit, config, counter, forward).await {
                 tracing::debug!(%peer, error = %e, "stratum connection ended");
             }
         });
@@ -240,10 +249,16 @@ async fn refuse(lines: &mut Framed<TcpStream, LinesCodec>, why: &str) -> std::io
     Err(std::io::Error::other(why.to_string()))
 }
 
+/// Where a connection's accepted shares are credited.
+struct Credit {
+    ledger: Ledger,
+    clock: LedgerClock,
+}
+
 async fn connection(
     stream: TcpStream,
     jobs: Arc<Jobs>,
-    ledger: Ledger,
+    credit: Credit,
     config: Arc<PoolConfig>,
     counter: Arc<SessionParts>,
     forward: Option<mpsc::Sender<Forward>>,
@@ -327,7 +342,8 @@ async fn connection(
                         // Answered once the credit is committed (see
                         // Ledger::credit_share).
                         let credited = tokio::task::block_in_place(|| {
-                            ledger.credit_share(&account, &worker, micro, &hash, unix_now())
+                            let now = credit.clock.now();
+                            credit.ledger.credit_share(&account, &worker, micro, &hash, now)
                         })
                         .map_err(|e| std::io::Error::other(e.to_string()))?;
                         if credited {
