@@ -2090,7 +2090,14 @@ impl Tree {
         else {
             return false;
         };
-        unheld(&dir, node)
+        // One of ours the mirrors do not reach from the root yet (its name,
+        // or one above it, is not published where it is) may hold files
+        // another directory's listing keeps at their old names only while
+        // their nodes are here (`keeps_ino`): shed, the next publish there
+        // dropped them, and a crash before this one was named lost them.
+        let reached = node.writable_dir().is_none() || self.reached(dir);
+        reached
+            && unheld(&dir, node)
             && children.values().all(|ino| {
                 self.nodes.get(ino).is_some_and(|child| {
                     unheld(ino, child)
@@ -2669,6 +2676,31 @@ mod tests {
         }
         let (dropped, kept) = tree.shed(0);
         assert_eq!((dropped, kept), (16, vec![copy]));
+    }
+
+    /// A directory of ours the mirrors do not reach yet (its parent's
+    /// listing naming it not published) keeps its entries: a listing
+    /// elsewhere may keep one of its files at an old name only while the
+    /// file's node is here. A friend's directory is shed as before.
+    #[test]
+    fn a_directory_not_reached_from_the_root_is_not_shed() {
+        let (mut tree, a, b) = loaded();
+        tree.nodes.get_mut(&b).unwrap().named_in = None;
+        tree.shed(0);
+        assert!(tree.children(b).is_some(), "b's files stay");
+        assert!(tree.children(a).is_some(), "a holds b, loaded");
+        tree.nodes.get_mut(&b).unwrap().named_in = Some(a);
+        tree.shed(0);
+        assert!(tree.children(b).is_none(), "reached again: shed");
+        assert!(tree.whole());
+
+        let (mut tree, friend) = with_friend();
+        tree.load(friend, files(3));
+        tree.shed(0);
+        assert!(
+            tree.children(friend).is_none(),
+            "a friend's listing is shed"
+        );
     }
 
     #[test]
