@@ -900,15 +900,25 @@ impl LodeFs {
 
     /// Check that `ino`, at `parent`, is a node this mount may change: an
     /// orphan by itself (no parent names it), anything else by its parent.
+    ///
+    /// An orphaned file no one holds open is reached only through a name
+    /// the kernel still caches for up to its entry TTL, one lode dropped
+    /// by itself (a kept name settled, a name a refresh removed): a write
+    /// opened that way landed in a file nothing names and nothing uploads,
+    /// and was lost at close. It is gone, as the name is.
     fn changeable(&self, ino: u64, parent: u64) -> Result<()> {
-        let (orphan, foreign) = self
+        let (orphan, foreign, unheld_file) = self
             .lock()
             .nodes
             .get(&ino)
-            .map(|n| (n.orphan, n.foreign))
+            .map(|n| {
+                let file = matches!(n.body, Body::File { .. });
+                (n.orphan, n.foreign, file && n.opens == 0)
+            })
             .ok_or(Error::NotFound)?;
         match (orphan, foreign) {
             (_, true) => Err(Error::ReadOnly),
+            (true, false) if unheld_file => Err(Error::NotFound),
             (true, false) => Ok(()),
             (false, false) => self.writable(parent),
         }
@@ -5259,6 +5269,42 @@ mod tests {
         assert_eq!(notes::read(&copy).map(|n| n.path), Some("f".to_string()));
         // Written: not tried again.
         assert!(fs.unnoted.lock().unwrap().is_empty());
+    }
+
+    /// A file lode dropped the name of by itself (a kept name settled, a
+    /// refresh) is reached only through the kernel's cached entry until it
+    /// expires: opened for writing that way, it is gone (the write would
+    /// land in a file nothing uploads). One still held open stays
+    /// writable, as an unlinked file is through its descriptors.
+    #[test]
+    fn a_dropped_name_is_not_written_through_a_stale_entry() {
+        let dir = tempfile::tempdir().unwrap();
+        let rt = runtime();
+        let fs = memory_mount(dir.path(), &rt);
+        for held in [false, true] {
+            let name = format!("kept{held}");
+            let copy = fs.staging_path();
+            std::fs::write(&copy, b"old").unwrap();
+            let ino = open_for_writing(&fs, &name, copy);
+            {
+                let mut tree = fs.lock();
+                let node = tree.nodes.get_mut(&ino).unwrap();
+                node.opens = u32::from(held);
+                node.lookups = 1;
+                if let Body::File { writers, dirty, .. } = &mut node.body {
+                    *writers = 0;
+                    *dirty = false;
+                }
+                tree.unlink(ROOT, &name);
+                assert!(tree.nodes[&ino].orphan);
+            }
+            let opened = fs.do_open(ino, OpenFlags(libc::O_WRONLY));
+            match held {
+                false => assert!(matches!(opened, Err(Error::NotFound)), "{opened:?}"),
+                true => assert!(opened.is_ok(), "{opened:?}"),
+            }
+        }
+        fs.early.spoil_all();
     }
 
     /// `: > log` while a program appends to it: an `O_TRUNC` open runs
