@@ -245,7 +245,7 @@ pub struct LodeFs {
     /// Kept local copies of published files, oldest first, and their bytes.
     kept: Mutex<Kept>,
     /// Unlinks the kept copies the budget evicts, off the evicting path.
-    remover: super::remover::Remover,
+    remover: Arc<super::remover::Remover>,
     /// Signalled whenever a directory publish ends.
     published: std::sync::Condvar,
     /// Per inode read from the mirrors: its readahead.
@@ -406,6 +406,8 @@ impl LodeFs {
         std::fs::create_dir_all(&config.staging)?;
         let owner = (config.uid, config.gid);
         let mut tree = Tree::new(vault.root().clone(), owner);
+        let remover = Arc::new(super::remover::Remover::default());
+        tree.remover = Some(remover.clone());
         let mut friends = BTreeMap::new();
         for (name, cap) in &config.friends {
             friends.insert(name.clone(), Self::friend_node(&mut tree, name, cap, owner));
@@ -422,7 +424,7 @@ impl LodeFs {
             retrying: Mutex::new(()),
             recovered: AtomicBool::new(false),
             kept: Mutex::new(Default::default()),
-            remover: Default::default(),
+            remover,
             published: std::sync::Condvar::new(),
             readahead: Mutex::new(Default::default()),
             readahead_room: Arc::new(tokio::sync::Semaphore::new(READAHEAD_TASKS)),
@@ -5305,6 +5307,35 @@ mod tests {
             }
         }
         fs.early.spoil_all();
+    }
+
+    /// The staged data of a file dropped for good (its last name gone,
+    /// nothing holding it) is unlinked by the remover, off the tree's lock:
+    /// the unlink of a large file waits for the device's trims, and every
+    /// request waited with it.
+    #[test]
+    fn a_dropped_files_data_goes_through_the_remover() {
+        let dir = tempfile::tempdir().unwrap();
+        let rt = runtime();
+        let fs = memory_mount(dir.path(), &rt);
+        let before = fs.remover.queued();
+        let copy = fs.staging_path();
+        std::fs::write(&copy, vec![1u8; 1 << 20]).unwrap();
+        let ino = open_for_writing(&fs, "big", copy.clone());
+        {
+            let mut tree = fs.lock();
+            let node = tree.nodes.get_mut(&ino).unwrap();
+            node.opens = 0;
+            if let Body::File { writers, dirty, .. } = &mut node.body {
+                *writers = 0;
+                *dirty = false;
+            }
+            tree.unlink(ROOT, "big");
+            assert!(!tree.nodes.contains_key(&ino), "dropped");
+        }
+        assert_eq!(fs.remover.queued(), before + 1, "queued for the remover");
+        fs.remover.wait();
+        assert!(!copy.exists());
     }
 
     /// `: > log` while a program appends to it: an `O_TRUNC` open runs

@@ -127,6 +127,12 @@ impl Remover {
         super::partial::remove_staged(&path);
     }
 
+    /// Removals ever queued.
+    #[cfg(test)]
+    pub fn queued(&self) -> u64 {
+        self.pending.counts().queued
+    }
+
     /// Bytes of the copies queued and not yet removed: disk space that is
     /// about to come back.
     pub fn queued_bytes(&self) -> u64 {

@@ -15,6 +15,7 @@
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Instant;
 
 use crate::caps::{DirReadCap, DirWriteCap, FileReadCap};
@@ -322,6 +323,12 @@ pub struct Tree {
     /// Nodes loaded from kept entries that record where their file went
     /// (`Node::moved_to`), some perhaps gone since.
     kept_moved: HashSet<u64>,
+    /// Where the staged data of a node dropped for good goes: the mount's
+    /// remover, which unlinks off the tree's lock (a large file's unlink
+    /// waits for the device's trims, 250-290 ms per GiB on the disks of
+    /// docs/PERFORMANCE.md, and every request waited with it). Without
+    /// one (unit tests), at once.
+    pub remover: Option<Arc<super::remover::Remover>>,
     /// Nodes loaded from entries that say where their file was renamed
     /// from (`Node::moved_from`), some perhaps gone or changed since.
     moved_in: HashSet<u64>,
@@ -473,6 +480,7 @@ impl Tree {
             entries_left: HashMap::new(),
             published_at: HashMap::new(),
             kept_moved: HashSet::new(),
+            remover: None,
             moved_in: HashSet::new(),
             dir_tags: HashMap::new(),
             place_key,
@@ -1746,11 +1754,17 @@ impl Tree {
             body: Body::File {
                 staged: Some(p), ..
             },
+            size,
             ..
         }) = self.nodes.remove(&ino)
         {
+            // The note first, here: without it recovery removes the copy
+            // too, should the remover not get to it.
             super::notes::remove(&p);
-            super::partial::remove_staged(&p);
+            match &self.remover {
+                Some(remover) => remover.remove(p, size),
+                None => super::partial::remove_staged(&p),
+            }
         }
     }
 
