@@ -63,9 +63,21 @@ pub(super) struct Jobs {
     /// built-in mode; in proxy mode what the upstream granted, none until
     /// it has answered.
     pub version_mask: AtomicU32,
+    /// In proxy mode, the upstream's difficulty in millionths (0 until it
+    /// sets one): no session's difficulty goes above it
+    /// (`Session::cap_difficulty`).
+    pub upstream_difficulty: AtomicU64,
 }
 
 impl Jobs {
+    /// The cap on sessions' difficulty, if the upstream set one.
+    fn difficulty_cap(&self) -> Option<Difficulty> {
+        match self.upstream_difficulty.load(Ordering::Relaxed) {
+            0 => None,
+            micro => Some(Difficulty::from_micro(micro)),
+        }
+    }
+
     pub async fn publish(&self, job: Job) {
         let job = self.book.write().await.push(job);
         let _ = self.tx.send(job);
@@ -153,6 +165,7 @@ pub(super) async fn run_pool(
             Some(_) => 0,
             None => VERSION_ROLLING_MASK,
         }),
+        upstream_difficulty: AtomicU64::new(0),
     });
     let forward = match &config.upstream {
         Some(up) => Some(upstream::start(up.clone(), jobs.clone(), ledger.clone())),
@@ -305,6 +318,7 @@ async fn connection(
         },
         now_ms(),
     );
+    session.cap_difficulty(jobs.difficulty_cap());
     loop {
         tokio::select! {
             line = tokio::time::timeout(IDLE, lines.next()) => {
@@ -379,6 +393,7 @@ async fn connection(
                             return Ok(()); // the upstream reconnected: extranonces changed
                         }
                         let book = jobs.book.read().await.clone();
+                        session.cap_difficulty(jobs.difficulty_cap());
                         for l in session.on_job(&job, &book, now_ms()) {
                             lines.send(l).await.map_err(std::io::Error::other)?;
                         }

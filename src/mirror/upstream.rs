@@ -214,7 +214,10 @@ async fn session(
                     // difficulty (zero, negative) is ignored: taken as 1 it
                     // forwarded every share of difficulty 1 to be rejected.
                     ServerMessage::SetDifficulty(d) => match Difficulty::from_f64_up(d) {
-                        Some(d) => difficulty = d,
+                        Some(d) => {
+                            difficulty = d;
+                            jobs.upstream_difficulty.store(d.micro(), Ordering::Relaxed);
+                        }
                         None => tracing::warn!(
                             difficulty = d,
                             "the upstream set a difficulty that is none; keeping the last"

@@ -151,17 +151,26 @@ impl Session {
         stratum::notify(job)
     }
 
-    /// Lines to send for a new job: difficulty first if vardiff moved it.
+    /// Bound this session's difficulty by `cap` from its next job on: a
+    /// proxy's upstream difficulty. Above it, shares the upstream would
+    /// pay for were refused here as too easy and never forwarded, while
+    /// the miner was credited the higher difficulty for the fewer it sent.
+    pub fn cap_difficulty(&mut self, cap: Option<Difficulty>) {
+        self.vardiff.set_ceiling(cap);
+    }
+
+    /// Lines to send for a new job: difficulty first if vardiff moved it,
+    /// or a cap ([`Session::cap_difficulty`]) now holds it lower.
     pub fn on_job(&mut self, job: &Job, book: &JobBook, now_ms: i64) -> Vec<String> {
         if job.clean || self.seen.len() > MAX_SEEN {
             self.seen.retain(|k| book.get(&k.0).is_some());
         }
         let mut out = Vec::new();
-        if let Some(d) = self
+        let wanted = self
             .vardiff
             .retarget(self.difficulty, now_ms)
-            .and_then(|d| self.set_difficulty(d))
-        {
+            .unwrap_or(self.difficulty);
+        if let Some(d) = self.set_difficulty(wanted) {
             out.push(d);
         }
         out.push(self.send_job(job, book));
@@ -175,6 +184,8 @@ impl Session {
         match call.request {
             Request::Subscribe => {
                 self.subscribed = true;
+                // Told in full below, so any cap may take hold at once.
+                self.difficulty = self.vardiff.clamp(self.difficulty);
                 let en1 = data_encoding::HEXLOWER.encode(&self.cfg.extranonce1);
                 let result = json!([
                     [["mining.set_difficulty", en1], ["mining.notify", en1]],
@@ -664,6 +675,46 @@ mod tests {
             }
             other => panic!("{other:?}"),
         }
+    }
+
+    /// A proxy's session goes no higher than the upstream's difficulty:
+    /// a share that meets the upstream's target is accepted (and so
+    /// forwarded), not refused as too easy for a session vardiff or a
+    /// suggestion had raised above it.
+    #[test]
+    fn a_capped_session_takes_what_the_upstream_would() {
+        let (cap, high) = (Difficulty::from_micro(2), Difficulty::from_micro(20));
+        let (mut s, mut book, first) = setup();
+        login(&mut s, &book);
+        let now = first.ntime as i64 * 1000;
+        s.handle(
+            call(r#"{"id":3,"method":"mining.suggest_difficulty","params":[0.00002]}"#),
+            &book,
+            now,
+        );
+        assert_eq!(s.difficulty(), high);
+        // The upstream's difficulty is below the session's: the next job
+        // goes out at it, with the difficulty said first.
+        s.cap_difficulty(Some(cap));
+        let mut jobs = BuiltinJobs::new([3; 32]);
+        jobs.next(1_000_000, true);
+        let second = book.push(jobs.next(1_000_000, false));
+        let lines = s.on_job(&second, &book, 0);
+        assert_eq!(s.difficulty(), cap);
+        assert!(lines[0].contains("mining.set_difficulty"), "{lines:?}");
+        // Worth the upstream's difficulty but not the raised one.
+        let fair = find_nonce(&second, 0, cap, Some(high));
+        match s.handle(submit(&second.id, second.ntime, fair), &book, now) {
+            Outcome::Accepted(a) => assert_eq!(a.difficulty, cap),
+            other => panic!("{other:?}"),
+        }
+        // A suggestion above the cap holds at the cap.
+        s.handle(
+            call(r#"{"id":5,"method":"mining.suggest_difficulty","params":[0.00002]}"#),
+            &book,
+            now,
+        );
+        assert_eq!(s.difficulty(), cap);
     }
 
     fn hex_account(a: &[u8; 32]) -> String {

@@ -11,6 +11,8 @@ pub struct Vardiff {
     target_ms: i64,
     min: Difficulty,
     max: Difficulty,
+    /// A bound below `max` that may change (a proxy's upstream difficulty).
+    ceiling: Option<Difficulty>,
     window_start: i64,
     shares: u32,
 }
@@ -21,13 +23,23 @@ impl Vardiff {
             target_ms: (target_secs * 1000.0).max(1.0) as i64,
             min,
             max,
+            ceiling: None,
             window_start: now_ms,
             shares: 0,
         }
     }
 
     pub fn clamp(&self, d: Difficulty) -> Difficulty {
-        d.clamp(self.min, self.max)
+        let max = self
+            .ceiling
+            .map_or(self.max, |c| c.min(self.max))
+            .max(self.min);
+        d.clamp(self.min, max)
+    }
+
+    /// Bound the difficulty by `ceiling` too, from the next change on.
+    pub fn set_ceiling(&mut self, ceiling: Option<Difficulty>) {
+        self.ceiling = ceiling;
     }
 
     pub fn record_share(&mut self) {
