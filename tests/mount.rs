@@ -251,6 +251,10 @@ fn tools_work_and_everything_survives_a_remount() {
     assert_eq!(e.raw_os_error(), Some(libc::EROFS), "{e}");
     let e = std::fs::create_dir(shared.join("x")).unwrap_err();
     assert_eq!(e.raw_os_error(), Some(libc::EROFS), "{e}");
+    // A link from the friend's tree into one's own: another store, as
+    // another file system (it said EROFS of a writable directory).
+    let e = std::fs::hard_link(shared.join("d0/e0/g0/f0.txt"), bob_mp.join("linked")).unwrap_err();
+    assert_eq!(e.raw_os_error(), Some(libc::EXDEV), "{e}");
     drop(bm);
     drop(m);
 }

@@ -3347,7 +3347,13 @@ impl LodeFs {
             .map(|n| n.parent)
             .ok_or(Error::NotFound)?;
         // Only files of our own tree: a friend's file has no link table.
-        self.writable(parent)?;
+        // It lives in another store, as on another file system: EXDEV,
+        // which `cp -l` and `ln` tell apart (EROFS says the new name's
+        // directory is read-only, and it is not).
+        self.writable(parent).map_err(|e| match e {
+            Error::ReadOnly => Error::CrossDevice,
+            e => e,
+        })?;
         if self.child(newparent, newname).is_ok() {
             return Err(Error::Exists);
         }

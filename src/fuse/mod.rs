@@ -34,6 +34,8 @@ pub enum Error {
     NotFound,
     #[error("read-only: friends' shares cannot be changed")]
     ReadOnly,
+    #[error("in another store (a friend's tree): no link across")]
+    CrossDevice,
     #[error("not a directory")]
     NotADirectory,
     #[error("is a directory")]
@@ -103,6 +105,7 @@ pub fn errno(e: &Error) -> Errno {
     match e {
         Error::NotFound => Errno::ENOENT,
         Error::ReadOnly => Errno::EROFS,
+        Error::CrossDevice => Errno::EXDEV,
         Error::NotADirectory => Errno::ENOTDIR,
         Error::IsADirectory => Errno::EISDIR,
         Error::NotEmpty => Errno::ENOTEMPTY,

@@ -289,9 +289,9 @@ impl Ledger {
     pub fn upstream_counts(&self) -> Result<(u64, u64)> {
         let conn = self.conn.lock().expect("ledger lock");
         Ok(conn.query_row(
-            "SELECT (SELECT COALESCE(SUM(upstream = 2), 0) FROM pool_shares)
+            "SELECT (SELECT COALESCE(SUM(CASE WHEN upstream = 2 THEN 1 ELSE 0 END), 0) FROM pool_shares)
                   + (SELECT COALESCE(SUM(upstream_accepted), 0) FROM pool_share_days),
-                    (SELECT COALESCE(SUM(upstream = 3), 0) FROM pool_shares)
+                    (SELECT COALESCE(SUM(CASE WHEN upstream = 3 THEN 1 ELSE 0 END), 0) FROM pool_shares)
                   + (SELECT COALESCE(SUM(upstream_rejected), 0) FROM pool_share_days)",
             [],
             |r| Ok((r.get::<_, i64>(0)? as u64, r.get::<_, i64>(1)? as u64)),
@@ -318,7 +318,7 @@ impl Ledger {
                     "INSERT INTO pool_share_days
                          (account, day, shares, difficulty, upstream_accepted, upstream_rejected)
                      SELECT account, created / 86400, COUNT(*), SUM(difficulty),
-                            SUM(upstream = 2), SUM(upstream = 3)
+                            SUM(CASE WHEN upstream = 2 THEN 1 ELSE 0 END), SUM(CASE WHEN upstream = 3 THEN 1 ELSE 0 END)
                      FROM pool_shares WHERE created < ?1 GROUP BY account, created / 86400
                      ON CONFLICT (account, day) DO UPDATE SET
                          shares = shares + excluded.shares,

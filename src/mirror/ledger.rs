@@ -444,7 +444,8 @@ impl Ledger {
             tx,
             "INSERT INTO leases (account, object, expires, size) VALUES (?1, ?2, ?3, ?4)
              ON CONFLICT (account, object) DO UPDATE
-             SET expires = MAX(expires, excluded.expires)",
+             SET expires = CASE WHEN excluded.expires > leases.expires
+                 THEN excluded.expires ELSE leases.expires END",
             params![&account[..], &id[..], now + self.terms.lease_secs, size],
         )?;
         Ok(true)
@@ -762,7 +763,8 @@ impl Ledger {
                     if self.terms.price_micro == 0 {
                         cached_exec(
                             tx,
-                            "UPDATE accounts SET charged_at = MAX(COALESCE(charged_at, ?2), ?2)
+                            "UPDATE accounts SET charged_at =
+                                 CASE WHEN charged_at IS NULL OR charged_at < ?2 THEN ?2 ELSE charged_at END
                              WHERE id = ?1",
                             params![id, now],
                         )?;
@@ -770,7 +772,8 @@ impl Ledger {
                     dropped += cached_exec(
                         tx,
                         "DELETE FROM leases WHERE account = ?1 AND expires <=
-                         MIN(?2, COALESCE((SELECT charged_at FROM accounts WHERE id = ?1), ?2)) - ?3",
+                         COALESCE(CASE WHEN (SELECT charged_at FROM accounts WHERE id = ?1) < ?2
+                             THEN (SELECT charged_at FROM accounts WHERE id = ?1) END, ?2) - ?3",
                         params![id, now, PRUNE_MARGIN_SECS],
                     )? as u64;
                 }
@@ -848,7 +851,7 @@ impl Ledger {
             if kind == ObjectKind::Share {
                 cached_exec(
                     tx,
-                    "INSERT OR IGNORE INTO doomed (id) VALUES (?1)",
+                    "INSERT INTO doomed (id) VALUES (?1) ON CONFLICT (id) DO NOTHING",
                     [&id[..]],
                 )?;
             }
