@@ -142,18 +142,19 @@ async fn commit_batch(
         return results;
     }
     let mut batch: Vec<NewShare> = to_record.iter().map(|&i| records[i]).collect();
-    // Leases run from the time they are recorded, read inside the
-    // transaction: a step of the wall clock moves the ledger's rows and
-    // its clock together (`keep_time`), and a time read before that, while
-    // the body came in, would be in the old frame.
+    // Leases run from the time they are recorded, under a stamp: a look
+    // moves the ledger's rows and its clock together (`keep_time`), and a
+    // time read before that, while the body came in, would be in the old
+    // frame.
     let clock = clock.clone();
     let recorded = ledger
         .run(move |l| {
-            let now = clock.now();
-            for record in &mut batch {
-                record.now = now;
-            }
-            l.add_shares(&batch)
+            clock.stamp(|now| {
+                for record in &mut batch {
+                    record.now = now;
+                }
+                l.add_shares(&batch)
+            })
         })
         .await;
     let mut unrecorded = Vec::new();

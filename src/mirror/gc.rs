@@ -2,6 +2,7 @@
 
 use tokio::sync::RwLock;
 
+use super::clock::LedgerClock;
 use super::{DiskShares, Ledger, ObjectKind, Result};
 
 /// What one GC pass freed.
@@ -15,12 +16,14 @@ pub struct GcReport {
 /// One GC pass. `finalize` is the lock that share uploads hold while they
 /// rename a share into place and record it: GC holds it exclusively while it
 /// forgets and deletes, so an upload racing with GC never loses its file.
-/// `now` is the ledger's time (`clock.rs`), read afresh for each batch.
-pub async fn collect_garbage(
+/// Times are the ledger's (`clock.rs`): each share is forgotten only if
+/// its leases have lapsed at the time read under the stamp that forgets
+/// it, so a look moving the rows meanwhile cannot make it seem lapsed.
+pub(super) async fn collect_garbage(
     ledger: &Ledger,
     shares: &DiskShares,
     finalize: &RwLock<()>,
-    now: impl Fn() -> i64,
+    clock: &LedgerClock,
 ) -> Result<GcReport> {
     let mut report = GcReport::default();
     // Share files are moved aside under the lock and unlinked after it
@@ -50,7 +53,7 @@ pub async fn collect_garbage(
     }
     unlink(&mut retired).await;
     loop {
-        let now = now();
+        let now = clock.now();
         let batch = ledger.run(move |l| l.unleased(now, 1000)).await?;
         if batch.is_empty() {
             break;
@@ -58,7 +61,10 @@ pub async fn collect_garbage(
         let pass = async {
             let _guard = finalize.write().await;
             for (id, _) in batch {
-                let forgotten = ledger.run(move |l| l.forget_if_unleased(&id, now)).await?;
+                let clock = clock.clone();
+                let forgotten = ledger
+                    .run(move |l| clock.stamp(|now| l.forget_if_unleased(&id, now)))
+                    .await?;
                 match forgotten {
                     Some((ObjectKind::Share, size)) => {
                         retired.extend(shares.retire(&id).await?.1);
@@ -125,7 +131,7 @@ mod tests {
             .add_share(&[1; 32], &ids[1], 70_000, unix_now())
             .unwrap();
         let finalize = RwLock::new(());
-        collect_garbage(&ledger, &shares, &finalize, unix_now)
+        collect_garbage(&ledger, &shares, &finalize, &LedgerClock::new(unix_now()))
             .await
             .unwrap();
         assert!(!shares.contains(&ids[0]).await.unwrap(), "left behind");

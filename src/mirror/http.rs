@@ -166,7 +166,7 @@ async fn put_share(
 ) -> Result<StatusCode> {
     let id = id_of(&id)?;
     let account = authenticate(&m, &headers, &method, &uri, &id)?;
-    let now = m.clock.now();
+    let clock = m.clock.clone();
     let declared = headers
         .get(header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
@@ -179,20 +179,22 @@ async fn put_share(
         let _g = m.finalize.read().await;
         m.ledger
             .run(move |l| {
-                // Already held: lease it and skip the body. The file is
-                // checked too, so a share lost from disk behind the
-                // ledger's back is accepted again rather than acknowledged
-                // and still missing.
-                if !repair && shares.holds(&id)? && l.lease_existing(&account, &id, now)? {
-                    return Ok(true);
-                }
-                if len > MAX_SHARE_BYTES {
-                    return Err(Error::TooLarge {
-                        limit: MAX_SHARE_BYTES,
-                    });
-                }
-                l.precheck(&account, &id, len, now)?;
-                Ok(false)
+                clock.stamp(|now| {
+                    // Already held: lease it and skip the body. The file is
+                    // checked too, so a share lost from disk behind the
+                    // ledger's back is accepted again rather than
+                    // acknowledged and still missing.
+                    if !repair && shares.holds(&id)? && l.lease_existing(&account, &id, now)? {
+                        return Ok(true);
+                    }
+                    if len > MAX_SHARE_BYTES {
+                        return Err(Error::TooLarge {
+                            limit: MAX_SHARE_BYTES,
+                        });
+                    }
+                    l.precheck(&account, &id, len, now)?;
+                    Ok(false)
+                })
             })
             .await?
     };
@@ -229,7 +231,7 @@ async fn put_shares(
     let items = protocol::decode_batch(&body).map_err(|e| Error::BadRequest(e.to_string()))?;
     let digest = protocol::batch_digest(items.iter().map(|i| &i.id));
     let account = verified(&m, &auth, &method, &uri, &digest)?;
-    let now = m.clock.now();
+    let clock = m.clock.clone();
     let asked: Vec<([u8; 32], u64)> = items.iter().map(|i| (i.id, i.bytes.len() as u64)).collect();
     let shares = m.shares.clone();
     let admitted = {
@@ -240,7 +242,7 @@ async fn put_shares(
                 for (id, len) in asked {
                     with_disk.push((id, len, shares.holds(&id)?));
                 }
-                l.admit_batch(&account, &with_disk, now)
+                clock.stamp(|now| l.admit_batch(&account, &with_disk, now))
             })
             .await?
     };
@@ -315,9 +317,9 @@ async fn put_slot(
     if envelope.public_key != pk {
         return Err(Error::BadRequest("slot key differs from the path".into()));
     }
-    let now = m.clock.now();
+    let clock = m.clock.clone();
     m.ledger
-        .run(move |l| l.put_slot(&account, &envelope, &body, now))
+        .run(move |l| clock.stamp(|now| l.put_slot(&account, &envelope, &body, now)))
         .await?;
     Ok(StatusCode::OK)
 }
@@ -337,12 +339,11 @@ async fn get_slot(State(m): State<Arc<Mirror>>, Path(pk): Path<String>) -> Resul
 /// step; and the longest stop a start does not move leases past.
 const CLOCK_STEP_MIN: i64 = 600;
 
-/// The step of the wall clock between two readings of (monotonic, wall)
-/// time, in seconds, if it moved more than `CLOCK_STEP_MIN` away from the
-/// monotonic time elapsed (forward or back).
-fn clock_step(prev: (std::time::Instant, i64), now: (std::time::Instant, i64)) -> Option<i64> {
-    let elapsed = i64::try_from(now.0.duration_since(prev.0).as_secs()).unwrap_or(i64::MAX);
-    let step = (now.1 - prev.1).saturating_sub(elapsed);
+/// The step of the wall clock away from the ledger's (the wall time at
+/// the last look carried on by the monotonic clock), in seconds, if it is
+/// more than `CLOCK_STEP_MIN` (forward or back).
+fn clock_step(ledger_now: i64, wall: i64) -> Option<i64> {
+    let step = wall.saturating_sub(ledger_now);
     (step.abs() > CLOCK_STEP_MIN).then_some(step)
 }
 
@@ -354,35 +355,35 @@ const ALIVE_EVERY: Duration = Duration::from_secs(60);
 /// was last looked at, then record the mirror up now. False if a step
 /// could not be moved: billing and GC then wait.
 ///
-/// All on the ledger's blocking thread, under `clock`'s lock: the ledger
-/// write and the new reading land together even when the task awaiting
-/// them is aborted (a stop), or the next look would see the same step
-/// and move the leases again.
+/// All on the ledger's blocking thread, as one look (`LedgerClock::step`):
+/// the rows move and the clock is set together, with no stamp in between,
+/// even when the task awaiting them is aborted (a stop); or the next look
+/// would see the same step and move the leases again.
 async fn keep_time(ledger: &Ledger, clock: &LedgerClock) -> bool {
     let clock = clock.clone();
     let kept = ledger
         .run(move |l| {
-            let mut last = clock.reading();
-            let now = (std::time::Instant::now(), unix_now());
-            match clock_step(*last, now) {
-                Some(step) => {
-                    tracing::error!(
-                        seconds = step,
-                        "the wall clock was stepped; leases and billing move with it"
-                    );
-                    // With the time up recorded in the same transaction:
-                    // a restart between the two took the step for
-                    // downtime and moved it again.
-                    l.shift_clock(step, now.1)?;
-                }
-                None => {
-                    if let Err(e) = l.mark_alive(now.1) {
-                        tracing::warn!(error = %e, "cannot record the mirror up; a restart may excuse more downtime");
+            let wall = unix_now();
+            clock.step(wall, |ledger_now| {
+                match clock_step(ledger_now, wall) {
+                    Some(step) => {
+                        tracing::error!(
+                            seconds = step,
+                            "the wall clock was stepped; leases and billing move with it"
+                        );
+                        // With the time up recorded in the same
+                        // transaction: a restart between the two took the
+                        // step for downtime and moved it again.
+                        l.shift_clock(step, wall)?;
+                    }
+                    None => {
+                        if let Err(e) = l.mark_alive(wall) {
+                            tracing::warn!(error = %e, "cannot record the mirror up; a restart may excuse more downtime");
+                        }
                     }
                 }
-            }
-            *last = now;
-            Ok(())
+                Ok(())
+            })
         })
         .await;
     if let Err(e) = &kept {
@@ -474,15 +475,21 @@ async fn renew(
     // An id named twice is one lease: counted once, renewed once.
     let mut named = std::collections::HashSet::new();
     ids.retain(|id| named.insert(*id));
-    let now = m.clock.now();
     let lease = m.ledger.terms.lease_secs;
     let asked = ids.clone();
-    let Renewal {
-        mut renewed,
-        mut missing,
-        refused,
-        reason,
-    } = m.ledger.run(move |l| l.renew(&account, &ids, now)).await?;
+    let clock = m.clock.clone();
+    let (
+        now,
+        Renewal {
+            mut renewed,
+            mut missing,
+            refused,
+            reason,
+        },
+    ) = m
+        .ledger
+        .run(move |l| clock.stamp(|now| Ok((now, l.renew(&account, &ids, now)?))))
+        .await?;
     // The ledger may list a share whose file is gone (a disk fault, an
     // operator's mistake): call it missing, so the client sends it again.
     // (A set: scanning the lists for each of 10,000 ids held a worker
@@ -515,10 +522,12 @@ async fn account(
     headers: HeaderMap,
 ) -> Result<axum::Json<AccountStatus>> {
     let account = authenticate(&m, &headers, &method, &uri, &sha256(b""))?;
-    let now = m.clock.now();
+    let clock = m.clock.clone();
     let (standing, balance) = m
         .ledger
-        .run(move |l| Ok((l.standing(&account, now)?, l.balance(&account, now)?)))
+        .run(move |l| {
+            clock.stamp(|now| Ok((l.standing(&account, now)?, l.balance(&account, now)?)))
+        })
         .await?;
     Ok(axum::Json(AccountStatus {
         account: protocol::hex(&account),
@@ -626,7 +635,7 @@ pub async fn serve(
     // Once the mirror can serve (a start that fails, over and over, is
     // not time up), and before any billing or GC (the first pass runs at
     // once).
-    let (started, start) = (std::time::Instant::now(), unix_now());
+    let start = unix_now();
     match ledger.excuse_downtime(start, CLOCK_STEP_MIN)? {
         Some(gap) if gap > 0 => tracing::info!(
             seconds = gap,
@@ -639,7 +648,7 @@ pub async fn serve(
         ),
         None => {}
     }
-    let clock = LedgerClock::new(started, start);
+    let clock = LedgerClock::new(start);
     let pool = stratum.map(|(listener, pool_config)| {
         tokio::spawn(run_pool(
             listener,
@@ -688,20 +697,27 @@ pub async fn serve(
             }
             // The pass's times come from the ledger's clock, which a step
             // of the wall clock meanwhile does not move (see `clock.rs`).
-            let now = gc_clock.now();
-            let billed = gc_mirror.ledger.run(move |l| l.charge_all(now)).await;
+            let clock = gc_clock.clone();
+            let billed = gc_mirror
+                .ledger
+                .run(move |l| clock.stamp(|now| l.charge_all(now)))
+                .await;
             if let Err(e) = &billed {
                 tracing::error!(error = %e, "billing pass failed; GC waits for the next one");
             }
-            let now = gc_clock.now();
-            if let Err(e) = gc_mirror.ledger.run(move |l| l.prune_leases(now)).await {
+            let clock = gc_clock.clone();
+            if let Err(e) = gc_mirror
+                .ledger
+                .run(move |l| clock.stamp(|now| l.prune_leases(now)))
+                .await
+            {
                 tracing::error!(error = %e, "lease pruning failed");
             }
             if let Err(e) = gc_mirror
                 .ledger
                 .run({
-                    let now = gc_clock.now();
-                    move |l| l.fold_old_shares(now)
+                    let clock = gc_clock.clone();
+                    move |l| clock.stamp(|now| l.fold_old_shares(now))
                 })
                 .await
             {
@@ -716,7 +732,7 @@ pub async fn serve(
                     &gc_mirror.ledger,
                     &gc_mirror.shares,
                     &gc_mirror.finalize,
-                    || gc_clock.now(),
+                    &gc_clock,
                 )
                 .await
             {
@@ -1077,7 +1093,7 @@ mod tests {
         // Last looked at 40 days behind the wall: the wall was stepped
         // forward by as much since (an NTP correction after boot).
         let wall = unix_now();
-        let clock = LedgerClock::new(std::time::Instant::now(), wall - 40 * DAY);
+        let clock = LedgerClock::new(wall - 40 * DAY);
         ledger
             .add_share(&[1; 32], &[2; 32], 1000, clock.now())
             .unwrap();
@@ -1101,27 +1117,19 @@ mod tests {
         assert_eq!(ledger.unleased(now + 10 * DAY + 10, 10).unwrap().len(), 1);
     }
 
-    /// A step of the wall clock is told from drift by the monotonic time
-    /// between two looks, forward or back.
+    /// A step of the wall clock is told from drift by how far it is from
+    /// the ledger's clock, forward or back.
     #[test]
     fn a_clock_step_is_told_from_drift() {
-        let t0 = std::time::Instant::now();
-        let t1 = t0 + Duration::from_secs(3600);
-        let wall = 1_700_000_000;
-        assert_eq!(clock_step((t0, wall), (t1, wall + 3600)), None);
+        let ledger_now = 1_700_000_000;
+        assert_eq!(clock_step(ledger_now, ledger_now), None);
+        assert_eq!(clock_step(ledger_now, ledger_now + 500), None, "drift");
+        assert_eq!(clock_step(ledger_now, ledger_now - 500), None, "drift");
         assert_eq!(
-            clock_step((t0, wall), (t1, wall + 3600 + 500)),
-            None,
-            "drift"
-        );
-        assert_eq!(
-            clock_step((t0, wall), (t1, wall + 3600 + 40 * 86_400)),
+            clock_step(ledger_now, ledger_now + 40 * 86_400),
             Some(40 * 86_400)
         );
-        assert_eq!(
-            clock_step((t0, wall), (t1, wall - 86_400)),
-            Some(-86_400 - 3600)
-        );
+        assert_eq!(clock_step(ledger_now, ledger_now - 86_400), Some(-86_400));
     }
 
     #[test]

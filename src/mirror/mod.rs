@@ -25,7 +25,8 @@ mod upstream;
 
 pub use credit::Balance;
 pub use disk::{DiskShares, ShareStore, Staged};
-pub use gc::{GcReport, collect_garbage};
+pub use gc::GcReport;
+use gc::collect_garbage;
 pub use http::{MirrorConfig, bind, serve};
 pub use ledger::{Ledger, NewShare, ObjectKind, Terms};
 pub use scrub::{ScrubReport, scrub};

@@ -356,8 +356,9 @@ async fn connection(
                         // Answered once the credit is committed (see
                         // Ledger::credit_share).
                         let credited = tokio::task::block_in_place(|| {
-                            let now = credit.clock.now();
-                            credit.ledger.credit_share(&account, &worker, micro, &hash, now)
+                            credit.clock.stamp(|now| {
+                                credit.ledger.credit_share(&account, &worker, micro, &hash, now)
+                            })
                         })
                         .map_err(|e| std::io::Error::other(e.to_string()))?;
                         if credited {

@@ -120,6 +120,8 @@ async fn session(
     // No session of this link may roll version bits until the upstream
     // says which it takes.
     jobs.version_mask.store(0, Ordering::Relaxed);
+    // Nor is any session capped by the last link's difficulty.
+    jobs.upstream_difficulty.store(0, Ordering::Relaxed);
     for line in stratum::opening(
         VERSION_ROLLING_MASK,
         "lode-proxy",

@@ -243,7 +243,11 @@ impl Session {
                 // lowers it when shares are really too rare. It holds from
                 // the next job on, like any change: a share already found
                 // does not become worth more by asking after.
-                let raise = Difficulty::from_f64(d).filter(|&d| d > self.difficulty);
+                // Compared once bounded (a proxy's cap may have fallen
+                // since the last job): a raise must never lower it.
+                let raise = Difficulty::from_f64(d)
+                    .map(|d| self.vardiff.clamp(d))
+                    .filter(|&d| d > self.difficulty);
                 if let Some(line) = raise.and_then(|d| self.set_difficulty(d)) {
                     lines.push(line);
                 }
@@ -713,6 +717,19 @@ mod tests {
             call(r#"{"id":5,"method":"mining.suggest_difficulty","params":[0.00002]}"#),
             &book,
             now,
+        );
+        assert_eq!(s.difficulty(), cap);
+        // The cap falls before the next job: a suggestion to raise does
+        // not lower the difficulty meanwhile (the next job will).
+        s.cap_difficulty(Some(Difficulty::from_micro(1)));
+        let reply = s.handle(
+            call(r#"{"id":6,"method":"mining.suggest_difficulty","params":[0.00002]}"#),
+            &book,
+            now,
+        );
+        assert!(
+            matches!(reply, Outcome::Reply(ref l) if l.len() == 1),
+            "{reply:?}"
         );
         assert_eq!(s.difficulty(), cap);
     }
