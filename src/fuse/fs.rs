@@ -5018,6 +5018,21 @@ mod tests {
         ino
     }
 
+    /// A file `name` in the root, staged at `copy`, clean and written by
+    /// no one, with `opens` and `lookups` as given.
+    fn closed_file(fs: &LodeFs, name: &str, copy: PathBuf, opens: u32, lookups: u64) -> u64 {
+        let ino = open_for_writing(fs, name, copy);
+        let mut tree = fs.lock();
+        let node = tree.nodes.get_mut(&ino).unwrap();
+        node.opens = opens;
+        node.lookups = lookups;
+        if let Body::File { writers, dirty, .. } = &mut node.body {
+            *writers = 0;
+            *dirty = false;
+        }
+        ino
+    }
+
     /// Readahead starts with a file's second read in sequence, not its
     /// first (one read of each of 200 files fetched 32 MiB of each), grows
     /// to `READAHEAD_BYTES`, starts over at a reread from 0, and plans
@@ -5293,16 +5308,9 @@ mod tests {
             let name = format!("kept{held}");
             let copy = fs.staging_path();
             std::fs::write(&copy, b"old").unwrap();
-            let ino = open_for_writing(&fs, &name, copy);
+            let ino = closed_file(&fs, &name, copy, u32::from(held), 1);
             {
                 let mut tree = fs.lock();
-                let node = tree.nodes.get_mut(&ino).unwrap();
-                node.opens = u32::from(held);
-                node.lookups = 1;
-                if let Body::File { writers, dirty, .. } = &mut node.body {
-                    *writers = 0;
-                    *dirty = false;
-                }
                 tree.unlink(ROOT, &name);
                 assert!(tree.nodes[&ino].orphan);
             }
@@ -5327,15 +5335,9 @@ mod tests {
         let before = fs.remover.queued();
         let copy = fs.staging_path();
         std::fs::write(&copy, vec![1u8; 1 << 20]).unwrap();
-        let ino = open_for_writing(&fs, "big", copy.clone());
+        let ino = closed_file(&fs, "big", copy.clone(), 0, 0);
         {
             let mut tree = fs.lock();
-            let node = tree.nodes.get_mut(&ino).unwrap();
-            node.opens = 0;
-            if let Body::File { writers, dirty, .. } = &mut node.body {
-                *writers = 0;
-                *dirty = false;
-            }
             tree.unlink(ROOT, "big");
             assert!(!tree.nodes.contains_key(&ino), "dropped");
         }

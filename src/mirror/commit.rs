@@ -146,15 +146,12 @@ async fn commit_batch(
     // moves the ledger's rows and its clock together (`keep_time`), and a
     // time read before that, while the body came in, would be in the old
     // frame.
-    let clock = clock.clone();
     let recorded = ledger
-        .run(move |l| {
-            clock.stamp(|now| {
-                for record in &mut batch {
-                    record.now = now;
-                }
-                l.add_shares(&batch)
-            })
+        .run_stamped(clock, move |l, now| {
+            for record in &mut batch {
+                record.now = now;
+            }
+            l.add_shares(&batch)
         })
         .await;
     let mut unrecorded = Vec::new();

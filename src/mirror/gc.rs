@@ -61,9 +61,8 @@ pub(super) async fn collect_garbage(
         let pass = async {
             let _guard = finalize.write().await;
             for (id, _) in batch {
-                let clock = clock.clone();
                 let forgotten = ledger
-                    .run(move |l| clock.stamp(|now| l.forget_if_unleased(&id, now)))
+                    .run_stamped(clock, move |l, now| l.forget_if_unleased(&id, now))
                     .await?;
                 match forgotten {
                     Some((ObjectKind::Share, size)) => {

@@ -166,7 +166,6 @@ async fn put_share(
 ) -> Result<StatusCode> {
     let id = id_of(&id)?;
     let account = authenticate(&m, &headers, &method, &uri, &id)?;
-    let clock = m.clock.clone();
     let declared = headers
         .get(header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
@@ -178,23 +177,21 @@ async fn put_share(
     let held = {
         let _g = m.finalize.read().await;
         m.ledger
-            .run(move |l| {
-                clock.stamp(|now| {
-                    // Already held: lease it and skip the body. The file is
-                    // checked too, so a share lost from disk behind the
-                    // ledger's back is accepted again rather than
-                    // acknowledged and still missing.
-                    if !repair && shares.holds(&id)? && l.lease_existing(&account, &id, now)? {
-                        return Ok(true);
-                    }
-                    if len > MAX_SHARE_BYTES {
-                        return Err(Error::TooLarge {
-                            limit: MAX_SHARE_BYTES,
-                        });
-                    }
-                    l.precheck(&account, &id, len, now)?;
-                    Ok(false)
-                })
+            .run_stamped(&m.clock, move |l, now| {
+                // Already held: lease it and skip the body. The file is
+                // checked too, so a share lost from disk behind the
+                // ledger's back is accepted again rather than acknowledged
+                // and still missing.
+                if !repair && shares.holds(&id)? && l.lease_existing(&account, &id, now)? {
+                    return Ok(true);
+                }
+                if len > MAX_SHARE_BYTES {
+                    return Err(Error::TooLarge {
+                        limit: MAX_SHARE_BYTES,
+                    });
+                }
+                l.precheck(&account, &id, len, now)?;
+                Ok(false)
             })
             .await?
     };
@@ -231,18 +228,17 @@ async fn put_shares(
     let items = protocol::decode_batch(&body).map_err(|e| Error::BadRequest(e.to_string()))?;
     let digest = protocol::batch_digest(items.iter().map(|i| &i.id));
     let account = verified(&m, &auth, &method, &uri, &digest)?;
-    let clock = m.clock.clone();
     let asked: Vec<([u8; 32], u64)> = items.iter().map(|i| (i.id, i.bytes.len() as u64)).collect();
     let shares = m.shares.clone();
     let admitted = {
         let _g = m.finalize.read().await;
         m.ledger
-            .run(move |l| {
+            .run_stamped(&m.clock, move |l, now| {
                 let mut with_disk = Vec::with_capacity(asked.len());
                 for (id, len) in asked {
                     with_disk.push((id, len, shares.holds(&id)?));
                 }
-                clock.stamp(|now| l.admit_batch(&account, &with_disk, now))
+                l.admit_batch(&account, &with_disk, now)
             })
             .await?
     };
@@ -317,9 +313,10 @@ async fn put_slot(
     if envelope.public_key != pk {
         return Err(Error::BadRequest("slot key differs from the path".into()));
     }
-    let clock = m.clock.clone();
     m.ledger
-        .run(move |l| clock.stamp(|now| l.put_slot(&account, &envelope, &body, now)))
+        .run_stamped(&m.clock, move |l, now| {
+            l.put_slot(&account, &envelope, &body, now)
+        })
         .await?;
     Ok(StatusCode::OK)
 }
@@ -477,7 +474,6 @@ async fn renew(
     ids.retain(|id| named.insert(*id));
     let lease = m.ledger.terms.lease_secs;
     let asked = ids.clone();
-    let clock = m.clock.clone();
     let (
         now,
         Renewal {
@@ -488,7 +484,9 @@ async fn renew(
         },
     ) = m
         .ledger
-        .run(move |l| clock.stamp(|now| Ok((now, l.renew(&account, &ids, now)?))))
+        .run_stamped(&m.clock, move |l, now| {
+            Ok((now, l.renew(&account, &ids, now)?))
+        })
         .await?;
     // The ledger may list a share whose file is gone (a disk fault, an
     // operator's mistake): call it missing, so the client sends it again.
@@ -522,11 +520,10 @@ async fn account(
     headers: HeaderMap,
 ) -> Result<axum::Json<AccountStatus>> {
     let account = authenticate(&m, &headers, &method, &uri, &sha256(b""))?;
-    let clock = m.clock.clone();
     let (standing, balance) = m
         .ledger
-        .run(move |l| {
-            clock.stamp(|now| Ok((l.standing(&account, now)?, l.balance(&account, now)?)))
+        .run_stamped(&m.clock, move |l, now| {
+            Ok((l.standing(&account, now)?, l.balance(&account, now)?))
         })
         .await?;
     Ok(axum::Json(AccountStatus {
@@ -697,28 +694,21 @@ pub async fn serve(
             }
             // The pass's times come from the ledger's clock, which a step
             // of the wall clock meanwhile does not move (see `clock.rs`).
-            let clock = gc_clock.clone();
-            let billed = gc_mirror
-                .ledger
-                .run(move |l| clock.stamp(|now| l.charge_all(now)))
+            let ledger = &gc_mirror.ledger;
+            let billed = ledger
+                .run_stamped(&gc_clock, |l, now| l.charge_all(now))
                 .await;
             if let Err(e) = &billed {
                 tracing::error!(error = %e, "billing pass failed; GC waits for the next one");
             }
-            let clock = gc_clock.clone();
-            if let Err(e) = gc_mirror
-                .ledger
-                .run(move |l| clock.stamp(|now| l.prune_leases(now)))
+            if let Err(e) = ledger
+                .run_stamped(&gc_clock, |l, now| l.prune_leases(now))
                 .await
             {
                 tracing::error!(error = %e, "lease pruning failed");
             }
-            if let Err(e) = gc_mirror
-                .ledger
-                .run({
-                    let clock = gc_clock.clone();
-                    move |l| clock.stamp(|now| l.fold_old_shares(now))
-                })
+            if let Err(e) = ledger
+                .run_stamped(&gc_clock, |l, now| l.fold_old_shares(now))
                 .await
             {
                 tracing::error!(error = %e, "folding old share records failed");

@@ -12,6 +12,7 @@ use std::sync::{Arc, Mutex};
 
 use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
 
+use super::clock::LedgerClock;
 use super::{Error, Result};
 use crate::dir::SlotEnvelope;
 
@@ -304,6 +305,18 @@ impl Ledger {
         tokio::task::spawn_blocking(move || f(&this))
             .await
             .map_err(|e| Error::Task(e.to_string()))?
+    }
+
+    /// [`Ledger::run`] with the ledger's time now, under a stamp of
+    /// `clock` (see `clock.rs`): for work that writes a time into the
+    /// ledger or compares one with it.
+    pub(super) async fn run_stamped<T, F>(&self, clock: &LedgerClock, f: F) -> Result<T>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Ledger, i64) -> Result<T> + Send + 'static,
+    {
+        let clock = clock.clone();
+        self.run(move |l| clock.stamp(|now| f(l, now))).await
     }
 
     pub(super) fn with_tx<T>(

@@ -377,6 +377,12 @@ mod tests {
         stratum::parse_request(line).unwrap()
     }
 
+    /// The miner asks for difficulty `d` (`mining.suggest_difficulty`).
+    fn suggest(s: &mut Session, book: &JobBook, d: f64, now: i64) -> Outcome {
+        let line = format!(r#"{{"id":3,"method":"mining.suggest_difficulty","params":[{d}]}}"#);
+        s.handle(call(&line), book, now)
+    }
+
     fn login(s: &mut Session, book: &JobBook) {
         s.handle(
             call(r#"{"id":1,"method":"mining.subscribe","params":[]}"#),
@@ -555,11 +561,7 @@ mod tests {
         // Low difficulty: a nonce that meets 1e-6 but not 0.01, for a job
         // sent at 0.01.
         let mut book = book;
-        s.handle(
-            call(r#"{"id":3,"method":"mining.suggest_difficulty","params":[0.01]}"#),
-            &book,
-            now,
-        );
+        suggest(&mut s, &book, 0.01, now);
         let mut jobs = BuiltinJobs::new([3; 32]);
         jobs.next(1_000_000, true);
         let job = book.push(jobs.next(1_000_000, false));
@@ -603,11 +605,7 @@ mod tests {
         let now = first.ntime as i64 * 1000;
         // A hash worth 20x the first job's difficulty, then a raise to it.
         let rich = find_nonce(&first, 0, high, None);
-        let raised = s.handle(
-            call(r#"{"id":3,"method":"mining.suggest_difficulty","params":[0.00002]}"#),
-            &book,
-            now,
-        );
+        let raised = suggest(&mut s, &book, 0.00002, now);
         assert!(
             matches!(raised, Outcome::Reply(ref l) if l.len() == 2),
             "raise sent"
@@ -658,11 +656,7 @@ mod tests {
         // and held back while the miner raises its difficulty and has the
         // same job sent again by subscribing a second time.
         let rich = find_nonce(&first, 0, high, None);
-        s.handle(
-            call(r#"{"id":3,"method":"mining.suggest_difficulty","params":[0.00002]}"#),
-            &book,
-            now,
-        );
+        suggest(&mut s, &book, 0.00002, now);
         assert_eq!(s.difficulty(), high);
         let again = s.handle(
             call(r#"{"id":4,"method":"mining.subscribe","params":[]}"#),
@@ -691,11 +685,7 @@ mod tests {
         let (mut s, mut book, first) = setup();
         login(&mut s, &book);
         let now = first.ntime as i64 * 1000;
-        s.handle(
-            call(r#"{"id":3,"method":"mining.suggest_difficulty","params":[0.00002]}"#),
-            &book,
-            now,
-        );
+        suggest(&mut s, &book, 0.00002, now);
         assert_eq!(s.difficulty(), high);
         // The upstream's difficulty is below the session's: the next job
         // goes out at it, with the difficulty said first.
@@ -713,20 +703,12 @@ mod tests {
             other => panic!("{other:?}"),
         }
         // A suggestion above the cap holds at the cap.
-        s.handle(
-            call(r#"{"id":5,"method":"mining.suggest_difficulty","params":[0.00002]}"#),
-            &book,
-            now,
-        );
+        suggest(&mut s, &book, 0.00002, now);
         assert_eq!(s.difficulty(), cap);
         // The cap falls before the next job: a suggestion to raise does
         // not lower the difficulty meanwhile (the next job will).
         s.cap_difficulty(Some(Difficulty::from_micro(1)));
-        let reply = s.handle(
-            call(r#"{"id":6,"method":"mining.suggest_difficulty","params":[0.00002]}"#),
-            &book,
-            now,
-        );
+        let reply = suggest(&mut s, &book, 0.00002, now);
         assert!(
             matches!(reply, Outcome::Reply(ref l) if l.len() == 1),
             "{reply:?}"
