@@ -35,7 +35,12 @@ fn mining_credits_the_account_exactly() {
         shares > 0,
         "no share found in 10 s at difficulty 0.001: {out}"
     );
-    assert_eq!(micro, shares * 1000, "every share was difficulty 0.001");
+    // Each share at 0.001 or more: vardiff raises a miner this quick
+    // within seconds (the pool makes new work for it early).
+    assert!(
+        micro >= shares * 1000,
+        "{shares} shares worth {micro} millionths: some below 0.001"
+    );
 
     // The mirror's own records: the share table and the account balance.
     let db = rusqlite::Connection::open(mirror.data.join("ledger.sqlite")).unwrap();

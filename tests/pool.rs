@@ -74,6 +74,45 @@ fn past_the_connection_bound_a_miner_waits_for_a_place() {
     assert!(reply["result"].is_array(), "{reply}");
 }
 
+/// A miner whose shares come far faster than vardiff aims for (here
+/// one per 1,000 s) gets new work at a raised difficulty within seconds,
+/// not at the next 30 s job: until then each share costs the ledger a
+/// commit.
+#[test]
+fn a_burst_of_shares_brings_new_work_at_a_higher_difficulty() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mirror = pool_mirror(&tmp.path().join("m"), &["--job-interval", "300"]);
+    let addr = mirror.stratum.clone().unwrap();
+    let (_, acct) = account(0x53);
+    let mut m = TestMiner::connect(&addr);
+    m.subscribe();
+    assert_eq!(m.authorize(&acct)["result"], json!(true));
+    let job = m.wait_job();
+    let first = m.difficulty_of(&job);
+    let mut nonce = 0;
+    for _ in 0..8 {
+        nonce = m.grind(&job, &[0; 4], nonce, true);
+        let r = m.submit(&acct, &job.id, &[0; 4], job.ntime, nonce).unwrap();
+        assert_eq!(r["result"], json!(true), "{r}");
+        nonce += 1;
+    }
+    m.set_read_timeout(std::time::Duration::from_secs(60));
+    let next = m
+        .wait_new_job(&job)
+        .expect("no new job within 60 s of a burst (jobs every 300 s)");
+    assert!(
+        m.difficulty_of(&next) > first,
+        "new work at {} after a burst at {first}",
+        m.difficulty_of(&next)
+    );
+    // Its shares are taken at the raised difficulty.
+    let nonce = m.grind(&next, &[0; 4], 0, true);
+    let r = m
+        .submit(&acct, &next.id, &[0; 4], next.ntime, nonce)
+        .unwrap();
+    assert_eq!(r["result"], json!(true), "{r}");
+}
+
 #[test]
 fn bad_shares_are_rejected_with_the_right_code_and_earn_nothing() {
     let tmp = tempfile::tempdir().unwrap();

@@ -67,6 +67,11 @@ pub(super) struct Jobs {
     /// sets one): no session's difficulty goes above it
     /// (`Session::cap_difficulty`).
     pub upstream_difficulty: AtomicU64,
+    /// A session's miner sends shares far faster than vardiff aims for:
+    /// the built-in source makes new work early, so that its difficulty
+    /// rises within seconds, not at the next `job_interval` (the shares
+    /// until then each cost a ledger commit).
+    pub hurry: tokio::sync::Notify,
 }
 
 impl Jobs {
@@ -166,6 +171,7 @@ pub(super) async fn run_pool(
             None => VERSION_ROLLING_MASK,
         }),
         upstream_difficulty: AtomicU64::new(0),
+        hurry: tokio::sync::Notify::new(),
     });
     let forward = match &config.upstream {
         Some(up) => Some(upstream::start(up.clone(), jobs.clone(), ledger.clone())),
@@ -234,15 +240,32 @@ pub(super) async fn run_pool(
 
 async fn builtin_source(jobs: Arc<Jobs>, mirror_id: [u8; 32], interval: Duration) {
     let mut source = BuiltinJobs::new(mirror_id);
-    let mut n = 0u64;
+    let mut block_since: Option<tokio::time::Instant> = None;
     loop {
-        // A new synthetic block every ten jobs; fresh ntime in between.
-        jobs.publish(source.next(unix_now() as u32, n.is_multiple_of(10)))
+        // A new synthetic block every ten intervals (a clean job: shares
+        // of earlier ones are stale); new work in between.
+        let now = tokio::time::Instant::now();
+        let new_block = block_since.is_none_or(|t| now >= t + interval * BLOCK_JOBS);
+        if new_block {
+            block_since = Some(now);
+        }
+        jobs.publish(source.next(unix_now() as u32, new_block))
             .await;
-        n += 1;
-        tokio::time::sleep(interval).await;
+        tokio::select! {
+            _ = tokio::time::sleep(interval) => {}
+            _ = jobs.hurry.notified() => {
+                tokio::time::sleep_until(now + interval.min(HURRIED_JOB_GAP)).await;
+            }
+        }
     }
 }
+
+/// Built-in jobs per synthetic block, at `job_interval`.
+const BLOCK_JOBS: u32 = 10;
+/// The least time between two built-in jobs when a session hurries them
+/// ([`Jobs::hurry`]): the book keeps eight jobs, so a miner's share is
+/// stale only if its job is 16 s old or more.
+const HURRIED_JOB_GAP: Duration = Duration::from_secs(2);
 
 fn now_ms() -> i64 {
     std::time::SystemTime::now()
@@ -362,6 +385,9 @@ async fn connection(
                         })
                         .map_err(|e| std::io::Error::other(e.to_string()))?;
                         if credited {
+                            if session.wants_new_work(now_ms()) {
+                                jobs.hurry.notify_one();
+                            }
                             if let Some(fwd) = &forward
                                 && let Err(tokio::sync::mpsc::error::TrySendError::Full(_)) =
                                     fwd.try_send(Forward { accepted: a.clone() })

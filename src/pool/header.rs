@@ -26,6 +26,32 @@ pub struct Job {
     pub clean: bool,
 }
 
+impl Job {
+    /// What a share of this job commits to, but for the miner's own parts
+    /// (extranonces, ntime, nonce, rolled version bits): two jobs with the
+    /// same work give the same header for the same parts. Pools commonly
+    /// send such jobs, with only a fresh ntime, and a share found on one is
+    /// then a share of the other (see `Session::send_job`).
+    pub fn work(&self) -> [u8; 32] {
+        let mut h = Sha256::new();
+        h.update(b"lode job work v1");
+        h.update(self.prevhash);
+        for part in [&self.coinb1, &self.coinb2] {
+            h.update((part.len() as u64).to_le_bytes());
+            h.update(part);
+        }
+        h.update((self.branch.len() as u64).to_le_bytes());
+        for b in &self.branch {
+            h.update(b);
+        }
+        // Rolled bits come from the miner: two jobs that differ only there
+        // give the same headers.
+        h.update((self.version & !super::VERSION_ROLLING_MASK).to_le_bytes());
+        h.update(self.nbits.to_le_bytes());
+        h.finalize().into()
+    }
+}
+
 pub fn sha256d(data: &[u8]) -> [u8; 32] {
     Sha256::digest(Sha256::digest(data)).into()
 }

@@ -82,11 +82,15 @@ impl BuiltinJobs {
             .collect();
 
         // scriptSig: height push, tag push, then the extranonces, then a
-        // trailing push; its length covers all of them.
+        // trailing push of "/lode/" and the job's serial; its length covers
+        // all of them. The serial makes each job's work its own: a share
+        // found on one job is never a share of the next, which the
+        // difficulty a job goes out at relies on (`Job::work`).
         let height = self.height.to_le_bytes();
         let mut tag = b"lode".to_vec();
         tag.extend_from_slice(&self.mirror_id[..8]);
-        let suffix: &[u8] = b"\x06/lode/";
+        let mut suffix = b"\x0e/lode/".to_vec();
+        suffix.extend_from_slice(&self.serial.to_le_bytes());
         let script_len = 1 + 3 + 1 + tag.len() + EXTRANONCE1_SIZE + EXTRANONCE2_SIZE + suffix.len();
         let mut coinb1 = Vec::new();
         coinb1.extend_from_slice(&1u32.to_le_bytes()); // tx version
@@ -98,7 +102,7 @@ impl BuiltinJobs {
         coinb1.extend_from_slice(&height[..3]);
         coinb1.push(tag.len() as u8);
         coinb1.extend_from_slice(&tag);
-        let mut coinb2 = suffix.to_vec();
+        let mut coinb2 = suffix;
         coinb2.extend_from_slice(&[0xff; 4]); // sequence
         coinb2.push(1); // one output
         coinb2.extend_from_slice(&0u64.to_le_bytes()); // value
@@ -139,12 +143,40 @@ mod tests {
         assert_eq!(a.prevhash, b.prevhash);
     }
 
+    /// Every job of the built-in source is work of its own, even within a
+    /// block; a copy of a job with another id and ntime is the same work.
+    #[test]
+    fn each_builtin_job_is_new_work() {
+        let mut src = BuiltinJobs::new([4; 32]);
+        let a = src.next(100, true);
+        let b = src.next(130, false);
+        assert_eq!(a.prevhash, b.prevhash);
+        assert_ne!(a.work(), b.work());
+        let again = Job {
+            id: "other".into(),
+            ntime: 160,
+            clean: false,
+            ..a.clone()
+        };
+        assert_eq!(a.work(), again.work());
+        let rolled = Job {
+            version: a.version | 0x0000_2000,
+            ..a.clone()
+        };
+        assert_eq!(a.work(), rolled.work(), "rolled bits are the miner's");
+        let other_block = Job {
+            nbits: a.nbits - 1,
+            ..a.clone()
+        };
+        assert_ne!(a.work(), other_block.work());
+    }
+
     #[test]
     fn coinbase_script_length_covers_the_extranonces() {
         let job = BuiltinJobs::new([2; 32]).next(5, true);
         let script_len = job.coinb1[41] as usize;
         let script_in_coinb1 = job.coinb1.len() - 42;
-        let script_in_coinb2 = 7; // the "/lode/" push
+        let script_in_coinb2 = 15; // the "/lode/" and serial push
         assert_eq!(
             script_len,
             script_in_coinb1 + EXTRANONCE1_SIZE + EXTRANONCE2_SIZE + script_in_coinb2

@@ -72,12 +72,16 @@ pub struct Session {
     cfg: SessionConfig,
     subscribed: bool,
     authorized: Option<([u8; 32], String)>,
-    /// The difficulty the next job is sent at.
+    /// The difficulty the next job is sent at, unless its work went out
+    /// before at a lower one ([`Session::send_job`]).
     difficulty: Difficulty,
+    /// The difficulty last said to the miner (`mining.set_difficulty`).
+    told: Difficulty,
     /// The difficulty each job still in the book was sent at on this
-    /// connection: a share is checked and credited at its job's, never at
-    /// one set after the job (see [`Session::validate`]).
-    sent: HashMap<String, Difficulty>,
+    /// connection, and its work ([`Job::work`]): a share is checked and
+    /// credited at its job's, never at one set after the job (see
+    /// [`Session::validate`]).
+    sent: HashMap<String, (Difficulty, [u8; 32])>,
     version_mask: u32,
     seen: HashSet<ShareKey>,
     vardiff: Vardiff,
@@ -103,6 +107,7 @@ impl Session {
         Session {
             vardiff: Vardiff::new(cfg.target_interval, cfg.min, cfg.max, now_ms),
             difficulty: cfg.initial.clamp(cfg.min, cfg.max),
+            told: cfg.initial.clamp(cfg.min, cfg.max),
             cfg,
             subscribed: false,
             authorized: None,
@@ -130,25 +135,52 @@ impl Session {
             return None;
         }
         self.difficulty = d;
+        self.tell(d, false)
+    }
+
+    /// `mining.set_difficulty` for `d`, if the miner was told another (or
+    /// `always`).
+    fn tell(&mut self, d: Difficulty, always: bool) -> Option<String> {
+        if d == self.told && !always {
+            return None;
+        }
+        self.told = d;
         Some(stratum::set_difficulty(d))
     }
 
-    /// `job`'s notification, remembering the difficulty it goes out at.
+    /// `job`'s notification, remembering the difficulty it goes out at,
+    /// and that difficulty said first if the miner was told another.
     ///
-    /// A job sent again (a second `mining.subscribe`, an upstream that
-    /// notifies the same job id twice) keeps the lowest difficulty it was
-    /// ever sent at: the miner may have found its hashes at that one. Were
-    /// the later, higher difficulty to replace it, a miner could hold back
-    /// its best hashes of a job, raise its difficulty (`suggest_difficulty`),
-    /// have the job sent again and be paid each hash at the raised price.
-    fn send_job(&mut self, job: &Job, book: &JobBook) -> String {
+    /// A job whose work went out before (the same job again, after a second
+    /// `mining.subscribe`; or another job of the same work with only a
+    /// fresh ntime, as pools send) goes out at the lowest difficulty that
+    /// work ever went out at: the miner may have found its hashes at that
+    /// one, with an ntime as late as the new job's. Were a higher one to
+    /// hold, a miner could hold back its best hashes, raise its difficulty
+    /// (`suggest_difficulty`, or a burst of shares for vardiff), have the
+    /// work sent again and be paid each hash at the raised price. The
+    /// session's own difficulty stays where it was for the next new work.
+    fn send_job(&mut self, job: &Job, book: &JobBook, always_tell: bool) -> Vec<String> {
         self.sent.retain(|id, _| book.get(id).is_some());
-        let now = self.difficulty;
-        self.sent
-            .entry(job.id.clone())
-            .and_modify(|d| *d = (*d).min(now))
-            .or_insert(now);
-        stratum::notify(job)
+        let work = job.work();
+        let before = self
+            .sent
+            .values()
+            .filter(|(_, w)| *w == work)
+            .map(|(d, _)| *d)
+            .min();
+        let at = before.map_or(self.difficulty, |d| d.min(self.difficulty));
+        self.sent.insert(job.id.clone(), (at, work));
+        let mut lines: Vec<String> = self.tell(at, always_tell).into_iter().collect();
+        lines.push(stratum::notify(job));
+        lines
+    }
+
+    /// Whether this miner's shares come so much faster than vardiff aims
+    /// for that its difficulty should rise now, not at the next job: the
+    /// pool may then make new work early (a mirror's own job source does).
+    pub fn wants_new_work(&self, now_ms: i64) -> bool {
+        self.vardiff.too_fast(self.difficulty, now_ms)
     }
 
     /// Bound this session's difficulty by `cap` from its next job on: a
@@ -160,21 +192,18 @@ impl Session {
     }
 
     /// Lines to send for a new job: difficulty first if vardiff moved it,
-    /// or a cap ([`Session::cap_difficulty`]) now holds it lower.
+    /// a cap ([`Session::cap_difficulty`]) now holds it lower, or the job's
+    /// work went out before at a lower one ([`Session::send_job`]).
     pub fn on_job(&mut self, job: &Job, book: &JobBook, now_ms: i64) -> Vec<String> {
         if job.clean || self.seen.len() > MAX_SEEN {
             self.seen.retain(|k| book.get(&k.0).is_some());
         }
-        let mut out = Vec::new();
         let wanted = self
             .vardiff
             .retarget(self.difficulty, now_ms)
             .unwrap_or(self.difficulty);
-        if let Some(d) = self.set_difficulty(wanted) {
-            out.push(d);
-        }
-        out.push(self.send_job(job, book));
-        out
+        self.difficulty = self.vardiff.clamp(wanted);
+        self.send_job(job, book, false)
     }
 
     /// Handle one request.
@@ -192,12 +221,10 @@ impl Session {
                     en1,
                     self.cfg.extranonce2_size
                 ]);
-                let mut lines = vec![
-                    stratum::ok(&id, result),
-                    stratum::set_difficulty(self.difficulty),
-                ];
-                if let Some(job) = book.current() {
-                    lines.push(self.send_job(&job, book));
+                let mut lines = vec![stratum::ok(&id, result)];
+                match book.current() {
+                    Some(job) => lines.extend(self.send_job(&job, book, true)),
+                    None => lines.extend(self.tell(self.difficulty, true)),
                 }
                 reply(lines)
             }
@@ -297,7 +324,7 @@ impl Session {
         // difficulty (`mining.suggest_difficulty`) before submitting, and
         // be paid the share's whole worth; and work done at a difficulty
         // vardiff then lowered was paid at the lower one.
-        let Some(&difficulty) = self.sent.get(&s.job_id) else {
+        let Some(&(difficulty, _)) = self.sent.get(&s.job_id) else {
             return reject(code::STALE, "job not sent on this connection");
         };
         if s.extranonce2.len() != self.cfg.extranonce2_size {
@@ -396,13 +423,24 @@ mod tests {
 
     /// Grind nonces from `from` until one meets `d` (and misses `miss`).
     fn find_nonce(job: &Job, from: u32, d: Difficulty, miss: Option<Difficulty>) -> u32 {
+        find_nonce_at(job, job.ntime, from, d, miss)
+    }
+
+    /// [`find_nonce`] with the header's time at `ntime`.
+    fn find_nonce_at(
+        job: &Job,
+        ntime: u32,
+        from: u32,
+        d: Difficulty,
+        miss: Option<Difficulty>,
+    ) -> u32 {
         (from..)
             .find(|&n| {
                 let h = sha256d(&build_header(
                     job,
                     &[0, 0, 0, 7],
                     &[0; 4],
-                    job.ntime,
+                    ntime,
                     n,
                     job.version,
                 ));
@@ -673,6 +711,88 @@ mod tests {
             }
             other => panic!("{other:?}"),
         }
+    }
+
+    /// A hash found on one job, with an ntime as late as the next job's,
+    /// and held back while the miner raises its difficulty, is not paid
+    /// the raised price on that next job. With the built-in source the next
+    /// job is new work, so it is no share of it at all; a job of the same
+    /// work (an upstream's, with only a fresh ntime) goes out at the first
+    /// job's difficulty, said to the miner, and pays that. New work after
+    /// it goes out at the raised difficulty again.
+    #[test]
+    fn a_hash_held_back_for_a_later_job_is_not_paid_the_raised_price() {
+        let (low, high) = (Difficulty::from_micro(1), Difficulty::from_micro(20));
+        let (mut s, mut book, first) = setup();
+        login(&mut s, &book);
+        let now = first.ntime as i64 * 1000;
+        let later = first.ntime + 30;
+        let rich = find_nonce_at(&first, later, 0, high, None);
+        suggest(&mut s, &book, 0.00002, now);
+        assert_eq!(s.difficulty(), high);
+
+        // The built-in source's next job: new work.
+        let mut jobs = BuiltinJobs::new([3; 32]);
+        jobs.next(1_000_000, true);
+        let second = book.push(jobs.next(later, false));
+        let lines = s.on_job(&second, &book, 0);
+        assert!(!lines[0].contains("mining.set_difficulty"), "{lines:?}");
+        match s.handle(submit(&second.id, later, rich), &book, now) {
+            Outcome::Reply(l) => assert!(l[0].contains("low difficulty"), "{l:?}"),
+            other => panic!("paid on a job it was not found on: {other:?}"),
+        }
+
+        // The same work as the first job, with a fresh ntime.
+        let same = book.push(Job {
+            id: "same".into(),
+            ntime: later,
+            clean: false,
+            ..(*first).clone()
+        });
+        let lines = s.on_job(&same, &book, 0);
+        assert_eq!(lines[0], stratum::set_difficulty(low), "{lines:?}");
+        match s.handle(submit(&same.id, later, rich), &book, now) {
+            Outcome::Accepted(a) => assert_eq!(a.difficulty, low, "paid at the work's first"),
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(s.difficulty(), high, "the session's own is kept");
+
+        let fourth = book.push(jobs.next(later + 30, false));
+        let lines = s.on_job(&fourth, &book, 0);
+        assert_eq!(lines[0], stratum::set_difficulty(high), "{lines:?}");
+        let fair = find_nonce(&fourth, 0, high, None);
+        match s.handle(submit(&fourth.id, fourth.ntime, fair), &book, now) {
+            Outcome::Accepted(a) => assert_eq!(a.difficulty, high),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    /// A burst of shares far faster than vardiff aims for asks for new work
+    /// at once; the job that comes goes out at a raised difficulty.
+    #[test]
+    fn a_burst_of_shares_asks_for_new_work() {
+        let (mut s, mut book, first) = setup();
+        login(&mut s, &book);
+        let now = first.ntime as i64 * 1000;
+        let t0 = 0;
+        let mut nonce = 0;
+        for i in 0..8 {
+            assert!(!s.wants_new_work(t0 + i), "only a whole window tells");
+            nonce = find_nonce(&first, nonce, Difficulty::from_micro(1), None);
+            match s.handle(submit(&first.id, first.ntime, nonce), &book, now) {
+                Outcome::Accepted(_) => {}
+                other => panic!("{other:?}"),
+            }
+            nonce += 1;
+        }
+        assert!(s.wants_new_work(t0 + 8));
+        let mut jobs = BuiltinJobs::new([3; 32]);
+        jobs.next(1_000_000, true);
+        let second = book.push(jobs.next(first.ntime, false));
+        let lines = s.on_job(&second, &book, t0 + 8);
+        assert!(lines[0].contains("mining.set_difficulty"), "{lines:?}");
+        assert!(s.difficulty() > Difficulty::from_micro(1));
+        assert!(!s.wants_new_work(t0 + 9));
     }
 
     /// A proxy's session goes no higher than the upstream's difficulty:

@@ -46,6 +46,16 @@ impl Vardiff {
         self.shares += 1;
     }
 
+    /// Whether a whole window of shares came more than 30 % faster than
+    /// aimed for, and the difficulty may still rise above `current`: the
+    /// next retarget will raise it.
+    pub fn too_fast(&self, current: Difficulty, now_ms: i64) -> bool {
+        let elapsed = now_ms - self.window_start;
+        self.shares >= WINDOW_SHARES
+            && self.shares as f64 * self.target_ms as f64 > 1.3 * elapsed.max(0) as f64
+            && self.clamp(Difficulty::from_micro(u64::MAX)) > current
+    }
+
     /// A new difficulty if the observed rate is off by more than 30 %. The
     /// step is at most 4x either way, so one burst cannot swing it wildly.
     pub fn retarget(&mut self, current: Difficulty, now_ms: i64) -> Option<Difficulty> {
@@ -94,5 +104,28 @@ mod tests {
         assert_eq!(v.retarget(d(1.0), 68_000), None);
         // Never below the minimum.
         assert_eq!(v.retarget(d(0.001), 200_000), None);
+    }
+
+    /// A whole window that came too fast is seen before the next retarget,
+    /// and only if the difficulty may still rise.
+    #[test]
+    fn a_fast_window_is_seen_at_once() {
+        let mut v = Vardiff::new(10.0, d(0.001), d(8.0), 0);
+        for _ in 0..7 {
+            v.record_share();
+        }
+        assert!(!v.too_fast(d(1.0), 1_000), "seven shares are not a window");
+        v.record_share();
+        assert!(v.too_fast(d(1.0), 1_000));
+        // Eight shares in 70 s against one per 10 s: on target.
+        assert!(!v.too_fast(d(1.0), 70_000));
+        // At the ceiling there is nowhere to go.
+        assert!(!v.too_fast(d(8.0), 1_000));
+        v.set_ceiling(Some(d(1.0)));
+        assert!(!v.too_fast(d(1.0), 1_000));
+        // Seeing it does not use the window up: the retarget does.
+        v.set_ceiling(None);
+        assert_eq!(v.retarget(d(1.0), 1_000), Some(d(4.0)));
+        assert!(!v.too_fast(d(4.0), 1_500));
     }
 }

@@ -113,6 +113,18 @@ impl TestMiner {
         self.job.clone().unwrap()
     }
 
+    /// Read until a job other than `than` has arrived; `None` if none came
+    /// within the read timeout.
+    pub fn wait_new_job(&mut self, than: &Job) -> Option<Job> {
+        loop {
+            if let Some(job) = self.job.as_ref().filter(|j| j.id != than.id) {
+                return Some(job.clone());
+            }
+            let msg = self.read_line()?;
+            self.absorb(&msg);
+        }
+    }
+
     /// The difficulty `job` came at (the current one for a job not seen).
     pub fn difficulty_of(&self, job: &Job) -> f64 {
         self.job_difficulty
