@@ -83,7 +83,7 @@ fn a_burst_of_shares_brings_new_work_at_a_higher_difficulty() {
     let tmp = tempfile::tempdir().unwrap();
     let mirror = pool_mirror(&tmp.path().join("m"), &["--job-interval", "300"]);
     let addr = mirror.stratum.clone().unwrap();
-    let (_, acct) = account(0x53);
+    let (key, acct) = account(0x53);
     let mut m = TestMiner::connect(&addr);
     m.subscribe();
     assert_eq!(m.authorize(&acct)["result"], json!(true));
@@ -105,12 +105,19 @@ fn a_burst_of_shares_brings_new_work_at_a_higher_difficulty() {
         "new work at {} after a burst at {first}",
         m.difficulty_of(&next)
     );
-    // Its shares are taken at the raised difficulty.
+    // Its shares are taken, and credited, at the raised difficulty.
+    let (before, _) = recorded_credit(&mirror, &key.public_key());
     let nonce = m.grind(&next, &[0; 4], 0, true);
     let r = m
         .submit(&acct, &next.id, &[0; 4], next.ntime, nonce)
         .unwrap();
     assert_eq!(r["result"], json!(true), "{r}");
+    let (after, _) = recorded_credit(&mirror, &key.public_key());
+    assert_eq!(
+        after - before,
+        (m.difficulty_of(&next) * 1e6).round() as u64,
+        "credited at the raised difficulty"
+    );
 }
 
 #[test]

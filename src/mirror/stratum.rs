@@ -11,7 +11,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::time::Duration;
 
-use futures_util::{SinkExt, StreamExt};
+use futures_util::{FutureExt, SinkExt, StreamExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{RwLock, broadcast, mpsc};
 use tokio_util::codec::{Framed, LinesCodec};
@@ -245,7 +245,10 @@ async fn builtin_source(jobs: Arc<Jobs>, mirror_id: [u8; 32], interval: Duration
         // A new synthetic block every ten intervals (a clean job: shares
         // of earlier ones are stale); new work in between.
         let now = tokio::time::Instant::now();
-        let new_block = block_since.is_none_or(|t| now >= t + interval * BLOCK_JOBS);
+        let new_block = block_since.is_none_or(|t| {
+            now.checked_duration_since(t)
+                .is_some_and(|d| d >= interval.saturating_mul(BLOCK_JOBS))
+        });
         if new_block {
             block_since = Some(now);
         }
@@ -255,6 +258,9 @@ async fn builtin_source(jobs: Arc<Jobs>, mirror_id: [u8; 32], interval: Duration
             _ = tokio::time::sleep(interval) => {}
             _ = jobs.hurry.notified() => {
                 tokio::time::sleep_until(now + interval.min(HURRIED_JOB_GAP)).await;
+                // Asked for meanwhile (more shares of the same burst): the
+                // job about to go out answers those too.
+                let _ = jobs.hurry.notified().now_or_never();
             }
         }
     }

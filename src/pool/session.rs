@@ -1,7 +1,7 @@
 //! One miner's connection: subscription, authorization, difficulty, and the
 //! full validation of every share it submits.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::Arc;
 
 use serde_json::{Value, json};
@@ -17,6 +17,17 @@ pub const VERSION_ROLLING_MASK: u32 = 0x1fff_e000;
 pub const NTIME_SLACK: u32 = 600;
 /// Bound on remembered shares per connection (duplicate detection).
 const MAX_SEEN: usize = 200_000;
+
+/// Jobs whose work and difficulty a session remembers.
+const MAX_SENT_WORK: usize = 64;
+
+/// A job sent, as [`Session::sent_work`] keeps it.
+#[derive(Debug, Clone, Copy)]
+struct SentWork {
+    work: [u8; 32],
+    difficulty: Difficulty,
+    ntime: u32,
+}
 
 /// How a session is set up.
 #[derive(Debug, Clone)]
@@ -82,6 +93,10 @@ pub struct Session {
     /// credited at its job's, never at one set after the job (see
     /// [`Session::validate`]).
     sent: HashMap<String, (Difficulty, [u8; 32])>,
+    /// The last [`MAX_SENT_WORK`] jobs sent, newest last: their work, the
+    /// difficulty they went out at and their ntime. Kept past the book
+    /// (an upstream may send the same work again as a clean job).
+    sent_work: VecDeque<SentWork>,
     version_mask: u32,
     seen: HashSet<ShareKey>,
     vardiff: Vardiff,
@@ -112,6 +127,7 @@ impl Session {
             subscribed: false,
             authorized: None,
             sent: HashMap::new(),
+            sent_work: VecDeque::new(),
             version_mask: 0,
             seen: HashSet::new(),
             accepted: 0,
@@ -160,17 +176,27 @@ impl Session {
     /// (`suggest_difficulty`, or a burst of shares for vardiff), have the
     /// work sent again and be paid each hash at the raised price. The
     /// session's own difficulty stays where it was for the next new work.
+    /// The other way round (the same work sent later at a lower
+    /// difficulty) is met when a share is checked ([`Session::validate`]).
     fn send_job(&mut self, job: &Job, book: &JobBook, always_tell: bool) -> Vec<String> {
         self.sent.retain(|id, _| book.get(id).is_some());
         let work = job.work();
         let before = self
-            .sent
-            .values()
-            .filter(|(_, w)| *w == work)
-            .map(|(d, _)| *d)
+            .sent_work
+            .iter()
+            .filter(|w| w.work == work)
+            .map(|w| w.difficulty)
             .min();
         let at = before.map_or(self.difficulty, |d| d.min(self.difficulty));
         self.sent.insert(job.id.clone(), (at, work));
+        if self.sent_work.len() == MAX_SENT_WORK {
+            self.sent_work.pop_front();
+        }
+        self.sent_work.push_back(SentWork {
+            work,
+            difficulty: at,
+            ntime: job.ntime,
+        });
         let mut lines: Vec<String> = self.tell(at, always_tell).into_iter().collect();
         lines.push(stratum::notify(job));
         lines
@@ -200,7 +226,7 @@ impl Session {
         }
         let wanted = self
             .vardiff
-            .retarget(self.difficulty, now_ms)
+            .retarget(self.told, now_ms)
             .unwrap_or(self.difficulty);
         self.difficulty = self.vardiff.clamp(wanted);
         self.send_job(job, book, false)
@@ -285,7 +311,7 @@ impl Session {
             Request::Submit(submit) => match self.validate(id.clone(), submit, book, now_ms) {
                 Ok(accepted) => {
                     self.accepted += 1;
-                    self.vardiff.record_share();
+                    self.vardiff.record_share(accepted.difficulty);
                     Outcome::Accepted(Box::new(accepted))
                 }
                 Err(r) => {
@@ -324,9 +350,20 @@ impl Session {
         // difficulty (`mining.suggest_difficulty`) before submitting, and
         // be paid the share's whole worth; and work done at a difficulty
         // vardiff then lowered was paid at the lower one.
-        let Some(&(difficulty, _)) = self.sent.get(&s.job_id) else {
+        let Some(&(sent_at, work)) = self.sent.get(&s.job_id) else {
             return reject(code::STALE, "job not sent on this connection");
         };
+        // The header is also one of every other job of the same work whose
+        // ntime it reaches: it is worth the least of theirs. Else a miner
+        // sent the same work at a high difficulty and then at a low one
+        // would submit its rich hashes on the first job and the rest on
+        // the second.
+        let difficulty = self
+            .sent_work
+            .iter()
+            .filter(|w| w.work == work && w.ntime <= s.ntime)
+            .map(|w| w.difficulty)
+            .fold(sent_at, Difficulty::min);
         if s.extranonce2.len() != self.cfg.extranonce2_size {
             return reject(code::OTHER, "extranonce2 has the wrong size");
         }
@@ -765,6 +802,92 @@ mod tests {
             Outcome::Accepted(a) => assert_eq!(a.difficulty, high),
             other => panic!("{other:?}"),
         }
+    }
+
+    /// The same work sent at a high difficulty and later at a low one: a
+    /// rich hash with an ntime that reaches the later job is worth the low
+    /// one on the earlier job too. A share with the earlier job's own ntime
+    /// keeps its job's difficulty.
+    #[test]
+    fn the_same_work_sent_later_for_less_pays_less_on_the_earlier_job() {
+        let (low, high) = (Difficulty::from_micro(1), Difficulty::from_micro(20));
+        let (mut s, mut book, first) = setup();
+        login(&mut s, &book);
+        let now = first.ntime as i64 * 1000;
+        suggest(&mut s, &book, 0.00002, now);
+        let mut jobs = BuiltinJobs::new([3; 32]);
+        jobs.next(1_000_000, true);
+        let dear = book.push(jobs.next(1_000_000, false));
+        s.on_job(&dear, &book, 0);
+        // A proxy's cap falls: the same work comes again for less.
+        s.cap_difficulty(Some(low));
+        let cheap = book.push(Job {
+            id: "cheap".into(),
+            ntime: dear.ntime + 30,
+            ..(*dear).clone()
+        });
+        s.on_job(&cheap, &book, 0);
+        let rich = find_nonce_at(&dear, cheap.ntime, 0, high, None);
+        match s.handle(submit(&dear.id, cheap.ntime, rich), &book, now) {
+            Outcome::Accepted(a) => assert_eq!(a.difficulty, low),
+            other => panic!("{other:?}"),
+        }
+        let own = find_nonce(&dear, 0, high, None);
+        match s.handle(submit(&dear.id, dear.ntime, own), &book, now) {
+            Outcome::Accepted(a) => assert_eq!(a.difficulty, high),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    /// Work that comes again as a clean job (the book forgot the jobs it
+    /// went out with) still goes out at the lowest difficulty it went out
+    /// at. Vardiff then steps from the difficulty its shares really came
+    /// at, not from the one the session was raised to meanwhile.
+    #[test]
+    fn work_sent_again_as_a_clean_job_keeps_its_first_difficulty() {
+        let (low, high) = (Difficulty::from_micro(1), Difficulty::from_micro(1000));
+        let (mut s, mut book, first) = setup();
+        login(&mut s, &book);
+        let now = first.ntime as i64 * 1000;
+        let later = first.ntime + 30;
+        let rich = find_nonce_at(&first, later, 0, Difficulty::from_micro(20), None);
+        suggest(&mut s, &book, 0.001, now);
+        assert_eq!(s.difficulty(), high);
+        let again = book.push(Job {
+            id: "again".into(),
+            ntime: later,
+            clean: true,
+            ..(*first).clone()
+        });
+        assert!(
+            book.get(&first.id).is_none(),
+            "a clean job retires the rest"
+        );
+        let lines = s.on_job(&again, &book, 0);
+        assert_eq!(lines[0], stratum::set_difficulty(low), "{lines:?}");
+        match s.handle(submit(&again.id, later, rich), &book, now) {
+            Outcome::Accepted(a) => assert_eq!(a.difficulty, low),
+            other => panic!("{other:?}"),
+        }
+        // Seven more shares at the low difficulty, quickly: a window.
+        let mut nonce = rich + 1;
+        for _ in 0..7 {
+            nonce = find_nonce_at(&again, later, nonce, low, None);
+            assert!(matches!(
+                s.handle(submit(&again.id, later, nonce), &book, now),
+                Outcome::Accepted(_)
+            ));
+            nonce += 1;
+        }
+        let mut jobs = BuiltinJobs::new([3; 32]);
+        jobs.next(1_000_000, true);
+        let new_work = book.push(jobs.next(later, false));
+        s.on_job(&new_work, &book, 1);
+        assert_eq!(
+            s.difficulty(),
+            Difficulty::from_micro(4),
+            "four times the difficulty the shares came at"
+        );
     }
 
     /// A burst of shares far faster than vardiff aims for asks for new work
