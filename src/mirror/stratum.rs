@@ -270,8 +270,9 @@ async fn builtin_source(jobs: Arc<Jobs>, mirror_id: [u8; 32], interval: Duration
 const BLOCK_JOBS: u32 = 10;
 /// The least time between two built-in jobs when a session hurries them
 /// ([`Jobs::hurry`]): the book keeps eight jobs, so a miner's share is
-/// stale only if its job is 16 s old or more.
-const HURRIED_JOB_GAP: Duration = Duration::from_secs(2);
+/// stale only if its job is 32 s old or more, about as with jobs every
+/// 30 s and none hurried.
+const HURRIED_JOB_GAP: Duration = Duration::from_secs(4);
 
 fn now_ms() -> i64 {
     std::time::SystemTime::now()

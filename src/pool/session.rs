@@ -22,7 +22,7 @@ const MAX_SEEN: usize = 200_000;
 const MAX_SENT_WORK: usize = 64;
 
 /// A job sent, as [`Session::sent_work`] keeps it.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 struct SentWork {
     work: [u8; 32],
     difficulty: Difficulty,
@@ -189,14 +189,19 @@ impl Session {
             .min();
         let at = before.map_or(self.difficulty, |d| d.min(self.difficulty));
         self.sent.insert(job.id.clone(), (at, work));
-        if self.sent_work.len() == MAX_SENT_WORK {
-            self.sent_work.pop_front();
-        }
-        self.sent_work.push_back(SentWork {
+        let sent = SentWork {
             work,
             difficulty: at,
             ntime: job.ntime,
-        });
+        };
+        // A job sent again as it was (`mining.subscribe` once more) adds
+        // nothing: were it to, a miner could push its other work out.
+        if !self.sent_work.iter().any(|w| *w == sent) {
+            if self.sent_work.len() == MAX_SENT_WORK {
+                self.sent_work.pop_front();
+            }
+            self.sent_work.push_back(sent);
+        }
         let mut lines: Vec<String> = self.tell(at, always_tell).into_iter().collect();
         lines.push(stratum::notify(job));
         lines
@@ -311,7 +316,7 @@ impl Session {
             Request::Submit(submit) => match self.validate(id.clone(), submit, book, now_ms) {
                 Ok(accepted) => {
                     self.accepted += 1;
-                    self.vardiff.record_share(accepted.difficulty);
+                    self.vardiff.record_share();
                     Outcome::Accepted(Box::new(accepted))
                 }
                 Err(r) => {
@@ -358,9 +363,19 @@ impl Session {
         // sent the same work at a high difficulty and then at a low one
         // would submit its rich hashes on the first job and the rest on
         // the second.
+        // The jobs in the book count whatever `sent_work` forgot.
+        let in_book = self.sent.iter().filter_map(|(id, &(difficulty, work))| {
+            book.get(id).map(|j| SentWork {
+                work,
+                difficulty,
+                ntime: j.ntime,
+            })
+        });
         let difficulty = self
             .sent_work
             .iter()
+            .copied()
+            .chain(in_book)
             .filter(|w| w.work == work && w.ntime <= s.ntime)
             .map(|w| w.difficulty)
             .fold(sent_at, Difficulty::min);
@@ -839,10 +854,50 @@ mod tests {
         }
     }
 
+    /// Subscribing again and again sends the running job again and again;
+    /// that pushes no other work out of what the session remembers, so
+    /// the same work sent at a high difficulty and then at a low one still
+    /// pays the low one on the first job.
+    #[test]
+    fn subscribing_again_forgets_no_work() {
+        let (low, high) = (Difficulty::from_micro(1), Difficulty::from_micro(20));
+        let (mut s, mut book, first) = setup();
+        login(&mut s, &book);
+        let now = first.ntime as i64 * 1000;
+        suggest(&mut s, &book, 0.00002, now);
+        let mut jobs = BuiltinJobs::new([3; 32]);
+        jobs.next(1_000_000, true);
+        let dear = book.push(jobs.next(1_000_000, false));
+        s.on_job(&dear, &book, 0);
+        s.cap_difficulty(Some(low));
+        let cheap = book.push(Job {
+            id: "cheap".into(),
+            ntime: dear.ntime + 30,
+            ..(*dear).clone()
+        });
+        s.on_job(&cheap, &book, 0);
+        let other = book.push(jobs.next(1_000_060, false));
+        s.on_job(&other, &book, 0);
+        for _ in 0..2 * MAX_SENT_WORK {
+            s.handle(
+                call(r#"{"id":5,"method":"mining.subscribe","params":[]}"#),
+                &book,
+                now,
+            );
+        }
+        let rich = find_nonce_at(&dear, cheap.ntime, 0, high, None);
+        match s.handle(submit(&dear.id, cheap.ntime, rich), &book, now) {
+            Outcome::Accepted(a) => assert_eq!(a.difficulty, low),
+            other => panic!("{other:?}"),
+        }
+        assert!(s.sent_work.len() <= 5, "{}", s.sent_work.len());
+    }
+
     /// Work that comes again as a clean job (the book forgot the jobs it
     /// went out with) still goes out at the lowest difficulty it went out
-    /// at. Vardiff then steps from the difficulty its shares really came
-    /// at, not from the one the session was raised to meanwhile.
+    /// at. Vardiff then steps from the difficulty the miner was told, the
+    /// one its shares really came at, not from the one the session was
+    /// raised to meanwhile.
     #[test]
     fn work_sent_again_as_a_clean_job_keeps_its_first_difficulty() {
         let (low, high) = (Difficulty::from_micro(1), Difficulty::from_micro(1000));

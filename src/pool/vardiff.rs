@@ -15,10 +15,6 @@ pub struct Vardiff {
     ceiling: Option<Difficulty>,
     window_start: i64,
     shares: u32,
-    /// The difficulty the window's last share was credited at: what the
-    /// miner is really mining at, which may be below the one it was last
-    /// told (a job of work that went out before at a lower one).
-    last: Option<Difficulty>,
 }
 
 impl Vardiff {
@@ -30,7 +26,6 @@ impl Vardiff {
             ceiling: None,
             window_start: now_ms,
             shares: 0,
-            last: None,
         }
     }
 
@@ -47,10 +42,8 @@ impl Vardiff {
         self.ceiling = ceiling;
     }
 
-    /// A share credited at `d`.
-    pub fn record_share(&mut self, d: Difficulty) {
+    pub fn record_share(&mut self) {
         self.shares += 1;
-        self.last = Some(d);
     }
 
     /// Whether a whole window of shares came more than 30 % faster than
@@ -64,9 +57,7 @@ impl Vardiff {
     }
 
     /// A new difficulty if the observed rate is off by more than 30 %. The
-    /// step is at most 4x either way, so one burst cannot swing it wildly,
-    /// and is taken from the difficulty the window's shares came at, or
-    /// `current` if none came.
+    /// step is at most 4x either way, so one burst cannot swing it wildly.
     pub fn retarget(&mut self, current: Difficulty, now_ms: i64) -> Option<Difficulty> {
         let elapsed = now_ms - self.window_start;
         if self.shares < WINDOW_SHARES && elapsed < 3 * self.target_ms {
@@ -79,7 +70,6 @@ impl Vardiff {
         let rate = self.shares as f64 * self.target_ms as f64 / elapsed as f64;
         self.window_start = now_ms;
         self.shares = 0;
-        let current = self.last.take().unwrap_or(current);
         let factor = rate.clamp(0.25, 4.0);
         if (0.7..=1.3).contains(&factor) {
             return None;
@@ -101,7 +91,7 @@ mod tests {
     fn too_fast_raises_too_slow_lowers_on_target_keeps() {
         let mut v = Vardiff::new(10.0, d(0.001), d(1e6), 0);
         for _ in 0..8 {
-            v.record_share(d(1.0));
+            v.record_share();
         }
         // 8 shares in 8 s against one per 10 s: 10x too fast, capped at 4x.
         assert_eq!(v.retarget(d(1.0), 8_000), Some(d(4.0)));
@@ -109,7 +99,7 @@ mod tests {
         assert_eq!(v.retarget(d(4.0), 38_000), Some(d(1.0)));
         // Three shares in 30 s: on target.
         for _ in 0..3 {
-            v.record_share(d(1.0));
+            v.record_share();
         }
         assert_eq!(v.retarget(d(1.0), 68_000), None);
         // Never below the minimum.
@@ -122,10 +112,10 @@ mod tests {
     fn a_fast_window_is_seen_at_once() {
         let mut v = Vardiff::new(10.0, d(0.001), d(8.0), 0);
         for _ in 0..7 {
-            v.record_share(d(1.0));
+            v.record_share();
         }
         assert!(!v.too_fast(d(1.0), 1_000), "seven shares are not a window");
-        v.record_share(d(1.0));
+        v.record_share();
         assert!(v.too_fast(d(1.0), 1_000));
         // Eight shares in 70 s against one per 10 s: on target.
         assert!(!v.too_fast(d(1.0), 70_000));
