@@ -1061,6 +1061,70 @@ fn quota_and_capacity_are_clear_errors() {
     client.ok(&["put", small.to_str().unwrap()]);
 }
 
+/// A share uploaded without a declared length (streamed) is held to the
+/// account's quota by its real length: a small one fits where a 16 MiB
+/// one would not, and one past the quota is refused and not kept.
+#[test]
+fn a_streamed_upload_is_held_to_the_quota_by_its_real_length() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mirror = MirrorProc::start(&tmp.path().join("m"), &["--quota", "1M"]);
+    let key = lode::crypto::RootSecret::from_bytes([0x44; 32]).account_key();
+    let rt = common::runtime();
+    rt.block_on(async {
+        let to = common::mirror_id(&mirror.url).await;
+        let http = reqwest::Client::new();
+        let put = |body: Vec<u8>| {
+            let id = lode::chunk::share_id(&body);
+            let path = format!("/v1/share/{}", lode::protocol::hex(&id));
+            let auth = lode::protocol::RequestAuth::sign_digest(
+                &key,
+                &to,
+                "PUT",
+                &path,
+                lode::protocol::unix_now(),
+                &id,
+            );
+            let stream = futures_util::stream::iter(
+                body.chunks(4096)
+                    .map(|c| Ok::<_, std::io::Error>(c.to_vec()))
+                    .collect::<Vec<_>>(),
+            );
+            let request = http
+                .put(format!("{}{path}", mirror.url))
+                .header("authorization", auth.header())
+                .body(reqwest::Body::wrap_stream(stream));
+            async move {
+                let r = request.send().await.unwrap();
+                (r.status().as_u16(), r.text().await.unwrap_or_default())
+            }
+        };
+        let small = common::seeded_bytes("streamed small", 64 << 10);
+        let (status, text) = put(small.clone()).await;
+        assert_eq!(status, 201, "{text}");
+        let big = common::seeded_bytes("streamed big", 2 << 20);
+        let (status, text) = put(big.clone()).await;
+        assert!(
+            (400..500).contains(&status) || status == 507,
+            "{status} {text}"
+        );
+        assert!(text.contains("quota"), "{text}");
+        let id = lode::protocol::hex(&lode::chunk::share_id(&big));
+        let r = http
+            .get(format!("{}/v1/share/{id}", mirror.url))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 404, "a refused share is not kept");
+        let id = lode::protocol::hex(&lode::chunk::share_id(&small));
+        let r = http
+            .get(format!("{}/v1/share/{id}", mirror.url))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.bytes().await.unwrap().to_vec(), small);
+    });
+}
+
 #[test]
 fn gc_frees_unleased_shares_and_keeps_renewed_ones() {
     let tmp = tempfile::tempdir().unwrap();

@@ -169,9 +169,13 @@ async fn put_share(
     let declared = headers
         .get(header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
-    // Room and funding are checked before a byte is stored; without a
-    // declared length, the largest share is assumed.
+    // Room and funding are checked before a byte is stored: for the
+    // declared length, or without one (a streamed upload) for any room at
+    // all, and again for the real length when the share is recorded
+    // (`Ledger::add_shares`). The largest share was assumed, which refused
+    // a small streamed upload to an account within 16 MiB of its quota.
     let len = declared.unwrap_or(MAX_SHARE_BYTES);
+    let room = declared.unwrap_or(1);
     let (repair, shares) = (q.repair, m.shares.clone());
     // One trip to the blocking pool for the checks before the body.
     let held = {
@@ -190,7 +194,7 @@ async fn put_share(
                         limit: MAX_SHARE_BYTES,
                     });
                 }
-                l.precheck(&account, &id, len, now)?;
+                l.precheck(&account, &id, room, now)?;
                 Ok(false)
             })
             .await?
