@@ -239,7 +239,7 @@ pub(super) async fn run_pool(
 }
 
 async fn builtin_source(jobs: Arc<Jobs>, mirror_id: [u8; 32], interval: Duration) {
-    let mut source = BuiltinJobs::new(mirror_id);
+    let mut source = BuiltinJobs::new(mirror_id, rand::random());
     let mut block_since: Option<tokio::time::Instant> = None;
     loop {
         // A new synthetic block every ten intervals (a clean job: shares

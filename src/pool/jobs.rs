@@ -49,14 +49,20 @@ pub const EXTRANONCE2_SIZE: usize = 4;
 /// work done for one mirror is worthless to another.
 pub struct BuiltinJobs {
     mirror_id: [u8; 32],
+    /// Unknown to miners: each job's coinbase carries a tag made from it,
+    /// so no miner can work out a job before it is sent.
+    secret: [u8; 32],
     height: u32,
     serial: u64,
 }
 
 impl BuiltinJobs {
-    pub fn new(mirror_id: [u8; 32]) -> BuiltinJobs {
+    /// Jobs for `mirror_id`, made unforeseeable by `secret` (a fresh
+    /// random one each time a pool starts).
+    pub fn new(mirror_id: [u8; 32], secret: [u8; 32]) -> BuiltinJobs {
         BuiltinJobs {
             mirror_id,
+            secret,
             height: 1,
             serial: 0,
         }
@@ -82,15 +88,21 @@ impl BuiltinJobs {
             .collect();
 
         // scriptSig: height push, tag push, then the extranonces, then a
-        // trailing push of "/lode/" and the job's serial; its length covers
-        // all of them. The serial makes each job's work its own: a share
-        // found on one job is never a share of the next, which the
-        // difficulty a job goes out at relies on (`Job::work`).
+        // trailing push of "/lode/" and the job's own tag; its length
+        // covers all of them. The tag makes each job's work its own, and
+        // one no miner can work out before the job is sent (from the
+        // secret and the serial): the difficulty a job goes out at is set
+        // then (`Session::send_job`), and a miner that could hash the next
+        // job ahead would raise or lower its difficulty to suit the hashes
+        // it found.
         let height = self.height.to_le_bytes();
         let mut tag = b"lode".to_vec();
         tag.extend_from_slice(&self.mirror_id[..8]);
         let mut suffix = b"\x0e/lode/".to_vec();
-        suffix.extend_from_slice(&self.serial.to_le_bytes());
+        let mut tag_seed = b"lode builtin job tag".to_vec();
+        tag_seed.extend_from_slice(&self.secret);
+        tag_seed.extend_from_slice(&self.serial.to_le_bytes());
+        suffix.extend_from_slice(&sha256d(&tag_seed)[..8]);
         let script_len = 1 + 3 + 1 + tag.len() + EXTRANONCE1_SIZE + EXTRANONCE2_SIZE + suffix.len();
         let mut coinb1 = Vec::new();
         coinb1.extend_from_slice(&1u32.to_le_bytes()); // tx version
@@ -131,7 +143,7 @@ mod tests {
 
     #[test]
     fn clean_jobs_retire_old_ones() {
-        let mut src = BuiltinJobs::new([1; 32]);
+        let mut src = BuiltinJobs::new([1; 32], [9; 32]);
         let mut book = JobBook::default();
         let a = book.push(src.next(100, true));
         let b = book.push(src.next(101, false));
@@ -147,11 +159,14 @@ mod tests {
     /// block; a copy of a job with another id and ntime is the same work.
     #[test]
     fn each_builtin_job_is_new_work() {
-        let mut src = BuiltinJobs::new([4; 32]);
+        let mut src = BuiltinJobs::new([4; 32], [9; 32]);
         let a = src.next(100, true);
         let b = src.next(130, false);
         assert_eq!(a.prevhash, b.prevhash);
         assert_ne!(a.work(), b.work());
+        // Another secret, another job: nobody without it can foresee one.
+        let mut other = BuiltinJobs::new([4; 32], [8; 32]);
+        assert_ne!(other.next(100, true).work(), a.work());
         let again = Job {
             id: "other".into(),
             ntime: 160,
@@ -173,10 +188,10 @@ mod tests {
 
     #[test]
     fn coinbase_script_length_covers_the_extranonces() {
-        let job = BuiltinJobs::new([2; 32]).next(5, true);
+        let job = BuiltinJobs::new([2; 32], [9; 32]).next(5, true);
         let script_len = job.coinb1[41] as usize;
         let script_in_coinb1 = job.coinb1.len() - 42;
-        let script_in_coinb2 = 15; // the "/lode/" and serial push
+        let script_in_coinb2 = 15; // the "/lode/" and tag push
         assert_eq!(
             script_len,
             script_in_coinb1 + EXTRANONCE1_SIZE + EXTRANONCE2_SIZE + script_in_coinb2

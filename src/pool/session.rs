@@ -18,16 +18,9 @@ pub const NTIME_SLACK: u32 = 600;
 /// Bound on remembered shares per connection (duplicate detection).
 const MAX_SEEN: usize = 200_000;
 
-/// Jobs whose work and difficulty a session remembers.
-const MAX_SENT_WORK: usize = 64;
-
-/// A job sent, as [`Session::sent_work`] keeps it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-struct SentWork {
-    work: [u8; 32],
-    difficulty: Difficulty,
-    ntime: u32,
-}
+/// Works whose difficulty a session remembers (an upstream sends some
+/// dozens an hour; the same work sent again adds none).
+const MAX_WORKS: usize = 256;
 
 /// How a session is set up.
 #[derive(Debug, Clone)]
@@ -84,19 +77,20 @@ pub struct Session {
     subscribed: bool,
     authorized: Option<([u8; 32], String)>,
     /// The difficulty the next job is sent at, unless its work went out
-    /// before at a lower one ([`Session::send_job`]).
+    /// before ([`Session::send_job`]).
     difficulty: Difficulty,
     /// The difficulty last said to the miner (`mining.set_difficulty`).
     told: Difficulty,
-    /// The difficulty each job still in the book was sent at on this
-    /// connection, and its work ([`Job::work`]): a share is checked and
-    /// credited at its job's, never at one set after the job (see
-    /// [`Session::validate`]).
-    sent: HashMap<String, (Difficulty, [u8; 32])>,
-    /// The last [`MAX_SENT_WORK`] jobs sent, newest last: their work, the
-    /// difficulty they went out at and their ntime. Kept past the book
-    /// (an upstream may send the same work again as a clean job).
-    sent_work: VecDeque<SentWork>,
+    /// The work ([`Job::work`]) of each job still in the book that was
+    /// sent on this connection.
+    sent: HashMap<String, [u8; 32]>,
+    /// The difficulty each work went out at, the first time: a share is
+    /// checked and credited at its work's, never at one set after (see
+    /// [`Session::send_job`], [`Session::validate`]). Kept past the book
+    /// (an upstream may send the same work again as a clean job), the
+    /// [`MAX_WORKS`] newest, in `work_order`, oldest first.
+    works: HashMap<[u8; 32], Difficulty>,
+    work_order: VecDeque<[u8; 32]>,
     version_mask: u32,
     seen: HashSet<ShareKey>,
     vardiff: Vardiff,
@@ -127,7 +121,8 @@ impl Session {
             subscribed: false,
             authorized: None,
             sent: HashMap::new(),
-            sent_work: VecDeque::new(),
+            works: HashMap::new(),
+            work_order: VecDeque::new(),
             version_mask: 0,
             seen: HashSet::new(),
             accepted: 0,
@@ -169,42 +164,47 @@ impl Session {
     ///
     /// A job whose work went out before (the same job again, after a second
     /// `mining.subscribe`; or another job of the same work with only a
-    /// fresh ntime, as pools send) goes out at the lowest difficulty that
-    /// work ever went out at: the miner may have found its hashes at that
-    /// one, with an ntime as late as the new job's. Were a higher one to
-    /// hold, a miner could hold back its best hashes, raise its difficulty
-    /// (`suggest_difficulty`, or a burst of shares for vardiff), have the
-    /// work sent again and be paid each hash at the raised price. The
-    /// session's own difficulty stays where it was for the next new work.
-    /// The other way round (the same work sent later at a lower
-    /// difficulty) is met when a share is checked ([`Session::validate`]).
+    /// fresh ntime, as pools send) goes out at the difficulty that work
+    /// first went out at. A share found on one such job, with an ntime as
+    /// late as the other's, is a share of both: the work has one price, or
+    /// the miner picks the better one after seeing its hashes. Raised for
+    /// the second job, a miner held back its best hashes, raised its
+    /// difficulty (`suggest_difficulty`, or a burst for vardiff) and was
+    /// paid them at the raised price; lowered, it sent its rich hashes at
+    /// once at the first price and the rest later at the second (found by
+    /// three reviews). The session's own difficulty holds from the next
+    /// new work on.
     fn send_job(&mut self, job: &Job, book: &JobBook, always_tell: bool) -> Vec<String> {
         self.sent.retain(|id, _| book.get(id).is_some());
         let work = job.work();
-        let before = self
-            .sent_work
-            .iter()
-            .filter(|w| w.work == work)
-            .map(|w| w.difficulty)
-            .min();
-        let at = before.map_or(self.difficulty, |d| d.min(self.difficulty));
-        self.sent.insert(job.id.clone(), (at, work));
-        let sent = SentWork {
-            work,
-            difficulty: at,
-            ntime: job.ntime,
-        };
-        // A job sent again as it was (`mining.subscribe` once more) adds
-        // nothing: were it to, a miner could push its other work out.
-        if !self.sent_work.iter().any(|w| *w == sent) {
-            if self.sent_work.len() == MAX_SENT_WORK {
-                self.sent_work.pop_front();
+        let at = match self.works.get(&work) {
+            Some(&d) => d,
+            None => {
+                self.remember_work(work);
+                self.difficulty
             }
-            self.sent_work.push_back(sent);
-        }
+        };
+        self.sent.insert(job.id.clone(), work);
         let mut lines: Vec<String> = self.tell(at, always_tell).into_iter().collect();
         lines.push(stratum::notify(job));
         lines
+    }
+
+    /// Remember `work` at the session's difficulty, forgetting the oldest
+    /// work past [`MAX_WORKS`] unless a job in the book still has it.
+    fn remember_work(&mut self, work: [u8; 32]) {
+        self.works.insert(work, self.difficulty);
+        self.work_order.push_back(work);
+        let mut turns = self.work_order.len();
+        while self.work_order.len() > MAX_WORKS && turns > 0 {
+            turns -= 1;
+            let oldest = self.work_order.pop_front().expect("longer than the bound");
+            if self.sent.values().any(|w| *w == oldest) {
+                self.work_order.push_back(oldest);
+            } else {
+                self.works.remove(&oldest);
+            }
+        }
     }
 
     /// Whether this miner's shares come so much faster than vardiff aims
@@ -355,30 +355,11 @@ impl Session {
         // difficulty (`mining.suggest_difficulty`) before submitting, and
         // be paid the share's whole worth; and work done at a difficulty
         // vardiff then lowered was paid at the lower one.
-        let Some(&(sent_at, work)) = self.sent.get(&s.job_id) else {
+        // At its work's difficulty: one price for every job of that work
+        // ([`Session::send_job`]).
+        let Some(&difficulty) = self.sent.get(&s.job_id).and_then(|w| self.works.get(w)) else {
             return reject(code::STALE, "job not sent on this connection");
         };
-        // The header is also one of every other job of the same work whose
-        // ntime it reaches: it is worth the least of theirs. Else a miner
-        // sent the same work at a high difficulty and then at a low one
-        // would submit its rich hashes on the first job and the rest on
-        // the second.
-        // The jobs in the book count whatever `sent_work` forgot.
-        let in_book = self.sent.iter().filter_map(|(id, &(difficulty, work))| {
-            book.get(id).map(|j| SentWork {
-                work,
-                difficulty,
-                ntime: j.ntime,
-            })
-        });
-        let difficulty = self
-            .sent_work
-            .iter()
-            .copied()
-            .chain(in_book)
-            .filter(|w| w.work == work && w.ntime <= s.ntime)
-            .map(|w| w.difficulty)
-            .fold(sent_at, Difficulty::min);
         if s.extranonce2.len() != self.cfg.extranonce2_size {
             return reject(code::OTHER, "extranonce2 has the wrong size");
         }
@@ -448,7 +429,7 @@ mod tests {
             version_mask: VERSION_ROLLING_MASK,
         };
         let mut book = JobBook::default();
-        let job = book.push(BuiltinJobs::new([3; 32]).next(1_000_000, true));
+        let job = book.push(BuiltinJobs::new([3; 32], [9; 32]).next(1_000_000, true));
         (Session::new(cfg, 0), book, job)
     }
 
@@ -652,7 +633,7 @@ mod tests {
         // sent at 0.01.
         let mut book = book;
         suggest(&mut s, &book, 0.01, now);
-        let mut jobs = BuiltinJobs::new([3; 32]);
+        let mut jobs = BuiltinJobs::new([3; 32], [9; 32]);
         jobs.next(1_000_000, true);
         let job = book.push(jobs.next(1_000_000, false));
         // At the session's start, so that vardiff has no reason to move.
@@ -706,7 +687,7 @@ mod tests {
         }
         // The next job goes out at the raised difficulty; work on the
         // first still counts at the first's.
-        let mut jobs = BuiltinJobs::new([3; 32]);
+        let mut jobs = BuiltinJobs::new([3; 32], [9; 32]);
         jobs.next(1_000_000, true);
         let second = book.push(jobs.next(1_000_000, false));
         // At the session's start, so that vardiff has no reason to move.
@@ -784,7 +765,7 @@ mod tests {
         assert_eq!(s.difficulty(), high);
 
         // The built-in source's next job: new work.
-        let mut jobs = BuiltinJobs::new([3; 32]);
+        let mut jobs = BuiltinJobs::new([3; 32], [9; 32]);
         jobs.next(1_000_000, true);
         let second = book.push(jobs.next(later, false));
         let lines = s.on_job(&second, &book, 0);
@@ -819,82 +800,78 @@ mod tests {
         }
     }
 
-    /// The same work sent at a high difficulty and later at a low one: a
-    /// rich hash with an ntime that reaches the later job is worth the low
-    /// one on the earlier job too. A share with the earlier job's own ntime
-    /// keeps its job's difficulty.
+    /// The same work sent at a high difficulty and again once the
+    /// session's difficulty fell (a proxy's cap fell) keeps the high one:
+    /// a hash that fits both jobs is worth one price, so rich hashes sent
+    /// at once and the rest held for the cheaper job earn nothing extra.
+    /// New work after it goes out at the fallen difficulty.
     #[test]
-    fn the_same_work_sent_later_for_less_pays_less_on_the_earlier_job() {
+    fn the_same_work_sent_again_keeps_its_price_when_the_difficulty_falls() {
         let (low, high) = (Difficulty::from_micro(1), Difficulty::from_micro(20));
         let (mut s, mut book, first) = setup();
         login(&mut s, &book);
         let now = first.ntime as i64 * 1000;
         suggest(&mut s, &book, 0.00002, now);
-        let mut jobs = BuiltinJobs::new([3; 32]);
+        let mut jobs = BuiltinJobs::new([3; 32], [9; 32]);
         jobs.next(1_000_000, true);
         let dear = book.push(jobs.next(1_000_000, false));
         s.on_job(&dear, &book, 0);
-        // A proxy's cap falls: the same work comes again for less.
         s.cap_difficulty(Some(low));
-        let cheap = book.push(Job {
-            id: "cheap".into(),
+        let again = book.push(Job {
+            id: "again".into(),
             ntime: dear.ntime + 30,
             ..(*dear).clone()
         });
-        s.on_job(&cheap, &book, 0);
-        let rich = find_nonce_at(&dear, cheap.ntime, 0, high, None);
-        match s.handle(submit(&dear.id, cheap.ntime, rich), &book, now) {
-            Outcome::Accepted(a) => assert_eq!(a.difficulty, low),
-            other => panic!("{other:?}"),
-        }
-        let own = find_nonce(&dear, 0, high, None);
-        match s.handle(submit(&dear.id, dear.ntime, own), &book, now) {
+        let lines = s.on_job(&again, &book, 0);
+        assert!(!lines[0].contains("mining.set_difficulty"), "{lines:?}");
+        assert_eq!(s.difficulty(), low);
+        let rich = find_nonce_at(&dear, again.ntime, 0, high, None);
+        match s.handle(submit(&dear.id, again.ntime, rich), &book, now) {
             Outcome::Accepted(a) => assert_eq!(a.difficulty, high),
             other => panic!("{other:?}"),
         }
+        let poor = find_nonce_at(&dear, again.ntime, 0, low, Some(high));
+        match s.handle(submit(&again.id, again.ntime, poor), &book, now) {
+            Outcome::Reply(l) => assert!(l[0].contains("low difficulty"), "{l:?}"),
+            other => panic!("held back for the cheaper job and paid: {other:?}"),
+        }
+        let new_work = book.push(jobs.next(1_000_060, false));
+        let lines = s.on_job(&new_work, &book, 0);
+        assert_eq!(lines[0], stratum::set_difficulty(low), "{lines:?}");
     }
 
-    /// Subscribing again and again sends the running job again and again;
-    /// that pushes no other work out of what the session remembers, so
-    /// the same work sent at a high difficulty and then at a low one still
-    /// pays the low one on the first job.
+    /// Subscribing again and again sends the running job again and again:
+    /// it adds no work to remember. Many works are remembered up to the
+    /// bound, but never one a job in the book still has.
     #[test]
-    fn subscribing_again_forgets_no_work() {
-        let (low, high) = (Difficulty::from_micro(1), Difficulty::from_micro(20));
+    fn works_are_remembered_within_a_bound() {
         let (mut s, mut book, first) = setup();
         login(&mut s, &book);
         let now = first.ntime as i64 * 1000;
-        suggest(&mut s, &book, 0.00002, now);
-        let mut jobs = BuiltinJobs::new([3; 32]);
-        jobs.next(1_000_000, true);
-        let dear = book.push(jobs.next(1_000_000, false));
-        s.on_job(&dear, &book, 0);
-        s.cap_difficulty(Some(low));
-        let cheap = book.push(Job {
-            id: "cheap".into(),
-            ntime: dear.ntime + 30,
-            ..(*dear).clone()
-        });
-        s.on_job(&cheap, &book, 0);
-        let other = book.push(jobs.next(1_000_060, false));
-        s.on_job(&other, &book, 0);
-        for _ in 0..2 * MAX_SENT_WORK {
+        for _ in 0..10 {
             s.handle(
                 call(r#"{"id":5,"method":"mining.subscribe","params":[]}"#),
                 &book,
                 now,
             );
         }
-        let rich = find_nonce_at(&dear, cheap.ntime, 0, high, None);
-        match s.handle(submit(&dear.id, cheap.ntime, rich), &book, now) {
-            Outcome::Accepted(a) => assert_eq!(a.difficulty, low),
-            other => panic!("{other:?}"),
+        assert_eq!(s.works.len(), 1);
+        let mut jobs = BuiltinJobs::new([3; 32], [9; 32]);
+        for i in 0..2 * MAX_WORKS {
+            let job = book.push(jobs.next(1_000_000 + i as u32, false));
+            s.on_job(&job, &book, 0);
+            assert!(s.works.len() <= MAX_WORKS, "{}", s.works.len());
         }
-        assert!(s.sent_work.len() <= 5, "{}", s.sent_work.len());
+        let current = book.current().unwrap();
+        let nonce = find_nonce(&current, 0, s.difficulty(), None);
+        assert!(matches!(
+            s.handle(submit(&current.id, current.ntime, nonce), &book, now),
+            Outcome::Accepted(_)
+        ));
     }
 
     /// Work that comes again as a clean job (the book forgot the jobs it
-    /// went out with) still goes out at the lowest difficulty it went out
+    /// went out with) still goes out at the difficulty it first went out
     /// at. Vardiff then steps from the difficulty the miner was told, the
     /// one its shares really came at, not from the one the session was
     /// raised to meanwhile.
@@ -934,7 +911,7 @@ mod tests {
             ));
             nonce += 1;
         }
-        let mut jobs = BuiltinJobs::new([3; 32]);
+        let mut jobs = BuiltinJobs::new([3; 32], [9; 32]);
         jobs.next(1_000_000, true);
         let new_work = book.push(jobs.next(later, false));
         s.on_job(&new_work, &book, 1);
@@ -964,7 +941,7 @@ mod tests {
             nonce += 1;
         }
         assert!(s.wants_new_work(t0 + 8));
-        let mut jobs = BuiltinJobs::new([3; 32]);
+        let mut jobs = BuiltinJobs::new([3; 32], [9; 32]);
         jobs.next(1_000_000, true);
         let second = book.push(jobs.next(first.ntime, false));
         let lines = s.on_job(&second, &book, t0 + 8);
@@ -988,7 +965,7 @@ mod tests {
         // The upstream's difficulty is below the session's: the next job
         // goes out at it, with the difficulty said first.
         s.cap_difficulty(Some(cap));
-        let mut jobs = BuiltinJobs::new([3; 32]);
+        let mut jobs = BuiltinJobs::new([3; 32], [9; 32]);
         jobs.next(1_000_000, true);
         let second = book.push(jobs.next(1_000_000, false));
         let lines = s.on_job(&second, &book, 0);
