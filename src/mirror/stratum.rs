@@ -52,7 +52,7 @@ pub struct PoolConfig {
 /// Jobs shared by every connection.
 pub(super) struct Jobs {
     pub book: RwLock<JobBook>,
-    pub tx: broadcast::Sender<Arc<Job>>,
+    pub tx: broadcast::Sender<Published>,
     /// Extranonce1 prefix every session's extranonce1 starts with, and the
     /// extranonce2 size sessions get (set by the upstream in proxy mode).
     pub extranonce: RwLock<(Vec<u8>, usize)>,
@@ -85,8 +85,22 @@ impl Jobs {
 
     pub async fn publish(&self, job: Job) {
         let job = self.book.write().await.push(job);
-        let _ = self.tx.send(job);
+        let _ = self.tx.send(Published {
+            job,
+            at_ms: now_ms(),
+        });
     }
+}
+
+/// A job as the pool published it, and when: a session retargets as of
+/// then, not as of when it got to the job, which a miner that stops
+/// reading can put off (and so choose, after hashing the job on another
+/// connection, whether its window has run long enough to lower the
+/// difficulty).
+#[derive(Clone)]
+pub(super) struct Published {
+    job: Arc<Job>,
+    at_ms: i64,
 }
 
 /// The session parts of extranonce1 that live connections hold, so that no
@@ -94,9 +108,15 @@ impl Jobs {
 /// would scan the same headers, and one's shares would be refused as the
 /// other's duplicates. In proxy mode a part is two bytes, so a plain counter
 /// came round to a live connection's part after 65,536 others.
+///
+/// Parts are drawn at random: a miner that could tell the part its next
+/// connection gets could hash the running job for that connection before
+/// opening it, then ask for the difficulty that suits the hashes it found
+/// (`mining.suggest_difficulty`) and subscribe, to have the job priced at
+/// it (found by a review; parts were counted up from a random start).
 pub(super) struct SessionParts {
-    /// The next part to try, and the parts held.
-    state: std::sync::Mutex<(u32, std::collections::HashSet<u32>)>,
+    /// The parts held.
+    held: std::sync::Mutex<std::collections::HashSet<u32>>,
 }
 
 /// One connection's part, given back when dropped.
@@ -106,33 +126,37 @@ pub(super) struct SessionPart {
 }
 
 impl SessionParts {
-    /// Parts handed out from `start` on (random, so that a restarted
-    /// mirror hands out fresh ones; the ledger's unique hashes make reuse
-    /// harmless anyway).
-    pub fn new(start: u32) -> SessionParts {
+    pub fn new() -> SessionParts {
         SessionParts {
-            state: std::sync::Mutex::new((start, Default::default())),
+            held: std::sync::Mutex::new(Default::default()),
         }
     }
 
-    /// A part of `bytes` (at most 4) that no live connection holds, or
-    /// `None` if every one is held.
+    /// A random part of `bytes` (at most 4) that no live connection holds,
+    /// or `None` if every one is held.
     pub fn take(self: &Arc<Self>, bytes: usize) -> Option<SessionPart> {
         let space = 1u64 << (8 * bytes.min(4));
-        let mut state = self.state.lock().expect("session parts lock");
-        if state.1.len() as u64 >= space {
+        let mut held = self.held.lock().expect("session parts lock");
+        if held.len() as u64 >= space {
             return None;
         }
-        loop {
-            let value = (u64::from(state.0) % space) as u32;
-            state.0 = state.0.wrapping_add(1);
-            if state.1.insert(value) {
-                return Some(SessionPart {
-                    parts: self.clone(),
-                    value,
-                });
-            }
-        }
+        // A few random tries; nearly full, the next free part after a
+        // random one.
+        let start = rand::random::<u64>() % space;
+        let value = (0..16)
+            .map(|_| rand::random::<u64>() % space)
+            .find(|v| !held.contains(&(*v as u32)))
+            .or_else(|| {
+                (0..space)
+                    .map(|i| (start + i) % space)
+                    .find(|v| !held.contains(&(*v as u32)))
+            })
+            .expect("fewer held than there are parts") as u32;
+        held.insert(value);
+        Some(SessionPart {
+            parts: self.clone(),
+            value,
+        })
     }
 }
 
@@ -144,8 +168,8 @@ impl SessionPart {
 
 impl Drop for SessionPart {
     fn drop(&mut self) {
-        let mut state = self.parts.state.lock().expect("session parts lock");
-        state.1.remove(&self.value);
+        let mut held = self.parts.held.lock().expect("session parts lock");
+        held.remove(&self.value);
     }
 }
 
@@ -184,7 +208,7 @@ pub(super) async fn run_pool(
             None
         }
     };
-    let counter = Arc::new(SessionParts::new(rand::random()));
+    let counter = Arc::new(SessionParts::new());
     let config = Arc::new(config);
     let places = Arc::new(tokio::sync::Semaphore::new(config.max_connections.max(1)));
     // When the bound was last said to be met: once a minute at most.
@@ -351,6 +375,28 @@ async fn connection(
     session.cap_difficulty(jobs.difficulty_cap());
     loop {
         tokio::select! {
+            // Jobs first: a job published before a miner's line is priced
+            // before the line is read. Otherwise a miner that held its
+            // connection's task back (by not reading) could learn the job
+            // on another connection, hash it for this one, and then send
+            // `mining.suggest_difficulty` to set its price.
+            biased;
+            job = job_rx.recv() => {
+                match job {
+                    Ok(Published { job, at_ms }) => {
+                        if jobs.generation.load(Ordering::Relaxed) != generation {
+                            return Ok(()); // the upstream reconnected: extranonces changed
+                        }
+                        let book = jobs.book.read().await.clone();
+                        session.cap_difficulty(jobs.difficulty_cap());
+                        for l in session.on_job(&job, &book, at_ms) {
+                            lines.send(l).await.map_err(std::io::Error::other)?;
+                        }
+                    }
+                    Err(broadcast::error::RecvError::Lagged(_)) => {}
+                    Err(broadcast::error::RecvError::Closed) => return Ok(()),
+                }
+            }
             line = tokio::time::timeout(IDLE, lines.next()) => {
                 let line = match line {
                     Err(_) => return Ok(()), // idle
@@ -420,22 +466,6 @@ async fn connection(
                     }
                 }
             }
-            job = job_rx.recv() => {
-                match job {
-                    Ok(job) => {
-                        if jobs.generation.load(Ordering::Relaxed) != generation {
-                            return Ok(()); // the upstream reconnected: extranonces changed
-                        }
-                        let book = jobs.book.read().await.clone();
-                        session.cap_difficulty(jobs.difficulty_cap());
-                        for l in session.on_job(&job, &book, now_ms()) {
-                            lines.send(l).await.map_err(std::io::Error::other)?;
-                        }
-                    }
-                    Err(broadcast::error::RecvError::Lagged(_)) => {}
-                    Err(broadcast::error::RecvError::Closed) => return Ok(()),
-                }
-            }
         }
     }
 }
@@ -449,7 +479,7 @@ mod tests {
     /// part in use means no more, and a part given back is free again.
     #[test]
     fn no_two_live_connections_share_an_extranonce_part() {
-        let parts = Arc::new(SessionParts::new(u32::MAX - 5));
+        let parts = Arc::new(SessionParts::new());
         let first = parts.take(2).unwrap();
         let mut held: Vec<SessionPart> = (1..1 << 16).map(|_| parts.take(2).unwrap()).collect();
         let mut values: Vec<u32> = held.iter().map(SessionPart::value).collect();
@@ -463,5 +493,18 @@ mod tests {
         assert_eq!(parts.take(2).map(|p| p.value()), Some(freed));
         drop(first);
         assert!(parts.take(2).is_some());
+    }
+
+    /// The part a connection gets is not the one after the last: a miner
+    /// cannot tell its next connection's part ahead.
+    #[test]
+    fn the_next_part_cannot_be_told() {
+        let parts = Arc::new(SessionParts::new());
+        let taken: Vec<SessionPart> = (0..4).map(|_| parts.take(4).unwrap()).collect();
+        let steps: Vec<u32> = taken
+            .windows(2)
+            .map(|w| w[1].value().wrapping_sub(w[0].value()))
+            .collect();
+        assert!(steps.iter().any(|&d| d != 1), "{steps:?}");
     }
 }
