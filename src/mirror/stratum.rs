@@ -88,19 +88,22 @@ impl Jobs {
         let _ = self.tx.send(Published {
             job,
             at_ms: now_ms(),
+            cap: self.difficulty_cap(),
         });
     }
 }
 
-/// A job as the pool published it, and when: a session retargets as of
-/// then, not as of when it got to the job, which a miner that stops
-/// reading can put off (and so choose, after hashing the job on another
-/// connection, whether its window has run long enough to lower the
-/// difficulty).
+/// A job as the pool published it, when, and the proxy's cap on
+/// difficulty then: a session prices it as of then, not as of when it got
+/// to the job, which a miner that stops reading can put off (and so
+/// choose, after hashing the job on another connection, whether its
+/// vardiff window has run long enough to lower the difficulty, or wait
+/// for the upstream's difficulty to move the cap).
 #[derive(Clone)]
 pub(super) struct Published {
     job: Arc<Job>,
     at_ms: i64,
+    cap: Option<Difficulty>,
 }
 
 /// The session parts of extranonce1 that live connections hold, so that no
@@ -133,11 +136,12 @@ impl SessionParts {
     }
 
     /// A random part of `bytes` (at most 4) that no live connection holds,
-    /// or `None` if every one is held.
+    /// or `None` if three quarters of them are held: past that, a miner
+    /// holding the rest could tell the few left, and so its next part.
     pub fn take(self: &Arc<Self>, bytes: usize) -> Option<SessionPart> {
         let space = 1u64 << (8 * bytes.min(4));
         let mut held = self.held.lock().expect("session parts lock");
-        if held.len() as u64 >= space {
+        if held.len() as u64 >= space - space / 4 {
             return None;
         }
         // A few random tries; nearly full, the next free part after a
@@ -383,12 +387,12 @@ async fn connection(
             biased;
             job = job_rx.recv() => {
                 match job {
-                    Ok(Published { job, at_ms }) => {
+                    Ok(Published { job, at_ms, cap }) => {
                         if jobs.generation.load(Ordering::Relaxed) != generation {
                             return Ok(()); // the upstream reconnected: extranonces changed
                         }
                         let book = jobs.book.read().await.clone();
-                        session.cap_difficulty(jobs.difficulty_cap());
+                        session.cap_difficulty(cap);
                         for l in session.on_job(&job, &book, at_ms) {
                             lines.send(l).await.map_err(std::io::Error::other)?;
                         }
@@ -475,22 +479,25 @@ mod tests {
     use super::*;
 
     /// Two-byte parts (proxy mode): a counter that wrapped gave a live
-    /// connection's part to the 65,537th; held parts are skipped, every
-    /// part in use means no more, and a part given back is free again.
+    /// connection's part to the 65,537th; held parts are skipped, three
+    /// quarters in use means no more, and a part given back is free again.
     #[test]
     fn no_two_live_connections_share_an_extranonce_part() {
         let parts = Arc::new(SessionParts::new());
+        let bound = (1 << 16) - (1 << 14);
         let first = parts.take(2).unwrap();
-        let mut held: Vec<SessionPart> = (1..1 << 16).map(|_| parts.take(2).unwrap()).collect();
+        let mut held: Vec<SessionPart> = (1..bound).map(|_| parts.take(2).unwrap()).collect();
         let mut values: Vec<u32> = held.iter().map(SessionPart::value).collect();
         values.push(first.value());
         values.sort_unstable();
         values.dedup();
-        assert_eq!(values.len(), 1 << 16, "all distinct");
+        assert_eq!(values.len(), bound, "all distinct");
         assert!(values.iter().all(|&v| v < 1 << 16));
-        assert!(parts.take(2).is_none(), "every part is held");
-        let freed = held.swap_remove(1234).value();
-        assert_eq!(parts.take(2).map(|p| p.value()), Some(freed));
+        assert!(parts.take(2).is_none(), "three quarters held: no more");
+        drop(held.swap_remove(1234));
+        let again = parts.take(2).expect("one given back");
+        assert!(!held.iter().any(|h| h.value() == again.value()));
+        assert!(parts.take(2).is_none());
         drop(first);
         assert!(parts.take(2).is_some());
     }
