@@ -118,20 +118,59 @@ pub(super) struct Published {
 /// (`mining.suggest_difficulty`) and subscribe, to have the job priced at
 /// it (found by a review; parts were counted up from a random start).
 pub(super) struct SessionParts {
-    /// The parts held.
-    held: std::sync::Mutex<std::collections::HashSet<u32>>,
+    state: std::sync::Mutex<PartsState>,
+    /// Whether a part's prices outlive its connection (two-byte parts,
+    /// behind a proxy: see [`SessionParts::hand_on`]).
+    hand_on: bool,
 }
 
-/// One connection's part, given back when dropped.
+#[derive(Default)]
+struct PartsState {
+    /// The parts held.
+    held: std::collections::HashSet<u32>,
+    /// The prices the last connection with each part set, for works then
+    /// in the book.
+    prices: std::collections::HashMap<u32, Prices>,
+}
+
+/// Works and the difficulty each went out at on one connection.
+type Prices = Vec<([u8; 32], Difficulty)>;
+
+/// One connection's part, given back when dropped, and the prices the
+/// last connection with it set.
 pub(super) struct SessionPart {
     parts: Arc<SessionParts>,
     value: u32,
+    inherited: Prices,
 }
 
 impl SessionParts {
-    pub fn new() -> SessionParts {
+    /// Parts whose prices are handed on to the next connection that gets
+    /// the part if `hand_on`.
+    pub fn new(hand_on: bool) -> SessionParts {
         SessionParts {
-            held: std::sync::Mutex::new(Default::default()),
+            state: Default::default(),
+            hand_on,
+        }
+    }
+
+    /// Keep `prices`, set by the connection holding `part`, for the next
+    /// connection that gets it. A freed part is handed out again, and its
+    /// headers are the same, so a work priced on one connection must keep
+    /// that price on the next: else a miner that hashed the running work
+    /// for every part could cycle connections and choose each part's price
+    /// after seeing its hashes (found by a review). Only two-byte parts
+    /// (behind a proxy) need it: four-byte ones, drawn at random, are as
+    /// good as never handed out again while a work is current.
+    pub fn hand_on(&self, part: &SessionPart, prices: Prices) {
+        if !self.hand_on {
+            return;
+        }
+        let mut state = self.state.lock().expect("session parts lock");
+        if prices.is_empty() {
+            state.prices.remove(&part.value);
+        } else {
+            state.prices.insert(part.value, prices);
         }
     }
 
@@ -140,7 +179,8 @@ impl SessionParts {
     /// holding the rest could tell the few left, and so its next part.
     pub fn take(self: &Arc<Self>, bytes: usize) -> Option<SessionPart> {
         let space = 1u64 << (8 * bytes.min(4));
-        let mut held = self.held.lock().expect("session parts lock");
+        let mut state = self.state.lock().expect("session parts lock");
+        let held = &mut state.held;
         if held.len() as u64 >= space - space / 4 {
             return None;
         }
@@ -157,9 +197,11 @@ impl SessionParts {
             })
             .expect("fewer held than there are parts") as u32;
         held.insert(value);
+        let inherited = state.prices.get(&value).cloned().unwrap_or_default();
         Some(SessionPart {
             parts: self.clone(),
             value,
+            inherited,
         })
     }
 }
@@ -168,12 +210,17 @@ impl SessionPart {
     pub fn value(&self) -> u32 {
         self.value
     }
+
+    /// The prices the last connection with this part set.
+    pub fn inherited(&self) -> &[([u8; 32], Difficulty)] {
+        &self.inherited
+    }
 }
 
 impl Drop for SessionPart {
     fn drop(&mut self) {
-        let mut held = self.parts.held.lock().expect("session parts lock");
-        held.remove(&self.value);
+        let mut state = self.parts.state.lock().expect("session parts lock");
+        state.held.remove(&self.value);
     }
 }
 
@@ -212,7 +259,7 @@ pub(super) async fn run_pool(
             None
         }
     };
-    let counter = Arc::new(SessionParts::new());
+    let counter = Arc::new(SessionParts::new(config.upstream.is_some()));
     let config = Arc::new(config);
     let places = Arc::new(tokio::sync::Semaphore::new(config.max_connections.max(1)));
     // When the bound was last said to be met: once a minute at most.
@@ -376,7 +423,33 @@ async fn connection(
         },
         now_ms(),
     );
+    session.inherit(own.inherited());
     session.cap_difficulty(jobs.difficulty_cap());
+    let served = serve(
+        &mut session,
+        &mut lines,
+        &mut job_rx,
+        &jobs,
+        &credit,
+        generation,
+        &forward,
+    )
+    .await;
+    // Before the part is given back (when `own` drops).
+    counter.hand_on(&own, session.works_in(&*jobs.book.read().await));
+    served
+}
+
+/// Answer one connection's miner until it leaves or fails.
+async fn serve(
+    session: &mut Session,
+    lines: &mut Framed<TcpStream, LinesCodec>,
+    job_rx: &mut broadcast::Receiver<Published>,
+    jobs: &Jobs,
+    credit: &Credit,
+    generation: u64,
+    forward: &Option<mpsc::Sender<Forward>>,
+) -> std::io::Result<()> {
     loop {
         tokio::select! {
             // Jobs first: a job published before a miner's line is priced
@@ -407,7 +480,7 @@ async fn connection(
                     Ok(None) => return Ok(()),
                     // Too long or not UTF-8: the stream cannot be trusted
                     // to resume at a line, so say why and close.
-                    Ok(Some(Err(e))) => return refuse(&mut lines, &e.to_string()).await,
+                    Ok(Some(Err(e))) => return refuse(lines, &e.to_string()).await,
                     Ok(Some(Ok(l))) => l,
                 };
                 if line.trim().is_empty() {
@@ -417,7 +490,7 @@ async fn connection(
                     Ok(call) => call,
                     // Not JSON-RPC at all (another protocol on the port, a
                     // broken client): say so, then close.
-                    Err(e @ crate::pool::Error::Json(_)) => return refuse(&mut lines, &e.to_string()).await,
+                    Err(e @ crate::pool::Error::Json(_)) => return refuse(lines, &e.to_string()).await,
                     Err(e) => {
                         let id = serde_json::from_str::<serde_json::Value>(&line).ok().and_then(|v| v.get("id").cloned()).unwrap_or_default();
                         lines.send(stratum::err(&id, code::OTHER, &e.to_string())).await.map_err(std::io::Error::other)?;
@@ -483,7 +556,7 @@ mod tests {
     /// quarters in use means no more, and a part given back is free again.
     #[test]
     fn no_two_live_connections_share_an_extranonce_part() {
-        let parts = Arc::new(SessionParts::new());
+        let parts = Arc::new(SessionParts::new(false));
         let bound = (1 << 16) - (1 << 14);
         let first = parts.take(2).unwrap();
         let mut held: Vec<SessionPart> = (1..bound).map(|_| parts.take(2).unwrap()).collect();
@@ -502,11 +575,38 @@ mod tests {
         assert!(parts.take(2).is_some());
     }
 
+    /// Behind a proxy a part's prices go to the next connection that gets
+    /// the part; with four-byte parts nothing is kept.
+    #[test]
+    fn a_parts_prices_are_handed_on_behind_a_proxy() {
+        let price = ([7; 32], Difficulty::from_micro(5));
+        let parts = Arc::new(SessionParts::new(true));
+        let part = parts.take(2).unwrap();
+        assert!(part.inherited().is_empty());
+        parts.hand_on(&part, vec![price]);
+        let value = part.value();
+        drop(part);
+        assert_eq!(
+            parts.state.lock().unwrap().prices.get(&value),
+            Some(&vec![price])
+        );
+        // Whichever part comes next, it brings what was handed on with it.
+        for v in 0..1u32 << 16 {
+            parts.state.lock().unwrap().prices.insert(v, vec![price]);
+        }
+        assert_eq!(parts.take(2).unwrap().inherited(), &[price]);
+
+        let own = Arc::new(SessionParts::new(false));
+        let part = own.take(4).unwrap();
+        own.hand_on(&part, vec![price]);
+        assert!(own.state.lock().unwrap().prices.is_empty());
+    }
+
     /// The part a connection gets is not the one after the last: a miner
     /// cannot tell its next connection's part ahead.
     #[test]
     fn the_next_part_cannot_be_told() {
-        let parts = Arc::new(SessionParts::new());
+        let parts = Arc::new(SessionParts::new(false));
         let taken: Vec<SessionPart> = (0..4).map(|_| parts.take(4).unwrap()).collect();
         let steps: Vec<u32> = taken
             .windows(2)

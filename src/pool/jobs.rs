@@ -36,6 +36,11 @@ impl JobBook {
     pub fn current(&self) -> Option<Arc<Job>> {
         self.jobs.back().cloned()
     }
+
+    /// Every live job, oldest first.
+    pub fn jobs(&self) -> impl Iterator<Item = &Arc<Job>> {
+        self.jobs.iter()
+    }
 }
 
 /// Size of the extranonce1 a mirror gives each session.

@@ -190,6 +190,32 @@ impl Session {
         lines
     }
 
+    /// The works of the jobs in `book` and the difficulty each went out at
+    /// here: what a connection that gets this one's extranonce part next
+    /// must keep ([`Session::inherit`]).
+    pub fn works_in(&self, book: &JobBook) -> Vec<([u8; 32], Difficulty)> {
+        let live: HashSet<[u8; 32]> = book.jobs().map(|j| j.work()).collect();
+        self.works
+            .iter()
+            .filter(|(w, _)| live.contains(*w))
+            .map(|(w, d)| (*w, *d))
+            .collect()
+    }
+
+    /// Keep the prices an earlier connection with the same extranonce part
+    /// set: its headers are this one's, so a work it priced has that price
+    /// here too. Were it priced afresh, a miner that hashed the running
+    /// work for every part could cycle connections and choose each part's
+    /// price after seeing its hashes.
+    pub fn inherit(&mut self, works: &[([u8; 32], Difficulty)]) {
+        for &(work, d) in works {
+            if let std::collections::hash_map::Entry::Vacant(e) = self.works.entry(work) {
+                e.insert(d);
+                self.work_order.push_back(work);
+            }
+        }
+    }
+
     /// Remember `work` at the session's difficulty, forgetting the oldest
     /// work past [`MAX_WORKS`] unless a job in the book still has it.
     fn remember_work(&mut self, work: [u8; 32]) {
@@ -868,6 +894,36 @@ mod tests {
             s.handle(submit(&current.id, current.ntime, nonce), &book, now),
             Outcome::Accepted(_)
         ));
+    }
+
+    /// A connection with an earlier one's extranonce part keeps that one's
+    /// prices for the works still in the book, whatever difficulty it asks
+    /// for; a work the book dropped is not handed on.
+    #[test]
+    fn a_part_handed_on_keeps_its_prices() {
+        let (low, high) = (Difficulty::from_micro(1), Difficulty::from_micro(20));
+        let (mut s, mut book, first) = setup();
+        login(&mut s, &book);
+        let mut jobs = BuiltinJobs::new([3; 32], [9; 32]);
+        let gone = jobs.next(999_000, false);
+        let handed = s.works_in(&book);
+        assert_eq!(handed, vec![(first.work(), low)]);
+        let mut next = Session::new(s.cfg.clone(), 0);
+        next.inherit(&handed);
+        next.inherit(&[(gone.work(), low)]);
+        let now = first.ntime as i64 * 1000;
+        suggest(&mut next, &book, 0.00002, now);
+        login(&mut next, &book);
+        assert_eq!(next.told, low, "the inherited price is told");
+        let rich = find_nonce(&first, 0, high, None);
+        match next.handle(submit(&first.id, first.ntime, rich), &book, now) {
+            Outcome::Accepted(a) => assert_eq!(a.difficulty, low),
+            other => panic!("{other:?}"),
+        }
+        let fresh = book.push(jobs.next(1_000_030, false));
+        next.on_job(&fresh, &book, 0);
+        assert_eq!(next.told, high, "new work at the asked difficulty");
+        assert!(!next.works_in(&book).iter().any(|(w, _)| *w == gone.work()));
     }
 
     /// Work that comes again as a clean job (the book forgot the jobs it
