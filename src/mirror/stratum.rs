@@ -129,8 +129,9 @@ struct PartsState {
     /// The parts held.
     held: std::collections::HashSet<u32>,
     /// The prices the last connection with each part set, for works then
-    /// in the book.
-    prices: std::collections::HashMap<u32, Prices>,
+    /// in the book, and the upstream link's generation then (a new link
+    /// gives new extranonce prefixes, so other headers).
+    prices: std::collections::HashMap<u32, (u64, Prices)>,
 }
 
 /// Works and the difficulty each went out at on one connection.
@@ -162,7 +163,7 @@ impl SessionParts {
     /// after seeing its hashes (found by a review). Only two-byte parts
     /// (behind a proxy) need it: four-byte ones, drawn at random, are as
     /// good as never handed out again while a work is current.
-    pub fn hand_on(&self, part: &SessionPart, prices: Prices) {
+    pub fn hand_on(&self, part: &SessionPart, generation: u64, prices: Prices) {
         if !self.hand_on {
             return;
         }
@@ -170,14 +171,16 @@ impl SessionParts {
         if prices.is_empty() {
             state.prices.remove(&part.value);
         } else {
-            state.prices.insert(part.value, prices);
+            state.prices.insert(part.value, (generation, prices));
         }
     }
 
     /// A random part of `bytes` (at most 4) that no live connection holds,
     /// or `None` if three quarters of them are held: past that, a miner
-    /// holding the rest could tell the few left, and so its next part.
-    pub fn take(self: &Arc<Self>, bytes: usize) -> Option<SessionPart> {
+    /// holding the rest could tell the few left, and so its next part. It
+    /// brings the prices handed on with it under the upstream link of
+    /// `generation`.
+    pub fn take(self: &Arc<Self>, bytes: usize, generation: u64) -> Option<SessionPart> {
         let space = 1u64 << (8 * bytes.min(4));
         let mut state = self.state.lock().expect("session parts lock");
         let held = &mut state.held;
@@ -197,7 +200,10 @@ impl SessionParts {
             })
             .expect("fewer held than there are parts") as u32;
         held.insert(value);
-        let inherited = state.prices.get(&value).cloned().unwrap_or_default();
+        let inherited = match state.prices.get(&value) {
+            Some((g, prices)) if *g == generation => prices.clone(),
+            _ => Vec::new(),
+        };
         Some(SessionPart {
             parts: self.clone(),
             value,
@@ -403,7 +409,7 @@ async fn connection(
     } else {
         4
     };
-    let Some(own) = counter.take(own_len) else {
+    let Some(own) = counter.take(own_len, generation) else {
         return refuse(
             &mut lines,
             "the pool has no extranonce left for another connection",
@@ -436,7 +442,7 @@ async fn connection(
     )
     .await;
     // Before the part is given back (when `own` drops).
-    counter.hand_on(&own, session.works_in(&*jobs.book.read().await));
+    counter.hand_on(&own, generation, session.works_in(&*jobs.book.read().await));
     served
 }
 
@@ -558,21 +564,21 @@ mod tests {
     fn no_two_live_connections_share_an_extranonce_part() {
         let parts = Arc::new(SessionParts::new(false));
         let bound = (1 << 16) - (1 << 14);
-        let first = parts.take(2).unwrap();
-        let mut held: Vec<SessionPart> = (1..bound).map(|_| parts.take(2).unwrap()).collect();
+        let first = parts.take(2, 0).unwrap();
+        let mut held: Vec<SessionPart> = (1..bound).map(|_| parts.take(2, 0).unwrap()).collect();
         let mut values: Vec<u32> = held.iter().map(SessionPart::value).collect();
         values.push(first.value());
         values.sort_unstable();
         values.dedup();
         assert_eq!(values.len(), bound, "all distinct");
         assert!(values.iter().all(|&v| v < 1 << 16));
-        assert!(parts.take(2).is_none(), "three quarters held: no more");
+        assert!(parts.take(2, 0).is_none(), "three quarters held: no more");
         drop(held.swap_remove(1234));
-        let again = parts.take(2).expect("one given back");
+        let again = parts.take(2, 0).expect("one given back");
         assert!(!held.iter().any(|h| h.value() == again.value()));
-        assert!(parts.take(2).is_none());
+        assert!(parts.take(2, 0).is_none());
         drop(first);
-        assert!(parts.take(2).is_some());
+        assert!(parts.take(2, 0).is_some());
     }
 
     /// Behind a proxy a part's prices go to the next connection that gets
@@ -581,24 +587,52 @@ mod tests {
     fn a_parts_prices_are_handed_on_behind_a_proxy() {
         let price = ([7; 32], Difficulty::from_micro(5));
         let parts = Arc::new(SessionParts::new(true));
-        let part = parts.take(2).unwrap();
+        let part = parts.take(2, 0).unwrap();
         assert!(part.inherited().is_empty());
-        parts.hand_on(&part, vec![price]);
+        parts.hand_on(&part, 0, vec![price]);
         let value = part.value();
         drop(part);
         assert_eq!(
             parts.state.lock().unwrap().prices.get(&value),
-            Some(&vec![price])
+            Some(&(0, vec![price]))
         );
-        // Whichever part comes next, it brings what was handed on with it.
+        // Whichever part comes next, it brings its own prices with it, if
+        // they were set under the same upstream link.
+        let own_price = |v: u32| ([7; 32], Difficulty::from_micro(u64::from(v) + 1));
         for v in 0..1u32 << 16 {
-            parts.state.lock().unwrap().prices.insert(v, vec![price]);
+            let generation = u64::from(v % 2);
+            parts
+                .state
+                .lock()
+                .unwrap()
+                .prices
+                .insert(v, (generation, vec![own_price(v)]));
         }
-        assert_eq!(parts.take(2).unwrap().inherited(), &[price]);
+        let mut kept = Vec::new();
+        for _ in 0..16 {
+            let part = parts.take(2, 1).unwrap();
+            let v = part.value();
+            match v % 2 {
+                1 => assert_eq!(part.inherited(), &[own_price(v)]),
+                _ => assert!(part.inherited().is_empty(), "another link's"),
+            }
+            kept.push(part);
+        }
+        // A connection that priced nothing leaves nothing to hand on.
+        let part = parts.take(2, 1).unwrap();
+        parts.hand_on(&part, 1, Vec::new());
+        assert!(
+            !parts
+                .state
+                .lock()
+                .unwrap()
+                .prices
+                .contains_key(&part.value())
+        );
 
         let own = Arc::new(SessionParts::new(false));
-        let part = own.take(4).unwrap();
-        own.hand_on(&part, vec![price]);
+        let part = own.take(4, 0).unwrap();
+        own.hand_on(&part, 0, vec![price]);
         assert!(own.state.lock().unwrap().prices.is_empty());
     }
 
@@ -607,7 +641,7 @@ mod tests {
     #[test]
     fn the_next_part_cannot_be_told() {
         let parts = Arc::new(SessionParts::new(false));
-        let taken: Vec<SessionPart> = (0..4).map(|_| parts.take(4).unwrap()).collect();
+        let taken: Vec<SessionPart> = (0..4).map(|_| parts.take(4, 0).unwrap()).collect();
         let steps: Vec<u32> = taken
             .windows(2)
             .map(|w| w[1].value().wrapping_sub(w[0].value()))
