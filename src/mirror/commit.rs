@@ -125,9 +125,13 @@ async fn commit_batch(
         staged.push((s, repair));
     }
     let placed = shares.commit_batch(staged).await;
-    // Only shares now durable on disk are recorded.
+    // Only shares now durable on disk are recorded. One whose placing
+    // failed may have been renamed into place all the same (its
+    // directory's fsync failed): like a refused one, below, it must not
+    // stay as a file no ledger row records, which nothing would remove.
     let mut results: Vec<Result<()>> = Vec::with_capacity(records.len());
     let mut to_record = Vec::new();
+    let mut unrecorded = Vec::new();
     for (i, p) in placed.into_iter().enumerate() {
         match p {
             Ok(size) => {
@@ -135,45 +139,25 @@ async fn commit_batch(
                 to_record.push(i);
                 results.push(Ok(()));
             }
-            Err(e) => results.push(Err(e)),
-        }
-    }
-    if to_record.is_empty() {
-        return results;
-    }
-    let mut batch: Vec<NewShare> = to_record.iter().map(|&i| records[i]).collect();
-    // Leases run from the time they are recorded, under a stamp: a look
-    // moves the ledger's rows and its clock together (`keep_time`), and a
-    // time read before that, while the body came in, would be in the old
-    // frame.
-    let recorded = ledger
-        .run_stamped(clock, move |l, now| {
-            for record in &mut batch {
-                record.now = now;
-            }
-            l.add_shares(&batch)
-        })
-        .await;
-    let mut unrecorded = Vec::new();
-    match recorded {
-        Ok(each) => {
-            for (&i, r) in to_record.iter().zip(each) {
-                if let Err(e) = r {
-                    unrecorded.push(records[i].id);
-                    results[i] = Err(e);
-                }
-            }
-        }
-        Err(e) => {
-            let reason = e.to_string();
-            for &i in &to_record {
+            Err(e) => {
                 unrecorded.push(records[i].id);
-                results[i] = Err(Error::Commit(reason.clone()));
+                results.push(Err(e));
             }
         }
     }
-    // Refused: leave no unrecorded file (another upload of the same share,
-    // in this batch or before it, may have recorded it; then it stays).
+    if !to_record.is_empty() {
+        record(
+            ledger,
+            clock,
+            &records,
+            &to_record,
+            &mut results,
+            &mut unrecorded,
+        )
+        .await;
+    }
+    // Leave no unrecorded file (another upload of the same share, in this
+    // batch or before it, may have recorded it; then it stays).
     if !unrecorded.is_empty() {
         let orphans = ledger
             .run(move |l| {
@@ -192,4 +176,106 @@ async fn commit_batch(
         }
     }
     results
+}
+
+/// Record the placed shares `to_record` (indices into `records`) in one
+/// ledger transaction; each refused, or all if the transaction failed,
+/// gets its error in `results` and its id in `unrecorded`.
+async fn record(
+    ledger: &Ledger,
+    clock: &LedgerClock,
+    records: &[NewShare],
+    to_record: &[usize],
+    results: &mut [Result<()>],
+    unrecorded: &mut Vec<[u8; 32]>,
+) {
+    let mut batch: Vec<NewShare> = to_record.iter().map(|&i| records[i]).collect();
+    // Leases run from the time they are recorded, under a stamp: a look
+    // moves the ledger's rows and its clock together (`keep_time`), and a
+    // time read before that, while the body came in, would be in the old
+    // frame.
+    let recorded = ledger
+        .run_stamped(clock, move |l, now| {
+            for record in &mut batch {
+                record.now = now;
+            }
+            l.add_shares(&batch)
+        })
+        .await;
+    match recorded {
+        Ok(each) => {
+            for (&i, r) in to_record.iter().zip(each) {
+                if let Err(e) = r {
+                    unrecorded.push(records[i].id);
+                    results[i] = Err(e);
+                }
+            }
+        }
+        Err(e) => {
+            let reason = e.to_string();
+            for &i in to_record {
+                unrecorded.push(records[i].id);
+                results[i] = Err(Error::Commit(reason.clone()));
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::mirror::disk::faults;
+    use crate::mirror::testing::free_terms;
+
+    /// A share renamed into place whose directory's fsync then failed is
+    /// not recorded, and its file does not stay behind, held by nothing
+    /// (no GC pass or scrub would find it: they walk the ledger). With the
+    /// disk well again, the same upload goes through.
+    #[tokio::test]
+    async fn a_batch_whose_directory_sync_failed_leaves_no_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let shares = DiskShares::open(dir.path()).unwrap();
+        let ledger = Ledger::open(&dir.path().join("ledger.sqlite"), free_terms(3600)).unwrap();
+        let (finalize, clock) = (RwLock::new(()), LedgerClock::new(1_000_000));
+        let bytes: Vec<u8> = (0..1usize << 20).map(|i| (i * 7 % 251) as u8).collect();
+        let id = crate::chunk::share_id(&bytes);
+        let stage = || async {
+            let body = futures_util::stream::iter([Ok(bytes::Bytes::from(bytes.clone()))]);
+            shares
+                .stage(&id, Box::pin(body), bytes.len() as u64)
+                .await
+                .unwrap()
+        };
+
+        let staged = stage().await;
+        faults::fail_dir_syncs_under(dir.path(), true);
+        let failed = commit_batch(
+            &shares,
+            &ledger,
+            &finalize,
+            &clock,
+            vec![(staged, false, [1; 32])],
+        )
+        .await;
+        faults::fail_dir_syncs_under(dir.path(), false);
+        assert!(failed[0].is_err());
+        assert!(!ledger.has_object(&id).unwrap());
+        assert!(
+            !shares.path_of(&id).exists(),
+            "an unrecorded share file stayed behind"
+        );
+
+        let staged = stage().await;
+        let stored = commit_batch(
+            &shares,
+            &ledger,
+            &finalize,
+            &clock,
+            vec![(staged, false, [1; 32])],
+        )
+        .await;
+        assert!(stored[0].is_ok(), "{:?}", stored[0]);
+        assert!(ledger.has_object(&id).unwrap());
+        assert_eq!(std::fs::read(shares.path_of(&id)).unwrap(), bytes);
+    }
 }

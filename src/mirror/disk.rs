@@ -304,7 +304,38 @@ impl DiskShares {
 }
 
 fn fsync_dir(dir: &Path) -> std::io::Result<()> {
+    #[cfg(test)]
+    if faults::failing(dir) {
+        return Err(std::io::Error::other("injected directory fsync failure"));
+    }
     std::fs::File::open(dir)?.sync_all()
+}
+
+/// Injected failures, for tests of what a failing disk leaves behind.
+#[cfg(test)]
+pub(super) mod faults {
+    use std::path::{Path, PathBuf};
+    use std::sync::Mutex;
+
+    /// Directories under these fail their fsync. By path, so tests that
+    /// run side by side, each in its own directory, are not touched.
+    static FAILING: Mutex<Vec<PathBuf>> = Mutex::new(Vec::new());
+
+    pub fn fail_dir_syncs_under(root: &Path, fail: bool) {
+        let mut failing = FAILING.lock().unwrap();
+        failing.retain(|p| p != root);
+        if fail {
+            failing.push(root.to_path_buf());
+        }
+    }
+
+    pub(super) fn failing(dir: &Path) -> bool {
+        FAILING
+            .lock()
+            .unwrap()
+            .iter()
+            .any(|root| dir.starts_with(root))
+    }
 }
 
 /// Alignment of direct writes and reads: the largest logical block size
