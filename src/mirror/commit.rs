@@ -277,5 +277,23 @@ mod tests {
         assert!(stored[0].is_ok(), "{:?}", stored[0]);
         assert!(ledger.has_object(&id).unwrap());
         assert_eq!(std::fs::read(shares.path_of(&id)).unwrap(), bytes);
+
+        // A recorded copy stays when a later upload of it (or a repair)
+        // fails the same way: the ledger holds it.
+        for repair in [false, true] {
+            let staged = stage().await;
+            faults::fail_dir_syncs_under(dir.path(), true);
+            let failed = commit_batch(
+                &shares,
+                &ledger,
+                &finalize,
+                &clock,
+                vec![(staged, repair, [2; 32])],
+            )
+            .await;
+            faults::fail_dir_syncs_under(dir.path(), false);
+            assert!(failed[0].is_err());
+            assert_eq!(std::fs::read(shares.path_of(&id)).unwrap(), bytes);
+        }
     }
 }
