@@ -129,9 +129,10 @@ struct PartsState {
     /// The parts held.
     held: std::collections::HashSet<u32>,
     /// The prices the last connection with each part set, for works then
-    /// in the book, and the upstream link's generation then (a new link
-    /// gives new extranonce prefixes, so other headers).
-    prices: std::collections::HashMap<u32, (u64, Prices)>,
+    /// in the book, and the extranonce prefix it had (the upstream's
+    /// extranonce1: another gives other headers, the same the same ones,
+    /// whether or not the link was made again meanwhile).
+    prices: std::collections::HashMap<u32, (Vec<u8>, Prices)>,
 }
 
 /// Works and the difficulty each went out at on one connection.
@@ -163,7 +164,7 @@ impl SessionParts {
     /// after seeing its hashes (found by a review). Only two-byte parts
     /// (behind a proxy) need it: four-byte ones, drawn at random, are as
     /// good as never handed out again while a work is current.
-    pub fn hand_on(&self, part: &SessionPart, generation: u64, prices: Prices) {
+    pub fn hand_on(&self, part: &SessionPart, prefix: &[u8], prices: Prices) {
         if !self.hand_on {
             return;
         }
@@ -171,16 +172,15 @@ impl SessionParts {
         if prices.is_empty() {
             state.prices.remove(&part.value);
         } else {
-            state.prices.insert(part.value, (generation, prices));
+            state.prices.insert(part.value, (prefix.to_vec(), prices));
         }
     }
 
     /// A random part of `bytes` (at most 4) that no live connection holds,
     /// or `None` if three quarters of them are held: past that, a miner
     /// holding the rest could tell the few left, and so its next part. It
-    /// brings the prices handed on with it under the upstream link of
-    /// `generation`.
-    pub fn take(self: &Arc<Self>, bytes: usize, generation: u64) -> Option<SessionPart> {
+    /// brings the prices handed on with it under the extranonce `prefix`.
+    pub fn take(self: &Arc<Self>, bytes: usize, prefix: &[u8]) -> Option<SessionPart> {
         let space = 1u64 << (8 * bytes.min(4));
         let mut state = self.state.lock().expect("session parts lock");
         let held = &mut state.held;
@@ -201,7 +201,7 @@ impl SessionParts {
             .expect("fewer held than there are parts") as u32;
         held.insert(value);
         let inherited = match state.prices.get(&value) {
-            Some((g, prices)) if *g == generation => prices.clone(),
+            Some((p, prices)) if p[..] == prefix[..] => prices.clone(),
             _ => Vec::new(),
         };
         Some(SessionPart {
@@ -401,7 +401,7 @@ async fn connection(
     }
     let generation = jobs.generation.load(Ordering::Relaxed);
     let (prefix, en2_size) = jobs.extranonce.read().await.clone();
-    let mut extranonce1 = prefix;
+    let mut extranonce1 = prefix.clone();
     // In proxy mode the session's part is what the upstream extranonce2
     // leaves over; see upstream.rs.
     let own_len = if config.upstream.is_some() {
@@ -409,7 +409,7 @@ async fn connection(
     } else {
         4
     };
-    let Some(own) = counter.take(own_len, generation) else {
+    let Some(own) = counter.take(own_len, &prefix) else {
         return refuse(
             &mut lines,
             "the pool has no extranonce left for another connection",
@@ -442,7 +442,7 @@ async fn connection(
     )
     .await;
     // Before the part is given back (when `own` drops).
-    counter.hand_on(&own, generation, session.works_in(&*jobs.book.read().await));
+    counter.hand_on(&own, &prefix, session.works_in(&*jobs.book.read().await));
     served
 }
 
@@ -564,21 +564,21 @@ mod tests {
     fn no_two_live_connections_share_an_extranonce_part() {
         let parts = Arc::new(SessionParts::new(false));
         let bound = (1 << 16) - (1 << 14);
-        let first = parts.take(2, 0).unwrap();
-        let mut held: Vec<SessionPart> = (1..bound).map(|_| parts.take(2, 0).unwrap()).collect();
+        let first = parts.take(2, &[]).unwrap();
+        let mut held: Vec<SessionPart> = (1..bound).map(|_| parts.take(2, &[]).unwrap()).collect();
         let mut values: Vec<u32> = held.iter().map(SessionPart::value).collect();
         values.push(first.value());
         values.sort_unstable();
         values.dedup();
         assert_eq!(values.len(), bound, "all distinct");
         assert!(values.iter().all(|&v| v < 1 << 16));
-        assert!(parts.take(2, 0).is_none(), "three quarters held: no more");
+        assert!(parts.take(2, &[]).is_none(), "three quarters held: no more");
         drop(held.swap_remove(1234));
-        let again = parts.take(2, 0).expect("one given back");
+        let again = parts.take(2, &[]).expect("one given back");
         assert!(!held.iter().any(|h| h.value() == again.value()));
-        assert!(parts.take(2, 0).is_none());
+        assert!(parts.take(2, &[]).is_none());
         drop(first);
-        assert!(parts.take(2, 0).is_some());
+        assert!(parts.take(2, &[]).is_some());
     }
 
     /// Behind a proxy a part's prices go to the next connection that gets
@@ -587,40 +587,40 @@ mod tests {
     fn a_parts_prices_are_handed_on_behind_a_proxy() {
         let price = ([7; 32], Difficulty::from_micro(5));
         let parts = Arc::new(SessionParts::new(true));
-        let part = parts.take(2, 0).unwrap();
+        let part = parts.take(2, &[]).unwrap();
         assert!(part.inherited().is_empty());
-        parts.hand_on(&part, 0, vec![price]);
+        parts.hand_on(&part, &[], vec![price]);
         let value = part.value();
         drop(part);
         assert_eq!(
             parts.state.lock().unwrap().prices.get(&value),
-            Some(&(0, vec![price]))
+            Some(&(Vec::new(), vec![price]))
         );
         // Whichever part comes next, it brings its own prices with it, if
-        // they were set under the same upstream link.
+        // they were set under the same extranonce prefix.
         let own_price = |v: u32| ([7; 32], Difficulty::from_micro(u64::from(v) + 1));
         for v in 0..1u32 << 16 {
-            let generation = u64::from(v % 2);
+            let prefix = vec![(v % 2) as u8];
             parts
                 .state
                 .lock()
                 .unwrap()
                 .prices
-                .insert(v, (generation, vec![own_price(v)]));
+                .insert(v, (prefix, vec![own_price(v)]));
         }
         let mut kept = Vec::new();
         for _ in 0..16 {
-            let part = parts.take(2, 1).unwrap();
+            let part = parts.take(2, &[1]).unwrap();
             let v = part.value();
             match v % 2 {
                 1 => assert_eq!(part.inherited(), &[own_price(v)]),
-                _ => assert!(part.inherited().is_empty(), "another link's"),
+                _ => assert!(part.inherited().is_empty(), "another prefix's"),
             }
             kept.push(part);
         }
         // A connection that priced nothing leaves nothing to hand on.
-        let part = parts.take(2, 1).unwrap();
-        parts.hand_on(&part, 1, Vec::new());
+        let part = parts.take(2, &[1]).unwrap();
+        parts.hand_on(&part, &[1], Vec::new());
         assert!(
             !parts
                 .state
@@ -631,8 +631,8 @@ mod tests {
         );
 
         let own = Arc::new(SessionParts::new(false));
-        let part = own.take(4, 0).unwrap();
-        own.hand_on(&part, 0, vec![price]);
+        let part = own.take(4, &[]).unwrap();
+        own.hand_on(&part, &[], vec![price]);
         assert!(own.state.lock().unwrap().prices.is_empty());
     }
 
@@ -641,7 +641,7 @@ mod tests {
     #[test]
     fn the_next_part_cannot_be_told() {
         let parts = Arc::new(SessionParts::new(false));
-        let taken: Vec<SessionPart> = (0..4).map(|_| parts.take(4, 0).unwrap()).collect();
+        let taken: Vec<SessionPart> = (0..4).map(|_| parts.take(4, &[]).unwrap()).collect();
         let steps: Vec<u32> = taken
             .windows(2)
             .map(|w| w[1].value().wrapping_sub(w[0].value()))
