@@ -1108,19 +1108,13 @@ fn a_streamed_upload_is_held_to_the_quota_by_its_real_length() {
             "{status} {text}"
         );
         assert!(text.contains("quota"), "{text}");
-        let id = lode::protocol::hex(&lode::chunk::share_id(&big));
-        let r = http
-            .get(format!("{}/v1/share/{id}", mirror.url))
-            .send()
-            .await
-            .unwrap();
+        let get = |body: &[u8]| {
+            let id = lode::protocol::hex(&lode::chunk::share_id(body));
+            http.get(format!("{}/v1/share/{id}", mirror.url)).send()
+        };
+        let r = get(&big).await.unwrap();
         assert_eq!(r.status(), 404, "a refused share is not kept");
-        let id = lode::protocol::hex(&lode::chunk::share_id(&small));
-        let r = http
-            .get(format!("{}/v1/share/{id}", mirror.url))
-            .send()
-            .await
-            .unwrap();
+        let r = get(&small).await.unwrap();
         assert_eq!(r.bytes().await.unwrap().to_vec(), small);
     });
 }

@@ -247,52 +247,43 @@ mod tests {
                 .unwrap()
         };
 
-        let staged = stage().await;
-        faults::fail_dir_syncs_under(dir.path(), true);
-        let failed = commit_batch(
-            &shares,
-            &ledger,
-            &finalize,
-            &clock,
-            vec![(staged, false, [1; 32])],
-        )
-        .await;
-        faults::fail_dir_syncs_under(dir.path(), false);
-        assert!(failed[0].is_err());
+        // One upload of the share, alone in its batch, with every
+        // directory fsync failing or not.
+        let upload = |repair: bool, account: [u8; 32], failing: bool| {
+            let (shares, ledger, finalize, clock) = (&shares, &ledger, &finalize, &clock);
+            let (stage, root) = (&stage, dir.path());
+            async move {
+                let staged = stage().await;
+                faults::fail_dir_syncs_under(root, failing);
+                let done = commit_batch(
+                    shares,
+                    ledger,
+                    finalize,
+                    clock,
+                    vec![(staged, repair, account)],
+                )
+                .await;
+                faults::fail_dir_syncs_under(root, false);
+                done.into_iter().next().expect("one result")
+            }
+        };
+
+        assert!(upload(false, [1; 32], true).await.is_err());
         assert!(!ledger.has_object(&id).unwrap());
         assert!(
             !shares.path_of(&id).exists(),
             "an unrecorded share file stayed behind"
         );
 
-        let staged = stage().await;
-        let stored = commit_batch(
-            &shares,
-            &ledger,
-            &finalize,
-            &clock,
-            vec![(staged, false, [1; 32])],
-        )
-        .await;
-        assert!(stored[0].is_ok(), "{:?}", stored[0]);
+        let stored = upload(false, [1; 32], false).await;
+        assert!(stored.is_ok(), "{stored:?}");
         assert!(ledger.has_object(&id).unwrap());
         assert_eq!(std::fs::read(shares.path_of(&id)).unwrap(), bytes);
 
         // A recorded copy stays when a later upload of it (or a repair)
         // fails the same way: the ledger holds it.
         for repair in [false, true] {
-            let staged = stage().await;
-            faults::fail_dir_syncs_under(dir.path(), true);
-            let failed = commit_batch(
-                &shares,
-                &ledger,
-                &finalize,
-                &clock,
-                vec![(staged, repair, [2; 32])],
-            )
-            .await;
-            faults::fail_dir_syncs_under(dir.path(), false);
-            assert!(failed[0].is_err());
+            assert!(upload(repair, [2; 32], true).await.is_err());
             assert_eq!(std::fs::read(shares.path_of(&id)).unwrap(), bytes);
         }
     }

@@ -121,7 +121,7 @@ pub(super) struct SessionParts {
     state: std::sync::Mutex<PartsState>,
     /// Whether a part's prices outlive its connection (two-byte parts,
     /// behind a proxy: see [`SessionParts::hand_on`]).
-    hand_on: bool,
+    keep_prices: bool,
 }
 
 #[derive(Default)]
@@ -148,11 +148,11 @@ pub(super) struct SessionPart {
 
 impl SessionParts {
     /// Parts whose prices are handed on to the next connection that gets
-    /// the part if `hand_on`.
-    pub fn new(hand_on: bool) -> SessionParts {
+    /// the part if `keep_prices`.
+    pub fn new(keep_prices: bool) -> SessionParts {
         SessionParts {
             state: Default::default(),
-            hand_on,
+            keep_prices,
         }
     }
 
@@ -165,7 +165,7 @@ impl SessionParts {
     /// (behind a proxy) need it: four-byte ones, drawn at random, are as
     /// good as never handed out again while a work is current.
     pub fn hand_on(&self, part: &SessionPart, prefix: &[u8], prices: Prices) {
-        if !self.hand_on {
+        if !self.keep_prices {
             return;
         }
         let mut state = self.state.lock().expect("session parts lock");

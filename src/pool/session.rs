@@ -455,8 +455,21 @@ mod tests {
             version_mask: VERSION_ROLLING_MASK,
         };
         let mut book = JobBook::default();
-        let job = book.push(BuiltinJobs::new([3; 32], [9; 32]).next(1_000_000, true));
+        let job = book.push(source().next(1_000_000, true));
         (Session::new(cfg, 0), book, job)
+    }
+
+    /// The built-in source of the jobs in these tests.
+    fn source() -> BuiltinJobs {
+        BuiltinJobs::new([3; 32], [9; 32])
+    }
+
+    /// [`source`] past the first job [`setup`] takes from it: what it
+    /// makes next is new work in `setup`'s block.
+    fn source_past_first() -> BuiltinJobs {
+        let mut jobs = source();
+        jobs.next(1_000_000, true);
+        jobs
     }
 
     fn call(line: &str) -> Call {
@@ -659,8 +672,7 @@ mod tests {
         // sent at 0.01.
         let mut book = book;
         suggest(&mut s, &book, 0.01, now);
-        let mut jobs = BuiltinJobs::new([3; 32], [9; 32]);
-        jobs.next(1_000_000, true);
+        let mut jobs = source_past_first();
         let job = book.push(jobs.next(1_000_000, false));
         // At the session's start, so that vardiff has no reason to move.
         s.on_job(&job, &book, 0);
@@ -713,8 +725,7 @@ mod tests {
         }
         // The next job goes out at the raised difficulty; work on the
         // first still counts at the first's.
-        let mut jobs = BuiltinJobs::new([3; 32], [9; 32]);
-        jobs.next(1_000_000, true);
+        let mut jobs = source_past_first();
         let second = book.push(jobs.next(1_000_000, false));
         // At the session's start, so that vardiff has no reason to move.
         s.on_job(&second, &book, 0);
@@ -791,8 +802,7 @@ mod tests {
         assert_eq!(s.difficulty(), high);
 
         // The built-in source's next job: new work.
-        let mut jobs = BuiltinJobs::new([3; 32], [9; 32]);
-        jobs.next(1_000_000, true);
+        let mut jobs = source_past_first();
         let second = book.push(jobs.next(later, false));
         let lines = s.on_job(&second, &book, 0);
         assert!(!lines[0].contains("mining.set_difficulty"), "{lines:?}");
@@ -838,8 +848,7 @@ mod tests {
         login(&mut s, &book);
         let now = first.ntime as i64 * 1000;
         suggest(&mut s, &book, 0.00002, now);
-        let mut jobs = BuiltinJobs::new([3; 32], [9; 32]);
-        jobs.next(1_000_000, true);
+        let mut jobs = source_past_first();
         let dear = book.push(jobs.next(1_000_000, false));
         s.on_job(&dear, &book, 0);
         s.cap_difficulty(Some(low));
@@ -882,7 +891,7 @@ mod tests {
             );
         }
         assert_eq!(s.works.len(), 1);
-        let mut jobs = BuiltinJobs::new([3; 32], [9; 32]);
+        let mut jobs = source();
         for i in 0..2 * MAX_WORKS {
             let job = book.push(jobs.next(1_000_000 + i as u32, false));
             s.on_job(&job, &book, 0);
@@ -904,7 +913,7 @@ mod tests {
         let (low, high) = (Difficulty::from_micro(1), Difficulty::from_micro(20));
         let (mut s, mut book, first) = setup();
         login(&mut s, &book);
-        let mut jobs = BuiltinJobs::new([3; 32], [9; 32]);
+        let mut jobs = source();
         let gone = jobs.next(999_000, false);
         let handed = s.works_in(&book);
         assert_eq!(handed, vec![(first.work(), low)]);
@@ -967,8 +976,7 @@ mod tests {
             ));
             nonce += 1;
         }
-        let mut jobs = BuiltinJobs::new([3; 32], [9; 32]);
-        jobs.next(1_000_000, true);
+        let mut jobs = source_past_first();
         let new_work = book.push(jobs.next(later, false));
         s.on_job(&new_work, &book, 1);
         assert_eq!(
@@ -997,8 +1005,7 @@ mod tests {
             nonce += 1;
         }
         assert!(s.wants_new_work(t0 + 8));
-        let mut jobs = BuiltinJobs::new([3; 32], [9; 32]);
-        jobs.next(1_000_000, true);
+        let mut jobs = source_past_first();
         let second = book.push(jobs.next(first.ntime, false));
         let lines = s.on_job(&second, &book, t0 + 8);
         assert!(lines[0].contains("mining.set_difficulty"), "{lines:?}");
@@ -1021,8 +1028,7 @@ mod tests {
         // The upstream's difficulty is below the session's: the next job
         // goes out at it, with the difficulty said first.
         s.cap_difficulty(Some(cap));
-        let mut jobs = BuiltinJobs::new([3; 32], [9; 32]);
-        jobs.next(1_000_000, true);
+        let mut jobs = source_past_first();
         let second = book.push(jobs.next(1_000_000, false));
         let lines = s.on_job(&second, &book, 0);
         assert_eq!(s.difficulty(), cap);

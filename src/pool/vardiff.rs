@@ -50,10 +50,16 @@ impl Vardiff {
     /// aimed for, and the difficulty may still rise above `current`: the
     /// next retarget will raise it.
     pub fn too_fast(&self, current: Difficulty, now_ms: i64) -> bool {
-        let elapsed = now_ms - self.window_start;
         self.shares >= WINDOW_SHARES
-            && self.shares as f64 * self.target_ms as f64 > 1.3 * elapsed.max(0) as f64
+            && self.rate(now_ms).is_some_and(|r| r > 1.3)
             && self.clamp(Difficulty::from_micro(u64::MAX)) > current
+    }
+
+    /// Shares per target interval in the window so far (1.0 is on
+    /// target), once any time has passed.
+    fn rate(&self, now_ms: i64) -> Option<f64> {
+        let elapsed = now_ms - self.window_start;
+        (elapsed > 0).then(|| self.shares as f64 * self.target_ms as f64 / elapsed as f64)
     }
 
     /// A new difficulty if the observed rate is off by more than 30 %. The
@@ -63,11 +69,7 @@ impl Vardiff {
         if self.shares < WINDOW_SHARES && elapsed < 3 * self.target_ms {
             return None;
         }
-        if elapsed <= 0 {
-            return None;
-        }
-        // shares per target interval; 1.0 is on target.
-        let rate = self.shares as f64 * self.target_ms as f64 / elapsed as f64;
+        let rate = self.rate(now_ms)?;
         self.window_start = now_ms;
         self.shares = 0;
         let factor = rate.clamp(0.25, 4.0);
