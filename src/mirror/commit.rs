@@ -25,7 +25,7 @@ use super::ledger::NewShare;
 use super::{DiskShares, Error, Ledger, Result, ShareStore, Staged};
 
 /// Most uploads one batch takes.
-const MAX_BATCH: usize = 256;
+pub(super) const MAX_BATCH: usize = 256;
 /// Uploads that may wait for a batch before senders wait to queue.
 const QUEUE: usize = 1024;
 

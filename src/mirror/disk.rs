@@ -201,6 +201,38 @@ impl DiskShares {
         Ok((from_file + from_row, moved))
     }
 
+    /// The ids of the share files in the shard directory of ids starting
+    /// with `first` (blocking). Names that are not a share id's are left
+    /// out: nothing this mirror writes, and not its to judge.
+    pub(super) fn files_in_shard(&self, first: u8) -> Result<Vec<ShareId>> {
+        let dir = self
+            .root
+            .join("shares")
+            .join(crate::protocol::hex(&[first]));
+        let mut out = Vec::new();
+        for entry in std::fs::read_dir(&dir)? {
+            let entry = entry?;
+            let name = entry.file_name();
+            // The one spelling `path_of` gives: lowercase, in its shard.
+            let spelled = |n: &str| n.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'));
+            if let Some(id) = name
+                .to_str()
+                .filter(|n| spelled(n))
+                .and_then(|n| crate::protocol::parse_hex::<32>(n).ok())
+                .filter(|id| id[0] == first && entry.file_type().is_ok_and(|t| t.is_file()))
+            {
+                out.push(id);
+            }
+        }
+        Ok(out)
+    }
+
+    /// The ids of up to `limit` shares held as rows, after `after`, in
+    /// order (blocking).
+    pub(super) fn rows_after(&self, after: Option<&ShareId>, limit: usize) -> Result<Vec<ShareId>> {
+        Ok(self.small.ids_after(after, limit)?)
+    }
+
     /// Whether share `id` is held, as a file or a row (blocking).
     pub fn holds(&self, id: &ShareId) -> Result<bool> {
         Ok(self.path_of(id).try_exists()? || self.small.contains(id)?)

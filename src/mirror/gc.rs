@@ -95,9 +95,9 @@ pub(super) async fn collect_garbage(
     Ok(report)
 }
 
-/// Unlink share files GC moved aside, now that it holds no lock. One that
-/// cannot be unlinked stays in `tmp/` until the mirror starts again.
-async fn unlink(retired: &mut Vec<std::path::PathBuf>) {
+/// Unlink share files GC (or the sweep) moved aside, now that it holds no
+/// lock. One that cannot be unlinked stays in `tmp/` until the mirror starts again.
+pub(super) async fn unlink(retired: &mut Vec<std::path::PathBuf>) {
     for path in retired.drain(..) {
         if let Err(e) = tokio::fs::remove_file(&path).await {
             tracing::warn!(file = %path.display(), error = %e, "a share GC removed is left in tmp/ until the mirror starts again");

@@ -686,6 +686,17 @@ pub async fn serve(
             }
         }
     });
+    // What a crash left stored but unrecorded, found while the mirror
+    // serves (`sweep.rs`).
+    let sweep = tokio::spawn({
+        let m = mirror.clone();
+        async move {
+            if let Err(e) = super::sweep::sweep_unrecorded(&m.ledger, &m.shares, &m.finalize).await
+            {
+                tracing::error!(error = %e, "the start-up sweep for unrecorded shares failed; the next start tries again");
+            }
+        }
+    });
     let gc_mirror = mirror.clone();
     let gc_clock = clock.clone();
     let gc = tokio::spawn(async move {
@@ -779,6 +790,7 @@ pub async fn serve(
         Err(e) => Err(e),
     };
     gc.abort();
+    sweep.abort();
     beat.abort();
     if let Some(pool) = pool {
         pool.abort();

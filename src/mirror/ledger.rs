@@ -682,6 +682,27 @@ impl Ledger {
             .optional()?)
     }
 
+    /// Those of `ids` the ledger does not record, in order.
+    pub fn unrecorded(&self, ids: &[[u8; 32]]) -> Result<Vec<[u8; 32]>> {
+        let conn = self.conn.lock().expect("ledger lock");
+        let mut stmt = conn.prepare_cached("SELECT 1 FROM objects WHERE id = ?1")?;
+        let mut out = Vec::new();
+        for id in ids {
+            if !stmt.exists([&id[..]])? {
+                out.push(*id);
+            }
+        }
+        Ok(out)
+    }
+
+    /// Whether the ledger records any object at all.
+    pub fn records_any(&self) -> Result<bool> {
+        let conn = self.conn.lock().expect("ledger lock");
+        Ok(conn
+            .prepare_cached("SELECT 1 FROM objects LIMIT 1")?
+            .exists([])?)
+    }
+
     pub fn has_object(&self, id: &[u8; 32]) -> Result<bool> {
         let conn = self.conn.lock().expect("ledger lock");
         Ok(conn

@@ -21,6 +21,7 @@ pub mod listen;
 mod scrub;
 mod small;
 mod stratum;
+mod sweep;
 mod upstream;
 
 pub use credit::Balance;
