@@ -1806,7 +1806,21 @@ impl LodeFs {
     }
 
     /// Remember kept copies, and evict the oldest beyond the budget.
+    ///
+    /// Each copy counts the room it takes on the staging disk, not its
+    /// length: a partly staged copy (`partial.rs`) or a sparse file holds
+    /// far less than it reads as, and counted at its length it pushed
+    /// other copies out of the budget, and had the remover report room
+    /// its removal would not free.
     fn keep(&self, copies: Vec<(u64, PathBuf, u64)>) {
+        use std::os::unix::fs::MetadataExt;
+        let copies: Vec<(u64, PathBuf, u64)> = copies
+            .into_iter()
+            .map(|(ino, path, len)| {
+                let held = std::fs::metadata(&path).map_or(len, |m| m.blocks() * 512);
+                (ino, path, held)
+            })
+            .collect();
         let mut kept = self.kept.lock().unwrap_or_else(|p| p.into_inner());
         {
             let tree = self.lock();

@@ -478,19 +478,14 @@ async fn renew(
     ids.retain(|id| named.insert(*id));
     let lease = m.ledger.terms.lease_secs;
     let asked = ids.clone();
-    let (
-        now,
-        Renewal {
-            mut renewed,
-            mut missing,
-            refused,
-            reason,
-        },
-    ) = m
+    let Renewal {
+        mut renewed,
+        mut missing,
+        refused,
+        reason,
+    } = m
         .ledger
-        .run_stamped(&m.clock, move |l, now| {
-            Ok((now, l.renew(&account, &ids, now)?))
-        })
+        .run_stamped(&m.clock, move |l, now| l.renew(&account, &ids, now))
         .await?;
     // The ledger may list a share whose file is gone (a disk fault, an
     // operator's mistake): call it missing, so the client sends it again.
@@ -513,7 +508,10 @@ async fn renew(
         missing: missing.iter().map(|id| protocol::hex(id)).collect(),
         refused: refused.iter().map(|id| protocol::hex(id)).collect(),
         reason,
-        expires: now + lease,
+        // For the client, in the wall time it shares with the mirror: the
+        // ledger's own time lags a step of the wall clock until its next
+        // look (`clock.rs`), and the lease runs `lease` seconds either way.
+        expires: unix_now() + lease,
     }))
 }
 
