@@ -101,11 +101,46 @@ pub struct Admission {
     limits: Limits,
     /// Whether the bound was met since it was last said.
     full: bool,
-    /// Connections open per peer address, and the most one may have.
-    peers: Arc<Mutex<HashMap<IpAddr, usize>>>,
-    per_peer: usize,
+    peers: PeerPlaces,
     /// When a peer past its share was last said to be.
     said_peer: Option<Instant>,
+}
+
+/// Connections open per peer address, and the most one may have of a
+/// listener's `max` ([`per_peer`]). The Stratum pool keeps one too.
+#[derive(Clone)]
+pub struct PeerPlaces {
+    open: Arc<Mutex<HashMap<IpAddr, usize>>>,
+    most: usize,
+}
+
+impl PeerPlaces {
+    pub fn new(max: usize) -> PeerPlaces {
+        PeerPlaces {
+            open: Arc::default(),
+            most: per_peer(max),
+        }
+    }
+
+    /// The most places one peer may hold.
+    pub fn most(&self) -> usize {
+        self.most
+    }
+
+    /// A place for a connection from `ip`, unless its peer has its share.
+    pub fn take(&self, ip: IpAddr) -> Option<PeerPlace> {
+        let ip = peer_of(ip);
+        let mut open = self.open.lock().unwrap_or_else(|p| p.into_inner());
+        let held = open.entry(ip).or_default();
+        if *held >= self.most {
+            return None;
+        }
+        *held += 1;
+        Some(PeerPlace {
+            peers: self.open.clone(),
+            ip,
+        })
+    }
 }
 
 /// How long a connection may stay silent, and a request's head take.
@@ -122,34 +157,30 @@ impl Admission {
             permits: Arc::new(Semaphore::new(max.max(1))),
             limits,
             full: false,
-            peers: Arc::default(),
-            per_peer: per_peer(max),
+            peers: PeerPlaces::new(max),
             said_peer: None,
         }
     }
 
     /// A place for a connection from `ip`, unless its peer has its share.
     fn peer_place(&mut self, ip: IpAddr) -> Option<PeerPlace> {
-        let ip = peer_of(ip);
-        let mut peers = self.peers.lock().unwrap_or_else(|p| p.into_inner());
-        let open = peers.entry(ip).or_default();
-        if *open >= self.per_peer {
-            drop(peers);
-            if self
-                .said_peer
-                .is_none_or(|t| t.elapsed() >= Duration::from_secs(60))
-            {
-                self.said_peer = Some(Instant::now());
-                tracing::warn!(%ip, most = self.per_peer, "a peer has every connection it may; closing its new ones");
-            }
-            return None;
+        let place = self.peers.take(ip);
+        if place.is_none() && said_long_ago(&mut self.said_peer) {
+            let (ip, most) = (peer_of(ip), self.peers.most());
+            tracing::warn!(%ip, most, "a peer has every connection it may; closing its new ones");
         }
-        *open += 1;
-        Some(PeerPlace {
-            peers: self.peers.clone(),
-            ip,
-        })
+        place
     }
+}
+
+/// Whether a warning last said at `said` may be said again (once a
+/// minute at most); if so, it counts as said now.
+pub fn said_long_ago(said: &mut Option<Instant>) -> bool {
+    let again = said.is_none_or(|t| t.elapsed() >= Duration::from_secs(60));
+    if again {
+        *said = Some(Instant::now());
+    }
+    again
 }
 
 /// The peer an address belongs to: an IPv4 address (also written as an
@@ -170,7 +201,7 @@ fn peer_of(ip: IpAddr) -> IpAddr {
 }
 
 /// One connection counted against its peer address until dropped.
-struct PeerPlace {
+pub struct PeerPlace {
     peers: Arc<Mutex<HashMap<IpAddr, usize>>>,
     ip: IpAddr,
 }
@@ -583,7 +614,7 @@ mod tests {
     async fn past_the_bound_a_connection_waits_for_one_to_close() {
         let (mut admission, addr) = admission(2, IDLE).await;
         // All from one address here: let it have every place.
-        admission.per_peer = 2;
+        admission.peers.most = 2;
         let _a = TcpStream::connect(addr).await.unwrap();
         let _b = TcpStream::connect(addr).await.unwrap();
         let first = admission.accept().await.0;
@@ -656,7 +687,7 @@ mod tests {
             [1, 1, 7, 56, 128, 128, 256, 1024]
         );
         let (mut admission, addr) = admission(8, IDLE).await;
-        admission.per_peer = 2;
+        admission.peers.most = 2;
         let _a = TcpStream::connect(addr).await.unwrap();
         let _b = TcpStream::connect(addr).await.unwrap();
         let mut c = TcpStream::connect(addr).await.unwrap();
@@ -674,7 +705,10 @@ mod tests {
             .await
             .expect("the third connection was left open");
         assert!(matches!(closed, Ok(0) | Err(_)), "{closed:?}");
-        assert_eq!(admission.peers.lock().unwrap().values().sum::<usize>(), 2);
+        assert_eq!(
+            admission.peers.open.lock().unwrap().values().sum::<usize>(),
+            2
+        );
         drop(first);
         let _d = TcpStream::connect(addr).await.unwrap();
         let again = tokio::time::timeout(Duration::from_secs(10), admission.accept()).await;

@@ -268,6 +268,13 @@ pub(super) async fn run_pool(
     let counter = Arc::new(SessionParts::new(config.upstream.is_some()));
     let config = Arc::new(config);
     let places = Arc::new(tokio::sync::Semaphore::new(config.max_connections.max(1)));
+    // One peer address holds at most its share of the places, as on the
+    // HTTP side (`listen.rs`): without it, one host that opened every
+    // connection the pool allows and sent nothing locked every miner out,
+    // and on a priced mirror no account could earn the credit its leases
+    // need (found by a helper's hostile-client sweep).
+    let peers = super::listen::PeerPlaces::new(config.max_connections.max(1));
+    let mut said_peer = None;
     // When the bound was last said to be met: once a minute at most.
     let mut said_full: Option<tokio::time::Instant> = None;
     loop {
@@ -300,6 +307,14 @@ pub(super) async fn run_pool(
                 continue;
             }
         };
+        // Past its share: closed now, the place kept for another.
+        let Some(peer_place) = peers.take(peer.ip()) else {
+            if super::listen::said_long_ago(&mut said_peer) {
+                let most = peers.most();
+                tracing::warn!(ip = %peer.ip(), most, "a peer has every Stratum connection it may; closing its new ones");
+            }
+            continue;
+        };
         let _ = stream.set_nodelay(true);
         let (jobs, ledger, clock, config, counter, forward) = (
             jobs.clone(),
@@ -310,7 +325,7 @@ pub(super) async fn run_pool(
             forward.clone(),
         );
         tokio::spawn(async move {
-            let _place = place;
+            let _place = (place, peer_place);
             let credit = Credit { ledger, clock };
             if let Err(e) = connection(stream, jobs, credit, config, counter, forward).await {
                 tracing::debug!(%peer, error = %e, "stratum connection ended");
@@ -362,8 +377,12 @@ fn now_ms() -> i64 {
         .unwrap_or(0)
 }
 
-/// Idle connections are closed after this long without a line.
+/// Connections are closed after this long without a line from the miner
+/// (jobs going out do not count).
 const IDLE: Duration = Duration::from_secs(600);
+/// How long a connection may take, from its start, to be authorized: a
+/// miner subscribes and authorizes as soon as it connects.
+const HELLO: Duration = Duration::from_secs(60);
 
 /// Answer a line that is not a request, with no id to answer to, and end
 /// the connection: the error says why it closed.
@@ -456,7 +475,18 @@ async fn serve(
     generation: u64,
     forward: &Option<mpsc::Sender<Forward>>,
 ) -> std::io::Result<()> {
+    // Moved only by the miner's lines. A timeout made afresh at each turn
+    // of the loop started over at every job sent, so a connection that
+    // never said a word was never closed. Until the miner is authorized
+    // the deadline is counted from the connection's start, whatever it
+    // sends.
+    let opened = tokio::time::Instant::now();
+    let mut heard = opened;
     loop {
+        let until = match session.account() {
+            Some(_) => heard + IDLE,
+            None => opened + HELLO,
+        };
         tokio::select! {
             // Jobs first: a job published before a miner's line is priced
             // before the line is read. Otherwise a miner that held its
@@ -480,15 +510,16 @@ async fn serve(
                     Err(broadcast::error::RecvError::Closed) => return Ok(()),
                 }
             }
-            line = tokio::time::timeout(IDLE, lines.next()) => {
+            () = tokio::time::sleep_until(until) => return Ok(()), // idle
+            line = lines.next() => {
                 let line = match line {
-                    Err(_) => return Ok(()), // idle
-                    Ok(None) => return Ok(()),
+                    None => return Ok(()),
                     // Too long or not UTF-8: the stream cannot be trusted
                     // to resume at a line, so say why and close.
-                    Ok(Some(Err(e))) => return refuse(lines, &e.to_string()).await,
-                    Ok(Some(Ok(l))) => l,
+                    Some(Err(e)) => return refuse(lines, &e.to_string()).await,
+                    Some(Ok(l)) => l,
                 };
+                heard = tokio::time::Instant::now();
                 if line.trim().is_empty() {
                     continue;
                 }
@@ -556,6 +587,98 @@ async fn serve(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A pool on a loopback port, jobs every 10 s, with a fresh ledger.
+    async fn a_pool(max_connections: usize) -> (std::net::SocketAddr, tempfile::TempDir) {
+        let dir = tempfile::tempdir().unwrap();
+        let terms = crate::mirror::testing::free_terms(3600);
+        let ledger = Ledger::open(&dir.path().join("ledger.sqlite"), terms).unwrap();
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let config = PoolConfig {
+            initial: Difficulty::ONE,
+            min: Difficulty::from_micro(1),
+            max: Difficulty::ONE,
+            share_interval: 10.0,
+            job_interval: Duration::from_secs(10),
+            mirror_id: [7; 32],
+            upstream: None,
+            max_connections,
+        };
+        tokio::spawn(run_pool(
+            listener,
+            config,
+            ledger,
+            LedgerClock::new(unix_now()),
+        ));
+        (addr, dir)
+    }
+
+    /// Read what `conn` gets until it is closed; `false` if it is still
+    /// open after `within` (of the test's paused time).
+    async fn closed_within(conn: &mut TcpStream, within: Duration) -> bool {
+        use tokio::io::AsyncReadExt;
+        let mut buf = [0u8; 4096];
+        let reading = async {
+            loop {
+                match conn.read(&mut buf).await {
+                    Ok(0) | Err(_) => return,
+                    Ok(_) => {}
+                }
+            }
+        };
+        tokio::time::timeout(within, reading).await.is_ok()
+    }
+
+    /// A connection that never says a word is closed, though jobs go out
+    /// to it every 10 s: the idle timer started over at each one, so one
+    /// host could hold every place for good.
+    #[tokio::test(start_paused = true)]
+    async fn a_silent_connection_is_closed_while_jobs_go_out() {
+        let (addr, _dir) = a_pool(16).await;
+        let mut silent = TcpStream::connect(addr).await.unwrap();
+        assert!(closed_within(&mut silent, HELLO + Duration::from_secs(30)).await);
+        // Lines that are not an authorization do not keep it either.
+        let mut chatty = TcpStream::connect(addr).await.unwrap();
+        let talk = async {
+            use tokio::io::AsyncWriteExt;
+            for _ in 0..10 {
+                let hello = b"{\"id\": 1, \"method\": \"mining.subscribe\", \"params\": []}\n";
+                if chatty.write_all(hello).await.is_err() {
+                    return;
+                }
+                tokio::time::sleep(Duration::from_secs(20)).await;
+            }
+        };
+        tokio::time::timeout(HELLO + Duration::from_secs(30), talk)
+            .await
+            .ok();
+        assert!(closed_within(&mut chatty, Duration::from_secs(1)).await);
+    }
+
+    /// One address holds at most its share of the pool's places: past it
+    /// a connection is closed at once, and the places left are others'.
+    #[tokio::test]
+    async fn one_address_cannot_take_every_place() {
+        let (addr, _dir) = a_pool(8).await;
+        let most = crate::mirror::listen::per_peer(8);
+        assert!(most < 8);
+        let mut held = Vec::new();
+        for _ in 0..most {
+            held.push(TcpStream::connect(addr).await.unwrap());
+        }
+        let mut over = TcpStream::connect(addr).await.unwrap();
+        assert!(
+            closed_within(&mut over, Duration::from_secs(10)).await,
+            "a connection past the address's share was kept"
+        );
+        drop(held.pop());
+        let mut again = TcpStream::connect(addr).await.unwrap();
+        assert!(
+            !closed_within(&mut again, Duration::from_millis(500)).await,
+            "no place once one of its own closed"
+        );
+    }
 
     /// Two-byte parts (proxy mode): a counter that wrapped gave a live
     /// connection's part to the 65,537th; held parts are skipped, three
