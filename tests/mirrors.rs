@@ -1634,3 +1634,87 @@ fn a_mirror_is_removed_however_its_url_is_spelled() {
     let err = client.fails(&["mirrors", "remove", "http://localhost:9"]);
     assert!(err.contains("not a configured mirror"), "{err}");
 }
+
+/// Bodies a mirror holds whole are bounded: readers that take nothing
+/// of a large share, or writers that stall a slot's body, hold at most
+/// their address's part of `--body-memory` (a quarter), and past it are
+/// answered 503 at once; what they held is given back when they go.
+/// Before, 256 such requests from one address held 4.3 GB.
+#[test]
+fn bodies_held_whole_are_bounded_per_address() {
+    use std::io::{Read, Write};
+    let tmp = tempfile::tempdir().unwrap();
+    // A quarter of 64 MiB: 16 MiB for 127.0.0.1.
+    let mirror = MirrorProc::start(&tmp.path().join("m"), &["--body-memory", "64M"]);
+    let key = lode::crypto::RootSecret::from_bytes([0x45; 32]).account_key();
+    let http = lode::store::HttpMirror::new(&mirror.url, key.clone()).unwrap();
+    let rt = common::runtime();
+    let bytes = common::seeded_bytes("held whole", 10 << 20);
+    let id = lode::chunk::share_id(&bytes);
+    rt.block_on(lode::store::Storage::put_share(
+        &http,
+        &id,
+        bytes.clone().into(),
+    ))
+    .unwrap();
+    let addr = mirror.url.trim_start_matches("http://").to_string();
+    let status_of = |conn: &mut std::net::TcpStream| -> String {
+        conn.set_read_timeout(Some(std::time::Duration::from_secs(20)))
+            .unwrap();
+        let mut head = [0u8; 12];
+        conn.read_exact(&mut head).unwrap();
+        String::from_utf8_lossy(&head[9..12]).into_owned()
+    };
+    let get = || {
+        let mut conn = std::net::TcpStream::connect(&addr).unwrap();
+        let path = format!("/v1/share/{}", lode::protocol::hex(&id));
+        write!(conn, "GET {path} HTTP/1.1\r\nHost: m\r\n\r\n").unwrap();
+        conn
+    };
+    // A reader that takes only the answer's first bytes holds its 10 MiB.
+    let mut slow = get();
+    assert_eq!(status_of(&mut slow), "200");
+    let mut second = get();
+    assert_eq!(
+        status_of(&mut second),
+        "503",
+        "a second 10 MiB copy was held"
+    );
+    // Nor does a slot body of 8 MiB, which would be held before a byte
+    // of it came.
+    let to = rt.block_on(common::mirror_id(&mirror.url));
+    let pk = lode::protocol::hex(&[7u8; 32]);
+    let path = format!("/v1/slot/{pk}");
+    let auth = lode::protocol::RequestAuth::sign_digest(
+        &key,
+        &to,
+        "PUT",
+        &path,
+        lode::protocol::unix_now(),
+        &[0; 32],
+    );
+    let mut slot = std::net::TcpStream::connect(&addr).unwrap();
+    write!(
+        slot,
+        "PUT {path} HTTP/1.1\r\nHost: m\r\nAuthorization: {}\r\nContent-Length: {}\r\n\r\n",
+        auth.header(),
+        8 << 20
+    )
+    .unwrap();
+    // The body never comes: it was to be held first.
+    assert_eq!(status_of(&mut slot), "503", "a stalled slot body was held");
+    // Once the slow reader goes, its bytes are free again.
+    drop(slow);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let mut again = get();
+        if status_of(&mut again) == "200" {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the first reader's bytes were never given back"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+}

@@ -94,6 +94,12 @@ pub struct ServeArgs {
     /// take from its first byte; a slower one has its connection closed.
     #[arg(long, default_value_t = lode::mirror::listen::HEAD.as_secs())]
     head_timeout: u64,
+    /// Memory for request and answer bodies held whole (slots, batches,
+    /// shares being read out or gathered for writing), e.g. 512M or 4G;
+    /// one peer address may hold a quarter of it. Past it a request is
+    /// answered 503, and clients try again or use other mirrors.
+    #[arg(long, value_parser = parse_size, default_value = "2G")]
+    body_memory: u64,
 }
 
 /// Parse `123`, `10K`, `5M`, `2G`, `1T` (binary multiples).
@@ -145,6 +151,9 @@ pub fn run(args: ServeArgs) -> Result<()> {
     if !(1..=3600).contains(&args.head_timeout) {
         bail!("--head-timeout must be from 1 to 3600 seconds");
     }
+    if args.body_memory < 64 << 20 {
+        bail!("--body-memory must be at least 64M (a share alone may be 16M)");
+    }
     let config = MirrorConfig {
         data: args.data.clone(),
         lease_secs,
@@ -160,6 +169,7 @@ pub fn run(args: ServeArgs) -> Result<()> {
             idle: Duration::from_secs(args.idle_timeout),
             head: Duration::from_secs(args.head_timeout),
         },
+        body_memory: args.body_memory,
     };
     // Bounded, so that what the ledger computes from them stays in range
     // (a price of 1e30 saturated, and its daily cost would have wrapped).

@@ -118,7 +118,7 @@ impl Staged {
 /// (1 MiB here cost the three mirrors about 10 % more CPU storing a GiB);
 /// an upload's buffer is no larger than its declared length, so a small
 /// share costs a page, not the whole buffer.
-const WRITE_BUFFER: usize = 4 * 1024 * 1024;
+pub(super) const WRITE_BUFFER: usize = 4 * 1024 * 1024;
 
 /// How long an upload may stall between two pieces of its body.
 pub(super) const BODY_IDLE: std::time::Duration = std::time::Duration::from_secs(60);

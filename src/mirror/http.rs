@@ -5,20 +5,22 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::Router;
 use axum::body::Body;
 use axum::extract::{DefaultBodyLimit, Path, Query, State};
 use axum::http::{HeaderMap, Method, StatusCode, Uri, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post, put};
+use axum::{Extension, Router};
 use futures_util::TryStreamExt;
 use serde::Deserialize;
 use tokio::net::{TcpListener, TcpSocket};
 use tokio::sync::RwLock;
 
+use super::budget::{Budget, Held};
 use super::clock::LedgerClock;
 use super::commit::CommitQueue;
 use super::ledger::{Renewal, Terms};
+use super::listen::Peer;
 use super::stratum::{PoolConfig, run_pool};
 use super::{DiskShares, Error, Ledger, Result, ShareStore, collect_garbage, unix_now};
 use crate::crypto::{Hash, sha256};
@@ -50,6 +52,9 @@ pub struct MirrorConfig {
     /// How long an HTTP connection may move no byte before it is closed,
     /// and a request's head may take.
     pub limits: super::listen::Limits,
+    /// Bytes of bodies held whole in memory, all requests together
+    /// (`budget.rs`).
+    pub body_memory: u64,
 }
 
 struct Mirror {
@@ -63,6 +68,8 @@ struct Mirror {
     commits: CommitQueue,
     /// The time leases, bills and credits are stamped with.
     clock: LedgerClock,
+    /// Memory for bodies held whole.
+    budget: Arc<Budget>,
 }
 
 impl Error {
@@ -78,6 +85,7 @@ impl Error {
             Error::Quota { .. } | Error::Capacity { .. } => StatusCode::INSUFFICIENT_STORAGE,
             Error::Unfunded { .. } => StatusCode::PAYMENT_REQUIRED,
             Error::Auth(_) => StatusCode::UNAUTHORIZED,
+            Error::Busy => StatusCode::SERVICE_UNAVAILABLE,
             Error::NotFound => StatusCode::NOT_FOUND,
             Error::Io(_)
             | Error::Ledger(_)
@@ -159,13 +167,13 @@ async fn put_share(
     State(m): State<Arc<Mirror>>,
     Path(id): Path<String>,
     Query(q): Query<PutQuery>,
-    method: Method,
-    uri: Uri,
-    headers: HeaderMap,
+    request: axum::http::request::Parts,
     body: Body,
 ) -> Result<StatusCode> {
     let id = id_of(&id)?;
-    let account = authenticate(&m, &headers, &method, &uri, &id)?;
+    let headers = &request.headers;
+    let account = authenticate(&m, headers, &request.method, &request.uri, &id)?;
+    let peer = request.extensions.get::<Peer>().map(|p| p.0);
     let declared = headers
         .get(header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
@@ -202,6 +210,9 @@ async fn put_share(
     if held {
         return Ok(StatusCode::OK);
     }
+    // The store gathers up to this much of the body between writes.
+    let buffer = len.min(super::disk::WRITE_BUFFER as u64);
+    let _held = m.budget.take(peer, buffer).await?;
     let stream = body.into_data_stream().map_err(std::io::Error::other);
     // At most the declared length: hyper holds the body to it, and the
     // store sizes its buffer by it.
@@ -218,6 +229,7 @@ async fn put_share(
 /// committed together, in the same group commit.
 async fn put_shares(
     State(m): State<Arc<Mirror>>,
+    peer: Option<Extension<Peer>>,
     method: Method,
     uri: Uri,
     headers: HeaderMap,
@@ -228,7 +240,7 @@ async fn put_shares(
     // request makes the mirror hold a batch body.
     let auth = request_auth(&headers)?;
     auth.check_time(unix_now())?;
-    let body = read_body(&headers, body, protocol::MAX_BATCH_BYTES).await?;
+    let (body, _held) = hold_body(&m, peer, &headers, body, protocol::MAX_BATCH_BYTES).await?;
     let items = protocol::decode_batch(&body).map_err(|e| Error::BadRequest(e.to_string()))?;
     let digest = protocol::batch_digest(items.iter().map(|i| &i.id));
     let account = verified(&m, &auth, &method, &uri, &digest)?;
@@ -280,9 +292,21 @@ async fn put_shares(
     Ok(axum::Json(BatchReply { results }))
 }
 
-async fn get_share(State(m): State<Arc<Mirror>>, Path(id): Path<String>) -> Result<Response> {
+async fn get_share(
+    State(m): State<Arc<Mirror>>,
+    Path(id): Path<String>,
+    peer: Option<Extension<Peer>>,
+) -> Result<Response> {
     let id = id_of(&id)?;
     let (len, stream) = m.shares.get(&id).await?.ok_or(Error::NotFound)?;
+    // A share is read whole (up to 16 MiB) and held until its reader has
+    // taken it: counted until the answer's body is dropped, so readers
+    // that read nothing cannot pile copies up.
+    let held = m.budget.take(peer.map(|p| p.0.0), len).await?;
+    let stream = futures_util::StreamExt::map(stream, move |piece| {
+        let _ = &held;
+        piece
+    });
     Ok((
         [
             (header::CONTENT_LENGTH, len.to_string()),
@@ -305,14 +329,19 @@ async fn head_share(State(m): State<Arc<Mirror>>, Path(id): Path<String>) -> Res
 async fn put_slot(
     State(m): State<Arc<Mirror>>,
     Path(pk): Path<String>,
+    peer: Option<Extension<Peer>>,
     method: Method,
     uri: Uri,
     headers: HeaderMap,
     body: Body,
 ) -> Result<StatusCode> {
     let pk = id_of(&pk)?;
-    let body = read_body(&headers, body, MAX_SLOT_BYTES).await?;
-    let account = authenticate(&m, &headers, &method, &uri, &sha256(&body))?;
+    // The header and its time are checked before the body is held, as for
+    // a batch: a request with none was read whole first (up to 16 MiB).
+    let auth = request_auth(&headers)?;
+    auth.check_time(unix_now())?;
+    let (body, _held) = hold_body(&m, peer, &headers, body, MAX_SLOT_BYTES).await?;
+    let account = verified(&m, &auth, &method, &uri, &sha256(&body))?;
     let envelope = SlotEnvelope::decode(&body)?;
     if envelope.public_key != pk {
         return Err(Error::BadRequest("slot key differs from the path".into()));
@@ -396,6 +425,25 @@ async fn keep_time(ledger: &Ledger, clock: &LedgerClock) -> bool {
 /// A request body of at most `limit` bytes, whole, in the time an upload
 /// of its declared length (or of `limit`) gets: as for shares, a client
 /// trickling a byte a minute held a connection and its buffer for good.
+/// [`read_body`], its bytes first taken from the mirror's budget for
+/// bodies held whole (`budget.rs`): the declared length, or `limit` for
+/// one streamed. The body is the caller's, and the bytes counted, until
+/// the returned [`Held`] is dropped.
+async fn hold_body(
+    m: &Mirror,
+    peer: Option<Extension<Peer>>,
+    headers: &HeaderMap,
+    body: Body,
+    limit: usize,
+) -> Result<(axum::body::Bytes, Held)> {
+    let declared = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
+    let len = declared.unwrap_or(limit as u64).min(limit as u64);
+    let held = m.budget.take(peer.map(|p| p.0.0), len).await?;
+    Ok((read_body(headers, body, limit).await?, held))
+}
+
 async fn read_body(headers: &HeaderMap, body: Body, limit: usize) -> Result<axum::body::Bytes> {
     let too_large = || Error::TooLarge {
         limit: limit as u64,
@@ -451,6 +499,7 @@ const RENEW_BODY_MAX: usize = MAX_RENEW_IDS * 80 + 4096;
 
 async fn renew(
     State(m): State<Arc<Mirror>>,
+    peer: Option<Extension<Peer>>,
     method: Method,
     uri: Uri,
     headers: HeaderMap,
@@ -459,7 +508,7 @@ async fn renew(
     // A renewal's body is at most its ids in hex, quoted: read as a
     // slot's (16 MiB), it took a few hundred MB parsed into strings
     // before the id count was checked.
-    let body = read_body(&headers, body, RENEW_BODY_MAX).await?;
+    let (body, _held) = hold_body(&m, peer, &headers, body, RENEW_BODY_MAX).await?;
     let account = authenticate(&m, &headers, &method, &uri, &sha256(&body))?;
     let req: RenewRequest =
         serde_json::from_slice(&body).map_err(|e| Error::BadRequest(e.to_string()))?;
@@ -671,6 +720,7 @@ pub async fn serve(
         finalize,
         commits,
         clock: clock.clone(),
+        budget: Budget::new(config.body_memory),
     });
     let ledger = mirror.ledger.clone();
     let beat = tokio::spawn({
@@ -819,6 +869,7 @@ mod tests {
                 idle: crate::mirror::listen::IDLE,
                 head: crate::mirror::listen::HEAD,
             },
+            body_memory: 2 << 30,
         }
     }
 

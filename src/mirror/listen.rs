@@ -283,7 +283,7 @@ fn is_per_connection(e: &io::Error) -> bool {
 pub struct Admitted {
     stream: TcpStream,
     _place: OwnedSemaphorePermit,
-    _peer: PeerPlace,
+    peer: PeerPlace,
     limits: Limits,
     /// When a byte last moved.
     last: Instant,
@@ -324,7 +324,7 @@ impl Admitted {
         Admitted {
             stream,
             _place: place,
-            _peer: peer,
+            peer,
             limits,
             last: Instant::now(),
             deadline: Box::pin(tokio::time::sleep(limits.idle)),
@@ -445,16 +445,23 @@ impl Admitted {
     }
 }
 
-/// The counts of requests on one connection, as the [`track`] layer
-/// finds them among a request's extensions (axum's connect info).
+/// The counts of requests on one connection, and its peer, as the
+/// [`track`] layer finds them among a request's extensions (axum's
+/// connect info).
 #[derive(Clone)]
-pub struct Flight(Arc<Counts>);
+pub struct Flight(Arc<Counts>, IpAddr);
 
 impl axum::extract::connect_info::Connected<axum::serve::IncomingStream<'_, Admission>> for Flight {
     fn connect_info(stream: axum::serve::IncomingStream<'_, Admission>) -> Flight {
-        Flight(stream.io().flight.clone())
+        let io = stream.io();
+        Flight(io.flight.clone(), io.peer.ip)
     }
 }
+
+/// The peer a request came from (as [`PeerPlaces`] counts them), for the
+/// handlers: put among its extensions by [`track`].
+#[derive(Clone, Copy)]
+pub struct Peer(pub IpAddr);
 
 /// A request begun, counted in hand until dropped.
 struct InHand(Arc<Counts>);
@@ -523,10 +530,15 @@ pub async fn track(
     request: axum::extract::Request,
     next: axum::middleware::Next,
 ) -> axum::response::Response {
-    let counts = request
+    let mut request = request;
+    let flight = request
         .extensions()
         .get::<axum::extract::ConnectInfo<Flight>>()
-        .map(|info| info.0.0.clone());
+        .map(|info| (info.0.0.clone(), info.0.1));
+    let counts = flight.as_ref().map(|(counts, _)| counts.clone());
+    if let Some((_, ip)) = flight {
+        request.extensions_mut().insert(Peer(ip));
+    }
     let in_hand = counts.clone().map(InHand::begin);
     let response = next.run(request).await;
     let Some(counts) = counts else {

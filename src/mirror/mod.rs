@@ -9,6 +9,7 @@
 //! It builds on `protocol`, `chunk` and `dir`. It must never link the
 //! client store, the mount or the miner.
 
+mod budget;
 mod clock;
 mod commit;
 mod credit;
@@ -91,6 +92,8 @@ pub enum Error {
     Commit(String),
     #[error("share layout: {0}")]
     Layout(String),
+    #[error("the mirror is busy (its memory for request bodies is taken); try again shortly")]
+    Busy,
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
