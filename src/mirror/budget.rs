@@ -78,6 +78,21 @@ impl Budget {
     /// Take `bytes` for a body from `peer` (`None`: a request that did not
     /// come through the listener, as in tests, counted in the total only).
     pub async fn take(self: &Arc<Self>, peer: Option<IpAddr>, bytes: u64) -> Result<Held> {
+        self.take_within(peer, bytes, WAIT).await
+    }
+
+    /// [`Budget::take`] for bytes already read (an answer's): refused at
+    /// once if there is no room, since waiting would hold them uncounted.
+    pub async fn take_now(self: &Arc<Self>, peer: Option<IpAddr>, bytes: u64) -> Result<Held> {
+        self.take_within(peer, bytes, Duration::ZERO).await
+    }
+
+    async fn take_within(
+        self: &Arc<Self>,
+        peer: Option<IpAddr>,
+        bytes: u64,
+        wait: Duration,
+    ) -> Result<Held> {
         let units = bytes.div_ceil(UNIT).max(1);
         let busy = || Error::Busy;
         if let Some(ip) = peer {
@@ -95,10 +110,17 @@ impl Budget {
             bytes,
         };
         let want = u32::try_from(units).map_err(|_| busy())?;
-        let units = tokio::time::timeout(WAIT, self.units.clone().acquire_many_owned(want))
-            .await
-            .map_err(|_| busy())?
-            .expect("the semaphore is never closed");
+        let units = match wait.is_zero() {
+            true => self
+                .units
+                .clone()
+                .try_acquire_many_owned(want)
+                .map_err(|_| busy())?,
+            false => tokio::time::timeout(wait, self.units.clone().acquire_many_owned(want))
+                .await
+                .map_err(|_| busy())?
+                .expect("the semaphore is never closed"),
+        };
         Ok(Held {
             _part: part,
             _units: units,

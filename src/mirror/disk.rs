@@ -227,12 +227,6 @@ impl DiskShares {
         Ok(out)
     }
 
-    /// The ids of up to `limit` shares held as rows, after `after`, in
-    /// order (blocking).
-    pub(super) fn rows_after(&self, after: Option<&ShareId>, limit: usize) -> Result<Vec<ShareId>> {
-        Ok(self.small.ids_after(after, limit)?)
-    }
-
     /// Whether share `id` is held, as a file or a row (blocking).
     pub fn holds(&self, id: &ShareId) -> Result<bool> {
         Ok(self.path_of(id).try_exists()? || self.small.contains(id)?)

@@ -212,11 +212,14 @@ async fn put_share(
     }
     // The store gathers up to this much of the body between writes.
     let buffer = len.min(super::disk::WRITE_BUFFER as u64);
-    let _held = m.budget.take(peer, buffer).await?;
+    let held = m.budget.take(peer, buffer).await?;
     let stream = body.into_data_stream().map_err(std::io::Error::other);
     // At most the declared length: hyper holds the body to it, and the
     // store sizes its buffer by it.
     let staged = m.shares.stage(&id, Box::pin(stream), len).await?;
+    // Written out (a small share's bytes are still held, but they are
+    // at most 64 KiB): not counted while it waits for its commit.
+    drop(held);
     // Renamed into place and recorded together with the other uploads
     // staged by now; only that step holds the lock GC takes.
     m.commits.commit(staged, q.repair, account).await?;
@@ -301,8 +304,9 @@ async fn get_share(
     let (len, stream) = m.shares.get(&id).await?.ok_or(Error::NotFound)?;
     // A share is read whole (up to 16 MiB) and held until its reader has
     // taken it: counted until the answer's body is dropped, so readers
-    // that read nothing cannot pile copies up.
-    let held = m.budget.take(peer.map(|p| p.0.0), len).await?;
+    // that read nothing cannot pile copies up. Already read: refused at
+    // once if there is no room, not held uncounted while it waits.
+    let held = m.budget.take_now(peer.map(|p| p.0.0), len).await?;
     let stream = futures_util::StreamExt::map(stream, move |piece| {
         let _ = &held;
         piece
@@ -354,14 +358,33 @@ async fn put_slot(
     Ok(StatusCode::OK)
 }
 
-async fn get_slot(State(m): State<Arc<Mirror>>, Path(pk): Path<String>) -> Result<Response> {
+async fn get_slot(
+    State(m): State<Arc<Mirror>>,
+    Path(pk): Path<String>,
+    peer: Option<Extension<Peer>>,
+) -> Result<Response> {
     let pk = id_of(&pk)?;
     let bytes = m
         .ledger
         .run(move |l| l.get_slot(&pk))
         .await?
         .ok_or(Error::NotFound)?;
-    Ok(([(header::CONTENT_TYPE, "application/cbor")], bytes).into_response())
+    // Up to 16 MiB, held until read: counted as a share's answer is.
+    let held = m
+        .budget
+        .take_now(peer.map(|p| p.0.0), bytes.len() as u64)
+        .await?;
+    let once =
+        futures_util::stream::iter([Ok::<_, std::io::Error>(axum::body::Bytes::from(bytes))]);
+    let body = futures_util::StreamExt::map(once, move |piece| {
+        let _ = &held;
+        piece
+    });
+    Ok((
+        [(header::CONTENT_TYPE, "application/cbor")],
+        Body::from_stream(body),
+    )
+        .into_response())
 }
 
 /// The largest gap between the wall clock's advance and the monotonic
@@ -684,6 +707,8 @@ pub async fn serve(
     // not time up), and before any billing or GC (the first pass runs at
     // once).
     let start = unix_now();
+    // For the sweep: what a crash left is from just before this.
+    let last_up = ledger.alive_at()?;
     match ledger.excuse_downtime(start, CLOCK_STEP_MIN)? {
         Some(gap) if gap > 0 => tracing::info!(
             seconds = gap,
@@ -739,7 +764,8 @@ pub async fn serve(
     let sweep = tokio::spawn({
         let m = mirror.clone();
         async move {
-            if let Err(e) = super::sweep::sweep_unrecorded(&m.ledger, &m.shares, &m.finalize).await
+            if let Err(e) =
+                super::sweep::sweep_unrecorded(&m.ledger, &m.shares, &m.finalize, last_up).await
             {
                 tracing::error!(error = %e, "the start-up sweep for unrecorded shares failed; the next start tries again");
             }

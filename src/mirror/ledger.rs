@@ -926,6 +926,19 @@ impl Ledger {
         Self::alive_in(&conn, now)
     }
 
+    /// When the mirror was last seen up (`keep_time`, once a minute), in
+    /// the ledger's time; `None` for a ledger never run.
+    pub fn alive_at(&self) -> Result<Option<i64>> {
+        let conn = self.conn.lock().expect("ledger lock");
+        Ok(cached_row(
+            &conn,
+            "SELECT value FROM meta WHERE key = 'alive_at'",
+            [],
+            |r| r.get(0),
+        )
+        .optional()?)
+    }
+
     fn alive_in(conn: &rusqlite::Connection, now: i64) -> Result<()> {
         cached_exec(
             conn,

@@ -134,28 +134,6 @@ impl SmallShares {
         Ok(found.optional()?.is_some())
     }
 
-    /// The ids of up to `limit` small shares after `after`, in order
-    /// (blocking).
-    pub fn ids_after(
-        &self,
-        after: Option<&ShareId>,
-        limit: usize,
-    ) -> rusqlite::Result<Vec<ShareId>> {
-        let conn = self.reader.lock().unwrap_or_else(|p| p.into_inner());
-        let mut stmt =
-            conn.prepare_cached("SELECT id FROM shares WHERE id > ?1 ORDER BY id LIMIT ?2")?;
-        let from: &[u8] = after.map_or(&[], |a| &a[..]);
-        let rows = stmt.query_map(params![from, limit as i64], |r| r.get::<_, Vec<u8>>(0))?;
-        let mut out = Vec::new();
-        for row in rows {
-            // Every row is written with a 32-byte id (`put_all`).
-            if let Ok(id) = ShareId::try_from(row?.as_slice()) {
-                out.push(id);
-            }
-        }
-        Ok(out)
-    }
-
     /// Remove a share; returns the bytes freed, 0 if it was not held
     /// (blocking).
     pub fn delete(&self, id: &ShareId) -> rusqlite::Result<u64> {
