@@ -666,6 +666,27 @@ mod tests {
         assert!(closed_within(&mut chatty, Duration::from_secs(1)).await);
     }
 
+    /// An authorized miner that says nothing for `IDLE` is closed then,
+    /// though a job goes out to it every 10 s (each one restarted the
+    /// timer), and not before.
+    #[tokio::test(start_paused = true)]
+    async fn jobs_sent_do_not_keep_a_silent_miner() {
+        use tokio::io::AsyncWriteExt;
+        let (addr, _dir) = a_pool(16).await;
+        let mut miner = TcpStream::connect(addr).await.unwrap();
+        let worker = crate::protocol::hex(&[5; 32]);
+        let hello = format!(
+            "{{\"id\": 1, \"method\": \"mining.subscribe\", \"params\": []}}\n\
+             {{\"id\": 2, \"method\": \"mining.authorize\", \"params\": [\"{worker}\", \"x\"]}}\n"
+        );
+        miner.write_all(hello.as_bytes()).await.unwrap();
+        assert!(
+            !closed_within(&mut miner, IDLE - Duration::from_secs(30)).await,
+            "closed before its idle time (the authorization deadline is for others)"
+        );
+        assert!(closed_within(&mut miner, Duration::from_secs(60)).await);
+    }
+
     /// One address holds at most its share of the pool's places: past it
     /// a connection is closed at once, and the places left are others'.
     #[tokio::test]
