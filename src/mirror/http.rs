@@ -370,10 +370,8 @@ async fn get_slot(
         .await?
         .ok_or(Error::NotFound)?;
     // Up to 16 MiB, held until read: counted as a share's answer is.
-    let held = m
-        .budget
-        .take_now(peer.map(|p| p.0.0), bytes.len() as u64)
-        .await?;
+    let len = bytes.len();
+    let held = m.budget.take_now(peer.map(|p| p.0.0), len as u64).await?;
     let once =
         futures_util::stream::iter([Ok::<_, std::io::Error>(axum::body::Bytes::from(bytes))]);
     let body = futures_util::StreamExt::map(once, move |piece| {
@@ -381,7 +379,10 @@ async fn get_slot(
         piece
     });
     Ok((
-        [(header::CONTENT_TYPE, "application/cbor")],
+        [
+            (header::CONTENT_LENGTH, len.to_string()),
+            (header::CONTENT_TYPE, "application/cbor".into()),
+        ],
         Body::from_stream(body),
     )
         .into_response())
