@@ -1545,12 +1545,17 @@ fn a_restart_during_an_outage_recovers_once_the_mirrors_return() {
         mirror.stop();
     }
     let m = Mounted::new(&client, &mp);
-    // Not on the mirrors, and `lode sync` says so.
+    // Not on the mirrors, and `lode sync` says so: the files are not back
+    // in the tree (their directory cannot be read), or an upload cannot
+    // reach `happy` mirrors. Which comes first depends on what the killed
+    // mount had uploaded before the kill: under a loaded suite the sync
+    // once answered the second (an upload already on one mirror).
     let out = client.run(&["sync"]);
     assert!(!out.status.success());
     let said = String::from_utf8_lossy(&out.stderr);
-    assert!(said.contains("not back in the tree"), "{said}");
-    assert!(said.contains("such as /dir/late"), "names one: {said}");
+    let unrecovered = said.contains("not back in the tree") && said.contains("such as /dir/late");
+    let unplaced = said.contains("happy=3 are required");
+    assert!(unrecovered || unplaced, "{said}");
     for mirror in &mut mirrors {
         mirror.restart();
     }
