@@ -94,14 +94,13 @@ impl Budget {
         wait: Duration,
     ) -> Result<Held> {
         let units = bytes.div_ceil(UNIT).max(1);
-        let busy = || Error::Busy;
         if let Some(ip) = peer {
             let mut held = self.held.lock().unwrap_or_else(|p| p.into_inner());
-            let now = held.entry(ip).or_default();
-            if *now + bytes > self.per_peer {
-                return Err(busy());
+            // Looked at before an entry is made: a refused peer leaves none.
+            if held.get(&ip).copied().unwrap_or(0) + bytes > self.per_peer {
+                return Err(Error::Busy);
             }
-            *now += bytes;
+            *held.entry(ip).or_default() += bytes;
         }
         // Given back to the peer if the wait fails.
         let part = PeerPart {
@@ -109,16 +108,16 @@ impl Budget {
             peer,
             bytes,
         };
-        let want = u32::try_from(units).map_err(|_| busy())?;
+        let want = u32::try_from(units).map_err(|_| Error::Busy)?;
         let units = match wait.is_zero() {
             true => self
                 .units
                 .clone()
                 .try_acquire_many_owned(want)
-                .map_err(|_| busy())?,
+                .map_err(|_| Error::Busy)?,
             false => tokio::time::timeout(wait, self.units.clone().acquire_many_owned(want))
                 .await
-                .map_err(|_| busy())?
+                .map_err(|_| Error::Busy)?
                 .expect("the semaphore is never closed"),
         };
         Ok(Held {

@@ -160,15 +160,7 @@ async fn commit_batch(
     // batch or before it, may have recorded it; then it stays).
     if !unrecorded.is_empty() {
         let orphans = ledger
-            .run(move |l| {
-                let mut out = Vec::new();
-                for id in unrecorded {
-                    if !l.has_object(&id)? {
-                        out.push(id);
-                    }
-                }
-                Ok(out)
-            })
+            .run(move |l| l.unrecorded(&unrecorded))
             .await
             .unwrap_or_default();
         for id in orphans {

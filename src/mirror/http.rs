@@ -307,18 +307,28 @@ async fn get_share(
     // that read nothing cannot pile copies up. Already read: refused at
     // once if there is no room, not held uncounted while it waits.
     let held = m.budget.take_now(peer.map(|p| p.0.0), len).await?;
+    Ok(held_answer(held, len, "application/octet-stream", stream))
+}
+
+/// An answer of `len` bytes from `stream`, its bytes counted in the
+/// budget (`held`) until the answer's body is dropped: once its reader has
+/// taken it, or gone.
+fn held_answer<S>(held: Held, len: u64, content_type: &'static str, stream: S) -> Response
+where
+    S: futures_util::Stream<Item = std::io::Result<axum::body::Bytes>> + Send + 'static,
+{
     let stream = futures_util::StreamExt::map(stream, move |piece| {
         let _ = &held;
         piece
     });
-    Ok((
+    (
         [
             (header::CONTENT_LENGTH, len.to_string()),
-            (header::CONTENT_TYPE, "application/octet-stream".into()),
+            (header::CONTENT_TYPE, content_type.to_string()),
         ],
         Body::from_stream(stream),
     )
-        .into_response())
+        .into_response()
 }
 
 async fn head_share(State(m): State<Arc<Mirror>>, Path(id): Path<String>) -> Result<StatusCode> {
@@ -370,22 +380,10 @@ async fn get_slot(
         .await?
         .ok_or(Error::NotFound)?;
     // Up to 16 MiB, held until read: counted as a share's answer is.
-    let len = bytes.len();
-    let held = m.budget.take_now(peer.map(|p| p.0.0), len as u64).await?;
-    let once =
-        futures_util::stream::iter([Ok::<_, std::io::Error>(axum::body::Bytes::from(bytes))]);
-    let body = futures_util::StreamExt::map(once, move |piece| {
-        let _ = &held;
-        piece
-    });
-    Ok((
-        [
-            (header::CONTENT_LENGTH, len.to_string()),
-            (header::CONTENT_TYPE, "application/cbor".into()),
-        ],
-        Body::from_stream(body),
-    )
-        .into_response())
+    let len = bytes.len() as u64;
+    let held = m.budget.take_now(peer.map(|p| p.0.0), len).await?;
+    let once = futures_util::stream::iter([Ok(axum::body::Bytes::from(bytes))]);
+    Ok(held_answer(held, len, "application/cbor", once))
 }
 
 /// The largest gap between the wall clock's advance and the monotonic
