@@ -44,3 +44,48 @@ fn the_mount_mines_until_funded_and_status_shows_it() {
     assert!(after > before, "funded_until {before} -> {after}");
     drop(m);
 }
+
+/// A mount that had nothing to mine for at first (a new account stores
+/// nothing, so nothing is charged) mines once its files cost something.
+/// The keeper's first round used to drop its channel of finds when it had
+/// no target, and the mount never mined again.
+#[test]
+fn a_mount_with_nothing_to_fund_at_first_mines_once_it_stores() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (mirror, client) = common::empty_charging_pool_mirror(tmp.path());
+    let mp = tmp.path().join("mnt");
+    let m = Mounted::with_options(&client, &mp, &["miner_threads=1", "miner_idle=0"]);
+    // The keeper's first round has asked the mirror, and found nothing
+    // to fund.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let s = status(&client);
+        let asked = &s["mount"]["funded_until"];
+        if asked.as_array().is_some_and(|a| !a.is_empty()) {
+            assert_eq!(asked[0]["funded_indefinitely"], true, "{s}");
+            assert!(s["mount"]["mining_for"].is_null(), "{s}");
+            break;
+        }
+        assert!(Instant::now() < deadline, "the keeper never asked: {s}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+
+    std::fs::write(
+        mp.join("now charged.bin"),
+        common::seeded_bytes("charged", 1 << 20),
+    )
+    .unwrap();
+    client.ok(&["sync"]);
+    // The keeper looks again within a round (60 s).
+    let deadline = Instant::now() + Duration::from_secs(150);
+    let s = loop {
+        let s = status(&client);
+        if s["mount"]["accepted"].as_u64().unwrap_or(0) >= 1 {
+            break s;
+        }
+        assert!(Instant::now() < deadline, "the mount never mined: {s}");
+        std::thread::sleep(Duration::from_millis(500));
+    };
+    assert_eq!(s["mount"]["mining_for"].as_str(), Some(mirror.url.as_str()));
+    drop(m);
+}

@@ -232,16 +232,19 @@ struct Round {
     url: String,
     addr: String,
     stop: watch::Sender<bool>,
-    task: tokio::task::JoinHandle<mpsc::UnboundedReceiver<Found>>,
+    task: tokio::task::JoinHandle<()>,
     began: tokio::time::Instant,
 }
 
 impl Round {
-    /// End the session (shares sent are answered for a few seconds) and
-    /// take back the channel of finds; `None` if the task died.
-    async fn end(self) -> Option<mpsc::UnboundedReceiver<Found>> {
+    /// End the session (shares sent are answered for a few seconds). One
+    /// that panicked is logged; the channel of finds is free again either
+    /// way, for the next session.
+    async fn end(self) {
         let _ = self.stop.send(true);
-        self.task.await.ok()
+        if let Err(e) = self.task.await {
+            tracing::error!(pool = %self.addr, mirror = %self.url, error = %e, "the pool session failed; the next one starts afresh");
+        }
     }
 }
 
@@ -256,7 +259,7 @@ async fn mine_loop(
     let worker = lode::protocol::hex(&config.account.public_key());
     // Ended, or no one left to end it.
     let over = |e: &watch::Receiver<bool>| *e.borrow() || e.has_changed().is_err();
-    let mut found = Some(found);
+    let finds: client::Finds = Arc::new(tokio::sync::Mutex::new(found));
     let mut round: Option<Round> = None;
     let mut shunned = std::collections::HashMap::new();
     while !over(&ending) {
@@ -284,18 +287,17 @@ async fn mine_loop(
             if r.url == *url && r.addr == *addr);
         if !keep {
             if let Some(r) = round.take() {
-                found = r.end().await;
-                if found.is_none() {
-                    return;
-                }
+                r.end().await;
             }
-            if let (Some((url, addr)), Some(rx)) = (target, found.take_if(|_| !over(&ending))) {
+            if let Some((url, addr)) = target
+                && !over(&ending)
+            {
                 let (stop, stop_rx) = watch::channel(false);
                 let task = tokio::spawn(client::run(
                     addr.clone(),
                     worker.clone(),
                     miners.clone(),
-                    rx,
+                    finds.clone(),
                     stats.clone(),
                     stop_rx,
                 ));

@@ -160,7 +160,7 @@ pub fn mine(args: MineArgs) -> Result<()> {
             addr,
             account.clone(),
             miners.clone(),
-            found_rx,
+            Arc::new(tokio::sync::Mutex::new(found_rx)),
             stats.clone(),
             stop_rx,
         ));

@@ -154,16 +154,22 @@ async fn send(lines: &mut Framed<TcpStream, LinesCodec>, line: String) -> std::i
     }
 }
 
-/// Mine for `worker` at the pool `addr` until `stop` turns true. Returns
-/// the results channel, so the caller can mine elsewhere with it next.
+/// The threads' finds, read by one pool session at a time. Held by the
+/// session's task for as long as it runs, and free again once it ends,
+/// however it ends: a session that panicked took the channel with it, and
+/// the mount never mined again.
+pub type Finds = Arc<tokio::sync::Mutex<mpsc::UnboundedReceiver<Found>>>;
+
+/// Mine for `worker` at the pool `addr` until `stop` turns true.
 pub async fn run(
     addr: String,
     worker: String,
     miners: Arc<Miners>,
-    mut found: mpsc::UnboundedReceiver<Found>,
+    finds: Finds,
     stats: Arc<MinerStats>,
     mut stop: watch::Receiver<bool>,
-) -> mpsc::UnboundedReceiver<Found> {
+) {
+    let mut found = finds.lock_owned().await;
     let mut backoff = Duration::from_millis(250);
     while !*stop.borrow() {
         let began = tokio::time::Instant::now();
@@ -187,7 +193,6 @@ pub async fn run(
         }
         backoff = (backoff * 2).min(Duration::from_secs(60));
     }
-    found
 }
 
 async fn session(

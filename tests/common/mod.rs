@@ -489,6 +489,15 @@ pub fn three_mirrors_with(dir: &Path, extra: &[&str]) -> (Vec<MirrorProc>, Clien
 /// difficulty 0.001, and an identity in `dir/home` that stores 1-of-1 on it
 /// and has `bytes` of data stored, so its account needs funding.
 pub fn charging_pool_mirror(dir: &Path, bytes: usize) -> (MirrorProc, Client) {
+    let (mirror, client) = empty_charging_pool_mirror(dir);
+    let f = write_file(dir, "stored.bin", &seeded_bytes("charged data", bytes));
+    client.ok(&["put", f.to_str().unwrap(), "--to", "stored.bin"]);
+    (mirror, client)
+}
+
+/// [`charging_pool_mirror`] with nothing stored yet: the account has
+/// nothing to fund.
+pub fn empty_charging_pool_mirror(dir: &Path) -> (MirrorProc, Client) {
     let mirror = MirrorProc::start(
         &dir.join("m"),
         &[
@@ -506,8 +515,6 @@ pub fn charging_pool_mirror(dir: &Path, bytes: usize) -> (MirrorProc, Client) {
     client.set_config("k", "1");
     client.set_config("n", "1");
     client.set_config("happy", "1");
-    let f = write_file(dir, "stored.bin", &seeded_bytes("charged data", bytes));
-    client.ok(&["put", f.to_str().unwrap(), "--to", "stored.bin"]);
     (mirror, client)
 }
 
