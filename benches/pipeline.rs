@@ -115,15 +115,10 @@ fn chunk_stages(c: &mut Criterion) {
         )
     });
     g.throughput(Throughput::Bytes(CHUNK_BYTES as u64));
-    // The read path: both data shares, ids already checked.
+    // The read path: both data shares, ids already checked, decrypted in
+    // the shares' own buffers (as fetched: each share's bytes unshared),
+    // with no join.
     let whole = sealed.shares[..2].to_vec();
-    g.bench_function("open_verified_chunk_2of3", |b| {
-        b.iter(|| {
-            share::open_verified_chunk(&sealed.key, params, black_box(&whole)).expect("opens")
-        })
-    });
-    // The same, decrypted in the shares' own buffers (as fetched: each
-    // share's bytes unshared), with no join.
     g.bench_function("open_verified_chunk_parts_2of3", |b| {
         b.iter_batched(
             || {
@@ -136,11 +131,7 @@ fn chunk_stages(c: &mut Criterion) {
             BatchSize::LargeInput,
         )
     });
-    g.bench_function("open_verified_chunk_2of3_rebuild", |b| {
-        b.iter(|| {
-            share::open_verified_chunk(&sealed.key, params, black_box(&degraded)).expect("opens")
-        })
-    });
+    // A rebuild from parity, as the read path opens it: tag checked.
     g.bench_function("open_chunk_2of3_rebuild", |b| {
         b.iter(|| share::open_chunk(&sealed.key, params, black_box(&degraded)).expect("opens"))
     });

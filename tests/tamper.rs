@@ -96,6 +96,30 @@ fn any_flipped_ciphertext_byte_is_detected() {
     });
 }
 
+/// A writer can list, beside a chunk's data shares, a parity share coded
+/// from other bytes of the same length: each share matches its id, but
+/// they do not match each other. Read from the data shares, the chunk is
+/// what they hold; rebuilt from the parity, it must be an error, not
+/// other bytes that depend on which mirror answered.
+#[test]
+fn a_parity_share_coded_from_other_bytes_is_an_error() {
+    let conv = RootSecret::from_bytes([8; 32]).convergence();
+    let params = Params::new(2, 3).unwrap();
+    let plain = common::seeded_bytes("listed", 5000);
+    let listed = seal_chunk(&conv, params, &plain);
+    let other = seal_chunk(&conv, params, &common::seeded_bytes("other", 5000));
+    let open = |shares: Vec<&Share>| {
+        let shares = shares.into_iter().cloned().collect();
+        share::open_verified_chunk_parts(&listed.key, params, shares).map(|p| p.concat())
+    };
+    let (data0, data1) = (&listed.shares[0], &listed.shares[1]);
+    assert_eq!(open(vec![data0, data1]).unwrap(), plain);
+    assert_eq!(open(vec![data0, &listed.shares[2]]).unwrap(), plain);
+    for data in [data0, data1] {
+        assert!(open(vec![data, &other.shares[2]]).is_err());
+    }
+}
+
 #[test]
 fn any_flipped_manifest_byte_is_detected() {
     let conv = RootSecret::from_bytes([7; 32]).convergence();

@@ -631,27 +631,24 @@ pub fn open_chunk(key: &ChunkKey, params: Params, shares: &[Share]) -> Result<Ve
     Ok(body)
 }
 
-/// [`open_chunk`] for shares that each hashed to its id in an
-/// authenticated manifest ([`Share::verify`] against the ids of a node
-/// whose `locs` opened): the rebuilt ciphertext is then exactly what was
-/// sealed, and it is decrypted without the second, serial pass over the
-/// plaintext that would only confirm it. The read path's chunks come
-/// this way; docs/ARCHITECTURE.md, "What a read verifies".
-pub fn open_verified_chunk(key: &ChunkKey, params: Params, shares: &[Share]) -> Result<Vec<u8>> {
-    let mut tag = [0u8; crate::crypto::TAG_LEN];
-    let mut body = decode_split(params, shares, &mut tag)?;
-    key.decrypt_verified_in_place(&tag, &mut body);
-    Ok(body)
-}
-
-/// [`open_verified_chunk`], leaving the plaintext where the shares'
-/// bytes arrived. When the `k` data shares are all there (the usual case),
-/// each one's buffer is decrypted in place and becomes one part of the
-/// result, so the chunk is never joined into a new buffer (that join was
-/// 8 % of a cold read's CPU in the mount). A buffer shared with someone
-/// else, or much larger than its share, is copied first. Otherwise the
-/// shares are rebuilt and opened as [`open_verified_chunk`] does, into one
-/// part.
+/// Open a chunk whose shares each hashed to its id in an authenticated
+/// manifest ([`Share::verify`] against the ids of a node whose `locs`
+/// opened), leaving the plaintext where the shares' bytes arrived.
+///
+/// When the `k` data shares are all there (the usual case), the
+/// ciphertext they hold is exactly what the manifest names, and each
+/// share's buffer is decrypted in place under the stored tag, without
+/// the serial S2V pass that would only confirm it; each becomes one part
+/// of the result, so the chunk is never joined into a new buffer (that
+/// join was 8 % of a cold read's CPU in the mount). A buffer shared with
+/// someone else, or much larger than its share, is copied first.
+///
+/// A chunk rebuilt from parity is opened as [`open_chunk`] does, tag
+/// checked, into one part: shares that each match their id need not
+/// match each other (a manifest's writer can list a parity share coded
+/// from other bytes), and then which bytes a rebuild gave would depend on
+/// which mirrors answered. Checked, such a mix is an error, whichever
+/// shares came.
 pub fn open_verified_chunk_parts(
     key: &ChunkKey,
     params: Params,
@@ -670,7 +667,7 @@ pub fn open_verified_chunk_parts(
     let mut indexes: Vec<usize> = shares.iter().map(|s| s.header().index as usize).collect();
     indexes.sort_unstable();
     if indexes != (0..k).collect::<Vec<_>>() || payload_len < tag_len {
-        return open_verified_chunk(key, params, &shares).map(|plain| vec![Bytes::from(plain)]);
+        return open_chunk(key, params, &shares).map(|plain| vec![Bytes::from(plain)]);
     }
     let mut data = shares;
     data.sort_unstable_by_key(|s| s.header().index);

@@ -120,15 +120,9 @@ impl ChunkKey {
         super::lanes::seal_all_in_place(&keys, context, bufs)
     }
 
-    /// Decrypt a chunk body in place without checking its tag: only for a
-    /// body rebuilt from hash-verified shares (see
-    /// `siv::decrypt_verified_in_place`).
-    pub fn decrypt_verified_in_place(&self, tag: &[u8; super::TAG_LEN], body: &mut [u8]) {
-        super::siv::decrypt_verified_in_place(&self.0, tag, body)
-    }
-
-    /// [`Self::decrypt_verified_in_place`] for a body in several buffers,
-    /// in order.
+    /// Decrypt a chunk body that lies in several buffers, in order, without
+    /// checking its tag: only for the data shares of a chunk, each
+    /// verified against its id (see `siv::decrypt_verified_parts`).
     pub fn decrypt_verified_parts<'a>(
         &self,
         tag: &[u8; super::TAG_LEN],
