@@ -89,3 +89,42 @@ fn a_mount_with_nothing_to_fund_at_first_mines_once_it_stores() {
     assert_eq!(s["mount"]["mining_for"].as_str(), Some(mirror.url.as_str()));
     drop(m);
 }
+
+/// Leases the keeper could not renew are in plain `lode status`, not only
+/// in its JSON: here an account past its grace, with no miner, has its
+/// renewals refused.
+#[test]
+fn refused_renewals_show_in_plain_status() {
+    let tmp = tempfile::tempdir().unwrap();
+    // Grace of about 4 s, and a price no balance of 0 covers.
+    let mirror = common::MirrorProc::start(
+        &tmp.path().join("m"),
+        &["--price", "1000", "--grace-days", "0.00005"],
+    );
+    let client = Client::new(&tmp.path().join("home"), &[&mirror.url]);
+    for (key, value) in [("k", "1"), ("n", "1"), ("happy", "1")] {
+        client.set_config(key, value);
+    }
+    let f = common::write_file(
+        tmp.path(),
+        "kept.bin",
+        &common::seeded_bytes("kept", 100_000),
+    );
+    client.ok(&["put", f.to_str().unwrap(), "--to", "kept.bin"]);
+    std::thread::sleep(Duration::from_secs(6));
+
+    let mp = tmp.path().join("mnt");
+    let m = Mounted::with_options(&client, &mp, &["nominer"]);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let text = loop {
+        let text = client.ok(&["status"]);
+        if let Some(line) = text.lines().find(|l| l.trim_start().starts_with("leases ")) {
+            break line.to_string();
+        }
+        assert!(Instant::now() < deadline, "no renewal in status: {text}");
+        std::thread::sleep(Duration::from_millis(300));
+    };
+    assert!(text.contains("NOT ALL RENEWED"), "{text}");
+    assert!(text.contains("leases refused"), "{text}");
+    drop(m);
+}

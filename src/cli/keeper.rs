@@ -38,7 +38,18 @@ pub struct KeeperConfig {
 pub struct KeeperState {
     pub mining_for: Option<String>,
     pub funded: Vec<(String, Option<i64>)>,
-    pub last_renewal: Option<String>,
+    pub last_renewal: Option<LastRenewal>,
+}
+
+/// The keeper's last pass over the tree's leases.
+pub struct LastRenewal {
+    /// What it renewed, and what not.
+    pub summary: String,
+    /// When it ended (Unix seconds).
+    pub at: i64,
+    /// Something was not renewed: a mirror failed, leases were refused,
+    /// or part of the tree could not be read or is on no mirror.
+    pub short: bool,
 }
 
 pub struct Keeper {
@@ -119,7 +130,9 @@ impl Keeper {
             "accepted": self.stats.accepted.load(Ordering::Relaxed),
             "rejected": self.stats.rejected.load(Ordering::Relaxed),
             "funded_until": state.funded.iter().map(|(u, f)| json!({"url": u, "funded_until": f, "funded_indefinitely": f.is_none()})).collect::<Vec<_>>(),
-            "last_renewal": state.last_renewal,
+            "last_renewal": state.last_renewal.as_ref().map(|r| format!("{} at {}", r.summary, r.at)),
+            "last_renewal_at": state.last_renewal.as_ref().map(|r| r.at),
+            "renewal_short": state.last_renewal.as_ref().map(|r| r.short),
         })
     }
 }
@@ -418,6 +431,7 @@ async fn renew_loop(config: KeeperConfig, vault: Arc<Vault>, state: Arc<Mutex<Ke
     loop {
         let root = Cap::DirWrite(vault.root().clone());
         let mut failed = true;
+        let mut short = true;
         let summary = match vault.reachable_ids(&root).await {
             Ok(reach) => {
                 let renewal = vault.grid().renew(&reach.ids).await;
@@ -441,9 +455,10 @@ async fn renew_loop(config: KeeperConfig, vault: Arc<Vault>, state: Arc<Mutex<Ke
                     0 => String::new(),
                     n => format!(", {n} leases refused (unfunded or over quota)"),
                 };
-                let lost = match renewal.nowhere {
-                    0 => String::new(),
-                    n => format!(", {n} on no mirror"),
+                let lost = match (renewal.nowhere, failed_on) {
+                    (0, _) => String::new(),
+                    (n, 0) => format!(", {n} on no mirror"),
+                    (n, _) => format!(", {n} on none of the mirrors that answered"),
                 };
                 let unreadable = match reach.unreadable.len() {
                     0 => String::new(),
@@ -453,16 +468,20 @@ async fn renew_loop(config: KeeperConfig, vault: Arc<Vault>, state: Arc<Mutex<Ke
                     1 => "1 object".to_string(),
                     n => format!("{n} objects"),
                 };
+                short = failed || renewal.nowhere > 0;
                 format!(
-                    "{objects} on {} mirrors ({} failed{refused}{unreadable}{lost}) at {}",
+                    "{objects} on {} mirrors ({} failed{refused}{unreadable}{lost})",
                     results.len(),
                     failed_on,
-                    unix_now()
                 )
             }
-            Err(e) => format!("failed at {}: {e}", unix_now()),
+            Err(e) => format!("failed: {e}"),
         };
-        state.lock().unwrap_or_else(|p| p.into_inner()).last_renewal = Some(summary);
+        state.lock().unwrap_or_else(|p| p.into_inner()).last_renewal = Some(LastRenewal {
+            summary,
+            at: unix_now(),
+            short,
+        });
         let wait = renew_wait(shortest_lease(&config).await, failed);
         let due = std::time::SystemTime::now() + wait;
         // Checked each minute against the wall clock.

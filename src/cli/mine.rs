@@ -334,6 +334,15 @@ pub fn status(args: StatusArgs) -> Result<()> {
                 f["next_try_in_s"],
             );
         }
+        if let (Some(r), Some(at)) = (m["last_renewal"].as_str(), m["last_renewal_at"].as_i64()) {
+            // The JSON line carries the time at its end, for older readers.
+            let what = r.strip_suffix(&format!(" at {at}")).unwrap_or(r);
+            let how = match m["renewal_short"].as_bool() {
+                Some(true) => "NOT ALL RENEWED",
+                _ => "renewed",
+            };
+            println!("  leases {how}, {} s ago: {what}", (unix_now() - at).max(0));
+        }
     }
     for (url, r) in rows {
         match r {
