@@ -531,7 +531,7 @@ struct WireListing {
 
 /// Which of `count` pages holds the entry named `key` (a name, or the hex
 /// of a link id).
-fn page_of(key: &str, count: usize) -> usize {
+pub(crate) fn page_of(key: &str, count: usize) -> usize {
     use sha2::Digest;
     let h = sha2::Sha256::new()
         .chain_update(PAGE_HASH_DOMAIN)
@@ -873,22 +873,7 @@ impl Listing {
         let mut entries = BTreeMap::new();
         let mut links = BTreeMap::new();
         for (i, bytes) in pages.iter().enumerate() {
-            let wire = decode_wire(bytes.as_ref())?;
-            if wire.v < 3 || !wire.pages.is_empty() || wire.this.is_some() || wire.home.is_some() {
-                return Err(Error::Malformed(format!("listing page {i} is not a page")));
-            }
-            let misplaced = wire
-                .entries
-                .keys()
-                .chain(wire.links.keys())
-                .find(|k| page_of(k, count) != i);
-            if let Some(key) = misplaced {
-                return Err(Error::BadEntry {
-                    name: key.clone(),
-                    reason: format!("found in listing page {i}, where it does not belong"),
-                });
-            }
-            let page = from_wire_listing(wire)?;
+            let page = open_page(i, count, bytes.as_ref())?;
             entries.extend(page.entries);
             links.extend(page.links);
         }
@@ -897,6 +882,40 @@ impl Listing {
         self.pending = false;
         Ok(())
     }
+
+    /// The entries and links of page `i` of this pending listing alone,
+    /// checked as [`Self::fill`] checks it: for a reader that must get
+    /// what it can from the pages it has (the lease keeper, when one page
+    /// cannot be read), not for a listing to write back.
+    pub fn page_entries(&self, i: usize, bytes: &[u8]) -> Result<Vec<Entry>> {
+        let page = open_page(i, self.pages.len(), bytes)?;
+        Ok(page
+            .entries
+            .into_values()
+            .chain(page.links.into_values())
+            .collect())
+    }
+}
+
+/// Page `i` of `count`, decoded and checked: a page, holding only the
+/// names that belong on it.
+fn open_page(i: usize, count: usize, bytes: &[u8]) -> Result<Listing> {
+    let wire = decode_wire(bytes)?;
+    if wire.v < 3 || !wire.pages.is_empty() || wire.this.is_some() || wire.home.is_some() {
+        return Err(Error::Malformed(format!("listing page {i} is not a page")));
+    }
+    let misplaced = wire
+        .entries
+        .keys()
+        .chain(wire.links.keys())
+        .find(|k| page_of(k, count) != i);
+    if let Some(key) = misplaced {
+        return Err(Error::BadEntry {
+            name: key.clone(),
+            reason: format!("found in listing page {i}, where it does not belong"),
+        });
+    }
+    from_wire_listing(wire)
 }
 
 fn decode_wire(bytes: &[u8]) -> Result<WireListing> {

@@ -15,6 +15,8 @@
 mod listing;
 mod slot;
 
+#[cfg(test)]
+pub(crate) use listing::page_of;
 pub use listing::{
     DirAttrs, Encoded, Entry, EntryKind, Home, LISTING_VERSION, LinkId, Listing, MAX_LISTING_BYTES,
     MAX_PAGE_BYTES, Place, Time, check_name,

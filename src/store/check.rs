@@ -919,31 +919,42 @@ impl Vault {
     }
 
     /// Push what directory `read` names (its pages first) onto `stack`.
-    /// Fails if its slot cannot be read; pages that cannot be read go into
-    /// `reach` (the pages that can are still renewed).
+    /// Fails if its slot cannot be read. A page that cannot be read goes
+    /// into `reach`; what the other pages name is still reached (one lost
+    /// page had kept a whole directory's subtree from its renewal, and so
+    /// from its leases, for good).
     async fn reach_dir(
         &self,
         read: &DirReadCap,
         stack: &mut Vec<Cap>,
         reach: &mut Reach,
     ) -> Result<()> {
-        let Some((_, mut listing)) = self.grid().get_slot(read).await? else {
+        let Some((_, listing)) = self.grid().get_slot(read).await? else {
             return Ok(());
         };
         stack.extend(listing.pages.iter().cloned().map(Cap::FileRead));
-        if let Err(e) = self.fill(&mut listing).await {
-            let what = label(&Cap::DirRead(read.clone()));
-            tracing::warn!(%what, error = %e, "listing pages unreadable: its entries are not reached");
-            reach.unreadable.push(format!("{what}: {e}"));
-            return Ok(());
-        }
         // The root's link table holds the current cap of every
         // hard-linked file; its names may hold older snapshots.
-        let caps = listing
-            .entries
-            .into_values()
-            .chain(listing.links.into_values());
-        stack.extend(caps.filter_map(|e| e.cap));
+        if !listing.is_pending() {
+            let caps = listing
+                .entries
+                .into_values()
+                .chain(listing.links.into_values());
+            stack.extend(caps.filter_map(|e| e.cap));
+            return Ok(());
+        }
+        for (i, page) in self.page_entries(&listing).await.into_iter().enumerate() {
+            match page {
+                Ok(entries) => stack.extend(entries.into_iter().filter_map(|e| e.cap)),
+                Err(e) => {
+                    let what = label(&Cap::DirRead(read.clone()));
+                    tracing::warn!(%what, page = i, error = %e, "a listing page is unreadable: its entries are not reached");
+                    reach
+                        .unreadable
+                        .push(format!("{what}, listing page {i}: {e}"));
+                }
+            }
+        }
         Ok(())
     }
 }

@@ -1669,6 +1669,38 @@ impl Vault {
         Ok(())
     }
 
+    /// The entries of each page of a pending listing, page by page: one
+    /// page that cannot be read or opened does not hide the others (for
+    /// the lease keeper, which renews what it can reach). Each distinct
+    /// page is fetched once, as in [`Self::fill`]. A page's error is
+    /// given as text, since several pages can share one fetch.
+    pub(super) async fn page_entries(
+        &self,
+        listing: &Listing,
+    ) -> Vec<std::result::Result<Vec<Entry>, String>> {
+        let mut distinct: Vec<FileReadCap> = Vec::new();
+        let mut at: Vec<usize> = Vec::with_capacity(listing.pages.len());
+        let mut index = std::collections::HashMap::new();
+        for cap in &listing.pages {
+            at.push(*index.entry((cap.root, cap.size)).or_insert_with(|| {
+                distinct.push(cap.clone());
+                distinct.len() - 1
+            }));
+        }
+        let fetched: Vec<Result<Vec<u8>>> = futures_util::stream::iter(distinct)
+            .map(|cap| async move { self.get_bytes(&cap).await })
+            .buffered(PAGES_IN_FLIGHT)
+            .collect()
+            .await;
+        at.iter()
+            .enumerate()
+            .map(|(i, &d)| match &fetched[d] {
+                Ok(bytes) => listing.page_entries(i, bytes).map_err(|e| e.to_string()),
+                Err(e) => Err(e.to_string()),
+            })
+            .collect()
+    }
+
     /// Read-modify-write a directory: apply `change` to the newest listing
     /// and publish it with the next seq.
     pub async fn update_dir<F>(&self, cap: &DirWriteCap, change: F) -> Result<Listing>
@@ -2220,10 +2252,14 @@ mod tests {
                 }
             }
             // A check probes the pages' shares too (so a repair rebuilds
-            // them), and a listing with a page gone cannot pass it.
+            // them), and a listing with a page gone cannot pass it. The
+            // page lost is not the one that names `sub`.
+            let count = relisted.pages.len();
+            let kept = crate::dir::page_of("sub", count);
+            let gone = (kept + 1) % count;
             let page_objects = fresh
                 .grid()
-                .file_objects(&relisted.pages[0].verify_cap())
+                .file_objects(&relisted.pages[gone].verify_cap())
                 .await
                 .unwrap();
             let report = fresh
@@ -2249,8 +2285,9 @@ mod tests {
                 .unwrap();
             assert_eq!(report.unreadable.len(), 2, "{:?}", report.unreadable);
             assert!(!report.healthy());
-            // Renewal still reaches what it can, the other pages, and says
-            // what it could not.
+            // Renewal still reaches what it can, the other pages and what
+            // they name (here the directory `sub`, and so what is in it),
+            // and says what it could not.
             let reach = cold
                 .reachable_ids(&Cap::DirWrite(root.clone()))
                 .await
@@ -2259,10 +2296,14 @@ mod tests {
             let reachable = reach.ids;
             let other = fresh
                 .grid()
-                .file_objects(&relisted.pages[1].verify_cap())
+                .file_objects(&relisted.pages[kept].verify_cap())
                 .await
                 .unwrap();
             assert!(other[0].ids.iter().all(|id| reachable.contains(id)));
+            assert!(
+                reachable.contains(&sub.read_cap().public_key),
+                "a page lost kept the other pages' entries from renewal"
+            );
         });
     }
 
