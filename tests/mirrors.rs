@@ -1720,3 +1720,49 @@ fn bodies_held_whole_are_bounded_per_address() {
         std::thread::sleep(std::time::Duration::from_millis(100));
     }
 }
+
+/// `lode renew CAP` adds the renewer's own leases to a tree it does not
+/// keep (a friend's): the shares then count in its account on every
+/// mirror.
+#[test]
+fn renew_with_a_cap_leases_a_friends_tree_for_the_renewer() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mirrors = three_mirrors(tmp.path(), &[]);
+    let alice = Client::new(&tmp.path().join("alice"), &urls(&mirrors));
+    let src = write_file(
+        tmp.path(),
+        "shared.bin",
+        &common::seeded_bytes("shared", 300_000),
+    );
+    alice.ok(&["put", src.to_str().unwrap(), "--to", "docs/shared.bin"]);
+    let cap = alice.ok(&["share", "docs"]).trim().to_string();
+
+    let bob = Client::new(&tmp.path().join("bob"), &urls(&mirrors));
+    let usage = |client: &Client| -> Vec<u64> {
+        let s: serde_json::Value = serde_json::from_str(&client.ok(&["status", "--json"])).unwrap();
+        s["mirrors"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|m| m["usage_bytes"].as_u64().unwrap_or(0))
+            .collect()
+    };
+    assert!(usage(&bob).iter().all(|u| *u == 0));
+    let said = bob.ok(&["renew", &cap]);
+    assert!(said.contains("reachable from the cap"), "{said}");
+    let after = usage(&bob);
+    // Each mirror holds one share of each 2-of-3 chunk of the file, about
+    // 150 kB of it, besides the directory.
+    assert!(after.iter().all(|u| *u > 100_000), "{after:?}\n{said}");
+    // A cap on standard input, as for `get`, `ls` and `check`.
+    let again = bob.run_with_input(&["renew", "-"], cap.as_bytes());
+    assert!(
+        again.status.success(),
+        "{}",
+        String::from_utf8_lossy(&again.stderr)
+    );
+    // Bad input: a clear error and a failed exit.
+    let bad = bob.run(&["renew", "lode:dir-ro:1:nonsense"]);
+    assert!(!bad.status.success());
+    assert!(!String::from_utf8_lossy(&bad.stderr).trim().is_empty());
+}

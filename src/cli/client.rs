@@ -352,6 +352,9 @@ pub fn run(command: Command) -> Result<()> {
         Command::Ls { target } => Command::Ls {
             target: from_stdin(target)?,
         },
+        Command::Renew { target } => Command::Renew {
+            target: target.map(from_stdin).transpose()?,
+        },
         Command::Check {
             target,
             verify,
@@ -386,7 +389,7 @@ pub fn run(command: Command) -> Result<()> {
                 };
                 check(&session, &target, options).await
             }
-            Command::Renew => renew(&session).await,
+            Command::Renew { target } => renew(&session, target.as_deref()).await,
             Command::Init
             | Command::Mirrors(_)
             | Command::Mirror(_)
@@ -1214,13 +1217,17 @@ async fn check(s: &Session, target: &str, options: lode::store::CheckOptions) ->
     Ok(())
 }
 
-async fn renew(s: &Session) -> Result<()> {
-    let reach = s.vault.reachable_ids(&s.root()).await?;
+async fn renew(s: &Session, target: Option<&str>) -> Result<()> {
+    let cap = match target {
+        Some(t) => s.target(t).await?,
+        None => s.root(),
+    };
+    let reach = s.vault.reachable_ids(&cap).await?;
     let ids = reach.ids;
     // A new identity's root, never published: nothing is stored to renew
     // (it said the root was lost, and failed).
     let root = s.vault.root().read_cap().public_key;
-    if ids == [root] && s.vault.grid().is_fresh(&root) {
+    if target.is_none() && ids == [root] && s.vault.grid().is_fresh(&root) {
         println!("nothing stored yet: the tree's root was never published");
         return Ok(());
     }
@@ -1246,7 +1253,12 @@ async fn renew(s: &Session) -> Result<()> {
             }
         }
     }
-    println!("{} objects reachable from the root", ids.len());
+    let from = match target {
+        Some(t) if lode::caps::is_cap_text(t) => "the cap",
+        Some(t) => t,
+        None => "the root",
+    };
+    println!("{} objects reachable from {from}", ids.len());
     for e in &reach.unreadable {
         println!("  UNREADABLE {e}");
     }

@@ -114,8 +114,13 @@ pub enum Command {
         #[arg(long, requires = "repair")]
         accept_rollback: bool,
     },
-    /// Renew the leases of everything reachable from your root.
-    Renew,
+    /// Renew the leases of everything reachable from your root, or from a
+    /// cap (a friend's tree: friends keep their own, and this adds yours).
+    Renew {
+        /// A cap, a path in your tree, or `-` for a cap on standard input
+        /// (default: your whole tree).
+        target: Option<String>,
+    },
     /// Mine for a mirror's pool until your account is funded.
     Mine(mine::MineArgs),
     /// Your standing on every mirror: reachable, balance, funded until.
