@@ -237,10 +237,28 @@ async fn session(
     // a few seconds), so the counts match what the pool credited.
     let mut draining: Option<tokio::time::Instant> = None;
     loop {
-        if let Some(until) = draining
-            && (pending.is_empty() || tokio::time::Instant::now() >= until)
-        {
-            return Ok(());
+        if let Some(until) = draining {
+            // Finds made before the stop and still on the channel are
+            // sent too: the pool credits them.
+            while pending.is_empty()
+                && let Ok(f) = found.try_recv()
+            {
+                if let Found::Share { tag, nonce, .. } = f {
+                    submit(
+                        &mut lines,
+                        &state,
+                        worker,
+                        &mut pending,
+                        &mut next_id,
+                        tag,
+                        nonce,
+                    )
+                    .await?;
+                }
+            }
+            if pending.is_empty() || tokio::time::Instant::now() >= until {
+                return Ok(());
+            }
         }
         tokio::select! {
             _ = stop.changed(), if draining.is_none() => {
@@ -330,23 +348,15 @@ async fn session(
             }
             f = found.recv() => {
                 match f.ok_or_else(|| io("mining threads stopped"))? {
-                    Found::Share { .. } if draining.is_some() => {}
+                    // A find made before the stop, still on the channel,
+                    // is sent while the answers are awaited: the pool
+                    // credits it (it was dropped, and with it credit the
+                    // account had earned).
                     Found::Share { .. } if pending.len() >= MAX_PENDING => {
                         tracing::debug!("{MAX_PENDING} shares unanswered; a find dropped");
                     }
                     Found::Share { tag, nonce, .. } => {
-                        let Some(issued) = state.issued.get(&tag).cloned() else { continue };
-                        let submit = Submit {
-                            worker: worker.to_string(),
-                            job_id: issued.job_id,
-                            extranonce2: issued.extranonce2,
-                            ntime: issued.ntime,
-                            nonce,
-                            version_bits: issued.version_bits,
-                        };
-                        pending.insert(next_id, issued.difficulty);
-                        send(&mut lines, stratum::request(next_id, "mining.submit", stratum::submit_params(&submit))).await?;
-                        next_id += 1;
+                        submit(&mut lines, &state, worker, &mut pending, &mut next_id, tag, nonce).await?;
                     }
                     Found::Exhausted { tag } if tag == state.current_tag && draining.is_none() => state.publish(miners),
                     Found::Exhausted { .. } => {}
@@ -354,6 +364,35 @@ async fn session(
             }
         }
     }
+}
+
+/// Send a find on work `tag` of this session (one of another, or on
+/// work forgotten since, is dropped: the pool would refuse it), and await
+/// its answer as request `next_id`.
+async fn submit(
+    lines: &mut Framed<TcpStream, LinesCodec>,
+    state: &State,
+    worker: &str,
+    pending: &mut HashMap<u64, Difficulty>,
+    next_id: &mut u64,
+    tag: u64,
+    nonce: u32,
+) -> std::io::Result<()> {
+    let Some(issued) = state.issued.get(&tag).cloned() else {
+        return Ok(());
+    };
+    let submit = Submit {
+        worker: worker.to_string(),
+        job_id: issued.job_id,
+        extranonce2: issued.extranonce2,
+        ntime: issued.ntime,
+        nonce,
+        version_bits: issued.version_bits,
+    };
+    pending.insert(*next_id, issued.difficulty);
+    let line = stratum::request(*next_id, "mining.submit", stratum::submit_params(&submit));
+    *next_id += 1;
+    send(lines, line).await
 }
 
 #[cfg(test)]
@@ -423,6 +462,116 @@ mod tests {
         state.publish(&miners);
         assert_eq!(published(&state), ("j2".to_string(), low));
         miners.stop();
+    }
+
+    /// A share found before the session is stopped, and still on the
+    /// channel when the stop comes, is sent to the pool while the answers
+    /// to those sent before are awaited, not dropped. (The pool answers
+    /// the first find late, so the session is still draining when the
+    /// second comes.)
+    #[tokio::test]
+    async fn a_find_made_before_a_stop_is_still_sent() {
+        use std::io::{BufRead, Write};
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap().to_string();
+        let (heard_tx, heard) = std::sync::mpsc::channel();
+        let pool = std::thread::spawn(move || {
+            let (conn, _) = listener.accept().unwrap();
+            conn.set_read_timeout(Some(Duration::from_secs(30)))
+                .unwrap();
+            let mut out = conn.try_clone().unwrap();
+            let mut send = |v: serde_json::Value| out.write_all(format!("{v}\n").as_bytes());
+            let mut submits = 0;
+            for line in std::io::BufReader::new(conn).lines() {
+                let Ok(line) = line else { return };
+                let msg: serde_json::Value = serde_json::from_str(&line).unwrap();
+                let id = msg["id"].clone();
+                let answer =
+                    |result| serde_json::json!({"id": id, "result": result, "error": null});
+                let sent = match msg["method"].as_str().unwrap_or_default() {
+                    "mining.subscribe" => send(answer(serde_json::json!([[], "aabbccdd", 4])))
+                        // No thread finds a share at this difficulty.
+                        .and_then(|_| send(serde_json::json!({"id": null, "method": "mining.set_difficulty", "params": [1e12]})))
+                        .and_then(|_| send(serde_json::json!({"id": null, "method": "mining.notify", "params": [
+                            "a", "00".repeat(32), "01000000", "ffffffff", [], "20000000", "1d00ffff", "5f5e1000", true
+                        ]}))),
+                    "mining.authorize" => send(answer(serde_json::json!(true))),
+                    "mining.submit" => {
+                        let nonce = msg["params"][4].as_str().unwrap_or_default().to_string();
+                        let first = heard_tx.send(nonce).is_ok() && submits == 0;
+                        submits += 1;
+                        if first {
+                            std::thread::sleep(Duration::from_millis(1500));
+                        }
+                        send(answer(serde_json::json!(true)))
+                    }
+                    _ => Ok(()),
+                };
+                if sent.is_err() {
+                    return;
+                }
+            }
+        });
+        let miners = Arc::new(one_thread());
+        let (found_tx, mut found) = mpsc::unbounded_channel();
+        let stats = Arc::new(MinerStats::default());
+        let (stop_tx, mut stop) = watch::channel(false);
+        let task = tokio::spawn({
+            let (miners, stats) = (miners.clone(), stats.clone());
+            async move { session(&addr, "w", &miners, &mut found, &stats, &mut stop).await }
+        });
+        let began = std::time::Instant::now();
+        let until = async |what: &str, mut done: Box<dyn FnMut() -> bool + '_>| {
+            while !done() {
+                assert!(began.elapsed() < Duration::from_secs(20), "{what}");
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        };
+        let mut tag = None;
+        until(
+            "no work was published",
+            Box::new(|| {
+                tag = miners.work_tag();
+                tag.is_some()
+            }),
+        )
+        .await;
+        let tag = tag.unwrap();
+        let share = |nonce| Found::Share {
+            tag,
+            nonce,
+            hash: [0; 32],
+        };
+        let mut nonces = Vec::new();
+        found_tx.send(share(1)).unwrap();
+        until(
+            "the first find was not sent",
+            Box::new(|| {
+                nonces.extend(heard.try_iter());
+                !nonces.is_empty()
+            }),
+        )
+        .await;
+        // Stopped while the first find's answer is awaited: the threads
+        // are paused, and then the second find comes in.
+        stop_tx.send(true).unwrap();
+        until(
+            "the stop did not pause the threads",
+            Box::new(|| miners.work_tag().is_none()),
+        )
+        .await;
+        found_tx.send(share(2)).unwrap();
+        task.await.unwrap().unwrap();
+        nonces.extend(heard.try_iter());
+        assert_eq!(
+            nonces,
+            ["00000001", "00000002"],
+            "the second find was dropped"
+        );
+        assert_eq!(stats.accepted.load(Ordering::Relaxed), 2);
+        drop(found_tx);
+        pool.join().unwrap();
+        Arc::into_inner(miners).unwrap().stop();
     }
 
     /// A pool that takes the connection and then says nothing is left

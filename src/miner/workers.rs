@@ -222,6 +222,12 @@ impl Miners {
         self.shared.wake.notify_all();
     }
 
+    /// The tag of the work the threads have now, if any.
+    #[cfg(test)]
+    pub(crate) fn work_tag(&self) -> Option<u64> {
+        self.shared.lock().as_ref().map(|job| job.work.tag)
+    }
+
     /// Number of mining threads.
     pub fn threads(&self) -> usize {
         self.shared.per_thread.len()
@@ -329,11 +335,16 @@ impl Shared {
 
 fn run(shared: &Shared, index: usize, results: &Sender<Found>) {
     let stats = &shared.per_thread[index];
-    let _ = stats.priority.set(if shared.idle_priority {
-        lower_priority()
-    } else {
-        Priority::Normal
-    });
+    let priority = match shared.idle_priority {
+        true => lower_priority(),
+        false => Priority::Normal,
+    };
+    if let Priority::Unchanged(e) = priority {
+        // Said, not hidden: the thread mines at the priority it had, and
+        // competes with the user's work for the CPU.
+        tracing::warn!(thread = index, error = %e, "a miner thread could not be put at idle priority (SCHED_IDLE, nor nice 19); it mines at normal priority");
+    }
+    let _ = stats.priority.set(priority);
     let mut seen = 0;
     while let Some((generation, job)) = shared.wait_for_work(seen) {
         seen = generation;
