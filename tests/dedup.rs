@@ -358,13 +358,15 @@ fn a_file_written_anew_over_lost_shares_places_them_again() {
 
 /// A mirror that does not answer the confirmation leaves a kept chunk
 /// on too few mirrors known to hold it when `happy` wants all three (it
-/// is sealed again), not when `happy` is two (it is kept).
+/// is sealed again), not when `happy` is two (it is kept). With `happy`
+/// one and two mirrors silent, the one that answered holds one share of
+/// each 2-of-3 chunk, too few to read it from: sealed again too.
 #[test]
 fn an_unanswered_confirmation_keeps_chunks_only_if_happy_allows() {
     use std::os::unix::fs::FileExt;
     let rt = common::runtime();
     rt.block_on(async {
-        for (happy, kept) in [(3, false), (2, true)] {
+        for (happy, silent, kept) in [(3, &[1][..], false), (2, &[1], true), (1, &[1, 2], false)] {
             let config = lode::store::GridConfig {
                 happy,
                 ..Default::default()
@@ -381,9 +383,11 @@ fn an_unanswered_confirmation_keeps_chunks_only_if_happy_allows() {
                 .unwrap()
                 .write_all_at(&data, 0)
                 .unwrap();
-            stores[1]
-                .silent
-                .store(true, std::sync::atomic::Ordering::Relaxed);
+            for &i in silent {
+                stores[i]
+                    .silent
+                    .store(true, std::sync::atomic::Ordering::Relaxed);
+            }
             let before = vault.chunks_sealed();
             let next = vault.put_path_over(&path, Some(&cap)).await.unwrap();
             let sealed = (vault.chunks_sealed() - before) as usize;

@@ -334,8 +334,13 @@ impl Grid {
     /// again. An object is not held if a mirror says it lacks one of its
     /// shares (the object is then placed afresh, which repairs it), nor if
     /// a mirror that did not answer leaves it on fewer than `happy`
-    /// mirrors known to hold it: the durability an upload of it would have
-    /// needed. One request per mirror for a whole file, not one per
+    /// mirrors known to hold it, or with fewer than `k` of its shares
+    /// known held (the objects are chunks coded under this grid's
+    /// parameters): the durability an upload of it would have needed.
+    /// With `happy` below `k`, two mirrors of three silent, one holder
+    /// passed `happy` = 1 with one share of a 2-of-3 chunk, where an
+    /// upload would have put every share on it (found by a review
+    /// helper). One request per mirror for a whole file, not one per
     /// chunk: over a WAN a chunk confirmed at a time cost a round trip
     /// each.
     pub async fn holding(&self, objects: &[&[ShareId]]) -> Vec<bool> {
@@ -344,8 +349,12 @@ impl Grid {
         let mut missing = vec![false; objects.len()];
         let mut unanswered = vec![false; objects.len()];
         let mut holders: Vec<HashSet<usize>> = vec![HashSet::new(); objects.len()];
-        // Per mirror: the ids to ask it for, each with its object.
-        let mut asks: std::collections::BTreeMap<usize, Vec<(ShareId, usize)>> = Default::default();
+        // Per object: the indexes of its shares known held.
+        let mut held: Vec<HashSet<usize>> = vec![HashSet::new(); objects.len()];
+        // Per mirror: the ids to ask it for, each with its object and
+        // its index there.
+        let mut asks: std::collections::BTreeMap<usize, Vec<(ShareId, usize, usize)>> =
+            Default::default();
         {
             let mut placed = self.placed();
             for (object, ids) in objects.iter().enumerate() {
@@ -358,8 +367,9 @@ impl Grid {
                     let mirror = order[pos];
                     if placed.holds(&ids[i], mirror) {
                         holders[object].insert(mirror);
+                        held[object].insert(i);
                     } else {
-                        asks.entry(mirror).or_default().push((ids[i], object));
+                        asks.entry(mirror).or_default().push((ids[i], object, i));
                     }
                 }
             }
@@ -367,7 +377,7 @@ impl Grid {
         let answers = futures_util::future::join_all(asks.into_iter().map(|(mirror, asked)| {
             let store = self.mirrors[mirror].clone();
             async move {
-                let ids: Vec<ShareId> = asked.iter().map(|(id, _)| *id).collect();
+                let ids: Vec<ShareId> = asked.iter().map(|(id, ..)| *id).collect();
                 (mirror, store.claim(&ids).await.ok(), asked)
             }
         }))
@@ -379,15 +389,16 @@ impl Grid {
                 None => {
                     asked
                         .iter()
-                        .for_each(|&(_, object)| unanswered[object] = true);
+                        .for_each(|&(_, object, _)| unanswered[object] = true);
                     continue;
                 }
             };
-            for (id, object) in asked {
+            for (id, object, index) in asked {
                 if unclaimed.contains(&id) {
                     missing[object] = true;
                 } else {
                     holders[object].insert(mirror);
+                    held[object].insert(index);
                     acknowledged.entry(id).or_default().push(mirror);
                 }
             }
@@ -396,8 +407,12 @@ impl Grid {
         for (id, mirrors) in acknowledged {
             placed.record(id, mirrors.into_iter());
         }
+        let k = usize::from(self.params.k());
         (0..objects.len())
-            .map(|o| !missing[o] && (!unanswered[o] || holders[o].len() >= self.happy))
+            .map(|o| {
+                !missing[o]
+                    && (!unanswered[o] || (holders[o].len() >= self.happy && held[o].len() >= k))
+            })
             .collect()
     }
 
