@@ -296,12 +296,22 @@ impl Grid {
         let mut out = vec![root];
         let mut stack = vec![node];
         let mut chunk_no = 0usize;
+        // Each object once: a chunk repeated in a file (zeros, say) is the
+        // same shares, and a node listed many times (a hostile writer's
+        // tree of one node under itself 512 times, of zero length, and so
+        // on down) had its subtree fetched and listed once per mention,
+        // 512 to the power of the depth.
+        let mut seen: HashSet<Vec<ShareId>> = HashSet::new();
         while let Some(node) = stack.pop() {
             // Children go on the stack last first, so that leaves are met
             // (and chunks numbered) in file order: a damaged chunk near
             // the end of a file of several leaves was reported as chunk 0.
             let mut children = Vec::new();
             for entry in &node.entries {
+                if !seen.insert(entry.shares.clone()) {
+                    chunk_no += usize::from(node.depth == 0);
+                    continue;
+                }
                 if node.depth == 0 {
                     out.push(Object {
                         what: format!("chunk {chunk_no}"),
@@ -1074,6 +1084,36 @@ mod tests {
                     "chunk {n} lists the shares of another chunk"
                 );
             }
+        });
+    }
+
+    /// A chunk that repeats in a file is one object, listed at its first
+    /// place: the walk lists (and a check probes, and a node fetches)
+    /// each set of shares once, which also bounds a hostile tree that
+    /// names one node under itself many times.
+    #[test]
+    fn a_repeated_chunk_is_one_object() {
+        use crate::chunk::manifest::{FANOUT, FileEncoder};
+        block_on(async {
+            let secret = crate::crypto::RootSecret::from_bytes([8; 32]);
+            let (grid, _) = memory_grid(1, 1);
+            let mut encoder = FileEncoder::new(secret.convergence(), Params::REPLICA);
+            for n in 0..FANOUT * 2 + 3 {
+                for group in &encoder.push_chunk(format!("chunk {}", n % 3).as_bytes()) {
+                    grid.put_group(group).await.unwrap();
+                }
+            }
+            let (cap, groups) = encoder.finish();
+            for group in &groups {
+                grid.put_group(group).await.unwrap();
+            }
+            let objects = grid.file_objects(&cap.verify_cap()).await.unwrap();
+            let chunks: Vec<&str> = objects
+                .iter()
+                .map(|o| o.what.as_str())
+                .filter(|w| w.starts_with("chunk "))
+                .collect();
+            assert_eq!(chunks, ["chunk 0", "chunk 1", "chunk 2"]);
         });
     }
 
