@@ -23,24 +23,39 @@ mirror_running() {
         ! grep -q '^State:[[:space:]]*Z' "/proc/$1/status" 2>/dev/null
 }
 
+# Whether MOUNTPOINT is in the mount table, which writes a space in a path
+# as \040 (and a tab, a newline and a backslash as \011, \012, \134).
+mounted() {
+    local esc
+    esc=$(printf '%s' "$1" | sed 's/\\/\\134/g; s/ /\\040/g; s/\t/\\011/g')
+    grep -qsF " $esc " /proc/self/mounts
+}
+
 if [ -n "$stop" ]; then
-    if grep -q " $mnt " /proc/self/mounts 2>/dev/null; then
+    if mounted "$mnt"; then
         fusermount3 -u "$mnt" 2>/dev/null || umount "$mnt"
     fi
-    # The mount process exits once its final flush is done.
+    # The mount process exits once its final flush is done. (Its command
+    # line, matched literally: the path may hold a regex's characters.)
+    re=$(printf '%s' "$mnt" | sed 's/[][\\.*^$+?(){}|]/\\&/g')
     for _ in $(seq 600); do
-        pgrep -f "[ ]mount $mnt --foreground" >/dev/null || break
+        pgrep -f -- "[ ]mount $re --foreground" >/dev/null || break
         sleep 0.1
     done
     pids=()
     for pidfile in "$dir"/mirror*.pid; do
         [ -e "$pidfile" ] || continue
-        pids+=("$(cat "$pidfile")")
-        kill "${pids[-1]}" 2>/dev/null || true
+        # Only a mirror still running: after a reboot the number may be
+        # another process's now.
+        pid=$(cat "$pidfile")
+        if mirror_running "$pid"; then
+            pids+=("$pid")
+            kill "$pid" 2>/dev/null || true
+        fi
         rm -f "$pidfile"
     done
     # Return once they are gone (a mirror finishes its requests first).
-    for pid in "${pids[@]}"; do
+    for pid in "${pids[@]+"${pids[@]}"}"; do
         for _ in $(seq 100); do mirror_running "$pid" || break; sleep 0.1; done
     done
     echo "stopped: $mnt unmounted, mirrors in $dir stopped"
@@ -48,7 +63,10 @@ if [ -n "$stop" ]; then
 fi
 
 command -v fusermount3 >/dev/null || { apt-get update -qq && apt-get install -y -qq fuse3; }
-mkdir -p "$dir" "$mnt"
+mkdir -p "$dir"
+# Not over a mount (a dead one, whose process is gone, fails even a stat:
+# `lode mount` below says what to do about it).
+[ -d "$mnt" ] || mounted "$mnt" || mkdir -p "$mnt"
 for i in 1 2 3; do
     pidfile="$dir/mirror$i.pid"
     if [ -e "$pidfile" ] && mirror_running "$(cat "$pidfile")"; then continue; fi
@@ -74,7 +92,12 @@ for i in 1 2 3; do
     url=$(grep -m1 "mirror listening on" "$dir/mirror$i.log" | awk '{print $NF}')
     grep -qF "\"$url\"" "$LODE_HOME/config/config.toml" || "$lode" mirrors add "$url"
 done
-grep -qs " $mnt " /proc/self/mounts || "$lode" mount "$mnt"
+if ! { mounted "$mnt" && stat "$mnt" >/dev/null 2>&1; }; then
+    "$lode" mount "$mnt" || {
+        echo "the mount failed; the mirrors are still running (stop them with: $0 --stop $mnt)" >&2
+        exit 1
+    }
+fi
 "$lode" status
 echo
 echo "lode is mounted at $mnt (LODE_HOME=$LODE_HOME)."

@@ -1766,3 +1766,21 @@ fn renew_with_a_cap_leases_a_friends_tree_for_the_renewer() {
     assert!(!bad.status.success());
     assert!(!String::from_utf8_lossy(&bad.stderr).trim().is_empty());
 }
+
+/// A data directory made by hand (an identity copied from another
+/// machine into a fresh `mkdir -p`, 0755) is made private by the first
+/// command that reads the secret: it holds the secret, and a mount's
+/// staged plaintext, whose files take the default modes.
+#[test]
+fn a_data_directory_made_by_hand_is_made_private() {
+    use std::os::unix::fs::PermissionsExt;
+    let tmp = tempfile::tempdir().unwrap();
+    let mirrors = three_mirrors(tmp.path(), &[]);
+    let client = Client::new(&tmp.path().join("home"), &urls(&mirrors));
+    let data = tmp.path().join("home/data");
+    let mode = || std::fs::metadata(&data).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode(), 0o700, "as `lode init` made it");
+    std::fs::set_permissions(&data, std::fs::Permissions::from_mode(0o755)).unwrap();
+    client.ok(&["status"]);
+    assert_eq!(mode(), 0o700);
+}

@@ -4039,6 +4039,39 @@ fn wait_mount_process_gone(mp: &Path) {
     }
 }
 
+/// A unit's stop (`ExecStop=fusermount3 -u`, then SIGTERM, as systemd
+/// does, and at shutdown) lets the final upload finish: after an unmount
+/// from outside, the first signal asks for the end already under way, and
+/// only a second cuts it short. The first cut it short, so what was
+/// written before the stop stayed staged until the next mount.
+#[test]
+fn a_sigterm_after_an_unmount_lets_the_final_upload_finish() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (_mirrors, client) = common::three_mirrors_and_client(tmp.path());
+    let mp = tmp.path().join("mnt");
+    let m = Mounted::new(&client, &mp);
+    let names: Vec<String> = (0..300).map(|i| format!("f{i:03}")).collect();
+    std::fs::create_dir(mp.join("d")).unwrap();
+    for name in &names {
+        write_file(&mp.join("d"), name, name.as_bytes());
+    }
+    run(Command::new("fusermount3").arg("-u").arg(&mp));
+    std::thread::sleep(Duration::from_millis(200));
+    let pattern = format!("[l]ode mount {} --foreground", mp.display());
+    run(Command::new("pkill").args(["-TERM", "-f", &pattern]));
+    wait_mount_process_gone(&mp);
+    let log = std::fs::read_to_string(client.home.join("data/mount.log")).unwrap();
+    assert!(!log.contains("stopping now"), "{log}");
+    let listed = client.ok(&["ls", "d"]);
+    for name in &names {
+        assert!(
+            listed.contains(name.as_str()),
+            "{name} did not reach the mirrors:\n{listed}"
+        );
+    }
+    drop(m);
+}
+
 /// SIGHUP (the terminal of a mount in the foreground closing) unmounts
 /// cleanly with what was written stored, as SIGTERM does; it used to kill
 /// the process and leave a dead mount (ENOTCONN).

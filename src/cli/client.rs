@@ -78,9 +78,12 @@ impl Session {
     /// A cap string, or a path in the root tree.
     async fn target(&self, target: &str) -> Result<Cap> {
         if lode::caps::is_cap_text(target) {
+            // Named by its kind only: a mistyped write-cap is still most
+            // of one, and errors go to logs and mail.
+            let kind: String = target.split(':').take(2).collect::<Vec<_>>().join(":");
             return target
                 .parse::<Cap>()
-                .with_context(|| format!("bad cap {target:?}"));
+                .with_context(|| format!("bad cap ({kind}:…, {} characters)", target.len()));
         }
         self.resolve(target).await
     }
@@ -1142,7 +1145,7 @@ async fn check(s: &Session, target: &str, options: lode::store::CheckOptions) ->
         println!("  ROLLBACK ACCEPTED {}", shown(line));
     }
     for e in &report.unreadable {
-        println!("  UNREADABLE {e}");
+        println!("  UNREADABLE {}", printable(e, to_terminal));
     }
     for path in &report.twice {
         println!(
@@ -1227,7 +1230,7 @@ async fn renew(s: &Session, target: Option<&str>) -> Result<()> {
     // A new identity's root, never published: nothing is stored to renew
     // (it said the root was lost, and failed).
     let root = s.vault.root().read_cap().public_key;
-    if target.is_none() && ids == [root] && s.vault.grid().is_fresh(&root) {
+    if ids == [root] && s.vault.grid().is_fresh(&root) {
         println!("nothing stored yet: the tree's root was never published");
         return Ok(());
     }
@@ -1259,8 +1262,10 @@ async fn renew(s: &Session, target: Option<&str>) -> Result<()> {
         None => "the root",
     };
     println!("{} objects reachable from {from}", ids.len());
+    // A friend's listing chooses the names its errors may quote.
+    let to_terminal = std::io::stdout().is_terminal();
     for e in &reach.unreadable {
-        println!("  UNREADABLE {e}");
+        println!("  UNREADABLE {}", printable(e, to_terminal));
     }
     if renewal.nowhere > 0 {
         println!(
@@ -1279,9 +1284,10 @@ async fn renew(s: &Session, target: Option<&str>) -> Result<()> {
     }
     if renewal.nowhere > 0 {
         bail!(
-            "{} shares or directories are on no mirror: `lode check / --repair` rebuilds \
+            "{} shares or directories are on no mirror: `lode check {} --repair` rebuilds \
              what can be, and names what cannot",
-            renewal.nowhere
+            renewal.nowhere,
+            target.unwrap_or("/")
         );
     }
     if !reach.unreadable.is_empty() {

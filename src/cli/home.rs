@@ -108,6 +108,30 @@ impl Home {
         Ok(Initialized::Created(secret))
     }
 
+    /// Make the data directory 0700 if others may enter it. It holds the
+    /// secret, and a mount's staged plaintext, kept copies, recovery notes
+    /// (paths, read-caps) and log, all made with the default modes: the
+    /// directory is their guard. `lode init` makes it 0700, but one made
+    /// by hand (an identity copied from another machine, as the README
+    /// says) was 0755, and every staged file readable by all.
+    fn keep_data_private(&self) -> Result<()> {
+        let mode = std::fs::metadata(&self.data)
+            .with_context(|| format!("reading {}", self.data.display()))?
+            .permissions()
+            .mode();
+        if mode & 0o077 != 0 {
+            std::fs::set_permissions(&self.data, std::fs::Permissions::from_mode(0o700))
+                .with_context(|| {
+                    format!(
+                        "{} may be entered by others, and could not be made private (chmod 700 it)",
+                        self.data.display()
+                    )
+                })?;
+            tracing::info!(dir = %self.data.display(), "made the data directory private (0700)");
+        }
+        Ok(())
+    }
+
     pub fn secret(&self) -> Result<RootSecret> {
         let path = self.secret_file();
         let text = zeroize::Zeroizing::new(std::fs::read_to_string(&path).with_context(|| {
@@ -120,6 +144,7 @@ impl Home {
         if mode & 0o077 != 0 {
             tracing::warn!(path = %path.display(), "secret file is readable by others; chmod 600 it");
         }
+        self.keep_data_private()?;
         let bytes = zeroize::Zeroizing::new(
             data_encoding::HEXLOWER_PERMISSIVE
                 .decode(text.trim().as_bytes())
@@ -169,7 +194,9 @@ impl Home {
     pub fn save_seen(&self, seen: &BTreeMap<String, u64>) -> Result<()> {
         // One reader-writer at a time, or the later of two would drop the
         // other's raises. Released when the file closes.
-        let lock = std::fs::File::create(self.data.join("seen-seqs.lock"))?;
+        let lock_path = self.data.join("seen-seqs.lock");
+        let lock = std::fs::File::create(&lock_path)
+            .with_context(|| format!("creating {}", lock_path.display()))?;
         lock.lock()?;
         let mut merged = self.load_seen().unwrap_or_default();
         for (key, &seq) in seen {

@@ -296,8 +296,11 @@ async fn mine_loop(
             target = pick(&config, &state, &shunned) => target,
             _ = ending.changed() => break,
         };
+        // A session whose task ended (it panicked) is started again, even
+        // for the same mirror: kept, nothing was sent while the threads
+        // mined on its last work.
         let keep = matches!((&round, &target), (Some(r), Some((url, addr)))
-            if r.url == *url && r.addr == *addr);
+            if r.url == *url && r.addr == *addr && !r.task.is_finished());
         if !keep {
             if let Some(r) = round.take() {
                 r.end().await;
@@ -448,6 +451,7 @@ async fn renew_loop(config: KeeperConfig, vault: Arc<Vault>, state: Arc<Mutex<Ke
                 // lease, by which time leases near their end had lapsed.
                 // For an hour: a refusal that stays (over quota, or no
                 // miner) is not worth a walk of the tree every ten minutes.
+                let refused_n = refused;
                 let retry;
                 (refused_passes, retry) = after_refusals(refused, refused_passes);
                 failed |= retry;
@@ -468,7 +472,12 @@ async fn renew_loop(config: KeeperConfig, vault: Arc<Vault>, state: Arc<Mutex<Ke
                     1 => "1 object".to_string(),
                     n => format!("{n} objects"),
                 };
-                short = failed || renewal.nowhere > 0;
+                // From what happened, not from `failed`, which stops
+                // counting refusals after a few passes (for the wait).
+                short = failed_on > 0
+                    || refused_n > 0
+                    || !reach.unreadable.is_empty()
+                    || renewal.nowhere > 0;
                 format!(
                     "{objects} on {} mirrors ({} failed{refused}{unreadable}{lost})",
                     results.len(),

@@ -535,7 +535,9 @@ pub fn mount(args: MountArgs) -> Result<()> {
     // One mount per identity at a time, and a remount waits until the
     // previous mount has published everything it staged: the kernel lets
     // `umount` return before the filesystem's final flush is done.
-    let lock = std::fs::File::create(session.home.data.join("mount.lock"))?;
+    let lock_path = session.home.data.join("mount.lock");
+    let lock = std::fs::File::create(&lock_path)
+        .with_context(|| format!("creating {}", lock_path.display()))?;
     if lock.try_lock().is_err() {
         say!("waiting for the previous mount of this identity to finish");
         lock.lock()?;
@@ -559,19 +561,22 @@ pub fn mount(args: MountArgs) -> Result<()> {
         None => vault,
     };
     let vault = Arc::new(vault);
-    let fs = Arc::new(LodeFs::new(
-        vault.clone(),
-        rt.handle().clone(),
-        MountConfig {
-            staging: home.data.join("staging"),
-            friends,
-            refresh: Duration::from_secs(config.refresh_secs.max(1)),
-            uid: nix::unistd::getuid().as_raw(),
-            gid: nix::unistd::getgid().as_raw(),
-            keep_bytes: keep_mib << 20,
-            max_inodes,
-        },
-    )?);
+    let fs = Arc::new(
+        LodeFs::new(
+            vault.clone(),
+            rt.handle().clone(),
+            MountConfig {
+                staging: home.data.join("staging"),
+                friends,
+                refresh: Duration::from_secs(config.refresh_secs.max(1)),
+                uid: nix::unistd::getuid().as_raw(),
+                gid: nix::unistd::getgid().as_raw(),
+                keep_bytes: keep_mib << 20,
+                max_inodes,
+            },
+        )
+        .with_context(|| format!("making {}", home.data.join("staging").display()))?,
+    );
     // The root's mode and times are in its listing: read it before the
     // kernel asks. A mirror that never answers must not keep the mount
     // from coming up, so this waits 10 s at most; meanwhile the root shows
@@ -745,9 +750,20 @@ pub fn mount(args: MountArgs) -> Result<()> {
             _ = int.recv() => unmount(&mountpoint),
             _ = hup.recv() => unmount(&mountpoint),
             r = &mut ended => {
-                // Unmounted from outside: a signal now comes during the
-                // final upload, and cuts it short.
-                tokio::spawn(cut_short_at_signal(term, int, hup));
+                // Unmounted from outside (`umount`, `fusermount3 -u`): the
+                // first SIGTERM or SIGINT now is the one a service manager
+                // sends after its own unmount (`ExecStop=fusermount3 -u`,
+                // then SIGTERM; systemd at shutdown), and it asks for the
+                // clean end under way. A second cuts the upload short. The
+                // first had cut it short, at every stop of such a unit.
+                tokio::spawn(async move {
+                    tokio::select! {
+                        _ = term.recv() => {}
+                        _ = int.recv() => {}
+                    }
+                    say!("lode: unmounted already; finishing the final upload (a second signal stops now)");
+                    cut_short_at_signal(term, int, hup).await
+                });
                 return anyhow::Ok(error(r));
             }
         }
@@ -767,16 +783,24 @@ pub fn mount(args: MountArgs) -> Result<()> {
     }
     fs.stop_flusher();
     let _ = flusher.join();
-    if let Err(e) = fs.final_flush() {
+    let unflushed = fs.final_flush().err();
+    if let Some(e) = &unflushed {
         say!("lode: some changes could not be uploaded and stay staged: {e}");
     }
     seen_keeper.stop();
-    save_seen(&vault, &home)?;
+    let saved = save_seen(&vault, &home);
     let _ = std::fs::remove_file(socket);
     drop(lock);
-    match session {
-        Some(e) => bail!("the FUSE session ended with an error: {e}"),
-        None => Ok(()),
+    saved?;
+    // A mount whose last changes did not reach the mirrors does not end
+    // as if all went well: a service manager records the failure (they
+    // stay staged, and the next mount uploads them).
+    match (session, unflushed) {
+        (Some(e), _) => bail!("the FUSE session ended with an error: {e}"),
+        (None, Some(_)) => {
+            bail!("the final upload did not finish: the changes stay staged for the next mount")
+        }
+        (None, None) => Ok(()),
     }
 }
 
@@ -970,7 +994,8 @@ fn close_inherited_fds(cmd: &mut std::process::Command) {
 fn spawn_background(args: &MountArgs) -> Result<()> {
     use std::os::unix::process::CommandExt;
     let home = Home::locate()?;
-    std::fs::create_dir_all(&home.data)?;
+    std::fs::create_dir_all(&home.data)
+        .with_context(|| format!("creating {}", home.data.display()))?;
     let log_path = home.data.join("mount.log");
     // Another mount process of this identity holds the lock: one starting
     // up at this moment, or one finishing its final upload after its
@@ -982,14 +1007,17 @@ fn spawn_background(args: &MountArgs) -> Result<()> {
         std::fs::OpenOptions::new()
             .append(true)
             .create(true)
-            .open(&log_path)?
+            .open(&log_path)
+            .with_context(|| format!("opening {}", log_path.display()))?
     } else {
         // The last mount's log (its final flush's report, say) stays one
         // mount longer, as mount.log.1.
         if log_path.exists() {
-            std::fs::rename(&log_path, home.data.join("mount.log.1"))?;
+            std::fs::rename(&log_path, home.data.join("mount.log.1"))
+                .with_context(|| format!("keeping {} as mount.log.1", log_path.display()))?;
         }
-        std::fs::File::create(&log_path)?
+        std::fs::File::create(&log_path)
+            .with_context(|| format!("creating {}", log_path.display()))?
     };
     let exe = std::env::current_exe()?;
     let mut cmd = std::process::Command::new(exe);
@@ -1067,7 +1095,10 @@ fn spawn_background(args: &MountArgs) -> Result<()> {
             if let Some((at, pid)) = running_mount(&home)
                 && pid != Some(child.id())
             {
-                let _ = child.kill();
+                // SIGTERM, not SIGKILL: had the child gone live since the
+                // last look, it unmounts cleanly instead of leaving a dead
+                // mount behind.
+                stop_child(&mut child);
                 bail!(
                     "this identity ({}) is already mounted at {at}",
                     home.data.display()
@@ -1075,7 +1106,7 @@ fn spawn_background(args: &MountArgs) -> Result<()> {
             }
         }
         if Instant::now() > deadline {
-            let _ = child.kill();
+            stop_child(&mut child);
             if busy {
                 bail!(
                     "mount did not come up within 60 s: another mount of this identity is still \

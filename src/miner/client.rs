@@ -466,9 +466,9 @@ mod tests {
 
     /// A share found before the session is stopped, and still on the
     /// channel when the stop comes, is sent to the pool while the answers
-    /// to those sent before are awaited, not dropped. (The pool answers
-    /// the first find late, so the session is still draining when the
-    /// second comes.)
+    /// to those sent before are awaited, not dropped. (The pool holds its
+    /// answer to the first find until the second comes, so the session is
+    /// still draining then, for up to 3 s.)
     #[tokio::test]
     async fn a_find_made_before_a_stop_is_still_sent() {
         use std::io::{BufRead, Write};
@@ -481,7 +481,7 @@ mod tests {
                 .unwrap();
             let mut out = conn.try_clone().unwrap();
             let mut send = |v: serde_json::Value| out.write_all(format!("{v}\n").as_bytes());
-            let mut submits = 0;
+            let mut held = None;
             for line in std::io::BufReader::new(conn).lines() {
                 let Ok(line) = line else { return };
                 let msg: serde_json::Value = serde_json::from_str(&line).unwrap();
@@ -496,14 +496,19 @@ mod tests {
                             "a", "00".repeat(32), "01000000", "ffffffff", [], "20000000", "1d00ffff", "5f5e1000", true
                         ]}))),
                     "mining.authorize" => send(answer(serde_json::json!(true))),
+                    // The first find's answer is held until the second
+                    // comes, so the session drains while it does.
                     "mining.submit" => {
                         let nonce = msg["params"][4].as_str().unwrap_or_default().to_string();
-                        let first = heard_tx.send(nonce).is_ok() && submits == 0;
-                        submits += 1;
-                        if first {
-                            std::thread::sleep(Duration::from_millis(1500));
+                        let _ = heard_tx.send(nonce);
+                        match held.take() {
+                            None => {
+                                held = Some(id.clone());
+                                Ok(())
+                            }
+                            Some(first) => send(serde_json::json!({"id": first, "result": true, "error": null}))
+                                .and_then(|_| send(answer(serde_json::json!(true)))),
                         }
-                        send(answer(serde_json::json!(true)))
                     }
                     _ => Ok(()),
                 };

@@ -294,49 +294,84 @@ impl Grid {
             .into());
         }
         let mut out = vec![root];
-        let mut stack = vec![node];
         let mut chunk_no = 0usize;
         // Each object once: a chunk repeated in a file (zeros, say) is the
-        // same shares, and a node listed many times (a hostile writer's
-        // tree of one node under itself 512 times, of zero length, and so
-        // on down) had its subtree fetched and listed once per mention,
-        // 512 to the power of the depth.
-        let mut seen: HashSet<Vec<ShareId>> = HashSet::new();
-        while let Some(node) = stack.pop() {
+        // same shares, and so is a node repeated (nodes are convergent too:
+        // two runs of 512 zero chunks make the same leaf). A hostile
+        // writer's tree of one node under itself 512 times, and so on
+        // down, had its subtree fetched and listed once per mention, 512
+        // to the power of the depth. A repeat counts its chunks, so the
+        // chunks after it keep their numbers in the file; one named again
+        // with another length or verify key is a new object, checked.
+        let mut seen: HashSet<(Vec<ShareId>, u64)> = HashSet::new();
+        // Per node's shares: the lengths and verify keys it was met with.
+        let mut nodes_seen: HashMap<Vec<ShareId>, Vec<(u64, crate::crypto::VerifyKey)>> =
+            HashMap::new();
+        let mut chunks_under: HashMap<Vec<ShareId>, usize> = HashMap::new();
+        enum Step {
+            Visit(Node, Vec<ShareId>),
+            /// A node's subtree is done; its chunks began at this number.
+            Done(Vec<ShareId>, usize),
+            /// A node met again: its chunks are counted, not listed.
+            Again(Vec<ShareId>),
+        }
+        let mut stack = vec![Step::Visit(node, vec![cap.root])];
+        while let Some(step) = stack.pop() {
+            let (node, ids) = match step {
+                Step::Visit(node, ids) => (node, ids),
+                Step::Done(ids, first) => {
+                    chunks_under.insert(ids, chunk_no - first);
+                    continue;
+                }
+                Step::Again(ids) => {
+                    chunk_no += chunks_under.get(&ids).copied().unwrap_or(0);
+                    continue;
+                }
+            };
+            stack.push(Step::Done(ids, chunk_no));
             // Children go on the stack last first, so that leaves are met
             // (and chunks numbered) in file order: a damaged chunk near
             // the end of a file of several leaves was reported as chunk 0.
             let mut children = Vec::new();
             for entry in &node.entries {
-                if !seen.insert(entry.shares.clone()) {
-                    chunk_no += usize::from(node.depth == 0);
+                if node.depth == 0 {
+                    if seen.insert((entry.shares.clone(), entry.len)) {
+                        out.push(Object {
+                            what: format!("chunk {chunk_no}"),
+                            file: None,
+                            params: node.params,
+                            ids: entry.shares.clone(),
+                        });
+                    }
+                    chunk_no += 1;
                     continue;
                 }
-                if node.depth == 0 {
-                    out.push(Object {
-                        what: format!("chunk {chunk_no}"),
-                        file: None,
-                        params: node.params,
-                        ids: entry.shares.clone(),
-                    });
-                    chunk_no += 1;
-                } else {
-                    let vk = entry.verify_key.as_ref().ok_or_else(|| {
-                        chunk::Error::MalformedManifest("child node without a verify key".into())
-                    })?;
-                    let shares = self
-                        .fetch(&entry.shares, node.params, "manifest node")
-                        .await?;
-                    let child = Node::open_verify(&share::decode(node.params, &shares)?, vk)?;
-                    child.fits_under(&node, entry)?;
-                    out.push(Object {
-                        what: format!("manifest node (depth {})", child.depth),
-                        file: None,
-                        params: node.params,
-                        ids: entry.shares.clone(),
-                    });
-                    children.push(child);
+                let vk = entry.verify_key.as_ref().ok_or_else(|| {
+                    chunk::Error::MalformedManifest("child node without a verify key".into())
+                })?;
+                let again = nodes_seen
+                    .get(&entry.shares)
+                    .is_some_and(|met| met.iter().any(|(len, key)| *len == entry.len && key == vk));
+                if again {
+                    children.push(Step::Again(entry.shares.clone()));
+                    continue;
                 }
+                let shares = self
+                    .fetch(&entry.shares, node.params, "manifest node")
+                    .await?;
+                let child = Node::open_verify(&share::decode(node.params, &shares)?, vk)?;
+                child.fits_under(&node, entry)?;
+                nodes_seen
+                    .entry(entry.shares.clone())
+                    .or_default()
+                    .push((entry.len, vk.clone()));
+                out.push(Object {
+                    what: format!("manifest node (depth {})", child.depth),
+                    file: None,
+                    params: node.params,
+                    ids: entry.shares.clone(),
+                });
+                children.push(Step::Visit(child, entry.shares.clone()));
             }
             stack.extend(children.into_iter().rev());
         }
@@ -1088,18 +1123,26 @@ mod tests {
     }
 
     /// A chunk that repeats in a file is one object, listed at its first
-    /// place: the walk lists (and a check probes, and a node fetches)
-    /// each set of shares once, which also bounds a hostile tree that
-    /// names one node under itself many times.
+    /// place, and so is a repeated node (nodes are convergent: two runs
+    /// of the same chunks make the same leaf), whose chunks are counted
+    /// so that the chunks after it keep their numbers in the file. The
+    /// walk lists (and a check probes, and a node fetches) each once,
+    /// which also bounds a hostile tree that names one node under itself
+    /// many times.
     #[test]
-    fn a_repeated_chunk_is_one_object() {
+    fn a_repeated_chunk_or_node_is_one_object() {
         use crate::chunk::manifest::{FANOUT, FileEncoder};
         block_on(async {
             let secret = crate::crypto::RootSecret::from_bytes([8; 32]);
             let (grid, _) = memory_grid(1, 1);
             let mut encoder = FileEncoder::new(secret.convergence(), Params::REPLICA);
-            for n in 0..FANOUT * 2 + 3 {
-                for group in &encoder.push_chunk(format!("chunk {}", n % 3).as_bytes()) {
+            // Two leaves alike, each the same three chunks over and over,
+            // then three chunks of their own.
+            let chunks = (0..FANOUT * 2)
+                .map(|n| format!("chunk {}", n % FANOUT % 3))
+                .chain((0..3).map(|n| format!("tail {n}")));
+            for chunk in chunks {
+                for group in &encoder.push_chunk(chunk.as_bytes()) {
                     grid.put_group(group).await.unwrap();
                 }
             }
@@ -1108,12 +1151,19 @@ mod tests {
                 grid.put_group(group).await.unwrap();
             }
             let objects = grid.file_objects(&cap.verify_cap()).await.unwrap();
-            let chunks: Vec<&str> = objects
-                .iter()
-                .map(|o| o.what.as_str())
-                .filter(|w| w.starts_with("chunk "))
-                .collect();
-            assert_eq!(chunks, ["chunk 0", "chunk 1", "chunk 2"]);
+            let named = |prefix: &str| -> Vec<String> {
+                objects
+                    .iter()
+                    .map(|o| o.what.clone())
+                    .filter(|w| w.starts_with(prefix))
+                    .collect()
+            };
+            let tail = FANOUT * 2;
+            assert_eq!(
+                named("chunk "),
+                [0, 1, 2, tail, tail + 1, tail + 2].map(|n| format!("chunk {n}"))
+            );
+            assert_eq!(named("manifest node").len(), 2, "{:?}", named("manifest"));
         });
     }
 
