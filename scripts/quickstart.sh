@@ -26,9 +26,11 @@ mirror_running() {
 # Whether MOUNTPOINT is in the mount table, which writes a space in a path
 # as \040 (and a tab, a newline and a backslash as \011, \012, \134).
 mounted() {
-    local esc
-    esc=$(printf '%s' "$1" | sed 's/\\/\\134/g; s/ /\\040/g; s/\t/\\011/g')
-    grep -qsF " $esc " /proc/self/mounts
+    local esc=${1//\\/\\134}
+    esc=${esc// /\\040}
+    esc=${esc//$'\t'/\\011}
+    esc=${esc//$'\n'/\\012}
+    grep -qsF -- " $esc " /proc/self/mounts
 }
 
 if [ -n "$stop" ]; then

@@ -37,7 +37,10 @@ fn main() -> std::process::ExitCode {
             // Not eprintln!, which panics if standard error cannot be
             // written (a background mount's log, on a full disk).
             let _ = writeln!(std::io::stderr(), "lode: {}", chain_text(&e));
-            std::process::ExitCode::FAILURE
+            match e.downcast_ref::<cli::LeftStaged>() {
+                Some(_) => std::process::ExitCode::from(75),
+                None => std::process::ExitCode::FAILURE,
+            }
         }
     }
 }

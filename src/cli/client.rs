@@ -80,7 +80,14 @@ impl Session {
         if lode::caps::is_cap_text(target) {
             // Named by its kind only: a mistyped write-cap is still most
             // of one, and errors go to logs and mail.
-            let kind: String = target.split(':').take(2).collect::<Vec<_>>().join(":");
+            let kind = match target.split(':').nth(1) {
+                Some(k)
+                    if k.len() <= 16 && k.bytes().all(|b| b.is_ascii_lowercase() || b == b'-') =>
+                {
+                    format!("lode:{k}")
+                }
+                _ => "lode".to_string(),
+            };
             return target
                 .parse::<Cap>()
                 .with_context(|| format!("bad cap ({kind}:…, {} characters)", target.len()));
@@ -1287,7 +1294,12 @@ async fn renew(s: &Session, target: Option<&str>) -> Result<()> {
             "{} shares or directories are on no mirror: `lode check {} --repair` rebuilds \
              what can be, and names what cannot",
             renewal.nowhere,
-            target.unwrap_or("/")
+            // Not the cap itself, which errors carry to logs and mail.
+            match target {
+                Some(t) if lode::caps::is_cap_text(t) => "CAP".to_string(),
+                Some(t) => format!("{:?}", printable(t, to_terminal)),
+                None => "/".to_string(),
+            }
         );
     }
     if !reach.unreadable.is_empty() {

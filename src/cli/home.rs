@@ -7,7 +7,7 @@
 
 use std::collections::BTreeMap;
 use std::io::Write;
-use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::os::unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, bail};
@@ -108,28 +108,35 @@ impl Home {
         Ok(Initialized::Created(secret))
     }
 
-    /// Make the data directory 0700 if others may enter it. It holds the
-    /// secret, and a mount's staged plaintext, kept copies, recovery notes
-    /// (paths, read-caps) and log, all made with the default modes: the
-    /// directory is their guard. `lode init` makes it 0700, but one made
-    /// by hand (an identity copied from another machine, as the README
-    /// says) was 0755, and every staged file readable by all.
-    fn keep_data_private(&self) -> Result<()> {
-        let mode = std::fs::metadata(&self.data)
-            .with_context(|| format!("reading {}", self.data.display()))?
-            .permissions()
-            .mode();
-        if mode & 0o077 != 0 {
-            std::fs::set_permissions(&self.data, std::fs::Permissions::from_mode(0o700))
-                .with_context(|| {
-                    format!(
-                        "{} may be entered by others, and could not be made private (chmod 700 it)",
-                        self.data.display()
-                    )
-                })?;
-            tracing::info!(dir = %self.data.display(), "made the data directory private (0700)");
+    /// Take others' access to the data directory away, if they have
+    /// any. It holds the secret, and a mount's staged plaintext, kept
+    /// copies, recovery notes (paths, read-caps) and log, all made with
+    /// the default modes: the directory is their guard. `lode init` makes
+    /// it 0700, but one made by hand (an identity copied from another
+    /// machine, as the README says) was 0755, and every staged file
+    /// readable by all. Only the owner's own commands change it, and only
+    /// the bits for others: a group given access on purpose keeps it, and
+    /// a directory that cannot be changed (another owner, a read-only
+    /// file system) is warned about, not refused.
+    fn keep_data_private(&self) {
+        let Ok(meta) = std::fs::metadata(&self.data) else {
+            return;
+        };
+        let mode = meta.permissions().mode();
+        if mode & 0o007 == 0 {
+            return;
         }
-        Ok(())
+        let owned = meta.uid() == nix::unistd::geteuid().as_raw();
+        let private = std::fs::Permissions::from_mode(mode & 0o7770);
+        match owned.then(|| std::fs::set_permissions(&self.data, private)) {
+            Some(Ok(())) => {
+                tracing::info!(dir = %self.data.display(), "took others' access to the data directory away");
+            }
+            _ => tracing::warn!(
+                dir = %self.data.display(),
+                "others may enter the data directory, which holds the secret and staged plaintext: chmod o-rwx it"
+            ),
+        }
     }
 
     pub fn secret(&self) -> Result<RootSecret> {
@@ -144,7 +151,7 @@ impl Home {
         if mode & 0o077 != 0 {
             tracing::warn!(path = %path.display(), "secret file is readable by others; chmod 600 it");
         }
-        self.keep_data_private()?;
+        self.keep_data_private();
         let bytes = zeroize::Zeroizing::new(
             data_encoding::HEXLOWER_PERMISSIVE
                 .decode(text.trim().as_bytes())

@@ -28,6 +28,7 @@ use anyhow::Result;
 use clap::{Parser, Subcommand};
 
 pub use home::{Config, Home};
+pub use mount::LeftStaged;
 
 /// `-` in place of a cap: one line of standard input, so that the cap
 /// stays out of the process list (and the shell's history), where any

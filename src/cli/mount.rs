@@ -797,12 +797,26 @@ pub fn mount(args: MountArgs) -> Result<()> {
     // stay staged, and the next mount uploads them).
     match (session, unflushed) {
         (Some(e), _) => bail!("the FUSE session ended with an error: {e}"),
-        (None, Some(_)) => {
-            bail!("the final upload did not finish: the changes stay staged for the next mount")
-        }
+        (None, Some(_)) => Err(LeftStaged.into()),
         (None, None) => Ok(()),
     }
 }
+
+/// A mount that ended with changes still staged (its final upload
+/// failed): exit status 75, EX_TEMPFAIL, which the shipped systemd unit
+/// lists in `RestartPreventExitStatus`. Not 1, which `Restart=on-failure`
+/// took for a crash: a user's `umount` while offline was mounted again
+/// ten seconds later, over and over.
+#[derive(Debug)]
+pub struct LeftStaged;
+
+impl std::fmt::Display for LeftStaged {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("the final upload did not finish: the changes stay staged for the next mount")
+    }
+}
+
+impl std::error::Error for LeftStaged {}
 
 /// After the unmount began: end the process at the next SIGTERM or
 /// SIGINT, as sshfs and gocryptfs end at a second Ctrl-C. A mount

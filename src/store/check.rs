@@ -320,11 +320,14 @@ impl Grid {
             let (node, ids) = match step {
                 Step::Visit(node, ids) => (node, ids),
                 Step::Done(ids, first) => {
-                    chunks_under.insert(ids, chunk_no - first);
+                    chunks_under.insert(ids, chunk_no.saturating_sub(first));
                     continue;
                 }
                 Step::Again(ids) => {
-                    chunk_no += chunks_under.get(&ids).copied().unwrap_or(0);
+                    // Saturating: a hostile tree's zero-length chunks,
+                    // named 512 times at each level, pass any count.
+                    chunk_no =
+                        chunk_no.saturating_add(chunks_under.get(&ids).copied().unwrap_or(0));
                     continue;
                 }
             };
@@ -343,7 +346,7 @@ impl Grid {
                             ids: entry.shares.clone(),
                         });
                     }
-                    chunk_no += 1;
+                    chunk_no = chunk_no.saturating_add(1);
                     continue;
                 }
                 let vk = entry.verify_key.as_ref().ok_or_else(|| {
