@@ -1768,10 +1768,9 @@ fn renew_with_a_cap_leases_a_friends_tree_for_the_renewer() {
 }
 
 /// A data directory made by hand (an identity copied from another
-/// machine into a fresh `mkdir -p`, 0755) is closed to others by the
-/// first command that reads the secret: it holds the secret, and a
-/// mount's staged plaintext, whose files take the default modes. A group
-/// given access on purpose keeps it.
+/// machine into a fresh `mkdir -p`, 0755) is made private by the first
+/// command that reads the secret: it holds the secret, and a mount's
+/// staged plaintext, whose files take the default modes.
 #[test]
 fn a_data_directory_made_by_hand_is_made_private() {
     use std::os::unix::fs::PermissionsExt;
@@ -1783,5 +1782,5 @@ fn a_data_directory_made_by_hand_is_made_private() {
     assert_eq!(mode(), 0o700, "as `lode init` made it");
     std::fs::set_permissions(&data, std::fs::Permissions::from_mode(0o755)).unwrap();
     client.ok(&["status"]);
-    assert_eq!(mode(), 0o750);
+    assert_eq!(mode(), 0o700);
 }

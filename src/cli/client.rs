@@ -1297,7 +1297,7 @@ async fn renew(s: &Session, target: Option<&str>) -> Result<()> {
             // Not the cap itself, which errors carry to logs and mail.
             match target {
                 Some(t) if lode::caps::is_cap_text(t) => "CAP".to_string(),
-                Some(t) => format!("{:?}", printable(t, to_terminal)),
+                Some(t) => printable(t, to_terminal).into_owned(),
                 None => "/".to_string(),
             }
         );

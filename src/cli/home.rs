@@ -108,33 +108,34 @@ impl Home {
         Ok(Initialized::Created(secret))
     }
 
-    /// Take others' access to the data directory away, if they have
-    /// any. It holds the secret, and a mount's staged plaintext, kept
-    /// copies, recovery notes (paths, read-caps) and log, all made with
-    /// the default modes: the directory is their guard. `lode init` makes
-    /// it 0700, but one made by hand (an identity copied from another
+    /// Make the data directory 0700 if anyone else may enter it. It
+    /// holds the secret, and a mount's staged plaintext, kept copies,
+    /// recovery notes (paths, read-caps) and log, all made with the
+    /// default modes: the directory is their guard. `lode init` makes it
+    /// 0700, but one made by hand (an identity copied from another
     /// machine, as the README says) was 0755, and every staged file
-    /// readable by all. Only the owner's own commands change it, and only
-    /// the bits for others: a group given access on purpose keeps it, and
-    /// a directory that cannot be changed (another owner, a read-only
-    /// file system) is warned about, not refused.
+    /// readable by all. Group bits go too: where users share a primary
+    /// group, 0750 still let them all read it (and no one else could use
+    /// the identity anyway: its secret is 0600). Only the owner's own
+    /// commands change it; a directory that cannot be changed (another
+    /// owner, a read-only file system) is warned about, not refused.
     fn keep_data_private(&self) {
         let Ok(meta) = std::fs::metadata(&self.data) else {
             return;
         };
         let mode = meta.permissions().mode();
-        if mode & 0o007 == 0 {
+        if mode & 0o077 == 0 {
             return;
         }
         let owned = meta.uid() == nix::unistd::geteuid().as_raw();
-        let private = std::fs::Permissions::from_mode(mode & 0o7770);
+        let private = std::fs::Permissions::from_mode(mode & 0o7700);
         match owned.then(|| std::fs::set_permissions(&self.data, private)) {
             Some(Ok(())) => {
-                tracing::info!(dir = %self.data.display(), "took others' access to the data directory away");
+                tracing::info!(dir = %self.data.display(), "made the data directory private (0700)");
             }
             _ => tracing::warn!(
                 dir = %self.data.display(),
-                "others may enter the data directory, which holds the secret and staged plaintext: chmod o-rwx it"
+                "others may enter the data directory, which holds the secret and staged plaintext: chmod 700 it"
             ),
         }
     }

@@ -791,14 +791,19 @@ pub fn mount(args: MountArgs) -> Result<()> {
     let saved = save_seen(&vault, &home);
     let _ = std::fs::remove_file(socket);
     drop(lock);
-    saved?;
     // A mount whose last changes did not reach the mirrors does not end
     // as if all went well: a service manager records the failure (they
-    // stay staged, and the next mount uploads them).
+    // stay staged, and the next mount uploads them). That status wins
+    // over a failure to save the versions seen, which is said.
     match (session, unflushed) {
         (Some(e), _) => bail!("the FUSE session ended with an error: {e}"),
-        (None, Some(_)) => Err(LeftStaged.into()),
-        (None, None) => Ok(()),
+        (None, Some(_)) => {
+            if let Err(e) = saved {
+                say!("lode: {e:#}");
+            }
+            Err(LeftStaged.into())
+        }
+        (None, None) => saved,
     }
 }
 
