@@ -451,11 +451,10 @@ async fn renew_loop(config: KeeperConfig, vault: Arc<Vault>, state: Arc<Mutex<Ke
                 // lease, by which time leases near their end had lapsed.
                 // For an hour: a refusal that stays (over quota, or no
                 // miner) is not worth a walk of the tree every ten minutes.
-                let refused_n = refused;
                 let retry;
                 (refused_passes, retry) = after_refusals(refused, refused_passes);
                 failed |= retry;
-                let refused = match refused {
+                let refused_text = match refused {
                     0 => String::new(),
                     n => format!(", {n} leases refused (unfunded or over quota)"),
                 };
@@ -475,11 +474,11 @@ async fn renew_loop(config: KeeperConfig, vault: Arc<Vault>, state: Arc<Mutex<Ke
                 // From what happened, not from `failed`, which stops
                 // counting refusals after a few passes (for the wait).
                 short = failed_on > 0
-                    || refused_n > 0
+                    || refused > 0
                     || !reach.unreadable.is_empty()
                     || renewal.nowhere > 0;
                 format!(
-                    "{objects} on {} mirrors ({} failed{refused}{unreadable}{lost})",
+                    "{objects} on {} mirrors ({} failed{refused_text}{unreadable}{lost})",
                     results.len(),
                     failed_on,
                 )

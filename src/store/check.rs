@@ -1084,31 +1084,43 @@ mod tests {
         assert_eq!(spread_of(&[vec![G, O, G, G]], |s| s == G), 3);
     }
 
+    /// A file of `chunks`, one replica each, stored on a grid of one
+    /// in-memory store: the grid, the file's cap, and each chunk's share
+    /// ids as its push gave them.
+    async fn stored_file(
+        chunks: impl Iterator<Item = String>,
+    ) -> (Grid, crate::caps::FileReadCap, Vec<Vec<ShareId>>) {
+        let secret = crate::crypto::RootSecret::from_bytes([7; 32]);
+        let (grid, _) = memory_grid(1, 1);
+        let mut encoder =
+            crate::chunk::manifest::FileEncoder::new(secret.convergence(), Params::REPLICA);
+        let mut chunk_ids = Vec::new();
+        for chunk in chunks {
+            let groups = encoder.push_chunk(chunk.as_bytes());
+            chunk_ids.push(groups[0].iter().map(Share::id).collect());
+            for group in &groups {
+                grid.put_group(group).await.unwrap();
+            }
+        }
+        let (cap, groups) = encoder.finish();
+        for group in &groups {
+            grid.put_group(group).await.unwrap();
+        }
+        (grid, cap, chunk_ids)
+    }
+
     /// A file of more than one leaf: its chunks are numbered in file
     /// order, each name beside the shares of that very chunk (a damaged
     /// chunk near the end of a file of several leaves was reported as
     /// chunk 0, since the leaves were visited last first).
     #[test]
     fn chunks_are_numbered_in_file_order_across_leaves() {
-        use crate::chunk::manifest::{FANOUT, FileEncoder};
+        use crate::chunk::manifest::FANOUT;
         block_on(async {
-            let secret = crate::crypto::RootSecret::from_bytes([7; 32]);
-            let (grid, _) = memory_grid(1, 1);
-            let mut encoder = FileEncoder::new(secret.convergence(), Params::REPLICA);
             // Two leaves and a bit: chunk n is the bytes of n.
             let count = FANOUT * 2 + 3;
-            let mut chunk_ids = Vec::new();
-            for n in 0..count {
-                let groups = encoder.push_chunk(format!("chunk {n}").as_bytes());
-                chunk_ids.push(groups[0].iter().map(Share::id).collect::<Vec<_>>());
-                for group in &groups {
-                    grid.put_group(group).await.unwrap();
-                }
-            }
-            let (cap, groups) = encoder.finish();
-            for group in &groups {
-                grid.put_group(group).await.unwrap();
-            }
+            let (grid, cap, chunk_ids) =
+                stored_file((0..count).map(|n| format!("chunk {n}"))).await;
             let objects = grid.file_objects(&cap.verify_cap()).await.unwrap();
             let chunks: Vec<&Object> = objects
                 .iter()
@@ -1134,25 +1146,14 @@ mod tests {
     /// many times.
     #[test]
     fn a_repeated_chunk_or_node_is_one_object() {
-        use crate::chunk::manifest::{FANOUT, FileEncoder};
+        use crate::chunk::manifest::FANOUT;
         block_on(async {
-            let secret = crate::crypto::RootSecret::from_bytes([8; 32]);
-            let (grid, _) = memory_grid(1, 1);
-            let mut encoder = FileEncoder::new(secret.convergence(), Params::REPLICA);
             // Two leaves alike, each the same three chunks over and over,
             // then three chunks of their own.
             let chunks = (0..FANOUT * 2)
                 .map(|n| format!("chunk {}", n % FANOUT % 3))
                 .chain((0..3).map(|n| format!("tail {n}")));
-            for chunk in chunks {
-                for group in &encoder.push_chunk(chunk.as_bytes()) {
-                    grid.put_group(group).await.unwrap();
-                }
-            }
-            let (cap, groups) = encoder.finish();
-            for group in &groups {
-                grid.put_group(group).await.unwrap();
-            }
+            let (grid, cap, _) = stored_file(chunks).await;
             let objects = grid.file_objects(&cap.verify_cap()).await.unwrap();
             let named = |prefix: &str| -> Vec<String> {
                 objects

@@ -1645,18 +1645,7 @@ impl Vault {
         if !listing.is_pending() {
             return Ok(());
         }
-        // Each page once (by root and size; `Listing::decode` refused two
-        // caps that share both but not their key): only empty pages
-        // repeat, and the pages' sizes were bounded there.
-        let mut distinct: Vec<FileReadCap> = Vec::new();
-        let mut at: Vec<usize> = Vec::with_capacity(listing.pages.len());
-        let mut index = std::collections::HashMap::new();
-        for cap in &listing.pages {
-            at.push(*index.entry((cap.root, cap.size)).or_insert_with(|| {
-                distinct.push(cap.clone());
-                distinct.len() - 1
-            }));
-        }
+        let (distinct, at) = distinct_pages(&listing.pages);
         // Owned, not borrowed: a borrowed cap made the future not `Send`
         // for every lifetime (the keeper spawns it).
         let fetched: Vec<Vec<u8>> = futures_util::stream::iter(distinct)
@@ -1678,15 +1667,7 @@ impl Vault {
         &self,
         listing: &Listing,
     ) -> Vec<std::result::Result<Vec<Entry>, String>> {
-        let mut distinct: Vec<FileReadCap> = Vec::new();
-        let mut at: Vec<usize> = Vec::with_capacity(listing.pages.len());
-        let mut index = std::collections::HashMap::new();
-        for cap in &listing.pages {
-            at.push(*index.entry((cap.root, cap.size)).or_insert_with(|| {
-                distinct.push(cap.clone());
-                distinct.len() - 1
-            }));
-        }
+        let (distinct, at) = distinct_pages(&listing.pages);
         let fetched: Vec<Result<Vec<u8>>> = futures_util::stream::iter(distinct)
             .map(|cap| async move { self.get_bytes(&cap).await })
             .buffered(PAGES_IN_FLIGHT)
@@ -2082,6 +2063,23 @@ fn system_time((secs, nanos): (i64, u32)) -> SystemTime {
 fn set_mode(path: &Path, mode: u32) -> std::io::Result<()> {
     use std::os::unix::fs::PermissionsExt;
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode & 0o7777))
+}
+
+/// A listing's pages, each distinct one once (by root and size;
+/// `Listing::decode` refused two caps that share both but not their key:
+/// only empty pages repeat, and the pages' sizes were bounded there), and
+/// for each page the index of its fetch among them.
+fn distinct_pages(pages: &[FileReadCap]) -> (Vec<FileReadCap>, Vec<usize>) {
+    let mut distinct: Vec<FileReadCap> = Vec::new();
+    let mut at: Vec<usize> = Vec::with_capacity(pages.len());
+    let mut index = std::collections::HashMap::new();
+    for cap in pages {
+        at.push(*index.entry((cap.root, cap.size)).or_insert_with(|| {
+            distinct.push(cap.clone());
+            distinct.len() - 1
+        }));
+    }
+    (distinct, at)
 }
 
 #[cfg(test)]
